@@ -1,0 +1,3 @@
+//! Benchmarks run by `redstuff bench`.
+
+pub mod codec;

@@ -1,0 +1,176 @@
+//! The decoder: a segment's bytes from enough slivers of one axis, checked
+//! against the blob id.
+//!
+//! Any p primary slivers (rows of E) decode every column of M; any q
+//! secondary slivers (columns of E) decode every row. Systematic slivers
+//! are chosen first, so a healthy read needs no Reed-Solomon at all.
+//!
+//! Verification is by re-derivation: the decoded segment is re-encoded and
+//! its 2n sliver hashes must equal the metadata's, which the blob id commits
+//! to. That one check proves every sliver used (each is a line of the
+//! re-encoded matrix) and the consistency of the writer's encoding, so
+//! bytes are returned only when they are the blob's. When the check fails,
+//! each sliver is verified on its own to tell lying slivers (dropped, and
+//! reported so the caller can blame their nodes) from an inconsistent
+//! writer (an error), and decoding retries with the valid ones.
+
+use std::collections::BTreeMap;
+
+use rayon::prelude::*;
+
+use crate::codec::encode::segment_hashes;
+use crate::codec::error::DecodeError;
+use crate::codec::line::verify_sliver;
+use crate::codec::metadata::BlobMetadata;
+use crate::codec::rs;
+use crate::codec::sliver::{Axis, Sliver, SliverKind};
+use crate::codec::config::SegmentLayout;
+
+/// A decoded segment and the slivers found invalid on the way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodedSegment {
+    /// The segment's bytes, without padding.
+    pub data: Vec<u8>,
+    /// Indices of slivers that were offered but did not verify.
+    pub invalid: Vec<u16>,
+}
+
+/// Decodes segment `segment` of the blob from slivers of one axis. Needs
+/// [`Axis::decode_threshold`] valid slivers of distinct indices among those
+/// given; extra slivers are spares, used only if some turn out invalid.
+pub fn decode_segment<A: Axis>(
+    metadata: &BlobMetadata,
+    segment: u32,
+    slivers: Vec<Sliver<A>>,
+) -> Result<DecodedSegment, DecodeError> {
+    let layout = metadata
+        .segment_layout(segment)
+        .ok_or(DecodeError::NoSuchSegment {
+            segment: segment.into(),
+            segments: metadata.segment_count(),
+        })?;
+    let config = layout.config();
+    let expected = metadata.segment(segment).expect("segment exists");
+    let needed = A::decode_threshold(&config);
+
+    let mut invalid = Vec::new();
+    let mut candidates: BTreeMap<u16, Sliver<A>> = BTreeMap::new();
+    for sliver in slivers {
+        if sliver.fits(&layout, segment).is_err() {
+            invalid.push(sliver.index());
+        } else {
+            candidates.entry(sliver.index()).or_insert(sliver);
+        }
+    }
+    let not_enough = |valid: usize, invalid: &[u16]| DecodeError::NotEnoughSlivers {
+        kind: A::KIND.name(),
+        valid,
+        needed,
+        invalid: invalid.len(),
+    };
+    if candidates.len() < needed {
+        return Err(not_enough(candidates.len(), &invalid));
+    }
+
+    // Optimistic: the lowest indices (systematic first), checked by re-derivation.
+    let chosen: Vec<&Sliver<A>> = candidates.values().take(needed).collect();
+    let data = reconstruct(&layout, &chosen);
+    if segment_hashes(config, &data) == *expected {
+        return Ok(DecodedSegment { data, invalid });
+    }
+
+    // Something lied: verify each sliver on its own, then retry with valid ones.
+    let verdicts: Vec<(u16, bool)> = candidates
+        .par_iter()
+        .map(|(index, sliver)| (*index, verify_sliver(metadata, sliver).is_ok()))
+        .collect();
+    let chosen_were_valid = verdicts.iter().take(needed).all(|(_, ok)| *ok);
+    if chosen_were_valid {
+        return Err(DecodeError::InconsistentEncoding);
+    }
+    for (index, ok) in &verdicts {
+        if !ok {
+            invalid.push(*index);
+            candidates.remove(index);
+        }
+    }
+    if candidates.len() < needed {
+        return Err(not_enough(candidates.len(), &invalid));
+    }
+    let chosen: Vec<&Sliver<A>> = candidates.values().take(needed).collect();
+    let data = reconstruct(&layout, &chosen);
+    if segment_hashes(config, &data) != *expected {
+        return Err(DecodeError::InconsistentEncoding);
+    }
+    invalid.sort_unstable();
+    Ok(DecodedSegment { data, invalid })
+}
+
+/// Decodes a whole blob held in memory from per-segment slivers.
+pub fn decode_blob<A: Axis>(
+    metadata: &BlobMetadata,
+    segments: Vec<Vec<Sliver<A>>>,
+) -> Result<Vec<u8>, DecodeError> {
+    let count = metadata.segment_count();
+    if segments.len() as u64 != count {
+        return Err(DecodeError::NoSuchSegment {
+            segment: segments.len().min(count as usize) as u64,
+            segments: count,
+        });
+    }
+    let mut blob = Vec::with_capacity(metadata.len() as usize);
+    for (index, slivers) in segments.into_iter().enumerate() {
+        blob.extend_from_slice(&decode_segment(metadata, index as u32, slivers)?.data);
+    }
+    Ok(blob)
+}
+
+/// The segment's bytes from exactly `threshold` slivers of distinct indices,
+/// sorted by index; no verification.
+fn reconstruct<A: Axis>(layout: &SegmentLayout, chosen: &[&Sliver<A>]) -> Vec<u8> {
+    let config = layout.config();
+    let (n, p, q, s) = (config.n(), config.p(), config.q(), layout.symbol_size());
+    let mut matrix = match A::KIND {
+        // Rows of E: decode each column of M with the column code (p, n - p).
+        SliverKind::Primary => {
+            if chosen.iter().enumerate().all(|(r, sl)| usize::from(sl.index()) == r) {
+                chosen.iter().flat_map(|sl| sl.data().iter().copied()).collect()
+            } else {
+                let columns: Vec<Vec<u8>> = (0..q)
+                    .into_par_iter()
+                    .map(|c| {
+                        let present: Vec<(usize, &[u8])> =
+                            chosen.iter().map(|sl| (sl.index().into(), sl.symbol(c))).collect();
+                        let mut column = vec![0u8; p * s];
+                        rs::reconstruct_originals(p, n - p, &present, &mut column);
+                        column
+                    })
+                    .collect();
+                let mut matrix = vec![0u8; p * q * s];
+                for (c, column) in columns.iter().enumerate() {
+                    for r in 0..p {
+                        let at = (r * q + c) * s;
+                        matrix[at..at + s].copy_from_slice(&column[r * s..(r + 1) * s]);
+                    }
+                }
+                matrix
+            }
+        }
+        // Columns of E: decode each row of M with the row code (q, n - q).
+        SliverKind::Secondary => {
+            let rows: Vec<Vec<u8>> = (0..p)
+                .into_par_iter()
+                .map(|r| {
+                    let present: Vec<(usize, &[u8])> =
+                        chosen.iter().map(|sl| (sl.index().into(), sl.symbol(r))).collect();
+                    let mut row = vec![0u8; q * s];
+                    rs::reconstruct_originals(q, n - q, &present, &mut row);
+                    row
+                })
+                .collect();
+            rows.concat()
+        }
+    };
+    matrix.truncate(layout.len() as usize);
+    matrix
+}

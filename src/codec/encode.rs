@@ -1,0 +1,259 @@
+//! The Red Stuff encoder: a segment into n sliver pairs and 2n sliver
+//! hashes; a blob, streamed segment by segment, into its metadata.
+//!
+//! Per segment of S bytes (message matrix M, p x q symbols):
+//! 1. columns: each column of M is extended from p to n symbols, giving the
+//!    n primary slivers (rows of E restricted to the first q columns);
+//! 2. rows: each primary sliver is extended from q to n symbols (row i of
+//!    E); its n symbols are hashed once, giving the leaf row i; the first p
+//!    rows of E are the secondary slivers, kept;
+//! 3. roots: the Merkle root of leaf row i is primary hash i, the root of
+//!    leaf column j is secondary hash j: every leaf serves both trees.
+//!
+//! Rows and columns are spread over all threads of the rayon pool. Memory
+//! is the segment's slivers (about 4.5 S at large n), its n^2 leaf hashes,
+//! and per-thread row buffers; it does not grow with the blob.
+
+use std::io::{self, Read};
+
+use rayon::prelude::*;
+
+use crate::codec::config::{BlobLayout, EncodingConfig, SegmentLayout};
+use crate::codec::error::ConfigError;
+use crate::codec::line;
+use crate::codec::merkle::{self, Hash};
+use crate::codec::metadata::{BlobMetadata, SegmentHashes};
+use crate::codec::rs;
+use crate::codec::sliver::{PrimarySliver, SecondarySliver};
+
+/// One segment, encoded.
+#[derive(Debug, Clone)]
+pub struct EncodedSegment {
+    /// Index of the segment in its blob.
+    pub index: u32,
+    /// Its size arithmetic.
+    pub layout: SegmentLayout,
+    /// Its 2n sliver hashes.
+    pub hashes: SegmentHashes,
+    /// The n primary slivers, by pair index.
+    pub primary: Vec<PrimarySliver>,
+    /// The n secondary slivers, by pair index.
+    pub secondary: Vec<SecondarySliver>,
+}
+
+/// Encodes one segment (`data` is the whole segment, unpadded).
+pub fn encode_segment(config: EncodingConfig, index: u32, data: &[u8]) -> EncodedSegment {
+    let layout = config.segment_layout(data.len() as u64);
+    let expanded = expand_segment(&layout, data, true);
+    let s = layout.symbol_size();
+    let primary = expanded
+        .primary
+        .into_iter()
+        .enumerate()
+        .map(|(i, row)| {
+            PrimarySliver::new(config, i as u16, index, s, row).expect("encoder builds exact slivers")
+        })
+        .collect();
+    let secondary = expanded
+        .secondary
+        .into_iter()
+        .enumerate()
+        .map(|(j, column)| {
+            SecondarySliver::new(config, j as u16, index, s, column)
+                .expect("encoder builds exact slivers")
+        })
+        .collect();
+    EncodedSegment {
+        index,
+        layout,
+        hashes: expanded.hashes,
+        primary,
+        secondary,
+    }
+}
+
+/// The 2n sliver hashes `data` encodes to, without keeping the slivers.
+pub fn segment_hashes(config: EncodingConfig, data: &[u8]) -> SegmentHashes {
+    let layout = config.segment_layout(data.len() as u64);
+    expand_segment(&layout, data, false).hashes
+}
+
+struct ExpandedSegment {
+    hashes: SegmentHashes,
+    primary: Vec<Vec<u8>>,
+    secondary: Vec<Vec<u8>>,
+}
+
+fn expand_segment(layout: &SegmentLayout, data: &[u8], keep_slivers: bool) -> ExpandedSegment {
+    let config = layout.config();
+    let (n, p, q, s) = (config.n(), config.p(), config.q(), layout.symbol_size());
+    let row_len = q * s;
+
+    // Systematic primary slivers are the rows of the zero-padded message matrix.
+    let mut primary: Vec<Vec<u8>> = (0..p)
+        .map(|r| {
+            let mut row = vec![0u8; row_len];
+            let start = (r * row_len).min(data.len());
+            let end = ((r + 1) * row_len).min(data.len());
+            row[..end - start].copy_from_slice(&data[start..end]);
+            row
+        })
+        .collect();
+
+    // 1. Columns: extend each column of M from p to n symbols.
+    let columns: Vec<Vec<u8>> = (0..q)
+        .into_par_iter()
+        .map(|c| {
+            let originals: Vec<&[u8]> = primary.iter().map(|row| &row[c * s..(c + 1) * s]).collect();
+            let mut out = vec![0u8; (n - p) * s];
+            rs::encode_recovery(&originals, n - p, &mut out);
+            out
+        })
+        .collect();
+    let parity_rows: Vec<Vec<u8>> = (0..n - p)
+        .into_par_iter()
+        .map(|t| {
+            let mut row = Vec::with_capacity(row_len);
+            for column in &columns {
+                row.extend_from_slice(&column[t * s..(t + 1) * s]);
+            }
+            row
+        })
+        .collect();
+    drop(columns);
+    primary.extend(parity_rows);
+
+    // 2. Rows: extend every primary sliver to n symbols and hash each symbol once.
+    let mut leaves: Vec<Hash> = vec![[0u8; 32]; n * n];
+    let rows: Vec<(Hash, Option<Vec<u8>>)> = leaves
+        .par_chunks_mut(n)
+        .zip(primary.par_iter())
+        .enumerate()
+        .map(|(i, (leaf_row, row))| {
+            let extension = line::extend(&config, row, s);
+            line::leaves_into(row, &extension, s, leaf_row);
+            let keep = keep_slivers && i < p;
+            (merkle::root(leaf_row), keep.then_some(extension))
+        })
+        .collect();
+
+    // 3. Column roots reuse the same leaves.
+    let secondary_hashes: Vec<Hash> = (0..n)
+        .into_par_iter()
+        .map(|j| merkle::root_of(n, |k| leaves[k * n + j]))
+        .collect();
+    drop(leaves);
+
+    let secondary = if keep_slivers {
+        let extensions: Vec<&Vec<u8>> = rows.iter().filter_map(|(_, e)| e.as_ref()).collect();
+        (0..n)
+            .into_par_iter()
+            .map(|j| {
+                let mut column = Vec::with_capacity(p * s);
+                for (r, extension) in extensions.iter().enumerate() {
+                    let symbol = if j < q {
+                        &primary[r][j * s..(j + 1) * s]
+                    } else {
+                        &extension[(j - q) * s..(j - q + 1) * s]
+                    };
+                    column.extend_from_slice(symbol);
+                }
+                column
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let primary_hashes = rows.iter().map(|(root, _)| *root).collect();
+    ExpandedSegment {
+        hashes: SegmentHashes::new(primary_hashes, secondary_hashes),
+        primary: if keep_slivers { primary } else { Vec::new() },
+        secondary,
+    }
+}
+
+/// An error while encoding a blob from a stream.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// Reading the input or handing a segment on failed.
+    #[error("i/o error while encoding: {0}")]
+    Io(#[from] io::Error),
+    /// The parameters or the blob size are not supported.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// Encodes blobs segment by segment with fixed parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct BlobEncoder {
+    config: EncodingConfig,
+    segment_size: u64,
+}
+
+impl BlobEncoder {
+    /// An encoder for `config` that cuts blobs into segments of `segment_size`.
+    pub fn new(config: EncodingConfig, segment_size: u64) -> Result<Self, ConfigError> {
+        crate::codec::config::check_segment_size(segment_size)?;
+        Ok(Self {
+            config,
+            segment_size,
+        })
+    }
+
+    /// The encoding parameters.
+    pub fn config(&self) -> EncodingConfig {
+        self.config
+    }
+
+    /// The segment size.
+    pub fn segment_size(&self) -> u64 {
+        self.segment_size
+    }
+
+    /// Encodes everything `reader` yields, handing each encoded segment to
+    /// `sink` as soon as it is ready, and returns the blob metadata. At most
+    /// one segment is held at a time.
+    pub fn encode_reader<R: Read>(
+        &self,
+        mut reader: R,
+        mut sink: impl FnMut(EncodedSegment) -> io::Result<()>,
+    ) -> Result<BlobMetadata, EncodeError> {
+        let mut hashes = Vec::new();
+        let mut total: u64 = 0;
+        let mut buffer = Vec::new();
+        loop {
+            buffer.clear();
+            let read = (&mut reader)
+                .take(self.segment_size)
+                .read_to_end(&mut buffer)?;
+            if read == 0 && !hashes.is_empty() {
+                break;
+            }
+            // Reject a too-large blob before spending work on its segment.
+            BlobLayout::new(self.config, self.segment_size, total + read as u64)?;
+            let index = u32::try_from(hashes.len()).map_err(|_| ConfigError::BlobTooLarge {
+                len: total,
+                segment_size: self.segment_size,
+            })?;
+            let segment = encode_segment(self.config, index, &buffer);
+            hashes.push(segment.hashes.clone());
+            total += read as u64;
+            sink(segment)?;
+            if (read as u64) < self.segment_size {
+                break;
+            }
+        }
+        let layout = BlobLayout::new(self.config, self.segment_size, total)?;
+        Ok(BlobMetadata::new(layout, hashes).expect("encoder builds consistent metadata"))
+    }
+
+    /// Encodes a blob held in memory, returning its metadata and all segments.
+    pub fn encode(&self, data: &[u8]) -> Result<(BlobMetadata, Vec<EncodedSegment>), EncodeError> {
+        let mut segments = Vec::new();
+        let metadata = self.encode_reader(data, |segment| {
+            segments.push(segment);
+            Ok(())
+        })?;
+        Ok((metadata, segments))
+    }
+}

@@ -1,0 +1,28 @@
+//! Red Stuff, the two-dimensional erasure code of Walrus: encode, decode,
+//! recover, commitments and the binary format. Pure code: no I/O besides
+//! the reader a blob is streamed from.
+//!
+//! A blob is cut into segments; each segment is a `p x q` matrix of symbols
+//! encoded into n sliver pairs (see `encode`). Slivers are checked against
+//! 2n sliver hashes per segment, which the blob id commits to.
+
+pub mod config;
+pub mod decode;
+pub mod encode;
+pub mod error;
+pub mod format;
+pub mod line;
+pub mod merkle;
+pub mod metadata;
+pub mod recovery;
+pub mod rs;
+pub mod sliver;
+
+pub use config::{BlobLayout, EncodingConfig, SegmentLayout, DEFAULT_SEGMENT_SIZE};
+pub use decode::{decode_blob, decode_segment, DecodedSegment};
+pub use encode::{encode_segment, BlobEncoder, EncodeError, EncodedSegment};
+pub use error::{ConfigError, DecodeError, FormatError, RebuildError, SymbolError, VerifyError};
+pub use line::{sliver_hash, verify_sliver};
+pub use metadata::{BlobId, BlobMetadata, SegmentHashes, ShardRotation};
+pub use recovery::{rebuild, RecoverySymbol, Rebuilt, SymbolSource};
+pub use sliver::{Axis, Primary, PrimarySliver, Secondary, SecondarySliver, Sliver, SliverKind};

@@ -1,0 +1,12 @@
+//! redstuff: a Kubernetes operator that keeps blobs in a fleet of storage
+//! nodes with Red Stuff, the two-dimensional erasure code of Walrus.
+//!
+//! The parts, and which way they depend on each other, are described in
+//! ARCHITECTURE.md. This crate holds all of them; the binary `redstuff`
+//! exposes them as subcommands.
+
+#![warn(missing_docs)]
+
+pub mod bench;
+pub mod codec;
+pub mod units;

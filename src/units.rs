@@ -1,0 +1,49 @@
+//! Parsing and printing byte sizes for the command line.
+
+/// Parses a byte size such as `1000`, `64MiB`, `4GiB` or `1.5GB`.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    parse_size::Config::new()
+        .with_binary()
+        .parse_size(text.trim())
+        .map_err(|e| format!("invalid size {text:?}: {e} (examples: 1000, 64KiB, 64MiB, 4GiB)"))
+}
+
+/// Formats a byte count with a binary unit, e.g. `64.0 MiB`.
+pub fn format_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_and_decimal_suffixes() {
+        assert_eq!(parse_bytes("1000").unwrap(), 1000);
+        assert_eq!(parse_bytes("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_bytes("4GiB").unwrap(), 4 << 30);
+        assert_eq!(parse_bytes("1 KiB").unwrap(), 1024);
+        assert_eq!(parse_bytes("1MB").unwrap(), 1_000_000);
+        assert!(parse_bytes("lots").unwrap_err().contains("invalid size"));
+        assert!(parse_bytes("-5").is_err());
+    }
+
+    #[test]
+    fn sizes_print_with_binary_units() {
+        assert_eq!(format_bytes(0), "0 B");
+        assert_eq!(format_bytes(1023), "1023 B");
+        assert_eq!(format_bytes(64 << 20), "64.0 MiB");
+        assert_eq!(format_bytes(3 << 29), "1.5 GiB");
+    }
+}
