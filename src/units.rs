@@ -2,9 +2,7 @@
 
 /// Parses a byte size such as `1000`, `64MiB`, `4GiB` or `1.5GB`.
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
-    parse_size::Config::new()
-        .with_binary()
-        .parse_size(text.trim())
+    parse_size::parse_size(text.trim())
         .map_err(|e| format!("invalid size {text:?}: {e} (examples: 1000, 64KiB, 64MiB, 4GiB)"))
 }
 

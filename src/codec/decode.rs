@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use crate::codec::encode::segment_hashes;
 use crate::codec::error::DecodeError;
 use crate::codec::line::verify_sliver;
-use crate::codec::metadata::BlobMetadata;
+use crate::codec::metadata::{BlobMetadata, SegmentHashes};
 use crate::codec::rs;
 use crate::codec::sliver::{Axis, Sliver, SliverKind};
 use crate::codec::config::SegmentLayout;
@@ -74,8 +74,7 @@ pub fn decode_segment<A: Axis>(
 
     // Optimistic: the lowest indices (systematic first), checked by re-derivation.
     let chosen: Vec<&Sliver<A>> = candidates.values().take(needed).collect();
-    let data = reconstruct(&layout, &chosen);
-    if segment_hashes(config, &data) == *expected {
+    if let Some(data) = reconstruct_checked(&layout, &chosen, expected) {
         return Ok(DecodedSegment { data, invalid });
     }
 
@@ -98,10 +97,7 @@ pub fn decode_segment<A: Axis>(
         return Err(not_enough(candidates.len(), &invalid));
     }
     let chosen: Vec<&Sliver<A>> = candidates.values().take(needed).collect();
-    let data = reconstruct(&layout, &chosen);
-    if segment_hashes(config, &data) != *expected {
-        return Err(DecodeError::InconsistentEncoding);
-    }
+    let data = reconstruct_checked(&layout, &chosen, expected).ok_or(DecodeError::InconsistentEncoding)?;
     invalid.sort_unstable();
     Ok(DecodedSegment { data, invalid })
 }
@@ -125,12 +121,28 @@ pub fn decode_blob<A: Axis>(
     Ok(blob)
 }
 
-/// The segment's bytes from exactly `threshold` slivers of distinct indices,
-/// sorted by index; no verification.
+/// The segment's bytes from the chosen slivers, if the padding is zero and
+/// they re-encode to the expected hashes.
+fn reconstruct_checked<A: Axis>(
+    layout: &SegmentLayout,
+    chosen: &[&Sliver<A>],
+    expected: &SegmentHashes,
+) -> Option<Vec<u8>> {
+    let mut matrix = reconstruct(layout, chosen);
+    let len = layout.len() as usize;
+    if matrix[len..].iter().any(|&b| b != 0) {
+        return None;
+    }
+    matrix.truncate(len);
+    (segment_hashes(layout.config(), &matrix) == *expected).then_some(matrix)
+}
+
+/// The padded message matrix from exactly `threshold` slivers of distinct
+/// indices, sorted by index; no verification.
 fn reconstruct<A: Axis>(layout: &SegmentLayout, chosen: &[&Sliver<A>]) -> Vec<u8> {
     let config = layout.config();
     let (n, p, q, s) = (config.n(), config.p(), config.q(), layout.symbol_size());
-    let mut matrix = match A::KIND {
+    match A::KIND {
         // Rows of E: decode each column of M with the column code (p, n - p).
         SliverKind::Primary => {
             if chosen.iter().enumerate().all(|(r, sl)| usize::from(sl.index()) == r) {
@@ -170,7 +182,5 @@ fn reconstruct<A: Axis>(layout: &SegmentLayout, chosen: &[&Sliver<A>]) -> Vec<u8
                 .collect();
             rows.concat()
         }
-    };
-    matrix.truncate(layout.len() as usize);
-    matrix
+    }
 }
