@@ -11,7 +11,10 @@ use redstuff::codec::{
 fn sample() -> (BlobMetadata, Vec<EncodedSegment>) {
     let config = EncodingConfig::new(7).unwrap();
     let data: Vec<u8> = (0..5000u32).map(|i| (i * 31 % 251) as u8).collect();
-    BlobEncoder::new(config, 2048).unwrap().encode(&data).unwrap()
+    BlobEncoder::new(config, 2048)
+        .unwrap()
+        .encode(&data)
+        .unwrap()
 }
 
 /// Every serialized object of the sample blob, with a name.
@@ -24,11 +27,17 @@ fn objects() -> Vec<(&'static str, Vec<u8>)> {
         ("secondary sliver", segment.secondary[5].to_bytes()),
         (
             "primary symbol",
-            SymbolSource::new(&segment.primary[2]).symbol(6).unwrap().to_bytes(),
+            SymbolSource::new(&segment.primary[2])
+                .symbol(6)
+                .unwrap()
+                .to_bytes(),
         ),
         (
             "secondary symbol",
-            SymbolSource::new(&segment.secondary[4]).symbol(1).unwrap().to_bytes(),
+            SymbolSource::new(&segment.secondary[4])
+                .symbol(1)
+                .unwrap()
+                .to_bytes(),
         ),
     ]
 }
@@ -48,13 +57,22 @@ fn parse(name: &str, bytes: &[u8]) -> Result<(), FormatError> {
 #[test]
 fn every_object_round_trips() {
     let (metadata, segments) = sample();
-    assert_eq!(BlobMetadata::from_bytes(&metadata.to_bytes()).unwrap(), metadata);
+    assert_eq!(
+        BlobMetadata::from_bytes(&metadata.to_bytes()).unwrap(),
+        metadata
+    );
     for segment in &segments {
         for sliver in &segment.primary {
-            assert_eq!(&PrimarySliver::from_bytes(&sliver.to_bytes()).unwrap(), sliver);
+            assert_eq!(
+                &PrimarySliver::from_bytes(&sliver.to_bytes()).unwrap(),
+                sliver
+            );
         }
         for sliver in &segment.secondary {
-            assert_eq!(&SecondarySliver::from_bytes(&sliver.to_bytes()).unwrap(), sliver);
+            assert_eq!(
+                &SecondarySliver::from_bytes(&sliver.to_bytes()).unwrap(),
+                sliver
+            );
         }
         let source = SymbolSource::new(&segment.secondary[0]);
         for target in 0..7 {
@@ -85,7 +103,10 @@ fn trailing_bytes_are_an_error() {
     for (name, mut bytes) in objects() {
         bytes.push(0);
         let err = parse(name, &bytes).unwrap_err();
-        assert!(matches!(err, FormatError::TrailingBytes { extra: 1, .. }), "{name}: {err}");
+        assert!(
+            matches!(err, FormatError::TrailingBytes { extra: 1, .. }),
+            "{name}: {err}"
+        );
     }
 }
 
@@ -97,7 +118,10 @@ fn a_header_that_is_not_ours_is_named() {
         assert_eq!(parse(name, &magic).unwrap_err(), FormatError::BadMagic);
         let mut version = bytes.clone();
         version[4] = 2;
-        assert_eq!(parse(name, &version).unwrap_err(), FormatError::UnsupportedVersion(2));
+        assert_eq!(
+            parse(name, &version).unwrap_err(),
+            FormatError::UnsupportedVersion(2)
+        );
     }
     // Each object parsed as every other kind is a wrong-type error.
     let all = objects();
@@ -105,7 +129,10 @@ fn a_header_that_is_not_ours_is_named() {
         for (other, bytes) in &all {
             if name != other {
                 let err = parse(name, bytes).unwrap_err();
-                assert!(matches!(err, FormatError::WrongType { .. }), "{other} as {name}: {err}");
+                assert!(
+                    matches!(err, FormatError::WrongType { .. }),
+                    "{other} as {name}: {err}"
+                );
             }
         }
     }
@@ -153,14 +180,19 @@ fn huge_declared_lengths_fail_fast_without_allocating() {
     count[HEADER_LEN + 19..HEADER_LEN + 23].copy_from_slice(&5u32.to_le_bytes());
     assert!(matches!(
         BlobMetadata::from_bytes(&count).unwrap_err(),
-        FormatError::InvalidField { field: "segment count", .. }
+        FormatError::InvalidField {
+            field: "segment count",
+            ..
+        }
     ));
 }
 
 #[test]
 fn a_proof_of_the_wrong_length_is_refused() {
     let (_, segments) = sample();
-    let symbol = SymbolSource::new(&segments[0].primary[0]).symbol(4).unwrap();
+    let symbol = SymbolSource::new(&segments[0].primary[0])
+        .symbol(4)
+        .unwrap();
     let mut bytes = symbol.to_bytes();
     let depth_at = bytes.len() - 3 * 32 - 1;
     assert_eq!(bytes[depth_at], 3);
@@ -168,7 +200,10 @@ fn a_proof_of_the_wrong_length_is_refused() {
     bytes.truncate(bytes.len() - 32);
     assert!(matches!(
         RecoverySymbol::<Primary>::from_bytes(&bytes).unwrap_err(),
-        FormatError::InvalidField { field: "proof length", .. }
+        FormatError::InvalidField {
+            field: "proof length",
+            ..
+        }
     ));
 }
 

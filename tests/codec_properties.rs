@@ -69,7 +69,9 @@ fn choose(n: usize, count: usize, seed: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     let mut state = seed | 1;
     for i in (1..n).rev() {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         order.swap(i, (state >> 33) as usize % (i + 1));
     }
     order.truncate(count);
@@ -257,7 +259,8 @@ fn inconsistent_blob() -> (BlobMetadata, EncodedSegment, usize) {
     segment.primary[liar].flip_bit(12_345);
     let mut primary: Vec<_> = segment.hashes.primary_hashes().to_vec();
     primary[liar] = redstuff::codec::sliver_hash(&segment.primary[liar]);
-    let hashes = redstuff::codec::SegmentHashes::new(primary, segment.hashes.secondary_hashes().to_vec());
+    let hashes =
+        redstuff::codec::SegmentHashes::new(primary, segment.hashes.secondary_hashes().to_vec());
     let metadata = BlobMetadata::new(*metadata.layout(), vec![hashes]).unwrap();
     (metadata, segment, liar)
 }
@@ -276,7 +279,11 @@ fn a_reader_refuses_a_blob_whose_writer_encoded_inconsistently() {
         DecodeError::InconsistentEncoding
     );
     // nor from a set that includes the odd sliver.
-    let with_liar = vec![segment.primary[0].clone(), segment.primary[1].clone(), segment.primary[liar].clone()];
+    let with_liar = vec![
+        segment.primary[0].clone(),
+        segment.primary[1].clone(),
+        segment.primary[liar].clone(),
+    ];
     assert_eq!(
         decode_segment(&metadata, 0, with_liar).unwrap_err(),
         DecodeError::InconsistentEncoding
@@ -290,8 +297,13 @@ fn a_rebuild_refuses_a_sliver_from_an_inconsistent_encoding() {
     // target 2 has a valid proof, so it is used; the rebuilt sliver then
     // fails its hash and nothing is returned.
     let target = 2u16;
-    let sources = [&segment.primary[liar], &segment.primary[0], &segment.primary[1]];
-    let err = rebuild::<Secondary>(&metadata, 0, target, symbols_for(&sources, target)).unwrap_err();
+    let sources = [
+        &segment.primary[liar],
+        &segment.primary[0],
+        &segment.primary[1],
+    ];
+    let err =
+        rebuild::<Secondary>(&metadata, 0, target, symbols_for(&sources, target)).unwrap_err();
     assert_eq!(err, RebuildError::InconsistentEncoding);
 }
 
@@ -333,17 +345,28 @@ fn too_few_valid_symbols_is_an_error_that_counts_them() {
 fn slivers_of_another_segment_or_shape_are_refused_by_name() {
     let config = EncodingConfig::new(4).unwrap();
     let data = pseudo_random(5000, 9);
-    let (metadata, segments) = BlobEncoder::new(config, 2048).unwrap().encode(&data).unwrap();
+    let (metadata, segments) = BlobEncoder::new(config, 2048)
+        .unwrap()
+        .encode(&data)
+        .unwrap();
     assert_eq!(segments.len(), 3);
     // Segment 1's slivers offered for segment 0: all rejected as invalid.
     let wrong = segments[1].primary.clone();
     let err = decode_segment(&metadata, 0, wrong).unwrap_err();
     assert_eq!(
         err,
-        DecodeError::NotEnoughSlivers { kind: "primary", valid: 0, needed: 2, invalid: 4 }
+        DecodeError::NotEnoughSlivers {
+            kind: "primary",
+            valid: 0,
+            needed: 2,
+            invalid: 4
+        }
     );
     assert!(verify_sliver(&metadata, &segments[2].secondary[0]).is_ok());
     let other = EncodingConfig::new(7).unwrap();
-    let (_, foreign) = BlobEncoder::new(other, 2048).unwrap().encode(&data).unwrap();
+    let (_, foreign) = BlobEncoder::new(other, 2048)
+        .unwrap()
+        .encode(&data)
+        .unwrap();
     assert!(verify_sliver(&metadata, &foreign[0].primary[0]).is_err());
 }

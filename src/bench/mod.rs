@@ -1,3 +1,5 @@
-//! Benchmarks run by `redstuff bench`.
+//! Benchmarks run by `redstuff bench`: each measures the project's code
+//! against a baseline in the same run and reports ratios.
 
 pub mod codec;
+pub mod memory;

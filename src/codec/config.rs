@@ -251,7 +251,11 @@ mod tests {
             (1000, 333, 334, 667),
         ] {
             let c = EncodingConfig::new(n).unwrap();
-            assert_eq!((c.n(), c.f(), c.p(), c.q()), (n as usize, f, p, q), "n = {n}");
+            assert_eq!(
+                (c.n(), c.f(), c.p(), c.q()),
+                (n as usize, f, p, q),
+                "n = {n}"
+            );
         }
     }
 

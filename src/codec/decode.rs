@@ -18,13 +18,13 @@ use std::collections::BTreeMap;
 
 use rayon::prelude::*;
 
+use crate::codec::config::SegmentLayout;
 use crate::codec::encode::segment_hashes;
 use crate::codec::error::DecodeError;
 use crate::codec::line::verify_sliver;
 use crate::codec::metadata::{BlobMetadata, SegmentHashes};
 use crate::codec::rs;
 use crate::codec::sliver::{Axis, Sliver, SliverKind};
-use crate::codec::config::SegmentLayout;
 
 /// A decoded segment and the slivers found invalid on the way.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,7 +97,8 @@ pub fn decode_segment<A: Axis>(
         return Err(not_enough(candidates.len(), &invalid));
     }
     let chosen: Vec<&Sliver<A>> = candidates.values().take(needed).collect();
-    let data = reconstruct_checked(&layout, &chosen, expected).ok_or(DecodeError::InconsistentEncoding)?;
+    let data =
+        reconstruct_checked(&layout, &chosen, expected).ok_or(DecodeError::InconsistentEncoding)?;
     invalid.sort_unstable();
     Ok(DecodedSegment { data, invalid })
 }
@@ -145,14 +146,24 @@ fn reconstruct<A: Axis>(layout: &SegmentLayout, chosen: &[&Sliver<A>]) -> Vec<u8
     match A::KIND {
         // Rows of E: decode each column of M with the column code (p, n - p).
         SliverKind::Primary => {
-            if chosen.iter().enumerate().all(|(r, sl)| usize::from(sl.index()) == r) {
-                chosen.iter().flat_map(|sl| sl.data().iter().copied()).collect()
+            if chosen
+                .iter()
+                .enumerate()
+                .all(|(r, sl)| usize::from(sl.index()) == r)
+            {
+                chosen
+                    .iter()
+                    .map(|sl| sl.data())
+                    .collect::<Vec<_>>()
+                    .concat()
             } else {
                 let columns: Vec<Vec<u8>> = (0..q)
                     .into_par_iter()
                     .map(|c| {
-                        let present: Vec<(usize, &[u8])> =
-                            chosen.iter().map(|sl| (sl.index().into(), sl.symbol(c))).collect();
+                        let present: Vec<(usize, &[u8])> = chosen
+                            .iter()
+                            .map(|sl| (sl.index().into(), sl.symbol(c)))
+                            .collect();
                         let mut column = vec![0u8; p * s];
                         rs::reconstruct_originals(p, n - p, &present, &mut column);
                         column
@@ -173,8 +184,10 @@ fn reconstruct<A: Axis>(layout: &SegmentLayout, chosen: &[&Sliver<A>]) -> Vec<u8
             let rows: Vec<Vec<u8>> = (0..p)
                 .into_par_iter()
                 .map(|r| {
-                    let present: Vec<(usize, &[u8])> =
-                        chosen.iter().map(|sl| (sl.index().into(), sl.symbol(r))).collect();
+                    let present: Vec<(usize, &[u8])> = chosen
+                        .iter()
+                        .map(|sl| (sl.index().into(), sl.symbol(r)))
+                        .collect();
                     let mut row = vec![0u8; q * s];
                     rs::reconstruct_originals(q, n - q, &present, &mut row);
                     row

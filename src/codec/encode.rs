@@ -51,7 +51,8 @@ pub fn encode_segment(config: EncodingConfig, index: u32, data: &[u8]) -> Encode
         .into_iter()
         .enumerate()
         .map(|(i, row)| {
-            PrimarySliver::new(config, i as u16, index, s, row).expect("encoder builds exact slivers")
+            PrimarySliver::new(config, i as u16, index, s, row)
+                .expect("encoder builds exact slivers")
         })
         .collect();
     let secondary = expanded
@@ -100,41 +101,53 @@ fn expand_segment(layout: &SegmentLayout, data: &[u8], keep_slivers: bool) -> Ex
         })
         .collect();
 
-    // 1. Columns: extend each column of M from p to n symbols.
-    let columns: Vec<Vec<u8>> = (0..q)
-        .into_par_iter()
-        .map(|c| {
-            let originals: Vec<&[u8]> = primary.iter().map(|row| &row[c * s..(c + 1) * s]).collect();
-            let mut out = vec![0u8; (n - p) * s];
-            rs::encode_recovery(&originals, n - p, &mut out);
-            out
-        })
+    // 1. Columns: extend each column of M from p to n symbols, writing the
+    //    n - p new symbols of column c straight into the parity rows.
+    let mut parity: Vec<Vec<u8>> = (0..n - p).map(|_| vec![0u8; row_len]).collect();
+    let columns_per_task = q.div_ceil(rayon::current_num_threads() * 4).max(1);
+    let mut tasks: Vec<Vec<&mut [u8]>> = (0..q.div_ceil(columns_per_task))
+        .map(|_| Vec::with_capacity(n - p))
         .collect();
-    let parity_rows: Vec<Vec<u8>> = (0..n - p)
+    for row in parity.iter_mut() {
+        for (task, part) in tasks.iter_mut().zip(row.chunks_mut(columns_per_task * s)) {
+            task.push(part);
+        }
+    }
+    tasks
         .into_par_iter()
-        .map(|t| {
-            let mut row = Vec::with_capacity(row_len);
-            for column in &columns {
-                row.extend_from_slice(&column[t * s..(t + 1) * s]);
+        .enumerate()
+        .for_each(|(t, mut parts)| {
+            let first = t * columns_per_task;
+            for (offset, c) in (first..(first + columns_per_task).min(q)).enumerate() {
+                let originals: Vec<&[u8]> =
+                    primary.iter().map(|row| &row[c * s..(c + 1) * s]).collect();
+                let mut outs: Vec<&mut [u8]> = parts
+                    .iter_mut()
+                    .map(|part| &mut part[offset * s..(offset + 1) * s])
+                    .collect();
+                rs::encode_recovery_into(&originals, &mut outs);
             }
-            row
-        })
-        .collect();
-    drop(columns);
-    primary.extend(parity_rows);
+        });
+    primary.extend(parity);
 
-    // 2. Rows: extend every primary sliver to n symbols and hash each symbol once.
+    // 2. Rows: extend every primary sliver to n symbols and hash each symbol
+    //    once; the extensions of the first p rows are kept (secondary slivers).
     let mut leaves: Vec<Hash> = vec![[0u8; 32]; n * n];
     let rows: Vec<(Hash, Option<Vec<u8>>)> = leaves
         .par_chunks_mut(n)
         .zip(primary.par_iter())
         .enumerate()
-        .map(|(i, (leaf_row, row))| {
-            let extension = line::extend(&config, row, s);
-            line::leaves_into(row, &extension, s, leaf_row);
-            let keep = keep_slivers && i < p;
-            (merkle::root(leaf_row), keep.then_some(extension))
-        })
+        .map_init(
+            || vec![0u8; (n - q) * s],
+            |scratch, (i, (leaf_row, row))| {
+                let keep = keep_slivers && i < p;
+                let mut kept = keep.then(|| vec![0u8; (n - q) * s]);
+                let extension = kept.as_mut().unwrap_or(scratch);
+                line::extend_into(row, s, extension);
+                line::leaves_into(row, extension, s, leaf_row);
+                (merkle::root(leaf_row), kept)
+            },
+        )
         .collect();
 
     // 3. Column roots reuse the same leaves.

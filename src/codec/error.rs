@@ -12,7 +12,9 @@ pub enum ConfigError {
         n: u64,
     },
     /// The segment size is outside the supported range.
-    #[error("segment size {segment_size} bytes is not supported: it must be between 1 KiB and 1 GiB")]
+    #[error(
+        "segment size {segment_size} bytes is not supported: it must be between 1 KiB and 1 GiB"
+    )]
     SegmentSize {
         /// The size that was asked for.
         segment_size: u64,
@@ -105,7 +107,9 @@ pub enum DecodeError {
         segments: u64,
     },
     /// Fewer valid slivers than the threshold were given.
-    #[error("not enough valid {kind} slivers: {valid} valid of {needed} needed ({invalid} invalid)")]
+    #[error(
+        "not enough valid {kind} slivers: {valid} valid of {needed} needed ({invalid} invalid)"
+    )]
     NotEnoughSlivers {
         /// "primary" or "secondary".
         kind: &'static str,
@@ -142,7 +146,9 @@ pub enum RebuildError {
         n: usize,
     },
     /// Fewer valid recovery symbols than needed were given.
-    #[error("not enough valid recovery symbols: {valid} valid of {needed} needed ({invalid} invalid)")]
+    #[error(
+        "not enough valid recovery symbols: {valid} valid of {needed} needed ({invalid} invalid)"
+    )]
     NotEnoughSymbols {
         /// Valid distinct symbols.
         valid: usize,
@@ -153,7 +159,9 @@ pub enum RebuildError {
     },
     /// The symbols were valid, but the rebuilt sliver does not match its
     /// hash: the writer encoded the blob inconsistently.
-    #[error("the blob was encoded inconsistently: the rebuilt sliver does not match its committed hash")]
+    #[error(
+        "the blob was encoded inconsistently: the rebuilt sliver does not match its committed hash"
+    )]
     InconsistentEncoding,
 }
 

@@ -19,7 +19,9 @@
 use crate::codec::config::{EncodingConfig, HASH_LEN, MAX_SEGMENT_SIZE};
 use crate::codec::error::FormatError;
 use crate::codec::merkle::{self, Hash};
-use crate::codec::metadata::{layout_from_params, BlobId, BlobMetadata, SegmentHashes, ENCODING_TAG};
+use crate::codec::metadata::{
+    layout_from_params, BlobId, BlobMetadata, SegmentHashes, ENCODING_TAG,
+};
 use crate::codec::recovery::RecoverySymbol;
 use crate::codec::sliver::{Axis, Sliver, SliverKind};
 
@@ -142,7 +144,10 @@ impl<'a> Reader<'a> {
     fn index(&mut self, field: &'static str, config: &EncodingConfig) -> Result<u16, FormatError> {
         let index = self.u16()?;
         if usize::from(index) >= config.n() {
-            return Err(invalid(field, format!("{index} is not below n = {}", config.n())));
+            return Err(invalid(
+                field,
+                format!("{index} is not below n = {}", config.n()),
+            ));
         }
         Ok(index)
     }
@@ -176,7 +181,11 @@ impl BlobMetadata {
         out.extend_from_slice(&crate::codec::metadata::id_params(layout));
         out.extend_from_slice(self.blob_id().as_bytes());
         for segment in self.segments() {
-            for hash in segment.primary_hashes().iter().chain(segment.secondary_hashes()) {
+            for hash in segment
+                .primary_hashes()
+                .iter()
+                .chain(segment.secondary_hashes())
+            {
                 out.extend_from_slice(hash);
             }
         }
@@ -189,7 +198,10 @@ impl BlobMetadata {
         r.header(TYPE_METADATA)?;
         let tag = r.u8()?;
         if tag != ENCODING_TAG {
-            return Err(invalid("encoding tag", format!("{tag} is not a known encoding")));
+            return Err(invalid(
+                "encoding tag",
+                format!("{tag} is not a known encoding"),
+            ));
         }
         let n = r.u16()?;
         let segment_size = r.u64()?;
@@ -210,7 +222,9 @@ impl BlobMetadata {
         let hashes_len = u64::from(segment_count) * 2 * n as u64 * HASH_LEN as u64;
         let body = r.take(hashes_len)?;
         r.finish()?;
-        let mut hashes = body.chunks_exact(HASH_LEN).map(|h| -> Hash { h.try_into().expect("32 bytes") });
+        let mut hashes = body
+            .chunks_exact(HASH_LEN)
+            .map(|h| -> Hash { h.try_into().expect("32 bytes") });
         let segments = (0..segment_count)
             .map(|_| {
                 let primary = hashes.by_ref().take(n).collect();
@@ -256,7 +270,9 @@ impl<A: Axis> Sliver<A> {
 impl<A: Axis> RecoverySymbol<A> {
     /// Serializes the symbol with its proof.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER_LEN + 15 + self.symbol().len() + self.proof().len() * HASH_LEN);
+        let mut out = Vec::with_capacity(
+            HEADER_LEN + 15 + self.symbol().len() + self.proof().len() * HASH_LEN,
+        );
         header(&mut out, symbol_type(A::KIND));
         out.extend_from_slice(&(self.config().n() as u16).to_le_bytes());
         out.extend_from_slice(&self.source().to_le_bytes());
@@ -290,11 +306,19 @@ impl<A: Axis> RecoverySymbol<A> {
         if depth != expected {
             return Err(invalid(
                 "proof length",
-                format!("{depth} hashes, a tree over {} leaves needs {expected}", config.n()),
+                format!(
+                    "{depth} hashes, a tree over {} leaves needs {expected}",
+                    config.n()
+                ),
             ));
         }
-        let proof = (0..depth).map(|_| r.hash()).collect::<Result<Vec<_>, _>>()?;
+        let proof = (0..depth)
+            .map(|_| r.hash())
+            .collect::<Result<Vec<_>, _>>()?;
         r.finish()?;
-        Ok(RecoverySymbol::new(config, source, target, segment, symbol, proof).expect("checked shape"))
+        Ok(
+            RecoverySymbol::new(config, source, target, segment, symbol, proof)
+                .expect("checked shape"),
+        )
     }
 }

@@ -19,11 +19,16 @@ const PARALLEL_HASH_MIN_SYMBOLS: usize = 64;
 /// (`data`, back to back, of `symbol_size` bytes each) to n symbols.
 pub fn extend(config: &EncodingConfig, data: &[u8], symbol_size: usize) -> Vec<u8> {
     let k = data.len() / symbol_size;
-    let recovery = config.n() - k;
-    let originals: Vec<&[u8]> = data.chunks_exact(symbol_size).collect();
-    let mut out = vec![0u8; recovery * symbol_size];
-    rs::encode_recovery(&originals, recovery, &mut out);
+    let mut out = vec![0u8; (config.n() - k) * symbol_size];
+    extend_into(data, symbol_size, &mut out);
     out
+}
+
+/// Like [`extend`], writing the recovery symbols into `out`, whose length
+/// says how many there are.
+pub fn extend_into(data: &[u8], symbol_size: usize, out: &mut [u8]) {
+    let originals: Vec<&[u8]> = data.chunks_exact(symbol_size).collect();
+    rs::encode_recovery(&originals, out.len() / symbol_size, out);
 }
 
 /// Leaf hashes of the n symbols of a line: the sources, then the extension.
@@ -60,7 +65,10 @@ pub fn sliver_hash<A: Axis>(sliver: &Sliver<A>) -> Hash {
 }
 
 /// Checks a sliver against the blob metadata: its shape, then its hash.
-pub fn verify_sliver<A: Axis>(metadata: &BlobMetadata, sliver: &Sliver<A>) -> Result<(), VerifyError> {
+pub fn verify_sliver<A: Axis>(
+    metadata: &BlobMetadata,
+    sliver: &Sliver<A>,
+) -> Result<(), VerifyError> {
     let segment = sliver.segment();
     let layout = metadata.segment_layout(segment).ok_or_else(|| {
         VerifyError::Shape(format!(

@@ -160,7 +160,11 @@ mod tests {
     fn root_of_the_tree_and_of_the_plain_function_agree() {
         for count in [1, 2, 3, 4, 5, 7, 8, 9, 100, 1000] {
             let l = leaves(count);
-            assert_eq!(MerkleTree::new(l.clone()).root(), root(&l), "{count} leaves");
+            assert_eq!(
+                MerkleTree::new(l.clone()).root(),
+                root(&l),
+                "{count} leaves"
+            );
             assert_eq!(root_of(count, |i| l[i]), root(&l));
         }
     }

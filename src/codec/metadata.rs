@@ -54,9 +54,7 @@ impl FromStr for BlobId {
         let bytes = URL_SAFE_NO_PAD
             .decode(s)
             .map_err(|_| invalid("not URL-safe base64"))?;
-        let raw: [u8; HASH_LEN] = bytes
-            .try_into()
-            .map_err(|_| invalid("expected 32 bytes"))?;
+        let raw: [u8; HASH_LEN] = bytes.try_into().map_err(|_| invalid("expected 32 bytes"))?;
         // Reject non-canonical encodings (stray low bits in the last character).
         let id = BlobId(raw);
         if id.to_string() != s {
@@ -253,7 +251,10 @@ pub(crate) fn id_params(layout: &BlobLayout) -> Vec<u8> {
 
 fn compute_blob_id(layout: &BlobLayout, segments: &[SegmentHashes]) -> BlobId {
     let roots: Vec<Hash> = segments.iter().map(SegmentHashes::root).collect();
-    BlobId(merkle::blob_id_hash(&id_params(layout), &merkle::root(&roots)))
+    BlobId(merkle::blob_id_hash(
+        &id_params(layout),
+        &merkle::root(&roots),
+    ))
 }
 
 /// A layout from serialized parameters, with errors as format errors.

@@ -24,5 +24,5 @@ pub use encode::{encode_segment, BlobEncoder, EncodeError, EncodedSegment};
 pub use error::{ConfigError, DecodeError, FormatError, RebuildError, SymbolError, VerifyError};
 pub use line::{sliver_hash, verify_sliver};
 pub use metadata::{BlobId, BlobMetadata, SegmentHashes, ShardRotation};
-pub use recovery::{rebuild, RecoverySymbol, Rebuilt, SymbolSource};
+pub use recovery::{rebuild, Rebuilt, RecoverySymbol, SymbolSource};
 pub use sliver::{Axis, Primary, PrimarySliver, Secondary, SecondarySliver, Sliver, SliverKind};

@@ -124,7 +124,13 @@ impl<A: Axis> RecoverySymbol<A> {
             .expect("segment exists")
             .of::<A>(self.source.into());
         let leaf = merkle::leaf_hash(&self.symbol);
-        if merkle::verify_proof(root, self.config.n(), self.target.into(), &leaf, &self.proof) {
+        if merkle::verify_proof(
+            root,
+            self.config.n(),
+            self.target.into(),
+            &leaf,
+            &self.proof,
+        ) {
             Ok(())
         } else {
             Err(SymbolError::BadProof {
@@ -246,8 +252,12 @@ pub fn rebuild<B: Axis>(
         .collect();
     let mut data = vec![0u8; needed * s];
     rs::reconstruct_originals(needed, n - needed, &present, &mut data);
-    let sliver = Sliver::<B>::new(config, target, segment, s, data).expect("rebuilt sliver has its exact shape");
-    let expected = metadata.segment(segment).expect("segment exists").of::<B>(target.into());
+    let sliver = Sliver::<B>::new(config, target, segment, s, data)
+        .expect("rebuilt sliver has its exact shape");
+    let expected = metadata
+        .segment(segment)
+        .expect("segment exists")
+        .of::<B>(target.into());
     if line::sliver_hash(&sliver) != *expected {
         return Err(RebuildError::InconsistentEncoding);
     }

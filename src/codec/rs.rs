@@ -17,7 +17,7 @@ use std::ops::Range;
 use reed_solomon_simd::{ReedSolomonDecoder, ReedSolomonEncoder};
 
 /// Bytes of all shards of one Reed-Solomon call that fit the caches well.
-const STRIPE_WORKING_SET: usize = 256 << 10;
+const STRIPE_WORKING_SET: usize = 1 << 20;
 
 thread_local! {
     static ENCODER: RefCell<Option<ReedSolomonEncoder>> = const { RefCell::new(None) };
@@ -43,10 +43,21 @@ pub fn stripes(symbol_size: usize, shards: usize) -> impl Iterator<Item = Range<
 /// with `originals.len()` source symbols, writing them one after the other
 /// into `out` (`recovery_count * symbol_size` bytes).
 pub fn encode_recovery(originals: &[&[u8]], recovery_count: usize, out: &mut [u8]) {
+    let s = originals[0].len();
+    assert_eq!(out.len(), recovery_count * s, "recovery buffer size");
+    let mut outs: Vec<&mut [u8]> = out.chunks_exact_mut(s).collect();
+    encode_recovery_into(originals, &mut outs);
+}
+
+/// Computes the recovery symbols of the systematic code with
+/// `originals.len()` source symbols and `outs.len()` recovery symbols,
+/// writing recovery symbol t into `outs[t]` (each of the symbol size).
+pub fn encode_recovery_into(originals: &[&[u8]], outs: &mut [&mut [u8]]) {
     let k = originals.len();
+    let recovery_count = outs.len();
     let s = originals[0].len();
     debug_assert!(originals.iter().all(|o| o.len() == s));
-    assert_eq!(out.len(), recovery_count * s, "recovery buffer size");
+    assert!(outs.iter().all(|o| o.len() == s), "recovery symbol size");
     ENCODER.with_borrow_mut(|slot| {
         for stripe in stripes(s, k + recovery_count) {
             let width = stripe.len();
@@ -68,8 +79,8 @@ pub fn encode_recovery(originals: &[&[u8]], recovery_count: usize, out: &mut [u8
                     .expect("shard of the declared size");
             }
             let result = encoder.encode().expect("all original shards added");
-            for (t, recovery) in result.recovery_iter().enumerate() {
-                out[t * s + stripe.start..t * s + stripe.end].copy_from_slice(recovery);
+            for (out, recovery) in outs.iter_mut().zip(result.recovery_iter()) {
+                out[stripe.clone()].copy_from_slice(recovery);
             }
         }
     });
@@ -159,7 +170,14 @@ mod tests {
 
     #[test]
     fn stripes_cover_the_symbol_in_multiples_of_64() {
-        for (size, shards) in [(2, 7), (64, 7), (100, 7), (4_000_000, 7), (302, 1000), (29_462, 100)] {
+        for (size, shards) in [
+            (2, 7),
+            (64, 7),
+            (100, 7),
+            (4_000_000, 7),
+            (302, 1000),
+            (29_462, 100),
+        ] {
             let all: Vec<_> = stripes(size, shards).collect();
             assert_eq!(all.first().unwrap().start, 0);
             assert_eq!(all.last().unwrap().end, size);
@@ -173,14 +191,23 @@ mod tests {
     #[test]
     fn striped_coding_equals_whole_symbol_coding() {
         // Sizes around the 64-byte chunk and the stripe width, odd tails included.
-        for (k, m, size) in [(3, 4, 2), (3, 4, 66), (3, 4, 130_000), (5, 2, 262_146), (34, 66, 40_002)] {
+        for (k, m, size) in [
+            (3, 4, 2),
+            (3, 4, 66),
+            (3, 4, 130_000),
+            (5, 2, 262_146),
+            (34, 66, 40_002),
+        ] {
             let originals = symbols(k, size, 1);
             let refs: Vec<&[u8]> = originals.iter().map(Vec::as_slice).collect();
             let mut out = vec![0u8; m * size];
             encode_recovery(&refs, m, &mut out);
             let expected = whole_symbol_encode(&originals, m);
             for (t, want) in expected.iter().enumerate() {
-                assert!(out[t * size..(t + 1) * size] == want[..], "k={k} m={m} size={size} t={t}");
+                assert!(
+                    out[t * size..(t + 1) * size] == want[..],
+                    "k={k} m={m} size={size} t={t}"
+                );
             }
         }
     }
@@ -192,11 +219,7 @@ mod tests {
         let refs: Vec<&[u8]> = originals.iter().map(Vec::as_slice).collect();
         let mut recovery = vec![0u8; m * size];
         encode_recovery(&refs, m, &mut recovery);
-        let codeword: Vec<&[u8]> = refs
-            .iter()
-            .copied()
-            .chain(recovery.chunks(size))
-            .collect();
+        let codeword: Vec<&[u8]> = refs.iter().copied().chain(recovery.chunks(size)).collect();
         let want: Vec<u8> = originals.concat();
         for choice in [[0, 1, 2], [4, 5, 6], [0, 3, 6], [2, 5, 1]] {
             let present: Vec<(usize, &[u8])> = choice.iter().map(|&i| (i, codeword[i])).collect();

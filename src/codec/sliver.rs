@@ -165,7 +165,10 @@ impl<A: Axis> Sliver<A> {
             ));
         }
         if self.segment != segment {
-            return Err(format!("sliver is of segment {}, expected {segment}", self.segment));
+            return Err(format!(
+                "sliver is of segment {}, expected {segment}",
+                self.segment
+            ));
         }
         if self.symbol_size != layout.symbol_size() {
             return Err(format!(

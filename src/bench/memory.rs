@@ -1,0 +1,50 @@
+//! Peak resident memory of this process, from Linux's /proc.
+
+use std::fs;
+
+/// Peak resident set size so far (VmHWM), in bytes; `None` off Linux.
+pub fn peak_rss_bytes() -> Option<u64> {
+    status_field("VmHWM:")
+}
+
+/// Current resident set size (VmRSS), in bytes; `None` off Linux.
+pub fn current_rss_bytes() -> Option<u64> {
+    status_field("VmRSS:")
+}
+
+/// Resets the peak to the current size, so the next reading covers only
+/// what follows. Returns false where the kernel does not allow it.
+pub fn reset_peak() -> bool {
+    fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+fn status_field(name: &str) -> Option<u64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(name))?;
+    let kib: u64 = line[name.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peak_covers_an_allocation_made_after_a_reset() {
+        let Some(before) = current_rss_bytes() else {
+            return; // not Linux
+        };
+        if !reset_peak() {
+            return;
+        }
+        let block = vec![1u8; 64 << 20];
+        std::hint::black_box(&block);
+        let peak = peak_rss_bytes().unwrap();
+        assert!(peak >= before + (60 << 20), "peak {peak} before {before}");
+    }
+}
