@@ -122,13 +122,14 @@ impl Tally {
     }
 }
 
-/// Rounds to run by default: small blobs are measured three times (the
-/// median is reported), blobs past 256 MiB once.
+/// Rounds to run by default (the median round is reported): 15 up to
+/// 16 MiB, where a phase takes milliseconds and the first round pays for
+/// waking threads and warming caches; 3 up to 256 MiB; 1 beyond.
 pub fn default_rounds(size: u64) -> usize {
-    if size <= 256 << 20 {
-        3
-    } else {
-        1
+    match size {
+        0..=0x100_0000 => 15,
+        0..=0x1000_0000 => 3,
+        _ => 1,
     }
 }
 
