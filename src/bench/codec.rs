@@ -126,10 +126,12 @@ impl Tally {
 /// 16 MiB, where a phase takes milliseconds and the first round pays for
 /// waking threads and warming caches; 3 up to 256 MiB; 1 beyond.
 pub fn default_rounds(size: u64) -> usize {
-    match size {
-        0..=0x100_0000 => 15,
-        0..=0x1000_0000 => 3,
-        _ => 1,
+    if size <= 16 << 20 {
+        15
+    } else if size <= 256 << 20 {
+        3
+    } else {
+        1
     }
 }
 
