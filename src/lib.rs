@@ -9,4 +9,5 @@
 
 pub mod bench;
 pub mod codec;
+pub mod store;
 pub mod units;
