@@ -7,7 +7,12 @@
 
 #![warn(missing_docs)]
 
+pub mod api_error;
 pub mod bench;
+pub mod client;
 pub mod codec;
+pub mod metrics;
+pub mod node;
 pub mod store;
 pub mod units;
+pub mod wire;

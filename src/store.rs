@@ -89,6 +89,30 @@ pub struct SliverStore {
     root: PathBuf,
     capacity: Option<u64>,
     used: AtomicU64,
+    /// Sliver files held, indexed by `kind_index`.
+    slivers: [AtomicU64; 2],
+}
+
+fn kind_index(kind: SliverKind) -> usize {
+    match kind {
+        SliverKind::Primary => 0,
+        SliverKind::Secondary => 1,
+    }
+}
+
+fn kind_of_file(path: &Path) -> Option<SliverKind> {
+    match path.extension()?.to_str()? {
+        "primary" => Some(SliverKind::Primary),
+        "secondary" => Some(SliverKind::Secondary),
+        _ => None,
+    }
+}
+
+/// Bytes and sliver files below a directory.
+#[derive(Debug, Default, Clone, Copy)]
+struct DirStats {
+    bytes: u64,
+    slivers: [u64; 2],
 }
 
 impl SliverStore {
@@ -96,7 +120,11 @@ impl SliverStore {
     /// and counts the bytes it holds. `capacity` caps those bytes.
     pub fn open(root: impl Into<PathBuf>, capacity: Option<u64>) -> Result<Self, StoreError> {
         let root = root.into();
-        for dir in [root.join("blobs"), root.join("tmp"), root.join("quarantine")] {
+        for dir in [
+            root.join("blobs"),
+            root.join("tmp"),
+            root.join("quarantine"),
+        ] {
             fs::create_dir_all(&dir).map_err(io_error(&dir))?;
         }
         let tmp = root.join("tmp");
@@ -104,11 +132,12 @@ impl SliverStore {
             let path = entry.map_err(io_error(&tmp))?.path();
             fs::remove_file(&path).map_err(io_error(&path))?;
         }
-        let used = dir_size(&root.join("blobs"))?;
+        let stats = dir_stats(&root.join("blobs"))?;
         Ok(Self {
             root,
             capacity,
-            used: AtomicU64::new(used),
+            used: AtomicU64::new(stats.bytes),
+            slivers: stats.slivers.map(AtomicU64::new),
         })
     }
 
@@ -120,6 +149,18 @@ impl SliverStore {
     /// Bytes held in stored files (checksums included).
     pub fn used_bytes(&self) -> u64 {
         self.used.load(Ordering::Relaxed)
+    }
+
+    /// Sliver files held of one kind.
+    pub fn sliver_count(&self, kind: SliverKind) -> u64 {
+        self.slivers[kind_index(kind)].load(Ordering::Relaxed)
+    }
+
+    fn forget(&self, stats: DirStats) {
+        sub(&self.used, stats.bytes);
+        for (counter, n) in self.slivers.iter().zip(stats.slivers) {
+            sub(counter, n);
+        }
     }
 
     /// The configured capacity, if any.
@@ -145,7 +186,9 @@ impl SliverStore {
 
     /// The serialized metadata of a blob, if stored.
     pub fn metadata(&self, id: &BlobId) -> Result<Option<Vec<u8>>, StoreError> {
-        self.read_checked(&self.blob_dir(id).join("metadata"), || format!("metadata of {id}"))
+        self.read_checked(&self.blob_dir(id).join("metadata"), || {
+            format!("metadata of {id}")
+        })
     }
 
     /// Stores a serialized sliver of `shard` for segment `segment`.
@@ -184,10 +227,10 @@ impl SliverStore {
         if !dir.exists() {
             return Ok(false);
         }
-        let size = dir_size(&dir)?;
+        let stats = dir_stats(&dir)?;
         fs::remove_dir_all(&dir).map_err(io_error(&dir))?;
         sync_dir(&self.root.join("blobs"))?;
-        self.used.fetch_sub(size.min(self.used_bytes()), Ordering::Relaxed);
+        self.forget(stats);
         Ok(true)
     }
 
@@ -195,15 +238,19 @@ impl SliverStore {
     pub fn delete_shard(&self, id: &BlobId, shard: u16) -> Result<(), StoreError> {
         let dir = self.blob_dir(id).join(shard.to_string());
         if dir.exists() {
-            let size = dir_size(&dir)?;
+            let stats = dir_stats(&dir)?;
             fs::remove_dir_all(&dir).map_err(io_error(&dir))?;
-            self.used.fetch_sub(size.min(self.used_bytes()), Ordering::Relaxed);
+            self.forget(stats);
         }
         Ok(())
     }
 
     /// Blob ids stored, in order, after `after`, at most `limit`.
-    pub fn list_blobs(&self, after: Option<&BlobId>, limit: usize) -> Result<Vec<BlobId>, StoreError> {
+    pub fn list_blobs(
+        &self,
+        after: Option<&BlobId>,
+        limit: usize,
+    ) -> Result<Vec<BlobId>, StoreError> {
         let dir = self.root.join("blobs");
         let mut ids: Vec<BlobId> = fs::read_dir(&dir)
             .map_err(io_error(&dir))?
@@ -226,7 +273,11 @@ impl SliverStore {
             return Ok(holdings);
         };
         for entry in entries.flatten() {
-            let Some(shard) = entry.file_name().to_str().and_then(|s| s.parse::<u16>().ok()) else {
+            let Some(shard) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u16>().ok())
+            else {
                 continue;
             };
             let files: Vec<String> = fs::read_dir(entry.path())
@@ -245,7 +296,9 @@ impl SliverStore {
 
     fn write_atomic(&self, path: &Path, content: &[u8]) -> Result<(), StoreError> {
         let size = (content.len() + CHECKSUM_LEN) as u64;
-        let previous = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let existing = fs::metadata(path).ok();
+        let existed = existing.is_some();
+        let previous = existing.map_or(0, |m| m.len());
         if let Some(capacity) = self.capacity {
             let used = self.used_bytes().saturating_sub(previous);
             if used + size > capacity {
@@ -276,11 +329,18 @@ impl SliverStore {
             return result;
         }
         self.used.fetch_add(size, Ordering::Relaxed);
-        self.used.fetch_sub(previous.min(self.used_bytes()), Ordering::Relaxed);
+        sub(&self.used, previous);
+        if let (Some(kind), false) = (kind_of_file(path), existed) {
+            self.slivers[kind_index(kind)].fetch_add(1, Ordering::Relaxed);
+        }
         Ok(())
     }
 
-    fn read_checked(&self, path: &Path, what: impl FnOnce() -> String) -> Result<Option<Vec<u8>>, StoreError> {
+    fn read_checked(
+        &self,
+        path: &Path,
+        what: impl FnOnce() -> String,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         let mut bytes = match fs::read(path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -306,7 +366,14 @@ impl SliverStore {
             TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
         if fs::rename(path, &target).is_ok() {
-            self.used.fetch_sub(size.min(self.used_bytes()), Ordering::Relaxed);
+            let mut stats = DirStats {
+                bytes: size,
+                ..DirStats::default()
+            };
+            if let Some(kind) = kind_of_file(path) {
+                stats.slivers[kind_index(kind)] = 1;
+            }
+            self.forget(stats);
         }
     }
 }
@@ -338,23 +405,36 @@ fn create_dirs_synced(dir: &Path, root: &Path) -> Result<(), StoreError> {
     sync_dir(dir.parent().expect("below root"))
 }
 
-fn dir_size(dir: &Path) -> Result<u64, StoreError> {
-    let mut total = 0;
+fn sub(counter: &AtomicU64, amount: u64) {
+    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+        Some(v.saturating_sub(amount))
+    });
+}
+
+fn dir_stats(dir: &Path) -> Result<DirStats, StoreError> {
+    let mut stats = DirStats::default();
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(stats),
         Err(e) => return Err(io_error(dir)(e)),
     };
     for entry in entries {
         let entry = entry.map_err(io_error(dir))?;
-        let meta = entry.metadata().map_err(io_error(&entry.path()))?;
-        total += if meta.is_dir() {
-            dir_size(&entry.path())?
+        let path = entry.path();
+        let meta = entry.metadata().map_err(io_error(&path))?;
+        if meta.is_dir() {
+            let inner = dir_stats(&path)?;
+            stats.bytes += inner.bytes;
+            stats.slivers[0] += inner.slivers[0];
+            stats.slivers[1] += inner.slivers[1];
         } else {
-            meta.len()
-        };
+            stats.bytes += meta.len();
+            if let Some(kind) = kind_of_file(&path) {
+                stats.slivers[kind_index(kind)] += 1;
+            }
+        }
     }
-    Ok(total)
+    Ok(stats)
 }
 
 #[cfg(test)]
@@ -370,20 +450,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SliverStore::open(dir.path(), None).unwrap();
         store.put_metadata(&id(1), b"meta").unwrap();
-        store.put_sliver(&id(1), 0, 3, SliverKind::Primary, b"primary").unwrap();
-        store.put_sliver(&id(1), 0, 3, SliverKind::Secondary, b"secondary").unwrap();
-        store.put_sliver(&id(1), 1, 3, SliverKind::Primary, b"p1").unwrap();
+        store
+            .put_sliver(&id(1), 0, 3, SliverKind::Primary, b"primary")
+            .unwrap();
+        store
+            .put_sliver(&id(1), 0, 3, SliverKind::Secondary, b"secondary")
+            .unwrap();
+        store
+            .put_sliver(&id(1), 1, 3, SliverKind::Primary, b"p1")
+            .unwrap();
         let used = store.used_bytes();
         assert_eq!(used, (4 + 7 + 9 + 2 + 4 * 32) as u64);
         drop(store);
         let store = SliverStore::open(dir.path(), None).unwrap();
         assert_eq!(store.used_bytes(), used);
+        assert_eq!(store.sliver_count(SliverKind::Primary), 2);
+        assert_eq!(store.sliver_count(SliverKind::Secondary), 1);
         assert_eq!(store.metadata(&id(1)).unwrap().unwrap(), b"meta");
         assert_eq!(
-            store.sliver(&id(1), 0, 3, SliverKind::Secondary).unwrap().unwrap(),
+            store
+                .sliver(&id(1), 0, 3, SliverKind::Secondary)
+                .unwrap()
+                .unwrap(),
             b"secondary"
         );
-        assert_eq!(store.sliver(&id(1), 2, 3, SliverKind::Primary).unwrap(), None);
+        assert_eq!(
+            store.sliver(&id(1), 2, 3, SliverKind::Primary).unwrap(),
+            None
+        );
         let holdings = store.holdings(&id(1)).unwrap();
         assert!(holdings.metadata);
         assert_eq!(holdings.shards, BTreeMap::from([(3, 1)]));
@@ -394,7 +488,9 @@ mod tests {
     fn a_flipped_bit_on_disk_is_caught_and_the_file_quarantined() {
         let dir = tempfile::tempdir().unwrap();
         let store = SliverStore::open(dir.path(), None).unwrap();
-        store.put_sliver(&id(2), 0, 0, SliverKind::Primary, b"some sliver bytes").unwrap();
+        store
+            .put_sliver(&id(2), 0, 0, SliverKind::Primary, b"some sliver bytes")
+            .unwrap();
         let path = store.sliver_path(&id(2), 0, 0, SliverKind::Primary);
         let mut bytes = fs::read(&path).unwrap();
         bytes[3] ^= 0x10;
@@ -402,9 +498,18 @@ mod tests {
         let err = store.sliver(&id(2), 0, 0, SliverKind::Primary).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
         assert!(!path.exists(), "the corrupt file is moved aside");
-        assert_eq!(store.sliver(&id(2), 0, 0, SliverKind::Primary).unwrap(), None);
+        assert_eq!(
+            (store.sliver_count(SliverKind::Primary), store.used_bytes()),
+            (0, 0)
+        );
+        assert_eq!(
+            store.sliver(&id(2), 0, 0, SliverKind::Primary).unwrap(),
+            None
+        );
         // A truncated file is corrupt too.
-        store.put_sliver(&id(2), 0, 0, SliverKind::Primary, b"x").unwrap();
+        store
+            .put_sliver(&id(2), 0, 0, SliverKind::Primary, b"x")
+            .unwrap();
         fs::write(&path, b"short").unwrap();
         assert!(store.sliver(&id(2), 0, 0, SliverKind::Primary).is_err());
     }
@@ -423,19 +528,35 @@ mod tests {
     fn a_write_past_capacity_is_refused_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = SliverStore::open(dir.path(), Some(200)).unwrap();
-        store.put_sliver(&id(3), 0, 1, SliverKind::Primary, &[1; 100]).unwrap();
+        store
+            .put_sliver(&id(3), 0, 1, SliverKind::Primary, &[1; 100])
+            .unwrap();
         let err = store
             .put_sliver(&id(3), 0, 1, SliverKind::Secondary, &[2; 100])
             .unwrap_err();
-        assert!(matches!(err, StoreError::Full { needed: 132, available: 68 }), "{err}");
+        assert!(
+            matches!(
+                err,
+                StoreError::Full {
+                    needed: 132,
+                    available: 68
+                }
+            ),
+            "{err}"
+        );
         assert!(!store.has_sliver(&id(3), 0, 1, SliverKind::Secondary));
         assert_eq!(store.used_bytes(), 132);
         assert_eq!(
-            store.sliver(&id(3), 0, 1, SliverKind::Primary).unwrap().unwrap(),
+            store
+                .sliver(&id(3), 0, 1, SliverKind::Primary)
+                .unwrap()
+                .unwrap(),
             vec![1; 100]
         );
         // Replacing a file counts only the difference.
-        store.put_sliver(&id(3), 0, 1, SliverKind::Primary, &[3; 150]).unwrap();
+        store
+            .put_sliver(&id(3), 0, 1, SliverKind::Primary, &[3; 150])
+            .unwrap();
         assert_eq!(store.used_bytes(), 182);
     }
 
@@ -444,11 +565,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SliverStore::open(dir.path(), None).unwrap();
         store.put_metadata(&id(4), b"m").unwrap();
-        store.put_sliver(&id(4), 0, 1, SliverKind::Primary, &[0; 10]).unwrap();
+        store
+            .put_sliver(&id(4), 0, 1, SliverKind::Primary, &[0; 10])
+            .unwrap();
         store.put_metadata(&id(5), b"m").unwrap();
         assert!(store.delete_blob(&id(4)).unwrap());
         assert!(!store.delete_blob(&id(4)).unwrap());
         assert_eq!(store.used_bytes(), 33);
+        assert_eq!(store.sliver_count(SliverKind::Primary), 0);
         assert_eq!(store.list_blobs(None, 10).unwrap(), vec![id(5)]);
     }
 

@@ -1,0 +1,279 @@
+//! Prometheus metrics: one registry per process, the naming rules of
+//! docs (prefix `redstuff_`, base units, `_total` counters, bounded labels),
+//! and the metric sets of each part. README.md lists every metric; a test
+//! holds the list and the code together.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Latency buckets in seconds, from 1 ms to about 1 minute.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Renders a registry in the Prometheus text format.
+pub fn render(registry: &Registry) -> String {
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(&registry.gather(), &mut out)
+        .expect("text encoding of gathered metrics");
+    String::from_utf8(out).expect("the text format is UTF-8")
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))
+        .expect("valid metric");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("unique metric");
+    h
+}
+
+fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+        labels,
+    )
+    .expect("valid metric");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("unique metric");
+    h
+}
+
+/// Metrics of a storage node.
+#[derive(Clone)]
+pub struct NodeMetrics {
+    /// Bytes held in the node's store.
+    pub stored_bytes: IntGauge,
+    /// Slivers held, by kind.
+    pub slivers: IntGaugeVec,
+    /// Requests by route and status code.
+    pub requests: IntCounterVec,
+    /// Request latency by route.
+    pub request_duration: HistogramVec,
+    /// Recovery symbols served to peers.
+    pub recovery_symbols_served: IntCounter,
+    /// Corrupt data found in the store, by where it was found.
+    pub corruption_detected: IntCounterVec,
+    /// Sliver pairs rebuilt by this node's repair action.
+    pub pairs_rebuilt: IntCounter,
+    /// Bytes fetched from peers by this node's repair action.
+    pub repair_fetched_bytes: IntCounter,
+    /// Answers from peers that failed verification, by peer node.
+    pub peer_invalid: IntCounterVec,
+}
+
+impl NodeMetrics {
+    /// Registers the node metrics.
+    pub fn new(registry: &Registry) -> Self {
+        Self {
+            stored_bytes: gauge(
+                registry,
+                "redstuff_node_stored_bytes",
+                "Bytes held in the node's sliver store, checksums included.",
+            ),
+            slivers: gauge_vec(
+                registry,
+                "redstuff_node_slivers",
+                "Slivers held by the node.",
+                &["kind"],
+            ),
+            requests: counter_vec(
+                registry,
+                "redstuff_node_requests_total",
+                "HTTP requests served by the node.",
+                &["route", "code"],
+            ),
+            request_duration: histogram_vec(
+                registry,
+                "redstuff_node_request_duration_seconds",
+                "Latency of node HTTP requests.",
+                &["route"],
+            ),
+            recovery_symbols_served: counter(
+                registry,
+                "redstuff_node_recovery_symbols_served_total",
+                "Recovery symbols served to peers.",
+            ),
+            corruption_detected: counter_vec(
+                registry,
+                "redstuff_node_corruption_detected_total",
+                "Stored files that failed their checksum.",
+                &["where"],
+            ),
+            pairs_rebuilt: counter(
+                registry,
+                "redstuff_node_pairs_rebuilt_total",
+                "Sliver pairs (per segment) rebuilt from peers' recovery symbols.",
+            ),
+            repair_fetched_bytes: counter(
+                registry,
+                "redstuff_node_repair_fetched_bytes_total",
+                "Bytes fetched from peers to rebuild slivers.",
+            ),
+            peer_invalid: counter_vec(
+                registry,
+                "redstuff_peer_invalid_responses_total",
+                "Answers from peers that failed verification.",
+                &["node"],
+            ),
+        }
+    }
+}
+
+/// Metrics of a gateway (and of the client inside it).
+#[derive(Clone)]
+pub struct GatewayMetrics {
+    /// Blob bytes accepted by PUT.
+    pub put_bytes: IntCounter,
+    /// Blob bytes served by GET.
+    pub get_bytes: IntCounter,
+    /// Requests by operation and status code.
+    pub requests: IntCounterVec,
+    /// Request latency by operation.
+    pub request_duration: HistogramVec,
+    /// Time to encode one segment.
+    pub encode_duration: Histogram,
+    /// Time to decode (and verify) one segment.
+    pub decode_duration: Histogram,
+    /// Answers from nodes that failed verification, by node.
+    pub peer_invalid: IntCounterVec,
+}
+
+impl GatewayMetrics {
+    /// Registers the gateway metrics.
+    pub fn new(registry: &Registry) -> Self {
+        Self {
+            put_bytes: counter(
+                registry,
+                "redstuff_gateway_put_bytes_total",
+                "Blob bytes stored through the gateway.",
+            ),
+            get_bytes: counter(
+                registry,
+                "redstuff_gateway_get_bytes_total",
+                "Blob bytes read through the gateway.",
+            ),
+            requests: counter_vec(
+                registry,
+                "redstuff_gateway_requests_total",
+                "Gateway requests.",
+                &["op", "code"],
+            ),
+            request_duration: histogram_vec(
+                registry,
+                "redstuff_gateway_request_duration_seconds",
+                "Latency of gateway requests.",
+                &["op"],
+            ),
+            encode_duration: histogram(
+                registry,
+                "redstuff_encode_duration_seconds",
+                "Time to encode one segment with commitments.",
+            ),
+            decode_duration: histogram(
+                registry,
+                "redstuff_decode_duration_seconds",
+                "Time to decode and verify one segment.",
+            ),
+            peer_invalid: counter_vec(
+                registry,
+                "redstuff_peer_invalid_responses_total",
+                "Answers from nodes that failed verification.",
+                &["node"],
+            ),
+        }
+    }
+}
+
+/// Metrics of the fleet control loop (local `dev` loop or operator).
+#[derive(Clone)]
+pub struct FleetMetrics {
+    /// Blobs by health.
+    pub blobs: IntGaugeVec,
+    /// (blob, shard) pairs missing or invalid across the fleet.
+    pub shards_missing: IntGauge,
+    /// Node processes or pods ready.
+    pub nodes_ready: IntGauge,
+    /// Repairs started.
+    pub repairs_started: IntCounter,
+    /// Repairs completed.
+    pub repairs_completed: IntCounter,
+    /// Repairs failed.
+    pub repairs_failed: IntCounter,
+    /// Bytes moved by repairs.
+    pub repair_bytes: IntCounter,
+    /// Time from noticing a loss to starting its repair.
+    pub repair_start_delay: Histogram,
+}
+
+impl FleetMetrics {
+    /// Registers the control-loop metrics.
+    pub fn new(registry: &Registry) -> Self {
+        Self {
+            blobs: gauge_vec(registry, "redstuff_blobs", "Blobs by health.", &["health"]),
+            shards_missing: gauge(
+                registry,
+                "redstuff_shards_missing",
+                "(blob, shard) pairs missing across the fleet.",
+            ),
+            nodes_ready: gauge(registry, "redstuff_nodes_ready", "Storage nodes ready."),
+            repairs_started: counter(
+                registry,
+                "redstuff_repairs_started_total",
+                "Repairs started.",
+            ),
+            repairs_completed: counter(
+                registry,
+                "redstuff_repairs_completed_total",
+                "Repairs completed.",
+            ),
+            repairs_failed: counter(registry, "redstuff_repairs_failed_total", "Repairs failed."),
+            repair_bytes: counter(
+                registry,
+                "redstuff_repair_bytes_total",
+                "Bytes moved between nodes by repairs.",
+            ),
+            repair_start_delay: histogram(
+                registry,
+                "redstuff_repair_start_delay_seconds",
+                "Time from noticing a loss to starting its repair.",
+            ),
+        }
+    }
+}
