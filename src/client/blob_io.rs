@@ -290,12 +290,11 @@ impl BlobClient {
             }))
             .await;
             for (name, answer) in fetched {
-                match answer {
-                    Ok(Some(bytes)) => match PrimarySliver::from_bytes(&bytes) {
+                if let Ok(Some(bytes)) = answer {
+                    match PrimarySliver::from_bytes(&bytes) {
                         Ok(sliver) => slivers.push((name, sliver)),
                         Err(_) => self.invalid_from(&name),
-                    },
-                    _ => {}
+                    }
                 }
             }
             if slivers.len() >= p {

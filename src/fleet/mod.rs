@@ -51,7 +51,7 @@ pub fn assign(shards: u16, nodes: &[NodeSpec], previous: &Assignment) -> Assignm
     for members in &mut domains {
         members.sort_by(|a, b| held(&b.name).cmp(&held(&a.name)).then(a.name.cmp(&b.name)));
     }
-    domains.sort_by(|a, b| b.len().cmp(&a.len()));
+    domains.sort_by_key(|members| std::cmp::Reverse(members.len()));
     let mut round_robin = Vec::with_capacity(count);
     for round in 0.. {
         let before = round_robin.len();
