@@ -7,7 +7,12 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use redstuff::bench::codec::{self as codec_bench, CodecBenchOptions};
 use redstuff::codec::DEFAULT_SEGMENT_SIZE;
+use redstuff::dev::DevConfig;
+use redstuff::gateway::{FleetSource, Gateway, GatewayConfig};
+use redstuff::node::{Node, NodeConfig, ShardSource};
 use redstuff::units::parse_bytes;
+
+mod cli;
 
 /// redstuff keeps blobs in a fleet of storage nodes with Red Stuff, the
 /// two-dimensional erasure code of Walrus: any f of n shards may be lost or
@@ -19,11 +24,126 @@ struct Cli {
     command: Command,
 }
 
+/// The gateway the user commands talk to, unless `--gateway` says otherwise:
+/// the default address of `redstuff dev`.
+const DEFAULT_GATEWAY: &str = "http://127.0.0.1:7700";
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a local fleet: node processes, a gateway and the self-healing
+    /// control loop, all on 127.0.0.1.
+    Dev(DevArgs),
+    /// Store a file as a blob through a gateway; prints the blob id.
+    Put {
+        /// The file to store.
+        file: PathBuf,
+        /// Gateway URL.
+        #[arg(long, env = "REDSTUFF_GATEWAY", default_value = DEFAULT_GATEWAY)]
+        gateway: String,
+        /// Print id, size and shard acknowledgements as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read a blob back through a gateway.
+    Get {
+        /// The blob id.
+        id: String,
+        /// Where to write it (`-` for standard output).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Gateway URL.
+        #[arg(long, env = "REDSTUFF_GATEWAY", default_value = DEFAULT_GATEWAY)]
+        gateway: String,
+    },
+    /// Show the fleet: nodes (pid, address, shards, state) and blob health.
+    Status {
+        /// Gateway URL (of `redstuff dev`).
+        #[arg(long, env = "REDSTUFF_GATEWAY", default_value = DEFAULT_GATEWAY)]
+        gateway: String,
+        /// Print JSON: {"nodes": [...], "blobs": [...], ...}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one storage node.
+    Node(NodeArgs),
+    /// Run a gateway in front of a fleet.
+    Gateway(GatewayArgs),
     /// Measure throughput and memory against a baseline in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Debug, Args)]
+struct DevArgs {
+    /// Shard count n (4 to 1000); f = (n - 1) / 3 shards may be lost or lie.
+    #[arg(long, default_value_t = 7)]
+    shards: u16,
+    /// Node processes; shards are spread evenly over them.
+    #[arg(long, default_value_t = 7)]
+    nodes: usize,
+    /// Where nodes keep their data, and the fleet its state.
+    #[arg(long, default_value = "redstuff-dev")]
+    data_dir: PathBuf,
+    /// The gateway's address.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    gateway_addr: std::net::SocketAddr,
+    /// Segment size of new blobs.
+    #[arg(long, default_value_t = DEFAULT_SEGMENT_SIZE, value_parser = parse_bytes)]
+    segment_size: u64,
+    /// How often the control loop looks at the fleet, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    period_ms: u64,
+    /// Repairs in flight at most.
+    #[arg(long, default_value_t = 4)]
+    max_concurrent_repairs: usize,
+    /// Test only: make node I serve corrupted slivers and symbols.
+    #[arg(long, hide = true)]
+    test_corrupt_node: Vec<usize>,
+}
+
+#[derive(Debug, Args)]
+struct NodeArgs {
+    /// The node's name.
+    #[arg(long)]
+    name: String,
+    /// Data directory (created if missing).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Address to listen on (port 0: any free port); the first line on
+    /// stdout is {"event": "listening", "url": ...}.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: std::net::SocketAddr,
+    /// Shards owned, fixed (e.g. 0,3,5).
+    #[arg(long, value_delimiter = ',', conflicts_with = "shards_file")]
+    shards: Vec<u16>,
+    /// JSON file {"shards": [...]} re-read when it changes.
+    #[arg(long)]
+    shards_file: Option<PathBuf>,
+    /// Cap on stored bytes; writes past it answer 507.
+    #[arg(long, value_parser = parse_bytes)]
+    capacity: Option<u64>,
+    /// Largest request body, in bytes.
+    #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
+    max_body: u64,
+    /// Test only: flip a bit in every sliver and symbol served.
+    #[arg(long, hide = true)]
+    test_corrupt_reads: bool,
+}
+
+#[derive(Debug, Args)]
+struct GatewayArgs {
+    /// The fleet map file (JSON), re-read when it changes.
+    #[arg(long)]
+    fleet: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    listen: std::net::SocketAddr,
+    /// Where uploads are spooled while they are encoded.
+    #[arg(long, default_value_os_t = std::env::temp_dir().join("redstuff-spool"))]
+    spool_dir: PathBuf,
+    /// Largest blob accepted.
+    #[arg(long, default_value = "1TiB", value_parser = parse_bytes)]
+    max_blob: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -62,6 +182,13 @@ struct CodecArgs {
 
 fn main() -> ExitCode {
     keep_freed_memory_a_while();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("REDSTUFF_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -75,7 +202,97 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Bench(BenchCommand::Codec(args)) => bench_codec(args),
+        Command::Dev(args) => runtime()?.block_on(dev(args)),
+        Command::Node(args) => runtime()?.block_on(node(args)),
+        Command::Gateway(args) => runtime()?.block_on(gateway(args)),
+        Command::Put {
+            file,
+            gateway,
+            json,
+        } => runtime()?.block_on(cli::put(&file, &gateway, json)),
+        Command::Get {
+            id,
+            output,
+            gateway,
+        } => runtime()?.block_on(cli::get(&id, &output, &gateway)),
+        Command::Status { gateway, json } => runtime()?.block_on(cli::status(&gateway, json)),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn node(args: NodeArgs) -> anyhow::Result<()> {
+    let shards = match args.shards_file {
+        Some(path) => ShardSource::File(path),
+        None => ShardSource::Fixed(args.shards.into_iter().collect()),
+    };
+    let config = NodeConfig {
+        name: args.name.clone(),
+        data_dir: args.data_dir,
+        shards,
+        capacity: args.capacity,
+        max_body_bytes: usize::try_from(args.max_body).unwrap_or(usize::MAX),
+        corrupt_reads: args.test_corrupt_reads,
+    };
+    let node = Node::bind(config, args.listen).await?;
+    let url = format!("http://{}", node.local_addr());
+    println!(
+        "{}",
+        serde_json::json!({"event": "listening", "node": args.name, "url": url})
+    );
+    tracing::info!(node = %args.name, %url, "listening");
+    node.serve(shutdown_signal()).await
+}
+
+async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    let config = GatewayConfig {
+        fleet: FleetSource::File(args.fleet),
+        spool_dir: args.spool_dir,
+        max_blob_bytes: args.max_blob,
+    };
+    let gateway = Gateway::bind(config, args.listen, Default::default()).await?;
+    let url = format!("http://{}", gateway.local_addr());
+    println!("{}", serde_json::json!({"event": "listening", "url": url}));
+    gateway.serve(shutdown_signal()).await
+}
+
+async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    let config = DevConfig {
+        shards: args.shards,
+        nodes: args.nodes,
+        data_dir: args.data_dir.clone(),
+        gateway_addr: args.gateway_addr,
+        segment_size: args.segment_size,
+        exe: std::env::current_exe()?,
+        period: std::time::Duration::from_millis(args.period_ms.max(50)),
+        max_concurrent_repairs: args.max_concurrent_repairs.max(1),
+        corrupt_nodes: args.test_corrupt_node,
+    };
+    let nodes = args.nodes;
+    let shards = args.shards;
+    redstuff::dev::run(config, shutdown_signal(), move |url| {
+        println!("redstuff dev: {nodes} nodes holding {shards} shards are up");
+        println!("  gateway:  {url}    (redstuff put FILE --gateway {url})");
+        println!("  metrics:  {url}/metrics");
+        println!("  status:   redstuff status --gateway {url}");
+        println!("  data:     {}", args.data_dir.display());
+        println!("Ctrl-C stops every node.");
+    })
+    .await
 }
 
 fn bench_codec(args: CodecArgs) -> anyhow::Result<()> {

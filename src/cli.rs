@@ -1,0 +1,215 @@
+//! The user commands that talk to a gateway: put, get, status.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use anyhow::Context as _;
+use futures_util::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::io::AsyncWriteExt;
+
+use redstuff::units::format_bytes;
+use redstuff::wire::StoredBlob;
+
+/// Transfers shorter than this show no progress bar.
+const PROGRESS_THRESHOLD: u64 = 8 << 20;
+
+fn progress(len: u64, label: &str) -> ProgressBar {
+    if len < PROGRESS_THRESHOLD {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len).with_style(
+        ProgressStyle::with_template(
+            "{msg} {bytes}/{total_bytes} [{bar:30}] {percent}% {bytes_per_sec}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(label.to_string());
+    bar
+}
+
+async fn error_of(response: reqwest::Response) -> anyhow::Error {
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    let message = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("error")?.as_str().map(str::to_string))
+        .unwrap_or(body);
+    anyhow::anyhow!("the gateway answered {status}: {message}")
+}
+
+fn http() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .build()?)
+}
+
+/// `redstuff put FILE`: prints the blob id (or JSON) on stdout.
+pub async fn put(file: &Path, gateway: &str, json: bool) -> anyhow::Result<()> {
+    let handle = tokio::fs::File::open(file)
+        .await
+        .with_context(|| format!("cannot open {}", file.display()))?;
+    let len = handle.metadata().await?.len();
+    let label = format!(
+        "uploading {}",
+        file.file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into())
+    );
+    let bar = progress(len, &label);
+    let counted = bar.clone();
+    let stream = tokio_util::io::ReaderStream::new(handle).inspect(move |chunk| {
+        if let Ok(chunk) = chunk {
+            counted.inc(chunk.len() as u64);
+        }
+    });
+    let response = http()?
+        .put(format!("{}/v1/blobs", gateway.trim_end_matches('/')))
+        .header("content-length", len)
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the gateway at {gateway}"))?;
+    bar.finish_and_clear();
+    if !response.status().is_success() {
+        return Err(error_of(response).await);
+    }
+    let stored: StoredBlob = response.json().await?;
+    if json {
+        println!("{}", serde_json::to_string(&stored)?);
+    } else {
+        println!("{}", stored.id);
+        if !stored.shards_missing.is_empty() {
+            eprintln!(
+                "stored durably; shards {:?} still miss slivers and will be repaired",
+                stored.shards_missing
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `redstuff get ID -o FILE` (or to stdout with `-o -`).
+pub async fn get(id: &str, output: &Path, gateway: &str) -> anyhow::Result<()> {
+    let response = http()?
+        .get(format!("{}/v1/blobs/{id}", gateway.trim_end_matches('/')))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the gateway at {gateway}"))?;
+    if !response.status().is_success() {
+        return Err(error_of(response).await);
+    }
+    let len = response.content_length().unwrap_or(0);
+    let to_stdout = output == Path::new("-");
+    let bar = if to_stdout {
+        ProgressBar::hidden()
+    } else {
+        progress(len, "downloading")
+    };
+    // Write next to the target and rename at the end: no half file on failure.
+    let partial = output.with_extension("partial");
+    let mut file = if to_stdout {
+        None
+    } else {
+        Some(
+            tokio::fs::File::create(&partial)
+                .await
+                .with_context(|| format!("cannot write {}", partial.display()))?,
+        )
+    };
+    let mut received = 0u64;
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                if file.is_some() {
+                    let _ = tokio::fs::remove_file(&partial).await;
+                }
+                anyhow::bail!("download interrupted after {received} of {len} bytes: {e}");
+            }
+        };
+        received += chunk.len() as u64;
+        bar.inc(chunk.len() as u64);
+        match file.as_mut() {
+            Some(f) => f.write_all(&chunk).await?,
+            None => std::io::stdout().write_all(&chunk)?,
+        }
+    }
+    bar.finish_and_clear();
+    if let Some(mut f) = file {
+        f.flush().await?;
+        f.sync_all().await?;
+        anyhow::ensure!(
+            received == len,
+            "download ended after {received} of {len} bytes"
+        );
+        tokio::fs::rename(&partial, output).await?;
+    }
+    Ok(())
+}
+
+/// `redstuff status`: the fleet as a table, or JSON.
+pub async fn status(gateway: &str, json: bool) -> anyhow::Result<()> {
+    let response = http()?
+        .get(format!("{}/v1/status", gateway.trim_end_matches('/')))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the gateway at {gateway}"))?;
+    if !response.status().is_success() {
+        return Err(error_of(response).await);
+    }
+    let status: serde_json::Value = response.json().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    println!(
+        "shards {}  tolerates {} lost shards ({} whole nodes)",
+        status["shards"], status["fault_tolerance"], status["tolerated_node_losses"]
+    );
+    println!();
+    println!(
+        "{:<10} {:>8} {:<24} {:<10} {:>8}  shards",
+        "NODE", "PID", "ADDRESS", "STATE", "RESTARTS"
+    );
+    for node in status["nodes"].as_array().into_iter().flatten() {
+        let shards: Vec<String> = node["shards"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| s.to_string())
+            .collect();
+        println!(
+            "{:<10} {:>8} {:<24} {:<10} {:>8}  {}",
+            node["name"].as_str().unwrap_or("?"),
+            node["pid"].as_u64().map_or("-".into(), |p| p.to_string()),
+            node["address"].as_str().unwrap_or("?"),
+            node["state"].as_str().unwrap_or("?"),
+            node["restarts"],
+            shards.join(",")
+        );
+    }
+    println!();
+    println!(
+        "{:<44} {:>10} {:<10} {:>7}",
+        "BLOB", "SIZE", "HEALTH", "SHARDS"
+    );
+    for blob in status["blobs"].as_array().into_iter().flatten() {
+        let health = blob["health"].as_str().unwrap_or("?");
+        let shown = if blob["repairing"].as_bool() == Some(true) && health != "Healthy" {
+            "Repairing"
+        } else {
+            health
+        };
+        println!(
+            "{:<44} {:>10} {:<10} {:>3}/{}",
+            blob["id"].as_str().unwrap_or("?"),
+            format_bytes(blob["size"].as_u64().unwrap_or(0)),
+            shown,
+            blob["shards_complete"],
+            status["shards"]
+        );
+    }
+    Ok(())
+}

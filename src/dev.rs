@@ -1,0 +1,588 @@
+//! `redstuff dev`: the local adapter. The same `fleet` decisions the
+//! operator makes, driving real node processes on loopback: a tiny
+//! orchestrator that restarts a node process that dies, sees through the
+//! nodes' inventories which (blob, shard) pairs are missing, and has their
+//! owners rebuild them from recovery symbols.
+//!
+//! Files under the data directory:
+//!
+//! ```text
+//! fleet.json            the fleet map (shards, node URLs), read by the gateway
+//! node-<i>/data/        node i's store
+//! node-<i>/shards.json  node i's shards, re-read by the node when it changes
+//! node-<i>/node.log     node i's log
+//! spool/                the gateway's upload spool
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures_util::future::join_all;
+use prometheus::Registry;
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::client::NodeClient;
+use crate::codec::EncodingConfig;
+use crate::fleet::{self, Assignment, BlobObservation, FleetMap, Health, MapNode, NodeSpec};
+use crate::gateway::{FleetSource, Gateway, GatewayConfig, StatusBoard};
+use crate::metrics::FleetMetrics;
+use crate::node::ShardsFile;
+use crate::wire::{Peer, RepairRequest};
+
+/// How the local fleet is set up.
+#[derive(Debug, Clone)]
+pub struct DevConfig {
+    /// Shard count n.
+    pub shards: u16,
+    /// Node processes.
+    pub nodes: usize,
+    /// Where everything lives.
+    pub data_dir: PathBuf,
+    /// The gateway's address.
+    pub gateway_addr: SocketAddr,
+    /// Segment size of new blobs.
+    pub segment_size: u64,
+    /// The `redstuff` executable to start nodes with.
+    pub exe: PathBuf,
+    /// How often the loop looks at the fleet.
+    pub period: Duration,
+    /// Repairs in flight at most.
+    pub max_concurrent_repairs: usize,
+    /// Test only: nodes (by index) that corrupt what they serve.
+    pub corrupt_nodes: Vec<usize>,
+}
+
+/// One node as `redstuff status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    /// Name.
+    pub name: String,
+    /// Process id, while running.
+    pub pid: Option<u32>,
+    /// Base URL.
+    pub address: String,
+    /// Data directory.
+    pub data_dir: String,
+    /// Shards owned.
+    pub shards: Vec<u16>,
+    /// `ready`, `starting` or `down`.
+    pub state: String,
+    /// Times the loop restarted it.
+    pub restarts: u32,
+}
+
+/// One blob as `redstuff status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlobStatus {
+    /// Blob id.
+    pub id: String,
+    /// Length in bytes.
+    pub size: u64,
+    /// Health.
+    pub health: Health,
+    /// Shards holding a complete pair of every segment.
+    pub shards_complete: usize,
+    /// Whether a repair of it is in flight.
+    pub repairing: bool,
+}
+
+/// The whole status.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetStatus {
+    /// Shard count.
+    pub shards: u16,
+    /// f.
+    pub fault_tolerance: usize,
+    /// Whole nodes that may be lost at once without losing a blob.
+    pub tolerated_node_losses: usize,
+    /// Nodes.
+    pub nodes: Vec<NodeStatus>,
+    /// Blobs.
+    pub blobs: Vec<BlobStatus>,
+}
+
+struct NodeProcess {
+    name: String,
+    dir: PathBuf,
+    url: String,
+    port: u16,
+    child: Option<Child>,
+    restarts: u32,
+    corrupt: bool,
+}
+
+impl NodeProcess {
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+}
+
+/// Starts the fleet and runs the loop until `shutdown` completes; then
+/// stops every child.
+pub async fn run(
+    config: DevConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(&str),
+) -> anyhow::Result<()> {
+    let encoding = EncodingConfig::new(config.shards)?;
+    anyhow::ensure!(config.nodes >= 1, "at least one node is needed");
+    anyhow::ensure!(
+        config.nodes <= usize::from(config.shards),
+        "{} nodes for {} shards: every node must hold at least one shard",
+        config.nodes,
+        config.shards
+    );
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+    let fleet_path = config.data_dir.join("fleet.json");
+    let previous_map = FleetMap::read(&fleet_path).ok();
+
+    let specs: Vec<NodeSpec> = (0..config.nodes)
+        .map(|i| NodeSpec {
+            name: format!("node-{i}"),
+            domain: format!("node-{i}"),
+        })
+        .collect();
+    let previous: Assignment = previous_map
+        .iter()
+        .flat_map(|m| {
+            m.nodes
+                .iter()
+                .flat_map(|n| n.shards.iter().map(|s| (*s, n.name.clone())))
+        })
+        .collect();
+    let assignment = fleet::assign(config.shards, &specs, &previous);
+
+    let mut nodes = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let dir = config.data_dir.join(&spec.name);
+        std::fs::create_dir_all(&dir)?;
+        let shards: BTreeSet<u16> = assignment
+            .iter()
+            .filter(|(_, owner)| **owner == spec.name)
+            .map(|(s, _)| *s)
+            .collect();
+        ShardsFile { shards }.write(&dir.join("shards.json"))?;
+        let port = previous_map
+            .as_ref()
+            .and_then(|m| m.nodes.iter().find(|n| n.name == spec.name))
+            .and_then(|n| n.url.rsplit(':').next()?.parse().ok())
+            .unwrap_or(0);
+        let mut node = NodeProcess {
+            name: spec.name.clone(),
+            dir,
+            url: String::new(),
+            port,
+            child: None,
+            restarts: 0,
+            corrupt: config.corrupt_nodes.contains(&i),
+        };
+        if let Err(e) = start_node(&config.exe, &mut node).await {
+            if port != 0 {
+                // The old port may be taken now: take any.
+                node.port = 0;
+                start_node(&config.exe, &mut node).await?;
+            } else {
+                return Err(e);
+            }
+        }
+        nodes.push(node);
+    }
+    let map = FleetMap {
+        shards: config.shards,
+        segment_size: config.segment_size,
+        nodes: nodes
+            .iter()
+            .map(|n| MapNode {
+                name: n.name.clone(),
+                url: n.url.clone(),
+                shards: assignment
+                    .iter()
+                    .filter(|(_, owner)| **owner == n.name)
+                    .map(|(s, _)| *s)
+                    .collect(),
+            })
+            .collect(),
+    };
+    map.write(&fleet_path)?;
+
+    let registry = Registry::new();
+    let metrics = FleetMetrics::new(&registry);
+    let status: StatusBoard = Arc::new(RwLock::new(None));
+    let gateway = Gateway::bind(
+        GatewayConfig {
+            fleet: FleetSource::File(fleet_path.clone()),
+            spool_dir: config.data_dir.join("spool"),
+            max_blob_bytes: u64::MAX,
+        },
+        config.gateway_addr,
+        status.clone(),
+    )
+    .await?
+    .with_extra_metrics(registry);
+    let gateway_url = format!("http://{}", gateway.local_addr());
+    let (stop_gateway, gateway_stopped) = tokio::sync::oneshot::channel::<()>();
+    let gateway_task = tokio::spawn(gateway.serve(async move {
+        let _ = gateway_stopped.await;
+    }));
+    ready(&gateway_url);
+
+    let mut fleet_loop = FleetLoop {
+        config: config.clone(),
+        encoding,
+        nodes,
+        specs,
+        assignment,
+        http: reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(600))
+            .build()?,
+        metrics,
+        status,
+        in_flight: Arc::new(Mutex::new(HashSet::new())),
+        first_missing: HashMap::new(),
+    };
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(config.period);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tick.tick() => fleet_loop.step().await,
+        }
+    }
+    let _ = stop_gateway.send(());
+    let _ = gateway_task.await;
+    fleet_loop.stop_all().await;
+    Ok(())
+}
+
+async fn start_node(exe: &Path, node: &mut NodeProcess) -> anyhow::Result<()> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(node.dir.join("node.log"))?;
+    let mut command = Command::new(exe);
+    command
+        .arg("node")
+        .arg("--name")
+        .arg(&node.name)
+        .arg("--data-dir")
+        .arg(node.dir.join("data"))
+        .arg("--shards-file")
+        .arg(node.dir.join("shards.json"))
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", node.port))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true);
+    if node.corrupt {
+        command.arg("--test-corrupt-reads");
+    }
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("cannot start {} ({})", node.name, exe.display()))?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .map_err(|_| anyhow::anyhow!("{} did not report its address in time", node.name))??
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{} exited before listening; see {}",
+                node.name,
+                node.dir.join("node.log").display()
+            )
+        })?;
+    let event: serde_json::Value = serde_json::from_str(&line)
+        .with_context(|| format!("{} printed {line:?} instead of its address", node.name))?;
+    let url = event["url"]
+        .as_str()
+        .context("no url in the node's first line")?
+        .to_string();
+    node.port = url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    node.url = url;
+    node.child = Some(child);
+    Ok(())
+}
+
+struct FleetLoop {
+    config: DevConfig,
+    encoding: EncodingConfig,
+    nodes: Vec<NodeProcess>,
+    specs: Vec<NodeSpec>,
+    assignment: Assignment,
+    http: reqwest::Client,
+    metrics: FleetMetrics,
+    status: StatusBoard,
+    in_flight: Arc<Mutex<HashSet<(String, String)>>>,
+    /// When a (blob, shard) was first seen missing, for the repair delay.
+    first_missing: HashMap<(String, u16), Instant>,
+}
+
+impl FleetLoop {
+    async fn step(&mut self) {
+        self.restart_dead().await;
+        let inventories = join_all(self.nodes.iter().map(|n| {
+            let client = NodeClient::new(self.http.clone(), &n.url);
+            async move { client.full_inventory().await.ok() }
+        }))
+        .await;
+        let ready: BTreeSet<String> = self
+            .nodes
+            .iter()
+            .zip(&inventories)
+            .filter(|(_, inv)| inv.is_some())
+            .map(|(n, _)| n.name.clone())
+            .collect();
+        self.metrics.nodes_ready.set(ready.len() as i64);
+
+        // Per blob: size, segments, and shards complete in every segment.
+        let mut blobs: BTreeMap<String, (u64, u32, BTreeSet<u16>)> = BTreeMap::new();
+        for inventory in inventories.iter().flatten() {
+            for blob in &inventory.blobs {
+                let entry = blobs
+                    .entry(blob.id.clone())
+                    .or_insert((0, 0, BTreeSet::new()));
+                if blob.segments > 0 {
+                    entry.0 = blob.size;
+                    entry.1 = blob.segments;
+                }
+                for (shard, complete) in &blob.shards {
+                    if *complete >= blob.segments && blob.segments > 0 {
+                        entry.2.insert(*shard);
+                    }
+                }
+            }
+        }
+        let observations: Vec<BlobObservation> = blobs
+            .iter()
+            .filter(|(_, (_, segments, _))| *segments > 0)
+            .map(|(id, (_, _, complete))| BlobObservation {
+                id: id.clone(),
+                complete_shards: complete.clone(),
+            })
+            .collect();
+
+        let n = self.encoding.n();
+        let mut missing_now = HashSet::new();
+        for blob in &observations {
+            for shard in 0..n as u16 {
+                if !blob.complete_shards.contains(&shard) {
+                    missing_now.insert((blob.id.clone(), shard));
+                }
+            }
+        }
+        let now = Instant::now();
+        self.first_missing
+            .retain(|key, _| missing_now.contains(key));
+        for key in &missing_now {
+            self.first_missing.entry(key.clone()).or_insert(now);
+        }
+        self.metrics.shards_missing.set(missing_now.len() as i64);
+        let mut by_health: BTreeMap<Health, i64> = Health::ALL.iter().map(|h| (*h, 0)).collect();
+        for blob in &observations {
+            *by_health
+                .entry(fleet::health(&self.encoding, blob.complete_shards.len()))
+                .or_default() += 1;
+        }
+        for (health, count) in &by_health {
+            self.metrics
+                .blobs
+                .with_label_values(&[health.name()])
+                .set(*count);
+        }
+
+        let busy = self.in_flight.lock().expect("not poisoned").len();
+        let room = self.config.max_concurrent_repairs.saturating_sub(busy);
+        let plan = fleet::plan_repairs(
+            &self.encoding,
+            &observations,
+            &self.assignment,
+            &ready,
+            usize::MAX,
+        );
+        let mut started = 0;
+        for task in plan {
+            if started >= room {
+                break;
+            }
+            let key = (task.blob.clone(), task.node.clone());
+            if !self
+                .in_flight
+                .lock()
+                .expect("not poisoned")
+                .insert(key.clone())
+            {
+                continue;
+            }
+            started += 1;
+            for shard in &task.shards {
+                if let Some(since) = self.first_missing.get(&(task.blob.clone(), *shard)) {
+                    self.metrics
+                        .repair_start_delay
+                        .observe(since.elapsed().as_secs_f64());
+                }
+            }
+            self.spawn_repair(task.blob, task.node, task.shards);
+        }
+
+        self.publish_status(&blobs, &ready);
+    }
+
+    fn spawn_repair(&self, blob: String, node: String, shards: Vec<u16>) {
+        let Some(target) = self.nodes.iter().find(|n| n.name == node) else {
+            return;
+        };
+        let client = NodeClient::new(self.http.clone(), &target.url);
+        let peers: Vec<Peer> = self
+            .assignment
+            .iter()
+            .filter(|(shard, owner)| **owner != node && !shards.contains(shard))
+            .filter_map(|(shard, owner)| {
+                let holder = self.nodes.iter().find(|n| n.name == *owner)?;
+                Some(Peer {
+                    shard: *shard,
+                    node: owner.clone(),
+                    url: holder.url.clone(),
+                })
+            })
+            .collect();
+        let request = RepairRequest {
+            blob: blob.clone(),
+            shards,
+            peers,
+        };
+        let metrics = self.metrics.clone();
+        let in_flight = self.in_flight.clone();
+        metrics.repairs_started.inc();
+        tokio::spawn(async move {
+            match client.repair(&request).await {
+                Ok(report) => {
+                    metrics.repair_bytes.inc_by(report.bytes_fetched);
+                    if report.failed.is_empty() {
+                        metrics.repairs_completed.inc();
+                        tracing::info!(%blob, %node, rebuilt = report.rebuilt, bytes = report.bytes_fetched, "repaired");
+                    } else {
+                        metrics.repairs_failed.inc();
+                        tracing::warn!(%blob, %node, failed = ?report.failed, "repair incomplete");
+                    }
+                }
+                Err(e) => {
+                    metrics.repairs_failed.inc();
+                    tracing::warn!(%blob, %node, "repair failed: {e}");
+                }
+            }
+            in_flight
+                .lock()
+                .expect("not poisoned")
+                .remove(&(blob, node));
+        });
+    }
+
+    async fn restart_dead(&mut self) {
+        for node in &mut self.nodes {
+            let exited = match node.child.as_mut() {
+                Some(child) => match child.try_wait() {
+                    Ok(Some(status)) => Some(status.to_string()),
+                    Ok(None) => None,
+                    Err(e) => Some(e.to_string()),
+                },
+                None => Some("not running".to_string()),
+            };
+            let Some(reason) = exited else { continue };
+            tracing::warn!(node = %node.name, "node process exited ({reason}); restarting it");
+            node.child = None;
+            node.restarts += 1;
+            if let Err(e) = start_node(&self.config.exe, node).await {
+                tracing::error!(node = %node.name, "restart failed: {e:#}");
+            }
+        }
+    }
+
+    fn publish_status(
+        &self,
+        blobs: &BTreeMap<String, (u64, u32, BTreeSet<u16>)>,
+        ready: &BTreeSet<String>,
+    ) {
+        let in_flight = self.in_flight.lock().expect("not poisoned").clone();
+        let status = FleetStatus {
+            shards: self.config.shards,
+            fault_tolerance: self.encoding.f(),
+            tolerated_node_losses: fleet::tolerated_domain_losses(
+                &self.assignment,
+                &self.specs,
+                self.encoding.f(),
+            ),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| NodeStatus {
+                    name: n.name.clone(),
+                    pid: n.pid(),
+                    address: n.url.clone(),
+                    data_dir: n.dir.join("data").display().to_string(),
+                    shards: self
+                        .assignment
+                        .iter()
+                        .filter(|(_, o)| **o == n.name)
+                        .map(|(s, _)| *s)
+                        .collect(),
+                    state: if ready.contains(&n.name) {
+                        "ready".into()
+                    } else if n.child.is_some() {
+                        "starting".into()
+                    } else {
+                        "down".into()
+                    },
+                    restarts: n.restarts,
+                })
+                .collect(),
+            blobs: blobs
+                .iter()
+                .filter(|(_, (_, segments, _))| *segments > 0)
+                .map(|(id, (size, _, complete))| BlobStatus {
+                    id: id.clone(),
+                    size: *size,
+                    health: fleet::health(&self.encoding, complete.len()),
+                    shards_complete: complete.len(),
+                    repairing: in_flight.iter().any(|(b, _)| b == id),
+                })
+                .collect(),
+        };
+        *self.status.write().expect("not poisoned") =
+            Some(serde_json::to_value(status).expect("serializable"));
+    }
+
+    async fn stop_all(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(pid) = node.pid() {
+                // SAFETY: plain syscall on a child's pid that this process started.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGTERM);
+                }
+            }
+        }
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                if tokio::time::timeout(Duration::from_secs(5), child.wait())
+                    .await
+                    .is_err()
+                {
+                    let _ = child.kill().await;
+                }
+            }
+        }
+    }
+}
