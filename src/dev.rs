@@ -91,6 +91,10 @@ pub struct BlobStatus {
     pub shards_complete: usize,
     /// Whether a repair of it is in flight.
     pub repairing: bool,
+    /// Bytes moved between nodes by completed repairs of this blob.
+    pub repair_bytes: u64,
+    /// Sliver pairs (per segment) rebuilt by those repairs.
+    pub pairs_rebuilt: u64,
 }
 
 /// The whole status.
@@ -247,6 +251,7 @@ pub async fn run(
         metrics,
         status,
         in_flight: Arc::new(Mutex::new(HashSet::new())),
+        repaired: Arc::new(Mutex::new(HashMap::new())),
         first_missing: HashMap::new(),
     };
     tokio::pin!(shutdown);
@@ -327,6 +332,8 @@ struct FleetLoop {
     metrics: FleetMetrics,
     status: StatusBoard,
     in_flight: Arc<Mutex<HashSet<(String, String)>>>,
+    /// Per blob: bytes moved and pairs rebuilt by completed repairs.
+    repaired: Arc<Mutex<HashMap<String, (u64, u64)>>>,
     /// When a (blob, shard) was first seen missing, for the repair delay.
     first_missing: HashMap<(String, u16), Instant>,
 }
@@ -466,11 +473,18 @@ impl FleetLoop {
         };
         let metrics = self.metrics.clone();
         let in_flight = self.in_flight.clone();
+        let repaired = self.repaired.clone();
         metrics.repairs_started.inc();
         tokio::spawn(async move {
             match client.repair(&request).await {
                 Ok(report) => {
                     metrics.repair_bytes.inc_by(report.bytes_fetched);
+                    {
+                        let mut repaired = repaired.lock().expect("not poisoned");
+                        let entry = repaired.entry(blob.clone()).or_default();
+                        entry.0 += report.bytes_fetched;
+                        entry.1 += report.rebuilt;
+                    }
                     if report.failed.is_empty() {
                         metrics.repairs_completed.inc();
                         tracing::info!(%blob, %node, rebuilt = report.rebuilt, bytes = report.bytes_fetched, "repaired");
@@ -517,6 +531,7 @@ impl FleetLoop {
         ready: &BTreeSet<String>,
     ) {
         let in_flight = self.in_flight.lock().expect("not poisoned").clone();
+        let repaired = self.repaired.lock().expect("not poisoned").clone();
         let status = FleetStatus {
             shards: self.config.shards,
             fault_tolerance: self.encoding.f(),
@@ -558,6 +573,8 @@ impl FleetLoop {
                     health: fleet::health(&self.encoding, complete.len()),
                     shards_complete: complete.len(),
                     repairing: in_flight.iter().any(|(b, _)| b == id),
+                    repair_bytes: repaired.get(id).map_or(0, |r| r.0),
+                    pairs_rebuilt: repaired.get(id).map_or(0, |r| r.1),
                 })
                 .collect(),
         };

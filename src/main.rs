@@ -1,5 +1,6 @@
 //! The `redstuff` command: one binary, one subcommand per part.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -285,12 +286,19 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let nodes = args.nodes;
     let shards = args.shards;
     redstuff::dev::run(config, shutdown_signal(), move |url| {
-        println!("redstuff dev: {nodes} nodes holding {shards} shards are up");
-        println!("  gateway:  {url}    (redstuff put FILE --gateway {url})");
-        println!("  metrics:  {url}/metrics");
-        println!("  status:   redstuff status --gateway {url}");
-        println!("  data:     {}", args.data_dir.display());
-        println!("Ctrl-C stops every node.");
+        // Whoever reads our stdout may have gone: that must not stop the fleet.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "redstuff dev: {nodes} nodes holding {shards} shards are up\n  \
+             gateway:  {url}    (redstuff put FILE --gateway {url})\n  \
+             metrics:  {url}/metrics\n  \
+             status:   redstuff status --gateway {url}\n  \
+             data:     {}\n\
+             Ctrl-C stops every node.",
+            args.data_dir.display()
+        );
+        let _ = out.flush();
     })
     .await
 }
