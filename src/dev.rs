@@ -57,6 +57,8 @@ pub struct DevConfig {
     pub max_concurrent_repairs: usize,
     /// Test only: nodes (by index) that corrupt what they serve.
     pub corrupt_nodes: Vec<usize>,
+    /// How often nodes scrub their stores, in seconds (0: never).
+    pub scrub_interval_secs: u64,
 }
 
 /// One node as `redstuff status` shows it.
@@ -120,6 +122,7 @@ struct NodeProcess {
     child: Option<Child>,
     restarts: u32,
     corrupt: bool,
+    scrub_interval_secs: u64,
 }
 
 impl NodeProcess {
@@ -187,6 +190,7 @@ pub async fn run(
             child: None,
             restarts: 0,
             corrupt: config.corrupt_nodes.contains(&i),
+            scrub_interval_secs: config.scrub_interval_secs,
         };
         if let Err(e) = start_node(&config.exe, &mut node).await {
             if port != 0 {
@@ -284,6 +288,8 @@ async fn start_node(exe: &Path, node: &mut NodeProcess) -> anyhow::Result<()> {
         .arg(node.dir.join("shards.json"))
         .arg("--listen")
         .arg(format!("127.0.0.1:{}", node.port))
+        .arg("--scrub-interval-secs")
+        .arg(node.scrub_interval_secs.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))

@@ -97,6 +97,9 @@ struct DevArgs {
     /// Repairs in flight at most.
     #[arg(long, default_value_t = 4)]
     max_concurrent_repairs: usize,
+    /// How often nodes re-read and check every stored file, in seconds.
+    #[arg(long, default_value_t = 60)]
+    scrub_interval_secs: u64,
     /// Test only: make node I serve corrupted slivers and symbols.
     #[arg(long, hide = true)]
     test_corrupt_node: Vec<usize>,
@@ -126,6 +129,9 @@ struct NodeArgs {
     /// Largest request body, in bytes.
     #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
     max_body: u64,
+    /// Re-read and check every stored file this often, in seconds (0: never).
+    #[arg(long, default_value_t = 3600)]
+    scrub_interval_secs: u64,
     /// Test only: flip a bit in every sliver and symbol served.
     #[arg(long, hide = true)]
     test_corrupt_reads: bool,
@@ -153,6 +159,26 @@ enum BenchCommand {
     /// blob generated on the fly or read from a file, against a 1-D
     /// reed-solomon-simd encode of the same bytes.
     Codec(CodecArgs),
+    /// Put and get a blob through the gateway of a local 7-shard fleet, as
+    /// a ratio to the codec alone; then wipe a node and time its repair.
+    Fleet(FleetArgs),
+}
+
+#[derive(Debug, Args)]
+struct FleetArgs {
+    /// Size of the blob put and got through the gateway.
+    #[arg(long, default_value = "256MiB", value_parser = parse_bytes)]
+    size: u64,
+    /// Slivers the wiped node holds before it is wiped (more blobs are
+    /// stored until it does).
+    #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
+    repair_bytes: u64,
+    /// Segment size.
+    #[arg(long, default_value_t = DEFAULT_SEGMENT_SIZE, value_parser = parse_bytes)]
+    segment_size: u64,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -203,6 +229,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Bench(BenchCommand::Codec(args)) => bench_codec(args),
+        Command::Bench(BenchCommand::Fleet(args)) => runtime()?.block_on(bench_fleet(args)),
         Command::Dev(args) => runtime()?.block_on(dev(args)),
         Command::Node(args) => runtime()?.block_on(node(args)),
         Command::Gateway(args) => runtime()?.block_on(gateway(args)),
@@ -248,6 +275,8 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
         capacity: args.capacity,
         max_body_bytes: usize::try_from(args.max_body).unwrap_or(usize::MAX),
         corrupt_reads: args.test_corrupt_reads,
+        scrub_interval: (args.scrub_interval_secs > 0)
+            .then(|| std::time::Duration::from_secs(args.scrub_interval_secs)),
     };
     let node = Node::bind(config, args.listen).await?;
     let url = format!("http://{}", node.local_addr());
@@ -282,6 +311,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         period: std::time::Duration::from_millis(args.period_ms.max(50)),
         max_concurrent_repairs: args.max_concurrent_repairs.max(1),
         corrupt_nodes: args.test_corrupt_node,
+        scrub_interval_secs: args.scrub_interval_secs,
     };
     let nodes = args.nodes;
     let shards = args.shards;
@@ -301,6 +331,22 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         let _ = out.flush();
     })
     .await
+}
+
+async fn bench_fleet(args: FleetArgs) -> anyhow::Result<()> {
+    let options = redstuff::bench::fleet::FleetBenchOptions {
+        exe: std::env::current_exe()?,
+        size: args.size,
+        repair_bytes: args.repair_bytes,
+        segment_size: args.segment_size,
+    };
+    let report = redstuff::bench::fleet::run(&options, |line| eprintln!("{line}")).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", redstuff::bench::fleet::render_table(&report));
+    }
+    Ok(())
 }
 
 fn bench_codec(args: CodecArgs) -> anyhow::Result<()> {

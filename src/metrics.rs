@@ -13,6 +13,27 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Names of every metric registered by this process so far.
+static REGISTERED: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+fn note(name: &str) {
+    REGISTERED
+        .lock()
+        .expect("not poisoned")
+        .insert(name.to_string());
+}
+
+/// Every metric name the code can export: the node's, the gateway's and
+/// the control loop's (registered on throwaway registries to list them).
+pub fn all_metric_names() -> std::collections::BTreeSet<String> {
+    let registry = Registry::new();
+    NodeMetrics::new(&registry);
+    GatewayMetrics::new(&Registry::new());
+    FleetMetrics::new(&Registry::new());
+    REGISTERED.lock().expect("not poisoned").clone()
+}
+
 /// Renders a registry in the Prometheus text format.
 pub fn render(registry: &Registry) -> String {
     let mut out = Vec::new();
@@ -23,6 +44,7 @@ pub fn render(registry: &Registry) -> String {
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    note(name);
     let c = IntCounter::new(name, help).expect("valid metric");
     registry
         .register(Box::new(c.clone()))
@@ -31,6 +53,7 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    note(name);
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
     registry
         .register(Box::new(c.clone()))
@@ -39,6 +62,7 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    note(name);
     let g = IntGauge::new(name, help).expect("valid metric");
     registry
         .register(Box::new(g.clone()))
@@ -47,6 +71,7 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    note(name);
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
     registry
         .register(Box::new(g.clone()))
@@ -55,6 +80,7 @@ fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> In
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str) -> Histogram {
+    note(name);
     let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))
         .expect("valid metric");
     registry
@@ -64,6 +90,7 @@ fn histogram(registry: &Registry, name: &str, help: &str) -> Histogram {
 }
 
 fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    note(name);
     let h = HistogramVec::new(
         HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
         labels,

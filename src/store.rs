@@ -294,6 +294,35 @@ impl SliverStore {
         Ok(holdings)
     }
 
+    /// Reads every stored file and checks its checksum; files that fail are
+    /// quarantined (and so reported missing). Returns (files checked, corrupt).
+    pub fn scrub(&self) -> Result<(u64, u64), StoreError> {
+        let (mut checked, mut corrupt) = (0, 0);
+        for id in self.list_blobs(None, usize::MAX)? {
+            let dir = self.blob_dir(&id);
+            let mut files = vec![dir.join("metadata")];
+            if let Ok(shards) = fs::read_dir(&dir) {
+                for shard in shards.flatten().filter(|e| e.path().is_dir()) {
+                    if let Ok(entries) = fs::read_dir(shard.path()) {
+                        files.extend(entries.flatten().map(|e| e.path()));
+                    }
+                }
+            }
+            for file in files {
+                match self.read_checked(&file, || file.display().to_string()) {
+                    Ok(Some(_)) => checked += 1,
+                    Ok(None) => {}
+                    Err(StoreError::Corrupt { .. }) => {
+                        checked += 1;
+                        corrupt += 1;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok((checked, corrupt))
+    }
+
     fn write_atomic(&self, path: &Path, content: &[u8]) -> Result<(), StoreError> {
         let size = (content.len() + CHECKSUM_LEN) as u64;
         let existing = fs::metadata(path).ok();
@@ -512,6 +541,32 @@ mod tests {
             .unwrap();
         fs::write(&path, b"short").unwrap();
         assert!(store.sliver(&id(2), 0, 0, SliverKind::Primary).is_err());
+    }
+
+    #[test]
+    fn a_scrub_finds_and_quarantines_every_corrupt_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SliverStore::open(dir.path(), None).unwrap();
+        store.put_metadata(&id(6), b"meta").unwrap();
+        for segment in 0..3 {
+            store
+                .put_sliver(
+                    &id(6),
+                    segment,
+                    2,
+                    SliverKind::Primary,
+                    &[segment as u8; 50],
+                )
+                .unwrap();
+        }
+        assert_eq!(store.scrub().unwrap(), (4, 0));
+        let path = store.sliver_path(&id(6), 1, 2, SliverKind::Primary);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[10] ^= 1;
+        fs::write(&path, bytes).unwrap();
+        assert_eq!(store.scrub().unwrap(), (4, 1));
+        assert!(!store.has_sliver(&id(6), 1, 2, SliverKind::Primary));
+        assert_eq!(store.scrub().unwrap(), (3, 0));
     }
 
     #[test]

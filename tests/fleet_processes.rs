@@ -475,3 +475,36 @@ async fn the_gateway_answers_bad_requests_with_clear_errors() {
     let gone = http.get(format!("{g}/v1/blobs/{id}")).send().await.unwrap();
     assert_eq!(gone.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bitrot_on_a_disk_is_found_by_scrubbing_and_repaired() {
+    let fleet = DevFleet::start(&["--scrub-interval-secs", "1"]);
+    let data = pseudo_random(300_000, 77);
+    let id = fleet.put(&data).await;
+    fleet.wait_for("healthy", |s| all_healthy(s, 1)).await;
+    // Flip one byte in the middle of one stored sliver file of node-5.
+    let shard_dir = fleet
+        .node_dir("node-5")
+        .join("data")
+        .join("blobs")
+        .join(&id);
+    let sliver = std::fs::read_dir(&shard_dir)
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().is_dir())
+        .map(|e| e.path().join("0.primary"))
+        .unwrap();
+    let mut bytes = std::fs::read(&sliver).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&sliver, bytes).unwrap();
+    // The scrub quarantines it, the loop sees the pair missing and repairs it.
+    fleet
+        .wait_for("the damaged pair repaired", |s| {
+            s["blobs"][0]["health"] == "Healthy"
+                && s["blobs"][0]["pairs_rebuilt"].as_u64() >= Some(1)
+        })
+        .await;
+    assert!(fleet.get(&id).await == data);
+    assert!(std::fs::read(&sliver).is_ok(), "the sliver is back");
+}

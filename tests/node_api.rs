@@ -37,6 +37,7 @@ async fn start_node(name: &str, shards: &[u16], capacity: Option<u64>, corrupt: 
         capacity,
         max_body_bytes: 64 << 20,
         corrupt_reads: corrupt,
+        scrub_interval: None,
     };
     let node = Node::bind(config, SocketAddr::from(([127, 0, 0, 1], 0)))
         .await

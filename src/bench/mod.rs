@@ -2,4 +2,5 @@
 //! against a baseline in the same run and reports ratios.
 
 pub mod codec;
+pub mod fleet;
 pub mod memory;

@@ -35,6 +35,8 @@ pub struct NodeConfig {
     /// Test only: flip a bit in every sliver and symbol served, to play a
     /// node that lies.
     pub corrupt_reads: bool,
+    /// How often every stored file is re-read and checked; `None`: never.
+    pub scrub_interval: Option<Duration>,
 }
 
 /// Everything the handlers share.
@@ -53,6 +55,7 @@ pub struct Node {
     listener: TcpListener,
     router: axum::Router,
     state: Arc<NodeState>,
+    scrub_interval: Option<Duration>,
 }
 
 impl Node {
@@ -86,6 +89,7 @@ impl Node {
             router: api::router(state.clone(), config.max_body_bytes),
             listener,
             state,
+            scrub_interval: config.scrub_interval,
         })
     }
 
@@ -103,9 +107,40 @@ impl Node {
             .ownership
             .clone()
             .watch(Duration::from_millis(250));
+        if let Some(period) = self.scrub_interval {
+            scrub_periodically(self.state.clone(), period);
+        }
         axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
             .await?;
         Ok(())
     }
+}
+
+/// Re-reads every stored file each `period`, so bitrot is found (and the
+/// file quarantined, hence reported missing and repaired) even where no
+/// client reads it.
+fn scrub_periodically(state: Arc<NodeState>, period: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let worker = state.clone();
+            match tokio::task::spawn_blocking(move || worker.store.scrub()).await {
+                Ok(Ok((checked, corrupt))) => {
+                    if corrupt > 0 {
+                        tracing::warn!(node = %state.name, checked, corrupt, "scrub quarantined corrupt files");
+                        state
+                            .metrics
+                            .corruption_detected
+                            .with_label_values(&["scrub"])
+                            .inc_by(corrupt);
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!(node = %state.name, "scrub failed: {e}"),
+                Err(e) => tracing::warn!(node = %state.name, "scrub task failed: {e}"),
+            }
+        }
+    });
 }

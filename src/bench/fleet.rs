@@ -1,0 +1,358 @@
+//! `redstuff bench fleet`: a local 7-shard fleet for real (node processes,
+//! gateway, control loop), measured against the codec alone in the same
+//! run: put and get of one blob through the gateway, then the time and the
+//! bytes to rebuild a node wiped while it held a given amount of slivers.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use crate::codec::{decode_segment, BlobEncoder, EncodingConfig, Primary, Sliver};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct FleetBenchOptions {
+    /// The `redstuff` executable the fleet's nodes run.
+    pub exe: PathBuf,
+    /// Size of the blob put and got through the gateway.
+    pub size: u64,
+    /// Slivers the wiped node must hold before it is wiped.
+    pub repair_bytes: u64,
+    /// Segment size.
+    pub segment_size: u64,
+}
+
+/// The result.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetBenchReport {
+    /// Shards.
+    pub shards: u16,
+    /// Blob size put and got.
+    pub size: u64,
+    /// Codec alone: encode with commitments, MB/s.
+    pub codec_encode_mb_per_s: f64,
+    /// Codec alone: verified decode from systematic slivers, MB/s.
+    pub codec_decode_mb_per_s: f64,
+    /// PUT through the gateway, MB/s of blob.
+    pub put_mb_per_s: f64,
+    /// GET through the gateway, MB/s of blob.
+    pub get_mb_per_s: f64,
+    /// put / codec encode.
+    pub put_ratio: f64,
+    /// get / codec decode.
+    pub get_ratio: f64,
+    /// Bytes of slivers the wiped node held.
+    pub wiped_node_bytes: u64,
+    /// Blob bytes stored in the fleet when the node was wiped.
+    pub fleet_blob_bytes: u64,
+    /// Seconds from the kill to every blob Healthy again.
+    pub repair_seconds: f64,
+    /// Bytes moved between nodes by the repair.
+    pub repair_bytes_moved: u64,
+    /// Bytes a repair that re-reads whole blobs would move.
+    pub naive_repair_bytes: u64,
+}
+
+fn fill(buffer: &mut [u8], seed: u64) {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for word in buffer.chunks_mut(8) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        word.copy_from_slice(&state.to_le_bytes()[..word.len()]);
+    }
+}
+
+fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
+    bytes as f64 / elapsed.as_secs_f64().max(1e-9) / 1e6
+}
+
+/// Runs the benchmark; `log` is told what happens.
+pub async fn run(
+    options: &FleetBenchOptions,
+    mut log: impl FnMut(&str),
+) -> anyhow::Result<FleetBenchReport> {
+    let shards = 7u16;
+    let work = tempfile::tempdir()?;
+    let blob_path = work.path().join("blob");
+    let mut data = vec![0u8; options.size as usize];
+    fill(&mut data, 1);
+    std::fs::File::create(&blob_path)?.write_all(&data)?;
+
+    // The codec alone on the same bytes: the best of three runs, so the
+    // first run's thread start-up and page faults do not count against it.
+    let config = EncodingConfig::new(shards)?;
+    let encoder = BlobEncoder::new(config, options.segment_size)?;
+    let (mut encode_time, mut decode_time) = (Duration::MAX, Duration::MAX);
+    for _ in 0..3 {
+        let start = Instant::now();
+        let (metadata, segments) = tokio::task::block_in_place(|| encoder.encode(&data))?;
+        encode_time = encode_time.min(start.elapsed());
+        let start = Instant::now();
+        for segment in &segments {
+            let systematic: Vec<Sliver<Primary>> = segment.primary[..config.p()].to_vec();
+            tokio::task::block_in_place(|| decode_segment(&metadata, segment.index, systematic))?;
+        }
+        decode_time = decode_time.min(start.elapsed());
+    }
+    log(&format!(
+        "codec alone: encode {:.0} MB/s, decode {:.0} MB/s",
+        mb_per_s(options.size, encode_time),
+        mb_per_s(options.size, decode_time)
+    ));
+
+    // The fleet.
+    let (url_tx, url_rx) = tokio::sync::oneshot::channel::<String>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let dev_config = crate::dev::DevConfig {
+        shards,
+        nodes: 7,
+        data_dir: work.path().join("fleet"),
+        gateway_addr: "127.0.0.1:0".parse()?,
+        segment_size: options.segment_size,
+        exe: options.exe.clone(),
+        period: Duration::from_millis(200),
+        max_concurrent_repairs: 4,
+        corrupt_nodes: Vec::new(),
+        scrub_interval_secs: 0,
+    };
+    let fleet = tokio::spawn(crate::dev::run(
+        dev_config,
+        async move {
+            let _ = stop_rx.await;
+        },
+        move |url| {
+            let _ = url_tx.send(url.to_string());
+        },
+    ));
+    let gateway = url_rx
+        .await
+        .map_err(|_| anyhow::anyhow!("the fleet did not start"))?;
+    let http = reqwest::Client::new();
+    let result = measure(options, &http, &gateway, &blob_path, &data, &mut log).await;
+    let _ = stop_tx.send(());
+    let _ = fleet.await;
+    let (put_time, get_time, repair) = result?;
+    let encode = mb_per_s(options.size, encode_time);
+    let decode = mb_per_s(options.size, decode_time);
+    let put = mb_per_s(options.size, put_time);
+    let get = mb_per_s(options.size, get_time);
+    Ok(FleetBenchReport {
+        shards,
+        size: options.size,
+        codec_encode_mb_per_s: encode,
+        codec_decode_mb_per_s: decode,
+        put_mb_per_s: put,
+        get_mb_per_s: get,
+        put_ratio: put / encode,
+        get_ratio: get / decode,
+        wiped_node_bytes: repair.0,
+        fleet_blob_bytes: repair.1,
+        repair_seconds: repair.2.as_secs_f64(),
+        repair_bytes_moved: repair.3,
+        naive_repair_bytes: repair.1,
+    })
+}
+
+type Measured = (Duration, Duration, (u64, u64, Duration, u64));
+
+async fn measure(
+    options: &FleetBenchOptions,
+    http: &reqwest::Client,
+    gateway: &str,
+    blob_path: &std::path::Path,
+    data: &[u8],
+    log: &mut impl FnMut(&str),
+) -> anyhow::Result<Measured> {
+    let put = |path: PathBuf| {
+        let http = http.clone();
+        let url = format!("{gateway}/v1/blobs");
+        async move {
+            let file = tokio::fs::File::open(&path).await?;
+            let len = file.metadata().await?.len();
+            let response = http
+                .put(url)
+                .header("content-length", len)
+                .body(reqwest::Body::wrap_stream(
+                    tokio_util::io::ReaderStream::new(file),
+                ))
+                .send()
+                .await?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "PUT failed: {}",
+                response.text().await?
+            );
+            let body: serde_json::Value = response.json().await?;
+            Ok::<String, anyhow::Error>(body["id"].as_str().unwrap_or_default().to_string())
+        }
+    };
+    let start = Instant::now();
+    let id = put(blob_path.to_path_buf()).await?;
+    let put_time = start.elapsed();
+    log(&format!(
+        "put {} in {:.2} s",
+        crate::units::format_bytes(options.size),
+        put_time.as_secs_f64()
+    ));
+
+    let start = Instant::now();
+    let response = http.get(format!("{gateway}/v1/blobs/{id}")).send().await?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "GET failed: {}",
+        response.status()
+    );
+    let mut hasher = blake3::Hasher::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        hasher.update(&chunk?);
+    }
+    let get_time = start.elapsed();
+    anyhow::ensure!(
+        hasher.finalize() == blake3::hash(data),
+        "the blob read back differs"
+    );
+    log(&format!("got it back in {:.2} s", get_time.as_secs_f64()));
+
+    // Fill the fleet until node-0 holds the requested amount of slivers.
+    let status_of = || async {
+        let status: serde_json::Value = http
+            .get(format!("{gateway}/v1/status"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok::<serde_json::Value, anyhow::Error>(status)
+    };
+    let node_bytes = |dir: &str| dir_bytes(std::path::Path::new(dir));
+    let mut stored = options.size;
+    let mut seed = 2;
+    let data_dir = loop {
+        let status = status_of().await?;
+        let dir = status["nodes"][0]["data_dir"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if !dir.is_empty() && node_bytes(&dir) >= options.repair_bytes {
+            break dir;
+        }
+        let mut chunk = vec![0u8; options.size as usize];
+        fill(&mut chunk, seed);
+        let path = blob_path.with_extension(seed.to_string());
+        std::fs::write(&path, &chunk)?;
+        put(path.clone()).await?;
+        std::fs::remove_file(path)?;
+        stored += options.size;
+        seed += 1;
+    };
+    let wiped = node_bytes(&data_dir);
+    let before = repair_bytes_total(http, gateway).await?;
+    let blobs = status_of().await?["blobs"].as_array().map_or(0, Vec::len);
+    log(&format!(
+        "wiping node-0 holding {} of {} blobs",
+        crate::units::format_bytes(wiped),
+        blobs
+    ));
+    let pid = status_of().await?["nodes"][0]["pid"].as_u64().unwrap_or(0) as i32;
+    let start = Instant::now();
+    // Move the data away first: the loop restarts the node at once, and it
+    // must find an empty directory, not one being deleted.
+    let wiped_dir = format!("{data_dir}.wiped");
+    std::fs::rename(&data_dir, &wiped_dir)?;
+    // SAFETY: a signal to a node process of the fleet this bench started.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    std::fs::remove_dir_all(&wiped_dir)?;
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let status = status_of().await?;
+        let blobs = status["blobs"].as_array().cloned().unwrap_or_default();
+        let restarted = status["nodes"][0]["restarts"].as_u64() > Some(0);
+        if restarted && !blobs.is_empty() && blobs.iter().all(|b| b["health"] == "Healthy") {
+            break;
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(1800),
+            "repair did not finish in 30 minutes"
+        );
+    }
+    let repair_time = start.elapsed();
+    let moved = repair_bytes_total(http, gateway).await? - before;
+    log(&format!(
+        "repaired in {:.2} s, {} moved",
+        repair_time.as_secs_f64(),
+        crate::units::format_bytes(moved)
+    ));
+    Ok((put_time, get_time, (wiped, stored, repair_time, moved)))
+}
+
+async fn repair_bytes_total(http: &reqwest::Client, gateway: &str) -> anyhow::Result<u64> {
+    let text = http
+        .get(format!("{gateway}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("redstuff_repair_bytes_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0) as u64)
+}
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// The report as a table for people.
+pub fn render_table(r: &FleetBenchReport) -> String {
+    use crate::units::format_bytes;
+    format!(
+        "redstuff bench fleet: {} shards on 7 node processes, blob of {}\n\
+         {:<28} {:>10} {:>14}\n\
+         {:<28} {:>10.1} {:>14}\n\
+         {:<28} {:>10.1} {:>14}\n\
+         {:<28} {:>10.1} {:>14.3}\n\
+         {:<28} {:>10.1} {:>14.3}\n\
+         repair of a wiped node holding {} of slivers ({} of blobs in the fleet):\n  \
+         {:.2} s, {} moved between nodes, {:.3} of the {} a whole-blob repair would read\n",
+        r.shards,
+        format_bytes(r.size),
+        "what",
+        "MB/s",
+        "ratio to codec",
+        "codec encode (baseline)",
+        r.codec_encode_mb_per_s,
+        "1",
+        "codec decode (baseline)",
+        r.codec_decode_mb_per_s,
+        "1",
+        "PUT through the gateway",
+        r.put_mb_per_s,
+        r.put_ratio,
+        "GET through the gateway",
+        r.get_mb_per_s,
+        r.get_ratio,
+        format_bytes(r.wiped_node_bytes),
+        format_bytes(r.fleet_blob_bytes),
+        r.repair_seconds,
+        format_bytes(r.repair_bytes_moved),
+        r.repair_bytes_moved as f64 / r.naive_repair_bytes.max(1) as f64,
+        format_bytes(r.naive_repair_bytes),
+    )
+}

@@ -1,0 +1,58 @@
+//! The docs say only what is true of the code.
+
+use std::collections::BTreeSet;
+
+fn readme() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap()
+}
+
+#[test]
+fn the_readme_lists_exactly_the_metrics_the_code_registers() {
+    let text = readme();
+    let table = text
+        .split("<!-- metrics:start -->")
+        .nth(1)
+        .and_then(|rest| rest.split("<!-- metrics:end -->").next())
+        .expect("README has a metrics table");
+    let documented: BTreeSet<String> = table
+        .lines()
+        .filter_map(|line| line.strip_prefix("| redstuff_"))
+        .map(|rest| format!("redstuff_{}", rest.split(' ').next().unwrap()))
+        .collect();
+    let registered = redstuff::metrics::all_metric_names();
+    assert_eq!(documented, registered, "README metrics table vs the code");
+    for name in &registered {
+        assert!(name.starts_with("redstuff_"), "{name}: the prefix");
+        let counter_like = name.ends_with("_total");
+        let unit = name.ends_with("_bytes") || name.ends_with("_seconds") || counter_like;
+        let plain = [
+            "redstuff_blobs",
+            "redstuff_node_slivers",
+            "redstuff_shards_missing",
+            "redstuff_nodes_ready",
+        ];
+        assert!(
+            unit || plain.contains(&name.as_str()),
+            "{name}: a base unit or _total"
+        );
+    }
+}
+
+#[test]
+fn the_readme_commands_exist_in_the_binary() {
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_redstuff"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    for command in ["dev", "put", "get", "status", "node", "gateway", "bench"] {
+        assert!(
+            help.contains(&format!("  {command} ")),
+            "{command} missing from --help:\n{help}"
+        );
+        assert!(
+            readme().contains(&format!("redstuff {command}")),
+            "{command} missing from the README"
+        );
+    }
+}
