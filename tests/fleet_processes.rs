@@ -508,3 +508,29 @@ async fn bitrot_on_a_disk_is_found_by_scrubbing_and_repaired() {
     assert!(fleet.get(&id).await == data);
     assert!(std::fs::read(&sliver).is_ok(), "the sliver is back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_go_on_with_f_nodes_answering_garbage() {
+    // n = 7, f = 2: nodes 2 and 5 corrupt every sliver they serve.
+    let fleet = DevFleet::start(&["--test-corrupt-node", "2", "--test-corrupt-node", "5"]);
+    let mut blobs = Vec::new();
+    for i in 0..6u64 {
+        let data = pseudo_random(50_000 + i as usize * 400_001, 900 + i);
+        blobs.push((fleet.put(&data).await, data));
+    }
+    for (id, data) in &blobs {
+        assert!(
+            fleet.get(id).await == *data,
+            "blob {id} read past two lying nodes"
+        );
+    }
+    let metrics = fleet.metrics().await;
+    for liar in ["node-2", "node-5"] {
+        let prefix = format!("redstuff_peer_invalid_responses_total{{node=\"{liar}\"}}");
+        assert!(
+            metrics.lines().any(|l| l.starts_with(&prefix)),
+            "{liar} is named:\n{metrics}"
+        );
+    }
+    assert!(!metrics.contains("redstuff_peer_invalid_responses_total{node=\"node-0\"}"));
+}
