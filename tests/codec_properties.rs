@@ -116,7 +116,7 @@ proptest! {
         let config = metadata.config();
         let few = pick(&segments[0].primary, &choose(config.n(), config.p() - 1, seed));
         let err = decode_segment(&metadata, 0, few).unwrap_err();
-        let expected = DecodeError::NotEnoughSlivers { kind: "primary", valid: config.p() - 1, needed: config.p(), invalid: 0 };
+        let expected = DecodeError::NotEnoughSlivers { kind: "primary", valid: config.p() - 1, needed: config.p(), invalid: vec![] };
         prop_assert_eq!(err, expected);
     }
 
@@ -359,7 +359,7 @@ fn slivers_of_another_segment_or_shape_are_refused_by_name() {
             kind: "primary",
             valid: 0,
             needed: 2,
-            invalid: 4
+            invalid: vec![0, 1, 2, 3]
         }
     );
     assert!(verify_sliver(&metadata, &segments[2].secondary[0]).is_ok());

@@ -324,21 +324,22 @@ impl BlobClient {
                     Err(DecodeError::InconsistentEncoding) => {
                         return Err(BlobIoError::Inconsistent(id))
                     }
-                    Err(DecodeError::NotEnoughSlivers { .. })
-                    | Err(DecodeError::NoSuchSegment { .. }) => {
-                        // Drop what failed verification, then fetch more.
-                        let keep: Vec<(String, PrimarySliver)> = {
-                            let mut keep = Vec::new();
-                            for (name, sliver) in slivers.drain(..) {
-                                if crate::codec::verify_sliver(metadata, &sliver).is_ok() {
-                                    keep.push((name, sliver));
-                                } else {
-                                    self.invalid_from(&name);
-                                }
+                    Err(DecodeError::NotEnoughSlivers { invalid, .. }) => {
+                        // Drop the slivers that failed verification, then fetch more.
+                        slivers.retain(|(name, sliver)| {
+                            let bad = invalid.contains(&sliver.index());
+                            if bad {
+                                self.invalid_from(name);
                             }
-                            keep
-                        };
-                        slivers = keep;
+                            !bad
+                        });
+                    }
+                    Err(DecodeError::NoSuchSegment { .. }) => {
+                        return Err(BlobIoError::Unreadable {
+                            id,
+                            segment: index,
+                            reason: "no such segment".into(),
+                        })
                     }
                 }
             }

@@ -66,7 +66,11 @@ pub fn decode_segment<A: Axis>(
         kind: A::KIND.name(),
         valid,
         needed,
-        invalid: invalid.len(),
+        invalid: {
+            let mut sorted = invalid.to_vec();
+            sorted.sort_unstable();
+            sorted
+        },
     };
     if candidates.len() < needed {
         return Err(not_enough(candidates.len(), &invalid));

@@ -108,7 +108,7 @@ pub enum DecodeError {
     },
     /// Fewer valid slivers than the threshold were given.
     #[error(
-        "not enough valid {kind} slivers: {valid} valid of {needed} needed ({invalid} invalid)"
+        "not enough valid {kind} slivers: {valid} valid of {needed} needed ({} invalid)", invalid.len()
     )]
     NotEnoughSlivers {
         /// "primary" or "secondary".
@@ -117,8 +117,8 @@ pub enum DecodeError {
         valid: usize,
         /// The threshold.
         needed: usize,
-        /// Slivers rejected as invalid.
-        invalid: usize,
+        /// Indices of the slivers rejected as invalid.
+        invalid: Vec<u16>,
     },
     /// Valid slivers decode to data whose encoding differs from the
     /// metadata: the writer encoded the blob inconsistently.
