@@ -14,6 +14,7 @@ pub mod codec;
 pub mod dev;
 pub mod fleet;
 pub mod gateway;
+pub mod json_file;
 pub mod metrics;
 pub mod node;
 pub mod store;

@@ -19,17 +19,12 @@ pub struct ShardsFile {
 impl ShardsFile {
     /// Reads and parses a shards file.
     pub fn read(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("cannot read shards file {}: {e}", path.display()))?;
-        serde_json::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("invalid shards file {}: {e}", path.display()))
+        crate::json_file::read(path, "shards file")
     }
 
     /// Writes a shards file atomically (temp file and rename).
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(self).expect("serializable"))?;
-        std::fs::rename(tmp, path)
+        crate::json_file::write(path, self)
     }
 }
 
