@@ -17,6 +17,7 @@ pub mod gateway;
 pub mod json_file;
 pub mod metrics;
 pub mod node;
+pub mod operator;
 pub mod store;
 pub mod units;
 pub mod wire;

@@ -65,6 +65,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the CustomResourceDefinitions (StorageCluster, Blob) as YAML,
+    /// or write one file per CRD into --dir.
+    Crds {
+        /// Write crds/<name>.yaml files here instead of printing.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Run one storage node.
     Node(NodeArgs),
     /// Run a gateway in front of a fleet.
@@ -244,7 +251,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             gateway,
         } => runtime()?.block_on(cli::get(&id, &output, &gateway)),
         Command::Status { gateway, json } => runtime()?.block_on(cli::status(&gateway, json)),
+        Command::Crds { dir } => crds(dir),
     }
+}
+
+fn crds(dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let crds = redstuff::operator::crds_yaml();
+    match dir {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)?;
+            for (name, yaml) in crds {
+                std::fs::write(dir.join(name), yaml)?;
+            }
+        }
+        None => {
+            for (_, yaml) in crds {
+                print!("---\n{yaml}");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -1,0 +1,305 @@
+//! The custom resources of redstuff: StorageCluster and Blob (group
+//! redstuff.dev, version v1alpha1). The YAML in crds/ is generated from
+//! these types (`redstuff crds`); doc comments become the descriptions
+//! `kubectl explain` shows; schema ranges and CEL rules refuse bad specs at
+//! admission.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// A fleet of storage-node pods holding blobs with Red Stuff: n shards
+/// spread over node pods; any f = (n - 1) / 3 shards may be lost or lie.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "redstuff.dev",
+    version = "v1alpha1",
+    kind = "StorageCluster",
+    namespaced,
+    status = "StorageClusterStatus",
+    derive = "PartialEq",
+    shortname = "rsc",
+    category = "redstuff",
+    cel,
+    doc = "A fleet of storage-node pods that keeps blobs with the Red Stuff erasure code.",
+    printcolumn(name = "Shards", type_ = "integer", json_path = ".spec.shards"),
+    printcolumn(name = "Nodes", type_ = "integer", json_path = ".spec.nodes"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyNodes"),
+    printcolumn(name = "Tolerates", type_ = "string", json_path = ".status.tolerates"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("self.nodes <= self.shards").message("nodes must not exceed shards: every node pod holds at least one shard").field_path(".nodes"))]
+#[x_kube(validation = Rule::new("self.shards == oldSelf.shards").message("shards is fixed once the cluster is created: the shard count is part of every blob's encoding").field_path(".shards"))]
+#[serde(rename_all = "camelCase")]
+pub struct StorageClusterSpec {
+    /// Shard count n, from 4 to 1000; f = (n - 1) / 3 shards may be lost or
+    /// lie. Fixed once the cluster is created.
+    #[schemars(range(min = 4, max = 1000))]
+    pub shards: u16,
+    /// Storage-node pods; shards are spread evenly over them. At most `shards`.
+    #[schemars(range(min = 1, max = 1000))]
+    pub nodes: u16,
+    /// Container image of the node and gateway pods (default: the operator's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Each node pod's volume.
+    pub storage: StorageSpec,
+    /// CPU and memory of each node pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// How node pods spread over Kubernetes nodes and zones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<PlacementSpec>,
+    /// How lost shards are rebuilt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repair: Option<RepairSpec>,
+}
+
+/// A node pod's volume: a PersistentVolumeClaim of `size` (and
+/// `storageClassName`), or an emptyDir when `ephemeral` (tests only: data
+/// dies with the pod).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("has(self.size) || (has(self.ephemeral) && self.ephemeral)").message("storage needs a size (a PersistentVolumeClaim per node pod), or ephemeral: true"))]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Size of each node pod's PersistentVolumeClaim, e.g. 200Gi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"))]
+    pub size: Option<String>,
+    /// StorageClass of the claims (default: the cluster's default class).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// Use an emptyDir instead of a claim; data is lost with the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral: Option<bool>,
+}
+
+/// Spreading of node pods over failure domains.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementSpec {
+    /// Node label whose values are failure domains to spread across
+    /// (default topology.kubernetes.io/zone); at most f shards per domain
+    /// when there are enough domains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology_key: Option<String>,
+    /// Only schedule node pods on Kubernetes nodes with these labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+}
+
+/// When and how fast lost shards are rebuilt.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RepairSpec {
+    /// How long a node pod may stay gone before its shards move to other
+    /// nodes and are rebuilt there, e.g. 5m, 90s, 1h (default 5m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"))]
+    pub grace_period: Option<String>,
+    /// Repairs in flight at most (default 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub max_concurrent: Option<u16>,
+}
+
+/// What the operator observed of a StorageCluster.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageClusterStatus {
+    /// Pending, Progressing, Ready, Degraded or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Ready, Degraded and Progressing, with reasons and messages.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Node pods ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_nodes: Option<u16>,
+    /// Shards that may be lost or lie, f.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault_tolerance: Option<u16>,
+    /// What the cluster survives, for people: e.g. "3 shards, 1 zone".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerates: Option<String>,
+    /// Whole failure domains (per placement.topologyKey) that may be lost at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerated_domain_losses: Option<u16>,
+    /// Which node pod holds which shard.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shard_assignment: Vec<ShardAssignment>,
+}
+
+/// One shard and the node pod that holds it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardAssignment {
+    /// The shard.
+    pub shard: u16,
+    /// The node pod's name.
+    pub node: String,
+}
+
+/// A blob stored in a StorageCluster. Deleting it removes its slivers from
+/// every node.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "redstuff.dev",
+    version = "v1alpha1",
+    kind = "Blob",
+    namespaced,
+    status = "BlobStatus",
+    derive = "PartialEq",
+    shortname = "rsb",
+    category = "redstuff",
+    cel,
+    doc = "A blob kept in a StorageCluster, from an upload or from a source the operator ingests.",
+    printcolumn(name = "Cluster", type_ = "string", json_path = ".spec.cluster"),
+    printcolumn(name = "Size", type_ = "string", json_path = ".status.sizeText"),
+    printcolumn(name = "Health", type_ = "string", json_path = ".status.health"),
+    printcolumn(name = "Shards", type_ = "string", json_path = ".status.shards"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("self.cluster == oldSelf.cluster").message("cluster is fixed: a blob cannot move between clusters").field_path(".cluster"))]
+#[x_kube(validation = Rule::new("self.source == oldSelf.source").message("source is fixed: create a new Blob for other bytes").field_path(".source"))]
+#[serde(rename_all = "camelCase")]
+pub struct BlobSpec {
+    /// The StorageCluster (same namespace) that holds the blob.
+    #[schemars(length(min = 1, max = 253))]
+    pub cluster: String,
+    /// Where the bytes come from: exactly one of upload, url, configMapKey, secretKey.
+    pub source: BlobSource,
+}
+
+/// Exactly one source of a blob's bytes.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("[has(self.upload), has(self.url), has(self.configMapKey), has(self.secretKey)].filter(x, x).size() == 1").message("exactly one source is needed: upload, url, configMapKey or secretKey"))]
+#[serde(rename_all = "camelCase")]
+pub struct BlobSource {
+    /// Bytes uploaded through the gateway, which records the blob id here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<UploadSource>,
+    /// An http(s) URL the operator downloads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<UrlSource>,
+    /// A key of a ConfigMap in the same namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_key: Option<KeySource>,
+    /// A key of a Secret in the same namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key: Option<KeySource>,
+}
+
+/// An upload recorded by the gateway.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UploadSource {
+    /// The blob id the gateway returned (43 characters of URL-safe base64).
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{43}$"))]
+    pub blob_id: String,
+}
+
+/// A URL to download, with an optional expected digest.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UrlSource {
+    /// An http:// or https:// URL.
+    #[schemars(regex(pattern = r"^https?://[^\s]+$"))]
+    pub url: String,
+    /// Expected SHA-256 of the bytes, 64 lowercase hex digits; a download
+    /// that does not match is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
+    pub sha256: Option<String>,
+}
+
+/// One key of a ConfigMap or Secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KeySource {
+    /// The object's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// The health of a blob.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobHealth {
+    /// Every shard holds a valid sliver pair.
+    Healthy,
+    /// Up to f shards miss their pair.
+    Degraded,
+    /// Missing pairs are being rebuilt.
+    Repairing,
+    /// More than f shards miss their pair: one more loss away from Lost.
+    AtRisk,
+    /// Fewer than p shards hold pairs: the blob cannot be read.
+    Lost,
+}
+
+/// Encoding parameters of a blob.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EncodingStatus {
+    /// Shards n.
+    pub shards: u16,
+    /// f.
+    pub fault_tolerance: u16,
+    /// Primary source symbols p.
+    pub p: u16,
+    /// Secondary source symbols q.
+    pub q: u16,
+    /// Segment size in bytes.
+    pub segment_size: u64,
+}
+
+/// What the operator observed of a Blob.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BlobStatus {
+    /// The blob id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob_id: Option<String>,
+    /// Length in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// Length for people, e.g. 13.5 GiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_text: Option<String>,
+    /// Encoding parameters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<EncodingStatus>,
+    /// Shards holding valid sliver pairs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards_valid: Option<u16>,
+    /// Shards holding valid pairs over all shards, e.g. 8/10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<String>,
+    /// Healthy, Degraded, Repairing, AtRisk or Lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<BlobHealth>,
+    /// Ingested and Healthy, with reasons and messages.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// When the last repair of this blob completed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_repair: Option<String>,
+}
