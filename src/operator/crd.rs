@@ -4,6 +4,9 @@
 //! `kubectl explain` shows; schema ranges and CEL rules refuse bad specs at
 //! admission.
 
+// The derive's printcolumn(...) arguments repeat keys by design.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
