@@ -45,7 +45,9 @@ fn the_readme_commands_exist_in_the_binary() {
         .output()
         .unwrap();
     let help = String::from_utf8(help.stdout).unwrap();
-    for command in ["dev", "put", "get", "status", "node", "gateway", "crds", "bench"] {
+    for command in [
+        "dev", "put", "get", "status", "node", "gateway", "crds", "bench",
+    ] {
         assert!(
             help.contains(&format!("  {command} ")),
             "{command} missing from --help:\n{help}"

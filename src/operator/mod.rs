@@ -3,6 +3,8 @@
 //! imports kube.
 
 pub mod crd;
+pub mod desired;
+pub mod status;
 
 use kube::CustomResourceExt;
 

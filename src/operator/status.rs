@@ -1,0 +1,315 @@
+//! A StorageCluster's status as a pure function of what was observed: spec
+//! problems, which node pods exist and are ready, and the assignment.
+//! Conditions keep their last transition time while their status holds, so
+//! the controller writes status only when something changed.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use super::crd::{ShardAssignment, StorageCluster, StorageClusterSpec, StorageClusterStatus};
+use crate::codec::EncodingConfig;
+use crate::fleet::{self, Assignment, NodeSpec};
+
+/// One node pod as observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedNode {
+    /// Pod name.
+    pub name: String,
+    /// Failure domain (value of the topology key of its Kubernetes node).
+    pub domain: String,
+    /// Whether the pod exists.
+    pub exists: bool,
+    /// Whether it is Ready.
+    pub ready: bool,
+}
+
+/// Checks a spec beyond what the schema can (the controller's last line of
+/// defence when a CRD without CEL rules is installed).
+pub fn validate_spec(spec: &StorageClusterSpec) -> Result<EncodingConfig, String> {
+    let config = EncodingConfig::new(spec.shards).map_err(|e| e.to_string())?;
+    if spec.nodes == 0 || spec.nodes > spec.shards {
+        return Err(format!(
+            "nodes must be between 1 and shards ({}); got {}",
+            spec.shards, spec.nodes
+        ));
+    }
+    if spec.storage.size.is_none() && spec.storage.ephemeral != Some(true) {
+        return Err("storage needs a size, or ephemeral: true".into());
+    }
+    Ok(config)
+}
+
+fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if status { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: now.clone(),
+    }
+}
+
+/// Keeps the previous transition time of conditions whose status did not change.
+fn carry_transition_times(conditions: &mut [Condition], previous: &[Condition]) {
+    for c in conditions {
+        if let Some(old) = previous
+            .iter()
+            .find(|o| o.type_ == c.type_ && o.status == c.status)
+        {
+            c.last_transition_time = old.last_transition_time.clone();
+        }
+    }
+}
+
+/// The status of `cluster` given the observed nodes and the assignment.
+pub fn cluster_status(
+    cluster: &StorageCluster,
+    assignment: &Assignment,
+    nodes: &[ObservedNode],
+    now: &Time,
+) -> StorageClusterStatus {
+    let generation = cluster.metadata.generation;
+    let previous = cluster.status.clone().unwrap_or_default();
+    let mut status = match validate_spec(&cluster.spec) {
+        Err(problem) => StorageClusterStatus {
+            phase: Some("Failed".into()),
+            observed_generation: generation,
+            conditions: vec![condition(
+                "Ready",
+                false,
+                "InvalidSpec",
+                problem,
+                generation,
+                now,
+            )],
+            ..StorageClusterStatus::default()
+        },
+        Ok(config) => {
+            let ready = nodes.iter().filter(|n| n.ready).count();
+            let wanted = usize::from(cluster.spec.nodes);
+            let specs: Vec<NodeSpec> = nodes
+                .iter()
+                .map(|n| NodeSpec {
+                    name: n.name.clone(),
+                    domain: n.domain.clone(),
+                })
+                .collect();
+            let domains = fleet::tolerated_domain_losses(assignment, &specs, config.f());
+            let hosts = {
+                let per_host: Vec<NodeSpec> = nodes
+                    .iter()
+                    .map(|n| NodeSpec {
+                        name: n.name.clone(),
+                        domain: n.name.clone(),
+                    })
+                    .collect();
+                fleet::tolerated_domain_losses(assignment, &per_host, config.f())
+            };
+            let down_shards = assignment
+                .iter()
+                .filter(|(_, owner)| !nodes.iter().any(|n| &n.name == *owner && n.ready))
+                .count();
+            let all_ready = ready == wanted && nodes.iter().filter(|n| n.exists).count() == wanted;
+            let (phase, ready_reason, ready_message) = if all_ready {
+                (
+                    "Ready",
+                    "AllNodesReady",
+                    format!("{ready} of {wanted} node pods ready"),
+                )
+            } else if nodes.iter().all(|n| !n.exists) {
+                (
+                    "Pending",
+                    "Creating",
+                    format!("creating {wanted} node pods"),
+                )
+            } else if down_shards <= config.f() {
+                ("Degraded", "NodesNotReady", format!("{ready} of {wanted} node pods ready; {down_shards} shards unavailable, {} tolerated", config.f()))
+            } else {
+                ("Degraded", "TooManyShardsDown", format!("{ready} of {wanted} node pods ready; {down_shards} shards unavailable, more than the {} tolerated: reads may fail", config.f()))
+            };
+            let degraded = !all_ready && nodes.iter().any(|n| n.exists);
+            StorageClusterStatus {
+                phase: Some(phase.into()),
+                observed_generation: generation,
+                ready_nodes: Some(ready as u16),
+                fault_tolerance: Some(config.f() as u16),
+                tolerates: Some(format!(
+                    "{} shards, {} {}",
+                    config.f(),
+                    domains,
+                    if domains == 1 { "zone" } else { "zones" }
+                )),
+                tolerated_domain_losses: Some(domains as u16),
+                shard_assignment: assignment
+                    .iter()
+                    .map(|(shard, node)| ShardAssignment { shard: *shard, node: node.clone() })
+                    .collect(),
+                conditions: vec![
+                    condition("Ready", all_ready, ready_reason, ready_message, generation, now),
+                    condition(
+                        "Degraded",
+                        degraded,
+                        if degraded { "NodesNotReady" } else { "AllNodesReady" },
+                        format!("{down_shards} shards on node pods that are not ready; whole hosts tolerated: {hosts}"),
+                        generation,
+                        now,
+                    ),
+                    condition(
+                        "Progressing",
+                        !all_ready,
+                        if all_ready { "Stable" } else { "Reconciling" },
+                        if all_ready { "nothing to do".into() } else { format!("waiting for {} node pods", wanted - ready.min(wanted)) },
+                        generation,
+                        now,
+                    ),
+                ],
+            }
+        }
+    };
+    carry_transition_times(&mut status.conditions, &previous.conditions);
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::crd::StorageSpec;
+
+    fn cluster(shards: u16, nodes: u16) -> StorageCluster {
+        let mut c = StorageCluster::new(
+            "media",
+            StorageClusterSpec {
+                shards,
+                nodes,
+                image: None,
+                storage: StorageSpec {
+                    size: Some("1Gi".into()),
+                    storage_class_name: None,
+                    ephemeral: None,
+                },
+                resources: None,
+                placement: None,
+                repair: None,
+            },
+        );
+        c.metadata.generation = Some(3);
+        c
+    }
+
+    fn observed(count: usize, ready: &[usize], zones: usize) -> Vec<ObservedNode> {
+        (0..count)
+            .map(|i| ObservedNode {
+                name: format!("media-node-{i}"),
+                domain: format!("zone-{}", i % zones),
+                exists: true,
+                ready: ready.contains(&i),
+            })
+            .collect()
+    }
+
+    fn assignment(c: &StorageCluster, nodes: &[ObservedNode]) -> Assignment {
+        let specs: Vec<NodeSpec> = nodes
+            .iter()
+            .map(|n| NodeSpec {
+                name: n.name.clone(),
+                domain: n.domain.clone(),
+            })
+            .collect();
+        fleet::assign(c.spec.shards, &specs, &Assignment::new())
+    }
+
+    fn now(seconds: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(seconds).unwrap())
+    }
+
+    fn cond<'a>(s: &'a StorageClusterStatus, type_: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn status_follows_the_nodes_table() {
+        let c = cluster(10, 10);
+        let table: [(&[usize], &str, &str, &str); 3] = [
+            (
+                &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+                "Ready",
+                "True",
+                "AllNodesReady",
+            ),
+            (
+                &[0, 1, 2, 3, 4, 5, 6, 7],
+                "Degraded",
+                "False",
+                "NodesNotReady",
+            ),
+            (
+                &[0, 1, 2, 3, 4, 5],
+                "Degraded",
+                "False",
+                "TooManyShardsDown",
+            ),
+        ];
+        for (ready, phase, ready_status, reason) in table {
+            let nodes = observed(10, ready, 5);
+            let s = cluster_status(&c, &assignment(&c, &nodes), &nodes, &now(100));
+            assert_eq!(s.phase.as_deref(), Some(phase), "{ready:?}");
+            assert_eq!(cond(&s, "Ready").status, ready_status, "{ready:?}");
+            assert_eq!(cond(&s, "Ready").reason, reason, "{ready:?}");
+            assert_eq!(s.ready_nodes, Some(ready.len() as u16));
+            assert_eq!(s.fault_tolerance, Some(3));
+            assert_eq!(s.observed_generation, Some(3));
+            assert_eq!(s.shard_assignment.len(), 10);
+        }
+    }
+
+    #[test]
+    fn tolerated_zones_are_counted_from_the_assignment() {
+        // 10 shards over 10 nodes in 5 zones: 2 shards per zone, f = 3: one zone.
+        let c = cluster(10, 10);
+        let nodes = observed(10, &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], 5);
+        let s = cluster_status(&c, &assignment(&c, &nodes), &nodes, &now(1));
+        assert_eq!(s.tolerated_domain_losses, Some(1));
+        assert_eq!(s.tolerates.as_deref(), Some("3 shards, 1 zone"));
+    }
+
+    #[test]
+    fn an_invalid_spec_becomes_a_condition_not_a_crash() {
+        let c = cluster(4, 5);
+        let s = cluster_status(&c, &Assignment::new(), &[], &now(1));
+        assert_eq!(s.phase.as_deref(), Some("Failed"));
+        let ready = cond(&s, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "InvalidSpec")
+        );
+        assert!(
+            ready.message.contains("nodes must be between 1 and shards"),
+            "{}",
+            ready.message
+        );
+        assert!(validate_spec(&cluster(3, 3).spec)
+            .unwrap_err()
+            .contains("shard count 3"));
+    }
+
+    #[test]
+    fn an_unchanged_status_keeps_its_transition_times_so_it_is_not_rewritten() {
+        let mut c = cluster(7, 7);
+        let nodes = observed(7, &[0, 1, 2, 3, 4, 5, 6], 7);
+        let a = assignment(&c, &nodes);
+        let first = cluster_status(&c, &a, &nodes, &now(100));
+        c.status = Some(first.clone());
+        let second = cluster_status(&c, &a, &nodes, &now(200));
+        assert_eq!(first, second, "same observation, same status: no write");
+        let fewer = observed(7, &[0, 1, 2, 3, 4, 5], 7);
+        let third = cluster_status(&c, &a, &fewer, &now(300));
+        assert_eq!(cond(&third, "Ready").last_transition_time, now(300));
+    }
+}
