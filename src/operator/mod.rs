@@ -2,6 +2,7 @@
 //! that drive node pods with the decisions of `fleet`. The only module that
 //! imports kube.
 
+pub mod controller;
 pub mod crd;
 pub mod desired;
 pub mod status;
