@@ -72,6 +72,19 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Run the Kubernetes operator (KUBECONFIG or in-cluster credentials).
+    Operator {
+        /// Image of node and gateway pods when a StorageCluster names none.
+        #[arg(
+            long,
+            env = "REDSTUFF_IMAGE",
+            default_value = "ghcr.io/redstuff/redstuff:latest"
+        )]
+        image: String,
+        /// Address of /metrics, /healthz and /readyz.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: std::net::SocketAddr,
+    },
     /// Run one storage node.
     Node(NodeArgs),
     /// Run a gateway in front of a fleet.
@@ -252,6 +265,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => runtime()?.block_on(cli::get(&id, &output, &gateway)),
         Command::Status { gateway, json } => runtime()?.block_on(cli::status(&gateway, json)),
         Command::Crds { dir } => crds(dir),
+        Command::Operator { image, listen } => {
+            runtime()?.block_on(redstuff::operator::run::run(image, listen))
+        }
     }
 }
 

@@ -31,6 +31,7 @@ pub fn all_metric_names() -> std::collections::BTreeSet<String> {
     NodeMetrics::new(&registry);
     GatewayMetrics::new(&Registry::new());
     FleetMetrics::new(&Registry::new());
+    OperatorMetrics::new(&Registry::new());
     REGISTERED.lock().expect("not poisoned").clone()
 }
 
@@ -300,6 +301,43 @@ impl FleetMetrics {
                 registry,
                 "redstuff_repair_start_delay_seconds",
                 "Time from noticing a loss to starting its repair.",
+            ),
+        }
+    }
+}
+
+/// Metrics of the operator's controllers.
+#[derive(Clone)]
+pub struct OperatorMetrics {
+    /// Reconciles run, by controller.
+    pub reconciles: IntCounterVec,
+    /// Reconciles that failed, by controller.
+    pub reconcile_errors: IntCounterVec,
+    /// Reconcile duration, by controller.
+    pub reconcile_duration: HistogramVec,
+}
+
+impl OperatorMetrics {
+    /// Registers the operator metrics.
+    pub fn new(registry: &Registry) -> Self {
+        Self {
+            reconciles: counter_vec(
+                registry,
+                "redstuff_reconcile_total",
+                "Reconciles run.",
+                &["controller"],
+            ),
+            reconcile_errors: counter_vec(
+                registry,
+                "redstuff_reconcile_errors_total",
+                "Reconciles that failed.",
+                &["controller"],
+            ),
+            reconcile_duration: histogram_vec(
+                registry,
+                "redstuff_reconcile_duration_seconds",
+                "Reconcile duration.",
+                &["controller"],
             ),
         }
     }

@@ -5,6 +5,7 @@
 pub mod controller;
 pub mod crd;
 pub mod desired;
+pub mod run;
 pub mod status;
 
 use kube::CustomResourceExt;
