@@ -243,3 +243,10 @@ async fn node_pods_beyond_spec_are_removed() {
         paths(&seen).contains(&"DELETE /api/v1/namespaces/storage/pods/media-node-3".to_string())
     );
 }
+
+#[tokio::test]
+async fn a_client_for_an_https_api_server_can_be_built() {
+    // rustls needs a crypto provider compiled in; without one this panics.
+    let config = kube::Config::new("https://127.0.0.1:6443".parse().unwrap());
+    assert!(kube::Client::try_from(config).is_ok());
+}
