@@ -85,6 +85,15 @@ enum Command {
         #[arg(long, default_value = "0.0.0.0:8080")]
         listen: std::net::SocketAddr,
     },
+    /// Print the objects the operator would create for a StorageCluster
+    /// manifest (pods, claims, services, config, gateway, budget).
+    RenderCluster {
+        /// A StorageCluster manifest (YAML).
+        file: PathBuf,
+        /// Image of node and gateway pods when the spec names none.
+        #[arg(long, default_value = "ghcr.io/redstuff/redstuff:latest")]
+        image: String,
+    },
     /// Run one storage node.
     Node(NodeArgs),
     /// Run a gateway in front of a fleet.
@@ -265,6 +274,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => runtime()?.block_on(cli::get(&id, &output, &gateway)),
         Command::Status { gateway, json } => runtime()?.block_on(cli::status(&gateway, json)),
         Command::Crds { dir } => crds(dir),
+        Command::RenderCluster { file, image } => {
+            let manifest = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            print!("{}", redstuff::operator::render_cluster(&manifest, &image)?);
+            Ok(())
+        }
         Command::Operator { image, listen } => {
             runtime()?.block_on(redstuff::operator::run::run(image, listen))
         }

@@ -24,3 +24,44 @@ pub fn crds_yaml() -> Vec<(&'static str, String)> {
         ),
     ]
 }
+
+/// The objects the operator would apply for a StorageCluster manifest, as
+/// multi-document YAML (`redstuff render-cluster FILE`), with the
+/// assignment of a fresh cluster and a placeholder token.
+pub fn render_cluster(manifest: &str, image: &str) -> anyhow::Result<String> {
+    let mut cluster: crd::StorageCluster = serde_yaml::from_str(manifest)
+        .map_err(|e| anyhow::anyhow!("not a StorageCluster manifest: {e}"))?;
+    status::validate_spec(&cluster.spec).map_err(|e| anyhow::anyhow!("invalid spec: {e}"))?;
+    cluster
+        .metadata
+        .uid
+        .get_or_insert_with(|| "00000000-0000-0000-0000-000000000000".into());
+    cluster
+        .metadata
+        .namespace
+        .get_or_insert_with(|| "default".into());
+    let name = cluster.metadata.name.clone().unwrap_or_default();
+    let nodes: Vec<crate::fleet::NodeSpec> = (0..usize::from(cluster.spec.nodes))
+        .map(|i| crate::fleet::NodeSpec {
+            name: desired::node_pod_name(&name, i),
+            domain: desired::node_pod_name(&name, i),
+        })
+        .collect();
+    let assignment = crate::fleet::assign(cluster.spec.shards, &nodes, &Default::default());
+    let objects = desired::desired_objects(&cluster, &assignment, image, "placeholder-token");
+    let mut docs: Vec<String> = vec![
+        serde_yaml::to_string(&objects.node_service)?,
+        serde_yaml::to_string(&objects.shards_config)?,
+        serde_yaml::to_string(&objects.node_token)?,
+    ];
+    for claim in &objects.node_claims {
+        docs.push(serde_yaml::to_string(claim)?);
+    }
+    for pod in &objects.node_pods {
+        docs.push(serde_yaml::to_string(pod)?);
+    }
+    docs.push(serde_yaml::to_string(&objects.gateway)?);
+    docs.push(serde_yaml::to_string(&objects.gateway_service)?);
+    docs.push(serde_yaml::to_string(&objects.disruption_budget)?);
+    Ok(docs.into_iter().map(|d| format!("---\n{d}")).collect())
+}
