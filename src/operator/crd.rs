@@ -133,7 +133,7 @@ pub struct StorageClusterStatus {
     /// Shards that may be lost or lie, f.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault_tolerance: Option<u16>,
-    /// What the cluster survives, for people: e.g. "3 shards, 1 zone".
+    /// What the cluster survives, for people: e.g. "3 shards, 1 domain".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerates: Option<String>,
     /// Whole failure domains (per placement.topologyKey) that may be lost at once.

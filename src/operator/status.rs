@@ -14,7 +14,8 @@ use crate::fleet::{self, Assignment, NodeSpec};
 pub struct ObservedNode {
     /// Pod name.
     pub name: String,
-    /// Failure domain (value of the topology key of its Kubernetes node).
+    /// Failure domain: today the Kubernetes node it runs on (zone labels
+    /// of nodes are not read yet).
     pub domain: String,
     /// Whether the pod exists.
     pub exists: bool,
@@ -144,7 +145,7 @@ pub fn cluster_status(
                     "{} shards, {} {}",
                     config.f(),
                     domains,
-                    if domains == 1 { "zone" } else { "zones" }
+                    if domains == 1 { "domain" } else { "domains" }
                 )),
                 tolerated_domain_losses: Some(domains as u16),
                 shard_assignment: assignment
@@ -157,7 +158,7 @@ pub fn cluster_status(
                         "Degraded",
                         degraded,
                         if degraded { "NodesNotReady" } else { "AllNodesReady" },
-                        format!("{down_shards} shards on node pods that are not ready; whole hosts tolerated: {hosts}"),
+                        format!("{down_shards} shards on node pods that are not ready; whole node pods tolerated: {hosts}"),
                         generation,
                         now,
                     ),
@@ -276,7 +277,7 @@ mod tests {
         let nodes = observed(10, &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], 5);
         let s = cluster_status(&c, &assignment(&c, &nodes), &nodes, &now(1));
         assert_eq!(s.tolerated_domain_losses, Some(1));
-        assert_eq!(s.tolerates.as_deref(), Some("3 shards, 1 zone"));
+        assert_eq!(s.tolerates.as_deref(), Some("3 shards, 1 domain"));
     }
 
     #[test]
