@@ -511,29 +511,7 @@ pub fn desired_objects(
 mod tests {
     use super::*;
     use crate::fleet::{assign, NodeSpec};
-    use crate::operator::crd::{StorageClusterSpec, StorageSpec};
-
-    fn cluster(shards: u16, nodes: u16, size: Option<&str>) -> StorageCluster {
-        let mut c = StorageCluster::new(
-            "media",
-            StorageClusterSpec {
-                shards,
-                nodes,
-                image: None,
-                storage: StorageSpec {
-                    size: size.map(str::to_string),
-                    storage_class_name: Some("fast".into()),
-                    ephemeral: None,
-                },
-                resources: None,
-                placement: None,
-                repair: None,
-            },
-        );
-        c.metadata.namespace = Some("storage".into());
-        c.metadata.uid = Some("uid-1".into());
-        c
-    }
+    use crate::operator::fixtures::cluster;
 
     fn assignment(c: &StorageCluster) -> Assignment {
         let specs: Vec<NodeSpec> = (0..usize::from(c.spec.nodes))

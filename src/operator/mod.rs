@@ -5,6 +5,8 @@
 pub mod controller;
 pub mod crd;
 pub mod desired;
+#[cfg(test)]
+mod fixtures;
 pub mod run;
 pub mod status;
 

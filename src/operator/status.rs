@@ -95,24 +95,18 @@ pub fn cluster_status(
         Ok(config) => {
             let ready = nodes.iter().filter(|n| n.ready).count();
             let wanted = usize::from(cluster.spec.nodes);
-            let specs: Vec<NodeSpec> = nodes
-                .iter()
-                .map(|n| NodeSpec {
-                    name: n.name.clone(),
-                    domain: n.domain.clone(),
-                })
-                .collect();
-            let domains = fleet::tolerated_domain_losses(assignment, &specs, config.f());
-            let hosts = {
-                let per_host: Vec<NodeSpec> = nodes
+            let tolerated = |domain_of: fn(&ObservedNode) -> &String| {
+                let specs: Vec<NodeSpec> = nodes
                     .iter()
                     .map(|n| NodeSpec {
                         name: n.name.clone(),
-                        domain: n.name.clone(),
+                        domain: domain_of(n).clone(),
                     })
                     .collect();
-                fleet::tolerated_domain_losses(assignment, &per_host, config.f())
+                fleet::tolerated_domain_losses(assignment, &specs, config.f())
             };
+            let domains = tolerated(|n| &n.domain);
+            let hosts = tolerated(|n| &n.name);
             let down_shards = assignment
                 .iter()
                 .filter(|(_, owner)| !nodes.iter().any(|n| &n.name == *owner && n.ready))
@@ -181,28 +175,7 @@ pub fn cluster_status(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::crd::StorageSpec;
-
-    fn cluster(shards: u16, nodes: u16) -> StorageCluster {
-        let mut c = StorageCluster::new(
-            "media",
-            StorageClusterSpec {
-                shards,
-                nodes,
-                image: None,
-                storage: StorageSpec {
-                    size: Some("1Gi".into()),
-                    storage_class_name: None,
-                    ephemeral: None,
-                },
-                resources: None,
-                placement: None,
-                repair: None,
-            },
-        );
-        c.metadata.generation = Some(3);
-        c
-    }
+    use crate::operator::fixtures::cluster;
 
     fn observed(count: usize, ready: &[usize], zones: usize) -> Vec<ObservedNode> {
         (0..count)
@@ -236,7 +209,7 @@ mod tests {
 
     #[test]
     fn status_follows_the_nodes_table() {
-        let c = cluster(10, 10);
+        let c = cluster(10, 10, Some("1Gi"));
         let table: [(&[usize], &str, &str, &str); 3] = [
             (
                 &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
@@ -273,7 +246,7 @@ mod tests {
     #[test]
     fn tolerated_zones_are_counted_from_the_assignment() {
         // 10 shards over 10 nodes in 5 zones: 2 shards per zone, f = 3: one zone.
-        let c = cluster(10, 10);
+        let c = cluster(10, 10, Some("1Gi"));
         let nodes = observed(10, &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], 5);
         let s = cluster_status(&c, &assignment(&c, &nodes), &nodes, &now(1));
         assert_eq!(s.tolerated_domain_losses, Some(1));
@@ -282,7 +255,7 @@ mod tests {
 
     #[test]
     fn an_invalid_spec_becomes_a_condition_not_a_crash() {
-        let c = cluster(4, 5);
+        let c = cluster(4, 5, Some("1Gi"));
         let s = cluster_status(&c, &Assignment::new(), &[], &now(1));
         assert_eq!(s.phase.as_deref(), Some("Failed"));
         let ready = cond(&s, "Ready");
@@ -295,14 +268,14 @@ mod tests {
             "{}",
             ready.message
         );
-        assert!(validate_spec(&cluster(3, 3).spec)
+        assert!(validate_spec(&cluster(3, 3, Some("1Gi")).spec)
             .unwrap_err()
             .contains("shard count 3"));
     }
 
     #[test]
     fn an_unchanged_status_keeps_its_transition_times_so_it_is_not_rewritten() {
-        let mut c = cluster(7, 7);
+        let mut c = cluster(7, 7, Some("1Gi"));
         let nodes = observed(7, &[0, 1, 2, 3, 4, 5, 6], 7);
         let a = assignment(&c, &nodes);
         let first = cluster_status(&c, &a, &nodes, &now(100));

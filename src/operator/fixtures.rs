@@ -1,0 +1,28 @@
+//! Test-only builders of operator objects.
+
+use super::crd::{StorageCluster, StorageClusterSpec, StorageSpec};
+
+/// A StorageCluster "media" in namespace "storage", as read from the API
+/// (uid, generation 3), with a claim of `size` per node (none: no size).
+pub fn cluster(shards: u16, nodes: u16, size: Option<&str>) -> StorageCluster {
+    let mut c = StorageCluster::new(
+        "media",
+        StorageClusterSpec {
+            shards,
+            nodes,
+            image: None,
+            storage: StorageSpec {
+                size: size.map(str::to_string),
+                storage_class_name: Some("fast".into()),
+                ephemeral: None,
+            },
+            resources: None,
+            placement: None,
+            repair: None,
+        },
+    );
+    c.metadata.namespace = Some("storage".into());
+    c.metadata.uid = Some("uid-1".into());
+    c.metadata.generation = Some(3);
+    c
+}
