@@ -14,27 +14,25 @@
 //! spool/                the gateway's upload spool
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use futures_util::future::join_all;
 use prometheus::Registry;
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::client::NodeClient;
+use crate::control::{self, FleetView, NodeAddress, Repairer};
 use crate::codec::EncodingConfig;
-use crate::fleet::{self, Assignment, BlobObservation, FleetMap, Health, MapNode, NodeSpec};
+use crate::fleet::{self, Assignment, FleetMap, Health, MapNode, NodeSpec};
 use crate::gateway::{FleetSource, Gateway, GatewayConfig, StatusBoard};
 use crate::metrics::FleetMetrics;
 use crate::node::ShardsFile;
-use crate::wire::{Peer, RepairRequest};
 
 /// How the local fleet is set up.
 #[derive(Debug, Clone)]
@@ -242,20 +240,20 @@ pub async fn run(
     }));
     ready(&gateway_url);
 
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(600))
+        .build()?;
     let mut fleet_loop = FleetLoop {
         config: config.clone(),
         encoding,
         nodes,
         specs,
         assignment,
-        http: reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(600))
-            .build()?,
+        repairer: Repairer::new(http.clone(), metrics.clone()),
+        http,
         metrics,
         status,
-        in_flight: Arc::new(Mutex::new(HashSet::new())),
-        repaired: Arc::new(Mutex::new(HashMap::new())),
         first_missing: HashMap::new(),
     };
     tokio::pin!(shutdown);
@@ -337,9 +335,7 @@ struct FleetLoop {
     http: reqwest::Client,
     metrics: FleetMetrics,
     status: StatusBoard,
-    in_flight: Arc<Mutex<HashSet<(String, String)>>>,
-    /// Per blob: bytes moved and pairs rebuilt by completed repairs.
-    repaired: Arc<Mutex<HashMap<String, (u64, u64)>>>,
+    repairer: Repairer,
     /// When a (blob, shard) was first seen missing, for the repair delay.
     first_missing: HashMap<(String, u16), Instant>,
 }
@@ -347,100 +343,40 @@ struct FleetLoop {
 impl FleetLoop {
     async fn step(&mut self) {
         self.restart_dead().await;
-        let inventories = join_all(self.nodes.iter().map(|n| {
-            let client = NodeClient::new(self.http.clone(), &n.url);
-            async move { client.full_inventory().await.ok() }
-        }))
-        .await;
-        let ready: BTreeSet<String> = self
+        let addresses: Vec<NodeAddress> = self
             .nodes
             .iter()
-            .zip(&inventories)
-            .filter(|(_, inv)| inv.is_some())
-            .map(|(n, _)| n.name.clone())
-            .collect();
-        self.metrics.nodes_ready.set(ready.len() as i64);
-
-        // Per blob: size, segments, and shards complete in every segment.
-        let mut blobs: BTreeMap<String, (u64, u32, BTreeSet<u16>)> = BTreeMap::new();
-        for inventory in inventories.iter().flatten() {
-            for blob in &inventory.blobs {
-                let entry = blobs
-                    .entry(blob.id.clone())
-                    .or_insert((0, 0, BTreeSet::new()));
-                if blob.segments > 0 {
-                    entry.0 = blob.size;
-                    entry.1 = blob.segments;
-                }
-                for (shard, complete) in &blob.shards {
-                    if *complete >= blob.segments && blob.segments > 0 {
-                        entry.2.insert(*shard);
-                    }
-                }
-            }
-        }
-        let observations: Vec<BlobObservation> = blobs
-            .iter()
-            .filter(|(_, (_, segments, _))| *segments > 0)
-            .map(|(id, (_, _, complete))| BlobObservation {
-                id: id.clone(),
-                complete_shards: complete.clone(),
+            .map(|n| NodeAddress {
+                name: n.name.clone(),
+                url: n.url.clone(),
             })
             .collect();
+        let view = control::observe(&self.http, &addresses).await;
+        view.publish(&self.encoding, &self.metrics);
 
-        let n = self.encoding.n();
         let mut missing_now = HashSet::new();
-        for blob in &observations {
-            for shard in 0..n as u16 {
+        for (id, blob) in &view.blobs {
+            for shard in 0..self.encoding.n() as u16 {
                 if !blob.complete_shards.contains(&shard) {
-                    missing_now.insert((blob.id.clone(), shard));
+                    missing_now.insert((id.clone(), shard));
                 }
             }
         }
         let now = Instant::now();
         self.first_missing
             .retain(|key, _| missing_now.contains(key));
-        for key in &missing_now {
-            self.first_missing.entry(key.clone()).or_insert(now);
-        }
-        self.metrics.shards_missing.set(missing_now.len() as i64);
-        let mut by_health: BTreeMap<Health, i64> = Health::ALL.iter().map(|h| (*h, 0)).collect();
-        for blob in &observations {
-            *by_health
-                .entry(fleet::health(&self.encoding, blob.complete_shards.len()))
-                .or_default() += 1;
-        }
-        for (health, count) in &by_health {
-            self.metrics
-                .blobs
-                .with_label_values(&[health.name()])
-                .set(*count);
+        for key in missing_now {
+            self.first_missing.entry(key).or_insert(now);
         }
 
-        let busy = self.in_flight.lock().expect("not poisoned").len();
-        let room = self.config.max_concurrent_repairs.saturating_sub(busy);
-        let plan = fleet::plan_repairs(
+        let started = self.repairer.run_plan(
             &self.encoding,
-            &observations,
+            &view,
             &self.assignment,
-            &ready,
-            usize::MAX,
+            &addresses,
+            self.config.max_concurrent_repairs,
         );
-        let mut started = 0;
-        for task in plan {
-            if started >= room {
-                break;
-            }
-            let key = (task.blob.clone(), task.node.clone());
-            if !self
-                .in_flight
-                .lock()
-                .expect("not poisoned")
-                .insert(key.clone())
-            {
-                continue;
-            }
-            started += 1;
+        for task in started {
             for shard in &task.shards {
                 if let Some(since) = self.first_missing.get(&(task.blob.clone(), *shard)) {
                     self.metrics
@@ -448,67 +384,8 @@ impl FleetLoop {
                         .observe(since.elapsed().as_secs_f64());
                 }
             }
-            self.spawn_repair(task.blob, task.node, task.shards);
         }
-
-        self.publish_status(&blobs, &ready);
-    }
-
-    fn spawn_repair(&self, blob: String, node: String, shards: Vec<u16>) {
-        let Some(target) = self.nodes.iter().find(|n| n.name == node) else {
-            return;
-        };
-        let client = NodeClient::new(self.http.clone(), &target.url);
-        let peers: Vec<Peer> = self
-            .assignment
-            .iter()
-            .filter(|(shard, owner)| **owner != node && !shards.contains(shard))
-            .filter_map(|(shard, owner)| {
-                let holder = self.nodes.iter().find(|n| n.name == *owner)?;
-                Some(Peer {
-                    shard: *shard,
-                    node: owner.clone(),
-                    url: holder.url.clone(),
-                })
-            })
-            .collect();
-        let request = RepairRequest {
-            blob: blob.clone(),
-            shards,
-            peers,
-        };
-        let metrics = self.metrics.clone();
-        let in_flight = self.in_flight.clone();
-        let repaired = self.repaired.clone();
-        metrics.repairs_started.inc();
-        tokio::spawn(async move {
-            match client.repair(&request).await {
-                Ok(report) => {
-                    metrics.repair_bytes.inc_by(report.bytes_fetched);
-                    {
-                        let mut repaired = repaired.lock().expect("not poisoned");
-                        let entry = repaired.entry(blob.clone()).or_default();
-                        entry.0 += report.bytes_fetched;
-                        entry.1 += report.rebuilt;
-                    }
-                    if report.failed.is_empty() {
-                        metrics.repairs_completed.inc();
-                        tracing::info!(%blob, %node, rebuilt = report.rebuilt, bytes = report.bytes_fetched, "repaired");
-                    } else {
-                        metrics.repairs_failed.inc();
-                        tracing::warn!(%blob, %node, failed = ?report.failed, "repair incomplete");
-                    }
-                }
-                Err(e) => {
-                    metrics.repairs_failed.inc();
-                    tracing::warn!(%blob, %node, "repair failed: {e}");
-                }
-            }
-            in_flight
-                .lock()
-                .expect("not poisoned")
-                .remove(&(blob, node));
-        });
+        self.publish_status(&view);
     }
 
     async fn restart_dead(&mut self) {
@@ -531,13 +408,8 @@ impl FleetLoop {
         }
     }
 
-    fn publish_status(
-        &self,
-        blobs: &BTreeMap<String, (u64, u32, BTreeSet<u16>)>,
-        ready: &BTreeSet<String>,
-    ) {
-        let in_flight = self.in_flight.lock().expect("not poisoned").clone();
-        let repaired = self.repaired.lock().expect("not poisoned").clone();
+    fn publish_status(&self, view: &FleetView) {
+        let ready = &view.ready;
         let status = FleetStatus {
             shards: self.config.shards,
             fault_tolerance: self.encoding.f(),
@@ -570,17 +442,20 @@ impl FleetLoop {
                     restarts: n.restarts,
                 })
                 .collect(),
-            blobs: blobs
+            blobs: view
+                .blobs
                 .iter()
-                .filter(|(_, (_, segments, _))| *segments > 0)
-                .map(|(id, (size, _, complete))| BlobStatus {
-                    id: id.clone(),
-                    size: *size,
-                    health: fleet::health(&self.encoding, complete.len()),
-                    shards_complete: complete.len(),
-                    repairing: in_flight.iter().any(|(b, _)| b == id),
-                    repair_bytes: repaired.get(id).map_or(0, |r| r.0),
-                    pairs_rebuilt: repaired.get(id).map_or(0, |r| r.1),
+                .map(|(id, blob)| {
+                    let totals = self.repairer.totals(id);
+                    BlobStatus {
+                        id: id.clone(),
+                        size: blob.size,
+                        health: fleet::health(&self.encoding, blob.complete_shards.len()),
+                        shards_complete: blob.complete_shards.len(),
+                        repairing: self.repairer.is_repairing(id),
+                        repair_bytes: totals.bytes,
+                        pairs_rebuilt: totals.pairs,
+                    }
                 })
                 .collect(),
         };

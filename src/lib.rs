@@ -11,6 +11,7 @@ pub mod api_error;
 pub mod bench;
 pub mod client;
 pub mod codec;
+pub mod control;
 pub mod dev;
 pub mod fleet;
 pub mod gateway;
