@@ -40,7 +40,7 @@ async fn error_of(response: reqwest::Response) -> anyhow::Error {
 }
 
 fn http() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
+    Ok(redstuff::http::client_builder()
         .connect_timeout(std::time::Duration::from_secs(5))
         .build()?)
 }

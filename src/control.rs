@@ -42,6 +42,9 @@ pub struct FleetView {
     pub ready: BTreeSet<String>,
     /// Blobs with metadata somewhere, by id.
     pub blobs: BTreeMap<String, BlobView>,
+    /// Shards each answering node says it owns (ownership files reach
+    /// nodes with a delay after the assignment changes).
+    pub owned: BTreeMap<String, BTreeSet<u16>>,
 }
 
 impl FleetView {
@@ -56,6 +59,8 @@ impl FleetView {
         for (name, inventory) in inventories {
             let Some(inventory) = inventory else { continue };
             view.ready.insert(name.to_string());
+            view.owned
+                .insert(name.to_string(), inventory.shards.iter().copied().collect());
             for blob in &inventory.blobs {
                 if blob.segments > 0 {
                     let entry = view.blobs.entry(blob.id.clone()).or_default();
@@ -89,6 +94,32 @@ impl FleetView {
                 complete_shards: blob.complete_shards.clone(),
             })
             .collect()
+    }
+
+    /// The assignment without the shards whose owner does not know yet
+    /// that it owns them: repairs of those would be refused.
+    pub fn confirmed(&self, assignment: &Assignment) -> Assignment {
+        assignment
+            .iter()
+            .filter(|(shard, owner)| {
+                self.owned
+                    .get(owner.as_str())
+                    .is_some_and(|owned| owned.contains(shard))
+            })
+            .map(|(shard, owner)| (*shard, owner.clone()))
+            .collect()
+    }
+
+    /// Whether every shard `node` owns holds a pair of every blob.
+    pub fn node_is_whole(&self, assignment: &Assignment, node: &str) -> bool {
+        let shards: Vec<u16> = assignment
+            .iter()
+            .filter(|(_, owner)| owner.as_str() == node)
+            .map(|(s, _)| *s)
+            .collect();
+        self.blobs
+            .values()
+            .all(|b| shards.iter().all(|s| b.complete_shards.contains(s)))
     }
 
     /// (blob, shard) pairs missing across the fleet.
@@ -218,7 +249,7 @@ impl Repairer {
         let plan = fleet::plan_repairs(
             encoding,
             &view.observations(),
-            assignment,
+            &view.confirmed(assignment),
             &view.ready,
             usize::MAX,
         );
@@ -317,7 +348,10 @@ mod tests {
     use super::*;
     use crate::wire::InventoryBlob;
 
-    fn page(node: &str, blobs: &[(&str, u32, &[(u16, u32)])]) -> InventoryPage {
+    /// (blob id, segments, (shard, segments held) pairs).
+    type Held<'a> = (&'a str, u32, &'a [(u16, u32)]);
+
+    fn page(node: &str, blobs: &[Held]) -> InventoryPage {
         InventoryPage {
             node: node.into(),
             shards: vec![],
@@ -359,6 +393,24 @@ mod tests {
         let a = page("a", &[("x", 0, &[(0, 1)])]);
         let view = FleetView::from_inventories([("a", Some(&a))]);
         assert!(view.blobs.is_empty());
+    }
+
+    #[test]
+    fn shards_an_owner_does_not_know_of_yet_are_not_repaired_there() {
+        let mut a = page("a", &[]);
+        a.shards = vec![0];
+        let view = FleetView::from_inventories([("a", Some(&a)), ("b", None)]);
+        let assignment: Assignment = [(0, "a".into()), (1, "a".into()), (2, "b".into())].into();
+        assert_eq!(view.confirmed(&assignment), [(0, "a".to_string())].into());
+    }
+
+    #[test]
+    fn a_node_is_whole_when_its_shards_hold_every_blob() {
+        let a = page("a", &[("x", 1, &[(0, 1), (1, 1)]), ("y", 1, &[(0, 1)])]);
+        let view = FleetView::from_inventories([("a", Some(&a))]);
+        let assignment: Assignment = [(0, "a".into()), (1, "b".into())].into();
+        assert!(view.node_is_whole(&assignment, "a"));
+        assert!(!view.node_is_whole(&assignment, "b"), "y misses shard 1");
     }
 
     #[test]

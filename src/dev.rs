@@ -27,8 +27,8 @@ use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::control::{self, FleetView, NodeAddress, Repairer};
 use crate::codec::EncodingConfig;
+use crate::control::{self, FleetView, NodeAddress, Repairer};
 use crate::fleet::{self, Assignment, FleetMap, Health, MapNode, NodeSpec};
 use crate::gateway::{FleetSource, Gateway, GatewayConfig, StatusBoard};
 use crate::metrics::FleetMetrics;
@@ -240,7 +240,7 @@ pub async fn run(
     }));
     ready(&gateway_url);
 
-    let http = reqwest::Client::builder()
+    let http = crate::http::client_builder()
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(600))
         .build()?;

@@ -137,7 +137,7 @@ impl Gateway {
         let state = Arc::new(GatewayState {
             fleet: config.fleet,
             map: RwLock::new((initial, None)),
-            http: reqwest::Client::builder()
+            http: crate::http::client_builder()
                 .connect_timeout(Duration::from_secs(2))
                 .timeout(Duration::from_secs(300))
                 .build()?,

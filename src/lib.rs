@@ -15,6 +15,7 @@ pub mod control;
 pub mod dev;
 pub mod fleet;
 pub mod gateway;
+pub mod http;
 pub mod json_file;
 pub mod metrics;
 pub mod node;

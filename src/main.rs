@@ -84,6 +84,24 @@ enum Command {
         /// Address of /metrics, /healthz and /readyz.
         #[arg(long, default_value = "0.0.0.0:8080")]
         listen: std::net::SocketAddr,
+        /// Act at once without taking the leader Lease (one replica only).
+        #[arg(long)]
+        no_leader_election: bool,
+        /// Namespace of the leader Lease (default: the pod's namespace).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "redstuff-system")]
+        lease_namespace: String,
+        /// Name of the leader Lease.
+        #[arg(long, default_value = "redstuff-operator")]
+        lease_name: String,
+        /// This replica's identity in the Lease (default: the pod name).
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
+        /// Where URL, ConfigMap and Secret sources are spooled before upload.
+        #[arg(long, default_value = "/tmp/redstuff-ingest")]
+        spool_dir: PathBuf,
+        /// Largest source the operator ingests, e.g. 64GiB.
+        #[arg(long, default_value = "64GiB", value_parser = redstuff::units::parse_bytes)]
+        max_ingest: u64,
     },
     /// Print the objects the operator would create for a StorageCluster
     /// manifest (pods, claims, services, config, gateway, budget).
@@ -280,8 +298,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", redstuff::operator::render_cluster(&manifest, &image)?);
             Ok(())
         }
-        Command::Operator { image, listen } => {
-            runtime()?.block_on(redstuff::operator::run::run(image, listen))
+        Command::Operator {
+            image,
+            listen,
+            no_leader_election,
+            lease_namespace,
+            lease_name,
+            identity,
+            spool_dir,
+            max_ingest,
+        } => {
+            let identity = identity.unwrap_or_else(|| {
+                format!(
+                    "{}-{}",
+                    std::env::var("HOSTNAME").unwrap_or_else(|_| "operator".into()),
+                    std::process::id()
+                )
+            });
+            runtime()?.block_on(redstuff::operator::run::run(
+                redstuff::operator::run::OperatorOptions {
+                    image,
+                    listen,
+                    leader_election: !no_leader_election,
+                    lease_namespace,
+                    lease_name,
+                    identity,
+                    spool_dir,
+                    max_ingest_bytes: max_ingest,
+                    shutdown_timeout: std::time::Duration::from_secs(20),
+                },
+            ))
         }
     }
 }

@@ -44,6 +44,30 @@ pub fn render(registry: &Registry) -> String {
     String::from_utf8(out).expect("the text format is UTF-8")
 }
 
+/// Renders several registries as one Prometheus text page: families of
+/// the same name (one registry per StorageCluster, told apart by constant
+/// labels) are merged, since the format allows each family only once.
+pub fn render_all(registries: &[Registry]) -> String {
+    let mut families: std::collections::BTreeMap<String, prometheus::proto::MetricFamily> =
+        std::collections::BTreeMap::new();
+    for registry in registries {
+        for mut family in registry.gather() {
+            match families.get_mut(family.name()) {
+                Some(existing) => existing.mut_metric().extend(family.take_metric()),
+                None => {
+                    families.insert(family.name().to_string(), family);
+                }
+            }
+        }
+    }
+    let families: Vec<_> = families.into_values().collect();
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(&families, &mut out)
+        .expect("text encoding of gathered metrics");
+    String::from_utf8(out).expect("the text format is UTF-8")
+}
+
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     note(name);
     let c = IntCounter::new(name, help).expect("valid metric");
@@ -315,6 +339,8 @@ pub struct OperatorMetrics {
     pub reconcile_errors: IntCounterVec,
     /// Reconcile duration, by controller.
     pub reconcile_duration: HistogramVec,
+    /// 1 while this replica holds the leader Lease.
+    pub leader: IntGauge,
 }
 
 impl OperatorMetrics {
@@ -339,6 +365,40 @@ impl OperatorMetrics {
                 "Reconcile duration.",
                 &["controller"],
             ),
+            leader: gauge(
+                registry,
+                "redstuff_operator_leader",
+                "1 while this operator replica holds the leader Lease.",
+            ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster_registry(cluster: &str) -> Registry {
+        let labels =
+            std::collections::HashMap::from([("cluster".to_string(), cluster.to_string())]);
+        Registry::new_custom(None, Some(labels)).unwrap()
+    }
+
+    #[test]
+    fn registries_of_two_clusters_render_as_one_family_per_metric() {
+        let a = cluster_registry("media");
+        let b = cluster_registry("models");
+        FleetMetrics::new(&a).nodes_ready.set(3);
+        FleetMetrics::new(&b).nodes_ready.set(5);
+        let text = render_all(&[a, b]);
+        assert_eq!(text.matches("# TYPE redstuff_nodes_ready gauge").count(), 1);
+        assert!(
+            text.contains("redstuff_nodes_ready{cluster=\"media\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("redstuff_nodes_ready{cluster=\"models\"} 5"),
+            "{text}"
+        );
     }
 }

@@ -58,7 +58,7 @@ impl DevFleet {
             child,
             gateway,
             dir,
-            http: reqwest::Client::new(),
+            http: redstuff::http::client(),
         }
     }
 
@@ -397,7 +397,7 @@ async fn a_node_killed_in_the_middle_of_writes_never_serves_corrupt_data_and_the
     let writer = {
         let gateway = fleet.gateway.clone();
         tokio::spawn(async move {
-            let http = reqwest::Client::new();
+            let http = redstuff::http::client();
             let mut stored = Vec::new();
             for i in 0..12u64 {
                 let data = pseudo_random(150_000 + (i as usize) * 100_003, 500 + i);

@@ -47,7 +47,7 @@ async fn start_node(name: &str, shards: &[u16], capacity: Option<u64>, corrupt: 
     tokio::spawn(node.serve(async move {
         let _ = rx.await;
     }));
-    let http = reqwest::Client::new();
+    let http = redstuff::http::client();
     TestNode {
         client: NodeClient::new(http.clone(), url),
         http,

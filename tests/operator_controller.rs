@@ -1,29 +1,28 @@
 //! The StorageCluster reconciler against a mocked Kubernetes API (kube's
-//! tower-test pattern): each scenario asserts the exact requests made.
+//! tower-test pattern): each scenario asserts the requests made. Where a
+//! scenario needs storage nodes, they are real, in-process, over HTTP.
 
+mod support;
+
+use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
-use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use kube::client::Body;
-use redstuff::operator::controller::{reconcile_cluster, Context};
-use redstuff::operator::crd::{StorageCluster, StorageClusterSpec, StorageSpec};
+use redstuff::client::{BlobClient, NodeClient};
+use redstuff::operator::context::{Context, Endpoints};
+use redstuff::operator::controller::reconcile_cluster;
+use redstuff::operator::crd::{RepairSpec, StorageCluster, StorageClusterSpec, StorageSpec};
 use serde_json::{json, Value};
+use support::{fleet_map, lines, start_node, MockApi, Seen};
 
-#[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    path: String,
-    query: String,
-    content_type: String,
-    body: Value,
-}
+const NS: &str = "/api/v1/namespaces/storage";
+const CLUSTER: &str = "/apis/redstuff.dev/v1alpha1/namespaces/storage/storageclusters/media";
 
-fn cluster(nodes: u16, status: Option<Value>) -> StorageCluster {
+fn cluster(shards: u16, nodes: u16, status: Option<Value>) -> StorageCluster {
     let mut c = StorageCluster::new(
         "media",
         StorageClusterSpec {
-            shards: 7,
+            shards,
             nodes,
             image: None,
             storage: StorageSpec {
@@ -33,7 +32,10 @@ fn cluster(nodes: u16, status: Option<Value>) -> StorageCluster {
             },
             resources: None,
             placement: None,
-            repair: None,
+            repair: Some(RepairSpec {
+                grace_period: Some("5m".into()),
+                max_concurrent: None,
+            }),
         },
     );
     c.metadata.namespace = Some("storage".into());
@@ -48,109 +50,136 @@ fn pod(name: &str, ready: bool) -> Value {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": "storage"},
         "spec": {"containers": [], "nodeName": format!("host-{name}")},
-        "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
     })
 }
 
-/// Runs one reconcile against a fake API server that lists `pods`, has no
-/// token Secret, and echoes every write; returns the requests in order.
-async fn reconcile(cluster: StorageCluster, pods: Vec<Value>) -> Vec<Seen> {
-    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = kube::Client::new(service, "storage");
-    let cluster_json = serde_json::to_value(&cluster).unwrap();
-    let server = tokio::spawn(async move {
-        let mut seen = Vec::new();
-        while let Some((request, send)) = handle.next_request().await {
-            let (parts, body) = request.into_parts();
-            let bytes = body.collect().await.unwrap().to_bytes();
-            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            let record = Seen {
-                method: parts.method.to_string(),
-                path: parts.uri.path().to_string(),
-                query: parts.uri.query().unwrap_or("").to_string(),
-                content_type: parts
-                    .headers
-                    .get("content-type")
-                    .map(|v| v.to_str().unwrap().to_string())
-                    .unwrap_or_default(),
-                body: body.clone(),
-            };
-            let (status, answer) = match (record.method.as_str(), record.path.as_str()) {
-                ("GET", "/api/v1/namespaces/storage/pods") => (
-                    StatusCode::OK,
-                    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods}),
-                ),
-                ("GET", path) if path.contains("/secrets/") => (
-                    StatusCode::NOT_FOUND,
-                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                           "message": "not found", "reason": "NotFound", "code": 404}),
-                ),
-                ("PATCH", path) if path.ends_with("/status") => {
-                    let mut updated = cluster_json.clone();
-                    updated["status"] = body["status"].clone();
-                    (StatusCode::OK, updated)
-                }
-                ("PATCH", _) => (StatusCode::OK, body),
-                ("DELETE", path) if path.contains("/pods/") => {
-                    (StatusCode::OK, pod(path.rsplit('/').next().unwrap(), false))
-                }
-                (method, path) => panic!("unexpected request {method} {path}"),
-            };
-            seen.push(record);
-            send.send_response(
-                Response::builder()
-                    .status(status)
-                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-                    .unwrap(),
-            );
-        }
-        seen
+fn claim(name: &str, terminating: bool) -> Value {
+    let mut c = json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": "storage"},
+        "spec": {}
     });
-    let ctx = Arc::new(Context {
-        client,
-        image: "redstuff:test".into(),
-    });
+    if terminating {
+        c["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    }
+    c
+}
+
+fn ready_pods(count: usize) -> Vec<Value> {
+    (0..count)
+        .map(|i| pod(&format!("media-node-{i}"), true))
+        .collect()
+}
+
+fn claims(count: usize) -> Vec<Value> {
+    (0..count)
+        .map(|i| claim(&format!("media-data-{i}"), false))
+        .collect()
+}
+
+/// Node endpoints that refuse connections at once: no node answers.
+fn silent_nodes(count: usize) -> Endpoints {
+    (0..count).fold(Endpoints::default(), |e, i| {
+        e.with_override(format!("media-node-{i}"), "http://127.0.0.1:1")
+    })
+}
+
+/// A previous status: the fresh assignment of `nodes` nodes, all ready.
+async fn settled_status(shards: u16, nodes: usize) -> Value {
+    let (seen, _) = reconcile(
+        cluster(shards, nodes as u16, None),
+        ready_pods(nodes),
+        claims(nodes),
+        silent_nodes(nodes),
+    )
+    .await;
+    status_written(&seen).unwrap()
+}
+
+/// One reconcile against a fake API listing `pods` and `claims`; returns
+/// the requests in order and the context (for its fleet state).
+async fn reconcile(
+    cluster: StorageCluster,
+    pods: Vec<Value>,
+    claims: Vec<Value>,
+    endpoints: Endpoints,
+) -> (Vec<Seen>, Arc<Context>) {
+    let mut api = MockApi::default();
+    api.objects
+        .insert(CLUSTER.into(), serde_json::to_value(&cluster).unwrap());
+    api.lists.insert(format!("{NS}/pods"), pods);
+    api.lists
+        .insert(format!("{NS}/persistentvolumeclaims"), claims);
+    let (client, recorded) = api.serve();
+    let ctx = Arc::new(Context::new(client, "redstuff:test").with_endpoints(endpoints));
     reconcile_cluster(Arc::new(cluster), ctx.clone())
         .await
         .unwrap();
-    drop(ctx);
-    server.await.unwrap()
+    (recorded.take(), ctx)
 }
 
-fn paths(seen: &[Seen]) -> Vec<String> {
+fn events(seen: &[Seen]) -> Vec<(String, String)> {
     seen.iter()
-        .map(|s| format!("{} {}", s.method, s.path))
+        .filter(|s| s.method == "POST" && s.path.ends_with("/events"))
+        .map(|s| {
+            (
+                s.body["type"].as_str().unwrap_or_default().to_string(),
+                s.body["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
         .collect()
+}
+
+/// The last status written, as the API server stores it (nulls remove).
+fn status_written(seen: &[Seen]) -> Option<Value> {
+    seen.iter()
+        .rev()
+        .find(|s| s.path == format!("{CLUSTER}/status"))
+        .map(|s| {
+            let mut status = json!({});
+            support::merge_patch(&mut status, &s.body["status"]);
+            status
+        })
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap()
 }
 
 #[tokio::test]
 async fn a_new_cluster_creates_its_objects_with_server_side_apply_and_writes_its_status() {
-    let seen = reconcile(cluster(3, None), vec![]).await;
-    let ns = "/api/v1/namespaces/storage";
+    let (seen, _) = reconcile(cluster(7, 3, None), vec![], vec![], silent_nodes(3)).await;
     let mut expected = vec![
-        format!("GET {ns}/pods"),
-        format!("GET {ns}/secrets/media-node-token"),
-        format!("PATCH {ns}/services/media-nodes"),
-        format!("PATCH {ns}/configmaps/media-shards"),
-        format!("PATCH {ns}/secrets/media-node-token"),
+        format!("GET {NS}/pods"),
+        format!("GET {NS}/persistentvolumeclaims"),
+        format!("GET {NS}/secrets/media-node-token"),
+        format!("PATCH {NS}/services/media-nodes"),
+        format!("PATCH {NS}/configmaps/media-shards"),
+        format!("PATCH {NS}/secrets/media-node-token"),
     ];
-    expected.extend((0..3).map(|i| format!("PATCH {ns}/persistentvolumeclaims/media-data-{i}")));
-    expected.extend((0..3).map(|i| format!("PATCH {ns}/pods/media-node-{i}")));
+    expected.extend((0..3).map(|i| format!("PATCH {NS}/persistentvolumeclaims/media-data-{i}")));
+    expected.extend((0..3).map(|i| format!("PATCH {NS}/pods/media-node-{i}")));
     expected.extend([
         "PATCH /apis/apps/v1/namespaces/storage/deployments/media-gateway".to_string(),
-        format!("PATCH {ns}/services/media-gateway"),
+        format!("PATCH {NS}/services/media-gateway"),
         "PATCH /apis/policy/v1/namespaces/storage/poddisruptionbudgets/media-nodes".to_string(),
-        "PATCH /apis/redstuff.dev/v1alpha1/namespaces/storage/storageclusters/media/status"
-            .to_string(),
+        format!("PATCH {CLUSTER}/status"),
     ]);
-    assert_eq!(paths(&seen), expected);
-    assert!(
-        seen[0]
-            .query
-            .contains("labelSelector=app.kubernetes.io%2Finstance%3Dmedia"),
-        "{}",
-        seen[0].query
-    );
+    assert_eq!(lines(&seen), expected);
+    for list in &seen[..2] {
+        assert!(
+            list.query
+                .contains("labelSelector=app.kubernetes.io%2Finstance%3Dmedia"),
+            "{}",
+            list.query
+        );
+    }
     for apply in seen
         .iter()
         .filter(|s| s.method == "PATCH" && !s.path.ends_with("/status"))
@@ -168,80 +197,280 @@ async fn a_new_cluster_creates_its_objects_with_server_side_apply_and_writes_its
             (Some("StorageCluster"), Some("7c1f"))
         );
     }
-    let token = &seen[4].body["stringData"]["token"];
+    let token = &seen[5].body["stringData"]["token"];
     assert_eq!(
         token.as_str().map(str::len),
         Some(64),
         "a fresh random token"
     );
-    let status = &seen.last().unwrap().body["status"];
+    let status = status_written(&seen).unwrap();
     assert_eq!(status["phase"], "Pending");
     assert_eq!(status["faultTolerance"], 2);
     assert_eq!(status["shardAssignment"].as_array().unwrap().len(), 7);
+    assert_eq!(status["unavailableNodes"].as_array().unwrap().len(), 3);
 }
 
 #[tokio::test]
-async fn a_deleted_node_pod_is_applied_again_and_the_cluster_reports_degraded() {
-    let pods = vec![pod("media-node-0", true), pod("media-node-1", true)];
-    let seen = reconcile(cluster(3, None), pods).await;
-    assert!(
-        paths(&seen).contains(&"PATCH /api/v1/namespaces/storage/pods/media-node-2".to_string())
-    );
-    let status = &seen.last().unwrap().body["status"];
+async fn a_deleted_node_pod_is_created_again_with_an_event_and_the_cluster_reports_degraded() {
+    let previous = settled_status(7, 3).await;
+    assert_eq!(previous["phase"], "Ready");
+    let (seen, _) = reconcile(
+        cluster(7, 3, Some(previous)),
+        ready_pods(2),
+        claims(3),
+        silent_nodes(3),
+    )
+    .await;
+    assert!(lines(&seen).contains(&format!("PATCH {NS}/pods/media-node-2")));
+    assert!(events(&seen).contains(&("Normal".into(), "NodePodReplaced".into())));
+    assert!(events(&seen).contains(&("Warning".into(), "ClusterDegraded".into())));
+    let status = status_written(&seen).unwrap();
     assert_eq!(status["phase"], "Degraded");
     assert_eq!(status["readyNodes"], 2);
-    let ready = status["conditions"]
+    assert_eq!(status["unavailableNodes"][0]["name"], "media-node-2");
+    assert_eq!(
+        condition(&status, "Ready")["reason"],
+        "NodesNotReady",
+        "{status:#}"
+    );
+    // Within the grace period the shards stay where they are.
+    assert_eq!(
+        status["shardAssignment"],
+        settled_status(7, 3).await["shardAssignment"]
+    );
+}
+
+#[tokio::test]
+async fn a_claim_being_deleted_gets_its_pod_deleted_so_it_comes_back_empty() {
+    let previous = settled_status(7, 3).await;
+    let mut volumes = claims(3);
+    volumes[2] = claim("media-data-2", true);
+    let (seen, _) = reconcile(
+        cluster(7, 3, Some(previous)),
+        ready_pods(3),
+        volumes,
+        silent_nodes(3),
+    )
+    .await;
+    let requests = lines(&seen);
+    assert!(requests.contains(&format!("DELETE {NS}/pods/media-node-2")));
+    assert!(
+        !requests.contains(&format!("PATCH {NS}/persistentvolumeclaims/media-data-2")),
+        "a terminating claim is not applied"
+    );
+    assert!(
+        !requests.contains(&format!("PATCH {NS}/pods/media-node-2")),
+        "the pod is not applied while it must go"
+    );
+    assert!(events(&seen).contains(&("Warning".into(), "VolumeLost".into())));
+    let status = status_written(&seen).unwrap();
+    assert_eq!(status["unavailableNodes"][0]["name"], "media-node-2");
+}
+
+#[tokio::test]
+async fn a_claim_that_is_gone_is_created_again_with_its_pod() {
+    let previous = settled_status(7, 3).await;
+    let (seen, _) = reconcile(
+        cluster(7, 3, Some(previous)),
+        ready_pods(2),
+        claims(2),
+        silent_nodes(3),
+    )
+    .await;
+    let requests = lines(&seen);
+    let claim_at = requests
+        .iter()
+        .position(|r| r == &format!("PATCH {NS}/persistentvolumeclaims/media-data-2"))
+        .expect("claim applied");
+    let pod_at = requests
+        .iter()
+        .position(|r| r == &format!("PATCH {NS}/pods/media-node-2"))
+        .expect("pod applied");
+    assert!(claim_at < pod_at, "the claim exists before its pod");
+}
+
+#[tokio::test]
+async fn a_node_gone_past_the_grace_period_hands_its_shards_to_the_others() {
+    let mut previous = settled_status(7, 3).await;
+    let gone_since =
+        k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(301);
+    previous["unavailableNodes"] =
+        json!([{"name": "media-node-2", "since": gone_since.to_string()}]);
+    let (seen, _) = reconcile(
+        cluster(7, 3, Some(previous.clone())),
+        ready_pods(2),
+        claims(3),
+        silent_nodes(3),
+    )
+    .await;
+    let status = status_written(&seen).unwrap();
+    let owners: BTreeSet<&str> = status["shardAssignment"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|c| c["type"] == "Ready")
+        .map(|a| a["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(owners, ["media-node-0", "media-node-1"].into());
+    let kept = |s: &Value, node: &str| -> BTreeSet<u64> {
+        s["shardAssignment"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["node"] == node)
+            .map(|a| a["shard"].as_u64().unwrap())
+            .collect()
+    };
+    assert!(
+        kept(&previous, "media-node-0").is_subset(&kept(&status, "media-node-0")),
+        "shards of nodes that stayed do not move"
+    );
+    assert!(events(&seen).contains(&("Warning".into(), "ShardsMoved".into())));
+    assert_eq!(condition(&status, "Degraded")["reason"], "ShardsMoved");
+    let config = seen
+        .iter()
+        .find(|s| s.path.ends_with("/configmaps/media-shards"))
         .unwrap();
     assert_eq!(
-        (ready["status"].as_str(), ready["reason"].as_str()),
-        (Some("False"), Some("NodesNotReady"))
+        config.body["data"]["media-node-2.json"]
+            .as_str()
+            .map(|t| serde_json::from_str::<Value>(t).unwrap()["shards"].clone()),
+        Some(json!([])),
+        "the node's ownership file is emptied"
     );
 }
 
 #[tokio::test]
 async fn an_unchanged_cluster_is_not_rewritten() {
-    let pods: Vec<Value> = (0..3)
-        .map(|i| pod(&format!("media-node-{i}"), true))
-        .collect();
-    let first = reconcile(cluster(3, None), pods.clone()).await;
-    let status = first.last().unwrap().body["status"].clone();
-    assert_eq!(status["phase"], "Ready");
-    let second = reconcile(cluster(3, Some(status)), pods).await;
-    assert!(
-        !paths(&second).iter().any(|p| p.ends_with("/status")),
-        "{:#?}",
-        paths(&second)
-    );
+    let status = settled_status(7, 3).await;
+    let (seen, _) = reconcile(
+        cluster(7, 3, Some(status)),
+        ready_pods(3),
+        claims(3),
+        silent_nodes(3),
+    )
+    .await;
+    assert!(status_written(&seen).is_none(), "{:#?}", lines(&seen));
+    assert!(events(&seen).is_empty());
 }
 
 #[tokio::test]
-async fn an_invalid_spec_becomes_a_condition_and_nothing_else_is_touched() {
-    let seen = reconcile(cluster(9, None), vec![]).await;
+async fn an_invalid_spec_becomes_a_condition_and_an_event_and_nothing_else_is_touched() {
+    let (seen, _) = reconcile(cluster(7, 9, None), vec![], vec![], silent_nodes(0)).await;
     assert_eq!(
-        paths(&seen),
+        lines(&seen),
         vec![
-            "PATCH /apis/redstuff.dev/v1alpha1/namespaces/storage/storageclusters/media/status"
-                .to_string()
+            "POST /apis/events.k8s.io/v1/namespaces/storage/events".to_string(),
+            format!("PATCH {CLUSTER}/status"),
         ]
     );
-    let status = &seen[0].body["status"];
+    assert_eq!(
+        events(&seen),
+        vec![("Warning".into(), "InvalidSpec".into())]
+    );
+    let status = status_written(&seen).unwrap();
     assert_eq!(status["phase"], "Failed");
     assert_eq!(status["conditions"][0]["reason"], "InvalidSpec");
 }
 
 #[tokio::test]
 async fn node_pods_beyond_spec_are_removed() {
-    let pods: Vec<Value> = (0..4)
-        .map(|i| pod(&format!("media-node-{i}"), true))
+    let (seen, _) = reconcile(
+        cluster(7, 3, None),
+        ready_pods(4),
+        claims(4),
+        silent_nodes(4),
+    )
+    .await;
+    assert!(lines(&seen).contains(&format!("DELETE {NS}/pods/media-node-3")));
+}
+
+#[tokio::test]
+async fn a_node_pod_back_on_an_empty_volume_has_its_pairs_rebuilt_and_the_wait_is_measured() {
+    // Four real nodes, one shard each. The blob is written while node 2
+    // is gone; node 2 then comes back empty, as on a new volume.
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let shard = |i: u16| BTreeSet::from([i]);
+    let mut nodes = Vec::new();
+    for i in [0u16, 1, 3] {
+        nodes.push((
+            i,
+            start_node(
+                &format!("media-node-{i}"),
+                dirs[i as usize].path(),
+                &shard(i),
+            )
+            .await,
+        ));
+    }
+    let mut map_nodes: Vec<(String, String, BTreeSet<u16>)> = nodes
+        .iter()
+        .map(|(i, n)| (format!("media-node-{i}"), n.url.clone(), shard(*i)))
         .collect();
-    let seen = reconcile(cluster(3, None), pods).await;
-    assert!(
-        paths(&seen).contains(&"DELETE /api/v1/namespaces/storage/pods/media-node-3".to_string())
-    );
+    map_nodes.push(("media-node-2".into(), "http://127.0.0.1:1".into(), shard(2)));
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &data).unwrap();
+    let http = redstuff::http::client();
+    let written = BlobClient::new(http.clone(), fleet_map(4, &map_nodes), None)
+        .write_file(file.path())
+        .await
+        .unwrap();
+    let node2 = start_node("media-node-2", dirs[2].path(), &shard(2)).await;
+    let mut endpoints = Endpoints::default().with_override("media-node-2", node2.url.clone());
+    for (i, n) in &nodes {
+        endpoints = endpoints.with_override(format!("media-node-{i}"), n.url.clone());
+    }
+
+    // The last status saw node 2 go 7 seconds ago; now all pods are ready.
+    let mut previous = settled_status(4, 4).await;
+    let lost =
+        k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(7);
+    previous["unavailableNodes"] = json!([{"name": "media-node-2", "since": lost.to_string()}]);
+    let (seen, ctx) = reconcile(
+        cluster(4, 4, Some(previous)),
+        ready_pods(4),
+        claims(4),
+        endpoints.clone(),
+    )
+    .await;
+    let status = status_written(&seen).unwrap();
+    assert_eq!(status["blobs"]["degraded"], 1, "{status:#}");
+    assert_eq!(status["repairsInFlight"], 1);
+    assert_eq!(condition(&status, "Progressing")["reason"], "Repairing");
+
+    let fleet = ctx
+        .fleets
+        .find(&("storage".into(), "media".into()))
+        .unwrap();
+    let delay = &fleet.metrics.repair_start_delay;
+    assert_eq!(delay.get_sample_count(), 1);
+    assert!(delay.get_sample_sum() >= 7.0, "{}", delay.get_sample_sum());
+    assert!(fleet.repairer.wait_idle(Duration::from_secs(30)).await);
+    assert_eq!(fleet.metrics.repairs_completed.get(), 1);
+
+    let inventory = NodeClient::new(http, &node2.url)
+        .full_inventory()
+        .await
+        .unwrap();
+    let blob = inventory
+        .blobs
+        .iter()
+        .find(|b| b.id == written.metadata.blob_id().to_string())
+        .expect("node 2 holds the blob again");
+    assert_eq!(blob.shards.get(&2), Some(&blob.segments));
+
+    // The next reconcile sees every blob healthy and the cluster Ready.
+    let (seen, _) = reconcile(
+        cluster(4, 4, Some(status)),
+        ready_pods(4),
+        claims(4),
+        endpoints,
+    )
+    .await;
+    let status = status_written(&seen).unwrap();
+    assert_eq!(status["blobs"]["healthy"], 1, "{status:#}");
+    assert_eq!(status["phase"], "Ready");
+    assert_eq!(delay.get_sample_count(), 1, "measured once per loss");
 }
 
 #[tokio::test]

@@ -131,7 +131,7 @@ pub async fn run(
     let gateway = url_rx
         .await
         .map_err(|_| anyhow::anyhow!("the fleet did not start"))?;
-    let http = reqwest::Client::new();
+    let http = crate::http::client();
     let result = measure(options, &http, &gateway, &blob_path, &data, &mut log).await;
     let _ = stop_tx.send(());
     let _ = fleet.await;

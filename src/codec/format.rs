@@ -132,7 +132,7 @@ impl<'a> Reader<'a> {
     fn symbol_size(&mut self, config: &EncodingConfig) -> Result<usize, FormatError> {
         let size = self.u32()? as usize;
         let max = max_symbol_size(config);
-        if size < 2 || size % 2 != 0 || size > max {
+        if size < 2 || !size.is_multiple_of(2) || size > max {
             return Err(invalid(
                 "symbol size",
                 format!("{size} is not an even size between 2 and {max}"),

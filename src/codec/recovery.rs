@@ -48,7 +48,7 @@ impl<A: Axis> RecoverySymbol<A> {
         let fits = usize::from(source) < n
             && usize::from(target) < n
             && symbol.len() >= 2
-            && symbol.len() % 2 == 0
+            && symbol.len().is_multiple_of(2)
             && proof.len() == merkle::proof_len(n);
         fits.then_some(Self {
             config,

@@ -111,7 +111,7 @@ impl<A: Axis> Sliver<A> {
     ) -> Option<Self> {
         let fits = usize::from(index) < config.n()
             && symbol_size >= 2
-            && symbol_size % 2 == 0
+            && symbol_size.is_multiple_of(2)
             && data.len() == A::symbols(&config) * symbol_size;
         fits.then_some(Self {
             config,

@@ -77,7 +77,7 @@ impl Node {
             registry,
             metrics,
             corrupt_reads: config.corrupt_reads,
-            http: reqwest::Client::builder()
+            http: crate::http::client_builder()
                 .connect_timeout(Duration::from_secs(2))
                 .timeout(Duration::from_secs(60))
                 .build()?,

@@ -1,10 +1,16 @@
-//! The StorageCluster reconciler: the thin I/O shell around `desired` and
-//! `status`. It observes the cluster's node pods, keeps the shard
-//! assignment stable (from the last status), applies every desired object
-//! with server-side apply under one field manager, removes node pods beyond
-//! `spec.nodes`, and writes the status only when it changed.
+//! The StorageCluster reconciler: the thin I/O shell around `lifecycle`,
+//! `fleet`, `desired` and `status`. Each reconcile observes the node pods
+//! and claims, decides per node (replace, release a lost volume, evict
+//! after the grace period), keeps the shard assignment stable, applies
+//! every desired object with server-side apply under one field manager,
+//! reads the node inventories and starts the repairs `fleet` plans (most
+//! at risk first), and writes the status only when it changed.
+//!
+//! Reconciles are triggered by the cluster, by its pods (a pod deleted or
+//! turning Ready), and by a short requeue while anything is unhealthy, so
+//! a repair starts seconds after a node pod comes back empty.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,19 +19,29 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::{Client, Resource, ResourceExt};
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::crd::StorageCluster;
-use super::desired::{desired_objects, node_pod_name};
-use super::status::{cluster_status, validate_spec, ObservedNode};
-use crate::fleet::{self, Assignment, NodeSpec};
+use super::context::Context;
+use super::crd::{BlobCounts, StorageCluster, UnavailableNode};
+use super::desired::{desired_objects, node_claim_name, node_pod_name};
+use super::lifecycle::{self, ClaimState, DeleteReason, NodeDecision, NodeObserved, PodState};
+use super::status::{cluster_status, validate_spec, FleetSummary, ObservedNode};
+use crate::control::{self, NodeAddress};
+use crate::fleet::{self, Assignment, Health, NodeSpec};
 
 /// The one field manager of every object the operator applies.
 pub const FIELD_MANAGER: &str = "redstuff-operator";
+
+/// Grace period when the spec names none.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(300);
+/// Repairs in flight per cluster when the spec names none.
+pub const DEFAULT_MAX_REPAIRS: usize = 4;
 
 /// Why a reconcile failed (it is retried with backoff).
 #[derive(Debug, thiserror::Error)]
@@ -33,20 +49,18 @@ pub enum ReconcileError {
     /// The Kubernetes API refused or failed a request.
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    /// The StorageCluster has no namespace (it is a namespaced resource).
-    #[error("StorageCluster without a namespace")]
+    /// The object has no namespace (both resources are namespaced).
+    #[error("object without a namespace")]
     NoNamespace,
     /// No random bytes for the node token.
     #[error("cannot make a node token: {0}")]
     Token(std::io::Error),
-}
-
-/// What every reconcile needs.
-pub struct Context {
-    /// The API client.
-    pub client: Client,
-    /// Image of node and gateway pods when the spec names none.
-    pub image: String,
+    /// The finalizer helper failed.
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+    /// Nodes that must be reached could not be.
+    #[error("nodes unreachable: {0}")]
+    NodesUnreachable(String),
 }
 
 fn is_ready(pod: &Pod) -> bool {
@@ -56,7 +70,16 @@ fn is_ready(pod: &Pod) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-async fn apply<K>(api: &Api<K>, object: &K) -> Result<(), ReconcileError>
+fn pod_state(pod: &Pod) -> PodState {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    PodState {
+        ready: is_ready(pod),
+        finished: matches!(phase, Some("Failed" | "Succeeded")),
+        deleting_since: pod.metadata.deletion_timestamp.as_ref().map(|t| t.0),
+    }
+}
+
+pub(crate) async fn apply<K>(api: &Api<K>, object: &K) -> Result<(), ReconcileError>
 where
     K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
@@ -78,7 +101,32 @@ fn random_token() -> Result<String, ReconcileError> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Brings one StorageCluster's objects and status in line with its spec.
+/// Publishes an Event about `cluster`; a failure to publish is logged, not fatal.
+async fn publish(
+    ctx: &Context,
+    cluster: &StorageCluster,
+    warning: bool,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.into(),
+        note: Some(note),
+        action: reason.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &cluster.object_ref(&())).await {
+        tracing::warn!("cannot publish event {reason}: {e}");
+    }
+}
+
+/// Brings one StorageCluster's objects and status in line with its spec,
+/// and its blobs back to health.
 pub async fn reconcile_cluster(
     cluster: Arc<StorageCluster>,
     ctx: Arc<Context>,
@@ -87,42 +135,115 @@ pub async fn reconcile_cluster(
     let name = cluster.name_any();
     let client = ctx.client.clone();
     let clusters: Api<StorageCluster> = Api::namespaced(client.clone(), &namespace);
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let now = Timestamp::now();
+    let now_time = Time(now);
+    let previous_status = cluster.status.clone().unwrap_or_default();
 
-    if validate_spec(&cluster.spec).is_err() {
-        let status = cluster_status(&cluster, &Assignment::new(), &[], &now);
-        write_status_if_changed(&clusters, &cluster, status).await?;
-        return Ok(Action::await_change());
-    }
+    let encoding = match validate_spec(&cluster.spec) {
+        Ok(encoding) => encoding,
+        Err(problem) => {
+            let status = cluster_status(
+                &cluster,
+                &Assignment::new(),
+                &[],
+                &FleetSummary::default(),
+                &now_time,
+            );
+            if cluster.status.as_ref() != Some(&status) {
+                publish(&ctx, &cluster, true, "InvalidSpec", problem).await;
+            }
+            write_status_if_changed(&clusters, &cluster, status).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let repair = cluster.spec.repair.clone().unwrap_or_default();
+    let grace = repair
+        .grace_period
+        .as_deref()
+        .map(|g| lifecycle::parse_duration(g).unwrap_or(DEFAULT_GRACE))
+        .unwrap_or(DEFAULT_GRACE);
+    let max_repairs = repair
+        .max_concurrent
+        .map_or(DEFAULT_MAX_REPAIRS, usize::from);
+    let ephemeral = cluster.spec.storage.ephemeral == Some(true);
 
+    // Observe pods and claims.
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
     let selector = format!("app.kubernetes.io/instance={name},app.kubernetes.io/component=node");
-    let observed = pods
+    let observed_pods = pods
         .list(&ListParams::default().labels(&selector))
         .await?
         .items;
-    let by_name: BTreeMap<String, &Pod> = observed.iter().map(|p| (p.name_any(), p)).collect();
+    let observed_claims = if ephemeral {
+        Vec::new()
+    } else {
+        claims
+            .list(&ListParams::default().labels(&selector))
+            .await?
+            .items
+    };
+    let pod_by_name: BTreeMap<String, &Pod> =
+        observed_pods.iter().map(|p| (p.name_any(), p)).collect();
+    let claim_by_name: BTreeMap<String, &PersistentVolumeClaim> =
+        observed_claims.iter().map(|c| (c.name_any(), c)).collect();
 
     let nodes = usize::from(cluster.spec.nodes);
-    let node_specs: Vec<NodeSpec> = (0..nodes)
-        .map(|i| {
-            let pod = node_pod_name(&name, i);
-            let host = by_name
-                .get(&pod)
-                .and_then(|p| p.spec.as_ref()?.node_name.clone())
-                .unwrap_or_else(|| pod.clone());
-            NodeSpec {
-                name: pod,
-                domain: host,
-            }
+    let node_names: Vec<String> = (0..nodes).map(|i| node_pod_name(&name, i)).collect();
+    let observed_nodes: Vec<NodeObserved> = node_names
+        .iter()
+        .enumerate()
+        .map(|(i, pod)| NodeObserved {
+            name: pod.clone(),
+            pod: pod_by_name.get(pod).map(|p| pod_state(p)),
+            claim: if ephemeral {
+                ClaimState::NotUsed
+            } else {
+                match claim_by_name.get(&node_claim_name(&name, i)) {
+                    None => ClaimState::Missing,
+                    Some(c) if c.metadata.deletion_timestamp.is_some() => ClaimState::Terminating,
+                    Some(_) => ClaimState::Present,
+                }
+            },
         })
         .collect();
-    let previous: Assignment = cluster
-        .status
+    let decisions = lifecycle::decide(
+        &observed_nodes,
+        &previous_status.unavailable_nodes,
+        grace,
+        now,
+    );
+    let evicted: BTreeSet<&str> = decisions
         .iter()
-        .flat_map(|s| s.shard_assignment.iter().map(|a| (a.shard, a.node.clone())))
+        .filter(|d| d.evicted)
+        .map(|d| d.name.as_str())
         .collect();
-    let assignment = fleet::assign(cluster.spec.shards, &node_specs, &previous);
+
+    // Shards stay with their owners; evicted nodes hand theirs over.
+    let domain_of = |pod: &String| {
+        pod_by_name
+            .get(pod)
+            .and_then(|p| p.spec.as_ref()?.node_name.clone())
+            .unwrap_or_else(|| pod.clone())
+    };
+    let node_specs: Vec<NodeSpec> = node_names
+        .iter()
+        .map(|pod| NodeSpec {
+            name: pod.clone(),
+            domain: domain_of(pod),
+        })
+        .collect();
+    let holders: Vec<NodeSpec> = node_specs
+        .iter()
+        .filter(|n| !evicted.contains(n.name.as_str()))
+        .cloned()
+        .collect();
+    let previous: Assignment = previous_status
+        .shard_assignment
+        .iter()
+        .map(|a| (a.shard, a.node.clone()))
+        .collect();
+    let assignment = fleet::assign(cluster.spec.shards, &holders, &previous);
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let token = match secrets.get_opt(&format!("{name}-node-token")).await? {
@@ -145,12 +266,33 @@ pub async fn reconcile_cluster(
     )
     .await?;
     apply(&secrets, &desired.node_token).await?;
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
     for claim in &desired.node_claims {
-        apply(&claims, claim).await?;
+        // A claim still being deleted cannot be applied: it is recreated
+        // once its pod has released it.
+        let terminating = claim_by_name
+            .get(&claim.name_any())
+            .is_some_and(|c| c.metadata.deletion_timestamp.is_some());
+        if !terminating {
+            apply(&claims, claim).await?;
+        }
     }
-    for pod in &desired.node_pods {
-        apply(&pods, pod).await?;
+    for (pod, decision) in desired.node_pods.iter().zip(&decisions) {
+        let existing = pod_by_name.get(&pod.name_any());
+        let present = existing.is_some();
+        let terminating = existing.is_some_and(|p| p.metadata.deletion_timestamp.is_some());
+        if decision.delete_pod.is_none() && !terminating {
+            apply(&pods, pod).await?;
+            if !present && !previous_status.shard_assignment.is_empty() {
+                publish(
+                    &ctx,
+                    &cluster,
+                    false,
+                    "NodePodReplaced",
+                    format!("node pod {} was gone; created it again", pod.name_any()),
+                )
+                .await;
+            }
+        }
     }
     apply(
         &Api::<Deployment>::namespaced(client.clone(), &namespace),
@@ -164,28 +306,221 @@ pub async fn reconcile_cluster(
     )
     .await?;
 
+    delete_pods(&ctx, &cluster, &pods, &decisions).await?;
     // Node pods beyond spec.nodes go (their claims stay until the cluster goes).
-    let wanted: Vec<String> = (0..nodes).map(|i| node_pod_name(&name, i)).collect();
-    for pod in observed.iter().filter(|p| !wanted.contains(&p.name_any())) {
-        pods.delete(&pod.name_any(), &DeleteParams::default())
-            .await?;
-    }
-
-    let observed_nodes: Vec<ObservedNode> = node_specs
+    for pod in observed_pods
         .iter()
-        .map(|spec| {
-            let pod = by_name.get(&spec.name);
-            ObservedNode {
-                name: spec.name.clone(),
-                domain: spec.domain.clone(),
-                exists: pod.is_some(),
-                ready: pod.is_some_and(|p| is_ready(p)),
-            }
+        .filter(|p| !node_names.contains(&p.name_any()))
+    {
+        if pod.metadata.deletion_timestamp.is_none() {
+            pods.delete(&pod.name_any(), &DeleteParams::default())
+                .await?;
+        }
+    }
+    report_moved_shards(&ctx, &cluster, &previous, &assignment, &evicted).await;
+
+    // The fleet: inventories, repairs, time to repair start.
+    let key = (namespace.clone(), name.clone());
+    let fleet_state = ctx.fleets.get(&key, &ctx.http);
+    let addresses: Vec<NodeAddress> = decisions
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.available)
+        .map(|(i, d)| NodeAddress {
+            name: d.name.clone(),
+            url: ctx.endpoints.node(&cluster, i),
         })
         .collect();
-    let status = cluster_status(&cluster, &assignment, &observed_nodes, &now);
+    let view = control::observe(&ctx.http, &addresses).await;
+    view.publish(&encoding, &fleet_state.metrics);
+    {
+        let mut lost_at = fleet_state.lost_at.lock().expect("not poisoned");
+        // A node lost since the last status (or before a failover) counts
+        // from when it was lost, even if it is back by now.
+        let was_lost = previous_status
+            .unavailable_nodes
+            .iter()
+            .filter_map(|u| Some((u.name.clone(), u.since.parse::<Timestamp>().ok()?)));
+        let is_lost = decisions
+            .iter()
+            .filter_map(|d| Some((d.name.clone(), d.unavailable_since?)));
+        for (node, since) in was_lost.chain(is_lost) {
+            lost_at.entry(node).or_insert(since);
+        }
+        let started =
+            fleet_state
+                .repairer
+                .run_plan(&encoding, &view, &assignment, &addresses, max_repairs);
+        for task in &started {
+            // The node rebuilding, or the evicted node its shards came from.
+            let losers = std::iter::once(task.node.clone())
+                .chain(task.shards.iter().filter_map(|s| previous.get(s).cloned()));
+            for lost in losers {
+                if let Some(since) = lost_at.remove(&lost) {
+                    let waited = now.duration_since(since).as_secs_f64().max(0.0);
+                    fleet_state.metrics.repair_start_delay.observe(waited);
+                    tracing::info!(node = %lost, waited, "first repair after the node was lost");
+                }
+            }
+        }
+        lost_at.retain(|node, _| {
+            let available = decisions.iter().any(|d| &d.name == node && d.available);
+            !(available && view.node_is_whole(&view.confirmed(&assignment), node))
+        });
+    }
+    let changed = {
+        let mut last = fleet_state.view.lock().expect("not poisoned");
+        let changed = last.as_ref().map(|(_, v)| v) != Some(&view);
+        *last = Some((cluster.spec.shards, view.clone()));
+        changed
+    };
+    if changed {
+        ctx.views_changed.send_modify(|v| *v += 1);
+    }
+
+    let counts = view.health_counts(&encoding);
+    let blob_counts = BlobCounts {
+        healthy: counts[&Health::Healthy] as u64,
+        degraded: counts[&Health::Degraded] as u64,
+        at_risk: counts[&Health::AtRisk] as u64,
+        lost: counts[&Health::Lost] as u64,
+    };
+    let summary = FleetSummary {
+        unavailable: decisions
+            .iter()
+            .filter_map(|d| {
+                Some(UnavailableNode {
+                    name: d.name.clone(),
+                    since: d.unavailable_since?.to_string(),
+                })
+            })
+            .collect(),
+        evicted: evicted.iter().map(|s| s.to_string()).collect(),
+        blobs: (!view.ready.is_empty()).then_some(blob_counts.clone()),
+        repairs_in_flight: fleet_state.repairer.in_flight() as u32,
+    };
+    let observed_status: Vec<ObservedNode> = node_specs
+        .iter()
+        .zip(&decisions)
+        .map(|(spec, d)| ObservedNode {
+            name: spec.name.clone(),
+            domain: spec.domain.clone(),
+            exists: pod_by_name.contains_key(&spec.name),
+            ready: d.available,
+        })
+        .collect();
+    let status = cluster_status(&cluster, &assignment, &observed_status, &summary, &now_time);
+    if previous_status.phase.is_some() && status.phase != previous_status.phase {
+        let phase = status.phase.clone().unwrap_or_default();
+        let message = status
+            .conditions
+            .iter()
+            .find(|c| {
+                c.type_
+                    == if phase == "Ready" {
+                        "Ready"
+                    } else {
+                        "Degraded"
+                    }
+            })
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        publish(
+            &ctx,
+            &cluster,
+            phase == "Degraded",
+            &format!("Cluster{phase}"),
+            message,
+        )
+        .await;
+    }
     write_status_if_changed(&clusters, &cluster, status).await?;
-    Ok(Action::requeue(Duration::from_secs(60)))
+
+    let busy = summary.repairs_in_flight > 0
+        || blob_counts.degraded + blob_counts.at_risk > 0
+        || decisions.iter().any(|d| !d.available);
+    let mut next = if busy {
+        Duration::from_secs(5)
+    } else {
+        Duration::from_secs(30)
+    };
+    if let Some(eviction) = lifecycle::next_eviction_in(&decisions, grace, now) {
+        next = next.min(eviction + Duration::from_secs(1));
+    }
+    Ok(Action::requeue(next))
+}
+
+async fn delete_pods(
+    ctx: &Context,
+    cluster: &StorageCluster,
+    pods: &Api<Pod>,
+    decisions: &[NodeDecision],
+) -> Result<(), ReconcileError> {
+    for d in decisions {
+        let Some(reason) = d.delete_pod else { continue };
+        pods.delete(&d.name, &DeleteParams::default()).await?;
+        let (reason, note) = match reason {
+            DeleteReason::VolumeLost => (
+                "VolumeLost",
+                format!(
+                    "the claim of {} is gone: the pod is replaced on an empty volume and its shards rebuilt from peers",
+                    d.name
+                ),
+            ),
+            DeleteReason::PodFinished => (
+                "NodePodFailed",
+                format!("{} stopped and will not restart by itself: replacing it", d.name),
+            ),
+        };
+        publish(ctx, cluster, true, reason, note).await;
+    }
+    Ok(())
+}
+
+/// One Event per evicted node naming the shards it handed over and to whom.
+async fn report_moved_shards(
+    ctx: &Context,
+    cluster: &StorageCluster,
+    previous: &Assignment,
+    assignment: &Assignment,
+    evicted: &BTreeSet<&str>,
+) {
+    for node in evicted {
+        let moved: Vec<String> = previous
+            .iter()
+            .filter(|(_, owner)| owner.as_str() == *node)
+            .filter_map(|(shard, _)| Some(format!("{shard} -> {}", assignment.get(shard)?)))
+            .collect();
+        if moved.is_empty() {
+            continue;
+        }
+        publish(
+            ctx,
+            cluster,
+            true,
+            "ShardsMoved",
+            format!(
+                "{node} stayed unavailable past the grace period; its shards move and are rebuilt: {}",
+                moved.join(", ")
+            ),
+        )
+        .await;
+    }
+}
+
+/// A merge patch turning status `old` into `new`: fields `new` leaves out
+/// are set to null, so they are removed rather than kept.
+pub(crate) fn status_merge_patch<T: Serialize>(old: Option<&T>, new: &T) -> serde_json::Value {
+    let mut status = serde_json::to_value(new).expect("status serializes");
+    if let (Some(old), Some(fields)) = (
+        old.and_then(|o| serde_json::to_value(o).ok()),
+        status.as_object_mut(),
+    ) {
+        for key in old.as_object().into_iter().flat_map(|o| o.keys()) {
+            fields.entry(key.clone()).or_insert(serde_json::Value::Null);
+        }
+    }
+    serde_json::json!({ "status": status })
 }
 
 async fn write_status_if_changed(
@@ -196,7 +531,7 @@ async fn write_status_if_changed(
     if cluster.status.as_ref() == Some(&status) {
         return Ok(());
     }
-    let patch = serde_json::json!({ "status": status });
+    let patch = status_merge_patch(cluster.status.as_ref(), &status);
     clusters
         .patch_status(
             &cluster.name_any(),

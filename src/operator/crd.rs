@@ -142,6 +142,40 @@ pub struct StorageClusterStatus {
     /// Which node pod holds which shard.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shard_assignment: Vec<ShardAssignment>,
+    /// Node pods not ready, and since when; one gone longer than
+    /// repair.gracePeriod holds no shards until it is ready again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unavailable_nodes: Vec<UnavailableNode>,
+    /// Blobs the node inventories show, by health.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blobs: Option<BlobCounts>,
+    /// Repairs in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repairs_in_flight: Option<u32>,
+}
+
+/// A node pod that is not ready.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UnavailableNode {
+    /// The node pod's name.
+    pub name: String,
+    /// When it stopped being ready, or its deletion was asked for (RFC 3339).
+    pub since: String,
+}
+
+/// Blobs by health.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BlobCounts {
+    /// Every shard holds a valid pair.
+    pub healthy: u64,
+    /// Up to f shards miss their pair.
+    pub degraded: u64,
+    /// More than f shards miss their pair.
+    pub at_risk: u64,
+    /// Unreadable: fewer than p shards hold pairs.
+    pub lost: u64,
 }
 
 /// One shard and the node pod that holds it.
@@ -270,8 +304,8 @@ pub struct EncodingStatus {
     pub p: u16,
     /// Secondary source symbols q.
     pub q: u16,
-    /// Segment size in bytes.
-    pub segment_size: u64,
+    /// Segments the blob was cut into (each encoded on its own).
+    pub segments: u32,
 }
 
 /// What the operator observed of a Blob.

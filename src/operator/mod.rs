@@ -1,12 +1,17 @@
-//! The Kubernetes adapter: custom resources, and (to come) the controllers
-//! that drive node pods with the decisions of `fleet`. The only module that
-//! imports kube.
+//! The Kubernetes adapter: custom resources, and the controllers that
+//! drive node pods and blobs with the decisions of `fleet`. The only module
+//! that imports kube.
 
+pub mod blob_controller;
+pub mod blob_status;
+pub mod context;
 pub mod controller;
 pub mod crd;
 pub mod desired;
 #[cfg(test)]
 mod fixtures;
+pub mod ingest;
+pub mod lifecycle;
 pub mod run;
 pub mod status;
 

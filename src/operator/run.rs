@@ -1,30 +1,79 @@
-//! `redstuff operator`: runs the StorageCluster controller, event-driven by
-//! the cluster objects and the node pods they own, and serves /metrics,
-//! /healthz and /readyz.
+//! `redstuff operator`: waits for the leader Lease, then runs the
+//! StorageCluster controller (triggered by clusters, their node pods and
+//! claims) and the Blob controller (triggered by blobs and by changes of
+//! the inventory views); serves /metrics, /healthz and /readyz the whole
+//! time. On SIGTERM it stops taking new work, lets running reconciles and
+//! repairs finish (bounded), and releases the Lease so a standby takes
+//! over at once. Losing the Lease ends the process (it restarts as a
+//! standby) so that two operators never act at the same time.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::Client;
+use kube_lease_manager::LeaseManagerBuilder;
 use prometheus::Registry;
+use tokio_util::sync::CancellationToken;
 
-use super::controller::{reconcile_cluster, Context, ReconcileError};
-use super::crd::StorageCluster;
+use super::blob_controller::reconcile_blob;
+use super::context::Context;
+use super::controller::{reconcile_cluster, ReconcileError};
+use super::crd::{Blob, StorageCluster};
 use crate::metrics::OperatorMetrics;
+
+/// How the operator runs.
+#[derive(Debug, Clone)]
+pub struct OperatorOptions {
+    /// Image of node and gateway pods when a spec names none.
+    pub image: String,
+    /// Address of /metrics, /healthz and /readyz.
+    pub listen: SocketAddr,
+    /// Take part in leader election (off: act at once, alone).
+    pub leader_election: bool,
+    /// Namespace of the Lease.
+    pub lease_namespace: String,
+    /// Name of the Lease.
+    pub lease_name: String,
+    /// This replica's identity in the Lease.
+    pub identity: String,
+    /// Where sources are spooled before upload.
+    pub spool_dir: PathBuf,
+    /// Largest source ingested, in bytes.
+    pub max_ingest_bytes: u64,
+    /// How long shutdown waits for repairs in flight.
+    pub shutdown_timeout: Duration,
+}
 
 struct Shared {
     context: Arc<Context>,
     metrics: OperatorMetrics,
 }
 
-/// Runs the operator until SIGTERM or Ctrl-C.
-pub async fn run(image: String, listen: SocketAddr) -> anyhow::Result<()> {
+/// Resolves on SIGTERM or Ctrl-C.
+async fn termination() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Runs the operator until SIGTERM or Ctrl-C, or until it loses the Lease.
+pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
     let client = Client::try_default().await.map_err(|e| {
         anyhow::anyhow!("cannot reach the Kubernetes API (KUBECONFIG or in-cluster config): {e}")
     })?;
@@ -39,65 +88,176 @@ pub async fn run(image: String, listen: SocketAddr) -> anyhow::Result<()> {
         })?;
     let registry = Registry::new();
     let metrics = OperatorMetrics::new(&registry);
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let mut context = Context::new(client.clone(), options.image.clone());
+    context.spool_dir = options.spool_dir.clone();
+    context.max_ingest_bytes = options.max_ingest_bytes;
+    let context = Arc::new(context);
+
+    let listener = tokio::net::TcpListener::bind(options.listen).await?;
+    let metrics_context = context.clone();
     let router = axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .route("/readyz", axum::routing::get(|| async { "ready" }))
         .route(
             "/metrics",
             axum::routing::get(move || {
-                let registry = registry.clone();
-                async move { crate::metrics::render(&registry) }
+                let mut registries = vec![registry.clone()];
+                registries.extend(metrics_context.fleets.registries());
+                async move { crate::metrics::render_all(&registries) }
             }),
         );
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let stop = CancellationToken::new();
+    let server_stop = stop.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(server_stop.cancelled_owned())
+            .await
+    });
+    tracing::info!(listen = %options.listen, identity = %options.identity, "operator started");
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            termination().await;
+            tracing::info!("termination requested: finishing running work");
+            stop.cancel();
+        });
+    }
+
+    let mut lease = None;
+    if options.leader_election {
+        let manager = LeaseManagerBuilder::new(client.clone(), &options.lease_name)
+            .with_namespace(&options.lease_namespace)
+            .with_identity(&options.identity)
+            .with_duration(15)
+            .with_grace(5)
+            .build()
+            .await?;
+        let (mut leading, task) = manager.watch().await;
+        tracing::info!(lease = %options.lease_name, "waiting for the lease");
+        loop {
+            if *leading.borrow_and_update() {
+                break;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    drop(leading);
+                    let _ = task.await;
+                    let _ = server.await;
+                    return Ok(());
+                }
+                changed = leading.changed() => changed?,
+            }
+        }
+        tracing::info!("leading");
+        metrics.leader.set(1);
+        let lost = stop.clone();
+        let mut watch = leading.clone();
+        let lost_lease = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = lost_lease.clone();
+        tokio::spawn(async move {
+            while watch.changed().await.is_ok() {
+                if !*watch.borrow() {
+                    tracing::error!("lost the lease: stopping so that only one operator acts");
+                    flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                    lost.cancel();
+                    return;
+                }
+            }
+        });
+        lease = Some((leading, task, lost_lease));
+    } else {
+        metrics.leader.set(1);
+    }
 
     let shared = Arc::new(Shared {
-        context: Arc::new(Context {
-            client: client.clone(),
-            image,
-        }),
-        metrics,
+        context: context.clone(),
+        metrics: metrics.clone(),
     });
-    tracing::info!(%listen, "operator started");
-    Controller::new(clusters, watcher::Config::default())
-        .owns(Api::<Pod>::all(client), watcher::Config::default())
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, shared)
+    let node_pods = watcher::Config::default()
+        .labels("app.kubernetes.io/name=redstuff,app.kubernetes.io/component=node");
+    let cluster_controller = Controller::new(clusters, watcher::Config::default())
+        .owns(Api::<Pod>::all(client.clone()), node_pods.clone())
+        .owns(Api::<PersistentVolumeClaim>::all(client.clone()), node_pods)
+        .graceful_shutdown_on(stop.clone().cancelled_owned())
+        .run(reconcile_cluster_measured, error_policy, shared.clone())
         .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => tracing::debug!(cluster = %object.name, "reconciled"),
-                Err(e) => tracing::warn!("reconcile failed: {e}"),
+            if let Err(e) = result {
+                tracing::debug!("storagecluster reconcile: {e}");
             }
-        })
-        .await;
+        });
+    let views = tokio_stream::wrappers::WatchStream::new(context.views_changed.subscribe());
+    let blob_controller =
+        Controller::new(Api::<Blob>::all(client.clone()), watcher::Config::default())
+            .reconcile_all_on(views.map(|_| ()))
+            .graceful_shutdown_on(stop.clone().cancelled_owned())
+            .run(reconcile_blob_measured, error_policy_blob, shared.clone())
+            .for_each(|result| async move {
+                if let Err(e) = result {
+                    tracing::debug!("blob reconcile: {e}");
+                }
+            });
+    tokio::join!(cluster_controller, blob_controller);
+
+    for repairer in context.fleets.repairers() {
+        if !repairer.wait_idle(options.shutdown_timeout).await {
+            tracing::warn!("repairs still in flight at shutdown; the next leader restarts them");
+        }
+    }
+    stop.cancel();
+    let _ = server.await;
+    if let Some((leading, task, lost_lease)) = lease {
+        drop(leading);
+        if let Ok(Ok(manager)) = task.await {
+            if let Err(e) = manager.release().await {
+                tracing::warn!("cannot release the lease: {e}");
+            } else {
+                tracing::info!("lease released");
+            }
+        }
+        if lost_lease.load(std::sync::atomic::Ordering::SeqCst) {
+            anyhow::bail!("lost the leader lease");
+        }
+    }
     Ok(())
 }
 
-async fn reconcile(
+fn observe(shared: &Shared, controller: &str, start: Instant, failed: bool) {
+    let m = &shared.metrics;
+    m.reconciles.with_label_values(&[controller]).inc();
+    m.reconcile_duration
+        .with_label_values(&[controller])
+        .observe(start.elapsed().as_secs_f64());
+    if failed {
+        m.reconcile_errors.with_label_values(&[controller]).inc();
+    }
+}
+
+async fn reconcile_cluster_measured(
     cluster: Arc<StorageCluster>,
     shared: Arc<Shared>,
 ) -> Result<Action, ReconcileError> {
     let start = Instant::now();
     let result = reconcile_cluster(cluster, shared.context.clone()).await;
-    let m = &shared.metrics;
-    m.reconciles.with_label_values(&["storagecluster"]).inc();
-    m.reconcile_duration
-        .with_label_values(&["storagecluster"])
-        .observe(start.elapsed().as_secs_f64());
-    if result.is_err() {
-        m.reconcile_errors
-            .with_label_values(&["storagecluster"])
-            .inc();
-    }
+    observe(&shared, "storagecluster", start, result.is_err());
     result
 }
 
-fn error_policy(
-    _cluster: Arc<StorageCluster>,
-    error: &ReconcileError,
-    _shared: Arc<Shared>,
-) -> Action {
-    tracing::warn!("will retry: {error}");
+async fn reconcile_blob_measured(
+    blob: Arc<Blob>,
+    shared: Arc<Shared>,
+) -> Result<Action, ReconcileError> {
+    let start = Instant::now();
+    let result = reconcile_blob(blob, shared.context.clone()).await;
+    observe(&shared, "blob", start, result.is_err());
+    result
+}
+
+fn error_policy(cluster: Arc<StorageCluster>, error: &ReconcileError, _: Arc<Shared>) -> Action {
+    tracing::warn!(cluster = %kube::ResourceExt::name_any(cluster.as_ref()), "will retry: {error}");
     Action::requeue(Duration::from_secs(10))
+}
+
+fn error_policy_blob(blob: Arc<Blob>, error: &ReconcileError, _: Arc<Shared>) -> Action {
+    tracing::warn!(blob = %kube::ResourceExt::name_any(blob.as_ref()), "will retry: {error}");
+    Action::requeue(Duration::from_secs(15))
 }

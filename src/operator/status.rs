@@ -5,7 +5,10 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use super::crd::{ShardAssignment, StorageCluster, StorageClusterSpec, StorageClusterStatus};
+use super::crd::{
+    BlobCounts, ShardAssignment, StorageCluster, StorageClusterSpec, StorageClusterStatus,
+    UnavailableNode,
+};
 use crate::codec::EncodingConfig;
 use crate::fleet::{self, Assignment, NodeSpec};
 
@@ -23,6 +26,19 @@ pub struct ObservedNode {
     pub ready: bool,
 }
 
+/// What the fleet loop saw of a cluster, beyond its pods.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FleetSummary {
+    /// Node pods not ready, and since when.
+    pub unavailable: Vec<UnavailableNode>,
+    /// Node pods evicted (gone past the grace period).
+    pub evicted: Vec<String>,
+    /// Blobs by health, once the inventories were read.
+    pub blobs: Option<BlobCounts>,
+    /// Repairs in flight.
+    pub repairs_in_flight: u32,
+}
+
 /// Checks a spec beyond what the schema can (the controller's last line of
 /// defence when a CRD without CEL rules is installed).
 pub fn validate_spec(spec: &StorageClusterSpec) -> Result<EncodingConfig, String> {
@@ -36,10 +52,13 @@ pub fn validate_spec(spec: &StorageClusterSpec) -> Result<EncodingConfig, String
     if spec.storage.size.is_none() && spec.storage.ephemeral != Some(true) {
         return Err("storage needs a size, or ephemeral: true".into());
     }
+    if let Some(grace) = spec.repair.as_ref().and_then(|r| r.grace_period.as_deref()) {
+        super::lifecycle::parse_duration(grace).map_err(|e| format!("repair.gracePeriod: {e}"))?;
+    }
     Ok(config)
 }
 
-fn condition(
+pub(crate) fn condition(
     type_: &str,
     status: bool,
     reason: &str,
@@ -58,7 +77,7 @@ fn condition(
 }
 
 /// Keeps the previous transition time of conditions whose status did not change.
-fn carry_transition_times(conditions: &mut [Condition], previous: &[Condition]) {
+pub(crate) fn carry_transition_times(conditions: &mut [Condition], previous: &[Condition]) {
     for c in conditions {
         if let Some(old) = previous
             .iter()
@@ -69,11 +88,13 @@ fn carry_transition_times(conditions: &mut [Condition], previous: &[Condition]) 
     }
 }
 
-/// The status of `cluster` given the observed nodes and the assignment.
+/// The status of `cluster` given the observed nodes, the assignment and
+/// what the fleet loop saw.
 pub fn cluster_status(
     cluster: &StorageCluster,
     assignment: &Assignment,
     nodes: &[ObservedNode],
+    fleet: &FleetSummary,
     now: &Time,
 ) -> StorageClusterStatus {
     let generation = cluster.metadata.generation;
@@ -165,11 +186,89 @@ pub fn cluster_status(
                         now,
                     ),
                 ],
+                ..StorageClusterStatus::default()
             }
         }
     };
+    if status.phase.as_deref() != Some("Failed") {
+        fold_in_fleet(&mut status, fleet, generation, now);
+    }
     carry_transition_times(&mut status.conditions, &previous.conditions);
     status
+}
+
+/// Blobs that are not healthy make a cluster whose pods are all ready
+/// Degraded; repairs in flight make it Progressing; evicted nodes are named.
+fn fold_in_fleet(
+    status: &mut StorageClusterStatus,
+    fleet: &FleetSummary,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    status.unavailable_nodes = fleet.unavailable.clone();
+    status.blobs = fleet.blobs.clone();
+    status.repairs_in_flight = Some(fleet.repairs_in_flight);
+    let set = |status: &mut StorageClusterStatus, c: Condition| {
+        if let Some(old) = status.conditions.iter_mut().find(|o| o.type_ == c.type_) {
+            *old = c;
+        }
+    };
+    if let Some(blobs) = &fleet.blobs {
+        let unhealthy = blobs.degraded + blobs.at_risk + blobs.lost;
+        if unhealthy > 0 && status.phase.as_deref() == Some("Ready") {
+            status.phase = Some("Degraded".into());
+            let reason = if blobs.lost > 0 {
+                "BlobsLost"
+            } else if blobs.at_risk > 0 {
+                "BlobsAtRisk"
+            } else {
+                "BlobsDegraded"
+            };
+            set(
+                status,
+                condition(
+                    "Degraded",
+                    true,
+                    reason,
+                    format!(
+                        "{} blobs degraded, {} at risk, {} lost; {} repairs in flight",
+                        blobs.degraded, blobs.at_risk, blobs.lost, fleet.repairs_in_flight
+                    ),
+                    generation,
+                    now,
+                ),
+            );
+        }
+    }
+    if fleet.repairs_in_flight > 0 {
+        set(
+            status,
+            condition(
+                "Progressing",
+                true,
+                "Repairing",
+                format!("{} repairs in flight", fleet.repairs_in_flight),
+                generation,
+                now,
+            ),
+        );
+    }
+    if !fleet.evicted.is_empty() {
+        set(
+            status,
+            condition(
+                "Degraded",
+                true,
+                "ShardsMoved",
+                format!(
+                    "gone longer than the grace period, their shards moved to other nodes: {}",
+                    fleet.evicted.join(", ")
+                ),
+                generation,
+                now,
+            ),
+        );
+    }
 }
 
 #[cfg(test)]
@@ -232,7 +331,13 @@ mod tests {
         ];
         for (ready, phase, ready_status, reason) in table {
             let nodes = observed(10, ready, 5);
-            let s = cluster_status(&c, &assignment(&c, &nodes), &nodes, &now(100));
+            let s = cluster_status(
+                &c,
+                &assignment(&c, &nodes),
+                &nodes,
+                &FleetSummary::default(),
+                &now(100),
+            );
             assert_eq!(s.phase.as_deref(), Some(phase), "{ready:?}");
             assert_eq!(cond(&s, "Ready").status, ready_status, "{ready:?}");
             assert_eq!(cond(&s, "Ready").reason, reason, "{ready:?}");
@@ -248,7 +353,13 @@ mod tests {
         // 10 shards over 10 nodes in 5 zones: 2 shards per zone, f = 3: one zone.
         let c = cluster(10, 10, Some("1Gi"));
         let nodes = observed(10, &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], 5);
-        let s = cluster_status(&c, &assignment(&c, &nodes), &nodes, &now(1));
+        let s = cluster_status(
+            &c,
+            &assignment(&c, &nodes),
+            &nodes,
+            &FleetSummary::default(),
+            &now(1),
+        );
         assert_eq!(s.tolerated_domain_losses, Some(1));
         assert_eq!(s.tolerates.as_deref(), Some("3 shards, 1 domain"));
     }
@@ -256,7 +367,13 @@ mod tests {
     #[test]
     fn an_invalid_spec_becomes_a_condition_not_a_crash() {
         let c = cluster(4, 5, Some("1Gi"));
-        let s = cluster_status(&c, &Assignment::new(), &[], &now(1));
+        let s = cluster_status(
+            &c,
+            &Assignment::new(),
+            &[],
+            &FleetSummary::default(),
+            &now(1),
+        );
         assert_eq!(s.phase.as_deref(), Some("Failed"));
         let ready = cond(&s, "Ready");
         assert_eq!(
@@ -274,16 +391,60 @@ mod tests {
     }
 
     #[test]
+    fn blobs_that_are_not_healthy_make_a_ready_cluster_degraded_and_repairs_make_it_progress() {
+        let c = cluster(7, 7, Some("1Gi"));
+        let nodes = observed(7, &[0, 1, 2, 3, 4, 5, 6], 7);
+        let fleet = FleetSummary {
+            blobs: Some(BlobCounts {
+                healthy: 10,
+                degraded: 1,
+                at_risk: 2,
+                lost: 0,
+            }),
+            repairs_in_flight: 3,
+            ..FleetSummary::default()
+        };
+        let s = cluster_status(&c, &assignment(&c, &nodes), &nodes, &fleet, &now(1));
+        assert_eq!(s.phase.as_deref(), Some("Degraded"));
+        assert_eq!(cond(&s, "Degraded").reason, "BlobsAtRisk");
+        assert_eq!(cond(&s, "Progressing").reason, "Repairing");
+        assert_eq!(cond(&s, "Ready").status, "True", "every node pod is ready");
+        assert_eq!(s.repairs_in_flight, Some(3));
+    }
+
+    #[test]
+    fn evicted_nodes_are_named_in_the_degraded_condition() {
+        let c = cluster(7, 7, Some("1Gi"));
+        let nodes = observed(7, &[0, 1, 2, 3, 4, 5], 7);
+        let fleet = FleetSummary {
+            unavailable: vec![UnavailableNode {
+                name: "media-node-6".into(),
+                since: "2027-01-01T00:00:00Z".into(),
+            }],
+            evicted: vec!["media-node-6".into()],
+            ..FleetSummary::default()
+        };
+        let s = cluster_status(&c, &assignment(&c, &nodes), &nodes, &fleet, &now(1));
+        let degraded = cond(&s, "Degraded");
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "ShardsMoved")
+        );
+        assert!(degraded.message.contains("media-node-6"));
+        assert_eq!(s.unavailable_nodes.len(), 1);
+    }
+
+    #[test]
     fn an_unchanged_status_keeps_its_transition_times_so_it_is_not_rewritten() {
         let mut c = cluster(7, 7, Some("1Gi"));
         let nodes = observed(7, &[0, 1, 2, 3, 4, 5, 6], 7);
         let a = assignment(&c, &nodes);
-        let first = cluster_status(&c, &a, &nodes, &now(100));
+        let first = cluster_status(&c, &a, &nodes, &FleetSummary::default(), &now(100));
         c.status = Some(first.clone());
-        let second = cluster_status(&c, &a, &nodes, &now(200));
+        let second = cluster_status(&c, &a, &nodes, &FleetSummary::default(), &now(200));
         assert_eq!(first, second, "same observation, same status: no write");
         let fewer = observed(7, &[0, 1, 2, 3, 4, 5], 7);
-        let third = cluster_status(&c, &a, &fewer, &now(300));
+        let third = cluster_status(&c, &a, &fewer, &FleetSummary::default(), &now(300));
         assert_eq!(cond(&third, "Ready").last_transition_time, now(300));
     }
 }

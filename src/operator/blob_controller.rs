@@ -1,0 +1,369 @@
+//! The Blob reconciler. A Blob gets a finalizer first; then its source is
+//! ingested when it has no blob id yet (a URL, a ConfigMap or Secret key;
+//! an upload already names its id); its health comes from the inventory
+//! view the cluster controller keeps (repairs are started there, most at
+//! risk first, for every blob of the cluster). Deleting a Blob deletes its
+//! slivers from every node, unless another Blob names the same bytes; a
+//! Blob whose cluster is gone is released at once, never stuck.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{finalizer, Event as Finalizer};
+use kube::{Resource, ResourceExt};
+
+use super::blob_status::{blob_status, ClusterFacts, IngestState};
+use super::context::Context;
+use super::controller::{status_merge_patch, ReconcileError};
+use super::crd::{Blob, BlobHealth, BlobStatus, StorageCluster};
+use super::ingest::{self, IngestError};
+use super::status::validate_spec;
+use crate::client::NodeClient;
+use crate::codec::BlobId;
+
+/// The finalizer that deletes a Blob's slivers before the Blob goes.
+pub const BLOB_FINALIZER: &str = "redstuff.dev/slivers";
+
+/// How long a deleted Blob waits for unreachable nodes before it is
+/// released anyway (their slivers are then left behind, with an Event).
+pub const DELETE_PATIENCE: Duration = Duration::from_secs(600);
+
+async fn publish(ctx: &Context, blob: &Blob, warning: bool, reason: &str, note: String) {
+    let event = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.into(),
+        note: Some(note),
+        action: reason.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &blob.object_ref(&())).await {
+        tracing::warn!("cannot publish event {reason}: {e}");
+    }
+}
+
+/// Reconciles one Blob (finalizer first).
+pub async fn reconcile_blob(blob: Arc<Blob>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let namespace = blob.namespace().ok_or(ReconcileError::NoNamespace)?;
+    let blobs: Api<Blob> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&blobs, BLOB_FINALIZER, blob, |event| async {
+        match event {
+            Finalizer::Apply(blob) => apply_blob(&blob, &ctx, &namespace).await,
+            Finalizer::Cleanup(blob) => cleanup_blob(&blob, &ctx, &namespace).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => ReconcileError::Finalizer(other.to_string()),
+    })
+}
+
+async fn apply_blob(blob: &Blob, ctx: &Context, namespace: &str) -> Result<Action, ReconcileError> {
+    let blobs: Api<Blob> = Api::namespaced(ctx.client.clone(), namespace);
+    let clusters: Api<StorageCluster> = Api::namespaced(ctx.client.clone(), namespace);
+    let previous = blob.status.clone().unwrap_or_default();
+    let mut current = blob.status.clone();
+    let now = Time(Timestamp::now());
+    let generation = blob.metadata.generation;
+    let cluster = clusters.get_opt(&blob.spec.cluster).await?;
+
+    let mut blob_id = previous
+        .blob_id
+        .clone()
+        .or_else(|| blob.spec.source.upload.as_ref().map(|u| u.blob_id.clone()));
+    let mut ingest_state = IngestState::Done;
+    let mut retry = Duration::from_secs(60);
+    if blob_id.is_none() {
+        match &cluster {
+            None => ingest_state = IngestState::InProgress,
+            Some(cluster) => {
+                let in_progress = blob_status(
+                    &previous,
+                    None,
+                    &IngestState::InProgress,
+                    &ClusterFacts::Unobserved,
+                    generation,
+                    &now,
+                );
+                write_status_if_changed(&blobs, blob, &mut current, in_progress).await?;
+                match ingest_source(blob, cluster, ctx, namespace).await {
+                    Ok(id) => {
+                        publish(ctx, blob, false, "Ingested", format!("stored as {id}")).await;
+                        blob_id = Some(id);
+                    }
+                    Err(e) => {
+                        publish(ctx, blob, true, "IngestFailed", e.to_string()).await;
+                        retry = if e.is_transient() {
+                            Duration::from_secs(30)
+                        } else {
+                            Duration::from_secs(600)
+                        };
+                        ingest_state = IngestState::Failed {
+                            reason: e.reason().into(),
+                            message: e.to_string(),
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    let facts = cluster_facts(cluster.as_ref(), blob_id.as_deref(), ctx, namespace);
+    if matches!(facts, ClusterFacts::Unobserved) {
+        retry = retry.min(Duration::from_secs(5));
+    }
+    let status = blob_status(
+        &previous,
+        blob_id.as_deref(),
+        &ingest_state,
+        &facts,
+        generation,
+        &now,
+    );
+    if status.health != previous.health {
+        if let Some(health) = status.health {
+            let warning = matches!(health, BlobHealth::AtRisk | BlobHealth::Lost);
+            let message = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Healthy")
+                .map(|c| c.message.clone())
+                .unwrap_or_default();
+            publish(ctx, blob, warning, &format!("Blob{health:?}"), message).await;
+        }
+    }
+    write_status_if_changed(&blobs, blob, &mut current, status).await?;
+    Ok(Action::requeue(retry))
+}
+
+fn cluster_facts(
+    cluster: Option<&StorageCluster>,
+    blob_id: Option<&str>,
+    ctx: &Context,
+    namespace: &str,
+) -> ClusterFacts {
+    let Some(cluster) = cluster else {
+        return ClusterFacts::Missing;
+    };
+    let Ok(encoding) = validate_spec(&cluster.spec) else {
+        return ClusterFacts::Unobserved;
+    };
+    let key = (namespace.to_string(), cluster.name_any());
+    let Some(fleet) = ctx.fleets.find(&key) else {
+        return ClusterFacts::Unobserved;
+    };
+    let view = fleet.view.lock().expect("not poisoned").clone();
+    match view {
+        Some((shards, view)) if shards == cluster.spec.shards => ClusterFacts::Observed {
+            encoding,
+            blob: blob_id.and_then(|id| view.blobs.get(id).cloned()),
+            repairing: blob_id.is_some_and(|id| fleet.repairer.is_repairing(id)),
+            last_repair: blob_id.and_then(|id| fleet.repairer.totals(id).last_completed),
+        },
+        _ => ClusterFacts::Unobserved,
+    }
+}
+
+/// Fetches the Blob's source into the spool and stores it through the
+/// cluster's gateway; returns the blob id.
+async fn ingest_source(
+    blob: &Blob,
+    cluster: &StorageCluster,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<String, IngestError> {
+    std::fs::create_dir_all(&ctx.spool_dir)?;
+    let spool = tempfile::NamedTempFile::new_in(&ctx.spool_dir)?;
+    let source = &blob.spec.source;
+    let limit = ctx.max_ingest_bytes;
+    if let Some(url) = &source.url {
+        ingest::download(
+            &ctx.http,
+            &url.url,
+            url.sha256.as_deref(),
+            limit,
+            spool.path(),
+        )
+        .await?;
+    } else if let Some(key) = &source.config_map_key {
+        let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+        let not_found = || {
+            IngestError::SourceNotFound(format!(
+                "ConfigMap {namespace}/{} has no key {}",
+                key.name, key.key
+            ))
+        };
+        let map = api
+            .get_opt(&key.name)
+            .await
+            .map_err(|e| IngestError::SourceNotFound(format!("ConfigMap {}: {e}", key.name)))?
+            .ok_or_else(not_found)?;
+        let bytes = map
+            .data
+            .as_ref()
+            .and_then(|d| d.get(&key.key))
+            .map(|s| s.as_bytes().to_vec())
+            .or_else(|| {
+                map.binary_data
+                    .as_ref()
+                    .and_then(|d| d.get(&key.key))
+                    .map(|b| b.0.clone())
+            })
+            .ok_or_else(not_found)?;
+        ingest::spool_bytes(&bytes, limit, spool.path()).await?;
+    } else if let Some(key) = &source.secret_key {
+        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+        let not_found = || {
+            IngestError::SourceNotFound(format!(
+                "Secret {namespace}/{} has no key {}",
+                key.name, key.key
+            ))
+        };
+        let secret = api
+            .get_opt(&key.name)
+            .await
+            .map_err(|e| IngestError::SourceNotFound(format!("Secret {}: {e}", key.name)))?
+            .ok_or_else(not_found)?;
+        let bytes = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(&key.key))
+            .map(|b| b.0.clone())
+            .ok_or_else(not_found)?;
+        ingest::spool_bytes(&bytes, limit, spool.path()).await?;
+    } else {
+        return Err(IngestError::SourceNotFound(
+            "the Blob names no source (url, configMapKey or secretKey)".into(),
+        ));
+    }
+    let gateway = ctx.endpoints.gateway(namespace, &cluster.name_any());
+    let stored = ingest::upload(&ctx.http, &gateway, spool.path()).await?;
+    Ok(stored.id)
+}
+
+async fn cleanup_blob(
+    blob: &Blob,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<Action, ReconcileError> {
+    let Some(id) = blob
+        .status
+        .as_ref()
+        .and_then(|s| s.blob_id.clone())
+        .or_else(|| blob.spec.source.upload.as_ref().map(|u| u.blob_id.clone()))
+    else {
+        return Ok(Action::await_change());
+    };
+    let clusters: Api<StorageCluster> = Api::namespaced(ctx.client.clone(), namespace);
+    let Some(cluster) = clusters.get_opt(&blob.spec.cluster).await? else {
+        // The cluster and its nodes are gone: nothing is left to delete.
+        return Ok(Action::await_change());
+    };
+    let blobs: Api<Blob> = Api::namespaced(ctx.client.clone(), namespace);
+    let others = blobs.list(&Default::default()).await?;
+    let shared = others.items.iter().any(|other| {
+        other.uid() != blob.uid()
+            && other.metadata.deletion_timestamp.is_none()
+            && other.spec.cluster == blob.spec.cluster
+            && other
+                .status
+                .as_ref()
+                .and_then(|s| s.blob_id.as_deref())
+                .or(other
+                    .spec
+                    .source
+                    .upload
+                    .as_ref()
+                    .map(|u| u.blob_id.as_str()))
+                == Some(id.as_str())
+    });
+    if shared {
+        publish(
+            ctx,
+            blob,
+            false,
+            "SliversKept",
+            format!("another Blob names {id}: its slivers stay"),
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
+    let Ok(blob_id) = id.parse::<BlobId>() else {
+        return Ok(Action::await_change());
+    };
+    let mut unreachable = Vec::new();
+    let mut deleted = 0;
+    for index in 0..usize::from(cluster.spec.nodes) {
+        let client = NodeClient::new(ctx.http.clone(), ctx.endpoints.node(&cluster, index));
+        match client.delete(&blob_id).await {
+            Ok(true) => deleted += 1,
+            Ok(false) => {}
+            Err(e) => unreachable.push(format!("{}: {e}", client.url())),
+        }
+    }
+    if unreachable.is_empty() {
+        publish(
+            ctx,
+            blob,
+            false,
+            "SliversDeleted",
+            format!("deleted {id} from {deleted} nodes"),
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
+    let waited = blob
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| Timestamp::now().duration_since(t.0).as_secs())
+        .unwrap_or(0);
+    if waited >= DELETE_PATIENCE.as_secs() as i64 {
+        publish(
+            ctx,
+            blob,
+            true,
+            "SliversLeft",
+            format!(
+                "gave up after {waited} s; slivers of {id} stay on: {}",
+                unreachable.join("; ")
+            ),
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
+    Err(ReconcileError::NodesUnreachable(unreachable.join("; ")))
+}
+
+/// Writes `status` unless it equals `current`, which then becomes it.
+async fn write_status_if_changed(
+    blobs: &Api<Blob>,
+    blob: &Blob,
+    current: &mut Option<BlobStatus>,
+    status: BlobStatus,
+) -> Result<(), ReconcileError> {
+    if current.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let patch = status_merge_patch(current.as_ref(), &status);
+    blobs
+        .patch_status(
+            &blob.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    *current = Some(status);
+    Ok(())
+}

@@ -1,0 +1,331 @@
+//! A Blob's status as a pure function of what is known: whether its bytes
+//! were ingested, and what the cluster's node inventories show of it.
+
+use std::time::SystemTime;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::crd::{BlobHealth, BlobStatus, EncodingStatus};
+use super::status::{carry_transition_times, condition};
+use crate::codec::EncodingConfig;
+use crate::control::BlobView;
+use crate::fleet::{self, Health};
+
+/// Where getting the bytes in stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IngestState {
+    /// The blob id is known: uploaded through the gateway, or ingested.
+    Done,
+    /// The operator is fetching the source now.
+    InProgress,
+    /// The last attempt failed.
+    Failed {
+        /// Condition reason.
+        reason: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// What the operator knows of the blob's cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClusterFacts {
+    /// No StorageCluster of that name in the namespace.
+    Missing,
+    /// The cluster exists but its inventories were not read yet.
+    Unobserved,
+    /// The inventories were read.
+    Observed {
+        /// The cluster's encoding.
+        encoding: EncodingConfig,
+        /// What the fleet holds of the blob, if any node knows it.
+        blob: Option<BlobView>,
+        /// A repair of it is in flight.
+        repairing: bool,
+        /// When a repair of it last completed.
+        last_repair: Option<SystemTime>,
+    },
+}
+
+fn blob_health(health: Health, repairing: bool) -> BlobHealth {
+    match health {
+        Health::Healthy => BlobHealth::Healthy,
+        Health::Lost => BlobHealth::Lost,
+        _ if repairing => BlobHealth::Repairing,
+        Health::Degraded => BlobHealth::Degraded,
+        Health::AtRisk => BlobHealth::AtRisk,
+    }
+}
+
+/// The status of a Blob. `previous` is its current status; `blob_id` is
+/// known once uploaded or ingested.
+pub fn blob_status(
+    previous: &BlobStatus,
+    blob_id: Option<&str>,
+    ingest: &IngestState,
+    cluster: &ClusterFacts,
+    generation: Option<i64>,
+    now: &Time,
+) -> BlobStatus {
+    let mut status = BlobStatus {
+        blob_id: blob_id.map(str::to_string),
+        last_repair: previous.last_repair.clone(),
+        ..BlobStatus::default()
+    };
+    let ingested = match ingest {
+        IngestState::Done => condition(
+            "Ingested",
+            true,
+            "Stored",
+            format!("stored as {}", blob_id.unwrap_or_default()),
+            generation,
+            now,
+        ),
+        IngestState::InProgress => condition(
+            "Ingested",
+            false,
+            "Ingesting",
+            "fetching the source and storing it through the gateway".into(),
+            generation,
+            now,
+        ),
+        IngestState::Failed { reason, message } => {
+            condition("Ingested", false, reason, message.clone(), generation, now)
+        }
+    };
+    let (healthy, reason, message) = match (cluster, blob_id) {
+        (ClusterFacts::Missing, _) => (
+            false,
+            "ClusterNotFound",
+            "the StorageCluster named in spec.cluster does not exist".to_string(),
+        ),
+        (_, None) => (false, "NotStored", "the bytes are not stored yet".into()),
+        (ClusterFacts::Unobserved, Some(_)) => {
+            // Keep what was known until the inventories are read again.
+            status.size = previous.size;
+            status.size_text = previous.size_text.clone();
+            status.encoding = previous.encoding.clone();
+            status.shards_valid = previous.shards_valid;
+            status.shards = previous.shards.clone();
+            status.health = previous.health;
+            (
+                false,
+                "Unobserved",
+                "the cluster's node inventories were not read yet".into(),
+            )
+        }
+        (
+            ClusterFacts::Observed {
+                encoding,
+                blob,
+                repairing,
+                last_repair,
+            },
+            Some(id),
+        ) => {
+            let n = encoding.n();
+            status.encoding = Some(EncodingStatus {
+                shards: n as u16,
+                fault_tolerance: encoding.f() as u16,
+                p: encoding.p() as u16,
+                q: encoding.q() as u16,
+                segments: blob.as_ref().map_or(0, |b| b.segments),
+            });
+            if let Some(at) = last_repair {
+                status.last_repair = k8s_openapi::jiff::Timestamp::try_from(*at)
+                    .ok()
+                    .map(|t| t.to_string());
+            }
+            match blob {
+                Some(view) => {
+                    let complete = view.complete_shards.len();
+                    let health = blob_health(fleet::health(encoding, complete), *repairing);
+                    status.size = Some(view.size);
+                    status.size_text = Some(crate::units::format_bytes(view.size));
+                    status.shards_valid = Some(complete as u16);
+                    status.shards = Some(format!("{complete}/{n}"));
+                    status.health = Some(health);
+                    let message = format!(
+                        "{complete} of {n} shards hold valid sliver pairs; readable from {}, fully safe from {}",
+                        encoding.p(),
+                        encoding.q()
+                    );
+                    (
+                        health == BlobHealth::Healthy,
+                        health_reason(health),
+                        message,
+                    )
+                }
+                None if previous.health.is_some() => {
+                    status.size = previous.size;
+                    status.size_text = previous.size_text.clone();
+                    status.shards_valid = Some(0);
+                    status.shards = Some(format!("0/{n}"));
+                    status.health = Some(BlobHealth::Lost);
+                    (false, "Lost", format!("no node holds blob {id} any more"))
+                }
+                None => (false, "NotSeenYet", format!("no node holds blob {id} yet")),
+            }
+        }
+    };
+    status.conditions = vec![
+        ingested,
+        condition("Healthy", healthy, reason, message, generation, now),
+    ];
+    carry_transition_times(&mut status.conditions, &previous.conditions);
+    status
+}
+
+fn health_reason(health: BlobHealth) -> &'static str {
+    match health {
+        BlobHealth::Healthy => "AllShardsValid",
+        BlobHealth::Degraded => "Degraded",
+        BlobHealth::Repairing => "Repairing",
+        BlobHealth::AtRisk => "AtRisk",
+        BlobHealth::Lost => "Lost",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+
+    fn now(seconds: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(seconds).unwrap())
+    }
+
+    fn observed(complete: &[u16], repairing: bool) -> ClusterFacts {
+        ClusterFacts::Observed {
+            encoding: EncodingConfig::new(7).unwrap(), // f 2, p 3, q 5
+            blob: Some(BlobView {
+                size: 1 << 20,
+                segments: 1,
+                complete_shards: complete.iter().copied().collect(),
+            }),
+            repairing,
+            last_repair: None,
+        }
+    }
+
+    fn health_of(facts: &ClusterFacts) -> (Option<BlobHealth>, String) {
+        let s = blob_status(
+            &BlobStatus::default(),
+            Some(ID),
+            &IngestState::Done,
+            facts,
+            Some(1),
+            &now(1),
+        );
+        let healthy = s.conditions.iter().find(|c| c.type_ == "Healthy").unwrap();
+        (s.health, healthy.reason.clone())
+    }
+
+    #[test]
+    fn health_follows_the_shards_that_hold_valid_pairs() {
+        let table: [(&[u16], bool, BlobHealth); 6] = [
+            (&[0, 1, 2, 3, 4, 5, 6], false, BlobHealth::Healthy),
+            (&[0, 1, 2, 3, 4, 5], false, BlobHealth::Degraded),
+            (&[0, 1, 2, 3, 4, 5], true, BlobHealth::Repairing),
+            (&[0, 1, 2, 3], false, BlobHealth::AtRisk),
+            (&[0, 1, 2, 3], true, BlobHealth::Repairing),
+            (&[0, 1], true, BlobHealth::Lost),
+        ];
+        for (complete, repairing, expected) in table {
+            let (health, _) = health_of(&observed(complete, repairing));
+            assert_eq!(health, Some(expected), "{complete:?} repairing {repairing}");
+        }
+    }
+
+    #[test]
+    fn the_status_shows_size_shards_and_encoding() {
+        let s = blob_status(
+            &BlobStatus::default(),
+            Some(ID),
+            &IngestState::Done,
+            &observed(&[0, 1, 2, 3, 4, 5], false),
+            Some(1),
+            &now(1),
+        );
+        assert_eq!(s.shards.as_deref(), Some("6/7"));
+        assert_eq!(s.size, Some(1 << 20));
+        assert_eq!(s.size_text.as_deref(), Some("1.0 MiB"));
+        assert_eq!(s.encoding.as_ref().map(|e| (e.p, e.q)), Some((3, 5)));
+    }
+
+    #[test]
+    fn a_blob_never_seen_is_pending_but_one_that_vanished_is_lost() {
+        let absent = ClusterFacts::Observed {
+            encoding: EncodingConfig::new(7).unwrap(),
+            blob: None,
+            repairing: false,
+            last_repair: None,
+        };
+        assert_eq!(health_of(&absent), (None, "NotSeenYet".into()));
+        let seen = BlobStatus {
+            health: Some(BlobHealth::Healthy),
+            ..BlobStatus::default()
+        };
+        let s = blob_status(
+            &seen,
+            Some(ID),
+            &IngestState::Done,
+            &absent,
+            Some(1),
+            &now(1),
+        );
+        assert_eq!(s.health, Some(BlobHealth::Lost));
+        assert_eq!(s.shards.as_deref(), Some("0/7"));
+    }
+
+    #[test]
+    fn a_missing_cluster_and_a_failed_ingest_are_conditions() {
+        let s = blob_status(
+            &BlobStatus::default(),
+            None,
+            &IngestState::Failed {
+                reason: "ChecksumMismatch".into(),
+                message: "SHA-256 differs".into(),
+            },
+            &ClusterFacts::Missing,
+            Some(1),
+            &now(1),
+        );
+        let reasons: Vec<(&str, &str, &str)> = s
+            .conditions
+            .iter()
+            .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                ("Ingested", "False", "ChecksumMismatch"),
+                ("Healthy", "False", "ClusterNotFound")
+            ]
+        );
+        assert_eq!(s.health, None);
+    }
+
+    #[test]
+    fn the_same_facts_give_the_same_status_so_nothing_is_rewritten() {
+        let facts = observed(&[0, 1, 2, 3, 4, 5, 6], false);
+        let first = blob_status(
+            &BlobStatus::default(),
+            Some(ID),
+            &IngestState::Done,
+            &facts,
+            Some(1),
+            &now(1),
+        );
+        let second = blob_status(
+            &first,
+            Some(ID),
+            &IngestState::Done,
+            &facts,
+            Some(1),
+            &now(99),
+        );
+        assert_eq!(first, second);
+    }
+}

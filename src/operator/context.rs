@@ -1,0 +1,192 @@
+//! What the controllers share: the API client, how to reach node pods and
+//! gateways, the event recorder, and per StorageCluster the fleet state
+//! the cluster controller observes and the Blob controller reads (the
+//! inventory view, repairs in flight, metrics with the cluster's labels).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::Client;
+use prometheus::Registry;
+
+use super::crd::StorageCluster;
+use super::desired::{node_pod_name, node_url, GATEWAY_PORT};
+use crate::control::{FleetView, Repairer};
+use crate::metrics::FleetMetrics;
+
+/// How the operator reaches node pods and gateways: by their cluster DNS
+/// names, unless an override names another URL (tests, or an operator
+/// running outside the cluster).
+#[derive(Debug, Clone, Default)]
+pub struct Endpoints {
+    overrides: BTreeMap<String, String>,
+}
+
+impl Endpoints {
+    /// Reaches `object` (a node pod name, or `<cluster>-gateway`) at `url`.
+    pub fn with_override(mut self, object: impl Into<String>, url: impl Into<String>) -> Self {
+        self.overrides.insert(object.into(), url.into());
+        self
+    }
+
+    /// Base URL of node pod `index` of `cluster`.
+    pub fn node(&self, cluster: &StorageCluster, index: usize) -> String {
+        let name = cluster.metadata.name.clone().unwrap_or_default();
+        self.overrides
+            .get(&node_pod_name(&name, index))
+            .cloned()
+            .unwrap_or_else(|| node_url(cluster, index))
+    }
+
+    /// Base URL of the gateway of cluster `name` in `namespace`.
+    pub fn gateway(&self, namespace: &str, name: &str) -> String {
+        let service = format!("{name}-gateway");
+        self.overrides
+            .get(&service)
+            .cloned()
+            .unwrap_or_else(|| format!("http://{service}.{namespace}.svc:{GATEWAY_PORT}"))
+    }
+}
+
+/// (namespace, name) of a StorageCluster.
+pub type ClusterKey = (String, String);
+
+/// What the operator knows of one cluster's fleet between reconciles.
+pub struct ClusterFleet {
+    /// Metrics labelled with the cluster.
+    pub registry: Registry,
+    /// The control-loop metrics of this cluster.
+    pub metrics: FleetMetrics,
+    /// Its repairs.
+    pub repairer: Repairer,
+    /// The last inventory view, and the shard count it was read with.
+    pub view: Mutex<Option<(u16, FleetView)>>,
+    /// When each node pod was lost (deleted, failed, lost its volume), until
+    /// the first repair on it starts or it comes back whole: the start of
+    /// the time-to-repair-start measurement.
+    pub lost_at: Mutex<HashMap<String, Timestamp>>,
+}
+
+/// Every cluster's fleet state.
+#[derive(Default)]
+pub struct Fleets {
+    clusters: Mutex<HashMap<ClusterKey, Arc<ClusterFleet>>>,
+}
+
+impl Fleets {
+    /// The state of a cluster, created on first use.
+    pub fn get(&self, key: &ClusterKey, http: &reqwest::Client) -> Arc<ClusterFleet> {
+        let mut clusters = self.clusters.lock().expect("not poisoned");
+        clusters
+            .entry(key.clone())
+            .or_insert_with(|| {
+                let labels = HashMap::from([
+                    ("namespace".to_string(), key.0.clone()),
+                    ("cluster".to_string(), key.1.clone()),
+                ]);
+                let registry =
+                    Registry::new_custom(None, Some(labels)).expect("valid constant labels");
+                let metrics = FleetMetrics::new(&registry);
+                Arc::new(ClusterFleet {
+                    repairer: Repairer::new(http.clone(), metrics.clone()),
+                    registry,
+                    metrics,
+                    view: Mutex::new(None),
+                    lost_at: Mutex::new(HashMap::new()),
+                })
+            })
+            .clone()
+    }
+
+    /// The state of a cluster, if it was observed.
+    pub fn find(&self, key: &ClusterKey) -> Option<Arc<ClusterFleet>> {
+        self.clusters
+            .lock()
+            .expect("not poisoned")
+            .get(key)
+            .cloned()
+    }
+
+    /// Forgets a cluster that was deleted (and its metrics).
+    pub fn forget(&self, key: &ClusterKey) {
+        self.clusters.lock().expect("not poisoned").remove(key);
+    }
+
+    /// The registries of every cluster, for /metrics.
+    pub fn registries(&self) -> Vec<Registry> {
+        self.clusters
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .map(|f| f.registry.clone())
+            .collect()
+    }
+
+    /// All clusters' repairers, for shutdown.
+    pub fn repairers(&self) -> Vec<Repairer> {
+        self.clusters
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .map(|f| f.repairer.clone())
+            .collect()
+    }
+}
+
+/// What every reconcile needs.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Image of node and gateway pods when the spec names none.
+    pub image: String,
+    /// How node pods and gateways are reached.
+    pub endpoints: Endpoints,
+    /// HTTP client for nodes, gateways and URL sources.
+    pub http: reqwest::Client,
+    /// Per cluster fleet state.
+    pub fleets: Fleets,
+    /// Publishes Kubernetes Events.
+    pub recorder: Recorder,
+    /// Bumped when a cluster's inventory view changed: Blobs reconcile then.
+    pub views_changed: tokio::sync::watch::Sender<u64>,
+    /// Where URL, ConfigMap and Secret sources are spooled before upload.
+    pub spool_dir: PathBuf,
+    /// Largest source the operator ingests, in bytes.
+    pub max_ingest_bytes: u64,
+}
+
+impl Context {
+    /// A context with DNS endpoints, a spool under the system temp dir and
+    /// a 64 GiB ingest limit.
+    pub fn new(client: Client, image: impl Into<String>) -> Self {
+        let reporter = Reporter {
+            controller: "redstuff-operator".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            image: image.into(),
+            endpoints: Endpoints::default(),
+            http: crate::http::client_builder()
+                .connect_timeout(Duration::from_secs(3))
+                .read_timeout(Duration::from_secs(600))
+                .build()
+                .expect("HTTP client"),
+            fleets: Fleets::default(),
+            views_changed: tokio::sync::watch::channel(0).0,
+            spool_dir: std::env::temp_dir().join("redstuff-ingest"),
+            max_ingest_bytes: 64 << 30,
+        }
+    }
+
+    /// The same, reaching objects through `endpoints`.
+    pub fn with_endpoints(mut self, endpoints: Endpoints) -> Self {
+        self.endpoints = endpoints;
+        self
+    }
+}

@@ -1,0 +1,305 @@
+//! What happens to each node pod, as a pure function of what was observed:
+//! a failed pod is deleted so it can be created again; a pod whose claim
+//! is gone or going is deleted so the claim can be recreated empty (its
+//! pairs are then rebuilt from peers); a pod that is not ready is
+//! "unavailable since" a time kept in the status (so a new leader knows
+//! it); one unavailable longer than the grace period is evicted: its
+//! shards go to other nodes and are rebuilt there.
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+use super::crd::UnavailableNode;
+
+/// A node pod as observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodState {
+    /// Ready condition true.
+    pub ready: bool,
+    /// Phase Failed or Succeeded: it will not run again by itself.
+    pub finished: bool,
+    /// When deletion was requested, if it was.
+    pub deleting_since: Option<Timestamp>,
+}
+
+/// A node pod's claim as observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimState {
+    /// Present and not being deleted.
+    Present,
+    /// Not there.
+    Missing,
+    /// Being deleted (held by the pod that uses it).
+    Terminating,
+    /// Ephemeral storage: no claim.
+    NotUsed,
+}
+
+/// One node: its pod and claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeObserved {
+    /// Pod name.
+    pub name: String,
+    /// The pod, if it exists.
+    pub pod: Option<PodState>,
+    /// Its claim.
+    pub claim: ClaimState,
+}
+
+/// Why a node pod is deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteReason {
+    /// It failed or completed and will not restart.
+    PodFinished,
+    /// Its claim is gone or going: it must release it, and its successor
+    /// starts on an empty volume.
+    VolumeLost,
+}
+
+/// What to do with one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeDecision {
+    /// Pod name.
+    pub name: String,
+    /// Delete the pod, and why.
+    pub delete_pod: Option<DeleteReason>,
+    /// Ready and serving.
+    pub available: bool,
+    /// Since when it has not been available.
+    pub unavailable_since: Option<Timestamp>,
+    /// Unavailable longer than the grace period: its shards move.
+    pub evicted: bool,
+}
+
+/// Decides for every node. `previous` is the status' list of unavailable
+/// nodes; a node keeps its first "since" while it stays unavailable.
+pub fn decide(
+    nodes: &[NodeObserved],
+    previous: &[UnavailableNode],
+    grace: Duration,
+    now: Timestamp,
+) -> Vec<NodeDecision> {
+    nodes
+        .iter()
+        .map(|node| {
+            let delete_pod = match &node.pod {
+                Some(pod) if pod.deleting_since.is_some() => None,
+                Some(_) if matches!(node.claim, ClaimState::Missing | ClaimState::Terminating) => {
+                    Some(DeleteReason::VolumeLost)
+                }
+                Some(pod) if pod.finished => Some(DeleteReason::PodFinished),
+                _ => None,
+            };
+            let available = delete_pod.is_none()
+                && node
+                    .pod
+                    .as_ref()
+                    .is_some_and(|p| p.ready && p.deleting_since.is_none() && !p.finished);
+            let unavailable_since = (!available).then(|| {
+                previous
+                    .iter()
+                    .find(|u| u.name == node.name)
+                    .and_then(|u| u.since.parse::<Timestamp>().ok())
+                    .or_else(|| node.pod.as_ref().and_then(|p| p.deleting_since))
+                    .unwrap_or(now)
+            });
+            let evicted = unavailable_since.is_some_and(|since| {
+                now.duration_since(since) >= SignedDuration::try_from(grace).unwrap_or_default()
+            });
+            NodeDecision {
+                name: node.name.clone(),
+                delete_pod,
+                available,
+                unavailable_since,
+                evicted,
+            }
+        })
+        .collect()
+}
+
+/// When the next eviction falls due, if any node is unavailable but not yet evicted.
+pub fn next_eviction_in(
+    decisions: &[NodeDecision],
+    grace: Duration,
+    now: Timestamp,
+) -> Option<Duration> {
+    decisions
+        .iter()
+        .filter(|d| !d.evicted)
+        .filter_map(|d| d.unavailable_since)
+        .map(|since| {
+            let gone = now.duration_since(since);
+            let left = SignedDuration::try_from(grace).unwrap_or_default() - gone;
+            Duration::try_from(left).unwrap_or_default()
+        })
+        .min()
+}
+
+/// Parses a grace period such as `5m`, `90s` or `1h30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let mut total = 0u64;
+    let mut number = String::new();
+    if text.is_empty() {
+        return Err("empty duration".into());
+    }
+    for c in text.chars() {
+        match c {
+            '0'..='9' => number.push(c),
+            's' | 'm' | 'h' => {
+                let value: u64 = number
+                    .parse()
+                    .map_err(|_| format!("{text:?}: a number must come before {c:?}"))?;
+                let unit = match c {
+                    's' => 1,
+                    'm' => 60,
+                    _ => 3600,
+                };
+                total = value
+                    .checked_mul(unit)
+                    .and_then(|v| total.checked_add(v))
+                    .ok_or_else(|| format!("{text:?} is too long"))?;
+                number.clear();
+            }
+            _ => {
+                return Err(format!(
+                    "{text:?}: use numbers with s, m or h, e.g. 5m or 1h30m"
+                ))
+            }
+        }
+    }
+    if !number.is_empty() {
+        return Err(format!(
+            "{text:?}: the last number needs a unit (s, m or h)"
+        ));
+    }
+    Ok(Duration::from_secs(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + seconds).unwrap()
+    }
+
+    fn node(pod: Option<(bool, bool, Option<i64>)>, claim: ClaimState) -> NodeObserved {
+        NodeObserved {
+            name: "media-node-0".into(),
+            pod: pod.map(|(ready, finished, deleting)| PodState {
+                ready,
+                finished,
+                deleting_since: deleting.map(ts),
+            }),
+            claim,
+        }
+    }
+
+    const GRACE: Duration = Duration::from_secs(300);
+
+    #[test]
+    fn a_ready_pod_with_its_claim_is_left_alone() {
+        let d = &decide(
+            &[node(Some((true, false, None)), ClaimState::Present)],
+            &[],
+            GRACE,
+            ts(0),
+        )[0];
+        assert_eq!(d.delete_pod, None);
+        assert!(d.available);
+        assert_eq!(d.unavailable_since, None);
+        assert!(!d.evicted);
+    }
+
+    #[test]
+    fn a_pod_whose_claim_is_gone_or_going_is_deleted_to_start_on_an_empty_volume() {
+        for claim in [ClaimState::Missing, ClaimState::Terminating] {
+            let d = &decide(&[node(Some((true, false, None)), claim)], &[], GRACE, ts(0))[0];
+            assert_eq!(d.delete_pod, Some(DeleteReason::VolumeLost), "{claim:?}");
+            assert!(!d.available);
+            assert_eq!(d.unavailable_since, Some(ts(0)));
+        }
+    }
+
+    #[test]
+    fn a_finished_pod_is_deleted_and_one_already_going_is_not_deleted_twice() {
+        let finished = &decide(
+            &[node(Some((false, true, None)), ClaimState::Present)],
+            &[],
+            GRACE,
+            ts(0),
+        )[0];
+        assert_eq!(finished.delete_pod, Some(DeleteReason::PodFinished));
+        let going = &decide(
+            &[node(Some((true, false, Some(-4))), ClaimState::Terminating)],
+            &[],
+            GRACE,
+            ts(0),
+        )[0];
+        assert_eq!(going.delete_pod, None);
+        // Unavailable from the moment deletion was asked for.
+        assert_eq!(going.unavailable_since, Some(ts(-4)));
+    }
+
+    #[test]
+    fn a_node_keeps_its_first_unavailable_time_and_is_evicted_after_the_grace_period() {
+        let previous = [UnavailableNode {
+            name: "media-node-0".into(),
+            since: ts(-299).to_string(),
+        }];
+        let missing = [node(None, ClaimState::Present)];
+        let d = &decide(&missing, &previous, GRACE, ts(0))[0];
+        assert_eq!(d.unavailable_since, Some(ts(-299)));
+        assert!(!d.evicted);
+        assert_eq!(
+            next_eviction_in(std::slice::from_ref(d), GRACE, ts(0)),
+            Some(Duration::from_secs(1))
+        );
+        let d = &decide(&missing, &previous, GRACE, ts(1))[0];
+        assert!(d.evicted);
+        assert_eq!(
+            next_eviction_in(std::slice::from_ref(d), GRACE, ts(1)),
+            None
+        );
+    }
+
+    #[test]
+    fn a_node_that_is_ready_again_is_no_longer_unavailable() {
+        let previous = [UnavailableNode {
+            name: "media-node-0".into(),
+            since: ts(-1000).to_string(),
+        }];
+        let d = &decide(
+            &[node(Some((true, false, None)), ClaimState::Present)],
+            &previous,
+            GRACE,
+            ts(0),
+        )[0];
+        assert!(d.available && !d.evicted);
+        assert_eq!(d.unavailable_since, None);
+    }
+
+    #[test]
+    fn ephemeral_nodes_are_never_deleted_for_their_volume() {
+        let d = &decide(
+            &[node(Some((true, false, None)), ClaimState::NotUsed)],
+            &[],
+            GRACE,
+            ts(0),
+        )[0];
+        assert_eq!(d.delete_pod, None);
+    }
+
+    #[test]
+    fn grace_periods_parse_like_the_schema_allows() {
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("m").is_err());
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("99999999999999999999h").is_err());
+    }
+}

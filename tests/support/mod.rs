@@ -1,0 +1,263 @@
+//! Test support shared by the operator tests: a mocked Kubernetes API
+//! server (kube's tower-test pattern) that records every request, and
+//! storage nodes and a gateway run in-process over real HTTP.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use kube::client::Body;
+use redstuff::fleet::{FleetMap, MapNode};
+use redstuff::gateway::{FleetSource, Gateway, GatewayConfig};
+use redstuff::node::{Node, NodeConfig, ShardSource};
+use serde_json::{json, Value};
+
+/// One request the fake API server received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub content_type: String,
+    pub body: Value,
+}
+
+impl Seen {
+    /// "METHOD /path".
+    pub fn line(&self) -> String {
+        format!("{} {}", self.method, self.path)
+    }
+}
+
+/// "METHOD /path" of every request.
+pub fn lines(seen: &[Seen]) -> Vec<String> {
+    seen.iter().map(Seen::line).collect()
+}
+
+fn not_found() -> (StatusCode, Value) {
+    (
+        StatusCode::NOT_FOUND,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": "not found", "reason": "NotFound", "code": 404}),
+    )
+}
+
+/// A fake API server: GET answers from `objects` (by path) and `lists`
+/// (by collection path), everything else 404; server-side applies are
+/// echoed; status patches are merged into the stored object; other
+/// patches (finalizers) answer the stored object; Events are accepted;
+/// deletes answer a Status.
+#[derive(Default, Clone)]
+pub struct MockApi {
+    pub objects: BTreeMap<String, Value>,
+    pub lists: BTreeMap<String, Vec<Value>>,
+}
+
+impl MockApi {
+    /// Serves the API until every client is dropped; the requests are
+    /// recorded as they come (a reconcile awaits each answer, so when it
+    /// returns, all its requests are in).
+    pub fn serve(self) -> (kube::Client, Recorded) {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "storage");
+        let recorded = Recorded::default();
+        let seen = recorded.clone();
+        tokio::spawn(async move {
+            let mut objects = self.objects;
+            while let Some((request, send)) = handle.next_request().await {
+                let (parts, body) = request.into_parts();
+                let bytes = body.collect().await.unwrap().to_bytes();
+                let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                let record = Seen {
+                    method: parts.method.to_string(),
+                    path: parts.uri.path().to_string(),
+                    query: parts.uri.query().unwrap_or("").to_string(),
+                    content_type: parts
+                        .headers
+                        .get("content-type")
+                        .map(|v| v.to_str().unwrap().to_string())
+                        .unwrap_or_default(),
+                    body: body.clone(),
+                };
+                let path = record.path.as_str();
+                let (status, answer) = match record.method.as_str() {
+                    "GET" => match (self.lists.get(path), objects.get(path)) {
+                        (Some(items), _) => (
+                            StatusCode::OK,
+                            json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items}),
+                        ),
+                        (None, Some(object)) => (StatusCode::OK, object.clone()),
+                        (None, None) => not_found(),
+                    },
+                    "PATCH" if path.ends_with("/status") => {
+                        match objects.get_mut(path.trim_end_matches("/status")) {
+                            Some(object) => {
+                                merge_patch(object, &body);
+                                (StatusCode::OK, object.clone())
+                            }
+                            None => not_found(),
+                        }
+                    }
+                    "PATCH" if record.content_type.contains("apply-patch") => {
+                        (StatusCode::OK, body)
+                    }
+                    "PATCH" => match objects.get(path) {
+                        Some(object) => (StatusCode::OK, object.clone()),
+                        None => not_found(),
+                    },
+                    "POST" if path.contains("/events") => (StatusCode::CREATED, body),
+                    "DELETE" => (
+                        StatusCode::OK,
+                        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
+                    ),
+                    // Unexpected: a server error the scenario's assertions will show.
+                    _ => (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        json!({"kind": "Status", "apiVersion": "v1",
+                          "metadata": {}, "status": "Failure", "message": "unexpected request", "code": 500}),
+                    ),
+                };
+                seen.0.lock().unwrap().push(record);
+                send.send_response(
+                    Response::builder()
+                        .status(status)
+                        .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                        .unwrap(),
+                );
+            }
+        });
+        (client, recorded)
+    }
+}
+
+/// JSON merge patch (RFC 7396), as the API server applies it: null removes.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch.as_object() {
+        Some(fields) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            let object = target.as_object_mut().unwrap();
+            for (key, value) in fields {
+                if value.is_null() {
+                    object.remove(key);
+                } else {
+                    merge_patch(object.entry(key.clone()).or_insert(Value::Null), value);
+                }
+            }
+        }
+        None => *target = patch.clone(),
+    }
+}
+
+/// The requests a fake API server received so far.
+#[derive(Default, Clone)]
+pub struct Recorded(Arc<std::sync::Mutex<Vec<Seen>>>);
+
+impl Recorded {
+    /// A copy of the requests so far, in order.
+    pub fn take(&self) -> Vec<Seen> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+/// A storage node served in-process until dropped.
+pub struct RunningNode {
+    pub url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for RunningNode {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Starts a node named `name` on `dir` owning `shards`.
+pub async fn start_node(name: &str, dir: &Path, shards: &BTreeSet<u16>) -> RunningNode {
+    let config = NodeConfig {
+        name: name.to_string(),
+        data_dir: dir.to_path_buf(),
+        shards: ShardSource::Fixed(shards.clone()),
+        capacity: None,
+        max_body_bytes: 64 << 20,
+        corrupt_reads: false,
+        scrub_interval: None,
+    };
+    let node = Node::bind(config, SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let url = format!("http://{}", node.local_addr());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(node.serve(async move {
+        let _ = rx.await;
+    }));
+    RunningNode {
+        url,
+        stop: Some(tx),
+    }
+}
+
+/// A gateway served in-process until dropped, in front of `map`.
+pub struct RunningGateway {
+    pub url: String,
+    _spool: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for RunningGateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Starts a gateway for the fleet `map`.
+pub async fn start_gateway(map: FleetMap) -> RunningGateway {
+    let spool = tempfile::tempdir().unwrap();
+    let gateway = Gateway::bind(
+        GatewayConfig {
+            fleet: FleetSource::Fixed(map),
+            spool_dir: spool.path().to_path_buf(),
+            max_blob_bytes: 1 << 30,
+        },
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        Arc::new(RwLock::new(None)),
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{}", gateway.local_addr());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(gateway.serve(async move {
+        let _ = rx.await;
+    }));
+    RunningGateway {
+        url,
+        _spool: spool,
+        stop: Some(tx),
+    }
+}
+
+/// The fleet map of `nodes` (name, url, shards).
+pub fn fleet_map(shards: u16, nodes: &[(String, String, BTreeSet<u16>)]) -> FleetMap {
+    FleetMap {
+        shards,
+        segment_size: 1 << 20,
+        nodes: nodes
+            .iter()
+            .map(|(name, url, shards)| MapNode {
+                name: name.clone(),
+                url: url.clone(),
+                shards: shards.clone(),
+            })
+            .collect(),
+    }
+}
