@@ -30,6 +30,7 @@ fn the_readme_lists_exactly_the_metrics_the_code_registers() {
             "redstuff_node_slivers",
             "redstuff_shards_missing",
             "redstuff_nodes_ready",
+            "redstuff_operator_leader",
         ];
         assert!(
             unit || plain.contains(&name.as_str()),
