@@ -261,3 +261,83 @@ pub fn fleet_map(shards: u16, nodes: &[(String, String, BTreeSet<u16>)]) -> Flee
             .collect(),
     }
 }
+
+/// A cluster `media` of `n` in-process nodes (one shard each) and a
+/// gateway in front of them.
+pub struct TestFleet {
+    pub nodes: Vec<RunningNode>,
+    pub gateway: RunningGateway,
+    pub map: FleetMap,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl TestFleet {
+    /// Starts the nodes and the gateway.
+    pub async fn start(n: u16) -> Self {
+        let mut dirs = Vec::new();
+        let mut nodes = Vec::new();
+        let mut entries = Vec::new();
+        for i in 0..n {
+            let dir = tempfile::tempdir().unwrap();
+            let name = format!("media-node-{i}");
+            let shards = BTreeSet::from([i]);
+            let node = start_node(&name, dir.path(), &shards).await;
+            entries.push((name, node.url.clone(), shards));
+            nodes.push(node);
+            dirs.push(dir);
+        }
+        let map = fleet_map(n, &entries);
+        let gateway = start_gateway(map.clone()).await;
+        Self {
+            nodes,
+            gateway,
+            map,
+            _dirs: dirs,
+        }
+    }
+
+    /// How the operator reaches these nodes and this gateway.
+    pub fn endpoints(&self) -> redstuff::operator::context::Endpoints {
+        self.map.nodes.iter().fold(
+            redstuff::operator::context::Endpoints::default()
+                .with_override("media-gateway", self.gateway.url.clone()),
+            |e, n| e.with_override(n.name.clone(), n.url.clone()),
+        )
+    }
+
+    /// Blob ids each node holds anything of.
+    pub async fn held(&self) -> Vec<BTreeSet<String>> {
+        let http = redstuff::http::client();
+        let mut held = Vec::new();
+        for node in &self.nodes {
+            let page = redstuff::client::NodeClient::new(http.clone(), &node.url)
+                .full_inventory()
+                .await
+                .unwrap();
+            held.push(page.blobs.into_iter().map(|b| b.id).collect());
+        }
+        held
+    }
+}
+
+/// Serves `body` at http://127.0.0.1:port/blob until dropped; returns the URL.
+pub async fn serve_bytes(body: Vec<u8>) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/blob", listener.local_addr().unwrap());
+    let router = axum::Router::new().route(
+        "/blob",
+        axum::routing::get(move || {
+            let body = body.clone();
+            async move { body }
+        }),
+    );
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = rx.await;
+            })
+            .await
+    });
+    (url, tx)
+}

@@ -1,0 +1,370 @@
+//! The Blob reconciler against a mocked Kubernetes API, with real storage
+//! nodes and a real gateway in-process: ingest from each kind of source,
+//! refusals that store nothing, health from the node inventories, and the
+//! finalizer that deletes slivers (and never blocks when the cluster is gone).
+
+mod support;
+
+use std::sync::Arc;
+
+use redstuff::operator::blob_controller::{reconcile_blob, BLOB_FINALIZER};
+use redstuff::operator::context::{Context, Endpoints};
+use redstuff::operator::controller::reconcile_cluster;
+use redstuff::operator::crd::{
+    Blob, BlobSource, BlobSpec, KeySource, StorageCluster, StorageClusterSpec, StorageSpec,
+    UploadSource, UrlSource,
+};
+use serde_json::{json, Value};
+use sha2::Digest;
+use support::{lines, serve_bytes, MockApi, Seen, TestFleet};
+
+const NS: &str = "/api/v1/namespaces/storage";
+const GROUP: &str = "/apis/redstuff.dev/v1alpha1/namespaces/storage";
+
+fn cluster(shards: u16) -> StorageCluster {
+    let mut c = StorageCluster::new(
+        "media",
+        StorageClusterSpec {
+            shards,
+            nodes: shards,
+            image: None,
+            storage: StorageSpec {
+                size: None,
+                storage_class_name: None,
+                ephemeral: Some(true),
+            },
+            resources: None,
+            placement: None,
+            repair: None,
+        },
+    );
+    c.metadata.namespace = Some("storage".into());
+    c.metadata.uid = Some("c-uid".into());
+    c
+}
+
+fn blob(name: &str, source: BlobSource) -> Blob {
+    let mut b = Blob::new(
+        name,
+        BlobSpec {
+            cluster: "media".into(),
+            source,
+        },
+    );
+    b.metadata.namespace = Some("storage".into());
+    b.metadata.uid = Some(format!("uid-{name}"));
+    b.metadata.generation = Some(1);
+    b.metadata.finalizers = Some(vec![BLOB_FINALIZER.into()]);
+    b
+}
+
+fn ready_pods(count: u16) -> Vec<Value> {
+    (0..count)
+        .map(|i| {
+            json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": format!("media-node-{i}"), "namespace": "storage"},
+                "spec": {"containers": []},
+                "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+            })
+        })
+        .collect()
+}
+
+fn config_map_source() -> BlobSource {
+    BlobSource {
+        config_map_key: Some(KeySource {
+            name: "settings".into(),
+            key: "model.json".into(),
+        }),
+        ..BlobSource::default()
+    }
+}
+
+/// A fake API holding the cluster (unless `cluster` is None), the blobs
+/// and `extra` objects.
+fn api(cluster: Option<&StorageCluster>, blobs: &[&Blob], extra: &[(String, Value)]) -> MockApi {
+    let mut api = MockApi::default();
+    if let Some(c) = cluster {
+        api.objects.insert(
+            format!("{GROUP}/storageclusters/media"),
+            serde_json::to_value(c).unwrap(),
+        );
+        api.lists
+            .insert(format!("{NS}/pods"), ready_pods(c.spec.shards));
+    }
+    for b in blobs {
+        api.objects.insert(
+            format!("{GROUP}/blobs/{}", b.metadata.name.as_deref().unwrap()),
+            serde_json::to_value(b).unwrap(),
+        );
+    }
+    api.lists.insert(
+        format!("{GROUP}/blobs"),
+        blobs
+            .iter()
+            .map(|b| serde_json::to_value(b).unwrap())
+            .collect(),
+    );
+    for (path, object) in extra {
+        api.objects.insert(path.clone(), object.clone());
+    }
+    api
+}
+
+fn status_patches(seen: &[Seen], name: &str) -> Vec<Value> {
+    seen.iter()
+        .filter(|s| s.path == format!("{GROUP}/blobs/{name}/status"))
+        .map(|s| {
+            let mut status = json!({});
+            support::merge_patch(&mut status, &s.body["status"]);
+            status
+        })
+        .collect()
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> (&'a str, &'a str) {
+    let c = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap();
+    (c["status"].as_str().unwrap(), c["reason"].as_str().unwrap())
+}
+
+fn events(seen: &[Seen]) -> Vec<String> {
+    seen.iter()
+        .filter(|s| s.method == "POST" && s.path.ends_with("/events"))
+        .map(|s| s.body["reason"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+async fn run(api: MockApi, endpoints: Endpoints, blob: &Blob) -> (Vec<Seen>, Arc<Context>) {
+    let (client, recorded) = api.serve();
+    let ctx = Arc::new(Context::new(client, "redstuff:test").with_endpoints(endpoints));
+    reconcile_blob(Arc::new(blob.clone()), ctx.clone())
+        .await
+        .unwrap();
+    (recorded.take(), ctx)
+}
+
+#[tokio::test]
+async fn a_new_blob_gets_the_finalizer_before_anything_else() {
+    let mut b = blob("weights", config_map_source());
+    b.metadata.finalizers = None;
+    let (seen, _) = run(api(Some(&cluster(4)), &[&b], &[]), Endpoints::default(), &b).await;
+    assert_eq!(lines(&seen), vec![format!("PATCH {GROUP}/blobs/weights")]);
+    assert_eq!(seen[0].content_type, "application/json-patch+json");
+    assert!(seen[0].body.to_string().contains(BLOB_FINALIZER));
+}
+
+#[tokio::test]
+async fn a_config_map_key_is_stored_through_the_gateway_and_its_health_comes_from_the_inventories()
+{
+    let fleet = TestFleet::start(4).await;
+    let content = "{\"layers\": 32}\n".repeat(2000);
+    let config_map = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "settings", "namespace": "storage"},
+        "data": {"model.json": content}
+    });
+    let c = cluster(4);
+    let b = blob("weights", config_map_source());
+    let mut mock = api(
+        Some(&c),
+        &[&b],
+        &[(format!("{NS}/configmaps/settings"), config_map)],
+    );
+    let (client, recorded) = mock.clone().serve();
+    let ctx = Arc::new(Context::new(client, "redstuff:test").with_endpoints(fleet.endpoints()));
+    reconcile_blob(Arc::new(b.clone()), ctx.clone())
+        .await
+        .unwrap();
+    let seen = recorded.take();
+    let statuses = status_patches(&seen, "weights");
+    assert_eq!(condition(&statuses[0], "Ingested"), ("False", "Ingesting"));
+    let stored = statuses.last().unwrap();
+    assert_eq!(condition(stored, "Ingested"), ("True", "Stored"));
+    let id = stored["blobId"].as_str().unwrap().to_string();
+    assert!(events(&seen).contains(&"Ingested".to_string()));
+    assert!(fleet.held().await.iter().all(|held| held.contains(&id)));
+    let bytes = redstuff::http::client()
+        .get(format!("{}/v1/blobs/{id}", fleet.gateway.url))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(
+        bytes,
+        content.as_bytes(),
+        "the bytes read back are the source"
+    );
+
+    // The cluster controller reads the inventories; the Blob then shows them.
+    reconcile_cluster(Arc::new(c), ctx.clone()).await.unwrap();
+    let mut ingested = b.clone();
+    ingested.status = Some(serde_json::from_value(stored.clone()).unwrap());
+    mock.objects.insert(
+        format!("{GROUP}/blobs/weights"),
+        serde_json::to_value(&ingested).unwrap(),
+    );
+    reconcile_blob(Arc::new(ingested), ctx.clone())
+        .await
+        .unwrap();
+    let seen = recorded.take();
+    let status = status_patches(&seen, "weights").pop().unwrap();
+    assert_eq!(status["health"], "Healthy", "{status:#}");
+    assert_eq!(status["shards"], "4/4");
+    assert_eq!(status["size"], content.len());
+    assert_eq!(condition(&status, "Healthy"), ("True", "AllShardsValid"));
+    assert!(events(&seen).contains(&"BlobHealthy".to_string()));
+}
+
+#[tokio::test]
+async fn a_url_is_downloaded_checked_against_its_digest_and_stored() {
+    let fleet = TestFleet::start(4).await;
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    let digest: String = sha2::Sha256::digest(&body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let (url, _stop) = serve_bytes(body.clone()).await;
+    let b = blob(
+        "dataset",
+        BlobSource {
+            url: Some(UrlSource {
+                url,
+                sha256: Some(digest),
+            }),
+            ..BlobSource::default()
+        },
+    );
+    let (seen, _) = run(api(Some(&cluster(4)), &[&b], &[]), fleet.endpoints(), &b).await;
+    let stored = status_patches(&seen, "dataset").pop().unwrap();
+    assert_eq!(condition(&stored, "Ingested"), ("True", "Stored"));
+    let id = stored["blobId"].as_str().unwrap();
+    assert!(fleet.held().await[0].contains(id));
+}
+
+#[tokio::test]
+async fn a_url_whose_bytes_do_not_match_the_digest_stores_nothing() {
+    let fleet = TestFleet::start(4).await;
+    let (url, _stop) = serve_bytes(b"not the model you asked for".to_vec()).await;
+    let b = blob(
+        "dataset",
+        BlobSource {
+            url: Some(UrlSource {
+                url,
+                sha256: Some("0".repeat(64)),
+            }),
+            ..BlobSource::default()
+        },
+    );
+    let (seen, _) = run(api(Some(&cluster(4)), &[&b], &[]), fleet.endpoints(), &b).await;
+    let status = status_patches(&seen, "dataset").pop().unwrap();
+    assert_eq!(
+        condition(&status, "Ingested"),
+        ("False", "ChecksumMismatch")
+    );
+    assert!(status.get("blobId").is_none());
+    assert!(events(&seen).contains(&"IngestFailed".to_string()));
+    assert!(fleet.held().await.iter().all(|held| held.is_empty()));
+}
+
+#[tokio::test]
+async fn a_missing_config_map_is_a_condition_not_a_crash() {
+    let b = blob("weights", config_map_source());
+    let (seen, _) = run(api(Some(&cluster(4)), &[&b], &[]), Endpoints::default(), &b).await;
+    let status = status_patches(&seen, "weights").pop().unwrap();
+    assert_eq!(condition(&status, "Ingested"), ("False", "SourceNotFound"));
+}
+
+#[tokio::test]
+async fn a_blob_whose_cluster_does_not_exist_says_so() {
+    let b = blob("weights", config_map_source());
+    let (seen, _) = run(api(None, &[&b], &[]), Endpoints::default(), &b).await;
+    let status = status_patches(&seen, "weights").pop().unwrap();
+    assert_eq!(condition(&status, "Healthy"), ("False", "ClusterNotFound"));
+}
+
+async fn stored_blob(fleet: &TestFleet) -> String {
+    let answer: Value = redstuff::http::client()
+        .put(format!("{}/v1/blobs", fleet.gateway.url))
+        .body(vec![7u8; 50_000])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    answer["id"].as_str().unwrap().to_string()
+}
+
+fn deleted(name: &str, id: &str) -> Blob {
+    let mut b = blob(
+        name,
+        BlobSource {
+            upload: Some(UploadSource { blob_id: id.into() }),
+            ..BlobSource::default()
+        },
+    );
+    b.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    b
+}
+
+#[tokio::test]
+async fn deleting_a_blob_deletes_its_slivers_from_every_node_then_releases_it() {
+    let fleet = TestFleet::start(4).await;
+    let id = stored_blob(&fleet).await;
+    assert!(fleet.held().await.iter().all(|h| h.contains(&id)));
+    let b = deleted("upload", &id);
+    let (seen, _) = run(api(Some(&cluster(4)), &[&b], &[]), fleet.endpoints(), &b).await;
+    assert!(fleet.held().await.iter().all(|h| h.is_empty()));
+    assert!(events(&seen).contains(&"SliversDeleted".to_string()));
+    let release = seen.last().unwrap();
+    assert_eq!(release.line(), format!("PATCH {GROUP}/blobs/upload"));
+    assert!(
+        release.body.to_string().contains("remove"),
+        "{}",
+        release.body
+    );
+}
+
+#[tokio::test]
+async fn a_blob_another_blob_names_keeps_its_slivers_when_one_is_deleted() {
+    let fleet = TestFleet::start(4).await;
+    let id = stored_blob(&fleet).await;
+    let going = deleted("first", &id);
+    let mut staying = deleted("second", &id);
+    staying.metadata.deletion_timestamp = None;
+    let (seen, _) = run(
+        api(Some(&cluster(4)), &[&going, &staying], &[]),
+        fleet.endpoints(),
+        &going,
+    )
+    .await;
+    assert!(fleet.held().await.iter().all(|h| h.contains(&id)));
+    assert!(events(&seen).contains(&"SliversKept".to_string()));
+    assert_eq!(
+        seen.last().unwrap().line(),
+        format!("PATCH {GROUP}/blobs/first")
+    );
+}
+
+#[tokio::test]
+async fn a_blob_whose_cluster_is_gone_is_released_at_once() {
+    let b = deleted("orphan", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    let (seen, _) = run(api(None, &[&b], &[]), Endpoints::default(), &b).await;
+    assert_eq!(
+        lines(&seen),
+        vec![
+            format!("GET {GROUP}/storageclusters/media"),
+            format!("PATCH {GROUP}/blobs/orphan"),
+        ]
+    );
+}
