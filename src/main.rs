@@ -209,6 +209,29 @@ enum BenchCommand {
     /// Put and get a blob through the gateway of a local 7-shard fleet, as
     /// a ratio to the codec alone; then wipe a node and time its repair.
     Fleet(FleetArgs),
+    /// The control loop's planning at scale (shard assignment, inventory
+    /// view, health, repair plan) on synthetic inventories, against one
+    /// plain pass over them; time and memory per step.
+    Plan(PlanArgs),
+}
+
+#[derive(Debug, Args)]
+struct PlanArgs {
+    /// Blobs in the fleet.
+    #[arg(long, default_value_t = 10_000)]
+    blobs: usize,
+    /// Node pods.
+    #[arg(long, default_value_t = 100)]
+    nodes: usize,
+    /// Shards n.
+    #[arg(long, default_value_t = 1000)]
+    shards: u16,
+    /// Nodes back on empty volumes (every blob misses their shards).
+    #[arg(long, default_value_t = 3)]
+    wiped: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -277,6 +300,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Bench(BenchCommand::Codec(args)) => bench_codec(args),
         Command::Bench(BenchCommand::Fleet(args)) => runtime()?.block_on(bench_fleet(args)),
+        Command::Bench(BenchCommand::Plan(args)) => bench_plan(args),
         Command::Dev(args) => runtime()?.block_on(dev(args)),
         Command::Node(args) => runtime()?.block_on(node(args)),
         Command::Gateway(args) => runtime()?.block_on(gateway(args)),
@@ -448,6 +472,23 @@ async fn bench_fleet(args: FleetArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         print!("{}", redstuff::bench::fleet::render_table(&report));
+    }
+    Ok(())
+}
+
+fn bench_plan(args: PlanArgs) -> anyhow::Result<()> {
+    let options = redstuff::bench::plan::PlanBenchOptions {
+        blobs: args.blobs,
+        nodes: args.nodes,
+        shards: args.shards,
+        nodes_wiped: args.wiped,
+        limit: usize::MAX,
+    };
+    let report = redstuff::bench::plan::run(&options, |line| eprintln!("{line}"))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", redstuff::bench::plan::render_table(&report));
     }
     Ok(())
 }

@@ -4,3 +4,4 @@
 pub mod codec;
 pub mod fleet;
 pub mod memory;
+pub mod plan;

@@ -1,0 +1,270 @@
+//! `redstuff bench plan`: the control loop's pure work at scale. Synthetic
+//! inventories of `nodes` nodes holding `blobs` blobs of `shards` shards,
+//! some nodes down, go through the same steps as every reconcile: shard
+//! assignment, the inventory view, health counts and repair planning. The
+//! baseline is one plain pass over every inventory entry (the least any
+//! planner must do); each step is reported as time, a ratio to that
+//! baseline, and the memory it holds.
+
+use std::collections::BTreeSet;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::memory::current_rss_bytes;
+use crate::codec::EncodingConfig;
+use crate::control::FleetView;
+use crate::fleet::{self, Assignment, NodeSpec};
+use crate::wire::{InventoryBlob, InventoryPage};
+
+/// What to plan for.
+#[derive(Debug, Clone)]
+pub struct PlanBenchOptions {
+    /// Blobs in the fleet.
+    pub blobs: usize,
+    /// Node pods.
+    pub nodes: usize,
+    /// Shards n.
+    pub shards: u16,
+    /// Nodes back on empty volumes: they answer, own their shards, hold nothing.
+    pub nodes_wiped: usize,
+    /// Repairs planned at most (the planner still ranks every blob).
+    pub limit: usize,
+}
+
+/// One step's cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepResult {
+    /// The step.
+    pub step: String,
+    /// Wall time in seconds.
+    pub seconds: f64,
+    /// Time over the baseline pass.
+    pub ratio: f64,
+    /// Resident memory the step's result holds, in bytes (None: unknown).
+    pub memory_bytes: Option<u64>,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanBenchReport {
+    /// Blobs.
+    pub blobs: usize,
+    /// Nodes.
+    pub nodes: usize,
+    /// Shards.
+    pub shards: u16,
+    /// Nodes wiped.
+    pub nodes_wiped: usize,
+    /// Inventory entries ((blob, shard) pairs) the nodes report.
+    pub entries: usize,
+    /// The baseline pass in seconds.
+    pub baseline_seconds: f64,
+    /// The steps.
+    pub steps: Vec<StepResult>,
+    /// Repairs planned.
+    pub tasks: usize,
+    /// Blobs Degraded or AtRisk.
+    pub unhealthy_blobs: usize,
+}
+
+fn blob_id(i: usize) -> String {
+    // Realistic length (43 characters), distinct and sorted like real ids.
+    format!("{i:0>43}")
+}
+
+/// The inventories the nodes would return: every node holds a complete
+/// pair of every blob for each of its shards, except the wiped ones,
+/// which hold nothing.
+pub fn synthetic_inventories(
+    options: &PlanBenchOptions,
+    assignment: &Assignment,
+    names: &[String],
+) -> Vec<Option<InventoryPage>> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let shards: Vec<u16> = assignment
+                .iter()
+                .filter(|(_, owner)| *owner == name)
+                .map(|(s, _)| *s)
+                .collect();
+            Some(InventoryPage {
+                node: name.clone(),
+                shards: shards.clone(),
+                stored_bytes: 0,
+                blobs: (0..if i < options.nodes_wiped {
+                    0
+                } else {
+                    options.blobs
+                })
+                    .map(|b| InventoryBlob {
+                        id: blob_id(b),
+                        size: 64 << 20,
+                        segments: 1,
+                        shards: shards.iter().map(|s| (*s, 1)).collect(),
+                    })
+                    .collect(),
+                next: None,
+            })
+        })
+        .collect()
+}
+
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration, Option<u64>) {
+    let before = current_rss_bytes();
+    let start = Instant::now();
+    let value = f();
+    let elapsed = start.elapsed();
+    let after = current_rss_bytes();
+    let memory = before.zip(after).map(|(b, a)| a.saturating_sub(b));
+    (value, elapsed, memory)
+}
+
+/// Runs the benchmark; `progress` gets a line per step.
+pub fn run(
+    options: &PlanBenchOptions,
+    mut progress: impl FnMut(&str),
+) -> anyhow::Result<PlanBenchReport> {
+    let encoding = EncodingConfig::new(options.shards)?;
+    anyhow::ensure!(
+        options.nodes >= 1 && options.nodes <= usize::from(options.shards),
+        "nodes must be between 1 and shards"
+    );
+    let specs: Vec<NodeSpec> = (0..options.nodes)
+        .map(|i| NodeSpec {
+            name: format!("node-{i}"),
+            domain: format!("zone-{}", i % 3),
+        })
+        .collect();
+    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+
+    let (assignment, assign_time, _) =
+        timed(|| fleet::assign(options.shards, &specs, &Assignment::new()));
+    progress(&format!("assign: {assign_time:?}"));
+    let (inventories, build_time, inventory_memory) =
+        timed(|| synthetic_inventories(options, &assignment, &names));
+    progress(&format!("inventories built in {build_time:?}"));
+    let entries: usize = inventories
+        .iter()
+        .flatten()
+        .map(|p| p.blobs.iter().map(|b| b.shards.len()).sum::<usize>())
+        .sum();
+
+    // Baseline: touch every entry once.
+    let (_, baseline, _) = timed(|| {
+        let mut sum = 0u64;
+        for page in inventories.iter().flatten() {
+            for blob in &page.blobs {
+                for (shard, segments) in &blob.shards {
+                    sum = sum.wrapping_add(u64::from(*shard) ^ u64::from(*segments));
+                }
+                sum = sum.wrapping_add(blob.id.len() as u64);
+            }
+        }
+        black_box(sum)
+    });
+    progress(&format!("baseline pass: {baseline:?}"));
+
+    let (view, view_time, view_memory) = timed(|| {
+        FleetView::from_inventories(
+            names
+                .iter()
+                .zip(&inventories)
+                .map(|(n, inv)| (n.as_str(), inv.as_ref())),
+        )
+    });
+    progress(&format!("view: {view_time:?}"));
+    let (counts, health_time, _) = timed(|| view.health_counts(&encoding));
+    let (plan, plan_time, plan_memory) = timed(|| {
+        let observations = view.observations();
+        fleet::plan_repairs(
+            &encoding,
+            &observations,
+            &view.confirmed(&assignment),
+            &view.ready,
+            options.limit,
+        )
+    });
+    progress(&format!("plan: {plan_time:?}"));
+    let unhealthy = counts[&fleet::Health::Degraded] + counts[&fleet::Health::AtRisk];
+
+    let base = baseline.as_secs_f64().max(1e-9);
+    let step = |name: &str, time: Duration, memory: Option<u64>| StepResult {
+        step: name.to_string(),
+        seconds: time.as_secs_f64(),
+        ratio: time.as_secs_f64() / base,
+        memory_bytes: memory,
+    };
+    let ready: BTreeSet<&String> = view.ready.iter().collect();
+    black_box(ready);
+    Ok(PlanBenchReport {
+        blobs: options.blobs,
+        nodes: options.nodes,
+        shards: options.shards,
+        nodes_wiped: options.nodes_wiped,
+        entries,
+        baseline_seconds: baseline.as_secs_f64(),
+        steps: vec![
+            step("assign shards", assign_time, None),
+            step("hold the inventories", build_time, inventory_memory),
+            step("inventory view", view_time, view_memory),
+            step("health counts", health_time, None),
+            step("plan repairs", plan_time, plan_memory),
+        ],
+        tasks: plan.len(),
+        unhealthy_blobs: unhealthy,
+    })
+}
+
+/// The report as a table.
+pub fn render_table(r: &PlanBenchReport) -> String {
+    let mut out = format!(
+        "planning for {} blobs, {} nodes ({} wiped), {} shards: {} inventory entries; baseline pass {:.1} ms\n",
+        r.blobs,
+        r.nodes,
+        r.nodes_wiped,
+        r.shards,
+        r.entries,
+        r.baseline_seconds * 1e3
+    );
+    out.push_str("| step | time | x baseline | memory held |\n|---|---|---|---|\n");
+    for s in &r.steps {
+        out.push_str(&format!(
+            "| {} | {:.1} ms | {:.1} | {} |\n",
+            s.step,
+            s.seconds * 1e3,
+            s.ratio,
+            s.memory_bytes
+                .map_or("-".to_string(), crate::units::format_bytes)
+        ));
+    }
+    out.push_str(&format!(
+        "{} blobs need repair; {} repair tasks planned\n",
+        r.unhealthy_blobs, r.tasks
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_small_run_plans_a_repair_of_every_blob_on_the_wiped_node() {
+        let options = PlanBenchOptions {
+            blobs: 20,
+            nodes: 7,
+            shards: 7,
+            nodes_wiped: 1,
+            limit: usize::MAX,
+        };
+        let report = run(&options, |_| {}).unwrap();
+        assert_eq!(report.entries, 20 * 6);
+        assert_eq!(report.unhealthy_blobs, 20);
+        assert_eq!(report.tasks, 20);
+        assert_eq!(report.steps.len(), 5);
+    }
+}
