@@ -54,6 +54,48 @@ pub struct OperatorOptions {
 struct Shared {
     context: Arc<Context>,
     metrics: OperatorMetrics,
+    /// Consecutive failed reconciles per object, for backoff.
+    failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+impl Shared {
+    /// Records the outcome; returns the consecutive failures so far.
+    fn record(&self, object: String, failed: bool) -> u32 {
+        let mut failures = self.failures.lock().expect("not poisoned");
+        if failed {
+            let count = failures.entry(object).or_default();
+            *count += 1;
+            *count
+        } else {
+            failures.remove(&object);
+            0
+        }
+    }
+
+    fn failures(&self, object: &str) -> u32 {
+        self.failures
+            .lock()
+            .expect("not poisoned")
+            .get(object)
+            .copied()
+            .unwrap_or(1)
+    }
+}
+
+/// Delay before retrying after `failures` consecutive failed reconciles:
+/// 5 s, doubling, at most 5 minutes.
+pub fn backoff(failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(6);
+    Duration::from_secs((5u64 << exponent).min(300))
+}
+
+fn object_key<K: kube::Resource<DynamicType = ()>>(object: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        object.meta().namespace.as_deref().unwrap_or(""),
+        object.meta().name.as_deref().unwrap_or("")
+    )
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -172,6 +214,7 @@ pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         context: context.clone(),
         metrics: metrics.clone(),
+        failures: Default::default(),
     });
     let node_pods = watcher::Config::default()
         .labels("app.kubernetes.io/name=redstuff,app.kubernetes.io/component=node");
@@ -237,8 +280,10 @@ async fn reconcile_cluster_measured(
     shared: Arc<Shared>,
 ) -> Result<Action, ReconcileError> {
     let start = Instant::now();
+    let key = object_key(cluster.as_ref());
     let result = reconcile_cluster(cluster, shared.context.clone()).await;
     observe(&shared, "storagecluster", start, result.is_err());
+    shared.record(key, result.is_err());
     result
 }
 
@@ -247,17 +292,36 @@ async fn reconcile_blob_measured(
     shared: Arc<Shared>,
 ) -> Result<Action, ReconcileError> {
     let start = Instant::now();
+    let key = object_key(blob.as_ref());
     let result = reconcile_blob(blob, shared.context.clone()).await;
     observe(&shared, "blob", start, result.is_err());
+    shared.record(key, result.is_err());
     result
 }
 
-fn error_policy(cluster: Arc<StorageCluster>, error: &ReconcileError, _: Arc<Shared>) -> Action {
-    tracing::warn!(cluster = %kube::ResourceExt::name_any(cluster.as_ref()), "will retry: {error}");
-    Action::requeue(Duration::from_secs(10))
+fn error_policy(
+    cluster: Arc<StorageCluster>,
+    error: &ReconcileError,
+    shared: Arc<Shared>,
+) -> Action {
+    let delay = backoff(shared.failures(&object_key(cluster.as_ref())));
+    tracing::warn!(cluster = %kube::ResourceExt::name_any(cluster.as_ref()), ?delay, "will retry: {error}");
+    Action::requeue(delay)
 }
 
-fn error_policy_blob(blob: Arc<Blob>, error: &ReconcileError, _: Arc<Shared>) -> Action {
-    tracing::warn!(blob = %kube::ResourceExt::name_any(blob.as_ref()), "will retry: {error}");
-    Action::requeue(Duration::from_secs(15))
+fn error_policy_blob(blob: Arc<Blob>, error: &ReconcileError, shared: Arc<Shared>) -> Action {
+    let delay = backoff(shared.failures(&object_key(blob.as_ref())));
+    tracing::warn!(blob = %kube::ResourceExt::name_any(blob.as_ref()), ?delay, "will retry: {error}");
+    Action::requeue(delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_reconciles_back_off_exponentially_up_to_five_minutes() {
+        let delays: Vec<u64> = (1..=9).map(|k| backoff(k).as_secs()).collect();
+        assert_eq!(delays, vec![5, 10, 20, 40, 80, 160, 300, 300, 300]);
+    }
 }
