@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use support::{fleet_map, lines, start_node, MockApi, Seen};
 
 const NS: &str = "/api/v1/namespaces/storage";
+const GROUP: &str = "/apis/redstuff.dev/v1alpha1/namespaces/storage";
 const CLUSTER: &str = "/apis/redstuff.dev/v1alpha1/namespaces/storage/storageclusters/media";
 
 fn cluster(shards: u16, nodes: u16, status: Option<Value>) -> StorageCluster {
@@ -111,6 +112,7 @@ async fn reconcile(
     api.lists.insert(format!("{NS}/pods"), pods);
     api.lists
         .insert(format!("{NS}/persistentvolumeclaims"), claims);
+    api.lists.insert(format!("{GROUP}/blobs"), vec![]);
     let (client, recorded) = api.serve();
     let ctx = Arc::new(Context::new(client, "redstuff:test").with_endpoints(endpoints));
     reconcile_cluster(Arc::new(cluster), ctx.clone())
@@ -169,6 +171,7 @@ async fn a_new_cluster_creates_its_objects_with_server_side_apply_and_writes_its
         "PATCH /apis/apps/v1/namespaces/storage/deployments/media-gateway".to_string(),
         format!("PATCH {NS}/services/media-gateway"),
         "PATCH /apis/policy/v1/namespaces/storage/poddisruptionbudgets/media-nodes".to_string(),
+        format!("GET {GROUP}/blobs"),
         format!("PATCH {CLUSTER}/status"),
     ]);
     assert_eq!(lines(&seen), expected);
@@ -433,6 +436,15 @@ async fn a_node_pod_back_on_an_empty_volume_has_its_pairs_rebuilt_and_the_wait_i
         endpoints.clone(),
     )
     .await;
+    let upload = seen
+        .iter()
+        .find(|s| s.path.starts_with(&format!("{GROUP}/blobs/upload-")))
+        .expect("the upload is recorded as a Blob");
+    assert_eq!(
+        upload.body["spec"]["source"]["upload"]["blobId"],
+        written.metadata.blob_id().to_string()
+    );
+    assert_eq!(upload.body["spec"]["cluster"], "media");
     let status = status_written(&seen).unwrap();
     assert_eq!(status["blobs"]["degraded"], 1, "{status:#}");
     assert_eq!(status["repairsInFlight"], 1);

@@ -28,10 +28,13 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::context::Context;
-use super::crd::{BlobCounts, StorageCluster, UnavailableNode};
+use super::crd::{
+    Blob, BlobCounts, BlobSource, BlobSpec, StorageCluster, UnavailableNode, UploadSource,
+};
 use super::desired::{desired_objects, node_claim_name, node_pod_name};
 use super::lifecycle::{self, ClaimState, DeleteReason, NodeDecision, NodeObserved, PodState};
 use super::status::{cluster_status, validate_spec, FleetSummary, ObservedNode};
+use crate::codec::BlobId;
 use crate::control::{self, NodeAddress};
 use crate::fleet::{self, Assignment, Health, NodeSpec};
 
@@ -331,7 +334,20 @@ pub async fn reconcile_cluster(
             url: ctx.endpoints.node(&cluster, i),
         })
         .collect();
+    // Blobs recorded before the inventories are read: a Blob deleted after
+    // this list still counts as recorded, so its slivers going away in
+    // between never make it reappear.
+    let blob_records: Api<Blob> = Api::namespaced(client.clone(), &namespace);
+    let recorded: BTreeSet<String> = blob_records
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter(|b| b.spec.cluster == name)
+        .filter_map(recorded_blob_id)
+        .collect();
     let view = control::observe(&ctx.http, &addresses).await;
+    record_uploads(&cluster, &blob_records, &recorded, &view, &encoding).await?;
     view.publish(&encoding, &fleet_state.metrics);
     {
         let mut lost_at = fleet_state.lost_at.lock().expect("not poisoned");
@@ -473,6 +489,68 @@ async fn delete_pods(
             ),
         };
         publish(ctx, cluster, true, reason, note).await;
+    }
+    Ok(())
+}
+
+/// The blob id a Blob names: ingested, or uploaded.
+fn recorded_blob_id(blob: &Blob) -> Option<String> {
+    blob.status
+        .as_ref()
+        .and_then(|s| s.blob_id.clone())
+        .or_else(|| blob.spec.source.upload.as_ref().map(|u| u.blob_id.clone()))
+}
+
+/// The name of the Blob recording an upload: `upload-` and the first 8
+/// bytes of the id in hex (ids are mixed-case; names must be lowercase).
+pub fn upload_record_name(id: &str) -> Option<String> {
+    let id: BlobId = id.parse().ok()?;
+    let hex: String = id.as_bytes()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Some(format!("upload-{hex}"))
+}
+
+/// Records every readable blob of the view that no Blob names yet (an
+/// upload through the gateway) as a Blob with an upload source, so that
+/// `kubectl get blobs` shows it and deleting that Blob deletes it.
+async fn record_uploads(
+    cluster: &StorageCluster,
+    blobs: &Api<Blob>,
+    recorded: &BTreeSet<String>,
+    view: &control::FleetView,
+    encoding: &crate::codec::EncodingConfig,
+) -> Result<(), ReconcileError> {
+    let name = cluster.name_any();
+    for (id, blob) in &view.blobs {
+        // Fewer than p shards: an interrupted upload or leftovers, not a blob.
+        if recorded.contains(id) || blob.complete_shards.len() < encoding.p() {
+            continue;
+        }
+        let Some(record_name) = upload_record_name(id) else {
+            continue;
+        };
+        let mut record = Blob::new(
+            &record_name,
+            BlobSpec {
+                cluster: name.clone(),
+                source: BlobSource {
+                    upload: Some(UploadSource {
+                        blob_id: id.clone(),
+                    }),
+                    ..BlobSource::default()
+                },
+            },
+        );
+        record.metadata.namespace = cluster.namespace();
+        record.metadata.labels = Some(super::desired::labels(&name, "blob"));
+        record.metadata.annotations = Some(BTreeMap::from([(
+            "redstuff.dev/recorded-by".to_string(),
+            "operator: an upload through the gateway".to_string(),
+        )]));
+        apply(blobs, &record).await?;
+        tracing::info!(cluster = %name, blob = %id, record = %record_name, "recorded an upload");
     }
     Ok(())
 }

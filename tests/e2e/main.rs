@@ -209,18 +209,14 @@ async fn exercise(client: &Client, namespace: &str, image: &str) -> anyhow::Resu
         .await?;
     let id = stored["id"].as_str().unwrap().to_string();
     eprintln!("stored blob {id}");
-    let record: Blob = serde_json::from_value(json!({
-        "apiVersion": "redstuff.dev/v1alpha1", "kind": "Blob",
-        "metadata": {"name": "upload", "namespace": namespace},
-        "spec": {"cluster": "e2e", "source": {"upload": {"blobId": id}}}
-    }))?;
-    blobs
-        .patch("upload", &apply, &Patch::Apply(&record))
-        .await?;
+    // The operator records the upload as a Blob of its own.
+    let record = redstuff::operator::controller::upload_record_name(&id).unwrap();
+    eprintln!("waiting for the operator to record it as Blob {record}");
     let healthy = || {
         let blobs = blobs.clone();
+        let record = record.clone();
         async move || -> anyhow::Result<Option<()>> {
-            let b = blobs.get("upload").await?;
+            let b = blobs.get(&record).await?;
             let health = b.status.and_then(|s| s.health);
             Ok((health == Some(redstuff::operator::crd::BlobHealth::Healthy)).then_some(()))
         }

@@ -48,7 +48,8 @@ fn not_found() -> (StatusCode, Value) {
 }
 
 /// A fake API server: GET answers from `objects` (by path) and `lists`
-/// (by collection path), everything else 404; server-side applies are
+/// (by collection path; else the stored objects under it), everything
+/// else 404; server-side applies are
 /// echoed; status patches are merged into the stored object; other
 /// patches (finalizers) answer the stored object; Events are accepted;
 /// deletes answer a Status.
@@ -92,7 +93,26 @@ impl MockApi {
                             json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items}),
                         ),
                         (None, Some(object)) => (StatusCode::OK, object.clone()),
-                        (None, None) => not_found(),
+                        // A collection of stored objects lists them as they are now.
+                        (None, None) => {
+                            let prefix = format!("{path}/");
+                            let items: Vec<&Value> = objects
+                                .iter()
+                                .filter(|(k, _)| {
+                                    k.strip_prefix(&prefix)
+                                        .is_some_and(|rest| !rest.contains('/'))
+                                })
+                                .map(|(_, v)| v)
+                                .collect();
+                            if items.is_empty() {
+                                not_found()
+                            } else {
+                                (
+                                    StatusCode::OK,
+                                    json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items}),
+                                )
+                            }
+                        }
                     },
                     "PATCH" if path.ends_with("/status") => {
                         match objects.get_mut(path.trim_end_matches("/status")) {
