@@ -132,6 +132,10 @@ fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -
 pub struct NodeMetrics {
     /// Bytes held in the node's store.
     pub stored_bytes: IntGauge,
+    /// Size of the filesystem holding the store.
+    pub filesystem_size_bytes: IntGauge,
+    /// Bytes still available to the store on its filesystem.
+    pub filesystem_available_bytes: IntGauge,
     /// Slivers held, by kind.
     pub slivers: IntGaugeVec,
     /// Requests by route and status code.
@@ -158,6 +162,16 @@ impl NodeMetrics {
                 registry,
                 "redstuff_node_stored_bytes",
                 "Bytes held in the node's sliver store, checksums included.",
+            ),
+            filesystem_size_bytes: gauge(
+                registry,
+                "redstuff_node_filesystem_size_bytes",
+                "Size of the filesystem holding the node's store.",
+            ),
+            filesystem_available_bytes: gauge(
+                registry,
+                "redstuff_node_filesystem_available_bytes",
+                "Bytes available to the node's store on its filesystem.",
             ),
             slivers: gauge_vec(
                 registry,
@@ -282,6 +296,8 @@ pub struct FleetMetrics {
     pub shards_missing: IntGauge,
     /// Node processes or pods ready.
     pub nodes_ready: IntGauge,
+    /// Node pods gone longer than the grace period (their shards moved).
+    pub nodes_evicted: IntGauge,
     /// Repairs started.
     pub repairs_started: IntCounter,
     /// Repairs completed.
@@ -305,6 +321,11 @@ impl FleetMetrics {
                 "(blob, shard) pairs missing across the fleet.",
             ),
             nodes_ready: gauge(registry, "redstuff_nodes_ready", "Storage nodes ready."),
+            nodes_evicted: gauge(
+                registry,
+                "redstuff_nodes_evicted",
+                "Storage node pods gone longer than the grace period; their shards moved.",
+            ),
             repairs_started: counter(
                 registry,
                 "redstuff_repairs_started_total",
@@ -380,7 +401,7 @@ mod tests {
 
     fn cluster_registry(cluster: &str) -> Registry {
         let labels =
-            std::collections::HashMap::from([("cluster".to_string(), cluster.to_string())]);
+            std::collections::HashMap::from([("storagecluster".to_string(), cluster.to_string())]);
         Registry::new_custom(None, Some(labels)).unwrap()
     }
 
@@ -393,11 +414,11 @@ mod tests {
         let text = render_all(&[a, b]);
         assert_eq!(text.matches("# TYPE redstuff_nodes_ready gauge").count(), 1);
         assert!(
-            text.contains("redstuff_nodes_ready{cluster=\"media\"} 3"),
+            text.contains("redstuff_nodes_ready{storagecluster=\"media\"} 3"),
             "{text}"
         );
         assert!(
-            text.contains("redstuff_nodes_ready{cluster=\"models\"} 5"),
+            text.contains("redstuff_nodes_ready{storagecluster=\"models\"} 5"),
             "{text}"
         );
     }

@@ -466,8 +466,33 @@ fn dir_stats(dir: &Path) -> Result<DirStats, StoreError> {
     Ok(stats)
 }
 
+/// Size and bytes available (to unprivileged users) of the filesystem
+/// holding `path`; `None` when it cannot be asked.
+pub fn filesystem_space(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a properly sized out-struct.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    let fragment = stat.f_frsize as u64;
+    Some((
+        stat.f_blocks as u64 * fragment,
+        stat.f_bavail as u64 * fragment,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_filesystem_of_a_store_has_a_size_and_room_within_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (size, available) = filesystem_space(dir.path()).unwrap();
+        assert!(size > 0 && available <= size, "{size} {available}");
+        assert!(filesystem_space(&dir.path().join("missing")).is_none());
+    }
     use super::*;
 
     fn id(seed: u8) -> BlobId {

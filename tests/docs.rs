@@ -31,6 +31,7 @@ fn the_readme_lists_exactly_the_metrics_the_code_registers() {
             "redstuff_shards_missing",
             "redstuff_nodes_ready",
             "redstuff_operator_leader",
+            "redstuff_nodes_evicted",
         ];
         assert!(
             unit || plain.contains(&name.as_str()),

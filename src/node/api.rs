@@ -83,6 +83,10 @@ async fn track(State(state): State<Arc<NodeState>>, request: Request, next: Next
 async fn metrics(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
     let m = &state.metrics;
     m.stored_bytes.set(state.store.used_bytes() as i64);
+    if let Some((size, available)) = crate::store::filesystem_space(state.store.root()) {
+        m.filesystem_size_bytes.set(size as i64);
+        m.filesystem_available_bytes.set(available as i64);
+    }
     for kind in [SliverKind::Primary, SliverKind::Secondary] {
         m.slivers
             .with_label_values(&[kind.name()])

@@ -85,8 +85,8 @@ impl Fleets {
             .entry(key.clone())
             .or_insert_with(|| {
                 let labels = HashMap::from([
-                    ("namespace".to_string(), key.0.clone()),
-                    ("cluster".to_string(), key.1.clone()),
+                    ("storagecluster_namespace".to_string(), key.0.clone()),
+                    ("storagecluster".to_string(), key.1.clone()),
                 ]);
                 let registry =
                     Registry::new_custom(None, Some(labels)).expect("valid constant labels");

@@ -349,6 +349,7 @@ pub async fn reconcile_cluster(
     let view = control::observe(&ctx.http, &addresses).await;
     record_uploads(&cluster, &blob_records, &recorded, &view, &encoding).await?;
     view.publish(&encoding, &fleet_state.metrics);
+    fleet_state.metrics.nodes_evicted.set(evicted.len() as i64);
     {
         let mut lost_at = fleet_state.lost_at.lock().expect("not poisoned");
         // A node lost since the last status (or before a failover) counts
