@@ -272,13 +272,12 @@ impl Repairer {
             return false;
         };
         let key = (task.blob.clone(), task.node.clone());
-        if !self
-            .in_flight
-            .lock()
-            .expect("not poisoned")
-            .insert(key.clone())
         {
-            return false;
+            let mut in_flight = self.in_flight.lock().expect("not poisoned");
+            if !in_flight.insert(key.clone()) {
+                return false;
+            }
+            self.metrics.repairs_in_flight.set(in_flight.len() as i64);
         }
         let client = NodeClient::new(self.http.clone(), target);
         let request = RepairRequest {
@@ -303,6 +302,9 @@ impl Repairer {
             match client.repair(&request).await {
                 Ok(report) => {
                     this.metrics.repair_bytes.inc_by(report.bytes_fetched);
+                    this.metrics
+                        .repair_whole_segment_bytes
+                        .inc_by(report.whole_segment_bytes);
                     {
                         let mut totals = this.totals.lock().expect("not poisoned");
                         let entry = totals.entry(blob.clone()).or_default();
@@ -325,7 +327,9 @@ impl Repairer {
                     tracing::warn!(%blob, %node, "repair failed: {e}");
                 }
             }
-            this.in_flight.lock().expect("not poisoned").remove(&key);
+            let mut in_flight = this.in_flight.lock().expect("not poisoned");
+            in_flight.remove(&key);
+            this.metrics.repairs_in_flight.set(in_flight.len() as i64);
         });
         true
     }

@@ -306,6 +306,10 @@ pub struct FleetMetrics {
     pub repairs_failed: IntCounter,
     /// Bytes moved by repairs.
     pub repair_bytes: IntCounter,
+    /// Bytes whole-segment repairs of the same pairs would have moved.
+    pub repair_whole_segment_bytes: IntCounter,
+    /// Repairs in flight.
+    pub repairs_in_flight: IntGauge,
     /// Time from noticing a loss to starting its repair.
     pub repair_start_delay: Histogram,
 }
@@ -342,6 +346,12 @@ impl FleetMetrics {
                 "redstuff_repair_bytes_total",
                 "Bytes moved between nodes by repairs.",
             ),
+            repair_whole_segment_bytes: counter(
+                registry,
+                "redstuff_repair_whole_segment_bytes_total",
+                "Bytes repairs of the same pairs would have moved fetching whole segments.",
+            ),
+            repairs_in_flight: gauge(registry, "redstuff_repairs_in_flight", "Repairs in flight."),
             repair_start_delay: histogram(
                 registry,
                 "redstuff_repair_start_delay_seconds",

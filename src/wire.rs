@@ -64,6 +64,10 @@ pub struct RepairReport {
     pub already_present: u64,
     /// Bytes fetched from peers (symbols with proofs, and metadata).
     pub bytes_fetched: u64,
+    /// Bytes a repair fetching whole segments would have moved for the
+    /// pairs rebuilt (the segment's length per pair): the naive cost.
+    #[serde(default)]
+    pub whole_segment_bytes: u64,
     /// Symbols from peers that failed verification.
     pub invalid_symbols: u64,
     /// (segment, shard, reason) of pairs that could not be rebuilt.

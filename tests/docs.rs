@@ -32,6 +32,7 @@ fn the_readme_lists_exactly_the_metrics_the_code_registers() {
             "redstuff_nodes_ready",
             "redstuff_operator_leader",
             "redstuff_nodes_evicted",
+            "redstuff_repairs_in_flight",
         ];
         assert!(
             unit || plain.contains(&name.as_str()),

@@ -459,6 +459,13 @@ async fn a_node_pod_back_on_an_empty_volume_has_its_pairs_rebuilt_and_the_wait_i
     assert!(delay.get_sample_sum() >= 7.0, "{}", delay.get_sample_sum());
     assert!(fleet.repairer.wait_idle(Duration::from_secs(30)).await);
     assert_eq!(fleet.metrics.repairs_completed.get(), 1);
+    assert_eq!(fleet.metrics.repairs_in_flight.get(), 0);
+    assert_eq!(
+        fleet.metrics.repair_whole_segment_bytes.get(),
+        data.len() as u64,
+        "one pair of a one-segment blob: a naive repair fetches the whole blob"
+    );
+    assert!(fleet.metrics.repair_bytes.get() > 0);
 
     let inventory = NodeClient::new(http, &node2.url)
         .full_inventory()

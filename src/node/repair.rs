@@ -74,6 +74,8 @@ pub(super) async fn run(
             match outcome {
                 Ok(()) => {
                     report.rebuilt += 1;
+                    report.whole_segment_bytes +=
+                        metadata.segment_layout(segment).map_or(0, |l| l.len());
                     state.metrics.pairs_rebuilt.inc();
                 }
                 Err(reason) => report.failed.push((segment, shard, reason)),
