@@ -1,0 +1,114 @@
+"""Lints and renders charts/redstuff with Helm (helm-python-sdk: Helm v4's
+Go SDK), for every values file in charts/redstuff/ci/, and checks what it
+renders: built-in objects against the Kubernetes schemas (by the caller,
+with kubernetes-validate --strict, from the files written to OUT), the
+example StorageCluster through `redstuff render-cluster`, the
+PrometheusRule against files/alerts.rules.yaml, the ServiceMonitor
+against the metrics Service, the dashboard ConfigMaps against
+dashboards/. Values in tests/chart/invalid/ must be refused with the
+message their `# expect:` line names.
+
+Usage: check_chart.py OUT REDSTUFF_BINARY
+"""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import helm_python
+import yaml
+from helm_python.chart import Chart
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CHART = ROOT / "charts" / "redstuff"
+BUILTIN_GROUPS = {"v1", "apps/v1", "rbac.authorization.k8s.io/v1", "networking.k8s.io/v1", "policy/v1"}
+
+
+def fail(message):
+    print(f"check-chart: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def render(chart, values):
+    chart.validate_schema(values)
+    return chart.render(values, name="redstuff", namespace="redstuff-system", is_install=True)
+
+
+def main(out, redstuff):
+    out = pathlib.Path(out)
+    chart = Chart.load(str(CHART))
+    crds = sorted(p.name for p in (CHART / "crds").iterdir())
+    if crds != sorted(p.name for p in (ROOT / "crds").iterdir()):
+        fail(f"charts/redstuff/crds holds {crds}, not the generated CRDs")
+    rules = yaml.safe_load((CHART / "files" / "alerts.rules.yaml").read_text())
+    dashboards = {p.name: json.loads(p.read_text()) for p in (CHART / "dashboards").glob("*.json")}
+
+    for values_file in sorted((CHART / "ci").glob("*.yaml")):
+        values = yaml.safe_load(values_file.read_text()) or {}
+        lint = helm_python.lint(str(CHART), values, strict=True)
+        serious = [m for m in lint["messages"] if m["severity"] > 1] + lint["errors"]
+        if serious:
+            fail(f"helm lint with {values_file.name}: {serious}")
+        rendered = render(chart, values)
+        notes = rendered.pop("redstuff/templates/NOTES.txt", "")
+        if "StorageCluster" not in notes:
+            fail(f"NOTES.txt with {values_file.name} does not say what to do next")
+        docs = [d for text in rendered.values() for d in yaml.safe_load_all(text) if d]
+        builtin = [d for d in docs if d["apiVersion"] in BUILTIN_GROUPS]
+        target = out / values_file.stem
+        target.mkdir(parents=True)
+        (target / "builtin.yaml").write_text(yaml.safe_dump_all(builtin))
+        kinds = {d["kind"] for d in docs}
+        for d in docs:
+            labels = d["metadata"].get("labels", {})
+            if labels.get("app.kubernetes.io/instance") != "redstuff":
+                fail(f"{d['kind']}/{d['metadata']['name']} lacks the release labels")
+        deployment = next(d for d in docs if d["kind"] == "Deployment")
+        pod = deployment["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        security = container["securityContext"]
+        if not (pod["securityContext"]["runAsNonRoot"] and security["readOnlyRootFilesystem"]
+                and security["capabilities"]["drop"] == ["ALL"]
+                and security["allowPrivilegeEscalation"] is False):
+            fail("the operator must run non-root, read-only, without capabilities")
+        for d in docs:
+            if d["kind"] == "PrometheusRule" and d["spec"] != rules:
+                fail("the PrometheusRule differs from files/alerts.rules.yaml")
+            if d["kind"] == "ServiceMonitor":
+                service = next(s for s in docs if s["kind"] == "Service")
+                wanted = d["spec"]["selector"]["matchLabels"]
+                if any(service["metadata"]["labels"].get(k) != v for k, v in wanted.items()):
+                    fail("the ServiceMonitor does not select the metrics Service")
+                if d["spec"]["endpoints"][0]["port"] not in {p["name"] for p in service["spec"]["ports"]}:
+                    fail("the ServiceMonitor names a port the Service lacks")
+            if d["kind"] == "ConfigMap" and "dashboard" in d["metadata"]["name"]:
+                for name, text in d["data"].items():
+                    if json.loads(text) != dashboards[name]:
+                        fail(f"dashboard ConfigMap {name} differs from dashboards/{name}")
+            if d["kind"] == "StorageCluster":
+                (target / "cluster").mkdir(exist_ok=True)
+                manifest = target / "cluster" / "storagecluster.yaml"
+                manifest.write_text(yaml.safe_dump(d))
+                objects = subprocess.run([redstuff, "render-cluster", str(manifest)],
+                                         capture_output=True, text=True)
+                if objects.returncode != 0:
+                    fail(f"the example StorageCluster is refused: {objects.stderr}")
+                (target / "storagecluster-objects.yaml").write_text(objects.stdout)
+        print(f"check-chart: {values_file.name}: lint clean, rendered {sorted(kinds)}")
+
+    for invalid in sorted((ROOT / "tests" / "chart" / "invalid").glob("*.yaml")):
+        text = invalid.read_text()
+        expected = next(l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("# expect:"))
+        try:
+            render(chart, yaml.safe_load(text) or {})
+        except helm_python.HelmError as error:
+            if expected not in str(error):
+                fail(f"{invalid.name} was refused, but not with {expected!r}: {error}")
+            print(f"check-chart: {invalid.name}: refused ({expected})")
+            continue
+        fail(f"{invalid.name} should have been refused ({expected})")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
