@@ -11,7 +11,7 @@ use futures_util::future::join_all;
 
 use crate::client::NodeClient;
 use crate::codec::EncodingConfig;
-use crate::fleet::{self, Assignment, BlobObservation, Health, RepairTask};
+use crate::fleet::{self, Assignment, BlobObservation, Health, RepairTask, ShardSet};
 use crate::metrics::FleetMetrics;
 use crate::wire::{InventoryPage, Peer, RepairRequest};
 
@@ -32,7 +32,7 @@ pub struct BlobView {
     /// Segments.
     pub segments: u32,
     /// Shards holding a sliver pair of every segment.
-    pub complete_shards: BTreeSet<u16>,
+    pub complete_shards: ShardSet,
 }
 
 /// The fleet as its inventories show it.
@@ -55,33 +55,42 @@ impl FleetView {
         inventories: impl IntoIterator<Item = (&'a str, Option<&'a InventoryPage>)>,
     ) -> Self {
         let mut view = FleetView::default();
-        let mut pairs: BTreeMap<&str, Vec<(u16, u32)>> = BTreeMap::new();
-        for (name, inventory) in inventories {
-            let Some(inventory) = inventory else { continue };
-            view.ready.insert(name.to_string());
-            view.owned
-                .insert(name.to_string(), inventory.shards.iter().copied().collect());
-            for blob in &inventory.blobs {
-                if blob.segments > 0 {
-                    let entry = view.blobs.entry(blob.id.clone()).or_default();
-                    entry.size = blob.size;
-                    entry.segments = blob.segments;
-                }
-                pairs
-                    .entry(blob.id.as_str())
-                    .or_default()
-                    .extend(blob.shards.iter().map(|(s, c)| (*s, *c)));
+        let answered: Vec<&InventoryPage> = inventories
+            .into_iter()
+            .filter_map(|(name, inventory)| {
+                let inventory = inventory?;
+                view.ready.insert(name.to_string());
+                view.owned
+                    .insert(name.to_string(), inventory.shards.iter().copied().collect());
+                Some(inventory)
+            })
+            .collect();
+        // First what each blob is (from any node with its metadata), then
+        // which shards hold all its segments. Hashed by id while building:
+        // a million lookups at 10,000 blobs on 100 nodes.
+        let mut blobs: HashMap<&str, BlobView> = HashMap::new();
+        for inventory in &answered {
+            for blob in inventory.blobs.iter().filter(|b| b.segments > 0) {
+                let entry = blobs.entry(blob.id.as_str()).or_default();
+                entry.size = blob.size;
+                entry.segments = blob.segments;
             }
         }
-        for (id, held) in pairs {
-            if let Some(blob) = view.blobs.get_mut(id) {
-                for (shard, segments) in held {
-                    if segments >= blob.segments {
-                        blob.complete_shards.insert(shard);
+        for inventory in &answered {
+            for blob in &inventory.blobs {
+                if let Some(view_blob) = blobs.get_mut(blob.id.as_str()) {
+                    for (shard, segments) in &blob.shards {
+                        if *segments >= view_blob.segments {
+                            view_blob.complete_shards.insert(*shard);
+                        }
                     }
                 }
             }
         }
+        view.blobs = blobs
+            .into_iter()
+            .map(|(id, blob)| (id.to_string(), blob))
+            .collect();
         view
     }
 

@@ -4,6 +4,7 @@
 //! thin shells that observe, call these, and act.
 
 mod map;
+mod shard_set;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -11,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::EncodingConfig;
 pub use map::{FleetMap, MapNode};
+pub use shard_set::ShardSet;
 
 /// A node as placement sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,7 +178,7 @@ pub struct BlobObservation {
     /// The blob id.
     pub id: String,
     /// Shards holding its pair in every segment.
-    pub complete_shards: BTreeSet<u16>,
+    pub complete_shards: ShardSet,
 }
 
 /// One repair to start: `node` rebuilds `shards` of `blob`.
