@@ -1,7 +1,8 @@
 """Lints and renders charts/redstuff with Helm (helm-python-sdk: Helm v4's
 Go SDK), for every values file in charts/redstuff/ci/, and checks what it
 renders: built-in objects against the Kubernetes schemas (by the caller,
-with kubernetes-validate --strict, from the files written to OUT), the
+with kubernetes-validate --strict, from the files written to OUT; every
+rendered object also goes to OUT/../chart-all/ for kubectl), the
 example StorageCluster through `redstuff render-cluster`, the
 PrometheusRule against files/alerts.rules.yaml, the ServiceMonitor
 against the metrics Service, the dashboard ConfigMaps against
@@ -59,6 +60,9 @@ def main(out, redstuff):
         target = out / values_file.stem
         target.mkdir(parents=True)
         (target / "builtin.yaml").write_text(yaml.safe_dump_all(builtin))
+        # Every rendered object, for kubectl's client dry run (by the caller).
+        (out.parent / "chart-all").mkdir(exist_ok=True)
+        (out.parent / "chart-all" / values_file.name).write_text(yaml.safe_dump_all(docs))
         kinds = {d["kind"] for d in docs}
         for d in docs:
             labels = d["metadata"].get("labels", {})
