@@ -31,6 +31,16 @@ def fail(message):
     sys.exit(1)
 
 
+def rbac_rules(docs):
+    """Every (API group, resource, verb) the Roles and ClusterRoles grant."""
+    return {(group, resource, verb)
+            for d in docs if d["kind"] in ("ClusterRole", "Role")
+            for rule in d["rules"]
+            for group in rule["apiGroups"]
+            for resource in rule["resources"]
+            for verb in rule["verbs"]}
+
+
 def render(chart, values):
     chart.validate_schema(values)
     return chart.render(values, name="redstuff", namespace="redstuff-system", is_install=True)
@@ -44,6 +54,7 @@ def main(out, redstuff):
         fail(f"charts/redstuff/crds holds {crds}, not the generated CRDs")
     rules = yaml.safe_load((CHART / "files" / "alerts.rules.yaml").read_text())
     dashboards = {p.name: json.loads(p.read_text()) for p in (CHART / "dashboards").glob("*.json")}
+    deploy_docs = [d for d in yaml.safe_load_all((ROOT / "deploy" / "10-rbac.yaml").read_text()) if d]
 
     for values_file in sorted((CHART / "ci").glob("*.yaml")):
         values = yaml.safe_load(values_file.read_text()) or {}
@@ -68,6 +79,12 @@ def main(out, redstuff):
             labels = d["metadata"].get("labels", {})
             if labels.get("app.kubernetes.io/instance") != "redstuff":
                 fail(f"{d['kind']}/{d['metadata']['name']} lacks the release labels")
+        expected = rbac_rules(deploy_docs)
+        if values.get("operator", {}).get("leaderElection") is False:
+            expected = {rule for rule in expected if rule[1] != "leases"}
+        if rbac_rules(docs) != expected:
+            fail(f"the chart's RBAC with {values_file.name} grants other rights than deploy/10-rbac.yaml: "
+                 f"{sorted(rbac_rules(docs) ^ expected)}")
         deployment = next(d for d in docs if d["kind"] == "Deployment")
         pod = deployment["spec"]["template"]["spec"]
         container = pod["containers"][0]

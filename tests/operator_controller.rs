@@ -79,6 +79,20 @@ fn claims(count: usize) -> Vec<Value> {
         .collect()
 }
 
+/// The Kubernetes node of node pod i (`host-media-node-<i>`, see `pod`),
+/// in zone `zone-<i % 5>`.
+fn kubernetes_nodes(count: usize) -> Vec<Value> {
+    (0..count)
+        .map(|i| {
+            json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": format!("host-media-node-{i}"),
+                             "labels": {"topology.kubernetes.io/zone": format!("zone-{}", i % 5)}}
+            })
+        })
+        .collect()
+}
+
 /// Node endpoints that refuse connections at once: no node answers.
 fn silent_nodes(count: usize) -> Endpoints {
     (0..count).fold(Endpoints::default(), |e, i| {
@@ -113,6 +127,8 @@ async fn reconcile(
     api.lists
         .insert(format!("{NS}/persistentvolumeclaims"), claims);
     api.lists.insert(format!("{GROUP}/blobs"), vec![]);
+    api.lists
+        .insert("/api/v1/nodes".into(), kubernetes_nodes(10));
     let (client, recorded) = api.serve();
     let ctx = Arc::new(Context::new(client, "redstuff:test").with_endpoints(endpoints));
     reconcile_cluster(Arc::new(cluster), ctx.clone())
@@ -211,6 +227,48 @@ async fn a_new_cluster_creates_its_objects_with_server_side_apply_and_writes_its
     assert_eq!(status["faultTolerance"], 2);
     assert_eq!(status["shardAssignment"].as_array().unwrap().len(), 7);
     assert_eq!(status["unavailableNodes"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn the_status_says_how_many_hosts_and_zones_can_be_lost_from_the_nodes_labels() {
+    // 10 shards on 10 pods, one per host, hosts in 5 zones: 2 shards a zone.
+    let (seen, _) = reconcile(
+        cluster(10, 10, None),
+        ready_pods(10),
+        claims(10),
+        silent_nodes(10),
+    )
+    .await;
+    assert!(
+        lines(&seen).contains(&"GET /api/v1/nodes".to_string()),
+        "the Kubernetes nodes are read"
+    );
+    let status = status_written(&seen).unwrap();
+    assert_eq!(status["faultTolerance"], 3);
+    assert_eq!(status["toleratedHostLosses"], 3);
+    assert_eq!(status["toleratedDomainLosses"], 1);
+    assert_eq!(status["tolerates"], "3 shards, 3 hosts, 1 zone");
+
+    // Pods not scheduled yet: no nodes to read, each pod its own domain.
+    let unscheduled: Vec<Value> = ready_pods(10)
+        .into_iter()
+        .map(|mut p| {
+            p["spec"].as_object_mut().unwrap().remove("nodeName");
+            p
+        })
+        .collect();
+    let (seen, _) = reconcile(
+        cluster(10, 10, None),
+        unscheduled,
+        claims(10),
+        silent_nodes(10),
+    )
+    .await;
+    assert!(!lines(&seen).contains(&"GET /api/v1/nodes".to_string()));
+    assert_eq!(
+        status_written(&seen).unwrap()["tolerates"],
+        "3 shards, 3 hosts, 3 zones"
+    );
 }
 
 #[tokio::test]

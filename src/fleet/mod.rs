@@ -66,6 +66,10 @@ pub fn assign(shards: u16, nodes: &[NodeSpec], previous: &Assignment) -> Assignm
             break;
         }
     }
+    // Nodes that already hold an extra shard keep it, whatever their domain
+    // became (a pod rescheduled or not scheduled yet): no shard moves
+    // while its owner stays.
+    round_robin.sort_by_key(|node| held(&node.name) <= base);
     let mut room: BTreeMap<&str, usize> = round_robin
         .iter()
         .enumerate()
@@ -330,6 +334,18 @@ mod tests {
         // Same input, same answer; and a rerun with the result changes nothing.
         assert_eq!(assign(70, &fewer, &before), after);
         assert_eq!(assign(70, &fewer, &after), after);
+    }
+
+    #[test]
+    fn no_shard_moves_when_only_the_domains_change() {
+        // 7 shards on 3 nodes: one node holds 3. Its pod is rescheduled (or
+        // not scheduled yet) and its domain changes: it keeps its 3.
+        let before_specs = nodes(&[("n0", "zone-b"), ("n1", "zone-c"), ("n2", "zone-d")]);
+        let before = assign(7, &before_specs, &Assignment::new());
+        for domains in [["zone-b", "zone-c", "a"], ["a", "a", "a"], ["z", "y", "x"]] {
+            let specs = nodes(&[("n0", domains[0]), ("n1", domains[1]), ("n2", domains[2])]);
+            assert_eq!(assign(7, &specs, &before), before, "{domains:?}");
+        }
     }
 
     #[test]

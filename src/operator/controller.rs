@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -31,7 +31,7 @@ use super::context::Context;
 use super::crd::{
     Blob, BlobCounts, BlobSource, BlobSpec, StorageCluster, UnavailableNode, UploadSource,
 };
-use super::desired::{desired_objects, node_claim_name, node_pod_name};
+use super::desired::{self, desired_objects, node_claim_name, node_pod_name};
 use super::lifecycle::{self, ClaimState, DeleteReason, NodeDecision, NodeObserved, PodState};
 use super::status::{cluster_status, validate_spec, FleetSummary, ObservedNode};
 use crate::codec::BlobId;
@@ -102,6 +102,24 @@ fn random_token() -> Result<String, ReconcileError> {
         .and_then(|mut f| f.read_exact(&mut bytes))
         .map_err(ReconcileError::Token)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The value of `topology_key` on every Kubernetes node that has it, by
+/// node name (metadata only: one request, however large the cluster).
+async fn host_domains(
+    client: &kube::Client,
+    topology_key: &str,
+) -> Result<BTreeMap<String, String>, ReconcileError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let list = nodes.list_metadata(&ListParams::default()).await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter_map(|n| {
+            let domain = n.metadata.labels.as_ref()?.get(topology_key)?.clone();
+            Some((n.metadata.name?, domain))
+        })
+        .collect())
 }
 
 /// Publishes an Event about `cluster`; a failure to publish is logged, not fatal.
@@ -222,18 +240,32 @@ pub async fn reconcile_cluster(
         .map(|d| d.name.as_str())
         .collect();
 
-    // Shards stay with their owners; evicted nodes hand theirs over.
-    let domain_of = |pod: &String| {
+    // Failure domains: the Kubernetes node each pod runs on, and that
+    // node's topology label.
+    let host_of = |pod: &String| {
         pod_by_name
             .get(pod)
             .and_then(|p| p.spec.as_ref()?.node_name.clone())
             .unwrap_or_else(|| pod.clone())
     };
+    let scheduled = observed_pods
+        .iter()
+        .any(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_some()));
+    let host_domains = if scheduled {
+        host_domains(&client, &desired::topology_key(&cluster)).await?
+    } else {
+        BTreeMap::new()
+    };
+    let domain_of = |host: &String| host_domains.get(host).unwrap_or(host).clone();
+    let node_hosts: Vec<String> = node_names.iter().map(host_of).collect();
+
+    // Shards stay with their owners; evicted nodes hand theirs over.
     let node_specs: Vec<NodeSpec> = node_names
         .iter()
-        .map(|pod| NodeSpec {
+        .zip(&node_hosts)
+        .map(|(pod, host)| NodeSpec {
             name: pod.clone(),
-            domain: domain_of(pod),
+            domain: domain_of(host),
         })
         .collect();
     let holders: Vec<NodeSpec> = node_specs
@@ -419,8 +451,10 @@ pub async fn reconcile_cluster(
     let observed_status: Vec<ObservedNode> = node_specs
         .iter()
         .zip(&decisions)
-        .map(|(spec, d)| ObservedNode {
+        .zip(&node_hosts)
+        .map(|((spec, d), host)| ObservedNode {
             name: spec.name.clone(),
+            host: host.clone(),
             domain: spec.domain.clone(),
             exists: pod_by_name.contains_key(&spec.name),
             ready: d.available,

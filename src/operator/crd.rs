@@ -133,9 +133,13 @@ pub struct StorageClusterStatus {
     /// Shards that may be lost or lie, f.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault_tolerance: Option<u16>,
-    /// What the cluster survives, for people: e.g. "3 shards, 1 domain".
+    /// What the cluster survives at once without losing a blob, for
+    /// people: e.g. "3 shards, 3 hosts, 1 zone".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerates: Option<String>,
+    /// Whole Kubernetes nodes (hosts) that may be lost at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerated_host_losses: Option<u16>,
     /// Whole failure domains (per placement.topologyKey) that may be lost at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerated_domain_losses: Option<u16>,

@@ -35,6 +35,39 @@ pub const NODE_PORT: i32 = 7800;
 pub const GATEWAY_PORT: i32 = 7700;
 /// Default topology key for spreading node pods.
 pub const DEFAULT_TOPOLOGY_KEY: &str = "topology.kubernetes.io/zone";
+/// The label every Kubernetes node carries with its own name.
+pub const HOSTNAME_KEY: &str = "kubernetes.io/hostname";
+
+/// The node label whose values are the cluster's failure domains.
+pub fn topology_key(cluster: &StorageCluster) -> String {
+    cluster
+        .spec
+        .placement
+        .as_ref()
+        .and_then(|p| p.topology_key.clone())
+        .unwrap_or_else(|| DEFAULT_TOPOLOGY_KEY.into())
+}
+
+/// Node pods spread evenly over hosts and over the failure domains of
+/// `topology_key`, as far as the scheduler can (never unschedulable).
+fn spread_constraints(cluster_name: &str, topology_key: &str) -> Vec<TopologySpreadConstraint> {
+    let mut keys = vec![HOSTNAME_KEY];
+    if topology_key != HOSTNAME_KEY {
+        keys.push(topology_key);
+    }
+    keys.into_iter()
+        .map(|key| TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: key.into(),
+            when_unsatisfiable: "ScheduleAnyway".into(),
+            label_selector: Some(LabelSelector {
+                match_labels: Some(selector(cluster_name, "node")),
+                ..LabelSelector::default()
+            }),
+            ..TopologySpreadConstraint::default()
+        })
+        .collect()
+}
 
 /// Everything a cluster consists of.
 #[derive(Debug, Clone, PartialEq)]
@@ -193,11 +226,7 @@ pub fn desired_objects(
         .unwrap_or_else(|| default_image.to_string());
     let nodes = usize::from(spec.nodes);
     let ephemeral = spec.storage.ephemeral.unwrap_or(false) || spec.storage.size.is_none();
-    let topology_key = spec
-        .placement
-        .as_ref()
-        .and_then(|p| p.topology_key.clone())
-        .unwrap_or_else(|| DEFAULT_TOPOLOGY_KEY.into());
+    let topology_key = topology_key(cluster);
 
     let shards_of = |pod: &str| -> std::collections::BTreeSet<u16> {
         assignment
@@ -269,16 +298,7 @@ pub fn desired_objects(
                         .placement
                         .as_ref()
                         .and_then(|p| p.node_selector.clone()),
-                    topology_spread_constraints: Some(vec![TopologySpreadConstraint {
-                        max_skew: 1,
-                        topology_key: topology_key.clone(),
-                        when_unsatisfiable: "ScheduleAnyway".into(),
-                        label_selector: Some(LabelSelector {
-                            match_labels: Some(selector(&name, "node")),
-                            ..LabelSelector::default()
-                        }),
-                        ..TopologySpreadConstraint::default()
-                    }]),
+                    topology_spread_constraints: Some(spread_constraints(&name, &topology_key)),
                     containers: vec![Container {
                         name: "node".into(),
                         image: Some(image.clone()),
@@ -621,5 +641,32 @@ mod tests {
             .as_ref()
             .unwrap()[0];
         assert!(volume.empty_dir.is_some());
+    }
+
+    fn spread_keys(c: &StorageCluster) -> Vec<String> {
+        desired_objects(c, &assignment(c), "img", "t").node_pods[0]
+            .spec
+            .as_ref()
+            .unwrap()
+            .topology_spread_constraints
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|t| t.topology_key.clone())
+            .collect()
+    }
+
+    #[test]
+    fn node_pods_spread_over_hosts_and_over_the_placement_domains() {
+        let mut c = cluster(10, 10, Some("1Gi"));
+        assert_eq!(
+            spread_keys(&c),
+            ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+        );
+        c.spec.placement = Some(crate::operator::crd::PlacementSpec {
+            topology_key: Some("kubernetes.io/hostname".into()),
+            node_selector: None,
+        });
+        assert_eq!(spread_keys(&c), ["kubernetes.io/hostname"]);
     }
 }

@@ -17,8 +17,11 @@ use crate::fleet::{self, Assignment, NodeSpec};
 pub struct ObservedNode {
     /// Pod name.
     pub name: String,
-    /// Failure domain: today the Kubernetes node it runs on (zone labels
-    /// of nodes are not read yet).
+    /// The Kubernetes node it runs on (the pod's own name while it is not
+    /// scheduled: a domain of its own).
+    pub host: String,
+    /// Its failure domain: the host's `placement.topologyKey` label (the
+    /// host itself when the label is missing).
     pub domain: String,
     /// Whether the pod exists.
     pub exists: bool,
@@ -127,7 +130,9 @@ pub fn cluster_status(
                 fleet::tolerated_domain_losses(assignment, &specs, config.f())
             };
             let domains = tolerated(|n| &n.domain);
-            let hosts = tolerated(|n| &n.name);
+            let hosts = tolerated(|n| &n.host);
+            let pods = tolerated(|n| &n.name);
+            let domain_noun = domain_noun(&super::desired::topology_key(cluster));
             let down_shards = assignment
                 .iter()
                 .filter(|(_, owner)| !nodes.iter().any(|n| &n.name == *owner && n.ready))
@@ -156,12 +161,8 @@ pub fn cluster_status(
                 observed_generation: generation,
                 ready_nodes: Some(ready as u16),
                 fault_tolerance: Some(config.f() as u16),
-                tolerates: Some(format!(
-                    "{} shards, {} {}",
-                    config.f(),
-                    domains,
-                    if domains == 1 { "domain" } else { "domains" }
-                )),
+                tolerates: Some(tolerates_text(config.f(), hosts, domains, domain_noun)),
+                tolerated_host_losses: Some(hosts as u16),
                 tolerated_domain_losses: Some(domains as u16),
                 shard_assignment: assignment
                     .iter()
@@ -173,7 +174,7 @@ pub fn cluster_status(
                         "Degraded",
                         degraded,
                         if degraded { "NodesNotReady" } else { "AllNodesReady" },
-                        format!("{down_shards} shards on node pods that are not ready; whole node pods tolerated: {hosts}"),
+                        format!("{down_shards} shards on node pods that are not ready; whole node pods tolerated: {pods}"),
                         generation,
                         now,
                     ),
@@ -195,6 +196,29 @@ pub fn cluster_status(
     }
     carry_transition_times(&mut status.conditions, &previous.conditions);
     status
+}
+
+/// What one failure domain of `topology_key` is called, for people.
+fn domain_noun(topology_key: &str) -> &'static str {
+    match topology_key {
+        super::desired::HOSTNAME_KEY => "host",
+        "topology.kubernetes.io/zone" | "failure-domain.beta.kubernetes.io/zone" => "zone",
+        "topology.kubernetes.io/region" | "failure-domain.beta.kubernetes.io/region" => "region",
+        _ => "domain",
+    }
+}
+
+fn plural(count: usize, noun: &str) -> String {
+    format!("{count} {noun}{}", if count == 1 { "" } else { "s" })
+}
+
+/// "3 shards, 2 hosts, 1 zone": what may be lost at once without losing a blob.
+fn tolerates_text(shards: usize, hosts: usize, domains: usize, domain_noun: &str) -> String {
+    let mut text = format!("{}, {}", plural(shards, "shard"), plural(hosts, "host"));
+    if domain_noun != "host" {
+        text.push_str(&format!(", {}", plural(domains, domain_noun)));
+    }
+    text
 }
 
 /// Blobs that are not healthy make a cluster whose pods are all ready
@@ -276,15 +300,21 @@ mod tests {
     use super::*;
     use crate::operator::fixtures::cluster;
 
-    fn observed(count: usize, ready: &[usize], zones: usize) -> Vec<ObservedNode> {
+    /// `count` node pods, pod i on host i % hosts, host h in zone h % zones.
+    fn on_hosts(count: usize, ready: &[usize], hosts: usize, zones: usize) -> Vec<ObservedNode> {
         (0..count)
             .map(|i| ObservedNode {
                 name: format!("media-node-{i}"),
-                domain: format!("zone-{}", i % zones),
+                host: format!("host-{}", i % hosts),
+                domain: format!("zone-{}", (i % hosts) % zones),
                 exists: true,
                 ready: ready.contains(&i),
             })
             .collect()
+    }
+
+    fn observed(count: usize, ready: &[usize], zones: usize) -> Vec<ObservedNode> {
+        on_hosts(count, ready, count, zones)
     }
 
     fn assignment(c: &StorageCluster, nodes: &[ObservedNode]) -> Assignment {
@@ -349,19 +379,62 @@ mod tests {
     }
 
     #[test]
-    fn tolerated_zones_are_counted_from_the_assignment() {
-        // 10 shards over 10 nodes in 5 zones: 2 shards per zone, f = 3: one zone.
+    fn tolerated_hosts_and_zones_are_counted_from_the_assignment() {
+        let all: Vec<usize> = (0..10).collect();
+        // (hosts, zones, host losses, zone losses, text), 10 shards on 10 pods, f = 3.
+        let table = [
+            // One pod per host, 5 zones of 2 shards: 3 hosts, or 1 zone.
+            (10, 5, 3, 1, "3 shards, 3 hosts, 1 zone"),
+            // 5 hosts of 2 pods each in 5 zones: a host is a zone.
+            (5, 5, 1, 1, "3 shards, 1 host, 1 zone"),
+            // Two zones of 5 shards: no zone can go.
+            (10, 2, 3, 0, "3 shards, 3 hosts, 0 zones"),
+            // Every pod on one host.
+            (1, 1, 0, 0, "3 shards, 0 hosts, 0 zones"),
+        ];
         let c = cluster(10, 10, Some("1Gi"));
-        let nodes = observed(10, &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], 5);
-        let s = cluster_status(
-            &c,
-            &assignment(&c, &nodes),
-            &nodes,
-            &FleetSummary::default(),
-            &now(1),
-        );
-        assert_eq!(s.tolerated_domain_losses, Some(1));
-        assert_eq!(s.tolerates.as_deref(), Some("3 shards, 1 domain"));
+        for (hosts, zones, host_losses, zone_losses, text) in table {
+            let nodes = on_hosts(10, &all, hosts, zones);
+            let s = cluster_status(
+                &c,
+                &assignment(&c, &nodes),
+                &nodes,
+                &FleetSummary::default(),
+                &now(1),
+            );
+            assert_eq!(s.tolerated_host_losses, Some(host_losses), "{text}");
+            assert_eq!(s.tolerated_domain_losses, Some(zone_losses), "{text}");
+            assert_eq!(s.tolerates.as_deref(), Some(text));
+        }
+    }
+
+    #[test]
+    fn the_domains_are_named_after_the_topology_key() {
+        let mut c = cluster(10, 10, Some("1Gi"));
+        let nodes = observed(10, &(0..10).collect::<Vec<_>>(), 5);
+        let text = |c: &StorageCluster| {
+            cluster_status(
+                c,
+                &assignment(c, &nodes),
+                &nodes,
+                &FleetSummary::default(),
+                &now(1),
+            )
+            .tolerates
+            .unwrap()
+        };
+        let key = |k: &str| {
+            Some(crate::operator::crd::PlacementSpec {
+                topology_key: Some(k.into()),
+                node_selector: None,
+            })
+        };
+        c.spec.placement = key("topology.kubernetes.io/region");
+        assert_eq!(text(&c), "3 shards, 3 hosts, 1 region");
+        c.spec.placement = key("example.com/rack");
+        assert_eq!(text(&c), "3 shards, 3 hosts, 1 domain");
+        c.spec.placement = key("kubernetes.io/hostname");
+        assert_eq!(text(&c), "3 shards, 3 hosts");
     }
 
     #[test]

@@ -252,14 +252,25 @@ async fn exercise(client: &Client, namespace: &str, image: &str) -> anyhow::Resu
         "the blob read back differs"
     );
     eprintln!("read back byte for byte");
-    drop(gateway);
 
-    eprintln!("deleting the Blob (finalizer deletes slivers) and the cluster");
-    blobs.delete("upload", &DeleteParams::default()).await?;
+    eprintln!("deleting Blob {record} (its finalizer deletes the slivers)");
+    blobs.delete(&record, &DeleteParams::default()).await?;
     wait_for("Blob gone", async || {
-        Ok(blobs.get_opt("upload").await?.is_none().then_some(()))
+        Ok(blobs.get_opt(&record).await?.is_none().then_some(()))
     })
     .await?;
+    let after = http
+        .get(format!("{}/v1/blobs/{id}", gateway.url))
+        .send()
+        .await?
+        .status();
+    anyhow::ensure!(
+        after == reqwest::StatusCode::NOT_FOUND,
+        "the blob is still readable after its Blob was deleted: {after}"
+    );
+    drop(gateway);
+
+    eprintln!("deleting the cluster");
     clusters.delete("e2e", &DeleteParams::default()).await?;
     wait_for("node pods gone", async || {
         Ok(pods
