@@ -302,6 +302,40 @@ async fn a_deleted_node_pod_is_created_again_with_an_event_and_the_cluster_repor
 }
 
 #[tokio::test]
+async fn a_node_pod_that_cannot_be_scheduled_says_why_in_the_status() {
+    let previous = settled_status(7, 3).await;
+    let mut pods = ready_pods(3);
+    pods[1] = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "media-node-1", "namespace": "storage"},
+        "spec": {"containers": []},
+        "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+            "reason": "Unschedulable",
+            "message": "0/3 nodes are available: 3 Insufficient memory."}]}
+    });
+    let (seen, _) = reconcile(
+        cluster(7, 3, Some(previous)),
+        pods,
+        claims(3),
+        silent_nodes(3),
+    )
+    .await;
+    let status = status_written(&seen).unwrap();
+    let why = "Unschedulable: 0/3 nodes are available: 3 Insufficient memory.";
+    assert_eq!(status["unavailableNodes"][0]["name"], "media-node-1");
+    assert_eq!(status["unavailableNodes"][0]["reason"], why);
+    let ready = condition(&status, "Ready");
+    assert_eq!(ready["status"], "False");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("; media-node-1: {why}")),
+        "{ready}"
+    );
+}
+
+#[tokio::test]
 async fn a_claim_being_deleted_gets_its_pod_deleted_so_it_comes_back_empty() {
     let previous = settled_status(7, 3).await;
     let mut volumes = claims(3);
@@ -326,6 +360,10 @@ async fn a_claim_being_deleted_gets_its_pod_deleted_so_it_comes_back_empty() {
     assert!(events(&seen).contains(&("Warning".into(), "VolumeLost".into())));
     let status = status_written(&seen).unwrap();
     assert_eq!(status["unavailableNodes"][0]["name"], "media-node-2");
+    assert!(status["unavailableNodes"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("VolumeLost: claim media-data-2 is gone"));
 }
 
 #[tokio::test]

@@ -33,6 +33,7 @@ use super::crd::{
 };
 use super::desired::{self, desired_objects, node_claim_name, node_pod_name};
 use super::lifecycle::{self, ClaimState, DeleteReason, NodeDecision, NodeObserved, PodState};
+use super::pod_problem::pod_problem;
 use super::status::{cluster_status, validate_spec, FleetSummary, ObservedNode};
 use crate::codec::BlobId;
 use crate::control::{self, NodeAddress};
@@ -102,6 +103,26 @@ fn random_token() -> Result<String, ReconcileError> {
         .and_then(|mut f| f.read_exact(&mut bytes))
         .map_err(ReconcileError::Token)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Why a node is unavailable, for its status entry.
+fn unavailable_reason(decision: &NodeDecision, pod: Option<&Pod>, claim: &str) -> String {
+    match (decision.delete_pod, pod) {
+        (Some(DeleteReason::VolumeLost), _) => format!(
+            "VolumeLost: claim {claim} is gone; the pod is recreated on an empty volume and its pairs rebuilt"
+        ),
+        (_, None) => "NoPod: the node pod is being created".into(),
+        (_, Some(pod)) if pod.metadata.deletion_timestamp.is_some() => {
+            "Terminating: the node pod is being deleted".into()
+        }
+        (Some(DeleteReason::PodFinished), Some(pod)) => format!(
+            "PodFinished: {}; the pod is recreated",
+            pod_problem(pod).unwrap_or_else(|| "the pod exited".into())
+        ),
+        (None, Some(pod)) => {
+            pod_problem(pod).unwrap_or_else(|| "Starting: the node pod is not ready yet".into())
+        }
+    }
 }
 
 /// The value of `topology_key` on every Kubernetes node that has it, by
@@ -437,10 +458,17 @@ pub async fn reconcile_cluster(
     let summary = FleetSummary {
         unavailable: decisions
             .iter()
-            .filter_map(|d| {
+            .zip(&node_names)
+            .enumerate()
+            .filter_map(|(index, (d, pod))| {
                 Some(UnavailableNode {
                     name: d.name.clone(),
                     since: d.unavailable_since?.to_string(),
+                    reason: Some(unavailable_reason(
+                        d,
+                        pod_by_name.get(pod).copied(),
+                        &node_claim_name(&name, index),
+                    )),
                 })
             })
             .collect(),

@@ -166,6 +166,11 @@ pub struct UnavailableNode {
     pub name: String,
     /// When it stopped being ready, or its deletion was asked for (RFC 3339).
     pub since: String,
+    /// Why, as far as Kubernetes or the operator can tell: e.g.
+    /// "Unschedulable: 0/3 nodes are available: ...", "ImagePullBackOff:
+    /// ...", "VolumeLost: ...".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Blobs by health.

@@ -247,6 +247,7 @@ mod tests {
         let previous = [UnavailableNode {
             name: "media-node-0".into(),
             since: ts(-299).to_string(),
+            reason: None,
         }];
         let missing = [node(None, ClaimState::Present)];
         let d = &decide(&missing, &previous, GRACE, ts(0))[0];
@@ -269,6 +270,7 @@ mod tests {
         let previous = [UnavailableNode {
             name: "media-node-0".into(),
             since: ts(-1000).to_string(),
+            reason: None,
         }];
         let d = &decide(
             &[node(Some((true, false, None)), ClaimState::Present)],

@@ -230,6 +230,21 @@ fn fold_in_fleet(
     now: &Time,
 ) {
     status.unavailable_nodes = fleet.unavailable.clone();
+    // Say why the first node pod that is not ready is not, where Kubernetes
+    // or the operator knows.
+    if let Some((node, reason)) = fleet
+        .unavailable
+        .iter()
+        .find_map(|u| Some((&u.name, u.reason.as_ref()?)))
+    {
+        if let Some(ready) = status
+            .conditions
+            .iter_mut()
+            .find(|c| c.type_ == "Ready" && c.status == "False")
+        {
+            ready.message.push_str(&format!("; {node}: {reason}"));
+        }
+    }
     status.blobs = fleet.blobs.clone();
     status.repairs_in_flight = Some(fleet.repairs_in_flight);
     let set = |status: &mut StorageClusterStatus, c: Condition| {
@@ -493,6 +508,7 @@ mod tests {
             unavailable: vec![UnavailableNode {
                 name: "media-node-6".into(),
                 since: "2027-01-01T00:00:00Z".into(),
+                reason: Some("Unschedulable: 0/7 nodes are available".into()),
             }],
             evicted: vec!["media-node-6".into()],
             ..FleetSummary::default()
@@ -505,6 +521,14 @@ mod tests {
         );
         assert!(degraded.message.contains("media-node-6"));
         assert_eq!(s.unavailable_nodes.len(), 1);
+        let ready = cond(&s, "Ready");
+        assert!(
+            ready
+                .message
+                .ends_with("; media-node-6: Unschedulable: 0/7 nodes are available"),
+            "the Ready condition says why: {}",
+            ready.message
+        );
     }
 
     #[test]
