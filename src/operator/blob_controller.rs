@@ -14,9 +14,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 
 use super::blob_status::{blob_status, ClusterFacts, IngestState};
 use super::context::Context;
@@ -33,23 +32,6 @@ pub const BLOB_FINALIZER: &str = "redstuff.dev/slivers";
 /// How long a deleted Blob waits for unreachable nodes before it is
 /// released anyway (their slivers are then left behind, with an Event).
 pub const DELETE_PATIENCE: Duration = Duration::from_secs(600);
-
-async fn publish(ctx: &Context, blob: &Blob, warning: bool, reason: &str, note: String) {
-    let event = Event {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: reason.into(),
-        note: Some(note),
-        action: reason.into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &blob.object_ref(&())).await {
-        tracing::warn!("cannot publish event {reason}: {e}");
-    }
-}
 
 /// Reconciles one Blob (finalizer first).
 pub async fn reconcile_blob(blob: Arc<Blob>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
@@ -99,11 +81,12 @@ async fn apply_blob(blob: &Blob, ctx: &Context, namespace: &str) -> Result<Actio
                 write_status_if_changed(&blobs, blob, &mut current, in_progress).await?;
                 match ingest_source(blob, cluster, ctx, namespace).await {
                     Ok(id) => {
-                        publish(ctx, blob, false, "Ingested", format!("stored as {id}")).await;
+                        ctx.publish(blob, false, "Ingested", format!("stored as {id}"))
+                            .await;
                         blob_id = Some(id);
                     }
                     Err(e) => {
-                        publish(ctx, blob, true, "IngestFailed", e.to_string()).await;
+                        ctx.publish(blob, true, "IngestFailed", e.to_string()).await;
                         retry = if e.is_transient() {
                             Duration::from_secs(30)
                         } else {
@@ -140,7 +123,8 @@ async fn apply_blob(blob: &Blob, ctx: &Context, namespace: &str) -> Result<Actio
                 .find(|c| c.type_ == "Healthy")
                 .map(|c| c.message.clone())
                 .unwrap_or_default();
-            publish(ctx, blob, warning, &format!("Blob{health:?}"), message).await;
+            ctx.publish(blob, warning, &format!("Blob{health:?}"), message)
+                .await;
         }
     }
     write_status_if_changed(&blobs, blob, &mut current, status).await?;
@@ -289,8 +273,7 @@ async fn cleanup_blob(
                 == Some(id.as_str())
     });
     if shared {
-        publish(
-            ctx,
+        ctx.publish(
             blob,
             false,
             "SliversKept",
@@ -313,8 +296,7 @@ async fn cleanup_blob(
         }
     }
     if unreachable.is_empty() {
-        publish(
-            ctx,
+        ctx.publish(
             blob,
             false,
             "SliversDeleted",
@@ -330,8 +312,7 @@ async fn cleanup_blob(
         .map(|t| Timestamp::now().duration_since(t.0).as_secs())
         .unwrap_or(0);
     if waited >= DELETE_PATIENCE.as_secs() as i64 {
-        publish(
-            ctx,
+        ctx.publish(
             blob,
             true,
             "SliversLeft",

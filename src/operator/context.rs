@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
-use kube::runtime::events::{Recorder, Reporter};
-use kube::Client;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource};
 use prometheus::Registry;
 
 use super::crd::StorageCluster;
@@ -181,6 +181,28 @@ impl Context {
             views_changed: tokio::sync::watch::channel(0).0,
             spool_dir: std::env::temp_dir().join("redstuff-ingest"),
             max_ingest_bytes: 64 << 30,
+        }
+    }
+
+    /// Publishes an Event about `object`; a failure to publish is logged,
+    /// not fatal.
+    pub async fn publish<K>(&self, object: &K, warning: bool, reason: &str, note: String)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.into(),
+            note: Some(note),
+            action: reason.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!("cannot publish event {reason}: {e}");
         }
     }
 

@@ -22,7 +22,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -144,29 +143,6 @@ async fn host_domains(
 }
 
 /// Publishes an Event about `cluster`; a failure to publish is logged, not fatal.
-async fn publish(
-    ctx: &Context,
-    cluster: &StorageCluster,
-    warning: bool,
-    reason: &str,
-    note: String,
-) {
-    let event = Event {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: reason.into(),
-        note: Some(note),
-        action: reason.into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &cluster.object_ref(&())).await {
-        tracing::warn!("cannot publish event {reason}: {e}");
-    }
-}
-
 /// Brings one StorageCluster's objects and status in line with its spec,
 /// and its blobs back to health.
 pub async fn reconcile_cluster(
@@ -192,7 +168,7 @@ pub async fn reconcile_cluster(
                 &now_time,
             );
             if cluster.status.as_ref() != Some(&status) {
-                publish(&ctx, &cluster, true, "InvalidSpec", problem).await;
+                ctx.publish(&*cluster, true, "InvalidSpec", problem).await;
             }
             write_status_if_changed(&clusters, &cluster, status).await?;
             return Ok(Action::await_change());
@@ -339,9 +315,8 @@ pub async fn reconcile_cluster(
         if decision.delete_pod.is_none() && !terminating {
             apply(&pods, pod).await?;
             if !present && !previous_status.shard_assignment.is_empty() {
-                publish(
-                    &ctx,
-                    &cluster,
+                ctx.publish(
+                    &*cluster,
                     false,
                     "NodePodReplaced",
                     format!("node pod {} was gone; created it again", pod.name_any()),
@@ -504,9 +479,8 @@ pub async fn reconcile_cluster(
             })
             .map(|c| c.message.clone())
             .unwrap_or_default();
-        publish(
-            &ctx,
-            &cluster,
+        ctx.publish(
+            &*cluster,
             phase == "Degraded",
             &format!("Cluster{phase}"),
             message,
@@ -551,7 +525,7 @@ async fn delete_pods(
                 format!("{} stopped and will not restart by itself: replacing it", d.name),
             ),
         };
-        publish(ctx, cluster, true, reason, note).await;
+        ctx.publish(cluster, true, reason, note).await;
     }
     Ok(())
 }
@@ -635,9 +609,7 @@ async fn report_moved_shards(
         if moved.is_empty() {
             continue;
         }
-        publish(
-            ctx,
-            cluster,
+        ctx.publish(cluster,
             true,
             "ShardsMoved",
             format!(
