@@ -14,9 +14,10 @@ use redstuff::operator::crd::{
     Blob, BlobSource, BlobSpec, KeySource, StorageCluster, StorageClusterSpec, StorageSpec,
     UploadSource, UrlSource,
 };
+use redstuff::operator::rollout::SPEC_HASH_ANNOTATION;
 use serde_json::{json, Value};
 use sha2::Digest;
-use support::{lines, serve_bytes, MockApi, Seen, TestFleet};
+use support::{lines, serve_bytes, spec_hash, MockApi, Seen, TestFleet};
 
 const NS: &str = "/api/v1/namespaces/storage";
 const GROUP: &str = "/apis/redstuff.dev/v1alpha1/namespaces/storage";
@@ -63,7 +64,8 @@ fn ready_pods(count: u16) -> Vec<Value> {
         .map(|i| {
             json!({
                 "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": format!("media-node-{i}"), "namespace": "storage"},
+                "metadata": {"name": format!("media-node-{i}"), "namespace": "storage",
+                             "annotations": {SPEC_HASH_ANNOTATION: spec_hash(&cluster(count), usize::from(i))}},
                 "spec": {"containers": []},
                 "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
             })

@@ -12,8 +12,9 @@ use redstuff::client::{BlobClient, NodeClient};
 use redstuff::operator::context::{Context, Endpoints};
 use redstuff::operator::controller::reconcile_cluster;
 use redstuff::operator::crd::{RepairSpec, StorageCluster, StorageClusterSpec, StorageSpec};
+use redstuff::operator::rollout::SPEC_HASH_ANNOTATION;
 use serde_json::{json, Value};
-use support::{fleet_map, lines, start_node, MockApi, Seen};
+use support::{fleet_map, lines, spec_hash, start_node, MockApi, Seen};
 
 const NS: &str = "/api/v1/namespaces/storage";
 const GROUP: &str = "/apis/redstuff.dev/v1alpha1/namespaces/storage";
@@ -46,13 +47,22 @@ fn cluster(shards: u16, nodes: u16, status: Option<Value>) -> StorageCluster {
     c
 }
 
-fn pod(name: &str, ready: bool) -> Value {
+/// Node pod `name` (`media-node-<i>`) as the operator created it from the
+/// spec of `cluster`, on Kubernetes node `host-<name>`.
+fn pod_of(cluster: &StorageCluster, name: &str, ready: bool) -> Value {
+    let index: usize = name.rsplit('-').next().unwrap().parse().unwrap();
     json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "storage"},
+        "metadata": {"name": name, "namespace": "storage",
+                     "annotations": {SPEC_HASH_ANNOTATION: spec_hash(cluster, index)}},
         "spec": {"containers": [], "nodeName": format!("host-{name}")},
         "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
     })
+}
+
+/// Node pod `name` created from the spec every scenario's cluster has.
+fn pod(name: &str, ready: bool) -> Value {
+    pod_of(&cluster(10, 10, None), name, ready)
 }
 
 fn claim(name: &str, terminating: bool) -> Value {
@@ -333,6 +343,50 @@ async fn a_node_pod_that_cannot_be_scheduled_says_why_in_the_status() {
             .ends_with(&format!("; media-node-1: {why}")),
         "{ready}"
     );
+}
+
+#[tokio::test]
+async fn a_changed_image_replaces_node_pods_one_at_a_time_and_never_patches_them() {
+    let previous = settled_status(7, 3).await;
+    let mut changed = cluster(7, 3, Some(previous));
+    changed.spec.image = Some("redstuff:new".into());
+    let (seen, _) = reconcile(changed.clone(), ready_pods(3), claims(3), silent_nodes(3)).await;
+    let requests = lines(&seen);
+    let node_pod_requests: Vec<&String> = requests
+        .iter()
+        .filter(|r| r.contains("/pods/media-node-"))
+        .collect();
+    assert_eq!(
+        node_pod_requests,
+        [&format!("DELETE {NS}/pods/media-node-0")],
+        "only the first pod goes, and none is patched"
+    );
+    assert!(events(&seen).contains(&("Normal".into(), "NodePodUpdated".into())));
+    let status = status_written(&seen).unwrap();
+    let progressing = condition(&status, "Progressing");
+    assert_eq!(progressing["reason"], "RollingUpdate");
+    assert!(progressing["message"]
+        .as_str()
+        .unwrap()
+        .contains("3 node pods run an older spec"));
+
+    // Node 0 is back on the new spec but not ready yet: the others wait.
+    let mut pods = ready_pods(3);
+    pods[0] = pod_of(&changed, "media-node-0", false);
+    let (seen, _) = reconcile(changed.clone(), pods, claims(3), silent_nodes(3)).await;
+    assert!(
+        !lines(&seen).iter().any(|r| r.starts_with("DELETE")),
+        "nothing more goes while a node pod is down"
+    );
+
+    // Node 0 ready on the new spec: the next one goes; node 0 is applied again.
+    let mut pods = ready_pods(3);
+    pods[0] = pod_of(&changed, "media-node-0", true);
+    let (seen, _) = reconcile(changed, pods, claims(3), silent_nodes(3)).await;
+    let requests = lines(&seen);
+    assert!(requests.contains(&format!("DELETE {NS}/pods/media-node-1")));
+    assert!(requests.contains(&format!("PATCH {NS}/pods/media-node-0")));
+    assert!(!requests.contains(&format!("DELETE {NS}/pods/media-node-2")));
 }
 
 #[tokio::test]

@@ -33,6 +33,7 @@ use super::crd::{
 use super::desired::{self, desired_objects, node_claim_name, node_pod_name};
 use super::lifecycle::{self, ClaimState, DeleteReason, NodeDecision, NodeObserved, PodState};
 use super::pod_problem::pod_problem;
+use super::rollout::{self, RolloutNode};
 use super::status::{cluster_status, validate_spec, FleetSummary, ObservedNode};
 use crate::codec::BlobId;
 use crate::control::{self, NodeAddress};
@@ -102,6 +103,19 @@ fn random_token() -> Result<String, ReconcileError> {
         .and_then(|mut f| f.read_exact(&mut bytes))
         .map_err(ReconcileError::Token)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Whether `existing` was created from another spec than `desired`'s
+/// (a pod without the annotation predates it: outdated too).
+fn is_outdated(existing: &Pod, desired: &Pod) -> bool {
+    let hash = |pod: &Pod| {
+        pod.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(rollout::SPEC_HASH_ANNOTATION))
+            .cloned()
+    };
+    hash(existing) != hash(desired)
 }
 
 /// Why a node is unavailable, for its status entry.
@@ -308,11 +322,36 @@ pub async fn reconcile_cluster(
             apply(&claims, claim).await?;
         }
     }
-    for (pod, decision) in desired.node_pods.iter().zip(&decisions) {
+    // Node pods created from another spec are never patched (a pod's spec
+    // is immutable, and a new image on every pod at once would restart
+    // them together): they are replaced one at a time.
+    let key = (namespace.clone(), name.clone());
+    let fleet_state = ctx.fleets.get(&key, &ctx.http);
+    let rollout_nodes: Vec<RolloutNode> = desired
+        .node_pods
+        .iter()
+        .zip(&decisions)
+        .map(|(pod, decision)| RolloutNode {
+            name: pod.name_any(),
+            outdated: decision.delete_pod.is_none()
+                && pod_by_name
+                    .get(&pod.name_any())
+                    .is_some_and(|existing| is_outdated(existing, pod)),
+            available: decision.available,
+        })
+        .collect();
+    let outdated: Vec<String> = rollout_nodes
+        .iter()
+        .filter(|n| n.outdated)
+        .map(|n| n.name.clone())
+        .collect();
+    let replacement = rollout::next_replacement(&rollout_nodes, fleet_state.repairer.in_flight())
+        .map(str::to_string);
+    for ((pod, decision), rollout) in desired.node_pods.iter().zip(&decisions).zip(&rollout_nodes) {
         let existing = pod_by_name.get(&pod.name_any());
         let present = existing.is_some();
         let terminating = existing.is_some_and(|p| p.metadata.deletion_timestamp.is_some());
-        if decision.delete_pod.is_none() && !terminating {
+        if decision.delete_pod.is_none() && !terminating && !rollout.outdated {
             apply(&pods, pod).await?;
             if !present && !previous_status.shard_assignment.is_empty() {
                 ctx.publish(
@@ -338,6 +377,20 @@ pub async fn reconcile_cluster(
     .await?;
 
     delete_pods(&ctx, &cluster, &pods, &decisions).await?;
+    if let Some(pod) = &replacement {
+        pods.delete(pod, &DeleteParams::default()).await?;
+        ctx.publish(
+            &*cluster,
+            false,
+            "NodePodUpdated",
+            format!(
+                "replacing {pod} to run the changed spec ({} of {} node pods outdated; one at a time, on the same claim)",
+                outdated.len(),
+                nodes
+            ),
+        )
+        .await;
+    }
     // Node pods beyond spec.nodes go (their claims stay until the cluster goes).
     for pod in observed_pods
         .iter()
@@ -351,8 +404,6 @@ pub async fn reconcile_cluster(
     report_moved_shards(&ctx, &cluster, &previous, &assignment, &evicted).await;
 
     // The fleet: inventories, repairs, time to repair start.
-    let key = (namespace.clone(), name.clone());
-    let fleet_state = ctx.fleets.get(&key, &ctx.http);
     let addresses: Vec<NodeAddress> = decisions
         .iter()
         .enumerate()
@@ -450,6 +501,7 @@ pub async fn reconcile_cluster(
         evicted: evicted.iter().map(|s| s.to_string()).collect(),
         blobs: (!view.ready.is_empty()).then_some(blob_counts.clone()),
         repairs_in_flight: fleet_state.repairer.in_flight() as u32,
+        outdated: outdated.clone(),
     };
     let observed_status: Vec<ObservedNode> = node_specs
         .iter()
@@ -491,7 +543,8 @@ pub async fn reconcile_cluster(
 
     let busy = summary.repairs_in_flight > 0
         || blob_counts.degraded + blob_counts.at_risk > 0
-        || decisions.iter().any(|d| !d.available);
+        || decisions.iter().any(|d| !d.available)
+        || !outdated.is_empty();
     let mut next = if busy {
         Duration::from_secs(5)
     } else {

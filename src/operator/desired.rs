@@ -26,6 +26,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 
 use super::crd::StorageCluster;
+use super::rollout::{spec_hash, SPEC_HASH_ANNOTATION};
 use crate::fleet::{Assignment, FleetMap, MapNode};
 use crate::node::ShardsFile;
 
@@ -46,6 +47,17 @@ pub fn topology_key(cluster: &StorageCluster) -> String {
         .as_ref()
         .and_then(|p| p.topology_key.clone())
         .unwrap_or_else(|| DEFAULT_TOPOLOGY_KEY.into())
+}
+
+/// Marks a node pod with the hash of its spec, so that a pod created
+/// from an older spec is recognised and rolled (`rollout`).
+fn with_spec_hash(mut pod: Pod) -> Pod {
+    let hash = spec_hash(pod.spec.as_ref().expect("node pods have a spec"));
+    pod.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(SPEC_HASH_ANNOTATION.into(), hash);
+    pod
 }
 
 /// Node pods spread evenly over hosts and over the failure domains of
@@ -364,6 +376,7 @@ pub fn desired_objects(
                 ..Pod::default()
             }
         })
+        .map(with_spec_hash)
         .collect();
 
     let node_claims = if ephemeral {

@@ -13,6 +13,7 @@ mod fixtures;
 pub mod ingest;
 pub mod lifecycle;
 pub mod pod_problem;
+pub mod rollout;
 pub mod run;
 pub mod status;
 

@@ -40,6 +40,8 @@ pub struct FleetSummary {
     pub blobs: Option<BlobCounts>,
     /// Repairs in flight.
     pub repairs_in_flight: u32,
+    /// Node pods created from an older spec, waiting to be replaced.
+    pub outdated: Vec<String>,
 }
 
 /// Checks a spec beyond what the schema can (the controller's last line of
@@ -287,6 +289,23 @@ fn fold_in_fleet(
                 true,
                 "Repairing",
                 format!("{} repairs in flight", fleet.repairs_in_flight),
+                generation,
+                now,
+            ),
+        );
+    }
+    if !fleet.outdated.is_empty() {
+        set(
+            status,
+            condition(
+                "Progressing",
+                true,
+                "RollingUpdate",
+                format!(
+                    "{} node pods run an older spec and are replaced one at a time: {}",
+                    fleet.outdated.len(),
+                    fleet.outdated.join(", ")
+                ),
                 generation,
                 now,
             ),

@@ -361,3 +361,20 @@ pub async fn serve_bytes(body: Vec<u8>) -> (String, tokio::sync::oneshot::Sender
     });
     (url, tx)
 }
+
+/// The spec-hash annotation the operator puts on node pod `index` of
+/// `cluster` (with the test image), as a pod it created would carry it.
+pub fn spec_hash(cluster: &redstuff::operator::crd::StorageCluster, index: usize) -> String {
+    let objects = redstuff::operator::desired::desired_objects(
+        cluster,
+        &Default::default(),
+        "redstuff:test",
+        "token",
+    );
+    objects.node_pods[index]
+        .metadata
+        .annotations
+        .as_ref()
+        .unwrap()[redstuff::operator::rollout::SPEC_HASH_ANNOTATION]
+        .clone()
+}
