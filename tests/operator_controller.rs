@@ -378,6 +378,14 @@ async fn a_changed_image_replaces_node_pods_one_at_a_time_and_never_patches_them
         !lines(&seen).iter().any(|r| r.starts_with("DELETE")),
         "nothing more goes while a node pod is down"
     );
+    let status = status_written(&seen).unwrap();
+    assert!(
+        condition(&status, "Progressing")["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("; waiting for node pods to be ready: media-node-0"),
+        "{status:#}"
+    );
 
     // Node 0 ready on the new spec: the next one goes; node 0 is applied again.
     let mut pods = ready_pods(3);

@@ -26,16 +26,16 @@ use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::context::Context;
+use super::context::{ClusterFleet, Context};
 use super::crd::{
     Blob, BlobCounts, BlobSource, BlobSpec, StorageCluster, UnavailableNode, UploadSource,
 };
 use super::desired::{self, desired_objects, node_claim_name, node_pod_name};
 use super::lifecycle::{self, ClaimState, DeleteReason, NodeDecision, NodeObserved, PodState};
 use super::pod_problem::pod_problem;
-use super::rollout::{self, RolloutNode};
+use super::rollout::{self, FleetCalm, RolloutNode};
 use super::status::{cluster_status, validate_spec, FleetSummary, ObservedNode};
-use crate::codec::BlobId;
+use crate::codec::{BlobId, EncodingConfig};
 use crate::control::{self, NodeAddress};
 use crate::fleet::{self, Assignment, Health, NodeSpec};
 
@@ -103,6 +103,16 @@ fn random_token() -> Result<String, ReconcileError> {
         .and_then(|mut f| f.read_exact(&mut bytes))
         .map_err(ReconcileError::Token)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Blobs Degraded or AtRisk in the cluster's last inventory view (none
+/// before the first).
+fn last_view_blobs_to_repair(fleet: &ClusterFleet, encoding: &EncodingConfig) -> usize {
+    let last = fleet.view.lock().expect("not poisoned");
+    last.as_ref().map_or(0, |(_, view)| {
+        let counts = view.health_counts(encoding);
+        counts[&Health::Degraded] + counts[&Health::AtRisk]
+    })
 }
 
 /// Whether `existing` was created from another spec than `desired`'s
@@ -345,8 +355,12 @@ pub async fn reconcile_cluster(
         .filter(|n| n.outdated)
         .map(|n| n.name.clone())
         .collect();
-    let replacement = rollout::next_replacement(&rollout_nodes, fleet_state.repairer.in_flight())
-        .map(str::to_string);
+    let calm = FleetCalm {
+        repairs_in_flight: fleet_state.repairer.in_flight(),
+        blobs_to_repair: last_view_blobs_to_repair(&fleet_state, &encoding),
+    };
+    let replacement = rollout::next_replacement(&rollout_nodes, calm).map(str::to_string);
+    let rollout_wait = rollout::waiting_for(&rollout_nodes, calm);
     for ((pod, decision), rollout) in desired.node_pods.iter().zip(&decisions).zip(&rollout_nodes) {
         let existing = pod_by_name.get(&pod.name_any());
         let present = existing.is_some();
@@ -502,6 +516,7 @@ pub async fn reconcile_cluster(
         blobs: (!view.ready.is_empty()).then_some(blob_counts.clone()),
         repairs_in_flight: fleet_state.repairer.in_flight() as u32,
         outdated: outdated.clone(),
+        rollout_wait,
     };
     let observed_status: Vec<ObservedNode> = node_specs
         .iter()

@@ -28,13 +28,25 @@ pub struct RolloutNode {
     pub available: bool,
 }
 
+/// What else must be quiet before a node pod is taken down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FleetCalm {
+    /// Repairs in flight (they read from every peer).
+    pub repairs_in_flight: usize,
+    /// Blobs Degraded or AtRisk at the last look: taking another pod down
+    /// could make an AtRisk blob unreadable. Lost blobs do not hold the
+    /// rollout up (no pod coming back changes them).
+    pub blobs_to_repair: usize,
+}
+
 /// The outdated node pod to replace now, if any: only while every other
-/// node pod is available and no repair is in flight, so at most one pod is
-/// down at a time (as the PodDisruptionBudget allows). An outdated pod that
-/// is itself unavailable goes first: replacing it costs nothing, and its new
-/// spec may be what it needs to run.
-pub fn next_replacement(nodes: &[RolloutNode], repairs_in_flight: usize) -> Option<&str> {
-    if repairs_in_flight > 0 {
+/// node pod is available, no repair is in flight and every readable blob is
+/// Healthy, so at most one pod is down at a time (as the
+/// PodDisruptionBudget allows) and only from a whole fleet. An outdated pod
+/// that is itself unavailable goes first: replacing it costs nothing, and
+/// its new spec may be what it needs to run.
+pub fn next_replacement(nodes: &[RolloutNode], calm: FleetCalm) -> Option<&str> {
+    if calm.repairs_in_flight > 0 || calm.blobs_to_repair > 0 {
         return None;
     }
     let others_available =
@@ -45,6 +57,26 @@ pub fn next_replacement(nodes: &[RolloutNode], repairs_in_flight: usize) -> Opti
         .collect();
     candidates.sort_by_key(|n| n.available);
     candidates.first().map(|n| n.name.as_str())
+}
+
+/// What the rollout waits for, for people, when outdated pods remain but
+/// none may go now.
+pub fn waiting_for(nodes: &[RolloutNode], calm: FleetCalm) -> Option<String> {
+    if !nodes.iter().any(|n| n.outdated) || next_replacement(nodes, calm).is_some() {
+        return None;
+    }
+    Some(if calm.repairs_in_flight > 0 {
+        format!("{} repairs in flight", calm.repairs_in_flight)
+    } else if calm.blobs_to_repair > 0 {
+        format!("{} blobs to be repaired", calm.blobs_to_repair)
+    } else {
+        let down: Vec<&str> = nodes
+            .iter()
+            .filter(|n| !n.available)
+            .map(|n| n.name.as_str())
+            .collect();
+        format!("node pods to be ready: {}", down.join(", "))
+    })
 }
 
 #[cfg(test)]
@@ -96,12 +128,39 @@ mod tests {
             ),
         ];
         for (states, repairs, want) in table {
+            let calm = FleetCalm {
+                repairs_in_flight: repairs,
+                blobs_to_repair: 0,
+            };
             assert_eq!(
-                next_replacement(&nodes(states), repairs),
+                next_replacement(&nodes(states), calm),
                 want,
                 "{states:?} {repairs}"
             );
         }
+    }
+
+    #[test]
+    fn blobs_waiting_for_repair_hold_the_rollout() {
+        let all_outdated = nodes(&[(true, true), (true, true), (true, true)]);
+        let calm = FleetCalm {
+            repairs_in_flight: 0,
+            blobs_to_repair: 1,
+        };
+        assert_eq!(next_replacement(&all_outdated, calm), None);
+        assert_eq!(
+            waiting_for(&all_outdated, calm).as_deref(),
+            Some("1 blobs to be repaired")
+        );
+        let one_down = nodes(&[(true, true), (false, false), (true, true)]);
+        assert_eq!(
+            waiting_for(&one_down, FleetCalm::default()).as_deref(),
+            Some("node pods to be ready: media-node-1")
+        );
+        assert_eq!(
+            next_replacement(&all_outdated, FleetCalm::default()),
+            Some("media-node-0")
+        );
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct FleetSummary {
     pub repairs_in_flight: u32,
     /// Node pods created from an older spec, waiting to be replaced.
     pub outdated: Vec<String>,
+    /// What their replacement waits for, if it waits.
+    pub rollout_wait: Option<String>,
 }
 
 /// Checks a spec beyond what the schema can (the controller's last line of
@@ -302,9 +304,14 @@ fn fold_in_fleet(
                 true,
                 "RollingUpdate",
                 format!(
-                    "{} node pods run an older spec and are replaced one at a time: {}",
+                    "{} node pods run an older spec and are replaced one at a time: {}{}",
                     fleet.outdated.len(),
-                    fleet.outdated.join(", ")
+                    fleet.outdated.join(", "),
+                    fleet
+                        .rollout_wait
+                        .as_ref()
+                        .map(|w| format!("; waiting for {w}"))
+                        .unwrap_or_default()
                 ),
                 generation,
                 now,
