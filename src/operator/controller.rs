@@ -118,14 +118,7 @@ fn last_view_blobs_to_repair(fleet: &ClusterFleet, encoding: &EncodingConfig) ->
 /// Whether `existing` was created from another spec than `desired`'s
 /// (a pod without the annotation predates it: outdated too).
 fn is_outdated(existing: &Pod, desired: &Pod) -> bool {
-    let hash = |pod: &Pod| {
-        pod.metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(rollout::SPEC_HASH_ANNOTATION))
-            .cloned()
-    };
-    hash(existing) != hash(desired)
+    rollout::recorded_spec_hash(existing) != rollout::recorded_spec_hash(desired)
 }
 
 /// Why a node is unavailable, for its status entry.
@@ -166,7 +159,6 @@ async fn host_domains(
         .collect())
 }
 
-/// Publishes an Event about `cluster`; a failure to publish is logged, not fatal.
 /// Brings one StorageCluster's objects and status in line with its spec,
 /// and its blobs back to health.
 pub async fn reconcile_cluster(
@@ -498,15 +490,14 @@ pub async fn reconcile_cluster(
     let summary = FleetSummary {
         unavailable: decisions
             .iter()
-            .zip(&node_names)
             .enumerate()
-            .filter_map(|(index, (d, pod))| {
+            .filter_map(|(index, d)| {
                 Some(UnavailableNode {
                     name: d.name.clone(),
                     since: d.unavailable_since?.to_string(),
                     reason: Some(unavailable_reason(
                         d,
-                        pod_by_name.get(pod).copied(),
+                        pod_by_name.get(&d.name).copied(),
                         &node_claim_name(&name, index),
                     )),
                 })
@@ -515,7 +506,7 @@ pub async fn reconcile_cluster(
         evicted: evicted.iter().map(|s| s.to_string()).collect(),
         blobs: (!view.ready.is_empty()).then_some(blob_counts.clone()),
         repairs_in_flight: fleet_state.repairer.in_flight() as u32,
-        outdated: outdated.clone(),
+        outdated,
         rollout_wait,
     };
     let observed_status: Vec<ObservedNode> = node_specs
@@ -559,7 +550,7 @@ pub async fn reconcile_cluster(
     let busy = summary.repairs_in_flight > 0
         || blob_counts.degraded + blob_counts.at_risk > 0
         || decisions.iter().any(|d| !d.available)
-        || !outdated.is_empty();
+        || !summary.outdated.is_empty();
     let mut next = if busy {
         Duration::from_secs(5)
     } else {
@@ -677,7 +668,8 @@ async fn report_moved_shards(
         if moved.is_empty() {
             continue;
         }
-        ctx.publish(cluster,
+        ctx.publish(
+            cluster,
             true,
             "ShardsMoved",
             format!(

@@ -6,7 +6,7 @@
 //! one, each only while every other node pod is available. The pod is then
 //! created again from the new spec on the same claim: no data moves.
 
-use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::api::core::v1::{Pod, PodSpec};
 
 /// Annotation of a node pod: the hash of the spec it was created from.
 pub const SPEC_HASH_ANNOTATION: &str = "redstuff.dev/spec-hash";
@@ -15,6 +15,15 @@ pub const SPEC_HASH_ANNOTATION: &str = "redstuff.dev/spec-hash";
 pub fn spec_hash(spec: &PodSpec) -> String {
     let json = serde_json::to_vec(spec).expect("a PodSpec serializes");
     blake3::hash(&json).to_hex()[..16].to_string()
+}
+
+/// The spec hash a node pod carries (None: it predates the annotation).
+pub fn recorded_spec_hash(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .annotations
+        .as_ref()?
+        .get(SPEC_HASH_ANNOTATION)
+        .map(String::as_str)
 }
 
 /// One node pod, as the rollout sees it.

@@ -371,10 +371,7 @@ pub fn spec_hash(cluster: &redstuff::operator::crd::StorageCluster, index: usize
         "redstuff:test",
         "token",
     );
-    objects.node_pods[index]
-        .metadata
-        .annotations
-        .as_ref()
-        .unwrap()[redstuff::operator::rollout::SPEC_HASH_ANNOTATION]
-        .clone()
+    redstuff::operator::rollout::recorded_spec_hash(&objects.node_pods[index])
+        .expect("the operator marks node pods with their spec hash")
+        .to_string()
 }
