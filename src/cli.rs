@@ -36,7 +36,12 @@ async fn error_of(response: reqwest::Response) -> anyhow::Error {
         .ok()
         .and_then(|v| v.get("error")?.as_str().map(str::to_string))
         .unwrap_or(body);
-    anyhow::anyhow!("the gateway answered {status}: {message}")
+    let hint = if status == reqwest::StatusCode::UNAUTHORIZED {
+        " (pass --token or set REDSTUFF_TOKEN; `redstuff dev` writes its token to DATA_DIR/token)"
+    } else {
+        ""
+    };
+    anyhow::anyhow!("the gateway answered {status}: {message}{hint}")
 }
 
 fn http() -> anyhow::Result<reqwest::Client> {
@@ -45,8 +50,16 @@ fn http() -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
+/// Adds the user token, when there is one.
+fn authorized(request: reqwest::RequestBuilder, token: &Option<String>) -> reqwest::RequestBuilder {
+    match token {
+        Some(token) => request.bearer_auth(token),
+        None => request,
+    }
+}
+
 /// `redstuff put FILE`: prints the blob id (or JSON) on stdout.
-pub async fn put(file: &Path, gateway: &str, json: bool) -> anyhow::Result<()> {
+pub async fn put(file: &Path, gateway: &str, token: Option<String>, json: bool) -> anyhow::Result<()> {
     let handle = tokio::fs::File::open(file)
         .await
         .with_context(|| format!("cannot open {}", file.display()))?;
@@ -63,8 +76,8 @@ pub async fn put(file: &Path, gateway: &str, json: bool) -> anyhow::Result<()> {
             counted.inc(chunk.len() as u64);
         }
     });
-    let response = http()?
-        .put(format!("{}/v1/blobs", gateway.trim_end_matches('/')))
+    let request = http()?.put(format!("{}/v1/blobs", gateway.trim_end_matches('/')));
+    let response = authorized(request, &token)
         .header("content-length", len)
         .body(reqwest::Body::wrap_stream(stream))
         .send()
@@ -90,9 +103,9 @@ pub async fn put(file: &Path, gateway: &str, json: bool) -> anyhow::Result<()> {
 }
 
 /// `redstuff get ID -o FILE` (or to stdout with `-o -`).
-pub async fn get(id: &str, output: &Path, gateway: &str) -> anyhow::Result<()> {
-    let response = http()?
-        .get(format!("{}/v1/blobs/{id}", gateway.trim_end_matches('/')))
+pub async fn get(id: &str, output: &Path, gateway: &str, token: Option<String>) -> anyhow::Result<()> {
+    let request = http()?.get(format!("{}/v1/blobs/{id}", gateway.trim_end_matches('/')));
+    let response = authorized(request, &token)
         .send()
         .await
         .with_context(|| format!("cannot reach the gateway at {gateway}"))?;
@@ -150,9 +163,9 @@ pub async fn get(id: &str, output: &Path, gateway: &str) -> anyhow::Result<()> {
 }
 
 /// `redstuff status`: the fleet as a table, or JSON.
-pub async fn status(gateway: &str, json: bool) -> anyhow::Result<()> {
-    let response = http()?
-        .get(format!("{}/v1/status", gateway.trim_end_matches('/')))
+pub async fn status(gateway: &str, token: Option<String>, json: bool) -> anyhow::Result<()> {
+    let request = http()?.get(format!("{}/v1/status", gateway.trim_end_matches('/')));
+    let response = authorized(request, &token)
         .send()
         .await
         .with_context(|| format!("cannot reach the gateway at {gateway}"))?;

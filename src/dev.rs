@@ -7,7 +7,9 @@
 //! Files under the data directory:
 //!
 //! ```text
-//! fleet.json            the fleet map (shards, node URLs), read by the gateway
+//! fleet.json            the fleet map (shards, node URLs), read by the gateway and nodes
+//! token                 the user token: clients send it to the gateway
+//! cluster-token         the cluster token: nodes require it, the gateway and loop send it
 //! node-<i>/data/        node i's store
 //! node-<i>/shards.json  node i's shards, re-read by the node when it changes
 //! node-<i>/node.log     node i's log
@@ -27,6 +29,8 @@ use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use crate::auth::{TokenSet, TokenSource};
+use crate::client::{Deadlines, NodeCalls};
 use crate::codec::EncodingConfig;
 use crate::control::{self, FleetView, NodeAddress, Repairer};
 use crate::fleet::{self, Assignment, FleetMap, Health, MapNode, NodeSpec};
@@ -57,6 +61,59 @@ pub struct DevConfig {
     pub corrupt_nodes: Vec<usize>,
     /// How often nodes scrub their stores, in seconds (0: never).
     pub scrub_interval_secs: u64,
+    /// Deadline of every call to a node, in seconds.
+    pub node_timeout_secs: f64,
+    /// Seconds after which nodes remove uploads that were never committed.
+    pub staged_ttl_secs: u64,
+    /// Whether the gateway serves reads without a user token.
+    pub anonymous_reads: bool,
+    /// Uploads the gateway handles at once.
+    pub max_uploads: usize,
+}
+
+impl DevConfig {
+    /// A 7-shard fleet of 7 nodes under `data_dir`, started with `exe`, with
+    /// the defaults of `redstuff dev` (gateway on any port).
+    pub fn new(data_dir: PathBuf, exe: PathBuf) -> Self {
+        Self {
+            shards: 7,
+            nodes: 7,
+            data_dir,
+            gateway_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            segment_size: crate::codec::DEFAULT_SEGMENT_SIZE,
+            exe,
+            period: Duration::from_millis(500),
+            max_concurrent_repairs: 4,
+            corrupt_nodes: Vec::new(),
+            scrub_interval_secs: 60,
+            node_timeout_secs: 5.0,
+            staged_ttl_secs: 900,
+            anonymous_reads: false,
+            max_uploads: 8,
+        }
+    }
+}
+
+/// An HTTP client that sends the user token of a `redstuff dev` fleet
+/// (from its token file) with every request.
+pub fn authorized_client(token_path: &Path) -> anyhow::Result<reqwest::Client> {
+    let text = std::fs::read_to_string(token_path)
+        .with_context(|| format!("cannot read {}", token_path.display()))?;
+    let token = crate::auth::parse_tokens(&text)
+        .into_iter()
+        .next()
+        .context("the token file is empty")?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse()?,
+    );
+    Ok(crate::http::client_builder().default_headers(headers).build()?)
+}
+
+/// Where `redstuff dev` keeps the user token under its data directory.
+pub fn user_token_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("token")
 }
 
 /// One node as `redstuff status` shows it.
@@ -72,7 +129,8 @@ pub struct NodeStatus {
     pub data_dir: String,
     /// Shards owned.
     pub shards: Vec<u16>,
-    /// `ready`, `starting` or `down`.
+    /// `ready`, `not answering` (its process runs, but it did not answer
+    /// within its deadline: stopped, hung or partitioned) or `down`.
     pub state: String,
     /// Times the loop restarted it.
     pub restarts: u32,
@@ -121,6 +179,9 @@ struct NodeProcess {
     restarts: u32,
     corrupt: bool,
     scrub_interval_secs: u64,
+    data_root: PathBuf,
+    node_timeout_secs: f64,
+    staged_ttl_secs: u64,
 }
 
 impl NodeProcess {
@@ -130,11 +191,12 @@ impl NodeProcess {
 }
 
 /// Starts the fleet and runs the loop until `shutdown` completes; then
-/// stops every child.
+/// stops every child. `ready` gets the gateway's URL and the user token's
+/// path.
 pub async fn run(
     config: DevConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    ready: impl FnOnce(&str),
+    ready: impl FnOnce(&str, &Path),
 ) -> anyhow::Result<()> {
     let encoding = EncodingConfig::new(config.shards)?;
     anyhow::ensure!(config.nodes >= 1, "at least one node is needed");
@@ -148,6 +210,13 @@ pub async fn run(
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
     let fleet_path = config.data_dir.join("fleet.json");
     let previous_map = FleetMap::read(&fleet_path).ok();
+    let cluster_token_path = config.data_dir.join("cluster-token");
+    crate::auth::ensure_token_file(&cluster_token_path)?;
+    let user_token_path = user_token_path(&config.data_dir);
+    crate::auth::ensure_token_file(&user_token_path)?;
+    let cluster_tokens = Arc::new(TokenSet::load(TokenSource::File(cluster_token_path))?);
+    let user_tokens = Arc::new(TokenSet::load(TokenSource::File(user_token_path.clone()))?);
+    let deadlines = Deadlines::from_secs(config.node_timeout_secs);
 
     let specs: Vec<NodeSpec> = (0..config.nodes)
         .map(|i| NodeSpec {
@@ -189,6 +258,9 @@ pub async fn run(
             restarts: 0,
             corrupt: config.corrupt_nodes.contains(&i),
             scrub_interval_secs: config.scrub_interval_secs,
+            data_root: config.data_dir.clone(),
+            node_timeout_secs: config.node_timeout_secs,
+            staged_ttl_secs: config.staged_ttl_secs,
         };
         if let Err(e) = start_node(&config.exe, &mut node).await {
             if port != 0 {
@@ -222,36 +294,37 @@ pub async fn run(
     let registry = Registry::new();
     let metrics = FleetMetrics::new(&registry);
     let status: StatusBoard = Arc::new(RwLock::new(None));
-    let gateway = Gateway::bind(
-        GatewayConfig {
-            fleet: FleetSource::File(fleet_path.clone()),
-            spool_dir: config.data_dir.join("spool"),
-            max_blob_bytes: u64::MAX,
-        },
-        config.gateway_addr,
-        status.clone(),
-    )
-    .await?
-    .with_extra_metrics(registry);
+    let gateway_config = GatewayConfig {
+        max_blob_bytes: u64::MAX,
+        anonymous_reads: config.anonymous_reads,
+        deadlines,
+        max_uploads: config.max_uploads,
+        ..GatewayConfig::new(
+            FleetSource::File(fleet_path.clone()),
+            config.data_dir.join("spool"),
+            cluster_tokens.clone(),
+            user_tokens,
+        )
+    };
+    let gateway = Gateway::bind(gateway_config, config.gateway_addr, status.clone())
+        .await?
+        .with_extra_metrics(registry);
     let gateway_url = format!("http://{}", gateway.local_addr());
     let (stop_gateway, gateway_stopped) = tokio::sync::oneshot::channel::<()>();
     let gateway_task = tokio::spawn(gateway.serve(async move {
         let _ = gateway_stopped.await;
     }));
-    ready(&gateway_url);
+    ready(&gateway_url, &user_token_path);
 
-    let http = crate::http::client_builder()
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(600))
-        .build()?;
+    let calls = NodeCalls::new(cluster_tokens, deadlines);
     let mut fleet_loop = FleetLoop {
         config: config.clone(),
         encoding,
         nodes,
         specs,
         assignment,
-        repairer: Repairer::new(http.clone(), metrics.clone()),
-        http,
+        repairer: Repairer::new(calls.clone(), metrics.clone()),
+        calls,
         metrics,
         status,
         first_missing: HashMap::new(),
@@ -288,6 +361,14 @@ async fn start_node(exe: &Path, node: &mut NodeProcess) -> anyhow::Result<()> {
         .arg(format!("127.0.0.1:{}", node.port))
         .arg("--scrub-interval-secs")
         .arg(node.scrub_interval_secs.to_string())
+        .arg("--token-file")
+        .arg(node.data_root.join("cluster-token"))
+        .arg("--fleet")
+        .arg(node.data_root.join("fleet.json"))
+        .arg("--node-timeout-secs")
+        .arg(node.node_timeout_secs.to_string())
+        .arg("--staged-ttl-secs")
+        .arg(node.staged_ttl_secs.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
@@ -332,7 +413,7 @@ struct FleetLoop {
     nodes: Vec<NodeProcess>,
     specs: Vec<NodeSpec>,
     assignment: Assignment,
-    http: reqwest::Client,
+    calls: NodeCalls,
     metrics: FleetMetrics,
     status: StatusBoard,
     repairer: Repairer,
@@ -351,8 +432,9 @@ impl FleetLoop {
                 url: n.url.clone(),
             })
             .collect();
-        let view = control::observe(&self.http, &addresses).await;
+        let view = control::observe(&self.calls, &addresses).await;
         view.publish(&self.encoding, &self.metrics);
+        control::spread_markers(&self.calls, &view.markers, &addresses, &self.metrics, 1000).await;
 
         let mut missing_now = HashSet::new();
         for (id, blob) in &view.blobs {
@@ -434,10 +516,10 @@ impl FleetLoop {
                         .collect(),
                     state: if ready.contains(&n.name) {
                         "ready".into()
-                    } else if n.child.is_some() {
-                        "starting".into()
-                    } else {
+                    } else if n.child.is_none() {
                         "down".into()
+                    } else {
+                        "not answering".into()
                     },
                     restarts: n.restarts,
                 })

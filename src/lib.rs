@@ -8,6 +8,8 @@
 #![warn(missing_docs)]
 
 pub mod api_error;
+pub mod auth;
+pub mod blob_state;
 pub mod bench;
 pub mod client;
 pub mod codec;

@@ -10,7 +10,10 @@ use redstuff::bench::codec::{self as codec_bench, CodecBenchOptions};
 use redstuff::codec::DEFAULT_SEGMENT_SIZE;
 use redstuff::dev::DevConfig;
 use redstuff::gateway::{FleetSource, Gateway, GatewayConfig};
+use redstuff::auth::{TokenSet, TokenSource};
+use redstuff::client::Deadlines;
 use redstuff::node::{Node, NodeConfig, ShardSource};
+use redstuff::store::Housekeeping;
 use redstuff::units::parse_bytes;
 
 mod cli;
@@ -44,6 +47,8 @@ enum Command {
         /// Print id, size and shard acknowledgements as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        token: TokenArg,
     },
     /// Read a blob back through a gateway.
     Get {
@@ -55,6 +60,8 @@ enum Command {
         /// Gateway URL.
         #[arg(long, env = "REDSTUFF_GATEWAY", default_value = DEFAULT_GATEWAY)]
         gateway: String,
+        #[command(flatten)]
+        token: TokenArg,
     },
     /// Show the fleet: nodes (pid, address, shards, state) and blob health.
     Status {
@@ -64,6 +71,8 @@ enum Command {
         /// Print JSON: {"nodes": [...], "blobs": [...], ...}.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        token: TokenArg,
     },
     /// Print the CustomResourceDefinitions (StorageCluster, Blob) as YAML,
     /// or write one file per CRD into --dir.
@@ -121,6 +130,25 @@ enum Command {
     Bench(BenchCommand),
 }
 
+/// The user token sent to the gateway.
+#[derive(Debug, Args)]
+struct TokenArg {
+    /// The gateway's user token (default: REDSTUFF_TOKEN, else the token
+    /// file of a `redstuff dev` in this directory, redstuff-dev/token).
+    #[arg(long, env = "REDSTUFF_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl TokenArg {
+    fn resolve(&self) -> Option<String> {
+        self.token.clone().or_else(|| {
+            let path = redstuff::dev::user_token_path(std::path::Path::new("redstuff-dev"));
+            let text = std::fs::read_to_string(path).ok()?;
+            redstuff::auth::parse_tokens(&text).into_iter().next()
+        })
+    }
+}
+
 #[derive(Debug, Args)]
 struct DevArgs {
     /// Shard count n (4 to 1000); f = (n - 1) / 3 shards may be lost or lie.
@@ -147,6 +175,19 @@ struct DevArgs {
     /// How often nodes re-read and check every stored file, in seconds.
     #[arg(long, default_value_t = 60)]
     scrub_interval_secs: u64,
+    /// Deadline of every call to a node, in seconds: a node silent longer
+    /// (stopped, hung, partitioned) is passed over.
+    #[arg(long, default_value_t = 5.0)]
+    node_timeout_secs: f64,
+    /// Nodes remove uploads never committed after this many seconds idle.
+    #[arg(long, default_value_t = 900)]
+    staged_ttl_secs: u64,
+    /// Serve GET, HEAD and status without a user token.
+    #[arg(long)]
+    anonymous_reads: bool,
+    /// Uploads the gateway handles at once; more get 503 with Retry-After.
+    #[arg(long, default_value_t = 8)]
+    max_uploads: usize,
     /// Test only: make node I serve corrupted slivers and symbols.
     #[arg(long, hide = true)]
     test_corrupt_node: Vec<usize>,
@@ -170,15 +211,36 @@ struct NodeArgs {
     /// JSON file {"shards": [...]} re-read when it changes.
     #[arg(long)]
     shards_file: Option<PathBuf>,
+    /// File of cluster tokens (one per line, the first sent to peers);
+    /// re-read while the node runs. Every route but /healthz, /readyz and
+    /// /metrics requires one of them.
+    #[arg(long)]
+    token_file: PathBuf,
+    /// The fleet map (JSON), where the node finds its peers for repairs;
+    /// re-read when it changes.
+    #[arg(long)]
+    fleet: Option<PathBuf>,
     /// Cap on stored bytes; writes past it answer 507.
     #[arg(long, value_parser = parse_bytes)]
     capacity: Option<u64>,
-    /// Largest request body, in bytes.
-    #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
-    max_body: u64,
+    /// Largest metadata accepted.
+    #[arg(long, default_value = "256MiB", value_parser = parse_bytes)]
+    max_metadata: u64,
+    /// Parsed metadata kept in memory.
+    #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
+    metadata_cache: u64,
     /// Re-read and check every stored file this often, in seconds (0: never).
     #[arg(long, default_value_t = 3600)]
     scrub_interval_secs: u64,
+    /// Deadline of every call to a peer, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    node_timeout_secs: f64,
+    /// Remove uploads never committed after this many seconds idle.
+    #[arg(long, default_value_t = 900)]
+    staged_ttl_secs: u64,
+    /// Delete quarantined files after this many seconds.
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    quarantine_retention_secs: u64,
     /// Test only: flip a bit in every sliver and symbol served.
     #[arg(long, hide = true)]
     test_corrupt_reads: bool,
@@ -198,6 +260,27 @@ struct GatewayArgs {
     /// Largest blob accepted.
     #[arg(long, default_value = "1TiB", value_parser = parse_bytes)]
     max_blob: u64,
+    /// Bytes the spool may hold for uploads in flight (507 beyond; default:
+    /// whatever its disk has free).
+    #[arg(long, value_parser = parse_bytes)]
+    max_spool: Option<u64>,
+    /// Uploads handled at once; more get 503 with Retry-After.
+    #[arg(long, default_value_t = 8)]
+    max_uploads: usize,
+    /// File of cluster tokens (the first is sent to nodes); re-read while
+    /// the gateway runs.
+    #[arg(long)]
+    cluster_token_file: PathBuf,
+    /// File of user tokens (one per line) accepted from clients; re-read
+    /// while the gateway runs.
+    #[arg(long)]
+    user_tokens_file: PathBuf,
+    /// Serve GET and HEAD without a user token.
+    #[arg(long)]
+    anonymous_reads: bool,
+    /// Deadline of every call to a node, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    node_timeout_secs: f64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -308,13 +391,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             file,
             gateway,
             json,
-        } => runtime()?.block_on(cli::put(&file, &gateway, json)),
+            token,
+        } => runtime()?.block_on(cli::put(&file, &gateway, token.resolve(), json)),
         Command::Get {
             id,
             output,
             gateway,
-        } => runtime()?.block_on(cli::get(&id, &output, &gateway)),
-        Command::Status { gateway, json } => runtime()?.block_on(cli::status(&gateway, json)),
+            token,
+        } => runtime()?.block_on(cli::get(&id, &output, &gateway, token.resolve())),
+        Command::Status {
+            gateway,
+            json,
+            token,
+        } => runtime()?.block_on(cli::status(&gateway, token.resolve(), json)),
         Command::Crds { dir } => crds(dir),
         Command::RenderCluster { file, image } => {
             let manifest = std::fs::read_to_string(&file)
@@ -395,15 +484,21 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
         Some(path) => ShardSource::File(path),
         None => ShardSource::Fixed(args.shards.into_iter().collect()),
     };
+    let tokens = std::sync::Arc::new(TokenSet::load(TokenSource::File(args.token_file))?);
     let config = NodeConfig {
-        name: args.name.clone(),
-        data_dir: args.data_dir,
-        shards,
+        fleet: args.fleet,
+        deadlines: Deadlines::from_secs(args.node_timeout_secs),
         capacity: args.capacity,
-        max_body_bytes: usize::try_from(args.max_body).unwrap_or(usize::MAX),
+        max_metadata_bytes: args.max_metadata,
+        metadata_cache_bytes: args.metadata_cache,
         corrupt_reads: args.test_corrupt_reads,
         scrub_interval: (args.scrub_interval_secs > 0)
             .then(|| std::time::Duration::from_secs(args.scrub_interval_secs)),
+        housekeeping: Housekeeping {
+            staged_ttl: std::time::Duration::from_secs(args.staged_ttl_secs),
+            quarantine_retention: std::time::Duration::from_secs(args.quarantine_retention_secs),
+        },
+        ..NodeConfig::new(&args.name, args.data_dir, shards, tokens)
     };
     let node = Node::bind(config, args.listen).await?;
     let url = format!("http://{}", node.local_addr());
@@ -416,10 +511,21 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
 }
 
 async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    let cluster_tokens =
+        std::sync::Arc::new(TokenSet::load(TokenSource::File(args.cluster_token_file))?);
+    let user_tokens = std::sync::Arc::new(TokenSet::load(TokenSource::File(args.user_tokens_file))?);
     let config = GatewayConfig {
-        fleet: FleetSource::File(args.fleet),
-        spool_dir: args.spool_dir,
         max_blob_bytes: args.max_blob,
+        max_spool_bytes: args.max_spool,
+        max_uploads: args.max_uploads,
+        anonymous_reads: args.anonymous_reads,
+        deadlines: Deadlines::from_secs(args.node_timeout_secs),
+        ..GatewayConfig::new(
+            FleetSource::File(args.fleet),
+            args.spool_dir,
+            cluster_tokens,
+            user_tokens,
+        )
     };
     let gateway = Gateway::bind(config, args.listen, Default::default()).await?;
     let url = format!("http://{}", gateway.local_addr());
@@ -439,16 +545,23 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         max_concurrent_repairs: args.max_concurrent_repairs.max(1),
         corrupt_nodes: args.test_corrupt_node,
         scrub_interval_secs: args.scrub_interval_secs,
+        node_timeout_secs: args.node_timeout_secs,
+        staged_ttl_secs: args.staged_ttl_secs,
+        anonymous_reads: args.anonymous_reads,
+        max_uploads: args.max_uploads,
     };
     let nodes = args.nodes;
     let shards = args.shards;
-    redstuff::dev::run(config, shutdown_signal(), move |url| {
+    redstuff::dev::run(config, shutdown_signal(), move |url, token| {
         // Whoever reads our stdout may have gone: that must not stop the fleet.
         let mut out = std::io::stdout().lock();
+        let token = token.display();
         let _ = writeln!(
             out,
             "redstuff dev: {nodes} nodes holding {shards} shards are up\n  \
              gateway:  {url}    (redstuff put FILE --gateway {url})\n  \
+             token:    {token}    (export REDSTUFF_TOKEN=$(cat {token}))\n  \
+             curl:     curl -H \"Authorization: Bearer $(cat {token})\" -T FILE {url}/v1/blobs\n  \
              metrics:  {url}/metrics\n  \
              status:   redstuff status --gateway {url}\n  \
              data:     {}\n\

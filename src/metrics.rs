@@ -152,6 +152,16 @@ pub struct NodeMetrics {
     pub repair_fetched_bytes: IntCounter,
     /// Answers from peers that failed verification, by peer node.
     pub peer_invalid: IntCounterVec,
+    /// Reads and writes of the store that failed with an I/O error, by where.
+    pub io_errors: IntCounterVec,
+    /// Staged uploads removed because they were never committed.
+    pub abandoned_collected: IntCounter,
+    /// Blobs whose data a tombstone removed here.
+    pub blobs_deleted: IntCounter,
+    /// Bytes of quarantined files (they count toward capacity until purged).
+    pub quarantined_bytes: IntGauge,
+    /// Bytes of parsed metadata held in memory.
+    pub metadata_cache_bytes: IntGauge,
 }
 
 impl NodeMetrics {
@@ -218,6 +228,32 @@ impl NodeMetrics {
                 "Answers from peers that failed verification.",
                 &["node"],
             ),
+            io_errors: counter_vec(
+                registry,
+                "redstuff_node_io_errors_total",
+                "Store reads and writes that failed with an I/O error.",
+                &["where"],
+            ),
+            abandoned_collected: counter(
+                registry,
+                "redstuff_node_abandoned_uploads_collected_total",
+                "Staged uploads removed after their TTL because they were never committed.",
+            ),
+            blobs_deleted: counter(
+                registry,
+                "redstuff_node_blobs_deleted_total",
+                "Blobs whose data a tombstone removed from the node.",
+            ),
+            quarantined_bytes: gauge(
+                registry,
+                "redstuff_node_quarantined_bytes",
+                "Bytes of quarantined files, counted toward capacity until purged.",
+            ),
+            metadata_cache_bytes: gauge(
+                registry,
+                "redstuff_node_metadata_cache_bytes",
+                "Bytes of parsed metadata the node keeps in memory.",
+            ),
         }
     }
 }
@@ -239,6 +275,8 @@ pub struct GatewayMetrics {
     pub decode_duration: Histogram,
     /// Answers from nodes that failed verification, by node.
     pub peer_invalid: IntCounterVec,
+    /// Uploads being received, encoded or shipped.
+    pub uploads_in_flight: IntGauge,
 }
 
 impl GatewayMetrics {
@@ -283,6 +321,11 @@ impl GatewayMetrics {
                 "Answers from nodes that failed verification.",
                 &["node"],
             ),
+            uploads_in_flight: gauge(
+                registry,
+                "redstuff_gateway_uploads_in_flight",
+                "Uploads being received, encoded or shipped.",
+            ),
         }
     }
 }
@@ -296,6 +339,10 @@ pub struct FleetMetrics {
     pub shards_missing: IntGauge,
     /// Node processes or pods ready.
     pub nodes_ready: IntGauge,
+    /// Nodes that did not answer their inventory within the deadline.
+    pub nodes_not_answering: IntGauge,
+    /// Commit markers and tombstones the loop carried to nodes that missed them.
+    pub markers_spread: IntCounterVec,
     /// Node pods gone longer than the grace period (their shards moved).
     pub nodes_evicted: IntGauge,
     /// Repairs started.
@@ -325,6 +372,17 @@ impl FleetMetrics {
                 "(blob, shard) pairs missing across the fleet.",
             ),
             nodes_ready: gauge(registry, "redstuff_nodes_ready", "Storage nodes ready."),
+            nodes_not_answering: gauge(
+                registry,
+                "redstuff_nodes_not_answering",
+                "Storage nodes that did not answer their inventory within the deadline.",
+            ),
+            markers_spread: counter_vec(
+                registry,
+                "redstuff_markers_spread_total",
+                "Commit markers and tombstones carried to nodes that missed them.",
+                &["marker"],
+            ),
             nodes_evicted: gauge(
                 registry,
                 "redstuff_nodes_evicted",

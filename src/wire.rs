@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::blob_state::BlobState;
+
 /// One blob in a node's inventory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InventoryBlob {
@@ -16,6 +18,33 @@ pub struct InventoryBlob {
     pub segments: u32,
     /// Shard (as a string key) -> segments whose sliver pair the node holds.
     pub shards: BTreeMap<u16, u32>,
+    /// The blob's write and delete markers on the node.
+    #[serde(default)]
+    pub state: BlobState,
+}
+
+/// What one node holds of one blob (`GET /v1/blobs/{id}/state`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NodeBlobState {
+    /// The write and delete markers.
+    #[serde(default)]
+    pub state: BlobState,
+    /// Blob length, from the node's metadata (absent without metadata).
+    #[serde(default)]
+    pub size: Option<u64>,
+    /// Segments, from the node's metadata.
+    #[serde(default)]
+    pub segments: Option<u32>,
+    /// Shards of the node's -> segments whose sliver pair it holds.
+    #[serde(default)]
+    pub shards: BTreeMap<u16, u32>,
+}
+
+/// A generation carried by a commit, an abort or a delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationBody {
+    /// The write's or delete's generation.
+    pub generation: u64,
 }
 
 /// A page of a node's inventory.
@@ -33,26 +62,35 @@ pub struct InventoryPage {
     pub next: Option<String>,
 }
 
-/// A peer in a repair request: which shard it owns, where it answers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Peer {
-    /// The shard.
-    pub shard: u16,
-    /// The node's name (for metrics and errors).
-    pub node: String,
-    /// Base URL of its API.
-    pub url: String,
-}
-
-/// Asks a node to rebuild its sliver pairs of one blob from its peers.
+/// Asks a node to rebuild its sliver pairs of one blob from its peers,
+/// which the node finds through its own fleet map (never from the caller).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepairRequest {
     /// The blob id.
     pub blob: String,
     /// Shards of this node to rebuild.
     pub shards: Vec<u16>,
-    /// Every other shard's holder.
-    pub peers: Vec<Peer>,
+    /// The committed write being repaired: the node commits it too, and
+    /// stops if a delete at least as new arrives.
+    pub generation: u64,
+    /// The blob's length as the fleet reports it (caps the metadata read
+    /// from peers).
+    pub size: u64,
+    /// Its segments, likewise.
+    pub segments: u32,
+}
+
+/// One line of a repair's answer (newline-delimited JSON): progress after
+/// each segment, then the report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RepairLine {
+    /// A segment is done (rebuilt, already whole, or failed).
+    Segment(u32),
+    /// The repair ended.
+    Report(RepairReport),
+    /// The repair stopped early.
+    Error(String),
 }
 
 /// What a repair did.

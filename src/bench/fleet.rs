@@ -105,33 +105,28 @@ pub async fn run(
     ));
 
     // The fleet.
-    let (url_tx, url_rx) = tokio::sync::oneshot::channel::<String>();
+    let (url_tx, url_rx) = tokio::sync::oneshot::channel::<(String, PathBuf)>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let dev_config = crate::dev::DevConfig {
         shards,
-        nodes: 7,
-        data_dir: work.path().join("fleet"),
-        gateway_addr: "127.0.0.1:0".parse()?,
         segment_size: options.segment_size,
-        exe: options.exe.clone(),
         period: Duration::from_millis(200),
-        max_concurrent_repairs: 4,
-        corrupt_nodes: Vec::new(),
         scrub_interval_secs: 0,
+        ..crate::dev::DevConfig::new(work.path().join("fleet"), options.exe.clone())
     };
     let fleet = tokio::spawn(crate::dev::run(
         dev_config,
         async move {
             let _ = stop_rx.await;
         },
-        move |url| {
-            let _ = url_tx.send(url.to_string());
+        move |url, token| {
+            let _ = url_tx.send((url.to_string(), token.to_path_buf()));
         },
     ));
-    let gateway = url_rx
+    let (gateway, token) = url_rx
         .await
         .map_err(|_| anyhow::anyhow!("the fleet did not start"))?;
-    let http = crate::http::client();
+    let http = crate::dev::authorized_client(&token)?;
     let result = measure(options, &http, &gateway, &blob_path, &data, &mut log).await;
     let _ = stop_tx.send(());
     let _ = fleet.await;

@@ -105,6 +105,10 @@ pub fn synthetic_inventories(
                         size: 64 << 20,
                         segments: 1,
                         shards: shards.iter().map(|s| (*s, 1)).collect(),
+                        state: crate::blob_state::BlobState {
+                            commit: Some(1),
+                            ..Default::default()
+                        },
                     })
                     .collect(),
                 next: None,

@@ -1,9 +1,19 @@
-//! Talking to storage nodes: one node's API (`NodeClient`), and the fleet
-//! operations built on it: writing a blob with a write quorum and reading
-//! it back from any threshold of honest nodes.
+//! Talking to storage nodes: one node's API (`NodeClient`, with deadlines
+//! and size caps), and the fleet operations built on it (`BlobClient`):
+//! writes that commit on a quorum, reads from any threshold of honest
+//! nodes, deletes that leave tombstones on a quorum.
 
-mod blob_io;
+mod blob_client;
+pub mod deadline;
+mod delete;
 mod node_client;
+pub mod quorum;
+mod read;
+mod write;
 
-pub use blob_io::{BlobClient, BlobIoError, WriteOutcome};
-pub use node_client::{NodeCallError, NodeClient};
+pub use blob_client::{BlobClient, BlobIoError};
+pub use deadline::Deadlines;
+pub use delete::DeleteOutcome;
+pub use node_client::{NodeCallError, NodeCalls, NodeClient};
+pub use read::{SlowNodes, VisibleBlob};
+pub use write::WriteOutcome;

@@ -236,6 +236,37 @@ impl BlobMetadata {
     }
 }
 
+/// Bytes of metadata needed to know its whole length (header, tag, n,
+/// segment size, length, segment count).
+pub const METADATA_PREFIX_LEN: usize = HEADER_LEN + 1 + 2 + 8 + 8 + 4;
+
+/// The length of a serialized metadata object from its first
+/// [`METADATA_PREFIX_LEN`] bytes, checked as far as they go: a receiver can
+/// refuse an oversized object before reading it.
+pub fn metadata_len_from_prefix(prefix: &[u8]) -> Result<u64, FormatError> {
+    let mut r = Reader::new(prefix, "blob metadata");
+    r.header(TYPE_METADATA)?;
+    let tag = r.u8()?;
+    if tag != ENCODING_TAG {
+        return Err(invalid(
+            "encoding tag",
+            format!("{tag} is not a known encoding"),
+        ));
+    }
+    let n = r.u16()?;
+    let segment_size = r.u64()?;
+    let len = r.u64()?;
+    let segment_count = r.u32()?;
+    let layout = layout_from_params(n, segment_size, len)?;
+    if u64::from(segment_count) != layout.segment_count() {
+        return Err(invalid(
+            "segment count",
+            format!("{segment_count} segments recorded, {} for {len} bytes", layout.segment_count()),
+        ));
+    }
+    Ok(layout.metadata_len())
+}
+
 impl<A: Axis> Sliver<A> {
     /// Serializes the sliver.
     pub fn to_bytes(&self) -> Vec<u8> {

@@ -50,3 +50,45 @@ impl FleetMap {
         std::fs::rename(tmp, path)
     }
 }
+
+/// A fleet map file another process rewrites: re-read when it changed.
+#[derive(Debug)]
+pub struct MapFile {
+    path: std::path::PathBuf,
+    current: std::sync::RwLock<(Option<FleetMap>, Option<std::time::SystemTime>)>,
+}
+
+impl MapFile {
+    /// Watches the map at `path` (read on first use).
+    pub fn new(path: std::path::PathBuf) -> Self {
+        Self {
+            path,
+            current: std::sync::RwLock::new((None, None)),
+        }
+    }
+
+    /// A map known from the start.
+    pub fn fixed(map: FleetMap) -> Self {
+        Self {
+            path: std::path::PathBuf::new(),
+            current: std::sync::RwLock::new((Some(map), None)),
+        }
+    }
+
+    /// The map as it is now (re-read if the file changed); `None` until
+    /// the file exists. A broken rewrite keeps the last good map.
+    pub fn get(&self) -> Option<FleetMap> {
+        if !self.path.as_os_str().is_empty() {
+            let modified = std::fs::metadata(&self.path)
+                .and_then(|m| m.modified())
+                .ok();
+            if modified.is_some() && modified != self.current.read().expect("not poisoned").1 {
+                match FleetMap::read(&self.path) {
+                    Ok(map) => *self.current.write().expect("not poisoned") = (Some(map), modified),
+                    Err(e) => tracing::warn!("keeping the current fleet map: {e:#}"),
+                }
+            }
+        }
+        self.current.read().expect("not poisoned").0.clone()
+    }
+}

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::EncodingConfig;
-pub use map::{FleetMap, MapNode};
+pub use map::{FleetMap, MapFile, MapNode};
 pub use shard_set::ShardSet;
 
 /// A node as placement sees it.

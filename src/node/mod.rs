@@ -1,22 +1,32 @@
 //! `redstuff node`: one storage node. An HTTP API (axum) over its durable
 //! sliver store; it verifies everything it receives against the blob's
-//! metadata before it keeps it, serves slivers and recovery symbols, and
-//! rebuilds its own sliver pairs from peers when told to.
+//! metadata before it keeps it, keeps the write and delete markers of
+//! every blob, serves slivers and recovery symbols, and rebuilds its own
+//! sliver pairs from peers (found through its own fleet map) when told to.
+//! Every route but health and metrics needs the cluster token.
 
 mod api;
+mod blobs;
+mod inventory;
+mod metadata_cache;
 pub mod ownership;
 mod repair;
+mod slivers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use prometheus::Registry;
 use tokio::net::TcpListener;
 
+use crate::auth::TokenSet;
+use crate::client::{Deadlines, NodeCalls};
+use crate::fleet::MapFile;
 use crate::metrics::NodeMetrics;
-use crate::store::SliverStore;
+use crate::store::{Housekeeping, SliverStore};
+use metadata_cache::MetadataCache;
 pub use ownership::{Ownership, ShardSource, ShardsFile};
 
 /// How a node is set up.
@@ -28,15 +38,46 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Where ownership of shards comes from.
     pub shards: ShardSource,
+    /// The fleet map, where the node finds its peers for repairs.
+    pub fleet: Option<PathBuf>,
+    /// The cluster tokens: required from callers, the first sent to peers.
+    pub tokens: Arc<TokenSet>,
+    /// Deadlines of calls to peers.
+    pub deadlines: Deadlines,
     /// Capacity of the store in bytes, if capped.
     pub capacity: Option<u64>,
-    /// Largest request body accepted, in bytes.
-    pub max_body_bytes: usize,
+    /// Largest metadata accepted, in bytes.
+    pub max_metadata_bytes: u64,
+    /// Bytes of parsed metadata kept in memory.
+    pub metadata_cache_bytes: u64,
     /// Test only: flip a bit in every sliver and symbol served, to play a
     /// node that lies.
     pub corrupt_reads: bool,
     /// How often every stored file is re-read and checked; `None`: never.
     pub scrub_interval: Option<Duration>,
+    /// How long abandoned uploads and quarantined files are kept.
+    pub housekeeping: Housekeeping,
+}
+
+impl NodeConfig {
+    /// A node named `name` on `data_dir` owning `shards`, with `tokens` and
+    /// every other setting at its default.
+    pub fn new(name: &str, data_dir: PathBuf, shards: ShardSource, tokens: Arc<TokenSet>) -> Self {
+        Self {
+            name: name.to_string(),
+            data_dir,
+            shards,
+            fleet: None,
+            tokens,
+            deadlines: Deadlines::default(),
+            capacity: None,
+            max_metadata_bytes: 256 << 20,
+            metadata_cache_bytes: 64 << 20,
+            corrupt_reads: false,
+            scrub_interval: None,
+            housekeeping: Housekeeping::default(),
+        }
+    }
 }
 
 /// Everything the handlers share.
@@ -44,10 +85,13 @@ pub struct NodeState {
     name: String,
     store: SliverStore,
     ownership: Arc<Ownership>,
+    fleet: Option<MapFile>,
     registry: Registry,
     metrics: NodeMetrics,
     corrupt_reads: bool,
-    http: reqwest::Client,
+    peers: NodeCalls,
+    metadata: MetadataCache,
+    max_metadata_bytes: u64,
 }
 
 /// A node bound to its address, ready to serve.
@@ -55,7 +99,9 @@ pub struct Node {
     listener: TcpListener,
     router: axum::Router,
     state: Arc<NodeState>,
+    tokens: Arc<TokenSet>,
     scrub_interval: Option<Duration>,
+    housekeeping: Housekeeping,
 }
 
 impl Node {
@@ -74,22 +120,24 @@ impl Node {
             name: config.name,
             store,
             ownership,
+            fleet: config.fleet.map(MapFile::new),
             registry,
             metrics,
             corrupt_reads: config.corrupt_reads,
-            http: crate::http::client_builder()
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(Duration::from_secs(60))
-                .build()?,
+            peers: NodeCalls::new(config.tokens.clone(), config.deadlines),
+            metadata: MetadataCache::new(config.metadata_cache_bytes),
+            max_metadata_bytes: config.max_metadata_bytes,
         });
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         Ok(Self {
-            router: api::router(state.clone(), config.max_body_bytes),
+            router: api::router(state.clone(), config.tokens.clone()),
             listener,
             state,
+            tokens: config.tokens,
             scrub_interval: config.scrub_interval,
+            housekeeping: config.housekeeping,
         })
     }
 
@@ -107,9 +155,11 @@ impl Node {
             .ownership
             .clone()
             .watch(Duration::from_millis(250));
+        self.tokens.watch(Duration::from_secs(1));
         if let Some(period) = self.scrub_interval {
             scrub_periodically(self.state.clone(), period);
         }
+        keep_house(self.state.clone(), self.housekeeping);
         axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
             .await?;
@@ -128,18 +178,63 @@ fn scrub_periodically(state: Arc<NodeState>, period: Duration) {
             tick.tick().await;
             let worker = state.clone();
             match tokio::task::spawn_blocking(move || worker.store.scrub()).await {
-                Ok(Ok((checked, corrupt))) => {
-                    if corrupt > 0 {
-                        tracing::warn!(node = %state.name, checked, corrupt, "scrub quarantined corrupt files");
-                        state
-                            .metrics
-                            .corruption_detected
+                Ok(Ok(report)) => {
+                    let m = &state.metrics;
+                    if report.corrupt > 0 {
+                        tracing::warn!(node = %state.name, checked = report.checked, corrupt = report.corrupt, "scrub quarantined corrupt files");
+                        m.corruption_detected
                             .with_label_values(&["scrub"])
-                            .inc_by(corrupt);
+                            .inc_by(report.corrupt);
+                    }
+                    if report.unreadable > 0 {
+                        tracing::warn!(node = %state.name, unreadable = report.unreadable, "scrub quarantined files it could not read");
+                        m.io_errors
+                            .with_label_values(&["scrub"])
+                            .inc_by(report.unreadable);
                     }
                 }
                 Ok(Err(e)) => tracing::warn!(node = %state.name, "scrub failed: {e}"),
                 Err(e) => tracing::warn!(node = %state.name, "scrub task failed: {e}"),
+            }
+        }
+    });
+}
+
+/// Collects abandoned uploads and purges old quarantined files, checking
+/// a few times per TTL.
+fn keep_house(state: Arc<NodeState>, housekeeping: Housekeeping) {
+    tokio::spawn(async move {
+        let period = (housekeeping.staged_ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            let worker = state.clone();
+            let done = tokio::task::spawn_blocking(move || {
+                let now = SystemTime::now();
+                let collected = worker
+                    .store
+                    .collect_abandoned(housekeeping.staged_ttl, now)?;
+                for id in &collected {
+                    worker.metadata.forget(id);
+                }
+                let purged = worker
+                    .store
+                    .purge_quarantine(housekeeping.quarantine_retention, now)?;
+                Ok::<_, crate::store::StoreError>((collected.len(), purged))
+            })
+            .await;
+            match done {
+                Ok(Ok((collected, purged))) => {
+                    if collected > 0 {
+                        tracing::info!(node = %state.name, collected, "removed abandoned uploads");
+                        state.metrics.abandoned_collected.inc_by(collected as u64);
+                    }
+                    if purged > 0 {
+                        tracing::info!(node = %state.name, purged, "purged quarantined files");
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!(node = %state.name, "housekeeping failed: {e}"),
+                Err(e) => tracing::warn!(node = %state.name, "housekeeping task failed: {e}"),
             }
         }
     });

@@ -23,7 +23,8 @@ use super::controller::{status_merge_patch, ReconcileError};
 use super::crd::{Blob, BlobHealth, BlobStatus, StorageCluster};
 use super::ingest::{self, IngestError};
 use super::status::validate_spec;
-use crate::client::NodeClient;
+use super::context::fleet_map;
+use crate::client::{BlobClient, DeleteOutcome};
 use crate::codec::BlobId;
 
 /// The finalizer that deletes a Blob's slivers before the Blob goes.
@@ -285,26 +286,19 @@ async fn cleanup_blob(
     let Ok(blob_id) = id.parse::<BlobId>() else {
         return Ok(Action::await_change());
     };
-    let mut unreachable = Vec::new();
-    let mut deleted = 0;
-    for index in 0..usize::from(cluster.spec.nodes) {
-        let client = NodeClient::new(ctx.http.clone(), ctx.endpoints.node(&cluster, index));
-        match client.delete(&blob_id).await {
-            Ok(true) => deleted += 1,
-            Ok(false) => {}
-            Err(e) => unreachable.push(format!("{}: {e}", client.url())),
+    let calls = ctx.cluster_calls(&cluster).await?;
+    let client = BlobClient::new(calls, fleet_map(&cluster, &ctx.endpoints), None);
+    let failure = match client.delete(&blob_id).await {
+        Ok(outcome) => {
+            let note = match outcome {
+                DeleteOutcome::Deleted { .. } => format!("deleted {id}: a tombstone on a quorum of shards, the loop removes the rest"),
+                DeleteOutcome::NotFound => format!("{id} was not stored (or already deleted)"),
+            };
+            ctx.publish(blob, false, "SliversDeleted", note).await;
+            return Ok(Action::await_change());
         }
-    }
-    if unreachable.is_empty() {
-        ctx.publish(
-            blob,
-            false,
-            "SliversDeleted",
-            format!("deleted {id} from {deleted} nodes"),
-        )
-        .await;
-        return Ok(Action::await_change());
-    }
+        Err(e) => e.to_string(),
+    };
     let waited = blob
         .metadata
         .deletion_timestamp
@@ -316,15 +310,12 @@ async fn cleanup_blob(
             blob,
             true,
             "SliversLeft",
-            format!(
-                "gave up after {waited} s; slivers of {id} stay on: {}",
-                unreachable.join("; ")
-            ),
+            format!("gave up after {waited} s; {failure}"),
         )
         .await;
         return Ok(Action::await_change());
     }
-    Err(ReconcileError::NodesUnreachable(unreachable.join("; ")))
+    Err(ReconcileError::NodesUnreachable(failure))
 }
 
 /// Writes `status` unless it equals `current`, which then becomes it.

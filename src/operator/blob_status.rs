@@ -202,6 +202,7 @@ mod tests {
             blob: Some(BlobView {
                 size: 1 << 20,
                 segments: 1,
+                generation: 1,
                 complete_shards: complete.iter().copied().collect(),
             }),
             repairing,

@@ -15,6 +15,8 @@ use prometheus::Registry;
 
 use super::crd::StorageCluster;
 use super::desired::{node_pod_name, node_url, GATEWAY_PORT};
+use crate::auth::TokenSet;
+use crate::client::{Deadlines, NodeCalls};
 use crate::control::{FleetView, Repairer};
 use crate::metrics::FleetMetrics;
 
@@ -52,6 +54,50 @@ impl Endpoints {
     }
 }
 
+/// The fleet map of `cluster` as its status assigns shards, each node
+/// reached through `endpoints`.
+pub fn fleet_map(cluster: &StorageCluster, endpoints: &Endpoints) -> crate::fleet::FleetMap {
+    let name = cluster.metadata.name.clone().unwrap_or_default();
+    let assignment = cluster
+        .status
+        .as_ref()
+        .map(|s| s.shard_assignment.clone())
+        .unwrap_or_default();
+    crate::fleet::FleetMap {
+        shards: cluster.spec.shards,
+        segment_size: crate::codec::DEFAULT_SEGMENT_SIZE,
+        nodes: (0..usize::from(cluster.spec.nodes))
+            .map(|index| {
+                let pod = node_pod_name(&name, index);
+                crate::fleet::MapNode {
+                    shards: assignment
+                        .iter()
+                        .filter(|a| a.node == pod)
+                        .map(|a| a.shard)
+                        .collect(),
+                    url: endpoints.node(cluster, index),
+                    name: pod,
+                }
+            })
+            .collect(),
+    }
+}
+
+/// The API server refuses Event notes over 1024 bytes: longer ones are
+/// cut (at a character boundary) and say so.
+pub fn truncate_note(note: String) -> String {
+    const LIMIT: usize = 1024;
+    if note.len() <= LIMIT {
+        return note;
+    }
+    let marker = " ... (cut)";
+    let mut end = LIMIT - marker.len();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{marker}", &note[..end])
+}
+
 /// (namespace, name) of a StorageCluster.
 pub type ClusterKey = (String, String);
 
@@ -61,6 +107,9 @@ pub struct ClusterFleet {
     pub registry: Registry,
     /// The control-loop metrics of this cluster.
     pub metrics: FleetMetrics,
+    /// How its nodes are called (with the cluster's token, read from its
+    /// Secret on every reconcile).
+    pub calls: NodeCalls,
     /// Its repairs.
     pub repairer: Repairer,
     /// The last inventory view, and the shard count it was read with.
@@ -79,7 +128,7 @@ pub struct Fleets {
 
 impl Fleets {
     /// The state of a cluster, created on first use.
-    pub fn get(&self, key: &ClusterKey, http: &reqwest::Client) -> Arc<ClusterFleet> {
+    pub fn get(&self, key: &ClusterKey, deadlines: Deadlines) -> Arc<ClusterFleet> {
         let mut clusters = self.clusters.lock().expect("not poisoned");
         clusters
             .entry(key.clone())
@@ -91,8 +140,11 @@ impl Fleets {
                 let registry =
                     Registry::new_custom(None, Some(labels)).expect("valid constant labels");
                 let metrics = FleetMetrics::new(&registry);
+                // Until the reconcile reads the cluster's token Secret.
+                let calls = NodeCalls::new(TokenSet::single("no token read yet"), deadlines);
                 Arc::new(ClusterFleet {
-                    repairer: Repairer::new(http.clone(), metrics.clone()),
+                    repairer: Repairer::new(calls.clone(), metrics.clone()),
+                    calls,
                     registry,
                     metrics,
                     view: Mutex::new(None),
@@ -145,8 +197,10 @@ pub struct Context {
     pub image: String,
     /// How node pods and gateways are reached.
     pub endpoints: Endpoints,
-    /// HTTP client for nodes, gateways and URL sources.
+    /// HTTP client for gateways and URL sources.
     pub http: reqwest::Client,
+    /// Deadlines of calls to nodes.
+    pub deadlines: Deadlines,
     /// Per cluster fleet state.
     pub fleets: Fleets,
     /// Publishes Kubernetes Events.
@@ -177,6 +231,7 @@ impl Context {
                 .read_timeout(Duration::from_secs(600))
                 .build()
                 .expect("HTTP client"),
+            deadlines: Deadlines::default(),
             fleets: Fleets::default(),
             views_changed: tokio::sync::watch::channel(0).0,
             spool_dir: std::env::temp_dir().join("redstuff-ingest"),
@@ -191,19 +246,38 @@ impl Context {
         K: Resource<DynamicType = ()>,
     {
         let event = Event {
+            note: Some(truncate_note(note)),
             type_: if warning {
                 EventType::Warning
             } else {
                 EventType::Normal
             },
             reason: reason.into(),
-            note: Some(note),
             action: reason.into(),
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
             tracing::warn!("cannot publish event {reason}: {e}");
         }
+    }
+
+    /// How to call the nodes of `cluster`: with the token of its Secret,
+    /// read now (so a rotated token is used from the next call on).
+    pub async fn cluster_calls(&self, cluster: &StorageCluster) -> Result<NodeCalls, kube::Error> {
+        let namespace = cluster.metadata.namespace.clone().unwrap_or_default();
+        let name = cluster.metadata.name.clone().unwrap_or_default();
+        let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+            kube::Api::namespaced(self.client.clone(), &namespace);
+        let fleet = self.fleets.get(&(namespace, name.clone()), self.deadlines);
+        if let Some(secret) = secrets.get_opt(&format!("{name}-node-token")).await? {
+            if let Some(token) = secret.data.as_ref().and_then(|d| d.get("token")) {
+                fleet
+                    .calls
+                    .token
+                    .replace(vec![String::from_utf8_lossy(&token.0).into_owned()]);
+            }
+        }
+        Ok(fleet.calls.clone())
     }
 
     /// The same, reaching objects through `endpoints`.

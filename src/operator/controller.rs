@@ -328,7 +328,8 @@ pub async fn reconcile_cluster(
     // is immutable, and a new image on every pod at once would restart
     // them together): they are replaced one at a time.
     let key = (namespace.clone(), name.clone());
-    let fleet_state = ctx.fleets.get(&key, &ctx.http);
+    let fleet_state = ctx.fleets.get(&key, ctx.deadlines);
+    fleet_state.calls.token.replace(vec![token.clone()]);
     let rollout_nodes: Vec<RolloutNode> = desired
         .node_pods
         .iter()
@@ -431,7 +432,15 @@ pub async fn reconcile_cluster(
         .filter(|b| b.spec.cluster == name)
         .filter_map(recorded_blob_id)
         .collect();
-    let view = control::observe(&ctx.http, &addresses).await;
+    let view = control::observe(&fleet_state.calls, &addresses).await;
+    control::spread_markers(
+        &fleet_state.calls,
+        &view.markers,
+        &addresses,
+        &fleet_state.metrics,
+        1000,
+    )
+    .await;
     record_uploads(&cluster, &blob_records, &recorded, &view, &encoding).await?;
     view.publish(&encoding, &fleet_state.metrics);
     fleet_state.metrics.nodes_evicted.set(evicted.len() as i64);

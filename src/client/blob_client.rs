@@ -1,0 +1,134 @@
+//! The fleet client: reads, writes and deletes blobs on the nodes of a
+//! fleet map. The operations live in `write`, `read` and `delete`; the
+//! quorum bookkeeping they share in `quorum`.
+
+use thiserror::Error;
+
+use super::node_client::{NodeCalls, NodeClient};
+use crate::codec::{BlobId, EncodingConfig};
+use crate::fleet::{FleetMap, MapNode};
+use crate::metrics::GatewayMetrics;
+
+/// A failed write, read or delete.
+#[derive(Debug, Error)]
+pub enum BlobIoError {
+    /// Fewer than n - f shards acknowledged a segment: nothing was committed.
+    #[error("write not durable: segment {segment} reached {acknowledged} shards, {needed} needed; nothing was committed")]
+    NotDurable {
+        /// The segment.
+        segment: u32,
+        /// Shards that acknowledged it.
+        acknowledged: usize,
+        /// n - f.
+        needed: usize,
+    },
+    /// The commit reached fewer than n - f shards.
+    #[error("write not committed: {acknowledged} shards acknowledged the commit, {needed} needed; {outcome}")]
+    CommitFailed {
+        /// Shards whose node acknowledged the commit.
+        acknowledged: usize,
+        /// n - f.
+        needed: usize,
+        /// What became of the write.
+        outcome: String,
+    },
+    /// Too few shards answered to decide.
+    #[error("only {answered} shards answered about blob {id} within their deadline, {needed} needed to decide")]
+    NoQuorum {
+        /// The blob.
+        id: BlobId,
+        /// Shards whose node answered.
+        answered: usize,
+        /// n - f.
+        needed: usize,
+    },
+    /// The blob is not visible: never stored, deleted, or not committed.
+    #[error("blob {0} not found")]
+    NotFound(BlobId),
+    /// Not enough valid slivers could be fetched to decode a segment.
+    #[error("segment {segment} of blob {id} cannot be read: {reason}")]
+    Unreadable {
+        /// The blob.
+        id: BlobId,
+        /// The segment.
+        segment: u32,
+        /// Why.
+        reason: String,
+    },
+    /// The blob was encoded inconsistently by its writer.
+    #[error("blob {0} was encoded inconsistently by its writer and cannot be read")]
+    Inconsistent(BlobId),
+    /// A delete reached fewer than n - f shards.
+    #[error("delete of {id} reached {acknowledged} shards, {needed} needed: it is not final yet and the blob may still be read; retry the delete")]
+    DeleteIncomplete {
+        /// The blob.
+        id: BlobId,
+        /// Shards whose node recorded the tombstone.
+        acknowledged: usize,
+        /// n - f.
+        needed: usize,
+    },
+    /// Reading the input failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The encoding failed (parameters, size).
+    #[error(transparent)]
+    Encode(#[from] crate::codec::EncodeError),
+    /// The fleet map is unusable.
+    #[error("fleet map: {0}")]
+    Map(String),
+}
+
+/// Reads, writes and deletes blobs on a fleet.
+#[derive(Clone)]
+pub struct BlobClient {
+    pub(super) calls: NodeCalls,
+    pub(super) map: FleetMap,
+    pub(super) metrics: Option<GatewayMetrics>,
+}
+
+impl BlobClient {
+    /// A client of the fleet described by `map`.
+    pub fn new(calls: NodeCalls, map: FleetMap, metrics: Option<GatewayMetrics>) -> Self {
+        Self {
+            calls,
+            map,
+            metrics,
+        }
+    }
+
+    /// The fleet map it works on.
+    pub fn map(&self) -> &FleetMap {
+        &self.map
+    }
+
+    /// Nodes that hold at least one shard.
+    pub(super) fn holders(&self) -> impl Iterator<Item = &MapNode> {
+        self.map.nodes.iter().filter(|n| !n.shards.is_empty())
+    }
+
+    pub(super) fn client(&self, node: &MapNode) -> NodeClient {
+        self.calls.node(&node.url)
+    }
+
+    /// The node holding `shard`, and a client of it.
+    pub(super) fn holder(&self, shard: u16) -> Option<(&MapNode, NodeClient)> {
+        self.map.holder(shard).map(|n| (n, self.client(n)))
+    }
+
+    pub(super) fn invalid_from(&self, node: &str) {
+        if let Some(m) = &self.metrics {
+            m.peer_invalid.with_label_values(&[node]).inc();
+        }
+    }
+
+    pub(super) fn config(&self) -> Result<EncodingConfig, BlobIoError> {
+        EncodingConfig::new(self.map.shards).map_err(|e| BlobIoError::Map(e.to_string()))
+    }
+
+    /// n - f: the shards a write, a delete or a decision needs.
+    pub(super) fn quorum(&self) -> Result<usize, BlobIoError> {
+        let config = self.config()?;
+        Ok(config.n() - config.f())
+    }
+}

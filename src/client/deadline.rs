@@ -1,0 +1,171 @@
+//! Deadlines and size caps for calls to nodes: a node that is stopped,
+//! partitioned or lying must neither hold a caller nor fill its memory.
+//!
+//! - A small call (metadata, markers, a symbol, an inventory page) has one
+//!   deadline for the whole exchange.
+//! - A large transfer is watched for progress instead: it fails when no
+//!   bytes moved for the stall time, however long it runs while bytes do
+//!   move; after the last byte of an upload the answer must come within
+//!   the call deadline.
+//! - Every response body is read up to the size the caller expects, and
+//!   refused (without reading on) past it.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+/// How long node calls may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// A whole small call, and the answer after an upload's last byte.
+    pub call: Duration,
+    /// A large transfer without any progress.
+    pub stall: Duration,
+    /// A repair without a segment done.
+    pub repair_stall: Duration,
+}
+
+impl Deadlines {
+    /// Deadlines from one number of seconds: calls and stalls that long,
+    /// repairs six times as long per segment.
+    pub fn from_secs(secs: f64) -> Self {
+        let call = Duration::from_secs_f64(secs.max(0.1));
+        Self {
+            call,
+            stall: call,
+            repair_stall: (call * 6).max(Duration::from_secs(30)),
+        }
+    }
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Self::from_secs(5.0)
+    }
+}
+
+/// Why reading an answer failed.
+#[derive(Debug)]
+pub enum ReadFailure {
+    /// No progress within the deadline.
+    TimedOut,
+    /// The body is larger than the caller expects.
+    TooLarge {
+        /// The most bytes expected.
+        limit: u64,
+    },
+    /// The transfer broke.
+    Transport(reqwest::Error),
+}
+
+/// Reads a response body of at most `limit` bytes, each chunk within
+/// `stall`; refuses a declared or actual length past `limit` without
+/// reading on.
+pub async fn read_capped(
+    mut response: reqwest::Response,
+    limit: u64,
+    stall: Duration,
+) -> Result<Vec<u8>, ReadFailure> {
+    if response.content_length().is_some_and(|len| len > limit) {
+        return Err(ReadFailure::TooLarge { limit });
+    }
+    let mut body = Vec::with_capacity(response.content_length().unwrap_or(0) as usize);
+    loop {
+        match tokio::time::timeout(stall, response.chunk()).await {
+            Err(_) => return Err(ReadFailure::TimedOut),
+            Ok(Err(e)) => return Err(ReadFailure::Transport(e)),
+            Ok(Ok(None)) => return Ok(body),
+            Ok(Ok(Some(chunk))) => {
+                if body.len() as u64 + chunk.len() as u64 > limit {
+                    return Err(ReadFailure::TooLarge { limit });
+                }
+                body.extend_from_slice(&chunk);
+            }
+        }
+    }
+}
+
+/// Progress of an upload body, shared between the body and its watchdog.
+#[derive(Debug)]
+struct Progress {
+    start: Instant,
+    /// Milliseconds since `start` of the last chunk taken by the transport.
+    last: AtomicU64,
+    done: AtomicBool,
+}
+
+impl Progress {
+    fn touch(&self) {
+        self.last
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+    fn idle(&self) -> Duration {
+        let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+}
+
+/// An upload body handed out in chunks, each marking progress.
+struct WatchedBody {
+    data: Bytes,
+    progress: Arc<Progress>,
+}
+
+const UPLOAD_CHUNK: usize = 256 << 10;
+
+impl Stream for WatchedBody {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.progress.touch();
+        if self.data.is_empty() {
+            self.progress.done.store(true, Ordering::Relaxed);
+            return Poll::Ready(None);
+        }
+        let take = self.data.len().min(UPLOAD_CHUNK);
+        Poll::Ready(Some(Ok(self.data.split_to(take))))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let chunks = self.data.len().div_ceil(UPLOAD_CHUNK);
+        (chunks, Some(chunks))
+    }
+}
+
+/// A body for `data` and a watchdog future that completes (with `true`)
+/// once the upload stalled: no chunk taken for `stall`, or no answer
+/// `call` after the last chunk. Race the request against the watchdog.
+pub fn watched_upload(
+    data: Vec<u8>,
+    deadlines: Deadlines,
+) -> (reqwest::Body, impl std::future::Future<Output = ()>) {
+    let progress = Arc::new(Progress {
+        start: Instant::now(),
+        last: AtomicU64::new(0),
+        done: AtomicBool::new(false),
+    });
+    let body = WatchedBody {
+        data: Bytes::from(data),
+        progress: progress.clone(),
+    };
+    let watchdog = async move {
+        let tick = (deadlines.stall.min(deadlines.call) / 4).max(Duration::from_millis(10));
+        loop {
+            tokio::time::sleep(tick).await;
+            let limit = if progress.done.load(Ordering::Relaxed) {
+                deadlines.call
+            } else {
+                deadlines.stall
+            };
+            if progress.idle() >= limit {
+                return;
+            }
+        }
+    };
+    (reqwest::Body::wrap_stream(body), watchdog)
+}

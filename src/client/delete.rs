@@ -1,0 +1,81 @@
+//! Deleting a blob: a tombstone on a quorum of shards before the answer.
+//!
+//! The delete's generation is above every commit seen (a quorum's answers
+//! include every committed write), so its tombstone wins over the slivers
+//! of the at most f nodes that slept through it: they hold fewer than p
+//! slivers, no read succeeds from them alone, and the loop spreads the
+//! tombstone to them when they return. A delete that reaches fewer than
+//! n - f shards says so; its tombstones stay and spread, and a retry
+//! completes it.
+
+use futures_util::future::join_all;
+
+use super::blob_client::{BlobClient, BlobIoError};
+use super::quorum::collect_states;
+use crate::blob_state::{next_generation, now_nanos, Verdict};
+use crate::codec::BlobId;
+use crate::fleet::MapNode;
+
+/// What a delete did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    /// The blob was visible (or a delete of it unfinished) and is now
+    /// deleted on a quorum: final.
+    Deleted {
+        /// The tombstone's generation.
+        generation: u64,
+    },
+    /// Nothing visible to delete (never stored, or deleted before).
+    NotFound,
+}
+
+impl BlobClient {
+    /// Deletes a blob: final once this returns `Deleted`.
+    pub async fn delete(&self, id: &BlobId) -> Result<DeleteOutcome, BlobIoError> {
+        let quorum = self.quorum()?;
+        let states = collect_states(self, id, quorum).await;
+        if states.answered_shards() < quorum {
+            return Err(BlobIoError::NoQuorum {
+                id: *id,
+                answered: states.answered_shards(),
+                needed: quorum,
+            });
+        }
+        let generation = match states.verdict() {
+            Verdict::Absent | Verdict::Staged => return Ok(DeleteOutcome::NotFound),
+            Verdict::Deleted(generation) => {
+                let recorded = states.shards_where(|s| s.tombstone >= Some(generation));
+                if recorded >= quorum {
+                    return Ok(DeleteOutcome::NotFound);
+                }
+                // An earlier delete that did not reach a quorum: finish it.
+                generation
+            }
+            Verdict::Visible(_) => next_generation(now_nanos(), states.generations()),
+        };
+        let nodes: Vec<&MapNode> = self
+            .holders()
+            .filter(|n| !states.silent.contains(&n.name))
+            .collect();
+        let answers = join_all(nodes.iter().map(|node| {
+            let call = self.client(node);
+            async move { call.delete(id, generation).await }
+        }))
+        .await;
+        let mut acknowledged = 0;
+        for (node, answer) in nodes.iter().zip(answers) {
+            match answer {
+                Ok(()) => acknowledged += node.shards.len(),
+                Err(e) => tracing::warn!(node = %node.name, "delete of {id}: {e}"),
+            }
+        }
+        if acknowledged < quorum {
+            return Err(BlobIoError::DeleteIncomplete {
+                id: *id,
+                acknowledged,
+                needed: quorum,
+            });
+        }
+        Ok(DeleteOutcome::Deleted { generation })
+    }
+}

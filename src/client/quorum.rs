@@ -1,0 +1,157 @@
+//! Asking the fleet about one blob: every node's markers, gathered until
+//! the answers cover a quorum of n - f shards. Any two quorums share a
+//! shard, so a delete or commit acknowledged by a quorum is always seen.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+
+use super::blob_client::BlobClient;
+use crate::blob_state::{self, BlobState, Verdict};
+use crate::codec::BlobId;
+use crate::wire::NodeBlobState;
+
+/// One node's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateAnswer {
+    /// The node.
+    pub node: String,
+    /// The shards it holds in the fleet map.
+    pub shards: BTreeSet<u16>,
+    /// What it said.
+    pub state: NodeBlobState,
+}
+
+/// What the nodes said about a blob.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateCollection {
+    /// Answers, in the order they came.
+    pub answers: Vec<StateAnswer>,
+    /// Nodes that did not answer within their deadline (down, stopped,
+    /// partitioned).
+    pub silent: BTreeSet<String>,
+}
+
+impl StateCollection {
+    /// Shards whose node answered.
+    pub fn answered_shards(&self) -> usize {
+        self.answers.iter().map(|a| a.shards.len()).sum()
+    }
+
+    /// What the markers add up to.
+    pub fn verdict(&self) -> Verdict {
+        blob_state::resolve(self.answers.iter().map(|a| &a.state.state))
+    }
+
+    /// Shards whose node's markers satisfy `test`.
+    pub fn shards_where(&self, test: impl Fn(&BlobState) -> bool) -> usize {
+        self.answers
+            .iter()
+            .filter(|a| test(&a.state.state))
+            .map(|a| a.shards.len())
+            .sum()
+    }
+
+    /// Every generation seen.
+    pub fn generations(&self) -> impl Iterator<Item = Option<u64>> + '_ {
+        self.answers.iter().map(|a| a.state.state.newest())
+    }
+
+    /// The blob's (length, segments) as most answering shards report them
+    /// from their metadata: a lying minority cannot set the size of what
+    /// is read from anyone.
+    pub fn layout_claim(&self) -> Option<(u64, u32)> {
+        let mut votes: BTreeMap<(u64, u32), usize> = BTreeMap::new();
+        for answer in &self.answers {
+            if let (Some(size), Some(segments)) = (answer.state.size, answer.state.segments) {
+                *votes.entry((size, segments)).or_default() += answer.shards.len().max(1);
+            }
+        }
+        votes.into_iter().max_by_key(|(_, v)| *v).map(|(claim, _)| claim)
+    }
+
+    /// Nodes that said they have the metadata with the claimed layout, most
+    /// shards first.
+    pub fn metadata_holders(&self) -> Vec<&str> {
+        let Some((size, segments)) = self.layout_claim() else {
+            return Vec::new();
+        };
+        let mut holders: Vec<&StateAnswer> = self
+            .answers
+            .iter()
+            .filter(|a| a.state.size == Some(size) && a.state.segments == Some(segments))
+            .collect();
+        holders.sort_by_key(|a| std::cmp::Reverse(a.shards.len()));
+        holders.into_iter().map(|a| a.node.as_str()).collect()
+    }
+}
+
+/// Asks every node holding shards about `id`, concurrently, until the
+/// answers cover `quorum` shards (or every node answered or failed).
+pub async fn collect_states(client: &BlobClient, id: &BlobId, quorum: usize) -> StateCollection {
+    let mut pending: FuturesUnordered<_> = client
+        .holders()
+        .map(|node| {
+            let call = client.client(node);
+            async move { (node, call.state(id).await) }
+        })
+        .collect();
+    let mut collection = StateCollection::default();
+    while let Some((node, answer)) = pending.next().await {
+        match answer {
+            Ok(state) => collection.answers.push(StateAnswer {
+                node: node.name.clone(),
+                shards: node.shards.clone(),
+                state,
+            }),
+            Err(e) if e.is_silence() => {
+                collection.silent.insert(node.name.clone());
+            }
+            Err(e) => tracing::debug!(node = %node.name, "state of {id}: {e}"),
+        }
+        if collection.answered_shards() >= quorum {
+            break;
+        }
+    }
+    collection
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(node: &str, shards: &[u16], state: BlobState, layout: Option<(u64, u32)>) -> StateAnswer {
+        StateAnswer {
+            node: node.into(),
+            shards: shards.iter().copied().collect(),
+            state: NodeBlobState {
+                state,
+                size: layout.map(|l| l.0),
+                segments: layout.map(|l| l.1),
+                shards: Default::default(),
+            },
+        }
+    }
+
+    #[test]
+    fn the_layout_most_shards_report_wins_over_a_liars() {
+        let committed = BlobState {
+            commit: Some(3),
+            ..Default::default()
+        };
+        let collection = StateCollection {
+            answers: vec![
+                answer("liar", &[0], committed, Some((1 << 40, 1 << 20))),
+                answer("a", &[1, 2], committed, Some((100, 1))),
+                answer("b", &[3], committed, Some((100, 1))),
+                answer("empty", &[4], BlobState::default(), None),
+            ],
+            silent: ["c".to_string()].into(),
+        };
+        assert_eq!(collection.layout_claim(), Some((100, 1)));
+        assert_eq!(collection.metadata_holders(), vec!["a", "b"]);
+        assert_eq!(collection.answered_shards(), 5);
+        assert_eq!(collection.verdict(), Verdict::Visible(3));
+        assert_eq!(collection.shards_where(|s| s.commit.is_some()), 4);
+    }
+}

@@ -1,0 +1,275 @@
+//! Reading a blob: is it visible, its metadata, its segments.
+//!
+//! Visibility is decided by the markers of a quorum of shards (a delete or
+//! a commit acknowledged by a quorum is always among them). Metadata is
+//! self-certifying (it hashes to the blob id): it is fetched from two
+//! holders at once, capped at the length most shards report, and the first
+//! copy that matches the id wins. A segment is read from primary slivers,
+//! the shards holding the systematic pairs first; a shard that is slow is
+//! hedged by asking the next one, a sliver that is not the pair its shard
+//! holds is refused, and the decode re-derives the hashes, so only the
+//! blob's exact bytes are returned while any f nodes are down or lying.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+
+use super::blob_client::{BlobClient, BlobIoError};
+use super::quorum::{collect_states, StateCollection};
+use crate::blob_state::Verdict;
+use crate::codec::format::SLIVER_OVERHEAD;
+use crate::codec::{decode_segment, BlobId, BlobMetadata, DecodeError, PrimarySliver, SliverKind};
+
+/// How long a sliver request may run before the next shard is asked too.
+const HEDGE_AFTER: Duration = Duration::from_secs(2);
+
+/// A blob that is visible, with its metadata.
+#[derive(Debug, Clone)]
+pub struct VisibleBlob {
+    /// The metadata.
+    pub metadata: BlobMetadata,
+    /// The generation of its newest commit.
+    pub generation: u64,
+}
+
+/// Nodes that were slow during one read: asked last for later segments.
+#[derive(Debug, Default, Clone)]
+pub struct SlowNodes(BTreeSet<String>);
+
+impl BlobClient {
+    /// Whether the blob is visible; its metadata if so.
+    pub async fn visible(&self, id: &BlobId) -> Result<VisibleBlob, BlobIoError> {
+        let quorum = self.quorum()?;
+        let states = collect_states(self, id, quorum).await;
+        if states.answered_shards() < quorum {
+            return Err(BlobIoError::NoQuorum {
+                id: *id,
+                answered: states.answered_shards(),
+                needed: quorum,
+            });
+        }
+        match states.verdict() {
+            Verdict::Visible(generation) => Ok(VisibleBlob {
+                metadata: self.fetch_metadata(id, &states).await?,
+                generation,
+            }),
+            _ => Err(BlobIoError::NotFound(*id)),
+        }
+    }
+
+    /// The blob's metadata from the first holder whose copy matches its id,
+    /// asking two at a time.
+    pub async fn fetch_metadata(
+        &self,
+        id: &BlobId,
+        states: &StateCollection,
+    ) -> Result<BlobMetadata, BlobIoError> {
+        let config = self.config()?;
+        let Some((_, segments)) = states.layout_claim() else {
+            return Err(BlobIoError::NotFound(*id));
+        };
+        let limit = config.metadata_len(segments.into());
+        let mut holders = states
+            .metadata_holders()
+            .into_iter()
+            .filter_map(|name| self.map.nodes.iter().find(|n| n.name == name));
+        let mut asking = FuturesUnordered::new();
+        loop {
+            while asking.len() < 2 {
+                let Some(node) = holders.next() else { break };
+                let call = self.client(node);
+                asking.push(async move { (node, call.metadata(id, limit).await) });
+            }
+            let Some((node, answer)) = asking.next().await else {
+                return Err(BlobIoError::NotFound(*id));
+            };
+            match answer {
+                Ok(Some(bytes)) => match BlobMetadata::from_bytes(&bytes) {
+                    Ok(metadata) if metadata.blob_id() == *id => return Ok(metadata),
+                    _ => self.invalid_from(&node.name),
+                },
+                Ok(None) => {}
+                Err(e) => {
+                    if matches!(e, super::NodeCallError::TooLarge { .. }) {
+                        self.invalid_from(&node.name);
+                    }
+                    tracing::debug!(node = %node.name, "metadata of {id}: {e}");
+                }
+            }
+        }
+    }
+
+    /// Reads segment `index` of a blob; `slow` carries the nodes found
+    /// slow from one segment to the next.
+    pub async fn read_segment(
+        &self,
+        metadata: &BlobMetadata,
+        index: u32,
+        slow: &mut SlowNodes,
+    ) -> Result<Vec<u8>, BlobIoError> {
+        let id = metadata.blob_id();
+        let config = metadata.config();
+        let p = config.p();
+        let unreadable = |reason: String| BlobIoError::Unreadable {
+            id,
+            segment: index,
+            reason,
+        };
+        let rotation = metadata
+            .rotation(index)
+            .ok_or_else(|| unreadable("no such segment".into()))?;
+        let layout = metadata.segment_layout(index).expect("segment exists");
+        let limit = (SLIVER_OVERHEAD + layout.primary_sliver_len()) as u64;
+        // Shards in the order of the pairs they hold (systematic first),
+        // the slow ones last.
+        let mut order: Vec<u16> = (0..config.n())
+            .map(|pair| rotation.shard_of_pair(pair) as u16)
+            .filter(|shard| self.map.holder(*shard).is_some())
+            .collect();
+        order.sort_by_key(|shard| {
+            self.map
+                .holder(*shard)
+                .is_some_and(|n| slow.0.contains(&n.name))
+        });
+        let mut candidates = order.into_iter();
+        let mut valid: Vec<(String, PrimarySliver)> = Vec::new();
+        let mut asking = FuturesUnordered::new();
+        // Nodes asked and not answered yet, since when.
+        let mut pending: Vec<(String, Instant)> = Vec::new();
+        let ask = |shard: u16| {
+            let (node, call) = self.holder(shard).expect("filtered to held shards");
+            let name = node.name.clone();
+            async move {
+                let answer = call.sliver(&id, index, shard, SliverKind::Primary, limit).await;
+                (name, shard, answer)
+            }
+        };
+        loop {
+            while valid.len() + asking.len() < p {
+                let Some(shard) = candidates.next() else { break };
+                pending.push((self.map.holder(shard).expect("held").name.clone(), Instant::now()));
+                asking.push(ask(shard));
+            }
+            if asking.is_empty() {
+                if valid.len() >= p {
+                    match self.decode(metadata, index, &mut valid).await? {
+                        Some(data) => {
+                            mark_slow(slow, &pending);
+                            return Ok(data);
+                        }
+                        None => continue,
+                    }
+                }
+                return Err(unreadable(format!(
+                    "only {} valid primary slivers of {p} needed could be fetched",
+                    valid.len()
+                )));
+            }
+            let next = tokio::time::timeout(HEDGE_AFTER, asking.next()).await;
+            let Ok(Some((node, shard, answer))) = next else {
+                // Slow answers: ask one more shard beside them.
+                if let Some(shard) = candidates.next() {
+                    pending.push((self.map.holder(shard).expect("held").name.clone(), Instant::now()));
+                    asking.push(ask(shard));
+                }
+                continue;
+            };
+            if let Some(at) = pending.iter().position(|(n, _)| *n == node) {
+                pending.remove(at);
+            }
+            let expected = rotation.pair_of_shard(shard.into()) as u16;
+            match answer {
+                Ok(Some(bytes)) => match PrimarySliver::from_bytes(&bytes) {
+                    Ok(sliver) if sliver.index() == expected && sliver.segment() == index => {
+                        valid.push((node, sliver));
+                    }
+                    // Not the pair this shard holds (a replayed sliver), or garbage.
+                    _ => self.invalid_from(&node),
+                },
+                Ok(None) => {}
+                Err(e) => {
+                    if matches!(e, super::NodeCallError::TooLarge { .. }) {
+                        self.invalid_from(&node);
+                    }
+                    if e.is_silence() {
+                        slow.0.insert(node.clone());
+                    }
+                    tracing::debug!(%node, shard, "sliver {index} of {id}: {e}");
+                }
+            }
+            if valid.len() >= p {
+                // Enough to decode: drop the pending requests.
+                asking.clear();
+            }
+        }
+    }
+
+    /// Decodes from the slivers held; `None` when some were invalid (they
+    /// are dropped and their nodes counted, so the caller fetches more).
+    async fn decode(
+        &self,
+        metadata: &BlobMetadata,
+        index: u32,
+        valid: &mut Vec<(String, PrimarySliver)>,
+    ) -> Result<Option<Vec<u8>>, BlobIoError> {
+        let id = metadata.blob_id();
+        let offered: Vec<PrimarySliver> = valid.iter().map(|(_, s)| s.clone()).collect();
+        let metadata_copy = metadata.clone();
+        let metrics = self.metrics.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let start = Instant::now();
+            let result = decode_segment(&metadata_copy, index, offered);
+            if let Some(m) = &metrics {
+                m.decode_duration.observe(start.elapsed().as_secs_f64());
+            }
+            result
+        })
+        .await
+        .expect("decoder task");
+        let blame = |invalid: &[u16], valid: &mut Vec<(String, PrimarySliver)>| {
+            valid.retain(|(name, sliver)| {
+                let bad = invalid.contains(&sliver.index());
+                if bad {
+                    self.invalid_from(name);
+                }
+                !bad
+            });
+        };
+        match result {
+            Ok(decoded) => {
+                blame(&decoded.invalid, valid);
+                Ok(Some(decoded.data))
+            }
+            Err(DecodeError::InconsistentEncoding) => Err(BlobIoError::Inconsistent(id)),
+            Err(DecodeError::NotEnoughSlivers { invalid, .. }) => {
+                let before = valid.len();
+                blame(&invalid, valid);
+                if valid.len() == before {
+                    return Err(BlobIoError::Unreadable {
+                        id,
+                        segment: index,
+                        reason: "the slivers offered do not decode".into(),
+                    });
+                }
+                Ok(None)
+            }
+            Err(DecodeError::NoSuchSegment { .. }) => Err(BlobIoError::Unreadable {
+                id,
+                segment: index,
+                reason: "no such segment".into(),
+            }),
+        }
+    }
+
+}
+
+/// Nodes still not answering after the hedge delay when the segment was
+/// decoded are slow: asked last for the next segments.
+fn mark_slow(slow: &mut SlowNodes, pending: &[(String, Instant)]) {
+    for (node, since) in pending {
+        if since.elapsed() >= HEDGE_AFTER {
+            slow.0.insert(node.clone());
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! The fleet as its inventories show it (pure): which blobs are visible
+//! and how healthy, which are deleted, and which markers must be carried
+//! to nodes that missed them.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::blob_state::{BlobState, Verdict};
+use crate::codec::EncodingConfig;
+use crate::fleet::{self, Assignment, BlobObservation, Health, ShardSet};
+use crate::metrics::FleetMetrics;
+use crate::wire::InventoryPage;
+
+/// What the fleet holds of one visible blob, from the inventories.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BlobView {
+    /// Length in bytes.
+    pub size: u64,
+    /// Segments.
+    pub segments: u32,
+    /// The generation of its newest commit.
+    pub generation: u64,
+    /// Shards holding a sliver pair of every segment.
+    pub complete_shards: ShardSet,
+}
+
+/// A marker a node lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Marker {
+    /// The commit of this generation (the node holds the blob's data but
+    /// does not know it was committed).
+    Commit(u64),
+    /// The tombstone of this generation (the node slept through a delete,
+    /// or holds nothing of the blob and keeps the tombstone for safety).
+    Tombstone(u64),
+}
+
+/// One marker to carry: `node` gets `marker` for `blob`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MarkerTask {
+    /// The node.
+    pub node: String,
+    /// The blob id.
+    pub blob: String,
+    /// What it misses.
+    pub marker: Marker,
+}
+
+/// The fleet as its inventories show it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FleetView {
+    /// Nodes that answered.
+    pub ready: BTreeSet<String>,
+    /// Nodes that did not answer (down, stopped, partitioned).
+    pub silent: BTreeSet<String>,
+    /// Visible blobs, by id.
+    pub blobs: BTreeMap<String, BlobView>,
+    /// Deleted blobs, by id, with the tombstone's generation.
+    pub deleted: BTreeMap<String, u64>,
+    /// Shards each answering node says it owns (ownership files reach
+    /// nodes with a delay after the assignment changes).
+    pub owned: BTreeMap<String, BTreeSet<u16>>,
+    /// Markers answering nodes miss.
+    pub markers: Vec<MarkerTask>,
+}
+
+/// Everything the inventories say about one blob, gathered in one pass.
+#[derive(Default)]
+struct Gathered {
+    state: BlobState,
+    staged: bool,
+    /// (size, segments) -> shards of nodes reporting it from their metadata.
+    layouts: Vec<((u64, u32), usize)>,
+}
+
+impl Gathered {
+    fn verdict(&self) -> Verdict {
+        let combined = BlobState {
+            staged: self.staged.then_some(1),
+            ..self.state
+        };
+        crate::blob_state::resolve([&combined])
+    }
+
+    /// The layout most shards report; a liar's cannot outvote the others.
+    fn layout(&self) -> (u64, u32) {
+        self.layouts
+            .iter()
+            .max_by_key(|(_, votes)| *votes)
+            .map_or((0, 0), |(layout, _)| *layout)
+    }
+}
+
+impl FleetView {
+    /// Builds the view from each node's inventory (`None`: no answer).
+    /// A blob is visible when its newest commit beats every tombstone (see
+    /// `blob_state`); a visible blob only some nodes know the metadata of
+    /// still counts the pairs of the others.
+    pub fn from_inventories<'a>(
+        inventories: impl IntoIterator<Item = (&'a str, Option<&'a InventoryPage>)>,
+    ) -> Self {
+        let mut view = FleetView::default();
+        let answered: Vec<(&str, &InventoryPage)> = inventories
+            .into_iter()
+            .filter_map(|(name, inventory)| {
+                let Some(inventory) = inventory else {
+                    view.silent.insert(name.to_string());
+                    return None;
+                };
+                view.ready.insert(name.to_string());
+                view.owned
+                    .insert(name.to_string(), inventory.shards.iter().copied().collect());
+                Some((name, inventory))
+            })
+            .collect();
+        // Pass 1: markers and layout per blob. Hashed by id while building:
+        // a million entries at 10,000 blobs on 100 nodes.
+        let mut gathered: HashMap<&str, Gathered> = HashMap::new();
+        for (_, inventory) in &answered {
+            let weight = inventory.shards.len().max(1);
+            for blob in &inventory.blobs {
+                let entry = gathered.entry(blob.id.as_str()).or_default();
+                let s = &blob.state;
+                entry.state.commit = entry.state.commit.max(s.commit);
+                entry.state.tombstone = entry.state.tombstone.max(s.tombstone);
+                entry.staged |= s.staged.is_some();
+                if blob.segments > 0 {
+                    let layout = (blob.size, blob.segments);
+                    match entry.layouts.iter_mut().find(|(l, _)| *l == layout) {
+                        Some((_, votes)) => *votes += weight,
+                        None => entry.layouts.push((layout, weight)),
+                    }
+                }
+            }
+        }
+        let verdicts: HashMap<&str, Verdict> =
+            gathered.iter().map(|(id, g)| (*id, g.verdict())).collect();
+        for (id, g) in &gathered {
+            match verdicts[id] {
+                Verdict::Visible(generation) => {
+                    let (size, segments) = g.layout();
+                    if segments > 0 {
+                        view.blobs.insert(
+                            id.to_string(),
+                            BlobView {
+                                size,
+                                segments,
+                                generation,
+                                complete_shards: ShardSet::default(),
+                            },
+                        );
+                    }
+                }
+                Verdict::Deleted(generation) => {
+                    view.deleted.insert(id.to_string(), generation);
+                }
+                Verdict::Staged | Verdict::Absent => {}
+            }
+        }
+        // Pass 2: complete shards of visible blobs, and missing markers.
+        let mut listed: HashMap<&str, BTreeSet<&str>> = HashMap::new();
+        for (node, inventory) in &answered {
+            for blob in &inventory.blobs {
+                let id = blob.id.as_str();
+                match verdicts[id] {
+                    Verdict::Visible(generation) => {
+                        let holds_data = blob.segments > 0 || !blob.shards.is_empty();
+                        if holds_data && blob.state.commit < Some(generation) {
+                            view.markers.push(MarkerTask {
+                                node: node.to_string(),
+                                blob: id.to_string(),
+                                marker: Marker::Commit(generation),
+                            });
+                        }
+                        if let Some(view_blob) = view.blobs.get_mut(id) {
+                            for (shard, segments) in &blob.shards {
+                                if *segments >= view_blob.segments {
+                                    view_blob.complete_shards.insert(*shard);
+                                }
+                            }
+                        }
+                    }
+                    Verdict::Deleted(generation) => {
+                        listed.entry(id).or_default().insert(node);
+                        if blob.state.tombstone < Some(generation) {
+                            view.markers.push(MarkerTask {
+                                node: node.to_string(),
+                                blob: id.to_string(),
+                                marker: Marker::Tombstone(generation),
+                            });
+                        }
+                    }
+                    Verdict::Staged | Verdict::Absent => {}
+                }
+            }
+        }
+        // A tombstone also goes to answering nodes that hold nothing of
+        // the blob: it must outlive the loss of the nodes that have it.
+        for (id, generation) in &view.deleted {
+            let listed = listed.get(id.as_str());
+            for (node, _) in &answered {
+                if !listed.is_some_and(|l| l.contains(node)) {
+                    view.markers.push(MarkerTask {
+                        node: node.to_string(),
+                        blob: id.clone(),
+                        marker: Marker::Tombstone(*generation),
+                    });
+                }
+            }
+        }
+        view.markers.sort();
+        view
+    }
+
+    /// The observations `fleet` plans with.
+    pub fn observations(&self) -> Vec<BlobObservation> {
+        self.blobs
+            .iter()
+            .map(|(id, blob)| BlobObservation {
+                id: id.clone(),
+                complete_shards: blob.complete_shards.clone(),
+            })
+            .collect()
+    }
+
+    /// The assignment without the shards whose owner does not know yet
+    /// that it owns them: repairs of those would be refused.
+    pub fn confirmed(&self, assignment: &Assignment) -> Assignment {
+        assignment
+            .iter()
+            .filter(|(shard, owner)| {
+                self.owned
+                    .get(owner.as_str())
+                    .is_some_and(|owned| owned.contains(shard))
+            })
+            .map(|(shard, owner)| (*shard, owner.clone()))
+            .collect()
+    }
+
+    /// Whether every shard `node` owns holds a pair of every blob.
+    pub fn node_is_whole(&self, assignment: &Assignment, node: &str) -> bool {
+        let shards: Vec<u16> = assignment
+            .iter()
+            .filter(|(_, owner)| owner.as_str() == node)
+            .map(|(s, _)| *s)
+            .collect();
+        self.blobs
+            .values()
+            .all(|b| shards.iter().all(|s| b.complete_shards.contains(s)))
+    }
+
+    /// (blob, shard) pairs missing across the fleet.
+    pub fn missing_pairs(&self, n: usize) -> usize {
+        self.blobs
+            .values()
+            .map(|b| n.saturating_sub(b.complete_shards.len()))
+            .sum()
+    }
+
+    /// Blobs per health.
+    pub fn health_counts(&self, encoding: &EncodingConfig) -> BTreeMap<Health, usize> {
+        let mut counts: BTreeMap<Health, usize> = Health::ALL.iter().map(|h| (*h, 0)).collect();
+        for blob in self.blobs.values() {
+            *counts
+                .entry(fleet::health(encoding, blob.complete_shards.len()))
+                .or_default() += 1;
+        }
+        counts
+    }
+
+    /// Publishes ready and silent nodes, blobs by health and missing pairs.
+    pub fn publish(&self, encoding: &EncodingConfig, metrics: &FleetMetrics) {
+        metrics.nodes_ready.set(self.ready.len() as i64);
+        metrics.nodes_not_answering.set(self.silent.len() as i64);
+        metrics
+            .shards_missing
+            .set(self.missing_pairs(encoding.n()) as i64);
+        for (health, count) in self.health_counts(encoding) {
+            metrics
+                .blobs
+                .with_label_values(&[health.name()])
+                .set(count as i64);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

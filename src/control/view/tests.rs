@@ -1,0 +1,200 @@
+use super::*;
+use crate::wire::InventoryBlob;
+
+/// (blob id, segments, (shard, segments held) pairs, markers).
+type Held<'a> = (&'a str, u32, &'a [(u16, u32)], BlobState);
+
+fn committed(generation: u64) -> BlobState {
+    BlobState {
+        commit: Some(generation),
+        ..BlobState::default()
+    }
+}
+
+fn staged(generation: u64) -> BlobState {
+    BlobState {
+        staged: Some(generation),
+        ..BlobState::default()
+    }
+}
+
+fn tombstone(generation: u64) -> BlobState {
+    BlobState {
+        tombstone: Some(generation),
+        ..BlobState::default()
+    }
+}
+
+fn page(node: &str, shards: &[u16], blobs: &[Held]) -> InventoryPage {
+    InventoryPage {
+        node: node.into(),
+        shards: shards.to_vec(),
+        stored_bytes: 0,
+        blobs: blobs
+            .iter()
+            .map(|(id, segments, held, state)| InventoryBlob {
+                id: id.to_string(),
+                size: 100,
+                segments: *segments,
+                shards: held.iter().copied().collect(),
+                state: *state,
+            })
+            .collect(),
+        next: None,
+    }
+}
+
+#[test]
+fn a_shard_counts_only_when_it_holds_every_segment() {
+    let a = page("a", &[0, 1], &[("x", 2, &[(0, 2), (1, 1)], committed(1))]);
+    let b = page("b", &[2], &[("x", 2, &[(2, 2)], committed(1))]);
+    let view = FleetView::from_inventories([("a", Some(&a)), ("b", Some(&b)), ("c", None)]);
+    assert_eq!(view.ready, ["a", "b"].map(String::from).into());
+    assert_eq!(view.silent, ["c"].map(String::from).into());
+    assert_eq!(view.blobs["x"].complete_shards, [0, 2].into());
+    assert_eq!(view.blobs["x"].segments, 2);
+    assert_eq!(view.blobs["x"].generation, 1);
+    assert!(view.markers.is_empty());
+}
+
+#[test]
+fn pairs_on_a_node_without_metadata_still_count() {
+    // Node b lost the metadata but kept its slivers (or got them first).
+    let a = page("a", &[0], &[("x", 1, &[(0, 1)], committed(1))]);
+    let b = page("b", &[1], &[("x", 0, &[(1, 1)], committed(1))]);
+    let view = FleetView::from_inventories([("a", Some(&a)), ("b", Some(&b))]);
+    assert_eq!(view.blobs["x"].complete_shards, [0, 1].into());
+}
+
+#[test]
+fn a_blob_without_metadata_anywhere_is_not_a_blob() {
+    let a = page("a", &[0], &[("x", 0, &[(0, 1)], committed(1))]);
+    let view = FleetView::from_inventories([("a", Some(&a))]);
+    assert!(view.blobs.is_empty());
+}
+
+#[test]
+fn a_blob_never_committed_is_invisible_and_not_repaired() {
+    let a = page("a", &[0], &[("x", 1, &[(0, 1)], staged(5))]);
+    let b = page("b", &[1], &[("x", 1, &[(1, 1)], staged(5))]);
+    let view = FleetView::from_inventories([("a", Some(&a)), ("b", Some(&b))]);
+    assert!(view.blobs.is_empty() && view.deleted.is_empty());
+    assert!(view.observations().is_empty());
+    assert!(view.markers.is_empty());
+}
+
+#[test]
+fn a_commit_on_some_nodes_is_carried_to_the_others_holding_the_blob() {
+    let a = page("a", &[0], &[("x", 1, &[(0, 1)], committed(5))]);
+    let b = page("b", &[1], &[("x", 1, &[(1, 1)], staged(5))]);
+    let c = page("c", &[2], &[]);
+    let view = FleetView::from_inventories([("a", Some(&a)), ("b", Some(&b)), ("c", Some(&c))]);
+    assert_eq!(view.blobs["x"].complete_shards, [0, 1].into());
+    assert_eq!(
+        view.markers,
+        vec![MarkerTask {
+            node: "b".into(),
+            blob: "x".into(),
+            marker: Marker::Commit(5)
+        }],
+        "c holds nothing: the repair commits there"
+    );
+}
+
+#[test]
+fn a_tombstone_anywhere_wins_and_goes_to_every_answering_node() {
+    // b slept through the delete; d holds nothing; e is silent.
+    let a = page("a", &[0], &[("x", 0, &[], tombstone(9))]);
+    let b = page("b", &[1], &[("x", 1, &[(1, 1)], committed(5))]);
+    let d = page("d", &[2], &[]);
+    let view = FleetView::from_inventories([
+        ("a", Some(&a)),
+        ("b", Some(&b)),
+        ("d", Some(&d)),
+        ("e", None),
+    ]);
+    assert!(view.blobs.is_empty(), "a deleted blob is not visible");
+    assert_eq!(view.deleted, [("x".to_string(), 9)].into());
+    let tasks: Vec<(&str, Marker)> = view
+        .markers
+        .iter()
+        .map(|t| (t.node.as_str(), t.marker))
+        .collect();
+    assert_eq!(
+        tasks,
+        vec![("b", Marker::Tombstone(9)), ("d", Marker::Tombstone(9))]
+    );
+}
+
+#[test]
+fn the_same_bytes_written_again_after_a_delete_are_visible_and_the_sleeper_is_updated() {
+    let a = page(
+        "a",
+        &[0],
+        &[(
+            "x",
+            1,
+            &[(0, 1)],
+            BlobState {
+                commit: Some(12),
+                tombstone: Some(9),
+                ..BlobState::default()
+            },
+        )],
+    );
+    let b = page("b", &[1], &[("x", 1, &[(1, 1)], committed(5))]);
+    let view = FleetView::from_inventories([("a", Some(&a)), ("b", Some(&b))]);
+    assert_eq!(view.blobs["x"].generation, 12);
+    assert_eq!(view.markers[0].marker, Marker::Commit(12));
+    assert_eq!(view.markers[0].node, "b");
+}
+
+#[test]
+fn the_size_most_shards_report_wins_over_a_liars() {
+    let mut liar = page("liar", &[0], &[("x", 9, &[], committed(1))]);
+    liar.blobs[0].size = 1 << 40;
+    let a = page("a", &[1, 2], &[("x", 1, &[(1, 1), (2, 1)], committed(1))]);
+    let view = FleetView::from_inventories([("liar", Some(&liar)), ("a", Some(&a))]);
+    assert_eq!((view.blobs["x"].size, view.blobs["x"].segments), (100, 1));
+}
+
+#[test]
+fn shards_an_owner_does_not_know_of_yet_are_not_repaired_there() {
+    let a = page("a", &[0], &[]);
+    let view = FleetView::from_inventories([("a", Some(&a)), ("b", None)]);
+    let assignment: Assignment = [(0, "a".into()), (1, "a".into()), (2, "b".into())].into();
+    assert_eq!(view.confirmed(&assignment), [(0, "a".to_string())].into());
+}
+
+#[test]
+fn a_node_is_whole_when_its_shards_hold_every_blob() {
+    let a = page(
+        "a",
+        &[0],
+        &[("x", 1, &[(0, 1), (1, 1)], committed(1)), ("y", 1, &[(0, 1)], committed(1))],
+    );
+    let view = FleetView::from_inventories([("a", Some(&a))]);
+    let assignment: Assignment = [(0, "a".into()), (1, "b".into())].into();
+    assert!(view.node_is_whole(&assignment, "a"));
+    assert!(!view.node_is_whole(&assignment, "b"), "y misses shard 1");
+}
+
+#[test]
+fn health_counts_and_missing_pairs_follow_the_view() {
+    let encoding = EncodingConfig::new(4).unwrap(); // f 1, p 2, q 3
+    let a = page(
+        "a",
+        &[0],
+        &[
+            ("whole", 1, &[(0, 1), (1, 1), (2, 1), (3, 1)], committed(1)),
+            ("one-gone", 1, &[(0, 1), (1, 1), (2, 1)], committed(1)),
+            ("lost", 1, &[(0, 1)], committed(1)),
+        ],
+    );
+    let view = FleetView::from_inventories([("a", Some(&a))]);
+    let counts = view.health_counts(&encoding);
+    assert_eq!(counts[&Health::Healthy], 1);
+    assert_eq!(counts[&Health::Degraded], 1);
+    assert_eq!(counts[&Health::Lost], 1);
+    assert_eq!(view.missing_pairs(4), 1 + 3);
+}

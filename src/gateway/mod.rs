@@ -1,0 +1,219 @@
+//! `redstuff gateway`: the HTTP front door for users.
+//!
+//! | method and path | what |
+//! |---|---|
+//! | PUT `/v1/blobs` | stores the request body (streamed) as a blob; answers `{"id", "size", ...}` once it is committed on a quorum |
+//! | GET `/v1/blobs/{id}` | streams the blob back, segment by segment |
+//! | HEAD `/v1/blobs/{id}` | whether it is visible, and its size |
+//! | DELETE `/v1/blobs/{id}` | deletes it: final once answered 204 |
+//! | GET `/v1/status` | the fleet's state, where a control loop publishes it (`redstuff dev`) |
+//!
+//! PUT and DELETE need `Authorization: Bearer USER_TOKEN`; so do reads and
+//! status unless anonymous reads are allowed. An upload is spooled to a
+//! temporary file as it streams in (it is read twice when it spans several
+//! segments, see `client`), so memory holds one segment per upload
+//! whatever the blob's size; at most a configured number of uploads run at
+//! once (503 with Retry-After beyond), and a full spool answers 507.
+//! Nothing is visible before the write committed on a quorum: a failed or
+//! interrupted upload leaves no blob behind (its staged pieces are
+//! aborted, or collected by the nodes after their TTL). The spool is
+//! emptied when the gateway starts.
+
+mod routes;
+mod spool;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::routing::{get, put};
+use axum::Router;
+use prometheus::Registry;
+use tokio::net::TcpListener;
+
+use crate::api_error::ApiError;
+use crate::auth::TokenSet;
+use crate::client::{BlobClient, Deadlines, NodeCalls};
+use crate::fleet::{FleetMap, MapFile};
+use crate::metrics::GatewayMetrics;
+
+/// Where the gateway learns the fleet map.
+#[derive(Debug, Clone)]
+pub enum FleetSource {
+    /// A JSON file rewritten by the control loop; re-read when it changes.
+    File(PathBuf),
+    /// A fixed map.
+    Fixed(FleetMap),
+}
+
+/// Shared fleet status published by a control loop, served at /v1/status.
+pub type StatusBoard = Arc<RwLock<Option<serde_json::Value>>>;
+
+/// How a gateway is set up.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The fleet map.
+    pub fleet: FleetSource,
+    /// Where uploads are spooled.
+    pub spool_dir: PathBuf,
+    /// Largest blob accepted, in bytes.
+    pub max_blob_bytes: u64,
+    /// Bytes the spool may hold for uploads in flight (507 beyond).
+    pub max_spool_bytes: Option<u64>,
+    /// Uploads handled at once (503 with Retry-After beyond).
+    pub max_uploads: usize,
+    /// The cluster token, sent to nodes.
+    pub cluster_tokens: Arc<TokenSet>,
+    /// The user tokens accepted from clients.
+    pub user_tokens: Arc<TokenSet>,
+    /// Whether GET, HEAD and status need no user token.
+    pub anonymous_reads: bool,
+    /// Deadlines of calls to nodes.
+    pub deadlines: Deadlines,
+}
+
+impl GatewayConfig {
+    /// A gateway for `fleet` with these tokens and every other setting at
+    /// its default.
+    pub fn new(
+        fleet: FleetSource,
+        spool_dir: PathBuf,
+        cluster_tokens: Arc<TokenSet>,
+        user_tokens: Arc<TokenSet>,
+    ) -> Self {
+        Self {
+            fleet,
+            spool_dir,
+            max_blob_bytes: 1 << 40,
+            max_spool_bytes: None,
+            max_uploads: 8,
+            cluster_tokens,
+            user_tokens,
+            anonymous_reads: false,
+            deadlines: Deadlines::default(),
+        }
+    }
+}
+
+struct GatewayState {
+    map: MapFile,
+    calls: NodeCalls,
+    registry: Registry,
+    metrics: GatewayMetrics,
+    spool: spool::Spool,
+    max_blob_bytes: u64,
+    uploads: Arc<tokio::sync::Semaphore>,
+    uploads_capacity: usize,
+    user_tokens: Arc<TokenSet>,
+    anonymous_reads: bool,
+    status: StatusBoard,
+    /// Metrics of the process around the gateway (the `dev` loop's).
+    extra_metrics: RwLock<Option<Registry>>,
+}
+
+impl GatewayState {
+    fn client(&self) -> Result<BlobClient, ApiError> {
+        let map = self.map.get().ok_or_else(|| {
+            ApiError::unavailable("no fleet map yet: the control loop has not published one")
+        })?;
+        Ok(BlobClient::new(
+            self.calls.clone(),
+            map,
+            Some(self.metrics.clone()),
+        ))
+    }
+}
+
+/// A gateway bound to its address.
+pub struct Gateway {
+    listener: TcpListener,
+    router: Router,
+    state: Arc<GatewayState>,
+    tokens: [Arc<TokenSet>; 2],
+}
+
+impl Gateway {
+    /// Binds `addr`; `status` is what /v1/status serves. The spool is
+    /// emptied first: uploads of an earlier run can never complete.
+    pub async fn bind(
+        config: GatewayConfig,
+        addr: SocketAddr,
+        status: StatusBoard,
+    ) -> anyhow::Result<Self> {
+        let spool = spool::Spool::open(config.spool_dir, config.max_spool_bytes)?;
+        let registry = Registry::new();
+        let metrics = GatewayMetrics::new(&registry);
+        let map = match config.fleet {
+            FleetSource::Fixed(map) => MapFile::fixed(map),
+            FleetSource::File(path) => MapFile::new(path),
+        };
+        let state = Arc::new(GatewayState {
+            map,
+            calls: NodeCalls::new(config.cluster_tokens.clone(), config.deadlines),
+            registry,
+            metrics,
+            spool,
+            max_blob_bytes: config.max_blob_bytes,
+            uploads: Arc::new(tokio::sync::Semaphore::new(config.max_uploads.max(1))),
+            uploads_capacity: config.max_uploads.max(1),
+            user_tokens: config.user_tokens.clone(),
+            anonymous_reads: config.anonymous_reads,
+            status,
+            extra_metrics: RwLock::new(None),
+        });
+        let router = Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(routes::readyz))
+            .route("/metrics", get(routes::metrics_text))
+            .route("/v1/status", get(routes::status_json))
+            .route("/v1/blobs", put(routes::put_blob).post(routes::put_blob))
+            .route(
+                "/v1/blobs/{id}",
+                get(routes::get_blob)
+                    .head(routes::head_blob)
+                    .delete(routes::delete_blob),
+            )
+            .fallback(|| async { ApiError::not_found("no such route; the API lives under /v1") })
+            .layer(middleware::from_fn_with_state(state.clone(), routes::authorize))
+            .layer(middleware::from_fn_with_state(state.clone(), routes::track))
+            .layer(DefaultBodyLimit::disable())
+            .with_state(state.clone());
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        Ok(Self {
+            listener,
+            router,
+            state,
+            tokens: [config.cluster_tokens, config.user_tokens],
+        })
+    }
+
+    /// Also serves `registry` at /metrics (the control loop's metrics, when
+    /// the gateway runs inside `redstuff dev`).
+    pub fn with_extra_metrics(self, registry: Registry) -> Self {
+        *self.state.extra_metrics.write().expect("not poisoned") = Some(registry);
+        self
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener")
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        for tokens in &self.tokens {
+            tokens.watch(std::time::Duration::from_secs(1));
+        }
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        Ok(())
+    }
+}

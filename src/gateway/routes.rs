@@ -1,0 +1,274 @@
+//! The gateway's handlers, its credential check and its request metrics.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::StreamExt;
+
+use super::spool::SpoolError;
+use super::GatewayState;
+use crate::api_error::ApiError;
+use crate::client::{BlobIoError, DeleteOutcome};
+use crate::codec::BlobId;
+use crate::wire::StoredBlob;
+
+/// Seconds a client is told to wait when every upload slot is taken.
+const RETRY_AFTER_SECS: u32 = 1;
+
+pub(super) async fn track(
+    State(state): State<Arc<GatewayState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let op = match (request.method().as_str(), request.uri().path()) {
+        ("PUT" | "POST", "/v1/blobs") => "put",
+        ("GET", path) if path.starts_with("/v1/blobs/") => "get",
+        ("HEAD", _) => "head",
+        ("DELETE", _) => "delete",
+        _ => "other",
+    };
+    let start = Instant::now();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .request_duration
+        .with_label_values(&[op])
+        .observe(start.elapsed().as_secs_f64());
+    state
+        .metrics
+        .requests
+        .with_label_values(&[op, response.status().as_str()])
+        .inc();
+    response
+}
+
+/// Writes need a user token; reads and status too unless anonymous reads
+/// are allowed; probes and metrics never.
+pub(super) async fn authorize(
+    State(state): State<Arc<GatewayState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path();
+    let read = matches!(*request.method(), Method::GET | Method::HEAD);
+    let open = crate::auth::is_open_route(path) || (read && state.anonymous_reads);
+    if !open {
+        if let Err(refused) = crate::auth::check(&state.user_tokens, request.headers(), "user") {
+            return refused;
+        }
+    }
+    next.run(request).await
+}
+
+pub(super) async fn readyz(State(state): State<Arc<GatewayState>>) -> Result<&'static str, ApiError> {
+    state.client().map(|_| "ready")
+}
+
+pub(super) async fn metrics_text(State(state): State<Arc<GatewayState>>) -> impl IntoResponse {
+    state
+        .metrics
+        .uploads_in_flight
+        .set((state.uploads_capacity - state.uploads.available_permits()) as i64);
+    let mut text = crate::metrics::render(&state.registry);
+    if let Some(extra) = state.extra_metrics.read().expect("not poisoned").as_ref() {
+        text.push_str(&crate::metrics::render(extra));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+pub(super) async fn status_json(
+    State(state): State<Arc<GatewayState>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state
+        .status
+        .read()
+        .expect("not poisoned")
+        .clone()
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::not_found("no fleet status is published here (it comes from `redstuff dev`)")
+        })
+}
+
+fn io_error(e: BlobIoError) -> ApiError {
+    match e {
+        BlobIoError::NotFound(_) => ApiError::not_found(e.to_string()),
+        BlobIoError::NotDurable { .. }
+        | BlobIoError::CommitFailed { .. }
+        | BlobIoError::NoQuorum { .. }
+        | BlobIoError::DeleteIncomplete { .. }
+        | BlobIoError::Unreadable { .. }
+        | BlobIoError::Map(_) => ApiError::unavailable(e.to_string()),
+        BlobIoError::Inconsistent(_) => ApiError::unprocessable(e.to_string()),
+        BlobIoError::Encode(ref inner) => match inner {
+            crate::codec::EncodeError::Config(_) => ApiError::too_large(e.to_string()),
+            crate::codec::EncodeError::Io(_) => ApiError::internal(e.to_string()),
+        },
+        BlobIoError::Io(_) => ApiError::internal(e.to_string()),
+    }
+}
+
+fn spool_error(e: SpoolError) -> ApiError {
+    match e {
+        SpoolError::Full(_) => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string()),
+        SpoolError::Io(_) => ApiError::internal(e.to_string()),
+    }
+}
+
+fn busy(limit: usize) -> Response {
+    let mut response = ApiError::unavailable(format!(
+        "the gateway is handling its limit of {limit} uploads; retry shortly"
+    ))
+    .into_response();
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_str(&RETRY_AFTER_SECS.to_string()).expect("digits"),
+    );
+    response
+}
+
+pub(super) async fn put_blob(
+    State(state): State<Arc<GatewayState>>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let Ok(permit) = state.uploads.clone().try_acquire_owned() else {
+        return Ok(busy(state.uploads_capacity));
+    };
+    let client = state.client()?;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let too_large = || {
+        ApiError::too_large(format!(
+            "blob larger than the gateway's limit of {} bytes",
+            state.max_blob_bytes
+        ))
+    };
+    if declared.is_some_and(|len| len > state.max_blob_bytes) {
+        return Err(too_large());
+    }
+    let mut spooled = state.spool.create(declared).map_err(spool_error)?;
+    let mut stream = request.into_body().into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("upload interrupted: {e}")))?;
+        if spooled.len() + chunk.len() as u64 > state.max_blob_bytes {
+            return Err(too_large());
+        }
+        spooled.write(&chunk).await.map_err(spool_error)?;
+    }
+    if let Some(len) = declared {
+        if spooled.len() != len {
+            return Err(ApiError::bad_request(format!(
+                "upload ended after {} of the {len} bytes declared",
+                spooled.len()
+            )));
+        }
+    }
+    let received = spooled.len();
+    // The write runs to its end (committed, or aborted) even if the client
+    // goes away meanwhile; the spool file and the upload slot go with it.
+    let write = tokio::spawn(async move {
+        let path = spooled.finish().await.map_err(spool_error)?.to_path_buf();
+        let outcome = client.write_file(&path).await.map_err(io_error);
+        drop(spooled);
+        drop(permit);
+        outcome
+    });
+    let outcome = write
+        .await
+        .map_err(|e| ApiError::internal(format!("upload task failed: {e}")))??;
+    state.metrics.put_bytes.inc_by(received);
+    let stored = StoredBlob {
+        id: outcome.metadata.blob_id().to_string(),
+        size: outcome.metadata.len(),
+        shards_acknowledged: outcome.acknowledged.len(),
+        shards_missing: outcome.missing.into_iter().collect(),
+    };
+    Ok((StatusCode::CREATED, Json(stored)).into_response())
+}
+
+fn parse_id(text: &str) -> Result<BlobId, ApiError> {
+    text.parse()
+        .map_err(|e| ApiError::bad_request(format!("invalid blob id {text:?}: {e}")))
+}
+
+pub(super) async fn head_blob(
+    State(state): State<Arc<GatewayState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let visible = state.client()?.visible(&id).await.map_err(io_error)?;
+    Ok((
+        [
+            (header::CONTENT_LENGTH, visible.metadata.len().to_string()),
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+        ],
+        Body::empty(),
+    )
+        .into_response())
+}
+
+pub(super) async fn get_blob(
+    State(state): State<Arc<GatewayState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let client = state.client()?;
+    let metadata = client.visible(&id).await.map_err(io_error)?.metadata;
+    let len = metadata.len();
+    let mut slow = crate::client::SlowNodes::default();
+    // The first segment is read before answering, so a blob that cannot be
+    // read gets an error status rather than a broken 200.
+    let first = client
+        .read_segment(&metadata, 0, &mut slow)
+        .await
+        .map_err(io_error)?;
+    state.metrics.get_bytes.inc_by(first.len() as u64);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(2);
+    tx.send(Ok(first.into())).await.expect("receiver alive");
+    let metrics = state.metrics.clone();
+    tokio::spawn(async move {
+        for index in 1..metadata.segment_count() as u32 {
+            match client.read_segment(&metadata, index, &mut slow).await {
+                Ok(data) => {
+                    metrics.get_bytes.inc_by(data.len() as u64);
+                    if tx.send(Ok(data.into())).await.is_err() {
+                        return; // the reader went away
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("read of {} failed: {e}", metadata.blob_id());
+                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                    return;
+                }
+            }
+        }
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Ok((
+        [
+            (header::CONTENT_LENGTH, len.to_string()),
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+pub(super) async fn delete_blob(
+    State(state): State<Arc<GatewayState>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id)?;
+    match state.client()?.delete(&id).await.map_err(io_error)? {
+        DeleteOutcome::Deleted { .. } => Ok(StatusCode::NO_CONTENT),
+        DeleteOutcome::NotFound => Err(ApiError::not_found(format!("blob {id} not found"))),
+    }
+}

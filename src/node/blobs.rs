@@ -1,0 +1,208 @@
+//! A blob's markers on this node: its state, staging a write with its
+//! metadata, commit, abort, and delete (a tombstone).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::Json;
+use futures_util::StreamExt;
+use serde::Deserialize;
+
+use super::api::{blocking, octets, parse_id, parse_number, store_error};
+use super::NodeState;
+use crate::api_error::ApiError;
+use crate::codec::format::{metadata_len_from_prefix, METADATA_PREFIX_LEN};
+use crate::codec::BlobMetadata;
+use crate::wire::{GenerationBody, NodeBlobState};
+
+#[derive(Deserialize)]
+pub(super) struct GenerationQuery {
+    generation: Option<String>,
+}
+
+fn generation_of(query: &GenerationQuery) -> Result<u64, ApiError> {
+    let text = query.generation.as_deref().ok_or_else(|| {
+        ApiError::bad_request("the write's or delete's generation is missing: add ?generation=G")
+    })?;
+    let generation: u64 = parse_number("generation", text)?;
+    if generation == 0 {
+        return Err(ApiError::bad_request("generation 0 is not a generation"));
+    }
+    Ok(generation)
+}
+
+pub(super) async fn state(
+    State(state): State<Arc<NodeState>>,
+    Path(id): Path<String>,
+) -> Result<Json<NodeBlobState>, ApiError> {
+    let id = parse_id(&id)?;
+    blocking(move || {
+        let markers = state.store.state(&id).map_err(|e| store_error(&state, e))?;
+        let holdings = state
+            .store
+            .holdings(&id)
+            .map_err(|e| store_error(&state, e))?;
+        let metadata = if holdings.metadata {
+            super::api::load_metadata(&state, &id).ok()
+        } else {
+            None
+        };
+        Ok(Json(NodeBlobState {
+            state: markers,
+            size: metadata.as_ref().map(|m| m.len()),
+            segments: metadata.as_ref().map(|m| m.segment_count() as u32),
+            shards: holdings.shards,
+        }))
+    })
+    .await
+}
+
+/// Reads a metadata body: its first bytes tell its whole length, which is
+/// checked against the limit before anything more is read.
+async fn read_metadata_body(body: Body, headers: &HeaderMap, limit: u64) -> Result<Vec<u8>, ApiError> {
+    let too_large = |len: u64| {
+        ApiError::too_large(format!(
+            "metadata of {len} bytes is larger than this node accepts ({limit} bytes)"
+        ))
+    };
+    if let Some(declared) = super::slivers::declared_length(headers) {
+        if declared > limit {
+            return Err(too_large(declared));
+        }
+    }
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    let mut expected: Option<u64> = None;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("upload interrupted: {e}")))?;
+        bytes.extend_from_slice(&chunk);
+        if expected.is_none() && bytes.len() >= METADATA_PREFIX_LEN {
+            let len = metadata_len_from_prefix(&bytes[..METADATA_PREFIX_LEN])
+                .map_err(|e| ApiError::bad_request(format!("invalid metadata: {e}")))?;
+            if len > limit {
+                return Err(too_large(len));
+            }
+            expected = Some(len);
+        }
+        if let Some(len) = expected {
+            if bytes.len() as u64 > len {
+                return Err(ApiError::bad_request(format!(
+                    "invalid metadata: more than its {len} bytes"
+                )));
+            }
+        }
+    }
+    Ok(bytes)
+}
+
+pub(super) async fn put_metadata(
+    State(state): State<Arc<NodeState>>,
+    Path(id): Path<String>,
+    Query(query): Query<GenerationQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id)?;
+    let generation = generation_of(&query)?;
+    let body = read_metadata_body(body, &headers, state.max_metadata_bytes).await?;
+    blocking(move || {
+        let metadata = BlobMetadata::from_bytes(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid metadata: {e}")))?;
+        if metadata.blob_id() != id {
+            return Err(ApiError::bad_request(format!(
+                "metadata is of blob {}, not {id}",
+                metadata.blob_id()
+            )));
+        }
+        state
+            .store
+            .stage(&id, generation, &body)
+            .map_err(|e| store_error(&state, e))?;
+        Ok(StatusCode::CREATED)
+    })
+    .await
+}
+
+pub(super) async fn get_metadata(
+    State(state): State<Arc<NodeState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    blocking(move || {
+        let lock = state.store.lock(&id);
+        let claimed = lock
+            .state()
+            .map_err(|e| store_error(&state, e))?
+            .claims_data();
+        let bytes = lock
+            .metadata()
+            .map_err(|e| store_error(&state, e))?
+            .filter(|_| claimed)
+            .ok_or_else(|| ApiError::not_found(format!("unknown blob {id}")))?;
+        Ok(octets(bytes))
+    })
+    .await
+}
+
+pub(super) async fn commit(
+    State(state): State<Arc<NodeState>>,
+    Path(id): Path<String>,
+    Json(body): Json<GenerationBody>,
+) -> Result<Json<NodeBlobState>, ApiError> {
+    let id = parse_id(&id)?;
+    if body.generation == 0 {
+        return Err(ApiError::bad_request("generation 0 is not a generation"));
+    }
+    blocking(move || {
+        let markers = state
+            .store
+            .commit(&id, body.generation, None)
+            .map_err(|e| store_error(&state, e))?;
+        Ok(Json(NodeBlobState {
+            state: markers,
+            ..NodeBlobState::default()
+        }))
+    })
+    .await
+}
+
+pub(super) async fn abort(
+    State(state): State<Arc<NodeState>>,
+    Path(id): Path<String>,
+    Json(body): Json<GenerationBody>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id)?;
+    blocking(move || {
+        let lock = state.store.lock(&id);
+        let removed = lock.abort(body.generation).map_err(|e| store_error(&state, e))?;
+        if removed {
+            state.metadata.forget(&id);
+        }
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
+
+pub(super) async fn delete(
+    State(state): State<Arc<NodeState>>,
+    Path(id): Path<String>,
+    Query(query): Query<GenerationQuery>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id)?;
+    let generation = generation_of(&query)?;
+    blocking(move || {
+        let lock = state.store.lock(&id);
+        let outcome = lock
+            .tombstone(generation)
+            .map_err(|e| store_error(&state, e))?;
+        if outcome.removed_data {
+            state.metadata.forget(&id);
+            state.metrics.blobs_deleted.inc();
+        }
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}

@@ -1,0 +1,238 @@
+//! Slivers and recovery symbols of this node's shards.
+//!
+//! A sliver PUT is checked in this order, each failure a 4xx with a JSON
+//! error and nothing stored, and nothing of the body read before the
+//! checks that need no body: the shard is owned (409), the metadata is
+//! known (404), the segment exists (400), the declared length is the
+//! sliver's (413); then the body is read up to that length (413 past it),
+//! it parses (400), it is the pair that shard holds in that segment (422),
+//! it hashes to its commitment (422), and a write of the blob is still
+//! staged or committed here (409, or 410 once deleted).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::Deserialize;
+
+use super::api::{blocking, load_metadata, octets, parse_id, parse_kind, parse_number, store_error};
+use super::NodeState;
+use crate::api_error::ApiError;
+use crate::codec::format::SLIVER_OVERHEAD;
+use crate::codec::{
+    verify_sliver, Axis, BlobId, BlobMetadata, Primary, Secondary, Sliver, SliverKind, SymbolSource,
+};
+
+struct SliverPath {
+    id: BlobId,
+    segment: u32,
+    shard: u16,
+    kind: SliverKind,
+}
+
+fn parse_sliver_path(
+    (id, segment, shard, kind): (String, String, String, String),
+) -> Result<SliverPath, ApiError> {
+    Ok(SliverPath {
+        id: parse_id(&id)?,
+        segment: parse_number("segment", &segment)?,
+        shard: parse_number("shard", &shard)?,
+        kind: parse_kind(&kind)?,
+    })
+}
+
+/// The Content-Length a request declares.
+pub(super) fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+}
+
+/// Reads a request body of at most `limit` bytes; `None` past it (the
+/// rest is not read).
+pub(super) async fn read_capped(body: Body, limit: usize) -> Result<Option<Vec<u8>>, ApiError> {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::with_capacity(limit.min(64 << 20));
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("upload interrupted: {e}")))?;
+        if bytes.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(Some(bytes))
+}
+
+/// The pair index shard `shard` holds in `segment`, checking both exist.
+fn pair_of(metadata: &BlobMetadata, segment: u32, shard: u16) -> Result<u16, ApiError> {
+    let n = metadata.config().n();
+    if usize::from(shard) >= n {
+        return Err(ApiError::bad_request(format!(
+            "shard {shard} does not exist: the blob has {n} shards"
+        )));
+    }
+    let rotation = metadata.rotation(segment).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "segment {segment} does not exist: the blob has {} segments",
+            metadata.segment_count()
+        ))
+    })?;
+    Ok(rotation.pair_of_shard(shard.into()) as u16)
+}
+
+/// Serialized length of the `kind` sliver of `segment`.
+fn sliver_len(metadata: &BlobMetadata, segment: u32, kind: SliverKind) -> usize {
+    let layout = metadata.segment_layout(segment).expect("checked by pair_of");
+    SLIVER_OVERHEAD
+        + match kind {
+            SliverKind::Primary => layout.primary_sliver_len(),
+            SliverKind::Secondary => layout.secondary_sliver_len(),
+        }
+}
+
+pub(super) async fn put_sliver(
+    State(state): State<Arc<NodeState>>,
+    Path(path): Path<(String, String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let path = parse_sliver_path(path)?;
+    if !state.ownership.owns(path.shard) {
+        return Err(ApiError::conflict(format!(
+            "shard {} is not owned by node {}",
+            path.shard, state.name
+        )));
+    }
+    let metadata = {
+        let (state, id) = (state.clone(), path.id);
+        blocking(move || load_metadata(&state, &id)).await?
+    };
+    let pair = pair_of(&metadata, path.segment, path.shard)?;
+    let expected = sliver_len(&metadata, path.segment, path.kind);
+    let too_large = |got: String| {
+        ApiError::too_large(format!(
+            "a {} sliver of segment {} is {expected} bytes; got {got}",
+            path.kind, path.segment
+        ))
+    };
+    if let Some(declared) = declared_length(&headers) {
+        if declared > expected as u64 {
+            return Err(too_large(declared.to_string()));
+        }
+    }
+    let body = read_capped(body, expected)
+        .await?
+        .ok_or_else(|| too_large("more".to_string()))?;
+    blocking(move || {
+        match path.kind {
+            SliverKind::Primary => check_sliver::<Primary>(&metadata, &path, pair, &body)?,
+            SliverKind::Secondary => check_sliver::<Secondary>(&metadata, &path, pair, &body)?,
+        }
+        state
+            .store
+            .put_sliver(&path.id, path.segment, path.shard, path.kind, &body)
+            .map_err(|e| store_error(&state, e))?;
+        Ok(StatusCode::CREATED)
+    })
+    .await
+}
+
+fn check_sliver<A: Axis>(
+    metadata: &BlobMetadata,
+    path: &SliverPath,
+    pair: u16,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    let sliver = Sliver::<A>::from_bytes(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid {} sliver: {e}", A::KIND)))?;
+    if sliver.segment() != path.segment {
+        return Err(ApiError::unprocessable(format!(
+            "sliver is of segment {}, the path says {}",
+            sliver.segment(),
+            path.segment
+        )));
+    }
+    if sliver.index() != pair {
+        return Err(ApiError::unprocessable(format!(
+            "sliver {} is not the pair shard {} holds in segment {} (pair {pair})",
+            sliver.index(),
+            path.shard,
+            path.segment
+        )));
+    }
+    verify_sliver(metadata, &sliver).map_err(|e| ApiError::unprocessable(e.to_string()))
+}
+
+fn missing(path: &SliverPath) -> ApiError {
+    ApiError::not_found(format!(
+        "no {} sliver of {} segment {} shard {} here",
+        path.kind, path.id, path.segment, path.shard
+    ))
+}
+
+pub(super) async fn get_sliver(
+    State(state): State<Arc<NodeState>>,
+    Path(path): Path<(String, String, String, String)>,
+) -> Result<Response, ApiError> {
+    let path = parse_sliver_path(path)?;
+    blocking(move || {
+        let mut bytes = state
+            .store
+            .sliver(&path.id, path.segment, path.shard, path.kind)
+            .map_err(|e| store_error(&state, e))?
+            .ok_or_else(|| missing(&path))?;
+        if state.corrupt_reads {
+            let last = bytes.len() - 1;
+            bytes[last] ^= 1;
+        }
+        Ok(octets(bytes))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+pub(super) struct SymbolQuery {
+    target_shard: String,
+}
+
+pub(super) async fn get_symbol(
+    State(state): State<Arc<NodeState>>,
+    Path(path): Path<(String, String, String, String)>,
+    Query(query): Query<SymbolQuery>,
+) -> Result<Response, ApiError> {
+    let path = parse_sliver_path(path)?;
+    let target_shard: u16 = parse_number("target shard", &query.target_shard)?;
+    blocking(move || {
+        let metadata = load_metadata(&state, &path.id)?;
+        let target = pair_of(&metadata, path.segment, target_shard)?;
+        let bytes = state
+            .store
+            .sliver(&path.id, path.segment, path.shard, path.kind)
+            .map_err(|e| store_error(&state, e))?
+            .ok_or_else(|| missing(&path))?;
+        let mut symbol = match path.kind {
+            SliverKind::Primary => symbol_bytes::<Primary>(&bytes, target)?,
+            SliverKind::Secondary => symbol_bytes::<Secondary>(&bytes, target)?,
+        };
+        if state.corrupt_reads {
+            // Flip a bit of the symbol itself (it sits before the proof).
+            let at = symbol.len() - 1 - crate::codec::merkle::proof_len(metadata.config().n()) * 32;
+            symbol[at] ^= 1;
+        }
+        state.metrics.recovery_symbols_served.inc();
+        Ok(octets(symbol))
+    })
+    .await
+}
+
+fn symbol_bytes<A: Axis>(sliver_bytes: &[u8], target: u16) -> Result<Vec<u8>, ApiError> {
+    let sliver = Sliver::<A>::from_bytes(sliver_bytes)
+        .map_err(|e| ApiError::internal(format!("stored sliver is unreadable: {e}")))?;
+    let symbol = SymbolSource::new(&sliver)
+        .symbol(target)
+        .ok_or_else(|| ApiError::bad_request(format!("target {target} is out of range")))?;
+    Ok(symbol.to_bytes())
+}

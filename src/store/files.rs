@@ -1,0 +1,243 @@
+//! File primitives of the store: checksummed atomic writes, checked reads,
+//! directories created and removed durably, and byte counts of a tree.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::StoreError;
+
+/// Bytes of the BLAKE3 checksum after every file's content.
+pub(super) const CHECKSUM_LEN: usize = 32;
+
+static UNIQUE: AtomicU64 = AtomicU64::new(0);
+
+/// A file name no other write of this process uses.
+pub(super) fn unique_name(prefix: &str) -> String {
+    format!(
+        "{prefix}{}-{}",
+        std::process::id(),
+        UNIQUE.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Maps an I/O error on `path`: a full disk is `Full`, anything else `Io`.
+pub(super) fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| {
+        if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+            StoreError::Full {
+                needed: 0,
+                available: 0,
+            }
+        } else {
+            StoreError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    }
+}
+
+/// Writes `content` and its checksum to a new file at `tmp`, fsynced.
+pub(super) fn write_synced(tmp: &Path, content: &[u8]) -> Result<(), StoreError> {
+    let result = (|| {
+        let mut file = File::create(tmp).map_err(io_error(tmp))?;
+        file.write_all(content).map_err(io_error(tmp))?;
+        file.write_all(blake3::hash(content).as_bytes())
+            .map_err(io_error(tmp))?;
+        file.sync_all().map_err(io_error(tmp))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(tmp);
+    }
+    result
+}
+
+/// Renames `tmp` onto `path` and fsyncs the directory, so the new file
+/// survives a crash; on failure `tmp` is removed.
+pub(super) fn publish(tmp: &Path, path: &Path) -> Result<(), StoreError> {
+    let result = fs::rename(tmp, path)
+        .map_err(io_error(path))
+        .and_then(|()| sync_dir(path.parent().expect("store paths have a parent")));
+    if result.is_err() {
+        let _ = fs::remove_file(tmp);
+    }
+    result
+}
+
+/// What a checked read found.
+pub(super) enum Checked {
+    /// The content, checksum verified and removed.
+    Valid(Vec<u8>),
+    /// No such file.
+    Missing,
+    /// The checksum does not match (bitrot, a torn file).
+    Corrupt,
+    /// The read itself failed (EIO and the like).
+    Failed(io::Error),
+}
+
+/// Reads a file and checks its checksum.
+pub(super) fn read_checked(path: &Path) -> Checked {
+    let mut bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Checked::Missing,
+        Err(e) => return Checked::Failed(e),
+    };
+    let valid = bytes.len() >= CHECKSUM_LEN && {
+        let (content, sum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
+        blake3::hash(content).as_bytes() == sum
+    };
+    if !valid {
+        return Checked::Corrupt;
+    }
+    bytes.truncate(bytes.len() - CHECKSUM_LEN);
+    Checked::Valid(bytes)
+}
+
+/// fsyncs a directory, so entries created, renamed or removed in it last.
+pub(super) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error(dir))
+}
+
+/// Creates `dir` and its missing parents below `root`, fsyncing each
+/// parent so the new entries survive a crash.
+pub(super) fn create_dirs_synced(dir: &Path, root: &Path) -> Result<(), StoreError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        if parent != root {
+            create_dirs_synced(parent, root)?;
+        }
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(io_error(dir)(e)),
+    }
+    sync_dir(dir.parent().expect("below root"))
+}
+
+/// Removes every entry of `dir` (which stays).
+pub(super) fn empty_dir(dir: &Path) -> Result<(), StoreError> {
+    for entry in fs::read_dir(dir).map_err(io_error(dir))? {
+        let path = entry.map_err(io_error(dir))?.path();
+        let removed = if path.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        removed.map_err(io_error(&path))?;
+    }
+    Ok(())
+}
+
+/// Bytes and sliver files (primary, secondary) below a directory.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct DirStats {
+    pub bytes: u64,
+    pub slivers: [u64; 2],
+}
+
+impl DirStats {
+    pub fn add(&mut self, other: DirStats) {
+        self.bytes += other.bytes;
+        self.slivers[0] += other.slivers[0];
+        self.slivers[1] += other.slivers[1];
+    }
+}
+
+/// Which sliver counter a file counts in, by its extension.
+pub(super) fn sliver_counter(path: &Path) -> Option<usize> {
+    match path.extension()?.to_str()? {
+        "primary" => Some(0),
+        "secondary" => Some(1),
+        _ => None,
+    }
+}
+
+/// Counts bytes and sliver files below `dir` (nothing when it is missing).
+pub(super) fn dir_stats(dir: &Path) -> Result<DirStats, StoreError> {
+    let mut stats = DirStats::default();
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(stats),
+        Err(e) => return Err(io_error(dir)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io_error(dir))?;
+        let path = entry.path();
+        let meta = entry.metadata().map_err(io_error(&path))?;
+        if meta.is_dir() {
+            stats.add(dir_stats(&path)?);
+        } else {
+            stats.bytes += meta.len();
+            if let Some(counter) = sliver_counter(&path) {
+                stats.slivers[counter] += 1;
+            }
+        }
+    }
+    Ok(stats)
+}
+
+/// The files directly in `dir` (none when it is missing).
+pub(super) fn files_in(dir: &Path) -> Vec<PathBuf> {
+    fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Size and bytes available (to unprivileged users) of the filesystem
+/// holding `path`; `None` when it cannot be asked.
+pub fn filesystem_space(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a properly sized out-struct.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    let fragment = stat.f_frsize as u64;
+    Some((
+        stat.f_blocks as u64 * fragment,
+        stat.f_bavail as u64 * fragment,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filesystem_of_a_store_has_a_size_and_room_within_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (size, available) = filesystem_space(dir.path()).unwrap();
+        assert!(size > 0 && available <= size, "{size} {available}");
+        assert!(filesystem_space(&dir.path().join("missing")).is_none());
+    }
+
+    #[test]
+    fn a_checked_read_tells_valid_missing_corrupt_and_failed_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let tmp = dir.path().join("t");
+        write_synced(&tmp, b"content").unwrap();
+        publish(&tmp, &path).unwrap();
+        assert!(matches!(read_checked(&path), Checked::Valid(v) if v == b"content"));
+        assert!(matches!(read_checked(&dir.path().join("none")), Checked::Missing));
+        fs::write(&path, b"contenu plus a fake checksum of the wrong size").unwrap();
+        assert!(matches!(read_checked(&path), Checked::Corrupt));
+        // Reading a directory fails with an error other than "not found".
+        assert!(matches!(read_checked(dir.path()), Checked::Failed(_)));
+    }
+}

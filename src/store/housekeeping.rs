@@ -1,0 +1,147 @@
+//! Background upkeep of a store: the scrub (every file re-read and
+//! checked), abandoned uploads collected, quarantined files purged.
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use super::{files, SliverStore, StoreError};
+use crate::codec::BlobId;
+
+/// How long things are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Housekeeping {
+    /// A staged write that saw no new file for this long, and was never
+    /// committed, is removed (its writer failed or went away).
+    pub staged_ttl: Duration,
+    /// Quarantined files are deleted after this long.
+    pub quarantine_retention: Duration,
+}
+
+impl Default for Housekeeping {
+    fn default() -> Self {
+        Self {
+            staged_ttl: Duration::from_secs(15 * 60),
+            quarantine_retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// What one scrub found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ScrubReport {
+    /// Files read.
+    pub checked: u64,
+    /// Files that failed their checksum (quarantined).
+    pub corrupt: u64,
+    /// Files whose read failed (quarantined).
+    pub unreadable: u64,
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// When a file was quarantined: the seconds its name starts with.
+fn quarantined_at(path: &Path) -> Option<SystemTime> {
+    let name = path.file_name()?.to_str()?;
+    let secs: u64 = name.split('-').next()?.parse().ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+impl SliverStore {
+    /// Reads every stored file and checks its checksum; files that fail,
+    /// or whose read fails, are quarantined (and so reported missing). A
+    /// failing file never stops the scrub.
+    pub fn scrub(&self) -> Result<ScrubReport, StoreError> {
+        let mut report = ScrubReport::default();
+        for id in self.blob_dirs()? {
+            let dir = self.blob_dir(&id);
+            let mut paths = files::files_in(&dir);
+            if let Ok(shards) = fs::read_dir(&dir) {
+                for shard in shards.flatten().filter(|e| e.path().is_dir()) {
+                    // Everything in a shard directory should be a sliver file.
+                    if let Ok(entries) = fs::read_dir(shard.path()) {
+                        paths.extend(entries.flatten().map(|e| e.path()));
+                    }
+                }
+            }
+            for path in paths {
+                match self.read_file(&path, || path.display().to_string()) {
+                    Ok(Some(_)) => report.checked += 1,
+                    Ok(None) => {}
+                    Err(StoreError::Corrupt { .. }) => {
+                        report.checked += 1;
+                        report.corrupt += 1;
+                    }
+                    Err(StoreError::Unreadable { .. }) => {
+                        report.checked += 1;
+                        report.unreadable += 1;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// When a blob's directory last gained a file: the newest change time
+    /// of the directory and of its shard directories.
+    fn last_activity(&self, id: &BlobId) -> Option<SystemTime> {
+        let dir = self.blob_dir(id);
+        let shards = fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| modified(&e.path()));
+        modified(&dir).into_iter().chain(shards).max()
+    }
+
+    /// Removes every staged write that was never committed here and has
+    /// not gained a file for `ttl`; returns the blobs removed.
+    pub fn collect_abandoned(&self, ttl: Duration, now: SystemTime) -> Result<Vec<BlobId>, StoreError> {
+        let mut collected = Vec::new();
+        for id in self.blob_dirs()? {
+            let idle = self
+                .last_activity(&id)
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|idle| idle >= ttl);
+            if !idle {
+                continue;
+            }
+            let lock = self.lock(&id);
+            if lock.state()?.commit.is_none() && lock.remove_data()? {
+                collected.push(id);
+            }
+        }
+        Ok(collected)
+    }
+
+    /// Deletes quarantined files older than `retention`; returns how many.
+    pub fn purge_quarantine(&self, retention: Duration, now: SystemTime) -> Result<u64, StoreError> {
+        let mut purged = 0;
+        for path in files::files_in(&self.root.join("quarantine")) {
+            let old = quarantined_at(&path)
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age >= retention);
+            if !old {
+                continue;
+            }
+            let len = fs::metadata(&path).map_or(0, |m| m.len());
+            fs::remove_file(&path).map_err(files::io_error(&path))?;
+            super::sub(&self.used, len);
+            purged += 1;
+        }
+        Ok(purged)
+    }
+
+    /// Bytes held in quarantine/.
+    pub fn quarantined_bytes(&self) -> u64 {
+        files::files_in(&self.root.join("quarantine"))
+            .iter()
+            .filter_map(|p| fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+}

@@ -1,0 +1,677 @@
+//! A node's durable sliver store on its data directory (the PVC in
+//! Kubernetes).
+//!
+//! Layout under the data directory:
+//!
+//! ```text
+//! format                                      the layout version (2)
+//! blobs/<blob id>/metadata                    serialized metadata
+//! blobs/<blob id>/staged                      generation of the newest write staged here
+//! blobs/<blob id>/commit                      generation of the newest commit here
+//! blobs/<blob id>/<shard>/<segment>.primary   serialized primary sliver
+//! blobs/<blob id>/<shard>/<segment>.secondary serialized secondary sliver
+//! tombstones/<blob id>                        generation of the newest delete
+//! tmp/                                        writes in flight
+//! trash/                                      blob directories being removed
+//! quarantine/                                 files that failed their checksum or a read
+//! ```
+//!
+//! Every file is its content followed by the 32-byte BLAKE3 hash of the
+//! content, checked on every read: a file that fails, or whose read fails
+//! (EIO), is moved to quarantine/ and reported missing, never served.
+//! Writes go to tmp/, are fsynced, renamed into place and the directory
+//! fsynced, so a crash at any instant leaves either the old file or the
+//! complete new one; tmp/ and trash/ are emptied on open. A blob's
+//! directory is removed by renaming it into trash/ first: after a crash it
+//! is either whole or gone.
+//!
+//! The markers (`staged`, `commit`, tombstones) follow `blob_state`: a
+//! tombstone removes the slivers unless a newer write claims them, and a
+//! write older than a tombstone is refused. Mutations of one blob are
+//! serialized by a per-blob lock ([`SliverStore::lock`]), so a delete and a
+//! repair of the same blob never interleave. The store checks integrity
+//! and markers only; whether a sliver belongs to its blob is the node's
+//! business (it verifies before it stores).
+
+mod files;
+mod housekeeping;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use thiserror::Error;
+
+use crate::blob_state::BlobState;
+use crate::codec::{BlobId, SliverKind};
+pub use files::filesystem_space;
+use files::{Checked, DirStats};
+pub use housekeeping::{Housekeeping, ScrubReport};
+
+/// The layout version this build writes.
+const FORMAT: &str = "2";
+/// Per-blob locks, by the first byte of the id.
+const LOCK_STRIPES: usize = 256;
+
+/// Errors of the store.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The write would exceed the configured capacity, or the disk is full.
+    #[error("not enough space: {needed} bytes needed, {available} available")]
+    Full {
+        /// Bytes the write needs.
+        needed: u64,
+        /// Bytes left under the capacity (0 when the disk itself is full).
+        available: u64,
+    },
+    /// A stored file failed its checksum; it was moved aside.
+    #[error("stored {what} is corrupt (checksum mismatch); it was quarantined")]
+    Corrupt {
+        /// Which file.
+        what: String,
+    },
+    /// Reading a stored file failed (EIO and the like); it was moved aside.
+    #[error("stored {what} could not be read ({source}); it was quarantined")]
+    Unreadable {
+        /// Which file.
+        what: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// The blob was deleted at a generation at least as new as the write.
+    #[error("the blob was deleted at generation {tombstone}; this write is older")]
+    Deleted {
+        /// The tombstone's generation.
+        tombstone: u64,
+    },
+    /// A sliver for a blob no write claims here (never staged, or deleted).
+    #[error("no write of this blob is staged or committed here")]
+    NotStaged,
+    /// Any other I/O failure.
+    #[error("storage i/o error on {path}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+/// What a store holds of one blob: per shard, the segments with both slivers.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BlobHoldings {
+    /// Whether the metadata is stored.
+    pub metadata: bool,
+    /// Shard -> segments for which both slivers are stored.
+    pub shards: BTreeMap<u16, u32>,
+}
+
+/// What a tombstone did here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TombstoneOutcome {
+    /// Whether slivers or metadata were removed.
+    pub removed_data: bool,
+    /// The markers afterwards.
+    pub state: BlobState,
+}
+
+/// The durable store of one node.
+#[derive(Debug)]
+pub struct SliverStore {
+    root: PathBuf,
+    capacity: Option<u64>,
+    used: AtomicU64,
+    /// Sliver files held: primary, secondary.
+    slivers: [AtomicU64; 2],
+    locks: Vec<Mutex<()>>,
+}
+
+/// The lock of one blob, with the operations that need it held.
+pub struct BlobLock<'a> {
+    store: &'a SliverStore,
+    id: BlobId,
+    _guard: MutexGuard<'a, ()>,
+}
+
+fn kind_index(kind: SliverKind) -> usize {
+    match kind {
+        SliverKind::Primary => 0,
+        SliverKind::Secondary => 1,
+    }
+}
+
+fn sub(counter: &AtomicU64, amount: u64) {
+    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+        Some(v.saturating_sub(amount))
+    });
+}
+
+fn generation_bytes(generation: u64) -> [u8; 8] {
+    generation.to_le_bytes()
+}
+
+impl SliverStore {
+    /// Opens (creating if needed) the store at `root`: empties tmp/ and
+    /// trash/, upgrades an older layout, and counts the bytes it holds.
+    /// `capacity` caps those bytes.
+    pub fn open(root: impl Into<PathBuf>, capacity: Option<u64>) -> Result<Self, StoreError> {
+        let root = root.into();
+        for dir in ["blobs", "tombstones", "tmp", "trash", "quarantine"] {
+            let dir = root.join(dir);
+            fs::create_dir_all(&dir).map_err(files::io_error(&dir))?;
+        }
+        files::empty_dir(&root.join("tmp"))?;
+        files::empty_dir(&root.join("trash"))?;
+        let mut stats = DirStats::default();
+        for dir in ["blobs", "tombstones", "quarantine"] {
+            stats.add(files::dir_stats(&root.join(dir))?);
+        }
+        let store = Self {
+            root,
+            capacity,
+            used: AtomicU64::new(stats.bytes),
+            slivers: stats.slivers.map(AtomicU64::new),
+            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+        };
+        store.upgrade_layout()?;
+        Ok(store)
+    }
+
+    /// A store written before commit markers existed held only blobs its
+    /// writers had answered for: they are committed at generation 1, so
+    /// they stay visible (and are not collected as abandoned uploads).
+    fn upgrade_layout(&self) -> Result<(), StoreError> {
+        let marker = self.root.join("format");
+        if fs::read_to_string(&marker).is_ok_and(|v| v.trim() == FORMAT) {
+            return Ok(());
+        }
+        for id in self.blob_dirs()? {
+            let lock = self.lock(&id);
+            if lock.holdings()?.metadata && lock.state()?.commit.is_none() {
+                lock.write_marker("commit", 1)?;
+                tracing::info!(blob = %id, "blob of an earlier store layout marked committed");
+            }
+        }
+        let tmp = self.tmp_path();
+        fs::write(&tmp, FORMAT).map_err(files::io_error(&tmp))?;
+        fs::rename(&tmp, &marker).map_err(files::io_error(&marker))?;
+        files::sync_dir(&self.root)
+    }
+
+    /// The data directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Bytes held in stored files (checksums and quarantined files included).
+    pub fn used_bytes(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Sliver files held of one kind.
+    pub fn sliver_count(&self, kind: SliverKind) -> u64 {
+        self.slivers[kind_index(kind)].load(Ordering::Relaxed)
+    }
+
+    /// The configured capacity, if any.
+    pub fn capacity(&self) -> Option<u64> {
+        self.capacity
+    }
+
+    fn forget(&self, stats: DirStats) {
+        sub(&self.used, stats.bytes);
+        for (counter, n) in self.slivers.iter().zip(stats.slivers) {
+            sub(counter, n);
+        }
+    }
+
+    fn blob_dir(&self, id: &BlobId) -> PathBuf {
+        self.root.join("blobs").join(id.to_string())
+    }
+
+    fn tombstone_path(&self, id: &BlobId) -> PathBuf {
+        self.root.join("tombstones").join(id.to_string())
+    }
+
+    fn sliver_path(&self, id: &BlobId, segment: u32, shard: u16, kind: SliverKind) -> PathBuf {
+        self.blob_dir(id)
+            .join(shard.to_string())
+            .join(format!("{segment}.{}", kind.name()))
+    }
+
+    fn tmp_path(&self) -> PathBuf {
+        self.root.join("tmp").join(files::unique_name(""))
+    }
+
+    /// Takes the lock of one blob; every change of its markers or files
+    /// happens while it is held.
+    pub fn lock(&self, id: &BlobId) -> BlobLock<'_> {
+        let stripe = usize::from(id.as_bytes()[0]) % LOCK_STRIPES;
+        BlobLock {
+            store: self,
+            id: *id,
+            _guard: self.locks[stripe].lock().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+
+    /// Checks room for `size` more bytes (replacing `previous` bytes).
+    fn reserve(&self, size: u64, previous: u64) -> Result<(), StoreError> {
+        if let Some(capacity) = self.capacity {
+            let used = self.used_bytes().saturating_sub(previous);
+            if used + size > capacity {
+                return Err(StoreError::Full {
+                    needed: size,
+                    available: capacity.saturating_sub(used),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a file atomically (tmp, fsync, rename, fsync dir) and counts it.
+    fn write_file(&self, path: &Path, content: &[u8]) -> Result<(), StoreError> {
+        let tmp = self.stage_file(path, content)?;
+        self.publish_file(tmp)
+    }
+
+    /// The first half of a write: content fsynced in tmp/, room checked.
+    fn stage_file(&self, path: &Path, content: &[u8]) -> Result<StagedFile, StoreError> {
+        let size = (content.len() + files::CHECKSUM_LEN) as u64;
+        let previous = fs::metadata(path).map_or(0, |m| m.len());
+        self.reserve(size, previous)?;
+        let tmp = self.tmp_path();
+        files::write_synced(&tmp, content)?;
+        Ok(StagedFile {
+            tmp,
+            path: path.to_path_buf(),
+            size,
+        })
+    }
+
+    /// The second half: renamed into place (directories created), counted.
+    fn publish_file(&self, file: StagedFile) -> Result<(), StoreError> {
+        let existing = fs::metadata(&file.path).ok();
+        let parent = file.path.parent().expect("store paths have a parent");
+        if let Err(e) = files::create_dirs_synced(parent, &self.root) {
+            let _ = fs::remove_file(&file.tmp);
+            return Err(e);
+        }
+        files::publish(&file.tmp, &file.path)?;
+        self.used.fetch_add(file.size, Ordering::Relaxed);
+        sub(&self.used, existing.as_ref().map_or(0, |m| m.len()));
+        if let (Some(counter), None) = (files::sliver_counter(&file.path), existing) {
+            self.slivers[counter].fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Reads a checked file; a corrupt or unreadable one is quarantined
+    /// and reported as such (the caller treats it as missing).
+    fn read_file(&self, path: &Path, what: impl FnOnce() -> String) -> Result<Option<Vec<u8>>, StoreError> {
+        match files::read_checked(path) {
+            Checked::Valid(bytes) => Ok(Some(bytes)),
+            Checked::Missing => Ok(None),
+            Checked::Corrupt => {
+                self.quarantine(path);
+                Err(StoreError::Corrupt { what: what() })
+            }
+            Checked::Failed(source) => {
+                self.quarantine(path);
+                Err(StoreError::Unreadable {
+                    what: what(),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Moves a file into quarantine/ (where it still counts toward the
+    /// bytes held until it is purged); it no longer counts as a sliver.
+    fn quarantine(&self, path: &Path) {
+        // Named by the time it was moved, for the purge after the retention.
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let target = self
+            .root
+            .join("quarantine")
+            .join(files::unique_name(&format!("{secs}-")));
+        if fs::rename(path, &target).is_ok() {
+            if let Some(counter) = files::sliver_counter(path) {
+                sub(&self.slivers[counter], 1);
+            }
+        }
+    }
+
+    /// The markers of a blob here.
+    pub fn state(&self, id: &BlobId) -> Result<BlobState, StoreError> {
+        self.read_state(id)
+    }
+
+    fn read_marker(&self, path: &Path, what: &str) -> Result<Option<u64>, StoreError> {
+        let bytes = match self.read_file(path, || what.to_string()) {
+            Ok(bytes) => bytes,
+            // A marker that cannot be read is gone: the loop spreads it again.
+            Err(StoreError::Corrupt { .. } | StoreError::Unreadable { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        Ok(bytes.and_then(|b| Some(u64::from_le_bytes(b.as_slice().try_into().ok()?))))
+    }
+
+    fn read_state(&self, id: &BlobId) -> Result<BlobState, StoreError> {
+        let dir = self.blob_dir(id);
+        Ok(BlobState {
+            commit: self.read_marker(&dir.join("commit"), "commit marker")?,
+            staged: self.read_marker(&dir.join("staged"), "staged marker")?,
+            tombstone: self.read_marker(&self.tombstone_path(id), "tombstone")?,
+        })
+    }
+
+    /// The serialized metadata of a blob, if stored.
+    pub fn metadata(&self, id: &BlobId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read_file(&self.blob_dir(id).join("metadata"), || {
+            format!("metadata of {id}")
+        })
+    }
+
+    /// Stages a write of `generation`: its metadata is stored and the blob
+    /// accepts slivers. Refused when a tombstone at least as new exists.
+    pub fn stage(&self, id: &BlobId, generation: u64, metadata: &[u8]) -> Result<(), StoreError> {
+        self.lock(id).stage(generation, metadata)
+    }
+
+    /// Commits the write of `generation` (storing `metadata` too when given
+    /// and missing). Refused when a tombstone at least as new exists.
+    pub fn commit(
+        &self,
+        id: &BlobId,
+        generation: u64,
+        metadata: Option<&[u8]>,
+    ) -> Result<BlobState, StoreError> {
+        self.lock(id).commit(generation, metadata)
+    }
+
+    /// Withdraws a staged write of `generation` that will never commit: the
+    /// blob's data is removed unless another write claims it. True when
+    /// data was removed.
+    pub fn abort(&self, id: &BlobId, generation: u64) -> Result<bool, StoreError> {
+        self.lock(id).abort(generation)
+    }
+
+    /// Records a delete of `generation`: the tombstone is kept, and the
+    /// blob's data removed unless a newer write claims it.
+    pub fn tombstone(&self, id: &BlobId, generation: u64) -> Result<TombstoneOutcome, StoreError> {
+        self.lock(id).tombstone(generation)
+    }
+
+    /// Stores a serialized sliver of `shard` for segment `segment`, if a
+    /// write of the blob is staged or committed here.
+    pub fn put_sliver(
+        &self,
+        id: &BlobId,
+        segment: u32,
+        shard: u16,
+        kind: SliverKind,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        let file = self.stage_file(&self.sliver_path(id, segment, shard, kind), bytes)?;
+        let lock = self.lock(id);
+        match lock.check_claimed() {
+            Ok(()) => self.publish_file(file),
+            Err(e) => {
+                let _ = fs::remove_file(&file.tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// A serialized sliver, if stored; checked against its checksum.
+    pub fn sliver(
+        &self,
+        id: &BlobId,
+        segment: u32,
+        shard: u16,
+        kind: SliverKind,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read_file(&self.sliver_path(id, segment, shard, kind), || {
+            format!("{kind} sliver of {id} segment {segment} shard {shard}")
+        })
+    }
+
+    /// Whether a sliver file exists (without reading it).
+    pub fn has_sliver(&self, id: &BlobId, segment: u32, shard: u16, kind: SliverKind) -> bool {
+        self.sliver_path(id, segment, shard, kind).is_file()
+    }
+
+    /// Removes the slivers of one shard of a blob (when the shard moves away).
+    pub fn delete_shard(&self, id: &BlobId, shard: u16) -> Result<(), StoreError> {
+        let _lock = self.lock(id);
+        let dir = self.blob_dir(id).join(shard.to_string());
+        if dir.exists() {
+            self.remove_tree(&dir)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a directory tree: renamed into trash/ first (atomic: after
+    /// a crash it is whole or gone), then deleted, its bytes forgotten.
+    fn remove_tree(&self, dir: &Path) -> Result<(), StoreError> {
+        let stats = files::dir_stats(dir)?;
+        let trash = self.root.join("trash").join(files::unique_name(""));
+        fs::rename(dir, &trash).map_err(files::io_error(dir))?;
+        files::sync_dir(dir.parent().expect("below root"))?;
+        self.forget(stats);
+        fs::remove_dir_all(&trash).map_err(files::io_error(&trash))
+    }
+
+    fn blob_dirs(&self) -> Result<Vec<BlobId>, StoreError> {
+        let dir = self.root.join("blobs");
+        Ok(fs::read_dir(&dir)
+            .map_err(files::io_error(&dir))?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect())
+    }
+
+    /// Blob ids with anything stored (data or a tombstone), in order, after
+    /// `after`, at most `limit`.
+    pub fn list_blobs(
+        &self,
+        after: Option<&BlobId>,
+        limit: usize,
+    ) -> Result<Vec<BlobId>, StoreError> {
+        let tombstones = self.root.join("tombstones");
+        let mut ids: Vec<BlobId> = self
+            .blob_dirs()?
+            .into_iter()
+            .chain(
+                fs::read_dir(&tombstones)
+                    .map_err(files::io_error(&tombstones))?
+                    .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()),
+            )
+            .filter(|id| after.is_none_or(|a| id > a))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids.truncate(limit);
+        Ok(ids)
+    }
+
+    /// What is stored of one blob (by file presence; reads check content).
+    pub fn holdings(&self, id: &BlobId) -> Result<BlobHoldings, StoreError> {
+        let dir = self.blob_dir(id);
+        let mut holdings = BlobHoldings {
+            metadata: dir.join("metadata").is_file(),
+            shards: BTreeMap::new(),
+        };
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return Ok(holdings);
+        };
+        for entry in entries.flatten() {
+            let Some(shard) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u16>().ok())
+            else {
+                continue;
+            };
+            let files: Vec<String> = fs::read_dir(entry.path())
+                .map_err(files::io_error(&entry.path()))?
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect();
+            let complete = files
+                .iter()
+                .filter_map(|f| f.strip_suffix(".primary"))
+                .filter(|segment| files.contains(&format!("{segment}.secondary")))
+                .count();
+            holdings.shards.insert(shard, complete as u32);
+        }
+        Ok(holdings)
+    }
+}
+
+/// A file fsynced in tmp/, waiting to be renamed into place.
+struct StagedFile {
+    tmp: PathBuf,
+    path: PathBuf,
+    size: u64,
+}
+
+impl BlobLock<'_> {
+    /// The blob's markers.
+    pub fn state(&self) -> Result<BlobState, StoreError> {
+        self.store.read_state(&self.id)
+    }
+
+    /// The serialized metadata, if stored.
+    pub fn metadata(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.store.metadata(&self.id)
+    }
+
+    /// What is stored of the blob.
+    pub fn holdings(&self) -> Result<BlobHoldings, StoreError> {
+        self.store.holdings(&self.id)
+    }
+
+    fn write_marker(&self, name: &str, generation: u64) -> Result<(), StoreError> {
+        self.store.write_file(
+            &self.store.blob_dir(&self.id).join(name),
+            &generation_bytes(generation),
+        )
+    }
+
+    fn ensure_metadata(&self, metadata: &[u8]) -> Result<(), StoreError> {
+        let path = self.store.blob_dir(&self.id).join("metadata");
+        if !path.is_file() {
+            self.store.write_file(&path, metadata)?;
+        }
+        Ok(())
+    }
+
+    /// See [`SliverStore::stage`].
+    pub fn stage(&self, generation: u64, metadata: &[u8]) -> Result<(), StoreError> {
+        let state = self.state()?;
+        state
+            .admits(generation)
+            .map_err(|tombstone| StoreError::Deleted { tombstone })?;
+        self.ensure_metadata(metadata)?;
+        if state.staged < Some(generation) {
+            self.write_marker("staged", generation)?;
+        }
+        Ok(())
+    }
+
+    /// See [`SliverStore::commit`].
+    pub fn commit(&self, generation: u64, metadata: Option<&[u8]>) -> Result<BlobState, StoreError> {
+        let mut state = self.state()?;
+        state
+            .admits(generation)
+            .map_err(|tombstone| StoreError::Deleted { tombstone })?;
+        if let Some(metadata) = metadata {
+            self.ensure_metadata(metadata)?;
+        }
+        if state.commit < Some(generation) {
+            self.write_marker("commit", generation)?;
+            state.commit = Some(generation);
+        }
+        Ok(state)
+    }
+
+    /// See [`SliverStore::abort`].
+    pub fn abort(&self, generation: u64) -> Result<bool, StoreError> {
+        let state = self.state()?;
+        if state.commit.is_some() || state.staged > Some(generation) {
+            return Ok(false);
+        }
+        self.remove_data()
+    }
+
+    /// See [`SliverStore::tombstone`].
+    pub fn tombstone(&self, generation: u64) -> Result<TombstoneOutcome, StoreError> {
+        let before = self.state()?;
+        let after = before.with_tombstone(generation);
+        if before.tombstone != after.tombstone {
+            self.store.write_file(
+                &self.store.tombstone_path(&self.id),
+                &generation_bytes(generation),
+            )?;
+        }
+        let removed_data = if after.claims_data() {
+            // A newer write claims the slivers; only the older markers go.
+            let dir = self.store.blob_dir(&self.id);
+            if before.commit.is_some() && after.commit.is_none() {
+                self.remove_file(&dir.join("commit"))?;
+            }
+            if before.staged.is_some() && after.staged.is_none() {
+                self.remove_file(&dir.join("staged"))?;
+            }
+            false
+        } else {
+            self.remove_data()?
+        };
+        Ok(TombstoneOutcome {
+            removed_data,
+            state: after,
+        })
+    }
+
+    fn remove_file(&self, path: &Path) -> Result<(), StoreError> {
+        let len = fs::metadata(path).map_or(0, |m| m.len());
+        match fs::remove_file(path) {
+            Ok(()) => {
+                sub(&self.store.used, len);
+                files::sync_dir(path.parent().expect("below root"))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(files::io_error(path)(e)),
+        }
+    }
+
+    /// Removes the blob's directory (metadata, markers, slivers); true when
+    /// there was one.
+    fn remove_data(&self) -> Result<bool, StoreError> {
+        let dir = self.store.blob_dir(&self.id);
+        if !dir.exists() {
+            return Ok(false);
+        }
+        self.store.remove_tree(&dir)?;
+        Ok(true)
+    }
+
+    /// Ok when a staged or committed write claims the blob's slivers here.
+    fn check_claimed(&self) -> Result<(), StoreError> {
+        let state = self.state()?;
+        if state.claims_data() {
+            Ok(())
+        } else if let Some(tombstone) = state.tombstone {
+            Err(StoreError::Deleted { tombstone })
+        } else {
+            Err(StoreError::NotStaged)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

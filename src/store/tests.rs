@@ -1,0 +1,329 @@
+use std::time::{Duration, SystemTime};
+
+use super::*;
+
+fn id(seed: u8) -> BlobId {
+    BlobId(*blake3::hash(&[seed]).as_bytes())
+}
+
+fn open(dir: &Path) -> SliverStore {
+    SliverStore::open(dir, None).unwrap()
+}
+
+/// A store with blob `seed` staged at generation 10.
+fn staged(dir: &Path, seed: u8) -> SliverStore {
+    let store = open(dir);
+    store.stage(&id(seed), 10, b"meta").unwrap();
+    store
+}
+
+#[test]
+fn what_is_written_reads_back_and_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = staged(dir.path(), 1);
+    store.put_sliver(&id(1), 0, 3, SliverKind::Primary, b"primary").unwrap();
+    store.put_sliver(&id(1), 0, 3, SliverKind::Secondary, b"secondary").unwrap();
+    store.put_sliver(&id(1), 1, 3, SliverKind::Primary, b"p1").unwrap();
+    store.commit(&id(1), 10, None).unwrap();
+    let used = store.used_bytes();
+    // metadata, staged and commit markers, three slivers
+    assert_eq!(used, (4 + 8 + 8 + 7 + 9 + 2 + 6 * 32) as u64);
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.used_bytes(), used);
+    assert_eq!(store.sliver_count(SliverKind::Primary), 2);
+    assert_eq!(store.sliver_count(SliverKind::Secondary), 1);
+    assert_eq!(store.metadata(&id(1)).unwrap().unwrap(), b"meta");
+    assert_eq!(
+        store.sliver(&id(1), 0, 3, SliverKind::Secondary).unwrap().unwrap(),
+        b"secondary"
+    );
+    assert_eq!(store.sliver(&id(1), 2, 3, SliverKind::Primary).unwrap(), None);
+    let holdings = store.holdings(&id(1)).unwrap();
+    assert!(holdings.metadata);
+    assert_eq!(holdings.shards, BTreeMap::from([(3, 1)]));
+    assert_eq!(store.list_blobs(None, 10).unwrap(), vec![id(1)]);
+    assert_eq!(
+        store.state(&id(1)).unwrap(),
+        BlobState {
+            commit: Some(10),
+            staged: Some(10),
+            tombstone: None
+        }
+    );
+}
+
+#[test]
+fn a_sliver_is_refused_unless_a_write_of_its_blob_is_staged_or_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let err = store.put_sliver(&id(1), 0, 0, SliverKind::Primary, b"x").unwrap_err();
+    assert!(matches!(err, StoreError::NotStaged), "{err}");
+    store.stage(&id(1), 10, b"meta").unwrap();
+    store.put_sliver(&id(1), 0, 0, SliverKind::Primary, b"x").unwrap();
+    store.tombstone(&id(1), 11).unwrap();
+    let err = store.put_sliver(&id(1), 0, 0, SliverKind::Secondary, b"y").unwrap_err();
+    assert!(matches!(err, StoreError::Deleted { tombstone: 11 }), "{err}");
+    assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    assert_eq!(store.sliver_count(SliverKind::Primary), 0);
+}
+
+#[test]
+fn a_tombstone_removes_the_blob_refuses_older_writes_and_yields_to_newer_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = staged(dir.path(), 2);
+    store.put_sliver(&id(2), 0, 0, SliverKind::Primary, &[1; 50]).unwrap();
+    store.commit(&id(2), 10, None).unwrap();
+    let outcome = store.tombstone(&id(2), 20).unwrap();
+    assert!(outcome.removed_data);
+    assert_eq!(outcome.state.tombstone, Some(20));
+    assert!(!dir.path().join("blobs").join(id(2).to_string()).exists());
+    assert_eq!(store.used_bytes(), 8 + 32, "only the tombstone is left");
+    assert_eq!(store.list_blobs(None, 10).unwrap(), vec![id(2)]);
+    for generation in [10, 20] {
+        let err = store.stage(&id(2), generation, b"meta").unwrap_err();
+        assert!(matches!(err, StoreError::Deleted { tombstone: 20 }), "{err}");
+        assert!(store.commit(&id(2), generation, None).is_err());
+    }
+    // The same bytes stored again later.
+    store.stage(&id(2), 30, b"meta").unwrap();
+    store.put_sliver(&id(2), 0, 0, SliverKind::Primary, &[1; 50]).unwrap();
+    let state = store.commit(&id(2), 30, None).unwrap();
+    assert_eq!(crate::blob_state::resolve([&state]), crate::blob_state::Verdict::Visible(30));
+    // A late tombstone older than the new write keeps its data.
+    let outcome = store.tombstone(&id(2), 25).unwrap();
+    assert!(!outcome.removed_data);
+    assert!(store.has_sliver(&id(2), 0, 0, SliverKind::Primary));
+}
+
+#[test]
+fn a_delete_during_a_newer_staged_write_keeps_the_staged_slivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = staged(dir.path(), 3);
+    store.commit(&id(3), 10, None).unwrap();
+    store.stage(&id(3), 40, b"meta").unwrap();
+    store.put_sliver(&id(3), 0, 1, SliverKind::Primary, b"s").unwrap();
+    let outcome = store.tombstone(&id(3), 20).unwrap();
+    assert!(!outcome.removed_data);
+    assert_eq!(
+        store.state(&id(3)).unwrap(),
+        BlobState {
+            commit: None,
+            staged: Some(40),
+            tombstone: Some(20)
+        }
+    );
+}
+
+#[test]
+fn an_aborted_write_leaves_nothing_unless_the_blob_was_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = staged(dir.path(), 4);
+    store.put_sliver(&id(4), 0, 0, SliverKind::Primary, &[0; 10]).unwrap();
+    assert!(store.abort(&id(4), 10).unwrap());
+    assert_eq!(store.used_bytes(), 0);
+    assert!(store.list_blobs(None, 10).unwrap().is_empty());
+    let store = staged(dir.path(), 5);
+    store.commit(&id(5), 10, None).unwrap();
+    store.stage(&id(5), 12, b"meta").unwrap();
+    assert!(!store.abort(&id(5), 12).unwrap(), "the committed copy stays");
+    assert!(store.metadata(&id(5)).unwrap().is_some());
+}
+
+#[test]
+fn abandoned_staged_writes_are_collected_after_their_ttl_and_committed_ones_never() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = staged(dir.path(), 6);
+    store.stage(&id(7), 10, b"meta").unwrap();
+    store.commit(&id(7), 10, None).unwrap();
+    let ttl = Duration::from_secs(60);
+    let now = SystemTime::now();
+    assert!(store.collect_abandoned(ttl, now).unwrap().is_empty());
+    let later = now + Duration::from_secs(61);
+    assert_eq!(store.collect_abandoned(ttl, later).unwrap(), vec![id(6)]);
+    assert_eq!(store.list_blobs(None, 10).unwrap(), vec![id(7)]);
+}
+
+#[test]
+fn a_store_of_the_earlier_layout_keeps_its_blobs_visible() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = staged(dir.path(), 8);
+    fs::remove_file(dir.path().join("blobs").join(id(8).to_string()).join("staged")).unwrap();
+    fs::remove_file(dir.path().join("format")).unwrap();
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.state(&id(8)).unwrap().commit, Some(1));
+    assert_eq!(fs::read_to_string(dir.path().join("format")).unwrap(), FORMAT);
+}
+
+#[test]
+fn a_flipped_bit_on_disk_is_caught_and_the_file_quarantined() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = staged(dir.path(), 9);
+    let base = store.used_bytes();
+    store
+        .put_sliver(&id(9), 0, 0, SliverKind::Primary, b"some sliver bytes")
+        .unwrap();
+    let path = store.sliver_path(&id(9), 0, 0, SliverKind::Primary);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[3] ^= 0x10;
+    fs::write(&path, bytes).unwrap();
+    let err = store.sliver(&id(9), 0, 0, SliverKind::Primary).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(!path.exists(), "the corrupt file is moved aside");
+    assert_eq!(store.sliver_count(SliverKind::Primary), 0);
+    assert_eq!(
+        store.used_bytes(),
+        base + 17 + 32,
+        "a quarantined file counts until it is purged"
+    );
+    assert_eq!(store.sliver(&id(9), 0, 0, SliverKind::Primary).unwrap(), None);
+    // A truncated file is corrupt too.
+    store.put_sliver(&id(9), 0, 0, SliverKind::Primary, b"x").unwrap();
+    fs::write(&path, b"short").unwrap();
+    assert!(store.sliver(&id(9), 0, 0, SliverKind::Primary).is_err());
+}
+
+#[test]
+fn a_file_whose_read_fails_is_quarantined_and_reported_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = staged(dir.path(), 10);
+    store.put_sliver(&id(10), 0, 0, SliverKind::Primary, b"abc").unwrap();
+    let path = store.sliver_path(&id(10), 0, 0, SliverKind::Primary);
+    // A directory where the file was: read(2) fails (EISDIR), as on EIO.
+    fs::remove_file(&path).unwrap();
+    fs::create_dir(&path).unwrap();
+    let err = store.sliver(&id(10), 0, 0, SliverKind::Primary).unwrap_err();
+    assert!(matches!(err, StoreError::Unreadable { .. }), "{err}");
+    assert!(!store.has_sliver(&id(10), 0, 0, SliverKind::Primary));
+}
+
+#[test]
+fn a_scrub_goes_past_unreadable_files_and_quarantines_every_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = staged(dir.path(), 11);
+    for segment in 0..3 {
+        store
+            .put_sliver(&id(11), segment, 2, SliverKind::Primary, &[segment as u8; 50])
+            .unwrap();
+    }
+    let report = store.scrub().unwrap();
+    assert_eq!((report.checked, report.corrupt, report.unreadable), (5, 0, 0));
+    let corrupt = store.sliver_path(&id(11), 1, 2, SliverKind::Primary);
+    let mut bytes = fs::read(&corrupt).unwrap();
+    bytes[10] ^= 1;
+    fs::write(&corrupt, bytes).unwrap();
+    let unreadable = store.sliver_path(&id(11), 0, 2, SliverKind::Primary);
+    fs::remove_file(&unreadable).unwrap();
+    fs::create_dir(&unreadable).unwrap();
+    fs::write(unreadable.join("x"), b"").unwrap();
+    let report = store.scrub().unwrap();
+    assert_eq!((report.corrupt, report.unreadable), (1, 1));
+    assert!(!unreadable.exists());
+    assert!(!store.has_sliver(&id(11), 1, 2, SliverKind::Primary));
+    assert_eq!(store.scrub().unwrap().corrupt, 0);
+}
+
+#[test]
+fn quarantined_files_are_purged_after_their_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = staged(dir.path(), 12);
+    let base = store.used_bytes();
+    store.put_sliver(&id(12), 0, 0, SliverKind::Primary, b"abc").unwrap();
+    let path = store.sliver_path(&id(12), 0, 0, SliverKind::Primary);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[0] ^= 1;
+    fs::write(&path, bytes).unwrap();
+    assert!(store.sliver(&id(12), 0, 0, SliverKind::Primary).is_err());
+    assert_eq!(store.quarantined_bytes(), 3 + 32);
+    let retention = Duration::from_secs(3600);
+    let now = SystemTime::now();
+    assert_eq!(store.purge_quarantine(retention, now).unwrap(), 0);
+    let later = now + Duration::from_secs(3601);
+    assert_eq!(store.purge_quarantine(retention, later).unwrap(), 1);
+    assert_eq!(store.quarantined_bytes(), 0);
+    assert_eq!(store.used_bytes(), base);
+}
+
+#[test]
+fn leftovers_of_interrupted_writes_and_deletes_are_removed_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    fs::write(dir.path().join("tmp").join("123-0"), b"half a sliver").unwrap();
+    fs::create_dir(dir.path().join("trash").join("123-1")).unwrap();
+    fs::write(dir.path().join("trash").join("123-1").join("0.primary"), b"x").unwrap();
+    drop(store);
+    open(dir.path());
+    assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    assert_eq!(fs::read_dir(dir.path().join("trash")).unwrap().count(), 0);
+}
+
+#[test]
+fn a_write_past_capacity_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SliverStore::open(dir.path(), Some(300)).unwrap();
+    store.stage(&id(3), 1, b"m").unwrap(); // 33 + 40 bytes
+    store.put_sliver(&id(3), 0, 1, SliverKind::Primary, &[1; 100]).unwrap();
+    let err = store
+        .put_sliver(&id(3), 0, 1, SliverKind::Secondary, &[2; 100])
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Full { needed: 132, available: 95 }),
+        "{err}"
+    );
+    assert!(!store.has_sliver(&id(3), 0, 1, SliverKind::Secondary));
+    assert_eq!(store.used_bytes(), 205);
+    assert_eq!(
+        store.sliver(&id(3), 0, 1, SliverKind::Primary).unwrap().unwrap(),
+        vec![1; 100]
+    );
+    // Replacing a file counts only the difference.
+    store.put_sliver(&id(3), 0, 1, SliverKind::Primary, &[3; 150]).unwrap();
+    assert_eq!(store.used_bytes(), 255);
+}
+
+#[test]
+fn blobs_and_tombstones_are_listed_in_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut ids: Vec<BlobId> = (0..7).map(id).collect();
+    for (i, blob) in ids.iter().enumerate() {
+        if i % 2 == 0 {
+            store.stage(blob, 1, b"m").unwrap();
+        } else {
+            store.tombstone(blob, 1).unwrap();
+        }
+    }
+    ids.sort();
+    let first = store.list_blobs(None, 3).unwrap();
+    assert_eq!(first, ids[..3]);
+    let second = store.list_blobs(Some(&first[2]), 3).unwrap();
+    assert_eq!(second, ids[3..6]);
+    assert_eq!(store.list_blobs(Some(&ids[6]), 3).unwrap(), vec![]);
+}
+
+#[test]
+fn deletes_racing_sliver_writes_never_leave_an_orphan() {
+    // Many rounds of a writer and a deleter on one blob: afterwards the
+    // blob either has data claimed by a write, or no data at all.
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(open(dir.path()));
+    for round in 0..50u64 {
+        let generation = 10 * round + 10;
+        store.stage(&id(13), generation, b"meta").unwrap();
+        let writer = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for segment in 0..20 {
+                    let _ = store.put_sliver(&id(13), segment, 0, SliverKind::Primary, b"s");
+                }
+            })
+        };
+        store.tombstone(&id(13), generation + 1).unwrap();
+        writer.join().unwrap();
+        let state = store.state(&id(13)).unwrap();
+        assert!(!state.claims_data());
+        assert_eq!(store.holdings(&id(13)).unwrap(), BlobHoldings::default());
+    }
+    assert_eq!(store.sliver_count(SliverKind::Primary), 0);
+}
