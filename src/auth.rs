@@ -138,9 +138,7 @@ impl TokenSet {
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// Whether a request carries one of `tokens`; else the 401 to answer.
@@ -150,10 +148,11 @@ pub fn check(tokens: &TokenSet, headers: &HeaderMap, what: &str) -> Result<(), R
         presented => {
             let message = match presented {
                 Some(_) => format!("the {what} token presented is not valid"),
-                None => format!("this route needs the {what} token: send Authorization: Bearer TOKEN"),
+                None => {
+                    format!("this route needs the {what} token: send Authorization: Bearer TOKEN")
+                }
             };
-            let mut response =
-                ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+            let mut response = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"redstuff\""),
@@ -221,7 +220,11 @@ mod tests {
     fn every_token_of_a_file_is_accepted_and_the_first_is_sent() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokens");
-        std::fs::write(&path, "# rotation in progress\nnew-token\n\n  old-token  \n").unwrap();
+        std::fs::write(
+            &path,
+            "# rotation in progress\nnew-token\n\n  old-token  \n",
+        )
+        .unwrap();
         let set = TokenSet::load(TokenSource::File(path.clone())).unwrap();
         assert_eq!(set.primary(), "new-token");
         assert!(set.accepts("old-token") && set.accepts("new-token"));

@@ -178,7 +178,10 @@ mod tests {
         let before = state(Some(5), Some(9), None);
         let after = before.with_tombstone(6);
         assert_eq!(after, state(None, Some(9), Some(6)));
-        assert!(after.claims_data(), "the staged write of 9 still claims the slivers");
+        assert!(
+            after.claims_data(),
+            "the staged write of 9 still claims the slivers"
+        );
         assert_eq!(after.admits(6), Err(6));
         assert_eq!(after.admits(4), Err(6));
         assert_eq!(after.admits(7), Ok(()));

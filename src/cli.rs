@@ -59,7 +59,12 @@ fn authorized(request: reqwest::RequestBuilder, token: &Option<String>) -> reqwe
 }
 
 /// `redstuff put FILE`: prints the blob id (or JSON) on stdout.
-pub async fn put(file: &Path, gateway: &str, token: Option<String>, json: bool) -> anyhow::Result<()> {
+pub async fn put(
+    file: &Path,
+    gateway: &str,
+    token: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
     let handle = tokio::fs::File::open(file)
         .await
         .with_context(|| format!("cannot open {}", file.display()))?;
@@ -103,7 +108,12 @@ pub async fn put(file: &Path, gateway: &str, token: Option<String>, json: bool) 
 }
 
 /// `redstuff get ID -o FILE` (or to stdout with `-o -`).
-pub async fn get(id: &str, output: &Path, gateway: &str, token: Option<String>) -> anyhow::Result<()> {
+pub async fn get(
+    id: &str,
+    output: &Path,
+    gateway: &str,
+    token: Option<String>,
+) -> anyhow::Result<()> {
     let request = http()?.get(format!("{}/v1/blobs/{id}", gateway.trim_end_matches('/')));
     let response = authorized(request, &token)
         .send()

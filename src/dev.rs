@@ -59,6 +59,8 @@ pub struct DevConfig {
     pub max_concurrent_repairs: usize,
     /// Test only: nodes (by index) that corrupt what they serve.
     pub corrupt_nodes: Vec<usize>,
+    /// Test only: nodes (by index) that replay other nodes' valid answers.
+    pub replaying_nodes: Vec<usize>,
     /// How often nodes scrub their stores, in seconds (0: never).
     pub scrub_interval_secs: u64,
     /// Deadline of every call to a node, in seconds.
@@ -85,6 +87,7 @@ impl DevConfig {
             period: Duration::from_millis(500),
             max_concurrent_repairs: 4,
             corrupt_nodes: Vec::new(),
+            replaying_nodes: Vec::new(),
             scrub_interval_secs: 60,
             node_timeout_secs: 5.0,
             staged_ttl_secs: 900,
@@ -108,7 +111,9 @@ pub fn authorized_client(token_path: &Path) -> anyhow::Result<reqwest::Client> {
         reqwest::header::AUTHORIZATION,
         format!("Bearer {token}").parse()?,
     );
-    Ok(crate::http::client_builder().default_headers(headers).build()?)
+    Ok(crate::http::client_builder()
+        .default_headers(headers)
+        .build()?)
 }
 
 /// Where `redstuff dev` keeps the user token under its data directory.
@@ -178,6 +183,7 @@ struct NodeProcess {
     child: Option<Child>,
     restarts: u32,
     corrupt: bool,
+    replaying: bool,
     scrub_interval_secs: u64,
     data_root: PathBuf,
     node_timeout_secs: f64,
@@ -257,6 +263,7 @@ pub async fn run(
             child: None,
             restarts: 0,
             corrupt: config.corrupt_nodes.contains(&i),
+            replaying: config.replaying_nodes.contains(&i),
             scrub_interval_secs: config.scrub_interval_secs,
             data_root: config.data_dir.clone(),
             node_timeout_secs: config.node_timeout_secs,
@@ -375,6 +382,9 @@ async fn start_node(exe: &Path, node: &mut NodeProcess) -> anyhow::Result<()> {
         .kill_on_drop(true);
     if node.corrupt {
         command.arg("--test-corrupt-reads");
+    }
+    if node.replaying {
+        command.arg("--test-replay-reads");
     }
     let mut child = command
         .spawn()

@@ -9,8 +9,8 @@
 
 pub mod api_error;
 pub mod auth;
-pub mod blob_state;
 pub mod bench;
+pub mod blob_state;
 pub mod client;
 pub mod codec;
 pub mod control;

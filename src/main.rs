@@ -6,12 +6,12 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use redstuff::auth::{TokenSet, TokenSource};
 use redstuff::bench::codec::{self as codec_bench, CodecBenchOptions};
+use redstuff::client::Deadlines;
 use redstuff::codec::DEFAULT_SEGMENT_SIZE;
 use redstuff::dev::DevConfig;
 use redstuff::gateway::{FleetSource, Gateway, GatewayConfig};
-use redstuff::auth::{TokenSet, TokenSource};
-use redstuff::client::Deadlines;
 use redstuff::node::{Node, NodeConfig, ShardSource};
 use redstuff::store::Housekeeping;
 use redstuff::units::parse_bytes;
@@ -191,6 +191,9 @@ struct DevArgs {
     /// Test only: make node I serve corrupted slivers and symbols.
     #[arg(long, hide = true)]
     test_corrupt_node: Vec<usize>,
+    /// Test only: make node I replay other nodes' valid slivers and symbols.
+    #[arg(long, hide = true)]
+    test_replaying_node: Vec<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -205,6 +208,9 @@ struct NodeArgs {
     /// stdout is {"event": "listening", "url": ...}.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: std::net::SocketAddr,
+    /// Also serve /metrics, /healthz and /readyz on this address (no token).
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Shards owned, fixed (e.g. 0,3,5).
     #[arg(long, value_delimiter = ',', conflicts_with = "shards_file")]
     shards: Vec<u16>,
@@ -244,6 +250,9 @@ struct NodeArgs {
     /// Test only: flip a bit in every sliver and symbol served.
     #[arg(long, hide = true)]
     test_corrupt_reads: bool,
+    /// Test only: serve the next shard's valid slivers and symbols instead of its own.
+    #[arg(long, hide = true)]
+    test_replay_reads: bool,
 }
 
 #[derive(Debug, Args)]
@@ -491,7 +500,13 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
         capacity: args.capacity,
         max_metadata_bytes: args.max_metadata,
         metadata_cache_bytes: args.metadata_cache,
-        corrupt_reads: args.test_corrupt_reads,
+        lie: if args.test_corrupt_reads {
+            Some(redstuff::node::Lie::FlipBits)
+        } else if args.test_replay_reads {
+            Some(redstuff::node::Lie::Replay)
+        } else {
+            None
+        },
         scrub_interval: (args.scrub_interval_secs > 0)
             .then(|| std::time::Duration::from_secs(args.scrub_interval_secs)),
         housekeeping: Housekeeping {
@@ -500,7 +515,10 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
         },
         ..NodeConfig::new(&args.name, args.data_dir, shards, tokens)
     };
-    let node = Node::bind(config, args.listen).await?;
+    let mut node = Node::bind(config, args.listen).await?;
+    if let Some(addr) = args.metrics_listen {
+        node = node.with_metrics_listener(addr).await?;
+    }
     let url = format!("http://{}", node.local_addr());
     println!(
         "{}",
@@ -513,7 +531,8 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
 async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let cluster_tokens =
         std::sync::Arc::new(TokenSet::load(TokenSource::File(args.cluster_token_file))?);
-    let user_tokens = std::sync::Arc::new(TokenSet::load(TokenSource::File(args.user_tokens_file))?);
+    let user_tokens =
+        std::sync::Arc::new(TokenSet::load(TokenSource::File(args.user_tokens_file))?);
     let config = GatewayConfig {
         max_blob_bytes: args.max_blob,
         max_spool_bytes: args.max_spool,
@@ -544,6 +563,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         period: std::time::Duration::from_millis(args.period_ms.max(50)),
         max_concurrent_repairs: args.max_concurrent_repairs.max(1),
         corrupt_nodes: args.test_corrupt_node,
+        replaying_nodes: args.test_replaying_node,
         scrub_interval_secs: args.scrub_interval_secs,
         node_timeout_secs: args.node_timeout_secs,
         staged_ttl_secs: args.staged_ttl_secs,

@@ -33,6 +33,8 @@ fn the_readme_lists_exactly_the_metrics_the_code_registers() {
             "redstuff_operator_leader",
             "redstuff_nodes_evicted",
             "redstuff_repairs_in_flight",
+            "redstuff_nodes_not_answering",
+            "redstuff_gateway_uploads_in_flight",
         ];
         assert!(
             unit || plain.contains(&name.as_str()),

@@ -3,234 +3,13 @@
 //! read back byte for byte throughout and return to Healthy through repair.
 //! Every wait is bounded; every process is ours and ended by PID.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod dev_fleet;
 
-use redstuff::codec::EncodingConfig;
+use std::time::Duration;
 
-const WAIT: Duration = Duration::from_secs(90);
-
-struct DevFleet {
-    child: Child,
-    gateway: String,
-    dir: tempfile::TempDir,
-    http: reqwest::Client,
-}
-
-impl DevFleet {
-    fn start(extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_redstuff"))
-            .args([
-                "dev",
-                "--gateway-addr",
-                "127.0.0.1:0",
-                "--period-ms",
-                "200",
-                "--segment-size",
-                "1MiB",
-            ])
-            .arg("--data-dir")
-            .arg(dir.path().join("fleet"))
-            .args(extra)
-            .env("REDSTUFF_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let mut gateway = None;
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            if let Some(rest) = line.trim().strip_prefix("gateway:") {
-                gateway = Some(rest.split_whitespace().next().unwrap().to_string());
-                break;
-            }
-        }
-        // Keep reading, so the fleet never writes into a closed pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        let gateway = gateway.expect("redstuff dev printed its gateway");
-        Self {
-            child,
-            gateway,
-            dir,
-            http: redstuff::http::client(),
-        }
-    }
-
-    fn node_dir(&self, name: &str) -> PathBuf {
-        self.dir.path().join("fleet").join(name)
-    }
-
-    async fn status(&self) -> serde_json::Value {
-        self.http
-            .get(format!("{}/v1/status", self.gateway))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn wait_for(
-        &self,
-        what: &str,
-        mut done: impl FnMut(&serde_json::Value) -> bool,
-    ) -> serde_json::Value {
-        let start = Instant::now();
-        loop {
-            if let Ok(response) = self
-                .http
-                .get(format!("{}/v1/status", self.gateway))
-                .send()
-                .await
-            {
-                let status = response
-                    .json::<serde_json::Value>()
-                    .await
-                    .unwrap_or_default();
-                if status.get("nodes").is_some() {
-                    if done(&status) {
-                        return status;
-                    }
-                    assert!(
-                        start.elapsed() < WAIT,
-                        "timed out waiting for {what}: {status:#}"
-                    );
-                }
-            }
-            assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn put(&self, data: &[u8]) -> String {
-        let response = self
-            .http
-            .put(format!("{}/v1/blobs", self.gateway))
-            .body(data.to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
-        let body: serde_json::Value = response.json().await.unwrap();
-        assert_eq!(body["size"], data.len() as u64);
-        body["id"].as_str().unwrap().to_string()
-    }
-
-    async fn get(&self, id: &str) -> Vec<u8> {
-        let response = self
-            .http
-            .get(format!("{}/v1/blobs/{id}", self.gateway))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200, "GET {id}");
-        response.bytes().await.unwrap().to_vec()
-    }
-
-    async fn metrics(&self) -> String {
-        self.http
-            .get(format!("{}/metrics", self.gateway))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
-
-    fn pid_of(status: &serde_json::Value, name: &str) -> i32 {
-        let node = status["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["name"] == name)
-            .unwrap();
-        node["pid"].as_u64().expect("running") as i32
-    }
-
-    /// Kills a node with SIGKILL and wipes its data; its data directory is
-    /// replaced by a plain file, so every restart fails until `release`.
-    fn kill_and_wipe(&self, status: &serde_json::Value, name: &str) {
-        let data = self.node_dir(name).join("data");
-        let old = self.node_dir(name).join("data.old");
-        std::fs::rename(&data, &old).unwrap();
-        std::fs::write(&data, b"not a directory").unwrap();
-        kill9(Self::pid_of(status, name));
-        std::fs::remove_dir_all(old).unwrap();
-    }
-
-    fn release(&self, name: &str) {
-        std::fs::remove_file(self.node_dir(name).join("data")).unwrap();
-    }
-}
-
-impl Drop for DevFleet {
-    fn drop(&mut self) {
-        // SAFETY: a signal to the dev process this test started.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn kill9(pid: i32) {
-    // SAFETY: a signal to a node process started by the fleet under test.
-    assert_eq!(
-        unsafe { libc::kill(pid, libc::SIGKILL) },
-        0,
-        "kill -9 {pid}"
-    );
-}
-
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 32) as u8
-        })
-        .collect()
-}
-
-fn all_healthy(status: &serde_json::Value, count: usize) -> bool {
-    let blobs = status["blobs"].as_array().unwrap();
-    blobs.len() == count && blobs.iter().all(|b| b["health"] == "Healthy")
-}
-
-fn all_ready(status: &serde_json::Value) -> bool {
-    status["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|n| n["state"] == "ready")
-}
-
-/// (p + q) symbols of every segment of a blob of `len` bytes, in 1 MiB segments.
-fn ideal_repair_bytes_per_shard(len: u64) -> u64 {
-    let config = EncodingConfig::new(7).unwrap();
-    let layout = redstuff::codec::BlobLayout::new(config, 1 << 20, len).unwrap();
-    (0..layout.segment_count())
-        .map(|i| layout.segment(i).unwrap().repair_symbol_bytes())
-        .sum()
-}
+use dev_fleet::{
+    all_healthy, all_ready, ideal_repair_bytes_per_shard, kill9, pseudo_random, DevFleet,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blobs_survive_f_wiped_nodes_and_heal_with_repair_traffic_near_p_plus_q_symbols() {
@@ -318,7 +97,9 @@ async fn blobs_survive_f_wiped_nodes_and_heal_with_repair_traffic_near_p_plus_q_
     assert!(restarts[1] >= 1 && restarts[4] >= 1, "{restarts:?}");
 
     // Repair traffic: for blobs of 1 MiB and more, within 1.2x of (p + q)
-    // symbols per rebuilt pair, proofs and metadata included.
+    // symbols per rebuilt pair, proofs and metadata included; at least the
+    // (p + q - 1) fetched (the node's own rebuilt secondary sliver gives
+    // one symbol of its primary: 7/8 at n = 7).
     for blob in healed["blobs"].as_array().unwrap() {
         let size = blob["size"].as_u64().unwrap();
         let moved = blob["repair_bytes"].as_u64().unwrap();
@@ -329,7 +110,7 @@ async fn blobs_survive_f_wiped_nodes_and_heal_with_repair_traffic_near_p_plus_q_
         if size >= 1 << 20 {
             let ratio = moved as f64 / ideal as f64;
             assert!(
-                (1.0..=1.2).contains(&ratio),
+                (0.85..=1.2).contains(&ratio),
                 "blob of {size} bytes: {moved} moved for {ideal} ideal ({ratio:.3})"
             );
         }
@@ -396,8 +177,8 @@ async fn a_node_killed_in_the_middle_of_writes_never_serves_corrupt_data_and_the
     let victim = DevFleet::pid_of(&status, "node-2");
     let writer = {
         let gateway = fleet.gateway.clone();
+        let http = fleet.http.clone();
         tokio::spawn(async move {
-            let http = redstuff::http::client();
             let mut stored = Vec::new();
             for i in 0..12u64 {
                 let data = pseudo_random(150_000 + (i as usize) * 100_003, 500 + i);
@@ -474,6 +255,33 @@ async fn the_gateway_answers_bad_requests_with_clear_errors() {
     assert_eq!(deleted.status(), 204);
     let gone = http.get(format!("{g}/v1/blobs/{id}")).send().await.unwrap();
     assert_eq!(gone.status(), 404);
+    // Without the user token: refused, with a hint.
+    let anonymous = redstuff::http::client();
+    for method in ["PUT", "DELETE", "GET"] {
+        let response = anonymous
+            .request(method.parse().unwrap(), format!("{g}/v1/blobs/{id}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "{method} without a token");
+    }
+    let response = anonymous
+        .put(format!("{g}/v1/blobs"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("Authorization: Bearer"),
+        "{body}"
+    );
+    let metrics = anonymous.get(format!("{g}/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 200, "metrics need no token");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,21 +1,31 @@
 //! A storage node in-process on a temp dir, over real HTTP: what it keeps,
-//! what it refuses (and that a refusal changes nothing), and repair.
+//! what it refuses (and that a refusal changes nothing), its markers
+//! (staged, committed, deleted), the cluster token, and repair from peers
+//! that lie.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
-use redstuff::client::NodeClient;
+use redstuff::auth::TokenSet;
+use redstuff::client::{Deadlines, NodeCalls, NodeClient};
 use redstuff::codec::{
     BlobEncoder, BlobMetadata, EncodedSegment, EncodingConfig, RecoverySymbol, Secondary,
     SliverKind,
 };
-use redstuff::node::{Node, NodeConfig, ShardSource};
-use redstuff::wire::{Peer, RepairRequest};
+use redstuff::fleet::{FleetMap, MapNode};
+use redstuff::node::{Lie, Node, NodeConfig, ShardSource};
+use redstuff::wire::RepairRequest;
 use reqwest::StatusCode;
+
+const TOKEN: &str = "node-api-test-token";
+/// Every sliver and symbol of these tests is far below this.
+const LIMIT: u64 = 64 << 20;
 
 struct TestNode {
     client: NodeClient,
     http: reqwest::Client,
+    url: String,
     _dir: tempfile::TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -28,32 +38,86 @@ impl Drop for TestNode {
     }
 }
 
-async fn start_node(name: &str, shards: &[u16], capacity: Option<u64>, corrupt: bool) -> TestNode {
+fn calls() -> NodeCalls {
+    NodeCalls::new(TokenSet::single(TOKEN), Deadlines::default())
+}
+
+/// An HTTP client sending the cluster token.
+fn authorized_http() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {TOKEN}").parse().unwrap(),
+    );
+    redstuff::http::client_builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
+struct Setup<'a> {
+    shards: &'a [u16],
+    capacity: Option<u64>,
+    lie: Option<Lie>,
+    fleet: Option<PathBuf>,
+    listener: Option<std::net::TcpListener>,
+}
+
+impl Default for Setup<'_> {
+    fn default() -> Self {
+        Self {
+            shards: &[],
+            capacity: None,
+            lie: None,
+            fleet: None,
+            listener: None,
+        }
+    }
+}
+
+async fn start(name: &str, setup: Setup<'_>) -> TestNode {
     let dir = tempfile::tempdir().unwrap();
     let config = NodeConfig {
-        name: name.to_string(),
-        data_dir: dir.path().to_path_buf(),
-        shards: ShardSource::Fixed(shards.iter().copied().collect::<BTreeSet<_>>()),
-        capacity,
-        max_body_bytes: 64 << 20,
-        corrupt_reads: corrupt,
-        scrub_interval: None,
+        capacity: setup.capacity,
+        lie: setup.lie,
+        fleet: setup.fleet,
+        ..NodeConfig::new(
+            name,
+            dir.path().to_path_buf(),
+            ShardSource::Fixed(setup.shards.iter().copied().collect::<BTreeSet<_>>()),
+            TokenSet::single(TOKEN),
+        )
     };
-    let node = Node::bind(config, SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .unwrap();
+    let addr = match &setup.listener {
+        Some(l) => l.local_addr().unwrap(),
+        None => SocketAddr::from(([127, 0, 0, 1], 0)),
+    };
+    drop(setup.listener);
+    let node = Node::bind(config, addr).await.unwrap();
     let url = format!("http://{}", node.local_addr());
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(node.serve(async move {
         let _ = rx.await;
     }));
-    let http = redstuff::http::client();
     TestNode {
-        client: NodeClient::new(http.clone(), url),
-        http,
+        client: calls().node(&url),
+        http: authorized_http(),
+        url,
         _dir: dir,
         shutdown: Some(tx),
     }
+}
+
+async fn start_node(name: &str, shards: &[u16], capacity: Option<u64>) -> TestNode {
+    start(
+        name,
+        Setup {
+            shards,
+            capacity,
+            ..Setup::default()
+        },
+    )
+    .await
 }
 
 fn blob(n: u16, len: usize, segment_size: u64) -> (Vec<u8>, BlobMetadata, Vec<EncodedSegment>) {
@@ -81,40 +145,58 @@ fn pair_for_shard(
     )
 }
 
-async fn status_of(result: Result<(), redstuff::client::NodeCallError>) -> StatusCode {
+fn status_of<T: std::fmt::Debug>(result: Result<T, redstuff::client::NodeCallError>) -> StatusCode {
     result.unwrap_err().status().expect("the node answered")
 }
 
-#[tokio::test]
-async fn a_node_keeps_verified_slivers_of_its_shards_and_serves_them_back() {
-    let node = start_node("node-a", &[1, 2], None, false).await;
-    let (_, metadata, segments) = blob(4, 5000, 2048);
+/// Stages `metadata` at generation 10 and stores every pair of `shard`.
+async fn store_shard(
+    node: &TestNode,
+    metadata: &BlobMetadata,
+    segments: &[EncodedSegment],
+    shard: u16,
+) {
     let id = metadata.blob_id();
     node.client
-        .put_metadata(&id, metadata.to_bytes())
+        .put_metadata(&id, 10, metadata.to_bytes())
         .await
         .unwrap();
+    for segment in segments {
+        let (p, s) = pair_for_shard(metadata, segment, shard);
+        node.client
+            .put_sliver(&id, segment.index, shard, SliverKind::Primary, p)
+            .await
+            .unwrap();
+        node.client
+            .put_sliver(&id, segment.index, shard, SliverKind::Secondary, s)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_node_keeps_verified_slivers_of_its_shards_and_their_markers_and_serves_them_back() {
+    let node = start_node("node-a", &[1, 2], None).await;
+    let (_, metadata, segments) = blob(4, 5000, 2048);
+    let id = metadata.blob_id();
+    store_shard(&node, &metadata, &segments, 1).await;
     for segment in &segments {
-        let (primary, secondary) = pair_for_shard(&metadata, segment, 1);
-        node.client
-            .put_sliver(&id, segment.index, 1, SliverKind::Primary, primary.clone())
-            .await
-            .unwrap();
-        node.client
-            .put_sliver(&id, segment.index, 1, SliverKind::Secondary, secondary)
-            .await
-            .unwrap();
+        let (primary, _) = pair_for_shard(&metadata, segment, 1);
         let back = node
             .client
-            .sliver(&id, segment.index, 1, SliverKind::Primary)
+            .sliver(&id, segment.index, 1, SliverKind::Primary, LIMIT)
             .await
             .unwrap();
         assert_eq!(back, Some(primary));
     }
     assert_eq!(
-        node.client.metadata(&id).await.unwrap(),
+        node.client.metadata(&id, LIMIT).await.unwrap(),
         Some(metadata.to_bytes())
     );
+    let state = node.client.state(&id).await.unwrap();
+    assert_eq!((state.state.staged, state.state.commit), (Some(10), None));
+    assert_eq!((state.size, state.segments), (Some(5000), Some(3)));
+    node.client.commit(&id, 10).await.unwrap();
     let inventory = node.client.full_inventory().await.unwrap();
     assert_eq!(inventory.node, "node-a");
     assert_eq!(inventory.shards, vec![1, 2]);
@@ -122,11 +204,12 @@ async fn a_node_keeps_verified_slivers_of_its_shards_and_serves_them_back() {
     assert_eq!(inventory.blobs[0].segments, 3);
     assert_eq!(inventory.blobs[0].size, 5000);
     assert_eq!(inventory.blobs[0].shards.get(&1), Some(&3));
+    assert_eq!(inventory.blobs[0].state.commit, Some(10));
 
     // A recovery symbol from this node verifies against the metadata.
     let symbol = node
         .client
-        .symbol(&id, 0, 1, SliverKind::Secondary, 3)
+        .symbol(&id, 0, 1, SliverKind::Secondary, 3, LIMIT)
         .await
         .unwrap()
         .unwrap();
@@ -135,7 +218,7 @@ async fn a_node_keeps_verified_slivers_of_its_shards_and_serves_them_back() {
 
     let text = node
         .http
-        .get(format!("{}/metrics", node.client.url()))
+        .get(format!("{}/metrics", node.url))
         .send()
         .await
         .unwrap()
@@ -148,18 +231,91 @@ async fn a_node_keeps_verified_slivers_of_its_shards_and_serves_them_back() {
         "redstuff_node_requests_total",
         "redstuff_node_request_duration_seconds_bucket",
         "redstuff_node_recovery_symbols_served_total 1",
+        "redstuff_node_metadata_cache_bytes",
     ] {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }
 
-    assert!(node.client.delete(&id).await.unwrap());
-    assert!(!node.client.delete(&id).await.unwrap());
-    assert_eq!(node.client.metadata(&id).await.unwrap(), None);
+    // A delete leaves a tombstone and nothing else; it is idempotent.
+    node.client.delete(&id, 20).await.unwrap();
+    node.client.delete(&id, 20).await.unwrap();
+    assert_eq!(node.client.metadata(&id, LIMIT).await.unwrap(), None);
+    assert_eq!(
+        node.client
+            .sliver(&id, 0, 1, SliverKind::Primary, LIMIT)
+            .await
+            .unwrap(),
+        None
+    );
+    let inventory = node.client.full_inventory().await.unwrap();
+    assert_eq!(inventory.blobs[0].state.tombstone, Some(20));
+    assert!(inventory.blobs[0].shards.is_empty());
+    // A write older than the delete is refused; a newer one is taken.
+    let r = node.client.put_metadata(&id, 15, metadata.to_bytes()).await;
+    assert_eq!(status_of(r), StatusCode::GONE);
+    assert_eq!(
+        status_of(node.client.commit(&id, 20).await),
+        StatusCode::GONE
+    );
+    node.client
+        .put_metadata(&id, 30, metadata.to_bytes())
+        .await
+        .unwrap();
+    node.client.commit(&id, 30).await.unwrap();
+}
+
+#[tokio::test]
+async fn every_route_but_probes_and_metrics_needs_the_cluster_token() {
+    let node = start_node("node-t", &[0], None).await;
+    let (_, metadata, _) = blob(4, 100, 1 << 20);
+    let id = metadata.blob_id();
+    let anonymous = redstuff::http::client();
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let response = anonymous
+            .get(format!("{}{path}", node.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+    let wrong =
+        NodeCalls::new(TokenSet::single("not-the-token"), Deadlines::default()).node(&node.url);
+    let r = wrong.put_metadata(&id, 1, metadata.to_bytes()).await;
+    assert_eq!(status_of(r), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status_of(wrong.delete(&id, 5).await),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        status_of(wrong.full_inventory().await),
+        StatusCode::UNAUTHORIZED
+    );
+    let response = anonymous
+        .delete(format!("{}/v1/blobs/{id}?generation=5", node.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(response.headers().contains_key("www-authenticate"));
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("cluster token"),
+        "{body}"
+    );
+    let response = anonymous
+        .post(format!("{}/v1/repair", node.url))
+        .json(&serde_json::json!({"blob": id.to_string(), "shards": [0], "generation": 1, "size": 1, "segments": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    // Nothing was stored or deleted.
+    assert!(node.client.full_inventory().await.unwrap().blobs.is_empty());
 }
 
 #[tokio::test]
 async fn bad_requests_get_their_4xx_and_leave_the_store_unchanged() {
-    let node = start_node("node-b", &[0], Some(1 << 20), false).await;
+    let node = start_node("node-b", &[0], Some(1 << 20)).await;
     let (_, metadata, segments) = blob(4, 3000, 1024 * 64);
     let (_, other_metadata, _) = blob(4, 3001, 1024 * 64);
     let id = metadata.blob_id();
@@ -171,21 +327,38 @@ async fn bad_requests_get_their_4xx_and_leave_the_store_unchanged() {
         .client
         .put_sliver(&id, 0, 0, SliverKind::Primary, primary.clone())
         .await;
-    assert_eq!(status_of(r).await, StatusCode::NOT_FOUND);
+    assert_eq!(status_of(r), StatusCode::NOT_FOUND);
     // Metadata under another blob's id, and garbled metadata.
     let r = node
         .client
-        .put_metadata(&other_metadata.blob_id(), metadata.to_bytes())
+        .put_metadata(&other_metadata.blob_id(), 1, metadata.to_bytes())
         .await;
-    assert_eq!(status_of(r).await, StatusCode::BAD_REQUEST);
+    assert_eq!(status_of(r), StatusCode::BAD_REQUEST);
     let mut garbled = metadata.to_bytes();
     garbled[40] ^= 1;
-    let r = node.client.put_metadata(&id, garbled).await;
-    assert_eq!(status_of(r).await, StatusCode::BAD_REQUEST);
+    let r = node.client.put_metadata(&id, 1, garbled).await;
+    assert_eq!(status_of(r), StatusCode::BAD_REQUEST);
+    // Metadata that claims a length far beyond what this node takes is
+    // refused from its first bytes.
+    let mut huge = metadata.to_bytes();
+    huge[17..25].copy_from_slice(&(1u64 << 50).to_le_bytes());
+    huge[25..29].copy_from_slice(
+        &((1u64 << 50) / (64 << 10))
+            .min(u32::MAX as u64)
+            .to_le_bytes()[..4],
+    );
+    let r = node.client.put_metadata(&id, 1, huge).await;
+    assert!(
+        matches!(
+            status_of(r),
+            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::BAD_REQUEST
+        ),
+        "an impossible metadata length is refused"
+    );
     assert_eq!(node.client.full_inventory().await.unwrap().blobs, vec![]);
 
     node.client
-        .put_metadata(&id, metadata.to_bytes())
+        .put_metadata(&id, 1, metadata.to_bytes())
         .await
         .unwrap();
     // A shard the node does not own.
@@ -194,13 +367,13 @@ async fn bad_requests_get_their_4xx_and_leave_the_store_unchanged() {
         .client
         .put_sliver(&id, 0, 2, SliverKind::Primary, other_primary.clone())
         .await;
-    assert_eq!(status_of(r).await, StatusCode::CONFLICT);
+    assert_eq!(status_of(r), StatusCode::CONFLICT);
     // Another shard's sliver sent as this shard's: wrong pair.
     let r = node
         .client
         .put_sliver(&id, 0, 0, SliverKind::Primary, other_primary)
         .await;
-    assert_eq!(status_of(r).await, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(status_of(r), StatusCode::UNPROCESSABLE_ENTITY);
     // A flipped bit: the hash does not match.
     let mut flipped = primary.clone();
     let last = flipped.len() - 1;
@@ -209,18 +382,18 @@ async fn bad_requests_get_their_4xx_and_leave_the_store_unchanged() {
         .client
         .put_sliver(&id, 0, 0, SliverKind::Primary, flipped)
         .await;
-    assert_eq!(status_of(r).await, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(status_of(r), StatusCode::UNPROCESSABLE_ENTITY);
     // A secondary sliver sent as primary, and garbage.
     let r = node
         .client
         .put_sliver(&id, 0, 0, SliverKind::Primary, secondary.clone())
         .await;
-    assert_eq!(status_of(r).await, StatusCode::BAD_REQUEST);
+    assert_eq!(status_of(r), StatusCode::BAD_REQUEST);
     let r = node
         .client
         .put_sliver(&id, 0, 0, SliverKind::Primary, b"garbage".to_vec())
         .await;
-    assert_eq!(status_of(r).await, StatusCode::BAD_REQUEST);
+    assert_eq!(status_of(r), StatusCode::BAD_REQUEST);
     // Too large for a sliver of this segment.
     let mut large = primary.clone();
     large.extend_from_slice(&[0; 100]);
@@ -228,41 +401,60 @@ async fn bad_requests_get_their_4xx_and_leave_the_store_unchanged() {
         .client
         .put_sliver(&id, 0, 0, SliverKind::Primary, large)
         .await;
-    assert_eq!(status_of(r).await, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(status_of(r), StatusCode::PAYLOAD_TOO_LARGE);
     // A segment that does not exist.
     let r = node
         .client
         .put_sliver(&id, 9, 0, SliverKind::Primary, primary.clone())
         .await;
-    assert_eq!(status_of(r).await, StatusCode::BAD_REQUEST);
+    assert_eq!(status_of(r), StatusCode::BAD_REQUEST);
 
     // Malformed paths and queries.
-    let base = node.client.url().to_string();
-    for (url, status) in [
+    let base = node.url.clone();
+    for (method, url, status) in [
         (
+            "GET",
             format!("{base}/v1/blobs/not-an-id/metadata"),
             StatusCode::BAD_REQUEST,
         ),
         (
+            "GET",
             format!("{base}/v1/blobs/{id}/slivers/0/0/tertiary"),
             StatusCode::BAD_REQUEST,
         ),
         (
+            "GET",
             format!("{base}/v1/blobs/{id}/slivers/x/0/primary"),
             StatusCode::BAD_REQUEST,
         ),
         (
+            "GET",
             format!("{base}/v1/blobs/{id}/symbols/0/0/primary?target_shard=99"),
             StatusCode::BAD_REQUEST,
         ),
         (
+            "GET",
             format!("{base}/v1/inventory?limit=0"),
             StatusCode::BAD_REQUEST,
         ),
-        (format!("{base}/v2/nothing"), StatusCode::NOT_FOUND),
+        (
+            "DELETE",
+            format!("{base}/v1/blobs/{id}"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "DELETE",
+            format!("{base}/v1/blobs/{id}?generation=zero"),
+            StatusCode::BAD_REQUEST,
+        ),
+        ("GET", format!("{base}/v2/nothing"), StatusCode::NOT_FOUND),
     ] {
-        let response = node.http.get(&url).send().await.unwrap();
-        assert_eq!(response.status(), status, "{url}");
+        let request = match method {
+            "DELETE" => node.http.delete(&url),
+            _ => node.http.get(&url),
+        };
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status, "{method} {url}");
         let body: serde_json::Value = response.json().await.unwrap();
         assert!(
             body["error"].as_str().is_some_and(|e| !e.is_empty()),
@@ -270,12 +462,13 @@ async fn bad_requests_get_their_4xx_and_leave_the_store_unchanged() {
         );
     }
 
-    // Nothing above was stored.
+    // Nothing above was stored, nothing deleted.
     let inventory = node.client.full_inventory().await.unwrap();
     assert_eq!(inventory.blobs[0].shards.len(), 0);
+    assert_eq!(inventory.blobs[0].state.tombstone, None);
     assert_eq!(
         node.client
-            .sliver(&id, 0, 0, SliverKind::Primary)
+            .sliver(&id, 0, 0, SliverKind::Primary, LIMIT)
             .await
             .unwrap(),
         None
@@ -293,10 +486,11 @@ async fn a_full_store_answers_507_and_keeps_what_it_has() {
     let (_, metadata, segments) = blob(4, 60_000, 1 << 20);
     let id = metadata.blob_id();
     let (primary, secondary) = pair_for_shard(&metadata, &segments[0], 0);
-    let room = (metadata.to_bytes().len() + primary.len() + 2 * 32) as u64;
-    let node = start_node("node-c", &[0], Some(room), false).await;
+    // metadata, the staged marker and the primary sliver, with checksums
+    let room = (metadata.to_bytes().len() + 8 + primary.len() + 3 * 32) as u64;
+    let node = start_node("node-c", &[0], Some(room)).await;
     node.client
-        .put_metadata(&id, metadata.to_bytes())
+        .put_metadata(&id, 1, metadata.to_bytes())
         .await
         .unwrap();
     node.client
@@ -307,100 +501,150 @@ async fn a_full_store_answers_507_and_keeps_what_it_has() {
         .client
         .put_sliver(&id, 0, 0, SliverKind::Secondary, secondary)
         .await;
-    assert_eq!(status_of(r).await, StatusCode::INSUFFICIENT_STORAGE);
+    assert_eq!(status_of(r), StatusCode::INSUFFICIENT_STORAGE);
     assert_eq!(
         node.client
-            .sliver(&id, 0, 0, SliverKind::Secondary)
+            .sliver(&id, 0, 0, SliverKind::Secondary, LIMIT)
             .await
             .unwrap(),
         None
     );
     assert_eq!(
         node.client
-            .sliver(&id, 0, 0, SliverKind::Primary)
+            .sliver(&id, 0, 0, SliverKind::Primary, LIMIT)
             .await
             .unwrap(),
         Some(primary)
     );
 }
 
-#[tokio::test]
-async fn a_node_rebuilds_its_lost_pairs_from_peers_symbols_and_skips_a_lying_peer() {
-    // n = 7, one shard per node; node 6 lies about everything it serves.
-    let n = 7u16;
-    let mut nodes = Vec::new();
-    for shard in 0..n {
-        nodes.push(start_node(&format!("node-{shard}"), &[shard], None, shard == 6).await);
+/// Starts n nodes, one shard each, with the lies given, all knowing the
+/// same fleet map (the repair finds its peers there).
+async fn fleet_of(n: u16, lies: &[(u16, Lie)], map_dir: &std::path::Path) -> Vec<TestNode> {
+    // Reserve the addresses first, so the map can name them before the nodes start.
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let map_path = map_dir.join("fleet.json");
+    // The liars come first in the map, so they are asked first.
+    let liars: Vec<u16> = lies.iter().map(|(s, _)| *s).collect();
+    let order: Vec<u16> = liars
+        .iter()
+        .copied()
+        .chain((0..n).filter(|s| !liars.contains(s)))
+        .collect();
+    FleetMap {
+        shards: n,
+        segment_size: 64 << 10,
+        nodes: order
+            .iter()
+            .map(|&shard| MapNode {
+                name: format!("node-{shard}"),
+                url: format!("http://{}", listeners[shard as usize].local_addr().unwrap()),
+                shards: [shard].into(),
+            })
+            .collect(),
     }
+    .write(&map_path)
+    .unwrap();
+    let mut nodes = Vec::new();
+    for (shard, listener) in listeners.into_iter().enumerate() {
+        let shard = shard as u16;
+        let lie = lies.iter().find(|(s, _)| *s == shard).map(|(_, l)| *l);
+        let shards = [shard];
+        nodes.push(
+            start(
+                &format!("node-{shard}"),
+                Setup {
+                    shards: &shards,
+                    lie,
+                    fleet: Some(map_path.clone()),
+                    listener: Some(listener),
+                    ..Setup::default()
+                },
+            )
+            .await,
+        );
+    }
+    nodes
+}
+
+async fn invalid_counts(node: &TestNode) -> Vec<(String, u64)> {
+    let text = node
+        .http
+        .get(format!("{}/metrics", node.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("redstuff_peer_invalid_responses_total{node=\""))
+        .filter_map(|rest| {
+            let (node, value) = rest.split_once("\"} ")?;
+            Some((node.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_repair_completes_past_a_node_flipping_bits_and_one_replaying_others_and_blames_only_them(
+) {
+    // n = 7, f = 2: node 5 flips bits, node 6 replays the valid answers of
+    // the next shard's holder (claiming another shard's index).
+    let n = 7u16;
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = fleet_of(n, &[(6, Lie::Replay), (5, Lie::FlipBits)], dir.path()).await;
     let (_, metadata, segments) = blob(n, 200_000, 64 << 10);
     let id = metadata.blob_id();
     for (shard, node) in nodes.iter().enumerate() {
-        node.client
-            .put_metadata(&id, metadata.to_bytes())
-            .await
-            .unwrap();
-        for segment in &segments {
-            let (p, s) = pair_for_shard(&metadata, segment, shard as u16);
-            node.client
-                .put_sliver(&id, segment.index, shard as u16, SliverKind::Primary, p)
-                .await
-                .unwrap();
-            node.client
-                .put_sliver(&id, segment.index, shard as u16, SliverKind::Secondary, s)
-                .await
-                .unwrap();
-        }
+        store_shard(node, &metadata, &segments, shard as u16).await;
+        node.client.commit(&id, 10).await.unwrap();
     }
     // Node 0 loses everything.
-    assert!(nodes[0].client.delete(&id).await.unwrap());
-    // The liar is asked first.
-    let peers: Vec<Peer> = [6, 1, 2, 3, 4, 5]
-        .into_iter()
-        .map(|shard| Peer {
-            shard,
-            node: format!("node-{shard}"),
-            url: nodes[shard as usize].client.url().to_string(),
-        })
-        .collect();
+    nodes[0].client.delete(&id, 10).await.unwrap();
     let request = RepairRequest {
         blob: id.to_string(),
         shards: vec![0],
-        peers,
+        generation: 11,
+        size: metadata.len(),
+        segments: metadata.segment_count() as u32,
     };
     let report = nodes[0].client.repair(&request).await.unwrap();
     assert_eq!(report.rebuilt, segments.len() as u64, "{report:?}");
     assert!(report.failed.is_empty(), "{report:?}");
     assert!(
         report.invalid_symbols > 0,
-        "the lying node is noticed: {report:?}"
+        "the liars are noticed: {report:?}"
     );
     for segment in &segments {
         let (p, s) = pair_for_shard(&metadata, segment, 0);
-        assert_eq!(
-            nodes[0]
-                .client
-                .sliver(&id, segment.index, 0, SliverKind::Primary)
-                .await
-                .unwrap(),
-            Some(p)
-        );
-        assert_eq!(
-            nodes[0]
-                .client
-                .sliver(&id, segment.index, 0, SliverKind::Secondary)
-                .await
-                .unwrap(),
-            Some(s)
+        let back = |kind| nodes[0].client.sliver(&id, segment.index, 0, kind, LIMIT);
+        assert_eq!(back(SliverKind::Primary).await.unwrap(), Some(p));
+        assert_eq!(back(SliverKind::Secondary).await.unwrap(), Some(s));
+    }
+    assert_eq!(
+        nodes[0].client.state(&id).await.unwrap().state.commit,
+        Some(11)
+    );
+    // Only the liars are counted.
+    let blamed = invalid_counts(&nodes[0]).await;
+    assert!(!blamed.is_empty());
+    for (node, count) in &blamed {
+        assert!(
+            (node == "node-5" || node == "node-6") && *count > 0,
+            "an honest node was blamed: {blamed:?}"
         );
     }
     // Bytes moved: (p + q) symbols and proofs per segment, plus metadata, plus
-    // the lying node's rejected symbols; far below the blob.
+    // the liars' rejected symbols; far below the blob.
     let layout = metadata.layout();
     let ideal: u64 = (0..layout.segment_count())
         .map(|i| layout.segment(i).unwrap().repair_symbol_bytes())
         .sum();
     assert!(
-        report.bytes_fetched < ideal * 3 / 2 + 20_000,
+        report.bytes_fetched < ideal * 2 + 20_000,
         "{} vs {ideal}",
         report.bytes_fetched
     );
@@ -413,8 +657,58 @@ async fn a_node_rebuilds_its_lost_pairs_from_peers_symbols_and_skips_a_lying_pee
     // A repair of a shard the node does not own is refused.
     let wrong = RepairRequest {
         shards: vec![3],
+        ..request.clone()
+    };
+    assert_eq!(
+        status_of(nodes[0].client.repair(&wrong).await),
+        StatusCode::CONFLICT
+    );
+    // A repair of a generation older than a delete stops and stores nothing.
+    nodes[0].client.delete(&id, 50).await.unwrap();
+    let stale = RepairRequest {
+        generation: 40,
         ..request
     };
-    let err = nodes[0].client.repair(&wrong).await.unwrap_err();
-    assert_eq!(err.status(), Some(StatusCode::CONFLICT));
+    assert!(nodes[0].client.repair(&stale).await.is_err());
+    assert!(nodes[0]
+        .client
+        .sliver(&id, 0, 0, SliverKind::Primary, LIMIT)
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test]
+async fn a_repair_never_calls_an_address_the_caller_chose() {
+    // The request format has no addresses: peers come from the node's map.
+    // A map-less node refuses to repair instead of guessing.
+    let node = start_node("node-m", &[0], None).await;
+    let (_, metadata, _) = blob(4, 100, 1 << 20);
+    let request = RepairRequest {
+        blob: metadata.blob_id().to_string(),
+        shards: vec![0],
+        generation: 1,
+        size: 100,
+        segments: 1,
+    };
+    assert_eq!(
+        status_of(node.client.repair(&request).await),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let sneaky = serde_json::json!({
+        "blob": metadata.blob_id().to_string(), "shards": [0], "generation": 1, "size": 100,
+        "segments": 1, "peers": [{"shard": 1, "node": "evil", "url": "http://127.0.0.1:9"}]
+    });
+    let response = node
+        .http
+        .post(format!("{}/v1/repair", node.url))
+        .json(&sneaky)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "peers named by the caller are ignored"
+    );
 }

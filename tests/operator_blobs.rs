@@ -11,8 +11,8 @@ use redstuff::operator::blob_controller::{reconcile_blob, BLOB_FINALIZER};
 use redstuff::operator::context::{Context, Endpoints};
 use redstuff::operator::controller::reconcile_cluster;
 use redstuff::operator::crd::{
-    Blob, BlobSource, BlobSpec, KeySource, StorageCluster, StorageClusterSpec, StorageSpec,
-    UploadSource, UrlSource,
+    Blob, BlobSource, BlobSpec, KeySource, ShardAssignment, StorageCluster, StorageClusterSpec,
+    StorageClusterStatus, StorageSpec, UploadSource, UrlSource,
 };
 use redstuff::operator::rollout::SPEC_HASH_ANNOTATION;
 use serde_json::{json, Value};
@@ -41,6 +41,16 @@ fn cluster(shards: u16) -> StorageCluster {
     );
     c.metadata.namespace = Some("storage".into());
     c.metadata.uid = Some("c-uid".into());
+    // Node i holds shard i, as the cluster controller assigned them.
+    c.status = Some(StorageClusterStatus {
+        shard_assignment: (0..shards)
+            .map(|i| ShardAssignment {
+                shard: i,
+                node: format!("media-node-{i}"),
+            })
+            .collect(),
+        ..StorageClusterStatus::default()
+    });
     c
 }
 
@@ -101,8 +111,8 @@ fn api(cluster: Option<&StorageCluster>, blobs: &[&Blob], extra: &[(String, Valu
             serde_json::to_value(b).unwrap(),
         );
     }
-    for (path, object) in extra {
-        api.objects.insert(path.clone(), object.clone());
+    for (path, object) in extra.iter().cloned().chain(support::token_secrets()) {
+        api.objects.insert(path, object);
     }
     api
 }
@@ -184,7 +194,7 @@ async fn a_config_map_key_is_stored_through_the_gateway_and_its_health_comes_fro
     let id = stored["blobId"].as_str().unwrap().to_string();
     assert!(events(&seen).contains(&"Ingested".to_string()));
     assert!(fleet.held().await.iter().all(|held| held.contains(&id)));
-    let bytes = redstuff::http::client()
+    let bytes = support::user_http()
         .get(format!("{}/v1/blobs/{id}", fleet.gateway.url))
         .send()
         .await
@@ -289,7 +299,7 @@ async fn a_blob_whose_cluster_does_not_exist_says_so() {
 }
 
 async fn stored_blob(fleet: &TestFleet) -> String {
-    let answer: Value = redstuff::http::client()
+    let answer: Value = support::user_http()
         .put(format!("{}/v1/blobs", fleet.gateway.url))
         .body(vec![7u8; 50_000])
         .send()

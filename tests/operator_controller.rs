@@ -8,13 +8,13 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redstuff::client::{BlobClient, NodeClient};
+use redstuff::client::BlobClient;
 use redstuff::operator::context::{Context, Endpoints};
 use redstuff::operator::controller::reconcile_cluster;
 use redstuff::operator::crd::{RepairSpec, StorageCluster, StorageClusterSpec, StorageSpec};
 use redstuff::operator::rollout::SPEC_HASH_ANNOTATION;
 use serde_json::{json, Value};
-use support::{fleet_map, lines, spec_hash, start_node, MockApi, Seen};
+use support::{fleet_map, lines, node_calls, spec_hash, start_node_with_fleet, MockApi, Seen};
 
 const NS: &str = "/api/v1/namespaces/storage";
 const GROUP: &str = "/apis/redstuff.dev/v1alpha1/namespaces/storage";
@@ -131,6 +131,18 @@ async fn reconcile(
     endpoints: Endpoints,
 ) -> (Vec<Seen>, Arc<Context>) {
     let mut api = MockApi::default();
+    api.objects.extend(support::token_secrets());
+    reconcile_on(api, cluster, pods, claims, endpoints).await
+}
+
+/// The same on `api`, which holds no token Secrets unless given them.
+async fn reconcile_on(
+    mut api: MockApi,
+    cluster: StorageCluster,
+    pods: Vec<Value>,
+    claims: Vec<Value>,
+    endpoints: Endpoints,
+) -> (Vec<Seen>, Arc<Context>) {
     api.objects
         .insert(CLUSTER.into(), serde_json::to_value(&cluster).unwrap());
     api.lists.insert(format!("{NS}/pods"), pods);
@@ -182,14 +194,25 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
 
 #[tokio::test]
 async fn a_new_cluster_creates_its_objects_with_server_side_apply_and_writes_its_status() {
-    let (seen, _) = reconcile(cluster(7, 3, None), vec![], vec![], silent_nodes(3)).await;
+    let (seen, _) = reconcile_on(
+        MockApi::default(),
+        cluster(7, 3, None),
+        vec![],
+        vec![],
+        silent_nodes(3),
+    )
+    .await;
     let mut expected = vec![
         format!("GET {NS}/pods"),
         format!("GET {NS}/persistentvolumeclaims"),
         format!("GET {NS}/secrets/media-node-token"),
+        format!("GET {NS}/secrets/media-gateway-token"),
         format!("PATCH {NS}/services/media-nodes"),
         format!("PATCH {NS}/configmaps/media-shards"),
         format!("PATCH {NS}/secrets/media-node-token"),
+        format!("PATCH {NS}/secrets/media-gateway-token"),
+        "PATCH /apis/networking.k8s.io/v1/namespaces/storage/networkpolicies/media-nodes"
+            .to_string(),
     ];
     expected.extend((0..3).map(|i| format!("PATCH {NS}/persistentvolumeclaims/media-data-{i}")));
     expected.extend((0..3).map(|i| format!("PATCH {NS}/pods/media-node-{i}")));
@@ -226,11 +249,23 @@ async fn a_new_cluster_creates_its_objects_with_server_side_apply_and_writes_its
             (Some("StorageCluster"), Some("7c1f"))
         );
     }
-    let token = &seen[5].body["stringData"]["token"];
-    assert_eq!(
-        token.as_str().map(str::len),
-        Some(64),
-        "a fresh random token"
+    for secret in [6, 7] {
+        use base64::Engine as _;
+        let token = seen[secret].body["data"]["token"].as_str().unwrap();
+        let token = base64::engine::general_purpose::STANDARD
+            .decode(token)
+            .unwrap();
+        assert_eq!(
+            token.len(),
+            64,
+            "a fresh random token in {}",
+            seen[secret].path
+        );
+        assert!(seen[secret].body.get("stringData").is_none());
+    }
+    assert_ne!(
+        seen[6].body["data"], seen[7].body["data"],
+        "two credentials"
     );
     let status = status_written(&seen).unwrap();
     assert_eq!(status["phase"], "Pending");
@@ -550,15 +585,18 @@ async fn a_node_pod_back_on_an_empty_volume_has_its_pairs_rebuilt_and_the_wait_i
     // Four real nodes, one shard each. The blob is written while node 2
     // is gone; node 2 then comes back empty, as on a new volume.
     let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let map_dir = tempfile::tempdir().unwrap();
+    let map_path = map_dir.path().join("fleet.json");
     let shard = |i: u16| BTreeSet::from([i]);
     let mut nodes = Vec::new();
     for i in [0u16, 1, 3] {
         nodes.push((
             i,
-            start_node(
+            start_node_with_fleet(
                 &format!("media-node-{i}"),
                 dirs[i as usize].path(),
                 &shard(i),
+                Some(&map_path),
             )
             .await,
         ));
@@ -571,12 +609,16 @@ async fn a_node_pod_back_on_an_empty_volume_has_its_pairs_rebuilt_and_the_wait_i
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 251) as u8).collect();
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), &data).unwrap();
-    let http = redstuff::http::client();
-    let written = BlobClient::new(http.clone(), fleet_map(4, &map_nodes), None)
+    let written = BlobClient::new(node_calls(), fleet_map(4, &map_nodes), None)
         .write_file(file.path())
         .await
         .unwrap();
-    let node2 = start_node("media-node-2", dirs[2].path(), &shard(2)).await;
+    let node2 =
+        start_node_with_fleet("media-node-2", dirs[2].path(), &shard(2), Some(&map_path)).await;
+    // The nodes find their peers in the map, node 2 at its new address.
+    map_nodes.pop();
+    map_nodes.push(("media-node-2".into(), node2.url.clone(), shard(2)));
+    fleet_map(4, &map_nodes).write(&map_path).unwrap();
     let mut endpoints = Endpoints::default().with_override("media-node-2", node2.url.clone());
     for (i, n) in &nodes {
         endpoints = endpoints.with_override(format!("media-node-{i}"), n.url.clone());
@@ -625,7 +667,8 @@ async fn a_node_pod_back_on_an_empty_volume_has_its_pairs_rebuilt_and_the_wait_i
     );
     assert!(fleet.metrics.repair_bytes.get() > 0);
 
-    let inventory = NodeClient::new(http, &node2.url)
+    let inventory = node_calls()
+        .node(&node2.url)
         .full_inventory()
         .await
         .unwrap();

@@ -301,8 +301,12 @@ impl NodeClient {
 
     /// What the node holds of a blob: markers, metadata facts, pairs.
     pub async fn state(&self, id: &BlobId) -> Result<NodeBlobState, NodeCallError> {
-        self.get_json(&format!("/v1/blobs/{id}/state"), STATE_LIMIT, "the blob state")
-            .await
+        self.get_json(
+            &format!("/v1/blobs/{id}/state"),
+            STATE_LIMIT,
+            "the blob state",
+        )
+        .await
     }
 
     /// Stages a write of `generation`: stores the blob's serialized metadata.
@@ -321,7 +325,11 @@ impl NodeClient {
     }
 
     /// A blob's serialized metadata, if the node has it; at most `limit` bytes.
-    pub async fn metadata(&self, id: &BlobId, limit: u64) -> Result<Option<Vec<u8>>, NodeCallError> {
+    pub async fn metadata(
+        &self,
+        id: &BlobId,
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>, NodeCallError> {
         self.get_bytes(&format!("/v1/blobs/{id}/metadata"), limit, "the metadata")
             .await
     }

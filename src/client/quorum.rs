@@ -67,7 +67,10 @@ impl StateCollection {
                 *votes.entry((size, segments)).or_default() += answer.shards.len().max(1);
             }
         }
-        votes.into_iter().max_by_key(|(_, v)| *v).map(|(claim, _)| claim)
+        votes
+            .into_iter()
+            .max_by_key(|(_, v)| *v)
+            .map(|(claim, _)| claim)
     }
 
     /// Nodes that said they have the metadata with the claimed layout, most
@@ -120,7 +123,12 @@ pub async fn collect_states(client: &BlobClient, id: &BlobId, quorum: usize) -> 
 mod tests {
     use super::*;
 
-    fn answer(node: &str, shards: &[u16], state: BlobState, layout: Option<(u64, u32)>) -> StateAnswer {
+    fn answer(
+        node: &str,
+        shards: &[u16],
+        state: BlobState,
+        layout: Option<(u64, u32)>,
+    ) -> StateAnswer {
         StateAnswer {
             node: node.into(),
             shards: shards.iter().copied().collect(),

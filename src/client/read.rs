@@ -141,14 +141,21 @@ impl BlobClient {
             let (node, call) = self.holder(shard).expect("filtered to held shards");
             let name = node.name.clone();
             async move {
-                let answer = call.sliver(&id, index, shard, SliverKind::Primary, limit).await;
+                let answer = call
+                    .sliver(&id, index, shard, SliverKind::Primary, limit)
+                    .await;
                 (name, shard, answer)
             }
         };
         loop {
             while valid.len() + asking.len() < p {
-                let Some(shard) = candidates.next() else { break };
-                pending.push((self.map.holder(shard).expect("held").name.clone(), Instant::now()));
+                let Some(shard) = candidates.next() else {
+                    break;
+                };
+                pending.push((
+                    self.map.holder(shard).expect("held").name.clone(),
+                    Instant::now(),
+                ));
                 asking.push(ask(shard));
             }
             if asking.is_empty() {
@@ -170,7 +177,10 @@ impl BlobClient {
             let Ok(Some((node, shard, answer))) = next else {
                 // Slow answers: ask one more shard beside them.
                 if let Some(shard) = candidates.next() {
-                    pending.push((self.map.holder(shard).expect("held").name.clone(), Instant::now()));
+                    pending.push((
+                        self.map.holder(shard).expect("held").name.clone(),
+                        Instant::now(),
+                    ));
                     asking.push(ask(shard));
                 }
                 continue;
@@ -261,7 +271,6 @@ impl BlobClient {
             }),
         }
     }
-
 }
 
 /// Nodes still not answering after the hedge delay when the segment was

@@ -114,7 +114,8 @@ impl BlobClient {
         let committed = self.commit(&metadata, generation, &silenced).await;
         if committed < quorum {
             let outcome = if was_visible {
-                "the blob stays as it was (visible from an earlier write of the same bytes)".to_string()
+                "the blob stays as it was (visible from an earlier write of the same bytes)"
+                    .to_string()
             } else {
                 self.withdraw(&metadata, generation, &silenced).await
             };
@@ -140,7 +141,9 @@ impl BlobClient {
         index: u32,
     ) -> Result<EncodedSegment, BlobIoError> {
         let layout = metadata.segment_layout(index).expect("index in range");
-        file.seek(SeekFrom::Start(metadata.layout().segment_offset(index.into())))?;
+        file.seek(SeekFrom::Start(
+            metadata.layout().segment_offset(index.into()),
+        ))?;
         let mut data = vec![0u8; layout.len() as usize];
         file.read_exact(&mut data)?;
         let metrics = self.metrics.clone();
@@ -292,7 +295,12 @@ impl BlobClient {
     /// Withdraws a partly committed write with a tombstone of its own
     /// generation (which wins over that commit everywhere); says how far
     /// the tombstone got.
-    async fn withdraw(&self, metadata: &BlobMetadata, generation: u64, silenced: &Silenced) -> String {
+    async fn withdraw(
+        &self,
+        metadata: &BlobMetadata,
+        generation: u64,
+        silenced: &Silenced,
+    ) -> String {
         let id = metadata.blob_id();
         let nodes: Vec<&MapNode> = self.answering(silenced).collect();
         let answers = join_all(nodes.iter().map(|node| {

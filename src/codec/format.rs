@@ -261,7 +261,10 @@ pub fn metadata_len_from_prefix(prefix: &[u8]) -> Result<u64, FormatError> {
     if u64::from(segment_count) != layout.segment_count() {
         return Err(invalid(
             "segment count",
-            format!("{segment_count} segments recorded, {} for {len} bytes", layout.segment_count()),
+            format!(
+                "{segment_count} segments recorded, {} for {len} bytes",
+                layout.segment_count()
+            ),
         ));
     }
     Ok(layout.metadata_len())

@@ -176,7 +176,10 @@ impl Gateway {
                     .delete(routes::delete_blob),
             )
             .fallback(|| async { ApiError::not_found("no such route; the API lives under /v1") })
-            .layer(middleware::from_fn_with_state(state.clone(), routes::authorize))
+            .layer(middleware::from_fn_with_state(
+                state.clone(),
+                routes::authorize,
+            ))
             .layer(middleware::from_fn_with_state(state.clone(), routes::track))
             .layer(DefaultBodyLimit::disable())
             .with_state(state.clone());

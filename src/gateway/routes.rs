@@ -66,7 +66,9 @@ pub(super) async fn authorize(
     next.run(request).await
 }
 
-pub(super) async fn readyz(State(state): State<Arc<GatewayState>>) -> Result<&'static str, ApiError> {
+pub(super) async fn readyz(
+    State(state): State<Arc<GatewayState>>,
+) -> Result<&'static str, ApiError> {
     state.client().map(|_| "ready")
 }
 

@@ -163,7 +163,10 @@ mod tests {
         let mut first = spool.create(None).unwrap();
         first.write(&[1; 60]).await.unwrap();
         let mut second = spool.create(None).unwrap();
-        assert!(matches!(second.write(&[2; 50]).await, Err(SpoolError::Full(_))));
+        assert!(matches!(
+            second.write(&[2; 50]).await,
+            Err(SpoolError::Full(_))
+        ));
         drop(second);
         assert_eq!(spool.held(), 60);
         let path = first.finish().await.unwrap().to_path_buf();

@@ -69,6 +69,15 @@ pub(super) fn router(state: Arc<NodeState>, tokens: Arc<TokenSet>) -> Router {
         .with_state(state)
 }
 
+/// The routes that need no token, alone: for a metrics listener.
+pub(super) fn open_router(state: Arc<NodeState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ready" }))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
 async fn track(State(state): State<Arc<NodeState>>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
@@ -100,8 +109,7 @@ async fn metrics(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
     }
     m.quarantined_bytes
         .set(state.store.quarantined_bytes() as i64);
-    m.metadata_cache_bytes
-        .set(state.metadata.usage().0 as i64);
+    m.metadata_cache_bytes.set(state.metadata.usage().0 as i64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         crate::metrics::render(&state.registry),
@@ -163,9 +171,9 @@ pub(super) fn store_error(state: &NodeState, error: StoreError) -> ApiError {
             ApiError::not_found(error.to_string())
         }
         StoreError::Deleted { .. } => ApiError::new(StatusCode::GONE, error.to_string()),
-        StoreError::NotStaged => ApiError::conflict(format!(
-            "{error}: stage the write (put its metadata) first"
-        )),
+        StoreError::NotStaged => {
+            ApiError::conflict(format!("{error}: stage the write (put its metadata) first"))
+        }
         StoreError::Io { .. } => {
             state.metrics.io_errors.with_label_values(&["write"]).inc();
             tracing::warn!(node = %state.name, "{error}");
@@ -187,12 +195,17 @@ pub(super) fn load_metadata(state: &NodeState, id: &BlobId) -> Result<Arc<BlobMe
         .metadata()
         .map_err(|e| store_error(state, e))?
         .ok_or_else(unknown)?;
-    if !lock.state().map_err(|e| store_error(state, e))?.claims_data() {
+    if !lock
+        .state()
+        .map_err(|e| store_error(state, e))?
+        .claims_data()
+    {
         return Err(unknown());
     }
-    let metadata = Arc::new(BlobMetadata::from_bytes(&bytes).map_err(|e| {
-        ApiError::internal(format!("stored metadata of {id} is unreadable: {e}"))
-    })?);
+    let metadata =
+        Arc::new(BlobMetadata::from_bytes(&bytes).map_err(|e| {
+            ApiError::internal(format!("stored metadata of {id} is unreadable: {e}"))
+        })?);
     state.metadata.insert(metadata.clone());
     Ok(metadata)
 }

@@ -62,7 +62,11 @@ pub(super) async fn state(
 
 /// Reads a metadata body: its first bytes tell its whole length, which is
 /// checked against the limit before anything more is read.
-async fn read_metadata_body(body: Body, headers: &HeaderMap, limit: u64) -> Result<Vec<u8>, ApiError> {
+async fn read_metadata_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: u64,
+) -> Result<Vec<u8>, ApiError> {
     let too_large = |len: u64| {
         ApiError::too_large(format!(
             "metadata of {len} bytes is larger than this node accepts ({limit} bytes)"
@@ -177,7 +181,9 @@ pub(super) async fn abort(
     let id = parse_id(&id)?;
     blocking(move || {
         let lock = state.store.lock(&id);
-        let removed = lock.abort(body.generation).map_err(|e| store_error(&state, e))?;
+        let removed = lock
+            .abort(body.generation)
+            .map_err(|e| store_error(&state, e))?;
         if removed {
             state.metadata.forget(&id);
         }

@@ -136,7 +136,10 @@ mod tests {
         assert!(cache.get(&metadata(0).blob_id()).is_some());
         cache.insert(metadata(3));
         assert_eq!(cache.usage(), (3 * one, 3));
-        assert!(cache.get(&metadata(1).blob_id()).is_none(), "least recently used");
+        assert!(
+            cache.get(&metadata(1).blob_id()).is_none(),
+            "least recently used"
+        );
         assert!(cache.get(&metadata(0).blob_id()).is_some());
         cache.forget(&metadata(0).blob_id());
         assert_eq!(cache.usage(), (2 * one, 2));

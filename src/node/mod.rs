@@ -29,6 +29,17 @@ use crate::store::{Housekeeping, SliverStore};
 use metadata_cache::MetadataCache;
 pub use ownership::{Ownership, ShardSource, ShardsFile};
 
+/// Test only: the lies a node can tell, to prove the others see through them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lie {
+    /// Flips a bit in every sliver and symbol it serves.
+    FlipBits,
+    /// Serves, for whatever is asked, the valid sliver or symbol of the
+    /// next shard's holder (fetched from it): a replay of another node's
+    /// honest answer, claiming another shard's index.
+    Replay,
+}
+
 /// How a node is set up.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -50,9 +61,8 @@ pub struct NodeConfig {
     pub max_metadata_bytes: u64,
     /// Bytes of parsed metadata kept in memory.
     pub metadata_cache_bytes: u64,
-    /// Test only: flip a bit in every sliver and symbol served, to play a
-    /// node that lies.
-    pub corrupt_reads: bool,
+    /// Test only: how this node lies about what it serves.
+    pub lie: Option<Lie>,
     /// How often every stored file is re-read and checked; `None`: never.
     pub scrub_interval: Option<Duration>,
     /// How long abandoned uploads and quarantined files are kept.
@@ -73,7 +83,7 @@ impl NodeConfig {
             capacity: None,
             max_metadata_bytes: 256 << 20,
             metadata_cache_bytes: 64 << 20,
-            corrupt_reads: false,
+            lie: None,
             scrub_interval: None,
             housekeeping: Housekeeping::default(),
         }
@@ -88,7 +98,7 @@ pub struct NodeState {
     fleet: Option<MapFile>,
     registry: Registry,
     metrics: NodeMetrics,
-    corrupt_reads: bool,
+    lie: Option<Lie>,
     peers: NodeCalls,
     metadata: MetadataCache,
     max_metadata_bytes: u64,
@@ -100,6 +110,7 @@ pub struct Node {
     router: axum::Router,
     state: Arc<NodeState>,
     tokens: Arc<TokenSet>,
+    metrics_listener: Option<TcpListener>,
     scrub_interval: Option<Duration>,
     housekeeping: Housekeeping,
 }
@@ -123,7 +134,7 @@ impl Node {
             fleet: config.fleet.map(MapFile::new),
             registry,
             metrics,
-            corrupt_reads: config.corrupt_reads,
+            lie: config.lie,
             peers: NodeCalls::new(config.tokens.clone(), config.deadlines),
             metadata: MetadataCache::new(config.metadata_cache_bytes),
             max_metadata_bytes: config.max_metadata_bytes,
@@ -136,9 +147,22 @@ impl Node {
             listener,
             state,
             tokens: config.tokens,
+            metrics_listener: None,
             scrub_interval: config.scrub_interval,
             housekeeping: config.housekeeping,
         })
+    }
+
+    /// Also serves /metrics, /healthz and /readyz (no token needed) on
+    /// `addr`: a port a NetworkPolicy can leave open to scrapers while the
+    /// API's is closed.
+    pub async fn with_metrics_listener(mut self, addr: SocketAddr) -> anyhow::Result<Self> {
+        self.metrics_listener = Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?,
+        );
+        Ok(self)
     }
 
     /// The address it listens on.
@@ -160,6 +184,14 @@ impl Node {
             scrub_periodically(self.state.clone(), period);
         }
         keep_house(self.state.clone(), self.housekeeping);
+        if let Some(listener) = self.metrics_listener {
+            let router = api::open_router(self.state.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router).await {
+                    tracing::warn!("the metrics listener stopped: {e}");
+                }
+            });
+        }
         axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
             .await?;
@@ -204,7 +236,8 @@ fn scrub_periodically(state: Arc<NodeState>, period: Duration) {
 /// a few times per TTL.
 fn keep_house(state: Arc<NodeState>, housekeeping: Housekeeping) {
     tokio::spawn(async move {
-        let period = (housekeeping.staged_ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+        let period = (housekeeping.staged_ttl / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(60));
         let mut tick = tokio::time::interval(period);
         loop {
             tick.tick().await;

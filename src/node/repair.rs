@@ -53,11 +53,10 @@ pub(super) async fn repair(
             state.name
         )));
     }
-    let map = state
-        .fleet
-        .as_ref()
-        .and_then(|f| f.get())
-        .ok_or_else(|| ApiError::unavailable("this node has no fleet map: it cannot find peers"))?;
+    let map =
+        state.fleet.as_ref().and_then(|f| f.get()).ok_or_else(|| {
+            ApiError::unavailable("this node has no fleet map: it cannot find peers")
+        })?;
     let (tx, rx) = tokio::sync::mpsc::channel::<RepairLine>(4);
     tokio::spawn(async move {
         let mut repair = Repair {
@@ -111,10 +110,14 @@ impl Repair {
                 }
                 let mut outcome = Ok(());
                 if !has_secondary {
-                    outcome = self.rebuild_sliver::<Secondary>(&metadata, segment, shard).await;
+                    outcome = self
+                        .rebuild_sliver::<Secondary>(&metadata, segment, shard)
+                        .await;
                 }
                 if outcome.is_ok() && !has_primary {
-                    outcome = self.rebuild_sliver::<Primary>(&metadata, segment, shard).await;
+                    outcome = self
+                        .rebuild_sliver::<Primary>(&metadata, segment, shard)
+                        .await;
                 }
                 match outcome {
                     Ok(()) => {
@@ -169,7 +172,8 @@ impl Repair {
 
     async fn metadata_from_peers(&mut self) -> Result<(BlobMetadata, Vec<u8>), String> {
         let id = self.id;
-        let config = crate::codec::EncodingConfig::new(self.map.shards).map_err(|e| e.to_string())?;
+        let config =
+            crate::codec::EncodingConfig::new(self.map.shards).map_err(|e| e.to_string())?;
         let limit = config.metadata_len(self.request.segments.into());
         let peers: Vec<_> = self
             .map
@@ -231,7 +235,14 @@ impl Repair {
         let target = rotation.pair_of_shard(shard.into()) as u16;
         let needed = B::symbols(&config);
         let source_kind = <B::Other as Axis>::KIND;
-        let limit = (6 + 2 + 2 + 2 + 4 + 4 + layout.symbol_size() + 1
+        let limit = (6
+            + 2
+            + 2
+            + 2
+            + 4
+            + 4
+            + layout.symbol_size()
+            + 1
             + 32 * crate::codec::merkle::proof_len(config.n())) as u64;
         // (shard, node, url) of every other shard's holder.
         let mut candidates = self
@@ -239,15 +250,30 @@ impl Repair {
             .nodes
             .iter()
             .filter(|n| !self.silent.contains(&n.name))
-            .flat_map(|n| n.shards.iter().map(move |s| (*s, n.name.clone(), n.url.clone())))
+            .flat_map(|n| {
+                n.shards
+                    .iter()
+                    .map(move |s| (*s, n.name.clone(), n.url.clone()))
+            })
             .filter(|(s, _, _)| !self.request.shards.contains(s))
             .collect::<Vec<_>>()
             .into_iter();
         let mut valid: Vec<RecoverySymbol<B::Other>> = Vec::with_capacity(needed);
+        // The shard's own sliver of the other axis (held, or rebuilt just
+        // before) gives one symbol without asking anyone: with f liars it
+        // is the one that makes q.
+        if let Some(own) = self
+            .own_symbol::<B::Other>(metadata, segment, shard, target)
+            .await
+        {
+            valid.push(own);
+        }
         let mut asking = FuturesUnordered::new();
         loop {
             while valid.len() < needed && asking.len() < needed - valid.len() + EXTRA_PEERS {
-                let Some((peer_shard, node, url)) = candidates.next() else { break };
+                let Some((peer_shard, node, url)) = candidates.next() else {
+                    break;
+                };
                 if self.silent.contains(&node) {
                     continue;
                 }
@@ -279,12 +305,14 @@ impl Repair {
             };
             self.report.bytes_fetched += bytes.len() as u64;
             let source = rotation.pair_of_shard(peer_shard.into()) as u16;
-            let symbol = RecoverySymbol::<B::Other>::from_bytes(&bytes).ok().filter(|s| {
-                s.source() == source
-                    && s.target() == target
-                    && s.segment() == segment
-                    && s.verify(metadata).is_ok()
-            });
+            let symbol = RecoverySymbol::<B::Other>::from_bytes(&bytes)
+                .ok()
+                .filter(|s| {
+                    s.source() == source
+                        && s.target() == target
+                        && s.segment() == segment
+                        && s.verify(metadata).is_ok()
+                });
             match symbol {
                 Some(symbol) => valid.push(symbol),
                 None => self.blame(&node),
@@ -308,6 +336,27 @@ impl Repair {
         })
         .await
         .map_err(|e| Stop::Failed(e.to_string()))?
+    }
+}
+
+impl Repair {
+    /// The symbol for `target` from this node's own `A` sliver of `shard`.
+    async fn own_symbol<A: Axis>(
+        &self,
+        metadata: &Arc<BlobMetadata>,
+        segment: u32,
+        shard: u16,
+        target: u16,
+    ) -> Option<RecoverySymbol<A>> {
+        let (state, id, metadata) = (self.state.clone(), self.id, metadata.clone());
+        tokio::task::spawn_blocking(move || {
+            let bytes = state.store.sliver(&id, segment, shard, A::KIND).ok()??;
+            let sliver = crate::codec::Sliver::<A>::from_bytes(&bytes).ok()?;
+            let symbol = crate::codec::SymbolSource::new(&sliver).symbol(target)?;
+            symbol.verify(&metadata).is_ok().then_some(symbol)
+        })
+        .await
+        .ok()?
     }
 }
 

@@ -17,8 +17,10 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::api::{blocking, load_metadata, octets, parse_id, parse_kind, parse_number, store_error};
-use super::NodeState;
+use super::api::{
+    blocking, load_metadata, octets, parse_id, parse_kind, parse_number, store_error,
+};
+use super::{Lie, NodeState};
 use crate::api_error::ApiError;
 use crate::codec::format::SLIVER_OVERHEAD;
 use crate::codec::{
@@ -85,7 +87,9 @@ fn pair_of(metadata: &BlobMetadata, segment: u32, shard: u16) -> Result<u16, Api
 
 /// Serialized length of the `kind` sliver of `segment`.
 fn sliver_len(metadata: &BlobMetadata, segment: u32, kind: SliverKind) -> usize {
-    let layout = metadata.segment_layout(segment).expect("checked by pair_of");
+    let layout = metadata
+        .segment_layout(segment)
+        .expect("checked by pair_of");
     SLIVER_OVERHEAD
         + match kind {
             SliverKind::Primary => layout.primary_sliver_len(),
@@ -178,13 +182,16 @@ pub(super) async fn get_sliver(
     Path(path): Path<(String, String, String, String)>,
 ) -> Result<Response, ApiError> {
     let path = parse_sliver_path(path)?;
+    if state.lie == Some(Lie::Replay) {
+        return replay(&state, &path, None).await;
+    }
     blocking(move || {
         let mut bytes = state
             .store
             .sliver(&path.id, path.segment, path.shard, path.kind)
             .map_err(|e| store_error(&state, e))?
             .ok_or_else(|| missing(&path))?;
-        if state.corrupt_reads {
+        if state.lie == Some(Lie::FlipBits) {
             let last = bytes.len() - 1;
             bytes[last] ^= 1;
         }
@@ -205,6 +212,9 @@ pub(super) async fn get_symbol(
 ) -> Result<Response, ApiError> {
     let path = parse_sliver_path(path)?;
     let target_shard: u16 = parse_number("target shard", &query.target_shard)?;
+    if state.lie == Some(Lie::Replay) {
+        return replay(&state, &path, Some(target_shard)).await;
+    }
     blocking(move || {
         let metadata = load_metadata(&state, &path.id)?;
         let target = pair_of(&metadata, path.segment, target_shard)?;
@@ -217,7 +227,7 @@ pub(super) async fn get_symbol(
             SliverKind::Primary => symbol_bytes::<Primary>(&bytes, target)?,
             SliverKind::Secondary => symbol_bytes::<Secondary>(&bytes, target)?,
         };
-        if state.corrupt_reads {
+        if state.lie == Some(Lie::FlipBits) {
             // Flip a bit of the symbol itself (it sits before the proof).
             let at = symbol.len() - 1 - crate::codec::merkle::proof_len(metadata.config().n()) * 32;
             symbol[at] ^= 1;
@@ -235,4 +245,40 @@ fn symbol_bytes<A: Axis>(sliver_bytes: &[u8], target: u16) -> Result<Vec<u8>, Ap
         .symbol(target)
         .ok_or_else(|| ApiError::bad_request(format!("target {target} is out of range")))?;
     Ok(symbol.to_bytes())
+}
+
+/// Test only: answers with what the holder of the next shard serves for
+/// the same request (a valid answer, for the wrong shard).
+async fn replay(
+    state: &NodeState,
+    path: &SliverPath,
+    target: Option<u16>,
+) -> Result<Response, ApiError> {
+    let map = state
+        .fleet
+        .as_ref()
+        .and_then(|f| f.get())
+        .ok_or_else(|| ApiError::unavailable("no fleet map to replay from"))?;
+    let other = (path.shard + 1) % map.shards;
+    let holder = map
+        .holder(other)
+        .ok_or_else(|| ApiError::not_found("nobody to replay"))?;
+    let client = state.peers.node(&holder.url);
+    let limit = 1 << 30;
+    let answer = match target {
+        Some(target) => {
+            client
+                .symbol(&path.id, path.segment, other, path.kind, target, limit)
+                .await
+        }
+        None => {
+            client
+                .sliver(&path.id, path.segment, other, path.kind, limit)
+                .await
+        }
+    };
+    match answer {
+        Ok(Some(bytes)) => Ok(octets(bytes)),
+        _ => Err(missing(path)),
+    }
 }

@@ -18,12 +18,12 @@ use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::ResourceExt;
 
 use super::blob_status::{blob_status, ClusterFacts, IngestState};
+use super::context::fleet_map;
 use super::context::Context;
 use super::controller::{status_merge_patch, ReconcileError};
 use super::crd::{Blob, BlobHealth, BlobStatus, StorageCluster};
 use super::ingest::{self, IngestError};
 use super::status::validate_spec;
-use super::context::fleet_map;
 use crate::client::{BlobClient, DeleteOutcome};
 use crate::codec::BlobId;
 
@@ -233,7 +233,17 @@ async fn ingest_source(
         ));
     }
     let gateway = ctx.endpoints.gateway(namespace, &cluster.name_any());
-    let stored = ingest::upload(&ctx.http, &gateway, spool.path()).await?;
+    let token = ctx
+        .user_token(cluster)
+        .await
+        .ok_or_else(|| IngestError::Gateway {
+            url: gateway.clone(),
+            message: format!(
+                "the cluster's user-token Secret {} is missing or empty",
+                super::desired::user_token_secret(&cluster.name_any())
+            ),
+        })?;
+    let stored = ingest::upload(&ctx.http, &gateway, &token, spool.path()).await?;
     Ok(stored.id)
 }
 
@@ -291,7 +301,9 @@ async fn cleanup_blob(
     let failure = match client.delete(&blob_id).await {
         Ok(outcome) => {
             let note = match outcome {
-                DeleteOutcome::Deleted { .. } => format!("deleted {id}: a tombstone on a quorum of shards, the loop removes the rest"),
+                DeleteOutcome::Deleted { .. } => format!(
+                    "deleted {id}: a tombstone on a quorum of shards, the loop removes the rest"
+                ),
                 DeleteOutcome::NotFound => format!("{id} was not stored (or already deleted)"),
             };
             ctx.publish(blob, false, "SliversDeleted", note).await;

@@ -269,15 +269,37 @@ impl Context {
         let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
             kube::Api::namespaced(self.client.clone(), &namespace);
         let fleet = self.fleets.get(&(namespace, name.clone()), self.deadlines);
-        if let Some(secret) = secrets.get_opt(&format!("{name}-node-token")).await? {
-            if let Some(token) = secret.data.as_ref().and_then(|d| d.get("token")) {
-                fleet
-                    .calls
-                    .token
-                    .replace(vec![String::from_utf8_lossy(&token.0).into_owned()]);
-            }
+        let secret = secrets
+            .get_opt(&super::desired::cluster_token_secret(&name))
+            .await?;
+        if let Some(token) = secret
+            .as_ref()
+            .and_then(|s| s.data.as_ref()?.get(super::desired::TOKEN_KEY))
+        {
+            fleet
+                .calls
+                .token
+                .replace(crate::auth::parse_tokens(&String::from_utf8_lossy(
+                    &token.0,
+                )));
         }
         Ok(fleet.calls.clone())
+    }
+
+    /// The first user token of `cluster`'s gateway, from its Secret.
+    pub async fn user_token(&self, cluster: &StorageCluster) -> Option<String> {
+        let namespace = cluster.metadata.namespace.clone().unwrap_or_default();
+        let name = cluster.metadata.name.clone().unwrap_or_default();
+        let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+            kube::Api::namespaced(self.client.clone(), &namespace);
+        let secret = secrets
+            .get_opt(&super::desired::user_token_secret(&name))
+            .await
+            .ok()??;
+        let content = secret.data?.get(super::desired::TOKEN_KEY)?.0.clone();
+        crate::auth::parse_tokens(&String::from_utf8_lossy(&content))
+            .into_iter()
+            .next()
     }
 
     /// The same, reaching objects through `endpoints`.

@@ -11,12 +11,12 @@
 //! a repair starts seconds after a node pod comes back empty.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -30,7 +30,10 @@ use super::context::{ClusterFleet, Context};
 use super::crd::{
     Blob, BlobCounts, BlobSource, BlobSpec, StorageCluster, UnavailableNode, UploadSource,
 };
-use super::desired::{self, desired_objects, node_claim_name, node_pod_name};
+use super::desired::{
+    self, cluster_token_secret, desired_objects, node_claim_name, node_pod_name, user_token_secret,
+    Credentials, TOKEN_KEY,
+};
 use super::lifecycle::{self, ClaimState, DeleteReason, NodeDecision, NodeObserved, PodState};
 use super::pod_problem::pod_problem;
 use super::rollout::{self, FleetCalm, RolloutNode};
@@ -97,12 +100,22 @@ where
     Ok(())
 }
 
-fn random_token() -> Result<String, ReconcileError> {
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(ReconcileError::Token)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+/// The content of a token Secret, or a new random token when it does not
+/// exist yet (or holds no token).
+async fn read_or_make_token(secrets: &Api<Secret>, name: &str) -> Result<String, ReconcileError> {
+    let existing = secrets
+        .get_opt(name)
+        .await?
+        .and_then(|secret| secret.data)
+        .and_then(|d| {
+            d.get(TOKEN_KEY)
+                .map(|t| String::from_utf8_lossy(&t.0).into_owned())
+        })
+        .filter(|content| !crate::auth::parse_tokens(content).is_empty());
+    match existing {
+        Some(content) => Ok(content),
+        None => crate::auth::random_token().map_err(ReconcileError::Token),
+    }
 }
 
 /// Blobs Degraded or AtRisk in the cluster's last inventory view (none
@@ -294,17 +307,11 @@ pub async fn reconcile_cluster(
     let assignment = fleet::assign(cluster.spec.shards, &holders, &previous);
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-    let token = match secrets.get_opt(&format!("{name}-node-token")).await? {
-        Some(secret) => secret
-            .data
-            .and_then(|d| {
-                d.get("token")
-                    .map(|t| String::from_utf8_lossy(&t.0).into_owned())
-            })
-            .unwrap_or_default(),
-        None => random_token()?,
+    let credentials = Credentials {
+        cluster: read_or_make_token(&secrets, &cluster_token_secret(&name)).await?,
+        users: read_or_make_token(&secrets, &user_token_secret(&name)).await?,
     };
-    let desired = desired_objects(&cluster, &assignment, &ctx.image, &token);
+    let desired = desired_objects(&cluster, &assignment, &ctx.image, &credentials);
 
     let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
     apply(&services, &desired.node_service).await?;
@@ -314,6 +321,12 @@ pub async fn reconcile_cluster(
     )
     .await?;
     apply(&secrets, &desired.node_token).await?;
+    apply(&secrets, &desired.gateway_token).await?;
+    apply(
+        &Api::<NetworkPolicy>::namespaced(client.clone(), &namespace),
+        &desired.node_network_policy,
+    )
+    .await?;
     for claim in &desired.node_claims {
         // A claim still being deleted cannot be applied: it is recreated
         // once its pod has released it.
@@ -329,7 +342,10 @@ pub async fn reconcile_cluster(
     // them together): they are replaced one at a time.
     let key = (namespace.clone(), name.clone());
     let fleet_state = ctx.fleets.get(&key, ctx.deadlines);
-    fleet_state.calls.token.replace(vec![token.clone()]);
+    fleet_state
+        .calls
+        .token
+        .replace(crate::auth::parse_tokens(&credentials.cluster));
     let rollout_nodes: Vec<RolloutNode> = desired
         .node_pods
         .iter()

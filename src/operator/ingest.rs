@@ -144,10 +144,12 @@ pub async fn spool_bytes(bytes: &[u8], limit: u64, spool: &Path) -> Result<u64, 
     Ok(bytes.len() as u64)
 }
 
-/// Streams the spooled file to the gateway at `gateway` (PUT /v1/blobs).
+/// Streams the spooled file to the gateway at `gateway` (PUT /v1/blobs),
+/// with the cluster's user `token`.
 pub async fn upload(
     http: &reqwest::Client,
     gateway: &str,
+    token: &str,
     spool: &Path,
 ) -> Result<StoredBlob, IngestError> {
     let failed = |message: String| IngestError::Gateway {
@@ -159,6 +161,7 @@ pub async fn upload(
     let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
     let response = http
         .put(format!("{}/v1/blobs", gateway.trim_end_matches('/')))
+        .bearer_auth(token)
         .header("content-type", "application/octet-stream")
         .header("content-length", length)
         .body(body)

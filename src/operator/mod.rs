@@ -57,11 +57,17 @@ pub fn render_cluster(manifest: &str, image: &str) -> anyhow::Result<String> {
         })
         .collect();
     let assignment = crate::fleet::assign(cluster.spec.shards, &nodes, &Default::default());
-    let objects = desired::desired_objects(&cluster, &assignment, image, "placeholder-token");
+    let credentials = desired::Credentials {
+        cluster: "placeholder-cluster-token".into(),
+        users: "placeholder-user-token".into(),
+    };
+    let objects = desired::desired_objects(&cluster, &assignment, image, &credentials);
     let mut docs: Vec<String> = vec![
         serde_yaml::to_string(&objects.node_service)?,
         serde_yaml::to_string(&objects.shards_config)?,
         serde_yaml::to_string(&objects.node_token)?,
+        serde_yaml::to_string(&objects.gateway_token)?,
+        serde_yaml::to_string(&objects.node_network_policy)?,
     ];
     for claim in &objects.node_claims {
         docs.push(serde_yaml::to_string(claim)?);

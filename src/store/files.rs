@@ -25,7 +25,10 @@ pub(super) fn unique_name(prefix: &str) -> String {
 /// Maps an I/O error on `path`: a full disk is `Full`, anything else `Io`.
 pub(super) fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     move |source| {
-        if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+        if matches!(
+            source.raw_os_error(),
+            Some(libc::ENOSPC) | Some(libc::EDQUOT)
+        ) {
             StoreError::Full {
                 needed: 0,
                 available: 0,
@@ -234,7 +237,10 @@ mod tests {
         write_synced(&tmp, b"content").unwrap();
         publish(&tmp, &path).unwrap();
         assert!(matches!(read_checked(&path), Checked::Valid(v) if v == b"content"));
-        assert!(matches!(read_checked(&dir.path().join("none")), Checked::Missing));
+        assert!(matches!(
+            read_checked(&dir.path().join("none")),
+            Checked::Missing
+        ));
         fs::write(&path, b"contenu plus a fake checksum of the wrong size").unwrap();
         assert!(matches!(read_checked(&path), Checked::Corrupt));
         // Reading a directory fails with an error other than "not found".

@@ -100,7 +100,11 @@ impl SliverStore {
 
     /// Removes every staged write that was never committed here and has
     /// not gained a file for `ttl`; returns the blobs removed.
-    pub fn collect_abandoned(&self, ttl: Duration, now: SystemTime) -> Result<Vec<BlobId>, StoreError> {
+    pub fn collect_abandoned(
+        &self,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<Vec<BlobId>, StoreError> {
         let mut collected = Vec::new();
         for id in self.blob_dirs()? {
             let idle = self
@@ -119,7 +123,11 @@ impl SliverStore {
     }
 
     /// Deletes quarantined files older than `retention`; returns how many.
-    pub fn purge_quarantine(&self, retention: Duration, now: SystemTime) -> Result<u64, StoreError> {
+    pub fn purge_quarantine(
+        &self,
+        retention: Duration,
+        now: SystemTime,
+    ) -> Result<u64, StoreError> {
         let mut purged = 0;
         for path in files::files_in(&self.root.join("quarantine")) {
             let old = quarantined_at(&path)

@@ -310,7 +310,11 @@ impl SliverStore {
 
     /// Reads a checked file; a corrupt or unreadable one is quarantined
     /// and reported as such (the caller treats it as missing).
-    fn read_file(&self, path: &Path, what: impl FnOnce() -> String) -> Result<Option<Vec<u8>>, StoreError> {
+    fn read_file(
+        &self,
+        path: &Path,
+        what: impl FnOnce() -> String,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         match files::read_checked(path) {
             Checked::Valid(bytes) => Ok(Some(bytes)),
             Checked::Missing => Ok(None),
@@ -584,7 +588,11 @@ impl BlobLock<'_> {
     }
 
     /// See [`SliverStore::commit`].
-    pub fn commit(&self, generation: u64, metadata: Option<&[u8]>) -> Result<BlobState, StoreError> {
+    pub fn commit(
+        &self,
+        generation: u64,
+        metadata: Option<&[u8]>,
+    ) -> Result<BlobState, StoreError> {
         let mut state = self.state()?;
         state
             .admits(generation)

@@ -21,9 +21,15 @@ fn staged(dir: &Path, seed: u8) -> SliverStore {
 fn what_is_written_reads_back_and_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let store = staged(dir.path(), 1);
-    store.put_sliver(&id(1), 0, 3, SliverKind::Primary, b"primary").unwrap();
-    store.put_sliver(&id(1), 0, 3, SliverKind::Secondary, b"secondary").unwrap();
-    store.put_sliver(&id(1), 1, 3, SliverKind::Primary, b"p1").unwrap();
+    store
+        .put_sliver(&id(1), 0, 3, SliverKind::Primary, b"primary")
+        .unwrap();
+    store
+        .put_sliver(&id(1), 0, 3, SliverKind::Secondary, b"secondary")
+        .unwrap();
+    store
+        .put_sliver(&id(1), 1, 3, SliverKind::Primary, b"p1")
+        .unwrap();
     store.commit(&id(1), 10, None).unwrap();
     let used = store.used_bytes();
     // metadata, staged and commit markers, three slivers
@@ -35,10 +41,16 @@ fn what_is_written_reads_back_and_survives_reopening() {
     assert_eq!(store.sliver_count(SliverKind::Secondary), 1);
     assert_eq!(store.metadata(&id(1)).unwrap().unwrap(), b"meta");
     assert_eq!(
-        store.sliver(&id(1), 0, 3, SliverKind::Secondary).unwrap().unwrap(),
+        store
+            .sliver(&id(1), 0, 3, SliverKind::Secondary)
+            .unwrap()
+            .unwrap(),
         b"secondary"
     );
-    assert_eq!(store.sliver(&id(1), 2, 3, SliverKind::Primary).unwrap(), None);
+    assert_eq!(
+        store.sliver(&id(1), 2, 3, SliverKind::Primary).unwrap(),
+        None
+    );
     let holdings = store.holdings(&id(1)).unwrap();
     assert!(holdings.metadata);
     assert_eq!(holdings.shards, BTreeMap::from([(3, 1)]));
@@ -57,13 +69,22 @@ fn what_is_written_reads_back_and_survives_reopening() {
 fn a_sliver_is_refused_unless_a_write_of_its_blob_is_staged_or_committed() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let err = store.put_sliver(&id(1), 0, 0, SliverKind::Primary, b"x").unwrap_err();
+    let err = store
+        .put_sliver(&id(1), 0, 0, SliverKind::Primary, b"x")
+        .unwrap_err();
     assert!(matches!(err, StoreError::NotStaged), "{err}");
     store.stage(&id(1), 10, b"meta").unwrap();
-    store.put_sliver(&id(1), 0, 0, SliverKind::Primary, b"x").unwrap();
+    store
+        .put_sliver(&id(1), 0, 0, SliverKind::Primary, b"x")
+        .unwrap();
     store.tombstone(&id(1), 11).unwrap();
-    let err = store.put_sliver(&id(1), 0, 0, SliverKind::Secondary, b"y").unwrap_err();
-    assert!(matches!(err, StoreError::Deleted { tombstone: 11 }), "{err}");
+    let err = store
+        .put_sliver(&id(1), 0, 0, SliverKind::Secondary, b"y")
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Deleted { tombstone: 11 }),
+        "{err}"
+    );
     assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     assert_eq!(store.sliver_count(SliverKind::Primary), 0);
 }
@@ -72,7 +93,9 @@ fn a_sliver_is_refused_unless_a_write_of_its_blob_is_staged_or_committed() {
 fn a_tombstone_removes_the_blob_refuses_older_writes_and_yields_to_newer_ones() {
     let dir = tempfile::tempdir().unwrap();
     let store = staged(dir.path(), 2);
-    store.put_sliver(&id(2), 0, 0, SliverKind::Primary, &[1; 50]).unwrap();
+    store
+        .put_sliver(&id(2), 0, 0, SliverKind::Primary, &[1; 50])
+        .unwrap();
     store.commit(&id(2), 10, None).unwrap();
     let outcome = store.tombstone(&id(2), 20).unwrap();
     assert!(outcome.removed_data);
@@ -82,14 +105,22 @@ fn a_tombstone_removes_the_blob_refuses_older_writes_and_yields_to_newer_ones() 
     assert_eq!(store.list_blobs(None, 10).unwrap(), vec![id(2)]);
     for generation in [10, 20] {
         let err = store.stage(&id(2), generation, b"meta").unwrap_err();
-        assert!(matches!(err, StoreError::Deleted { tombstone: 20 }), "{err}");
+        assert!(
+            matches!(err, StoreError::Deleted { tombstone: 20 }),
+            "{err}"
+        );
         assert!(store.commit(&id(2), generation, None).is_err());
     }
     // The same bytes stored again later.
     store.stage(&id(2), 30, b"meta").unwrap();
-    store.put_sliver(&id(2), 0, 0, SliverKind::Primary, &[1; 50]).unwrap();
+    store
+        .put_sliver(&id(2), 0, 0, SliverKind::Primary, &[1; 50])
+        .unwrap();
     let state = store.commit(&id(2), 30, None).unwrap();
-    assert_eq!(crate::blob_state::resolve([&state]), crate::blob_state::Verdict::Visible(30));
+    assert_eq!(
+        crate::blob_state::resolve([&state]),
+        crate::blob_state::Verdict::Visible(30)
+    );
     // A late tombstone older than the new write keeps its data.
     let outcome = store.tombstone(&id(2), 25).unwrap();
     assert!(!outcome.removed_data);
@@ -102,7 +133,9 @@ fn a_delete_during_a_newer_staged_write_keeps_the_staged_slivers() {
     let store = staged(dir.path(), 3);
     store.commit(&id(3), 10, None).unwrap();
     store.stage(&id(3), 40, b"meta").unwrap();
-    store.put_sliver(&id(3), 0, 1, SliverKind::Primary, b"s").unwrap();
+    store
+        .put_sliver(&id(3), 0, 1, SliverKind::Primary, b"s")
+        .unwrap();
     let outcome = store.tombstone(&id(3), 20).unwrap();
     assert!(!outcome.removed_data);
     assert_eq!(
@@ -119,14 +152,19 @@ fn a_delete_during_a_newer_staged_write_keeps_the_staged_slivers() {
 fn an_aborted_write_leaves_nothing_unless_the_blob_was_committed() {
     let dir = tempfile::tempdir().unwrap();
     let store = staged(dir.path(), 4);
-    store.put_sliver(&id(4), 0, 0, SliverKind::Primary, &[0; 10]).unwrap();
+    store
+        .put_sliver(&id(4), 0, 0, SliverKind::Primary, &[0; 10])
+        .unwrap();
     assert!(store.abort(&id(4), 10).unwrap());
     assert_eq!(store.used_bytes(), 0);
     assert!(store.list_blobs(None, 10).unwrap().is_empty());
     let store = staged(dir.path(), 5);
     store.commit(&id(5), 10, None).unwrap();
     store.stage(&id(5), 12, b"meta").unwrap();
-    assert!(!store.abort(&id(5), 12).unwrap(), "the committed copy stays");
+    assert!(
+        !store.abort(&id(5), 12).unwrap(),
+        "the committed copy stays"
+    );
     assert!(store.metadata(&id(5)).unwrap().is_some());
 }
 
@@ -148,12 +186,21 @@ fn abandoned_staged_writes_are_collected_after_their_ttl_and_committed_ones_neve
 fn a_store_of_the_earlier_layout_keeps_its_blobs_visible() {
     let dir = tempfile::tempdir().unwrap();
     let store = staged(dir.path(), 8);
-    fs::remove_file(dir.path().join("blobs").join(id(8).to_string()).join("staged")).unwrap();
+    fs::remove_file(
+        dir.path()
+            .join("blobs")
+            .join(id(8).to_string())
+            .join("staged"),
+    )
+    .unwrap();
     fs::remove_file(dir.path().join("format")).unwrap();
     drop(store);
     let store = open(dir.path());
     assert_eq!(store.state(&id(8)).unwrap().commit, Some(1));
-    assert_eq!(fs::read_to_string(dir.path().join("format")).unwrap(), FORMAT);
+    assert_eq!(
+        fs::read_to_string(dir.path().join("format")).unwrap(),
+        FORMAT
+    );
 }
 
 #[test]
@@ -177,9 +224,14 @@ fn a_flipped_bit_on_disk_is_caught_and_the_file_quarantined() {
         base + 17 + 32,
         "a quarantined file counts until it is purged"
     );
-    assert_eq!(store.sliver(&id(9), 0, 0, SliverKind::Primary).unwrap(), None);
+    assert_eq!(
+        store.sliver(&id(9), 0, 0, SliverKind::Primary).unwrap(),
+        None
+    );
     // A truncated file is corrupt too.
-    store.put_sliver(&id(9), 0, 0, SliverKind::Primary, b"x").unwrap();
+    store
+        .put_sliver(&id(9), 0, 0, SliverKind::Primary, b"x")
+        .unwrap();
     fs::write(&path, b"short").unwrap();
     assert!(store.sliver(&id(9), 0, 0, SliverKind::Primary).is_err());
 }
@@ -188,12 +240,16 @@ fn a_flipped_bit_on_disk_is_caught_and_the_file_quarantined() {
 fn a_file_whose_read_fails_is_quarantined_and_reported_missing() {
     let dir = tempfile::tempdir().unwrap();
     let store = staged(dir.path(), 10);
-    store.put_sliver(&id(10), 0, 0, SliverKind::Primary, b"abc").unwrap();
+    store
+        .put_sliver(&id(10), 0, 0, SliverKind::Primary, b"abc")
+        .unwrap();
     let path = store.sliver_path(&id(10), 0, 0, SliverKind::Primary);
     // A directory where the file was: read(2) fails (EISDIR), as on EIO.
     fs::remove_file(&path).unwrap();
     fs::create_dir(&path).unwrap();
-    let err = store.sliver(&id(10), 0, 0, SliverKind::Primary).unwrap_err();
+    let err = store
+        .sliver(&id(10), 0, 0, SliverKind::Primary)
+        .unwrap_err();
     assert!(matches!(err, StoreError::Unreadable { .. }), "{err}");
     assert!(!store.has_sliver(&id(10), 0, 0, SliverKind::Primary));
 }
@@ -204,11 +260,20 @@ fn a_scrub_goes_past_unreadable_files_and_quarantines_every_bad_one() {
     let store = staged(dir.path(), 11);
     for segment in 0..3 {
         store
-            .put_sliver(&id(11), segment, 2, SliverKind::Primary, &[segment as u8; 50])
+            .put_sliver(
+                &id(11),
+                segment,
+                2,
+                SliverKind::Primary,
+                &[segment as u8; 50],
+            )
             .unwrap();
     }
     let report = store.scrub().unwrap();
-    assert_eq!((report.checked, report.corrupt, report.unreadable), (5, 0, 0));
+    assert_eq!(
+        (report.checked, report.corrupt, report.unreadable),
+        (5, 0, 0)
+    );
     let corrupt = store.sliver_path(&id(11), 1, 2, SliverKind::Primary);
     let mut bytes = fs::read(&corrupt).unwrap();
     bytes[10] ^= 1;
@@ -229,7 +294,9 @@ fn quarantined_files_are_purged_after_their_retention() {
     let dir = tempfile::tempdir().unwrap();
     let store = staged(dir.path(), 12);
     let base = store.used_bytes();
-    store.put_sliver(&id(12), 0, 0, SliverKind::Primary, b"abc").unwrap();
+    store
+        .put_sliver(&id(12), 0, 0, SliverKind::Primary, b"abc")
+        .unwrap();
     let path = store.sliver_path(&id(12), 0, 0, SliverKind::Primary);
     let mut bytes = fs::read(&path).unwrap();
     bytes[0] ^= 1;
@@ -251,7 +318,11 @@ fn leftovers_of_interrupted_writes_and_deletes_are_removed_on_open() {
     let store = open(dir.path());
     fs::write(dir.path().join("tmp").join("123-0"), b"half a sliver").unwrap();
     fs::create_dir(dir.path().join("trash").join("123-1")).unwrap();
-    fs::write(dir.path().join("trash").join("123-1").join("0.primary"), b"x").unwrap();
+    fs::write(
+        dir.path().join("trash").join("123-1").join("0.primary"),
+        b"x",
+    )
+    .unwrap();
     drop(store);
     open(dir.path());
     assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
@@ -263,22 +334,35 @@ fn a_write_past_capacity_is_refused_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = SliverStore::open(dir.path(), Some(300)).unwrap();
     store.stage(&id(3), 1, b"m").unwrap(); // 33 + 40 bytes
-    store.put_sliver(&id(3), 0, 1, SliverKind::Primary, &[1; 100]).unwrap();
+    store
+        .put_sliver(&id(3), 0, 1, SliverKind::Primary, &[1; 100])
+        .unwrap();
     let err = store
         .put_sliver(&id(3), 0, 1, SliverKind::Secondary, &[2; 100])
         .unwrap_err();
     assert!(
-        matches!(err, StoreError::Full { needed: 132, available: 95 }),
+        matches!(
+            err,
+            StoreError::Full {
+                needed: 132,
+                available: 95
+            }
+        ),
         "{err}"
     );
     assert!(!store.has_sliver(&id(3), 0, 1, SliverKind::Secondary));
     assert_eq!(store.used_bytes(), 205);
     assert_eq!(
-        store.sliver(&id(3), 0, 1, SliverKind::Primary).unwrap().unwrap(),
+        store
+            .sliver(&id(3), 0, 1, SliverKind::Primary)
+            .unwrap()
+            .unwrap(),
         vec![1; 100]
     );
     // Replacing a file counts only the difference.
-    store.put_sliver(&id(3), 0, 1, SliverKind::Primary, &[3; 150]).unwrap();
+    store
+        .put_sliver(&id(3), 0, 1, SliverKind::Primary, &[3; 150])
+        .unwrap();
     assert_eq!(store.used_bytes(), 255);
 }
 

@@ -200,16 +200,53 @@ impl Drop for RunningNode {
     }
 }
 
+/// The cluster token of in-process test fleets.
+pub const CLUSTER_TOKEN: &str = "test-cluster-token";
+/// The user token of in-process test gateways.
+pub const USER_TOKEN: &str = "test-user-token";
+
+/// How tests call nodes: with the cluster token.
+pub fn node_calls() -> redstuff::client::NodeCalls {
+    redstuff::client::NodeCalls::new(
+        redstuff::auth::TokenSet::single(CLUSTER_TOKEN),
+        redstuff::client::Deadlines::default(),
+    )
+}
+
+/// An HTTP client sending the user token.
+pub fn user_http() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {USER_TOKEN}").parse().unwrap(),
+    );
+    redstuff::http::client_builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
 /// Starts a node named `name` on `dir` owning `shards`.
 pub async fn start_node(name: &str, dir: &Path, shards: &BTreeSet<u16>) -> RunningNode {
+    start_node_with_fleet(name, dir, shards, None).await
+}
+
+/// The same, finding its peers in the fleet map file `fleet` (which may
+/// be written after the node starts).
+pub async fn start_node_with_fleet(
+    name: &str,
+    dir: &Path,
+    shards: &BTreeSet<u16>,
+    fleet: Option<&Path>,
+) -> RunningNode {
     let config = NodeConfig {
-        name: name.to_string(),
-        data_dir: dir.to_path_buf(),
-        shards: ShardSource::Fixed(shards.clone()),
-        capacity: None,
-        max_body_bytes: 64 << 20,
-        corrupt_reads: false,
-        scrub_interval: None,
+        fleet: fleet.map(Path::to_path_buf),
+        ..NodeConfig::new(
+            name,
+            dir.to_path_buf(),
+            ShardSource::Fixed(shards.clone()),
+            redstuff::auth::TokenSet::single(CLUSTER_TOKEN),
+        )
     };
     let node = Node::bind(config, SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
@@ -245,9 +282,13 @@ pub async fn start_gateway(map: FleetMap) -> RunningGateway {
     let spool = tempfile::tempdir().unwrap();
     let gateway = Gateway::bind(
         GatewayConfig {
-            fleet: FleetSource::Fixed(map),
-            spool_dir: spool.path().to_path_buf(),
             max_blob_bytes: 1 << 30,
+            ..GatewayConfig::new(
+                FleetSource::Fixed(map),
+                spool.path().to_path_buf(),
+                redstuff::auth::TokenSet::single(CLUSTER_TOKEN),
+                redstuff::auth::TokenSet::single(USER_TOKEN),
+            )
         },
         SocketAddr::from(([127, 0, 0, 1], 0)),
         Arc::new(RwLock::new(None)),
@@ -297,16 +338,20 @@ impl TestFleet {
         let mut dirs = Vec::new();
         let mut nodes = Vec::new();
         let mut entries = Vec::new();
+        let map_dir = tempfile::tempdir().unwrap();
+        let map_path = map_dir.path().join("fleet.json");
         for i in 0..n {
             let dir = tempfile::tempdir().unwrap();
             let name = format!("media-node-{i}");
             let shards = BTreeSet::from([i]);
-            let node = start_node(&name, dir.path(), &shards).await;
+            let node = start_node_with_fleet(&name, dir.path(), &shards, Some(&map_path)).await;
             entries.push((name, node.url.clone(), shards));
             nodes.push(node);
             dirs.push(dir);
         }
         let map = fleet_map(n, &entries);
+        map.write(&map_path).unwrap();
+        dirs.push(map_dir);
         let gateway = start_gateway(map.clone()).await;
         Self {
             nodes,
@@ -325,16 +370,19 @@ impl TestFleet {
         )
     }
 
-    /// Blob ids each node holds anything of.
+    /// Blob ids each node holds data of (a tombstone alone does not count).
     pub async fn held(&self) -> Vec<BTreeSet<String>> {
-        let http = redstuff::http::client();
+        let calls = node_calls();
         let mut held = Vec::new();
         for node in &self.nodes {
-            let page = redstuff::client::NodeClient::new(http.clone(), &node.url)
-                .full_inventory()
-                .await
-                .unwrap();
-            held.push(page.blobs.into_iter().map(|b| b.id).collect());
+            let page = calls.node(&node.url).full_inventory().await.unwrap();
+            held.push(
+                page.blobs
+                    .into_iter()
+                    .filter(|b| b.state.claims_data())
+                    .map(|b| b.id)
+                    .collect(),
+            );
         }
         held
     }
@@ -369,9 +417,33 @@ pub fn spec_hash(cluster: &redstuff::operator::crd::StorageCluster, index: usize
         cluster,
         &Default::default(),
         "redstuff:test",
-        "token",
+        &redstuff::operator::desired::Credentials {
+            cluster: "token".into(),
+            users: "user".into(),
+        },
     );
     redstuff::operator::rollout::recorded_spec_hash(&objects.node_pods[index])
         .expect("the operator marks node pods with their spec hash")
         .to_string()
+}
+
+/// The token Secrets of cluster `media` as the API server stores them:
+/// the test fleet's cluster token and user token.
+pub fn token_secrets() -> Vec<(String, Value)> {
+    use base64::Engine as _;
+    let encode = |t: &str| base64::engine::general_purpose::STANDARD.encode(t);
+    [
+        ("media-node-token", CLUSTER_TOKEN),
+        ("media-gateway-token", USER_TOKEN),
+    ]
+    .into_iter()
+    .map(|(name, token)| {
+        (
+            format!("/api/v1/namespaces/storage/secrets/{name}"),
+            json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": name, "namespace": "storage"},
+                   "data": {"token": encode(token)}}),
+        )
+    })
+    .collect()
 }

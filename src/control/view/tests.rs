@@ -171,7 +171,10 @@ fn a_node_is_whole_when_its_shards_hold_every_blob() {
     let a = page(
         "a",
         &[0],
-        &[("x", 1, &[(0, 1), (1, 1)], committed(1)), ("y", 1, &[(0, 1)], committed(1))],
+        &[
+            ("x", 1, &[(0, 1), (1, 1)], committed(1)),
+            ("y", 1, &[(0, 1)], committed(1)),
+        ],
     );
     let view = FleetView::from_inventories([("a", Some(&a))]);
     let assignment: Assignment = [(0, "a".into()), (1, "b".into())].into();

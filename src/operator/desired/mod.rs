@@ -9,6 +9,8 @@
 //! when a pod that came back needs repair; a StatefulSet would make those
 //! decisions for it, differently.
 
+mod access;
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
@@ -29,9 +31,16 @@ use super::crd::StorageCluster;
 use super::rollout::{spec_hash, SPEC_HASH_ANNOTATION};
 use crate::fleet::{Assignment, FleetMap, MapNode};
 use crate::node::ShardsFile;
+pub use access::{
+    cluster_token_secret, user_token_secret, Credentials, CLUSTER_TOKEN_DIR, TOKEN_KEY,
+    USER_TOKENS_DIR,
+};
+use access::{node_network_policy, token_mount, token_secret, token_volume};
 
 /// Port of the node API inside a node pod.
 pub const NODE_PORT: i32 = 7800;
+/// Port of a node pod's metrics and probes (no token needed).
+pub const NODE_METRICS_PORT: i32 = 7801;
 /// Port of the gateway.
 pub const GATEWAY_PORT: i32 = 7700;
 /// Default topology key for spreading node pods.
@@ -92,8 +101,12 @@ pub struct DesiredObjects {
     pub node_claims: Vec<PersistentVolumeClaim>,
     /// Shard ownership per node (`node-<i>.json`) and the fleet map (`fleet.json`).
     pub shards_config: ConfigMap,
-    /// The token nodes and gateways authenticate with.
+    /// The cluster token: nodes require it, the gateway and operator send it.
     pub node_token: Secret,
+    /// The user tokens the gateway accepts.
+    pub gateway_token: Secret,
+    /// Node pods admit API calls from the gateway, their peers and the operator only.
+    pub node_network_policy: k8s_openapi::api::networking::v1::NetworkPolicy,
     /// The gateway Deployment.
     pub gateway: Deployment,
     /// The gateway Service.
@@ -131,7 +144,7 @@ pub fn labels(cluster: &str, component: &str) -> BTreeMap<String, String> {
     ])
 }
 
-fn selector(cluster: &str, component: &str) -> BTreeMap<String, String> {
+pub(super) fn selector(cluster: &str, component: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (
             "app.kubernetes.io/instance".to_string(),
@@ -150,7 +163,7 @@ fn owner(cluster: &StorageCluster) -> OwnerReference {
         .expect("a StorageCluster read from the API has a name and uid")
 }
 
-fn meta(cluster: &StorageCluster, name: String, component: &str) -> ObjectMeta {
+pub(super) fn meta(cluster: &StorageCluster, name: String, component: &str) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: cluster.metadata.namespace.clone(),
@@ -223,12 +236,12 @@ fn http_probe(path: &str, port: i32) -> Probe {
 }
 
 /// The objects of `cluster` with `assignment`, the node `image` (when the
-/// spec names none) and the node `token`.
+/// spec names none) and the cluster's `credentials`.
 pub fn desired_objects(
     cluster: &StorageCluster,
     assignment: &Assignment,
     default_image: &str,
-    token: &str,
+    credentials: &Credentials,
 ) -> DesiredObjects {
     let name = cluster.name_any_or_default();
     let spec = &cluster.spec;
@@ -322,8 +335,14 @@ pub fn desired_objects(
                             "/data".into(),
                             "--listen".into(),
                             format!("0.0.0.0:{NODE_PORT}"),
+                            "--metrics-listen".into(),
+                            format!("0.0.0.0:{NODE_METRICS_PORT}"),
                             "--shards-file".into(),
                             format!("/etc/redstuff/shards/{pod}.json"),
+                            "--fleet".into(),
+                            "/etc/redstuff/shards/fleet.json".into(),
+                            "--token-file".into(),
+                            format!("{CLUSTER_TOKEN_DIR}/{TOKEN_KEY}"),
                         ]),
                         env: Some(vec![EnvVar {
                             name: "POD_NAMESPACE".into(),
@@ -336,13 +355,20 @@ pub fn desired_objects(
                             }),
                             ..EnvVar::default()
                         }]),
-                        ports: Some(vec![ContainerPort {
-                            name: Some("api".into()),
-                            container_port: NODE_PORT,
-                            ..ContainerPort::default()
-                        }]),
-                        readiness_probe: Some(http_probe("/readyz", NODE_PORT)),
-                        liveness_probe: Some(http_probe("/healthz", NODE_PORT)),
+                        ports: Some(vec![
+                            ContainerPort {
+                                name: Some("api".into()),
+                                container_port: NODE_PORT,
+                                ..ContainerPort::default()
+                            },
+                            ContainerPort {
+                                name: Some("metrics".into()),
+                                container_port: NODE_METRICS_PORT,
+                                ..ContainerPort::default()
+                            },
+                        ]),
+                        readiness_probe: Some(http_probe("/readyz", NODE_METRICS_PORT)),
+                        liveness_probe: Some(http_probe("/healthz", NODE_METRICS_PORT)),
                         resources: spec.resources.clone(),
                         security_context: Some(restricted_security_context()),
                         volume_mounts: Some(vec![
@@ -357,6 +383,7 @@ pub fn desired_objects(
                                 read_only: Some(true),
                                 ..VolumeMount::default()
                             },
+                            token_mount("cluster-token", CLUSTER_TOKEN_DIR),
                         ]),
                         ..Container::default()
                     }],
@@ -370,6 +397,7 @@ pub fn desired_objects(
                             }),
                             ..Volume::default()
                         },
+                        token_volume("cluster-token", cluster_token_secret(&name)),
                     ]),
                     ..PodSpec::default()
                 }),
@@ -446,6 +474,10 @@ pub fn desired_objects(
                             format!("0.0.0.0:{GATEWAY_PORT}"),
                             "--spool-dir".into(),
                             "/spool".into(),
+                            "--cluster-token-file".into(),
+                            format!("{CLUSTER_TOKEN_DIR}/{TOKEN_KEY}"),
+                            "--user-tokens-file".into(),
+                            format!("{USER_TOKENS_DIR}/{TOKEN_KEY}"),
                         ]),
                         ports: Some(vec![ContainerPort {
                             name: Some("http".into()),
@@ -467,6 +499,8 @@ pub fn desired_objects(
                                 mount_path: "/spool".into(),
                                 ..VolumeMount::default()
                             },
+                            token_mount("cluster-token", CLUSTER_TOKEN_DIR),
+                            token_mount("user-tokens", USER_TOKENS_DIR),
                         ]),
                         ..Container::default()
                     }],
@@ -484,6 +518,8 @@ pub fn desired_objects(
                             empty_dir: Some(EmptyDirVolumeSource::default()),
                             ..Volume::default()
                         },
+                        token_volume("cluster-token", cluster_token_secret(&name)),
+                        token_volume("user-tokens", user_token_secret(&name)),
                     ]),
                     ..PodSpec::default()
                 }),
@@ -518,11 +554,9 @@ pub fn desired_objects(
         }),
         ..PodDisruptionBudget::default()
     };
-    let node_token = Secret {
-        metadata: meta(cluster, format!("{name}-node-token"), "node"),
-        string_data: Some(BTreeMap::from([("token".to_string(), token.to_string())])),
-        ..Secret::default()
-    };
+    let node_token = token_secret(cluster, cluster_token_secret(&name), &credentials.cluster);
+    let gateway_token = token_secret(cluster, user_token_secret(&name), &credentials.users);
+    let node_network_policy = node_network_policy(cluster, &name);
     let shards_config = ConfigMap {
         metadata: meta(cluster, format!("{name}-shards"), "node"),
         data: Some(config_data),
@@ -534,6 +568,8 @@ pub fn desired_objects(
         node_claims,
         shards_config,
         node_token,
+        gateway_token,
+        node_network_policy,
         gateway,
         gateway_service,
         disruption_budget,
@@ -541,145 +577,4 @@ pub fn desired_objects(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::fleet::{assign, NodeSpec};
-    use crate::operator::fixtures::cluster;
-
-    fn assignment(c: &StorageCluster) -> Assignment {
-        let specs: Vec<NodeSpec> = (0..usize::from(c.spec.nodes))
-            .map(|i| NodeSpec {
-                name: node_pod_name("media", i),
-                domain: node_pod_name("media", i),
-            })
-            .collect();
-        assign(c.spec.shards, &specs, &Assignment::new())
-    }
-
-    #[test]
-    fn a_cluster_is_one_pod_and_claim_per_node_plus_services_config_gateway_and_budget() {
-        let c = cluster(10, 4, Some("200Gi"));
-        let objects = desired_objects(&c, &assignment(&c), "redstuff:test", "secret");
-        assert_eq!(objects.node_pods.len(), 4);
-        assert_eq!(objects.node_claims.len(), 4);
-        let pod = &objects.node_pods[2];
-        assert_eq!(pod.metadata.name.as_deref(), Some("media-node-2"));
-        assert_eq!(pod.metadata.namespace.as_deref(), Some("storage"));
-        let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
-        assert_eq!(
-            (owner.kind.as_str(), owner.name.as_str(), owner.controller),
-            ("StorageCluster", "media", Some(true))
-        );
-        let spec = pod.spec.as_ref().unwrap();
-        assert_eq!(spec.subdomain.as_deref(), Some("media-nodes"));
-        let container = &spec.containers[0];
-        assert_eq!(container.image.as_deref(), Some("redstuff:test"));
-        assert!(container
-            .args
-            .as_ref()
-            .unwrap()
-            .contains(&"/etc/redstuff/shards/media-node-2.json".to_string()));
-        let security = container.security_context.as_ref().unwrap();
-        assert_eq!(security.read_only_root_filesystem, Some(true));
-        assert_eq!(security.run_as_non_root, Some(true));
-        let claim_volume = spec.volumes.as_ref().unwrap()[0]
-            .persistent_volume_claim
-            .as_ref()
-            .unwrap();
-        assert_eq!(claim_volume.claim_name, "media-data-2");
-        let claim = &objects.node_claims[2].spec.as_ref().unwrap();
-        assert_eq!(claim.storage_class_name.as_deref(), Some("fast"));
-        assert_eq!(
-            claim.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0,
-            "200Gi"
-        );
-        assert_eq!(
-            objects
-                .node_service
-                .spec
-                .as_ref()
-                .unwrap()
-                .cluster_ip
-                .as_deref(),
-            Some("None")
-        );
-        assert_eq!(
-            objects
-                .disruption_budget
-                .spec
-                .as_ref()
-                .unwrap()
-                .max_unavailable,
-            Some(IntOrString::Int(1))
-        );
-    }
-
-    #[test]
-    fn the_shards_config_gives_every_node_its_shards_and_the_gateway_the_map() {
-        let c = cluster(10, 4, Some("1Gi"));
-        let a = assignment(&c);
-        let objects = desired_objects(&c, &a, "img", "t");
-        let data = objects.shards_config.data.unwrap();
-        let mut all = std::collections::BTreeSet::new();
-        for i in 0..4 {
-            let file: ShardsFile =
-                serde_json::from_str(&data[&format!("media-node-{i}.json")]).unwrap();
-            assert!((2..=3).contains(&file.shards.len()));
-            all.extend(file.shards);
-        }
-        assert_eq!(all.len(), 10);
-        let map: FleetMap = serde_json::from_str(&data["fleet.json"]).unwrap();
-        assert_eq!(map.shards, 10);
-        assert_eq!(
-            map.nodes[1].url,
-            "http://media-node-1.media-nodes.storage.svc:7800"
-        );
-        assert_eq!(
-            map.holder(0).map(|n| n.name.as_str()),
-            a.get(&0).map(String::as_str)
-        );
-    }
-
-    #[test]
-    fn ephemeral_storage_uses_empty_dirs_and_no_claims() {
-        let mut c = cluster(4, 4, None);
-        c.spec.storage.ephemeral = Some(true);
-        let objects = desired_objects(&c, &assignment(&c), "img", "t");
-        assert!(objects.node_claims.is_empty());
-        let volume = &objects.node_pods[0]
-            .spec
-            .as_ref()
-            .unwrap()
-            .volumes
-            .as_ref()
-            .unwrap()[0];
-        assert!(volume.empty_dir.is_some());
-    }
-
-    fn spread_keys(c: &StorageCluster) -> Vec<String> {
-        desired_objects(c, &assignment(c), "img", "t").node_pods[0]
-            .spec
-            .as_ref()
-            .unwrap()
-            .topology_spread_constraints
-            .as_ref()
-            .unwrap()
-            .iter()
-            .map(|t| t.topology_key.clone())
-            .collect()
-    }
-
-    #[test]
-    fn node_pods_spread_over_hosts_and_over_the_placement_domains() {
-        let mut c = cluster(10, 10, Some("1Gi"));
-        assert_eq!(
-            spread_keys(&c),
-            ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
-        );
-        c.spec.placement = Some(crate::operator::crd::PlacementSpec {
-            topology_key: Some("kubernetes.io/hostname".into()),
-            node_selector: None,
-        });
-        assert_eq!(spread_keys(&c), ["kubernetes.io/hostname"]);
-    }
-}
+mod tests;

@@ -1,0 +1,251 @@
+use super::*;
+use crate::fleet::{assign, NodeSpec};
+use crate::operator::fixtures::cluster;
+
+fn credentials() -> Credentials {
+    Credentials {
+        cluster: "cluster-secret".into(),
+        users: "user-secret".into(),
+    }
+}
+
+fn assignment(c: &StorageCluster) -> Assignment {
+    let specs: Vec<NodeSpec> = (0..usize::from(c.spec.nodes))
+        .map(|i| NodeSpec {
+            name: node_pod_name("media", i),
+            domain: node_pod_name("media", i),
+        })
+        .collect();
+    assign(c.spec.shards, &specs, &Assignment::new())
+}
+
+#[test]
+fn a_cluster_is_one_pod_and_claim_per_node_plus_services_config_gateway_and_budget() {
+    let c = cluster(10, 4, Some("200Gi"));
+    let objects = desired_objects(&c, &assignment(&c), "redstuff:test", &credentials());
+    assert_eq!(objects.node_pods.len(), 4);
+    assert_eq!(objects.node_claims.len(), 4);
+    let pod = &objects.node_pods[2];
+    assert_eq!(pod.metadata.name.as_deref(), Some("media-node-2"));
+    assert_eq!(pod.metadata.namespace.as_deref(), Some("storage"));
+    let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+        ("StorageCluster", "media", Some(true))
+    );
+    let spec = pod.spec.as_ref().unwrap();
+    assert_eq!(spec.subdomain.as_deref(), Some("media-nodes"));
+    let container = &spec.containers[0];
+    assert_eq!(container.image.as_deref(), Some("redstuff:test"));
+    assert!(container
+        .args
+        .as_ref()
+        .unwrap()
+        .contains(&"/etc/redstuff/shards/media-node-2.json".to_string()));
+    let security = container.security_context.as_ref().unwrap();
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.run_as_non_root, Some(true));
+    let claim_volume = spec.volumes.as_ref().unwrap()[0]
+        .persistent_volume_claim
+        .as_ref()
+        .unwrap();
+    assert_eq!(claim_volume.claim_name, "media-data-2");
+    let claim = &objects.node_claims[2].spec.as_ref().unwrap();
+    assert_eq!(claim.storage_class_name.as_deref(), Some("fast"));
+    assert_eq!(
+        claim.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0,
+        "200Gi"
+    );
+    assert_eq!(
+        objects
+            .node_service
+            .spec
+            .as_ref()
+            .unwrap()
+            .cluster_ip
+            .as_deref(),
+        Some("None")
+    );
+    assert_eq!(
+        objects
+            .disruption_budget
+            .spec
+            .as_ref()
+            .unwrap()
+            .max_unavailable,
+        Some(IntOrString::Int(1))
+    );
+}
+
+#[test]
+fn the_shards_config_gives_every_node_its_shards_and_the_gateway_the_map() {
+    let c = cluster(10, 4, Some("1Gi"));
+    let a = assignment(&c);
+    let objects = desired_objects(&c, &a, "img", &credentials());
+    let data = objects.shards_config.data.unwrap();
+    let mut all = std::collections::BTreeSet::new();
+    for i in 0..4 {
+        let file: ShardsFile =
+            serde_json::from_str(&data[&format!("media-node-{i}.json")]).unwrap();
+        assert!((2..=3).contains(&file.shards.len()));
+        all.extend(file.shards);
+    }
+    assert_eq!(all.len(), 10);
+    let map: FleetMap = serde_json::from_str(&data["fleet.json"]).unwrap();
+    assert_eq!(map.shards, 10);
+    assert_eq!(
+        map.nodes[1].url,
+        "http://media-node-1.media-nodes.storage.svc:7800"
+    );
+    assert_eq!(
+        map.holder(0).map(|n| n.name.as_str()),
+        a.get(&0).map(String::as_str)
+    );
+}
+
+#[test]
+fn ephemeral_storage_uses_empty_dirs_and_no_claims() {
+    let mut c = cluster(4, 4, None);
+    c.spec.storage.ephemeral = Some(true);
+    let objects = desired_objects(&c, &assignment(&c), "img", &credentials());
+    assert!(objects.node_claims.is_empty());
+    let volume = &objects.node_pods[0]
+        .spec
+        .as_ref()
+        .unwrap()
+        .volumes
+        .as_ref()
+        .unwrap()[0];
+    assert!(volume.empty_dir.is_some());
+}
+
+fn spread_keys(c: &StorageCluster) -> Vec<String> {
+    desired_objects(c, &assignment(c), "img", &credentials()).node_pods[0]
+        .spec
+        .as_ref()
+        .unwrap()
+        .topology_spread_constraints
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|t| t.topology_key.clone())
+        .collect()
+}
+
+#[test]
+fn node_pods_spread_over_hosts_and_over_the_placement_domains() {
+    let mut c = cluster(10, 10, Some("1Gi"));
+    assert_eq!(
+        spread_keys(&c),
+        ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+    );
+    c.spec.placement = Some(crate::operator::crd::PlacementSpec {
+        topology_key: Some("kubernetes.io/hostname".into()),
+        node_selector: None,
+    });
+    assert_eq!(spread_keys(&c), ["kubernetes.io/hostname"]);
+}
+
+#[test]
+fn nodes_get_the_cluster_token_and_fleet_map_and_the_gateway_both_tokens() {
+    let c = cluster(7, 3, Some("1Gi"));
+    let objects = desired_objects(&c, &assignment(&c), "img", &credentials());
+    let secret =
+        |s: &Secret| String::from_utf8(s.data.as_ref().unwrap()[TOKEN_KEY].0.clone()).unwrap();
+    assert_eq!(
+        objects.node_token.metadata.name.as_deref(),
+        Some("media-node-token")
+    );
+    assert_eq!(secret(&objects.node_token), "cluster-secret");
+    assert_eq!(
+        objects.gateway_token.metadata.name.as_deref(),
+        Some("media-gateway-token")
+    );
+    assert_eq!(secret(&objects.gateway_token), "user-secret");
+    assert!(objects.node_token.string_data.is_none());
+
+    let pod = objects.node_pods[0].spec.as_ref().unwrap();
+    let args = pod.containers[0].args.clone().unwrap().join(" ");
+    assert!(
+        args.contains("--token-file /etc/redstuff/cluster-token/token"),
+        "{args}"
+    );
+    assert!(
+        args.contains("--fleet /etc/redstuff/shards/fleet.json"),
+        "{args}"
+    );
+    assert!(args.contains("--metrics-listen 0.0.0.0:7801"), "{args}");
+    let volumes: Vec<_> = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.secret.as_ref())
+        .collect();
+    assert_eq!(volumes[0].secret_name.as_deref(), Some("media-node-token"));
+    assert_eq!(volumes[0].default_mode, Some(0o440));
+    let probe = pod.containers[0].readiness_probe.as_ref().unwrap();
+    assert_eq!(
+        probe.http_get.as_ref().unwrap().port,
+        IntOrString::Int(NODE_METRICS_PORT)
+    );
+
+    let gateway = objects.gateway.spec.template.spec.as_ref().unwrap();
+    let args = gateway.containers[0].args.clone().unwrap().join(" ");
+    assert!(
+        args.contains("--cluster-token-file /etc/redstuff/cluster-token/token"),
+        "{args}"
+    );
+    assert!(
+        args.contains("--user-tokens-file /etc/redstuff/user-tokens/token"),
+        "{args}"
+    );
+    let secrets: Vec<_> = gateway
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
+        .collect();
+    assert_eq!(secrets, ["media-node-token", "media-gateway-token"]);
+}
+
+#[test]
+fn node_pods_take_api_calls_only_from_their_gateway_peers_and_the_operator() {
+    let c = cluster(7, 3, Some("1Gi"));
+    let policy = desired_objects(&c, &assignment(&c), "img", &credentials()).node_network_policy;
+    let spec = policy.spec.unwrap();
+    assert_eq!(spec.policy_types, Some(vec!["Ingress".to_string()]));
+    let selects = |selector: &LabelSelector| selector.match_labels.clone().unwrap_or_default();
+    assert_eq!(
+        selects(spec.pod_selector.as_ref().unwrap())["app.kubernetes.io/component"],
+        "node"
+    );
+    let rules = spec.ingress.unwrap();
+    let api = &rules[0];
+    assert_eq!(
+        api.ports.as_ref().unwrap()[0].port,
+        Some(IntOrString::Int(NODE_PORT))
+    );
+    let from: Vec<BTreeMap<String, String>> = api
+        .from
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|peer| selects(peer.pod_selector.as_ref().unwrap()))
+        .collect();
+    assert_eq!(from[0]["app.kubernetes.io/component"], "gateway");
+    assert_eq!(from[0]["app.kubernetes.io/instance"], "media");
+    assert_eq!(from[1]["app.kubernetes.io/component"], "node");
+    assert_eq!(from[2]["app.kubernetes.io/component"], "operator");
+    assert!(
+        api.from.as_ref().unwrap()[2].namespace_selector.is_some(),
+        "the operator runs elsewhere"
+    );
+    let metrics = &rules[1];
+    assert!(metrics.from.is_none(), "metrics are open to scrapers");
+    assert_eq!(
+        metrics.ports.as_ref().unwrap()[0].port,
+        Some(IntOrString::Int(NODE_METRICS_PORT))
+    );
+}

@@ -1,0 +1,321 @@
+//! A `redstuff dev` fleet started as a real process for a test, with the
+//! helpers the fleet tests share: waits on its status (bounded), puts and
+//! gets with the user token, node processes killed, stopped, resumed and
+//! wiped by PID. Dropping it resumes what it stopped and ends the fleet
+//! (SIGTERM, then SIGKILL).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use redstuff::codec::EncodingConfig;
+
+/// The longest any wait on the fleet may take.
+pub const WAIT: Duration = Duration::from_secs(90);
+
+/// A running `redstuff dev`.
+pub struct DevFleet {
+    pub child: Child,
+    pub gateway: String,
+    pub dir: tempfile::TempDir,
+    /// Sends the fleet's user token.
+    pub http: reqwest::Client,
+    /// Node processes stopped with SIGSTOP, resumed on drop.
+    stopped: Mutex<Vec<i32>>,
+}
+
+impl DevFleet {
+    /// Starts `redstuff dev` (1 MiB segments, a 200 ms loop) with `extra` arguments.
+    pub fn start(extra: &[&str]) -> Self {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// The same, with environment variables for the fleet's processes.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_redstuff"))
+            .args([
+                "dev",
+                "--gateway-addr",
+                "127.0.0.1:0",
+                "--period-ms",
+                "200",
+                "--segment-size",
+                "1MiB",
+            ])
+            .arg("--data-dir")
+            .arg(dir.path().join("fleet"))
+            .args(extra)
+            .env("REDSTUFF_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let mut gateway = None;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(rest) = line.trim().strip_prefix("gateway:") {
+                gateway = Some(rest.split_whitespace().next().unwrap().to_string());
+                break;
+            }
+        }
+        // Keep reading, so the fleet never writes into a closed pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        let gateway = gateway.expect("redstuff dev printed its gateway");
+        let http = redstuff::dev::authorized_client(&dir.path().join("fleet").join("token"))
+            .expect("the fleet wrote its user token");
+        Self {
+            child,
+            gateway,
+            dir,
+            http,
+            stopped: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The directory of node `name` (its data is in `data/`).
+    pub fn node_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join("fleet").join(name)
+    }
+
+    /// The fleet's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("fleet")
+    }
+
+    /// The status the loop publishes.
+    pub async fn status(&self) -> serde_json::Value {
+        self.http
+            .get(format!("{}/v1/status", self.gateway))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Waits (at most `WAIT`) until the status satisfies `done`.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        mut done: impl FnMut(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            if let Ok(response) = self
+                .http
+                .get(format!("{}/v1/status", self.gateway))
+                .send()
+                .await
+            {
+                let status = response
+                    .json::<serde_json::Value>()
+                    .await
+                    .unwrap_or_default();
+                if status.get("nodes").is_some() {
+                    if done(&status) {
+                        return status;
+                    }
+                    assert!(
+                        start.elapsed() < WAIT,
+                        "timed out waiting for {what}: {status:#}"
+                    );
+                }
+            }
+            assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// PUTs `data`; asserts 201 and returns the id.
+    pub async fn put(&self, data: &[u8]) -> String {
+        let response = self.try_put(data).await;
+        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["size"], data.len() as u64);
+        body["id"].as_str().unwrap().to_string()
+    }
+
+    /// PUTs `data` and returns the answer, whatever it is.
+    pub async fn try_put(&self, data: &[u8]) -> reqwest::Response {
+        self.http
+            .put(format!("{}/v1/blobs", self.gateway))
+            .body(data.to_vec())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// GETs a blob; asserts 200.
+    pub async fn get(&self, id: &str) -> Vec<u8> {
+        let response = self
+            .http
+            .get(format!("{}/v1/blobs/{id}", self.gateway))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "GET {id}");
+        response.bytes().await.unwrap().to_vec()
+    }
+
+    /// The status code of a GET, HEAD or DELETE of a blob.
+    pub async fn code(&self, method: &str, id: &str) -> u16 {
+        self.http
+            .request(
+                method.parse().unwrap(),
+                format!("{}/v1/blobs/{id}", self.gateway),
+            )
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// The gateway's metrics (with the loop's).
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.gateway))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The pid of node `name` in `status`.
+    pub fn pid_of(status: &serde_json::Value, name: &str) -> i32 {
+        let node = status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .unwrap();
+        node["pid"].as_u64().expect("running") as i32
+    }
+
+    /// The state the loop reports for node `name`.
+    pub fn state_of(status: &serde_json::Value, name: &str) -> String {
+        status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .and_then(|n| n["state"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Kills a node with SIGKILL and wipes its data; its data directory is
+    /// replaced by a plain file, so every restart fails until `release`.
+    pub fn kill_and_wipe(&self, status: &serde_json::Value, name: &str) {
+        let data = self.node_dir(name).join("data");
+        let old = self.node_dir(name).join("data.old");
+        std::fs::rename(&data, &old).unwrap();
+        std::fs::write(&data, b"not a directory").unwrap();
+        kill9(Self::pid_of(status, name));
+        std::fs::remove_dir_all(old).unwrap();
+    }
+
+    /// Lets a node wiped by `kill_and_wipe` start again.
+    pub fn release(&self, name: &str) {
+        std::fs::remove_file(self.node_dir(name).join("data")).unwrap();
+    }
+
+    /// Stops a process with SIGSTOP: it keeps its sockets, answers nothing.
+    pub fn stop(&self, pid: i32) {
+        signal(pid, libc::SIGSTOP);
+        self.stopped.lock().unwrap().push(pid);
+    }
+
+    /// Resumes a process stopped by `stop`.
+    pub fn resume(&self, pid: i32) {
+        signal(pid, libc::SIGCONT);
+        self.stopped.lock().unwrap().retain(|p| *p != pid);
+    }
+}
+
+impl Drop for DevFleet {
+    fn drop(&mut self) {
+        for pid in self.stopped.lock().unwrap().drain(..) {
+            // SAFETY: a signal to a node process of the fleet under test.
+            unsafe {
+                libc::kill(pid, libc::SIGCONT);
+            }
+        }
+        // SAFETY: a signal to the dev process this test started.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(pid: i32, signal: i32) {
+    // SAFETY: a signal to a process started by the fleet under test.
+    assert_eq!(
+        unsafe { libc::kill(pid, signal) },
+        0,
+        "kill -{signal} {pid}"
+    );
+}
+
+/// SIGKILL to a node process.
+pub fn kill9(pid: i32) {
+    signal(pid, libc::SIGKILL);
+}
+
+/// Deterministic bytes for a seed.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 32) as u8
+        })
+        .collect()
+}
+
+/// Whether `count` blobs are listed, all Healthy.
+pub fn all_healthy(status: &serde_json::Value, count: usize) -> bool {
+    let blobs = status["blobs"].as_array().unwrap();
+    blobs.len() == count && blobs.iter().all(|b| b["health"] == "Healthy")
+}
+
+/// Whether every node is ready.
+pub fn all_ready(status: &serde_json::Value) -> bool {
+    status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|n| n["state"] == "ready")
+}
+
+/// (p + q) symbols of every segment of a blob of `len` bytes, in 1 MiB segments.
+pub fn ideal_repair_bytes_per_shard(len: u64) -> u64 {
+    let config = EncodingConfig::new(7).unwrap();
+    let layout = redstuff::codec::BlobLayout::new(config, 1 << 20, len).unwrap();
+    (0..layout.segment_count())
+        .map(|i| layout.segment(i).unwrap().repair_symbol_bytes())
+        .sum()
+}
