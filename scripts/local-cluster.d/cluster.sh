@@ -49,7 +49,7 @@ kubectl_path() {
   fi
 }
 
-kc() { "$KUBECTL" --kubeconfig "$STATE/admin.kubeconfig" "$@"; }
+kc() { "$KUBECTL" --kubeconfig "$STATE/admin.kubeconfig" --request-timeout=20s "$@"; }
 ctr_() { ctr --address "$STATE/containerd/containerd.sock" -n k8s.io "$@"; }
 
 ensure_packages() {
@@ -117,9 +117,10 @@ stop_daemon() {
 # wait_for WHAT SECONDS DAEMON COMMAND... : until COMMAND succeeds; fails
 # early when DAEMON (a recorded name, or -) died.
 wait_for() {
-  local what=$1 timeout=$2 daemon=$3 i
+  local what=$1 timeout=$2 daemon=$3 deadline
   shift 3
-  for ((i = 0; i < timeout; i++)); do
+  deadline=$(($(date +%s) + timeout))
+  while [ "$(date +%s)" -lt "$deadline" ]; do
     if "$@" > /dev/null 2>&1; then return 0; fi
     if [ "$daemon" != - ] && ! pid_of "$daemon" > /dev/null; then
       tail -n 30 "$STATE/logs/$daemon.log" >&2 || true
@@ -141,7 +142,7 @@ record_baseline() {
   done > "$b/paths-existing"
   if [ -d /tmp/hostpath_pv ]; then ls -A /tmp/hostpath_pv; fi > "$b/hostpath_pv"
   for k in $SYSCTLS; do
-    [ -e "/proc/sys/${k//.//}" ] && echo "$k=$(sysctl -n "$k")"
+    if [ -e "/proc/sys/${k//.//}" ]; then echo "$k=$(sysctl -n "$k")"; fi
   done > "$b/sysctl"
   iptables-save > "$b/iptables" 2> /dev/null || true
   ip6tables-save > "$b/ip6tables" 2> /dev/null || true
@@ -287,12 +288,14 @@ load_images() {
 
 # ---- host setup ------------------------------------------------------
 
+# The cgroup hierarchies; with "all", the cgroup v2 one of a hybrid
+# mount too (runc makes the pods' cgroups there as well).
 cgroup_dirs() {
   local d
   for d in /sys/fs/cgroup/*/; do
     d=${d%/}
-    [ "$d" = /sys/fs/cgroup/unified ] && continue
-    [ -f "$d/cgroup.procs" ] && echo "$d"
+    if [ "$d" = /sys/fs/cgroup/unified ] && [ "${1:-}" != all ]; then continue; fi
+    if [ -f "$d/cgroup.procs" ]; then echo "$d"; fi
   done
 }
 
@@ -312,9 +315,10 @@ setup_host() {
   ip link add "$BRIDGE" type bridge
   ip addr add "$NODE_IP/24" dev "$BRIDGE"
   ip link set "$BRIDGE" up
-  # Addresses of the test range that no pod or Service holds go nowhere
-  # (never out through the default route).
-  ip route add unreachable "$CLUSTER_RANGE"
+  # The whole test range (Service addresses included, which kube-proxy
+  # rewrites to pods) is on the bridge: an address nobody holds goes
+  # nowhere, never out through the default route.
+  ip route add "$CLUSTER_RANGE" dev "$BRIDGE" proto static
   sysctl -qw net.ipv4.ip_forward=1
   sysctl -qw net.bridge.bridge-nf-call-iptables=1
   # Pod traffic may only go to the test range or the host itself.
@@ -337,6 +341,9 @@ done'
 api_ready() { kc get --raw /readyz; }
 node_ready() {
   [ "$(kc get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}')" = True ]
+}
+coredns_ready() {
+  [ "$(kc -n kube-system get deployment coredns -o 'jsonpath={.status.readyReplicas}')" = 1 ]
 }
 dns_answers() {
   local probe
@@ -433,7 +440,7 @@ cluster_up() {
   write_configs
   stage_end certs
 
-  trap 'up_failed' ERR
+  trap 'up_exit $?' EXIT
   stage_begin
   setup_host
   start_components
@@ -441,18 +448,19 @@ cluster_up() {
 
   stage_begin
   wait_for "node $NODE_NAME Ready" 180 kubelet node_ready
-  wait_for "CoreDNS" 180 kubelet kc -n kube-system rollout status deployment/coredns --timeout=5s
+  wait_for "CoreDNS" 180 kubelet coredns_ready
   wait_for "DNS answers for kubernetes.default.svc.cluster.local" 60 kube-proxy dns_answers
   stage_end ready
-  trap - ERR
+  trap - EXIT
   touch "$STATE/up.complete"
   log "up in $(($(date +%s) - t0)) s: node $NODE_NAME ($KUBERNETES_VERSION), kubectl $KUBECTL"
   log "helm: scripts/local-cluster helm-path; images: scripts/local-cluster load-image IMAGE.tar"
   echo "$STATE/admin.kubeconfig"
 }
 
-up_failed() {
-  trap - ERR
+up_exit() {
+  trap - EXIT
+  [ "$1" = 0 ] && return 0
   log "up failed; logs are in $STATE/logs (kept while REDSTUFF_KEEP_FAILED=1, else taken down now)"
   if [ "${REDSTUFF_KEEP_FAILED:-}" != 1 ]; then
     local f
@@ -463,7 +471,7 @@ up_failed() {
     done
     cluster_down
   fi
-  exit 1
+  exit "$1"
 }
 
 cluster_status() {
@@ -524,11 +532,11 @@ kill_cgroup_processes() {
   local d i pids
   for i in 1 2 3 4 5 6 7 8 9 10; do
     pids=""
-    for d in $(cgroup_dirs); do
+    for d in $(cgroup_dirs all); do
       [ -d "$d/$CGROUP_ROOT" ] || continue
       pids="$pids $(find "$d/$CGROUP_ROOT" -name cgroup.procs -exec cat {} + 2> /dev/null | tr '\n' ' ')"
     done
-    pids=$(echo "$pids" | tr ' ' '\n' | grep -E '^[0-9]+$' | sort -u | tr '\n' ' ')
+    pids=$(echo "$pids" | tr ' ' '\n' | { grep -E '^[0-9]+$' || true; } | sort -u | tr '\n' ' ')
     [ -z "${pids// /}" ] && return 0
     # shellcheck disable=SC2086
     kill -KILL $pids 2> /dev/null || true
@@ -539,7 +547,7 @@ kill_cgroup_processes() {
 
 remove_cgroups() {
   local d
-  for d in $(cgroup_dirs); do
+  for d in $(cgroup_dirs all); do
     [ -d "$d/$CGROUP_ROOT" ] || continue
     find "$d/$CGROUP_ROOT" -depth -type d -exec rmdir {} \; 2> /dev/null || true
     [ -d "$d/$CGROUP_ROOT" ] && log "warning: could not remove $d/$CGROUP_ROOT"
@@ -569,12 +577,14 @@ unmount_below() {
 cluster_down() {
   local t0 crictl
   t0=$(date +%s)
+  # Best effort from here on: every step runs even when one fails.
+  set +e
   if [ ! -d "$STATE" ]; then
     # Only what is unmistakably ours.
     kill_cgroup_processes
     remove_cgroups
     ip link show "$BRIDGE" > /dev/null 2>&1 && ip link delete "$BRIDGE"
-    ip route del unreachable "$CLUSTER_RANGE" 2> /dev/null || true
+    ip route del "$CLUSTER_RANGE" dev "$BRIDGE" 2> /dev/null || true
     log "no cluster state in $STATE: nothing to stop"
     return 0
   fi
@@ -615,7 +625,7 @@ cluster_down() {
     ip link delete "$l" 2> /dev/null || true
   done
   ip link show "$BRIDGE" > /dev/null 2>&1 && ip link delete "$BRIDGE"
-  ip route del unreachable "$CLUSTER_RANGE" 2> /dev/null || true
+  ip route del "$CLUSTER_RANGE" dev "$BRIDGE" 2> /dev/null || true
 
   remove_chains iptables "$STATE/baseline/iptables"
   remove_chains ip6tables "$STATE/baseline/ip6tables"
