@@ -19,13 +19,15 @@ use crate::fleet::MapNode;
 /// What a delete did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeleteOutcome {
-    /// The blob was visible (or a delete of it unfinished) and is now
-    /// deleted on a quorum: final.
+    /// The blob is deleted on a quorum: final. Also the answer to a delete
+    /// of a blob deleted before (a retry completes what an earlier,
+    /// incomplete delete started).
     Deleted {
         /// The tombstone's generation.
         generation: u64,
     },
-    /// Nothing visible to delete (never stored, or deleted before).
+    /// Nothing of that id was ever committed (or its write is still in
+    /// flight).
     NotFound,
 }
 
@@ -46,7 +48,7 @@ impl BlobClient {
             Verdict::Deleted(generation) => {
                 let recorded = states.shards_where(|s| s.tombstone >= Some(generation));
                 if recorded >= quorum {
-                    return Ok(DeleteOutcome::NotFound);
+                    return Ok(DeleteOutcome::Deleted { generation });
                 }
                 // An earlier delete that did not reach a quorum: finish it.
                 generation

@@ -304,7 +304,7 @@ async fn cleanup_blob(
                 DeleteOutcome::Deleted { .. } => format!(
                     "deleted {id}: a tombstone on a quorum of shards, the loop removes the rest"
                 ),
-                DeleteOutcome::NotFound => format!("{id} was not stored (or already deleted)"),
+                DeleteOutcome::NotFound => format!("{id} was never stored"),
             };
             ctx.publish(blob, false, "SliversDeleted", note).await;
             return Ok(Action::await_change());

@@ -36,7 +36,58 @@ impl DevFleet {
 
     /// The same, with environment variables for the fleet's processes.
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), extra, env)
+    }
+
+    /// Kills every process of the fleet at once (SIGKILL: the dev process
+    /// and every node) and waits until they are gone.
+    pub fn kill_all(&mut self) {
+        let nodes: Vec<i32> = self.node_pids();
+        kill9(self.child.id() as i32);
+        let _ = self.child.wait();
+        for pid in &nodes {
+            // A stopped node dies on SIGKILL too.
+            // SAFETY: a signal to a node process of the fleet under test.
+            unsafe {
+                libc::kill(*pid, libc::SIGKILL);
+            }
+        }
+        for pid in &nodes {
+            wait_gone(*pid);
+        }
+        self.stopped.lock().unwrap().clear();
+    }
+
+    /// Starts `redstuff dev` again on the same data (after `kill_all`).
+    pub fn restart(mut self, extra: &[&str]) -> Self {
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        Self::start_in(dir, extra, &[])
+    }
+
+    /// `kill_all`, then `restart`.
+    pub fn kill_all_and_restart(mut self, extra: &[&str]) -> Self {
+        self.kill_all();
+        self.restart(extra)
+    }
+
+    /// The pids of the node processes, as the fleet's files and /proc
+    /// tell them (whether or not the status can be read).
+    pub fn node_pids(&self) -> Vec<i32> {
+        let data = self.data_dir();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| {
+                    let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                    cmd.contains(" node ") && cmd.contains(&*data.to_string_lossy())
+                })
+            })
+            .collect()
+    }
+
+    fn start_in(dir: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_redstuff"))
             .args([
                 "dev",
@@ -253,7 +304,10 @@ impl Drop for DevFleet {
                 libc::kill(pid, libc::SIGCONT);
             }
         }
-        // SAFETY: a signal to the dev process this test started.
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return; // already ended (and reaped): its pid may be another's now
+        }
+        // SAFETY: a signal to the dev process this test started, still running.
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
@@ -267,6 +321,33 @@ impl Drop for DevFleet {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Waits (bounded) until process `pid` is gone.
+pub fn wait_gone(pid: i32) {
+    let start = Instant::now();
+    while std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+    {
+        assert!(start.elapsed() < WAIT, "process {pid} did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Nodes (by name) whose store holds anything of blob `id` besides a
+/// tombstone.
+pub fn holders_of(fleet: &DevFleet, id: &str) -> Vec<String> {
+    (0..64)
+        .map(|i| format!("node-{i}"))
+        .filter(|name| {
+            fleet
+                .node_dir(name)
+                .join("data")
+                .join("blobs")
+                .join(id)
+                .exists()
+        })
+        .collect()
 }
 
 fn signal(pid: i32, signal: i32) {

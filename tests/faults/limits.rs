@@ -1,0 +1,415 @@
+//! G7: memory is bounded by configuration, never by input. Peers that
+//! answer far more than expected, bodies far larger than a sliver, more
+//! uploads than the gateway takes, and a full spool: each is refused
+//! before it is read, and the process' peak memory does not move.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Path;
+use axum::routing::get;
+use axum::Router;
+use futures_util::stream;
+use redstuff::auth::TokenSet;
+use redstuff::client::{Deadlines, NodeCalls};
+use redstuff::codec::{BlobEncoder, EncodingConfig};
+use redstuff::fleet::{FleetMap, MapNode};
+
+use crate::dev_fleet::{all_ready, pseudo_random, DevFleet};
+use crate::within;
+
+const TOKEN: &str = "limits-cluster-token";
+const USER: &str = "limits-user-token";
+/// What a lying peer sends: far more than any answer can be.
+const FLOOD: u64 = 300 << 20;
+/// The most a process' peak memory may grow through the floods: their
+/// expected answers are kilobytes, so anything near the flood is a leak.
+const GROWTH_BOUND_KIB: u64 = 48 << 10;
+
+/// Peak resident memory of a process (VmHWM), in KiB.
+fn peak_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// A child process of ours, ended on drop.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `redstuff ARGS...`; returns it and the URL of its first line.
+fn spawn(args: &[&str]) -> (Process, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_redstuff"))
+        .args(args)
+        .env("REDSTUFF_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+    (Process(child), event["url"].as_str().unwrap().to_string())
+}
+
+fn token_file(dir: &std::path::Path, name: &str, token: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, token).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// A body of `len` zero bytes in 1 MiB chunks, with no declared length.
+fn flood_body(len: u64) -> Body {
+    let chunks = len.div_ceil(1 << 20);
+    Body::from_stream(stream::iter(
+        (0..chunks).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![0u8; 1 << 20]))),
+    ))
+}
+
+/// A fake node: its state claims a committed blob of `metadata`'s layout;
+/// it answers metadata truthfully when `honest_metadata`, else with a
+/// flood; slivers and symbols always with a flood, half of them declaring
+/// their length.
+async fn fake_node(metadata: Vec<u8>, size: u64, segments: u32, honest_metadata: bool) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let state = serde_json::json!({
+        "state": {"commit": 5}, "size": size, "segments": segments, "shards": {}
+    });
+    let router = Router::new()
+        .route(
+            "/v1/blobs/{id}/state",
+            get(move || {
+                let state = state.clone();
+                async move { axum::Json(state) }
+            }),
+        )
+        .route(
+            "/v1/blobs/{id}/metadata",
+            get(move || {
+                let metadata = metadata.clone();
+                async move {
+                    if honest_metadata {
+                        Body::from(metadata)
+                    } else {
+                        flood_body(FLOOD)
+                    }
+                }
+            }),
+        )
+        .route(
+            "/v1/blobs/{id}/slivers/{segment}/{shard}/{kind}",
+            get(
+                |Path((_, _, shard, _)): Path<(String, u32, u16, String)>| async move {
+                    if shard % 2 == 0 {
+                        flood_body(FLOOD).into_response_with_length(FLOOD)
+                    } else {
+                        axum::response::IntoResponse::into_response(flood_body(FLOOD))
+                    }
+                },
+            ),
+        );
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    url
+}
+
+trait WithLength {
+    fn into_response_with_length(self, len: u64) -> axum::response::Response;
+}
+
+impl WithLength for Body {
+    fn into_response_with_length(self, len: u64) -> axum::response::Response {
+        let mut response = axum::response::Response::new(self);
+        response
+            .headers_mut()
+            .insert("content-length", len.to_string().parse().unwrap());
+        response
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_answering_far_more_than_expected_do_not_raise_the_gateways_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = pseudo_random(200_000, 1);
+    let (metadata, _) = BlobEncoder::new(EncodingConfig::new(4).unwrap(), 1 << 20)
+        .unwrap()
+        .encode(&data)
+        .unwrap();
+    let id = metadata.blob_id().to_string();
+    let bytes = metadata.to_bytes();
+    // Four liars flooding the metadata, then four flooding the slivers.
+    for honest_metadata in [false, true] {
+        let mut nodes = Vec::new();
+        for shard in 0..4u16 {
+            let url = fake_node(bytes.clone(), metadata.len(), 1, honest_metadata).await;
+            nodes.push(MapNode {
+                name: format!("liar-{shard}"),
+                url,
+                shards: [shard].into(),
+            });
+        }
+        let map = dir.path().join(format!("fleet-{honest_metadata}.json"));
+        FleetMap {
+            shards: 4,
+            segment_size: 1 << 20,
+            nodes,
+        }
+        .write(&map)
+        .unwrap();
+        let spool = dir.path().join(format!("spool-{honest_metadata}"));
+        let (gateway, url) = spawn(&[
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--fleet",
+            map.to_str().unwrap(),
+            "--spool-dir",
+            spool.to_str().unwrap(),
+            "--cluster-token-file",
+            &token_file(dir.path(), "cluster", TOKEN),
+            "--user-tokens-file",
+            &token_file(dir.path(), "users", USER),
+            "--anonymous-reads",
+        ]);
+        let http = redstuff::http::client();
+        // Warm up the gateway's pools with a request that reads nothing big.
+        let _ = http.get(format!("{url}/readyz")).send().await;
+        let before = peak_kib(gateway.0.id());
+        for method in ["HEAD", "GET"] {
+            let response = within(
+                "a read from flooding peers",
+                http.request(method.parse().unwrap(), format!("{url}/v1/blobs/{id}"))
+                    .send(),
+            )
+            .await
+            .unwrap();
+            // Honest metadata makes HEAD true; no GET gets bytes from liars.
+            let may_succeed = method == "HEAD" && honest_metadata;
+            assert!(
+                may_succeed || !response.status().is_success(),
+                "{method} succeeded from liars: {}",
+                response.status()
+            );
+        }
+        let metrics = http
+            .get(format!("{url}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("redstuff_peer_invalid_responses_total{node=\"liar-"),
+            "the floods are counted as invalid answers:\n{metrics}"
+        );
+        let growth = peak_kib(gateway.0.id()).saturating_sub(before);
+        assert!(
+            growth < GROWTH_BOUND_KIB,
+            "the gateway's peak memory grew by {growth} KiB reading from liars that each sent {} MiB",
+            FLOOD >> 20
+        );
+    }
+}
+
+/// A stream of `len` zero bytes for a request body.
+fn upload_flood(len: u64) -> reqwest::Body {
+    let chunks = len.div_ceil(1 << 20);
+    reqwest::Body::wrap_stream(stream::iter(
+        (0..chunks).map(|_| Ok::<_, std::io::Error>(vec![0u8; 1 << 20])),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_checks_ownership_and_length_before_it_reads_a_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, url) = spawn(&[
+        "node",
+        "--name",
+        "n0",
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+        "--shards",
+        "0",
+        "--token-file",
+        &token_file(dir.path(), "token", TOKEN),
+    ]);
+    let data = pseudo_random(100_000, 2);
+    let (metadata, _) = BlobEncoder::new(EncodingConfig::new(4).unwrap(), 1 << 20)
+        .unwrap()
+        .encode(&data)
+        .unwrap();
+    let id = metadata.blob_id();
+    let calls = NodeCalls::new(TokenSet::single(TOKEN), Deadlines::default());
+    calls
+        .node(&url)
+        .put_metadata(&id, 1, metadata.to_bytes())
+        .await
+        .unwrap();
+    let http = redstuff::http::client();
+    let before = peak_kib(node.0.id());
+    let put = |path: String, declared: Option<u64>| {
+        let mut request = http
+            .put(format!("{url}{path}"))
+            .bearer_auth(TOKEN)
+            .body(upload_flood(200 << 20));
+        if let Some(len) = declared {
+            request = request.header("content-length", len);
+        }
+        async move {
+            match within("a flooding upload", request.send()).await {
+                Ok(response) => Some(response.status().as_u16()),
+                // The node answered and closed without reading on.
+                Err(_) => None,
+            }
+        }
+    };
+    // A shard it does not own, a length past the sliver's, a chunked
+    // body past it, and metadata that never ends.
+    let cases = [
+        (format!("/v1/blobs/{id}/slivers/0/1/primary"), None, 409),
+        (
+            format!("/v1/blobs/{id}/slivers/0/0/primary"),
+            Some(200 << 20),
+            413,
+        ),
+        (format!("/v1/blobs/{id}/slivers/0/0/primary"), None, 413),
+        (format!("/v1/blobs/{id}/metadata?generation=2"), None, 400),
+    ];
+    for (path, declared, expected) in cases {
+        let answer = put(path.clone(), declared).await;
+        assert!(
+            answer.is_none() || answer == Some(expected),
+            "{path}: {answer:?}, expected {expected}"
+        );
+    }
+    let growth = peak_kib(node.0.id()).saturating_sub(before);
+    assert!(
+        growth < GROWTH_BOUND_KIB,
+        "the node's peak memory grew by {growth} KiB on bodies it had to refuse"
+    );
+    // And it still serves.
+    assert!(calls.node(&url).state(&id).await.unwrap().size == Some(100_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_beyond_the_gateways_bound_get_503_with_retry_after_and_a_full_spool_507() {
+    let fleet = DevFleet::start(&[]);
+    fleet.wait_for("nodes ready", all_ready).await;
+    let data_dir = fleet.data_dir();
+    let spool = tempfile::tempdir().unwrap();
+    let path = |name: &str| data_dir.join(name).to_str().unwrap().to_string();
+    let (_gateway, url) = spawn(&[
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--fleet",
+        &path("fleet.json"),
+        "--cluster-token-file",
+        &path("cluster-token"),
+        "--user-tokens-file",
+        &path("token"),
+        "--spool-dir",
+        spool.path().to_str().unwrap(),
+        "--max-uploads",
+        "2",
+        "--max-spool",
+        "4MiB",
+    ]);
+    let http = fleet.http.clone();
+    // Two uploads that send a little and then wait hold both slots.
+    let (release, held) = tokio::sync::watch::channel(false);
+    let mut slow = Vec::new();
+    for i in 0..2u64 {
+        let held = held.clone();
+        let chunks = stream::unfold(0u8, move |sent| {
+            let mut held = held.clone();
+            async move {
+                match sent {
+                    0 => Some((Ok::<_, std::io::Error>(pseudo_random(64 << 10, 70 + i)), 1)),
+                    1 => {
+                        let _ = held.wait_for(|go| *go).await;
+                        Some((Ok(pseudo_random(64 << 10, 80 + i)), 2))
+                    }
+                    _ => None,
+                }
+            }
+        });
+        let request = http
+            .put(format!("{url}/v1/blobs"))
+            .body(reqwest::Body::wrap_stream(chunks))
+            .send();
+        slow.push(tokio::spawn(request));
+    }
+    // Once both are in, the third is turned away at once, told when to
+    // come back.
+    let start = std::time::Instant::now();
+    loop {
+        let metrics = http
+            .get(format!("{url}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("redstuff_gateway_uploads_in_flight 2") {
+            break;
+        }
+        assert!(
+            start.elapsed() < crate::NO_HANG,
+            "the held uploads never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = http
+        .put(format!("{url}/v1/blobs"))
+        .body(vec![1u8; 1000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    release.send(true).unwrap();
+    for upload in slow {
+        let response = within("a held upload", upload).await.unwrap().unwrap();
+        assert_eq!(response.status(), 201);
+    }
+    // A spool of 4 MiB: more is refused with 507, declared or not.
+    let declared = http
+        .put(format!("{url}/v1/blobs"))
+        .header("content-length", 5u64 << 20)
+        .body(upload_flood(5 << 20))
+        .send()
+        .await;
+    if let Ok(response) = declared {
+        assert_eq!(response.status(), 507);
+    }
+    let chunked = http
+        .put(format!("{url}/v1/blobs"))
+        .body(upload_flood(5 << 20))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chunked.status(), 507);
+    let body: serde_json::Value = chunked.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("spool is full"),
+        "{body}"
+    );
+    assert_eq!(std::fs::read_dir(spool.path()).unwrap().count(), 0);
+}

@@ -1,0 +1,40 @@
+//! The promises of shared/design/guarantees.md, one scenario each, with
+//! real processes: `redstuff dev` fleets whose node processes are killed,
+//! stopped (SIGSTOP), resumed and wiped, fake peers that answer too much,
+//! and a disk that errs. Every wait is bounded; every process is ours and
+//! ended by PID; a stopped process is resumed before the test ends.
+//!
+//! Operations that must not hang run under `NO_HANG`: far longer than
+//! they take, so a slow machine passes and a hang fails.
+
+#[path = "../dev_fleet/mod.rs"]
+mod dev_fleet;
+
+mod deletes;
+mod disks;
+mod hung;
+mod limits;
+mod writes;
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Longer than any operation here takes; shorter than a hang.
+pub const NO_HANG: Duration = Duration::from_secs(30);
+
+/// Runs `operation`, failing the test if it does not end within `NO_HANG`.
+pub async fn within<T>(what: &str, operation: impl Future<Output = T>) -> T {
+    tokio::time::timeout(NO_HANG, operation)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {NO_HANG:?}"))
+}
+
+/// The blob id `data` gets in a 7-shard fleet with 1 MiB segments.
+pub fn blob_id(data: &[u8]) -> String {
+    let config = redstuff::codec::EncodingConfig::new(7).unwrap();
+    let (metadata, _) = redstuff::codec::BlobEncoder::new(config, 1 << 20)
+        .unwrap()
+        .encode(data)
+        .unwrap();
+    metadata.blob_id().to_string()
+}
