@@ -9,10 +9,14 @@
 //	                             $RESOLVE_NAME, when set, is resolved at
 //	                             start and the answer logged
 //	probe get URL                HTTP GET; prints the body, exit 1 unless 200
+//	                             (https: trusts the pod's service-account CA
+//	                             and sends its token, when it has them)
 package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
@@ -68,9 +72,26 @@ func dig(name, server string) int {
 	return 0
 }
 
+const serviceAccount = "/var/run/secrets/kubernetes.io/serviceaccount/"
+
 func get(url string) int {
 	client := &http.Client{Timeout: 10 * time.Second}
-	resp, err := client.Get(url)
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "probe: %v\n", err)
+		return 1
+	}
+	if strings.HasPrefix(url, "https:") {
+		if pem, err := os.ReadFile(serviceAccount + "ca.crt"); err == nil {
+			pool := x509.NewCertPool()
+			pool.AppendCertsFromPEM(pem)
+			client.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
+		}
+		if token, err := os.ReadFile(serviceAccount + "token"); err == nil {
+			req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(token)))
+		}
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "probe: %v\n", err)
 		return 1
