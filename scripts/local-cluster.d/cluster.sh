@@ -49,7 +49,7 @@ kubectl_path() {
   fi
 }
 
-kc() { "$KUBECTL" --kubeconfig "$STATE/admin.kubeconfig" --request-timeout=20s "$@"; }
+kc() { "$KUBECTL" --kubeconfig "$STATE/admin.kubeconfig" --cache-dir "$STATE/kubectl-cache" --request-timeout=20s "$@"; }
 ctr_() { ctr --address "$STATE/containerd/containerd.sock" -n k8s.io "$@"; }
 
 ensure_packages() {
@@ -96,22 +96,44 @@ pid_of() {
   local f=$STATE/pids/$1.pid pid start
   [ -f "$f" ] || return 1
   read -r pid start < "$f" || return 1
-  [ -n "$pid" ] && [ "$(proc_start_time "$pid")" = "$start" ] && echo "$pid"
+  alive "$pid" "$start" && echo "$pid"
 }
 
-stop_daemon() {
-  local name=$1 pid i
-  pid=$(pid_of "$name") || return 0
-  kill -TERM "$pid" 2> /dev/null || true
-  for i in $(seq 1 50); do
-    [ "$(proc_start_time "$pid")" = "" ] && break
-    sleep 0.2
+# alive PID START : that process runs (not a zombie waiting to be reaped).
+alive() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2> /dev/null) || return 1
+  [ "$(echo "$stat" | awk '{print $22}')" = "$2" ] && [ "$(echo "$stat" | awk '{print $3}')" != Z ]
+}
+
+# stop_daemons NAME... : SIGTERM to each recorded process, then wait up to
+# 10 s for all, then SIGKILL what is left.
+stop_daemons() {
+  local name pid start t0 i left targets=""
+  t0=$(date +%s%N)
+  for name in "$@"; do
+    [ -f "$STATE/pids/$name.pid" ] || continue
+    read -r pid start < "$STATE/pids/$name.pid" || continue
+    alive "$pid" "$start" || continue
+    kill -TERM "$pid" 2> /dev/null || true
+    targets="$targets $name:$pid:$start"
   done
-  if [ -n "$(proc_start_time "$pid")" ]; then
+  [ -n "$targets" ] || return 0
+  for i in $(seq 1 100); do
+    left=""
+    for t in $targets; do
+      IFS=: read -r name pid start <<< "$t"
+      alive "$pid" "$start" && left="$left $t"
+    done
+    [ -z "$left" ] && break
+    sleep 0.1
+  done
+  for t in $left; do
+    IFS=: read -r name pid start <<< "$t"
     log "$name (PID $pid) did not stop on SIGTERM; SIGKILL"
     kill -KILL "$pid" 2> /dev/null || true
-    sleep 0.5
-  fi
+  done
+  [ -z "${REDSTUFF_TRACE:-}" ] || log "stopped$(echo " $targets" | sed 's/:[0-9]*:[0-9]*//g') in $((($(date +%s%N) - t0) / 1000000)) ms"
 }
 
 # wait_for WHAT SECONDS DAEMON COMMAND... : until COMMAND succeeds; fails
@@ -436,11 +458,11 @@ cluster_up() {
   stage_begin
   mkdir -p "$STATE/logs" "$STATE/pids"
   record_baseline
+  trap 'up_exit $?' EXIT
   make_certs
   write_configs
   stage_end certs
 
-  trap 'up_exit $?' EXIT
   stage_begin
   setup_host
   start_components
@@ -588,11 +610,7 @@ cluster_down() {
     log "no cluster state in $STATE: nothing to stop"
     return 0
   fi
-  stop_daemon kube-proxy
-  stop_daemon kube-scheduler
-  stop_daemon kube-controller-manager
-  stop_daemon hostpath-permissions
-  stop_daemon kubelet
+  stop_daemons kube-proxy kube-scheduler kube-controller-manager hostpath-permissions kubelet
   # Pods: stopped and removed through the CRI, so the CNI plugins release
   # their addresses and containerd removes the netns and mounts.
   crictl=$(product_dir cri-tools "$CRI_TOOLS_VERSION")/bin/crictl
@@ -601,14 +619,14 @@ cluster_down() {
       > "$STATE/logs/crictl-rmp.log" 2>&1 || log "crictl rmp failed (see $STATE/logs/crictl-rmp.log); killing"
   fi
   kill_cgroup_processes
-  stop_daemon containerd
+  stop_daemons containerd
   kill_shims
-  stop_daemon kube-apiserver
-  stop_daemon etcd
+  stop_daemons kube-apiserver
+  stop_daemons etcd
   # Anything else we recorded.
   local n
   for n in "$STATE"/pids/*.pid; do
-    [ -f "$n" ] && stop_daemon "$(basename "$n" .pid)"
+    [ -f "$n" ] && stop_daemons "$(basename "$n" .pid)"
   done
 
   unmount_below "$STATE"

@@ -79,6 +79,20 @@ egress_refused() {
   [ "$ok" = 1 ] && [ "$after" -gt "$before" ] && [ "$net" = 0 ]
 }
 
+port_forward_answers() {
+  local pf ok=1 i
+  "$KUBECTL" --kubeconfig "$STATE/admin.kubeconfig" --cache-dir "$STATE/kubectl-cache" -n "$ST_NS" port-forward service/probe 18080:8080 \
+    > "$STATE/logs/selftest-port-forward.log" 2>&1 &
+  pf=$!
+  for i in $(seq 1 20); do
+    if curl -fsS --max-time 5 http://127.0.0.1:18080/ 2> /dev/null | grep -q '^ok probe-'; then ok=0; break; fi
+    sleep 0.5
+  done
+  kill "$pf" 2> /dev/null
+  wait "$pf" 2> /dev/null
+  return "$ok"
+}
+
 volume_written() {
   local pv path
   pv=$(kc -n "$ST_NS" get pvc data -o 'jsonpath={.spec.volumeName}')
@@ -107,13 +121,14 @@ cluster_selftest() {
   st_check "the pod resolves kubernetes.default.svc.cluster.local" \
     client_out resolve "198.19.0.1" get "http://probe:8080/resolve?name=kubernetes.default.svc.cluster.local"
   st_check "the pod resolved its own Service name at start" \
-    bash -c "$(printf '%q ' "$KUBECTL" --kubeconfig "$STATE/admin.kubeconfig" -n "$ST_NS" logs deployment/probe) | grep -q 'resolve probe.$ST_NS.svc.cluster.local: 198.19'"
+    bash -c "$(printf '%q ' "$KUBECTL" --kubeconfig "$STATE/admin.kubeconfig" --cache-dir "$STATE/kubectl-cache" -n "$ST_NS" logs deployment/probe) | grep -q 'resolve probe.$ST_NS.svc.cluster.local: 198.19'"
+  st_check "kubectl port-forward to the Service answers on 127.0.0.1" port_forward_answers
   st_check "the pod writes its claim as UID 65532" client_out write "uid 65532" get http://probe:8080/write
   st_check "the claim's directory holds the file, owned 65532" volume_written
   st_check "the API answers through the kubernetes Service from a pod" \
     client_out api '"gitVersion": "v1' get https://kubernetes.default.svc/version
   st_check "RBAC is enforced: a pod's ServiceAccount may not list Secrets" \
-    bash -c "! $(printf '%q ' "$KUBECTL" --kubeconfig "$STATE/admin.kubeconfig") auth can-i list secrets --as=system:serviceaccount:$ST_NS:default -A > /dev/null"
+    bash -c "! $(printf '%q ' "$KUBECTL" --kubeconfig "$STATE/admin.kubeconfig" --cache-dir "$STATE/kubectl-cache") auth can-i list secrets --as=system:serviceaccount:$ST_NS:default -A > /dev/null"
   st_check "pod traffic to an address off the machine is refused" egress_refused
   kc delete namespace "$ST_NS" --wait=true --timeout=120s > /dev/null
   st_check "the namespace's volume is deleted with its claim" bash -c '! ls /tmp/hostpath_pv/* > /dev/null 2>&1'
