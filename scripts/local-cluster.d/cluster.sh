@@ -365,7 +365,7 @@ node_ready() {
   [ "$(kc get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}')" = True ]
 }
 coredns_ready() {
-  [ "$(kc -n kube-system get deployment coredns -o 'jsonpath={.status.readyReplicas}')" = 1 ]
+  [ "$(kc -n kube-system get daemonset coredns -o 'jsonpath={.status.numberReady}')" = 1 ]
 }
 dns_answers() {
   local probe
