@@ -121,12 +121,14 @@ impl TokenSet {
         if matches!(self.source, TokenSource::Fixed(_)) {
             return;
         }
-        let this = self.clone();
+        // Ends when the last holder drops the set.
+        let this = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             loop {
                 tick.tick().await;
-                if let Err(e) = this.refresh() {
+                let Some(tokens) = this.upgrade() else { return };
+                if let Err(e) = tokens.refresh() {
                     tracing::warn!("keeping the current tokens: {e:#}");
                 }
             }

@@ -305,6 +305,29 @@ enum BenchCommand {
     /// view, health, repair plan) on synthetic inventories, against one
     /// plain pass over them; time and memory per step.
     Plan(PlanArgs),
+    /// A randomized fault run: concurrent puts, gets and deletes on a local
+    /// fleet while up to f nodes are killed, stopped, resumed and wiped at
+    /// random; then the history is checked (exits 1 on any violation).
+    Faults(FaultsArgs),
+}
+
+#[derive(Debug, Args)]
+struct FaultsArgs {
+    /// Seconds of load and faults (the long run: 300 or more).
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 3)]
+    clients: usize,
+    /// Seed of every random choice (default: from the clock; printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Write the operation history here (JSON lines).
+    #[arg(long)]
+    history: Option<PathBuf>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -393,6 +416,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Codec(args)) => bench_codec(args),
         Command::Bench(BenchCommand::Fleet(args)) => runtime()?.block_on(bench_fleet(args)),
         Command::Bench(BenchCommand::Plan(args)) => bench_plan(args),
+        Command::Bench(BenchCommand::Faults(args)) => runtime()?.block_on(bench_faults(args)),
         Command::Dev(args) => runtime()?.block_on(dev(args)),
         Command::Node(args) => runtime()?.block_on(node(args)),
         Command::Gateway(args) => runtime()?.block_on(gateway(args)),
@@ -606,6 +630,33 @@ async fn bench_fleet(args: FleetArgs) -> anyhow::Result<()> {
     } else {
         print!("{}", redstuff::bench::fleet::render_table(&report));
     }
+    Ok(())
+}
+
+async fn bench_faults(args: FaultsArgs) -> anyhow::Result<()> {
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs())
+    });
+    let options = redstuff::bench::faults::FaultRunOptions {
+        exe: std::env::current_exe()?,
+        duration: std::time::Duration::from_secs(args.seconds),
+        clients: args.clients.max(1),
+        seed,
+        history: args.history,
+    };
+    let report = redstuff::bench::faults::run(&options, |line| eprintln!("{line}")).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", redstuff::bench::faults::render(&report));
+    }
+    anyhow::ensure!(
+        report.violations.is_empty(),
+        "{} violations (seed {seed})",
+        report.violations.len()
+    );
     Ok(())
 }
 

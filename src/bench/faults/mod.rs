@@ -1,0 +1,595 @@
+//! `redstuff bench faults`: a randomized fault run. A local fleet for real
+//! takes concurrent puts, gets and deletes for a set time while a driver
+//! kills (SIGKILL), stops (SIGSTOP), resumes and wipes up to f nodes at
+//! random points; then every node is resumed, the fleet heals, and the
+//! recorded history is checked (`check`): every acknowledged write reads
+//! back exactly, every acknowledged delete stays deleted, nothing else is
+//! visible, and nothing of a blob that is not visible stays on a node.
+//!
+//! Each client owns its blobs (so each blob's history is a sequence), and
+//! every write has bytes of its own, but for rewrites of deleted blobs
+//! (the same bytes stored again).
+
+pub mod check;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use check::{Final, Op, OpKind, Outcome};
+
+/// How a run goes.
+#[derive(Debug, Clone)]
+pub struct FaultRunOptions {
+    /// The `redstuff` executable the fleet's nodes run.
+    pub exe: PathBuf,
+    /// How long clients and faults go on.
+    pub duration: Duration,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Where to write the history (JSON lines), if anywhere.
+    pub history: Option<PathBuf>,
+}
+
+/// Faults injected.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Faults {
+    /// Nodes killed with SIGKILL (restarted by the loop).
+    pub kills: u64,
+    /// Nodes stopped with SIGSTOP (resumed later).
+    pub stops: u64,
+    /// Nodes killed and their data wiped.
+    pub wipes: u64,
+}
+
+/// What a run did and found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FaultRunReport {
+    /// Seconds of load and faults.
+    pub seconds: f64,
+    /// The seed.
+    pub seed: u64,
+    /// Operations by kind and outcome ("put ok", "get not_found", ...).
+    pub operations: BTreeMap<String, u64>,
+    /// Faults injected.
+    pub faults: Faults,
+    /// Blobs checked after healing.
+    pub blobs_checked: usize,
+    /// Seconds the fleet took to heal after the last fault.
+    pub heal_seconds: f64,
+    /// What broke a promise (must be empty).
+    pub violations: Vec<String>,
+}
+
+/// A small deterministic generator (xorshift).
+struct Random(u64);
+
+impl Random {
+    fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// The bytes of the blob with `seed`: its length and content follow it.
+fn blob_bytes(seed: u64) -> Vec<u8> {
+    let mut random = Random::new(seed);
+    let len = match random.below(10) {
+        0 => random.below(10) as usize,
+        1..=6 => 1000 + random.below(300_000) as usize,
+        _ => 300_000 + random.below(1_200_000) as usize,
+    };
+    let mut data = vec![0u8; len];
+    for chunk in data.chunks_mut(8) {
+        let word = random.next().to_le_bytes();
+        chunk.copy_from_slice(&word[..chunk.len()]);
+    }
+    data
+}
+
+/// The run's shared record.
+struct Run {
+    http: reqwest::Client,
+    gateway: String,
+    start: Instant,
+    ops: Mutex<Vec<Op>>,
+}
+
+impl Run {
+    fn ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn record(
+        &self,
+        client: usize,
+        blob: (&str, u64),
+        kind: OpKind,
+        outcome: Outcome,
+        started_ms: u64,
+    ) {
+        self.ops.lock().expect("not poisoned").push(Op {
+            client,
+            blob: blob.0.to_string(),
+            seed: blob.1,
+            kind,
+            outcome,
+            started_ms,
+            ended_ms: self.ms(),
+        });
+    }
+
+    async fn put(&self, client: usize, seed: u64) -> Option<String> {
+        let data = blob_bytes(seed);
+        let id = blob_id(&data);
+        let started = self.ms();
+        let answer = self
+            .http
+            .put(format!("{}/v1/blobs", self.gateway))
+            .timeout(Duration::from_secs(60))
+            .body(data)
+            .send()
+            .await;
+        let outcome = match answer {
+            Ok(r) if r.status().is_success() => Outcome::Ok,
+            Ok(r) => Outcome::Failed(r.status().as_u16()),
+            Err(_) => Outcome::NoAnswer,
+        };
+        self.record(client, (&id, seed), OpKind::Put, outcome, started);
+        Some(id)
+    }
+
+    async fn get(&self, client: usize, id: &str, seed: u64) -> Outcome {
+        let started = self.ms();
+        let answer = self
+            .http
+            .get(format!("{}/v1/blobs/{id}", self.gateway))
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await;
+        let outcome = match answer {
+            Ok(r) if r.status().is_success() => match r.bytes().await {
+                Ok(bytes) if bytes[..] == blob_bytes(seed)[..] => Outcome::Ok,
+                Ok(_) => Outcome::WrongBytes,
+                Err(_) => Outcome::NoAnswer,
+            },
+            Ok(r) if r.status() == 404 => Outcome::NotFound,
+            Ok(r) => Outcome::Failed(r.status().as_u16()),
+            Err(_) => Outcome::NoAnswer,
+        };
+        self.record(client, (id, seed), OpKind::Get, outcome, started);
+        outcome
+    }
+
+    async fn delete(&self, client: usize, id: &str, seed: u64) -> Outcome {
+        let started = self.ms();
+        let answer = self
+            .http
+            .delete(format!("{}/v1/blobs/{id}", self.gateway))
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await;
+        let outcome = match answer {
+            Ok(r) if r.status().is_success() => Outcome::Ok,
+            Ok(r) if r.status() == 404 => Outcome::NotFound,
+            Ok(r) => Outcome::Failed(r.status().as_u16()),
+            Err(_) => Outcome::NoAnswer,
+        };
+        self.record(client, (id, seed), OpKind::Delete, outcome, started);
+        outcome
+    }
+}
+
+/// The id the fleet (7 shards, the run's segment size) gives these bytes.
+fn blob_id(data: &[u8]) -> String {
+    let config = crate::codec::EncodingConfig::new(SHARDS).expect("valid");
+    crate::codec::BlobEncoder::new(config, SEGMENT_SIZE)
+        .expect("valid")
+        .encode(data)
+        .expect("encodes")
+        .0
+        .blob_id()
+        .to_string()
+}
+
+const SHARDS: u16 = 7;
+const F: usize = 2;
+const SEGMENT_SIZE: u64 = 256 << 10;
+
+/// One client: puts its own blobs, reads and deletes them, sometimes
+/// stores a deleted one's bytes again.
+async fn client(run: Arc<Run>, index: usize, seed: u64, until: Instant) {
+    let mut random = Random::new(seed);
+    let mut blobs: Vec<(String, u64)> = Vec::new();
+    let mut deleted: Vec<(String, u64)> = Vec::new();
+    let mut next_seed = seed.wrapping_mul(1000);
+    while Instant::now() < until {
+        match random.below(20) {
+            0..=8 => {
+                next_seed += 1;
+                if let Some(id) = run.put(index, next_seed).await {
+                    blobs.push((id, next_seed));
+                }
+            }
+            9..=15 if !blobs.is_empty() => {
+                let (id, blob_seed) = blobs[random.below(blobs.len() as u64) as usize].clone();
+                run.get(index, &id, blob_seed).await;
+            }
+            16..=18 if !blobs.is_empty() => {
+                let at = random.below(blobs.len() as u64) as usize;
+                let (id, blob_seed) = blobs[at].clone();
+                if run.delete(index, &id, blob_seed).await == Outcome::Ok {
+                    deleted.push(blobs.remove(at));
+                }
+            }
+            19 if !deleted.is_empty() => {
+                let (_, blob_seed) = deleted.remove(random.below(deleted.len() as u64) as usize);
+                if let Some(id) = run.put(index, blob_seed).await {
+                    blobs.push((id, blob_seed));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The fleet's nodes as its status shows them: name -> pid.
+async fn node_pids(run: &Run) -> BTreeMap<String, i32> {
+    let Ok(response) = run
+        .http
+        .get(format!("{}/v1/status", run.gateway))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+    else {
+        return BTreeMap::new();
+    };
+    let status: serde_json::Value = response.json().await.unwrap_or_default();
+    status["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| Some((n["name"].as_str()?.to_string(), n["pid"].as_u64()? as i32)))
+        .collect()
+}
+
+async fn status(run: &Run) -> serde_json::Value {
+    match run
+        .http
+        .get(format!("{}/v1/status", run.gateway))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+    {
+        Ok(response) => response.json().await.unwrap_or_default(),
+        Err(_) => serde_json::Value::Null,
+    }
+}
+
+fn healed(status: &serde_json::Value) -> bool {
+    let ready = status["nodes"]
+        .as_array()
+        .is_some_and(|nodes| nodes.iter().all(|n| n["state"] == "ready"));
+    let healthy = status["blobs"]
+        .as_array()
+        .is_some_and(|blobs| blobs.iter().all(|b| b["health"] == "Healthy"));
+    ready && healthy
+}
+
+fn signal(pid: i32, signal: i32) {
+    // SAFETY: a signal to a node process of the fleet this run started.
+    unsafe {
+        libc::kill(pid, signal);
+    }
+}
+
+/// The fault driver: at random moments, with at most f nodes faulty at
+/// once (stopped, killed moments ago, or wiped and not yet healed), kills,
+/// stops or wipes a node; resumes stopped ones after a while.
+async fn faults(run: Arc<Run>, data_dir: PathBuf, seed: u64, until: Instant) -> Faults {
+    let mut random = Random::new(seed ^ 0xfa17);
+    let mut done = Faults::default();
+    let mut stopped: BTreeMap<String, (i32, Instant)> = BTreeMap::new();
+    let mut killed: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut wiped: BTreeSet<String> = BTreeSet::new();
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(300 + random.below(1200))).await;
+        let now = Instant::now();
+        for (name, (pid, resume_at)) in stopped.clone() {
+            if now >= resume_at {
+                signal(pid, libc::SIGCONT);
+                stopped.remove(&name);
+            }
+        }
+        killed.retain(|_, until| *until > now);
+        if !wiped.is_empty() && healed(&status(&run).await) {
+            wiped.clear();
+        }
+        let faulty: BTreeSet<String> = stopped
+            .keys()
+            .chain(killed.keys())
+            .chain(wiped.iter())
+            .cloned()
+            .collect();
+        if faulty.len() >= F {
+            continue;
+        }
+        let pids = node_pids(&run).await;
+        let candidates: Vec<(&String, &i32)> = pids
+            .iter()
+            .filter(|(name, _)| !faulty.contains(*name))
+            .collect();
+        if candidates.is_empty() {
+            continue;
+        }
+        let (name, pid) = candidates[random.below(candidates.len() as u64) as usize];
+        let (name, pid) = (name.clone(), *pid);
+        match random.below(10) {
+            0..=3 => {
+                signal(pid, libc::SIGSTOP);
+                let resume = now + Duration::from_millis(500 + random.below(3000));
+                stopped.insert(name, (pid, resume));
+                done.stops += 1;
+            }
+            4..=7 => {
+                signal(pid, libc::SIGKILL);
+                killed.insert(name, now + Duration::from_secs(2));
+                done.kills += 1;
+            }
+            _ => {
+                wipe(&data_dir.join(&name), pid).await;
+                wiped.insert(name);
+                done.wipes += 1;
+            }
+        }
+    }
+    for (pid, _) in stopped.values() {
+        signal(*pid, libc::SIGCONT);
+    }
+    done
+}
+
+/// Kills a node and empties its data directory; the loop restarts it on
+/// the empty one.
+async fn wipe(node_dir: &Path, pid: i32) {
+    let data = node_dir.join("data");
+    let aside = node_dir.join("data.wiped");
+    // A file where the directory was keeps restarts failing meanwhile.
+    if std::fs::rename(&data, &aside).is_ok() {
+        let _ = std::fs::write(&data, b"wiped");
+    }
+    signal(pid, libc::SIGKILL);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = std::fs::remove_dir_all(&aside);
+    let _ = std::fs::remove_file(&data);
+}
+
+/// Whether some node holds data of `id` (beyond a tombstone).
+fn held(data_dir: &Path, id: &str) -> bool {
+    (0..SHARDS).any(|i| {
+        data_dir
+            .join(format!("node-{i}"))
+            .join("data")
+            .join("blobs")
+            .join(id)
+            .exists()
+    })
+}
+
+/// Runs the fleet, the clients and the faults; then heals and checks.
+pub async fn run(options: &FaultRunOptions, log: impl Fn(&str)) -> anyhow::Result<FaultRunReport> {
+    let work = tempfile::tempdir()?;
+    let data_dir = work.path().join("fleet");
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<(String, PathBuf)>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let config = crate::dev::DevConfig {
+        shards: SHARDS,
+        nodes: SHARDS as usize,
+        segment_size: SEGMENT_SIZE,
+        period: Duration::from_millis(200),
+        scrub_interval_secs: 0,
+        node_timeout_secs: 2.0,
+        staged_ttl_secs: 5,
+        max_uploads: options.clients.max(1) * 2,
+        ..crate::dev::DevConfig::new(data_dir.clone(), options.exe.clone())
+    };
+    let fleet = tokio::spawn(crate::dev::run(
+        config,
+        async move {
+            let _ = stop_rx.await;
+        },
+        move |url, token| {
+            let _ = ready_tx.send((url.to_string(), token.to_path_buf()));
+        },
+    ));
+    let (gateway, token) = ready_rx
+        .await
+        .map_err(|_| anyhow::anyhow!("the fleet did not start"))?;
+    let run = Arc::new(Run {
+        http: crate::dev::authorized_client(&token)?,
+        gateway,
+        start: Instant::now(),
+        ops: Mutex::new(Vec::new()),
+    });
+    let result = drive(&run, options, &data_dir, &log).await;
+    let _ = stop_tx.send(());
+    let _ = fleet.await;
+    let mut report = result?;
+    if let Some(path) = &options.history {
+        let ops = run.ops.lock().expect("not poisoned");
+        let lines: Vec<String> = ops
+            .iter()
+            .map(|op| serde_json::to_string(op).expect("serializable"))
+            .collect();
+        std::fs::write(path, lines.join("\n") + "\n")?;
+    }
+    report.seed = options.seed;
+    Ok(report)
+}
+
+async fn drive(
+    run: &Arc<Run>,
+    options: &FaultRunOptions,
+    data_dir: &Path,
+    log: &impl Fn(&str),
+) -> anyhow::Result<FaultRunReport> {
+    // Wait for every node before the first operation.
+    let start = Instant::now();
+    while !healed(&status(run).await) {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(60),
+            "the fleet never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let until = Instant::now() + options.duration;
+    log(&format!(
+        "{} clients and a fault driver for {:.0} s (seed {})",
+        options.clients,
+        options.duration.as_secs_f64(),
+        options.seed
+    ));
+    let clients: Vec<_> = (0..options.clients)
+        .map(|i| {
+            tokio::spawn(client(
+                run.clone(),
+                i,
+                options.seed.wrapping_add(i as u64 + 1),
+                until,
+            ))
+        })
+        .collect();
+    let driver = tokio::spawn(faults(
+        run.clone(),
+        data_dir.to_path_buf(),
+        options.seed,
+        until,
+    ));
+    for c in clients {
+        c.await?;
+    }
+    let faults = driver.await?;
+    let seconds = run.start.elapsed().as_secs_f64();
+    log(&format!(
+        "faults: {} kills, {} stops, {} wipes; healing",
+        faults.kills, faults.stops, faults.wipes
+    ));
+
+    let mut violations = Vec::new();
+    let heal_start = Instant::now();
+    loop {
+        let s = status(run).await;
+        if healed(&s) {
+            break;
+        }
+        if heal_start.elapsed() > Duration::from_secs(120) {
+            violations.push(format!("the fleet did not heal within 120 s: {s}"));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let heal_seconds = heal_start.elapsed().as_secs_f64();
+
+    let ops = run.ops.lock().expect("not poisoned").clone();
+    let histories = check::histories(&ops);
+    let mut expected = BTreeMap::new();
+    for (blob, history) in &histories {
+        let (expect, during) = check::walk(history);
+        violations.extend(during);
+        expected.insert(blob.to_string(), expect);
+    }
+    let seeds = seeds_of(&ops);
+    // Pieces of blobs that are not visible go within the staging TTL.
+    let settle = Instant::now();
+    loop {
+        let lingering = expected
+            .iter()
+            .filter(|(id, e)| **e != check::Expect::Present && held(data_dir, id))
+            .count();
+        if lingering == 0 || settle.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let s = status(run).await;
+    let listed: BTreeSet<String> = s["blobs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b["id"].as_str().map(str::to_string))
+        .collect();
+    for id in listed.iter().filter(|id| !expected.contains_key(*id)) {
+        violations.push(format!("{id} is listed though no client ever wrote it"));
+    }
+    for (id, expect) in &expected {
+        let read = run.get(usize::MAX, id, seeds[id]).await;
+        let seen = Final {
+            read,
+            listed: listed.contains(id),
+            held: held(data_dir, id),
+        };
+        violations.extend(check::check_final(id, *expect, seen));
+    }
+    let mut operations = BTreeMap::new();
+    for op in ops.iter().filter(|op| op.client != usize::MAX) {
+        let outcome = match op.outcome {
+            Outcome::Failed(code) => format!("failed {code}"),
+            other => format!("{other:?}").to_lowercase(),
+        };
+        *operations
+            .entry(format!("{:?} {outcome}", op.kind).to_lowercase())
+            .or_insert(0) += 1;
+    }
+    Ok(FaultRunReport {
+        seconds,
+        seed: options.seed,
+        operations,
+        faults,
+        blobs_checked: expected.len(),
+        heal_seconds,
+        violations,
+    })
+}
+
+/// The seed of every blob in the history (its bytes follow from it).
+fn seeds_of(ops: &[Op]) -> BTreeMap<String, u64> {
+    ops.iter().map(|op| (op.blob.clone(), op.seed)).collect()
+}
+
+/// The report as text.
+pub fn render(report: &FaultRunReport) -> String {
+    let mut out = format!(
+        "fault run: {:.0} s, seed {}\n  operations: {}\n  faults: {} kills, {} stops, {} wipes\n  blobs checked after healing: {} (healed in {:.1} s)\n  violations: {}\n",
+        report.seconds,
+        report.seed,
+        report
+            .operations
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        report.faults.kills,
+        report.faults.stops,
+        report.faults.wipes,
+        report.blobs_checked,
+        report.heal_seconds,
+        report.violations.len()
+    );
+    for v in &report.violations {
+        out.push_str(&format!("    {v}\n"));
+    }
+    out
+}
