@@ -439,6 +439,7 @@ cluster_up() {
   t0=$(date +%s)
   if cluster_running; then
     log "already up (scripts/local-cluster down stops it)"
+    [ $# -eq 0 ] || load_images "$@"
     echo "$STATE/admin.kubeconfig"
     return 0
   fi
@@ -473,6 +474,7 @@ cluster_up() {
   wait_for "CoreDNS" 180 kubelet coredns_ready
   wait_for "DNS answers for kubernetes.default.svc.cluster.local" 60 kube-proxy dns_answers
   stage_end ready
+  [ $# -eq 0 ] || load_images "$@"
   trap - EXIT
   touch "$STATE/up.complete"
   log "up in $(($(date +%s) - t0)) s: node $NODE_NAME ($KUBERNETES_VERSION), kubectl $KUBECTL"
