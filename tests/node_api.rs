@@ -55,24 +55,13 @@ fn authorized_http() -> reqwest::Client {
         .unwrap()
 }
 
+#[derive(Default)]
 struct Setup<'a> {
     shards: &'a [u16],
     capacity: Option<u64>,
     lie: Option<Lie>,
     fleet: Option<PathBuf>,
     listener: Option<std::net::TcpListener>,
-}
-
-impl Default for Setup<'_> {
-    fn default() -> Self {
-        Self {
-            shards: &[],
-            capacity: None,
-            lie: None,
-            fleet: None,
-            listener: None,
-        }
-    }
 }
 
 async fn start(name: &str, setup: Setup<'_>) -> TestNode {

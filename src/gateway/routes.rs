@@ -59,7 +59,7 @@ pub(super) async fn authorize(
     let read = matches!(*request.method(), Method::GET | Method::HEAD);
     let open = crate::auth::is_open_route(path) || (read && state.anonymous_reads);
     if !open {
-        if let Err(refused) = crate::auth::check(&state.user_tokens, request.headers(), "user") {
+        if let Some(refused) = crate::auth::refusal(&state.user_tokens, request.headers(), "user") {
             return refused;
         }
     }

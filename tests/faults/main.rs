@@ -14,6 +14,7 @@ mod deletes;
 mod disks;
 mod hung;
 mod limits;
+mod random;
 mod writes;
 
 use std::future::Future;
