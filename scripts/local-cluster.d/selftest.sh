@@ -54,7 +54,11 @@ EOF
     sleep 1
   done
   { kc -n "$ST_NS" logs "$name" 2>&1; echo; } | sed -e "/^$/d" -e "s/^/  $name: /" >&2
-  [ "$phase" = Succeeded ]
+  if [ "$phase" != Succeeded ]; then
+    log "  $name: phase ${phase:-unknown}; its events:"
+    kc -n "$ST_NS" get events --field-selector "involvedObject.name=$name" 2>&1 | tail -n 8 >&2
+    return 1
+  fi
 }
 
 # client_out NAME PATTERN ARG... : the client succeeded and printed PATTERN.
