@@ -241,3 +241,19 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_first_bytes_of_metadata_tell_its_whole_length() {
+    use redstuff::codec::format::{metadata_len_from_prefix, METADATA_PREFIX_LEN};
+    let (metadata, _) = sample();
+    let bytes = metadata.to_bytes();
+    assert_eq!(
+        metadata_len_from_prefix(&bytes[..METADATA_PREFIX_LEN]).unwrap(),
+        bytes.len() as u64
+    );
+    assert!(metadata_len_from_prefix(&bytes[..METADATA_PREFIX_LEN - 1]).is_err());
+    let mut wrong_count = bytes[..METADATA_PREFIX_LEN].to_vec();
+    wrong_count[METADATA_PREFIX_LEN - 4] ^= 1;
+    assert!(metadata_len_from_prefix(&wrong_count).is_err());
+    assert!(metadata_len_from_prefix(&[0u8; METADATA_PREFIX_LEN]).is_err());
+}

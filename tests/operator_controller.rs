@@ -110,13 +110,31 @@ fn silent_nodes(count: usize) -> Endpoints {
     })
 }
 
-/// A previous status: the fresh assignment of `nodes` nodes, all ready.
+/// Empty storage nodes, in-process, that answer the operator.
+async fn answering_nodes(
+    count: usize,
+) -> (Endpoints, Vec<support::RunningNode>, Vec<tempfile::TempDir>) {
+    let (mut endpoints, mut nodes, mut dirs) = (Endpoints::default(), Vec::new(), Vec::new());
+    for i in 0..count {
+        let dir = tempfile::tempdir().unwrap();
+        let name = format!("media-node-{i}");
+        let node = support::start_node(&name, dir.path(), &BTreeSet::new()).await;
+        endpoints = endpoints.with_override(name, node.url.clone());
+        nodes.push(node);
+        dirs.push(dir);
+    }
+    (endpoints, nodes, dirs)
+}
+
+/// A previous status: the fresh assignment of `nodes` nodes, all ready
+/// and answering.
 async fn settled_status(shards: u16, nodes: usize) -> Value {
+    let (endpoints, _nodes, _dirs) = answering_nodes(nodes).await;
     let (seen, _) = reconcile(
         cluster(shards, nodes as u16, None),
         ready_pods(nodes),
         claims(nodes),
-        silent_nodes(nodes),
+        endpoints,
     )
     .await;
     status_written(&seen).unwrap()
@@ -334,6 +352,15 @@ async fn a_deleted_node_pod_is_created_again_with_an_event_and_the_cluster_repor
     assert_eq!(status["phase"], "Degraded");
     assert_eq!(status["readyNodes"], 2);
     assert_eq!(status["unavailableNodes"][0]["name"], "media-node-2");
+    // The two pods Kubernetes calls ready do not answer (silent endpoints).
+    assert_eq!(
+        status["notAnsweringNodes"],
+        json!(["media-node-0", "media-node-1"])
+    );
+    assert_eq!(
+        condition(&status, "Degraded")["reason"],
+        "NodesNotAnswering"
+    );
     assert_eq!(
         condition(&status, "Ready")["reason"],
         "NodesNotReady",
@@ -537,12 +564,20 @@ async fn a_node_gone_past_the_grace_period_hands_its_shards_to_the_others() {
 
 #[tokio::test]
 async fn an_unchanged_cluster_is_not_rewritten() {
-    let status = settled_status(7, 3).await;
+    let (endpoints, _nodes, _dirs) = answering_nodes(3).await;
+    let (seen, _) = reconcile(
+        cluster(7, 3, None),
+        ready_pods(3),
+        claims(3),
+        endpoints.clone(),
+    )
+    .await;
+    let status = status_written(&seen).unwrap();
     let (seen, _) = reconcile(
         cluster(7, 3, Some(status)),
         ready_pods(3),
         claims(3),
-        silent_nodes(3),
+        endpoints,
     )
     .await;
     assert!(status_written(&seen).is_none(), "{:#?}", lines(&seen));

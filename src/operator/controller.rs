@@ -528,6 +528,7 @@ pub async fn reconcile_cluster(
                 })
             })
             .collect(),
+        not_answering: view.silent.iter().cloned().collect(),
         evicted: evicted.iter().map(|s| s.to_string()).collect(),
         blobs: (!view.ready.is_empty()).then_some(blob_counts.clone()),
         repairs_in_flight: fleet_state.repairer.in_flight() as u32,

@@ -150,6 +150,12 @@ pub struct StorageClusterStatus {
     /// repair.gracePeriod holds no shards until it is ready again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unavailable_nodes: Vec<UnavailableNode>,
+    /// Node pods that run (and may be Ready) but whose API did not answer
+    /// the operator within the node deadline: stopped, hung or cut off.
+    /// Reads and writes pass them over; their shards are repaired once they
+    /// answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_answering_nodes: Vec<String>,
     /// Blobs the node inventories show, by health.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blobs: Option<BlobCounts>,

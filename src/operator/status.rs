@@ -34,6 +34,8 @@ pub struct ObservedNode {
 pub struct FleetSummary {
     /// Node pods not ready, and since when.
     pub unavailable: Vec<UnavailableNode>,
+    /// Node pods ready by Kubernetes whose API did not answer.
+    pub not_answering: Vec<String>,
     /// Node pods evicted (gone past the grace period).
     pub evicted: Vec<String>,
     /// Blobs by health, once the inventories were read.
@@ -251,6 +253,7 @@ fn fold_in_fleet(
     }
     status.blobs = fleet.blobs.clone();
     status.repairs_in_flight = Some(fleet.repairs_in_flight);
+    status.not_answering_nodes = fleet.not_answering.clone();
     let set = |status: &mut StorageClusterStatus, c: Condition| {
         if let Some(old) = status.conditions.iter_mut().find(|o| o.type_ == c.type_) {
             *old = c;
@@ -282,6 +285,25 @@ fn fold_in_fleet(
                 ),
             );
         }
+    }
+    if !fleet.not_answering.is_empty() {
+        if status.phase.as_deref() == Some("Ready") {
+            status.phase = Some("Degraded".into());
+        }
+        set(
+            status,
+            condition(
+                "Degraded",
+                true,
+                "NodesNotAnswering",
+                format!(
+                    "node pods run but their API does not answer within the deadline (stopped, hung or cut off): {}",
+                    fleet.not_answering.join(", ")
+                ),
+                generation,
+                now,
+            ),
+        );
     }
     if fleet.repairs_in_flight > 0 {
         set(
@@ -524,6 +546,26 @@ mod tests {
         assert_eq!(cond(&s, "Progressing").reason, "Repairing");
         assert_eq!(cond(&s, "Ready").status, "True", "every node pod is ready");
         assert_eq!(s.repairs_in_flight, Some(3));
+    }
+
+    #[test]
+    fn ready_node_pods_whose_api_does_not_answer_are_named_and_make_the_cluster_degraded() {
+        let c = cluster(7, 7, Some("1Gi"));
+        let nodes = observed(7, &[0, 1, 2, 3, 4, 5, 6], 7);
+        let fleet = FleetSummary {
+            not_answering: vec!["media-node-2".into()],
+            ..FleetSummary::default()
+        };
+        let s = cluster_status(&c, &assignment(&c, &nodes), &nodes, &fleet, &now(1));
+        assert_eq!(s.phase.as_deref(), Some("Degraded"));
+        assert_eq!(s.not_answering_nodes, vec!["media-node-2".to_string()]);
+        let degraded = cond(&s, "Degraded");
+        assert_eq!(degraded.reason, "NodesNotAnswering");
+        assert!(
+            degraded.message.contains("media-node-2"),
+            "{}",
+            degraded.message
+        );
     }
 
     #[test]

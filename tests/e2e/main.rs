@@ -195,7 +195,26 @@ async fn exercise(client: &Client, namespace: &str, image: &str) -> anyhow::Resu
     wait_for("cluster Ready", phase_is("Ready")).await?;
 
     let gateway = PortForward::start(namespace, "e2e-gateway", 7700)?;
-    let http = redstuff::http::client();
+    // The user token of the cluster's gateway, from the Secret the operator made.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), namespace);
+    let secret = secrets.get("e2e-gateway-token").await?;
+    let token = secret
+        .data
+        .and_then(|d| {
+            d.get("token")
+                .map(|t| String::from_utf8_lossy(&t.0).into_owned())
+        })
+        .and_then(|t| redstuff::auth::parse_tokens(&t).into_iter().next())
+        .ok_or_else(|| anyhow::anyhow!("the gateway token Secret holds no token"))?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse()?,
+    );
+    let http = redstuff::http::client_builder()
+        .default_headers(headers)
+        .build()?;
     let data: Vec<u8> = (0..3_000_000u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
