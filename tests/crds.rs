@@ -234,3 +234,29 @@ fn a_blob_keeps_its_cluster_and_source() {
         "{errors:#?}"
     );
 }
+
+#[test]
+fn a_clusters_storage_class_is_fixed_and_its_size_never_shrinks() {
+    let old: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root().join("examples/storagecluster.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert!(admission_errors(&old, Some(&old)).is_empty());
+    let with = |path: &[&str], value: Value| {
+        let mut changed = old.clone();
+        let mut at = &mut changed;
+        for key in &path[..path.len() - 1] {
+            at = &mut at[*key];
+        }
+        at[path[path.len() - 1]] = value;
+        changed
+    };
+    let bigger = with(&["spec", "storage", "size"], "1Ti".into());
+    assert!(admission_errors(&bigger, Some(&old)).is_empty(), "{:#?}", admission_errors(&bigger, Some(&old)));
+    let smaller = with(&["spec", "storage", "size"], "1Gi".into());
+    let errors = admission_errors(&smaller, Some(&old));
+    assert!(errors.iter().any(|e| e.contains("never shrink")), "{errors:#?}");
+    let other_class = with(&["spec", "storage", "storageClassName"], "slow-disks".into());
+    let errors = admission_errors(&other_class, Some(&old));
+    assert!(errors.iter().any(|e| e.contains("storageClassName is fixed")), "{errors:#?}");
+}

@@ -491,6 +491,27 @@ async fn a_claim_being_deleted_gets_its_pod_deleted_so_it_comes_back_empty() {
 }
 
 #[tokio::test]
+async fn no_node_pod_is_created_while_its_claim_is_still_being_deleted() {
+    let previous = settled_status(7, 3).await;
+    let mut volumes = claims(3);
+    volumes[2] = claim("media-data-2", true);
+    // The pod went already; the claim has not finished going.
+    let (seen, _) = reconcile(
+        cluster(7, 3, Some(previous)),
+        ready_pods(2),
+        volumes,
+        silent_nodes(3),
+    )
+    .await;
+    let requests = lines(&seen);
+    assert!(
+        !requests.contains(&format!("PATCH {NS}/pods/media-node-2")),
+        "a pod on a terminating claim would hold it: {requests:#?}"
+    );
+    assert!(!requests.contains(&format!("PATCH {NS}/persistentvolumeclaims/media-data-2")));
+}
+
+#[tokio::test]
 async fn a_claim_that_is_gone_is_created_again_with_its_pod() {
     let previous = settled_status(7, 3).await;
     let (seen, _) = reconcile(

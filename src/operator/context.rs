@@ -163,6 +163,16 @@ impl Fleets {
             .cloned()
     }
 
+    /// The clusters with fleet state.
+    pub fn keys(&self) -> Vec<ClusterKey> {
+        self.clusters
+            .lock()
+            .expect("not poisoned")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// Forgets a cluster that was deleted (and its metrics).
     pub fn forget(&self, key: &ClusterKey) {
         self.clusters.lock().expect("not poisoned").remove(key);

@@ -370,11 +370,23 @@ pub async fn reconcile_cluster(
     };
     let replacement = rollout::next_replacement(&rollout_nodes, calm).map(str::to_string);
     let rollout_wait = rollout::waiting_for(&rollout_nodes, calm);
-    for ((pod, decision), rollout) in desired.node_pods.iter().zip(&decisions).zip(&rollout_nodes) {
+    for (index, ((pod, decision), rollout)) in desired
+        .node_pods
+        .iter()
+        .zip(&decisions)
+        .zip(&rollout_nodes)
+        .enumerate()
+    {
         let existing = pod_by_name.get(&pod.name_any());
         let present = existing.is_some();
         let terminating = existing.is_some_and(|p| p.metadata.deletion_timestamp.is_some());
-        if decision.delete_pod.is_none() && !terminating && !rollout.outdated {
+        // A pod created on a claim still being deleted would hold it (and
+        // run on the old volume): wait until the claim is gone and new.
+        let claim_terminating = claim_by_name
+            .get(&node_claim_name(&name, index))
+            .is_some_and(|c| c.metadata.deletion_timestamp.is_some());
+        if decision.delete_pod.is_none() && !terminating && !claim_terminating && !rollout.outdated
+        {
             apply(&pods, pod).await?;
             if !present && !previous_status.shard_assignment.is_empty() {
                 ctx.publish(

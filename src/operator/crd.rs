@@ -71,6 +71,8 @@ pub struct StorageClusterSpec {
 /// dies with the pod).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[x_kube(validation = Rule::new("has(self.size) || (has(self.ephemeral) && self.ephemeral)").message("storage needs a size (a PersistentVolumeClaim per node pod), or ephemeral: true"))]
+#[x_kube(validation = Rule::new("has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)").message("storageClassName is fixed once the claims exist (a claim's class cannot change)").field_path(".storageClassName"))]
+#[x_kube(validation = Rule::new("!has(oldSelf.size) || (has(self.size) && quantity(self.size).compareTo(quantity(oldSelf.size)) >= 0)").message("size can grow (where the class allows expansion) but never shrink: a claim cannot be made smaller").field_path(".size"))]
 #[serde(rename_all = "camelCase")]
 pub struct StorageSpec {
     /// Size of each node pod's PersistentVolumeClaim, e.g. 200Gi.

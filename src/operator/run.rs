@@ -98,6 +98,44 @@ fn object_key<K: kube::Resource<DynamicType = ()>>(object: &K) -> String {
     )
 }
 
+/// Every 30 s, drops the fleet state (view, repairs, metrics) of clusters
+/// that no longer exist: a StorageCluster has no finalizer, so its
+/// deletion reaches no reconcile.
+fn forget_deleted_clusters(
+    store: kube::runtime::reflector::Store<StorageCluster>,
+    context: Arc<Context>,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if store.is_empty() && context.fleets.keys().is_empty() {
+                continue;
+            }
+            let alive: std::collections::BTreeSet<(String, String)> = store
+                .state()
+                .iter()
+                .map(|c| {
+                    (
+                        kube::ResourceExt::namespace(c.as_ref()).unwrap_or_default(),
+                        kube::ResourceExt::name_any(c.as_ref()),
+                    )
+                })
+                .collect();
+            for key in context.fleets.keys() {
+                if !alive.contains(&key) {
+                    tracing::info!(namespace = %key.0, cluster = %key.1, "cluster deleted: forgetting its fleet state and metrics");
+                    context.fleets.forget(&key);
+                }
+            }
+        }
+    });
+}
+
 /// Resolves on SIGTERM or Ctrl-C.
 async fn termination() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -196,17 +234,28 @@ pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
         let mut watch = leading.clone();
         let lost_lease = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = lost_lease.clone();
-        tokio::spawn(async move {
-            while watch.changed().await.is_ok() {
-                if !*watch.borrow() {
-                    tracing::error!("lost the lease: stopping so that only one operator acts");
-                    flag.store(true, std::sync::atomic::Ordering::SeqCst);
-                    lost.cancel();
-                    return;
+        // The lease manager's task ends (and can release the Lease) only
+        // once every receiver is dropped: this watcher drops its own when
+        // the operator stops, whatever the reason.
+        let watcher = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = lost.cancelled() => return,
+                    changed = watch.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        if !*watch.borrow() {
+                            tracing::error!("lost the lease: stopping so that only one operator acts");
+                            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                            lost.cancel();
+                            return;
+                        }
+                    }
                 }
             }
         });
-        lease = Some((leading, task, lost_lease));
+        lease = Some((leading, task, lost_lease, watcher));
     } else {
         metrics.leader.set(1);
     }
@@ -218,7 +267,9 @@ pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
     });
     let node_pods = watcher::Config::default()
         .labels("app.kubernetes.io/name=redstuff,app.kubernetes.io/component=node");
-    let cluster_controller = Controller::new(clusters, watcher::Config::default())
+    let cluster_controller = Controller::new(clusters, watcher::Config::default());
+    forget_deleted_clusters(cluster_controller.store(), context.clone(), stop.clone());
+    let cluster_controller = cluster_controller
         .owns(Api::<Pod>::all(client.clone()), node_pods.clone())
         .owns(Api::<PersistentVolumeClaim>::all(client.clone()), node_pods)
         .graceful_shutdown_on(stop.clone().cancelled_owned())
@@ -248,7 +299,8 @@ pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
     }
     stop.cancel();
     let _ = server.await;
-    if let Some((leading, task, lost_lease)) = lease {
+    if let Some((leading, task, lost_lease, watcher)) = lease {
+        let _ = watcher.await;
         drop(leading);
         if let Ok(Ok(manager)) = task.await {
             if let Err(e) = manager.release().await {

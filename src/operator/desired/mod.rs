@@ -215,6 +215,9 @@ fn pod_security_context() -> PodSecurityContext {
         run_as_non_root: Some(true),
         run_as_user: Some(65532),
         fs_group: Some(65532),
+        // Changing ownership of a large volume on every start would delay
+        // the node for minutes: only when its root is not ours yet.
+        fs_group_change_policy: Some("OnRootMismatch".into()),
         seccomp_profile: Some(SeccompProfile {
             type_: "RuntimeDefault".into(),
             ..SeccompProfile::default()
@@ -232,6 +235,15 @@ fn http_probe(path: &str, port: i32) -> Probe {
         }),
         period_seconds: Some(5),
         ..Probe::default()
+    }
+}
+
+/// A node opening a large store (counting its files) may take a while
+/// before it listens: up to five minutes before liveness applies.
+fn startup_probe(path: &str, port: i32) -> Probe {
+    Probe {
+        failure_threshold: Some(60),
+        ..http_probe(path, port)
     }
 }
 
@@ -369,6 +381,7 @@ pub fn desired_objects(
                         ]),
                         readiness_probe: Some(http_probe("/readyz", NODE_METRICS_PORT)),
                         liveness_probe: Some(http_probe("/healthz", NODE_METRICS_PORT)),
+                        startup_probe: Some(startup_probe("/healthz", NODE_METRICS_PORT)),
                         resources: spec.resources.clone(),
                         security_context: Some(restricted_security_context()),
                         volume_mounts: Some(vec![
@@ -486,6 +499,7 @@ pub fn desired_objects(
                         }]),
                         readiness_probe: Some(http_probe("/readyz", GATEWAY_PORT)),
                         liveness_probe: Some(http_probe("/healthz", GATEWAY_PORT)),
+                        startup_probe: Some(startup_probe("/healthz", GATEWAY_PORT)),
                         security_context: Some(restricted_security_context()),
                         volume_mounts: Some(vec![
                             VolumeMount {
@@ -545,7 +559,11 @@ pub fn desired_objects(
     let disruption_budget = PodDisruptionBudget {
         metadata: meta(cluster, format!("{name}-nodes"), "node"),
         spec: Some(PodDisruptionBudgetSpec {
-            max_unavailable: Some(IntOrString::Int(1)),
+            // An integer minAvailable, not maxUnavailable: the disruption
+            // controller resolves maxUnavailable through the pods' owner's
+            // /scale subresource, which a StorageCluster does not have (the
+            // budget would be SyncFailed and refuse every eviction).
+            min_available: Some(IntOrString::Int(nodes.saturating_sub(1) as i32)),
             selector: Some(LabelSelector {
                 match_labels: Some(selector(&name, "node")),
                 ..LabelSelector::default()

@@ -72,8 +72,9 @@ fn a_cluster_is_one_pod_and_claim_per_node_plus_services_config_gateway_and_budg
             .spec
             .as_ref()
             .unwrap()
-            .max_unavailable,
-        Some(IntOrString::Int(1))
+            .min_available,
+        Some(IntOrString::Int(3)),
+        "one of the four node pods may be evicted at a time"
     );
 }
 
