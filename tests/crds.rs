@@ -252,11 +252,26 @@ fn a_clusters_storage_class_is_fixed_and_its_size_never_shrinks() {
         changed
     };
     let bigger = with(&["spec", "storage", "size"], "1Ti".into());
-    assert!(admission_errors(&bigger, Some(&old)).is_empty(), "{:#?}", admission_errors(&bigger, Some(&old)));
+    assert!(
+        admission_errors(&bigger, Some(&old)).is_empty(),
+        "{:#?}",
+        admission_errors(&bigger, Some(&old))
+    );
     let smaller = with(&["spec", "storage", "size"], "1Gi".into());
     let errors = admission_errors(&smaller, Some(&old));
-    assert!(errors.iter().any(|e| e.contains("never shrink")), "{errors:#?}");
-    let other_class = with(&["spec", "storage", "storageClassName"], "slow-disks".into());
+    assert!(
+        errors.iter().any(|e| e.contains("never shrink")),
+        "{errors:#?}"
+    );
+    let other_class = with(
+        &["spec", "storage", "storageClassName"],
+        "slow-disks".into(),
+    );
     let errors = admission_errors(&other_class, Some(&old));
-    assert!(errors.iter().any(|e| e.contains("storageClassName is fixed")), "{errors:#?}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("storageClassName is fixed")),
+        "{errors:#?}"
+    );
 }
