@@ -41,6 +41,23 @@ def rbac_rules(docs):
             for verb in rule["verbs"]}
 
 
+def check_watched_namespaces(name, values, docs, args):
+    """With operator.watchNamespaces the operator's role is bound in those
+    namespaces only (and Nodes cluster-wide); without, everywhere."""
+    watched = values.get("operator", {}).get("watchNamespaces") or []
+    bound_everywhere = {d["roleRef"]["name"] for d in docs if d["kind"] == "ClusterRoleBinding"}
+    bound_in = {d["metadata"]["namespace"] for d in docs
+                if d["kind"] == "RoleBinding" and d["roleRef"]["kind"] == "ClusterRole"}
+    flags = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--namespace"]
+    if watched:
+        if bound_everywhere != {"redstuff-nodes"} or bound_in != set(watched) or flags != watched:
+            fail(f"{name}: watchNamespaces {watched} must bind the role only there "
+                 f"(ClusterRoleBindings {bound_everywhere}, RoleBindings in {bound_in}, flags {flags})")
+    elif bound_everywhere != {"redstuff", "redstuff-nodes"} or bound_in or flags:
+        fail(f"{name}: without watchNamespaces the role is bound cluster-wide "
+             f"(ClusterRoleBindings {bound_everywhere}, RoleBindings in {bound_in}, flags {flags})")
+
+
 def render(chart, values):
     chart.validate_schema(values)
     return chart.render(values, name="redstuff", namespace="redstuff-system", is_install=True)
@@ -88,6 +105,7 @@ def main(out, redstuff):
         deployment = next(d for d in docs if d["kind"] == "Deployment")
         pod = deployment["spec"]["template"]["spec"]
         container = pod["containers"][0]
+        check_watched_namespaces(values_file.name, values, docs, container["args"])
         security = container["securityContext"]
         if not (pod["securityContext"]["runAsNonRoot"] and security["readOnlyRootFilesystem"]
                 and security["capabilities"]["drop"] == ["ALL"]

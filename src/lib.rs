@@ -19,6 +19,7 @@ pub mod fleet;
 pub mod gateway;
 pub mod http;
 pub mod json_file;
+pub mod listen;
 pub mod metrics;
 pub mod node;
 pub mod operator;

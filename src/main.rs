@@ -91,7 +91,7 @@ enum Command {
         )]
         image: String,
         /// Address of /metrics, /healthz and /readyz.
-        #[arg(long, default_value = "0.0.0.0:8080")]
+        #[arg(long, default_value = "[::]:8080")]
         listen: std::net::SocketAddr,
         /// Act at once without taking the leader Lease (one replica only).
         #[arg(long)]
@@ -111,6 +111,15 @@ enum Command {
         /// Largest source the operator ingests, e.g. 64GiB.
         #[arg(long, default_value = "64GiB", value_parser = redstuff::units::parse_bytes)]
         max_ingest: u64,
+        /// Manage StorageClusters and Blobs only in these namespaces
+        /// (repeat, or separate with commas; default: every namespace).
+        /// Grant the operator's role in each by a RoleBinding.
+        #[arg(
+            long = "namespace",
+            value_delimiter = ',',
+            env = "REDSTUFF_WATCH_NAMESPACES"
+        )]
+        namespaces: Vec<String>,
     },
     /// Print the objects the operator would create for a StorageCluster
     /// manifest (pods, claims, services, config, gateway, budget).
@@ -453,6 +462,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             identity,
             spool_dir,
             max_ingest,
+            namespaces,
         } => {
             let identity = identity.unwrap_or_else(|| {
                 format!(
@@ -472,6 +482,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     spool_dir,
                     max_ingest_bytes: max_ingest,
                     shutdown_timeout: std::time::Duration::from_secs(20),
+                    namespaces,
                 },
             ))
         }

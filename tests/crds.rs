@@ -275,3 +275,33 @@ fn a_clusters_storage_class_is_fixed_and_its_size_never_shrinks() {
         "{errors:#?}"
     );
 }
+
+#[test]
+fn a_cluster_name_is_refused_unless_every_name_derived_from_it_is_a_dns_label() {
+    let example: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root().join("examples/storagecluster.yaml")).unwrap(),
+    )
+    .unwrap();
+    let named = |name: &str| {
+        let mut cluster = example.clone();
+        cluster["metadata"]["name"] = name.into();
+        admission_errors(&cluster, None)
+    };
+    // NAME-node-999 is a pod's name and host name: at most 63 characters.
+    let longest = format!("c{}", "x".repeat(53));
+    assert!(named(&longest).is_empty(), "{:#?}", named(&longest));
+    assert_eq!(format!("{longest}-node-999").len(), 63);
+    for refused in [
+        format!("{longest}y"),
+        "7shards".to_string(),
+        "ends-with-".to_string(),
+        "Upper".to_string(),
+        "dotted.name".to_string(),
+    ] {
+        let errors = named(&refused);
+        assert!(
+            errors.iter().any(|e| e.contains("DNS-1035 label")),
+            "{refused}: {errors:#?}"
+        );
+    }
+}

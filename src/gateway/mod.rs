@@ -183,9 +183,7 @@ impl Gateway {
             .layer(middleware::from_fn_with_state(state.clone(), routes::track))
             .layer(DefaultBodyLimit::disable())
             .with_state(state.clone());
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        let listener = crate::listen::bind(addr).await?;
         Ok(Self {
             listener,
             router,

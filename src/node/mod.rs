@@ -139,9 +139,7 @@ impl Node {
             metadata: MetadataCache::new(config.metadata_cache_bytes),
             max_metadata_bytes: config.max_metadata_bytes,
         });
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        let listener = crate::listen::bind(addr).await?;
         Ok(Self {
             router: api::router(state.clone(), config.tokens.clone()),
             listener,
@@ -157,11 +155,7 @@ impl Node {
     /// `addr`: a port a NetworkPolicy can leave open to scrapers while the
     /// API's is closed.
     pub async fn with_metrics_listener(mut self, addr: SocketAddr) -> anyhow::Result<Self> {
-        self.metrics_listener = Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?,
-        );
+        self.metrics_listener = Some(crate::listen::bind(addr).await?);
         Ok(self)
     }
 

@@ -100,6 +100,36 @@ where
     Ok(())
 }
 
+/// The objects of one reconcile that could not be applied or deleted: one
+/// failure (an immutable field, a quota, a conflicting object) never
+/// stops the others, the repairs or the status; it is reported in the
+/// `Synced` condition and an Event, and retried.
+#[derive(Debug, Default)]
+struct Failures(Vec<String>);
+
+impl Failures {
+    /// Keeps `what` failing with `result`'s error, if it failed.
+    fn note<E: std::fmt::Display>(&mut self, what: impl std::fmt::Display, result: Result<(), E>) {
+        if let Err(e) = result {
+            tracing::warn!("{what}: {e}");
+            self.0.push(format!("{what}: {e}"));
+        }
+    }
+}
+
+/// Applies `object`, noting a failure instead of returning it.
+async fn apply_noting<K>(failures: &mut Failures, api: &Api<K>, object: &K)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    let what = format!(
+        "apply {} {}",
+        K::kind(&()),
+        object.meta().name.as_deref().unwrap_or("")
+    );
+    failures.note(what, apply(api, object).await);
+}
+
 /// The content of a token Secret, or a new random token when it does not
 /// exist yet (or holds no token).
 async fn read_or_make_token(secrets: &Api<Secret>, name: &str) -> Result<String, ReconcileError> {
@@ -313,20 +343,23 @@ pub async fn reconcile_cluster(
     };
     let desired = desired_objects(&cluster, &assignment, &ctx.image, &credentials);
 
+    let mut failures = Failures::default();
     let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
-    apply(&services, &desired.node_service).await?;
-    apply(
+    apply_noting(&mut failures, &services, &desired.node_service).await;
+    apply_noting(
+        &mut failures,
         &Api::<ConfigMap>::namespaced(client.clone(), &namespace),
         &desired.shards_config,
     )
-    .await?;
-    apply(&secrets, &desired.node_token).await?;
-    apply(&secrets, &desired.gateway_token).await?;
-    apply(
+    .await;
+    apply_noting(&mut failures, &secrets, &desired.node_token).await;
+    apply_noting(&mut failures, &secrets, &desired.gateway_token).await;
+    apply_noting(
+        &mut failures,
         &Api::<NetworkPolicy>::namespaced(client.clone(), &namespace),
         &desired.node_network_policy,
     )
-    .await?;
+    .await;
     for claim in &desired.node_claims {
         // A claim still being deleted cannot be applied: it is recreated
         // once its pod has released it.
@@ -334,7 +367,7 @@ pub async fn reconcile_cluster(
             .get(&claim.name_any())
             .is_some_and(|c| c.metadata.deletion_timestamp.is_some());
         if !terminating {
-            apply(&claims, claim).await?;
+            apply_noting(&mut failures, &claims, claim).await;
         }
     }
     // Node pods created from another spec are never patched (a pod's spec
@@ -387,8 +420,12 @@ pub async fn reconcile_cluster(
             .is_some_and(|c| c.metadata.deletion_timestamp.is_some());
         if decision.delete_pod.is_none() && !terminating && !claim_terminating && !rollout.outdated
         {
-            apply(&pods, pod).await?;
-            if !present && !previous_status.shard_assignment.is_empty() {
+            let before = failures.0.len();
+            apply_noting(&mut failures, &pods, pod).await;
+            if failures.0.len() == before
+                && !present
+                && !previous_status.shard_assignment.is_empty()
+            {
                 ctx.publish(
                     &*cluster,
                     false,
@@ -399,22 +436,27 @@ pub async fn reconcile_cluster(
             }
         }
     }
-    apply(
+    apply_noting(
+        &mut failures,
         &Api::<Deployment>::namespaced(client.clone(), &namespace),
         &desired.gateway,
     )
-    .await?;
-    apply(&services, &desired.gateway_service).await?;
-    apply(
+    .await;
+    apply_noting(&mut failures, &services, &desired.gateway_service).await;
+    apply_noting(
+        &mut failures,
         &Api::<PodDisruptionBudget>::namespaced(client.clone(), &namespace),
         &desired.disruption_budget,
     )
-    .await?;
+    .await;
 
-    delete_pods(&ctx, &cluster, &pods, &decisions).await?;
+    delete_pods(&ctx, &cluster, &pods, &decisions, &mut failures).await;
     if let Some(pod) = &replacement {
-        pods.delete(pod, &DeleteParams::default()).await?;
-        ctx.publish(
+        let deleted = pods.delete(pod, &DeleteParams::default()).await.map(|_| ());
+        let ok = deleted.is_ok();
+        failures.note(format!("delete Pod {pod}"), deleted);
+        if ok {
+            ctx.publish(
             &*cluster,
             false,
             "NodePodUpdated",
@@ -425,6 +467,7 @@ pub async fn reconcile_cluster(
             ),
         )
         .await;
+        }
     }
     // Node pods beyond spec.nodes go (their claims stay until the cluster goes).
     for pod in observed_pods
@@ -432,8 +475,11 @@ pub async fn reconcile_cluster(
         .filter(|p| !node_names.contains(&p.name_any()))
     {
         if pod.metadata.deletion_timestamp.is_none() {
-            pods.delete(&pod.name_any(), &DeleteParams::default())
-                .await?;
+            let deleted = pods
+                .delete(&pod.name_any(), &DeleteParams::default())
+                .await
+                .map(|_| ());
+            failures.note(format!("delete Pod {}", pod.name_any()), deleted);
         }
     }
     report_moved_shards(&ctx, &cluster, &previous, &assignment, &evicted).await;
@@ -452,14 +498,19 @@ pub async fn reconcile_cluster(
     // this list still counts as recorded, so its slivers going away in
     // between never make it reappear.
     let blob_records: Api<Blob> = Api::namespaced(client.clone(), &namespace);
-    let recorded: BTreeSet<String> = blob_records
-        .list(&ListParams::default())
-        .await?
-        .items
-        .iter()
-        .filter(|b| b.spec.cluster == name)
-        .filter_map(recorded_blob_id)
-        .collect();
+    let recorded: Option<BTreeSet<String>> = match blob_records.list(&ListParams::default()).await {
+        Ok(list) => Some(
+            list.items
+                .iter()
+                .filter(|b| b.spec.cluster == name)
+                .filter_map(recorded_blob_id)
+                .collect(),
+        ),
+        Err(e) => {
+            failures.note("list Blobs", Err::<(), _>(e));
+            None
+        }
+    };
     let view = control::observe(&fleet_state.calls, &addresses).await;
     control::spread_markers(
         &fleet_state.calls,
@@ -469,7 +520,19 @@ pub async fn reconcile_cluster(
         1000,
     )
     .await;
-    record_uploads(&cluster, &blob_records, &recorded, &view, &encoding).await?;
+    // Without the list of Blobs, no upload is recorded this time (a record
+    // must never be made for a Blob that was just deleted).
+    if let Some(recorded) = &recorded {
+        record_uploads(
+            &cluster,
+            &blob_records,
+            recorded,
+            &view,
+            &encoding,
+            &mut failures,
+        )
+        .await;
+    }
     view.publish(&encoding, &fleet_state.metrics);
     fleet_state.metrics.nodes_evicted.set(evicted.len() as i64);
     {
@@ -546,6 +609,7 @@ pub async fn reconcile_cluster(
         repairs_in_flight: fleet_state.repairer.in_flight() as u32,
         outdated,
         rollout_wait,
+        sync_failures: failures.0.clone(),
     };
     let observed_status: Vec<ObservedNode> = node_specs
         .iter()
@@ -583,9 +647,28 @@ pub async fn reconcile_cluster(
         )
         .await;
     }
+    let newly_failing = !failures.0.is_empty()
+        && !previous_status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Synced" && c.status == "False");
+    if newly_failing {
+        ctx.publish(
+            &*cluster,
+            true,
+            "ApplyFailed",
+            format!(
+                "{} of the cluster's objects could not be applied; the rest, repairs and status go on: {}",
+                failures.0.len(),
+                failures.0.join("; ")
+            ),
+        )
+        .await;
+    }
     write_status_if_changed(&clusters, &cluster, status).await?;
 
-    let busy = summary.repairs_in_flight > 0
+    let busy = !failures.0.is_empty()
+        || summary.repairs_in_flight > 0
         || blob_counts.degraded + blob_counts.at_risk > 0
         || decisions.iter().any(|d| !d.available)
         || !summary.outdated.is_empty();
@@ -605,10 +688,18 @@ async fn delete_pods(
     cluster: &StorageCluster,
     pods: &Api<Pod>,
     decisions: &[NodeDecision],
-) -> Result<(), ReconcileError> {
+    failures: &mut Failures,
+) {
     for d in decisions {
         let Some(reason) = d.delete_pod else { continue };
-        pods.delete(&d.name, &DeleteParams::default()).await?;
+        let deleted = pods
+            .delete(&d.name, &DeleteParams::default())
+            .await
+            .map(|_| ());
+        if deleted.is_err() {
+            failures.note(format!("delete Pod {}", d.name), deleted);
+            continue;
+        }
         let (reason, note) = match reason {
             DeleteReason::VolumeLost => (
                 "VolumeLost",
@@ -624,7 +715,6 @@ async fn delete_pods(
         };
         ctx.publish(cluster, true, reason, note).await;
     }
-    Ok(())
 }
 
 /// The blob id a Blob names: ingested, or uploaded.
@@ -655,7 +745,8 @@ async fn record_uploads(
     recorded: &BTreeSet<String>,
     view: &control::FleetView,
     encoding: &crate::codec::EncodingConfig,
-) -> Result<(), ReconcileError> {
+    failures: &mut Failures,
+) {
     let name = cluster.name_any();
     for (id, blob) in &view.blobs {
         // Fewer than p shards: an interrupted upload or leftovers, not a blob.
@@ -679,14 +770,19 @@ async fn record_uploads(
         );
         record.metadata.namespace = cluster.namespace();
         record.metadata.labels = Some(super::desired::labels(&name, "blob"));
+        // Recorded by the operator, so owned by the cluster: deleting the
+        // cluster deletes its records (and their finalizer releases them).
+        record.metadata.owner_references = cluster.controller_owner_ref(&()).map(|o| vec![o]);
         record.metadata.annotations = Some(BTreeMap::from([(
             "redstuff.dev/recorded-by".to_string(),
             "operator: an upload through the gateway".to_string(),
         )]));
-        apply(blobs, &record).await?;
-        tracing::info!(cluster = %name, blob = %id, record = %record_name, "recorded an upload");
+        let before = failures.0.len();
+        apply_noting(failures, blobs, &record).await;
+        if failures.0.len() == before {
+            tracing::info!(cluster = %name, blob = %id, record = %record_name, "recorded an upload");
+        }
     }
-    Ok(())
 }
 
 /// One Event per evicted node naming the shards it handed over and to whom.

@@ -49,6 +49,21 @@ pub struct OperatorOptions {
     pub max_ingest_bytes: u64,
     /// How long shutdown waits for repairs in flight.
     pub shutdown_timeout: Duration,
+    /// Namespaces whose StorageClusters and Blobs this operator manages;
+    /// empty: every namespace.
+    pub namespaces: Vec<String>,
+}
+
+/// An API over every namespace, or over one.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
 }
 
 struct Shared {
@@ -103,6 +118,7 @@ fn object_key<K: kube::Resource<DynamicType = ()>>(object: &K) -> String {
 /// deletion reaches no reconcile.
 fn forget_deleted_clusters(
     store: kube::runtime::reflector::Store<StorageCluster>,
+    namespace: Option<String>,
     context: Arc<Context>,
     stop: CancellationToken,
 ) {
@@ -127,7 +143,8 @@ fn forget_deleted_clusters(
                 })
                 .collect();
             for key in context.fleets.keys() {
-                if !alive.contains(&key) {
+                let watched = namespace.as_ref().is_none_or(|n| *n == key.0);
+                if watched && !alive.contains(&key) {
                     tracing::info!(namespace = %key.0, cluster = %key.1, "cluster deleted: forgetting its fleet state and metrics");
                     context.fleets.forget(&key);
                 }
@@ -157,15 +174,23 @@ pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
     let client = Client::try_default().await.map_err(|e| {
         anyhow::anyhow!("cannot reach the Kubernetes API (KUBECONFIG or in-cluster config): {e}")
     })?;
-    let clusters: Api<StorageCluster> = Api::all(client.clone());
-    clusters
-        .list(&ListParams::default().limit(1))
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot list StorageClusters ({e}): are the CRDs installed? kubectl apply -f crds/"
-            )
-        })?;
+    let scopes: Vec<Option<String>> = if options.namespaces.is_empty() {
+        vec![None]
+    } else {
+        options.namespaces.iter().cloned().map(Some).collect()
+    };
+    for scope in &scopes {
+        scoped::<StorageCluster>(&client, scope.as_deref())
+            .list(&ListParams::default().limit(1))
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot list StorageClusters in {} ({e}): are the CRDs installed \
+                     (kubectl apply -f crds/) and may the operator's ServiceAccount read them?",
+                    scope.as_deref().unwrap_or("every namespace")
+                )
+            })?;
+    }
     let registry = Registry::new();
     let metrics = OperatorMetrics::new(&registry);
     let mut context = Context::new(client.clone(), options.image.clone());
@@ -173,7 +198,7 @@ pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
     context.max_ingest_bytes = options.max_ingest_bytes;
     let context = Arc::new(context);
 
-    let listener = tokio::net::TcpListener::bind(options.listen).await?;
+    let listener = crate::listen::bind(options.listen).await?;
     let metrics_context = context.clone();
     let router = axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok" }))
@@ -265,35 +290,36 @@ pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         failures: Default::default(),
     });
-    let node_pods = watcher::Config::default()
-        .labels("app.kubernetes.io/name=redstuff,app.kubernetes.io/component=node");
-    let cluster_controller = Controller::new(clusters, watcher::Config::default());
-    forget_deleted_clusters(cluster_controller.store(), context.clone(), stop.clone());
-    let cluster_controller = cluster_controller
-        .owns(Api::<Pod>::all(client.clone()), node_pods.clone())
-        .owns(Api::<PersistentVolumeClaim>::all(client.clone()), node_pods)
-        .graceful_shutdown_on(stop.clone().cancelled_owned())
-        .run(reconcile_cluster_measured, error_policy, shared.clone())
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!("storagecluster reconcile: {e}");
+    let controllers = futures::future::join_all(scopes.into_iter().map(|scope| {
+        run_controllers(
+            client.clone(),
+            scope,
+            shared.clone(),
+            context.clone(),
+            stop.clone(),
+        )
+    }));
+    // Shutdown is bounded as a whole (the pod's grace period is 30 s):
+    // running reconciles get half of `shutdown_timeout`, repairs in flight
+    // what is left of it.
+    let stopped = async {
+        stop.cancelled().await;
+        Instant::now()
+    };
+    tokio::pin!(controllers, stopped);
+    let stopped_at = tokio::select! {
+        _ = &mut controllers => Instant::now(),
+        at = &mut stopped => {
+            if tokio::time::timeout(options.shutdown_timeout / 2, &mut controllers).await.is_err() {
+                tracing::warn!("reconciles still running at shutdown: left to the next leader");
             }
-        });
-    let views = tokio_stream::wrappers::WatchStream::new(context.views_changed.subscribe());
-    let blob_controller =
-        Controller::new(Api::<Blob>::all(client.clone()), watcher::Config::default())
-            .reconcile_all_on(views.map(|_| ()))
-            .graceful_shutdown_on(stop.clone().cancelled_owned())
-            .run(reconcile_blob_measured, error_policy_blob, shared.clone())
-            .for_each(|result| async move {
-                if let Err(e) = result {
-                    tracing::debug!("blob reconcile: {e}");
-                }
-            });
-    tokio::join!(cluster_controller, blob_controller);
-
+            at
+        }
+    };
+    let deadline = stopped_at + options.shutdown_timeout;
     for repairer in context.fleets.repairers() {
-        if !repairer.wait_idle(options.shutdown_timeout).await {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !repairer.wait_idle(left).await {
             tracing::warn!("repairs still in flight at shutdown; the next leader restarts them");
         }
     }
@@ -314,6 +340,52 @@ pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The StorageCluster and Blob controllers over every namespace or one,
+/// until `stop`.
+async fn run_controllers(
+    client: Client,
+    namespace: Option<String>,
+    shared: Arc<Shared>,
+    context: Arc<Context>,
+    stop: CancellationToken,
+) {
+    let scope = namespace.as_deref();
+    let node_pods = watcher::Config::default()
+        .labels("app.kubernetes.io/name=redstuff,app.kubernetes.io/component=node");
+    let cluster_controller = Controller::new(
+        scoped::<StorageCluster>(&client, scope),
+        watcher::Config::default(),
+    );
+    forget_deleted_clusters(
+        cluster_controller.store(),
+        namespace.clone(),
+        context.clone(),
+        stop.clone(),
+    );
+    let cluster_controller = cluster_controller
+        .owns(scoped::<Pod>(&client, scope), node_pods.clone())
+        .owns(scoped::<PersistentVolumeClaim>(&client, scope), node_pods)
+        .graceful_shutdown_on(stop.clone().cancelled_owned())
+        .run(reconcile_cluster_measured, error_policy, shared.clone())
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!("storagecluster reconcile: {e}");
+            }
+        });
+    let views = tokio_stream::wrappers::WatchStream::new(context.views_changed.subscribe());
+    let blob_controller =
+        Controller::new(scoped::<Blob>(&client, scope), watcher::Config::default())
+            .reconcile_all_on(views.map(|_| ()))
+            .graceful_shutdown_on(stop.cancelled_owned())
+            .run(reconcile_blob_measured, error_policy_blob, shared)
+            .for_each(|result| async move {
+                if let Err(e) = result {
+                    tracing::debug!("blob reconcile: {e}");
+                }
+            });
+    tokio::join!(cluster_controller, blob_controller);
 }
 
 fn observe(shared: &Shared, controller: &str, start: Instant, failed: bool) {

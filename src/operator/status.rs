@@ -46,6 +46,8 @@ pub struct FleetSummary {
     pub outdated: Vec<String>,
     /// What their replacement waits for, if it waits.
     pub rollout_wait: Option<String>,
+    /// Objects that could not be applied or deleted this time, and why.
+    pub sync_failures: Vec<String>,
 }
 
 /// Checks a spec beyond what the schema can (the controller's last line of
@@ -340,6 +342,27 @@ fn fold_in_fleet(
             ),
         );
     }
+    let synced = fleet.sync_failures.is_empty();
+    status.conditions.push(condition(
+        "Synced",
+        synced,
+        if synced { "Applied" } else { "ApplyFailed" },
+        if synced {
+            "every object of the cluster is applied".to_string()
+        } else {
+            let mut message = format!(
+                "{} objects could not be applied and are retried (repairs and status go on): {}",
+                fleet.sync_failures.len(),
+                fleet.sync_failures.join("; ")
+            );
+            if message.len() > 4096 {
+                message = super::context::truncate_note(message);
+            }
+            message
+        },
+        generation,
+        now,
+    ));
     if !fleet.evicted.is_empty() {
         set(
             status,
@@ -611,5 +634,37 @@ mod tests {
         let fewer = observed(7, &[0, 1, 2, 3, 4, 5], 7);
         let third = cluster_status(&c, &a, &fewer, &FleetSummary::default(), &now(300));
         assert_eq!(cond(&third, "Ready").last_transition_time, now(300));
+    }
+
+    #[test]
+    fn objects_that_cannot_be_applied_are_named_in_the_synced_condition_and_the_rest_stays_ready() {
+        let c = cluster(7, 7, Some("1Gi"));
+        let nodes = observed(7, &[0, 1, 2, 3, 4, 5, 6], 7);
+        let fleet = FleetSummary {
+            sync_failures: vec![
+                "apply PersistentVolumeClaim media-data-3: field is immutable".into(),
+            ],
+            ..FleetSummary::default()
+        };
+        let s = cluster_status(&c, &assignment(&c, &nodes), &nodes, &fleet, &now(1));
+        assert_eq!(s.phase.as_deref(), Some("Ready"));
+        let synced = cond(&s, "Synced");
+        assert_eq!(
+            (synced.status.as_str(), synced.reason.as_str()),
+            ("False", "ApplyFailed")
+        );
+        assert!(
+            synced.message.contains("media-data-3: field is immutable"),
+            "{}",
+            synced.message
+        );
+        let s = cluster_status(
+            &c,
+            &assignment(&c, &nodes),
+            &nodes,
+            &FleetSummary::default(),
+            &now(1),
+        );
+        assert_eq!(cond(&s, "Synced").status, "True");
     }
 }

@@ -7,7 +7,8 @@
 //	                             resolver (/etc/resolv.conf), /write writes
 //	                             $DATA_DIR/probe.txt and reads it back;
 //	                             $RESOLVE_NAME, when set, is resolved at
-//	                             start and the answer logged
+//	                             start and the answer logged;
+//	                             /bytes?size=N answers N deterministic bytes
 //	probe get URL                HTTP GET; prints the body, exit 1 unless 200
 //	                             (https: trusts the pod's service-account CA
 //	                             and sends its token, when it has them)
@@ -128,6 +129,21 @@ func serve() {
 	}
 	http.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintf(w, "ok %s\n", host)
+	})
+	// /bytes?size=N: N deterministic bytes, byte i = (7i + i/251) mod 256
+	// (the end-to-end tests ingest them as a Blob's URL source).
+	http.HandleFunc("/bytes", func(w http.ResponseWriter, r *http.Request) {
+		var size int
+		if _, err := fmt.Sscan(r.URL.Query().Get("size"), &size); err != nil || size < 0 || size > 1<<30 {
+			http.Error(w, "size must be a number of bytes up to 1 GiB", http.StatusBadRequest)
+			return
+		}
+		body := make([]byte, size)
+		for i := range body {
+			body[i] = byte(i*7 + i/251)
+		}
+		w.Header().Set("Content-Length", fmt.Sprint(size))
+		_, _ = w.Write(body)
 	})
 	http.HandleFunc("/resolve", func(w http.ResponseWriter, r *http.Request) {
 		addrs, err := resolve(r.URL.Query().Get("name"))

@@ -175,7 +175,7 @@ fn nodes_get_the_cluster_token_and_fleet_map_and_the_gateway_both_tokens() {
         args.contains("--fleet /etc/redstuff/shards/fleet.json"),
         "{args}"
     );
-    assert!(args.contains("--metrics-listen 0.0.0.0:7801"), "{args}");
+    assert!(args.contains("--metrics-listen [::]:7801"), "{args}");
     let volumes: Vec<_> = pod
         .volumes
         .as_ref()

@@ -1,0 +1,418 @@
+//! What goes wrong in a cluster, done for real: pods and claims deleted,
+//! a rollout, the leader killed and stopped, a node pod kept away, a drain.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::cluster::{self, CLUSTER};
+use crate::data::{self, shared_bytes};
+use crate::harness::{wait_for, E2e, NS, RELEASE_NS};
+
+const NODE_PODS: &str = "app.kubernetes.io/instance=e2e,app.kubernetes.io/component=node";
+
+/// The sum of a metric's samples for the e2e cluster.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains("storagecluster=\"e2e\""))
+        .filter(|l| l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn ready(pod: &Value) -> bool {
+    pod["metadata"]["deletionTimestamp"].is_null()
+        && pod["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+/// Node pods not ready (or missing) now.
+fn not_ready_node_pods(e2e: &E2e) -> anyhow::Result<usize> {
+    let pods = e2e.list("pods", NS, NODE_PODS)?;
+    let ready = pods.iter().filter(|p| ready(p)).count();
+    Ok(4usize.saturating_sub(ready))
+}
+
+fn uid(e2e: &E2e, pod: &str) -> anyhow::Result<Option<String>> {
+    Ok(e2e
+        .get("pod", pod, NS)?
+        .and_then(|p| p["metadata"]["uid"].as_str().map(str::to_string)))
+}
+
+/// Reasons of the Events about the cluster.
+fn event_reasons(e2e: &E2e) -> anyhow::Result<Vec<String>> {
+    let events = e2e.list("events.events.k8s.io", NS, "")?;
+    Ok(events
+        .iter()
+        .filter(|e| e["regarding"]["kind"] == "StorageCluster")
+        .filter_map(|e| e["reason"].as_str().map(str::to_string))
+        .collect())
+}
+
+/// The shared blob reads back exactly.
+async fn shared_blob_reads_back(e2e: &E2e) -> anyhow::Result<()> {
+    let data = shared_bytes();
+    let id = data::put(e2e, &data).await?;
+    let (gateway, http) = e2e.gateway(CLUSTER)?;
+    let (code, back) = data::get(&http, &gateway.url, &id).await?;
+    anyhow::ensure!(
+        code == 200 && back == data,
+        "GET {code}, {} bytes",
+        back.len()
+    );
+    Ok(())
+}
+
+fn shared_record() -> String {
+    let data = shared_bytes();
+    let config = redstuff::codec::EncodingConfig::new(4).unwrap();
+    let (metadata, _) =
+        redstuff::codec::BlobEncoder::new(config, redstuff::codec::DEFAULT_SEGMENT_SIZE)
+            .unwrap()
+            .encode(&data)
+            .unwrap();
+    redstuff::operator::controller::upload_record_name(&metadata.blob_id().to_string()).unwrap()
+}
+
+pub async fn pod_deleted(e2e: &E2e) -> anyhow::Result<()> {
+    shared_blob_reads_back(e2e).await?;
+    data::until_healthy(e2e, &shared_record(), Duration::from_secs(120)).await?;
+    let before = metric(&e2e.operator_metrics()?, "redstuff_repair_bytes_total");
+    let old = uid(e2e, "e2e-node-1")?;
+    e2e.kubectl(&["-n", NS, "delete", "pod", "e2e-node-1", "--wait=true"])?;
+    wait_for(
+        "e2e-node-1 back and ready",
+        Duration::from_secs(180),
+        || {
+            let pod = e2e.get("pod", "e2e-node-1", NS)?;
+            Ok(pod
+                .filter(|p| p["metadata"]["uid"].as_str().map(str::to_string) != old && ready(p))
+                .map(|_| ()))
+        },
+    )
+    .await?;
+    let claim = e2e.get("pod", "e2e-node-1", NS)?.unwrap()["spec"]["volumes"][0]
+        ["persistentVolumeClaim"]["claimName"]
+        .clone();
+    anyhow::ensure!(claim == "e2e-data-1", "the new pod is on claim {claim}");
+    cluster::until_phase(e2e, "Ready", Duration::from_secs(120)).await?;
+    data::until_healthy(e2e, &shared_record(), Duration::from_secs(60)).await?;
+    shared_blob_reads_back(e2e).await?;
+    anyhow::ensure!(event_reasons(e2e)?.contains(&"NodePodReplaced".to_string()));
+    let after = metric(&e2e.operator_metrics()?, "redstuff_repair_bytes_total");
+    anyhow::ensure!(
+        after == before,
+        "repairs moved {} bytes for a pod on its own claim",
+        after - before
+    );
+    Ok(())
+}
+
+pub async fn claim_deleted(e2e: &E2e) -> anyhow::Result<()> {
+    let record = shared_record();
+    let metrics = e2e.operator_metrics()?;
+    let delays_before = metric(&metrics, "redstuff_repair_start_delay_seconds_count");
+    let deleted_at = Instant::now();
+    e2e.kubectl(&["-n", NS, "delete", "pvc", "e2e-data-2", "--wait=false"])?;
+    e2e.kubectl(&["-n", NS, "delete", "pod", "e2e-node-2", "--wait=false"])?;
+    let mut seen: Vec<String> = Vec::new();
+    wait_for(
+        "the blob Degraded, then Healthy again",
+        Duration::from_secs(300),
+        || {
+            let health = e2e
+                .get("blob", &record, NS)?
+                .and_then(|b| b["status"]["health"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            if seen.last() != Some(&health) {
+                eprintln!("  {:.0} s: {health}", deleted_at.elapsed().as_secs_f64());
+                seen.push(health.clone());
+            }
+            let degraded_then_healthy = seen.iter().any(|h| h != "Healthy") && health == "Healthy";
+            Ok(degraded_then_healthy.then_some(()))
+        },
+    )
+    .await?;
+    let status = data::until_healthy(e2e, &record, Duration::from_secs(60)).await?;
+    anyhow::ensure!(status["shards"] == "4/4");
+    shared_blob_reads_back(e2e).await?;
+    let metrics = e2e.operator_metrics()?;
+    let count = metric(&metrics, "redstuff_repair_start_delay_seconds_count");
+    let sum = metric(&metrics, "redstuff_repair_start_delay_seconds_sum");
+    anyhow::ensure!(count > delays_before, "no repair start was measured");
+    eprintln!(
+        "time from the claim's deletion to the repair's start: {:.1} s (mean over {count} repairs; redstuff_repair_start_delay_seconds)",
+        sum / count
+    );
+    anyhow::ensure!(event_reasons(e2e)?.contains(&"VolumeLost".to_string()));
+    Ok(())
+}
+
+pub async fn rollout(e2e: &E2e) -> anyhow::Result<()> {
+    let data = shared_bytes();
+    let id = data::put(e2e, &data).await?;
+    let (gateway, http) = e2e.gateway(CLUSTER)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (reads, failures) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let reader = {
+        let (stop, reads, failures) = (stop.clone(), reads.clone(), failures.clone());
+        let url = gateway.url.clone();
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match data::get(&http, &url, &id).await {
+                    Ok((200, back)) if back == data => reads.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        eprintln!("  failed read: {:?}", other.map(|(c, b)| (c, b.len())));
+                        failures.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let old_hashes: Vec<String> = e2e
+        .list("pods", NS, NODE_PODS)?
+        .iter()
+        .filter_map(|p| {
+            p["metadata"]["annotations"]["redstuff.dev/spec-hash"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    e2e.apply(&cluster::manifest("20m"))?;
+    let mut most_down = 0;
+    let result = wait_for(
+        "every node pod on the new spec, the cluster Ready",
+        Duration::from_secs(600),
+        || {
+            most_down = most_down.max(not_ready_node_pods(e2e)?);
+            let pods = e2e.list("pods", NS, NODE_PODS)?;
+            let renewed = pods.len() == 4
+                && pods.iter().all(|p| {
+                    ready(p)
+                        && p["metadata"]["annotations"]["redstuff.dev/spec-hash"]
+                            .as_str()
+                            .is_some_and(|h| !old_hashes.iter().any(|o| o == h))
+                });
+            let status = cluster::current_status(e2e)?;
+            Ok((renewed && status.is_some_and(|s| s["phase"] == "Ready")).then_some(()))
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    reader.await?;
+    result?;
+    let (reads, failures) = (
+        reads.load(Ordering::Relaxed),
+        failures.load(Ordering::Relaxed),
+    );
+    eprintln!("{reads} reads during the rollout, {failures} failed; at most {most_down} node pods down at once");
+    anyhow::ensure!(failures == 0, "{failures} reads failed during the rollout");
+    anyhow::ensure!(reads > 0);
+    anyhow::ensure!(most_down <= 1, "{most_down} node pods were down at once");
+    anyhow::ensure!(event_reasons(e2e)?.contains(&"NodePodUpdated".to_string()));
+    Ok(())
+}
+
+fn operator_pods(e2e: &E2e) -> anyhow::Result<Vec<String>> {
+    Ok(e2e
+        .list("pods", RELEASE_NS, "app.kubernetes.io/component=operator")?
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+        .collect())
+}
+
+/// Waits until the Lease is held by a pod other than `old`; how long it took.
+async fn new_leader(e2e: &E2e, old: &str, timeout: Duration) -> anyhow::Result<(String, Duration)> {
+    let start = Instant::now();
+    let leader = wait_for("another leader", timeout, || {
+        Ok(e2e.leader().ok().filter(|l| l != old))
+    })
+    .await?;
+    Ok((leader, start.elapsed()))
+}
+
+pub async fn leader_failover(e2e: &E2e) -> anyhow::Result<()> {
+    wait_for("two operator pods ready", Duration::from_secs(120), || {
+        let pods = e2e.list("pods", RELEASE_NS, "app.kubernetes.io/component=operator")?;
+        Ok((pods.iter().filter(|p| ready(p)).count() == 2).then_some(()))
+    })
+    .await?;
+    let leader = e2e.leader()?;
+    anyhow::ensure!(
+        operator_pods(e2e)?.contains(&leader),
+        "the Lease holder {leader} is no operator pod"
+    );
+    // Killed: no release, the standby waits for the Lease to expire.
+    e2e.kubectl(&[
+        "-n",
+        RELEASE_NS,
+        "delete",
+        "pod",
+        &leader,
+        "--grace-period=0",
+        "--force",
+    ])?;
+    let (second, took) = new_leader(e2e, &leader, Duration::from_secs(60)).await?;
+    eprintln!(
+        "killed leader {leader}: {second} leads after {:.1} s (Lease duration 15 s)",
+        took.as_secs_f64()
+    );
+    anyhow::ensure!(took <= Duration::from_secs(25), "the standby took {took:?}");
+    wait_for(
+        "two operator pods ready again",
+        Duration::from_secs(120),
+        || {
+            let pods = e2e.list("pods", RELEASE_NS, "app.kubernetes.io/component=operator")?;
+            Ok((pods.iter().filter(|p| ready(p)).count() == 2).then_some(()))
+        },
+    )
+    .await?;
+    // Terminated (SIGTERM): it releases the Lease, the standby leads at once.
+    e2e.kubectl(&["-n", RELEASE_NS, "delete", "pod", &second, "--wait=false"])?;
+    let (third, took) = new_leader(e2e, &second, Duration::from_secs(60)).await?;
+    eprintln!(
+        "terminated leader {second}: {third} leads after {:.1} s",
+        took.as_secs_f64()
+    );
+    anyhow::ensure!(
+        took <= Duration::from_secs(8),
+        "after a SIGTERM the standby took {took:?}: the Lease was not released"
+    );
+    // The new leader goes on reconciling.
+    cluster::until_phase(e2e, "Ready", Duration::from_secs(120)).await?;
+    Ok(())
+}
+
+fn kubernetes_nodes(e2e: &E2e) -> anyhow::Result<Vec<String>> {
+    Ok(e2e
+        .list("nodes", "default", "")?
+        .iter()
+        .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_string))
+        .collect())
+}
+
+fn uncordon_all(e2e: &E2e) -> anyhow::Result<()> {
+    for node in kubernetes_nodes(e2e)? {
+        e2e.kubectl(&["uncordon", &node])?;
+    }
+    Ok(())
+}
+
+pub async fn grace_period(e2e: &E2e) -> anyhow::Result<()> {
+    let record = shared_record();
+    data::until_healthy(e2e, &record, Duration::from_secs(120)).await?;
+    for node in kubernetes_nodes(e2e)? {
+        e2e.kubectl(&["cordon", &node])?;
+    }
+    let result = async {
+        // The pod comes back, but cannot be scheduled: it stays away.
+        e2e.kubectl(&["-n", NS, "delete", "pod", "e2e-node-3", "--wait=true"])?;
+        let status = wait_for(
+            "e2e-node-3's shards moved",
+            Duration::from_secs(180),
+            || {
+                let status = e2e.cluster_status(CLUSTER)?;
+                let holds = status["shardAssignment"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|a| a["node"] == "e2e-node-3");
+                Ok((!holds && !status["shardAssignment"].is_null()).then_some(status))
+            },
+        )
+        .await?;
+        eprintln!(
+            "assignment after the grace period: {}",
+            status["shardAssignment"]
+        );
+        anyhow::ensure!(event_reasons(e2e)?.contains(&"ShardsMoved".to_string()));
+        // Rebuilt on the others, while e2e-node-3 is still away.
+        data::until_healthy(e2e, &record, Duration::from_secs(180)).await?;
+        shared_blob_reads_back(e2e).await
+    }
+    .await;
+    uncordon_all(e2e)?;
+    result?;
+    cluster::until_phase(e2e, "Ready", Duration::from_secs(300)).await?;
+    data::until_healthy(e2e, &record, Duration::from_secs(180)).await?;
+    Ok(())
+}
+
+pub async fn drain(e2e: &E2e) -> anyhow::Result<()> {
+    cluster::until_phase(e2e, "Ready", Duration::from_secs(120)).await?;
+    let budget = wait_for(
+        "the budget to allow one disruption",
+        Duration::from_secs(60),
+        || {
+            let pdb = e2e
+                .get("pdb", "e2e-nodes", NS)?
+                .map(|p| p["status"].clone());
+            Ok(pdb.filter(|s| s["disruptionsAllowed"] == 1))
+        },
+    )
+    .await?;
+    let sync_failed = budget["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["reason"] == "SyncFailed");
+    anyhow::ensure!(
+        !sync_failed,
+        "the PodDisruptionBudget is SyncFailed: {budget}"
+    );
+    let nodes = kubernetes_nodes(e2e)?;
+    let single = nodes.len() == 1;
+    let mut drain = std::process::Command::new(&e2e.kubectl)
+        .args([
+            "drain",
+            "--ignore-daemonsets",
+            "--delete-emptydir-data",
+            "--timeout=60s",
+        ])
+        .arg(format!("--pod-selector={NODE_PODS}"))
+        .args(&nodes)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut most_down = 0;
+    let start = Instant::now();
+    let drained = loop {
+        most_down = most_down.max(not_ready_node_pods(e2e)?);
+        if let Some(status) = drain.try_wait()? {
+            break status.success();
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(180),
+            "kubectl drain did not end"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    uncordon_all(e2e)?;
+    eprintln!(
+        "drain of {nodes:?}: {}; at most {most_down} node pods down at once",
+        if drained {
+            "completed"
+        } else {
+            "stopped by the budget"
+        }
+    );
+    anyhow::ensure!(most_down <= 1, "{most_down} node pods were down at once");
+    anyhow::ensure!(most_down == 1, "the drain evicted no node pod");
+    // On one Kubernetes node an evicted pod has nowhere to go until the
+    // node is uncordoned, so the budget stops the drain after one pod.
+    anyhow::ensure!(
+        drained || single,
+        "the drain of {} nodes did not complete",
+        nodes.len()
+    );
+    cluster::until_phase(e2e, "Ready", Duration::from_secs(300)).await?;
+    data::until_healthy(e2e, &shared_record(), Duration::from_secs(180)).await?;
+    Ok(())
+}

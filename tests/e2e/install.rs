@@ -1,0 +1,214 @@
+//! The chart installed and uninstalled with the real helm CLI, and the
+//! CRDs' rules evaluated by the real API server.
+
+use std::time::Duration;
+
+use crate::harness::{manifests, wait_for, E2e, NS, RELEASE_NS};
+
+const RELEASE: &str = "redstuff";
+
+/// Leftovers of an interrupted earlier run go first: the storage
+/// namespace while an operator may still release its Blobs, then whatever
+/// finalizers no operator will remove, then the release.
+fn clean_slate(e2e: &E2e) {
+    let _ = e2e.kubectl(&[
+        "delete",
+        "namespace",
+        NS,
+        "--ignore-not-found",
+        "--wait=true",
+        "--timeout=90s",
+    ]);
+    if let Ok(blobs) = e2e.list("blobs", NS, "") {
+        for blob in blobs {
+            if let Some(name) = blob["metadata"]["name"].as_str() {
+                let _ = e2e.kubectl(&[
+                    "-n",
+                    NS,
+                    "patch",
+                    "blob",
+                    name,
+                    "--type=merge",
+                    "-p",
+                    r#"{"metadata":{"finalizers":null}}"#,
+                ]);
+            }
+        }
+    }
+    let _ = e2e.helm(&[
+        "uninstall",
+        RELEASE,
+        "-n",
+        RELEASE_NS,
+        "--wait",
+        "--timeout",
+        "2m",
+    ]);
+    for namespace in [NS, RELEASE_NS, "storage"] {
+        let _ = e2e.kubectl(&[
+            "delete",
+            "namespace",
+            namespace,
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=180s",
+        ]);
+    }
+}
+
+pub async fn install(e2e: &E2e) -> anyhow::Result<()> {
+    clean_slate(e2e);
+    let (repository, tag) = e2e
+        .image
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("REDSTUFF_E2E_IMAGE {} has no tag", e2e.image))?;
+    e2e.helm(&[
+        "install",
+        RELEASE,
+        "charts/redstuff",
+        "-n",
+        RELEASE_NS,
+        "--create-namespace",
+        "--set",
+        &format!("operator.image.repository={repository}"),
+        "--set",
+        &format!("operator.image.tag={tag}"),
+        "--set",
+        "operator.image.pullPolicy=IfNotPresent",
+        "--set",
+        "operator.logLevel=redstuff=debug",
+        "--wait",
+        "--timeout",
+        "5m",
+    ])?;
+    for crd in ["storageclusters.redstuff.dev", "blobs.redstuff.dev"] {
+        let object = e2e
+            .get("crd", crd, "default")?
+            .ok_or_else(|| anyhow::anyhow!("CRD {crd} is not installed"))?;
+        let established = object["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Established" && c["status"] == "True");
+        anyhow::ensure!(established, "CRD {crd} is not Established");
+    }
+    let pods = e2e.list("pods", RELEASE_NS, "app.kubernetes.io/component=operator")?;
+    anyhow::ensure!(pods.len() == 2, "{} operator pods, 2 expected", pods.len());
+    for pod in &pods {
+        anyhow::ensure!(
+            pod["spec"]["serviceAccountName"] == RELEASE,
+            "operator pod under ServiceAccount {}",
+            pod["spec"]["serviceAccountName"]
+        );
+    }
+    let names: Vec<String> = pods
+        .iter()
+        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+        .collect();
+    let leader = wait_for("a leader", Duration::from_secs(60), || {
+        Ok(e2e.leader().ok().filter(|l| names.contains(l)))
+    })
+    .await?;
+    eprintln!("leader: {leader}");
+    e2e.kubectl(&["create", "namespace", NS])?;
+    Ok(())
+}
+
+pub async fn admission(e2e: &E2e) -> anyhow::Result<()> {
+    // The examples name namespace `storage`.
+    e2e.kubectl(&["create", "namespace", "storage"])?;
+    let result = (|| {
+        let mut admitted = 0;
+        for (path, _) in manifests(&e2e.path("examples")) {
+            let file = path.display().to_string();
+            e2e.kubectl(&["apply", "--dry-run=server", "-f", &file])
+                .map_err(|e| anyhow::anyhow!("{file} was refused: {e}"))?;
+            admitted += 1;
+        }
+        let mut refused = 0;
+        for (path, text) in manifests(&e2e.path("examples/invalid")) {
+            let file = path.display().to_string();
+            let expected = text
+                .lines()
+                .find_map(|l| l.strip_prefix("# expect-server: "))
+                .or_else(|| text.lines().find_map(|l| l.strip_prefix("# expect: ")))
+                .ok_or_else(|| anyhow::anyhow!("{file} says no expected message"))?;
+            match e2e.kubectl(&["apply", "--dry-run=server", "-f", &file]) {
+                Ok(_) => anyhow::bail!("{file} was admitted"),
+                Err(e) => anyhow::ensure!(
+                    e.to_string().contains(expected),
+                    "{file}: expected {expected:?} in the API server's refusal: {e}"
+                ),
+            }
+            refused += 1;
+        }
+        eprintln!("{admitted} examples admitted, {refused} invalid ones refused");
+        anyhow::ensure!(admitted >= 3 && refused >= 6);
+        Ok(())
+    })();
+    e2e.kubectl(&["delete", "namespace", "storage", "--wait=false"])?;
+    result
+}
+
+pub async fn uninstall(e2e: &E2e) -> anyhow::Result<()> {
+    e2e.helm(&[
+        "uninstall",
+        RELEASE,
+        "-n",
+        RELEASE_NS,
+        "--wait",
+        "--timeout",
+        "3m",
+    ])?;
+    wait_for("the operator pods to go", Duration::from_secs(120), || {
+        Ok(e2e
+            .list("pods", RELEASE_NS, "app.kubernetes.io/component=operator")?
+            .is_empty()
+            .then_some(()))
+    })
+    .await?;
+    for (kind, name, namespace) in [
+        ("deployment", "redstuff-operator", RELEASE_NS),
+        ("serviceaccount", RELEASE, RELEASE_NS),
+        ("clusterrole", RELEASE, "default"),
+        ("clusterrolebinding", RELEASE, "default"),
+        ("role", "redstuff-leader", RELEASE_NS),
+    ] {
+        anyhow::ensure!(
+            e2e.get(kind, name, namespace)?.is_none(),
+            "{kind} {name} is left after helm uninstall"
+        );
+    }
+    // Kept, as docs/operations.md says: the CRDs (Helm never deletes them),
+    // and the leader Lease the operator made in its namespace.
+    for crd in ["storageclusters.redstuff.dev", "blobs.redstuff.dev"] {
+        anyhow::ensure!(
+            e2e.get("crd", crd, "default")?.is_some(),
+            "CRD {crd} was deleted"
+        );
+    }
+    let left: Vec<String> = e2e
+        .kubectl(&[
+            "-n",
+            RELEASE_NS,
+            "get",
+            "all,configmap,secret,lease,role,rolebinding",
+            "-o",
+            "name",
+        ])?
+        .lines()
+        .filter(|l| !l.contains("kube-root-ca.crt") && !l.starts_with("serviceaccount/default"))
+        .map(str::to_string)
+        .collect();
+    anyhow::ensure!(
+        left.iter()
+            .all(|l| l == "lease.coordination.k8s.io/redstuff"),
+        "left in {RELEASE_NS}: {left:?}"
+    );
+    // Leave the machine's cluster as the run found it.
+    clean_slate(e2e);
+    for crd in ["storageclusters.redstuff.dev", "blobs.redstuff.dev"] {
+        e2e.kubectl(&["delete", "crd", crd, "--ignore-not-found"])?;
+    }
+    Ok(())
+}
