@@ -34,6 +34,10 @@ pub const BLOB_FINALIZER: &str = "redstuff.dev/slivers";
 /// released anyway (their slivers are then left behind, with an Event).
 pub const DELETE_PATIENCE: Duration = Duration::from_secs(600);
 
+/// How long one attempt at deleting a Blob's slivers may take, whatever
+/// the nodes do (each call has its own deadline too).
+pub const DELETE_DEADLINE: Duration = Duration::from_secs(60);
+
 /// Reconciles one Blob (finalizer first).
 pub async fn reconcile_blob(blob: Arc<Blob>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let namespace = blob.namespace().ok_or(ReconcileError::NoNamespace)?;
@@ -298,8 +302,11 @@ async fn cleanup_blob(
     };
     let calls = ctx.cluster_calls(&cluster).await?;
     let client = BlobClient::new(calls, fleet_map(&cluster, &ctx.endpoints), None);
-    let failure = match client.delete(&blob_id).await {
-        Ok(outcome) => {
+    let deleted = tokio::time::timeout(DELETE_DEADLINE, client.delete(&blob_id)).await;
+    let failure = match deleted {
+        Err(_) => format!("the delete of {id} took longer than {DELETE_DEADLINE:?}"),
+        Ok(Err(e)) => e.to_string(),
+        Ok(Ok(outcome)) => {
             let note = match outcome {
                 DeleteOutcome::Deleted { .. } => format!(
                     "deleted {id}: a tombstone on a quorum of shards, the loop removes the rest"
@@ -309,7 +316,6 @@ async fn cleanup_blob(
             ctx.publish(blob, false, "SliversDeleted", note).await;
             return Ok(Action::await_change());
         }
-        Err(e) => e.to_string(),
     };
     let waited = blob
         .metadata

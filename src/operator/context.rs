@@ -118,6 +118,9 @@ pub struct ClusterFleet {
     /// the first repair on it starts or it comes back whole: the start of
     /// the time-to-repair-start measurement.
     pub lost_at: Mutex<HashMap<String, Timestamp>>,
+    /// What was applied for this cluster lately, so that unchanged objects
+    /// are not applied again on every reconcile.
+    pub applied: super::observed::AppliedContent,
 }
 
 /// Every cluster's fleet state.
@@ -149,6 +152,7 @@ impl Fleets {
                     metrics,
                     view: Mutex::new(None),
                     lost_at: Mutex::new(HashMap::new()),
+                    applied: Default::default(),
                 })
             })
             .clone()
@@ -221,6 +225,9 @@ pub struct Context {
     pub spool_dir: PathBuf,
     /// Largest source the operator ingests, in bytes.
     pub max_ingest_bytes: u64,
+    /// Watch caches of node pods, claims and Kubernetes nodes (empty:
+    /// reconciles list them).
+    pub observed: super::observed::Observed,
 }
 
 impl Context {
@@ -246,6 +253,7 @@ impl Context {
             views_changed: tokio::sync::watch::channel(0).0,
             spool_dir: std::env::temp_dir().join("redstuff-ingest"),
             max_ingest_bytes: 64 << 30,
+            observed: Default::default(),
         }
     }
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -35,6 +35,7 @@ use super::desired::{
     Credentials, TOKEN_KEY,
 };
 use super::lifecycle::{self, ClaimState, DeleteReason, NodeDecision, NodeObserved, PodState};
+use super::observed::AppliedContent;
 use super::pod_problem::pod_problem;
 use super::rollout::{self, FleetCalm, RolloutNode};
 use super::status::{cluster_status, validate_spec, FleetSummary, ObservedNode};
@@ -68,7 +69,19 @@ pub enum ReconcileError {
     /// Nodes that must be reached could not be.
     #[error("nodes unreachable: {0}")]
     NodesUnreachable(String),
+    /// The reconcile ran past its overall deadline (a node or the API
+    /// server too slow); it is retried.
+    #[error("took longer than {0:?}: abandoned, retried")]
+    Deadline(Duration),
 }
+
+/// The overall deadline of one reconcile, node calls included: a node pod
+/// whose host vanished never holds the operator for longer.
+pub const RECONCILE_DEADLINE: Duration = Duration::from_secs(120);
+
+/// How long spreading commit markers and tombstones may take in one
+/// reconcile (the rest waits for the next).
+const SPREAD_DEADLINE: Duration = Duration::from_secs(30);
 
 fn is_ready(pod: &Pod) -> bool {
     pod.status
@@ -117,17 +130,32 @@ impl Failures {
     }
 }
 
-/// Applies `object`, noting a failure instead of returning it.
-async fn apply_noting<K>(failures: &mut Failures, api: &Api<K>, object: &K)
-where
+/// Applies `object` unless the same content was applied lately (and,
+/// where the caller knows, the object is `present`), noting a failure
+/// instead of returning it.
+async fn apply_noting<K>(
+    failures: &mut Failures,
+    applied: &AppliedContent,
+    api: &Api<K>,
+    object: &K,
+    present: bool,
+) where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
+    let (needed, applying) = applied.needs_apply(object, present);
+    if !needed {
+        return;
+    }
     let what = format!(
         "apply {} {}",
         K::kind(&()),
         object.meta().name.as_deref().unwrap_or("")
     );
-    failures.note(what, apply(api, object).await);
+    let result = apply(api, object).await;
+    if result.is_ok() {
+        applied.record(applying);
+    }
+    failures.note(what, result);
 }
 
 /// The content of a token Secret, or a new random token when it does not
@@ -184,24 +212,6 @@ fn unavailable_reason(decision: &NodeDecision, pod: Option<&Pod>, claim: &str) -
     }
 }
 
-/// The value of `topology_key` on every Kubernetes node that has it, by
-/// node name (metadata only: one request, however large the cluster).
-async fn host_domains(
-    client: &kube::Client,
-    topology_key: &str,
-) -> Result<BTreeMap<String, String>, ReconcileError> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let list = nodes.list_metadata(&ListParams::default()).await?;
-    Ok(list
-        .items
-        .into_iter()
-        .filter_map(|n| {
-            let domain = n.metadata.labels.as_ref()?.get(topology_key)?.clone();
-            Some((n.metadata.name?, domain))
-        })
-        .collect())
-}
-
 /// Brings one StorageCluster's objects and status in line with its spec,
 /// and its blobs back to health.
 pub async fn reconcile_cluster(
@@ -247,18 +257,11 @@ pub async fn reconcile_cluster(
     // Observe pods and claims.
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
-    let selector = format!("app.kubernetes.io/instance={name},app.kubernetes.io/component=node");
-    let observed_pods = pods
-        .list(&ListParams::default().labels(&selector))
-        .await?
-        .items;
+    let observed_pods = ctx.observed.node_pods(&client, &namespace, &name).await?;
     let observed_claims = if ephemeral {
         Vec::new()
     } else {
-        claims
-            .list(&ListParams::default().labels(&selector))
-            .await?
-            .items
+        ctx.observed.node_claims(&client, &namespace, &name).await?
     };
     let pod_by_name: BTreeMap<String, &Pod> =
         observed_pods.iter().map(|p| (p.name_any(), p)).collect();
@@ -308,7 +311,9 @@ pub async fn reconcile_cluster(
         .iter()
         .any(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_some()));
     let host_domains = if scheduled {
-        host_domains(&client, &desired::topology_key(&cluster)).await?
+        ctx.observed
+            .host_domains(&client, &desired::topology_key(&cluster))
+            .await?
     } else {
         BTreeMap::new()
     };
@@ -343,38 +348,56 @@ pub async fn reconcile_cluster(
     };
     let desired = desired_objects(&cluster, &assignment, &ctx.image, &credentials);
 
+    let key = (namespace.clone(), name.clone());
+    let fleet_state = ctx.fleets.get(&key, ctx.deadlines);
+    let applied = &fleet_state.applied;
     let mut failures = Failures::default();
     let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
-    apply_noting(&mut failures, &services, &desired.node_service).await;
     apply_noting(
         &mut failures,
-        &Api::<ConfigMap>::namespaced(client.clone(), &namespace),
-        &desired.shards_config,
+        applied,
+        &services,
+        &desired.node_service,
+        true,
     )
     .await;
-    apply_noting(&mut failures, &secrets, &desired.node_token).await;
-    apply_noting(&mut failures, &secrets, &desired.gateway_token).await;
     apply_noting(
         &mut failures,
+        applied,
+        &Api::<ConfigMap>::namespaced(client.clone(), &namespace),
+        &desired.shards_config,
+        true,
+    )
+    .await;
+    apply_noting(&mut failures, applied, &secrets, &desired.node_token, true).await;
+    apply_noting(
+        &mut failures,
+        applied,
+        &secrets,
+        &desired.gateway_token,
+        true,
+    )
+    .await;
+    apply_noting(
+        &mut failures,
+        applied,
         &Api::<NetworkPolicy>::namespaced(client.clone(), &namespace),
         &desired.node_network_policy,
+        true,
     )
     .await;
     for claim in &desired.node_claims {
         // A claim still being deleted cannot be applied: it is recreated
         // once its pod has released it.
-        let terminating = claim_by_name
-            .get(&claim.name_any())
-            .is_some_and(|c| c.metadata.deletion_timestamp.is_some());
+        let existing = claim_by_name.get(&claim.name_any());
+        let terminating = existing.is_some_and(|c| c.metadata.deletion_timestamp.is_some());
         if !terminating {
-            apply_noting(&mut failures, &claims, claim).await;
+            apply_noting(&mut failures, applied, &claims, claim, existing.is_some()).await;
         }
     }
     // Node pods created from another spec are never patched (a pod's spec
     // is immutable, and a new image on every pod at once would restart
     // them together): they are replaced one at a time.
-    let key = (namespace.clone(), name.clone());
-    let fleet_state = ctx.fleets.get(&key, ctx.deadlines);
     fleet_state
         .calls
         .token
@@ -421,7 +444,7 @@ pub async fn reconcile_cluster(
         if decision.delete_pod.is_none() && !terminating && !claim_terminating && !rollout.outdated
         {
             let before = failures.0.len();
-            apply_noting(&mut failures, &pods, pod).await;
+            apply_noting(&mut failures, applied, &pods, pod, present).await;
             if failures.0.len() == before
                 && !present
                 && !previous_status.shard_assignment.is_empty()
@@ -438,15 +461,26 @@ pub async fn reconcile_cluster(
     }
     apply_noting(
         &mut failures,
+        applied,
         &Api::<Deployment>::namespaced(client.clone(), &namespace),
         &desired.gateway,
+        true,
     )
     .await;
-    apply_noting(&mut failures, &services, &desired.gateway_service).await;
     apply_noting(
         &mut failures,
+        applied,
+        &services,
+        &desired.gateway_service,
+        true,
+    )
+    .await;
+    apply_noting(
+        &mut failures,
+        applied,
         &Api::<PodDisruptionBudget>::namespaced(client.clone(), &namespace),
         &desired.disruption_budget,
+        true,
     )
     .await;
 
@@ -512,14 +546,16 @@ pub async fn reconcile_cluster(
         }
     };
     let view = control::observe(&fleet_state.calls, &addresses).await;
-    control::spread_markers(
+    let spread = control::spread_markers(
         &fleet_state.calls,
         &view.markers,
         &addresses,
         &fleet_state.metrics,
         1000,
-    )
-    .await;
+    );
+    if tokio::time::timeout(SPREAD_DEADLINE, spread).await.is_err() {
+        tracing::warn!(cluster = %name, "spreading markers took longer than {SPREAD_DEADLINE:?}: the rest goes next time");
+    }
     // Without the list of Blobs, no upload is recorded this time (a record
     // must never be made for a Blob that was just deleted).
     if let Some(recorded) = &recorded {
@@ -778,7 +814,7 @@ async fn record_uploads(
             "operator: an upload through the gateway".to_string(),
         )]));
         let before = failures.0.len();
-        apply_noting(failures, blobs, &record).await;
+        apply_noting(failures, &AppliedContent::default(), blobs, &record, false).await;
         if failures.0.len() == before {
             tracing::info!(cluster = %name, blob = %id, record = %record_name, "recorded an upload");
         }

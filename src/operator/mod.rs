@@ -12,6 +12,7 @@ pub mod desired;
 mod fixtures;
 pub mod ingest;
 pub mod lifecycle;
+pub mod observed;
 pub mod pod_problem;
 pub mod rollout;
 pub mod run;

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Api, ListParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
 use prometheus::Registry;
@@ -24,8 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::blob_controller::reconcile_blob;
 use super::context::Context;
-use super::controller::{reconcile_cluster, ReconcileError};
+use super::controller::{reconcile_cluster, ReconcileError, RECONCILE_DEADLINE};
 use super::crd::{Blob, StorageCluster};
+use super::observed::ScopeStores;
 use crate::metrics::OperatorMetrics;
 
 /// How the operator runs.
@@ -149,6 +151,30 @@ fn forget_deleted_clusters(
                     context.fleets.forget(&key);
                 }
             }
+        }
+    });
+}
+
+/// Keeps a cache of the Kubernetes nodes' metadata (their topology labels
+/// are the failure domains) until `stop`.
+fn watch_kubernetes_nodes(client: &Client, context: &Arc<Context>, stop: CancellationToken) {
+    let (store, writer) = reflector::store();
+    context.observed.set_nodes(store);
+    let events = watcher(
+        Api::<PartialObjectMeta<k8s_openapi::api::core::v1::Node>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(writer);
+    tokio::spawn(async move {
+        let drain = events.for_each(|event| async move {
+            if let Err(e) = event {
+                tracing::debug!("watch of Kubernetes nodes: {e}");
+            }
+        });
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = drain => {}
         }
     });
 }
@@ -290,6 +316,7 @@ pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         failures: Default::default(),
     });
+    watch_kubernetes_nodes(&client, &context, stop.clone());
     let controllers = futures::future::join_all(scopes.into_iter().map(|scope| {
         run_controllers(
             client.clone(),
@@ -364,9 +391,24 @@ async fn run_controllers(
         context.clone(),
         stop.clone(),
     );
+    // Node pods and claims: one watch each, both the controller's
+    // trigger and the cache reconciles read instead of listing.
+    let (pods, pods_writer) = reflector::store();
+    let (claims, claims_writer) = reflector::store();
+    context
+        .observed
+        .add_scope(scope, ScopeStores { pods, claims });
+    let pod_events = watcher(scoped::<Pod>(&client, scope), node_pods.clone())
+        .default_backoff()
+        .reflect(pods_writer)
+        .touched_objects();
+    let claim_events = watcher(scoped::<PersistentVolumeClaim>(&client, scope), node_pods)
+        .default_backoff()
+        .reflect(claims_writer)
+        .touched_objects();
     let cluster_controller = cluster_controller
-        .owns(scoped::<Pod>(&client, scope), node_pods.clone())
-        .owns(scoped::<PersistentVolumeClaim>(&client, scope), node_pods)
+        .owns_stream(pod_events)
+        .owns_stream(claim_events)
         .graceful_shutdown_on(stop.clone().cancelled_owned())
         .run(reconcile_cluster_measured, error_policy, shared.clone())
         .for_each(|result| async move {
@@ -405,7 +447,12 @@ async fn reconcile_cluster_measured(
 ) -> Result<Action, ReconcileError> {
     let start = Instant::now();
     let key = object_key(cluster.as_ref());
-    let result = reconcile_cluster(cluster, shared.context.clone()).await;
+    let result = tokio::time::timeout(
+        RECONCILE_DEADLINE,
+        reconcile_cluster(cluster, shared.context.clone()),
+    )
+    .await
+    .unwrap_or(Err(ReconcileError::Deadline(RECONCILE_DEADLINE)));
     observe(&shared, "storagecluster", start, result.is_err());
     shared.record(key, result.is_err());
     result
@@ -417,6 +464,9 @@ async fn reconcile_blob_measured(
 ) -> Result<Action, ReconcileError> {
     let start = Instant::now();
     let key = object_key(blob.as_ref());
+    // No overall deadline here: an ingest of a large source takes as long
+    // as its download (which has its own read timeout), and a delete has
+    // its own deadline.
     let result = reconcile_blob(blob, shared.context.clone()).await;
     observe(&shared, "blob", start, result.is_err());
     shared.record(key, result.is_err());
