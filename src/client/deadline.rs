@@ -1,8 +1,15 @@
 //! Deadlines and size caps for calls to nodes: a node that is stopped,
 //! partitioned or lying must neither hold a caller nor fill its memory.
 //!
-//! - A small call (metadata, markers, a symbol, an inventory page) has one
-//!   deadline for the whole exchange.
+//! - A small call (markers, an inventory page, a commit, a delete, an
+//!   error answer) has one deadline for the whole exchange: connecting,
+//!   the answer's headers and its whole body. A node that trickles its
+//!   answer a byte at a time is cut there.
+//! - A download of a known most size (metadata, a sliver, a symbol) has
+//!   the call deadline plus the time that size takes at
+//!   `MIN_TRANSFER_RATE`, for the whole exchange too, besides the stall
+//!   time per chunk.
+//! - A node's whole inventory (every page) has `Deadlines::inventory`.
 //! - A large transfer is watched for progress instead: it fails when no
 //!   bytes moved for the stall time, however long it runs while bytes do
 //!   move; after the last byte of an upload the answer must come within
@@ -19,6 +26,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::Stream;
 
+/// The slowest average rate a download may run at: a download of up to
+/// `len` bytes must end within the call deadline plus `len` at this rate.
+pub const MIN_TRANSFER_RATE: u64 = 1 << 20;
+
 /// How long node calls may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadlines {
@@ -28,18 +39,28 @@ pub struct Deadlines {
     pub stall: Duration,
     /// A repair without a segment done.
     pub repair_stall: Duration,
+    /// Reading one node's whole inventory, every page.
+    pub inventory: Duration,
 }
 
 impl Deadlines {
     /// Deadlines from one number of seconds: calls and stalls that long,
-    /// repairs six times as long per segment.
+    /// repairs six times as long per segment (at least 30 s), a whole
+    /// inventory six times as long.
     pub fn from_secs(secs: f64) -> Self {
         let call = Duration::from_secs_f64(secs.max(0.1));
         Self {
             call,
             stall: call,
             repair_stall: (call * 6).max(Duration::from_secs(30)),
+            inventory: call * 6,
         }
+    }
+
+    /// The whole-exchange deadline of a download of at most `len` bytes:
+    /// the call deadline plus `len` at `MIN_TRANSFER_RATE`.
+    pub fn transfer(&self, len: u64) -> Duration {
+        self.call + Duration::from_secs_f64(len as f64 / MIN_TRANSFER_RATE as f64)
     }
 }
 
@@ -64,19 +85,21 @@ pub enum ReadFailure {
 }
 
 /// Reads a response body of at most `limit` bytes, each chunk within
-/// `stall`; refuses a declared or actual length past `limit` without
-/// reading on.
+/// `stall` and the whole body before `until`; refuses a declared or actual
+/// length past `limit` without reading on.
 pub async fn read_capped(
     mut response: reqwest::Response,
     limit: u64,
     stall: Duration,
+    until: tokio::time::Instant,
 ) -> Result<Vec<u8>, ReadFailure> {
     if response.content_length().is_some_and(|len| len > limit) {
         return Err(ReadFailure::TooLarge { limit });
     }
     let mut body = Vec::with_capacity(response.content_length().unwrap_or(0) as usize);
     loop {
-        match tokio::time::timeout(stall, response.chunk()).await {
+        let chunk_until = until.min(tokio::time::Instant::now() + stall);
+        match tokio::time::timeout_at(chunk_until, response.chunk()).await {
             Err(_) => return Err(ReadFailure::TimedOut),
             Ok(Err(e)) => return Err(ReadFailure::Transport(e)),
             Ok(Ok(None)) => return Ok(body),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use reqwest::StatusCode;
 use thiserror::Error;
+use tokio::time::Instant;
 
 use super::deadline::{self, Deadlines, ReadFailure};
 use crate::auth::TokenSet;
@@ -20,6 +21,11 @@ const ERROR_BODY_LIMIT: u64 = 64 << 10;
 const STATE_LIMIT: u64 = 1 << 20;
 /// One line of a repair's answer.
 const REPAIR_LINE_LIMIT: u64 = 1 << 20;
+/// Blobs asked per inventory page.
+const INVENTORY_PAGE: usize = 1000;
+/// The most blobs one node's inventory may list by default (an entry
+/// takes about 250 bytes in memory: some 60 MiB per node at the bound).
+pub const DEFAULT_MAX_INVENTORY_BLOBS: usize = 250_000;
 
 /// A failed call to a node.
 #[derive(Debug, Error)]
@@ -100,6 +106,9 @@ pub struct NodeCalls {
     pub token: Arc<TokenSet>,
     /// Deadlines of every call.
     pub deadlines: Deadlines,
+    /// The most blobs one node's whole inventory may list: a node that
+    /// lists more (a liar answering an endless chain of pages) is refused.
+    pub max_inventory_blobs: usize,
 }
 
 impl NodeCalls {
@@ -114,6 +123,7 @@ impl NodeCalls {
             http,
             token,
             deadlines,
+            max_inventory_blobs: DEFAULT_MAX_INVENTORY_BLOBS,
         }
     }
 
@@ -164,13 +174,19 @@ impl NodeClient {
         }
     }
 
-    /// Sends a request whose answer headers must come within the call deadline.
+    /// The end of a small call started now: the call deadline.
+    fn call_deadline(&self) -> Instant {
+        Instant::now() + self.calls.deadlines.call
+    }
+
+    /// Sends a request whose answer headers must come before `until`.
     async fn send(
         &self,
         request: reqwest::RequestBuilder,
         what: &'static str,
+        until: Instant,
     ) -> Result<reqwest::Response, NodeCallError> {
-        match tokio::time::timeout(self.calls.deadlines.call, request.send()).await {
+        match tokio::time::timeout_at(until, request.send()).await {
             Err(_) => Err(NodeCallError::TimedOut {
                 url: self.base.clone(),
                 what,
@@ -187,19 +203,22 @@ impl NodeClient {
         }
     }
 
-    /// An error status as a `Status` error (its message read, capped).
+    /// An error status as a `Status` error (its message read, capped,
+    /// before `until`).
     async fn check(
         &self,
         response: reqwest::Response,
         what: &'static str,
+        until: Instant,
     ) -> Result<reqwest::Response, NodeCallError> {
         let status = response.status();
         if status.is_success() {
             return Ok(response);
         }
-        let body = deadline::read_capped(response, ERROR_BODY_LIMIT, self.calls.deadlines.call)
-            .await
-            .map_err(self.failure(what))?;
+        let body =
+            deadline::read_capped(response, ERROR_BODY_LIMIT, self.calls.deadlines.call, until)
+                .await
+                .map_err(self.failure(what))?;
         let body = String::from_utf8_lossy(&body).to_string();
         let message = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
@@ -212,44 +231,53 @@ impl NodeClient {
         })
     }
 
+    /// Reads a body of at most `limit` bytes, each chunk within the stall
+    /// time, the whole of it before `until`.
     async fn read(
         &self,
         response: reqwest::Response,
         limit: u64,
         what: &'static str,
+        until: Instant,
     ) -> Result<Vec<u8>, NodeCallError> {
-        deadline::read_capped(response, limit, self.calls.deadlines.stall)
+        deadline::read_capped(response, limit, self.calls.deadlines.stall, until)
             .await
             .map_err(self.failure(what))
     }
 
+    /// A download of at most `limit` bytes; the whole exchange within the
+    /// call deadline plus `limit` at the slowest transfer rate.
     async fn get_bytes(
         &self,
         path: &str,
         limit: u64,
         what: &'static str,
     ) -> Result<Option<Vec<u8>>, NodeCallError> {
+        let until = Instant::now() + self.calls.deadlines.transfer(limit);
         let response = self
-            .send(self.request(reqwest::Method::GET, path), what)
+            .send(self.request(reqwest::Method::GET, path), what, until)
             .await?;
         if response.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        let response = self.check(response, what).await?;
-        self.read(response, limit, what).await.map(Some)
+        let response = self.check(response, what, until).await?;
+        self.read(response, limit, what, until).await.map(Some)
     }
 
+    /// A small JSON answer of at most `limit` bytes; the whole exchange
+    /// within the call deadline.
     async fn get_json<T: serde::de::DeserializeOwned>(
         &self,
         path: &str,
         limit: u64,
         what: &'static str,
     ) -> Result<T, NodeCallError> {
+        let until = self.call_deadline();
         let response = self
-            .send(self.request(reqwest::Method::GET, path), what)
+            .send(self.request(reqwest::Method::GET, path), what, until)
             .await?;
-        let response = self.check(response, what).await?;
-        let body = self.read(response, limit, what).await?;
+        let response = self.check(response, what, until).await?;
+        let body = self.read(response, limit, what, until).await?;
         serde_json::from_slice(&body).map_err(|e| NodeCallError::Garbled {
             url: self.base.clone(),
             what,
@@ -281,22 +309,34 @@ impl NodeClient {
                 return Err(NodeCallError::TimedOut { url: self.base.clone(), what });
             }
         };
-        let response = self.check(response, what).await?;
-        // Drain the (small) success body so the connection can be reused.
-        let _ = self.read(response, ERROR_BODY_LIMIT, what).await;
-        Ok(())
+        // After the answer's headers, its body within the call deadline.
+        let until = self.call_deadline();
+        let response = self.check(response, what, until).await?;
+        // The (small) success body, whole, within the deadline: a node that
+        // cannot finish its answer is not counted as having taken the
+        // upload (and the writer sends it nothing more).
+        self.read(response, ERROR_BODY_LIMIT, what, until)
+            .await
+            .map(drop)
     }
 
+    /// Posts a JSON body; the answer's headers (and an error's body)
+    /// within the call deadline.
     async fn post_json(
         &self,
         path: &str,
         body: &impl serde::Serialize,
         what: &'static str,
     ) -> Result<reqwest::Response, NodeCallError> {
+        let until = self.call_deadline();
         let response = self
-            .send(self.request(reqwest::Method::POST, path).json(body), what)
+            .send(
+                self.request(reqwest::Method::POST, path).json(body),
+                what,
+                until,
+            )
             .await?;
-        self.check(response, what).await
+        self.check(response, what, until).await
     }
 
     /// What the node holds of a blob: markers, metadata facts, pairs.
@@ -359,6 +399,7 @@ impl NodeClient {
     /// Records a delete of `generation` (a tombstone) and removes the data
     /// it covers.
     pub async fn delete(&self, id: &BlobId, generation: u64) -> Result<(), NodeCallError> {
+        let until = self.call_deadline();
         let response = self
             .send(
                 self.request(
@@ -366,9 +407,10 @@ impl NodeClient {
                     &format!("/v1/blobs/{id}?generation={generation}"),
                 ),
                 "the delete",
+                until,
             )
             .await?;
-        self.check(response, "the delete").await.map(drop)
+        self.check(response, "the delete", until).await.map(drop)
     }
 
     /// Stores a serialized sliver of `shard`.
@@ -441,15 +483,88 @@ impl NodeClient {
         self.get_json(&path, cap, "an inventory page").await
     }
 
-    /// Every page of the node's inventory.
+    /// Every page of the node's inventory, within `Deadlines::inventory`
+    /// and at most `NodeCalls::max_inventory_blobs` blobs. Each page must
+    /// list blobs in id order after the one asked for and name its last
+    /// blob as `next`: a node answering an endless or circular chain of
+    /// pages is cut (`TimedOut`, `TooLarge` or `Garbled`), never followed
+    /// for longer or further than that.
     pub async fn full_inventory(&self) -> Result<InventoryPage, NodeCallError> {
-        let mut page = self.inventory(None, 1000).await?;
+        const WHAT: &str = "the whole inventory";
+        let until = Instant::now() + self.calls.deadlines.inventory;
+        match tokio::time::timeout_at(until, self.inventory_pages()).await {
+            Ok(result) => result,
+            Err(_) => Err(NodeCallError::TimedOut {
+                url: self.base.clone(),
+                what: WHAT,
+            }),
+        }
+    }
+
+    async fn inventory_pages(&self) -> Result<InventoryPage, NodeCallError> {
+        const WHAT: &str = "the whole inventory";
+        let max = self.calls.max_inventory_blobs;
+        let mut page = self.inventory(None, INVENTORY_PAGE).await?;
+        let mut last = self.check_page(&page, None)?;
         while let Some(next) = page.next.take() {
-            let more = self.inventory(Some(&next), 1000).await?;
-            page.blobs.extend(more.blobs);
+            if page.blobs.len() >= max {
+                return Err(NodeCallError::TooLarge {
+                    url: self.base.clone(),
+                    what: WHAT,
+                    limit: max as u64,
+                });
+            }
+            let mut more = self.inventory(Some(&next), INVENTORY_PAGE).await?;
+            last = self.check_page(&more, last)?;
+            page.blobs.append(&mut more.blobs);
             page.next = more.next;
         }
+        if page.blobs.len() > max {
+            return Err(NodeCallError::TooLarge {
+                url: self.base.clone(),
+                what: WHAT,
+                limit: max as u64,
+            });
+        }
         Ok(page)
+    }
+
+    /// Checks one page against the one before (whose last blob was
+    /// `after`): at most a page of blobs, in increasing id order after
+    /// `after`, and a `next` that names its last blob. Returns its last id.
+    fn check_page(
+        &self,
+        page: &InventoryPage,
+        after: Option<BlobId>,
+    ) -> Result<Option<BlobId>, NodeCallError> {
+        let garbled = |reason: String| NodeCallError::Garbled {
+            url: self.base.clone(),
+            what: "an inventory page",
+            reason,
+        };
+        if page.blobs.len() > INVENTORY_PAGE {
+            return Err(garbled(format!(
+                "{} blobs on a page of at most {INVENTORY_PAGE}",
+                page.blobs.len()
+            )));
+        }
+        let mut last = after;
+        for blob in &page.blobs {
+            let id: BlobId = blob
+                .id
+                .parse()
+                .map_err(|_| garbled(format!("{:?} is not a blob id", blob.id)))?;
+            if last.is_some_and(|l| id <= l) {
+                return Err(garbled("blobs out of order".into()));
+            }
+            last = Some(id);
+        }
+        if let Some(next) = &page.next {
+            if page.blobs.is_empty() || page.blobs.last().map(|b| &b.id) != Some(next) {
+                return Err(garbled("next does not name the page's last blob".into()));
+            }
+        }
+        Ok(last)
     }
 
     /// Asks the node to rebuild its sliver pairs of a blob. The node
