@@ -2,11 +2,38 @@
 //! nothing answered) or lying stall nothing: reads, writes, deletes,
 //! status and the control loop go on, and the fleet names them.
 
+use std::time::Duration;
+
 use crate::dev_fleet::{all_healthy, all_ready, kill9, pseudo_random, DevFleet};
-use crate::within;
+use crate::{bound, within, within_bound};
+
+/// The reader's fixed hedge delay: a sliver request unanswered this long
+/// gets the next shard asked beside it.
+const HEDGE: Duration = Duration::from_secs(2);
+
+/// The fleet's node deadline (`--node-timeout-secs 2`).
+const DEADLINE: Duration = Duration::from_secs(2);
+
+/// `redstuff status` against the fleet's gateway with `--token`, ready to run.
+fn status_cli(fleet: &DevFleet) -> std::process::Command {
+    let token = std::fs::read_to_string(fleet.data_dir().join("token")).unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_redstuff"));
+    command
+        .args([
+            "status",
+            "--gateway",
+            &fleet.gateway,
+            "--token",
+            token.trim(),
+        ])
+        .env_remove("REDSTUFF_TOKEN")
+        .current_dir(fleet.dir.path());
+    command
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_f_nodes_stopped_every_operation_finishes_and_status_names_them() {
+async fn with_f_nodes_stopped_every_operation_and_the_status_cli_finish_within_a_bound_from_the_node_deadline(
+) {
     let fleet = DevFleet::start(&["--node-timeout-secs", "2"]);
     let before = pseudo_random(2_200_000, 8);
     let old = fleet.put(&before).await;
@@ -16,7 +43,10 @@ async fn with_f_nodes_stopped_every_operation_finishes_and_status_names_them() {
         fleet.stop(pid);
     }
     let data = pseudo_random(3_100_000, 9);
-    let response = within("PUT", fleet.try_put(&data)).await;
+    // Bounds: each operation waits out a stopped node's deadline at most
+    // once per phase (markers; staging, after which the write sends it
+    // nothing more; a delete's tombstone), a read at most one hedge.
+    let response = within_bound("PUT", bound(DEADLINE, 2), fleet.try_put(&data)).await;
     assert_eq!(response.status(), 201);
     let stored: serde_json::Value = response.json().await.unwrap();
     assert_eq!(
@@ -25,12 +55,22 @@ async fn with_f_nodes_stopped_every_operation_finishes_and_status_names_them() {
         "{stored}"
     );
     let id = stored["id"].as_str().unwrap().to_string();
-    assert!(within("GET", fleet.get(&id)).await == data);
-    assert!(within("GET", fleet.get(&old)).await == before);
-    assert_eq!(within("HEAD", fleet.code("HEAD", &old)).await, 200);
-    assert_eq!(within("DELETE", fleet.code("DELETE", &old)).await, 204);
-    let status = within(
+    let read = bound(DEADLINE, 1) + HEDGE;
+    assert!(within_bound("GET", read, fleet.get(&id)).await == data);
+    assert!(within_bound("GET", read, fleet.get(&old)).await == before);
+    assert_eq!(
+        within_bound("HEAD", bound(DEADLINE, 1), fleet.code("HEAD", &old)).await,
+        200
+    );
+    assert_eq!(
+        within_bound("DELETE", bound(DEADLINE, 2), fleet.code("DELETE", &old)).await,
+        204
+    );
+    // The loop reads each inventory within the node deadline (a page) and
+    // publishes after its period (200 ms).
+    let status = within_bound(
         "status naming the stopped nodes",
+        bound(DEADLINE, 2),
         fleet.wait_for("stopped nodes named", |s| {
             DevFleet::state_of(s, "node-2") == "not answering"
                 && DevFleet::state_of(s, "node-5") == "not answering"
@@ -38,6 +78,32 @@ async fn with_f_nodes_stopped_every_operation_finishes_and_status_names_them() {
     )
     .await;
     assert_eq!(DevFleet::state_of(&status, "node-0"), "ready");
+    // `redstuff status` (the binary, with --token) finishes and names them.
+    let output = within_bound(
+        "redstuff status",
+        bound(DEADLINE, 1),
+        tokio::task::spawn_blocking({
+            let mut command = status_cli(&fleet);
+            move || command.output().unwrap()
+        }),
+    )
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let table = String::from_utf8(output.stdout).unwrap();
+    let line_of = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no line for {name}:\n{table}"))
+            .to_string()
+    };
+    for name in ["node-2", "node-5"] {
+        assert!(line_of(name).contains("not answering"), "{table}");
+    }
+    for name in ["node-0", "node-1", "node-3", "node-4", "node-6"] {
+        assert!(line_of(name).contains("ready"), "{table}");
+    }
     assert!(fleet
         .metrics()
         .await
@@ -108,4 +174,98 @@ async fn reads_and_repairs_go_on_while_f_nodes_replay_or_corrupt_and_only_they_a
         metrics.contains("redstuff_peer_invalid_responses_total{node=\"node-3\"}"),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repair_completes_past_f_nodes_replaying_at_once_and_blames_only_them() {
+    // n = 7, f = 2: nodes 3 and 5 both serve the next shard's valid
+    // slivers and symbols instead of their own.
+    let fleet = DevFleet::start(&["--test-replaying-node", "3", "--test-replaying-node", "5"]);
+    let mut blobs = Vec::new();
+    for (i, len) in [900_000usize, 3_300_000, 6_100_000].into_iter().enumerate() {
+        let data = pseudo_random(len, 90 + i as u64);
+        blobs.push((fleet.put(&data).await, data));
+    }
+    fleet.wait_for("healthy", |s| all_healthy(s, 3)).await;
+    // Two honest nodes are wiped in turn: each is rebuilt with both liars
+    // among its peers.
+    for wiped in ["node-1", "node-6"] {
+        let status = fleet.status().await;
+        fleet.kill_and_wipe(&status, wiped);
+        fleet.release(wiped);
+        fleet
+            .wait_for("rebuilt past two replaying peers", |s| {
+                all_ready(s)
+                    && all_healthy(s, 3)
+                    && s["blobs"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|b| b["shards_complete"] == 7)
+            })
+            .await;
+        for (id, data) in &blobs {
+            assert!(
+                fleet.get(id).await == *data,
+                "blob {id} after {wiped} was rebuilt"
+            );
+        }
+    }
+    let metrics = fleet.metrics().await;
+    let blamed: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("redstuff_peer_invalid_responses_total{"))
+        .collect();
+    for line in &blamed {
+        assert!(
+            line.contains("node=\"node-3\"") || line.contains("node=\"node-5\""),
+            "an honest node was blamed: {line}"
+        );
+    }
+    // Both liars were caught, by reads or by the repairs.
+    let node_metrics = |name: &str| {
+        let address = fleet_address(&fleet, name);
+        async move {
+            redstuff::http::client()
+                .get(format!("{address}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let mut caught = blamed.join("\n");
+    for wiped in ["node-1", "node-6"] {
+        let text = node_metrics(wiped).await;
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("redstuff_peer_invalid_responses_total{"))
+        {
+            assert!(
+                line.contains("node=\"node-3\"") || line.contains("node=\"node-5\""),
+                "{wiped}'s repair blamed an honest node: {line}"
+            );
+            caught.push_str(line);
+        }
+    }
+    for liar in ["node-3", "node-5"] {
+        assert!(
+            caught.contains(&format!("node=\"{liar}\"")),
+            "{liar} was never caught:\n{caught}"
+        );
+    }
+}
+
+/// The API address the loop reports for node `name`.
+fn fleet_address(fleet: &DevFleet, name: &str) -> String {
+    let data = fleet.data_dir().join("fleet.json");
+    let map = redstuff::fleet::FleetMap::read(&data).unwrap();
+    map.nodes
+        .iter()
+        .find(|n| n.name == name)
+        .unwrap()
+        .url
+        .clone()
 }

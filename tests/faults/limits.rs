@@ -3,8 +3,6 @@
 //! uploads than the gateway takes, and a full spool: each is refused
 //! before it is read, and the process' peak memory does not move.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -14,62 +12,53 @@ use axum::Router;
 use futures_util::stream;
 use redstuff::auth::TokenSet;
 use redstuff::client::{Deadlines, NodeCalls};
-use redstuff::codec::{BlobEncoder, EncodingConfig};
+use redstuff::codec::format::SLIVER_OVERHEAD;
+use redstuff::codec::{BlobEncoder, BlobLayout, EncodingConfig};
 use redstuff::fleet::{FleetMap, MapNode};
 
 use crate::dev_fleet::{all_ready, pseudo_random, DevFleet};
+use crate::procs::{peak_kib, spawn, token_file};
 use crate::within;
 
 const TOKEN: &str = "limits-cluster-token";
 const USER: &str = "limits-user-token";
 /// What a lying peer sends: far more than any answer can be.
 const FLOOD: u64 = 300 << 20;
-/// The most a process' peak memory may grow through the floods: their
-/// expected answers are kilobytes, so anything near the flood is a leak.
-const GROWTH_BOUND_KIB: u64 = 48 << 10;
+/// The segment size of these fleets' maps.
+const SEGMENT: u64 = 1 << 20;
 
-/// Peak resident memory of a process (VmHWM), in KiB.
-fn peak_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
+/// How much a process' peak memory may grow while it refuses floods, from
+/// what its configuration lets it hold. Every answer and body is read up
+/// to its expected size, so the growth is at most:
+///
+/// - what each request in flight may legitimately hold (`held`, derived
+///   per scenario from n, the segment size and `--max-metadata`),
+/// - plus, per connection in flight, hyper's read buffer (it reads at most
+///   about 400 KiB ahead of the caller: `CONNECTION_BUFFER`),
+/// - plus a fixed allowance for the runtime itself (`RUNTIME_ALLOWANCE`):
+///   HTTP pools and task state, and above all the allocator: every tokio
+///   worker and blocking thread gets its own mimalloc heap the first time
+///   it allocates, a few MiB each. Measured on the scenarios here: 2 to
+///   20 MiB.
+///
+/// A read past the expected size would show as growth near `FLOOD`
+/// (300 MiB), an order of magnitude above every bound derived here.
+fn growth_bound_kib(held: u64, connections: u64) -> u64 {
+    const CONNECTION_BUFFER: u64 = 512 << 10;
+    const RUNTIME_ALLOWANCE: u64 = 32 << 20;
+    (RUNTIME_ALLOWANCE + held + connections * CONNECTION_BUFFER) >> 10
 }
 
-/// A child process of ours, ended on drop.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `redstuff ARGS...`; returns it and the URL of its first line.
-fn spawn(args: &[&str]) -> (Process, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_redstuff"))
-        .args(args)
-        .env("REDSTUFF_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
-    (Process(child), event["url"].as_str().unwrap().to_string())
-}
-
-fn token_file(dir: &std::path::Path, name: &str, token: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, token).unwrap();
-    path.to_str().unwrap().to_string()
+/// The largest serialized primary sliver of a segment of `segment_size`
+/// bytes at `n` shards.
+fn sliver_cap(n: u16, segment_size: u64) -> u64 {
+    let config = EncodingConfig::new(n).unwrap();
+    let layout = BlobLayout::new(config, segment_size, segment_size).unwrap();
+    let segment = layout.segment(0).unwrap();
+    (SLIVER_OVERHEAD
+        + segment
+            .primary_sliver_len()
+            .max(segment.secondary_sliver_len())) as u64
 }
 
 /// A body of `len` zero bytes in 1 MiB chunks, with no declared length.
@@ -113,6 +102,18 @@ async fn fake_node(metadata: Vec<u8>, size: u64, segments: u32, honest_metadata:
         )
         .route(
             "/v1/blobs/{id}/slivers/{segment}/{shard}/{kind}",
+            get(
+                |Path((_, _, shard, _)): Path<(String, u32, u16, String)>| async move {
+                    if shard % 2 == 0 {
+                        flood_body(FLOOD).into_response_with_length(FLOOD)
+                    } else {
+                        axum::response::IntoResponse::into_response(flood_body(FLOOD))
+                    }
+                },
+            ),
+        )
+        .route(
+            "/v1/blobs/{id}/symbols/{segment}/{shard}/{kind}",
             get(
                 |Path((_, _, shard, _)): Path<(String, u32, u16, String)>| async move {
                     if shard % 2 == 0 {
@@ -217,10 +218,18 @@ async fn peers_answering_far_more_than_expected_do_not_raise_the_gateways_memory
             metrics.contains("redstuff_peer_invalid_responses_total{node=\"liar-"),
             "the floods are counted as invalid answers:\n{metrics}"
         );
+        // A HEAD holds the metadata (one segment's); a GET the slivers of
+        // every shard at once (hedged) and the decoded segment and its
+        // answer; one connection per liar.
+        let held = EncodingConfig::new(4).unwrap().metadata_len(1)
+            + 4 * sliver_cap(4, SEGMENT)
+            + 2 * SEGMENT;
+        let bound = growth_bound_kib(held, 4);
         let growth = peak_kib(gateway.0.id()).saturating_sub(before);
+        eprintln!("gateway growth {growth} KiB, bound {bound} KiB");
         assert!(
-            growth < GROWTH_BOUND_KIB,
-            "the gateway's peak memory grew by {growth} KiB reading from liars that each sent {} MiB",
+            growth < bound,
+            "the gateway's peak memory grew by {growth} KiB (bound {bound} KiB) reading from liars that each sent {} MiB",
             FLOOD >> 20
         );
     }
@@ -247,6 +256,8 @@ async fn a_node_checks_ownership_and_length_before_it_reads_a_body() {
         "0",
         "--token-file",
         &token_file(dir.path(), "token", TOKEN),
+        "--max-metadata",
+        "1MiB",
     ]);
     let data = pseudo_random(100_000, 2);
     let (metadata, _) = BlobEncoder::new(EncodingConfig::new(4).unwrap(), 1 << 20)
@@ -297,10 +308,14 @@ async fn a_node_checks_ownership_and_length_before_it_reads_a_body() {
             "{path}: {answer:?}, expected {expected}"
         );
     }
+    // One request at a time: at most a metadata of `--max-metadata` or
+    // one sliver of a 1 MiB segment is ever read.
+    let bound = growth_bound_kib((1 << 20) + sliver_cap(4, SEGMENT), 1);
     let growth = peak_kib(node.0.id()).saturating_sub(before);
+    eprintln!("node growth {growth} KiB, bound {bound} KiB");
     assert!(
-        growth < GROWTH_BOUND_KIB,
-        "the node's peak memory grew by {growth} KiB on bodies it had to refuse"
+        growth < bound,
+        "the node's peak memory grew by {growth} KiB (bound {bound} KiB) on bodies it had to refuse"
     );
     // And it still serves.
     assert!(calls.node(&url).state(&id).await.unwrap().size == Some(100_000));
@@ -412,4 +427,103 @@ async fn uploads_beyond_the_gateways_bound_get_503_with_retry_after_and_a_full_s
         "{body}"
     );
     assert_eq!(std::fs::read_dir(spool.path()).unwrap().count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_repair_peers_flood_their_symbols_keeps_its_memory_within_its_configured_bound(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    // Three segments: every one asks the three liars for symbols.
+    let data = pseudo_random(2_500_000, 3);
+    let (metadata, _) = BlobEncoder::new(EncodingConfig::new(4).unwrap(), SEGMENT)
+        .unwrap()
+        .encode(&data)
+        .unwrap();
+    let id = metadata.blob_id();
+    let segments = metadata.segment_count() as u32;
+    let map = dir.path().join("fleet.json");
+    let (node, url) = spawn(&[
+        "node",
+        "--name",
+        "node-0",
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+        "--shards",
+        "0",
+        "--token-file",
+        &token_file(dir.path(), "token", TOKEN),
+        "--fleet",
+        map.to_str().unwrap(),
+        "--node-timeout-secs",
+        "2",
+        "--max-metadata",
+        "1MiB",
+    ]);
+    let mut nodes = vec![MapNode {
+        name: "node-0".into(),
+        url: url.clone(),
+        shards: [0].into(),
+    }];
+    for shard in 1..4u16 {
+        nodes.push(MapNode {
+            name: format!("liar-{shard}"),
+            url: fake_node(metadata.to_bytes(), metadata.len(), segments, true).await,
+            shards: [shard].into(),
+        });
+    }
+    FleetMap {
+        shards: 4,
+        segment_size: SEGMENT,
+        nodes,
+    }
+    .write(&map)
+    .unwrap();
+    let calls = NodeCalls::new(TokenSet::single(TOKEN), Deadlines::from_secs(2.0));
+    let client = calls.node(&url);
+    client
+        .put_metadata(&id, 7, metadata.to_bytes())
+        .await
+        .unwrap();
+    let before = peak_kib(node.0.id());
+    let report = within(
+        "a repair from flooding peers",
+        client.repair(&redstuff::wire::RepairRequest {
+            blob: id.to_string(),
+            shards: vec![0],
+            generation: 7,
+            size: metadata.len(),
+            segments,
+        }),
+    )
+    .await
+    .unwrap();
+    // Nothing valid came: every pair failed, and the liars are blamed.
+    assert_eq!(report.rebuilt, 0, "{report:?}");
+    assert_eq!(report.failed.len(), segments as usize, "{report:?}");
+    let metrics = redstuff::http::client()
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("redstuff_peer_invalid_responses_total{node=\"liar-"),
+        "the floods are counted as invalid answers:\n{metrics}"
+    );
+    // A segment's repair asks at most p + 2 peers at once, each answer
+    // capped at a symbol with its proof; it holds the segment's slivers
+    // (a few times the segment size, bounded by the segment size of the
+    // map). The metadata the node keeps is at most `--max-metadata`.
+    let config = EncodingConfig::new(4).unwrap();
+    let held = (1 << 20) + (config.p() as u64 + 2) * sliver_cap(4, SEGMENT) + 4 * SEGMENT;
+    let bound = growth_bound_kib(held, config.p() as u64 + 2);
+    let growth = peak_kib(node.0.id()).saturating_sub(before);
+    eprintln!("repairing node growth {growth} KiB, bound {bound} KiB");
+    assert!(
+        growth < bound,
+        "the node's peak memory grew by {growth} KiB (bound {bound} KiB) while peers flooded {} MiB symbols",
+        FLOOD >> 20
+    );
 }

@@ -10,11 +10,15 @@
 #[path = "../dev_fleet/mod.rs"]
 mod dev_fleet;
 
+mod credentials;
+mod deadlines;
 mod deletes;
 mod disks;
 mod hung;
 mod limits;
+mod procs;
 mod random;
+mod refusals;
 mod writes;
 
 use std::future::Future;
@@ -22,6 +26,24 @@ use std::time::Duration;
 
 /// Longer than any operation here takes; shorter than a hang.
 pub const NO_HANG: Duration = Duration::from_secs(30);
+
+/// The work of one operation of these scenarios beyond the node deadlines
+/// it may wait out: a few MB encoded, sent, decoded and compared on a
+/// loaded 2-core machine. Generous, and far below a hang.
+pub const WORK: Duration = Duration::from_secs(10);
+
+/// The bound of an operation that may wait out `deadlines` node deadlines
+/// of `deadline` each: that long, plus `WORK`.
+pub fn bound(deadline: Duration, deadlines: u32) -> Duration {
+    deadline * deadlines + WORK
+}
+
+/// Runs `operation`, failing the test if it does not end within `limit`.
+pub async fn within_bound<T>(what: &str, limit: Duration, operation: impl Future<Output = T>) -> T {
+    tokio::time::timeout(limit, operation)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
+}
 
 /// Runs `operation`, failing the test if it does not end within `NO_HANG`.
 pub async fn within<T>(what: &str, operation: impl Future<Output = T>) -> T {

@@ -1,0 +1,204 @@
+//! G2 and G4 driven deterministically: node processes answer the
+//! gateway's markers and slivers, but a proxy in front of f + 1 of them
+//! refuses one kind of call (a tombstone, a commit marker), so exactly
+//! the shards behind the others take it.
+//!
+//! - A DELETE that lands on fewer than n - f shards answers 503 saying how
+//!   many took it and to retry; once the nodes take tombstones again, the
+//!   retry completes it (204) and the blob stays gone.
+//! - A PUT whose commit reaches fewer than n - f shards answers 503, is
+//!   withdrawn with a tombstone of its own generation, is never visible,
+//!   and its pieces are removed from every node.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::dev_fleet::pseudo_random;
+use crate::procs::{proxy, user_http, Cluster, Refusals};
+use crate::{blob_id, bound, within_bound};
+
+/// n = 7 nodes (f = 2, n - f = 5); the gateway reaches nodes 0, 1 and 2
+/// through proxies sharing one set of refusals.
+async fn cluster_with_proxies() -> (Cluster, Arc<Refusals>, std::path::PathBuf) {
+    let cluster = Cluster::start(7, "1");
+    let refusals = Arc::new(Refusals::default());
+    let mut urls: Vec<String> = cluster.nodes.iter().map(|n| n.url.clone()).collect();
+    for url in urls.iter_mut().take(3) {
+        *url = proxy(url.clone(), refusals.clone()).await;
+    }
+    let map = cluster.write_map("proxied.json", &urls);
+    (cluster, refusals, map)
+}
+
+/// Waits (bounded) until no node holds anything of `id` but a tombstone.
+async fn until_no_pieces(cluster: &Cluster, id: &str) {
+    let start = Instant::now();
+    while !cluster.holders_of(id).is_empty() {
+        assert!(
+            start.elapsed() < crate::NO_HANG,
+            "pieces of {id} stay on {:?}",
+            cluster.holders_of(id)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_that_lands_on_fewer_than_n_minus_f_shards_says_how_many_and_a_retry_completes_it()
+{
+    let (cluster, refusals, map) = cluster_with_proxies().await;
+    let (_gateway, gateway) = cluster.gateway(&map, &[]);
+    let deadline = Duration::from_secs(1);
+    let http = user_http();
+    let data = pseudo_random(1_200_000, 51);
+    let response = http
+        .put(format!("{gateway}/v1/blobs"))
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let id = blob_id(&data);
+    assert_eq!(cluster.holders_of(&id).len(), 7);
+
+    // Nodes 0-2 answer the markers but refuse tombstones: 4 shards take it.
+    refusals.deletes(true);
+    let response = within_bound(
+        "a DELETE refused by three nodes",
+        bound(deadline, 2),
+        http.delete(format!("{gateway}/v1/blobs/{id}")).send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        body["error"].as_str().unwrap(),
+        format!(
+            "delete of {id} reached 4 shards, 5 needed: it is not final yet and the blob may \
+             still be read; retry the delete"
+        ),
+        "{body}"
+    );
+    // The tombstones that landed stay: those four nodes dropped their
+    // pieces, the refusing three kept theirs.
+    assert_eq!(
+        cluster.holders_of(&id),
+        vec!["node-0", "node-1", "node-2"],
+        "only the refusing nodes keep pieces"
+    );
+
+    // The nodes take tombstones again: the retry completes the delete.
+    refusals.deletes(false);
+    let response = within_bound(
+        "the retried DELETE",
+        bound(deadline, 2),
+        http.delete(format!("{gateway}/v1/blobs/{id}")).send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 204);
+    until_no_pieces(&cluster, &id).await;
+    // And it stays gone: no read finds it, a second delete is a no-op 204.
+    for _ in 0..3 {
+        let get = http
+            .get(format!("{gateway}/v1/blobs/{id}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(get.status(), 404);
+        let head = http
+            .head(format!("{gateway}/v1/blobs/{id}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.status(), 404);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let again = http
+        .delete(format!("{gateway}/v1/blobs/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 204);
+    assert!(cluster.holders_of(&id).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_whose_commit_reaches_fewer_than_n_minus_f_shards_fails_is_never_visible_and_leaves_no_pieces(
+) {
+    let (cluster, refusals, map) = cluster_with_proxies().await;
+    let (_gateway, gateway) = cluster.gateway(&map, &[]);
+    let deadline = Duration::from_secs(1);
+    let http = user_http();
+    let data = pseudo_random(2_300_000, 52); // three segments
+    let id = blob_id(&data);
+
+    // Every node stages and stores its slivers; nodes 0-2 refuse the
+    // commit marker: 4 shards acknowledge it, 5 are needed.
+    refusals.commits(true);
+    let response = within_bound(
+        "a PUT whose commit three nodes refuse",
+        bound(deadline, 2),
+        http.put(format!("{gateway}/v1/blobs"))
+            .body(data.clone())
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        body["error"].as_str().unwrap(),
+        "write not committed: 4 shards acknowledged the commit, 5 needed; the write was \
+         withdrawn (a tombstone on nodes of 7 shards): it will not become visible",
+        "{body}"
+    );
+    refusals.commits(false);
+
+    // Never visible, and its pieces are gone from every node: the
+    // withdrawing tombstone removed them.
+    until_no_pieces(&cluster, &id).await;
+    for _ in 0..3 {
+        for method in ["HEAD", "GET"] {
+            let response = http
+                .request(method.parse().unwrap(), format!("{gateway}/v1/blobs/{id}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 404, "{method} of a withdrawn write");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // No node lists it as anything but deleted.
+    let calls = redstuff::client::NodeCalls::new(
+        redstuff::auth::TokenSet::single(crate::procs::CLUSTER_TOKEN),
+        redstuff::client::Deadlines::from_secs(1.0),
+    );
+    for node in &cluster.nodes {
+        let inventory = calls.node(&node.url).full_inventory().await.unwrap();
+        for blob in inventory.blobs.iter().filter(|b| b.id == id) {
+            assert!(
+                !blob.state.claims_data() && blob.shards.is_empty(),
+                "{}: {blob:?}",
+                node.name
+            );
+        }
+    }
+
+    // Once the nodes take commits again, the same bytes store and read.
+    let response = http
+        .put(format!("{gateway}/v1/blobs"))
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let back = http
+        .get(format!("{gateway}/v1/blobs/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(back.status(), 200);
+    assert!(back.bytes().await.unwrap() == data);
+}
