@@ -568,15 +568,18 @@ impl NodeClient {
     }
 
     /// Asks the node to rebuild its sliver pairs of a blob. The node
-    /// answers a line per segment; a repair that makes no progress for the
-    /// repair stall time is abandoned.
+    /// answers a line per segment; a repair that answers no whole line for
+    /// the repair stall time is abandoned.
     pub async fn repair(&self, request: &RepairRequest) -> Result<RepairReport, NodeCallError> {
         const WHAT: &str = "the repair";
         let mut response = self.post_json("/v1/repair", request, WHAT).await?;
         let stall = self.calls.deadlines.repair_stall;
+        // A whole line within the stall time: bytes that never make one
+        // (a node trickling its answer) do not keep the repair alive.
+        let mut line_until = Instant::now() + stall;
         let mut pending: Vec<u8> = Vec::new();
         loop {
-            let chunk = match tokio::time::timeout(stall, response.chunk()).await {
+            let chunk = match tokio::time::timeout_at(line_until, response.chunk()).await {
                 Err(_) => return Err(self.failure(WHAT)(ReadFailure::TimedOut)),
                 Ok(Err(source)) => return Err(self.failure(WHAT)(ReadFailure::Transport(source))),
                 Ok(Ok(chunk)) => chunk,
@@ -592,7 +595,7 @@ impl NodeClient {
             while let Some(end) = pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
                 match serde_json::from_slice::<RepairLine>(&line) {
-                    Ok(RepairLine::Segment(_)) => {}
+                    Ok(RepairLine::Segment(_)) => line_until = Instant::now() + stall,
                     Ok(RepairLine::Report(report)) => return Ok(report),
                     Ok(RepairLine::Error(message)) => {
                         return Err(NodeCallError::Status {

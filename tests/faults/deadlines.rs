@@ -86,6 +86,30 @@ async fn every_call_to_a_node_that_trickles_its_answer_is_cut_at_its_deadline() 
         matches!(answer, Err(NodeCallError::TimedOut { .. })),
         "{answer:?}"
     );
+    // A repair: a whole line (a segment done) within the repair stall
+    // time, however many bytes trickle in without one.
+    let repairs = Deadlines {
+        repair_stall: Duration::from_secs(2),
+        ..deadlines
+    };
+    let repairing = NodeCalls::new(TokenSet::single(CLUSTER_TOKEN), repairs).node(&url);
+    let request = redstuff::wire::RepairRequest {
+        blob: id.to_string(),
+        shards: vec![0],
+        generation: 1,
+        size: 1,
+        segments: 1,
+    };
+    let answer = timed(
+        "a repair",
+        bound(repairs.repair_stall, 1),
+        repairing.repair(&request),
+    )
+    .await;
+    assert!(
+        matches!(answer, Err(NodeCallError::TimedOut { .. })),
+        "{answer:?}"
+    );
     // Commits and deletes read no success body.
     timed("a commit", small, node.commit(&id, 1)).await.unwrap();
     timed("a delete", small, node.delete(&id, 2)).await.unwrap();

@@ -6,7 +6,10 @@
 use std::time::{Duration, Instant};
 
 use crate::dev_fleet::{all_healthy, all_ready, holders_of, pseudo_random, DevFleet, WAIT};
-use crate::within;
+use crate::{bound, within, within_bound};
+
+/// The node deadline of these fleets (`--node-timeout-secs 2`).
+const DEADLINE: Duration = Duration::from_secs(2);
 
 /// Waits until no node holds data of `id`.
 async fn until_gone_everywhere(fleet: &DevFleet, id: &str) {
@@ -65,7 +68,12 @@ async fn a_delete_is_final_though_f_nodes_slept_through_it_and_their_slivers_go_
     std::fs::rename(&dead, &aside).unwrap();
     std::fs::write(&dead, b"not now").unwrap();
     crate::dev_fleet::kill9(DevFleet::pid_of(&status, "node-5"));
-    let code = within("a DELETE with f nodes away", fleet.code("DELETE", &id)).await;
+    let code = within_bound(
+        "a DELETE with f nodes away",
+        bound(DEADLINE, 2),
+        fleet.code("DELETE", &id),
+    )
+    .await;
     assert_eq!(code, 204);
     // Both come back with their slivers.
     std::fs::remove_file(&dead).unwrap();
@@ -95,8 +103,14 @@ async fn a_node_that_slept_through_a_delete_and_the_rewrite_ends_holding_the_rew
     let status = fleet.wait_for("healthy", |s| all_healthy(s, 1)).await;
     let sleeper = DevFleet::pid_of(&status, "node-3");
     fleet.stop(sleeper);
-    assert_eq!(within("delete", fleet.code("DELETE", &id)).await, 204);
-    assert_eq!(within("rewrite", fleet.put(&data)).await, id);
+    assert_eq!(
+        within_bound("delete", bound(DEADLINE, 2), fleet.code("DELETE", &id)).await,
+        204
+    );
+    assert_eq!(
+        within_bound("rewrite", bound(DEADLINE, 2), fleet.put(&data)).await,
+        id
+    );
     fleet.resume(sleeper);
     // node-3 keeps (or gets back) its pair and the newer commit: Healthy 7/7.
     fleet
@@ -120,8 +134,9 @@ async fn a_delete_that_reaches_too_few_nodes_says_so_and_a_retry_completes_it() 
     for name in ["node-0", "node-1", "node-2"] {
         fleet.stop(DevFleet::pid_of(&status, name));
     }
-    let response = within(
+    let response = within_bound(
         "a DELETE with f + 1 nodes stopped",
+        bound(DEADLINE, 1),
         fleet
             .http
             .delete(format!("{}/v1/blobs/{id}", fleet.gateway))

@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use crate::dev_fleet::{all_healthy, all_ready, holders_of, pseudo_random, DevFleet, WAIT};
-use crate::{blob_id, within};
+use crate::{blob_id, bound, within, within_bound};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledged_put_survives_f_wiped_nodes_and_a_restart_of_every_process() {
@@ -50,7 +50,12 @@ async fn a_put_answered_with_an_error_never_becomes_visible_and_leaves_no_pieces
     }
     let data = pseudo_random(2_300_000, 77);
     let id = blob_id(&data);
-    let response = within("a PUT with f + 1 nodes stopped", fleet.try_put(&data)).await;
+    let response = within_bound(
+        "a PUT with f + 1 nodes stopped",
+        bound(Duration::from_secs(2), 2),
+        fleet.try_put(&data),
+    )
+    .await;
     assert_eq!(response.status(), 503);
     let body: serde_json::Value = response.json().await.unwrap();
     assert!(
