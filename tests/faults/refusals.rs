@@ -202,3 +202,107 @@ async fn a_put_whose_commit_reaches_fewer_than_n_minus_f_shards_fails_is_never_v
     assert_eq!(back.status(), 200);
     assert!(back.bytes().await.unwrap() == data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_whose_commit_and_withdrawal_reach_only_some_nodes_never_becomes_visible_and_the_loop_removes_its_pieces(
+) {
+    use crate::dev_fleet::{all_ready, holders_of, DevFleet};
+    // A real fleet with its control loop; a second gateway reaches nodes
+    // 0-2 through proxies that refuse both commit markers and tombstones.
+    let fleet = DevFleet::start(&["--node-timeout-secs", "1"]);
+    fleet.wait_for("nodes ready", all_ready).await;
+    let data_dir = fleet.data_dir();
+    let mut map = redstuff::fleet::FleetMap::read(&data_dir.join("fleet.json")).unwrap();
+    let refusals = Arc::new(Refusals::default());
+    for node in map
+        .nodes
+        .iter_mut()
+        .filter(|n| ["node-0", "node-1", "node-2"].contains(&n.name.as_str()))
+    {
+        node.url = proxy(node.url.clone(), refusals.clone()).await;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let proxied = scratch.path().join("proxied.json");
+    map.write(&proxied).unwrap();
+    let path = |name: &str| data_dir.join(name).to_str().unwrap().to_string();
+    let (_gateway, gateway) = crate::procs::spawn(&[
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--fleet",
+        proxied.to_str().unwrap(),
+        "--cluster-token-file",
+        &path("cluster-token"),
+        "--user-tokens-file",
+        &path("token"),
+        "--spool-dir",
+        scratch.path().join("spool").to_str().unwrap(),
+        "--node-timeout-secs",
+        "1",
+    ]);
+    let data = pseudo_random(1_700_000, 53);
+    let id = blob_id(&data);
+    refusals.commits(true);
+    refusals.deletes(true);
+    let response = within_bound(
+        "a PUT whose commit and withdrawal three nodes refuse",
+        bound(Duration::from_secs(1), 2),
+        fleet
+            .http
+            .put(format!("{gateway}/v1/blobs"))
+            .body(data.clone())
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        body["error"].as_str().unwrap(),
+        "write not committed: 4 shards acknowledged the commit, 5 needed; the write was \
+         withdrawn (a tombstone on nodes of 4 shards): it will not become visible",
+        "{body}"
+    );
+    // The nodes that took the withdrawing tombstone dropped their pieces.
+    for holder in holders_of(&fleet, &id) {
+        assert!(
+            ["node-0", "node-1", "node-2"].contains(&holder.as_str()),
+            "{holder} took the tombstone and keeps pieces"
+        );
+    }
+    // Nodes 0-2 hold its staged pieces; the loop carries the tombstone to
+    // them and they drop them. Meanwhile, and after, it is never visible:
+    // not readable, not listed, not repaired.
+    let start = Instant::now();
+    loop {
+        assert_eq!(fleet.code("HEAD", &id).await, 404);
+        assert_eq!(fleet.code("GET", &id).await, 404);
+        let status = fleet.status().await;
+        assert!(status["blobs"].as_array().unwrap().is_empty(), "{status:#}");
+        if holders_of(&fleet, &id).is_empty() && start.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+        assert!(
+            start.elapsed() < crate::NO_HANG,
+            "pieces stay on {:?}",
+            holders_of(&fleet, &id)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let metrics = fleet.metrics().await;
+    assert!(
+        metrics.contains("redstuff_markers_spread_total{marker=\"tombstone\"}"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("redstuff_repairs_started_total") && !l.ends_with(" 0")),
+        "a repair was started:\n{metrics}"
+    );
+    // Through the fleet's own gateway the same bytes store again.
+    refusals.commits(false);
+    refusals.deletes(false);
+    assert_eq!(fleet.put(&data).await, id);
+    assert!(fleet.get(&id).await == data);
+}
