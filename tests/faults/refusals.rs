@@ -306,3 +306,94 @@ async fn a_put_whose_commit_and_withdrawal_reach_only_some_nodes_never_becomes_v
     assert_eq!(fleet.put(&data).await, id);
     assert!(fleet.get(&id).await == data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tombstones_of_an_incomplete_delete_stay_and_spread_and_a_retry_answers_204() {
+    use crate::dev_fleet::{all_healthy, holders_of, DevFleet};
+    // A real fleet with its control loop; a second gateway reaches nodes
+    // 0-2 through proxies that refuse tombstones.
+    let fleet = DevFleet::start(&["--node-timeout-secs", "1"]);
+    let data = pseudo_random(900_000, 54);
+    let id = fleet.put(&data).await;
+    fleet.wait_for("healthy", |s| all_healthy(s, 1)).await;
+    let data_dir = fleet.data_dir();
+    let mut map = redstuff::fleet::FleetMap::read(&data_dir.join("fleet.json")).unwrap();
+    let refusals = Arc::new(Refusals::default());
+    for node in map
+        .nodes
+        .iter_mut()
+        .filter(|n| ["node-0", "node-1", "node-2"].contains(&n.name.as_str()))
+    {
+        node.url = proxy(node.url.clone(), refusals.clone()).await;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let proxied = scratch.path().join("proxied.json");
+    map.write(&proxied).unwrap();
+    let path = |name: &str| data_dir.join(name).to_str().unwrap().to_string();
+    let (_gateway, gateway) = crate::procs::spawn(&[
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--fleet",
+        proxied.to_str().unwrap(),
+        "--cluster-token-file",
+        &path("cluster-token"),
+        "--user-tokens-file",
+        &path("token"),
+        "--spool-dir",
+        scratch.path().join("spool").to_str().unwrap(),
+        "--node-timeout-secs",
+        "1",
+    ]);
+    refusals.deletes(true);
+    let response = within_bound(
+        "a DELETE three nodes refuse",
+        bound(Duration::from_secs(1), 2),
+        fleet.http.delete(format!("{gateway}/v1/blobs/{id}")).send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        body["error"].as_str().unwrap(),
+        format!(
+            "delete of {id} reached 4 shards, 5 needed: it is not final yet and the blob may \
+             still be read; retry the delete"
+        ),
+        "{body}"
+    );
+    // The loop carries the tombstones to nodes 0-2, which drop their
+    // slivers; the blob is not listed again.
+    let start = Instant::now();
+    while !holders_of(&fleet, &id).is_empty() {
+        assert!(
+            start.elapsed() < crate::NO_HANG,
+            "pieces stay on {:?}",
+            holders_of(&fleet, &id)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fleet
+        .wait_for("the deleted blob unlisted", |s| {
+            s["blobs"].as_array().unwrap().is_empty()
+        })
+        .await;
+    assert_eq!(fleet.code("GET", &id).await, 404);
+    // The retry, still through the refusing proxies, finds the delete on
+    // a quorum: 204.
+    let retry = fleet
+        .http
+        .delete(format!("{gateway}/v1/blobs/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retry.status(), 204);
+    assert!(
+        fleet
+            .metrics()
+            .await
+            .contains("redstuff_markers_spread_total{marker=\"tombstone\"}"),
+        "the loop spread the tombstones"
+    );
+}
