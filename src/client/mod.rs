@@ -14,6 +14,6 @@ mod write;
 pub use blob_client::{BlobClient, BlobIoError};
 pub use deadline::Deadlines;
 pub use delete::DeleteOutcome;
-pub use node_client::{NodeCallError, NodeCalls, NodeClient};
+pub use node_client::{NodeCallError, NodeCalls, NodeClient, DEFAULT_MAX_INVENTORY_BLOBS};
 pub use read::{SlowNodes, VisibleBlob};
 pub use write::WriteOutcome;
