@@ -249,22 +249,16 @@ pub async fn leader_failover(e2e: &E2e) -> anyhow::Result<()> {
         operator_pods(e2e)?.contains(&leader),
         "the Lease holder {leader} is no operator pod"
     );
-    // Killed: no release, the standby waits for the Lease to expire.
-    e2e.kubectl(&[
-        "-n",
-        RELEASE_NS,
-        "delete",
-        "pod",
-        &leader,
-        "--grace-period=0",
-        "--force",
-    ])?;
+    // Killed (SIGKILL): nothing is released, the standby waits for the
+    // Lease to expire (15 s) and takes it.
+    e2e.signal_container(RELEASE_NS, &leader, "KILL")?;
     let (second, took) = new_leader(e2e, &leader, Duration::from_secs(60)).await?;
     eprintln!(
         "killed leader {leader}: {second} leads after {:.1} s (Lease duration 15 s)",
         took.as_secs_f64()
     );
     anyhow::ensure!(took <= Duration::from_secs(25), "the standby took {took:?}");
+    // The killed one restarts (kubelet) as the standby.
     wait_for(
         "two operator pods ready again",
         Duration::from_secs(120),

@@ -217,6 +217,46 @@ impl E2e {
             .ok_or_else(|| anyhow::anyhow!("the Lease has no holder"))
     }
 
+    /// Sends `signal` to the processes of `pod`'s first container, from
+    /// this host (the local cluster's and kind's containers are processes
+    /// of this machine, found by the container id in their cgroup); how
+    /// many got it.
+    pub fn signal_container(
+        &self,
+        namespace: &str,
+        pod: &str,
+        signal: &str,
+    ) -> anyhow::Result<usize> {
+        let object = self
+            .get("pod", pod, namespace)?
+            .ok_or_else(|| anyhow::anyhow!("no pod {pod}"))?;
+        let id = object["status"]["containerStatuses"][0]["containerID"]
+            .as_str()
+            .and_then(|id| id.split("://").nth(1))
+            .filter(|id| id.len() >= 12)
+            .ok_or_else(|| anyhow::anyhow!("pod {pod} has no running container"))?
+            .to_string();
+        let mut signalled = 0;
+        for entry in std::fs::read_dir("/proc")?.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let in_container = std::fs::read_to_string(entry.path().join("cgroup"))
+                .is_ok_and(|cgroup| cgroup.contains(&id));
+            if in_container {
+                let status = Command::new("kill")
+                    .args(["-s", signal, &pid.to_string()])
+                    .status()?;
+                signalled += usize::from(status.success());
+            }
+        }
+        anyhow::ensure!(
+            signalled > 0,
+            "no process of container {id} (pod {pod}) found on this host: run the suite as root on the cluster's host"
+        );
+        Ok(signalled)
+    }
+
     /// A path of the repository.
     pub fn path(&self, relative: &str) -> PathBuf {
         self.root.join(relative)
@@ -292,7 +332,11 @@ impl PortForward {
             .stderr(Stdio::null())
             .spawn()?;
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+        stdout.read_line(&mut line)?;
+        // kubectl writes a line per connection: its stdout must stay open
+        // (a Go program writing to a closed stdout dies of SIGPIPE).
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
         // "Forwarding from 127.0.0.1:43121 -> 7700"
         let Some(local) = line
             .split_whitespace()
