@@ -69,6 +69,24 @@ fn check_structural(schema: &Value, path: &str, problems: &mut Vec<String>) {
     {
         problems.push(format!("{path}: object with no properties"));
     }
+    // The API server refuses a rule whose fieldPath names no property of
+    // the schema it sits on (metadata included, at the root).
+    for rule in object
+        .get("x-kubernetes-validations")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(field_path) = rule.get("fieldPath").and_then(Value::as_str) {
+            let mut at = schema;
+            for step in field_path.trim_start_matches('.').split('.') {
+                at = &at["properties"][step];
+            }
+            if at.is_null() {
+                problems.push(format!("{path}: rule fieldPath {field_path} names no property"));
+            }
+        }
+    }
     if let Some(Value::Object(properties)) = object.get("properties") {
         for (name, inner) in properties {
             check_structural(inner, &format!("{path}.{name}"), problems);

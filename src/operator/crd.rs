@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
     shortname = "rsc",
     category = "redstuff",
     cel,
-    validation = Rule::new("self.metadata.name.size() <= 54 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("the name must be a DNS-1035 label (lower-case letters, digits and '-', starting with a letter) of at most 54 characters: node pods are named NAME-node-999 and Services NAME-gateway, and both must be DNS labels of at most 63").field_path(".metadata.name"),
+    validation = Rule::new("self.metadata.name.size() <= 54 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("the name must be a DNS-1035 label (lower-case letters, digits and '-', starting with a letter) of at most 54 characters: node pods are named NAME-node-999 and Services NAME-gateway, and both must be DNS labels of at most 63"),
     doc = "A fleet of storage-node pods that keeps blobs with the Red Stuff erasure code.",
     printcolumn(name = "Shards", type_ = "integer", json_path = ".spec.shards"),
     printcolumn(name = "Nodes", type_ = "integer", json_path = ".spec.nodes"),
