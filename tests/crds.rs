@@ -83,7 +83,9 @@ fn check_structural(schema: &Value, path: &str, problems: &mut Vec<String>) {
                 at = &at["properties"][step];
             }
             if at.is_null() {
-                problems.push(format!("{path}: rule fieldPath {field_path} names no property"));
+                problems.push(format!(
+                    "{path}: rule fieldPath {field_path} names no property"
+                ));
             }
         }
     }

@@ -228,6 +228,16 @@ fn operator_pods(e2e: &E2e) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
+/// How often the operator container of `pod` was restarted.
+fn restarts(e2e: &E2e, pod: &str) -> anyhow::Result<u64> {
+    let pod = e2e
+        .get("pod", pod, RELEASE_NS)?
+        .ok_or_else(|| anyhow::anyhow!("no operator pod {pod}"))?;
+    Ok(pod["status"]["containerStatuses"][0]["restartCount"]
+        .as_u64()
+        .unwrap_or(0))
+}
+
 /// Waits until the Lease is held by a pod other than `old`; how long it took.
 async fn new_leader(e2e: &E2e, old: &str, timeout: Duration) -> anyhow::Result<(String, Duration)> {
     let start = Instant::now();
@@ -249,16 +259,38 @@ pub async fn leader_failover(e2e: &E2e) -> anyhow::Result<()> {
         operator_pods(e2e)?.contains(&leader),
         "the Lease holder {leader} is no operator pod"
     );
-    // Killed (SIGKILL): nothing is released, the standby waits for the
-    // Lease to expire (15 s) and takes it.
-    e2e.signal_container(RELEASE_NS, &leader, "KILL")?;
-    let (second, took) = new_leader(e2e, &leader, Duration::from_secs(60)).await?;
+    // Hung (SIGSTOP): it renews nothing and releases nothing, so the
+    // standby takes the Lease once it expires (15 s). (A SIGKILLed leader
+    // is restarted by the kubelet in the same pod, under the same
+    // identity, and resumes its own Lease: no two leaders either way.)
+    let restarts_before = restarts(e2e, &leader)?;
+    e2e.signal_container(RELEASE_NS, &leader, "STOP")?;
+    let taken = new_leader(e2e, &leader, Duration::from_secs(60)).await;
+    let (second, took) = match taken {
+        Ok(taken) => taken,
+        Err(e) => {
+            e2e.signal_container(RELEASE_NS, &leader, "CONT")?;
+            return Err(e);
+        }
+    };
     eprintln!(
-        "killed leader {leader}: {second} leads after {:.1} s (Lease duration 15 s)",
+        "hung leader {leader}: {second} leads after {:.1} s (Lease duration 15 s)",
         took.as_secs_f64()
     );
     anyhow::ensure!(took <= Duration::from_secs(25), "the standby took {took:?}");
-    // The killed one restarts (kubelet) as the standby.
+    // Woken, the old leader finds its Lease gone and ends (the kubelet
+    // restarts it as a standby); the new leader keeps the Lease.
+    e2e.signal_container(RELEASE_NS, &leader, "CONT")?;
+    wait_for(
+        "the woken leader to end itself",
+        Duration::from_secs(60),
+        || Ok((restarts(e2e, &leader)? > restarts_before).then_some(())),
+    )
+    .await?;
+    anyhow::ensure!(
+        e2e.leader()? == second,
+        "the woken leader took the Lease back from {second}"
+    );
     wait_for(
         "two operator pods ready again",
         Duration::from_secs(120),

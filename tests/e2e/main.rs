@@ -100,7 +100,7 @@ async fn run_scenarios(e2e: &E2e, report: &mut Report) {
         .await;
     report
         .scenario(
-            "killing the leader hands the Lease over within its duration; SIGTERM releases it",
+            "a hung leader loses the Lease to the standby within its duration and ends when woken; SIGTERM releases it",
             false,
             disruptions::leader_failover(e2e),
         )
