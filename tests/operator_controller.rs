@@ -755,3 +755,86 @@ async fn a_client_for_an_https_api_server_can_be_built() {
     let config = kube::Config::new("https://127.0.0.1:6443".parse().unwrap());
     assert!(kube::Client::try_from(config).is_ok());
 }
+
+#[tokio::test]
+async fn an_object_that_cannot_be_applied_stops_nothing_else_and_is_named_in_synced_and_an_event() {
+    let (endpoints, _nodes, _dirs) = answering_nodes(3).await;
+    let mut api = MockApi::default();
+    api.objects.extend(support::token_secrets());
+    api.refused_applies.insert(
+        format!("{NS}/persistentvolumeclaims/media-data-1"),
+        (
+            422,
+            "PersistentVolumeClaim \"media-data-1\" is invalid: spec: Forbidden: spec is immutable after creation"
+                .into(),
+        ),
+    );
+    let (seen, _) = reconcile_on(
+        api,
+        cluster(7, 3, None),
+        ready_pods(3),
+        claims(3),
+        endpoints,
+    )
+    .await;
+    let paths = lines(&seen);
+    // Everything after the refused claim was still applied.
+    for later in [
+        format!("PATCH {NS}/persistentvolumeclaims/media-data-2"),
+        format!("PATCH {NS}/pods/media-node-2"),
+        "PATCH /apis/apps/v1/namespaces/storage/deployments/media-gateway".to_string(),
+        "PATCH /apis/policy/v1/namespaces/storage/poddisruptionbudgets/media-nodes".to_string(),
+    ] {
+        assert!(paths.contains(&later), "{later} missing: {paths:#?}");
+    }
+    let status = status_written(&seen).expect("the status is still written");
+    let synced = condition(&status, "Synced");
+    assert_eq!(synced["status"], "False", "{synced}");
+    assert_eq!(synced["reason"], "ApplyFailed");
+    let message = synced["message"].as_str().unwrap();
+    assert!(
+        message.contains("PersistentVolumeClaim media-data-1") && message.contains("immutable"),
+        "{message}"
+    );
+    assert!(
+        events(&seen).contains(&("Warning".to_string(), "ApplyFailed".to_string())),
+        "{:?}",
+        events(&seen)
+    );
+    // The fleet was still observed: every node pod ready, the blobs counted.
+    assert_eq!(status["readyNodes"], 3);
+    assert!(status["blobs"].is_object(), "{status:#}");
+}
+
+#[tokio::test]
+async fn a_second_reconcile_with_nothing_changed_applies_nothing_again() {
+    let (endpoints, _nodes, _dirs) = answering_nodes(3).await;
+    let mut api = MockApi::default();
+    api.objects.extend(support::token_secrets());
+    let cluster = cluster(7, 3, None);
+    api.objects
+        .insert(CLUSTER.into(), serde_json::to_value(&cluster).unwrap());
+    api.lists.insert(format!("{NS}/pods"), ready_pods(3));
+    api.lists
+        .insert(format!("{NS}/persistentvolumeclaims"), claims(3));
+    api.lists.insert(format!("{GROUP}/blobs"), vec![]);
+    api.lists
+        .insert("/api/v1/nodes".into(), kubernetes_nodes(10));
+    let (client, recorded) = api.serve();
+    let ctx = Arc::new(Context::new(client, "redstuff:test").with_endpoints(endpoints));
+    let applies = |seen: &[Seen]| {
+        seen.iter()
+            .filter(|s| s.method == "PATCH" && s.content_type.contains("apply-patch"))
+            .count()
+    };
+    reconcile_cluster(Arc::new(cluster.clone()), ctx.clone())
+        .await
+        .unwrap();
+    let first = recorded.take();
+    // 3 claims, 3 pods, 2 Services, the shards ConfigMap, 2 Secrets, the
+    // NetworkPolicy, the gateway Deployment, the budget.
+    assert_eq!(applies(&first), 14, "{:#?}", lines(&first));
+    reconcile_cluster(Arc::new(cluster), ctx).await.unwrap();
+    let second = recorded.take();
+    assert_eq!(applies(&second), 0, "{:#?}", lines(&second));
+}

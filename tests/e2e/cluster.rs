@@ -49,19 +49,12 @@ pub async fn becomes_ready(e2e: &E2e) -> anyhow::Result<()> {
     anyhow::ensure!(status["readyNodes"] == 4, "{status:#}");
     anyhow::ensure!(status["faultTolerance"] == 1, "{status:#}");
     anyhow::ensure!(status["shardAssignment"].as_array().map(Vec::len) == Some(4));
-    let table = e2e.kubectl(&["-n", NS, "get", "storageclusters"])?;
-    eprintln!("{table}");
-    let header: Vec<&str> = table
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    anyhow::ensure!(
-        header.starts_with(&["NAME", "SHARDS", "NODES", "READY", "TOLERATES"])
-            && header.contains(&"PHASE"),
-        "columns: {header:?}"
-    );
+    let table = e2e.table(
+        NS,
+        "storageclusters",
+        &["NAME", "SHARDS", "NODES", "READY", "TOLERATES"],
+        &["PHASE"],
+    )?;
     let row = table
         .lines()
         .find(|l| l.starts_with(CLUSTER))

@@ -82,18 +82,12 @@ pub async fn put_and_get(e2e: &E2e) -> anyhow::Result<()> {
     let record = redstuff::operator::controller::upload_record_name(&id).unwrap();
     let status = until_healthy(e2e, &record, Duration::from_secs(120)).await?;
     anyhow::ensure!(status["blobId"] == id.as_str());
-    let table = e2e.kubectl(&["-n", NS, "get", "blobs"])?;
-    eprintln!("{table}");
-    let header: Vec<&str> = table
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    anyhow::ensure!(
-        header.starts_with(&["NAME", "CLUSTER", "SIZE", "HEALTH", "SHARDS"]),
-        "columns: {header:?}"
-    );
+    let table = e2e.table(
+        NS,
+        "blobs",
+        &["NAME", "CLUSTER", "SIZE", "HEALTH", "SHARDS"],
+        &[],
+    )?;
     let row = table.lines().find(|l| l.starts_with(&record)).unwrap_or("");
     anyhow::ensure!(
         row.contains("Healthy") && row.contains("4/4") && row.contains(CLUSTER),

@@ -132,6 +132,30 @@ impl E2e {
         Ok(list["items"].as_array().cloned().unwrap_or_default())
     }
 
+    /// `kubectl get KIND` as people see it (printed), checked to start
+    /// with the columns `leading` and to have the columns `also`.
+    pub fn table(
+        &self,
+        namespace: &str,
+        kind: &str,
+        leading: &[&str],
+        also: &[&str],
+    ) -> anyhow::Result<String> {
+        let table = self.kubectl(&["-n", namespace, "get", kind])?;
+        eprintln!("{table}");
+        let header: Vec<&str> = table
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        anyhow::ensure!(
+            header.starts_with(leading) && also.iter().all(|c| header.contains(c)),
+            "kubectl get {kind} columns: {header:?}"
+        );
+        Ok(table)
+    }
+
     /// Runs helm.
     pub fn helm(&self, args: &[&str]) -> anyhow::Result<String> {
         run(

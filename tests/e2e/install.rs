@@ -212,3 +212,97 @@ pub async fn uninstall(e2e: &E2e) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A small StorageCluster `name` in `namespace`: one node pod holding all
+/// 4 shards on an emptyDir.
+fn small_cluster(name: &str, namespace: &str) -> String {
+    format!(
+        r#"apiVersion: redstuff.dev/v1alpha1
+kind: StorageCluster
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  shards: 4
+  nodes: 1
+  storage: {{ephemeral: true}}
+  resources:
+    requests: {{cpu: 10m, memory: 32Mi}}
+"#
+    )
+}
+
+/// With `operator.watchNamespaces`, the operator's role is bound in those
+/// namespaces only: a cluster there becomes Ready, one elsewhere is left
+/// alone. The release goes back to watching every namespace afterwards.
+pub async fn scoped_to_namespaces(e2e: &E2e) -> anyhow::Result<()> {
+    const OTHER: &str = "redstuff-e2e-other";
+    let upgrade = |extra: &[&str]| -> anyhow::Result<()> {
+        let mut args = vec![
+            "upgrade",
+            RELEASE,
+            "charts/redstuff",
+            "-n",
+            RELEASE_NS,
+            "--reuse-values",
+            "--wait",
+            "--timeout",
+            "3m",
+        ];
+        args.extend(extra);
+        e2e.helm(&args)?;
+        Ok(())
+    };
+    upgrade(&["--set", &format!("operator.watchNamespaces={{{NS}}}")])?;
+    let result = async {
+        e2e.kubectl(&["create", "namespace", OTHER])?;
+        e2e.apply(&small_cluster("scoped", NS))?;
+        e2e.apply(&small_cluster("elsewhere", OTHER))?;
+        wait_for(
+            "the cluster in the watched namespace Ready",
+            Duration::from_secs(180),
+            || {
+                Ok(e2e
+                    .get("storagecluster", "scoped", NS)?
+                    .filter(|c| c["status"]["phase"] == "Ready")
+                    .map(|_| ()))
+            },
+        )
+        .await?;
+        let elsewhere = e2e
+            .get("storagecluster", "elsewhere", OTHER)?
+            .ok_or_else(|| anyhow::anyhow!("the other cluster is gone"))?;
+        anyhow::ensure!(
+            elsewhere["status"].is_null(),
+            "a cluster outside the watched namespaces got a status: {}",
+            elsewhere["status"]
+        );
+        let pods = e2e.list("pods", OTHER, "app.kubernetes.io/instance=elsewhere")?;
+        anyhow::ensure!(pods.is_empty(), "{} pods made outside", pods.len());
+        // The operator cannot even read Secrets there.
+        let forbidden = e2e.kubectl(&[
+            "auth",
+            "can-i",
+            "get",
+            "secrets",
+            "-n",
+            OTHER,
+            &format!("--as=system:serviceaccount:{RELEASE_NS}:{RELEASE}"),
+        ]);
+        anyhow::ensure!(
+            forbidden.is_err(),
+            "the operator may read Secrets outside its namespaces"
+        );
+        e2e.kubectl(&[
+            "-n",
+            NS,
+            "delete",
+            "storagecluster",
+            "scoped",
+            "--wait=true",
+        ])?;
+        Ok(())
+    }
+    .await;
+    let _ = e2e.kubectl(&["delete", "namespace", OTHER, "--wait=false"]);
+    upgrade(&["--set", "operator.watchNamespaces=null"])?;
+    result
+}

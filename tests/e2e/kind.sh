@@ -5,7 +5,9 @@
 # build), load them, run tests/e2e (which installs the chart with helm
 # itself), delete the cluster. The same tests run on the local cluster
 # (scripts/e2e-local).
-# Needs docker, kind, helm, kubectl, go and cargo. Usage: tests/e2e/kind.sh
+# Needs docker, kind, helm, kubectl, go and cargo, and root (the
+# hung-leader scenario signals the operator's process from this host).
+# Usage: sudo -E tests/e2e/kind.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

@@ -121,6 +121,13 @@ async fn run_scenarios(e2e: &E2e, report: &mut Report) {
         .await;
     report
         .scenario(
+            "with watchNamespaces the operator manages those namespaces only, and may read nothing elsewhere",
+            false,
+            install::scoped_to_namespaces(e2e),
+        )
+        .await;
+    report
+        .scenario(
             "deleting a Blob deletes its blob",
             false,
             data::blob_deleted(e2e),

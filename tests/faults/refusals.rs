@@ -211,35 +211,7 @@ async fn a_put_whose_commit_and_withdrawal_reach_only_some_nodes_never_becomes_v
     // 0-2 through proxies that refuse both commit markers and tombstones.
     let fleet = DevFleet::start(&["--node-timeout-secs", "1"]);
     fleet.wait_for("nodes ready", all_ready).await;
-    let data_dir = fleet.data_dir();
-    let mut map = redstuff::fleet::FleetMap::read(&data_dir.join("fleet.json")).unwrap();
-    let refusals = Arc::new(Refusals::default());
-    for node in map
-        .nodes
-        .iter_mut()
-        .filter(|n| ["node-0", "node-1", "node-2"].contains(&n.name.as_str()))
-    {
-        node.url = proxy(node.url.clone(), refusals.clone()).await;
-    }
-    let scratch = tempfile::tempdir().unwrap();
-    let proxied = scratch.path().join("proxied.json");
-    map.write(&proxied).unwrap();
-    let path = |name: &str| data_dir.join(name).to_str().unwrap().to_string();
-    let (_gateway, gateway) = crate::procs::spawn(&[
-        "gateway",
-        "--listen",
-        "127.0.0.1:0",
-        "--fleet",
-        proxied.to_str().unwrap(),
-        "--cluster-token-file",
-        &path("cluster-token"),
-        "--user-tokens-file",
-        &path("token"),
-        "--spool-dir",
-        scratch.path().join("spool").to_str().unwrap(),
-        "--node-timeout-secs",
-        "1",
-    ]);
+    let (_gateway, gateway, refusals, _scratch) = gateway_behind_refusing_proxies(&fleet).await;
     let data = pseudo_random(1_700_000, 53);
     let id = blob_id(&data);
     refusals.commits(true);
@@ -316,35 +288,7 @@ async fn the_tombstones_of_an_incomplete_delete_stay_and_spread_and_a_retry_answ
     let data = pseudo_random(900_000, 54);
     let id = fleet.put(&data).await;
     fleet.wait_for("healthy", |s| all_healthy(s, 1)).await;
-    let data_dir = fleet.data_dir();
-    let mut map = redstuff::fleet::FleetMap::read(&data_dir.join("fleet.json")).unwrap();
-    let refusals = Arc::new(Refusals::default());
-    for node in map
-        .nodes
-        .iter_mut()
-        .filter(|n| ["node-0", "node-1", "node-2"].contains(&n.name.as_str()))
-    {
-        node.url = proxy(node.url.clone(), refusals.clone()).await;
-    }
-    let scratch = tempfile::tempdir().unwrap();
-    let proxied = scratch.path().join("proxied.json");
-    map.write(&proxied).unwrap();
-    let path = |name: &str| data_dir.join(name).to_str().unwrap().to_string();
-    let (_gateway, gateway) = crate::procs::spawn(&[
-        "gateway",
-        "--listen",
-        "127.0.0.1:0",
-        "--fleet",
-        proxied.to_str().unwrap(),
-        "--cluster-token-file",
-        &path("cluster-token"),
-        "--user-tokens-file",
-        &path("token"),
-        "--spool-dir",
-        scratch.path().join("spool").to_str().unwrap(),
-        "--node-timeout-secs",
-        "1",
-    ]);
+    let (_gateway, gateway, refusals, _scratch) = gateway_behind_refusing_proxies(&fleet).await;
     refusals.deletes(true);
     let response = within_bound(
         "a DELETE three nodes refuse",
@@ -396,4 +340,47 @@ async fn the_tombstones_of_an_incomplete_delete_stay_and_spread_and_a_retry_answ
             .contains("redstuff_markers_spread_total{marker=\"tombstone\"}"),
         "the loop spread the tombstones"
     );
+}
+
+/// A second gateway of `fleet` that reaches nodes 0-2 through proxies
+/// refusing what the returned `Refusals` say: the process, its URL, the
+/// switches, and the directory of its fleet map and spool.
+async fn gateway_behind_refusing_proxies(
+    fleet: &crate::dev_fleet::DevFleet,
+) -> (
+    crate::procs::Process,
+    String,
+    Arc<Refusals>,
+    tempfile::TempDir,
+) {
+    let data_dir = fleet.data_dir();
+    let mut map = redstuff::fleet::FleetMap::read(&data_dir.join("fleet.json")).unwrap();
+    let refusals = Arc::new(Refusals::default());
+    for node in map
+        .nodes
+        .iter_mut()
+        .filter(|n| ["node-0", "node-1", "node-2"].contains(&n.name.as_str()))
+    {
+        node.url = proxy(node.url.clone(), refusals.clone()).await;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let proxied = scratch.path().join("proxied.json");
+    map.write(&proxied).unwrap();
+    let path = |name: &str| data_dir.join(name).to_str().unwrap().to_string();
+    let (process, url) = crate::procs::spawn(&[
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--fleet",
+        proxied.to_str().unwrap(),
+        "--cluster-token-file",
+        &path("cluster-token"),
+        "--user-tokens-file",
+        &path("token"),
+        "--spool-dir",
+        scratch.path().join("spool").to_str().unwrap(),
+        "--node-timeout-secs",
+        "1",
+    ]);
+    (process, url, refusals, scratch)
 }

@@ -57,6 +57,9 @@ fn not_found() -> (StatusCode, Value) {
 pub struct MockApi {
     pub objects: BTreeMap<String, Value>,
     pub lists: BTreeMap<String, Vec<Value>>,
+    /// Paths whose server-side apply is refused: status code and message
+    /// (an immutable field, a quota, a conflict).
+    pub refused_applies: BTreeMap<String, (u16, String)>,
 }
 
 impl MockApi {
@@ -86,7 +89,18 @@ impl MockApi {
                     body: body.clone(),
                 };
                 let path = record.path.as_str();
+                let refused = self.refused_applies.get(path).filter(|_| {
+                    record.method == "PATCH" && record.content_type.contains("apply-patch")
+                });
                 let (status, answer) = match record.method.as_str() {
+                    _ if refused.is_some() => {
+                        let (code, message) = refused.expect("checked");
+                        (
+                            StatusCode::from_u16(*code).expect("a status code"),
+                            json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                              "status": "Failure", "message": message, "code": code}),
+                        )
+                    }
                     "GET" => match (self.lists.get(path), objects.get(path)) {
                         (Some(items), _) => (
                             StatusCode::OK,
