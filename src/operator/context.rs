@@ -326,3 +326,36 @@ impl Context {
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_notes_are_cut_to_the_api_servers_1024_bytes_at_a_character_boundary() {
+        let short = "3 -> media-node-1".to_string();
+        assert_eq!(truncate_note(short.clone()), short);
+        // Multi-byte characters straddle the limit.
+        let long = "shard 7 -> médïa-node-2, ".repeat(100);
+        let cut = truncate_note(long.clone());
+        assert!(cut.len() <= 1024, "{} bytes", cut.len());
+        assert!(cut.ends_with("(cut)"), "{cut}");
+        assert!(long.starts_with(cut.trim_end_matches(" ... (cut)")));
+    }
+
+    #[test]
+    fn a_forgotten_cluster_loses_its_fleet_state_and_metrics() {
+        let fleets = Fleets::default();
+        let key = ("storage".to_string(), "media".to_string());
+        fleets.get(&key, Deadlines::default());
+        fleets.get(&("storage".into(), "other".into()), Deadlines::default());
+        assert_eq!(fleets.registries().len(), 2);
+        fleets.forget(&key);
+        assert!(fleets.find(&key).is_none());
+        assert_eq!(
+            fleets.keys(),
+            vec![("storage".to_string(), "other".to_string())]
+        );
+        assert_eq!(fleets.registries().len(), 1);
+    }
+}
