@@ -87,7 +87,18 @@ pub async fn put(
         .body(reqwest::Body::wrap_stream(stream))
         .send()
         .await
-        .with_context(|| format!("cannot reach the gateway at {gateway}"))?;
+        .with_context(|| {
+            // A gateway refuses an upload without credentials before it
+            // reads the body, so a large one ends as a broken connection,
+            // not as the 401.
+            let hint = if token.is_none() {
+                " (no token was sent: uploads need --token or REDSTUFF_TOKEN, and the gateway \
+                 refuses them before reading the body)"
+            } else {
+                ""
+            };
+            format!("cannot reach the gateway at {gateway}{hint}")
+        })?;
     bar.finish_and_clear();
     if !response.status().is_success() {
         return Err(error_of(response).await);

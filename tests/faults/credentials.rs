@@ -226,6 +226,21 @@ async fn the_gateway_requires_the_user_token_and_the_cli_sends_it_from_the_flag_
     assert_eq!(String::from_utf8(by_flag.stdout).unwrap().trim(), second_id);
     let flag_wins = put(Some("not-the-token"), Some(&user));
     assert!(flag_wins.status.success(), "{flag_wins:?}");
+    // A large upload without a token: the gateway answers 401 before it
+    // reads the body; whether the CLI reads that answer or meets the
+    // closed connection, it says a token is needed.
+    let large = dir.path().join("large");
+    std::fs::write(&large, pseudo_random(24 << 20, 64)).unwrap();
+    let large_put = cli(
+        dir.path(),
+        &["put", large.to_str().unwrap(), "--gateway", &gateway],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&large_put.stderr);
+    assert!(
+        !large_put.status.success() && stderr.contains("REDSTUFF_TOKEN"),
+        "{large_put:?}"
+    );
 
     let out = dir.path().join("out");
     let out = out.to_str().unwrap();
