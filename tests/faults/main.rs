@@ -45,6 +45,28 @@ pub async fn within_bound<T>(what: &str, limit: Duration, operation: impl Future
         .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
 }
 
+/// PUTs `data` through `gateway` within `limit` (failing the test past
+/// it): the status and the JSON answer.
+pub async fn put_within(
+    what: &str,
+    limit: Duration,
+    http: &reqwest::Client,
+    gateway: &str,
+    data: &[u8],
+) -> (u16, serde_json::Value) {
+    let response = within_bound(
+        what,
+        limit,
+        http.put(format!("{gateway}/v1/blobs"))
+            .body(data.to_vec())
+            .send(),
+    )
+    .await
+    .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
 /// Runs `operation`, failing the test if it does not end within `NO_HANG`.
 pub async fn within<T>(what: &str, operation: impl Future<Output = T>) -> T {
     tokio::time::timeout(NO_HANG, operation)

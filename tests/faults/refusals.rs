@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::dev_fleet::pseudo_random;
 use crate::procs::{proxy, user_http, Cluster, Refusals};
-use crate::{blob_id, bound, within_bound};
+use crate::{blob_id, bound, put_within, within_bound};
 
 /// n = 7 nodes (f = 2, n - f = 5); the gateway reaches nodes 0, 1 and 2
 /// through proxies sharing one set of refusals.
@@ -137,17 +137,15 @@ async fn a_put_whose_commit_reaches_fewer_than_n_minus_f_shards_fails_is_never_v
     // Every node stages and stores its slivers; nodes 0-2 refuse the
     // commit marker: 4 shards acknowledge it, 5 are needed.
     refusals.commits(true);
-    let response = within_bound(
+    let (status, body) = put_within(
         "a PUT whose commit three nodes refuse",
         bound(deadline, 2),
-        http.put(format!("{gateway}/v1/blobs"))
-            .body(data.clone())
-            .send(),
+        &http,
+        &gateway,
+        &data,
     )
-    .await
-    .unwrap();
-    assert_eq!(response.status(), 503);
-    let body: serde_json::Value = response.json().await.unwrap();
+    .await;
+    assert_eq!(status, 503, "{body}");
     assert_eq!(
         body["error"].as_str().unwrap(),
         "write not committed: 4 shards acknowledged the commit, 5 needed; the write was \
@@ -216,19 +214,15 @@ async fn a_put_whose_commit_and_withdrawal_reach_only_some_nodes_never_becomes_v
     let id = blob_id(&data);
     refusals.commits(true);
     refusals.deletes(true);
-    let response = within_bound(
+    let (status, body) = put_within(
         "a PUT whose commit and withdrawal three nodes refuse",
         bound(Duration::from_secs(1), 2),
-        fleet
-            .http
-            .put(format!("{gateway}/v1/blobs"))
-            .body(data.clone())
-            .send(),
+        &fleet.http,
+        &gateway,
+        &data,
     )
-    .await
-    .unwrap();
-    assert_eq!(response.status(), 503);
-    let body: serde_json::Value = response.json().await.unwrap();
+    .await;
+    assert_eq!(status, 503, "{body}");
     assert_eq!(
         body["error"].as_str().unwrap(),
         "write not committed: 4 shards acknowledged the commit, 5 needed; the write was \
