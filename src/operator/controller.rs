@@ -565,6 +565,7 @@ pub async fn reconcile_cluster(
             recorded,
             &view,
             &encoding,
+            applied,
             &mut failures,
         )
         .await;
@@ -781,6 +782,7 @@ async fn record_uploads(
     recorded: &BTreeSet<String>,
     view: &control::FleetView,
     encoding: &crate::codec::EncodingConfig,
+    applied: &AppliedContent,
     failures: &mut Failures,
 ) {
     let name = cluster.name_any();
@@ -814,7 +816,7 @@ async fn record_uploads(
             "operator: an upload through the gateway".to_string(),
         )]));
         let before = failures.0.len();
-        apply_noting(failures, &AppliedContent::default(), blobs, &record, false).await;
+        apply_noting(failures, applied, blobs, &record, false).await;
         if failures.0.len() == before {
             tracing::info!(cluster = %name, blob = %id, record = %record_name, "recorded an upload");
         }

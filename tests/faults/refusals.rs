@@ -63,23 +63,14 @@ async fn a_delete_that_lands_on_fewer_than_n_minus_f_shards_says_how_many_and_a_
 
     // Nodes 0-2 answer the markers but refuse tombstones: 4 shards take it.
     refusals.deletes(true);
-    let response = within_bound(
+    assert_delete_incomplete(
         "a DELETE refused by three nodes",
         bound(deadline, 2),
-        http.delete(format!("{gateway}/v1/blobs/{id}")).send(),
+        &http,
+        &gateway,
+        &id,
     )
-    .await
-    .unwrap();
-    assert_eq!(response.status(), 503);
-    let body: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(
-        body["error"].as_str().unwrap(),
-        format!(
-            "delete of {id} reached 4 shards, 5 needed: it is not final yet and the blob may \
-             still be read; retry the delete"
-        ),
-        "{body}"
-    );
+    .await;
     // The tombstones that landed stay: those four nodes dropped their
     // pieces, the refusing three kept theirs.
     assert_eq!(
@@ -284,23 +275,14 @@ async fn the_tombstones_of_an_incomplete_delete_stay_and_spread_and_a_retry_answ
     fleet.wait_for("healthy", |s| all_healthy(s, 1)).await;
     let (_gateway, gateway, refusals, _scratch) = gateway_behind_refusing_proxies(&fleet).await;
     refusals.deletes(true);
-    let response = within_bound(
+    assert_delete_incomplete(
         "a DELETE three nodes refuse",
         bound(Duration::from_secs(1), 2),
-        fleet.http.delete(format!("{gateway}/v1/blobs/{id}")).send(),
+        &fleet.http,
+        &gateway,
+        &id,
     )
-    .await
-    .unwrap();
-    assert_eq!(response.status(), 503);
-    let body: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(
-        body["error"].as_str().unwrap(),
-        format!(
-            "delete of {id} reached 4 shards, 5 needed: it is not final yet and the blob may \
-             still be read; retry the delete"
-        ),
-        "{body}"
-    );
+    .await;
     // The loop carries the tombstones to nodes 0-2, which drop their
     // slivers; the blob is not listed again.
     let start = Instant::now();
@@ -377,4 +359,32 @@ async fn gateway_behind_refusing_proxies(
         "1",
     ]);
     (process, url, refusals, scratch)
+}
+
+/// DELETEs `id` within `limit` and checks the answer says the delete
+/// reached 4 of the 5 shards it needs and must be retried.
+async fn assert_delete_incomplete(
+    what: &str,
+    limit: Duration,
+    http: &reqwest::Client,
+    gateway: &str,
+    id: &str,
+) {
+    let response = within_bound(
+        what,
+        limit,
+        http.delete(format!("{gateway}/v1/blobs/{id}")).send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        body["error"].as_str().unwrap(),
+        format!(
+            "delete of {id} reached 4 shards, 5 needed: it is not final yet and the blob may \
+             still be read; retry the delete"
+        ),
+        "{body}"
+    );
 }
