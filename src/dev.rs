@@ -169,6 +169,10 @@ pub struct FleetStatus {
     pub fault_tolerance: usize,
     /// Whole nodes that may be lost at once without losing a blob.
     pub tolerated_node_losses: usize,
+    /// When the loop began reading the inventories this status shows,
+    /// in milliseconds since the Unix epoch: anything written or deleted
+    /// later may not show yet.
+    pub observed_at_ms: u64,
     /// Nodes.
     pub nodes: Vec<NodeStatus>,
     /// Blobs.
@@ -442,6 +446,7 @@ impl FleetLoop {
                 url: n.url.clone(),
             })
             .collect();
+        let observed_at_ms = crate::blob_state::now_nanos() / 1_000_000;
         let view = control::observe(&self.calls, &addresses).await;
         view.publish(&self.encoding, &self.metrics);
         control::spread_markers(&self.calls, &view.markers, &addresses, &self.metrics, 1000).await;
@@ -477,7 +482,7 @@ impl FleetLoop {
                 }
             }
         }
-        self.publish_status(&view);
+        self.publish_status(&view, observed_at_ms);
     }
 
     async fn restart_dead(&mut self) {
@@ -500,7 +505,7 @@ impl FleetLoop {
         }
     }
 
-    fn publish_status(&self, view: &FleetView) {
+    fn publish_status(&self, view: &FleetView, observed_at_ms: u64) {
         let ready = &view.ready;
         let status = FleetStatus {
             shards: self.config.shards,
@@ -510,6 +515,7 @@ impl FleetLoop {
                 &self.specs,
                 self.encoding.f(),
             ),
+            observed_at_ms,
             nodes: self
                 .nodes
                 .iter()

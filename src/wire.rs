@@ -123,4 +123,12 @@ pub struct StoredBlob {
     pub shards_acknowledged: usize,
     /// Shards that still miss some slivers (the fleet loop repairs them).
     pub shards_missing: Vec<u16>,
+    /// Shards whose node recorded the commit when the write answered (at
+    /// least n - f, unless the answer is 202 Accepted).
+    #[serde(default)]
+    pub shards_committed: usize,
+    /// Set when the answer is 202 Accepted: why a read may not see the
+    /// blob yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }

@@ -22,15 +22,19 @@ pub enum BlobIoError {
         /// n - f.
         needed: usize,
     },
-    /// The commit reached fewer than n - f shards.
-    #[error("write not committed: {acknowledged} shards acknowledged the commit, {needed} needed; {outcome}")]
-    CommitFailed {
-        /// Shards whose node acknowledged the commit.
-        acknowledged: usize,
+    /// Every node refused the commit: nothing was committed, the staged
+    /// pieces were aborted.
+    #[error("write not committed: every node refused the commit ({needed} shards needed); nothing was committed")]
+    CommitRefused {
         /// n - f.
         needed: usize,
-        /// What became of the write.
-        outcome: String,
+    },
+    /// No node recorded the commit within the commit window, and some did
+    /// not answer: one of them may have recorded it.
+    #[error("the commit reached no node within its deadline ({needed} shards needed) and some did not answer: the write may or may not become visible; storing the same bytes again settles it")]
+    CommitUnknown {
+        /// n - f.
+        needed: usize,
     },
     /// Too few shards answered to decide.
     #[error("only {answered} shards answered about blob {id} within their deadline, {needed} needed to decide")]

@@ -4,6 +4,7 @@
 //! nodes, deletes that leave tombstones on a quorum.
 
 mod blob_client;
+mod commit;
 pub mod deadline;
 mod delete;
 mod node_client;
@@ -12,6 +13,7 @@ mod read;
 mod write;
 
 pub use blob_client::{BlobClient, BlobIoError};
+pub use commit::{commit_verdict, CommitVerdict};
 pub use deadline::Deadlines;
 pub use delete::DeleteOutcome;
 pub use node_client::{NodeCallError, NodeCalls, NodeClient, DEFAULT_MAX_INVENTORY_BLOBS};

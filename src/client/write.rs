@@ -9,16 +9,15 @@
 //! 4. Ship each segment's pairs to their shards' nodes, all in parallel. A
 //!    node that does not answer within its deadline gets nothing more of
 //!    this write (the loop repairs its shards later).
-//! 5. When every segment reached n - f shards, commit on every node that
-//!    is answering; the write is durable and visible once nodes holding
-//!    n - f shards acknowledged the commit, and only then is it answered.
+//! 5. When every segment reached n - f shards, the write is decided:
+//!    commit on every node (`commit`), and answer once nodes of n - f
+//!    shards recorded it.
 //!
 //! A write that fails before its commit leaves only staged pieces: aborted
 //! on the nodes that answer, collected after their TTL elsewhere, never
-//! visible. A commit that reaches too few shards (more than f nodes went
-//! silent in between) is withdrawn with a tombstone of the write's own
-//! generation, unless the blob was already visible from an earlier write
-//! of the same bytes (then nothing changes for readers).
+//! visible. A commit is never withdrawn (a reader may already have seen
+//! it); what the commit phase achieved decides the answer (`WriteOutcome`
+//! or the error).
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -30,7 +29,8 @@ use futures_util::future::join_all;
 
 use super::blob_client::{BlobClient, BlobIoError};
 use super::quorum::collect_states;
-use crate::blob_state::{next_generation, now_nanos, Verdict};
+use super::commit::CommitVerdict;
+use crate::blob_state::{next_generation, now_nanos};
 use crate::codec::{encode_segment, BlobEncoder, BlobMetadata, EncodedSegment, SliverKind};
 use crate::fleet::MapNode;
 
@@ -45,7 +45,26 @@ pub struct WriteOutcome {
     pub acknowledged: BTreeSet<u16>,
     /// Shards missing in at least one segment.
     pub missing: BTreeSet<u16>,
+    /// Shards whose node recorded the commit when the write answered. Below
+    /// n - f (only when more than f nodes stopped answering during the
+    /// commit) the write is durable and decided, but a read may not see it
+    /// until the fleet carries the commit to the others.
+    pub committed: usize,
+    /// n - f.
+    pub quorum: usize,
 }
+
+impl WriteOutcome {
+    /// Whether every later read sees the blob (the commit reached nodes of
+    /// n - f shards).
+    pub fn visible_to_every_read(&self) -> bool {
+        self.committed >= self.quorum
+    }
+}
+
+/// How long the commit phase may last, in small-call deadlines: long
+/// enough for a node stopped for one deadline to answer a later attempt.
+const COMMIT_WINDOW_CALLS: u32 = 3;
 
 /// Nodes this write no longer sends to, because they went silent.
 #[derive(Default)]
@@ -84,7 +103,6 @@ impl BlobClient {
 
         let before = collect_states(self, &id, quorum).await;
         let generation = next_generation(now_nanos(), before.generations());
-        let was_visible = matches!(before.verdict(), Verdict::Visible(_));
         let mut silenced = Silenced(before.silent.clone());
 
         let staged = self.stage(&metadata, generation, &mut silenced).await;
@@ -111,26 +129,24 @@ impl BlobClient {
             }
         }
 
-        let committed = self.commit(&metadata, generation, &silenced).await;
-        if committed < quorum {
-            let outcome = if was_visible {
-                "the blob stays as it was (visible from an earlier write of the same bytes)"
-                    .to_string()
-            } else {
-                self.withdraw(&metadata, generation, &silenced).await
-            };
-            return Err(BlobIoError::CommitFailed {
-                acknowledged: committed,
-                needed: quorum,
-                outcome,
-            });
-        }
+        let window = self.calls.deadlines.call * COMMIT_WINDOW_CALLS;
+        let committed = match self.commit_phase(&id, generation, quorum, window).await {
+            CommitVerdict::Committed => quorum,
+            CommitVerdict::Partial { acknowledged } => acknowledged,
+            CommitVerdict::Refused => {
+                self.abort(&metadata, generation, &silenced).await;
+                return Err(BlobIoError::CommitRefused { needed: quorum });
+            }
+            CommitVerdict::Unknown => return Err(BlobIoError::CommitUnknown { needed: quorum }),
+        };
         let n = config.n() as u16;
         Ok(WriteOutcome {
             metadata,
             generation,
             missing: (0..n).filter(|s| !acknowledged.contains(s)).collect(),
             acknowledged,
+            committed,
+            quorum,
         })
     }
 
@@ -255,29 +271,6 @@ impl BlobClient {
         stored
     }
 
-    /// Commits on every answering node; returns the shards of those that
-    /// acknowledged.
-    async fn commit(&self, metadata: &BlobMetadata, generation: u64, silenced: &Silenced) -> usize {
-        let id = metadata.blob_id();
-        let nodes: Vec<&MapNode> = self.answering(silenced).collect();
-        let answers = join_all(nodes.iter().map(|node| {
-            let call = self.client(node);
-            async move { call.commit(&id, generation).await }
-        }))
-        .await;
-        nodes
-            .into_iter()
-            .zip(answers)
-            .filter_map(|(node, answer)| match answer {
-                Ok(()) => Some(node.shards.len()),
-                Err(e) => {
-                    tracing::warn!(node = %node.name, "commit of {id}: {e}");
-                    None
-                }
-            })
-            .sum()
-    }
-
     /// Best effort: tells answering nodes the staged write will never commit.
     async fn abort(&self, metadata: &BlobMetadata, generation: u64, silenced: &Silenced) {
         let id = metadata.blob_id();
@@ -290,34 +283,5 @@ impl BlobClient {
             }
         }))
         .await;
-    }
-
-    /// Withdraws a partly committed write with a tombstone of its own
-    /// generation (which wins over that commit everywhere); says how far
-    /// the tombstone got.
-    async fn withdraw(
-        &self,
-        metadata: &BlobMetadata,
-        generation: u64,
-        silenced: &Silenced,
-    ) -> String {
-        let id = metadata.blob_id();
-        let nodes: Vec<&MapNode> = self.answering(silenced).collect();
-        let answers = join_all(nodes.iter().map(|node| {
-            let call = self.client(node);
-            async move { call.delete(&id, generation).await }
-        }))
-        .await;
-        let recorded: usize = nodes
-            .iter()
-            .zip(&answers)
-            .filter(|(_, a)| a.is_ok())
-            .map(|(n, _)| n.shards.len())
-            .sum();
-        if recorded > 0 {
-            format!("the write was withdrawn (a tombstone on nodes of {recorded} shards): it will not become visible")
-        } else {
-            "the write could not be withdrawn on any node: whether it becomes visible depends on the nodes that did not answer".to_string()
-        }
     }
 }

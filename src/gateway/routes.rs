@@ -102,11 +102,14 @@ fn io_error(e: BlobIoError) -> ApiError {
     match e {
         BlobIoError::NotFound(_) => ApiError::not_found(e.to_string()),
         BlobIoError::NotDurable { .. }
-        | BlobIoError::CommitFailed { .. }
+        | BlobIoError::CommitRefused { .. }
         | BlobIoError::NoQuorum { .. }
         | BlobIoError::DeleteIncomplete { .. }
         | BlobIoError::Unreadable { .. }
         | BlobIoError::Map(_) => ApiError::unavailable(e.to_string()),
+        BlobIoError::CommitUnknown { .. } => {
+            ApiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string())
+        }
         BlobIoError::Inconsistent(_) => ApiError::unprocessable(e.to_string()),
         BlobIoError::Encode(ref inner) => match inner {
             crate::codec::EncodeError::Config(_) => ApiError::too_large(e.to_string()),
@@ -191,9 +194,22 @@ pub(super) async fn put_blob(
         id: outcome.metadata.blob_id().to_string(),
         size: outcome.metadata.len(),
         shards_acknowledged: outcome.acknowledged.len(),
-        shards_missing: outcome.missing.into_iter().collect(),
+        shards_missing: outcome.missing.iter().copied().collect(),
+        shards_committed: outcome.committed,
+        note: (!outcome.visible_to_every_read()).then(|| {
+            format!(
+                "stored durably, but the commit reached {} of the {} shards every read needs: \
+                 a read may answer 404 until the fleet carries the commit to the others",
+                outcome.committed, outcome.quorum
+            )
+        }),
     };
-    Ok((StatusCode::CREATED, Json(stored)).into_response())
+    let status = if outcome.visible_to_every_read() {
+        StatusCode::CREATED
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(stored)).into_response())
 }
 
 fn parse_id(text: &str) -> Result<BlobId, ApiError> {

@@ -145,6 +145,8 @@ impl Run {
             .await;
         let outcome = match answer {
             Ok(r) if r.status().is_success() => Outcome::Ok,
+            // The gateway says the outcome is unknown: as good as no answer.
+            Ok(r) if r.status() == 504 => Outcome::NoAnswer,
             Ok(r) => Outcome::Failed(r.status().as_u16()),
             Err(_) => Outcome::NoAnswer,
         };
@@ -277,6 +279,17 @@ async fn status(run: &Run) -> serde_json::Value {
         Ok(response) => response.json().await.unwrap_or_default(),
         Err(_) => serde_json::Value::Null,
     }
+}
+
+/// Whether the status shows every node ready and every blob Healthy, from
+/// inventories read at or after `since_ms` (Unix milliseconds): a status
+/// observed earlier may miss the last writes.
+fn healed_since(status: &serde_json::Value, since_ms: u64) -> bool {
+    status["observed_at_ms"].as_u64().is_some_and(|at| at >= since_ms) && healed(status)
+}
+
+fn now_ms() -> u64 {
+    crate::blob_state::now_nanos() / 1_000_000
 }
 
 fn healed(status: &serde_json::Value) -> bool {
@@ -490,9 +503,10 @@ async fn drive(
 
     let mut violations = Vec::new();
     let heal_start = Instant::now();
+    let clients_ended_ms = now_ms();
     loop {
         let s = status(run).await;
-        if healed(&s) {
+        if healed_since(&s, clients_ended_ms) {
             break;
         }
         if heal_start.elapsed() > Duration::from_secs(120) {
@@ -524,7 +538,15 @@ async fn drive(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let s = status(run).await;
+    // The listing must come from inventories read after the settling.
+    let settled_ms = now_ms();
+    let mut s = status(run).await;
+    while !s["observed_at_ms"].as_u64().is_some_and(|at| at >= settled_ms)
+        && settle.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s = status(run).await;
+    }
     let listed: BTreeSet<String> = s["blobs"]
         .as_array()
         .into_iter()

@@ -1,0 +1,173 @@
+//! The commit phase of a write, and what its answers mean.
+//!
+//! A commit marker is sent only once every segment reached n - f shards,
+//! so any commit marker anywhere means the write is decided: durable, and
+//! visible (readers take one commit marker in their quorum as visible, and
+//! the loop carries it to every node holding the blob's data). A write is
+//! therefore never withdrawn once its commit was sent: the writer keeps
+//! sending the commit to every node holding shards, the silent ones too,
+//! until nodes of n - f shards recorded it (then every later reader's
+//! quorum holds one) or the commit window closes.
+
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::time::Instant;
+
+use super::blob_client::BlobClient;
+use super::node_client::NodeCallError;
+use crate::codec::BlobId;
+
+/// Pause between two commit attempts on a node that did not take it.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// How the commit phase ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitVerdict {
+    /// Nodes of at least n - f shards recorded the commit: every later
+    /// read sees the blob.
+    Committed,
+    /// Some nodes recorded it, fewer than n - f shards: the write is
+    /// durable and decided, and the loop carries the commit to the others;
+    /// until then a read may not see it.
+    Partial {
+        /// Shards whose node recorded the commit.
+        acknowledged: usize,
+    },
+    /// Every node answered and refused it: no commit exists, the write can
+    /// be aborted and is never visible.
+    Refused,
+    /// No node recorded it, but some did not answer: one of those may have
+    /// recorded it, so whether the write becomes visible is unknown.
+    Unknown,
+}
+
+/// Decides what the commit phase achieved (pure): `acknowledged` shards'
+/// nodes recorded it; `uncertain` is whether any node's last attempt went
+/// unanswered (it may have recorded it without saying so).
+pub fn commit_verdict(acknowledged: usize, quorum: usize, uncertain: bool) -> CommitVerdict {
+    if acknowledged >= quorum {
+        CommitVerdict::Committed
+    } else if acknowledged > 0 {
+        CommitVerdict::Partial { acknowledged }
+    } else if uncertain {
+        CommitVerdict::Unknown
+    } else {
+        CommitVerdict::Refused
+    }
+}
+
+/// Whether another attempt may succeed: the node did not answer, or
+/// answered that it cannot right now (5xx). A 4xx (a newer delete, a bad
+/// request) is final.
+fn worth_retrying(error: &NodeCallError) -> bool {
+    error.is_silence() || error.status().is_some_and(|s| s.is_server_error())
+}
+
+/// One node's part of the commit phase.
+struct NodeCommit {
+    shards: usize,
+    result: Result<(), NodeCallError>,
+}
+
+impl BlobClient {
+    /// Sends the commit of `generation` to every node holding shards,
+    /// again and again to those that do not take it, until nodes of n - f
+    /// shards recorded it or `window` passed.
+    pub(super) async fn commit_phase(
+        &self,
+        id: &BlobId,
+        generation: u64,
+        quorum: usize,
+        window: Duration,
+    ) -> CommitVerdict {
+        let until = Instant::now() + window;
+        let mut pending: FuturesUnordered<_> = self
+            .holders()
+            .map(|node| {
+                let call = self.client(node);
+                let name = node.name.clone();
+                let shards = node.shards.len();
+                async move {
+                    let result = loop {
+                        let attempt = tokio::time::timeout_at(until, call.commit(id, generation))
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(NodeCallError::TimedOut {
+                                    url: call.url().to_string(),
+                                    what: "the commit",
+                                })
+                            });
+                        match attempt {
+                            Err(e) if worth_retrying(&e) && Instant::now() + RETRY_PAUSE < until => {
+                                tracing::debug!(node = %name, "commit of {id}: {e}; again");
+                                tokio::time::sleep(RETRY_PAUSE).await;
+                            }
+                            other => break other,
+                        }
+                    };
+                    if let Err(e) = &result {
+                        tracing::warn!(node = %name, "commit of {id}: {e}");
+                    }
+                    NodeCommit { shards, result }
+                }
+            })
+            .collect();
+        let (mut acknowledged, mut uncertain) = (0, false);
+        while let Some(answer) = pending.next().await {
+            match answer.result {
+                Ok(()) => acknowledged += answer.shards,
+                Err(e) => uncertain |= e.is_silence(),
+            }
+            if acknowledged >= quorum {
+                break;
+            }
+        }
+        commit_verdict(acknowledged, quorum, uncertain)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_on_n_minus_f_shards_is_committed_whatever_the_others_said() {
+        assert_eq!(commit_verdict(5, 5, true), CommitVerdict::Committed);
+        assert_eq!(commit_verdict(7, 5, false), CommitVerdict::Committed);
+    }
+
+    #[test]
+    fn a_commit_on_some_shards_is_decided_and_never_reported_as_refused() {
+        assert_eq!(
+            commit_verdict(1, 5, false),
+            CommitVerdict::Partial { acknowledged: 1 }
+        );
+        assert_eq!(
+            commit_verdict(4, 5, true),
+            CommitVerdict::Partial { acknowledged: 4 }
+        );
+    }
+
+    #[test]
+    fn a_commit_no_node_took_is_refused_only_when_every_node_answered() {
+        assert_eq!(commit_verdict(0, 5, false), CommitVerdict::Refused);
+        assert_eq!(commit_verdict(0, 5, true), CommitVerdict::Unknown);
+    }
+
+    #[test]
+    fn only_silence_and_server_errors_are_worth_another_commit_attempt() {
+        let status = |code: u16| NodeCallError::Status {
+            url: "http://n".into(),
+            status: reqwest::StatusCode::from_u16(code).unwrap(),
+            message: String::new(),
+        };
+        assert!(worth_retrying(&NodeCallError::TimedOut {
+            url: "http://n".into(),
+            what: "the commit"
+        }));
+        assert!(worth_retrying(&status(503)));
+        assert!(!worth_retrying(&status(410)));
+        assert!(!worth_retrying(&status(400)));
+    }
+}
