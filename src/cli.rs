@@ -201,10 +201,15 @@ pub async fn status(gateway: &str, token: Option<String>, json: bool) -> anyhow:
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
     }
-    let age = status["observed_at_ms"].as_u64().map_or(String::new(), |at| {
-        let now = redstuff::blob_state::now_nanos() / 1_000_000;
-        format!("  (as of {:.1} s ago)", now.saturating_sub(at) as f64 / 1000.0)
-    });
+    let age = status["observed_at_ms"]
+        .as_u64()
+        .map_or(String::new(), |at| {
+            let now = redstuff::blob_state::now_nanos() / 1_000_000;
+            format!(
+                "  (as of {:.1} s ago)",
+                now.saturating_sub(at) as f64 / 1000.0
+            )
+        });
     println!(
         "shards {}  tolerates {} lost shards ({} whole nodes){age}",
         status["shards"], status["fault_tolerance"], status["tolerated_node_losses"]

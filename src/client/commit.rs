@@ -99,7 +99,9 @@ impl BlobClient {
                                 })
                             });
                         match attempt {
-                            Err(e) if worth_retrying(&e) && Instant::now() + RETRY_PAUSE < until => {
+                            Err(e)
+                                if worth_retrying(&e) && Instant::now() + RETRY_PAUSE < until =>
+                            {
                                 tracing::debug!(node = %name, "commit of {id}: {e}; again");
                                 tokio::time::sleep(RETRY_PAUSE).await;
                             }

@@ -28,8 +28,8 @@ use std::time::Instant;
 use futures_util::future::join_all;
 
 use super::blob_client::{BlobClient, BlobIoError};
-use super::quorum::collect_states;
 use super::commit::CommitVerdict;
+use super::quorum::collect_states;
 use crate::blob_state::{next_generation, now_nanos};
 use crate::codec::{encode_segment, BlobEncoder, BlobMetadata, EncodedSegment, SliverKind};
 use crate::fleet::MapNode;

@@ -119,8 +119,7 @@ async fn a_delete_that_lands_on_fewer_than_n_minus_f_shards_says_how_many_and_a_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_put_whose_commit_every_node_refuses_answers_503_is_never_visible_and_leaves_no_pieces()
-{
+async fn a_put_whose_commit_every_node_refuses_answers_503_is_never_visible_and_leaves_no_pieces() {
     let (cluster, refusals, map) = cluster_with_proxies(7).await;
     let (_gateway, gateway) = cluster.gateway(&map, &[]);
     let deadline = Duration::from_secs(1);
@@ -199,7 +198,9 @@ async fn a_put_whose_commit_reaches_fewer_than_n_minus_f_shards_answers_202_and_
     // A real fleet with its control loop; a second gateway reaches nodes
     // 0-2 through proxies that refuse commit markers.
     let fleet = DevFleet::start(&["--node-timeout-secs", "1"]);
-    fleet.wait_for("nodes ready", crate::dev_fleet::all_ready).await;
+    fleet
+        .wait_for("nodes ready", crate::dev_fleet::all_ready)
+        .await;
     let (_gateway, gateway, refusals, _scratch) = gateway_behind_refusing_proxies(&fleet).await;
     let data = pseudo_random(1_700_000, 53);
     let id = blob_id(&data);
@@ -207,7 +208,10 @@ async fn a_put_whose_commit_reaches_fewer_than_n_minus_f_shards_answers_202_and_
 
     // A reader polls the fleet's own gateway while the PUT runs and after.
     let reader = {
-        let (http, url) = (fleet.http.clone(), format!("{}/v1/blobs/{id}", fleet.gateway));
+        let (http, url) = (
+            fleet.http.clone(),
+            format!("{}/v1/blobs/{id}", fleet.gateway),
+        );
         tokio::spawn(async move {
             let mut codes = Vec::new();
             let start = Instant::now();

@@ -285,7 +285,10 @@ async fn status(run: &Run) -> serde_json::Value {
 /// inventories read at or after `since_ms` (Unix milliseconds): a status
 /// observed earlier may miss the last writes.
 fn healed_since(status: &serde_json::Value, since_ms: u64) -> bool {
-    status["observed_at_ms"].as_u64().is_some_and(|at| at >= since_ms) && healed(status)
+    status["observed_at_ms"]
+        .as_u64()
+        .is_some_and(|at| at >= since_ms)
+        && healed(status)
 }
 
 fn now_ms() -> u64 {
@@ -541,7 +544,9 @@ async fn drive(
     // The listing must come from inventories read after the settling.
     let settled_ms = now_ms();
     let mut s = status(run).await;
-    while !s["observed_at_ms"].as_u64().is_some_and(|at| at >= settled_ms)
+    while s["observed_at_ms"]
+        .as_u64()
+        .is_none_or(|at| at < settled_ms)
         && settle.elapsed() < Duration::from_secs(60)
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
