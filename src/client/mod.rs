@@ -9,6 +9,7 @@ pub mod deadline;
 mod delete;
 mod node_client;
 pub mod quorum;
+mod range;
 mod read;
 mod write;
 
@@ -17,5 +18,6 @@ pub use commit::{commit_verdict, CommitVerdict};
 pub use deadline::Deadlines;
 pub use delete::DeleteOutcome;
 pub use node_client::{NodeCallError, NodeCalls, NodeClient, DEFAULT_MAX_INVENTORY_BLOBS};
+pub use range::{segment_spans, RangeStream};
 pub use read::{SlowNodes, VisibleBlob};
 pub use write::WriteOutcome;

@@ -19,6 +19,7 @@
 //! aborted, or collected by the nodes after their TTL). The spool is
 //! emptied when the gateway starts.
 
+pub mod byte_range;
 mod routes;
 mod spool;
 

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
 
+use super::byte_range::{content_range, parse_range, RangeRequest};
 use super::spool::SpoolError;
 use super::GatewayState;
 use crate::api_error::ApiError;
@@ -227,57 +228,63 @@ pub(super) async fn head_blob(
         [
             (header::CONTENT_LENGTH, visible.metadata.len().to_string()),
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::ACCEPT_RANGES, "bytes".to_string()),
         ],
         Body::empty(),
     )
         .into_response())
 }
 
+/// GET of a blob, whole or one byte range (`Range: bytes=...`, 206): only
+/// the segments the range touches are read.
 pub(super) async fn get_blob(
     State(state): State<Arc<GatewayState>>,
     Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let client = state.client()?;
     let metadata = client.visible(&id).await.map_err(io_error)?.metadata;
     let len = metadata.len();
-    let mut slow = crate::client::SlowNodes::default();
-    // The first segment is read before answering, so a blob that cannot be
-    // read gets an error status rather than a broken 200.
-    let first = client
-        .read_segment(&metadata, 0, &mut slow)
+    let asked = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let (status, range) = match parse_range(asked, len) {
+        RangeRequest::Whole => (StatusCode::OK, 0..len),
+        RangeRequest::Part(range) => (StatusCode::PARTIAL_CONTENT, range),
+        RangeRequest::Unsatisfiable => {
+            let mut response = ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                format!("the range {asked:?} lies outside the blob's {len} bytes"),
+            )
+            .into_response();
+            response.headers_mut().insert(
+                header::CONTENT_RANGE,
+                format!("bytes */{len}").parse().expect("ascii"),
+            );
+            return Ok(response);
+        }
+    };
+    let metrics = state.metrics.clone();
+    let body = client
+        .read_range(metadata, range.clone(), move |n| metrics.get_bytes.inc_by(n))
         .await
         .map_err(io_error)?;
-    state.metrics.get_bytes.inc_by(first.len() as u64);
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(2);
-    tx.send(Ok(first.into())).await.expect("receiver alive");
-    let metrics = state.metrics.clone();
-    tokio::spawn(async move {
-        for index in 1..metadata.segment_count() as u32 {
-            match client.read_segment(&metadata, index, &mut slow).await {
-                Ok(data) => {
-                    metrics.get_bytes.inc_by(data.len() as u64);
-                    if tx.send(Ok(data.into())).await.is_err() {
-                        return; // the reader went away
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!("read of {} failed: {e}", metadata.blob_id());
-                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
-                    return;
-                }
-            }
-        }
-    });
-    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
-    Ok((
+    let mut response = (
+        status,
         [
-            (header::CONTENT_LENGTH, len.to_string()),
+            (header::CONTENT_LENGTH, (range.end - range.start).to_string()),
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::ACCEPT_RANGES, "bytes".to_string()),
         ],
-        body,
+        Body::from_stream(body),
     )
-        .into_response())
+        .into_response();
+    if status == StatusCode::PARTIAL_CONTENT {
+        response.headers_mut().insert(
+            header::CONTENT_RANGE,
+            content_range(&range, len).parse().expect("ascii"),
+        );
+    }
+    Ok(response)
 }
 
 pub(super) async fn delete_blob(
