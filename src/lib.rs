@@ -23,6 +23,7 @@ pub mod listen;
 pub mod metrics;
 pub mod node;
 pub mod operator;
+pub mod s3;
 pub mod store;
 pub mod units;
 pub mod wire;

@@ -51,10 +51,17 @@ async fn a_ranged_get_returns_exactly_those_bytes_and_reads_only_the_segments_it
             format!("bytes {}-{}/{len}", bytes.start, bytes.end - 1).as_str(),
             "{header}"
         );
-        assert_eq!(response.headers()["content-length"], bytes.len().to_string().as_str());
+        assert_eq!(
+            response.headers()["content-length"],
+            bytes.len().to_string().as_str()
+        );
         let body = response.bytes().await.unwrap();
         assert!(body[..] == data[bytes.clone()], "{header}: other bytes");
-        assert_eq!(decodes(&fleet).await - before, segments, "{header}: segments read");
+        assert_eq!(
+            decodes(&fleet).await - before,
+            segments,
+            "{header}: segments read"
+        );
     }
 
     // No range, or one that cannot be used: the whole blob, 200.
@@ -81,7 +88,10 @@ async fn a_range_outside_the_blob_answers_416_with_its_length() {
         assert_eq!(response.headers()["content-range"], "bytes */1000");
         let body: serde_json::Value = response.json().await.unwrap();
         assert!(
-            body["error"].as_str().unwrap().contains("outside the blob's 1000 bytes"),
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("outside the blob's 1000 bytes"),
             "{body}"
         );
     }

@@ -64,22 +64,52 @@ mod tests {
 
     #[test]
     fn the_three_forms_of_a_byte_range_select_the_bytes_they_name() {
-        assert_eq!(parse_range(Some("bytes=0-99"), 1000), RangeRequest::Part(0..100));
-        assert_eq!(parse_range(Some("bytes=900-"), 1000), RangeRequest::Part(900..1000));
-        assert_eq!(parse_range(Some("bytes=-100"), 1000), RangeRequest::Part(900..1000));
+        assert_eq!(
+            parse_range(Some("bytes=0-99"), 1000),
+            RangeRequest::Part(0..100)
+        );
+        assert_eq!(
+            parse_range(Some("bytes=900-"), 1000),
+            RangeRequest::Part(900..1000)
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-100"), 1000),
+            RangeRequest::Part(900..1000)
+        );
         // A last byte past the end is clamped; a suffix longer than the
         // representation is all of it.
-        assert_eq!(parse_range(Some("bytes=990-5000"), 1000), RangeRequest::Part(990..1000));
-        assert_eq!(parse_range(Some("bytes=-5000"), 1000), RangeRequest::Part(0..1000));
+        assert_eq!(
+            parse_range(Some("bytes=990-5000"), 1000),
+            RangeRequest::Part(990..1000)
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-5000"), 1000),
+            RangeRequest::Part(0..1000)
+        );
     }
 
     #[test]
     fn a_range_starting_past_the_end_is_unsatisfiable() {
-        assert_eq!(parse_range(Some("bytes=1000-"), 1000), RangeRequest::Unsatisfiable);
-        assert_eq!(parse_range(Some("bytes=1000-1001"), 1000), RangeRequest::Unsatisfiable);
-        assert_eq!(parse_range(Some("bytes=-0"), 1000), RangeRequest::Unsatisfiable);
-        assert_eq!(parse_range(Some("bytes=0-"), 0), RangeRequest::Unsatisfiable);
-        assert_eq!(parse_range(Some("bytes=-1"), 0), RangeRequest::Unsatisfiable);
+        assert_eq!(
+            parse_range(Some("bytes=1000-"), 1000),
+            RangeRequest::Unsatisfiable
+        );
+        assert_eq!(
+            parse_range(Some("bytes=1000-1001"), 1000),
+            RangeRequest::Unsatisfiable
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-0"), 1000),
+            RangeRequest::Unsatisfiable
+        );
+        assert_eq!(
+            parse_range(Some("bytes=0-"), 0),
+            RangeRequest::Unsatisfiable
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-1"), 0),
+            RangeRequest::Unsatisfiable
+        );
     }
 
     #[test]

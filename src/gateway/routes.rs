@@ -265,13 +265,18 @@ pub(super) async fn get_blob(
     };
     let metrics = state.metrics.clone();
     let body = client
-        .read_range(metadata, range.clone(), move |n| metrics.get_bytes.inc_by(n))
+        .read_range(metadata, range.clone(), move |n| {
+            metrics.get_bytes.inc_by(n)
+        })
         .await
         .map_err(io_error)?;
     let mut response = (
         status,
         [
-            (header::CONTENT_LENGTH, (range.end - range.start).to_string()),
+            (
+                header::CONTENT_LENGTH,
+                (range.end - range.start).to_string(),
+            ),
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
             (header::ACCEPT_RANGES, "bytes".to_string()),
         ],

@@ -1,0 +1,131 @@
+//! What the S3 index keeps: buckets, object records (the blobs of an
+//! object's parts in order, its ETag, checksums and metadata), multipart
+//! uploads with one row per part, and a reference count per blob.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One blob of an object, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobPart {
+    /// The blob id.
+    pub blob: String,
+    /// Its length in bytes.
+    pub size: u64,
+}
+
+/// An object: a key's current value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectRecord {
+    /// Its blobs in order (one for a PUT, one per part for a multipart upload).
+    pub parts: Vec<BlobPart>,
+    /// Length in bytes (the sum of the parts).
+    pub size: u64,
+    /// The ETag without quotes: the hex MD5 of a PUT's bytes, or the MD5 of
+    /// the parts' MD5s and `-N` for N parts.
+    pub etag: String,
+    /// Checksums the client sent (algorithm in upper case -> base64 value),
+    /// verified before the record was written.
+    #[serde(default)]
+    pub checksums: BTreeMap<String, String>,
+    /// Content-Type.
+    #[serde(default)]
+    pub content_type: Option<String>,
+    /// User metadata (`x-amz-meta-*`, names in lower case).
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// Last modified, milliseconds since the Unix epoch.
+    pub modified_ms: u64,
+}
+
+impl ObjectRecord {
+    /// The blob ids it refers to, each as many times as it appears.
+    pub fn blobs(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().map(|p| p.blob.as_str())
+    }
+}
+
+/// What a listing shows of an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectSummary {
+    /// Length in bytes.
+    pub size: u64,
+    /// ETag without quotes.
+    pub etag: String,
+    /// Last modified, milliseconds since the Unix epoch.
+    pub modified_ms: u64,
+}
+
+impl From<&ObjectRecord> for ObjectSummary {
+    fn from(record: &ObjectRecord) -> Self {
+        Self {
+            size: record.size,
+            etag: record.etag.clone(),
+            modified_ms: record.modified_ms,
+        }
+    }
+}
+
+/// A multipart upload in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadRecord {
+    /// The bucket.
+    pub bucket: String,
+    /// The key it will write.
+    pub key: String,
+    /// When it was created, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// Content-Type of the object to be.
+    #[serde(default)]
+    pub content_type: Option<String>,
+    /// User metadata of the object to be.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// One uploaded part.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartRecord {
+    /// The blob holding its bytes.
+    pub blob: String,
+    /// Length in bytes.
+    pub size: u64,
+    /// The hex MD5 of its bytes (its ETag without quotes).
+    pub etag: String,
+    /// Checksums the client sent, verified.
+    #[serde(default)]
+    pub checksums: BTreeMap<String, String>,
+    /// When it was uploaded, milliseconds since the Unix epoch.
+    pub modified_ms: u64,
+}
+
+/// A part a CompleteMultipartUpload names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChosenPart {
+    /// The part number (1..=10,000).
+    pub number: u32,
+    /// The ETag the client got for it (quotes allowed).
+    pub etag: String,
+}
+
+/// A bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketRecord {
+    /// When it was created, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+}
+
+/// A blob's reference count, and when it last dropped to zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct BlobRefs {
+    /// Object records and upload parts referring to it.
+    pub count: u64,
+    /// When the count became zero (milliseconds since the Unix epoch).
+    #[serde(default)]
+    pub unreferenced_since_ms: Option<u64>,
+    /// The collector claimed it and is deleting the blob: a new reference
+    /// must wait and write the blob again.
+    #[serde(default)]
+    pub collecting: bool,
+}
