@@ -14,6 +14,8 @@
 //! node-<i>/shards.json  node i's shards, re-read by the node when it changes
 //! node-<i>/node.log     node i's log
 //! spool/                the gateway's upload spool
+//! s3-credentials        the S3 access key (AWS shared-credentials format, profile redstuff)
+//! s3-index.redb         the S3 index: buckets, keys, uploads
 //! ```
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -71,6 +73,33 @@ pub struct DevConfig {
     pub anonymous_reads: bool,
     /// Uploads the gateway handles at once.
     pub max_uploads: usize,
+    /// The S3 front, if any.
+    pub s3: Option<DevS3>,
+}
+
+/// How `redstuff dev` serves S3.
+#[derive(Debug, Clone)]
+pub struct DevS3 {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The access key (from the environment); else the data directory's,
+    /// else generated.
+    pub keys: Option<crate::s3::credentials::S3Keys>,
+    /// How long a blob no key refers to stays.
+    pub collect_after: Duration,
+    /// How old an unfinished multipart upload gets before it is aborted.
+    pub upload_max_age: Duration,
+}
+
+/// Where a started `redstuff dev` fleet is reached.
+#[derive(Debug, Clone)]
+pub struct DevEndpoints {
+    /// The gateway's URL.
+    pub gateway: String,
+    /// The user token's file.
+    pub token: PathBuf,
+    /// The S3 endpoint's URL, its access key and the credentials file.
+    pub s3: Option<(String, crate::s3::credentials::S3Keys, PathBuf)>,
 }
 
 impl DevConfig {
@@ -93,6 +122,7 @@ impl DevConfig {
             staged_ttl_secs: 900,
             anonymous_reads: false,
             max_uploads: 8,
+            s3: None,
         }
     }
 }
@@ -201,12 +231,11 @@ impl NodeProcess {
 }
 
 /// Starts the fleet and runs the loop until `shutdown` completes; then
-/// stops every child. `ready` gets the gateway's URL and the user token's
-/// path.
+/// stops every child. `ready` learns where the fleet is reached.
 pub async fn run(
     config: DevConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    ready: impl FnOnce(&str, &Path),
+    ready: impl FnOnce(&DevEndpoints),
 ) -> anyhow::Result<()> {
     let encoding = EncodingConfig::new(config.shards)?;
     anyhow::ensure!(config.nodes >= 1, "at least one node is needed");
@@ -321,11 +350,40 @@ pub async fn run(
         .await?
         .with_extra_metrics(registry);
     let gateway_url = format!("http://{}", gateway.local_addr());
-    let (stop_gateway, gateway_stopped) = tokio::sync::oneshot::channel::<()>();
-    let gateway_task = tokio::spawn(gateway.serve(async move {
-        let _ = gateway_stopped.await;
-    }));
-    ready(&gateway_url, &user_token_path);
+    let (stop_gateway, gateway_stopped) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let mut s3_endpoint = None;
+    let mut s3_task = None;
+    if let Some(s3) = &config.s3 {
+        let credentials = config.data_dir.join("s3-credentials");
+        let keys = crate::s3::credentials::ensure(&credentials, s3.keys.clone())?;
+        let server = crate::s3::S3Server::bind(
+            crate::s3::S3Config {
+                listen: s3.addr,
+                index_path: config.data_dir.join("s3-index.redb"),
+                access_key: keys.access_key.clone(),
+                secret_key: keys.secret_key.clone(),
+                domain: None,
+                collect_after: s3.collect_after,
+                upload_max_age: s3.upload_max_age,
+                collect_every: s3
+                    .collect_after
+                    .clamp(Duration::from_millis(200), Duration::from_secs(10)),
+            },
+            gateway.door(),
+        )
+        .await?;
+        s3_endpoint = Some((format!("http://{}", server.local_addr()), keys, credentials));
+        s3_task = Some(tokio::spawn(server.serve(stopped(gateway_stopped.clone()))));
+    }
+    let gateway_task = tokio::spawn(gateway.serve(stopped(gateway_stopped.clone())));
+    ready(&DevEndpoints {
+        gateway: gateway_url,
+        token: user_token_path.clone(),
+        s3: s3_endpoint,
+    });
 
     let calls = NodeCalls::new(cluster_tokens, deadlines);
     let mut fleet_loop = FleetLoop {
@@ -348,8 +406,11 @@ pub async fn run(
             _ = tick.tick() => fleet_loop.step().await,
         }
     }
-    let _ = stop_gateway.send(());
+    let _ = stop_gateway.send(true);
     let _ = gateway_task.await;
+    if let Some(task) = s3_task {
+        let _ = task.await;
+    }
     fleet_loop.stop_all().await;
     Ok(())
 }

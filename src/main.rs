@@ -197,6 +197,21 @@ struct DevArgs {
     /// Uploads the gateway handles at once; more get 503 with Retry-After.
     #[arg(long, default_value_t = 8)]
     max_uploads: usize,
+    /// The S3 endpoint's address. Keys come from REDSTUFF_S3_ACCESS_KEY and
+    /// REDSTUFF_S3_SECRET_KEY when set, else from DATA_DIR/s3-credentials
+    /// (generated at first start).
+    #[arg(long, default_value = "127.0.0.1:7780")]
+    s3_addr: std::net::SocketAddr,
+    /// Serve no S3 endpoint.
+    #[arg(long)]
+    no_s3: bool,
+    /// Seconds a blob no S3 key or upload refers to any more is kept
+    /// before it is deleted.
+    #[arg(long, default_value_t = 600)]
+    s3_collect_after_secs: u64,
+    /// Seconds after which an unfinished multipart upload is aborted.
+    #[arg(long, default_value_t = 86_400)]
+    s3_upload_max_age_secs: u64,
     /// Test only: make node I serve corrupted slivers and symbols.
     #[arg(long, hide = true)]
     test_corrupt_node: Vec<usize>,
@@ -604,20 +619,41 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         staged_ttl_secs: args.staged_ttl_secs,
         anonymous_reads: args.anonymous_reads,
         max_uploads: args.max_uploads,
+        s3: (!args.no_s3).then(|| redstuff::dev::DevS3 {
+            addr: args.s3_addr,
+            keys: s3_keys_from_env(),
+            collect_after: std::time::Duration::from_secs(args.s3_collect_after_secs),
+            upload_max_age: std::time::Duration::from_secs(args.s3_upload_max_age_secs),
+        }),
     };
     let nodes = args.nodes;
     let shards = args.shards;
-    redstuff::dev::run(config, shutdown_signal(), move |url, token| {
+    redstuff::dev::run(config, shutdown_signal(), move |endpoints| {
         // Whoever reads our stdout may have gone: that must not stop the fleet.
         let mut out = std::io::stdout().lock();
-        let token = token.display();
+        let url = &endpoints.gateway;
+        let token = endpoints.token.display();
         let _ = writeln!(
             out,
             "redstuff dev: {nodes} nodes holding {shards} shards are up\n  \
              gateway:  {url}    (redstuff put FILE --gateway {url})\n  \
              token:    {token}    (export REDSTUFF_TOKEN=$(cat {token}))\n  \
-             curl:     curl -H \"Authorization: Bearer $(cat {token})\" -T FILE {url}/v1/blobs\n  \
-             metrics:  {url}/metrics\n  \
+             curl:     curl -H \"Authorization: Bearer $(cat {token})\" -T FILE {url}/v1/blobs"
+        );
+        if let Some((s3, keys, file)) = &endpoints.s3 {
+            let _ = writeln!(
+                out,
+                "  s3:       {s3}    (keys in {})\n  \
+                 aws:      AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={} AWS_DEFAULT_REGION=us-east-1 \
+                 aws --endpoint-url {s3} s3 ls",
+                file.display(),
+                keys.access_key,
+                keys.secret_key
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  metrics:  {url}/metrics\n  \
              status:   redstuff status --gateway {url}\n  \
              data:     {}\n\
              Ctrl-C stops every node.",
@@ -626,6 +662,21 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         let _ = out.flush();
     })
     .await
+}
+
+/// S3 keys from REDSTUFF_S3_ACCESS_KEY and REDSTUFF_S3_SECRET_KEY, when
+/// both are set.
+fn s3_keys_from_env() -> Option<redstuff::s3::credentials::S3Keys> {
+    let access_key = std::env::var("REDSTUFF_S3_ACCESS_KEY")
+        .ok()
+        .filter(|k| !k.is_empty())?;
+    let secret_key = std::env::var("REDSTUFF_S3_SECRET_KEY")
+        .ok()
+        .filter(|k| !k.is_empty())?;
+    Some(redstuff::s3::credentials::S3Keys {
+        access_key,
+        secret_key,
+    })
 }
 
 async fn bench_fleet(args: FleetArgs) -> anyhow::Result<()> {

@@ -330,6 +330,49 @@ impl GatewayMetrics {
     }
 }
 
+/// Metrics of the S3 front.
+#[derive(Clone)]
+pub struct S3Metrics {
+    /// Requests by S3 operation and HTTP status.
+    pub requests: IntCounterVec,
+    /// Latency by S3 operation.
+    pub request_duration: HistogramVec,
+    /// Blobs the collector deleted (no key or upload refers to them).
+    pub blobs_collected: IntCounter,
+    /// Multipart uploads aborted because they were older than the limit.
+    pub uploads_expired: IntCounter,
+}
+
+impl S3Metrics {
+    /// Registers the S3 metrics.
+    pub fn new(registry: &Registry) -> Self {
+        Self {
+            requests: counter_vec(
+                registry,
+                "redstuff_s3_requests_total",
+                "S3 requests by operation and HTTP status.",
+                &["op", "code"],
+            ),
+            request_duration: histogram_vec(
+                registry,
+                "redstuff_s3_request_duration_seconds",
+                "Latency of S3 requests by operation.",
+                &["op"],
+            ),
+            blobs_collected: counter(
+                registry,
+                "redstuff_s3_blobs_collected_total",
+                "Blobs deleted because no S3 key or upload refers to them any more.",
+            ),
+            uploads_expired: counter(
+                registry,
+                "redstuff_s3_uploads_expired_total",
+                "Multipart uploads aborted because they were left unfinished too long.",
+            ),
+        }
+    }
+}
+
 /// Metrics of the fleet control loop (local `dev` loop or operator).
 #[derive(Clone)]
 pub struct FleetMetrics {

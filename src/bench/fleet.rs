@@ -119,8 +119,8 @@ pub async fn run(
         async move {
             let _ = stop_rx.await;
         },
-        move |url, token| {
-            let _ = url_tx.send((url.to_string(), token.to_path_buf()));
+        move |endpoints| {
+            let _ = url_tx.send((endpoints.gateway.clone(), endpoints.token.clone()));
         },
     ));
     let (gateway, token) = url_rx

@@ -21,7 +21,7 @@
 
 pub mod byte_range;
 mod routes;
-mod spool;
+pub mod spool;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -127,6 +127,53 @@ impl GatewayState {
     }
 }
 
+/// What the S3 front shares with the native API of one gateway: the fleet
+/// client, the upload spool and bound, the blob size limit, the metrics
+/// registry.
+#[derive(Clone)]
+pub struct Door(Arc<GatewayState>);
+
+impl Door {
+    /// A client of the fleet as the current map describes it.
+    pub fn client(&self) -> Result<BlobClient, String> {
+        let map = self
+            .0
+            .map
+            .get()
+            .ok_or("no fleet map yet: the control loop has not published one")?;
+        Ok(BlobClient::new(
+            self.0.calls.clone(),
+            map,
+            Some(self.0.metrics.clone()),
+        ))
+    }
+
+    /// The upload spool.
+    pub fn spool(&self) -> &spool::Spool {
+        &self.0.spool
+    }
+
+    /// One of the bounded upload slots, if one is free.
+    pub fn try_upload_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.0.uploads.clone().try_acquire_owned().ok()
+    }
+
+    /// The largest blob accepted, in bytes.
+    pub fn max_blob_bytes(&self) -> u64 {
+        self.0.max_blob_bytes
+    }
+
+    /// The gateway's metrics.
+    pub fn metrics(&self) -> &GatewayMetrics {
+        &self.0.metrics
+    }
+
+    /// The registry /metrics serves (the S3 front registers its own there).
+    pub fn registry(&self) -> &Registry {
+        &self.0.registry
+    }
+}
+
 /// A gateway bound to its address.
 pub struct Gateway {
     listener: TcpListener,
@@ -198,6 +245,11 @@ impl Gateway {
     pub fn with_extra_metrics(self, registry: Registry) -> Self {
         *self.state.extra_metrics.write().expect("not poisoned") = Some(registry);
         self
+    }
+
+    /// What an S3 front next to it shares with it.
+    pub fn door(&self) -> Door {
+        Door(self.state.clone())
     }
 
     /// The address it listens on.

@@ -624,6 +624,24 @@ impl Index {
         })
     }
 
+    /// A blob was stored but nothing came to refer to it (the index write
+    /// failed): unless something does, the collector removes it after the
+    /// grace period.
+    pub fn note_unreferenced(&self, blob: &str, now_ms: u64) -> Result<(), IndexError> {
+        self.write(|txn| {
+            let mut refs = txn.open_table(REFS).map_err(IndexError::store)?;
+            if get::<BlobRefs, _>(&refs, blob)?.is_none() {
+                let count = BlobRefs {
+                    unreferenced_since_ms: Some(now_ms),
+                    ..BlobRefs::default()
+                };
+                refs.insert(blob, encode(&count).as_slice())
+                    .map_err(IndexError::store)?;
+            }
+            Ok(())
+        })
+    }
+
     /// The collector deleted `blob`: it is forgotten, and may be referred
     /// to again (after its bytes are stored again).
     pub fn collected(&self, blob: &str) -> Result<(), IndexError> {

@@ -4,9 +4,26 @@
 //! - `records`: what the index keeps (objects, uploads, parts, references);
 //! - `listing` (pure): S3's listing of keys with prefixes, delimiters and pages;
 //! - `assemble` (pure): completing a multipart upload;
-//! - `index`: the embedded index (redb), one transaction per change.
+//! - `conditions` (pure): conditional reads;
+//! - `index`: the embedded index (redb), one transaction per change;
+//! - `body`: receiving bytes into the spool, checksums verified;
+//! - `front`: the shared state, storing and reading objects' blobs;
+//! - `objects`, `buckets`, `multipart`: the operations; `service`: the
+//!   `s3s::S3` implementation over them;
+//! - `server`: the listener, SigV4 keys and the collector.
 
 pub mod assemble;
+pub mod body;
+pub mod buckets;
+pub mod conditions;
+pub mod credentials;
+pub mod front;
 pub mod index;
 pub mod listing;
+pub mod multipart;
+pub mod objects;
 pub mod records;
+pub mod server;
+mod service;
+
+pub use server::{S3Config, S3Server};

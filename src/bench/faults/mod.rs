@@ -427,8 +427,8 @@ pub async fn run(options: &FaultRunOptions, log: impl Fn(&str)) -> anyhow::Resul
         async move {
             let _ = stop_rx.await;
         },
-        move |url, token| {
-            let _ = ready_tx.send((url.to_string(), token.to_path_buf()));
+        move |endpoints| {
+            let _ = ready_tx.send((endpoints.gateway.clone(), endpoints.token.clone()));
         },
     ));
     let (gateway, token) = ready_rx

@@ -1,0 +1,404 @@
+//! Multipart uploads: each part is a blob; completing writes the object's
+//! record (no bytes move); aborting releases the parts. UploadPartCopy of
+//! a whole one-blob object refers to its blob; other copies move bytes.
+
+use s3s::dto::*;
+use s3s::{s3_error, S3Request, S3Result};
+
+use super::assemble::{bare_etag, MAX_PARTS};
+use super::body::{receive, Declared};
+use super::front::{blocking, etag, now_ms, timestamp, Front};
+use super::objects::{body_len, checksum_fields, write_condition};
+use super::records::{ChosenPart, PartRecord, UploadRecord};
+
+fn part_number(number: i32) -> S3Result<u32> {
+    u32::try_from(number)
+        .ok()
+        .filter(|n| (1..=MAX_PARTS).contains(n))
+        .ok_or_else(|| s3_error!(InvalidArgument, "part numbers run from 1 to {MAX_PARTS}"))
+}
+
+impl Front {
+    /// CreateMultipartUpload.
+    pub async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<CreateMultipartUploadOutput> {
+        let input = req.input;
+        let upload = UploadRecord {
+            bucket: input.bucket.clone(),
+            key: input.key.clone(),
+            created_ms: now_ms(),
+            content_type: input.content_type,
+            metadata: input
+                .metadata
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect(),
+        };
+        let index = self.index.clone();
+        let id = blocking(move || index.create_upload(&upload)).await?;
+        Ok(CreateMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(id),
+            ..Default::default()
+        })
+    }
+
+    async fn require_upload(&self, bucket: &str, key: &str, id: &str) -> S3Result<UploadRecord> {
+        let (index, b, k, u) = (
+            self.index.clone(),
+            bucket.to_string(),
+            key.to_string(),
+            id.to_string(),
+        );
+        blocking(move || index.upload(&b, &k, &u)).await
+    }
+
+    /// UploadPart.
+    pub async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<UploadPartOutput> {
+        let S3Request {
+            input,
+            headers,
+            trailing_headers,
+            ..
+        } = req;
+        let number = part_number(input.part_number)?;
+        self.require_upload(&input.bucket, &input.key, &input.upload_id)
+            .await?;
+        let _slot = self.door.try_upload_slot().ok_or_else(|| {
+            s3_error!(
+                SlowDown,
+                "the gateway is handling its limit of uploads; retry shortly"
+            )
+        })?;
+        let checksums = Checksum {
+            checksum_crc32: input.checksum_crc32,
+            checksum_crc32c: input.checksum_crc32c,
+            checksum_crc64nvme: input.checksum_crc64nvme,
+            checksum_sha1: input.checksum_sha1,
+            checksum_sha256: input.checksum_sha256,
+            checksum_type: None,
+        };
+        let declared = Declared {
+            len: body_len(input.content_length, &headers, input.body.as_ref())
+                .and_then(|l| u64::try_from(l).ok()),
+            content_md5: input.content_md5,
+            checksums,
+            algorithm: input.checksum_algorithm,
+        };
+        let mut received = receive(&self.door, input.body, declared, trailing_headers).await?;
+        let (md5, sums) = (received.md5.clone(), received.checksums.clone());
+        let index = self.index.clone();
+        let at = (input.bucket, input.key, input.upload_id);
+        let part = self
+            .store_and_refer(&mut received, move |blob| {
+                let part = PartRecord {
+                    blob: blob.blob,
+                    size: blob.size,
+                    etag: md5.clone(),
+                    checksums: sums.clone(),
+                    modified_ms: now_ms(),
+                };
+                index.put_part((&at.0, &at.1, &at.2), number, &part, part.modified_ms)?;
+                Ok(part)
+            })
+            .await?;
+        let [crc32, crc32c, crc64nvme, sha1, sha256] = checksum_fields(&part.checksums);
+        Ok(UploadPartOutput {
+            e_tag: Some(etag(&part.etag)),
+            checksum_crc32: crc32,
+            checksum_crc32c: crc32c,
+            checksum_crc64nvme: crc64nvme,
+            checksum_sha1: sha1,
+            checksum_sha256: sha256,
+            ..Default::default()
+        })
+    }
+
+    /// UploadPartCopy.
+    pub async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<UploadPartCopyOutput> {
+        let input = req.input;
+        let number = part_number(input.part_number)?;
+        self.require_upload(&input.bucket, &input.key, &input.upload_id)
+            .await?;
+        let CopySource::Bucket {
+            bucket: from_bucket,
+            key: from_key,
+            ..
+        } = &input.copy_source
+        else {
+            return Err(s3_error!(
+                NotImplemented,
+                "copies from access points are not supported"
+            ));
+        };
+        let source = {
+            let (index, b, k) = (
+                self.index.clone(),
+                from_bucket.to_string(),
+                from_key.to_string(),
+            );
+            blocking(move || index.object(&b, &k))
+                .await?
+                .ok_or_else(|| s3_error!(NoSuchKey, "no object at {from_key} in {from_bucket}"))?
+        };
+        let range = match &input.copy_source_range {
+            Some(text) => Range::parse(text)
+                .map_err(|_| {
+                    s3_error!(
+                        InvalidArgument,
+                        "x-amz-copy-source-range {text:?} is not a byte range"
+                    )
+                })?
+                .check(source.size)?,
+            None => 0..source.size,
+        };
+        let whole_blob = range == (0..source.size) && source.parts.len() == 1;
+        let now = now_ms();
+        let part = if whole_blob {
+            // The part refers to the source's blob: no bytes move.
+            let part = PartRecord {
+                blob: source.parts[0].blob.clone(),
+                size: source.size,
+                etag: bare_etag(&source.etag).to_string(),
+                checksums: source.checksums.clone(),
+                modified_ms: now,
+            };
+            let md5_etag = !part.etag.contains('-');
+            if md5_etag {
+                let (index, at, p) = (
+                    self.index.clone(),
+                    (
+                        input.bucket.clone(),
+                        input.key.clone(),
+                        input.upload_id.clone(),
+                    ),
+                    part.clone(),
+                );
+                blocking(move || index.put_part((&at.0, &at.1, &at.2), number, &p, now)).await?;
+                Some(part)
+            } else {
+                None
+            }
+        } else {
+            None
+        };
+        let part = match part {
+            Some(part) => part,
+            None => {
+                self.copy_bytes_into_part(&input, &source, range, number)
+                    .await?
+            }
+        };
+        Ok(UploadPartCopyOutput {
+            copy_part_result: Some(CopyPartResult {
+                e_tag: Some(etag(&part.etag)),
+                last_modified: Some(timestamp(part.modified_ms)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    /// Reads a range of an object and stores it as a new part.
+    async fn copy_bytes_into_part(
+        &self,
+        input: &UploadPartCopyInput,
+        source: &super::records::ObjectRecord,
+        range: std::ops::Range<u64>,
+        number: u32,
+    ) -> S3Result<PartRecord> {
+        let _slot = self.door.try_upload_slot().ok_or_else(|| {
+            s3_error!(
+                SlowDown,
+                "the gateway is handling its limit of uploads; retry shortly"
+            )
+        })?;
+        let stream = self.read(source, range.clone()).await?;
+        let declared = Declared {
+            len: Some(range.end - range.start),
+            ..Declared::default()
+        };
+        let body = StreamingBlob::wrap(stream);
+        let mut received = receive(&self.door, Some(body), declared, None).await?;
+        let md5 = received.md5.clone();
+        let index = self.index.clone();
+        let at = (
+            input.bucket.clone(),
+            input.key.clone(),
+            input.upload_id.clone(),
+        );
+        self.store_and_refer(&mut received, move |blob| {
+            let part = PartRecord {
+                blob: blob.blob,
+                size: blob.size,
+                etag: md5.clone(),
+                checksums: Default::default(),
+                modified_ms: now_ms(),
+            };
+            index.put_part((&at.0, &at.1, &at.2), number, &part, part.modified_ms)?;
+            Ok(part)
+        })
+        .await
+    }
+
+    /// CompleteMultipartUpload.
+    pub async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<CompleteMultipartUploadOutput> {
+        let input = req.input;
+        let condition = write_condition(input.if_match.as_ref(), input.if_none_match.as_ref())?;
+        let chosen: Vec<ChosenPart> = input
+            .multipart_upload
+            .and_then(|m| m.parts)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| {
+                Ok(ChosenPart {
+                    number: part_number(p.part_number.unwrap_or(0))?,
+                    etag: p.e_tag.map(|e| e.value().to_string()).unwrap_or_default(),
+                })
+            })
+            .collect::<S3Result<_>>()?;
+        let (index, at) = (
+            self.index.clone(),
+            (input.bucket.clone(), input.key.clone(), input.upload_id),
+        );
+        let now = now_ms();
+        let record = blocking(move || {
+            index.complete_upload((&at.0, &at.1, &at.2), &chosen, &condition, now)
+        })
+        .await?;
+        Ok(CompleteMultipartUploadOutput {
+            location: Some(format!("/{}/{}", input.bucket, input.key)),
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            e_tag: Some(etag(&record.etag)),
+            ..Default::default()
+        })
+    }
+
+    /// AbortMultipartUpload.
+    pub async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<AbortMultipartUploadOutput> {
+        let input = req.input;
+        let (index, at) = (
+            self.index.clone(),
+            (input.bucket, input.key, input.upload_id),
+        );
+        let now = now_ms();
+        blocking(move || index.abort_upload((&at.0, &at.1, &at.2), now)).await?;
+        Ok(AbortMultipartUploadOutput::default())
+    }
+
+    /// ListParts.
+    pub async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<ListPartsOutput> {
+        let input = req.input;
+        self.require_upload(&input.bucket, &input.key, &input.upload_id)
+            .await?;
+        let max = input.max_parts.unwrap_or(1000).clamp(0, 1000) as usize;
+        let after = input.part_number_marker.unwrap_or(0).max(0) as u32;
+        let (index, id) = (self.index.clone(), input.upload_id.clone());
+        let mut parts = blocking(move || index.parts(&id, after, max + 1)).await?;
+        let truncated = parts.len() > max;
+        parts.truncate(max);
+        let next = truncated
+            .then(|| parts.last().map(|(n, _)| *n as i32))
+            .flatten();
+        Ok(ListPartsOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(input.upload_id),
+            max_parts: Some(max as i32),
+            part_number_marker: input.part_number_marker,
+            next_part_number_marker: next,
+            is_truncated: Some(truncated),
+            parts: Some(
+                parts
+                    .into_iter()
+                    .map(|(number, part)| {
+                        let [crc32, crc32c, crc64nvme, sha1, sha256] =
+                            checksum_fields(&part.checksums);
+                        Part {
+                            part_number: Some(number as i32),
+                            size: Some(part.size as i64),
+                            e_tag: Some(etag(&part.etag)),
+                            last_modified: Some(timestamp(part.modified_ms)),
+                            checksum_crc32: crc32,
+                            checksum_crc32c: crc32c,
+                            checksum_crc64nvme: crc64nvme,
+                            checksum_sha1: sha1,
+                            checksum_sha256: sha256,
+                        }
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        })
+    }
+
+    /// ListMultipartUploads (prefix and a page of at most 1,000).
+    pub async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<ListMultipartUploadsOutput> {
+        let input = req.input;
+        let (index, bucket) = (self.index.clone(), input.bucket.clone());
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let max = input.max_uploads.unwrap_or(1000).clamp(0, 1000) as usize;
+        let after = (
+            input.key_marker.clone().unwrap_or_default(),
+            input.upload_id_marker.clone().unwrap_or_default(),
+        );
+        let all = blocking(move || {
+            if !index.bucket_exists(&bucket)? {
+                return Err(super::index::IndexError::NoSuchBucket(bucket));
+            }
+            index.uploads(&bucket)
+        })
+        .await?;
+        let mut uploads: Vec<_> = all
+            .into_iter()
+            .filter(|(id, u)| {
+                u.key.starts_with(&prefix)
+                    && (after.0.is_empty() || (&u.key, id) > (&after.0, &after.1))
+            })
+            .collect();
+        let truncated = uploads.len() > max;
+        uploads.truncate(max);
+        let last = uploads.last().cloned();
+        Ok(ListMultipartUploadsOutput {
+            bucket: Some(input.bucket),
+            prefix: input.prefix,
+            key_marker: input.key_marker,
+            upload_id_marker: input.upload_id_marker,
+            max_uploads: Some(max as i32),
+            is_truncated: Some(truncated),
+            next_key_marker: truncated
+                .then(|| last.as_ref().map(|(_, u)| u.key.clone()))
+                .flatten(),
+            next_upload_id_marker: truncated.then(|| last.map(|(id, _)| id)).flatten(),
+            uploads: Some(
+                uploads
+                    .into_iter()
+                    .map(|(id, u)| MultipartUpload {
+                        key: Some(u.key),
+                        upload_id: Some(id),
+                        initiated: Some(timestamp(u.created_ms)),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        })
+    }
+}

@@ -1,0 +1,420 @@
+//! Object operations: PUT, GET (ranges, conditions), HEAD, DELETE,
+//! DeleteObjects and CopyObject (a record write: no bytes move).
+
+use std::collections::{BTreeMap, HashMap};
+
+use s3s::dto::*;
+use s3s::{s3_error, S3Request, S3Result};
+
+use super::body::{receive, Declared};
+use super::conditions::{decide_read, ReadConditions, ReadDecision};
+use super::front::{blocking, etag, now_ms, timestamp, Front};
+use super::index::WriteCondition;
+use super::records::ObjectRecord;
+
+/// The checksums of a record as S3's five fields.
+pub fn checksum_fields(sums: &BTreeMap<String, String>) -> [Option<String>; 5] {
+    ["CRC32", "CRC32C", "CRC64NVME", "SHA1", "SHA256"].map(|name| sums.get(name).cloned())
+}
+
+/// The write condition of `If-None-Match: *` / `If-Match: ETAG`.
+pub fn write_condition(
+    if_match: Option<&ETagCondition>,
+    if_none_match: Option<&ETagCondition>,
+) -> S3Result<WriteCondition> {
+    let if_absent = match if_none_match {
+        None => false,
+        Some(ETagCondition::Any) => true,
+        Some(ETagCondition::ETag(_)) => {
+            return Err(s3_error!(
+                NotImplemented,
+                "If-None-Match on a write takes only *"
+            ))
+        }
+    };
+    let if_etag = match if_match {
+        None => None,
+        Some(ETagCondition::ETag(tag)) => Some(tag.value().to_string()),
+        Some(ETagCondition::Any) => {
+            return Err(s3_error!(
+                NotImplemented,
+                "If-Match on a write takes an ETag"
+            ))
+        }
+    };
+    Ok(WriteCondition { if_absent, if_etag })
+}
+
+fn declared(
+    len: Option<i64>,
+    content_md5: Option<String>,
+    checksums: Checksum,
+    algorithm: Option<ChecksumAlgorithm>,
+) -> Declared {
+    Declared {
+        len: len.and_then(|l| u64::try_from(l).ok()),
+        content_md5,
+        checksums,
+        algorithm,
+    }
+}
+
+fn to_btree(metadata: Option<HashMap<String, String>>) -> BTreeMap<String, String> {
+    metadata
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect()
+}
+
+fn to_map(metadata: &BTreeMap<String, String>) -> Option<HashMap<String, String>> {
+    (!metadata.is_empty()).then(|| {
+        metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    })
+}
+
+/// The length of an aws-chunked body (decoded), else Content-Length.
+pub fn body_len(
+    content_length: Option<i64>,
+    headers: &http::HeaderMap,
+    body: Option<&StreamingBlob>,
+) -> Option<i64> {
+    use s3s::stream::ByteStream as _;
+    content_length
+        .or_else(|| {
+            headers
+                .get("x-amz-decoded-content-length")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+        })
+        .or_else(|| body.and_then(|b| b.remaining_length().exact().map(|n| n as i64)))
+}
+
+impl Front {
+    /// PutObject.
+    pub async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<PutObjectOutput> {
+        let S3Request {
+            input,
+            headers,
+            trailing_headers,
+            ..
+        } = req;
+        let condition = write_condition(input.if_match.as_ref(), input.if_none_match.as_ref())?;
+        let (bucket, key) = (input.bucket.clone(), input.key.clone());
+        // Refuse early what the index would refuse: no bytes are stored then.
+        let current = {
+            let (index, b, k) = (self.index.clone(), bucket.clone(), key.clone());
+            blocking(move || index.object(&b, &k)).await?
+        };
+        if condition.if_absent && current.is_some() {
+            return Err(s3_error!(
+                PreconditionFailed,
+                "the key has an object (If-None-Match: *)"
+            ));
+        }
+        let _slot = self.door.try_upload_slot().ok_or_else(|| {
+            s3_error!(
+                SlowDown,
+                "the gateway is handling its limit of uploads; retry shortly"
+            )
+        })?;
+        let checksums = Checksum {
+            checksum_crc32: input.checksum_crc32,
+            checksum_crc32c: input.checksum_crc32c,
+            checksum_crc64nvme: input.checksum_crc64nvme,
+            checksum_sha1: input.checksum_sha1,
+            checksum_sha256: input.checksum_sha256,
+            checksum_type: None,
+        };
+        let len = body_len(input.content_length, &headers, input.body.as_ref());
+        let declared = declared(len, input.content_md5, checksums, input.checksum_algorithm);
+        let mut received = receive(&self.door, input.body, declared, trailing_headers).await?;
+        let record = ObjectRecord {
+            parts: Vec::new(),
+            size: received.len,
+            etag: received.md5.clone(),
+            checksums: received.checksums.clone(),
+            content_type: input.content_type,
+            metadata: to_btree(input.metadata),
+            modified_ms: now_ms(),
+        };
+        let index = self.index.clone();
+        let stored = self
+            .store_and_refer(&mut received, move |part| {
+                let record = ObjectRecord {
+                    parts: vec![part],
+                    ..record.clone()
+                };
+                index.put_object(&bucket, &key, &record, &condition, record.modified_ms)?;
+                Ok(record)
+            })
+            .await?;
+        let [crc32, crc32c, crc64nvme, sha1, sha256] = checksum_fields(&stored.checksums);
+        Ok(PutObjectOutput {
+            e_tag: Some(etag(&stored.etag)),
+            checksum_crc32: crc32,
+            checksum_crc32c: crc32c,
+            checksum_crc64nvme: crc64nvme,
+            checksum_sha1: sha1,
+            checksum_sha256: sha256,
+            size: Some(stored.size as i64),
+            ..Default::default()
+        })
+    }
+
+    async fn record(&self, bucket: &str, key: &str) -> S3Result<ObjectRecord> {
+        let (index, b, k) = (self.index.clone(), bucket.to_string(), key.to_string());
+        blocking(move || index.object(&b, &k))
+            .await?
+            .ok_or_else(|| s3_error!(NoSuchKey, "no object at {key} in {bucket}"))
+    }
+
+    fn check_read(record: &ObjectRecord, conditions: ReadConditions<'_>) -> S3Result<()> {
+        match decide_read(&conditions, &record.etag, &timestamp(record.modified_ms)) {
+            ReadDecision::Serve => Ok(()),
+            ReadDecision::NotModified => {
+                let mut error = s3_error!(NotModified);
+                let mut headers = http::HeaderMap::new();
+                if let Ok(value) = format!("\"{}\"", record.etag).parse() {
+                    headers.insert(http::header::ETAG, value);
+                }
+                error.set_headers(headers);
+                Err(error)
+            }
+            ReadDecision::Failed => Err(s3_error!(
+                PreconditionFailed,
+                "the object does not meet the request's conditions"
+            )),
+        }
+    }
+
+    /// GetObject.
+    pub async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<GetObjectOutput> {
+        let input = req.input;
+        if input.part_number.is_some() {
+            return Err(s3_error!(
+                NotImplemented,
+                "GET of one part (partNumber) is not supported"
+            ));
+        }
+        let record = self.record(&input.bucket, &input.key).await?;
+        Self::check_read(
+            &record,
+            ReadConditions {
+                if_match: input.if_match.as_ref(),
+                if_none_match: input.if_none_match.as_ref(),
+                if_modified_since: input.if_modified_since.as_ref(),
+                if_unmodified_since: input.if_unmodified_since.as_ref(),
+            },
+        )?;
+        let len = record.size;
+        let (range, content_range) = match &input.range {
+            Some(range) => {
+                let r = range.check(len)?;
+                let header = format!("bytes {}-{}/{len}", r.start, r.end - 1);
+                (r, Some(header))
+            }
+            None => (0..len, None),
+        };
+        let body = self.read(&record, range.clone()).await?;
+        let [crc32, crc32c, crc64nvme, sha1, sha256] = if content_range.is_none() {
+            checksum_fields(&record.checksums)
+        } else {
+            Default::default()
+        };
+        Ok(GetObjectOutput {
+            body: Some(StreamingBlob::wrap(body)),
+            content_length: Some((range.end - range.start) as i64),
+            content_range,
+            accept_ranges: Some("bytes".into()),
+            e_tag: Some(etag(&record.etag)),
+            last_modified: Some(timestamp(record.modified_ms)),
+            content_type: record.content_type.clone(),
+            metadata: to_map(&record.metadata),
+            checksum_crc32: crc32,
+            checksum_crc32c: crc32c,
+            checksum_crc64nvme: crc64nvme,
+            checksum_sha1: sha1,
+            checksum_sha256: sha256,
+            ..Default::default()
+        })
+    }
+
+    /// HeadObject.
+    pub async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<HeadObjectOutput> {
+        let input = req.input;
+        let record = self.record(&input.bucket, &input.key).await?;
+        Self::check_read(
+            &record,
+            ReadConditions {
+                if_match: input.if_match.as_ref(),
+                if_none_match: input.if_none_match.as_ref(),
+                if_modified_since: input.if_modified_since.as_ref(),
+                if_unmodified_since: input.if_unmodified_since.as_ref(),
+            },
+        )?;
+        let [crc32, crc32c, crc64nvme, sha1, sha256] = checksum_fields(&record.checksums);
+        Ok(HeadObjectOutput {
+            content_length: Some(record.size as i64),
+            accept_ranges: Some("bytes".into()),
+            e_tag: Some(etag(&record.etag)),
+            last_modified: Some(timestamp(record.modified_ms)),
+            content_type: record.content_type.clone(),
+            metadata: to_map(&record.metadata),
+            checksum_crc32: crc32,
+            checksum_crc32c: crc32c,
+            checksum_crc64nvme: crc64nvme,
+            checksum_sha1: sha1,
+            checksum_sha256: sha256,
+            ..Default::default()
+        })
+    }
+
+    /// DeleteObject: 204 whether or not the key had an object.
+    pub async fn delete_object(
+        &self,
+        req: S3Request<DeleteObjectInput>,
+    ) -> S3Result<DeleteObjectOutput> {
+        let input = req.input;
+        if input.version_id.as_deref().is_some_and(|v| v != "null") {
+            return Err(s3_error!(
+                NoSuchVersion,
+                "objects here have one version, \"null\""
+            ));
+        }
+        let (index, bucket, key) = (self.index.clone(), input.bucket, input.key);
+        let now = now_ms();
+        blocking(move || index.delete_object(&bucket, &key, now)).await?;
+        Ok(DeleteObjectOutput::default())
+    }
+
+    /// DeleteObjects: each key as DeleteObject would.
+    pub async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<DeleteObjectsOutput> {
+        let input = req.input;
+        let quiet = input.delete.quiet.unwrap_or(false);
+        let mut deleted = Vec::new();
+        let mut errors = Vec::new();
+        for object in input.delete.objects {
+            let (index, bucket, key) =
+                (self.index.clone(), input.bucket.clone(), object.key.clone());
+            let now = now_ms();
+            match blocking(move || index.delete_object(&bucket, &key, now)).await {
+                Ok(_) => {
+                    if !quiet {
+                        deleted.push(DeletedObject {
+                            key: Some(object.key),
+                            ..Default::default()
+                        });
+                    }
+                }
+                Err(e) => errors.push(s3s::dto::Error {
+                    code: Some(e.code().as_str().to_string()),
+                    key: Some(object.key),
+                    message: e.message().map(str::to_string),
+                    version_id: None,
+                }),
+            }
+        }
+        Ok(DeleteObjectsOutput {
+            deleted: Some(deleted),
+            errors: (!errors.is_empty()).then_some(errors),
+            ..Default::default()
+        })
+    }
+
+    /// CopyObject: the copy refers to the source's blobs.
+    pub async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<CopyObjectOutput> {
+        let input = req.input;
+        let CopySource::Bucket {
+            bucket: from_bucket,
+            key: from_key,
+            version_id,
+        } = &input.copy_source
+        else {
+            return Err(s3_error!(
+                NotImplemented,
+                "copies from access points are not supported"
+            ));
+        };
+        if version_id.as_deref().is_some_and(|v| v != "null") {
+            return Err(s3_error!(
+                NoSuchVersion,
+                "objects here have one version, \"null\""
+            ));
+        }
+        let source = self.record(from_bucket, from_key).await?;
+        Self::check_read(
+            &source,
+            ReadConditions {
+                if_match: input.copy_source_if_match.as_ref(),
+                if_none_match: input.copy_source_if_none_match.as_ref(),
+                if_modified_since: input.copy_source_if_modified_since.as_ref(),
+                if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
+            },
+        )
+        .map_err(|e| {
+            // A copy answers 412 for every failed source condition.
+            if *e.code() == s3s::S3ErrorCode::NotModified {
+                s3_error!(
+                    PreconditionFailed,
+                    "the source does not meet the copy's conditions"
+                )
+            } else {
+                e
+            }
+        })?;
+        let replace = input
+            .metadata_directive
+            .as_ref()
+            .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
+        if !replace && from_bucket.as_ref() == input.bucket && from_key.as_ref() == input.key {
+            return Err(s3_error!(
+                InvalidRequest,
+                "copying an object onto itself changes nothing; use the metadata directive REPLACE"
+            ));
+        }
+        let (metadata, content_type) = (to_btree(input.metadata), input.content_type);
+        let now = now_ms();
+        let (index, from, to) = (
+            self.index.clone(),
+            (from_bucket.to_string(), from_key.to_string()),
+            (input.bucket, input.key),
+        );
+        let copy = blocking(move || {
+            index.copy_object(
+                (&from.0, &from.1),
+                (&to.0, &to.1),
+                |mut record| {
+                    if replace {
+                        record.metadata = metadata;
+                        record.content_type = content_type;
+                    }
+                    record.modified_ms = now;
+                    record
+                },
+                now,
+            )
+        })
+        .await?
+        .ok_or_else(|| s3_error!(NoSuchKey, "the copy's source is gone"))?;
+        let [crc32, crc32c, crc64nvme, sha1, sha256] = checksum_fields(&copy.checksums);
+        Ok(CopyObjectOutput {
+            copy_object_result: Some(CopyObjectResult {
+                e_tag: Some(etag(&copy.etag)),
+                last_modified: Some(timestamp(copy.modified_ms)),
+                checksum_crc32: crc32,
+                checksum_crc32c: crc32c,
+                checksum_crc64nvme: crc64nvme,
+                checksum_sha1: sha1,
+                checksum_sha256: sha256,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+}

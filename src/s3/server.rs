@@ -1,0 +1,175 @@
+//! Serving the S3 front: its listener (path style always, virtual-hosted
+//! style under a base domain when one is set), SigV4 against one access
+//! key, and the collector that deletes blobs no key or upload refers to
+//! after a grace period and aborts uploads left unfinished too long.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use s3s::auth::SimpleAuth;
+use s3s::service::S3ServiceBuilder;
+use tokio::net::TcpListener;
+
+use super::front::{now_ms, Front};
+use super::index::Index;
+use crate::client::DeleteOutcome;
+use crate::gateway::Door;
+use crate::metrics::S3Metrics;
+
+/// How the S3 front is set up.
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// The index file.
+    pub index_path: PathBuf,
+    /// The access key id clients sign with.
+    pub access_key: String,
+    /// Its secret.
+    pub secret_key: String,
+    /// Serve virtual-hosted style under this domain (`bucket.DOMAIN`).
+    pub domain: Option<String>,
+    /// How long a blob no key refers to stays before it is deleted.
+    pub collect_after: Duration,
+    /// How old an unfinished multipart upload gets before it is aborted.
+    pub upload_max_age: Duration,
+    /// How often the collector looks.
+    pub collect_every: Duration,
+}
+
+/// The S3 front bound to its address.
+pub struct S3Server {
+    listener: TcpListener,
+    front: Front,
+    config: S3Config,
+}
+
+impl S3Server {
+    /// Opens the index and binds the listener.
+    pub async fn bind(config: S3Config, door: Door) -> anyhow::Result<Self> {
+        let index = Index::open(&config.index_path)
+            .with_context(|| format!("cannot open the S3 index {}", config.index_path.display()))?;
+        let metrics = S3Metrics::new(door.registry());
+        let listener = crate::listen::bind(config.listen).await?;
+        Ok(Self {
+            listener,
+            front: Front {
+                door,
+                index: Arc::new(index),
+                metrics,
+            },
+            config,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener")
+    }
+
+    /// Serves until `shutdown` completes; the collector runs meanwhile.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let mut builder = S3ServiceBuilder::new(self.front.clone());
+        builder.set_auth(SimpleAuth::from_single(
+            self.config.access_key.clone(),
+            self.config.secret_key.clone(),
+        ));
+        if let Some(domain) = &self.config.domain {
+            builder.set_host(
+                s3s::host::SingleDomain::new(domain)
+                    .map_err(|e| anyhow::anyhow!("S3 domain {domain:?}: {e}"))?,
+            );
+        }
+        let service = builder.build();
+        let collector = tokio::spawn(collect_forever(self.front.clone(), self.config.clone()));
+        let http = Builder::new(TokioExecutor::new());
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = self.listener.accept() => {
+                    let Ok((socket, _)) = accepted else { continue };
+                    let connection = http
+                        .serve_connection(TokioIo::new(socket), service.clone())
+                        .into_owned();
+                    tokio::spawn(async move {
+                        if let Err(e) = connection.await {
+                            tracing::debug!("S3 connection ended: {e}");
+                        }
+                    });
+                }
+            }
+        }
+        collector.abort();
+        Ok(())
+    }
+}
+
+async fn collect_forever(front: Front, config: S3Config) {
+    let mut tick = tokio::time::interval(config.collect_every);
+    loop {
+        tick.tick().await;
+        if let Err(e) = collect_once(&front, &config).await {
+            tracing::warn!("S3 collection: {e:#}");
+        }
+    }
+}
+
+/// One round of the collector: abandoned uploads aborted, then blobs
+/// unreferenced past the grace period claimed and deleted.
+pub async fn collect_once(front: &Front, config: &S3Config) -> anyhow::Result<()> {
+    let now = now_ms();
+    let index = front.index.clone();
+    let max_age = config.upload_max_age.as_millis() as u64;
+    let abandoned = {
+        let index = index.clone();
+        tokio::task::spawn_blocking(move || index.uploads_older_than(now.saturating_sub(max_age)))
+            .await??
+    };
+    for (id, upload) in abandoned {
+        let index = index.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            index.abort_upload((&upload.bucket, &upload.key, &id), now)
+        })
+        .await?;
+        if result.is_ok() {
+            front.metrics.uploads_expired.inc();
+        }
+    }
+    let grace = config.collect_after.as_millis() as u64;
+    let claimed = {
+        let index = index.clone();
+        tokio::task::spawn_blocking(move || index.claim_unreferenced(now.saturating_sub(grace)))
+            .await??
+    };
+    if claimed.is_empty() {
+        return Ok(());
+    }
+    let client = front.door.client().map_err(anyhow::Error::msg)?;
+    for blob in claimed {
+        let Ok(id) = blob.parse() else {
+            tracing::warn!(%blob, "the index holds a bad blob id; forgetting it");
+            let index = index.clone();
+            tokio::task::spawn_blocking(move || index.collected(&blob)).await??;
+            continue;
+        };
+        match client.delete(&id).await {
+            Ok(DeleteOutcome::Deleted { .. }) | Ok(DeleteOutcome::NotFound) => {
+                front.metrics.blobs_collected.inc();
+                let index = index.clone();
+                tokio::task::spawn_blocking(move || index.collected(&blob)).await??;
+            }
+            // Still claimed: the next round tries again.
+            Err(e) => tracing::warn!(%blob, "collecting: {e}"),
+        }
+    }
+    Ok(())
+}
