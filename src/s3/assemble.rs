@@ -61,17 +61,23 @@ pub fn assemble(
     if chosen.is_empty() {
         return Err(AssembleError::NoParts);
     }
+    // S3's order of complaints: order first, then unknown parts, then sizes.
+    if let Some(pair) = chosen.windows(2).find(|pair| pair[1].number <= pair[0].number) {
+        return Err(AssembleError::Order(pair[1].number));
+    }
+    let records = chosen
+        .iter()
+        .map(|part| {
+            uploaded
+                .get(&part.number)
+                .filter(|r| r.etag == bare_etag(&part.etag))
+                .ok_or(AssembleError::Part(part.number))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let mut digests = Md5::new();
     let mut parts = Vec::with_capacity(chosen.len());
     let mut size = 0;
-    for (i, part) in chosen.iter().enumerate() {
-        if i > 0 && part.number <= chosen[i - 1].number {
-            return Err(AssembleError::Order(part.number));
-        }
-        let record = uploaded
-            .get(&part.number)
-            .filter(|r| r.etag == bare_etag(&part.etag))
-            .ok_or(AssembleError::Part(part.number))?;
+    for (i, (part, record)) in chosen.iter().zip(records).enumerate() {
         if i + 1 < chosen.len() && record.size < MIN_PART_SIZE {
             return Err(AssembleError::TooSmall {
                 number: part.number,

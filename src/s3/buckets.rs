@@ -199,15 +199,16 @@ impl Front {
             .truncated
             .then(|| page.entries.last().map(|e| encode_token(e.name())))
             .flatten();
+        let shown = |text: Option<String>| text.map(|t| if encode { url_encode(&t) } else { t });
         Ok(ListObjectsV2Output {
             name: Some(input.bucket),
-            prefix: Some(input.prefix.unwrap_or_default()),
-            delimiter: input.delimiter,
+            prefix: shown(Some(input.prefix.unwrap_or_default())),
+            delimiter: shown(input.delimiter),
             max_keys: Some(max as i32),
             key_count: Some(page.entries.len() as i32),
             continuation_token: input.continuation_token,
             next_continuation_token: next,
-            start_after: input.start_after,
+            start_after: shown(input.start_after),
             is_truncated: Some(page.truncated),
             contents: Some(objects),
             common_prefixes: Some(prefixes),
@@ -237,12 +238,13 @@ impl Front {
         let next_marker = (page.truncated && input.delimiter.is_some())
             .then(|| page.entries.last().map(|e| e.name().to_string()))
             .flatten();
+        let shown = |text: Option<String>| text.map(|t| if encode { url_encode(&t) } else { t });
         Ok(ListObjectsOutput {
             name: Some(input.bucket),
-            prefix: Some(input.prefix.unwrap_or_default()),
-            marker: Some(input.marker.unwrap_or_default()),
-            next_marker,
-            delimiter: input.delimiter,
+            prefix: shown(Some(input.prefix.unwrap_or_default())),
+            marker: shown(Some(input.marker.unwrap_or_default())),
+            next_marker: shown(next_marker),
+            delimiter: shown(input.delimiter),
             max_keys: Some(max as i32),
             is_truncated: Some(page.truncated),
             contents: Some(objects),

@@ -24,6 +24,8 @@ pub struct DevFleet {
     pub dir: tempfile::TempDir,
     /// Sends the fleet's user token.
     pub http: reqwest::Client,
+    /// The S3 endpoint's URL (unless started with `--no-s3`).
+    pub s3: Option<String>,
     /// Node processes stopped with SIGSTOP, resumed on drop.
     stopped: Mutex<Vec<i32>>,
 }
@@ -97,6 +99,8 @@ impl DevFleet {
                 "200",
                 "--segment-size",
                 "1MiB",
+                "--s3-addr",
+                "127.0.0.1:0",
             ])
             .arg("--data-dir")
             .arg(dir.path().join("fleet"))
@@ -111,10 +115,15 @@ impl DevFleet {
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let mut gateway = None;
+        let mut s3 = None;
         for line in lines.by_ref() {
             let line = line.unwrap();
+            let word = |rest: &str| rest.split_whitespace().next().unwrap().to_string();
             if let Some(rest) = line.trim().strip_prefix("gateway:") {
-                gateway = Some(rest.split_whitespace().next().unwrap().to_string());
+                gateway = Some(word(rest));
+            } else if let Some(rest) = line.trim().strip_prefix("s3:") {
+                s3 = Some(word(rest));
+            } else if line.trim().starts_with("metrics:") {
                 break;
             }
         }
@@ -128,6 +137,7 @@ impl DevFleet {
             gateway,
             dir,
             http,
+            s3,
             stopped: Mutex::new(Vec::new()),
         }
     }
