@@ -141,6 +141,11 @@ impl SpoolFile {
     pub fn len(&self) -> u64 {
         self.written
     }
+
+    /// Whether nothing was written yet.
+    pub fn is_empty(&self) -> bool {
+        self.written == 0
+    }
 }
 
 impl Drop for SpoolFile {

@@ -62,7 +62,10 @@ pub fn assemble(
         return Err(AssembleError::NoParts);
     }
     // S3's order of complaints: order first, then unknown parts, then sizes.
-    if let Some(pair) = chosen.windows(2).find(|pair| pair[1].number <= pair[0].number) {
+    if let Some(pair) = chosen
+        .windows(2)
+        .find(|pair| pair[1].number <= pair[0].number)
+    {
         return Err(AssembleError::Order(pair[1].number));
     }
     let records = chosen
@@ -105,7 +108,7 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 fn hex_decode(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())

@@ -660,12 +660,12 @@ impl Index {
     }
 }
 
-/// Upload ids: 128 random bits, URL-safe.
+/// Upload ids: 128 random bits in hex (never starting with `-`, which
+/// command lines would take for an option).
 fn new_upload_id() -> String {
-    use base64::Engine as _;
     let mut bytes = [0u8; 16];
     getrandom(&mut bytes);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    super::assemble::hex(&bytes)
 }
 
 fn getrandom(bytes: &mut [u8]) {

@@ -1,0 +1,286 @@
+//! The S3 endpoint of `redstuff dev`, driven by the real clients people
+//! use: boto3 (tests/s3/boto3_suite.py), the aws cli, rclone, s3cmd,
+//! s5cmd and s3fs (tests/s3/other_clients.sh). The test command installs
+//! the clients (scripts/s3-clients); a missing client fails the test.
+//! Also: blobs no key refers to any more are collected after the grace
+//! period, and abandoned multipart uploads are aborted.
+
+mod dev_fleet;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use dev_fleet::{pseudo_random, DevFleet, WAIT};
+
+/// The environment a client needs to reach the fleet's S3 endpoint.
+fn s3_env(fleet: &DevFleet) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(fleet.data_dir().join("s3-credentials")).unwrap();
+    let keys = redstuff::s3::credentials::parse(&text).expect("the fleet wrote its S3 keys");
+    vec![
+        (
+            "REDSTUFF_S3_ENDPOINT".into(),
+            fleet.s3.clone().expect("S3 is served"),
+        ),
+        ("AWS_ACCESS_KEY_ID".into(), keys.access_key),
+        ("AWS_SECRET_ACCESS_KEY".into(), keys.secret_key),
+        ("AWS_DEFAULT_REGION".into(), "us-east-1".into()),
+        ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+    ]
+}
+
+/// Where the test command installed the S3 clients (a Python venv with
+/// s3cmd, s5cmd and s3fs), put first on PATH.
+fn clients_path() -> String {
+    let venv = std::env::var("REDSTUFF_S3_CLIENTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/redstuff/s3-clients")
+        });
+    format!(
+        "{}:{}",
+        venv.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// Runs a command with the S3 environment; fails the test with its
+/// output unless it succeeds.
+fn run(fleet: &DevFleet, program: &str, args: &[&str], cwd: &Path) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .envs(s3_env(fleet))
+        .env("PATH", clients_path())
+        .current_dir(cwd)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program} (is it installed? scripts/s3-clients): {e}")
+        });
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+fn suite(name: &str) -> String {
+    format!("{}/tests/s3/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn boto3_finds_s3_semantics_for_objects_ranges_checksums_multipart_and_listings() {
+    let fleet = DevFleet::start(&[]);
+    let scratch = tempfile::tempdir().unwrap();
+    let out = run(
+        &fleet,
+        "python3",
+        &[&suite("boto3_suite.py")],
+        scratch.path(),
+    );
+    assert!(out.contains("every check passed"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aws_cli_copies_lists_syncs_removes_and_presigns() {
+    let fleet = DevFleet::start(&[]);
+    let endpoint = fleet.s3.clone().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let one = pseudo_random(1, 1);
+    let big = pseudo_random(40 << 20, 2); // above 8 MiB: multipart
+    std::fs::write(work.join("one"), &one).unwrap();
+    std::fs::write(work.join("big"), &big).unwrap();
+    let aws = |args: &[&str]| {
+        let mut all = vec!["--endpoint-url", endpoint.as_str()];
+        all.extend_from_slice(args);
+        if ["cp", "sync", "rm"].contains(&args[1]) {
+            all.push("--only-show-errors");
+        }
+        run(&fleet, "aws", &all, work)
+    };
+    aws(&["s3", "mb", "s3://cli"]);
+    aws(&["s3", "cp", "one", "s3://cli/one byte"]);
+    aws(&["s3", "cp", "big", "s3://cli/big/forty +&=ü"]);
+    let listed = aws(&["s3", "ls", "--recursive", "s3://cli"]);
+    assert!(listed.contains("41943040 big/forty +&=ü"), "{listed}");
+    assert!(listed.contains("1 one byte"), "{listed}");
+    let head = aws(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        "cli",
+        "--key",
+        "big/forty +&=ü",
+    ]);
+    assert!(head.contains("-5\\\""), "40 MiB in 8 MiB parts: {head}");
+    aws(&["s3", "cp", "s3://cli/big/forty +&=ü", "big.back"]);
+    assert!(std::fs::read(work.join("big.back")).unwrap() == big);
+    aws(&["s3", "cp", "s3://cli/one byte", "one.back"]);
+    assert_eq!(std::fs::read(work.join("one.back")).unwrap(), one);
+
+    // sync: a directory up, a change, and down again.
+    std::fs::create_dir_all(work.join("tree/sub")).unwrap();
+    for (i, name) in ["a", "sub/b", "sub/c d"].iter().enumerate() {
+        std::fs::write(
+            work.join("tree").join(name),
+            pseudo_random(1000 + i, 10 + i as u64),
+        )
+        .unwrap();
+    }
+    aws(&["s3", "sync", "tree", "s3://cli/tree"]);
+    std::fs::write(work.join("tree/a"), b"changed").unwrap();
+    aws(&["s3", "sync", "tree", "s3://cli/tree"]);
+    aws(&["s3", "sync", "s3://cli/tree", "tree.back"]);
+    for name in ["a", "sub/b", "sub/c d"] {
+        assert_eq!(
+            std::fs::read(work.join("tree.back").join(name)).unwrap(),
+            std::fs::read(work.join("tree").join(name)).unwrap(),
+            "{name}"
+        );
+    }
+
+    // presign: a plain GET of the URL, no credentials.
+    let url = aws(&["s3", "presign", "s3://cli/one byte", "--expires-in", "60"]);
+    let body = reqwest::get(url.trim()).await.unwrap();
+    assert_eq!(body.status(), 200);
+    assert_eq!(body.bytes().await.unwrap().to_vec(), one);
+
+    aws(&["s3", "rm", "--recursive", "s3://cli/tree"]);
+    let left = aws(&["s3", "ls", "--recursive", "s3://cli"]);
+    assert!(!left.contains("tree/"), "{left}");
+    aws(&["s3", "rm", "s3://cli/one byte"]);
+    aws(&["s3", "rm", "s3://cli/big/forty +&=ü"]);
+    aws(&["s3", "rb", "s3://cli"]);
+}
+
+#[test]
+fn rclone_s3cmd_s5cmd_and_s3fs_store_list_check_and_read() {
+    let fleet = DevFleet::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&fleet, "bash", &[&suite("other_clients.sh")], dir.path());
+    assert!(out.contains("every client passed"), "{out}");
+}
+
+/// The blob id the fleet (7 shards, 1 MiB segments) gives these bytes.
+fn blob_id(data: &[u8]) -> String {
+    let config = redstuff::codec::EncodingConfig::new(7).unwrap();
+    let (metadata, _) = redstuff::codec::BlobEncoder::new(config, 1 << 20)
+        .unwrap()
+        .encode(data)
+        .unwrap();
+    metadata.blob_id().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_is_collected_once_no_key_refers_to_it_and_abandoned_uploads_are_aborted() {
+    let fleet = DevFleet::start(&[
+        "--s3-collect-after-secs",
+        "1",
+        "--s3-upload-max-age-secs",
+        "2",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let data = pseudo_random(300_000, 7);
+    std::fs::write(dir.path().join("data"), &data).unwrap();
+    let id = blob_id(&data);
+    let endpoint = fleet.s3.clone().unwrap();
+    let aws = |args: &[&str]| {
+        let mut all = vec!["--endpoint-url", endpoint.as_str()];
+        all.extend_from_slice(args);
+        run(&fleet, "aws", &all, dir.path())
+    };
+    aws(&["s3", "mb", "s3://collect"]);
+    // Two keys, one blob.
+    aws(&[
+        "s3",
+        "cp",
+        "--only-show-errors",
+        "data",
+        "s3://collect/first",
+    ]);
+    aws(&[
+        "s3",
+        "cp",
+        "--only-show-errors",
+        "data",
+        "s3://collect/second",
+    ]);
+    assert_eq!(fleet.code("HEAD", &id).await, 200);
+    aws(&["s3", "rm", "--only-show-errors", "s3://collect/first"]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        fleet.code("HEAD", &id).await,
+        200,
+        "a key still refers to it"
+    );
+    aws(&["s3", "rm", "--only-show-errors", "s3://collect/second"]);
+    let start = Instant::now();
+    while fleet.code("HEAD", &id).await != 404 {
+        assert!(start.elapsed() < WAIT, "the unreferenced blob stays");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let metrics = fleet.metrics().await;
+    assert!(
+        metrics.contains("redstuff_s3_blobs_collected_total 1"),
+        "{metrics}"
+    );
+    // Storing the same bytes again after the collection works.
+    aws(&[
+        "s3",
+        "cp",
+        "--only-show-errors",
+        "data",
+        "s3://collect/again",
+    ]);
+    aws(&[
+        "s3",
+        "cp",
+        "--only-show-errors",
+        "s3://collect/again",
+        "back",
+    ]);
+    assert!(std::fs::read(dir.path().join("back")).unwrap() == data);
+
+    // An upload left unfinished is aborted after its age, its part collected.
+    let created = aws(&[
+        "s3api",
+        "create-multipart-upload",
+        "--bucket",
+        "collect",
+        "--key",
+        "left",
+    ]);
+    let upload: serde_json::Value = serde_json::from_str(&created).unwrap();
+    let upload = upload["UploadId"].as_str().unwrap().to_string();
+    let part = pseudo_random(1000, 8);
+    std::fs::write(dir.path().join("part"), &part).unwrap();
+    aws(&[
+        "s3api",
+        "upload-part",
+        "--bucket",
+        "collect",
+        "--key",
+        "left",
+        "--upload-id",
+        &upload,
+        "--part-number",
+        "1",
+        "--body",
+        "part",
+    ]);
+    let part_id = blob_id(&part);
+    assert_eq!(fleet.code("HEAD", &part_id).await, 200);
+    let start = Instant::now();
+    while fleet.code("HEAD", &part_id).await != 404 {
+        assert!(start.elapsed() < WAIT, "the abandoned upload's part stays");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let uploads = aws(&["s3api", "list-multipart-uploads", "--bucket", "collect"]);
+    assert!(!uploads.contains(&upload), "{uploads}");
+    assert!(fleet
+        .metrics()
+        .await
+        .contains("redstuff_s3_uploads_expired_total 1"));
+}
