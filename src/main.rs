@@ -314,6 +314,27 @@ struct GatewayArgs {
     /// Deadline of every call to a node, in seconds.
     #[arg(long, default_value_t = 5.0)]
     node_timeout_secs: f64,
+    /// Also serve S3 on this address (the second line on stdout is
+    /// {"event": "listening", "s3": URL}).
+    #[arg(long)]
+    s3_listen: Option<std::net::SocketAddr>,
+    /// The S3 index file (redb), on a durable volume.
+    #[arg(long, requires = "s3_listen")]
+    s3_index: Option<PathBuf>,
+    /// The S3 access key: a file in the AWS shared-credentials format
+    /// (profile redstuff); REDSTUFF_S3_ACCESS_KEY and REDSTUFF_S3_SECRET_KEY
+    /// win when set.
+    #[arg(long, requires = "s3_listen")]
+    s3_credentials_file: Option<PathBuf>,
+    /// Serve virtual-hosted-style S3 (BUCKET.DOMAIN) besides path style.
+    #[arg(long, requires = "s3_listen")]
+    s3_domain: Option<String>,
+    /// Seconds a blob no S3 key or upload refers to any more is kept.
+    #[arg(long, default_value_t = 600)]
+    s3_collect_after_secs: u64,
+    /// Seconds after which an unfinished multipart upload is aborted.
+    #[arg(long, default_value_t = 86_400)]
+    s3_upload_max_age_secs: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -599,7 +620,58 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let gateway = Gateway::bind(config, args.listen, Default::default()).await?;
     let url = format!("http://{}", gateway.local_addr());
     println!("{}", serde_json::json!({"event": "listening", "url": url}));
-    gateway.serve(shutdown_signal()).await
+    let Some(s3_listen) = args.s3_listen else {
+        return gateway.serve(shutdown_signal()).await;
+    };
+    let keys = match s3_keys_from_env() {
+        Some(keys) => keys,
+        None => {
+            let path = args.s3_credentials_file.as_deref().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "S3 needs an access key: --s3-credentials-file, or REDSTUFF_S3_ACCESS_KEY and REDSTUFF_S3_SECRET_KEY"
+                )
+            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+            redstuff::s3::credentials::parse(&text).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{} holds no [redstuff] profile with both keys",
+                    path.display()
+                )
+            })?
+        }
+    };
+    let s3 = redstuff::s3::S3Server::bind(
+        redstuff::s3::S3Config {
+            listen: s3_listen,
+            index_path: args
+                .s3_index
+                .ok_or_else(|| anyhow::anyhow!("--s3-listen needs --s3-index FILE"))?,
+            access_key: keys.access_key,
+            secret_key: keys.secret_key,
+            domain: args.s3_domain,
+            collect_after: std::time::Duration::from_secs(args.s3_collect_after_secs),
+            upload_max_age: std::time::Duration::from_secs(args.s3_upload_max_age_secs),
+            collect_every: std::time::Duration::from_secs(args.s3_collect_after_secs.clamp(1, 10)),
+        },
+        gateway.door(),
+    )
+    .await?;
+    println!(
+        "{}",
+        serde_json::json!({"event": "listening", "s3": format!("http://{}", s3.local_addr())})
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let s3_task = tokio::spawn(s3.serve(wait(stopped.clone())));
+    let gateway_task = tokio::spawn(gateway.serve(wait(stopped)));
+    shutdown_signal().await;
+    let _ = stop.send(true);
+    gateway_task.await??;
+    s3_task.await??;
+    Ok(())
 }
 
 async fn dev(args: DevArgs) -> anyhow::Result<()> {

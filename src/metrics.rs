@@ -32,6 +32,7 @@ pub fn all_metric_names() -> std::collections::BTreeSet<String> {
     GatewayMetrics::new(&Registry::new());
     FleetMetrics::new(&Registry::new());
     OperatorMetrics::new(&Registry::new());
+    S3Metrics::new(&Registry::new());
     REGISTERED.lock().expect("not poisoned").clone()
 }
 

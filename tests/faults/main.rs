@@ -19,6 +19,7 @@ mod limits;
 mod procs;
 mod random;
 mod refusals;
+mod s3_kills;
 mod writes;
 
 use std::future::Future;
