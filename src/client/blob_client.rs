@@ -72,6 +72,9 @@ pub enum BlobIoError {
         /// n - f.
         needed: usize,
     },
+    /// Whoever the write announced its blob to refused it.
+    #[error("the write could not be announced: {0}")]
+    Announce(String),
     /// Reading the input failed.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),

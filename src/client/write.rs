@@ -73,6 +73,21 @@ struct Silenced(BTreeSet<String>);
 impl BlobClient {
     /// Writes the blob held in the file at `path`.
     pub async fn write_file(&self, path: &Path) -> Result<WriteOutcome, BlobIoError> {
+        self.write_file_announced(path, |_| async { Ok(()) }).await
+    }
+
+    /// Writes the blob held in the file at `path`; `announce` learns its
+    /// id before anything is sent to a node (an index notes it, so a blob
+    /// whose writer dies is never unknown), and its error ends the write.
+    pub async fn write_file_announced<F, Fut>(
+        &self,
+        path: &Path,
+        announce: F,
+    ) -> Result<WriteOutcome, BlobIoError>
+    where
+        F: FnOnce(crate::codec::BlobId) -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
         let config = self.config()?;
         let quorum = self.quorum()?;
         let encoder = BlobEncoder::new(config, self.map.segment_size)
@@ -100,6 +115,7 @@ impl BlobClient {
         .await
         .expect("encoder task")?;
         let id = metadata.blob_id();
+        announce(id).await.map_err(BlobIoError::Announce)?;
 
         let before = collect_states(self, &id, quorum).await;
         let generation = next_generation(now_nanos(), before.generations());

@@ -116,7 +116,7 @@ fn io_error(e: BlobIoError) -> ApiError {
             crate::codec::EncodeError::Config(_) => ApiError::too_large(e.to_string()),
             crate::codec::EncodeError::Io(_) => ApiError::internal(e.to_string()),
         },
-        BlobIoError::Io(_) => ApiError::internal(e.to_string()),
+        BlobIoError::Io(_) | BlobIoError::Announce(_) => ApiError::internal(e.to_string()),
     }
 }
 

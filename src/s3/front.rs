@@ -86,7 +86,9 @@ pub fn fleet_error(e: BlobIoError) -> S3Error {
         BlobIoError::Encode(crate::codec::EncodeError::Config(_)) => {
             s3_error!(EntityTooLarge, "{e}")
         }
-        BlobIoError::Io(_) | BlobIoError::Inconsistent(_) => s3_error!(InternalError, "{e}"),
+        BlobIoError::Io(_) | BlobIoError::Inconsistent(_) | BlobIoError::Announce(_) => {
+            s3_error!(InternalError, "{e}")
+        }
         _ => s3_error!(ServiceUnavailable, "{e}"),
     }
 }
@@ -115,7 +117,20 @@ impl Front {
             .await
             .map_err(|e| s3_error!(InternalError, "{e}"))?
             .to_path_buf();
-        let outcome = client.write_file(&path).await.map_err(fleet_error)?;
+        // The index knows the blob before any of it reaches a node: a
+        // gateway killed before the record is written leaves a blob the
+        // collector finds.
+        let index = self.index.clone();
+        let outcome = client
+            .write_file_announced(&path, |id| async move {
+                let now = now_ms();
+                tokio::task::spawn_blocking(move || index.note_unreferenced(&id.to_string(), now))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(fleet_error)?;
         self.door.metrics().put_bytes.inc_by(received.len);
         Ok(BlobPart {
             blob: outcome.metadata.blob_id().to_string(),

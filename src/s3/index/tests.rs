@@ -279,3 +279,17 @@ fn records_survive_closing_and_reopening_the_index() {
     assert_eq!(index.object("media", "a").unwrap().unwrap().etag, "e");
     assert_eq!(index.refs("x").unwrap().count, 1);
 }
+
+#[test]
+fn a_blob_noted_before_its_write_is_collected_unless_a_record_comes_to_refer_to_it() {
+    let (_dir, index) = index();
+    index.note_unreferenced("orphan", 10).unwrap();
+    index.note_unreferenced("kept", 10).unwrap();
+    index
+        .put_object("media", "k", &record(&["kept"], "e"), &ANY, 11)
+        .unwrap();
+    // Noting again changes nothing for a referenced blob.
+    index.note_unreferenced("kept", 12).unwrap();
+    assert_eq!(index.refs("kept").unwrap().count, 1);
+    assert_eq!(index.claim_unreferenced(100).unwrap(), ["orphan"]);
+}
