@@ -346,6 +346,10 @@ enum BenchCommand {
     /// Put and get a blob through the gateway of a local 7-shard fleet, as
     /// a ratio to the codec alone; then wipe a node and time its repair.
     Fleet(FleetArgs),
+    /// The S3 front beside the native API on one local fleet: PUT and GET
+    /// of one object through both (the aws cli for S3) as ratios, then a
+    /// listing of many keys through S3, its time and memory.
+    S3(S3BenchArgs),
     /// The control loop's planning at scale (shard assignment, inventory
     /// view, health, repair plan) on synthetic inventories, against one
     /// plain pass over them; time and memory per step.
@@ -412,6 +416,23 @@ struct FleetArgs {
 }
 
 #[derive(Debug, Args)]
+struct S3BenchArgs {
+    /// Size of the object.
+    #[arg(long, default_value = "256MiB", value_parser = parse_bytes)]
+    size: u64,
+    /// Keys listed through S3.
+    #[arg(long, default_value_t = 100_000)]
+    keys: u64,
+    /// Directory holding `aws` and a Python with boto3 (default: the venv
+    /// scripts/s3-clients makes, when it exists; else PATH).
+    #[arg(long)]
+    clients: Option<PathBuf>,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
 struct CodecArgs {
     /// Shard count n (4 to 1000); f = (n - 1) / 3 shards may be lost or lie.
     #[arg(long, default_value_t = 100)]
@@ -460,6 +481,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Bench(BenchCommand::Codec(args)) => bench_codec(args),
         Command::Bench(BenchCommand::Fleet(args)) => runtime()?.block_on(bench_fleet(args)),
+        Command::Bench(BenchCommand::S3(args)) => runtime()?.block_on(bench_s3(args)),
         Command::Bench(BenchCommand::Plan(args)) => bench_plan(args),
         Command::Bench(BenchCommand::Faults(args)) => runtime()?.block_on(bench_faults(args)),
         Command::Dev(args) => runtime()?.block_on(dev(args)),
@@ -763,6 +785,26 @@ async fn bench_fleet(args: FleetArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         print!("{}", redstuff::bench::fleet::render_table(&report));
+    }
+    Ok(())
+}
+
+async fn bench_s3(args: S3BenchArgs) -> anyhow::Result<()> {
+    let default_venv = std::env::var("HOME")
+        .map(|home| PathBuf::from(home).join(".cache/redstuff/s3-clients/bin"))
+        .ok()
+        .filter(|bin| bin.join("aws").exists());
+    let options = redstuff::bench::s3::S3BenchOptions {
+        exe: std::env::current_exe()?,
+        size: args.size,
+        keys: args.keys,
+        clients: args.clients.or(default_venv),
+    };
+    let report = redstuff::bench::s3::run(&options, |line| eprintln!("{line}")).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", redstuff::bench::s3::render(&report));
     }
     Ok(())
 }

@@ -37,6 +37,7 @@ fn cluster(shards: u16) -> StorageCluster {
             resources: None,
             placement: None,
             repair: None,
+            s3: None,
         },
     );
     c.metadata.namespace = Some("storage".into());

@@ -38,6 +38,7 @@ fn cluster(shards: u16, nodes: u16, status: Option<Value>) -> StorageCluster {
                 grace_period: Some("5m".into()),
                 max_concurrent: None,
             }),
+            s3: None,
         },
     );
     c.metadata.namespace = Some("storage".into());

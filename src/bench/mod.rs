@@ -6,3 +6,4 @@ pub mod faults;
 pub mod fleet;
 pub mod memory;
 pub mod plan;
+pub mod s3;

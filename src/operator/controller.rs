@@ -176,6 +176,33 @@ async fn read_or_make_token(secrets: &Api<Secret>, name: &str) -> Result<String,
     }
 }
 
+/// The S3 access key the operator keeps in `name`, or new keys.
+async fn read_or_make_s3_keys(
+    secrets: &Api<Secret>,
+    name: &str,
+) -> Result<crate::s3::credentials::S3Keys, ReconcileError> {
+    use crate::operator::desired::s3::{ACCESS_KEY, SECRET_KEY};
+    let existing = secrets.get_opt(name).await?.and_then(|secret| secret.data);
+    let read = |key: &str| {
+        existing
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|v| String::from_utf8_lossy(&v.0).trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    if let (Some(access_key), Some(secret_key)) = (read(ACCESS_KEY), read(SECRET_KEY)) {
+        return Ok(crate::s3::credentials::S3Keys {
+            access_key,
+            secret_key,
+        });
+    }
+    let token = crate::auth::random_token().map_err(ReconcileError::Token)?;
+    Ok(crate::s3::credentials::S3Keys {
+        access_key: format!("RS{}", token[..18].to_ascii_uppercase()),
+        secret_key: crate::auth::random_token().map_err(ReconcileError::Token)?,
+    })
+}
+
 /// Blobs Degraded or AtRisk in the cluster's last inventory view (none
 /// before the first).
 fn last_view_blobs_to_repair(fleet: &ClusterFleet, encoding: &EncodingConfig) -> usize {
@@ -345,6 +372,16 @@ pub async fn reconcile_cluster(
     let credentials = Credentials {
         cluster: read_or_make_token(&secrets, &cluster_token_secret(&name)).await?,
         users: read_or_make_token(&secrets, &user_token_secret(&name)).await?,
+        s3: match crate::operator::desired::s3::enabled(&cluster) {
+            Some(s3) if s3.credentials_secret.is_none() => Some(
+                read_or_make_s3_keys(
+                    &secrets,
+                    &crate::operator::desired::s3::s3_credentials_secret(&name),
+                )
+                .await?,
+            ),
+            _ => None,
+        },
     };
     let desired = desired_objects(&cluster, &assignment, &ctx.image, &credentials);
 
@@ -386,6 +423,13 @@ pub async fn reconcile_cluster(
         true,
     )
     .await;
+    if let Some(secret) = &desired.s3_credentials {
+        apply_noting(&mut failures, applied, &secrets, secret, true).await;
+    }
+    if let Some(claim) = &desired.s3_index_claim {
+        let existing = claim_by_name.contains_key(&claim.name_any());
+        apply_noting(&mut failures, applied, &claims, claim, existing).await;
+    }
     for claim in &desired.node_claims {
         // A claim still being deleted cannot be applied: it is recreated
         // once its pod has released it.

@@ -65,6 +65,52 @@ pub struct StorageClusterSpec {
     /// How lost shards are rebuilt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repair: Option<RepairSpec>,
+    /// An S3 endpoint on the gateway (port 7780 of its Service), with its
+    /// index of buckets and keys on a volume of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Spec>,
+}
+
+/// The S3 endpoint of a cluster's gateway. The index is embedded (one file
+/// on a PersistentVolumeClaim), so one gateway pod serves it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("!has(oldSelf.indexStorageClassName) || (has(self.indexStorageClassName) && self.indexStorageClassName == oldSelf.indexStorageClassName)").message("indexStorageClassName is fixed once the index claim exists").field_path(".indexStorageClassName"))]
+#[serde(rename_all = "camelCase")]
+pub struct S3Spec {
+    /// Serve S3 (default: true when the section is present).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Size of the index's PersistentVolumeClaim (default 1Gi).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"))]
+    pub index_size: Option<String>,
+    /// Storage class of the index's claim (default: the cluster's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_storage_class_name: Option<String>,
+    /// A Secret holding the access key as `accessKey` and `secretKey`
+    /// (default: the operator creates NAME-s3-credentials with new keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub credentials_secret: Option<String>,
+    /// Serve virtual-hosted-style requests (BUCKET.DOMAIN) besides path style.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// Seconds a blob no key or upload refers to any more is kept (default 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 31536000))]
+    pub collect_after_seconds: Option<u64>,
+    /// Seconds after which an unfinished multipart upload is aborted
+    /// (default 86400).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 60, max = 31536000))]
+    pub upload_max_age_seconds: Option<u64>,
+}
+
+impl S3Spec {
+    /// Whether S3 is served.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled != Some(false)
+    }
 }
 
 /// A node pod's volume: a PersistentVolumeClaim of `size` (and
@@ -146,6 +192,9 @@ pub struct StorageClusterStatus {
     /// Whole failure domains (per placement.topologyKey) that may be lost at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerated_domain_losses: Option<u16>,
+    /// The S3 endpoint inside the cluster, when S3 is enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3_endpoint: Option<String>,
     /// Which node pod holds which shard.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shard_assignment: Vec<ShardAssignment>,

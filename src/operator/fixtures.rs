@@ -19,6 +19,7 @@ pub fn cluster(shards: u16, nodes: u16, size: Option<&str>) -> StorageCluster {
             resources: None,
             placement: None,
             repair: None,
+            s3: None,
         },
     );
     c.metadata.namespace = Some("storage".into());

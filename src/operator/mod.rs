@@ -61,6 +61,10 @@ pub fn render_cluster(manifest: &str, image: &str) -> anyhow::Result<String> {
     let credentials = desired::Credentials {
         cluster: "placeholder-cluster-token".into(),
         users: "placeholder-user-token".into(),
+        s3: Some(crate::s3::credentials::S3Keys {
+            access_key: "placeholder-access-key".into(),
+            secret_key: "placeholder-secret-key".into(),
+        }),
     };
     let objects = desired::desired_objects(&cluster, &assignment, image, &credentials);
     let mut docs: Vec<String> = vec![
@@ -78,6 +82,12 @@ pub fn render_cluster(manifest: &str, image: &str) -> anyhow::Result<String> {
     }
     docs.push(serde_yaml::to_string(&objects.gateway)?);
     docs.push(serde_yaml::to_string(&objects.gateway_service)?);
+    if let Some(claim) = &objects.s3_index_claim {
+        docs.push(serde_yaml::to_string(claim)?);
+    }
+    if let Some(secret) = &objects.s3_credentials {
+        docs.push(serde_yaml::to_string(secret)?);
+    }
     docs.push(serde_yaml::to_string(&objects.disruption_budget)?);
     Ok(docs.into_iter().map(|d| format!("---\n{d}")).collect())
 }

@@ -321,6 +321,30 @@ impl Index {
         Ok(())
     }
 
+    /// Writes `record` at every key of `keys` in one transaction (bulk
+    /// loads: benchmarks, imports). Keys holding an object are replaced.
+    pub fn put_many(
+        &self,
+        bucket: &str,
+        keys: impl Iterator<Item = String>,
+        record: &ObjectRecord,
+    ) -> Result<(), IndexError> {
+        self.write(|txn| {
+            Self::require_bucket(txn, bucket)?;
+            for key in keys {
+                Self::replace_object(
+                    txn,
+                    bucket,
+                    &key,
+                    Some(record),
+                    &WriteCondition::default(),
+                    record.modified_ms,
+                )?;
+            }
+            Ok(())
+        })
+    }
+
     /// Removes the object at `key`; true when there was one.
     pub fn delete_object(&self, bucket: &str, key: &str, now_ms: u64) -> Result<bool, IndexError> {
         self.write(|txn| {

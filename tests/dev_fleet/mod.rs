@@ -164,13 +164,16 @@ impl DevFleet {
             .unwrap()
     }
 
-    /// Waits (at most `WAIT`) until the status satisfies `done`.
+    /// Waits (at most `WAIT`) until the status satisfies `done`, looking
+    /// only at statuses whose inventories were read after the wait began
+    /// (one published earlier may not show what the test just did).
     pub async fn wait_for(
         &self,
         what: &str,
         mut done: impl FnMut(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
         let start = Instant::now();
+        let since_ms = redstuff::blob_state::now_nanos() / 1_000_000;
         loop {
             if let Ok(response) = self
                 .http
@@ -182,7 +185,10 @@ impl DevFleet {
                     .json::<serde_json::Value>()
                     .await
                     .unwrap_or_default();
-                if status.get("nodes").is_some() {
+                let fresh = status["observed_at_ms"]
+                    .as_u64()
+                    .is_some_and(|at| at >= since_ms);
+                if fresh {
                     if done(&status) {
                         return status;
                     }

@@ -434,6 +434,7 @@ pub fn spec_hash(cluster: &redstuff::operator::crd::StorageCluster, index: usize
         &redstuff::operator::desired::Credentials {
             cluster: "token".into(),
             users: "user".into(),
+            s3: None,
         },
     );
     redstuff::operator::rollout::recorded_spec_hash(&objects.node_pods[index])

@@ -33,6 +33,9 @@ pub struct Credentials {
     pub cluster: String,
     /// The user tokens file's content: the gateway accepts every line.
     pub users: String,
+    /// The S3 access key the operator keeps (S3 enabled, no Secret named
+    /// in the spec).
+    pub s3: Option<crate::s3::credentials::S3Keys>,
 }
 
 /// Name of the cluster-token Secret of `cluster`.

@@ -10,6 +10,7 @@
 //! decisions for it, differently.
 
 mod access;
+pub mod s3;
 
 use std::collections::BTreeMap;
 
@@ -111,6 +112,10 @@ pub struct DesiredObjects {
     pub gateway: Deployment,
     /// The gateway Service.
     pub gateway_service: Service,
+    /// The S3 index's claim, when S3 is enabled.
+    pub s3_index_claim: Option<PersistentVolumeClaim>,
+    /// The S3 access key's Secret, when the operator keeps it.
+    pub s3_credentials: Option<Secret>,
     /// At most one node pod voluntarily down at a time.
     pub disruption_budget: PodDisruptionBudget,
 }
@@ -461,7 +466,7 @@ pub fn desired_objects(
     };
 
     let gateway_labels = labels(&name, "gateway");
-    let gateway = Deployment {
+    let mut gateway = Deployment {
         metadata: meta(cluster, format!("{name}-gateway"), "gateway"),
         spec: DeploymentSpec {
             replicas: Some(1),
@@ -542,7 +547,7 @@ pub fn desired_objects(
         },
         ..Deployment::default()
     };
-    let gateway_service = Service {
+    let mut gateway_service = Service {
         metadata: meta(cluster, format!("{name}-gateway"), "gateway"),
         spec: Some(ServiceSpec {
             selector: Some(selector(&name, "gateway")),
@@ -556,6 +561,17 @@ pub fn desired_objects(
         }),
         ..Service::default()
     };
+    let (mut s3_index_claim, mut s3_credentials) = (None, None);
+    if let Some(settings) = s3::enabled(cluster) {
+        s3::add_to_gateway(&name, settings, &mut gateway, &mut gateway_service);
+        s3_index_claim = Some(s3::index_claim(cluster, &name, settings));
+        if settings.credentials_secret.is_none() {
+            s3_credentials = credentials
+                .s3
+                .as_ref()
+                .map(|keys| s3::credentials_secret(cluster, &name, keys));
+        }
+    }
     let disruption_budget = PodDisruptionBudget {
         metadata: meta(cluster, format!("{name}-nodes"), "node"),
         spec: Some(PodDisruptionBudgetSpec {
@@ -590,6 +606,8 @@ pub fn desired_objects(
         node_network_policy,
         gateway,
         gateway_service,
+        s3_index_claim,
+        s3_credentials,
         disruption_budget,
     }
 }

@@ -6,6 +6,10 @@ fn credentials() -> Credentials {
     Credentials {
         cluster: "cluster-secret".into(),
         users: "user-secret".into(),
+        s3: Some(crate::s3::credentials::S3Keys {
+            access_key: "AK".into(),
+            secret_key: "SK".into(),
+        }),
     }
 }
 
@@ -249,4 +253,83 @@ fn node_pods_take_api_calls_only_from_their_gateway_peers_and_the_operator() {
         metrics.ports.as_ref().unwrap()[0].port,
         Some(IntOrString::Int(NODE_METRICS_PORT))
     );
+}
+
+#[test]
+fn s3_adds_its_port_index_claim_and_keys_to_a_gateway_recreated_never_rolled() {
+    let mut c = cluster(7, 7, Some("10Gi"));
+    assert!(desired_objects(&c, &assignment(&c), "img", &credentials())
+        .s3_index_claim
+        .is_none());
+    c.spec.s3 = Some(crate::operator::crd::S3Spec {
+        index_size: Some("2Gi".into()),
+        collect_after_seconds: Some(30),
+        ..Default::default()
+    });
+    let objects = desired_objects(&c, &assignment(&c), "img", &credentials());
+    let claim = objects.s3_index_claim.expect("an index claim");
+    assert_eq!(claim.metadata.name.as_deref(), Some("media-s3-index"));
+    assert_eq!(
+        claim.spec.unwrap().resources.unwrap().requests.unwrap()["storage"].0,
+        "2Gi"
+    );
+    let secret = objects.s3_credentials.expect("the operator's key Secret");
+    assert_eq!(
+        secret.metadata.name.as_deref(),
+        Some("media-s3-credentials")
+    );
+    assert_eq!(secret.data.unwrap()["accessKey"].0, b"AK");
+    let spec = objects.gateway.spec;
+    assert_eq!(spec.strategy.unwrap().type_.as_deref(), Some("Recreate"));
+    let pod = spec.template.spec.unwrap();
+    let container = &pod.containers[0];
+    let args = container.args.clone().unwrap().join(" ");
+    assert!(args.contains("--s3-listen [::]:7780"), "{args}");
+    assert!(
+        args.contains("--s3-index /var/lib/redstuff-s3/index.redb"),
+        "{args}"
+    );
+    assert!(args.contains("--s3-collect-after-secs 30"), "{args}");
+    let env = container.env.clone().unwrap();
+    let from = |name: &str| {
+        let reference = env.iter().find(|e| e.name == name).unwrap();
+        let key = reference
+            .value_from
+            .clone()
+            .unwrap()
+            .secret_key_ref
+            .unwrap();
+        (key.name, key.key)
+    };
+    assert_eq!(
+        from("REDSTUFF_S3_ACCESS_KEY"),
+        ("media-s3-credentials".to_string(), "accessKey".to_string())
+    );
+    assert!(pod.volumes.unwrap().iter().any(|v| v
+        .persistent_volume_claim
+        .as_ref()
+        .is_some_and(|p| p.claim_name == "media-s3-index")));
+    let ports = objects.gateway_service.spec.unwrap().ports.unwrap();
+    assert!(ports
+        .iter()
+        .any(|p| p.port == 7780 && p.name.as_deref() == Some("s3")));
+
+    // A Secret named in the spec is used as it is: the operator keeps none.
+    c.spec.s3.as_mut().unwrap().credentials_secret = Some("my-keys".into());
+    let objects = desired_objects(&c, &assignment(&c), "img", &credentials());
+    assert!(objects.s3_credentials.is_none());
+    let env = objects.gateway.spec.template.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap();
+    assert!(env.iter().all(|e| e
+        .value_from
+        .as_ref()
+        .and_then(|v| v.secret_key_ref.as_ref())
+        .is_none_or(|k| k.name == "my-keys")));
+
+    // Disabled: nothing of S3.
+    c.spec.s3.as_mut().unwrap().enabled = Some(false);
+    let objects = desired_objects(&c, &assignment(&c), "img", &credentials());
+    assert!(objects.s3_index_claim.is_none());
 }

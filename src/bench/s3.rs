@@ -1,0 +1,330 @@
+//! `redstuff bench s3`: the S3 front beside the native API in one run, on
+//! one local 7-shard fleet: a PUT and a GET of the same bytes through the
+//! native API (the baseline) and through S3 with the aws cli, as ratios;
+//! then a listing of many keys through S3 (boto3's paginator), its time
+//! and the growth of this process's memory (the gateway runs in it).
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde::Serialize;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct S3BenchOptions {
+    /// The `redstuff` executable the fleet's nodes run.
+    pub exe: PathBuf,
+    /// Size of the object.
+    pub size: u64,
+    /// Keys listed.
+    pub keys: u64,
+    /// Where the aws cli and boto3 are (a venv's bin, first on PATH).
+    pub clients: Option<PathBuf>,
+}
+
+/// The result.
+#[derive(Debug, Clone, Serialize)]
+pub struct S3BenchReport {
+    /// Object size.
+    pub size: u64,
+    /// Native PUT, MB/s.
+    pub native_put_mb_per_s: f64,
+    /// Native GET, MB/s.
+    pub native_get_mb_per_s: f64,
+    /// S3 PUT with the aws cli, MB/s.
+    pub s3_put_mb_per_s: f64,
+    /// S3 GET with the aws cli, MB/s.
+    pub s3_get_mb_per_s: f64,
+    /// S3 PUT / native PUT.
+    pub put_ratio: f64,
+    /// S3 GET / native GET.
+    pub get_ratio: f64,
+    /// Keys listed.
+    pub keys: u64,
+    /// Seconds to list them all (pages of 1,000).
+    pub list_seconds: f64,
+    /// Growth of this process's resident memory while listing, bytes.
+    pub list_rss_growth_bytes: u64,
+}
+
+fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
+    bytes as f64 / elapsed.as_secs_f64().max(1e-9) / 1e6
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Fills the index at `path` with `keys` keys in bucket `listing`, all
+/// naming one (absent) blob: the listing reads the index only.
+fn fill_index(path: &Path, keys: u64) -> anyhow::Result<()> {
+    let index = crate::s3::index::Index::open(path)?;
+    index.create_bucket("listing", 1)?;
+    let record = crate::s3::records::ObjectRecord {
+        parts: vec![crate::s3::records::BlobPart {
+            blob: "listing-bench".into(),
+            size: 1,
+        }],
+        size: 1,
+        etag: "00000000000000000000000000000000".into(),
+        checksums: Default::default(),
+        content_type: None,
+        metadata: Default::default(),
+        modified_ms: 1,
+    };
+    index.put_many(
+        "listing",
+        (0..keys).map(|i| format!("dir{}/key-{i:08}", i % 10)),
+        &record,
+    )?;
+    Ok(())
+}
+
+/// Runs the benchmark; `log` is told what happens.
+pub async fn run(
+    options: &S3BenchOptions,
+    mut log: impl FnMut(&str),
+) -> anyhow::Result<S3BenchReport> {
+    let work = tempfile::tempdir()?;
+    let file = work.path().join("object");
+    let mut data = vec![0u8; options.size as usize];
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    for word in data.chunks_mut(8) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        word.copy_from_slice(&state.to_le_bytes()[..word.len()]);
+    }
+    std::fs::File::create(&file)?.write_all(&data)?;
+    let fleet_dir = work.path().join("fleet");
+    std::fs::create_dir_all(&fleet_dir)?;
+    log(&format!("filling the index with {} keys", options.keys));
+    let index_path = fleet_dir.join("s3-index.redb");
+    tokio::task::block_in_place(|| fill_index(&index_path, options.keys))?;
+
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let config = crate::dev::DevConfig {
+        period: Duration::from_millis(500),
+        scrub_interval_secs: 0,
+        s3: Some(crate::dev::DevS3 {
+            addr: "127.0.0.1:0".parse()?,
+            keys: None,
+            collect_after: Duration::from_secs(3600),
+            upload_max_age: Duration::from_secs(86_400),
+        }),
+        ..crate::dev::DevConfig::new(fleet_dir, options.exe.clone())
+    };
+    let fleet = tokio::spawn(crate::dev::run(
+        config,
+        async move {
+            let _ = stop_rx.await;
+        },
+        move |endpoints| {
+            let _ = ready_tx.send(endpoints.clone());
+        },
+    ));
+    let endpoints = ready_rx
+        .await
+        .map_err(|_| anyhow::anyhow!("the fleet did not start"))?;
+    let result = measure(options, &endpoints, &file, &data, &mut log).await;
+    let _ = stop_tx.send(());
+    let _ = fleet.await;
+    result
+}
+
+async fn measure(
+    options: &S3BenchOptions,
+    endpoints: &crate::dev::DevEndpoints,
+    file: &Path,
+    data: &[u8],
+    log: &mut impl FnMut(&str),
+) -> anyhow::Result<S3BenchReport> {
+    let http = crate::dev::authorized_client(&endpoints.token)?;
+    let gateway = &endpoints.gateway;
+    let (s3, keys, _) = endpoints
+        .s3
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("the fleet serves no S3"))?;
+    let size = options.size;
+
+    let start = Instant::now();
+    let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(
+        tokio::fs::File::open(file).await?,
+    ));
+    let response = http
+        .put(format!("{gateway}/v1/blobs"))
+        .header("content-length", size)
+        .body(body)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "native PUT: {}",
+        response.status()
+    );
+    let id = response.json::<serde_json::Value>().await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let native_put = start.elapsed();
+    let start = Instant::now();
+    let mut stream = http
+        .get(format!("{gateway}/v1/blobs/{id}"))
+        .send()
+        .await?
+        .bytes_stream();
+    let mut hasher = blake3::Hasher::new();
+    while let Some(chunk) = stream.next().await {
+        hasher.update(&chunk?);
+    }
+    let native_get = start.elapsed();
+    anyhow::ensure!(
+        hasher.finalize() == blake3::hash(data),
+        "native GET differs"
+    );
+    log(&format!(
+        "native: PUT {:.0} MB/s, GET {:.0} MB/s",
+        mb_per_s(size, native_put),
+        mb_per_s(size, native_get)
+    ));
+
+    let path = match &options.clients {
+        Some(bin) => format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        ),
+        None => std::env::var("PATH").unwrap_or_default(),
+    };
+    let client = |program: &str, args: &[&str]| -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        let output = Command::new(program)
+            .args(args)
+            .env("PATH", &path)
+            .env("AWS_ACCESS_KEY_ID", &keys.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &keys.secret_key)
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("REDSTUFF_S3_ENDPOINT", &s3)
+            .output()
+            .map_err(|e| {
+                anyhow::anyhow!("cannot run {program}: {e} (scripts/s3-clients installs it)")
+            })?;
+        anyhow::ensure!(
+            output.status.success(),
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(start.elapsed())
+    };
+    let file_text = file.to_str().unwrap_or_default();
+    let back = file.with_extension("back");
+    let back_text = back.to_str().unwrap_or_default();
+    client("aws", &["--endpoint-url", &s3, "s3", "mb", "s3://bench"])?;
+    // The aws cli's own start-up is measured once and taken off.
+    let idle = client("aws", &["--endpoint-url", &s3, "s3", "ls", "s3://bench"])?;
+    let s3_put = client(
+        "aws",
+        &[
+            "--endpoint-url",
+            &s3,
+            "s3",
+            "cp",
+            "--only-show-errors",
+            file_text,
+            "s3://bench/object",
+        ],
+    )?
+    .saturating_sub(idle);
+    let s3_get = client(
+        "aws",
+        &[
+            "--endpoint-url",
+            &s3,
+            "s3",
+            "cp",
+            "--only-show-errors",
+            "s3://bench/object",
+            back_text,
+        ],
+    )?
+    .saturating_sub(idle);
+    anyhow::ensure!(std::fs::read(&back)? == data, "the S3 GET differs");
+    log(&format!(
+        "S3 (aws cli): PUT {:.0} MB/s, GET {:.0} MB/s",
+        mb_per_s(size, s3_put),
+        mb_per_s(size, s3_get)
+    ));
+
+    let before = rss_bytes();
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(before));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss_bytes(), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let script = format!(
+        "import boto3, os\n\
+         s3 = boto3.client('s3', endpoint_url=os.environ['REDSTUFF_S3_ENDPOINT'], region_name='us-east-1')\n\
+         n = sum(len(p.get('Contents', [])) for p in s3.get_paginator('list_objects_v2').paginate(Bucket='listing'))\n\
+         assert n == {}, n\n",
+        options.keys
+    );
+    let list = tokio::task::block_in_place(|| client("python3", &["-c", &script]))?;
+    sampler.abort();
+    let growth = peak
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(before);
+    log(&format!(
+        "listed {} keys in {:.1} s (memory +{})",
+        options.keys,
+        list.as_secs_f64(),
+        crate::units::format_bytes(growth)
+    ));
+    let (native_put, native_get) = (mb_per_s(size, native_put), mb_per_s(size, native_get));
+    let (s3_put, s3_get) = (mb_per_s(size, s3_put), mb_per_s(size, s3_get));
+    Ok(S3BenchReport {
+        size,
+        native_put_mb_per_s: native_put,
+        native_get_mb_per_s: native_get,
+        s3_put_mb_per_s: s3_put,
+        s3_get_mb_per_s: s3_get,
+        put_ratio: s3_put / native_put,
+        get_ratio: s3_get / native_get,
+        keys: options.keys,
+        list_seconds: list.as_secs_f64(),
+        list_rss_growth_bytes: growth,
+    })
+}
+
+/// The report as a table.
+pub fn render(r: &S3BenchReport) -> String {
+    format!(
+        "object {}: native PUT {:.0} MB/s, GET {:.0} MB/s; S3 (aws cli) PUT {:.0} MB/s ({:.2}x), GET {:.0} MB/s ({:.2}x)\n\
+         listing {} keys through S3: {:.1} s, gateway memory +{}\n",
+        crate::units::format_bytes(r.size),
+        r.native_put_mb_per_s,
+        r.native_get_mb_per_s,
+        r.s3_put_mb_per_s,
+        r.put_ratio,
+        r.s3_get_mb_per_s,
+        r.get_ratio,
+        r.keys,
+        r.list_seconds,
+        crate::units::format_bytes(r.list_rss_growth_bytes)
+    )
+}

@@ -1,0 +1,174 @@
+//! The S3 endpoint of a StorageCluster (pure): the gateway Deployment and
+//! Service gain the S3 port, the index's PersistentVolumeClaim (one
+//! writer: the Deployment is recreated, never rolled with two pods), and
+//! the access key comes from a Secret (the operator's own unless the spec
+//! names one) as environment variables.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{
+    ContainerPort, EnvVar, EnvVarSource, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, Secret, SecretKeySelector, Service, ServicePort, Volume,
+    VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::ByteString;
+
+use super::meta;
+use crate::operator::crd::{S3Spec, StorageCluster};
+use crate::s3::credentials::S3Keys;
+
+/// Port of the S3 endpoint on the gateway.
+pub const S3_PORT: i32 = 7780;
+/// Where the index volume is mounted in the gateway pod.
+const INDEX_DIR: &str = "/var/lib/redstuff-s3";
+/// Key of the access key id in the credentials Secret.
+pub const ACCESS_KEY: &str = "accessKey";
+/// Key of the secret access key in the credentials Secret.
+pub const SECRET_KEY: &str = "secretKey";
+
+/// The cluster's S3 settings, when S3 is enabled.
+pub fn enabled(cluster: &StorageCluster) -> Option<&S3Spec> {
+    cluster.spec.s3.as_ref().filter(|s3| s3.is_enabled())
+}
+
+/// Name of the Secret the operator makes for the S3 access key.
+pub fn s3_credentials_secret(cluster: &str) -> String {
+    format!("{cluster}-s3-credentials")
+}
+
+/// Name of the index's claim.
+pub fn s3_index_claim(cluster: &str) -> String {
+    format!("{cluster}-s3-index")
+}
+
+/// The endpoint inside the Kubernetes cluster.
+pub fn s3_endpoint(cluster: &str, namespace: &str) -> String {
+    format!("http://{cluster}-gateway.{namespace}.svc:{S3_PORT}")
+}
+
+/// The Secret with the access key, when the operator makes it (the spec
+/// names none).
+pub fn credentials_secret(cluster: &StorageCluster, name: &str, keys: &S3Keys) -> Secret {
+    Secret {
+        metadata: meta(cluster, s3_credentials_secret(name), "gateway"),
+        data: Some(BTreeMap::from([
+            (
+                ACCESS_KEY.to_string(),
+                ByteString(keys.access_key.clone().into_bytes()),
+            ),
+            (
+                SECRET_KEY.to_string(),
+                ByteString(keys.secret_key.clone().into_bytes()),
+            ),
+        ])),
+        ..Secret::default()
+    }
+}
+
+/// The index's claim.
+pub fn index_claim(cluster: &StorageCluster, name: &str, s3: &S3Spec) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: meta(cluster, s3_index_claim(name), "gateway"),
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: s3.index_storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(s3.index_size.clone().unwrap_or_else(|| "1Gi".into())),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }
+}
+
+fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+/// Adds S3 to the gateway Deployment and Service.
+pub fn add_to_gateway(name: &str, s3: &S3Spec, gateway: &mut Deployment, service: &mut Service) {
+    let secret = s3
+        .credentials_secret
+        .clone()
+        .unwrap_or_else(|| s3_credentials_secret(name));
+    let spec = &mut gateway.spec;
+    // One pod writes the index: the old pod stops before the new starts.
+    spec.strategy = Some(DeploymentStrategy {
+        type_: Some("Recreate".into()),
+        ..DeploymentStrategy::default()
+    });
+    let pod = spec.template.spec.as_mut().expect("a pod spec");
+    pod.volumes.get_or_insert_with(Vec::new).push(Volume {
+        name: "s3-index".into(),
+        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+            claim_name: s3_index_claim(name),
+            ..PersistentVolumeClaimVolumeSource::default()
+        }),
+        ..Volume::default()
+    });
+    let container = &mut pod.containers[0];
+    let args = container.args.get_or_insert_with(Vec::new);
+    args.extend([
+        "--s3-listen".to_string(),
+        format!("[::]:{S3_PORT}"),
+        "--s3-index".into(),
+        format!("{INDEX_DIR}/index.redb"),
+        "--s3-collect-after-secs".into(),
+        s3.collect_after_seconds.unwrap_or(600).to_string(),
+        "--s3-upload-max-age-secs".into(),
+        s3.upload_max_age_seconds.unwrap_or(86_400).to_string(),
+    ]);
+    if let Some(domain) = &s3.domain {
+        args.extend(["--s3-domain".to_string(), domain.clone()]);
+    }
+    container.env.get_or_insert_with(Vec::new).extend([
+        secret_env("REDSTUFF_S3_ACCESS_KEY", &secret, ACCESS_KEY),
+        secret_env("REDSTUFF_S3_SECRET_KEY", &secret, SECRET_KEY),
+    ]);
+    container
+        .ports
+        .get_or_insert_with(Vec::new)
+        .push(ContainerPort {
+            name: Some("s3".into()),
+            container_port: S3_PORT,
+            ..ContainerPort::default()
+        });
+    container
+        .volume_mounts
+        .get_or_insert_with(Vec::new)
+        .push(VolumeMount {
+            name: "s3-index".into(),
+            mount_path: INDEX_DIR.into(),
+            ..VolumeMount::default()
+        });
+    service
+        .spec
+        .as_mut()
+        .expect("a service spec")
+        .ports
+        .get_or_insert_with(Vec::new)
+        .push(ServicePort {
+            name: Some("s3".into()),
+            port: S3_PORT,
+            target_port: Some(IntOrString::String("s3".into())),
+            ..ServicePort::default()
+        });
+}
