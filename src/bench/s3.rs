@@ -158,6 +158,65 @@ async fn measure(
         .ok_or_else(|| anyhow::anyhow!("the fleet serves no S3"))?;
     let size = options.size;
 
+    let path = match &options.clients {
+        Some(bin) => format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        ),
+        None => std::env::var("PATH").unwrap_or_default(),
+    };
+    let client = |program: &str, args: &[&str]| -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        let output = Command::new(program)
+            .args(args)
+            .env("PATH", &path)
+            .env("AWS_ACCESS_KEY_ID", &keys.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &keys.secret_key)
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("REDSTUFF_S3_ENDPOINT", &s3)
+            .output()
+            .map_err(|e| {
+                anyhow::anyhow!("cannot run {program}: {e} (scripts/s3-clients installs it)")
+            })?;
+        anyhow::ensure!(
+            output.status.success(),
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(start.elapsed())
+    };
+    // The listing first, while the process holds no buffers of the
+    // transfers below.
+    let before = rss_bytes();
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(before));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss_bytes(), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let script = format!(
+        "import boto3, os\n\
+         s3 = boto3.client('s3', endpoint_url=os.environ['REDSTUFF_S3_ENDPOINT'], region_name='us-east-1')\n\
+         n = sum(len(p.get('Contents', [])) for p in s3.get_paginator('list_objects_v2').paginate(Bucket='listing'))\n\
+         assert n == {}, n\n",
+        options.keys
+    );
+    let list = tokio::task::block_in_place(|| client("python3", &["-c", &script]))?;
+    sampler.abort();
+    let growth = peak
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(before);
+    log(&format!(
+        "listed {} keys in {:.1} s (memory +{})",
+        options.keys,
+        list.as_secs_f64(),
+        crate::units::format_bytes(growth)
+    ));
     let start = Instant::now();
     let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(
         tokio::fs::File::open(file).await?,
@@ -199,34 +258,6 @@ async fn measure(
         mb_per_s(size, native_get)
     ));
 
-    let path = match &options.clients {
-        Some(bin) => format!(
-            "{}:{}",
-            bin.display(),
-            std::env::var("PATH").unwrap_or_default()
-        ),
-        None => std::env::var("PATH").unwrap_or_default(),
-    };
-    let client = |program: &str, args: &[&str]| -> anyhow::Result<Duration> {
-        let start = Instant::now();
-        let output = Command::new(program)
-            .args(args)
-            .env("PATH", &path)
-            .env("AWS_ACCESS_KEY_ID", &keys.access_key)
-            .env("AWS_SECRET_ACCESS_KEY", &keys.secret_key)
-            .env("AWS_DEFAULT_REGION", "us-east-1")
-            .env("REDSTUFF_S3_ENDPOINT", &s3)
-            .output()
-            .map_err(|e| {
-                anyhow::anyhow!("cannot run {program}: {e} (scripts/s3-clients installs it)")
-            })?;
-        anyhow::ensure!(
-            output.status.success(),
-            "{program} {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(start.elapsed())
-    };
     let file_text = file.to_str().unwrap_or_default();
     let back = file.with_extension("back");
     let back_text = back.to_str().unwrap_or_default();
@@ -266,35 +297,6 @@ async fn measure(
         mb_per_s(size, s3_get)
     ));
 
-    let before = rss_bytes();
-    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(before));
-    let sampler = {
-        let peak = peak.clone();
-        tokio::spawn(async move {
-            loop {
-                peak.fetch_max(rss_bytes(), std::sync::atomic::Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
-    let script = format!(
-        "import boto3, os\n\
-         s3 = boto3.client('s3', endpoint_url=os.environ['REDSTUFF_S3_ENDPOINT'], region_name='us-east-1')\n\
-         n = sum(len(p.get('Contents', [])) for p in s3.get_paginator('list_objects_v2').paginate(Bucket='listing'))\n\
-         assert n == {}, n\n",
-        options.keys
-    );
-    let list = tokio::task::block_in_place(|| client("python3", &["-c", &script]))?;
-    sampler.abort();
-    let growth = peak
-        .load(std::sync::atomic::Ordering::Relaxed)
-        .saturating_sub(before);
-    log(&format!(
-        "listed {} keys in {:.1} s (memory +{})",
-        options.keys,
-        list.as_secs_f64(),
-        crate::units::format_bytes(growth)
-    ));
     let (native_put, native_get) = (mb_per_s(size, native_put), mb_per_s(size, native_get));
     let (s3_put, s3_get) = (mb_per_s(size, s3_put), mb_per_s(size, s3_get));
     Ok(S3BenchReport {
