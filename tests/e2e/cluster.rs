@@ -22,6 +22,7 @@ spec:
   resources:
     requests: {{cpu: {cpu_request}, memory: 32Mi}}
   repair: {{gracePeriod: 40s}}
+  s3: {{indexSize: 64Mi}}
 "#
     )
 }

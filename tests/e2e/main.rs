@@ -17,6 +17,7 @@ mod data;
 mod disruptions;
 mod harness;
 mod install;
+mod s3;
 
 use harness::{E2e, Report};
 
@@ -68,6 +69,13 @@ async fn run_scenarios(e2e: &E2e, report: &mut Report) {
             "a blob put through the gateway reads back byte for byte and is recorded as a Blob",
             false,
             data::put_and_get(e2e),
+        )
+        .await;
+    report
+        .scenario(
+            "S3 through the gateway: the aws cli stores and lists, and the index outlives the gateway pod",
+            false,
+            s3::s3_through_the_gateway(e2e),
         )
         .await;
     report

@@ -1,0 +1,172 @@
+//! S3 on the real cluster: the StorageCluster's `s3` section gives the
+//! gateway an S3 port, an index on a claim of its own and an access key
+//! in a Secret; the aws cli stores and reads through a port-forward, and
+//! the index outlives the gateway pod.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::cluster::CLUSTER;
+use crate::data::shared_bytes;
+use crate::harness::{wait_for, E2e, NS};
+
+fn aws_program() -> PathBuf {
+    let venv = std::env::var("REDSTUFF_S3_CLIENTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/redstuff/s3-clients")
+        });
+    let aws = venv.join("bin/aws");
+    if aws.exists() {
+        aws
+    } else {
+        PathBuf::from("aws")
+    }
+}
+
+/// The access key in the operator's Secret.
+fn keys(e2e: &E2e) -> anyhow::Result<(String, String)> {
+    let secret = e2e
+        .get("secret", &format!("{CLUSTER}-s3-credentials"), NS)?
+        .ok_or_else(|| anyhow::anyhow!("no {CLUSTER}-s3-credentials Secret"))?;
+    use base64::Engine as _;
+    let field = |key: &str| -> anyhow::Result<String> {
+        let encoded = secret["data"][key].as_str().unwrap_or_default();
+        Ok(String::from_utf8(
+            base64::engine::general_purpose::STANDARD.decode(encoded)?,
+        )?)
+    };
+    Ok((field("accessKey")?, field("secretKey")?))
+}
+
+fn aws(
+    endpoint: &str,
+    keys: &(String, String),
+    args: &[&str],
+    cwd: &std::path::Path,
+) -> anyhow::Result<String> {
+    let output = Command::new(aws_program())
+        .arg("--endpoint-url")
+        .arg(endpoint)
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", &keys.0)
+        .env("AWS_SECRET_ACCESS_KEY", &keys.1)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .current_dir(cwd)
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "aws {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).to_string())
+}
+
+pub async fn s3_through_the_gateway(e2e: &E2e) -> anyhow::Result<()> {
+    let status = e2e.cluster_status(CLUSTER)?;
+    anyhow::ensure!(
+        status["s3Endpoint"] == format!("http://{CLUSTER}-gateway.{NS}.svc:7780").as_str(),
+        "status: {status:#}"
+    );
+    let claim = e2e.get("persistentvolumeclaim", &format!("{CLUSTER}-s3-index"), NS)?;
+    anyhow::ensure!(claim.is_some(), "no index claim");
+    let keys = keys(e2e)?;
+    let work = tempfile::tempdir()?;
+    let data = shared_bytes();
+    std::fs::write(work.path().join("object"), &data)?;
+    {
+        let forward = e2e.port_forward(NS, &format!("{CLUSTER}-gateway"), 7780)?;
+        aws(
+            &forward.url,
+            &keys,
+            &["s3", "mb", "s3://e2e-bucket"],
+            work.path(),
+        )?;
+        aws(
+            &forward.url,
+            &keys,
+            &[
+                "s3",
+                "cp",
+                "--only-show-errors",
+                "object",
+                "s3://e2e-bucket/dir/an object",
+            ],
+            work.path(),
+        )?;
+        let listed = aws(
+            &forward.url,
+            &keys,
+            &["s3", "ls", "--recursive", "s3://e2e-bucket"],
+            work.path(),
+        )?;
+        anyhow::ensure!(listed.contains("dir/an object"), "{listed}");
+    }
+    // The gateway pod goes; its successor opens the same index.
+    let pods = e2e.list(
+        "pods",
+        NS,
+        &format!("app.kubernetes.io/instance={CLUSTER},app.kubernetes.io/component=gateway"),
+    )?;
+    let old = pods
+        .first()
+        .and_then(|p| p["metadata"]["name"].as_str())
+        .ok_or_else(|| anyhow::anyhow!("no gateway pod"))?
+        .to_string();
+    e2e.kubectl(&["delete", "pod", "-n", NS, &old, "--wait=true"])?;
+    wait_for("a new gateway pod ready", Duration::from_secs(180), || {
+        let pods = e2e.list(
+            "pods",
+            NS,
+            &format!("app.kubernetes.io/instance={CLUSTER},app.kubernetes.io/component=gateway"),
+        )?;
+        Ok(pods
+            .iter()
+            .find(|p| {
+                p["metadata"]["name"] != old.as_str()
+                    && p["status"]["conditions"].as_array().is_some_and(|c| {
+                        c.iter()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    })
+            })
+            .map(|_| ()))
+    })
+    .await?;
+    let forward = e2e.port_forward(NS, &format!("{CLUSTER}-gateway"), 7780)?;
+    aws(
+        &forward.url,
+        &keys,
+        &[
+            "s3",
+            "cp",
+            "--only-show-errors",
+            "s3://e2e-bucket/dir/an object",
+            "back",
+        ],
+        work.path(),
+    )?;
+    anyhow::ensure!(
+        std::fs::read(work.path().join("back"))? == data,
+        "the object read back after the gateway pod was replaced differs"
+    );
+    aws(
+        &forward.url,
+        &keys,
+        &[
+            "s3",
+            "rm",
+            "--only-show-errors",
+            "s3://e2e-bucket/dir/an object",
+        ],
+        work.path(),
+    )?;
+    aws(
+        &forward.url,
+        &keys,
+        &["s3", "rb", "s3://e2e-bucket"],
+        work.path(),
+    )?;
+    Ok(())
+}
