@@ -82,6 +82,7 @@ impl BlobClient {
         window: Duration,
     ) -> CommitVerdict {
         let until = Instant::now() + window;
+        let id = *id;
         let mut pending: FuturesUnordered<_> = self
             .holders()
             .map(|node| {
@@ -90,7 +91,7 @@ impl BlobClient {
                 let shards = node.shards.len();
                 async move {
                     let result = loop {
-                        let attempt = tokio::time::timeout_at(until, call.commit(id, generation))
+                        let attempt = tokio::time::timeout_at(until, call.commit(&id, generation))
                             .await
                             .unwrap_or_else(|_| {
                                 Err(NodeCallError::TimedOut {
@@ -124,6 +125,11 @@ impl BlobClient {
             if acknowledged >= quorum {
                 break;
             }
+        }
+        // The write is answered; the other nodes still get their commit
+        // (within the window), so the loop has less to carry.
+        if !pending.is_empty() {
+            tokio::spawn(async move { while pending.next().await.is_some() {} });
         }
         commit_verdict(acknowledged, quorum, uncertain)
     }
