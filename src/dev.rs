@@ -89,6 +89,8 @@ pub struct DevS3 {
     pub collect_after: Duration,
     /// How old an unfinished multipart upload gets before it is aborted.
     pub upload_max_age: Duration,
+    /// The index in PostgreSQL at this URL instead of DATA_DIR/s3-index.redb.
+    pub index_postgres: Option<String>,
 }
 
 /// Where a started `redstuff dev` fleet is reached.
@@ -362,7 +364,10 @@ pub async fn run(
         let server = crate::s3::S3Server::bind(
             crate::s3::S3Config {
                 listen: s3.addr,
-                index_path: config.data_dir.join("s3-index.redb"),
+                index: match &s3.index_postgres {
+                    Some(url) => crate::s3::IndexLocation::Postgres(url.clone()),
+                    None => crate::s3::IndexLocation::File(config.data_dir.join("s3-index.redb")),
+                },
                 access_key: keys.access_key.clone(),
                 secret_key: keys.secret_key.clone(),
                 domain: None,

@@ -212,6 +212,10 @@ struct DevArgs {
     /// Seconds after which an unfinished multipart upload is aborted.
     #[arg(long, default_value_t = 86_400)]
     s3_upload_max_age_secs: u64,
+    /// Keep the S3 index in PostgreSQL at this URL
+    /// (postgresql://USER:PASSWORD@HOST:PORT/DB) instead of DATA_DIR/s3-index.redb.
+    #[arg(long, env = "REDSTUFF_S3_INDEX_POSTGRES", hide_env_values = true)]
+    s3_index_postgres: Option<String>,
     /// Test only: make node I serve corrupted slivers and symbols.
     #[arg(long, hide = true)]
     test_corrupt_node: Vec<usize>,
@@ -318,9 +322,18 @@ struct GatewayArgs {
     /// {"event": "listening", "s3": URL}).
     #[arg(long)]
     s3_listen: Option<std::net::SocketAddr>,
-    /// The S3 index file (redb), on a durable volume.
-    #[arg(long, requires = "s3_listen")]
+    /// The S3 index file (redb), on a durable volume: one gateway.
+    #[arg(long, requires = "s3_listen", conflicts_with = "s3_index_postgres")]
     s3_index: Option<PathBuf>,
+    /// The S3 index in PostgreSQL at this URL
+    /// (postgresql://USER:PASSWORD@HOST:PORT/DB): several gateways.
+    #[arg(
+        long,
+        requires = "s3_listen",
+        env = "REDSTUFF_S3_INDEX_POSTGRES",
+        hide_env_values = true
+    )]
+    s3_index_postgres: Option<String>,
     /// The S3 access key: a file in the AWS shared-credentials format
     /// (profile redstuff); REDSTUFF_S3_ACCESS_KEY and REDSTUFF_S3_SECRET_KEY
     /// win when set.
@@ -666,9 +679,13 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let s3 = redstuff::s3::S3Server::bind(
         redstuff::s3::S3Config {
             listen: s3_listen,
-            index_path: args
-                .s3_index
-                .ok_or_else(|| anyhow::anyhow!("--s3-listen needs --s3-index FILE"))?,
+            index: match (args.s3_index, args.s3_index_postgres) {
+                (Some(path), _) => redstuff::s3::IndexLocation::File(path),
+                (None, Some(url)) => redstuff::s3::IndexLocation::Postgres(url),
+                (None, None) => anyhow::bail!(
+                    "--s3-listen needs an index: --s3-index FILE or --s3-index-postgres URL"
+                ),
+            },
             access_key: keys.access_key,
             secret_key: keys.secret_key,
             domain: args.s3_domain,
@@ -718,6 +735,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             keys: s3_keys_from_env(),
             collect_after: std::time::Duration::from_secs(args.s3_collect_after_secs),
             upload_max_age: std::time::Duration::from_secs(args.s3_upload_max_age_secs),
+            index_postgres: args.s3_index_postgres.clone(),
         }),
     };
     let nodes = args.nodes;

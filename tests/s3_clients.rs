@@ -2,10 +2,13 @@
 //! use: boto3 (tests/s3/boto3_suite.py), the aws cli, rclone, s3cmd,
 //! s5cmd and s3fs (tests/s3/other_clients.sh). The test command installs
 //! the clients (scripts/s3-clients); a missing client fails the test.
-//! Also: blobs no key refers to any more are collected after the grace
-//! period, and abandoned multipart uploads are aborted.
+//! The boto3 suite runs twice: with the embedded index and with the index
+//! in a real PostgreSQL server. Also: blobs no key refers to any more are
+//! collected after the grace period, and abandoned multipart uploads are
+//! aborted.
 
 mod dev_fleet;
+mod pg;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -80,6 +83,24 @@ fn boto3_finds_s3_semantics_for_objects_ranges_checksums_multipart_and_listings(
         scratch.path(),
     );
     assert!(out.contains("every check passed"), "{out}");
+}
+
+#[test]
+fn boto3_finds_the_same_semantics_with_the_index_in_postgres() {
+    let server = pg::Postgres::start();
+    let fleet = DevFleet::start(&["--s3-index-postgres", &server.url]);
+    let scratch = tempfile::tempdir().unwrap();
+    let out = run(
+        &fleet,
+        "python3",
+        &[&suite("boto3_suite.py")],
+        scratch.path(),
+    );
+    assert!(out.contains("every check passed"), "{out}");
+    assert!(
+        !fleet.data_dir().join("s3-index.redb").exists(),
+        "the index went to PostgreSQL, not to a file"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

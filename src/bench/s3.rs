@@ -122,6 +122,7 @@ pub async fn run(
             keys: None,
             collect_after: Duration::from_secs(3600),
             upload_max_age: Duration::from_secs(86_400),
+            index_postgres: None,
         }),
         ..crate::dev::DevConfig::new(fleet_dir, options.exe.clone())
     };

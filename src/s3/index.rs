@@ -1,6 +1,7 @@
-//! The S3 index, embedded: buckets, object records, multipart uploads and
-//! blob reference counts in one redb file. Every change is one ACID
-//! transaction, committed durably (fsync) before the caller answers: a
+//! The S3 index: buckets, object records, multipart uploads and blob
+//! reference counts, on an ordered key-value store (`kv`: one redb file, or
+//! PostgreSQL). Every change is one ACID transaction, committed durably
+//! before the caller answers: a
 //! crash never leaves a key pointing at a blob its write did not commit
 //! (records are written only after the blob's write committed), and never
 //! loses an acknowledged record.
@@ -14,23 +15,15 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::assemble::{assemble, AssembleError};
+use super::kv::{KvStore, RedbKv, Table, Txn};
 use super::listing::{self, Entry, KeyScan, ListQuery, Page};
 use super::records::{
     BlobRefs, BucketRecord, ChosenPart, ObjectRecord, ObjectSummary, PartRecord, UploadRecord,
 };
-
-const BUCKETS: TableDefinition<&str, &[u8]> = TableDefinition::new("buckets");
-/// Key: bucket, a zero byte, object key.
-const OBJECTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("objects");
-const UPLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("uploads");
-/// Key: upload id, a zero byte, the part number (4 bytes, big-endian).
-const PARTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("parts");
-const REFS: TableDefinition<&str, &[u8]> = TableDefinition::new("blob_refs");
 
 /// A failed index operation.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +55,7 @@ pub enum IndexError {
 }
 
 impl IndexError {
-    fn store(e: impl std::fmt::Display) -> Self {
+    pub(super) fn store(e: impl std::fmt::Display) -> Self {
         IndexError::Store(e.to_string())
     }
 }
@@ -95,9 +88,9 @@ impl WriteCondition {
     }
 }
 
-/// The embedded index.
+/// The index, on an embedded or a PostgreSQL store.
 pub struct Index {
-    db: Database,
+    kv: Box<dyn KvStore>,
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -123,156 +116,237 @@ fn part_key(upload: &str, number: u32) -> Vec<u8> {
     k
 }
 
-fn get<T: DeserializeOwned, K: redb::Key + 'static>(
-    table: &impl ReadableTable<K, &'static [u8]>,
-    key: K::SelfType<'_>,
+fn get<T: DeserializeOwned>(
+    txn: &mut dyn Txn,
+    table: Table,
+    key: &[u8],
 ) -> Result<Option<T>, IndexError> {
-    table
-        .get(key)
-        .map_err(IndexError::store)?
-        .map(|v| decode(v.value()))
-        .transpose()
+    txn.get(table, key)?.map(|v| decode(&v)).transpose()
+}
+
+fn put<T: Serialize>(
+    txn: &mut dyn Txn,
+    table: Table,
+    key: &[u8],
+    value: &T,
+) -> Result<(), IndexError> {
+    txn.put(table, key, &encode(value))
 }
 
 /// Adds one reference to `blob`; refused while it is being collected.
-fn add_ref(refs: &mut Table<&str, &[u8]>, blob: &str) -> Result<(), IndexError> {
-    let mut count: BlobRefs = get(refs, blob)?.unwrap_or_default();
+fn add_ref(txn: &mut dyn Txn, blob: &str) -> Result<(), IndexError> {
+    let mut count: BlobRefs = get(txn, Table::Refs, blob.as_bytes())?.unwrap_or_default();
     if count.collecting {
         return Err(IndexError::Collecting(blob.to_string()));
     }
     count.count += 1;
     count.unreferenced_since_ms = None;
-    refs.insert(blob, encode(&count).as_slice())
-        .map_err(IndexError::store)?;
-    Ok(())
+    put(txn, Table::Refs, blob.as_bytes(), &count)
 }
 
 /// Drops one reference to `blob`, noting when it reached zero.
-fn drop_ref(refs: &mut Table<&str, &[u8]>, blob: &str, now_ms: u64) -> Result<(), IndexError> {
-    let mut count: BlobRefs = get(refs, blob)?.unwrap_or_default();
+fn drop_ref(txn: &mut dyn Txn, blob: &str, now_ms: u64) -> Result<(), IndexError> {
+    let mut count: BlobRefs = get(txn, Table::Refs, blob.as_bytes())?.unwrap_or_default();
     count.count = count.count.saturating_sub(1);
     if count.count == 0 && count.unreferenced_since_ms.is_none() {
         count.unreferenced_since_ms = Some(now_ms);
     }
-    refs.insert(blob, encode(&count).as_slice())
-        .map_err(IndexError::store)?;
+    put(txn, Table::Refs, blob.as_bytes(), &count)
+}
+
+fn require_bucket(txn: &mut dyn Txn, bucket: &str) -> Result<(), IndexError> {
+    match txn.get(Table::Buckets, bucket.as_bytes())? {
+        Some(_) => Ok(()),
+        None => Err(IndexError::NoSuchBucket(bucket.to_string())),
+    }
+}
+
+fn require_upload(
+    txn: &mut dyn Txn,
+    bucket: &str,
+    key: &str,
+    id: &str,
+) -> Result<UploadRecord, IndexError> {
+    get::<UploadRecord>(txn, Table::Uploads, id.as_bytes())?
+        .filter(|u| u.bucket == bucket && u.key == key)
+        .ok_or_else(|| IndexError::NoSuchUpload(id.to_string()))
+}
+
+/// Writes (or with `None` removes) a key's object, moving references.
+fn replace_object(
+    txn: &mut dyn Txn,
+    bucket: &str,
+    key: &str,
+    record: Option<&ObjectRecord>,
+    condition: &WriteCondition,
+    now_ms: u64,
+) -> Result<(), IndexError> {
+    let k = object_key(bucket, key);
+    let current: Option<ObjectRecord> = get(txn, Table::Objects, &k)?;
+    condition.check(current.as_ref())?;
+    if let Some(record) = record {
+        for blob in record.blobs() {
+            add_ref(txn, blob)?;
+        }
+        put(txn, Table::Objects, &k, record)?;
+    } else {
+        txn.delete(Table::Objects, &k)?;
+    }
+    for blob in current.iter().flat_map(ObjectRecord::blobs) {
+        drop_ref(txn, blob, now_ms)?;
+    }
     Ok(())
 }
 
+fn parts_of(
+    txn: &mut dyn Txn,
+    id: &str,
+    after: u32,
+    max: usize,
+) -> Result<Vec<(u32, PartRecord)>, IndexError> {
+    let mut prefix = id.as_bytes().to_vec();
+    prefix.push(0);
+    let from = part_key(id, after);
+    let after = (after > 0).then_some(from.as_slice());
+    txn.scan(Table::Parts, &prefix, after, max)?
+        .into_iter()
+        .map(|(k, v)| {
+            let number = u32::from_be_bytes(k[k.len() - 4..].try_into().expect("4 bytes"));
+            Ok((number, decode(&v)?))
+        })
+        .collect()
+}
+
+fn remove_upload(txn: &mut dyn Txn, id: &str, now_ms: u64) -> Result<(), IndexError> {
+    for (number, part) in parts_of(txn, id, 0, usize::MAX)? {
+        drop_ref(txn, &part.blob, now_ms)?;
+        txn.delete(Table::Parts, &part_key(id, number))?;
+    }
+    txn.delete(Table::Uploads, id.as_bytes())
+}
+
+fn all_uploads(txn: &mut dyn Txn) -> Result<Vec<(String, UploadRecord)>, IndexError> {
+    txn.scan(Table::Uploads, b"", None, usize::MAX)?
+        .into_iter()
+        .map(|(k, v)| {
+            Ok((
+                String::from_utf8(k).map_err(IndexError::store)?,
+                decode(&v)?,
+            ))
+        })
+        .collect()
+}
+
 impl Index {
-    /// Opens (or creates) the index file at `path`.
+    /// The embedded index in the file at `path` (created if missing).
     pub fn open(path: &Path) -> Result<Self, IndexError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(IndexError::store)?;
+        Ok(Self::on(Box::new(RedbKv::open(path)?)))
+    }
+
+    /// The index in PostgreSQL at `url` (the table is created if missing).
+    pub fn postgres(url: &str) -> Result<Self, IndexError> {
+        Ok(Self::on(Box::new(super::postgres_kv::PostgresKv::connect(
+            url,
+        )?)))
+    }
+
+    /// Opens the index where `location` says.
+    pub fn at(location: &super::server::IndexLocation) -> Result<Self, IndexError> {
+        match location {
+            super::server::IndexLocation::File(path) => Self::open(path),
+            super::server::IndexLocation::Postgres(url) => Self::postgres(url),
         }
-        let db = Database::create(path).map_err(IndexError::store)?;
-        let txn = db.begin_write().map_err(IndexError::store)?;
-        for table in [BUCKETS, UPLOADS, REFS] {
-            txn.open_table(table).map_err(IndexError::store)?;
-        }
-        txn.open_table(OBJECTS).map_err(IndexError::store)?;
-        txn.open_table(PARTS).map_err(IndexError::store)?;
-        txn.commit().map_err(IndexError::store)?;
-        Ok(Self { db })
+    }
+
+    /// The index on `kv`.
+    pub fn on(kv: Box<dyn KvStore>) -> Self {
+        Self { kv }
     }
 
     fn write<T>(
         &self,
-        body: impl FnOnce(&redb::WriteTransaction) -> Result<T, IndexError>,
+        mut body: impl FnMut(&mut dyn Txn) -> Result<T, IndexError>,
     ) -> Result<T, IndexError> {
-        let txn = self.db.begin_write().map_err(IndexError::store)?;
-        let value = body(&txn)?;
-        txn.commit().map_err(IndexError::store)?;
-        Ok(value)
-    }
-
-    fn read(&self) -> Result<redb::ReadTransaction, IndexError> {
-        self.db.begin_read().map_err(IndexError::store)
-    }
-
-    fn require_bucket(txn: &redb::WriteTransaction, bucket: &str) -> Result<(), IndexError> {
-        let buckets = txn.open_table(BUCKETS).map_err(IndexError::store)?;
-        let exists = buckets.get(bucket).map_err(IndexError::store)?.is_some();
-        if exists {
+        let mut out = None;
+        self.kv.transact(true, &mut |txn| {
+            out = Some(body(txn)?);
             Ok(())
-        } else {
-            Err(IndexError::NoSuchBucket(bucket.to_string()))
-        }
+        })?;
+        Ok(out.expect("the body ran"))
+    }
+
+    fn read<T>(
+        &self,
+        mut body: impl FnMut(&mut dyn Txn) -> Result<T, IndexError>,
+    ) -> Result<T, IndexError> {
+        let mut out = None;
+        self.kv.transact(false, &mut |txn| {
+            out = Some(body(txn)?);
+            Ok(())
+        })?;
+        Ok(out.expect("the body ran"))
     }
 
     /// Creates a bucket.
     pub fn create_bucket(&self, bucket: &str, now_ms: u64) -> Result<(), IndexError> {
         self.write(|txn| {
-            let mut buckets = txn.open_table(BUCKETS).map_err(IndexError::store)?;
-            if buckets.get(bucket).map_err(IndexError::store)?.is_some() {
+            if txn.get(Table::Buckets, bucket.as_bytes())?.is_some() {
                 return Err(IndexError::BucketExists(bucket.to_string()));
             }
-            let record = encode(&BucketRecord { created_ms: now_ms });
-            buckets
-                .insert(bucket, record.as_slice())
-                .map_err(IndexError::store)?;
-            Ok(())
+            put(
+                txn,
+                Table::Buckets,
+                bucket.as_bytes(),
+                &BucketRecord { created_ms: now_ms },
+            )
         })
     }
 
     /// Deletes an empty bucket; its unfinished uploads are aborted.
     pub fn delete_bucket(&self, bucket: &str, now_ms: u64) -> Result<(), IndexError> {
         self.write(|txn| {
-            Self::require_bucket(txn, bucket)?;
-            let objects = txn.open_table(OBJECTS).map_err(IndexError::store)?;
-            let start = object_key(bucket, "");
-            let first = objects
-                .range(start.as_slice()..)
-                .map_err(IndexError::store)?
-                .next()
-                .transpose()
-                .map_err(IndexError::store)?;
-            if first.is_some_and(|(k, _)| k.value().starts_with(&start)) {
+            require_bucket(txn, bucket)?;
+            if !txn
+                .scan(Table::Objects, &object_key(bucket, ""), None, 1)?
+                .is_empty()
+            {
                 return Err(IndexError::BucketNotEmpty(bucket.to_string()));
             }
-            let uploads: Vec<String> = Self::uploads_in(txn, bucket)?
-                .into_iter()
-                .map(|(id, _)| id)
-                .collect();
-            for upload in uploads {
-                Self::remove_upload(txn, &upload, now_ms)?;
+            for (id, upload) in all_uploads(txn)? {
+                if upload.bucket == bucket {
+                    remove_upload(txn, &id, now_ms)?;
+                }
             }
-            let mut buckets = txn.open_table(BUCKETS).map_err(IndexError::store)?;
-            buckets.remove(bucket).map_err(IndexError::store)?;
-            Ok(())
+            txn.delete(Table::Buckets, bucket.as_bytes())
         })
     }
 
     /// Whether the bucket exists.
     pub fn bucket_exists(&self, bucket: &str) -> Result<bool, IndexError> {
-        let txn = self.read()?;
-        let buckets = txn.open_table(BUCKETS).map_err(IndexError::store)?;
-        Ok(buckets.get(bucket).map_err(IndexError::store)?.is_some())
+        self.read(|txn| Ok(txn.get(Table::Buckets, bucket.as_bytes())?.is_some()))
     }
 
     /// Every bucket with its creation time, by name.
     pub fn buckets(&self) -> Result<Vec<(String, BucketRecord)>, IndexError> {
-        let txn = self.read()?;
-        let buckets = txn.open_table(BUCKETS).map_err(IndexError::store)?;
-        buckets
-            .iter()
-            .map_err(IndexError::store)?
-            .map(|row| {
-                let (k, v) = row.map_err(IndexError::store)?;
-                Ok((k.value().to_string(), decode(v.value())?))
-            })
-            .collect()
+        self.read(|txn| {
+            txn.scan(Table::Buckets, b"", None, usize::MAX)?
+                .into_iter()
+                .map(|(k, v)| {
+                    Ok((
+                        String::from_utf8(k).map_err(IndexError::store)?,
+                        decode(&v)?,
+                    ))
+                })
+                .collect()
+        })
     }
 
     /// The object at `key`, if any.
     pub fn object(&self, bucket: &str, key: &str) -> Result<Option<ObjectRecord>, IndexError> {
-        let txn = self.read()?;
-        let buckets = txn.open_table(BUCKETS).map_err(IndexError::store)?;
-        if buckets.get(bucket).map_err(IndexError::store)?.is_none() {
-            return Err(IndexError::NoSuchBucket(bucket.to_string()));
-        }
-        let objects = txn.open_table(OBJECTS).map_err(IndexError::store)?;
-        get(&objects, object_key(bucket, key).as_slice())
+        self.read(|txn| {
+            require_bucket(txn, bucket)?;
+            get(txn, Table::Objects, &object_key(bucket, key))
+        })
     }
 
     /// Writes the object at `key` if `condition` holds, replacing what was
@@ -286,39 +360,9 @@ impl Index {
         now_ms: u64,
     ) -> Result<(), IndexError> {
         self.write(|txn| {
-            Self::require_bucket(txn, bucket)?;
-            Self::replace_object(txn, bucket, key, Some(record), condition, now_ms)
+            require_bucket(txn, bucket)?;
+            replace_object(txn, bucket, key, Some(record), condition, now_ms)
         })
-    }
-
-    /// Writes (or with `None` removes) a key's object, moving references.
-    fn replace_object(
-        txn: &redb::WriteTransaction,
-        bucket: &str,
-        key: &str,
-        record: Option<&ObjectRecord>,
-        condition: &WriteCondition,
-        now_ms: u64,
-    ) -> Result<(), IndexError> {
-        let mut objects = txn.open_table(OBJECTS).map_err(IndexError::store)?;
-        let mut refs = txn.open_table(REFS).map_err(IndexError::store)?;
-        let k = object_key(bucket, key);
-        let current: Option<ObjectRecord> = get(&objects, k.as_slice())?;
-        condition.check(current.as_ref())?;
-        if let Some(record) = record {
-            for blob in record.blobs() {
-                add_ref(&mut refs, blob)?;
-            }
-            objects
-                .insert(k.as_slice(), encode(record).as_slice())
-                .map_err(IndexError::store)?;
-        } else {
-            objects.remove(k.as_slice()).map_err(IndexError::store)?;
-        }
-        for blob in current.iter().flat_map(ObjectRecord::blobs) {
-            drop_ref(&mut refs, blob, now_ms)?;
-        }
-        Ok(())
     }
 
     /// Writes `record` at every key of `keys` in one transaction (bulk
@@ -329,13 +373,14 @@ impl Index {
         keys: impl Iterator<Item = String>,
         record: &ObjectRecord,
     ) -> Result<(), IndexError> {
+        let keys: Vec<String> = keys.collect();
         self.write(|txn| {
-            Self::require_bucket(txn, bucket)?;
-            for key in keys {
-                Self::replace_object(
+            require_bucket(txn, bucket)?;
+            for key in &keys {
+                replace_object(
                     txn,
                     bucket,
-                    &key,
+                    key,
                     Some(record),
                     &WriteCondition::default(),
                     record.modified_ms,
@@ -348,13 +393,10 @@ impl Index {
     /// Removes the object at `key`; true when there was one.
     pub fn delete_object(&self, bucket: &str, key: &str, now_ms: u64) -> Result<bool, IndexError> {
         self.write(|txn| {
-            Self::require_bucket(txn, bucket)?;
-            let existed = {
-                let objects = txn.open_table(OBJECTS).map_err(IndexError::store)?;
-                get::<ObjectRecord, _>(&objects, object_key(bucket, key).as_slice())?.is_some()
-            };
+            require_bucket(txn, bucket)?;
+            let existed = txn.get(Table::Objects, &object_key(bucket, key))?.is_some();
             if existed {
-                Self::replace_object(txn, bucket, key, None, &WriteCondition::default(), now_ms)?;
+                replace_object(txn, bucket, key, None, &WriteCondition::default(), now_ms)?;
             }
             Ok(existed)
         })
@@ -367,21 +409,19 @@ impl Index {
         &self,
         from: (&str, &str),
         to: (&str, &str),
-        edit: impl FnOnce(ObjectRecord) -> ObjectRecord,
+        edit: impl Fn(ObjectRecord) -> ObjectRecord,
         now_ms: u64,
     ) -> Result<Option<ObjectRecord>, IndexError> {
         self.write(|txn| {
-            Self::require_bucket(txn, from.0)?;
-            Self::require_bucket(txn, to.0)?;
-            let source: Option<ObjectRecord> = {
-                let objects = txn.open_table(OBJECTS).map_err(IndexError::store)?;
-                get(&objects, object_key(from.0, from.1).as_slice())?
-            };
-            let Some(source) = source else {
+            require_bucket(txn, from.0)?;
+            require_bucket(txn, to.0)?;
+            let Some(source) =
+                get::<ObjectRecord>(txn, Table::Objects, &object_key(from.0, from.1))?
+            else {
                 return Ok(None);
             };
             let copy = edit(source);
-            Self::replace_object(
+            replace_object(
                 txn,
                 to.0,
                 to.1,
@@ -395,40 +435,25 @@ impl Index {
 
     /// A page of the bucket's keys.
     pub fn list(&self, bucket: &str, query: &ListQuery) -> Result<Page<ObjectSummary>, IndexError> {
-        let txn = self.read()?;
-        let buckets = txn.open_table(BUCKETS).map_err(IndexError::store)?;
-        if buckets.get(bucket).map_err(IndexError::store)?.is_none() {
-            return Err(IndexError::NoSuchBucket(bucket.to_string()));
-        }
-        let objects = txn.open_table(OBJECTS).map_err(IndexError::store)?;
-        let mut scan = ObjectScan {
-            table: &objects,
-            bucket,
-        };
-        listing::list(&mut scan, query)
+        self.read(|txn| {
+            require_bucket(txn, bucket)?;
+            listing::list(&mut ObjectScan { txn, bucket }, query)
+        })
     }
 
     /// Starts a multipart upload; returns its id.
     pub fn create_upload(&self, upload: &UploadRecord) -> Result<String, IndexError> {
         let id = new_upload_id();
         self.write(|txn| {
-            Self::require_bucket(txn, &upload.bucket)?;
-            let mut uploads = txn.open_table(UPLOADS).map_err(IndexError::store)?;
-            uploads
-                .insert(id.as_str(), encode(upload).as_slice())
-                .map_err(IndexError::store)?;
-            Ok(())
+            require_bucket(txn, &upload.bucket)?;
+            put(txn, Table::Uploads, id.as_bytes(), upload)
         })?;
         Ok(id)
     }
 
     /// The upload `id` of `bucket`/`key`.
     pub fn upload(&self, bucket: &str, key: &str, id: &str) -> Result<UploadRecord, IndexError> {
-        let txn = self.read()?;
-        let uploads = txn.open_table(UPLOADS).map_err(IndexError::store)?;
-        get::<UploadRecord, _>(&uploads, id)?
-            .filter(|u| u.bucket == bucket && u.key == key)
-            .ok_or_else(|| IndexError::NoSuchUpload(id.to_string()))
+        self.read(|txn| require_upload(txn, bucket, key, id))
     }
 
     /// Records part `number` of upload `id` (replacing an earlier upload
@@ -441,23 +466,13 @@ impl Index {
         now_ms: u64,
     ) -> Result<(), IndexError> {
         self.write(|txn| {
-            {
-                let uploads = txn.open_table(UPLOADS).map_err(IndexError::store)?;
-                get::<UploadRecord, _>(&uploads, id)?
-                    .filter(|u| u.bucket == bucket && u.key == key)
-                    .ok_or_else(|| IndexError::NoSuchUpload(id.to_string()))?;
-            }
-            let mut parts = txn.open_table(PARTS).map_err(IndexError::store)?;
-            let mut refs = txn.open_table(REFS).map_err(IndexError::store)?;
+            require_upload(txn, bucket, key, id)?;
             let k = part_key(id, number);
-            add_ref(&mut refs, &part.blob)?;
-            if let Some(old) = get::<PartRecord, _>(&parts, k.as_slice())? {
-                drop_ref(&mut refs, &old.blob, now_ms)?;
+            add_ref(txn, &part.blob)?;
+            if let Some(old) = get::<PartRecord>(txn, Table::Parts, &k)? {
+                drop_ref(txn, &old.blob, now_ms)?;
             }
-            parts
-                .insert(k.as_slice(), encode(part).as_slice())
-                .map_err(IndexError::store)?;
-            Ok(())
+            put(txn, Table::Parts, &k, part)
         })
     }
 
@@ -468,31 +483,7 @@ impl Index {
         after: u32,
         max: usize,
     ) -> Result<Vec<(u32, PartRecord)>, IndexError> {
-        let txn = self.read()?;
-        let parts = txn.open_table(PARTS).map_err(IndexError::store)?;
-        Self::parts_of(&parts, id, after, max)
-    }
-
-    fn parts_of(
-        parts: &impl ReadableTable<&'static [u8], &'static [u8]>,
-        id: &str,
-        after: u32,
-        max: usize,
-    ) -> Result<Vec<(u32, PartRecord)>, IndexError> {
-        let start = part_key(id, after.saturating_add(1));
-        let end = part_key(id, u32::MAX);
-        let mut found = Vec::new();
-        for row in parts
-            .range(start.as_slice()..=end.as_slice())
-            .map_err(IndexError::store)?
-            .take(max)
-        {
-            let (k, v) = row.map_err(IndexError::store)?;
-            let k = k.value();
-            let number = u32::from_be_bytes(k[k.len() - 4..].try_into().expect("4 bytes"));
-            found.push((number, decode(v.value())?));
-        }
-        Ok(found)
+        self.read(|txn| parts_of(txn, id, after, max))
     }
 
     /// Completes upload `id`: the chosen parts become the object at its
@@ -505,18 +496,9 @@ impl Index {
         now_ms: u64,
     ) -> Result<ObjectRecord, IndexError> {
         self.write(|txn| {
-            let upload: UploadRecord = {
-                let uploads = txn.open_table(UPLOADS).map_err(IndexError::store)?;
-                get::<UploadRecord, _>(&uploads, id)?
-                    .filter(|u| u.bucket == bucket && u.key == key)
-                    .ok_or_else(|| IndexError::NoSuchUpload(id.to_string()))?
-            };
-            let uploaded: BTreeMap<u32, PartRecord> = {
-                let parts = txn.open_table(PARTS).map_err(IndexError::store)?;
-                Self::parts_of(&parts, id, 0, usize::MAX)?
-                    .into_iter()
-                    .collect()
-            };
+            let upload = require_upload(txn, bucket, key, id)?;
+            let uploaded: BTreeMap<u32, PartRecord> =
+                parts_of(txn, id, 0, usize::MAX)?.into_iter().collect();
             let object = assemble(&uploaded, chosen)?;
             let record = ObjectRecord {
                 parts: object.parts,
@@ -527,9 +509,9 @@ impl Index {
                 metadata: upload.metadata,
                 modified_ms: now_ms,
             };
-            Self::require_bucket(txn, bucket)?;
-            Self::replace_object(txn, bucket, key, Some(&record), condition, now_ms)?;
-            Self::remove_upload(txn, id, now_ms)?;
+            require_bucket(txn, bucket)?;
+            replace_object(txn, bucket, key, Some(&record), condition, now_ms)?;
+            remove_upload(txn, id, now_ms)?;
             Ok(record)
         })
     }
@@ -541,62 +523,18 @@ impl Index {
         now_ms: u64,
     ) -> Result<(), IndexError> {
         self.write(|txn| {
-            {
-                let uploads = txn.open_table(UPLOADS).map_err(IndexError::store)?;
-                get::<UploadRecord, _>(&uploads, id)?
-                    .filter(|u| u.bucket == bucket && u.key == key)
-                    .ok_or_else(|| IndexError::NoSuchUpload(id.to_string()))?;
-            }
-            Self::remove_upload(txn, id, now_ms)
+            require_upload(txn, bucket, key, id)?;
+            remove_upload(txn, id, now_ms)
         })
-    }
-
-    fn remove_upload(
-        txn: &redb::WriteTransaction,
-        id: &str,
-        now_ms: u64,
-    ) -> Result<(), IndexError> {
-        let mut uploads = txn.open_table(UPLOADS).map_err(IndexError::store)?;
-        let mut parts = txn.open_table(PARTS).map_err(IndexError::store)?;
-        let mut refs = txn.open_table(REFS).map_err(IndexError::store)?;
-        for (number, part) in Self::parts_of(&parts, id, 0, usize::MAX)? {
-            drop_ref(&mut refs, &part.blob, now_ms)?;
-            parts
-                .remove(part_key(id, number).as_slice())
-                .map_err(IndexError::store)?;
-        }
-        uploads.remove(id).map_err(IndexError::store)?;
-        Ok(())
-    }
-
-    fn uploads_in(
-        txn: &redb::WriteTransaction,
-        bucket: &str,
-    ) -> Result<Vec<(String, UploadRecord)>, IndexError> {
-        let uploads = txn.open_table(UPLOADS).map_err(IndexError::store)?;
-        let mut found = Vec::new();
-        for row in uploads.iter().map_err(IndexError::store)? {
-            let (k, v) = row.map_err(IndexError::store)?;
-            let upload: UploadRecord = decode(v.value())?;
-            if upload.bucket == bucket {
-                found.push((k.value().to_string(), upload));
-            }
-        }
-        Ok(found)
     }
 
     /// The bucket's uploads in progress, by key then id.
     pub fn uploads(&self, bucket: &str) -> Result<Vec<(String, UploadRecord)>, IndexError> {
-        let txn = self.read()?;
-        let uploads = txn.open_table(UPLOADS).map_err(IndexError::store)?;
-        let mut found = Vec::new();
-        for row in uploads.iter().map_err(IndexError::store)? {
-            let (k, v) = row.map_err(IndexError::store)?;
-            let upload: UploadRecord = decode(v.value())?;
-            if upload.bucket == bucket {
-                found.push((k.value().to_string(), upload));
-            }
-        }
+        let mut found: Vec<(String, UploadRecord)> = self
+            .read(all_uploads)?
+            .into_iter()
+            .filter(|(_, u)| u.bucket == bucket)
+            .collect();
         found.sort_by(|a, b| (&a.1.key, &a.0).cmp(&(&b.1.key, &b.0)));
         Ok(found)
     }
@@ -606,17 +544,11 @@ impl Index {
         &self,
         before_ms: u64,
     ) -> Result<Vec<(String, UploadRecord)>, IndexError> {
-        let txn = self.read()?;
-        let uploads = txn.open_table(UPLOADS).map_err(IndexError::store)?;
-        let mut found = Vec::new();
-        for row in uploads.iter().map_err(IndexError::store)? {
-            let (k, v) = row.map_err(IndexError::store)?;
-            let upload: UploadRecord = decode(v.value())?;
-            if upload.created_ms < before_ms {
-                found.push((k.value().to_string(), upload));
-            }
-        }
-        Ok(found)
+        Ok(self
+            .read(all_uploads)?
+            .into_iter()
+            .filter(|(_, u)| u.created_ms < before_ms)
+            .collect())
     }
 
     /// Claims for collection the blobs unreferenced since before
@@ -624,16 +556,14 @@ impl Index {
     /// `collected` says they are gone.
     pub fn claim_unreferenced(&self, before_ms: u64) -> Result<Vec<String>, IndexError> {
         self.write(|txn| {
-            let mut refs = txn.open_table(REFS).map_err(IndexError::store)?;
             let mut claimed = Vec::new();
-            for row in refs.iter().map_err(IndexError::store)? {
-                let (k, v) = row.map_err(IndexError::store)?;
-                let count: BlobRefs = decode(v.value())?;
+            for (k, v) in txn.scan(Table::Refs, b"", None, usize::MAX)? {
+                let count: BlobRefs = decode(&v)?;
                 if count.count == 0
                     && (count.collecting
                         || count.unreferenced_since_ms.is_some_and(|t| t < before_ms))
                 {
-                    claimed.push(k.value().to_string());
+                    claimed.push(String::from_utf8(k).map_err(IndexError::store)?);
                 }
             }
             for blob in &claimed {
@@ -641,8 +571,7 @@ impl Index {
                     collecting: true,
                     ..BlobRefs::default()
                 };
-                refs.insert(blob.as_str(), encode(&count).as_slice())
-                    .map_err(IndexError::store)?;
+                put(txn, Table::Refs, blob.as_bytes(), &count)?;
             }
             Ok(claimed)
         })
@@ -653,14 +582,12 @@ impl Index {
     /// grace period.
     pub fn note_unreferenced(&self, blob: &str, now_ms: u64) -> Result<(), IndexError> {
         self.write(|txn| {
-            let mut refs = txn.open_table(REFS).map_err(IndexError::store)?;
-            if get::<BlobRefs, _>(&refs, blob)?.is_none() {
+            if txn.get(Table::Refs, blob.as_bytes())?.is_none() {
                 let count = BlobRefs {
                     unreferenced_since_ms: Some(now_ms),
                     ..BlobRefs::default()
                 };
-                refs.insert(blob, encode(&count).as_slice())
-                    .map_err(IndexError::store)?;
+                put(txn, Table::Refs, blob.as_bytes(), &count)?;
             }
             Ok(())
         })
@@ -669,18 +596,12 @@ impl Index {
     /// The collector deleted `blob`: it is forgotten, and may be referred
     /// to again (after its bytes are stored again).
     pub fn collected(&self, blob: &str) -> Result<(), IndexError> {
-        self.write(|txn| {
-            let mut refs = txn.open_table(REFS).map_err(IndexError::store)?;
-            refs.remove(blob).map_err(IndexError::store)?;
-            Ok(())
-        })
+        self.write(|txn| txn.delete(Table::Refs, blob.as_bytes()))
     }
 
     /// The references of `blob` (for tests and diagnostics).
     pub fn refs(&self, blob: &str) -> Result<BlobRefs, IndexError> {
-        let txn = self.read()?;
-        let refs = txn.open_table(REFS).map_err(IndexError::store)?;
-        Ok(get(&refs, blob)?.unwrap_or_default())
+        self.read(|txn| Ok(get(txn, Table::Refs, blob.as_bytes())?.unwrap_or_default()))
     }
 }
 
@@ -699,13 +620,13 @@ fn getrandom(bytes: &mut [u8]) {
         .expect("the system's random source");
 }
 
-/// A listing scan over the objects table of one bucket.
-struct ObjectScan<'a, T: ReadableTable<&'static [u8], &'static [u8]>> {
-    table: &'a T,
+/// A listing scan over the objects of one bucket.
+struct ObjectScan<'a> {
+    txn: &'a mut dyn Txn,
     bucket: &'a str,
 }
 
-impl<T: ReadableTable<&'static [u8], &'static [u8]>> KeyScan<ObjectSummary> for ObjectScan<'_, T> {
+impl KeyScan<ObjectSummary> for ObjectScan<'_> {
     type Error = IndexError;
 
     fn scan(
@@ -718,34 +639,16 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> KeyScan<ObjectSummary> for 
         let start = object_key(self.bucket, prefix);
         let mut from = base.clone();
         from.extend_from_slice(after);
-        let lower = if after.is_empty() || from < start {
-            std::ops::Bound::Included(start.clone())
-        } else {
-            std::ops::Bound::Excluded(from)
-        };
-        let range = (
-            lower.as_ref().map(Vec::as_slice),
-            std::ops::Bound::Unbounded::<&[u8]>,
-        );
-        let mut found = Vec::new();
-        for row in self
-            .table
-            .range::<&[u8]>(range)
-            .map_err(IndexError::store)?
-        {
-            let (k, v) = row.map_err(IndexError::store)?;
-            let k = k.value();
-            if !k.starts_with(&start) {
-                break;
-            }
-            let key = String::from_utf8(k[base.len()..].to_vec()).map_err(IndexError::store)?;
-            let record: ObjectRecord = decode(v.value())?;
-            found.push((key, ObjectSummary::from(&record)));
-            if found.len() == limit {
-                break;
-            }
-        }
-        Ok(found)
+        let after = (!after.is_empty()).then_some(from.as_slice());
+        self.txn
+            .scan(Table::Objects, &start, after, limit)?
+            .into_iter()
+            .map(|(k, v)| {
+                let key = String::from_utf8(k[base.len()..].to_vec()).map_err(IndexError::store)?;
+                let record: ObjectRecord = decode(&v)?;
+                Ok((key, ObjectSummary::from(&record)))
+            })
+            .collect()
     }
 }
 
@@ -754,5 +657,6 @@ pub fn names(page: &Page<ObjectSummary>) -> Vec<&str> {
     page.entries.iter().map(Entry::name).collect()
 }
 
+pub mod conformance;
 #[cfg(test)]
 mod tests;

@@ -5,7 +5,8 @@
 //! - `listing` (pure): S3's listing of keys with prefixes, delimiters and pages;
 //! - `assemble` (pure): completing a multipart upload;
 //! - `conditions` (pure): conditional reads;
-//! - `index`: the embedded index (redb), one transaction per change;
+//! - `kv`, `postgres_kv`: the ordered tables the index lives in (redb or
+//!   PostgreSQL); `index`: the index on them, one transaction per change;
 //! - `body`: receiving bytes into the spool, checksums verified;
 //! - `front`: the shared state, storing and reading objects' blobs;
 //! - `objects`, `buckets`, `multipart`: the operations; `service`: the
@@ -19,11 +20,13 @@ pub mod conditions;
 pub mod credentials;
 pub mod front;
 pub mod index;
+pub mod kv;
 pub mod listing;
 pub mod multipart;
 pub mod objects;
+pub mod postgres_kv;
 pub mod records;
 pub mod server;
 mod service;
 
-pub use server::{S3Config, S3Server};
+pub use server::{IndexLocation, S3Config, S3Server};

@@ -391,8 +391,8 @@ impl Front {
                 (&to.0, &to.1),
                 |mut record| {
                     if replace {
-                        record.metadata = metadata;
-                        record.content_type = content_type;
+                        record.metadata = metadata.clone();
+                        record.content_type = content_type.clone();
                     }
                     record.modified_ms = now;
                     record

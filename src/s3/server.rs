@@ -21,13 +21,32 @@ use crate::client::DeleteOutcome;
 use crate::gateway::Door;
 use crate::metrics::S3Metrics;
 
+/// Where the index lives.
+#[derive(Clone, PartialEq, Eq)]
+pub enum IndexLocation {
+    /// An embedded file (redb): one gateway.
+    File(PathBuf),
+    /// A PostgreSQL database (its URL): several gateways.
+    Postgres(String),
+}
+
+impl std::fmt::Debug for IndexLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IndexLocation::File(path) => write!(f, "{}", path.display()),
+            // The URL may carry a password.
+            IndexLocation::Postgres(_) => write!(f, "PostgreSQL"),
+        }
+    }
+}
+
 /// How the S3 front is set up.
 #[derive(Debug, Clone)]
 pub struct S3Config {
     /// Where it listens.
     pub listen: SocketAddr,
-    /// The index file.
-    pub index_path: PathBuf,
+    /// Where the index lives.
+    pub index: IndexLocation,
     /// The access key id clients sign with.
     pub access_key: String,
     /// Its secret.
@@ -52,8 +71,10 @@ pub struct S3Server {
 impl S3Server {
     /// Opens the index and binds the listener.
     pub async fn bind(config: S3Config, door: Door) -> anyhow::Result<Self> {
-        let index = Index::open(&config.index_path)
-            .with_context(|| format!("cannot open the S3 index {}", config.index_path.display()))?;
+        let location = config.index.clone();
+        let index = tokio::task::spawn_blocking(move || Index::at(&location))
+            .await?
+            .with_context(|| format!("cannot open the S3 index ({:?})", config.index))?;
         let metrics = S3Metrics::new(door.registry());
         let listener = crate::listen::bind(config.listen).await?;
         Ok(Self {

@@ -1,0 +1,298 @@
+//! What every index store must do, as checks run against a fresh, empty
+//! index: the embedded one in unit tests, PostgreSQL in
+//! tests/s3_index_postgres.rs.
+
+#![allow(missing_docs)]
+
+use super::*;
+use crate::s3::assemble::MIN_PART_SIZE;
+use crate::s3::records::BlobPart;
+
+pub(super) fn record(blobs: &[&str], etag: &str) -> ObjectRecord {
+    ObjectRecord {
+        parts: blobs
+            .iter()
+            .map(|b| BlobPart {
+                blob: b.to_string(),
+                size: 10,
+            })
+            .collect(),
+        size: 10 * blobs.len() as u64,
+        etag: etag.into(),
+        checksums: BTreeMap::new(),
+        content_type: None,
+        metadata: BTreeMap::new(),
+        modified_ms: 5,
+    }
+}
+
+fn part(blob: &str, size: u64, etag: &str) -> PartRecord {
+    PartRecord {
+        blob: blob.into(),
+        size,
+        etag: etag.into(),
+        checksums: BTreeMap::new(),
+        modified_ms: 5,
+    }
+}
+
+pub(super) const ANY: WriteCondition = WriteCondition {
+    if_absent: false,
+    if_etag: None,
+};
+
+/// every key and part referring to a blob counts once and replacing a key moves its references.
+pub fn every_key_and_part_referring_to_a_blob_counts_once_and_replacing_a_key_moves_its_references(
+    index: &Index,
+) {
+    index.create_bucket("media", 1).unwrap();
+    index
+        .put_object("media", "a", &record(&["x"], "e1"), &ANY, 10)
+        .unwrap();
+    index
+        .copy_object(("media", "a"), ("media", "b"), |r| r, 11)
+        .unwrap()
+        .unwrap();
+    assert_eq!(index.refs("x").unwrap().count, 2);
+    index
+        .put_object("media", "a", &record(&["y"], "e2"), &ANY, 12)
+        .unwrap();
+    assert_eq!(index.refs("x").unwrap().count, 1);
+    assert_eq!(index.refs("y").unwrap().count, 1);
+    assert!(index.delete_object("media", "b", 13).unwrap());
+    let x = index.refs("x").unwrap();
+    assert_eq!((x.count, x.unreferenced_since_ms), (0, Some(13)));
+    assert!(
+        !index.delete_object("media", "b", 14).unwrap(),
+        "already gone"
+    );
+}
+
+/// conditional writes hold only when the key is as the client expects.
+pub fn conditional_writes_hold_only_when_the_key_is_as_the_client_expects(index: &Index) {
+    index.create_bucket("media", 1).unwrap();
+    let absent = WriteCondition {
+        if_absent: true,
+        if_etag: None,
+    };
+    index
+        .put_object("media", "k", &record(&["x"], "e1"), &absent, 1)
+        .unwrap();
+    assert!(matches!(
+        index.put_object("media", "k", &record(&["y"], "e2"), &absent, 2),
+        Err(IndexError::PreconditionFailed(_))
+    ));
+    let matching = |etag: &str| WriteCondition {
+        if_absent: false,
+        if_etag: Some(etag.into()),
+    };
+    assert!(matches!(
+        index.put_object("media", "k", &record(&["y"], "e2"), &matching("zz"), 3),
+        Err(IndexError::PreconditionFailed(_))
+    ));
+    index
+        .put_object("media", "k", &record(&["y"], "e2"), &matching("e1"), 4)
+        .unwrap();
+    assert_eq!(index.object("media", "k").unwrap().unwrap().etag, "e2");
+    // A refused write changed nothing: x lost its reference only once.
+    assert_eq!(index.refs("x").unwrap().count, 0);
+    assert_eq!(index.refs("y").unwrap().count, 1);
+}
+
+/// completing an upload writes the object and releases the parts it did not choose.
+pub fn completing_an_upload_writes_the_object_and_releases_the_parts_it_did_not_choose(
+    index: &Index,
+) {
+    index.create_bucket("media", 1).unwrap();
+    let upload = UploadRecord {
+        bucket: "media".into(),
+        key: "big".into(),
+        created_ms: 1,
+        content_type: Some("video/mp4".into()),
+        metadata: BTreeMap::new(),
+    };
+    let id = index.create_upload(&upload).unwrap();
+    let at = ("media", "big", id.as_str());
+    let md5 = "00112233445566778899aabbccddeeff";
+    index
+        .put_part(at, 1, &part("p1", MIN_PART_SIZE, md5), 2)
+        .unwrap();
+    index.put_part(at, 2, &part("p2", 3, md5), 2).unwrap();
+    // Part 2 again: the first upload of it is released.
+    index.put_part(at, 2, &part("p2b", 4, md5), 3).unwrap();
+    index.put_part(at, 3, &part("p3", 4, md5), 3).unwrap();
+    assert_eq!(index.refs("p2").unwrap().count, 0);
+    assert_eq!(
+        index
+            .parts(&id, 0, 10)
+            .unwrap()
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    let chosen = [
+        ChosenPart {
+            number: 1,
+            etag: format!("\"{md5}\""),
+        },
+        ChosenPart {
+            number: 2,
+            etag: md5.into(),
+        },
+    ];
+    let object = index.complete_upload(at, &chosen, &ANY, 4).unwrap();
+    assert_eq!(object.size, MIN_PART_SIZE + 4);
+    assert_eq!(object.content_type.as_deref(), Some("video/mp4"));
+    assert!(object.etag.ends_with("-2"));
+    assert_eq!(index.refs("p1").unwrap().count, 1);
+    assert_eq!(index.refs("p2b").unwrap().count, 1);
+    assert_eq!(index.refs("p3").unwrap().count, 0, "part 3 was not chosen");
+    assert!(matches!(
+        index.upload("media", "big", &id),
+        Err(IndexError::NoSuchUpload(_))
+    ));
+    assert!(index.parts(&id, 0, 10).unwrap().is_empty());
+}
+
+/// an aborted upload releases every part.
+pub fn an_aborted_upload_releases_every_part(index: &Index) {
+    index.create_bucket("media", 1).unwrap();
+    let upload = UploadRecord {
+        bucket: "media".into(),
+        key: "k".into(),
+        created_ms: 1,
+        content_type: None,
+        metadata: BTreeMap::new(),
+    };
+    let id = index.create_upload(&upload).unwrap();
+    index
+        .put_part(("media", "k", &id), 1, &part("p", 3, "aa"), 2)
+        .unwrap();
+    assert!(matches!(
+        index.abort_upload(("media", "other", &id), 3),
+        Err(IndexError::NoSuchUpload(_))
+    ));
+    index.abort_upload(("media", "k", &id), 3).unwrap();
+    assert_eq!(index.refs("p").unwrap().count, 0);
+    assert!(index.uploads("media").unwrap().is_empty());
+}
+
+/// a blob claimed for collection cannot be referred to until collected.
+pub fn a_blob_claimed_for_collection_cannot_be_referred_to_until_collected(index: &Index) {
+    index.create_bucket("media", 1).unwrap();
+    index
+        .put_object("media", "a", &record(&["x"], "e"), &ANY, 10)
+        .unwrap();
+    index.delete_object("media", "a", 20).unwrap();
+    assert!(
+        index.claim_unreferenced(20).unwrap().is_empty(),
+        "within its grace"
+    );
+    assert_eq!(index.claim_unreferenced(21).unwrap(), ["x"]);
+    assert!(matches!(
+        index.put_object("media", "b", &record(&["x"], "e"), &ANY, 22),
+        Err(IndexError::Collecting(_))
+    ));
+    assert!(
+        index.object("media", "b").unwrap().is_none(),
+        "nothing written"
+    );
+    index.collected("x").unwrap();
+    index
+        .put_object("media", "b", &record(&["x"], "e"), &ANY, 23)
+        .unwrap();
+    assert_eq!(index.refs("x").unwrap().count, 1);
+}
+
+/// a bucket with objects cannot be deleted and unknown buckets are named.
+pub fn a_bucket_with_objects_cannot_be_deleted_and_unknown_buckets_are_named(index: &Index) {
+    index.create_bucket("media", 1).unwrap();
+    index
+        .put_object("media", "a", &record(&["x"], "e"), &ANY, 1)
+        .unwrap();
+    assert!(matches!(
+        index.delete_bucket("media", 2),
+        Err(IndexError::BucketNotEmpty(_))
+    ));
+    assert!(matches!(
+        index.put_object("nope", "a", &record(&["x"], "e"), &ANY, 1),
+        Err(IndexError::NoSuchBucket(_))
+    ));
+    assert!(matches!(
+        index.create_bucket("media", 3),
+        Err(IndexError::BucketExists(_))
+    ));
+    index.delete_object("media", "a", 4).unwrap();
+    index.delete_bucket("media", 5).unwrap();
+    assert!(!index.bucket_exists("media").unwrap());
+}
+
+/// listing reads keys of one bucket only in byte order.
+pub fn listing_reads_keys_of_one_bucket_only_in_byte_order(index: &Index) {
+    index.create_bucket("media", 1).unwrap();
+    index.create_bucket("medib", 1).unwrap();
+    for key in ["b", "a/1", "a/2", "z ü +&="] {
+        index
+            .put_object("media", key, &record(&["x"], "e"), &ANY, 1)
+            .unwrap();
+    }
+    index
+        .put_object("medib", "c", &record(&["x"], "e"), &ANY, 1)
+        .unwrap();
+    let query = ListQuery {
+        max_keys: 100,
+        ..ListQuery::default()
+    };
+    assert_eq!(
+        names(&index.list("media", &query).unwrap()),
+        ["a/1", "a/2", "b", "z ü +&="]
+    );
+    let rolled = ListQuery {
+        delimiter: Some("/".into()),
+        max_keys: 100,
+        ..ListQuery::default()
+    };
+    assert_eq!(
+        names(&index.list("media", &rolled).unwrap()),
+        ["a/", "b", "z ü +&="]
+    );
+    let after = ListQuery {
+        after: Some("a/1".into()),
+        max_keys: 2,
+        ..ListQuery::default()
+    };
+    let page = index.list("media", &after).unwrap();
+    assert_eq!(names(&page), ["a/2", "b"]);
+    assert!(page.truncated);
+}
+
+/// a blob noted before its write is collected unless a record comes to refer to it.
+pub fn a_blob_noted_before_its_write_is_collected_unless_a_record_comes_to_refer_to_it(
+    index: &Index,
+) {
+    index.create_bucket("media", 1).unwrap();
+    index.note_unreferenced("orphan", 10).unwrap();
+    index.note_unreferenced("kept", 10).unwrap();
+    index
+        .put_object("media", "k", &record(&["kept"], "e"), &ANY, 11)
+        .unwrap();
+    // Noting again changes nothing for a referenced blob.
+    index.note_unreferenced("kept", 12).unwrap();
+    assert_eq!(index.refs("kept").unwrap().count, 1);
+    assert_eq!(index.claim_unreferenced(100).unwrap(), ["orphan"]);
+}
+
+/// Every check, each on a fresh index from `fresh`.
+pub fn run_all(fresh: &mut dyn FnMut() -> Index) {
+    every_key_and_part_referring_to_a_blob_counts_once_and_replacing_a_key_moves_its_references(
+        &fresh(),
+    );
+    conditional_writes_hold_only_when_the_key_is_as_the_client_expects(&fresh());
+    completing_an_upload_writes_the_object_and_releases_the_parts_it_did_not_choose(&fresh());
+    an_aborted_upload_releases_every_part(&fresh());
+    a_blob_claimed_for_collection_cannot_be_referred_to_until_collected(&fresh());
+    a_bucket_with_objects_cannot_be_deleted_and_unknown_buckets_are_named(&fresh());
+    listing_reads_keys_of_one_bucket_only_in_byte_order(&fresh());
+    a_blob_noted_before_its_write_is_collected_unless_a_record_comes_to_refer_to_it(&fresh());
+}
