@@ -75,6 +75,7 @@ pub struct StorageClusterSpec {
 /// on a PersistentVolumeClaim), so one gateway pod serves it.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[x_kube(validation = Rule::new("!has(oldSelf.indexStorageClassName) || (has(self.indexStorageClassName) && self.indexStorageClassName == oldSelf.indexStorageClassName)").message("indexStorageClassName is fixed once the index claim exists").field_path(".indexStorageClassName"))]
+#[x_kube(validation = Rule::new("!has(self.replicas) || self.replicas <= 1 || has(self.postgresSecret)").message("several gateway replicas need the index in PostgreSQL (postgresSecret): the embedded index has one writer").field_path(".replicas"))]
 #[serde(rename_all = "camelCase")]
 pub struct S3Spec {
     /// Serve S3 (default: true when the section is present).
@@ -92,6 +93,16 @@ pub struct S3Spec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub credentials_secret: Option<String>,
+    /// A Secret whose key `url` is a PostgreSQL URL
+    /// (postgresql://USER:PASSWORD@HOST:PORT/DB) to keep the index in,
+    /// instead of the index claim; needed for more than one replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub postgres_secret: Option<String>,
+    /// Gateway pods (default 1; more only with postgresSecret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub replicas: Option<u16>,
     /// Serve virtual-hosted-style requests (BUCKET.DOMAIN) besides path style.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,

@@ -564,7 +564,7 @@ pub fn desired_objects(
     let (mut s3_index_claim, mut s3_credentials) = (None, None);
     if let Some(settings) = s3::enabled(cluster) {
         s3::add_to_gateway(&name, settings, &mut gateway, &mut gateway_service);
-        s3_index_claim = Some(s3::index_claim(cluster, &name, settings));
+        s3_index_claim = s3::index_claim(cluster, &name, settings);
         if settings.credentials_secret.is_none() {
             s3_credentials = credentials
                 .s3

@@ -1,8 +1,9 @@
 //! The S3 endpoint of a StorageCluster (pure): the gateway Deployment and
-//! Service gain the S3 port, the index's PersistentVolumeClaim (one
-//! writer: the Deployment is recreated, never rolled with two pods), and
-//! the access key comes from a Secret (the operator's own unless the spec
-//! names one) as environment variables.
+//! Service gain the S3 port; the index lives on a PersistentVolumeClaim of
+//! its own (one writer: one pod, recreated, never rolled with two) or in
+//! PostgreSQL (the URL from a Secret; any number of replicas, rolled as
+//! usual); the access key comes from a Secret (the operator's own unless
+//! the spec names one) as environment variables.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +29,8 @@ const INDEX_DIR: &str = "/var/lib/redstuff-s3";
 pub const ACCESS_KEY: &str = "accessKey";
 /// Key of the secret access key in the credentials Secret.
 pub const SECRET_KEY: &str = "secretKey";
+/// Key of the PostgreSQL URL in the index Secret.
+pub const POSTGRES_URL_KEY: &str = "url";
 
 /// The cluster's S3 settings, when S3 is enabled.
 pub fn enabled(cluster: &StorageCluster) -> Option<&S3Spec> {
@@ -68,8 +71,22 @@ pub fn credentials_secret(cluster: &StorageCluster, name: &str, keys: &S3Keys) -
     }
 }
 
-/// The index's claim.
-pub fn index_claim(cluster: &StorageCluster, name: &str, s3: &S3Spec) -> PersistentVolumeClaim {
+/// The index's claim, unless the index is in PostgreSQL.
+pub fn index_claim(
+    cluster: &StorageCluster,
+    name: &str,
+    s3: &S3Spec,
+) -> Option<PersistentVolumeClaim> {
+    s3.postgres_secret
+        .is_none()
+        .then(|| embedded_index_claim(cluster, name, s3))
+}
+
+fn embedded_index_claim(
+    cluster: &StorageCluster,
+    name: &str,
+    s3: &S3Spec,
+) -> PersistentVolumeClaim {
     PersistentVolumeClaim {
         metadata: meta(cluster, s3_index_claim(name), "gateway"),
         spec: Some(PersistentVolumeClaimSpec {
@@ -110,28 +127,35 @@ pub fn add_to_gateway(name: &str, s3: &S3Spec, gateway: &mut Deployment, service
         .clone()
         .unwrap_or_else(|| s3_credentials_secret(name));
     let spec = &mut gateway.spec;
-    // One pod writes the index: the old pod stops before the new starts.
-    spec.strategy = Some(DeploymentStrategy {
-        type_: Some("Recreate".into()),
-        ..DeploymentStrategy::default()
-    });
+    let embedded = s3.postgres_secret.is_none();
+    if embedded {
+        // One pod writes the index: the old pod stops before the new starts.
+        spec.strategy = Some(DeploymentStrategy {
+            type_: Some("Recreate".into()),
+            ..DeploymentStrategy::default()
+        });
+    } else {
+        spec.replicas = Some(i32::from(s3.replicas.unwrap_or(1)));
+    }
     let pod = spec.template.spec.as_mut().expect("a pod spec");
-    pod.volumes.get_or_insert_with(Vec::new).push(Volume {
-        name: "s3-index".into(),
-        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-            claim_name: s3_index_claim(name),
-            ..PersistentVolumeClaimVolumeSource::default()
-        }),
-        ..Volume::default()
-    });
+    if embedded {
+        pod.volumes.get_or_insert_with(Vec::new).push(Volume {
+            name: "s3-index".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: s3_index_claim(name),
+                ..PersistentVolumeClaimVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
     let container = &mut pod.containers[0];
     let args = container.args.get_or_insert_with(Vec::new);
+    args.extend(["--s3-listen".to_string(), format!("[::]:{S3_PORT}")]);
+    if embedded {
+        args.extend(["--s3-index".to_string(), format!("{INDEX_DIR}/index.redb")]);
+    }
     args.extend([
-        "--s3-listen".to_string(),
-        format!("[::]:{S3_PORT}"),
-        "--s3-index".into(),
-        format!("{INDEX_DIR}/index.redb"),
-        "--s3-collect-after-secs".into(),
+        "--s3-collect-after-secs".to_string(),
         s3.collect_after_seconds.unwrap_or(600).to_string(),
         "--s3-upload-max-age-secs".into(),
         s3.upload_max_age_seconds.unwrap_or(86_400).to_string(),
@@ -139,10 +163,18 @@ pub fn add_to_gateway(name: &str, s3: &S3Spec, gateway: &mut Deployment, service
     if let Some(domain) = &s3.domain {
         args.extend(["--s3-domain".to_string(), domain.clone()]);
     }
-    container.env.get_or_insert_with(Vec::new).extend([
+    let env = container.env.get_or_insert_with(Vec::new);
+    env.extend([
         secret_env("REDSTUFF_S3_ACCESS_KEY", &secret, ACCESS_KEY),
         secret_env("REDSTUFF_S3_SECRET_KEY", &secret, SECRET_KEY),
     ]);
+    if let Some(postgres) = &s3.postgres_secret {
+        env.push(secret_env(
+            "REDSTUFF_S3_INDEX_POSTGRES",
+            postgres,
+            POSTGRES_URL_KEY,
+        ));
+    }
     container
         .ports
         .get_or_insert_with(Vec::new)
@@ -151,14 +183,16 @@ pub fn add_to_gateway(name: &str, s3: &S3Spec, gateway: &mut Deployment, service
             container_port: S3_PORT,
             ..ContainerPort::default()
         });
-    container
-        .volume_mounts
-        .get_or_insert_with(Vec::new)
-        .push(VolumeMount {
-            name: "s3-index".into(),
-            mount_path: INDEX_DIR.into(),
-            ..VolumeMount::default()
-        });
+    if embedded {
+        container
+            .volume_mounts
+            .get_or_insert_with(Vec::new)
+            .push(VolumeMount {
+                name: "s3-index".into(),
+                mount_path: INDEX_DIR.into(),
+                ..VolumeMount::default()
+            });
+    }
     service
         .spec
         .as_mut()

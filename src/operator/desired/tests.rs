@@ -328,6 +328,30 @@ fn s3_adds_its_port_index_claim_and_keys_to_a_gateway_recreated_never_rolled() {
         .and_then(|v| v.secret_key_ref.as_ref())
         .is_none_or(|k| k.name == "my-keys")));
 
+    // The index in PostgreSQL: no claim, rolled as usual, as many replicas
+    // as asked, the URL from its Secret.
+    c.spec.s3.as_mut().unwrap().postgres_secret = Some("index-db".into());
+    c.spec.s3.as_mut().unwrap().replicas = Some(3);
+    let objects = desired_objects(&c, &assignment(&c), "img", &credentials());
+    assert!(objects.s3_index_claim.is_none());
+    assert_eq!(objects.gateway.spec.replicas, Some(3));
+    assert!(objects.gateway.spec.strategy.is_none());
+    let container = objects.gateway.spec.template.spec.unwrap().containers[0].clone();
+    assert!(!container.args.unwrap().join(" ").contains("--s3-index "));
+    let url = container
+        .env
+        .unwrap()
+        .into_iter()
+        .find(|e| e.name == "REDSTUFF_S3_INDEX_POSTGRES")
+        .expect("the URL from the Secret");
+    let key = url.value_from.unwrap().secret_key_ref.unwrap();
+    assert_eq!((key.name.as_str(), key.key.as_str()), ("index-db", "url"));
+    assert!(container
+        .volume_mounts
+        .unwrap()
+        .iter()
+        .all(|m| m.name != "s3-index"));
+
     // Disabled: nothing of S3.
     c.spec.s3.as_mut().unwrap().enabled = Some(false);
     let objects = desired_objects(&c, &assignment(&c), "img", &credentials());
