@@ -192,15 +192,11 @@ pub fn random_token() -> std::io::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Writes a token file readable by its owner only, unless one exists;
-/// returns the token it holds.
-pub fn ensure_token_file(path: &Path) -> anyhow::Result<String> {
-    if let Ok(tokens) = read_token_file(path) {
-        return Ok(tokens[0].clone());
-    }
+/// Writes `content` to `path` readable by its owner only (mode 0600),
+/// atomically: a temporary file, synced, then renamed over.
+pub fn write_private_file(path: &Path, content: &[u8]) -> anyhow::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    let token = random_token()?;
     let tmp = path.with_extension("tmp");
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -209,9 +205,20 @@ pub fn ensure_token_file(path: &Path) -> anyhow::Result<String> {
         .mode(0o600)
         .open(&tmp)
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
-    writeln!(file, "{token}")?;
+    file.write_all(content)?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Writes a token file readable by its owner only, unless one exists;
+/// returns the token it holds.
+pub fn ensure_token_file(path: &Path) -> anyhow::Result<String> {
+    if let Ok(tokens) = read_token_file(path) {
+        return Ok(tokens[0].clone());
+    }
+    let token = random_token()?;
+    write_private_file(path, format!("{token}\n").as_bytes())?;
     Ok(token)
 }
 

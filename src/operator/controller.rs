@@ -196,11 +196,7 @@ async fn read_or_make_s3_keys(
             secret_key,
         });
     }
-    let token = crate::auth::random_token().map_err(ReconcileError::Token)?;
-    Ok(crate::s3::credentials::S3Keys {
-        access_key: format!("RS{}", token[..18].to_ascii_uppercase()),
-        secret_key: crate::auth::random_token().map_err(ReconcileError::Token)?,
-    })
+    crate::s3::credentials::S3Keys::generate().map_err(ReconcileError::Token)
 }
 
 /// Blobs Degraded or AtRisk in the cluster's last inventory view (none

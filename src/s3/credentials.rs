@@ -5,8 +5,6 @@
 
 use std::path::Path;
 
-use anyhow::Context as _;
-
 /// The profile name in the credentials file.
 pub const PROFILE: &str = "redstuff";
 
@@ -67,29 +65,24 @@ pub fn ensure(path: &Path, given: Option<S3Keys>) -> anyhow::Result<S3Keys> {
     let keys = match (given, existing) {
         (Some(keys), _) => keys,
         (None, Some(keys)) => return Ok(keys),
-        (None, None) => S3Keys {
+        (None, None) => S3Keys::generate()?,
+    };
+    crate::auth::write_private_file(path, render(&keys).as_bytes())?;
+    Ok(keys)
+}
+
+impl S3Keys {
+    /// New keys: an access key id of 20 upper-case characters starting
+    /// with RS, a secret of 64 hex digits.
+    pub fn generate() -> std::io::Result<Self> {
+        Ok(Self {
             access_key: format!(
                 "RS{}",
                 &crate::auth::random_token()?[..18].to_ascii_uppercase()
-            )
-            .replace(['-', '_'], "X"),
+            ),
             secret_key: crate::auth::random_token()?,
-        },
-    };
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    file.write_all(render(&keys).as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    Ok(keys)
+        })
+    }
 }
 
 #[cfg(test)]

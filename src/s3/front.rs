@@ -104,6 +104,16 @@ pub async fn blocking<T: Send + 'static>(
 }
 
 impl Front {
+    /// One of the gateway's bounded upload slots, or SlowDown (503).
+    pub fn upload_slot(&self) -> S3Result<tokio::sync::OwnedSemaphorePermit> {
+        self.door.try_upload_slot().ok_or_else(|| {
+            s3_error!(
+                SlowDown,
+                "the gateway is handling its limit of uploads; retry shortly"
+            )
+        })
+    }
+
     /// Stores received bytes as a blob; returns the part of an object it
     /// is. Nothing refers to it yet.
     pub async fn store(&self, received: &mut Received) -> S3Result<BlobPart> {

@@ -8,7 +8,7 @@ use s3s::{s3_error, S3Request, S3Result};
 use super::assemble::{bare_etag, MAX_PARTS};
 use super::body::{receive, Declared};
 use super::front::{blocking, etag, now_ms, timestamp, Front};
-use super::objects::{body_len, checksum_fields, write_condition};
+use super::objects::{body_len, checksum_fields, with_checksums, write_condition};
 use super::records::{ChosenPart, PartRecord, UploadRecord};
 
 fn part_number(number: i32) -> S3Result<u32> {
@@ -68,12 +68,7 @@ impl Front {
         let number = part_number(input.part_number)?;
         self.require_upload(&input.bucket, &input.key, &input.upload_id)
             .await?;
-        let _slot = self.door.try_upload_slot().ok_or_else(|| {
-            s3_error!(
-                SlowDown,
-                "the gateway is handling its limit of uploads; retry shortly"
-            )
-        })?;
+        let _slot = self.upload_slot()?;
         let checksums = Checksum {
             checksum_crc32: input.checksum_crc32,
             checksum_crc32c: input.checksum_crc32c,
@@ -106,16 +101,12 @@ impl Front {
                 Ok(part)
             })
             .await?;
-        let [crc32, crc32c, crc64nvme, sha1, sha256] = checksum_fields(&part.checksums);
-        Ok(UploadPartOutput {
-            e_tag: Some(etag(&part.etag)),
-            checksum_crc32: crc32,
-            checksum_crc32c: crc32c,
-            checksum_crc64nvme: crc64nvme,
-            checksum_sha1: sha1,
-            checksum_sha256: sha256,
-            ..Default::default()
-        })
+        Ok(with_checksums!(
+            &part.checksums,
+            UploadPartOutput {
+                e_tag: Some(etag(&part.etag)),
+            }
+        ))
     }
 
     /// UploadPartCopy.
@@ -214,12 +205,7 @@ impl Front {
         range: std::ops::Range<u64>,
         number: u32,
     ) -> S3Result<PartRecord> {
-        let _slot = self.door.try_upload_slot().ok_or_else(|| {
-            s3_error!(
-                SlowDown,
-                "the gateway is handling its limit of uploads; retry shortly"
-            )
-        })?;
+        let _slot = self.upload_slot()?;
         let stream = self.read(source, range.clone()).await?;
         let declared = Declared {
             len: Some(range.end - range.start),

@@ -17,6 +17,24 @@ pub fn checksum_fields(sums: &BTreeMap<String, String>) -> [Option<String>; 5] {
     ["CRC32", "CRC32C", "CRC64NVME", "SHA1", "SHA256"].map(|name| sums.get(name).cloned())
 }
 
+/// An S3 output struct with the five checksum fields set from `sums`, the
+/// fields given, and defaults for the rest.
+macro_rules! with_checksums {
+    ($sums:expr, $ty:ident { $($field:ident: $value:expr),* $(,)? }) => {{
+        let [crc32, crc32c, crc64nvme, sha1, sha256] = $crate::s3::objects::checksum_fields($sums);
+        $ty {
+            checksum_crc32: crc32,
+            checksum_crc32c: crc32c,
+            checksum_crc64nvme: crc64nvme,
+            checksum_sha1: sha1,
+            checksum_sha256: sha256,
+            $($field: $value,)*
+            ..Default::default()
+        }
+    }};
+}
+pub(crate) use with_checksums;
+
 /// The write condition of `If-None-Match: *` / `If-Match: ETAG`.
 pub fn write_condition(
     if_match: Option<&ETagCondition>,
@@ -114,12 +132,7 @@ impl Front {
                 "the key has an object (If-None-Match: *)"
             ));
         }
-        let _slot = self.door.try_upload_slot().ok_or_else(|| {
-            s3_error!(
-                SlowDown,
-                "the gateway is handling its limit of uploads; retry shortly"
-            )
-        })?;
+        let _slot = self.upload_slot()?;
         let checksums = Checksum {
             checksum_crc32: input.checksum_crc32,
             checksum_crc32c: input.checksum_crc32c,
@@ -151,17 +164,13 @@ impl Front {
                 Ok(record)
             })
             .await?;
-        let [crc32, crc32c, crc64nvme, sha1, sha256] = checksum_fields(&stored.checksums);
-        Ok(PutObjectOutput {
-            e_tag: Some(etag(&stored.etag)),
-            checksum_crc32: crc32,
-            checksum_crc32c: crc32c,
-            checksum_crc64nvme: crc64nvme,
-            checksum_sha1: sha1,
-            checksum_sha256: sha256,
-            size: Some(stored.size as i64),
-            ..Default::default()
-        })
+        Ok(with_checksums!(
+            &stored.checksums,
+            PutObjectOutput {
+                e_tag: Some(etag(&stored.etag)),
+                size: Some(stored.size as i64),
+            }
+        ))
     }
 
     async fn record(&self, bucket: &str, key: &str) -> S3Result<ObjectRecord> {
@@ -255,21 +264,17 @@ impl Front {
                 if_unmodified_since: input.if_unmodified_since.as_ref(),
             },
         )?;
-        let [crc32, crc32c, crc64nvme, sha1, sha256] = checksum_fields(&record.checksums);
-        Ok(HeadObjectOutput {
-            content_length: Some(record.size as i64),
-            accept_ranges: Some("bytes".into()),
-            e_tag: Some(etag(&record.etag)),
-            last_modified: Some(timestamp(record.modified_ms)),
-            content_type: record.content_type.clone(),
-            metadata: to_map(&record.metadata),
-            checksum_crc32: crc32,
-            checksum_crc32c: crc32c,
-            checksum_crc64nvme: crc64nvme,
-            checksum_sha1: sha1,
-            checksum_sha256: sha256,
-            ..Default::default()
-        })
+        Ok(with_checksums!(
+            &record.checksums,
+            HeadObjectOutput {
+                content_length: Some(record.size as i64),
+                accept_ranges: Some("bytes".into()),
+                e_tag: Some(etag(&record.etag)),
+                last_modified: Some(timestamp(record.modified_ms)),
+                content_type: record.content_type.clone(),
+                metadata: to_map(&record.metadata),
+            }
+        ))
     }
 
     /// DeleteObject: 204 whether or not the key had an object.
@@ -402,18 +407,14 @@ impl Front {
         })
         .await?
         .ok_or_else(|| s3_error!(NoSuchKey, "the copy's source is gone"))?;
-        let [crc32, crc32c, crc64nvme, sha1, sha256] = checksum_fields(&copy.checksums);
         Ok(CopyObjectOutput {
-            copy_object_result: Some(CopyObjectResult {
-                e_tag: Some(etag(&copy.etag)),
-                last_modified: Some(timestamp(copy.modified_ms)),
-                checksum_crc32: crc32,
-                checksum_crc32c: crc32c,
-                checksum_crc64nvme: crc64nvme,
-                checksum_sha1: sha1,
-                checksum_sha256: sha256,
-                ..Default::default()
-            }),
+            copy_object_result: Some(with_checksums!(
+                &copy.checksums,
+                CopyObjectResult {
+                    e_tag: Some(etag(&copy.etag)),
+                    last_modified: Some(timestamp(copy.modified_ms)),
+                }
+            )),
             ..Default::default()
         })
     }

@@ -12,7 +12,21 @@ use super::index::IndexError;
 use super::kv::{prefix_end, Entries, KvStore, Table, Txn};
 
 /// Attempts of a transaction that keeps conflicting.
-const ATTEMPTS: usize = 20;
+const ATTEMPTS: u32 = 60;
+
+/// A pause before attempt `attempt` again: random, up to twice the last
+/// one's bound, at most 200 ms, so conflicting writers drift apart.
+fn backoff(attempt: u32) -> std::time::Duration {
+    let bound_ms = (1u64 << attempt.min(8)).min(200);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(7, |d| d.subsec_nanos() as u64);
+    let mut x = nanos ^ 0x9E37_79B9_7F4A_7C15 ^ (u64::from(attempt) << 32);
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    std::time::Duration::from_micros(x % (bound_ms * 1000 + 1))
+}
 
 fn store(e: impl std::fmt::Display) -> IndexError {
     IndexError::Store(e.to_string())
@@ -140,7 +154,7 @@ impl KvStore for PostgresKv {
             .lock()
             .map_err(|_| store("poisoned connection"))?;
         let mut last = None;
-        for _ in 0..ATTEMPTS {
+        for attempt in 0..ATTEMPTS {
             let mut txn = client
                 .build_transaction()
                 .isolation_level(IsolationLevel::Serializable)
@@ -158,7 +172,7 @@ impl KvStore for PostgresKv {
             match outcome {
                 Err(IndexError::Store(message)) if message == CONFLICT => {
                     last = Some(message);
-                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    std::thread::sleep(backoff(attempt));
                 }
                 other => return other,
             }

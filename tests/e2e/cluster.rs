@@ -83,10 +83,14 @@ pub async fn becomes_ready(e2e: &E2e) -> anyhow::Result<()> {
         "deployment/e2e-gateway",
         "--timeout=120s",
     ])?;
-    let claims = e2e.list("pvc", NS, "app.kubernetes.io/instance=e2e")?;
+    let claims = e2e.list(
+        "pvc",
+        NS,
+        "app.kubernetes.io/instance=e2e,app.kubernetes.io/component=node",
+    )?;
     anyhow::ensure!(
         claims.len() == 4 && claims.iter().all(|c| c["status"]["phase"] == "Bound"),
-        "claims: {}",
+        "node claims: {}",
         claims.len()
     );
     Ok(())
