@@ -32,6 +32,9 @@ export KUBECONFIG=$work/kubeconfig
 kind load image-archive "$work/redstuff.tar" --name "$name"
 kind load image-archive "$probe_tar" --name "$name"
 
+# The S3 scenario drives the aws cli of scripts/s3-clients' venv.
+scripts/s3-clients
+
 # The suite refuses any context but the ones made for it: kind's is
 # kind-$name (kind-redstuff-e2e by default).
 [ "$name" = redstuff-e2e ] || export REDSTUFF_E2E_CONTEXT="kind-$name"
