@@ -318,6 +318,9 @@ struct GatewayArgs {
     /// Deadline of every call to a node, in seconds.
     #[arg(long, default_value_t = 5.0)]
     node_timeout_secs: f64,
+    /// Bytes of decoded segments kept for range reads (0: none).
+    #[arg(long, default_value = "128MiB", value_parser = parse_bytes)]
+    segment_cache: u64,
     /// Also serve S3 on this address (the second line on stdout is
     /// {"event": "listening", "s3": URL}).
     #[arg(long)]
@@ -645,6 +648,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         max_uploads: args.max_uploads,
         anonymous_reads: args.anonymous_reads,
         deadlines: Deadlines::from_secs(args.node_timeout_secs),
+        segment_cache_bytes: usize::try_from(args.segment_cache).unwrap_or(usize::MAX),
         ..GatewayConfig::new(
             FleetSource::File(args.fleet),
             args.spool_dir,

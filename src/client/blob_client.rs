@@ -92,6 +92,7 @@ pub struct BlobClient {
     pub(super) calls: NodeCalls,
     pub(super) map: FleetMap,
     pub(super) metrics: Option<GatewayMetrics>,
+    pub(super) segments: Option<std::sync::Arc<super::segment_cache::SegmentCache>>,
 }
 
 impl BlobClient {
@@ -101,7 +102,18 @@ impl BlobClient {
             calls,
             map,
             metrics,
+            segments: None,
         }
+    }
+
+    /// The same client, keeping decoded segments in `cache` for later
+    /// range reads.
+    pub fn with_segment_cache(
+        mut self,
+        cache: std::sync::Arc<super::segment_cache::SegmentCache>,
+    ) -> Self {
+        self.segments = Some(cache);
+        self
     }
 
     /// The fleet map it works on.

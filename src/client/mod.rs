@@ -11,6 +11,7 @@ mod node_client;
 pub mod quorum;
 mod range;
 mod read;
+pub mod segment_cache;
 mod write;
 
 pub use blob_client::{BlobClient, BlobIoError};

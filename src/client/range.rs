@@ -34,6 +34,25 @@ pub fn segment_spans(segment_size: u64, range: Range<u64>) -> Vec<(u32, Range<us
 }
 
 impl BlobClient {
+    /// Segment `index`, from the segment cache when it holds it (kept
+    /// there after a read).
+    async fn cached_segment(
+        &self,
+        metadata: &BlobMetadata,
+        index: u32,
+        slow: &mut SlowNodes,
+    ) -> Result<Bytes, BlobIoError> {
+        let id = metadata.blob_id();
+        if let Some(data) = self.segments.as_ref().and_then(|c| c.get(&id, index)) {
+            return Ok(data);
+        }
+        let data = Bytes::from(self.read_segment(metadata, index, slow).await?);
+        if let Some(cache) = &self.segments {
+            cache.put(id, index, data.clone());
+        }
+        Ok(data)
+    }
+
     /// Streams bytes `range` of the blob (clamped to its length); `counted`
     /// is called with each chunk's length as it goes out.
     pub async fn read_range(
@@ -48,17 +67,17 @@ impl BlobClient {
         let mut spans = spans.into_iter();
         let mut slow = SlowNodes::default();
         if let Some((index, within)) = spans.next() {
-            let data = self.read_segment(&metadata, index, &mut slow).await?;
-            let chunk = Bytes::from(data).slice(within);
+            let data = self.cached_segment(&metadata, index, &mut slow).await?;
+            let chunk = data.slice(within);
             counted(chunk.len() as u64);
             tx.send(Ok(chunk)).await.expect("receiver alive");
         }
         let client = self.clone();
         tokio::spawn(async move {
             for (index, within) in spans {
-                match client.read_segment(&metadata, index, &mut slow).await {
+                match client.cached_segment(&metadata, index, &mut slow).await {
                     Ok(data) => {
-                        let chunk = Bytes::from(data).slice(within);
+                        let chunk = data.slice(within);
                         counted(chunk.len() as u64);
                         if tx.send(Ok(chunk)).await.is_err() {
                             return; // the reader went away

@@ -40,6 +40,10 @@ use crate::client::{BlobClient, Deadlines, NodeCalls};
 use crate::fleet::{FleetMap, MapFile};
 use crate::metrics::GatewayMetrics;
 
+/// Decoded segments a gateway keeps for range reads by default: two
+/// segments of the default size.
+pub const DEFAULT_SEGMENT_CACHE_BYTES: usize = 128 << 20;
+
 /// Where the gateway learns the fleet map.
 #[derive(Debug, Clone)]
 pub enum FleetSource {
@@ -73,6 +77,8 @@ pub struct GatewayConfig {
     pub anonymous_reads: bool,
     /// Deadlines of calls to nodes.
     pub deadlines: Deadlines,
+    /// Bytes of decoded segments kept for range reads (0: none).
+    pub segment_cache_bytes: usize,
 }
 
 impl GatewayConfig {
@@ -94,6 +100,7 @@ impl GatewayConfig {
             user_tokens,
             anonymous_reads: false,
             deadlines: Deadlines::default(),
+            segment_cache_bytes: DEFAULT_SEGMENT_CACHE_BYTES,
         }
     }
 }
@@ -112,6 +119,8 @@ struct GatewayState {
     status: StatusBoard,
     /// Metrics of the process around the gateway (the `dev` loop's).
     extra_metrics: RwLock<Option<Registry>>,
+    /// Decoded segments kept for range reads.
+    segments: Arc<crate::client::segment_cache::SegmentCache>,
 }
 
 impl GatewayState {
@@ -119,11 +128,10 @@ impl GatewayState {
         let map = self.map.get().ok_or_else(|| {
             ApiError::unavailable("no fleet map yet: the control loop has not published one")
         })?;
-        Ok(BlobClient::new(
-            self.calls.clone(),
-            map,
-            Some(self.metrics.clone()),
-        ))
+        Ok(
+            BlobClient::new(self.calls.clone(), map, Some(self.metrics.clone()))
+                .with_segment_cache(self.segments.clone()),
+        )
     }
 }
 
@@ -141,11 +149,10 @@ impl Door {
             .map
             .get()
             .ok_or("no fleet map yet: the control loop has not published one")?;
-        Ok(BlobClient::new(
-            self.0.calls.clone(),
-            map,
-            Some(self.0.metrics.clone()),
-        ))
+        Ok(
+            BlobClient::new(self.0.calls.clone(), map, Some(self.0.metrics.clone()))
+                .with_segment_cache(self.0.segments.clone()),
+        )
     }
 
     /// The upload spool.
@@ -210,6 +217,9 @@ impl Gateway {
             anonymous_reads: config.anonymous_reads,
             status,
             extra_metrics: RwLock::new(None),
+            segments: Arc::new(crate::client::segment_cache::SegmentCache::new(
+                config.segment_cache_bytes,
+            )),
         });
         let router = Router::new()
             .route("/healthz", get(|| async { "ok" }))
