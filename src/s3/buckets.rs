@@ -77,6 +77,22 @@ fn contents(page: &Page<ObjectSummary>, encode: bool) -> (Vec<Object>, Vec<Commo
     (objects, prefixes)
 }
 
+/// The listing a request asks for (empty prefixes, delimiters and markers
+/// are none).
+fn list_query(
+    prefix: &Option<String>,
+    delimiter: &Option<String>,
+    after: Option<String>,
+    max_keys: usize,
+) -> ListQuery {
+    ListQuery {
+        prefix: prefix.clone().unwrap_or_default(),
+        delimiter: delimiter.clone().filter(|d| !d.is_empty()),
+        after: after.filter(|a| !a.is_empty()),
+        max_keys,
+    }
+}
+
 fn wants_url(encoding: Option<&EncodingType>) -> bool {
     encoding.is_some_and(|e| e.as_str() == EncodingType::URL)
 }
@@ -129,12 +145,17 @@ impl Front {
 
     /// HeadBucket.
     pub async fn head_bucket(&self, req: S3Request<HeadBucketInput>) -> S3Result<HeadBucketOutput> {
-        let (index, bucket) = (self.index.clone(), req.input.bucket);
-        let name = bucket.clone();
+        self.require_bucket(req.input.bucket).await?;
+        Ok(HeadBucketOutput::default())
+    }
+
+    /// NoSuchBucket unless `bucket` exists.
+    async fn require_bucket(&self, bucket: String) -> S3Result<()> {
+        let (index, name) = (self.index.clone(), bucket.clone());
         if !blocking(move || index.bucket_exists(&bucket)).await? {
             return Err(s3_error!(NoSuchBucket, "the bucket {name} does not exist"));
         }
-        Ok(HeadBucketOutput::default())
+        Ok(())
     }
 
     /// DeleteBucket: only when it holds no object; its unfinished uploads
@@ -154,11 +175,7 @@ impl Front {
         &self,
         req: S3Request<GetBucketLocationInput>,
     ) -> S3Result<GetBucketLocationOutput> {
-        self.head_bucket(req.map_input(|i| HeadBucketInput {
-            bucket: i.bucket,
-            ..Default::default()
-        }))
-        .await?;
+        self.require_bucket(req.input.bucket).await?;
         Ok(GetBucketLocationOutput::default())
     }
 
@@ -167,11 +184,7 @@ impl Front {
         &self,
         req: S3Request<GetBucketVersioningInput>,
     ) -> S3Result<GetBucketVersioningOutput> {
-        self.head_bucket(req.map_input(|i| HeadBucketInput {
-            bucket: i.bucket,
-            ..Default::default()
-        }))
-        .await?;
+        self.require_bucket(req.input.bucket).await?;
         Ok(GetBucketVersioningOutput::default())
     }
 
@@ -186,12 +199,7 @@ impl Front {
             (Some(token), _) => Some(decode_token(token)?),
             (None, start_after) => start_after.clone().filter(|s| !s.is_empty()),
         };
-        let query = ListQuery {
-            prefix: input.prefix.clone().unwrap_or_default(),
-            delimiter: input.delimiter.clone().filter(|d| !d.is_empty()),
-            after,
-            max_keys: max,
-        };
+        let query = list_query(&input.prefix, &input.delimiter, after, max);
         let page = self.list_page(input.bucket.clone(), query).await?;
         let encode = wants_url(input.encoding_type.as_ref());
         let (objects, prefixes) = contents(&page, encode);
@@ -224,12 +232,7 @@ impl Front {
     ) -> S3Result<ListObjectsOutput> {
         let input = req.input;
         let max = max_keys(input.max_keys)?;
-        let query = ListQuery {
-            prefix: input.prefix.clone().unwrap_or_default(),
-            delimiter: input.delimiter.clone().filter(|d| !d.is_empty()),
-            after: input.marker.clone().filter(|m| !m.is_empty()),
-            max_keys: max,
-        };
+        let query = list_query(&input.prefix, &input.delimiter, input.marker.clone(), max);
         let page = self.list_page(input.bucket.clone(), query).await?;
         let encode = wants_url(input.encoding_type.as_ref());
         let (objects, prefixes) = contents(&page, encode);
@@ -261,12 +264,12 @@ impl Front {
     ) -> S3Result<ListObjectVersionsOutput> {
         let input = req.input;
         let max = max_keys(input.max_keys)?;
-        let query = ListQuery {
-            prefix: input.prefix.clone().unwrap_or_default(),
-            delimiter: input.delimiter.clone().filter(|d| !d.is_empty()),
-            after: input.key_marker.clone().filter(|m| !m.is_empty()),
-            max_keys: max,
-        };
+        let query = list_query(
+            &input.prefix,
+            &input.delimiter,
+            input.key_marker.clone(),
+            max,
+        );
         let page = self.list_page(input.bucket.clone(), query).await?;
         let encode = wants_url(input.encoding_type.as_ref());
         let (objects, prefixes) = contents(&page, encode);

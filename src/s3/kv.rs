@@ -153,13 +153,18 @@ fn scan_table<T: ReadableTable<&'static [u8], &'static [u8]>>(
     Ok(found)
 }
 
+fn get_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    table: &T,
+    key: &[u8],
+) -> Result<Option<Vec<u8>>, IndexError> {
+    Ok(table.get(key).map_err(store)?.map(|v| v.value().to_vec()))
+}
+
 struct RedbWrite<'a>(&'a redb::WriteTransaction);
 
 impl Txn for RedbWrite<'_> {
     fn get(&mut self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError> {
-        let t = self.0.open_table(definition(table)).map_err(store)?;
-        let value = t.get(key).map_err(store)?.map(|v| v.value().to_vec());
-        Ok(value)
+        get_in(&self.0.open_table(definition(table)).map_err(store)?, key)
     }
 
     fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), IndexError> {
@@ -190,9 +195,7 @@ struct RedbRead(redb::ReadTransaction);
 
 impl Txn for RedbRead {
     fn get(&mut self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError> {
-        let t = self.0.open_table(definition(table)).map_err(store)?;
-        let value = t.get(key).map_err(store)?.map(|v| v.value().to_vec());
-        Ok(value)
+        get_in(&self.0.open_table(definition(table)).map_err(store)?, key)
     }
 
     fn put(&mut self, _: Table, _: &[u8], _: &[u8]) -> Result<(), IndexError> {
