@@ -184,6 +184,40 @@ fn rclone_s3cmd_s5cmd_and_s3fs_store_list_check_and_read() {
     assert!(out.contains("every client passed"), "{out}");
 }
 
+/// A client that holds its body back (`Expect: 100-continue`) and hears a
+/// refusal first never sends those bytes; were the connection kept, the
+/// server would take the next request's first bytes for them. botocore
+/// reuses such connections: it saw SignatureDoesNotMatch on the PUT after
+/// a refused conditional PUT. So a refusal before the body closes the
+/// connection, and the next request goes on a fresh one.
+#[test]
+fn a_refusal_before_a_held_back_body_closes_the_connection() {
+    use std::io::{Read, Write};
+    let fleet = DevFleet::start(&[]);
+    let address = fleet
+        .s3
+        .clone()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    let mut socket = std::net::TcpStream::connect(&address).unwrap();
+    socket.set_read_timeout(Some(WAIT)).unwrap();
+    // Unsigned: refused (AccessDenied) before the body is read.
+    write!(
+        socket,
+        "PUT /bucket/key HTTP/1.1\r\nHost: {address}\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    socket
+        .read_to_end(&mut answer)
+        .expect("the server closes the connection after the refusal");
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 403"), "{answer}");
+    assert!(!answer.contains("100 continue"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+}
+
 /// The blob id the fleet (7 shards, 1 MiB segments) gives these bytes.
 fn blob_id(data: &[u8]) -> String {
     let config = redstuff::codec::EncodingConfig::new(7).unwrap();
