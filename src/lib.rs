@@ -17,6 +17,7 @@ pub mod control;
 pub mod dev;
 pub mod fleet;
 pub mod gateway;
+pub mod held_back_body;
 pub mod http;
 pub mod json_file;
 pub mod listen;

@@ -239,6 +239,9 @@ impl Gateway {
                 routes::authorize,
             ))
             .layer(middleware::from_fn_with_state(state.clone(), routes::track))
+            .layer(middleware::from_fn(
+                crate::held_back_body::close_after_refusal,
+            ))
             .layer(DefaultBodyLimit::disable())
             .with_state(state.clone());
         let listener = crate::listen::bind(addr).await?;

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use http::HeaderValue;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
@@ -21,6 +20,7 @@ use super::front::{now_ms, Front};
 use super::index::Index;
 use crate::client::DeleteOutcome;
 use crate::gateway::Door;
+use crate::held_back_body;
 use crate::metrics::S3Metrics;
 
 /// Where the index lives.
@@ -114,14 +114,10 @@ impl S3Server {
         let s3 = builder.build();
         let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
             let s3 = s3.clone();
-            let expects_continue = expects_continue(request.headers());
+            let expects_continue = held_back_body::expects_continue(request.headers());
             async move {
                 let mut response = hyper::service::Service::call(&s3, request).await?;
-                if closes_connection(expects_continue, response.status()) {
-                    response
-                        .headers_mut()
-                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-                }
+                held_back_body::mark_close(expects_continue, &mut response);
                 Ok::<_, s3s::HttpError>(response)
             }
         });
@@ -147,23 +143,6 @@ impl S3Server {
         collector.abort();
         Ok(())
     }
-}
-
-/// Whether the client holds its body back until it hears 100 Continue.
-fn expects_continue(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
-}
-
-/// Whether the connection must close after this answer. A client that sent
-/// `Expect: 100-continue` and hears a final error before 100 Continue never
-/// sends its body, while the server still counts those bytes as owed: the
-/// next request on the connection would lose its first bytes to them (botocore
-/// then saw SignatureDoesNotMatch on the request after a refused conditional
-/// PUT). Closing the connection ends that ambiguity.
-fn closes_connection(expects_continue: bool, status: http::StatusCode) -> bool {
-    expects_continue && !status.is_success()
 }
 
 async fn collect_forever(front: Front, config: S3Config) {
