@@ -18,8 +18,9 @@ use serde::Serialize;
 use crate::bench::memory;
 use crate::codec::config::{BlobLayout, EncodingConfig};
 use crate::codec::{
-    decode_segment, encode_segment, rebuild, rs, BlobMetadata, DecodeError, DecodedSegment,
-    EncodedSegment, Primary, PrimarySliver, RecoverySymbol, Secondary, SymbolSource,
+    decode_segment, decode_segment_with, encode_segment, rebuild, rs, BlobMetadata, DecodeError,
+    DecodedSegment, EncodedSegment, Primary, PrimarySliver, RecoverySymbol, Secondary,
+    SymbolSource, Verification,
 };
 use crate::units::format_bytes;
 
@@ -135,7 +136,7 @@ pub fn default_rounds(size: u64) -> usize {
     }
 }
 
-const PHASES: [(&str, &str); 6] = [
+const PHASES: [(&str, &str); 7] = [
     (
         "baseline",
         "1-D reed-solomon-simd encode, p + (n - p), cache-sized stripes, all threads",
@@ -146,11 +147,15 @@ const PHASES: [(&str, &str); 6] = [
     ),
     (
         "decode_systematic",
-        "decode from the p systematic primary slivers, re-derivation check included",
+        "decode from the p systematic primary slivers, each verified against its hash",
     ),
     (
         "decode_recovery",
-        "decode from the last p primary slivers (Reed-Solomon on every column), check included",
+        "decode from the last p primary slivers (Reed-Solomon on every column), decoded systematic slivers verified",
+    ),
+    (
+        "decode_strict",
+        "decode from the p systematic primary slivers, the whole encoding re-derived and all 2n hashes checked",
     ),
     (
         "rebuild_peers",
@@ -294,9 +299,14 @@ fn measure_segment(
     let tail = encoded.primary[config.n() - p..].to_vec();
     let decoded = tallies[3].measure(round, || decode_segment(metadata, 0, tail));
     check_decoded(decoded, data)?;
+    let systematic = encoded.primary[..p].to_vec();
+    let decoded = tallies[4].measure(round, || {
+        decode_segment_with(metadata, 0, systematic, Verification::Strict)
+    });
+    check_decoded(decoded, data)?;
 
     let (primary_symbols, secondary_symbols) =
-        tallies[4].measure(round, || serve_pair_zero(&encoded));
+        tallies[5].measure(round, || serve_pair_zero(&encoded));
     let traffic = RepairTraffic {
         sent: primary_symbols
             .iter()
@@ -308,7 +318,7 @@ fn measure_segment(
                 .sum::<u64>(),
         ideal: encoded.layout.repair_symbol_bytes(),
     };
-    let rebuilt = tallies[5].measure(round, || {
+    let rebuilt = tallies[6].measure(round, || {
         let secondary = rebuild::<Secondary>(metadata, 0, 0, primary_symbols);
         let primary = rebuild::<Primary>(metadata, 0, 0, secondary_symbols);
         (secondary, primary)

@@ -5,14 +5,23 @@
 //! secondary slivers (columns of E) decode every row. Systematic slivers
 //! are chosen first, so a healthy read needs no Reed-Solomon at all.
 //!
-//! Verification is by re-derivation: the decoded segment is re-encoded and
-//! its 2n sliver hashes must equal the metadata's, which the blob id commits
-//! to. That one check proves every sliver used (each is a line of the
-//! re-encoded matrix) and the consistency of the writer's encoding, so
-//! bytes are returned only when they are the blob's. When the check fails,
-//! each sliver is verified on its own to tell lying slivers (dropped, and
-//! reported so the caller can blame their nodes) from an inconsistent
-//! writer (an error), and decoding retries with the valid ones.
+//! The segment's bytes are the rows of M, that is its p systematic primary
+//! slivers. A decode returns them only when each of those rows hashes (as
+//! a sliver) to its primary hash in the metadata, which the blob id
+//! commits to ([`Verification::Slivers`], the default). Those hashes fix
+//! the rows, so every read that succeeds returns the same bytes, even from
+//! a writer whose encoding is inconsistent: such a blob can make some reads
+//! fail, never return different bytes. From the systematic slivers this is
+//! just verifying the slivers used, about p/n of an encode.
+//!
+//! [`Verification::Strict`] re-derives the whole encoding instead: the
+//! decoded segment is re-encoded and all 2n sliver hashes must equal the
+//! metadata's, which also proves the writer's encoding consistent.
+//!
+//! When the check fails, each sliver is verified on its own to tell lying
+//! slivers (dropped, and reported so the caller can blame their nodes) from
+//! an inconsistent writer (an error), and decoding retries with the valid
+//! ones.
 
 use std::collections::BTreeMap;
 
@@ -21,10 +30,22 @@ use rayon::prelude::*;
 use crate::codec::config::SegmentLayout;
 use crate::codec::encode::segment_hashes;
 use crate::codec::error::DecodeError;
-use crate::codec::line::verify_sliver;
+use crate::codec::line::{line_hash, verify_sliver};
 use crate::codec::metadata::{BlobMetadata, SegmentHashes};
 use crate::codec::rs;
 use crate::codec::sliver::{Axis, Sliver, SliverKind};
+
+/// How a decode proves the bytes it returns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Verification {
+    /// Each systematic primary sliver of the result matches its hash: every
+    /// successful read returns the same bytes.
+    #[default]
+    Slivers,
+    /// The whole segment is re-encoded and all 2n hashes must match: also
+    /// proves the writer's encoding consistent.
+    Strict,
+}
 
 /// A decoded segment and the slivers found invalid on the way.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +63,16 @@ pub fn decode_segment<A: Axis>(
     metadata: &BlobMetadata,
     segment: u32,
     slivers: Vec<Sliver<A>>,
+) -> Result<DecodedSegment, DecodeError> {
+    decode_segment_with(metadata, segment, slivers, Verification::Slivers)
+}
+
+/// [`decode_segment`] with a chosen [`Verification`].
+pub fn decode_segment_with<A: Axis>(
+    metadata: &BlobMetadata,
+    segment: u32,
+    slivers: Vec<Sliver<A>>,
+    verification: Verification,
 ) -> Result<DecodedSegment, DecodeError> {
     let layout = metadata
         .segment_layout(segment)
@@ -76,9 +107,9 @@ pub fn decode_segment<A: Axis>(
         return Err(not_enough(candidates.len(), &invalid));
     }
 
-    // Optimistic: the lowest indices (systematic first), checked by re-derivation.
+    // Optimistic: the lowest indices (systematic first).
     let chosen: Vec<&Sliver<A>> = candidates.values().take(needed).collect();
-    if let Some(data) = reconstruct_checked(&layout, &chosen, expected) {
+    if let Some(data) = reconstruct_checked(&layout, &chosen, expected, verification) {
         return Ok(DecodedSegment { data, invalid });
     }
 
@@ -101,8 +132,8 @@ pub fn decode_segment<A: Axis>(
         return Err(not_enough(candidates.len(), &invalid));
     }
     let chosen: Vec<&Sliver<A>> = candidates.values().take(needed).collect();
-    let data =
-        reconstruct_checked(&layout, &chosen, expected).ok_or(DecodeError::InconsistentEncoding)?;
+    let data = reconstruct_checked(&layout, &chosen, expected, verification)
+        .ok_or(DecodeError::InconsistentEncoding)?;
     invalid.sort_unstable();
     Ok(DecodedSegment { data, invalid })
 }
@@ -127,19 +158,35 @@ pub fn decode_blob<A: Axis>(
 }
 
 /// The segment's bytes from the chosen slivers, if the padding is zero and
-/// they re-encode to the expected hashes.
+/// they pass `verification` against the expected hashes.
 fn reconstruct_checked<A: Axis>(
     layout: &SegmentLayout,
     chosen: &[&Sliver<A>],
     expected: &SegmentHashes,
+    verification: Verification,
 ) -> Option<Vec<u8>> {
     let mut matrix = reconstruct(layout, chosen);
     let len = layout.len() as usize;
     if matrix[len..].iter().any(|&b| b != 0) {
         return None;
     }
+    let verified = match verification {
+        Verification::Slivers => rows_match(layout, &matrix, expected),
+        Verification::Strict => segment_hashes(layout.config(), &matrix[..len]) == *expected,
+    };
     matrix.truncate(len);
-    (segment_hashes(layout.config(), &matrix) == *expected).then_some(matrix)
+    verified.then_some(matrix)
+}
+
+/// Whether every row of the padded message matrix hashes, as a primary
+/// sliver, to its primary hash.
+fn rows_match(layout: &SegmentLayout, matrix: &[u8], expected: &SegmentHashes) -> bool {
+    let config = layout.config();
+    let s = layout.symbol_size();
+    matrix
+        .par_chunks(config.q() * s)
+        .enumerate()
+        .all(|(r, row)| line_hash(&config, row, s) == *expected.primary(r))
 }
 
 /// The padded message matrix from exactly `threshold` slivers of distinct

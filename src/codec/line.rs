@@ -64,6 +64,16 @@ pub fn sliver_hash<A: Axis>(sliver: &Sliver<A>) -> Hash {
     merkle::root(&expanded_leaves(sliver).0)
 }
 
+/// The hash of a line of `data` (its source symbols, back to back, of
+/// `symbol_size` bytes each) extended to `config.n()` symbols: what
+/// [`sliver_hash`] gives for a sliver holding `data`.
+pub fn line_hash(config: &EncodingConfig, data: &[u8], symbol_size: usize) -> Hash {
+    let extension = extend(config, data, symbol_size);
+    let mut leaves = vec![[0u8; 32]; config.n()];
+    leaves_into(data, &extension, symbol_size, &mut leaves);
+    merkle::root(&leaves)
+}
+
 /// Checks a sliver against the blob metadata: its shape, then its hash.
 pub fn verify_sliver<A: Axis>(
     metadata: &BlobMetadata,

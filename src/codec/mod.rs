@@ -19,7 +19,7 @@ pub mod rs;
 pub mod sliver;
 
 pub use config::{BlobLayout, EncodingConfig, SegmentLayout, DEFAULT_SEGMENT_SIZE};
-pub use decode::{decode_blob, decode_segment, DecodedSegment};
+pub use decode::{decode_blob, decode_segment, decode_segment_with, DecodedSegment, Verification};
 pub use encode::{encode_segment, BlobEncoder, EncodeError, EncodedSegment};
 pub use error::{ConfigError, DecodeError, FormatError, RebuildError, SymbolError, VerifyError};
 pub use line::{sliver_hash, verify_sliver};
