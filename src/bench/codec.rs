@@ -510,18 +510,18 @@ mod tests {
         let mut seen = Vec::new();
         let report = run(&options, |done, total| seen.push((done, total))).unwrap();
         assert_eq!(seen, vec![(1, 3), (2, 3), (3, 3)]);
-        assert_eq!(report.phases.len(), 6);
+        assert_eq!(report.phases.len(), PHASES.len());
         assert!(report.phases.iter().all(|p| p.seconds > 0.0));
         // Repair moves (p + q) symbols per segment plus proofs and headers.
         assert!(report.repair_bytes > report.repair_symbol_bytes);
         let per_symbol_overhead = (merkle::proof_len(7) * HASH_LEN + 32) as u64;
         assert!(report.repair_bytes <= report.repair_symbol_bytes + 3 * 8 * per_symbol_overhead);
         let lines = render_json_lines(&report);
-        assert_eq!(lines.lines().count(), 7);
+        assert_eq!(lines.lines().count(), PHASES.len() + 1);
         for line in lines.lines() {
             serde_json::from_str::<serde_json::Value>(line).unwrap();
         }
-        assert!(render_table(&report).contains("decode_systematic"));
+        assert!(render_table(&report).contains("decode_strict"));
     }
 
     #[test]
