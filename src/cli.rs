@@ -76,11 +76,13 @@ pub async fn put(
     );
     let bar = progress(len, &label);
     let counted = bar.clone();
-    let stream = tokio_util::io::ReaderStream::new(handle).inspect(move |chunk| {
-        if let Ok(chunk) = chunk {
-            counted.inc(chunk.len() as u64);
-        }
-    });
+    // Large reads: the default 4 KiB chunks cost more than the bytes.
+    let stream =
+        tokio_util::io::ReaderStream::with_capacity(handle, 1 << 20).inspect(move |chunk| {
+            if let Ok(chunk) = chunk {
+                counted.inc(chunk.len() as u64);
+            }
+        });
     let request = http()?.put(format!("{}/v1/blobs", gateway.trim_end_matches('/')));
     let response = authorized(request, &token)
         .header("content-length", len)

@@ -426,6 +426,10 @@ struct FleetArgs {
     /// Segment size.
     #[arg(long, default_value_t = DEFAULT_SEGMENT_SIZE, value_parser = parse_bytes)]
     segment_size: u64,
+    /// Also put, then get, this many different blobs of --size at once
+    /// (aggregate throughput and the gateway's peak memory); 1 skips it.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    clients: u32,
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
@@ -801,6 +805,7 @@ async fn bench_fleet(args: FleetArgs) -> anyhow::Result<()> {
         size: args.size,
         repair_bytes: args.repair_bytes,
         segment_size: args.segment_size,
+        clients: args.clients as usize,
     };
     let report = redstuff::bench::fleet::run(&options, |line| eprintln!("{line}")).await?;
     if args.json {

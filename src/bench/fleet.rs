@@ -1,6 +1,8 @@
 //! `redstuff bench fleet`: a local 7-shard fleet for real (node processes,
-//! gateway, control loop), measured against the codec alone in the same
-//! run: put and get of one blob through the gateway, then the time and the
+//! gateway, control loop), measured against this machine's limits in the
+//! same run: put and get of one blob through the gateway, against the
+//! codec alone and against writing the encoded bytes with fsync to the
+//! same disk; optionally several clients at once; then the time and the
 //! bytes to rebuild a node wiped while it held a given amount of slivers.
 
 use std::io::Write as _;
@@ -23,6 +25,8 @@ pub struct FleetBenchOptions {
     pub repair_bytes: u64,
     /// Segment size.
     pub segment_size: u64,
+    /// Blobs put, then got, at once after the single-blob run (1: none).
+    pub clients: usize,
 }
 
 /// The result.
@@ -40,7 +44,12 @@ pub struct FleetBenchReport {
     pub put_mb_per_s: f64,
     /// GET through the gateway, MB/s of blob.
     pub get_mb_per_s: f64,
-    /// put / codec encode.
+    /// Writing the encoded blob (3.73x its bytes, a file per sliver, each
+    /// fsynced, seven writers as seven nodes) to the fleet's disk, MB/s of blob.
+    pub disk_write_mb_per_s: f64,
+    /// The machine's limit for a PUT: the slower of encode and disk write.
+    pub put_limit_mb_per_s: f64,
+    /// put / the machine's limit.
     pub put_ratio: f64,
     /// get / codec decode.
     pub get_ratio: f64,
@@ -54,6 +63,28 @@ pub struct FleetBenchReport {
     pub repair_bytes_moved: u64,
     /// Bytes a repair that re-reads whole blobs would move.
     pub naive_repair_bytes: u64,
+    /// Several clients at once, when asked for.
+    pub concurrent: Option<ConcurrentReport>,
+}
+
+/// Several clients putting, then getting, different blobs at once.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConcurrentReport {
+    /// Clients.
+    pub clients: usize,
+    /// Blob bytes each put and got.
+    pub size: u64,
+    /// All PUTs together, MB/s of blob.
+    pub put_mb_per_s: f64,
+    /// All GETs together, MB/s of blob.
+    pub get_mb_per_s: f64,
+    /// PUTs answered 503 (every upload slot taken) and retried.
+    pub put_retries: u64,
+    /// The gateway's process: resident memory before, and at its peak
+    /// during the concurrent puts and gets.
+    pub rss_before_bytes: u64,
+    /// See `rss_before_bytes`.
+    pub rss_peak_bytes: u64,
 }
 
 fn fill(buffer: &mut [u8], seed: u64) {
@@ -87,7 +118,9 @@ pub async fn run(
     let config = EncodingConfig::new(shards)?;
     let encoder = BlobEncoder::new(config, options.segment_size)?;
     let (mut encode_time, mut decode_time) = (Duration::MAX, Duration::MAX);
+    let mut encoded = Vec::new();
     for _ in 0..3 {
+        encoded.clear();
         let start = Instant::now();
         let (metadata, segments) = tokio::task::block_in_place(|| encoder.encode(&data))?;
         encode_time = encode_time.min(start.elapsed());
@@ -97,11 +130,20 @@ pub async fn run(
             tokio::task::block_in_place(|| decode_segment(&metadata, segment.index, systematic))?;
         }
         decode_time = decode_time.min(start.elapsed());
+        encoded = segments;
     }
     log(&format!(
         "codec alone: encode {:.0} MB/s, decode {:.0} MB/s",
         mb_per_s(options.size, encode_time),
         mb_per_s(options.size, decode_time)
+    ));
+    let disk_dir = work.path().join("disk");
+    let disk_time = tokio::task::block_in_place(|| write_like_nodes(&disk_dir, &encoded))?;
+    drop(encoded);
+    std::fs::remove_dir_all(&disk_dir)?;
+    log(&format!(
+        "disk alone: the encoded blob written with fsync at {:.0} MB/s of blob",
+        mb_per_s(options.size, disk_time)
     ));
 
     // The fleet.
@@ -130,9 +172,11 @@ pub async fn run(
     let result = measure(options, &http, &gateway, &blob_path, &data, &mut log).await;
     let _ = stop_tx.send(());
     let _ = fleet.await;
-    let (put_time, get_time, repair) = result?;
+    let (put_time, get_time, concurrent, repair) = result?;
     let encode = mb_per_s(options.size, encode_time);
     let decode = mb_per_s(options.size, decode_time);
+    let disk = mb_per_s(options.size, disk_time);
+    let limit = encode.min(disk);
     let put = mb_per_s(options.size, put_time);
     let get = mb_per_s(options.size, get_time);
     Ok(FleetBenchReport {
@@ -140,61 +184,109 @@ pub async fn run(
         size: options.size,
         codec_encode_mb_per_s: encode,
         codec_decode_mb_per_s: decode,
+        disk_write_mb_per_s: disk,
+        put_limit_mb_per_s: limit,
         put_mb_per_s: put,
         get_mb_per_s: get,
-        put_ratio: put / encode,
+        put_ratio: put / limit,
         get_ratio: get / decode,
         wiped_node_bytes: repair.0,
         fleet_blob_bytes: repair.1,
         repair_seconds: repair.2.as_secs_f64(),
         repair_bytes_moved: repair.3,
         naive_repair_bytes: repair.1,
+        concurrent,
     })
 }
 
-type Measured = (Duration, Duration, (u64, u64, Duration, u64));
+/// Writes every sliver of `segments` as the nodes would: one writer per
+/// pair index, a file per sliver, each fsynced, and the directory fsynced.
+fn write_like_nodes(
+    dir: &std::path::Path,
+    segments: &[crate::codec::EncodedSegment],
+) -> anyhow::Result<Duration> {
+    let pairs = segments.first().map_or(0, |s| s.primary.len());
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        let writers: Vec<_> = (0..pairs)
+            .map(|pair| {
+                scope.spawn(move || -> std::io::Result<()> {
+                    let shard_dir = dir.join(pair.to_string());
+                    std::fs::create_dir_all(&shard_dir)?;
+                    for segment in segments {
+                        for (kind, bytes) in [
+                            ("primary", segment.primary[pair].to_bytes()),
+                            ("secondary", segment.secondary[pair].to_bytes()),
+                        ] {
+                            let path = shard_dir.join(format!("{}.{kind}", segment.index));
+                            let mut file = std::fs::File::create(path)?;
+                            file.write_all(&bytes)?;
+                            file.sync_all()?;
+                        }
+                        std::fs::File::open(&shard_dir)?.sync_all()?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        writers
+            .into_iter()
+            .try_for_each(|w| w.join().expect("writer thread"))
+    })?;
+    Ok(start.elapsed())
+}
 
-async fn measure(
-    options: &FleetBenchOptions,
+type Measured = (
+    Duration,
+    Duration,
+    Option<ConcurrentReport>,
+    (u64, u64, Duration, u64),
+);
+
+/// PUTs the file at `path` through the gateway, retrying while every
+/// upload slot is taken; returns the blob id and the retries.
+async fn put_file(
     http: &reqwest::Client,
     gateway: &str,
-    blob_path: &std::path::Path,
-    data: &[u8],
-    log: &mut impl FnMut(&str),
-) -> anyhow::Result<Measured> {
-    let put = |path: PathBuf| {
-        let http = http.clone();
-        let url = format!("{gateway}/v1/blobs");
-        async move {
-            let file = tokio::fs::File::open(&path).await?;
-            let len = file.metadata().await?.len();
-            let response = http
-                .put(url)
-                .header("content-length", len)
-                .body(reqwest::Body::wrap_stream(
-                    tokio_util::io::ReaderStream::new(file),
-                ))
-                .send()
-                .await?;
-            anyhow::ensure!(
-                response.status().is_success(),
-                "PUT failed: {}",
-                response.text().await?
-            );
-            let body: serde_json::Value = response.json().await?;
-            Ok::<String, anyhow::Error>(body["id"].as_str().unwrap_or_default().to_string())
+    path: &std::path::Path,
+) -> anyhow::Result<(String, u64)> {
+    let mut retries = 0;
+    loop {
+        let file = tokio::fs::File::open(path).await?;
+        let len = file.metadata().await?.len();
+        let response = http
+            .put(format!("{gateway}/v1/blobs"))
+            .header("content-length", len)
+            .body(reqwest::Body::wrap_stream(
+                tokio_util::io::ReaderStream::with_capacity(file, 1 << 20),
+            ))
+            .send()
+            .await?;
+        if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE
+            && response.headers().contains_key("retry-after")
+            && retries < 600
+        {
+            retries += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
         }
-    };
-    let start = Instant::now();
-    let id = put(blob_path.to_path_buf()).await?;
-    let put_time = start.elapsed();
-    log(&format!(
-        "put {} in {:.2} s",
-        crate::units::format_bytes(options.size),
-        put_time.as_secs_f64()
-    ));
+        anyhow::ensure!(
+            response.status().is_success(),
+            "PUT failed: {}",
+            response.text().await?
+        );
+        let body: serde_json::Value = response.json().await?;
+        return Ok((body["id"].as_str().unwrap_or_default().to_string(), retries));
+    }
+}
 
-    let start = Instant::now();
+/// GETs a blob and checks it hashes to `expected`.
+async fn get_checked(
+    http: &reqwest::Client,
+    gateway: &str,
+    id: &str,
+    expected: blake3::Hash,
+) -> anyhow::Result<()> {
     let response = http.get(format!("{gateway}/v1/blobs/{id}")).send().await?;
     anyhow::ensure!(
         response.status().is_success(),
@@ -206,12 +298,116 @@ async fn measure(
     while let Some(chunk) = stream.next().await {
         hasher.update(&chunk?);
     }
+    anyhow::ensure!(hasher.finalize() == expected, "the blob read back differs");
+    Ok(())
+}
+
+/// `clients` different blobs put at once, then got at once, while the
+/// gateway's (this process's) resident memory is watched.
+async fn measure_concurrent(
+    options: &FleetBenchOptions,
+    http: &reqwest::Client,
+    gateway: &str,
+    dir: &std::path::Path,
+    log: &mut impl FnMut(&str),
+) -> anyhow::Result<ConcurrentReport> {
+    let clients = options.clients;
+    let mut files = Vec::new();
+    for client in 0..clients {
+        let mut data = vec![0u8; options.size as usize];
+        fill(&mut data, 1000 + client as u64);
+        let path = dir.join(format!("client-{client}"));
+        std::fs::write(&path, &data)?;
+        files.push((path, blake3::hash(&data)));
+    }
+    let rss_before = super::memory::current_rss_bytes().unwrap_or(0);
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(rss_before));
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let (peak, watching) = (peak.clone(), watching.clone());
+        tokio::spawn(async move {
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                let now = super::memory::current_rss_bytes().unwrap_or(0);
+                peak.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let start = Instant::now();
+    let puts = futures_util::future::join_all(
+        files.iter().map(|(path, _)| put_file(http, gateway, path)),
+    )
+    .await;
+    let put_time = start.elapsed();
+    let mut ids = Vec::new();
+    let mut retries = 0;
+    for put in puts {
+        let (id, r) = put?;
+        ids.push(id);
+        retries += r;
+    }
+    let start = Instant::now();
+    let gets = futures_util::future::join_all(
+        ids.iter()
+            .zip(&files)
+            .map(|(id, (_, hash))| get_checked(http, gateway, id, *hash)),
+    )
+    .await;
     let get_time = start.elapsed();
-    anyhow::ensure!(
-        hasher.finalize() == blake3::hash(data),
-        "the blob read back differs"
-    );
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    let _ = watcher.await;
+    for get in gets {
+        get?;
+    }
+    for (path, _) in &files {
+        let _ = std::fs::remove_file(path);
+    }
+    let total = options.size * clients as u64;
+    let report = ConcurrentReport {
+        clients,
+        size: options.size,
+        put_mb_per_s: mb_per_s(total, put_time),
+        get_mb_per_s: mb_per_s(total, get_time),
+        put_retries: retries,
+        rss_before_bytes: rss_before,
+        rss_peak_bytes: peak.load(std::sync::atomic::Ordering::Relaxed),
+    };
+    log(&format!(
+        "{clients} clients: put {:.0} MB/s, get {:.0} MB/s together",
+        report.put_mb_per_s, report.get_mb_per_s
+    ));
+    Ok(report)
+}
+
+async fn measure(
+    options: &FleetBenchOptions,
+    http: &reqwest::Client,
+    gateway: &str,
+    blob_path: &std::path::Path,
+    data: &[u8],
+    log: &mut impl FnMut(&str),
+) -> anyhow::Result<Measured> {
+    let put = |path: PathBuf| async move { put_file(http, gateway, &path).await.map(|(id, _)| id) };
+    let start = Instant::now();
+    let id = put(blob_path.to_path_buf()).await?;
+    let put_time = start.elapsed();
+    log(&format!(
+        "put {} in {:.2} s",
+        crate::units::format_bytes(options.size),
+        put_time.as_secs_f64()
+    ));
+
+    let start = Instant::now();
+    get_checked(http, gateway, &id, blake3::hash(data)).await?;
+    let get_time = start.elapsed();
     log(&format!("got it back in {:.2} s", get_time.as_secs_f64()));
+
+    let concurrent = if options.clients > 1 {
+        let dir = blob_path.parent().expect("the blob sits in a directory");
+        Some(measure_concurrent(options, http, gateway, dir, log).await?)
+    } else {
+        None
+    };
 
     // Fill the fleet until node-0 holds the requested amount of slivers.
     let status_of = || async {
@@ -283,7 +479,7 @@ async fn measure(
         repair_time.as_secs_f64(),
         crate::units::format_bytes(moved)
     ));
-    Ok((put_time, get_time, (wiped, stored, repair_time, moved)))
+    Ok((put_time, get_time, concurrent, (wiped, stored, repair_time, moved)))
 }
 
 async fn repair_bytes_total(http: &reqwest::Client, gateway: &str) -> anyhow::Result<u64> {
@@ -317,37 +513,57 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
 /// The report as a table for people.
 pub fn render_table(r: &FleetBenchReport) -> String {
     use crate::units::format_bytes;
-    format!(
+    let mut out = format!(
         "redstuff bench fleet: {} shards on 7 node processes, blob of {}\n\
-         {:<28} {:>10} {:>14}\n\
-         {:<28} {:>10.1} {:>14}\n\
-         {:<28} {:>10.1} {:>14}\n\
-         {:<28} {:>10.1} {:>14.3}\n\
-         {:<28} {:>10.1} {:>14.3}\n\
-         repair of a wiped node holding {} of slivers ({} of blobs in the fleet):\n  \
-         {:.2} s, {} moved between nodes, {:.3} of the {} a whole-blob repair would read\n",
+         {:<34} {:>10} {:>10}\n",
         r.shards,
         format_bytes(r.size),
         "what",
         "MB/s",
-        "ratio to codec",
-        "codec encode (baseline)",
-        r.codec_encode_mb_per_s,
-        "1",
-        "codec decode (baseline)",
-        r.codec_decode_mb_per_s,
-        "1",
-        "PUT through the gateway",
+        "ratio"
+    );
+    let mut row = |what: &str, mb: f64, ratio: Option<f64>| {
+        out.push_str(&format!(
+            "{what:<34} {mb:>10.1} {:>10}\n",
+            ratio.map_or("-".to_string(), |r| format!("{r:.3}"))
+        ));
+    };
+    row("codec encode", r.codec_encode_mb_per_s, None);
+    row("codec decode", r.codec_decode_mb_per_s, None);
+    row("disk: encoded blob written, fsync", r.disk_write_mb_per_s, None);
+    row(
+        "PUT (ratio to the slower above)",
         r.put_mb_per_s,
-        r.put_ratio,
-        "GET through the gateway",
-        r.get_mb_per_s,
-        r.get_ratio,
+        Some(r.put_ratio),
+    );
+    row("GET (ratio to decode)", r.get_mb_per_s, Some(r.get_ratio));
+    if let Some(c) = &r.concurrent {
+        row(
+            &format!("{} clients at once: PUT", c.clients),
+            c.put_mb_per_s,
+            None,
+        );
+        row(
+            &format!("{} clients at once: GET", c.clients),
+            c.get_mb_per_s,
+            None,
+        );
+        out.push_str(&format!(
+            "  gateway memory {} before, {} at its peak; {} PUTs waited for an upload slot\n",
+            format_bytes(c.rss_before_bytes),
+            format_bytes(c.rss_peak_bytes),
+            c.put_retries
+        ));
+    }
+    out.push_str(&format!(
+        "repair of a wiped node holding {} of slivers ({} of blobs in the fleet):\n  \
+         {:.2} s, {} moved between nodes, {:.3} of the {} a whole-blob repair would read\n",
         format_bytes(r.wiped_node_bytes),
         format_bytes(r.fleet_blob_bytes),
         r.repair_seconds,
         format_bytes(r.repair_bytes_moved),
         r.repair_bytes_moved as f64 / r.naive_repair_bytes.max(1) as f64,
         format_bytes(r.naive_repair_bytes),
-    )
+    ));
+    out
 }

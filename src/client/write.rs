@@ -2,11 +2,13 @@
 //!
 //! 1. Encode once to compute the metadata (the blob id commits to every
 //!    segment, and nodes verify each sliver against it). A one-segment
-//!    blob is encoded once; a longer one is encoded again while shipping.
+//!    blob is encoded once; a longer one costs its hashes only here and is
+//!    encoded again while shipping, segment k + 1 while segment k ships.
 //! 2. Ask the fleet about the blob and pick a generation above every one
 //!    seen (a later write of deleted bytes must win over the tombstone).
 //! 3. Stage: the metadata, with the generation, to every node.
-//! 4. Ship each segment's pairs to their shards' nodes, all in parallel. A
+//! 4. Ship each segment's pairs to their shards' nodes, all in parallel,
+//!    both slivers of a pair in one request. A
 //!    node that does not answer within its deadline gets nothing more of
 //!    this write (the loop repairs its shards later).
 //! 5. When every segment reached n - f shards, the write is decided:
@@ -29,9 +31,10 @@ use futures_util::future::join_all;
 
 use super::blob_client::{BlobClient, BlobIoError};
 use super::commit::CommitVerdict;
+use super::prepare::{Prepared, Preparer};
 use super::quorum::collect_states;
 use crate::blob_state::{next_generation, now_nanos};
-use crate::codec::{encode_segment, BlobEncoder, BlobMetadata, EncodedSegment, SliverKind};
+use crate::codec::{encode_segment, BlobEncoder, BlobMetadata, EncodedSegment};
 use crate::fleet::MapNode;
 
 /// What a write achieved.
@@ -88,32 +91,68 @@ impl BlobClient {
         F: FnOnce(crate::codec::BlobId) -> Fut,
         Fut: std::future::Future<Output = Result<(), String>>,
     {
-        let config = self.config()?;
-        let quorum = self.quorum()?;
-        let encoder = BlobEncoder::new(config, self.map.segment_size)
-            .map_err(crate::codec::EncodeError::from)?;
-        let len = std::fs::metadata(path)?.len();
-        let single = len <= self.map.segment_size;
-        let metrics = self.metrics.clone();
+        let prepared = self.prepare_file(path).await?;
+        self.write_prepared(path, prepared, announce).await
+    }
 
-        // Pass 1: the metadata (and, for one segment, the encoding itself).
+    /// The first pass over a blob already in a file: its metadata (and,
+    /// for one segment, its encoding).
+    pub async fn prepare_file(&self, path: &Path) -> Result<Prepared, BlobIoError> {
+        let encoder = self.encoder()?;
+        let single = std::fs::metadata(path)?.len() <= self.map.segment_size;
+        let metrics = self.metrics.clone();
         let path_buf = path.to_path_buf();
-        let (metadata, first) = tokio::task::spawn_blocking(move || -> Result<_, BlobIoError> {
+        tokio::task::spawn_blocking(move || -> Result<_, BlobIoError> {
             let start = Instant::now();
             let mut first = None;
-            let metadata = encoder.encode_reader(File::open(&path_buf)?, |segment| {
-                if single {
+            let metadata = encoder.encode_reader_keeping(
+                File::open(&path_buf)?,
+                |_| single,
+                |segment| {
                     first = Some(segment);
-                }
-                Ok(())
-            })?;
+                    Ok(())
+                },
+            )?;
             if let Some(m) = &metrics {
                 m.encode_duration.observe(start.elapsed().as_secs_f64());
             }
-            Ok((metadata, first))
+            Ok(Prepared { metadata, first })
         })
         .await
-        .expect("encoder task")?;
+        .expect("encoder task")
+    }
+
+    /// A first pass to feed an upload as it arrives (see [`Preparer`]).
+    pub fn preparer(&self) -> Result<Preparer, BlobIoError> {
+        Ok(Preparer::new(self.encoder()?, self.metrics.clone()))
+    }
+
+    fn encoder(&self) -> Result<BlobEncoder, BlobIoError> {
+        Ok(BlobEncoder::new(self.config()?, self.map.segment_size)
+            .map_err(crate::codec::EncodeError::from)?)
+    }
+
+    /// Writes the blob held in the file at `path`, whose first pass is
+    /// `prepared`; `announce` as for [`Self::write_file_announced`].
+    pub async fn write_prepared<F, Fut>(
+        &self,
+        path: &Path,
+        prepared: Prepared,
+        announce: F,
+    ) -> Result<WriteOutcome, BlobIoError>
+    where
+        F: FnOnce(crate::codec::BlobId) -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        let config = self.config()?;
+        let quorum = self.quorum()?;
+        let Prepared { metadata, first } = prepared;
+        if metadata.config() != config || metadata.layout().segment_size() != self.map.segment_size
+        {
+            return Err(BlobIoError::Map(
+                "the blob was prepared for other encoding parameters than the fleet's".into(),
+            ));
+        }
         let id = metadata.blob_id();
         announce(id).await.map_err(BlobIoError::Announce)?;
 
@@ -123,13 +162,21 @@ impl BlobClient {
 
         let staged = self.stage(&metadata, generation, &mut silenced).await;
         let mut acknowledged: BTreeSet<u16> = staged.clone();
-        let mut file = File::open(path)?;
-        let mut next_first = first;
-        for index in 0..metadata.segment_count() as u32 {
-            let segment = match next_first.take() {
-                Some(segment) => segment,
-                None => self.encode_again(&metadata, &mut file, index).await?,
-            };
+        // Segment k + 1 is read and encoded while segment k is shipped.
+        let count = metadata.segment_count() as u32;
+        let mut next = Some(match first {
+            Some(segment) => tokio::spawn(async move { Ok(segment) }),
+            None => self.encode_again(&metadata, path, 0),
+        });
+        for index in 0..count {
+            let segment = next
+                .take()
+                .expect("each segment is encoded ahead")
+                .await
+                .expect("encoder task")?;
+            if index + 1 < count {
+                next = Some(self.encode_again(&metadata, path, index + 1));
+            }
             let acked = self
                 .ship_segment(&metadata, &segment, &acknowledged, &mut silenced)
                 .await;
@@ -166,30 +213,31 @@ impl BlobClient {
         })
     }
 
-    async fn encode_again(
+    /// Reads segment `index` of the blob in the file at `path` and encodes
+    /// it, on a blocking thread.
+    fn encode_again(
         &self,
         metadata: &BlobMetadata,
-        file: &mut File,
+        path: &Path,
         index: u32,
-    ) -> Result<EncodedSegment, BlobIoError> {
+    ) -> tokio::task::JoinHandle<Result<EncodedSegment, BlobIoError>> {
         let layout = metadata.segment_layout(index).expect("index in range");
-        file.seek(SeekFrom::Start(
-            metadata.layout().segment_offset(index.into()),
-        ))?;
-        let mut data = vec![0u8; layout.len() as usize];
-        file.read_exact(&mut data)?;
+        let offset = metadata.layout().segment_offset(index.into());
         let metrics = self.metrics.clone();
         let config = metadata.config();
-        Ok(tokio::task::spawn_blocking(move || {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let mut file = File::open(&path)?;
+            file.seek(SeekFrom::Start(offset))?;
+            let mut data = vec![0u8; layout.len() as usize];
+            file.read_exact(&mut data)?;
             let start = Instant::now();
             let segment = encode_segment(config, index, &data);
             if let Some(m) = &metrics {
                 m.encode_duration.observe(start.elapsed().as_secs_f64());
             }
-            segment
+            Ok(segment)
         })
-        .await
-        .expect("encoder task"))
     }
 
     /// Shards that got a segment, counting only those that staged it.
@@ -253,20 +301,11 @@ impl BlobClient {
                 return None;
             }
             let pair = rotation.pair_of_shard(shard.into());
-            let primary = segment.primary[pair].to_bytes();
-            let secondary = segment.secondary[pair].to_bytes();
+            let mut bytes = segment.primary[pair].to_bytes();
+            bytes.extend_from_slice(&segment.secondary[pair].to_bytes());
             let index = segment.index;
             Some(async move {
-                let result = match call
-                    .put_sliver(&id, index, shard, SliverKind::Primary, primary)
-                    .await
-                {
-                    Ok(()) => {
-                        call.put_sliver(&id, index, shard, SliverKind::Secondary, secondary)
-                            .await
-                    }
-                    Err(e) => Err(e),
-                };
+                let result = call.put_pair(&id, index, shard, bytes).await;
                 (node.name.clone(), shard, result)
             })
         });

@@ -228,7 +228,19 @@ impl BlobEncoder {
     /// one segment is held at a time.
     pub fn encode_reader<R: Read>(
         &self,
+        reader: R,
+        sink: impl FnMut(EncodedSegment) -> io::Result<()>,
+    ) -> Result<BlobMetadata, EncodeError> {
+        self.encode_reader_keeping(reader, |_| true, sink)
+    }
+
+    /// The metadata of everything `reader` yields, keeping the slivers only
+    /// of the segments `keep` names (handed to `sink`); the others cost
+    /// their hashes alone, not copies into slivers.
+    pub fn encode_reader_keeping<R: Read>(
+        &self,
         mut reader: R,
+        keep: impl Fn(u32) -> bool,
         mut sink: impl FnMut(EncodedSegment) -> io::Result<()>,
     ) -> Result<BlobMetadata, EncodeError> {
         let mut hashes = Vec::new();
@@ -248,10 +260,14 @@ impl BlobEncoder {
                 len: total,
                 segment_size: self.segment_size,
             })?;
-            let segment = encode_segment(self.config, index, &buffer);
-            hashes.push(segment.hashes.clone());
             total += read as u64;
-            sink(segment)?;
+            if keep(index) {
+                let segment = encode_segment(self.config, index, &buffer);
+                hashes.push(segment.hashes.clone());
+                sink(segment)?;
+            } else {
+                hashes.push(segment_hashes(self.config, &buffer));
+            }
             if (read as u64) < self.segment_size {
                 break;
             }

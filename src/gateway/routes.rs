@@ -161,6 +161,8 @@ pub(super) async fn put_blob(
         return Err(too_large());
     }
     let mut spooled = state.spool.create(declared).map_err(spool_error)?;
+    // The metadata is computed as the bytes arrive, segment by segment.
+    let mut preparer = client.preparer().map_err(io_error)?;
     let mut stream = request.into_body().into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("upload interrupted: {e}")))?;
@@ -168,6 +170,7 @@ pub(super) async fn put_blob(
             return Err(too_large());
         }
         spooled.write(&chunk).await.map_err(spool_error)?;
+        preparer.push(&chunk).await.map_err(io_error)?;
     }
     if let Some(len) = declared {
         if spooled.len() != len {
@@ -182,7 +185,11 @@ pub(super) async fn put_blob(
     // goes away meanwhile; the spool file and the upload slot go with it.
     let write = tokio::spawn(async move {
         let path = spooled.finish().await.map_err(spool_error)?.to_path_buf();
-        let outcome = client.write_file(&path).await.map_err(io_error);
+        let prepared = preparer.finish().await.map_err(io_error)?;
+        let outcome = client
+            .write_prepared(&path, prepared, |_| async { Ok(()) })
+            .await
+            .map_err(io_error);
         drop(spooled);
         drop(permit);
         outcome

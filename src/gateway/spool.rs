@@ -92,7 +92,12 @@ impl Spool {
             }
         }
         let file = tempfile::NamedTempFile::new_in(&self.dir).map_err(from_io)?;
-        let writer = tokio::fs::File::from_std(file.reopen().map_err(from_io)?);
+        // Chunks off the wire are small; one blocking write per chunk would
+        // cost more than the bytes.
+        let writer = tokio::io::BufWriter::with_capacity(
+            SPOOL_WRITE_BUFFER,
+            tokio::fs::File::from_std(file.reopen().map_err(from_io)?),
+        );
         Ok(SpoolFile {
             file,
             writer: Some(writer),
@@ -103,10 +108,13 @@ impl Spool {
     }
 }
 
+/// Bytes gathered before each write to a spool file.
+const SPOOL_WRITE_BUFFER: usize = 4 << 20;
+
 /// One upload's spool file; removed (and its bytes released) on drop.
 pub struct SpoolFile {
     file: tempfile::NamedTempFile,
-    writer: Option<tokio::fs::File>,
+    writer: Option<tokio::io::BufWriter<tokio::fs::File>>,
     written: u64,
     max_bytes: Option<u64>,
     held: Arc<AtomicU64>,

@@ -9,6 +9,7 @@
 //! | POST `/v1/blobs/{id}/abort` | withdraws the staged write of `{"generation": G}` |
 //! | DELETE `/v1/blobs/{id}?generation=G` | records a tombstone of generation G and removes what it covers |
 //! | PUT, GET `/v1/blobs/{id}/slivers/{segment}/{shard}/{primary\|secondary}` | a sliver of an owned shard; PUT verifies it against the metadata |
+//! | PUT `/v1/blobs/{id}/pairs/{segment}/{shard}` | both slivers of the pair an owned shard holds (primary then secondary, back to back), verified and stored together: what a writer sends |
 //! | GET `/v1/blobs/{id}/symbols/{segment}/{shard}/{kind}?target_shard=T` | a recovery symbol with its proof, from this node's sliver, for the pair shard T holds |
 //! | GET `/v1/inventory?after=ID&limit=N` | the blobs held, per shard, with their markers, a page at a time |
 //! | POST `/v1/repair` | rebuilds this node's pairs of a blob from its peers (JSON `RepairRequest`; answers a line per segment) |
@@ -53,6 +54,10 @@ pub(super) fn router(state: Arc<NodeState>, tokens: Arc<TokenSet>) -> Router {
         .route(
             "/v1/blobs/{id}/slivers/{segment}/{shard}/{kind}",
             put(slivers::put_sliver).get(slivers::get_sliver),
+        )
+        .route(
+            "/v1/blobs/{id}/pairs/{segment}/{shard}",
+            put(slivers::put_pair),
         )
         .route(
             "/v1/blobs/{id}/symbols/{segment}/{shard}/{kind}",

@@ -144,6 +144,69 @@ pub(super) async fn put_sliver(
     .await
 }
 
+/// `PUT /v1/blobs/{id}/pairs/{segment}/{shard}`: both slivers of the
+/// pair `shard` holds in `segment`, the primary then the secondary, back to
+/// back, checked like two sliver PUTs and stored together.
+pub(super) async fn put_pair(
+    State(state): State<Arc<NodeState>>,
+    Path((id, segment, shard)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id)?;
+    let segment: u32 = parse_number("segment", &segment)?;
+    let shard: u16 = parse_number("shard", &shard)?;
+    if !state.ownership.owns(shard) {
+        return Err(ApiError::conflict(format!(
+            "shard {shard} is not owned by node {}",
+            state.name
+        )));
+    }
+    let metadata = {
+        let state = state.clone();
+        blocking(move || load_metadata(&state, &id)).await?
+    };
+    let pair = pair_of(&metadata, segment, shard)?;
+    let primary_len = sliver_len(&metadata, segment, SliverKind::Primary);
+    let expected = primary_len + sliver_len(&metadata, segment, SliverKind::Secondary);
+    let too_large = |got: String| {
+        ApiError::too_large(format!(
+            "the pair of segment {segment} is {expected} bytes (primary then secondary sliver); got {got}"
+        ))
+    };
+    if let Some(declared) = declared_length(&headers) {
+        if declared > expected as u64 {
+            return Err(too_large(declared.to_string()));
+        }
+    }
+    let body = read_capped(body, expected)
+        .await?
+        .ok_or_else(|| too_large("more".to_string()))?;
+    if body.len() != expected {
+        return Err(ApiError::bad_request(format!(
+            "the pair of segment {segment} is {expected} bytes (primary then secondary sliver); got {}",
+            body.len()
+        )));
+    }
+    blocking(move || {
+        let (primary, secondary) = body.split_at(primary_len);
+        let path = |kind| SliverPath {
+            id,
+            segment,
+            shard,
+            kind,
+        };
+        check_sliver::<Primary>(&metadata, &path(SliverKind::Primary), pair, primary)?;
+        check_sliver::<Secondary>(&metadata, &path(SliverKind::Secondary), pair, secondary)?;
+        state
+            .store
+            .put_pair(&id, segment, shard, primary, secondary)
+            .map_err(|e| store_error(&state, e))?;
+        Ok(StatusCode::CREATED)
+    })
+    .await
+}
+
 fn check_sliver<A: Axis>(
     metadata: &BlobMetadata,
     path: &SliverPath,
