@@ -334,10 +334,9 @@ async fn measure_concurrent(
         })
     };
     let start = Instant::now();
-    let puts = futures_util::future::join_all(
-        files.iter().map(|(path, _)| put_file(http, gateway, path)),
-    )
-    .await;
+    let puts =
+        futures_util::future::join_all(files.iter().map(|(path, _)| put_file(http, gateway, path)))
+            .await;
     let put_time = start.elapsed();
     let mut ids = Vec::new();
     let mut retries = 0;
@@ -420,7 +419,7 @@ async fn measure(
         Ok::<serde_json::Value, anyhow::Error>(status)
     };
     let node_bytes = |dir: &str| dir_bytes(std::path::Path::new(dir));
-    let mut stored = options.size;
+    let mut stored = options.size + concurrent.as_ref().map_or(0, |c| c.size * c.clients as u64);
     let mut seed = 2;
     let data_dir = loop {
         let status = status_of().await?;
@@ -479,7 +478,12 @@ async fn measure(
         repair_time.as_secs_f64(),
         crate::units::format_bytes(moved)
     ));
-    Ok((put_time, get_time, concurrent, (wiped, stored, repair_time, moved)))
+    Ok((
+        put_time,
+        get_time,
+        concurrent,
+        (wiped, stored, repair_time, moved),
+    ))
 }
 
 async fn repair_bytes_total(http: &reqwest::Client, gateway: &str) -> anyhow::Result<u64> {
@@ -530,7 +534,11 @@ pub fn render_table(r: &FleetBenchReport) -> String {
     };
     row("codec encode", r.codec_encode_mb_per_s, None);
     row("codec decode", r.codec_decode_mb_per_s, None);
-    row("disk: encoded blob written, fsync", r.disk_write_mb_per_s, None);
+    row(
+        "disk: encoded blob written, fsync",
+        r.disk_write_mb_per_s,
+        None,
+    );
     row(
         "PUT (ratio to the slower above)",
         r.put_mb_per_s,

@@ -133,9 +133,10 @@ impl Progress {
     }
 }
 
-/// An upload body handed out in chunks, each marking progress.
+/// An upload body handed out in chunks, each marking progress; its parts
+/// are sent as they are, never copied into one buffer.
 struct WatchedBody {
-    data: Bytes,
+    data: std::collections::VecDeque<Bytes>,
     progress: Arc<Progress>,
 }
 
@@ -146,16 +147,24 @@ impl Stream for WatchedBody {
 
     fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.progress.touch();
-        if self.data.is_empty() {
+        let Some(part) = self.data.front_mut() else {
             self.progress.done.store(true, Ordering::Relaxed);
             return Poll::Ready(None);
+        };
+        let take = part.len().min(UPLOAD_CHUNK);
+        let chunk = part.split_to(take);
+        if part.is_empty() {
+            self.data.pop_front();
         }
-        let take = self.data.len().min(UPLOAD_CHUNK);
-        Poll::Ready(Some(Ok(self.data.split_to(take))))
+        Poll::Ready(Some(Ok(chunk)))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let chunks = self.data.len().div_ceil(UPLOAD_CHUNK);
+        let chunks = self
+            .data
+            .iter()
+            .map(|part| part.len().div_ceil(UPLOAD_CHUNK))
+            .sum();
         (chunks, Some(chunks))
     }
 }
@@ -164,7 +173,7 @@ impl Stream for WatchedBody {
 /// once the upload stalled: no chunk taken for `stall`, or no answer
 /// `call` after the last chunk. Race the request against the watchdog.
 pub fn watched_upload(
-    data: Vec<u8>,
+    data: Vec<Bytes>,
     deadlines: Deadlines,
 ) -> (reqwest::Body, impl std::future::Future<Output = ()>) {
     let progress = Arc::new(Progress {
@@ -173,7 +182,7 @@ pub fn watched_upload(
         done: AtomicBool::new(false),
     });
     let body = WatchedBody {
-        data: Bytes::from(data),
+        data: data.into_iter().filter(|part| !part.is_empty()).collect(),
         progress: progress.clone(),
     };
     let watchdog = async move {

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use reqwest::StatusCode;
 use thiserror::Error;
 use tokio::time::Instant;
@@ -289,10 +290,10 @@ impl NodeClient {
     async fn put_watched(
         &self,
         path: &str,
-        body: Vec<u8>,
+        body: Vec<Bytes>,
         what: &'static str,
     ) -> Result<(), NodeCallError> {
-        let len = body.len();
+        let len: usize = body.iter().map(Bytes::len).sum();
         let (body, watchdog) = deadline::watched_upload(body, self.calls.deadlines);
         let request = self
             .request(reqwest::Method::PUT, path)
@@ -358,7 +359,7 @@ impl NodeClient {
     ) -> Result<(), NodeCallError> {
         self.put_watched(
             &format!("/v1/blobs/{id}/metadata?generation={generation}"),
-            bytes,
+            vec![Bytes::from(bytes)],
             "the metadata upload",
         )
         .await
@@ -424,20 +425,21 @@ impl NodeClient {
     ) -> Result<(), NodeCallError> {
         self.put_watched(
             &format!("/v1/blobs/{id}/slivers/{segment}/{shard}/{kind}"),
-            bytes,
+            vec![Bytes::from(bytes)],
             "the sliver upload",
         )
         .await
     }
 
     /// Stores both serialized slivers of `shard`'s pair in one request:
-    /// `pair` is the primary sliver's bytes followed by the secondary's.
+    /// `pair` is the primary sliver's bytes followed by the secondary's, in
+    /// parts sent as they are.
     pub async fn put_pair(
         &self,
         id: &BlobId,
         segment: u32,
         shard: u16,
-        pair: Vec<u8>,
+        pair: Vec<Bytes>,
     ) -> Result<(), NodeCallError> {
         self.put_watched(
             &format!("/v1/blobs/{id}/pairs/{segment}/{shard}"),

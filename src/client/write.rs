@@ -27,6 +27,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::time::Instant;
 
+use bytes::Bytes;
 use futures_util::future::join_all;
 
 use super::blob_client::{BlobClient, BlobIoError};
@@ -178,7 +179,7 @@ impl BlobClient {
                 next = Some(self.encode_again(&metadata, path, index + 1));
             }
             let acked = self
-                .ship_segment(&metadata, &segment, &acknowledged, &mut silenced)
+                .ship_segment(&metadata, segment, &acknowledged, &mut silenced)
                 .await;
             acknowledged.retain(|s| acked.contains(s));
             let reached = self.segment_reach(&staged, &acked);
@@ -283,29 +284,39 @@ impl BlobClient {
     }
 
     /// Sends every pair of a segment to its shard (among `shards`); returns
-    /// the shards that stored both slivers.
+    /// the shards that stored both slivers. The slivers' bytes are sent as
+    /// they are, never copied per request.
     async fn ship_segment(
         &self,
         metadata: &BlobMetadata,
-        segment: &EncodedSegment,
+        segment: EncodedSegment,
         shards: &BTreeSet<u16>,
         silenced: &mut Silenced,
     ) -> BTreeSet<u16> {
         let id = metadata.blob_id();
-        let rotation = metadata
-            .rotation(segment.index)
-            .expect("segment of this blob");
+        let index = segment.index;
+        let rotation = metadata.rotation(index).expect("segment of this blob");
+        let pairs: Vec<[Bytes; 4]> = segment
+            .primary
+            .into_iter()
+            .zip(segment.secondary)
+            .map(|(primary, secondary)| {
+                [
+                    Bytes::from(primary.header_bytes()),
+                    Bytes::from(primary.into_data()),
+                    Bytes::from(secondary.header_bytes()),
+                    Bytes::from(secondary.into_data()),
+                ]
+            })
+            .collect();
         let sends = shards.iter().filter_map(|&shard| {
             let (node, call) = self.holder(shard)?;
             if silenced.0.contains(&node.name) {
                 return None;
             }
-            let pair = rotation.pair_of_shard(shard.into());
-            let mut bytes = segment.primary[pair].to_bytes();
-            bytes.extend_from_slice(&segment.secondary[pair].to_bytes());
-            let index = segment.index;
+            let parts = pairs[rotation.pair_of_shard(shard.into())].to_vec();
             Some(async move {
-                let result = call.put_pair(&id, index, shard, bytes).await;
+                let result = call.put_pair(&id, index, shard, parts).await;
                 (node.name.clone(), shard, result)
             })
         });
@@ -316,7 +327,7 @@ impl BlobClient {
                     stored.insert(shard);
                 }
                 Err(e) => {
-                    tracing::warn!(%node, shard, "shipping segment {} of {id}: {e}", segment.index);
+                    tracing::warn!(%node, shard, "shipping segment {index} of {id}: {e}");
                     if e.is_silence() {
                         silenced.0.insert(node);
                     }

@@ -274,12 +274,20 @@ impl<A: Axis> Sliver<A> {
     /// Serializes the sliver.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(SLIVER_OVERHEAD + self.data().len());
+        out.extend_from_slice(&self.header_bytes());
+        out.extend_from_slice(self.data());
+        out
+    }
+
+    /// The first [`SLIVER_OVERHEAD`] bytes of [`Self::to_bytes`]: what
+    /// precedes the data, so the data can be sent without a copy.
+    pub fn header_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(SLIVER_OVERHEAD);
         header(&mut out, sliver_type(A::KIND));
         out.extend_from_slice(&(self.config().n() as u16).to_le_bytes());
         out.extend_from_slice(&self.index().to_le_bytes());
         out.extend_from_slice(&self.segment().to_le_bytes());
         out.extend_from_slice(&(self.symbol_size() as u32).to_le_bytes());
-        out.extend_from_slice(self.data());
         out
     }
 
