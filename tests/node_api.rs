@@ -333,7 +333,7 @@ async fn a_pair_upload_is_verified_whole_and_stores_both_slivers_or_neither() {
             StatusCode::BAD_REQUEST,
         ),
     ] {
-        let r = node.client.put_pair(&id, 0, 0, body).await;
+        let r = node.client.put_pair(&id, 0, 0, vec![body.into()]).await;
         assert_eq!(status_of(r), status, "{what}");
         for kind in [SliverKind::Primary, SliverKind::Secondary] {
             let stored = node.client.sliver(&id, 0, 0, kind, 1 << 20).await.unwrap();
@@ -344,11 +344,11 @@ async fn a_pair_upload_is_verified_whole_and_stores_both_slivers_or_neither() {
     let (other_p, other_s) = pair_for_shard(&metadata, &segments[0], 1);
     let r = node
         .client
-        .put_pair(&id, 0, 1, joined(&other_p, &other_s))
+        .put_pair(&id, 0, 1, vec![joined(&other_p, &other_s).into()])
         .await;
     assert_eq!(status_of(r), StatusCode::CONFLICT);
     node.client
-        .put_pair(&id, 0, 0, joined(&primary, &secondary))
+        .put_pair(&id, 0, 0, vec![joined(&primary, &secondary).into()])
         .await
         .unwrap();
     let get = |kind| node.client.sliver(&id, 0, 0, kind, 1 << 20);
