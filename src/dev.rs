@@ -91,6 +91,8 @@ pub struct DevS3 {
     pub upload_max_age: Duration,
     /// The index in PostgreSQL at this URL instead of DATA_DIR/s3-index.redb.
     pub index_postgres: Option<String>,
+    /// Serve virtual-hosted style (BUCKET.DOMAIN) under this base domain too.
+    pub domain: Option<String>,
 }
 
 /// Where a started `redstuff dev` fleet is reached.
@@ -370,7 +372,7 @@ pub async fn run(
                 },
                 access_key: keys.access_key.clone(),
                 secret_key: keys.secret_key.clone(),
-                domain: None,
+                domain: s3.domain.clone(),
                 collect_after: s3.collect_after,
                 upload_max_age: s3.upload_max_age,
                 collect_every: s3

@@ -216,6 +216,10 @@ struct DevArgs {
     /// (postgresql://USER:PASSWORD@HOST:PORT/DB) instead of DATA_DIR/s3-index.redb.
     #[arg(long, env = "REDSTUFF_S3_INDEX_POSTGRES", hide_env_values = true)]
     s3_index_postgres: Option<String>,
+    /// Serve virtual-hosted-style S3 (BUCKET.DOMAIN, resolving to this
+    /// machine) besides path style.
+    #[arg(long)]
+    s3_domain: Option<String>,
     /// Test only: make node I serve corrupted slivers and symbols.
     #[arg(long, hide = true)]
     test_corrupt_node: Vec<usize>,
@@ -744,6 +748,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             collect_after: std::time::Duration::from_secs(args.s3_collect_after_secs),
             upload_max_age: std::time::Duration::from_secs(args.s3_upload_max_age_secs),
             index_postgres: args.s3_index_postgres.clone(),
+            domain: args.s3_domain.clone(),
         }),
     };
     let nodes = args.nodes;

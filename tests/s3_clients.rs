@@ -103,6 +103,27 @@ fn boto3_finds_the_same_semantics_with_the_index_in_postgres() {
     );
 }
 
+#[test]
+fn boto3_in_virtual_hosted_style_reaches_buckets_under_the_base_domain() {
+    let domain = "s3.redstuff.test";
+    let fleet = DevFleet::start(&["--s3-domain", domain]);
+    let scratch = tempfile::tempdir().unwrap();
+    let output = Command::new("python3")
+        .arg(suite("virtual_hosted.py"))
+        .envs(s3_env(&fleet))
+        .env("REDSTUFF_S3_DOMAIN", domain)
+        .env("PATH", clients_path())
+        .current_dir(scratch.path())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && out.contains("every check passed"),
+        "{out}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_aws_cli_copies_lists_syncs_removes_and_presigns() {
     let fleet = DevFleet::start(&[]);

@@ -123,6 +123,7 @@ pub async fn run(
             collect_after: Duration::from_secs(3600),
             upload_max_age: Duration::from_secs(86_400),
             index_postgres: None,
+            domain: None,
         }),
         ..crate::dev::DevConfig::new(fleet_dir, options.exe.clone())
     };

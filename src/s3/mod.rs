@@ -11,6 +11,7 @@
 //! - `front`: the shared state, storing and reading objects' blobs;
 //! - `objects`, `buckets`, `multipart`: the operations; `service`: the
 //!   `s3s::S3` implementation over them;
+//! - `host` (pure): the bucket a Host header names (virtual-hosted style);
 //! - `server`: the listener, SigV4 keys and the collector.
 
 pub mod assemble;
@@ -19,6 +20,7 @@ pub mod buckets;
 pub mod conditions;
 pub mod credentials;
 pub mod front;
+pub mod host;
 pub mod index;
 pub mod kv;
 pub mod listing;

@@ -107,8 +107,8 @@ impl S3Server {
         ));
         if let Some(domain) = &self.config.domain {
             builder.set_host(
-                s3s::host::SingleDomain::new(domain)
-                    .map_err(|e| anyhow::anyhow!("S3 domain {domain:?}: {e}"))?,
+                super::host::BaseDomain::new(domain)
+                    .map_err(|e| anyhow::anyhow!("S3 domain: {e}"))?,
             );
         }
         let s3 = builder.build();
