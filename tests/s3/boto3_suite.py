@@ -124,6 +124,46 @@ def checksums_and_credentials():
     check("a presigned URL reads without credentials", urllib.request.urlopen(url).read() == b"abc")
 
 
+def trailers():
+    """botocore sends checksums in aws-chunked trailers only over TLS; this
+    endpoint is plain HTTP, so the checksum is moved to the trailer by hand,
+    exactly where botocore itself would put it over TLS."""
+    import botocore.httpchecksum as httpchecksum
+
+    def to_trailer(params, **_):
+        algorithm = params.get("context", {}).get("checksum", {}).get("request_algorithm")
+        if algorithm:
+            algorithm["in"] = "trailer"
+
+    trailing = client()
+    trailing.meta.events.register("before-call.s3.PutObject", to_trailer)
+    sent = {}
+    trailing.meta.events.register("before-send.s3.PutObject",
+                                  lambda request, **_: sent.update(request.headers))
+    body = os.urandom(300_000)
+    trailing.put_object(Bucket=BUCKET, Key="trailer", Body=body, ChecksumAlgorithm="CRC32")
+    check("the checksum went in an aws-chunked trailer",
+          b"aws-chunked" in sent.get("Content-Encoding", b"")
+          and sent.get("X-Amz-Trailer") == b"x-amz-checksum-crc32", sent)
+    check("an object with a trailing checksum reads back whole",
+          s3.get_object(Bucket=BUCKET, Key="trailer")["Body"].read() == body)
+    wrong = httpchecksum._CHECKSUM_CLS["crc32"]
+
+    class WrongCrc32(wrong):
+        def b64digest(self):
+            return "AAAAAA=="
+
+    httpchecksum._CHECKSUM_CLS["crc32"] = WrongCrc32
+    try:
+        code = error_code(lambda: trailing.put_object(Bucket=BUCKET, Key="bad-trailer", Body=body,
+                                                      ChecksumAlgorithm="CRC32"))
+    finally:
+        httpchecksum._CHECKSUM_CLS["crc32"] = wrong
+    check("a wrong checksum in the trailer is BadDigest", code == "BadDigest", code)
+    check("and stores nothing",
+          error_code(lambda: s3.head_object(Bucket=BUCKET, Key="bad-trailer")) == "404")
+
+
 def multipart():
     part1 = os.urandom(5 * 1024 * 1024)
     part2 = os.urandom(1000)
@@ -218,6 +258,7 @@ def listings():
 objects_and_buckets()
 ranges_and_conditions()
 checksums_and_credentials()
+trailers()
 multipart()
 listings()
 print("boto3 suite: every check passed")
