@@ -5,11 +5,16 @@
 use std::ops::Range;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::blob_client::{BlobClient, BlobIoError};
 use super::read::SlowNodes;
 use crate::codec::BlobMetadata;
+
+/// Segments read at once by one range read (fetched while the one before
+/// decodes).
+const READ_AHEAD_SEGMENTS: usize = 2;
 
 /// The body of a range read: chunks of the blob's bytes, or the error that
 /// ended the read midway.
@@ -73,11 +78,24 @@ impl BlobClient {
             tx.send(Ok(chunk)).await.expect("receiver alive");
         }
         let client = self.clone();
+        let slow = std::sync::Arc::new(std::sync::Mutex::new(slow));
         tokio::spawn(async move {
-            for (index, within) in spans {
-                match client.cached_segment(&metadata, index, &mut slow).await {
-                    Ok(data) => {
-                        let chunk = data.slice(within);
+            // The next segment is fetched from the nodes while this one
+            // decodes: at most two in flight.
+            let mut reads = futures_util::stream::iter(spans)
+                .map(|(index, within)| {
+                    let (client, metadata, slow) = (client.clone(), metadata.clone(), slow.clone());
+                    async move {
+                        let mut seen = slow.lock().expect("not poisoned").clone();
+                        let data = client.cached_segment(&metadata, index, &mut seen).await;
+                        slow.lock().expect("not poisoned").merge(seen);
+                        data.map(|data| data.slice(within))
+                    }
+                })
+                .buffered(READ_AHEAD_SEGMENTS);
+            while let Some(read) = reads.next().await {
+                match read {
+                    Ok(chunk) => {
                         counted(chunk.len() as u64);
                         if tx.send(Ok(chunk)).await.is_err() {
                             return; // the reader went away

@@ -37,6 +37,13 @@ pub struct VisibleBlob {
 #[derive(Debug, Default, Clone)]
 pub struct SlowNodes(BTreeSet<String>);
 
+impl SlowNodes {
+    /// Adds the nodes `other` found slow.
+    pub fn merge(&mut self, other: SlowNodes) {
+        self.0.extend(other.0);
+    }
+}
+
 impl BlobClient {
     /// Whether the blob is visible; its metadata if so.
     pub async fn visible(&self, id: &BlobId) -> Result<VisibleBlob, BlobIoError> {
