@@ -199,7 +199,8 @@ struct DevArgs {
     max_uploads: usize,
     /// The S3 endpoint's address. Keys come from REDSTUFF_S3_ACCESS_KEY and
     /// REDSTUFF_S3_SECRET_KEY when set, else from DATA_DIR/s3-credentials
-    /// (generated at first start).
+    /// (generated at first start); further profiles in that file are
+    /// further keys (read at start).
     #[arg(long, default_value = "127.0.0.1:7780")]
     s3_addr: std::net::SocketAddr,
     /// Serve no S3 endpoint.
@@ -341,9 +342,9 @@ struct GatewayArgs {
         hide_env_values = true
     )]
     s3_index_postgres: Option<String>,
-    /// The S3 access key: a file in the AWS shared-credentials format
-    /// (profile redstuff); REDSTUFF_S3_ACCESS_KEY and REDSTUFF_S3_SECRET_KEY
-    /// win when set.
+    /// The S3 access keys: a file in the AWS shared-credentials format,
+    /// every profile with both keys a key the endpoint accepts;
+    /// REDSTUFF_S3_ACCESS_KEY and REDSTUFF_S3_SECRET_KEY add one more.
     #[arg(long, requires = "s3_listen")]
     s3_credentials_file: Option<PathBuf>,
     /// Serve virtual-hosted-style S3 (BUCKET.DOMAIN) besides path style.
@@ -670,24 +671,23 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let Some(s3_listen) = args.s3_listen else {
         return gateway.serve(shutdown_signal()).await;
     };
-    let keys = match s3_keys_from_env() {
-        Some(keys) => keys,
-        None => {
-            let path = args.s3_credentials_file.as_deref().ok_or_else(|| {
-                anyhow::anyhow!(
-                    "S3 needs an access key: --s3-credentials-file, or REDSTUFF_S3_ACCESS_KEY and REDSTUFF_S3_SECRET_KEY"
-                )
-            })?;
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-            redstuff::s3::credentials::parse(&text).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "{} holds no [redstuff] profile with both keys",
-                    path.display()
-                )
-            })?
-        }
-    };
+    // The environment's key, and every profile of the credentials file.
+    let mut keys: Vec<_> = s3_keys_from_env().into_iter().collect();
+    if let Some(path) = args.s3_credentials_file.as_deref() {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        let profiles = redstuff::s3::credentials::parse_profiles(&text);
+        anyhow::ensure!(
+            !profiles.is_empty(),
+            "{} holds no profile with both aws_access_key_id and aws_secret_access_key",
+            path.display()
+        );
+        keys.extend(profiles.into_iter().map(|(_, k)| k));
+    }
+    anyhow::ensure!(
+        !keys.is_empty(),
+        "S3 needs an access key: --s3-credentials-file, or REDSTUFF_S3_ACCESS_KEY and REDSTUFF_S3_SECRET_KEY"
+    );
     let s3 = redstuff::s3::S3Server::bind(
         redstuff::s3::S3Config {
             listen: s3_listen,
@@ -698,8 +698,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
                     "--s3-listen needs an index: --s3-index FILE or --s3-index-postgres URL"
                 ),
             },
-            access_key: keys.access_key,
-            secret_key: keys.secret_key,
+            keys,
             domain: args.s3_domain,
             collect_after: std::time::Duration::from_secs(args.s3_collect_after_secs),
             upload_max_age: std::time::Duration::from_secs(args.s3_upload_max_age_secs),

@@ -205,6 +205,73 @@ fn rclone_s3cmd_s5cmd_and_s3fs_store_list_check_and_read() {
     assert!(out.contains("every client passed"), "{out}");
 }
 
+/// Every profile of the credentials file is a key: a second user added to
+/// `DATA_DIR/s3-credentials` signs in after a restart, sees the same
+/// buckets, and a wrong secret for that key is refused.
+#[test]
+fn every_profile_of_the_credentials_file_is_an_access_key() {
+    let mut fleet = DevFleet::start(&[]);
+    fleet.kill_all();
+    let path = fleet.data_dir().join("s3-credentials");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("[alice]\naws_access_key_id = ALICEKEY\naws_secret_access_key = alice secret\n");
+    std::fs::write(&path, text).unwrap();
+    let fleet = fleet.restart(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    run(
+        &fleet,
+        "aws",
+        &[
+            "--endpoint-url",
+            fleet.s3.as_deref().unwrap(),
+            "s3",
+            "mb",
+            "s3://shared",
+        ],
+        dir.path(),
+    );
+    let as_alice = |secret: &str| {
+        Command::new("aws")
+            .args([
+                "--endpoint-url",
+                fleet.s3.as_deref().unwrap(),
+                "s3api",
+                "list-buckets",
+            ])
+            .envs(s3_env(&fleet))
+            .env("AWS_ACCESS_KEY_ID", "ALICEKEY")
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .env("PATH", clients_path())
+            .output()
+            .unwrap()
+    };
+    let listed = as_alice("alice secret");
+    assert!(
+        listed.status.success() && String::from_utf8_lossy(&listed.stdout).contains("\"shared\""),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let refused = as_alice("not alice's secret");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("SignatureDoesNotMatch"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    // The first key still works, and the file kept both profiles.
+    run(
+        &fleet,
+        "aws",
+        &["--endpoint-url", fleet.s3.as_deref().unwrap(), "s3", "ls"],
+        dir.path(),
+    );
+    let text = std::fs::read_to_string(fleet.data_dir().join("s3-credentials")).unwrap();
+    assert!(
+        text.contains("[redstuff]") && text.contains("[alice]"),
+        "{text}"
+    );
+}
+
 /// A client that holds its body back (`Expect: 100-continue`) and hears a
 /// refusal first never sends those bytes; were the connection kept, the
 /// server would take the next request's first bytes for them. botocore

@@ -1,7 +1,8 @@
-//! The S3 access key of a gateway: from the environment when set, else
+//! The S3 access keys of a gateway: from the environment when set, else
 //! read from (or generated into) a file in the AWS shared-credentials
 //! format, so `AWS_SHARED_CREDENTIALS_FILE=FILE AWS_PROFILE=redstuff aws ...`
-//! works as it is.
+//! works as it is. Every other profile of the file with both keys is a
+//! further key the endpoint accepts.
 
 use std::path::Path;
 
@@ -23,52 +24,107 @@ impl std::fmt::Debug for S3Keys {
     }
 }
 
-/// Reads the keys of the `redstuff` profile from a credentials file.
-pub fn parse(text: &str) -> Option<S3Keys> {
-    let mut in_profile = false;
-    let (mut access_key, mut secret_key) = (None, None);
+/// Every profile of a credentials file that has both keys, in the
+/// file's order.
+pub fn parse_profiles(text: &str) -> Vec<(String, S3Keys)> {
+    let mut profiles: Vec<(String, Option<String>, Option<String>)> = Vec::new();
     for line in text.lines().map(str::trim) {
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            in_profile = name.trim() == PROFILE;
+            profiles.push((name.trim().to_string(), None, None));
             continue;
         }
-        let Some((name, value)) = line.split_once('=') else {
+        let (Some((name, value)), Some(profile)) = (line.split_once('='), profiles.last_mut())
+        else {
             continue;
         };
-        if !in_profile {
-            continue;
-        }
+        let value = Some(value.trim().to_string()).filter(|v| !v.is_empty());
         match name.trim() {
-            "aws_access_key_id" => access_key = Some(value.trim().to_string()),
-            "aws_secret_access_key" => secret_key = Some(value.trim().to_string()),
+            "aws_access_key_id" => profile.1 = value,
+            "aws_secret_access_key" => profile.2 = value,
             _ => {}
         }
     }
-    Some(S3Keys {
-        access_key: access_key.filter(|k| !k.is_empty())?,
-        secret_key: secret_key.filter(|k| !k.is_empty())?,
-    })
+    profiles
+        .into_iter()
+        .filter_map(|(name, access_key, secret_key)| {
+            Some((
+                name,
+                S3Keys {
+                    access_key: access_key?,
+                    secret_key: secret_key?,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Reads the keys of the `redstuff` profile from a credentials file.
+pub fn parse(text: &str) -> Option<S3Keys> {
+    parse_profiles(text)
+        .into_iter()
+        .find(|(name, _)| name == PROFILE)
+        .map(|(_, keys)| keys)
+}
+
+/// The keys of every profile but `redstuff`: further users of the endpoint.
+pub fn other_keys(text: &str) -> Vec<S3Keys> {
+    parse_profiles(text)
+        .into_iter()
+        .filter(|(name, _)| name != PROFILE)
+        .map(|(_, keys)| keys)
+        .collect()
 }
 
 /// The file's text for `keys`.
 pub fn render(keys: &S3Keys) -> String {
+    render_profile(PROFILE, keys)
+}
+
+fn render_profile(name: &str, keys: &S3Keys) -> String {
     format!(
-        "[{PROFILE}]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+        "[{name}]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
         keys.access_key, keys.secret_key
     )
 }
 
 /// The keys: `given` (from the environment) if set, else those in `path`,
-/// else new ones. Whatever is used is written to `path` (mode 0600).
+/// else new ones. Whatever is used is written to `path` (mode 0600) as
+/// its `redstuff` profile; the file's other profiles are kept.
 pub fn ensure(path: &Path, given: Option<S3Keys>) -> anyhow::Result<S3Keys> {
-    let existing = std::fs::read_to_string(path).ok().and_then(|t| parse(&t));
-    let keys = match (given, existing) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let keys = match (given, parse(&text)) {
         (Some(keys), _) => keys,
         (None, Some(keys)) => return Ok(keys),
         (None, None) => S3Keys::generate()?,
     };
-    crate::auth::write_private_file(path, render(&keys).as_bytes())?;
+    let mut file = render(&keys);
+    for (name, other) in parse_profiles(&text) {
+        if name != PROFILE {
+            file.push_str(&render_profile(&name, &other));
+        }
+    }
+    crate::auth::write_private_file(path, file.as_bytes())?;
     Ok(keys)
+}
+
+/// Checks a set of keys an endpoint accepts: at least one, and no access
+/// key id twice with different secrets.
+pub fn check_keys(keys: &[S3Keys]) -> Result<(), String> {
+    if keys.is_empty() {
+        return Err("no access key".into());
+    }
+    for (i, key) in keys.iter().enumerate() {
+        if keys[..i]
+            .iter()
+            .any(|k| k.access_key == key.access_key && k.secret_key != key.secret_key)
+        {
+            return Err(format!(
+                "access key {} is given twice with different secrets",
+                key.access_key
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl S3Keys {
@@ -103,6 +159,23 @@ mod tests {
     }
 
     #[test]
+    fn every_profile_with_both_keys_is_a_key_and_a_key_id_has_one_secret() {
+        let text = "[redstuff]\naws_access_key_id = A\naws_secret_access_key = a\n\
+                    [half]\naws_access_key_id = H\n\
+                    [bob]\n aws_secret_access_key = b \n aws_access_key_id = B\n";
+        let names: Vec<String> = parse_profiles(text).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["redstuff", "bob"]);
+        assert_eq!(other_keys(text)[0].secret_key, "b");
+        let key = |a: &str, s: &str| S3Keys {
+            access_key: a.into(),
+            secret_key: s.into(),
+        };
+        assert!(check_keys(&[key("A", "a"), key("B", "b"), key("A", "a")]).is_ok());
+        assert!(check_keys(&[key("A", "a"), key("A", "other")]).is_err());
+        assert!(check_keys(&[]).is_err());
+    }
+
+    #[test]
     fn generated_keys_are_kept_and_given_keys_replace_them() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s3-credentials");
@@ -114,6 +187,24 @@ mod tests {
         };
         assert_eq!(ensure(&path, Some(given.clone())).unwrap(), given);
         assert_eq!(parse(&std::fs::read_to_string(&path).unwrap()), Some(given));
+        // Further profiles are further keys, and survive the file's rewrite.
+        let other = "[alice]\naws_access_key_id = ALICE\naws_secret_access_key = a-secret\n";
+        let text = std::fs::read_to_string(&path).unwrap() + other;
+        std::fs::write(&path, &text).unwrap();
+        let replaced = S3Keys {
+            access_key: "NEW".into(),
+            secret_key: "new-secret".into(),
+        };
+        ensure(&path, Some(replaced.clone())).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(parse(&text), Some(replaced));
+        assert_eq!(
+            other_keys(&text),
+            vec![S3Keys {
+                access_key: "ALICE".into(),
+                secret_key: "a-secret".into()
+            }]
+        );
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);

@@ -16,6 +16,7 @@ use s3s::auth::SimpleAuth;
 use s3s::service::S3ServiceBuilder;
 use tokio::net::TcpListener;
 
+use super::credentials::S3Keys;
 use super::front::{now_ms, Front};
 use super::index::Index;
 use crate::client::DeleteOutcome;
@@ -49,10 +50,8 @@ pub struct S3Config {
     pub listen: SocketAddr,
     /// Where the index lives.
     pub index: IndexLocation,
-    /// The access key id clients sign with.
-    pub access_key: String,
-    /// Its secret.
-    pub secret_key: String,
+    /// The access keys clients sign with (at least one).
+    pub keys: Vec<S3Keys>,
     /// Serve virtual-hosted style under this domain (`bucket.DOMAIN`).
     pub domain: Option<String>,
     /// How long a blob no key refers to stays before it is deleted.
@@ -73,6 +72,8 @@ pub struct S3Server {
 impl S3Server {
     /// Opens the index and binds the listener.
     pub async fn bind(config: S3Config, door: Door) -> anyhow::Result<Self> {
+        super::credentials::check_keys(&config.keys)
+            .map_err(|e| anyhow::anyhow!("S3 access keys: {e}"))?;
         let location = config.index.clone();
         let index = tokio::task::spawn_blocking(move || Index::at(&location))
             .await?
@@ -101,10 +102,11 @@ impl S3Server {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let mut builder = S3ServiceBuilder::new(self.front.clone());
-        builder.set_auth(SimpleAuth::from_single(
-            self.config.access_key.clone(),
-            self.config.secret_key.clone(),
-        ));
+        let mut auth = SimpleAuth::new();
+        for key in &self.config.keys {
+            auth.register(key.access_key.clone(), key.secret_key.clone().into());
+        }
+        builder.set_auth(auth);
         if let Some(domain) = &self.config.domain {
             builder.set_host(
                 super::host::BaseDomain::new(domain)
