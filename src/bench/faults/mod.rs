@@ -305,6 +305,27 @@ fn healed(status: &serde_json::Value) -> bool {
     ready && healthy
 }
 
+/// Whether `status`, observed after `killed_at_ms`, shows node `name`
+/// running again (a pid other than `killed_pid`) and ready.
+fn back_after_kill(
+    status: &serde_json::Value,
+    name: &str,
+    killed_pid: i32,
+    killed_at_ms: u64,
+) -> bool {
+    let fresh = status["observed_at_ms"]
+        .as_u64()
+        .is_some_and(|at| at > killed_at_ms);
+    fresh
+        && status["nodes"].as_array().into_iter().flatten().any(|n| {
+            n["name"] == name
+                && n["state"] == "ready"
+                && n["pid"]
+                    .as_u64()
+                    .is_some_and(|pid| pid as i32 != killed_pid)
+        })
+}
+
 fn signal(pid: i32, signal: i32) {
     // SAFETY: a signal to a node process of the fleet this run started.
     unsafe {
@@ -319,8 +340,11 @@ async fn faults(run: Arc<Run>, data_dir: PathBuf, seed: u64, until: Instant) -> 
     let mut random = Random::new(seed ^ 0xfa17);
     let mut done = Faults::default();
     let mut stopped: BTreeMap<String, (i32, Instant)> = BTreeMap::new();
-    let mut killed: BTreeMap<String, Instant> = BTreeMap::new();
+    // Killed nodes, with their pid and when: faulty until a status seen
+    // after the kill shows them restarted and ready.
+    let mut killed: BTreeMap<String, (i32, u64)> = BTreeMap::new();
     let mut wiped: BTreeSet<String> = BTreeSet::new();
+    let mut wiped_at_ms = 0;
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(300 + random.below(1200))).await;
         let now = Instant::now();
@@ -330,8 +354,9 @@ async fn faults(run: Arc<Run>, data_dir: PathBuf, seed: u64, until: Instant) -> 
                 stopped.remove(&name);
             }
         }
-        killed.retain(|_, until| *until > now);
-        if !wiped.is_empty() && healed(&status(&run).await) {
+        let seen = status(&run).await;
+        killed.retain(|name, (pid, at_ms)| !back_after_kill(&seen, name, *pid, *at_ms));
+        if !wiped.is_empty() && healed_since(&seen, wiped_at_ms) {
             wiped.clear();
         }
         let faulty: BTreeSet<String> = stopped
@@ -362,10 +387,11 @@ async fn faults(run: Arc<Run>, data_dir: PathBuf, seed: u64, until: Instant) -> 
             }
             4..=7 => {
                 signal(pid, libc::SIGKILL);
-                killed.insert(name, now + Duration::from_secs(2));
+                killed.insert(name, (pid, now_ms()));
                 done.kills += 1;
             }
             _ => {
+                wiped_at_ms = now_ms();
                 wipe(&data_dir.join(&name), pid).await;
                 wiped.insert(name);
                 done.wipes += 1;
@@ -619,4 +645,45 @@ pub fn render(report: &FaultRunReport) -> String {
         out.push_str(&format!("    {v}\n"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_killed_node_is_back_only_once_a_later_status_shows_it_restarted_and_ready() {
+        let status = |at: u64, pid: u64, state: &str| {
+            serde_json::json!({
+                "observed_at_ms": at,
+                "nodes": [{"name": "node-1", "pid": pid, "state": state}],
+            })
+        };
+        assert!(back_after_kill(
+            &status(2000, 42, "ready"),
+            "node-1",
+            41,
+            1000
+        ));
+        assert!(
+            !back_after_kill(&status(900, 42, "ready"), "node-1", 41, 1000),
+            "observed before the kill"
+        );
+        assert!(
+            !back_after_kill(&status(2000, 41, "ready"), "node-1", 41, 1000),
+            "the killed process"
+        );
+        assert!(
+            !back_after_kill(&status(2000, 42, "not answering"), "node-1", 41, 1000),
+            "not ready yet"
+        );
+        assert!(
+            !back_after_kill(&status(2000, 42, "ready"), "node-2", 41, 1000),
+            "another node"
+        );
+        assert!(
+            !back_after_kill(&serde_json::Value::Null, "node-1", 41, 1000),
+            "no status"
+        );
+    }
 }
