@@ -8,7 +8,8 @@ mod dev_fleet;
 use std::time::Duration;
 
 use dev_fleet::{
-    all_healthy, all_ready, ideal_repair_bytes_per_shard, kill9, pseudo_random, DevFleet, WAIT,
+    all_healthy, all_ready, ideal_repair_bytes_per_shard, kill9, pseudo_random,
+    put_holding_body_back, DevFleet,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,24 +285,10 @@ async fn the_gateway_answers_bad_requests_with_clear_errors() {
     assert_eq!(metrics.status(), 200, "metrics need no token");
     // curl holds a large body back (Expect: 100-continue); refused before
     // sending it, it must not find the connection waiting for those bytes.
-    let address = g.trim_start_matches("http://").to_string();
-    let answer = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut socket = std::net::TcpStream::connect(&address).unwrap();
-        socket.set_read_timeout(Some(WAIT)).unwrap();
-        write!(
-            socket,
-            "PUT /v1/blobs HTTP/1.1\r\nHost: {address}\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n"
-        )
+    let url = g.clone();
+    let answer = tokio::task::spawn_blocking(move || put_holding_body_back(&url, "/v1/blobs"))
+        .await
         .unwrap();
-        let mut answer = Vec::new();
-        socket
-            .read_to_end(&mut answer)
-            .expect("the gateway closes the connection after the refusal");
-        String::from_utf8_lossy(&answer).to_ascii_lowercase()
-    })
-    .await
-    .unwrap();
     assert!(answer.starts_with("http/1.1 401"), "{answer}");
     assert!(answer.contains("connection: close"), "{answer}");
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dev_fleet::{pseudo_random, DevFleet, WAIT};
+use dev_fleet::{pseudo_random, put_holding_body_back, DevFleet, WAIT};
 
 /// The environment a client needs to reach the fleet's S3 endpoint.
 fn s3_env(fleet: &DevFleet) -> Vec<(String, String)> {
@@ -72,31 +72,37 @@ fn suite(name: &str) -> String {
     format!("{}/tests/s3/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Runs the Python suite `name` (tests/s3/) against the fleet with `env`
+/// added, in a scratch directory; fails the test unless every check passed.
+fn python_suite(fleet: &DevFleet, name: &str, env: &[(&str, &str)]) {
+    let scratch = tempfile::tempdir().unwrap();
+    let output = Command::new("python3")
+        .arg(suite(name))
+        .envs(s3_env(fleet))
+        .envs(env.iter().copied())
+        .env("PATH", clients_path())
+        .current_dir(scratch.path())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && out.contains("every check passed"),
+        "{name} failed:\n{out}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 #[test]
 fn boto3_finds_s3_semantics_for_objects_ranges_checksums_multipart_and_listings() {
     let fleet = DevFleet::start(&[]);
-    let scratch = tempfile::tempdir().unwrap();
-    let out = run(
-        &fleet,
-        "python3",
-        &[&suite("boto3_suite.py")],
-        scratch.path(),
-    );
-    assert!(out.contains("every check passed"), "{out}");
+    python_suite(&fleet, "boto3_suite.py", &[]);
 }
 
 #[test]
 fn boto3_finds_the_same_semantics_with_the_index_in_postgres() {
     let server = pg::Postgres::start();
     let fleet = DevFleet::start(&["--s3-index-postgres", &server.url]);
-    let scratch = tempfile::tempdir().unwrap();
-    let out = run(
-        &fleet,
-        "python3",
-        &[&suite("boto3_suite.py")],
-        scratch.path(),
-    );
-    assert!(out.contains("every check passed"), "{out}");
+    python_suite(&fleet, "boto3_suite.py", &[]);
     assert!(
         !fleet.data_dir().join("s3-index.redb").exists(),
         "the index went to PostgreSQL, not to a file"
@@ -107,20 +113,10 @@ fn boto3_finds_the_same_semantics_with_the_index_in_postgres() {
 fn boto3_in_virtual_hosted_style_reaches_buckets_under_the_base_domain() {
     let domain = "s3.redstuff.test";
     let fleet = DevFleet::start(&["--s3-domain", domain]);
-    let scratch = tempfile::tempdir().unwrap();
-    let output = Command::new("python3")
-        .arg(suite("virtual_hosted.py"))
-        .envs(s3_env(&fleet))
-        .env("REDSTUFF_S3_DOMAIN", domain)
-        .env("PATH", clients_path())
-        .current_dir(scratch.path())
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && out.contains("every check passed"),
-        "{out}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+    python_suite(
+        &fleet,
+        "virtual_hosted.py",
+        &[("REDSTUFF_S3_DOMAIN", domain)],
     );
 }
 
@@ -280,27 +276,9 @@ fn every_profile_of_the_credentials_file_is_an_access_key() {
 /// connection, and the next request goes on a fresh one.
 #[test]
 fn a_refusal_before_a_held_back_body_closes_the_connection() {
-    use std::io::{Read, Write};
     let fleet = DevFleet::start(&[]);
-    let address = fleet
-        .s3
-        .clone()
-        .unwrap()
-        .trim_start_matches("http://")
-        .to_string();
-    let mut socket = std::net::TcpStream::connect(&address).unwrap();
-    socket.set_read_timeout(Some(WAIT)).unwrap();
     // Unsigned: refused (AccessDenied) before the body is read.
-    write!(
-        socket,
-        "PUT /bucket/key HTTP/1.1\r\nHost: {address}\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = Vec::new();
-    socket
-        .read_to_end(&mut answer)
-        .expect("the server closes the connection after the refusal");
-    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    let answer = put_holding_body_back(fleet.s3.as_deref().unwrap(), "/bucket/key");
     assert!(answer.starts_with("http/1.1 403"), "{answer}");
     assert!(!answer.contains("100 continue"), "{answer}");
     assert!(answer.contains("connection: close"), "{answer}");

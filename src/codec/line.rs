@@ -61,7 +61,7 @@ pub fn expanded_leaves<A: Axis>(sliver: &Sliver<A>) -> (Vec<Hash>, Vec<u8>) {
 
 /// The hash a sliver commits to: the Merkle root over its expanded line.
 pub fn sliver_hash<A: Axis>(sliver: &Sliver<A>) -> Hash {
-    merkle::root(&expanded_leaves(sliver).0)
+    line_hash(&sliver.config(), sliver.data(), sliver.symbol_size())
 }
 
 /// The hash of a line of `data` (its source symbols, back to back, of

@@ -97,32 +97,42 @@ fn sliver_len(metadata: &BlobMetadata, segment: u32, kind: SliverKind) -> usize 
         }
 }
 
-pub(super) async fn put_sliver(
-    State(state): State<Arc<NodeState>>,
-    Path(path): Path<(String, String, String, String)>,
-    headers: HeaderMap,
+/// What an upload for one shard of a segment brought, once checked in the
+/// order the module doc gives up to reading the body.
+struct Received {
+    metadata: Arc<BlobMetadata>,
+    pair: u16,
+    /// The length the upload should have.
+    expected: usize,
+    body: Vec<u8>,
+}
+
+/// The checks that need no body (ownership, metadata, segment, declared
+/// length), then the body read up to the `length` the metadata gives;
+/// `what` names the upload in errors.
+async fn receive_for_shard(
+    state: &Arc<NodeState>,
+    (id, segment, shard): (BlobId, u32, u16),
+    headers: &HeaderMap,
     body: Body,
-) -> Result<StatusCode, ApiError> {
-    let path = parse_sliver_path(path)?;
-    if !state.ownership.owns(path.shard) {
+    length: impl FnOnce(&BlobMetadata) -> usize,
+    what: &str,
+) -> Result<Received, ApiError> {
+    if !state.ownership.owns(shard) {
         return Err(ApiError::conflict(format!(
-            "shard {} is not owned by node {}",
-            path.shard, state.name
+            "shard {shard} is not owned by node {}",
+            state.name
         )));
     }
     let metadata = {
-        let (state, id) = (state.clone(), path.id);
+        let state = state.clone();
         blocking(move || load_metadata(&state, &id)).await?
     };
-    let pair = pair_of(&metadata, path.segment, path.shard)?;
-    let expected = sliver_len(&metadata, path.segment, path.kind);
-    let too_large = |got: String| {
-        ApiError::too_large(format!(
-            "a {} sliver of segment {} is {expected} bytes; got {got}",
-            path.kind, path.segment
-        ))
-    };
-    if let Some(declared) = declared_length(&headers) {
+    let pair = pair_of(&metadata, segment, shard)?;
+    let expected = length(&metadata);
+    let too_large =
+        |got: String| ApiError::too_large(format!("{what} is {expected} bytes; got {got}"));
+    if let Some(declared) = declared_length(headers) {
         if declared > expected as u64 {
             return Err(too_large(declared.to_string()));
         }
@@ -130,6 +140,35 @@ pub(super) async fn put_sliver(
     let body = read_capped(body, expected)
         .await?
         .ok_or_else(|| too_large("more".to_string()))?;
+    Ok(Received {
+        metadata,
+        pair,
+        expected,
+        body,
+    })
+}
+
+pub(super) async fn put_sliver(
+    State(state): State<Arc<NodeState>>,
+    Path(path): Path<(String, String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let path = parse_sliver_path(path)?;
+    let Received {
+        metadata,
+        pair,
+        body,
+        ..
+    } = receive_for_shard(
+        &state,
+        (path.id, path.segment, path.shard),
+        &headers,
+        body,
+        |metadata| sliver_len(metadata, path.segment, path.kind),
+        &format!("a {} sliver of segment {}", path.kind, path.segment),
+    )
+    .await?;
     blocking(move || {
         match path.kind {
             SliverKind::Primary => check_sliver::<Primary>(&metadata, &path, pair, &body)?,
@@ -156,35 +195,28 @@ pub(super) async fn put_pair(
     let id = parse_id(&id)?;
     let segment: u32 = parse_number("segment", &segment)?;
     let shard: u16 = parse_number("shard", &shard)?;
-    if !state.ownership.owns(shard) {
-        return Err(ApiError::conflict(format!(
-            "shard {shard} is not owned by node {}",
-            state.name
-        )));
-    }
-    let metadata = {
-        let state = state.clone();
-        blocking(move || load_metadata(&state, &id)).await?
-    };
-    let pair = pair_of(&metadata, segment, shard)?;
-    let primary_len = sliver_len(&metadata, segment, SliverKind::Primary);
-    let expected = primary_len + sliver_len(&metadata, segment, SliverKind::Secondary);
-    let too_large = |got: String| {
-        ApiError::too_large(format!(
-            "the pair of segment {segment} is {expected} bytes (primary then secondary sliver); got {got}"
-        ))
-    };
-    if let Some(declared) = declared_length(&headers) {
-        if declared > expected as u64 {
-            return Err(too_large(declared.to_string()));
-        }
-    }
-    let body = read_capped(body, expected)
-        .await?
-        .ok_or_else(|| too_large("more".to_string()))?;
+    let mut primary_len = 0;
+    let what = format!("the pair of segment {segment} (primary then secondary sliver)");
+    let Received {
+        metadata,
+        pair,
+        expected,
+        body,
+    } = receive_for_shard(
+        &state,
+        (id, segment, shard),
+        &headers,
+        body,
+        |metadata| {
+            primary_len = sliver_len(metadata, segment, SliverKind::Primary);
+            primary_len + sliver_len(metadata, segment, SliverKind::Secondary)
+        },
+        &what,
+    )
+    .await?;
     if body.len() != expected {
         return Err(ApiError::bad_request(format!(
-            "the pair of segment {segment} is {expected} bytes (primary then secondary sliver); got {}",
+            "{what} is {expected} bytes; got {}",
             body.len()
         )));
     }

@@ -376,6 +376,27 @@ fn signal(pid: i32, signal: i32) {
 }
 
 /// SIGKILL to a node process.
+/// Sends `PUT path` to `url` holding its 4-byte body back (`Expect:
+/// 100-continue`), as curl and botocore do, and reads the answer until the
+/// server closes the connection (it must, when it refuses the upload: the
+/// body it counted on never comes). The answer, lower-cased.
+pub fn put_holding_body_back(url: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let address = url.trim_start_matches("http://");
+    let mut socket = std::net::TcpStream::connect(address).unwrap();
+    socket.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        socket,
+        "PUT {path} HTTP/1.1\r\nHost: {address}\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    socket
+        .read_to_end(&mut answer)
+        .expect("the server closes the connection after the refusal");
+    String::from_utf8_lossy(&answer).to_ascii_lowercase()
+}
+
 pub fn kill9(pid: i32) {
     signal(pid, libc::SIGKILL);
 }
