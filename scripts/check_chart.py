@@ -6,12 +6,14 @@ rendered object also goes to OUT/../chart-all/ for kubectl), the
 example StorageCluster through `redstuff render-cluster`, the
 PrometheusRule against files/alerts.rules.yaml, the ServiceMonitor
 against the metrics Service, the dashboard ConfigMaps against
-dashboards/. Values in tests/chart/invalid/ must be refused with the
+dashboards/, the node pods' NetworkPolicy against the one the operator
+renders for examples/storagecluster.yaml. Values in tests/chart/invalid/ must be refused with the
 message their `# expect:` line names.
 
 Usage: check_chart.py OUT REDSTUFF_BINARY
 """
 
+import copy
 import json
 import pathlib
 import subprocess
@@ -58,6 +60,70 @@ def check_watched_namespaces(name, values, docs, args):
              f"(ClusterRoleBindings {bound_everywhere}, RoleBindings in {bound_in}, flags {flags})")
 
 
+def selects(selector, labels):
+    """Whether a label selector (matchLabels only) selects `labels`."""
+    if selector.get("matchExpressions"):
+        fail(f"selector {selector} uses matchExpressions, which this check does not read")
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def namespace_wide(spec, cluster):
+    """The operator's node NetworkPolicy of `cluster` as the chart writes it
+    for every cluster of its namespace: each selector of the cluster's pods
+    (its instance label) selects the redstuff pods of that component."""
+    spec = copy.deepcopy(spec)
+    selectors = [spec["podSelector"]] + [peer["podSelector"]
+                                         for rule in spec["ingress"] for peer in rule.get("from", [])
+                                         if "podSelector" in peer]
+    for selector in selectors:
+        labels = selector["matchLabels"]
+        if labels.get("app.kubernetes.io/instance") == cluster:
+            del labels["app.kubernetes.io/instance"]
+            labels["app.kubernetes.io/name"] = "redstuff"
+    return spec
+
+
+def check_node_policy(name, values, docs, operator_objects):
+    """With networkPolicy.enabled the chart has a NetworkPolicy for node pods
+    with the operator's rules (its ports and peers, namespace-wide), which
+    selects the node pods the operator creates and admits to their API port
+    its gateway and node pods and the chart's operator pods; without, none."""
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"
+                and d["spec"]["podSelector"]["matchLabels"].get("app.kubernetes.io/component") == "node"]
+    if not values.get("networkPolicy", {}).get("enabled"):
+        if policies:
+            fail(f"{name}: networkPolicy.enabled is off, yet the chart renders {policies[0]['metadata']['name']}")
+        return
+    if len(policies) != 1:
+        fail(f"{name}: networkPolicy.enabled renders {len(policies)} NetworkPolicies for node pods, not 1")
+    chart_spec = policies[0]["spec"]
+    operator_policy = next(d for d in operator_objects if d["kind"] == "NetworkPolicy")
+    cluster = operator_policy["metadata"]["labels"]["app.kubernetes.io/instance"]
+    expected = namespace_wide(operator_policy["spec"], cluster)
+    if chart_spec != expected:
+        fail(f"{name}: the chart's node NetworkPolicy differs from the operator's ({operator_policy['metadata']['name']} "
+             f"of examples/storagecluster.yaml, made namespace-wide):\n"
+             f"chart:    {json.dumps(chart_spec, sort_keys=True)}\nexpected: {json.dumps(expected, sort_keys=True)}")
+    nodes = [d["metadata"]["labels"] for d in operator_objects if d["kind"] == "Pod"]
+    gateways = [d["spec"]["template"]["metadata"]["labels"] for d in operator_objects
+                if d["kind"] == "Deployment" and d["metadata"]["labels"]["app.kubernetes.io/component"] == "gateway"]
+    operator = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["metadata"]["labels"]
+    if not nodes or not gateways or not all(selects(chart_spec["podSelector"], n) for n in nodes):
+        fail(f"{name}: the node NetworkPolicy does not select the operator's node pods")
+    node_ports = {p["containerPort"] for p in next(d for d in operator_objects if d["kind"] == "Pod")
+                  ["spec"]["containers"][0]["ports"]}
+    api_rule = next((r for r in chart_spec["ingress"] if r.get("from")), None)
+    if api_rule is None or {p["port"] for p in api_rule["ports"]} - node_ports:
+        fail(f"{name}: the node NetworkPolicy's API rule names no port of the node pods ({node_ports})")
+    same_namespace = [p["podSelector"] for p in api_rule["from"] if "namespaceSelector" not in p]
+    any_namespace = [p["podSelector"] for p in api_rule["from"] if p.get("namespaceSelector") == {}]
+    for what, labels, peers in [("gateway pods", gateways[0], same_namespace),
+                                ("node pods", nodes[0], same_namespace),
+                                ("the chart's operator pods", operator, any_namespace)]:
+        if not any(selects(peer, labels) for peer in peers):
+            fail(f"{name}: the node NetworkPolicy does not admit {what} ({labels}) to the API port")
+
+
 def render(chart, values):
     chart.validate_schema(values)
     return chart.render(values, name="redstuff", namespace="redstuff-system", is_install=True)
@@ -72,6 +138,9 @@ def main(out, redstuff):
     rules = yaml.safe_load((CHART / "files" / "alerts.rules.yaml").read_text())
     dashboards = {p.name: json.loads(p.read_text()) for p in (CHART / "dashboards").glob("*.json")}
     deploy_docs = [d for d in yaml.safe_load_all((ROOT / "deploy" / "10-rbac.yaml").read_text()) if d]
+    operator_objects = subprocess.run([redstuff, "render-cluster", str(ROOT / "examples" / "storagecluster.yaml")],
+                                      capture_output=True, text=True, check=True).stdout
+    operator_objects = [d for d in yaml.safe_load_all(operator_objects) if d]
 
     for values_file in sorted((CHART / "ci").glob("*.yaml")):
         values = yaml.safe_load(values_file.read_text()) or {}
@@ -106,6 +175,7 @@ def main(out, redstuff):
         pod = deployment["spec"]["template"]["spec"]
         container = pod["containers"][0]
         check_watched_namespaces(values_file.name, values, docs, container["args"])
+        check_node_policy(values_file.name, values, docs, operator_objects)
         security = container["securityContext"]
         if not (pod["securityContext"]["runAsNonRoot"] and security["readOnlyRootFilesystem"]
                 and security["capabilities"]["drop"] == ["ALL"]
