@@ -411,3 +411,170 @@ fn deletes_racing_sliver_writes_never_leave_an_orphan() {
     }
     assert_eq!(store.sliver_count(SliverKind::Primary), 0);
 }
+
+/// What the kernel reports (inotify) about some directories and their
+/// entries, in the order it happened: tells a directory renamed away from
+/// one removed file by file where it stands.
+struct DirEvents {
+    fd: std::os::fd::OwnedFd,
+    watches: Vec<(i32, &'static str)>,
+}
+
+/// One event: the watch's label, what happened, the entry's name.
+type DirEvent = (&'static str, &'static str, String);
+
+impl DirEvents {
+    /// Watches `dirs`, each with a label for the events.
+    fn watch(dirs: &[(&'static str, &Path)]) -> Self {
+        use std::os::fd::FromRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        // SAFETY: plain syscalls; the descriptor is owned from here on.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        assert!(fd >= 0, "inotify_init1: {}", io::Error::last_os_error());
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let watches = dirs
+            .iter()
+            .map(|(label, dir)| {
+                use std::os::fd::AsRawFd;
+                let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+                let mask = libc::IN_MOVED_FROM
+                    | libc::IN_MOVED_TO
+                    | libc::IN_DELETE
+                    | libc::IN_MOVE_SELF
+                    | libc::IN_DELETE_SELF;
+                // SAFETY: a valid descriptor and a NUL-terminated path.
+                let wd = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), mask) };
+                assert!(wd >= 0, "inotify_add_watch: {}", io::Error::last_os_error());
+                (wd, *label)
+            })
+            .collect();
+        Self { fd, watches }
+    }
+
+    /// Every event queued so far (they are queued by the syscall itself,
+    /// so none is missing once the operation returned).
+    fn take(&self) -> Vec<DirEvent> {
+        use std::os::fd::AsRawFd;
+        let mut events = Vec::new();
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            // SAFETY: reads into a buffer of the length given.
+            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "inotify read: {e}");
+                return events;
+            }
+            let mut at = 0;
+            while at < n as usize {
+                let word =
+                    |i: usize| u32::from_ne_bytes(buf[at + i..at + i + 4].try_into().unwrap());
+                let (wd, mask, len) = (word(0) as i32, word(4), word(12) as usize);
+                let name = &buf[at + 16..at + 16 + len];
+                let name = String::from_utf8_lossy(name)
+                    .trim_end_matches('\0')
+                    .to_string();
+                at += 16 + len;
+                let what = match mask & !libc::IN_ISDIR {
+                    libc::IN_MOVED_FROM => "moved from",
+                    libc::IN_MOVED_TO => "moved to",
+                    libc::IN_DELETE => "deleted",
+                    libc::IN_MOVE_SELF => "moved itself",
+                    libc::IN_DELETE_SELF => "deleted itself",
+                    _ => continue, // IN_IGNORED: a watch ended
+                };
+                let label = self.watches.iter().find(|(w, _)| *w == wd).unwrap().1;
+                events.push((label, what, name));
+            }
+        }
+    }
+}
+
+/// The index of the first event `matches` picks, failing with `events`.
+fn position(events: &[DirEvent], what: &str, matches: impl Fn(&DirEvent) -> bool) -> usize {
+    events
+        .iter()
+        .position(matches)
+        .unwrap_or_else(|| panic!("no event: {what}; the events: {events:#?}"))
+}
+
+#[test]
+fn deletes_move_the_directory_into_trash_before_removing_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = staged(dir.path(), 21);
+    let blob = id(21);
+    for shard in [2, 3] {
+        store
+            .put_pair(&blob, 0, shard, b"primary", b"secondary")
+            .unwrap();
+    }
+    store.commit(&blob, 10, None).unwrap();
+    let blobs = dir.path().join("blobs");
+    let blob_dir = blobs.join(blob.to_string());
+    let trash = dir.path().join("trash");
+    let events = DirEvents::watch(&[
+        ("blobs/", &blobs),
+        ("the blob's directory", &blob_dir),
+        ("shard 2's directory", &blob_dir.join("2")),
+        ("trash/", &trash),
+    ]);
+    let is_delete = |e: &DirEvent| e.1.starts_with("deleted");
+
+    // A shard moving away: its directory leaves the blob's whole, by one
+    // rename into trash/, and only there is it emptied and removed.
+    store.delete_shard(&blob, 3).unwrap();
+    let seen = events.take();
+    let moved = position(&seen, "shard 3's directory moved out", |e| {
+        *e == ("the blob's directory", "moved from", "3".into())
+    });
+    let arrived = position(&seen, "a directory moved into trash/", |e| {
+        e.0 == "trash/" && e.1 == "moved to"
+    });
+    let first_delete = position(&seen, "something removed", is_delete);
+    assert!(moved < first_delete && arrived < first_delete, "{seen:#?}");
+    assert!(
+        !seen
+            .iter()
+            .any(|e| e.0 == "the blob's directory" && is_delete(e)),
+        "removed in place: {seen:#?}"
+    );
+    let in_trash = seen[arrived].2.clone();
+    assert!(
+        seen.contains(&("trash/", "deleted", in_trash)),
+        "trash/ was not emptied: {seen:#?}"
+    );
+
+    // The delete: the blob's directory is renamed into trash/ before a
+    // single file of it (markers, metadata, slivers) is removed.
+    store.tombstone(&blob, 11).unwrap();
+    let seen = events.take();
+    let moved = position(&seen, "the blob's directory moved out of blobs/", |e| {
+        *e == ("blobs/", "moved from", blob.to_string())
+    });
+    let arrived = position(&seen, "a directory moved into trash/", |e| {
+        e.0 == "trash/" && e.1 == "moved to"
+    });
+    let first_delete = position(&seen, "something removed", is_delete);
+    assert!(moved < first_delete && arrived < first_delete, "{seen:#?}");
+    // Its files did go, after the move: the sliver of shard 2 and the
+    // markers, then the directory itself (as trash/ saw it).
+    assert!(
+        seen.contains(&("shard 2's directory", "deleted", "0.primary".into())),
+        "{seen:#?}"
+    );
+    assert!(
+        seen.contains(&("the blob's directory", "deleted", "commit".into())),
+        "{seen:#?}"
+    );
+    let in_trash = seen[arrived].2.clone();
+    assert!(
+        seen.contains(&("trash/", "deleted", in_trash)),
+        "trash/ was not emptied: {seen:#?}"
+    );
+    assert!(
+        !seen.iter().any(|e| e.0 == "blobs/" && is_delete(e)),
+        "removed in place: {seen:#?}"
+    );
+    assert!(!blob_dir.exists());
+    assert_eq!(fs::read_dir(&trash).unwrap().count(), 0);
+}
