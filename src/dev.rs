@@ -370,11 +370,11 @@ pub async fn run(
                     Some(url) => crate::s3::IndexLocation::Postgres(url.clone()),
                     None => crate::s3::IndexLocation::File(config.data_dir.join("s3-index.redb")),
                 },
-                keys: std::iter::once(keys.clone())
-                    .chain(crate::s3::credentials::other_keys(
-                        &std::fs::read_to_string(&credentials)?,
-                    ))
-                    .collect(),
+                // The file holds the `redstuff` profile too.
+                keys: vec![crate::s3::keyring::KeySource::CredentialsFile(
+                    credentials.clone(),
+                )],
+                keys_reload_every: crate::s3::keyring::RELOAD_EVERY,
                 domain: s3.domain.clone(),
                 collect_after: s3.collect_after,
                 upload_max_age: s3.upload_max_age,

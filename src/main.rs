@@ -200,7 +200,7 @@ struct DevArgs {
     /// The S3 endpoint's address. Keys come from REDSTUFF_S3_ACCESS_KEY and
     /// REDSTUFF_S3_SECRET_KEY when set, else from DATA_DIR/s3-credentials
     /// (generated at first start); further profiles in that file are
-    /// further keys (read at start).
+    /// further keys (the file is read again every few seconds).
     #[arg(long, default_value = "127.0.0.1:7780")]
     s3_addr: std::net::SocketAddr,
     /// Serve no S3 endpoint.
@@ -342,11 +342,18 @@ struct GatewayArgs {
         hide_env_values = true
     )]
     s3_index_postgres: Option<String>,
-    /// The S3 access keys: a file in the AWS shared-credentials format,
-    /// every profile with both keys a key the endpoint accepts;
+    /// S3 access keys: a file in the AWS shared-credentials format, every
+    /// profile with both keys a key the endpoint accepts (read again every
+    /// few seconds: edit it to add, rotate or revoke a key).
     /// REDSTUFF_S3_ACCESS_KEY and REDSTUFF_S3_SECRET_KEY add one more.
     #[arg(long, requires = "s3_listen")]
     s3_credentials_file: Option<PathBuf>,
+    /// S3 access keys from a directory as Kubernetes mounts a Secret:
+    /// files `accessKey` and `secretKey` (one key) and `credentials` (a
+    /// credentials file, every profile a key); read again every few
+    /// seconds, so a changed Secret takes effect without a restart.
+    #[arg(long, requires = "s3_listen")]
+    s3_keys_dir: Option<PathBuf>,
     /// Serve virtual-hosted-style S3 (BUCKET.DOMAIN) besides path style.
     #[arg(long, requires = "s3_listen")]
     s3_domain: Option<String>,
@@ -671,22 +678,18 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let Some(s3_listen) = args.s3_listen else {
         return gateway.serve(shutdown_signal()).await;
     };
-    // The environment's key, and every profile of the credentials file.
-    let mut keys: Vec<_> = s3_keys_from_env().into_iter().collect();
-    if let Some(path) = args.s3_credentials_file.as_deref() {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-        let profiles = redstuff::s3::credentials::parse_profiles(&text);
-        anyhow::ensure!(
-            !profiles.is_empty(),
-            "{} holds no profile with both aws_access_key_id and aws_secret_access_key",
-            path.display()
-        );
-        keys.extend(profiles.into_iter().map(|(_, k)| k));
-    }
+    // The environment's key, every profile of the credentials file, and the
+    // Secret's directory.
+    use redstuff::s3::keyring::KeySource;
+    let keys: Vec<KeySource> = s3_keys_from_env()
+        .map(KeySource::Fixed)
+        .into_iter()
+        .chain(args.s3_credentials_file.map(KeySource::CredentialsFile))
+        .chain(args.s3_keys_dir.map(KeySource::SecretDir))
+        .collect();
     anyhow::ensure!(
         !keys.is_empty(),
-        "S3 needs an access key: --s3-credentials-file, or REDSTUFF_S3_ACCESS_KEY and REDSTUFF_S3_SECRET_KEY"
+        "S3 needs an access key: --s3-credentials-file, --s3-keys-dir, or REDSTUFF_S3_ACCESS_KEY and REDSTUFF_S3_SECRET_KEY"
     );
     let s3 = redstuff::s3::S3Server::bind(
         redstuff::s3::S3Config {
@@ -699,6 +702,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
                 ),
             },
             keys,
+            keys_reload_every: redstuff::s3::keyring::RELOAD_EVERY,
             domain: args.s3_domain,
             collect_after: std::time::Duration::from_secs(args.s3_collect_after_secs),
             upload_max_age: std::time::Duration::from_secs(args.s3_upload_max_age_secs),

@@ -201,39 +201,25 @@ fn rclone_s3cmd_s5cmd_and_s3fs_store_list_check_and_read() {
     assert!(out.contains("every client passed"), "{out}");
 }
 
-/// Every profile of the credentials file is a key: a second user added to
-/// `DATA_DIR/s3-credentials` signs in after a restart, sees the same
-/// buckets, and a wrong secret for that key is refused.
+/// Every profile of the credentials file is a key, and the file is read
+/// again while the endpoint runs: a second user added to
+/// `DATA_DIR/s3-credentials` signs in without a restart and sees the same
+/// buckets, a wrong secret for that key is refused, and removing the
+/// profile revokes the key while the first one keeps working.
 #[test]
-fn every_profile_of_the_credentials_file_is_an_access_key() {
-    let mut fleet = DevFleet::start(&[]);
-    fleet.kill_all();
-    let path = fleet.data_dir().join("s3-credentials");
-    let mut text = std::fs::read_to_string(&path).unwrap();
-    text.push_str("[alice]\naws_access_key_id = ALICEKEY\naws_secret_access_key = alice secret\n");
-    std::fs::write(&path, text).unwrap();
-    let fleet = fleet.restart(&[]);
+fn every_profile_of_the_credentials_file_is_an_access_key_added_and_revoked_while_running() {
+    let fleet = DevFleet::start(&[]);
     let dir = tempfile::tempdir().unwrap();
+    let endpoint = fleet.s3.clone().unwrap();
     run(
         &fleet,
         "aws",
-        &[
-            "--endpoint-url",
-            fleet.s3.as_deref().unwrap(),
-            "s3",
-            "mb",
-            "s3://shared",
-        ],
+        &["--endpoint-url", &endpoint, "s3", "mb", "s3://shared"],
         dir.path(),
     );
     let as_alice = |secret: &str| {
         Command::new("aws")
-            .args([
-                "--endpoint-url",
-                fleet.s3.as_deref().unwrap(),
-                "s3api",
-                "list-buckets",
-            ])
+            .args(["--endpoint-url", &endpoint, "s3api", "list-buckets"])
             .envs(s3_env(&fleet))
             .env("AWS_ACCESS_KEY_ID", "ALICEKEY")
             .env("AWS_SECRET_ACCESS_KEY", secret)
@@ -241,30 +227,63 @@ fn every_profile_of_the_credentials_file_is_an_access_key() {
             .output()
             .unwrap()
     };
-    let listed = as_alice("alice secret");
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).to_string();
+    let unknown = as_alice("alice secret");
+    assert!(
+        !unknown.status.success() && stderr(&unknown).contains("InvalidAccessKeyId"),
+        "{}",
+        stderr(&unknown)
+    );
+
+    let path = fleet.data_dir().join("s3-credentials");
+    let original = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "{original}[alice]\naws_access_key_id = ALICEKEY\naws_secret_access_key = alice secret\n"
+        ),
+    )
+    .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let listed = loop {
+        let listed = as_alice("alice secret");
+        if listed.status.success() || Instant::now() > deadline {
+            break listed;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     assert!(
         listed.status.success() && String::from_utf8_lossy(&listed.stdout).contains("\"shared\""),
-        "{}",
-        String::from_utf8_lossy(&listed.stderr)
+        "the added key was not taken within {WAIT:?}: {}",
+        stderr(&listed)
     );
     let refused = as_alice("not alice's secret");
-    assert!(!refused.status.success());
     assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("SignatureDoesNotMatch"),
+        !refused.status.success() && stderr(&refused).contains("SignatureDoesNotMatch"),
         "{}",
-        String::from_utf8_lossy(&refused.stderr)
+        stderr(&refused)
     );
-    // The first key still works, and the file kept both profiles.
+
+    // Revoked by removing the profile; the first key still works.
+    std::fs::write(&path, &original).unwrap();
+    let deadline = Instant::now() + WAIT;
+    let revoked = loop {
+        let answer = as_alice("alice secret");
+        if !answer.status.success() || Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        !revoked.status.success() && stderr(&revoked).contains("InvalidAccessKeyId"),
+        "the removed key still signs in after {WAIT:?}: {}",
+        stderr(&revoked)
+    );
     run(
         &fleet,
         "aws",
-        &["--endpoint-url", fleet.s3.as_deref().unwrap(), "s3", "ls"],
+        &["--endpoint-url", &endpoint, "s3", "ls"],
         dir.path(),
-    );
-    let text = std::fs::read_to_string(fleet.data_dir().join("s3-credentials")).unwrap();
-    assert!(
-        text.contains("[redstuff]") && text.contains("[alice]"),
-        "{text}"
     );
 }
 

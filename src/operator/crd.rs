@@ -88,8 +88,11 @@ pub struct S3Spec {
     /// Storage class of the index's claim (default: the cluster's default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index_storage_class_name: Option<String>,
-    /// A Secret holding the access key as `accessKey` and `secretKey`
-    /// (default: the operator creates NAME-s3-credentials with new keys).
+    /// A Secret holding the access keys: `accessKey` and `secretKey` (one
+    /// key) and/or `credentials` (an AWS credentials file, every profile
+    /// a further key). Edits take effect within a minute or two, without
+    /// a restart (default: the operator creates NAME-s3-credentials with
+    /// new keys; `credentials` may be added to it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub credentials_secret: Option<String>,

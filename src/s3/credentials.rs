@@ -66,15 +66,6 @@ pub fn parse(text: &str) -> Option<S3Keys> {
         .map(|(_, keys)| keys)
 }
 
-/// The keys of every profile but `redstuff`: further users of the endpoint.
-pub fn other_keys(text: &str) -> Vec<S3Keys> {
-    parse_profiles(text)
-        .into_iter()
-        .filter(|(name, _)| name != PROFILE)
-        .map(|(_, keys)| keys)
-        .collect()
-}
-
 /// The file's text for `keys`.
 pub fn render(keys: &S3Keys) -> String {
     render_profile(PROFILE, keys)
@@ -165,7 +156,7 @@ mod tests {
                     [bob]\n aws_secret_access_key = b \n aws_access_key_id = B\n";
         let names: Vec<String> = parse_profiles(text).into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["redstuff", "bob"]);
-        assert_eq!(other_keys(text)[0].secret_key, "b");
+        assert_eq!(parse_profiles(text)[1].1.secret_key, "b");
         let key = |a: &str, s: &str| S3Keys {
             access_key: a.into(),
             secret_key: s.into(),
@@ -199,11 +190,14 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(parse(&text), Some(replaced));
         assert_eq!(
-            other_keys(&text),
-            vec![S3Keys {
-                access_key: "ALICE".into(),
-                secret_key: "a-secret".into()
-            }]
+            parse_profiles(&text)[1],
+            (
+                "alice".to_string(),
+                S3Keys {
+                    access_key: "ALICE".into(),
+                    secret_key: "a-secret".into()
+                }
+            )
         );
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();

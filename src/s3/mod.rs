@@ -12,7 +12,9 @@
 //! - `objects`, `buckets`, `multipart`: the operations; `service`: the
 //!   `s3s::S3` implementation over them;
 //! - `host` (pure): the bucket a Host header names (virtual-hosted style);
-//! - `server`: the listener, SigV4 keys and the collector.
+//! - `credentials`: access keys and their file; `keyring`: the keys in
+//!   force, re-read from their files while the endpoint runs;
+//! - `server`: the listener and the collector.
 
 pub mod assemble;
 pub mod body;
@@ -22,6 +24,7 @@ pub mod credentials;
 pub mod front;
 pub mod host;
 pub mod index;
+pub mod keyring;
 pub mod kv;
 pub mod listing;
 pub mod multipart;

@@ -1,7 +1,8 @@
 //! Serving the S3 front: its listener (path style always, virtual-hosted
-//! style under a base domain when one is set), SigV4 against one access
-//! key, and the collector that deletes blobs no key or upload refers to
-//! after a grace period and aborts uploads left unfinished too long.
+//! style under a base domain when one is set), SigV4 against the access
+//! keys of its keyring (re-read while it runs), and the collector that
+//! deletes blobs no key or upload refers to after a grace period and
+//! aborts uploads left unfinished too long.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,13 +13,12 @@ use anyhow::Context as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
-use s3s::auth::SimpleAuth;
 use s3s::service::S3ServiceBuilder;
 use tokio::net::TcpListener;
 
-use super::credentials::S3Keys;
 use super::front::{now_ms, Front};
 use super::index::Index;
+use super::keyring::{KeySource, Keyring};
 use crate::client::DeleteOutcome;
 use crate::gateway::Door;
 use crate::held_back_body;
@@ -50,8 +50,11 @@ pub struct S3Config {
     pub listen: SocketAddr,
     /// Where the index lives.
     pub index: IndexLocation,
-    /// The access keys clients sign with (at least one).
-    pub keys: Vec<S3Keys>,
+    /// Where the access keys clients sign with come from (each source
+    /// holding at least one key at start).
+    pub keys: Vec<KeySource>,
+    /// How often the key files are read again.
+    pub keys_reload_every: Duration,
     /// Serve virtual-hosted style under this domain (`bucket.DOMAIN`).
     pub domain: Option<String>,
     /// How long a blob no key refers to stays before it is deleted.
@@ -66,13 +69,14 @@ pub struct S3Config {
 pub struct S3Server {
     listener: TcpListener,
     front: Front,
+    keyring: Keyring,
     config: S3Config,
 }
 
 impl S3Server {
     /// Opens the index and binds the listener.
     pub async fn bind(config: S3Config, door: Door) -> anyhow::Result<Self> {
-        super::credentials::check_keys(&config.keys)
+        let keyring = Keyring::load(config.keys.clone())
             .map_err(|e| anyhow::anyhow!("S3 access keys: {e}"))?;
         let location = config.index.clone();
         let index = tokio::task::spawn_blocking(move || Index::at(&location))
@@ -87,6 +91,7 @@ impl S3Server {
                 index: Arc::new(index),
                 metrics,
             },
+            keyring,
             config,
         })
     }
@@ -102,11 +107,7 @@ impl S3Server {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let mut builder = S3ServiceBuilder::new(self.front.clone());
-        let mut auth = SimpleAuth::new();
-        for key in &self.config.keys {
-            auth.register(key.access_key.clone(), key.secret_key.clone().into());
-        }
-        builder.set_auth(auth);
+        builder.set_auth(self.keyring.clone());
         if let Some(domain) = &self.config.domain {
             builder.set_host(
                 super::host::BaseDomain::new(domain)
@@ -124,6 +125,11 @@ impl S3Server {
             }
         });
         let collector = tokio::spawn(collect_forever(self.front.clone(), self.config.clone()));
+        let key_reloads = tokio::spawn(
+            self.keyring
+                .clone()
+                .refresh_forever(self.config.keys_reload_every),
+        );
         let http = Builder::new(TokioExecutor::new());
         tokio::pin!(shutdown);
         loop {
@@ -143,6 +149,7 @@ impl S3Server {
             }
         }
         collector.abort();
+        key_reloads.abort();
         Ok(())
     }
 }

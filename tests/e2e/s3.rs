@@ -1,7 +1,8 @@
 //! S3 on the real cluster: the StorageCluster's `s3` section gives the
 //! gateway an S3 port, an index on a claim of its own and an access key
-//! in a Secret; the aws cli stores and reads through a port-forward, and
-//! the index outlives the gateway pod.
+//! in a Secret; the aws cli stores and reads through a port-forward, the
+//! index outlives the gateway pod, and a key added to the Secret signs in
+//! without a restart.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -151,6 +152,45 @@ pub async fn s3_through_the_gateway(e2e: &E2e) -> anyhow::Result<()> {
         std::fs::read(work.path().join("back"))? == data,
         "the object read back after the gateway pod was replaced differs"
     );
+    // A second user: a `credentials` entry added to the keys' Secret is
+    // taken by the running gateway (kubelet updates the mounted Secret).
+    use base64::Engine as _;
+    let alice = ("E2EALICEKEY".to_string(), "alice's secret".to_string());
+    let profile = format!(
+        "[alice]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+        alice.0, alice.1
+    );
+    e2e.kubectl(&[
+        "-n",
+        NS,
+        "patch",
+        "secret",
+        &format!("{CLUSTER}-s3-credentials"),
+        "--type",
+        "merge",
+        "-p",
+        &serde_json::json!({"data": {
+            "credentials": base64::engine::general_purpose::STANDARD.encode(profile)
+        }})
+        .to_string(),
+    ])?;
+    let listed = wait_for(
+        "the gateway to accept a key added to its Secret",
+        Duration::from_secs(240),
+        || {
+            Ok(aws(
+                &forward.url,
+                &alice,
+                &["s3", "ls", "s3://e2e-bucket/dir/"],
+                work.path(),
+            )
+            .ok())
+        },
+    )
+    .await?;
+    anyhow::ensure!(listed.contains("an object"), "{listed}");
+    aws(&forward.url, &keys, &["s3", "ls"], work.path())
+        .map_err(|e| anyhow::anyhow!("the first key stopped working: {e}"))?;
     aws(
         &forward.url,
         &keys,

@@ -2,16 +2,18 @@
 //! Service gain the S3 port; the index lives on a PersistentVolumeClaim of
 //! its own (one writer: one pod, recreated, never rolled with two) or in
 //! PostgreSQL (the URL from a Secret; any number of replicas, rolled as
-//! usual); the access key comes from a Secret (the operator's own unless
-//! the spec names one) as environment variables.
+//! usual); the access keys come from a Secret (the operator's own unless
+//! the spec names one) mounted as a directory, which the gateway reads
+//! again while it runs: `accessKey` and `secretKey`, and `credentials`
+//! for further keys.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
     ContainerPort, EnvVar, EnvVarSource, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, Secret, SecretKeySelector, Service, ServicePort, Volume,
-    VolumeMount, VolumeResourceRequirements,
+    PersistentVolumeClaimVolumeSource, Secret, SecretKeySelector, SecretVolumeSource, Service,
+    ServicePort, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -25,6 +27,8 @@ use crate::s3::credentials::S3Keys;
 pub const S3_PORT: i32 = 7780;
 /// Where the index volume is mounted in the gateway pod.
 const INDEX_DIR: &str = "/var/lib/redstuff-s3";
+/// Where the access keys' Secret is mounted in the gateway pod.
+const KEYS_DIR: &str = "/etc/redstuff/s3-keys";
 /// Key of the access key id in the credentials Secret.
 pub const ACCESS_KEY: &str = "accessKey";
 /// Key of the secret access key in the credentials Secret.
@@ -138,6 +142,17 @@ pub fn add_to_gateway(name: &str, s3: &S3Spec, gateway: &mut Deployment, service
         spec.replicas = Some(i32::from(s3.replicas.unwrap_or(1)));
     }
     let pod = spec.template.spec.as_mut().expect("a pod spec");
+    // Kubelet updates a mounted Secret in place (environment variables
+    // would need a new pod), and the gateway reads it again.
+    pod.volumes.get_or_insert_with(Vec::new).push(Volume {
+        name: "s3-keys".into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.clone()),
+            default_mode: Some(0o400),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    });
     if embedded {
         pod.volumes.get_or_insert_with(Vec::new).push(Volume {
             name: "s3-index".into(),
@@ -163,13 +178,9 @@ pub fn add_to_gateway(name: &str, s3: &S3Spec, gateway: &mut Deployment, service
     if let Some(domain) = &s3.domain {
         args.extend(["--s3-domain".to_string(), domain.clone()]);
     }
-    let env = container.env.get_or_insert_with(Vec::new);
-    env.extend([
-        secret_env("REDSTUFF_S3_ACCESS_KEY", &secret, ACCESS_KEY),
-        secret_env("REDSTUFF_S3_SECRET_KEY", &secret, SECRET_KEY),
-    ]);
+    args.extend(["--s3-keys-dir".to_string(), KEYS_DIR.to_string()]);
     if let Some(postgres) = &s3.postgres_secret {
-        env.push(secret_env(
+        container.env.get_or_insert_with(Vec::new).push(secret_env(
             "REDSTUFF_S3_INDEX_POSTGRES",
             postgres,
             POSTGRES_URL_KEY,
@@ -183,15 +194,19 @@ pub fn add_to_gateway(name: &str, s3: &S3Spec, gateway: &mut Deployment, service
             container_port: S3_PORT,
             ..ContainerPort::default()
         });
+    let mounts = container.volume_mounts.get_or_insert_with(Vec::new);
+    mounts.push(VolumeMount {
+        name: "s3-keys".into(),
+        mount_path: KEYS_DIR.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    });
     if embedded {
-        container
-            .volume_mounts
-            .get_or_insert_with(Vec::new)
-            .push(VolumeMount {
-                name: "s3-index".into(),
-                mount_path: INDEX_DIR.into(),
-                ..VolumeMount::default()
-            });
+        mounts.push(VolumeMount {
+            name: "s3-index".into(),
+            mount_path: INDEX_DIR.into(),
+            ..VolumeMount::default()
+        });
     }
     service
         .spec

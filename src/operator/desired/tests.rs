@@ -290,21 +290,34 @@ fn s3_adds_its_port_index_claim_and_keys_to_a_gateway_recreated_never_rolled() {
         "{args}"
     );
     assert!(args.contains("--s3-collect-after-secs 30"), "{args}");
-    let env = container.env.clone().unwrap();
-    let from = |name: &str| {
-        let reference = env.iter().find(|e| e.name == name).unwrap();
-        let key = reference
-            .value_from
-            .clone()
-            .unwrap()
-            .secret_key_ref
-            .unwrap();
-        (key.name, key.key)
-    };
-    assert_eq!(
-        from("REDSTUFF_S3_ACCESS_KEY"),
-        ("media-s3-credentials".to_string(), "accessKey".to_string())
+    // The keys' Secret is a directory the gateway reads again while it
+    // runs (kubelet updates it in place), not environment variables.
+    assert!(
+        args.contains("--s3-keys-dir /etc/redstuff/s3-keys"),
+        "{args}"
     );
+    assert!(container
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .any(|m| m.name == "s3-keys"
+            && m.mount_path == "/etc/redstuff/s3-keys"
+            && m.read_only == Some(true)));
+    let keys_secret = |pod: &k8s_openapi::api::core::v1::PodSpec| {
+        pod.volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == "s3-keys")
+            .and_then(|v| v.secret.as_ref()?.secret_name.clone())
+    };
+    assert_eq!(keys_secret(&pod).as_deref(), Some("media-s3-credentials"));
+    assert!(container
+        .env
+        .iter()
+        .flatten()
+        .all(|e| !e.name.contains("S3_ACCESS")));
     assert!(pod.volumes.unwrap().iter().any(|v| v
         .persistent_volume_claim
         .as_ref()
@@ -318,15 +331,10 @@ fn s3_adds_its_port_index_claim_and_keys_to_a_gateway_recreated_never_rolled() {
     c.spec.s3.as_mut().unwrap().credentials_secret = Some("my-keys".into());
     let objects = desired_objects(&c, &assignment(&c), "img", &credentials());
     assert!(objects.s3_credentials.is_none());
-    let env = objects.gateway.spec.template.spec.unwrap().containers[0]
-        .env
-        .clone()
-        .unwrap();
-    assert!(env.iter().all(|e| e
-        .value_from
-        .as_ref()
-        .and_then(|v| v.secret_key_ref.as_ref())
-        .is_none_or(|k| k.name == "my-keys")));
+    assert_eq!(
+        keys_secret(&objects.gateway.spec.template.spec.unwrap()).as_deref(),
+        Some("my-keys")
+    );
 
     // The index in PostgreSQL: no claim, rolled as usual, as many replicas
     // as asked, the URL from its Secret.
