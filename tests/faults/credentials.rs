@@ -28,6 +28,8 @@ fn node_routes(id: &str) -> Vec<(&'static str, String, Vec<u8>)> {
             format!("/v1/blobs/{id}/slivers/0/0/primary"),
             vec![0; 64],
         ),
+        // The route writers use: both slivers of a pair at once.
+        ("PUT", format!("/v1/blobs/{id}/pairs/0/0"), vec![0; 64]),
         (
             "GET",
             format!("/v1/blobs/{id}/symbols/0/0/primary?target_shard=1"),

@@ -289,8 +289,9 @@ async fn a_node_checks_ownership_and_length_before_it_reads_a_body() {
             }
         }
     };
-    // A shard it does not own, a length past the sliver's, a chunked
-    // body past it, and metadata that never ends.
+    // A shard it does not own, a length past the sliver's (or the
+    // pair's), a chunked body past it, on the sliver route and on the pair
+    // route writers use, and metadata that never ends.
     let cases = [
         (format!("/v1/blobs/{id}/slivers/0/1/primary"), None, 409),
         (
@@ -299,6 +300,9 @@ async fn a_node_checks_ownership_and_length_before_it_reads_a_body() {
             413,
         ),
         (format!("/v1/blobs/{id}/slivers/0/0/primary"), None, 413),
+        (format!("/v1/blobs/{id}/pairs/0/1"), None, 409),
+        (format!("/v1/blobs/{id}/pairs/0/0"), Some(200 << 20), 413),
+        (format!("/v1/blobs/{id}/pairs/0/0"), None, 413),
         (format!("/v1/blobs/{id}/metadata?generation=2"), None, 400),
     ];
     for (path, declared, expected) in cases {
@@ -309,8 +313,8 @@ async fn a_node_checks_ownership_and_length_before_it_reads_a_body() {
         );
     }
     // One request at a time: at most a metadata of `--max-metadata` or
-    // one sliver of a 1 MiB segment is ever read.
-    let bound = growth_bound_kib((1 << 20) + sliver_cap(4, SEGMENT), 1);
+    // one pair (two slivers) of a 1 MiB segment is ever read.
+    let bound = growth_bound_kib((1 << 20) + 2 * sliver_cap(4, SEGMENT), 1);
     let growth = peak_kib(node.0.id()).saturating_sub(before);
     eprintln!("node growth {growth} KiB, bound {bound} KiB");
     assert!(
