@@ -2,14 +2,20 @@
 //! repairs. Every node route but the probes and metrics answers 401 with
 //! a JSON error to a call without the cluster token, with a wrong one, or
 //! with a user token, and does nothing; the gateway requires a user token
-//! for writes, deletes and (by default) reads; the CLI sends the token of
-//! `--token`, else of REDSTUFF_TOKEN, and without one is refused with a
-//! hint.
+//! for writes, deletes and (by default) reads, and with
+//! `--anonymous-reads` still for writes and deletes; the CLI sends the
+//! token of `--token`, else of REDSTUFF_TOKEN, and without one is refused
+//! with a hint. Token files are re-read by the running processes: a token
+//! added is accepted, a token removed refused, without a restart.
 
+use std::future::Future;
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 use crate::dev_fleet::{all_healthy, pseudo_random, DevFleet};
+use crate::procs::{user_http, Cluster, CLUSTER_TOKEN, USER_TOKEN};
+use crate::NO_HANG;
 
 /// A node route and the body a caller would send.
 fn node_routes(id: &str) -> Vec<(&'static str, String, Vec<u8>)> {
@@ -270,4 +276,231 @@ async fn the_gateway_requires_the_user_token_and_the_cli_sends_it_from_the_flag_
         None,
     );
     assert!(status.status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_anonymous_reads_get_and_head_need_no_token_and_put_and_delete_still_do() {
+    let cluster = Cluster::start(4, "2");
+    let (_gateway, gateway) = cluster.gateway(&cluster.map, &["--anonymous-reads"]);
+    let data = pseudo_random(300_000, 66);
+    let (status, stored) = crate::put_within("a PUT", NO_HANG, &user_http(), &gateway, &data).await;
+    assert_eq!(status, 201);
+    let id = stored["id"].as_str().unwrap().to_string();
+    let anonymous = redstuff::http::client();
+    // Reads and the status without any token.
+    let get = anonymous
+        .get(format!("{gateway}/v1/blobs/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 200);
+    assert!(get.bytes().await.unwrap() == data);
+    let head = anonymous
+        .head(format!("{gateway}/v1/blobs/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    // The status too (a standalone gateway publishes none: 404, past the
+    // token check).
+    let status = anonymous
+        .get(format!("{gateway}/v1/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), 404);
+    let error: serde_json::Value = status.json().await.unwrap();
+    assert!(
+        error["error"].as_str().unwrap().contains("no fleet status"),
+        "{error}"
+    );
+    // Writes and deletes: refused without a user token, with a wrong one,
+    // and with the cluster token, and nothing happens.
+    let other = pseudo_random(2_000, 67);
+    for presented in [None, Some("not-the-token"), Some(CLUSTER_TOKEN)] {
+        for (method, path, body) in [
+            ("PUT", "/v1/blobs".to_string(), other.clone()),
+            ("DELETE", format!("/v1/blobs/{id}"), vec![]),
+        ] {
+            let mut request = anonymous
+                .request(method.parse().unwrap(), format!("{gateway}{path}"))
+                .body(body);
+            if let Some(token) = presented {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 401, "{method} {path} with {presented:?}");
+            let error: serde_json::Value = response.json().await.unwrap();
+            assert!(
+                error["error"].as_str().unwrap().contains("user token"),
+                "{error}"
+            );
+        }
+    }
+    // (The refused bytes are stored nowhere: only the first blob is.)
+    for node in &cluster.nodes {
+        let blobs: Vec<_> = std::fs::read_dir(node.data.join("blobs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(blobs, std::slice::from_ref(&id), "{}", node.name);
+    }
+    let again = anonymous
+        .get(format!("{gateway}/v1/blobs/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    assert!(again.bytes().await.unwrap() == data);
+}
+
+/// Replaces the token file `name` of `cluster` as Kubernetes updates a
+/// mounted Secret: the new content whole, renamed over the old.
+fn rewrite(cluster: &Cluster, name: &str, content: &str) {
+    let path = cluster.dir.path().join(name);
+    let tmp = cluster.dir.path().join(format!("{name}.new"));
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+}
+
+/// Whether `url` + `path` lets `token` in (anything but 401).
+async fn lets_in(url: &str, path: &str, token: &str) -> bool {
+    let response = redstuff::http::client()
+        .get(format!("{url}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    response.status() != 401
+}
+
+/// Waits, polling, until `condition` holds; fails past `NO_HANG`.
+async fn until<F: Future<Output = bool>>(what: &str, mut condition: impl FnMut() -> F) {
+    let start = Instant::now();
+    while !condition().await {
+        assert!(start.elapsed() < NO_HANG, "{what}: not within {NO_HANG:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_nodes_and_gateways_take_a_rotated_token_in_and_the_old_one_out() {
+    const NEW_CLUSTER: &str = "rotated-cluster-token";
+    const NEW_USER: &str = "rotated-user-token";
+    // The nodes and the gateway read the cluster token from one file; the
+    // gateway reads the user tokens from another. None is restarted.
+    let cluster = Cluster::start(4, "2");
+    let (_gateway, gateway) = cluster.gateway(&cluster.map, &[]);
+    let nodes: Vec<String> = cluster.nodes.iter().map(|n| n.url.clone()).collect();
+    let everywhere = |token: &'static str| {
+        let nodes = nodes.clone();
+        async move {
+            for url in &nodes {
+                if !lets_in(url, "/v1/inventory", token).await {
+                    return false;
+                }
+            }
+            true
+        }
+    };
+    let nowhere = |token: &'static str| {
+        let nodes = nodes.clone();
+        async move {
+            for url in &nodes {
+                if lets_in(url, "/v1/inventory", token).await {
+                    return false;
+                }
+            }
+            true
+        }
+    };
+    assert!(everywhere(CLUSTER_TOKEN).await && nowhere(NEW_CLUSTER).await);
+    assert!(lets_in(&gateway, "/v1/status", USER_TOKEN).await);
+    assert!(!lets_in(&gateway, "/v1/status", NEW_USER).await);
+    let first = pseudo_random(200_000, 68);
+    let (status, stored) =
+        crate::put_within("a PUT", NO_HANG, &user_http(), &gateway, &first).await;
+    assert_eq!(status, 201);
+    let first_id = stored["id"].as_str().unwrap().to_string();
+
+    // Step 1: the new tokens added as second lines. Taken in without a
+    // restart; the old ones still work.
+    rewrite(
+        &cluster,
+        "cluster-token",
+        &format!("{CLUSTER_TOKEN}\n{NEW_CLUSTER}\n"),
+    );
+    rewrite(
+        &cluster,
+        "user-tokens",
+        &format!("{USER_TOKEN}\n{NEW_USER}\n"),
+    );
+    until("every node takes the added cluster token", || {
+        everywhere(NEW_CLUSTER)
+    })
+    .await;
+    until("the gateway takes the added user token", || {
+        lets_in(&gateway, "/v1/status", NEW_USER)
+    })
+    .await;
+    assert!(everywhere(CLUSTER_TOKEN).await);
+    assert!(lets_in(&gateway, "/v1/status", USER_TOKEN).await);
+
+    // Then only the new tokens (the swap the documented procedure makes
+    // in between, so no pod ever sends a token already removed, is left
+    // out: here the gateway may be refused until it re-read its file). The
+    // old ones are refused everywhere, and the gateway, sending the new
+    // cluster token, reads and writes again.
+    rewrite(&cluster, "cluster-token", NEW_CLUSTER);
+    rewrite(&cluster, "user-tokens", NEW_USER);
+    until("every node refuses the removed cluster token", || {
+        nowhere(CLUSTER_TOKEN)
+    })
+    .await;
+    until("the gateway refuses the removed user token", || async {
+        !lets_in(&gateway, "/v1/status", USER_TOKEN).await
+    })
+    .await;
+    assert!(everywhere(NEW_CLUSTER).await);
+    let rotated = {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {NEW_USER}").parse().unwrap(),
+        );
+        redstuff::http::client_builder()
+            .default_headers(headers)
+            .build()
+            .unwrap()
+    };
+    // The gateway re-reads its copy of the cluster token on its own tick.
+    until("the gateway reads with the new cluster token", || async {
+        let response = rotated
+            .get(format!("{gateway}/v1/blobs/{first_id}"))
+            .send()
+            .await
+            .unwrap();
+        response.status() == 200 && response.bytes().await.unwrap() == first
+    })
+    .await;
+    let second = pseudo_random(200_000, 69);
+    let (status, stored) = crate::put_within(
+        "a PUT with the rotated tokens",
+        NO_HANG,
+        &rotated,
+        &gateway,
+        &second,
+    )
+    .await;
+    assert_eq!(status, 201);
+    let response = rotated
+        .get(format!(
+            "{gateway}/v1/blobs/{}",
+            stored["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.bytes().await.unwrap() == second);
 }
