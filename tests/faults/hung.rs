@@ -1,11 +1,16 @@
 //! G5 and G6: f nodes that are stopped (SIGSTOP: connections accepted,
 //! nothing answered) or lying stall nothing: reads, writes, deletes,
-//! status and the control loop go on, and the fleet names them.
+//! status and the control loop go on, and the fleet names them. A read
+//! asks several holders for the metadata at once, so one that hangs on
+//! it costs no deadline.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::dev_fleet::{all_healthy, all_ready, kill9, pseudo_random, DevFleet};
-use crate::{bound, within, within_bound};
+use crate::procs::{proxy, user_http, Cluster, Refusals};
+use crate::{bound, within, within_bound, NO_HANG};
 
 /// The reader's fixed hedge delay: a sliver request unanswered this long
 /// gets the next shard asked beside it.
@@ -268,4 +273,43 @@ fn fleet_address(fleet: &DevFleet, name: &str) -> String {
         .unwrap()
         .url
         .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_gets_the_metadata_from_another_holder_while_the_first_one_asked_hangs() {
+    // n = 4, every node behind a proxy; the node deadline (of the gateway
+    // too) is four times this test's bound: a reader that asked one holder
+    // at a time would still be waiting on the hung one when the test fails.
+    let cluster = Cluster::start(4, &(4 * NO_HANG.as_secs()).to_string());
+    let held = Arc::new(Refusals::default());
+    let mut urls: Vec<String> = cluster.nodes.iter().map(|n| n.url.clone()).collect();
+    for url in urls.iter_mut() {
+        *url = proxy(url.clone(), held.clone()).await;
+    }
+    let map = cluster.write_map("proxied.json", &urls);
+    let (_gateway, gateway) = cluster.gateway(&map, &[]);
+    let http = user_http();
+    let data = pseudo_random(1_500_000, 91);
+    let (status, stored) = crate::put_within("a PUT", NO_HANG, &http, &gateway, &data).await;
+    assert_eq!(status, 201);
+    let id = stored["id"].as_str().unwrap().to_string();
+    assert_eq!(cluster.holders_of(&id).len(), 4);
+    // The first metadata request to reach any holder is never answered.
+    held.hold_next_metadata_read();
+    let read = within("a GET whose first metadata holder hangs", async {
+        let response = http
+            .get(format!("{gateway}/v1/blobs/{id}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap()
+    })
+    .await;
+    assert!(read == data, "the blob read back");
+    assert_eq!(
+        held.metadata_reads_held.load(Ordering::SeqCst),
+        1,
+        "the read asked a holder for the metadata, and that one hung"
+    );
 }

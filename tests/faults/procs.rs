@@ -1,13 +1,13 @@
 //! Real processes for scenarios `redstuff dev` cannot stage: `redstuff
 //! node` and `redstuff gateway` processes started one by one (127.0.0.1,
 //! port 0), and fakes the test serves in front of them or beside them: a
-//! proxy that passes a node's calls through but refuses chosen ones, and
-//! a node that trickles every answer a byte at a time.
+//! proxy that passes a node's calls through but refuses or holds chosen
+//! ones, and a node that trickles every answer a byte at a time.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -219,13 +219,19 @@ pub fn user_http() -> reqwest::Client {
         .unwrap()
 }
 
-/// What a `proxy` refuses (with 503) instead of passing on.
+/// What a `proxy` refuses (with 503) or holds instead of passing on;
+/// proxies sharing one `Refusals` share these switches.
 #[derive(Debug, Default)]
 pub struct Refusals {
     /// `DELETE /v1/blobs/{id}`: tombstones.
     pub deletes: AtomicBool,
     /// `POST /v1/blobs/{id}/commit`: commit markers.
     pub commits: AtomicBool,
+    /// The next `GET /v1/blobs/{id}/metadata` to arrive at any of the
+    /// proxies is held: never answered (until its caller goes away).
+    pub hold_next_metadata_read: AtomicBool,
+    /// How many metadata reads were held so far.
+    pub metadata_reads_held: AtomicUsize,
 }
 
 impl Refusals {
@@ -237,6 +243,11 @@ impl Refusals {
     /// Refuses commits from now on, or not.
     pub fn commits(&self, refuse: bool) {
         self.commits.store(refuse, Ordering::SeqCst);
+    }
+
+    /// Holds the next metadata read, whichever proxy it arrives at.
+    pub fn hold_next_metadata_read(&self) {
+        self.hold_next_metadata_read.store(true, Ordering::SeqCst);
     }
 }
 
@@ -261,6 +272,19 @@ async fn forward(State(proxy): State<Arc<ProxyState>>, request: Request) -> Resp
             axum::Json(serde_json::json!({"error": "refused by the test's proxy"})),
         )
             .into_response();
+    }
+    if parts.method == axum::http::Method::GET
+        && path.ends_with("/metadata")
+        && proxy
+            .refusals
+            .hold_next_metadata_read
+            .swap(false, Ordering::SeqCst)
+    {
+        proxy
+            .refusals
+            .metadata_reads_held
+            .fetch_add(1, Ordering::SeqCst);
+        std::future::pending::<()>().await;
     }
     let body = axum::body::to_bytes(body, 64 << 20).await.unwrap();
     let target = format!(
@@ -295,8 +319,8 @@ async fn forward(State(proxy): State<Arc<ProxyState>>, request: Request) -> Resp
 }
 
 /// Serves a proxy to the node at `target` until the test ends: every call
-/// passes through, but those `refusals` names are answered 503. Returns
-/// its URL.
+/// passes through, but those `refusals` names are answered 503 or held.
+/// Returns its URL.
 pub async fn proxy(target: String, refusals: Arc<Refusals>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
