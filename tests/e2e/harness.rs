@@ -174,6 +174,16 @@ impl E2e {
         PortForward::start(&self.kubectl, namespace, service, port)
     }
 
+    /// A port-forward to one pod.
+    pub fn port_forward_pod(
+        &self,
+        namespace: &str,
+        pod: &str,
+        port: u16,
+    ) -> anyhow::Result<PortForward> {
+        PortForward::start_pod(&self.kubectl, namespace, pod, port)
+    }
+
     /// The gateway of cluster `name`, and a client sending its user token.
     pub fn gateway(&self, name: &str) -> anyhow::Result<(PortForward, reqwest::Client)> {
         let secret = self

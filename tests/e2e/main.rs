@@ -17,7 +17,10 @@ mod data;
 mod disruptions;
 mod harness;
 mod install;
+#[path = "../pg/mod.rs"]
+mod pg;
 mod s3;
+mod s3_postgres;
 
 use harness::{E2e, Report};
 
@@ -78,6 +81,20 @@ async fn run_scenarios(e2e: &E2e, report: &mut Report) {
             s3::s3_through_the_gateway(e2e),
         )
         .await;
+    // The database runs on this host, at the node's address: the local
+    // cluster's node is this host, a kind node is not.
+    match s3_postgres::node_address(e2e) {
+        Ok(address) => {
+            report
+                .scenario(
+                    "S3 with its index in PostgreSQL: two gateway replicas, an object stored through one is read through the other",
+                    false,
+                    s3_postgres::two_gateways_share_an_index_in_postgres(e2e, address),
+                )
+                .await;
+        }
+        Err(why) => eprintln!("\n=== NOT RUN: S3 with its index in PostgreSQL: {why}"),
+    }
     report
         .scenario(
             "Blobs from a ConfigMap and from a URL served in the cluster are ingested",

@@ -27,11 +27,11 @@ fn aws_program() -> PathBuf {
     }
 }
 
-/// The access key in the operator's Secret.
-fn keys(e2e: &E2e) -> anyhow::Result<(String, String)> {
+/// The access key in the operator's Secret of cluster `name`.
+pub fn keys(e2e: &E2e, name: &str) -> anyhow::Result<(String, String)> {
     let secret = e2e
-        .get("secret", &format!("{CLUSTER}-s3-credentials"), NS)?
-        .ok_or_else(|| anyhow::anyhow!("no {CLUSTER}-s3-credentials Secret"))?;
+        .get("secret", &format!("{name}-s3-credentials"), NS)?
+        .ok_or_else(|| anyhow::anyhow!("no {name}-s3-credentials Secret"))?;
     use base64::Engine as _;
     let field = |key: &str| -> anyhow::Result<String> {
         let encoded = secret["data"][key].as_str().unwrap_or_default();
@@ -42,7 +42,9 @@ fn keys(e2e: &E2e) -> anyhow::Result<(String, String)> {
     Ok((field("accessKey")?, field("secretKey")?))
 }
 
-fn aws(
+/// Runs the aws cli against `endpoint` with `keys`; its output, or an
+/// error with its complaint.
+pub fn aws(
     endpoint: &str,
     keys: &(String, String),
     args: &[&str],
@@ -73,7 +75,7 @@ pub async fn s3_through_the_gateway(e2e: &E2e) -> anyhow::Result<()> {
     );
     let claim = e2e.get("persistentvolumeclaim", &format!("{CLUSTER}-s3-index"), NS)?;
     anyhow::ensure!(claim.is_some(), "no index claim");
-    let keys = keys(e2e)?;
+    let keys = keys(e2e, CLUSTER)?;
     let work = tempfile::tempdir()?;
     let data = shared_bytes();
     std::fs::write(work.path().join("object"), &data)?;

@@ -1,6 +1,7 @@
 //! A real PostgreSQL server for a test: initdb into a temporary directory,
-//! started on a free loopback port, stopped (and its files removed) when
-//! dropped. The binaries come from PATH or Debian's
+//! started on a free loopback port (and, for pods of the local cluster, on
+//! its node address with a password), stopped (and its files removed)
+//! when dropped. The binaries come from PATH or Debian's
 //! /usr/lib/postgresql/*/bin (scripts/test installs the package); as root
 //! they run as the `postgres` user, since PostgreSQL refuses root.
 
@@ -16,6 +17,16 @@ pub struct Postgres {
     bin: PathBuf,
     /// `postgresql://redstuff@127.0.0.1:PORT/postgres`.
     pub url: String,
+    /// The port it listens on.
+    pub port: u16,
+}
+
+/// Clients from elsewhere than loopback: they connect to `address` from
+/// `network` (CIDR) with the password.
+pub struct Remote<'a> {
+    pub address: std::net::IpAddr,
+    pub network: &'a str,
+    pub password: &'a str,
 }
 
 fn bin_dir() -> PathBuf {
@@ -53,8 +64,14 @@ fn as_postgres(bin: &Path, program: &str) -> Command {
 }
 
 impl Postgres {
-    /// Starts a fresh server.
+    /// Starts a fresh server on loopback.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Starts a fresh server on loopback and, with `remote`, on its
+    /// address too.
+    pub fn start_with(remote: Option<Remote<'_>>) -> Self {
         let bin = bin_dir();
         let dir = tempfile::tempdir().unwrap();
         // SAFETY: geteuid has no preconditions.
@@ -77,13 +94,30 @@ impl Postgres {
             "initdb: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let listen = remote.as_ref().map_or("127.0.0.1".to_string(), |r| {
+            format!("127.0.0.1,{}", r.address)
+        });
+        // A port free on every address it listens on.
+        let port = std::net::TcpListener::bind((
+            remote
+                .as_ref()
+                .map_or(std::net::IpAddr::from([127, 0, 0, 1]), |r| r.address),
+            0,
+        ))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+        if let Some(remote) = &remote {
+            use std::io::Write as _;
+            let mut hba = std::fs::OpenOptions::new()
+                .append(true)
+                .open(data.join("pg_hba.conf"))
+                .unwrap();
+            writeln!(hba, "host all all {} scram-sha-256", remote.network).unwrap();
+        }
         let options = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=on",
+            "-p {port} -c listen_addresses={listen} -k {} -c fsync=on",
             dir.path().display()
         );
         let output = as_postgres(&bin, "pg_ctl")
@@ -108,7 +142,37 @@ impl Postgres {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        Self { dir, bin, url }
+        if let Some(remote) = &remote {
+            let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            client
+                .batch_execute(&format!(
+                    "ALTER USER redstuff PASSWORD '{}'",
+                    remote.password.replace('\'', "''")
+                ))
+                .unwrap();
+        }
+        Self {
+            dir,
+            bin,
+            url,
+            port,
+        }
+    }
+
+    /// How many rows the S3 index's table holds (none when it is absent).
+    pub fn index_rows(&self) -> i64 {
+        let mut client = postgres::Client::connect(&self.url, postgres::NoTls).unwrap();
+        let exists: bool = client
+            .query_one("SELECT to_regclass('redstuff_s3_kv') IS NOT NULL", &[])
+            .unwrap()
+            .get(0);
+        if !exists {
+            return 0;
+        }
+        client
+            .query_one("SELECT count(*) FROM redstuff_s3_kv", &[])
+            .unwrap()
+            .get(0)
     }
 
     /// Empties the index's table (a fresh index for the next check).

@@ -1,0 +1,213 @@
+//! S3 with its index in PostgreSQL on the real cluster: a StorageCluster
+//! whose `s3.postgresSecret` names a database outside the cluster (a real
+//! PostgreSQL server the test starts on the cluster's node address, as a
+//! managed database would be reached) runs two gateway replicas on it; an
+//! object stored through one gateway pod is listed and read back through
+//! the other, and the rows are in the database.
+
+use std::time::Duration;
+
+use crate::data::shared_bytes;
+use crate::harness::{wait_for, E2e, NS};
+use crate::pg::{Postgres, Remote};
+use crate::s3::{aws, keys};
+
+/// The second cluster: 4 shards on 4 node pods with throwaway volumes.
+const CLUSTER: &str = "e2e-pg";
+/// The Secret with the database's URL.
+const SECRET: &str = "e2e-pg-index";
+
+/// The cluster's node address, which pods reach and this host holds on
+/// the local cluster (a kind node's address is inside a container).
+pub fn node_address(e2e: &E2e) -> anyhow::Result<std::net::IpAddr> {
+    let address = e2e.kubectl(&[
+        "get",
+        "nodes",
+        "-o",
+        "jsonpath={.items[0].status.addresses[?(@.type==\"InternalIP\")].address}",
+    ])?;
+    let address: std::net::IpAddr = address.trim().parse()?;
+    anyhow::ensure!(
+        std::net::TcpListener::bind((address, 0)).is_ok(),
+        "the node address {address} is not on this machine: the scenario needs the local \
+         cluster (scripts/e2e-local)"
+    );
+    Ok(address)
+}
+
+fn manifest() -> String {
+    format!(
+        r#"apiVersion: redstuff.dev/v1alpha1
+kind: StorageCluster
+metadata: {{name: {CLUSTER}, namespace: {NS}}}
+spec:
+  shards: 4
+  nodes: 4
+  storage: {{ephemeral: true}}
+  resources:
+    requests: {{cpu: 10m, memory: 32Mi}}
+  s3: {{postgresSecret: {SECRET}, replicas: 2}}
+"#
+    )
+}
+
+fn ready_gateway_pods(e2e: &E2e) -> anyhow::Result<Vec<String>> {
+    let pods = e2e.list(
+        "pods",
+        NS,
+        &format!("app.kubernetes.io/instance={CLUSTER},app.kubernetes.io/component=gateway"),
+    )?;
+    Ok(pods
+        .iter()
+        .filter(|p| {
+            p["metadata"]["deletionTimestamp"].is_null()
+                && p["status"]["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+        })
+        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+        .collect())
+}
+
+pub async fn two_gateways_share_an_index_in_postgres(
+    e2e: &E2e,
+    address: std::net::IpAddr,
+) -> anyhow::Result<()> {
+    // The postgres crate blocks on a runtime of its own: off this one.
+    let database = std::thread::spawn(move || {
+        Postgres::start_with(Some(Remote {
+            address,
+            network: "198.18.0.0/15",
+            password: "e2e pass'word",
+        }))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("PostgreSQL did not start (see the panic above)"))?;
+    let url = format!(
+        "postgresql://redstuff:{}@{address}:{}/postgres",
+        "e2e%20pass%27word", database.port
+    );
+    let result = run(e2e, &url, &database).await;
+    // The cluster goes whatever happened: its pods would hold the machine.
+    let cleanup = e2e
+        .kubectl(&[
+            "-n",
+            NS,
+            "delete",
+            "storagecluster",
+            CLUSTER,
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=120s",
+        ])
+        .and_then(|_| e2e.kubectl(&["-n", NS, "delete", "secret", SECRET, "--ignore-not-found"]));
+    result?;
+    cleanup?;
+    wait_for(
+        "the second cluster's pods to go",
+        Duration::from_secs(180),
+        || {
+            let left = e2e.list("pods", NS, &format!("app.kubernetes.io/instance={CLUSTER}"))?;
+            Ok(left.is_empty().then_some(()))
+        },
+    )
+    .await
+}
+
+async fn run(e2e: &E2e, url: &str, database: &Postgres) -> anyhow::Result<()> {
+    e2e.apply(&format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata: {{name: {SECRET}, namespace: {NS}}}
+stringData:
+  url: "{url}"
+"#
+    ))?;
+    e2e.apply(&manifest())?;
+    let status = wait_for(
+        "the PostgreSQL-indexed cluster Ready",
+        Duration::from_secs(300),
+        || {
+            let Some(cluster) = e2e.get("storagecluster", CLUSTER, NS)? else {
+                return Ok(None);
+            };
+            let status = &cluster["status"];
+            Ok(
+                (status["observedGeneration"] == cluster["metadata"]["generation"]
+                    && status["phase"] == "Ready")
+                    .then(|| status.clone()),
+            )
+        },
+    )
+    .await?;
+    anyhow::ensure!(
+        status["s3Endpoint"] == format!("http://{CLUSTER}-gateway.{NS}.svc:7780").as_str(),
+        "status: {status:#}"
+    );
+    anyhow::ensure!(
+        e2e.get("persistentvolumeclaim", &format!("{CLUSTER}-s3-index"), NS)?
+            .is_none(),
+        "an index claim, though the index is in PostgreSQL"
+    );
+    let pods = wait_for("two gateway pods ready", Duration::from_secs(180), || {
+        Ok(Some(ready_gateway_pods(e2e)?).filter(|p| p.len() == 2))
+    })
+    .await?;
+    let keys = keys(e2e, CLUSTER)?;
+    let work = tempfile::tempdir()?;
+    let data = shared_bytes();
+    std::fs::write(work.path().join("object"), &data)?;
+    {
+        let first = e2e.port_forward_pod(NS, &pods[0], 7780)?;
+        aws(
+            &first.url,
+            &keys,
+            &["s3", "mb", "s3://shared-index"],
+            work.path(),
+        )?;
+        aws(
+            &first.url,
+            &keys,
+            &[
+                "s3",
+                "cp",
+                "--only-show-errors",
+                "object",
+                "s3://shared-index/written by one gateway",
+            ],
+            work.path(),
+        )?;
+    }
+    let second = e2e.port_forward_pod(NS, &pods[1], 7780)?;
+    let listed = aws(
+        &second.url,
+        &keys,
+        &["s3", "ls", "s3://shared-index/"],
+        work.path(),
+    )?;
+    anyhow::ensure!(listed.contains("written by one gateway"), "{listed}");
+    aws(
+        &second.url,
+        &keys,
+        &[
+            "s3",
+            "cp",
+            "--only-show-errors",
+            "s3://shared-index/written by one gateway",
+            "back",
+        ],
+        work.path(),
+    )?;
+    anyhow::ensure!(
+        std::fs::read(work.path().join("back"))? == data,
+        "the object read through the other gateway differs"
+    );
+    let rows = std::thread::scope(|scope| scope.spawn(|| database.index_rows()).join())
+        .map_err(|_| anyhow::anyhow!("cannot count the index's rows (see the panic above)"))?;
+    anyhow::ensure!(
+        rows > 0,
+        "the index's table in PostgreSQL holds {rows} rows"
+    );
+    Ok(())
+}
