@@ -164,38 +164,99 @@ async fn a_delete_that_reaches_too_few_nodes_says_so_and_a_retry_completes_it() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_racing_a_repair_leaves_no_sliver_and_no_cached_metadata() {
-    let fleet = DevFleet::start(&[]);
+    let fleet = DevFleet::start(&["--node-timeout-secs", "2"]);
     let data = pseudo_random(5_000_000, 6);
     let id = fleet.put(&data).await;
     let status = fleet.wait_for("healthy", |s| all_healthy(s, 1)).await;
+    // node-0 and node-1, the first peers a repairing node asks for the
+    // metadata (one at a time, in the map's order), are stopped: a repair
+    // of node-4 waits out their deadlines (2 x 2 s) before it can commit
+    // or rebuild anything, so the delete below lands while it is in flight.
+    let stopped = ["node-0", "node-1"].map(|n| DevFleet::pid_of(&status, n));
+    for pid in stopped {
+        fleet.stop(pid);
+    }
     // node-4 comes back empty: the loop starts rebuilding it...
     fleet.kill_and_wipe(&status, "node-4");
     fleet.release("node-4");
+    let node_4 = {
+        let map = redstuff::fleet::FleetMap::read(&fleet.data_dir().join("fleet.json")).unwrap();
+        map.nodes
+            .iter()
+            .find(|n| n.name == "node-4")
+            .unwrap()
+            .url
+            .clone()
+    };
+    let node_metrics = |url: String| async move {
+        match redstuff::http::client()
+            .get(format!("{url}/metrics"))
+            .send()
+            .await
+        {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(), // not started again yet
+        }
+    };
     let start = Instant::now();
-    while !holders_of(&fleet, &id).contains(&"node-4".to_string()) {
+    while !node_metrics(node_4.clone())
+        .await
+        .contains("redstuff_node_requests_total{code=\"200\",route=\"/v1/repair\"}")
+    {
         assert!(start.elapsed() < WAIT, "the repair of node-4 never started");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // ...and the blob is deleted while it does.
+    // ...and the blob is deleted while it does (f nodes stopped: the
+    // delete waits out their deadline once).
     assert_eq!(
-        within("delete during a repair", fleet.code("DELETE", &id)).await,
+        within_bound(
+            "delete during a repair",
+            bound(DEADLINE, 2),
+            fleet.code("DELETE", &id)
+        )
+        .await,
         204
     );
+    for pid in stopped {
+        fleet.resume(pid);
+    }
     until_gone_everywhere(&fleet, &id).await;
     stays_deleted(&fleet, &id, Duration::from_secs(2)).await;
     assert!(holders_of(&fleet, &id).is_empty());
+    // The delete landed mid-repair: the repair, still waiting for the
+    // metadata, ended refused (the tombstone is newer than the write it
+    // repairs) before it rebuilt a single pair, and none completed.
+    let rebuilt = node_metrics(node_4.clone()).await;
+    assert!(
+        rebuilt.contains("redstuff_node_pairs_rebuilt_total 0"),
+        "node-4 rebuilt pairs before the delete landed: {}",
+        rebuilt
+            .lines()
+            .find(|l| l.starts_with("redstuff_node_pairs_rebuilt_total"))
+            .unwrap_or("")
+    );
+    let start = Instant::now();
+    let repairs = loop {
+        let metrics = fleet.metrics().await;
+        if metrics.contains("redstuff_repairs_in_flight 0") {
+            break metrics;
+        }
+        assert!(start.elapsed() < WAIT, "the repair of node-4 never ended");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let counter = |name: &str| {
+        repairs
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in the loop's metrics"))
+    };
+    assert_eq!(counter("redstuff_repairs_completed_total"), 0);
+    assert!(counter("redstuff_repairs_failed_total") >= 1);
     // No node keeps its parsed metadata either.
     let status = fleet.status().await;
     for node in status["nodes"].as_array().unwrap() {
         let url = node["address"].as_str().unwrap();
-        let metrics = redstuff::http::client()
-            .get(format!("{url}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = node_metrics(url.to_string()).await;
         assert!(
             metrics.contains("redstuff_node_metadata_cache_bytes 0"),
             "{}: {}",
