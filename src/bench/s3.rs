@@ -1,6 +1,7 @@
 //! `redstuff bench s3`: the S3 front beside the native API in one run, on
-//! one local 7-shard fleet: a PUT and a GET of the same bytes through the
-//! native API (the baseline) and through S3 with the aws cli, as ratios;
+//! one local 7-shard fleet: a PUT and a GET of the same file through the
+//! native API with its own client (`redstuff put`/`get`, the baseline)
+//! and through S3 with the aws cli, as ratios;
 //! then a listing of many keys through S3 (boto3's paginator), its time
 //! and the growth of this process's memory (the gateway runs in it).
 
@@ -9,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use serde::Serialize;
 
 /// What to measure.
@@ -152,7 +152,6 @@ async fn measure(
     data: &[u8],
     log: &mut impl FnMut(&str),
 ) -> anyhow::Result<S3BenchReport> {
-    let http = crate::dev::authorized_client(&endpoints.token)?;
     let gateway = &endpoints.gateway;
     let (s3, keys, _) = endpoints
         .s3
@@ -168,11 +167,19 @@ async fn measure(
         ),
         None => std::env::var("PATH").unwrap_or_default(),
     };
-    let client = |program: &str, args: &[&str]| -> anyhow::Result<Duration> {
+    let token = std::fs::read_to_string(&endpoints.token)?;
+    let token = crate::auth::parse_tokens(&token)
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("the fleet wrote no user token"))?;
+    // A client run to its end: how long it took and what it printed.
+    let client = |program: &str, args: &[&str]| -> anyhow::Result<(Duration, String)> {
         let start = Instant::now();
         let output = Command::new(program)
             .args(args)
             .env("PATH", &path)
+            .env("REDSTUFF_GATEWAY", gateway)
+            .env("REDSTUFF_TOKEN", &token)
             .env("AWS_ACCESS_KEY_ID", &keys.access_key)
             .env("AWS_SECRET_ACCESS_KEY", &keys.secret_key)
             .env("AWS_DEFAULT_REGION", "us-east-1")
@@ -186,7 +193,10 @@ async fn measure(
             "{program} {args:?}: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        Ok(start.elapsed())
+        Ok((
+            start.elapsed(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        ))
     };
     // The listing first, while the process holds no buffers of the
     // transfers below.
@@ -208,7 +218,7 @@ async fn measure(
          assert n == {}, n\n",
         options.keys
     );
-    let list = tokio::task::block_in_place(|| client("python3", &["-c", &script]))?;
+    let (list, _) = tokio::task::block_in_place(|| client("python3", &["-c", &script]))?;
     sampler.abort();
     let growth = peak
         .load(std::sync::atomic::Ordering::Relaxed)
@@ -219,78 +229,47 @@ async fn measure(
         list.as_secs_f64(),
         crate::units::format_bytes(growth)
     ));
-    let start = Instant::now();
-    let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(
-        tokio::fs::File::open(file).await?,
-    ));
-    let response = http
-        .put(format!("{gateway}/v1/blobs"))
-        .header("content-length", size)
-        .body(body)
-        .send()
-        .await?;
-    anyhow::ensure!(
-        response.status().is_success(),
-        "native PUT: {}",
-        response.status()
-    );
-    let id = response.json::<serde_json::Value>().await?["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let native_put = start.elapsed();
-    let start = Instant::now();
-    let mut stream = http
-        .get(format!("{gateway}/v1/blobs/{id}"))
-        .send()
-        .await?
-        .bytes_stream();
-    let mut hasher = blake3::Hasher::new();
-    while let Some(chunk) = stream.next().await {
-        hasher.update(&chunk?);
-    }
-    let native_get = start.elapsed();
-    anyhow::ensure!(
-        hasher.finalize() == blake3::hash(data),
-        "native GET differs"
-    );
+    // The native side through its own client, file to file, as the aws
+    // cli goes below: both pay for reading and writing the files.
+    let exe = options.exe.to_str().unwrap_or_default();
+    let file_text = file.to_str().unwrap_or_default();
+    let back = file.with_extension("back");
+    let back_text = back.to_str().unwrap_or_default();
+    let (native_put, id) = tokio::task::block_in_place(|| client(exe, &["put", file_text]))?;
+    let id = id.lines().last().unwrap_or_default().trim().to_string();
+    let (native_get, _) =
+        tokio::task::block_in_place(|| client(exe, &["get", &id, "--output", back_text]))?;
+    anyhow::ensure!(std::fs::read(&back)? == data, "native GET differs");
+    std::fs::remove_file(&back)?;
     log(&format!(
-        "native: PUT {:.0} MB/s, GET {:.0} MB/s",
+        "native (redstuff put/get): PUT {:.0} MB/s, GET {:.0} MB/s",
         mb_per_s(size, native_put),
         mb_per_s(size, native_get)
     ));
 
-    let file_text = file.to_str().unwrap_or_default();
-    let back = file.with_extension("back");
-    let back_text = back.to_str().unwrap_or_default();
-    client("aws", &["--endpoint-url", &s3, "s3", "mb", "s3://bench"])?;
+    let aws = |args: &[&str]| tokio::task::block_in_place(|| client("aws", args)).map(|r| r.0);
+    aws(&["--endpoint-url", &s3, "s3", "mb", "s3://bench"])?;
     // The aws cli's own start-up is measured once and taken off.
-    let idle = client("aws", &["--endpoint-url", &s3, "s3", "ls", "s3://bench"])?;
-    let s3_put = client(
-        "aws",
-        &[
-            "--endpoint-url",
-            &s3,
-            "s3",
-            "cp",
-            "--only-show-errors",
-            file_text,
-            "s3://bench/object",
-        ],
-    )?
+    let idle = aws(&["--endpoint-url", &s3, "s3", "ls", "s3://bench"])?;
+    let s3_put = aws(&[
+        "--endpoint-url",
+        &s3,
+        "s3",
+        "cp",
+        "--only-show-errors",
+        file_text,
+        "s3://bench/object",
+    ])?
     .saturating_sub(idle);
-    let s3_get = client(
-        "aws",
-        &[
-            "--endpoint-url",
-            &s3,
-            "s3",
-            "cp",
-            "--only-show-errors",
-            "s3://bench/object",
-            back_text,
-        ],
-    )?
+    let s3_get = aws(&[
+        "--endpoint-url",
+        &s3,
+        "s3",
+        "cp",
+        "--only-show-errors",
+        "s3://bench/object",
+        back_text,
+    ])?
     .saturating_sub(idle);
     anyhow::ensure!(std::fs::read(&back)? == data, "the S3 GET differs");
     log(&format!(
@@ -318,7 +297,7 @@ async fn measure(
 /// The report as a table.
 pub fn render(r: &S3BenchReport) -> String {
     format!(
-        "object {}: native PUT {:.0} MB/s, GET {:.0} MB/s; S3 (aws cli) PUT {:.0} MB/s ({:.2}x), GET {:.0} MB/s ({:.2}x)\n\
+        "object {}: native (redstuff put/get) PUT {:.0} MB/s, GET {:.0} MB/s; S3 (aws cli) PUT {:.0} MB/s ({:.2}x), GET {:.0} MB/s ({:.2}x)\n\
          listing {} keys through S3: {:.1} s, gateway memory +{}\n",
         crate::units::format_bytes(r.size),
         r.native_put_mb_per_s,
