@@ -488,6 +488,10 @@ struct CodecArgs {
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Run the encode phase alone, so its peak RSS is the encoder's own
+    /// (the other phases leave memory the allocator keeps for reuse).
+    #[arg(long)]
+    encode_only: bool,
 }
 
 fn main() -> ExitCode {
@@ -902,6 +906,7 @@ fn bench_codec(args: CodecArgs) -> anyhow::Result<()> {
         rounds: args
             .rounds
             .unwrap_or(codec_bench::default_rounds(args.size)),
+        encode_only: args.encode_only,
     };
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} segments, {elapsed}")

@@ -12,14 +12,15 @@ use std::io::{self, Read};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::bench::memory;
 use crate::codec::config::{BlobLayout, EncodingConfig};
 use crate::codec::{
-    decode_segment, decode_segment_with, encode_segment, rebuild, rs, BlobMetadata, DecodeError,
-    DecodedSegment, EncodedSegment, Primary, PrimarySliver, RecoverySymbol, Secondary,
+    decode_segment, decode_segment_with, encode_segment_shared, rebuild, rs, BlobMetadata,
+    DecodeError, DecodedSegment, EncodedSegment, Primary, PrimarySliver, RecoverySymbol, Secondary,
     SymbolSource, Verification,
 };
 use crate::units::format_bytes;
@@ -37,6 +38,9 @@ pub struct CodecBenchOptions {
     pub input: Option<PathBuf>,
     /// How many times to run the whole blob; the median is reported.
     pub rounds: usize,
+    /// Run the encode phase alone (no baseline, decode or rebuild): its
+    /// peak memory is then the encoder's, not what other phases left.
+    pub encode_only: bool,
 }
 
 /// One measured phase.
@@ -136,6 +140,9 @@ pub fn default_rounds(size: u64) -> usize {
     }
 }
 
+/// Index of the encode phase in [`PHASES`].
+const ENCODE: usize = 1;
+
 const PHASES: [(&str, &str); 7] = [
     (
         "baseline",
@@ -205,16 +212,17 @@ pub fn run(
                 }
                 None => fill_pseudo_random(&mut segment_data, len, index),
             }
-            let traffic = measure_segment(
-                &config,
-                options.segment_size,
-                &segment_data,
-                &mut tallies,
-                round,
-            )
-            .map_err(|e| anyhow::anyhow!("segment {index}: {e}"))?;
-            if round == 0 {
-                repair.add(&traffic);
+            // The slivers share the segment's buffer, as on a gateway.
+            let segment = Bytes::from(std::mem::take(&mut segment_data));
+            if options.encode_only {
+                tallies[ENCODE].measure(round, || encode_segment_shared(config, 0, segment));
+            } else {
+                let traffic =
+                    measure_segment(&config, options.segment_size, segment, &mut tallies, round)
+                        .map_err(|e| anyhow::anyhow!("segment {index}: {e}"))?;
+                if round == 0 {
+                    repair.add(&traffic);
+                }
             }
             progress(
                 round as u64 * segments + index + 1,
@@ -223,11 +231,17 @@ pub fn run(
         }
     }
 
-    let baseline_rate = rate(size, tallies[0].median());
+    let baseline_rate = if options.encode_only {
+        0.0
+    } else {
+        rate(size, tallies[0].median())
+    };
     let phases = PHASES
         .iter()
         .zip(&tallies)
-        .map(|((phase, description), tally)| {
+        .enumerate()
+        .filter(|(i, _)| !options.encode_only || *i == ENCODE)
+        .map(|(_, ((phase, description), tally))| {
             let mb_per_s = rate(size, tally.median());
             PhaseResult {
                 phase,
@@ -260,7 +274,13 @@ pub fn run(
         rounds,
         repair_bytes: repair.sent,
         repair_symbol_bytes: repair.ideal,
-        peak_rss_bytes: memory::peak_rss_bytes(),
+        // Each phase's peak counts from its start; between phases nothing
+        // grows. Without resets the process's high-water mark is the run's.
+        peak_rss_bytes: tallies
+            .iter()
+            .filter_map(|t| t.peak)
+            .max()
+            .or_else(memory::peak_rss_bytes),
         phases,
     })
 }
@@ -283,13 +303,14 @@ impl RepairTraffic {
 fn measure_segment(
     config: &EncodingConfig,
     segment_size: u64,
-    data: &[u8],
+    segment: Bytes,
     tallies: &mut [Tally],
     round: usize,
 ) -> anyhow::Result<RepairTraffic> {
     let config = *config;
+    let data = &segment[..];
     tallies[0].measure(round, || baseline_encode(&config, data));
-    let encoded = tallies[1].measure(round, || encode_segment(config, 0, data));
+    let encoded = tallies[1].measure(round, || encode_segment_shared(config, 0, segment.clone()));
     let metadata = &single_segment_metadata(&config, segment_size, &encoded);
 
     let p = config.p();
@@ -451,11 +472,15 @@ pub fn render_table(report: &CodecBenchReport) -> String {
     ));
     for phase in &report.phases {
         out.push_str(&format!(
-            "{:<18} {:>10.1} {:>10.3} {:>9.3} {:>11}\n",
+            "{:<18} {:>10.1} {:>10.3} {:>9} {:>11}\n",
             phase.phase,
             phase.mb_per_s,
             phase.seconds,
-            phase.ratio_to_baseline,
+            if phase.ratio_to_baseline > 0.0 {
+                format!("{:.3}", phase.ratio_to_baseline)
+            } else {
+                "-".into()
+            },
             phase.peak_rss_bytes.map_or("-".into(), format_bytes)
         ));
     }
@@ -506,6 +531,7 @@ mod tests {
             segment_size: 128 << 10,
             input: None,
             rounds: 1,
+            encode_only: false,
         };
         let mut seen = Vec::new();
         let report = run(&options, |done, total| seen.push((done, total))).unwrap();
@@ -536,10 +562,28 @@ mod tests {
             segment_size: 2048,
             input: Some(path),
             rounds: 2,
+            encode_only: false,
         };
         let report = run(&options, |_, _| {}).unwrap();
         assert_eq!((report.size, report.segments), (5000, 3));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn encode_only_measures_the_encode_phase_alone() {
+        let options = CodecBenchOptions {
+            shards: 7,
+            size: 300_000,
+            segment_size: 128 << 10,
+            input: None,
+            rounds: 1,
+            encode_only: true,
+        };
+        let report = run(&options, |_, _| {}).unwrap();
+        let phases: Vec<&str> = report.phases.iter().map(|p| p.phase).collect();
+        assert_eq!(phases, ["encode"]);
+        assert!(report.phases[0].seconds > 0.0);
+        assert!(render_table(&report).contains("encode"));
     }
 
     #[test]
@@ -550,6 +594,7 @@ mod tests {
             segment_size,
             input: None,
             rounds: 1,
+            encode_only: false,
         };
         assert!(run(&options(3, 1 << 20), |_, _| {}).is_err());
         assert!(run(&options(7, 10), |_, _| {}).is_err());

@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 
 use super::blob_client::BlobIoError;
 use crate::codec::{
-    encode_segment, segment_hashes, BlobEncoder, BlobLayout, BlobMetadata, EncodeError,
+    encode_segment_shared, segment_hashes, BlobEncoder, BlobLayout, BlobMetadata, EncodeError,
     EncodedSegment, SegmentHashes,
 };
 use crate::metrics::GatewayMetrics;
@@ -111,7 +111,7 @@ impl Preparer {
         let first = if index == 0 {
             let segment = tokio::task::spawn_blocking(move || {
                 let start = Instant::now();
-                let segment = encode_segment(config, 0, &data);
+                let segment = encode_segment_shared(config, 0, bytes::Bytes::from(data));
                 observe(&metrics, start);
                 segment
             })

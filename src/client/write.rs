@@ -35,7 +35,7 @@ use super::commit::CommitVerdict;
 use super::prepare::{Prepared, Preparer};
 use super::quorum::collect_states;
 use crate::blob_state::{next_generation, now_nanos};
-use crate::codec::{encode_segment, BlobEncoder, BlobMetadata, EncodedSegment};
+use crate::codec::{encode_segment_shared, BlobEncoder, BlobMetadata, EncodedSegment};
 use crate::fleet::MapNode;
 
 /// What a write achieved.
@@ -233,7 +233,7 @@ impl BlobClient {
             let mut data = vec![0u8; layout.len() as usize];
             file.read_exact(&mut data)?;
             let start = Instant::now();
-            let segment = encode_segment(config, index, &data);
+            let segment = encode_segment_shared(config, index, Bytes::from(data));
             if let Some(m) = &metrics {
                 m.encode_duration.observe(start.elapsed().as_secs_f64());
             }

@@ -5,16 +5,20 @@
 //! 1. columns: each column of M is extended from p to n symbols, giving the
 //!    n primary slivers (rows of E restricted to the first q columns);
 //! 2. rows: each primary sliver is extended from q to n symbols (row i of
-//!    E); its n symbols are hashed once, giving the leaf row i; the first p
-//!    rows of E are the secondary slivers, kept;
+//!    E); its n symbols are hashed once, giving the leaf row i; the
+//!    extension symbols of the first p rows are written straight into the
+//!    secondary slivers (the columns of those rows);
 //! 3. roots: the Merkle root of leaf row i is primary hash i, the root of
 //!    leaf column j is secondary hash j: every leaf serves both trees.
 //!
 //! Rows and columns are spread over all threads of the rayon pool. Memory
 //! is the segment's slivers (about 4.5 S at large n), its n^2 leaf hashes,
-//! and per-thread row buffers; it does not grow with the blob.
+//! and one row extension per thread; it does not grow with the blob.
 
+use std::borrow::Cow;
 use std::io::{self, Read};
+
+use bytes::Bytes;
 
 use rayon::prelude::*;
 
@@ -41,14 +45,23 @@ pub struct EncodedSegment {
     pub secondary: Vec<SecondarySliver>,
 }
 
-/// Encodes one segment (`data` is the whole segment, unpadded).
+/// Encodes one segment (`data` is the whole segment, unpadded), copying it.
 pub fn encode_segment(config: EncodingConfig, index: u32, data: &[u8]) -> EncodedSegment {
+    encode_segment_shared(config, index, Bytes::copy_from_slice(data))
+}
+
+/// Encodes one segment held in `data`: the systematic primary slivers are
+/// slices of it (no copy) wherever a whole row of the message matrix lies
+/// inside it.
+pub fn encode_segment_shared(config: EncodingConfig, index: u32, data: Bytes) -> EncodedSegment {
     let layout = config.segment_layout(data.len() as u64);
-    let expanded = expand_segment(&layout, data, true);
+    let rows = message_rows(&layout, &data, |whole| data.slice_ref(whole), Bytes::from);
+    drop(data);
+    let expanded = expand_segment(&layout, &rows, true);
     let s = layout.symbol_size();
-    let primary = expanded
-        .primary
+    let primary = rows
         .into_iter()
+        .chain(expanded.parity.into_iter().map(Bytes::from))
         .enumerate()
         .map(|(i, row)| {
             PrimarySliver::new(config, i as u16, index, s, row)
@@ -76,30 +89,50 @@ pub fn encode_segment(config: EncodingConfig, index: u32, data: &[u8]) -> Encode
 /// The 2n sliver hashes `data` encodes to, without keeping the slivers.
 pub fn segment_hashes(config: EncodingConfig, data: &[u8]) -> SegmentHashes {
     let layout = config.segment_layout(data.len() as u64);
-    expand_segment(&layout, data, false).hashes
+    let rows = message_rows(&layout, data, Cow::Borrowed, Cow::Owned);
+    expand_segment(&layout, &rows, false).hashes
+}
+
+/// The p rows of the zero-padded message matrix (the systematic primary
+/// slivers): `whole` for a row that lies inside `data`, `padded` for the
+/// zero-padded copy of one that does not.
+fn message_rows<'a, R>(
+    layout: &SegmentLayout,
+    data: &'a [u8],
+    whole: impl Fn(&'a [u8]) -> R,
+    padded: impl Fn(Vec<u8>) -> R,
+) -> Vec<R> {
+    let row_len = layout.config().q() * layout.symbol_size();
+    (0..layout.config().p())
+        .map(|r| {
+            let start = (r * row_len).min(data.len());
+            let end = ((r + 1) * row_len).min(data.len());
+            if end - start == row_len {
+                whole(&data[start..end])
+            } else {
+                let mut row = vec![0u8; row_len];
+                row[..end - start].copy_from_slice(&data[start..end]);
+                padded(row)
+            }
+        })
+        .collect()
 }
 
 struct ExpandedSegment {
     hashes: SegmentHashes,
-    primary: Vec<Vec<u8>>,
+    /// Primary slivers p..n.
+    parity: Vec<Vec<u8>>,
     secondary: Vec<Vec<u8>>,
 }
 
-fn expand_segment(layout: &SegmentLayout, data: &[u8], keep_slivers: bool) -> ExpandedSegment {
+fn expand_segment<R: AsRef<[u8]> + Sync>(
+    layout: &SegmentLayout,
+    message: &[R],
+    keep_slivers: bool,
+) -> ExpandedSegment {
     let config = layout.config();
     let (n, p, q, s) = (config.n(), config.p(), config.q(), layout.symbol_size());
     let row_len = q * s;
-
-    // Systematic primary slivers are the rows of the zero-padded message matrix.
-    let mut primary: Vec<Vec<u8>> = (0..p)
-        .map(|r| {
-            let mut row = vec![0u8; row_len];
-            let start = (r * row_len).min(data.len());
-            let end = ((r + 1) * row_len).min(data.len());
-            row[..end - start].copy_from_slice(&data[start..end]);
-            row
-        })
-        .collect();
 
     // 1. Columns: extend each column of M from p to n symbols, writing the
     //    n - p new symbols of column c straight into the parity rows.
@@ -119,8 +152,10 @@ fn expand_segment(layout: &SegmentLayout, data: &[u8], keep_slivers: bool) -> Ex
         .for_each(|(t, mut parts)| {
             let first = t * columns_per_task;
             for (offset, c) in (first..(first + columns_per_task).min(q)).enumerate() {
-                let originals: Vec<&[u8]> =
-                    primary.iter().map(|row| &row[c * s..(c + 1) * s]).collect();
+                let originals: Vec<&[u8]> = message
+                    .iter()
+                    .map(|row| &row.as_ref()[c * s..(c + 1) * s])
+                    .collect();
                 let mut outs: Vec<&mut [u8]> = parts
                     .iter_mut()
                     .map(|part| &mut part[offset * s..(offset + 1) * s])
@@ -128,24 +163,46 @@ fn expand_segment(layout: &SegmentLayout, data: &[u8], keep_slivers: bool) -> Ex
                 rs::encode_recovery_into(&originals, &mut outs);
             }
         });
-    primary.extend(parity);
+    let rows: Vec<&[u8]> = message
+        .iter()
+        .map(AsRef::as_ref)
+        .chain(parity.iter().map(Vec::as_slice))
+        .collect();
 
     // 2. Rows: extend every primary sliver to n symbols and hash each symbol
-    //    once; the extensions of the first p rows are kept (secondary slivers).
+    //    once. The secondary slivers are the first p rows of E read down
+    //    its columns: the extension symbols of rows below p go straight
+    //    into their columns, which exist from here on.
+    let mut secondary: Vec<Vec<u8>> = if keep_slivers {
+        (0..n).map(|_| vec![0u8; p * s]).collect()
+    } else {
+        Vec::new()
+    };
+    let mut row_targets: Vec<Option<Vec<&mut [u8]>>> = (0..n).map(|_| None).collect();
+    if keep_slivers {
+        for targets in &mut row_targets[..p] {
+            *targets = Some(Vec::with_capacity(n - q));
+        }
+        for column in &mut secondary[q..] {
+            for (targets, symbol) in row_targets.iter_mut().zip(column.chunks_mut(s)) {
+                targets.as_mut().expect("a row below p").push(symbol);
+            }
+        }
+    }
     let mut leaves: Vec<Hash> = vec![[0u8; 32]; n * n];
-    let rows: Vec<(Hash, Option<Vec<u8>>)> = leaves
+    let primary_hashes: Vec<Hash> = leaves
         .par_chunks_mut(n)
-        .zip(primary.par_iter())
-        .enumerate()
+        .zip(rows.par_iter())
+        .zip(row_targets.into_par_iter())
         .map_init(
             || vec![0u8; (n - q) * s],
-            |scratch, (i, (leaf_row, row))| {
-                let keep = keep_slivers && i < p;
-                let mut kept = keep.then(|| vec![0u8; (n - q) * s]);
-                let extension = kept.as_mut().unwrap_or(scratch);
+            |extension, ((leaf_row, row), targets)| {
                 line::extend_into(row, s, extension);
                 line::leaves_into(row, extension, s, leaf_row);
-                (merkle::root(leaf_row), kept)
+                for (target, symbol) in targets.into_iter().flatten().zip(extension.chunks(s)) {
+                    target.copy_from_slice(symbol);
+                }
+                merkle::root(leaf_row)
             },
         )
         .collect();
@@ -157,30 +214,20 @@ fn expand_segment(layout: &SegmentLayout, data: &[u8], keep_slivers: bool) -> Ex
         .collect();
     drop(leaves);
 
-    let secondary = if keep_slivers {
-        let extensions: Vec<&Vec<u8>> = rows.iter().filter_map(|(_, e)| e.as_ref()).collect();
-        (0..n)
-            .into_par_iter()
-            .map(|j| {
-                let mut column = Vec::with_capacity(p * s);
-                for (r, extension) in extensions.iter().enumerate() {
-                    let symbol = if j < q {
-                        &primary[r][j * s..(j + 1) * s]
-                    } else {
-                        &extension[(j - q) * s..(j - q + 1) * s]
-                    };
-                    column.extend_from_slice(symbol);
-                }
-                column
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let primary_hashes = rows.iter().map(|(root, _)| *root).collect();
+    // The systematic part of the secondary slivers: the first q columns of
+    // the message rows.
+    let systematic_columns = secondary.len().min(q);
+    secondary[..systematic_columns]
+        .par_iter_mut()
+        .enumerate()
+        .for_each(|(j, column)| {
+            for (r, symbol) in column.chunks_mut(s).enumerate() {
+                symbol.copy_from_slice(&message[r].as_ref()[j * s..(j + 1) * s]);
+            }
+        });
     ExpandedSegment {
         hashes: SegmentHashes::new(primary_hashes, secondary_hashes),
-        primary: if keep_slivers { primary } else { Vec::new() },
+        parity: if keep_slivers { parity } else { Vec::new() },
         secondary,
     }
 }
@@ -262,7 +309,11 @@ impl BlobEncoder {
             })?;
             total += read as u64;
             if keep(index) {
-                let segment = encode_segment(self.config, index, &buffer);
+                let segment = encode_segment_shared(
+                    self.config,
+                    index,
+                    Bytes::from(std::mem::take(&mut buffer)),
+                );
                 hashes.push(segment.hashes.clone());
                 sink(segment)?;
             } else {

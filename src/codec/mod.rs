@@ -20,7 +20,9 @@ pub mod sliver;
 
 pub use config::{BlobLayout, EncodingConfig, SegmentLayout, DEFAULT_SEGMENT_SIZE};
 pub use decode::{decode_blob, decode_segment, decode_segment_with, DecodedSegment, Verification};
-pub use encode::{encode_segment, segment_hashes, BlobEncoder, EncodeError, EncodedSegment};
+pub use encode::{
+    encode_segment, encode_segment_shared, segment_hashes, BlobEncoder, EncodeError, EncodedSegment,
+};
 pub use error::{ConfigError, DecodeError, FormatError, RebuildError, SymbolError, VerifyError};
 pub use line::{sliver_hash, verify_sliver};
 pub use metadata::{BlobId, BlobMetadata, SegmentHashes, ShardRotation};

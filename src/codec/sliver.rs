@@ -7,6 +7,7 @@
 //! a column) is a codeword of a systematic Reed-Solomon code; the code of a
 //! sliver's own line has [`Axis::symbols`] source symbols.
 
+use bytes::Bytes;
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -83,14 +84,16 @@ impl Axis for Secondary {
     }
 }
 
-/// One sliver of one segment: its symbols back to back.
+/// One sliver of one segment: its symbols back to back. The bytes are
+/// shared (a clone costs no copy), so a systematic sliver can be a slice
+/// of the segment it was cut from.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Sliver<A: Axis> {
     config: EncodingConfig,
     index: u16,
     segment: u32,
     symbol_size: usize,
-    data: Vec<u8>,
+    data: Bytes,
     axis: PhantomData<A>,
 }
 
@@ -107,8 +110,9 @@ impl<A: Axis> Sliver<A> {
         index: u16,
         segment: u32,
         symbol_size: usize,
-        data: Vec<u8>,
+        data: impl Into<Bytes>,
     ) -> Option<Self> {
+        let data = data.into();
         let fits = usize::from(index) < config.n()
             && symbol_size >= 2
             && symbol_size.is_multiple_of(2)
@@ -180,13 +184,15 @@ impl<A: Axis> Sliver<A> {
         Ok(())
     }
     /// Takes the bytes out of the sliver.
-    pub fn into_data(self) -> Vec<u8> {
+    pub fn into_data(self) -> Bytes {
         self.data
     }
     /// Flips one bit of the data: for tests that play a corrupting node.
     pub fn flip_bit(&mut self, bit: usize) {
-        let len = self.data.len();
-        self.data[(bit / 8) % len] ^= 1 << (bit % 8);
+        let mut data = self.data.to_vec();
+        let len = data.len();
+        data[(bit / 8) % len] ^= 1 << (bit % 8);
+        self.data = data.into();
     }
 }
 
