@@ -303,9 +303,9 @@ impl BlobClient {
             .map(|(primary, secondary)| {
                 [
                     Bytes::from(primary.header_bytes()),
-                    Bytes::from(primary.into_data()),
+                    primary.into_data(),
                     Bytes::from(secondary.header_bytes()),
-                    Bytes::from(secondary.into_data()),
+                    secondary.into_data(),
                 ]
             })
             .collect();
