@@ -5,11 +5,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use crate::cluster::{self, CLUSTER};
 use crate::data::{self, shared_bytes};
-use crate::harness::{wait_for, E2e, NS, RELEASE_NS};
+use crate::harness::{pod_ready, wait_for, E2e, NS, RELEASE_NS};
 
 const NODE_PODS: &str = "app.kubernetes.io/instance=e2e,app.kubernetes.io/component=node";
 
@@ -22,19 +20,10 @@ fn metric(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-fn ready(pod: &Value) -> bool {
-    pod["metadata"]["deletionTimestamp"].is_null()
-        && pod["status"]["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-}
-
 /// Node pods not ready (or missing) now.
 fn not_ready_node_pods(e2e: &E2e) -> anyhow::Result<usize> {
     let pods = e2e.list("pods", NS, NODE_PODS)?;
-    let ready = pods.iter().filter(|p| ready(p)).count();
+    let ready = pods.iter().filter(|p| pod_ready(p)).count();
     Ok(4usize.saturating_sub(ready))
 }
 
@@ -91,7 +80,9 @@ pub async fn pod_deleted(e2e: &E2e) -> anyhow::Result<()> {
         || {
             let pod = e2e.get("pod", "e2e-node-1", NS)?;
             Ok(pod
-                .filter(|p| p["metadata"]["uid"].as_str().map(str::to_string) != old && ready(p))
+                .filter(|p| {
+                    p["metadata"]["uid"].as_str().map(str::to_string) != old && pod_ready(p)
+                })
                 .map(|_| ()))
         },
     )
@@ -194,7 +185,7 @@ pub async fn rollout(e2e: &E2e) -> anyhow::Result<()> {
             let pods = e2e.list("pods", NS, NODE_PODS)?;
             let renewed = pods.len() == 4
                 && pods.iter().all(|p| {
-                    ready(p)
+                    pod_ready(p)
                         && p["metadata"]["annotations"]["redstuff.dev/spec-hash"]
                             .as_str()
                             .is_some_and(|h| !old_hashes.iter().any(|o| o == h))
@@ -251,7 +242,7 @@ async fn new_leader(e2e: &E2e, old: &str, timeout: Duration) -> anyhow::Result<(
 pub async fn leader_failover(e2e: &E2e) -> anyhow::Result<()> {
     wait_for("two operator pods ready", Duration::from_secs(120), || {
         let pods = e2e.list("pods", RELEASE_NS, "app.kubernetes.io/component=operator")?;
-        Ok((pods.iter().filter(|p| ready(p)).count() == 2).then_some(()))
+        Ok((pods.iter().filter(|p| pod_ready(p)).count() == 2).then_some(()))
     })
     .await?;
     let leader = e2e.leader()?;
@@ -296,7 +287,7 @@ pub async fn leader_failover(e2e: &E2e) -> anyhow::Result<()> {
         Duration::from_secs(120),
         || {
             let pods = e2e.list("pods", RELEASE_NS, "app.kubernetes.io/component=operator")?;
-            Ok((pods.iter().filter(|p| ready(p)).count() == 2).then_some(()))
+            Ok((pods.iter().filter(|p| pod_ready(p)).count() == 2).then_some(()))
         },
     )
     .await?;

@@ -20,6 +20,16 @@ pub const LEASE: &str = "redstuff";
 /// Namespace of the StorageClusters and Blobs.
 pub const NS: &str = "redstuff-e2e";
 
+/// Whether a pod is Ready and not being deleted.
+pub fn pod_ready(pod: &Value) -> bool {
+    pod["metadata"]["deletionTimestamp"].is_null()
+        && pod["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
 /// The run's settings and clients.
 pub struct E2e {
     pub kubectl: String,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::cluster::CLUSTER;
 use crate::data::shared_bytes;
-use crate::harness::{wait_for, E2e, NS};
+use crate::harness::{pod_ready, wait_for, E2e, NS};
 
 fn aws_program() -> PathBuf {
     let venv = std::env::var("REDSTUFF_S3_CLIENTS")
@@ -67,6 +67,15 @@ pub fn aws(
     Ok(String::from_utf8_lossy(&output.stdout).to_string())
 }
 
+/// The gateway pods of cluster `name`.
+pub fn gateway_pods(e2e: &E2e, name: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    e2e.list(
+        "pods",
+        NS,
+        &format!("app.kubernetes.io/instance={name},app.kubernetes.io/component=gateway"),
+    )
+}
+
 pub async fn s3_through_the_gateway(e2e: &E2e) -> anyhow::Result<()> {
     let status = e2e.cluster_status(CLUSTER)?;
     anyhow::ensure!(
@@ -108,11 +117,7 @@ pub async fn s3_through_the_gateway(e2e: &E2e) -> anyhow::Result<()> {
         anyhow::ensure!(listed.contains("dir/an object"), "{listed}");
     }
     // The gateway pod goes; its successor opens the same index.
-    let pods = e2e.list(
-        "pods",
-        NS,
-        &format!("app.kubernetes.io/instance={CLUSTER},app.kubernetes.io/component=gateway"),
-    )?;
+    let pods = gateway_pods(e2e, CLUSTER)?;
     let old = pods
         .first()
         .and_then(|p| p["metadata"]["name"].as_str())
@@ -120,20 +125,9 @@ pub async fn s3_through_the_gateway(e2e: &E2e) -> anyhow::Result<()> {
         .to_string();
     e2e.kubectl(&["delete", "pod", "-n", NS, &old, "--wait=true"])?;
     wait_for("a new gateway pod ready", Duration::from_secs(180), || {
-        let pods = e2e.list(
-            "pods",
-            NS,
-            &format!("app.kubernetes.io/instance={CLUSTER},app.kubernetes.io/component=gateway"),
-        )?;
-        Ok(pods
+        Ok(gateway_pods(e2e, CLUSTER)?
             .iter()
-            .find(|p| {
-                p["metadata"]["name"] != old.as_str()
-                    && p["status"]["conditions"].as_array().is_some_and(|c| {
-                        c.iter()
-                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                    })
-            })
+            .find(|p| p["metadata"]["name"] != old.as_str() && pod_ready(p))
             .map(|_| ()))
     })
     .await?;

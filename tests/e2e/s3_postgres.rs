@@ -8,9 +8,9 @@
 use std::time::Duration;
 
 use crate::data::shared_bytes;
-use crate::harness::{wait_for, E2e, NS};
+use crate::harness::{pod_ready, wait_for, E2e, NS};
 use crate::pg::{Postgres, Remote};
-use crate::s3::{aws, keys};
+use crate::s3::{aws, gateway_pods, keys};
 
 /// The second cluster: 4 shards on 4 node pods with throwaway volumes.
 const CLUSTER: &str = "e2e-pg";
@@ -52,20 +52,9 @@ spec:
 }
 
 fn ready_gateway_pods(e2e: &E2e) -> anyhow::Result<Vec<String>> {
-    let pods = e2e.list(
-        "pods",
-        NS,
-        &format!("app.kubernetes.io/instance={CLUSTER},app.kubernetes.io/component=gateway"),
-    )?;
-    Ok(pods
+    Ok(gateway_pods(e2e, CLUSTER)?
         .iter()
-        .filter(|p| {
-            p["metadata"]["deletionTimestamp"].is_null()
-                && p["status"]["conditions"].as_array().is_some_and(|c| {
-                    c.iter()
-                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                })
-        })
+        .filter(|p| pod_ready(p))
         .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
         .collect())
 }
