@@ -44,9 +44,7 @@ fn hash_symbols(data: &[u8], symbol_size: usize, out: &mut [Hash]) {
     out.par_chunks_mut(chunk)
         .zip(data.par_chunks(chunk * symbol_size))
         .for_each(|(hashes, symbols)| {
-            for (hash, symbol) in hashes.iter_mut().zip(symbols.chunks_exact(symbol_size)) {
-                *hash = merkle::leaf_hash(symbol);
-            }
+            merkle::leaf_hashes(symbols, symbol_size, hashes);
         });
 }
 

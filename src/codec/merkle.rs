@@ -7,6 +7,7 @@
 //! sibling hashes from the leaf up.
 
 use crate::codec::config::HASH_LEN;
+use crate::codec::hash_many;
 
 /// A 32-byte BLAKE3 hash.
 pub type Hash = [u8; HASH_LEN];
@@ -20,6 +21,19 @@ const BLOB_ID_KEY: &[u8; 32] = b"redstuff.v1.blob.id.............";
 /// Hash of one symbol, a leaf of a sliver tree.
 pub fn leaf_hash(symbol: &[u8]) -> Hash {
     *blake3::keyed_hash(LEAF_KEY, symbol).as_bytes()
+}
+
+/// Leaf hashes of the symbols of `data`, `symbol_size` bytes each, many at
+/// a time: `out[i]` is `leaf_hash` of symbol i.
+pub fn leaf_hashes(data: &[u8], symbol_size: usize, out: &mut [Hash]) {
+    hash_many::keyed_hash_each(LEAF_KEY, data, symbol_size, out);
+}
+
+/// The level above `level` (of even length): the node hash of each pair.
+fn parent_level(level: &[Hash]) -> Vec<Hash> {
+    let mut parents = vec![[0u8; HASH_LEN]; level.len() / 2];
+    hash_many::keyed_hash_each(NODE_KEY, level.as_flattened(), 2 * HASH_LEN, &mut parents);
+    parents
 }
 
 /// Hash of an inner node from its two children.
@@ -63,10 +77,7 @@ pub fn root(leaves: &[Hash]) -> Hash {
     let width = leaves.len().max(1).next_power_of_two();
     level.resize(width, empty);
     while level.len() > 1 {
-        level = level
-            .chunks_exact(2)
-            .map(|pair| node_hash(&pair[0], &pair[1]))
-            .collect();
+        level = parent_level(&level);
     }
     level[0]
 }
@@ -95,12 +106,7 @@ impl MerkleTree {
         level.resize(width, empty_hash());
         let mut levels = vec![level];
         while levels.last().map_or(0, Vec::len) > 1 {
-            let next = levels
-                .last()
-                .expect("at least one level")
-                .chunks_exact(2)
-                .map(|pair| node_hash(&pair[0], &pair[1]))
-                .collect();
+            let next = parent_level(levels.last().expect("at least one level"));
             levels.push(next);
         }
         Self {
@@ -203,6 +209,26 @@ mod tests {
         let mut bad_root = r;
         bad_root[0] ^= 1;
         assert!(!verify_proof(&bad_root, 13, 5, &l[5], &proof));
+    }
+
+    #[test]
+    fn leaves_and_nodes_hashed_many_at_a_time_equal_those_hashed_one_by_one() {
+        for (count, size) in [(1, 302), (17, 302), (40, 64), (33, 1), (5, 4096)] {
+            let data: Vec<u8> = (0..count * size).map(|i| (i * 7 + count) as u8).collect();
+            let mut many = vec![[0u8; 32]; count];
+            leaf_hashes(&data, size, &mut many);
+            let one_by_one: Vec<Hash> = data.chunks_exact(size).map(leaf_hash).collect();
+            assert_eq!(many, one_by_one, "{count} symbols of {size} bytes");
+            let mut level = one_by_one;
+            level.resize(count.next_power_of_two(), empty_hash());
+            while level.len() > 1 {
+                level = level
+                    .chunks_exact(2)
+                    .map(|p| node_hash(&p[0], &p[1]))
+                    .collect();
+            }
+            assert_eq!(root(&many), level[0], "{count} leaves");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod decode;
 pub mod encode;
 pub mod error;
 pub mod format;
+pub mod hash_many;
 pub mod line;
 pub mod merkle;
 pub mod metadata;
