@@ -73,6 +73,8 @@ pub struct DevConfig {
     pub anonymous_reads: bool,
     /// Uploads the gateway handles at once.
     pub max_uploads: usize,
+    /// Bytes of segments the gateway's uploads may hold in memory together.
+    pub upload_memory_bytes: u64,
     /// The S3 front, if any.
     pub s3: Option<DevS3>,
 }
@@ -126,6 +128,7 @@ impl DevConfig {
             staged_ttl_secs: 900,
             anonymous_reads: false,
             max_uploads: 8,
+            upload_memory_bytes: crate::client::memory_budget::DEFAULT_UPLOAD_MEMORY,
             s3: None,
         }
     }
@@ -343,6 +346,7 @@ pub async fn run(
         anonymous_reads: config.anonymous_reads,
         deadlines,
         max_uploads: config.max_uploads,
+        upload_memory_bytes: config.upload_memory_bytes,
         ..GatewayConfig::new(
             FleetSource::File(fleet_path.clone()),
             config.data_dir.join("spool"),

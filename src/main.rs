@@ -197,6 +197,11 @@ struct DevArgs {
     /// Uploads the gateway handles at once; more get 503 with Retry-After.
     #[arg(long, default_value_t = 8)]
     max_uploads: usize,
+    /// Bytes of segments the gateway's uploads may hold in memory
+    /// together (about 3.7x a 64 MiB segment each at n = 7, 4.5x at n =
+    /// 1000); an upload past it waits, reading its body no further.
+    #[arg(long, default_value = "2GiB", value_parser = parse_bytes)]
+    upload_memory: u64,
     /// The S3 endpoint's address. Keys come from REDSTUFF_S3_ACCESS_KEY and
     /// REDSTUFF_S3_SECRET_KEY when set, else from DATA_DIR/s3-credentials
     /// (generated at first start); further profiles in that file are
@@ -309,6 +314,11 @@ struct GatewayArgs {
     /// Uploads handled at once; more get 503 with Retry-After.
     #[arg(long, default_value_t = 8)]
     max_uploads: usize,
+    /// Bytes of segments all uploads together may hold in memory (about
+    /// 3.7x a 64 MiB segment each at n = 7, 4.5x at n = 1000); an upload
+    /// past it waits, reading its body no further.
+    #[arg(long, default_value = "2GiB", value_parser = parse_bytes)]
+    upload_memory: u64,
     /// File of cluster tokens (the first is sent to nodes); re-read while
     /// the gateway runs.
     #[arg(long)]
@@ -442,6 +452,10 @@ struct FleetArgs {
     /// (aggregate throughput and the gateway's peak memory); 1 skips it.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     clients: u32,
+    /// The gateway's upload memory budget (as `redstuff dev
+    /// --upload-memory`); the concurrent PUTs' peak is checked against it.
+    #[arg(long, default_value = "2GiB", value_parser = parse_bytes)]
+    upload_memory: u64,
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
@@ -666,6 +680,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         max_blob_bytes: args.max_blob,
         max_spool_bytes: args.max_spool,
         max_uploads: args.max_uploads,
+        upload_memory_bytes: args.upload_memory,
         anonymous_reads: args.anonymous_reads,
         deadlines: Deadlines::from_secs(args.node_timeout_secs),
         segment_cache_bytes: usize::try_from(args.segment_cache).unwrap_or(usize::MAX),
@@ -749,6 +764,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         staged_ttl_secs: args.staged_ttl_secs,
         anonymous_reads: args.anonymous_reads,
         max_uploads: args.max_uploads,
+        upload_memory_bytes: args.upload_memory,
         s3: (!args.no_s3).then(|| redstuff::dev::DevS3 {
             addr: args.s3_addr,
             keys: s3_keys_from_env(),
@@ -818,6 +834,7 @@ async fn bench_fleet(args: FleetArgs) -> anyhow::Result<()> {
         repair_bytes: args.repair_bytes,
         segment_size: args.segment_size,
         clients: args.clients as usize,
+        upload_memory: args.upload_memory,
     };
     let report = redstuff::bench::fleet::run(&options, |line| eprintln!("{line}")).await?;
     if args.json {

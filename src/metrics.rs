@@ -278,6 +278,10 @@ pub struct GatewayMetrics {
     pub peer_invalid: IntCounterVec,
     /// Uploads being received, encoded or shipped.
     pub uploads_in_flight: IntGauge,
+    /// Bytes of the upload memory budget reserved by segments in memory.
+    pub upload_memory_reserved: IntGauge,
+    /// The upload memory budget.
+    pub upload_memory_budget: IntGauge,
 }
 
 impl GatewayMetrics {
@@ -326,6 +330,16 @@ impl GatewayMetrics {
                 registry,
                 "redstuff_gateway_uploads_in_flight",
                 "Uploads being received, encoded or shipped.",
+            ),
+            upload_memory_reserved: gauge(
+                registry,
+                "redstuff_gateway_upload_memory_reserved_bytes",
+                "Bytes of the upload memory budget held by segments being received, encoded or shipped.",
+            ),
+            upload_memory_budget: gauge(
+                registry,
+                "redstuff_gateway_upload_memory_budget_bytes",
+                "The upload memory budget (--upload-memory): what all uploads may hold at once.",
             ),
         }
     }

@@ -27,6 +27,8 @@ pub struct FleetBenchOptions {
     pub segment_size: u64,
     /// Blobs put, then got, at once after the single-blob run (1: none).
     pub clients: usize,
+    /// The gateway's upload memory budget.
+    pub upload_memory: u64,
 }
 
 /// The result.
@@ -85,6 +87,14 @@ pub struct ConcurrentReport {
     pub rss_before_bytes: u64,
     /// See `rss_before_bytes`.
     pub rss_peak_bytes: u64,
+    /// The peak while the puts ran.
+    pub rss_peak_puts_bytes: u64,
+    /// The gateway's upload memory budget (`--upload-memory`): what the
+    /// segments of all uploads may hold together.
+    pub upload_memory_bytes: u64,
+    /// Whether the peak during the puts stayed within the memory before
+    /// plus the upload memory budget.
+    pub puts_within_upload_memory: bool,
 }
 
 fn fill(buffer: &mut [u8], seed: u64) {
@@ -154,6 +164,7 @@ pub async fn run(
         segment_size: options.segment_size,
         period: Duration::from_millis(200),
         scrub_interval_secs: 0,
+        upload_memory_bytes: options.upload_memory,
         ..crate::dev::DevConfig::new(work.path().join("fleet"), options.exe.clone())
     };
     let fleet = tokio::spawn(crate::dev::run(
@@ -338,6 +349,7 @@ async fn measure_concurrent(
         futures_util::future::join_all(files.iter().map(|(path, _)| put_file(http, gateway, path)))
             .await;
     let put_time = start.elapsed();
+    let peak_puts = peak.load(std::sync::atomic::Ordering::Relaxed);
     let mut ids = Vec::new();
     let mut retries = 0;
     for put in puts {
@@ -370,6 +382,9 @@ async fn measure_concurrent(
         put_retries: retries,
         rss_before_bytes: rss_before,
         rss_peak_bytes: peak.load(std::sync::atomic::Ordering::Relaxed),
+        rss_peak_puts_bytes: peak_puts,
+        upload_memory_bytes: options.upload_memory,
+        puts_within_upload_memory: peak_puts <= rss_before + options.upload_memory,
     };
     log(&format!(
         "{clients} clients: put {:.0} MB/s, get {:.0} MB/s together",
@@ -557,8 +572,17 @@ pub fn render_table(r: &FleetBenchReport) -> String {
             None,
         );
         out.push_str(&format!(
-            "  gateway memory {} before, {} at its peak; {} PUTs waited for an upload slot\n",
+            "  gateway memory {} before; at its peak {} during the PUTs ({} the {} before plus the \
+             upload memory of {}), {} overall; {} PUTs waited for an upload slot\n",
             format_bytes(c.rss_before_bytes),
+            format_bytes(c.rss_peak_puts_bytes),
+            if c.puts_within_upload_memory {
+                "within"
+            } else {
+                "OVER"
+            },
+            format_bytes(c.rss_before_bytes),
+            format_bytes(c.upload_memory_bytes),
             format_bytes(c.rss_peak_bytes),
             c.put_retries
         ));

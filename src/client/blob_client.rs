@@ -93,6 +93,7 @@ pub struct BlobClient {
     pub(super) map: FleetMap,
     pub(super) metrics: Option<GatewayMetrics>,
     pub(super) segments: Option<std::sync::Arc<super::segment_cache::SegmentCache>>,
+    pub(super) memory: Option<super::memory_budget::MemoryBudget>,
 }
 
 impl BlobClient {
@@ -103,7 +104,15 @@ impl BlobClient {
             map,
             metrics,
             segments: None,
+            memory: None,
         }
+    }
+
+    /// The same client, reserving every segment its writes hold in memory
+    /// from `budget` (shared with the other writes of the process).
+    pub fn with_memory_budget(mut self, budget: super::memory_budget::MemoryBudget) -> Self {
+        self.memory = Some(budget);
+        self
     }
 
     /// The same client, keeping decoded segments in `cache` for later

@@ -5,8 +5,10 @@
 
 mod blob_client;
 mod commit;
+mod cpu;
 pub mod deadline;
 mod delete;
+pub mod memory_budget;
 mod node_client;
 mod prepare;
 pub mod quorum;
@@ -19,6 +21,7 @@ pub use blob_client::{BlobClient, BlobIoError};
 pub use commit::{commit_verdict, CommitVerdict};
 pub use deadline::Deadlines;
 pub use delete::DeleteOutcome;
+pub use memory_budget::{MemoryBudget, MemoryReservation};
 pub use node_client::{NodeCallError, NodeCalls, NodeClient, DEFAULT_MAX_INVENTORY_BLOBS};
 pub use prepare::{Prepared, Preparer};
 pub use range::{segment_spans, RangeStream};

@@ -1,13 +1,17 @@
 //! The first pass of a write, run while the upload arrives: each segment's
 //! hashes are computed as soon as the segment is complete, so the blob's
 //! metadata is ready when its last byte is. A blob of one segment is
-//! encoded whole (and its slivers kept for shipping).
+//! encoded whole (and its slivers kept for shipping). Each segment held
+//! (arriving, or being hashed) is reserved from the process's upload
+//! memory budget first, when there is one.
 
 use std::time::Instant;
 
 use tokio::task::JoinHandle;
 
 use super::blob_client::BlobIoError;
+use super::cpu;
+use super::memory_budget::{self, segment_footprint, MemoryBudget, MemoryReservation};
 use crate::codec::{
     encode_segment_shared, segment_hashes, BlobEncoder, BlobLayout, BlobMetadata, EncodeError,
     EncodedSegment, SegmentHashes,
@@ -21,6 +25,8 @@ pub struct Prepared {
     pub metadata: BlobMetadata,
     /// Segment 0, encoded, when it is the only one.
     pub first: Option<EncodedSegment>,
+    /// The memory budget reserved for `first`, held until it is shipped.
+    pub held: MemoryReservation,
 }
 
 /// Cuts an upload into segments as it arrives and hashes each complete
@@ -28,23 +34,57 @@ pub struct Prepared {
 pub struct Preparer {
     encoder: BlobEncoder,
     metrics: Option<GatewayMetrics>,
+    memory: Option<MemoryBudget>,
+    /// Bytes the upload says it has, when it says.
+    expected: Option<u64>,
     pending: Vec<u8>,
+    /// The budget reserved for the segment in `pending`.
+    pending_held: MemoryReservation,
     hashes: Vec<SegmentHashes>,
-    hashing: Option<JoinHandle<SegmentHashes>>,
+    /// The segment being hashed (holding its reservation until it is).
+    hashing: Option<JoinHandle<std::io::Result<SegmentHashes>>>,
     total: u64,
 }
 
 impl Preparer {
-    /// A first pass for blobs encoded by `encoder`.
-    pub fn new(encoder: BlobEncoder, metrics: Option<GatewayMetrics>) -> Self {
+    /// A first pass for blobs encoded by `encoder`; segments held are
+    /// reserved from `memory` when given.
+    pub fn new(
+        encoder: BlobEncoder,
+        metrics: Option<GatewayMetrics>,
+        memory: Option<MemoryBudget>,
+    ) -> Self {
         Self {
             encoder,
             metrics,
+            memory,
+            expected: None,
             pending: Vec::new(),
+            pending_held: MemoryReservation::default(),
             hashes: Vec::new(),
             hashing: None,
             total: 0,
         }
+    }
+
+    /// Tells how many bytes the upload declares, so that a short blob
+    /// reserves only what it needs.
+    pub fn expect_len(&mut self, len: Option<u64>) {
+        self.expected = len;
+    }
+
+    /// Reserves the budget for the segment starting at `self.total` and
+    /// makes room for its bytes at once (no regrowing).
+    async fn start_segment(&mut self) {
+        let segment_size = self.encoder.segment_size();
+        let len = match self.expected {
+            Some(expected) if expected > self.total => (expected - self.total).min(segment_size),
+            _ => segment_size,
+        };
+        let config = self.encoder.config();
+        self.pending_held =
+            memory_budget::reserve(self.memory.as_ref(), segment_footprint(&config, len)).await;
+        self.pending = Vec::with_capacity(len as usize);
     }
 
     /// Takes the next bytes of the upload. A segment is hashed once a byte
@@ -55,6 +95,9 @@ impl Preparer {
         while !chunk.is_empty() {
             if self.pending.len() == segment_size {
                 self.hash_pending().await?;
+            }
+            if self.pending.is_empty() {
+                self.start_segment().await;
             }
             let take = (segment_size - self.pending.len()).min(chunk.len());
             self.pending.extend_from_slice(&chunk[..take]);
@@ -69,14 +112,18 @@ impl Preparer {
         // Refuse a too-large blob before spending work on its segment.
         self.layout()?;
         let data = std::mem::take(&mut self.pending);
+        let held = std::mem::take(&mut self.pending_held);
         let config = self.encoder.config();
         let metrics = self.metrics.clone();
-        self.hashing = Some(tokio::task::spawn_blocking(move || {
+        // The reservation goes with the segment and is given back as soon
+        // as it is hashed: this upload may be waiting for it to go on.
+        self.hashing = Some(tokio::spawn(cpu::run(move || {
             let start = Instant::now();
             let hashes = segment_hashes(config, &data);
             observe(&metrics, start);
+            drop((data, held));
             hashes
-        }));
+        })));
         Ok(())
     }
 
@@ -84,7 +131,7 @@ impl Preparer {
         if let Some(hashing) = self.hashing.take() {
             let hashes = hashing
                 .await
-                .map_err(|e| BlobIoError::Io(std::io::Error::other(e)))?;
+                .map_err(|e| BlobIoError::Io(std::io::Error::other(e)))??;
             self.hashes.push(hashes);
         }
         Ok(())
@@ -106,34 +153,42 @@ impl Preparer {
         let layout = self.layout()?;
         let config = self.encoder.config();
         let data = std::mem::take(&mut self.pending);
+        let held = std::mem::take(&mut self.pending_held);
         let metrics = self.metrics.clone();
         let index = self.hashes.len() as u32;
         let first = if index == 0 {
-            let segment = tokio::task::spawn_blocking(move || {
+            let segment = cpu::run(move || {
                 let start = Instant::now();
                 let segment = encode_segment_shared(config, 0, bytes::Bytes::from(data));
                 observe(&metrics, start);
                 segment
             })
-            .await
-            .map_err(|e| BlobIoError::Io(std::io::Error::other(e)))?;
+            .await?;
             self.hashes.push(segment.hashes.clone());
-            Some(segment)
+            Some((segment, held))
         } else {
-            let hashes = tokio::task::spawn_blocking(move || {
+            let hashes = cpu::run(move || {
                 let start = Instant::now();
                 let hashes = segment_hashes(config, &data);
                 observe(&metrics, start);
                 hashes
             })
-            .await
-            .map_err(|e| BlobIoError::Io(std::io::Error::other(e)))?;
+            .await?;
             self.hashes.push(hashes);
+            drop(held);
             None
         };
         let metadata = BlobMetadata::new(layout, self.hashes)
             .map_err(|e| BlobIoError::Io(std::io::Error::other(e)))?;
-        Ok(Prepared { metadata, first })
+        let (first, held) = match first {
+            Some((segment, held)) => (Some(segment), held),
+            None => (None, MemoryReservation::default()),
+        };
+        Ok(Prepared {
+            metadata,
+            first,
+            held,
+        })
     }
 }
 
@@ -161,7 +216,7 @@ mod tests {
             let data = bytes(len);
             let (expected, segments) = encoder.encode(&data).unwrap();
             for chunk in [1usize, 7, 1000, 4096, 5000, 1 << 20] {
-                let mut preparer = Preparer::new(encoder, None);
+                let mut preparer = Preparer::new(encoder, None, None);
                 for piece in data.chunks(chunk) {
                     preparer.push(piece).await.unwrap();
                 }

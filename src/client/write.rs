@@ -15,6 +15,10 @@
 //!    commit on every node (`commit`), and answer once nodes of n - f
 //!    shards recorded it.
 //!
+//! Every segment held in memory (encoded ahead, or being shipped) is
+//! reserved first from the process's upload memory budget, when there is
+//! one (see `memory_budget`).
+//!
 //! A write that fails before its commit leaves only staged pieces: aborted
 //! on the nodes that answer, collected after their TTL elsewhere, never
 //! visible. A commit is never withdrawn (a reader may already have seen
@@ -32,6 +36,7 @@ use futures_util::future::join_all;
 
 use super::blob_client::{BlobClient, BlobIoError};
 use super::commit::CommitVerdict;
+use super::memory_budget::{self, segment_footprint, MemoryReservation};
 use super::prepare::{Prepared, Preparer};
 use super::quorum::collect_states;
 use crate::blob_state::{next_generation, now_nanos};
@@ -100,10 +105,14 @@ impl BlobClient {
     /// for one segment, its encoding).
     pub async fn prepare_file(&self, path: &Path) -> Result<Prepared, BlobIoError> {
         let encoder = self.encoder()?;
-        let single = std::fs::metadata(path)?.len() <= self.map.segment_size;
+        let len = std::fs::metadata(path)?.len();
+        let single = len <= self.map.segment_size;
+        // One segment at a time is held: read, hashed (or, alone, kept).
+        let footprint = segment_footprint(&encoder.config(), len.min(self.map.segment_size));
+        let held = memory_budget::reserve(self.memory.as_ref(), footprint).await;
         let metrics = self.metrics.clone();
         let path_buf = path.to_path_buf();
-        tokio::task::spawn_blocking(move || -> Result<_, BlobIoError> {
+        super::cpu::run(move || -> Result<_, BlobIoError> {
             let start = Instant::now();
             let mut first = None;
             let metadata = encoder.encode_reader_keeping(
@@ -117,15 +126,27 @@ impl BlobClient {
             if let Some(m) = &metrics {
                 m.encode_duration.observe(start.elapsed().as_secs_f64());
             }
-            Ok(Prepared { metadata, first })
+            let held = if first.is_some() {
+                held
+            } else {
+                MemoryReservation::default()
+            };
+            Ok(Prepared {
+                metadata,
+                first,
+                held,
+            })
         })
-        .await
-        .expect("encoder task")
+        .await?
     }
 
     /// A first pass to feed an upload as it arrives (see [`Preparer`]).
     pub fn preparer(&self) -> Result<Preparer, BlobIoError> {
-        Ok(Preparer::new(self.encoder()?, self.metrics.clone()))
+        Ok(Preparer::new(
+            self.encoder()?,
+            self.metrics.clone(),
+            self.memory.clone(),
+        ))
     }
 
     fn encoder(&self) -> Result<BlobEncoder, BlobIoError> {
@@ -147,7 +168,11 @@ impl BlobClient {
     {
         let config = self.config()?;
         let quorum = self.quorum()?;
-        let Prepared { metadata, first } = prepared;
+        let Prepared {
+            metadata,
+            first,
+            held,
+        } = prepared;
         if metadata.config() != config || metadata.layout().segment_size() != self.map.segment_size
         {
             return Err(BlobIoError::Map(
@@ -166,11 +191,11 @@ impl BlobClient {
         // Segment k + 1 is read and encoded while segment k is shipped.
         let count = metadata.segment_count() as u32;
         let mut next = Some(match first {
-            Some(segment) => tokio::spawn(async move { Ok(segment) }),
+            Some(segment) => tokio::spawn(async move { Ok((segment, held)) }),
             None => self.encode_again(&metadata, path, 0),
         });
         for index in 0..count {
-            let segment = next
+            let (segment, _held) = next
                 .take()
                 .expect("each segment is encoded ahead")
                 .await
@@ -214,20 +239,41 @@ impl BlobClient {
         })
     }
 
-    /// Reads segment `index` of the blob in the file at `path` and encodes
-    /// it, on a blocking thread.
+    /// Reserves the memory for segment `index` of the blob in the file at
+    /// `path`, then reads and encodes it on a blocking thread; the
+    /// reservation comes back with the segment, to be held until it is
+    /// shipped.
     fn encode_again(
         &self,
         metadata: &BlobMetadata,
         path: &Path,
         index: u32,
-    ) -> tokio::task::JoinHandle<Result<EncodedSegment, BlobIoError>> {
+    ) -> tokio::task::JoinHandle<Result<(EncodedSegment, MemoryReservation), BlobIoError>> {
         let layout = metadata.segment_layout(index).expect("index in range");
         let offset = metadata.layout().segment_offset(index.into());
         let metrics = self.metrics.clone();
         let config = metadata.config();
         let path = path.to_path_buf();
-        tokio::task::spawn_blocking(move || {
+        let memory = self.memory.clone();
+        tokio::spawn(async move {
+            let footprint = segment_footprint(&config, layout.len());
+            let held = memory_budget::reserve(memory.as_ref(), footprint).await;
+            let segment =
+                Self::read_and_encode(path, offset, index, layout, config, metrics).await?;
+            Ok((segment, held))
+        })
+    }
+
+    /// Reads one segment of a file and encodes it, on a blocking thread.
+    async fn read_and_encode(
+        path: std::path::PathBuf,
+        offset: u64,
+        index: u32,
+        layout: crate::codec::SegmentLayout,
+        config: crate::codec::EncodingConfig,
+        metrics: Option<crate::metrics::GatewayMetrics>,
+    ) -> Result<EncodedSegment, BlobIoError> {
+        super::cpu::run(move || -> Result<EncodedSegment, BlobIoError> {
             let mut file = File::open(&path)?;
             file.seek(SeekFrom::Start(offset))?;
             let mut data = vec![0u8; layout.len() as usize];
@@ -239,6 +285,7 @@ impl BlobClient {
             }
             Ok(segment)
         })
+        .await?
     }
 
     /// Shards that got a segment, counting only those that staged it.

@@ -11,9 +11,11 @@
 //! PUT and DELETE need `Authorization: Bearer USER_TOKEN`; so do reads and
 //! status unless anonymous reads are allowed. An upload is spooled to a
 //! temporary file as it streams in (it is read twice when it spans several
-//! segments, see `client`), so memory holds one segment per upload
-//! whatever the blob's size; at most a configured number of uploads run at
-//! once (503 with Retry-After beyond), and a full spool answers 507.
+//! segments, see `client`), so an upload holds two segments at most
+//! whatever the blob's size, and all uploads together hold at most the
+//! configured upload memory (an upload past it waits, reading its body no
+//! further); at most a configured number of uploads run at once (503 with
+//! Retry-After beyond), and a full spool answers 507.
 //! Nothing is visible before the write committed on a quorum: a failed or
 //! interrupted upload leaves no blob behind (its staged pieces are
 //! aborted, or collected by the nodes after their TTL). The spool is
@@ -69,6 +71,8 @@ pub struct GatewayConfig {
     pub max_spool_bytes: Option<u64>,
     /// Uploads handled at once (503 with Retry-After beyond).
     pub max_uploads: usize,
+    /// Bytes of segments all uploads together may hold in memory.
+    pub upload_memory_bytes: u64,
     /// The cluster token, sent to nodes.
     pub cluster_tokens: Arc<TokenSet>,
     /// The user tokens accepted from clients.
@@ -96,6 +100,7 @@ impl GatewayConfig {
             max_blob_bytes: 1 << 40,
             max_spool_bytes: None,
             max_uploads: 8,
+            upload_memory_bytes: crate::client::memory_budget::DEFAULT_UPLOAD_MEMORY,
             cluster_tokens,
             user_tokens,
             anonymous_reads: false,
@@ -114,6 +119,8 @@ struct GatewayState {
     max_blob_bytes: u64,
     uploads: Arc<tokio::sync::Semaphore>,
     uploads_capacity: usize,
+    /// What the segments of all uploads may hold in memory.
+    upload_memory: crate::client::MemoryBudget,
     user_tokens: Arc<TokenSet>,
     anonymous_reads: bool,
     status: StatusBoard,
@@ -130,7 +137,8 @@ impl GatewayState {
         })?;
         Ok(
             BlobClient::new(self.calls.clone(), map, Some(self.metrics.clone()))
-                .with_segment_cache(self.segments.clone()),
+                .with_segment_cache(self.segments.clone())
+                .with_memory_budget(self.upload_memory.clone()),
         )
     }
 }
@@ -151,7 +159,8 @@ impl Door {
             .ok_or("no fleet map yet: the control loop has not published one")?;
         Ok(
             BlobClient::new(self.0.calls.clone(), map, Some(self.0.metrics.clone()))
-                .with_segment_cache(self.0.segments.clone()),
+                .with_segment_cache(self.0.segments.clone())
+                .with_memory_budget(self.0.upload_memory.clone()),
         )
     }
 
@@ -213,6 +222,7 @@ impl Gateway {
             max_blob_bytes: config.max_blob_bytes,
             uploads: Arc::new(tokio::sync::Semaphore::new(config.max_uploads.max(1))),
             uploads_capacity: config.max_uploads.max(1),
+            upload_memory: crate::client::MemoryBudget::new(config.upload_memory_bytes),
             user_tokens: config.user_tokens.clone(),
             anonymous_reads: config.anonymous_reads,
             status,

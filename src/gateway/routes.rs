@@ -78,6 +78,15 @@ pub(super) async fn metrics_text(State(state): State<Arc<GatewayState>>) -> impl
         .metrics
         .uploads_in_flight
         .set((state.uploads_capacity - state.uploads.available_permits()) as i64);
+    let memory = &state.upload_memory;
+    state
+        .metrics
+        .upload_memory_reserved
+        .set(i64::try_from(memory.in_use()).unwrap_or(i64::MAX));
+    state
+        .metrics
+        .upload_memory_budget
+        .set(i64::try_from(memory.capacity()).unwrap_or(i64::MAX));
     let mut text = crate::metrics::render(&state.registry);
     if let Some(extra) = state.extra_metrics.read().expect("not poisoned").as_ref() {
         text.push_str(&crate::metrics::render(extra));
@@ -163,6 +172,7 @@ pub(super) async fn put_blob(
     let mut spooled = state.spool.create(declared).map_err(spool_error)?;
     // The metadata is computed as the bytes arrive, segment by segment.
     let mut preparer = client.preparer().map_err(io_error)?;
+    preparer.expect_len(declared);
     let mut stream = request.into_body().into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("upload interrupted: {e}")))?;

@@ -108,8 +108,10 @@ impl Spool {
     }
 }
 
-/// Bytes gathered before each write to a spool file.
-const SPOOL_WRITE_BUFFER: usize = 4 << 20;
+/// Bytes gathered before each write to a spool file. Every upload holds
+/// this (and tokio's copy of it while it is written) outside the upload
+/// memory budget, so it stays small.
+const SPOOL_WRITE_BUFFER: usize = 256 << 10;
 
 /// One upload's spool file; removed (and its bytes released) on drop.
 pub struct SpoolFile {

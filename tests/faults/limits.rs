@@ -531,3 +531,119 @@ async fn a_node_whose_repair_peers_flood_their_symbols_keeps_its_memory_within_i
         FLOOD >> 20
     );
 }
+
+/// Starts a gateway process in front of `fleet` with these upload limits.
+fn gateway_with_upload_memory(
+    fleet: &DevFleet,
+    spool: &std::path::Path,
+    upload_memory: &str,
+) -> (crate::procs::Process, String) {
+    let data_dir = fleet.data_dir();
+    let path = |name: &str| data_dir.join(name).to_str().unwrap().to_string();
+    spawn(&[
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--fleet",
+        &path("fleet.json"),
+        "--cluster-token-file",
+        &path("cluster-token"),
+        "--user-tokens-file",
+        &path("token"),
+        "--spool-dir",
+        spool.to_str().unwrap(),
+        "--max-uploads",
+        "16",
+        "--upload-memory",
+        upload_memory,
+    ])
+}
+
+/// Puts one blob of `len` bytes through `url` (the gateway warms up: its
+/// threads, pools and allocator), then `count` different ones at once, and
+/// reads each back; returns how much the concurrent puts raised the
+/// gateway's peak memory over the single one's, in KiB.
+async fn concurrent_puts_growth_kib(
+    http: &reqwest::Client,
+    url: &str,
+    pid: u32,
+    count: u64,
+    len: usize,
+) -> u64 {
+    let warm_up = http
+        .put(format!("{url}/v1/blobs"))
+        .body(pseudo_random(len, 899))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(warm_up.status(), 201);
+    let blobs: Vec<Vec<u8>> = (0..count).map(|i| pseudo_random(len, 900 + i)).collect();
+    let before = peak_kib(pid);
+    let puts = futures_util::future::join_all(blobs.iter().map(|blob| {
+        let request = http
+            .put(format!("{url}/v1/blobs"))
+            .body(blob.clone())
+            .send();
+        async move {
+            let response = request.await.unwrap();
+            assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+            let answer: serde_json::Value = response.json().await.unwrap();
+            answer["id"].as_str().unwrap().to_string()
+        }
+    }));
+    let ids = within("the concurrent uploads", puts).await;
+    let growth = peak_kib(pid).saturating_sub(before);
+    for (id, blob) in ids.iter().zip(&blobs) {
+        let got = http
+            .get(format!("{url}/v1/blobs/{id}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(got.status(), 200);
+        assert!(
+            got.bytes().await.unwrap() == blob[..],
+            "blob {id} reads back"
+        );
+    }
+    growth
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_uploads_hold_no_more_memory_than_the_gateways_upload_budget_and_all_complete() {
+    let fleet = DevFleet::start(&[]);
+    fleet.wait_for("nodes ready", all_ready).await;
+    let spool = tempfile::tempdir().unwrap();
+    // A budget below one segment's footprint (1 MiB segments at n = 7
+    // need about 4 MiB each): every segment takes the whole budget, so the
+    // sixteen uploads hold one segment at a time between them, and still
+    // all complete.
+    let (gateway, url) = gateway_with_upload_memory(&fleet, spool.path(), "2MiB");
+    let growth = concurrent_puts_growth_kib(&fleet.http, &url, gateway.0.id(), 16, 6 << 20).await;
+    // What the budget lets through: one segment at a time, whose encoding
+    // and its buffers take up to about 8 MiB (the budget counts 4: the
+    // slivers and leaf hashes). Beside it each upload in flight holds what
+    // no budget covers: a hyper buffer (counted per connection), the
+    // spool's 256 KiB write buffer and tokio's copy of it, and its share of
+    // the allocator's per-thread caches: 1 MiB more each. Without the
+    // budget the same uploads raised the peak by 180 MiB.
+    let bound = growth_bound_kib((8 << 20) + 16 * (1 << 20), 16);
+    eprintln!("16 uploads raised the gateway's peak by {growth} KiB (bound {bound} KiB)");
+    assert!(
+        growth < bound,
+        "the gateway's peak memory grew by {growth} KiB during 16 uploads (bound {bound} KiB)"
+    );
+    let metrics = fleet
+        .http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("redstuff_gateway_upload_memory_reserved_bytes 0")
+            && metrics.contains("redstuff_gateway_upload_memory_budget_bytes 2097152"),
+        "every reservation is given back once the uploads end:\n{metrics}"
+    );
+}
