@@ -118,6 +118,9 @@ fn message_rows<'a, R>(
         .collect()
 }
 
+/// Rows of E whose leaves are held at once (a power of two).
+const ROW_BATCH: usize = 64;
+
 struct ExpandedSegment {
     hashes: SegmentHashes,
     /// Primary slivers p..n.
@@ -189,30 +192,61 @@ fn expand_segment<R: AsRef<[u8]> + Sync>(
             }
         }
     }
-    let mut leaves: Vec<Hash> = vec![[0u8; 32]; n * n];
-    let primary_hashes: Vec<Hash> = leaves
-        .par_chunks_mut(n)
-        .zip(rows.par_iter())
-        .zip(row_targets.into_par_iter())
-        .map_init(
-            || vec![0u8; (n - q) * s],
-            |extension, ((leaf_row, row), targets)| {
-                line::extend_into(row, s, extension);
-                line::leaves_into(row, extension, s, leaf_row);
-                for (target, symbol) in targets.into_iter().flatten().zip(extension.chunks(s)) {
-                    target.copy_from_slice(symbol);
-                }
-                merkle::root(leaf_row)
-            },
-        )
-        .collect();
-
-    // 3. Column roots reuse the same leaves.
-    let secondary_hashes: Vec<Hash> = (0..n)
-        .into_par_iter()
-        .map(|j| merkle::root_of(n, |k| leaves[k * n + j]))
-        .collect();
+    //    Rows go in batches of `batch` (a power of two): a batch's leaves
+    //    are the leaves of one aligned subtree of every column's tree, so
+    //    each column keeps only that subtree's root, and the n^2 leaves
+    //    are never held at once (32 MiB at n = 1000).
+    let width = n.next_power_of_two();
+    let batch = ROW_BATCH.min(width);
+    let batches = width / batch;
+    let empty = merkle::empty_hash();
+    let mut leaves: Vec<Hash> = vec![[0u8; 32]; batch * n];
+    let mut primary_hashes: Vec<Hash> = Vec::with_capacity(n);
+    // Column-major: the subtree roots of column j at j * batches ...
+    let mut column_subtrees: Vec<Hash> = vec![[0u8; 32]; n * batches];
+    let mut row_targets = row_targets.into_iter();
+    for b in 0..batches {
+        let first = (b * batch).min(n);
+        let count = (n - first).min(batch);
+        let targets: Vec<Option<Vec<&mut [u8]>>> = row_targets.by_ref().take(count).collect();
+        let hashes: Vec<Hash> = leaves[..count * n]
+            .par_chunks_mut(n)
+            .zip(rows[first..first + count].par_iter())
+            .zip(targets.into_par_iter())
+            .map_init(
+                || vec![0u8; (n - q) * s],
+                |extension, ((leaf_row, row), targets)| {
+                    line::extend_into(row, s, extension);
+                    line::leaves_into(row, extension, s, leaf_row);
+                    for (target, symbol) in targets.into_iter().flatten().zip(extension.chunks(s)) {
+                        target.copy_from_slice(symbol);
+                    }
+                    merkle::root(leaf_row)
+                },
+            )
+            .collect();
+        primary_hashes.extend(hashes);
+        // 3. The column subtrees over this batch's rows, padded with the
+        //    empty leaf past row n.
+        let leaves = &leaves;
+        column_subtrees
+            .par_chunks_mut(batches)
+            .enumerate()
+            .for_each_init(
+                || Vec::with_capacity(batch),
+                |column, (j, subtrees)| {
+                    column.clear();
+                    column.extend((0..count).map(|r| leaves[r * n + j]));
+                    column.resize(batch, empty);
+                    subtrees[b] = merkle::root(column);
+                },
+            );
+    }
     drop(leaves);
+    let secondary_hashes: Vec<Hash> = column_subtrees
+        .par_chunks(batches)
+        .map(merkle::root)
+        .collect();
 
     // The systematic part of the secondary slivers: the first q columns of
     // the message rows.
@@ -335,5 +369,37 @@ impl BlobEncoder {
             Ok(())
         })?;
         Ok((metadata, segments))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::line::sliver_hash;
+
+    #[test]
+    fn every_sliver_hash_is_the_root_over_its_own_expanded_line_whatever_n() {
+        // n = 65, 100 and 513 span several row batches, 513 also whole
+        // batches of padding rows past n.
+        for n in [4u16, 7, 64, 65, 100, 513] {
+            let config = EncodingConfig::new(n).unwrap();
+            let data: Vec<u8> = (0..5000u32).map(|i| (i * 7 + u32::from(n)) as u8).collect();
+            let segment = encode_segment_shared(config, 0, Bytes::from(data.clone()));
+            for (i, sliver) in segment.primary.iter().enumerate() {
+                assert_eq!(
+                    sliver_hash(sliver),
+                    *segment.hashes.primary(i),
+                    "n {n}: primary {i}"
+                );
+            }
+            for (j, sliver) in segment.secondary.iter().enumerate() {
+                assert_eq!(
+                    sliver_hash(sliver),
+                    *segment.hashes.secondary(j),
+                    "n {n}: secondary {j}"
+                );
+            }
+            assert_eq!(segment_hashes(config, &data), segment.hashes, "n {n}");
+        }
     }
 }
