@@ -145,8 +145,15 @@ pub async fn get(
     } else {
         progress(len, "downloading")
     };
-    // Write next to the target and rename at the end: no half file on failure.
-    let partial = output.with_extension("partial");
+    // Write next to the target and rename at the end: no half file on
+    // failure. A device or a pipe (`-o /dev/null`) is written in place: a
+    // rename would replace it with a regular file.
+    let in_place = writes_in_place(output);
+    let partial = if in_place {
+        output.to_path_buf()
+    } else {
+        output.with_extension("partial")
+    };
     let mut file = if to_stdout {
         None
     } else {
@@ -162,7 +169,7 @@ pub async fn get(
         let chunk = match chunk {
             Ok(chunk) => chunk,
             Err(e) => {
-                if file.is_some() {
+                if file.is_some() && !in_place {
                     let _ = tokio::fs::remove_file(&partial).await;
                 }
                 anyhow::bail!("download interrupted after {received} of {len} bytes: {e}");
@@ -178,14 +185,23 @@ pub async fn get(
     bar.finish_and_clear();
     if let Some(mut f) = file {
         f.flush().await?;
-        f.sync_all().await?;
         anyhow::ensure!(
             received == len,
             "download ended after {received} of {len} bytes"
         );
-        tokio::fs::rename(&partial, output).await?;
+        if !in_place {
+            f.sync_all().await?;
+            tokio::fs::rename(&partial, output).await?;
+        }
     }
     Ok(())
+}
+
+/// Whether `get` writes straight into `output` rather than into a partial
+/// file renamed onto it: when it exists and is neither a regular file nor
+/// a directory (a device, a pipe).
+fn writes_in_place(output: &Path) -> bool {
+    std::fs::metadata(output).is_ok_and(|m| !m.is_file() && !m.is_dir())
 }
 
 /// `redstuff status`: the fleet as a table, or JSON.

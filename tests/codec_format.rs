@@ -46,8 +46,18 @@ fn objects() -> Vec<(&'static str, Vec<u8>)> {
 fn parse(name: &str, bytes: &[u8]) -> Result<(), FormatError> {
     match name {
         "metadata" => BlobMetadata::from_bytes(bytes).map(drop),
-        "primary sliver" => PrimarySliver::from_bytes(bytes).map(drop),
-        "secondary sliver" => SecondarySliver::from_bytes(bytes).map(drop),
+        "primary sliver" => {
+            let shared = PrimarySliver::from_shared(bytes::Bytes::copy_from_slice(bytes));
+            let copied = PrimarySliver::from_bytes(bytes);
+            assert_eq!(shared, copied, "both parsers agree");
+            copied.map(drop)
+        }
+        "secondary sliver" => {
+            let shared = SecondarySliver::from_shared(bytes::Bytes::copy_from_slice(bytes));
+            let copied = SecondarySliver::from_bytes(bytes);
+            assert_eq!(shared, copied, "both parsers agree");
+            copied.map(drop)
+        }
         "primary symbol" => RecoverySymbol::<Primary>::from_bytes(bytes).map(drop),
         "secondary symbol" => RecoverySymbol::<Secondary>::from_bytes(bytes).map(drop),
         other => panic!("unknown object {other}"),
@@ -82,6 +92,20 @@ fn every_object_round_trips() {
             back.verify(&metadata).unwrap();
         }
     }
+}
+
+#[test]
+fn a_sliver_parsed_from_shared_bytes_keeps_its_data_in_them() {
+    let (_, segments) = sample();
+    let sliver = &segments[0].primary[2];
+    let bytes = bytes::Bytes::from(sliver.to_bytes());
+    let range = bytes.as_ptr_range();
+    let parsed = PrimarySliver::from_shared(bytes.clone()).unwrap();
+    assert_eq!(&parsed, sliver);
+    assert!(
+        range.contains(&parsed.data().as_ptr()),
+        "the data is a slice of the bytes it was parsed from, not a copy"
+    );
 }
 
 #[test]

@@ -197,7 +197,7 @@ impl BlobClient {
             }
             let expected = rotation.pair_of_shard(shard.into()) as u16;
             match answer {
-                Ok(Some(bytes)) => match PrimarySliver::from_bytes(&bytes) {
+                Ok(Some(bytes)) => match PrimarySliver::from_shared(bytes.into()) {
                     Ok(sliver) if sliver.index() == expected && sliver.segment() == index => {
                         valid.push((node, sliver));
                     }

@@ -291,8 +291,21 @@ impl<A: Axis> Sliver<A> {
         out
     }
 
-    /// Parses a sliver of this axis.
+    /// Parses a sliver of this axis; its data is copied out of `bytes`.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, FormatError> {
+        let (shape, data) = Self::parse(bytes)?;
+        Ok(shape.sliver(data.to_vec()))
+    }
+
+    /// Parses a sliver of this axis whose data stays where it is: a slice
+    /// of `bytes`, not a copy.
+    pub fn from_shared(bytes: bytes::Bytes) -> Result<Self, FormatError> {
+        let (shape, data) = Self::parse(&bytes)?;
+        let data = bytes.slice_ref(data);
+        Ok(shape.sliver(data))
+    }
+
+    fn parse(bytes: &[u8]) -> Result<(SliverShape, &[u8]), FormatError> {
         let what = match A::KIND {
             SliverKind::Primary => "primary sliver",
             SliverKind::Secondary => "secondary sliver",
@@ -303,9 +316,36 @@ impl<A: Axis> Sliver<A> {
         let index = r.index("sliver index", &config)?;
         let segment = r.u32()?;
         let symbol_size = r.symbol_size(&config)?;
-        let data = r.take((A::symbols(&config) * symbol_size) as u64)?.to_vec();
+        let data = r.take((A::symbols(&config) * symbol_size) as u64)?;
         r.finish()?;
-        Ok(Sliver::new(config, index, segment, symbol_size, data).expect("checked shape"))
+        let shape = SliverShape {
+            config,
+            index,
+            segment,
+            symbol_size,
+        };
+        Ok((shape, data))
+    }
+}
+
+/// A parsed sliver header, checked against the data length that follows.
+struct SliverShape {
+    config: EncodingConfig,
+    index: u16,
+    segment: u32,
+    symbol_size: usize,
+}
+
+impl SliverShape {
+    fn sliver<A: Axis>(self, data: impl Into<bytes::Bytes>) -> Sliver<A> {
+        Sliver::new(
+            self.config,
+            self.index,
+            self.segment,
+            self.symbol_size,
+            data,
+        )
+        .expect("checked shape")
     }
 }
 

@@ -170,6 +170,7 @@ pub(super) async fn put_sliver(
     )
     .await?;
     blocking(move || {
+        let body = bytes::Bytes::from(body);
         match path.kind {
             SliverKind::Primary => check_sliver::<Primary>(&metadata, &path, pair, &body)?,
             SliverKind::Secondary => check_sliver::<Secondary>(&metadata, &path, pair, &body)?,
@@ -221,18 +222,19 @@ pub(super) async fn put_pair(
         )));
     }
     blocking(move || {
-        let (primary, secondary) = body.split_at(primary_len);
+        let body = bytes::Bytes::from(body);
+        let (primary, secondary) = (body.slice(..primary_len), body.slice(primary_len..));
         let path = |kind| SliverPath {
             id,
             segment,
             shard,
             kind,
         };
-        check_sliver::<Primary>(&metadata, &path(SliverKind::Primary), pair, primary)?;
-        check_sliver::<Secondary>(&metadata, &path(SliverKind::Secondary), pair, secondary)?;
+        check_sliver::<Primary>(&metadata, &path(SliverKind::Primary), pair, &primary)?;
+        check_sliver::<Secondary>(&metadata, &path(SliverKind::Secondary), pair, &secondary)?;
         state
             .store
-            .put_pair(&id, segment, shard, primary, secondary)
+            .put_pair(&id, segment, shard, &primary, &secondary)
             .map_err(|e| store_error(&state, e))?;
         Ok(StatusCode::CREATED)
     })
@@ -243,9 +245,9 @@ fn check_sliver<A: Axis>(
     metadata: &BlobMetadata,
     path: &SliverPath,
     pair: u16,
-    body: &[u8],
+    body: &bytes::Bytes,
 ) -> Result<(), ApiError> {
-    let sliver = Sliver::<A>::from_bytes(body)
+    let sliver = Sliver::<A>::from_shared(body.clone())
         .map_err(|e| ApiError::bad_request(format!("invalid {} sliver: {e}", A::KIND)))?;
     if sliver.segment() != path.segment {
         return Err(ApiError::unprocessable(format!(

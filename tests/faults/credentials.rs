@@ -268,6 +268,38 @@ async fn the_gateway_requires_the_user_token_and_the_cli_sends_it_from_the_flag_
     let by_flag = get(None, Some(&user));
     assert!(by_flag.status.success(), "{by_flag:?}");
     assert!(std::fs::read(out).unwrap() == second);
+    // Into a pipe (as into /dev/null): written in place, still a pipe
+    // after, never renamed over.
+    let pipe = dir.path().join("pipe");
+    let c_pipe = std::ffi::CString::new(pipe.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c_pipe.as_ptr(), 0o600) }, 0);
+    let (read_tx, read_rx) = std::sync::mpsc::channel();
+    std::thread::spawn({
+        let pipe = pipe.clone();
+        move || read_tx.send(std::fs::read(pipe).unwrap())
+    });
+    let into_pipe = cli(
+        dir.path(),
+        &[
+            "get",
+            &second_id,
+            "-o",
+            pipe.to_str().unwrap(),
+            "--gateway",
+            &gateway,
+        ],
+        Some(&user),
+    );
+    assert!(into_pipe.status.success(), "{into_pipe:?}");
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        std::fs::metadata(&pipe).unwrap().file_type().is_fifo(),
+        "the pipe was replaced by a regular file"
+    );
+    let got = read_rx
+        .recv_timeout(crate::NO_HANG)
+        .expect("the pipe got nothing");
+    assert!(got == second, "the pipe got the blob");
     let status = cli(dir.path(), &["status", "--gateway", &gateway], None);
     assert!(refused(&status), "{status:?}");
     let status = cli(
