@@ -30,7 +30,7 @@ pub struct Prepared {
 }
 
 /// Cuts an upload into segments as it arrives and hashes each complete
-/// one on a blocking thread, one at a time, while the next arrives.
+/// one on rayon's pool, one at a time, while the next arrives.
 pub struct Preparer {
     encoder: BlobEncoder,
     metrics: Option<GatewayMetrics>,
@@ -156,7 +156,7 @@ impl Preparer {
         let held = std::mem::take(&mut self.pending_held);
         let metrics = self.metrics.clone();
         let index = self.hashes.len() as u32;
-        let first = if index == 0 {
+        let (first, held) = if index == 0 {
             let segment = cpu::run(move || {
                 let start = Instant::now();
                 let segment = encode_segment_shared(config, 0, bytes::Bytes::from(data));
@@ -165,25 +165,21 @@ impl Preparer {
             })
             .await?;
             self.hashes.push(segment.hashes.clone());
-            Some((segment, held))
+            (Some(segment), held)
         } else {
             let hashes = cpu::run(move || {
                 let start = Instant::now();
                 let hashes = segment_hashes(config, &data);
                 observe(&metrics, start);
+                drop((data, held));
                 hashes
             })
             .await?;
             self.hashes.push(hashes);
-            drop(held);
-            None
+            (None, MemoryReservation::default())
         };
         let metadata = BlobMetadata::new(layout, self.hashes)
             .map_err(|e| BlobIoError::Io(std::io::Error::other(e)))?;
-        let (first, held) = match first {
-            Some((segment, held)) => (Some(segment), held),
-            None => (None, MemoryReservation::default()),
-        };
         Ok(Prepared {
             metadata,
             first,

@@ -240,7 +240,7 @@ impl BlobClient {
     }
 
     /// Reserves the memory for segment `index` of the blob in the file at
-    /// `path`, then reads and encodes it on a blocking thread; the
+    /// `path`, then reads and encodes it on rayon's pool; the
     /// reservation comes back with the segment, to be held until it is
     /// shipped.
     fn encode_again(
@@ -264,7 +264,7 @@ impl BlobClient {
         })
     }
 
-    /// Reads one segment of a file and encodes it, on a blocking thread.
+    /// Reads one segment of a file and encodes it, on rayon's pool.
     async fn read_and_encode(
         path: std::path::PathBuf,
         offset: u64,

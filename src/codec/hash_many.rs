@@ -69,16 +69,16 @@ pub fn keyed_hash_each(key: &[u8; 32], data: &[u8], len: usize, out: &mut [Hash]
         data.len(),
         out.len()
     );
+    if len == 0 {
+        out.fill(*blake3::keyed_hash(key, &[]).as_bytes());
+        return;
+    }
     let done = lanes::hash_groups(key, data, len, out);
     for (hash, piece) in out[done..]
         .iter_mut()
-        .zip(data[done * len..].chunks_exact(len.max(1)))
+        .zip(data[done * len..].chunks_exact(len))
     {
         *hash = *blake3::keyed_hash(key, piece).as_bytes();
-    }
-    if len == 0 {
-        let empty = *blake3::keyed_hash(key, &[]).as_bytes();
-        out[done..].fill(empty);
     }
 }
 
@@ -440,7 +440,7 @@ mod lanes {
     /// Hashes as many whole groups of lanes as the CPU allows; returns how
     /// many pieces that was (0 without SIMD, for empty or multi-chunk pieces).
     pub(super) fn hash_groups(key: &[u8; 32], data: &[u8], len: usize, out: &mut [Hash]) -> usize {
-        if len == 0 || len > CHUNK_LEN || forced_scalar() {
+        if len > CHUNK_LEN || forced_scalar() {
             return 0;
         }
         #[cfg(target_arch = "x86_64")]

@@ -329,26 +329,12 @@ async fn a_node_checks_ownership_and_length_before_it_reads_a_body() {
 async fn uploads_beyond_the_gateways_bound_get_503_with_retry_after_and_a_full_spool_507() {
     let fleet = DevFleet::start(&[]);
     fleet.wait_for("nodes ready", all_ready).await;
-    let data_dir = fleet.data_dir();
     let spool = tempfile::tempdir().unwrap();
-    let path = |name: &str| data_dir.join(name).to_str().unwrap().to_string();
-    let (_gateway, url) = spawn(&[
-        "gateway",
-        "--listen",
-        "127.0.0.1:0",
-        "--fleet",
-        &path("fleet.json"),
-        "--cluster-token-file",
-        &path("cluster-token"),
-        "--user-tokens-file",
-        &path("token"),
-        "--spool-dir",
-        spool.path().to_str().unwrap(),
-        "--max-uploads",
-        "2",
-        "--max-spool",
-        "4MiB",
-    ]);
+    let (_gateway, url) = gateway_process(
+        &fleet,
+        spool.path(),
+        &["--max-uploads", "2", "--max-spool", "4MiB"],
+    );
     let http = fleet.http.clone();
     // Two uploads that send a little and then wait hold both slots.
     let (release, held) = tokio::sync::watch::channel(false);
@@ -378,14 +364,7 @@ async fn uploads_beyond_the_gateways_bound_get_503_with_retry_after_and_a_full_s
     // come back.
     let start = std::time::Instant::now();
     loop {
-        let metrics = http
-            .get(format!("{url}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = gateway_metrics(&http, &url).await;
         if metrics.contains("redstuff_gateway_uploads_in_flight 2") {
             break;
         }
@@ -532,31 +511,43 @@ async fn a_node_whose_repair_peers_flood_their_symbols_keeps_its_memory_within_i
     );
 }
 
-/// Starts a gateway process in front of `fleet` with these upload limits.
-fn gateway_with_upload_memory(
+/// Starts a gateway process in front of `fleet`, its uploads spooled to
+/// `spool`, with `limits` (further arguments).
+fn gateway_process(
     fleet: &DevFleet,
     spool: &std::path::Path,
-    upload_memory: &str,
+    limits: &[&str],
 ) -> (crate::procs::Process, String) {
     let data_dir = fleet.data_dir();
     let path = |name: &str| data_dir.join(name).to_str().unwrap().to_string();
-    spawn(&[
+    let (fleet_file, cluster_token, user_tokens) =
+        (path("fleet.json"), path("cluster-token"), path("token"));
+    let mut args = vec![
         "gateway",
         "--listen",
         "127.0.0.1:0",
         "--fleet",
-        &path("fleet.json"),
+        &fleet_file,
         "--cluster-token-file",
-        &path("cluster-token"),
+        &cluster_token,
         "--user-tokens-file",
-        &path("token"),
+        &user_tokens,
         "--spool-dir",
         spool.to_str().unwrap(),
-        "--max-uploads",
-        "16",
-        "--upload-memory",
-        upload_memory,
-    ])
+    ];
+    args.extend_from_slice(limits);
+    spawn(&args)
+}
+
+/// The metrics text of the gateway at `url`.
+async fn gateway_metrics(http: &reqwest::Client, url: &str) -> String {
+    http.get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 /// Puts one blob of `len` bytes through `url` (the gateway warms up: its
@@ -617,7 +608,11 @@ async fn concurrent_uploads_hold_no_more_memory_than_the_gateways_upload_budget_
     // need about 4 MiB each): every segment takes the whole budget, so the
     // sixteen uploads hold one segment at a time between them, and still
     // all complete.
-    let (gateway, url) = gateway_with_upload_memory(&fleet, spool.path(), "2MiB");
+    let (gateway, url) = gateway_process(
+        &fleet,
+        spool.path(),
+        &["--max-uploads", "16", "--upload-memory", "2MiB"],
+    );
     let growth = concurrent_puts_growth_kib(&fleet.http, &url, gateway.0.id(), 16, 6 << 20).await;
     // What the budget lets through: one segment at a time, whose encoding
     // and its buffers take up to about 8 MiB (the budget counts 4: the
@@ -632,15 +627,7 @@ async fn concurrent_uploads_hold_no_more_memory_than_the_gateways_upload_budget_
         growth < bound,
         "the gateway's peak memory grew by {growth} KiB during 16 uploads (bound {bound} KiB)"
     );
-    let metrics = fleet
-        .http
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gateway_metrics(&fleet.http, &url).await;
     assert!(
         metrics.contains("redstuff_gateway_upload_memory_reserved_bytes 0")
             && metrics.contains("redstuff_gateway_upload_memory_budget_bytes 2097152"),
