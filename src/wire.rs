@@ -132,3 +132,49 @@ pub struct StoredBlob {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }
+
+/// A writer's upload session on the nodes: pairs shipped under it wait,
+/// invisible, until metadata staged with it adopts them (128 random bits,
+/// in hex in paths).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UploadId([u8; 16]);
+
+impl UploadId {
+    /// A new session id from the system's random source.
+    pub fn random() -> Self {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).expect("the system's random source");
+        Self(bytes)
+    }
+}
+
+impl std::fmt::Display for UploadId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl std::str::FromStr for UploadId {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let invalid = || format!("expected 32 lowercase hex digits, got {} characters", text.len());
+        if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(invalid());
+        }
+        let mut bytes = [0u8; 16];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| invalid())?;
+        }
+        Ok(Self(bytes))
+    }
+}
+
+/// A node's answer to metadata staged with an upload session
+/// (`PUT /v1/blobs/{id}/metadata?generation=G&upload=U`): per segment, the
+/// shards of the node that now hold that segment's pair of the blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct AdoptedPairs {
+    /// Segment index -> shards holding both slivers of their pair.
+    pub segments: Vec<Vec<u16>>,
+}

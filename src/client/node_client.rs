@@ -11,13 +11,18 @@ use tokio::time::Instant;
 
 use super::deadline::{self, Deadlines, ReadFailure};
 use crate::auth::TokenSet;
+use crate::codec::merkle::Hash;
 use crate::codec::{BlobId, SliverKind};
 use crate::wire::{
-    GenerationBody, InventoryPage, NodeBlobState, RepairLine, RepairReport, RepairRequest,
+    AdoptedPairs, GenerationBody, InventoryPage, NodeBlobState, RepairLine, RepairReport,
+    RepairRequest, UploadId,
 };
 
 /// Error bodies are read up to this many bytes.
 const ERROR_BODY_LIMIT: u64 = 64 << 10;
+/// An adoption's answer lists a node's shards per segment: a few bytes
+/// for each of its pairs of the blob.
+const ADOPTION_ANSWER_LIMIT: u64 = 16 << 20;
 /// A blob's state answer: markers and a line per shard.
 const STATE_LIMIT: u64 = 1 << 20;
 /// One line of a repair's answer.
@@ -293,6 +298,20 @@ impl NodeClient {
         body: Vec<Bytes>,
         what: &'static str,
     ) -> Result<(), NodeCallError> {
+        self.put_watched_answer(path, body, what, ERROR_BODY_LIMIT)
+            .await
+            .map(drop)
+    }
+
+    /// Uploads `body`, watched for progress; the answer's status is
+    /// checked and its body (at most `limit` bytes) returned.
+    async fn put_watched_answer(
+        &self,
+        path: &str,
+        body: Vec<Bytes>,
+        what: &'static str,
+        limit: u64,
+    ) -> Result<Vec<u8>, NodeCallError> {
         let len: usize = body.iter().map(Bytes::len).sum();
         let (body, watchdog) = deadline::watched_upload(body, self.calls.deadlines);
         let request = self
@@ -316,9 +335,7 @@ impl NodeClient {
         // The (small) success body, whole, within the deadline: a node that
         // cannot finish its answer is not counted as having taken the
         // upload (and the writer sends it nothing more).
-        self.read(response, ERROR_BODY_LIMIT, what, until)
-            .await
-            .map(drop)
+        self.read(response, limit, what, until).await
     }
 
     /// Posts a JSON body; the answer's headers (and an error's body)
@@ -363,6 +380,70 @@ impl NodeClient {
             "the metadata upload",
         )
         .await
+    }
+
+    /// Stages the write of `generation` with its metadata and adopts the
+    /// pairs shipped under upload session `upload`; returns, per segment,
+    /// the node's shards holding the blob's pair.
+    pub async fn put_metadata_adopting(
+        &self,
+        id: &BlobId,
+        generation: u64,
+        bytes: Bytes,
+        upload: &UploadId,
+    ) -> Result<AdoptedPairs, NodeCallError> {
+        let what = "the metadata upload";
+        let answer = self
+            .put_watched_answer(
+                &format!("/v1/blobs/{id}/metadata?generation={generation}&upload={upload}"),
+                vec![bytes],
+                what,
+                ADOPTION_ANSWER_LIMIT,
+            )
+            .await?;
+        serde_json::from_slice(&answer).map_err(|e| NodeCallError::Garbled {
+            url: self.base.clone(),
+            what,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Ships both slivers of the pair `shard` holds in segment `segment`
+    /// (whose root is `root`, `proof` the pair's Merkle proof under it)
+    /// under upload session `upload`; `pair` is the serialized primary then
+    /// secondary sliver, in pieces sent as they are.
+    pub async fn put_upload_pair(
+        &self,
+        upload: &UploadId,
+        (segment, root): (u32, &Hash),
+        shard: u16,
+        proof: &[Hash],
+        pair: Vec<Bytes>,
+    ) -> Result<(), NodeCallError> {
+        self.put_watched(
+            &format!(
+                "/v1/uploads/{upload}/pairs/{segment}/{shard}?root={}&proof={}",
+                hex(std::slice::from_ref(root)),
+                hex(proof)
+            ),
+            pair,
+            "the pair upload",
+        )
+        .await
+    }
+
+    /// Removes upload session `upload` (its writer gave up).
+    pub async fn delete_upload(&self, upload: &UploadId) -> Result<(), NodeCallError> {
+        let what = "the upload's removal";
+        let until = self.call_deadline();
+        let response = self
+            .send(
+                self.request(reqwest::Method::DELETE, &format!("/v1/uploads/{upload}")),
+                what,
+                until,
+            )
+            .await?;
+        self.check(response, what, until).await.map(drop)
     }
 
     /// A blob's serialized metadata, if the node has it; at most `limit` bytes.
@@ -648,4 +729,13 @@ impl NodeClient {
             Ok(Ok(r)) if r.status().is_success()
         )
     }
+}
+
+/// Hashes back to back in hex, as upload paths carry them.
+fn hex(hashes: &[Hash]) -> String {
+    let mut text = String::with_capacity(64 * hashes.len());
+    for byte in hashes.iter().flatten() {
+        text.push_str(&format!("{byte:02x}"));
+    }
+    text
 }

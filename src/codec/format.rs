@@ -23,7 +23,7 @@ use crate::codec::metadata::{
     layout_from_params, BlobId, BlobMetadata, SegmentHashes, ENCODING_TAG,
 };
 use crate::codec::recovery::RecoverySymbol;
-use crate::codec::sliver::{Axis, Sliver, SliverKind};
+use crate::codec::sliver::{Axis, Primary, Secondary, Sliver, SliverKind};
 
 /// The four magic bytes every object starts with.
 pub const MAGIC: [u8; 4] = *b"RDST";
@@ -268,6 +268,35 @@ pub fn metadata_len_from_prefix(prefix: &[u8]) -> Result<u64, FormatError> {
         ));
     }
     Ok(layout.metadata_len())
+}
+
+/// The lengths of a serialized pair (the primary sliver, then the
+/// secondary sliver of the same segment), from the primary's first
+/// [`SLIVER_OVERHEAD`] bytes, checked as far as they go: a receiver that
+/// knows nothing of the blob yet can refuse an oversized pair before
+/// reading it.
+pub fn pair_lengths_from_prefix(prefix: &[u8]) -> Result<PairLengths, FormatError> {
+    let mut r = Reader::new(prefix, "primary sliver");
+    r.header(sliver_type(SliverKind::Primary))?;
+    let config = r.config()?;
+    r.index("sliver index", &config)?;
+    r.u32()?;
+    let symbol_size = r.symbol_size(&config)?;
+    let primary = SLIVER_OVERHEAD + Primary::symbols(&config) * symbol_size;
+    let secondary = SLIVER_OVERHEAD + Secondary::symbols(&config) * symbol_size;
+    Ok(PairLengths {
+        primary,
+        total: primary + secondary,
+    })
+}
+
+/// Serialized lengths of a pair, from [`pair_lengths_from_prefix`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PairLengths {
+    /// The primary sliver's.
+    pub primary: usize,
+    /// Both slivers'.
+    pub total: usize,
 }
 
 impl<A: Axis> Sliver<A> {

@@ -9,17 +9,19 @@
 //! | GET `/v1/status` | the fleet's state, where a control loop publishes it (`redstuff dev`) |
 //!
 //! PUT and DELETE need `Authorization: Bearer USER_TOKEN`; so do reads and
-//! status unless anonymous reads are allowed. An upload is spooled to a
-//! temporary file as it streams in (it is read twice when it spans several
-//! segments, see `client`), so an upload holds two segments at most
-//! whatever the blob's size, and all uploads together hold at most the
-//! configured upload memory (an upload past it waits, reading its body no
-//! further); at most a configured number of uploads run at once (503 with
-//! Retry-After beyond), and a full spool answers 507.
+//! status unless anonymous reads are allowed. An upload is not kept on
+//! disk: each segment is encoded and shipped to the nodes as soon as it
+//! has arrived, under an upload session they keep invisible until the
+//! metadata adopts it (see `client`). An upload holds three segments at
+//! most whatever the blob's size, and all uploads together hold at most
+//! the configured upload memory (an upload past it waits, reading its body
+//! no further); at most a configured number of uploads run at once (503
+//! with Retry-After beyond). S3 uploads are spooled to a temporary file
+//! (a full spool answers 507), and written from it the same way.
 //! Nothing is visible before the write committed on a quorum: a failed or
-//! interrupted upload leaves no blob behind (its staged pieces are
-//! aborted, or collected by the nodes after their TTL). The spool is
-//! emptied when the gateway starts.
+//! interrupted upload leaves no blob behind (its session and staged
+//! pieces are removed, or collected by the nodes after their TTL). The
+//! spool is emptied when the gateway starts.
 
 pub mod byte_range;
 mod routes;

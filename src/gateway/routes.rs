@@ -12,7 +12,6 @@ use axum::Json;
 use futures_util::StreamExt;
 
 use super::byte_range::{content_range, parse_range, RangeRequest};
-use super::spool::SpoolError;
 use super::GatewayState;
 use crate::api_error::ApiError;
 use crate::client::{BlobIoError, DeleteOutcome};
@@ -129,13 +128,6 @@ fn io_error(e: BlobIoError) -> ApiError {
     }
 }
 
-fn spool_error(e: SpoolError) -> ApiError {
-    match e {
-        SpoolError::Full(_) => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string()),
-        SpoolError::Io(_) => ApiError::internal(e.to_string()),
-    }
-}
-
 fn busy(limit: usize) -> Response {
     let mut response = ApiError::unavailable(format!(
         "the gateway is handling its limit of {limit} uploads; retry shortly"
@@ -169,38 +161,30 @@ pub(super) async fn put_blob(
     if declared.is_some_and(|len| len > state.max_blob_bytes) {
         return Err(too_large());
     }
-    let mut spooled = state.spool.create(declared).map_err(spool_error)?;
-    // The metadata is computed as the bytes arrive, segment by segment.
-    let mut preparer = client.preparer().map_err(io_error)?;
-    preparer.expect_len(declared);
+    // Each segment is encoded and shipped as soon as it has arrived;
+    // nothing of the body is kept on disk.
+    let mut upload = client.upload().map_err(io_error)?;
+    upload.expect_len(declared);
     let mut stream = request.into_body().into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("upload interrupted: {e}")))?;
-        if spooled.len() + chunk.len() as u64 > state.max_blob_bytes {
+        if upload.len() + chunk.len() as u64 > state.max_blob_bytes {
             return Err(too_large());
         }
-        spooled.write(&chunk).await.map_err(spool_error)?;
-        preparer.push(&chunk).await.map_err(io_error)?;
+        upload.push(&chunk).await.map_err(io_error)?;
     }
+    let received = upload.len();
     if let Some(len) = declared {
-        if spooled.len() != len {
+        if received != len {
             return Err(ApiError::bad_request(format!(
-                "upload ended after {} of the {len} bytes declared",
-                spooled.len()
+                "upload ended after {received} of the {len} bytes declared"
             )));
         }
     }
-    let received = spooled.len();
     // The write runs to its end (committed, or aborted) even if the client
-    // goes away meanwhile; the spool file and the upload slot go with it.
+    // goes away meanwhile; the upload slot goes with it.
     let write = tokio::spawn(async move {
-        let path = spooled.finish().await.map_err(spool_error)?.to_path_buf();
-        let prepared = preparer.finish().await.map_err(io_error)?;
-        let outcome = client
-            .write_prepared(&path, prepared, |_| async { Ok(()) })
-            .await
-            .map_err(io_error);
-        drop(spooled);
+        let outcome = upload.finish(|_| async { Ok(()) }).await.map_err(io_error);
         drop(permit);
         outcome
     });

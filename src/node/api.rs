@@ -3,13 +3,15 @@
 //! | method and path | what |
 //! |---|---|
 //! | GET `/v1/blobs/{id}/state` | the blob's markers here, its size and the pairs held |
-//! | PUT `/v1/blobs/{id}/metadata?generation=G` | stages a write of generation G: the metadata (binary), checked against the id |
+//! | PUT `/v1/blobs/{id}/metadata?generation=G[&upload=U]` | stages a write of generation G: the metadata (binary), checked against the id; with U, adopts the pairs of upload session U its segment roots agree with and answers `{"segments": [[shard, ...], ...]}`, the shards here holding each segment's pair |
 //! | GET `/v1/blobs/{id}/metadata` | the metadata |
 //! | POST `/v1/blobs/{id}/commit` | commits the write of `{"generation": G}` |
 //! | POST `/v1/blobs/{id}/abort` | withdraws the staged write of `{"generation": G}` |
 //! | DELETE `/v1/blobs/{id}?generation=G` | records a tombstone of generation G and removes what it covers |
 //! | PUT, GET `/v1/blobs/{id}/slivers/{segment}/{shard}/{primary\|secondary}` | a sliver of an owned shard; PUT verifies it against the metadata |
 //! | PUT `/v1/blobs/{id}/pairs/{segment}/{shard}` | both slivers of the pair an owned shard holds (primary then secondary, back to back), verified and stored together: what a writer sends |
+//! | PUT `/v1/uploads/{upload}/pairs/{segment}/{shard}?root=R&proof=P` | both slivers of the pair an owned shard holds in a segment of root R, shipped before the blob id is known, with the Merkle proof P of the pair's hash under R; verified and filed under the session, invisible until adopted |
+//! | DELETE `/v1/uploads/{upload}` | removes an upload session (its writer gave up); sessions nobody adopts go after the staged-write TTL |
 //! | GET `/v1/blobs/{id}/symbols/{segment}/{shard}/{kind}?target_shard=T` | a recovery symbol with its proof, from this node's sliver, for the pair shard T holds |
 //! | GET `/v1/inventory?after=ID&limit=N` | the blobs held, per shard, with their markers, a page at a time |
 //! | POST `/v1/repair` | rebuilds this node's pairs of a blob from its peers (JSON `RepairRequest`; answers a line per segment) |
@@ -28,7 +30,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
 
-use super::{blobs, inventory, slivers, NodeState};
+use super::{blobs, inventory, slivers, uploads, NodeState};
 use crate::api_error::ApiError;
 use crate::auth::TokenSet;
 use crate::codec::{BlobId, BlobMetadata, SliverKind};
@@ -62,6 +64,14 @@ pub(super) fn router(state: Arc<NodeState>, tokens: Arc<TokenSet>) -> Router {
         .route(
             "/v1/blobs/{id}/symbols/{segment}/{shard}/{kind}",
             get(slivers::get_symbol),
+        )
+        .route(
+            "/v1/uploads/{upload}/pairs/{segment}/{shard}",
+            put(uploads::put_pair),
+        )
+        .route(
+            "/v1/uploads/{upload}",
+            axum::routing::delete(uploads::delete),
         )
         .route("/v1/repair", post(super::repair::repair))
         .fallback(|| async { ApiError::not_found("no such route; the API lives under /v1") })

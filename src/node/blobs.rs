@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -16,7 +16,7 @@ use super::NodeState;
 use crate::api_error::ApiError;
 use crate::codec::format::{metadata_len_from_prefix, METADATA_PREFIX_LEN};
 use crate::codec::BlobMetadata;
-use crate::wire::{GenerationBody, NodeBlobState};
+use crate::wire::{AdoptedPairs, GenerationBody, NodeBlobState};
 
 #[derive(Deserialize)]
 pub(super) struct GenerationQuery {
@@ -102,15 +102,31 @@ async fn read_metadata_body(
     Ok(bytes)
 }
 
+#[derive(Deserialize)]
+pub(super) struct MetadataQuery {
+    generation: Option<String>,
+    upload: Option<String>,
+}
+
+/// Stages a write with its metadata. With `upload=U`, the pairs shipped
+/// under upload session U are adopted (see `store::uploads`) and the
+/// answer tells, per segment, the shards here holding the blob's pair.
 pub(super) async fn put_metadata(
     State(state): State<Arc<NodeState>>,
     Path(id): Path<String>,
-    Query(query): Query<GenerationQuery>,
+    Query(query): Query<MetadataQuery>,
     headers: HeaderMap,
     body: Body,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let generation = generation_of(&query)?;
+    let generation = generation_of(&GenerationQuery {
+        generation: query.generation,
+    })?;
+    let upload = query
+        .upload
+        .as_deref()
+        .map(super::uploads::parse_upload)
+        .transpose()?;
     let body = read_metadata_body(body, &headers, state.max_metadata_bytes).await?;
     blocking(move || {
         let metadata = BlobMetadata::from_bytes(&body)
@@ -121,11 +137,21 @@ pub(super) async fn put_metadata(
                 metadata.blob_id()
             )));
         }
-        state
-            .store
-            .stage(&id, generation, &body)
+        let lock = state.store.lock(&id);
+        lock.stage(generation, &body)
             .map_err(|e| store_error(&state, e))?;
-        Ok(StatusCode::CREATED)
+        let Some(upload) = upload else {
+            return Ok(StatusCode::CREATED.into_response());
+        };
+        let roots: Vec<_> = (0..metadata.segment_count() as u32)
+            .map(|k| (k, metadata.segment(k).expect("below the count").root()))
+            .collect();
+        lock.adopt_upload(&upload, &roots)
+            .map_err(|e| store_error(&state, e))?;
+        let segments = lock
+            .pairs_by_segment(roots.len() as u32)
+            .map_err(|e| store_error(&state, e))?;
+        Ok((StatusCode::CREATED, Json(AdoptedPairs { segments })).into_response())
     })
     .await
 }

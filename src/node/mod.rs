@@ -12,6 +12,7 @@ mod metadata_cache;
 pub mod ownership;
 mod repair;
 mod slivers;
+mod uploads;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -244,10 +245,13 @@ fn keep_house(state: Arc<NodeState>, housekeeping: Housekeeping) {
                 for id in &collected {
                     worker.metadata.forget(id);
                 }
+                let sessions = worker
+                    .store
+                    .collect_abandoned_uploads(housekeeping.staged_ttl, now)?;
                 let purged = worker
                     .store
                     .purge_quarantine(housekeeping.quarantine_retention, now)?;
-                Ok::<_, crate::store::StoreError>((collected.len(), purged))
+                Ok::<_, crate::store::StoreError>((collected.len() + sessions, purged))
             })
             .await;
             match done {

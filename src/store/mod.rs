@@ -11,6 +11,7 @@
 //! blobs/<blob id>/<shard>/<segment>.primary   serialized primary sliver
 //! blobs/<blob id>/<shard>/<segment>.secondary serialized secondary sliver
 //! tombstones/<blob id>                        generation of the newest delete
+//! uploads/<upload id>/<segment>-<root>/...    pairs shipped before their blob id was known (see `uploads`)
 //! tmp/                                        writes in flight
 //! trash/                                      blob directories being removed
 //! quarantine/                                 files that failed their checksum or a read
@@ -35,6 +36,7 @@
 
 mod files;
 mod housekeeping;
+mod uploads;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -159,14 +161,14 @@ impl SliverStore {
     /// `capacity` caps those bytes.
     pub fn open(root: impl Into<PathBuf>, capacity: Option<u64>) -> Result<Self, StoreError> {
         let root = root.into();
-        for dir in ["blobs", "tombstones", "tmp", "trash", "quarantine"] {
+        for dir in ["blobs", "tombstones", "uploads", "tmp", "trash", "quarantine"] {
             let dir = root.join(dir);
             fs::create_dir_all(&dir).map_err(files::io_error(&dir))?;
         }
         files::empty_dir(&root.join("tmp"))?;
         files::empty_dir(&root.join("trash"))?;
         let mut stats = DirStats::default();
-        for dir in ["blobs", "tombstones", "quarantine"] {
+        for dir in ["blobs", "tombstones", "uploads", "quarantine"] {
             stats.add(files::dir_stats(&root.join(dir))?);
         }
         let store = Self {

@@ -1,0 +1,330 @@
+//! The receiving half of a write: the blob is cut into segments as it
+//! arrives, each complete segment encoded once (on rayon's pool) and its
+//! pairs shipped at once under an upload session on the nodes, while the
+//! next segment arrives and the one after is encoded. Nothing shipped is
+//! visible: the pairs wait on the nodes until `finish` (in `write`) stages
+//! the metadata, which adopts them.
+//!
+//! Every segment held (arriving, encoded, being shipped) first reserves
+//! its footprint from the process's upload memory budget, when there is
+//! one, and gives it back once its pairs are shipped. At most
+//! [`SEGMENTS_IN_FLIGHT`] segments are encoded or shipped at once, beside
+//! the one arriving; a push waits (and its client's body is not read)
+//! while they are.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+use tokio::task::JoinHandle;
+
+use super::blob_client::{BlobClient, BlobIoError};
+use super::cpu;
+use super::memory_budget::{self, segment_footprint, MemoryReservation};
+use crate::codec::merkle::{self, MerkleTree};
+use crate::codec::{
+    encode_segment_shared, BlobEncoder, BlobLayout, EncodeError, EncodedSegment, SegmentHashes,
+};
+use crate::wire::UploadId;
+
+/// Segments encoded or shipped at once by one upload.
+pub const SEGMENTS_IN_FLIGHT: usize = 2;
+
+/// Nodes and shards an upload stopped sending to.
+#[derive(Debug, Default)]
+pub(super) struct Shunned {
+    /// Nodes that went silent (they get nothing more of this write).
+    pub nodes: BTreeSet<String>,
+    /// Shards that refused a pair (they will miss one segment anyway; the
+    /// fleet loop repairs them).
+    pub shards: BTreeSet<u16>,
+}
+
+/// A shipped segment: its hashes and the shards that filed their pair.
+pub(super) struct ShippedSegment {
+    pub hashes: SegmentHashes,
+    pub filed: BTreeSet<u16>,
+}
+
+/// An upload in progress: bytes pushed in, segments encoded and shipped
+/// behind them. [`BlobUpload::finish`] makes it a blob; dropping it before
+/// gives the upload up (its session is removed from the nodes).
+pub struct BlobUpload {
+    pub(super) client: BlobClient,
+    encoder: BlobEncoder,
+    pub(super) session: UploadId,
+    pub(super) quorum: usize,
+    /// Bytes the upload says it has, when it says.
+    expected: Option<u64>,
+    pending: Vec<u8>,
+    /// The budget reserved for the segment in `pending`.
+    pending_held: MemoryReservation,
+    in_flight: VecDeque<JoinHandle<Result<ShippedSegment, BlobIoError>>>,
+    pub(super) shipped: Vec<ShippedSegment>,
+    pub(super) shunned: Arc<Mutex<Shunned>>,
+    total: u64,
+    /// Set once the upload became a blob or gave up on its own terms.
+    pub(super) settled: bool,
+}
+
+impl BlobClient {
+    /// Starts an upload: push its bytes, then finish it.
+    pub fn upload(&self) -> Result<BlobUpload, BlobIoError> {
+        let encoder = BlobEncoder::new(self.config()?, self.map.segment_size)
+            .map_err(EncodeError::from)?;
+        Ok(BlobUpload {
+            client: self.clone(),
+            encoder,
+            session: UploadId::random(),
+            quorum: self.quorum()?,
+            expected: None,
+            pending: Vec::new(),
+            pending_held: MemoryReservation::default(),
+            in_flight: VecDeque::new(),
+            shipped: Vec::new(),
+            shunned: Arc::default(),
+            total: 0,
+            settled: false,
+        })
+    }
+}
+
+impl BlobUpload {
+    /// Tells how many bytes the upload declares, so that a short blob
+    /// reserves only what it needs.
+    pub fn expect_len(&mut self, len: Option<u64>) {
+        self.expected = len;
+    }
+
+    /// Bytes pushed so far.
+    pub fn len(&self) -> u64 {
+        self.total
+    }
+
+    /// Whether nothing was pushed yet.
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// Takes the next bytes of the upload. A segment is encoded and
+    /// shipped once a byte past it arrives (until then it may be the
+    /// last); this waits while [`SEGMENTS_IN_FLIGHT`] are, and fails as
+    /// soon as a shipped segment reached fewer than n - f shards.
+    pub async fn push(&mut self, mut chunk: &[u8]) -> Result<(), BlobIoError> {
+        let segment_size = self.encoder.segment_size() as usize;
+        while !chunk.is_empty() {
+            if self.pending.len() == segment_size {
+                self.launch_pending().await?;
+            }
+            if self.pending.is_empty() {
+                self.start_segment().await;
+            }
+            let take = (segment_size - self.pending.len()).min(chunk.len());
+            self.pending.extend_from_slice(&chunk[..take]);
+            self.total += take as u64;
+            chunk = &chunk[take..];
+        }
+        Ok(())
+    }
+
+    /// Reserves the budget for the segment starting at `self.total` and
+    /// makes room for its bytes at once (no regrowing).
+    async fn start_segment(&mut self) {
+        let segment_size = self.encoder.segment_size();
+        let len = match self.expected {
+            Some(expected) if expected > self.total => (expected - self.total).min(segment_size),
+            _ => segment_size,
+        };
+        let config = self.encoder.config();
+        self.pending_held =
+            memory_budget::reserve(self.client.memory.as_ref(), segment_footprint(&config, len))
+                .await;
+        self.pending = Vec::with_capacity(len as usize);
+    }
+
+    /// The blob's layout so far (an error once it is too large).
+    pub(super) fn layout(&self) -> Result<BlobLayout, BlobIoError> {
+        BlobLayout::new(
+            self.encoder.config(),
+            self.encoder.segment_size(),
+            self.total,
+        )
+        .map_err(|e| BlobIoError::Encode(EncodeError::Config(e)))
+    }
+
+    /// Sends the segment in `pending` on its way: encoded, then shipped,
+    /// holding its reservation until it is.
+    pub(super) async fn launch_pending(&mut self) -> Result<(), BlobIoError> {
+        // Refuse a too-large blob before spending work on its segment.
+        self.layout()?;
+        while self.in_flight.len() >= SEGMENTS_IN_FLIGHT {
+            self.collect_oldest().await?;
+        }
+        let index = (self.shipped.len() + self.in_flight.len()) as u32;
+        let data = Bytes::from(std::mem::take(&mut self.pending));
+        let held = std::mem::take(&mut self.pending_held);
+        let client = self.client.clone();
+        let (session, shunned) = (self.session, self.shunned.clone());
+        let config = self.encoder.config();
+        self.in_flight.push_back(tokio::spawn(async move {
+            let metrics = client.metrics.clone();
+            let segment = cpu::run(move || {
+                let start = Instant::now();
+                let segment = encode_segment_shared(config, index, data);
+                if let Some(m) = &metrics {
+                    m.encode_duration.observe(start.elapsed().as_secs_f64());
+                }
+                segment
+            })
+            .await?;
+            let hashes = segment.hashes.clone();
+            let filed = client.ship_to_session(&session, segment, &shunned).await;
+            drop(held);
+            Ok(ShippedSegment { hashes, filed })
+        }));
+        Ok(())
+    }
+
+    /// Waits for the oldest segment in flight; an error when it reached
+    /// fewer than n - f shards (the upload cannot succeed any more).
+    async fn collect_oldest(&mut self) -> Result<(), BlobIoError> {
+        let Some(task) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let shipped = task
+            .await
+            .map_err(|e| BlobIoError::Io(std::io::Error::other(e)))??;
+        let segment = self.shipped.len() as u32;
+        if shipped.filed.len() < self.quorum {
+            return Err(BlobIoError::NotDurable {
+                segment,
+                acknowledged: shipped.filed.len(),
+                needed: self.quorum,
+            });
+        }
+        self.shipped.push(shipped);
+        Ok(())
+    }
+
+    /// Ships the last segment and waits for every segment in flight.
+    pub(super) async fn ship_the_rest(&mut self) -> Result<(), BlobIoError> {
+        // `push` never leaves `pending` empty past the first byte: it
+        // holds the last segment (empty only for an empty blob).
+        self.launch_pending().await?;
+        while !self.in_flight.is_empty() {
+            self.collect_oldest().await?;
+        }
+        Ok(())
+    }
+
+    /// Stops the segments in flight and removes the session from every
+    /// node (best effort, in the background).
+    fn give_up(&mut self) {
+        for task in self.in_flight.drain(..) {
+            task.abort();
+        }
+        let (client, session) = (self.client.clone(), self.session);
+        let silent = self.shunned.lock().expect("not poisoned").nodes.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { client.remove_session(&session, &silent).await });
+        }
+    }
+}
+
+impl Drop for BlobUpload {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.give_up();
+        }
+    }
+}
+
+impl BlobClient {
+    /// Ships every pair of an encoded segment to its shard's node under
+    /// `session` (skipping shunned nodes and shards); returns the shards
+    /// that filed their pair. The slivers' bytes are sent as they are,
+    /// never copied per request.
+    async fn ship_to_session(
+        &self,
+        session: &UploadId,
+        segment: EncodedSegment,
+        shunned: &Mutex<Shunned>,
+    ) -> BTreeSet<u16> {
+        let index = segment.index;
+        let root = segment.hashes.root();
+        let n = segment.primary.len();
+        let tree = MerkleTree::new(
+            (0..n)
+                .map(|i| merkle::pair_hash(segment.hashes.primary(i), segment.hashes.secondary(i)))
+                .collect(),
+        );
+        let rotation = crate::codec::ShardRotation::new(&root, n);
+        let pairs: Vec<[Bytes; 4]> = segment
+            .primary
+            .into_iter()
+            .zip(segment.secondary)
+            .map(|(primary, secondary)| {
+                [
+                    Bytes::from(primary.header_bytes()),
+                    primary.into_data(),
+                    Bytes::from(secondary.header_bytes()),
+                    secondary.into_data(),
+                ]
+            })
+            .collect();
+        let skip = {
+            let shunned = shunned.lock().expect("not poisoned");
+            (shunned.nodes.clone(), shunned.shards.clone())
+        };
+        let sends = (0..n as u16).filter_map(|shard| {
+            let (node, call) = self.holder(shard)?;
+            if skip.0.contains(&node.name) || skip.1.contains(&shard) {
+                return None;
+            }
+            let pair = rotation.pair_of_shard(shard.into());
+            let proof = tree.proof(pair).expect("pair below n");
+            let parts = pairs[pair].to_vec();
+            let root = &root;
+            Some(async move {
+                let result = call
+                    .put_upload_pair(session, (index, root), shard, &proof, parts)
+                    .await;
+                (node.name.clone(), shard, result)
+            })
+        });
+        let mut filed = BTreeSet::new();
+        for (node, shard, result) in join_all(sends).await {
+            match result {
+                Ok(()) => {
+                    filed.insert(shard);
+                }
+                Err(e) => {
+                    tracing::warn!(%node, shard, "shipping segment {index} of upload {session}: {e}");
+                    let mut shunned = shunned.lock().expect("not poisoned");
+                    if e.is_silence() {
+                        shunned.nodes.insert(node);
+                    } else {
+                        shunned.shards.insert(shard);
+                    }
+                }
+            }
+        }
+        filed
+    }
+
+    /// Best effort: removes an upload session from every holder not
+    /// among `silent`.
+    pub(super) async fn remove_session(&self, session: &UploadId, silent: &BTreeSet<String>) {
+        join_all(self.answering(silent).map(|node| {
+            let call = self.client(node);
+            async move {
+                if let Err(e) = call.delete_upload(session).await {
+                    tracing::debug!(node = %node.name, "removing upload {session}: {e}");
+                }
+            }
+        }))
+        .await;
+    }
+}

@@ -1,0 +1,220 @@
+//! Upload sessions: pairs a writer ships while it still encodes the rest
+//! of the blob (see `store::uploads`).
+//!
+//! `PUT /v1/uploads/{upload}/pairs/{segment}/{shard}?root=R&proof=P`
+//! carries both slivers of the pair `shard` holds in a segment whose root
+//! is R, primary then secondary, and P, the Merkle proof of the pair's
+//! hash under R. It is checked in this order, each failure a 4xx with a
+//! JSON error and nothing stored: the path and query parse (400), the
+//! shard is owned (409), the declared length is the pair's that the
+//! primary's header gives (413); then the body is read up to that length
+//! (413 past it), both slivers parse (400), they are one pair of that
+//! segment (422), the pair the segment root gives that shard (422), and
+//! their hashes are proven under the root (422).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::Deserialize;
+
+use super::api::{blocking, parse_number, store_error};
+use super::slivers::declared_length;
+use super::NodeState;
+use crate::api_error::ApiError;
+use crate::codec::format::{pair_lengths_from_prefix, PairLengths, SLIVER_OVERHEAD};
+use crate::codec::merkle::{self, Hash};
+use crate::codec::{sliver_hash, Primary, Secondary, ShardRotation, Sliver};
+use crate::wire::UploadId;
+
+#[derive(Deserialize)]
+pub(super) struct PairQuery {
+    root: Option<String>,
+    proof: Option<String>,
+}
+
+pub(super) fn parse_upload(text: &str) -> Result<UploadId, ApiError> {
+    text.parse()
+        .map_err(|e| ApiError::bad_request(format!("invalid upload id {text:?}: {e}")))
+}
+
+/// Hashes written back to back in hex.
+fn parse_hashes(what: &str, text: &str) -> Result<Vec<Hash>, ApiError> {
+    let invalid = || ApiError::bad_request(format!("invalid {what}: expected hashes in hex"));
+    if !text.len().is_multiple_of(64) || !text.is_ascii() {
+        return Err(invalid());
+    }
+    (0..text.len() / 64)
+        .map(|i| {
+            let mut hash = [0u8; 32];
+            for (j, byte) in hash.iter_mut().enumerate() {
+                let at = 64 * i + 2 * j;
+                *byte = u8::from_str_radix(&text[at..at + 2], 16).map_err(|_| invalid())?;
+            }
+            Ok(hash)
+        })
+        .collect()
+}
+
+/// Reads a pair body: the primary's header tells the pair's length, which
+/// is checked against the declared length before the rest is read.
+async fn read_pair_body(
+    body: Body,
+    headers: &HeaderMap,
+) -> Result<(PairLengths, Vec<u8>), ApiError> {
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    let mut lengths: Option<PairLengths> = None;
+    let too_large = |expected: usize, got: String| {
+        ApiError::too_large(format!("the pair is {expected} bytes; got {got}"))
+    };
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("upload interrupted: {e}")))?;
+        bytes.extend_from_slice(&chunk);
+        if lengths.is_none() && bytes.len() >= SLIVER_OVERHEAD {
+            let found = pair_lengths_from_prefix(&bytes[..SLIVER_OVERHEAD])
+                .map_err(|e| ApiError::bad_request(format!("invalid primary sliver: {e}")))?;
+            if let Some(declared) = declared_length(headers) {
+                if declared > found.total as u64 {
+                    return Err(too_large(found.total, declared.to_string()));
+                }
+            }
+            bytes.reserve_exact(found.total.saturating_sub(bytes.len()));
+            lengths = Some(found);
+        }
+        if let Some(found) = lengths {
+            if bytes.len() > found.total {
+                return Err(too_large(found.total, "more".to_string()));
+            }
+        }
+    }
+    match lengths {
+        Some(found) if bytes.len() == found.total => Ok((found, bytes)),
+        Some(found) => Err(ApiError::bad_request(format!(
+            "the pair is {} bytes; got {}",
+            found.total,
+            bytes.len()
+        ))),
+        None => Err(ApiError::bad_request(format!(
+            "a pair upload of {} bytes is shorter than a sliver's header",
+            bytes.len()
+        ))),
+    }
+}
+
+/// `PUT /v1/uploads/{upload}/pairs/{segment}/{shard}?root=R&proof=P`.
+pub(super) async fn put_pair(
+    State(state): State<Arc<NodeState>>,
+    Path((upload, segment, shard)): Path<(String, String, String)>,
+    Query(query): Query<PairQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let upload = parse_upload(&upload)?;
+    let segment: u32 = parse_number("segment", &segment)?;
+    let shard: u16 = parse_number("shard", &shard)?;
+    let root = query
+        .root
+        .as_deref()
+        .ok_or_else(|| ApiError::bad_request("the segment root is missing: add ?root=HEX"))
+        .and_then(|text| parse_hashes("segment root", text))?;
+    let [root] = root[..] else {
+        return Err(ApiError::bad_request("invalid segment root: expected one hash"));
+    };
+    let proof = parse_hashes("pair proof", query.proof.as_deref().unwrap_or(""))?;
+    if !state.ownership.owns(shard) {
+        return Err(ApiError::conflict(format!(
+            "shard {shard} is not owned by node {}",
+            state.name
+        )));
+    }
+    let (lengths, body) = read_pair_body(body, &headers).await?;
+    blocking(move || {
+        let body = Bytes::from(body);
+        let (primary, secondary) = (body.slice(..lengths.primary), body.slice(lengths.primary..));
+        check_pair(&primary, &secondary, (segment, &root), shard, &proof)?;
+        state
+            .store
+            .put_upload_pair(&upload, (segment, &root), shard, &primary, &secondary)
+            .map_err(|e| store_error(&state, e))?;
+        Ok(StatusCode::CREATED)
+    })
+    .await
+}
+
+/// Checks that two serialized slivers are the pair `shard` holds in the
+/// segment of root `root`, their hashes proven under it by `proof`.
+fn check_pair(
+    primary: &Bytes,
+    secondary: &Bytes,
+    (segment, root): (u32, &Hash),
+    shard: u16,
+    proof: &[Hash],
+) -> Result<(), ApiError> {
+    let primary = Sliver::<Primary>::from_shared(primary.clone())
+        .map_err(|e| ApiError::bad_request(format!("invalid primary sliver: {e}")))?;
+    let secondary = Sliver::<Secondary>::from_shared(secondary.clone())
+        .map_err(|e| ApiError::bad_request(format!("invalid secondary sliver: {e}")))?;
+    let n = primary.config().n();
+    let one_pair = secondary.config() == primary.config()
+        && secondary.index() == primary.index()
+        && secondary.symbol_size() == primary.symbol_size()
+        && primary.segment() == segment
+        && secondary.segment() == segment;
+    if !one_pair {
+        return Err(ApiError::unprocessable(format!(
+            "the slivers are not one pair of segment {segment}: primary {} of segment {}, \
+             secondary {} of segment {}",
+            primary.index(),
+            primary.segment(),
+            secondary.index(),
+            secondary.segment()
+        )));
+    }
+    if usize::from(shard) >= n {
+        return Err(ApiError::bad_request(format!(
+            "shard {shard} does not exist: the pair is of {n} shards"
+        )));
+    }
+    let pair = ShardRotation::new(root, n).pair_of_shard(shard.into());
+    if usize::from(primary.index()) != pair {
+        return Err(ApiError::unprocessable(format!(
+            "pair {} is not the pair shard {shard} holds in this segment (pair {pair})",
+            primary.index()
+        )));
+    }
+    if proof.len() != merkle::proof_len(n) {
+        return Err(ApiError::bad_request(format!(
+            "the pair proof has {} hashes; {} shards need {}",
+            proof.len(),
+            n,
+            merkle::proof_len(n)
+        )));
+    }
+    let leaf = merkle::pair_hash(&sliver_hash(&primary), &sliver_hash(&secondary));
+    if !merkle::verify_proof(root, n, pair, &leaf, proof) {
+        return Err(ApiError::unprocessable(format!(
+            "pair {pair} does not hash to its commitment under the segment root"
+        )));
+    }
+    Ok(())
+}
+
+/// `DELETE /v1/uploads/{upload}`: the writer gave up; its session goes.
+pub(super) async fn delete(
+    State(state): State<Arc<NodeState>>,
+    Path(upload): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let upload = parse_upload(&upload)?;
+    blocking(move || {
+        state
+            .store
+            .remove_upload(&upload)
+            .map_err(|e| store_error(&state, e))?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
