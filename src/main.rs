@@ -301,14 +301,15 @@ struct GatewayArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7700")]
     listen: std::net::SocketAddr,
-    /// Where uploads are spooled while they are encoded.
+    /// Where S3 uploads are spooled while their checksums are verified
+    /// (PUT /v1/blobs streams without a spool).
     #[arg(long, default_value_os_t = std::env::temp_dir().join("redstuff-spool"))]
     spool_dir: PathBuf,
     /// Largest blob accepted.
     #[arg(long, default_value = "1TiB", value_parser = parse_bytes)]
     max_blob: u64,
-    /// Bytes the spool may hold for uploads in flight (507 beyond; default:
-    /// whatever its disk has free).
+    /// Bytes the spool may hold for S3 uploads in flight (SlowDown beyond;
+    /// default: whatever its disk has free).
     #[arg(long, value_parser = parse_bytes)]
     max_spool: Option<u64>,
     /// Uploads handled at once; more get 503 with Retry-After.

@@ -281,3 +281,29 @@ fn the_first_bytes_of_metadata_tell_its_whole_length() {
     assert!(metadata_len_from_prefix(&wrong_count).is_err());
     assert!(metadata_len_from_prefix(&[0u8; METADATA_PREFIX_LEN]).is_err());
 }
+
+#[test]
+fn the_first_bytes_of_a_primary_sliver_tell_the_whole_pairs_length() {
+    use redstuff::codec::format::{pair_lengths_from_prefix, SLIVER_OVERHEAD};
+    let (_, segments) = sample();
+    for segment in &segments {
+        let primary = segment.primary[2].to_bytes();
+        let secondary = segment.secondary[2].to_bytes();
+        let lengths = pair_lengths_from_prefix(&primary[..SLIVER_OVERHEAD]).unwrap();
+        assert_eq!(lengths.primary, primary.len());
+        assert_eq!(lengths.total, primary.len() + secondary.len());
+    }
+    let primary = segments[0].primary[0].to_bytes();
+    assert!(pair_lengths_from_prefix(&primary[..SLIVER_OVERHEAD - 1]).is_err());
+    let secondary = segments[0].secondary[0].to_bytes();
+    assert!(
+        pair_lengths_from_prefix(&secondary[..SLIVER_OVERHEAD]).is_err(),
+        "a pair starts with its primary"
+    );
+    let mut huge = primary[..SLIVER_OVERHEAD].to_vec();
+    huge[SLIVER_OVERHEAD - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(
+        pair_lengths_from_prefix(&huge).is_err(),
+        "a symbol size no segment has is refused before anything is read"
+    );
+}

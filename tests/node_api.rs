@@ -1,7 +1,7 @@
 //! A storage node in-process on a temp dir, over real HTTP: what it keeps,
 //! what it refuses (and that a refusal changes nothing), its markers
-//! (staged, committed, deleted), the cluster token, and repair from peers
-//! that lie.
+//! (staged, committed, deleted), upload sessions and their adoption, the
+//! cluster token, and repair from peers that lie.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -9,13 +9,14 @@ use std::path::PathBuf;
 
 use redstuff::auth::TokenSet;
 use redstuff::client::{Deadlines, NodeCalls, NodeClient};
+use redstuff::codec::merkle::{self, Hash, MerkleTree};
 use redstuff::codec::{
     BlobEncoder, BlobMetadata, EncodedSegment, EncodingConfig, RecoverySymbol, Secondary,
-    SliverKind,
+    ShardRotation, SliverKind,
 };
 use redstuff::fleet::{FleetMap, MapNode};
 use redstuff::node::{Lie, Node, NodeConfig, ShardSource};
-use redstuff::wire::RepairRequest;
+use redstuff::wire::{RepairRequest, UploadId};
 use reqwest::StatusCode;
 
 const TOKEN: &str = "node-api-test-token";
@@ -26,7 +27,7 @@ struct TestNode {
     client: NodeClient,
     http: reqwest::Client,
     url: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -92,7 +93,7 @@ async fn start(name: &str, setup: Setup<'_>) -> TestNode {
         client: calls().node(&url),
         http: authorized_http(),
         url,
-        _dir: dir,
+        dir,
         shutdown: Some(tx),
     }
 }
@@ -302,58 +303,211 @@ async fn every_route_but_probes_and_metrics_needs_the_cluster_token() {
     assert!(node.client.full_inventory().await.unwrap().blobs.is_empty());
 }
 
+/// What a writer ships for `shard`'s pair of a segment under a session:
+/// the segment root, the pair's proof under it, and the pair's bytes.
+fn session_pair(segment: &EncodedSegment, shard: u16) -> (Hash, Vec<Hash>, Vec<u8>) {
+    let n = segment.primary.len();
+    let root = segment.hashes.root();
+    let pair = ShardRotation::new(&root, n).pair_of_shard(shard.into());
+    let tree = MerkleTree::new(
+        (0..n)
+            .map(|i| merkle::pair_hash(segment.hashes.primary(i), segment.hashes.secondary(i)))
+            .collect(),
+    );
+    assert_eq!(tree.root(), root, "the segment root is the tree of pair hashes");
+    let body = [
+        segment.primary[pair].to_bytes(),
+        segment.secondary[pair].to_bytes(),
+    ]
+    .concat();
+    (root, tree.proof(pair).unwrap(), body)
+}
+
 #[tokio::test]
-async fn a_pair_upload_is_verified_whole_and_stores_both_slivers_or_neither() {
-    let node = start_node("node-pair", &[0], None).await;
-    let (_, metadata, segments) = blob(4, 3000, 1024 * 64);
+async fn a_session_pair_is_verified_against_its_segment_root_and_stays_invisible_until_metadata_adopts_it(
+) {
+    let node = start_node("node-session", &[0, 1], None).await;
+    let (_, metadata, segments) = blob(4, 150_000, 1024 * 64);
+    assert_eq!(segments.len(), 3);
     let id = metadata.blob_id();
-    let (primary, secondary) = pair_for_shard(&metadata, &segments[0], 0);
-    node.client
-        .put_metadata(&id, 1, metadata.to_bytes())
-        .await
-        .unwrap();
-    let joined = |p: &[u8], s: &[u8]| [p, s].concat();
-    let mut flipped = secondary.clone();
+    let upload = UploadId::random();
+    let put = |segment: u32, root: Hash, shard: u16, proof: Vec<Hash>, body: Vec<u8>| {
+        let client = node.client.clone();
+        async move {
+            client
+                .put_upload_pair(&upload, (segment, &root), shard, &proof, vec![body.into()])
+                .await
+        }
+    };
+    let (root, proof, body) = session_pair(&segments[0], 0);
+    let (other_root, other_proof, other_body) = session_pair(&segments[1], 0);
+    let (_, _, shard_1_body) = session_pair(&segments[0], 1);
+    let mut flipped = body.clone();
     let last = flipped.len() - 1;
     flipped[last] ^= 1;
-    let mut long = joined(&primary, &secondary);
+    let mut long = body.clone();
     long.push(0);
-    let short = joined(&primary, &secondary[..secondary.len() - 1]);
-    for (what, body, status) in [
+    let unowned = (0..4u16)
+        .find(|&s| s > 1)
+        .expect("a shard the node does not own");
+    for (what, attempt, status) in [
         (
             "a secondary that fails its hash",
-            joined(&primary, &flipped),
+            put(0, root, 0, proof.clone(), flipped),
             StatusCode::UNPROCESSABLE_ENTITY,
         ),
-        ("one byte too many", long, StatusCode::PAYLOAD_TOO_LARGE),
-        ("one byte short", short, StatusCode::BAD_REQUEST),
         (
-            "the slivers swapped",
-            joined(&secondary, &primary),
+            "another pair's proof",
+            put(0, root, 0, other_proof.clone(), body.clone()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "the pair of another shard",
+            put(0, root, 0, proof.clone(), shard_1_body),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "another segment's root",
+            put(0, other_root, 0, other_proof.clone(), body.clone()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "a pair of segment 1 sent as segment 0",
+            put(0, other_root, 0, other_proof.clone(), other_body.clone()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "a proof one hash short",
+            put(0, root, 0, proof[1..].to_vec(), body.clone()),
             StatusCode::BAD_REQUEST,
         ),
+        (
+            "one byte too many",
+            put(0, root, 0, proof.clone(), long),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            "one byte short",
+            put(0, root, 0, proof.clone(), body[..body.len() - 1].to_vec()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "a shard the node does not own",
+            put(0, root, unowned, proof.clone(), body.clone()),
+            StatusCode::CONFLICT,
+        ),
     ] {
-        let r = node.client.put_pair(&id, 0, 0, vec![body.into()]).await;
-        assert_eq!(status_of(r), status, "{what}");
-        for kind in [SliverKind::Primary, SliverKind::Secondary] {
-            let stored = node.client.sliver(&id, 0, 0, kind, 1 << 20).await.unwrap();
-            assert_eq!(stored, None, "{what}: no {kind} sliver was stored");
-        }
+        assert_eq!(status_of(attempt.await), status, "{what}");
     }
-    // A shard the node does not own.
-    let (other_p, other_s) = pair_for_shard(&metadata, &segments[0], 1);
-    let r = node
+    let used = |node: &TestNode| {
+        let dir = node.dir.path().join("uploads");
+        walk_bytes(&dir)
+    };
+    assert_eq!(used(&node), 0, "nothing refused was filed");
+
+    // Shard 0 of every segment, shard 1 of segment 0 only.
+    for segment in &segments {
+        let (root, proof, body) = session_pair(segment, 0);
+        put(segment.index, root, 0, proof, body).await.unwrap();
+    }
+    let (root, proof, body) = session_pair(&segments[0], 1);
+    put(0, root, 1, proof, body).await.unwrap();
+    assert!(used(&node) > 0);
+    // Nothing is visible before the metadata adopts the session.
+    assert_eq!(
+        node.client.sliver(&id, 0, 0, SliverKind::Primary, 1 << 20).await.unwrap(),
+        None
+    );
+    let state = node.client.state(&id).await.unwrap();
+    assert!(state.shards.is_empty() && state.size.is_none(), "{state:?}");
+
+    // Metadata of another blob adopts none of it (its segments have other
+    // roots), and ends the session.
+    let (_, other, _) = blob(4, 150_000, 1024 * 80);
+    let adopted = node
         .client
-        .put_pair(&id, 0, 1, vec![joined(&other_p, &other_s).into()])
-        .await;
-    assert_eq!(status_of(r), StatusCode::CONFLICT);
-    node.client
-        .put_pair(&id, 0, 0, vec![joined(&primary, &secondary).into()])
+        .put_metadata_adopting(&other.blob_id(), 5, other.to_bytes().into(), &upload)
         .await
         .unwrap();
-    let get = |kind| node.client.sliver(&id, 0, 0, kind, 1 << 20);
-    assert_eq!(get(SliverKind::Primary).await.unwrap(), Some(primary));
-    assert_eq!(get(SliverKind::Secondary).await.unwrap(), Some(secondary));
+    assert_eq!(adopted.segments, vec![Vec::<u16>::new(); 2]);
+    assert_eq!(used(&node), 0, "the session is gone");
+
+    // A new session, adopted by the blob's own metadata.
+    let upload = UploadId::random();
+    for segment in &segments {
+        let (root, proof, body) = session_pair(segment, 0);
+        node.client
+            .put_upload_pair(&upload, (segment.index, &root), 0, &proof, vec![body.into()])
+            .await
+            .unwrap();
+    }
+    let (root, proof, body) = session_pair(&segments[0], 1);
+    node.client
+        .put_upload_pair(&upload, (0, &root), 1, &proof, vec![body.into()])
+        .await
+        .unwrap();
+    let adopted = node
+        .client
+        .put_metadata_adopting(&id, 7, metadata.to_bytes().into(), &upload)
+        .await
+        .unwrap();
+    assert_eq!(adopted.segments, vec![vec![0, 1], vec![0], vec![0]]);
+    assert_eq!(used(&node), 0, "adopted pairs left the session");
+    for segment in &segments {
+        let (primary, secondary) = pair_for_shard(&metadata, segment, 0);
+        let get = |kind| node.client.sliver(&id, segment.index, 0, kind, 1 << 20);
+        assert_eq!(get(SliverKind::Primary).await.unwrap(), Some(primary));
+        assert_eq!(get(SliverKind::Secondary).await.unwrap(), Some(secondary));
+    }
+    // Staging again (a retry) answers what is held; nothing is committed.
+    let again = node
+        .client
+        .put_metadata_adopting(&id, 7, metadata.to_bytes().into(), &upload)
+        .await
+        .unwrap();
+    assert_eq!(again, adopted);
+    assert_eq!(node.client.state(&id).await.unwrap().state.commit, None);
+}
+
+#[tokio::test]
+async fn a_session_its_writer_gives_up_is_removed_with_everything_it_held() {
+    let node = start_node("node-give-up", &[0], None).await;
+    let (_, _, segments) = blob(4, 3000, 1024 * 64);
+    let upload = UploadId::random();
+    let (root, proof, body) = session_pair(&segments[0], 0);
+    node.client
+        .put_upload_pair(&upload, (0, &root), 0, &proof, vec![body.into()])
+        .await
+        .unwrap();
+    let uploads = node.dir.path().join("uploads");
+    assert!(walk_bytes(&uploads) > 0);
+    node.client.delete_upload(&upload).await.unwrap();
+    assert_eq!(walk_bytes(&uploads), 0);
+    // Removing it again, or one never seen, is no error.
+    node.client.delete_upload(&upload).await.unwrap();
+    let r = authorized_http()
+        .delete(format!("{}/v1/uploads/not-an-upload", node.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+}
+
+/// Bytes of the files below `dir`.
+fn walk_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                walk_bytes(&path)
+            } else {
+                e.metadata().map_or(0, |m| m.len())
+            }
+        })
+        .sum()
 }
 
 #[tokio::test]

@@ -17,7 +17,8 @@
 //! the configured upload memory (an upload past it waits, reading its body
 //! no further); at most a configured number of uploads run at once (503
 //! with Retry-After beyond). S3 uploads are spooled to a temporary file
-//! (a full spool answers 507), and written from it the same way.
+//! first, because their checksums must hold before anything is stored (a
+//! full spool answers SlowDown), and written from it the same way.
 //! Nothing is visible before the write committed on a quorum: a failed or
 //! interrupted upload leaves no blob behind (its session and staged
 //! pieces are removed, or collected by the nodes after their TTL). The
@@ -65,11 +66,11 @@ pub type StatusBoard = Arc<RwLock<Option<serde_json::Value>>>;
 pub struct GatewayConfig {
     /// The fleet map.
     pub fleet: FleetSource,
-    /// Where uploads are spooled.
+    /// Where S3 uploads are spooled.
     pub spool_dir: PathBuf,
     /// Largest blob accepted, in bytes.
     pub max_blob_bytes: u64,
-    /// Bytes the spool may hold for uploads in flight (507 beyond).
+    /// Bytes the spool may hold for S3 uploads in flight (SlowDown beyond).
     pub max_spool_bytes: Option<u64>,
     /// Uploads handled at once (503 with Retry-After beyond).
     pub max_uploads: usize,

@@ -183,6 +183,60 @@ fn abandoned_staged_writes_are_collected_after_their_ttl_and_committed_ones_neve
 }
 
 #[test]
+fn session_pairs_count_as_held_bytes_and_go_when_adopted_collected_or_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = staged(dir.path(), 30);
+    let base = store.used_bytes();
+    let (a, b, c) = (
+        crate::wire::UploadId::random(),
+        crate::wire::UploadId::random(),
+        crate::wire::UploadId::random(),
+    );
+    let root = [7u8; 32];
+    for upload in [&a, &b, &c] {
+        store
+            .put_upload_pair(upload, (0, &root), 2, b"primary", b"secondary")
+            .unwrap();
+    }
+    let pair_bytes = (7 + 9 + 2 * 32) as u64;
+    assert_eq!(store.used_bytes(), base + 3 * pair_bytes);
+    assert_eq!(store.sliver_count(SliverKind::Primary), 3);
+    // Reopening counts them again.
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.used_bytes(), base + 3 * pair_bytes);
+
+    // Adopted under another root: nothing moves, the session goes.
+    let lock = store.lock(&id(30));
+    lock.adopt_upload(&a, &[(0, [8u8; 32])]).unwrap();
+    assert_eq!(lock.pairs_by_segment(1).unwrap(), vec![Vec::<u16>::new()]);
+    assert_eq!(store.used_bytes(), base + 2 * pair_bytes);
+    // Adopted under its root: the pair is the blob's.
+    lock.adopt_upload(&b, &[(0, root)]).unwrap();
+    assert_eq!(lock.pairs_by_segment(1).unwrap(), vec![vec![2]]);
+    drop(lock);
+    assert_eq!(
+        store.sliver(&id(30), 0, 2, SliverKind::Secondary).unwrap(),
+        Some(b"secondary".to_vec())
+    );
+    assert_eq!(store.used_bytes(), base + 2 * pair_bytes);
+    // A blob no write claims adopts nothing.
+    assert!(matches!(
+        store.lock(&id(31)).adopt_upload(&c, &[(0, root)]),
+        Err(StoreError::NotStaged)
+    ));
+    // An idle session is collected after the TTL, a fresh one is not.
+    let ttl = Duration::from_secs(60);
+    let now = SystemTime::now();
+    assert_eq!(store.collect_abandoned_uploads(ttl, now).unwrap(), 0);
+    let later = now + Duration::from_secs(61);
+    assert_eq!(store.collect_abandoned_uploads(ttl, later).unwrap(), 1);
+    assert_eq!(store.used_bytes(), base + pair_bytes);
+    assert!(!store.remove_upload(&c).unwrap());
+    assert_eq!(fs::read_dir(dir.path().join("uploads")).unwrap().count(), 0);
+}
+
+#[test]
 fn a_store_of_the_earlier_layout_keeps_its_blobs_visible() {
     let dir = tempfile::tempdir().unwrap();
     let store = staged(dir.path(), 8);
@@ -505,7 +559,10 @@ fn deletes_move_the_directory_into_trash_before_removing_anything() {
     let blob = id(21);
     for shard in [2, 3] {
         store
-            .put_pair(&blob, 0, shard, b"primary", b"secondary")
+            .put_sliver(&blob, 0, shard, SliverKind::Primary, b"primary")
+            .unwrap();
+        store
+            .put_sliver(&blob, 0, shard, SliverKind::Secondary, b"secondary")
             .unwrap();
     }
     store.commit(&blob, 10, None).unwrap();
