@@ -219,16 +219,21 @@ impl BlobUpload {
         Ok(())
     }
 
-    /// Stops the segments in flight and removes the session from every
-    /// node (best effort, in the background).
+    /// Removes the session from every node (best effort, in the
+    /// background) once the segments in flight have landed: a pair still
+    /// on its way when the session is removed would be filed after it, and
+    /// wait for the TTL.
     fn give_up(&mut self) {
-        for task in self.in_flight.drain(..) {
-            task.abort();
-        }
-        let (client, session) = (self.client.clone(), self.session);
-        let silent = self.shunned.lock().expect("not poisoned").nodes.clone();
+        let in_flight: Vec<_> = self.in_flight.drain(..).collect();
+        let (client, session, shunned) = (self.client.clone(), self.session, self.shunned.clone());
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { client.remove_session(&session, &silent).await });
+            runtime.spawn(async move {
+                for task in in_flight {
+                    let _ = task.await;
+                }
+                let silent = shunned.lock().expect("not poisoned").nodes.clone();
+                client.remove_session(&session, &silent).await;
+            });
         }
     }
 }

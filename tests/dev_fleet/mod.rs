@@ -350,6 +350,17 @@ pub fn wait_gone(pid: i32) {
     }
 }
 
+/// Nodes holding any upload session (pairs shipped, not yet adopted).
+pub fn session_holders(fleet: &DevFleet) -> Vec<String> {
+    (0..64)
+        .map(|i| format!("node-{i}"))
+        .filter(|name| {
+            std::fs::read_dir(fleet.node_dir(name).join("data").join("uploads"))
+                .is_ok_and(|mut sessions| sessions.next().is_some())
+        })
+        .collect()
+}
+
 /// Nodes (by name) whose store holds anything of blob `id` besides a
 /// tombstone.
 pub fn holders_of(fleet: &DevFleet, id: &str) -> Vec<String> {

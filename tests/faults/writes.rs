@@ -4,7 +4,11 @@
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
-use crate::dev_fleet::{all_healthy, all_ready, holders_of, pseudo_random, DevFleet, WAIT};
+use futures_util::StreamExt as _;
+
+use crate::dev_fleet::{
+    all_healthy, all_ready, holders_of, pseudo_random, session_holders, DevFleet, WAIT,
+};
 use crate::{blob_id, bound, within, within_bound};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,7 +94,7 @@ async fn a_put_answered_with_an_error_never_becomes_visible_and_leaves_no_pieces
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upload_cut_off_mid_body_leaves_nothing_on_the_nodes_or_in_the_spool() {
+async fn an_upload_cut_off_mid_body_leaves_nothing_on_the_nodes() {
     let fleet = DevFleet::start(&[]);
     fleet.wait_for("nodes ready", all_ready).await;
     let token = std::fs::read_to_string(fleet.data_dir().join("token")).unwrap();
@@ -98,18 +102,27 @@ async fn an_upload_cut_off_mid_body_leaves_nothing_on_the_nodes_or_in_the_spool(
     let mut socket = std::net::TcpStream::connect(&address).unwrap();
     write!(
         socket,
-        "PUT /v1/blobs HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\nContent-Length: 3000000\r\n\r\n",
+        "PUT /v1/blobs HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\nContent-Length: 4000000\r\n\r\n",
         token.trim()
     )
     .unwrap();
-    socket.write_all(&pseudo_random(1_000_000, 5)).unwrap();
-    drop(socket); // the client goes away with two thirds unsent
-    let spool = fleet.data_dir().join("spool");
+    // Two whole 1 MiB segments and part of a third: the first two are
+    // shipped to the nodes under the upload's session as they arrive.
+    socket.write_all(&pseudo_random(2_500_000, 5)).unwrap();
     let start = Instant::now();
-    while std::fs::read_dir(&spool).unwrap().count() > 0 {
+    while session_holders(&fleet).is_empty() {
+        assert!(start.elapsed() < WAIT, "no pair was shipped before the end of the body");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(socket); // the client goes away with more than a third unsent
+    // The gateway gives the upload up: its session goes from every node
+    // (long before the staged-write TTL of 15 minutes).
+    let start = Instant::now();
+    while !session_holders(&fleet).is_empty() {
         assert!(
             start.elapsed() < WAIT,
-            "the spool file of the cut upload stays"
+            "sessions of the cut upload stay on {:?}",
+            session_holders(&fleet)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -122,6 +135,59 @@ async fn an_upload_cut_off_mid_body_leaves_nothing_on_the_nodes_or_in_the_spool(
             .join("blobs");
         assert_eq!(std::fs::read_dir(blobs).unwrap().count(), 0, "node-{i}");
     }
+    assert_eq!(
+        std::fs::read_dir(fleet.data_dir().join("spool")).unwrap().count(),
+        0,
+        "nothing of a blob upload is spooled"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_whose_gateway_was_killed_while_shipping_leaves_nothing_once_its_sessions_expire() {
+    let fleet = DevFleet::start(&["--staged-ttl-secs", "3"]);
+    fleet.wait_for("nodes ready", all_ready).await;
+    let data = pseudo_random(6_500_000, 32); // seven segments
+    let id = blob_id(&data);
+    // Two and a half segments, then a body that never ends: the upload is
+    // still arriving when the processes die.
+    let head = bytes::Bytes::copy_from_slice(&data[..2_500_000]);
+    let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(head) })
+        .chain(futures_util::stream::pending());
+    let put = {
+        let (http, gateway) = (fleet.http.clone(), fleet.gateway.clone());
+        tokio::spawn(async move {
+            http.put(format!("{gateway}/v1/blobs"))
+                .body(reqwest::Body::wrap_stream(body))
+                .send()
+                .await
+        })
+    };
+    // Kill everything as soon as a node holds a shipped pair: the blob's
+    // metadata cannot be staged anywhere yet.
+    let start = Instant::now();
+    while session_holders(&fleet).is_empty() {
+        assert!(start.elapsed() < WAIT, "the upload never reached a node");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let fleet = fleet.kill_all_and_restart(&["--staged-ttl-secs", "3"]);
+    let _ = put.await; // no answer, or a broken one
+    fleet.wait_for("nodes ready", all_ready).await;
+    // Nothing of it is visible, and the restarted nodes collect the
+    // sessions nobody will adopt once they are idle for the TTL.
+    let start = Instant::now();
+    while !session_holders(&fleet).is_empty() || !holders_of(&fleet, &id).is_empty() {
+        assert_eq!(fleet.code("HEAD", &id).await, 404);
+        assert!(
+            start.elapsed() < WAIT,
+            "sessions stay on {:?}, staged pieces on {:?}",
+            session_holders(&fleet),
+            holders_of(&fleet, &id)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(fleet.code("HEAD", &id).await, 404);
+    let status = fleet.status().await;
+    assert!(status["blobs"].as_array().unwrap().is_empty(), "{status:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
