@@ -158,8 +158,17 @@ impl std::str::FromStr for UploadId {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let invalid = || format!("expected 32 lowercase hex digits, got {} characters", text.len());
-        if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        let invalid = || {
+            format!(
+                "expected 32 lowercase hex digits, got {} characters",
+                text.len()
+            )
+        };
+        if text.len() != 32
+            || !text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(invalid());
         }
         let mut bytes = [0u8; 16];

@@ -314,7 +314,11 @@ fn session_pair(segment: &EncodedSegment, shard: u16) -> (Hash, Vec<Hash>, Vec<u
             .map(|i| merkle::pair_hash(segment.hashes.primary(i), segment.hashes.secondary(i)))
             .collect(),
     );
-    assert_eq!(tree.root(), root, "the segment root is the tree of pair hashes");
+    assert_eq!(
+        tree.root(),
+        root,
+        "the segment root is the tree of pair hashes"
+    );
     let body = [
         segment.primary[pair].to_bytes(),
         segment.secondary[pair].to_bytes(),
@@ -415,7 +419,10 @@ async fn a_session_pair_is_verified_against_its_segment_root_and_stays_invisible
     assert!(used(&node) > 0);
     // Nothing is visible before the metadata adopts the session.
     assert_eq!(
-        node.client.sliver(&id, 0, 0, SliverKind::Primary, 1 << 20).await.unwrap(),
+        node.client
+            .sliver(&id, 0, 0, SliverKind::Primary, 1 << 20)
+            .await
+            .unwrap(),
         None
     );
     let state = node.client.state(&id).await.unwrap();
@@ -437,7 +444,13 @@ async fn a_session_pair_is_verified_against_its_segment_root_and_stays_invisible
     for segment in &segments {
         let (root, proof, body) = session_pair(segment, 0);
         node.client
-            .put_upload_pair(&upload, (segment.index, &root), 0, &proof, vec![body.into()])
+            .put_upload_pair(
+                &upload,
+                (segment.index, &root),
+                0,
+                &proof,
+                vec![body.into()],
+            )
             .await
             .unwrap();
     }

@@ -72,8 +72,8 @@ pub struct BlobUpload {
 impl BlobClient {
     /// Starts an upload: push its bytes, then finish it.
     pub fn upload(&self) -> Result<BlobUpload, BlobIoError> {
-        let encoder = BlobEncoder::new(self.config()?, self.map.segment_size)
-            .map_err(EncodeError::from)?;
+        let encoder =
+            BlobEncoder::new(self.config()?, self.map.segment_size).map_err(EncodeError::from)?;
         Ok(BlobUpload {
             client: self.clone(),
             encoder,

@@ -145,7 +145,9 @@ impl BlobUpload {
         for (segment, shards) in held.iter().enumerate() {
             acknowledged.retain(|s| shards.contains(s));
             if shards.len() < quorum {
-                client.abort(&metadata, generation, &self.session, &silent).await;
+                client
+                    .abort(&metadata, generation, &self.session, &silent)
+                    .await;
                 return Err(BlobIoError::NotDurable {
                     segment: segment as u32,
                     acknowledged: shards.len(),
@@ -160,7 +162,9 @@ impl BlobUpload {
             CommitVerdict::Committed => quorum,
             CommitVerdict::Partial { acknowledged } => acknowledged,
             CommitVerdict::Refused => {
-                client.abort(&metadata, generation, &self.session, &silent).await;
+                client
+                    .abort(&metadata, generation, &self.session, &silent)
+                    .await;
                 return Err(BlobIoError::CommitRefused { needed: quorum });
             }
             CommitVerdict::Unknown => return Err(BlobIoError::CommitUnknown { needed: quorum }),

@@ -122,7 +122,9 @@ pub(super) async fn put_pair(
         .ok_or_else(|| ApiError::bad_request("the segment root is missing: add ?root=HEX"))
         .and_then(|text| parse_hashes("segment root", text))?;
     let [root] = root[..] else {
-        return Err(ApiError::bad_request("invalid segment root: expected one hash"));
+        return Err(ApiError::bad_request(
+            "invalid segment root: expected one hash",
+        ));
     };
     let proof = parse_hashes("pair proof", query.proof.as_deref().unwrap_or(""))?;
     if !state.ownership.owns(shard) {

@@ -161,7 +161,14 @@ impl SliverStore {
     /// `capacity` caps those bytes.
     pub fn open(root: impl Into<PathBuf>, capacity: Option<u64>) -> Result<Self, StoreError> {
         let root = root.into();
-        for dir in ["blobs", "tombstones", "uploads", "tmp", "trash", "quarantine"] {
+        for dir in [
+            "blobs",
+            "tombstones",
+            "uploads",
+            "tmp",
+            "trash",
+            "quarantine",
+        ] {
             let dir = root.join(dir);
             fs::create_dir_all(&dir).map_err(files::io_error(&dir))?;
         }

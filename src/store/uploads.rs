@@ -177,10 +177,7 @@ impl BlobLock<'_> {
         let mut held = vec![Vec::new(); segments as usize];
         for (&shard, _) in self.holdings()?.shards.iter() {
             for (segment, shards) in held.iter_mut().enumerate() {
-                let has = |kind| {
-                    self.store
-                        .has_sliver(&self.id, segment as u32, shard, kind)
-                };
+                let has = |kind| self.store.has_sliver(&self.id, segment as u32, shard, kind);
                 if has(SliverKind::Primary) && has(SliverKind::Secondary) {
                     shards.push(shard);
                 }

@@ -111,12 +111,15 @@ async fn an_upload_cut_off_mid_body_leaves_nothing_on_the_nodes() {
     socket.write_all(&pseudo_random(2_500_000, 5)).unwrap();
     let start = Instant::now();
     while session_holders(&fleet).is_empty() {
-        assert!(start.elapsed() < WAIT, "no pair was shipped before the end of the body");
+        assert!(
+            start.elapsed() < WAIT,
+            "no pair was shipped before the end of the body"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(socket); // the client goes away with more than a third unsent
-    // The gateway gives the upload up: its session goes from every node
-    // (long before the staged-write TTL of 15 minutes).
+                  // The gateway gives the upload up: its session goes from every node
+                  // (long before the staged-write TTL of 15 minutes).
     let start = Instant::now();
     while !session_holders(&fleet).is_empty() {
         assert!(
@@ -136,7 +139,9 @@ async fn an_upload_cut_off_mid_body_leaves_nothing_on_the_nodes() {
         assert_eq!(std::fs::read_dir(blobs).unwrap().count(), 0, "node-{i}");
     }
     assert_eq!(
-        std::fs::read_dir(fleet.data_dir().join("spool")).unwrap().count(),
+        std::fs::read_dir(fleet.data_dir().join("spool"))
+            .unwrap()
+            .count(),
         0,
         "nothing of a blob upload is spooled"
     );
