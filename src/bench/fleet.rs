@@ -1,9 +1,10 @@
 //! `redstuff bench fleet`: a local 7-shard fleet for real (node processes,
 //! gateway, control loop), measured against this machine's limits in the
-//! same run: put and get of one blob through the gateway, against the
-//! codec alone and against writing the encoded bytes with fsync to the
-//! same disk; optionally several clients at once; then the time and the
-//! bytes to rebuild a node wiped while it held a given amount of slivers.
+//! same run: put and get of a blob through the gateway (the better of two
+//! blobs, as the limits are the best of several runs), against the codec
+//! alone and against writing the encoded bytes with fsync to the same
+//! disk; optionally several clients at once; then the time and the bytes
+//! to rebuild a node wiped while it held a given amount of slivers.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -147,10 +148,15 @@ pub async fn run(
         mb_per_s(options.size, encode_time),
         mb_per_s(options.size, decode_time)
     ));
+    // The disk alone: the best of two runs too.
     let disk_dir = work.path().join("disk");
-    let disk_time = tokio::task::block_in_place(|| write_like_nodes(&disk_dir, &encoded))?;
+    let mut disk_time = Duration::MAX;
+    for _ in 0..2 {
+        let took = tokio::task::block_in_place(|| write_like_nodes(&disk_dir, &encoded))?;
+        disk_time = disk_time.min(took);
+        std::fs::remove_dir_all(&disk_dir)?;
+    }
     drop(encoded);
-    std::fs::remove_dir_all(&disk_dir)?;
     log(&format!(
         "disk alone: the encoded blob written with fsync at {:.0} MB/s of blob",
         mb_per_s(options.size, disk_time)
@@ -402,19 +408,36 @@ async fn measure(
     log: &mut impl FnMut(&str),
 ) -> anyhow::Result<Measured> {
     let put = |path: PathBuf| async move { put_file(http, gateway, &path).await.map(|(id, _)| id) };
-    let start = Instant::now();
-    let id = put(blob_path.to_path_buf()).await?;
-    let put_time = start.elapsed();
-    log(&format!(
-        "put {} in {:.2} s",
-        crate::units::format_bytes(options.size),
-        put_time.as_secs_f64()
-    ));
-
-    let start = Instant::now();
-    get_checked(http, gateway, &id, blake3::hash(data)).await?;
-    let get_time = start.elapsed();
-    log(&format!("got it back in {:.2} s", get_time.as_secs_f64()));
+    // Two different blobs of the same size, each put then got; the faster
+    // of each counts (as for the codec alone, whose best of three counts),
+    // so the first request's fresh processes and pages do not count
+    // against the fleet.
+    let mut second = vec![0u8; options.size as usize];
+    fill(&mut second, 101);
+    let second_path = blob_path.with_extension("second");
+    std::fs::write(&second_path, &second)?;
+    let (mut put_time, mut get_time) = (Duration::MAX, Duration::MAX);
+    for (path, bytes) in [
+        (blob_path.to_path_buf(), data),
+        (second_path.clone(), &second[..]),
+    ] {
+        let start = Instant::now();
+        let id = put(path).await?;
+        let took = start.elapsed();
+        put_time = put_time.min(took);
+        log(&format!(
+            "put {} in {:.2} s",
+            crate::units::format_bytes(options.size),
+            took.as_secs_f64()
+        ));
+        let start = Instant::now();
+        get_checked(http, gateway, &id, blake3::hash(bytes)).await?;
+        let took = start.elapsed();
+        get_time = get_time.min(took);
+        log(&format!("got it back in {:.2} s", took.as_secs_f64()));
+    }
+    std::fs::remove_file(&second_path)?;
+    drop(second);
 
     let concurrent = if options.clients > 1 {
         let dir = blob_path.parent().expect("the blob sits in a directory");
@@ -434,7 +457,8 @@ async fn measure(
         Ok::<serde_json::Value, anyhow::Error>(status)
     };
     let node_bytes = |dir: &str| dir_bytes(std::path::Path::new(dir));
-    let mut stored = options.size + concurrent.as_ref().map_or(0, |c| c.size * c.clients as u64);
+    let mut stored =
+        2 * options.size + concurrent.as_ref().map_or(0, |c| c.size * c.clients as u64);
     let mut seed = 2;
     let data_dir = loop {
         let status = status_of().await?;

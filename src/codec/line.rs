@@ -14,6 +14,9 @@ use crate::codec::sliver::{Axis, Sliver};
 
 /// Symbols below this size are hashed in batches per thread, not one task each.
 const PARALLEL_HASH_MIN_SYMBOLS: usize = 64;
+/// A line whose extension is at least this long is hashed without holding
+/// the extension (see `extension_leaves_streamed`).
+const STREAMED_EXTENSION_MIN: usize = 4 << 20;
 
 /// The `n - k` recovery symbols that extend a line with `k` source symbols
 /// (`data`, back to back, of `symbol_size` bytes each) to n symbols.
@@ -66,10 +69,55 @@ pub fn sliver_hash<A: Axis>(sliver: &Sliver<A>) -> Hash {
 /// `symbol_size` bytes each) extended to `config.n()` symbols: what
 /// [`sliver_hash`] gives for a sliver holding `data`.
 pub fn line_hash(config: &EncodingConfig, data: &[u8], symbol_size: usize) -> Hash {
+    let k = data.len() / symbol_size;
+    if (config.n() - k) * symbol_size < STREAMED_EXTENSION_MIN {
+        return line_hash_whole(config, data, symbol_size);
+    }
+    let mut leaves = vec![[0u8; 32]; config.n()];
+    let (source, extension) = leaves.split_at_mut(k);
+    hash_symbols(data, symbol_size, source);
+    extension_leaves_streamed(data, symbol_size, extension);
+    merkle::root(&leaves)
+}
+
+/// [`line_hash`] with the whole extension in memory at once.
+fn line_hash_whole(config: &EncodingConfig, data: &[u8], symbol_size: usize) -> Hash {
     let extension = extend(config, data, symbol_size);
     let mut leaves = vec![[0u8; 32]; config.n()];
     leaves_into(data, &extension, symbol_size, &mut leaves);
     merkle::root(&leaves)
+}
+
+/// Leaf hashes of the `out.len()` recovery symbols extending the line of
+/// `data`, computed a stripe of bytes at a time (see `rs::stripes`): each
+/// stripe of every recovery symbol is coded into one small buffer and fed
+/// to that symbol's hasher, so the extension is never held whole. A line
+/// of long symbols (a few at n = 7) would otherwise fault in and zero
+/// fresh pages for as many bytes as the sliver itself on every check.
+fn extension_leaves_streamed(data: &[u8], symbol_size: usize, out: &mut [Hash]) {
+    let originals: Vec<&[u8]> = data.chunks_exact(symbol_size).collect();
+    let recovery = out.len();
+    let stripes: Vec<_> = rs::stripes(symbol_size, originals.len() + recovery).collect();
+    let width = stripes.iter().map(|s| s.len()).max().unwrap_or(0);
+    let mut buffer = vec![0u8; recovery * width];
+    let mut hashers: Vec<blake3::Hasher> = (0..recovery).map(|_| merkle::leaf_hasher()).collect();
+    for stripe in stripes {
+        let cut: Vec<&[u8]> = originals.iter().map(|o| &o[stripe.clone()]).collect();
+        let mut outs: Vec<&mut [u8]> = buffer
+            .chunks_exact_mut(width)
+            .map(|chunk| &mut chunk[..stripe.len()])
+            .collect();
+        rs::encode_recovery_into(&cut, &mut outs);
+        hashers
+            .par_iter_mut()
+            .zip(outs.par_iter())
+            .for_each(|(hasher, symbol)| {
+                hasher.update(symbol);
+            });
+    }
+    for (leaf, hasher) in out.iter_mut().zip(hashers) {
+        *leaf = *hasher.finalize().as_bytes();
+    }
 }
 
 /// Checks a sliver against the blob metadata: its shape, then its hash.
@@ -97,4 +145,61 @@ pub fn verify_sliver<A: Axis>(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(len: usize, seed: u64) -> Vec<u8> {
+        let mut state = seed | 1;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn extension_leaves_hashed_a_stripe_at_a_time_are_the_whole_extensions() {
+        // Symbol sizes on and off the 64-byte chunk, around a stripe's width.
+        for (n, k, symbol_size) in [
+            (7, 5, 2),
+            (7, 3, 130),
+            (7, 5, 149_822),
+            (7, 3, 300_002),
+            (10, 4, 1_048_578),
+            (100, 67, 29_462),
+        ] {
+            let config = EncodingConfig::new(n).unwrap();
+            let line = data(k * symbol_size, n as u64 + symbol_size as u64);
+            let extension = extend(&config, &line, symbol_size);
+            let mut whole = vec![[0u8; 32]; n as usize];
+            leaves_into(&line, &extension, symbol_size, &mut whole);
+            let mut streamed = vec![[0u8; 32]; n as usize - k];
+            extension_leaves_streamed(&line, symbol_size, &mut streamed);
+            assert_eq!(
+                streamed,
+                whole[k..],
+                "n {n}, k {k}, symbols of {symbol_size}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_line_of_long_symbols_hashes_the_same_streamed_or_whole() {
+        let config = EncodingConfig::new(7).unwrap();
+        let symbol_size = 2_200_002;
+        for k in [3, 5] {
+            let line = data(k * symbol_size, k as u64);
+            assert!((7 - k) * symbol_size >= STREAMED_EXTENSION_MIN);
+            assert_eq!(
+                line_hash(&config, &line, symbol_size),
+                line_hash_whole(&config, &line, symbol_size)
+            );
+        }
+    }
 }

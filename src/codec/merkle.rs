@@ -23,6 +23,12 @@ pub fn leaf_hash(symbol: &[u8]) -> Hash {
     *blake3::keyed_hash(LEAF_KEY, symbol).as_bytes()
 }
 
+/// A hasher giving [`leaf_hash`] of what it is fed, for a symbol that
+/// arrives in pieces.
+pub fn leaf_hasher() -> blake3::Hasher {
+    blake3::Hasher::new_keyed(LEAF_KEY)
+}
+
 /// Leaf hashes of the symbols of `data`, `symbol_size` bytes each, many at
 /// a time: `out[i]` is `leaf_hash` of symbol i.
 pub fn leaf_hashes(data: &[u8], symbol_size: usize, out: &mut [Hash]) {

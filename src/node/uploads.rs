@@ -12,7 +12,7 @@
 //! segment (422), the pair the segment root gives that shard (422), and
 //! their hashes are proven under the root (422).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -59,48 +59,97 @@ fn parse_hashes(what: &str, text: &str) -> Result<Vec<Hash>, ApiError> {
         .collect()
 }
 
+/// Pair bodies kept for the next pair: a pair is as long as a few symbols
+/// of a segment (34 MiB at n = 7 and 64 MiB segments), and a fresh buffer
+/// of that size costs the kernel zeroing every page of it again.
+static SPARE_BODIES: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+/// At most this many spare bodies are kept (a writer ships two segments
+/// at once).
+const SPARE_BODIES_KEPT: usize = 2;
+
+/// A pair body whose buffer goes back to the spares once every slice of
+/// it is dropped.
+struct PairBody(Vec<u8>);
+
+impl PairBody {
+    /// An empty body with room for `len` bytes, a spare one if any fits.
+    fn with_capacity(len: usize) -> Self {
+        let mut spares = SPARE_BODIES.lock().unwrap_or_else(|e| e.into_inner());
+        let buffer = match spares.iter().position(|b| b.capacity() >= len) {
+            Some(at) => spares.swap_remove(at),
+            None => Vec::with_capacity(len),
+        };
+        Self(buffer)
+    }
+}
+
+impl AsRef<[u8]> for PairBody {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for PairBody {
+    fn drop(&mut self) {
+        let mut buffer = std::mem::take(&mut self.0);
+        buffer.clear();
+        let mut spares = SPARE_BODIES.lock().unwrap_or_else(|e| e.into_inner());
+        if spares.len() < SPARE_BODIES_KEPT {
+            spares.push(buffer);
+        } else if let Some(smallest) = spares.iter_mut().min_by_key(|b| b.capacity()) {
+            if smallest.capacity() < buffer.capacity() {
+                *smallest = buffer;
+            }
+        }
+    }
+}
+
 /// Reads a pair body: the primary's header tells the pair's length, which
 /// is checked against the declared length before the rest is read.
-async fn read_pair_body(
-    body: Body,
-    headers: &HeaderMap,
-) -> Result<(PairLengths, Vec<u8>), ApiError> {
+async fn read_pair_body(body: Body, headers: &HeaderMap) -> Result<(PairLengths, Bytes), ApiError> {
     let mut stream = body.into_data_stream();
-    let mut bytes = Vec::new();
-    let mut lengths: Option<PairLengths> = None;
+    let mut prefix = Vec::new();
+    let mut pair: Option<(PairLengths, PairBody)> = None;
     let too_large = |expected: usize, got: String| {
         ApiError::too_large(format!("the pair is {expected} bytes; got {got}"))
     };
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("upload interrupted: {e}")))?;
-        bytes.extend_from_slice(&chunk);
-        if lengths.is_none() && bytes.len() >= SLIVER_OVERHEAD {
-            let found = pair_lengths_from_prefix(&bytes[..SLIVER_OVERHEAD])
+        let Some((found, body)) = &mut pair else {
+            prefix.extend_from_slice(&chunk);
+            if prefix.len() < SLIVER_OVERHEAD {
+                continue;
+            }
+            let found = pair_lengths_from_prefix(&prefix[..SLIVER_OVERHEAD])
                 .map_err(|e| ApiError::bad_request(format!("invalid primary sliver: {e}")))?;
             if let Some(declared) = declared_length(headers) {
                 if declared > found.total as u64 {
                     return Err(too_large(found.total, declared.to_string()));
                 }
             }
-            bytes.reserve_exact(found.total.saturating_sub(bytes.len()));
-            lengths = Some(found);
-        }
-        if let Some(found) = lengths {
-            if bytes.len() > found.total {
+            if prefix.len() > found.total {
                 return Err(too_large(found.total, "more".to_string()));
             }
+            let mut body = PairBody::with_capacity(found.total);
+            body.0.extend_from_slice(&prefix);
+            pair = Some((found, body));
+            continue;
+        };
+        if body.0.len() + chunk.len() > found.total {
+            return Err(too_large(found.total, "more".to_string()));
         }
+        body.0.extend_from_slice(&chunk);
     }
-    match lengths {
-        Some(found) if bytes.len() == found.total => Ok((found, bytes)),
-        Some(found) => Err(ApiError::bad_request(format!(
+    match pair {
+        Some((found, body)) if body.0.len() == found.total => Ok((found, Bytes::from_owner(body))),
+        Some((found, body)) => Err(ApiError::bad_request(format!(
             "the pair is {} bytes; got {}",
             found.total,
-            bytes.len()
+            body.0.len()
         ))),
         None => Err(ApiError::bad_request(format!(
             "a pair upload of {} bytes is shorter than a sliver's header",
-            bytes.len()
+            prefix.len()
         ))),
     }
 }
@@ -135,7 +184,6 @@ pub(super) async fn put_pair(
     }
     let (lengths, body) = read_pair_body(body, &headers).await?;
     blocking(move || {
-        let body = Bytes::from(body);
         let (primary, secondary) = (body.slice(..lengths.primary), body.slice(lengths.primary..));
         check_pair(&primary, &secondary, (segment, &root), shard, &proof)?;
         state
@@ -219,4 +267,26 @@ pub(super) async fn delete(
         Ok(StatusCode::NO_CONTENT)
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pair_bodys_buffer_serves_the_next_pair_once_every_slice_of_it_is_dropped() {
+        let mut body = PairBody::with_capacity(1 << 20);
+        body.0.resize(1 << 20, 7);
+        let address = body.0.as_ptr();
+        let shared = Bytes::from_owner(body);
+        let (head, tail) = (shared.slice(..10), shared.slice(10..));
+        drop(shared);
+        drop(head);
+        let before = PairBody::with_capacity(1000);
+        assert_ne!(before.0.as_ptr(), address, "a slice still holds the buffer");
+        drop(tail);
+        let next = PairBody::with_capacity(1000);
+        assert_eq!(next.0.as_ptr(), address, "the spare buffer is reused");
+        assert!(next.0.is_empty());
+    }
 }
