@@ -524,6 +524,60 @@ fn walk_bytes(dir: &std::path::Path) -> u64 {
 }
 
 #[tokio::test]
+async fn a_pair_upload_is_verified_whole_and_stores_both_slivers_or_neither() {
+    let node = start_node("node-pair", &[0], None).await;
+    let (_, metadata, segments) = blob(4, 3000, 1024 * 64);
+    let id = metadata.blob_id();
+    let (primary, secondary) = pair_for_shard(&metadata, &segments[0], 0);
+    node.client
+        .put_metadata(&id, 1, metadata.to_bytes())
+        .await
+        .unwrap();
+    let joined = |p: &[u8], s: &[u8]| [p, s].concat();
+    let mut flipped = secondary.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    let mut long = joined(&primary, &secondary);
+    long.push(0);
+    let short = joined(&primary, &secondary[..secondary.len() - 1]);
+    for (what, body, status) in [
+        (
+            "a secondary that fails its hash",
+            joined(&primary, &flipped),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        ("one byte too many", long, StatusCode::PAYLOAD_TOO_LARGE),
+        ("one byte short", short, StatusCode::BAD_REQUEST),
+        (
+            "the slivers swapped",
+            joined(&secondary, &primary),
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let r = node.client.put_pair(&id, 0, 0, vec![body.into()]).await;
+        assert_eq!(status_of(r), status, "{what}");
+        for kind in [SliverKind::Primary, SliverKind::Secondary] {
+            let stored = node.client.sliver(&id, 0, 0, kind, 1 << 20).await.unwrap();
+            assert_eq!(stored, None, "{what}: no {kind} sliver was stored");
+        }
+    }
+    // A shard the node does not own.
+    let (other_p, other_s) = pair_for_shard(&metadata, &segments[0], 1);
+    let r = node
+        .client
+        .put_pair(&id, 0, 1, vec![joined(&other_p, &other_s).into()])
+        .await;
+    assert_eq!(status_of(r), StatusCode::CONFLICT);
+    node.client
+        .put_pair(&id, 0, 0, vec![joined(&primary, &secondary).into()])
+        .await
+        .unwrap();
+    let get = |kind| node.client.sliver(&id, 0, 0, kind, 1 << 20);
+    assert_eq!(get(SliverKind::Primary).await.unwrap(), Some(primary));
+    assert_eq!(get(SliverKind::Secondary).await.unwrap(), Some(secondary));
+}
+
+#[tokio::test]
 async fn bad_requests_get_their_4xx_and_leave_the_store_unchanged() {
     let node = start_node("node-b", &[0], Some(1 << 20)).await;
     let (_, metadata, segments) = blob(4, 3000, 1024 * 64);

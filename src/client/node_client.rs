@@ -512,6 +512,24 @@ impl NodeClient {
         .await
     }
 
+    /// Stores both serialized slivers of `shard`'s pair in one request:
+    /// `pair` is the primary sliver's bytes followed by the secondary's, in
+    /// parts sent as they are.
+    pub async fn put_pair(
+        &self,
+        id: &BlobId,
+        segment: u32,
+        shard: u16,
+        pair: Vec<Bytes>,
+    ) -> Result<(), NodeCallError> {
+        self.put_watched(
+            &format!("/v1/blobs/{id}/pairs/{segment}/{shard}"),
+            pair,
+            "the pair upload",
+        )
+        .await
+    }
+
     /// A serialized sliver of `shard`, if the node has it; at most `limit` bytes.
     pub async fn sliver(
         &self,

@@ -9,6 +9,7 @@
 //! | POST `/v1/blobs/{id}/abort` | withdraws the staged write of `{"generation": G}` |
 //! | DELETE `/v1/blobs/{id}?generation=G` | records a tombstone of generation G and removes what it covers |
 //! | PUT, GET `/v1/blobs/{id}/slivers/{segment}/{shard}/{primary\|secondary}` | a sliver of an owned shard; PUT verifies it against the metadata |
+//! | PUT `/v1/blobs/{id}/pairs/{segment}/{shard}` | both slivers of the pair an owned shard holds (primary then secondary), verified against the staged metadata and stored together: what writers of earlier versions send, kept while a fleet is upgraded |
 //! | PUT `/v1/uploads/{upload}/pairs/{segment}/{shard}?root=R&proof=P` | both slivers of the pair an owned shard holds in a segment of root R, shipped before the blob id is known, with the Merkle proof P of the pair's hash under R; verified and filed under the session, invisible until adopted |
 //! | DELETE `/v1/uploads/{upload}` | removes an upload session (its writer gave up); sessions nobody adopts go after the staged-write TTL |
 //! | GET `/v1/blobs/{id}/symbols/{segment}/{shard}/{kind}?target_shard=T` | a recovery symbol with its proof, from this node's sliver, for the pair shard T holds |
@@ -59,6 +60,10 @@ pub(super) fn router(state: Arc<NodeState>, tokens: Arc<TokenSet>) -> Router {
         .route(
             "/v1/blobs/{id}/symbols/{segment}/{shard}/{kind}",
             get(slivers::get_symbol),
+        )
+        .route(
+            "/v1/blobs/{id}/pairs/{segment}/{shard}",
+            put(slivers::put_pair),
         )
         .route(
             "/v1/uploads/{upload}/pairs/{segment}/{shard}",

@@ -102,6 +102,8 @@ fn sliver_len(metadata: &BlobMetadata, segment: u32, kind: SliverKind) -> usize 
 struct Received {
     metadata: Arc<BlobMetadata>,
     pair: u16,
+    /// The length the upload should have.
+    expected: usize,
     body: Vec<u8>,
 }
 
@@ -141,6 +143,7 @@ async fn receive_for_shard(
     Ok(Received {
         metadata,
         pair,
+        expected,
         body,
     })
 }
@@ -175,6 +178,65 @@ pub(super) async fn put_sliver(
         state
             .store
             .put_sliver(&path.id, path.segment, path.shard, path.kind, &body)
+            .map_err(|e| store_error(&state, e))?;
+        Ok(StatusCode::CREATED)
+    })
+    .await
+}
+
+/// `PUT /v1/blobs/{id}/pairs/{segment}/{shard}`: both slivers of the
+/// pair `shard` holds in `segment`, the primary then the secondary, back to
+/// back, checked like two sliver PUTs and stored together. Writers ship
+/// under upload sessions now; this stays for the writers of earlier
+/// versions while a fleet is upgraded.
+pub(super) async fn put_pair(
+    State(state): State<Arc<NodeState>>,
+    Path((id, segment, shard)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id)?;
+    let segment: u32 = parse_number("segment", &segment)?;
+    let shard: u16 = parse_number("shard", &shard)?;
+    let mut primary_len = 0;
+    let what = format!("the pair of segment {segment} (primary then secondary sliver)");
+    let Received {
+        metadata,
+        pair,
+        expected,
+        body,
+    } = receive_for_shard(
+        &state,
+        (id, segment, shard),
+        &headers,
+        body,
+        |metadata| {
+            primary_len = sliver_len(metadata, segment, SliverKind::Primary);
+            primary_len + sliver_len(metadata, segment, SliverKind::Secondary)
+        },
+        &what,
+    )
+    .await?;
+    if body.len() != expected {
+        return Err(ApiError::bad_request(format!(
+            "{what} is {expected} bytes; got {}",
+            body.len()
+        )));
+    }
+    blocking(move || {
+        let body = bytes::Bytes::from(body);
+        let (primary, secondary) = (body.slice(..primary_len), body.slice(primary_len..));
+        let path = |kind| SliverPath {
+            id,
+            segment,
+            shard,
+            kind,
+        };
+        check_sliver::<Primary>(&metadata, &path(SliverKind::Primary), pair, &primary)?;
+        check_sliver::<Secondary>(&metadata, &path(SliverKind::Secondary), pair, &secondary)?;
+        state
+            .store
+            .put_pair(&id, segment, shard, &primary, &secondary)
             .map_err(|e| store_error(&state, e))?;
         Ok(StatusCode::CREATED)
     })

@@ -441,6 +441,44 @@ impl SliverStore {
         }
     }
 
+    /// Stores both serialized slivers of `shard`'s pair for segment
+    /// `segment` in one step (each file fsynced before either is renamed
+    /// into place), if a write of the blob is staged or committed here.
+    pub fn put_pair(
+        &self,
+        id: &BlobId,
+        segment: u32,
+        shard: u16,
+        primary: &[u8],
+        secondary: &[u8],
+    ) -> Result<(), StoreError> {
+        let first = self.stage_file(
+            &self.sliver_path(id, segment, shard, SliverKind::Primary),
+            primary,
+        )?;
+        let second = match self.stage_file(
+            &self.sliver_path(id, segment, shard, SliverKind::Secondary),
+            secondary,
+        ) {
+            Ok(file) => file,
+            Err(e) => {
+                let _ = fs::remove_file(&first.tmp);
+                return Err(e);
+            }
+        };
+        let lock = self.lock(id);
+        match lock.check_claimed() {
+            Ok(()) => self
+                .publish_file(first)
+                .and_then(|()| self.publish_file(second)),
+            Err(e) => {
+                let _ = fs::remove_file(&first.tmp);
+                let _ = fs::remove_file(&second.tmp);
+                Err(e)
+            }
+        }
+    }
+
     /// A serialized sliver, if stored; checked against its checksum.
     pub fn sliver(
         &self,

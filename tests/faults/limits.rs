@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::extract::Path;
 use axum::routing::get;
 use axum::Router;
-use futures_util::stream;
+use futures_util::{stream, StreamExt as _};
 use redstuff::auth::TokenSet;
 use redstuff::client::{Deadlines, NodeCalls};
 use redstuff::codec::format::SLIVER_OVERHEAD;
@@ -260,7 +260,7 @@ async fn a_node_checks_ownership_and_length_before_it_reads_a_body() {
         "1MiB",
     ]);
     let data = pseudo_random(100_000, 2);
-    let (metadata, _) = BlobEncoder::new(EncodingConfig::new(4).unwrap(), 1 << 20)
+    let (metadata, segments) = BlobEncoder::new(EncodingConfig::new(4).unwrap(), 1 << 20)
         .unwrap()
         .encode(&data)
         .unwrap();
@@ -274,10 +274,22 @@ async fn a_node_checks_ownership_and_length_before_it_reads_a_body() {
     let http = redstuff::http::client();
     let before = peak_kib(node.0.id());
     let put = |path: String, declared: Option<u64>| {
+        // A session pair is sized by its primary's header: the flood
+        // follows a real one.
+        let body = if path.starts_with("/v1/uploads/") {
+            let header = bytes::Bytes::from(segments[0].primary[0].header_bytes());
+            reqwest::Body::wrap_stream(
+                stream::once(async move { Ok::<_, std::io::Error>(header) }).chain(stream::iter(
+                    (0..200).map(|_| Ok(bytes::Bytes::from(vec![0u8; 1 << 20]))),
+                )),
+            )
+        } else {
+            upload_flood(200 << 20)
+        };
         let mut request = http
             .put(format!("{url}{path}"))
             .bearer_auth(TOKEN)
-            .body(upload_flood(200 << 20));
+            .body(body);
         if let Some(len) = declared {
             request = request.header("content-length", len);
         }
@@ -290,8 +302,16 @@ async fn a_node_checks_ownership_and_length_before_it_reads_a_body() {
         }
     };
     // A shard it does not own, a length past the sliver's (or the
-    // pair's), a chunked body past it, on the sliver route and on the pair
-    // route writers use, and metadata that never ends.
+    // pair's), a chunked body past it, on the sliver route, the pair route
+    // and the session pair route writers use, and metadata that never
+    // ends.
+    let session = format!("/v1/uploads/{}", redstuff::wire::UploadId::random());
+    let root: String = segments[0]
+        .hashes
+        .root()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let cases = [
         (format!("/v1/blobs/{id}/slivers/0/1/primary"), None, 409),
         (
@@ -304,6 +324,13 @@ async fn a_node_checks_ownership_and_length_before_it_reads_a_body() {
         (format!("/v1/blobs/{id}/pairs/0/0"), Some(200 << 20), 413),
         (format!("/v1/blobs/{id}/pairs/0/0"), None, 413),
         (format!("/v1/blobs/{id}/metadata?generation=2"), None, 400),
+        (format!("{session}/pairs/0/1?root={root}"), None, 409),
+        (
+            format!("{session}/pairs/0/0?root={root}"),
+            Some(200 << 20),
+            413,
+        ),
+        (format!("{session}/pairs/0/0?root={root}"), None, 413),
     ];
     for (path, declared, expected) in cases {
         let answer = put(path.clone(), declared).await;
