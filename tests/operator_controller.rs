@@ -460,6 +460,60 @@ async fn a_changed_image_replaces_node_pods_one_at_a_time_and_never_patches_them
     assert!(!requests.contains(&format!("DELETE {NS}/pods/media-node-2")));
 }
 
+/// The image of the gateway Deployment the reconcile applied.
+fn gateway_image_applied(seen: &[Seen]) -> String {
+    let path = "/apis/apps/v1/namespaces/storage/deployments/media-gateway";
+    let applied = seen
+        .iter()
+        .find(|s| s.method == "PATCH" && s.path == path)
+        .expect("the gateway Deployment is applied");
+    applied.body["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn the_gateway_keeps_its_image_until_every_node_pod_runs_the_new_spec() {
+    let previous = settled_status(7, 3).await;
+    let mut changed = cluster(7, 3, Some(previous));
+    changed.spec.image = Some("redstuff:new".into());
+    let api = || {
+        let mut api = MockApi::default();
+        api.objects.extend(support::token_secrets());
+        api.objects.insert(
+            "/apis/apps/v1/namespaces/storage/deployments/media-gateway".into(),
+            json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "media-gateway", "namespace": "storage"},
+                "spec": {"selector": {}, "template": {"spec": {"containers": [
+                    {"name": "gateway", "image": "redstuff:test"}]}}}
+            }),
+        );
+        api
+    };
+    // Every node pod on the old spec, then all but one on the new.
+    let mut pods = ready_pods(3);
+    for stage in 0..3 {
+        let (seen, _) = reconcile_on(
+            api(),
+            changed.clone(),
+            pods.clone(),
+            claims(3),
+            silent_nodes(3),
+        )
+        .await;
+        assert_eq!(
+            gateway_image_applied(&seen),
+            "redstuff:test",
+            "{stage} of 3 node pods renewed: the gateway keeps its image"
+        );
+        pods[stage] = pod_of(&changed, &format!("media-node-{stage}"), true);
+    }
+    let (seen, _) = reconcile_on(api(), changed, pods, claims(3), silent_nodes(3)).await;
+    assert_eq!(gateway_image_applied(&seen), "redstuff:new");
+}
+
 #[tokio::test]
 async fn a_claim_being_deleted_gets_its_pod_deleted_so_it_comes_back_empty() {
     let previous = settled_status(7, 3).await;

@@ -499,14 +499,23 @@ pub async fn reconcile_cluster(
             }
         }
     }
-    apply_noting(
-        &mut failures,
-        applied,
-        &Api::<Deployment>::namespaced(client.clone(), &namespace),
-        &desired.gateway,
-        true,
-    )
-    .await;
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &namespace);
+    let gateway = if outdated.is_empty() {
+        desired.gateway.clone()
+    } else {
+        // Gateways follow nodes: until every node pod runs the new spec,
+        // the gateway keeps its image (a newer gateway may speak a node
+        // API the outdated nodes do not know).
+        match deployments.get_opt(&desired.gateway.name_any()).await {
+            Ok(Some(running)) => rollout::gateway_keeping_its_image(&desired.gateway, &running),
+            Ok(None) => desired.gateway.clone(),
+            Err(e) => {
+                failures.note("read the gateway Deployment".to_string(), Err::<(), _>(e));
+                desired.gateway.clone()
+            }
+        }
+    };
+    apply_noting(&mut failures, applied, &deployments, &gateway, true).await;
     apply_noting(
         &mut failures,
         applied,

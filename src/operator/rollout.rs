@@ -5,7 +5,12 @@
 //! pod whose hash differs is outdated, and outdated pods are deleted one by
 //! one, each only while every other node pod is available. The pod is then
 //! created again from the new spec on the same claim: no data moves.
+//!
+//! Gateways follow nodes: while any node pod is outdated, the gateway
+//! keeps the image it runs, so a gateway never speaks a newer node API
+//! than the nodes it writes to.
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 
 /// Annotation of a node pod: the hash of the spec it was created from.
@@ -86,6 +91,40 @@ pub fn waiting_for(nodes: &[RolloutNode], calm: FleetCalm) -> Option<String> {
             .collect();
         format!("node pods to be ready: {}", down.join(", "))
     })
+}
+
+/// The gateway Deployment to apply while node pods are outdated: the
+/// desired one, with each container's image the one `running` (the
+/// Deployment as it is) has for the container of that name. Everything
+/// else of the desired spec applies at once.
+pub fn gateway_keeping_its_image(desired: &Deployment, running: &Deployment) -> Deployment {
+    let images = |d: &Deployment| -> Vec<(String, Option<String>)> {
+        d.spec
+            .template
+            .spec
+            .as_ref()
+            .map(|s| {
+                s.containers
+                    .iter()
+                    .map(|c| (c.name.clone(), c.image.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let running = images(running);
+    let mut kept = desired.clone();
+    let containers = kept
+        .spec
+        .template
+        .spec
+        .as_mut()
+        .map(|s| s.containers.iter_mut());
+    for container in containers.into_iter().flatten() {
+        if let Some((_, Some(image))) = running.iter().find(|(name, _)| *name == container.name) {
+            container.image = Some(image.clone());
+        }
+    }
+    kept
 }
 
 #[cfg(test)]
@@ -180,5 +219,42 @@ mod tests {
         assert_eq!(spec_hash(&spec), before, "stable");
         spec.hostname = Some("media-node-0".into());
         assert_ne!(spec_hash(&spec), before);
+    }
+
+    fn gateway(image: &str, args: &[&str]) -> Deployment {
+        use k8s_openapi::api::apps::v1::DeploymentSpec;
+        use k8s_openapi::api::core::v1::{Container, PodTemplateSpec};
+        Deployment {
+            spec: DeploymentSpec {
+                template: PodTemplateSpec {
+                    spec: Some(PodSpec {
+                        containers: vec![Container {
+                            name: "gateway".into(),
+                            image: Some(image.into()),
+                            args: Some(args.iter().map(|a| a.to_string()).collect()),
+                            ..Container::default()
+                        }],
+                        ..PodSpec::default()
+                    }),
+                    ..PodTemplateSpec::default()
+                },
+                ..DeploymentSpec::default()
+            },
+            ..Deployment::default()
+        }
+    }
+
+    #[test]
+    fn a_gateway_keeps_its_running_image_and_takes_the_rest_of_its_new_spec() {
+        let desired = gateway("redstuff:new", &["gateway", "--max-uploads", "4"]);
+        let running = gateway("redstuff:old", &["gateway"]);
+        let kept = gateway_keeping_its_image(&desired, &running);
+        assert_eq!(
+            kept,
+            gateway("redstuff:old", &["gateway", "--max-uploads", "4"])
+        );
+        // A Deployment without that container keeps the desired image.
+        let empty = Deployment::default();
+        assert_eq!(gateway_keeping_its_image(&desired, &empty), desired);
     }
 }
