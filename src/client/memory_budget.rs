@@ -1,11 +1,11 @@
 //! A bound on the memory the uploads of one process hold at once.
 //!
-//! Every segment an upload holds in memory (being received, hashed,
-//! encoded or shipped) first reserves its footprint from one budget shared
+//! Every segment an upload holds in memory (being received, encoded or
+//! shipped) first reserves its footprint from one budget shared
 //! by all uploads of the gateway; an upload that finds the budget spent
 //! waits (its client's body is not read meanwhile, so TCP flow control
 //! slows the client down) instead of growing the process. A reservation
-//! is released when its segment has been shipped or its hashes computed.
+//! is released when its segment has been shipped.
 //! Shipping never waits for the budget, so uploads cannot deadlock on it.
 
 use std::sync::Arc;
@@ -84,8 +84,7 @@ pub async fn reserve(budget: Option<&MemoryBudget>, bytes: u64) -> MemoryReserva
 /// What an upload holds in memory for one segment of `len` bytes while it
 /// is encoded and shipped: all n sliver pairs (the systematic ones share
 /// the segment's bytes), plus the leaf hashes of one batch of rows (the
-/// encoder holds up to 64 rows' at once). Hashing a segment without
-/// keeping its slivers needs less.
+/// encoder holds up to 64 rows' at once).
 pub fn segment_footprint(config: &EncodingConfig, len: u64) -> u64 {
     let leaves = (config.n().min(64) * config.n() * crate::codec::config::HASH_LEN) as u64;
     config.segment_layout(len).encoded_len() + leaves
