@@ -36,6 +36,7 @@
 
 mod files;
 mod housekeeping;
+mod markers;
 mod uploads;
 
 use std::collections::BTreeMap;
@@ -149,10 +150,6 @@ fn sub(counter: &AtomicU64, amount: u64) {
     let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
         Some(v.saturating_sub(amount))
     });
-}
-
-fn generation_bytes(generation: u64) -> [u8; 8] {
-    generation.to_le_bytes()
 }
 
 impl SliverStore {
@@ -359,65 +356,11 @@ impl SliverStore {
         }
     }
 
-    /// The markers of a blob here.
-    pub fn state(&self, id: &BlobId) -> Result<BlobState, StoreError> {
-        self.read_state(id)
-    }
-
-    fn read_marker(&self, path: &Path, what: &str) -> Result<Option<u64>, StoreError> {
-        let bytes = match self.read_file(path, || what.to_string()) {
-            Ok(bytes) => bytes,
-            // A marker that cannot be read is gone: the loop spreads it again.
-            Err(StoreError::Corrupt { .. } | StoreError::Unreadable { .. }) => None,
-            Err(e) => return Err(e),
-        };
-        Ok(bytes.and_then(|b| Some(u64::from_le_bytes(b.as_slice().try_into().ok()?))))
-    }
-
-    fn read_state(&self, id: &BlobId) -> Result<BlobState, StoreError> {
-        let dir = self.blob_dir(id);
-        Ok(BlobState {
-            commit: self.read_marker(&dir.join("commit"), "commit marker")?,
-            staged: self.read_marker(&dir.join("staged"), "staged marker")?,
-            tombstone: self.read_marker(&self.tombstone_path(id), "tombstone")?,
-        })
-    }
-
     /// The serialized metadata of a blob, if stored.
     pub fn metadata(&self, id: &BlobId) -> Result<Option<Vec<u8>>, StoreError> {
         self.read_file(&self.blob_dir(id).join("metadata"), || {
             format!("metadata of {id}")
         })
-    }
-
-    /// Stages a write of `generation`: its metadata is stored and the blob
-    /// accepts slivers. Refused when a tombstone at least as new exists.
-    pub fn stage(&self, id: &BlobId, generation: u64, metadata: &[u8]) -> Result<(), StoreError> {
-        self.lock(id).stage(generation, metadata)
-    }
-
-    /// Commits the write of `generation` (storing `metadata` too when given
-    /// and missing). Refused when a tombstone at least as new exists.
-    pub fn commit(
-        &self,
-        id: &BlobId,
-        generation: u64,
-        metadata: Option<&[u8]>,
-    ) -> Result<BlobState, StoreError> {
-        self.lock(id).commit(generation, metadata)
-    }
-
-    /// Withdraws a staged write of `generation` that will never commit: the
-    /// blob's data is removed unless another write claims it. True when
-    /// data was removed.
-    pub fn abort(&self, id: &BlobId, generation: u64) -> Result<bool, StoreError> {
-        self.lock(id).abort(generation)
-    }
-
-    /// Records a delete of `generation`: the tombstone is kept, and the
-    /// blob's data removed unless a newer write claims it.
-    pub fn tombstone(&self, id: &BlobId, generation: u64) -> Result<TombstoneOutcome, StoreError> {
-        self.lock(id).tombstone(generation)
     }
 
     /// Stores a serialized sliver of `shard` for segment `segment`, if a
@@ -588,144 +531,6 @@ struct StagedFile {
     tmp: PathBuf,
     path: PathBuf,
     size: u64,
-}
-
-impl BlobLock<'_> {
-    /// The blob's markers.
-    pub fn state(&self) -> Result<BlobState, StoreError> {
-        self.store.read_state(&self.id)
-    }
-
-    /// The serialized metadata, if stored.
-    pub fn metadata(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        self.store.metadata(&self.id)
-    }
-
-    /// What is stored of the blob.
-    pub fn holdings(&self) -> Result<BlobHoldings, StoreError> {
-        self.store.holdings(&self.id)
-    }
-
-    fn write_marker(&self, name: &str, generation: u64) -> Result<(), StoreError> {
-        self.store.write_file(
-            &self.store.blob_dir(&self.id).join(name),
-            &generation_bytes(generation),
-        )
-    }
-
-    fn ensure_metadata(&self, metadata: &[u8]) -> Result<(), StoreError> {
-        let path = self.store.blob_dir(&self.id).join("metadata");
-        if !path.is_file() {
-            self.store.write_file(&path, metadata)?;
-        }
-        Ok(())
-    }
-
-    /// See [`SliverStore::stage`].
-    pub fn stage(&self, generation: u64, metadata: &[u8]) -> Result<(), StoreError> {
-        let state = self.state()?;
-        state
-            .admits(generation)
-            .map_err(|tombstone| StoreError::Deleted { tombstone })?;
-        self.ensure_metadata(metadata)?;
-        if state.staged < Some(generation) {
-            self.write_marker("staged", generation)?;
-        }
-        Ok(())
-    }
-
-    /// See [`SliverStore::commit`].
-    pub fn commit(
-        &self,
-        generation: u64,
-        metadata: Option<&[u8]>,
-    ) -> Result<BlobState, StoreError> {
-        let mut state = self.state()?;
-        state
-            .admits(generation)
-            .map_err(|tombstone| StoreError::Deleted { tombstone })?;
-        if let Some(metadata) = metadata {
-            self.ensure_metadata(metadata)?;
-        }
-        if state.commit < Some(generation) {
-            self.write_marker("commit", generation)?;
-            state.commit = Some(generation);
-        }
-        Ok(state)
-    }
-
-    /// See [`SliverStore::abort`].
-    pub fn abort(&self, generation: u64) -> Result<bool, StoreError> {
-        let state = self.state()?;
-        if state.commit.is_some() || state.staged > Some(generation) {
-            return Ok(false);
-        }
-        self.remove_data()
-    }
-
-    /// See [`SliverStore::tombstone`].
-    pub fn tombstone(&self, generation: u64) -> Result<TombstoneOutcome, StoreError> {
-        let before = self.state()?;
-        let after = before.with_tombstone(generation);
-        if before.tombstone != after.tombstone {
-            self.store.write_file(
-                &self.store.tombstone_path(&self.id),
-                &generation_bytes(generation),
-            )?;
-        }
-        let removed_data = if after.claims_data() {
-            // A newer write claims the slivers; only the older markers go.
-            let dir = self.store.blob_dir(&self.id);
-            if before.commit.is_some() && after.commit.is_none() {
-                self.remove_file(&dir.join("commit"))?;
-            }
-            if before.staged.is_some() && after.staged.is_none() {
-                self.remove_file(&dir.join("staged"))?;
-            }
-            false
-        } else {
-            self.remove_data()?
-        };
-        Ok(TombstoneOutcome {
-            removed_data,
-            state: after,
-        })
-    }
-
-    fn remove_file(&self, path: &Path) -> Result<(), StoreError> {
-        let len = fs::metadata(path).map_or(0, |m| m.len());
-        match fs::remove_file(path) {
-            Ok(()) => {
-                sub(&self.store.used, len);
-                files::sync_dir(path.parent().expect("below root"))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(files::io_error(path)(e)),
-        }
-    }
-
-    /// Removes the blob's directory (metadata, markers, slivers); true when
-    /// there was one.
-    fn remove_data(&self) -> Result<bool, StoreError> {
-        let dir = self.store.blob_dir(&self.id);
-        if !dir.exists() {
-            return Ok(false);
-        }
-        self.store.remove_tree(&dir)?;
-        Ok(true)
-    }
-
-    /// Ok when a staged or committed write claims the blob's slivers here.
-    fn check_claimed(&self) -> Result<(), StoreError> {
-        let state = self.state()?;
-        if state.claims_data() {
-            Ok(())
-        } else if let Some(tombstone) = state.tombstone {
-            Err(StoreError::Deleted { tombstone })
-        } else {
-            Err(StoreError::NotStaged)
-        }
-    }
 }
 
 #[cfg(test)]
