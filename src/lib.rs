@@ -18,6 +18,7 @@ pub mod dev;
 pub mod fleet;
 pub mod gateway;
 pub mod held_back_body;
+pub mod hex;
 pub mod http;
 pub mod json_file;
 pub mod listen;

@@ -150,7 +150,7 @@ impl UploadId {
 
 impl std::fmt::Display for UploadId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+        f.write_str(&crate::hex::encode(&self.0))
     }
 }
 
@@ -164,18 +164,11 @@ impl std::str::FromStr for UploadId {
                 text.len()
             )
         };
-        if text.len() != 32
-            || !text
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        if text.bytes().any(|b| b.is_ascii_uppercase()) {
             return Err(invalid());
         }
-        let mut bytes = [0u8; 16];
-        for (i, byte) in bytes.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| invalid())?;
-        }
-        Ok(Self(bytes))
+        let bytes = crate::hex::decode(text).ok_or_else(invalid)?;
+        Ok(Self(bytes.try_into().map_err(|_| invalid())?))
     }
 }
 

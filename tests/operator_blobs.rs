@@ -236,10 +236,7 @@ async fn a_config_map_key_is_stored_through_the_gateway_and_its_health_comes_fro
 async fn a_url_is_downloaded_checked_against_its_digest_and_stored() {
     let fleet = TestFleet::start(4).await;
     let body: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
-    let digest: String = sha2::Sha256::digest(&body)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = redstuff::hex::encode(&sha2::Sha256::digest(&body));
     let (url, _stop) = serve_bytes(body.clone()).await;
     let b = blob(
         "dataset",

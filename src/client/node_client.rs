@@ -423,8 +423,8 @@ impl NodeClient {
         self.put_watched(
             &format!(
                 "/v1/uploads/{upload}/pairs/{segment}/{shard}?root={}&proof={}",
-                hex(std::slice::from_ref(root)),
-                hex(proof)
+                crate::hex::encode(root),
+                crate::hex::encode(proof.as_flattened())
             ),
             pair,
             "the pair upload",
@@ -729,13 +729,4 @@ impl NodeClient {
             Ok(Ok(r)) if r.status().is_success()
         )
     }
-}
-
-/// Hashes back to back in hex, as upload paths carry them.
-fn hex(hashes: &[Hash]) -> String {
-    let mut text = String::with_capacity(64 * hashes.len());
-    for byte in hashes.iter().flatten() {
-        text.push_str(&format!("{byte:02x}"));
-    }
-    text
 }

@@ -258,13 +258,14 @@ impl BlobClient {
         shunned: &Mutex<Shunned>,
     ) -> BTreeSet<u16> {
         let index = segment.index;
-        let root = segment.hashes.root();
         let n = segment.primary.len();
+        // The segment root is this tree's root (`SegmentHashes::root`).
         let tree = MerkleTree::new(
             (0..n)
                 .map(|i| merkle::pair_hash(segment.hashes.primary(i), segment.hashes.secondary(i)))
                 .collect(),
         );
+        let root = tree.root();
         let rotation = crate::codec::ShardRotation::new(&root, n);
         let pairs: Vec<[Bytes; 4]> = segment
             .primary

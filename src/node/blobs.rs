@@ -23,8 +23,9 @@ pub(super) struct GenerationQuery {
     generation: Option<String>,
 }
 
-fn generation_of(query: &GenerationQuery) -> Result<u64, ApiError> {
-    let text = query.generation.as_deref().ok_or_else(|| {
+/// The generation a query gives (`?generation=G`).
+fn generation_of(given: Option<&str>) -> Result<u64, ApiError> {
+    let text = given.ok_or_else(|| {
         ApiError::bad_request("the write's or delete's generation is missing: add ?generation=G")
     })?;
     let generation: u64 = parse_number("generation", text)?;
@@ -119,9 +120,7 @@ pub(super) async fn put_metadata(
     body: Body,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let generation = generation_of(&GenerationQuery {
-        generation: query.generation,
-    })?;
+    let generation = generation_of(query.generation.as_deref())?;
     let upload = query
         .upload
         .as_deref()
@@ -224,7 +223,7 @@ pub(super) async fn delete(
     Query(query): Query<GenerationQuery>,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id)?;
-    let generation = generation_of(&query)?;
+    let generation = generation_of(query.generation.as_deref())?;
     blocking(move || {
         let lock = state.store.lock(&id);
         let outcome = lock

@@ -43,20 +43,13 @@ pub(super) fn parse_upload(text: &str) -> Result<UploadId, ApiError> {
 
 /// Hashes written back to back in hex.
 fn parse_hashes(what: &str, text: &str) -> Result<Vec<Hash>, ApiError> {
-    let invalid = || ApiError::bad_request(format!("invalid {what}: expected hashes in hex"));
-    if !text.len().is_multiple_of(64) || !text.is_ascii() {
-        return Err(invalid());
-    }
-    (0..text.len() / 64)
-        .map(|i| {
-            let mut hash = [0u8; 32];
-            for (j, byte) in hash.iter_mut().enumerate() {
-                let at = 64 * i + 2 * j;
-                *byte = u8::from_str_radix(&text[at..at + 2], 16).map_err(|_| invalid())?;
-            }
-            Ok(hash)
-        })
-        .collect()
+    let bytes = crate::hex::decode(text)
+        .filter(|b| b.len().is_multiple_of(32))
+        .ok_or_else(|| ApiError::bad_request(format!("invalid {what}: expected hashes in hex")))?;
+    Ok(bytes
+        .chunks_exact(32)
+        .map(|h| h.try_into().expect("32 bytes"))
+        .collect())
 }
 
 /// Pair bodies kept for the next pair: a pair is as long as a few symbols

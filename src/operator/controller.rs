@@ -815,11 +815,10 @@ fn recorded_blob_id(blob: &Blob) -> Option<String> {
 /// bytes of the id in hex (ids are mixed-case; names must be lowercase).
 pub fn upload_record_name(id: &str) -> Option<String> {
     let id: BlobId = id.parse().ok()?;
-    let hex: String = id.as_bytes()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Some(format!("upload-{hex}"))
+    Some(format!(
+        "upload-{}",
+        crate::hex::encode(&id.as_bytes()[..8])
+    ))
 }
 
 /// Records every readable blob of the view that no Blob names yet (an

@@ -76,10 +76,6 @@ impl IngestError {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Downloads `url` into `spool`, at most `limit` bytes, checking
 /// `sha256` when given; returns the length.
 pub async fn download(
@@ -123,7 +119,7 @@ pub async fn download(
 }
 
 fn check_digest(expected: Option<&str>, actual: &[u8]) -> Result<(), IngestError> {
-    let actual = hex(actual);
+    let actual = crate::hex::encode(actual);
     match expected {
         Some(expected) if expected != actual => Err(IngestError::ChecksumMismatch {
             expected: expected.to_string(),
@@ -187,7 +183,7 @@ mod tests {
     #[test]
     fn a_digest_that_differs_is_refused_and_none_expected_accepts_anything() {
         let digest = Sha256::digest(b"hello");
-        let good = hex(&digest);
+        let good = crate::hex::encode(&digest);
         assert!(check_digest(Some(&good), &digest).is_ok());
         assert!(check_digest(None, &digest).is_ok());
         let err = check_digest(Some(&"0".repeat(64)), &digest).unwrap_err();

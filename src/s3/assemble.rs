@@ -87,7 +87,7 @@ pub fn assemble(
                 size: record.size,
             });
         }
-        let md5 = hex_decode(&record.etag).ok_or(AssembleError::Part(part.number))?;
+        let md5 = crate::hex::decode(&record.etag).ok_or(AssembleError::Part(part.number))?;
         digests.update(&md5);
         size += record.size;
         parts.push(BlobPart {
@@ -98,23 +98,12 @@ pub fn assemble(
     Ok(Assembled {
         parts,
         size,
-        etag: format!("{}-{}", hex(&digests.finalize()), chosen.len()),
+        etag: format!(
+            "{}-{}",
+            crate::hex::encode(&digests.finalize()),
+            chosen.len()
+        ),
     })
-}
-
-/// Lower-case hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn hex_decode(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]
@@ -125,7 +114,7 @@ mod tests {
         PartRecord {
             blob: blob.into(),
             size: data.len() as u64,
-            etag: hex(&Md5::digest(data)),
+            etag: crate::hex::encode(&Md5::digest(data)),
             checksums: BTreeMap::new(),
             modified_ms: 0,
         }
@@ -150,7 +139,10 @@ mod tests {
         let mut expected = Md5::new();
         expected.update(Md5::digest(&big));
         expected.update(Md5::digest(b"tail"));
-        assert_eq!(object.etag, format!("{}-2", hex(&expected.finalize())));
+        assert_eq!(
+            object.etag,
+            format!("{}-2", crate::hex::encode(&expected.finalize()))
+        );
         assert_eq!(object.size, MIN_PART_SIZE + 4);
         assert_eq!(
             object

@@ -14,9 +14,9 @@ use s3s::crypto::Checksum as _;
 use s3s::dto::{Checksum, ChecksumAlgorithm, StreamingBlob};
 use s3s::{s3_error, S3Error, S3ErrorCode, S3Result, TrailingHeaders};
 
-use super::assemble::hex;
 use crate::gateway::spool::{SpoolError, SpoolFile};
 use crate::gateway::Door;
+use crate::hex::encode as hex;
 
 /// What the client says the bytes are.
 #[derive(Debug, Default)]

@@ -610,7 +610,7 @@ impl Index {
 fn new_upload_id() -> String {
     let mut bytes = [0u8; 16];
     getrandom(&mut bytes);
-    super::assemble::hex(&bytes)
+    crate::hex::encode(&bytes)
 }
 
 fn getrandom(bytes: &mut [u8]) {

@@ -187,6 +187,20 @@ pub(super) fn dir_stats(dir: &Path) -> Result<DirStats, StoreError> {
     Ok(stats)
 }
 
+/// When a directory last gained a file: the newest change time of `dir`
+/// and of the directories directly in it (a blob's shard directories, a
+/// session's segment directories: each gains an entry with every file).
+pub(super) fn last_change(dir: &Path) -> Option<std::time::SystemTime> {
+    let modified = |path: &Path| fs::metadata(path).and_then(|m| m.modified()).ok();
+    let subdirs = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| modified(&e.path()));
+    modified(dir).into_iter().chain(subdirs).max()
+}
+
 /// The files directly in `dir` (none when it is missing).
 pub(super) fn files_in(dir: &Path) -> Vec<PathBuf> {
     fs::read_dir(dir)

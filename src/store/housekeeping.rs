@@ -38,10 +38,6 @@ pub struct ScrubReport {
     pub unreadable: u64,
 }
 
-fn modified(path: &Path) -> Option<SystemTime> {
-    fs::metadata(path).and_then(|m| m.modified()).ok()
-}
-
 /// When a file was quarantined: the seconds its name starts with.
 fn quarantined_at(path: &Path) -> Option<SystemTime> {
     let name = path.file_name()?.to_str()?;
@@ -85,19 +81,6 @@ impl SliverStore {
         Ok(report)
     }
 
-    /// When a blob's directory last gained a file: the newest change time
-    /// of the directory and of its shard directories.
-    fn last_activity(&self, id: &BlobId) -> Option<SystemTime> {
-        let dir = self.blob_dir(id);
-        let shards = fs::read_dir(&dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.path().is_dir())
-            .filter_map(|e| modified(&e.path()));
-        modified(&dir).into_iter().chain(shards).max()
-    }
-
     /// Removes every staged write that was never committed here and has
     /// not gained a file for `ttl`; returns the blobs removed.
     pub fn collect_abandoned(
@@ -107,8 +90,7 @@ impl SliverStore {
     ) -> Result<Vec<BlobId>, StoreError> {
         let mut collected = Vec::new();
         for id in self.blob_dirs()? {
-            let idle = self
-                .last_activity(&id)
+            let idle = files::last_change(&self.blob_dir(&id))
                 .and_then(|t| now.duration_since(t).ok())
                 .is_some_and(|idle| idle >= ttl);
             if !idle {

@@ -15,17 +15,13 @@
 //! adopts (its writer failed) is removed after the staged-write TTL.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use super::{files, BlobLock, SliverStore, StoreError};
 use crate::codec::merkle::Hash;
 use crate::codec::SliverKind;
 use crate::wire::UploadId;
-
-fn hex(hash: &Hash) -> String {
-    hash.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 impl SliverStore {
     fn uploads_dir(&self) -> PathBuf {
@@ -38,7 +34,7 @@ impl SliverStore {
 
     fn upload_segment_dir(&self, upload: &UploadId, segment: u32, root: &Hash) -> PathBuf {
         self.upload_dir(upload)
-            .join(format!("{segment}-{}", hex(root)))
+            .join(format!("{segment}-{}", crate::hex::encode(root)))
     }
 
     /// Files both slivers of `shard`'s pair of segment `segment` (whose
@@ -94,7 +90,7 @@ impl SliverStore {
             else {
                 continue;
             };
-            let idle = last_change(&session.path())
+            let idle = files::last_change(&session.path())
                 .and_then(|t| now.duration_since(t).ok())
                 .is_some_and(|idle| idle >= ttl);
             if idle && self.remove_upload(&upload)? {
@@ -103,18 +99,6 @@ impl SliverStore {
         }
         Ok(collected)
     }
-}
-
-/// The newest change time of a session directory and its segment
-/// directories (each gains an entry with every pair filed).
-fn last_change(dir: &Path) -> Option<SystemTime> {
-    let modified = |path: &Path| fs::metadata(path).and_then(|m| m.modified()).ok();
-    let segments = fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| modified(&e.path()));
-    modified(dir).into_iter().chain(segments).max()
 }
 
 impl BlobLock<'_> {

@@ -140,10 +140,7 @@ pub async fn ingest(e2e: &E2e) -> anyhow::Result<()> {
         &content,
     )?;
     let url_bytes = pattern(1_000_000);
-    let digest: String = sha2::Sha256::digest(&url_bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = redstuff::hex::encode(&sha2::Sha256::digest(&url_bytes));
     e2e.apply(&probe_manifest(e2e))?;
     e2e.kubectl(&[
         "-n",

@@ -306,12 +306,7 @@ async fn a_node_checks_ownership_and_length_before_it_reads_a_body() {
     // and the session pair route writers use, and metadata that never
     // ends.
     let session = format!("/v1/uploads/{}", redstuff::wire::UploadId::random());
-    let root: String = segments[0]
-        .hashes
-        .root()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let root = redstuff::hex::encode(&segments[0].hashes.root());
     let cases = [
         (format!("/v1/blobs/{id}/slivers/0/1/primary"), None, 409),
         (
