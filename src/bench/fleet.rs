@@ -217,7 +217,8 @@ pub async fn run(
 }
 
 /// Writes every sliver of `segments` as the nodes would: one writer per
-/// pair index, a file per sliver, each fsynced, and the directory fsynced.
+/// pair index, a file per sliver written as the store writes (past the page
+/// cache where it can), each fsynced, and the directory fsynced.
 fn write_like_nodes(
     dir: &std::path::Path,
     segments: &[crate::codec::EncodedSegment],
@@ -236,9 +237,7 @@ fn write_like_nodes(
                             ("secondary", segment.secondary[pair].to_bytes()),
                         ] {
                             let path = shard_dir.join(format!("{}.{kind}", segment.index));
-                            let mut file = std::fs::File::create(path)?;
-                            file.write_all(&bytes)?;
-                            file.sync_all()?;
+                            crate::store::write_file_like_a_store(&path, &bytes)?;
                         }
                         std::fs::File::open(&shard_dir)?.sync_all()?;
                     }

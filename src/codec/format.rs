@@ -290,6 +290,17 @@ pub fn pair_lengths_from_prefix(prefix: &[u8]) -> Result<PairLengths, FormatErro
     })
 }
 
+/// The symbol size a serialized sliver's header (of either axis) declares;
+/// `None` when `bytes` do not start with one. Only the header is read.
+pub fn sliver_symbol_size(bytes: &[u8]) -> Option<usize> {
+    let header = bytes.get(..SLIVER_OVERHEAD)?;
+    let is_sliver = header[..4] == MAGIC
+        && header[4] == FORMAT_VERSION
+        && [TYPE_PRIMARY_SLIVER, TYPE_SECONDARY_SLIVER].contains(&header[5]);
+    let size = u32::from_le_bytes(header[SLIVER_OVERHEAD - 4..].try_into().expect("4 bytes"));
+    is_sliver.then_some(size as usize)
+}
+
 /// Serialized lengths of a pair, from [`pair_lengths_from_prefix`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PairLengths {

@@ -65,27 +65,38 @@ pub fn sliver_hash<A: Axis>(sliver: &Sliver<A>) -> Hash {
     line_hash(&sliver.config(), sliver.data(), sliver.symbol_size())
 }
 
+/// [`sliver_hash`], and the leaf hashes of the sliver's own symbols it
+/// computed on the way (what a node's store derives a file checksum from).
+pub fn sliver_hash_and_leaves<A: Axis>(sliver: &Sliver<A>) -> (Hash, Vec<Hash>) {
+    line_hash_and_sources(&sliver.config(), sliver.data(), sliver.symbol_size())
+}
+
 /// The hash of a line of `data` (its source symbols, back to back, of
 /// `symbol_size` bytes each) extended to `config.n()` symbols: what
 /// [`sliver_hash`] gives for a sliver holding `data`.
 pub fn line_hash(config: &EncodingConfig, data: &[u8], symbol_size: usize) -> Hash {
-    let k = data.len() / symbol_size;
-    if (config.n() - k) * symbol_size < STREAMED_EXTENSION_MIN {
-        return line_hash_whole(config, data, symbol_size);
-    }
-    let mut leaves = vec![[0u8; 32]; config.n()];
-    let (source, extension) = leaves.split_at_mut(k);
-    hash_symbols(data, symbol_size, source);
-    extension_leaves_streamed(data, symbol_size, extension);
-    merkle::root(&leaves)
+    line_hash_and_sources(config, data, symbol_size).0
 }
 
-/// [`line_hash`] with the whole extension in memory at once.
-fn line_hash_whole(config: &EncodingConfig, data: &[u8], symbol_size: usize) -> Hash {
-    let extension = extend(config, data, symbol_size);
+/// [`line_hash`], and the leaf hashes of the line's source symbols.
+fn line_hash_and_sources(
+    config: &EncodingConfig,
+    data: &[u8],
+    symbol_size: usize,
+) -> (Hash, Vec<Hash>) {
+    let k = data.len() / symbol_size;
     let mut leaves = vec![[0u8; 32]; config.n()];
-    leaves_into(data, &extension, symbol_size, &mut leaves);
-    merkle::root(&leaves)
+    if (config.n() - k) * symbol_size < STREAMED_EXTENSION_MIN {
+        let extension = extend(config, data, symbol_size);
+        leaves_into(data, &extension, symbol_size, &mut leaves);
+    } else {
+        let (source, extension) = leaves.split_at_mut(k);
+        hash_symbols(data, symbol_size, source);
+        extension_leaves_streamed(data, symbol_size, extension);
+    }
+    let root = merkle::root(&leaves);
+    leaves.truncate(k);
+    (root, leaves)
 }
 
 /// Leaf hashes of the `out.len()` recovery symbols extending the line of
@@ -121,10 +132,11 @@ fn extension_leaves_streamed(data: &[u8], symbol_size: usize, out: &mut [Hash]) 
 }
 
 /// Checks a sliver against the blob metadata: its shape, then its hash.
+/// Returns the leaf hashes of its own symbols, computed on the way.
 pub fn verify_sliver<A: Axis>(
     metadata: &BlobMetadata,
     sliver: &Sliver<A>,
-) -> Result<(), VerifyError> {
+) -> Result<Vec<Hash>, VerifyError> {
     let segment = sliver.segment();
     let layout = metadata.segment_layout(segment).ok_or_else(|| {
         VerifyError::Shape(format!(
@@ -137,14 +149,15 @@ pub fn verify_sliver<A: Axis>(
         .segment(segment)
         .expect("segment exists")
         .of::<A>(sliver.index().into());
-    if sliver_hash(sliver) != *expected {
+    let (hash, leaves) = sliver_hash_and_leaves(sliver);
+    if hash != *expected {
         return Err(VerifyError::HashMismatch {
             kind: A::KIND.name(),
             index: sliver.index(),
             segment,
         });
     }
-    Ok(())
+    Ok(leaves)
 }
 
 #[cfg(test)]
@@ -196,10 +209,23 @@ mod tests {
         for k in [3, 5] {
             let line = data(k * symbol_size, k as u64);
             assert!((7 - k) * symbol_size >= STREAMED_EXTENSION_MIN);
-            assert_eq!(
-                line_hash(&config, &line, symbol_size),
-                line_hash_whole(&config, &line, symbol_size)
-            );
+            let extension = extend(&config, &line, symbol_size);
+            let mut whole = vec![[0u8; 32]; 7];
+            leaves_into(&line, &extension, symbol_size, &mut whole);
+            assert_eq!(line_hash(&config, &line, symbol_size), merkle::root(&whole));
+        }
+    }
+
+    #[test]
+    fn the_leaves_kept_while_hashing_a_line_are_its_source_symbols_leaf_hashes() {
+        // Short lines (extension held whole) and long ones (streamed).
+        for (n, k, symbol_size) in [(7, 5, 130), (100, 67, 302), (7, 3, 2_200_002)] {
+            let config = EncodingConfig::new(n).unwrap();
+            let line = data(k * symbol_size, symbol_size as u64);
+            let (hash, sources) = line_hash_and_sources(&config, &line, symbol_size);
+            assert_eq!(hash, line_hash(&config, &line, symbol_size));
+            let expected: Vec<Hash> = line.chunks(symbol_size).map(merkle::leaf_hash).collect();
+            assert_eq!(sources, expected, "n {n}, k {k}, symbols of {symbol_size}");
         }
     }
 }

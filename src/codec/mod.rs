@@ -25,7 +25,7 @@ pub use encode::{
     encode_segment, encode_segment_shared, segment_hashes, BlobEncoder, EncodeError, EncodedSegment,
 };
 pub use error::{ConfigError, DecodeError, FormatError, RebuildError, SymbolError, VerifyError};
-pub use line::{sliver_hash, verify_sliver};
+pub use line::{sliver_hash, sliver_hash_and_leaves, verify_sliver};
 pub use metadata::{BlobId, BlobMetadata, SegmentHashes, ShardRotation};
 pub use recovery::{rebuild, Rebuilt, RecoverySymbol, SymbolSource};
 pub use sliver::{Axis, Primary, PrimarySliver, Secondary, SecondarySliver, Sliver, SliverKind};

@@ -23,9 +23,11 @@ use super::api::{
 use super::{Lie, NodeState};
 use crate::api_error::ApiError;
 use crate::codec::format::SLIVER_OVERHEAD;
+use crate::codec::merkle::Hash;
 use crate::codec::{
     verify_sliver, Axis, BlobId, BlobMetadata, Primary, Secondary, Sliver, SliverKind, SymbolSource,
 };
+use crate::store::{SliverFile, SymbolLeaves};
 
 struct SliverPath {
     id: BlobId,
@@ -171,13 +173,22 @@ pub(super) async fn put_sliver(
     .await?;
     blocking(move || {
         let body = bytes::Bytes::from(body);
-        match path.kind {
+        let leaves = match path.kind {
             SliverKind::Primary => check_sliver::<Primary>(&metadata, &path, pair, &body)?,
             SliverKind::Secondary => check_sliver::<Secondary>(&metadata, &path, pair, &body)?,
-        }
+        };
         state
             .store
-            .put_sliver(&path.id, path.segment, path.shard, path.kind, &body)
+            .put_sliver(
+                &path.id,
+                path.segment,
+                path.shard,
+                path.kind,
+                SliverFile {
+                    bytes: &body,
+                    leaves: Some(SymbolLeaves(&leaves)),
+                },
+            )
             .map_err(|e| store_error(&state, e))?;
         Ok(StatusCode::CREATED)
     })
@@ -232,11 +243,23 @@ pub(super) async fn put_pair(
             shard,
             kind,
         };
-        check_sliver::<Primary>(&metadata, &path(SliverKind::Primary), pair, &primary)?;
-        check_sliver::<Secondary>(&metadata, &path(SliverKind::Secondary), pair, &secondary)?;
+        let primary_leaves =
+            check_sliver::<Primary>(&metadata, &path(SliverKind::Primary), pair, &primary)?;
+        let secondary_leaves =
+            check_sliver::<Secondary>(&metadata, &path(SliverKind::Secondary), pair, &secondary)?;
+        let file = |bytes, leaves| SliverFile {
+            bytes,
+            leaves: Some(SymbolLeaves(leaves)),
+        };
         state
             .store
-            .put_pair(&id, segment, shard, &primary, &secondary)
+            .put_pair(
+                &id,
+                segment,
+                shard,
+                file(&primary, &primary_leaves),
+                file(&secondary, &secondary_leaves),
+            )
             .map_err(|e| store_error(&state, e))?;
         Ok(StatusCode::CREATED)
     })
@@ -248,7 +271,7 @@ fn check_sliver<A: Axis>(
     path: &SliverPath,
     pair: u16,
     body: &bytes::Bytes,
-) -> Result<(), ApiError> {
+) -> Result<Vec<Hash>, ApiError> {
     let sliver = Sliver::<A>::from_shared(body.clone())
         .map_err(|e| ApiError::bad_request(format!("invalid {} sliver: {e}", A::KIND)))?;
     if sliver.segment() != path.segment {

@@ -27,7 +27,8 @@ use super::NodeState;
 use crate::api_error::ApiError;
 use crate::codec::format::{pair_lengths_from_prefix, PairLengths, SLIVER_OVERHEAD};
 use crate::codec::merkle::{self, Hash};
-use crate::codec::{sliver_hash, Primary, Secondary, ShardRotation, Sliver};
+use crate::codec::{sliver_hash_and_leaves, Primary, Secondary, ShardRotation, Sliver};
+use crate::store::{SliverFile, SymbolLeaves};
 use crate::wire::UploadId;
 
 #[derive(Deserialize)]
@@ -178,10 +179,21 @@ pub(super) async fn put_pair(
     let (lengths, body) = read_pair_body(body, &headers).await?;
     blocking(move || {
         let (primary, secondary) = (body.slice(..lengths.primary), body.slice(lengths.primary..));
-        check_pair(&primary, &secondary, (segment, &root), shard, &proof)?;
+        let [primary_leaves, secondary_leaves] =
+            check_pair(&primary, &secondary, (segment, &root), shard, &proof)?;
+        let file = |bytes, leaves| SliverFile {
+            bytes,
+            leaves: Some(SymbolLeaves(leaves)),
+        };
         state
             .store
-            .put_upload_pair(&upload, (segment, &root), shard, &primary, &secondary)
+            .put_upload_pair(
+                &upload,
+                (segment, &root),
+                shard,
+                file(&primary, &primary_leaves),
+                file(&secondary, &secondary_leaves),
+            )
             .map_err(|e| store_error(&state, e))?;
         Ok(StatusCode::CREATED)
     })
@@ -189,14 +201,15 @@ pub(super) async fn put_pair(
 }
 
 /// Checks that two serialized slivers are the pair `shard` holds in the
-/// segment of root `root`, their hashes proven under it by `proof`.
+/// segment of root `root`, their hashes proven under it by `proof`;
+/// returns the leaf hashes of each sliver's symbols.
 fn check_pair(
     primary: &Bytes,
     secondary: &Bytes,
     (segment, root): (u32, &Hash),
     shard: u16,
     proof: &[Hash],
-) -> Result<(), ApiError> {
+) -> Result<[Vec<Hash>; 2], ApiError> {
     let primary = Sliver::<Primary>::from_shared(primary.clone())
         .map_err(|e| ApiError::bad_request(format!("invalid primary sliver: {e}")))?;
     let secondary = Sliver::<Secondary>::from_shared(secondary.clone())
@@ -237,13 +250,15 @@ fn check_pair(
             merkle::proof_len(n)
         )));
     }
-    let leaf = merkle::pair_hash(&sliver_hash(&primary), &sliver_hash(&secondary));
+    let (primary_hash, primary_leaves) = sliver_hash_and_leaves(&primary);
+    let (secondary_hash, secondary_leaves) = sliver_hash_and_leaves(&secondary);
+    let leaf = merkle::pair_hash(&primary_hash, &secondary_hash);
     if !merkle::verify_proof(root, n, pair, &leaf, proof) {
         return Err(ApiError::unprocessable(format!(
             "pair {pair} does not hash to its commitment under the segment root"
         )));
     }
-    Ok(())
+    Ok([primary_leaves, secondary_leaves])
 }
 
 /// `DELETE /v1/uploads/{upload}`: the writer gave up; its session goes.

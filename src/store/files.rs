@@ -2,13 +2,13 @@
 //! directories created and removed durably, and byte counts of a tree.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::StoreError;
+use super::{direct_write, sliver_checksum, StoreError};
 
-/// Bytes of the BLAKE3 checksum after every file's content.
+/// Bytes of the checksum after every file's content.
 pub(super) const CHECKSUM_LEN: usize = 32;
 
 static UNIQUE: AtomicU64 = AtomicU64::new(0);
@@ -43,18 +43,23 @@ pub(super) fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_
 }
 
 /// Writes `content` and its checksum to a new file at `tmp`, fsynced.
-pub(super) fn write_synced(tmp: &Path, content: &[u8]) -> Result<(), StoreError> {
-    let result = (|| {
-        let mut file = File::create(tmp).map_err(io_error(tmp))?;
-        file.write_all(content).map_err(io_error(tmp))?;
-        file.write_all(blake3::hash(content).as_bytes())
-            .map_err(io_error(tmp))?;
-        file.sync_all().map_err(io_error(tmp))
-    })();
+pub(super) fn write_synced(
+    tmp: &Path,
+    content: &[u8],
+    checksum: &[u8; 32],
+) -> Result<(), StoreError> {
+    let result = direct_write::create_synced(tmp, &[content, checksum]).map_err(io_error(tmp));
     if result.is_err() {
         let _ = fs::remove_file(tmp);
     }
     result
+}
+
+/// Writes `content` to a new file at `path` and fsyncs it, the way the
+/// store writes every file (without the checksum): for benchmarks that
+/// measure what the disk takes.
+pub fn write_file_like_a_store(path: &Path, content: &[u8]) -> io::Result<()> {
+    direct_write::create_synced(path, &[content])
 }
 
 /// Renames `tmp` onto `path` and fsyncs the directory, so the new file
@@ -81,8 +86,10 @@ pub(super) enum Checked {
     Failed(io::Error),
 }
 
-/// Reads a file and checks its checksum.
-pub(super) fn read_checked(path: &Path) -> Checked {
+/// Reads a file and checks its checksum: the plain hash of its content
+/// or, for a sliver file, the derived one (tried first when
+/// `derived_first`, as a store of format 3 writes them).
+pub(super) fn read_checked(path: &Path, derived_first: bool) -> Checked {
     let mut bytes = match fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Checked::Missing,
@@ -90,7 +97,16 @@ pub(super) fn read_checked(path: &Path) -> Checked {
     };
     let valid = bytes.len() >= CHECKSUM_LEN && {
         let (content, sum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
-        blake3::hash(content).as_bytes() == sum
+        let plain = || blake3::hash(content).as_bytes() == sum;
+        let derived = || {
+            sliver_counter(path).is_some()
+                && sliver_checksum::of_content(content).is_some_and(|d| d == sum)
+        };
+        if derived_first {
+            derived() || plain()
+        } else {
+            plain() || derived()
+        }
     };
     if !valid {
         return Checked::Corrupt;
@@ -248,16 +264,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         let tmp = dir.path().join("t");
-        write_synced(&tmp, b"content").unwrap();
+        write_synced(&tmp, b"content", blake3::hash(b"content").as_bytes()).unwrap();
         publish(&tmp, &path).unwrap();
-        assert!(matches!(read_checked(&path), Checked::Valid(v) if v == b"content"));
-        assert!(matches!(
-            read_checked(&dir.path().join("none")),
-            Checked::Missing
-        ));
+        for derived_first in [false, true] {
+            assert!(
+                matches!(read_checked(&path, derived_first), Checked::Valid(v) if v == b"content")
+            );
+            assert!(matches!(
+                read_checked(&dir.path().join("none"), derived_first),
+                Checked::Missing
+            ));
+            // Reading a directory fails with an error other than "not found".
+            assert!(matches!(
+                read_checked(dir.path(), derived_first),
+                Checked::Failed(_)
+            ));
+        }
         fs::write(&path, b"contenu plus a fake checksum of the wrong size").unwrap();
-        assert!(matches!(read_checked(&path), Checked::Corrupt));
-        // Reading a directory fails with an error other than "not found".
-        assert!(matches!(read_checked(dir.path()), Checked::Failed(_)));
+        assert!(matches!(read_checked(&path, false), Checked::Corrupt));
     }
 }

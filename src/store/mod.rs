@@ -4,7 +4,7 @@
 //! Layout under the data directory:
 //!
 //! ```text
-//! format                                      the layout version (2)
+//! format                                      the store format (2 or 3, see below)
 //! blobs/<blob id>/metadata                    serialized metadata
 //! blobs/<blob id>/staged                      generation of the newest write staged here
 //! blobs/<blob id>/commit                      generation of the newest commit here
@@ -17,12 +17,20 @@
 //! quarantine/                                 files that failed their checksum or a read
 //! ```
 //!
-//! Every file is its content followed by the 32-byte BLAKE3 hash of the
-//! content, checked on every read: a file that fails, or whose read fails
-//! (EIO), is moved to quarantine/ and reported missing, never served.
+//! Every file is its content followed by a 32-byte checksum, checked on
+//! every read: a file that fails, or whose read fails (EIO), is moved to
+//! quarantine/ and reported missing, never served. The checksum is the
+//! BLAKE3 hash of the content, except for sliver files written by a store
+//! of format 3: theirs is derived from the leaf hashes the node computed
+//! while verifying the sliver (`sliver_checksum`), so no byte is hashed
+//! twice. A new store is created at format 3; a store of format 2 stays at
+//! 2, so nodes of earlier versions (which know only plain checksums) can
+//! still read it; reads accept either checksum in both. A store of a
+//! format newer than this build knows is refused, not guessed at.
 //! Writes go to tmp/, are fsynced, renamed into place and the directory
 //! fsynced, so a crash at any instant leaves either the old file or the
-//! complete new one; tmp/ and trash/ are emptied on open. A blob's
+//! complete new one (large files are written past the page cache, see
+//! `direct_write`); tmp/ and trash/ are emptied on open. A blob's
 //! directory is removed by renaming it into trash/ first: after a crash it
 //! is either whole or gone.
 //!
@@ -34,9 +42,11 @@
 //! and markers only; whether a sliver belongs to its blob is the node's
 //! business (it verifies before it stores).
 
+mod direct_write;
 mod files;
 mod housekeeping;
 mod markers;
+mod sliver_checksum;
 mod uploads;
 
 use std::collections::BTreeMap;
@@ -50,12 +60,17 @@ use thiserror::Error;
 
 use crate::blob_state::BlobState;
 use crate::codec::{BlobId, SliverKind};
-pub use files::filesystem_space;
+pub use files::{filesystem_space, write_file_like_a_store};
 use files::{Checked, DirStats};
 pub use housekeeping::{Housekeeping, ScrubReport};
+pub use sliver_checksum::SymbolLeaves;
 
 /// The layout version this build writes.
-const FORMAT: &str = "2";
+/// The format that added commit markers (slivers with plain checksums).
+const MARKERS_FORMAT: u32 = 2;
+/// The newest format, which this build creates: sliver files carry
+/// checksums derived from their symbols' leaf hashes (`sliver_checksum`).
+const NEWEST_FORMAT: u32 = 3;
 /// Per-blob locks, by the first byte of the id.
 const LOCK_STRIPES: usize = 256;
 
@@ -93,6 +108,17 @@ pub enum StoreError {
     /// A sliver for a blob no write claims here (never staged, or deleted).
     #[error("no write of this blob is staged or committed here")]
     NotStaged,
+    /// The data directory is of a store format this build does not know.
+    #[error(
+        "the data directory is of store format {found}, written by a newer redstuff; \
+         this build knows formats up to {newest}: run that version or a newer one"
+    )]
+    NewerFormat {
+        /// The format the directory declares.
+        found: u32,
+        /// The newest this build knows.
+        newest: u32,
+    },
     /// Any other I/O failure.
     #[error("storage i/o error on {path}: {source}")]
     Io {
@@ -130,6 +156,28 @@ pub struct SliverStore {
     /// Sliver files held: primary, secondary.
     slivers: [AtomicU64; 2],
     locks: Vec<Mutex<()>>,
+    /// Whether sliver files get derived checksums (format 3).
+    derived_checksums: bool,
+}
+
+/// A serialized sliver to store, with the leaf hashes of its symbols when
+/// the caller has them (from verifying it); without them a store of
+/// format 3 computes them.
+#[derive(Debug, Clone, Copy)]
+pub struct SliverFile<'a> {
+    /// The serialized sliver.
+    pub bytes: &'a [u8],
+    /// The leaf hashes of its symbols.
+    pub leaves: Option<SymbolLeaves<'a>>,
+}
+
+impl<'a, T: AsRef<[u8]> + ?Sized> From<&'a T> for SliverFile<'a> {
+    fn from(bytes: &'a T) -> Self {
+        Self {
+            bytes: bytes.as_ref(),
+            leaves: None,
+        }
+    }
 }
 
 /// The lock of one blob, with the operations that need it held.
@@ -175,36 +223,62 @@ impl SliverStore {
         for dir in ["blobs", "tombstones", "uploads", "quarantine"] {
             stats.add(files::dir_stats(&root.join(dir))?);
         }
-        let store = Self {
+        let mut store = Self {
             root,
             capacity,
             used: AtomicU64::new(stats.bytes),
             slivers: stats.slivers.map(AtomicU64::new),
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            derived_checksums: false,
         };
-        store.upgrade_layout()?;
+        let format = store.settle_format()?;
+        store.derived_checksums = format >= NEWEST_FORMAT;
         Ok(store)
+    }
+
+    /// The store's format, after upgrading a directory of the layout
+    /// before format 2 (its blobs marked committed) or marking a new one.
+    fn settle_format(&self) -> Result<u32, StoreError> {
+        let marker = self.root.join("format");
+        let declared = fs::read_to_string(&marker)
+            .ok()
+            .and_then(|v| v.trim().parse::<u32>().ok());
+        match declared {
+            Some(found) if found > NEWEST_FORMAT => {
+                return Err(StoreError::NewerFormat {
+                    found,
+                    newest: NEWEST_FORMAT,
+                })
+            }
+            Some(format) if format >= MARKERS_FORMAT => return Ok(format),
+            _ => {}
+        }
+        let blobs = self.blob_dirs()?;
+        let format = if blobs.is_empty() {
+            NEWEST_FORMAT
+        } else {
+            self.mark_earlier_blobs_committed(&blobs)?;
+            MARKERS_FORMAT
+        };
+        let tmp = self.tmp_path();
+        fs::write(&tmp, format.to_string()).map_err(files::io_error(&tmp))?;
+        fs::rename(&tmp, &marker).map_err(files::io_error(&marker))?;
+        files::sync_dir(&self.root)?;
+        Ok(format)
     }
 
     /// A store written before commit markers existed held only blobs its
     /// writers had answered for: they are committed at generation 1, so
     /// they stay visible (and are not collected as abandoned uploads).
-    fn upgrade_layout(&self) -> Result<(), StoreError> {
-        let marker = self.root.join("format");
-        if fs::read_to_string(&marker).is_ok_and(|v| v.trim() == FORMAT) {
-            return Ok(());
-        }
-        for id in self.blob_dirs()? {
-            let lock = self.lock(&id);
+    fn mark_earlier_blobs_committed(&self, blobs: &[BlobId]) -> Result<(), StoreError> {
+        for id in blobs {
+            let lock = self.lock(id);
             if lock.holdings()?.metadata && lock.state()?.commit.is_none() {
                 lock.write_marker("commit", 1)?;
                 tracing::info!(blob = %id, "blob of an earlier store layout marked committed");
             }
         }
-        let tmp = self.tmp_path();
-        fs::write(&tmp, FORMAT).map_err(files::io_error(&tmp))?;
-        fs::rename(&tmp, &marker).map_err(files::io_error(&marker))?;
-        files::sync_dir(&self.root)
+        Ok(())
     }
 
     /// The data directory.
@@ -279,22 +353,50 @@ impl SliverStore {
 
     /// Writes a file atomically (tmp, fsync, rename, fsync dir) and counts it.
     fn write_file(&self, path: &Path, content: &[u8]) -> Result<(), StoreError> {
-        let tmp = self.stage_file(path, content)?;
+        let tmp = self.stage_file(path, content.into())?;
         self.publish_file(tmp)
     }
 
     /// The first half of a write: content fsynced in tmp/, room checked.
-    fn stage_file(&self, path: &Path, content: &[u8]) -> Result<StagedFile, StoreError> {
+    fn stage_file(&self, path: &Path, file: SliverFile<'_>) -> Result<StagedFile, StoreError> {
+        let content = file.bytes;
         let size = (content.len() + files::CHECKSUM_LEN) as u64;
         let previous = fs::metadata(path).map_or(0, |m| m.len());
         self.reserve(size, previous)?;
         let tmp = self.tmp_path();
-        files::write_synced(&tmp, content)?;
+        let checksum = self.checksum(path, file);
+        files::write_synced(&tmp, content, &checksum)?;
         Ok(StagedFile {
             tmp,
             path: path.to_path_buf(),
             size,
         })
+    }
+
+    /// The checksum a file at `path` gets: derived for a sliver file in a
+    /// store of format 3 (from the caller's leaves when it has them), else
+    /// the plain hash.
+    fn checksum(&self, path: &Path, file: SliverFile<'_>) -> [u8; 32] {
+        let content = file.bytes;
+        if self.derived_checksums && files::sliver_counter(path).is_some() {
+            if let (Some(leaves), Some(_)) = (
+                file.leaves,
+                crate::codec::format::sliver_symbol_size(content),
+            ) {
+                let header = &content[..crate::codec::format::SLIVER_OVERHEAD];
+                let derived = sliver_checksum::from_leaves(header, leaves);
+                debug_assert_eq!(
+                    Some(derived),
+                    sliver_checksum::of_content(content),
+                    "the caller's leaves are the sliver's"
+                );
+                return derived;
+            }
+            if let Some(derived) = sliver_checksum::of_content(content) {
+                return derived;
+            }
+        }
+        *blake3::hash(content).as_bytes()
     }
 
     /// The second half: renamed into place (directories created), counted.
@@ -321,7 +423,7 @@ impl SliverStore {
         path: &Path,
         what: impl FnOnce() -> String,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        match files::read_checked(path) {
+        match files::read_checked(path, self.derived_checksums) {
             Checked::Valid(bytes) => Ok(Some(bytes)),
             Checked::Missing => Ok(None),
             Checked::Corrupt => {
@@ -365,15 +467,15 @@ impl SliverStore {
 
     /// Stores a serialized sliver of `shard` for segment `segment`, if a
     /// write of the blob is staged or committed here.
-    pub fn put_sliver(
+    pub fn put_sliver<'a>(
         &self,
         id: &BlobId,
         segment: u32,
         shard: u16,
         kind: SliverKind,
-        bytes: &[u8],
+        file: impl Into<SliverFile<'a>>,
     ) -> Result<(), StoreError> {
-        let file = self.stage_file(&self.sliver_path(id, segment, shard, kind), bytes)?;
+        let file = self.stage_file(&self.sliver_path(id, segment, shard, kind), file.into())?;
         let lock = self.lock(id);
         match lock.check_claimed() {
             Ok(()) => self.publish_file(file),
@@ -392,8 +494,8 @@ impl SliverStore {
         id: &BlobId,
         segment: u32,
         shard: u16,
-        primary: &[u8],
-        secondary: &[u8],
+        primary: SliverFile<'_>,
+        secondary: SliverFile<'_>,
     ) -> Result<(), StoreError> {
         let first = self.stage_file(
             &self.sliver_path(id, segment, shard, SliverKind::Primary),
@@ -533,5 +635,7 @@ struct StagedFile {
     size: u64,
 }
 
+#[cfg(test)]
+mod format_tests;
 #[cfg(test)]
 mod tests;

@@ -195,7 +195,13 @@ fn session_pairs_count_as_held_bytes_and_go_when_adopted_collected_or_removed() 
     let root = [7u8; 32];
     for upload in [&a, &b, &c] {
         store
-            .put_upload_pair(upload, (0, &root), 2, b"primary", b"secondary")
+            .put_upload_pair(
+                upload,
+                (0, &root),
+                2,
+                b"primary".into(),
+                b"secondary".into(),
+            )
             .unwrap();
     }
     let pair_bytes = (7 + 9 + 2 * 32) as u64;
@@ -253,7 +259,8 @@ fn a_store_of_the_earlier_layout_keeps_its_blobs_visible() {
     assert_eq!(store.state(&id(8)).unwrap().commit, Some(1));
     assert_eq!(
         fs::read_to_string(dir.path().join("format")).unwrap(),
-        FORMAT
+        MARKERS_FORMAT.to_string(),
+        "a store with blobs of the earlier layout keeps plain checksums"
     );
 }
 

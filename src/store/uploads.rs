@@ -18,7 +18,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use super::{files, BlobLock, SliverStore, StoreError};
+use super::{files, BlobLock, SliverFile, SliverStore, StoreError};
 use crate::codec::merkle::Hash;
 use crate::codec::SliverKind;
 use crate::wire::UploadId;
@@ -45,8 +45,8 @@ impl SliverStore {
         upload: &UploadId,
         (segment, root): (u32, &Hash),
         shard: u16,
-        primary: &[u8],
-        secondary: &[u8],
+        primary: SliverFile<'_>,
+        secondary: SliverFile<'_>,
     ) -> Result<(), StoreError> {
         let dir = self.upload_segment_dir(upload, segment, root);
         let first = self.stage_file(&dir.join(format!("{shard}.primary")), primary)?;

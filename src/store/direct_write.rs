@@ -1,0 +1,296 @@
+//! Writing a new file past the page cache (`O_DIRECT`).
+//!
+//! A node writes every byte of a PUT once and rarely reads it back soon;
+//! sending it through the page cache costs a copy into freshly allocated
+//! cache pages (on a virtual machine that returns free pages to its host,
+//! faulting each page in again: more CPU than encoding the blob) and
+//! evicts what readers use. Large files are therefore copied through a
+//! small aligned buffer and written directly; the unaligned last bytes go
+//! through the page cache, and the file is fsynced as before. A
+//! filesystem that refuses direct I/O (`EINVAL`) gets ordinary writes.
+
+use std::alloc::{self, Layout};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// Alignment of direct I/O buffers, offsets and lengths: the largest
+/// logical block size in use (4 KiB), so it holds on any device.
+const ALIGN: usize = 4096;
+/// Bytes copied and written at a time.
+const BUFFER_LEN: usize = 1 << 20;
+/// Files shorter than this go through the page cache: a direct write of a
+/// few blocks saves nothing and waits for the device.
+pub(super) const DIRECT_MIN: usize = 256 << 10;
+/// Idle buffers kept for the next write.
+const SPARE_BUFFERS: usize = 4;
+
+/// `BUFFER_LEN` bytes aligned to `ALIGN`.
+struct AlignedBuffer(std::ptr::NonNull<u8>);
+
+// SAFETY: the buffer is plain owned memory, used by one thread at a time.
+unsafe impl Send for AlignedBuffer {}
+
+impl AlignedBuffer {
+    fn layout() -> Layout {
+        Layout::from_size_align(BUFFER_LEN, ALIGN).expect("valid layout")
+    }
+
+    fn new() -> Self {
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { alloc::alloc(Self::layout()) };
+        Self(
+            std::ptr::NonNull::new(ptr)
+                .unwrap_or_else(|| alloc::handle_alloc_error(Self::layout())),
+        )
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: BUFFER_LEN bytes allocated by `new`, owned by self; any
+        // byte pattern is a valid u8 and the bytes are written before use.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_ptr(), BUFFER_LEN) }
+    }
+}
+
+impl Drop for AlignedBuffer {
+    fn drop(&mut self) {
+        // SAFETY: allocated by `new` with the same layout.
+        unsafe { alloc::dealloc(self.0.as_ptr(), Self::layout()) }
+    }
+}
+
+static SPARE: Mutex<Vec<AlignedBuffer>> = Mutex::new(Vec::new());
+
+/// A buffer from the spares, or a new one; back to the spares on drop.
+struct Borrowed(Option<AlignedBuffer>);
+
+impl Borrowed {
+    fn take() -> Self {
+        let spare = SPARE.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        Self(Some(spare.unwrap_or_else(AlignedBuffer::new)))
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        self.0.as_mut().expect("held until drop").bytes()
+    }
+}
+
+impl Drop for Borrowed {
+    fn drop(&mut self) {
+        let mut spare = SPARE.lock().unwrap_or_else(|e| e.into_inner());
+        if spare.len() < SPARE_BUFFERS {
+            spare.extend(self.0.take());
+        }
+    }
+}
+
+/// Creates (or truncates) `path` holding `parts` back to back, fsynced;
+/// written past the page cache when the content is large and the
+/// filesystem allows it.
+pub(super) fn create_synced(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let direct = if total >= DIRECT_MIN {
+        match open(path, true) {
+            Ok(file) => Some(file),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => None,
+            Err(e) => return Err(e),
+        }
+    } else {
+        None
+    };
+    let mut file = match direct {
+        Some(file) => return write_direct(file, parts),
+        None => open(path, false)?,
+    };
+    for part in parts {
+        file.write_all(part)?;
+    }
+    file.sync_all()
+}
+
+fn open(path: &Path, direct: bool) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    if direct {
+        options.custom_flags(libc::O_DIRECT);
+    }
+    options.open(path)
+}
+
+/// Copies `parts` through an aligned buffer into `file` (opened with
+/// `O_DIRECT`), whole blocks directly and the last partial block through
+/// the page cache; then fsyncs.
+fn write_direct(mut file: File, parts: &[&[u8]]) -> io::Result<()> {
+    let mut buffer = Borrowed::take();
+    let buffer = buffer.bytes();
+    let mut direct = true;
+    let mut filled = 0;
+    for part in parts {
+        let mut rest = *part;
+        while !rest.is_empty() {
+            let take = rest.len().min(BUFFER_LEN - filled);
+            buffer[filled..filled + take].copy_from_slice(&rest[..take]);
+            filled += take;
+            rest = &rest[take..];
+            if filled == BUFFER_LEN {
+                write_blocks(&mut file, buffer, &mut direct)?;
+                filled = 0;
+            }
+        }
+    }
+    let whole_blocks = filled / ALIGN * ALIGN;
+    write_blocks(&mut file, &buffer[..whole_blocks], &mut direct)?;
+    if whole_blocks < filled {
+        if direct {
+            set_direct(&file, false)?;
+        }
+        file.write_all(&buffer[whole_blocks..filled])?;
+    }
+    file.sync_all()
+}
+
+/// Writes `bytes` at the file's position; a direct write the kernel
+/// refuses (`EINVAL`: a filesystem or device with other alignment rules,
+/// or a short write leaving the position unaligned) turns direct I/O off
+/// for the rest of the file.
+fn write_blocks(file: &mut File, bytes: &[u8], direct: &mut bool) -> io::Result<()> {
+    let mut done = 0;
+    while done < bytes.len() {
+        match file.write(&bytes[done..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if *direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                set_direct(file, false)?;
+                *direct = false;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn set_direct(file: &File, on: bool) -> io::Result<()> {
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor this File owns, with integer flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let flags = if on {
+        flags | libc::O_DIRECT
+    } else {
+        flags & !libc::O_DIRECT
+    };
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    #[test]
+    fn a_file_written_directly_holds_exactly_its_parts_at_every_length_around_blocks_and_buffers() {
+        let dir = tempfile::tempdir().unwrap();
+        let lengths = [
+            0,
+            1,
+            ALIGN - 1,
+            DIRECT_MIN - 1,
+            DIRECT_MIN,
+            DIRECT_MIN + 33,
+            BUFFER_LEN - 1,
+            BUFFER_LEN,
+            BUFFER_LEN + ALIGN,
+            3 * BUFFER_LEN + 4095,
+        ];
+        for (i, len) in lengths.into_iter().enumerate() {
+            let path = dir.path().join(format!("f{i}"));
+            // Parts of odd sizes, so they straddle blocks and buffers.
+            let content = pattern(len, i as u8);
+            let (head, tail) = content.split_at(len / 3);
+            let checksum = [7u8; 32];
+            create_synced(&path, &[head, tail, &checksum]).unwrap();
+            let read = std::fs::read(&path).unwrap();
+            assert_eq!(read.len(), len + 32, "length {len}");
+            assert_eq!(&read[..len], &content[..], "content of length {len}");
+            assert_eq!(read[len..], checksum, "checksum after length {len}");
+        }
+    }
+
+    #[test]
+    fn a_rewrite_replaces_a_longer_file_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        create_synced(&path, &[&pattern(3 * BUFFER_LEN, 1)]).unwrap();
+        let shorter = pattern(DIRECT_MIN + 5, 2);
+        create_synced(&path, &[&shorter]).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), shorter);
+    }
+
+    #[test]
+    fn a_large_file_is_written_past_the_page_cache_where_the_filesystem_allows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let len = 8 * BUFFER_LEN;
+        create_synced(&path, &[&pattern(len, 3)]).unwrap();
+        assert!(
+            cached_pages(&path) < len / 4096 / 8,
+            "most of a directly written file is not in the page cache"
+        );
+    }
+
+    #[test]
+    fn a_direct_write_the_kernel_refuses_goes_on_through_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut file = open(&path, true).unwrap();
+        let mut buffer = Borrowed::take();
+        let content = pattern(2 * ALIGN + 1, 4);
+        buffer.bytes()[..content.len()].copy_from_slice(&content);
+        let mut direct = true;
+        // A length that is no multiple of any block size: EINVAL for O_DIRECT.
+        write_blocks(&mut file, &buffer.bytes()[..content.len()], &mut direct).unwrap();
+        assert!(!direct, "the refused write turned direct I/O off");
+        file.sync_all().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), content);
+    }
+
+    /// Pages of `path` in the page cache (mincore over a mapping).
+    fn cached_pages(path: &Path) -> usize {
+        let file = File::open(path).unwrap();
+        let len = file.metadata().unwrap().len() as usize;
+        let page = 4096;
+        let pages = len.div_ceil(page);
+        let mut residency = vec![0u8; pages];
+        // SAFETY: a read-only shared mapping of a file we hold open,
+        // unmapped before return; mincore writes one byte per page.
+        unsafe {
+            let map = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            );
+            assert_ne!(map, libc::MAP_FAILED);
+            assert_eq!(libc::mincore(map, len, residency.as_mut_ptr()), 0);
+            libc::munmap(map, len);
+        }
+        residency.iter().filter(|&&r| r & 1 == 1).count()
+    }
+}
