@@ -102,11 +102,13 @@ pub(super) fn read_checked(path: &Path, derived_first: bool) -> Checked {
             sliver_counter(path).is_some()
                 && sliver_checksum::of_content(content).is_some_and(|d| d == sum)
         };
-        if derived_first {
-            derived() || plain()
+        // The likelier one first: the other is a second pass over the bytes.
+        let (first, second): (&dyn Fn() -> bool, &dyn Fn() -> bool) = if derived_first {
+            (&derived, &plain)
         } else {
-            plain() || derived()
-        }
+            (&plain, &derived)
+        };
+        first() || second()
     };
     if !valid {
         return Checked::Corrupt;
