@@ -131,7 +131,8 @@ async fn metrics(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
     )
 }
 
-pub(super) fn octets(bytes: Vec<u8>) -> Response {
+pub(super) fn octets(bytes: impl Into<bytes::Bytes>) -> Response {
+    let bytes: bytes::Bytes = bytes.into();
     ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()
 }
 

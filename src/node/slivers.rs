@@ -308,14 +308,16 @@ pub(super) async fn get_sliver(
         return replay(&state, &path, None).await;
     }
     blocking(move || {
-        let mut bytes = state
+        let bytes = state
             .store
             .sliver(&path.id, path.segment, path.shard, path.kind)
             .map_err(|e| store_error(&state, e))?
             .ok_or_else(|| missing(&path))?;
         if state.lie == Some(Lie::FlipBits) {
-            let last = bytes.len() - 1;
-            bytes[last] ^= 1;
+            let mut flipped = bytes.to_vec();
+            let last = flipped.len() - 1;
+            flipped[last] ^= 1;
+            return Ok(octets(flipped));
         }
         Ok(octets(bytes))
     })

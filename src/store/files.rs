@@ -6,7 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{direct_write, sliver_checksum, StoreError};
+use super::{direct_io, sliver_checksum, StoreError};
 
 /// Bytes of the checksum after every file's content.
 pub(super) const CHECKSUM_LEN: usize = 32;
@@ -48,7 +48,7 @@ pub(super) fn write_synced(
     content: &[u8],
     checksum: &[u8; 32],
 ) -> Result<(), StoreError> {
-    let result = direct_write::create_synced(tmp, &[content, checksum]).map_err(io_error(tmp));
+    let result = direct_io::create_synced(tmp, &[content, checksum]).map_err(io_error(tmp));
     if result.is_err() {
         let _ = fs::remove_file(tmp);
     }
@@ -59,7 +59,7 @@ pub(super) fn write_synced(
 /// store writes every file (without the checksum): for benchmarks that
 /// measure what the disk takes.
 pub fn write_file_like_a_store(path: &Path, content: &[u8]) -> io::Result<()> {
-    direct_write::create_synced(path, &[content])
+    direct_io::create_synced(path, &[content])
 }
 
 /// Renames `tmp` onto `path` and fsyncs the directory, so the new file
@@ -77,7 +77,7 @@ pub(super) fn publish(tmp: &Path, path: &Path) -> Result<(), StoreError> {
 /// What a checked read found.
 pub(super) enum Checked {
     /// The content, checksum verified and removed.
-    Valid(Vec<u8>),
+    Valid(bytes::Bytes),
     /// No such file.
     Missing,
     /// The checksum does not match (bitrot, a torn file).
@@ -90,7 +90,7 @@ pub(super) enum Checked {
 /// or, for a sliver file, the derived one (tried first when
 /// `derived_first`, as a store of format 3 writes them).
 pub(super) fn read_checked(path: &Path, derived_first: bool) -> Checked {
-    let mut bytes = match fs::read(path) {
+    let bytes = match direct_io::read_whole(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Checked::Missing,
         Err(e) => return Checked::Failed(e),
@@ -113,8 +113,7 @@ pub(super) fn read_checked(path: &Path, derived_first: bool) -> Checked {
     if !valid {
         return Checked::Corrupt;
     }
-    bytes.truncate(bytes.len() - CHECKSUM_LEN);
-    Checked::Valid(bytes)
+    Checked::Valid(bytes.slice(..bytes.len() - CHECKSUM_LEN))
 }
 
 /// fsyncs a directory, so entries created, renamed or removed in it last.
@@ -270,7 +269,7 @@ mod tests {
         publish(&tmp, &path).unwrap();
         for derived_first in [false, true] {
             assert!(
-                matches!(read_checked(&path, derived_first), Checked::Valid(v) if v == b"content")
+                matches!(read_checked(&path, derived_first), Checked::Valid(v) if v[..] == b"content"[..])
             );
             assert!(matches!(
                 read_checked(&dir.path().join("none"), derived_first),

@@ -58,7 +58,7 @@ fn a_new_store_is_of_the_newest_format_and_gives_sliver_files_derived_checksums(
         );
         assert_eq!(
             store.sliver(&id(1), 0, 2, kind).unwrap(),
-            Some(file.clone())
+            Some(file.clone().into())
         );
     }
     // Files other than slivers keep the plain hash.
@@ -110,7 +110,7 @@ fn either_checksum_reads_back_in_either_format_and_a_flipped_bit_fails_both() {
         let reader = SliverStore::open(dir.path(), None).unwrap();
         assert_eq!(
             reader.sliver(&id(3), 0, 0, SliverKind::Primary).unwrap(),
-            Some(file.clone()),
+            Some(file.clone().into()),
             "format {format} reads what format {other} wrote"
         );
         let path = reader.sliver_path(&id(3), 0, 0, SliverKind::Secondary);

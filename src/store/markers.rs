@@ -27,7 +27,7 @@ impl SliverStore {
             Err(StoreError::Corrupt { .. } | StoreError::Unreadable { .. }) => None,
             Err(e) => return Err(e),
         };
-        Ok(bytes.and_then(|b| Some(u64::from_le_bytes(b.as_slice().try_into().ok()?))))
+        Ok(bytes.and_then(|b| Some(u64::from_le_bytes(b[..].try_into().ok()?))))
     }
 
     pub(super) fn read_state(&self, id: &BlobId) -> Result<BlobState, StoreError> {
@@ -77,7 +77,7 @@ impl BlobLock<'_> {
     }
 
     /// The serialized metadata, if stored.
-    pub fn metadata(&self) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn metadata(&self) -> Result<Option<bytes::Bytes>, StoreError> {
         self.store.metadata(&self.id)
     }
 

@@ -30,7 +30,7 @@
 //! Writes go to tmp/, are fsynced, renamed into place and the directory
 //! fsynced, so a crash at any instant leaves either the old file or the
 //! complete new one (large files are written past the page cache, see
-//! `direct_write`); tmp/ and trash/ are emptied on open. A blob's
+//! `direct_io`); tmp/ and trash/ are emptied on open. A blob's
 //! directory is removed by renaming it into trash/ first: after a crash it
 //! is either whole or gone.
 //!
@@ -42,7 +42,7 @@
 //! and markers only; whether a sliver belongs to its blob is the node's
 //! business (it verifies before it stores).
 
-mod direct_write;
+mod direct_io;
 mod files;
 mod housekeeping;
 mod markers;
@@ -422,7 +422,7 @@ impl SliverStore {
         &self,
         path: &Path,
         what: impl FnOnce() -> String,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
+    ) -> Result<Option<bytes::Bytes>, StoreError> {
         match files::read_checked(path, self.derived_checksums) {
             Checked::Valid(bytes) => Ok(Some(bytes)),
             Checked::Missing => Ok(None),
@@ -459,7 +459,7 @@ impl SliverStore {
     }
 
     /// The serialized metadata of a blob, if stored.
-    pub fn metadata(&self, id: &BlobId) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn metadata(&self, id: &BlobId) -> Result<Option<bytes::Bytes>, StoreError> {
         self.read_file(&self.blob_dir(id).join("metadata"), || {
             format!("metadata of {id}")
         })
@@ -531,7 +531,7 @@ impl SliverStore {
         segment: u32,
         shard: u16,
         kind: SliverKind,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
+    ) -> Result<Option<bytes::Bytes>, StoreError> {
         self.read_file(&self.sliver_path(id, segment, shard, kind), || {
             format!("{kind} sliver of {id} segment {segment} shard {shard}")
         })

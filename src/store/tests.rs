@@ -39,13 +39,13 @@ fn what_is_written_reads_back_and_survives_reopening() {
     assert_eq!(store.used_bytes(), used);
     assert_eq!(store.sliver_count(SliverKind::Primary), 2);
     assert_eq!(store.sliver_count(SliverKind::Secondary), 1);
-    assert_eq!(store.metadata(&id(1)).unwrap().unwrap(), b"meta");
+    assert_eq!(store.metadata(&id(1)).unwrap().unwrap(), &b"meta"[..]);
     assert_eq!(
         store
             .sliver(&id(1), 0, 3, SliverKind::Secondary)
             .unwrap()
             .unwrap(),
-        b"secondary"
+        &b"secondary"[..]
     );
     assert_eq!(
         store.sliver(&id(1), 2, 3, SliverKind::Primary).unwrap(),
@@ -223,7 +223,7 @@ fn session_pairs_count_as_held_bytes_and_go_when_adopted_collected_or_removed() 
     drop(lock);
     assert_eq!(
         store.sliver(&id(30), 0, 2, SliverKind::Secondary).unwrap(),
-        Some(b"secondary".to_vec())
+        Some(bytes::Bytes::from_static(b"secondary"))
     );
     assert_eq!(store.used_bytes(), base + 2 * pair_bytes);
     // A blob no write claims adopts nothing.

@@ -1,4 +1,4 @@
-//! Writing a new file past the page cache (`O_DIRECT`).
+//! File I/O past the page cache (`O_DIRECT`).
 //!
 //! A node writes every byte of a PUT once and rarely reads it back soon;
 //! sending it through the page cache costs a copy into freshly allocated
@@ -6,16 +6,19 @@
 //! faulting each page in again: more CPU than encoding the blob) and
 //! evicts what readers use. Large files are therefore copied through a
 //! small aligned buffer and written directly; the unaligned last bytes go
-//! through the page cache, and the file is fsynced as before. A
-//! filesystem that refuses direct I/O (`EINVAL`) gets ordinary writes.
+//! through the page cache, and the file is fsynced as before. Large files
+//! are read directly too, into an aligned buffer the caller then owns. A
+//! filesystem that refuses direct I/O (`EINVAL`) gets ordinary I/O.
 
 use std::alloc::{self, Layout};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
+
+use bytes::Bytes;
 
 /// Alignment of direct I/O buffers, offsets and lengths: the largest
 /// logical block size in use (4 KiB), so it holds on any device.
@@ -23,42 +26,65 @@ const ALIGN: usize = 4096;
 /// Bytes copied and written at a time.
 const BUFFER_LEN: usize = 1 << 20;
 /// Files shorter than this go through the page cache: a direct write of a
-/// few blocks saves nothing and waits for the device.
+/// few blocks saves nothing and waits for the device, and small files
+/// (metadata, markers) are read often.
 pub(super) const DIRECT_MIN: usize = 256 << 10;
-/// Idle buffers kept for the next write.
+/// Idle write buffers kept for the next write.
 const SPARE_BUFFERS: usize = 4;
 
-/// `BUFFER_LEN` bytes aligned to `ALIGN`.
-struct AlignedBuffer(std::ptr::NonNull<u8>);
+/// A heap buffer of a multiple of `ALIGN` bytes, aligned to `ALIGN`.
+struct AlignedBuffer {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
 
-// SAFETY: the buffer is plain owned memory, used by one thread at a time.
+// SAFETY: the buffer is plain owned memory; shared references only read it.
 unsafe impl Send for AlignedBuffer {}
+// SAFETY: as above.
+unsafe impl Sync for AlignedBuffer {}
 
 impl AlignedBuffer {
-    fn layout() -> Layout {
-        Layout::from_size_align(BUFFER_LEN, ALIGN).expect("valid layout")
+    /// A zeroed buffer of `len` bytes rounded up to `ALIGN` (at least one block).
+    fn new(len: usize) -> Self {
+        let len = len.max(1).next_multiple_of(ALIGN);
+        let layout = Self::layout(len);
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { alloc::alloc_zeroed(layout) };
+        let ptr = std::ptr::NonNull::new(ptr).unwrap_or_else(|| alloc::handle_alloc_error(layout));
+        Self { ptr, len }
     }
 
-    fn new() -> Self {
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { alloc::alloc(Self::layout()) };
-        Self(
-            std::ptr::NonNull::new(ptr)
-                .unwrap_or_else(|| alloc::handle_alloc_error(Self::layout())),
-        )
+    fn layout(len: usize) -> Layout {
+        Layout::from_size_align(len, ALIGN).expect("valid layout")
     }
 
     fn bytes(&mut self) -> &mut [u8] {
-        // SAFETY: BUFFER_LEN bytes allocated by `new`, owned by self; any
-        // byte pattern is a valid u8 and the bytes are written before use.
-        unsafe { std::slice::from_raw_parts_mut(self.0.as_ptr(), BUFFER_LEN) }
+        // SAFETY: `len` initialized bytes allocated by `new`, owned by self.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: as in `bytes`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
 
 impl Drop for AlignedBuffer {
     fn drop(&mut self) {
         // SAFETY: allocated by `new` with the same layout.
-        unsafe { alloc::dealloc(self.0.as_ptr(), Self::layout()) }
+        unsafe { alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.len)) }
+    }
+}
+
+/// The first `len` bytes of an aligned buffer, as the owner of a `Bytes`.
+struct FilledBuffer {
+    buffer: AlignedBuffer,
+    len: usize,
+}
+
+impl AsRef<[u8]> for FilledBuffer {
+    fn as_ref(&self) -> &[u8] {
+        &self.buffer.as_slice()[..self.len]
     }
 }
 
@@ -70,7 +96,9 @@ struct Borrowed(Option<AlignedBuffer>);
 impl Borrowed {
     fn take() -> Self {
         let spare = SPARE.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        Self(Some(spare.unwrap_or_else(AlignedBuffer::new)))
+        Self(Some(
+            spare.unwrap_or_else(|| AlignedBuffer::new(BUFFER_LEN)),
+        ))
     }
 
     fn bytes(&mut self) -> &mut [u8] {
@@ -150,6 +178,43 @@ fn write_direct(mut file: File, parts: &[&[u8]]) -> io::Result<()> {
         file.write_all(&buffer[whole_blocks..filled])?;
     }
     file.sync_all()
+}
+
+/// Reads the whole file at `path`; past the page cache when it is large
+/// and the filesystem allows it.
+pub(super) fn read_whole(path: &Path) -> io::Result<Bytes> {
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len() as usize;
+    if len < DIRECT_MIN || set_direct(&file, true).is_err() {
+        let mut content = Vec::with_capacity(len);
+        file.read_to_end(&mut content)?;
+        return Ok(Bytes::from(content));
+    }
+    // A block more than the length, so a file that grew is noticed.
+    let mut buffer = AlignedBuffer::new(len + 1);
+    let mut direct = true;
+    let mut filled = 0;
+    let room = buffer.len;
+    let bytes = buffer.bytes();
+    while filled < room {
+        match file.read(&mut bytes[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                set_direct(&file, false)?;
+                direct = false;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if filled == room {
+        return Err(io::Error::other("the file grew while it was read"));
+    }
+    Ok(Bytes::from_owner(FilledBuffer {
+        buffer,
+        len: filled,
+    }))
 }
 
 /// Writes `bytes` at the file's position; a direct write the kernel
@@ -267,6 +332,44 @@ mod tests {
         assert!(!direct, "the refused write turned direct I/O off");
         file.sync_all().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), content);
+    }
+
+    #[test]
+    fn a_file_read_whole_is_exactly_its_bytes_short_or_long() {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, len) in [
+            0,
+            5,
+            DIRECT_MIN - 1,
+            DIRECT_MIN,
+            3 * BUFFER_LEN + 77,
+            4 * BUFFER_LEN,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let path = dir.path().join(format!("r{i}"));
+            let content = pattern(len, 9);
+            create_synced(&path, &[&content]).unwrap();
+            assert_eq!(read_whole(&path).unwrap(), content, "length {len}");
+        }
+        assert_eq!(
+            read_whole(&dir.path().join("missing")).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+    }
+
+    #[test]
+    fn a_large_file_is_read_past_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let len = 8 * BUFFER_LEN;
+        create_synced(&path, &[&pattern(len, 5)]).unwrap();
+        assert_eq!(read_whole(&path).unwrap().len(), len);
+        assert!(
+            cached_pages(&path) < len / 4096 / 8,
+            "reading a large file leaves it out of the page cache"
+        );
     }
 
     /// Pages of `path` in the page cache (mincore over a mapping).
