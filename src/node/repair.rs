@@ -351,7 +351,7 @@ impl Repair {
         let (state, id, metadata) = (self.state.clone(), self.id, metadata.clone());
         tokio::task::spawn_blocking(move || {
             let bytes = state.store.sliver(&id, segment, shard, A::KIND).ok()??;
-            let sliver = crate::codec::Sliver::<A>::from_shared(bytes.into()).ok()?;
+            let sliver = crate::codec::Sliver::<A>::from_shared(bytes).ok()?;
             let symbol = crate::codec::SymbolSource::new(&sliver).symbol(target)?;
             symbol.verify(&metadata).is_ok().then_some(symbol)
         })
