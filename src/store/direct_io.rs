@@ -46,10 +46,26 @@ unsafe impl Sync for AlignedBuffer {}
 impl AlignedBuffer {
     /// A zeroed buffer of `len` bytes rounded up to `ALIGN` (at least one block).
     fn new(len: usize) -> Self {
+        Self::allocate(len, true)
+    }
+
+    /// The same, not zeroed: only [`read_at`] may touch it, and only what
+    /// that read filled may be looked at.
+    fn uninit(len: usize) -> Self {
+        Self::allocate(len, false)
+    }
+
+    fn allocate(len: usize, zeroed: bool) -> Self {
         let len = len.max(1).next_multiple_of(ALIGN);
         let layout = Self::layout(len);
         // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { alloc::alloc_zeroed(layout) };
+        let ptr = unsafe {
+            if zeroed {
+                alloc::alloc_zeroed(layout)
+            } else {
+                alloc::alloc(layout)
+            }
+        };
         let ptr = std::ptr::NonNull::new(ptr).unwrap_or_else(|| alloc::handle_alloc_error(layout));
         Self { ptr, len }
     }
@@ -59,13 +75,9 @@ impl AlignedBuffer {
     }
 
     fn bytes(&mut self) -> &mut [u8] {
-        // SAFETY: `len` initialized bytes allocated by `new`, owned by self.
+        // SAFETY: only called on buffers from `new`: `len` zeroed bytes owned
+        // by self.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        // SAFETY: as in `bytes`.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
 
@@ -84,8 +96,26 @@ struct FilledBuffer {
 
 impl AsRef<[u8]> for FilledBuffer {
     fn as_ref(&self) -> &[u8] {
-        &self.buffer.as_slice()[..self.len]
+        // SAFETY: the first `len` bytes were filled by reads.
+        unsafe { std::slice::from_raw_parts(self.buffer.ptr.as_ptr(), self.len) }
     }
+}
+
+/// Reads from `file` into `buffer` from byte `at` to its end; the bytes
+/// read are initialized from then on. (A plain `read` would need the
+/// buffer zeroed first: a pass over every byte read.)
+fn read_at(file: &File, buffer: &mut AlignedBuffer, at: usize) -> io::Result<usize> {
+    assert!(at <= buffer.len);
+    // SAFETY: writes at most `len - at` bytes into memory the buffer owns
+    // past `at`; the kernel initializes what it reports as read.
+    let read = unsafe {
+        libc::read(
+            file.as_raw_fd(),
+            buffer.ptr.as_ptr().add(at).cast(),
+            buffer.len - at,
+        )
+    };
+    usize::try_from(read).map_err(|_| io::Error::last_os_error())
 }
 
 static SPARE: Mutex<Vec<AlignedBuffer>> = Mutex::new(Vec::new());
@@ -191,13 +221,12 @@ pub(super) fn read_whole(path: &Path) -> io::Result<Bytes> {
         return Ok(Bytes::from(content));
     }
     // A block more than the length, so a file that grew is noticed.
-    let mut buffer = AlignedBuffer::new(len + 1);
+    let mut buffer = AlignedBuffer::uninit(len + 1);
     let mut direct = true;
     let mut filled = 0;
     let room = buffer.len;
-    let bytes = buffer.bytes();
     while filled < room {
-        match file.read(&mut bytes[filled..]) {
+        match read_at(&file, &mut buffer, filled) {
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
