@@ -198,8 +198,9 @@ struct DevArgs {
     #[arg(long, default_value_t = 8)]
     max_uploads: usize,
     /// Bytes of segments the gateway's uploads may hold in memory
-    /// together (about 3.7x a 64 MiB segment each at n = 7, 4.5x at n =
-    /// 1000); an upload past it waits, reading its body no further.
+    /// together (about 4.7x a 64 MiB segment each at n = 7, 5.5x at n =
+    /// 1000, its slivers and the encoder's buffers); an upload past it
+    /// waits, reading its body no further.
     #[arg(long, default_value = "2GiB", value_parser = parse_bytes)]
     upload_memory: u64,
     /// The S3 endpoint's address. Keys come from REDSTUFF_S3_ACCESS_KEY and
@@ -316,8 +317,9 @@ struct GatewayArgs {
     #[arg(long, default_value_t = 8)]
     max_uploads: usize,
     /// Bytes of segments all uploads together may hold in memory (about
-    /// 3.7x a 64 MiB segment each at n = 7, 4.5x at n = 1000); an upload
-    /// past it waits, reading its body no further.
+    /// 4.7x a 64 MiB segment each at n = 7, 5.5x at n = 1000, its slivers
+    /// and the encoder's buffers); an upload past it waits, reading its
+    /// body no further.
     #[arg(long, default_value = "2GiB", value_parser = parse_bytes)]
     upload_memory: u64,
     /// File of cluster tokens (the first is sent to nodes); re-read while
