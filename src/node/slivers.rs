@@ -27,7 +27,7 @@ use crate::codec::merkle::Hash;
 use crate::codec::{
     verify_sliver, Axis, BlobId, BlobMetadata, Primary, Secondary, Sliver, SliverKind, SymbolSource,
 };
-use crate::store::{SliverFile, SymbolLeaves};
+use crate::store::SliverFile;
 
 struct SliverPath {
     id: BlobId,
@@ -184,10 +184,7 @@ pub(super) async fn put_sliver(
                 path.segment,
                 path.shard,
                 path.kind,
-                SliverFile {
-                    bytes: &body,
-                    leaves: Some(SymbolLeaves(&leaves)),
-                },
+                SliverFile::verified(&body, &leaves),
             )
             .map_err(|e| store_error(&state, e))?;
         Ok(StatusCode::CREATED)
@@ -247,18 +244,14 @@ pub(super) async fn put_pair(
             check_sliver::<Primary>(&metadata, &path(SliverKind::Primary), pair, &primary)?;
         let secondary_leaves =
             check_sliver::<Secondary>(&metadata, &path(SliverKind::Secondary), pair, &secondary)?;
-        let file = |bytes, leaves| SliverFile {
-            bytes,
-            leaves: Some(SymbolLeaves(leaves)),
-        };
         state
             .store
             .put_pair(
                 &id,
                 segment,
                 shard,
-                file(&primary, &primary_leaves),
-                file(&secondary, &secondary_leaves),
+                SliverFile::verified(&primary, &primary_leaves),
+                SliverFile::verified(&secondary, &secondary_leaves),
             )
             .map_err(|e| store_error(&state, e))?;
         Ok(StatusCode::CREATED)

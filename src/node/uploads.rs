@@ -28,7 +28,7 @@ use crate::api_error::ApiError;
 use crate::codec::format::{pair_lengths_from_prefix, PairLengths, SLIVER_OVERHEAD};
 use crate::codec::merkle::{self, Hash};
 use crate::codec::{sliver_hash_and_leaves, Primary, Secondary, ShardRotation, Sliver};
-use crate::store::{SliverFile, SymbolLeaves};
+use crate::store::SliverFile;
 use crate::wire::UploadId;
 
 #[derive(Deserialize)]
@@ -181,18 +181,14 @@ pub(super) async fn put_pair(
         let (primary, secondary) = (body.slice(..lengths.primary), body.slice(lengths.primary..));
         let [primary_leaves, secondary_leaves] =
             check_pair(&primary, &secondary, (segment, &root), shard, &proof)?;
-        let file = |bytes, leaves| SliverFile {
-            bytes,
-            leaves: Some(SymbolLeaves(leaves)),
-        };
         state
             .store
             .put_upload_pair(
                 &upload,
                 (segment, &root),
                 shard,
-                file(&primary, &primary_leaves),
-                file(&secondary, &secondary_leaves),
+                SliverFile::verified(&primary, &primary_leaves),
+                SliverFile::verified(&secondary, &secondary_leaves),
             )
             .map_err(|e| store_error(&state, e))?;
         Ok(StatusCode::CREATED)

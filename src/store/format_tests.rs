@@ -41,10 +41,7 @@ fn a_new_store_is_of_the_newest_format_and_gives_sliver_files_derived_checksums(
     assert_eq!(format_of(dir.path()), NEWEST_FORMAT.to_string());
     let (file, leaves) = sliver_file(1);
     store.stage(&id(1), 1, b"meta").unwrap();
-    let with_leaves = SliverFile {
-        bytes: &file,
-        leaves: Some(SymbolLeaves(&leaves)),
-    };
+    let with_leaves = SliverFile::verified(&file, &leaves);
     store
         .put_pair(&id(1), 0, 2, with_leaves, (&file).into())
         .unwrap();
@@ -72,10 +69,7 @@ fn a_store_of_format_2_stays_there_and_writes_plain_checksums_an_earlier_node_ca
     let store = store_of_format(dir.path(), MARKERS_FORMAT);
     let (file, leaves) = sliver_file(2);
     store.stage(&id(2), 1, b"meta").unwrap();
-    let with_leaves = SliverFile {
-        bytes: &file,
-        leaves: Some(SymbolLeaves(&leaves)),
-    };
+    let with_leaves = SliverFile::verified(&file, &leaves);
     store
         .put_sliver(&id(2), 0, 1, SliverKind::Primary, with_leaves)
         .unwrap();

@@ -171,6 +171,16 @@ pub struct SliverFile<'a> {
     pub leaves: Option<SymbolLeaves<'a>>,
 }
 
+impl<'a> SliverFile<'a> {
+    /// A sliver the caller verified, with the leaf hashes of its symbols.
+    pub fn verified(bytes: &'a [u8], leaves: &'a [crate::codec::merkle::Hash]) -> Self {
+        Self {
+            bytes,
+            leaves: Some(SymbolLeaves(leaves)),
+        }
+    }
+}
+
 impl<'a, T: AsRef<[u8]> + ?Sized> From<&'a T> for SliverFile<'a> {
     fn from(bytes: &'a T) -> Self {
         Self {
@@ -377,26 +387,10 @@ impl SliverStore {
     /// store of format 3 (from the caller's leaves when it has them), else
     /// the plain hash.
     fn checksum(&self, path: &Path, file: SliverFile<'_>) -> [u8; 32] {
-        let content = file.bytes;
-        if self.derived_checksums && files::sliver_counter(path).is_some() {
-            if let (Some(leaves), Some(_)) = (
-                file.leaves,
-                crate::codec::format::sliver_symbol_size(content),
-            ) {
-                let header = &content[..crate::codec::format::SLIVER_OVERHEAD];
-                let derived = sliver_checksum::from_leaves(header, leaves);
-                debug_assert_eq!(
-                    Some(derived),
-                    sliver_checksum::of_content(content),
-                    "the caller's leaves are the sliver's"
-                );
-                return derived;
-            }
-            if let Some(derived) = sliver_checksum::of_content(content) {
-                return derived;
-            }
-        }
-        *blake3::hash(content).as_bytes()
+        let derived = (self.derived_checksums && files::sliver_counter(path).is_some())
+            .then(|| sliver_checksum::of_sliver(file.bytes, file.leaves))
+            .flatten();
+        derived.unwrap_or_else(|| *blake3::hash(file.bytes).as_bytes())
     }
 
     /// The second half: renamed into place (directories created), counted.

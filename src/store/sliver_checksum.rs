@@ -23,7 +23,7 @@ pub struct SymbolLeaves<'a>(pub &'a [Hash]);
 
 /// The derived checksum of a serialized sliver (`header` followed by
 /// symbols whose leaf hashes are `leaves`).
-pub(super) fn from_leaves(header: &[u8], leaves: SymbolLeaves<'_>) -> Hash {
+fn from_leaves(header: &[u8], leaves: SymbolLeaves<'_>) -> Hash {
     let mut hasher = blake3::Hasher::new_keyed(KEY);
     hasher.update(header);
     hasher.update(leaves.0.as_flattened());
@@ -34,10 +34,26 @@ pub(super) fn from_leaves(header: &[u8], leaves: SymbolLeaves<'_>) -> Hash {
 /// its bytes; `None` when it is no sliver (too short, or its data is not
 /// whole symbols).
 pub(super) fn of_content(content: &[u8]) -> Option<Hash> {
+    of_sliver(content, None)
+}
+
+/// The derived checksum of `content`, from the leaf hashes of its symbols
+/// when the caller has them, else computed from its bytes; `None` when it
+/// is no sliver.
+pub(super) fn of_sliver(content: &[u8], leaves: Option<SymbolLeaves<'_>>) -> Option<Hash> {
     let symbol_size = format::sliver_symbol_size(content)?;
     let (header, data) = content.split_at(SLIVER_OVERHEAD);
     if symbol_size == 0 || !data.len().is_multiple_of(symbol_size) {
         return None;
+    }
+    if let Some(leaves) = leaves {
+        let derived = from_leaves(header, leaves);
+        debug_assert_eq!(
+            Some(derived),
+            of_content(content),
+            "the caller's leaves are the sliver's"
+        );
+        return Some(derived);
     }
     let mut leaves = vec![[0u8; 32]; data.len() / symbol_size];
     merkle::leaf_hashes(data, symbol_size, &mut leaves);
