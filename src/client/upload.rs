@@ -29,8 +29,10 @@ use crate::codec::{
 };
 use crate::wire::UploadId;
 
-/// Segments encoded or shipped at once by one upload.
-pub const SEGMENTS_IN_FLIGHT: usize = 2;
+/// Segments encoded or shipped at once by one upload: enough that the
+/// nodes' disk writes of the first (a segment counts until its pairs are
+/// fsynced) overlap the encoding and verification of the next.
+pub const SEGMENTS_IN_FLIGHT: usize = 4;
 
 /// Nodes and shards an upload stopped sending to.
 #[derive(Debug, Default)]

@@ -12,7 +12,7 @@
 //! status unless anonymous reads are allowed. An upload is not kept on
 //! disk: each segment is encoded and shipped to the nodes as soon as it
 //! has arrived, under an upload session they keep invisible until the
-//! metadata adopts it (see `client`). An upload holds three segments at
+//! metadata adopts it (see `client`). An upload holds five segments at
 //! most whatever the blob's size, and all uploads together hold at most
 //! the configured upload memory (an upload past it waits, reading its body
 //! no further); at most a configured number of uploads run at once (503

@@ -12,7 +12,7 @@
 //! segment (422), the pair the segment root gives that shard (422), and
 //! their hashes are proven under the root (422).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -28,7 +28,7 @@ use crate::api_error::ApiError;
 use crate::codec::format::{pair_lengths_from_prefix, PairLengths, SLIVER_OVERHEAD};
 use crate::codec::merkle::{self, Hash};
 use crate::codec::{sliver_hash_and_leaves, Primary, Secondary, ShardRotation, Sliver};
-use crate::store::SliverFile;
+use crate::store::{BlockParts, CheckedPutError};
 use crate::wire::UploadId;
 
 #[derive(Deserialize)]
@@ -53,57 +53,14 @@ fn parse_hashes(what: &str, text: &str) -> Result<Vec<Hash>, ApiError> {
         .collect())
 }
 
-/// Pair bodies kept for the next pair: a pair is as long as a few symbols
-/// of a segment (34 MiB at n = 7 and 64 MiB segments), and a fresh buffer
-/// of that size costs the kernel zeroing every page of it again.
-static SPARE_BODIES: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
-/// At most this many spare bodies are kept (a writer ships two segments
-/// at once).
-const SPARE_BODIES_KEPT: usize = 2;
-
-/// A pair body whose buffer goes back to the spares once every slice of
-/// it is dropped.
-struct PairBody(Vec<u8>);
-
-impl PairBody {
-    /// An empty body with room for `len` bytes, a spare one if any fits.
-    fn with_capacity(len: usize) -> Self {
-        let mut spares = SPARE_BODIES.lock().unwrap_or_else(|e| e.into_inner());
-        let buffer = match spares.iter().position(|b| b.capacity() >= len) {
-            Some(at) => spares.swap_remove(at),
-            None => Vec::with_capacity(len),
-        };
-        Self(buffer)
-    }
-}
-
-impl AsRef<[u8]> for PairBody {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl Drop for PairBody {
-    fn drop(&mut self) {
-        let mut buffer = std::mem::take(&mut self.0);
-        buffer.clear();
-        let mut spares = SPARE_BODIES.lock().unwrap_or_else(|e| e.into_inner());
-        if spares.len() < SPARE_BODIES_KEPT {
-            spares.push(buffer);
-        } else if let Some(smallest) = spares.iter_mut().min_by_key(|b| b.capacity()) {
-            if smallest.capacity() < buffer.capacity() {
-                *smallest = buffer;
-            }
-        }
-    }
-}
-
 /// Reads a pair body: the primary's header tells the pair's length, which
-/// is checked against the declared length before the rest is read.
-async fn read_pair_body(body: Body, headers: &HeaderMap) -> Result<(PairLengths, Bytes), ApiError> {
+/// is checked against the declared length before the rest is read. The
+/// slivers land in one aligned buffer, each on a block boundary, so the
+/// store writes them past the page cache without copying them again.
+async fn read_pair_body(body: Body, headers: &HeaderMap) -> Result<[Bytes; 2], ApiError> {
     let mut stream = body.into_data_stream();
     let mut prefix = Vec::new();
-    let mut pair: Option<(PairLengths, PairBody)> = None;
+    let mut pair: Option<(PairLengths, BlockParts)> = None;
     let too_large = |expected: usize, got: String| {
         ApiError::too_large(format!("the pair is {expected} bytes; got {got}"))
     };
@@ -121,26 +78,27 @@ async fn read_pair_body(body: Body, headers: &HeaderMap) -> Result<(PairLengths,
                     return Err(too_large(found.total, declared.to_string()));
                 }
             }
-            if prefix.len() > found.total {
-                return Err(too_large(found.total, "more".to_string()));
-            }
-            let mut body = PairBody::with_capacity(found.total);
-            body.0.extend_from_slice(&prefix);
+            let mut body = BlockParts::new(&[found.primary, found.total - found.primary]);
+            body.push(&prefix)
+                .map_err(|_| too_large(found.total, "more".to_string()))?;
             pair = Some((found, body));
             continue;
         };
-        if body.0.len() + chunk.len() > found.total {
-            return Err(too_large(found.total, "more".to_string()));
-        }
-        body.0.extend_from_slice(&chunk);
+        body.push(&chunk)
+            .map_err(|_| too_large(found.total, "more".to_string()))?;
     }
     match pair {
-        Some((found, body)) if body.0.len() == found.total => Ok((found, Bytes::from_owner(body))),
-        Some((found, body)) => Err(ApiError::bad_request(format!(
-            "the pair is {} bytes; got {}",
-            found.total,
-            body.0.len()
-        ))),
+        Some((found, body)) => {
+            let missing = body.missing();
+            match body.freeze().map(<[Bytes; 2]>::try_from) {
+                Some(Ok(slivers)) => Ok(slivers),
+                _ => Err(ApiError::bad_request(format!(
+                    "the pair is {} bytes; got {}",
+                    found.total,
+                    found.total - missing
+                ))),
+            }
+        }
         None => Err(ApiError::bad_request(format!(
             "a pair upload of {} bytes is shorter than a sliver's header",
             prefix.len()
@@ -176,36 +134,41 @@ pub(super) async fn put_pair(
             state.name
         )));
     }
-    let (lengths, body) = read_pair_body(body, &headers).await?;
+    let [primary, secondary] = read_pair_body(body, &headers).await?;
     blocking(move || {
-        let (primary, secondary) = (body.slice(..lengths.primary), body.slice(lengths.primary..));
-        let [primary_leaves, secondary_leaves] =
-            check_pair(&primary, &secondary, (segment, &root), shard, &proof)?;
+        let (slivers, pair) = pair_shape(&primary, &secondary, segment, (&root, shard), &proof)?;
         state
             .store
-            .put_upload_pair(
+            .put_upload_pair_checked(
                 &upload,
                 (segment, &root),
                 shard,
-                SliverFile::verified(&primary, &primary_leaves),
-                SliverFile::verified(&secondary, &secondary_leaves),
+                [&primary, &secondary],
+                || pair_proven(slivers, (&root, pair), &proof),
             )
-            .map_err(|e| store_error(&state, e))?;
+            .map_err(|e| match e {
+                CheckedPutError::Refused(e) => e,
+                CheckedPutError::Store(e) => store_error(&state, e),
+            })?;
         Ok(StatusCode::CREATED)
     })
     .await
 }
 
-/// Checks that two serialized slivers are the pair `shard` holds in the
-/// segment of root `root`, their hashes proven under it by `proof`;
-/// returns the leaf hashes of each sliver's symbols.
-fn check_pair(
+/// A pair's two slivers, parsed.
+type ParsedPair = (Sliver<Primary>, Sliver<Secondary>);
+
+/// Checks that two serialized slivers are one pair of segment `segment`
+/// and the pair `shard` holds under the segment root, with a proof of the
+/// right length; returns them parsed, and the pair's index. Cheap: no
+/// hashing.
+fn pair_shape(
     primary: &Bytes,
     secondary: &Bytes,
-    (segment, root): (u32, &Hash),
-    shard: u16,
+    segment: u32,
+    (root, shard): (&Hash, u16),
     proof: &[Hash],
-) -> Result<[Vec<Hash>; 2], ApiError> {
+) -> Result<(ParsedPair, usize), ApiError> {
     let primary = Sliver::<Primary>::from_shared(primary.clone())
         .map_err(|e| ApiError::bad_request(format!("invalid primary sliver: {e}")))?;
     let secondary = Sliver::<Secondary>::from_shared(secondary.clone())
@@ -246,6 +209,17 @@ fn check_pair(
             merkle::proof_len(n)
         )));
     }
+    Ok(((primary, secondary), pair))
+}
+
+/// Checks that the slivers' hashes are proven under the segment root by
+/// `proof` at `pair`; returns the leaf hashes of each sliver's symbols.
+fn pair_proven(
+    (primary, secondary): ParsedPair,
+    (root, pair): (&Hash, usize),
+    proof: &[Hash],
+) -> Result<[Vec<Hash>; 2], ApiError> {
+    let n = primary.config().n();
     let (primary_hash, primary_leaves) = sliver_hash_and_leaves(&primary);
     let (secondary_hash, secondary_leaves) = sliver_hash_and_leaves(&secondary);
     let leaf = merkle::pair_hash(&primary_hash, &secondary_hash);
@@ -271,26 +245,4 @@ pub(super) async fn delete(
         Ok(StatusCode::NO_CONTENT)
     })
     .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_pair_bodys_buffer_serves_the_next_pair_once_every_slice_of_it_is_dropped() {
-        let mut body = PairBody::with_capacity(1 << 20);
-        body.0.resize(1 << 20, 7);
-        let address = body.0.as_ptr();
-        let shared = Bytes::from_owner(body);
-        let (head, tail) = (shared.slice(..10), shared.slice(10..));
-        drop(shared);
-        drop(head);
-        let before = PairBody::with_capacity(1000);
-        assert_ne!(before.0.as_ptr(), address, "a slice still holds the buffer");
-        drop(tail);
-        let next = PairBody::with_capacity(1000);
-        assert_eq!(next.0.as_ptr(), address, "the spare buffer is reused");
-        assert!(next.0.is_empty());
-    }
 }

@@ -10,7 +10,6 @@
 //! are read directly too, into an aligned buffer the caller then owns. A
 //! filesystem that refuses direct I/O (`EINVAL`) gets ordinary I/O.
 
-use std::alloc::{self, Layout};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
@@ -20,9 +19,8 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 
-/// Alignment of direct I/O buffers, offsets and lengths: the largest
-/// logical block size in use (4 KiB), so it holds on any device.
-const ALIGN: usize = 4096;
+use super::aligned::{AlignedBuffer, ALIGN};
+
 /// Bytes copied and written at a time.
 const BUFFER_LEN: usize = 1 << 20;
 /// Files shorter than this go through the page cache: a direct write of a
@@ -31,62 +29,6 @@ const BUFFER_LEN: usize = 1 << 20;
 pub(super) const DIRECT_MIN: usize = 256 << 10;
 /// Idle write buffers kept for the next write.
 const SPARE_BUFFERS: usize = 4;
-
-/// A heap buffer of a multiple of `ALIGN` bytes, aligned to `ALIGN`.
-struct AlignedBuffer {
-    ptr: std::ptr::NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: the buffer is plain owned memory; shared references only read it.
-unsafe impl Send for AlignedBuffer {}
-// SAFETY: as above.
-unsafe impl Sync for AlignedBuffer {}
-
-impl AlignedBuffer {
-    /// A zeroed buffer of `len` bytes rounded up to `ALIGN` (at least one block).
-    fn new(len: usize) -> Self {
-        Self::allocate(len, true)
-    }
-
-    /// The same, not zeroed: only [`read_at`] may touch it, and only what
-    /// that read filled may be looked at.
-    fn uninit(len: usize) -> Self {
-        Self::allocate(len, false)
-    }
-
-    fn allocate(len: usize, zeroed: bool) -> Self {
-        let len = len.max(1).next_multiple_of(ALIGN);
-        let layout = Self::layout(len);
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe {
-            if zeroed {
-                alloc::alloc_zeroed(layout)
-            } else {
-                alloc::alloc(layout)
-            }
-        };
-        let ptr = std::ptr::NonNull::new(ptr).unwrap_or_else(|| alloc::handle_alloc_error(layout));
-        Self { ptr, len }
-    }
-
-    fn layout(len: usize) -> Layout {
-        Layout::from_size_align(len, ALIGN).expect("valid layout")
-    }
-
-    fn bytes(&mut self) -> &mut [u8] {
-        // SAFETY: only called on buffers from `new`: `len` zeroed bytes owned
-        // by self.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl Drop for AlignedBuffer {
-    fn drop(&mut self) {
-        // SAFETY: allocated by `new` with the same layout.
-        unsafe { alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.len)) }
-    }
-}
 
 /// The first `len` bytes of an aligned buffer, as the owner of a `Bytes`.
 struct FilledBuffer {
@@ -97,7 +39,7 @@ struct FilledBuffer {
 impl AsRef<[u8]> for FilledBuffer {
     fn as_ref(&self) -> &[u8] {
         // SAFETY: the first `len` bytes were filled by reads.
-        unsafe { std::slice::from_raw_parts(self.buffer.ptr.as_ptr(), self.len) }
+        unsafe { self.buffer.filled(self.len) }
     }
 }
 
@@ -105,14 +47,15 @@ impl AsRef<[u8]> for FilledBuffer {
 /// read are initialized from then on. (A plain `read` would need the
 /// buffer zeroed first: a pass over every byte read.)
 fn read_at(file: &File, buffer: &mut AlignedBuffer, at: usize) -> io::Result<usize> {
-    assert!(at <= buffer.len);
-    // SAFETY: writes at most `len - at` bytes into memory the buffer owns
+    let room = buffer.len();
+    assert!(at <= room);
+    // SAFETY: writes at most `room - at` bytes into memory the buffer owns
     // past `at`; the kernel initializes what it reports as read.
     let read = unsafe {
         libc::read(
             file.as_raw_fd(),
-            buffer.ptr.as_ptr().add(at).cast(),
-            buffer.len - at,
+            buffer.as_mut_ptr().add(at).cast(),
+            room - at,
         )
     };
     usize::try_from(read).map_err(|_| io::Error::last_os_error())
@@ -150,23 +93,101 @@ impl Drop for Borrowed {
 /// filesystem allows it.
 pub(super) fn create_synced(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
     let total: usize = parts.iter().map(|p| p.len()).sum();
-    let direct = if total >= DIRECT_MIN {
-        match open(path, true) {
-            Ok(file) => Some(file),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => None,
-            Err(e) => return Err(e),
-        }
-    } else {
-        None
-    };
-    let mut file = match direct {
-        Some(file) => return write_direct(file, parts),
-        None => open(path, false)?,
-    };
+    let mut file = FileWriter::create(path, total)?;
     for part in parts {
-        file.write_all(part)?;
+        file.push(part)?;
     }
-    file.sync_all()
+    file.finish()
+}
+
+/// A file being created: bytes pushed in order, written past the page
+/// cache where it can, fsynced by [`FileWriter::finish`]. A caller can
+/// push the bulk of a file while it still works out its last bytes.
+pub(super) struct FileWriter {
+    file: File,
+    /// Whether the file is (still) open for direct I/O.
+    direct: bool,
+    /// Bytes not written yet (less than a buffer), when direct.
+    buffer: Option<Borrowed>,
+    filled: usize,
+}
+
+impl FileWriter {
+    /// Creates (or truncates) `path` for about `len` bytes: large files
+    /// go past the page cache where the filesystem allows it.
+    pub(super) fn create(path: &Path, len: usize) -> io::Result<Self> {
+        let direct = if len >= DIRECT_MIN {
+            match open(path, true) {
+                Ok(file) => Some(file),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => None,
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        Ok(match direct {
+            Some(file) => Self {
+                file,
+                direct: true,
+                buffer: Some(Borrowed::take()),
+                filled: 0,
+            },
+            None => Self {
+                file: open(path, false)?,
+                direct: false,
+                buffer: None,
+                filled: 0,
+            },
+        })
+    }
+
+    /// Appends `bytes`. Whole blocks that start on a block boundary in
+    /// memory, while nothing is buffered, are written from where they are;
+    /// the rest is copied through the aligned buffer.
+    pub(super) fn push(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            let Some(buffer) = self.buffer.as_mut().filter(|_| self.direct) else {
+                return self.file.write_all(bytes);
+            };
+            if self.filled == 0
+                && bytes.len() >= ALIGN
+                && (bytes.as_ptr() as usize).is_multiple_of(ALIGN)
+            {
+                let whole = bytes.len() / ALIGN * ALIGN;
+                write_blocks(&mut self.file, &bytes[..whole], &mut self.direct)?;
+                bytes = &bytes[whole..];
+                continue;
+            }
+            let buffer = buffer.bytes();
+            let take = bytes.len().min(BUFFER_LEN - self.filled);
+            buffer[self.filled..self.filled + take].copy_from_slice(&bytes[..take]);
+            self.filled += take;
+            bytes = &bytes[take..];
+            if self.filled == BUFFER_LEN {
+                write_blocks(&mut self.file, buffer, &mut self.direct)?;
+                self.filled = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what is buffered (whole blocks directly, the last partial
+    /// block through the page cache) and fsyncs the file.
+    pub(super) fn finish(mut self) -> io::Result<()> {
+        if let Some(mut buffer) = self.buffer.take() {
+            let buffer = buffer.bytes();
+            let filled = std::mem::take(&mut self.filled);
+            let whole_blocks = filled / ALIGN * ALIGN;
+            write_blocks(&mut self.file, &buffer[..whole_blocks], &mut self.direct)?;
+            if whole_blocks < filled {
+                if self.direct {
+                    set_direct(&self.file, false)?;
+                }
+                self.file.write_all(&buffer[whole_blocks..filled])?;
+            }
+        }
+        self.file.sync_all()
+    }
 }
 
 fn open(path: &Path, direct: bool) -> io::Result<File> {
@@ -176,38 +197,6 @@ fn open(path: &Path, direct: bool) -> io::Result<File> {
         options.custom_flags(libc::O_DIRECT);
     }
     options.open(path)
-}
-
-/// Copies `parts` through an aligned buffer into `file` (opened with
-/// `O_DIRECT`), whole blocks directly and the last partial block through
-/// the page cache; then fsyncs.
-fn write_direct(mut file: File, parts: &[&[u8]]) -> io::Result<()> {
-    let mut buffer = Borrowed::take();
-    let buffer = buffer.bytes();
-    let mut direct = true;
-    let mut filled = 0;
-    for part in parts {
-        let mut rest = *part;
-        while !rest.is_empty() {
-            let take = rest.len().min(BUFFER_LEN - filled);
-            buffer[filled..filled + take].copy_from_slice(&rest[..take]);
-            filled += take;
-            rest = &rest[take..];
-            if filled == BUFFER_LEN {
-                write_blocks(&mut file, buffer, &mut direct)?;
-                filled = 0;
-            }
-        }
-    }
-    let whole_blocks = filled / ALIGN * ALIGN;
-    write_blocks(&mut file, &buffer[..whole_blocks], &mut direct)?;
-    if whole_blocks < filled {
-        if direct {
-            set_direct(&file, false)?;
-        }
-        file.write_all(&buffer[whole_blocks..filled])?;
-    }
-    file.sync_all()
 }
 
 /// Reads the whole file at `path`; past the page cache when it is large
@@ -224,7 +213,7 @@ pub(super) fn read_whole(path: &Path) -> io::Result<Bytes> {
     let mut buffer = AlignedBuffer::uninit(len + 1);
     let mut direct = true;
     let mut filled = 0;
-    let room = buffer.len;
+    let room = buffer.len();
     while filled < room {
         match read_at(&file, &mut buffer, filled) {
             Ok(0) => break,
@@ -322,6 +311,37 @@ mod tests {
             assert_eq!(read.len(), len + 32, "length {len}");
             assert_eq!(&read[..len], &content[..], "content of length {len}");
             assert_eq!(read[len..], checksum, "checksum after length {len}");
+        }
+    }
+
+    #[test]
+    fn parts_that_start_on_a_block_boundary_are_written_from_where_they_are_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, len) in [
+            DIRECT_MIN,
+            DIRECT_MIN + 1,
+            BUFFER_LEN + 5,
+            3 * BUFFER_LEN + ALIGN,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let content = pattern(len, i as u8);
+            let mut aligned = super::super::aligned::BlockParts::new(&[len / 2, len - len / 2]);
+            aligned.push(&content).unwrap();
+            let parts = aligned.freeze().unwrap();
+            assert!(parts
+                .iter()
+                .all(|p| (p.as_ptr() as usize).is_multiple_of(ALIGN)));
+            // Aligned, unaligned after a partial block, aligned again.
+            let path = dir.path().join(format!("f{i}"));
+            create_synced(&path, &[&parts[0], b"x", &parts[1], &parts[0][..5]]).unwrap();
+            let expected = [&parts[0][..], b"x", &parts[1], &parts[0][..5]].concat();
+            assert_eq!(std::fs::read(&path).unwrap(), expected, "length {len}");
+            let path = dir.path().join(format!("g{i}"));
+            create_synced(&path, &[&parts[0], &parts[1], b"checksum"]).unwrap();
+            let expected = [&content[..], b"checksum"].concat();
+            assert_eq!(std::fs::read(&path).unwrap(), expected, "length {len}");
         }
     }
 

@@ -42,6 +42,7 @@
 //! and markers only; whether a sliver belongs to its blob is the node's
 //! business (it verifies before it stores).
 
+mod aligned;
 mod direct_io;
 mod files;
 mod housekeeping;
@@ -60,10 +61,12 @@ use thiserror::Error;
 
 use crate::blob_state::BlobState;
 use crate::codec::{BlobId, SliverKind};
+pub use aligned::{BlockParts, Overflow};
 pub use files::{filesystem_space, write_file_like_a_store};
 use files::{Checked, DirStats};
 pub use housekeeping::{Housekeeping, ScrubReport};
 pub use sliver_checksum::SymbolLeaves;
+pub use uploads::CheckedPutError;
 
 /// The layout version this build writes.
 /// The format that added commit markers (slivers with plain checksums).

@@ -18,7 +18,8 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use super::{files, BlobLock, SliverFile, SliverStore, StoreError};
+use super::direct_io::FileWriter;
+use super::{files, BlobLock, SliverFile, SliverStore, StagedFile, StoreError};
 use crate::codec::merkle::Hash;
 use crate::codec::SliverKind;
 use crate::wire::UploadId;
@@ -59,6 +60,87 @@ impl SliverStore {
         };
         self.publish_file(first)
             .and_then(|()| self.publish_file(second))
+    }
+
+    /// Files `shard`'s pair like [`SliverStore::put_upload_pair`] while
+    /// `check` verifies it on this thread: the bulk of both files is
+    /// written meanwhile on another, and each file's checksum comes from
+    /// the leaf hashes `check` returns (primary's, then secondary's). The
+    /// files are fsynced and renamed into place only once `check` passed;
+    /// when it fails they are removed and its error returned.
+    pub fn put_upload_pair_checked<E>(
+        &self,
+        upload: &UploadId,
+        (segment, root): (u32, &Hash),
+        shard: u16,
+        [primary, secondary]: [&[u8]; 2],
+        check: impl FnOnce() -> Result<[Vec<Hash>; 2], E>,
+    ) -> Result<(), CheckedPutError<E>> {
+        let dir = self.upload_segment_dir(upload, segment, root);
+        let paths = [
+            dir.join(format!("{shard}.primary")),
+            dir.join(format!("{shard}.secondary")),
+        ];
+        let contents = [primary, secondary];
+        for (path, content) in paths.iter().zip(contents) {
+            let previous = fs::metadata(path).map_or(0, |m| m.len());
+            self.reserve((content.len() + files::CHECKSUM_LEN) as u64, previous)?;
+        }
+        let tmps = [self.tmp_path(), self.tmp_path()];
+        let remove_tmps = || {
+            for tmp in &tmps {
+                let _ = fs::remove_file(tmp);
+            }
+        };
+        let (written, checked) = std::thread::scope(|scope| {
+            let writing = scope.spawn(|| {
+                tmps.iter()
+                    .zip(contents)
+                    .map(|(tmp, content)| {
+                        let mut file = FileWriter::create(tmp, content.len() + files::CHECKSUM_LEN)
+                            .map_err(files::io_error(tmp))?;
+                        file.push(content).map_err(files::io_error(tmp))?;
+                        Ok(file)
+                    })
+                    .collect::<Result<Vec<FileWriter>, StoreError>>()
+            });
+            let checked = check();
+            (
+                writing.join().expect("a file writer does not panic"),
+                checked,
+            )
+        });
+        let leaves = match checked {
+            Ok(leaves) => leaves,
+            Err(e) => {
+                drop(written);
+                remove_tmps();
+                return Err(CheckedPutError::Refused(e));
+            }
+        };
+        let files = written.inspect_err(|_| remove_tmps())?;
+        let mut staged = Vec::with_capacity(2);
+        for (((mut file, tmp), path), (content, leaves)) in files
+            .into_iter()
+            .zip(&tmps)
+            .zip(&paths)
+            .zip(contents.into_iter().zip(&leaves))
+        {
+            let checksum = self.checksum(path, SliverFile::verified(content, leaves));
+            if let Err(e) = file.push(&checksum).and_then(|()| file.finish()) {
+                remove_tmps();
+                return Err(files::io_error(tmp)(e).into());
+            }
+            staged.push(StagedFile {
+                tmp: tmp.clone(),
+                path: path.clone(),
+                size: (content.len() + files::CHECKSUM_LEN) as u64,
+            });
+        }
+        let [first, second]: [StagedFile; 2] = staged.try_into().ok().expect("two files");
+        self.publish_file(first)
+            .and_then(|()| self.publish_file(second))
+            .map_err(CheckedPutError::Store)
     }
 
     /// Removes an upload session and what it holds; false when there was
@@ -168,5 +250,142 @@ impl BlobLock<'_> {
             }
         }
         Ok(held)
+    }
+}
+
+/// Why [`SliverStore::put_upload_pair_checked`] filed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckedPutError<E> {
+    /// The check refused the pair.
+    #[error("refused: {0}")]
+    Refused(E),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::codec::{encode_segment, sliver_hash_and_leaves, BlobId, EncodingConfig};
+    use crate::store::BlockParts;
+
+    /// The serialized pair 2 of a 4 MiB segment at n = 7 (slivers of about
+    /// 1.4 and 0.8 MiB, so both are written past the page cache), received
+    /// into block-aligned parts as a node receives it, with its leaves.
+    fn pair() -> ([bytes::Bytes; 2], [Vec<Hash>; 2]) {
+        let config = EncodingConfig::new(7).unwrap();
+        let data: Vec<u8> = (0..4u32 << 20).map(|i| (i * 31 % 251) as u8).collect();
+        let segment = encode_segment(config, 0, &data);
+        let (primary, secondary) = (&segment.primary[2], &segment.secondary[2]);
+        let leaves = [
+            sliver_hash_and_leaves(primary).1,
+            sliver_hash_and_leaves(secondary).1,
+        ];
+        let bytes = [primary.to_bytes(), secondary.to_bytes()];
+        let mut parts = BlockParts::new(&[bytes[0].len(), bytes[1].len()]);
+        parts.push(&bytes.concat()).unwrap();
+        let frozen: [bytes::Bytes; 2] = parts.freeze().unwrap().try_into().unwrap();
+        (frozen, leaves)
+    }
+
+    fn files_under(dir: &Path) -> Vec<(std::path::PathBuf, u64)> {
+        let mut found = Vec::new();
+        for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                found.extend(files_under(&path));
+            } else {
+                found.push((path.clone(), fs::metadata(&path).map_or(0, |m| m.len())));
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn a_checked_pair_is_filed_whole_and_reads_back_once_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SliverStore::open(dir.path(), None).unwrap();
+        let blob = BlobId([5; 32]);
+        store.stage(&blob, 10, b"meta").unwrap();
+        let (slivers, leaves) = pair();
+        let (upload, root) = (UploadId::random(), [3u8; 32]);
+        store
+            .put_upload_pair_checked(&upload, (0, &root), 4, [&slivers[0], &slivers[1]], || {
+                Ok::<_, String>(leaves.clone())
+            })
+            .unwrap();
+        assert!(files_under(&dir.path().join("tmp")).is_empty());
+        let lock = store.lock(&blob);
+        lock.adopt_upload(&upload, &[(0, root)]).unwrap();
+        drop(lock);
+        for (kind, bytes) in [SliverKind::Primary, SliverKind::Secondary]
+            .into_iter()
+            .zip(&slivers)
+        {
+            assert_eq!(
+                store.sliver(&blob, 0, 4, kind).unwrap().as_ref(),
+                Some(bytes)
+            );
+        }
+    }
+
+    #[test]
+    fn a_pair_its_check_refuses_leaves_no_file_and_no_bytes_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SliverStore::open(dir.path(), None).unwrap();
+        let base = store.used_bytes();
+        let (slivers, _) = pair();
+        let upload = UploadId::random();
+        let refused = store.put_upload_pair_checked(
+            &upload,
+            (0, &[3u8; 32]),
+            4,
+            [&slivers[0], &slivers[1]],
+            || Err::<[Vec<Hash>; 2], _>("not under the root"),
+        );
+        assert!(matches!(
+            refused,
+            Err(CheckedPutError::Refused("not under the root"))
+        ));
+        assert_eq!(files_under(&dir.path().join("tmp")), vec![]);
+        assert_eq!(files_under(&dir.path().join("uploads")), vec![]);
+        assert_eq!(store.used_bytes(), base);
+        assert_eq!(store.sliver_count(SliverKind::Primary), 0);
+    }
+
+    #[test]
+    fn a_pairs_files_are_written_while_its_check_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SliverStore::open(dir.path(), None).unwrap();
+        let (slivers, leaves) = pair();
+        let bulk: u64 = slivers.iter().map(|s| (s.len() / 4096 * 4096) as u64).sum();
+        let tmp = dir.path().join("tmp");
+        store
+            .put_upload_pair_checked(
+                &UploadId::random(),
+                (0, &[3u8; 32]),
+                4,
+                [&slivers[0], &slivers[1]],
+                || {
+                    // The check waits (boundedly) for both files' whole
+                    // blocks to be on disk before it answers.
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    loop {
+                        let written: u64 = files_under(&tmp).iter().map(|(_, len)| len).sum();
+                        if written >= bulk {
+                            return Ok(leaves.clone());
+                        }
+                        if Instant::now() > deadline {
+                            return Err(format!("{written} of {bulk} bytes written meanwhile"));
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                },
+            )
+            .unwrap();
     }
 }
