@@ -227,8 +227,12 @@ fn scrub_periodically(state: Arc<NodeState>, period: Duration) {
     });
 }
 
-/// Collects abandoned uploads and purges old quarantined files, checking
-/// a few times per TTL.
+/// How long a node keeps spare pair buffers nobody uses (as long as the
+/// allocator keeps freed memory).
+const IDLE_SPARES_KEPT: Duration = Duration::from_secs(10);
+
+/// Collects abandoned uploads, purges old quarantined files and frees idle
+/// pair buffers, checking a few times per TTL.
 fn keep_house(state: Arc<NodeState>, housekeeping: Housekeeping) {
     tokio::spawn(async move {
         let period = (housekeeping.staged_ttl / 4)
@@ -251,6 +255,7 @@ fn keep_house(state: Arc<NodeState>, housekeeping: Housekeeping) {
                 let purged = worker
                     .store
                     .purge_quarantine(housekeeping.quarantine_retention, now)?;
+                crate::store::release_idle_spares(IDLE_SPARES_KEPT);
                 Ok::<_, crate::store::StoreError>((collected.len() + sessions, purged))
             })
             .await;

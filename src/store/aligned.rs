@@ -8,6 +8,7 @@
 
 use std::alloc::{self, Layout};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -105,8 +106,34 @@ impl Drop for AlignedBuffer {
 /// Buffers of [`BlockParts`] kept for the next one: a pair is as long as a
 /// few symbols of a segment (about 40 MiB at n = 7 and 64 MiB segments),
 /// and a fresh buffer of that size costs the kernel zeroing every page of
-/// it again.
-static SPARE_PARTS: Mutex<Vec<AlignedBuffer>> = Mutex::new(Vec::new());
+/// it again. They go once the pool is idle ([`release_idle_spares`]).
+static SPARE_PARTS: Mutex<Spares> = Mutex::new(Spares {
+    buffers: Vec::new(),
+    last_used: None,
+});
+
+/// The pool and when it last lent or took back a buffer.
+struct Spares {
+    buffers: Vec<AlignedBuffer>,
+    last_used: Option<Instant>,
+}
+
+fn spares() -> std::sync::MutexGuard<'static, Spares> {
+    let mut spares = SPARE_PARTS.lock().unwrap_or_else(|e| e.into_inner());
+    spares.last_used = Some(Instant::now());
+    spares
+}
+
+/// Frees the spare buffers of [`BlockParts`] when none was lent or taken
+/// back for `idle`, so an idle node gives their memory back; returns the
+/// bytes freed.
+pub fn release_idle_spares(idle: Duration) -> usize {
+    let mut spares = SPARE_PARTS.lock().unwrap_or_else(|e| e.into_inner());
+    if spares.last_used.is_some_and(|at| at.elapsed() < idle) {
+        return 0;
+    }
+    spares.buffers.drain(..).map(|b| b.len()).sum()
+}
 /// At most this many are kept: one per segment a writer has in flight.
 const SPARE_PARTS_KEPT: usize = 4;
 
@@ -134,9 +161,9 @@ impl BlockParts {
             end = start + len;
         }
         let buffer = {
-            let mut spares = SPARE_PARTS.lock().unwrap_or_else(|e| e.into_inner());
-            match spares.iter().position(|b| b.len() >= end) {
-                Some(at) => spares.swap_remove(at),
+            let mut spares = spares();
+            match spares.buffers.iter().position(|b| b.len() >= end) {
+                Some(at) => spares.buffers.swap_remove(at),
                 None => AlignedBuffer::uninit(end),
             }
         };
@@ -247,10 +274,10 @@ impl Drop for PooledFilled {
 
 fn give_back(buffer: Option<AlignedBuffer>) {
     let Some(buffer) = buffer else { return };
-    let mut spares = SPARE_PARTS.lock().unwrap_or_else(|e| e.into_inner());
-    if spares.len() < SPARE_PARTS_KEPT {
-        spares.push(buffer);
-    } else if let Some(smallest) = spares.iter_mut().min_by_key(|b| b.len()) {
+    let mut spares = spares();
+    if spares.buffers.len() < SPARE_PARTS_KEPT {
+        spares.buffers.push(buffer);
+    } else if let Some(smallest) = spares.buffers.iter_mut().min_by_key(|b| b.len()) {
         if smallest.len() < buffer.len() {
             *smallest = buffer;
         }
@@ -334,5 +361,19 @@ mod tests {
             .iter()
             .any(|parts| parts.buffer.as_ref().map(|b| b.ptr.as_ptr().cast_const()) == Some(first));
         assert!(reused, "the buffer went back to the spares");
+    }
+
+    #[test]
+    fn spares_stay_while_the_pool_is_in_use_and_go_once_it_is_idle() {
+        drop(BlockParts::new(&[1 << 20]));
+        assert_eq!(release_idle_spares(Duration::from_secs(3600)), 0);
+        assert!(SPARE_PARTS
+            .lock()
+            .unwrap()
+            .buffers
+            .iter()
+            .any(|b| b.len() >= 1 << 20));
+        assert!(release_idle_spares(Duration::ZERO) >= 1 << 20);
+        assert!(SPARE_PARTS.lock().unwrap().buffers.is_empty());
     }
 }

@@ -61,7 +61,7 @@ use thiserror::Error;
 
 use crate::blob_state::BlobState;
 use crate::codec::{BlobId, SliverKind};
-pub use aligned::{BlockParts, Overflow};
+pub use aligned::{release_idle_spares, BlockParts, Overflow};
 pub use files::{filesystem_space, write_file_like_a_store};
 use files::{Checked, DirStats};
 pub use housekeeping::{Housekeeping, ScrubReport};
