@@ -361,11 +361,17 @@ async fn a_blob_is_collected_once_no_key_refers_to_it_and_abandoned_uploads_are_
         assert!(start.elapsed() < WAIT, "the unreferenced blob stays");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let metrics = fleet.metrics().await;
-    assert!(
-        metrics.contains("redstuff_s3_blobs_collected_total 1"),
-        "{metrics}"
-    );
+    // The collector counts a blob once its delete returned, which can be
+    // a moment after a HEAD already finds the tombstones.
+    let start = Instant::now();
+    loop {
+        let metrics = fleet.metrics().await;
+        if metrics.contains("redstuff_s3_blobs_collected_total 1") {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Storing the same bytes again after the collection works.
     aws(&[
         "s3",
