@@ -193,18 +193,19 @@ fn session_pairs_count_as_held_bytes_and_go_when_adopted_collected_or_removed() 
         crate::wire::UploadId::random(),
     );
     let root = [7u8; 32];
+    let (pair, leaves) = super::uploads::tests::pair();
     for upload in [&a, &b, &c] {
         store
-            .put_upload_pair(
+            .put_upload_pair_checked(
                 upload,
                 (0, &root),
                 2,
-                b"primary".into(),
-                b"secondary".into(),
+                [&pair[0], &pair[1]],
+                || Ok::<_, ()>(leaves.clone()),
             )
             .unwrap();
     }
-    let pair_bytes = (7 + 9 + 2 * 32) as u64;
+    let pair_bytes = (pair[0].len() + pair[1].len() + 2 * 32) as u64;
     assert_eq!(store.used_bytes(), base + 3 * pair_bytes);
     assert_eq!(store.sliver_count(SliverKind::Primary), 3);
     // Reopening counts them again.
@@ -223,7 +224,7 @@ fn session_pairs_count_as_held_bytes_and_go_when_adopted_collected_or_removed() 
     drop(lock);
     assert_eq!(
         store.sliver(&id(30), 0, 2, SliverKind::Secondary).unwrap(),
-        Some(bytes::Bytes::from_static(b"secondary"))
+        Some(pair[1].clone())
     );
     assert_eq!(store.used_bytes(), base + 2 * pair_bytes);
     // A blob no write claims adopts nothing.

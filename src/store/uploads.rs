@@ -39,31 +39,8 @@ impl SliverStore {
     }
 
     /// Files both slivers of `shard`'s pair of segment `segment` (whose
-    /// root is `root`) under an upload session, each fsynced before either
-    /// is renamed into place. The caller verified the pair against `root`.
-    pub fn put_upload_pair(
-        &self,
-        upload: &UploadId,
-        (segment, root): (u32, &Hash),
-        shard: u16,
-        primary: SliverFile<'_>,
-        secondary: SliverFile<'_>,
-    ) -> Result<(), StoreError> {
-        let dir = self.upload_segment_dir(upload, segment, root);
-        let first = self.stage_file(&dir.join(format!("{shard}.primary")), primary)?;
-        let second = match self.stage_file(&dir.join(format!("{shard}.secondary")), secondary) {
-            Ok(file) => file,
-            Err(e) => {
-                let _ = fs::remove_file(&first.tmp);
-                return Err(e);
-            }
-        };
-        self.publish_file(first)
-            .and_then(|()| self.publish_file(second))
-    }
-
-    /// Files `shard`'s pair like [`SliverStore::put_upload_pair`] while
-    /// `check` verifies it on this thread: the bulk of both files is
+    /// root is `root`) under an upload session while `check` verifies the
+    /// pair against `root` on this thread: the bulk of both files is
     /// written meanwhile on another, and each file's checksum comes from
     /// the leaf hashes `check` returns (primary's, then secondary's). The
     /// files are fsynced and renamed into place only once `check` passed;
@@ -265,7 +242,7 @@ pub enum CheckedPutError<E> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::path::Path;
     use std::time::{Duration, Instant};
 
@@ -276,7 +253,7 @@ mod tests {
     /// The serialized pair 2 of a 4 MiB segment at n = 7 (slivers of about
     /// 1.4 and 0.8 MiB, so both are written past the page cache), received
     /// into block-aligned parts as a node receives it, with its leaves.
-    fn pair() -> ([bytes::Bytes; 2], [Vec<Hash>; 2]) {
+    pub(crate) fn pair() -> ([bytes::Bytes; 2], [Vec<Hash>; 2]) {
         let config = EncodingConfig::new(7).unwrap();
         let data: Vec<u8> = (0..4u32 << 20).map(|i| (i * 31 % 251) as u8).collect();
         let segment = encode_segment(config, 0, &data);
