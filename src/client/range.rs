@@ -10,7 +10,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::blob_client::{BlobClient, BlobIoError};
 use super::read::SlowNodes;
-use crate::codec::BlobMetadata;
+use crate::codec::{BlobMetadata, SegmentData};
 
 /// Segments read at once by one range read (fetched while the one before
 /// decodes).
@@ -46,12 +46,12 @@ impl BlobClient {
         metadata: &BlobMetadata,
         index: u32,
         slow: &mut SlowNodes,
-    ) -> Result<Bytes, BlobIoError> {
+    ) -> Result<SegmentData, BlobIoError> {
         let id = metadata.blob_id();
         if let Some(data) = self.segments.as_ref().and_then(|c| c.get(&id, index)) {
             return Ok(data);
         }
-        let data = Bytes::from(self.read_segment(metadata, index, slow).await?);
+        let data = self.read_segment(metadata, index, slow).await?;
         if let Some(cache) = &self.segments {
             cache.put(id, index, data.clone());
         }
@@ -71,18 +71,20 @@ impl BlobClient {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
         let mut spans = spans.into_iter();
         let mut slow = SlowNodes::default();
-        if let Some((index, within)) = spans.next() {
-            let data = self.cached_segment(&metadata, index, &mut slow).await?;
-            let chunk = data.slice(within);
-            counted(chunk.len() as u64);
-            tx.send(Ok(chunk)).await.expect("receiver alive");
-        }
+        let first = match spans.next() {
+            Some((index, within)) => Some(
+                self.cached_segment(&metadata, index, &mut slow)
+                    .await?
+                    .slice(within),
+            ),
+            None => None,
+        };
         let client = self.clone();
         let slow = std::sync::Arc::new(std::sync::Mutex::new(slow));
         tokio::spawn(async move {
             // The next segment is fetched from the nodes while this one
             // decodes: at most two in flight.
-            let mut reads = futures_util::stream::iter(spans)
+            let rest = futures_util::stream::iter(spans)
                 .map(|(index, within)| {
                     let (client, metadata, slow) = (client.clone(), metadata.clone(), slow.clone());
                     async move {
@@ -93,12 +95,15 @@ impl BlobClient {
                     }
                 })
                 .buffered(READ_AHEAD_SEGMENTS);
+            let mut reads = futures_util::stream::iter(first.map(Ok)).chain(rest);
             while let Some(read) = reads.next().await {
                 match read {
-                    Ok(chunk) => {
-                        counted(chunk.len() as u64);
-                        if tx.send(Ok(chunk)).await.is_err() {
-                            return; // the reader went away
+                    Ok(data) => {
+                        for chunk in data.parts() {
+                            counted(chunk.len() as u64);
+                            if tx.send(Ok(chunk.clone())).await.is_err() {
+                                return; // the reader went away
+                            }
                         }
                     }
                     Err(e) => {

@@ -19,7 +19,9 @@ use super::blob_client::{BlobClient, BlobIoError};
 use super::quorum::{collect_states, StateCollection};
 use crate::blob_state::Verdict;
 use crate::codec::format::SLIVER_OVERHEAD;
-use crate::codec::{decode_segment, BlobId, BlobMetadata, DecodeError, PrimarySliver, SliverKind};
+use crate::codec::{
+    decode_segment, BlobId, BlobMetadata, DecodeError, PrimarySliver, SegmentData, SliverKind,
+};
 
 /// How long a sliver request may run before the next shard is asked too.
 const HEDGE_AFTER: Duration = Duration::from_secs(2);
@@ -114,7 +116,7 @@ impl BlobClient {
         metadata: &BlobMetadata,
         index: u32,
         slow: &mut SlowNodes,
-    ) -> Result<Vec<u8>, BlobIoError> {
+    ) -> Result<SegmentData, BlobIoError> {
         let id = metadata.blob_id();
         let config = metadata.config();
         let p = config.p();
@@ -229,7 +231,7 @@ impl BlobClient {
         metadata: &BlobMetadata,
         index: u32,
         valid: &mut Vec<(String, PrimarySliver)>,
-    ) -> Result<Option<Vec<u8>>, BlobIoError> {
+    ) -> Result<Option<SegmentData>, BlobIoError> {
         let id = metadata.blob_id();
         let offered: Vec<PrimarySliver> = valid.iter().map(|(_, s)| s.clone()).collect();
         let metadata_copy = metadata.clone();

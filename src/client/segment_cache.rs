@@ -8,15 +8,13 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use bytes::Bytes;
-
-use crate::codec::BlobId;
+use crate::codec::{BlobId, SegmentData};
 
 /// The cache: least recently used segments leave first.
 #[derive(Debug)]
 pub struct SegmentCache {
     max_bytes: usize,
-    entries: Mutex<VecDeque<(BlobId, u32, Bytes)>>,
+    entries: Mutex<VecDeque<(BlobId, u32, SegmentData)>>,
 }
 
 impl SegmentCache {
@@ -29,7 +27,7 @@ impl SegmentCache {
     }
 
     /// Segment `index` of `blob`, if kept.
-    pub fn get(&self, blob: &BlobId, index: u32) -> Option<Bytes> {
+    pub fn get(&self, blob: &BlobId, index: u32) -> Option<SegmentData> {
         let mut entries = self.entries.lock().expect("not poisoned");
         let at = entries
             .iter()
@@ -42,7 +40,7 @@ impl SegmentCache {
 
     /// Keeps segment `index` of `blob`, dropping the least recently used
     /// beyond the bound (a segment larger than the bound is not kept).
-    pub fn put(&self, blob: BlobId, index: u32, data: Bytes) {
+    pub fn put(&self, blob: BlobId, index: u32, data: SegmentData) {
         if data.len() > self.max_bytes {
             return;
         }
@@ -76,26 +74,26 @@ mod tests {
     #[test]
     fn the_cache_holds_at_most_its_bound_and_drops_the_least_recently_used() {
         let cache = SegmentCache::new(10);
-        cache.put(id(1), 0, Bytes::from(vec![1; 4]));
-        cache.put(id(1), 1, Bytes::from(vec![2; 4]));
+        cache.put(id(1), 0, SegmentData::from(vec![1; 4]));
+        cache.put(id(1), 1, SegmentData::from(vec![2; 4]));
         assert!(cache.get(&id(1), 0).is_some(), "used: now the most recent");
-        cache.put(id(2), 0, Bytes::from(vec![3; 4]));
+        cache.put(id(2), 0, SegmentData::from(vec![3; 4]));
         assert_eq!(cache.held_bytes(), 8);
         assert!(
             cache.get(&id(1), 1).is_none(),
             "the least recently used left"
         );
-        assert_eq!(cache.get(&id(1), 0).unwrap()[0], 1);
-        assert_eq!(cache.get(&id(2), 0).unwrap()[0], 3);
+        assert_eq!(cache.get(&id(1), 0).unwrap().to_vec()[0], 1);
+        assert_eq!(cache.get(&id(2), 0).unwrap().to_vec()[0], 3);
     }
 
     #[test]
     fn a_segment_larger_than_the_bound_or_a_zero_bound_keeps_nothing() {
         let cache = SegmentCache::new(3);
-        cache.put(id(1), 0, Bytes::from(vec![1; 4]));
+        cache.put(id(1), 0, SegmentData::from(vec![1; 4]));
         assert_eq!(cache.held_bytes(), 0);
         let none = SegmentCache::new(0);
-        none.put(id(1), 0, Bytes::from(vec![1; 1]));
+        none.put(id(1), 0, SegmentData::from(vec![1; 1]));
         assert!(none.get(&id(1), 0).is_none());
     }
 }

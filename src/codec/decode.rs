@@ -6,7 +6,8 @@
 //! are chosen first, so a healthy read needs no Reed-Solomon at all.
 //!
 //! The segment's bytes are the rows of M, that is its p systematic primary
-//! slivers. A decode returns them only when each of those rows hashes (as
+//! slivers; a decode from those returns their own buffers back to back
+//! ([`SegmentData`]), without copying them. A decode returns them only when each of those rows hashes (as
 //! a sliver) to its primary hash in the metadata, which the blob id
 //! commits to ([`Verification::Slivers`], the default). Those hashes fix
 //! the rows, so every read that succeeds returns the same bytes, even from
@@ -25,6 +26,7 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use rayon::prelude::*;
 
 use crate::codec::config::SegmentLayout;
@@ -33,6 +35,7 @@ use crate::codec::error::DecodeError;
 use crate::codec::line::{line_hash, verify_sliver};
 use crate::codec::metadata::{BlobMetadata, SegmentHashes};
 use crate::codec::rs;
+use crate::codec::segment_data::SegmentData;
 use crate::codec::sliver::{Axis, Sliver, SliverKind};
 
 /// How a decode proves the bytes it returns.
@@ -51,7 +54,7 @@ pub enum Verification {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodedSegment {
     /// The segment's bytes, without padding.
-    pub data: Vec<u8>,
+    pub data: SegmentData,
     /// Indices of slivers that were offered but did not verify.
     pub invalid: Vec<u16>,
 }
@@ -152,7 +155,12 @@ pub fn decode_blob<A: Axis>(
     }
     let mut blob = Vec::with_capacity(metadata.len() as usize);
     for (index, slivers) in segments.into_iter().enumerate() {
-        blob.extend_from_slice(&decode_segment(metadata, index as u32, slivers)?.data);
+        for part in decode_segment(metadata, index as u32, slivers)?
+            .data
+            .parts()
+        {
+            blob.extend_from_slice(part);
+        }
     }
     Ok(blob)
 }
@@ -164,34 +172,48 @@ fn reconstruct_checked<A: Axis>(
     chosen: &[&Sliver<A>],
     expected: &SegmentHashes,
     verification: Verification,
-) -> Option<Vec<u8>> {
+) -> Option<SegmentData> {
     let mut matrix = reconstruct(layout, chosen);
     let len = layout.len() as usize;
-    if matrix[len..].iter().any(|&b| b != 0) {
+    let padding = matrix.slice(len..matrix.len());
+    if padding
+        .parts()
+        .iter()
+        .any(|part| part.iter().any(|&b| b != 0))
+    {
         return None;
     }
     let verified = match verification {
         Verification::Slivers => rows_match(layout, &matrix, expected),
-        Verification::Strict => segment_hashes(layout.config(), &matrix[..len]) == *expected,
+        Verification::Strict => {
+            segment_hashes(layout.config(), &matrix.slice(0..len).to_vec()) == *expected
+        }
     };
     matrix.truncate(len);
     verified.then_some(matrix)
 }
 
 /// Whether every row of the padded message matrix hashes, as a primary
-/// sliver, to its primary hash.
-fn rows_match(layout: &SegmentLayout, matrix: &[u8], expected: &SegmentHashes) -> bool {
+/// sliver, to its primary hash. Each part of `matrix` holds whole rows.
+fn rows_match(layout: &SegmentLayout, matrix: &SegmentData, expected: &SegmentHashes) -> bool {
     let config = layout.config();
     let s = layout.symbol_size();
-    matrix
-        .par_chunks(config.q() * s)
-        .enumerate()
-        .all(|(r, row)| line_hash(&config, row, s) == *expected.primary(r))
+    let rows: Vec<&[u8]> = matrix
+        .parts()
+        .iter()
+        .flat_map(|part| part.chunks(config.q() * s))
+        .collect();
+    rows.len() == config.p()
+        && rows
+            .par_iter()
+            .enumerate()
+            .all(|(r, row)| line_hash(&config, row, s) == *expected.primary(r))
 }
 
 /// The padded message matrix from exactly `threshold` slivers of distinct
-/// indices, sorted by index; no verification.
-fn reconstruct<A: Axis>(layout: &SegmentLayout, chosen: &[&Sliver<A>]) -> Vec<u8> {
+/// indices, sorted by index, each part whole rows; no verification. From
+/// the systematic primary slivers it is their own buffers.
+fn reconstruct<A: Axis>(layout: &SegmentLayout, chosen: &[&Sliver<A>]) -> SegmentData {
     let config = layout.config();
     let (n, p, q, s) = (config.n(), config.p(), config.q(), layout.symbol_size());
     match A::KIND {
@@ -202,11 +224,7 @@ fn reconstruct<A: Axis>(layout: &SegmentLayout, chosen: &[&Sliver<A>]) -> Vec<u8
                 .enumerate()
                 .all(|(r, sl)| usize::from(sl.index()) == r)
             {
-                chosen
-                    .iter()
-                    .map(|sl| sl.data())
-                    .collect::<Vec<_>>()
-                    .concat()
+                SegmentData::from_parts(chosen.iter().map(|sl| sl.shared_data()))
             } else {
                 let columns: Vec<Vec<u8>> = (0..q)
                     .into_par_iter()
@@ -227,7 +245,7 @@ fn reconstruct<A: Axis>(layout: &SegmentLayout, chosen: &[&Sliver<A>]) -> Vec<u8
                         matrix[at..at + s].copy_from_slice(&column[r * s..(r + 1) * s]);
                     }
                 }
-                matrix
+                matrix.into()
             }
         }
         // Columns of E: decode each row of M with the row code (q, n - q).
@@ -244,7 +262,32 @@ fn reconstruct<A: Axis>(layout: &SegmentLayout, chosen: &[&Sliver<A>]) -> Vec<u8
                     row
                 })
                 .collect();
-            rows.concat()
+            SegmentData::from_parts(rows.into_iter().map(Bytes::from))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{BlobEncoder, EncodingConfig};
+
+    #[test]
+    fn a_read_from_the_systematic_slivers_returns_their_own_buffers_not_a_copy() {
+        let config = EncodingConfig::new(7).unwrap();
+        let data: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 253) as u8).collect();
+        let (metadata, segments) = BlobEncoder::new(config, 1 << 16)
+            .unwrap()
+            .encode(&data)
+            .unwrap();
+        let systematic = segments[0].primary[..config.p()].to_vec();
+        let decoded = decode_segment(&metadata, 0, systematic.clone()).unwrap();
+        assert!(decoded.data == data[..]);
+        for (part, sliver) in decoded.data.parts().iter().zip(&systematic) {
+            assert_eq!(part.as_ptr(), sliver.data().as_ptr());
+        }
+        // From other slivers the rows are decoded, then checked the same way.
+        let others = segments[0].primary[config.n() - config.p()..].to_vec();
+        assert!(decode_segment(&metadata, 0, others).unwrap().data == data[..]);
     }
 }

@@ -17,6 +17,7 @@ pub mod merkle;
 pub mod metadata;
 pub mod recovery;
 pub mod rs;
+pub mod segment_data;
 pub mod sliver;
 
 pub use config::{BlobLayout, EncodingConfig, SegmentLayout, DEFAULT_SEGMENT_SIZE};
@@ -28,4 +29,5 @@ pub use error::{ConfigError, DecodeError, FormatError, RebuildError, SymbolError
 pub use line::{sliver_hash, sliver_hash_and_leaves, verify_sliver};
 pub use metadata::{BlobId, BlobMetadata, SegmentHashes, ShardRotation};
 pub use recovery::{rebuild, Rebuilt, RecoverySymbol, SymbolSource};
+pub use segment_data::SegmentData;
 pub use sliver::{Axis, Primary, PrimarySliver, Secondary, SecondarySliver, Sliver, SliverKind};

@@ -151,6 +151,10 @@ impl<A: Axis> Sliver<A> {
     pub fn data(&self) -> &[u8] {
         &self.data
     }
+    /// The symbols back to back, sharing the sliver's buffer.
+    pub fn shared_data(&self) -> Bytes {
+        self.data.clone()
+    }
     /// Symbol `j` of the sliver.
     pub fn symbol(&self, j: usize) -> &[u8] {
         &self.data[j * self.symbol_size..(j + 1) * self.symbol_size]

@@ -196,13 +196,9 @@ fn session_pairs_count_as_held_bytes_and_go_when_adopted_collected_or_removed() 
     let (pair, leaves) = super::uploads::tests::pair();
     for upload in [&a, &b, &c] {
         store
-            .put_upload_pair_checked(
-                upload,
-                (0, &root),
-                2,
-                [&pair[0], &pair[1]],
-                || Ok::<_, ()>(leaves.clone()),
-            )
+            .put_upload_pair_checked(upload, (0, &root), 2, [&pair[0], &pair[1]], || {
+                Ok::<_, ()>(leaves.clone())
+            })
             .unwrap();
     }
     let pair_bytes = (pair[0].len() + pair[1].len() + 2 * 32) as u64;
