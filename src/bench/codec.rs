@@ -341,6 +341,10 @@ fn measure_segment(
     let p = config.p();
     let mut primary = encoded.primary;
     drop(encoded.secondary);
+    // Each phase measures its own memory, not the encoder's spare buffers
+    // (a gateway frees those once idle; `--encode-only` keeps them from one
+    // segment to the next, as a gateway does while it encodes).
+    crate::codec::buffer_pool::release_idle(Duration::ZERO);
     let tail = primary.split_off(config.n() - p);
     primary.truncate(p);
     let systematic = primary;
@@ -352,6 +356,7 @@ fn measure_segment(
         decode_segment_with(metadata, 0, systematic, Verification::Strict)
     });
     check_decoded(decoded, data)?;
+    crate::codec::buffer_pool::release_idle(Duration::ZERO);
     Ok(traffic)
 }
 

@@ -6,7 +6,6 @@
 //! disk; optionally several clients at once; then the time and the bytes
 //! to rebuild a node wiped while it held a given amount of slivers.
 
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -122,7 +121,7 @@ pub async fn run(
     let blob_path = work.path().join("blob");
     let mut data = vec![0u8; options.size as usize];
     fill(&mut data, 1);
-    std::fs::File::create(&blob_path)?.write_all(&data)?;
+    super::write_input(&blob_path, &data)?;
 
     // The codec alone on the same bytes: the best of three runs, so the
     // first run's thread start-up and page faults do not count against it.
@@ -359,7 +358,7 @@ async fn measure_concurrent(
         let mut data = vec![0u8; options.size as usize];
         fill(&mut data, 1000 + client as u64);
         let path = dir.join(format!("client-{client}"));
-        std::fs::write(&path, &data)?;
+        super::write_input(&path, &data)?;
         files.push((path, blake3::hash(&data)));
     }
     let rss_before = super::memory::current_rss_bytes().unwrap_or(0);
@@ -440,7 +439,7 @@ async fn measure(
     let mut second = vec![0u8; options.size as usize];
     fill(&mut second, 101);
     let second_path = blob_path.with_extension("second");
-    std::fs::write(&second_path, &second)?;
+    super::write_input(&second_path, &second)?;
     let (mut put_time, mut get_time) = (Duration::MAX, Duration::MAX);
     for (path, bytes) in [
         (blob_path.to_path_buf(), data),
@@ -497,7 +496,7 @@ async fn measure(
         let mut chunk = vec![0u8; options.size as usize];
         fill(&mut chunk, seed);
         let path = blob_path.with_extension(seed.to_string());
-        std::fs::write(&path, &chunk)?;
+        super::write_input(&path, &chunk)?;
         put(path.clone()).await?;
         std::fs::remove_file(path)?;
         stored += options.size;

@@ -5,7 +5,6 @@
 //! then a listing of many keys through S3 (boto3's paginator), its time
 //! and the growth of this process's memory (the gateway runs in it).
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -105,7 +104,7 @@ pub async fn run(
         state ^= state << 17;
         word.copy_from_slice(&state.to_le_bytes()[..word.len()]);
     }
-    std::fs::File::create(&file)?.write_all(&data)?;
+    super::write_input(&file, &data)?;
     let fleet_dir = work.path().join("fleet");
     std::fs::create_dir_all(&fleet_dir)?;
     log(&format!("filling the index with {} keys", options.keys));

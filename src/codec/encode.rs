@@ -22,6 +22,7 @@ use bytes::Bytes;
 
 use rayon::prelude::*;
 
+use crate::codec::buffer_pool;
 use crate::codec::config::{BlobLayout, EncodingConfig, SegmentLayout};
 use crate::codec::error::ConfigError;
 use crate::codec::line;
@@ -61,7 +62,7 @@ pub fn encode_segment_shared(config: EncodingConfig, index: u32, data: Bytes) ->
     let s = layout.symbol_size();
     let primary = rows
         .into_iter()
-        .chain(expanded.parity.into_iter().map(Bytes::from))
+        .chain(expanded.parity)
         .enumerate()
         .map(|(i, row)| {
             PrimarySliver::new(config, i as u16, index, s, row)
@@ -124,8 +125,8 @@ const ROW_BATCH: usize = 64;
 struct ExpandedSegment {
     hashes: SegmentHashes,
     /// Primary slivers p..n.
-    parity: Vec<Vec<u8>>,
-    secondary: Vec<Vec<u8>>,
+    parity: Vec<Bytes>,
+    secondary: Vec<Bytes>,
 }
 
 fn expand_segment<R: AsRef<[u8]> + Sync>(
@@ -139,12 +140,15 @@ fn expand_segment<R: AsRef<[u8]> + Sync>(
 
     // 1. Columns: extend each column of M from p to n symbols, writing the
     //    n - p new symbols of column c straight into the parity rows.
-    let mut parity: Vec<Vec<u8>> = (0..n - p).map(|_| vec![0u8; row_len]).collect();
+    // Every byte of the pooled buffers is written below (RS fills each
+    // parity symbol, and each secondary symbol is copied in), so what a
+    // spare held before never shows.
+    let mut parity_buffer = buffer_pool::take((n - p) * row_len);
     let columns_per_task = q.div_ceil(rayon::current_num_threads() * 4).max(1);
     let mut tasks: Vec<Vec<&mut [u8]>> = (0..q.div_ceil(columns_per_task))
         .map(|_| Vec::with_capacity(n - p))
         .collect();
-    for row in parity.iter_mut() {
+    for row in parity_buffer.chunks_mut(row_len) {
         for (task, part) in tasks.iter_mut().zip(row.chunks_mut(columns_per_task * s)) {
             task.push(part);
         }
@@ -169,18 +173,15 @@ fn expand_segment<R: AsRef<[u8]> + Sync>(
     let rows: Vec<&[u8]> = message
         .iter()
         .map(AsRef::as_ref)
-        .chain(parity.iter().map(Vec::as_slice))
+        .chain(parity_buffer.chunks(row_len))
         .collect();
 
     // 2. Rows: extend every primary sliver to n symbols and hash each symbol
     //    once. The secondary slivers are the first p rows of E read down
     //    its columns: the extension symbols of rows below p go straight
     //    into their columns, which exist from here on.
-    let mut secondary: Vec<Vec<u8>> = if keep_slivers {
-        (0..n).map(|_| vec![0u8; p * s]).collect()
-    } else {
-        Vec::new()
-    };
+    let mut secondary_buffer = buffer_pool::take(if keep_slivers { n * p * s } else { 0 });
+    let mut secondary: Vec<&mut [u8]> = secondary_buffer.chunks_mut(p * s).collect();
     let mut row_targets: Vec<Option<Vec<&mut [u8]>>> = (0..n).map(|_| None).collect();
     if keep_slivers {
         for targets in &mut row_targets[..p] {
@@ -259,10 +260,25 @@ fn expand_segment<R: AsRef<[u8]> + Sync>(
                 symbol.copy_from_slice(&message[r].as_ref()[j * s..(j + 1) * s]);
             }
         });
+    drop(secondary);
+    let slices = |buffer: buffer_pool::PooledBuffer, len: usize| -> Vec<Bytes> {
+        let shared = buffer.share();
+        (0..shared.len() / len)
+            .map(|i| shared.slice(i * len..(i + 1) * len))
+            .collect()
+    };
     ExpandedSegment {
         hashes: SegmentHashes::new(primary_hashes, secondary_hashes),
-        parity: if keep_slivers { parity } else { Vec::new() },
-        secondary,
+        parity: if keep_slivers {
+            slices(parity_buffer, row_len)
+        } else {
+            Vec::new()
+        },
+        secondary: if keep_slivers {
+            slices(secondary_buffer, p * s)
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -376,6 +392,30 @@ impl BlobEncoder {
 mod tests {
     use super::*;
     use crate::codec::line::sliver_hash;
+
+    #[test]
+    fn slivers_in_reused_buffers_hold_nothing_of_the_segment_before() {
+        let config = EncodingConfig::new(7).unwrap();
+        let noise: Vec<u8> = (0..300_000u32).map(|i| (i * 131 % 251) as u8 | 1).collect();
+        let shared = |segment: &EncodedSegment| segment.primary[6].data().as_ptr();
+        let first = encode_segment(config, 0, &noise);
+        let first_parity = shared(&first);
+        drop(first);
+        // Zeroes, then a shorter segment: each takes the noisy buffers back.
+        for (round, data) in [vec![0u8; 300_000], vec![5u8; 200_000]].iter().enumerate() {
+            let segment = encode_segment(config, 0, data);
+            if round == 0 {
+                assert_eq!(shared(&segment), first_parity, "the spare is reused");
+            }
+            let data = &data[..];
+            let fresh = segment_hashes(config, data);
+            assert_eq!(segment.hashes, fresh);
+            for i in 0..7 {
+                assert_eq!(sliver_hash(&segment.primary[i]), *fresh.primary(i));
+                assert_eq!(sliver_hash(&segment.secondary[i]), *fresh.secondary(i));
+            }
+        }
+    }
 
     #[test]
     fn every_sliver_hash_is_the_root_over_its_own_expanded_line_whatever_n() {

@@ -6,6 +6,7 @@
 //! encoded into n sliver pairs (see `encode`). Slivers are checked against
 //! 2n sliver hashes per segment, which the blob id commits to.
 
+pub mod buffer_pool;
 pub mod config;
 pub mod decode;
 pub mod encode;

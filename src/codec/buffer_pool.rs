@@ -1,0 +1,206 @@
+//! The encoder's large output buffers (a segment's parity rows and its
+//! secondary slivers), reused from one segment to the next.
+//!
+//! Freed, a buffer that size goes back to the operating system, and the
+//! next segment's is faulted in again page by page, each page zeroed by
+//! the kernel and then once more by a zeroing allocation: a tenth of a
+//! PUT's cycles. Here a buffer whose every slice was dropped waits for the
+//! next segment instead. At most [`SPARES_KEPT`] wait, holding at most
+//! [`SPARE_BYTES_KEPT`], and a watcher thread frees them once none was
+//! taken or given back for [`IDLE`].
+
+use std::ops::{Deref, DerefMut};
+use std::sync::{Mutex, Once};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+/// Spares kept: two per segment of an upload's four in flight.
+pub const SPARES_KEPT: usize = 8;
+
+/// At most this many bytes of spares are kept (a 64 MiB segment's two
+/// buffers are about 180 MiB at n = 7 and 235 MiB at n = 1000).
+pub const SPARE_BYTES_KEPT: usize = 1 << 30;
+
+/// Spares unused this long are freed.
+pub const IDLE: Duration = Duration::from_secs(10);
+
+static SPARES: Mutex<Spares> = Mutex::new(Spares {
+    buffers: Vec::new(),
+    last_used: None,
+});
+
+static WATCHER: Once = Once::new();
+
+struct Spares {
+    buffers: Vec<Vec<u8>>,
+    last_used: Option<Instant>,
+}
+
+fn spares() -> std::sync::MutexGuard<'static, Spares> {
+    let mut spares = SPARES.lock().unwrap_or_else(|e| e.into_inner());
+    spares.last_used = Some(Instant::now());
+    spares
+}
+
+/// A buffer of exactly `len` bytes from the pool, holding whatever its last
+/// user left (or zeroes): the caller overwrites every byte it exposes.
+pub fn take(len: usize) -> PooledBuffer {
+    let spare = {
+        let mut spares = spares();
+        spares
+            .buffers
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.len() >= len)
+            .min_by_key(|(_, b)| b.len())
+            .map(|(at, _)| at)
+            .map(|at| spares.buffers.swap_remove(at))
+    };
+    let buffer = match spare {
+        Some(mut buffer) => {
+            buffer.truncate(len);
+            buffer
+        }
+        None => vec![0u8; len],
+    };
+    PooledBuffer {
+        buffer: Some(buffer),
+    }
+}
+
+/// Frees the spares when none was taken or given back for `idle`; returns
+/// the bytes freed.
+pub fn release_idle(idle: Duration) -> usize {
+    let mut spares = SPARES.lock().unwrap_or_else(|e| e.into_inner());
+    if spares.last_used.is_some_and(|at| at.elapsed() < idle) {
+        return 0;
+    }
+    spares.buffers.drain(..).map(|b| b.capacity()).sum()
+}
+
+/// Bytes the spares hold now.
+pub fn spare_bytes() -> usize {
+    let spares = SPARES.lock().unwrap_or_else(|e| e.into_inner());
+    spares.buffers.iter().map(Vec::capacity).sum()
+}
+
+fn give_back(buffer: Vec<u8>) {
+    WATCHER.call_once(|| {
+        let _ = std::thread::Builder::new()
+            .name("encoder-spares".into())
+            .spawn(|| loop {
+                std::thread::sleep(IDLE / 2);
+                release_idle(IDLE);
+            });
+    });
+    let mut spares = spares();
+    let held: usize = spares.buffers.iter().map(Vec::capacity).sum();
+    if held + buffer.capacity() > SPARE_BYTES_KEPT {
+        return;
+    }
+    if spares.buffers.len() < SPARES_KEPT {
+        spares.buffers.push(buffer);
+    } else if let Some(smallest) = spares.buffers.iter_mut().min_by_key(|b| b.len()) {
+        if smallest.len() < buffer.len() {
+            *smallest = buffer;
+        }
+    }
+}
+
+/// A buffer from [`take`]; back to the pool when dropped, or once every
+/// slice of it is dropped after [`PooledBuffer::share`].
+pub struct PooledBuffer {
+    buffer: Option<Vec<u8>>,
+}
+
+impl PooledBuffer {
+    /// The buffer as `Bytes`; it returns to the pool once every slice of
+    /// them is dropped.
+    pub fn share(mut self) -> Bytes {
+        Bytes::from_owner(Shared(self.buffer.take().expect("held until dropped")))
+    }
+}
+
+impl Deref for PooledBuffer {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.buffer.as_deref().expect("held until dropped")
+    }
+}
+
+impl DerefMut for PooledBuffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.buffer.as_deref_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for PooledBuffer {
+    fn drop(&mut self) {
+        if let Some(buffer) = self.buffer.take() {
+            give_back(buffer);
+        }
+    }
+}
+
+/// The owner behind shared `Bytes`.
+struct Shared(Vec<u8>);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        give_back(std::mem::take(&mut self.0));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The pool is one per process: these tests use lengths no other test
+    // takes, and find their buffers by address.
+    fn spare_at(address: *const u8) -> bool {
+        let spares = SPARES.lock().unwrap();
+        spares.buffers.iter().any(|b| b.as_ptr() == address)
+    }
+
+    #[test]
+    fn a_shared_buffer_returns_to_the_pool_only_once_every_slice_is_dropped() {
+        let mut buffer = take(3 * 4096 + 17);
+        buffer.fill(9);
+        let address = buffer.as_ptr();
+        let shared = buffer.share();
+        let slice = shared.slice(10..20);
+        drop(shared);
+        assert!(!spare_at(address), "a slice still holds it");
+        assert_eq!(&slice[..], &[9u8; 10]);
+        drop(slice);
+        assert!(spare_at(address));
+    }
+
+    #[test]
+    fn a_spare_serves_the_next_buffer_of_its_length_or_shorter() {
+        let len = 5 * 4096 + 3;
+        let buffer = take(len);
+        let address = buffer.as_ptr();
+        drop(buffer);
+        assert!(spare_at(address));
+        let again = take(len - 1);
+        assert_eq!(again.len(), len - 1);
+        assert_eq!(again.as_ptr(), address, "the spare is reused");
+    }
+
+    #[test]
+    fn spares_are_freed_once_the_pool_is_idle_and_kept_while_it_is_not() {
+        drop(take(7 * 4096 + 1));
+        assert_eq!(release_idle(Duration::from_secs(3600)), 0, "just used");
+        assert!(spare_bytes() >= 7 * 4096 + 1);
+        assert!(release_idle(Duration::ZERO) >= 7 * 4096 + 1);
+        assert_eq!(spare_bytes(), 0);
+    }
+}
