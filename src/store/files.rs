@@ -6,7 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{direct_io, sliver_checksum, StoreError};
+use super::{direct_io, fast_checksum, sliver_checksum, StoreError};
 
 /// Bytes of the checksum after every file's content.
 pub(super) const CHECKSUM_LEN: usize = 32;
@@ -86,9 +86,10 @@ pub(super) enum Checked {
     Failed(io::Error),
 }
 
-/// Reads a file and checks its checksum: the plain hash of its content
-/// or, for a sliver file, the derived one (tried first when
-/// `derived_first`, as a store of format 3 writes them).
+/// Reads a file and checks its checksum: the fast one when the file
+/// carries one (format 4), else the plain hash of its content or, for a
+/// sliver file, the derived one (tried first when `derived_first`, as a
+/// store of format 3 writes them).
 pub(super) fn read_checked(path: &Path, derived_first: bool) -> Checked {
     let bytes = match direct_io::read_whole(path) {
         Ok(bytes) => bytes,
@@ -97,6 +98,9 @@ pub(super) fn read_checked(path: &Path, derived_first: bool) -> Checked {
     };
     let valid = bytes.len() >= CHECKSUM_LEN && {
         let (content, sum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
+        if fast_checksum::is_fast(sum) {
+            return checked(fast_checksum::of(content) == sum, bytes);
+        }
         let plain = || blake3::hash(content).as_bytes() == sum;
         let derived = || {
             sliver_counter(path).is_some()
@@ -110,10 +114,16 @@ pub(super) fn read_checked(path: &Path, derived_first: bool) -> Checked {
         };
         first() || second()
     };
-    if !valid {
-        return Checked::Corrupt;
+    checked(valid, bytes)
+}
+
+/// A read file's content, or corrupt when its checksum did not hold.
+fn checked(valid: bool, bytes: bytes::Bytes) -> Checked {
+    if valid {
+        Checked::Valid(bytes.slice(..bytes.len() - CHECKSUM_LEN))
+    } else {
+        Checked::Corrupt
     }
-    Checked::Valid(bytes.slice(..bytes.len() - CHECKSUM_LEN))
 }
 
 /// fsyncs a directory, so entries created, renamed or removed in it last.

@@ -4,7 +4,7 @@
 //! Layout under the data directory:
 //!
 //! ```text
-//! format                                      the store format (2 or 3, see below)
+//! format                                      the store format (2 to 4, see below)
 //! blobs/<blob id>/metadata                    serialized metadata
 //! blobs/<blob id>/staged                      generation of the newest write staged here
 //! blobs/<blob id>/commit                      generation of the newest commit here
@@ -19,14 +19,17 @@
 //!
 //! Every file is its content followed by a 32-byte checksum, checked on
 //! every read: a file that fails, or whose read fails (EIO), is moved to
-//! quarantine/ and reported missing, never served. The checksum is the
-//! BLAKE3 hash of the content, except for sliver files written by a store
-//! of format 3: theirs is derived from the leaf hashes the node computed
-//! while verifying the sliver (`sliver_checksum`), so no byte is hashed
-//! twice. A new store is created at format 3; a store of format 2 stays at
-//! 2, so nodes of earlier versions (which know only plain checksums) can
-//! still read it; reads accept either checksum in both. A store of a
-//! format newer than this build knows is refused, not guessed at.
+//! quarantine/ and reported missing, never served. Which checksum depends
+//! on the format of the store that wrote the file: format 2 the BLAKE3
+//! hash of the content; format 3 the same, except for sliver files, whose
+//! checksum is derived from the leaf hashes the node computed while
+//! verifying the sliver (`sliver_checksum`); format 4 the XXH3-128 hash of
+//! every file, tagged (`fast_checksum`), so a read costs a pass at memory
+//! speed instead of a BLAKE3 pass. A new store is created at format 4; a
+//! store of format 2 or 3 stays at its format, so nodes of earlier
+//! versions (which know only their checksums) can still read it; reads
+//! accept every checksum in every format. A store of a format newer than
+//! this build knows is refused, not guessed at.
 //! Writes go to tmp/, are fsynced, renamed into place and the directory
 //! fsynced, so a crash at any instant leaves either the old file or the
 //! complete new one (large files are written past the page cache, see
@@ -44,6 +47,7 @@
 
 mod aligned;
 mod direct_io;
+mod fast_checksum;
 mod files;
 mod housekeeping;
 mod markers;
@@ -71,9 +75,12 @@ pub use uploads::CheckedPutError;
 /// The layout version this build writes.
 /// The format that added commit markers (slivers with plain checksums).
 const MARKERS_FORMAT: u32 = 2;
-/// The newest format, which this build creates: sliver files carry
-/// checksums derived from their symbols' leaf hashes (`sliver_checksum`).
-const NEWEST_FORMAT: u32 = 3;
+/// The format whose sliver files carry checksums derived from their
+/// symbols' leaf hashes (`sliver_checksum`).
+const DERIVED_FORMAT: u32 = 3;
+/// The newest format, which this build creates: every file carries a
+/// fast checksum (`fast_checksum`).
+const NEWEST_FORMAT: u32 = 4;
 /// Per-blob locks, by the first byte of the id.
 const LOCK_STRIPES: usize = 256;
 
@@ -159,8 +166,30 @@ pub struct SliverStore {
     /// Sliver files held: primary, secondary.
     slivers: [AtomicU64; 2],
     locks: Vec<Mutex<()>>,
-    /// Whether sliver files get derived checksums (format 3).
-    derived_checksums: bool,
+    /// The checksums the files it writes carry (by its format).
+    checksums: Checksums,
+}
+
+/// The checksums a store writes, by its format (reads accept them all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Checksums {
+    /// Format 2: the BLAKE3 hash of every file.
+    Plain,
+    /// Format 3: sliver files derived from their symbols' leaf hashes,
+    /// other files plain.
+    DerivedForSlivers,
+    /// Format 4: the XXH3-128 hash of every file, tagged.
+    Fast,
+}
+
+impl Checksums {
+    fn of_format(format: u32) -> Self {
+        match format {
+            ..DERIVED_FORMAT => Self::Plain,
+            DERIVED_FORMAT => Self::DerivedForSlivers,
+            _ => Self::Fast,
+        }
+    }
 }
 
 /// A serialized sliver to store, with the leaf hashes of its symbols when
@@ -242,10 +271,10 @@ impl SliverStore {
             used: AtomicU64::new(stats.bytes),
             slivers: stats.slivers.map(AtomicU64::new),
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
-            derived_checksums: false,
+            checksums: Checksums::Plain,
         };
         let format = store.settle_format()?;
-        store.derived_checksums = format >= NEWEST_FORMAT;
+        store.checksums = Checksums::of_format(format);
         Ok(store)
     }
 
@@ -386,13 +415,17 @@ impl SliverStore {
         })
     }
 
-    /// The checksum a file at `path` gets: derived for a sliver file in a
-    /// store of format 3 (from the caller's leaves when it has them), else
-    /// the plain hash.
+    /// The checksum a file at `path` gets: fast in a store of format 4;
+    /// derived for a sliver file in a store of format 3 (from the caller's
+    /// leaves when it has them); else the plain hash.
     fn checksum(&self, path: &Path, file: SliverFile<'_>) -> [u8; 32] {
-        let derived = (self.derived_checksums && files::sliver_counter(path).is_some())
-            .then(|| sliver_checksum::of_sliver(file.bytes, file.leaves))
-            .flatten();
+        if self.checksums == Checksums::Fast {
+            return fast_checksum::of(file.bytes);
+        }
+        let derived = (self.checksums == Checksums::DerivedForSlivers
+            && files::sliver_counter(path).is_some())
+        .then(|| sliver_checksum::of_sliver(file.bytes, file.leaves))
+        .flatten();
         derived.unwrap_or_else(|| *blake3::hash(file.bytes).as_bytes())
     }
 
@@ -420,7 +453,7 @@ impl SliverStore {
         path: &Path,
         what: impl FnOnce() -> String,
     ) -> Result<Option<bytes::Bytes>, StoreError> {
-        match files::read_checked(path, self.derived_checksums) {
+        match files::read_checked(path, self.checksums == Checksums::DerivedForSlivers) {
             Checked::Valid(bytes) => Ok(Some(bytes)),
             Checked::Missing => Ok(None),
             Checked::Corrupt => {
