@@ -4,19 +4,16 @@
 
 use std::ops::Range;
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
-
 use bytes::Bytes;
+use futures_util::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::task::AbortOnDropHandle;
 
 use super::blob_client::{BlobClient, BlobIoError};
 use super::read::SlowNodes;
 use crate::codec::{BlobMetadata, SegmentData};
 
-/// Segments read at once by one range read (fetched and verified while
-/// the one before is sent).
+/// Segments read at once by one range read (fetched while the one before
+/// decodes).
 const READ_AHEAD_SEGMENTS: usize = 2;
 
 /// The body of a range read: chunks of the blob's bytes, or the error that
@@ -63,11 +60,6 @@ impl BlobClient {
 
     /// Streams bytes `range` of the blob (clamped to its length); `counted`
     /// is called with each chunk's length as it goes out.
-    ///
-    /// Each segment is read by its own task, up to `READ_AHEAD_SEGMENTS`
-    /// at once from the start: the next ones are fetched and verified
-    /// while the first is awaited and while a slow reader takes the one
-    /// before. Reads still running when the reader goes away are aborted.
     pub async fn read_range(
         &self,
         metadata: BlobMetadata,
@@ -76,20 +68,36 @@ impl BlobClient {
     ) -> Result<RangeStream, BlobIoError> {
         let end = range.end.min(metadata.len());
         let spans = segment_spans(metadata.layout().segment_size(), range.start.min(end)..end);
-        let mut reads = SegmentReads {
-            client: self.clone(),
-            metadata,
-            spans: spans.into_iter(),
-            slow: Default::default(),
-            running: VecDeque::new(),
-        };
-        reads.start_next(READ_AHEAD_SEGMENTS);
-        let first = reads.next().await.transpose()?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+        let mut spans = spans.into_iter();
+        let mut slow = SlowNodes::default();
+        let first = match spans.next() {
+            Some((index, within)) => Some(
+                self.cached_segment(&metadata, index, &mut slow)
+                    .await?
+                    .slice(within),
+            ),
+            None => None,
+        };
+        let client = self.clone();
+        let slow = std::sync::Arc::new(std::sync::Mutex::new(slow));
         tokio::spawn(async move {
-            let mut read: Option<Result<SegmentData, BlobIoError>> = first.map(Ok);
-            while let Some(result) = read {
-                match result {
+            // The next segment is fetched from the nodes while this one
+            // decodes: at most two in flight.
+            let rest = futures_util::stream::iter(spans)
+                .map(|(index, within)| {
+                    let (client, metadata, slow) = (client.clone(), metadata.clone(), slow.clone());
+                    async move {
+                        let mut seen = slow.lock().expect("not poisoned").clone();
+                        let data = client.cached_segment(&metadata, index, &mut seen).await;
+                        slow.lock().expect("not poisoned").merge(seen);
+                        data.map(|data| data.slice(within))
+                    }
+                })
+                .buffered(READ_AHEAD_SEGMENTS);
+            let mut reads = futures_util::stream::iter(first.map(Ok)).chain(rest);
+            while let Some(read) = reads.next().await {
+                match read {
                     Ok(data) => {
                         for chunk in data.parts() {
                             counted(chunk.len() as u64);
@@ -99,61 +107,14 @@ impl BlobClient {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!("read of {} failed: {e}", reads.metadata.blob_id());
+                        tracing::warn!("read of {} failed: {e}", metadata.blob_id());
                         let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
                         return;
                     }
                 }
-                read = reads.next().await;
             }
         });
         Ok(ReceiverStream::new(rx))
-    }
-}
-
-/// The segment reads of one range read: the spans not started yet, and the
-/// reads running (in span order), each its own task.
-struct SegmentReads {
-    client: BlobClient,
-    metadata: BlobMetadata,
-    spans: std::vec::IntoIter<(u32, Range<usize>)>,
-    /// Nodes found slow so far, which later reads try last.
-    slow: Arc<Mutex<SlowNodes>>,
-    running: VecDeque<(u32, AbortOnDropHandle<Result<SegmentData, BlobIoError>>)>,
-}
-
-impl SegmentReads {
-    /// Starts reading up to `count` more spans.
-    fn start_next(&mut self, count: usize) {
-        for (index, within) in self.spans.by_ref().take(count) {
-            let (client, metadata, slow) = (
-                self.client.clone(),
-                self.metadata.clone(),
-                self.slow.clone(),
-            );
-            let read = tokio::spawn(async move {
-                let mut seen = slow.lock().expect("not poisoned").clone();
-                let data = client.cached_segment(&metadata, index, &mut seen).await;
-                slow.lock().expect("not poisoned").merge(seen);
-                data.map(|data| data.slice(within))
-            });
-            self.running
-                .push_back((index, AbortOnDropHandle::new(read)));
-        }
-    }
-
-    /// The next span's bytes, once read (starting the read of the span
-    /// after the last one running); `None` after the last.
-    async fn next(&mut self) -> Option<Result<SegmentData, BlobIoError>> {
-        let (segment, read) = self.running.pop_front()?;
-        self.start_next(1);
-        Some(read.await.unwrap_or_else(|e| {
-            Err(BlobIoError::Unreadable {
-                id: self.metadata.blob_id(),
-                segment,
-                reason: format!("its read stopped: {e}"),
-            })
-        }))
     }
 }
 
