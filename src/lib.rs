@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod node;
 pub mod operator;
 pub mod s3;
+pub mod spare_pool;
 pub mod store;
 pub mod units;
 pub mod wire;

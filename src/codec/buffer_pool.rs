@@ -10,10 +10,12 @@
 //! taken or given back for [`IDLE`].
 
 use std::ops::{Deref, DerefMut};
-use std::sync::{Mutex, Once};
-use std::time::{Duration, Instant};
+use std::sync::Once;
+use std::time::Duration;
 
 use bytes::Bytes;
+
+use crate::spare_pool::SparePool;
 
 /// Spares kept: two per segment of an upload's four in flight.
 pub const SPARES_KEPT: usize = 8;
@@ -25,29 +27,15 @@ pub const SPARE_BYTES_KEPT: usize = 1 << 30;
 /// Spares unused this long are freed.
 pub const IDLE: Duration = Duration::from_secs(10);
 
-static SPARES: Mutex<Spares> = Mutex::new(Spares {
-    buffers: Vec::new(),
-    last_used: None,
-});
+static SPARES: SparePool<Vec<u8>> = SparePool::new();
 
 static WATCHER: Once = Once::new();
-
-struct Spares {
-    buffers: Vec<Vec<u8>>,
-    last_used: Option<Instant>,
-}
-
-fn spares() -> std::sync::MutexGuard<'static, Spares> {
-    let mut spares = SPARES.lock().unwrap_or_else(|e| e.into_inner());
-    spares.last_used = Some(Instant::now());
-    spares
-}
 
 /// A buffer of exactly `len` bytes from the pool, holding whatever its last
 /// user left (or zeroes): the caller overwrites every byte it exposes.
 pub fn take(len: usize) -> PooledBuffer {
     let spare = {
-        let mut spares = spares();
+        let mut spares = SPARES.lend();
         spares
             .buffers
             .iter()
@@ -72,17 +60,12 @@ pub fn take(len: usize) -> PooledBuffer {
 /// Frees the spares when none was taken or given back for `idle`; returns
 /// the bytes freed.
 pub fn release_idle(idle: Duration) -> usize {
-    let mut spares = SPARES.lock().unwrap_or_else(|e| e.into_inner());
-    if spares.last_used.is_some_and(|at| at.elapsed() < idle) {
-        return 0;
-    }
-    spares.buffers.drain(..).map(|b| b.capacity()).sum()
+    SPARES.release_idle(idle)
 }
 
 /// Bytes the spares hold now.
 pub fn spare_bytes() -> usize {
-    let spares = SPARES.lock().unwrap_or_else(|e| e.into_inner());
-    spares.buffers.iter().map(Vec::capacity).sum()
+    SPARES.held_bytes()
 }
 
 fn give_back(buffer: Vec<u8>) {
@@ -94,18 +77,7 @@ fn give_back(buffer: Vec<u8>) {
                 release_idle(IDLE);
             });
     });
-    let mut spares = spares();
-    let held: usize = spares.buffers.iter().map(Vec::capacity).sum();
-    if held + buffer.capacity() > SPARE_BYTES_KEPT {
-        return;
-    }
-    if spares.buffers.len() < SPARES_KEPT {
-        spares.buffers.push(buffer);
-    } else if let Some(smallest) = spares.buffers.iter_mut().min_by_key(|b| b.len()) {
-        if smallest.len() < buffer.len() {
-            *smallest = buffer;
-        }
-    }
+    SPARES.give_back(buffer, SPARES_KEPT, SPARE_BYTES_KEPT);
 }
 
 /// A buffer from [`take`]; back to the pool when dropped, or once every
@@ -165,7 +137,7 @@ mod tests {
     // The pool is one per process: these tests use lengths no other test
     // takes, and find their buffers by address.
     fn spare_at(address: *const u8) -> bool {
-        let spares = SPARES.lock().unwrap();
+        let spares = SPARES.lend();
         spares.buffers.iter().any(|b| b.as_ptr() == address)
     }
 

@@ -7,10 +7,11 @@
 //! straight from where it arrived, without copying it into a write buffer.
 
 use std::alloc::{self, Layout};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
+
+use crate::spare_pool::{Spare, SparePool};
 
 /// Alignment of direct I/O buffers, offsets and lengths: the largest
 /// logical block size in use (4 KiB), so it holds on any device.
@@ -96,6 +97,12 @@ impl AlignedBuffer {
     }
 }
 
+impl Spare for AlignedBuffer {
+    fn held_bytes(&self) -> usize {
+        self.len
+    }
+}
+
 impl Drop for AlignedBuffer {
     fn drop(&mut self) {
         // SAFETY: allocated by `allocate` with the same layout.
@@ -107,33 +114,15 @@ impl Drop for AlignedBuffer {
 /// few symbols of a segment (about 40 MiB at n = 7 and 64 MiB segments),
 /// and a fresh buffer of that size costs the kernel zeroing every page of
 /// it again. They go once the pool is idle ([`release_idle_spares`]).
-static SPARE_PARTS: Mutex<Spares> = Mutex::new(Spares {
-    buffers: Vec::new(),
-    last_used: None,
-});
-
-/// The pool and when it last lent or took back a buffer.
-struct Spares {
-    buffers: Vec<AlignedBuffer>,
-    last_used: Option<Instant>,
-}
-
-fn spares() -> std::sync::MutexGuard<'static, Spares> {
-    let mut spares = SPARE_PARTS.lock().unwrap_or_else(|e| e.into_inner());
-    spares.last_used = Some(Instant::now());
-    spares
-}
+static SPARE_PARTS: SparePool<AlignedBuffer> = SparePool::new();
 
 /// Frees the spare buffers of [`BlockParts`] when none was lent or taken
 /// back for `idle`, so an idle node gives their memory back; returns the
 /// bytes freed.
 pub fn release_idle_spares(idle: Duration) -> usize {
-    let mut spares = SPARE_PARTS.lock().unwrap_or_else(|e| e.into_inner());
-    if spares.last_used.is_some_and(|at| at.elapsed() < idle) {
-        return 0;
-    }
-    spares.buffers.drain(..).map(|b| b.len()).sum()
+    SPARE_PARTS.release_idle(idle)
 }
+
 /// At most this many are kept: one per segment a writer has in flight.
 const SPARE_PARTS_KEPT: usize = 4;
 
@@ -161,7 +150,7 @@ impl BlockParts {
             end = start + len;
         }
         let buffer = {
-            let mut spares = spares();
+            let mut spares = SPARE_PARTS.lend();
             match spares.buffers.iter().position(|b| b.len() >= end) {
                 Some(at) => spares.buffers.swap_remove(at),
                 None => AlignedBuffer::uninit(end),
@@ -273,14 +262,8 @@ impl Drop for PooledFilled {
 }
 
 fn give_back(buffer: Option<AlignedBuffer>) {
-    let Some(buffer) = buffer else { return };
-    let mut spares = spares();
-    if spares.buffers.len() < SPARE_PARTS_KEPT {
-        spares.buffers.push(buffer);
-    } else if let Some(smallest) = spares.buffers.iter_mut().min_by_key(|b| b.len()) {
-        if smallest.len() < buffer.len() {
-            *smallest = buffer;
-        }
+    if let Some(buffer) = buffer {
+        SPARE_PARTS.give_back(buffer, SPARE_PARTS_KEPT, usize::MAX);
     }
 }
 
@@ -368,12 +351,11 @@ mod tests {
         drop(BlockParts::new(&[1 << 20]));
         assert_eq!(release_idle_spares(Duration::from_secs(3600)), 0);
         assert!(SPARE_PARTS
-            .lock()
-            .unwrap()
+            .lend()
             .buffers
             .iter()
             .any(|b| b.len() >= 1 << 20));
         assert!(release_idle_spares(Duration::ZERO) >= 1 << 20);
-        assert!(SPARE_PARTS.lock().unwrap().buffers.is_empty());
+        assert!(SPARE_PARTS.lend().buffers.is_empty());
     }
 }

@@ -41,8 +41,9 @@ impl SliverStore {
     /// Files both slivers of `shard`'s pair of segment `segment` (whose
     /// root is `root`) under an upload session while `check` verifies the
     /// pair against `root` on this thread: the bulk of both files is
-    /// written meanwhile on another, and each file's checksum comes from
-    /// the leaf hashes `check` returns (primary's, then secondary's). The
+    /// written meanwhile on another, and each file then gets its checksum
+    /// (in a store of format 3, derived from the leaf hashes `check`
+    /// returns: primary's, then secondary's). The
     /// files are fsynced and renamed into place only once `check` passed;
     /// when it fails they are removed and its error returned.
     pub fn put_upload_pair_checked<E>(
