@@ -782,9 +782,47 @@ async fn a_full_store_answers_507_and_keeps_what_it_has() {
     );
 }
 
+/// A TCP proxy to `upstream` that holds every chunk a caller sends for
+/// `delay` before passing it on; answers pass at once. Returns its URL.
+async fn delaying_proxy(upstream: SocketAddr, delay: std::time::Duration) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((caller, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let Ok(node) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (mut from_caller, mut to_caller) = caller.into_split();
+                let (mut from_node, mut to_node) = node.into_split();
+                let requests = async move {
+                    let mut buffer = vec![0u8; 64 << 10];
+                    while let Ok(read @ 1..) = from_caller.read(&mut buffer).await {
+                        tokio::time::sleep(delay).await;
+                        if to_node.write_all(&buffer[..read]).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                let answers = tokio::io::copy(&mut from_node, &mut to_caller);
+                let _ = tokio::join!(requests, answers);
+            });
+        }
+    });
+    url
+}
+
 /// Starts n nodes, one shard each, with the lies given, all knowing the
-/// same fleet map (the repair finds its peers there).
-async fn fleet_of(n: u16, lies: &[(u16, Lie)], map_dir: &std::path::Path) -> Vec<TestNode> {
+/// same fleet map (the repair finds its peers there). The honest nodes are
+/// named in the map through proxies that hold each request for
+/// `honest_delay`, so the liars' answers always arrive first.
+async fn fleet_of(
+    n: u16,
+    lies: &[(u16, Lie)],
+    honest_delay: std::time::Duration,
+    map_dir: &std::path::Path,
+) -> Vec<TestNode> {
     // Reserve the addresses first, so the map can name them before the nodes start.
     let listeners: Vec<std::net::TcpListener> = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
@@ -797,17 +835,24 @@ async fn fleet_of(n: u16, lies: &[(u16, Lie)], map_dir: &std::path::Path) -> Vec
         .copied()
         .chain((0..n).filter(|s| !liars.contains(s)))
         .collect();
+    let mut nodes_in_map = Vec::new();
+    for &shard in &order {
+        let addr = listeners[shard as usize].local_addr().unwrap();
+        let url = if liars.contains(&shard) {
+            format!("http://{addr}")
+        } else {
+            delaying_proxy(addr, honest_delay).await
+        };
+        nodes_in_map.push(MapNode {
+            name: format!("node-{shard}"),
+            url,
+            shards: [shard].into(),
+        });
+    }
     FleetMap {
         shards: n,
         segment_size: 64 << 10,
-        nodes: order
-            .iter()
-            .map(|&shard| MapNode {
-                name: format!("node-{shard}"),
-                url: format!("http://{}", listeners[shard as usize].local_addr().unwrap()),
-                shards: [shard].into(),
-            })
-            .collect(),
+        nodes: nodes_in_map,
     }
     .write(&map_path)
     .unwrap();
@@ -856,10 +901,18 @@ async fn invalid_counts(node: &TestNode) -> Vec<(String, u64)> {
 async fn a_repair_completes_past_a_node_flipping_bits_and_one_replaying_others_and_blames_only_them(
 ) {
     // n = 7, f = 2: node 5 flips bits, node 6 replays the valid answers of
-    // the next shard's holder (claiming another shard's index).
+    // the next shard's holder (claiming another shard's index). Honest
+    // peers answer half a second late, so the repairer, which stops asking
+    // once it holds enough valid symbols, always reads the liars' first.
     let n = 7u16;
     let dir = tempfile::tempdir().unwrap();
-    let nodes = fleet_of(n, &[(6, Lie::Replay), (5, Lie::FlipBits)], dir.path()).await;
+    let nodes = fleet_of(
+        n,
+        &[(6, Lie::Replay), (5, Lie::FlipBits)],
+        std::time::Duration::from_millis(500),
+        dir.path(),
+    )
+    .await;
     let (_, metadata, segments) = blob(n, 200_000, 64 << 10);
     let id = metadata.blob_id();
     for (shard, node) in nodes.iter().enumerate() {
