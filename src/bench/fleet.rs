@@ -46,6 +46,22 @@ pub struct FleetBenchReport {
     pub put_mb_per_s: f64,
     /// GET through the gateway, MB/s of blob.
     pub get_mb_per_s: f64,
+    /// The first PUT on the freshly started fleet, MB/s of blob: its
+    /// processes touch their memory for the first time (the better of the
+    /// two PUTs is `put_mb_per_s`).
+    pub first_put_mb_per_s: f64,
+    /// The machine's cores.
+    pub cores: usize,
+    /// What every process together used during the PUT counted, CPU-seconds
+    /// (`None` off Linux).
+    pub put_cpu_seconds: Option<f64>,
+    /// The share of the cores' time busy during that PUT: near 1, the PUT
+    /// was bound by the cores.
+    pub put_cores_busy: Option<f64>,
+    /// As `put_cpu_seconds`, for the GET counted.
+    pub get_cpu_seconds: Option<f64>,
+    /// As `put_cores_busy`, for the GET counted.
+    pub get_cores_busy: Option<f64>,
     /// Writing the encoded blob (3.73x its bytes, a file per sliver, each
     /// fsynced, seven writers as seven nodes) to the fleet's disk, MB/s of blob.
     pub disk_write_mb_per_s: f64,
@@ -188,7 +204,8 @@ pub async fn run(
     let result = measure(options, &http, &gateway, &blob_path, &data, &mut log).await;
     let _ = stop_tx.send(());
     let _ = fleet.await;
-    let (put_time, get_time, concurrent, repair) = result?;
+    let (single, concurrent, repair) = result?;
+    let (put_time, get_time) = (single.put.took, single.get.took);
     let encode = mb_per_s(options.size, encode_time);
     let decode = mb_per_s(options.size, decode_time);
     let disk = mb_per_s(options.size, disk_time);
@@ -204,6 +221,12 @@ pub async fn run(
         put_limit_mb_per_s: limit,
         put_mb_per_s: put,
         get_mb_per_s: get,
+        first_put_mb_per_s: mb_per_s(options.size, single.first_put),
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        put_cpu_seconds: single.put.cpu.map(|c| c.busy_seconds),
+        put_cores_busy: single.put.cpu.map(|c| c.busy_share),
+        get_cpu_seconds: single.get.cpu.map(|c| c.busy_seconds),
+        get_cores_busy: single.get.cpu.map(|c| c.busy_share),
         put_ratio: put / limit,
         get_ratio: get / decode,
         wiped_node_bytes: repair.0,
@@ -251,9 +274,41 @@ fn write_like_nodes(
     Ok(start.elapsed())
 }
 
+/// An operation's time and what the machine's cores did meanwhile.
+#[derive(Debug, Clone, Copy)]
+struct Timed {
+    took: Duration,
+    cpu: Option<super::cpu::CpuUse>,
+}
+
+impl Timed {
+    /// Runs `work`, timing it and measuring the cores meanwhile.
+    async fn run<T>(work: impl std::future::Future<Output = T>) -> (T, Timed) {
+        let start = Instant::now();
+        let (result, cpu) = super::cpu::measured(work).await;
+        let took = start.elapsed();
+        (result, Timed { took, cpu })
+    }
+
+    /// The faster of two.
+    fn best(self, other: Timed) -> Timed {
+        if other.took < self.took {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+/// The single-blob PUTs and GETs: the better of each, and the first PUT.
+struct SingleBlob {
+    put: Timed,
+    get: Timed,
+    first_put: Duration,
+}
+
 type Measured = (
-    Duration,
-    Duration,
+    SingleBlob,
     Option<ConcurrentReport>,
     (u64, u64, Duration, u64),
 );
@@ -440,25 +495,43 @@ async fn measure(
     fill(&mut second, 101);
     let second_path = blob_path.with_extension("second");
     super::write_input(&second_path, &second)?;
-    let (mut put_time, mut get_time) = (Duration::MAX, Duration::MAX);
-    for (path, bytes) in [
+    let never = Timed {
+        took: Duration::MAX,
+        cpu: None,
+    };
+    let mut single = SingleBlob {
+        put: never,
+        get: never,
+        first_put: Duration::ZERO,
+    };
+    for (round, (path, bytes)) in [
         (blob_path.to_path_buf(), data),
         (second_path.clone(), &second[..]),
-    ] {
-        let start = Instant::now();
-        let id = put(path).await?;
-        let took = start.elapsed();
-        put_time = put_time.min(took);
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (id, timed) = Timed::run(put(path)).await;
+        let id = id?;
+        if round == 0 {
+            single.first_put = timed.took;
+        }
+        single.put = single.put.best(timed);
         log(&format!(
-            "put {} in {:.2} s",
+            "put {} in {:.2} s{}",
             crate::units::format_bytes(options.size),
-            took.as_secs_f64()
+            timed.took.as_secs_f64(),
+            busy_note(timed)
         ));
-        let start = Instant::now();
-        get_checked(http, gateway, &id, Expected::Bytes(bytes)).await?;
-        let took = start.elapsed();
-        get_time = get_time.min(took);
-        log(&format!("got it back in {:.2} s", took.as_secs_f64()));
+        let (got, timed) =
+            Timed::run(get_checked(http, gateway, &id, Expected::Bytes(bytes))).await;
+        got?;
+        single.get = single.get.best(timed);
+        log(&format!(
+            "got it back in {:.2} s{}",
+            timed.took.as_secs_f64(),
+            busy_note(timed)
+        ));
     }
     std::fs::remove_file(&second_path)?;
     drop(second);
@@ -541,12 +614,18 @@ async fn measure(
         repair_time.as_secs_f64(),
         crate::units::format_bytes(moved)
     ));
-    Ok((
-        put_time,
-        get_time,
-        concurrent,
-        (wiped, stored, repair_time, moved),
-    ))
+    Ok((single, concurrent, (wiped, stored, repair_time, moved)))
+}
+
+/// ", cores N% busy (C CPU-s)" for a log line, or nothing off Linux.
+fn busy_note(timed: Timed) -> String {
+    timed.cpu.map_or(String::new(), |c| {
+        format!(
+            ", cores {:.0}% busy ({:.2} CPU-s)",
+            100.0 * c.busy_share,
+            c.busy_seconds
+        )
+    })
 }
 
 async fn repair_bytes_total(http: &reqwest::Client, gateway: &str) -> anyhow::Result<u64> {
@@ -589,36 +668,60 @@ pub fn render_table(r: &FleetBenchReport) -> String {
         "MB/s",
         "ratio"
     );
-    let mut row = |what: &str, mb: f64, ratio: Option<f64>| {
-        out.push_str(&format!(
+    let row = |what: &str, mb: f64, ratio: Option<f64>| {
+        format!(
             "{what:<34} {mb:>10.1} {:>10}\n",
             ratio.map_or("-".to_string(), |r| format!("{r:.3}"))
-        ));
+        )
     };
-    row("codec encode", r.codec_encode_mb_per_s, None);
-    row("codec decode", r.codec_decode_mb_per_s, None);
-    row(
+    out.push_str(&row("codec encode", r.codec_encode_mb_per_s, None));
+    out.push_str(&row("codec decode", r.codec_decode_mb_per_s, None));
+    out.push_str(&row(
         "disk: encoded blob written, fsync",
         r.disk_write_mb_per_s,
         None,
-    );
-    row(
+    ));
+    out.push_str(&row(
         "PUT (ratio to the slower above)",
         r.put_mb_per_s,
         Some(r.put_ratio),
-    );
-    row("GET (ratio to decode)", r.get_mb_per_s, Some(r.get_ratio));
+    ));
+    out.push_str(&row(
+        "GET (ratio to decode)",
+        r.get_mb_per_s,
+        Some(r.get_ratio),
+    ));
+    for (what, seconds, busy) in [
+        ("PUT", r.put_cpu_seconds, r.put_cores_busy),
+        ("GET", r.get_cpu_seconds, r.get_cores_busy),
+    ] {
+        if let (Some(seconds), Some(busy)) = (seconds, busy) {
+            out.push_str(&format!(
+                "  {what}: the {} cores {:.0}% busy, {:.2} CPU-s by every process; \
+                 with the cores all busy it would reach {:.0} MB/s\n",
+                r.cores,
+                100.0 * busy,
+                seconds,
+                r.size as f64 / 1e6 / (seconds / r.cores as f64).max(1e-9)
+            ));
+        }
+    }
+    out.push_str(&row(
+        "first PUT on the fresh fleet",
+        r.first_put_mb_per_s,
+        None,
+    ));
     if let Some(c) = &r.concurrent {
-        row(
+        out.push_str(&row(
             &format!("{} clients at once: PUT", c.clients),
             c.put_mb_per_s,
             None,
-        );
-        row(
+        ));
+        out.push_str(&row(
             &format!("{} clients at once: GET", c.clients),
             c.get_mb_per_s,
             None,
-        );
+        ));
         out.push_str(&format!(
             "  gateway memory {} before; at its peak {} during the PUTs ({} the {} before plus the \
              upload memory of {}), {} overall; {} PUTs waited for an upload slot\n",
