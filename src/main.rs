@@ -385,7 +385,9 @@ enum BenchCommand {
     /// reed-solomon-simd encode of the same bytes.
     Codec(CodecArgs),
     /// Put and get a blob through the gateway of a local 7-shard fleet, as
-    /// a ratio to the codec alone; then wipe a node and time its repair.
+    /// ratios to this machine's limits measured in the same run (the codec
+    /// and the disk alone), with how busy the cores were; then wipe a node
+    /// and time its repair.
     Fleet(FleetArgs),
     /// The S3 front beside the native API on one local fleet: PUT and GET
     /// of one object through both (the aws cli for S3) as ratios, then a

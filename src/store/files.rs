@@ -62,6 +62,13 @@ pub fn write_file_like_a_store(path: &Path, content: &[u8]) -> io::Result<()> {
     direct_io::create_synced(path, &[content])
 }
 
+/// Reads the whole file at `path` the way the store reads every file (past
+/// the page cache when it is large), without checking anything: for
+/// benchmarks that measure what the disk gives.
+pub fn read_file_like_a_store(path: &Path) -> io::Result<bytes::Bytes> {
+    direct_io::read_whole(path)
+}
+
 /// Renames `tmp` onto `path` and fsyncs the directory, so the new file
 /// survives a crash; on failure `tmp` is removed.
 pub(super) fn publish(tmp: &Path, path: &Path) -> Result<(), StoreError> {

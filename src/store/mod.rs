@@ -66,7 +66,7 @@ use thiserror::Error;
 use crate::blob_state::BlobState;
 use crate::codec::{BlobId, SliverKind};
 pub use aligned::{release_idle_spares, BlockParts, Overflow};
-pub use files::{filesystem_space, write_file_like_a_store};
+pub use files::{filesystem_space, read_file_like_a_store, write_file_like_a_store};
 use files::{Checked, DirStats};
 pub use housekeeping::{Housekeeping, ScrubReport};
 pub use sliver_checksum::SymbolLeaves;
