@@ -16,7 +16,7 @@
 //!
 //! Metadata is checked against its blob id while it is parsed.
 
-use crate::codec::config::{EncodingConfig, HASH_LEN, MAX_SEGMENT_SIZE};
+use crate::codec::config::{BlobLayout, EncodingConfig, HASH_LEN, MAX_SEGMENT_SIZE};
 use crate::codec::error::FormatError;
 use crate::codec::merkle::{self, Hash};
 use crate::codec::metadata::{
@@ -195,30 +195,10 @@ impl BlobMetadata {
     /// Parses metadata and checks it against its blob id.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, FormatError> {
         let mut r = Reader::new(bytes, "blob metadata");
-        r.header(TYPE_METADATA)?;
-        let tag = r.u8()?;
-        if tag != ENCODING_TAG {
-            return Err(invalid(
-                "encoding tag",
-                format!("{tag} is not a known encoding"),
-            ));
-        }
-        let n = r.u16()?;
-        let segment_size = r.u64()?;
-        let len = r.u64()?;
-        let segment_count = r.u32()?;
-        let layout = layout_from_params(n, segment_size, len)?;
-        if u64::from(segment_count) != layout.segment_count() {
-            return Err(invalid(
-                "segment count",
-                format!(
-                    "{segment_count} segments recorded, {} for {len} bytes in segments of {segment_size}",
-                    layout.segment_count()
-                ),
-            ));
-        }
+        let layout = read_metadata_prefix(&mut r)?;
+        let segment_count = layout.segment_count() as u32;
         let claimed = BlobId(r.hash()?);
-        let n = usize::from(n);
+        let n = usize::from(layout.config().n());
         let hashes_len = u64::from(segment_count) * 2 * n as u64 * HASH_LEN as u64;
         let body = r.take(hashes_len)?;
         r.finish()?;
@@ -245,6 +225,13 @@ pub const METADATA_PREFIX_LEN: usize = HEADER_LEN + 1 + 2 + 8 + 8 + 4;
 /// refuse an oversized object before reading it.
 pub fn metadata_len_from_prefix(prefix: &[u8]) -> Result<u64, FormatError> {
     let mut r = Reader::new(prefix, "blob metadata");
+    Ok(read_metadata_prefix(&mut r)?.metadata_len())
+}
+
+/// Reads the first [`METADATA_PREFIX_LEN`] bytes of a metadata object
+/// (header, encoding tag, n, segment size, length, segment count) and the
+/// layout they describe, checked against each other.
+fn read_metadata_prefix(r: &mut Reader<'_>) -> Result<BlobLayout, FormatError> {
     r.header(TYPE_METADATA)?;
     let tag = r.u8()?;
     if tag != ENCODING_TAG {
@@ -262,12 +249,12 @@ pub fn metadata_len_from_prefix(prefix: &[u8]) -> Result<u64, FormatError> {
         return Err(invalid(
             "segment count",
             format!(
-                "{segment_count} segments recorded, {} for {len} bytes",
+                "{segment_count} segments recorded, {} for {len} bytes in segments of {segment_size}",
                 layout.segment_count()
             ),
         ));
     }
-    Ok(layout.metadata_len())
+    Ok(layout)
 }
 
 /// The lengths of a serialized pair (the primary sliver, then the
