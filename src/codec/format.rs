@@ -198,7 +198,7 @@ impl BlobMetadata {
         let layout = read_metadata_prefix(&mut r)?;
         let segment_count = layout.segment_count() as u32;
         let claimed = BlobId(r.hash()?);
-        let n = usize::from(layout.config().n());
+        let n = layout.config().n();
         let hashes_len = u64::from(segment_count) * 2 * n as u64 * HASH_LEN as u64;
         let body = r.take(hashes_len)?;
         r.finish()?;
