@@ -548,12 +548,12 @@ impl FleetLoop {
             &addresses,
             self.config.max_concurrent_repairs,
         );
-        for task in started {
+        for control::StartedRepair { task, at } in started {
             for shard in &task.shards {
                 if let Some(since) = self.first_missing.get(&(task.blob.clone(), *shard)) {
                     self.metrics
                         .repair_start_delay
-                        .observe(since.elapsed().as_secs_f64());
+                        .observe(at.saturating_duration_since(*since).as_secs_f64());
                 }
             }
         }

@@ -14,7 +14,7 @@ use futures_util::future::join_all;
 use crate::client::NodeCalls;
 use crate::wire::InventoryPage;
 pub use markers::spread_markers;
-pub use repairer::{RepairTotals, Repairer};
+pub use repairer::{RepairTotals, Repairer, StartedRepair};
 pub use view::{BlobView, FleetView, Marker, MarkerTask};
 
 /// A node of the fleet and where its API answers.

@@ -2,10 +2,18 @@
 //! own the missing shards, and keeps track of those in flight. A repair
 //! names the blob, the shards and the committed generation; the node finds
 //! its peers through its own fleet map.
+//!
+//! The tasks of the last plan that found no room wait in a queue: each
+//! repair that ends starts the next one, so a fleet with many blobs to
+//! heal keeps its repairs running between two observations of the fleet
+//! (which read every node's inventory) instead of starting a handful per
+//! observation. The next plan replaces the queue. A queued repair that
+//! runs late is still safe: it names the generation it repairs, and the
+//! node rebuilds only what it misses.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::{FleetView, NodeAddress};
 use crate::client::NodeCalls;
@@ -25,6 +33,32 @@ pub struct RepairTotals {
     pub last_completed: Option<SystemTime>,
 }
 
+/// A repair started, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartedRepair {
+    /// What it repairs.
+    pub task: RepairTask,
+    /// When it was started.
+    pub at: Instant,
+}
+
+/// A planned repair, ready to be sent.
+#[derive(Debug, Clone)]
+struct QueuedRepair {
+    task: RepairTask,
+    url: String,
+    request: RepairRequest,
+}
+
+/// The repairs of the last plan not started yet, and how many may run.
+#[derive(Debug, Default)]
+struct Queue {
+    waiting: VecDeque<QueuedRepair>,
+    max_in_flight: usize,
+    /// Started since the last plan (by repairs that ended).
+    started: Vec<StartedRepair>,
+}
+
 /// Starts repairs on nodes and keeps track of those in flight.
 #[derive(Clone)]
 pub struct Repairer {
@@ -32,6 +66,7 @@ pub struct Repairer {
     metrics: FleetMetrics,
     in_flight: Arc<Mutex<HashSet<(String, String)>>>,
     totals: Arc<Mutex<HashMap<String, RepairTotals>>>,
+    queue: Arc<Mutex<Queue>>,
 }
 
 impl Repairer {
@@ -42,6 +77,7 @@ impl Repairer {
             metrics,
             in_flight: Arc::default(),
             totals: Arc::default(),
+            queue: Arc::default(),
         }
     }
 
@@ -69,8 +105,10 @@ impl Repairer {
             .unwrap_or_default()
     }
 
-    /// Plans repairs for `view` and starts as many as `max_in_flight`
-    /// leaves room for, most at risk first; returns those started.
+    /// Plans repairs for `view`, starts as many as `max_in_flight` leaves
+    /// room for, most at risk first, and queues the rest (replacing the
+    /// last plan's queue) for repairs that end to start. Returns the
+    /// repairs started since the last plan, these included.
     pub fn run_plan(
         &self,
         encoding: &EncodingConfig,
@@ -78,8 +116,7 @@ impl Repairer {
         assignment: &Assignment,
         nodes: &[NodeAddress],
         max_in_flight: usize,
-    ) -> Vec<RepairTask> {
-        let room = max_in_flight.saturating_sub(self.in_flight());
+    ) -> Vec<StartedRepair> {
         let plan = fleet::plan_repairs(
             encoding,
             &view.observations(),
@@ -87,26 +124,55 @@ impl Repairer {
             &view.ready,
             usize::MAX,
         );
-        let mut started = Vec::new();
-        for task in plan {
-            if started.len() >= room {
+        let waiting = plan
+            .into_iter()
+            .filter_map(|task| {
+                let url = nodes.iter().find(|n| n.name == task.node)?.url.clone();
+                let blob = view.blobs.get(&task.blob)?;
+                let request = RepairRequest {
+                    blob: task.blob.clone(),
+                    shards: task.shards.clone(),
+                    generation: blob.generation,
+                    size: blob.size,
+                    segments: blob.segments,
+                };
+                Some(QueuedRepair { task, url, request })
+            })
+            .collect();
+        {
+            let mut queue = self.queue.lock().expect("not poisoned");
+            queue.waiting = waiting;
+            queue.max_in_flight = max_in_flight;
+        }
+        self.start_queued();
+        std::mem::take(&mut self.queue.lock().expect("not poisoned").started)
+    }
+
+    /// Repairs queued and not started yet.
+    pub fn queued(&self) -> usize {
+        self.queue.lock().expect("not poisoned").waiting.len()
+    }
+
+    /// Starts queued repairs while there is room, skipping any whose
+    /// (blob, node) is in flight.
+    fn start_queued(&self) {
+        let mut queue = self.queue.lock().expect("not poisoned");
+        while self.in_flight() < queue.max_in_flight {
+            let Some(next) = queue.waiting.pop_front() else {
                 break;
-            }
-            if self.start(&task, view, nodes) {
-                started.push(task);
+            };
+            if self.start(&next) {
+                queue.started.push(StartedRepair {
+                    task: next.task,
+                    at: Instant::now(),
+                });
             }
         }
-        started
     }
 
     /// Starts one repair unless the same (blob, node) is in flight.
-    fn start(&self, task: &RepairTask, view: &FleetView, nodes: &[NodeAddress]) -> bool {
-        let Some(target) = nodes.iter().find(|n| n.name == task.node).map(|n| &n.url) else {
-            return false;
-        };
-        let Some(blob) = view.blobs.get(&task.blob) else {
-            return false;
-        };
+    fn start(&self, queued: &QueuedRepair) -> bool {
+        let task = &queued.task;
         let key = (task.blob.clone(), task.node.clone());
         {
             let mut in_flight = self.in_flight.lock().expect("not poisoned");
@@ -115,14 +181,8 @@ impl Repairer {
             }
             self.metrics.repairs_in_flight.set(in_flight.len() as i64);
         }
-        let client = self.calls.node(target);
-        let request = RepairRequest {
-            blob: task.blob.clone(),
-            shards: task.shards.clone(),
-            generation: blob.generation,
-            size: blob.size,
-            segments: blob.segments,
-        };
+        let client = self.calls.node(&queued.url);
+        let request = queued.request.clone();
         let this = self.clone();
         self.metrics.repairs_started.inc();
         tokio::spawn(async move {
@@ -153,11 +213,21 @@ impl Repairer {
                 Err(e) => {
                     this.metrics.repairs_failed.inc();
                     tracing::warn!(%blob, %node, "repair failed: {e}");
+                    // Its other queued repairs wait for the next plan,
+                    // which sees whether the node is still there.
+                    this.queue
+                        .lock()
+                        .expect("not poisoned")
+                        .waiting
+                        .retain(|q| &q.task.node != node);
                 }
             }
-            let mut in_flight = this.in_flight.lock().expect("not poisoned");
-            in_flight.remove(&key);
-            this.metrics.repairs_in_flight.set(in_flight.len() as i64);
+            {
+                let mut in_flight = this.in_flight.lock().expect("not poisoned");
+                in_flight.remove(&key);
+                this.metrics.repairs_in_flight.set(in_flight.len() as i64);
+            }
+            this.start_queued();
         });
         true
     }
@@ -172,5 +242,145 @@ impl Repairer {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blob_state::BlobState;
+    use crate::wire::{InventoryBlob, InventoryPage, RepairLine, RepairReport};
+
+    /// A node that answers every repair with an empty report after a short
+    /// wait, counting the repairs it was asked for.
+    async fn counting_node() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = asked.clone();
+        let app = axum::Router::new().route(
+            "/v1/repair",
+            axum::routing::post(move || {
+                let counter = counter.clone();
+                async move {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let line = RepairLine::Report(RepairReport::default());
+                    format!("{}\n", serde_json::to_string(&line).expect("json"))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, asked)
+    }
+
+    /// Shards 0-3 on nodes a-d; `blobs` blobs held whole by a, b and c and
+    /// not at all by d.
+    fn view_missing_d(blobs: usize) -> (FleetView, Assignment) {
+        let held: Vec<InventoryBlob> = (0..blobs)
+            .map(|i| InventoryBlob {
+                id: format!("blob-{i}"),
+                size: 100,
+                segments: 1,
+                shards: [].into(),
+                state: BlobState {
+                    commit: Some(1),
+                    ..BlobState::default()
+                },
+            })
+            .collect();
+        let page = |node: &str, shard: u16, blobs: &[InventoryBlob]| InventoryPage {
+            node: node.into(),
+            shards: vec![shard],
+            stored_bytes: 0,
+            blobs: blobs
+                .iter()
+                .cloned()
+                .map(|b| InventoryBlob {
+                    shards: [(shard, 1)].into_iter().collect(),
+                    ..b
+                })
+                .collect(),
+            next: None,
+        };
+        let pages = [
+            page("a", 0, &held),
+            page("b", 1, &held),
+            page("c", 2, &held),
+            page("d", 3, &[]),
+        ];
+        let view = FleetView::from_inventories(
+            ["a", "b", "c", "d"].into_iter().zip(pages.iter().map(Some)),
+        );
+        let assignment: Assignment = [(0, "a"), (1, "b"), (2, "c"), (3, "d")]
+            .into_iter()
+            .map(|(shard, node)| (shard, node.to_string()))
+            .collect();
+        (view, assignment)
+    }
+
+    #[tokio::test]
+    async fn repairs_beyond_the_room_start_as_earlier_ones_end_without_a_new_plan() {
+        let (url, asked) = counting_node().await;
+        let (view, assignment) = view_missing_d(6);
+        let nodes: Vec<NodeAddress> = ["a", "b", "c", "d"]
+            .into_iter()
+            .map(|name| NodeAddress {
+                name: name.into(),
+                url: url.clone(),
+            })
+            .collect();
+        let repairer = Repairer::new(
+            NodeCalls::new(crate::auth::TokenSet::single("t"), Default::default()),
+            FleetMetrics::new(&prometheus::Registry::new()),
+        );
+        let encoding = EncodingConfig::new(4).unwrap();
+        let started = repairer.run_plan(&encoding, &view, &assignment, &nodes, 1);
+        assert_eq!(started.len(), 1, "one at a time");
+        assert!(started.iter().all(|s| s.task.node == "d"));
+        assert_eq!(repairer.queued(), 5);
+        // No further plan: the queue drains as repairs end.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while asked.load(std::sync::atomic::Ordering::SeqCst) < 6 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 6);
+        assert!(repairer.wait_idle(Duration::from_secs(10)).await);
+        assert_eq!(repairer.queued(), 0);
+        // The next plan reports the repairs the queue started.
+        let reported = repairer.run_plan(&encoding, &view, &assignment, &nodes, 0);
+        assert_eq!(reported.len(), 5);
+        assert_eq!(
+            repairer.queued(),
+            6,
+            "a plan without room queues everything"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_node_that_cannot_be_reached_has_its_queued_repairs_dropped() {
+        // Nothing listens at this address once the listener is dropped.
+        let url = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", listener.local_addr().unwrap())
+        };
+        let (view, assignment) = view_missing_d(4);
+        let nodes: Vec<NodeAddress> = ["a", "b", "c", "d"]
+            .into_iter()
+            .map(|name| NodeAddress {
+                name: name.into(),
+                url: url.clone(),
+            })
+            .collect();
+        let metrics = FleetMetrics::new(&prometheus::Registry::new());
+        let repairer = Repairer::new(
+            NodeCalls::new(crate::auth::TokenSet::single("t"), Default::default()),
+            metrics.clone(),
+        );
+        let encoding = EncodingConfig::new(4).unwrap();
+        repairer.run_plan(&encoding, &view, &assignment, &nodes, 1);
+        assert!(repairer.wait_idle(Duration::from_secs(10)).await);
+        assert_eq!(repairer.queued(), 0);
+        assert_eq!(metrics.repairs_failed.get(), 1, "only the first was tried");
     }
 }

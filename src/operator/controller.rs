@@ -639,13 +639,17 @@ pub async fn reconcile_cluster(
             fleet_state
                 .repairer
                 .run_plan(&encoding, &view, &assignment, &addresses, max_repairs);
-        for task in &started {
+        for crate::control::StartedRepair { task, at } in &started {
             // The node rebuilding, or the evicted node its shards came from.
             let losers = std::iter::once(task.node.clone())
                 .chain(task.shards.iter().filter_map(|s| previous.get(s).cloned()));
             for lost in losers {
                 if let Some(since) = lost_at.remove(&lost) {
-                    let waited = now.duration_since(since).as_secs_f64().max(0.0);
+                    // Started before this reconcile when a repair that
+                    // ended started it from the queue.
+                    let waited = (now.duration_since(since).as_secs_f64()
+                        - at.elapsed().as_secs_f64())
+                    .max(0.0);
                     fleet_state.metrics.repair_start_delay.observe(waited);
                     tracing::info!(node = %lost, waited, "first repair after the node was lost");
                 }
