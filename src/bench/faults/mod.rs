@@ -291,6 +291,87 @@ fn healed_since(status: &serde_json::Value, since_ms: u64) -> bool {
         && healed(status)
 }
 
+/// How long healing may go without a blob or node getting better.
+const HEAL_STALL: Duration = Duration::from_secs(60);
+/// How long healing may take at most, however it progresses.
+const HEAL_MAX: Duration = Duration::from_secs(900);
+
+/// Whether healing keeps going: it may take as long as the repairs keep
+/// lowering what is not healed yet (which grows with the blobs a wiped
+/// node held), up to `HEAL_MAX`; it has stopped when that count has not
+/// fallen for `HEAL_STALL`.
+struct HealProgress {
+    start: Instant,
+    lowest: usize,
+    lowest_at: Instant,
+}
+
+impl HealProgress {
+    fn new(start: Instant) -> Self {
+        Self {
+            start,
+            lowest: usize::MAX,
+            lowest_at: start,
+        }
+    }
+
+    /// Takes the count of what is not healed at `now`; why healing is
+    /// over without being done, if it is.
+    fn observe(&mut self, unhealed: usize, now: Instant) -> Option<String> {
+        if unhealed < self.lowest {
+            self.lowest = unhealed;
+            self.lowest_at = now;
+        }
+        if now.duration_since(self.start) > HEAL_MAX {
+            return Some(format!(
+                "the fleet did not heal within {} s",
+                HEAL_MAX.as_secs()
+            ));
+        }
+        (now.duration_since(self.lowest_at) > HEAL_STALL).then(|| {
+            format!(
+                "the fleet stopped healing: {} blobs or nodes not healed for {} s",
+                self.lowest,
+                HEAL_STALL.as_secs()
+            )
+        })
+    }
+}
+
+/// Blobs not Healthy plus nodes not ready in `status`.
+fn unhealed(status: &serde_json::Value) -> usize {
+    let count = |key: &str, field: &str, good: &str| {
+        status[key]
+            .as_array()
+            .map_or(0, |items| items.iter().filter(|i| i[field] != good).count())
+    };
+    count("blobs", "health", "Healthy") + count("nodes", "state", "ready")
+}
+
+/// The nodes and the first blobs not healed, for a violation's text.
+fn unhealed_summary(status: &serde_json::Value) -> String {
+    let nodes: Vec<String> = status["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["state"] != "ready")
+        .map(|n| format!("{} {}", n["name"], n["state"]))
+        .collect();
+    let blobs: Vec<&serde_json::Value> = status["blobs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|b| b["health"] != "Healthy")
+        .collect();
+    let first: Vec<String> = blobs.iter().take(5).map(|b| b.to_string()).collect();
+    format!(
+        "nodes not ready: [{}]; {} blobs not Healthy, the first: {}",
+        nodes.join(", "),
+        blobs.len(),
+        first.join(" ")
+    )
+}
+
 fn now_ms() -> u64 {
     crate::blob_state::now_nanos() / 1_000_000
 }
@@ -533,13 +614,15 @@ async fn drive(
     let mut violations = Vec::new();
     let heal_start = Instant::now();
     let clients_ended_ms = now_ms();
+    let mut progress = HealProgress::new(heal_start);
     loop {
         let s = status(run).await;
         if healed_since(&s, clients_ended_ms) {
             break;
         }
-        if heal_start.elapsed() > Duration::from_secs(120) {
-            violations.push(format!("the fleet did not heal within 120 s: {s}"));
+        let now = Instant::now();
+        if let Some(stop) = progress.observe(unhealed(&s), now) {
+            violations.push(format!("{stop}: {}", unhealed_summary(&s)));
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -650,6 +733,46 @@ pub fn render(report: &FaultRunReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn healing_may_go_on_while_it_progresses_and_stops_when_it_stalls() {
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let mut progress = HealProgress::new(start);
+        // Slow but steady: 4000 blobs healed 30 at a time every 5 s, 670 s
+        // in all.
+        for (step, left) in (0..).zip((1..=4000).rev().step_by(30)) {
+            assert_eq!(progress.observe(left, at(step * 5)), None);
+        }
+        // Then nothing moves for a minute.
+        let mut stalled = HealProgress::new(start);
+        assert_eq!(stalled.observe(100, at(10)), None);
+        assert_eq!(stalled.observe(100, at(70)), None);
+        assert_eq!(stalled.observe(120, at(69)), None, "worse is no progress");
+        assert!(stalled
+            .observe(100, at(71))
+            .is_some_and(|why| why.contains("stopped healing: 100")));
+        // Progress that never ends is bounded too.
+        let mut endless = HealProgress::new(start);
+        for secs in 0..=900 {
+            assert_eq!(endless.observe(10_000 - secs as usize, at(secs)), None);
+        }
+        assert!(endless
+            .observe(1, at(901))
+            .is_some_and(|why| why.contains("within 900 s")));
+    }
+
+    #[test]
+    fn what_is_not_healed_counts_unhealthy_blobs_and_nodes_not_ready() {
+        let status = serde_json::json!({
+            "nodes": [{"name": "node-0", "state": "ready"}, {"name": "node-1", "state": "not answering"}],
+            "blobs": [{"id": "a", "health": "Healthy"}, {"id": "b", "health": "Degraded"}, {"id": "c", "health": "AtRisk"}],
+        });
+        assert_eq!(unhealed(&status), 3);
+        let summary = unhealed_summary(&status);
+        assert!(summary.contains("node-1") && summary.contains("2 blobs not Healthy"));
+        assert!(!summary.contains("\"a\""), "{summary}");
+    }
 
     #[test]
     fn a_killed_node_is_back_only_once_a_later_status_shows_it_restarted_and_ready() {
