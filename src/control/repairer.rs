@@ -319,17 +319,22 @@ mod tests {
         (view, assignment)
     }
 
+    /// Nodes a-d, all answering at `url`.
+    fn nodes_at(url: &str) -> Vec<NodeAddress> {
+        ["a", "b", "c", "d"]
+            .into_iter()
+            .map(|name| NodeAddress {
+                name: name.into(),
+                url: url.to_string(),
+            })
+            .collect()
+    }
+
     #[tokio::test]
     async fn repairs_beyond_the_room_start_as_earlier_ones_end_without_a_new_plan() {
         let (url, asked) = counting_node().await;
         let (view, assignment) = view_missing_d(6);
-        let nodes: Vec<NodeAddress> = ["a", "b", "c", "d"]
-            .into_iter()
-            .map(|name| NodeAddress {
-                name: name.into(),
-                url: url.clone(),
-            })
-            .collect();
+        let nodes = nodes_at(&url);
         let repairer = Repairer::new(
             NodeCalls::new(crate::auth::TokenSet::single("t"), Default::default()),
             FleetMetrics::new(&prometheus::Registry::new()),
@@ -365,13 +370,7 @@ mod tests {
             format!("http://{}", listener.local_addr().unwrap())
         };
         let (view, assignment) = view_missing_d(4);
-        let nodes: Vec<NodeAddress> = ["a", "b", "c", "d"]
-            .into_iter()
-            .map(|name| NodeAddress {
-                name: name.into(),
-                url: url.clone(),
-            })
-            .collect();
+        let nodes = nodes_at(&url);
         let metrics = FleetMetrics::new(&prometheus::Registry::new());
         let repairer = Repairer::new(
             NodeCalls::new(crate::auth::TokenSet::single("t"), Default::default()),
