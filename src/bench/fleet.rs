@@ -275,7 +275,7 @@ fn write_like_nodes(
                             ("primary", segment.primary[pair].to_bytes()),
                             ("secondary", segment.secondary[pair].to_bytes()),
                         ] {
-                            let path = shard_dir.join(format!("{}.{kind}", segment.index));
+                            let path = bench_sliver_path(dir, pair, segment.index, kind);
                             crate::store::write_file_like_a_store(&path, &bytes)?;
                         }
                         std::fs::File::open(&shard_dir)?.sync_all()?;
@@ -289,6 +289,11 @@ fn write_like_nodes(
             .try_for_each(|w| w.join().expect("writer thread"))
     })?;
     Ok(start.elapsed())
+}
+
+/// Where `write_like_nodes` puts the `kind` sliver of `pair` in `segment`.
+fn bench_sliver_path(dir: &std::path::Path, pair: usize, segment: u32, kind: &str) -> PathBuf {
+    dir.join(pair.to_string()).join(format!("{segment}.{kind}"))
 }
 
 /// An operation's time and what the machine's cores did meanwhile.
@@ -337,9 +342,7 @@ fn read_like_nodes(
         std::thread::scope(|scope| {
             let readers: Vec<_> = (0..p)
                 .map(|pair| {
-                    let path = dir
-                        .join(pair.to_string())
-                        .join(format!("{}.primary", segment.index));
+                    let path = bench_sliver_path(dir, pair, segment.index, "primary");
                     scope
                         .spawn(move || crate::store::read_file_like_a_store(&path).map(|b| b.len()))
                 })

@@ -88,12 +88,7 @@ pub fn walk(ops: &[&Op]) -> (Expect, Vec<String>) {
         let wrong = ops
             .iter()
             .filter(|op| op.outcome == Outcome::WrongBytes)
-            .map(|op| {
-                format!(
-                    "{} at {} ms: GET returned other bytes",
-                    op.blob, op.started_ms
-                )
-            })
+            .map(|op| wrong_bytes(op))
             .collect();
         return (Expect::Either, wrong);
     }
@@ -103,7 +98,7 @@ pub fn walk(ops: &[&Op]) -> (Expect, Vec<String>) {
         let at = op.started_ms;
         expect = match (op.kind, op.outcome, expect) {
             (_, Outcome::WrongBytes, e) => {
-                violations.push(format!("{} at {at} ms: GET returned other bytes", op.blob));
+                violations.push(wrong_bytes(op));
                 e
             }
             (OpKind::Put, Outcome::Ok, _) => Expect::Present,
@@ -152,6 +147,14 @@ pub fn walk(ops: &[&Op]) -> (Expect, Vec<String>) {
         };
     }
     (expect, violations)
+}
+
+/// The violation of a GET that returned other bytes than the blob's.
+fn wrong_bytes(op: &Op) -> String {
+    format!(
+        "{} at {} ms: GET returned other bytes",
+        op.blob, op.started_ms
+    )
 }
 
 /// Checks the final observation of a blob against what it must be.
