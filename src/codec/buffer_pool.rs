@@ -69,6 +69,10 @@ pub fn spare_bytes() -> usize {
 }
 
 fn give_back(buffer: Vec<u8>) {
+    // An empty buffer (a hash-only encode takes one) would take a spare's place.
+    if buffer.capacity() == 0 {
+        return;
+    }
     WATCHER.call_once(|| {
         let _ = std::thread::Builder::new()
             .name("encoder-spares".into())
@@ -165,6 +169,12 @@ mod tests {
         let again = take(len - 1);
         assert_eq!(again.len(), len - 1);
         assert_eq!(again.as_ptr(), address, "the spare is reused");
+    }
+
+    #[test]
+    fn an_empty_buffer_is_never_kept_as_a_spare() {
+        drop(take(0));
+        assert!(!SPARES.lend().buffers.iter().any(|b| b.capacity() == 0));
     }
 
     #[test]
