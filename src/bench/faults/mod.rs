@@ -299,9 +299,14 @@ const HEAL_MAX: Duration = Duration::from_secs(900);
 /// Whether healing keeps going: it may take as long as the repairs keep
 /// lowering what is not healed yet (which grows with the blobs a wiped
 /// node held), up to `HEAL_MAX`; it has stopped when that count has not
-/// fallen for `HEAL_STALL`.
+/// fallen for `HEAL_STALL`. A count that rises (a node killed in the last
+/// instant of the run comes back wiped, and what it held shows missing
+/// only then) starts a new `HEAL_STALL` from there.
 struct HealProgress {
     start: Instant,
+    /// The count last observed.
+    last: usize,
+    /// The lowest count since it last rose, and when it was first seen.
     lowest: usize,
     lowest_at: Instant,
 }
@@ -310,6 +315,7 @@ impl HealProgress {
     fn new(start: Instant) -> Self {
         Self {
             start,
+            last: usize::MAX,
             lowest: usize::MAX,
             lowest_at: start,
         }
@@ -318,10 +324,11 @@ impl HealProgress {
     /// Takes the count of what is not healed at `now`; why healing is
     /// over without being done, if it is.
     fn observe(&mut self, unhealed: usize, now: Instant) -> Option<String> {
-        if unhealed < self.lowest {
+        if unhealed > self.last || unhealed < self.lowest {
             self.lowest = unhealed;
             self.lowest_at = now;
         }
+        self.last = unhealed;
         if now.duration_since(self.start) > HEAL_MAX {
             return Some(format!(
                 "the fleet did not heal within {} s",
@@ -330,7 +337,7 @@ impl HealProgress {
         }
         (now.duration_since(self.lowest_at) > HEAL_STALL).then(|| {
             format!(
-                "the fleet stopped healing: {} blobs or nodes not healed for {} s",
+                "the fleet stopped healing: {} blobs or nodes not healed, none more for {} s",
                 self.lowest,
                 HEAL_STALL.as_secs()
             )
@@ -748,10 +755,23 @@ mod tests {
         let mut stalled = HealProgress::new(start);
         assert_eq!(stalled.observe(100, at(10)), None);
         assert_eq!(stalled.observe(100, at(70)), None);
-        assert_eq!(stalled.observe(120, at(69)), None, "worse is no progress");
         assert!(stalled
             .observe(100, at(71))
             .is_some_and(|why| why.contains("stopped healing: 100")));
+        // A node killed at the last instant comes back wiped: the count
+        // rises, and falling from there is progress again, for a minute.
+        let mut revealed = HealProgress::new(start);
+        assert_eq!(revealed.observe(7, at(0)), None);
+        assert_eq!(revealed.observe(2272, at(5)), None);
+        assert_eq!(
+            revealed.observe(900, at(64)),
+            None,
+            "fell within a minute of the rise"
+        );
+        assert_eq!(revealed.observe(900, at(124)), None);
+        assert!(revealed
+            .observe(900, at(125))
+            .is_some_and(|why| why.contains("stopped healing: 900")));
         // Progress that never ends is bounded too.
         let mut endless = HealProgress::new(start);
         for secs in 0..=900 {
