@@ -253,6 +253,15 @@ async fn a_url_is_downloaded_checked_against_its_digest_and_stored() {
     assert_eq!(condition(&stored, "Ingested"), ("True", "Stored"));
     let id = stored["blobId"].as_str().unwrap();
     assert!(fleet.held().await[0].contains(id));
+    let stored_bytes = support::user_http()
+        .get(format!("{}/v1/blobs/{id}", fleet.gateway.url))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(stored_bytes == body, "the bytes read back are the download");
 }
 
 #[tokio::test]

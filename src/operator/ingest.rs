@@ -100,7 +100,8 @@ pub async fn download(
     if response.content_length().is_some_and(|len| len > limit) {
         return Err(IngestError::TooLarge { limit });
     }
-    let mut file = tokio::fs::File::create(spool).await?;
+    let mut file =
+        tokio::io::BufWriter::with_capacity(FILE_CHUNK, tokio::fs::File::create(spool).await?);
     let mut hasher = Sha256::new();
     let mut length = 0u64;
     let mut body = response.bytes_stream();
@@ -113,7 +114,8 @@ pub async fn download(
         hasher.update(&chunk);
         file.write_all(&chunk).await?;
     }
-    file.sync_all().await?;
+    file.flush().await?;
+    file.get_ref().sync_all().await?;
     check_digest(sha256, &hasher.finalize())?;
     Ok(length)
 }
@@ -128,6 +130,11 @@ fn check_digest(expected: Option<&str>, actual: &[u8]) -> Result<(), IngestError
         _ => Ok(()),
     }
 }
+
+/// Bytes per read of a spooled file and per write into one: each read or
+/// write of a tokio file is a trip to the blocking pool, and at tokio's
+/// default 4 KiB reading 256 MiB took 1-2 s of CPU instead of 0.06.
+const FILE_CHUNK: usize = 1 << 20;
 
 /// Writes bytes from a ConfigMap or Secret into `spool`.
 pub async fn spool_bytes(bytes: &[u8], limit: u64, spool: &Path) -> Result<u64, IngestError> {
@@ -154,7 +161,9 @@ pub async fn upload(
     };
     let file = tokio::fs::File::open(spool).await?;
     let length = file.metadata().await?.len();
-    let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+    let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+        file, FILE_CHUNK,
+    ));
     let response = http
         .put(format!("{}/v1/blobs", gateway.trim_end_matches('/')))
         .bearer_auth(token)
