@@ -390,8 +390,9 @@ enum BenchCommand {
     /// and time its repair.
     Fleet(FleetArgs),
     /// The S3 front beside the native API on one local fleet: PUT and GET
-    /// of one object through both (the aws cli for S3) as ratios, then a
-    /// listing of many keys through S3, its time and memory.
+    /// of one object through both (the aws cli for S3; after a warm-up PUT,
+    /// the faster of two runs each) as ratios, then a listing of many keys
+    /// through S3, its time and memory.
     S3(S3BenchArgs),
     /// The control loop's planning at scale (shard assignment, inventory
     /// view, health, repair plan) on synthetic inventories, against one
