@@ -195,14 +195,7 @@ async fn a_config_map_key_is_stored_through_the_gateway_and_its_health_comes_fro
     let id = stored["blobId"].as_str().unwrap().to_string();
     assert!(events(&seen).contains(&"Ingested".to_string()));
     assert!(fleet.held().await.iter().all(|held| held.contains(&id)));
-    let bytes = support::user_http()
-        .get(format!("{}/v1/blobs/{id}", fleet.gateway.url))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let bytes = read_back(&fleet, &id).await;
     assert_eq!(
         bytes,
         content.as_bytes(),
@@ -253,15 +246,10 @@ async fn a_url_is_downloaded_checked_against_its_digest_and_stored() {
     assert_eq!(condition(&stored, "Ingested"), ("True", "Stored"));
     let id = stored["blobId"].as_str().unwrap();
     assert!(fleet.held().await[0].contains(id));
-    let stored_bytes = support::user_http()
-        .get(format!("{}/v1/blobs/{id}", fleet.gateway.url))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    assert!(stored_bytes == body, "the bytes read back are the download");
+    assert!(
+        read_back(&fleet, id).await == body,
+        "the bytes read back are the download"
+    );
 }
 
 #[tokio::test]
@@ -303,6 +291,18 @@ async fn a_blob_whose_cluster_does_not_exist_says_so() {
     let (seen, _) = run(api(None, &[&b], &[]), Endpoints::default(), &b).await;
     let status = status_patches(&seen, "weights").pop().unwrap();
     assert_eq!(condition(&status, "Healthy"), ("False", "ClusterNotFound"));
+}
+
+/// Blob `id` read back through the fleet's gateway.
+async fn read_back(fleet: &TestFleet, id: &str) -> bytes::Bytes {
+    support::user_http()
+        .get(format!("{}/v1/blobs/{id}", fleet.gateway.url))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
 }
 
 async fn stored_blob(fleet: &TestFleet) -> String {

@@ -260,19 +260,19 @@ async fn measure(
     let file_text = file.to_str().unwrap_or_default();
     let back = file.with_extension("back");
     let back_text = back.to_str().unwrap_or_default();
+    let native = |args: &[&str]| tokio::task::block_in_place(|| client(exe, args));
     let aws = |args: &[&str]| tokio::task::block_in_place(|| client("aws", args)).map(|r| r.0);
     aws(&["--endpoint-url", &s3, "s3", "mb", "s3://bench"])?;
     // The aws cli's own start-up is measured once and taken off.
     let idle = aws(&["--endpoint-url", &s3, "s3", "ls", "s3://bench"])?;
     // A fresh fleet's first PUT pays for faulting in the gateway's buffers
     // (bench fleet's "first PUT"); it is not counted for either side.
-    tokio::task::block_in_place(|| client(exe, &["put", file_text]))?;
+    native(&["put", file_text])?;
     let mut best = Transfers::default();
     for _ in 0..ROUNDS {
-        let (put, id) = tokio::task::block_in_place(|| client(exe, &["put", file_text]))?;
+        let (put, id) = native(&["put", file_text])?;
         let id = id.lines().last().unwrap_or_default().trim().to_string();
-        let (get, _) =
-            tokio::task::block_in_place(|| client(exe, &["get", &id, "--output", back_text]))?;
+        let (get, _) = native(&["get", &id, "--output", back_text])?;
         anyhow::ensure!(std::fs::read(&back)? == data, "native GET differs");
         std::fs::remove_file(&back)?;
         best.native_put = best.native_put.min(put);
