@@ -196,6 +196,18 @@ pub fn check_final(blob: &str, expect: Expect, seen: Final) -> Vec<String> {
     violations
 }
 
+/// Whether pieces of a blob still held must go before the final check: a
+/// blob expected absent, and one either way that is not listed (an
+/// unanswered write that did not commit). One either way that committed
+/// stays, as an acknowledged write does.
+pub fn must_go(expect: Expect, listed: bool) -> bool {
+    match expect {
+        Expect::Present => false,
+        Expect::Absent => true,
+        Expect::Either => !listed,
+    }
+}
+
 /// Every blob's history, in order, by id.
 pub fn histories(ops: &[Op]) -> BTreeMap<&str, Vec<&Op>> {
     let mut by_blob: BTreeMap<&str, Vec<&Op>> = BTreeMap::new();
@@ -306,6 +318,17 @@ mod tests {
         for (ops, expected) in cases {
             assert_eq!(run(&ops), expected, "{ops:?}");
         }
+    }
+
+    #[test]
+    fn the_settling_waits_only_for_pieces_that_must_go() {
+        assert!(must_go(Expect::Absent, false));
+        assert!(
+            must_go(Expect::Either, false),
+            "an uncommitted write's pieces go"
+        );
+        assert!(!must_go(Expect::Either, true), "a committed one's stay");
+        assert!(!must_go(Expect::Present, true));
     }
 
     #[test]

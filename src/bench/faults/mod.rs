@@ -648,9 +648,10 @@ async fn drive(
     // Pieces of blobs that are not visible go within the staging TTL.
     let settle = Instant::now();
     loop {
+        let listed = listed_ids(&status(run).await);
         let lingering = expected
             .iter()
-            .filter(|(id, e)| **e != check::Expect::Present && held(data_dir, id))
+            .filter(|(id, e)| check::must_go(**e, listed.contains(*id)) && held(data_dir, id))
             .count();
         if lingering == 0 || settle.elapsed() > Duration::from_secs(30) {
             break;
@@ -668,12 +669,7 @@ async fn drive(
         tokio::time::sleep(Duration::from_millis(100)).await;
         s = status(run).await;
     }
-    let listed: BTreeSet<String> = s["blobs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|b| b["id"].as_str().map(str::to_string))
-        .collect();
+    let listed = listed_ids(&s);
     for id in listed.iter().filter(|id| !expected.contains_key(*id)) {
         violations.push(format!("{id} is listed though no client ever wrote it"));
     }
@@ -705,6 +701,16 @@ async fn drive(
         heal_seconds,
         violations,
     })
+}
+
+/// The ids of the blobs `status` lists.
+fn listed_ids(status: &serde_json::Value) -> BTreeSet<String> {
+    status["blobs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b["id"].as_str().map(str::to_string))
+        .collect()
 }
 
 /// The seed of every blob in the history (its bytes follow from it).
