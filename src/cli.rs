@@ -10,6 +10,7 @@ use tokio::io::AsyncWriteExt;
 
 use redstuff::units::format_bytes;
 use redstuff::wire::StoredBlob;
+use redstuff::write_behind::WriteBehindFile;
 
 /// Transfers shorter than this show no progress bar.
 const PROGRESS_THRESHOLD: u64 = 8 << 20;
@@ -154,47 +155,79 @@ pub async fn get(
     } else {
         output.with_extension("partial")
     };
-    let mut file = if to_stdout {
-        None
-    } else {
-        Some(
-            tokio::fs::File::create(&partial)
+    let mut sink = if to_stdout {
+        Sink::Stdout
+    } else if in_place {
+        Sink::InPlace(
+            tokio::fs::OpenOptions::new()
+                .write(true)
+                .open(&partial)
                 .await
                 .with_context(|| format!("cannot write {}", partial.display()))?,
         )
+    } else {
+        let file = std::fs::File::create(&partial)
+            .with_context(|| format!("cannot write {}", partial.display()))?;
+        Sink::File(WriteBehindFile::new(file))
     };
     let mut received = 0u64;
     let mut stream = response.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
-            Ok(chunk) => chunk,
-            Err(e) => {
-                if file.is_some() && !in_place {
-                    let _ = tokio::fs::remove_file(&partial).await;
-                }
-                anyhow::bail!("download interrupted after {received} of {len} bytes: {e}");
+    let received = loop {
+        let chunk = match stream.next().await {
+            None => break Ok(received),
+            Some(Ok(chunk)) => chunk,
+            Some(Err(e)) => {
+                break Err(anyhow::anyhow!(
+                    "download interrupted after {received} of {len} bytes: {e}"
+                ))
             }
         };
         received += chunk.len() as u64;
         bar.inc(chunk.len() as u64);
-        match file.as_mut() {
-            Some(f) => f.write_all(&chunk).await?,
-            None => std::io::stdout().write_all(&chunk)?,
+        let written = match &mut sink {
+            Sink::Stdout => std::io::stdout().write_all(&chunk),
+            Sink::InPlace(f) => f.write_all(&chunk).await,
+            Sink::File(f) => f.write(chunk).await,
+        };
+        if let Err(e) = written {
+            break Err(anyhow::anyhow!("cannot write {}: {e}", partial.display()));
         }
-    }
+    };
     bar.finish_and_clear();
-    if let Some(mut f) = file {
-        f.flush().await?;
+    let finished = received.and_then(|received| {
         anyhow::ensure!(
-            received == len,
+            to_stdout || received == len,
             "download ended after {received} of {len} bytes"
         );
-        if !in_place {
-            f.sync_all().await?;
-            tokio::fs::rename(&partial, output).await?;
+        Ok(())
+    });
+    let durable = match (finished, sink) {
+        (Err(e), _) => Err(e),
+        (Ok(()), Sink::Stdout) => return Ok(std::io::stdout().flush()?),
+        (Ok(()), Sink::InPlace(mut f)) => return Ok(f.flush().await?),
+        (Ok(()), Sink::File(f)) => f
+            .finish()
+            .await
+            .with_context(|| format!("cannot write {}", partial.display())),
+    };
+    if let Err(e) = durable {
+        if !to_stdout && !in_place {
+            let _ = tokio::fs::remove_file(&partial).await;
         }
+        return Err(e);
     }
+    tokio::fs::rename(&partial, output).await?;
     Ok(())
+}
+
+/// Where `get` writes a blob.
+enum Sink {
+    /// Standard output (`-o -`).
+    Stdout,
+    /// A device or pipe, written as it is.
+    InPlace(tokio::fs::File),
+    /// A regular file, made durable before it is renamed into place.
+    File(WriteBehindFile),
 }
 
 /// Whether `get` writes straight into `output` rather than into a partial

@@ -30,3 +30,4 @@ pub mod spare_pool;
 pub mod store;
 pub mod units;
 pub mod wire;
+pub mod write_behind;

@@ -14,6 +14,7 @@ mod credentials;
 mod deadlines;
 mod deletes;
 mod disks;
+mod downloads;
 mod hung;
 mod limits;
 mod procs;
