@@ -73,6 +73,8 @@ pub struct DevConfig {
     pub anonymous_reads: bool,
     /// Uploads the gateway handles at once.
     pub max_uploads: usize,
+    /// How long an upload past `max_uploads` waits for a slot.
+    pub upload_wait: std::time::Duration,
     /// Bytes of segments the gateway's uploads may hold in memory together.
     pub upload_memory_bytes: u64,
     /// The S3 front, if any.
@@ -128,6 +130,7 @@ impl DevConfig {
             staged_ttl_secs: 900,
             anonymous_reads: false,
             max_uploads: 8,
+            upload_wait: crate::gateway::upload_slots::DEFAULT_UPLOAD_WAIT,
             upload_memory_bytes: crate::client::memory_budget::DEFAULT_UPLOAD_MEMORY,
             s3: None,
         }
@@ -346,6 +349,7 @@ pub async fn run(
         anonymous_reads: config.anonymous_reads,
         deadlines,
         max_uploads: config.max_uploads,
+        upload_wait: config.upload_wait,
         upload_memory_bytes: config.upload_memory_bytes,
         ..GatewayConfig::new(
             FleetSource::File(fleet_path.clone()),

@@ -194,9 +194,14 @@ struct DevArgs {
     /// Serve GET, HEAD and status without a user token.
     #[arg(long)]
     anonymous_reads: bool,
-    /// Uploads the gateway handles at once; more get 503 with Retry-After.
+    /// Uploads the gateway handles at once; as many more wait for a slot
+    /// (--upload-wait-secs), and the rest get 503 with Retry-After.
     #[arg(long, default_value_t = 8)]
     max_uploads: usize,
+    /// Seconds an upload past --max-uploads waits for a slot before it gets
+    /// 503 (0: refused at once).
+    #[arg(long, default_value = "10", value_parser = redstuff::units::parse_seconds)]
+    upload_wait_secs: std::time::Duration,
     /// Bytes of segments the gateway's uploads may hold in memory
     /// together (about 4.7x a 64 MiB segment each at n = 7, 5.5x at n =
     /// 1000, its slivers and the encoder's buffers); an upload past it
@@ -313,9 +318,14 @@ struct GatewayArgs {
     /// default: whatever its disk has free).
     #[arg(long, value_parser = parse_bytes)]
     max_spool: Option<u64>,
-    /// Uploads handled at once; more get 503 with Retry-After.
+    /// Uploads handled at once; as many more wait for a slot
+    /// (--upload-wait-secs), and the rest get 503 with Retry-After.
     #[arg(long, default_value_t = 8)]
     max_uploads: usize,
+    /// Seconds an upload past --max-uploads waits for a slot before it gets
+    /// 503 (0: refused at once).
+    #[arg(long, default_value = "10", value_parser = redstuff::units::parse_seconds)]
+    upload_wait_secs: std::time::Duration,
     /// Bytes of segments all uploads together may hold in memory (about
     /// 4.7x a 64 MiB segment each at n = 7, 5.5x at n = 1000, its slivers
     /// and the encoder's buffers); an upload past it waits, reading its
@@ -699,6 +709,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         max_blob_bytes: args.max_blob,
         max_spool_bytes: args.max_spool,
         max_uploads: args.max_uploads,
+        upload_wait: args.upload_wait_secs,
         upload_memory_bytes: args.upload_memory,
         anonymous_reads: args.anonymous_reads,
         deadlines: Deadlines::from_secs(args.node_timeout_secs),
@@ -783,6 +794,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         staged_ttl_secs: args.staged_ttl_secs,
         anonymous_reads: args.anonymous_reads,
         max_uploads: args.max_uploads,
+        upload_wait: args.upload_wait_secs,
         upload_memory_bytes: args.upload_memory,
         s3: (!args.no_s3).then(|| redstuff::dev::DevS3 {
             addr: args.s3_addr,

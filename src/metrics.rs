@@ -278,6 +278,8 @@ pub struct GatewayMetrics {
     pub peer_invalid: IntCounterVec,
     /// Uploads being received, encoded or shipped.
     pub uploads_in_flight: IntGauge,
+    /// Uploads waiting for a slot.
+    pub uploads_waiting: IntGauge,
     /// Bytes of the upload memory budget reserved by segments in memory.
     pub upload_memory_reserved: IntGauge,
     /// The upload memory budget.
@@ -330,6 +332,11 @@ impl GatewayMetrics {
                 registry,
                 "redstuff_gateway_uploads_in_flight",
                 "Uploads being received, encoded or shipped.",
+            ),
+            uploads_waiting: gauge(
+                registry,
+                "redstuff_gateway_uploads_waiting",
+                "Uploads waiting for one of the gateway's upload slots.",
             ),
             upload_memory_reserved: gauge(
                 registry,

@@ -1,9 +1,17 @@
-//! Parsing and printing byte sizes for the command line.
+//! Parsing and printing byte sizes and durations for the command line.
 
 /// Parses a byte size such as `1000`, `64MiB`, `4GiB` or `1.5GB`.
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
     parse_size::parse_size(text.trim())
         .map_err(|e| format!("invalid size {text:?}: {e} (examples: 1000, 64KiB, 64MiB, 4GiB)"))
+}
+
+/// Parses a duration given in seconds, such as `10` or `0.5`; zero is
+/// allowed, a negative or endless one is not.
+pub fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
+    let invalid = || format!("invalid number of seconds {text:?} (examples: 0, 0.5, 10)");
+    let value: f64 = text.trim().parse().map_err(|_| invalid())?;
+    std::time::Duration::try_from_secs_f64(value).map_err(|_| invalid())
 }
 
 /// Formats a byte count with a binary unit, e.g. `64.0 MiB`.
@@ -35,6 +43,22 @@ mod tests {
         assert_eq!(parse_bytes("1MB").unwrap(), 1_000_000);
         assert!(parse_bytes("lots").unwrap_err().contains("invalid size"));
         assert!(parse_bytes("-5").is_err());
+    }
+
+    #[test]
+    fn seconds_parse_as_whole_or_fractional_and_never_negative() {
+        use std::time::Duration;
+        assert_eq!(parse_seconds("10").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_seconds("0.5").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_seconds("0").unwrap(), Duration::ZERO);
+        for bad in ["-1", "soon", "inf", "NaN", ""] {
+            assert!(
+                parse_seconds(bad)
+                    .unwrap_err()
+                    .contains("invalid number of seconds"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -35,6 +35,7 @@ fn the_readme_lists_exactly_the_metrics_the_code_registers() {
             "redstuff_repairs_in_flight",
             "redstuff_nodes_not_answering",
             "redstuff_gateway_uploads_in_flight",
+            "redstuff_gateway_uploads_waiting",
         ];
         assert!(
             unit || plain.contains(&name.as_str()),

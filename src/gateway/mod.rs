@@ -15,8 +15,8 @@
 //! metadata adopts it (see `client`). An upload holds five segments at
 //! most whatever the blob's size, and all uploads together hold at most
 //! the configured upload memory (an upload past it waits, reading its body
-//! no further); at most a configured number of uploads run at once (503
-//! with Retry-After beyond). S3 uploads are spooled to a temporary file
+//! no further); at most a configured number of uploads run at once, as
+//! many more wait a bounded time for a slot (503 with Retry-After beyond). S3 uploads are spooled to a temporary file
 //! first, because their checksums must hold before anything is stored (a
 //! full spool answers SlowDown), and written from it the same way.
 //! Nothing is visible before the write committed on a quorum: a failed or
@@ -27,6 +27,7 @@
 pub mod byte_range;
 mod routes;
 pub mod spool;
+pub mod upload_slots;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -72,8 +73,12 @@ pub struct GatewayConfig {
     pub max_blob_bytes: u64,
     /// Bytes the spool may hold for S3 uploads in flight (SlowDown beyond).
     pub max_spool_bytes: Option<u64>,
-    /// Uploads handled at once (503 with Retry-After beyond).
+    /// Uploads handled at once; as many more wait up to `upload_wait`
+    /// for a slot (503 with Retry-After beyond).
     pub max_uploads: usize,
+    /// How long an upload past `max_uploads` waits for a slot (zero: none
+    /// waits).
+    pub upload_wait: std::time::Duration,
     /// Bytes of segments all uploads together may hold in memory.
     pub upload_memory_bytes: u64,
     /// The cluster token, sent to nodes.
@@ -103,6 +108,7 @@ impl GatewayConfig {
             max_blob_bytes: 1 << 40,
             max_spool_bytes: None,
             max_uploads: 8,
+            upload_wait: upload_slots::DEFAULT_UPLOAD_WAIT,
             upload_memory_bytes: crate::client::memory_budget::DEFAULT_UPLOAD_MEMORY,
             cluster_tokens,
             user_tokens,
@@ -120,8 +126,7 @@ struct GatewayState {
     metrics: GatewayMetrics,
     spool: spool::Spool,
     max_blob_bytes: u64,
-    uploads: Arc<tokio::sync::Semaphore>,
-    uploads_capacity: usize,
+    upload_slots: upload_slots::UploadSlots,
     /// What the segments of all uploads may hold in memory.
     upload_memory: crate::client::MemoryBudget,
     user_tokens: Arc<TokenSet>,
@@ -172,9 +177,10 @@ impl Door {
         &self.0.spool
     }
 
-    /// One of the bounded upload slots, if one is free.
-    pub fn try_upload_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.0.uploads.clone().try_acquire_owned().ok()
+    /// One of the bounded upload slots, once one is free; `None` when too
+    /// many uploads wait already or none came free in time.
+    pub async fn upload_slot(&self) -> Option<upload_slots::UploadSlot> {
+        self.0.upload_slots.acquire().await
     }
 
     /// The largest blob accepted, in bytes.
@@ -223,8 +229,7 @@ impl Gateway {
             metrics,
             spool,
             max_blob_bytes: config.max_blob_bytes,
-            uploads: Arc::new(tokio::sync::Semaphore::new(config.max_uploads.max(1))),
-            uploads_capacity: config.max_uploads.max(1),
+            upload_slots: upload_slots::UploadSlots::new(config.max_uploads, config.upload_wait),
             upload_memory: crate::client::MemoryBudget::new(config.upload_memory_bytes),
             user_tokens: config.user_tokens.clone(),
             anonymous_reads: config.anonymous_reads,

@@ -76,7 +76,11 @@ pub(super) async fn metrics_text(State(state): State<Arc<GatewayState>>) -> impl
     state
         .metrics
         .uploads_in_flight
-        .set((state.uploads_capacity - state.uploads.available_permits()) as i64);
+        .set(state.upload_slots.in_use() as i64);
+    state
+        .metrics
+        .uploads_waiting
+        .set(state.upload_slots.waiting() as i64);
     let memory = &state.upload_memory;
     state
         .metrics
@@ -130,7 +134,7 @@ fn io_error(e: BlobIoError) -> ApiError {
 
 fn busy(limit: usize) -> Response {
     let mut response = ApiError::unavailable(format!(
-        "the gateway is handling its limit of {limit} uploads; retry shortly"
+        "the gateway is handling its limit of {limit} uploads and no slot came free; retry shortly"
     ))
     .into_response();
     response.headers_mut().insert(
@@ -144,8 +148,8 @@ pub(super) async fn put_blob(
     State(state): State<Arc<GatewayState>>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let Ok(permit) = state.uploads.clone().try_acquire_owned() else {
-        return Ok(busy(state.uploads_capacity));
+    let Some(permit) = state.upload_slots.acquire().await else {
+        return Ok(busy(state.upload_slots.capacity()));
     };
     let client = state.client()?;
     let declared = request

@@ -105,8 +105,8 @@ pub async fn blocking<T: Send + 'static>(
 
 impl Front {
     /// One of the gateway's bounded upload slots, or SlowDown (503).
-    pub fn upload_slot(&self) -> S3Result<tokio::sync::OwnedSemaphorePermit> {
-        self.door.try_upload_slot().ok_or_else(|| {
+    pub async fn upload_slot(&self) -> S3Result<crate::gateway::upload_slots::UploadSlot> {
+        self.door.upload_slot().await.ok_or_else(|| {
             s3_error!(
                 SlowDown,
                 "the gateway is handling its limit of uploads; retry shortly"

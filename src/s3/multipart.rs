@@ -68,7 +68,7 @@ impl Front {
         let number = part_number(input.part_number)?;
         self.require_upload(&input.bucket, &input.key, &input.upload_id)
             .await?;
-        let _slot = self.upload_slot()?;
+        let _slot = self.upload_slot().await?;
         let checksums = Checksum {
             checksum_crc32: input.checksum_crc32,
             checksum_crc32c: input.checksum_crc32c,
@@ -205,7 +205,7 @@ impl Front {
         range: std::ops::Range<u64>,
         number: u32,
     ) -> S3Result<PartRecord> {
-        let _slot = self.upload_slot()?;
+        let _slot = self.upload_slot().await?;
         let stream = self.read(source, range.clone()).await?;
         let declared = Declared {
             len: Some(range.end - range.start),

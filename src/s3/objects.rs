@@ -132,7 +132,7 @@ impl Front {
                 "the key has an object (If-None-Match: *)"
             ));
         }
-        let _slot = self.upload_slot()?;
+        let _slot = self.upload_slot().await?;
         let checksums = Checksum {
             checksum_crc32: input.checksum_crc32,
             checksum_crc32c: input.checksum_crc32c,

@@ -347,55 +347,82 @@ async fn a_node_checks_ownership_and_length_before_it_reads_a_body() {
     assert!(calls.node(&url).state(&id).await.unwrap().size == Some(100_000));
 }
 
+/// Starts `count` uploads to `url` that send a little and then wait for
+/// `held` to turn true.
+fn held_uploads(
+    http: &reqwest::Client,
+    url: &str,
+    count: u64,
+    held: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>> {
+    (0..count)
+        .map(|i| {
+            let held = held.clone();
+            let chunks = stream::unfold(0u8, move |sent| {
+                let mut held = held.clone();
+                async move {
+                    match sent {
+                        0 => Some((Ok::<_, std::io::Error>(pseudo_random(64 << 10, 70 + i)), 1)),
+                        1 => {
+                            let _ = held.wait_for(|go| *go).await;
+                            Some((Ok(pseudo_random(64 << 10, 80 + i)), 2))
+                        }
+                        _ => None,
+                    }
+                }
+            });
+            let request = http
+                .put(format!("{url}/v1/blobs"))
+                .body(reqwest::Body::wrap_stream(chunks))
+                .send();
+            tokio::spawn(request)
+        })
+        .collect()
+}
+
+/// Waits until the gateway's metrics show `line`.
+async fn wait_for_metric(http: &reqwest::Client, url: &str, line: &str) {
+    let start = std::time::Instant::now();
+    while !gateway_metrics(http, url).await.contains(line) {
+        assert!(start.elapsed() < crate::NO_HANG, "never saw {line}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn uploads_beyond_the_gateways_bound_get_503_with_retry_after_and_none_is_spooled() {
+async fn uploads_beyond_the_gateways_bound_wait_in_a_bounded_queue_then_get_503_with_retry_after_and_none_is_spooled(
+) {
     let fleet = DevFleet::start(&[]);
     fleet.wait_for("nodes ready", all_ready).await;
     let spool = tempfile::tempdir().unwrap();
     let (_gateway, url) = gateway_process(
         &fleet,
         spool.path(),
-        &["--max-uploads", "2", "--max-spool", "4MiB"],
+        &[
+            "--max-uploads",
+            "2",
+            "--max-spool",
+            "4MiB",
+            "--upload-wait-secs",
+            "5",
+        ],
     );
     let http = fleet.http.clone();
     // Two uploads that send a little and then wait hold both slots.
     let (release, held) = tokio::sync::watch::channel(false);
-    let mut slow = Vec::new();
-    for i in 0..2u64 {
-        let held = held.clone();
-        let chunks = stream::unfold(0u8, move |sent| {
-            let mut held = held.clone();
-            async move {
-                match sent {
-                    0 => Some((Ok::<_, std::io::Error>(pseudo_random(64 << 10, 70 + i)), 1)),
-                    1 => {
-                        let _ = held.wait_for(|go| *go).await;
-                        Some((Ok(pseudo_random(64 << 10, 80 + i)), 2))
-                    }
-                    _ => None,
-                }
-            }
-        });
+    let slow = held_uploads(&http, &url, 2, &held);
+    wait_for_metric(&http, &url, "redstuff_gateway_uploads_in_flight 2").await;
+    // Two more wait for a slot, as many as there are slots.
+    let small = |seed| {
         let request = http
             .put(format!("{url}/v1/blobs"))
-            .body(reqwest::Body::wrap_stream(chunks))
+            .body(pseudo_random(1000, seed))
             .send();
-        slow.push(tokio::spawn(request));
-    }
-    // Once both are in, the third is turned away at once, told when to
-    // come back.
-    let start = std::time::Instant::now();
-    loop {
-        let metrics = gateway_metrics(&http, &url).await;
-        if metrics.contains("redstuff_gateway_uploads_in_flight 2") {
-            break;
-        }
-        assert!(
-            start.elapsed() < crate::NO_HANG,
-            "the held uploads never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        tokio::spawn(request)
+    };
+    let waiting = [small(1), small(2)];
+    wait_for_metric(&http, &url, "redstuff_gateway_uploads_waiting 2").await;
+    // The next is turned away at once, told when to come back.
     let refused = http
         .put(format!("{url}/v1/blobs"))
         .body(vec![1u8; 1000])
@@ -404,6 +431,26 @@ async fn uploads_beyond_the_gateways_bound_get_503_with_retry_after_and_none_is_
         .unwrap();
     assert_eq!(refused.status(), 503);
     assert_eq!(refused.headers()["retry-after"], "1");
+    // Slots given back go to the waiting uploads, which are stored.
+    release.send(true).unwrap();
+    for upload in slow.into_iter().chain(waiting) {
+        let response = within("a held or waiting upload", upload)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+    wait_for_metric(&http, &url, "redstuff_gateway_uploads_waiting 0").await;
+    // An upload that waits past --upload-wait-secs gets 503 too.
+    let (release, held) = tokio::sync::watch::channel(false);
+    let slow = held_uploads(&http, &url, 2, &held);
+    wait_for_metric(&http, &url, "redstuff_gateway_uploads_in_flight 2").await;
+    let waited_out = within("an upload waiting for a slot", small(3))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(waited_out.status(), 503);
+    assert_eq!(waited_out.headers()["retry-after"], "1");
     release.send(true).unwrap();
     for upload in slow {
         let response = within("a held upload", upload).await.unwrap().unwrap();
