@@ -194,7 +194,7 @@ struct DevArgs {
     /// Serve GET, HEAD and status without a user token.
     #[arg(long)]
     anonymous_reads: bool,
-    /// Uploads the gateway handles at once; as many more wait for a slot
+    /// Uploads the gateway handles at once; four times as many more wait for a slot
     /// (--upload-wait-secs), and the rest get 503 with Retry-After.
     #[arg(long, default_value_t = 8)]
     max_uploads: usize,
@@ -318,7 +318,7 @@ struct GatewayArgs {
     /// default: whatever its disk has free).
     #[arg(long, value_parser = parse_bytes)]
     max_spool: Option<u64>,
-    /// Uploads handled at once; as many more wait for a slot
+    /// Uploads handled at once; four times as many more wait for a slot
     /// (--upload-wait-secs), and the rest get 503 with Retry-After.
     #[arg(long, default_value_t = 8)]
     max_uploads: usize,

@@ -193,6 +193,42 @@ async fn the_aws_cli_copies_lists_syncs_removes_and_presigns() {
     aws(&["s3", "rb", "s3://cli"]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aws_cli_sending_more_parts_at_once_than_the_gateway_takes_is_never_told_to_slow_down()
+{
+    // Two uploads at a time; the aws cli sends up to 10 parts at once.
+    let fleet = DevFleet::start(&["--max-uploads", "2"]);
+    let endpoint = fleet.s3.clone().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let big = pseudo_random(48 << 20, 3); // six 8 MiB parts
+    std::fs::write(dir.path().join("big"), &big).unwrap();
+    let aws = |args: &[&str]| {
+        let mut all = vec!["--endpoint-url", endpoint.as_str()];
+        all.extend_from_slice(args);
+        run(&fleet, "aws", &all, dir.path())
+    };
+    aws(&["s3", "mb", "s3://parts"]);
+    aws(&["s3", "cp", "--only-show-errors", "big", "s3://parts/big"]);
+    aws(&[
+        "s3",
+        "cp",
+        "--only-show-errors",
+        "s3://parts/big",
+        "big.back",
+    ]);
+    assert!(std::fs::read(dir.path().join("big.back")).unwrap() == big);
+    let metrics = fleet.metrics().await;
+    let parts: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("redstuff_s3_requests_total{") && l.contains("UploadPart"))
+        .collect();
+    assert!(
+        parts.iter().all(|l| l.contains("code=\"200\"")),
+        "parts waited for a slot instead of being refused: {parts:?}"
+    );
+    assert!(parts.iter().any(|l| l.ends_with(" 6")), "{parts:?}");
+}
+
 #[test]
 fn rclone_s3cmd_s5cmd_and_s3fs_store_list_check_and_read() {
     let fleet = DevFleet::start(&[]);

@@ -15,9 +15,9 @@
 //! metadata adopts it (see `client`). An upload holds five segments at
 //! most whatever the blob's size, and all uploads together hold at most
 //! the configured upload memory (an upload past it waits, reading its body
-//! no further); at most a configured number of uploads run at once, as
-//! many more wait a bounded time for a slot (503 with Retry-After beyond). S3 uploads are spooled to a temporary file
-//! first, because their checksums must hold before anything is stored (a
+//! no further); at most a configured number of uploads run at once, four
+//! times as many more wait a bounded time for a slot (503 with Retry-After
+//! beyond). S3 uploads are spooled to a temporary file first, because their checksums must hold before anything is stored (a
 //! full spool answers SlowDown), and written from it the same way.
 //! Nothing is visible before the write committed on a quorum: a failed or
 //! interrupted upload leaves no blob behind (its session and staged
@@ -73,7 +73,7 @@ pub struct GatewayConfig {
     pub max_blob_bytes: u64,
     /// Bytes the spool may hold for S3 uploads in flight (SlowDown beyond).
     pub max_spool_bytes: Option<u64>,
-    /// Uploads handled at once; as many more wait up to `upload_wait`
+    /// Uploads handled at once; four times as many more wait up to `upload_wait`
     /// for a slot (503 with Retry-After beyond).
     pub max_uploads: usize,
     /// How long an upload past `max_uploads` waits for a slot (zero: none

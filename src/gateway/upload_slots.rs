@@ -5,16 +5,21 @@
 //! 10, rclone 16 by default); a bound that refused every upload past it at
 //! once sent them into their retry back-off, and an S3 PUT through the aws
 //! cli took twice a native PUT. An upload past the bound now waits for a
-//! slot, as long as at most as many wait as run and for at most the
-//! configured wait; past either it gets 503 with Retry-After as before. A
-//! waiting upload holds its connection and nothing else: its body is not
-//! read until it has a slot.
+//! slot, as long as at most [`WAITING_PER_SLOT`] times as many wait as run
+//! and for at most the configured wait; past either it gets 503 with
+//! Retry-After as before. A waiting upload holds its connection and
+//! nothing else: its body is not read until it has a slot.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Uploads that may wait per slot: at the default 8 slots, 40 uploads at
+/// once are served without a refusal (four aws clients, or two rclones
+/// at their default 16 parts).
+pub const WAITING_PER_SLOT: usize = 4;
 
 /// How long an upload waits for a slot by default.
 pub const DEFAULT_UPLOAD_WAIT: Duration = Duration::from_secs(10);
@@ -32,7 +37,8 @@ pub type UploadSlot = OwnedSemaphorePermit;
 
 impl UploadSlots {
     /// `capacity` slots (at least one); an upload finding none free waits
-    /// up to `wait` (zero: none waits), beside at most `capacity` others.
+    /// up to `wait` (zero: none waits), beside at most
+    /// [`WAITING_PER_SLOT`] times `capacity` others.
     pub fn new(capacity: usize, wait: Duration) -> Self {
         let capacity = capacity.max(1);
         Self {
@@ -54,7 +60,7 @@ impl UploadSlots {
         }
         let queued = self.waiting.fetch_add(1, Ordering::AcqRel);
         let _leave = LeaveQueue(&self.waiting);
-        if queued >= self.capacity {
+        if queued >= self.queue_len() {
             return None;
         }
         tokio::time::timeout(self.wait, self.permits.clone().acquire_owned())
@@ -73,9 +79,15 @@ impl UploadSlots {
         self.capacity - self.permits.available_permits()
     }
 
+    /// How many uploads may wait for a slot.
+    pub fn queue_len(&self) -> usize {
+        self.capacity * WAITING_PER_SLOT
+    }
+
     /// Uploads waiting for a slot now.
     pub fn waiting(&self) -> usize {
-        self.waiting.load(Ordering::Acquire).min(self.capacity)
+        // Counted before an arrival finds the queue full and leaves.
+        self.waiting.load(Ordering::Acquire).min(self.queue_len())
     }
 }
 
@@ -128,24 +140,24 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn no_more_uploads_wait_than_there_are_slots_and_the_rest_are_turned_away_at_once() {
+    async fn a_bounded_number_of_uploads_wait_and_the_rest_are_turned_away_at_once() {
         let slots = Arc::new(UploadSlots::new(2, Duration::from_secs(10)));
         let _held = [
             slots.acquire().await.unwrap(),
             slots.acquire().await.unwrap(),
         ];
-        let waiters: Vec<_> = (0..2)
+        let waiters: Vec<_> = (0..2 * WAITING_PER_SLOT)
             .map(|_| {
                 let slots = slots.clone();
                 tokio::spawn(async move { slots.acquire().await.is_some() })
             })
             .collect();
         tokio::task::yield_now().await;
-        assert_eq!(slots.waiting(), 2);
+        assert_eq!(slots.waiting(), 2 * WAITING_PER_SLOT);
         let start = tokio::time::Instant::now();
         assert!(slots.acquire().await.is_none());
         assert_eq!(start.elapsed(), Duration::ZERO, "refused without waiting");
-        assert_eq!(slots.waiting(), 2);
+        assert_eq!(slots.waiting(), 2 * WAITING_PER_SLOT);
         for waiter in waiters {
             assert!(!waiter.await.unwrap(), "nothing was given back");
         }

@@ -15,6 +15,7 @@ use redstuff::client::{Deadlines, NodeCalls};
 use redstuff::codec::format::SLIVER_OVERHEAD;
 use redstuff::codec::{BlobEncoder, BlobLayout, EncodingConfig};
 use redstuff::fleet::{FleetMap, MapNode};
+use redstuff::gateway::upload_slots::WAITING_PER_SLOT;
 
 use crate::dev_fleet::{all_ready, pseudo_random, DevFleet};
 use crate::procs::{peak_kib, spawn, token_file};
@@ -412,7 +413,7 @@ async fn uploads_beyond_the_gateways_bound_wait_in_a_bounded_queue_then_get_503_
     let (release, held) = tokio::sync::watch::channel(false);
     let slow = held_uploads(&http, &url, 2, &held);
     wait_for_metric(&http, &url, "redstuff_gateway_uploads_in_flight 2").await;
-    // Two more wait for a slot, as many as there are slots.
+    // More wait for a slot, a bounded number per slot.
     let small = |seed| {
         let request = http
             .put(format!("{url}/v1/blobs"))
@@ -420,8 +421,14 @@ async fn uploads_beyond_the_gateways_bound_wait_in_a_bounded_queue_then_get_503_
             .send();
         tokio::spawn(request)
     };
-    let waiting = [small(1), small(2)];
-    wait_for_metric(&http, &url, "redstuff_gateway_uploads_waiting 2").await;
+    let queue = 2 * WAITING_PER_SLOT;
+    let waiting: Vec<_> = (0..queue as u64).map(|i| small(100 + i)).collect();
+    wait_for_metric(
+        &http,
+        &url,
+        &format!("redstuff_gateway_uploads_waiting {queue}"),
+    )
+    .await;
     // The next is turned away at once, told when to come back.
     let refused = http
         .put(format!("{url}/v1/blobs"))
@@ -445,7 +452,7 @@ async fn uploads_beyond_the_gateways_bound_wait_in_a_bounded_queue_then_get_503_
     let (release, held) = tokio::sync::watch::channel(false);
     let slow = held_uploads(&http, &url, 2, &held);
     wait_for_metric(&http, &url, "redstuff_gateway_uploads_in_flight 2").await;
-    let waited_out = within("an upload waiting for a slot", small(3))
+    let waited_out = within("an upload waiting for a slot", small(1))
         .await
         .unwrap()
         .unwrap();
