@@ -25,6 +25,8 @@ from helm_python.chart import Chart
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "redstuff"
+# The namespace the chart is rendered into, where its operator runs.
+NAMESPACE = "redstuff-system"
 BUILTIN_GROUPS = {"v1", "apps/v1", "rbac.authorization.k8s.io/v1", "networking.k8s.io/v1", "policy/v1"}
 
 
@@ -116,17 +118,20 @@ def check_node_policy(name, values, docs, operator_objects):
     if api_rule is None or {p["port"] for p in api_rule["ports"]} - node_ports:
         fail(f"{name}: the node NetworkPolicy's API rule names no port of the node pods ({node_ports})")
     same_namespace = [p["podSelector"] for p in api_rule["from"] if "namespaceSelector" not in p]
-    any_namespace = [p["podSelector"] for p in api_rule["from"] if p.get("namespaceSelector") == {}]
+    if any(p.get("namespaceSelector") == {} for p in api_rule["from"]):
+        fail(f"{name}: the node NetworkPolicy admits pods of every namespace to the API port")
+    operator_namespace = [p["podSelector"] for p in api_rule["from"] if "namespaceSelector" in p
+                          and selects(p["namespaceSelector"], {"kubernetes.io/metadata.name": NAMESPACE})]
     for what, labels, peers in [("gateway pods", gateways[0], same_namespace),
                                 ("node pods", nodes[0], same_namespace),
-                                ("the chart's operator pods", operator, any_namespace)]:
+                                ("the chart's operator pods", operator, operator_namespace)]:
         if not any(selects(peer, labels) for peer in peers):
             fail(f"{name}: the node NetworkPolicy does not admit {what} ({labels}) to the API port")
 
 
 def render(chart, values):
     chart.validate_schema(values)
-    return chart.render(values, name="redstuff", namespace="redstuff-system", is_install=True)
+    return chart.render(values, name="redstuff", namespace=NAMESPACE, is_install=True)
 
 
 def main(out, redstuff):
@@ -138,7 +143,8 @@ def main(out, redstuff):
     rules = yaml.safe_load((CHART / "files" / "alerts.rules.yaml").read_text())
     dashboards = {p.name: json.loads(p.read_text()) for p in (CHART / "dashboards").glob("*.json")}
     deploy_docs = [d for d in yaml.safe_load_all((ROOT / "deploy" / "10-rbac.yaml").read_text()) if d]
-    operator_objects = subprocess.run([redstuff, "render-cluster", str(ROOT / "examples" / "storagecluster.yaml")],
+    operator_objects = subprocess.run([redstuff, "render-cluster", str(ROOT / "examples" / "storagecluster.yaml"),
+                                       "--operator-namespace", NAMESPACE],
                                       capture_output=True, text=True, check=True).stdout
     operator_objects = [d for d in yaml.safe_load_all(operator_objects) if d]
 
@@ -199,7 +205,8 @@ def main(out, redstuff):
                 (target / "cluster").mkdir(exist_ok=True)
                 manifest = target / "cluster" / "storagecluster.yaml"
                 manifest.write_text(yaml.safe_dump(d))
-                objects = subprocess.run([redstuff, "render-cluster", str(manifest)],
+                objects = subprocess.run([redstuff, "render-cluster", str(manifest),
+                                          "--operator-namespace", NAMESPACE],
                                          capture_output=True, text=True)
                 if objects.returncode != 0:
                     fail(f"the example StorageCluster is refused: {objects.stderr}")

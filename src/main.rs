@@ -99,6 +99,10 @@ enum Command {
         /// Namespace of the leader Lease (default: the pod's namespace).
         #[arg(long, env = "POD_NAMESPACE", default_value = "redstuff-system")]
         lease_namespace: String,
+        /// Namespace of the operator's pods: node pods take API calls from
+        /// operator pods there only (default: the pod's namespace).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "redstuff-system")]
+        operator_namespace: String,
         /// Name of the leader Lease.
         #[arg(long, default_value = "redstuff-operator")]
         lease_name: String,
@@ -129,6 +133,10 @@ enum Command {
         /// Image of node and gateway pods when the spec names none.
         #[arg(long, default_value = "ghcr.io/redstuff/redstuff:latest")]
         image: String,
+        /// Namespace the operator runs in (node pods take API calls from
+        /// operator pods there only).
+        #[arg(long, default_value = "redstuff-system")]
+        operator_namespace: String,
     },
     /// Run one storage node.
     Node(NodeArgs),
@@ -584,10 +592,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             token,
         } => runtime()?.block_on(cli::status(&gateway, token.resolve(), json)),
         Command::Crds { dir } => crds(dir),
-        Command::RenderCluster { file, image } => {
+        Command::RenderCluster {
+            file,
+            image,
+            operator_namespace,
+        } => {
             let manifest = std::fs::read_to_string(&file)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-            print!("{}", redstuff::operator::render_cluster(&manifest, &image)?);
+            let settings =
+                redstuff::operator::desired::OperatorSettings::new(image, operator_namespace);
+            print!(
+                "{}",
+                redstuff::operator::render_cluster(&manifest, &settings)?
+            );
             Ok(())
         }
         Command::Operator {
@@ -595,6 +612,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             no_leader_election,
             lease_namespace,
+            operator_namespace,
             lease_name,
             identity,
             spool_dir,
@@ -614,6 +632,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     listen,
                     leader_election: !no_leader_election,
                     lease_namespace,
+                    namespace: operator_namespace,
                     lease_name,
                     identity,
                     spool_dir,

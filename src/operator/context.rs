@@ -203,12 +203,16 @@ impl Fleets {
     }
 }
 
+/// Where the operator runs unless told otherwise (the chart's examples).
+pub const DEFAULT_OPERATOR_NAMESPACE: &str = "redstuff-system";
+
 /// What every reconcile needs.
 pub struct Context {
     /// The API client.
     pub client: Client,
-    /// Image of node and gateway pods when the spec names none.
-    pub image: String,
+    /// The default image and the operator's namespace, for the objects of
+    /// every cluster.
+    pub operator: super::desired::OperatorSettings,
     /// How node pods and gateways are reached.
     pub endpoints: Endpoints,
     /// HTTP client for gateways and URL sources.
@@ -231,8 +235,8 @@ pub struct Context {
 }
 
 impl Context {
-    /// A context with DNS endpoints, a spool under the system temp dir and
-    /// a 64 GiB ingest limit.
+    /// A context with DNS endpoints, a spool under the system temp dir, a
+    /// 64 GiB ingest limit and the operator in [`DEFAULT_OPERATOR_NAMESPACE`].
     pub fn new(client: Client, image: impl Into<String>) -> Self {
         let reporter = Reporter {
             controller: "redstuff-operator".into(),
@@ -241,7 +245,7 @@ impl Context {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
-            image: image.into(),
+            operator: super::desired::OperatorSettings::new(image, DEFAULT_OPERATOR_NAMESPACE),
             endpoints: Endpoints::default(),
             http: crate::http::client_builder()
                 .connect_timeout(Duration::from_secs(3))

@@ -379,7 +379,7 @@ pub async fn reconcile_cluster(
             _ => None,
         },
     };
-    let desired = desired_objects(&cluster, &assignment, &ctx.image, &credentials);
+    let desired = desired_objects(&cluster, &assignment, &ctx.operator, &credentials);
 
     let key = (namespace.clone(), name.clone());
     let fleet_state = ctx.fleets.get(&key, ctx.deadlines);

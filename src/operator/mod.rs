@@ -37,8 +37,12 @@ pub fn crds_yaml() -> Vec<(&'static str, String)> {
 
 /// The objects the operator would apply for a StorageCluster manifest, as
 /// multi-document YAML (`redstuff render-cluster FILE`), with the
-/// assignment of a fresh cluster and a placeholder token.
-pub fn render_cluster(manifest: &str, image: &str) -> anyhow::Result<String> {
+/// assignment of a fresh cluster and a placeholder token, made by an
+/// operator with `settings`.
+pub fn render_cluster(
+    manifest: &str,
+    settings: &desired::OperatorSettings,
+) -> anyhow::Result<String> {
     let mut cluster: crd::StorageCluster = serde_yaml::from_str(manifest)
         .map_err(|e| anyhow::anyhow!("not a StorageCluster manifest: {e}"))?;
     status::validate_spec(&cluster.spec).map_err(|e| anyhow::anyhow!("invalid spec: {e}"))?;
@@ -66,7 +70,7 @@ pub fn render_cluster(manifest: &str, image: &str) -> anyhow::Result<String> {
             secret_key: "placeholder-secret-key".into(),
         }),
     };
-    let objects = desired::desired_objects(&cluster, &assignment, image, &credentials);
+    let objects = desired::desired_objects(&cluster, &assignment, settings, &credentials);
     let mut docs: Vec<String> = vec![
         serde_yaml::to_string(&objects.node_service)?,
         serde_yaml::to_string(&objects.shards_config)?,

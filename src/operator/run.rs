@@ -41,6 +41,9 @@ pub struct OperatorOptions {
     pub leader_election: bool,
     /// Namespace of the Lease.
     pub lease_namespace: String,
+    /// Namespace of the operator's own pods (node pods take API calls from
+    /// operator pods there only).
+    pub namespace: String,
     /// Name of the Lease.
     pub lease_name: String,
     /// This replica's identity in the Lease.
@@ -220,6 +223,7 @@ pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
     let registry = Registry::new();
     let metrics = OperatorMetrics::new(&registry);
     let mut context = Context::new(client.clone(), options.image.clone());
+    context.operator.namespace = options.namespace.clone();
     context.spool_dir = options.spool_dir.clone();
     context.max_ingest_bytes = options.max_ingest_bytes;
     let context = Arc::new(context);

@@ -430,7 +430,7 @@ pub fn spec_hash(cluster: &redstuff::operator::crd::StorageCluster, index: usize
     let objects = redstuff::operator::desired::desired_objects(
         cluster,
         &Default::default(),
-        "redstuff:test",
+        &redstuff::operator::desired::OperatorSettings::new("redstuff:test", "redstuff-system"),
         &redstuff::operator::desired::Credentials {
             cluster: "token".into(),
             users: "user".into(),

@@ -85,10 +85,17 @@ pub(super) fn token_mount(volume: &str, dir: &str) -> VolumeMount {
     }
 }
 
-/// Pods of the operator, in any namespace.
-fn operator_pods() -> NetworkPolicyPeer {
+/// Pods of the operator, in its `namespace` (the label every namespace
+/// carries since Kubernetes 1.22).
+fn operator_pods(namespace: &str) -> NetworkPolicyPeer {
     NetworkPolicyPeer {
-        namespace_selector: Some(LabelSelector::default()),
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                "kubernetes.io/metadata.name".to_string(),
+                namespace.to_string(),
+            )])),
+            ..LabelSelector::default()
+        }),
         pod_selector: Some(LabelSelector {
             match_labels: Some(BTreeMap::from([
                 ("app.kubernetes.io/name".to_string(), "redstuff".to_string()),
@@ -123,7 +130,11 @@ fn port(number: i32) -> Vec<NetworkPolicyPort> {
 
 /// Node pods take API calls only from the cluster's gateway, its node
 /// pods and the operator; their metrics port from anyone.
-pub(super) fn node_network_policy(cluster: &StorageCluster, name: &str) -> NetworkPolicy {
+pub(super) fn node_network_policy(
+    cluster: &StorageCluster,
+    name: &str,
+    operator_namespace: &str,
+) -> NetworkPolicy {
     NetworkPolicy {
         metadata: meta(cluster, format!("{name}-nodes"), "node"),
         spec: Some(NetworkPolicySpec {
@@ -137,7 +148,7 @@ pub(super) fn node_network_policy(cluster: &StorageCluster, name: &str) -> Netwo
                     from: Some(vec![
                         pods_of(name, "gateway"),
                         pods_of(name, "node"),
-                        operator_pods(),
+                        operator_pods(operator_namespace),
                     ]),
                     ports: Some(port(NODE_PORT)),
                 },

@@ -252,12 +252,32 @@ fn startup_probe(path: &str, port: i32) -> Probe {
     }
 }
 
-/// The objects of `cluster` with `assignment`, the node `image` (when the
-/// spec names none) and the cluster's `credentials`.
+/// What the objects of every cluster take from the operator making them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorSettings {
+    /// Image of node and gateway pods when a spec names none.
+    pub default_image: String,
+    /// The namespace the operator's pods run in: node pods take API calls
+    /// from operator pods there only.
+    pub namespace: String,
+}
+
+impl OperatorSettings {
+    /// Settings with `default_image`, the operator in `namespace`.
+    pub fn new(default_image: impl Into<String>, namespace: impl Into<String>) -> Self {
+        Self {
+            default_image: default_image.into(),
+            namespace: namespace.into(),
+        }
+    }
+}
+
+/// The objects of `cluster` with `assignment`, made by `operator`, with the
+/// cluster's `credentials`.
 pub fn desired_objects(
     cluster: &StorageCluster,
     assignment: &Assignment,
-    default_image: &str,
+    operator: &OperatorSettings,
     credentials: &Credentials,
 ) -> DesiredObjects {
     let name = cluster.name_any_or_default();
@@ -265,7 +285,7 @@ pub fn desired_objects(
     let image = spec
         .image
         .clone()
-        .unwrap_or_else(|| default_image.to_string());
+        .unwrap_or_else(|| operator.default_image.clone());
     let nodes = usize::from(spec.nodes);
     let ephemeral = spec.storage.ephemeral.unwrap_or(false) || spec.storage.size.is_none();
     let topology_key = topology_key(cluster);
@@ -590,7 +610,7 @@ pub fn desired_objects(
     };
     let node_token = token_secret(cluster, cluster_token_secret(&name), &credentials.cluster);
     let gateway_token = token_secret(cluster, user_token_secret(&name), &credentials.users);
-    let node_network_policy = node_network_policy(cluster, &name);
+    let node_network_policy = node_network_policy(cluster, &name, &operator.namespace);
     let shards_config = ConfigMap {
         metadata: meta(cluster, format!("{name}-shards"), "node"),
         data: Some(config_data),

@@ -2,6 +2,11 @@ use super::*;
 use crate::fleet::{assign, NodeSpec};
 use crate::operator::fixtures::cluster;
 
+/// An operator with `image` as its default, running in `operators`.
+fn operator(image: &str) -> OperatorSettings {
+    OperatorSettings::new(image, "operators")
+}
+
 fn credentials() -> Credentials {
     Credentials {
         cluster: "cluster-secret".into(),
@@ -26,7 +31,12 @@ fn assignment(c: &StorageCluster) -> Assignment {
 #[test]
 fn a_cluster_is_one_pod_and_claim_per_node_plus_services_config_gateway_and_budget() {
     let c = cluster(10, 4, Some("200Gi"));
-    let objects = desired_objects(&c, &assignment(&c), "redstuff:test", &credentials());
+    let objects = desired_objects(
+        &c,
+        &assignment(&c),
+        &operator("redstuff:test"),
+        &credentials(),
+    );
     assert_eq!(objects.node_pods.len(), 4);
     assert_eq!(objects.node_claims.len(), 4);
     let pod = &objects.node_pods[2];
@@ -86,7 +96,7 @@ fn a_cluster_is_one_pod_and_claim_per_node_plus_services_config_gateway_and_budg
 fn the_shards_config_gives_every_node_its_shards_and_the_gateway_the_map() {
     let c = cluster(10, 4, Some("1Gi"));
     let a = assignment(&c);
-    let objects = desired_objects(&c, &a, "img", &credentials());
+    let objects = desired_objects(&c, &a, &operator("img"), &credentials());
     let data = objects.shards_config.data.unwrap();
     let mut all = std::collections::BTreeSet::new();
     for i in 0..4 {
@@ -112,7 +122,7 @@ fn the_shards_config_gives_every_node_its_shards_and_the_gateway_the_map() {
 fn ephemeral_storage_uses_empty_dirs_and_no_claims() {
     let mut c = cluster(4, 4, None);
     c.spec.storage.ephemeral = Some(true);
-    let objects = desired_objects(&c, &assignment(&c), "img", &credentials());
+    let objects = desired_objects(&c, &assignment(&c), &operator("img"), &credentials());
     assert!(objects.node_claims.is_empty());
     let volume = &objects.node_pods[0]
         .spec
@@ -125,7 +135,7 @@ fn ephemeral_storage_uses_empty_dirs_and_no_claims() {
 }
 
 fn spread_keys(c: &StorageCluster) -> Vec<String> {
-    desired_objects(c, &assignment(c), "img", &credentials()).node_pods[0]
+    desired_objects(c, &assignment(c), &operator("img"), &credentials()).node_pods[0]
         .spec
         .as_ref()
         .unwrap()
@@ -154,7 +164,7 @@ fn node_pods_spread_over_hosts_and_over_the_placement_domains() {
 #[test]
 fn nodes_get_the_cluster_token_and_fleet_map_and_the_gateway_both_tokens() {
     let c = cluster(7, 3, Some("1Gi"));
-    let objects = desired_objects(&c, &assignment(&c), "img", &credentials());
+    let objects = desired_objects(&c, &assignment(&c), &operator("img"), &credentials());
     let secret =
         |s: &Secret| String::from_utf8(s.data.as_ref().unwrap()[TOKEN_KEY].0.clone()).unwrap();
     assert_eq!(
@@ -216,9 +226,10 @@ fn nodes_get_the_cluster_token_and_fleet_map_and_the_gateway_both_tokens() {
 }
 
 #[test]
-fn node_pods_take_api_calls_only_from_their_gateway_peers_and_the_operator() {
+fn node_pods_take_api_calls_only_from_their_gateway_peers_and_the_operators_namespace() {
     let c = cluster(7, 3, Some("1Gi"));
-    let policy = desired_objects(&c, &assignment(&c), "img", &credentials()).node_network_policy;
+    let policy =
+        desired_objects(&c, &assignment(&c), &operator("img"), &credentials()).node_network_policy;
     let spec = policy.spec.unwrap();
     assert_eq!(spec.policy_types, Some(vec!["Ingress".to_string()]));
     let selects = |selector: &LabelSelector| selector.match_labels.clone().unwrap_or_default();
@@ -243,9 +254,17 @@ fn node_pods_take_api_calls_only_from_their_gateway_peers_and_the_operator() {
     assert_eq!(from[0]["app.kubernetes.io/instance"], "media");
     assert_eq!(from[1]["app.kubernetes.io/component"], "node");
     assert_eq!(from[2]["app.kubernetes.io/component"], "operator");
-    assert!(
-        api.from.as_ref().unwrap()[2].namespace_selector.is_some(),
-        "the operator runs elsewhere"
+    let operator_namespaces = api.from.as_ref().unwrap()[2]
+        .namespace_selector
+        .as_ref()
+        .expect("the operator runs in a namespace of its own");
+    assert_eq!(
+        selects(operator_namespaces),
+        BTreeMap::from([(
+            "kubernetes.io/metadata.name".to_string(),
+            "operators".to_string()
+        )]),
+        "operator pods of its namespace only, not a pod labelled so anywhere"
     );
     let metrics = &rules[1];
     assert!(metrics.from.is_none(), "metrics are open to scrapers");
@@ -258,15 +277,17 @@ fn node_pods_take_api_calls_only_from_their_gateway_peers_and_the_operator() {
 #[test]
 fn s3_adds_its_port_index_claim_and_keys_to_a_gateway_recreated_never_rolled() {
     let mut c = cluster(7, 7, Some("10Gi"));
-    assert!(desired_objects(&c, &assignment(&c), "img", &credentials())
-        .s3_index_claim
-        .is_none());
+    assert!(
+        desired_objects(&c, &assignment(&c), &operator("img"), &credentials())
+            .s3_index_claim
+            .is_none()
+    );
     c.spec.s3 = Some(crate::operator::crd::S3Spec {
         index_size: Some("2Gi".into()),
         collect_after_seconds: Some(30),
         ..Default::default()
     });
-    let objects = desired_objects(&c, &assignment(&c), "img", &credentials());
+    let objects = desired_objects(&c, &assignment(&c), &operator("img"), &credentials());
     let claim = objects.s3_index_claim.expect("an index claim");
     assert_eq!(claim.metadata.name.as_deref(), Some("media-s3-index"));
     assert_eq!(
@@ -329,7 +350,7 @@ fn s3_adds_its_port_index_claim_and_keys_to_a_gateway_recreated_never_rolled() {
 
     // A Secret named in the spec is used as it is: the operator keeps none.
     c.spec.s3.as_mut().unwrap().credentials_secret = Some("my-keys".into());
-    let objects = desired_objects(&c, &assignment(&c), "img", &credentials());
+    let objects = desired_objects(&c, &assignment(&c), &operator("img"), &credentials());
     assert!(objects.s3_credentials.is_none());
     assert_eq!(
         keys_secret(&objects.gateway.spec.template.spec.unwrap()).as_deref(),
@@ -340,7 +361,7 @@ fn s3_adds_its_port_index_claim_and_keys_to_a_gateway_recreated_never_rolled() {
     // as asked, the URL from its Secret.
     c.spec.s3.as_mut().unwrap().postgres_secret = Some("index-db".into());
     c.spec.s3.as_mut().unwrap().replicas = Some(3);
-    let objects = desired_objects(&c, &assignment(&c), "img", &credentials());
+    let objects = desired_objects(&c, &assignment(&c), &operator("img"), &credentials());
     assert!(objects.s3_index_claim.is_none());
     assert_eq!(objects.gateway.spec.replicas, Some(3));
     assert!(objects.gateway.spec.strategy.is_none());
@@ -362,6 +383,6 @@ fn s3_adds_its_port_index_claim_and_keys_to_a_gateway_recreated_never_rolled() {
 
     // Disabled: nothing of S3.
     c.spec.s3.as_mut().unwrap().enabled = Some(false);
-    let objects = desired_objects(&c, &assignment(&c), "img", &credentials());
+    let objects = desired_objects(&c, &assignment(&c), &operator("img"), &credentials());
     assert!(objects.s3_index_claim.is_none());
 }
