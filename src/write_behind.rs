@@ -84,7 +84,7 @@ fn write_all(mut file: File, mut queue: mpsc::Receiver<Bytes>) -> std::io::Resul
         block.extend_from_slice(&chunk);
         if block.len() >= WRITE_BLOCK {
             file.write_all(&block)?;
-            pacer.written(&file, block.len() as u64)?;
+            pacer.written(&file, block.len() as u64);
             block.clear();
         }
     }
@@ -101,26 +101,37 @@ struct WritebackPacer {
     started: u64,
     /// Bytes known to be on disk.
     waited: u64,
+    /// Whether the file system refused a pacing call (none is made after).
+    refused: bool,
 }
 
 impl WritebackPacer {
     /// Counts `len` more bytes written to `file` and starts or waits for
-    /// writeback as [`WritebackPacer::plan`] says.
-    fn written(&mut self, file: &File, len: u64) -> std::io::Result<()> {
+    /// writeback as [`WritebackPacer::plan`] says. The pacing is advice:
+    /// where the file system refuses it, the file is written without it,
+    /// and a write that failed on the disk still fails the final fsync.
+    fn written(&mut self, file: &File, len: u64) {
         self.written += len;
+        if self.refused {
+            return;
+        }
         let plan = self.plan();
+        let mut paced = Ok(());
         if let Some((from, to)) = plan.start {
-            sync_file_range(file, from, to - from, libc::SYNC_FILE_RANGE_WRITE)?;
+            paced = sync_file_range(file, from, to - from, libc::SYNC_FILE_RANGE_WRITE);
             self.started = to;
         }
-        if let Some((from, to)) = plan.wait {
+        if let (Ok(()), Some((from, to))) = (&paced, plan.wait) {
             let wait = libc::SYNC_FILE_RANGE_WAIT_BEFORE
                 | libc::SYNC_FILE_RANGE_WRITE
                 | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-            sync_file_range(file, from, to - from, wait)?;
+            paced = sync_file_range(file, from, to - from, wait);
             self.waited = to;
         }
-        Ok(())
+        if let Err(e) = paced {
+            tracing::debug!("writing without writeback pacing: {e}");
+            self.refused = true;
+        }
     }
 
     /// The ranges to start writing back and to wait for now: writeback
@@ -165,6 +176,7 @@ mod tests {
             written,
             started,
             waited,
+            refused: false,
         }
     }
 
@@ -210,6 +222,27 @@ mod tests {
         file.finish().await.unwrap();
         assert!(expected.len() as u64 > DIRTY_BEHIND + WRITEBACK_STEP);
         assert!(std::fs::read(&path).unwrap() == expected);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_that_refuses_writeback_pacing_is_written_whole_without_it() {
+        // A pipe takes writes but no sync_file_range (ESPIPE).
+        let (mut reader, writer) = std::io::pipe().unwrap();
+        let expected: Vec<u8> = (0..(2 * WRITEBACK_STEP as usize + 12345))
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let drained = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            std::io::Read::read_to_end(&mut reader, &mut all).unwrap();
+            all
+        });
+        let mut file = WriteBehindFile::new(File::from(std::os::fd::OwnedFd::from(writer)));
+        for chunk in expected.chunks(300_001) {
+            file.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+        }
+        // fsync of a pipe is refused too (EINVAL): the bytes all went through.
+        let _ = file.finish().await;
+        assert!(drained.join().unwrap() == expected);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
