@@ -519,6 +519,45 @@ fn held(data_dir: &Path, id: &str) -> bool {
     })
 }
 
+/// What each node holds of blob `id`: its files below the blob's
+/// directory, and whether the node has its tombstone.
+fn holdings(data_dir: &Path, id: &str) -> String {
+    let mut nodes = Vec::new();
+    for i in 0..SHARDS {
+        let data = data_dir.join(format!("node-{i}")).join("data");
+        let dir = data.join("blobs").join(id);
+        let mut files: Vec<String> = walk_files(&dir)
+            .iter()
+            .filter_map(|f| f.strip_prefix(&dir).ok().map(|p| p.display().to_string()))
+            .collect();
+        if files.is_empty() && !dir.exists() {
+            continue;
+        }
+        files.sort();
+        let tombstone = data.join("tombstones").join(id).exists();
+        nodes.push(format!(
+            "node-{i} [{}]{}",
+            files.join(" "),
+            if tombstone { " with its tombstone" } else { "" }
+        ));
+    }
+    nodes.join("; ")
+}
+
+/// Every file below `dir` (none when it does not exist).
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk_files(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
 /// Runs the fleet, the clients and the faults; then heals and checks.
 pub async fn run(options: &FaultRunOptions, log: impl Fn(&str)) -> anyhow::Result<FaultRunReport> {
     let work = tempfile::tempdir()?;
@@ -680,7 +719,12 @@ async fn drive(
             listed: listed.contains(id),
             held: held(data_dir, id),
         };
-        violations.extend(check::check_final(id, *expect, seen));
+        let found = check::check_final(id, *expect, seen);
+        if !found.is_empty() && seen.held {
+            // Where the pieces are says which path left them.
+            violations.push(format!("{id} is held: {}", holdings(data_dir, id)));
+        }
+        violations.extend(found);
     }
     let mut operations = BTreeMap::new();
     for op in ops.iter().filter(|op| op.client != usize::MAX) {
