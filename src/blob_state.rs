@@ -65,6 +65,14 @@ impl BlobState {
         self.commit.is_some() || self.staged.is_some()
     }
 
+    /// Whether data kept here is what a delete left behind: a tombstone
+    /// covers every commit and staged write recorded here (a node stopped
+    /// between recording the tombstone and removing the data leaves this).
+    pub fn only_leftovers(&self) -> bool {
+        self.tombstone
+            .is_some_and(|tombstone| !self.with_tombstone(tombstone).claims_data())
+    }
+
     /// The newest generation of any marker here.
     pub fn newest(&self) -> Option<u64> {
         self.commit.max(self.staged).max(self.tombstone)
@@ -132,6 +140,26 @@ mod tests {
             staged,
             tombstone,
         }
+    }
+
+    #[test]
+    fn data_is_a_deletes_leftover_only_when_a_tombstone_covers_every_write_here() {
+        assert!(state(Some(1), None, Some(2)).only_leftovers());
+        assert!(state(Some(1), Some(2), Some(2)).only_leftovers());
+        assert!(state(None, None, Some(2)).only_leftovers());
+        assert!(
+            !state(Some(3), None, Some(2)).only_leftovers(),
+            "a newer commit"
+        );
+        assert!(
+            !state(Some(1), Some(3), Some(2)).only_leftovers(),
+            "a newer write staged"
+        );
+        assert!(
+            !state(Some(1), None, None).only_leftovers(),
+            "never deleted"
+        );
+        assert!(!state(None, Some(1), None).only_leftovers());
     }
 
     #[test]

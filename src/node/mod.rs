@@ -246,8 +246,16 @@ fn keep_house(state: Arc<NodeState>, housekeeping: Housekeeping) {
                 let collected = worker
                     .store
                     .collect_abandoned(housekeeping.staged_ttl, now)?;
-                for id in &collected {
+                let leftovers = worker.store.collect_delete_leftovers()?;
+                for id in collected.iter().chain(&leftovers) {
                     worker.metadata.forget(id);
+                }
+                if !leftovers.is_empty() {
+                    tracing::info!(
+                        node = %worker.name,
+                        blobs = leftovers.len(),
+                        "removed data that interrupted deletes left behind"
+                    );
                 }
                 let sessions = worker
                     .store

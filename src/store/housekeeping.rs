@@ -81,6 +81,25 @@ impl SliverStore {
         Ok(report)
     }
 
+    /// Removes the data a delete left behind: its tombstone recorded, the
+    /// node stopped before the data went (nothing else would remove it: the
+    /// node reports the tombstone, so none is carried to it again); returns
+    /// the blobs whose data went.
+    pub fn collect_delete_leftovers(&self) -> Result<Vec<BlobId>, StoreError> {
+        let mut collected = Vec::new();
+        for id in self.blob_dirs()? {
+            // One stat per blob; markers are read only under a tombstone.
+            if !self.tombstone_path(&id).exists() {
+                continue;
+            }
+            let lock = self.lock(&id);
+            if lock.state()?.only_leftovers() && lock.remove_data()? {
+                collected.push(id);
+            }
+        }
+        Ok(collected)
+    }
+
     /// Removes every staged write that was never committed here and has
     /// not gained a file for `ttl`; returns the blobs removed.
     pub fn collect_abandoned(

@@ -35,7 +35,8 @@
 //! complete new one (large files are written past the page cache, see
 //! `direct_io`); tmp/ and trash/ are emptied on open. A blob's
 //! directory is removed by renaming it into trash/ first: after a crash it
-//! is either whole or gone.
+//! is either whole or gone; the data of a blob deleted here whose node
+//! stopped before removing it is removed by housekeeping.
 //!
 //! The markers (`staged`, `commit`, tombstones) follow `blob_state`: a
 //! tombstone removes the slivers unless a newer write claims them, and a

@@ -183,6 +183,36 @@ fn abandoned_staged_writes_are_collected_after_their_ttl_and_committed_ones_neve
 }
 
 #[test]
+fn data_a_delete_left_behind_when_its_node_stopped_midway_is_collected_and_newer_writes_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = staged(dir.path(), 8);
+    store
+        .put_sliver(&id(8), 0, 1, SliverKind::Primary, b"sliver")
+        .unwrap();
+    store.commit(&id(8), 10, None).unwrap();
+    // The node stops after the tombstone is recorded, before the data goes.
+    store
+        .write_file(
+            &store.tombstone_path(&id(8)),
+            &markers::generation_bytes(11),
+        )
+        .unwrap();
+    // Deleted, then written again: the newer write keeps its data.
+    store.stage(&id(9), 10, b"meta").unwrap();
+    store.tombstone(&id(9), 11).unwrap();
+    store.stage(&id(9), 12, b"meta").unwrap();
+    drop(store);
+    let store = open(dir.path());
+    let blob_dir = |seed| dir.path().join("blobs").join(id(seed).to_string());
+    assert!(blob_dir(8).exists());
+    assert_eq!(store.collect_delete_leftovers().unwrap(), vec![id(8)]);
+    assert!(!blob_dir(8).exists(), "the leftover is gone");
+    assert_eq!(store.state(&id(8)).unwrap().tombstone, Some(11));
+    assert!(blob_dir(9).exists(), "a newer write is kept");
+    assert_eq!(store.state(&id(9)).unwrap().staged, Some(12));
+}
+
+#[test]
 fn session_pairs_count_as_held_bytes_and_go_when_adopted_collected_or_removed() {
     let dir = tempfile::tempdir().unwrap();
     let store = staged(dir.path(), 30);
