@@ -526,13 +526,13 @@ fn holdings(data_dir: &Path, id: &str) -> String {
     for i in 0..SHARDS {
         let data = data_dir.join(format!("node-{i}")).join("data");
         let dir = data.join("blobs").join(id);
+        if !dir.exists() {
+            continue;
+        }
         let mut files: Vec<String> = walk_files(&dir)
             .iter()
             .filter_map(|f| f.strip_prefix(&dir).ok().map(|p| p.display().to_string()))
             .collect();
-        if files.is_empty() && !dir.exists() {
-            continue;
-        }
         files.sort();
         let tombstone = data.join("tombstones").join(id).exists();
         nodes.push(format!(
