@@ -300,9 +300,18 @@ impl DevFleet {
     }
 
     /// Stops a process with SIGSTOP: it keeps its sockets, answers nothing.
+    /// Returns once every thread of it is stopped: the kernel stops a
+    /// process's threads only as each is next scheduled, so on a busy
+    /// machine a worker thread could still answer a request sent right
+    /// after `kill` returned.
     pub fn stop(&self, pid: i32) {
         signal(pid, libc::SIGSTOP);
         self.stopped.lock().unwrap().push(pid);
+        let start = Instant::now();
+        while !every_thread_stopped(pid) {
+            assert!(start.elapsed() < WAIT, "process {pid} never stopped");
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Resumes a process stopped by `stop`.
@@ -377,6 +386,22 @@ pub fn holders_of(fleet: &DevFleet, id: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether every thread of process `pid` is in the stopped state (`T` in
+/// /proc/PID/task/TID/stat; threads already ending count as stopped).
+fn every_thread_stopped(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // The state follows the command name, which is in parentheses.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        matches!(state, Some('T' | 't' | 'Z' | 'X') | None)
+    })
+}
+
 fn signal(pid: i32, signal: i32) {
     // SAFETY: a signal to a process started by the fleet under test.
     assert_eq!(
@@ -386,7 +411,6 @@ fn signal(pid: i32, signal: i32) {
     );
 }
 
-/// SIGKILL to a node process.
 /// Sends `PUT path` to `url` holding its 4-byte body back (`Expect:
 /// 100-continue`), as curl and botocore do, and reads the answer until the
 /// server closes the connection (it must, when it refuses the upload: the
@@ -408,6 +432,7 @@ pub fn put_holding_body_back(url: &str, path: &str) -> String {
     String::from_utf8_lossy(&answer).to_ascii_lowercase()
 }
 
+/// SIGKILL to a node process.
 pub fn kill9(pid: i32) {
     signal(pid, libc::SIGKILL);
 }
