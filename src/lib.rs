@@ -25,6 +25,8 @@ pub mod listen;
 pub mod metrics;
 pub mod node;
 pub mod operator;
+pub mod refused_body;
+pub mod retry;
 pub mod s3;
 pub mod spare_pool;
 pub mod store;

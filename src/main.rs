@@ -47,6 +47,12 @@ enum Command {
         /// Print id, size and shard acknowledgements as JSON.
         #[arg(long)]
         json: bool,
+        /// Attempts after the first while the gateway is busy or out of
+        /// reach (429, 502, 503, 504, a lost connection); waits as the
+        /// gateway asks (Retry-After) or 1 s, doubling, at most 30 s.
+        /// 0: fail at the first failure.
+        #[arg(long, default_value_t = redstuff::retry::DEFAULT_RETRIES)]
+        retries: u32,
         #[command(flatten)]
         token: TokenArg,
     },
@@ -60,6 +66,13 @@ enum Command {
         /// Gateway URL.
         #[arg(long, env = "REDSTUFF_GATEWAY", default_value = DEFAULT_GATEWAY)]
         gateway: String,
+        /// Attempts after the first while the gateway is busy or out of
+        /// reach (429, 502, 503, 504, a lost connection; a download
+        /// that breaks off goes on from where it stopped); waits as the
+        /// gateway asks (Retry-After) or 1 s, doubling, at most 30 s.
+        /// 0: fail at the first failure.
+        #[arg(long, default_value_t = redstuff::retry::DEFAULT_RETRIES)]
+        retries: u32,
         #[command(flatten)]
         token: TokenArg,
     },
@@ -578,14 +591,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             file,
             gateway,
             json,
+            retries,
             token,
-        } => runtime()?.block_on(cli::put(&file, &gateway, token.resolve(), json)),
+        } => runtime()?.block_on(cli::put(&file, &gateway, token.resolve(), json, retries)),
         Command::Get {
             id,
             output,
             gateway,
+            retries,
             token,
-        } => runtime()?.block_on(cli::get(&id, &output, &gateway, token.resolve())),
+        } => runtime()?.block_on(cli::get(&id, &output, &gateway, token.resolve(), retries)),
         Command::Status {
             gateway,
             json,

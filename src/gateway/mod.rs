@@ -261,6 +261,9 @@ impl Gateway {
                 crate::held_back_body::close_after_refusal,
             ))
             .layer(DefaultBodyLimit::disable())
+            .layer(middleware::from_fn(
+                crate::refused_body::linger_after_refusal,
+            ))
             .with_state(state.clone());
         let listener = crate::listen::bind(addr).await?;
         Ok(Self {

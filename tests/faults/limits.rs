@@ -350,7 +350,7 @@ async fn a_node_checks_ownership_and_length_before_it_reads_a_body() {
 
 /// Starts `count` uploads to `url` that send a little and then wait for
 /// `held` to turn true.
-fn held_uploads(
+pub(crate) fn held_uploads(
     http: &reqwest::Client,
     url: &str,
     count: u64,
@@ -382,7 +382,7 @@ fn held_uploads(
 }
 
 /// Waits until the gateway's metrics show `line`.
-async fn wait_for_metric(http: &reqwest::Client, url: &str, line: &str) {
+pub(crate) async fn wait_for_metric(http: &reqwest::Client, url: &str, line: &str) {
     let start = std::time::Instant::now();
     while !gateway_metrics(http, url).await.contains(line) {
         assert!(start.elapsed() < crate::NO_HANG, "never saw {line}");
@@ -587,7 +587,7 @@ async fn a_node_whose_repair_peers_flood_their_symbols_keeps_its_memory_within_i
 
 /// Starts a gateway process in front of `fleet`, its uploads spooled to
 /// `spool`, with `limits` (further arguments).
-fn gateway_process(
+pub(crate) fn gateway_process(
     fleet: &DevFleet,
     spool: &std::path::Path,
     limits: &[&str],

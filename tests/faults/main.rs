@@ -10,6 +10,7 @@
 #[path = "../dev_fleet/mod.rs"]
 mod dev_fleet;
 
+mod cli_retries;
 mod credentials;
 mod deadlines;
 mod deletes;

@@ -1,0 +1,130 @@
+//! The user commands that talk to a gateway: put, get, status. Put and get
+//! try again, a bounded number of times, when the gateway is busy or out of
+//! reach (`redstuff::retry` decides when and how long to wait).
+
+mod get;
+mod put;
+mod status;
+
+pub use get::get;
+pub use put::put;
+pub use status::status;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use redstuff::retry::{parse_retry_after, Failure, RetryPolicy};
+
+/// Transfers shorter than this show no progress bar.
+const PROGRESS_THRESHOLD: u64 = 8 << 20;
+
+fn progress(len: u64, label: &str) -> ProgressBar {
+    if len < PROGRESS_THRESHOLD {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len).with_style(
+        ProgressStyle::with_template(
+            "{msg} {bytes}/{total_bytes} [{bar:30}] {percent}% {bytes_per_sec}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(label.to_string());
+    bar
+}
+
+async fn error_of(response: reqwest::Response) -> anyhow::Error {
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    let message = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("error")?.as_str().map(str::to_string))
+        .unwrap_or(body);
+    let hint = if status == reqwest::StatusCode::UNAUTHORIZED {
+        " (pass --token or set REDSTUFF_TOKEN; `redstuff dev` writes its token to DATA_DIR/token)"
+    } else {
+        ""
+    };
+    anyhow::anyhow!("the gateway answered {status}: {message}{hint}")
+}
+
+fn http() -> anyhow::Result<reqwest::Client> {
+    Ok(redstuff::http::client_builder()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .build()?)
+}
+
+/// Adds the user token, when there is one.
+fn authorized(request: reqwest::RequestBuilder, token: &Option<String>) -> reqwest::RequestBuilder {
+    match token {
+        Some(token) => request.bearer_auth(token),
+        None => request,
+    }
+}
+
+/// Why one attempt failed: what to tell the user, and what kind of
+/// failure it was (whether another attempt may do better).
+struct AttemptError {
+    failure: Failure,
+    error: anyhow::Error,
+}
+
+impl AttemptError {
+    /// A failure no retry changes.
+    fn last(error: anyhow::Error) -> Self {
+        Self {
+            failure: Failure::Final,
+            error,
+        }
+    }
+
+    /// No answer, or an answer cut off.
+    fn transport(error: anyhow::Error) -> Self {
+        Self {
+            failure: Failure::Transport,
+            error,
+        }
+    }
+
+    /// The gateway's error answer.
+    async fn answered(response: reqwest::Response) -> Self {
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| parse_retry_after(v.to_str().ok()?));
+        let status = response.status().as_u16();
+        Self {
+            failure: Failure::Answered {
+                status,
+                retry_after,
+            },
+            error: error_of(response).await,
+        }
+    }
+}
+
+/// After `failed` failed attempts, the last failing with `last`: waits
+/// before the next one, saying so on stderr, or gives the error to end with.
+async fn before_retry(
+    policy: &RetryPolicy,
+    failed: u32,
+    last: AttemptError,
+) -> Result<(), anyhow::Error> {
+    let jitter = f64::from(getrandom::u32().unwrap_or(0)) / 4_294_967_296.0;
+    match policy.delay_after(failed, &last.failure, jitter) {
+        Some(wait) => {
+            eprintln!(
+                "{:#}; trying again in {:.1} s (attempt {} of {})",
+                last.error,
+                wait.as_secs_f64(),
+                failed + 1,
+                policy.retries + 1
+            );
+            tokio::time::sleep(wait).await;
+            Ok(())
+        }
+        None if failed > 1 => Err(anyhow::anyhow!(
+            "{:#} (gave up after {failed} attempts)",
+            last.error
+        )),
+        None => Err(last.error),
+    }
+}

@@ -1,0 +1,115 @@
+//! `redstuff put FILE`: one blob from a file, tried again while the gateway
+//! is busy or out of reach (a PUT is safe to repeat: the blob's id follows
+//! from its bytes and a failed upload is never visible).
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use futures_util::StreamExt;
+
+use redstuff::retry::RetryPolicy;
+use redstuff::wire::StoredBlob;
+
+use super::{authorized, before_retry, http, progress, AttemptError};
+
+/// `redstuff put FILE`: prints the blob id (or JSON) on stdout.
+pub async fn put(
+    file: &Path,
+    gateway: &str,
+    token: Option<String>,
+    json: bool,
+    retries: u32,
+) -> anyhow::Result<()> {
+    let policy = RetryPolicy::with_retries(retries);
+    let http = http()?;
+    let mut failed = 0;
+    let stored = loop {
+        match put_once(&http, file, gateway, &token).await {
+            Ok(stored) => break stored,
+            Err(e) => {
+                failed += 1;
+                before_retry(&policy, failed, e).await?;
+            }
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string(&stored)?);
+    } else {
+        println!("{}", stored.id);
+        if !stored.shards_missing.is_empty() {
+            eprintln!(
+                "stored durably; shards {:?} still miss slivers and will be repaired",
+                stored.shards_missing
+            );
+        }
+        if let Some(note) = &stored.note {
+            eprintln!("{note}");
+        }
+    }
+    Ok(())
+}
+
+/// One attempt: the whole file, streamed from its start.
+async fn put_once(
+    http: &reqwest::Client,
+    file: &Path,
+    gateway: &str,
+    token: &Option<String>,
+) -> Result<StoredBlob, AttemptError> {
+    let handle = tokio::fs::File::open(file)
+        .await
+        .with_context(|| format!("cannot open {}", file.display()))
+        .map_err(AttemptError::last)?;
+    let len = handle
+        .metadata()
+        .await
+        .with_context(|| format!("cannot read {}", file.display()))
+        .map_err(AttemptError::last)?
+        .len();
+    let label = format!(
+        "uploading {}",
+        file.file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into())
+    );
+    let bar = progress(len, &label);
+    let counted = bar.clone();
+    // Large reads: the default 4 KiB chunks cost more than the bytes.
+    let stream =
+        tokio_util::io::ReaderStream::with_capacity(handle, 1 << 20).inspect(move |chunk| {
+            if let Ok(chunk) = chunk {
+                counted.inc(chunk.len() as u64);
+            }
+        });
+    let request = http.put(format!("{}/v1/blobs", gateway.trim_end_matches('/')));
+    let sent = authorized(request, token)
+        .header("content-length", len)
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await;
+    bar.finish_and_clear();
+    let response = match sent {
+        Ok(response) => response,
+        // A gateway refuses an upload without credentials before it reads
+        // the body, so a large one ends as a broken connection, not as the
+        // 401: no retry changes that.
+        Err(e) if token.is_none() => {
+            return Err(AttemptError::last(anyhow::anyhow!(
+                "cannot reach the gateway at {gateway} (no token was sent: uploads need --token \
+                 or REDSTUFF_TOKEN, and the gateway refuses them before reading the body): {e:#}"
+            )))
+        }
+        // A busy gateway's refusal can end the same way when the body is
+        // still being sent; it is worth another attempt.
+        Err(e) => {
+            return Err(AttemptError::transport(anyhow::anyhow!(
+                "cannot reach the gateway at {gateway}: {e:#}"
+            )))
+        }
+    };
+    if !response.status().is_success() {
+        return Err(AttemptError::answered(response).await);
+    }
+    response.json().await.map_err(|e| {
+        AttemptError::transport(anyhow::anyhow!("the gateway's answer broke off: {e:#}"))
+    })
+}

@@ -1,0 +1,105 @@
+//! `redstuff put` meets a gateway too busy to take its upload: it says so,
+//! waits as told, tries again and stores the blob once a slot frees;
+//! told not to retry, it fails at once with the gateway's reason (which
+//! reaches it though the body was still being sent).
+
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::dev_fleet::{all_ready, pseudo_random, DevFleet};
+use crate::limits::{gateway_process, held_uploads, wait_for_metric};
+use crate::within;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_refused_by_a_busy_gateway_is_tried_again_and_stored_once_a_slot_frees() {
+    let fleet = DevFleet::start(&[]);
+    fleet.wait_for("nodes ready", all_ready).await;
+    let spool = tempfile::tempdir().unwrap();
+    let (_gateway, url) = gateway_process(
+        &fleet,
+        spool.path(),
+        &["--max-uploads", "1", "--upload-wait-secs", "0"],
+    );
+    let http = fleet.http.clone();
+    let token = std::fs::read_to_string(fleet.data_dir().join("token")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("blob");
+    // Larger than the socket buffers: the refusal goes out while the body
+    // is still being sent, and the gateway reads the rest after it, so the
+    // CLI reads the answer, not a reset connection.
+    let data = pseudo_random(24 << 20, 41);
+    std::fs::write(&file, &data).unwrap();
+    let cli = |retries: &str| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_redstuff"));
+        command
+            .args(["put", file.to_str().unwrap(), "--gateway", &url])
+            .args(["--retries", retries])
+            .env("REDSTUFF_TOKEN", token.trim())
+            .env("REDSTUFF_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        command
+    };
+
+    // One upload that sends a little and then waits holds the only slot.
+    let (release, held) = tokio::sync::watch::channel(false);
+    let slow = held_uploads(&http, &url, 1, &held);
+    wait_for_metric(&http, &url, "redstuff_gateway_uploads_in_flight 1").await;
+
+    // Told not to retry: the gateway's reason, at once, nothing stored.
+    let once = within("a put without retries", cli("0").output())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&once.stderr);
+    assert!(!once.status.success(), "{once:?}");
+    assert!(
+        stderr.contains("503") && stderr.contains("limit of 1 uploads"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("trying again"), "{stderr}");
+    assert!(crate::dev_fleet::holders_of(&fleet, &crate::blob_id(&data)).is_empty());
+
+    // With retries: it says it waits, and is stored once the slot frees.
+    let mut put = cli("10").spawn().unwrap();
+    let mut stderr = BufReader::new(put.stderr.take().unwrap()).lines();
+    let retry_line = within("the CLI saying it tries again", async {
+        loop {
+            let line = stderr
+                .next_line()
+                .await
+                .unwrap()
+                .expect("a line before the end");
+            if line.contains("trying again") {
+                return line;
+            }
+        }
+    })
+    .await;
+    assert!(
+        retry_line.contains("limit of 1 uploads") && retry_line.contains("attempt 2 of 11"),
+        "{retry_line}"
+    );
+    release.send(true).unwrap();
+    for upload in slow {
+        let response = within("the held upload", upload).await.unwrap().unwrap();
+        assert_eq!(response.status(), 201);
+    }
+    let done = within("the retried put", put.wait_with_output())
+        .await
+        .unwrap();
+    assert!(done.status.success(), "{done:?}");
+    let id = String::from_utf8(done.stdout).unwrap().trim().to_string();
+    assert_eq!(id, crate::blob_id(&data));
+    let back = http
+        .get(format!("{url}/v1/blobs/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(back[..] == data[..]);
+}
