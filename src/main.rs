@@ -39,7 +39,8 @@ enum Command {
     Dev(DevArgs),
     /// Store a file as a blob through a gateway; prints the blob id.
     Put {
-        /// The file to store.
+        /// The file to store (`-` for standard input, streamed as it comes
+        /// and sent once: never tried again).
         file: PathBuf,
         /// Gateway URL.
         #[arg(long, env = "REDSTUFF_GATEWAY", default_value = DEFAULT_GATEWAY)]

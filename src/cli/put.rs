@@ -1,6 +1,8 @@
 //! `redstuff put FILE`: one blob from a file, tried again while the gateway
 //! is busy or out of reach (a PUT is safe to repeat: the blob's id follows
-//! from its bytes and a failed upload is never visible).
+//! from its bytes and a failed upload is never visible), or from standard
+//! input (`-`), streamed as it comes and sent once: what was read cannot
+//! be read again.
 
 use std::path::Path;
 
@@ -20,11 +22,17 @@ pub async fn put(
     json: bool,
     retries: u32,
 ) -> anyhow::Result<()> {
-    let policy = RetryPolicy::with_retries(retries);
     let http = http()?;
+    let from_stdin = file == Path::new("-");
+    let policy = RetryPolicy::with_retries(if from_stdin { 0 } else { retries });
     let mut failed = 0;
     let stored = loop {
-        match put_once(&http, file, gateway, &token).await {
+        let attempt = if from_stdin {
+            put_stdin(&http, gateway, &token).await
+        } else {
+            put_once(&http, file, gateway, &token).await
+        };
+        match attempt {
             Ok(stored) => break stored,
             Err(e) => {
                 failed += 1;
@@ -87,6 +95,40 @@ async fn put_once(
         .send()
         .await;
     bar.finish_and_clear();
+    answer_of(sent, gateway, token).await
+}
+
+/// The one attempt from standard input: sent as it is read, its length
+/// unknown until it ends (chunked).
+async fn put_stdin(
+    http: &reqwest::Client,
+    gateway: &str,
+    token: &Option<String>,
+) -> Result<StoredBlob, AttemptError> {
+    let stream = tokio_util::io::ReaderStream::with_capacity(tokio::io::stdin(), 1 << 20);
+    let request = http.put(format!("{}/v1/blobs", gateway.trim_end_matches('/')));
+    let sent = authorized(request, token)
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await;
+    answer_of(sent, gateway, token).await.map_err(|e| {
+        if e.failure.is_retryable() {
+            AttemptError::last(anyhow::anyhow!(
+                "{:#} (standard input is sent once: not tried again)",
+                e.error
+            ))
+        } else {
+            e
+        }
+    })
+}
+
+/// What the gateway's answer to an upload says.
+async fn answer_of(
+    sent: reqwest::Result<reqwest::Response>,
+    gateway: &str,
+    token: &Option<String>,
+) -> Result<StoredBlob, AttemptError> {
     let response = match sent {
         Ok(response) => response,
         // A gateway refuses an upload without credentials before it reads

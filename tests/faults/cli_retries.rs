@@ -1,7 +1,8 @@
 //! `redstuff put` meets a gateway too busy to take its upload: it says so,
 //! waits as told, tries again and stores the blob once a slot frees;
 //! told not to retry, it fails at once with the gateway's reason (which
-//! reaches it though the body was still being sent).
+//! reaches it though the body was still being sent). From standard input
+//! it streams, and is never sent twice.
 
 use std::process::Stdio;
 
@@ -102,4 +103,76 @@ async fn a_put_refused_by_a_busy_gateway_is_tried_again_and_stored_once_a_slot_f
         .await
         .unwrap();
     assert!(back[..] == data[..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_from_standard_input_is_stored_as_it_streams_and_a_refusal_is_not_retried() {
+    let fleet = DevFleet::start(&[]);
+    fleet.wait_for("nodes ready", all_ready).await;
+    let spool = tempfile::tempdir().unwrap();
+    let (_gateway, url) = gateway_process(
+        &fleet,
+        spool.path(),
+        &["--max-uploads", "1", "--upload-wait-secs", "0"],
+    );
+    let http = fleet.http.clone();
+    let token = std::fs::read_to_string(fleet.data_dir().join("token")).unwrap();
+    // Three segments and a bit, through a pipe: no length announced.
+    let data = pseudo_random((3 << 20) + 12_345, 42);
+    let put_piped = |data: Vec<u8>| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_redstuff"));
+        command
+            .args(["put", "-", "--gateway", &url])
+            .env("REDSTUFF_TOKEN", token.trim())
+            .env("REDSTUFF_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            // A refused upload may stop reading: a broken pipe is fine here.
+            let _ = stdin.write_all(&data).await;
+        });
+        child.wait_with_output()
+    };
+    let stored = within("a put from a pipe", put_piped(data.clone()))
+        .await
+        .unwrap();
+    assert!(stored.status.success(), "{stored:?}");
+    let id = String::from_utf8(stored.stdout).unwrap().trim().to_string();
+    assert_eq!(id, crate::blob_id(&data));
+    let back = http
+        .get(format!("{url}/v1/blobs/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(back[..] == data[..]);
+
+    // Refused by a busy gateway: said so, not tried again, nothing stored.
+    let (release, held) = tokio::sync::watch::channel(false);
+    let slow = held_uploads(&http, &url, 1, &held);
+    wait_for_metric(&http, &url, "redstuff_gateway_uploads_in_flight 1").await;
+    let other = pseudo_random(5_000, 43);
+    let refused = within("a refused put from a pipe", put_piped(other.clone()))
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        stderr.contains("503") && stderr.contains("standard input is sent once"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("trying again"), "{stderr}");
+    assert!(crate::dev_fleet::holders_of(&fleet, &crate::blob_id(&other)).is_empty());
+    release.send(true).unwrap();
+    for upload in slow {
+        let response = within("the held upload", upload).await.unwrap().unwrap();
+        assert_eq!(response.status(), 201);
+    }
 }
