@@ -8,22 +8,103 @@ use std::process::Stdio;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::dev_fleet::{all_ready, pseudo_random, DevFleet};
+use crate::dev_fleet::{all_ready, holders_of, pseudo_random, DevFleet};
 use crate::limits::{gateway_process, held_uploads, wait_for_metric};
-use crate::within;
+use crate::procs::Process;
+use crate::{blob_id, within};
+
+/// A fleet and a gateway process of its own that runs one upload at a
+/// time and lets none wait.
+struct OneSlotGateway {
+    fleet: DevFleet,
+    _gateway: Process,
+    _spool: tempfile::TempDir,
+    url: String,
+    token: String,
+}
+
+/// What holds the gateway's only slot until `release`.
+struct HeldSlot {
+    release: tokio::sync::watch::Sender<bool>,
+    uploads: Vec<tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>>,
+}
+
+impl OneSlotGateway {
+    async fn start() -> Self {
+        let fleet = DevFleet::start(&[]);
+        fleet.wait_for("nodes ready", all_ready).await;
+        let spool = tempfile::tempdir().unwrap();
+        let (gateway, url) = gateway_process(
+            &fleet,
+            spool.path(),
+            &["--max-uploads", "1", "--upload-wait-secs", "0"],
+        );
+        let token = std::fs::read_to_string(fleet.data_dir().join("token")).unwrap();
+        Self {
+            fleet,
+            _gateway: gateway,
+            _spool: spool,
+            url,
+            token: token.trim().to_string(),
+        }
+    }
+
+    /// `redstuff put ARGS... --gateway URL` with the user token.
+    fn put(&self, args: &[&str], stdin: Stdio) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_redstuff"));
+        command
+            .arg("put")
+            .args(args)
+            .args(["--gateway", &self.url])
+            .env("REDSTUFF_TOKEN", &self.token)
+            .env("REDSTUFF_LOG", "warn")
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// An upload that sends a little and then waits takes the only slot.
+    async fn hold_the_slot(&self) -> HeldSlot {
+        let (release, held) = tokio::sync::watch::channel(false);
+        let uploads = held_uploads(&self.fleet.http, &self.url, 1, &held);
+        wait_for_metric(
+            &self.fleet.http,
+            &self.url,
+            "redstuff_gateway_uploads_in_flight 1",
+        )
+        .await;
+        HeldSlot { release, uploads }
+    }
+
+    /// The blob `id` read back through the gateway.
+    async fn read(&self, id: &str) -> Vec<u8> {
+        let response = self
+            .fleet
+            .http
+            .get(format!("{}/v1/blobs/{id}", self.url))
+            .send()
+            .await
+            .unwrap();
+        response.bytes().await.unwrap().to_vec()
+    }
+}
+
+impl HeldSlot {
+    /// Lets the held upload finish; it is stored.
+    async fn release(self) {
+        self.release.send(true).unwrap();
+        for upload in self.uploads {
+            let response = within("the held upload", upload).await.unwrap().unwrap();
+            assert_eq!(response.status(), 201);
+        }
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_refused_by_a_busy_gateway_is_tried_again_and_stored_once_a_slot_frees() {
-    let fleet = DevFleet::start(&[]);
-    fleet.wait_for("nodes ready", all_ready).await;
-    let spool = tempfile::tempdir().unwrap();
-    let (_gateway, url) = gateway_process(
-        &fleet,
-        spool.path(),
-        &["--max-uploads", "1", "--upload-wait-secs", "0"],
-    );
-    let http = fleet.http.clone();
-    let token = std::fs::read_to_string(fleet.data_dir().join("token")).unwrap();
+    let gateway = OneSlotGateway::start().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("blob");
     // Larger than the socket buffers: the refusal goes out while the body
@@ -31,29 +112,14 @@ async fn a_put_refused_by_a_busy_gateway_is_tried_again_and_stored_once_a_slot_f
     // CLI reads the answer, not a reset connection.
     let data = pseudo_random(24 << 20, 41);
     std::fs::write(&file, &data).unwrap();
-    let cli = |retries: &str| {
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_redstuff"));
-        command
-            .args(["put", file.to_str().unwrap(), "--gateway", &url])
-            .args(["--retries", retries])
-            .env("REDSTUFF_TOKEN", token.trim())
-            .env("REDSTUFF_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        command
-    };
-
-    // One upload that sends a little and then waits holds the only slot.
-    let (release, held) = tokio::sync::watch::channel(false);
-    let slow = held_uploads(&http, &url, 1, &held);
-    wait_for_metric(&http, &url, "redstuff_gateway_uploads_in_flight 1").await;
+    let file = file.to_str().unwrap();
+    let slot = gateway.hold_the_slot().await;
 
     // Told not to retry: the gateway's reason, at once, nothing stored.
-    let once = within("a put without retries", cli("0").output())
-        .await
-        .unwrap();
+    let once = gateway
+        .put(&[file, "--retries", "0"], Stdio::null())
+        .output();
+    let once = within("a put without retries", once).await.unwrap();
     let stderr = String::from_utf8_lossy(&once.stderr);
     assert!(!once.status.success(), "{once:?}");
     assert!(
@@ -61,10 +127,13 @@ async fn a_put_refused_by_a_busy_gateway_is_tried_again_and_stored_once_a_slot_f
         "{stderr}"
     );
     assert!(!stderr.contains("trying again"), "{stderr}");
-    assert!(crate::dev_fleet::holders_of(&fleet, &crate::blob_id(&data)).is_empty());
+    assert!(holders_of(&gateway.fleet, &blob_id(&data)).is_empty());
 
     // With retries: it says it waits, and is stored once the slot frees.
-    let mut put = cli("10").spawn().unwrap();
+    let mut put = gateway
+        .put(&[file, "--retries", "10"], Stdio::null())
+        .spawn()
+        .unwrap();
     let mut stderr = BufReader::new(put.stderr.take().unwrap()).lines();
     let retry_line = within("the CLI saying it tries again", async {
         loop {
@@ -83,53 +152,21 @@ async fn a_put_refused_by_a_busy_gateway_is_tried_again_and_stored_once_a_slot_f
         retry_line.contains("limit of 1 uploads") && retry_line.contains("attempt 2 of 11"),
         "{retry_line}"
     );
-    release.send(true).unwrap();
-    for upload in slow {
-        let response = within("the held upload", upload).await.unwrap().unwrap();
-        assert_eq!(response.status(), 201);
-    }
+    slot.release().await;
     let done = within("the retried put", put.wait_with_output())
         .await
         .unwrap();
     assert!(done.status.success(), "{done:?}");
     let id = String::from_utf8(done.stdout).unwrap().trim().to_string();
-    assert_eq!(id, crate::blob_id(&data));
-    let back = http
-        .get(format!("{url}/v1/blobs/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    assert!(back[..] == data[..]);
+    assert_eq!(id, blob_id(&data));
+    assert!(gateway.read(&id).await == data);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_from_standard_input_is_stored_as_it_streams_and_a_refusal_is_not_retried() {
-    let fleet = DevFleet::start(&[]);
-    fleet.wait_for("nodes ready", all_ready).await;
-    let spool = tempfile::tempdir().unwrap();
-    let (_gateway, url) = gateway_process(
-        &fleet,
-        spool.path(),
-        &["--max-uploads", "1", "--upload-wait-secs", "0"],
-    );
-    let http = fleet.http.clone();
-    let token = std::fs::read_to_string(fleet.data_dir().join("token")).unwrap();
-    // Three segments and a bit, through a pipe: no length announced.
-    let data = pseudo_random((3 << 20) + 12_345, 42);
+    let gateway = OneSlotGateway::start().await;
     let put_piped = |data: Vec<u8>| {
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_redstuff"));
-        command
-            .args(["put", "-", "--gateway", &url])
-            .env("REDSTUFF_TOKEN", token.trim())
-            .env("REDSTUFF_LOG", "warn")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = command.spawn().unwrap();
+        let mut child = gateway.put(&["-"], Stdio::piped()).spawn().unwrap();
         let mut stdin = child.stdin.take().unwrap();
         tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;
@@ -138,26 +175,18 @@ async fn an_upload_from_standard_input_is_stored_as_it_streams_and_a_refusal_is_
         });
         child.wait_with_output()
     };
+    // Three segments and a bit, through a pipe: no length announced.
+    let data = pseudo_random((3 << 20) + 12_345, 42);
     let stored = within("a put from a pipe", put_piped(data.clone()))
         .await
         .unwrap();
     assert!(stored.status.success(), "{stored:?}");
     let id = String::from_utf8(stored.stdout).unwrap().trim().to_string();
-    assert_eq!(id, crate::blob_id(&data));
-    let back = http
-        .get(format!("{url}/v1/blobs/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    assert!(back[..] == data[..]);
+    assert_eq!(id, blob_id(&data));
+    assert!(gateway.read(&id).await == data);
 
     // Refused by a busy gateway: said so, not tried again, nothing stored.
-    let (release, held) = tokio::sync::watch::channel(false);
-    let slow = held_uploads(&http, &url, 1, &held);
-    wait_for_metric(&http, &url, "redstuff_gateway_uploads_in_flight 1").await;
+    let slot = gateway.hold_the_slot().await;
     let other = pseudo_random(5_000, 43);
     let refused = within("a refused put from a pipe", put_piped(other.clone()))
         .await
@@ -169,10 +198,6 @@ async fn an_upload_from_standard_input_is_stored_as_it_streams_and_a_refusal_is_
         "{stderr}"
     );
     assert!(!stderr.contains("trying again"), "{stderr}");
-    assert!(crate::dev_fleet::holders_of(&fleet, &crate::blob_id(&other)).is_empty());
-    release.send(true).unwrap();
-    for upload in slow {
-        let response = within("the held upload", upload).await.unwrap().unwrap();
-        assert_eq!(response.status(), 201);
-    }
+    assert!(holders_of(&gateway.fleet, &blob_id(&other)).is_empty());
+    slot.release().await;
 }
