@@ -81,6 +81,11 @@ pub(super) fn router(state: Arc<NodeState>, tokens: Arc<TokenSet>) -> Router {
             crate::auth::require_cluster_token,
         ))
         .layer(middleware::from_fn_with_state(state.clone(), track))
+        // A refused pair or sliver reaches the gateway as the node's answer
+        // (409, 413, 507 and their reasons), not as a reset connection.
+        .layer(middleware::from_fn(
+            crate::refused_body::linger_after_refusal,
+        ))
         .with_state(state)
 }
 
