@@ -17,13 +17,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::{Body, BodyDataStream};
+use axum::body::Body;
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
 use http::{header, HeaderMap};
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 /// The most of a refused body read after the answer.
 pub const LINGER_BYTES: u64 = 64 << 20;
@@ -51,40 +51,61 @@ pub async fn linger_after_refusal(request: Request, next: Next) -> Response {
     if !lingers(request.headers()) {
         return next.run(request).await;
     }
-    let (parts, body) = request.into_parts();
-    let watched = Body::from_stream(WatchedBody {
-        inner: Some(body.into_data_stream()),
-    });
-    next.run(Request::from_parts(parts, watched)).await
+    next.run(request.map(|body| Body::new(WatchedBody::new(body))))
+        .await
 }
 
-/// A body that, dropped before its end, hands the rest to a task that
-/// reads and discards it.
-struct WatchedBody {
+/// A request body that, dropped before its end, hands the rest to a task
+/// that reads and discards it. Sizes and frames pass through unchanged.
+pub struct WatchedBody<B: HttpBody<Data = Bytes> + Send + Unpin + 'static> {
     /// `None` once it ended.
-    inner: Option<BodyDataStream>,
+    inner: Option<B>,
 }
 
-impl Stream for WatchedBody {
-    type Item = Result<Bytes, axum::Error>;
+impl<B: HttpBody<Data = Bytes> + Send + Unpin + 'static> WatchedBody<B> {
+    /// Watches `inner`.
+    pub fn new(inner: B) -> Self {
+        Self { inner: Some(inner) }
+    }
+}
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+impl<B: HttpBody<Data = Bytes> + Send + Unpin + 'static> HttpBody for WatchedBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        let next = inner.poll_next_unpin(cx);
+        let next = Pin::new(inner).poll_frame(cx);
         if matches!(next, Poll::Ready(None | Some(Err(_)))) {
             self.inner = None;
         }
         next
     }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(HttpBody::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), HttpBody::size_hint)
+    }
 }
 
-impl Drop for WatchedBody {
+impl<B: HttpBody<Data = Bytes> + Send + Unpin + 'static> Drop for WatchedBody<B> {
     fn drop(&mut self) {
         let Some(rest) = self.inner.take() else {
             return;
         };
+        if rest.is_end_stream() {
+            return;
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -99,11 +120,12 @@ impl Drop for WatchedBody {
     }
 }
 
-/// Reads `stream` to its end, an error, or past `limit` bytes.
-async fn discard(mut stream: impl Stream<Item = Result<Bytes, axum::Error>> + Unpin, limit: u64) {
+/// Reads `body` to its end, an error, or past `limit` bytes.
+async fn discard<B: HttpBody<Data = Bytes> + Unpin>(mut body: B, limit: u64) {
     let mut read = 0u64;
-    while let Some(Ok(chunk)) = stream.next().await {
-        read += chunk.len() as u64;
+    while let Some(Ok(frame)) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+    {
+        read += frame.data_ref().map_or(0, |d| d.len() as u64);
         if read > limit {
             return;
         }
@@ -133,19 +155,73 @@ mod tests {
         assert!(lingers(&chunked));
     }
 
+    /// A body of `chunks` frames of 1 KiB that counts the frames taken.
+    struct Counted {
+        left: usize,
+        taken: std::sync::Arc<AtomicUsize>,
+    }
+
+    impl HttpBody for Counted {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            if self.left == 0 {
+                return Poll::Ready(None);
+            }
+            self.left -= 1;
+            self.taken.fetch_add(1, Ordering::Relaxed);
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![0u8; 1024])))))
+        }
+    }
+
     #[tokio::test]
     async fn discarding_stops_past_its_limit_and_at_the_end() {
-        let chunks = |n: usize| {
-            futures_util::stream::iter(
-                (0..n).map(|_| Ok::<_, axum::Error>(Bytes::from(vec![0u8; 1024]))),
-            )
+        let taken = std::sync::Arc::new(AtomicUsize::new(0));
+        let endless = Counted {
+            left: usize::MAX,
+            taken: taken.clone(),
         };
-        let mut endless = chunks(usize::MAX);
-        discard(&mut endless, 10 * 1024).await;
-        // 11 chunks read (the one past the limit included), the rest left.
-        assert_eq!(endless.size_hint().0, usize::MAX - 11);
-        let mut short = chunks(3);
-        discard(&mut short, 10 * 1024).await;
-        assert!(short.next().await.is_none());
+        discard(endless, 10 * 1024).await;
+        // 11 frames read (the one past the limit included), no more.
+        assert_eq!(taken.load(Ordering::Relaxed), 11);
+        let short = Counted {
+            left: 3,
+            taken: taken.clone(),
+        };
+        discard(short, 10 * 1024).await;
+        assert_eq!(taken.load(Ordering::Relaxed), 14);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_is_read_on_and_one_read_to_its_end_is_not() {
+        let taken = std::sync::Arc::new(AtomicUsize::new(0));
+        let mut watched = WatchedBody::new(Counted {
+            left: 5,
+            taken: taken.clone(),
+        });
+        let first = std::future::poll_fn(|cx| Pin::new(&mut watched).poll_frame(cx)).await;
+        assert!(first.is_some());
+        drop(watched);
+        let start = std::time::Instant::now();
+        while taken.load(Ordering::Relaxed) < 5 {
+            assert!(start.elapsed() < Duration::from_secs(10), "never read on");
+            tokio::task::yield_now().await;
+        }
+        let mut whole = WatchedBody::new(Counted {
+            left: 2,
+            taken: taken.clone(),
+        });
+        while std::future::poll_fn(|cx| Pin::new(&mut whole).poll_frame(cx))
+            .await
+            .is_some()
+        {}
+        assert!(whole.is_end_stream());
+        drop(whole);
+        tokio::task::yield_now().await;
+        assert_eq!(taken.load(Ordering::Relaxed), 7);
     }
 }

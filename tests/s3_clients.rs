@@ -339,6 +339,29 @@ fn a_refusal_before_a_held_back_body_closes_the_connection() {
     assert!(answer.contains("connection: close"), "{answer}");
 }
 
+/// A client that sends its body without waiting (no `Expect:
+/// 100-continue`) is still sending when the refusal goes out: it reads the
+/// refusal, not a reset connection (the gateway reads on and drops the
+/// rest for a moment), three times out of three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_of_a_body_sent_without_waiting_reaches_the_client() {
+    let fleet = DevFleet::start(&[]);
+    let endpoint = fleet.s3.clone().unwrap();
+    let http = redstuff::http::client();
+    for attempt in 0..3 {
+        // Unsigned: AccessDenied before the body is read.
+        let answer = http
+            .put(format!("{endpoint}/bucket/key-{attempt}"))
+            .body(pseudo_random(24 << 20, 90 + attempt))
+            .send()
+            .await;
+        let response = answer.unwrap_or_else(|e| panic!("attempt {attempt}: {e:#}"));
+        assert_eq!(response.status(), 403, "attempt {attempt}");
+        let body = response.text().await.unwrap();
+        assert!(body.contains("AccessDenied"), "{body}");
+    }
+}
+
 /// The blob id the fleet (7 shards, 1 MiB segments) gives these bytes.
 fn blob_id(data: &[u8]) -> String {
     let config = redstuff::codec::EncodingConfig::new(7).unwrap();

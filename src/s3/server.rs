@@ -23,6 +23,7 @@ use crate::client::DeleteOutcome;
 use crate::gateway::Door;
 use crate::held_back_body;
 use crate::metrics::S3Metrics;
+use crate::refused_body::{self, WatchedBody};
 
 /// Where the index lives.
 #[derive(Clone, PartialEq, Eq)]
@@ -118,8 +119,13 @@ impl S3Server {
         let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
             let s3 = s3.clone();
             let expects_continue = held_back_body::expects_continue(request.headers());
+            let request = if refused_body::lingers(request.headers()) {
+                request.map(|body| s3s::Body::http_body(WatchedBody::new(body)))
+            } else {
+                request.map(s3s::Body::from)
+            };
             async move {
-                let mut response = hyper::service::Service::call(&s3, request).await?;
+                let mut response = s3.call(request).await?;
                 held_back_body::mark_close(expects_continue, &mut response);
                 Ok::<_, s3s::HttpError>(response)
             }
