@@ -52,7 +52,7 @@ pub async fn get(
             Ok(()) => break Ok(()),
             Err(e) => {
                 failed += 1;
-                if let Err(e) = before_retry(&policy, failed, e).await {
+                if let Err(e) = before_retry(&policy, failed, e, &download.bar).await {
                     break Err(e);
                 }
             }

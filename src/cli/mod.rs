@@ -102,22 +102,26 @@ impl AttemptError {
 }
 
 /// After `failed` failed attempts, the last failing with `last`: waits
-/// before the next one, saying so on stderr, or gives the error to end with.
+/// before the next one, saying so on stderr (above `bar`, which stays), or
+/// gives the error to end with.
 async fn before_retry(
     policy: &RetryPolicy,
     failed: u32,
     last: AttemptError,
+    bar: &ProgressBar,
 ) -> Result<(), anyhow::Error> {
     let jitter = f64::from(getrandom::u32().unwrap_or(0)) / 4_294_967_296.0;
     match policy.delay_after(failed, &last.failure, jitter) {
         Some(wait) => {
-            eprintln!(
-                "{:#}; trying again in {:.1} s (attempt {} of {})",
-                last.error,
-                wait.as_secs_f64(),
-                failed + 1,
-                policy.retries + 1
-            );
+            bar.suspend(|| {
+                eprintln!(
+                    "{:#}; trying again in {:.1} s (attempt {} of {})",
+                    last.error,
+                    wait.as_secs_f64(),
+                    failed + 1,
+                    policy.retries + 1
+                )
+            });
             tokio::time::sleep(wait).await;
             Ok(())
         }

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use futures_util::StreamExt;
+use indicatif::ProgressBar;
 
 use redstuff::retry::RetryPolicy;
 use redstuff::wire::StoredBlob;
@@ -36,7 +37,7 @@ pub async fn put(
             Ok(stored) => break stored,
             Err(e) => {
                 failed += 1;
-                before_retry(&policy, failed, e).await?;
+                before_retry(&policy, failed, e, &ProgressBar::hidden()).await?;
             }
         }
     };
