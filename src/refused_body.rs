@@ -10,7 +10,8 @@
 //! So the rest of the body is read and discarded, at most `LINGER_BYTES`
 //! and `LINGER_TIME`, by at most `MAX_LINGERING` connections at once (a
 //! flood of refused uploads holds no more than that); then the connection
-//! closes as before.
+//! closes as before, and a client still sending past that bound may meet
+//! the reset before it read the answer.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
