@@ -89,14 +89,16 @@ async fn put_once(
                 counted.inc(chunk.len() as u64);
             }
         });
-    let request = http.put(format!("{}/v1/blobs", gateway.trim_end_matches('/')));
-    let sent = authorized(request, token)
-        .header("content-length", len)
-        .body(reqwest::Body::wrap_stream(stream))
-        .send()
-        .await;
+    let answer = upload(
+        http,
+        gateway,
+        token,
+        Some(len),
+        reqwest::Body::wrap_stream(stream),
+    )
+    .await;
     bar.finish_and_clear();
-    answer_of(sent, gateway, token).await
+    answer
 }
 
 /// The one attempt from standard input: sent as it is read, its length
@@ -107,12 +109,8 @@ async fn put_stdin(
     token: &Option<String>,
 ) -> Result<StoredBlob, AttemptError> {
     let stream = tokio_util::io::ReaderStream::with_capacity(tokio::io::stdin(), 1 << 20);
-    let request = http.put(format!("{}/v1/blobs", gateway.trim_end_matches('/')));
-    let sent = authorized(request, token)
-        .body(reqwest::Body::wrap_stream(stream))
-        .send()
-        .await;
-    answer_of(sent, gateway, token).await.map_err(|e| {
+    let body = reqwest::Body::wrap_stream(stream);
+    upload(http, gateway, token, None, body).await.map_err(|e| {
         if e.failure.is_retryable() {
             AttemptError::last(anyhow::anyhow!(
                 "{:#} (standard input is sent once: not tried again)",
@@ -124,17 +122,27 @@ async fn put_stdin(
     })
 }
 
-/// What the gateway's answer to an upload says.
-async fn answer_of(
-    sent: reqwest::Result<reqwest::Response>,
+/// Sends `body` (of `len` bytes, when known) as one upload and reads what
+/// the gateway answers.
+async fn upload(
+    http: &reqwest::Client,
     gateway: &str,
     token: &Option<String>,
+    len: Option<u64>,
+    body: reqwest::Body,
 ) -> Result<StoredBlob, AttemptError> {
-    let response = match sent {
+    let mut request = authorized(
+        http.put(format!("{}/v1/blobs", gateway.trim_end_matches('/'))),
+        token,
+    );
+    if let Some(len) = len {
+        request = request.header("content-length", len);
+    }
+    let response = match request.body(body).send().await {
         Ok(response) => response,
         // A gateway refuses an upload without credentials before it reads
-        // the body, so a large one ends as a broken connection, not as the
-        // 401: no retry changes that.
+        // the body; one longer than it reads on after a refusal may end as
+        // a broken connection, not as the 401: no retry changes that.
         Err(e) if token.is_none() => {
             return Err(AttemptError::last(anyhow::anyhow!(
                 "cannot reach the gateway at {gateway} (no token was sent: uploads need --token \
