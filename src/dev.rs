@@ -529,6 +529,14 @@ impl FleetLoop {
         let view = control::observe(&self.calls, &addresses).await;
         view.publish(&self.encoding, &self.metrics);
         control::spread_markers(&self.calls, &view.markers, &addresses, &self.metrics, 1000).await;
+        control::release_strays(
+            &self.calls,
+            &view.releases(&self.assignment),
+            &addresses,
+            &self.metrics,
+            1000,
+        )
+        .await;
 
         let mut missing_now = HashSet::new();
         for (id, blob) in &view.blobs {

@@ -159,6 +159,8 @@ pub struct NodeMetrics {
     pub abandoned_collected: IntCounter,
     /// Blobs whose data a tombstone removed here.
     pub blobs_deleted: IntCounter,
+    /// Bytes of pairs released here because their shard moved away.
+    pub released_bytes: IntCounter,
     /// Bytes of quarantined files (they count toward capacity until purged).
     pub quarantined_bytes: IntGauge,
     /// Bytes of parsed metadata held in memory.
@@ -244,6 +246,11 @@ impl NodeMetrics {
                 registry,
                 "redstuff_node_blobs_deleted_total",
                 "Blobs whose data a tombstone removed from the node.",
+            ),
+            released_bytes: counter(
+                registry,
+                "redstuff_node_released_bytes_total",
+                "Bytes of pairs the node released because their shard moved to another node that holds them.",
             ),
             quarantined_bytes: gauge(
                 registry,
@@ -408,6 +415,8 @@ pub struct FleetMetrics {
     pub nodes_not_answering: IntGauge,
     /// Commit markers and tombstones the loop carried to nodes that missed them.
     pub markers_spread: IntCounterVec,
+    /// Shards of blobs released from nodes they moved away from.
+    pub shards_released: IntCounter,
     /// Node pods gone longer than the grace period (their shards moved).
     pub nodes_evicted: IntGauge,
     /// Repairs started.
@@ -447,6 +456,11 @@ impl FleetMetrics {
                 "redstuff_markers_spread_total",
                 "Commit markers and tombstones carried to nodes that missed them.",
                 &["marker"],
+            ),
+            shards_released: counter(
+                registry,
+                "redstuff_shards_released_total",
+                "Pairs of a blob's shard released from a node the shard moved away from, once its owner held them.",
             ),
             nodes_evicted: gauge(
                 registry,

@@ -23,6 +23,14 @@ pub struct InventoryBlob {
     pub state: BlobState,
 }
 
+/// A node's answer to releasing its pairs of a shard it no longer owns
+/// (`DELETE /v1/blobs/{id}/shards/{shard}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ReleasedShard {
+    /// Bytes freed (0 when the node held none of that shard's pairs).
+    pub released_bytes: u64,
+}
+
 /// What one node holds of one blob (`GET /v1/blobs/{id}/state`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct NodeBlobState {

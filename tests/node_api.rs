@@ -15,7 +15,7 @@ use redstuff::codec::{
     ShardRotation, SliverKind,
 };
 use redstuff::fleet::{FleetMap, MapNode};
-use redstuff::node::{Lie, Node, NodeConfig, ShardSource};
+use redstuff::node::{Lie, Node, NodeConfig, ShardSource, ShardsFile};
 use redstuff::wire::{RepairRequest, UploadId};
 use reqwest::StatusCode;
 
@@ -59,6 +59,8 @@ fn authorized_http() -> reqwest::Client {
 #[derive(Default)]
 struct Setup<'a> {
     shards: &'a [u16],
+    /// Ownership from this file instead of `shards`.
+    shards_file: Option<PathBuf>,
     capacity: Option<u64>,
     lie: Option<Lie>,
     fleet: Option<PathBuf>,
@@ -74,7 +76,10 @@ async fn start(name: &str, setup: Setup<'_>) -> TestNode {
         ..NodeConfig::new(
             name,
             dir.path().to_path_buf(),
-            ShardSource::Fixed(setup.shards.iter().copied().collect::<BTreeSet<_>>()),
+            match setup.shards_file {
+                Some(path) => ShardSource::File(path),
+                None => ShardSource::Fixed(setup.shards.iter().copied().collect::<BTreeSet<_>>()),
+            },
             TokenSet::single(TOKEN),
         )
     };
@@ -504,6 +509,109 @@ async fn a_session_its_writer_gives_up_is_removed_with_everything_it_held() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn a_node_releases_the_pairs_of_a_shard_it_no_longer_owns_and_never_of_one_it_owns() {
+    let files = tempfile::tempdir().unwrap();
+    let shards_file = files.path().join("shards.json");
+    let own = |shards: &[u16]| {
+        ShardsFile {
+            shards: shards.iter().copied().collect(),
+        }
+        .write(&shards_file)
+        .unwrap()
+    };
+    own(&[0, 1]);
+    let node = start(
+        "node-release",
+        Setup {
+            shards_file: Some(shards_file.clone()),
+            ..Setup::default()
+        },
+    )
+    .await;
+    let (_, metadata, segments) = blob(4, 300_000, 64 << 10);
+    assert!(segments.len() > 1);
+    let id = metadata.blob_id();
+    store_shard(&node, &metadata, &segments, 0).await;
+    store_shard(&node, &metadata, &segments, 1).await;
+    node.client.commit(&id, 10).await.unwrap();
+    let shard_dir = |shard: u16| {
+        node.dir
+            .path()
+            .join("blobs")
+            .join(id.to_string())
+            .join(shard.to_string())
+    };
+    let held = walk_bytes(&shard_dir(1));
+    assert!(held > 0);
+
+    let refused = node.client.release_shard(&id, 1).await;
+    assert_eq!(status_of(refused), StatusCode::CONFLICT, "owned: kept");
+    assert_eq!(walk_bytes(&shard_dir(1)), held);
+
+    // Shard 1 moves away. The node decides on its newest file, without
+    // waiting for its periodic re-read.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    own(&[0]);
+    assert_eq!(node.client.release_shard(&id, 1).await.unwrap(), held);
+    assert!(!shard_dir(1).exists());
+    let state = node.client.state(&id).await.unwrap();
+    assert_eq!(state.state.commit, Some(10), "the blob stays committed");
+    assert_eq!(
+        state.shards,
+        [(0, segments.len() as u32)].into(),
+        "shard 0's pairs stay"
+    );
+    let (primary, _) = pair_for_shard(&metadata, &segments[1], 0);
+    let served = node
+        .client
+        .sliver(&id, 1, 0, SliverKind::Primary, LIMIT)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(served, primary);
+    // Again, or of a blob never held: nothing to free, no error.
+    assert_eq!(node.client.release_shard(&id, 1).await.unwrap(), 0);
+    let (_, other, _) = blob(4, 1000, 64 << 10);
+    assert_eq!(
+        node.client
+            .release_shard(&other.blob_id(), 3)
+            .await
+            .unwrap(),
+        0
+    );
+    for bad in ["/shards/x", "/shards/70000"] {
+        let r = node
+            .http
+            .delete(format!("{}/v1/blobs/{id}{bad}", node.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let text = node
+        .http
+        .get(format!("{}/metrics", node.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(&format!("redstuff_node_released_bytes_total {held}")),
+        "{text}"
+    );
+
+    // A garbled ownership file: the node cannot tell what it owns, so it
+    // releases nothing.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&shards_file, "{not json").unwrap();
+    let r = node.client.release_shard(&id, 0).await;
+    assert_eq!(status_of(r), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(walk_bytes(&shard_dir(0)) > 0);
 }
 
 /// Bytes of the files below `dir`.

@@ -14,8 +14,8 @@ use crate::auth::TokenSet;
 use crate::codec::merkle::Hash;
 use crate::codec::{BlobId, SliverKind};
 use crate::wire::{
-    AdoptedPairs, GenerationBody, InventoryPage, NodeBlobState, RepairLine, RepairReport,
-    RepairRequest, UploadId,
+    AdoptedPairs, GenerationBody, InventoryPage, NodeBlobState, ReleasedShard, RepairLine,
+    RepairReport, RepairRequest, UploadId,
 };
 
 /// Error bodies are read up to this many bytes.
@@ -284,7 +284,16 @@ impl NodeClient {
             .await?;
         let response = self.check(response, what, until).await?;
         let body = self.read(response, limit, what, until).await?;
-        serde_json::from_slice(&body).map_err(|e| NodeCallError::Garbled {
+        self.parse_json(&body, what)
+    }
+
+    /// A JSON answer's body parsed, or why it could not be.
+    fn parse_json<T: serde::de::DeserializeOwned>(
+        &self,
+        body: &[u8],
+        what: &'static str,
+    ) -> Result<T, NodeCallError> {
+        serde_json::from_slice(body).map_err(|e| NodeCallError::Garbled {
             url: self.base.clone(),
             what,
             reason: e.to_string(),
@@ -401,11 +410,7 @@ impl NodeClient {
                 ADOPTION_ANSWER_LIMIT,
             )
             .await?;
-        serde_json::from_slice(&answer).map_err(|e| NodeCallError::Garbled {
-            url: self.base.clone(),
-            what,
-            reason: e.to_string(),
-        })
+        self.parse_json(&answer, what)
     }
 
     /// Ships both slivers of the pair `shard` holds in segment `segment`
@@ -493,6 +498,27 @@ impl NodeClient {
             )
             .await?;
         self.check(response, "the delete", until).await.map(drop)
+    }
+
+    /// Releases the node's pairs of `shard` of a blob, a shard it no longer
+    /// owns; returns the bytes it freed. Refused (409) while it owns it.
+    pub async fn release_shard(&self, id: &BlobId, shard: u16) -> Result<u64, NodeCallError> {
+        let what = "the shard release";
+        let until = self.call_deadline();
+        let response = self
+            .send(
+                self.request(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/blobs/{id}/shards/{shard}"),
+                ),
+                what,
+                until,
+            )
+            .await?;
+        let response = self.check(response, what, until).await?;
+        let body = self.read(response, STATE_LIMIT, what, until).await?;
+        self.parse_json::<ReleasedShard>(&body, what)
+            .map(|r| r.released_bytes)
     }
 
     /// Stores a serialized sliver of `shard`.

@@ -5,15 +5,10 @@
 //! drops its slivers; the others keep the tombstone so it outlives the
 //! loss of any f nodes).
 
-use futures_util::stream::{self, StreamExt};
-
-use super::{Marker, MarkerTask, NodeAddress};
+use super::{on_nodes, Marker, MarkerTask, NodeAddress};
 use crate::client::NodeCalls;
 use crate::codec::BlobId;
 use crate::metrics::FleetMetrics;
-
-/// Markers sent at once.
-const CONCURRENCY: usize = 16;
 
 /// Sends up to `limit` of `tasks` (each within the call deadline); returns
 /// how many nodes took their marker.
@@ -24,25 +19,18 @@ pub async fn spread_markers(
     metrics: &FleetMetrics,
     limit: usize,
 ) -> usize {
-    // Owned inputs, so the sends below borrow nothing from the caller.
-    let prepared: Vec<(MarkerTask, BlobId, crate::client::NodeClient)> = tasks
-        .iter()
-        .take(limit)
-        .filter_map(|task| {
-            let node = nodes.iter().find(|n| n.name == task.node)?;
-            let id: BlobId = task.blob.parse().ok()?;
-            Some((task.clone(), id, calls.node(&node.url)))
-        })
-        .collect();
-    let sends = prepared.into_iter().map(|(task, id, client)| {
-        let metrics = metrics.clone();
-        async move { carry(task, id, client, metrics).await }
-    });
-    stream::iter(sends)
-        .buffer_unordered(CONCURRENCY)
-        .filter(|done| std::future::ready(*done))
-        .count()
-        .await
+    on_nodes(
+        calls,
+        nodes,
+        tasks.iter().map(|t| (t.node.as_str(), t.blob.as_str())),
+        limit,
+        |index, id, client| {
+            let task = tasks[index].clone();
+            let metrics = metrics.clone();
+            async move { carry(task, id, client, metrics).await }
+        },
+    )
+    .await
 }
 
 async fn carry(

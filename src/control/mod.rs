@@ -2,20 +2,65 @@
 //! operator: read every node's inventory (each node within its deadline,
 //! so one hung node never holds the view), turn them into a view of the
 //! fleet (pure, `view`), publish blob health as metrics, carry commit
-//! markers and tombstones to nodes that missed them (`markers`), and start
+//! markers and tombstones to nodes that missed them (`markers`), release
+//! the pairs nodes keep of shards that moved away (`releases`), and start
 //! the repairs `fleet::plan_repairs` asks for (`repairer`).
 
 mod markers;
+mod releases;
 mod repairer;
 mod view;
 
-use futures_util::future::join_all;
+use std::future::Future;
 
-use crate::client::NodeCalls;
+use futures_util::future::join_all;
+use futures_util::stream::{self, StreamExt};
+
+use crate::client::{NodeCalls, NodeClient};
+use crate::codec::BlobId;
 use crate::wire::InventoryPage;
 pub use markers::spread_markers;
+pub use releases::release_strays;
 pub use repairer::{RepairTotals, Repairer, StartedRepair};
-pub use view::{BlobView, FleetView, Marker, MarkerTask};
+pub use view::{BlobView, FleetView, Marker, MarkerTask, ReleaseTask};
+
+/// Calls to nodes made at once by `on_nodes`.
+const CONCURRENCY: usize = 16;
+
+/// Runs `act` on each of the first `limit` tasks, given as (node name,
+/// blob id), with the task's index, the parsed id and a client of its
+/// node, `CONCURRENCY` at once; tasks of nodes not in `nodes` or with an
+/// id that does not parse are skipped. Returns how many `act` calls
+/// succeeded.
+async fn on_nodes<'a, F, Fut>(
+    calls: &NodeCalls,
+    nodes: &[NodeAddress],
+    tasks: impl Iterator<Item = (&'a str, &'a str)>,
+    limit: usize,
+    act: F,
+) -> usize
+where
+    F: Fn(usize, BlobId, NodeClient) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let prepared: Vec<(usize, BlobId, NodeClient)> = tasks
+        .take(limit)
+        .enumerate()
+        .filter_map(|(index, (node, blob))| {
+            let node = nodes.iter().find(|n| n.name == node)?;
+            Some((index, blob.parse().ok()?, calls.node(&node.url)))
+        })
+        .collect();
+    stream::iter(
+        prepared
+            .into_iter()
+            .map(|(index, id, client)| act(index, id, client)),
+    )
+    .buffer_unordered(CONCURRENCY)
+    .filter(|done| std::future::ready(*done))
+    .count()
+    .await
+}
 
 /// A node of the fleet and where its API answers.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,6 +1,11 @@
 //! The fleet as its inventories show it (pure): which blobs are visible
-//! and how healthy, which are deleted, and which markers must be carried
-//! to nodes that missed them.
+//! and how healthy, which are deleted, which markers must be carried to
+//! nodes that missed them, and which pairs a node keeps of shards it no
+//! longer owns that their owner now holds (to release).
+//!
+//! A node's pairs count for a blob's health only in the shards the node
+//! says it owns: reads and repairs ask the owner, so a copy left behind
+//! on the node a shard moved away from serves nobody.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -45,6 +50,18 @@ pub struct MarkerTask {
     pub marker: Marker,
 }
 
+/// Pairs of one shard of a blob that a node holds but does not own, and
+/// the shard's owner holds too: the node may drop them.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ReleaseTask {
+    /// The node holding the pairs.
+    pub node: String,
+    /// The blob id.
+    pub blob: String,
+    /// The shard it no longer owns.
+    pub shard: u16,
+}
+
 /// The fleet as its inventories show it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FleetView {
@@ -61,6 +78,9 @@ pub struct FleetView {
     pub owned: BTreeMap<String, BTreeSet<u16>>,
     /// Markers answering nodes miss.
     pub markers: Vec<MarkerTask>,
+    /// Pairs held outside their shard's owner that the owner holds whole
+    /// (see `releases` for the ones to act on).
+    pub strays: Vec<ReleaseTask>,
 }
 
 /// Everything the inventories say about one blob, gathered in one pass.
@@ -158,7 +178,9 @@ impl FleetView {
         }
         // Pass 2: complete shards of visible blobs, and missing markers.
         let mut listed: HashMap<&str, BTreeSet<&str>> = HashMap::new();
+        let mut strays = Vec::new();
         for (node, inventory) in &answered {
+            let owned = &view.owned[*node];
             for blob in &inventory.blobs {
                 let id = blob.id.as_str();
                 match verdicts[id] {
@@ -173,7 +195,13 @@ impl FleetView {
                         }
                         if let Some(view_blob) = view.blobs.get_mut(id) {
                             for (shard, segments) in &blob.shards {
-                                if *segments >= view_blob.segments {
+                                if !owned.contains(shard) {
+                                    strays.push(ReleaseTask {
+                                        node: node.to_string(),
+                                        blob: id.to_string(),
+                                        shard: *shard,
+                                    });
+                                } else if *segments >= view_blob.segments {
                                     view_blob.complete_shards.insert(*shard);
                                 }
                             }
@@ -208,7 +236,21 @@ impl FleetView {
             }
         }
         view.markers.sort();
+        strays.retain(|t| view.blobs[&t.blob].complete_shards.contains(&t.shard));
+        strays.sort();
+        view.strays = strays;
         view
+    }
+
+    /// The strays to release now: those whose node `assignment` does not
+    /// give the shard either (an ownership file that has not caught up
+    /// with a shard given back to its holder must not cost that copy).
+    pub fn releases(&self, assignment: &Assignment) -> Vec<ReleaseTask> {
+        self.strays
+            .iter()
+            .filter(|t| assignment.get(&t.shard) != Some(&t.node))
+            .cloned()
+            .collect()
     }
 
     /// The observations `fleet` plans with.

@@ -8,6 +8,7 @@
 //! | POST `/v1/blobs/{id}/commit` | commits the write of `{"generation": G}` |
 //! | POST `/v1/blobs/{id}/abort` | withdraws the staged write of `{"generation": G}` |
 //! | DELETE `/v1/blobs/{id}?generation=G` | records a tombstone of generation G and removes what it covers |
+//! | DELETE `/v1/blobs/{id}/shards/{shard}` | releases this node's pairs of a shard it does not own (it moved away); 409 while it owns it; answers `{"released_bytes": N}` |
 //! | PUT, GET `/v1/blobs/{id}/slivers/{segment}/{shard}/{primary\|secondary}` | a sliver of an owned shard; PUT verifies it against the metadata |
 //! | PUT `/v1/blobs/{id}/pairs/{segment}/{shard}` | both slivers of the pair an owned shard holds (primary then secondary), verified against the staged metadata and stored together: what writers of earlier versions send, kept while a fleet is upgraded |
 //! | PUT `/v1/uploads/{upload}/pairs/{segment}/{shard}?root=R&proof=P` | both slivers of the pair an owned shard holds in a segment of root R, shipped before the blob id is known, with the Merkle proof P of the pair's hash under R; verified and filed under the session, invisible until adopted |
@@ -50,6 +51,10 @@ pub(super) fn router(state: Arc<NodeState>, tokens: Arc<TokenSet>) -> Router {
         .route(
             "/v1/blobs/{id}/metadata",
             put(blobs::put_metadata).get(blobs::get_metadata),
+        )
+        .route(
+            "/v1/blobs/{id}/shards/{shard}",
+            axum::routing::delete(blobs::release_shard),
         )
         .route("/v1/blobs/{id}/commit", post(blobs::commit))
         .route("/v1/blobs/{id}/abort", post(blobs::abort))

@@ -1,5 +1,6 @@
 //! A blob's markers on this node: its state, staging a write with its
-//! metadata, commit, abort, and delete (a tombstone).
+//! metadata, commit, abort, and delete (a tombstone); and releasing the
+//! pairs of a shard the node no longer owns.
 
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use super::NodeState;
 use crate::api_error::ApiError;
 use crate::codec::format::{metadata_len_from_prefix, METADATA_PREFIX_LEN};
 use crate::codec::BlobMetadata;
-use crate::wire::{AdoptedPairs, GenerationBody, NodeBlobState};
+use crate::wire::{AdoptedPairs, GenerationBody, NodeBlobState, ReleasedShard};
 
 #[derive(Deserialize)]
 pub(super) struct GenerationQuery {
@@ -234,6 +235,41 @@ pub(super) async fn delete(
             state.metrics.blobs_deleted.inc();
         }
         Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
+
+/// Drops this node's pairs of one shard of a blob, a shard it does not own
+/// (it moved away, and the control loop saw its owner hold it whole):
+/// 409 while the node owns it, deciding on its newest ownership file.
+pub(super) async fn release_shard(
+    State(state): State<Arc<NodeState>>,
+    Path((id, shard)): Path<(String, String)>,
+) -> Result<Json<ReleasedShard>, ApiError> {
+    let id = parse_id(&id)?;
+    let shard: u16 = parse_number("shard", &shard)?;
+    blocking(move || {
+        if let Err(e) = state.ownership.refresh() {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("node {} cannot read its shard ownership, so it releases nothing: {e:#}", state.name),
+            ));
+        }
+        if state.ownership.owns(shard) {
+            return Err(ApiError::conflict(format!(
+                "shard {shard} is owned by node {}: its pairs stay",
+                state.name
+            )));
+        }
+        let released_bytes = state
+            .store
+            .delete_shard(&id, shard)
+            .map_err(|e| store_error(&state, e))?;
+        if released_bytes > 0 {
+            state.metrics.released_bytes.inc_by(released_bytes);
+            tracing::info!(node = %state.name, blob = %id, shard, released_bytes, "released the pairs of a shard it no longer owns");
+        }
+        Ok(Json(ReleasedShard { released_bytes }))
     })
     .await
 }

@@ -605,6 +605,21 @@ pub async fn reconcile_cluster(
     if tokio::time::timeout(SPREAD_DEADLINE, spread).await.is_err() {
         tracing::warn!(cluster = %name, "spreading markers took longer than {SPREAD_DEADLINE:?}: the rest goes next time");
     }
+    // Copies left where shards moved away from, once the owner holds them.
+    let releases = view.releases(&assignment);
+    let release = control::release_strays(
+        &fleet_state.calls,
+        &releases,
+        &addresses,
+        &fleet_state.metrics,
+        1000,
+    );
+    if tokio::time::timeout(SPREAD_DEADLINE, release)
+        .await
+        .is_err()
+    {
+        tracing::warn!(cluster = %name, "releasing moved shards took longer than {SPREAD_DEADLINE:?}: the rest goes next time");
+    }
     // Without the list of Blobs, no upload is recorded this time (a record
     // must never be made for a Blob that was just deleted).
     if let Some(recorded) = &recorded {

@@ -573,25 +573,29 @@ impl SliverStore {
         self.sliver_path(id, segment, shard, kind).is_file()
     }
 
-    /// Removes the slivers of one shard of a blob (when the shard moves away).
-    pub fn delete_shard(&self, id: &BlobId, shard: u16) -> Result<(), StoreError> {
+    /// Removes the slivers of one shard of a blob (when the shard moved
+    /// away); returns the bytes freed (0 when none were held).
+    pub fn delete_shard(&self, id: &BlobId, shard: u16) -> Result<u64, StoreError> {
         let _lock = self.lock(id);
         let dir = self.blob_dir(id).join(shard.to_string());
         if dir.exists() {
-            self.remove_tree(&dir)?;
+            return self.remove_tree(&dir);
         }
-        Ok(())
+        Ok(0)
     }
 
     /// Removes a directory tree: renamed into trash/ first (atomic: after
-    /// a crash it is whole or gone), then deleted, its bytes forgotten.
-    fn remove_tree(&self, dir: &Path) -> Result<(), StoreError> {
+    /// a crash it is whole or gone), then deleted, its bytes forgotten;
+    /// returns those bytes.
+    fn remove_tree(&self, dir: &Path) -> Result<u64, StoreError> {
         let stats = files::dir_stats(dir)?;
+        let bytes = stats.bytes;
         let trash = self.root.join("trash").join(files::unique_name(""));
         fs::rename(dir, &trash).map_err(files::io_error(dir))?;
         files::sync_dir(dir.parent().expect("below root"))?;
         self.forget(stats);
-        fs::remove_dir_all(&trash).map_err(files::io_error(&trash))
+        fs::remove_dir_all(&trash).map_err(files::io_error(&trash))?;
+        Ok(bytes)
     }
 
     fn blob_dirs(&self) -> Result<Vec<BlobId>, StoreError> {

@@ -168,9 +168,10 @@ fn shards_an_owner_does_not_know_of_yet_are_not_repaired_there() {
 
 #[test]
 fn a_node_is_whole_when_its_shards_hold_every_blob() {
+    // a still says it owns shard 1, which the assignment gave to b.
     let a = page(
         "a",
-        &[0],
+        &[0, 1],
         &[
             ("x", 1, &[(0, 1), (1, 1)], committed(1)),
             ("y", 1, &[(0, 1)], committed(1)),
@@ -187,7 +188,7 @@ fn health_counts_and_missing_pairs_follow_the_view() {
     let encoding = EncodingConfig::new(4).unwrap(); // f 1, p 2, q 3
     let a = page(
         "a",
-        &[0],
+        &[0, 1, 2, 3],
         &[
             ("whole", 1, &[(0, 1), (1, 1), (2, 1), (3, 1)], committed(1)),
             ("one-gone", 1, &[(0, 1), (1, 1), (2, 1)], committed(1)),
@@ -200,4 +201,75 @@ fn health_counts_and_missing_pairs_follow_the_view() {
     assert_eq!(counts[&Health::Degraded], 1);
     assert_eq!(counts[&Health::Lost], 1);
     assert_eq!(view.missing_pairs(4), 1 + 3);
+}
+
+#[test]
+fn pairs_of_a_shard_its_holder_no_longer_owns_do_not_count() {
+    // Shard 1 moved from a to b (a came back after its eviction, or the
+    // shards were rebalanced); b has not rebuilt it yet. Reads ask b.
+    let a = page("a", &[0], &[("x", 1, &[(0, 1), (1, 1)], committed(1))]);
+    let b = page("b", &[1], &[]);
+    let view = FleetView::from_inventories([("a", Some(&a)), ("b", Some(&b))]);
+    assert_eq!(view.blobs["x"].complete_shards, [0].into());
+}
+
+#[test]
+fn a_copy_left_behind_is_released_once_the_owner_holds_the_shard_whole() {
+    // Shard 1 moved from a to b, and b rebuilt it; shard 2 moved from a
+    // to c, which holds only one of its two segments so far.
+    let a = page(
+        "a",
+        &[0],
+        &[("x", 2, &[(0, 2), (1, 2), (2, 2)], committed(1))],
+    );
+    let b = page("b", &[1], &[("x", 2, &[(1, 2)], committed(1))]);
+    let c = page("c", &[2], &[("x", 2, &[(2, 1)], committed(1))]);
+    let view = FleetView::from_inventories([("a", Some(&a)), ("b", Some(&b)), ("c", Some(&c))]);
+    assert_eq!(view.blobs["x"].complete_shards, [0, 1].into());
+    let assignment: Assignment = [(0, "a".into()), (1, "b".into()), (2, "c".into())].into();
+    assert_eq!(
+        view.releases(&assignment),
+        vec![ReleaseTask {
+            node: "a".into(),
+            blob: "x".into(),
+            shard: 1
+        }],
+        "shard 2 stays on a until c holds every segment"
+    );
+}
+
+#[test]
+fn a_copy_is_kept_where_the_assignment_gives_the_shard_back() {
+    // a's ownership file has not caught up yet: the assignment gave
+    // shard 1 back to it while b still owns it.
+    let a = page("a", &[0], &[("x", 1, &[(0, 1), (1, 1)], committed(1))]);
+    let b = page("b", &[1], &[("x", 1, &[(1, 1)], committed(1))]);
+    let view = FleetView::from_inventories([("a", Some(&a)), ("b", Some(&b))]);
+    assert_eq!(view.strays.len(), 1);
+    let assignment: Assignment = [(0, "a".into()), (1, "a".into())].into();
+    assert!(view.releases(&assignment).is_empty());
+}
+
+#[test]
+fn nothing_is_released_of_blobs_not_visible() {
+    // Deleted: the tombstone removes the data. Staged: the write may
+    // still commit, or the staged TTL collects it.
+    let a = page(
+        "a",
+        &[0],
+        &[
+            ("gone", 1, &[(1, 1)], tombstone(3)),
+            ("pending", 1, &[(1, 1)], staged(4)),
+        ],
+    );
+    let b = page(
+        "b",
+        &[1],
+        &[
+            ("gone", 0, &[], tombstone(3)),
+            ("pending", 1, &[(1, 1)], staged(4)),
+        ],
+    );
+    let view = FleetView::from_inventories([("a", Some(&a)), ("b", Some(&b))]);
+    assert!(view.strays.is_empty());
 }
