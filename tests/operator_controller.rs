@@ -756,7 +756,7 @@ async fn a_node_pod_back_on_an_empty_volume_has_its_pairs_rebuilt_and_the_wait_i
         written.metadata.blob_id().to_string()
     );
     assert_eq!(upload.body["spec"]["cluster"], "media");
-    let status = status_written(&seen).unwrap();
+    let status = status_written(&seen).expect("the status changes: the blob is Degraded");
     assert_eq!(status["blobs"]["degraded"], 1, "{status:#}");
     assert_eq!(status["repairsInFlight"], 1);
     assert_eq!(condition(&status, "Progressing")["reason"], "Repairing");
@@ -802,6 +802,252 @@ async fn a_node_pod_back_on_an_empty_volume_has_its_pairs_rebuilt_and_the_wait_i
     assert_eq!(status["blobs"]["healthy"], 1, "{status:#}");
     assert_eq!(status["phase"], "Ready");
     assert_eq!(delay.get_sample_count(), 1, "measured once per loss");
+}
+
+/// A fleet of four real nodes that own what files say, as node pods own
+/// what their projected ConfigMap says; the test plays the kubelet.
+struct MovingFleet {
+    files: tempfile::TempDir,
+    map: std::path::PathBuf,
+    nodes: Vec<Option<(support::RunningNode, tempfile::TempDir)>>,
+}
+
+impl MovingFleet {
+    fn name(i: usize) -> String {
+        format!("media-node-{i}")
+    }
+
+    fn shards_file(&self, i: usize) -> std::path::PathBuf {
+        self.files.path().join(format!("{}.json", Self::name(i)))
+    }
+
+    /// Starts node `i` on an empty volume.
+    async fn start(&mut self, i: usize) {
+        let dir = tempfile::tempdir().unwrap();
+        let node = support::start_node_on(
+            &Self::name(i),
+            dir.path(),
+            redstuff::node::ShardSource::File(self.shards_file(i)),
+            Some(&self.map),
+        )
+        .await;
+        self.nodes[i] = Some((node, dir));
+    }
+
+    fn url(&self, i: usize) -> Option<String> {
+        self.nodes[i].as_ref().map(|(n, _)| n.url.clone())
+    }
+
+    fn endpoints(&self) -> Endpoints {
+        (0..self.nodes.len()).fold(Endpoints::default(), |e, i| {
+            e.with_override(
+                Self::name(i),
+                self.url(i).unwrap_or("http://127.0.0.1:1".into()),
+            )
+        })
+    }
+
+    /// Writes the ownership files (and the fleet map the nodes find their
+    /// peers in) as `owners` says, and waits until every running node
+    /// reports what it owns now.
+    async fn own(&self, owners: &[BTreeSet<u16>]) {
+        let mut map_nodes = Vec::new();
+        for (i, shards) in owners.iter().enumerate() {
+            redstuff::node::ShardsFile {
+                shards: shards.clone(),
+            }
+            .write(&self.shards_file(i))
+            .unwrap();
+            let url = self.url(i).unwrap_or("http://127.0.0.1:1".into());
+            map_nodes.push((Self::name(i), url, shards.clone()));
+        }
+        fleet_map(owners.len() as u16, &map_nodes)
+            .write(&self.map)
+            .unwrap();
+        for (i, shards) in owners.iter().enumerate() {
+            let Some(url) = self.url(i) else { continue };
+            let wanted: Vec<u16> = shards.iter().copied().collect();
+            let mut reported = Vec::new();
+            for _ in 0..100 {
+                reported = node_calls()
+                    .node(&url)
+                    .full_inventory()
+                    .await
+                    .unwrap()
+                    .shards;
+                if reported == wanted {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(reported, wanted, "{} took its file", Self::name(i));
+        }
+    }
+
+    /// Shards -> segments held of `id` by node `i`.
+    async fn held(&self, i: usize, id: &str) -> std::collections::BTreeMap<u16, u32> {
+        let url = self.url(i).unwrap();
+        let inventory = node_calls().node(&url).full_inventory().await.unwrap();
+        inventory
+            .blobs
+            .into_iter()
+            .find(|b| b.id == id)
+            .map(|b| b.shards)
+            .unwrap_or_default()
+    }
+}
+
+/// Each node's shards, as the operator's last `media-shards` ConfigMap says.
+fn owners_applied(seen: &[Seen], nodes: usize) -> Vec<BTreeSet<u16>> {
+    let config = seen
+        .iter()
+        .rev()
+        .find(|s| s.path.ends_with("/configmaps/media-shards"))
+        .expect("the ownership ConfigMap is applied");
+    (0..nodes)
+        .map(|i| {
+            let text = config.body["data"][format!("media-node-{i}.json")]
+                .as_str()
+                .unwrap();
+            serde_json::from_str::<redstuff::node::ShardsFile>(text)
+                .unwrap()
+                .shards
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_shard_given_back_to_a_node_on_an_empty_volume_is_rebuilt_there_before_its_other_copy_is_released(
+) {
+    // Four nodes, one shard each; a blob stored on all four.
+    let files = tempfile::tempdir().unwrap();
+    let map = files.path().join("fleet.json");
+    let mut fleet = MovingFleet {
+        files,
+        map,
+        nodes: (0..4).map(|_| None).collect(),
+    };
+    let one_each: Vec<BTreeSet<u16>> = (0..4).map(|i| BTreeSet::from([i])).collect();
+    fleet.own(&one_each).await;
+    for i in 0..4 {
+        fleet.start(i).await;
+    }
+    fleet.own(&one_each).await;
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &data).unwrap();
+    let map_nodes: Vec<(String, String, BTreeSet<u16>)> = (0..4)
+        .map(|i| {
+            (
+                MovingFleet::name(i),
+                fleet.url(i).unwrap(),
+                one_each[i].clone(),
+            )
+        })
+        .collect();
+    let written = BlobClient::new(node_calls(), fleet_map(4, &map_nodes), None)
+        .write_file(file.path())
+        .await
+        .unwrap();
+    let id = written.metadata.blob_id().to_string();
+
+    // Node 3 is gone past the grace period: its shard moves, and is
+    // rebuilt on its new owner.
+    fleet.nodes[3] = None;
+    let mut status = settled_status(4, 4).await;
+    let gone_since =
+        k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(301);
+    status["unavailableNodes"] = json!([{"name": "media-node-3", "since": gone_since.to_string()}]);
+    let (seen, _) = reconcile(
+        cluster(4, 4, Some(status)),
+        ready_pods(3),
+        claims(4),
+        fleet.endpoints(),
+    )
+    .await;
+    let moved = owners_applied(&seen, 4);
+    let heir = moved.iter().position(|s| s.contains(&3)).unwrap();
+    assert_ne!(heir, 3);
+    fleet.own(&moved).await;
+    let (seen, ctx) = reconcile(
+        cluster(4, 4, status_written(&seen)),
+        ready_pods(3),
+        claims(4),
+        fleet.endpoints(),
+    )
+    .await;
+    let repairs = &ctx
+        .fleets
+        .find(&("storage".into(), "media".into()))
+        .unwrap()
+        .repairer;
+    assert!(repairs.wait_idle(Duration::from_secs(30)).await);
+    assert_eq!(fleet.held(heir, &id).await.get(&3), Some(&1));
+
+    // Node 3 comes back on an empty volume and gets shard 3 again. The
+    // heir's copy serves no read once it does not own the shard: the blob
+    // is Degraded and repaired on node 3, and the copy stays meanwhile.
+    fleet.start(3).await;
+    let status = status_written(&seen).unwrap();
+    let (seen, _) = reconcile(
+        cluster(4, 4, Some(status)),
+        ready_pods(4),
+        claims(4),
+        fleet.endpoints(),
+    )
+    .await;
+    let back = owners_applied(&seen, 4);
+    assert_eq!(back, one_each, "shard 3 goes back to node 3");
+    fleet.own(&back).await;
+    let (seen, ctx) = reconcile(
+        cluster(4, 4, status_written(&seen)),
+        ready_pods(4),
+        claims(4),
+        fleet.endpoints(),
+    )
+    .await;
+    let status = status_written(&seen).expect("the status changes: the blob is Degraded");
+    assert_eq!(status["blobs"]["degraded"], 1, "{status:#}");
+    assert_eq!(
+        fleet.held(heir, &id).await.get(&3),
+        Some(&1),
+        "kept until node 3 holds it"
+    );
+    let fleet_state = ctx
+        .fleets
+        .find(&("storage".into(), "media".into()))
+        .unwrap();
+    assert_eq!(fleet_state.metrics.shards_released.get(), 0);
+    assert!(
+        fleet_state
+            .repairer
+            .wait_idle(Duration::from_secs(30))
+            .await
+    );
+    assert_eq!(fleet.held(3, &id).await.get(&3), Some(&1));
+
+    // Node 3 holds it whole: the copy left on the heir is released.
+    let (seen, ctx) = reconcile(
+        cluster(4, 4, Some(status)),
+        ready_pods(4),
+        claims(4),
+        fleet.endpoints(),
+    )
+    .await;
+    let status = status_written(&seen).unwrap();
+    assert_eq!(status["blobs"]["healthy"], 1, "{status:#}");
+    let fleet_state = ctx
+        .fleets
+        .find(&("storage".into(), "media".into()))
+        .unwrap();
+    assert_eq!(fleet_state.metrics.shards_released.get(), 1);
+    let heir_holds = fleet.held(heir, &id).await;
+    assert_eq!(heir_holds.get(&3), None, "released");
+    assert_eq!(
+        heir_holds.get(&(heir as u16)),
+        Some(&1),
+        "its own shard stays"
+    );
 }
 
 #[tokio::test]

@@ -358,8 +358,21 @@ pub async fn grace_period(e2e: &E2e) -> anyhow::Result<()> {
     uncordon_all(e2e)?;
     result?;
     cluster::until_phase(e2e, "Ready", Duration::from_secs(300)).await?;
+    // Back, e2e-node-3 gets an even share of shards again, each from a node
+    // that holds it whole; that node releases its copy once e2e-node-3
+    // holds the shard too (its old volume, or a rebuild).
+    let released = wait_for(
+        "the copies of the shards e2e-node-3 got back released",
+        Duration::from_secs(300),
+        || {
+            let released = metric(&e2e.operator_metrics()?, "redstuff_shards_released_total");
+            Ok((released >= 1.0).then_some(released))
+        },
+    )
+    .await?;
+    eprintln!("pairs released where e2e-node-3's shards came back from: {released}");
     data::until_healthy(e2e, &record, Duration::from_secs(180)).await?;
-    Ok(())
+    shared_blob_reads_back(e2e).await
 }
 
 pub async fn drain(e2e: &E2e) -> anyhow::Result<()> {

@@ -253,12 +253,23 @@ pub async fn start_node_with_fleet(
     shards: &BTreeSet<u16>,
     fleet: Option<&Path>,
 ) -> RunningNode {
+    start_node_on(name, dir, ShardSource::Fixed(shards.clone()), fleet).await
+}
+
+/// The same, owning what `shards` says (a file it re-reads, as a node pod
+/// reads its projected ConfigMap).
+pub async fn start_node_on(
+    name: &str,
+    dir: &Path,
+    shards: ShardSource,
+    fleet: Option<&Path>,
+) -> RunningNode {
     let config = NodeConfig {
         fleet: fleet.map(Path::to_path_buf),
         ..NodeConfig::new(
             name,
             dir.to_path_buf(),
-            ShardSource::Fixed(shards.clone()),
+            shards,
             redstuff::auth::TokenSet::single(CLUSTER_TOKEN),
         )
     };
