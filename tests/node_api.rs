@@ -31,6 +31,20 @@ struct TestNode {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
+impl TestNode {
+    /// What the node's /metrics serves now.
+    async fn metrics_text(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
 impl Drop for TestNode {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
@@ -211,15 +225,7 @@ async fn a_node_keeps_verified_slivers_of_its_shards_and_their_markers_and_serve
     let symbol = RecoverySymbol::<Secondary>::from_bytes(&symbol).unwrap();
     symbol.verify(&metadata).unwrap();
 
-    let text = node
-        .http
-        .get(format!("{}/metrics", node.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = node.metrics_text().await;
     for name in [
         "redstuff_node_stored_bytes",
         "redstuff_node_slivers{kind=\"primary\"} 3",
@@ -591,15 +597,7 @@ async fn a_node_releases_the_pairs_of_a_shard_it_no_longer_owns_and_never_of_one
             .unwrap();
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
     }
-    let text = node
-        .http
-        .get(format!("{}/metrics", node.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = node.metrics_text().await;
     assert!(
         text.contains(&format!("redstuff_node_released_bytes_total {held}")),
         "{text}"
@@ -987,15 +985,7 @@ async fn fleet_of(
 }
 
 async fn invalid_counts(node: &TestNode) -> Vec<(String, u64)> {
-    let text = node
-        .http
-        .get(format!("{}/metrics", node.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = node.metrics_text().await;
     text.lines()
         .filter_map(|l| l.strip_prefix("redstuff_peer_invalid_responses_total{node=\""))
         .filter_map(|rest| {

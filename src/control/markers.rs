@@ -10,8 +10,8 @@ use crate::client::NodeCalls;
 use crate::codec::BlobId;
 use crate::metrics::FleetMetrics;
 
-/// Sends up to `limit` of `tasks` (each within the call deadline); returns
-/// how many nodes took their marker.
+/// Sends up to `limit` of `tasks`; returns how many nodes took their
+/// marker.
 pub async fn spread_markers(
     calls: &NodeCalls,
     tasks: &[MarkerTask],
@@ -19,17 +19,9 @@ pub async fn spread_markers(
     metrics: &FleetMetrics,
     limit: usize,
 ) -> usize {
-    on_nodes(
-        calls,
-        nodes,
-        tasks.iter().map(|t| (t.node.as_str(), t.blob.as_str())),
-        limit,
-        |index, id, client| {
-            let task = tasks[index].clone();
-            let metrics = metrics.clone();
-            async move { carry(task, id, client, metrics).await }
-        },
-    )
+    on_nodes(calls, nodes, tasks, limit, |task, id, client| {
+        carry(task, id, client, metrics.clone())
+    })
     .await
 }
 

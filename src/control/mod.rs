@@ -27,34 +27,62 @@ pub use view::{BlobView, FleetView, Marker, MarkerTask, ReleaseTask};
 /// Calls to nodes made at once by `on_nodes`.
 const CONCURRENCY: usize = 16;
 
-/// Runs `act` on each of the first `limit` tasks, given as (node name,
-/// blob id), with the task's index, the parsed id and a client of its
-/// node, `CONCURRENCY` at once; tasks of nodes not in `nodes` or with an
-/// id that does not parse are skipped. Returns how many `act` calls
+/// A call the control loop makes to one node about one blob.
+trait NodeTask: Clone {
+    /// The node's name.
+    fn node(&self) -> &str;
+    /// The blob id, as the inventory gave it.
+    fn blob(&self) -> &str;
+}
+
+impl NodeTask for MarkerTask {
+    fn node(&self) -> &str {
+        &self.node
+    }
+    fn blob(&self) -> &str {
+        &self.blob
+    }
+}
+
+impl NodeTask for ReleaseTask {
+    fn node(&self) -> &str {
+        &self.node
+    }
+    fn blob(&self) -> &str {
+        &self.blob
+    }
+}
+
+/// Runs `act` on each of the first `limit` tasks with the parsed blob id
+/// and a client of the task's node, `CONCURRENCY` at once (each call
+/// within the call deadline); tasks of nodes not in `nodes`, or with an id
+/// that does not parse, are skipped. Returns how many `act` calls
 /// succeeded.
-async fn on_nodes<'a, F, Fut>(
+async fn on_nodes<T, F, Fut>(
     calls: &NodeCalls,
     nodes: &[NodeAddress],
-    tasks: impl Iterator<Item = (&'a str, &'a str)>,
+    tasks: &[T],
     limit: usize,
     act: F,
 ) -> usize
 where
-    F: Fn(usize, BlobId, NodeClient) -> Fut,
+    T: NodeTask,
+    F: Fn(T, BlobId, NodeClient) -> Fut,
     Fut: Future<Output = bool>,
 {
-    let prepared: Vec<(usize, BlobId, NodeClient)> = tasks
+    let prepared: Vec<(T, BlobId, NodeClient)> = tasks
+        .iter()
         .take(limit)
-        .enumerate()
-        .filter_map(|(index, (node, blob))| {
-            let node = nodes.iter().find(|n| n.name == node)?;
-            Some((index, blob.parse().ok()?, calls.node(&node.url)))
+        .filter_map(|task| {
+            let node = nodes.iter().find(|n| n.name == task.node())?;
+            let id = task.blob().parse().ok()?;
+            Some((task.clone(), id, calls.node(&node.url)))
         })
         .collect();
     stream::iter(
         prepared
             .into_iter()
-            .map(|(index, id, client)| act(index, id, client)),
+            .map(|(task, id, client)| act(task, id, client)),
     )
     .buffer_unordered(CONCURRENCY)
     .filter(|done| std::future::ready(*done))

@@ -5,11 +5,12 @@
 //! by its newest ownership file.
 
 use super::{on_nodes, NodeAddress, ReleaseTask};
-use crate::client::NodeCalls;
+use crate::client::{NodeCalls, NodeClient};
+use crate::codec::BlobId;
 use crate::metrics::FleetMetrics;
 
-/// Sends up to `limit` of `tasks` (each within the call deadline); returns
-/// how many nodes released their pairs.
+/// Asks up to `limit` of `tasks`' nodes to release their pairs; returns
+/// how many did.
 pub async fn release_strays(
     calls: &NodeCalls,
     tasks: &[ReleaseTask],
@@ -17,28 +18,22 @@ pub async fn release_strays(
     metrics: &FleetMetrics,
     limit: usize,
 ) -> usize {
-    on_nodes(
-        calls,
-        nodes,
-        tasks.iter().map(|t| (t.node.as_str(), t.blob.as_str())),
-        limit,
-        |index, id, client| {
-            let task = tasks[index].clone();
-            let metrics = metrics.clone();
-            async move {
-                match client.release_shard(&id, task.shard).await {
-                    Ok(bytes) => {
-                        metrics.shards_released.inc();
-                        tracing::info!(node = %task.node, blob = %task.blob, shard = task.shard, bytes, "released a shard's pairs from the node it moved away from");
-                        true
-                    }
-                    Err(e) => {
-                        tracing::warn!(node = %task.node, blob = %task.blob, shard = task.shard, "cannot release a shard's pairs: {e}");
-                        false
-                    }
-                }
-            }
-        },
-    )
+    on_nodes(calls, nodes, tasks, limit, |task, id, client| {
+        release(task, id, client, metrics.clone())
+    })
     .await
+}
+
+async fn release(task: ReleaseTask, id: BlobId, client: NodeClient, metrics: FleetMetrics) -> bool {
+    match client.release_shard(&id, task.shard).await {
+        Ok(bytes) => {
+            metrics.shards_released.inc();
+            tracing::info!(node = %task.node, blob = %task.blob, shard = task.shard, bytes, "released a shard's pairs from the node it moved away from");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(node = %task.node, blob = %task.blob, shard = task.shard, "cannot release a shard's pairs: {e}");
+            false
+        }
+    }
 }
