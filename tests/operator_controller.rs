@@ -897,14 +897,14 @@ impl MovingFleet {
     }
 }
 
-/// Each node's shards, as the operator's last `media-shards` ConfigMap says.
-fn owners_applied(seen: &[Seen], nodes: usize) -> Vec<BTreeSet<u16>> {
+/// Each node's shards, as the `media-shards` ConfigMap applied last says
+/// (`None`: not applied, unchanged since the operator's last apply).
+fn owners_applied(seen: &[Seen], nodes: usize) -> Option<Vec<BTreeSet<u16>>> {
     let config = seen
         .iter()
         .rev()
-        .find(|s| s.path.ends_with("/configmaps/media-shards"))
-        .expect("the ownership ConfigMap is applied");
-    (0..nodes)
+        .find(|s| s.path.ends_with("/configmaps/media-shards"))?;
+    let owners = (0..nodes)
         .map(|i| {
             let text = config.body["data"][format!("media-node-{i}.json")]
                 .as_str()
@@ -913,11 +913,50 @@ fn owners_applied(seen: &[Seen], nodes: usize) -> Vec<BTreeSet<u16>> {
                 .unwrap()
                 .shards
         })
-        .collect()
+        .collect();
+    Some(owners)
+}
+
+/// One reconcile by the same operator process as `before` (its fleet
+/// state, repairs and last view carried over), against a fresh fake API.
+async fn reconcile_after(
+    before: Arc<Context>,
+    cluster: StorageCluster,
+    pods: Vec<Value>,
+    claims: Vec<Value>,
+    endpoints: Endpoints,
+) -> (Vec<Seen>, Arc<Context>) {
+    let mut api = MockApi::default();
+    api.objects.extend(support::token_secrets());
+    api.objects
+        .insert(CLUSTER.into(), serde_json::to_value(&cluster).unwrap());
+    api.lists.insert(format!("{NS}/pods"), pods);
+    api.lists
+        .insert(format!("{NS}/persistentvolumeclaims"), claims);
+    api.lists.insert(format!("{GROUP}/blobs"), vec![]);
+    api.lists
+        .insert("/api/v1/nodes".into(), kubernetes_nodes(10));
+    let (client, recorded) = api.serve();
+    let mut ctx = Context::new(client, "redstuff:test").with_endpoints(endpoints);
+    ctx.fleets = Arc::try_unwrap(before)
+        .ok()
+        .expect("nothing else holds the context")
+        .fleets;
+    let ctx = Arc::new(ctx);
+    reconcile_cluster(Arc::new(cluster), ctx.clone())
+        .await
+        .unwrap();
+    (recorded.take(), ctx)
+}
+
+fn media_fleet(ctx: &Context) -> Arc<redstuff::operator::context::ClusterFleet> {
+    ctx.fleets
+        .find(&("storage".into(), "media".into()))
+        .unwrap()
 }
 
 #[tokio::test]
-async fn a_shard_given_back_to_a_node_on_an_empty_volume_is_rebuilt_there_before_its_other_copy_is_released(
+async fn a_shard_given_back_to_a_node_on_an_empty_volume_moves_once_the_fleet_is_healthy_is_rebuilt_there_and_only_then_released_by_the_other(
 ) {
     // Four nodes, one shard each; a blob stored on all four.
     let files = tempfile::tempdir().unwrap();
@@ -951,55 +990,77 @@ async fn a_shard_given_back_to_a_node_on_an_empty_volume_is_rebuilt_there_before
         .unwrap();
     let id = written.metadata.blob_id().to_string();
 
-    // Node 3 is gone past the grace period: its shard moves, and is
-    // rebuilt on its new owner.
+    // Node 3 is gone past the grace period: its shard moves at once (its
+    // owner is gone, nothing to wait for), and is rebuilt on its heir.
     fleet.nodes[3] = None;
     let mut status = settled_status(4, 4).await;
     let gone_since =
         k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(301);
     status["unavailableNodes"] = json!([{"name": "media-node-3", "since": gone_since.to_string()}]);
-    let (seen, _) = reconcile(
+    let (seen, ctx) = reconcile(
         cluster(4, 4, Some(status)),
         ready_pods(3),
         claims(4),
         fleet.endpoints(),
     )
     .await;
-    let moved = owners_applied(&seen, 4);
+    let moved = owners_applied(&seen, 4).unwrap();
     let heir = moved.iter().position(|s| s.contains(&3)).unwrap();
     assert_ne!(heir, 3);
     fleet.own(&moved).await;
-    let (seen, ctx) = reconcile(
+    let (seen, ctx) = reconcile_after(
+        ctx,
         cluster(4, 4, status_written(&seen)),
         ready_pods(3),
         claims(4),
         fleet.endpoints(),
     )
     .await;
-    let repairs = &ctx
-        .fleets
-        .find(&("storage".into(), "media".into()))
-        .unwrap()
-        .repairer;
-    assert!(repairs.wait_idle(Duration::from_secs(30)).await);
+    assert!(
+        media_fleet(&ctx)
+            .repairer
+            .wait_idle(Duration::from_secs(30))
+            .await
+    );
     assert_eq!(fleet.held(heir, &id).await.get(&3), Some(&1));
 
-    // Node 3 comes back on an empty volume and gets shard 3 again. The
-    // heir's copy serves no read once it does not own the shard: the blob
-    // is Degraded and repaired on node 3, and the copy stays meanwhile.
+    // Node 3 comes back on an empty volume. The operator's last view still
+    // saw the blob Degraded (the heir was rebuilding): shard 3 stays with
+    // the heir for now, and the status says a rebalance waits.
     fleet.start(3).await;
+    let (seen, ctx) = reconcile_after(
+        ctx,
+        cluster(4, 4, status_written(&seen)),
+        ready_pods(4),
+        claims(4),
+        fleet.endpoints(),
+    )
+    .await;
+    assert_eq!(owners_applied(&seen, 4), None, "nothing moves yet");
     let status = status_written(&seen).unwrap();
-    let (seen, _) = reconcile(
+    assert_eq!(
+        condition(&status, "Progressing")["reason"],
+        "Rebalancing",
+        "{status:#}"
+    );
+
+    // The fleet is Healthy: shard 3 goes back to node 3.
+    let (seen, ctx) = reconcile_after(
+        ctx,
         cluster(4, 4, Some(status)),
         ready_pods(4),
         claims(4),
         fleet.endpoints(),
     )
     .await;
-    let back = owners_applied(&seen, 4);
+    let back = owners_applied(&seen, 4).unwrap();
     assert_eq!(back, one_each, "shard 3 goes back to node 3");
     fleet.own(&back).await;
-    let (seen, ctx) = reconcile(
+
+    // The heir's copy serves no read once it does not own the shard: the
+    // blob is Degraded and repaired on node 3, and the copy stays meanwhile.
+    let (seen, ctx) = reconcile_after(
+        ctx,
         cluster(4, 4, status_written(&seen)),
         ready_pods(4),
         claims(4),
@@ -1013,13 +1074,9 @@ async fn a_shard_given_back_to_a_node_on_an_empty_volume_is_rebuilt_there_before
         Some(&1),
         "kept until node 3 holds it"
     );
-    let fleet_state = ctx
-        .fleets
-        .find(&("storage".into(), "media".into()))
-        .unwrap();
-    assert_eq!(fleet_state.metrics.shards_released.get(), 0);
+    assert_eq!(media_fleet(&ctx).metrics.shards_released.get(), 0);
     assert!(
-        fleet_state
+        media_fleet(&ctx)
             .repairer
             .wait_idle(Duration::from_secs(30))
             .await
@@ -1027,7 +1084,8 @@ async fn a_shard_given_back_to_a_node_on_an_empty_volume_is_rebuilt_there_before
     assert_eq!(fleet.held(3, &id).await.get(&3), Some(&1));
 
     // Node 3 holds it whole: the copy left on the heir is released.
-    let (seen, ctx) = reconcile(
+    let (seen, ctx) = reconcile_after(
+        ctx,
         cluster(4, 4, Some(status)),
         ready_pods(4),
         claims(4),
@@ -1036,11 +1094,7 @@ async fn a_shard_given_back_to_a_node_on_an_empty_volume_is_rebuilt_there_before
     .await;
     let status = status_written(&seen).unwrap();
     assert_eq!(status["blobs"]["healthy"], 1, "{status:#}");
-    let fleet_state = ctx
-        .fleets
-        .find(&("storage".into(), "media".into()))
-        .unwrap();
-    assert_eq!(fleet_state.metrics.shards_released.get(), 1);
+    assert_eq!(media_fleet(&ctx).metrics.shards_released.get(), 1);
     let heir_holds = fleet.held(heir, &id).await;
     assert_eq!(heir_holds.get(&3), None, "released");
     assert_eq!(

@@ -278,6 +278,17 @@ impl FleetView {
             .collect()
     }
 
+    /// Whether every answering node says it owns exactly what `assignment`
+    /// gives it (its ownership file has caught up).
+    pub fn ownership_matches(&self, assignment: &Assignment) -> bool {
+        self.owned.iter().all(|(node, owned)| {
+            owned.iter().copied().eq(assignment
+                .iter()
+                .filter(|(_, owner)| *owner == node)
+                .map(|(shard, _)| *shard))
+        })
+    }
+
     /// Whether every shard `node` owns holds a pair of every blob.
     pub fn node_is_whole(&self, assignment: &Assignment, node: &str) -> bool {
         let shards: Vec<u16> = assignment

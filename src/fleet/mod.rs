@@ -4,6 +4,7 @@
 //! thin shells that observe, call these, and act.
 
 mod map;
+mod pacing;
 mod shard_set;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::EncodingConfig;
 pub use map::{FleetMap, MapFile, MapNode};
+pub use pacing::{live_moves, moves_at_once, pace_moves};
 pub use shard_set::ShardSet;
 
 /// A node as placement sees it.

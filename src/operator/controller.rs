@@ -209,6 +209,25 @@ fn last_view_blobs_to_repair(fleet: &ClusterFleet, encoding: &EncodingConfig) ->
     })
 }
 
+/// Whether shards may move away from owners still present: the last view
+/// saw every answering node own what `applied` gives it, every readable
+/// blob Healthy (Lost ones do not hold a rebalance up), and no repair runs
+/// or waits. Never before the first view of this operator process.
+fn rebalance_may_go_on(
+    fleet: &ClusterFleet,
+    applied: &Assignment,
+    encoding: &EncodingConfig,
+) -> bool {
+    let repairs_idle = fleet.repairer.in_flight() == 0 && fleet.repairer.queued() == 0;
+    let last = fleet.view.lock().expect("not poisoned");
+    last.as_ref().is_some_and(|(_, view)| {
+        let counts = view.health_counts(encoding);
+        repairs_idle
+            && counts[&Health::Degraded] + counts[&Health::AtRisk] == 0
+            && view.ownership_matches(applied)
+    })
+}
+
 /// Whether `existing` was created from another spec than `desired`'s
 /// (a pod without the annotation predates it: outdated too).
 fn is_outdated(existing: &Pod, desired: &Pod) -> bool {
@@ -362,7 +381,19 @@ pub async fn reconcile_cluster(
         .iter()
         .map(|a| (a.shard, a.node.clone()))
         .collect();
-    let assignment = fleet::assign(cluster.spec.shards, &holders, &previous);
+    let key = (namespace.clone(), name.clone());
+    let fleet_state = ctx.fleets.get(&key, ctx.deadlines);
+    // Shards leaving owners still present (a node back from eviction, a
+    // grown cluster) move a few at a time, each batch once the last one
+    // is rebuilt and every blob is Healthy again (`fleet::pacing`).
+    let balanced = fleet::assign(cluster.spec.shards, &holders, &previous);
+    let room = if rebalance_may_go_on(&fleet_state, &previous, &encoding) {
+        fleet::moves_at_once(encoding.f())
+    } else {
+        0
+    };
+    let assignment = fleet::pace_moves(&previous, &balanced, &holders, room);
+    let shards_to_move = fleet::live_moves(&assignment, &balanced, &holders) as u32;
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let credentials = Credentials {
@@ -381,8 +412,6 @@ pub async fn reconcile_cluster(
     };
     let desired = desired_objects(&cluster, &assignment, &ctx.operator, &credentials);
 
-    let key = (namespace.clone(), name.clone());
-    let fleet_state = ctx.fleets.get(&key, ctx.deadlines);
     let applied = &fleet_state.applied;
     let mut failures = Failures::default();
     let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
@@ -712,6 +741,7 @@ pub async fn reconcile_cluster(
         evicted: evicted.iter().map(|s| s.to_string()).collect(),
         blobs: (!view.ready.is_empty()).then_some(blob_counts.clone()),
         repairs_in_flight: fleet_state.repairer.in_flight() as u32,
+        shards_to_move,
         outdated,
         rollout_wait,
         sync_failures: failures.0.clone(),

@@ -42,6 +42,9 @@ pub struct FleetSummary {
     pub blobs: Option<BlobCounts>,
     /// Repairs in flight.
     pub repairs_in_flight: u32,
+    /// Shards still to move from owners that are present, a few at a time,
+    /// to balance the node pods.
+    pub shards_to_move: u32,
     /// Node pods created from an older spec, waiting to be replaced.
     pub outdated: Vec<String>,
     /// What their replacement waits for, if it waits.
@@ -313,6 +316,22 @@ fn fold_in_fleet(
             ),
         );
     }
+    if fleet.shards_to_move > 0 {
+        set(
+            status,
+            condition(
+                "Progressing",
+                true,
+                "Rebalancing",
+                format!(
+                    "{} shards still move to balance the node pods, a few at a time, each batch once the last is rebuilt and every blob is Healthy",
+                    fleet.shards_to_move
+                ),
+                generation,
+                now,
+            ),
+        );
+    }
     if fleet.repairs_in_flight > 0 {
         set(
             status,
@@ -575,6 +594,32 @@ mod tests {
         assert_eq!(cond(&s, "Progressing").reason, "Repairing");
         assert_eq!(cond(&s, "Ready").status, "True", "every node pod is ready");
         assert_eq!(s.repairs_in_flight, Some(3));
+    }
+
+    #[test]
+    fn shards_still_to_move_make_a_healthy_cluster_progress_without_degrading_it() {
+        let c = cluster(7, 7, Some("1Gi"));
+        let nodes = observed(7, &[0, 1, 2, 3, 4, 5, 6], 7);
+        let fleet = FleetSummary {
+            blobs: Some(BlobCounts {
+                healthy: 10,
+                ..BlobCounts::default()
+            }),
+            shards_to_move: 2,
+            ..FleetSummary::default()
+        };
+        let s = cluster_status(&c, &assignment(&c, &nodes), &nodes, &fleet, &now(1));
+        assert_eq!(s.phase.as_deref(), Some("Ready"));
+        let progressing = cond(&s, "Progressing");
+        assert_eq!(
+            (progressing.status.as_str(), progressing.reason.as_str()),
+            ("True", "Rebalancing")
+        );
+        assert!(
+            progressing.message.starts_with("2 shards"),
+            "{}",
+            progressing.message
+        );
     }
 
     #[test]

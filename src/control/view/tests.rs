@@ -167,6 +167,26 @@ fn shards_an_owner_does_not_know_of_yet_are_not_repaired_there() {
 }
 
 #[test]
+fn ownership_matches_when_every_answering_node_owns_what_the_assignment_gives_it() {
+    let a = page("a", &[0, 2], &[]);
+    let b = page("b", &[1], &[]);
+    let view = FleetView::from_inventories([("a", Some(&a)), ("b", Some(&b)), ("c", None)]);
+    let mut assignment: Assignment = [
+        (0, "a".into()),
+        (1, "b".into()),
+        (2, "a".into()),
+        (3, "c".into()),
+    ]
+    .into();
+    assert!(view.ownership_matches(&assignment), "silent c is not asked");
+    assignment.insert(2, "b".into());
+    assert!(
+        !view.ownership_matches(&assignment),
+        "a still owns 2, b not yet"
+    );
+}
+
+#[test]
 fn a_node_is_whole_when_its_shards_hold_every_blob() {
     // a still says it owns shard 1, which the assignment gave to b.
     let a = page(
