@@ -156,6 +156,32 @@ async fn reconcile(
 
 /// The same on `api`, which holds no token Secrets unless given them.
 async fn reconcile_on(
+    api: MockApi,
+    cluster: StorageCluster,
+    pods: Vec<Value>,
+    claims: Vec<Value>,
+    endpoints: Endpoints,
+) -> (Vec<Seen>, Arc<Context>) {
+    reconcile_by(None, api, cluster, pods, claims, endpoints).await
+}
+
+/// One reconcile by the same operator process as `before` (its fleet
+/// state, repairs and last view carried over), against a fresh fake API.
+async fn reconcile_after(
+    before: Arc<Context>,
+    cluster: StorageCluster,
+    pods: Vec<Value>,
+    claims: Vec<Value>,
+    endpoints: Endpoints,
+) -> (Vec<Seen>, Arc<Context>) {
+    let mut api = MockApi::default();
+    api.objects.extend(support::token_secrets());
+    reconcile_by(Some(before), api, cluster, pods, claims, endpoints).await
+}
+
+/// One reconcile on `api` by a new operator process, or by `before`'s.
+async fn reconcile_by(
+    before: Option<Arc<Context>>,
     mut api: MockApi,
     cluster: StorageCluster,
     pods: Vec<Value>,
@@ -171,7 +197,14 @@ async fn reconcile_on(
     api.lists
         .insert("/api/v1/nodes".into(), kubernetes_nodes(10));
     let (client, recorded) = api.serve();
-    let ctx = Arc::new(Context::new(client, "redstuff:test").with_endpoints(endpoints));
+    let mut ctx = Context::new(client, "redstuff:test").with_endpoints(endpoints);
+    if let Some(before) = before {
+        ctx.fleets = Arc::try_unwrap(before)
+            .ok()
+            .expect("nothing else holds the context")
+            .fleets;
+    }
+    let ctx = Arc::new(ctx);
     reconcile_cluster(Arc::new(cluster), ctx.clone())
         .await
         .unwrap();
@@ -915,38 +948,6 @@ fn owners_applied(seen: &[Seen], nodes: usize) -> Option<Vec<BTreeSet<u16>>> {
         })
         .collect();
     Some(owners)
-}
-
-/// One reconcile by the same operator process as `before` (its fleet
-/// state, repairs and last view carried over), against a fresh fake API.
-async fn reconcile_after(
-    before: Arc<Context>,
-    cluster: StorageCluster,
-    pods: Vec<Value>,
-    claims: Vec<Value>,
-    endpoints: Endpoints,
-) -> (Vec<Seen>, Arc<Context>) {
-    let mut api = MockApi::default();
-    api.objects.extend(support::token_secrets());
-    api.objects
-        .insert(CLUSTER.into(), serde_json::to_value(&cluster).unwrap());
-    api.lists.insert(format!("{NS}/pods"), pods);
-    api.lists
-        .insert(format!("{NS}/persistentvolumeclaims"), claims);
-    api.lists.insert(format!("{GROUP}/blobs"), vec![]);
-    api.lists
-        .insert("/api/v1/nodes".into(), kubernetes_nodes(10));
-    let (client, recorded) = api.serve();
-    let mut ctx = Context::new(client, "redstuff:test").with_endpoints(endpoints);
-    ctx.fleets = Arc::try_unwrap(before)
-        .ok()
-        .expect("nothing else holds the context")
-        .fleets;
-    let ctx = Arc::new(ctx);
-    reconcile_cluster(Arc::new(cluster), ctx.clone())
-        .await
-        .unwrap();
-    (recorded.take(), ctx)
 }
 
 fn media_fleet(ctx: &Context) -> Arc<redstuff::operator::context::ClusterFleet> {
