@@ -141,6 +141,15 @@ async fn settled_status(shards: u16, nodes: usize) -> Value {
     status_written(&seen).unwrap()
 }
 
+/// The same, but `node` unavailable since `seconds` ago.
+async fn settled_status_but_lost(shards: u16, nodes: usize, node: &str, seconds: i64) -> Value {
+    let mut status = settled_status(shards, nodes).await;
+    let since =
+        k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(seconds);
+    status["unavailableNodes"] = json!([{"name": node, "since": since.to_string()}]);
+    status
+}
+
 /// One reconcile against a fake API listing `pods` and `claims`; returns
 /// the requests in order and the context (for its fleet state).
 async fn reconcile(
@@ -623,11 +632,7 @@ async fn a_claim_that_is_gone_is_created_again_with_its_pod() {
 
 #[tokio::test]
 async fn a_node_gone_past_the_grace_period_hands_its_shards_to_the_others() {
-    let mut previous = settled_status(7, 3).await;
-    let gone_since =
-        k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(301);
-    previous["unavailableNodes"] =
-        json!([{"name": "media-node-2", "since": gone_since.to_string()}]);
+    let previous = settled_status_but_lost(7, 3, "media-node-2", 301).await;
     let (seen, _) = reconcile(
         cluster(7, 3, Some(previous.clone())),
         ready_pods(2),
@@ -769,10 +774,7 @@ async fn a_node_pod_back_on_an_empty_volume_has_its_pairs_rebuilt_and_the_wait_i
     }
 
     // The last status saw node 2 go 7 seconds ago; now all pods are ready.
-    let mut previous = settled_status(4, 4).await;
-    let lost =
-        k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(7);
-    previous["unavailableNodes"] = json!([{"name": "media-node-2", "since": lost.to_string()}]);
+    let previous = settled_status_but_lost(4, 4, "media-node-2", 7).await;
     let (seen, ctx) = reconcile(
         cluster(4, 4, Some(previous)),
         ready_pods(4),
@@ -994,10 +996,7 @@ async fn a_shard_given_back_to_a_node_on_an_empty_volume_moves_once_the_fleet_is
     // Node 3 is gone past the grace period: its shard moves at once (its
     // owner is gone, nothing to wait for), and is rebuilt on its heir.
     fleet.nodes[3] = None;
-    let mut status = settled_status(4, 4).await;
-    let gone_since =
-        k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(301);
-    status["unavailableNodes"] = json!([{"name": "media-node-3", "since": gone_since.to_string()}]);
+    let status = settled_status_but_lost(4, 4, "media-node-3", 301).await;
     let (seen, ctx) = reconcile(
         cluster(4, 4, Some(status)),
         ready_pods(3),
