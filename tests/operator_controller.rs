@@ -919,6 +919,24 @@ impl MovingFleet {
         }
     }
 
+    /// One reconcile of the four-node cluster from `status` by `ctx`'s
+    /// operator process, with the first `ready` node pods ready.
+    async fn reconcile(
+        &self,
+        ctx: Arc<Context>,
+        status: Option<Value>,
+        ready: usize,
+    ) -> (Vec<Seen>, Arc<Context>) {
+        reconcile_after(
+            ctx,
+            cluster(4, 4, status),
+            ready_pods(ready),
+            claims(4),
+            self.endpoints(),
+        )
+        .await
+    }
+
     /// Shards -> segments held of `id` by node `i`.
     async fn held(&self, i: usize, id: &str) -> std::collections::BTreeMap<u16, u32> {
         let url = self.url(i).unwrap();
@@ -1008,14 +1026,7 @@ async fn a_shard_given_back_to_a_node_on_an_empty_volume_moves_once_the_fleet_is
     let heir = moved.iter().position(|s| s.contains(&3)).unwrap();
     assert_ne!(heir, 3);
     fleet.own(&moved).await;
-    let (seen, ctx) = reconcile_after(
-        ctx,
-        cluster(4, 4, status_written(&seen)),
-        ready_pods(3),
-        claims(4),
-        fleet.endpoints(),
-    )
-    .await;
+    let (seen, ctx) = fleet.reconcile(ctx, status_written(&seen), 3).await;
     assert!(
         media_fleet(&ctx)
             .repairer
@@ -1028,14 +1039,7 @@ async fn a_shard_given_back_to_a_node_on_an_empty_volume_moves_once_the_fleet_is
     // saw the blob Degraded (the heir was rebuilding): shard 3 stays with
     // the heir for now, and the status says a rebalance waits.
     fleet.start(3).await;
-    let (seen, ctx) = reconcile_after(
-        ctx,
-        cluster(4, 4, status_written(&seen)),
-        ready_pods(4),
-        claims(4),
-        fleet.endpoints(),
-    )
-    .await;
+    let (seen, ctx) = fleet.reconcile(ctx, status_written(&seen), 4).await;
     assert_eq!(owners_applied(&seen, 4), None, "nothing moves yet");
     let status = status_written(&seen).unwrap();
     assert_eq!(
@@ -1045,28 +1049,14 @@ async fn a_shard_given_back_to_a_node_on_an_empty_volume_moves_once_the_fleet_is
     );
 
     // The fleet is Healthy: shard 3 goes back to node 3.
-    let (seen, ctx) = reconcile_after(
-        ctx,
-        cluster(4, 4, Some(status)),
-        ready_pods(4),
-        claims(4),
-        fleet.endpoints(),
-    )
-    .await;
+    let (seen, ctx) = fleet.reconcile(ctx, Some(status), 4).await;
     let back = owners_applied(&seen, 4).unwrap();
     assert_eq!(back, one_each, "shard 3 goes back to node 3");
     fleet.own(&back).await;
 
     // The heir's copy serves no read once it does not own the shard: the
     // blob is Degraded and repaired on node 3, and the copy stays meanwhile.
-    let (seen, ctx) = reconcile_after(
-        ctx,
-        cluster(4, 4, status_written(&seen)),
-        ready_pods(4),
-        claims(4),
-        fleet.endpoints(),
-    )
-    .await;
+    let (seen, ctx) = fleet.reconcile(ctx, status_written(&seen), 4).await;
     let status = status_written(&seen).expect("the status changes: the blob is Degraded");
     assert_eq!(status["blobs"]["degraded"], 1, "{status:#}");
     assert_eq!(
@@ -1084,14 +1074,7 @@ async fn a_shard_given_back_to_a_node_on_an_empty_volume_moves_once_the_fleet_is
     assert_eq!(fleet.held(3, &id).await.get(&3), Some(&1));
 
     // Node 3 holds it whole: the copy left on the heir is released.
-    let (seen, ctx) = reconcile_after(
-        ctx,
-        cluster(4, 4, Some(status)),
-        ready_pods(4),
-        claims(4),
-        fleet.endpoints(),
-    )
-    .await;
+    let (seen, ctx) = fleet.reconcile(ctx, Some(status), 4).await;
     let status = status_written(&seen).unwrap();
     assert_eq!(status["blobs"]["healthy"], 1, "{status:#}");
     assert_eq!(media_fleet(&ctx).metrics.shards_released.get(), 1);

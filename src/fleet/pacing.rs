@@ -27,33 +27,41 @@ pub fn pace_moves(
     holders: &[NodeSpec],
     room: usize,
 ) -> Assignment {
-    let present: BTreeSet<&str> = holders.iter().map(|n| n.name.as_str()).collect();
+    let leaving = leaving_present_owner(previous, holders);
     let mut left = room;
     target
         .iter()
-        .map(|(shard, owner)| match previous.get(shard) {
-            Some(before) if before != owner && present.contains(before.as_str()) => {
-                if left > 0 {
-                    left -= 1;
-                    (*shard, owner.clone())
-                } else {
-                    (*shard, before.clone())
-                }
+        .map(|(shard, owner)| match leaving(*shard, owner) {
+            Some(before) if left == 0 => (*shard, before.clone()),
+            Some(_) => {
+                left -= 1;
+                (*shard, owner.clone())
             }
-            _ => (*shard, owner.clone()),
+            None => (*shard, owner.clone()),
         })
         .collect()
 }
 
 /// Shards of `next` whose owner differs from `previous`'s, still present.
 pub fn live_moves(previous: &Assignment, next: &Assignment, holders: &[NodeSpec]) -> usize {
+    let leaving = leaving_present_owner(previous, holders);
     next.iter()
-        .filter(|(shard, owner)| {
-            previous
-                .get(shard)
-                .is_some_and(|before| before != *owner && holders.iter().any(|n| &n.name == before))
-        })
+        .filter(|(shard, owner)| leaving(**shard, owner).is_some())
         .count()
+}
+
+/// For a shard and the owner it goes to: its owner in `previous` when that
+/// is another node still among `holders`.
+fn leaving_present_owner<'a>(
+    previous: &'a Assignment,
+    holders: &[NodeSpec],
+) -> impl Fn(u16, &String) -> Option<&'a String> {
+    let present: BTreeSet<String> = holders.iter().map(|n| n.name.clone()).collect();
+    move |shard, owner| {
+        previous
+            .get(&shard)
+            .filter(|before| *before != owner && present.contains(before.as_str()))
+    }
 }
 
 #[cfg(test)]

@@ -219,13 +219,13 @@ fn rebalance_may_go_on(
     encoding: &EncodingConfig,
 ) -> bool {
     let repairs_idle = fleet.repairer.in_flight() == 0 && fleet.repairer.queued() == 0;
-    let last = fleet.view.lock().expect("not poisoned");
-    last.as_ref().is_some_and(|(_, view)| {
-        let counts = view.health_counts(encoding);
-        repairs_idle
-            && counts[&Health::Degraded] + counts[&Health::AtRisk] == 0
-            && view.ownership_matches(applied)
-    })
+    let ownership_caught_up = fleet
+        .view
+        .lock()
+        .expect("not poisoned")
+        .as_ref()
+        .is_some_and(|(_, view)| view.ownership_matches(applied));
+    repairs_idle && ownership_caught_up && last_view_blobs_to_repair(fleet, encoding) == 0
 }
 
 /// Whether `existing` was created from another spec than `desired`'s
