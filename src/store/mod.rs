@@ -47,6 +47,7 @@
 //! business (it verifies before it stores).
 
 mod aligned;
+mod blob_index;
 mod direct_io;
 mod fast_checksum;
 mod files;
@@ -169,6 +170,8 @@ pub struct SliverStore {
     locks: Vec<Mutex<()>>,
     /// The checksums the files it writes carry (by its format).
     checksums: Checksums,
+    /// Blobs held, for listing.
+    index: blob_index::BlobIndex,
 }
 
 /// The checksums a store writes, by its format (reads accept them all).
@@ -273,7 +276,9 @@ impl SliverStore {
             slivers: stats.slivers.map(AtomicU64::new),
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             checksums: Checksums::Plain,
+            index: Default::default(),
         };
+        store.index = blob_index::BlobIndex::new(store.stored_ids()?);
         let format = store.settle_format()?;
         store.checksums = Checksums::of_format(format);
         Ok(store)
@@ -437,6 +442,9 @@ impl SliverStore {
         if let Err(e) = files::create_dirs_synced(parent, &self.root) {
             let _ = fs::remove_file(&file.tmp);
             return Err(e);
+        }
+        if let Some(id) = self.blob_of(&file.path) {
+            self.index.insert(id);
         }
         files::publish(&file.tmp, &file.path)?;
         self.used.fetch_add(file.size, Ordering::Relaxed);
@@ -606,28 +614,55 @@ impl SliverStore {
             .collect())
     }
 
+    /// Blob ids with a directory or a tombstone, read from the directories.
+    fn stored_ids(&self) -> Result<Vec<BlobId>, StoreError> {
+        let tombstones = self.root.join("tombstones");
+        let mut ids = self.blob_dirs()?;
+        ids.extend(
+            fs::read_dir(&tombstones)
+                .map_err(files::io_error(&tombstones))?
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<BlobId>().ok()),
+        );
+        Ok(ids)
+    }
+
     /// Blob ids with anything stored (data or a tombstone), in order, after
-    /// `after`, at most `limit`.
+    /// `after`, at most `limit`: read from the index, each checked on disk
+    /// under its blob's lock (an id with nothing left is dropped from the
+    /// index; the lock keeps a write from creating it meanwhile).
     pub fn list_blobs(
         &self,
         after: Option<&BlobId>,
         limit: usize,
     ) -> Result<Vec<BlobId>, StoreError> {
-        let tombstones = self.root.join("tombstones");
-        let mut ids: Vec<BlobId> = self
-            .blob_dirs()?
-            .into_iter()
-            .chain(
-                fs::read_dir(&tombstones)
-                    .map_err(files::io_error(&tombstones))?
-                    .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()),
-            )
-            .filter(|id| after.is_none_or(|a| id > a))
-            .collect();
-        ids.sort();
-        ids.dedup();
-        ids.truncate(limit);
-        Ok(ids)
+        let mut listed = Vec::new();
+        let mut from = after.copied();
+        while listed.len() < limit {
+            let candidates = self.index.after(from.as_ref(), limit - listed.len());
+            let Some(last) = candidates.last() else {
+                break;
+            };
+            from = Some(*last);
+            for id in candidates {
+                let _lock = self.lock(&id);
+                if self.blob_dir(&id).exists() || self.tombstone_path(&id).exists() {
+                    listed.push(id);
+                } else {
+                    self.index.remove(&id);
+                }
+            }
+        }
+        Ok(listed)
+    }
+
+    /// The blob a path below blobs/ or tombstones/ belongs to.
+    fn blob_of(&self, path: &Path) -> Option<BlobId> {
+        let mut parts = path.strip_prefix(&self.root).ok()?.components();
+        let top = parts.next()?.as_os_str();
+        if top != "blobs" && top != "tombstones" {
+            return None;
+        }
+        parts.next()?.as_os_str().to_str()?.parse().ok()
     }
 
     /// What is stored of one blob (by file presence; reads check content).

@@ -475,6 +475,45 @@ fn blobs_and_tombstones_are_listed_in_pages() {
 }
 
 #[test]
+fn a_blob_is_listed_from_its_first_file_until_nothing_of_it_is_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (kept, aborted, deleted) = (id(1), id(2), id(3));
+    for blob in [kept, aborted, deleted] {
+        store.stage(&blob, 1, b"m").unwrap();
+    }
+    store
+        .put_sliver(&kept, 0, 4, SliverKind::Primary, b"p")
+        .unwrap();
+    let mut all = vec![kept, aborted, deleted];
+    all.sort();
+    assert_eq!(store.list_blobs(None, 10).unwrap(), all);
+
+    // An aborted write leaves nothing: the blob drops out. A deleted one
+    // keeps its tombstone: it stays.
+    assert!(store.abort(&aborted, 1).unwrap());
+    store.tombstone(&deleted, 1).unwrap();
+    let mut left = vec![kept, deleted];
+    left.sort();
+    assert_eq!(store.list_blobs(None, 10).unwrap(), left);
+    // A page of one that skips a dropped blob still fills.
+    assert_eq!(store.list_blobs(None, 1).unwrap(), left[..1]);
+
+    // Written again, it is listed again; a store opened anew lists the same.
+    store.stage(&aborted, 2, b"m").unwrap();
+    assert_eq!(store.list_blobs(None, 10).unwrap(), all);
+    drop(store);
+    let reopened = open(dir.path());
+    assert_eq!(reopened.list_blobs(None, 10).unwrap(), all);
+
+    // A directory removed behind the store's back is dropped too.
+    std::fs::remove_dir_all(dir.path().join("blobs").join(kept.to_string())).unwrap();
+    let mut rest = vec![aborted, deleted];
+    rest.sort();
+    assert_eq!(reopened.list_blobs(None, 10).unwrap(), rest);
+}
+
+#[test]
 fn deletes_racing_sliver_writes_never_leave_an_orphan() {
     // Many rounds of a writer and a deleter on one blob: afterwards the
     // blob either has data claimed by a write, or no data at all.

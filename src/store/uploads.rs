@@ -198,6 +198,7 @@ impl BlobLock<'_> {
                     continue;
                 }
                 let to = store.blob_dir(&self.id).join(shard.to_string());
+                store.index.insert(self.id);
                 files::create_dirs_synced(&to, &store.root)?;
                 for kind in [SliverKind::Primary, SliverKind::Secondary] {
                     let target = store.sliver_path(&self.id, *segment, shard, kind);
