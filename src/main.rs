@@ -964,7 +964,8 @@ fn bench_plan(args: PlanArgs) -> anyhow::Result<()> {
         nodes: args.nodes,
         shards: args.shards,
         nodes_wiped: args.wiped,
-        limit: usize::MAX,
+        // As the control loop plans: what it starts and queues.
+        limit: redstuff::control::MOST_QUEUED,
     };
     let report = redstuff::bench::plan::run(&options, |line| eprintln!("{line}"))?;
     if args.json {

@@ -1,10 +1,12 @@
 //! `redstuff bench plan`: the control loop's pure work at scale. Synthetic
 //! inventories of `nodes` nodes holding `blobs` blobs of `shards` shards,
 //! some nodes down, go through the same steps as every reconcile: shard
-//! assignment, the inventory view, health counts and repair planning. The
-//! baseline is one plain pass over every inventory entry (the least any
-//! planner must do); each step is reported as time, a ratio to that
-//! baseline, and the memory it holds.
+//! assignment, the inventory pages merged into the view as
+//! `control::observe` does (each page made when the merge asks for it, as
+//! a node would answer it), health counts and repair planning. The
+//! baseline is one plain pass over every inventory entry, its pages made
+//! the same way (the least any planner must do); each step is reported as
+//! time, a ratio to that baseline, and the memory it holds.
 
 use std::collections::BTreeSet;
 use std::hint::black_box;
@@ -13,8 +15,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::memory::current_rss_bytes;
-use crate::codec::EncodingConfig;
-use crate::control::FleetView;
+use crate::client::CheckedPage;
+use crate::codec::{BlobId, EncodingConfig};
+use crate::control::InventoryMerge;
 use crate::fleet::{self, Assignment, NodeSpec};
 use crate::wire::{InventoryBlob, InventoryPage};
 
@@ -29,7 +32,8 @@ pub struct PlanBenchOptions {
     pub shards: u16,
     /// Nodes back on empty volumes: they answer, own their shards, hold nothing.
     pub nodes_wiped: usize,
-    /// Repairs planned at most (the planner still ranks every blob).
+    /// Repairs planned at most (the planner still ranks every blob that
+    /// needs one).
     pub limit: usize,
 }
 
@@ -69,53 +73,81 @@ pub struct PlanBenchReport {
     pub unhealthy_blobs: usize,
 }
 
-fn blob_id(i: usize) -> String {
-    // Realistic length (43 characters), distinct and sorted like real ids.
-    format!("{i:0>43}")
+fn blob_id(i: usize) -> BlobId {
+    // Distinct and in the order of their index.
+    let mut bytes = [0u8; 32];
+    bytes[24..].copy_from_slice(&(i as u64).to_be_bytes());
+    BlobId(bytes)
 }
 
-/// The inventories the nodes would return: every node holds a complete
-/// pair of every blob for each of its shards, except the wiped ones,
-/// which hold nothing.
-pub fn synthetic_inventories(
-    options: &PlanBenchOptions,
-    assignment: &Assignment,
-    names: &[String],
-) -> Vec<Option<InventoryPage>> {
-    names
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            let shards: Vec<u16> = assignment
-                .iter()
-                .filter(|(_, owner)| *owner == name)
-                .map(|(s, _)| *s)
-                .collect();
-            Some(InventoryPage {
-                node: name.clone(),
-                shards: shards.clone(),
-                stored_bytes: 0,
-                blobs: (0..if i < options.nodes_wiped {
+/// One synthetic node: its name, its shards, and how many blobs it holds.
+struct SyntheticNode {
+    name: String,
+    shards: Vec<u16>,
+    blobs: usize,
+}
+
+impl SyntheticNode {
+    /// The nodes: every node holds a complete pair of every blob for each
+    /// of its shards, except the wiped ones, which hold nothing.
+    fn all(options: &PlanBenchOptions, assignment: &Assignment, names: &[String]) -> Vec<Self> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| SyntheticNode {
+                name: name.clone(),
+                shards: assignment
+                    .iter()
+                    .filter(|(_, owner)| *owner == name)
+                    .map(|(s, _)| *s)
+                    .collect(),
+                blobs: if i < options.nodes_wiped {
                     0
                 } else {
                     options.blobs
-                })
-                    .map(|b| InventoryBlob {
-                        id: blob_id(b),
-                        size: 64 << 20,
-                        segments: 1,
-                        shards: shards.iter().map(|s| (*s, 1)).collect(),
-                        state: crate::blob_state::BlobState {
-                            commit: Some(1),
-                            ..Default::default()
-                        },
-                    })
-                    .collect(),
-                next: None,
+                },
             })
-        })
-        .collect()
+            .collect()
+    }
+
+    /// Its inventory page after `after`, as the node would answer it.
+    fn page(&self, after: Option<BlobId>) -> CheckedPage {
+        let first = after.map_or(0, |a| {
+            u64::from_be_bytes(a.0[24..].try_into().expect("8 bytes")) as usize + 1
+        });
+        let end = (first + PAGE).min(self.blobs);
+        let ids: Vec<BlobId> = (first..end).map(blob_id).collect();
+        let blobs: Vec<InventoryBlob> = ids
+            .iter()
+            .map(|id| InventoryBlob {
+                id: id.to_string(),
+                size: 64 << 20,
+                segments: 1,
+                shards: self.shards.iter().map(|s| (*s, 1)).collect(),
+                state: crate::blob_state::BlobState {
+                    commit: Some(1),
+                    ..Default::default()
+                },
+            })
+            .collect();
+        let next = (end < self.blobs)
+            .then(|| blobs.last().map(|b| b.id.clone()))
+            .flatten();
+        CheckedPage {
+            page: InventoryPage {
+                node: self.name.clone(),
+                shards: self.shards.clone(),
+                stored_bytes: 0,
+                blobs,
+                next,
+            },
+            ids,
+        }
+    }
 }
+
+/// Blobs per synthetic page, as a node answers the control loop.
+const PAGE: usize = 1000;
 
 fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration, Option<u64>) {
     let before = current_rss_bytes();
@@ -148,24 +180,26 @@ pub fn run(
     let (assignment, assign_time, _) =
         timed(|| fleet::assign(options.shards, &specs, &Assignment::new()));
     progress(&format!("assign: {assign_time:?}"));
-    let (inventories, build_time, inventory_memory) =
-        timed(|| synthetic_inventories(options, &assignment, &names));
-    progress(&format!("inventories built in {build_time:?}"));
-    let entries: usize = inventories
-        .iter()
-        .flatten()
-        .map(|p| p.blobs.iter().map(|b| b.shards.len()).sum::<usize>())
-        .sum();
+    let nodes = SyntheticNode::all(options, &assignment, &names);
+    let entries: usize = nodes.iter().map(|n| n.blobs * n.shards.len()).sum();
 
-    // Baseline: touch every entry once.
+    // Baseline: make every page and touch every entry once.
     let (_, baseline, _) = timed(|| {
         let mut sum = 0u64;
-        for page in inventories.iter().flatten() {
-            for blob in &page.blobs {
-                for (shard, segments) in &blob.shards {
-                    sum = sum.wrapping_add(u64::from(*shard) ^ u64::from(*segments));
+        for node in &nodes {
+            let mut after = None;
+            loop {
+                let page = node.page(after);
+                for blob in &page.page.blobs {
+                    for (shard, segments) in &blob.shards {
+                        sum = sum.wrapping_add(u64::from(*shard) ^ u64::from(*segments));
+                    }
+                    sum = sum.wrapping_add(blob.id.len() as u64);
                 }
-                sum = sum.wrapping_add(blob.id.len() as u64);
+                if page.page.next.is_none() {
+                    break;
+                }
+                after = page.ids.last().copied();
             }
         }
         black_box(sum)
@@ -173,12 +207,18 @@ pub fn run(
     progress(&format!("baseline pass: {baseline:?}"));
 
     let (view, view_time, view_memory) = timed(|| {
-        FleetView::from_inventories(
-            names
-                .iter()
-                .zip(&inventories)
-                .map(|(n, inv)| (n.as_str(), inv.as_ref())),
-        )
+        let mut merge = InventoryMerge::new(names.iter().cloned(), usize::MAX);
+        loop {
+            let wanted = merge.wanted();
+            if wanted.is_empty() {
+                break;
+            }
+            for (node, after) in wanted {
+                merge.take_page(node, Ok(nodes[node].page(after)));
+            }
+            merge.fold_ready();
+        }
+        merge.finish()
     });
     progress(&format!("view: {view_time:?}"));
     let (counts, health_time, _) = timed(|| view.health_counts(&encoding));
@@ -213,8 +253,11 @@ pub fn run(
         baseline_seconds: baseline.as_secs_f64(),
         steps: vec![
             step("assign shards", assign_time, None),
-            step("hold the inventories", build_time, inventory_memory),
-            step("inventory view", view_time, view_memory),
+            step(
+                "merge the inventories into the view",
+                view_time,
+                view_memory,
+            ),
             step("health counts", health_time, None),
             step("plan repairs", plan_time, plan_memory),
         ],
@@ -258,17 +301,18 @@ mod tests {
 
     #[test]
     fn a_small_run_plans_a_repair_of_every_blob_on_the_wiped_node() {
+        // More blobs than a page: the merge reads several.
         let options = PlanBenchOptions {
-            blobs: 20,
+            blobs: 2500,
             nodes: 7,
             shards: 7,
             nodes_wiped: 1,
             limit: usize::MAX,
         };
         let report = run(&options, |_| {}).unwrap();
-        assert_eq!(report.entries, 20 * 6);
-        assert_eq!(report.unhealthy_blobs, 20);
-        assert_eq!(report.tasks, 20);
-        assert_eq!(report.steps.len(), 5);
+        assert_eq!(report.entries, 2500 * 6);
+        assert_eq!(report.unhealthy_blobs, 2500);
+        assert_eq!(report.tasks, 2500);
+        assert_eq!(report.steps.len(), 4);
     }
 }

@@ -9,7 +9,11 @@
 //!   the call deadline plus the time that size takes at
 //!   `MIN_TRANSFER_RATE`, for the whole exchange too, besides the stall
 //!   time per chunk.
-//! - A node's whole inventory (every page) has `Deadlines::inventory`.
+//! - A node's inventory, read page by page by the control loop, may take
+//!   `Deadlines::inventory` plus the blobs it listed at
+//!   `MIN_INVENTORY_RATE`, counting only the time spent waiting on its
+//!   own pages (`Deadlines::inventory_budget`); each page has the call
+//!   deadline.
 //! - A large transfer is watched for progress instead: it fails when no
 //!   bytes moved for the stall time, however long it runs while bytes do
 //!   move; after the last byte of an upload the answer must come within
@@ -30,6 +34,11 @@ use futures_util::Stream;
 /// `len` bytes must end within the call deadline plus `len` at this rate.
 pub const MIN_TRANSFER_RATE: u64 = 1 << 20;
 
+/// The slowest average rate, in blobs per second, at which a node's
+/// inventory may list its blobs beyond `Deadlines::inventory` (a node
+/// lists a page of a thousand blobs in milliseconds).
+pub const MIN_INVENTORY_RATE: u64 = 5_000;
+
 /// How long node calls may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadlines {
@@ -39,7 +48,8 @@ pub struct Deadlines {
     pub stall: Duration,
     /// A repair without a segment done.
     pub repair_stall: Duration,
-    /// Reading one node's whole inventory, every page.
+    /// Reading one node's inventory, every page, before the allowance for
+    /// the blobs it lists (see `inventory_budget`).
     pub inventory: Duration,
 }
 
@@ -55,6 +65,12 @@ impl Deadlines {
             repair_stall: (call * 6).max(Duration::from_secs(30)),
             inventory: call * 6,
         }
+    }
+
+    /// The time a node's inventory pages may take in all once it listed
+    /// `listed` blobs: `inventory` plus those blobs at `MIN_INVENTORY_RATE`.
+    pub fn inventory_budget(&self, listed: usize) -> Duration {
+        self.inventory + Duration::from_secs_f64(listed as f64 / MIN_INVENTORY_RATE as f64)
     }
 
     /// The whole-exchange deadline of a download of at most `len` bytes:

@@ -19,10 +19,12 @@ mod write;
 
 pub use blob_client::{BlobClient, BlobIoError};
 pub use commit::{commit_verdict, CommitVerdict};
-pub use deadline::Deadlines;
+pub use deadline::{Deadlines, MIN_INVENTORY_RATE, MIN_TRANSFER_RATE};
 pub use delete::DeleteOutcome;
 pub use memory_budget::{MemoryBudget, MemoryReservation};
-pub use node_client::{NodeCallError, NodeCalls, NodeClient, DEFAULT_MAX_INVENTORY_BLOBS};
+pub use node_client::{
+    CheckedPage, NodeCallError, NodeCalls, NodeClient, DEFAULT_MAX_INVENTORY_BLOBS,
+};
 pub use range::{segment_spans, RangeStream};
 pub use read::{SlowNodes, VisibleBlob};
 pub use upload::{BlobUpload, SEGMENTS_IN_FLIGHT};

@@ -29,9 +29,49 @@ const STATE_LIMIT: u64 = 1 << 20;
 const REPAIR_LINE_LIMIT: u64 = 1 << 20;
 /// Blobs asked per inventory page.
 const INVENTORY_PAGE: usize = 1000;
-/// The most blobs one node's inventory may list by default (an entry
-/// takes about 250 bytes in memory: some 60 MiB per node at the bound).
-pub const DEFAULT_MAX_INVENTORY_BLOBS: usize = 250_000;
+/// The most blobs one node's inventory may list by default. The control
+/// loop holds a page per node at a time, so this bounds how long a node
+/// listing made-up blobs can keep the loop reading, not its memory.
+pub const DEFAULT_MAX_INVENTORY_BLOBS: usize = 2_000_000;
+
+/// An inventory page whose blob ids parsed and follow, in increasing
+/// order, the blob it was asked after.
+#[derive(Debug, Clone)]
+pub struct CheckedPage {
+    /// The page.
+    pub page: InventoryPage,
+    /// Its blobs' ids, in the page's order.
+    pub ids: Vec<BlobId>,
+}
+
+/// Checks a page asked for after `after`: at most a page of blobs, in
+/// increasing id order after `after`, and a `next` that names its last
+/// blob. Returns the parsed ids, or why the page is garbled.
+fn check_page(page: &InventoryPage, after: Option<BlobId>) -> Result<Vec<BlobId>, String> {
+    if page.blobs.len() > INVENTORY_PAGE {
+        return Err(format!(
+            "{} blobs on a page of at most {INVENTORY_PAGE}",
+            page.blobs.len()
+        ));
+    }
+    let mut ids: Vec<BlobId> = Vec::with_capacity(page.blobs.len());
+    for blob in &page.blobs {
+        let id: BlobId = blob
+            .id
+            .parse()
+            .map_err(|_| format!("{:?} is not a blob id", blob.id))?;
+        if ids.last().copied().or(after).is_some_and(|l| id <= l) {
+            return Err("blobs out of order".into());
+        }
+        ids.push(id);
+    }
+    if let Some(next) = &page.next {
+        if page.blobs.last().map(|b| &b.id) != Some(next) {
+            return Err("next does not name the page's last blob".into());
+        }
+    }
+    Ok(ids)
+}
 
 /// A failed call to a node.
 #[derive(Debug, Error)]
@@ -113,7 +153,7 @@ pub struct NodeCalls {
     /// Deadlines of every call.
     pub deadlines: Deadlines,
     /// The most blobs one node's whole inventory may list: a node that
-    /// lists more (a liar answering an endless chain of pages) is refused.
+    /// lists more (a liar answering an endless chain of pages) is cut.
     pub max_inventory_blobs: usize,
 }
 
@@ -609,12 +649,31 @@ impl NodeClient {
         self.get_json(&path, cap, "an inventory page").await
     }
 
-    /// Every page of the node's inventory, within `Deadlines::inventory`
-    /// and at most `NodeCalls::max_inventory_blobs` blobs. Each page must
-    /// list blobs in id order after the one asked for and name its last
-    /// blob as `next`: a node answering an endless or circular chain of
-    /// pages is cut (`TimedOut`, `TooLarge` or `Garbled`), never followed
-    /// for longer or further than that.
+    /// The page of the node's inventory after blob `after` (from the first
+    /// when `None`), checked: at most a page of blobs, each id a blob id, in
+    /// increasing order after `after`, and a `next` that names its last
+    /// blob. A node answering otherwise is `Garbled`.
+    pub async fn inventory_after(
+        &self,
+        after: Option<BlobId>,
+    ) -> Result<CheckedPage, NodeCallError> {
+        let page = self
+            .inventory(after.map(|a| a.to_string()).as_deref(), INVENTORY_PAGE)
+            .await?;
+        let ids = check_page(&page, after).map_err(|reason| NodeCallError::Garbled {
+            url: self.base.clone(),
+            what: "an inventory page",
+            reason,
+        })?;
+        Ok(CheckedPage { page, ids })
+    }
+
+    /// Every page of the node's inventory in one page, within
+    /// `Deadlines::inventory` and at most `NodeCalls::max_inventory_blobs`
+    /// blobs (the control loop reads pages as it goes instead, see
+    /// `control::observe`): a node answering an endless chain of pages is
+    /// cut (`TimedOut` or `TooLarge`), never followed for longer or further
+    /// than that.
     pub async fn full_inventory(&self) -> Result<InventoryPage, NodeCallError> {
         const WHAT: &str = "the whole inventory";
         let until = Instant::now() + self.calls.deadlines.inventory;
@@ -628,69 +687,26 @@ impl NodeClient {
     }
 
     async fn inventory_pages(&self) -> Result<InventoryPage, NodeCallError> {
-        const WHAT: &str = "the whole inventory";
         let max = self.calls.max_inventory_blobs;
-        let mut page = self.inventory(None, INVENTORY_PAGE).await?;
-        let mut last = self.check_page(&page, None)?;
-        while let Some(next) = page.next.take() {
+        let too_large = || NodeCallError::TooLarge {
+            url: self.base.clone(),
+            what: "the whole inventory",
+            limit: max as u64,
+        };
+        let CheckedPage { mut page, mut ids } = self.inventory_after(None).await?;
+        while page.next.is_some() {
             if page.blobs.len() >= max {
-                return Err(NodeCallError::TooLarge {
-                    url: self.base.clone(),
-                    what: WHAT,
-                    limit: max as u64,
-                });
+                return Err(too_large());
             }
-            let mut more = self.inventory(Some(&next), INVENTORY_PAGE).await?;
-            last = self.check_page(&more, last)?;
-            page.blobs.append(&mut more.blobs);
-            page.next = more.next;
+            let mut more = self.inventory_after(ids.last().copied()).await?;
+            ids = more.ids;
+            page.blobs.append(&mut more.page.blobs);
+            page.next = more.page.next;
         }
         if page.blobs.len() > max {
-            return Err(NodeCallError::TooLarge {
-                url: self.base.clone(),
-                what: WHAT,
-                limit: max as u64,
-            });
+            return Err(too_large());
         }
         Ok(page)
-    }
-
-    /// Checks one page against the one before (whose last blob was
-    /// `after`): at most a page of blobs, in increasing id order after
-    /// `after`, and a `next` that names its last blob. Returns its last id.
-    fn check_page(
-        &self,
-        page: &InventoryPage,
-        after: Option<BlobId>,
-    ) -> Result<Option<BlobId>, NodeCallError> {
-        let garbled = |reason: String| NodeCallError::Garbled {
-            url: self.base.clone(),
-            what: "an inventory page",
-            reason,
-        };
-        if page.blobs.len() > INVENTORY_PAGE {
-            return Err(garbled(format!(
-                "{} blobs on a page of at most {INVENTORY_PAGE}",
-                page.blobs.len()
-            )));
-        }
-        let mut last = after;
-        for blob in &page.blobs {
-            let id: BlobId = blob
-                .id
-                .parse()
-                .map_err(|_| garbled(format!("{:?} is not a blob id", blob.id)))?;
-            if last.is_some_and(|l| id <= l) {
-                return Err(garbled("blobs out of order".into()));
-            }
-            last = Some(id);
-        }
-        if let Some(next) = &page.next {
-            if page.blobs.is_empty() || page.blobs.last().map(|b| &b.id) != Some(next) {
-                return Err(garbled("next does not name the page's last blob".into()));
-            }
-        }
-        Ok(last)
     }
 
     /// Asks the node to rebuild its sliver pairs of a blob. The node

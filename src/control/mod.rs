@@ -1,28 +1,31 @@
 //! The control-loop shell shared by the local fleet (`dev`) and the
-//! operator: read every node's inventory (each node within its deadline,
-//! so one hung node never holds the view), turn them into a view of the
+//! operator: read every node's inventory as one merge of pages (each node
+//! within its deadline, so one hung node never holds the view, and a page
+//! per node held at a time, `inventory_merge`), fold it into a view of the
 //! fleet (pure, `view`), publish blob health as metrics, carry commit
 //! markers and tombstones to nodes that missed them (`markers`), release
 //! the pairs nodes keep of shards that moved away (`releases`), and start
 //! the repairs `fleet::plan_repairs` asks for (`repairer`).
 
+mod inventory_merge;
 mod markers;
 mod releases;
 mod repairer;
 mod view;
 
 use std::future::Future;
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use futures_util::stream::{self, StreamExt};
 
 use crate::client::{NodeCalls, NodeClient};
 use crate::codec::BlobId;
-use crate::wire::InventoryPage;
+pub use inventory_merge::InventoryMerge;
 pub use markers::spread_markers;
 pub use releases::release_strays;
-pub use repairer::{RepairTotals, Repairer, StartedRepair};
-pub use view::{BlobView, FleetView, Marker, MarkerTask, ReleaseTask};
+pub use repairer::{RepairTotals, Repairer, StartedRepair, MOST_QUEUED};
+pub use view::{BlobView, FleetView, Marker, MarkerTask, ReleaseTask, ViewBuilder};
 
 /// Calls to nodes made at once by `on_nodes`.
 const CONCURRENCY: usize = 16;
@@ -99,34 +102,45 @@ pub struct NodeAddress {
     pub url: String,
 }
 
-/// Reads every node's whole inventory concurrently; `None` for a node
-/// that did not answer (each page has the call deadline).
-pub async fn read_inventories(
-    calls: &NodeCalls,
-    nodes: &[NodeAddress],
-) -> Vec<Option<InventoryPage>> {
-    join_all(nodes.iter().map(|n| {
-        let client = calls.node(&n.url);
-        async move {
-            match client.full_inventory().await {
-                Ok(page) => Some(page),
-                Err(e) => {
-                    tracing::debug!(node = %n.name, "inventory: {e}");
-                    None
-                }
-            }
-        }
-    }))
-    .await
-}
-
-/// Reads the inventories and builds the view.
+/// Reads every node's inventory as one merge, a page of each node at a
+/// time, and builds the view (see `InventoryMerge`). Each page has the call
+/// deadline; a node's pages together have `Deadlines::inventory_budget` of
+/// the blobs it listed, counting only the time spent waiting on that
+/// node, so a slow node holds the loop no longer than that and a large
+/// fleet's honest nodes are never cut for their size.
 pub async fn observe(calls: &NodeCalls, nodes: &[NodeAddress]) -> FleetView {
-    let inventories = read_inventories(calls, nodes).await;
-    FleetView::from_inventories(
-        nodes
-            .iter()
-            .zip(&inventories)
-            .map(|(n, inv)| (n.name.as_str(), inv.as_ref())),
-    )
+    let clients: Vec<NodeClient> = nodes.iter().map(|n| calls.node(&n.url)).collect();
+    let mut merge = InventoryMerge::new(
+        nodes.iter().map(|n| n.name.clone()),
+        calls.max_inventory_blobs,
+    );
+    let mut spent = vec![Duration::ZERO; nodes.len()];
+    loop {
+        let wanted = merge.wanted();
+        if wanted.is_empty() {
+            break;
+        }
+        let asked = wanted.into_iter().map(|(node, after)| {
+            let budget = calls
+                .deadlines
+                .inventory_budget(merge.listed(node))
+                .saturating_sub(spent[node]);
+            let client = &clients[node];
+            async move {
+                let start = Instant::now();
+                let answer = match tokio::time::timeout(budget, client.inventory_after(after)).await
+                {
+                    Ok(page) => page.map_err(|e| e.to_string()),
+                    Err(_) => Err("its inventory took longer than its deadline".to_string()),
+                };
+                (node, answer, start.elapsed())
+            }
+        });
+        for (node, answer, took) in join_all(asked).await {
+            spent[node] += took;
+            merge.take_page(node, answer);
+        }
+        merge.fold_ready();
+    }
+    merge.finish()
 }

@@ -7,7 +7,10 @@
 //! repair that ends starts the next one, so a fleet with many blobs to
 //! heal keeps its repairs running between two observations of the fleet
 //! (which read every node's inventory) instead of starting a handful per
-//! observation. The next plan replaces the queue. A queued repair that
+//! observation. The next plan replaces the queue, so it keeps at most
+//! `MOST_QUEUED` repairs, far more than can end before that plan comes:
+//! a fleet of a million blobs that lost a node queues ten thousand, not a
+//! million. A queued repair that
 //! runs late is still safe: it names the generation it repairs, and the
 //! node rebuilds only what it misses.
 
@@ -21,6 +24,9 @@ use crate::codec::EncodingConfig;
 use crate::fleet::{self, Assignment, RepairTask};
 use crate::metrics::FleetMetrics;
 use crate::wire::RepairRequest;
+
+/// Repairs a plan queues at most beyond those it starts.
+pub const MOST_QUEUED: usize = 10_000;
 
 /// What the repairs of one blob did so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -122,7 +128,7 @@ impl Repairer {
             &view.observations(),
             &view.confirmed(assignment),
             &view.ready,
-            usize::MAX,
+            max_in_flight + MOST_QUEUED,
         );
         let waiting = plan
             .into_iter()
@@ -360,6 +366,19 @@ mod tests {
             6,
             "a plan without room queues everything"
         );
+    }
+
+    #[tokio::test]
+    async fn a_plan_queues_at_most_its_bound_of_repairs_however_many_blobs_need_one() {
+        let (url, _asked) = counting_node().await;
+        let (view, assignment) = view_missing_d(MOST_QUEUED + 50);
+        let repairer = Repairer::new(
+            NodeCalls::new(crate::auth::TokenSet::single("t"), Default::default()),
+            FleetMetrics::new(&prometheus::Registry::new()),
+        );
+        let encoding = EncodingConfig::new(4).unwrap();
+        repairer.run_plan(&encoding, &view, &assignment, &nodes_at(&url), 0);
+        assert_eq!(repairer.queued(), MOST_QUEUED);
     }
 
     #[tokio::test]

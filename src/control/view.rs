@@ -13,7 +13,7 @@ use crate::blob_state::{BlobState, Verdict};
 use crate::codec::EncodingConfig;
 use crate::fleet::{self, Assignment, BlobObservation, Health, ShardSet};
 use crate::metrics::FleetMetrics;
-use crate::wire::InventoryPage;
+use crate::wire::{InventoryBlob, InventoryPage};
 
 /// What the fleet holds of one visible blob, from the inventories.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -110,136 +110,169 @@ impl Gathered {
     }
 }
 
+/// Builds a `FleetView` one blob at a time: every node is first said to
+/// have answered (with the shards it owns) or not, then each blob is
+/// folded once with every answering node's entry for it. What a fold adds
+/// depends only on that blob's entries and the nodes answering, so blobs
+/// may come in any order and the inventories need never be held whole.
+#[derive(Debug, Default)]
+pub struct ViewBuilder {
+    view: FleetView,
+}
+
+impl ViewBuilder {
+    /// A builder of an empty view.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `node` answered and owns `shards`.
+    pub fn answered(&mut self, node: &str, shards: &[u16]) {
+        self.view.ready.insert(node.to_string());
+        self.view
+            .owned
+            .insert(node.to_string(), shards.iter().copied().collect());
+    }
+
+    /// `node` did not answer (down, stopped, partitioned).
+    pub fn silent(&mut self, node: &str) {
+        self.view.silent.insert(node.to_string());
+    }
+
+    /// `node` answered and then stopped partway through its inventory: it
+    /// is not answering from now on; blobs already folded keep what it said.
+    pub fn stopped(&mut self, node: &str) {
+        self.view.ready.remove(node);
+        self.view.owned.remove(node);
+        self.silent(node);
+    }
+
+    /// Folds blob `id` with the entries answering nodes list for it (a node
+    /// listing nothing of it holds nothing of it). A blob is visible when
+    /// its newest commit beats every tombstone (see `blob_state`); a visible
+    /// blob only some nodes know the metadata of still counts the pairs of
+    /// the others.
+    pub fn fold(&mut self, id: &str, entries: &[(&str, &InventoryBlob)]) {
+        let view = &mut self.view;
+        let mut gathered = Gathered::default();
+        for (node, blob) in entries {
+            let weight = view.owned.get(*node).map_or(0, BTreeSet::len).max(1);
+            let s = &blob.state;
+            gathered.state.commit = gathered.state.commit.max(s.commit);
+            gathered.state.tombstone = gathered.state.tombstone.max(s.tombstone);
+            gathered.staged |= s.staged.is_some();
+            if blob.segments > 0 {
+                let layout = (blob.size, blob.segments);
+                match gathered.layouts.iter_mut().find(|(l, _)| *l == layout) {
+                    Some((_, votes)) => *votes += weight,
+                    None => gathered.layouts.push((layout, weight)),
+                }
+            }
+        }
+        match gathered.verdict() {
+            Verdict::Visible(generation) => {
+                for (node, blob) in entries {
+                    let holds_data = blob.segments > 0 || !blob.shards.is_empty();
+                    if holds_data && blob.state.commit < Some(generation) {
+                        view.markers.push(MarkerTask {
+                            node: node.to_string(),
+                            blob: id.to_string(),
+                            marker: Marker::Commit(generation),
+                        });
+                    }
+                }
+                let (size, segments) = gathered.layout();
+                if segments == 0 {
+                    return;
+                }
+                let mut complete_shards = ShardSet::default();
+                let mut strays = Vec::new();
+                for (node, blob) in entries {
+                    let Some(owned) = view.owned.get(*node) else {
+                        continue;
+                    };
+                    for (shard, held) in &blob.shards {
+                        if !owned.contains(shard) {
+                            strays.push(ReleaseTask {
+                                node: node.to_string(),
+                                blob: id.to_string(),
+                                shard: *shard,
+                            });
+                        } else if *held >= segments {
+                            complete_shards.insert(*shard);
+                        }
+                    }
+                }
+                strays.retain(|t| complete_shards.contains(&t.shard));
+                view.strays.append(&mut strays);
+                view.blobs.insert(
+                    id.to_string(),
+                    BlobView {
+                        size,
+                        segments,
+                        generation,
+                        complete_shards,
+                    },
+                );
+            }
+            Verdict::Deleted(generation) => {
+                view.deleted.insert(id.to_string(), generation);
+                // The tombstone also goes to answering nodes that hold
+                // nothing of the blob: it must outlive the loss of the
+                // nodes that have it.
+                let listed = |node: &str| {
+                    entries
+                        .iter()
+                        .find(|(n, _)| *n == node)
+                        .map(|(_, blob)| blob.state.tombstone)
+                };
+                for node in &view.ready {
+                    if listed(node).is_none_or(|tombstone| tombstone < Some(generation)) {
+                        view.markers.push(MarkerTask {
+                            node: node.clone(),
+                            blob: id.to_string(),
+                            marker: Marker::Tombstone(generation),
+                        });
+                    }
+                }
+            }
+            Verdict::Staged | Verdict::Absent => {}
+        }
+    }
+
+    /// The view, its task lists in order.
+    pub fn finish(mut self) -> FleetView {
+        self.view.markers.sort();
+        self.view.strays.sort();
+        self.view
+    }
+}
+
 impl FleetView {
-    /// Builds the view from each node's inventory (`None`: no answer).
-    /// A blob is visible when its newest commit beats every tombstone (see
-    /// `blob_state`); a visible blob only some nodes know the metadata of
-    /// still counts the pairs of the others.
+    /// Builds the view from each node's whole inventory (`None`: no
+    /// answer); `control::observe` builds it page by page instead.
     pub fn from_inventories<'a>(
         inventories: impl IntoIterator<Item = (&'a str, Option<&'a InventoryPage>)>,
     ) -> Self {
-        let mut view = FleetView::default();
-        let answered: Vec<(&str, &InventoryPage)> = inventories
-            .into_iter()
-            .filter_map(|(name, inventory)| {
-                let Some(inventory) = inventory else {
-                    view.silent.insert(name.to_string());
-                    return None;
-                };
-                view.ready.insert(name.to_string());
-                view.owned
-                    .insert(name.to_string(), inventory.shards.iter().copied().collect());
-                Some((name, inventory))
-            })
-            .collect();
-        // Pass 1: markers and layout per blob. Hashed by id while building:
-        // a million entries at 10,000 blobs on 100 nodes.
-        let mut gathered: HashMap<&str, Gathered> = HashMap::new();
-        for (_, inventory) in &answered {
-            let weight = inventory.shards.len().max(1);
+        let mut builder = ViewBuilder::new();
+        let mut by_blob: HashMap<&str, Vec<(&str, &InventoryBlob)>> = HashMap::new();
+        for (node, inventory) in inventories {
+            let Some(inventory) = inventory else {
+                builder.silent(node);
+                continue;
+            };
+            builder.answered(node, &inventory.shards);
             for blob in &inventory.blobs {
-                let entry = gathered.entry(blob.id.as_str()).or_default();
-                let s = &blob.state;
-                entry.state.commit = entry.state.commit.max(s.commit);
-                entry.state.tombstone = entry.state.tombstone.max(s.tombstone);
-                entry.staged |= s.staged.is_some();
-                if blob.segments > 0 {
-                    let layout = (blob.size, blob.segments);
-                    match entry.layouts.iter_mut().find(|(l, _)| *l == layout) {
-                        Some((_, votes)) => *votes += weight,
-                        None => entry.layouts.push((layout, weight)),
-                    }
-                }
+                by_blob
+                    .entry(blob.id.as_str())
+                    .or_default()
+                    .push((node, blob));
             }
         }
-        let verdicts: HashMap<&str, Verdict> =
-            gathered.iter().map(|(id, g)| (*id, g.verdict())).collect();
-        for (id, g) in &gathered {
-            match verdicts[id] {
-                Verdict::Visible(generation) => {
-                    let (size, segments) = g.layout();
-                    if segments > 0 {
-                        view.blobs.insert(
-                            id.to_string(),
-                            BlobView {
-                                size,
-                                segments,
-                                generation,
-                                complete_shards: ShardSet::default(),
-                            },
-                        );
-                    }
-                }
-                Verdict::Deleted(generation) => {
-                    view.deleted.insert(id.to_string(), generation);
-                }
-                Verdict::Staged | Verdict::Absent => {}
-            }
+        for (id, entries) in &by_blob {
+            builder.fold(id, entries);
         }
-        // Pass 2: complete shards of visible blobs, and missing markers.
-        let mut listed: HashMap<&str, BTreeSet<&str>> = HashMap::new();
-        let mut strays = Vec::new();
-        for (node, inventory) in &answered {
-            let owned = &view.owned[*node];
-            for blob in &inventory.blobs {
-                let id = blob.id.as_str();
-                match verdicts[id] {
-                    Verdict::Visible(generation) => {
-                        let holds_data = blob.segments > 0 || !blob.shards.is_empty();
-                        if holds_data && blob.state.commit < Some(generation) {
-                            view.markers.push(MarkerTask {
-                                node: node.to_string(),
-                                blob: id.to_string(),
-                                marker: Marker::Commit(generation),
-                            });
-                        }
-                        if let Some(view_blob) = view.blobs.get_mut(id) {
-                            for (shard, segments) in &blob.shards {
-                                if !owned.contains(shard) {
-                                    strays.push(ReleaseTask {
-                                        node: node.to_string(),
-                                        blob: id.to_string(),
-                                        shard: *shard,
-                                    });
-                                } else if *segments >= view_blob.segments {
-                                    view_blob.complete_shards.insert(*shard);
-                                }
-                            }
-                        }
-                    }
-                    Verdict::Deleted(generation) => {
-                        listed.entry(id).or_default().insert(node);
-                        if blob.state.tombstone < Some(generation) {
-                            view.markers.push(MarkerTask {
-                                node: node.to_string(),
-                                blob: id.to_string(),
-                                marker: Marker::Tombstone(generation),
-                            });
-                        }
-                    }
-                    Verdict::Staged | Verdict::Absent => {}
-                }
-            }
-        }
-        // A tombstone also goes to answering nodes that hold nothing of
-        // the blob: it must outlive the loss of the nodes that have it.
-        for (id, generation) in &view.deleted {
-            let listed = listed.get(id.as_str());
-            for (node, _) in &answered {
-                if !listed.is_some_and(|l| l.contains(node)) {
-                    view.markers.push(MarkerTask {
-                        node: node.to_string(),
-                        blob: id.clone(),
-                        marker: Marker::Tombstone(*generation),
-                    });
-                }
-            }
-        }
-        view.markers.sort();
-        strays.retain(|t| view.blobs[&t.blob].complete_shards.contains(&t.shard));
-        strays.sort();
-        view.strays = strays;
-        view
+        builder.finish()
     }
 
     /// The strays to release now: those whose node `assignment` does not
@@ -254,12 +287,12 @@ impl FleetView {
     }
 
     /// The observations `fleet` plans with.
-    pub fn observations(&self) -> Vec<BlobObservation> {
+    pub fn observations(&self) -> Vec<BlobObservation<'_>> {
         self.blobs
             .iter()
             .map(|(id, blob)| BlobObservation {
-                id: id.clone(),
-                complete_shards: blob.complete_shards.clone(),
+                id,
+                complete_shards: &blob.complete_shards,
             })
             .collect()
     }

@@ -178,13 +178,13 @@ pub fn health(config: &EncodingConfig, complete_shards: usize) -> Health {
     }
 }
 
-/// What the fleet holds of one blob.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlobObservation {
+/// What the fleet holds of one blob (borrowed from the view).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobObservation<'a> {
     /// The blob id.
-    pub id: String,
+    pub id: &'a str,
     /// Shards holding its pair in every segment.
-    pub complete_shards: ShardSet,
+    pub complete_shards: &'a ShardSet,
 }
 
 /// One repair to start: `node` rebuilds `shards` of `blob`.
@@ -210,19 +210,22 @@ pub fn plan_repairs(
     ready: &BTreeSet<String>,
     limit: usize,
 ) -> Vec<RepairTask> {
-    let mut ordered: Vec<&BlobObservation> = blobs.iter().collect();
+    let needs_repair = |blob: &&BlobObservation| {
+        !matches!(
+            health(config, blob.complete_shards.len()),
+            Health::Healthy | Health::Lost
+        )
+    };
+    let mut ordered: Vec<&BlobObservation> = blobs.iter().filter(needs_repair).collect();
     ordered.sort_by(|a, b| {
         a.complete_shards
             .len()
             .cmp(&b.complete_shards.len())
-            .then(a.id.cmp(&b.id))
+            .then(a.id.cmp(b.id))
     });
     let mut tasks = Vec::new();
     for blob in ordered {
         let state = health(config, blob.complete_shards.len());
-        if matches!(state, Health::Healthy | Health::Lost) {
-            continue;
-        }
         let mut by_node: BTreeMap<&str, Vec<u16>> = BTreeMap::new();
         for shard in 0..config.n() as u16 {
             if blob.complete_shards.contains(&shard) {
@@ -233,15 +236,17 @@ pub fn plan_repairs(
             }
         }
         for (node, shards) in by_node {
+            if tasks.len() == limit {
+                return tasks;
+            }
             tasks.push(RepairTask {
-                blob: blob.id.clone(),
+                blob: blob.id.to_string(),
                 node: node.to_string(),
                 shards,
                 health: state,
             });
         }
     }
-    tasks.truncate(limit);
     tasks
 }
 
@@ -390,16 +395,22 @@ mod tests {
         let c = EncodingConfig::new(7).unwrap();
         let assignment: Assignment = (0..7).map(|s| (s, format!("n{}", s % 4))).collect();
         let ready: BTreeSet<String> = ["n0", "n1", "n3"].iter().map(|s| s.to_string()).collect();
-        let blob = |id: &str, complete: &[u16]| BlobObservation {
-            id: id.into(),
-            complete_shards: complete.iter().copied().collect(),
-        };
-        let blobs = vec![
-            blob("healthy", &[0, 1, 2, 3, 4, 5, 6]),
-            blob("degraded", &[0, 1, 2, 3, 4, 5]),
-            blob("at-risk", &[2, 3, 4, 5]),
-            blob("lost", &[1, 2]),
-        ];
+        let held: Vec<(&str, ShardSet)> = [
+            ("healthy", &[0, 1, 2, 3, 4, 5, 6][..]),
+            ("degraded", &[0, 1, 2, 3, 4, 5]),
+            ("at-risk", &[2, 3, 4, 5]),
+            ("lost", &[1, 2]),
+        ]
+        .into_iter()
+        .map(|(id, complete)| (id, complete.iter().copied().collect()))
+        .collect();
+        let blobs: Vec<BlobObservation> = held
+            .iter()
+            .map(|(id, complete_shards)| BlobObservation {
+                id,
+                complete_shards,
+            })
+            .collect();
         let plan = plan_repairs(&c, &blobs, &assignment, &ready, 10);
         let summary: Vec<(&str, &str, Vec<u16>, Health)> = plan
             .iter()

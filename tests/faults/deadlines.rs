@@ -15,7 +15,7 @@ use axum::extract::Query;
 use axum::routing::get;
 use axum::Router;
 use redstuff::auth::TokenSet;
-use redstuff::client::{Deadlines, NodeCallError, NodeCalls};
+use redstuff::client::{Deadlines, NodeCallError, NodeCalls, MIN_INVENTORY_RATE};
 use redstuff::codec::{BlobId, SliverKind};
 use redstuff::control::NodeAddress;
 use redstuff::wire::{InventoryBlob, InventoryPage};
@@ -250,8 +250,8 @@ async fn lying_inventory(chain: Chain) -> (String, Arc<AtomicUsize>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_answering_an_endless_chain_of_inventory_pages_is_cut_by_page_count_and_total_time()
-{
+async fn a_node_answering_an_endless_chain_of_inventory_pages_is_cut_by_page_count_and_its_time_budget(
+) {
     let deadlines = Deadlines::from_secs(1.0);
     let mut calls = NodeCalls::new(TokenSet::single(CLUSTER_TOKEN), deadlines);
     // Fast pages of new ids: refused once past the most blobs allowed, so
@@ -284,8 +284,9 @@ async fn a_node_answering_an_endless_chain_of_inventory_pages_is_cut_by_page_cou
     );
     assert_eq!(pages.load(Ordering::SeqCst), 2);
 
-    // Slow pages, each within the call deadline: cut at the inventory
-    // deadline, while the control loop reads a real node beside it.
+    // Slow pages, each within the call deadline, listing blobs slower
+    // than the least inventory rate: cut at its inventory budget, while the
+    // control loop reads a real node beside it and sees it whole.
     calls.max_inventory_blobs = usize::MAX;
     let page_time = deadlines.call / 2;
     let (url, pages) = lying_inventory(Chain::Slow(page_time)).await;
@@ -300,24 +301,33 @@ async fn a_node_answering_an_endless_chain_of_inventory_pages_is_cut_by_page_cou
             url,
         },
     ];
+    // 1,000 blobs per page at two pages a second: the budget runs out once
+    // inventory + t * 2000 / MIN_INVENTORY_RATE < t.
+    let rate = 1000.0 / page_time.as_secs_f64();
+    let cut_at = deadlines.inventory.as_secs_f64() / (1.0 - rate / MIN_INVENTORY_RATE as f64);
     let start = Instant::now();
-    let inventories = timed(
-        "the loop's inventories",
-        bound(deadlines.inventory, 1),
-        redstuff::control::read_inventories(&calls, &nodes),
+    let view = timed(
+        "the loop's view",
+        bound(Duration::from_secs_f64(cut_at) + deadlines.call, 1),
+        redstuff::control::observe(&calls, &nodes),
     )
     .await;
+    let served = pages.load(Ordering::SeqCst);
     assert!(
-        start.elapsed() >= deadlines.inventory,
-        "the liar was cut before the inventory deadline: {:?}",
+        start.elapsed() >= deadlines.inventory_budget((served - 1) * 1000),
+        "the liar was cut before its budget: {:?} after {served} pages",
         start.elapsed()
     );
-    assert!(
-        inventories[0].is_some(),
-        "the real node's inventory is read"
+    assert_eq!(
+        view.ready,
+        ["node-0".to_string()].into(),
+        "the real node is read"
     );
-    assert!(inventories[1].is_none(), "the liar is not answering");
-    let most = (deadlines.inventory.as_secs_f64() / page_time.as_secs_f64()).ceil() as usize + 1;
-    let served = pages.load(Ordering::SeqCst);
+    assert_eq!(
+        view.silent,
+        ["liar".to_string()].into(),
+        "the liar stopped answering"
+    );
+    let most = (cut_at / page_time.as_secs_f64()).ceil() as usize + 1;
     assert!(served <= most, "{served} pages read, at most {most}");
 }
