@@ -288,7 +288,7 @@ async fn a_node_answering_an_endless_chain_of_inventory_pages_is_cut_by_page_cou
     // than the least inventory rate: cut at its inventory budget, while the
     // control loop reads a real node beside it and sees it whole.
     calls.max_inventory_blobs = usize::MAX;
-    let page_time = deadlines.call / 2;
+    let page_time = deadlines.call * 9 / 10;
     let (url, pages) = lying_inventory(Chain::Slow(page_time)).await;
     let cluster = Cluster::start(1, "1");
     let nodes = [
@@ -301,8 +301,8 @@ async fn a_node_answering_an_endless_chain_of_inventory_pages_is_cut_by_page_cou
             url,
         },
     ];
-    // 1,000 blobs per page at two pages a second: the budget runs out once
-    // inventory + t * 2000 / MIN_INVENTORY_RATE < t.
+    // 1,000 blobs per page, a page every 0.9 deadlines: the budget runs
+    // out once inventory + t * rate / MIN_INVENTORY_RATE < t.
     let rate = 1000.0 / page_time.as_secs_f64();
     let cut_at = deadlines.inventory.as_secs_f64() / (1.0 - rate / MIN_INVENTORY_RATE as f64);
     let start = Instant::now();
