@@ -79,12 +79,23 @@ struct Setup<'a> {
     lie: Option<Lie>,
     fleet: Option<PathBuf>,
     listener: Option<std::net::TcpListener>,
+    /// Bytes of parsed metadata the node keeps (the default otherwise).
+    metadata_cache: Option<u64>,
 }
 
 async fn start(name: &str, setup: Setup<'_>) -> TestNode {
     let dir = tempfile::tempdir().unwrap();
+    let defaults = NodeConfig::new(
+        name,
+        dir.path().to_path_buf(),
+        ShardSource::Fixed(BTreeSet::new()),
+        TokenSet::single(TOKEN),
+    );
     let config = NodeConfig {
         capacity: setup.capacity,
+        metadata_cache_bytes: setup
+            .metadata_cache
+            .unwrap_or(defaults.metadata_cache_bytes),
         lie: setup.lie,
         fleet: setup.fleet,
         ..NodeConfig::new(
@@ -263,6 +274,68 @@ async fn a_node_keeps_verified_slivers_of_its_shards_and_their_markers_and_serve
         .await
         .unwrap();
     node.client.commit(&id, 30).await.unwrap();
+}
+
+/// The node's `redstuff_node_metadata_cache_bytes`.
+async fn metadata_cache_bytes(node: &TestNode) -> u64 {
+    let text = node.metrics_text().await;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("redstuff_node_metadata_cache_bytes "))
+        .expect("the gauge is served");
+    line.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn listing_the_inventory_leaves_the_metadata_cache_as_reads_left_it() {
+    let (_, small, small_segments) = blob(4, 1000, 2048);
+    let (_, large, large_segments) = blob(4, 5000, 2048);
+    // Room for one blob's parsed metadata at a time.
+    let room = large.layout().metadata_len() + 256;
+    let node = start(
+        "node-a",
+        Setup {
+            shards: &[1],
+            metadata_cache: Some(room),
+            ..Setup::default()
+        },
+    )
+    .await;
+    store_shard(&node, &small, &small_segments, 1).await;
+    store_shard(&node, &large, &large_segments, 1).await;
+    // A read brings the blob listed first into the cache; one listed after
+    // it would push that out again if listing went through the cache.
+    let first = [&small, &large]
+        .into_iter()
+        .min_by_key(|m| m.blob_id())
+        .unwrap();
+    node.client
+        .symbol(&first.blob_id(), 0, 1, SliverKind::Secondary, 3, LIMIT)
+        .await
+        .unwrap()
+        .expect("stored");
+    let kept = first.layout().metadata_len() + 256;
+    assert_eq!(
+        metadata_cache_bytes(&node).await,
+        kept,
+        "reads keep the one read"
+    );
+
+    for _ in 0..2 {
+        let inventory = node.client.full_inventory().await.unwrap();
+        let mut listed: Vec<(u64, u32)> = inventory
+            .blobs
+            .iter()
+            .map(|b| (b.size, b.segments))
+            .collect();
+        listed.sort();
+        assert_eq!(listed, [(1000, 1), (5000, 3)]);
+        assert_eq!(
+            metadata_cache_bytes(&node).await,
+            kept,
+            "listing did not push it out"
+        );
+    }
 }
 
 #[tokio::test]

@@ -216,6 +216,14 @@ pub(super) fn load_metadata(state: &NodeState, id: &BlobId) -> Result<Arc<BlobMe
     if let Some(found) = state.metadata.get(id) {
         return Ok(found);
     }
+    let metadata = Arc::new(read_metadata(state, id)?);
+    state.metadata.insert(metadata.clone());
+    Ok(metadata)
+}
+
+/// Reads and parses a blob's stored metadata, past the cache; missing
+/// unless a write of the blob is staged or committed here.
+pub(super) fn read_metadata(state: &NodeState, id: &BlobId) -> Result<BlobMetadata, ApiError> {
     let lock = state.store.lock(id);
     let unknown = || ApiError::not_found(format!("unknown blob {id}: put its metadata first"));
     let bytes = lock
@@ -229,10 +237,6 @@ pub(super) fn load_metadata(state: &NodeState, id: &BlobId) -> Result<Arc<BlobMe
     {
         return Err(unknown());
     }
-    let metadata =
-        Arc::new(BlobMetadata::from_bytes(&bytes).map_err(|e| {
-            ApiError::internal(format!("stored metadata of {id} is unreadable: {e}"))
-        })?);
-    state.metadata.insert(metadata.clone());
-    Ok(metadata)
+    BlobMetadata::from_bytes(&bytes)
+        .map_err(|e| ApiError::internal(format!("stored metadata of {id} is unreadable: {e}")))
 }

@@ -9,9 +9,10 @@ use axum::extract::{Query, State};
 use axum::Json;
 use serde::Deserialize;
 
-use super::api::{blocking, load_metadata, parse_id, parse_number, store_error};
+use super::api::{blocking, parse_id, parse_number, read_metadata, store_error};
 use super::NodeState;
 use crate::api_error::ApiError;
+use crate::codec::BlobId;
 use crate::wire::{InventoryBlob, InventoryPage};
 
 #[derive(Deserialize)]
@@ -45,9 +46,10 @@ pub(super) async fn inventory(
                 .store
                 .holdings(&id)
                 .map_err(|e| store_error(&state, e))?;
-            let (size, segments) = match holdings.metadata.then(|| load_metadata(&state, &id)) {
-                Some(Ok(m)) => (m.len(), m.segment_count() as u32),
-                _ => (0, 0),
+            let (size, segments) = if holdings.metadata {
+                layout_of(&state, &id).unwrap_or((0, 0))
+            } else {
+                (0, 0)
             };
             blobs.push(InventoryBlob {
                 id: id.to_string(),
@@ -66,4 +68,23 @@ pub(super) async fn inventory(
         }))
     })
     .await
+}
+
+/// A blob's length and segments from its metadata: from the cache when it
+/// holds the metadata, else read past it once and remembered (see
+/// `layouts`), so listing a large store neither rereads every metadata file
+/// each time nor pushes out what reads use.
+fn layout_of(state: &NodeState, id: &BlobId) -> Option<(u64, u32)> {
+    if let Some(layout) = state.layouts.get(id) {
+        return Some(layout);
+    }
+    let layout = match state.metadata.get(id) {
+        Some(m) => (m.len(), m.segment_count() as u32),
+        None => {
+            let m = read_metadata(state, id).ok()?;
+            (m.len(), m.segment_count() as u32)
+        }
+    };
+    state.layouts.insert(*id, layout);
+    Some(layout)
 }

@@ -8,6 +8,7 @@
 mod api;
 mod blobs;
 mod inventory;
+mod layouts;
 mod metadata_cache;
 pub mod ownership;
 mod repair;
@@ -102,6 +103,8 @@ pub struct NodeState {
     lie: Option<Lie>,
     peers: NodeCalls,
     metadata: MetadataCache,
+    /// Blob layouts for the inventory.
+    layouts: layouts::BlobLayouts,
     max_metadata_bytes: u64,
 }
 
@@ -138,6 +141,7 @@ impl Node {
             lie: config.lie,
             peers: NodeCalls::new(config.tokens.clone(), config.deadlines),
             metadata: MetadataCache::new(config.metadata_cache_bytes),
+            layouts: layouts::BlobLayouts::new(),
             max_metadata_bytes: config.max_metadata_bytes,
         });
         let listener = crate::listen::bind(addr).await?;
