@@ -1,7 +1,8 @@
 //! A storage node in-process on a temp dir, over real HTTP: what it keeps,
 //! what it refuses (and that a refusal changes nothing), its markers
 //! (staged, committed, deleted), upload sessions and their adoption, the
-//! cluster token, and repair from peers that lie.
+//! cluster token, repair from peers that lie, and the control loop
+//! reading several nodes' inventories of many pages.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -11,7 +12,7 @@ use redstuff::auth::TokenSet;
 use redstuff::client::{Deadlines, NodeCalls, NodeClient};
 use redstuff::codec::merkle::{self, Hash, MerkleTree};
 use redstuff::codec::{
-    BlobEncoder, BlobMetadata, EncodedSegment, EncodingConfig, RecoverySymbol, Secondary,
+    BlobEncoder, BlobId, BlobMetadata, EncodedSegment, EncodingConfig, RecoverySymbol, Secondary,
     ShardRotation, SliverKind,
 };
 use redstuff::fleet::{FleetMap, MapNode};
@@ -274,6 +275,60 @@ async fn a_node_keeps_verified_slivers_of_its_shards_and_their_markers_and_serve
         .await
         .unwrap();
     node.client.commit(&id, 30).await.unwrap();
+}
+
+/// A blob id made from a number, in the order of the numbers.
+fn numbered_id(n: u64) -> BlobId {
+    let mut bytes = [7u8; 32];
+    bytes[24..].copy_from_slice(&n.to_be_bytes());
+    BlobId(bytes)
+}
+
+/// Deletes the blobs numbered `range` on `node` (a tombstone each).
+async fn tombstones(node: &TestNode, range: std::ops::Range<u64>) {
+    use futures_util::StreamExt;
+    futures_util::stream::iter(range)
+        .for_each_concurrent(16, |n| async move {
+            node.client.delete(&numbered_id(n), 5).await.unwrap();
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_loop_merges_inventories_of_many_pages_into_one_view() {
+    let a = start_node("node-a", &[0], None).await;
+    let b = start_node("node-b", &[1], None).await;
+    // Pages of 1,000 that end at different blobs on each node.
+    tombstones(&a, 0..2500).await;
+    tombstones(&b, 1000..3500).await;
+    let nodes =
+        [("node-a", &a), ("node-b", &b)].map(|(name, node)| redstuff::control::NodeAddress {
+            name: name.into(),
+            url: node.url.clone(),
+        });
+    let view = redstuff::control::observe(&calls(), &nodes).await;
+    assert_eq!(view.ready.len(), 2);
+    assert_eq!(view.deleted.len(), 3500);
+    assert!(view.deleted.values().all(|generation| *generation == 5));
+    // Each node misses the tombstones only the other has.
+    let missing = |node: &str| -> Vec<String> {
+        view.markers
+            .iter()
+            .filter(|m| m.node == node)
+            .map(|m| m.blob.clone())
+            .collect()
+    };
+    let ids = |range: std::ops::Range<u64>| -> BTreeSet<String> {
+        range.map(|n| numbered_id(n).to_string()).collect()
+    };
+    assert_eq!(
+        missing("node-a").into_iter().collect::<BTreeSet<_>>(),
+        ids(2500..3500)
+    );
+    assert_eq!(
+        missing("node-b").into_iter().collect::<BTreeSet<_>>(),
+        ids(0..1000)
+    );
 }
 
 /// The node's `redstuff_node_metadata_cache_bytes`.
