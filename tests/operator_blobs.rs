@@ -383,3 +383,37 @@ async fn a_blob_whose_cluster_is_gone_is_released_at_once() {
         ]
     );
 }
+
+#[tokio::test]
+async fn blobs_are_listed_a_page_at_a_time_and_an_upload_a_later_page_names_is_not_recorded_again()
+{
+    let fleet = TestFleet::start(4).await;
+    let id = stored_blob(&fleet).await;
+    let c = cluster(4);
+    let upload = |blob_id: String| BlobSource {
+        upload: Some(UploadSource { blob_id }),
+        ..BlobSource::default()
+    };
+    // 600 Blobs naming other blobs, and the one naming the upload after them.
+    let others: Vec<Blob> = (0..600)
+        .map(|i| blob(&format!("a-{i:03}"), upload(format!("other-{i}"))))
+        .collect();
+    let named = blob("z-upload", upload(id.clone()));
+    let listed: Vec<&Blob> = others.iter().chain([&named]).collect();
+    let (client, recorded) = api(Some(&c), &listed, &[]).serve();
+    let ctx = Arc::new(Context::new(client, "redstuff:test").with_endpoints(fleet.endpoints()));
+    reconcile_cluster(Arc::new(c), ctx).await.unwrap();
+    let seen = recorded.take();
+    let lists: Vec<&str> = seen
+        .iter()
+        .filter(|s| s.method == "GET" && s.path == format!("{GROUP}/blobs"))
+        .map(|s| s.query.as_str())
+        .collect();
+    assert_eq!(lists.len(), 2, "two pages: {lists:?}");
+    assert!(lists[0].contains("limit=500"), "{lists:?}");
+    assert!(lists[1].contains("continue=500"), "{lists:?}");
+    assert!(
+        !lines(&seen).iter().any(|l| l.contains("/blobs/upload-")),
+        "the upload z-upload names is not recorded again"
+    );
+}

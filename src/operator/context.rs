@@ -130,6 +130,19 @@ pub struct Fleets {
 }
 
 impl Fleets {
+    /// Blobs (visible and deleted) the last view of a cluster listed; 0
+    /// before the first.
+    pub fn last_listed(&self, key: &ClusterKey) -> usize {
+        self.find(key).map_or(0, |fleet| {
+            fleet
+                .view
+                .lock()
+                .expect("not poisoned")
+                .as_ref()
+                .map_or(0, |(_, view)| view.blobs.len() + view.deleted.len())
+        })
+    }
+
     /// The state of a cluster, created on first use.
     pub fn get(&self, key: &ClusterKey, deadlines: Deadlines) -> Arc<ClusterFleet> {
         let mut clusters = self.clusters.lock().expect("not poisoned");
@@ -361,5 +374,26 @@ mod tests {
             vec![("storage".to_string(), "other".to_string())]
         );
         assert_eq!(fleets.registries().len(), 1);
+    }
+
+    #[test]
+    fn a_reconcile_of_a_cluster_whose_last_view_listed_many_blobs_gets_their_listing_time() {
+        let fleets = Fleets::default();
+        let key = ("storage".to_string(), "media".to_string());
+        assert_eq!(fleets.last_listed(&key), 0, "never seen");
+        let fleet = fleets.get(&key, Deadlines::default());
+        let mut view = FleetView::default();
+        for i in 0..30 {
+            view.blobs.insert(format!("b{i}"), Default::default());
+        }
+        view.deleted.insert("gone".into(), 2);
+        *fleet.view.lock().unwrap() = Some((4, view));
+        assert_eq!(fleets.last_listed(&key), 31);
+        use crate::operator::controller::{reconcile_deadline, RECONCILE_DEADLINE};
+        assert_eq!(reconcile_deadline(0), RECONCILE_DEADLINE);
+        assert_eq!(
+            reconcile_deadline(1_000_000),
+            RECONCILE_DEADLINE + Duration::from_secs(500)
+        );
     }
 }

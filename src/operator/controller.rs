@@ -20,7 +20,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -39,7 +39,9 @@ use super::observed::AppliedContent;
 use super::pod_problem::pod_problem;
 use super::rollout::{self, FleetCalm, RolloutNode};
 use super::status::{cluster_status, validate_spec, FleetSummary, ObservedNode};
-use crate::codec::{BlobId, EncodingConfig};
+pub use super::upload_records::upload_record_name;
+use super::upload_records::{self, MOST_RECORDED_AT_ONCE};
+use crate::codec::EncodingConfig;
 use crate::control::{self, NodeAddress};
 use crate::fleet::{self, Assignment, Health, NodeSpec};
 
@@ -75,9 +77,20 @@ pub enum ReconcileError {
     Deadline(Duration),
 }
 
-/// The overall deadline of one reconcile, node calls included: a node pod
-/// whose host vanished never holds the operator for longer.
+/// The overall deadline of one reconcile of a cluster whose nodes list no
+/// blobs, node calls included: a node pod whose host vanished never holds
+/// the operator for longer. See `reconcile_deadline` for larger fleets.
 pub const RECONCILE_DEADLINE: Duration = Duration::from_secs(120);
+
+/// The deadline of a reconcile of a cluster whose last view listed
+/// `listed` blobs (visible and deleted): `RECONCILE_DEADLINE` plus those
+/// blobs at the inventory's least rate, as each node's inventory is
+/// allowed (`Deadlines::inventory_budget`), so a fleet of a million blobs,
+/// which its nodes take a minute or more to list, still reconciles.
+pub fn reconcile_deadline(listed: usize) -> Duration {
+    RECONCILE_DEADLINE
+        + Duration::from_secs_f64(listed as f64 / crate::client::MIN_INVENTORY_RATE as f64)
+}
 
 /// How long spreading commit markers and tombstones may take in one
 /// reconcile (the rest waits for the next).
@@ -610,14 +623,8 @@ pub async fn reconcile_cluster(
     // this list still counts as recorded, so its slivers going away in
     // between never make it reappear.
     let blob_records: Api<Blob> = Api::namespaced(client.clone(), &namespace);
-    let recorded: Option<BTreeSet<String>> = match blob_records.list(&ListParams::default()).await {
-        Ok(list) => Some(
-            list.items
-                .iter()
-                .filter(|b| b.spec.cluster == name)
-                .filter_map(recorded_blob_id)
-                .collect(),
-        ),
+    let recorded = match upload_records::recorded_blob_ids(&blob_records, &name).await {
+        Ok(ids) => Some(ids),
         Err(e) => {
             failures.note("list Blobs", Err::<(), _>(e));
             None
@@ -852,24 +859,6 @@ async fn delete_pods(
     }
 }
 
-/// The blob id a Blob names: ingested, or uploaded.
-fn recorded_blob_id(blob: &Blob) -> Option<String> {
-    blob.status
-        .as_ref()
-        .and_then(|s| s.blob_id.clone())
-        .or_else(|| blob.spec.source.upload.as_ref().map(|u| u.blob_id.clone()))
-}
-
-/// The name of the Blob recording an upload: `upload-` and the first 8
-/// bytes of the id in hex (ids are mixed-case; names must be lowercase).
-pub fn upload_record_name(id: &str) -> Option<String> {
-    let id: BlobId = id.parse().ok()?;
-    Some(format!(
-        "upload-{}",
-        crate::hex::encode(&id.as_bytes()[..8])
-    ))
-}
-
 /// Records every readable blob of the view that no Blob names yet (an
 /// upload through the gateway) as a Blob with an upload source, so that
 /// `kubectl get blobs` shows it and deleting that Blob deletes it.
@@ -883,11 +872,9 @@ async fn record_uploads(
     failures: &mut Failures,
 ) {
     let name = cluster.name_any();
-    for (id, blob) in &view.blobs {
-        // Fewer than p shards: an interrupted upload or leftovers, not a blob.
-        if recorded.contains(id) || blob.complete_shards.len() < encoding.p() {
-            continue;
-        }
+    let to_record =
+        upload_records::uploads_to_record(view, recorded, encoding.p(), MOST_RECORDED_AT_ONCE);
+    for id in to_record {
         let Some(record_name) = upload_record_name(id) else {
             continue;
         };
@@ -897,7 +884,7 @@ async fn record_uploads(
                 cluster: name.clone(),
                 source: BlobSource {
                     upload: Some(UploadSource {
-                        blob_id: id.clone(),
+                        blob_id: id.to_string(),
                     }),
                     ..BlobSource::default()
                 },

@@ -17,6 +17,7 @@ pub mod pod_problem;
 pub mod rollout;
 pub mod run;
 pub mod status;
+pub mod upload_records;
 
 use kube::CustomResourceExt;
 

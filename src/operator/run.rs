@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::blob_controller::reconcile_blob;
 use super::context::Context;
-use super::controller::{reconcile_cluster, ReconcileError, RECONCILE_DEADLINE};
+use super::controller::{reconcile_cluster, reconcile_deadline, ReconcileError};
 use super::crd::{Blob, StorageCluster};
 use super::observed::ScopeStores;
 use crate::metrics::OperatorMetrics;
@@ -451,12 +451,14 @@ async fn reconcile_cluster_measured(
 ) -> Result<Action, ReconcileError> {
     let start = Instant::now();
     let key = object_key(cluster.as_ref());
-    let result = tokio::time::timeout(
-        RECONCILE_DEADLINE,
-        reconcile_cluster(cluster, shared.context.clone()),
-    )
-    .await
-    .unwrap_or(Err(ReconcileError::Deadline(RECONCILE_DEADLINE)));
+    let listed = shared.context.fleets.last_listed(&(
+        kube::ResourceExt::namespace(cluster.as_ref()).unwrap_or_default(),
+        kube::ResourceExt::name_any(cluster.as_ref()),
+    ));
+    let deadline = reconcile_deadline(listed);
+    let result = tokio::time::timeout(deadline, reconcile_cluster(cluster, shared.context.clone()))
+        .await
+        .unwrap_or(Err(ReconcileError::Deadline(deadline)));
     observe(&shared, "storagecluster", start, result.is_err());
     shared.record(key, result.is_err());
     result

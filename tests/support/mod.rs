@@ -62,6 +62,27 @@ pub struct MockApi {
     pub refused_applies: BTreeMap<String, (u16, String)>,
 }
 
+/// A list answer as the API server pages it: all of `items`, or with
+/// `limit` in the query that many from the offset its `continue` token
+/// names, and a token for the rest.
+fn list_page(items: Vec<&Value>, query: &str) -> Value {
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix(&format!("{name}=")))
+    };
+    let Some(limit) = param("limit").and_then(|l| l.parse::<usize>().ok()) else {
+        return json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items});
+    };
+    let from: usize = param("continue").map_or(0, |c| c.parse().expect("a token this mock made"));
+    let end = (from + limit).min(items.len());
+    let mut metadata = json!({});
+    if end < items.len() {
+        metadata["continue"] = json!(end.to_string());
+    }
+    json!({"apiVersion": "v1", "kind": "List", "metadata": metadata, "items": items[from..end]})
+}
+
 impl MockApi {
     /// Serves the API until every client is dropped; the requests are
     /// recorded as they come (a reconcile awaits each answer, so when it
@@ -104,7 +125,7 @@ impl MockApi {
                     "GET" => match (self.lists.get(path), objects.get(path)) {
                         (Some(items), _) => (
                             StatusCode::OK,
-                            json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items}),
+                            list_page(items.iter().collect(), &record.query),
                         ),
                         (None, Some(object)) => (StatusCode::OK, object.clone()),
                         // A collection of stored objects lists them as they are now.
@@ -121,10 +142,7 @@ impl MockApi {
                             if items.is_empty() {
                                 not_found()
                             } else {
-                                (
-                                    StatusCode::OK,
-                                    json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items}),
-                                )
+                                (StatusCode::OK, list_page(items, &record.query))
                             }
                         }
                     },

@@ -1,0 +1,102 @@
+//! Which uploads through the gateway get a Blob recording them: every
+//! readable blob of the view that no Blob of its cluster names yet, a
+//! bounded number per reconcile. The Blobs are listed a page at a time,
+//! keeping only the ids they name, so a namespace of a hundred thousand
+//! records is never held whole.
+
+use std::collections::BTreeSet;
+
+use kube::api::{Api, ListParams};
+
+use super::crd::Blob;
+use crate::codec::BlobId;
+use crate::control::FleetView;
+
+/// Blobs asked per page of the list.
+const LIST_PAGE: u32 = 500;
+
+/// Records made at most per reconcile: a fleet that took many uploads
+/// since the last one (a bucket synced through S3) records them over a few
+/// reconciles instead of holding one up for minutes of API calls.
+pub const MOST_RECORDED_AT_ONCE: usize = 200;
+
+/// The blob id a Blob names: ingested, or uploaded.
+fn recorded_blob_id(blob: &Blob) -> Option<String> {
+    blob.status
+        .as_ref()
+        .and_then(|s| s.blob_id.clone())
+        .or_else(|| blob.spec.source.upload.as_ref().map(|u| u.blob_id.clone()))
+}
+
+/// The ids the Blobs of cluster `cluster` name, listed a page at a time.
+pub async fn recorded_blob_ids(
+    blobs: &Api<Blob>,
+    cluster: &str,
+) -> Result<BTreeSet<String>, kube::Error> {
+    let mut ids = BTreeSet::new();
+    let mut params = ListParams::default().limit(LIST_PAGE);
+    loop {
+        let page = blobs.list(&params).await?;
+        ids.extend(
+            page.items
+                .iter()
+                .filter(|b| b.spec.cluster == cluster)
+                .filter_map(recorded_blob_id),
+        );
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(ids),
+        }
+    }
+}
+
+/// The blobs of `view` to record now: readable (at least `p` complete
+/// shards; fewer is an interrupted upload or leftovers), not named by a
+/// Blob in `recorded`, at most `most`, in id order.
+pub fn uploads_to_record<'a>(
+    view: &'a FleetView,
+    recorded: &BTreeSet<String>,
+    p: usize,
+    most: usize,
+) -> Vec<&'a str> {
+    view.blobs
+        .iter()
+        .filter(|(id, blob)| !recorded.contains(*id) && blob.complete_shards.len() >= p)
+        .map(|(id, _)| id.as_str())
+        .take(most)
+        .collect()
+}
+
+/// The name of the Blob recording an upload: `upload-` and the first 8
+/// bytes of the id in hex (ids are mixed-case; names must be lowercase).
+pub fn upload_record_name(id: &str) -> Option<String> {
+    let id: BlobId = id.parse().ok()?;
+    Some(format!(
+        "upload-{}",
+        crate::hex::encode(&id.as_bytes()[..8])
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::BlobView;
+
+    #[test]
+    fn readable_unrecorded_blobs_are_recorded_a_bounded_number_at_a_time() {
+        let mut view = FleetView::default();
+        for (id, complete) in [("a", 3), ("b", 1), ("c", 2), ("d", 4), ("e", 2)] {
+            view.blobs.insert(
+                id.into(),
+                BlobView {
+                    complete_shards: (0..complete).collect(),
+                    ..BlobView::default()
+                },
+            );
+        }
+        let recorded: BTreeSet<String> = ["c".to_string()].into();
+        assert_eq!(uploads_to_record(&view, &recorded, 2, 10), ["a", "d", "e"]);
+        assert_eq!(uploads_to_record(&view, &recorded, 2, 2), ["a", "d"]);
+        assert!(uploads_to_record(&view, &recorded, 2, 0).is_empty());
+    }
+}
