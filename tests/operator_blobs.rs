@@ -38,6 +38,7 @@ fn cluster(shards: u16) -> StorageCluster {
             placement: None,
             repair: None,
             s3: None,
+            record_uploads: None,
         },
     );
     c.metadata.namespace = Some("storage".into());
@@ -416,4 +417,49 @@ async fn blobs_are_listed_a_page_at_a_time_and_an_upload_a_later_page_names_is_n
         !lines(&seen).iter().any(|l| l.contains("/blobs/upload-")),
         "the upload z-upload names is not recorded again"
     );
+}
+
+/// `api` answering the list of Blobs with an empty list.
+fn no_blobs(mut api: MockApi) -> MockApi {
+    api.lists.insert(format!("{GROUP}/blobs"), vec![]);
+    api
+}
+
+#[tokio::test]
+async fn a_cluster_that_does_not_record_uploads_neither_lists_nor_records_blobs() {
+    let fleet = TestFleet::start(4).await;
+    stored_blob(&fleet).await;
+    let mut c = cluster(4);
+    c.spec.record_uploads = Some(false);
+    let (client, recorded) = no_blobs(api(Some(&c), &[], &[])).serve();
+    let ctx = Arc::new(Context::new(client, "redstuff:test").with_endpoints(fleet.endpoints()));
+    reconcile_cluster(Arc::new(c.clone()), ctx.clone())
+        .await
+        .unwrap();
+    let seen = lines(&recorded.take());
+    assert!(
+        !seen.iter().any(|l| l.contains(&format!("{GROUP}/blobs"))),
+        "no Blob listed or recorded: {seen:#?}"
+    );
+    // The blob is still seen: the status counts it.
+    let fleet_state = ctx
+        .fleets
+        .find(&("storage".to_string(), "media".to_string()))
+        .expect("reconciled");
+    let seen_blobs = fleet_state
+        .view
+        .lock()
+        .unwrap()
+        .as_ref()
+        .map(|(_, v)| v.blobs.len());
+    assert_eq!(seen_blobs, Some(1));
+
+    // The same cluster recording uploads (the default) records it.
+    c.spec.record_uploads = None;
+    let (client, recorded) = no_blobs(api(Some(&c), &[], &[])).serve();
+    let ctx = Arc::new(Context::new(client, "redstuff:test").with_endpoints(fleet.endpoints()));
+    reconcile_cluster(Arc::new(c), ctx).await.unwrap();
+    assert!(lines(&recorded.take())
+        .iter()
+        .any(|l| l.contains("/blobs/upload-")));
 }

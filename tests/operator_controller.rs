@@ -39,6 +39,7 @@ fn cluster(shards: u16, nodes: u16, status: Option<Value>) -> StorageCluster {
                 max_concurrent: None,
             }),
             s3: None,
+            record_uploads: None,
         },
     );
     c.metadata.namespace = Some("storage".into());

@@ -623,11 +623,15 @@ pub async fn reconcile_cluster(
     // this list still counts as recorded, so its slivers going away in
     // between never make it reappear.
     let blob_records: Api<Blob> = Api::namespaced(client.clone(), &namespace);
-    let recorded = match upload_records::recorded_blob_ids(&blob_records, &name).await {
-        Ok(ids) => Some(ids),
-        Err(e) => {
-            failures.note("list Blobs", Err::<(), _>(e));
-            None
+    let recorded = if cluster.spec.record_uploads == Some(false) {
+        None
+    } else {
+        match upload_records::recorded_blob_ids(&blob_records, &name).await {
+            Ok(ids) => Some(ids),
+            Err(e) => {
+                failures.note("list Blobs", Err::<(), _>(e));
+                None
+            }
         }
     };
     let view = control::observe(&fleet_state.calls, &addresses).await;
@@ -657,7 +661,8 @@ pub async fn reconcile_cluster(
         tracing::warn!(cluster = %name, "releasing moved shards took longer than {SPREAD_DEADLINE:?}: the rest goes next time");
     }
     // Without the list of Blobs, no upload is recorded this time (a record
-    // must never be made for a Blob that was just deleted).
+    // must never be made for a Blob that was just deleted); nor when the
+    // cluster does not record uploads.
     if let Some(recorded) = &recorded {
         record_uploads(
             &cluster,

@@ -69,6 +69,12 @@ pub struct StorageClusterSpec {
     /// index of buckets and keys on a volume of its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Spec>,
+    /// Record each blob uploaded through the gateway or S3 as a Blob named
+    /// upload-<id prefix> (default true). Set false for a cluster that takes
+    /// many objects through S3: etcd then holds no object per upload, and
+    /// the blobs are kept, repaired and counted all the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_uploads: Option<bool>,
 }
 
 /// The S3 endpoint of a cluster's gateway. The index is embedded (one file

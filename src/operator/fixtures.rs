@@ -20,6 +20,7 @@ pub fn cluster(shards: u16, nodes: u16, size: Option<&str>) -> StorageCluster {
             placement: None,
             repair: None,
             s3: None,
+            record_uploads: None,
         },
     );
     c.metadata.namespace = Some("storage".into());
