@@ -159,9 +159,14 @@ async fn reconcile(
     claims: Vec<Value>,
     endpoints: Endpoints,
 ) -> (Vec<Seen>, Arc<Context>) {
+    reconcile_on(api_with_tokens(), cluster, pods, claims, endpoints).await
+}
+
+/// A fake API holding the cluster's token Secrets.
+fn api_with_tokens() -> MockApi {
     let mut api = MockApi::default();
     api.objects.extend(support::token_secrets());
-    reconcile_on(api, cluster, pods, claims, endpoints).await
+    api
 }
 
 /// The same on `api`, which holds no token Secrets unless given them.
@@ -184,9 +189,15 @@ async fn reconcile_after(
     claims: Vec<Value>,
     endpoints: Endpoints,
 ) -> (Vec<Seen>, Arc<Context>) {
-    let mut api = MockApi::default();
-    api.objects.extend(support::token_secrets());
-    reconcile_by(Some(before), api, cluster, pods, claims, endpoints).await
+    reconcile_by(
+        Some(before),
+        api_with_tokens(),
+        cluster,
+        pods,
+        claims,
+        endpoints,
+    )
+    .await
 }
 
 /// One reconcile on `api` by a new operator process, or by `before`'s.
@@ -522,8 +533,7 @@ async fn the_gateway_keeps_its_image_until_every_node_pod_runs_the_new_spec() {
     let mut changed = cluster(7, 3, Some(previous));
     changed.spec.image = Some("redstuff:new".into());
     let api = || {
-        let mut api = MockApi::default();
-        api.objects.extend(support::token_secrets());
+        let mut api = api_with_tokens();
         api.objects.insert(
             "/apis/apps/v1/namespaces/storage/deployments/media-gateway".into(),
             json!({
@@ -1098,8 +1108,7 @@ async fn a_client_for_an_https_api_server_can_be_built() {
 #[tokio::test]
 async fn an_object_that_cannot_be_applied_stops_nothing_else_and_is_named_in_synced_and_an_event() {
     let (endpoints, _nodes, _dirs) = answering_nodes(3).await;
-    let mut api = MockApi::default();
-    api.objects.extend(support::token_secrets());
+    let mut api = api_with_tokens();
     api.refused_applies.insert(
         format!("{NS}/persistentvolumeclaims/media-data-1"),
         (
@@ -1148,8 +1157,7 @@ async fn an_object_that_cannot_be_applied_stops_nothing_else_and_is_named_in_syn
 #[tokio::test]
 async fn a_second_reconcile_with_nothing_changed_applies_nothing_again() {
     let (endpoints, _nodes, _dirs) = answering_nodes(3).await;
-    let mut api = MockApi::default();
-    api.objects.extend(support::token_secrets());
+    let mut api = api_with_tokens();
     let cluster = cluster(7, 3, None);
     api.objects
         .insert(CLUSTER.into(), serde_json::to_value(&cluster).unwrap());

@@ -16,7 +16,7 @@ use crate::codec::BlobId;
 const MOST: usize = 4_000_000;
 
 /// Blob id -> (length, segments).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct BlobLayouts {
     known: Mutex<HashMap<BlobId, (u64, u32)>>,
     most: usize,
