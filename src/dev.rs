@@ -415,6 +415,7 @@ pub async fn run(
         metrics,
         status,
         first_missing: HashMap::new(),
+        observer: control::Observer::new(),
     };
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(config.period);
@@ -512,6 +513,8 @@ struct FleetLoop {
     repairer: Repairer,
     /// When a (blob, shard) was first seen missing, for the repair delay.
     first_missing: HashMap<(String, u16), Instant>,
+    /// Reads the view, whole or only what changed.
+    observer: control::Observer,
 }
 
 impl FleetLoop {
@@ -526,7 +529,10 @@ impl FleetLoop {
             })
             .collect();
         let observed_at_ms = crate::blob_state::now_nanos() / 1_000_000;
-        let view = control::observe(&self.calls, &addresses).await;
+        let (view, _) = self
+            .observer
+            .observe(&self.calls, &addresses, &self.metrics)
+            .await;
         view.publish(&self.encoding, &self.metrics);
         control::spread_markers(&self.calls, &view.markers, &addresses, &self.metrics, 1000).await;
         control::release_strays(

@@ -417,6 +417,11 @@ pub struct FleetMetrics {
     pub markers_spread: IntCounterVec,
     /// Shards of blobs released from nodes they moved away from.
     pub shards_released: IntCounter,
+    /// Readings of the fleet, by kind: every node's whole inventory, or
+    /// only what changed since the last reading.
+    pub inventory_reads: IntCounterVec,
+    /// Blobs read again in readings of what changed.
+    pub inventory_changed_blobs: IntCounter,
     /// Node pods gone longer than the grace period (their shards moved).
     pub nodes_evicted: IntGauge,
     /// Repairs started.
@@ -461,6 +466,17 @@ impl FleetMetrics {
                 registry,
                 "redstuff_shards_released_total",
                 "Pairs of a blob's shard released from a node the shard moved away from, once its owner held them.",
+            ),
+            inventory_reads: counter_vec(
+                registry,
+                "redstuff_inventory_reads_total",
+                "Readings of the fleet's inventories, by kind: whole (every blob of every node) or changes (only blobs changed since the last reading).",
+                &["kind"],
+            ),
+            inventory_changed_blobs: counter(
+                registry,
+                "redstuff_inventory_changed_blobs_total",
+                "Blobs read again from every node because some node's files of them changed.",
             ),
             nodes_evicted: gauge(
                 registry,

@@ -70,6 +70,47 @@ pub struct InventoryPage {
     pub next: Option<String>,
 }
 
+/// The blobs whose stored files changed on a node after a position of its
+/// journal (`GET /v1/inventory/changes?epoch=E&since=S`), or, asked
+/// without a position, only the journal's head.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryChanges {
+    /// The node's name.
+    pub node: String,
+    /// Shards the node owns now.
+    pub shards: Vec<u16>,
+    /// Bytes in its store.
+    pub stored_bytes: u64,
+    /// The journal's epoch (a new one each time the node's store opens).
+    pub epoch: u64,
+    /// Blob ids, in the order of their last change.
+    pub blobs: Vec<String>,
+    /// Pass as `since` for the changes after these.
+    pub next: u64,
+    /// Whether more changes follow `next`.
+    pub more: bool,
+}
+
+/// Asks a node for its inventory entries of some blobs
+/// (`POST /v1/inventory/entries`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryEntriesRequest {
+    /// Blob ids (at most 1,000).
+    pub blobs: Vec<String>,
+}
+
+/// A node's inventory entries of the blobs asked for: those it holds
+/// anything of (a blob it holds nothing of has no entry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryEntries {
+    /// The node's name.
+    pub node: String,
+    /// Shards the node owns now.
+    pub shards: Vec<u16>,
+    /// Entries, in the order asked.
+    pub blobs: Vec<InventoryBlob>,
+}
+
 /// Asks a node to rebuild its sliver pairs of one blob from its peers,
 /// which the node finds through its own fleet map (never from the caller).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,7 +23,8 @@ pub use deadline::{Deadlines, MIN_INVENTORY_RATE, MIN_TRANSFER_RATE};
 pub use delete::DeleteOutcome;
 pub use memory_budget::{MemoryBudget, MemoryReservation};
 pub use node_client::{
-    CheckedPage, NodeCallError, NodeCalls, NodeClient, DEFAULT_MAX_INVENTORY_BLOBS,
+    ChangesAnswer, CheckedChanges, CheckedPage, NodeCallError, NodeCalls, NodeClient, CHANGES_PAGE,
+    DEFAULT_MAX_INVENTORY_BLOBS, ENTRIES_PER_REQUEST,
 };
 pub use range::{segment_spans, RangeStream};
 pub use read::{SlowNodes, VisibleBlob};

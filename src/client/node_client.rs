@@ -18,6 +18,10 @@ use crate::wire::{
     RepairReport, RepairRequest, UploadId,
 };
 
+mod inventory_changes;
+
+pub use inventory_changes::{ChangesAnswer, CheckedChanges, CHANGES_PAGE, ENTRIES_PER_REQUEST};
+
 /// Error bodies are read up to this many bytes.
 const ERROR_BODY_LIMIT: u64 = 64 << 10;
 /// An adoption's answer lists a node's shards per segment: a few bytes

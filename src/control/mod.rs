@@ -9,6 +9,7 @@
 
 mod inventory_merge;
 mod markers;
+mod observer;
 mod releases;
 mod repairer;
 mod view;
@@ -23,6 +24,7 @@ use crate::client::{NodeCalls, NodeClient};
 use crate::codec::BlobId;
 pub use inventory_merge::InventoryMerge;
 pub use markers::spread_markers;
+pub use observer::{Observer, Reading, MOST_CHANGED, WHOLE_READING_EVERY};
 pub use releases::release_strays;
 pub use repairer::{RepairTotals, Repairer, StartedRepair, MOST_QUEUED};
 pub use view::{BlobView, FleetView, Marker, MarkerTask, ReleaseTask, ViewBuilder};

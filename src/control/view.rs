@@ -126,6 +126,24 @@ impl ViewBuilder {
         Self::default()
     }
 
+    /// A builder that goes on from `view`: blobs `forget` drops can be
+    /// folded again with new entries, every other blob stays as it was.
+    pub fn resume(view: FleetView) -> Self {
+        Self { view }
+    }
+
+    /// Drops what the view says of the blobs `ids` (their health, deletion,
+    /// markers and strays), before they are folded again.
+    pub fn forget(&mut self, ids: &std::collections::HashSet<String>) {
+        let view = &mut self.view;
+        for id in ids {
+            view.blobs.remove(id);
+            view.deleted.remove(id);
+        }
+        view.markers.retain(|task| !ids.contains(&task.blob));
+        view.strays.retain(|task| !ids.contains(&task.blob));
+    }
+
     /// `node` answered and owns `shards`.
     pub fn answered(&mut self, node: &str, shards: &[u16]) {
         self.view.ready.insert(node.to_string());

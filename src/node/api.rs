@@ -15,6 +15,8 @@
 //! | DELETE `/v1/uploads/{upload}` | removes an upload session (its writer gave up); sessions nobody adopts go after the staged-write TTL |
 //! | GET `/v1/blobs/{id}/symbols/{segment}/{shard}/{kind}?target_shard=T` | a recovery symbol with its proof, from this node's sliver, for the pair shard T holds |
 //! | GET `/v1/inventory?after=ID&limit=N` | the blobs held, per shard, with their markers, a page at a time |
+//! | GET `/v1/inventory/changes?epoch=E&since=S&limit=N` | the blobs whose files changed after position S of the store's journal of epoch E, in the order of their last change, and the position after them; 410 when the journal no longer knows (the node restarted, or too many changes since); without E and S, the journal's head |
+//! | POST `/v1/inventory/entries` | the inventory entries of the blobs `{"blobs": [ID, ...]}` (at most 1,000) names, those the node holds anything of |
 //! | POST `/v1/repair` | rebuilds this node's pairs of a blob from its peers (JSON `RepairRequest`; answers a line per segment) |
 //!
 //! Every route but /healthz, /readyz and /metrics needs `Authorization:
@@ -31,7 +33,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
 
-use super::{blobs, inventory, slivers, uploads, NodeState};
+use super::{blobs, inventory, inventory_changes, slivers, uploads, NodeState};
 use crate::api_error::ApiError;
 use crate::auth::TokenSet;
 use crate::codec::{BlobId, BlobMetadata, SliverKind};
@@ -46,6 +48,8 @@ pub(super) fn router(state: Arc<NodeState>, tokens: Arc<TokenSet>) -> Router {
         .route("/readyz", get(|| async { "ready" }))
         .route("/metrics", get(metrics))
         .route("/v1/inventory", get(inventory::inventory))
+        .route("/v1/inventory/changes", get(inventory_changes::changes))
+        .route("/v1/inventory/entries", post(inventory_changes::entries))
         .route("/v1/blobs/{id}", axum::routing::delete(blobs::delete))
         .route("/v1/blobs/{id}/state", get(blobs::state))
         .route(

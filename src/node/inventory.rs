@@ -39,26 +39,11 @@ pub(super) async fn inventory(
             .list_blobs(after.as_ref(), limit + 1)
             .map_err(|e| store_error(&state, e))?;
         let next = (ids.len() > limit).then(|| ids[limit - 1].to_string());
-        let mut blobs = Vec::new();
-        for id in ids.into_iter().take(limit) {
-            let markers = state.store.state(&id).map_err(|e| store_error(&state, e))?;
-            let holdings = state
-                .store
-                .holdings(&id)
-                .map_err(|e| store_error(&state, e))?;
-            let (size, segments) = if holdings.metadata {
-                layout_of(&state, &id).unwrap_or((0, 0))
-            } else {
-                (0, 0)
-            };
-            blobs.push(InventoryBlob {
-                id: id.to_string(),
-                size,
-                segments,
-                shards: holdings.shards,
-                state: markers,
-            });
-        }
+        let blobs = ids
+            .iter()
+            .take(limit)
+            .map(|id| entry_of(&state, id))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Json(InventoryPage {
             node: state.name.clone(),
             shards: state.ownership.shards().into_iter().collect(),
@@ -68,6 +53,27 @@ pub(super) async fn inventory(
         }))
     })
     .await
+}
+
+/// What the node holds of one blob, as its inventory lists it.
+pub(super) fn entry_of(state: &NodeState, id: &BlobId) -> Result<InventoryBlob, ApiError> {
+    let markers = state.store.state(id).map_err(|e| store_error(state, e))?;
+    let holdings = state
+        .store
+        .holdings(id)
+        .map_err(|e| store_error(state, e))?;
+    let (size, segments) = if holdings.metadata {
+        layout_of(state, id).unwrap_or((0, 0))
+    } else {
+        (0, 0)
+    };
+    Ok(InventoryBlob {
+        id: id.to_string(),
+        size,
+        segments,
+        shards: holdings.shards,
+        state: markers,
+    })
 }
 
 /// A blob's length and segments from its metadata: from the cache when it

@@ -8,6 +8,7 @@
 mod api;
 mod blobs;
 mod inventory;
+mod inventory_changes;
 mod layouts;
 mod metadata_cache;
 pub mod ownership;

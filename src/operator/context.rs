@@ -118,6 +118,9 @@ pub struct ClusterFleet {
     /// the first repair on it starts or it comes back whole: the start of
     /// the time-to-repair-start measurement.
     pub lost_at: Mutex<HashMap<String, Timestamp>>,
+    /// Reads the fleet's view, whole or only what changed since the last
+    /// reconcile.
+    pub observer: tokio::sync::Mutex<crate::control::Observer>,
     /// What was applied for this cluster lately, so that unchanged objects
     /// are not applied again on every reconcile.
     pub applied: super::observed::AppliedContent,
@@ -165,6 +168,7 @@ impl Fleets {
                     metrics,
                     view: Mutex::new(None),
                     lost_at: Mutex::new(HashMap::new()),
+                    observer: tokio::sync::Mutex::new(crate::control::Observer::new()),
                     applied: Default::default(),
                 })
             })

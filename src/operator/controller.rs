@@ -634,7 +634,12 @@ pub async fn reconcile_cluster(
             }
         }
     };
-    let view = control::observe(&fleet_state.calls, &addresses).await;
+    let (view, _) = fleet_state
+        .observer
+        .lock()
+        .await
+        .observe(&fleet_state.calls, &addresses, &fleet_state.metrics)
+        .await;
     let spread = control::spread_markers(
         &fleet_state.calls,
         &view.markers,

@@ -177,6 +177,7 @@ impl BlobLock<'_> {
         match fs::remove_file(path) {
             Ok(()) => {
                 sub(&self.store.used, len);
+                self.store.changed(path);
                 files::sync_dir(path.parent().expect("below root"))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),

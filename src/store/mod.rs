@@ -48,6 +48,7 @@
 
 mod aligned;
 mod blob_index;
+mod change_journal;
 mod direct_io;
 mod fast_checksum;
 mod files;
@@ -68,6 +69,7 @@ use thiserror::Error;
 use crate::blob_state::BlobState;
 use crate::codec::{BlobId, SliverKind};
 pub use aligned::{release_idle_spares, BlockParts, Overflow};
+pub use change_journal::{Changes, Forgotten, JournalPosition};
 pub use files::{filesystem_space, read_file_like_a_store, write_file_like_a_store};
 use files::{Checked, DirStats};
 pub use housekeeping::{Housekeeping, ScrubReport};
@@ -172,6 +174,7 @@ pub struct SliverStore {
     checksums: Checksums,
     /// Blobs held, for listing.
     index: blob_index::BlobIndex,
+    changes: change_journal::ChangeJournal,
 }
 
 /// The checksums a store writes, by its format (reads accept them all).
@@ -277,6 +280,10 @@ impl SliverStore {
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             checksums: Checksums::Plain,
             index: Default::default(),
+            changes: change_journal::ChangeJournal::new(
+                crate::blob_state::now_nanos(),
+                change_journal::DEFAULT_CAPACITY,
+            ),
         };
         store.index = blob_index::BlobIndex::new(store.stored_ids()?);
         let format = store.settle_format()?;
@@ -443,10 +450,14 @@ impl SliverStore {
             let _ = fs::remove_file(&file.tmp);
             return Err(e);
         }
-        if let Some(id) = self.blob_of(&file.path) {
+        let blob = self.blob_of(&file.path);
+        if let Some(id) = blob {
             self.index.insert(id);
         }
         files::publish(&file.tmp, &file.path)?;
+        if let Some(id) = blob {
+            self.changes.record(id);
+        }
         self.used.fetch_add(file.size, Ordering::Relaxed);
         sub(&self.used, existing.as_ref().map_or(0, |m| m.len()));
         if let (Some(counter), None) = (files::sliver_counter(&file.path), existing) {
@@ -494,6 +505,7 @@ impl SliverStore {
             if let Some(counter) = files::sliver_counter(path) {
                 sub(&self.slivers[counter], 1);
             }
+            self.changed(path);
         }
     }
 
@@ -600,6 +612,7 @@ impl SliverStore {
         let bytes = stats.bytes;
         let trash = self.root.join("trash").join(files::unique_name(""));
         fs::rename(dir, &trash).map_err(files::io_error(dir))?;
+        self.changed(dir);
         files::sync_dir(dir.parent().expect("below root"))?;
         self.forget(stats);
         fs::remove_dir_all(&trash).map_err(files::io_error(&trash))?;
@@ -653,6 +666,29 @@ impl SliverStore {
             }
         }
         Ok(listed)
+    }
+
+    /// Records in the journal that the blob `path` belongs to changed (once
+    /// the change is on disk).
+    fn changed(&self, path: &Path) {
+        if let Some(id) = self.blob_of(path) {
+            self.changes.record(id);
+        }
+    }
+
+    /// The journal's newest position: changes after it are not yet made.
+    pub fn journal_head(&self) -> JournalPosition {
+        self.changes.head()
+    }
+
+    /// At most `limit` blobs whose files changed after `after`, in the
+    /// order of their last change.
+    pub fn changes_since(
+        &self,
+        after: JournalPosition,
+        limit: usize,
+    ) -> Result<Changes, Forgotten> {
+        self.changes.since(after, limit)
     }
 
     /// The blob a path below blobs/ or tombstones/ belongs to.

@@ -177,6 +177,22 @@ impl BlobLock<'_> {
         if !store.upload_dir(upload).exists() {
             return Ok(());
         }
+        let moved = self.move_upload_pairs(upload, segments);
+        // Recorded even when moving failed partway: some pairs may be here.
+        store.changes.record(self.id);
+        moved?;
+        store.remove_upload(upload)?;
+        Ok(())
+    }
+
+    /// Moves the session's pairs filed under each segment's root into the
+    /// blob (both slivers of each, directories synced).
+    fn move_upload_pairs(
+        &self,
+        upload: &UploadId,
+        segments: &[(u32, Hash)],
+    ) -> Result<(), StoreError> {
+        let store = self.store;
         let mut touched = std::collections::BTreeSet::new();
         for (segment, root) in segments {
             let from = store.upload_segment_dir(upload, *segment, root);
@@ -212,7 +228,6 @@ impl BlobLock<'_> {
         for dir in &touched {
             files::sync_dir(dir)?;
         }
-        store.remove_upload(upload)?;
         Ok(())
     }
 
