@@ -708,3 +708,108 @@ fn deletes_move_the_directory_into_trash_before_removing_anything() {
     assert!(!blob_dir.exists());
     assert_eq!(fs::read_dir(&trash).unwrap().count(), 0);
 }
+
+/// The blobs the journal says changed after `at`.
+fn changed_after(store: &SliverStore, at: JournalPosition) -> Vec<BlobId> {
+    store.changes_since(at, 100).unwrap().blobs
+}
+
+#[test]
+fn every_change_of_a_blobs_files_is_in_the_journal_and_reads_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let blob = id(40);
+    // Each step changes blob 40's files; the journal names it after it.
+    let mut steps: Vec<(&str, Box<dyn Fn(&SliverStore)>)> = vec![
+        ("stage", Box::new(|s| s.stage(&blob, 10, b"meta").unwrap())),
+        (
+            "put a sliver",
+            Box::new(|s| {
+                s.put_sliver(&blob, 0, 1, SliverKind::Primary, b"sliver")
+                    .unwrap()
+            }),
+        ),
+        (
+            "put a pair",
+            Box::new(|s| {
+                s.put_sliver(&blob, 0, 2, SliverKind::Primary, b"p")
+                    .unwrap();
+                s.put_sliver(&blob, 0, 2, SliverKind::Secondary, b"s")
+                    .unwrap();
+            }),
+        ),
+        (
+            "commit",
+            Box::new(|s| drop(s.commit(&blob, 10, None).unwrap())),
+        ),
+        (
+            "a corrupt sliver read and quarantined",
+            Box::new(|s| {
+                let path = s.sliver_path(&blob, 0, 1, SliverKind::Primary);
+                fs::write(&path, b"garbage that fails its checksum").unwrap();
+                assert!(s.sliver(&blob, 0, 1, SliverKind::Primary).is_err());
+            }),
+        ),
+        (
+            "a shard released",
+            Box::new(|s| assert!(s.delete_shard(&blob, 2).unwrap() > 0)),
+        ),
+        (
+            "a session's pair adopted",
+            Box::new(|s| {
+                let upload = crate::wire::UploadId::random();
+                let root = [7u8; 32];
+                let (pair, leaves) = super::uploads::tests::pair();
+                s.put_upload_pair_checked(&upload, (0, &root), 3, [&pair[0], &pair[1]], || {
+                    Ok::<_, ()>(leaves.clone())
+                })
+                .unwrap();
+                s.lock(&blob).adopt_upload(&upload, &[(0, root)]).unwrap();
+                assert!(s.has_sliver(&blob, 0, 3, SliverKind::Secondary));
+            }),
+        ),
+        (
+            "a tombstone",
+            Box::new(|s| {
+                s.tombstone(&blob, 11).unwrap();
+            }),
+        ),
+    ];
+    for (what, step) in steps.drain(..) {
+        let before = store.journal_head();
+        step(&store);
+        assert_eq!(changed_after(&store, before), vec![blob], "after: {what}");
+        // Reading it changes nothing.
+        let after = store.journal_head();
+        store.state(&blob).unwrap();
+        store.holdings(&blob).unwrap();
+        let _ = store.sliver(&blob, 0, 3, SliverKind::Primary);
+        store.list_blobs(None, 10).unwrap();
+        assert_eq!(changed_after(&store, after), vec![], "reads after: {what}");
+    }
+
+    // Housekeeping: an aborted write and an abandoned one.
+    let (aborted, abandoned) = (id(41), id(42));
+    store.stage(&aborted, 1, b"m").unwrap();
+    store.stage(&abandoned, 1, b"m").unwrap();
+    let before = store.journal_head();
+    assert!(store.abort(&aborted, 1).unwrap());
+    let later = SystemTime::now() + Duration::from_secs(3600);
+    assert_eq!(
+        store
+            .collect_abandoned(Duration::from_secs(60), later)
+            .unwrap(),
+        vec![abandoned]
+    );
+    assert_eq!(changed_after(&store, before), vec![aborted, abandoned]);
+
+    // A store opened anew starts another epoch: old positions are refused.
+    let old = store.journal_head();
+    drop(store);
+    let store = open(dir.path());
+    assert!(matches!(
+        store.changes_since(old, 10),
+        Err(Forgotten::OtherEpoch { .. })
+    ));
+    assert_eq!(changed_after(&store, store.journal_head()), vec![]);
+}

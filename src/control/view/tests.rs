@@ -1,4 +1,5 @@
 use super::*;
+use crate::codec::BlobId;
 use crate::wire::InventoryBlob;
 
 /// (blob id, segments, (shard, segments held) pairs, markers).
@@ -292,4 +293,101 @@ fn nothing_is_released_of_blobs_not_visible() {
     );
     let view = FleetView::from_inventories([("a", Some(&a)), ("b", Some(&b))]);
     assert!(view.strays.is_empty());
+}
+
+/// A node's entry of blob `n` of kind `kind`: what it holds and its markers.
+fn varied_entry(node: u16, n: u8, kind: u8) -> InventoryBlob {
+    let state = match kind % 4 {
+        0 => committed(3),
+        1 => tombstone(4),
+        2 => staged(2),
+        _ => BlobState {
+            commit: Some(5),
+            tombstone: Some(4),
+            ..BlobState::default()
+        },
+    };
+    let shards = match kind / 4 % 3 {
+        0 => vec![],
+        1 => vec![(node, 2)],
+        _ => vec![(node, 1), (9, 2)],
+    };
+    InventoryBlob {
+        id: BlobId([n; 32]).to_string(),
+        size: 100,
+        segments: if kind / 12 % 2 == 0 { 2 } else { 0 },
+        shards: shards.into_iter().collect(),
+        state,
+    }
+}
+
+fn varied_pages(held: &[std::collections::BTreeMap<u8, u8>]) -> Vec<InventoryPage> {
+    held.iter()
+        .enumerate()
+        .map(|(i, blobs)| InventoryPage {
+            node: format!("n{i}"),
+            shards: vec![i as u16],
+            stored_bytes: 0,
+            blobs: blobs
+                .iter()
+                .map(|(n, kind)| varied_entry(i as u16, *n, *kind))
+                .collect(),
+            next: None,
+        })
+        .collect()
+}
+
+fn view_of(pages: &[InventoryPage]) -> FleetView {
+    FleetView::from_inventories(pages.iter().map(|p| (p.node.as_str(), Some(p))))
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 300, ..Default::default() })]
+
+    /// Any fleet before and after any changes: the view before, with only
+    /// the blobs whose entries changed on some node forgotten and folded
+    /// again from every node's new entries, is the view of the whole new
+    /// inventories.
+    #[test]
+    fn folding_again_only_the_changed_blobs_gives_the_view_of_the_new_inventories(
+        before in proptest::collection::vec(proptest::collection::btree_map(0u8..20, 0u8..24, 0..15), 1..4),
+        changes in proptest::collection::vec(proptest::collection::btree_map(0u8..20, proptest::option::of(0u8..24), 0..8), 3),
+    ) {
+        let after: Vec<std::collections::BTreeMap<u8, u8>> = before
+            .iter()
+            .zip(&changes)
+            .map(|(held, changed)| {
+                let mut held = held.clone();
+                for (n, kind) in changed {
+                    match kind {
+                        Some(kind) => held.insert(*n, *kind),
+                        None => held.remove(n),
+                    };
+                }
+                held
+            })
+            .collect();
+        let changed: std::collections::HashSet<String> = before
+            .iter()
+            .zip(&after)
+            .flat_map(|(b, a)| {
+                b.keys()
+                    .chain(a.keys())
+                    .filter(|n| b.get(n) != a.get(n))
+                    .map(|n| BlobId([*n; 32]).to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let new_pages = varied_pages(&after);
+        let mut builder = ViewBuilder::resume(view_of(&varied_pages(&before)));
+        builder.forget(&changed);
+        for id in &changed {
+            let entries: Vec<(&str, &InventoryBlob)> = new_pages
+                .iter()
+                .filter_map(|p| Some((p.node.as_str(), p.blobs.iter().find(|b| &b.id == id)?)))
+                .collect();
+            builder.fold(id, &entries);
+        }
+        proptest::prop_assert_eq!(builder.finish(), view_of(&new_pages));
+    }
 }
