@@ -224,6 +224,16 @@ pub struct RunningNode {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
+impl RunningNode {
+    /// A node that is not running (in place of one stopped).
+    pub fn stopped() -> Self {
+        Self {
+            url: String::new(),
+            stop: None,
+        }
+    }
+}
+
 impl Drop for RunningNode {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -282,6 +292,25 @@ pub async fn start_node_on(
     shards: ShardSource,
     fleet: Option<&Path>,
 ) -> RunningNode {
+    start_node_at(
+        name,
+        dir,
+        shards,
+        fleet,
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .await
+}
+
+/// The same, listening on `addr` (retried for a few seconds while the
+/// address is still held by a node just stopped there).
+pub async fn start_node_at(
+    name: &str,
+    dir: &Path,
+    shards: ShardSource,
+    fleet: Option<&Path>,
+    addr: SocketAddr,
+) -> RunningNode {
     let config = NodeConfig {
         fleet: fleet.map(Path::to_path_buf),
         ..NodeConfig::new(
@@ -291,9 +320,18 @@ pub async fn start_node_on(
             redstuff::auth::TokenSet::single(CLUSTER_TOKEN),
         )
     };
-    let node = Node::bind(config, SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .unwrap();
+    let mut tries = 0;
+    let node = loop {
+        match Node::bind(config.clone(), addr).await {
+            Ok(node) => break node,
+            Err(e) if tries < 50 => {
+                tries += 1;
+                tracing::debug!("binding {addr} again: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("cannot bind a node on {addr}: {e}"),
+        }
+    };
     let url = format!("http://{}", node.local_addr());
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(node.serve(async move {
@@ -402,6 +440,29 @@ impl TestFleet {
             map,
             _dirs: dirs,
         }
+    }
+
+    /// Stops node `i` and starts it again on the same directory and
+    /// address (a process restart: its store opens anew).
+    pub async fn restart_node(&mut self, i: usize) {
+        let addr: SocketAddr = self.nodes[i]
+            .url
+            .trim_start_matches("http://")
+            .parse()
+            .unwrap();
+        let map_path = self._dirs.last().unwrap().path().join("fleet.json");
+        drop(std::mem::replace(
+            &mut self.nodes[i],
+            RunningNode::stopped(),
+        ));
+        self.nodes[i] = start_node_at(
+            &format!("media-node-{i}"),
+            self._dirs[i].path(),
+            ShardSource::Fixed(BTreeSet::from([i as u16])),
+            Some(&map_path),
+            addr,
+        )
+        .await;
     }
 
     /// How the operator reaches these nodes and this gateway.
