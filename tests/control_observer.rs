@@ -89,10 +89,10 @@ async fn read(
     let (view, reading) = observer.observe(calls, nodes, metrics).await;
     let whole = control::observe(calls, nodes).await;
     assert_eq!(
-        view, whole,
+        *view, whole,
         "a {reading:?} reading differs from a whole one"
     );
-    (view, reading)
+    (std::sync::Arc::unwrap_or_clone(view), reading)
 }
 
 fn changed_blobs(metrics: &FleetMetrics) -> u64 {

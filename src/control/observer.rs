@@ -14,6 +14,7 @@
 //! changed behind the node's back).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
@@ -55,7 +56,7 @@ struct LastReading {
     nodes: Vec<NodeAddress>,
     /// Per node (in `nodes`' order), its journal position then.
     positions: Vec<JournalPosition>,
-    view: FleetView,
+    view: Arc<FleetView>,
     whole_at: Instant,
 }
 
@@ -82,13 +83,15 @@ impl Observer {
         }
     }
 
-    /// The view of the fleet `nodes` now, and how it was read.
+    /// The view of the fleet `nodes` now, and how it was read (shared
+    /// with the observer: a reading that finds nothing changed copies
+    /// nothing).
     pub async fn observe(
         &mut self,
         calls: &NodeCalls,
         nodes: &[NodeAddress],
         metrics: &FleetMetrics,
-    ) -> (FleetView, Reading) {
+    ) -> (Arc<FleetView>, Reading) {
         let every = self.whole_every.unwrap_or(WHOLE_READING_EVERY);
         let last = self
             .last
@@ -102,7 +105,7 @@ impl Observer {
                         .with_label_values(&[Reading::Changes.name()])
                         .inc();
                     metrics.inventory_changed_blobs.inc_by(changed as u64);
-                    let view = last.view.clone();
+                    let view = Arc::clone(&last.view);
                     self.last = Some(last);
                     return (view, Reading::Changes);
                 }
@@ -122,7 +125,10 @@ impl Observer {
 /// Every inventory, whole, after each node's journal head (so changes
 /// made while the inventories are read come in the next reading); the
 /// reading can be gone on from when every node answered both.
-async fn read_whole(calls: &NodeCalls, nodes: &[NodeAddress]) -> (Option<LastReading>, FleetView) {
+async fn read_whole(
+    calls: &NodeCalls,
+    nodes: &[NodeAddress],
+) -> (Option<LastReading>, Arc<FleetView>) {
     let whole_at = Instant::now();
     let heads = join_all(
         nodes
@@ -130,7 +136,7 @@ async fn read_whole(calls: &NodeCalls, nodes: &[NodeAddress]) -> (Option<LastRea
             .map(|node| async move { calls.node(&node.url).inventory_changes(None).await }),
     )
     .await;
-    let view = observe(calls, nodes).await;
+    let view = Arc::new(observe(calls, nodes).await);
     let positions: Option<Vec<JournalPosition>> = heads
         .into_iter()
         .map(|head| match head {
@@ -143,7 +149,7 @@ async fn read_whole(calls: &NodeCalls, nodes: &[NodeAddress]) -> (Option<LastRea
         .map(|positions| LastReading {
             nodes: nodes.to_vec(),
             positions,
-            view: view.clone(),
+            view: Arc::clone(&view),
             whole_at,
         });
     (last, view)
@@ -173,7 +179,8 @@ async fn read_changes(
     if !changed.is_empty() {
         let changed: Vec<BlobId> = changed.into_iter().collect();
         let owned = last.view.owned.clone();
-        let mut builder = ViewBuilder::resume(std::mem::take(&mut last.view));
+        // Copied only when someone still holds the last view.
+        let mut builder = ViewBuilder::resume(Arc::unwrap_or_clone(std::mem::take(&mut last.view)));
         let forgotten: HashSet<String> = changed.iter().map(ToString::to_string).collect();
         builder.forget(&forgotten);
         for chunk in changed.chunks(ENTRIES_PER_REQUEST) {
@@ -187,7 +194,7 @@ async fn read_changes(
                 builder.fold(&id, &of_blob);
             }
         }
-        last.view = builder.finish();
+        last.view = Arc::new(builder.finish());
         last.positions = positions;
         return Ok((last, changed.len()));
     }

@@ -113,7 +113,7 @@ pub struct ClusterFleet {
     /// Its repairs.
     pub repairer: Repairer,
     /// The last inventory view, and the shard count it was read with.
-    pub view: Mutex<Option<(u16, FleetView)>>,
+    pub view: Mutex<Option<(u16, Arc<FleetView>)>>,
     /// When each node pod was lost (deleted, failed, lost its volume), until
     /// the first repair on it starts or it comes back whole: the start of
     /// the time-to-repair-start measurement.
@@ -391,7 +391,7 @@ mod tests {
             view.blobs.insert(format!("b{i}"), Default::default());
         }
         view.deleted.insert("gone".into(), 2);
-        *fleet.view.lock().unwrap() = Some((4, view));
+        *fleet.view.lock().unwrap() = Some((4, Arc::new(view)));
         assert_eq!(fleets.last_listed(&key), 31);
         use crate::operator::controller::{reconcile_deadline, RECONCILE_DEADLINE};
         assert_eq!(reconcile_deadline(0), RECONCILE_DEADLINE);

@@ -723,8 +723,10 @@ pub async fn reconcile_cluster(
     }
     let changed = {
         let mut last = fleet_state.view.lock().expect("not poisoned");
-        let changed = last.as_ref().map(|(_, v)| v) != Some(&view);
-        *last = Some((cluster.spec.shards, view.clone()));
+        let changed = last
+            .as_ref()
+            .is_none_or(|(_, v)| !Arc::ptr_eq(v, &view) && **v != *view);
+        *last = Some((cluster.spec.shards, Arc::clone(&view)));
         changed
     };
     if changed {

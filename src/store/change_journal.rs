@@ -17,7 +17,7 @@ use std::sync::Mutex;
 
 use crate::codec::BlobId;
 
-/// Blobs the journal keeps by default: about 8 MiB of memory.
+/// Blobs the journal keeps by default: about 12 MiB of memory.
 pub const DEFAULT_CAPACITY: usize = 100_000;
 
 /// A place in a node's journal: changes after it are the ones not seen.

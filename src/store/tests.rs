@@ -709,6 +709,9 @@ fn deletes_move_the_directory_into_trash_before_removing_anything() {
     assert_eq!(fs::read_dir(&trash).unwrap().count(), 0);
 }
 
+/// A named change a test makes to a store.
+type Step<'a> = (&'a str, Box<dyn Fn(&SliverStore) + 'a>);
+
 /// The blobs the journal says changed after `at`.
 fn changed_after(store: &SliverStore, at: JournalPosition) -> Vec<BlobId> {
     store.changes_since(at, 100).unwrap().blobs
@@ -720,7 +723,7 @@ fn every_change_of_a_blobs_files_is_in_the_journal_and_reads_are_not() {
     let store = open(dir.path());
     let blob = id(40);
     // Each step changes blob 40's files; the journal names it after it.
-    let mut steps: Vec<(&str, Box<dyn Fn(&SliverStore)>)> = vec![
+    let steps: Vec<Step> = vec![
         ("stage", Box::new(|s| s.stage(&blob, 10, b"meta").unwrap())),
         (
             "put a sliver",
@@ -740,7 +743,9 @@ fn every_change_of_a_blobs_files_is_in_the_journal_and_reads_are_not() {
         ),
         (
             "commit",
-            Box::new(|s| drop(s.commit(&blob, 10, None).unwrap())),
+            Box::new(|s| {
+                s.commit(&blob, 10, None).unwrap();
+            }),
         ),
         (
             "a corrupt sliver read and quarantined",
@@ -775,7 +780,7 @@ fn every_change_of_a_blobs_files_is_in_the_journal_and_reads_are_not() {
             }),
         ),
     ];
-    for (what, step) in steps.drain(..) {
+    for (what, step) in steps {
         let before = store.journal_head();
         step(&store);
         assert_eq!(changed_after(&store, before), vec![blob], "after: {what}");

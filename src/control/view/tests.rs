@@ -315,7 +315,7 @@ fn varied_entry(node: u16, n: u8, kind: u8) -> InventoryBlob {
     InventoryBlob {
         id: BlobId([n; 32]).to_string(),
         size: 100,
-        segments: if kind / 12 % 2 == 0 { 2 } else { 0 },
+        segments: if (kind / 12).is_multiple_of(2) { 2 } else { 0 },
         shards: shards.into_iter().collect(),
         state,
     }
