@@ -427,8 +427,9 @@ enum BenchCommand {
     /// through S3, its time and memory.
     S3(S3BenchArgs),
     /// The control loop's planning at scale (shard assignment, inventory
-    /// view, health, repair plan) on synthetic inventories, against one
-    /// plain pass over them; time and memory per step.
+    /// view, health, repair plan, and a reading of changes that folds every
+    /// hundredth blob again) on synthetic inventories, against one plain
+    /// pass over them; time and memory per step.
     Plan(PlanArgs),
     /// A randomized fault run: concurrent puts, gets and deletes on a local
     /// fleet while up to f nodes are killed, stopped, resumed and wiped at
