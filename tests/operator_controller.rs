@@ -1084,8 +1084,22 @@ async fn a_shard_given_back_to_a_node_on_an_empty_volume_moves_once_the_fleet_is
     );
     assert_eq!(fleet.held(3, &id).await.get(&3), Some(&1));
 
-    // Node 3 holds it whole: the copy left on the heir is released.
+    // Node 3 holds it whole: the copy left on the heir is released. No
+    // node moved or restarted since the last reconcile, so the operator
+    // saw the repair through the nodes' journals, not whole inventories.
+    let readings = |ctx: &Context, kind: &str| {
+        media_fleet(ctx)
+            .metrics
+            .inventory_reads
+            .with_label_values(&[kind])
+            .get()
+    };
+    let (whole, changes) = (readings(&ctx, "whole"), readings(&ctx, "changes"));
     let (seen, ctx) = fleet.reconcile(ctx, Some(status), 4).await;
+    assert_eq!(
+        (readings(&ctx, "whole"), readings(&ctx, "changes")),
+        (whole, changes + 1)
+    );
     let status = status_written(&seen).unwrap();
     assert_eq!(status["blobs"]["healthy"], 1, "{status:#}");
     assert_eq!(media_fleet(&ctx).metrics.shards_released.get(), 1);
