@@ -20,6 +20,29 @@ fn metric(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// At rest, the operator reads only what changed in the nodes' inventories
+/// (their journals) instead of every inventory whole.
+pub async fn operator_reads_only_changes_at_rest(e2e: &E2e) -> anyhow::Result<()> {
+    let changes = wait_for(
+        "the operator to read the inventories' changes",
+        Duration::from_secs(180),
+        || {
+            let text = e2e.operator_metrics()?;
+            let changes: f64 = text
+                .lines()
+                .filter(|l| l.starts_with("redstuff_inventory_reads_total{"))
+                .filter(|l| l.contains("kind=\"changes\"") && l.contains("storagecluster=\"e2e\""))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            Ok((changes >= 1.0).then_some(changes))
+        },
+    )
+    .await?;
+    let whole = metric(&e2e.operator_metrics()?, "redstuff_inventory_reads_total") - changes;
+    eprintln!("operator readings of the inventories: {changes} of changes, about {whole} whole");
+    Ok(())
+}
+
 /// Node pods not ready (or missing) now.
 fn not_ready_node_pods(e2e: &E2e) -> anyhow::Result<usize> {
     let pods = e2e.list("pods", NS, NODE_PODS)?;

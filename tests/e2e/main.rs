@@ -76,6 +76,13 @@ async fn run_scenarios(e2e: &E2e, report: &mut Report) {
         .await;
     report
         .scenario(
+            "at rest the operator reads only what changed in the nodes' inventories",
+            false,
+            disruptions::operator_reads_only_changes_at_rest(e2e),
+        )
+        .await;
+    report
+        .scenario(
             "S3 through the gateway: the aws cli stores and lists, the index outlives the gateway pod, a key added to the Secret signs in",
             false,
             s3::s3_through_the_gateway(e2e),
