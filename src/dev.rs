@@ -529,6 +529,7 @@ impl FleetLoop {
             })
             .collect();
         let observed_at_ms = crate::blob_state::now_nanos() / 1_000_000;
+        let read_at = Instant::now();
         let (view, _) = self
             .observer
             .observe(&self.calls, &addresses, &self.metrics)
@@ -565,6 +566,7 @@ impl FleetLoop {
             &self.assignment,
             &addresses,
             self.config.max_concurrent_repairs,
+            read_at,
         );
         for control::StartedRepair { task, at } in started {
             for shard in &task.shards {

@@ -12,7 +12,11 @@
 //! a fleet of a million blobs that lost a node queues ten thousand, not a
 //! million. A queued repair that
 //! runs late is still safe: it names the generation it repairs, and the
-//! node rebuilds only what it misses.
+//! node rebuilds only what it misses. A plan leaves out what it cannot
+//! know is still missing: a (blob, node) whose repair is in flight (it
+//! would run again when that one ends), or whose repair ended after the
+//! view was read (the view predates it), so a repair is not run twice
+//! for nothing.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -71,6 +75,9 @@ pub struct Repairer {
     calls: NodeCalls,
     metrics: FleetMetrics,
     in_flight: Arc<Mutex<HashSet<(String, String)>>>,
+    /// When each (blob, node) repair last ended whole, until a plan from a
+    /// view read after that comes.
+    ended: Arc<Mutex<HashMap<(String, String), Instant>>>,
     totals: Arc<Mutex<HashMap<String, RepairTotals>>>,
     queue: Arc<Mutex<Queue>>,
 }
@@ -82,6 +89,7 @@ impl Repairer {
             calls,
             metrics,
             in_flight: Arc::default(),
+            ended: Arc::default(),
             totals: Arc::default(),
             queue: Arc::default(),
         }
@@ -111,10 +119,12 @@ impl Repairer {
             .unwrap_or_default()
     }
 
-    /// Plans repairs for `view`, starts as many as `max_in_flight` leaves
-    /// room for, most at risk first, and queues the rest (replacing the
-    /// last plan's queue) for repairs that end to start. Returns the
-    /// repairs started since the last plan, these included.
+    /// Plans repairs for `view` (read from `observed_at` on), starts as
+    /// many as `max_in_flight` leaves room for, most at risk first, and
+    /// queues the rest (replacing the last plan's queue) for repairs that
+    /// end to start. A (blob, node) repair in flight, or ended whole since
+    /// `observed_at`, is left out. Returns the repairs started since the
+    /// last plan, these included.
     pub fn run_plan(
         &self,
         encoding: &EncodingConfig,
@@ -122,7 +132,9 @@ impl Repairer {
         assignment: &Assignment,
         nodes: &[NodeAddress],
         max_in_flight: usize,
+        observed_at: Instant,
     ) -> Vec<StartedRepair> {
+        let settled = self.settled_since(observed_at);
         let plan = fleet::plan_repairs(
             encoding,
             &view.observations(),
@@ -132,6 +144,7 @@ impl Repairer {
         );
         let waiting = plan
             .into_iter()
+            .filter(|task| !settled.contains(&(task.blob.clone(), task.node.clone())))
             .filter_map(|task| {
                 let url = nodes.iter().find(|n| n.name == task.node)?.url.clone();
                 let blob = view.blobs.get(&task.blob)?;
@@ -152,6 +165,17 @@ impl Repairer {
         }
         self.start_queued();
         std::mem::take(&mut self.queue.lock().expect("not poisoned").started)
+    }
+
+    /// The (blob, node) repairs a view read from `observed_at` on cannot
+    /// know the outcome of: in flight, or ended whole since. Forgets the
+    /// ends before `observed_at` (later views see what they did).
+    fn settled_since(&self, observed_at: Instant) -> HashSet<(String, String)> {
+        let mut ended = self.ended.lock().expect("not poisoned");
+        ended.retain(|_, at| *at > observed_at);
+        let mut settled: HashSet<(String, String)> = ended.keys().cloned().collect();
+        settled.extend(self.in_flight.lock().expect("not poisoned").iter().cloned());
+        settled
     }
 
     /// Repairs queued and not started yet.
@@ -209,6 +233,10 @@ impl Repairer {
                         }
                     }
                     if report.failed.is_empty() {
+                        this.ended
+                            .lock()
+                            .expect("not poisoned")
+                            .insert(key.clone(), Instant::now());
                         this.metrics.repairs_completed.inc();
                         tracing::info!(%blob, %node, rebuilt = report.rebuilt, bytes = report.bytes_fetched, "repaired");
                     } else {
@@ -346,7 +374,7 @@ mod tests {
             FleetMetrics::new(&prometheus::Registry::new()),
         );
         let encoding = EncodingConfig::new(4).unwrap();
-        let started = repairer.run_plan(&encoding, &view, &assignment, &nodes, 1);
+        let started = repairer.run_plan(&encoding, &view, &assignment, &nodes, 1, Instant::now());
         assert_eq!(started.len(), 1, "one at a time");
         assert!(started.iter().all(|s| s.task.node == "d"));
         assert_eq!(repairer.queued(), 5);
@@ -359,7 +387,7 @@ mod tests {
         assert!(repairer.wait_idle(Duration::from_secs(10)).await);
         assert_eq!(repairer.queued(), 0);
         // The next plan reports the repairs the queue started.
-        let reported = repairer.run_plan(&encoding, &view, &assignment, &nodes, 0);
+        let reported = repairer.run_plan(&encoding, &view, &assignment, &nodes, 0, Instant::now());
         assert_eq!(reported.len(), 5);
         assert_eq!(
             repairer.queued(),
@@ -377,7 +405,14 @@ mod tests {
             FleetMetrics::new(&prometheus::Registry::new()),
         );
         let encoding = EncodingConfig::new(4).unwrap();
-        repairer.run_plan(&encoding, &view, &assignment, &nodes_at(&url), 0);
+        repairer.run_plan(
+            &encoding,
+            &view,
+            &assignment,
+            &nodes_at(&url),
+            0,
+            Instant::now(),
+        );
         assert_eq!(repairer.queued(), MOST_QUEUED);
     }
 
@@ -396,9 +431,45 @@ mod tests {
             metrics.clone(),
         );
         let encoding = EncodingConfig::new(4).unwrap();
-        repairer.run_plan(&encoding, &view, &assignment, &nodes, 1);
+        repairer.run_plan(&encoding, &view, &assignment, &nodes, 1, Instant::now());
         assert!(repairer.wait_idle(Duration::from_secs(10)).await);
         assert_eq!(repairer.queued(), 0);
         assert_eq!(metrics.repairs_failed.get(), 1, "only the first was tried");
+    }
+
+    #[tokio::test]
+    async fn a_repair_is_not_run_again_from_a_view_read_before_it_ended_or_while_it_runs() {
+        let (url, asked) = counting_node().await;
+        let (view, assignment) = view_missing_d(2);
+        let nodes = nodes_at(&url);
+        let repairer = Repairer::new(
+            NodeCalls::new(crate::auth::TokenSet::single("t"), Default::default()),
+            FleetMetrics::new(&prometheus::Registry::new()),
+        );
+        let encoding = EncodingConfig::new(4).unwrap();
+        let read_at = Instant::now();
+        let count = || asked.load(std::sync::atomic::Ordering::SeqCst);
+        // One runs, one waits; a plan from a view read meanwhile leaves the
+        // running one out of the queue it replaces.
+        let started = repairer.run_plan(&encoding, &view, &assignment, &nodes, 1, read_at);
+        assert_eq!(started.len(), 1);
+        let again = repairer.run_plan(&encoding, &view, &assignment, &nodes, 1, Instant::now());
+        assert!(again.is_empty());
+        assert_eq!(repairer.queued(), 1, "only the blob not in flight waits");
+        assert!(repairer.wait_idle(Duration::from_secs(10)).await);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while (count() < 2 || repairer.in_flight() > 0) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(count(), 2, "each blob repaired once");
+        // A plan from a view read before they ended starts neither again; a
+        // view read after them says what is still missing, and is followed.
+        let reported = repairer.run_plan(&encoding, &view, &assignment, &nodes, 2, read_at);
+        assert_eq!(reported.len(), 1, "only the one the queue started");
+        assert_eq!((repairer.in_flight(), repairer.queued()), (0, 0));
+        let fresh = repairer.run_plan(&encoding, &view, &assignment, &nodes, 2, Instant::now());
+        assert_eq!(fresh.len(), 2);
+        assert!(repairer.wait_idle(Duration::from_secs(10)).await);
+        assert_eq!(count(), 4);
     }
 }

@@ -634,6 +634,7 @@ pub async fn reconcile_cluster(
             }
         }
     };
+    let read_at = std::time::Instant::now();
     let (view, _) = fleet_state
         .observer
         .lock()
@@ -696,10 +697,14 @@ pub async fn reconcile_cluster(
         for (node, since) in was_lost.chain(is_lost) {
             lost_at.entry(node).or_insert(since);
         }
-        let started =
-            fleet_state
-                .repairer
-                .run_plan(&encoding, &view, &assignment, &addresses, max_repairs);
+        let started = fleet_state.repairer.run_plan(
+            &encoding,
+            &view,
+            &assignment,
+            &addresses,
+            max_repairs,
+            read_at,
+        );
         for crate::control::StartedRepair { task, at } in &started {
             // The node rebuilding, or the evicted node its shards came from.
             let losers = std::iter::once(task.node.clone())
