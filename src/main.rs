@@ -85,6 +85,12 @@ enum Command {
         /// Print JSON: {"nodes": [...], "blobs": [...], ...}.
         #[arg(long)]
         json: bool,
+        /// Attempts after the first while the gateway is busy or out of
+        /// reach (429, 502, 503, 504, a lost connection: `redstuff dev`
+        /// still starting); waits as the gateway asks (Retry-After) or 1 s,
+        /// doubling, at most 30 s. 0: fail at the first failure.
+        #[arg(long, default_value_t = redstuff::retry::DEFAULT_RETRIES)]
+        retries: u32,
         #[command(flatten)]
         token: TokenArg,
     },
@@ -606,8 +612,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status {
             gateway,
             json,
+            retries,
             token,
-        } => runtime()?.block_on(cli::status(&gateway, token.resolve(), json)),
+        } => runtime()?.block_on(cli::status(&gateway, token.resolve(), json, retries)),
         Command::Crds { dir } => crds(dir),
         Command::RenderCluster {
             file,

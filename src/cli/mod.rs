@@ -1,5 +1,5 @@
-//! The user commands that talk to a gateway: put, get, status. Put and get
-//! try again, a bounded number of times, when the gateway is busy or out of
+//! The user commands that talk to a gateway: put, get, status. Each tries
+//! again, a bounded number of times, when the gateway is busy or out of
 //! reach (`redstuff::retry` decides when and how long to wait).
 
 mod get;

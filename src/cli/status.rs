@@ -1,24 +1,64 @@
 //! `redstuff status`: the fleet's nodes and blobs as tables.
 
 use anyhow::Context as _;
+use indicatif::ProgressBar;
 
+use redstuff::retry::RetryPolicy;
 use redstuff::units::format_bytes;
 
-use super::{authorized, error_of, http};
+use super::{authorized, before_retry, http, AttemptError};
 
-/// `redstuff status`: the fleet as a table, or JSON.
-pub async fn status(gateway: &str, token: Option<String>, json: bool) -> anyhow::Result<()> {
-    let request = http()?.get(format!("{}/v1/status", gateway.trim_end_matches('/')));
-    let response = authorized(request, &token)
+/// `redstuff status`: the fleet as a table, or JSON; tried again up to
+/// `retries` times while the gateway is busy or out of reach (as when
+/// `redstuff dev` is still starting).
+pub async fn status(
+    gateway: &str,
+    token: Option<String>,
+    json: bool,
+    retries: u32,
+) -> anyhow::Result<()> {
+    let policy = RetryPolicy::with_retries(retries);
+    let http = http()?;
+    let url = format!("{}/v1/status", gateway.trim_end_matches('/'));
+    let mut failed = 0;
+    let status = loop {
+        match fetch(&http, &url, gateway, &token).await {
+            Ok(status) => break status,
+            Err(e) => {
+                failed += 1;
+                before_retry(&policy, failed, e, &ProgressBar::hidden()).await?;
+            }
+        }
+    };
+    print_status(&status, json)
+}
+
+/// One attempt at the status document.
+async fn fetch(
+    http: &reqwest::Client,
+    url: &str,
+    gateway: &str,
+    token: &Option<String>,
+) -> Result<serde_json::Value, AttemptError> {
+    let response = authorized(http.get(url), token)
         .send()
         .await
-        .with_context(|| format!("cannot reach the gateway at {gateway}"))?;
+        .with_context(|| format!("cannot reach the gateway at {gateway}"))
+        .map_err(AttemptError::transport)?;
     if !response.status().is_success() {
-        return Err(error_of(response).await);
+        return Err(AttemptError::answered(response).await);
     }
-    let status: serde_json::Value = response.json().await?;
+    response
+        .json()
+        .await
+        .context("the gateway's status answer broke off or is not JSON")
+        .map_err(AttemptError::transport)
+}
+
+/// Prints the status document as tables, or as JSON.
+fn print_status(status: &serde_json::Value, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        println!("{}", serde_json::to_string_pretty(status)?);
         return Ok(());
     }
     let age = status["observed_at_ms"]

@@ -2,7 +2,8 @@
 //! waits as told, tries again and stores the blob once a slot frees;
 //! told not to retry, it fails at once with the gateway's reason (which
 //! reaches it though the body was still being sent). From standard input
-//! it streams, and is never sent twice.
+//! it streams, and is never sent twice. `redstuff status` waits for a
+//! busy or absent gateway the same way, and never retries a refusal.
 
 use std::process::Stdio;
 
@@ -200,4 +201,109 @@ async fn an_upload_from_standard_input_is_stored_as_it_streams_and_a_refusal_is_
     assert!(!stderr.contains("trying again"), "{stderr}");
     assert!(holders_of(&gateway.fleet, &blob_id(&other)).is_empty());
     slot.release().await;
+}
+
+/// A gateway stand-in whose `/v1/status` answers 503 (Retry-After: 1) to
+/// its first `busy` requests, then the status; 401 without the token.
+async fn status_server(busy: usize) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let asked = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = asked.clone();
+    let app = axum::Router::new().route(
+        "/v1/status",
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
+            let counter = counter.clone();
+            async move {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                let authorized = headers
+                    .get("authorization")
+                    .is_some_and(|v| v == "Bearer status-token");
+                if !authorized {
+                    return (
+                        axum::http::StatusCode::UNAUTHORIZED,
+                        [("retry-after", "0")],
+                        r#"{"error": "no token"}"#.to_string(),
+                    );
+                }
+                if n < busy {
+                    return (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        [("retry-after", "1")],
+                        r#"{"error": "the loop has not looked yet"}"#.to_string(),
+                    );
+                }
+                (
+                    axum::http::StatusCode::OK,
+                    [("retry-after", "0")],
+                    r#"{"shards": 7, "fault_tolerance": 2, "nodes": [], "blobs": []}"#.to_string(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, asked)
+}
+
+/// `redstuff status --json --gateway URL ARGS...` with `token`.
+async fn run_status(url: &str, token: &str, args: &[&str]) -> std::process::Output {
+    let command = tokio::process::Command::new(env!("CARGO_BIN_EXE_redstuff"))
+        .args(["status", "--json", "--gateway", url])
+        .args(args)
+        .env("REDSTUFF_TOKEN", token)
+        .env("REDSTUFF_LOG", "warn")
+        .kill_on_drop(true)
+        .output();
+    within("redstuff status", command).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_waits_for_a_busy_gateway_and_never_retries_a_refusal() {
+    use std::sync::atomic::Ordering;
+    // Busy twice: with retries it says so, waits and prints the status.
+    let (url, asked) = status_server(2).await;
+    let out = run_status(&url, "status-token", &["--retries", "3"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("trying again").count(), 2, "{stderr}");
+    assert!(stderr.contains("the loop has not looked yet"), "{stderr}");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["shards"], 7);
+    assert_eq!(asked.load(Ordering::SeqCst), 3);
+
+    // Without retries: the first 503 and its reason, at once.
+    let (url, asked) = status_server(2).await;
+    let out = run_status(&url, "status-token", &["--retries", "0"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("503") && stderr.contains("the loop has not looked yet"),
+        "{stderr}"
+    );
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+
+    // A refusal (401) is never tried again, whatever the retries.
+    let (url, asked) = status_server(0).await;
+    let out = run_status(&url, "wrong-token", &["--retries", "3"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("401") && stderr.contains("--token"),
+        "{stderr}"
+    );
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+
+    // Nothing listening: tried again, then given up, saying how often.
+    let gone = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let out = run_status(&gone, "status-token", &["--retries", "1"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("cannot reach the gateway") && stderr.contains("gave up after 2 attempts"),
+        "{stderr}"
+    );
 }
