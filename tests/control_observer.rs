@@ -1,8 +1,9 @@
 //! The control loop's readings of a fleet of in-process nodes over real
 //! HTTP: after a whole reading, readings of only what changed (each node's
 //! journal, then every node's entries of the changed blobs) give the view
-//! a whole reading gives, through writes, deletes, markers carried and a
-//! node restarted; and the journal routes refuse what they cannot answer.
+//! a whole reading gives, through writes, deletes, markers carried, a
+//! node restarted and a node down; and the journal routes refuse what
+//! they cannot answer.
 
 mod support;
 
@@ -35,6 +36,11 @@ fn addresses(fleet: &TestFleet) -> Vec<NodeAddress> {
 /// until every node has its commit (the gateway answers after a quorum
 /// and commits the rest behind); its blob id.
 async fn put(fleet: &TestFleet, seed: u8, len: usize) -> String {
+    put_on(fleet, seed, len, usize::MAX).await
+}
+
+/// `put`, waiting for the commit on every node but node `down`.
+async fn put_on(fleet: &TestFleet, seed: u8, len: usize, down: usize) -> String {
     let body: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(seed)).collect();
     let answer: Value = user_http()
         .put(format!("{}/v1/blobs", fleet.gateway.url))
@@ -49,7 +55,10 @@ async fn put(fleet: &TestFleet, seed: u8, len: usize) -> String {
         .unwrap();
     let id: String = answer["id"].as_str().unwrap().to_string();
     let calls = node_calls();
-    for node in &fleet.nodes {
+    for (i, node) in fleet.nodes.iter().enumerate() {
+        if i == down {
+            continue;
+        }
         let client = calls.node(&node.url);
         let mut waited = 0;
         while client
@@ -169,8 +178,41 @@ async fn readings_of_only_what_changed_give_the_view_a_whole_reading_gives() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fleet_without_every_node_answering_or_past_the_whole_reading_interval_is_read_whole() {
+async fn a_node_not_answering_stays_out_of_readings_of_changes_until_it_answers_again() {
     let mut fleet = TestFleet::start(4).await;
+    let calls = node_calls();
+    let metrics = FleetMetrics::new(&Registry::new());
+    put(&fleet, 5, 100_000).await;
+    let nodes = addresses(&fleet);
+    let mut observer = Observer::new();
+    let (_, reading) = read(&mut observer, &calls, &nodes, &metrics).await;
+    assert_eq!(reading, Reading::Whole);
+
+    // Node 3 stops: its changes cannot be read, so the next reading is
+    // whole and says it is silent; the ones after read the others' changes
+    // and leave it out, writes made meanwhile included.
+    fleet.stop_node(3);
+    let (view, reading) = read(&mut observer, &calls, &nodes, &metrics).await;
+    assert_eq!(reading, Reading::Whole);
+    assert_eq!(view.silent, ["media-node-3".to_string()].into());
+    let id = put_on(&fleet, 6, 80_000, 3).await;
+    let (view, reading) = read(&mut observer, &calls, &nodes, &metrics).await;
+    assert_eq!(reading, Reading::Changes);
+    assert_eq!(view.silent.len(), 1);
+    assert_eq!(view.blobs[&id].complete_shards.len(), 3);
+
+    // Back: a whole reading, then changes again.
+    fleet.start_node_again(3).await;
+    let (view, reading) = read(&mut observer, &calls, &nodes, &metrics).await;
+    assert_eq!(reading, Reading::Whole);
+    assert!(view.silent.is_empty());
+    let (_, reading) = read(&mut observer, &calls, &nodes, &metrics).await;
+    assert_eq!(reading, Reading::Changes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_nodes_or_a_passed_interval_bring_a_whole_reading() {
+    let fleet = TestFleet::start(4).await;
     let calls = node_calls();
     let metrics = FleetMetrics::new(&Registry::new());
     put(&fleet, 5, 100_000).await;
@@ -182,21 +224,10 @@ async fn a_fleet_without_every_node_answering_or_past_the_whole_reading_interval
         let (_, reading) = read(&mut eager, &calls, &nodes, &metrics).await;
         assert_eq!(reading, Reading::Whole);
     }
-
-    // A node not answering: whole readings until every node answers.
+    // Another set of nodes (a node left the fleet): whole.
     let mut observer = Observer::new();
     let (_, reading) = observer.observe(&calls, &nodes, &metrics).await;
     assert_eq!(reading, Reading::Whole);
-    drop(std::mem::replace(
-        &mut fleet.nodes[3],
-        support::RunningNode::stopped(),
-    ));
-    for _ in 0..2 {
-        let (view, reading) = observer.observe(&calls, &nodes, &metrics).await;
-        assert_eq!(reading, Reading::Whole);
-        assert_eq!(view.silent.len(), 1);
-    }
-    // Another set of nodes (a node left the fleet): whole.
     let (_, reading) = observer.observe(&calls, &nodes[..3], &metrics).await;
     assert_eq!(reading, Reading::Whole);
     let (_, reading) = observer.observe(&calls, &nodes[..3], &metrics).await;

@@ -37,6 +37,8 @@ struct Cursor {
     buffered: VecDeque<(BlobId, InventoryBlob)>,
     /// Blobs it listed so far.
     listed: usize,
+    /// Whether it answered its first page.
+    listed_a_page: bool,
 }
 
 /// The merge of every node's inventory into a `FleetView`.
@@ -60,6 +62,7 @@ impl InventoryMerge {
                     reading: Reading::First,
                     buffered: VecDeque::new(),
                     listed: 0,
+                    listed_a_page: false,
                 })
                 .collect(),
             max_blobs,
@@ -100,6 +103,7 @@ impl InventoryMerge {
         let cursor = &mut self.cursors[node];
         if first {
             self.builder.answered(&cursor.name, &page.page.shards);
+            cursor.listed_a_page = true;
         }
         cursor.listed += page.ids.len();
         cursor.reading = match (page.page.next, page.ids.last()) {
@@ -150,6 +154,16 @@ impl InventoryMerge {
                 .collect();
             self.builder.fold(&entries[0].1.id, &named);
         }
+    }
+
+    /// Nodes that answered a page and then failed one: the view keeps
+    /// what they listed before (unlike nodes that never answered).
+    pub fn stopped_partway(&self) -> Vec<String> {
+        self.cursors
+            .iter()
+            .filter(|c| c.reading == Reading::Gone && c.listed_a_page)
+            .map(|c| c.name.clone())
+            .collect()
     }
 
     /// The view: nodes still waiting for a page are cut, what is read is

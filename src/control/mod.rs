@@ -111,6 +111,11 @@ pub struct NodeAddress {
 /// node, so a slow node holds the loop no longer than that and a large
 /// fleet's honest nodes are never cut for their size.
 pub async fn observe(calls: &NodeCalls, nodes: &[NodeAddress]) -> FleetView {
+    observe_whole(calls, nodes).await.0
+}
+
+/// `observe`, and the nodes that stopped partway through their inventory.
+async fn observe_whole(calls: &NodeCalls, nodes: &[NodeAddress]) -> (FleetView, Vec<String>) {
     let clients: Vec<NodeClient> = nodes.iter().map(|n| calls.node(&n.url)).collect();
     let mut merge = InventoryMerge::new(
         nodes.iter().map(|n| n.name.clone()),
@@ -144,5 +149,6 @@ pub async fn observe(calls: &NodeCalls, nodes: &[NodeAddress]) -> FleetView {
         }
         merge.fold_ready();
     }
-    merge.finish()
+    let stopped = merge.stopped_partway();
+    (merge.finish(), stopped)
 }

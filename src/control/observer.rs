@@ -5,13 +5,16 @@
 //! its entries of those blobs, and fold just them again into the last
 //! view. A fleet at rest costs a reading one small call per node.
 //!
-//! A whole reading comes instead whenever a changes reading could be
-//! wrong or costly: the first time, when the nodes are not the same, when
-//! the last view had a node not answering, when a node's journal no
-//! longer knows the last position (it restarted or forgot), when a node
-//! owns other shards than the view says, when a call fails or too many
-//! blobs changed, and every `WHOLE_READING_EVERY` regardless (files
-//! changed behind the node's back).
+//! Nodes that did not answer the last reading stay out of it while they
+//! still do not answer (a node down for a while costs nothing more); one
+//! that answers again brings a whole reading. A whole reading comes too
+//! whenever a changes reading could be wrong or costly: the first time,
+//! when the nodes are not the same, when a node stopped partway through
+//! its inventory (the view keeps what it listed before), when a node's
+//! journal no longer knows the last position (it restarted or forgot),
+//! when a node owns other shards than the view says, when a call to an
+//! answering node fails or too many blobs changed, and every
+//! `WHOLE_READING_EVERY` regardless (files changed behind the node's back).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -19,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 
-use super::{observe, FleetView, NodeAddress, ViewBuilder};
+use super::{observe_whole, FleetView, NodeAddress, ViewBuilder};
 use crate::client::{ChangesAnswer, NodeCalls, NodeClient, ENTRIES_PER_REQUEST};
 use crate::codec::BlobId;
 use crate::metrics::FleetMetrics;
@@ -54,8 +57,9 @@ impl Reading {
 /// What the last reading left for the next one to go on from.
 struct LastReading {
     nodes: Vec<NodeAddress>,
-    /// Per node (in `nodes`' order), its journal position then.
-    positions: Vec<JournalPosition>,
+    /// Per node (in `nodes`' order), its journal position then; `None`
+    /// for a node that did not answer.
+    positions: Vec<Option<JournalPosition>>,
     view: Arc<FleetView>,
     whole_at: Instant,
 }
@@ -136,16 +140,22 @@ async fn read_whole(
             .map(|node| async move { calls.node(&node.url).inventory_changes(None).await }),
     )
     .await;
-    let view = Arc::new(observe(calls, nodes).await);
-    let positions: Option<Vec<JournalPosition>> = heads
-        .into_iter()
-        .map(|head| match head {
-            Ok(ChangesAnswer::Changes(head)) => Some(head.next),
+    let (view, stopped) = observe_whole(calls, nodes).await;
+    let view = Arc::new(view);
+    // Answering nodes need a position; silent ones have none.
+    let positions: Option<Vec<Option<JournalPosition>>> = nodes
+        .iter()
+        .zip(heads)
+        .map(|(node, head)| match head {
+            _ if view.silent.contains(&node.name) => Some(None),
+            Ok(ChangesAnswer::Changes(head)) if view.ready.contains(&node.name) => {
+                Some(Some(head.next))
+            }
             _ => None,
         })
         .collect();
     let last = positions
-        .filter(|_| view.silent.is_empty() && view.ready.len() == nodes.len())
+        .filter(|_| stopped.is_empty())
         .map(|positions| LastReading {
             nodes: nodes.to_vec(),
             positions,
@@ -162,8 +172,18 @@ async fn read_changes(
     mut last: LastReading,
 ) -> Result<(LastReading, usize), String> {
     let clients: Vec<NodeClient> = last.nodes.iter().map(|n| calls.node(&n.url)).collect();
+    let view = &last.view;
     let answers = join_all(clients.iter().zip(&last.nodes).zip(&last.positions).map(
-        |((client, node), position)| changes_of(client, *position, last.view.owned.get(&node.name)),
+        |((client, node), position)| async move {
+            match position {
+                Some(position) => {
+                    let owned = view.owned.get(&node.name);
+                    let (ids, next) = changes_of(client, *position, owned).await?;
+                    Ok((ids, Some(next)))
+                }
+                None => still_silent(client).await.map(|()| (Vec::new(), None)),
+            }
+        },
     ))
     .await;
     let mut changed = BTreeSet::new();
@@ -183,8 +203,17 @@ async fn read_changes(
         let mut builder = ViewBuilder::resume(Arc::unwrap_or_clone(std::mem::take(&mut last.view)));
         let forgotten: HashSet<String> = changed.iter().map(ToString::to_string).collect();
         builder.forget(&forgotten);
+        // Only the answering nodes are asked (the others did not answer
+        // the whole reading either).
+        let (answering_clients, answering): (Vec<NodeClient>, Vec<NodeAddress>) = clients
+            .iter()
+            .zip(&last.nodes)
+            .zip(&last.positions)
+            .filter(|(_, position)| position.is_some())
+            .map(|((client, node), _)| (client.clone(), node.clone()))
+            .unzip();
         for chunk in changed.chunks(ENTRIES_PER_REQUEST) {
-            let entries = entries_of(&clients, &last.nodes, &owned, chunk).await?;
+            let entries = entries_of(&answering_clients, &answering, &owned, chunk).await?;
             for id in chunk {
                 let id = id.to_string();
                 let of_blob: Vec<(&str, &InventoryBlob)> = entries
@@ -200,6 +229,15 @@ async fn read_changes(
     }
     last.positions = positions;
     Ok((last, 0))
+}
+
+/// Ok while a node that did not answer the last reading still does not
+/// answer; an error (calling for a whole reading) once it does.
+async fn still_silent(client: &NodeClient) -> Result<(), String> {
+    match client.inventory_changes(None).await {
+        Ok(_) => Err("it answers again".to_string()),
+        Err(_) => Ok(()),
+    }
 }
 
 /// The blobs changed on one node after `position` (every page), and the

@@ -445,16 +445,27 @@ impl TestFleet {
     /// Stops node `i` and starts it again on the same directory and
     /// address (a process restart: its store opens anew).
     pub async fn restart_node(&mut self, i: usize) {
+        self.stop_node(i);
+        self.start_node_again(i).await;
+    }
+
+    /// Stops node `i` (its address stays in `nodes[i].url`).
+    pub fn stop_node(&mut self, i: usize) {
+        let url = self.nodes[i].url.clone();
+        drop(std::mem::replace(
+            &mut self.nodes[i],
+            RunningNode { url, stop: None },
+        ));
+    }
+
+    /// Starts node `i`, stopped, again on its directory and address.
+    pub async fn start_node_again(&mut self, i: usize) {
         let addr: SocketAddr = self.nodes[i]
             .url
             .trim_start_matches("http://")
             .parse()
             .unwrap();
         let map_path = self._dirs.last().unwrap().path().join("fleet.json");
-        drop(std::mem::replace(
-            &mut self.nodes[i],
-            RunningNode::stopped(),
-        ));
         self.nodes[i] = start_node_at(
             &format!("media-node-{i}"),
             self._dirs[i].path(),

@@ -79,6 +79,15 @@ impl Node {
 /// size; `fails(node, page number)` makes that page fail. Checks after
 /// every round that no node has more than a page waiting.
 fn merge(nodes: &[Node], sizes: &[usize], fails: impl Fn(usize, usize) -> bool) -> FleetView {
+    merge_and_stops(nodes, sizes, fails).0
+}
+
+/// `merge`, and the nodes it says stopped partway.
+fn merge_and_stops(
+    nodes: &[Node],
+    sizes: &[usize],
+    fails: impl Fn(usize, usize) -> bool,
+) -> (FleetView, Vec<String>) {
     let mut merge = InventoryMerge::new(nodes.iter().map(|n| n.name.clone()), usize::MAX);
     let mut pages = vec![0; nodes.len()];
     loop {
@@ -100,7 +109,8 @@ fn merge(nodes: &[Node], sizes: &[usize], fails: impl Fn(usize, usize) -> bool) 
             assert!(cursor.buffered.len() <= *size, "more than a page held");
         }
     }
-    merge.finish()
+    let stopped = merge.stopped_partway();
+    (merge.finish(), stopped)
 }
 
 fn three_nodes() -> Vec<Node> {
@@ -151,7 +161,8 @@ fn the_merged_view_is_the_view_of_the_whole_inventories() {
 #[test]
 fn a_node_failing_its_first_page_did_not_answer() {
     let nodes = three_nodes();
-    let view = merge(&nodes, &[2, 2, 2], |node, page| node == 1 && page == 0);
+    let (view, stopped) = merge_and_stops(&nodes, &[2, 2, 2], |node, page| node == 1 && page == 0);
+    assert!(stopped.is_empty(), "it never answered: {stopped:?}");
     assert_eq!(view.silent, ["b".to_string()].into());
     assert!(!view.ready.contains("b") && !view.owned.contains_key("b"));
     assert_eq!(view.blobs[&id(9).to_string()].complete_shards, [0].into());
@@ -161,7 +172,8 @@ fn a_node_failing_its_first_page_did_not_answer() {
 fn a_node_failing_a_later_page_stopped_and_what_it_listed_before_still_counts() {
     let nodes = three_nodes();
     // b's first page lists blobs 3 and 4; its second fails.
-    let view = merge(&nodes, &[2, 2, 2], |node, page| node == 1 && page == 1);
+    let (view, stopped) = merge_and_stops(&nodes, &[2, 2, 2], |node, page| node == 1 && page == 1);
+    assert_eq!(stopped, ["b"]);
     assert_eq!(view.silent, ["b".to_string()].into());
     assert!(!view.ready.contains("b") && !view.owned.contains_key("b"));
     assert_eq!(
