@@ -128,7 +128,8 @@ impl Observer {
 
 /// Every inventory, whole, after each node's journal head (so changes
 /// made while the inventories are read come in the next reading); the
-/// reading can be gone on from when every node answered both.
+/// reading can be gone on from when every answering node gave its head
+/// and none stopped partway.
 async fn read_whole(
     calls: &NodeCalls,
     nodes: &[NodeAddress],
@@ -196,39 +197,38 @@ async fn read_changes(
             return Err(format!("more than {MOST_CHANGED} blobs changed"));
         }
     }
-    if !changed.is_empty() {
-        let changed: Vec<BlobId> = changed.into_iter().collect();
-        let owned = last.view.owned.clone();
-        // Copied only when someone still holds the last view.
-        let mut builder = ViewBuilder::resume(Arc::unwrap_or_clone(std::mem::take(&mut last.view)));
-        let forgotten: HashSet<String> = changed.iter().map(ToString::to_string).collect();
-        builder.forget(&forgotten);
-        // Only the answering nodes are asked (the others did not answer
-        // the whole reading either).
-        let (answering_clients, answering): (Vec<NodeClient>, Vec<NodeAddress>) = clients
-            .iter()
-            .zip(&last.nodes)
-            .zip(&last.positions)
-            .filter(|(_, position)| position.is_some())
-            .map(|((client, node), _)| (client.clone(), node.clone()))
-            .unzip();
-        for chunk in changed.chunks(ENTRIES_PER_REQUEST) {
-            let entries = entries_of(&answering_clients, &answering, &owned, chunk).await?;
-            for id in chunk {
-                let id = id.to_string();
-                let of_blob: Vec<(&str, &InventoryBlob)> = entries
-                    .iter()
-                    .filter_map(|(node, blobs)| Some((node.as_str(), blobs.get(id.as_str())?)))
-                    .collect();
-                builder.fold(&id, &of_blob);
-            }
-        }
-        last.view = Arc::new(builder.finish());
-        last.positions = positions;
-        return Ok((last, changed.len()));
-    }
     last.positions = positions;
-    Ok((last, 0))
+    if changed.is_empty() {
+        return Ok((last, 0));
+    }
+    let changed: Vec<BlobId> = changed.into_iter().collect();
+    let owned = last.view.owned.clone();
+    // Copied only when someone still holds the last view.
+    let mut builder = ViewBuilder::resume(Arc::unwrap_or_clone(std::mem::take(&mut last.view)));
+    let forgotten: HashSet<String> = changed.iter().map(ToString::to_string).collect();
+    builder.forget(&forgotten);
+    // Only the answering nodes are asked (the others did not answer
+    // the whole reading either).
+    let (answering_clients, answering): (Vec<NodeClient>, Vec<NodeAddress>) = clients
+        .iter()
+        .zip(&last.nodes)
+        .zip(&last.positions)
+        .filter(|(_, position)| position.is_some())
+        .map(|((client, node), _)| (client.clone(), node.clone()))
+        .unzip();
+    for chunk in changed.chunks(ENTRIES_PER_REQUEST) {
+        let entries = entries_of(&answering_clients, &answering, &owned, chunk).await?;
+        for id in chunk {
+            let id = id.to_string();
+            let of_blob: Vec<(&str, &InventoryBlob)> = entries
+                .iter()
+                .filter_map(|(node, blobs)| Some((node.as_str(), blobs.get(id.as_str())?)))
+                .collect();
+            builder.fold(&id, &of_blob);
+        }
+    }
+    last.view = Arc::new(builder.finish());
+    Ok((last, changed.len()))
 }
 
 /// Ok while a node that did not answer the last reading still does not

@@ -218,24 +218,21 @@ async fn status_server(busy: usize) -> (String, std::sync::Arc<std::sync::atomic
                 let authorized = headers
                     .get("authorization")
                     .is_some_and(|v| v == "Bearer status-token");
-                if !authorized {
-                    return (
-                        axum::http::StatusCode::UNAUTHORIZED,
-                        [("retry-after", "0")],
-                        r#"{"error": "no token"}"#.to_string(),
-                    );
-                }
-                if n < busy {
-                    return (
-                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                        [("retry-after", "1")],
-                        r#"{"error": "the loop has not looked yet"}"#.to_string(),
-                    );
-                }
+                let (status, retry_after, body) = if !authorized {
+                    (401, "0", r#"{"error": "no token"}"#)
+                } else if n < busy {
+                    (503, "1", r#"{"error": "the loop has not looked yet"}"#)
+                } else {
+                    (
+                        200,
+                        "0",
+                        r#"{"shards": 7, "fault_tolerance": 2, "nodes": [], "blobs": []}"#,
+                    )
+                };
                 (
-                    axum::http::StatusCode::OK,
-                    [("retry-after", "0")],
-                    r#"{"shards": 7, "fault_tolerance": 2, "nodes": [], "blobs": []}"#.to_string(),
+                    axum::http::StatusCode::from_u16(status).unwrap(),
+                    [("retry-after", retry_after)],
+                    body,
                 )
             }
         }),
