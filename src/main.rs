@@ -374,7 +374,8 @@ struct GatewayArgs {
     /// Deadline of every call to a node, in seconds.
     #[arg(long, default_value_t = 5.0)]
     node_timeout_secs: f64,
-    /// Bytes of decoded segments kept for range reads (0: none).
+    /// Bytes of verified rows of segments kept for later reads, so ranges
+    /// of the same segment fetch each row once (0: none).
     #[arg(long, default_value = "128MiB", value_parser = parse_bytes)]
     segment_cache: u64,
     /// Also serve S3 on this address (the second line on stdout is

@@ -283,6 +283,9 @@ pub struct GatewayMetrics {
     pub decode_duration: Histogram,
     /// Answers from nodes that failed verification, by node.
     pub peer_invalid: IntCounterVec,
+    /// Rows of segments served by reads, by where they came from (cache,
+    /// shared, alone, segment).
+    pub read_rows: IntCounterVec,
     /// Uploads being received, encoded or shipped.
     pub uploads_in_flight: IntGauge,
     /// Uploads waiting for a slot.
@@ -334,6 +337,12 @@ impl GatewayMetrics {
                 "redstuff_peer_invalid_responses_total",
                 "Answers from nodes that failed verification.",
                 &["node"],
+            ),
+            read_rows: counter_vec(
+                registry,
+                "redstuff_gateway_read_rows_total",
+                "Rows of segments served by reads: from the gateway's cache, from another read fetching them at the same time, fetched alone from their shards, or decoded with their whole segment.",
+                &["source"],
             ),
             uploads_in_flight: gauge(
                 registry,

@@ -6,10 +6,10 @@ use std::sync::Mutex;
 
 use proptest::prelude::*;
 use redstuff::codec::{
-    decode_blob, decode_segment, decode_segment_with, rebuild, sliver_hash, verify_sliver, Axis,
-    BlobEncoder, BlobId, BlobMetadata, DecodeError, EncodedSegment, EncodingConfig, Primary,
-    RebuildError, RecoverySymbol, Secondary, SegmentHashes, Sliver, SymbolSource, Verification,
-    DEFAULT_SEGMENT_SIZE,
+    decode_blob, decode_segment, decode_segment_with, rebuild, row_span, sliver_hash, verified_row,
+    verify_sliver, Axis, BlobEncoder, BlobId, BlobMetadata, DecodeError, EncodedSegment,
+    EncodingConfig, Primary, RebuildError, RecoverySymbol, Secondary, SegmentHashes, Sliver,
+    SymbolSource, Verification, DEFAULT_SEGMENT_SIZE,
 };
 
 /// A blob, its shard count and its segment size.
@@ -148,6 +148,16 @@ proptest! {
         let successes: Vec<Vec<u8>> = reads.into_iter().filter_map(|r| r.ok()).map(|d| d.data.to_vec()).collect();
         for other in &successes {
             prop_assert_eq!(other, &successes[0]);
+        }
+        // A row read on its own (a range read) is, when it proves itself,
+        // the same bytes as that part of every successful read.
+        let layout = metadata.segment_layout(0).unwrap();
+        for sliver in &segment.primary[..p] {
+            if let Ok(row) = verified_row(&metadata, 0, sliver) {
+                for other in &successes {
+                    prop_assert_eq!(&row[..], &other[row_span(&layout, sliver.index())]);
+                }
+            }
         }
         // A strict read re-derives the whole encoding and refuses the blob
         // whenever the odd sliver is not a line of the codeword.

@@ -81,9 +81,17 @@ async fn blobs_survive_f_wiped_nodes_and_heal_with_repair_traffic_near_p_plus_q_
     // They come back empty; the loop rebuilds their pairs from recovery symbols.
     fleet.release("node-1");
     fleet.release("node-4");
+    // Healthy as soon as the rebuilt pairs are on the nodes; the repairs'
+    // traffic is counted once each repair has ended.
     let healed = fleet
-        .wait_for("every blob Healthy again", |s| {
-            all_ready(s) && all_healthy(s, 20)
+        .wait_for("every blob Healthy again, no repair running", |s| {
+            all_ready(s)
+                && all_healthy(s, 20)
+                && s["blobs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|b| b["repairing"] == false)
         })
         .await;
     for (id, data) in &blobs {

@@ -2,7 +2,10 @@
 //! one local 7-shard fleet: PUTs and GETs of the same file through the
 //! native API with its own client (`redstuff put`/`get`, the baseline)
 //! and through S3 with the aws cli, after a warm-up PUT, alternating, the
-//! fastest of each counting, as ratios;
+//! fastest of each counting, as ratios; the same object stored in one PUT
+//! (`aws s3api put-object`, one blob of 64 MiB segments) read back by the
+//! aws cli in its 8 MiB ranges, ten at once, with how often the gateway
+//! fetched each row of a segment those ranges needed;
 //! then a listing of many keys through S3 (boto3's paginator), its time
 //! and the growth of this process's memory (the gateway runs in it).
 
@@ -42,6 +45,17 @@ pub struct S3BenchReport {
     pub put_ratio: f64,
     /// S3 GET / native GET.
     pub get_ratio: f64,
+    /// S3 GET with the aws cli of the object stored in one PUT (8 MiB
+    /// ranges of its 64 MiB segments, ten at once), MB/s.
+    pub s3_ranged_get_mb_per_s: f64,
+    /// That GET / native GET.
+    pub ranged_get_ratio: f64,
+    /// Rows the gateway fetched from nodes (alone or with their segment)
+    /// per row the ranges needed: at most 1 when each row is fetched once.
+    pub ranged_rows_fetched_per_row: f64,
+    /// Of the rows fetched, the share fetched alone (not decoded with
+    /// their whole segment).
+    pub ranged_rows_alone_share: f64,
     /// Keys listed.
     pub keys: u64,
     /// Seconds to list them all (pages of 1,000).
@@ -60,6 +74,7 @@ struct Transfers {
     native_get: Duration,
     s3_put: Duration,
     s3_get: Duration,
+    s3_ranged_get: Duration,
 }
 
 impl Default for Transfers {
@@ -69,6 +84,7 @@ impl Default for Transfers {
             native_get: Duration::MAX,
             s3_put: Duration::MAX,
             s3_get: Duration::MAX,
+            s3_ranged_get: Duration::MAX,
         }
     }
 }
@@ -268,6 +284,19 @@ async fn measure(
     // A fresh fleet's first PUT pays for faulting in the gateway's buffers
     // (bench fleet's "first PUT"); it is not counted for either side.
     native(&["put", file_text])?;
+    aws(&[
+        "--endpoint-url",
+        &s3,
+        "s3api",
+        "put-object",
+        "--bucket",
+        "bench",
+        "--key",
+        "whole",
+        "--body",
+        file_text,
+    ])?;
+    let mut rows = ServedRows::default();
     let mut best = Transfers::default();
     for _ in 0..ROUNDS {
         let (put, id) = native(&["put", file_text])?;
@@ -304,12 +333,31 @@ async fn measure(
         std::fs::remove_file(&back)?;
         best.s3_put = best.s3_put.min(put);
         best.s3_get = best.s3_get.min(get);
+
+        let before = gateway_rows(gateway).await?;
+        let start = Instant::now();
+        aws(&[
+            "--endpoint-url",
+            &s3,
+            "s3",
+            "cp",
+            "--only-show-errors",
+            "s3://bench/whole",
+            back_text,
+        ])?;
+        std::fs::File::open(&back)?.sync_all()?;
+        let get = start.elapsed().saturating_sub(idle);
+        rows = rows + (gateway_rows(gateway).await? - before);
+        anyhow::ensure!(std::fs::read(&back)? == data, "the ranged S3 GET differs");
+        std::fs::remove_file(&back)?;
+        best.s3_ranged_get = best.s3_ranged_get.min(get);
     }
     let Transfers {
         native_put,
         native_get,
         s3_put,
         s3_get,
+        s3_ranged_get,
     } = best;
     log(&format!(
         "native (redstuff put/get): PUT {:.0} MB/s, GET {:.0} MB/s",
@@ -317,13 +365,15 @@ async fn measure(
         mb_per_s(size, native_get)
     ));
     log(&format!(
-        "S3 (aws cli): PUT {:.0} MB/s, GET {:.0} MB/s",
+        "S3 (aws cli): PUT {:.0} MB/s, GET {:.0} MB/s, GET of the object stored in one PUT {:.0} MB/s ({rows:?})",
         mb_per_s(size, s3_put),
-        mb_per_s(size, s3_get)
+        mb_per_s(size, s3_get),
+        mb_per_s(size, s3_ranged_get)
     ));
 
     let (native_put, native_get) = (mb_per_s(size, native_put), mb_per_s(size, native_get));
     let (s3_put, s3_get) = (mb_per_s(size, s3_put), mb_per_s(size, s3_get));
+    let s3_ranged_get = mb_per_s(size, s3_ranged_get);
     Ok(S3BenchReport {
         size,
         native_put_mb_per_s: native_put,
@@ -332,9 +382,80 @@ async fn measure(
         s3_get_mb_per_s: s3_get,
         put_ratio: s3_put / native_put,
         get_ratio: s3_get / native_get,
+        s3_ranged_get_mb_per_s: s3_ranged_get,
+        ranged_get_ratio: s3_ranged_get / native_get,
+        ranged_rows_fetched_per_row: rows.fetched() as f64 / rows.needed().max(1) as f64,
+        ranged_rows_alone_share: rows.alone as f64 / rows.fetched().max(1) as f64,
         keys: options.keys,
         list_seconds: list.as_secs_f64(),
         list_rss_growth_bytes: growth,
+    })
+}
+
+/// Rows of segments a gateway served, by where they came from (its
+/// `redstuff_gateway_read_rows_total`).
+#[derive(Debug, Clone, Copy, Default)]
+struct ServedRows {
+    cache: u64,
+    shared: u64,
+    alone: u64,
+    segment: u64,
+}
+
+impl ServedRows {
+    /// Rows fetched from nodes.
+    fn fetched(&self) -> u64 {
+        self.alone + self.segment
+    }
+    /// Rows reads needed.
+    fn needed(&self) -> u64 {
+        self.fetched() + self.cache + self.shared
+    }
+}
+
+impl std::ops::Add for ServedRows {
+    type Output = ServedRows;
+    fn add(self, other: ServedRows) -> ServedRows {
+        ServedRows {
+            cache: self.cache + other.cache,
+            shared: self.shared + other.shared,
+            alone: self.alone + other.alone,
+            segment: self.segment + other.segment,
+        }
+    }
+}
+
+impl std::ops::Sub for ServedRows {
+    type Output = ServedRows;
+    fn sub(self, before: ServedRows) -> ServedRows {
+        ServedRows {
+            cache: self.cache.saturating_sub(before.cache),
+            shared: self.shared.saturating_sub(before.shared),
+            alone: self.alone.saturating_sub(before.alone),
+            segment: self.segment.saturating_sub(before.segment),
+        }
+    }
+}
+
+/// The gateway's counts of rows served so far.
+async fn gateway_rows(gateway: &str) -> anyhow::Result<ServedRows> {
+    let text = reqwest::get(format!("{gateway}/metrics"))
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    let count = |source: &str| -> u64 {
+        let prefix = format!("redstuff_gateway_read_rows_total{{source=\"{source}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    Ok(ServedRows {
+        cache: count("cache"),
+        shared: count("shared"),
+        alone: count("alone"),
+        segment: count("segment"),
     })
 }
 
@@ -342,6 +463,7 @@ async fn measure(
 pub fn render(r: &S3BenchReport) -> String {
     format!(
         "object {}: native (redstuff put/get) PUT {:.0} MB/s, GET {:.0} MB/s; S3 (aws cli) PUT {:.0} MB/s ({:.2}x), GET {:.0} MB/s ({:.2}x)\n\
+         the object stored in one PUT, read by the aws cli in 8 MiB ranges: {:.0} MB/s ({:.2}x), {:.2} row fetches per row needed, {:.0}% of them alone\n\
          listing {} keys through S3: {:.1} s, gateway memory +{}\n",
         crate::units::format_bytes(r.size),
         r.native_put_mb_per_s,
@@ -350,6 +472,10 @@ pub fn render(r: &S3BenchReport) -> String {
         r.put_ratio,
         r.s3_get_mb_per_s,
         r.get_ratio,
+        r.s3_ranged_get_mb_per_s,
+        r.ranged_get_ratio,
+        r.ranged_rows_fetched_per_row,
+        r.ranged_rows_alone_share * 100.0,
         r.keys,
         r.list_seconds,
         crate::units::format_bytes(r.list_rss_growth_bytes)

@@ -92,7 +92,7 @@ pub struct BlobClient {
     pub(super) calls: NodeCalls,
     pub(super) map: FleetMap,
     pub(super) metrics: Option<GatewayMetrics>,
-    pub(super) segments: Option<std::sync::Arc<super::segment_cache::SegmentCache>>,
+    pub(super) segments: Option<std::sync::Arc<super::shared_reads::SharedReads>>,
     pub(super) memory: Option<super::memory_budget::MemoryBudget>,
 }
 
@@ -115,13 +115,13 @@ impl BlobClient {
         self
     }
 
-    /// The same client, keeping decoded segments in `cache` for later
-    /// range reads.
-    pub fn with_segment_cache(
+    /// The same client, sharing the rows it reads with the other reads of
+    /// `shared` (kept for later reads, and fetched once while in flight).
+    pub fn with_shared_reads(
         mut self,
-        cache: std::sync::Arc<super::segment_cache::SegmentCache>,
+        shared: std::sync::Arc<super::shared_reads::SharedReads>,
     ) -> Self {
-        self.segments = Some(cache);
+        self.segments = Some(shared);
         self
     }
 

@@ -13,7 +13,9 @@ mod node_client;
 pub mod quorum;
 mod range;
 mod read;
+mod row_read;
 pub mod segment_cache;
+pub mod shared_reads;
 mod upload;
 mod write;
 
@@ -28,5 +30,7 @@ pub use node_client::{
 };
 pub use range::{segment_spans, RangeStream};
 pub use read::{SlowNodes, VisibleBlob};
+pub use row_read::RowSource;
+pub use shared_reads::SharedReads;
 pub use upload::{BlobUpload, SEGMENTS_IN_FLIGHT};
 pub use write::WriteOutcome;

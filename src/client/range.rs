@@ -10,7 +10,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::blob_client::{BlobClient, BlobIoError};
 use super::read::SlowNodes;
-use crate::codec::{BlobMetadata, SegmentData};
+use crate::codec::{row_span, rows_of, BlobMetadata, SegmentData};
 
 /// Segments read at once by one range read (fetched while the one before
 /// decodes).
@@ -39,23 +39,43 @@ pub fn segment_spans(segment_size: u64, range: Range<u64>) -> Vec<(u32, Range<us
 }
 
 impl BlobClient {
-    /// Segment `index`, from the segment cache when it holds it (kept
-    /// there after a read).
-    async fn cached_segment(
+    /// Bytes `within` of segment `index`: only the rows they lie in, from
+    /// the gateway's shared rows when the client has them.
+    async fn segment_part(
         &self,
         metadata: &BlobMetadata,
         index: u32,
+        within: Range<usize>,
         slow: &mut SlowNodes,
     ) -> Result<SegmentData, BlobIoError> {
-        let id = metadata.blob_id();
-        if let Some(data) = self.segments.as_ref().and_then(|c| c.get(&id, index)) {
-            return Ok(data);
+        let layout = metadata
+            .segment_layout(index)
+            .ok_or_else(|| BlobIoError::Unreadable {
+                id: metadata.blob_id(),
+                segment: index,
+                reason: "no such segment".into(),
+            })?;
+        let rows = rows_of(&layout, within.clone());
+        if rows.is_empty() {
+            return Ok(SegmentData::default());
         }
-        let data = self.read_segment(metadata, index, slow).await?;
-        if let Some(cache) = &self.segments {
-            cache.put(id, index, data.clone());
-        }
-        Ok(data)
+        let parts = match &self.segments {
+            Some(shared) => {
+                shared
+                    .rows(self, metadata, index, rows.clone(), slow)
+                    .await?
+            }
+            None => {
+                let wanted: Vec<u16> = rows.clone().collect();
+                let mut read = self.fetch_rows(metadata, index, &wanted, slow).await?;
+                wanted
+                    .iter()
+                    .map(|row| read.remove(row).unwrap_or_default())
+                    .collect()
+            }
+        };
+        let offset = row_span(&layout, rows.start).start;
+        Ok(SegmentData::from_parts(parts).slice(within.start - offset..within.end - offset))
     }
 
     /// Streams bytes `range` of the blob (clamped to its length); `counted`
@@ -73,9 +93,8 @@ impl BlobClient {
         let mut slow = SlowNodes::default();
         let first = match spans.next() {
             Some((index, within)) => Some(
-                self.cached_segment(&metadata, index, &mut slow)
-                    .await?
-                    .slice(within),
+                self.segment_part(&metadata, index, within, &mut slow)
+                    .await?,
             ),
             None => None,
         };
@@ -89,9 +108,11 @@ impl BlobClient {
                     let (client, metadata, slow) = (client.clone(), metadata.clone(), slow.clone());
                     async move {
                         let mut seen = slow.lock().expect("not poisoned").clone();
-                        let data = client.cached_segment(&metadata, index, &mut seen).await;
+                        let data = client
+                            .segment_part(&metadata, index, within, &mut seen)
+                            .await;
                         slow.lock().expect("not poisoned").merge(seen);
-                        data.map(|data| data.slice(within))
+                        data
                     }
                 })
                 .buffered(READ_AHEAD_SEGMENTS);

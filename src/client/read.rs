@@ -24,7 +24,7 @@ use crate::codec::{
 };
 
 /// How long a sliver request may run before the next shard is asked too.
-const HEDGE_AFTER: Duration = Duration::from_secs(2);
+pub(super) const HEDGE_AFTER: Duration = Duration::from_secs(2);
 
 /// A blob that is visible, with its metadata.
 #[derive(Debug, Clone)]
@@ -43,6 +43,16 @@ impl SlowNodes {
     /// Adds the nodes `other` found slow.
     pub fn merge(&mut self, other: SlowNodes) {
         self.0.extend(other.0);
+    }
+
+    /// Whether `node` was found slow.
+    pub fn contains(&self, node: &str) -> bool {
+        self.0.contains(node)
+    }
+
+    /// Marks `node` slow.
+    pub fn insert(&mut self, node: String) {
+        self.0.insert(node);
     }
 }
 

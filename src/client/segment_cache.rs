@@ -1,65 +1,106 @@
-//! Decoded segments kept for the next read (a gateway's, bounded in
-//! bytes): clients that read a large object in ranges smaller than a
-//! segment (the aws cli: 8 MiB of a 64 MiB segment) would otherwise decode
-//! the same segment once per range. A blob id fixes its bytes, and every
-//! read checks visibility before it looks here, so a cached segment is
-//! never stale and a deleted blob is never served from it.
+//! Verified rows of segments kept for the next read (a gateway's, bounded
+//! in bytes). A segment is the rows of its message matrix back to back,
+//! and a range read needs only the rows its bytes lie in: clients that
+//! read a large object in ranges smaller than a segment (the aws cli: 8
+//! MiB of a 64 MiB segment) find the rows an earlier range fetched here
+//! instead of fetching them again. A blob id fixes its bytes, and every
+//! read checks visibility before it looks here, so a cached row is never
+//! stale and a deleted blob is never served from it.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use crate::codec::{BlobId, SegmentData};
+use bytes::Bytes;
 
-/// The cache: least recently used segments leave first.
+use crate::codec::BlobId;
+
+/// Which row: of which segment of which blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RowKey {
+    /// The blob.
+    pub blob: BlobId,
+    /// The segment.
+    pub segment: u32,
+    /// The row of its message matrix (its systematic primary sliver).
+    pub row: u16,
+}
+
+/// The cache: least recently used rows leave first.
 #[derive(Debug)]
 pub struct SegmentCache {
     max_bytes: usize,
-    entries: Mutex<VecDeque<(BlobId, u32, SegmentData)>>,
+    rows: Mutex<Rows>,
+}
+
+#[derive(Debug, Default)]
+struct Rows {
+    /// Each row and when it was last used.
+    by_key: HashMap<RowKey, (Bytes, u64)>,
+    /// Rows by when they were last used, the least recent first.
+    by_use: BTreeMap<u64, RowKey>,
+    next_use: u64,
+    held: usize,
+}
+
+impl Rows {
+    fn touch(&mut self, key: RowKey) -> Option<Bytes> {
+        let stamp = self.next_use;
+        let (bytes, used) = self.by_key.get_mut(&key)?;
+        self.by_use.remove(used);
+        *used = stamp;
+        self.by_use.insert(stamp, key);
+        self.next_use += 1;
+        Some(bytes.clone())
+    }
+
+    fn remove(&mut self, key: &RowKey) {
+        if let Some((bytes, used)) = self.by_key.remove(key) {
+            self.by_use.remove(&used);
+            self.held -= bytes.len();
+        }
+    }
 }
 
 impl SegmentCache {
-    /// A cache holding at most `max_bytes` of segments (0: none).
+    /// A cache holding at most `max_bytes` of rows (0: none).
     pub fn new(max_bytes: usize) -> Self {
         Self {
             max_bytes,
-            entries: Mutex::new(VecDeque::new()),
+            rows: Mutex::new(Rows::default()),
         }
     }
 
-    /// Segment `index` of `blob`, if kept.
-    pub fn get(&self, blob: &BlobId, index: u32) -> Option<SegmentData> {
-        let mut entries = self.entries.lock().expect("not poisoned");
-        let at = entries
-            .iter()
-            .position(|(b, i, _)| b == blob && *i == index)?;
-        let entry = entries.remove(at)?;
-        let data = entry.2.clone();
-        entries.push_back(entry);
-        Some(data)
+    /// The row, if kept (it becomes the most recently used).
+    pub fn get(&self, key: RowKey) -> Option<Bytes> {
+        self.rows.lock().expect("not poisoned").touch(key)
     }
 
-    /// Keeps segment `index` of `blob`, dropping the least recently used
-    /// beyond the bound (a segment larger than the bound is not kept).
-    pub fn put(&self, blob: BlobId, index: u32, data: SegmentData) {
-        if data.len() > self.max_bytes {
+    /// Keeps the row, dropping the least recently used beyond the bound (a
+    /// row larger than the bound is not kept).
+    pub fn put(&self, key: RowKey, bytes: Bytes) {
+        if bytes.len() > self.max_bytes {
             return;
         }
-        let mut entries = self.entries.lock().expect("not poisoned");
-        entries.retain(|(b, i, _)| !(*b == blob && *i == index));
-        entries.push_back((blob, index, data));
-        let mut held: usize = entries.iter().map(|(_, _, d)| d.len()).sum();
-        while held > self.max_bytes {
-            let Some((_, _, dropped)) = entries.pop_front() else {
+        let mut rows = self.rows.lock().expect("not poisoned");
+        rows.remove(&key);
+        let stamp = rows.next_use;
+        rows.next_use += 1;
+        rows.held += bytes.len();
+        rows.by_key.insert(key, (bytes, stamp));
+        rows.by_use.insert(stamp, key);
+        while rows.held > self.max_bytes {
+            let Some((_, oldest)) = rows.by_use.pop_first() else {
                 break;
             };
-            held -= dropped.len();
+            if let Some((dropped, _)) = rows.by_key.remove(&oldest) {
+                rows.held -= dropped.len();
+            }
         }
     }
 
     /// Bytes held now.
     pub fn held_bytes(&self) -> usize {
-        let entries = self.entries.lock().expect("not poisoned");
-        entries.iter().map(|(_, _, d)| d.len()).sum()
+        self.rows.lock().expect("not poisoned").held
     }
 }
 
@@ -67,33 +108,50 @@ impl SegmentCache {
 mod tests {
     use super::*;
 
-    fn id(n: u8) -> BlobId {
-        BlobId([n; 32])
+    fn key(blob: u8, segment: u32, row: u16) -> RowKey {
+        RowKey {
+            blob: BlobId([blob; 32]),
+            segment,
+            row,
+        }
     }
 
     #[test]
     fn the_cache_holds_at_most_its_bound_and_drops_the_least_recently_used() {
         let cache = SegmentCache::new(10);
-        cache.put(id(1), 0, SegmentData::from(vec![1; 4]));
-        cache.put(id(1), 1, SegmentData::from(vec![2; 4]));
-        assert!(cache.get(&id(1), 0).is_some(), "used: now the most recent");
-        cache.put(id(2), 0, SegmentData::from(vec![3; 4]));
+        cache.put(key(1, 0, 0), Bytes::from(vec![1; 4]));
+        cache.put(key(1, 0, 1), Bytes::from(vec![2; 4]));
+        assert!(
+            cache.get(key(1, 0, 0)).is_some(),
+            "used: now the most recent"
+        );
+        cache.put(key(2, 0, 0), Bytes::from(vec![3; 4]));
         assert_eq!(cache.held_bytes(), 8);
         assert!(
-            cache.get(&id(1), 1).is_none(),
+            cache.get(key(1, 0, 1)).is_none(),
             "the least recently used left"
         );
-        assert_eq!(cache.get(&id(1), 0).unwrap().to_vec()[0], 1);
-        assert_eq!(cache.get(&id(2), 0).unwrap().to_vec()[0], 3);
+        assert_eq!(cache.get(key(1, 0, 0)).unwrap()[0], 1);
+        assert_eq!(cache.get(key(2, 0, 0)).unwrap()[0], 3);
+        assert!(cache.get(key(1, 1, 0)).is_none(), "another segment");
     }
 
     #[test]
-    fn a_segment_larger_than_the_bound_or_a_zero_bound_keeps_nothing() {
+    fn keeping_a_row_again_replaces_it_and_counts_it_once() {
+        let cache = SegmentCache::new(10);
+        cache.put(key(1, 0, 0), Bytes::from(vec![1; 4]));
+        cache.put(key(1, 0, 0), Bytes::from(vec![2; 6]));
+        assert_eq!(cache.held_bytes(), 6);
+        assert_eq!(cache.get(key(1, 0, 0)).unwrap()[..], [2; 6]);
+    }
+
+    #[test]
+    fn a_row_larger_than_the_bound_or_a_zero_bound_keeps_nothing() {
         let cache = SegmentCache::new(3);
-        cache.put(id(1), 0, SegmentData::from(vec![1; 4]));
+        cache.put(key(1, 0, 0), Bytes::from(vec![1; 4]));
         assert_eq!(cache.held_bytes(), 0);
         let none = SegmentCache::new(0);
-        none.put(id(1), 0, SegmentData::from(vec![1; 1]));
-        assert!(none.get(&id(1), 0).is_none());
+        none.put(key(1, 0, 0), Bytes::from(vec![1; 1]));
+        assert!(none.get(key(1, 0, 0)).is_none());
     }
 }

@@ -17,6 +17,7 @@ pub mod line;
 pub mod merkle;
 pub mod metadata;
 pub mod recovery;
+pub mod rows;
 pub mod rs;
 pub mod segment_data;
 pub mod sliver;
@@ -30,5 +31,6 @@ pub use error::{ConfigError, DecodeError, FormatError, RebuildError, SymbolError
 pub use line::{sliver_hash, sliver_hash_and_leaves, verify_sliver};
 pub use metadata::{BlobId, BlobMetadata, SegmentHashes, ShardRotation};
 pub use recovery::{rebuild, Rebuilt, RecoverySymbol, SymbolSource};
+pub use rows::{row_span, rows_of, verified_row};
 pub use segment_data::SegmentData;
 pub use sliver::{Axis, Primary, PrimarySliver, Secondary, SecondarySliver, Sliver, SliverKind};

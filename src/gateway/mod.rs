@@ -46,8 +46,8 @@ use crate::client::{BlobClient, Deadlines, NodeCalls};
 use crate::fleet::{FleetMap, MapFile};
 use crate::metrics::GatewayMetrics;
 
-/// Decoded segments a gateway keeps for range reads by default: two
-/// segments of the default size.
+/// Bytes of verified rows of segments a gateway keeps for later reads by
+/// default: two segments of the default size.
 pub const DEFAULT_SEGMENT_CACHE_BYTES: usize = 128 << 20;
 
 /// Where the gateway learns the fleet map.
@@ -89,7 +89,8 @@ pub struct GatewayConfig {
     pub anonymous_reads: bool,
     /// Deadlines of calls to nodes.
     pub deadlines: Deadlines,
-    /// Bytes of decoded segments kept for range reads (0: none).
+    /// Bytes of verified rows of segments kept for later reads (0: none;
+    /// concurrent reads of a row still fetch it once).
     pub segment_cache_bytes: usize,
 }
 
@@ -134,8 +135,8 @@ struct GatewayState {
     status: StatusBoard,
     /// Metrics of the process around the gateway (the `dev` loop's).
     extra_metrics: RwLock<Option<Registry>>,
-    /// Decoded segments kept for range reads.
-    segments: Arc<crate::client::segment_cache::SegmentCache>,
+    /// Rows of segments kept for later reads, and the reads in flight.
+    segments: Arc<crate::client::SharedReads>,
 }
 
 impl GatewayState {
@@ -145,7 +146,7 @@ impl GatewayState {
         })?;
         Ok(
             BlobClient::new(self.calls.clone(), map, Some(self.metrics.clone()))
-                .with_segment_cache(self.segments.clone())
+                .with_shared_reads(self.segments.clone())
                 .with_memory_budget(self.upload_memory.clone()),
         )
     }
@@ -167,7 +168,7 @@ impl Door {
             .ok_or("no fleet map yet: the control loop has not published one")?;
         Ok(
             BlobClient::new(self.0.calls.clone(), map, Some(self.0.metrics.clone()))
-                .with_segment_cache(self.0.segments.clone())
+                .with_shared_reads(self.0.segments.clone())
                 .with_memory_budget(self.0.upload_memory.clone()),
         )
     }
@@ -235,9 +236,7 @@ impl Gateway {
             anonymous_reads: config.anonymous_reads,
             status,
             extra_metrics: RwLock::new(None),
-            segments: Arc::new(crate::client::segment_cache::SegmentCache::new(
-                config.segment_cache_bytes,
-            )),
+            segments: Arc::new(crate::client::SharedReads::new(config.segment_cache_bytes)),
         });
         let router = Router::new()
             .route("/healthz", get(|| async { "ok" }))

@@ -1,0 +1,233 @@
+//! Rows of segments shared between the reads of one gateway: the rows
+//! kept ([`SegmentCache`]) and the reads in flight. A read finds each row
+//! it needs in the cache, or in a read already fetching it (it waits for
+//! that one), or fetches it: the aws cli's ten concurrent ranges of one
+//! object fetch each row once, not once per range. A read in flight runs
+//! as a task of its own, so it finishes for those waiting on it when the
+//! one that started it goes away (its client hung up).
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+
+use super::blob_client::{BlobClient, BlobIoError};
+use super::read::SlowNodes;
+use super::row_read::{ReadRows, RowSource};
+use super::segment_cache::{RowKey, SegmentCache};
+use crate::codec::{BlobId, BlobMetadata};
+
+/// What a shared read gives those waiting on it.
+type SharedOutcome = Result<Arc<(ReadRows, SlowNodes)>, Arc<BlobIoError>>;
+
+/// A read in flight: the rows it promises and its outcome to come.
+struct InFlight {
+    number: u64,
+    rows: Vec<u16>,
+    outcome: Shared<BoxFuture<'static, SharedOutcome>>,
+}
+
+/// The reads in flight by segment, and the number of the last one started.
+#[derive(Default)]
+struct Reads {
+    started: u64,
+    by_segment: HashMap<(BlobId, u32), Vec<InFlight>>,
+}
+
+/// The rows kept and the reads in flight, shared by a gateway's reads.
+pub struct SharedReads {
+    cache: SegmentCache,
+    in_flight: Mutex<Reads>,
+}
+
+impl SharedReads {
+    /// Sharing reads, keeping at most `cache_bytes` of rows (0: sharing
+    /// only the reads in flight).
+    pub fn new(cache_bytes: usize) -> Self {
+        Self {
+            cache: SegmentCache::new(cache_bytes),
+            in_flight: Mutex::new(Reads::default()),
+        }
+    }
+
+    /// The rows kept.
+    pub fn cache(&self) -> &SegmentCache {
+        &self.cache
+    }
+
+    /// Rows `needed` of segment `index`, in order: from the cache, from
+    /// reads in flight, and the rest fetched by `client` in a read others
+    /// may join. `slow` gains the nodes found slow by the reads it waited on.
+    pub(super) async fn rows(
+        self: &Arc<Self>,
+        client: &BlobClient,
+        metadata: &BlobMetadata,
+        index: u32,
+        needed: Range<u16>,
+        slow: &mut SlowNodes,
+    ) -> Result<Vec<Bytes>, BlobIoError> {
+        let blob = metadata.blob_id();
+        let key = |row| RowKey {
+            blob,
+            segment: index,
+            row,
+        };
+        let mut have: ReadRows = ReadRows::new();
+        let mut waits = Vec::new();
+        let mut own = None;
+        {
+            let mut in_flight = self.in_flight.lock().expect("not poisoned");
+            let mut missing = Vec::new();
+            for row in needed.clone() {
+                if let Some(bytes) = self.cache.get(key(row)) {
+                    have.insert(row, bytes);
+                    continue;
+                }
+                let joined = in_flight
+                    .by_segment
+                    .get(&(blob, index))
+                    .and_then(|reads| reads.iter().find(|r| r.rows.contains(&row)));
+                match joined {
+                    Some(read) => {
+                        if !waits.iter().any(|(number, _)| *number == read.number) {
+                            waits.push((read.number, read.outcome.clone()));
+                        }
+                    }
+                    None => missing.push(row),
+                }
+            }
+            client.count_rows(RowSource::Cache, have.len());
+            if !missing.is_empty() {
+                in_flight.started += 1;
+                let number = in_flight.started;
+                let outcome = self.start(
+                    client,
+                    metadata,
+                    index,
+                    missing.clone(),
+                    slow.clone(),
+                    number,
+                );
+                in_flight
+                    .by_segment
+                    .entry((blob, index))
+                    .or_default()
+                    .push(InFlight {
+                        number,
+                        rows: missing,
+                        outcome: outcome.clone(),
+                    });
+                waits.push((number, outcome));
+                own = Some(number);
+            }
+        }
+        for (number, outcome) in waits {
+            match outcome.await {
+                Ok(read) => {
+                    let (rows, found_slow) = &*read;
+                    let mut taken = 0;
+                    for row in needed.clone() {
+                        if let (Some(bytes), false) = (rows.get(&row), have.contains_key(&row)) {
+                            have.insert(row, bytes.clone());
+                            taken += 1;
+                        }
+                    }
+                    if own != Some(number) {
+                        client.count_rows(RowSource::Shared, taken);
+                    }
+                    slow.merge(found_slow.clone());
+                }
+                Err(e) => return Err(copy_of(&e, blob, index)),
+            }
+        }
+        needed
+            .map(|row| {
+                have.remove(&row).ok_or_else(|| BlobIoError::Unreadable {
+                    id: blob,
+                    segment: index,
+                    reason: format!("row {row} was not read"),
+                })
+            })
+            .collect()
+    }
+
+    /// Starts a task reading `rows`, which keeps what it read and leaves
+    /// the reads in flight when it ends.
+    fn start(
+        self: &Arc<Self>,
+        client: &BlobClient,
+        metadata: &BlobMetadata,
+        index: u32,
+        rows: Vec<u16>,
+        mut slow: SlowNodes,
+        number: u64,
+    ) -> Shared<BoxFuture<'static, SharedOutcome>> {
+        let (shared, client, metadata) = (self.clone(), client.clone(), metadata.clone());
+        let blob = metadata.blob_id();
+        let task = tokio::spawn(async move {
+            let outcome = client.fetch_rows(&metadata, index, &rows, &mut slow).await;
+            if let Ok(read) = &outcome {
+                for (row, bytes) in read {
+                    shared.cache.put(
+                        RowKey {
+                            blob,
+                            segment: index,
+                            row: *row,
+                        },
+                        bytes.clone(),
+                    );
+                }
+            }
+            let mut in_flight = shared.in_flight.lock().expect("not poisoned");
+            if let Some(reads) = in_flight.by_segment.get_mut(&(blob, index)) {
+                reads.retain(|r| r.number != number);
+                if reads.is_empty() {
+                    in_flight.by_segment.remove(&(blob, index));
+                }
+            }
+            outcome.map(|rows| Arc::new((rows, slow))).map_err(Arc::new)
+        });
+        async move {
+            task.await.unwrap_or_else(|e| {
+                Err(Arc::new(BlobIoError::Unreadable {
+                    id: blob,
+                    segment: index,
+                    reason: format!("the read failed: {e}"),
+                }))
+            })
+        }
+        .boxed()
+        .shared()
+    }
+
+    /// Reads in flight now (for tests).
+    pub fn reads_in_flight(&self) -> usize {
+        let in_flight = self.in_flight.lock().expect("not poisoned");
+        in_flight.by_segment.values().map(Vec::len).sum()
+    }
+}
+
+/// The error of a shared read of segment `index` of `blob`, for one of
+/// those that waited on it.
+fn copy_of(e: &BlobIoError, blob: BlobId, index: u32) -> BlobIoError {
+    match e {
+        BlobIoError::Unreadable {
+            id,
+            segment,
+            reason,
+        } => BlobIoError::Unreadable {
+            id: *id,
+            segment: *segment,
+            reason: reason.clone(),
+        },
+        BlobIoError::Inconsistent(id) => BlobIoError::Inconsistent(*id),
+        BlobIoError::NotFound(id) => BlobIoError::NotFound(*id),
+        other => BlobIoError::Unreadable {
+            id: blob,
+            segment: index,
+            reason: other.to_string(),
+        },
+    }
+}
