@@ -430,8 +430,9 @@ enum BenchCommand {
     Fleet(FleetArgs),
     /// The S3 front beside the native API on one local fleet: PUT and GET
     /// of one object through both (the aws cli for S3; after a warm-up PUT,
-    /// the faster of two runs each) as ratios, then a listing of many keys
-    /// through S3, its time and memory.
+    /// the faster of two runs each) as ratios; the object stored in one PUT
+    /// read by the aws cli in 8 MiB ranges (rows fetched per row needed);
+    /// then a listing of many keys through S3, its time and memory.
     S3(S3BenchArgs),
     /// The control loop's planning at scale (shard assignment, inventory
     /// view, health, repair plan, and a reading of changes that folds every
