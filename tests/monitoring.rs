@@ -189,6 +189,7 @@ fn the_dashboards_show_what_operators_look_for() {
             "redstuff_encode_duration_seconds",
             "redstuff_decode_duration_seconds",
             "redstuff_gateway_requests_total",
+            "redstuff_gateway_read_rows_total",
         ],
     );
 }

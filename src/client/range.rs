@@ -70,8 +70,14 @@ impl BlobClient {
                 let mut read = self.fetch_rows(metadata, index, &wanted, slow).await?;
                 wanted
                     .iter()
-                    .map(|row| read.remove(row).unwrap_or_default())
-                    .collect()
+                    .map(|row| {
+                        read.remove(row).ok_or_else(|| BlobIoError::Unreadable {
+                            id: metadata.blob_id(),
+                            segment: index,
+                            reason: format!("row {row} was not read"),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
             }
         };
         let offset = row_span(&layout, rows.start).start;

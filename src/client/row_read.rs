@@ -18,6 +18,7 @@ use super::read::{SlowNodes, HEDGE_AFTER};
 use crate::codec::format::SLIVER_OVERHEAD;
 use crate::codec::{
     row_span, rows_of, verified_row, BlobMetadata, PrimarySliver, SegmentData, SliverKind,
+    VerifyError,
 };
 
 /// Where the rows of a read came from (the label of
@@ -86,8 +87,20 @@ impl BlobClient {
         }
         let data = self.read_segment(metadata, index, slow).await?;
         self.count_rows(RowSource::Segment, wanted.len());
+        // Rows decoded from other slivers share one buffer of the whole
+        // segment: each is copied out, so that a row kept in the cache
+        // does not keep the whole segment alive.
+        let shared_buffers = data.parts().len() < holding.len();
         Ok(holding
-            .map(|row| (row, one_buffer(data.slice(row_span(&layout, row)))))
+            .map(|row| {
+                let part = one_buffer(data.slice(row_span(&layout, row)));
+                let part = if shared_buffers {
+                    Bytes::copy_from_slice(&part)
+                } else {
+                    part
+                };
+                (row, part)
+            })
             .collect())
     }
 
@@ -133,7 +146,9 @@ impl BlobClient {
                 }
                 return None;
             };
-            pending.retain(|n| *n != node);
+            if let Some(at) = pending.iter().position(|n| *n == node) {
+                pending.remove(at);
+            }
             let sliver = match answer {
                 Ok(Some(bytes)) => PrimarySliver::from_shared(bytes.into()).ok(),
                 Ok(None) => return None,
@@ -161,14 +176,14 @@ impl BlobClient {
         let metrics = self.metrics.clone();
         let verdicts = tokio::task::spawn_blocking(move || {
             let start = Instant::now();
-            let verdicts: Vec<(String, u16, Option<Bytes>)> = fetched
+            let verdicts: Vec<(String, u16, Result<Bytes, VerifyError>)> = fetched
                 .par_iter()
                 .map(|(node, sliver)| {
                     let row = verified_row(&metadata, index, sliver);
                     if let Err(e) = &row {
                         tracing::warn!(%node, "row of segment {index} of {}: {e}", metadata.blob_id());
                     }
-                    (node.clone(), sliver.index(), row.ok())
+                    (node.clone(), sliver.index(), row)
                 })
                 .collect();
             if let Some(m) = &metrics {
@@ -179,12 +194,14 @@ impl BlobClient {
         .await
         .expect("row verification task");
         let mut rows = ReadRows::new();
-        for (node, row, bytes) in verdicts {
-            match bytes {
-                Some(bytes) => {
+        for (node, row, verdict) in verdicts {
+            match verdict {
+                Ok(bytes) => {
                     rows.insert(row, bytes);
                 }
-                None => self.invalid_from(&node),
+                // The writer's fault: the whole read that follows reports it.
+                Err(VerifyError::NonZeroPadding { .. }) => {}
+                Err(_) => self.invalid_from(&node),
             }
         }
         (rows.len() == wanted.len()).then_some(rows)

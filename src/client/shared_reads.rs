@@ -75,7 +75,8 @@ impl SharedReads {
             row,
         };
         let mut have: ReadRows = ReadRows::new();
-        let mut waits = Vec::new();
+        // Each read waited on, and the rows taken from it.
+        let mut waits: Vec<(u64, Shared<BoxFuture<'static, SharedOutcome>>, Vec<u16>)> = Vec::new();
         let mut own = None;
         {
             let mut in_flight = self.in_flight.lock().expect("not poisoned");
@@ -91,8 +92,9 @@ impl SharedReads {
                     .and_then(|reads| reads.iter().find(|r| r.rows.contains(&row)));
                 match joined {
                     Some(read) => {
-                        if !waits.iter().any(|(number, _)| *number == read.number) {
-                            waits.push((read.number, read.outcome.clone()));
+                        match waits.iter_mut().find(|(number, ..)| *number == read.number) {
+                            Some((.., rows)) => rows.push(row),
+                            None => waits.push((read.number, read.outcome.clone(), vec![row])),
                         }
                     }
                     None => missing.push(row),
@@ -116,26 +118,24 @@ impl SharedReads {
                     .or_default()
                     .push(InFlight {
                         number,
-                        rows: missing,
+                        rows: missing.clone(),
                         outcome: outcome.clone(),
                     });
-                waits.push((number, outcome));
+                waits.push((number, outcome, missing));
                 own = Some(number);
             }
         }
-        for (number, outcome) in waits {
+        for (number, outcome, taking) in waits {
             match outcome.await {
                 Ok(read) => {
                     let (rows, found_slow) = &*read;
-                    let mut taken = 0;
-                    for row in needed.clone() {
-                        if let (Some(bytes), false) = (rows.get(&row), have.contains_key(&row)) {
-                            have.insert(row, bytes.clone());
-                            taken += 1;
+                    for row in &taking {
+                        if let Some(bytes) = rows.get(row) {
+                            have.insert(*row, bytes.clone());
                         }
                     }
                     if own != Some(number) {
-                        client.count_rows(RowSource::Shared, taken);
+                        client.count_rows(RowSource::Shared, taking.len());
                     }
                     slow.merge(found_slow.clone());
                 }
@@ -167,6 +167,12 @@ impl SharedReads {
         let (shared, client, metadata) = (self.clone(), client.clone(), metadata.clone());
         let blob = metadata.blob_id();
         let task = tokio::spawn(async move {
+            // Leaves the reads in flight when the task ends, even by a panic.
+            let _leave = Leave {
+                shared: shared.clone(),
+                key: (blob, index),
+                number,
+            };
             let outcome = client.fetch_rows(&metadata, index, &rows, &mut slow).await;
             if let Ok(read) = &outcome {
                 for (row, bytes) in read {
@@ -178,13 +184,6 @@ impl SharedReads {
                         },
                         bytes.clone(),
                     );
-                }
-            }
-            let mut in_flight = shared.in_flight.lock().expect("not poisoned");
-            if let Some(reads) = in_flight.by_segment.get_mut(&(blob, index)) {
-                reads.retain(|r| r.number != number);
-                if reads.is_empty() {
-                    in_flight.by_segment.remove(&(blob, index));
                 }
             }
             outcome.map(|rows| Arc::new((rows, slow))).map_err(Arc::new)
@@ -206,6 +205,28 @@ impl SharedReads {
     pub fn reads_in_flight(&self) -> usize {
         let in_flight = self.in_flight.lock().expect("not poisoned");
         in_flight.by_segment.values().map(Vec::len).sum()
+    }
+}
+
+/// Removes a read from the reads in flight when dropped.
+struct Leave {
+    shared: Arc<SharedReads>,
+    key: (BlobId, u32),
+    number: u64,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        let mut in_flight = match self.shared.in_flight.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(reads) = in_flight.by_segment.get_mut(&self.key) {
+            reads.retain(|r| r.number != self.number);
+            if reads.is_empty() {
+                in_flight.by_segment.remove(&self.key);
+            }
+        }
     }
 }
 

@@ -93,6 +93,16 @@ pub enum VerifyError {
         /// The segment index.
         segment: u32,
     },
+    /// A systematic row matches its committed hash but holds bytes past
+    /// the segment's end: its writer encoded inconsistently (the node
+    /// serving it is not to blame).
+    #[error("row {row} of segment {segment} matches its hash but holds bytes past the segment's end: its writer encoded it inconsistently")]
+    NonZeroPadding {
+        /// The row (systematic pair index).
+        row: u16,
+        /// The segment index.
+        segment: u32,
+    },
 }
 
 /// Why a segment could not be decoded.

@@ -42,8 +42,9 @@ pub fn row_span(layout: &SegmentLayout, row: u16) -> Range<usize> {
 
 /// The segment's bytes held by `sliver`, a systematic primary sliver (its
 /// index below p), once it proves itself: it fits the segment, hashes to
-/// its primary hash, and its padding past the segment's end is zero. The
-/// bytes share the sliver's buffer.
+/// its primary hash, and its padding past the segment's end is zero
+/// ([`VerifyError::NonZeroPadding`] otherwise: the writer's fault, not the
+/// node's). The bytes share the sliver's buffer.
 pub fn verified_row(
     metadata: &BlobMetadata,
     segment: u32,
@@ -64,13 +65,6 @@ pub fn verified_row(
             config.p()
         )));
     }
-    let span = row_span(&layout, row);
-    let within = span.end - span.start;
-    if sliver.data()[within..].iter().any(|&b| b != 0) {
-        return Err(VerifyError::Shape(format!(
-            "row {row} of segment {segment} holds bytes past the segment's end"
-        )));
-    }
     let expected = metadata
         .segment(segment)
         .expect("segment exists")
@@ -81,6 +75,13 @@ pub fn verified_row(
             index: row,
             segment,
         });
+    }
+    // The row is what the writer committed to: padding that is not zero is
+    // the writer's doing (a whole decode refuses it too), not the node's.
+    let span = row_span(&layout, row);
+    let within = span.end - span.start;
+    if sliver.data()[within..].iter().any(|&b| b != 0) {
+        return Err(VerifyError::NonZeroPadding { row, segment });
     }
     Ok(sliver.shared_data().slice(0..within))
 }
@@ -132,6 +133,40 @@ mod tests {
                 assert_eq!(row[..], data[row_span(&layout, sliver.index())]);
             }
         }
+    }
+
+    #[test]
+    fn a_row_committed_with_bytes_past_the_segments_end_is_the_writers_fault() {
+        // 50,000 bytes at n = 7: the last row ends in padding. A writer puts
+        // a byte there and commits to the row as it is.
+        let (metadata, segments, _) = blob(7, 50_000);
+        let layout = metadata.segment_layout(0).unwrap();
+        let last = &segments[0].primary[2];
+        assert!(
+            row_span(&layout, 2).len() < last.data().len(),
+            "the row has padding"
+        );
+        let mut bytes = last.data().to_vec();
+        *bytes.last_mut().unwrap() = 1;
+        let odd = PrimarySliver::new(last.config(), 2, 0, last.symbol_size(), bytes).unwrap();
+        let mut primary = segments[0].hashes.primary_hashes().to_vec();
+        primary[2] = crate::codec::sliver_hash(&odd);
+        let hashes = crate::codec::SegmentHashes::new(
+            primary,
+            segments[0].hashes.secondary_hashes().to_vec(),
+        );
+        let metadata = BlobMetadata::new(*metadata.layout(), vec![hashes]).unwrap();
+        assert_eq!(
+            verified_row(&metadata, 0, &odd),
+            Err(VerifyError::NonZeroPadding { row: 2, segment: 0 })
+        );
+        // A whole read refuses the segment too, and blames no sliver.
+        let mut systematic = segments[0].primary[..2].to_vec();
+        systematic.push(odd);
+        assert_eq!(
+            decode_segment(&metadata, 0, systematic),
+            Err(crate::codec::DecodeError::InconsistentEncoding)
+        );
     }
 
     #[test]
