@@ -1,5 +1,7 @@
 //! `redstuff bench faults`: a randomized fault run. A local fleet for real
-//! takes concurrent puts, gets and deletes for a set time while a driver
+//! takes concurrent puts, gets (half of them of a random byte range, which
+//! reads only the rows of the segments it touches) and deletes for a set
+//! time while a driver
 //! kills (SIGKILL), stops (SIGSTOP), resumes and wipes up to f nodes at
 //! random points; then every node is resumed, the fleet heals, and the
 //! recorded history is checked (`check`): every acknowledged write reads
@@ -154,20 +156,38 @@ impl Run {
         Some(id)
     }
 
-    async fn get(&self, client: usize, id: &str, seed: u64) -> Outcome {
+    /// A GET of the whole blob, or of bytes `range` of it (206 with
+    /// exactly those bytes).
+    async fn get(
+        &self,
+        client: usize,
+        id: &str,
+        seed: u64,
+        range: Option<std::ops::Range<usize>>,
+    ) -> Outcome {
         let started = self.ms();
-        let answer = self
+        let mut request = self
             .http
             .get(format!("{}/v1/blobs/{id}", self.gateway))
-            .timeout(Duration::from_secs(60))
-            .send()
-            .await;
+            .timeout(Duration::from_secs(60));
+        if let Some(range) = &range {
+            request = request.header("Range", format!("bytes={}-{}", range.start, range.end - 1));
+        }
+        let answer = request.send().await;
+        let data = blob_bytes(seed);
+        let (expected, status) = match &range {
+            Some(range) => (&data[range.clone()], 206),
+            None => (&data[..], 200),
+        };
         let outcome = match answer {
-            Ok(r) if r.status().is_success() => match r.bytes().await {
-                Ok(bytes) if bytes[..] == blob_bytes(seed)[..] => Outcome::Ok,
-                Ok(_) => Outcome::WrongBytes,
-                Err(_) => Outcome::NoAnswer,
-            },
+            Ok(r) if r.status().is_success() => {
+                let answered = r.status().as_u16();
+                match r.bytes().await {
+                    Ok(bytes) if answered == status && bytes[..] == *expected => Outcome::Ok,
+                    Ok(_) => Outcome::WrongBytes,
+                    Err(_) => Outcome::NoAnswer,
+                }
+            }
             Ok(r) if r.status() == 404 => Outcome::NotFound,
             Ok(r) => Outcome::Failed(r.status().as_u16()),
             Err(_) => Outcome::NoAnswer,
@@ -228,7 +248,13 @@ async fn client(run: Arc<Run>, index: usize, seed: u64, until: Instant) {
             }
             9..=15 if !blobs.is_empty() => {
                 let (id, blob_seed) = blobs[random.below(blobs.len() as u64) as usize].clone();
-                run.get(index, &id, blob_seed).await;
+                let len = blob_bytes(blob_seed).len() as u64;
+                let range = (len > 0 && random.below(2) == 0).then(|| {
+                    let start = random.below(len);
+                    let end = start + 1 + random.below((len - start).min(300_000));
+                    start as usize..end as usize
+                });
+                run.get(index, &id, blob_seed, range).await;
             }
             16..=18 if !blobs.is_empty() => {
                 let at = random.below(blobs.len() as u64) as usize;
@@ -713,7 +739,7 @@ async fn drive(
         violations.push(format!("{id} is listed though no client ever wrote it"));
     }
     for (id, expect) in &expected {
-        let read = run.get(usize::MAX, id, seeds[id]).await;
+        let read = run.get(usize::MAX, id, seeds[id], None).await;
         let seen = Final {
             read,
             listed: listed.contains(id),
