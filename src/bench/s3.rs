@@ -296,6 +296,25 @@ async fn measure(
         "--body",
         file_text,
     ])?;
+    // An object copied to a file by the aws cli, made durable, checked and
+    // removed: how long that took, the aws cli's start-up taken off.
+    let s3_get = |url: &str| -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        aws(&[
+            "--endpoint-url",
+            &s3,
+            "s3",
+            "cp",
+            "--only-show-errors",
+            url,
+            back_text,
+        ])?;
+        std::fs::File::open(&back)?.sync_all()?;
+        let get = start.elapsed().saturating_sub(idle);
+        anyhow::ensure!(std::fs::read(&back)? == data, "the S3 GET of {url} differs");
+        std::fs::remove_file(&back)?;
+        Ok(get)
+    };
     let mut rows = ServedRows::default();
     let mut best = Transfers::default();
     for _ in 0..ROUNDS {
@@ -317,39 +336,13 @@ async fn measure(
             "s3://bench/object",
         ])?
         .saturating_sub(idle);
-        let start = Instant::now();
-        aws(&[
-            "--endpoint-url",
-            &s3,
-            "s3",
-            "cp",
-            "--only-show-errors",
-            "s3://bench/object",
-            back_text,
-        ])?;
-        std::fs::File::open(&back)?.sync_all()?;
-        let get = start.elapsed().saturating_sub(idle);
-        anyhow::ensure!(std::fs::read(&back)? == data, "the S3 GET differs");
-        std::fs::remove_file(&back)?;
+        let get = s3_get("s3://bench/object")?;
         best.s3_put = best.s3_put.min(put);
         best.s3_get = best.s3_get.min(get);
 
         let before = gateway_rows(gateway).await?;
-        let start = Instant::now();
-        aws(&[
-            "--endpoint-url",
-            &s3,
-            "s3",
-            "cp",
-            "--only-show-errors",
-            "s3://bench/whole",
-            back_text,
-        ])?;
-        std::fs::File::open(&back)?.sync_all()?;
-        let get = start.elapsed().saturating_sub(idle);
+        let get = s3_get("s3://bench/whole")?;
         rows = rows + (gateway_rows(gateway).await? - before);
-        anyhow::ensure!(std::fs::read(&back)? == data, "the ranged S3 GET differs");
-        std::fs::remove_file(&back)?;
         best.s3_ranged_get = best.s3_ranged_get.min(get);
     }
     let Transfers {

@@ -48,13 +48,7 @@ impl BlobClient {
         within: Range<usize>,
         slow: &mut SlowNodes,
     ) -> Result<SegmentData, BlobIoError> {
-        let layout = metadata
-            .segment_layout(index)
-            .ok_or_else(|| BlobIoError::Unreadable {
-                id: metadata.blob_id(),
-                segment: index,
-                reason: "no such segment".into(),
-            })?;
+        let layout = super::row_read::segment_layout(metadata, index)?;
         let rows = rows_of(&layout, within.clone());
         if rows.is_empty() {
             return Ok(SegmentData::default());

@@ -17,8 +17,8 @@ use super::blob_client::{BlobClient, BlobIoError};
 use super::read::{SlowNodes, HEDGE_AFTER};
 use crate::codec::format::SLIVER_OVERHEAD;
 use crate::codec::{
-    row_span, rows_of, verified_row, BlobMetadata, PrimarySliver, SegmentData, SliverKind,
-    VerifyError,
+    row_span, rows_of, verified_row, BlobMetadata, PrimarySliver, SegmentData, SegmentLayout,
+    SliverKind, VerifyError,
 };
 
 /// Where the rows of a read came from (the label of
@@ -71,13 +71,7 @@ impl BlobClient {
         wanted: &[u16],
         slow: &mut SlowNodes,
     ) -> Result<ReadRows, BlobIoError> {
-        let layout = metadata
-            .segment_layout(index)
-            .ok_or_else(|| BlobIoError::Unreadable {
-                id: metadata.blob_id(),
-                segment: index,
-                reason: "no such segment".into(),
-            })?;
+        let layout = segment_layout(metadata, index)?;
         let holding = rows_of(&layout, 0..layout.len() as usize);
         if wanted.len() < holding.len() {
             if let Some(rows) = self.read_rows_alone(metadata, index, wanted, slow).await {
@@ -206,6 +200,20 @@ impl BlobClient {
         }
         (rows.len() == wanted.len()).then_some(rows)
     }
+}
+
+/// The layout of segment `index` of the blob.
+pub(super) fn segment_layout(
+    metadata: &BlobMetadata,
+    index: u32,
+) -> Result<SegmentLayout, BlobIoError> {
+    metadata
+        .segment_layout(index)
+        .ok_or_else(|| BlobIoError::Unreadable {
+            id: metadata.blob_id(),
+            segment: index,
+            reason: "no such segment".into(),
+        })
 }
 
 /// The bytes as one buffer: shared when they lie in one part (a row of a

@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use crate::codec::config::EncodingConfig;
+use crate::codec::config::{EncodingConfig, SegmentLayout};
 use crate::codec::error::VerifyError;
 use crate::codec::merkle::{self, Hash};
 use crate::codec::metadata::BlobMetadata;
@@ -131,13 +131,12 @@ fn extension_leaves_streamed(data: &[u8], symbol_size: usize, out: &mut [Hash]) 
     }
 }
 
-/// Checks a sliver against the blob metadata: its shape, then its hash.
-/// Returns the leaf hashes of its own symbols, computed on the way.
-pub fn verify_sliver<A: Axis>(
+/// The layout of segment `segment` of the blob, and that `sliver` fits it.
+pub(crate) fn fitting_layout<A: Axis>(
     metadata: &BlobMetadata,
+    segment: u32,
     sliver: &Sliver<A>,
-) -> Result<Vec<Hash>, VerifyError> {
-    let segment = sliver.segment();
+) -> Result<SegmentLayout, VerifyError> {
     let layout = metadata.segment_layout(segment).ok_or_else(|| {
         VerifyError::Shape(format!(
             "segment {segment} does not exist: the blob has {} segments",
@@ -145,6 +144,17 @@ pub fn verify_sliver<A: Axis>(
         ))
     })?;
     sliver.fits(&layout, segment).map_err(VerifyError::Shape)?;
+    Ok(layout)
+}
+
+/// Checks a sliver against the blob metadata: its shape, then its hash.
+/// Returns the leaf hashes of its own symbols, computed on the way.
+pub fn verify_sliver<A: Axis>(
+    metadata: &BlobMetadata,
+    sliver: &Sliver<A>,
+) -> Result<Vec<Hash>, VerifyError> {
+    let segment = sliver.segment();
+    fitting_layout(metadata, segment, sliver)?;
     let expected = metadata
         .segment(segment)
         .expect("segment exists")

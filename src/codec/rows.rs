@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use crate::codec::config::SegmentLayout;
 use crate::codec::error::VerifyError;
-use crate::codec::line::line_hash;
+use crate::codec::line::{fitting_layout, line_hash};
 use crate::codec::metadata::BlobMetadata;
 use crate::codec::sliver::PrimarySliver;
 
@@ -50,13 +50,7 @@ pub fn verified_row(
     segment: u32,
     sliver: &PrimarySliver,
 ) -> Result<Bytes, VerifyError> {
-    let layout = metadata.segment_layout(segment).ok_or_else(|| {
-        VerifyError::Shape(format!(
-            "segment {segment} does not exist: the blob has {} segments",
-            metadata.segment_count()
-        ))
-    })?;
-    sliver.fits(&layout, segment).map_err(VerifyError::Shape)?;
+    let layout = fitting_layout(metadata, segment, sliver)?;
     let config = layout.config();
     let row = sliver.index();
     if usize::from(row) >= config.p() {
