@@ -30,7 +30,6 @@ pub use node_client::{
 };
 pub use range::{segment_spans, RangeStream};
 pub use read::{SlowNodes, VisibleBlob};
-pub use row_read::RowSource;
 pub use shared_reads::SharedReads;
 pub use upload::{BlobUpload, SEGMENTS_IN_FLIGHT};
 pub use write::WriteOutcome;

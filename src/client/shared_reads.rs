@@ -52,11 +52,6 @@ impl SharedReads {
         }
     }
 
-    /// The rows kept.
-    pub fn cache(&self) -> &SegmentCache {
-        &self.cache
-    }
-
     /// Rows `needed` of segment `index`, in order: from the cache, from
     /// reads in flight, and the rest fetched by `client` in a read others
     /// may join. `slow` gains the nodes found slow by the reads it waited on.
@@ -199,12 +194,6 @@ impl SharedReads {
         }
         .boxed()
         .shared()
-    }
-
-    /// Reads in flight now (for tests).
-    pub fn reads_in_flight(&self) -> usize {
-        let in_flight = self.in_flight.lock().expect("not poisoned");
-        in_flight.by_segment.values().map(Vec::len).sum()
     }
 }
 
