@@ -16,6 +16,7 @@
 //! spool/                the gateway's upload spool
 //! s3-credentials        the S3 access key (AWS shared-credentials format, profile redstuff)
 //! s3-index.redb         the S3 index: buckets, keys, uploads
+//! tls/                  with --tls: the CA (ca.crt, ca.key) and the nodes' certificate (tls.crt, tls.key)
 //! ```
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -79,6 +80,9 @@ pub struct DevConfig {
     pub upload_memory_bytes: u64,
     /// The S3 front, if any.
     pub s3: Option<DevS3>,
+    /// Whether nodes serve their API over TLS, with a certificate from a
+    /// CA kept under the data directory (`tls/`).
+    pub tls: bool,
 }
 
 /// How `redstuff dev` serves S3.
@@ -133,6 +137,7 @@ impl DevConfig {
             upload_wait: crate::gateway::upload_slots::DEFAULT_UPLOAD_WAIT,
             upload_memory_bytes: crate::client::memory_budget::DEFAULT_UPLOAD_MEMORY,
             s3: None,
+            tls: false,
         }
     }
 }
@@ -232,6 +237,7 @@ struct NodeProcess {
     data_root: PathBuf,
     node_timeout_secs: f64,
     staged_ttl_secs: u64,
+    tls: Option<crate::tls::LocalTlsFiles>,
 }
 
 impl NodeProcess {
@@ -266,6 +272,14 @@ pub async fn run(
     let cluster_tokens = Arc::new(TokenSet::load(TokenSource::File(cluster_token_path))?);
     let user_tokens = Arc::new(TokenSet::load(TokenSource::File(user_token_path.clone()))?);
     let deadlines = Deadlines::from_secs(config.node_timeout_secs);
+    let tls = config
+        .tls
+        .then(|| crate::tls::ensure_local_files(&config.data_dir.join("tls")))
+        .transpose()?;
+    let nodes_ca = tls
+        .as_ref()
+        .map(|files| crate::tls::TrustedCa::from_pem_file(&files.ca_cert))
+        .transpose()?;
 
     let specs: Vec<NodeSpec> = (0..config.nodes)
         .map(|i| NodeSpec {
@@ -311,6 +325,7 @@ pub async fn run(
             data_root: config.data_dir.clone(),
             node_timeout_secs: config.node_timeout_secs,
             staged_ttl_secs: config.staged_ttl_secs,
+            tls: tls.clone(),
         };
         if let Err(e) = start_node(&config.exe, &mut node).await {
             if port != 0 {
@@ -351,6 +366,7 @@ pub async fn run(
         max_uploads: config.max_uploads,
         upload_wait: config.upload_wait,
         upload_memory_bytes: config.upload_memory_bytes,
+        nodes_ca: nodes_ca.clone(),
         ..GatewayConfig::new(
             FleetSource::File(fleet_path.clone()),
             config.data_dir.join("spool"),
@@ -403,7 +419,7 @@ pub async fn run(
         s3: s3_endpoint,
     });
 
-    let calls = NodeCalls::new(cluster_tokens, deadlines);
+    let calls = NodeCalls::new(cluster_tokens, deadlines).trusting(nodes_ca.as_ref());
     let mut fleet_loop = FleetLoop {
         config: config.clone(),
         encoding,
@@ -469,6 +485,15 @@ async fn start_node(exe: &Path, node: &mut NodeProcess) -> anyhow::Result<()> {
     }
     if node.replaying {
         command.arg("--test-replay-reads");
+    }
+    if let Some(tls) = &node.tls {
+        command
+            .arg("--tls-cert")
+            .arg(&tls.cert)
+            .arg("--tls-key")
+            .arg(&tls.key)
+            .arg("--tls-ca")
+            .arg(&tls.ca_cert);
     }
     let mut child = command
         .spawn()

@@ -47,11 +47,18 @@ fn roots() -> &'static [reqwest::Certificate] {
 /// A client builder with the process' TLS provider and roots in place;
 /// every HTTP client of redstuff starts here.
 pub fn client_builder() -> reqwest::ClientBuilder {
+    client_builder_trusting(None)
+}
+
+/// A client builder that also trusts `ca` (a fleet's own CA, for calls
+/// to its nodes).
+pub fn client_builder_trusting(ca: Option<&crate::tls::TrustedCa>) -> reqwest::ClientBuilder {
     PROVIDER.call_once(|| {
         // An error means another provider is installed already: fine too.
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
-    reqwest::Client::builder().tls_certs_only(roots().iter().cloned())
+    let own = ca.map(|ca| ca.certificates()).unwrap_or_default();
+    reqwest::Client::builder().tls_certs_only(roots().iter().chain(own).cloned())
 }
 
 /// A client with default settings.

@@ -30,6 +30,7 @@ pub mod retry;
 pub mod s3;
 pub mod spare_pool;
 pub mod store;
+pub mod tls;
 pub mod units;
 pub mod wire;
 pub mod write_behind;

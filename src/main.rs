@@ -260,6 +260,11 @@ struct DevArgs {
     /// machine) besides path style.
     #[arg(long)]
     s3_domain: Option<String>,
+    /// Nodes serve their API over TLS with a certificate from a CA kept in
+    /// DATA_DIR/tls/ (made at the first start); the gateway, the loop and
+    /// the nodes' repairs trust that CA.
+    #[arg(long)]
+    tls: bool,
     /// Test only: make node I serve corrupted slivers and symbols.
     #[arg(long, hide = true)]
     test_corrupt_node: Vec<usize>,
@@ -319,6 +324,16 @@ struct NodeArgs {
     /// Delete quarantined files after this many seconds.
     #[arg(long, default_value_t = 7 * 24 * 3600)]
     quarantine_retention_secs: u64,
+    /// Serve the API over TLS with this certificate chain (PEM, the node's
+    /// first), read again when it changes; --metrics-listen stays plain.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Trust this CA (PEM) for calls to peers, besides the public roots.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
     /// Test only: flip a bit in every sliver and symbol served.
     #[arg(long, hide = true)]
     test_corrupt_reads: bool,
@@ -374,6 +389,10 @@ struct GatewayArgs {
     /// Deadline of every call to a node, in seconds.
     #[arg(long, default_value_t = 5.0)]
     node_timeout_secs: f64,
+    /// Trust this CA (PEM) for calls to nodes serving TLS (`https://` in
+    /// the fleet map), besides the public roots.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
     /// Bytes of verified rows of segments kept for later reads, so ranges
     /// of the same segment fetch each row once (0: none).
     #[arg(long, default_value = "128MiB", value_parser = parse_bytes)]
@@ -730,13 +749,22 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
             staged_ttl: std::time::Duration::from_secs(args.staged_ttl_secs),
             quarantine_retention: std::time::Duration::from_secs(args.quarantine_retention_secs),
         },
+        tls: match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(redstuff::tls::ServingCert::load(cert, key)?),
+            _ => None,
+        },
+        peers_ca: args
+            .tls_ca
+            .as_deref()
+            .map(redstuff::tls::TrustedCa::from_pem_file)
+            .transpose()?,
         ..NodeConfig::new(&args.name, args.data_dir, shards, tokens)
     };
     let mut node = Node::bind(config, args.listen).await?;
     if let Some(addr) = args.metrics_listen {
         node = node.with_metrics_listener(addr).await?;
     }
-    let url = format!("http://{}", node.local_addr());
+    let url = node.url();
     println!(
         "{}",
         serde_json::json!({"event": "listening", "node": args.name, "url": url})
@@ -759,6 +787,11 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         anonymous_reads: args.anonymous_reads,
         deadlines: Deadlines::from_secs(args.node_timeout_secs),
         segment_cache_bytes: usize::try_from(args.segment_cache).unwrap_or(usize::MAX),
+        nodes_ca: args
+            .tls_ca
+            .as_deref()
+            .map(redstuff::tls::TrustedCa::from_pem_file)
+            .transpose()?,
         ..GatewayConfig::new(
             FleetSource::File(args.fleet),
             args.spool_dir,
@@ -849,6 +882,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             index_postgres: args.s3_index_postgres.clone(),
             domain: args.s3_domain.clone(),
         }),
+        tls: args.tls,
     };
     let nodes = args.nodes;
     let shards = args.shards;

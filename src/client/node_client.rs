@@ -147,6 +147,15 @@ impl NodeCallError {
     }
 }
 
+/// The HTTP client of node calls.
+fn node_http(deadlines: Deadlines, ca: Option<&crate::tls::TrustedCa>) -> reqwest::Client {
+    crate::http::client_builder_trusting(ca)
+        .connect_timeout(deadlines.call)
+        .pool_idle_timeout(std::time::Duration::from_secs(30))
+        .build()
+        .expect("HTTP client")
+}
+
 /// How to call nodes: one HTTP client, the cluster token, the deadlines.
 #[derive(Debug, Clone)]
 pub struct NodeCalls {
@@ -164,17 +173,21 @@ pub struct NodeCalls {
 impl NodeCalls {
     /// Calls with `token` and `deadlines` over a new HTTP client.
     pub fn new(token: Arc<TokenSet>, deadlines: Deadlines) -> Self {
-        let http = crate::http::client_builder()
-            .connect_timeout(deadlines.call)
-            .pool_idle_timeout(std::time::Duration::from_secs(30))
-            .build()
-            .expect("HTTP client");
         Self {
-            http,
+            http: node_http(deadlines, None),
             token,
             deadlines,
             max_inventory_blobs: DEFAULT_MAX_INVENTORY_BLOBS,
         }
+    }
+
+    /// The same calls over a client that also trusts `ca`, the fleet's
+    /// own CA (nodes serving TLS with certificates it issued).
+    pub fn trusting(mut self, ca: Option<&crate::tls::TrustedCa>) -> Self {
+        if ca.is_some() {
+            self.http = node_http(self.deadlines, ca);
+        }
+        self
     }
 
     /// A client of the node at `base`.

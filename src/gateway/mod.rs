@@ -92,6 +92,8 @@ pub struct GatewayConfig {
     /// Bytes of verified rows of segments kept for later reads (0: none;
     /// concurrent reads of a row still fetch it once).
     pub segment_cache_bytes: usize,
+    /// The fleet's CA, trusted for calls to nodes serving TLS.
+    pub nodes_ca: Option<crate::tls::TrustedCa>,
 }
 
 impl GatewayConfig {
@@ -116,6 +118,7 @@ impl GatewayConfig {
             anonymous_reads: false,
             deadlines: Deadlines::default(),
             segment_cache_bytes: DEFAULT_SEGMENT_CACHE_BYTES,
+            nodes_ca: None,
         }
     }
 }
@@ -225,7 +228,8 @@ impl Gateway {
         };
         let state = Arc::new(GatewayState {
             map,
-            calls: NodeCalls::new(config.cluster_tokens.clone(), config.deadlines),
+            calls: NodeCalls::new(config.cluster_tokens.clone(), config.deadlines)
+                .trusting(config.nodes_ca.as_ref()),
             registry,
             metrics,
             spool,

@@ -70,6 +70,11 @@ pub struct NodeConfig {
     pub scrub_interval: Option<Duration>,
     /// How long abandoned uploads and quarantined files are kept.
     pub housekeeping: Housekeeping,
+    /// Serve the API over TLS with this certificate (the metrics
+    /// listener stays plain HTTP, for probes and scrapers).
+    pub tls: Option<Arc<crate::tls::ServingCert>>,
+    /// The fleet's CA, trusted for calls to peers serving TLS.
+    pub peers_ca: Option<crate::tls::TrustedCa>,
 }
 
 impl NodeConfig {
@@ -89,6 +94,8 @@ impl NodeConfig {
             lie: None,
             scrub_interval: None,
             housekeeping: Housekeeping::default(),
+            tls: None,
+            peers_ca: None,
         }
     }
 }
@@ -118,6 +125,7 @@ pub struct Node {
     metrics_listener: Option<TcpListener>,
     scrub_interval: Option<Duration>,
     housekeeping: Housekeeping,
+    tls: Option<Arc<crate::tls::ServingCert>>,
 }
 
 impl Node {
@@ -140,7 +148,8 @@ impl Node {
             registry,
             metrics,
             lie: config.lie,
-            peers: NodeCalls::new(config.tokens.clone(), config.deadlines),
+            peers: NodeCalls::new(config.tokens.clone(), config.deadlines)
+                .trusting(config.peers_ca.as_ref()),
             metadata: MetadataCache::new(config.metadata_cache_bytes),
             layouts: layouts::BlobLayouts::new(),
             max_metadata_bytes: config.max_metadata_bytes,
@@ -154,6 +163,7 @@ impl Node {
             metrics_listener: None,
             scrub_interval: config.scrub_interval,
             housekeeping: config.housekeeping,
+            tls: config.tls,
         })
     }
 
@@ -168,6 +178,12 @@ impl Node {
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("bound listener")
+    }
+
+    /// Its API's URL: `https://` when it serves TLS.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.local_addr())
     }
 
     /// Serves until `shutdown` completes.
@@ -192,9 +208,10 @@ impl Node {
                 }
             });
         }
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        if let Some(tls) = &self.tls {
+            tls.watch(crate::tls::TLS_RELOAD_PERIOD);
+        }
+        crate::tls::serve(self.listener, self.router, self.tls, shutdown).await?;
         Ok(())
     }
 }

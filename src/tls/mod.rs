@@ -1,0 +1,87 @@
+//! TLS between redstuff's processes. A node (and optionally a gateway)
+//! serves its API with a certificate and key read from PEM files and read
+//! again when they change, so a renewed certificate (a mounted Secret
+//! updated in place) is served without a restart; whoever calls nodes
+//! trusts the cluster's CA, read from a PEM file, besides the public roots.
+//!
+//! One serving certificate covers every node of a cluster (its names are
+//! the node pods' DNS names under one wildcard): a node can impersonate
+//! another, but every node already holds the cluster token, so it gains
+//! nothing it did not have.
+
+mod issue;
+mod local_files;
+mod serve;
+mod serving;
+
+pub use issue::{IssuedCert, LocalCa, SERVING_VALIDITY};
+pub use local_files::{ensure_local_files, LocalTlsFiles};
+pub use serve::serve;
+pub use serving::{ServingCert, TLS_RELOAD_PERIOD};
+
+use std::path::{Path, PathBuf};
+
+/// What can go wrong reading TLS material.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file holds no usable PEM of the kind expected.
+    #[error("{path}: {what}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// A certificate could not be made.
+    #[error("cannot issue a certificate: {0}")]
+    Issue(String),
+}
+
+/// CA certificates a caller trusts for nodes, besides the public roots.
+#[derive(Clone)]
+pub struct TrustedCa {
+    certs: Vec<reqwest::Certificate>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for TrustedCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TrustedCa({}, {} certificates)", self.path.display(), self.certs.len())
+    }
+}
+
+impl TrustedCa {
+    /// The certificates of a PEM bundle file (at least one).
+    pub fn from_pem_file(path: &Path) -> Result<Self, TlsError> {
+        let pem = std::fs::read(path).map_err(|source| TlsError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let invalid = |what: String| TlsError::Invalid {
+            path: path.into(),
+            what,
+        };
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| invalid(format!("not a PEM certificate bundle: {e}")))?;
+        if certs.is_empty() {
+            return Err(invalid("holds no certificate".into()));
+        }
+        Ok(Self {
+            certs,
+            path: path.into(),
+        })
+    }
+
+    /// The certificates.
+    pub fn certificates(&self) -> &[reqwest::Certificate] {
+        &self.certs
+    }
+}

@@ -1,0 +1,79 @@
+//! Serving a router over plain HTTP or over TLS, until a shutdown signal.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use super::ServingCert;
+
+/// How long a client may take over its TLS handshake (a client that
+/// connects and says nothing holds no task past it).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `router` on `listener` until `shutdown` completes, then waits
+/// for the requests in progress: over TLS with `tls`, else plain HTTP.
+pub async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    tls: Option<Arc<ServingCert>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let Some(tls) = tls else {
+        return axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await;
+    };
+    let acceptor = TlsAcceptor::from(tls.server_config());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let socket = match accepted {
+                    Ok((socket, _)) => socket,
+                    Err(e) => {
+                        // Out of descriptors and the like: wait, do not spin.
+                        tracing::warn!("accepting a connection: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = socket.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let service = TowerToHyperService::new(router.clone());
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!("TLS handshake refused: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let http = Builder::new(TokioExecutor::new());
+                    let connection = http
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    if let Err(e) = watcher.watch(connection).await {
+                        tracing::debug!("TLS connection ended: {e}");
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! The certificate a process serves, from PEM files read again when they
+//! change.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use super::TlsError;
+
+/// How often the files are read again. The kubelet updates a mounted
+/// Secret within about a minute of a change; a few seconds more is nothing.
+pub const TLS_RELOAD_PERIOD: Duration = Duration::from_secs(5);
+
+/// The certificate chain and key a server presents, kept current with
+/// their files.
+pub struct ServingCert {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    current: RwLock<Loaded>,
+}
+
+struct Loaded {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    key: Arc<CertifiedKey>,
+}
+
+impl std::fmt::Debug for ServingCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServingCert")
+            .field("cert", &self.cert_path)
+            .field("key", &self.key_path)
+            .finish()
+    }
+}
+
+fn provider() -> CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.into(),
+        source,
+    })
+}
+
+/// The chain of `cert_pem` (the server's first) with the key of
+/// `key_pem`, which must be the first certificate's.
+fn certified_key(
+    cert_path: &Path,
+    cert_pem: &[u8],
+    key_path: &Path,
+    key_pem: &[u8],
+) -> Result<CertifiedKey, TlsError> {
+    let invalid = |path: &Path, what: String| TlsError::Invalid {
+        path: path.into(),
+        what,
+    };
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(cert_path, format!("not a PEM certificate chain: {e}")))?;
+    if chain.is_empty() {
+        return Err(invalid(cert_path, "holds no certificate".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| invalid(key_path, format!("not a PEM private key: {e}")))?;
+    CertifiedKey::from_der(chain, key, &provider()).map_err(|e| {
+        invalid(
+            key_path,
+            format!("not the key of {}: {e}", cert_path.display()),
+        )
+    })
+}
+
+impl ServingCert {
+    /// Reads the chain (PEM, the server's certificate first) and its key.
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Arc<Self>, TlsError> {
+        let (cert_pem, key_pem) = (read(cert_path)?, read(key_path)?);
+        let key = certified_key(cert_path, &cert_pem, key_path, &key_pem)?;
+        Ok(Arc::new(Self {
+            cert_path: cert_path.into(),
+            key_path: key_path.into(),
+            current: RwLock::new(Loaded {
+                cert_pem,
+                key_pem,
+                key: Arc::new(key),
+            }),
+        }))
+    }
+
+    /// Reads the files again; whether they changed. Files that changed
+    /// into something unusable (or a key that is not the certificate's,
+    /// as while a Secret is half updated) leave the current pair served.
+    pub fn refresh(&self) -> Result<bool, TlsError> {
+        let (cert_pem, key_pem) = (read(&self.cert_path)?, read(&self.key_path)?);
+        {
+            let current = self.current.read().expect("serving cert lock");
+            if current.cert_pem == cert_pem && current.key_pem == key_pem {
+                return Ok(false);
+            }
+        }
+        let key = certified_key(&self.cert_path, &cert_pem, &self.key_path, &key_pem)?;
+        *self.current.write().expect("serving cert lock") = Loaded {
+            cert_pem,
+            key_pem,
+            key: Arc::new(key),
+        };
+        Ok(true)
+    }
+
+    /// Reads the files again every `period` while anyone holds this.
+    pub fn watch(self: &Arc<Self>, period: Duration) {
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(serving) = this.upgrade() else { return };
+                match serving.refresh() {
+                    Ok(true) => tracing::info!(
+                        cert = %serving.cert_path.display(),
+                        "serving the renewed certificate"
+                    ),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("keeping the certificate served: {e}"),
+                }
+            }
+        });
+    }
+
+    /// The chain and key served now.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current.read().expect("serving cert lock").key.clone()
+    }
+
+    /// A server configuration presenting the current pair to every client.
+    pub fn server_config(self: &Arc<Self>) -> Arc<rustls::ServerConfig> {
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+}
+
+impl ResolvesServerCert for ServingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
