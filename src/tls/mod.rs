@@ -54,7 +54,12 @@ pub struct TrustedCa {
 
 impl std::fmt::Debug for TrustedCa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TrustedCa({}, {} certificates)", self.path.display(), self.certs.len())
+        write!(
+            f,
+            "TrustedCa({}, {} certificates)",
+            self.path.display(),
+            self.certs.len()
+        )
     }
 }
 

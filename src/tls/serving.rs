@@ -123,7 +123,9 @@ impl ServingCert {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let Some(serving) = this.upgrade() else { return };
+                let Some(serving) = this.upgrade() else {
+                    return;
+                };
                 match serving.refresh() {
                     Ok(true) => tracing::info!(
                         cert = %serving.cert_path.display(),

@@ -1,0 +1,237 @@
+//! TLS between gateways and nodes, with real processes: a `redstuff dev
+//! --tls` fleet stores, reads and rebuilds a wiped node with every node
+//! call over TLS; a node serves a renewed certificate without a restart,
+//! keeps serving the current one when its files change into something
+//! unusable, and refuses to start on a key that is not its certificate's.
+
+mod dev_fleet;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dev_fleet::{all_healthy, all_ready, pseudo_random, DevFleet};
+use redstuff::tls::{LocalCa, TrustedCa, SERVING_VALIDITY};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+
+/// The nodes' URLs in a fleet's map.
+fn node_urls(fleet: &DevFleet) -> Vec<String> {
+    let map: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fleet.data_dir().join("fleet.json")).unwrap())
+            .unwrap();
+    map["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["url"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_fleet_stores_reads_and_rebuilds_a_wiped_node_with_every_node_call_over_tls() {
+    let fleet = DevFleet::start(&["--tls", "--no-s3"]);
+    let urls = node_urls(&fleet);
+    assert!(
+        urls.iter().all(|u| u.starts_with("https://127.0.0.1:")),
+        "{urls:?}"
+    );
+
+    // A node answers over TLS to a caller trusting the fleet's CA only;
+    // plain HTTP gets no answer at all.
+    let ca = TrustedCa::from_pem_file(&fleet.data_dir().join("tls/ca.crt")).unwrap();
+    let trusting = redstuff::http::client_builder_trusting(Some(&ca))
+        .build()
+        .unwrap();
+    let healthz = format!("{}/healthz", urls[0]);
+    assert_eq!(trusting.get(&healthz).send().await.unwrap().status(), 200);
+    let untrusting = redstuff::http::client();
+    let refused = untrusting.get(&healthz).send().await.unwrap_err();
+    assert!(refused.is_connect(), "{refused:?}");
+    let plain = healthz.replacen("https://", "http://", 1);
+    assert!(untrusting.get(&plain).send().await.is_err());
+
+    let sizes = [0usize, 100_000, (3 << 20) + 7];
+    let mut blobs = Vec::new();
+    for (i, size) in sizes.iter().enumerate() {
+        let data = pseudo_random(*size, 40 + i as u64);
+        blobs.push((fleet.put(&data).await, data));
+    }
+    let status = fleet
+        .wait_for("3 healthy blobs", |s| all_healthy(s, 3))
+        .await;
+
+    // A node loses its process and its disk: reads go on, and once it is
+    // back its pairs are rebuilt from symbols its peers send over TLS.
+    fleet.kill_and_wipe(&status, "node-2");
+    fleet
+        .wait_for("node-2 down", |s| {
+            DevFleet::state_of(s, "node-2") != "ready"
+        })
+        .await;
+    for (id, data) in &blobs {
+        assert!(fleet.get(id).await == *data, "blob {id} with node-2 down");
+    }
+    fleet.release("node-2");
+    let healed = fleet
+        .wait_for("every blob Healthy again, no repair running", |s| {
+            all_ready(s)
+                && all_healthy(s, 3)
+                && s["blobs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|b| b["repairing"] == false)
+        })
+        .await;
+    for blob in healed["blobs"].as_array().unwrap() {
+        if blob["size"].as_u64().unwrap() > 0 {
+            assert!(
+                blob["repair_bytes"].as_u64().unwrap() > 0,
+                "not rebuilt by a repair: {blob}"
+            );
+        }
+    }
+    for (id, data) in &blobs {
+        assert!(fleet.get(id).await == *data, "blob {id} after the repair");
+    }
+}
+
+/// A `redstuff node` process serving TLS with the files in `dir`.
+struct TlsNode {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for TlsNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_issued(ca: &LocalCa, dir: &Path) -> String {
+    let issued = ca
+        .issue(&["127.0.0.1".to_string()], SERVING_VALIDITY)
+        .unwrap();
+    // As the kubelet updates a Secret: each file replaced whole.
+    for (name, content) in [("tls.key", &issued.key_pem), ("tls.crt", &issued.cert_pem)] {
+        std::fs::write(dir.join(format!("{name}.new")), content).unwrap();
+        std::fs::rename(dir.join(format!("{name}.new")), dir.join(name)).unwrap();
+    }
+    issued.cert_pem
+}
+
+fn start_tls_node(dir: &Path) -> Result<TlsNode, String> {
+    std::fs::write(dir.join("token"), "t\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_redstuff"))
+        .args(["node", "--name", "n", "--shards", "0"])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--token-file")
+        .arg(dir.join("token"))
+        .arg("--tls-cert")
+        .arg(dir.join("tls.crt"))
+        .arg("--tls-key")
+        .arg(dir.join("tls.key"))
+        .env("REDSTUFF_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    match lines.next() {
+        Some(Ok(line)) => {
+            let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let url = event["url"].as_str().unwrap();
+            let addr = url.strip_prefix("https://").expect(url).to_string();
+            Ok(TlsNode { child, addr })
+        }
+        _ => {
+            let output = child.wait_with_output().unwrap();
+            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        }
+    }
+}
+
+/// The certificate a new TLS connection to `addr` is shown, checked
+/// against `ca`.
+async fn served_cert(addr: &str, ca: &LocalCa) -> CertificateDer<'static> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let stream = connector.connect(name, socket).await.unwrap();
+    stream.get_ref().1.peer_certificates().unwrap()[0].clone()
+}
+
+fn der_of(pem: &str) -> CertificateDer<'static> {
+    CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_serves_a_renewed_certificate_without_a_restart_and_keeps_the_current_one_over_a_bad_change(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = LocalCa::generate("test").unwrap();
+    let first = write_issued(&ca, dir.path());
+    let node = start_tls_node(dir.path()).expect("a node with a valid pair starts");
+    assert_eq!(served_cert(&node.addr, &ca).await, der_of(&first));
+
+    // Renewed: new connections are shown the new certificate.
+    let renewed = write_issued(&ca, dir.path());
+    let start = Instant::now();
+    while served_cert(&node.addr, &ca).await != der_of(&renewed) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the renewed certificate was not served"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A key that is not the certificate's (another pair's key): the node
+    // goes on serving the renewed pair, with no restart.
+    let other = ca
+        .issue(&["127.0.0.1".to_string()], SERVING_VALIDITY)
+        .unwrap();
+    std::fs::write(dir.path().join("tls.key"), &other.key_pem).unwrap();
+    // Past two reload periods, so the bad pair was read at least once.
+    tokio::time::sleep(redstuff::tls::TLS_RELOAD_PERIOD * 2 + Duration::from_secs(1)).await;
+    assert_eq!(served_cert(&node.addr, &ca).await, der_of(&renewed));
+}
+
+#[test]
+fn a_node_refuses_to_start_on_a_key_that_is_not_its_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = LocalCa::generate("test").unwrap();
+    write_issued(&ca, dir.path());
+    let other = ca
+        .issue(&["127.0.0.1".to_string()], SERVING_VALIDITY)
+        .unwrap();
+    std::fs::write(dir.path().join("tls.key"), &other.key_pem).unwrap();
+    let Err(stderr) = start_tls_node(dir.path()) else {
+        panic!("a node started with a key that is not its certificate's");
+    };
+    assert!(
+        stderr.contains("tls.key") && stderr.contains("not the key of"),
+        "{stderr}"
+    );
+
+    std::fs::write(dir.path().join("tls.crt"), "not a certificate").unwrap();
+    let Err(stderr) = start_tls_node(dir.path()) else {
+        panic!("a node started with no certificate");
+    };
+    assert!(stderr.contains("tls.crt"), "{stderr}");
+}
