@@ -39,6 +39,7 @@ fn cluster(shards: u16) -> StorageCluster {
             repair: None,
             s3: None,
             record_uploads: None,
+            tls: None,
         },
     );
     c.metadata.namespace = Some("storage".into());

@@ -190,6 +190,18 @@ impl NodeCalls {
         self
     }
 
+    /// The same calls over a client that checks nodes serving TLS against
+    /// `trust`, a CA that may be set later (the operator's, per cluster).
+    pub fn with_fleet_trust(mut self, trust: &Arc<crate::tls::FleetTrust>) -> Self {
+        self.http = crate::http::client_builder()
+            .tls_backend_preconfigured(trust.client_config())
+            .connect_timeout(self.deadlines.call)
+            .pool_idle_timeout(std::time::Duration::from_secs(30))
+            .build()
+            .expect("HTTP client");
+        self
+    }
+
     /// A client of the node at `base`.
     pub fn node(&self, base: impl Into<String>) -> NodeClient {
         NodeClient {

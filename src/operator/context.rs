@@ -124,6 +124,9 @@ pub struct ClusterFleet {
     /// What was applied for this cluster lately, so that unchanged objects
     /// are not applied again on every reconcile.
     pub applied: super::observed::AppliedContent,
+    /// The CA its nodes are checked against when they serve TLS (set
+    /// once its Secret is read).
+    pub trust: Arc<crate::tls::FleetTrust>,
 }
 
 /// Every cluster's fleet state.
@@ -160,8 +163,11 @@ impl Fleets {
                     Registry::new_custom(None, Some(labels)).expect("valid constant labels");
                 let metrics = FleetMetrics::new(&registry);
                 // Until the reconcile reads the cluster's token Secret.
-                let calls = NodeCalls::new(TokenSet::single("no token read yet"), deadlines);
+                let trust = Arc::new(crate::tls::FleetTrust::default());
+                let calls = NodeCalls::new(TokenSet::single("no token read yet"), deadlines)
+                    .with_fleet_trust(&trust);
                 Arc::new(ClusterFleet {
+                    trust,
                     repairer: Repairer::new(calls.clone(), metrics.clone()),
                     calls,
                     registry,
@@ -321,6 +327,17 @@ impl Context {
                 .replace(crate::auth::parse_tokens(&String::from_utf8_lossy(
                     &token.0,
                 )));
+        }
+        if cluster.spec.tls_enabled() {
+            let ca = secrets
+                .get_opt(&super::desired::tls::ca_secret_name(&name))
+                .await?;
+            if let Some(pem) = ca
+                .as_ref()
+                .and_then(|s| s.data.as_ref()?.get(super::desired::tls::CA_CERT_KEY))
+            {
+                super::controller::trust_cluster_ca(&fleet.trust, &String::from_utf8_lossy(&pem.0));
+            }
         }
         Ok(fleet.calls.clone())
     }

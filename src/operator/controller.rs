@@ -31,8 +31,9 @@ use super::crd::{
     Blob, BlobCounts, BlobSource, BlobSpec, StorageCluster, UnavailableNode, UploadSource,
 };
 use super::desired::{
-    self, cluster_token_secret, desired_objects, node_claim_name, node_pod_name, user_token_secret,
-    Credentials, TOKEN_KEY,
+    self, cluster_token_secret, desired_objects, node_claim_name, node_pod_name,
+    tls::{self, ClusterTls},
+    user_token_secret, Credentials, TOKEN_KEY,
 };
 use super::lifecycle::{self, ClaimState, DeleteReason, NodeDecision, NodeObserved, PodState};
 use super::observed::AppliedContent;
@@ -44,6 +45,7 @@ use super::upload_records::{self, MOST_RECORDED_AT_ONCE};
 use crate::codec::EncodingConfig;
 use crate::control::{self, NodeAddress};
 use crate::fleet::{self, Assignment, Health, NodeSpec};
+use crate::tls::LocalCa;
 
 /// The one field manager of every object the operator applies.
 pub const FIELD_MANAGER: &str = "redstuff-operator";
@@ -65,6 +67,9 @@ pub enum ReconcileError {
     /// No random bytes for the node token.
     #[error("cannot make a node token: {0}")]
     Token(std::io::Error),
+    /// The cluster's CA or serving certificate could not be made.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The finalizer helper failed.
     #[error("finalizer: {0}")]
     Finalizer(String),
@@ -186,6 +191,87 @@ async fn read_or_make_token(secrets: &Api<Secret>, name: &str) -> Result<String,
     match existing {
         Some(content) => Ok(content),
         None => crate::auth::random_token().map_err(ReconcileError::Token),
+    }
+}
+
+/// The CA and the nodes' serving certificate of cluster `name`: the CA
+/// kept in its Secret (or a new one), the serving certificate kept unless
+/// `tls::needs_new_serving_cert` says to issue one.
+async fn read_or_make_tls(
+    secrets: &Api<Secret>,
+    name: &str,
+    namespace: &str,
+) -> Result<ClusterTls, ReconcileError> {
+    let text = |secret: &Option<Secret>, key: &str| {
+        secret
+            .as_ref()
+            .and_then(|s| s.data.as_ref()?.get(key))
+            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+            .filter(|v| !v.trim().is_empty())
+    };
+    let issue_error = |e: crate::tls::TlsError| ReconcileError::Tls(e.to_string());
+    let kept_ca = secrets.get_opt(&tls::ca_secret_name(name)).await?;
+    let ca = match (
+        text(&kept_ca, tls::CA_CERT_KEY),
+        text(&kept_ca, tls::CA_KEY_KEY),
+    ) {
+        (Some(cert), Some(key)) => LocalCa::from_pem(name, &cert, &key).map_err(issue_error)?,
+        _ => LocalCa::generate(name).map_err(issue_error)?,
+    };
+    let kept = secrets.get_opt(&tls::node_tls_secret_name(name)).await?;
+    let kept_serving = kept.as_ref().map(|secret| tls::KeptServingCert {
+        ca_cert_pem: text(&kept, tls::CA_CERT_KEY).unwrap_or_default(),
+        not_after_unix: secret
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(tls::NOT_AFTER_ANNOTATION))
+            .and_then(|v| v.parse().ok()),
+        complete: text(&kept, tls::CERT_KEY).is_some() && text(&kept, tls::KEY_KEY).is_some(),
+    });
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (cert_pem, key_pem, not_after_unix) =
+        if tls::needs_new_serving_cert(kept_serving.as_ref(), ca.cert_pem(), now) {
+            let issued = ca
+                .issue(
+                    &tls::serving_names(name, namespace),
+                    crate::tls::SERVING_VALIDITY,
+                )
+                .map_err(issue_error)?;
+            let not_after = issued
+                .not_after
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            tracing::info!(cluster = name, "issued the node pods' serving certificate");
+            (issued.cert_pem, issued.key_pem, not_after)
+        } else {
+            (
+                text(&kept, tls::CERT_KEY).unwrap_or_default(),
+                text(&kept, tls::KEY_KEY).unwrap_or_default(),
+                kept_serving.and_then(|k| k.not_after_unix).unwrap_or(0),
+            )
+        };
+    Ok(ClusterTls {
+        ca_cert_pem: ca.cert_pem().to_string(),
+        ca_key_pem: ca.key_pem(),
+        cert_pem,
+        key_pem,
+        not_after_unix,
+    })
+}
+
+/// Checks the cluster's nodes against `ca_cert_pem` from now on.
+pub(crate) fn trust_cluster_ca(trust: &crate::tls::FleetTrust, ca_cert_pem: &str) {
+    let origin = std::path::Path::new("the cluster's CA Secret");
+    match crate::tls::TrustedCa::from_pem(origin, ca_cert_pem.as_bytes()) {
+        Ok(ca) => {
+            if let Err(e) = trust.set(&ca) {
+                tracing::warn!("cannot trust the cluster's CA: {e}");
+            }
+        }
+        Err(e) => tracing::warn!("{e}"),
     }
 }
 
@@ -422,7 +508,15 @@ pub async fn reconcile_cluster(
             ),
             _ => None,
         },
+        tls: if cluster.spec.tls_enabled() {
+            Some(read_or_make_tls(&secrets, &name, &namespace).await?)
+        } else {
+            None
+        },
     };
+    if let Some(tls) = &credentials.tls {
+        trust_cluster_ca(&fleet_state.trust, &tls.ca_cert_pem);
+    }
     let desired = desired_objects(&cluster, &assignment, &ctx.operator, &credentials);
 
     let applied = &fleet_state.applied;
@@ -445,6 +539,12 @@ pub async fn reconcile_cluster(
     )
     .await;
     apply_noting(&mut failures, applied, &secrets, &desired.node_token, true).await;
+    for secret in [&desired.ca_secret, &desired.node_tls_secret]
+        .into_iter()
+        .flatten()
+    {
+        apply_noting(&mut failures, applied, &secrets, secret, true).await;
+    }
     apply_noting(
         &mut failures,
         applied,

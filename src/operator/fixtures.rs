@@ -21,6 +21,7 @@ pub fn cluster(shards: u16, nodes: u16, size: Option<&str>) -> StorageCluster {
             repair: None,
             s3: None,
             record_uploads: None,
+            tls: None,
         },
     );
     c.metadata.namespace = Some("storage".into());

@@ -70,6 +70,16 @@ pub fn render_cluster(
             access_key: "placeholder-access-key".into(),
             secret_key: "placeholder-secret-key".into(),
         }),
+        tls: cluster
+            .spec
+            .tls_enabled()
+            .then(|| desired::tls::ClusterTls {
+                ca_cert_pem: "placeholder-ca-certificate".into(),
+                ca_key_pem: "placeholder-ca-key".into(),
+                cert_pem: "placeholder-certificate".into(),
+                key_pem: "placeholder-key".into(),
+                not_after_unix: 0,
+            }),
     };
     let objects = desired::desired_objects(&cluster, &assignment, settings, &credentials);
     let mut docs: Vec<String> = vec![
@@ -90,7 +100,14 @@ pub fn render_cluster(
     if let Some(claim) = &objects.s3_index_claim {
         docs.push(serde_yaml::to_string(claim)?);
     }
-    if let Some(secret) = &objects.s3_credentials {
+    for secret in [
+        &objects.s3_credentials,
+        &objects.ca_secret,
+        &objects.node_tls_secret,
+    ]
+    .into_iter()
+    .flatten()
+    {
         docs.push(serde_yaml::to_string(secret)?);
     }
     docs.push(serde_yaml::to_string(&objects.disruption_budget)?);

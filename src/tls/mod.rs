@@ -9,11 +9,13 @@
 //! another, but every node already holds the cluster token, so it gains
 //! nothing it did not have.
 
+mod fleet_trust;
 mod issue;
 mod local_files;
 mod serve;
 mod serving;
 
+pub use fleet_trust::FleetTrust;
 pub use issue::{IssuedCert, LocalCa, SERVING_VALIDITY};
 pub use local_files::{ensure_local_files, LocalTlsFiles};
 pub use serve::serve;
@@ -49,6 +51,7 @@ pub enum TlsError {
 #[derive(Clone)]
 pub struct TrustedCa {
     certs: Vec<reqwest::Certificate>,
+    ders: Vec<rustls::pki_types::CertificateDer<'static>>,
     path: PathBuf,
 }
 
@@ -70,19 +73,38 @@ impl TrustedCa {
             path: path.into(),
             source,
         })?;
+        Self::from_pem(path, &pem)
+    }
+
+    /// The certificates of a PEM bundle (at least one); `origin` names
+    /// where it came from in errors.
+    pub fn from_pem(origin: &Path, pem: &[u8]) -> Result<Self, TlsError> {
+        use rustls::pki_types::pem::PemObject;
         let invalid = |what: String| TlsError::Invalid {
-            path: path.into(),
+            path: origin.into(),
             what,
         };
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        let ders = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| invalid(format!("not a PEM certificate bundle: {e}")))?;
-        if certs.is_empty() {
+        if ders.is_empty() {
             return Err(invalid("holds no certificate".into()));
         }
+        let certs = ders
+            .iter()
+            .map(|der| reqwest::Certificate::from_der(der))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid(format!("not a certificate: {e}")))?;
         Ok(Self {
             certs,
-            path: path.into(),
+            ders,
+            path: origin.into(),
         })
+    }
+
+    /// The same certificates, DER-encoded.
+    pub fn ders(&self) -> &[rustls::pki_types::CertificateDer<'static>] {
+        &self.ders
     }
 
     /// The certificates.

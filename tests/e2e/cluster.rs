@@ -6,7 +6,8 @@ use serde_json::Value;
 
 use crate::harness::{wait_for, E2e, NS};
 
-/// The cluster every scenario uses: 4 shards (f = 1) on 4 node pods.
+/// The cluster every scenario uses: 4 shards (f = 1) on 4 node pods,
+/// serving the node API over TLS (so every scenario's node calls are TLS).
 pub const CLUSTER: &str = "e2e";
 
 /// Its manifest; `resources` changes its pods' spec (a rollout).
@@ -23,6 +24,7 @@ spec:
     requests: {{cpu: {cpu_request}, memory: 32Mi}}
   repair: {{gracePeriod: 40s}}
   s3: {{indexSize: 64Mi}}
+  tls: {{enabled: true}}
 "#
     )
 }
@@ -92,6 +94,74 @@ pub async fn becomes_ready(e2e: &E2e) -> anyhow::Result<()> {
         claims.len() == 4 && claims.iter().all(|c| c["status"]["phase"] == "Bound"),
         "node claims: {}",
         claims.len()
+    );
+    serves_tls(e2e).await
+}
+
+/// The node API is TLS with the cluster's CA: the fleet map names
+/// `https://` URLs, the serving certificate's Secret carries that CA, a
+/// node pod shows a certificate it signed for its DNS name, and the spec's
+/// `tls` cannot be turned off.
+async fn serves_tls(e2e: &E2e) -> anyhow::Result<()> {
+    let config = e2e
+        .get("configmap", "e2e-shards", NS)?
+        .ok_or_else(|| anyhow::anyhow!("no e2e-shards ConfigMap"))?;
+    let map: Value = serde_json::from_str(config["data"]["fleet.json"].as_str().unwrap_or("{}"))?;
+    let urls: Vec<&str> = map["nodes"]
+        .as_array()
+        .map(|nodes| nodes.iter().filter_map(|n| n["url"].as_str()).collect())
+        .unwrap_or_default();
+    anyhow::ensure!(
+        urls.len() == 4 && urls.iter().all(|u| u.starts_with("https://")),
+        "node URLs: {urls:?}"
+    );
+    let secret = e2e
+        .get("secret", "e2e-node-tls", NS)?
+        .ok_or_else(|| anyhow::anyhow!("no e2e-node-tls Secret"))?;
+    anyhow::ensure!(secret["type"] == "kubernetes.io/tls", "{}", secret["type"]);
+    let ca_secret = e2e
+        .get("secret", "e2e-ca", NS)?
+        .ok_or_else(|| anyhow::anyhow!("no e2e-ca Secret"))?;
+    anyhow::ensure!(secret["data"]["ca.crt"] == ca_secret["data"]["ca.crt"]);
+    use base64::Engine as _;
+    let ca_pem = base64::engine::general_purpose::STANDARD
+        .decode(ca_secret["data"]["ca.crt"].as_str().unwrap_or_default())?;
+    let ca = redstuff::tls::TrustedCa::from_pem(std::path::Path::new("e2e-ca"), &ca_pem)?;
+
+    // Through a port-forward to node pod 0, by its own name.
+    let forward = e2e.port_forward_pod(NS, "e2e-node-0", 7800)?;
+    let name = format!("e2e-node-0.e2e-nodes.{NS}.svc");
+    let addr: std::net::SocketAddr = forward.url.trim_start_matches("http://").parse()?;
+    let trusting = redstuff::http::client_builder_trusting(Some(&ca))
+        .resolve(&name, addr)
+        .build()?;
+    let healthz = format!("https://{name}:{}/healthz", addr.port());
+    let answer = trusting.get(&healthz).send().await?;
+    anyhow::ensure!(answer.status() == 200, "{}", answer.status());
+    let untrusting = redstuff::http::client_builder()
+        .resolve(&name, addr)
+        .build()?;
+    anyhow::ensure!(
+        untrusting.get(&healthz).send().await.is_err(),
+        "a client without the cluster's CA was answered"
+    );
+    drop(forward);
+
+    let refused = e2e.kubectl(&[
+        "-n",
+        NS,
+        "patch",
+        "storagecluster",
+        CLUSTER,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"tls":{"enabled":false}}}"#,
+    ]);
+    anyhow::ensure!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("tls is fixed")),
+        "turning TLS off was not refused: {refused:?}"
     );
     Ok(())
 }

@@ -536,6 +536,7 @@ pub fn spec_hash(cluster: &redstuff::operator::crd::StorageCluster, index: usize
             cluster: "token".into(),
             users: "user".into(),
             s3: None,
+            tls: None,
         },
     );
     redstuff::operator::rollout::recorded_spec_hash(&objects.node_pods[index])

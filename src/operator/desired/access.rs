@@ -36,6 +36,8 @@ pub struct Credentials {
     /// The S3 access key the operator keeps (S3 enabled, no Secret named
     /// in the spec).
     pub s3: Option<crate::s3::credentials::S3Keys>,
+    /// The CA and serving certificate, when the cluster serves TLS.
+    pub tls: Option<super::tls::ClusterTls>,
 }
 
 /// Name of the cluster-token Secret of `cluster`.

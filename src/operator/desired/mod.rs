@@ -11,6 +11,7 @@
 
 mod access;
 pub mod s3;
+pub mod tls;
 
 use std::collections::BTreeMap;
 
@@ -116,6 +117,10 @@ pub struct DesiredObjects {
     pub s3_index_claim: Option<PersistentVolumeClaim>,
     /// The S3 access key's Secret, when the operator keeps it.
     pub s3_credentials: Option<Secret>,
+    /// With TLS: the CA's Secret (the operator's only).
+    pub ca_secret: Option<Secret>,
+    /// With TLS: the nodes' serving certificate and the CA's certificate.
+    pub node_tls_secret: Option<Secret>,
     /// At most one node pod voluntarily down at a time.
     pub disruption_budget: PodDisruptionBudget,
 }
@@ -196,8 +201,13 @@ pub fn node_url(cluster: &StorageCluster, index: usize) -> String {
         .namespace
         .clone()
         .unwrap_or_else(|| "default".into());
+    let scheme = if cluster.spec.tls_enabled() {
+        "https"
+    } else {
+        "http"
+    };
     format!(
-        "http://{}.{name}-nodes.{namespace}.svc:{NODE_PORT}",
+        "{scheme}://{}.{name}-nodes.{namespace}.svc:{NODE_PORT}",
         node_pod_name(&name, index)
     )
 }
@@ -442,6 +452,12 @@ pub fn desired_objects(
                 ..Pod::default()
             }
         })
+        .map(|mut pod| {
+            if credentials.tls.is_some() {
+                tls::add_to_node_pod(pod.spec.as_mut().expect("built above"), &name);
+            }
+            pod
+        })
         .map(with_spec_hash)
         .collect();
 
@@ -581,6 +597,13 @@ pub fn desired_objects(
         }),
         ..Service::default()
     };
+    let (mut ca_secret, mut node_tls_secret) = (None, None);
+    if let Some(material) = &credentials.tls {
+        let template = &mut gateway.spec.template;
+        tls::add_to_gateway_pod(template.spec.as_mut().expect("built above"), &name);
+        ca_secret = Some(tls::ca_secret(cluster, &name, material));
+        node_tls_secret = Some(tls::node_tls_secret(cluster, &name, material));
+    }
     let (mut s3_index_claim, mut s3_credentials) = (None, None);
     if let Some(settings) = s3::enabled(cluster) {
         s3::add_to_gateway(&name, settings, &mut gateway, &mut gateway_service);
@@ -628,6 +651,8 @@ pub fn desired_objects(
         gateway_service,
         s3_index_claim,
         s3_credentials,
+        ca_secret,
+        node_tls_secret,
         disruption_budget,
     }
 }

@@ -15,6 +15,7 @@ fn credentials() -> Credentials {
             access_key: "AK".into(),
             secret_key: "SK".into(),
         }),
+        tls: None,
     }
 }
 
@@ -385,4 +386,147 @@ fn s3_adds_its_port_index_claim_and_keys_to_a_gateway_recreated_never_rolled() {
     c.spec.s3.as_mut().unwrap().enabled = Some(false);
     let objects = desired_objects(&c, &assignment(&c), &operator("img"), &credentials());
     assert!(objects.s3_index_claim.is_none());
+}
+
+fn with_tls(c: &mut StorageCluster) -> Credentials {
+    c.spec.tls = Some(crate::operator::crd::TlsSpec {
+        enabled: Some(true),
+    });
+    Credentials {
+        tls: Some(tls::ClusterTls {
+            ca_cert_pem: "CA CERT".into(),
+            ca_key_pem: "CA KEY".into(),
+            cert_pem: "CERT".into(),
+            key_pem: "KEY".into(),
+            not_after_unix: 1_900_000_000,
+        }),
+        ..credentials()
+    }
+}
+
+fn mounts_and_volumes(spec: &PodSpec) -> (Vec<String>, Vec<(String, Option<Vec<String>>)>) {
+    let mounts = spec.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| format!("{}:{}", m.name, m.mount_path))
+        .collect();
+    let volumes = spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| {
+            let secret = v.secret.as_ref()?;
+            Some((
+                secret.secret_name.clone().unwrap(),
+                secret
+                    .items
+                    .as_ref()
+                    .map(|items| items.iter().map(|i| i.key.clone()).collect()),
+            ))
+        })
+        .collect();
+    (mounts, volumes)
+}
+
+#[test]
+fn with_tls_nodes_serve_the_secrets_certificate_and_everyone_calls_them_by_https_trusting_the_ca() {
+    let mut c = cluster(7, 7, Some("1Gi"));
+    let credentials = with_tls(&mut c);
+    let objects = desired_objects(
+        &c,
+        &assignment(&c),
+        &operator("redstuff:test"),
+        &credentials,
+    );
+
+    let map: FleetMap =
+        serde_json::from_str(&objects.shards_config.data.as_ref().unwrap()["fleet.json"]).unwrap();
+    assert!(map
+        .nodes
+        .iter()
+        .all(|n| n.url.starts_with("https://media-node-")
+            && n.url.ends_with(".media-nodes.storage.svc:7800")));
+
+    let node = objects.node_pods[3].spec.as_ref().unwrap();
+    let args = node.containers[0].args.as_ref().unwrap().join(" ");
+    assert!(
+        args.contains("--tls-cert /etc/redstuff/tls/tls.crt --tls-key /etc/redstuff/tls/tls.key --tls-ca /etc/redstuff/tls/ca.crt"),
+        "{args}"
+    );
+    let (mounts, volumes) = mounts_and_volumes(node);
+    assert!(mounts.contains(&"tls:/etc/redstuff/tls".to_string()));
+    assert!(volumes.contains(&("media-node-tls".to_string(), None)));
+
+    // The gateway gets the CA's certificate only, never the nodes' key.
+    let gateway = objects.gateway.spec.template.spec.as_ref().unwrap();
+    let args = gateway.containers[0].args.as_ref().unwrap().join(" ");
+    assert!(args.contains("--tls-ca /etc/redstuff/tls/ca.crt"), "{args}");
+    assert!(!args.contains("--tls-key"), "{args}");
+    let (_, volumes) = mounts_and_volumes(gateway);
+    assert!(volumes.contains(&(
+        "media-node-tls".to_string(),
+        Some(vec!["ca.crt".to_string()])
+    )));
+
+    let serving = objects.node_tls_secret.as_ref().unwrap();
+    assert_eq!(serving.type_.as_deref(), Some("kubernetes.io/tls"));
+    let keys: Vec<&String> = serving.data.as_ref().unwrap().keys().collect();
+    assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"]);
+    assert_eq!(
+        serving.metadata.annotations.as_ref().unwrap()[tls::NOT_AFTER_ANNOTATION],
+        "1900000000"
+    );
+    let ca = objects.ca_secret.as_ref().unwrap();
+    let keys: Vec<&String> = ca.data.as_ref().unwrap().keys().collect();
+    assert_eq!(keys, ["ca.crt", "ca.key"]);
+    // No pod mounts the CA's key.
+    for spec in objects
+        .node_pods
+        .iter()
+        .map(|p| p.spec.as_ref().unwrap())
+        .chain([gateway])
+    {
+        assert!(mounts_and_volumes(spec)
+            .1
+            .iter()
+            .all(|(secret, _)| secret != "media-ca"));
+    }
+}
+
+#[test]
+fn without_tls_nodes_are_called_by_plain_http_and_no_tls_secret_exists() {
+    let c = cluster(7, 7, Some("1Gi"));
+    let objects = desired_objects(
+        &c,
+        &assignment(&c),
+        &operator("redstuff:test"),
+        &credentials(),
+    );
+    let map: FleetMap =
+        serde_json::from_str(&objects.shards_config.data.as_ref().unwrap()["fleet.json"]).unwrap();
+    assert!(map.nodes.iter().all(|n| n.url.starts_with("http://")));
+    assert!(objects.ca_secret.is_none() && objects.node_tls_secret.is_none());
+    let args = objects.node_pods[0].spec.as_ref().unwrap().containers[0]
+        .args
+        .as_ref()
+        .unwrap()
+        .join(" ");
+    assert!(!args.contains("--tls"), "{args}");
+}
+
+#[test]
+fn a_renewed_serving_certificate_changes_no_pod_so_nothing_is_rolled() {
+    let mut c = cluster(7, 7, Some("1Gi"));
+    let first = with_tls(&mut c);
+    let mut renewed = first.clone();
+    let material = renewed.tls.as_mut().unwrap();
+    material.cert_pem = "RENEWED CERT".into();
+    material.key_pem = "RENEWED KEY".into();
+    material.not_after_unix += 90 * 24 * 3600;
+    let before = desired_objects(&c, &assignment(&c), &operator("redstuff:test"), &first);
+    let after = desired_objects(&c, &assignment(&c), &operator("redstuff:test"), &renewed);
+    assert_eq!(before.node_pods, after.node_pods);
+    assert_eq!(before.gateway, after.gateway);
+    assert_ne!(before.node_tls_secret, after.node_tls_secret);
 }
