@@ -522,6 +522,10 @@ struct FleetArgs {
     /// --upload-memory`); the concurrent PUTs' peak is checked against it.
     #[arg(long, default_value = "2GiB", value_parser = parse_bytes)]
     upload_memory: u64,
+    /// The nodes serve their API over TLS (as `redstuff dev --tls`): what
+    /// TLS costs the PUT, the GET and the repair.
+    #[arg(long)]
+    tls: bool,
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
@@ -945,6 +949,7 @@ async fn bench_fleet(args: FleetArgs) -> anyhow::Result<()> {
         segment_size: args.segment_size,
         clients: args.clients as usize,
         upload_memory: args.upload_memory,
+        tls: args.tls,
     };
     let report = redstuff::bench::fleet::run(&options, |line| eprintln!("{line}")).await?;
     if args.json {

@@ -1200,3 +1200,145 @@ async fn a_second_reconcile_with_nothing_changed_applies_nothing_again() {
     let second = recorded.take();
     assert_eq!(applies(&second), 0, "{:#?}", lines(&second));
 }
+
+/// A Secret's key, decoded.
+fn secret_text(secret: &Value, key: &str) -> String {
+    use base64::Engine as _;
+    let data = secret["data"][key].as_str().unwrap_or_default();
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// The Secret applied at `path` in `seen`.
+fn applied(seen: &[Seen], path: &str) -> Option<Value> {
+    seen.iter()
+        .find(|s| s.method == "PATCH" && s.path == path)
+        .map(|s| s.body.clone())
+}
+
+/// Whether `cert_pem` is a server certificate `ca_pem` issued for `name`.
+fn issued_for(ca_pem: &str, cert_pem: &str, name: &str) -> bool {
+    use rustls::client::danger::ServerCertVerifier as _;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .unwrap();
+    let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+    verifier
+        .verify_server_cert(
+            &cert,
+            &[],
+            &ServerName::try_from(name.to_string()).unwrap(),
+            &[],
+            UnixTime::now(),
+        )
+        .is_ok()
+}
+
+#[tokio::test]
+async fn with_tls_a_cluster_gets_a_ca_and_a_serving_certificate_kept_until_thirty_days_before_expiry(
+) {
+    let mut tls_cluster = cluster(7, 3, None);
+    tls_cluster.spec.tls = Some(redstuff::operator::crd::TlsSpec {
+        enabled: Some(true),
+    });
+    let ca_path = format!("{NS}/secrets/media-ca");
+    let serving_path = format!("{NS}/secrets/media-node-tls");
+
+    // First reconcile: a new CA and a certificate it issued for every node pod.
+    let (seen, _) = reconcile_on(
+        api_with_tokens(),
+        tls_cluster.clone(),
+        vec![],
+        vec![],
+        silent_nodes(3),
+    )
+    .await;
+    let ca = applied(&seen, &ca_path).expect("the CA Secret is applied");
+    let serving = applied(&seen, &serving_path).expect("the serving Secret is applied");
+    let ca_pem = secret_text(&ca, "ca.crt");
+    assert!(secret_text(&ca, "ca.key").contains("PRIVATE KEY"));
+    assert_eq!(secret_text(&serving, "ca.crt"), ca_pem);
+    assert_eq!(serving["type"], "kubernetes.io/tls");
+    let cert = secret_text(&serving, "tls.crt");
+    for i in 0..3 {
+        let name = format!("media-node-{i}.media-nodes.storage.svc");
+        assert!(issued_for(&ca_pem, &cert, &name), "not valid for {name}");
+    }
+    assert!(!issued_for(&ca_pem, &cert, "media-gateway.storage.svc"));
+    let map: Value = serde_json::from_str(
+        applied(&seen, &format!("{NS}/configmaps/media-shards")).unwrap()["data"]["fleet.json"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(map["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|n| n["url"].as_str().unwrap().starts_with("https://")));
+
+    // With both Secrets kept: the same CA and certificate.
+    let kept_api = || {
+        let mut api = api_with_tokens();
+        api.objects.insert(ca_path.clone(), ca.clone());
+        api.objects.insert(serving_path.clone(), serving.clone());
+        api
+    };
+    let (seen, _) = reconcile_on(
+        kept_api(),
+        tls_cluster.clone(),
+        vec![],
+        vec![],
+        silent_nodes(3),
+    )
+    .await;
+    let again = applied(&seen, &serving_path).unwrap();
+    assert_eq!(secret_text(&again, "tls.crt"), cert);
+    assert_eq!(
+        secret_text(&applied(&seen, &ca_path).unwrap(), "ca.crt"),
+        ca_pem
+    );
+
+    // Expiring within 30 days: a new certificate from the same CA.
+    let mut expiring = serving.clone();
+    let soon = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 10 * 24 * 3600;
+    expiring["metadata"]["annotations"]["redstuff.dev/not-after"] = json!(soon.to_string());
+    let mut api = kept_api();
+    api.objects.insert(serving_path.clone(), expiring);
+    let (seen, _) = reconcile_on(api, tls_cluster, vec![], vec![], silent_nodes(3)).await;
+    let renewed = applied(&seen, &serving_path).unwrap();
+    let renewed_cert = secret_text(&renewed, "tls.crt");
+    assert_ne!(renewed_cert, cert);
+    assert!(issued_for(
+        &ca_pem,
+        &renewed_cert,
+        "media-node-0.media-nodes.storage.svc"
+    ));
+    assert_eq!(
+        secret_text(&applied(&seen, &ca_path).unwrap(), "ca.crt"),
+        ca_pem
+    );
+    let not_after: u64 = renewed["metadata"]["annotations"]["redstuff.dev/not-after"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(not_after > soon + 60 * 24 * 3600, "{not_after}");
+}

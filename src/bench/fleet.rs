@@ -29,6 +29,8 @@ pub struct FleetBenchOptions {
     pub clients: usize,
     /// The gateway's upload memory budget.
     pub upload_memory: u64,
+    /// Nodes serve their API over TLS (`redstuff dev --tls`).
+    pub tls: bool,
 }
 
 /// The result.
@@ -36,6 +38,8 @@ pub struct FleetBenchOptions {
 pub struct FleetBenchReport {
     /// Shards.
     pub shards: u16,
+    /// Whether every call to a node went over TLS.
+    pub tls: bool,
     /// Blob size put and got.
     pub size: u64,
     /// Codec alone: encode with commitments, MB/s.
@@ -200,6 +204,7 @@ pub async fn run(
         period: Duration::from_millis(200),
         scrub_interval_secs: 0,
         upload_memory_bytes: options.upload_memory,
+        tls: options.tls,
         ..crate::dev::DevConfig::new(work.path().join("fleet"), options.exe.clone())
     };
     let fleet = tokio::spawn(crate::dev::run(
@@ -229,6 +234,7 @@ pub async fn run(
     let get = mb_per_s(options.size, get_time);
     Ok(FleetBenchReport {
         shards,
+        tls: options.tls,
         size: options.size,
         codec_encode_mb_per_s: encode,
         codec_decode_mb_per_s: decode,
@@ -708,9 +714,10 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
 pub fn render_table(r: &FleetBenchReport) -> String {
     use crate::units::format_bytes;
     let mut out = format!(
-        "redstuff bench fleet: {} shards on 7 node processes, blob of {}\n\
+        "redstuff bench fleet: {} shards on 7 node processes{}, blob of {}\n\
          {:<38} {:>10} {:>10}\n",
         r.shards,
+        if r.tls { " serving TLS" } else { "" },
         format_bytes(r.size),
         "what",
         "MB/s",
