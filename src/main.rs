@@ -331,7 +331,8 @@ struct NodeArgs {
     /// The private key of --tls-cert (PEM).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Trust this CA (PEM) for calls to peers, besides the public roots.
+    /// Check peers serving TLS against this CA (PEM), read again when it
+    /// changes.
     #[arg(long)]
     tls_ca: Option<PathBuf>,
     /// Test only: flip a bit in every sliver and symbol served.
@@ -389,8 +390,8 @@ struct GatewayArgs {
     /// Deadline of every call to a node, in seconds.
     #[arg(long, default_value_t = 5.0)]
     node_timeout_secs: f64,
-    /// Trust this CA (PEM) for calls to nodes serving TLS (`https://` in
-    /// the fleet map), besides the public roots.
+    /// Check nodes serving TLS (`https://` in the fleet map) against this
+    /// CA (PEM), read again when it changes.
     #[arg(long)]
     tls_ca: Option<PathBuf>,
     /// Bytes of verified rows of segments kept for later reads, so ranges

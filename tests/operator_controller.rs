@@ -1257,7 +1257,9 @@ async fn with_tls_a_cluster_gets_a_ca_and_a_serving_certificate_kept_until_thirt
     let ca_path = format!("{NS}/secrets/media-ca");
     let serving_path = format!("{NS}/secrets/media-node-tls");
 
-    // First reconcile: a new CA and a certificate it issued for every node pod.
+    // First reconcile: a new CA, stored at once with a create (before any
+    // pod or Secret refers to it), and a certificate it issued for every
+    // node pod.
     let (seen, _) = reconcile_on(
         api_with_tokens(),
         tls_cluster.clone(),
@@ -1266,7 +1268,18 @@ async fn with_tls_a_cluster_gets_a_ca_and_a_serving_certificate_kept_until_thirt
         silent_nodes(3),
     )
     .await;
+    let created = seen
+        .iter()
+        .position(|s| s.method == "POST" && s.path == format!("{NS}/secrets"))
+        .expect("the CA Secret is created");
+    assert_eq!(seen[created].body["metadata"]["name"], "media-ca");
+    let first_apply = seen.iter().position(|s| s.method == "PATCH").unwrap();
+    assert!(
+        created < first_apply,
+        "the CA is stored before anything is applied"
+    );
     let ca = applied(&seen, &ca_path).expect("the CA Secret is applied");
+    assert_eq!(ca["data"], seen[created].body["data"]);
     let serving = applied(&seen, &serving_path).expect("the serving Secret is applied");
     let ca_pem = secret_text(&ca, "ca.crt");
     assert!(secret_text(&ca, "ca.key").contains("PRIVATE KEY"));

@@ -99,6 +99,9 @@ async fn a_tls_fleet_stores_reads_and_rebuilds_a_wiped_node_with_every_node_call
     }
 }
 
+/// The cluster token of the nodes these tests start.
+const TOKEN: &str = "t";
+
 /// A `redstuff node` process serving TLS with the files in `dir`.
 struct TlsNode {
     child: Child,
@@ -116,7 +119,8 @@ fn write_issued(ca: &LocalCa, dir: &Path) -> String {
     let issued = ca
         .issue(&["127.0.0.1".to_string()], SERVING_VALIDITY)
         .unwrap();
-    // As the kubelet updates a Secret: each file replaced whole.
+    // Each file replaced whole, one after the other (the kubelet swaps both
+    // at once; this way the node also sees a certificate with the old key).
     for (name, content) in [("tls.key", &issued.key_pem), ("tls.crt", &issued.cert_pem)] {
         std::fs::write(dir.join(format!("{name}.new")), content).unwrap();
         std::fs::rename(dir.join(format!("{name}.new")), dir.join(name)).unwrap();
@@ -125,7 +129,7 @@ fn write_issued(ca: &LocalCa, dir: &Path) -> String {
 }
 
 fn start_tls_node(dir: &Path) -> Result<TlsNode, String> {
-    std::fs::write(dir.join("token"), "t\n").unwrap();
+    std::fs::write(dir.join("token"), format!("{TOKEN}\n")).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_redstuff"))
         .args(["node", "--name", "n", "--shards", "0"])
         .arg("--data-dir")
@@ -159,6 +163,13 @@ fn start_tls_node(dir: &Path) -> Result<TlsNode, String> {
 /// The certificate a new TLS connection to `addr` is shown, checked
 /// against `ca`.
 async fn served_cert(addr: &str, ca: &LocalCa) -> CertificateDer<'static> {
+    served_cert_of(addr, ca)
+        .await
+        .expect("a certificate the CA issued")
+}
+
+/// The same; `None` when the certificate shown is not one `ca` issued.
+async fn served_cert_of(addr: &str, ca: &LocalCa) -> Option<CertificateDer<'static>> {
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap())
@@ -173,8 +184,8 @@ async fn served_cert(addr: &str, ca: &LocalCa) -> CertificateDer<'static> {
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let socket = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = ServerName::try_from("127.0.0.1").unwrap();
-    let stream = connector.connect(name, socket).await.unwrap();
-    stream.get_ref().1.peer_certificates().unwrap()[0].clone()
+    let stream = connector.connect(name, socket).await.ok()?;
+    Some(stream.get_ref().1.peer_certificates().unwrap()[0].clone())
 }
 
 fn der_of(pem: &str) -> CertificateDer<'static> {
@@ -234,4 +245,60 @@ fn a_node_refuses_to_start_on_a_key_that_is_not_its_certificates() {
         panic!("a node started with no certificate");
     };
     assert!(stderr.contains("tls.crt"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_ca_is_trusted_by_callers_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let first_ca = LocalCa::generate("first").unwrap();
+    write_issued(&first_ca, dir.path());
+    let ca_file = dir.path().join("ca.crt");
+    std::fs::write(&ca_file, first_ca.cert_pem()).unwrap();
+    let node = start_tls_node(dir.path()).expect("the node starts");
+    // A caller as the gateway is one (`NodeCalls::trusting`): checking
+    // nodes against the CA's file, read again when it changes. Every
+    // check on a new connection with a full handshake (a pooled or resumed
+    // session was checked when it was first made).
+    let ca = TrustedCa::from_pem_file(&ca_file).unwrap();
+    let trust = redstuff::tls::FleetTrust::watching(&ca, redstuff::tls::TLS_RELOAD_PERIOD);
+    let mut config = trust.client_config();
+    config.resumption = rustls::client::Resumption::disabled();
+    let http = redstuff::http::client_builder()
+        .tls_backend_preconfigured(config)
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let healthz = format!("https://{}/healthz", node.addr);
+    let answered = || async {
+        http.get(&healthz)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    };
+    assert!(answered().await, "a node its CA signed for");
+
+    // A new CA: the node gets a certificate it issued, the caller its
+    // certificate; both are read again from their files.
+    let second_ca = LocalCa::generate("second").unwrap();
+    write_issued(&second_ca, dir.path());
+    std::fs::write(&ca_file, second_ca.cert_pem()).unwrap();
+    let start = Instant::now();
+    while served_cert_of(&node.addr, &second_ca).await.is_none() || !answered().await {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the caller did not come to trust the new CA"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // And no longer the old one: a node still showing a certificate of
+    // the first CA is refused.
+    write_issued(&first_ca, dir.path());
+    let start = Instant::now();
+    while answered().await {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "a certificate of the replaced CA is still trusted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -148,8 +148,8 @@ impl NodeCallError {
 }
 
 /// The HTTP client of node calls.
-fn node_http(deadlines: Deadlines, ca: Option<&crate::tls::TrustedCa>) -> reqwest::Client {
-    crate::http::client_builder_trusting(ca)
+fn node_http(deadlines: Deadlines) -> reqwest::Client {
+    crate::http::client_builder()
         .connect_timeout(deadlines.call)
         .pool_idle_timeout(std::time::Duration::from_secs(30))
         .build()
@@ -174,20 +174,23 @@ impl NodeCalls {
     /// Calls with `token` and `deadlines` over a new HTTP client.
     pub fn new(token: Arc<TokenSet>, deadlines: Deadlines) -> Self {
         Self {
-            http: node_http(deadlines, None),
+            http: node_http(deadlines),
             token,
             deadlines,
             max_inventory_blobs: DEFAULT_MAX_INVENTORY_BLOBS,
         }
     }
 
-    /// The same calls over a client that also trusts `ca`, the fleet's
-    /// own CA (nodes serving TLS with certificates it issued).
-    pub fn trusting(mut self, ca: Option<&crate::tls::TrustedCa>) -> Self {
-        if ca.is_some() {
-            self.http = node_http(self.deadlines, ca);
+    /// The same calls checking nodes that serve TLS against `ca`, the
+    /// fleet's own CA, whose file is read again when it changes.
+    pub fn trusting(self, ca: Option<&crate::tls::TrustedCa>) -> Self {
+        match ca {
+            Some(ca) => self.with_fleet_trust(&crate::tls::FleetTrust::watching(
+                ca,
+                crate::tls::TLS_RELOAD_PERIOD,
+            )),
+            None => self,
         }
-        self
     }
 
     /// The same calls over a client that checks nodes serving TLS against

@@ -20,7 +20,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -194,11 +194,14 @@ async fn read_or_make_token(secrets: &Api<Secret>, name: &str) -> Result<String,
     }
 }
 
-/// The CA and the nodes' serving certificate of cluster `name`: the CA
-/// kept in its Secret (or a new one), the serving certificate kept unless
+/// The CA and the nodes' serving certificate of `cluster`: the CA kept
+/// in its Secret, or a new one stored before anything uses it (so that a
+/// failed write can never leave pods trusting a CA the next reconcile
+/// replaces); the serving certificate kept unless
 /// `tls::needs_new_serving_cert` says to issue one.
 async fn read_or_make_tls(
     secrets: &Api<Secret>,
+    cluster: &StorageCluster,
     name: &str,
     namespace: &str,
 ) -> Result<ClusterTls, ReconcileError> {
@@ -210,13 +213,35 @@ async fn read_or_make_tls(
             .filter(|v| !v.trim().is_empty())
     };
     let issue_error = |e: crate::tls::TlsError| ReconcileError::Tls(e.to_string());
-    let kept_ca = secrets.get_opt(&tls::ca_secret_name(name)).await?;
+    let ca_name = tls::ca_secret_name(name);
+    let mut kept_ca = secrets.get_opt(&ca_name).await?;
+    if kept_ca.is_none() {
+        let ca = LocalCa::generate(name).map_err(issue_error)?;
+        let secret = tls::ca_secret(cluster, name, ca.cert_pem(), &ca.key_pem());
+        match secrets.create(&PostParams::default(), &secret).await {
+            Ok(created) => {
+                tracing::info!(cluster = name, "made the cluster's CA");
+                kept_ca = Some(created);
+            }
+            // Made meanwhile by another reconcile: that one is the CA.
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                kept_ca = secrets.get_opt(&ca_name).await?
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     let ca = match (
         text(&kept_ca, tls::CA_CERT_KEY),
         text(&kept_ca, tls::CA_KEY_KEY),
     ) {
-        (Some(cert), Some(key)) => LocalCa::from_pem(name, &cert, &key).map_err(issue_error)?,
-        _ => LocalCa::generate(name).map_err(issue_error)?,
+        (Some(cert), Some(key)) => LocalCa::from_pem(&cert, &key).map_err(issue_error)?,
+        _ => {
+            return Err(ReconcileError::Tls(format!(
+                "the Secret {ca_name} lacks {} or {}: delete it to have a new CA made",
+                tls::CA_CERT_KEY,
+                tls::CA_KEY_KEY
+            )))
+        }
     };
     let kept = secrets.get_opt(&tls::node_tls_secret_name(name)).await?;
     let kept_serving = kept.as_ref().map(|secret| tls::KeptServingCert {
@@ -509,7 +534,7 @@ pub async fn reconcile_cluster(
             _ => None,
         },
         tls: if cluster.spec.tls_enabled() {
-            Some(read_or_make_tls(&secrets, &name, &namespace).await?)
+            Some(read_or_make_tls(&secrets, &cluster, &name, &namespace).await?)
         } else {
             None
         },

@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 )]
 #[x_kube(validation = Rule::new("self.nodes <= self.shards").message("nodes must not exceed shards: every node pod holds at least one shard").field_path(".nodes"))]
 #[x_kube(validation = Rule::new("self.shards == oldSelf.shards").message("shards is fixed once the cluster is created: the shard count is part of every blob's encoding").field_path(".shards"))]
-#[x_kube(validation = Rule::new("has(self.tls) == has(oldSelf.tls) && (!has(self.tls) || self.tls == oldSelf.tls)").message("tls is fixed once the cluster is created: while node pods changed one at a time, the gateway and the other nodes would call some of them in the wrong protocol").field_path(".tls"))]
+#[x_kube(validation = Rule::new("(has(self.tls) && has(self.tls.enabled) && self.tls.enabled) == (has(oldSelf.tls) && has(oldSelf.tls.enabled) && oldSelf.tls.enabled)").message("tls is fixed once the cluster is created: while node pods changed one at a time, the gateway and the other nodes would call some of them in the wrong protocol").field_path(".tls"))]
 #[serde(rename_all = "camelCase")]
 pub struct StorageClusterSpec {
     /// Shard count n, from 4 to 1000; f = (n - 1) / 3 shards may be lost or
@@ -76,16 +76,16 @@ pub struct StorageClusterSpec {
     /// the blobs are kept, repaired and counted all the same.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record_uploads: Option<bool>,
-    /// TLS between the gateway, the operator and node pods. Fixed once
-    /// the cluster is created.
+    /// TLS between the gateway, the operator and node pods. Whether it is
+    /// enabled is fixed once the cluster is created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
 }
 
 /// TLS on the node API: node pods serve it with a certificate the operator
 /// issues from a CA of the cluster's own (kept in the Secret NAME-ca) and
-/// renews 30 days before it expires (every 90 days), without restarting
-/// pods; the gateway, the operator and the nodes' repairs check it.
+/// issues again 30 days before it expires (it is valid 90 days), without
+/// restarting pods; the gateway, the operator and the nodes' repairs check it.
 /// Metrics and probes stay plain HTTP on their own port.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]

@@ -1,6 +1,7 @@
-//! Trust in one fleet's CA that can be set after the HTTP client is made:
+//! Trust in one fleet's CA that can change after the HTTP client is made:
 //! the operator makes a cluster's node client before it reads the CA's
-//! Secret, and calls nodes over plain HTTP or TLS as the cluster says.
+//! Secret; gateways and nodes read the CA's file again when it changes
+//! (a replaced CA is trusted without a restart).
 
 use std::sync::{Arc, RwLock};
 
@@ -30,6 +31,7 @@ impl FleetTrust {
             if current == ca.ders() {
                 return Ok(());
             }
+            tracing::info!("trusting the fleet's new CA ({ca:?})");
         }
         let mut roots = rustls::RootCertStore::empty();
         for der in ca.ders() {
@@ -40,6 +42,32 @@ impl FleetTrust {
             .map_err(|e| rustls::Error::General(e.to_string()))?;
         *self.verifier.write().expect("trust lock") = Some((ca.ders().to_vec(), verifier));
         Ok(())
+    }
+
+    /// Trusts the CA of `ca`'s file, and reads that file again every
+    /// `period` while anyone holds this, trusting what it then holds.
+    pub fn watching(ca: &TrustedCa, period: std::time::Duration) -> Arc<Self> {
+        let trust = Arc::new(Self::default());
+        if let Err(e) = trust.set(ca) {
+            tracing::warn!("cannot trust {ca:?}: {e}");
+        }
+        let this = Arc::downgrade(&trust);
+        let path = ca.path().to_path_buf();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(trust) = this.upgrade() else { return };
+                let outcome = TrustedCa::from_pem_file(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|ca| trust.set(&ca).map_err(|e| e.to_string()));
+                if let Err(e) = outcome {
+                    tracing::warn!("keeping the CA trusted: {e}");
+                }
+            }
+        });
+        trust
     }
 
     fn current(&self) -> Result<Arc<WebPkiServerVerifier>, rustls::Error> {

@@ -26,8 +26,7 @@ fn issue_error(e: rcgen::Error) -> TlsError {
 
 /// A CA: its certificate and the key that signs with it.
 pub struct LocalCa {
-    params: CertificateParams,
-    key: KeyPair,
+    issuer: Issuer<'static, KeyPair>,
     cert_pem: String,
 }
 
@@ -71,19 +70,20 @@ impl LocalCa {
         params.not_after = (now + CA_VALIDITY).into();
         let cert_pem = params.self_signed(&key).map_err(issue_error)?.pem();
         Ok(Self {
-            params,
-            key,
+            issuer: Issuer::new(params, key),
             cert_pem,
         })
     }
 
-    /// The CA named `name` from its certificate and key, as `generate`
-    /// made them and they were kept.
-    pub fn from_pem(name: &str, cert_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
+    /// A CA from its certificate and key as they were kept (its issuer
+    /// name and key identifier are taken from the certificate as they
+    /// are). Every certificate it issues is checked against `cert_pem`, so
+    /// a key that is not the certificate's is found at the first issue.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
         let key = KeyPair::from_pem(key_pem).map_err(issue_error)?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(issue_error)?;
         Ok(Self {
-            params: ca_params(name),
-            key,
+            issuer,
             cert_pem: cert_pem.to_string(),
         })
     }
@@ -95,7 +95,7 @@ impl LocalCa {
 
     /// The CA's private key (PEM).
     pub fn key_pem(&self) -> String {
-        self.key.serialize_pem()
+        self.issuer.key().serialize_pem()
     }
 
     /// A server certificate for `names` (DNS names, `*.` wildcards, IP
@@ -118,12 +118,49 @@ impl LocalCa {
         let not_after = now + validity;
         params.not_before = (now - CLOCK_SKEW).into();
         params.not_after = not_after.into();
-        let issuer = Issuer::from_params(&self.params, &self.key);
-        let cert = params.signed_by(&key, &issuer).map_err(issue_error)?;
+        let cert = params.signed_by(&key, &self.issuer).map_err(issue_error)?;
+        if let Some(name) = names.first() {
+            self.check_chain(cert.der(), name)?;
+        }
         Ok(IssuedCert {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
             not_after,
         })
+    }
+
+    /// That `der` is valid for `name` (a wildcard's label filled in) as a
+    /// client trusting this CA's certificate checks it.
+    fn check_chain(&self, der: &[u8], name: &str) -> Result<(), TlsError> {
+        use rustls::client::danger::ServerCertVerifier as _;
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+        let broken = |what: String| {
+            TlsError::Issue(format!(
+                "the CA's certificate and key do not go together: {what}"
+            ))
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        let ca = CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
+            .map_err(|e| broken(e.to_string()))?;
+        roots.add(ca).map_err(|e| broken(e.to_string()))?;
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .map_err(|e| broken(e.to_string()))?;
+        let host = name.replacen("*.", "node.", 1);
+        let server = ServerName::try_from(host).map_err(|e| broken(e.to_string()))?;
+        verifier
+            .verify_server_cert(
+                &CertificateDer::from(der.to_vec()),
+                &[],
+                &server,
+                &[],
+                UnixTime::now(),
+            )
+            .map_err(|e| broken(e.to_string()))?;
+        Ok(())
     }
 }

@@ -47,7 +47,7 @@ pub fn ensure_local_files(dir: &Path) -> Result<LocalTlsFiles, TlsError> {
     let ca_key = dir.join("ca.key");
     const NAME: &str = "redstuff dev";
     let ca = if files.ca_cert.is_file() && ca_key.is_file() {
-        LocalCa::from_pem(NAME, &read_string(&files.ca_cert)?, &read_string(&ca_key)?)?
+        LocalCa::from_pem(&read_string(&files.ca_cert)?, &read_string(&ca_key)?)?
     } else {
         let ca = LocalCa::generate(NAME)?;
         write(&ca_key, &ca.key_pem())?;

@@ -1,8 +1,8 @@
-//! TLS between redstuff's processes. A node (and optionally a gateway)
-//! serves its API with a certificate and key read from PEM files and read
-//! again when they change, so a renewed certificate (a mounted Secret
-//! updated in place) is served without a restart; whoever calls nodes
-//! trusts the cluster's CA, read from a PEM file, besides the public roots.
+//! TLS between redstuff's processes. A node serves its API with a
+//! certificate and key read from PEM files and read again when they
+//! change, so a renewed certificate (a mounted Secret updated in place) is
+//! served without a restart; whoever calls nodes checks them against the
+//! fleet's CA, read from a PEM file and read again when it changes.
 //!
 //! One serving certificate covers every node of a cluster (its names are
 //! the node pods' DNS names under one wildcard): a node can impersonate
@@ -100,6 +100,11 @@ impl TrustedCa {
             ders,
             path: origin.into(),
         })
+    }
+
+    /// The file they came from.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The same certificates, DER-encoded.

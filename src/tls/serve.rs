@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -17,8 +17,24 @@ use super::ServingCert;
 /// connects and says nothing holds no task past it).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a shutdown waits for the requests in progress.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Errors of one connection, not of the listener: accept the next at once.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    )
+}
+
 /// Serves `router` on `listener` until `shutdown` completes, then waits
-/// for the requests in progress: over TLS with `tls`, else plain HTTP.
+/// for the requests in progress (over TLS at most `SHUTDOWN_GRACE`): over
+/// TLS with `tls`, else plain HTTP.
 pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
@@ -39,10 +55,11 @@ pub async fn serve(
             accepted = listener.accept() => {
                 let socket = match accepted {
                     Ok((socket, _)) => socket,
+                    Err(e) if is_connection_error(&e) => continue,
                     Err(e) => {
                         // Out of descriptors and the like: wait, do not spin.
                         tracing::warn!("accepting a connection: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
                 };
@@ -62,7 +79,10 @@ pub async fn serve(
                             return;
                         }
                     };
-                    let http = Builder::new(TokioExecutor::new());
+                    let mut http = Builder::new(TokioExecutor::new());
+                    http.http1()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(HEADER_READ_TIMEOUT);
                     let connection = http
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
@@ -74,6 +94,11 @@ pub async fn serve(
         }
     }
     drop(listener);
-    graceful.shutdown().await;
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still in progress after {SHUTDOWN_GRACE:?}: ending them");
+    }
     Ok(())
 }

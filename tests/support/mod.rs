@@ -163,6 +163,22 @@ impl MockApi {
                         None => not_found(),
                     },
                     "POST" if path.contains("/events") => (StatusCode::CREATED, body),
+                    // A create: stored, or refused when the name is taken.
+                    "POST" => {
+                        let name = body["metadata"]["name"].as_str().unwrap_or_default();
+                        let at = format!("{path}/{name}");
+                        if objects.contains_key(&at) {
+                            (
+                                StatusCode::CONFLICT,
+                                json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                                  "status": "Failure", "reason": "AlreadyExists",
+                                  "message": format!("{name} already exists"), "code": 409}),
+                            )
+                        } else {
+                            objects.insert(at, body.clone());
+                            (StatusCode::CREATED, body)
+                        }
+                    }
                     "DELETE" => (
                         StatusCode::OK,
                         json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),

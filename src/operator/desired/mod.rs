@@ -601,7 +601,12 @@ pub fn desired_objects(
     if let Some(material) = &credentials.tls {
         let template = &mut gateway.spec.template;
         tls::add_to_gateway_pod(template.spec.as_mut().expect("built above"), &name);
-        ca_secret = Some(tls::ca_secret(cluster, &name, material));
+        ca_secret = Some(tls::ca_secret(
+            cluster,
+            &name,
+            &material.ca_cert_pem,
+            &material.ca_key_pem,
+        ));
         node_tls_secret = Some(tls::node_tls_secret(cluster, &name, material));
     }
     let (mut s3_index_claim, mut s3_credentials) = (None, None);

@@ -96,13 +96,18 @@ fn secret_data(entries: [(&str, &str); 3]) -> BTreeMap<String, ByteString> {
 }
 
 /// The CA Secret (the operator's only: no pod mounts it).
-pub fn ca_secret(cluster: &StorageCluster, name: &str, tls: &ClusterTls) -> Secret {
+pub fn ca_secret(
+    cluster: &StorageCluster,
+    name: &str,
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+) -> Secret {
     Secret {
         metadata: meta(cluster, ca_secret_name(name), "node"),
         type_: Some("Opaque".into()),
         data: Some(secret_data([
-            (CA_CERT_KEY, &tls.ca_cert_pem),
-            (CA_KEY_KEY, &tls.ca_key_pem),
+            (CA_CERT_KEY, ca_cert_pem),
+            (CA_KEY_KEY, ca_key_pem),
             ("", ""),
         ])),
         ..Secret::default()
