@@ -167,16 +167,17 @@ impl MockApi {
                     "POST" => {
                         let name = body["metadata"]["name"].as_str().unwrap_or_default();
                         let at = format!("{path}/{name}");
-                        if objects.contains_key(&at) {
-                            (
+                        match objects.entry(at) {
+                            std::collections::btree_map::Entry::Occupied(_) => (
                                 StatusCode::CONFLICT,
                                 json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
                                   "status": "Failure", "reason": "AlreadyExists",
                                   "message": format!("{name} already exists"), "code": 409}),
-                            )
-                        } else {
-                            objects.insert(at, body.clone());
-                            (StatusCode::CREATED, body)
+                            ),
+                            std::collections::btree_map::Entry::Vacant(slot) => {
+                                slot.insert(body.clone());
+                                (StatusCode::CREATED, body)
+                            }
                         }
                     }
                     "DELETE" => (

@@ -404,7 +404,11 @@ fn with_tls(c: &mut StorageCluster) -> Credentials {
     }
 }
 
-fn mounts_and_volumes(spec: &PodSpec) -> (Vec<String>, Vec<(String, Option<Vec<String>>)>) {
+/// A Secret volume: the Secret's name and the keys it projects (all: None).
+type SecretVolume = (String, Option<Vec<String>>);
+
+/// A pod's mounts (`volume:path`) and its Secret volumes.
+fn mounts_and_volumes(spec: &PodSpec) -> (Vec<String>, Vec<SecretVolume>) {
     let mounts = spec.containers[0]
         .volume_mounts
         .iter()
