@@ -8,7 +8,7 @@ mod dev_fleet;
 use std::time::Duration;
 
 use dev_fleet::{
-    all_healthy, all_ready, ideal_repair_bytes_per_shard, kill9, pseudo_random,
+    all_healthy, all_ready, healed, ideal_repair_bytes_per_shard, kill9, pseudo_random,
     put_holding_body_back, DevFleet,
 };
 
@@ -85,13 +85,7 @@ async fn blobs_survive_f_wiped_nodes_and_heal_with_repair_traffic_near_p_plus_q_
     // traffic is counted once each repair has ended.
     let healed = fleet
         .wait_for("every blob Healthy again, no repair running", |s| {
-            all_ready(s)
-                && all_healthy(s, 20)
-                && s["blobs"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .all(|b| b["repairing"] == false)
+            healed(s, 20)
         })
         .await;
     for (id, data) in &blobs {

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dev_fleet::{all_healthy, all_ready, pseudo_random, DevFleet};
+use dev_fleet::{all_healthy, healed, pseudo_random, DevFleet};
 use redstuff::tls::{LocalCa, TrustedCa, SERVING_VALIDITY};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -77,13 +77,7 @@ async fn a_tls_fleet_stores_reads_and_rebuilds_a_wiped_node_with_every_node_call
     fleet.release("node-2");
     let healed = fleet
         .wait_for("every blob Healthy again, no repair running", |s| {
-            all_ready(s)
-                && all_healthy(s, 3)
-                && s["blobs"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .all(|b| b["repairing"] == false)
+            healed(s, 3)
         })
         .await;
     for blob in healed["blobs"].as_array().unwrap() {

@@ -456,6 +456,19 @@ pub fn all_healthy(status: &serde_json::Value, count: usize) -> bool {
     blobs.len() == count && blobs.iter().all(|b| b["health"] == "Healthy")
 }
 
+/// Whether every node is ready and `count` blobs are Healthy with no
+/// repair running (a blob is Healthy once its rebuilt pairs are on the
+/// nodes; its repair traffic is counted once the repair has ended).
+pub fn healed(status: &serde_json::Value, count: usize) -> bool {
+    all_ready(status)
+        && all_healthy(status, count)
+        && status["blobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["repairing"] == false)
+}
+
 /// Whether every node is ready.
 pub fn all_ready(status: &serde_json::Value) -> bool {
     status["nodes"]
