@@ -1,6 +1,6 @@
 //! TLS between gateways and nodes, with real processes: a `redstuff dev
 //! --tls` fleet stores, reads and rebuilds a wiped node with every node
-//! call over TLS; a node serves a renewed certificate without a restart,
+//! call over TLS, and a hung node stalls nothing; a node serves a renewed certificate without a restart,
 //! keeps serving the current one when its files change into something
 //! unusable, and refuses to start on a key that is not its certificate's.
 
@@ -31,7 +31,7 @@ fn node_urls(fleet: &DevFleet) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tls_fleet_stores_reads_and_rebuilds_a_wiped_node_with_every_node_call_over_tls() {
+async fn a_tls_fleet_stores_reads_and_rebuilds_a_wiped_node_over_tls_and_passes_a_hung_one_over() {
     let fleet = DevFleet::start(&["--tls", "--no-s3"]);
     let urls = node_urls(&fleet);
     assert!(
@@ -91,6 +91,18 @@ async fn a_tls_fleet_stores_reads_and_rebuilds_a_wiped_node_with_every_node_call
     for (id, data) in &blobs {
         assert!(fleet.get(id).await == *data, "blob {id} after the repair");
     }
+
+    // A hung node (SIGSTOP: its socket accepts, no TLS handshake ever
+    // completes) stalls neither reads nor writes.
+    let hung = DevFleet::pid_of(&healed, "node-5");
+    fleet.stop(hung);
+    let data = pseudo_random(2 << 20, 50);
+    let id = fleet.put(&data).await;
+    blobs.push((id, data));
+    for (id, data) in &blobs {
+        assert!(fleet.get(id).await == *data, "blob {id} with node-5 hung");
+    }
+    fleet.resume(hung);
 }
 
 /// The cluster token of the nodes these tests start.
