@@ -165,6 +165,11 @@ pub struct NodeMetrics {
     pub quarantined_bytes: IntGauge,
     /// Bytes of parsed metadata held in memory.
     pub metadata_cache_bytes: IntGauge,
+    /// When the certificate the node serves expires (0: not serving TLS).
+    pub tls_certificate_expiry: IntGauge,
+    /// TLS handshakes that failed (a caller that does not trust the
+    /// node's CA, a plain-HTTP caller, a scanner).
+    pub tls_handshake_failures: IntCounter,
 }
 
 impl NodeMetrics {
@@ -261,6 +266,16 @@ impl NodeMetrics {
                 registry,
                 "redstuff_node_metadata_cache_bytes",
                 "Bytes of parsed metadata the node keeps in memory.",
+            ),
+            tls_certificate_expiry: gauge(
+                registry,
+                "redstuff_node_tls_certificate_expiry_timestamp_seconds",
+                "When the certificate the node's API serves expires, in Unix seconds (0: the API is plain HTTP).",
+            ),
+            tls_handshake_failures: counter(
+                registry,
+                "redstuff_node_tls_handshake_failures_total",
+                "TLS handshakes on the node's API that failed or timed out.",
             ),
         }
     }

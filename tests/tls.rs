@@ -122,17 +122,44 @@ impl Drop for TlsNode {
 }
 
 fn write_issued(ca: &LocalCa, dir: &Path) -> String {
-    let issued = ca
-        .issue(&["127.0.0.1".to_string()], SERVING_VALIDITY)
-        .unwrap();
+    write_issued_for(ca, dir, SERVING_VALIDITY).cert_pem
+}
+
+/// A certificate for 127.0.0.1 valid for `validity`, written into `dir`.
+fn write_issued_for(ca: &LocalCa, dir: &Path, validity: Duration) -> redstuff::tls::IssuedCert {
+    let issued = ca.issue(&["127.0.0.1".to_string()], validity).unwrap();
     // Each file replaced whole, one after the other (the kubelet swaps both
     // at once; this way the node also sees a certificate with the old key).
     for (name, content) in [("tls.key", &issued.key_pem), ("tls.crt", &issued.cert_pem)] {
         std::fs::write(dir.join(format!("{name}.new")), content).unwrap();
         std::fs::rename(dir.join(format!("{name}.new")), dir.join(name)).unwrap();
     }
-    issued.cert_pem
+    issued
 }
+
+fn unix(at: std::time::SystemTime) -> f64 {
+    at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as f64
+}
+
+/// A metric of the node at `addr` (its API's /metrics needs no token).
+async fn node_metric(addr: &str, ca: &LocalCa, name: &str) -> Option<f64> {
+    let trusted = TrustedCa::from_pem(Path::new("ca"), ca.cert_pem().as_bytes()).unwrap();
+    let client = redstuff::http::client_builder_trusting(Some(&trusted))
+        .build()
+        .unwrap();
+    let text = client
+        .get(format!("https://{addr}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+const EXPIRY: &str = "redstuff_node_tls_certificate_expiry_timestamp_seconds";
 
 fn start_tls_node(dir: &Path) -> Result<TlsNode, String> {
     std::fs::write(dir.join("token"), format!("{TOKEN}\n")).unwrap();
@@ -203,14 +230,39 @@ async fn a_node_serves_a_renewed_certificate_without_a_restart_and_keeps_the_cur
 ) {
     let dir = tempfile::tempdir().unwrap();
     let ca = LocalCa::generate("test").unwrap();
-    let first = write_issued(&ca, dir.path());
+    let first = write_issued_for(&ca, dir.path(), SERVING_VALIDITY);
     let node = start_tls_node(dir.path()).expect("a node with a valid pair starts");
-    assert_eq!(served_cert(&node.addr, &ca).await, der_of(&first));
-
-    // Renewed: new connections are shown the new certificate.
-    let renewed = write_issued(&ca, dir.path());
+    assert_eq!(served_cert(&node.addr, &ca).await, der_of(&first.cert_pem));
+    // Its expiry is exported (for the RedstuffNodeCertificateExpiring
+    // alert), and a caller that does not trust its CA is counted.
+    assert_eq!(
+        node_metric(&node.addr, &ca, EXPIRY).await,
+        Some(unix(first.not_after))
+    );
+    let untrusting = redstuff::http::client();
+    assert!(untrusting
+        .get(format!("https://{}/healthz", node.addr))
+        .send()
+        .await
+        .is_err());
+    let failures = "redstuff_node_tls_handshake_failures_total";
     let start = Instant::now();
-    while served_cert(&node.addr, &ca).await != der_of(&renewed) {
+    while node_metric(&node.addr, &ca, failures).await != Some(1.0) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the refused handshake was not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Renewed: new connections are shown the new certificate, and its
+    // expiry is exported.
+    let renewed_cert = write_issued_for(&ca, dir.path(), SERVING_VALIDITY * 2);
+    let renewed = renewed_cert.cert_pem.clone();
+    let start = Instant::now();
+    while served_cert(&node.addr, &ca).await != der_of(&renewed)
+        || node_metric(&node.addr, &ca, EXPIRY).await != Some(unix(renewed_cert.not_after))
+    {
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "the renewed certificate was not served"

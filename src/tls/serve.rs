@@ -34,11 +34,13 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 
 /// Serves `router` on `listener` until `shutdown` completes, then waits
 /// for the requests in progress (over TLS at most `SHUTDOWN_GRACE`): over
-/// TLS with `tls`, else plain HTTP.
+/// TLS with `tls`, else plain HTTP. Failed handshakes are counted in
+/// `handshake_failures`.
 pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
     tls: Option<Arc<ServingCert>>,
+    handshake_failures: Option<prometheus::IntCounter>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let Some(tls) = tls else {
@@ -67,17 +69,18 @@ pub async fn serve(
                 let acceptor = acceptor.clone();
                 let service = TowerToHyperService::new(router.clone());
                 let watcher = graceful.watcher();
+                let failures = handshake_failures.clone();
                 tokio::spawn(async move {
+                    let failed = |why: String| {
+                        tracing::debug!("TLS handshake: {why}");
+                        if let Some(counter) = &failures {
+                            counter.inc();
+                        }
+                    };
                     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
                         Ok(Ok(stream)) => stream,
-                        Ok(Err(e)) => {
-                            tracing::debug!("TLS handshake refused: {e}");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!("TLS handshake timed out");
-                            return;
-                        }
+                        Ok(Err(e)) => return failed(e.to_string()),
+                        Err(_) => return failed("timed out".into()),
                     };
                     let mut http = Builder::new(TokioExecutor::new());
                     http.http1()

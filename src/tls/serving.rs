@@ -29,6 +29,13 @@ struct Loaded {
     cert_pem: Vec<u8>,
     key_pem: Vec<u8>,
     key: Arc<CertifiedKey>,
+    not_after_unix: Option<i64>,
+}
+
+/// When the certificate `der` expires, in Unix seconds.
+fn not_after_unix(der: &[u8]) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 impl std::fmt::Debug for ServingCert {
@@ -88,6 +95,10 @@ impl ServingCert {
             cert_path: cert_path.into(),
             key_path: key_path.into(),
             current: RwLock::new(Loaded {
+                not_after_unix: key
+                    .end_entity_cert()
+                    .ok()
+                    .and_then(|der| not_after_unix(der.as_ref())),
                 cert_pem,
                 key_pem,
                 key: Arc::new(key),
@@ -108,6 +119,10 @@ impl ServingCert {
         }
         let key = certified_key(&self.cert_path, &cert_pem, &self.key_path, &key_pem)?;
         *self.current.write().expect("serving cert lock") = Loaded {
+            not_after_unix: key
+                .end_entity_cert()
+                .ok()
+                .and_then(|der| not_after_unix(der.as_ref())),
             cert_pem,
             key_pem,
             key: Arc::new(key),
@@ -136,6 +151,14 @@ impl ServingCert {
                 }
             }
         });
+    }
+
+    /// When the certificate served now expires, in Unix seconds.
+    pub fn not_after_unix(&self) -> Option<i64> {
+        self.current
+            .read()
+            .expect("serving cert lock")
+            .not_after_unix
     }
 
     /// The chain and key served now.
