@@ -47,7 +47,8 @@ pub enum TlsError {
     Issue(String),
 }
 
-/// CA certificates a caller trusts for nodes, besides the public roots.
+/// The CA certificates of a fleet (a PEM bundle file), which callers
+/// check its nodes against.
 #[derive(Clone)]
 pub struct TrustedCa {
     certs: Vec<reqwest::Certificate>,
