@@ -16,7 +16,7 @@
 //! spool/                the gateway's upload spool
 //! s3-credentials        the S3 access key (AWS shared-credentials format, profile redstuff)
 //! s3-index.redb         the S3 index: buckets, keys, uploads
-//! tls/                  with --tls: the CA (ca.crt, ca.key) and the nodes' certificate (tls.crt, tls.key)
+//! tls/                  with --tls: the CA (ca.crt, ca.key) and the certificate nodes, the gateway and S3 serve (tls.crt, tls.key)
 //! ```
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -112,6 +112,8 @@ pub struct DevEndpoints {
     pub token: PathBuf,
     /// The S3 endpoint's URL, its access key and the credentials file.
     pub s3: Option<(String, crate::s3::credentials::S3Keys, PathBuf)>,
+    /// With `tls`: the CA clients check the gateway and S3 against.
+    pub ca: Option<PathBuf>,
 }
 
 impl DevConfig {
@@ -143,8 +145,9 @@ impl DevConfig {
 }
 
 /// An HTTP client that sends the user token of a `redstuff dev` fleet
-/// (from its token file) with every request.
-pub fn authorized_client(token_path: &Path) -> anyhow::Result<reqwest::Client> {
+/// (from its token file) with every request, and trusts the fleet's CA
+/// (`ca`, its file) when the fleet serves TLS.
+pub fn authorized_client(token_path: &Path, ca: Option<&Path>) -> anyhow::Result<reqwest::Client> {
     let text = std::fs::read_to_string(token_path)
         .with_context(|| format!("cannot read {}", token_path.display()))?;
     let token = crate::auth::parse_tokens(&text)
@@ -156,9 +159,16 @@ pub fn authorized_client(token_path: &Path) -> anyhow::Result<reqwest::Client> {
         reqwest::header::AUTHORIZATION,
         format!("Bearer {token}").parse()?,
     );
-    Ok(crate::http::client_builder()
+    let ca = ca.map(crate::tls::TrustedCa::from_pem_file).transpose()?;
+    Ok(crate::http::client_builder_trusting(ca.as_ref())
         .default_headers(headers)
         .build()?)
+}
+
+/// Where `redstuff dev --tls` keeps its CA's certificate under its data
+/// directory.
+pub fn ca_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("tls").join("ca.crt")
 }
 
 /// Where `redstuff dev` keeps the user token under its data directory.
@@ -367,6 +377,10 @@ pub async fn run(
         upload_wait: config.upload_wait,
         upload_memory_bytes: config.upload_memory_bytes,
         nodes_ca: nodes_ca.clone(),
+        tls: tls
+            .as_ref()
+            .map(|files| crate::tls::ServingCert::load(&files.cert, &files.key))
+            .transpose()?,
         ..GatewayConfig::new(
             FleetSource::File(fleet_path.clone()),
             config.data_dir.join("spool"),
@@ -377,7 +391,7 @@ pub async fn run(
     let gateway = Gateway::bind(gateway_config, config.gateway_addr, status.clone())
         .await?
         .with_extra_metrics(registry);
-    let gateway_url = format!("http://{}", gateway.local_addr());
+    let gateway_url = gateway.url();
     let (stop_gateway, gateway_stopped) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -409,7 +423,7 @@ pub async fn run(
             gateway.door(),
         )
         .await?;
-        s3_endpoint = Some((format!("http://{}", server.local_addr()), keys, credentials));
+        s3_endpoint = Some((server.url(), keys, credentials));
         s3_task = Some(tokio::spawn(server.serve(stopped(gateway_stopped.clone()))));
     }
     let gateway_task = tokio::spawn(gateway.serve(stopped(gateway_stopped.clone())));
@@ -417,6 +431,7 @@ pub async fn run(
         gateway: gateway_url,
         token: user_token_path.clone(),
         s3: s3_endpoint,
+        ca: tls.as_ref().map(|files| files.ca_cert.clone()),
     });
 
     let calls = NodeCalls::new(cluster_tokens, deadlines).trusting(nodes_ca.as_ref());

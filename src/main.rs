@@ -56,6 +56,8 @@ enum Command {
         retries: u32,
         #[command(flatten)]
         token: TokenArg,
+        #[command(flatten)]
+        ca: CaArg,
     },
     /// Read a blob back through a gateway.
     Get {
@@ -76,6 +78,8 @@ enum Command {
         retries: u32,
         #[command(flatten)]
         token: TokenArg,
+        #[command(flatten)]
+        ca: CaArg,
     },
     /// Show the fleet: nodes (pid, address, shards, state) and blob health.
     Status {
@@ -93,6 +97,8 @@ enum Command {
         retries: u32,
         #[command(flatten)]
         token: TokenArg,
+        #[command(flatten)]
+        ca: CaArg,
     },
     /// Print the CustomResourceDefinitions (StorageCluster, Blob) as YAML,
     /// or write one file per CRD into --dir.
@@ -186,6 +192,25 @@ impl TokenArg {
     }
 }
 
+/// The CA a gateway serving TLS is checked against, besides the usual roots.
+#[derive(Debug, Args)]
+struct CaArg {
+    /// Also trust this CA (PEM) for an `https://` gateway (default:
+    /// REDSTUFF_TLS_CA, else the CA of a `redstuff dev --tls` in this
+    /// directory, redstuff-dev/tls/ca.crt, when the URL is https://).
+    #[arg(long, env = "REDSTUFF_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+}
+
+impl CaArg {
+    fn resolve(&self, gateway: &str) -> Option<PathBuf> {
+        self.tls_ca.clone().or_else(|| {
+            let dev = redstuff::dev::ca_path(std::path::Path::new("redstuff-dev"));
+            (gateway.starts_with("https://") && dev.is_file()).then_some(dev)
+        })
+    }
+}
+
 #[derive(Debug, Args)]
 struct DevArgs {
     /// Shard count n (4 to 1000); f = (n - 1) / 3 shards may be lost or lie.
@@ -260,9 +285,10 @@ struct DevArgs {
     /// machine) besides path style.
     #[arg(long)]
     s3_domain: Option<String>,
-    /// Nodes serve their API over TLS with a certificate from a CA kept in
-    /// DATA_DIR/tls/ (made at the first start); the gateway, the loop and
-    /// the nodes' repairs trust that CA.
+    /// Serve TLS: nodes, the gateway and S3 serve a certificate from a CA
+    /// kept in DATA_DIR/tls/ (made at the first start; clients trust
+    /// DATA_DIR/tls/ca.crt); the gateway, the loop and the nodes' repairs
+    /// trust that CA.
     #[arg(long)]
     tls: bool,
     /// Test only: make node I serve corrupted slivers and symbols.
@@ -348,7 +374,8 @@ struct GatewayArgs {
     /// The fleet map file (JSON), re-read when it changes.
     #[arg(long)]
     fleet: PathBuf,
-    /// Address to listen on.
+    /// Address to listen on (the first line on stdout is {"event":
+    /// "listening", "url": URL}, with "metrics": URL under --metrics-listen).
     #[arg(long, default_value = "127.0.0.1:7700")]
     listen: std::net::SocketAddr,
     /// Where S3 uploads are spooled while their checksums are verified
@@ -394,6 +421,18 @@ struct GatewayArgs {
     /// CA (PEM), read again when it changes.
     #[arg(long)]
     tls_ca: Option<PathBuf>,
+    /// Serve the API and S3 over TLS with this certificate chain (PEM, the
+    /// gateway's first), read again when it changes; --metrics-listen
+    /// stays plain.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Also serve /metrics, /healthz and /readyz on this address, plain
+    /// HTTP and without a token (for probes and scrapers).
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Bytes of verified rows of segments kept for later reads, so ranges
     /// of the same segment fetch each row once (0: none).
     #[arg(long, default_value = "128MiB", value_parser = parse_bytes)]
@@ -523,8 +562,9 @@ struct FleetArgs {
     /// --upload-memory`); the concurrent PUTs' peak is checked against it.
     #[arg(long, default_value = "2GiB", value_parser = parse_bytes)]
     upload_memory: u64,
-    /// The nodes serve their API over TLS (as `redstuff dev --tls`): what
-    /// TLS costs the PUT, the GET and the repair.
+    /// The fleet serves TLS (as `redstuff dev --tls`: the client's calls to
+    /// the gateway and the gateway's to nodes): what TLS costs the PUT, the
+    /// GET and the repair.
     #[arg(long)]
     tls: bool,
     /// Print the result as one JSON object.
@@ -627,20 +667,43 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
             retries,
             token,
-        } => runtime()?.block_on(cli::put(&file, &gateway, token.resolve(), json, retries)),
+            ca,
+        } => runtime()?.block_on(cli::put(
+            &file,
+            &gateway,
+            token.resolve(),
+            ca.resolve(&gateway).as_deref(),
+            json,
+            retries,
+        )),
         Command::Get {
             id,
             output,
             gateway,
             retries,
             token,
-        } => runtime()?.block_on(cli::get(&id, &output, &gateway, token.resolve(), retries)),
+            ca,
+        } => runtime()?.block_on(cli::get(
+            &id,
+            &output,
+            &gateway,
+            token.resolve(),
+            ca.resolve(&gateway).as_deref(),
+            retries,
+        )),
         Command::Status {
             gateway,
             json,
             retries,
             token,
-        } => runtime()?.block_on(cli::status(&gateway, token.resolve(), json, retries)),
+            ca,
+        } => runtime()?.block_on(cli::status(
+            &gateway,
+            token.resolve(),
+            ca.resolve(&gateway).as_deref(),
+            json,
+            retries,
+        )),
         Command::Crds { dir } => crds(dir),
         Command::RenderCluster {
             file,
@@ -797,6 +860,10 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             .as_deref()
             .map(redstuff::tls::TrustedCa::from_pem_file)
             .transpose()?,
+        tls: match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(redstuff::tls::ServingCert::load(cert, key)?),
+            _ => None,
+        },
         ..GatewayConfig::new(
             FleetSource::File(args.fleet),
             args.spool_dir,
@@ -804,9 +871,15 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             user_tokens,
         )
     };
-    let gateway = Gateway::bind(config, args.listen, Default::default()).await?;
-    let url = format!("http://{}", gateway.local_addr());
-    println!("{}", serde_json::json!({"event": "listening", "url": url}));
+    let mut gateway = Gateway::bind(config, args.listen, Default::default()).await?;
+    if let Some(addr) = args.metrics_listen {
+        gateway = gateway.with_metrics_listener(addr).await?;
+    }
+    let mut listening = serde_json::json!({"event": "listening", "url": gateway.url()});
+    if let Some(addr) = gateway.metrics_addr() {
+        listening["metrics"] = format!("http://{addr}").into();
+    }
+    println!("{listening}");
     let Some(s3_listen) = args.s3_listen else {
         return gateway.serve(shutdown_signal()).await;
     };
@@ -845,7 +918,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     .await?;
     println!(
         "{}",
-        serde_json::json!({"event": "listening", "s3": format!("http://{}", s3.local_addr())})
+        serde_json::json!({"event": "listening", "s3": s3.url()})
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -896,19 +969,34 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         let url = &endpoints.gateway;
         let token = endpoints.token.display();
+        let ca = endpoints.ca.as_ref().map(|ca| ca.display().to_string());
+        let (trust, curl_trust) = match &ca {
+            Some(ca) => (format!(" --tls-ca {ca}"), format!(" --cacert {ca}")),
+            None => Default::default(),
+        };
         let _ = writeln!(
             out,
             "redstuff dev: {nodes} nodes holding {shards} shards are up\n  \
-             gateway:  {url}    (redstuff put FILE --gateway {url})\n  \
+             gateway:  {url}    (redstuff put FILE --gateway {url}{trust})\n  \
              token:    {token}    (export REDSTUFF_TOKEN=$(cat {token}))\n  \
-             curl:     curl -H \"Authorization: Bearer $(cat {token})\" -T FILE {url}/v1/blobs"
+             curl:     curl{curl_trust} -H \"Authorization: Bearer $(cat {token})\" -T FILE {url}/v1/blobs"
         );
+        if let Some(ca) = &ca {
+            let _ = writeln!(
+                out,
+                "  ca:       {ca}    (the CA clients trust: export REDSTUFF_TLS_CA={ca})"
+            );
+        }
         if let Some((s3, keys, file)) = &endpoints.s3 {
+            let bundle = ca
+                .as_ref()
+                .map(|ca| format!("AWS_CA_BUNDLE={ca} "))
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
                 "  s3:       {s3}    (keys in {})\n  \
                  aws:      AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={} AWS_DEFAULT_REGION=us-east-1 \
-                 aws --endpoint-url {s3} s3 ls",
+                 {bundle}aws --endpoint-url {s3} s3 ls",
                 file.display(),
                 keys.access_key,
                 keys.secret_key
@@ -917,7 +1005,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         let _ = writeln!(
             out,
             "  metrics:  {url}/metrics\n  \
-             status:   redstuff status --gateway {url}\n  \
+             status:   redstuff status --gateway {url}{trust}\n  \
              data:     {}\n\
              Ctrl-C stops every node.",
             args.data_dir.display()

@@ -309,6 +309,10 @@ pub struct GatewayMetrics {
     pub upload_memory_reserved: IntGauge,
     /// The upload memory budget.
     pub upload_memory_budget: IntGauge,
+    /// When the certificate the gateway serves expires (0: not serving TLS).
+    pub tls_certificate_expiry: IntGauge,
+    /// TLS handshakes on the native API and S3 that failed.
+    pub tls_handshake_failures: IntCounter,
 }
 
 impl GatewayMetrics {
@@ -378,6 +382,16 @@ impl GatewayMetrics {
                 registry,
                 "redstuff_gateway_upload_memory_budget_bytes",
                 "The upload memory budget (--upload-memory): what all uploads may hold at once.",
+            ),
+            tls_certificate_expiry: gauge(
+                registry,
+                "redstuff_gateway_tls_certificate_expiry_timestamp_seconds",
+                "When the certificate the gateway's API and S3 serve expires, in Unix seconds (0: plain HTTP).",
+            ),
+            tls_handshake_failures: counter(
+                registry,
+                "redstuff_gateway_tls_handshake_failures_total",
+                "TLS handshakes on the gateway's API and S3 that failed or timed out.",
             ),
         }
     }

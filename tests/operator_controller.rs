@@ -1248,14 +1248,16 @@ fn issued_for(ca_pem: &str, cert_pem: &str, name: &str) -> bool {
 }
 
 #[tokio::test]
-async fn with_tls_a_cluster_gets_a_ca_and_a_serving_certificate_kept_until_thirty_days_before_expiry(
+async fn with_tls_a_cluster_gets_a_ca_and_serving_certificates_kept_until_thirty_days_before_expiry_or_until_their_names_change(
 ) {
     let mut tls_cluster = cluster(7, 3, None);
     tls_cluster.spec.tls = Some(redstuff::operator::crd::TlsSpec {
         enabled: Some(true),
+        gateway_names: None,
     });
     let ca_path = format!("{NS}/secrets/media-ca");
     let serving_path = format!("{NS}/secrets/media-node-tls");
+    let gateway_path = format!("{NS}/secrets/media-gateway-tls");
 
     // First reconcile: a new CA, stored at once with a create (before any
     // pod or Secret refers to it), and a certificate it issued for every
@@ -1291,6 +1293,26 @@ async fn with_tls_a_cluster_gets_a_ca_and_a_serving_certificate_kept_until_thirt
         assert!(issued_for(&ca_pem, &cert, &name), "not valid for {name}");
     }
     assert!(!issued_for(&ca_pem, &cert, "media-gateway.storage.svc"));
+    // The gateway's own, for its Service and a port-forward, not for nodes.
+    let gateway = applied(&seen, &gateway_path).expect("the gateway's Secret is applied");
+    assert_eq!(secret_text(&gateway, "ca.crt"), ca_pem);
+    assert_eq!(gateway["type"], "kubernetes.io/tls");
+    let gateway_cert = secret_text(&gateway, "tls.crt");
+    for name in ["media-gateway.storage.svc", "media-gateway", "localhost"] {
+        assert!(
+            issued_for(&ca_pem, &gateway_cert, name),
+            "not valid for {name}"
+        );
+    }
+    assert!(!issued_for(
+        &ca_pem,
+        &gateway_cert,
+        "media-node-0.media-nodes.storage.svc"
+    ));
+    assert_ne!(
+        secret_text(&gateway, "tls.key"),
+        secret_text(&serving, "tls.key")
+    );
     let map: Value = serde_json::from_str(
         applied(&seen, &format!("{NS}/configmaps/media-shards")).unwrap()["data"]["fleet.json"]
             .as_str()
@@ -1303,11 +1325,12 @@ async fn with_tls_a_cluster_gets_a_ca_and_a_serving_certificate_kept_until_thirt
         .iter()
         .all(|n| n["url"].as_str().unwrap().starts_with("https://")));
 
-    // With both Secrets kept: the same CA and certificate.
+    // With the Secrets kept: the same CA and certificates.
     let kept_api = || {
         let mut api = api_with_tokens();
         api.objects.insert(ca_path.clone(), ca.clone());
         api.objects.insert(serving_path.clone(), serving.clone());
+        api.objects.insert(gateway_path.clone(), gateway.clone());
         api
     };
     let (seen, _) = reconcile_on(
@@ -1320,6 +1343,22 @@ async fn with_tls_a_cluster_gets_a_ca_and_a_serving_certificate_kept_until_thirt
     .await;
     let again = applied(&seen, &serving_path).unwrap();
     assert_eq!(secret_text(&again, "tls.crt"), cert);
+    let again = applied(&seen, &gateway_path).unwrap();
+    assert_eq!(secret_text(&again, "tls.crt"), gateway_cert);
+
+    // A further name for the gateway: its certificate is issued again for
+    // it, the nodes' is kept.
+    let mut named = tls_cluster.clone();
+    named.spec.tls.as_mut().unwrap().gateway_names = Some(vec!["objects.example.com".into()]);
+    let (seen, _) = reconcile_on(kept_api(), named, vec![], vec![], silent_nodes(3)).await;
+    let renamed = secret_text(&applied(&seen, &gateway_path).unwrap(), "tls.crt");
+    assert_ne!(renamed, gateway_cert);
+    assert!(issued_for(&ca_pem, &renamed, "objects.example.com"));
+    assert!(issued_for(&ca_pem, &renamed, "media-gateway.storage.svc"));
+    assert_eq!(
+        secret_text(&applied(&seen, &serving_path).unwrap(), "tls.crt"),
+        cert
+    );
     assert_eq!(
         secret_text(&applied(&seen, &ca_path).unwrap(), "ca.crt"),
         ca_pem

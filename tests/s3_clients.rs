@@ -50,9 +50,21 @@ fn clients_path() -> String {
 /// Runs a command with the S3 environment; fails the test with its
 /// output unless it succeeds.
 fn run(fleet: &DevFleet, program: &str, args: &[&str], cwd: &Path) -> String {
+    run_with(fleet, program, args, cwd, &[])
+}
+
+/// The same with `env` added.
+fn run_with(
+    fleet: &DevFleet,
+    program: &str,
+    args: &[&str],
+    cwd: &Path,
+    env: &[(&str, &str)],
+) -> String {
     let output = Command::new(program)
         .args(args)
         .envs(s3_env(fleet))
+        .envs(env.iter().copied())
         .env("PATH", clients_path())
         .current_dir(cwd)
         .output()
@@ -227,6 +239,93 @@ async fn the_aws_cli_sending_more_parts_at_once_than_the_gateway_takes_is_never_
         "parts waited for a slot instead of being refused: {parts:?}"
     );
     assert!(parts.iter().any(|l| l.ends_with(" 6")), "{parts:?}");
+}
+
+/// Over HTTPS botocore sends checksums in aws-chunked trailers by itself
+/// (aws-cli v2 and newer SDKs too): the whole boto3 suite, the aws cli
+/// and rclone against a `redstuff dev --tls` endpoint, trusting the
+/// fleet's CA; a client that does not trust it is refused.
+#[test]
+fn over_https_boto3_the_aws_cli_and_rclone_trusting_the_fleets_ca_find_the_same_semantics() {
+    let fleet = DevFleet::start(&["--tls"]);
+    let endpoint = fleet.s3.clone().unwrap();
+    assert!(endpoint.starts_with("https://127.0.0.1:"), "{endpoint}");
+    let ca_file = fleet.data_dir().join("tls/ca.crt");
+    let ca = ca_file.to_str().unwrap();
+    let trusting = [("AWS_CA_BUNDLE", ca), ("SSL_CERT_FILE", ca)];
+    python_suite(&fleet, "boto3_suite.py", &trusting);
+
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let big = pseudo_random(20 << 20, 3); // above 8 MiB: multipart
+    std::fs::write(work.join("big"), &big).unwrap();
+    let aws = |args: &[&str]| {
+        let mut all = vec!["--endpoint-url", endpoint.as_str()];
+        all.extend_from_slice(args);
+        run_with(&fleet, "aws", &all, work, &trusting)
+    };
+    aws(&["s3", "mb", "s3://tls"]);
+    aws(&["s3", "cp", "big", "s3://tls/big", "--only-show-errors"]);
+    aws(&[
+        "s3api",
+        "put-object",
+        "--bucket",
+        "tls",
+        "--key",
+        "one",
+        "--body",
+        "big",
+    ]);
+    for key in ["big", "one"] {
+        aws(&[
+            "s3",
+            "cp",
+            &format!("s3://tls/{key}"),
+            "back",
+            "--only-show-errors",
+        ]);
+        assert!(std::fs::read(work.join("back")).unwrap() == big, "{key}");
+    }
+
+    // rclone, told of the CA.
+    let rclone_env = [
+        ("RCLONE_CONFIG_RS_TYPE", "s3"),
+        ("RCLONE_CONFIG_RS_PROVIDER", "Other"),
+        ("RCLONE_CONFIG_RS_ENDPOINT", endpoint.as_str()),
+        ("RCLONE_CONFIG_RS_REGION", "us-east-1"),
+        ("RCLONE_CONFIG_RS_FORCE_PATH_STYLE", "true"),
+        ("RCLONE_CONFIG_RS_ENV_AUTH", "true"),
+        // rclone 1.60's SDK refuses a CA bundle from the environment (the
+        // machine's may be set) beside --ca-cert: empty is unset for it.
+        ("AWS_CA_BUNDLE", ""),
+    ];
+    let rclone = |args: &[&str]| {
+        let mut all = vec!["--ca-cert", ca];
+        all.extend_from_slice(args);
+        run_with(&fleet, "rclone", &all, work, &rclone_env)
+    };
+    std::fs::create_dir_all(work.join("tree")).unwrap();
+    std::fs::write(work.join("tree/small"), b"small file").unwrap();
+    rclone(&["copy", "tree", "rs:tls/tree"]);
+    rclone(&["check", "tree", "rs:tls/tree"]);
+    let listed = rclone(&["lsf", "rs:tls"]);
+    assert!(
+        listed.contains("big") && listed.contains("tree/"),
+        "{listed}"
+    );
+
+    // Not trusting the CA (the machine's bundle only): refused.
+    let refused = Command::new("aws")
+        .args(["--endpoint-url", endpoint.as_str(), "s3", "ls", "s3://tls"])
+        .envs(s3_env(&fleet))
+        .env("AWS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+        .env("PATH", clients_path())
+        .current_dir(work)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.to_uppercase().contains("CERTIFICATE"), "{stderr}");
 }
 
 #[test]

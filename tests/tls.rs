@@ -1,8 +1,12 @@
-//! TLS between gateways and nodes, with real processes: a `redstuff dev
-//! --tls` fleet stores, reads and rebuilds a wiped node with every node
-//! call over TLS, and a hung node stalls nothing; a node serves a renewed certificate without a restart,
-//! keeps serving the current one when its files change into something
-//! unusable, and refuses to start on a key that is not its certificate's.
+//! TLS with real processes: a `redstuff dev --tls` fleet stores, reads and
+//! rebuilds a wiped node with every node call over TLS, and a hung node
+//! stalls nothing; its gateway serves the native API over TLS to the CLI
+//! trusting the fleet's CA (and to nobody else), and a renewed certificate
+//! without a restart; a node serves a renewed certificate without a
+//! restart, keeps serving the current one when its files change into
+//! something unusable, and refuses to start on a key that is not its
+//! certificate's; a standalone gateway keeps probes and metrics on a plain
+//! port of their own.
 
 mod dev_fleet;
 
@@ -359,4 +363,243 @@ async fn a_replaced_ca_is_trusted_by_callers_without_a_restart() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Runs the `redstuff` CLI in `cwd` with `args`; its status, stdout and
+/// stderr. The CA is never found by default (no `redstuff-dev` in `cwd`,
+/// no REDSTUFF_TLS_CA).
+fn cli(cwd: &Path, args: &[&str], token: &str) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_redstuff"))
+        .args(args)
+        .env("REDSTUFF_TOKEN", token)
+        .env_remove("REDSTUFF_TLS_CA")
+        .env_remove("REDSTUFF_GATEWAY")
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).trim().to_string(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A metric of the gateway at `url`, read with `http`.
+async fn gateway_metric(http: &reqwest::Client, url: &str, name: &str) -> Option<f64> {
+    let text = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_fleets_gateway_serves_https_to_clients_trusting_its_ca_only_and_a_renewed_certificate_without_a_restart(
+) {
+    let fleet = DevFleet::start(&["--tls", "--no-s3"]);
+    let gateway = fleet.gateway.clone();
+    assert!(gateway.starts_with("https://127.0.0.1:"), "{gateway}");
+    let ca_file = fleet.data_dir().join("tls/ca.crt");
+    let ca_arg = ca_file.to_str().unwrap();
+    let token = std::fs::read_to_string(fleet.data_dir().join("token")).unwrap();
+    let token = token.trim();
+    let work = tempfile::tempdir().unwrap();
+    let data = pseudo_random((2 << 20) + 3, 70);
+    std::fs::write(work.path().join("blob"), &data).unwrap();
+
+    // The CLI trusting the fleet's CA stores and reads back.
+    let (ok, id, err) = cli(
+        work.path(),
+        &["put", "blob", "--gateway", &gateway, "--tls-ca", ca_arg],
+        token,
+    );
+    assert!(ok, "put over https: {err}");
+    let (ok, _, err) = cli(
+        work.path(),
+        &[
+            "get",
+            &id,
+            "-o",
+            "back",
+            "--gateway",
+            &gateway,
+            "--tls-ca",
+            ca_arg,
+        ],
+        token,
+    );
+    assert!(ok, "get over https: {err}");
+    assert!(std::fs::read(work.path().join("back")).unwrap() == data);
+    // REDSTUFF_TLS_CA does the same.
+    let output = Command::new(env!("CARGO_BIN_EXE_redstuff"))
+        .args(["status", "--json", "--gateway", &gateway])
+        .env("REDSTUFF_TOKEN", token)
+        .env("REDSTUFF_TLS_CA", &ca_file)
+        .current_dir(work.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // Without the CA: refused at once (no retry changes it), saying what
+    // to do, nothing written.
+    for args in [
+        vec!["get", &id, "-o", "refused", "--gateway", &gateway],
+        vec!["put", "blob", "--gateway", &gateway],
+        vec!["status", "--gateway", &gateway],
+    ] {
+        let (ok, _, err) = cli(work.path(), &args, token);
+        assert!(!ok, "{args:?}");
+        assert!(
+            err.contains("does not trust") && err.contains("--tls-ca"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("trying again"), "{args:?}: {err}");
+    }
+    assert!(!work.path().join("refused").exists());
+    // Plain HTTP to the TLS port: an error, not a hang.
+    let plain = gateway.replacen("https://", "http://", 1);
+    let (ok, _, err) = cli(
+        work.path(),
+        &["status", "--gateway", &plain, "--retries", "0"],
+        token,
+    );
+    assert!(!ok, "{err}");
+
+    // The gateway exports its certificate's expiry and counts the refused
+    // handshakes.
+    let trusting =
+        redstuff::dev::authorized_client(&fleet.data_dir().join("token"), Some(&ca_file)).unwrap();
+    let expiry = "redstuff_gateway_tls_certificate_expiry_timestamp_seconds";
+    let now = unix(std::time::SystemTime::now());
+    let served_expiry = gateway_metric(&trusting, &gateway, expiry).await.unwrap();
+    assert!(served_expiry > now + 80.0 * 86400.0, "{served_expiry}");
+    let failures = "redstuff_gateway_tls_handshake_failures_total";
+    let start = Instant::now();
+    while gateway_metric(&trusting, &gateway, failures).await < Some(1.0) {
+        assert!(start.elapsed() < Duration::from_secs(10), "not counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Renewed in place (as the kubelet updates a mounted Secret): new
+    // connections are shown the new certificate, with no restart.
+    let ca = LocalCa::from_pem(
+        &std::fs::read_to_string(&ca_file).unwrap(),
+        &std::fs::read_to_string(fleet.data_dir().join("tls/ca.key")).unwrap(),
+    )
+    .unwrap();
+    let addr = gateway.trim_start_matches("https://").to_string();
+    let renewed = write_issued_for(&ca, &fleet.data_dir().join("tls"), SERVING_VALIDITY * 2);
+    let start = Instant::now();
+    while served_cert(&addr, &ca).await != der_of(&renewed.cert_pem) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the renewed certificate was not served"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let start = Instant::now();
+    while gateway_metric(&trusting, &gateway, expiry).await != Some(unix(renewed.not_after)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "expiry not exported"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(fleet.get(&id).await == data, "read after the renewal");
+}
+
+#[test]
+fn a_gateway_serving_tls_keeps_probes_and_metrics_on_a_plain_port_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = LocalCa::generate("test").unwrap();
+    write_issued(&ca, dir.path());
+    std::fs::write(dir.path().join("tokens"), "t\n").unwrap();
+    std::fs::write(
+        dir.path().join("fleet.json"),
+        r#"{"shards": 4, "segment_size": 1048576, "nodes": []}"#,
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_redstuff"))
+        .args([
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--fleet")
+        .arg(dir.path().join("fleet.json"))
+        .arg("--spool-dir")
+        .arg(dir.path().join("spool"))
+        .arg("--cluster-token-file")
+        .arg(dir.path().join("tokens"))
+        .arg("--user-tokens-file")
+        .arg(dir.path().join("tokens"))
+        .arg("--tls-cert")
+        .arg(dir.path().join("tls.crt"))
+        .arg("--tls-key")
+        .arg(dir.path().join("tls.key"))
+        .env("REDSTUFF_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let event: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let url = event["url"].as_str().unwrap().to_string();
+    let metrics = event["metrics"].as_str().unwrap().to_string();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+        assert!(metrics.starts_with("http://127.0.0.1:"), "{metrics}");
+        let plain = redstuff::http::client();
+        for path in ["/healthz", "/metrics"] {
+            let answer = plain.get(format!("{metrics}{path}")).send().await.unwrap();
+            assert_eq!(answer.status(), 200, "{path}");
+        }
+        let text = plain
+            .get(format!("{metrics}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            text.contains("redstuff_gateway_tls_certificate_expiry_timestamp_seconds"),
+            "{text}"
+        );
+        // The blob API is not on the metrics port.
+        let blobs = plain
+            .get(format!("{metrics}/v1/blobs/x"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(blobs.status(), 404);
+        // The API itself answers over TLS only.
+        let trusted = TrustedCa::from_pem(Path::new("ca"), ca.cert_pem().as_bytes()).unwrap();
+        let https = redstuff::http::client_builder_trusting(Some(&trusted))
+            .build()
+            .unwrap();
+        let healthz = https.get(format!("{url}/healthz")).send().await.unwrap();
+        assert_eq!(healthz.status(), 200);
+        let plain_api = url.replacen("https://", "http://", 1);
+        assert!(plain
+            .get(format!("{plain_api}/healthz"))
+            .send()
+            .await
+            .is_err());
+    });
+    let _ = child.kill();
+    let _ = child.wait();
 }

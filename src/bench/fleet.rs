@@ -29,7 +29,8 @@ pub struct FleetBenchOptions {
     pub clients: usize,
     /// The gateway's upload memory budget.
     pub upload_memory: u64,
-    /// Nodes serve their API over TLS (`redstuff dev --tls`).
+    /// The fleet serves TLS (`redstuff dev --tls`): nodes, and the gateway
+    /// the client calls.
     pub tls: bool,
 }
 
@@ -38,7 +39,8 @@ pub struct FleetBenchOptions {
 pub struct FleetBenchReport {
     /// Shards.
     pub shards: u16,
-    /// Whether every call to a node went over TLS.
+    /// Whether every call went over TLS (the client's to the gateway, the
+    /// gateway's to nodes).
     pub tls: bool,
     /// Blob size put and got.
     pub size: u64,
@@ -196,7 +198,7 @@ pub async fn run(
     ));
 
     // The fleet.
-    let (url_tx, url_rx) = tokio::sync::oneshot::channel::<(String, PathBuf)>();
+    let (url_tx, url_rx) = tokio::sync::oneshot::channel::<(String, PathBuf, Option<PathBuf>)>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let dev_config = crate::dev::DevConfig {
         shards,
@@ -213,13 +215,17 @@ pub async fn run(
             let _ = stop_rx.await;
         },
         move |endpoints| {
-            let _ = url_tx.send((endpoints.gateway.clone(), endpoints.token.clone()));
+            let _ = url_tx.send((
+                endpoints.gateway.clone(),
+                endpoints.token.clone(),
+                endpoints.ca.clone(),
+            ));
         },
     ));
-    let (gateway, token) = url_rx
+    let (gateway, token, ca) = url_rx
         .await
         .map_err(|_| anyhow::anyhow!("the fleet did not start"))?;
-    let http = crate::dev::authorized_client(&token)?;
+    let http = crate::dev::authorized_client(&token, ca.as_deref())?;
     let result = measure(options, &http, &gateway, &blob_path, &data, &mut log).await;
     let _ = stop_tx.send(());
     let _ = fleet.await;

@@ -22,10 +22,11 @@ pub async fn get(
     output: &Path,
     gateway: &str,
     token: Option<String>,
+    ca: Option<&Path>,
     retries: u32,
 ) -> anyhow::Result<()> {
     let policy = RetryPolicy::with_retries(retries);
-    let http = http()?;
+    let http = http(ca)?;
     let url = format!("{}/v1/blobs/{id}", gateway.trim_end_matches('/'));
     let to_stdout = output == Path::new("-");
     // Write next to the target and rename at the end: no half file on
@@ -110,11 +111,10 @@ impl Download {
         if self.received > 0 {
             request = request.header(reqwest::header::RANGE, format!("bytes={}-", self.received));
         }
-        let response = request.send().await.map_err(|e| {
-            AttemptError::transport(anyhow::anyhow!(
-                "cannot reach the gateway at {gateway}: {e:#}"
-            ))
-        })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| AttemptError::unanswered(e, gateway))?;
         if !response.status().is_success() {
             return Err(AttemptError::answered(response).await);
         }

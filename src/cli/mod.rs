@@ -46,8 +46,13 @@ async fn error_of(response: reqwest::Response) -> anyhow::Error {
     anyhow::anyhow!("the gateway answered {status}: {message}{hint}")
 }
 
-fn http() -> anyhow::Result<reqwest::Client> {
-    Ok(redstuff::http::client_builder()
+/// A client of the gateway, trusting `ca` (a file) besides the usual
+/// roots when one is given.
+fn http(ca: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
+    let ca = ca
+        .map(redstuff::tls::TrustedCa::from_pem_file)
+        .transpose()?;
+    Ok(redstuff::http::client_builder_trusting(ca.as_ref())
         .connect_timeout(std::time::Duration::from_secs(5))
         .build()?)
 }
@@ -84,6 +89,21 @@ impl AttemptError {
         }
     }
 
+    /// A request that got no answer from `gateway`: final when the
+    /// gateway's certificate is not trusted (no retry changes that), with
+    /// what to do; a transport failure otherwise.
+    fn unanswered(error: reqwest::Error, gateway: &str) -> Self {
+        if let Some(why) = untrusted_certificate(&error) {
+            return Self::last(anyhow::anyhow!(
+                "the gateway at {gateway} shows a certificate this client does not trust \
+                 ({why}): pass its CA with --tls-ca FILE or REDSTUFF_TLS_CA"
+            ));
+        }
+        Self::transport(anyhow::anyhow!(
+            "cannot reach the gateway at {gateway}: {error:#}"
+        ))
+    }
+
     /// The gateway's error answer.
     async fn answered(response: reqwest::Response) -> Self {
         let retry_after = response
@@ -99,6 +119,30 @@ impl AttemptError {
             error: error_of(response).await,
         }
     }
+}
+
+/// Why rustls refused the server's certificate, when that is what
+/// `error` (or an error under it) is.
+fn untrusted_certificate(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        // io::Errors wrap each other and hide the inner error from
+        // `source()`.
+        let mut inner = e;
+        while let Some(wrapped) = inner
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            inner = wrapped;
+        }
+        if let Some(refused @ rustls::Error::InvalidCertificate(_)) =
+            inner.downcast_ref::<rustls::Error>()
+        {
+            return Some(refused.to_string());
+        }
+        next = e.source();
+    }
+    None
 }
 
 /// After `failed` failed attempts, the last failing with `last`: waits

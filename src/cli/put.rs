@@ -13,17 +13,18 @@ use indicatif::ProgressBar;
 use redstuff::retry::RetryPolicy;
 use redstuff::wire::StoredBlob;
 
-use super::{authorized, before_retry, http, progress, AttemptError};
+use super::{authorized, before_retry, http, progress, untrusted_certificate, AttemptError};
 
 /// `redstuff put FILE`: prints the blob id (or JSON) on stdout.
 pub async fn put(
     file: &Path,
     gateway: &str,
     token: Option<String>,
+    ca: Option<&Path>,
     json: bool,
     retries: u32,
 ) -> anyhow::Result<()> {
-    let http = http()?;
+    let http = http(ca)?;
     let from_stdin = file == Path::new("-");
     let policy = RetryPolicy::with_retries(if from_stdin { 0 } else { retries });
     let mut failed = 0;
@@ -143,7 +144,7 @@ async fn upload(
         // A gateway refuses an upload without credentials before it reads
         // the body; one longer than it reads on after a refusal may end as
         // a broken connection, not as the 401: no retry changes that.
-        Err(e) if token.is_none() => {
+        Err(e) if token.is_none() && untrusted_certificate(&e).is_none() => {
             return Err(AttemptError::last(anyhow::anyhow!(
                 "cannot reach the gateway at {gateway} (no token was sent: uploads need --token \
                  or REDSTUFF_TOKEN, and the gateway refuses them before reading the body): {e:#}"
@@ -151,11 +152,7 @@ async fn upload(
         }
         // A busy gateway's refusal can end the same way when the body is
         // still being sent; it is worth another attempt.
-        Err(e) => {
-            return Err(AttemptError::transport(anyhow::anyhow!(
-                "cannot reach the gateway at {gateway}: {e:#}"
-            )))
-        }
+        Err(e) => return Err(AttemptError::unanswered(e, gateway)),
     };
     if !response.status().is_success() {
         return Err(AttemptError::answered(response).await);

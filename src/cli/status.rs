@@ -1,5 +1,7 @@
 //! `redstuff status`: the fleet's nodes and blobs as tables.
 
+use std::path::Path;
+
 use anyhow::Context as _;
 use indicatif::ProgressBar;
 
@@ -14,11 +16,12 @@ use super::{authorized, before_retry, http, AttemptError};
 pub async fn status(
     gateway: &str,
     token: Option<String>,
+    ca: Option<&Path>,
     json: bool,
     retries: u32,
 ) -> anyhow::Result<()> {
     let policy = RetryPolicy::with_retries(retries);
-    let http = http()?;
+    let http = http(ca)?;
     let url = format!("{}/v1/status", gateway.trim_end_matches('/'));
     let mut failed = 0;
     let status = loop {
@@ -43,8 +46,7 @@ async fn fetch(
     let response = authorized(http.get(url), token)
         .send()
         .await
-        .with_context(|| format!("cannot reach the gateway at {gateway}"))
-        .map_err(AttemptError::transport)?;
+        .map_err(|e| AttemptError::unanswered(e, gateway))?;
     if !response.status().is_success() {
         return Err(AttemptError::answered(response).await);
     }

@@ -94,6 +94,9 @@ pub struct GatewayConfig {
     pub segment_cache_bytes: usize,
     /// The fleet's CA, trusted for calls to nodes serving TLS.
     pub nodes_ca: Option<crate::tls::TrustedCa>,
+    /// The certificate the native API and S3 are served with (plain HTTP
+    /// without one); read again when its files change.
+    pub tls: Option<Arc<crate::tls::ServingCert>>,
 }
 
 impl GatewayConfig {
@@ -119,6 +122,7 @@ impl GatewayConfig {
             deadlines: Deadlines::default(),
             segment_cache_bytes: DEFAULT_SEGMENT_CACHE_BYTES,
             nodes_ca: None,
+            tls: None,
         }
     }
 }
@@ -140,6 +144,8 @@ struct GatewayState {
     extra_metrics: RwLock<Option<Registry>>,
     /// Rows of segments kept for later reads, and the reads in flight.
     segments: Arc<crate::client::SharedReads>,
+    /// The certificate served, when the gateway serves TLS.
+    tls: Option<Arc<crate::tls::ServingCert>>,
 }
 
 impl GatewayState {
@@ -201,11 +207,18 @@ impl Door {
     pub fn registry(&self) -> &Registry {
         &self.0.registry
     }
+
+    /// The certificate the gateway serves, when it serves TLS (S3 serves
+    /// the same).
+    pub fn tls(&self) -> Option<Arc<crate::tls::ServingCert>> {
+        self.0.tls.clone()
+    }
 }
 
 /// A gateway bound to its address.
 pub struct Gateway {
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     router: Router,
     state: Arc<GatewayState>,
     tokens: [Arc<TokenSet>; 2],
@@ -241,6 +254,7 @@ impl Gateway {
             status,
             extra_metrics: RwLock::new(None),
             segments: Arc::new(crate::client::SharedReads::new(config.segment_cache_bytes)),
+            tls: config.tls.clone(),
         });
         let router = Router::new()
             .route("/healthz", get(|| async { "ok" }))
@@ -271,6 +285,7 @@ impl Gateway {
         let listener = crate::listen::bind(addr).await?;
         Ok(Self {
             listener,
+            metrics_listener: None,
             router,
             state,
             tokens: [config.cluster_tokens, config.user_tokens],
@@ -289,9 +304,34 @@ impl Gateway {
         Door(self.state.clone())
     }
 
+    /// Also serves /metrics, /healthz and /readyz (no token needed) over
+    /// plain HTTP on `addr`: what probes and scrapers reach when the API
+    /// serves TLS.
+    pub async fn with_metrics_listener(mut self, addr: SocketAddr) -> anyhow::Result<Self> {
+        self.metrics_listener = Some(crate::listen::bind(addr).await?);
+        Ok(self)
+    }
+
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("bound listener")
+    }
+
+    /// The address of the metrics listener, when it has one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("bound listener"))
+    }
+
+    /// Its API's URL: `https://` when it serves TLS.
+    pub fn url(&self) -> String {
+        let scheme = if self.state.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.local_addr())
     }
 
     /// Serves until `shutdown` completes.
@@ -302,9 +342,32 @@ impl Gateway {
         for tokens in &self.tokens {
             tokens.watch(std::time::Duration::from_secs(1));
         }
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        if let Some(listener) = self.metrics_listener {
+            let router = Router::new()
+                .route("/healthz", get(|| async { "ok" }))
+                .route("/readyz", get(routes::readyz))
+                .route("/metrics", get(routes::metrics_text))
+                .with_state(self.state.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router).await {
+                    tracing::warn!("the metrics listener stopped: {e}");
+                }
+            });
+        }
+        if let Some(tls) = &self.state.tls {
+            tls.watch(
+                crate::tls::TLS_RELOAD_PERIOD,
+                self.state.metrics.tls_certificate_expiry.clone(),
+            );
+        }
+        crate::tls::serve(
+            self.listener,
+            self.router,
+            self.state.tls.clone(),
+            Some(self.state.metrics.tls_handshake_failures.clone()),
+            shutdown,
+        )
+        .await?;
         Ok(())
     }
 }

@@ -209,8 +209,10 @@ impl Node {
             });
         }
         if let Some(tls) = &self.tls {
-            tls.watch(crate::tls::TLS_RELOAD_PERIOD);
-            export_certificate_expiry(self.state.clone(), tls.clone());
+            tls.watch(
+                crate::tls::TLS_RELOAD_PERIOD,
+                self.state.metrics.tls_certificate_expiry.clone(),
+            );
         }
         crate::tls::serve(
             self.listener,
@@ -222,23 +224,6 @@ impl Node {
         .await?;
         Ok(())
     }
-}
-
-/// Keeps `redstuff_node_tls_certificate_expiry_timestamp_seconds` at the
-/// expiry of the certificate served now (it changes when the files do).
-fn export_certificate_expiry(state: Arc<NodeState>, tls: Arc<crate::tls::ServingCert>) {
-    let state = Arc::downgrade(&state);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(crate::tls::TLS_RELOAD_PERIOD);
-        loop {
-            tick.tick().await;
-            let Some(state) = state.upgrade() else { return };
-            state
-                .metrics
-                .tls_certificate_expiry
-                .set(tls.not_after_unix().unwrap_or(0));
-        }
-    });
 }
 
 /// Re-reads every stored file each `period`, so bitrot is found (and the

@@ -236,7 +236,7 @@ async fn ingest_source(
             "the Blob names no source (url, configMapKey or secretKey)".into(),
         ));
     }
-    let gateway = ctx.endpoints.gateway(namespace, &cluster.name_any());
+    let gateway = ctx.endpoints.gateway(cluster);
     let token = ctx
         .user_token(cluster)
         .await
@@ -247,7 +247,9 @@ async fn ingest_source(
                 super::desired::user_token_secret(&cluster.name_any())
             ),
         })?;
-    let stored = ingest::upload(&ctx.http, &gateway, &token, spool.path()).await?;
+    let key = (namespace.to_string(), cluster.name_any());
+    let http = ctx.fleets.get(&key, ctx.deadlines).gateway_http.clone();
+    let stored = ingest::upload(&http, &gateway, &token, spool.path()).await?;
     Ok(stored.id)
 }
 

@@ -44,13 +44,20 @@ impl Endpoints {
             .unwrap_or_else(|| node_url(cluster, index))
     }
 
-    /// Base URL of the gateway of cluster `name` in `namespace`.
-    pub fn gateway(&self, namespace: &str, name: &str) -> String {
+    /// Base URL of the gateway of `cluster`: `https://` when it serves TLS.
+    pub fn gateway(&self, cluster: &StorageCluster) -> String {
+        let name = cluster.metadata.name.clone().unwrap_or_default();
+        let namespace = cluster.metadata.namespace.clone().unwrap_or_default();
         let service = format!("{name}-gateway");
+        let scheme = if cluster.spec.tls_enabled() {
+            "https"
+        } else {
+            "http"
+        };
         self.overrides
             .get(&service)
             .cloned()
-            .unwrap_or_else(|| format!("http://{service}.{namespace}.svc:{GATEWAY_PORT}"))
+            .unwrap_or_else(|| format!("{scheme}://{service}.{namespace}.svc:{GATEWAY_PORT}"))
     }
 }
 
@@ -124,9 +131,12 @@ pub struct ClusterFleet {
     /// What was applied for this cluster lately, so that unchanged objects
     /// are not applied again on every reconcile.
     pub applied: super::observed::AppliedContent,
-    /// The CA its nodes are checked against when they serve TLS (set
-    /// once its Secret is read).
+    /// The CA its nodes and gateway are checked against when they serve
+    /// TLS (set once its Secret is read).
     pub trust: Arc<crate::tls::FleetTrust>,
+    /// A client of its gateway, checking it against `trust` when it
+    /// serves TLS.
+    pub gateway_http: reqwest::Client,
 }
 
 /// Every cluster's fleet state.
@@ -166,7 +176,13 @@ impl Fleets {
                 let trust = Arc::new(crate::tls::FleetTrust::default());
                 let calls = NodeCalls::new(TokenSet::single("no token read yet"), deadlines)
                     .with_fleet_trust(&trust);
+                let gateway_http = crate::http::client_builder()
+                    .tls_backend_preconfigured(trust.client_config())
+                    .connect_timeout(std::time::Duration::from_secs(10))
+                    .build()
+                    .expect("HTTP client");
                 Arc::new(ClusterFleet {
+                    gateway_http,
                     trust,
                     repairer: Repairer::new(calls.clone(), metrics.clone()),
                     calls,
@@ -238,7 +254,8 @@ pub struct Context {
     pub operator: super::desired::OperatorSettings,
     /// How node pods and gateways are reached.
     pub endpoints: Endpoints,
-    /// HTTP client for gateways and URL sources.
+    /// HTTP client for URL sources (gateways are called with their
+    /// cluster's `ClusterFleet::gateway_http`).
     pub http: reqwest::Client,
     /// Deadlines of calls to nodes.
     pub deadlines: Deadlines,

@@ -194,24 +194,17 @@ async fn read_or_make_token(secrets: &Api<Secret>, name: &str) -> Result<String,
     }
 }
 
-/// The CA and the nodes' serving certificate of `cluster`: the CA kept
-/// in its Secret, or a new one stored before anything uses it (so that a
-/// failed write can never leave pods trusting a CA the next reconcile
-/// replaces); the serving certificate kept unless
-/// `tls::needs_new_serving_cert` says to issue one.
+/// The CA and the serving certificates of `cluster`: the CA kept in its
+/// Secret, or a new one stored before anything uses it (so that a failed
+/// write can never leave pods trusting a CA the next reconcile replaces);
+/// each serving certificate kept unless `tls::needs_new_serving_cert` says
+/// to issue one.
 async fn read_or_make_tls(
     secrets: &Api<Secret>,
     cluster: &StorageCluster,
     name: &str,
     namespace: &str,
 ) -> Result<ClusterTls, ReconcileError> {
-    let text = |secret: &Option<Secret>, key: &str| {
-        secret
-            .as_ref()
-            .and_then(|s| s.data.as_ref()?.get(key))
-            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
-            .filter(|v| !v.trim().is_empty())
-    };
     let issue_error = |e: crate::tls::TlsError| ReconcileError::Tls(e.to_string());
     let ca_name = tls::ca_secret_name(name);
     let mut kept_ca = secrets.get_opt(&ca_name).await?;
@@ -231,8 +224,8 @@ async fn read_or_make_tls(
         }
     }
     let ca = match (
-        text(&kept_ca, tls::CA_CERT_KEY),
-        text(&kept_ca, tls::CA_KEY_KEY),
+        secret_text(&kept_ca, tls::CA_CERT_KEY),
+        secret_text(&kept_ca, tls::CA_KEY_KEY),
     ) {
         (Some(cert), Some(key)) => LocalCa::from_pem(&cert, &key).map_err(issue_error)?,
         _ => {
@@ -243,47 +236,80 @@ async fn read_or_make_tls(
             )))
         }
     };
-    let kept = secrets.get_opt(&tls::node_tls_secret_name(name)).await?;
-    let kept_serving = kept.as_ref().map(|secret| tls::KeptServingCert {
-        ca_cert_pem: text(&kept, tls::CA_CERT_KEY).unwrap_or_default(),
-        not_after_unix: secret
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(tls::NOT_AFTER_ANNOTATION))
-            .and_then(|v| v.parse().ok()),
-        complete: text(&kept, tls::CERT_KEY).is_some() && text(&kept, tls::KEY_KEY).is_some(),
+    let nodes = keep_or_issue(
+        secrets,
+        &ca,
+        &tls::node_tls_secret_name(name),
+        tls::node_serving_names(name, namespace),
+    )
+    .await?;
+    let gateway = keep_or_issue(
+        secrets,
+        &ca,
+        &tls::gateway_tls_secret_name(name),
+        tls::gateway_serving_names(cluster, namespace),
+    )
+    .await?;
+    Ok(ClusterTls {
+        ca_cert_pem: ca.cert_pem().to_string(),
+        ca_key_pem: ca.key_pem(),
+        nodes,
+        gateway,
+    })
+}
+
+/// The value of `key` in `secret`, when it holds a non-blank one.
+fn secret_text(secret: &Option<Secret>, key: &str) -> Option<String> {
+    secret
+        .as_ref()
+        .and_then(|s| s.data.as_ref()?.get(key))
+        .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+        .filter(|v| !v.trim().is_empty())
+}
+
+/// The serving certificate for `names` kept in Secret `secret_name`, or a
+/// new one from `ca` when `tls::needs_new_serving_cert` says so.
+async fn keep_or_issue(
+    secrets: &Api<Secret>,
+    ca: &LocalCa,
+    secret_name: &str,
+    names: Vec<String>,
+) -> Result<tls::ServingPair, ReconcileError> {
+    let kept = secrets.get_opt(secret_name).await?;
+    let annotation = |key: &str| {
+        kept.as_ref()
+            .and_then(|s| s.metadata.annotations.as_ref()?.get(key).cloned())
+    };
+    let kept_serving = kept.as_ref().map(|_| tls::KeptServingCert {
+        ca_cert_pem: secret_text(&kept, tls::CA_CERT_KEY).unwrap_or_default(),
+        not_after_unix: annotation(tls::NOT_AFTER_ANNOTATION).and_then(|v| v.parse().ok()),
+        names: annotation(tls::NAMES_ANNOTATION),
+        complete: secret_text(&kept, tls::CERT_KEY).is_some()
+            && secret_text(&kept, tls::KEY_KEY).is_some(),
     });
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let (cert_pem, key_pem, not_after_unix) =
-        if tls::needs_new_serving_cert(kept_serving.as_ref(), ca.cert_pem(), now) {
-            let issued = ca
-                .issue(
-                    &tls::serving_names(name, namespace),
-                    crate::tls::SERVING_VALIDITY,
-                )
-                .map_err(issue_error)?;
-            let not_after = issued
-                .not_after
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            tracing::info!(cluster = name, "issued the node pods' serving certificate");
-            (issued.cert_pem, issued.key_pem, not_after)
-        } else {
-            (
-                text(&kept, tls::CERT_KEY).unwrap_or_default(),
-                text(&kept, tls::KEY_KEY).unwrap_or_default(),
-                kept_serving.and_then(|k| k.not_after_unix).unwrap_or(0),
-            )
-        };
-    Ok(ClusterTls {
-        ca_cert_pem: ca.cert_pem().to_string(),
-        ca_key_pem: ca.key_pem(),
-        cert_pem,
-        key_pem,
-        not_after_unix,
+    if !tls::needs_new_serving_cert(kept_serving.as_ref(), ca.cert_pem(), &names, now) {
+        return Ok(tls::ServingPair {
+            cert_pem: secret_text(&kept, tls::CERT_KEY).unwrap_or_default(),
+            key_pem: secret_text(&kept, tls::KEY_KEY).unwrap_or_default(),
+            not_after_unix: kept_serving.and_then(|k| k.not_after_unix).unwrap_or(0),
+            names,
+        });
+    }
+    let issued = ca
+        .issue(&names, crate::tls::SERVING_VALIDITY)
+        .map_err(|e| ReconcileError::Tls(format!("{secret_name}: {e}")))?;
+    tracing::info!(secret = secret_name, "issued a serving certificate");
+    Ok(tls::ServingPair {
+        cert_pem: issued.cert_pem,
+        key_pem: issued.key_pem,
+        not_after_unix: issued
+            .not_after
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        names,
     })
 }
 
@@ -564,9 +590,13 @@ pub async fn reconcile_cluster(
     )
     .await;
     apply_noting(&mut failures, applied, &secrets, &desired.node_token, true).await;
-    for secret in [&desired.ca_secret, &desired.node_tls_secret]
-        .into_iter()
-        .flatten()
+    for secret in [
+        &desired.ca_secret,
+        &desired.node_tls_secret,
+        &desired.gateway_tls_secret,
+    ]
+    .into_iter()
+    .flatten()
     {
         apply_noting(&mut failures, applied, &secrets, secret, true).await;
     }

@@ -76,23 +76,33 @@ pub struct StorageClusterSpec {
     /// the blobs are kept, repaired and counted all the same.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record_uploads: Option<bool>,
-    /// TLS between the gateway, the operator and node pods. Whether it is
+    /// TLS on the node API and on the gateway's API and S3. Whether it is
     /// enabled is fixed once the cluster is created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
 }
 
-/// TLS on the node API: node pods serve it with a certificate the operator
-/// issues from a CA of the cluster's own (kept in the Secret NAME-ca) and
-/// issues again 30 days before it expires (it is valid 90 days), without
-/// restarting pods; the gateway, the operator and the nodes' repairs check it.
-/// Metrics and probes stay plain HTTP on their own port.
+/// TLS on the node API and on the gateway's API and S3: node pods and
+/// gateway pods serve certificates the operator issues from a CA of the
+/// cluster's own (kept in the Secret NAME-ca; clients find its certificate
+/// as `ca.crt` in NAME-gateway-tls) and issues again 30 days before they
+/// expire (they are valid 90 days) or when the names they must cover
+/// change, without restarting pods; the gateway, the operator and the
+/// nodes' repairs check them. Metrics and probes stay plain HTTP on ports
+/// of their own.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct TlsSpec {
-    /// Serve the node API over TLS (default false).
+    /// Serve TLS (default false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
+    /// Further DNS names or IP addresses the gateway's certificate covers
+    /// (the Service's names, localhost for a port-forward and the S3
+    /// domain are always in it): the host of a LoadBalancer, or of an
+    /// Ingress passing TLS through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 50))]
+    pub gateway_names: Option<Vec<String>>,
 }
 
 /// The S3 endpoint of a cluster's gateway. The index is embedded (one file
@@ -145,9 +155,17 @@ pub struct S3Spec {
 }
 
 impl StorageClusterSpec {
-    /// Whether node pods serve their API over TLS.
+    /// Whether node pods and gateways serve TLS.
     pub fn tls_enabled(&self) -> bool {
         self.tls.as_ref().and_then(|t| t.enabled).unwrap_or(false)
+    }
+
+    /// The further names the gateway's certificate covers.
+    pub fn gateway_names(&self) -> &[String] {
+        self.tls
+            .as_ref()
+            .and_then(|t| t.gateway_names.as_deref())
+            .unwrap_or_default()
     }
 }
 

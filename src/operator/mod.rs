@@ -70,16 +70,20 @@ pub fn render_cluster(
             access_key: "placeholder-access-key".into(),
             secret_key: "placeholder-secret-key".into(),
         }),
-        tls: cluster
-            .spec
-            .tls_enabled()
-            .then(|| desired::tls::ClusterTls {
+        tls: cluster.spec.tls_enabled().then(|| {
+            let placeholder = |what: &str| desired::tls::ServingPair {
+                cert_pem: format!("placeholder-{what}-certificate"),
+                key_pem: format!("placeholder-{what}-key"),
+                not_after_unix: 0,
+                names: Vec::new(),
+            };
+            desired::tls::ClusterTls {
                 ca_cert_pem: "placeholder-ca-certificate".into(),
                 ca_key_pem: "placeholder-ca-key".into(),
-                cert_pem: "placeholder-certificate".into(),
-                key_pem: "placeholder-key".into(),
-                not_after_unix: 0,
-            }),
+                nodes: placeholder("node"),
+                gateway: placeholder("gateway"),
+            }
+        }),
     };
     let objects = desired::desired_objects(&cluster, &assignment, settings, &credentials);
     let mut docs: Vec<String> = vec![
@@ -104,6 +108,7 @@ pub fn render_cluster(
         &objects.s3_credentials,
         &objects.ca_secret,
         &objects.node_tls_secret,
+        &objects.gateway_tls_secret,
     ]
     .into_iter()
     .flatten()

@@ -175,12 +175,8 @@ pub fn cluster_status(
                 tolerates: Some(tolerates_text(config.f(), hosts, domains, domain_noun)),
                 tolerated_host_losses: Some(hosts as u16),
                 tolerated_domain_losses: Some(domains as u16),
-                s3_endpoint: super::desired::s3::enabled(cluster).map(|_| {
-                    super::desired::s3::s3_endpoint(
-                        cluster.metadata.name.as_deref().unwrap_or_default(),
-                        cluster.metadata.namespace.as_deref().unwrap_or("default"),
-                    )
-                }),
+                s3_endpoint: super::desired::s3::enabled(cluster)
+                    .map(|_| super::desired::s3::s3_endpoint(cluster)),
                 shard_assignment: assignment
                     .iter()
                     .map(|(shard, node)| ShardAssignment { shard: *shard, node: node.clone() })

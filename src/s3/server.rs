@@ -102,6 +102,17 @@ impl S3Server {
         self.listener.local_addr().expect("bound listener")
     }
 
+    /// Its URL: `https://` when the gateway serves TLS (S3 then serves the
+    /// gateway's certificate too).
+    pub fn url(&self) -> String {
+        let scheme = if self.front.door.tls().is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.local_addr())
+    }
+
     /// Serves until `shutdown` completes; the collector runs meanwhile.
     pub async fn serve(
         self,
@@ -136,27 +147,55 @@ impl S3Server {
                 .clone()
                 .refresh_forever(self.config.keys_reload_every),
         );
-        let http = Builder::new(TokioExecutor::new());
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                accepted = self.listener.accept() => {
-                    let Ok((socket, _)) = accepted else { continue };
-                    let connection = http
-                        .serve_connection(TokioIo::new(socket), service.clone())
-                        .into_owned();
-                    tokio::spawn(async move {
-                        if let Err(e) = connection.await {
-                            tracing::debug!("S3 connection ended: {e}");
-                        }
-                    });
-                }
+        let served = match self.front.door.tls() {
+            Some(tls) => {
+                let failures = self.front.door.metrics().tls_handshake_failures.clone();
+                crate::tls::serve_tls(self.listener, service, tls, Some(failures), shutdown).await
             }
-        }
+            None => {
+                serve_plain(self.listener, service, shutdown).await;
+                Ok(())
+            }
+        };
         collector.abort();
         key_reloads.abort();
-        Ok(())
+        Ok(served?)
+    }
+}
+
+/// Serves `service` over plain HTTP on `listener` until `shutdown`.
+async fn serve_plain<S, B>(
+    listener: TcpListener,
+    service: S,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) where
+    S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let http = Builder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let Ok((socket, _)) = accepted else { continue };
+                let connection = http
+                    .serve_connection(TokioIo::new(socket), service.clone())
+                    .into_owned();
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!("S3 connection ended: {e}");
+                    }
+                });
+            }
+        }
     }
 }
 

@@ -1,9 +1,11 @@
-//! Serving a router over plain HTTP or over TLS, until a shutdown signal.
+//! Serving a router (or any HTTP service) over plain HTTP or over TLS,
+//! until a shutdown signal.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -48,6 +50,37 @@ pub async fn serve(
             .with_graceful_shutdown(shutdown)
             .await;
     };
+    serve_tls(
+        listener,
+        TowerToHyperService::new(router),
+        tls,
+        handshake_failures,
+        shutdown,
+    )
+    .await
+}
+
+/// Serves `service` over TLS with `tls` on `listener` until `shutdown`
+/// completes, then waits at most `SHUTDOWN_GRACE` for the requests in
+/// progress. Failed handshakes are counted in `handshake_failures`.
+pub async fn serve_tls<S, B>(
+    listener: TcpListener,
+    service: S,
+    tls: Arc<ServingCert>,
+    handshake_failures: Option<prometheus::IntCounter>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let acceptor = TlsAcceptor::from(tls.server_config());
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -67,7 +100,7 @@ pub async fn serve(
                 };
                 let _ = socket.set_nodelay(true);
                 let acceptor = acceptor.clone();
-                let service = TowerToHyperService::new(router.clone());
+                let service = service.clone();
                 let watcher = graceful.watcher();
                 let failures = handshake_failures.clone();
                 tokio::spawn(async move {

@@ -130,9 +130,12 @@ impl ServingCert {
         Ok(true)
     }
 
-    /// Reads the files again every `period` while anyone holds this.
-    pub fn watch(self: &Arc<Self>, period: Duration) {
+    /// Reads the files again every `period` while anyone holds this,
+    /// keeping `expiry` at the expiry of the certificate served (Unix
+    /// seconds).
+    pub fn watch(self: &Arc<Self>, period: Duration, expiry: prometheus::IntGauge) {
         let this = Arc::downgrade(self);
+        expiry.set(self.not_after_unix().unwrap_or(0));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             tick.tick().await;
@@ -141,7 +144,9 @@ impl ServingCert {
                 let Some(serving) = this.upgrade() else {
                     return;
                 };
-                match serving.refresh() {
+                let refreshed = serving.refresh();
+                expiry.set(serving.not_after_unix().unwrap_or(0));
+                match refreshed {
                     Ok(true) => tracing::info!(
                         cert = %serving.cert_path.display(),
                         "serving the renewed certificate"

@@ -130,8 +130,13 @@ impl DevFleet {
         // Keep reading, so the fleet never writes into a closed pipe.
         std::thread::spawn(move || lines.for_each(drop));
         let gateway = gateway.expect("redstuff dev printed its gateway");
-        let http = redstuff::dev::authorized_client(&dir.path().join("fleet").join("token"))
-            .expect("the fleet wrote its user token");
+        let fleet_dir = dir.path().join("fleet");
+        let ca = fleet_dir.join("tls").join("ca.crt");
+        let http = redstuff::dev::authorized_client(
+            &fleet_dir.join("token"),
+            extra.contains(&"--tls").then_some(ca.as_path()),
+        )
+        .expect("the fleet wrote its user token");
         Self {
             child,
             gateway,

@@ -98,10 +98,11 @@ pub async fn becomes_ready(e2e: &E2e) -> anyhow::Result<()> {
     serves_tls(e2e).await
 }
 
-/// The node API is TLS with the cluster's CA: the fleet map names
-/// `https://` URLs, the serving certificate's Secret carries that CA, a
-/// node pod shows a certificate it signed for its DNS name, and the spec's
-/// `tls` cannot be turned off.
+/// The node API and the gateway are TLS with the cluster's CA: the fleet
+/// map names `https://` URLs, the serving certificates' Secrets carry that
+/// CA, a node pod shows a certificate it signed for its DNS name, the
+/// gateway one for its Service's, and the spec's `tls` cannot be turned
+/// off.
 async fn serves_tls(e2e: &E2e) -> anyhow::Result<()> {
     let config = e2e
         .get("configmap", "e2e-shards", NS)?
@@ -144,6 +145,30 @@ async fn serves_tls(e2e: &E2e) -> anyhow::Result<()> {
     anyhow::ensure!(
         untrusting.get(&healthz).send().await.is_err(),
         "a client without the cluster's CA was answered"
+    );
+    drop(forward);
+
+    // The gateway serves https too, with a certificate of its own from the
+    // same CA, for its Service's name; its probes and metrics stay plain
+    // on their own port (the kubelet found it ready through them).
+    let gateway_secret = e2e
+        .get("secret", "e2e-gateway-tls", NS)?
+        .ok_or_else(|| anyhow::anyhow!("no e2e-gateway-tls Secret"))?;
+    anyhow::ensure!(gateway_secret["data"]["ca.crt"] == ca_secret["data"]["ca.crt"]);
+    anyhow::ensure!(gateway_secret["data"]["tls.key"] != secret["data"]["tls.key"]);
+    let forward = e2e.port_forward(NS, "e2e-gateway", 7700)?;
+    let service = format!("e2e-gateway.{NS}.svc");
+    let addr: std::net::SocketAddr = forward.url.trim_start_matches("http://").parse()?;
+    let trusting = redstuff::http::client_builder_trusting(Some(&ca))
+        .resolve(&service, addr)
+        .build()?;
+    let healthz = format!("https://{service}:{}/healthz", addr.port());
+    let answer = trusting.get(&healthz).send().await?;
+    anyhow::ensure!(answer.status() == 200, "gateway: {}", answer.status());
+    let plain = format!("http://{service}:{}/healthz", addr.port());
+    anyhow::ensure!(
+        trusting.get(&plain).send().await.is_err(),
+        "the gateway answered plain HTTP on its API port"
     );
     drop(forward);
 

@@ -211,14 +211,28 @@ impl E2e {
             reqwest::header::AUTHORIZATION,
             format!("Bearer {token}").parse()?,
         );
-        let http = redstuff::http::client_builder()
+        // A gateway serving TLS: trust the CA its Secret names, and call it
+        // by https (its certificate covers 127.0.0.1 for a port-forward).
+        let ca = match self.get("secret", &format!("{name}-gateway-tls"), NS)? {
+            Some(secret) => {
+                let pem = base64::engine::general_purpose::STANDARD
+                    .decode(secret["data"]["ca.crt"].as_str().unwrap_or_default())?;
+                Some(redstuff::tls::TrustedCa::from_pem(
+                    std::path::Path::new("the gateway's Secret"),
+                    &pem,
+                )?)
+            }
+            None => None,
+        };
+        let http = redstuff::http::client_builder_trusting(ca.as_ref())
             .default_headers(headers)
             .timeout(Duration::from_secs(60))
             .build()?;
-        Ok((
-            self.port_forward(NS, &format!("{name}-gateway"), 7700)?,
-            http,
-        ))
+        let mut forward = self.port_forward(NS, &format!("{name}-gateway"), 7700)?;
+        if ca.is_some() {
+            forward.url = forward.url.replacen("http://", "https://", 1);
+        }
+        Ok((forward, http))
     }
 
     /// The StorageCluster `name`'s status.

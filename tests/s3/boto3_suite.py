@@ -125,10 +125,25 @@ def checksums_and_credentials():
 
 
 def trailers():
-    """botocore sends checksums in aws-chunked trailers only over TLS; this
-    endpoint is plain HTTP, so the checksum is moved to the trailer by hand,
-    exactly where botocore itself would put it over TLS."""
+    """botocore sends checksums in aws-chunked trailers only over TLS; on a
+    plain HTTP endpoint the checksum is moved to the trailer by hand,
+    exactly where botocore itself puts it over TLS (checked when the
+    endpoint is https)."""
     import botocore.httpchecksum as httpchecksum
+
+    if ENDPOINT.startswith("https://"):
+        sent = {}
+        plain = client()
+        plain.meta.events.register("before-send.s3.PutObject",
+                                   lambda request, **_: sent.update(request.headers))
+        body = os.urandom(200_000)
+        plain.put_object(Bucket=BUCKET, Key="https-default", Body=body)
+        check("over TLS botocore itself sends an unsigned aws-chunked body with a trailing checksum",
+              sent.get("X-Amz-Content-SHA256") == b"STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+              and b"aws-chunked" in sent.get("Content-Encoding", b"")
+              and sent.get("X-Amz-Trailer", b"").startswith(b"x-amz-checksum-"), sent)
+        check("and the object reads back whole",
+              s3.get_object(Bucket=BUCKET, Key="https-default")["Body"].read() == body)
 
     def to_trailer(params, **_):
         algorithm = params.get("context", {}).get("checksum", {}).get("request_algorithm")

@@ -614,7 +614,7 @@ pub async fn run(options: &FaultRunOptions, log: impl Fn(&str)) -> anyhow::Resul
         .await
         .map_err(|_| anyhow::anyhow!("the fleet did not start"))?;
     let run = Arc::new(Run {
-        http: crate::dev::authorized_client(&token)?,
+        http: crate::dev::authorized_client(&token, None)?,
         gateway,
         start: Instant::now(),
         ops: Mutex::new(Vec::new()),

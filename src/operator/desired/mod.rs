@@ -45,6 +45,8 @@ pub const NODE_PORT: i32 = 7800;
 pub const NODE_METRICS_PORT: i32 = 7801;
 /// Port of the gateway.
 pub const GATEWAY_PORT: i32 = 7700;
+/// Port of a gateway pod's metrics and probes (plain HTTP, no token needed).
+pub const GATEWAY_METRICS_PORT: i32 = 7701;
 /// Default topology key for spreading node pods.
 pub const DEFAULT_TOPOLOGY_KEY: &str = "topology.kubernetes.io/zone";
 /// The label every Kubernetes node carries with its own name.
@@ -121,6 +123,8 @@ pub struct DesiredObjects {
     pub ca_secret: Option<Secret>,
     /// With TLS: the nodes' serving certificate and the CA's certificate.
     pub node_tls_secret: Option<Secret>,
+    /// With TLS: the gateway's serving certificate and the CA's certificate.
+    pub gateway_tls_secret: Option<Secret>,
     /// At most one node pod voluntarily down at a time.
     pub disruption_budget: PodDisruptionBudget,
 }
@@ -502,6 +506,12 @@ pub fn desired_objects(
     };
 
     let gateway_labels = labels(&name, "gateway");
+    // The API port's name says its protocol (service meshes read it).
+    let gateway_port_name = if credentials.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let mut gateway = Deployment {
         metadata: meta(cluster, format!("{name}-gateway"), "gateway"),
         spec: DeploymentSpec {
@@ -532,15 +542,24 @@ pub fn desired_objects(
                             format!("{CLUSTER_TOKEN_DIR}/{TOKEN_KEY}"),
                             "--user-tokens-file".into(),
                             format!("{USER_TOKENS_DIR}/{TOKEN_KEY}"),
+                            "--metrics-listen".into(),
+                            format!("[::]:{GATEWAY_METRICS_PORT}"),
                         ]),
-                        ports: Some(vec![ContainerPort {
-                            name: Some("http".into()),
-                            container_port: GATEWAY_PORT,
-                            ..ContainerPort::default()
-                        }]),
-                        readiness_probe: Some(http_probe("/readyz", GATEWAY_PORT)),
-                        liveness_probe: Some(http_probe("/healthz", GATEWAY_PORT)),
-                        startup_probe: Some(startup_probe("/healthz", GATEWAY_PORT)),
+                        ports: Some(vec![
+                            ContainerPort {
+                                name: Some(gateway_port_name.into()),
+                                container_port: GATEWAY_PORT,
+                                ..ContainerPort::default()
+                            },
+                            ContainerPort {
+                                name: Some("metrics".into()),
+                                container_port: GATEWAY_METRICS_PORT,
+                                ..ContainerPort::default()
+                            },
+                        ]),
+                        readiness_probe: Some(http_probe("/readyz", GATEWAY_METRICS_PORT)),
+                        liveness_probe: Some(http_probe("/healthz", GATEWAY_METRICS_PORT)),
+                        startup_probe: Some(startup_probe("/healthz", GATEWAY_METRICS_PORT)),
                         security_context: Some(restricted_security_context()),
                         volume_mounts: Some(vec![
                             VolumeMount {
@@ -588,16 +607,16 @@ pub fn desired_objects(
         spec: Some(ServiceSpec {
             selector: Some(selector(&name, "gateway")),
             ports: Some(vec![ServicePort {
-                name: Some("http".into()),
+                name: Some(gateway_port_name.into()),
                 port: GATEWAY_PORT,
-                target_port: Some(IntOrString::String("http".into())),
+                target_port: Some(IntOrString::String(gateway_port_name.into())),
                 ..ServicePort::default()
             }]),
             ..ServiceSpec::default()
         }),
         ..Service::default()
     };
-    let (mut ca_secret, mut node_tls_secret) = (None, None);
+    let (mut ca_secret, mut node_tls_secret, mut gateway_tls_secret) = (None, None, None);
     if let Some(material) = &credentials.tls {
         let template = &mut gateway.spec.template;
         tls::add_to_gateway_pod(template.spec.as_mut().expect("built above"), &name);
@@ -608,6 +627,7 @@ pub fn desired_objects(
             &material.ca_key_pem,
         ));
         node_tls_secret = Some(tls::node_tls_secret(cluster, &name, material));
+        gateway_tls_secret = Some(tls::gateway_tls_secret(cluster, &name, material));
     }
     let (mut s3_index_claim, mut s3_credentials) = (None, None);
     if let Some(settings) = s3::enabled(cluster) {
@@ -658,6 +678,7 @@ pub fn desired_objects(
         s3_credentials,
         ca_secret,
         node_tls_secret,
+        gateway_tls_secret,
         disruption_budget,
     }
 }

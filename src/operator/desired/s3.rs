@@ -51,9 +51,17 @@ pub fn s3_index_claim(cluster: &str) -> String {
     format!("{cluster}-s3-index")
 }
 
-/// The endpoint inside the Kubernetes cluster.
-pub fn s3_endpoint(cluster: &str, namespace: &str) -> String {
-    format!("http://{cluster}-gateway.{namespace}.svc:{S3_PORT}")
+/// The endpoint of `cluster` inside the Kubernetes cluster: `https://`
+/// when its gateway serves TLS.
+pub fn s3_endpoint(cluster: &StorageCluster) -> String {
+    let name = cluster.metadata.name.as_deref().unwrap_or_default();
+    let namespace = cluster.metadata.namespace.as_deref().unwrap_or("default");
+    let scheme = if cluster.spec.tls_enabled() {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://{name}-gateway.{namespace}.svc:{S3_PORT}")
 }
 
 /// The Secret with the access key, when the operator makes it (the spec

@@ -391,14 +391,20 @@ fn s3_adds_its_port_index_claim_and_keys_to_a_gateway_recreated_never_rolled() {
 fn with_tls(c: &mut StorageCluster) -> Credentials {
     c.spec.tls = Some(crate::operator::crd::TlsSpec {
         enabled: Some(true),
+        gateway_names: None,
     });
+    let pair = |what: &str, names: Vec<String>| tls::ServingPair {
+        cert_pem: format!("{what} CERT"),
+        key_pem: format!("{what} KEY"),
+        not_after_unix: 1_900_000_000,
+        names,
+    };
     Credentials {
         tls: Some(tls::ClusterTls {
             ca_cert_pem: "CA CERT".into(),
             ca_key_pem: "CA KEY".into(),
-            cert_pem: "CERT".into(),
-            key_pem: "KEY".into(),
-            not_after_unix: 1_900_000_000,
+            nodes: pair("NODE", tls::node_serving_names("media", "storage")),
+            gateway: pair("GATEWAY", tls::gateway_serving_names(c, "storage")),
         }),
         ..credentials()
     }
@@ -434,7 +440,8 @@ fn mounts_and_volumes(spec: &PodSpec) -> (Vec<String>, Vec<SecretVolume>) {
 }
 
 #[test]
-fn with_tls_nodes_serve_the_secrets_certificate_and_everyone_calls_them_by_https_trusting_the_ca() {
+fn with_tls_nodes_and_the_gateway_serve_certificates_of_their_own_and_everyone_calls_them_by_https_trusting_the_ca(
+) {
     let mut c = cluster(7, 7, Some("1Gi"));
     let credentials = with_tls(&mut c);
     let objects = desired_objects(
@@ -462,25 +469,79 @@ fn with_tls_nodes_serve_the_secrets_certificate_and_everyone_calls_them_by_https
     assert!(mounts.contains(&"tls:/etc/redstuff/tls".to_string()));
     assert!(volumes.contains(&("media-node-tls".to_string(), None)));
 
-    // The gateway gets the CA's certificate only, never the nodes' key.
+    // The gateway serves a certificate of its own, never the nodes' key,
+    // and trusts the same CA.
     let gateway = objects.gateway.spec.template.spec.as_ref().unwrap();
     let args = gateway.containers[0].args.as_ref().unwrap().join(" ");
-    assert!(args.contains("--tls-ca /etc/redstuff/tls/ca.crt"), "{args}");
-    assert!(!args.contains("--tls-key"), "{args}");
-    let (_, volumes) = mounts_and_volumes(gateway);
-    assert!(volumes.contains(&(
-        "media-node-tls".to_string(),
-        Some(vec!["ca.crt".to_string()])
-    )));
-
-    let serving = objects.node_tls_secret.as_ref().unwrap();
-    assert_eq!(serving.type_.as_deref(), Some("kubernetes.io/tls"));
-    let keys: Vec<&String> = serving.data.as_ref().unwrap().keys().collect();
-    assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"]);
-    assert_eq!(
-        serving.metadata.annotations.as_ref().unwrap()[tls::NOT_AFTER_ANNOTATION],
-        "1900000000"
+    assert!(
+        args.contains("--tls-cert /etc/redstuff/tls/tls.crt --tls-key /etc/redstuff/tls/tls.key --tls-ca /etc/redstuff/tls/ca.crt"),
+        "{args}"
     );
+    let (_, volumes) = mounts_and_volumes(gateway);
+    assert!(volumes.contains(&("media-gateway-tls".to_string(), None)));
+    assert!(volumes.iter().all(|(secret, _)| secret != "media-node-tls"));
+
+    for (serving, cert, names) in [
+        (
+            objects.node_tls_secret.as_ref().unwrap(),
+            "NODE CERT",
+            "*.media-nodes.storage.svc",
+        ),
+        (
+            objects.gateway_tls_secret.as_ref().unwrap(),
+            "GATEWAY CERT",
+            "media-gateway.storage.svc",
+        ),
+    ] {
+        assert_eq!(serving.type_.as_deref(), Some("kubernetes.io/tls"));
+        let data = serving.data.as_ref().unwrap();
+        let keys: Vec<&String> = data.keys().collect();
+        assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"]);
+        assert_eq!(data["tls.crt"].0, cert.as_bytes());
+        assert_eq!(data["ca.crt"].0, b"CA CERT");
+        let annotations = serving.metadata.annotations.as_ref().unwrap();
+        assert_eq!(annotations[tls::NOT_AFTER_ANNOTATION], "1900000000");
+        assert!(annotations[tls::NAMES_ANNOTATION].starts_with(names));
+    }
+
+    // The API port says https; probes and metrics stay on a plain port.
+    let container = &gateway.containers[0];
+    let ports: Vec<(String, i32)> = container
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.name.clone().unwrap(), p.container_port))
+        .collect();
+    assert_eq!(
+        ports,
+        [("https".to_string(), 7700), ("metrics".to_string(), 7701)]
+    );
+    let probe_port = |probe: &Option<k8s_openapi::api::core::v1::Probe>| {
+        let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        (get.port.clone(), get.scheme.clone())
+    };
+    for probe in [
+        &container.readiness_probe,
+        &container.liveness_probe,
+        &container.startup_probe,
+    ] {
+        assert_eq!(
+            probe_port(probe),
+            (
+                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(7701),
+                None
+            )
+        );
+    }
+    let service_port = &objects
+        .gateway_service
+        .spec
+        .as_ref()
+        .unwrap()
+        .ports
+        .as_ref()
+        .unwrap()[0];
+    assert_eq!(service_port.name.as_deref(), Some("https"));
     let ca = objects.ca_secret.as_ref().unwrap();
     let keys: Vec<&String> = ca.data.as_ref().unwrap().keys().collect();
     assert_eq!(keys, ["ca.crt", "ca.key"]);
@@ -510,7 +571,11 @@ fn without_tls_nodes_are_called_by_plain_http_and_no_tls_secret_exists() {
     let map: FleetMap =
         serde_json::from_str(&objects.shards_config.data.as_ref().unwrap()["fleet.json"]).unwrap();
     assert!(map.nodes.iter().all(|n| n.url.starts_with("http://")));
-    assert!(objects.ca_secret.is_none() && objects.node_tls_secret.is_none());
+    assert!(
+        objects.ca_secret.is_none()
+            && objects.node_tls_secret.is_none()
+            && objects.gateway_tls_secret.is_none()
+    );
     let args = objects.node_pods[0].spec.as_ref().unwrap().containers[0]
         .args
         .as_ref()
@@ -525,12 +590,15 @@ fn a_renewed_serving_certificate_changes_no_pod_so_nothing_is_rolled() {
     let first = with_tls(&mut c);
     let mut renewed = first.clone();
     let material = renewed.tls.as_mut().unwrap();
-    material.cert_pem = "RENEWED CERT".into();
-    material.key_pem = "RENEWED KEY".into();
-    material.not_after_unix += 90 * 24 * 3600;
+    for pair in [&mut material.nodes, &mut material.gateway] {
+        pair.cert_pem = "RENEWED CERT".into();
+        pair.key_pem = "RENEWED KEY".into();
+        pair.not_after_unix += 90 * 24 * 3600;
+    }
     let before = desired_objects(&c, &assignment(&c), &operator("redstuff:test"), &first);
     let after = desired_objects(&c, &assignment(&c), &operator("redstuff:test"), &renewed);
     assert_eq!(before.node_pods, after.node_pods);
     assert_eq!(before.gateway, after.gateway);
     assert_ne!(before.node_tls_secret, after.node_tls_secret);
+    assert_ne!(before.gateway_tls_secret, after.gateway_tls_secret);
 }

@@ -1,13 +1,14 @@
-//! TLS on a cluster's node API (`spec.tls.enabled`): the Secrets holding
-//! its CA (NAME-ca, read by the operator only) and the nodes' serving
-//! certificate (NAME-node-tls, mounted into node pods; its `ca.crt` alone
-//! into gateway pods), what pods get to use them, and when the serving
-//! certificate is issued again.
+//! TLS of a cluster (`spec.tls.enabled`): the Secrets holding its CA
+//! (NAME-ca, read by the operator only), the nodes' serving certificate
+//! (NAME-node-tls, mounted into node pods) and the gateway's
+//! (NAME-gateway-tls, mounted into gateway pods, its `ca.crt` what
+//! clients trust), the names each covers, what pods get to use them, and
+//! when a serving certificate is issued again.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{KeyToPath, PodSpec, Secret, SecretVolumeSource, Volume};
+use k8s_openapi::api::core::v1::{PodSpec, Secret, SecretVolumeSource, Volume};
 use k8s_openapi::ByteString;
 
 use super::{meta, token_mount};
@@ -15,18 +16,34 @@ use crate::operator::crd::StorageCluster;
 
 /// Where the TLS Secret is mounted in node and gateway pods.
 pub const TLS_DIR: &str = "/etc/redstuff/tls";
-/// The CA's certificate, in both Secrets.
+/// The CA's certificate, in every Secret.
 pub const CA_CERT_KEY: &str = "ca.crt";
 /// The CA's key, in the CA Secret.
 pub const CA_KEY_KEY: &str = "ca.key";
-/// The serving certificate, in the nodes' Secret.
+/// The serving certificate, in a serving Secret.
 pub const CERT_KEY: &str = "tls.crt";
 /// Its key.
 pub const KEY_KEY: &str = "tls.key";
 /// When the serving certificate expires (Unix seconds), on its Secret.
 pub const NOT_AFTER_ANNOTATION: &str = "redstuff.dev/not-after";
+/// The names the serving certificate covers (comma-separated), on its
+/// Secret.
+pub const NAMES_ANNOTATION: &str = "redstuff.dev/names";
 /// A serving certificate is issued again this long before it expires.
 pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A serving certificate and its key, as issued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServingPair {
+    /// The certificate (PEM).
+    pub cert_pem: String,
+    /// Its key (PEM).
+    pub key_pem: String,
+    /// When it expires, in Unix seconds.
+    pub not_after_unix: u64,
+    /// The names it covers.
+    pub names: Vec<String>,
+}
 
 /// The TLS material of a cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,12 +52,10 @@ pub struct ClusterTls {
     pub ca_cert_pem: String,
     /// The CA's key (PEM).
     pub ca_key_pem: String,
-    /// The nodes' serving certificate (PEM).
-    pub cert_pem: String,
-    /// Its key (PEM).
-    pub key_pem: String,
-    /// When it expires, in Unix seconds.
-    pub not_after_unix: u64,
+    /// What node pods serve.
+    pub nodes: ServingPair,
+    /// What gateway pods serve (the native API and S3).
+    pub gateway: ServingPair,
 }
 
 /// A serving certificate as its Secret holds it.
@@ -50,22 +65,27 @@ pub struct KeptServingCert {
     pub ca_cert_pem: String,
     /// When it expires, from the Secret's annotation.
     pub not_after_unix: Option<u64>,
+    /// The names it covers, from the Secret's annotation.
+    pub names: Option<String>,
     /// Whether it holds both a certificate and a key.
     pub complete: bool,
 }
 
-/// Whether the nodes need a new serving certificate: none kept, one
-/// incomplete or from another CA, or one expiring within `RENEW_BEFORE`.
+/// Whether a new serving certificate for `names` is needed: none kept, one
+/// incomplete, from another CA or for other names, or one expiring within
+/// `RENEW_BEFORE`.
 pub fn needs_new_serving_cert(
     kept: Option<&KeptServingCert>,
     ca_cert_pem: &str,
+    names: &[String],
     now_unix: u64,
 ) -> bool {
     let Some(kept) = kept else { return true };
     let expiring = kept
         .not_after_unix
         .is_none_or(|at| at < now_unix.saturating_add(RENEW_BEFORE.as_secs()));
-    !kept.complete || kept.ca_cert_pem != ca_cert_pem || expiring
+    let other_names = kept.names.as_deref() != Some(names.join(",").as_str());
+    !kept.complete || kept.ca_cert_pem != ca_cert_pem || other_names || expiring
 }
 
 /// Name of the CA Secret of `cluster`.
@@ -78,13 +98,43 @@ pub fn node_tls_secret_name(cluster: &str) -> String {
     format!("{cluster}-node-tls")
 }
 
-/// The names the serving certificate covers: every node pod's DNS name
+/// Name of the gateway's serving-certificate Secret of `cluster`.
+pub fn gateway_tls_secret_name(cluster: &str) -> String {
+    format!("{cluster}-gateway-tls")
+}
+
+/// The names the nodes' certificate covers: every node pod's DNS name
 /// under the headless Service.
-pub fn serving_names(cluster: &str, namespace: &str) -> Vec<String> {
+pub fn node_serving_names(cluster: &str, namespace: &str) -> Vec<String> {
     vec![
         format!("*.{cluster}-nodes.{namespace}.svc"),
         format!("*.{cluster}-nodes.{namespace}.svc.cluster.local"),
     ]
+}
+
+/// The names the gateway's certificate covers: its Service's names, the
+/// loopback names a `kubectl port-forward` is reached by, the S3 domain
+/// (and its buckets' names under it) and the spec's further names, without
+/// repeats.
+pub fn gateway_serving_names(cluster: &StorageCluster, namespace: &str) -> Vec<String> {
+    let name = cluster.metadata.name.clone().unwrap_or_default();
+    let service = format!("{name}-gateway");
+    let mut names = vec![
+        format!("{service}.{namespace}.svc"),
+        format!("{service}.{namespace}.svc.cluster.local"),
+        format!("{service}.{namespace}"),
+        service,
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+    ];
+    if let Some(domain) = super::s3::enabled(cluster).and_then(|s3| s3.domain.as_deref()) {
+        names.push(domain.to_string());
+        names.push(format!("*.{domain}"));
+    }
+    names.extend(cluster.spec.gateway_names().iter().cloned());
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| !n.is_empty() && seen.insert(n.clone()));
+    names
 }
 
 fn secret_data(entries: [(&str, &str); 3]) -> BTreeMap<String, ByteString> {
@@ -114,73 +164,92 @@ pub fn ca_secret(
     }
 }
 
-/// The nodes' serving-certificate Secret, with the CA's certificate.
-pub fn node_tls_secret(cluster: &StorageCluster, name: &str, tls: &ClusterTls) -> Secret {
-    let mut metadata = meta(cluster, node_tls_secret_name(name), "node");
-    metadata.annotations = Some(BTreeMap::from([(
-        NOT_AFTER_ANNOTATION.to_string(),
-        tls.not_after_unix.to_string(),
-    )]));
+fn serving_secret(
+    cluster: &StorageCluster,
+    secret_name: String,
+    component: &str,
+    ca_cert_pem: &str,
+    pair: &ServingPair,
+) -> Secret {
+    let mut metadata = meta(cluster, secret_name, component);
+    metadata.annotations = Some(BTreeMap::from([
+        (
+            NOT_AFTER_ANNOTATION.to_string(),
+            pair.not_after_unix.to_string(),
+        ),
+        (NAMES_ANNOTATION.to_string(), pair.names.join(",")),
+    ]));
     Secret {
         metadata,
         type_: Some("kubernetes.io/tls".into()),
         data: Some(secret_data([
-            (CA_CERT_KEY, &tls.ca_cert_pem),
-            (CERT_KEY, &tls.cert_pem),
-            (KEY_KEY, &tls.key_pem),
+            (CA_CERT_KEY, ca_cert_pem),
+            (CERT_KEY, &pair.cert_pem),
+            (KEY_KEY, &pair.key_pem),
         ])),
         ..Secret::default()
     }
 }
 
-fn tls_volume(name: &str, items: Option<Vec<KeyToPath>>) -> Volume {
-    Volume {
-        name: "tls".into(),
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(node_tls_secret_name(name)),
-            default_mode: Some(0o440),
-            items,
-            ..SecretVolumeSource::default()
-        }),
-        ..Volume::default()
-    }
+/// The nodes' serving-certificate Secret, with the CA's certificate.
+pub fn node_tls_secret(cluster: &StorageCluster, name: &str, tls: &ClusterTls) -> Secret {
+    serving_secret(
+        cluster,
+        node_tls_secret_name(name),
+        "node",
+        &tls.ca_cert_pem,
+        &tls.nodes,
+    )
 }
 
-fn mount_into(spec: &mut PodSpec, volume: Volume, args: &[&str]) {
+/// The gateway's serving-certificate Secret, with the CA's certificate.
+pub fn gateway_tls_secret(cluster: &StorageCluster, name: &str, tls: &ClusterTls) -> Secret {
+    serving_secret(
+        cluster,
+        gateway_tls_secret_name(name),
+        "gateway",
+        &tls.ca_cert_pem,
+        &tls.gateway,
+    )
+}
+
+/// A pod serves the certificate of Secret `secret_name` and trusts its CA
+/// for calls to node pods.
+fn serve_from(spec: &mut PodSpec, secret_name: String) {
+    let cert = format!("{TLS_DIR}/{CERT_KEY}");
+    let key = format!("{TLS_DIR}/{KEY_KEY}");
+    let ca = format!("{TLS_DIR}/{CA_CERT_KEY}");
     let container = &mut spec.containers[0];
-    container
-        .args
-        .get_or_insert_with(Vec::new)
-        .extend(args.iter().map(|a| a.to_string()));
+    container.args.get_or_insert_with(Vec::new).extend(
+        ["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &ca]
+            .iter()
+            .map(|a| a.to_string()),
+    );
     container
         .volume_mounts
         .get_or_insert_with(Vec::new)
         .push(token_mount("tls", TLS_DIR));
-    spec.volumes.get_or_insert_with(Vec::new).push(volume);
+    spec.volumes.get_or_insert_with(Vec::new).push(Volume {
+        name: "tls".into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret_name),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    });
 }
 
-/// A node pod serves its API with the Secret's certificate and trusts its
+/// A node pod serves its API with the nodes' certificate and trusts the
 /// CA for calls to peers.
 pub fn add_to_node_pod(spec: &mut PodSpec, name: &str) {
-    let cert = format!("{TLS_DIR}/{CERT_KEY}");
-    let key = format!("{TLS_DIR}/{KEY_KEY}");
-    let ca = format!("{TLS_DIR}/{CA_CERT_KEY}");
-    mount_into(
-        spec,
-        tls_volume(name, None),
-        &["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &ca],
-    );
+    serve_from(spec, node_tls_secret_name(name));
 }
 
-/// A gateway pod trusts the CA (the only key of the Secret it mounts).
+/// A gateway pod serves its API and S3 with the gateway's certificate and
+/// trusts the CA for calls to node pods.
 pub fn add_to_gateway_pod(spec: &mut PodSpec, name: &str) {
-    let ca = format!("{TLS_DIR}/{CA_CERT_KEY}");
-    let items = vec![KeyToPath {
-        key: CA_CERT_KEY.into(),
-        path: CA_CERT_KEY.into(),
-        ..KeyToPath::default()
-    }];
-    mount_into(spec, tls_volume(name, Some(items)), &["--tls-ca", &ca]);
+    serve_from(spec, gateway_tls_secret_name(name));
 }
 
 #[cfg(test)]
@@ -189,10 +258,15 @@ mod tests {
 
     const DAY: u64 = 24 * 3600;
 
+    fn names() -> Vec<String> {
+        vec!["a.example".to_string(), "*.b.example".to_string()]
+    }
+
     fn kept(ca: &str, not_after: Option<u64>) -> KeptServingCert {
         KeptServingCert {
             ca_cert_pem: ca.into(),
             not_after_unix: not_after,
+            names: Some(names().join(",")),
             complete: true,
         }
     }
@@ -203,21 +277,25 @@ mod tests {
         assert!(!needs_new_serving_cert(
             Some(&kept("ca", Some(now + 89 * DAY))),
             "ca",
+            &names(),
             now
         ));
         assert!(!needs_new_serving_cert(
             Some(&kept("ca", Some(now + 30 * DAY))),
             "ca",
+            &names(),
             now
         ));
         assert!(needs_new_serving_cert(
             Some(&kept("ca", Some(now + 30 * DAY - 1))),
             "ca",
+            &names(),
             now
         ));
         assert!(needs_new_serving_cert(
             Some(&kept("ca", Some(now - DAY))),
             "ca",
+            &names(),
             now
         ));
     }
@@ -225,24 +303,35 @@ mod tests {
     #[test]
     fn a_serving_cert_is_issued_when_none_is_kept_or_it_is_incomplete_unknown_or_of_another_ca() {
         let now = 1_000 * DAY;
-        assert!(needs_new_serving_cert(None, "ca", now));
+        assert!(needs_new_serving_cert(None, "ca", &names(), now));
         assert!(needs_new_serving_cert(
             Some(&kept("old ca", Some(now + 80 * DAY))),
             "ca",
+            &names(),
             now
         ));
-        assert!(needs_new_serving_cert(Some(&kept("ca", None)), "ca", now));
+        assert!(needs_new_serving_cert(
+            Some(&kept("ca", None)),
+            "ca",
+            &names(),
+            now
+        ));
         let incomplete = KeptServingCert {
             complete: false,
             ..kept("ca", Some(now + 80 * DAY))
         };
-        assert!(needs_new_serving_cert(Some(&incomplete), "ca", now));
+        assert!(needs_new_serving_cert(
+            Some(&incomplete),
+            "ca",
+            &names(),
+            now
+        ));
     }
 
     #[test]
     fn the_serving_names_cover_every_node_pod_url() {
         let cluster = crate::operator::fixtures::cluster(7, 7, Some("1Gi"));
-        let names = serving_names("media", "storage");
+        let names = node_serving_names("media", "storage");
         for index in 0..7 {
             let url = super::super::node_url(&cluster, index);
             let host = url
@@ -254,5 +343,58 @@ mod tests {
             let (_, parent) = host.split_once('.').unwrap();
             assert!(names.contains(&format!("*.{parent}")), "{host} {names:?}");
         }
+    }
+
+    #[test]
+    fn a_serving_cert_is_issued_again_when_the_names_it_must_cover_change() {
+        let now = 1_000 * DAY;
+        let fine = kept("ca", Some(now + 80 * DAY));
+        assert!(!needs_new_serving_cert(Some(&fine), "ca", &names(), now));
+        let fewer = vec!["a.example".to_string()];
+        assert!(needs_new_serving_cert(Some(&fine), "ca", &fewer, now));
+        let unknown = KeptServingCert {
+            names: None,
+            ..fine
+        };
+        assert!(needs_new_serving_cert(Some(&unknown), "ca", &names(), now));
+    }
+
+    #[test]
+    fn the_gateway_cert_covers_its_service_a_port_forward_the_s3_domain_and_the_names_asked_for() {
+        let mut cluster = crate::operator::fixtures::cluster(7, 7, Some("1Gi"));
+        cluster.metadata.name = Some("media".into());
+        cluster.spec.s3 = Some(crate::operator::crd::S3Spec {
+            domain: Some("s3.example.com".into()),
+            ..Default::default()
+        });
+        cluster.spec.tls = Some(crate::operator::crd::TlsSpec {
+            enabled: Some(true),
+            gateway_names: Some(vec!["objects.example.com".into(), "localhost".into()]),
+        });
+        let names = gateway_serving_names(&cluster, "storage");
+        for expected in [
+            "media-gateway",
+            "media-gateway.storage",
+            "media-gateway.storage.svc",
+            "media-gateway.storage.svc.cluster.local",
+            "localhost",
+            "127.0.0.1",
+            "s3.example.com",
+            "*.s3.example.com",
+            "objects.example.com",
+        ] {
+            assert!(
+                names.contains(&expected.to_string()),
+                "{expected}: {names:?}"
+            );
+        }
+        assert_eq!(names.len(), 9, "no name twice: {names:?}");
+        let gateway = crate::operator::context::Endpoints::default().gateway(&cluster);
+        let host = gateway
+            .trim_start_matches("https://")
+            .rsplit_once(':')
+            .unwrap()
+            .0;
+        assert!(names.contains(&host.to_string()), "{gateway}");
     }
 }
