@@ -151,16 +151,7 @@ async fn node_metric(addr: &str, ca: &LocalCa, name: &str) -> Option<f64> {
     let client = redstuff::http::client_builder_trusting(Some(&trusted))
         .build()
         .unwrap();
-    let text = client
-        .get(format!("https://{addr}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    metric_at(&client, &format!("https://{addr}"), name).await
 }
 
 const EXPIRY: &str = "redstuff_node_tls_certificate_expiry_timestamp_seconds";
@@ -385,8 +376,8 @@ fn cli(cwd: &Path, args: &[&str], token: &str) -> (bool, String, String) {
     )
 }
 
-/// A metric of the gateway at `url`, read with `http`.
-async fn gateway_metric(http: &reqwest::Client, url: &str, name: &str) -> Option<f64> {
+/// A metric of the server at `url`, read with `http`.
+async fn metric_at(http: &reqwest::Client, url: &str, name: &str) -> Option<f64> {
     let text = http
         .get(format!("{url}/metrics"))
         .send()
@@ -481,11 +472,11 @@ async fn a_tls_fleets_gateway_serves_https_to_clients_trusting_its_ca_only_and_a
         redstuff::dev::authorized_client(&fleet.data_dir().join("token"), Some(&ca_file)).unwrap();
     let expiry = "redstuff_gateway_tls_certificate_expiry_timestamp_seconds";
     let now = unix(std::time::SystemTime::now());
-    let served_expiry = gateway_metric(&trusting, &gateway, expiry).await.unwrap();
+    let served_expiry = metric_at(&trusting, &gateway, expiry).await.unwrap();
     assert!(served_expiry > now + 80.0 * 86400.0, "{served_expiry}");
     let failures = "redstuff_gateway_tls_handshake_failures_total";
     let start = Instant::now();
-    while gateway_metric(&trusting, &gateway, failures).await < Some(1.0) {
+    while metric_at(&trusting, &gateway, failures).await < Some(1.0) {
         assert!(start.elapsed() < Duration::from_secs(10), "not counted");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -508,7 +499,7 @@ async fn a_tls_fleets_gateway_serves_https_to_clients_trusting_its_ca_only_and_a
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let start = Instant::now();
-    while gateway_metric(&trusting, &gateway, expiry).await != Some(unix(renewed.not_after)) {
+    while metric_at(&trusting, &gateway, expiry).await != Some(unix(renewed.not_after)) {
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "expiry not exported"

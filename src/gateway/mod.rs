@@ -354,17 +354,15 @@ impl Gateway {
                 }
             });
         }
-        if let Some(tls) = &self.state.tls {
-            tls.watch(
-                crate::tls::TLS_RELOAD_PERIOD,
-                self.state.metrics.tls_certificate_expiry.clone(),
-            );
-        }
+        let metrics = crate::tls::TlsMetrics {
+            certificate_expiry: self.state.metrics.tls_certificate_expiry.clone(),
+            handshake_failures: self.state.metrics.tls_handshake_failures.clone(),
+        };
         crate::tls::serve(
             self.listener,
             self.router,
             self.state.tls.clone(),
-            Some(self.state.metrics.tls_handshake_failures.clone()),
+            metrics,
             shutdown,
         )
         .await?;

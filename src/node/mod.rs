@@ -208,20 +208,11 @@ impl Node {
                 }
             });
         }
-        if let Some(tls) = &self.tls {
-            tls.watch(
-                crate::tls::TLS_RELOAD_PERIOD,
-                self.state.metrics.tls_certificate_expiry.clone(),
-            );
-        }
-        crate::tls::serve(
-            self.listener,
-            self.router,
-            self.tls,
-            Some(self.state.metrics.tls_handshake_failures.clone()),
-            shutdown,
-        )
-        .await?;
+        let metrics = crate::tls::TlsMetrics {
+            certificate_expiry: self.state.metrics.tls_certificate_expiry.clone(),
+            handshake_failures: self.state.metrics.tls_handshake_failures.clone(),
+        };
+        crate::tls::serve(self.listener, self.router, self.tls, metrics, shutdown).await?;
         Ok(())
     }
 }

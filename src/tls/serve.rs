@@ -34,15 +34,25 @@ fn is_connection_error(e: &std::io::Error) -> bool {
     )
 }
 
+/// What a server serving TLS reports: when the certificate it serves
+/// expires, and how many handshakes failed.
+#[derive(Clone)]
+pub struct TlsMetrics {
+    /// Set to the expiry of the certificate served (Unix seconds).
+    pub certificate_expiry: prometheus::IntGauge,
+    /// Counts failed or timed-out handshakes.
+    pub handshake_failures: prometheus::IntCounter,
+}
+
 /// Serves `router` on `listener` until `shutdown` completes, then waits
 /// for the requests in progress (over TLS at most `SHUTDOWN_GRACE`): over
-/// TLS with `tls`, else plain HTTP. Failed handshakes are counted in
-/// `handshake_failures`.
+/// TLS with `tls`, its files read again every `TLS_RELOAD_PERIOD` while
+/// it serves, else plain HTTP.
 pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
     tls: Option<Arc<ServingCert>>,
-    handshake_failures: Option<prometheus::IntCounter>,
+    metrics: TlsMetrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let Some(tls) = tls else {
@@ -50,11 +60,12 @@ pub async fn serve(
             .with_graceful_shutdown(shutdown)
             .await;
     };
+    tls.watch(super::TLS_RELOAD_PERIOD, metrics.certificate_expiry);
     serve_tls(
         listener,
         TowerToHyperService::new(router),
         tls,
-        handshake_failures,
+        Some(metrics.handshake_failures),
         shutdown,
     )
     .await
