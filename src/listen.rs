@@ -22,6 +22,17 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     }
 }
 
+/// Serves `router` over plain HTTP on `listener` in a task of its own, for
+/// as long as the process runs (a metrics and probes port); a failure is
+/// logged.
+pub fn serve_metrics_in_background(listener: TcpListener, router: axum::Router) {
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::warn!("the metrics listener stopped: {e}");
+        }
+    });
+}
+
 fn no_ipv6(error: &std::io::Error) -> bool {
     matches!(
         error.raw_os_error(),

@@ -348,11 +348,7 @@ impl Gateway {
                 .route("/readyz", get(routes::readyz))
                 .route("/metrics", get(routes::metrics_text))
                 .with_state(self.state.clone());
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, router).await {
-                    tracing::warn!("the metrics listener stopped: {e}");
-                }
-            });
+            crate::listen::serve_metrics_in_background(listener, router);
         }
         let metrics = crate::tls::TlsMetrics {
             certificate_expiry: self.state.metrics.tls_certificate_expiry.clone(),

@@ -201,12 +201,10 @@ impl Node {
         }
         keep_house(self.state.clone(), self.housekeeping);
         if let Some(listener) = self.metrics_listener {
-            let router = api::open_router(self.state.clone());
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, router).await {
-                    tracing::warn!("the metrics listener stopped: {e}");
-                }
-            });
+            crate::listen::serve_metrics_in_background(
+                listener,
+                api::open_router(self.state.clone()),
+            );
         }
         let metrics = crate::tls::TlsMetrics {
             certificate_expiry: self.state.metrics.tls_certificate_expiry.clone(),
