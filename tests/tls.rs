@@ -513,7 +513,12 @@ async fn a_tls_fleets_gateway_serves_https_to_clients_trusting_its_ca_only_and_a
 fn a_gateway_serving_tls_keeps_probes_and_metrics_on_a_plain_port_without_a_token() {
     let dir = tempfile::tempdir().unwrap();
     let ca = LocalCa::generate("test").unwrap();
-    write_issued(&ca, dir.path());
+    // Named as the operator names a gateway: its Service first, then the
+    // loopback names of a port-forward.
+    let names = ["media-gateway.storage.svc", "localhost", "127.0.0.1"].map(String::from);
+    let issued = ca.issue(&names, SERVING_VALIDITY).unwrap();
+    std::fs::write(dir.path().join("tls.crt"), &issued.cert_pem).unwrap();
+    std::fs::write(dir.path().join("tls.key"), &issued.key_pem).unwrap();
     std::fs::write(dir.path().join("tokens"), "t\n").unwrap();
     std::fs::write(
         dir.path().join("fleet.json"),

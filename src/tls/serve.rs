@@ -19,8 +19,14 @@ use super::ServingCert;
 /// connects and says nothing holds no task past it).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a client may take to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client may take to send a request's headers, counted from
+/// the end of its previous request: also how long an idle keep-alive
+/// connection is kept (hyper's timer runs while it waits). Longer than
+/// clients keep idle connections (reqwest's and Go's pools 90 s), so a
+/// client closes an idle one before the server does and never sends a
+/// request on one the server is closing (through a kubectl port-forward
+/// the server's close is not seen until the next request).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How long a shutdown waits for the requests in progress.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);

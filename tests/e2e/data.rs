@@ -68,7 +68,9 @@ pub async fn put_and_get(e2e: &E2e) -> anyhow::Result<()> {
         .send()
         .await?;
     anyhow::ensure!(head.headers()["content-length"] == data.len().to_string().as_str());
-    let anonymous = redstuff::http::client()
+    let anonymous = e2e
+        .gateway_client_builder(CLUSTER)?
+        .build()?
         .put(format!("{}/v1/blobs", gateway.url))
         .body("x")
         .send()

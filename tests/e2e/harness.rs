@@ -211,28 +211,43 @@ impl E2e {
             reqwest::header::AUTHORIZATION,
             format!("Bearer {token}").parse()?,
         );
-        // A gateway serving TLS: trust the CA its Secret names, and call it
-        // by https (its certificate covers 127.0.0.1 for a port-forward).
-        let ca = match self.get("secret", &format!("{name}-gateway-tls"), NS)? {
-            Some(secret) => {
-                let pem = base64::engine::general_purpose::STANDARD
-                    .decode(secret["data"]["ca.crt"].as_str().unwrap_or_default())?;
-                Some(redstuff::tls::TrustedCa::from_pem(
-                    std::path::Path::new("the gateway's Secret"),
-                    &pem,
-                )?)
-            }
-            None => None,
-        };
-        let http = redstuff::http::client_builder_trusting(ca.as_ref())
+        let http = self
+            .gateway_client_builder(name)?
             .default_headers(headers)
             .timeout(Duration::from_secs(60))
             .build()?;
         let mut forward = self.port_forward(NS, &format!("{name}-gateway"), 7700)?;
-        if ca.is_some() {
+        // A gateway serving TLS is called by https (its certificate covers
+        // 127.0.0.1 for a port-forward).
+        if self.gateway_ca(name)?.is_some() {
             forward.url = forward.url.replacen("http://", "https://", 1);
         }
         Ok((forward, http))
+    }
+
+    /// A client builder for the gateway of cluster `name`: trusting the CA
+    /// of its Secret when it serves TLS, sending no token.
+    pub fn gateway_client_builder(&self, name: &str) -> anyhow::Result<reqwest::ClientBuilder> {
+        let ca = match self.gateway_ca(name)? {
+            Some(pem) => Some(redstuff::tls::TrustedCa::from_pem(
+                std::path::Path::new("the gateway's Secret"),
+                &pem,
+            )?),
+            None => None,
+        };
+        Ok(redstuff::http::client_builder_trusting(ca.as_ref()))
+    }
+
+    /// The CA (PEM) clients check the gateway of cluster `name` against,
+    /// when it serves TLS: `ca.crt` of its Secret `NAME-gateway-tls`.
+    pub fn gateway_ca(&self, name: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let Some(secret) = self.get("secret", &format!("{name}-gateway-tls"), NS)? else {
+            return Ok(None);
+        };
+        use base64::Engine as _;
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(secret["data"]["ca.crt"].as_str().unwrap_or_default())?;
+        Ok(Some(pem))
     }
 
     /// The StorageCluster `name`'s status.

@@ -42,15 +42,24 @@ pub fn keys(e2e: &E2e, name: &str) -> anyhow::Result<(String, String)> {
     Ok((field("accessKey")?, field("secretKey")?))
 }
 
-/// Runs the aws cli against `endpoint` with `keys`; its output, or an
-/// error with its complaint.
+/// Where `aws` finds the CA of a gateway serving TLS, in its directory.
+const CA_FILE: &str = "gateway-ca.crt";
+
+/// Runs the aws cli against `endpoint` with `keys` in `cwd`; its output,
+/// or an error with its complaint. A `CA_FILE` in `cwd` is the CA it
+/// trusts (AWS_CA_BUNDLE).
 pub fn aws(
     endpoint: &str,
     keys: &(String, String),
     args: &[&str],
     cwd: &std::path::Path,
 ) -> anyhow::Result<String> {
-    let output = Command::new(aws_program())
+    let mut command = Command::new(aws_program());
+    let ca = cwd.join(CA_FILE);
+    if ca.exists() {
+        command.env("AWS_CA_BUNDLE", &ca);
+    }
+    let output = command
         .arg("--endpoint-url")
         .arg(endpoint)
         .args(args)
@@ -76,10 +85,30 @@ pub fn gateway_pods(e2e: &E2e, name: &str) -> anyhow::Result<Vec<serde_json::Val
     )
 }
 
+/// A port-forward to the S3 port of cluster `name`'s gateway, and its URL:
+/// `https://` when the gateway serves TLS, its CA then written to
+/// `CA_FILE` in `work` for `aws`.
+fn forward_s3(
+    e2e: &E2e,
+    name: &str,
+    work: &std::path::Path,
+) -> anyhow::Result<(crate::harness::PortForward, String)> {
+    let forward = e2e.port_forward(NS, &format!("{name}-gateway"), 7780)?;
+    let url = match e2e.gateway_ca(name)? {
+        Some(pem) => {
+            std::fs::write(work.join(CA_FILE), pem)?;
+            forward.url.replacen("http://", "https://", 1)
+        }
+        None => forward.url.clone(),
+    };
+    Ok((forward, url))
+}
+
 pub async fn s3_through_the_gateway(e2e: &E2e) -> anyhow::Result<()> {
+    // The e2e cluster serves TLS: S3 too, with the gateway's certificate.
     let status = e2e.cluster_status(CLUSTER)?;
     anyhow::ensure!(
-        status["s3Endpoint"] == format!("http://{CLUSTER}-gateway.{NS}.svc:7780").as_str(),
+        status["s3Endpoint"] == format!("https://{CLUSTER}-gateway.{NS}.svc:7780").as_str(),
         "status: {status:#}"
     );
     let claim = e2e.get("persistentvolumeclaim", &format!("{CLUSTER}-s3-index"), NS)?;
@@ -89,15 +118,10 @@ pub async fn s3_through_the_gateway(e2e: &E2e) -> anyhow::Result<()> {
     let data = shared_bytes();
     std::fs::write(work.path().join("object"), &data)?;
     {
-        let forward = e2e.port_forward(NS, &format!("{CLUSTER}-gateway"), 7780)?;
+        let (_forward, url) = forward_s3(e2e, CLUSTER, work.path())?;
+        aws(&url, &keys, &["s3", "mb", "s3://e2e-bucket"], work.path())?;
         aws(
-            &forward.url,
-            &keys,
-            &["s3", "mb", "s3://e2e-bucket"],
-            work.path(),
-        )?;
-        aws(
-            &forward.url,
+            &url,
             &keys,
             &[
                 "s3",
@@ -109,7 +133,7 @@ pub async fn s3_through_the_gateway(e2e: &E2e) -> anyhow::Result<()> {
             work.path(),
         )?;
         let listed = aws(
-            &forward.url,
+            &url,
             &keys,
             &["s3", "ls", "--recursive", "s3://e2e-bucket"],
             work.path(),
@@ -131,9 +155,9 @@ pub async fn s3_through_the_gateway(e2e: &E2e) -> anyhow::Result<()> {
             .map(|_| ()))
     })
     .await?;
-    let forward = e2e.port_forward(NS, &format!("{CLUSTER}-gateway"), 7780)?;
+    let (_forward, url) = forward_s3(e2e, CLUSTER, work.path())?;
     aws(
-        &forward.url,
+        &url,
         &keys,
         &[
             "s3",
@@ -175,7 +199,7 @@ pub async fn s3_through_the_gateway(e2e: &E2e) -> anyhow::Result<()> {
         Duration::from_secs(240),
         || {
             Ok(aws(
-                &forward.url,
+                &url,
                 &alice,
                 &["s3", "ls", "s3://e2e-bucket/dir/"],
                 work.path(),
@@ -185,10 +209,10 @@ pub async fn s3_through_the_gateway(e2e: &E2e) -> anyhow::Result<()> {
     )
     .await?;
     anyhow::ensure!(listed.contains("an object"), "{listed}");
-    aws(&forward.url, &keys, &["s3", "ls"], work.path())
+    aws(&url, &keys, &["s3", "ls"], work.path())
         .map_err(|e| anyhow::anyhow!("the first key stopped working: {e}"))?;
     aws(
-        &forward.url,
+        &url,
         &keys,
         &[
             "s3",
@@ -198,11 +222,6 @@ pub async fn s3_through_the_gateway(e2e: &E2e) -> anyhow::Result<()> {
         ],
         work.path(),
     )?;
-    aws(
-        &forward.url,
-        &keys,
-        &["s3", "rb", "s3://e2e-bucket"],
-        work.path(),
-    )?;
+    aws(&url, &keys, &["s3", "rb", "s3://e2e-bucket"], work.path())?;
     Ok(())
 }
