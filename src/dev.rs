@@ -284,7 +284,11 @@ pub async fn run(
     let deadlines = Deadlines::from_secs(config.node_timeout_secs);
     let tls = config
         .tls
-        .then(|| crate::tls::ensure_local_files(&config.data_dir.join("tls")))
+        .then(|| {
+            let mut listening = vec![config.gateway_addr.ip()];
+            listening.extend(config.s3.as_ref().map(|s3| s3.addr.ip()));
+            crate::tls::ensure_local_files(&config.data_dir.join("tls"), &listening)
+        })
         .transpose()?;
     let nodes_ca = tls
         .as_ref()

@@ -1,6 +1,7 @@
 //! The TLS files of a fleet on one machine (`redstuff dev --tls`): a CA
 //! kept under the data directory, and a serving certificate for
-//! 127.0.0.1 and localhost issued from it at every start.
+//! 127.0.0.1, localhost and the gateway's own address issued from it at
+//! every start.
 
 use std::path::{Path, PathBuf};
 
@@ -33,8 +34,12 @@ fn write(path: &Path, content: &str) -> Result<(), TlsError> {
 }
 
 /// Makes `dir` hold a CA (kept when there is one) and a serving
-/// certificate for 127.0.0.1 and localhost, newly issued by it.
-pub fn ensure_local_files(dir: &Path) -> Result<LocalTlsFiles, TlsError> {
+/// certificate for 127.0.0.1, localhost and the `also` addresses (where
+/// the gateway listens, when it is not loopback), newly issued by it.
+pub fn ensure_local_files(
+    dir: &Path,
+    also: &[std::net::IpAddr],
+) -> Result<LocalTlsFiles, TlsError> {
     std::fs::create_dir_all(dir).map_err(|source| TlsError::Read {
         path: dir.into(),
         source,
@@ -54,11 +59,56 @@ pub fn ensure_local_files(dir: &Path) -> Result<LocalTlsFiles, TlsError> {
         write(&files.ca_cert, ca.cert_pem())?;
         ca
     };
-    let issued = ca.issue(
-        &["127.0.0.1".to_string(), "localhost".to_string()],
-        SERVING_VALIDITY,
-    )?;
+    let mut names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    for ip in also {
+        // An unspecified address listens everywhere: no name to cover.
+        if !ip.is_unspecified() && !names.contains(&ip.to_string()) {
+            names.push(ip.to_string());
+        }
+    }
+    let issued = ca.issue(&names, SERVING_VALIDITY)?;
     write(&files.key, &issued.key_pem)?;
     write(&files.cert, &issued.cert_pem)?;
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The IP addresses the certificate in `files` names.
+    fn ip_names(files: &LocalTlsFiles) -> Vec<std::net::IpAddr> {
+        let pem = std::fs::read(&files.cert).unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        san.value
+            .general_names
+            .iter()
+            .filter_map(|name| match name {
+                x509_parser::extensions::GeneralName::IPAddress(bytes) => {
+                    <[u8; 4]>::try_from(*bytes).ok().map(std::net::IpAddr::from)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_certificate_covers_loopback_and_the_gateways_own_address_and_the_ca_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let own: std::net::IpAddr = "198.18.0.7".parse().unwrap();
+        let any: std::net::IpAddr = "0.0.0.0".parse().unwrap();
+        let first = ensure_local_files(dir.path(), &[own, any]).unwrap();
+        let ips = ip_names(&first);
+        assert!(ips.contains(&"127.0.0.1".parse().unwrap()), "{ips:?}");
+        assert!(ips.contains(&own), "{ips:?}");
+        assert!(!ips.contains(&any), "{ips:?}");
+        let ca = std::fs::read(&first.ca_cert).unwrap();
+        let cert = std::fs::read(&first.cert).unwrap();
+        let again = ensure_local_files(dir.path(), &[]).unwrap();
+        assert_eq!(std::fs::read(&again.ca_cert).unwrap(), ca, "the CA is kept");
+        assert_ne!(std::fs::read(&again.cert).unwrap(), cert, "issued anew");
+        assert_eq!(ip_names(&again), ["127.0.0.1".parse::<std::net::IpAddr>().unwrap()]);
+    }
 }
