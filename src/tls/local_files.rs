@@ -109,6 +109,9 @@ mod tests {
         let again = ensure_local_files(dir.path(), &[]).unwrap();
         assert_eq!(std::fs::read(&again.ca_cert).unwrap(), ca, "the CA is kept");
         assert_ne!(std::fs::read(&again.cert).unwrap(), cert, "issued anew");
-        assert_eq!(ip_names(&again), ["127.0.0.1".parse::<std::net::IpAddr>().unwrap()]);
+        assert_eq!(
+            ip_names(&again),
+            ["127.0.0.1".parse::<std::net::IpAddr>().unwrap()]
+        );
     }
 }
