@@ -204,12 +204,30 @@ async fn reconcile_after(
 /// One reconcile on `api` by a new operator process, or by `before`'s.
 async fn reconcile_by(
     before: Option<Arc<Context>>,
-    mut api: MockApi,
+    api: MockApi,
     cluster: StorageCluster,
     pods: Vec<Value>,
     claims: Vec<Value>,
     endpoints: Endpoints,
 ) -> (Vec<Seen>, Arc<Context>) {
+    let (result, seen, ctx) = try_reconcile_by(before, api, cluster, pods, claims, endpoints).await;
+    result.unwrap();
+    (seen, ctx)
+}
+
+/// The same, with the reconcile's result, which may be an error.
+async fn try_reconcile_by(
+    before: Option<Arc<Context>>,
+    mut api: MockApi,
+    cluster: StorageCluster,
+    pods: Vec<Value>,
+    claims: Vec<Value>,
+    endpoints: Endpoints,
+) -> (
+    Result<kube::runtime::controller::Action, redstuff::operator::controller::ReconcileError>,
+    Vec<Seen>,
+    Arc<Context>,
+) {
     api.objects
         .insert(CLUSTER.into(), serde_json::to_value(&cluster).unwrap());
     api.lists.insert(format!("{NS}/pods"), pods);
@@ -227,10 +245,8 @@ async fn reconcile_by(
             .fleets;
     }
     let ctx = Arc::new(ctx);
-    reconcile_cluster(Arc::new(cluster), ctx.clone())
-        .await
-        .unwrap();
-    (recorded.take(), ctx)
+    let result = reconcile_cluster(Arc::new(cluster), ctx.clone()).await;
+    (result, recorded.take(), ctx)
 }
 
 fn events(seen: &[Seen]) -> Vec<(String, String)> {
@@ -1393,4 +1409,53 @@ async fn with_tls_a_cluster_gets_a_ca_and_serving_certificates_kept_until_thirty
         .parse()
         .unwrap();
     assert!(not_after > soon + 60 * 24 * 3600, "{not_after}");
+}
+
+#[tokio::test]
+async fn a_ca_secret_without_its_key_stops_the_reconcile_before_anything_is_applied_and_says_so_in_an_event(
+) {
+    let mut tls_cluster = cluster(7, 3, None);
+    tls_cluster.spec.tls = Some(redstuff::operator::crd::TlsSpec {
+        enabled: Some(true),
+        gateway_names: None,
+    });
+    let mut api = api_with_tokens();
+    let ca = redstuff::tls::LocalCa::generate("media").unwrap();
+    use base64::Engine as _;
+    api.objects.insert(
+        format!("{NS}/secrets/media-ca"),
+        json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "media-ca", "namespace": "storage"},
+            "data": {"ca.crt": base64::engine::general_purpose::STANDARD.encode(ca.cert_pem())}
+        }),
+    );
+    let (result, seen, _) =
+        try_reconcile_by(None, api, tls_cluster, vec![], vec![], silent_nodes(3)).await;
+    assert!(
+        matches!(
+            result,
+            Err(redstuff::operator::controller::ReconcileError::Tls(_))
+        ),
+        "{result:?}"
+    );
+    assert!(
+        !seen.iter().any(|s| s.method == "PATCH"),
+        "applied without TLS material: {:#?}",
+        lines(&seen)
+    );
+    assert_eq!(
+        events(&seen),
+        vec![("Warning".into(), "TlsMaterial".into())]
+    );
+    let note = seen
+        .iter()
+        .find(|s| s.path.ends_with("/events"))
+        .map(|s| s.body["note"].as_str().unwrap_or_default().to_string())
+        .unwrap();
+    assert!(
+        note.contains("media-ca") && note.contains("ca.key"),
+        "{note}"
+    );
 }

@@ -546,6 +546,21 @@ pub async fn reconcile_cluster(
     let shards_to_move = fleet::live_moves(&assignment, &balanced, &holders) as u32;
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let tls = if cluster.spec.tls_enabled() {
+        match read_or_make_tls(&secrets, &cluster, &name, &namespace).await {
+            Ok(tls) => Some(tls),
+            Err(e @ ReconcileError::Tls(_)) => {
+                // Nothing is applied without it: say why where `kubectl
+                // describe` shows it, not only in the operator's log.
+                ctx.publish(&*cluster, true, "TlsMaterial", e.to_string())
+                    .await;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        }
+    } else {
+        None
+    };
     let credentials = Credentials {
         cluster: read_or_make_token(&secrets, &cluster_token_secret(&name)).await?,
         users: read_or_make_token(&secrets, &user_token_secret(&name)).await?,
@@ -559,11 +574,7 @@ pub async fn reconcile_cluster(
             ),
             _ => None,
         },
-        tls: if cluster.spec.tls_enabled() {
-            Some(read_or_make_tls(&secrets, &cluster, &name, &namespace).await?)
-        } else {
-            None
-        },
+        tls,
     };
     if let Some(tls) = &credentials.tls {
         trust_cluster_ca(&fleet_state.trust, &tls.ca_cert_pem);
