@@ -1270,6 +1270,7 @@ async fn with_tls_a_cluster_gets_a_ca_and_serving_certificates_kept_until_thirty
     tls_cluster.spec.tls = Some(redstuff::operator::crd::TlsSpec {
         enabled: Some(true),
         gateway_names: None,
+        gateway_secret: None,
     });
     let ca_path = format!("{NS}/secrets/media-ca");
     let serving_path = format!("{NS}/secrets/media-node-tls");
@@ -1418,6 +1419,7 @@ async fn a_ca_secret_without_its_key_stops_the_reconcile_before_anything_is_appl
     tls_cluster.spec.tls = Some(redstuff::operator::crd::TlsSpec {
         enabled: Some(true),
         gateway_names: None,
+        gateway_secret: None,
     });
     let mut api = api_with_tokens();
     let ca = redstuff::tls::LocalCa::generate("media").unwrap();
@@ -1458,4 +1460,107 @@ async fn a_ca_secret_without_its_key_stops_the_reconcile_before_anything_is_appl
         note.contains("media-ca") && note.contains("ca.key"),
         "{note}"
     );
+}
+
+/// Whether `trust` accepts `cert_pem` for `name`.
+fn trusts(trust: &redstuff::tls::FleetTrust, cert_pem: &str, name: &str) -> bool {
+    use rustls::client::danger::ServerCertVerifier as _;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    trust
+        .verify_server_cert(
+            &CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap(),
+            &[],
+            &ServerName::try_from(name.to_string()).unwrap(),
+            &[],
+            UnixTime::now(),
+        )
+        .is_ok()
+}
+
+#[tokio::test]
+async fn a_gateway_serving_a_secret_of_the_users_is_trusted_by_its_ca_and_gets_no_certificate_of_the_clusters(
+) {
+    let mut tls_cluster = cluster(7, 3, None);
+    tls_cluster.spec.tls = Some(redstuff::operator::crd::TlsSpec {
+        enabled: Some(true),
+        gateway_names: None,
+        gateway_secret: Some("media-public-cert".into()),
+    });
+    let public = redstuff::tls::LocalCa::generate("public").unwrap();
+    let name = "media-gateway.storage.svc".to_string();
+    let served = public
+        .issue(std::slice::from_ref(&name), redstuff::tls::SERVING_VALIDITY)
+        .unwrap();
+    use base64::Engine as _;
+    let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    let mut api = api_with_tokens();
+    api.objects.insert(
+        format!("{NS}/secrets/media-public-cert"),
+        json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/tls",
+            "metadata": {"name": "media-public-cert", "namespace": "storage"},
+            "data": {
+                "tls.crt": b64(&served.cert_pem),
+                "tls.key": b64(&served.key_pem),
+                "ca.crt": b64(public.cert_pem()),
+            }
+        }),
+    );
+    let (seen, ctx) = reconcile_on(api, tls_cluster.clone(), vec![], vec![], silent_nodes(3)).await;
+    assert!(applied(&seen, &format!("{NS}/secrets/media-gateway-tls")).is_none());
+    let cluster_ca = secret_text(
+        &applied(&seen, &format!("{NS}/secrets/media-ca")).unwrap(),
+        "ca.crt",
+    );
+    let deployment = seen
+        .iter()
+        .find(|s| s.method == "PATCH" && s.path.ends_with("/deployments/media-gateway"))
+        .expect("the gateway is applied");
+    let volumes = deployment.body["spec"]["template"]["spec"]["volumes"].to_string();
+    assert!(volumes.contains("media-public-cert"), "{volumes}");
+    assert!(events(&seen).is_empty(), "{:?}", events(&seen));
+
+    // Blob uploads check the gateway against the Secret's CA, not the
+    // cluster's.
+    let fleet = ctx
+        .fleets
+        .find(&("storage".to_string(), "media".to_string()))
+        .unwrap();
+    assert!(trusts(&fleet.gateway_trust, &served.cert_pem, &name));
+    let cluster_issued = redstuff::tls::LocalCa::from_pem(
+        &cluster_ca,
+        &secret_text(
+            &applied(&seen, &format!("{NS}/secrets/media-ca")).unwrap(),
+            "ca.key",
+        ),
+    )
+    .unwrap()
+    .issue(std::slice::from_ref(&name), redstuff::tls::SERVING_VALIDITY)
+    .unwrap();
+    assert!(!trusts(
+        &fleet.gateway_trust,
+        &cluster_issued.cert_pem,
+        &name
+    ));
+    assert!(trusts(&fleet.trust, &cluster_issued.cert_pem, &name));
+
+    // The Secret missing: said in an Event, and the fleet goes on.
+    let (seen, _) = reconcile_on(
+        api_with_tokens(),
+        tls_cluster,
+        vec![],
+        vec![],
+        silent_nodes(3),
+    )
+    .await;
+    assert_eq!(
+        events(&seen),
+        vec![("Warning".into(), "TlsMaterial".into())]
+    );
+    assert!(seen
+        .iter()
+        .any(|s| s.method == "PATCH" && s.path.ends_with("/deployments/media-gateway")));
 }

@@ -134,8 +134,10 @@ pub struct ClusterFleet {
     /// The CA its nodes and gateway are checked against when they serve
     /// TLS (set once its Secret is read).
     pub trust: Arc<crate::tls::FleetTrust>,
-    /// A client of its gateway, checking it against `trust` when it
-    /// serves TLS.
+    /// What its gateway is checked against when it serves TLS: the same
+    /// CA, or that of the user's Secret it serves (`spec.tls.gatewaySecret`).
+    pub gateway_trust: Arc<crate::tls::FleetTrust>,
+    /// A client of its gateway, checking it against `gateway_trust`.
     pub gateway_http: reqwest::Client,
 }
 
@@ -176,12 +178,14 @@ impl Fleets {
                 let trust = Arc::new(crate::tls::FleetTrust::default());
                 let calls = NodeCalls::new(TokenSet::single("no token read yet"), deadlines)
                     .with_fleet_trust(&trust);
+                let gateway_trust = Arc::new(crate::tls::FleetTrust::default());
                 let gateway_http = crate::http::client_builder()
-                    .tls_backend_preconfigured(trust.client_config())
+                    .tls_backend_preconfigured(gateway_trust.client_config())
                     .connect_timeout(std::time::Duration::from_secs(10))
                     .build()
                     .expect("HTTP client");
                 Arc::new(ClusterFleet {
+                    gateway_trust,
                     gateway_http,
                     trust,
                     repairer: Repairer::new(calls.clone(), metrics.clone()),

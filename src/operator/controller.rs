@@ -243,13 +243,18 @@ async fn read_or_make_tls(
         tls::node_serving_names(name, namespace),
     )
     .await?;
-    let gateway = keep_or_issue(
-        secrets,
-        &ca,
-        &tls::gateway_tls_secret_name(name),
-        tls::gateway_serving_names(cluster, namespace),
-    )
-    .await?;
+    let gateway = match cluster.spec.gateway_secret() {
+        Some(_) => None,
+        None => Some(
+            keep_or_issue(
+                secrets,
+                &ca,
+                &tls::gateway_tls_secret_name(name),
+                tls::gateway_serving_names(cluster, namespace),
+            )
+            .await?,
+        ),
+    };
     Ok(ClusterTls {
         ca_cert_pem: ca.cert_pem().to_string(),
         ca_key_pem: ca.key_pem(),
@@ -324,6 +329,36 @@ pub(crate) fn trust_cluster_ca(trust: &crate::tls::FleetTrust, ca_cert_pem: &str
         }
         Err(e) => tracing::warn!("{e}"),
     }
+}
+
+/// Checks the cluster's gateway against the cluster's CA from now on, or,
+/// when it serves a Secret of the user's, against that Secret's `ca.crt`
+/// (Mozilla's roots when it has none). What is wrong with that Secret is
+/// returned to be told, never a reason to stop the reconcile: the gateway
+/// pod waits for the Secret too, and the fleet goes on.
+async fn trust_gateway(
+    secrets: &Api<Secret>,
+    cluster: &StorageCluster,
+    trust: &crate::tls::FleetTrust,
+    ca_cert_pem: &str,
+) -> Result<(), String> {
+    let Some(own) = cluster.spec.gateway_secret() else {
+        trust_cluster_ca(trust, ca_cert_pem);
+        return Ok(());
+    };
+    let secret = secrets
+        .get_opt(own)
+        .await
+        .map_err(|e| format!("cannot read the Secret {own} (spec.tls.gatewaySecret): {e}"))?
+        .ok_or_else(|| format!("the Secret {own} (spec.tls.gatewaySecret) does not exist"))?;
+    let ca = match secret_text(&Some(secret), tls::CA_CERT_KEY) {
+        Some(pem) => crate::tls::TrustedCa::from_pem(std::path::Path::new(own), pem.as_bytes())
+            .map_err(|e| format!("ca.crt of the Secret {e} (spec.tls.gatewaySecret)"))?,
+        None => crate::tls::TrustedCa::public_roots(),
+    };
+    trust
+        .set(&ca)
+        .map_err(|e| format!("ca.crt of the Secret {own}: {e}"))
 }
 
 /// The S3 access key the operator keeps in `name`, or new keys.
@@ -578,6 +613,12 @@ pub async fn reconcile_cluster(
     };
     if let Some(tls) = &credentials.tls {
         trust_cluster_ca(&fleet_state.trust, &tls.ca_cert_pem);
+        let gateway_trust = &fleet_state.gateway_trust;
+        if let Err(problem) =
+            trust_gateway(&secrets, &cluster, gateway_trust, &tls.ca_cert_pem).await
+        {
+            ctx.publish(&*cluster, true, "TlsMaterial", problem).await;
+        }
     }
     let desired = desired_objects(&cluster, &assignment, &ctx.operator, &credentials);
 

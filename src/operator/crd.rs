@@ -103,6 +103,15 @@ pub struct TlsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 50))]
     pub gateway_names: Option<Vec<String>>,
+    /// A Secret of type kubernetes.io/tls of yours (one cert-manager
+    /// writes, say) the gateway serves instead of a certificate from the
+    /// cluster's CA (gatewayNames then does nothing). Its `tls.crt` must
+    /// cover NAME-gateway.NAMESPACE.svc, where the operator uploads Blob
+    /// sources, checking it against the Secret's `ca.crt`, or Mozilla's
+    /// roots when it has none. Renewals are served without a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub gateway_secret: Option<String>,
 }
 
 /// The S3 endpoint of a cluster's gateway. The index is embedded (one file
@@ -158,6 +167,12 @@ impl StorageClusterSpec {
     /// Whether node pods and gateways serve TLS.
     pub fn tls_enabled(&self) -> bool {
         self.tls.as_ref().and_then(|t| t.enabled).unwrap_or(false)
+    }
+
+    /// The Secret of the user's own the gateway serves, when the spec
+    /// names one.
+    pub fn gateway_secret(&self) -> Option<&str> {
+        self.tls.as_ref().and_then(|t| t.gateway_secret.as_deref())
     }
 
     /// The further names the gateway's certificate covers.

@@ -81,7 +81,11 @@ pub fn render_cluster(
                 ca_cert_pem: "placeholder-ca-certificate".into(),
                 ca_key_pem: "placeholder-ca-key".into(),
                 nodes: placeholder("node"),
-                gateway: placeholder("gateway"),
+                gateway: cluster
+                    .spec
+                    .gateway_secret()
+                    .is_none()
+                    .then(|| placeholder("gateway")),
             }
         }),
     };

@@ -103,6 +103,24 @@ impl TrustedCa {
         })
     }
 
+    /// Mozilla's root certificates (compiled in): what a certificate from
+    /// a public CA is checked against.
+    pub fn public_roots() -> Self {
+        let ders: Vec<_> = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+            .iter()
+            .map(|der| der.clone().into_owned())
+            .collect();
+        let certs = ders
+            .iter()
+            .filter_map(|der| reqwest::Certificate::from_der(der).ok())
+            .collect();
+        Self {
+            certs,
+            ders,
+            path: PathBuf::from("Mozilla's root certificates"),
+        }
+    }
+
     /// The file they came from.
     pub fn path(&self) -> &Path {
         &self.path

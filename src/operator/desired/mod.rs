@@ -619,7 +619,11 @@ pub fn desired_objects(
     let (mut ca_secret, mut node_tls_secret, mut gateway_tls_secret) = (None, None, None);
     if let Some(material) = &credentials.tls {
         let template = &mut gateway.spec.template;
-        tls::add_to_gateway_pod(template.spec.as_mut().expect("built above"), &name);
+        tls::add_to_gateway_pod(
+            template.spec.as_mut().expect("built above"),
+            &name,
+            spec.gateway_secret(),
+        );
         ca_secret = Some(tls::ca_secret(
             cluster,
             &name,
@@ -627,7 +631,7 @@ pub fn desired_objects(
             &material.ca_key_pem,
         ));
         node_tls_secret = Some(tls::node_tls_secret(cluster, &name, material));
-        gateway_tls_secret = Some(tls::gateway_tls_secret(cluster, &name, material));
+        gateway_tls_secret = tls::gateway_tls_secret(cluster, &name, material);
     }
     let (mut s3_index_claim, mut s3_credentials) = (None, None);
     if let Some(settings) = s3::enabled(cluster) {

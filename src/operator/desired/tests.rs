@@ -392,6 +392,7 @@ fn with_tls(c: &mut StorageCluster) -> Credentials {
     c.spec.tls = Some(crate::operator::crd::TlsSpec {
         enabled: Some(true),
         gateway_names: None,
+        gateway_secret: None,
     });
     let pair = |what: &str, names: Vec<String>| tls::ServingPair {
         cert_pem: format!("{what} CERT"),
@@ -404,7 +405,7 @@ fn with_tls(c: &mut StorageCluster) -> Credentials {
             ca_cert_pem: "CA CERT".into(),
             ca_key_pem: "CA KEY".into(),
             nodes: pair("NODE", tls::node_serving_names("media", "storage")),
-            gateway: pair("GATEWAY", tls::gateway_serving_names(c, "storage")),
+            gateway: Some(pair("GATEWAY", tls::gateway_serving_names(c, "storage"))),
         }),
         ..credentials()
     }
@@ -590,7 +591,7 @@ fn a_renewed_serving_certificate_changes_no_pod_so_nothing_is_rolled() {
     let first = with_tls(&mut c);
     let mut renewed = first.clone();
     let material = renewed.tls.as_mut().unwrap();
-    for pair in [&mut material.nodes, &mut material.gateway] {
+    for pair in [&mut material.nodes, material.gateway.as_mut().unwrap()] {
         pair.cert_pem = "RENEWED CERT".into();
         pair.key_pem = "RENEWED KEY".into();
         pair.not_after_unix += 90 * 24 * 3600;
@@ -601,4 +602,48 @@ fn a_renewed_serving_certificate_changes_no_pod_so_nothing_is_rolled() {
     assert_eq!(before.gateway, after.gateway);
     assert_ne!(before.node_tls_secret, after.node_tls_secret);
     assert_ne!(before.gateway_tls_secret, after.gateway_tls_secret);
+}
+
+#[test]
+fn a_gateway_serving_a_secret_of_the_users_mounts_it_and_the_nodes_ca_and_no_gateway_secret_is_made(
+) {
+    let mut c = cluster(7, 7, Some("1Gi"));
+    let mut credentials = with_tls(&mut c);
+    c.spec.tls.as_mut().unwrap().gateway_secret = Some("media-public-cert".into());
+    credentials.tls.as_mut().unwrap().gateway = None;
+    let objects = desired_objects(
+        &c,
+        &assignment(&c),
+        &operator("redstuff:test"),
+        &credentials,
+    );
+    assert!(objects.gateway_tls_secret.is_none());
+    assert!(objects.node_tls_secret.is_some());
+    let gateway = objects.gateway.spec.template.spec.as_ref().unwrap();
+    let args = gateway.containers[0].args.as_ref().unwrap().join(" ");
+    assert!(
+        args.contains("--tls-cert /etc/redstuff/tls/tls.crt --tls-key /etc/redstuff/tls/tls.key --tls-ca /etc/redstuff/fleet-ca/ca.crt"),
+        "{args}"
+    );
+    let (mounts, volumes) = mounts_and_volumes(gateway);
+    assert!(
+        mounts.contains(&"tls:/etc/redstuff/tls".to_string()),
+        "{mounts:?}"
+    );
+    assert!(
+        mounts.contains(&"fleet-ca:/etc/redstuff/fleet-ca".to_string()),
+        "{mounts:?}"
+    );
+    assert!(
+        volumes.contains(&("media-public-cert".to_string(), None)),
+        "{volumes:?}"
+    );
+    // Only the CA's certificate of the nodes' Secret, never their key.
+    assert!(volumes.contains(&(
+        "media-node-tls".to_string(),
+        Some(vec!["ca.crt".to_string()])
+    )));
+    assert!(volumes
+        .iter()
+        .all(|(secret, _)| secret != "media-gateway-tls"));
 }

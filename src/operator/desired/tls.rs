@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{PodSpec, Secret, SecretVolumeSource, Volume};
+use k8s_openapi::api::core::v1::{KeyToPath, PodSpec, Secret, SecretVolumeSource, Volume};
 use k8s_openapi::ByteString;
 
 use super::{meta, token_mount};
@@ -54,8 +54,9 @@ pub struct ClusterTls {
     pub ca_key_pem: String,
     /// What node pods serve.
     pub nodes: ServingPair,
-    /// What gateway pods serve (the native API and S3).
-    pub gateway: ServingPair,
+    /// What gateway pods serve (the native API and S3), unless they serve
+    /// a Secret of the user's (`spec.tls.gatewaySecret`).
+    pub gateway: Option<ServingPair>,
 }
 
 /// A serving certificate as its Secret holds it.
@@ -202,54 +203,109 @@ pub fn node_tls_secret(cluster: &StorageCluster, name: &str, tls: &ClusterTls) -
     )
 }
 
-/// The gateway's serving-certificate Secret, with the CA's certificate.
-pub fn gateway_tls_secret(cluster: &StorageCluster, name: &str, tls: &ClusterTls) -> Secret {
-    serving_secret(
+/// The gateway's serving-certificate Secret, with the CA's certificate,
+/// unless the gateway serves a Secret of the user's.
+pub fn gateway_tls_secret(
+    cluster: &StorageCluster,
+    name: &str,
+    tls: &ClusterTls,
+) -> Option<Secret> {
+    let pair = tls.gateway.as_ref()?;
+    Some(serving_secret(
         cluster,
         gateway_tls_secret_name(name),
         "gateway",
         &tls.ca_cert_pem,
-        &tls.gateway,
-    )
+        pair,
+    ))
 }
 
-/// A pod serves the certificate of Secret `secret_name` and trusts its CA
-/// for calls to node pods.
-fn serve_from(spec: &mut PodSpec, secret_name: String) {
-    let cert = format!("{TLS_DIR}/{CERT_KEY}");
-    let key = format!("{TLS_DIR}/{KEY_KEY}");
-    let ca = format!("{TLS_DIR}/{CA_CERT_KEY}");
-    let container = &mut spec.containers[0];
-    container.args.get_or_insert_with(Vec::new).extend(
-        ["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &ca]
-            .iter()
-            .map(|a| a.to_string()),
-    );
-    container
+/// Where a gateway serving a Secret of the user's finds the cluster's CA
+/// (for calls to node pods).
+pub const FLEET_CA_DIR: &str = "/etc/redstuff/fleet-ca";
+
+/// Mounts `keys` of Secret `secret_name` (all: None) as volume `volume`
+/// at `dir`.
+fn mount_secret(
+    spec: &mut PodSpec,
+    volume: &str,
+    secret_name: String,
+    keys: Option<&[&str]>,
+    dir: &str,
+) {
+    spec.containers[0]
         .volume_mounts
         .get_or_insert_with(Vec::new)
-        .push(token_mount("tls", TLS_DIR));
+        .push(token_mount(volume, dir));
+    let items = keys.map(|keys| {
+        keys.iter()
+            .map(|key| KeyToPath {
+                key: key.to_string(),
+                path: key.to_string(),
+                ..KeyToPath::default()
+            })
+            .collect()
+    });
     spec.volumes.get_or_insert_with(Vec::new).push(Volume {
-        name: "tls".into(),
+        name: volume.into(),
         secret: Some(SecretVolumeSource {
             secret_name: Some(secret_name),
             default_mode: Some(0o440),
+            items,
             ..SecretVolumeSource::default()
         }),
         ..Volume::default()
     });
 }
 
+/// A pod serves `tls.crt` and `tls.key` of Secret `secret_name` and
+/// trusts `ca` for calls to node pods.
+fn serve_from(spec: &mut PodSpec, secret_name: String, ca: &str) {
+    let cert = format!("{TLS_DIR}/{CERT_KEY}");
+    let key = format!("{TLS_DIR}/{KEY_KEY}");
+    spec.containers[0].args.get_or_insert_with(Vec::new).extend(
+        ["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", ca]
+            .iter()
+            .map(|a| a.to_string()),
+    );
+    mount_secret(spec, "tls", secret_name, None, TLS_DIR);
+}
+
 /// A node pod serves its API with the nodes' certificate and trusts the
 /// CA for calls to peers.
 pub fn add_to_node_pod(spec: &mut PodSpec, name: &str) {
-    serve_from(spec, node_tls_secret_name(name));
+    serve_from(
+        spec,
+        node_tls_secret_name(name),
+        &format!("{TLS_DIR}/{CA_CERT_KEY}"),
+    );
 }
 
-/// A gateway pod serves its API and S3 with the gateway's certificate and
-/// trusts the CA for calls to node pods.
-pub fn add_to_gateway_pod(spec: &mut PodSpec, name: &str) {
-    serve_from(spec, gateway_tls_secret_name(name));
+/// A gateway pod serves its API and S3 with the gateway's certificate, or
+/// with `own_secret` (the user's), and trusts the cluster's CA for calls
+/// to node pods (in the user's Secret's place, `ca.crt` of the nodes').
+pub fn add_to_gateway_pod(spec: &mut PodSpec, name: &str, own_secret: Option<&str>) {
+    match own_secret {
+        None => serve_from(
+            spec,
+            gateway_tls_secret_name(name),
+            &format!("{TLS_DIR}/{CA_CERT_KEY}"),
+        ),
+        Some(own) => {
+            serve_from(
+                spec,
+                own.to_string(),
+                &format!("{FLEET_CA_DIR}/{CA_CERT_KEY}"),
+            );
+            mount_secret(
+                spec,
+                "fleet-ca",
+                node_tls_secret_name(name),
+                Some(&[CA_CERT_KEY]),
+                FLEET_CA_DIR,
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -370,6 +426,7 @@ mod tests {
         cluster.spec.tls = Some(crate::operator::crd::TlsSpec {
             enabled: Some(true),
             gateway_names: Some(vec!["objects.example.com".into(), "localhost".into()]),
+            gateway_secret: None,
         });
         let names = gateway_serving_names(&cluster, "storage");
         for expected in [
