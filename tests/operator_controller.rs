@@ -1238,29 +1238,11 @@ fn applied(seen: &[Seen], path: &str) -> Option<Value> {
 
 /// Whether `cert_pem` is a server certificate `ca_pem` issued for `name`.
 fn issued_for(ca_pem: &str, cert_pem: &str, name: &str) -> bool {
-    use rustls::client::danger::ServerCertVerifier as _;
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
-        .unwrap();
-    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
-        Arc::new(roots),
-        Arc::new(rustls::crypto::ring::default_provider()),
-    )
-    .build()
-    .unwrap();
-    let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
-    verifier
-        .verify_server_cert(
-            &cert,
-            &[],
-            &ServerName::try_from(name.to_string()).unwrap(),
-            &[],
-            UnixTime::now(),
-        )
-        .is_ok()
+    let trust = redstuff::tls::FleetTrust::default();
+    let ca =
+        redstuff::tls::TrustedCa::from_pem(std::path::Path::new("ca"), ca_pem.as_bytes()).unwrap();
+    trust.set(&ca).unwrap();
+    trusts(&trust, cert_pem, name)
 }
 
 #[tokio::test]
