@@ -159,7 +159,7 @@ pub fn authorized_client(token_path: &Path, ca: Option<&Path>) -> anyhow::Result
         reqwest::header::AUTHORIZATION,
         format!("Bearer {token}").parse()?,
     );
-    let ca = ca.map(crate::tls::TrustedCa::from_pem_file).transpose()?;
+    let ca = crate::tls::TrustedCa::from_optional_file(ca)?;
     Ok(crate::http::client_builder_trusting(ca.as_ref())
         .default_headers(headers)
         .build()?)

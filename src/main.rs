@@ -817,15 +817,11 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
             staged_ttl: std::time::Duration::from_secs(args.staged_ttl_secs),
             quarantine_retention: std::time::Duration::from_secs(args.quarantine_retention_secs),
         },
-        tls: match (&args.tls_cert, &args.tls_key) {
-            (Some(cert), Some(key)) => Some(redstuff::tls::ServingCert::load(cert, key)?),
-            _ => None,
-        },
-        peers_ca: args
-            .tls_ca
-            .as_deref()
-            .map(redstuff::tls::TrustedCa::from_pem_file)
-            .transpose()?,
+        tls: redstuff::tls::ServingCert::load_optional(
+            args.tls_cert.as_deref(),
+            args.tls_key.as_deref(),
+        )?,
+        peers_ca: redstuff::tls::TrustedCa::from_optional_file(args.tls_ca.as_deref())?,
         ..NodeConfig::new(&args.name, args.data_dir, shards, tokens)
     };
     let mut node = Node::bind(config, args.listen).await?;
@@ -855,15 +851,11 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         anonymous_reads: args.anonymous_reads,
         deadlines: Deadlines::from_secs(args.node_timeout_secs),
         segment_cache_bytes: usize::try_from(args.segment_cache).unwrap_or(usize::MAX),
-        nodes_ca: args
-            .tls_ca
-            .as_deref()
-            .map(redstuff::tls::TrustedCa::from_pem_file)
-            .transpose()?,
-        tls: match (&args.tls_cert, &args.tls_key) {
-            (Some(cert), Some(key)) => Some(redstuff::tls::ServingCert::load(cert, key)?),
-            _ => None,
-        },
+        nodes_ca: redstuff::tls::TrustedCa::from_optional_file(args.tls_ca.as_deref())?,
+        tls: redstuff::tls::ServingCert::load_optional(
+            args.tls_cert.as_deref(),
+            args.tls_key.as_deref(),
+        )?,
         ..GatewayConfig::new(
             FleetSource::File(args.fleet),
             args.spool_dir,

@@ -49,9 +49,7 @@ async fn error_of(response: reqwest::Response) -> anyhow::Error {
 /// A client of the gateway, trusting `ca` (a file) besides the usual
 /// roots when one is given.
 fn http(ca: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
-    let ca = ca
-        .map(redstuff::tls::TrustedCa::from_pem_file)
-        .transpose()?;
+    let ca = redstuff::tls::TrustedCa::from_optional_file(ca)?;
     Ok(redstuff::http::client_builder_trusting(ca.as_ref())
         .connect_timeout(std::time::Duration::from_secs(5))
         .build()?)

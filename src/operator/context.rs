@@ -49,11 +49,7 @@ impl Endpoints {
         let name = cluster.metadata.name.clone().unwrap_or_default();
         let namespace = cluster.metadata.namespace.clone().unwrap_or_default();
         let service = format!("{name}-gateway");
-        let scheme = if cluster.spec.tls_enabled() {
-            "https"
-        } else {
-            "http"
-        };
+        let scheme = cluster.spec.url_scheme();
         self.overrides
             .get(&service)
             .cloned()

@@ -169,6 +169,15 @@ impl StorageClusterSpec {
         self.tls.as_ref().and_then(|t| t.enabled).unwrap_or(false)
     }
 
+    /// The scheme of the node pods', the gateway's and S3's URLs.
+    pub fn url_scheme(&self) -> &'static str {
+        if self.tls_enabled() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// The Secret of the user's own the gateway serves, when the spec
     /// names one.
     pub fn gateway_secret(&self) -> Option<&str> {

@@ -77,6 +77,12 @@ impl TrustedCa {
         Self::from_pem(path, &pem)
     }
 
+    /// The certificates of the PEM bundle file at `path`, when one is
+    /// named.
+    pub fn from_optional_file(path: Option<&Path>) -> Result<Option<Self>, TlsError> {
+        path.map(Self::from_pem_file).transpose()
+    }
+
     /// The certificates of a PEM bundle (at least one); `origin` names
     /// where it came from in errors.
     pub fn from_pem(origin: &Path, pem: &[u8]) -> Result<Self, TlsError> {

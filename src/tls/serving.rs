@@ -106,6 +106,17 @@ impl ServingCert {
         }))
     }
 
+    /// The pair of `cert_path` and `key_path`, when both are named.
+    pub fn load_optional(
+        cert_path: Option<&Path>,
+        key_path: Option<&Path>,
+    ) -> Result<Option<Arc<Self>>, TlsError> {
+        match (cert_path, key_path) {
+            (Some(cert), Some(key)) => Self::load(cert, key).map(Some),
+            _ => Ok(None),
+        }
+    }
+
     /// Reads the files again; whether they changed. Files that changed
     /// into something unusable (or a key that is not the certificate's,
     /// as while a Secret is half updated) leave the current pair served.

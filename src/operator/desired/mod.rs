@@ -205,11 +205,7 @@ pub fn node_url(cluster: &StorageCluster, index: usize) -> String {
         .namespace
         .clone()
         .unwrap_or_else(|| "default".into());
-    let scheme = if cluster.spec.tls_enabled() {
-        "https"
-    } else {
-        "http"
-    };
+    let scheme = cluster.spec.url_scheme();
     format!(
         "{scheme}://{}.{name}-nodes.{namespace}.svc:{NODE_PORT}",
         node_pod_name(&name, index)

@@ -56,11 +56,7 @@ pub fn s3_index_claim(cluster: &str) -> String {
 pub fn s3_endpoint(cluster: &StorageCluster) -> String {
     let name = cluster.metadata.name.as_deref().unwrap_or_default();
     let namespace = cluster.metadata.namespace.as_deref().unwrap_or("default");
-    let scheme = if cluster.spec.tls_enabled() {
-        "https"
-    } else {
-        "http"
-    };
+    let scheme = cluster.spec.url_scheme();
     format!("{scheme}://{name}-gateway.{namespace}.svc:{S3_PORT}")
 }
 
