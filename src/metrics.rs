@@ -313,6 +313,12 @@ pub struct GatewayMetrics {
     pub tls_certificate_expiry: IntGauge,
     /// TLS handshakes on the native API and S3 that failed.
     pub tls_handshake_failures: IntCounter,
+    /// Calls to a node the gateway waited out (past the hedge delay or the
+    /// call deadline), by node.
+    pub node_calls_unanswered: IntCounterVec,
+    /// 1 while a node is silent to the gateway (writes and deletes pass it
+    /// over, reads ask it last), by node.
+    pub node_unanswering: IntGaugeVec,
 }
 
 impl GatewayMetrics {
@@ -392,6 +398,18 @@ impl GatewayMetrics {
                 registry,
                 "redstuff_gateway_tls_handshake_failures_total",
                 "TLS handshakes on the gateway's API and S3 that failed or timed out.",
+            ),
+            node_calls_unanswered: counter_vec(
+                registry,
+                "redstuff_gateway_node_calls_unanswered_total",
+                "Calls to a node the gateway waited out: a sliver request past the hedge delay, or any call past the node deadline.",
+                &["node"],
+            ),
+            node_unanswering: gauge_vec(
+                registry,
+                "redstuff_gateway_node_unanswering",
+                "1 while a node is silent to the gateway (a call went past its deadline and it has not answered since): writes and deletes pass it over, reads ask it last.",
+                &["node"],
             ),
         }
     }

@@ -36,6 +36,8 @@ fn the_readme_lists_exactly_the_metrics_the_code_registers() {
             "redstuff_nodes_not_answering",
             "redstuff_gateway_uploads_in_flight",
             "redstuff_gateway_uploads_waiting",
+            // 0 or 1 per node.
+            "redstuff_gateway_node_unanswering",
         ];
         assert!(
             unit || plain.contains(&name.as_str()),

@@ -190,6 +190,8 @@ fn the_dashboards_show_what_operators_look_for() {
             "redstuff_decode_duration_seconds",
             "redstuff_gateway_requests_total",
             "redstuff_gateway_read_rows_total",
+            "redstuff_gateway_node_calls_unanswered_total",
+            "redstuff_gateway_node_unanswering",
         ],
     );
 }

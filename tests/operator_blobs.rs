@@ -148,9 +148,17 @@ fn events(seen: &[Seen]) -> Vec<String> {
         .collect()
 }
 
+/// An operator context whose ingest spool lives in this test binary's own
+/// scratch directory (the default, the system temp dir, would outlive the run).
+fn test_context(client: kube::Client) -> Context {
+    let mut ctx = Context::new(client, "redstuff:test");
+    ctx.spool_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("redstuff-ingest");
+    ctx
+}
+
 async fn run(api: MockApi, endpoints: Endpoints, blob: &Blob) -> (Vec<Seen>, Arc<Context>) {
     let (client, recorded) = api.serve();
-    let ctx = Arc::new(Context::new(client, "redstuff:test").with_endpoints(endpoints));
+    let ctx = Arc::new(test_context(client).with_endpoints(endpoints));
     reconcile_blob(Arc::new(blob.clone()), ctx.clone())
         .await
         .unwrap();
@@ -185,7 +193,7 @@ async fn a_config_map_key_is_stored_through_the_gateway_and_its_health_comes_fro
         &[(format!("{NS}/configmaps/settings"), config_map)],
     );
     let (client, recorded) = mock.clone().serve();
-    let ctx = Arc::new(Context::new(client, "redstuff:test").with_endpoints(fleet.endpoints()));
+    let ctx = Arc::new(test_context(client).with_endpoints(fleet.endpoints()));
     reconcile_blob(Arc::new(b.clone()), ctx.clone())
         .await
         .unwrap();
@@ -403,7 +411,7 @@ async fn blobs_are_listed_a_page_at_a_time_and_an_upload_a_later_page_names_is_n
     let named = blob("z-upload", upload(id.clone()));
     let listed: Vec<&Blob> = others.iter().chain([&named]).collect();
     let (client, recorded) = api(Some(&c), &listed, &[]).serve();
-    let ctx = Arc::new(Context::new(client, "redstuff:test").with_endpoints(fleet.endpoints()));
+    let ctx = Arc::new(test_context(client).with_endpoints(fleet.endpoints()));
     reconcile_cluster(Arc::new(c), ctx).await.unwrap();
     let seen = recorded.take();
     let lists: Vec<&str> = seen
@@ -433,7 +441,7 @@ async fn a_cluster_that_does_not_record_uploads_neither_lists_nor_records_blobs(
     let mut c = cluster(4);
     c.spec.record_uploads = Some(false);
     let (client, recorded) = no_blobs(api(Some(&c), &[], &[])).serve();
-    let ctx = Arc::new(Context::new(client, "redstuff:test").with_endpoints(fleet.endpoints()));
+    let ctx = Arc::new(test_context(client).with_endpoints(fleet.endpoints()));
     reconcile_cluster(Arc::new(c.clone()), ctx.clone())
         .await
         .unwrap();
@@ -458,7 +466,7 @@ async fn a_cluster_that_does_not_record_uploads_neither_lists_nor_records_blobs(
     // The same cluster recording uploads (the default) records it.
     c.spec.record_uploads = None;
     let (client, recorded) = no_blobs(api(Some(&c), &[], &[])).serve();
-    let ctx = Arc::new(Context::new(client, "redstuff:test").with_endpoints(fleet.endpoints()));
+    let ctx = Arc::new(test_context(client).with_endpoints(fleet.endpoints()));
     reconcile_cluster(Arc::new(c), ctx).await.unwrap();
     assert!(lines(&recorded.take())
         .iter()

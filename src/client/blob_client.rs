@@ -2,9 +2,13 @@
 //! fleet map. The operations live in `write`, `read` and `delete`; the
 //! quorum bookkeeping they share in `quorum`.
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
 use thiserror::Error;
 
 use super::node_client::{NodeCalls, NodeClient};
+use super::unanswering::{passed_over, Unanswered, UnansweringNodes};
 use crate::codec::{BlobId, EncodingConfig};
 use crate::fleet::{FleetMap, MapNode};
 use crate::metrics::GatewayMetrics;
@@ -94,6 +98,7 @@ pub struct BlobClient {
     pub(super) metrics: Option<GatewayMetrics>,
     pub(super) segments: Option<std::sync::Arc<super::shared_reads::SharedReads>>,
     pub(super) memory: Option<super::memory_budget::MemoryBudget>,
+    pub(super) unanswering: Option<Arc<UnansweringNodes>>,
 }
 
 impl BlobClient {
@@ -105,7 +110,16 @@ impl BlobClient {
             metrics,
             segments: None,
             memory: None,
+            unanswering: None,
         }
+    }
+
+    /// The same client, remembering in `memory` (shared with the other
+    /// clients of the process) the nodes that leave calls unanswered:
+    /// later reads ask them last, writes and deletes pass silent ones over.
+    pub fn with_unanswering_memory(mut self, memory: Arc<UnansweringNodes>) -> Self {
+        self.unanswering = Some(memory);
+        self
     }
 
     /// The same client, reserving every segment its writes hold in memory
@@ -142,6 +156,41 @@ impl BlobClient {
     /// The node holding `shard`, and a client of it.
     pub(super) fn holder(&self, shard: u16) -> Option<(&MapNode, NodeClient)> {
         self.map.holder(shard).map(|n| (n, self.client(n)))
+    }
+
+    /// Records that `node` left a call unanswered (`how`): counted, and
+    /// remembered when the client shares a memory of such nodes.
+    pub(super) fn unanswered(&self, node: &str, how: Unanswered) {
+        if let Some(m) = &self.metrics {
+            m.node_calls_unanswered.with_label_values(&[node]).inc();
+        }
+        if let Some(memory) = &self.unanswering {
+            if let Some(node) = self.map.nodes.iter().find(|n| n.name == node) {
+                memory.mark(node, how);
+            }
+        }
+    }
+
+    /// Records that `node` answered a call.
+    pub(super) fn answered(&self, node: &str) {
+        if let Some(memory) = &self.unanswering {
+            memory.answered(node);
+        }
+    }
+
+    /// Whether reads ask `node` last: it lately left a call unanswered.
+    pub(super) fn ask_last(&self, node: &str) -> bool {
+        self.unanswering
+            .as_ref()
+            .is_some_and(|m| m.mark_of(node).is_some())
+    }
+
+    /// The silent nodes writes and deletes pass over now (`passed_over`).
+    pub(super) fn passed_over(&self) -> BTreeSet<String> {
+        match (&self.unanswering, self.quorum()) {
+            (Some(memory), Ok(quorum)) => passed_over(&self.map.nodes, &memory.silent(), quorum),
+            _ => BTreeSet::new(),
+        }
     }
 
     pub(super) fn invalid_from(&self, node: &str) {

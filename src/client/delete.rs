@@ -55,22 +55,29 @@ impl BlobClient {
             }
             Verdict::Visible(_) => next_generation(now_nanos(), states.generations()),
         };
-        let nodes: Vec<&MapNode> = self
+        // Nodes lately silent get their tombstone without the delete
+        // waiting on them (the loop spreads it if they miss it).
+        let passed_over = self.passed_over();
+        let (nodes, unwaited): (Vec<&MapNode>, Vec<&MapNode>) = self
             .holders()
             .filter(|n| !states.silent.contains(&n.name))
-            .collect();
-        let answers = join_all(nodes.iter().map(|node| {
-            let call = self.client(node);
-            async move { call.delete(id, generation).await }
-        }))
-        .await;
-        let mut acknowledged = 0;
-        for (node, answer) in nodes.iter().zip(answers) {
-            match answer {
-                Ok(()) => acknowledged += node.shards.len(),
-                Err(e) => tracing::warn!(node = %node.name, "delete of {id}: {e}"),
-            }
+            .partition(|n| !passed_over.contains(&n.name));
+        for node in unwaited {
+            let (client, node, id) = (self.clone(), node.name.clone(), *id);
+            tokio::spawn(async move { client.tombstone(&node, &id, generation).await });
         }
+        let answers = join_all(
+            nodes
+                .iter()
+                .map(|node| self.tombstone(&node.name, id, generation)),
+        )
+        .await;
+        let acknowledged = nodes
+            .iter()
+            .zip(answers)
+            .filter(|(_, recorded)| *recorded)
+            .map(|(node, _)| node.shards.len())
+            .sum();
         if acknowledged < quorum {
             return Err(BlobIoError::DeleteIncomplete {
                 id: *id,
@@ -79,5 +86,25 @@ impl BlobClient {
             });
         }
         Ok(DeleteOutcome::Deleted { generation })
+    }
+
+    /// Sends the tombstone of `generation` to `node`; whether it recorded it.
+    async fn tombstone(&self, node: &str, id: &BlobId, generation: u64) -> bool {
+        let Some(holder) = self.map.nodes.iter().find(|n| n.name == node) else {
+            return false;
+        };
+        match self.client(holder).delete(id, generation).await {
+            Ok(()) => {
+                self.answered(node);
+                true
+            }
+            Err(e) => {
+                if e.is_silence() {
+                    self.unanswered(node, super::unanswering::Unanswered::Silent);
+                }
+                tracing::warn!(%node, "delete of {id}: {e}");
+                false
+            }
+        }
     }
 }

@@ -16,6 +16,7 @@ mod read;
 mod row_read;
 pub mod segment_cache;
 pub mod shared_reads;
+pub mod unanswering;
 mod upload;
 mod write;
 
@@ -31,5 +32,6 @@ pub use node_client::{
 pub use range::{segment_spans, RangeStream};
 pub use read::{SlowNodes, VisibleBlob};
 pub use shared_reads::SharedReads;
+pub use unanswering::UnansweringNodes;
 pub use upload::{BlobUpload, SEGMENTS_IN_FLIGHT};
 pub use write::WriteOutcome;

@@ -17,6 +17,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use super::blob_client::{BlobClient, BlobIoError};
 use super::quorum::{collect_states, StateCollection};
+use super::unanswering::Unanswered;
 use crate::blob_state::Verdict;
 use crate::codec::format::SLIVER_OVERHEAD;
 use crate::codec::{
@@ -103,6 +104,9 @@ impl BlobClient {
             let Some((node, answer)) = asking.next().await else {
                 return Err(BlobIoError::NotFound(*id));
             };
+            if answer.is_ok() {
+                self.answered(&node.name);
+            }
             match answer {
                 Ok(Some(bytes)) => match BlobMetadata::from_bytes(&bytes) {
                     Ok(metadata) if metadata.blob_id() == *id => return Ok(metadata),
@@ -112,6 +116,9 @@ impl BlobClient {
                 Err(e) => {
                     if matches!(e, super::NodeCallError::TooLarge { .. }) {
                         self.invalid_from(&node.name);
+                    }
+                    if e.is_silence() {
+                        self.unanswered(&node.name, Unanswered::Silent);
                     }
                     tracing::debug!(node = %node.name, "metadata of {id}: {e}");
                 }
@@ -141,7 +148,7 @@ impl BlobClient {
         let layout = metadata.segment_layout(index).expect("segment exists");
         let limit = (SLIVER_OVERHEAD + layout.primary_sliver_len()) as u64;
         // Shards in the order of the pairs they hold (systematic first),
-        // the slow ones last.
+        // the slow ones (in this read, or lately in any) last.
         let mut order: Vec<u16> = (0..config.n())
             .map(|pair| rotation.shard_of_pair(pair) as u16)
             .filter(|shard| self.map.holder(*shard).is_some())
@@ -149,7 +156,7 @@ impl BlobClient {
         order.sort_by_key(|shard| {
             self.map
                 .holder(*shard)
-                .is_some_and(|n| slow.0.contains(&n.name))
+                .is_some_and(|n| slow.0.contains(&n.name) || self.ask_last(&n.name))
         });
         let mut candidates = order.into_iter();
         let mut valid: Vec<(String, PrimarySliver)> = Vec::new();
@@ -181,7 +188,10 @@ impl BlobClient {
                 if valid.len() >= p {
                     match self.decode(metadata, index, &mut valid).await? {
                         Some(data) => {
-                            mark_slow(slow, &pending);
+                            for node in past_hedge(&pending) {
+                                self.unanswered(&node, Unanswered::Slow);
+                                slow.0.insert(node);
+                            }
                             return Ok(data);
                         }
                         None => continue,
@@ -208,6 +218,9 @@ impl BlobClient {
                 pending.remove(at);
             }
             let expected = rotation.pair_of_shard(shard.into()) as u16;
+            if answer.is_ok() {
+                self.answered(&node);
+            }
             match answer {
                 Ok(Some(bytes)) => match PrimarySliver::from_shared(bytes.into()) {
                     Ok(sliver) if sliver.index() == expected && sliver.segment() == index => {
@@ -222,6 +235,7 @@ impl BlobClient {
                         self.invalid_from(&node);
                     }
                     if e.is_silence() {
+                        self.unanswered(&node, Unanswered::Silent);
                         slow.0.insert(node.clone());
                     }
                     tracing::debug!(%node, shard, "sliver {index} of {id}: {e}");
@@ -293,11 +307,11 @@ impl BlobClient {
 }
 
 /// Nodes still not answering after the hedge delay when the segment was
-/// decoded are slow: asked last for the next segments.
-fn mark_slow(slow: &mut SlowNodes, pending: &[(String, Instant)]) {
-    for (node, since) in pending {
-        if since.elapsed() >= HEDGE_AFTER {
-            slow.0.insert(node.clone());
-        }
-    }
+/// decoded: slow, asked last for the next segments (and reads after).
+fn past_hedge(pending: &[(String, Instant)]) -> Vec<String> {
+    pending
+        .iter()
+        .filter(|(_, since)| since.elapsed() >= HEDGE_AFTER)
+        .map(|(node, _)| node.clone())
+        .collect()
 }

@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use super::blob_client::{BlobClient, BlobIoError};
 use super::read::{SlowNodes, HEDGE_AFTER};
+use super::unanswering::Unanswered;
 use crate::codec::format::SLIVER_OVERHEAD;
 use crate::codec::{
     row_span, rows_of, verified_row, BlobMetadata, PrimarySliver, SegmentData, SegmentLayout,
@@ -118,7 +119,7 @@ impl BlobClient {
         for &row in wanted {
             let shard = rotation.shard_of_pair(row.into()) as u16;
             let (node, call) = self.holder(shard)?;
-            if slow.contains(&node.name) {
+            if slow.contains(&node.name) || self.ask_last(&node.name) {
                 return None;
             }
             let name = node.name.clone();
@@ -136,12 +137,16 @@ impl BlobClient {
                 tokio::time::timeout(HEDGE_AFTER, asking.next()).await
             else {
                 for node in pending {
+                    self.unanswered(&node, Unanswered::Slow);
                     slow.insert(node);
                 }
                 return None;
             };
             if let Some(at) = pending.iter().position(|n| *n == node) {
                 pending.remove(at);
+            }
+            if answer.is_ok() {
+                self.answered(&node);
             }
             let sliver = match answer {
                 Ok(Some(bytes)) => PrimarySliver::from_shared(bytes.into()).ok(),
@@ -151,6 +156,7 @@ impl BlobClient {
                         self.invalid_from(&node);
                     }
                     if e.is_silence() {
+                        self.unanswered(&node, Unanswered::Silent);
                         slow.insert(node.clone());
                     }
                     tracing::debug!(%node, row, "row {row} of segment {index} of {id}: {e}");

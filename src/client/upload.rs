@@ -86,7 +86,13 @@ impl BlobClient {
             pending_held: MemoryReservation::default(),
             in_flight: VecDeque::new(),
             shipped: Vec::new(),
-            shunned: Arc::default(),
+            // Nodes lately silent get nothing of this write from the
+            // start (their shards are repaired later), rather than cost
+            // its first segment a deadline.
+            shunned: Arc::new(Mutex::new(Shunned {
+                nodes: self.passed_over(),
+                shards: BTreeSet::new(),
+            })),
             total: 0,
             settled: false,
         })
@@ -306,10 +312,14 @@ impl BlobClient {
         for (node, shard, result) in join_all(sends).await {
             match result {
                 Ok(()) => {
+                    self.answered(&node);
                     filed.insert(shard);
                 }
                 Err(e) => {
                     tracing::warn!(%node, shard, "shipping segment {index} of upload {session}: {e}");
+                    if e.is_silence() {
+                        self.unanswered(&node, super::unanswering::Unanswered::Silent);
+                    }
                     let mut shunned = shunned.lock().expect("not poisoned");
                     if e.is_silence() {
                         shunned.nodes.insert(node);

@@ -216,12 +216,18 @@ impl BlobClient {
         for (node, answer) in nodes.into_iter().zip(answers) {
             match answer {
                 Ok(adopted) => {
+                    self.answered(&node.name);
                     for (shards, theirs) in held.iter_mut().zip(adopted.segments) {
                         // A node speaks only for the shards the map gives it.
                         shards.extend(theirs.into_iter().filter(|s| node.shards.contains(s)));
                     }
                 }
-                Err(e) => tracing::warn!(node = %node.name, "staging {id}: {e}"),
+                Err(e) => {
+                    if e.is_silence() {
+                        self.unanswered(&node.name, super::unanswering::Unanswered::Silent);
+                    }
+                    tracing::warn!(node = %node.name, "staging {id}: {e}")
+                }
             }
         }
         held

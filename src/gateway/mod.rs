@@ -144,6 +144,8 @@ struct GatewayState {
     extra_metrics: RwLock<Option<Registry>>,
     /// Rows of segments kept for later reads, and the reads in flight.
     segments: Arc<crate::client::SharedReads>,
+    /// Nodes that lately left a call unanswered, for every request.
+    unanswering: Arc<crate::client::UnansweringNodes>,
     /// The certificate served, when the gateway serves TLS.
     tls: Option<Arc<crate::tls::ServingCert>>,
 }
@@ -156,7 +158,8 @@ impl GatewayState {
         Ok(
             BlobClient::new(self.calls.clone(), map, Some(self.metrics.clone()))
                 .with_shared_reads(self.segments.clone())
-                .with_memory_budget(self.upload_memory.clone()),
+                .with_memory_budget(self.upload_memory.clone())
+                .with_unanswering_memory(self.unanswering.clone()),
         )
     }
 }
@@ -178,7 +181,8 @@ impl Door {
         Ok(
             BlobClient::new(self.0.calls.clone(), map, Some(self.0.metrics.clone()))
                 .with_shared_reads(self.0.segments.clone())
-                .with_memory_budget(self.0.upload_memory.clone()),
+                .with_memory_budget(self.0.upload_memory.clone())
+                .with_unanswering_memory(self.0.unanswering.clone()),
         )
     }
 
@@ -239,10 +243,16 @@ impl Gateway {
             FleetSource::Fixed(map) => MapFile::fixed(map),
             FleetSource::File(path) => MapFile::new(path),
         };
+        let calls = NodeCalls::new(config.cluster_tokens.clone(), config.deadlines)
+            .trusting(config.nodes_ca.as_ref());
+        let unanswering = crate::client::UnansweringNodes::new(
+            calls.clone(),
+            Some(metrics.node_unanswering.clone()),
+        );
         let state = Arc::new(GatewayState {
             map,
-            calls: NodeCalls::new(config.cluster_tokens.clone(), config.deadlines)
-                .trusting(config.nodes_ca.as_ref()),
+            calls,
+            unanswering,
             registry,
             metrics,
             spool,

@@ -313,3 +313,76 @@ async fn a_read_gets_the_metadata_from_another_holder_while_the_first_one_asked_
         "the read asked a holder for the metadata, and that one hung"
     );
 }
+
+/// The value of metric `series` (name and labels, as the text shows them)
+/// in `text`, 0 when absent.
+fn series_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_found_hung_is_passed_over_by_later_reads_writes_and_deletes_without_waiting_until_it_answers_again(
+) {
+    let fleet = DevFleet::start(&["--node-timeout-secs", "2"]);
+    // Six blobs of two segments: node-3 holds systematic slivers of some.
+    let mut blobs = Vec::new();
+    for seed in 0..6 {
+        let data = pseudo_random(1_500_000, 70 + seed);
+        blobs.push((fleet.put(&data).await, data));
+    }
+    let status = fleet.wait_for("healthy", |s| all_healthy(s, 6)).await;
+    let hung = DevFleet::pid_of(&status, "node-3");
+    let unanswered = r#"redstuff_gateway_node_calls_unanswered_total{node="node-3"}"#;
+    let silent = r#"redstuff_gateway_node_unanswering{node="node-3"}"#;
+    assert_eq!(series_value(&fleet.metrics().await, silent), 0.0);
+    fleet.stop(hung);
+
+    // The first write waits out its deadline and finds it silent.
+    let response = within_bound("PUT", bound(DEADLINE, 2), fleet.try_put(&blobs[0].1)).await;
+    assert_eq!(response.status(), 201);
+    let metrics = fleet.metrics().await;
+    assert_eq!(series_value(&metrics, silent), 1.0, "{metrics}");
+    let waited_out = series_value(&metrics, unanswered);
+    assert!(waited_out >= 1.0, "{metrics}");
+
+    // From then on nothing waits on it: no call to it is waited out, and
+    // writes store their blob without its shard.
+    for (id, data) in &blobs {
+        assert!(within("GET", fleet.get(id)).await == *data);
+    }
+    for seed in 0..3 {
+        let response = within("PUT", fleet.try_put(&pseudo_random(700_000, 90 + seed))).await;
+        assert_eq!(response.status(), 201);
+        let stored: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(stored["shards_missing"], serde_json::json!([3]), "{stored}");
+    }
+    assert_eq!(
+        within("DELETE", fleet.code("DELETE", &blobs[5].0)).await,
+        204
+    );
+    assert_eq!(fleet.code("GET", &blobs[5].0).await, 404);
+    let metrics = fleet.metrics().await;
+    assert_eq!(
+        series_value(&metrics, unanswered),
+        waited_out,
+        "a call to the hung node was waited out again:\n{metrics}"
+    );
+
+    // Resumed, it answers the gateway's probe and takes writes again.
+    fleet.resume(hung);
+    within("node-3 answering the gateway again", async {
+        while series_value(&fleet.metrics().await, silent) != 0.0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let response = within("PUT", fleet.try_put(&pseudo_random(700_000, 99))).await;
+    assert_eq!(response.status(), 201);
+    let stored: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(stored["shards_missing"], serde_json::json!([]), "{stored}");
+    fleet
+        .wait_for("healed", |s| all_ready(s) && all_healthy(s, 9))
+        .await;
+}
