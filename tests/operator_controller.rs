@@ -1395,16 +1395,54 @@ async fn with_tls_a_cluster_gets_a_ca_and_serving_certificates_kept_until_thirty
 }
 
 #[tokio::test]
-async fn a_ca_secret_without_its_key_stops_the_reconcile_before_anything_is_applied_and_says_so_in_an_event(
-) {
-    let mut tls_cluster = cluster(7, 3, None);
+async fn a_ca_secret_without_its_key_holds_every_object_but_repairs_and_status_go_on_and_say_why() {
+    // Four real nodes, one shard each (plain HTTP here: the endpoints
+    // override the https URLs). The blob is written while node 2 is gone;
+    // node 2 then comes back empty, as on a new volume.
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let map_dir = tempfile::tempdir().unwrap();
+    let map_path = map_dir.path().join("fleet.json");
+    let shard = |i: u16| BTreeSet::from([i]);
+    let mut nodes = Vec::new();
+    for i in [0u16, 1, 3] {
+        let name = format!("media-node-{i}");
+        let node =
+            start_node_with_fleet(&name, dirs[i as usize].path(), &shard(i), Some(&map_path)).await;
+        nodes.push((name, node));
+    }
+    let mut map_nodes: Vec<(String, String, BTreeSet<u16>)> = nodes
+        .iter()
+        .zip([0u16, 1, 3])
+        .map(|((name, n), i)| (name.clone(), n.url.clone(), shard(i)))
+        .collect();
+    map_nodes.push(("media-node-2".into(), "http://127.0.0.1:1".into(), shard(2)));
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 17 % 251) as u8).collect();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &data).unwrap();
+    let written = BlobClient::new(node_calls(), fleet_map(4, &map_nodes), None)
+        .write_file(file.path())
+        .await
+        .unwrap();
+    let node2 =
+        start_node_with_fleet("media-node-2", dirs[2].path(), &shard(2), Some(&map_path)).await;
+    map_nodes.pop();
+    map_nodes.push(("media-node-2".into(), node2.url.clone(), shard(2)));
+    fleet_map(4, &map_nodes).write(&map_path).unwrap();
+    let mut endpoints = Endpoints::default().with_override("media-node-2", node2.url.clone());
+    for (name, n) in &nodes {
+        endpoints = endpoints.with_override(name.clone(), n.url.clone());
+    }
+
+    // The cluster serves TLS, and its CA Secret lost its key.
+    let previous = settled_status(4, 4).await;
+    let mut tls_cluster = cluster(4, 4, Some(previous));
     tls_cluster.spec.tls = Some(redstuff::operator::crd::TlsSpec {
         enabled: Some(true),
         gateway_names: None,
         gateway_secret: None,
     });
-    let mut api = api_with_tokens();
     let ca = redstuff::tls::LocalCa::generate("media").unwrap();
+    let mut api = api_with_tokens();
     use base64::Engine as _;
     api.objects.insert(
         format!("{NS}/secrets/media-ca"),
@@ -1415,33 +1453,104 @@ async fn a_ca_secret_without_its_key_stops_the_reconcile_before_anything_is_appl
             "data": {"ca.crt": base64::engine::general_purpose::STANDARD.encode(ca.cert_pem())}
         }),
     );
-    let (result, seen, _) =
-        try_reconcile_by(None, api, tls_cluster, vec![], vec![], silent_nodes(3)).await;
+    let (result, seen, ctx) = try_reconcile_by(
+        None,
+        api,
+        tls_cluster.clone(),
+        ready_pods(4),
+        claims(4),
+        endpoints.clone(),
+    )
+    .await;
+    result.unwrap();
+
+    // Nothing of the cluster's is applied, created or deleted: pods made
+    // without the material would serve plain HTTP.
+    let changed: Vec<String> = lines(&seen)
+        .into_iter()
+        .filter(|l| !l.starts_with("GET "))
+        .filter(|l| !l.ends_with("/events") && !l.ends_with("/status"))
+        .filter(|l| !l.contains(&format!("{GROUP}/blobs/upload-")))
+        .collect();
     assert!(
-        matches!(
-            result,
-            Err(redstuff::operator::controller::ReconcileError::Tls(_))
-        ),
-        "{result:?}"
+        changed.is_empty(),
+        "changed without TLS material: {changed:#?}"
     );
-    assert!(
-        !seen.iter().any(|s| s.method == "PATCH"),
-        "applied without TLS material: {:#?}",
-        lines(&seen)
-    );
-    assert_eq!(
-        events(&seen),
-        vec![("Warning".into(), "TlsMaterial".into())]
-    );
+    // Told by one Event (not also as objects that failed to apply); the
+    // blob's state has its own.
+    let reasons: Vec<String> = events(&seen).into_iter().map(|(_, r)| r).collect();
+    assert_eq!(reasons, ["TlsMaterial", "ClusterDegraded"]);
     let note = seen
         .iter()
         .find(|s| s.path.ends_with("/events"))
         .map(|s| s.body["note"].as_str().unwrap_or_default().to_string())
         .unwrap();
     assert!(
-        note.contains("media-ca") && note.contains("ca.key"),
+        note.contains("media-ca") && note.contains("ca.key") && note.contains("repairs"),
         "{note}"
     );
+    let status = status_written(&seen).expect("the status is written");
+    let synced = condition(&status, "Synced");
+    assert_eq!(synced["status"], "False", "{status:#}");
+    assert_eq!(synced["reason"], "TlsMaterial");
+    assert!(synced["message"].as_str().unwrap().contains("ca.key"));
+    assert_eq!(status["blobs"]["degraded"], 1, "{status:#}");
+    assert_eq!(status["repairsInFlight"], 1);
+
+    // The repair runs, trusting the CA whose certificate the Secret kept.
+    let fleet = ctx
+        .fleets
+        .find(&("storage".into(), "media".into()))
+        .unwrap();
+    let issued = ca
+        .issue(
+            &["media-node-0.media-nodes.storage.svc".to_string()],
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    assert!(trusts(
+        &fleet.trust,
+        &issued.cert_pem,
+        "media-node-0.media-nodes.storage.svc"
+    ));
+    assert!(fleet.repairer.wait_idle(Duration::from_secs(30)).await);
+    assert_eq!(fleet.metrics.repairs_completed.get(), 1);
+    let inventory = node_calls()
+        .node(&node2.url)
+        .full_inventory()
+        .await
+        .unwrap();
+    let blob = inventory
+        .blobs
+        .iter()
+        .find(|b| b.id == written.metadata.blob_id().to_string())
+        .expect("node 2 holds the blob again");
+    assert_eq!(blob.shards.get(&2), Some(&blob.segments));
+
+    // Told once: the next reconcile, still held, publishes no Event again.
+    let mut api = api_with_tokens();
+    api.objects.insert(
+        format!("{NS}/secrets/media-ca"),
+        json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "media-ca", "namespace": "storage"},
+            "data": {"ca.crt": base64::engine::general_purpose::STANDARD.encode(ca.cert_pem())}
+        }),
+    );
+    let mut held = tls_cluster;
+    held.status = Some(serde_json::from_value(status).unwrap());
+    let (result, seen, _) =
+        try_reconcile_by(Some(ctx), api, held, ready_pods(4), claims(4), endpoints).await;
+    result.unwrap();
+    assert!(
+        !events(&seen).iter().any(|(_, r)| r == "TlsMaterial"),
+        "{:?}",
+        events(&seen)
+    );
+    let status = status_written(&seen).expect("the blob is healthy again");
+    assert_eq!(status["blobs"]["healthy"], 1, "{status:#}");
+    assert_eq!(condition(&status, "Synced")["reason"], "TlsMaterial");
 }
 
 /// Whether `trust` accepts `cert_pem` for `name`.

@@ -67,7 +67,8 @@ pub enum ReconcileError {
     /// No random bytes for the node token.
     #[error("cannot make a node token: {0}")]
     Token(std::io::Error),
-    /// The cluster's CA or serving certificate could not be made.
+    /// The cluster's CA or serving certificate could not be read or made
+    /// (the reconcile then holds the cluster's objects, see `hold_objects`).
     #[error("TLS: {0}")]
     Tls(String),
     /// The finalizer helper failed.
@@ -482,8 +483,6 @@ pub async fn reconcile_cluster(
     let ephemeral = cluster.spec.storage.ephemeral == Some(true);
 
     // Observe pods and claims.
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
     let observed_pods = ctx.observed.node_pods(&client, &namespace, &name).await?;
     let observed_claims = if ephemeral {
         Vec::new()
@@ -581,239 +580,51 @@ pub async fn reconcile_cluster(
     let shards_to_move = fleet::live_moves(&assignment, &balanced, &holders) as u32;
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let applied = &fleet_state.applied;
+    let mut failures = Failures::default();
     let tls = if cluster.spec.tls_enabled() {
         match read_or_make_tls(&secrets, &cluster, &name, &namespace).await {
-            Ok(tls) => Some(tls),
-            Err(e @ ReconcileError::Tls(_)) => {
-                // Nothing is applied without it: say why where `kubectl
-                // describe` shows it, not only in the operator's log.
-                ctx.publish(&*cluster, true, "TlsMaterial", e.to_string())
-                    .await;
-                return Err(e);
-            }
+            Ok(tls) => Ok(Some(tls)),
+            Err(ReconcileError::Tls(problem)) => Err(problem),
             Err(e) => return Err(e),
         }
     } else {
-        None
+        Ok(None)
     };
-    let credentials = Credentials {
-        cluster: read_or_make_token(&secrets, &cluster_token_secret(&name)).await?,
-        users: read_or_make_token(&secrets, &user_token_secret(&name)).await?,
-        s3: match crate::operator::desired::s3::enabled(&cluster) {
-            Some(s3) if s3.credentials_secret.is_none() => Some(
-                read_or_make_s3_keys(
-                    &secrets,
-                    &crate::operator::desired::s3::s3_credentials_secret(&name),
-                )
-                .await?,
-            ),
-            _ => None,
+    let scope = ApplyScope {
+        ctx: &ctx,
+        cluster: &cluster,
+        name: &name,
+        namespace: &namespace,
+        fleet_state: &fleet_state,
+        encoding: &encoding,
+        assignment: &assignment,
+        decisions: &decisions,
+        observed_pods: &observed_pods,
+        pod_by_name: &pod_by_name,
+        claim_by_name: &claim_by_name,
+        node_names: &node_names,
+        previous_status: &previous_status,
+    };
+    let (
+        Applied {
+            outdated,
+            rollout_wait,
         },
-        tls,
-    };
-    if let Some(tls) = &credentials.tls {
-        trust_cluster_ca(&fleet_state.trust, &tls.ca_cert_pem);
-        let gateway_trust = &fleet_state.gateway_trust;
-        if let Err(problem) =
-            trust_gateway(&secrets, &cluster, gateway_trust, &tls.ca_cert_pem).await
-        {
-            ctx.publish(&*cluster, true, "TlsMaterial", problem).await;
-        }
-    }
-    let desired = desired_objects(&cluster, &assignment, &ctx.operator, &credentials);
-
-    let applied = &fleet_state.applied;
-    let mut failures = Failures::default();
-    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
-    apply_noting(
-        &mut failures,
-        applied,
-        &services,
-        &desired.node_service,
-        true,
-    )
-    .await;
-    apply_noting(
-        &mut failures,
-        applied,
-        &Api::<ConfigMap>::namespaced(client.clone(), &namespace),
-        &desired.shards_config,
-        true,
-    )
-    .await;
-    apply_noting(&mut failures, applied, &secrets, &desired.node_token, true).await;
-    for secret in [
-        &desired.ca_secret,
-        &desired.node_tls_secret,
-        &desired.gateway_tls_secret,
-    ]
-    .into_iter()
-    .flatten()
-    {
-        apply_noting(&mut failures, applied, &secrets, secret, true).await;
-    }
-    apply_noting(
-        &mut failures,
-        applied,
-        &secrets,
-        &desired.gateway_token,
-        true,
-    )
-    .await;
-    apply_noting(
-        &mut failures,
-        applied,
-        &Api::<NetworkPolicy>::namespaced(client.clone(), &namespace),
-        &desired.node_network_policy,
-        true,
-    )
-    .await;
-    if let Some(secret) = &desired.s3_credentials {
-        apply_noting(&mut failures, applied, &secrets, secret, true).await;
-    }
-    if let Some(claim) = &desired.s3_index_claim {
-        let existing = claim_by_name.contains_key(&claim.name_any());
-        apply_noting(&mut failures, applied, &claims, claim, existing).await;
-    }
-    for claim in &desired.node_claims {
-        // A claim still being deleted cannot be applied: it is recreated
-        // once its pod has released it.
-        let existing = claim_by_name.get(&claim.name_any());
-        let terminating = existing.is_some_and(|c| c.metadata.deletion_timestamp.is_some());
-        if !terminating {
-            apply_noting(&mut failures, applied, &claims, claim, existing.is_some()).await;
-        }
-    }
-    // Node pods created from another spec are never patched (a pod's spec
-    // is immutable, and a new image on every pod at once would restart
-    // them together): they are replaced one at a time.
-    fleet_state
-        .calls
-        .token
-        .replace(crate::auth::parse_tokens(&credentials.cluster));
-    let rollout_nodes: Vec<RolloutNode> = desired
-        .node_pods
-        .iter()
-        .zip(&decisions)
-        .map(|(pod, decision)| RolloutNode {
-            name: pod.name_any(),
-            outdated: decision.delete_pod.is_none()
-                && pod_by_name
-                    .get(&pod.name_any())
-                    .is_some_and(|existing| is_outdated(existing, pod)),
-            available: decision.available,
-        })
-        .collect();
-    let outdated: Vec<String> = rollout_nodes
-        .iter()
-        .filter(|n| n.outdated)
-        .map(|n| n.name.clone())
-        .collect();
-    let calm = FleetCalm {
-        repairs_in_flight: fleet_state.repairer.in_flight(),
-        blobs_to_repair: last_view_blobs_to_repair(&fleet_state, &encoding),
-    };
-    let replacement = rollout::next_replacement(&rollout_nodes, calm).map(str::to_string);
-    let rollout_wait = rollout::waiting_for(&rollout_nodes, calm);
-    for (index, ((pod, decision), rollout)) in desired
-        .node_pods
-        .iter()
-        .zip(&decisions)
-        .zip(&rollout_nodes)
-        .enumerate()
-    {
-        let existing = pod_by_name.get(&pod.name_any());
-        let present = existing.is_some();
-        let terminating = existing.is_some_and(|p| p.metadata.deletion_timestamp.is_some());
-        // A pod created on a claim still being deleted would hold it (and
-        // run on the old volume): wait until the claim is gone and new.
-        let claim_terminating = claim_by_name
-            .get(&node_claim_name(&name, index))
-            .is_some_and(|c| c.metadata.deletion_timestamp.is_some());
-        if decision.delete_pod.is_none() && !terminating && !claim_terminating && !rollout.outdated
-        {
-            let before = failures.0.len();
-            apply_noting(&mut failures, applied, &pods, pod, present).await;
-            if failures.0.len() == before
-                && !present
-                && !previous_status.shard_assignment.is_empty()
-            {
-                ctx.publish(
-                    &*cluster,
-                    false,
-                    "NodePodReplaced",
-                    format!("node pod {} was gone; created it again", pod.name_any()),
-                )
-                .await;
-            }
-        }
-    }
-    let deployments = Api::<Deployment>::namespaced(client.clone(), &namespace);
-    let gateway = if outdated.is_empty() {
-        desired.gateway.clone()
-    } else {
-        // Gateways follow nodes: until every node pod runs the new spec,
-        // the gateway keeps its image (a newer gateway may speak a node
-        // API the outdated nodes do not know).
-        match deployments.get_opt(&desired.gateway.name_any()).await {
-            Ok(Some(running)) => rollout::gateway_keeping_its_image(&desired.gateway, &running),
-            Ok(None) => desired.gateway.clone(),
-            Err(e) => {
-                failures.note("read the gateway Deployment".to_string(), Err::<(), _>(e));
-                desired.gateway.clone()
-            }
+        held,
+    ) = match tls {
+        Ok(tls) => (apply_objects(scope, tls, &mut failures).await?, None),
+        Err(problem) => {
+            hold_objects(scope, &problem).await?;
+            (
+                Applied {
+                    outdated: Vec::new(),
+                    rollout_wait: None,
+                },
+                Some(problem),
+            )
         }
     };
-    apply_noting(&mut failures, applied, &deployments, &gateway, true).await;
-    apply_noting(
-        &mut failures,
-        applied,
-        &services,
-        &desired.gateway_service,
-        true,
-    )
-    .await;
-    apply_noting(
-        &mut failures,
-        applied,
-        &Api::<PodDisruptionBudget>::namespaced(client.clone(), &namespace),
-        &desired.disruption_budget,
-        true,
-    )
-    .await;
-
-    delete_pods(&ctx, &cluster, &pods, &decisions, &mut failures).await;
-    if let Some(pod) = &replacement {
-        let deleted = pods.delete(pod, &DeleteParams::default()).await.map(|_| ());
-        let ok = deleted.is_ok();
-        failures.note(format!("delete Pod {pod}"), deleted);
-        if ok {
-            ctx.publish(
-            &*cluster,
-            false,
-            "NodePodUpdated",
-            format!(
-                "replacing {pod} to run the changed spec ({} of {} node pods outdated; one at a time, on the same claim)",
-                outdated.len(),
-                nodes
-            ),
-        )
-        .await;
-        }
-    }
-    // Node pods beyond spec.nodes go (their claims stay until the cluster goes).
-    for pod in observed_pods
-        .iter()
-        .filter(|p| !node_names.contains(&p.name_any()))
-    {
-        if pod.metadata.deletion_timestamp.is_none() {
-            let deleted = pods
-                .delete(&pod.name_any(), &DeleteParams::default())
-                .await
-                .map(|_| ());
-            failures.note(format!("delete Pod {}", pod.name_any()), deleted);
-        }
-    }
     report_moved_shards(&ctx, &cluster, &previous, &assignment, &evicted).await;
 
     // The fleet: inventories, repairs, time to repair start.
@@ -976,6 +787,7 @@ pub async fn reconcile_cluster(
         outdated,
         rollout_wait,
         sync_failures: failures.0.clone(),
+        tls_problem: held.clone(),
     };
     let observed_status: Vec<ObservedNode> = node_specs
         .iter()
@@ -1013,7 +825,8 @@ pub async fn reconcile_cluster(
         )
         .await;
     }
-    let newly_failing = !failures.0.is_empty()
+    let newly_failing = held.is_none()
+        && !failures.0.is_empty()
         && !previous_status
             .conditions
             .iter()
@@ -1034,6 +847,7 @@ pub async fn reconcile_cluster(
     write_status_if_changed(&clusters, &cluster, status).await?;
 
     let busy = !failures.0.is_empty()
+        || held.is_some()
         || summary.repairs_in_flight > 0
         || blob_counts.degraded + blob_counts.at_risk > 0
         || decisions.iter().any(|d| !d.available)
@@ -1047,6 +861,309 @@ pub async fn reconcile_cluster(
         next = next.min(eviction + Duration::from_secs(1));
     }
     Ok(Action::requeue(next))
+}
+
+/// What applying a cluster's objects needs from its reconcile.
+struct ApplyScope<'a> {
+    ctx: &'a Context,
+    cluster: &'a StorageCluster,
+    name: &'a str,
+    namespace: &'a str,
+    fleet_state: &'a ClusterFleet,
+    encoding: &'a EncodingConfig,
+    assignment: &'a Assignment,
+    decisions: &'a [NodeDecision],
+    observed_pods: &'a [Pod],
+    pod_by_name: &'a BTreeMap<String, &'a Pod>,
+    claim_by_name: &'a BTreeMap<String, &'a PersistentVolumeClaim>,
+    node_names: &'a [String],
+    previous_status: &'a super::crd::StorageClusterStatus,
+}
+
+/// What applying left to report: the node pods still outdated, and why
+/// the rollout waits.
+struct Applied {
+    outdated: Vec<String>,
+    rollout_wait: Option<String>,
+}
+
+/// Applies the cluster's objects (`tls`: its TLS material, when it serves
+/// TLS), replaces at most one outdated node pod, deletes the pods the
+/// lifecycle decided to and those beyond spec.nodes; what fails is noted
+/// in `failures`, and the rest goes on.
+async fn apply_objects(
+    scope: ApplyScope<'_>,
+    tls: Option<ClusterTls>,
+    failures: &mut Failures,
+) -> Result<Applied, ReconcileError> {
+    let ApplyScope {
+        ctx,
+        cluster,
+        name,
+        namespace,
+        fleet_state,
+        encoding,
+        assignment,
+        decisions,
+        observed_pods,
+        pod_by_name,
+        claim_by_name,
+        node_names,
+        previous_status,
+    } = scope;
+    let client = ctx.client.clone();
+    let nodes = node_names.len();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let credentials = Credentials {
+        cluster: read_or_make_token(&secrets, &cluster_token_secret(name)).await?,
+        users: read_or_make_token(&secrets, &user_token_secret(name)).await?,
+        s3: match crate::operator::desired::s3::enabled(cluster) {
+            Some(s3) if s3.credentials_secret.is_none() => Some(
+                read_or_make_s3_keys(
+                    &secrets,
+                    &crate::operator::desired::s3::s3_credentials_secret(name),
+                )
+                .await?,
+            ),
+            _ => None,
+        },
+        tls,
+    };
+    if let Some(tls) = &credentials.tls {
+        trust_cluster_ca(&fleet_state.trust, &tls.ca_cert_pem);
+        let gateway_trust = &fleet_state.gateway_trust;
+        if let Err(problem) =
+            trust_gateway(&secrets, cluster, gateway_trust, &tls.ca_cert_pem).await
+        {
+            ctx.publish(cluster, true, "TlsMaterial", problem).await;
+        }
+    }
+    let desired = desired_objects(cluster, assignment, &ctx.operator, &credentials);
+
+    let applied = &fleet_state.applied;
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    apply_noting(failures, applied, &services, &desired.node_service, true).await;
+    apply_noting(
+        failures,
+        applied,
+        &Api::<ConfigMap>::namespaced(client.clone(), namespace),
+        &desired.shards_config,
+        true,
+    )
+    .await;
+    apply_noting(failures, applied, &secrets, &desired.node_token, true).await;
+    for secret in [
+        &desired.ca_secret,
+        &desired.node_tls_secret,
+        &desired.gateway_tls_secret,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        apply_noting(failures, applied, &secrets, secret, true).await;
+    }
+    apply_noting(failures, applied, &secrets, &desired.gateway_token, true).await;
+    apply_noting(
+        failures,
+        applied,
+        &Api::<NetworkPolicy>::namespaced(client.clone(), namespace),
+        &desired.node_network_policy,
+        true,
+    )
+    .await;
+    if let Some(secret) = &desired.s3_credentials {
+        apply_noting(failures, applied, &secrets, secret, true).await;
+    }
+    if let Some(claim) = &desired.s3_index_claim {
+        let existing = claim_by_name.contains_key(&claim.name_any());
+        apply_noting(failures, applied, &claims, claim, existing).await;
+    }
+    for claim in &desired.node_claims {
+        // A claim still being deleted cannot be applied: it is recreated
+        // once its pod has released it.
+        let existing = claim_by_name.get(&claim.name_any());
+        let terminating = existing.is_some_and(|c| c.metadata.deletion_timestamp.is_some());
+        if !terminating {
+            apply_noting(failures, applied, &claims, claim, existing.is_some()).await;
+        }
+    }
+    // Node pods created from another spec are never patched (a pod's spec
+    // is immutable, and a new image on every pod at once would restart
+    // them together): they are replaced one at a time.
+    fleet_state
+        .calls
+        .token
+        .replace(crate::auth::parse_tokens(&credentials.cluster));
+    let rollout_nodes: Vec<RolloutNode> = desired
+        .node_pods
+        .iter()
+        .zip(decisions)
+        .map(|(pod, decision)| RolloutNode {
+            name: pod.name_any(),
+            outdated: decision.delete_pod.is_none()
+                && pod_by_name
+                    .get(&pod.name_any())
+                    .is_some_and(|existing| is_outdated(existing, pod)),
+            available: decision.available,
+        })
+        .collect();
+    let outdated: Vec<String> = rollout_nodes
+        .iter()
+        .filter(|n| n.outdated)
+        .map(|n| n.name.clone())
+        .collect();
+    let calm = FleetCalm {
+        repairs_in_flight: fleet_state.repairer.in_flight(),
+        blobs_to_repair: last_view_blobs_to_repair(fleet_state, encoding),
+    };
+    let replacement = rollout::next_replacement(&rollout_nodes, calm).map(str::to_string);
+    let rollout_wait = rollout::waiting_for(&rollout_nodes, calm);
+    for (index, ((pod, decision), rollout)) in desired
+        .node_pods
+        .iter()
+        .zip(decisions)
+        .zip(&rollout_nodes)
+        .enumerate()
+    {
+        let existing = pod_by_name.get(&pod.name_any());
+        let present = existing.is_some();
+        let terminating = existing.is_some_and(|p| p.metadata.deletion_timestamp.is_some());
+        // A pod created on a claim still being deleted would hold it (and
+        // run on the old volume): wait until the claim is gone and new.
+        let claim_terminating = claim_by_name
+            .get(&node_claim_name(name, index))
+            .is_some_and(|c| c.metadata.deletion_timestamp.is_some());
+        if decision.delete_pod.is_none() && !terminating && !claim_terminating && !rollout.outdated
+        {
+            let before = failures.0.len();
+            apply_noting(failures, applied, &pods, pod, present).await;
+            if failures.0.len() == before
+                && !present
+                && !previous_status.shard_assignment.is_empty()
+            {
+                ctx.publish(
+                    cluster,
+                    false,
+                    "NodePodReplaced",
+                    format!("node pod {} was gone; created it again", pod.name_any()),
+                )
+                .await;
+            }
+        }
+    }
+    let deployments = Api::<Deployment>::namespaced(client.clone(), namespace);
+    let gateway = if outdated.is_empty() {
+        desired.gateway.clone()
+    } else {
+        // Gateways follow nodes: until every node pod runs the new spec,
+        // the gateway keeps its image (a newer gateway may speak a node
+        // API the outdated nodes do not know).
+        match deployments.get_opt(&desired.gateway.name_any()).await {
+            Ok(Some(running)) => rollout::gateway_keeping_its_image(&desired.gateway, &running),
+            Ok(None) => desired.gateway.clone(),
+            Err(e) => {
+                failures.note("read the gateway Deployment".to_string(), Err::<(), _>(e));
+                desired.gateway.clone()
+            }
+        }
+    };
+    apply_noting(failures, applied, &deployments, &gateway, true).await;
+    apply_noting(failures, applied, &services, &desired.gateway_service, true).await;
+    apply_noting(
+        failures,
+        applied,
+        &Api::<PodDisruptionBudget>::namespaced(client.clone(), namespace),
+        &desired.disruption_budget,
+        true,
+    )
+    .await;
+
+    delete_pods(ctx, cluster, &pods, decisions, failures).await;
+    if let Some(pod) = &replacement {
+        let deleted = pods.delete(pod, &DeleteParams::default()).await.map(|_| ());
+        let ok = deleted.is_ok();
+        failures.note(format!("delete Pod {pod}"), deleted);
+        if ok {
+            ctx.publish(
+            cluster,
+            false,
+            "NodePodUpdated",
+            format!(
+                "replacing {pod} to run the changed spec ({} of {} node pods outdated; one at a time, on the same claim)",
+                outdated.len(),
+                nodes
+            ),
+        )
+        .await;
+        }
+    }
+    // Node pods beyond spec.nodes go (their claims stay until the cluster goes).
+    for pod in observed_pods
+        .iter()
+        .filter(|p| !node_names.contains(&p.name_any()))
+    {
+        if pod.metadata.deletion_timestamp.is_none() {
+            let deleted = pods
+                .delete(&pod.name_any(), &DeleteParams::default())
+                .await
+                .map(|_| ());
+            failures.note(format!("delete Pod {}", pod.name_any()), deleted);
+        }
+    }
+    Ok(Applied {
+        outdated,
+        rollout_wait,
+    })
+}
+
+/// While the cluster's TLS material cannot be read or made, nothing is
+/// applied, created or replaced (pods made without it would serve plain
+/// HTTP, and its Secrets would be overwritten), but the fleet is still
+/// called, with the cluster token and the CA the nodes serve under, so
+/// repairs and status go on. A Warning Event tells the problem when it
+/// starts; the Synced condition tells it until it is fixed.
+async fn hold_objects(scope: ApplyScope<'_>, problem: &str) -> Result<(), ReconcileError> {
+    let ApplyScope {
+        ctx,
+        cluster,
+        name,
+        namespace,
+        fleet_state,
+        previous_status,
+        ..
+    } = scope;
+    let already_told = previous_status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Synced" && c.reason == "TlsMaterial");
+    if !already_told {
+        ctx.publish(
+            cluster,
+            true,
+            "TlsMaterial",
+            format!(
+                "{problem}; nothing is applied, created or replaced until it is fixed (repairs and status go on)"
+            ),
+        )
+        .await;
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let token = read_or_make_token(&secrets, &cluster_token_secret(name)).await?;
+    fleet_state
+        .calls
+        .token
+        .replace(crate::auth::parse_tokens(&token));
+    // The CA the nodes' certificate was issued by, else the CA Secret's
+    // certificate (an operator started meanwhile trusts no CA yet).
+    for secret in [tls::node_tls_secret_name(name), tls::ca_secret_name(name)] {
+        if let Some(pem) = secret_text(&secrets.get_opt(&secret).await?, tls::CA_CERT_KEY) {
+            trust_cluster_ca(&fleet_state.trust, &pem);
+            break;
+        }
+    }
+    Ok(())
 }
 
 async fn delete_pods(

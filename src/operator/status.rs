@@ -51,6 +51,9 @@ pub struct FleetSummary {
     pub rollout_wait: Option<String>,
     /// Objects that could not be applied or deleted this time, and why.
     pub sync_failures: Vec<String>,
+    /// Why nothing was applied: the cluster's TLS material cannot be read
+    /// or made (repairs and status go on).
+    pub tls_problem: Option<String>,
 }
 
 /// Checks a spec beyond what the schema can (the controller's last line of
@@ -363,13 +366,21 @@ fn fold_in_fleet(
             ),
         );
     }
-    let synced = fleet.sync_failures.is_empty();
+    let synced = fleet.sync_failures.is_empty() && fleet.tls_problem.is_none();
     status.conditions.push(condition(
         "Synced",
         synced,
-        if synced { "Applied" } else { "ApplyFailed" },
+        match (synced, &fleet.tls_problem) {
+            (true, _) => "Applied",
+            (false, Some(_)) => "TlsMaterial",
+            (false, None) => "ApplyFailed",
+        },
         if synced {
             "every object of the cluster is applied".to_string()
+        } else if let Some(problem) = &fleet.tls_problem {
+            super::context::truncate_note(format!(
+                "nothing is applied, created or replaced until the cluster's TLS material is fixed (repairs and status go on): {problem}"
+            ))
         } else {
             let mut message = format!(
                 "{} objects could not be applied and are retried (repairs and status go on): {}",
