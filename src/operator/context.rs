@@ -353,7 +353,10 @@ impl Context {
                 .as_ref()
                 .and_then(|s| s.data.as_ref()?.get(super::desired::tls::CA_CERT_KEY))
             {
-                super::controller::trust_cluster_ca(&fleet.trust, &String::from_utf8_lossy(&pem.0));
+                super::cluster_secrets::trust_cluster_ca(
+                    &fleet.trust,
+                    &String::from_utf8_lossy(&pem.0),
+                );
             }
         }
         Ok(fleet.calls.clone())

@@ -2,8 +2,10 @@
 //! drive node pods and blobs with the decisions of `fleet`. The only module
 //! that imports kube.
 
+mod apply_objects;
 pub mod blob_controller;
 pub mod blob_status;
+mod cluster_secrets;
 pub mod context;
 pub mod controller;
 pub mod crd;
@@ -14,6 +16,7 @@ pub mod ingest;
 pub mod lifecycle;
 pub mod observed;
 pub mod pod_problem;
+mod reconcile_error;
 pub mod rollout;
 pub mod run;
 pub mod status;
