@@ -3,8 +3,9 @@
 //! same run: put and get of a blob through the gateway (the better of two
 //! blobs, as the limits are the best of several runs), against the codec
 //! alone and against writing the encoded bytes with fsync to the same
-//! disk; optionally several clients at once; then the time and the bytes
-//! to rebuild a node wiped while it held a given amount of slivers.
+//! disk; optionally several clients at once; small operations with one
+//! node stopped (`hung_node`); then the time and the bytes to rebuild a
+//! node wiped while it held a given amount of slivers.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -97,6 +98,9 @@ pub struct FleetBenchReport {
     pub naive_repair_bytes: u64,
     /// Several clients at once, when asked for.
     pub concurrent: Option<ConcurrentReport>,
+    /// Small operations with one node stopped, against the same with
+    /// every node answering.
+    pub hung_node: super::hung_node::HungNodeReport,
 }
 
 /// Several clients putting, then getting, different blobs at once.
@@ -229,7 +233,7 @@ pub async fn run(
     let result = measure(options, &http, &gateway, &blob_path, &data, &mut log).await;
     let _ = stop_tx.send(());
     let _ = fleet.await;
-    let (single, concurrent, repair) = result?;
+    let (single, concurrent, hung_node, repair) = result?;
     let (put_time, get_time) = (single.put.took, single.get.took);
     let encode = mb_per_s(options.size, encode_time);
     let decode = mb_per_s(options.size, decode_time);
@@ -264,6 +268,7 @@ pub async fn run(
         repair_bytes_moved: repair.3,
         naive_repair_bytes: repair.1,
         concurrent,
+        hung_node,
     })
 }
 
@@ -370,6 +375,7 @@ fn read_like_nodes(
 type Measured = (
     SingleBlob,
     Option<ConcurrentReport>,
+    super::hung_node::HungNodeReport,
     (u64, u64, Duration, u64),
 );
 
@@ -603,6 +609,8 @@ async fn measure(
         None
     };
 
+    let hung = super::hung_node::measure(http, gateway, log).await?;
+
     // Fill the fleet until node-0 holds the requested amount of slivers.
     let status_of = || async {
         let status: serde_json::Value = http
@@ -674,7 +682,12 @@ async fn measure(
         repair_time.as_secs_f64(),
         crate::units::format_bytes(moved)
     ));
-    Ok((single, concurrent, (wiped, stored, repair_time, moved)))
+    Ok((
+        single,
+        concurrent,
+        hung,
+        (wiped, stored, repair_time, moved),
+    ))
 }
 
 /// ", cores N% busy (C CPU-s)" for a log line, or nothing off Linux.
@@ -808,6 +821,7 @@ pub fn render_table(r: &FleetBenchReport) -> String {
             c.put_retries
         ));
     }
+    out.push_str(&super::hung_node::render(&r.hung_node));
     out.push_str(&format!(
         "repair of a wiped node holding {} of slivers ({} of blobs in the fleet):\n  \
          {:.2} s, {} moved between nodes, {:.3} of the {} a whole-blob repair would read\n",

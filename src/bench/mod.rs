@@ -5,6 +5,7 @@ pub mod codec;
 pub mod cpu;
 pub mod faults;
 pub mod fleet;
+pub mod hung_node;
 pub mod memory;
 pub mod plan;
 pub mod s3;
