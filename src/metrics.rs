@@ -4,7 +4,7 @@
 //! holds the list and the code together.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -96,6 +96,15 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     g
 }
 
+fn float_gauge(registry: &Registry, name: &str, help: &str) -> Gauge {
+    note(name);
+    let g = Gauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     note(name);
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
@@ -137,6 +146,9 @@ pub struct NodeMetrics {
     pub filesystem_size_bytes: IntGauge,
     /// Bytes still available to the store on its filesystem.
     pub filesystem_available_bytes: IntGauge,
+    /// How long the oldest store operation of a request has been running
+    /// (0: none runs); past 15 s the node calls itself not ready.
+    pub oldest_store_operation: Gauge,
     /// Slivers held, by kind.
     pub slivers: IntGaugeVec,
     /// Requests by route and status code.
@@ -190,6 +202,11 @@ impl NodeMetrics {
                 registry,
                 "redstuff_node_filesystem_available_bytes",
                 "Bytes available to the node's store on its filesystem.",
+            ),
+            oldest_store_operation: float_gauge(
+                registry,
+                "redstuff_node_oldest_store_operation_seconds",
+                "How long the oldest store operation of a request has been running (0: none): past 15 s the disk counts as stalled and the node as not ready.",
             ),
             slivers: gauge_vec(
                 registry,

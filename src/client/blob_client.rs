@@ -171,13 +171,6 @@ impl BlobClient {
         }
     }
 
-    /// Records that `node` answered a call.
-    pub(super) fn answered(&self, node: &str) {
-        if let Some(memory) = &self.unanswering {
-            memory.answered(node);
-        }
-    }
-
     /// Whether reads ask `node` last: it lately left a call unanswered.
     pub(super) fn ask_last(&self, node: &str) -> bool {
         self.unanswering

@@ -94,10 +94,7 @@ impl BlobClient {
             return false;
         };
         match self.client(holder).delete(id, generation).await {
-            Ok(()) => {
-                self.answered(node);
-                true
-            }
+            Ok(()) => true,
             Err(e) => {
                 if e.is_silence() {
                     self.unanswered(node, super::unanswering::Unanswered::Silent);

@@ -102,14 +102,11 @@ pub async fn collect_states(client: &BlobClient, id: &BlobId, quorum: usize) -> 
     let mut collection = StateCollection::default();
     while let Some((node, answer)) = pending.next().await {
         match answer {
-            Ok(state) => {
-                client.answered(&node.name);
-                collection.answers.push(StateAnswer {
-                    node: node.name.clone(),
-                    shards: node.shards.clone(),
-                    state,
-                })
-            }
+            Ok(state) => collection.answers.push(StateAnswer {
+                node: node.name.clone(),
+                shards: node.shards.clone(),
+                state,
+            }),
             Err(e) if e.is_silence() => {
                 client.unanswered(&node.name, super::unanswering::Unanswered::Silent);
                 collection.silent.insert(node.name.clone());

@@ -104,9 +104,6 @@ impl BlobClient {
             let Some((node, answer)) = asking.next().await else {
                 return Err(BlobIoError::NotFound(*id));
             };
-            if answer.is_ok() {
-                self.answered(&node.name);
-            }
             match answer {
                 Ok(Some(bytes)) => match BlobMetadata::from_bytes(&bytes) {
                     Ok(metadata) if metadata.blob_id() == *id => return Ok(metadata),
@@ -218,9 +215,6 @@ impl BlobClient {
                 pending.remove(at);
             }
             let expected = rotation.pair_of_shard(shard.into()) as u16;
-            if answer.is_ok() {
-                self.answered(&node);
-            }
             match answer {
                 Ok(Some(bytes)) => match PrimarySliver::from_shared(bytes.into()) {
                     Ok(sliver) if sliver.index() == expected && sliver.segment() == index => {

@@ -145,9 +145,6 @@ impl BlobClient {
             if let Some(at) = pending.iter().position(|n| *n == node) {
                 pending.remove(at);
             }
-            if answer.is_ok() {
-                self.answered(&node);
-            }
             let sliver = match answer {
                 Ok(Some(bytes)) => PrimarySliver::from_shared(bytes.into()).ok(),
                 Ok(None) => return None,

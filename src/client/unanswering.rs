@@ -9,10 +9,11 @@
 //! last, writes ship it nothing and deletes do not wait on it, as long as
 //! the other nodes hold n - f shards: see [`passed_over`]). A marked node
 //! is probed on its readiness endpoint every [`PROBE_PERIOD`]; it is
-//! unmarked as soon as it answers a probe or any call, and a probe it
-//! leaves unanswered past the call deadline makes it silent. A node with a
-//! stalled disk but a live process answers its probe and stays unmarked:
-//! such a node still costs each read the hedge delay.
+//! unmarked once it answers ready, and a probe it leaves unanswered past
+//! the call deadline, or answers not ready, makes it silent. Only the
+//! probe unmarks a node: a node whose disk stalls still answers calls
+//! that touch no disk (a blob's state), and says it is not ready once a
+//! store operation has hung long enough (`node::stall_watch`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, Weak};
@@ -122,8 +123,8 @@ impl UnansweringNodes {
         }
     }
 
-    /// Records that `node` answered a call: it is unmarked.
-    pub fn answered(&self, node: &str) {
+    /// Records that `node` answered its probe ready: it is unmarked.
+    fn answered(&self, node: &str) {
         let before = self.lock().remove(node).map(|m| m.how);
         if before.is_some() {
             self.changed(node, before);

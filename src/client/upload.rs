@@ -312,7 +312,6 @@ impl BlobClient {
         for (node, shard, result) in join_all(sends).await {
             match result {
                 Ok(()) => {
-                    self.answered(&node);
                     filed.insert(shard);
                 }
                 Err(e) => {

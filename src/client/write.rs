@@ -216,7 +216,6 @@ impl BlobClient {
         for (node, answer) in nodes.into_iter().zip(answers) {
             match answer {
                 Ok(adopted) => {
-                    self.answered(&node.name);
                     for (shards, theirs) in held.iter_mut().zip(adopted.segments) {
                         // A node speaks only for the shards the map gives it.
                         shards.extend(theirs.into_iter().filter(|s| node.shards.contains(s)));

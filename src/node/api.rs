@@ -45,7 +45,7 @@ const JSON_BODY_LIMIT: usize = 64 << 10;
 pub(super) fn router(state: Arc<NodeState>, tokens: Arc<TokenSet>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ready" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/inventory", get(inventory::inventory))
         .route("/v1/inventory/changes", get(inventory_changes::changes))
@@ -102,7 +102,7 @@ pub(super) fn router(state: Arc<NodeState>, tokens: Arc<TokenSet>) -> Router {
 pub(super) fn open_router(state: Arc<NodeState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ready" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
@@ -124,8 +124,19 @@ async fn track(State(state): State<Arc<NodeState>>, request: Request, next: Next
     response
 }
 
+/// Ready unless the disk stalls (`stall_watch`): 503 with the reason.
+async fn readyz(State(state): State<Arc<NodeState>>) -> Response {
+    match super::stall_watch::stall_reason(state.stalls.oldest(), super::stall_watch::STALLED_AFTER)
+    {
+        None => "ready".into_response(),
+        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason).into_response(),
+    }
+}
+
 async fn metrics(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
     let m = &state.metrics;
+    m.oldest_store_operation
+        .set(state.stalls.oldest().map_or(0.0, |age| age.as_secs_f64()));
     m.stored_bytes.set(state.store.used_bytes() as i64);
     if let Some((size, available)) = crate::store::filesystem_space(state.store.root()) {
         m.filesystem_size_bytes.set(size as i64);
@@ -170,13 +181,19 @@ pub(super) fn parse_number<T: std::str::FromStr>(what: &str, text: &str) -> Resu
         .map_err(|_| ApiError::bad_request(format!("invalid {what} {text:?}: expected a number")))
 }
 
-/// Runs blocking store or codec work off the async threads.
+/// Runs blocking store or codec work off the async threads, counted in
+/// `stalls` while it runs (a stalled disk makes the node not ready).
 pub(super) async fn blocking<T: Send + 'static>(
+    stalls: Arc<super::stall_watch::StallWatch>,
     work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
+    let running = stalls.start();
+    tokio::task::spawn_blocking(move || {
+        let _running = running;
+        work()
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
 }
 
 /// The answer to a store error; corrupt and unreadable files are counted

@@ -41,7 +41,7 @@ pub(super) async fn state(
     Path(id): Path<String>,
 ) -> Result<Json<NodeBlobState>, ApiError> {
     let id = parse_id(&id)?;
-    blocking(move || {
+    blocking(state.stalls.clone(), move || {
         let markers = state.store.state(&id).map_err(|e| store_error(&state, e))?;
         let holdings = state
             .store
@@ -128,7 +128,7 @@ pub(super) async fn put_metadata(
         .map(super::uploads::parse_upload)
         .transpose()?;
     let body = read_metadata_body(body, &headers, state.max_metadata_bytes).await?;
-    blocking(move || {
+    blocking(state.stalls.clone(), move || {
         let metadata = BlobMetadata::from_bytes(&body)
             .map_err(|e| ApiError::bad_request(format!("invalid metadata: {e}")))?;
         if metadata.blob_id() != id {
@@ -161,7 +161,7 @@ pub(super) async fn get_metadata(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    blocking(move || {
+    blocking(state.stalls.clone(), move || {
         let lock = state.store.lock(&id);
         let claimed = lock
             .state()
@@ -186,7 +186,7 @@ pub(super) async fn commit(
     if body.generation == 0 {
         return Err(ApiError::bad_request("generation 0 is not a generation"));
     }
-    blocking(move || {
+    blocking(state.stalls.clone(), move || {
         let markers = state
             .store
             .commit(&id, body.generation, None)
@@ -205,7 +205,7 @@ pub(super) async fn abort(
     Json(body): Json<GenerationBody>,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id)?;
-    blocking(move || {
+    blocking(state.stalls.clone(), move || {
         let lock = state.store.lock(&id);
         let removed = lock
             .abort(body.generation)
@@ -225,7 +225,7 @@ pub(super) async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id)?;
     let generation = generation_of(query.generation.as_deref())?;
-    blocking(move || {
+    blocking(state.stalls.clone(), move || {
         let lock = state.store.lock(&id);
         let outcome = lock
             .tombstone(generation)
@@ -248,7 +248,7 @@ pub(super) async fn release_shard(
 ) -> Result<Json<ReleasedShard>, ApiError> {
     let id = parse_id(&id)?;
     let shard: u16 = parse_number("shard", &shard)?;
-    blocking(move || {
+    blocking(state.stalls.clone(), move || {
         if let Err(e) = state.ownership.refresh() {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

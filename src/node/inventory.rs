@@ -33,7 +33,7 @@ pub(super) async fn inventory(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("limit must be between 1 and 1000"));
     }
-    blocking(move || {
+    blocking(state.stalls.clone(), move || {
         let ids = state
             .store
             .list_blobs(after.as_ref(), limit + 1)

@@ -99,7 +99,7 @@ pub(super) async fn entries(
         .iter()
         .map(|text| parse_id(text))
         .collect::<Result<Vec<_>, _>>()?;
-    blocking(move || {
+    blocking(state.stalls.clone(), move || {
         let mut blobs = Vec::new();
         for id in &ids {
             let entry = entry_of(&state, id)?;

@@ -14,6 +14,7 @@ mod metadata_cache;
 pub mod ownership;
 mod repair;
 mod slivers;
+pub mod stall_watch;
 mod uploads;
 
 use std::net::SocketAddr;
@@ -114,6 +115,8 @@ pub struct NodeState {
     /// Blob layouts for the inventory.
     layouts: layouts::BlobLayouts,
     max_metadata_bytes: u64,
+    /// The store operations requests are running (a stalled disk).
+    stalls: Arc<stall_watch::StallWatch>,
 }
 
 /// A node bound to its address, ready to serve.
@@ -153,6 +156,7 @@ impl Node {
             metadata: MetadataCache::new(config.metadata_cache_bytes),
             layouts: layouts::BlobLayouts::new(),
             max_metadata_bytes: config.max_metadata_bytes,
+            stalls: Arc::default(),
         });
         let listener = crate::listen::bind(addr).await?;
         Ok(Self {

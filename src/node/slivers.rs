@@ -128,7 +128,7 @@ async fn receive_for_shard(
     }
     let metadata = {
         let state = state.clone();
-        blocking(move || load_metadata(&state, &id)).await?
+        blocking(state.stalls.clone(), move || load_metadata(&state, &id)).await?
     };
     let pair = pair_of(&metadata, segment, shard)?;
     let expected = length(&metadata);
@@ -171,7 +171,7 @@ pub(super) async fn put_sliver(
         &format!("a {} sliver of segment {}", path.kind, path.segment),
     )
     .await?;
-    blocking(move || {
+    blocking(state.stalls.clone(), move || {
         let body = bytes::Bytes::from(body);
         let leaves = match path.kind {
             SliverKind::Primary => check_sliver::<Primary>(&metadata, &path, pair, &body)?,
@@ -231,7 +231,7 @@ pub(super) async fn put_pair(
             body.len()
         )));
     }
-    blocking(move || {
+    blocking(state.stalls.clone(), move || {
         let body = bytes::Bytes::from(body);
         let (primary, secondary) = (body.slice(..primary_len), body.slice(primary_len..));
         let path = |kind| SliverPath {
@@ -300,7 +300,7 @@ pub(super) async fn get_sliver(
     if state.lie == Some(Lie::Replay) {
         return replay(&state, &path, None).await;
     }
-    blocking(move || {
+    blocking(state.stalls.clone(), move || {
         let bytes = state
             .store
             .sliver(&path.id, path.segment, path.shard, path.kind)
@@ -332,7 +332,7 @@ pub(super) async fn get_symbol(
     if state.lie == Some(Lie::Replay) {
         return replay(&state, &path, Some(target_shard)).await;
     }
-    blocking(move || {
+    blocking(state.stalls.clone(), move || {
         let metadata = load_metadata(&state, &path.id)?;
         let target = pair_of(&metadata, path.segment, target_shard)?;
         let bytes = state

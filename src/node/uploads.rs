@@ -135,7 +135,7 @@ pub(super) async fn put_pair(
         )));
     }
     let [primary, secondary] = read_pair_body(body, &headers).await?;
-    blocking(move || {
+    blocking(state.stalls.clone(), move || {
         let (slivers, pair) = pair_shape(&primary, &secondary, segment, (&root, shard), &proof)?;
         state
             .store
@@ -237,7 +237,7 @@ pub(super) async fn delete(
     Path(upload): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let upload = parse_upload(&upload)?;
-    blocking(move || {
+    blocking(state.stalls.clone(), move || {
         state
             .store
             .remove_upload(&upload)

@@ -1,7 +1,9 @@
 //! G9: a read that hits an I/O error treats that sliver as missing: it is
-//! quarantined, counted, and repaired; the scrub goes on past it. The
-//! disk that errs is real to the node process: a preloaded shim makes
-//! read(2) of chosen files fail with EIO.
+//! quarantined, counted, and repaired; the scrub goes on past it. G5 for
+//! a disk that stalls: the node says it is not ready, and gateways pass it
+//! over until its disk answers. The disk that errs or stalls is real to
+//! the node process: a preloaded shim makes read(2) of chosen files fail
+//! with EIO, or every read, write and fsync of one node's files wait.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use crate::dev_fleet::{all_healthy, all_ready, pseudo_random, DevFleet, WAIT};
 
-/// Builds the EIO shim (gcc is on the machine; the test command checks).
+/// Builds the EIO and stall shim (gcc is on the machine; the test command
+/// checks).
 fn eio_shim(dir: &Path) -> PathBuf {
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/faults/eio_shim.c");
     let library = dir.join("eio_shim.so");
@@ -126,6 +129,135 @@ async fn a_sliver_that_cannot_be_read_is_missing_counted_and_repaired_and_the_sc
                 && s["blobs"][0]["pairs_rebuilt"].as_u64() >= Some(1)
                 && failing.iter().all(|f| f.exists())
         })
+        .await;
+    assert!(fleet.get(&id).await == data);
+}
+
+/// The base URL of node `name` in the fleet's status.
+async fn node_url(fleet: &DevFleet, name: &str) -> String {
+    let status = fleet.status().await;
+    status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == name)
+        .unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The status and body of a node's /readyz.
+async fn readyz(url: &str) -> (u16, String) {
+    let response = redstuff::http::client()
+        .get(format!("{url}/readyz"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// Waits until `test` holds of node `url`'s /readyz.
+async fn wait_readyz(url: &str, what: &str, test: impl Fn(u16, &str) -> bool) -> String {
+    let start = Instant::now();
+    loop {
+        let (code, body) = readyz(url).await;
+        if test(code, &body) {
+            return body;
+        }
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_disk_stalls_calls_itself_not_ready_and_the_gateway_passes_it_over_until_the_disk_answers(
+) {
+    let shim_dir = tempfile::tempdir().unwrap();
+    let shim = eio_shim(shim_dir.path());
+    let marker = shim_dir.path().join("stalled");
+    let fleet = DevFleet::start_with_env(
+        &["--node-timeout-secs", "2"],
+        &[
+            ("LD_PRELOAD", shim.to_str().unwrap()),
+            ("REDSTUFF_TEST_STALL_MARKER", marker.to_str().unwrap()),
+            ("REDSTUFF_TEST_STALL_PATH", "/node-2/data/"),
+        ],
+    );
+    let data = pseudo_random(1_500_000, 31);
+    let id = fleet.put(&data).await;
+    fleet.wait_for("healthy", |s| all_healthy(s, 1)).await;
+    let url = node_url(&fleet, "node-2").await;
+    assert_eq!(readyz(&url).await, (200, "ready".to_string()));
+
+    // node-2's disk stalls: a write's pair for it hangs in its store.
+    std::fs::write(&marker, b"").unwrap();
+    let response = fleet.try_put(&pseudo_random(700_000, 32)).await;
+    assert_eq!(response.status(), 201);
+    let stored: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(stored["shards_missing"], serde_json::json!([2]), "{stored}");
+    // Past the stall limit the process, alive, says it is not ready and why.
+    let reason = wait_readyz(&url, "node-2 not ready", |code, _| code == 503).await;
+    assert!(reason.contains("the disk stalls"), "{reason}");
+    let metrics = node_metrics(&fleet, "node-2").await;
+    let oldest: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("redstuff_node_oldest_store_operation_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    assert!(oldest >= 15.0, "{metrics}");
+
+    // The gateway finds it silent once more, and its probe no longer
+    // unmarks it: reads and writes go on without waiting on it.
+    let silent = r#"redstuff_gateway_node_unanswering{node="node-2"} 1"#;
+    let response = fleet.try_put(&pseudo_random(700_000, 33)).await;
+    assert_eq!(response.status(), 201);
+    let body = response.text().await.unwrap();
+    let metrics = fleet.metrics().await;
+    assert!(
+        metrics.contains(silent),
+        "{body}\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("node-2"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let unanswered = |metrics: &str| {
+        counter(
+            metrics,
+            r#"redstuff_gateway_node_calls_unanswered_total{node="node-2"}"#,
+        )
+    };
+    let waited_out = unanswered(&fleet.metrics().await);
+    for seed in 34..37 {
+        let response = fleet.try_put(&pseudo_random(700_000, seed)).await;
+        assert_eq!(response.status(), 201);
+        let stored: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(stored["shards_missing"], serde_json::json!([2]), "{stored}");
+        assert!(fleet.get(&id).await == data);
+        // Several of the gateway's probes (one a second) in between.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let metrics = fleet.metrics().await;
+    assert!(metrics.contains(silent), "{metrics}");
+    assert_eq!(unanswered(&metrics), waited_out, "{metrics}");
+
+    // The disk answers again: the node is ready and takes writes again.
+    std::fs::remove_file(&marker).unwrap();
+    wait_readyz(&url, "node-2 ready again", |code, _| code == 200).await;
+    let start = Instant::now();
+    while fleet.metrics().await.contains(silent) {
+        assert!(start.elapsed() < WAIT, "the gateway never unmarked node-2");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let response = fleet.try_put(&pseudo_random(700_000, 40)).await;
+    assert_eq!(response.status(), 201);
+    let stored: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(stored["shards_missing"], serde_json::json!([]), "{stored}");
+    fleet
+        .wait_for("healed", |s| all_ready(s) && all_healthy(s, 7))
         .await;
     assert!(fleet.get(&id).await == data);
 }

@@ -1,8 +1,12 @@
-/* Test only: a disk that errs. Preloaded into redstuff processes, it makes
- * read(2) and pread(2) of a file fail with EIO while the directory named by
- * REDSTUFF_TEST_EIO_DIR holds a marker for it: a file named like the path
- * with every '/' turned into '%'. Other descriptors (sockets, pipes) and
- * other files are untouched. */
+/* Test only: a disk that errs or stalls. Preloaded into redstuff
+ * processes, it makes read(2) and pread(2) of a file fail with EIO while
+ * the directory named by REDSTUFF_TEST_EIO_DIR holds a marker for it: a
+ * file named like the path with every '/' turned into '%'. And while the
+ * file named by REDSTUFF_TEST_STALL_MARKER exists, read, pread, write,
+ * pwrite, fsync and fdatasync of every file whose path contains
+ * REDSTUFF_TEST_STALL_PATH wait (as on a dead device or a hung network
+ * volume), and go on once it is removed. Other descriptors (sockets,
+ * pipes) and other files are untouched. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -10,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 static int should_fail(int fd) {
@@ -29,10 +34,66 @@ static int should_fail(int fd) {
     return access(marker, F_OK) == 0;
 }
 
+/* The path of `fd` when it is a file, else 0. */
+static int fd_path(int fd, char *path, size_t size) {
+    char link[64];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t len = readlink(link, path, size - 1);
+    if (len <= 0 || path[0] != '/')
+        return 0;
+    path[len] = 0;
+    return 1;
+}
+
+/* Waits while the stall marker exists, when `fd` is a file of the stalled path. */
+static void stall(int fd) {
+    const char *marker = getenv("REDSTUFF_TEST_STALL_MARKER");
+    const char *part = getenv("REDSTUFF_TEST_STALL_PATH");
+    char path[4096];
+    if (!marker || !part || !fd_path(fd, path, sizeof path) || !strstr(path, part))
+        return;
+    struct timespec pause = {0, 20 * 1000 * 1000};
+    while (access(marker, F_OK) == 0)
+        nanosleep(&pause, 0);
+}
+
+ssize_t write(int fd, const void *buf, size_t count) {
+    static ssize_t (*real)(int, const void *, size_t);
+    if (!real)
+        real = (ssize_t(*)(int, const void *, size_t))dlsym(RTLD_NEXT, "write");
+    stall(fd);
+    return real(fd, buf, count);
+}
+
+ssize_t pwrite64(int fd, const void *buf, size_t count, off_t offset) {
+    static ssize_t (*real)(int, const void *, size_t, off_t);
+    if (!real)
+        real = (ssize_t(*)(int, const void *, size_t, off_t))dlsym(RTLD_NEXT, "pwrite64");
+    stall(fd);
+    return real(fd, buf, count, offset);
+}
+
+int fsync(int fd) {
+    static int (*real)(int);
+    if (!real)
+        real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
+    stall(fd);
+    return real(fd);
+}
+
+int fdatasync(int fd) {
+    static int (*real)(int);
+    if (!real)
+        real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+    stall(fd);
+    return real(fd);
+}
+
 ssize_t read(int fd, void *buf, size_t count) {
     static ssize_t (*real)(int, void *, size_t);
     if (!real)
         real = (ssize_t(*)(int, void *, size_t))dlsym(RTLD_NEXT, "read");
+    stall(fd);
     if (should_fail(fd)) {
         errno = EIO;
         return -1;
@@ -44,6 +105,7 @@ ssize_t pread64(int fd, void *buf, size_t count, off_t offset) {
     static ssize_t (*real)(int, void *, size_t, off_t);
     if (!real)
         real = (ssize_t(*)(int, void *, size_t, off_t))dlsym(RTLD_NEXT, "pread64");
+    stall(fd);
     if (should_fail(fd)) {
         errno = EIO;
         return -1;
