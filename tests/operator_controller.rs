@@ -757,31 +757,33 @@ async fn node_pods_beyond_spec_are_removed() {
     assert!(lines(&seen).contains(&format!("DELETE {NS}/pods/media-node-3")));
 }
 
-#[tokio::test]
-async fn a_node_pod_back_on_an_empty_volume_has_its_pairs_rebuilt_and_the_wait_is_measured() {
-    // Four real nodes, one shard each. The blob is written while node 2
-    // is gone; node 2 then comes back empty, as on a new volume.
-    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
-    let map_dir = tempfile::tempdir().unwrap();
-    let map_path = map_dir.path().join("fleet.json");
+/// Four real nodes, one shard each, and a blob written while node 2 was
+/// gone; node 2 then back empty, as on a new volume. The nodes find their
+/// peers in a fleet map file, node 2 at its new address. The running
+/// nodes and their directories go when their fields are dropped: bind
+/// them for the test's length.
+struct NodeBackEmpty {
+    endpoints: Endpoints,
+    node2: support::RunningNode,
+    written: redstuff::client::WriteOutcome,
+    data: Vec<u8>,
+    _nodes: Vec<support::RunningNode>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+async fn node_2_back_empty() -> NodeBackEmpty {
+    let dirs: Vec<tempfile::TempDir> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let map_path = dirs[4].path().join("fleet.json");
     let shard = |i: u16| BTreeSet::from([i]);
     let mut nodes = Vec::new();
+    let mut map_nodes: Vec<(String, String, BTreeSet<u16>)> = Vec::new();
     for i in [0u16, 1, 3] {
-        nodes.push((
-            i,
-            start_node_with_fleet(
-                &format!("media-node-{i}"),
-                dirs[i as usize].path(),
-                &shard(i),
-                Some(&map_path),
-            )
-            .await,
-        ));
+        let name = format!("media-node-{i}");
+        let node =
+            start_node_with_fleet(&name, dirs[i as usize].path(), &shard(i), Some(&map_path)).await;
+        map_nodes.push((name, node.url.clone(), shard(i)));
+        nodes.push(node);
     }
-    let mut map_nodes: Vec<(String, String, BTreeSet<u16>)> = nodes
-        .iter()
-        .map(|(i, n)| (format!("media-node-{i}"), n.url.clone(), shard(*i)))
-        .collect();
     map_nodes.push(("media-node-2".into(), "http://127.0.0.1:1".into(), shard(2)));
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 251) as u8).collect();
     let file = tempfile::NamedTempFile::new().unwrap();
@@ -792,15 +794,35 @@ async fn a_node_pod_back_on_an_empty_volume_has_its_pairs_rebuilt_and_the_wait_i
         .unwrap();
     let node2 =
         start_node_with_fleet("media-node-2", dirs[2].path(), &shard(2), Some(&map_path)).await;
-    // The nodes find their peers in the map, node 2 at its new address.
     map_nodes.pop();
     map_nodes.push(("media-node-2".into(), node2.url.clone(), shard(2)));
     fleet_map(4, &map_nodes).write(&map_path).unwrap();
-    let mut endpoints = Endpoints::default().with_override("media-node-2", node2.url.clone());
-    for (i, n) in &nodes {
-        endpoints = endpoints.with_override(format!("media-node-{i}"), n.url.clone());
+    let endpoints = map_nodes
+        .iter()
+        .fold(Endpoints::default(), |e, (name, url, _)| {
+            e.with_override(name.clone(), url.clone())
+        });
+    NodeBackEmpty {
+        endpoints,
+        node2,
+        written,
+        data,
+        _nodes: nodes,
+        _dirs: dirs,
     }
+}
 
+#[tokio::test]
+async fn a_node_pod_back_on_an_empty_volume_has_its_pairs_rebuilt_and_the_wait_is_measured() {
+    // Node 2 comes back empty, as on a new volume.
+    let NodeBackEmpty {
+        endpoints,
+        node2,
+        written,
+        data,
+        _nodes,
+        _dirs,
+    } = node_2_back_empty().await;
     // The last status saw node 2 go 7 seconds ago; now all pods are ready.
     let previous = settled_status_but_lost(4, 4, "media-node-2", 7).await;
     let (seen, ctx) = reconcile(
@@ -1396,43 +1418,16 @@ async fn with_tls_a_cluster_gets_a_ca_and_serving_certificates_kept_until_thirty
 
 #[tokio::test]
 async fn a_ca_secret_without_its_key_holds_every_object_but_repairs_and_status_go_on_and_say_why() {
-    // Four real nodes, one shard each (plain HTTP here: the endpoints
-    // override the https URLs). The blob is written while node 2 is gone;
-    // node 2 then comes back empty, as on a new volume.
-    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
-    let map_dir = tempfile::tempdir().unwrap();
-    let map_path = map_dir.path().join("fleet.json");
-    let shard = |i: u16| BTreeSet::from([i]);
-    let mut nodes = Vec::new();
-    for i in [0u16, 1, 3] {
-        let name = format!("media-node-{i}");
-        let node =
-            start_node_with_fleet(&name, dirs[i as usize].path(), &shard(i), Some(&map_path)).await;
-        nodes.push((name, node));
-    }
-    let mut map_nodes: Vec<(String, String, BTreeSet<u16>)> = nodes
-        .iter()
-        .zip([0u16, 1, 3])
-        .map(|((name, n), i)| (name.clone(), n.url.clone(), shard(i)))
-        .collect();
-    map_nodes.push(("media-node-2".into(), "http://127.0.0.1:1".into(), shard(2)));
-    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 17 % 251) as u8).collect();
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), &data).unwrap();
-    let written = BlobClient::new(node_calls(), fleet_map(4, &map_nodes), None)
-        .write_file(file.path())
-        .await
-        .unwrap();
-    let node2 =
-        start_node_with_fleet("media-node-2", dirs[2].path(), &shard(2), Some(&map_path)).await;
-    map_nodes.pop();
-    map_nodes.push(("media-node-2".into(), node2.url.clone(), shard(2)));
-    fleet_map(4, &map_nodes).write(&map_path).unwrap();
-    let mut endpoints = Endpoints::default().with_override("media-node-2", node2.url.clone());
-    for (name, n) in &nodes {
-        endpoints = endpoints.with_override(name.clone(), n.url.clone());
-    }
-
+    // Node 2 back empty; the endpoints override the https URLs with the
+    // test nodes' plain ones.
+    let NodeBackEmpty {
+        endpoints,
+        node2,
+        written,
+        _nodes,
+        _dirs,
+        ..
+    } = node_2_back_empty().await;
     // The cluster serves TLS, and its CA Secret lost its key.
     let previous = settled_status(4, 4).await;
     let mut tls_cluster = cluster(4, 4, Some(previous));

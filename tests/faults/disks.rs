@@ -53,16 +53,7 @@ fn counter(metrics: &str, line_start: &str) -> u64 {
 }
 
 async fn node_metrics(fleet: &DevFleet, name: &str) -> String {
-    let status = fleet.status().await;
-    let url = status["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == name)
-        .unwrap()["address"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let url = node_url(fleet, name).await;
     redstuff::http::client()
         .get(format!("{url}/metrics"))
         .send()
