@@ -812,6 +812,20 @@ async fn node_2_back_empty() -> NodeBackEmpty {
     }
 }
 
+/// Asserts that `node` holds shard 2 of the blob `written` whole.
+async fn assert_holds_shard_2(
+    node: &support::RunningNode,
+    written: &redstuff::client::WriteOutcome,
+) {
+    let inventory = node_calls().node(&node.url).full_inventory().await.unwrap();
+    let blob = inventory
+        .blobs
+        .iter()
+        .find(|b| b.id == written.metadata.blob_id().to_string())
+        .expect("node 2 holds the blob again");
+    assert_eq!(blob.shards.get(&2), Some(&blob.segments));
+}
+
 #[tokio::test]
 async fn a_node_pod_back_on_an_empty_volume_has_its_pairs_rebuilt_and_the_wait_is_measured() {
     // Node 2 comes back empty, as on a new volume.
@@ -863,17 +877,7 @@ async fn a_node_pod_back_on_an_empty_volume_has_its_pairs_rebuilt_and_the_wait_i
     );
     assert!(fleet.metrics.repair_bytes.get() > 0);
 
-    let inventory = node_calls()
-        .node(&node2.url)
-        .full_inventory()
-        .await
-        .unwrap();
-    let blob = inventory
-        .blobs
-        .iter()
-        .find(|b| b.id == written.metadata.blob_id().to_string())
-        .expect("node 2 holds the blob again");
-    assert_eq!(blob.shards.get(&2), Some(&blob.segments));
+    assert_holds_shard_2(&node2, &written).await;
 
     // The next reconcile sees every blob healthy and the cluster Ready.
     let (seen, _) = reconcile(
@@ -1510,17 +1514,7 @@ async fn a_ca_secret_without_its_key_holds_every_object_but_repairs_and_status_g
     ));
     assert!(fleet.repairer.wait_idle(Duration::from_secs(30)).await);
     assert_eq!(fleet.metrics.repairs_completed.get(), 1);
-    let inventory = node_calls()
-        .node(&node2.url)
-        .full_inventory()
-        .await
-        .unwrap();
-    let blob = inventory
-        .blobs
-        .iter()
-        .find(|b| b.id == written.metadata.blob_id().to_string())
-        .expect("node 2 holds the blob again");
-    assert_eq!(blob.shards.get(&2), Some(&blob.segments));
+    assert_holds_shard_2(&node2, &written).await;
 
     // Told once: the next reconcile, still held, publishes no Event again.
     let mut api = api_with_tokens();
