@@ -486,6 +486,8 @@ pub struct FleetMetrics {
     pub nodes_ready: IntGauge,
     /// Nodes that did not answer their inventory within the deadline.
     pub nodes_not_answering: IntGauge,
+    /// When the cluster's CA certificate expires (0: no TLS).
+    pub ca_expiry: IntGauge,
     /// Commit markers and tombstones the loop carried to nodes that missed them.
     pub markers_spread: IntCounterVec,
     /// Shards of blobs released from nodes they moved away from.
@@ -528,6 +530,11 @@ impl FleetMetrics {
                 registry,
                 "redstuff_nodes_not_answering",
                 "Storage nodes that did not answer their inventory within the deadline.",
+            ),
+            ca_expiry: gauge(
+                registry,
+                "redstuff_tls_ca_expiry_timestamp_seconds",
+                "When the cluster's CA certificate expires, in Unix seconds (0: the cluster serves no TLS). The operator does not rotate its CA.",
             ),
             markers_spread: counter_vec(
                 registry,

@@ -1287,7 +1287,7 @@ async fn with_tls_a_cluster_gets_a_ca_and_serving_certificates_kept_until_thirty
     // First reconcile: a new CA, stored at once with a create (before any
     // pod or Secret refers to it), and a certificate it issued for every
     // node pod.
-    let (seen, _) = reconcile_on(
+    let (seen, ctx) = reconcile_on(
         api_with_tokens(),
         tls_cluster.clone(),
         vec![],
@@ -1310,6 +1310,14 @@ async fn with_tls_a_cluster_gets_a_ca_and_serving_certificates_kept_until_thirty
     let serving = applied(&seen, &serving_path).expect("the serving Secret is applied");
     let ca_pem = secret_text(&ca, "ca.crt");
     assert!(secret_text(&ca, "ca.key").contains("PRIVATE KEY"));
+    // Its expiry is exported (the CA is not rotated: an alert watches it).
+    let ca_expiry = media_fleet(&ctx).metrics.ca_expiry.get();
+    assert_eq!(
+        Some(ca_expiry),
+        redstuff::tls::certificate_not_after_unix(&ca_pem)
+    );
+    let nine_years = 9 * 365 * 86_400;
+    assert!(ca_expiry > k8s_openapi::jiff::Timestamp::now().as_second() + nine_years);
     assert_eq!(secret_text(&serving, "ca.crt"), ca_pem);
     assert_eq!(serving["type"], "kubernetes.io/tls");
     let cert = secret_text(&serving, "tls.crt");

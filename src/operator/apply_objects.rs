@@ -418,6 +418,9 @@ pub(super) async fn hold_objects(
     for secret in [tls::node_tls_secret_name(name), tls::ca_secret_name(name)] {
         if let Some(pem) = secret_text(&secrets.get_opt(&secret).await?, tls::CA_CERT_KEY) {
             trust_cluster_ca(&fleet_state.trust, &pem);
+            if let Some(expiry) = crate::tls::certificate_not_after_unix(&pem) {
+                fleet_state.metrics.ca_expiry.set(expiry);
+            }
             break;
         }
     }

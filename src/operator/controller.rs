@@ -275,6 +275,12 @@ pub async fn reconcile_cluster(
     } else {
         Ok(None)
     };
+    if let Ok(tls) = &tls {
+        let expiry = tls
+            .as_ref()
+            .and_then(|t| crate::tls::certificate_not_after_unix(&t.ca_cert_pem));
+        fleet_state.metrics.ca_expiry.set(expiry.unwrap_or(0));
+    }
     let scope = ApplyScope {
         ctx: &ctx,
         cluster: &cluster,

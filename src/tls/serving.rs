@@ -38,6 +38,14 @@ fn not_after_unix(der: &[u8]) -> Option<i64> {
     Some(cert.validity().not_after.timestamp())
 }
 
+/// When the first certificate of `pem` expires, in Unix seconds (`None`
+/// when it holds none that parses).
+pub fn certificate_not_after_unix(pem: &str) -> Option<i64> {
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
+    not_after_unix(der.as_ref())
+}
+
 impl std::fmt::Debug for ServingCert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServingCert")
