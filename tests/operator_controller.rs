@@ -1638,7 +1638,7 @@ async fn a_gateway_serving_a_secret_of_the_users_is_trusted_by_its_ca_and_gets_n
     // The Secret missing: said in an Event, and the fleet goes on.
     let (seen, _) = reconcile_on(
         api_with_tokens(),
-        tls_cluster,
+        tls_cluster.clone(),
         vec![],
         vec![],
         silent_nodes(3),
@@ -1647,6 +1647,51 @@ async fn a_gateway_serving_a_secret_of_the_users_is_trusted_by_its_ca_and_gets_n
     assert_eq!(
         events(&seen),
         vec![("Warning".into(), "TlsMaterial".into())]
+    );
+    assert!(seen
+        .iter()
+        .any(|s| s.method == "PATCH" && s.path.ends_with("/deployments/media-gateway")));
+
+    // A certificate that does not cover the gateway Service's name (only a
+    // public one, say): said in an Event naming the missing name, and the
+    // fleet goes on.
+    let public_only = public
+        .issue(
+            &[
+                "*.example.com".to_string(),
+                "media-gateway.storage".to_string(),
+            ],
+            redstuff::tls::SERVING_VALIDITY,
+        )
+        .unwrap();
+    let mut api = api_with_tokens();
+    api.objects.insert(
+        format!("{NS}/secrets/media-public-cert"),
+        json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/tls",
+            "metadata": {"name": "media-public-cert", "namespace": "storage"},
+            "data": {
+                "tls.crt": b64(&public_only.cert_pem),
+                "tls.key": b64(&public_only.key_pem),
+                "ca.crt": b64(public.cert_pem()),
+            }
+        }),
+    );
+    let (seen, _) = reconcile_on(api, tls_cluster, vec![], vec![], silent_nodes(3)).await;
+    assert_eq!(
+        events(&seen),
+        vec![("Warning".into(), "TlsMaterial".into())]
+    );
+    let note = seen
+        .iter()
+        .find(|s| s.path.ends_with("/events"))
+        .map(|s| s.body["note"].as_str().unwrap_or_default().to_string())
+        .unwrap();
+    assert!(
+        note.contains("does not cover media-gateway.storage.svc"),
+        "{note}"
     );
     assert!(seen
         .iter()

@@ -174,9 +174,11 @@ pub(crate) fn trust_cluster_ca(trust: &crate::tls::FleetTrust, ca_cert_pem: &str
 
 /// Checks the cluster's gateway against the cluster's CA from now on, or,
 /// when it serves a Secret of the user's, against that Secret's `ca.crt`
-/// (Mozilla's roots when it has none). What is wrong with that Secret is
-/// returned to be told, never a reason to stop the reconcile: the gateway
-/// pod waits for the Secret too, and the fleet goes on.
+/// (Mozilla's roots when it has none). What is wrong with that Secret (it
+/// is missing, its `ca.crt` does not parse, its certificate does not
+/// cover the gateway Service's name the operator uploads to) is returned
+/// to be told, never a reason to stop the reconcile: the gateway pod
+/// waits for the Secret too, and the fleet goes on.
 pub(super) async fn trust_gateway(
     secrets: &Api<Secret>,
     cluster: &StorageCluster,
@@ -192,14 +194,33 @@ pub(super) async fn trust_gateway(
         .await
         .map_err(|e| format!("cannot read the Secret {own} (spec.tls.gatewaySecret): {e}"))?
         .ok_or_else(|| format!("the Secret {own} (spec.tls.gatewaySecret) does not exist"))?;
-    let ca = match secret_text(&Some(secret), tls::CA_CERT_KEY) {
+    let secret = Some(secret);
+    let ca = match secret_text(&secret, tls::CA_CERT_KEY) {
         Some(pem) => crate::tls::TrustedCa::from_pem(std::path::Path::new(own), pem.as_bytes())
             .map_err(|e| format!("ca.crt of the Secret {e} (spec.tls.gatewaySecret)"))?,
         None => crate::tls::TrustedCa::public_roots(),
     };
     trust
         .set(&ca)
-        .map_err(|e| format!("ca.crt of the Secret {own}: {e}"))
+        .map_err(|e| format!("ca.crt of the Secret {own}: {e}"))?;
+    let service = format!(
+        "{}-gateway.{}.svc",
+        cluster.metadata.name.as_deref().unwrap_or_default(),
+        cluster.metadata.namespace.as_deref().unwrap_or_default()
+    );
+    let cert = secret_text(&secret, tls::CERT_KEY).unwrap_or_default();
+    match crate::tls::certificate_covers(&cert, &service) {
+        Some(true) => Ok(()),
+        Some(false) => Err(format!(
+            "the certificate of the Secret {own} (spec.tls.gatewaySecret) does not cover {service}, \
+             the name the operator uploads Blob sources to and in-cluster clients call: \
+             add it to the certificate's DNS names (a cert-manager Certificate's dnsNames)"
+        )),
+        None => Err(format!(
+            "{} of the Secret {own} (spec.tls.gatewaySecret) holds no certificate that parses",
+            tls::CERT_KEY
+        )),
+    }
 }
 
 /// The S3 access key the operator keeps in `name`, or new keys.

@@ -19,7 +19,7 @@ pub use fleet_trust::FleetTrust;
 pub use issue::{IssuedCert, LocalCa, SERVING_VALIDITY};
 pub use local_files::{ensure_local_files, LocalTlsFiles};
 pub use serve::{serve, serve_tls, TlsMetrics};
-pub use serving::{certificate_not_after_unix, ServingCert, TLS_RELOAD_PERIOD};
+pub use serving::{certificate_covers, certificate_not_after_unix, ServingCert, TLS_RELOAD_PERIOD};
 
 use std::path::{Path, PathBuf};
 

@@ -38,6 +38,35 @@ fn not_after_unix(der: &[u8]) -> Option<i64> {
     Some(cert.validity().not_after.timestamp())
 }
 
+/// Whether the first certificate of `pem` names DNS name `host` among its
+/// subject alternative names, a `*.` wildcard covering one label; `None`
+/// when it holds no certificate that parses.
+pub fn certificate_covers(pem: &str, host: &str) -> Option<bool> {
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let names = cert.subject_alternative_name().ok()?;
+    let host = host.to_ascii_lowercase();
+    Some(names.is_some_and(|names| {
+        names.value.general_names.iter().any(|name| match name {
+            x509_parser::extensions::GeneralName::DNSName(dns) => dns_name_covers(dns, &host),
+            _ => false,
+        })
+    }))
+}
+
+/// Whether certificate name `pattern` covers `host` (pure): equal, or a
+/// `*.` wildcard standing for exactly one leftmost label.
+fn dns_name_covers(pattern: &str, host: &str) -> bool {
+    let pattern = pattern.to_ascii_lowercase();
+    match pattern.strip_prefix("*.") {
+        Some(parent) => host
+            .split_once('.')
+            .is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
+        None => pattern == host,
+    }
+}
+
 /// When the first certificate of `pem` expires, in Unix seconds (`None`
 /// when it holds none that parses).
 pub fn certificate_not_after_unix(pem: &str) -> Option<i64> {
@@ -205,5 +234,56 @@ impl ServingCert {
 impl ResolvesServerCert for ServingCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current())
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_name_covers_its_host_and_a_wildcard_exactly_one_label() {
+        assert!(dns_name_covers(
+            "media-gateway.storage.svc",
+            "media-gateway.storage.svc"
+        ));
+        assert!(dns_name_covers(
+            "*.storage.svc",
+            "media-gateway.storage.svc"
+        ));
+        assert!(dns_name_covers(
+            "*.Storage.SVC",
+            "media-gateway.storage.svc"
+        ));
+        assert!(!dns_name_covers("*.svc", "media-gateway.storage.svc"));
+        assert!(!dns_name_covers("*.storage.svc", "storage.svc"));
+        assert!(!dns_name_covers(
+            "media-gateway.storage",
+            "media-gateway.storage.svc"
+        ));
+    }
+
+    #[test]
+    fn a_certificate_covers_the_names_it_was_issued_for_and_no_other() {
+        let ca = crate::tls::LocalCa::generate("test").unwrap();
+        let issued = ca
+            .issue(
+                &["*.storage.svc".to_string(), "localhost".to_string()],
+                crate::tls::SERVING_VALIDITY,
+            )
+            .unwrap();
+        assert_eq!(
+            certificate_covers(&issued.cert_pem, "media-gateway.storage.svc"),
+            Some(true)
+        );
+        assert_eq!(
+            certificate_covers(&issued.cert_pem, "LOCALHOST"),
+            Some(true)
+        );
+        assert_eq!(
+            certificate_covers(&issued.cert_pem, "media-gateway.other.svc"),
+            Some(false)
+        );
+        assert_eq!(certificate_covers("not a certificate", "localhost"), None);
     }
 }
