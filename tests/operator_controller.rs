@@ -170,6 +170,31 @@ fn api_with_tokens() -> MockApi {
     api
 }
 
+/// A fake API holding the cluster's token Secrets and Secret `name` of
+/// `type_` with `data` (each value base64-encoded as the API serves it).
+fn api_with_secret(name: &str, type_: Option<&str>, data: &[(&str, &str)]) -> MockApi {
+    use base64::Engine as _;
+    let data: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(key, value)| {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(value);
+            (key.to_string(), Value::String(encoded))
+        })
+        .collect();
+    let mut secret = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": "storage"},
+        "data": data,
+    });
+    if let Some(type_) = type_ {
+        secret["type"] = json!(type_);
+    }
+    let mut api = api_with_tokens();
+    api.objects.insert(format!("{NS}/secrets/{name}"), secret);
+    api
+}
+
 /// The same on `api`, which holds no token Secrets unless given them.
 async fn reconcile_on(
     api: MockApi,
@@ -1449,17 +1474,7 @@ async fn a_ca_secret_without_its_key_holds_every_object_but_repairs_and_status_g
         gateway_secret: None,
     });
     let ca = redstuff::tls::LocalCa::generate("media").unwrap();
-    let mut api = api_with_tokens();
-    use base64::Engine as _;
-    api.objects.insert(
-        format!("{NS}/secrets/media-ca"),
-        json!({
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "media-ca", "namespace": "storage"},
-            "data": {"ca.crt": base64::engine::general_purpose::STANDARD.encode(ca.cert_pem())}
-        }),
-    );
+    let api = api_with_secret("media-ca", None, &[("ca.crt", ca.cert_pem())]);
     let (result, seen, ctx) = try_reconcile_by(
         None,
         api,
@@ -1525,16 +1540,7 @@ async fn a_ca_secret_without_its_key_holds_every_object_but_repairs_and_status_g
     assert_holds_shard_2(&node2, &written).await;
 
     // Told once: the next reconcile, still held, publishes no Event again.
-    let mut api = api_with_tokens();
-    api.objects.insert(
-        format!("{NS}/secrets/media-ca"),
-        json!({
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "media-ca", "namespace": "storage"},
-            "data": {"ca.crt": base64::engine::general_purpose::STANDARD.encode(ca.cert_pem())}
-        }),
-    );
+    let api = api_with_secret("media-ca", None, &[("ca.crt", ca.cert_pem())]);
     let mut held = tls_cluster;
     held.status = Some(serde_json::from_value(status).unwrap());
     let (result, seen, _) =
@@ -1580,22 +1586,14 @@ async fn a_gateway_serving_a_secret_of_the_users_is_trusted_by_its_ca_and_gets_n
     let served = public
         .issue(std::slice::from_ref(&name), redstuff::tls::SERVING_VALIDITY)
         .unwrap();
-    use base64::Engine as _;
-    let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
-    let mut api = api_with_tokens();
-    api.objects.insert(
-        format!("{NS}/secrets/media-public-cert"),
-        json!({
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "type": "kubernetes.io/tls",
-            "metadata": {"name": "media-public-cert", "namespace": "storage"},
-            "data": {
-                "tls.crt": b64(&served.cert_pem),
-                "tls.key": b64(&served.key_pem),
-                "ca.crt": b64(public.cert_pem()),
-            }
-        }),
+    let api = api_with_secret(
+        "media-public-cert",
+        Some("kubernetes.io/tls"),
+        &[
+            ("tls.crt", &served.cert_pem),
+            ("tls.key", &served.key_pem),
+            ("ca.crt", public.cert_pem()),
+        ],
     );
     let (seen, ctx) = reconcile_on(api, tls_cluster.clone(), vec![], vec![], silent_nodes(3)).await;
     assert!(applied(&seen, &format!("{NS}/secrets/media-gateway-tls")).is_none());
@@ -1664,20 +1662,14 @@ async fn a_gateway_serving_a_secret_of_the_users_is_trusted_by_its_ca_and_gets_n
             redstuff::tls::SERVING_VALIDITY,
         )
         .unwrap();
-    let mut api = api_with_tokens();
-    api.objects.insert(
-        format!("{NS}/secrets/media-public-cert"),
-        json!({
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "type": "kubernetes.io/tls",
-            "metadata": {"name": "media-public-cert", "namespace": "storage"},
-            "data": {
-                "tls.crt": b64(&public_only.cert_pem),
-                "tls.key": b64(&public_only.key_pem),
-                "ca.crt": b64(public.cert_pem()),
-            }
-        }),
+    let api = api_with_secret(
+        "media-public-cert",
+        Some("kubernetes.io/tls"),
+        &[
+            ("tls.crt", &public_only.cert_pem),
+            ("tls.key", &public_only.key_pem),
+            ("ca.crt", public.cert_pem()),
+        ],
     );
     let (seen, _) = reconcile_on(api, tls_cluster, vec![], vec![], silent_nodes(3)).await;
     assert_eq!(

@@ -131,16 +131,6 @@ pub struct ConcurrentReport {
     pub puts_within_upload_memory: bool,
 }
 
-fn fill(buffer: &mut [u8], seed: u64) {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    for word in buffer.chunks_mut(8) {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        word.copy_from_slice(&state.to_le_bytes()[..word.len()]);
-    }
-}
-
 fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / elapsed.as_secs_f64().max(1e-9) / 1e6
 }
@@ -154,7 +144,7 @@ pub async fn run(
     let work = tempfile::tempdir()?;
     let blob_path = work.path().join("blob");
     let mut data = vec![0u8; options.size as usize];
-    fill(&mut data, 1);
+    super::fill(&mut data, 1);
     super::write_input(&blob_path, &data)?;
 
     // The codec alone on the same bytes: the best of three runs, so the
@@ -477,7 +467,7 @@ async fn measure_concurrent(
     let mut files = Vec::new();
     for client in 0..clients {
         let mut data = vec![0u8; options.size as usize];
-        fill(&mut data, 1000 + client as u64);
+        super::fill(&mut data, 1000 + client as u64);
         let path = dir.join(format!("client-{client}"));
         super::write_input(&path, &data)?;
         files.push((path, blake3::hash(&data)));
@@ -558,7 +548,7 @@ async fn measure(
     // so the first request's fresh processes and pages do not count
     // against the fleet.
     let mut second = vec![0u8; options.size as usize];
-    fill(&mut second, 101);
+    super::fill(&mut second, 101);
     let second_path = blob_path.with_extension("second");
     super::write_input(&second_path, &second)?;
     let never = Timed {
@@ -635,7 +625,7 @@ async fn measure(
             break dir;
         }
         let mut chunk = vec![0u8; options.size as usize];
-        fill(&mut chunk, seed);
+        super::fill(&mut chunk, seed);
         let path = blob_path.with_extension(seed.to_string());
         super::write_input(&path, &chunk)?;
         put(path.clone()).await?;

@@ -71,16 +71,11 @@ pub async fn measure(
     gateway: &str,
     log: &mut impl FnMut(&str),
 ) -> anyhow::Result<HungNodeReport> {
+    // Seeds of their own: the fleet bench's other blobs use lower ones.
     let blob = |seed: usize| -> Vec<u8> {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ (seed as u64).wrapping_mul(0x2545_f491);
-        (0..BLOB_BYTES)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect()
+        let mut data = vec![0u8; BLOB_BYTES];
+        super::fill(&mut data, 50_000 + seed as u64);
+        data
     };
     // Twice as many blobs as GETs timed: those read with every node
     // answering are in the gateway's cache, so the GETs with the node

@@ -20,3 +20,15 @@ pub(crate) fn write_input(path: &std::path::Path, bytes: &[u8]) -> std::io::Resu
     file.write_all(bytes)?;
     file.sync_all()
 }
+
+/// Fills `buffer` with pseudo-random bytes that follow `seed` (xorshift):
+/// distinct blobs for distinct seeds, at memory speed.
+pub(crate) fn fill(buffer: &mut [u8], seed: u64) {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for word in buffer.chunks_mut(8) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        word.copy_from_slice(&state.to_le_bytes()[..word.len()]);
+    }
+}

@@ -63,13 +63,13 @@ impl BlobClient {
             .filter(|n| !states.silent.contains(&n.name))
             .partition(|n| !passed_over.contains(&n.name));
         for node in unwaited {
-            let (client, node, id) = (self.clone(), node.name.clone(), *id);
+            let (client, node, id) = (self.clone(), node.clone(), *id);
             tokio::spawn(async move { client.tombstone(&node, &id, generation).await });
         }
         let answers = join_all(
             nodes
                 .iter()
-                .map(|node| self.tombstone(&node.name, id, generation)),
+                .map(|node| self.tombstone(node, id, generation)),
         )
         .await;
         let acknowledged = nodes
@@ -89,17 +89,14 @@ impl BlobClient {
     }
 
     /// Sends the tombstone of `generation` to `node`; whether it recorded it.
-    async fn tombstone(&self, node: &str, id: &BlobId, generation: u64) -> bool {
-        let Some(holder) = self.map.nodes.iter().find(|n| n.name == node) else {
-            return false;
-        };
-        match self.client(holder).delete(id, generation).await {
+    async fn tombstone(&self, node: &MapNode, id: &BlobId, generation: u64) -> bool {
+        match self.client(node).delete(id, generation).await {
             Ok(()) => true,
             Err(e) => {
                 if e.is_silence() {
-                    self.unanswered(node, super::unanswering::Unanswered::Silent);
+                    self.unanswered(&node.name, super::unanswering::Unanswered::Silent);
                 }
-                tracing::warn!(%node, "delete of {id}: {e}");
+                tracing::warn!(node = %node.name, "delete of {id}: {e}");
                 false
             }
         }
