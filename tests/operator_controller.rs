@@ -771,7 +771,7 @@ async fn an_invalid_spec_becomes_a_condition_and_an_event_and_nothing_else_is_to
 }
 
 #[tokio::test]
-async fn node_pods_beyond_spec_are_removed() {
+async fn node_pods_beyond_spec_that_own_no_shard_are_deleted_with_an_event() {
     let (seen, _) = reconcile(
         cluster(7, 3, None),
         ready_pods(4),
@@ -780,6 +780,78 @@ async fn node_pods_beyond_spec_are_removed() {
     )
     .await;
     assert!(lines(&seen).contains(&format!("DELETE {NS}/pods/media-node-3")));
+    assert!(events(&seen).contains(&("Normal".into(), "NodeRetired".into())));
+    assert!(
+        !lines(&seen)
+            .iter()
+            .any(|l| l.starts_with("DELETE") && l.contains("claims")),
+        "its claim stays"
+    );
+}
+
+/// The shards each node pod owns in `status`.
+fn owned_in(status: &Value, node: &str) -> BTreeSet<u64> {
+    status["shardAssignment"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["node"] == node)
+        .map(|a| a["shard"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_lowered_spec_keeps_the_node_pods_beyond_it_and_their_shards_until_the_fleet_is_known_healthy(
+) {
+    // Four node pods hold seven shards; spec.nodes drops to 2 (f = 2: the
+    // two pods beyond own more than f shards). The operator has not seen
+    // the fleet healthy (its nodes do not answer): nothing moves, nothing
+    // is deleted, and the status says which pods retire.
+    let previous = settled_status(7, 4).await;
+    let (seen, _) = reconcile(
+        cluster(7, 2, Some(previous.clone())),
+        ready_pods(4),
+        claims(4),
+        silent_nodes(4),
+    )
+    .await;
+    assert!(
+        !lines(&seen).iter().any(|l| l.starts_with("DELETE")),
+        "{:#?}",
+        lines(&seen)
+    );
+    let status = status_written(&seen).unwrap();
+    assert_eq!(
+        status["shardAssignment"], previous["shardAssignment"],
+        "no shard moved"
+    );
+    for node in ["media-node-2", "media-node-3"] {
+        assert!(
+            !owned_in(&status, node).is_empty(),
+            "{node} keeps its shards"
+        );
+    }
+    assert_eq!(
+        status["retiringNodes"],
+        json!(["media-node-2", "media-node-3"])
+    );
+    let owners = owners_applied(&seen, 4).expect("the ownership files are applied");
+    assert!(
+        !owners[3].is_empty(),
+        "node 3's ownership file keeps its shards"
+    );
+    assert!(events(&seen).contains(&("Normal".into(), "NodesRetiring".into())));
+
+    // A second reconcile tells no second Event.
+    let (seen, _) = reconcile(
+        cluster(7, 2, Some(status)),
+        ready_pods(4),
+        claims(4),
+        silent_nodes(4),
+    )
+    .await;
+    assert!(!events(&seen).contains(&("Normal".into(), "NodesRetiring".into())));
+    assert!(!lines(&seen).iter().any(|l| l.starts_with("DELETE")));
 }
 
 /// Four real nodes, one shard each, and a blob written while node 2 was
@@ -1006,9 +1078,20 @@ impl MovingFleet {
         status: Option<Value>,
         ready: usize,
     ) -> (Vec<Seen>, Arc<Context>) {
+        self.reconcile_spec(ctx, 4, status, ready).await
+    }
+
+    /// The same with `spec.nodes` set to `nodes`.
+    async fn reconcile_spec(
+        &self,
+        ctx: Arc<Context>,
+        nodes: u16,
+        status: Option<Value>,
+        ready: usize,
+    ) -> (Vec<Seen>, Arc<Context>) {
         reconcile_after(
             ctx,
-            cluster(4, 4, status),
+            cluster(4, nodes, status),
             ready_pods(ready),
             claims(4),
             self.endpoints(),
@@ -1178,6 +1261,125 @@ async fn a_shard_given_back_to_a_node_on_an_empty_volume_moves_once_the_fleet_is
         Some(&1),
         "its own shard stays"
     );
+}
+
+#[tokio::test]
+async fn a_node_pod_beyond_a_lowered_spec_is_deleted_only_once_its_shard_is_rebuilt_elsewhere_and_the_blob_reads_without_it(
+) {
+    // Four nodes, one shard each; a blob stored on all four.
+    let files = tempfile::tempdir().unwrap();
+    let map = files.path().join("fleet.json");
+    let mut fleet = MovingFleet {
+        files,
+        map,
+        nodes: (0..4).map(|_| None).collect(),
+    };
+    let one_each: Vec<BTreeSet<u16>> = (0..4).map(|i| BTreeSet::from([i])).collect();
+    fleet.own(&one_each).await;
+    for i in 0..4 {
+        fleet.start(i).await;
+    }
+    fleet.own(&one_each).await;
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 17 % 253) as u8).collect();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &data).unwrap();
+    let map_nodes = |owners: &[BTreeSet<u16>],
+                     fleet: &MovingFleet|
+     -> Vec<(String, String, BTreeSet<u16>)> {
+        owners
+            .iter()
+            .enumerate()
+            .filter_map(|(i, shards)| Some((MovingFleet::name(i), fleet.url(i)?, shards.clone())))
+            .collect()
+    };
+    let written = BlobClient::new(
+        node_calls(),
+        fleet_map(4, &map_nodes(&one_each, &fleet)),
+        None,
+    )
+    .write_file(file.path())
+    .await
+    .unwrap();
+    let id = written.metadata.blob_id().to_string();
+
+    // The operator sees the blob Healthy on four node pods.
+    let settled = settled_status(4, 4).await;
+    let (seen, ctx) = reconcile(
+        cluster(4, 4, Some(settled.clone())),
+        ready_pods(4),
+        claims(4),
+        fleet.endpoints(),
+    )
+    .await;
+    let status = status_written(&seen).unwrap_or(settled);
+    assert_eq!(status["blobs"]["healthy"], 1, "{status:#}");
+
+    // spec.nodes drops to 3: node 3's shard moves to another node pod,
+    // node 3 keeps running.
+    let (seen, ctx) = fleet.reconcile_spec(ctx, 3, Some(status), 4).await;
+    let moved = owners_applied(&seen, 4).unwrap();
+    let heir = moved.iter().position(|s| s.contains(&3)).unwrap();
+    assert_ne!(heir, 3);
+    assert!(moved[3].is_empty());
+    assert!(events(&seen).contains(&("Normal".into(), "NodesRetiring".into())));
+    let mut status = status_written(&seen).unwrap();
+    assert_eq!(
+        status["retiringNodes"],
+        json!(["media-node-3"]),
+        "{status:#}"
+    );
+    fleet.own(&moved).await;
+
+    // Until the heir holds shard 3 and the blob is Healthy again, node 3's
+    // pod stays; then it is deleted, and its claim stays.
+    let (mut ctx, mut deleted) = (ctx, false);
+    for _ in 0..6 {
+        let heir_held = fleet.held(heir, &id).await.get(&3) == Some(&1);
+        let seen;
+        (seen, ctx) = fleet.reconcile_spec(ctx, 3, Some(status.clone()), 4).await;
+        if let Some(written) = status_written(&seen) {
+            status = written;
+        }
+        assert!(
+            media_fleet(&ctx)
+                .repairer
+                .wait_idle(Duration::from_secs(30))
+                .await
+        );
+        if lines(&seen).contains(&format!("DELETE {NS}/pods/media-node-3")) {
+            assert!(heir_held, "deleted only once the heir holds shard 3");
+            assert!(events(&seen).contains(&("Normal".into(), "NodeRetired".into())));
+            assert!(!lines(&seen)
+                .iter()
+                .any(|l| l.starts_with("DELETE") && l.contains("claims")));
+            deleted = true;
+            break;
+        }
+        assert_eq!(
+            status["retiringNodes"],
+            json!(["media-node-3"]),
+            "{status:#}"
+        );
+    }
+    assert!(deleted, "node 3 was retired: {status:#}");
+    assert!(status.get("retiringNodes").is_none(), "{status:#}");
+    assert_eq!(status["blobs"]["healthy"], 1, "{status:#}");
+
+    // Without node 3 the blob reads back whole.
+    fleet.nodes[3] = None;
+    let three: Vec<(String, String, BTreeSet<u16>)> = map_nodes(&moved[..3], &fleet);
+    let client = BlobClient::new(node_calls(), fleet_map(4, &three), None);
+    let visible = client.visible(&id.parse().unwrap()).await.unwrap();
+    let len = visible.metadata.len();
+    let mut stream = client
+        .read_range(visible.metadata, 0..len, |_| {})
+        .await
+        .unwrap();
+    let mut read = Vec::new();
+    while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+        read.extend_from_slice(&chunk.unwrap());
+    }
+    assert!(read == data, "the blob reads back whole");
 }
 
 #[tokio::test]

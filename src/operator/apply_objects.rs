@@ -195,7 +195,7 @@ pub(super) async fn apply_objects(
             ctx.publish(cluster, true, "TlsMaterial", problem).await;
         }
     }
-    let desired = desired_objects(cluster, assignment, &ctx.operator, &credentials);
+    let desired = desired_objects(cluster, assignment, nodes, &ctx.operator, &credentials);
 
     let applied = &fleet_state.applied;
     let services: Api<Service> = Api::namespaced(client.clone(), namespace);
@@ -354,17 +354,32 @@ pub(super) async fn apply_objects(
         .await;
         }
     }
-    // Node pods beyond spec.nodes go (their claims stay until the cluster goes).
+    // Node pods beyond spec.nodes go once they own no shard
+    // (`operator::retiring`); their claims stay until the cluster goes.
     for pod in observed_pods
         .iter()
         .filter(|p| !node_names.contains(&p.name_any()))
     {
         if pod.metadata.deletion_timestamp.is_none() {
+            let name = pod.name_any();
             let deleted = pods
-                .delete(&pod.name_any(), &DeleteParams::default())
+                .delete(&name, &DeleteParams::default())
                 .await
                 .map(|_| ());
-            failures.note(format!("delete Pod {}", pod.name_any()), deleted);
+            let ok = deleted.is_ok();
+            failures.note(format!("delete Pod {name}"), deleted);
+            if ok {
+                ctx.publish(
+                    cluster,
+                    false,
+                    "NodeRetired",
+                    format!(
+                        "deleted {name}, beyond spec.nodes ({}) and owning no shard any more; its claim stays until the cluster is deleted",
+                        cluster.spec.nodes
+                    ),
+                )
+                .await;
+            }
         }
     }
     Ok(Applied {

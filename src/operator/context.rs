@@ -61,15 +61,18 @@ impl Endpoints {
 /// reached through `endpoints`.
 pub fn fleet_map(cluster: &StorageCluster, endpoints: &Endpoints) -> crate::fleet::FleetMap {
     let name = cluster.metadata.name.clone().unwrap_or_default();
-    let assignment = cluster
-        .status
-        .as_ref()
-        .map(|s| s.shard_assignment.clone())
-        .unwrap_or_default();
+    let status = cluster.status.clone().unwrap_or_default();
+    let assignment = &status.shard_assignment;
     crate::fleet::FleetMap {
         shards: cluster.spec.shards,
         segment_size: crate::codec::DEFAULT_SEGMENT_SIZE,
-        nodes: (0..usize::from(cluster.spec.nodes))
+        nodes: (0..super::retiring::running_node_count(
+            &name,
+            usize::from(cluster.spec.nodes),
+            assignment.iter().map(|a| a.node.as_str()),
+            status.retiring_nodes.iter().map(String::as_str),
+            false,
+        ))
             .map(|index| {
                 let pod = node_pod_name(&name, index);
                 crate::fleet::MapNode {

@@ -178,7 +178,25 @@ pub async fn reconcile_cluster(
     let claim_by_name: BTreeMap<String, &PersistentVolumeClaim> =
         observed_claims.iter().map(|c| (c.name_any(), c)).collect();
 
-    let nodes = usize::from(cluster.spec.nodes);
+    // A lowered spec.nodes retires the node pods beyond it only once their
+    // shards have moved to the others (`operator::retiring`).
+    let spec_nodes = usize::from(cluster.spec.nodes);
+    let key = (namespace.clone(), name.clone());
+    let fleet_state = ctx.fleets.get(&key, ctx.deadlines);
+    let previous: Assignment = previous_status
+        .shard_assignment
+        .iter()
+        .map(|a| (a.shard, a.node.clone()))
+        .collect();
+    let settled = rebalance_may_go_on(&fleet_state, &previous, &encoding);
+    let nodes = super::retiring::running_node_count(
+        &name,
+        spec_nodes,
+        previous.values().map(String::as_str),
+        previous_status.retiring_nodes.iter().map(String::as_str),
+        settled,
+    );
+    let retiring = super::retiring::retiring_nodes(&name, spec_nodes, nodes);
     let node_names: Vec<String> = (0..nodes).map(|i| node_pod_name(&name, i)).collect();
     let observed_nodes: Vec<NodeObserved> = node_names
         .iter()
@@ -239,29 +257,37 @@ pub async fn reconcile_cluster(
             domain: domain_of(host),
         })
         .collect();
-    let holders: Vec<NodeSpec> = node_specs
+    // Node pods still present: shards leaving them move a few at a time.
+    let present: Vec<NodeSpec> = node_specs
         .iter()
         .filter(|n| !evicted.contains(n.name.as_str()))
         .cloned()
         .collect();
-    let previous: Assignment = previous_status
-        .shard_assignment
+    // Of those, the ones shards may go to: not retiring.
+    let holders: Vec<NodeSpec> = present
         .iter()
-        .map(|a| (a.shard, a.node.clone()))
+        .filter(|n| !retiring.contains(&n.name))
+        .cloned()
         .collect();
-    let key = (namespace.clone(), name.clone());
-    let fleet_state = ctx.fleets.get(&key, ctx.deadlines);
     // Shards leaving owners still present (a node back from eviction, a
     // grown cluster) move a few at a time, each batch once the last one
     // is rebuilt and every blob is Healthy again (`fleet::pacing`).
     let balanced = fleet::assign(cluster.spec.shards, &holders, &previous);
-    let room = if rebalance_may_go_on(&fleet_state, &previous, &encoding) {
+    let room = if settled {
         fleet::moves_at_once(encoding.f())
     } else {
         0
     };
-    let assignment = fleet::pace_moves(&previous, &balanced, &holders, room);
-    let shards_to_move = fleet::live_moves(&assignment, &balanced, &holders) as u32;
+    let assignment = fleet::pace_moves(&previous, &balanced, &present, room);
+    let shards_to_move = fleet::live_moves(&assignment, &balanced, &present) as u32;
+    report_retiring(
+        &ctx,
+        &cluster,
+        &previous_status.retiring_nodes,
+        &retiring,
+        &previous,
+    )
+    .await;
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let applied = &fleet_state.applied;
@@ -474,6 +500,7 @@ pub async fn reconcile_cluster(
         blobs: (!view.ready.is_empty()).then_some(blob_counts.clone()),
         repairs_in_flight: fleet_state.repairer.in_flight() as u32,
         shards_to_move,
+        retiring: retiring.clone(),
         outdated,
         rollout_wait,
         sync_failures: failures.0.clone(),
@@ -541,6 +568,8 @@ pub async fn reconcile_cluster(
         || summary.repairs_in_flight > 0
         || blob_counts.degraded + blob_counts.at_risk > 0
         || decisions.iter().any(|d| !d.available)
+        || summary.shards_to_move > 0
+        || !summary.retiring.is_empty()
         || !summary.outdated.is_empty();
     let mut next = if busy {
         Duration::from_secs(5)
@@ -629,6 +658,40 @@ async fn report_moved_shards(
         )
         .await;
     }
+}
+
+/// Tells when node pods start retiring: a lowered spec.nodes keeps them
+/// until their shards have moved.
+async fn report_retiring(
+    ctx: &Context,
+    cluster: &StorageCluster,
+    were_retiring: &[String],
+    retiring: &[String],
+    previous: &Assignment,
+) {
+    let newly: Vec<&str> = retiring
+        .iter()
+        .filter(|n| !were_retiring.contains(n))
+        .map(String::as_str)
+        .collect();
+    if newly.is_empty() {
+        return;
+    }
+    let shards = previous
+        .values()
+        .filter(|owner| newly.contains(&owner.as_str()))
+        .count();
+    ctx.publish(
+        cluster,
+        false,
+        "NodesRetiring",
+        format!(
+            "spec.nodes is {}: {} keep serving until their {shards} shards have moved to the other node pods, a few at a time, each batch once the last is rebuilt; then they are deleted",
+            cluster.spec.nodes,
+            newly.join(", ")
+        ),
+    )
+    .await;
 }
 
 /// A merge patch turning status `old` into `new`: fields `new` leaves out

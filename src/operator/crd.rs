@@ -295,6 +295,12 @@ pub struct StorageClusterStatus {
     /// answer.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_answering_nodes: Vec<String>,
+    /// Node pods beyond a lowered spec.nodes that still own shards: they
+    /// keep serving until their shards have moved to the other node pods
+    /// (a few at a time, each batch once the last is rebuilt), then they
+    /// are deleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retiring_nodes: Vec<String>,
     /// Blobs the node inventories show, by health.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blobs: Option<BlobCounts>,

@@ -17,6 +17,7 @@ pub mod lifecycle;
 pub mod observed;
 pub mod pod_problem;
 mod reconcile_error;
+pub mod retiring;
 pub mod rollout;
 pub mod run;
 pub mod status;
@@ -92,7 +93,13 @@ pub fn render_cluster(
             }
         }),
     };
-    let objects = desired::desired_objects(&cluster, &assignment, settings, &credentials);
+    let objects = desired::desired_objects(
+        &cluster,
+        &assignment,
+        usize::from(cluster.spec.nodes),
+        settings,
+        &credentials,
+    );
     let mut docs: Vec<String> = vec![
         serde_yaml::to_string(&objects.node_service)?,
         serde_yaml::to_string(&objects.shards_config)?,

@@ -45,6 +45,8 @@ pub struct FleetSummary {
     /// Shards still to move from owners that are present, a few at a time,
     /// to balance the node pods.
     pub shards_to_move: u32,
+    /// Node pods beyond a lowered spec.nodes that still own shards.
+    pub retiring: Vec<String>,
     /// Node pods created from an older spec, waiting to be replaced.
     pub outdated: Vec<String>,
     /// What their replacement waits for, if it waits.
@@ -132,7 +134,8 @@ pub fn cluster_status(
         },
         Ok(config) => {
             let ready = nodes.iter().filter(|n| n.ready).count();
-            let wanted = usize::from(cluster.spec.nodes);
+            // Retiring node pods count until they are deleted.
+            let wanted = usize::from(cluster.spec.nodes).max(nodes.len());
             let tolerated = |domain_of: fn(&ObservedNode) -> &String| {
                 let specs: Vec<NodeSpec> = nodes
                     .iter()
@@ -246,6 +249,7 @@ fn fold_in_fleet(
     now: &Time,
 ) {
     status.unavailable_nodes = fleet.unavailable.clone();
+    status.retiring_nodes = fleet.retiring.clone();
     // Say why the first node pod that is not ready is not, where Kubernetes
     // or the operator knows.
     if let Some((node, reason)) = fleet
@@ -324,6 +328,23 @@ fn fold_in_fleet(
                 "Rebalancing",
                 format!(
                     "{} shards still move to balance the node pods, a few at a time, each batch once the last is rebuilt and every blob is Healthy",
+                    fleet.shards_to_move
+                ),
+                generation,
+                now,
+            ),
+        );
+    }
+    if !fleet.retiring.is_empty() {
+        set(
+            status,
+            condition(
+                "Progressing",
+                true,
+                "NodesRetiring",
+                format!(
+                    "spec.nodes is lower than the node pods running: {} keep serving until their shards have moved to the others ({} still to move, a few at a time, each batch once the last is rebuilt and every blob is Healthy), then they are deleted",
+                    fleet.retiring.join(", "),
                     fleet.shards_to_move
                 ),
                 generation,

@@ -50,14 +50,14 @@ fn not_ready_node_pods(e2e: &E2e) -> anyhow::Result<usize> {
     Ok(4usize.saturating_sub(ready))
 }
 
-fn uid(e2e: &E2e, pod: &str) -> anyhow::Result<Option<String>> {
+pub fn uid(e2e: &E2e, pod: &str) -> anyhow::Result<Option<String>> {
     Ok(e2e
         .get("pod", pod, NS)?
         .and_then(|p| p["metadata"]["uid"].as_str().map(str::to_string)))
 }
 
 /// Reasons of the Events about the cluster.
-fn event_reasons(e2e: &E2e) -> anyhow::Result<Vec<String>> {
+pub fn event_reasons(e2e: &E2e) -> anyhow::Result<Vec<String>> {
     let events = e2e.list("events.events.k8s.io", NS, "")?;
     Ok(events
         .iter()
@@ -67,7 +67,7 @@ fn event_reasons(e2e: &E2e) -> anyhow::Result<Vec<String>> {
 }
 
 /// The shared blob reads back exactly.
-async fn shared_blob_reads_back(e2e: &E2e) -> anyhow::Result<()> {
+pub async fn shared_blob_reads_back(e2e: &E2e) -> anyhow::Result<()> {
     let data = shared_bytes();
     let id = data::put(e2e, &data).await?;
     let (gateway, http) = e2e.gateway(CLUSTER)?;
@@ -80,7 +80,7 @@ async fn shared_blob_reads_back(e2e: &E2e) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn shared_record() -> String {
+pub fn shared_record() -> String {
     let data = shared_bytes();
     let config = redstuff::codec::EncodingConfig::new(4).unwrap();
     let (metadata, _) =

@@ -21,6 +21,7 @@ mod install;
 mod pg;
 mod s3;
 mod s3_postgres;
+mod scaling;
 
 use harness::{E2e, Report};
 
@@ -142,6 +143,13 @@ async fn run_scenarios(e2e: &E2e, report: &mut Report) {
             "a node pod kept away past the grace period has its shards moved and rebuilt",
             false,
             disruptions::grace_period(e2e),
+        )
+        .await;
+    report
+        .scenario(
+            "spec.nodes lowered: the node pod beyond it goes only once its shard is rebuilt elsewhere; raised again, it comes back",
+            false,
+            scaling::nodes_lowered_then_raised(e2e),
         )
         .await;
     report

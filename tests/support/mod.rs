@@ -548,6 +548,7 @@ pub fn spec_hash(cluster: &redstuff::operator::crd::StorageCluster, index: usize
     let objects = redstuff::operator::desired::desired_objects(
         cluster,
         &Default::default(),
+        usize::from(cluster.spec.nodes).max(index + 1),
         &redstuff::operator::desired::OperatorSettings::new("redstuff:test", "redstuff-system"),
         &redstuff::operator::desired::Credentials {
             cluster: "token".into(),

@@ -282,11 +282,14 @@ impl OperatorSettings {
     }
 }
 
-/// The objects of `cluster` with `assignment`, made by `operator`, with the
-/// cluster's `credentials`.
+/// The objects of `cluster` with `assignment` over its first `nodes` node
+/// pods (`spec.nodes`, or more while a lowered spec retires some:
+/// `operator::retiring`), made by `operator`, with the cluster's
+/// `credentials`.
 pub fn desired_objects(
     cluster: &StorageCluster,
     assignment: &Assignment,
+    nodes: usize,
     operator: &OperatorSettings,
     credentials: &Credentials,
 ) -> DesiredObjects {
@@ -296,7 +299,6 @@ pub fn desired_objects(
         .image
         .clone()
         .unwrap_or_else(|| operator.default_image.clone());
-    let nodes = usize::from(spec.nodes);
     let ephemeral = spec.storage.ephemeral.unwrap_or(false) || spec.storage.size.is_none();
     let topology_key = topology_key(cluster);
 

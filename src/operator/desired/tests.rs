@@ -19,6 +19,10 @@ fn credentials() -> Credentials {
     }
 }
 
+fn nodes_of(c: &StorageCluster) -> usize {
+    usize::from(c.spec.nodes)
+}
+
 fn assignment(c: &StorageCluster) -> Assignment {
     let specs: Vec<NodeSpec> = (0..usize::from(c.spec.nodes))
         .map(|i| NodeSpec {
@@ -35,6 +39,7 @@ fn a_cluster_is_one_pod_and_claim_per_node_plus_services_config_gateway_and_budg
     let objects = desired_objects(
         &c,
         &assignment(&c),
+        nodes_of(&c),
         &operator("redstuff:test"),
         &credentials(),
     );
@@ -97,7 +102,7 @@ fn a_cluster_is_one_pod_and_claim_per_node_plus_services_config_gateway_and_budg
 fn the_shards_config_gives_every_node_its_shards_and_the_gateway_the_map() {
     let c = cluster(10, 4, Some("1Gi"));
     let a = assignment(&c);
-    let objects = desired_objects(&c, &a, &operator("img"), &credentials());
+    let objects = desired_objects(&c, &a, nodes_of(&c), &operator("img"), &credentials());
     let data = objects.shards_config.data.unwrap();
     let mut all = std::collections::BTreeSet::new();
     for i in 0..4 {
@@ -123,7 +128,13 @@ fn the_shards_config_gives_every_node_its_shards_and_the_gateway_the_map() {
 fn ephemeral_storage_uses_empty_dirs_and_no_claims() {
     let mut c = cluster(4, 4, None);
     c.spec.storage.ephemeral = Some(true);
-    let objects = desired_objects(&c, &assignment(&c), &operator("img"), &credentials());
+    let objects = desired_objects(
+        &c,
+        &assignment(&c),
+        nodes_of(&c),
+        &operator("img"),
+        &credentials(),
+    );
     assert!(objects.node_claims.is_empty());
     let volume = &objects.node_pods[0]
         .spec
@@ -136,7 +147,14 @@ fn ephemeral_storage_uses_empty_dirs_and_no_claims() {
 }
 
 fn spread_keys(c: &StorageCluster) -> Vec<String> {
-    desired_objects(c, &assignment(c), &operator("img"), &credentials()).node_pods[0]
+    desired_objects(
+        c,
+        &assignment(c),
+        nodes_of(c),
+        &operator("img"),
+        &credentials(),
+    )
+    .node_pods[0]
         .spec
         .as_ref()
         .unwrap()
@@ -165,7 +183,13 @@ fn node_pods_spread_over_hosts_and_over_the_placement_domains() {
 #[test]
 fn nodes_get_the_cluster_token_and_fleet_map_and_the_gateway_both_tokens() {
     let c = cluster(7, 3, Some("1Gi"));
-    let objects = desired_objects(&c, &assignment(&c), &operator("img"), &credentials());
+    let objects = desired_objects(
+        &c,
+        &assignment(&c),
+        nodes_of(&c),
+        &operator("img"),
+        &credentials(),
+    );
     let secret =
         |s: &Secret| String::from_utf8(s.data.as_ref().unwrap()[TOKEN_KEY].0.clone()).unwrap();
     assert_eq!(
@@ -229,8 +253,14 @@ fn nodes_get_the_cluster_token_and_fleet_map_and_the_gateway_both_tokens() {
 #[test]
 fn node_pods_take_api_calls_only_from_their_gateway_peers_and_the_operators_namespace() {
     let c = cluster(7, 3, Some("1Gi"));
-    let policy =
-        desired_objects(&c, &assignment(&c), &operator("img"), &credentials()).node_network_policy;
+    let policy = desired_objects(
+        &c,
+        &assignment(&c),
+        nodes_of(&c),
+        &operator("img"),
+        &credentials(),
+    )
+    .node_network_policy;
     let spec = policy.spec.unwrap();
     assert_eq!(spec.policy_types, Some(vec!["Ingress".to_string()]));
     let selects = |selector: &LabelSelector| selector.match_labels.clone().unwrap_or_default();
@@ -278,17 +308,27 @@ fn node_pods_take_api_calls_only_from_their_gateway_peers_and_the_operators_name
 #[test]
 fn s3_adds_its_port_index_claim_and_keys_to_a_gateway_recreated_never_rolled() {
     let mut c = cluster(7, 7, Some("10Gi"));
-    assert!(
-        desired_objects(&c, &assignment(&c), &operator("img"), &credentials())
-            .s3_index_claim
-            .is_none()
-    );
+    assert!(desired_objects(
+        &c,
+        &assignment(&c),
+        nodes_of(&c),
+        &operator("img"),
+        &credentials()
+    )
+    .s3_index_claim
+    .is_none());
     c.spec.s3 = Some(crate::operator::crd::S3Spec {
         index_size: Some("2Gi".into()),
         collect_after_seconds: Some(30),
         ..Default::default()
     });
-    let objects = desired_objects(&c, &assignment(&c), &operator("img"), &credentials());
+    let objects = desired_objects(
+        &c,
+        &assignment(&c),
+        nodes_of(&c),
+        &operator("img"),
+        &credentials(),
+    );
     let claim = objects.s3_index_claim.expect("an index claim");
     assert_eq!(claim.metadata.name.as_deref(), Some("media-s3-index"));
     assert_eq!(
@@ -351,7 +391,13 @@ fn s3_adds_its_port_index_claim_and_keys_to_a_gateway_recreated_never_rolled() {
 
     // A Secret named in the spec is used as it is: the operator keeps none.
     c.spec.s3.as_mut().unwrap().credentials_secret = Some("my-keys".into());
-    let objects = desired_objects(&c, &assignment(&c), &operator("img"), &credentials());
+    let objects = desired_objects(
+        &c,
+        &assignment(&c),
+        nodes_of(&c),
+        &operator("img"),
+        &credentials(),
+    );
     assert!(objects.s3_credentials.is_none());
     assert_eq!(
         keys_secret(&objects.gateway.spec.template.spec.unwrap()).as_deref(),
@@ -362,7 +408,13 @@ fn s3_adds_its_port_index_claim_and_keys_to_a_gateway_recreated_never_rolled() {
     // as asked, the URL from its Secret.
     c.spec.s3.as_mut().unwrap().postgres_secret = Some("index-db".into());
     c.spec.s3.as_mut().unwrap().replicas = Some(3);
-    let objects = desired_objects(&c, &assignment(&c), &operator("img"), &credentials());
+    let objects = desired_objects(
+        &c,
+        &assignment(&c),
+        nodes_of(&c),
+        &operator("img"),
+        &credentials(),
+    );
     assert!(objects.s3_index_claim.is_none());
     assert_eq!(objects.gateway.spec.replicas, Some(3));
     assert!(objects.gateway.spec.strategy.is_none());
@@ -384,7 +436,13 @@ fn s3_adds_its_port_index_claim_and_keys_to_a_gateway_recreated_never_rolled() {
 
     // Disabled: nothing of S3.
     c.spec.s3.as_mut().unwrap().enabled = Some(false);
-    let objects = desired_objects(&c, &assignment(&c), &operator("img"), &credentials());
+    let objects = desired_objects(
+        &c,
+        &assignment(&c),
+        nodes_of(&c),
+        &operator("img"),
+        &credentials(),
+    );
     assert!(objects.s3_index_claim.is_none());
 }
 
@@ -448,6 +506,7 @@ fn with_tls_nodes_and_the_gateway_serve_certificates_of_their_own_and_everyone_c
     let objects = desired_objects(
         &c,
         &assignment(&c),
+        nodes_of(&c),
         &operator("redstuff:test"),
         &credentials,
     );
@@ -566,6 +625,7 @@ fn without_tls_nodes_are_called_by_plain_http_and_no_tls_secret_exists() {
     let objects = desired_objects(
         &c,
         &assignment(&c),
+        nodes_of(&c),
         &operator("redstuff:test"),
         &credentials(),
     );
@@ -596,8 +656,20 @@ fn a_renewed_serving_certificate_changes_no_pod_so_nothing_is_rolled() {
         pair.key_pem = "RENEWED KEY".into();
         pair.not_after_unix += 90 * 24 * 3600;
     }
-    let before = desired_objects(&c, &assignment(&c), &operator("redstuff:test"), &first);
-    let after = desired_objects(&c, &assignment(&c), &operator("redstuff:test"), &renewed);
+    let before = desired_objects(
+        &c,
+        &assignment(&c),
+        nodes_of(&c),
+        &operator("redstuff:test"),
+        &first,
+    );
+    let after = desired_objects(
+        &c,
+        &assignment(&c),
+        nodes_of(&c),
+        &operator("redstuff:test"),
+        &renewed,
+    );
     assert_eq!(before.node_pods, after.node_pods);
     assert_eq!(before.gateway, after.gateway);
     assert_ne!(before.node_tls_secret, after.node_tls_secret);
@@ -614,6 +686,7 @@ fn a_gateway_serving_a_secret_of_the_users_mounts_it_and_the_nodes_ca_and_no_gat
     let objects = desired_objects(
         &c,
         &assignment(&c),
+        nodes_of(&c),
         &operator("redstuff:test"),
         &credentials,
     );
