@@ -62,6 +62,18 @@ def check_watched_namespaces(name, values, docs, args):
              f"(ClusterRoleBindings {bound_everywhere}, RoleBindings in {bound_in}, flags {flags})")
 
 
+def check_image_pulls(name, values, args):
+    """The operator gives node and gateway pods the chart's pull secrets
+    and policy, passed as flags."""
+    secrets = [s["name"] for s in values.get("imagePullSecrets") or []]
+    flags = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--image-pull-secret"]
+    policy = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--image-pull-policy"]
+    wanted = values.get("operator", {}).get("image", {}).get("pullPolicy", "IfNotPresent")
+    if flags != secrets or policy != [wanted]:
+        fail(f"{name}: the operator must pass imagePullSecrets {secrets} and pullPolicy {wanted} "
+             f"to node and gateway pods (flags {flags}, policy {policy})")
+
+
 def selects(selector, labels):
     """Whether a label selector (matchLabels only) selects `labels`."""
     if selector.get("matchExpressions"):
@@ -181,6 +193,7 @@ def main(out, redstuff):
         pod = deployment["spec"]["template"]["spec"]
         container = pod["containers"][0]
         check_watched_namespaces(values_file.name, values, docs, container["args"])
+        check_image_pulls(values_file.name, values, container["args"])
         check_node_policy(values_file.name, values, docs, operator_objects)
         security = container["securityContext"]
         if not (pod["securityContext"]["runAsNonRoot"] and security["readOnlyRootFilesystem"]

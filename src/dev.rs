@@ -64,7 +64,7 @@ pub struct DevConfig {
     pub corrupt_nodes: Vec<usize>,
     /// Test only: nodes (by index) that replay other nodes' valid answers.
     pub replaying_nodes: Vec<usize>,
-    /// How often nodes scrub their stores, in seconds (0: never).
+    /// Seconds nodes rest between two passes of their scrub (0: never).
     pub scrub_interval_secs: u64,
     /// Deadline of every call to a node, in seconds.
     pub node_timeout_secs: f64,

@@ -150,6 +150,19 @@ enum Command {
             env = "REDSTUFF_WATCH_NAMESPACES"
         )]
         namespaces: Vec<String>,
+        /// Secrets node and gateway pods pull their image with (repeat, or
+        /// separate with commas); each must exist in every StorageCluster's
+        /// namespace.
+        #[arg(
+            long = "image-pull-secret",
+            value_delimiter = ',',
+            env = "REDSTUFF_IMAGE_PULL_SECRETS"
+        )]
+        image_pull_secrets: Vec<String>,
+        /// Pull policy of node and gateway containers (default: the
+        /// Kubernetes default for the image's tag).
+        #[arg(long, value_parser = ["Always", "IfNotPresent", "Never"])]
+        image_pull_policy: Option<String>,
     },
     /// Print the objects the operator would create for a StorageCluster
     /// manifest (pods, claims, services, config, gateway, budget).
@@ -234,7 +247,8 @@ struct DevArgs {
     /// Repairs in flight at most.
     #[arg(long, default_value_t = 4)]
     max_concurrent_repairs: usize,
-    /// How often nodes re-read and check every stored file, in seconds.
+    /// Seconds nodes rest between two passes re-reading and checking
+    /// every stored file (0: never).
     #[arg(long, default_value_t = 60)]
     scrub_interval_secs: u64,
     /// Deadline of every call to a node, in seconds: a node silent longer
@@ -338,9 +352,14 @@ struct NodeArgs {
     /// Parsed metadata kept in memory.
     #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
     metadata_cache: u64,
-    /// Re-read and check every stored file this often, in seconds (0: never).
-    #[arg(long, default_value_t = 3600)]
+    /// Re-read and check every stored file, this many seconds after the
+    /// last pass ended (0: never).
+    #[arg(long, default_value_t = 86400)]
     scrub_interval_secs: u64,
+    /// Bytes per second the scrub reads at most (0: no limit), so client
+    /// reads and repairs keep the disk.
+    #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
+    scrub_max_bytes_per_sec: u64,
     /// Deadline of every call to a peer, in seconds.
     #[arg(long, default_value_t = 5.0)]
     node_timeout_secs: f64,
@@ -731,6 +750,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             spool_dir,
             max_ingest,
             namespaces,
+            image_pull_secrets,
+            image_pull_policy,
         } => {
             let identity = identity.unwrap_or_else(|| {
                 format!(
@@ -752,6 +773,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     max_ingest_bytes: max_ingest,
                     shutdown_timeout: std::time::Duration::from_secs(20),
                     namespaces,
+                    image_pull_secrets,
+                    image_pull_policy,
                 },
             ))
         }
@@ -813,6 +836,8 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
         },
         scrub_interval: (args.scrub_interval_secs > 0)
             .then(|| std::time::Duration::from_secs(args.scrub_interval_secs)),
+        scrub_max_bytes_per_sec: (args.scrub_max_bytes_per_sec > 0)
+            .then_some(args.scrub_max_bytes_per_sec),
         housekeeping: Housekeeping {
             staged_ttl: std::time::Duration::from_secs(args.staged_ttl_secs),
             quarantine_retention: std::time::Duration::from_secs(args.quarantine_retention_secs),

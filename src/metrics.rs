@@ -159,6 +159,8 @@ pub struct NodeMetrics {
     pub recovery_symbols_served: IntCounter,
     /// Corrupt data found in the store, by where it was found.
     pub corruption_detected: IntCounterVec,
+    /// When the last scrub pass ended (Unix seconds; 0: none yet).
+    pub scrub_completed: IntGauge,
     /// Sliver pairs rebuilt by this node's repair action.
     pub pairs_rebuilt: IntCounter,
     /// Bytes fetched from peers by this node's repair action.
@@ -236,6 +238,11 @@ impl NodeMetrics {
                 "redstuff_node_corruption_detected_total",
                 "Stored files that failed their checksum.",
                 &["where"],
+            ),
+            scrub_completed: gauge(
+                registry,
+                "redstuff_node_scrub_last_completed_timestamp_seconds",
+                "When the last pass of the scrub over every stored file ended, Unix seconds (0: none yet).",
             ),
             pairs_rebuilt: counter(
                 registry,

@@ -11,10 +11,11 @@ use redstuff::operator::blob_controller::{reconcile_blob, BLOB_FINALIZER};
 use redstuff::operator::context::{Context, Endpoints};
 use redstuff::operator::controller::reconcile_cluster;
 use redstuff::operator::crd::{
-    Blob, BlobSource, BlobSpec, KeySource, ShardAssignment, StorageCluster, StorageClusterSpec,
-    StorageClusterStatus, StorageSpec, UploadSource, UrlSource,
+    Blob, BlobHealth, BlobSource, BlobSpec, BlobStatus, KeySource, ShardAssignment, StorageCluster,
+    StorageClusterSpec, StorageClusterStatus, StorageSpec, UploadSource, UrlSource,
 };
 use redstuff::operator::rollout::SPEC_HASH_ANNOTATION;
+use redstuff::operator::upload_records::RECORDED_BY_ANNOTATION;
 use serde_json::{json, Value};
 use sha2::Digest;
 use support::{lines, serve_bytes, spec_hash, MockApi, Seen, TestFleet};
@@ -40,6 +41,7 @@ fn cluster(shards: u16) -> StorageCluster {
             s3: None,
             record_uploads: None,
             tls: None,
+            gateway: None,
         },
     );
     c.metadata.namespace = Some("storage".into());
@@ -378,6 +380,150 @@ async fn a_blob_another_blob_names_keeps_its_slivers_when_one_is_deleted() {
     assert_eq!(
         seen.last().unwrap().line(),
         format!("PATCH {GROUP}/blobs/first")
+    );
+}
+
+#[tokio::test]
+async fn a_blob_deleted_through_the_gateway_is_deleted_not_lost_and_the_operators_record_of_it_goes(
+) {
+    let fleet = TestFleet::start(4).await;
+    let id = stored_blob(&fleet).await;
+    let c = cluster(4);
+    let healthy = |mut b: Blob| {
+        b.status = Some(BlobStatus {
+            blob_id: Some(id.clone()),
+            health: Some(BlobHealth::Healthy),
+            ..BlobStatus::default()
+        });
+        b.metadata.resource_version = Some("7".into());
+        b
+    };
+    let source = BlobSource {
+        upload: Some(UploadSource {
+            blob_id: id.clone(),
+        }),
+        ..BlobSource::default()
+    };
+    let mut record = healthy(blob("upload-rec", source.clone()));
+    record.metadata.annotations = Some(
+        [(
+            RECORDED_BY_ANNOTATION.to_string(),
+            "operator: an upload through the gateway".to_string(),
+        )]
+        .into(),
+    );
+    let mine = healthy(blob("mine", source));
+
+    let answer = support::user_http()
+        .delete(format!("{}/v1/blobs/{id}", fleet.gateway.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_success(), "{}", answer.status());
+    let (client, recorded) = api(Some(&c), &[&record, &mine], &[]).serve();
+    let ctx = Arc::new(test_context(client).with_endpoints(fleet.endpoints()));
+    reconcile_cluster(Arc::new(c), ctx.clone()).await.unwrap();
+    recorded.take();
+
+    // The operator's record: Deleted, then removed without a cleanup.
+    reconcile_blob(Arc::new(record), ctx.clone()).await.unwrap();
+    let seen = recorded.take();
+    let status = status_patches(&seen, "upload-rec").pop().unwrap();
+    assert_eq!(status["health"], "Deleted", "{status:#}");
+    assert_eq!(condition(&status, "Healthy"), ("False", "DeletedElsewhere"));
+    let release = seen
+        .iter()
+        .find(|s| s.line() == format!("PATCH {GROUP}/blobs/upload-rec"))
+        .expect("the finalizer is removed");
+    assert_eq!(release.body["metadata"]["finalizers"], json!([]));
+    assert_eq!(release.body["metadata"]["resourceVersion"], "7");
+    assert!(lines(&seen).contains(&format!("DELETE {GROUP}/blobs/upload-rec")));
+    let told = events(&seen);
+    assert!(told.contains(&"BlobDeleted".to_string()), "{told:?}");
+    assert!(
+        told.contains(&"UploadRecordRemoved".to_string()),
+        "{told:?}"
+    );
+    assert!(!told.contains(&"BlobLost".to_string()), "{told:?}");
+
+    // A Blob a person made: Deleted, and it stays.
+    reconcile_blob(Arc::new(mine), ctx).await.unwrap();
+    let seen = recorded.take();
+    let status = status_patches(&seen, "mine").pop().unwrap();
+    assert_eq!(status["health"], "Deleted", "{status:#}");
+    assert!(!lines(&seen).iter().any(|l| l.starts_with("DELETE")));
+    assert!(!events(&seen).contains(&"BlobLost".to_string()));
+}
+
+/// `cluster(4)` serving S3: its gateway deletes blobs.
+fn cluster_with_s3() -> StorageCluster {
+    let mut c = cluster(4);
+    c.spec.s3 = Some(serde_json::from_value(json!({})).unwrap());
+    c
+}
+
+#[tokio::test]
+async fn with_s3_a_deleted_blob_is_deleted_through_the_gateway() {
+    let fleet = TestFleet::start(4).await;
+    let id = stored_blob(&fleet).await;
+    let b = deleted("upload", &id);
+    let (seen, _) = run(
+        api(Some(&cluster_with_s3()), &[&b], &[]),
+        fleet.endpoints(),
+        &b,
+    )
+    .await;
+    assert!(fleet.held().await.iter().all(|h| h.is_empty()));
+    let note = seen
+        .iter()
+        .find(|s| s.path.contains("/events") && s.body["reason"] == "SliversDeleted")
+        .map(|s| s.body["note"].to_string())
+        .expect("an Event");
+    assert!(note.contains("through the gateway"), "{note}");
+    assert_eq!(
+        seen.last().unwrap().line(),
+        format!("PATCH {GROUP}/blobs/upload")
+    );
+}
+
+#[tokio::test]
+async fn with_s3_a_blob_the_gateway_will_not_delete_keeps_its_slivers_and_the_blob_is_released() {
+    // The nodes hold the blob; the gateway refuses to delete it, as it does
+    // while S3 keys refer to the bytes (tests/s3_clients.rs shows the real
+    // gateway doing so).
+    let fleet = TestFleet::start(4).await;
+    let id = stored_blob(&fleet).await;
+    let refusing = axum::Router::new().route(
+        "/v1/blobs/{id}",
+        axum::routing::delete(|| async {
+            (
+                axum::http::StatusCode::CONFLICT,
+                axum::Json(
+                    json!({"error": "blob X holds the bytes of 1 S3 objects or upload parts"}),
+                ),
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, refusing).await });
+    let b = deleted("upload", &id);
+    let (seen, _) = run(
+        api(Some(&cluster_with_s3()), &[&b], &[]),
+        fleet.endpoints().with_override("media-gateway", url),
+        &b,
+    )
+    .await;
+    assert!(fleet.held().await.iter().all(|h| h.contains(&id)));
+    let kept = seen
+        .iter()
+        .find(|s| s.path.contains("/events") && s.body["reason"] == "SliversKept")
+        .map(|s| s.body["note"].to_string())
+        .expect("an Event");
+    assert!(kept.contains("S3 objects"), "{kept}");
+    assert_eq!(
+        seen.last().unwrap().line(),
+        format!("PATCH {GROUP}/blobs/upload")
     );
 }
 

@@ -41,6 +41,7 @@ fn cluster(shards: u16, nodes: u16, status: Option<Value>) -> StorageCluster {
             s3: None,
             record_uploads: None,
             tls: None,
+            gateway: None,
         },
     );
     c.metadata.namespace = Some("storage".into());

@@ -588,3 +588,55 @@ async fn a_blob_is_collected_once_no_key_refers_to_it_and_abandoned_uploads_are_
         .await
         .contains("redstuff_s3_uploads_expired_total 1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_s3_keys_refer_to_is_not_deleted_through_the_native_api_until_none_does() {
+    let fleet = DevFleet::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let data = pseudo_random(200_000, 11);
+    std::fs::write(dir.path().join("data"), &data).unwrap();
+    let id = blob_id(&data);
+    let endpoint = fleet.s3.clone().unwrap();
+    let aws = |args: &[&str]| {
+        let mut all = vec!["--endpoint-url", endpoint.as_str()];
+        all.extend_from_slice(args);
+        run(&fleet, "aws", &all, dir.path())
+    };
+    aws(&["s3", "mb", "s3://guard"]);
+    aws(&["s3", "cp", "--only-show-errors", "data", "s3://guard/kept"]);
+
+    // Refused, naming S3, and nothing changes.
+    let refused = fleet
+        .http
+        .delete(format!("{}/v1/blobs/{id}", fleet.gateway))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 409);
+    let message = refused.text().await.unwrap();
+    assert!(message.contains("S3"), "{message}");
+    assert_eq!(fleet.code("HEAD", &id).await, 200);
+    aws(&["s3", "cp", "--only-show-errors", "s3://guard/kept", "back"]);
+    assert!(std::fs::read(dir.path().join("back")).unwrap() == data);
+
+    // Once no key refers to it, the native API deletes it at once.
+    aws(&["s3", "rm", "--only-show-errors", "s3://guard/kept"]);
+    assert_eq!(fleet.code("DELETE", &id).await, 204);
+    assert_eq!(fleet.code("HEAD", &id).await, 404);
+
+    // The delete's claim is released: S3 stores the same bytes again.
+    aws(&["s3", "cp", "--only-show-errors", "data", "s3://guard/again"]);
+    aws(&[
+        "s3",
+        "cp",
+        "--only-show-errors",
+        "s3://guard/again",
+        "again",
+    ]);
+    assert!(std::fs::read(dir.path().join("again")).unwrap() == data);
+
+    // A blob S3 never stored deletes as before.
+    let native = fleet.put(&pseudo_random(50_000, 12)).await;
+    assert_eq!(fleet.code("DELETE", &native).await, 204);
+    assert_eq!(fleet.code("HEAD", &native).await, 404);
+}

@@ -148,6 +148,10 @@ struct GatewayState {
     unanswering: Arc<crate::client::UnansweringNodes>,
     /// The certificate served, when the gateway serves TLS.
     tls: Option<Arc<crate::tls::ServingCert>>,
+    /// The S3 index, when an S3 front serves next to this gateway: a
+    /// delete through the native API is refused while S3 refers to the
+    /// blob, and claimed in it otherwise.
+    s3_index: std::sync::OnceLock<Arc<crate::s3::index::Index>>,
 }
 
 impl GatewayState {
@@ -184,6 +188,12 @@ impl Door {
                 .with_memory_budget(self.0.upload_memory.clone())
                 .with_unanswering_memory(self.0.unanswering.clone()),
         )
+    }
+
+    /// Deletes through the native API consult the S3 index from now on:
+    /// refused while S3 keys or uploads refer to the blob.
+    pub fn guard_deletes_with(&self, index: Arc<crate::s3::index::Index>) {
+        let _ = self.0.s3_index.set(index);
     }
 
     /// The upload spool.
@@ -265,6 +275,7 @@ impl Gateway {
             extra_metrics: RwLock::new(None),
             segments: Arc::new(crate::client::SharedReads::new(config.segment_cache_bytes)),
             tls: config.tls.clone(),
+            s3_index: std::sync::OnceLock::new(),
         });
         let router = Router::new()
             .route("/healthz", get(|| async { "ok" }))

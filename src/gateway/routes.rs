@@ -302,7 +302,31 @@ pub(super) async fn delete_blob(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id)?;
-    match state.client()?.delete(&id).await.map_err(io_error)? {
+    let client = state.client()?;
+    let index = state.s3_index.get().cloned();
+    if let Some(index) = &index {
+        let (index, blob) = (index.clone(), id.to_string());
+        let claim = tokio::task::spawn_blocking(move || index.claim_for_delete(&blob))
+            .await
+            .map_err(|e| ApiError::internal(format!("index task failed: {e}")))?
+            .map_err(|e| ApiError::unavailable(format!("the S3 index cannot be read: {e}")))?;
+        if let crate::s3::index::DeleteClaim::Referenced(count) = claim {
+            return Err(ApiError::conflict(format!(
+                "blob {id} holds the bytes of {count} S3 objects or upload parts: delete them through S3 (the blob goes once none refers to it)"
+            )));
+        }
+    }
+    // Claimed in the S3 index: should the delete fail, its collector
+    // deletes the blob later.
+    let outcome = client.delete(&id).await.map_err(io_error)?;
+    if let Some(index) = index {
+        let blob = id.to_string();
+        let forgotten = tokio::task::spawn_blocking(move || index.collected(&blob)).await;
+        if !matches!(forgotten, Ok(Ok(()))) {
+            tracing::warn!(%id, "deleted, but the S3 index still holds its claim: the collector releases it");
+        }
+    }
+    match outcome {
         DeleteOutcome::Deleted { .. } => Ok(StatusCode::NO_CONTENT),
         DeleteOutcome::NotFound => Err(ApiError::not_found(format!("blob {id} not found"))),
     }

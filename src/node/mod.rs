@@ -67,8 +67,11 @@ pub struct NodeConfig {
     pub metadata_cache_bytes: u64,
     /// Test only: how this node lies about what it serves.
     pub lie: Option<Lie>,
-    /// How often every stored file is re-read and checked; `None`: never.
+    /// How long a node rests between two passes re-reading and checking
+    /// every stored file; `None`: never.
     pub scrub_interval: Option<Duration>,
+    /// Bytes per second a scrub reads at most; `None`: no limit.
+    pub scrub_max_bytes_per_sec: Option<u64>,
     /// How long abandoned uploads and quarantined files are kept.
     pub housekeeping: Housekeeping,
     /// Serve the API over TLS with this certificate (the metrics
@@ -94,6 +97,7 @@ impl NodeConfig {
             metadata_cache_bytes: 64 << 20,
             lie: None,
             scrub_interval: None,
+            scrub_max_bytes_per_sec: None,
             housekeeping: Housekeeping::default(),
             tls: None,
             peers_ca: None,
@@ -127,6 +131,7 @@ pub struct Node {
     tokens: Arc<TokenSet>,
     metrics_listener: Option<TcpListener>,
     scrub_interval: Option<Duration>,
+    scrub_max_bytes_per_sec: Option<u64>,
     housekeeping: Housekeeping,
     tls: Option<Arc<crate::tls::ServingCert>>,
 }
@@ -166,6 +171,7 @@ impl Node {
             tokens: config.tokens,
             metrics_listener: None,
             scrub_interval: config.scrub_interval,
+            scrub_max_bytes_per_sec: config.scrub_max_bytes_per_sec,
             housekeeping: config.housekeeping,
             tls: config.tls,
         })
@@ -201,7 +207,7 @@ impl Node {
             .watch(Duration::from_millis(250));
         self.tokens.watch(Duration::from_secs(1));
         if let Some(period) = self.scrub_interval {
-            scrub_periodically(self.state.clone(), period);
+            scrub_periodically(self.state.clone(), period, self.scrub_max_bytes_per_sec);
         }
         keep_house(self.state.clone(), self.housekeeping);
         if let Some(listener) = self.metrics_listener {
@@ -219,19 +225,22 @@ impl Node {
     }
 }
 
-/// Re-reads every stored file each `period`, so bitrot is found (and the
-/// file quarantined, hence reported missing and repaired) even where no
-/// client reads it.
-fn scrub_periodically(state: Arc<NodeState>, period: Duration) {
+/// Re-reads every stored file, `period` after the last pass ended (a
+/// pass longer than the period never runs back to back with the next),
+/// at most `max_bytes_per_sec`, so bitrot is found (and the file
+/// quarantined, hence reported missing and repaired) even where no client
+/// reads it.
+fn scrub_periodically(state: Arc<NodeState>, period: Duration, max_bytes_per_sec: Option<u64>) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(period);
-        tick.tick().await;
         loop {
-            tick.tick().await;
+            tokio::time::sleep(period).await;
             let worker = state.clone();
-            match tokio::task::spawn_blocking(move || worker.store.scrub()).await {
+            let pass = move || worker.store.scrub(max_bytes_per_sec);
+            match tokio::task::spawn_blocking(pass).await {
                 Ok(Ok(report)) => {
                     let m = &state.metrics;
+                    m.scrub_completed
+                        .set(crate::blob_state::now_nanos() as i64 / 1_000_000_000);
                     if report.corrupt > 0 {
                         tracing::warn!(node = %state.name, checked = report.checked, corrupt = report.corrupt, "scrub quarantined corrupt files");
                         m.corruption_detected

@@ -3,8 +3,11 @@
 //! an upload already names its id); its health comes from the inventory
 //! view the cluster controller keeps (repairs are started there, most at
 //! risk first, for every blob of the cluster). Deleting a Blob deletes its
-//! slivers from every node, unless another Blob names the same bytes; a
-//! Blob whose cluster is gone is released at once, never stuck.
+//! slivers from every node, unless another Blob names the same bytes or
+//! (in a cluster serving S3, whose gateway then deletes them) S3 keys
+//! refer to them; a Blob whose cluster is gone is released at once, never
+//! stuck. A blob deleted through the gateway or S3 is Deleted, not Lost,
+//! and the operator's own record of its upload goes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +15,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::ResourceExt;
@@ -24,6 +27,7 @@ use super::controller::{status_merge_patch, ReconcileError};
 use super::crd::{Blob, BlobHealth, BlobStatus, StorageCluster};
 use super::ingest::{self, IngestError};
 use super::status::validate_spec;
+use super::upload_records;
 use crate::client::{BlobClient, DeleteOutcome};
 use crate::codec::BlobId;
 
@@ -132,8 +136,51 @@ async fn apply_blob(blob: &Blob, ctx: &Context, namespace: &str) -> Result<Actio
                 .await;
         }
     }
+    let deleted_elsewhere = status.health == Some(BlobHealth::Deleted);
     write_status_if_changed(&blobs, blob, &mut current, status).await?;
+    if deleted_elsewhere && upload_records::is_operator_record(blob) {
+        remove_upload_record(&blobs, blob).await?;
+        ctx.publish(
+            blob,
+            false,
+            "UploadRecordRemoved",
+            format!(
+                "blob {} was deleted through the gateway or S3: the operator's record of its upload goes too",
+                blob_id.unwrap_or_default()
+            ),
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
     Ok(Action::requeue(retry))
+}
+
+/// Deletes an upload record the operator made, whose blob was deleted
+/// elsewhere, without its finalizer's cleanup: nothing is left to delete,
+/// and a cleanup could delete the same bytes if they were stored again
+/// meanwhile. The finalizer goes first, guarded by the record's version
+/// (a record changed since it was read is left for the next reconcile).
+async fn remove_upload_record(blobs: &Api<Blob>, blob: &Blob) -> Result<(), ReconcileError> {
+    let name = blob.name_any();
+    let finalizers: Vec<&String> = blob
+        .finalizers()
+        .iter()
+        .filter(|f| f.as_str() != BLOB_FINALIZER)
+        .collect();
+    let patch = serde_json::json!({
+        "metadata": {
+            "finalizers": finalizers,
+            "resourceVersion": blob.resource_version(),
+        }
+    });
+    blobs
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    match blobs.delete(&name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn cluster_facts(
@@ -159,6 +206,8 @@ fn cluster_facts(
             blob: blob_id.and_then(|id| view.blobs.get(id).cloned()),
             repairing: blob_id.is_some_and(|id| fleet.repairer.is_repairing(id)),
             last_repair: blob_id.and_then(|id| fleet.repairer.totals(id).last_completed),
+            deleted: blob_id
+                .is_some_and(|id| view.deleted.contains_key(id) && !view.blobs.contains_key(id)),
         },
         _ => ClusterFacts::Unobserved,
     }
@@ -302,22 +351,24 @@ async fn cleanup_blob(
     let Ok(blob_id) = id.parse::<BlobId>() else {
         return Ok(Action::await_change());
     };
-    let calls = ctx.cluster_calls(&cluster).await?;
-    let client = BlobClient::new(calls, fleet_map(&cluster, &ctx.endpoints), None);
-    let deleted = tokio::time::timeout(DELETE_DEADLINE, client.delete(&blob_id)).await;
-    let failure = match deleted {
-        Err(_) => format!("the delete of {id} took longer than {DELETE_DEADLINE:?}"),
-        Ok(Err(e)) => e.to_string(),
-        Ok(Ok(outcome)) => {
-            let note = match outcome {
-                DeleteOutcome::Deleted { .. } => format!(
-                    "deleted {id}: a tombstone on a quorum of shards, the loop removes the rest"
-                ),
-                DeleteOutcome::NotFound => format!("{id} was never stored"),
-            };
+    // With S3 the gateway deletes it: its S3 index says whether S3 keys
+    // still refer to the bytes (then they stay), and claims them for the
+    // delete so that no key comes to refer to them meanwhile.
+    let attempt = if super::desired::s3::enabled(&cluster).is_some() {
+        delete_through_gateway(&cluster, ctx, &id).await
+    } else {
+        delete_from_nodes(&cluster, ctx, &blob_id).await
+    };
+    let failure = match attempt {
+        Ok(Deletion::Done(note)) => {
             ctx.publish(blob, false, "SliversDeleted", note).await;
             return Ok(Action::await_change());
         }
+        Ok(Deletion::Kept(why)) => {
+            ctx.publish(blob, false, "SliversKept", why).await;
+            return Ok(Action::await_change());
+        }
+        Err(failure) => failure,
     };
     let waited = blob
         .metadata
@@ -336,6 +387,75 @@ async fn cleanup_blob(
         return Ok(Action::await_change());
     }
     Err(ReconcileError::NodesUnreachable(failure))
+}
+
+/// What became of a deleted Blob's bytes.
+enum Deletion {
+    /// Deleted (or never stored): the note says which.
+    Done(String),
+    /// Kept: something else refers to them.
+    Kept(String),
+}
+
+/// Deletes blob `id` from the cluster's nodes; what failed, if it did.
+async fn delete_from_nodes(
+    cluster: &StorageCluster,
+    ctx: &Context,
+    id: &BlobId,
+) -> Result<Deletion, String> {
+    let calls = ctx
+        .cluster_calls(cluster)
+        .await
+        .map_err(|e| e.to_string())?;
+    let client = BlobClient::new(calls, fleet_map(cluster, &ctx.endpoints), None);
+    match tokio::time::timeout(DELETE_DEADLINE, client.delete(id)).await {
+        Err(_) => Err(format!(
+            "the delete of {id} took longer than {DELETE_DEADLINE:?}"
+        )),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(DeleteOutcome::Deleted { .. })) => Ok(Deletion::Done(format!(
+            "deleted {id}: a tombstone on a quorum of shards, the loop removes the rest"
+        ))),
+        Ok(Ok(DeleteOutcome::NotFound)) => Ok(Deletion::Done(format!("{id} was never stored"))),
+    }
+}
+
+/// Deletes blob `id` through the cluster's gateway, which refuses (409)
+/// while S3 keys or uploads refer to it; what failed, if it did.
+async fn delete_through_gateway(
+    cluster: &StorageCluster,
+    ctx: &Context,
+    id: &str,
+) -> Result<Deletion, String> {
+    let gateway = ctx.endpoints.gateway(cluster);
+    let token = ctx.user_token(cluster).await.ok_or_else(|| {
+        format!(
+            "the cluster's user-token Secret {} is missing or empty",
+            super::desired::user_token_secret(&cluster.name_any())
+        )
+    })?;
+    let key = (cluster.namespace().unwrap_or_default(), cluster.name_any());
+    let http = ctx.fleets.get(&key, ctx.deadlines).gateway_http.clone();
+    let url = format!("{}/v1/blobs/{id}", gateway.trim_end_matches('/'));
+    let sent = http.delete(&url).bearer_auth(token).send();
+    let response = tokio::time::timeout(DELETE_DEADLINE, sent)
+        .await
+        .map_err(|_| format!("the gateway's delete of {id} took longer than {DELETE_DEADLINE:?}"))?
+        .map_err(|e| format!("the gateway at {gateway} did not answer the delete of {id}: {e}"))?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    let message = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v.get("error")?.as_str().map(str::to_string))
+        .unwrap_or(text);
+    match status.as_u16() {
+        200..=299 => Ok(Deletion::Done(format!(
+            "deleted {id} through the gateway: a tombstone on a quorum of shards, the loop removes the rest"
+        ))),
+        404 => Ok(Deletion::Done(format!("{id} was never stored, or is deleted already"))),
+        409 => Ok(Deletion::Kept(format!("the bytes stay: {message}"))),
+        _ => Err(format!("the gateway answered the delete of {id} with {status}: {message}")),
+    }
 }
 
 /// Writes `status` unless it equals `current`, which then becomes it.

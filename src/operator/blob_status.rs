@@ -44,6 +44,9 @@ pub enum ClusterFacts {
         repairing: bool,
         /// When a repair of it last completed.
         last_repair: Option<SystemTime>,
+        /// No node holds it visible, and a tombstone stands for it: it was
+        /// deleted through the gateway or S3.
+        deleted: bool,
     },
 }
 
@@ -120,6 +123,7 @@ pub fn blob_status(
                 blob,
                 repairing,
                 last_repair,
+                deleted,
             },
             Some(id),
         ) => {
@@ -156,6 +160,20 @@ pub fn blob_status(
                         message,
                     )
                 }
+                None if *deleted => {
+                    status.size = previous.size;
+                    status.size_text = previous.size_text.clone();
+                    status.shards_valid = Some(0);
+                    status.shards = Some(format!("0/{n}"));
+                    status.health = Some(BlobHealth::Deleted);
+                    (
+                        false,
+                        "DeletedElsewhere",
+                        format!(
+                            "blob {id} was deleted through the gateway or S3, not through this Blob: nothing of it is held any more"
+                        ),
+                    )
+                }
                 None if previous.health.is_some() => {
                     status.size = previous.size;
                     status.size_text = previous.size_text.clone();
@@ -183,6 +201,7 @@ fn health_reason(health: BlobHealth) -> &'static str {
         BlobHealth::Repairing => "Repairing",
         BlobHealth::AtRisk => "AtRisk",
         BlobHealth::Lost => "Lost",
+        BlobHealth::Deleted => "DeletedElsewhere",
     }
 }
 
@@ -207,6 +226,7 @@ mod tests {
             }),
             repairing,
             last_repair: None,
+            deleted: false,
         }
     }
 
@@ -256,12 +276,42 @@ mod tests {
     }
 
     #[test]
+    fn a_blob_deleted_through_the_gateway_or_s3_is_deleted_not_lost() {
+        let seen = BlobStatus {
+            health: Some(BlobHealth::Healthy),
+            size: Some(5),
+            ..BlobStatus::default()
+        };
+        let tombstone = ClusterFacts::Observed {
+            encoding: EncodingConfig::new(7).unwrap(),
+            blob: None,
+            repairing: false,
+            last_repair: None,
+            deleted: true,
+        };
+        let s = blob_status(
+            &seen,
+            Some(ID),
+            &IngestState::Done,
+            &tombstone,
+            Some(1),
+            &now(1),
+        );
+        assert_eq!(s.health, Some(BlobHealth::Deleted));
+        assert_eq!(s.shards.as_deref(), Some("0/7"));
+        assert_eq!(s.size, Some(5));
+        let healthy = s.conditions.iter().find(|c| c.type_ == "Healthy").unwrap();
+        assert_eq!(healthy.reason, "DeletedElsewhere");
+    }
+
+    #[test]
     fn a_blob_never_seen_is_pending_but_one_that_vanished_is_lost() {
         let absent = ClusterFacts::Observed {
             encoding: EncodingConfig::new(7).unwrap(),
             blob: None,
             repairing: false,
             last_repair: None,
+            deleted: false,
         };
         assert_eq!(health_of(&absent), (None, "NotSeenYet".into()));
         let seen = BlobStatus {

@@ -619,7 +619,7 @@ async fn record_uploads(
         // cluster deletes its records (and their finalizer releases them).
         record.metadata.owner_references = cluster.controller_owner_ref(&()).map(|o| vec![o]);
         record.metadata.annotations = Some(BTreeMap::from([(
-            "redstuff.dev/recorded-by".to_string(),
+            upload_records::RECORDED_BY_ANNOTATION.to_string(),
             "operator: an upload through the gateway".to_string(),
         )]));
         let before = failures.0.len();

@@ -80,6 +80,36 @@ pub struct StorageClusterSpec {
     /// enabled is fixed once the cluster is created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
+    /// The gateway pods' resources and bounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewaySpec>,
+}
+
+/// The gateway pods' resources and the bounds of what they take on at
+/// once (a change replaces the gateway pods).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewaySpec {
+    /// CPU and memory of each gateway pod. Size memory for uploadMemory,
+    /// 128 MiB of cached rows and the reads in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Uploads each gateway pod handles at once (default 8); four times as
+    /// many more wait up to 10 s for a slot, the rest get 503 or SlowDown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub max_uploads: Option<u16>,
+    /// Bytes of segments the uploads of a gateway pod may hold in memory
+    /// together, e.g. 2Gi (the default); an upload past it waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"))]
+    pub upload_memory: Option<String>,
+    /// Size of the scratch volume S3 uploads are kept on while their
+    /// checksums are checked, e.g. 20Gi (default: no limit, the Kubernetes
+    /// node's disk). The gateway answers SlowDown before it fills.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"))]
+    pub spool_size: Option<String>,
 }
 
 /// TLS on the node API and on the gateway's API and S3: node pods and
@@ -450,6 +480,10 @@ pub enum BlobHealth {
     AtRisk,
     /// Fewer than p shards hold pairs: the blob cannot be read.
     Lost,
+    /// Deleted through the gateway or S3, not through this Blob: a
+    /// tombstone stands for it and nothing of it is held (stored again,
+    /// it is Healthy again).
+    Deleted,
 }
 
 /// Encoding parameters of a blob.

@@ -22,6 +22,7 @@ pub fn cluster(shards: u16, nodes: u16, size: Option<&str>) -> StorageCluster {
             s3: None,
             record_uploads: None,
             tls: None,
+            gateway: None,
         },
     );
     c.metadata.namespace = Some("storage".into());

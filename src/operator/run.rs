@@ -57,6 +57,10 @@ pub struct OperatorOptions {
     /// Namespaces whose StorageClusters and Blobs this operator manages;
     /// empty: every namespace.
     pub namespaces: Vec<String>,
+    /// Secrets node and gateway pods pull their image with.
+    pub image_pull_secrets: Vec<String>,
+    /// Pull policy of node and gateway containers.
+    pub image_pull_policy: Option<String>,
 }
 
 /// An API over every namespace, or over one.
@@ -224,6 +228,8 @@ pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
     let metrics = OperatorMetrics::new(&registry);
     let mut context = Context::new(client.clone(), options.image.clone());
     context.operator.namespace = options.namespace.clone();
+    context.operator.image_pull_secrets = options.image_pull_secrets.clone();
+    context.operator.image_pull_policy = options.image_pull_policy.clone();
     context.spool_dir = options.spool_dir.clone();
     context.max_ingest_bytes = options.max_ingest_bytes;
     let context = Arc::new(context);

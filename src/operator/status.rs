@@ -74,6 +74,7 @@ pub fn validate_spec(spec: &StorageClusterSpec) -> Result<EncodingConfig, String
     if let Some(grace) = spec.repair.as_ref().and_then(|r| r.grace_period.as_deref()) {
         super::lifecycle::parse_duration(grace).map_err(|e| format!("repair.gracePeriod: {e}"))?;
     }
+    super::desired::gateway_sizing::gateway_sizing(spec.gateway.as_ref())?;
     Ok(config)
 }
 

@@ -20,6 +20,20 @@ const LIST_PAGE: u32 = 500;
 /// reconciles instead of holding one up for minutes of API calls.
 pub const MOST_RECORDED_AT_ONCE: usize = 200;
 
+/// The annotation on the Blobs the operator makes to record uploads.
+pub const RECORDED_BY_ANNOTATION: &str = "redstuff.dev/recorded-by";
+
+/// Whether `blob` is a record the operator made of an upload (not a Blob
+/// a person made, even one naming an uploaded blob).
+pub fn is_operator_record(blob: &Blob) -> bool {
+    blob.spec.source.upload.is_some()
+        && blob
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(RECORDED_BY_ANNOTATION))
+}
+
 /// The blob id a Blob names: ingested, or uploaded.
 fn recorded_blob_id(blob: &Blob) -> Option<String> {
     blob.status

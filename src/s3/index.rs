@@ -25,6 +25,15 @@ use super::records::{
     BlobRefs, BucketRecord, ChosenPart, ObjectRecord, ObjectSummary, PartRecord, UploadRecord,
 };
 
+/// Whether a blob may be deleted outside S3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteClaim {
+    /// No S3 key or upload refers to it; it is claimed for the delete.
+    Claimed,
+    /// This many S3 object records and upload parts refer to it.
+    Referenced(u64),
+}
+
 /// A failed index operation.
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -590,6 +599,23 @@ impl Index {
                 put(txn, Table::Refs, blob.as_bytes(), &count)?;
             }
             Ok(())
+        })
+    }
+
+    /// Claims `blob` for a delete asked for outside S3 (the native API, a
+    /// Blob resource), as the collector claims it: from now on a new
+    /// reference is refused until `collected` says it is gone (or, should
+    /// the delete fail, the collector deletes it). Refused while S3 keys
+    /// or upload parts refer to it: deleting it would break them.
+    pub fn claim_for_delete(&self, blob: &str) -> Result<DeleteClaim, IndexError> {
+        self.write(|txn| {
+            let mut refs: BlobRefs = get(txn, Table::Refs, blob.as_bytes())?.unwrap_or_default();
+            if refs.count > 0 {
+                return Ok(DeleteClaim::Referenced(refs.count));
+            }
+            refs.collecting = true;
+            put(txn, Table::Refs, blob.as_bytes(), &refs)?;
+            Ok(DeleteClaim::Claimed)
         })
     }
 

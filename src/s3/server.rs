@@ -85,11 +85,13 @@ impl S3Server {
             .with_context(|| format!("cannot open the S3 index ({:?})", config.index))?;
         let metrics = S3Metrics::new(door.registry());
         let listener = crate::listen::bind(config.listen).await?;
+        let index = Arc::new(index);
+        door.guard_deletes_with(index.clone());
         Ok(Self {
             listener,
             front: Front {
                 door,
-                index: Arc::new(index),
+                index,
                 metrics,
             },
             keyring,

@@ -45,11 +45,25 @@ fn quarantined_at(path: &Path) -> Option<SystemTime> {
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
 }
 
+/// How long a scrub that has read `bytes` in `elapsed` waits before it
+/// reads on, to stay within `max_bytes_per_sec` (pure; `None`: no limit).
+pub fn scrub_wait(bytes: u64, elapsed: Duration, max_bytes_per_sec: Option<u64>) -> Duration {
+    match max_bytes_per_sec {
+        Some(rate) if rate > 0 => {
+            Duration::from_secs_f64(bytes as f64 / rate as f64).saturating_sub(elapsed)
+        }
+        _ => Duration::ZERO,
+    }
+}
+
 impl SliverStore {
-    /// Reads every stored file and checks its checksum; files that fail,
-    /// or whose read fails, are quarantined (and so reported missing). A
-    /// failing file never stops the scrub.
-    pub fn scrub(&self) -> Result<ScrubReport, StoreError> {
+    /// Reads every stored file and checks its checksum, at most
+    /// `max_bytes_per_sec` (so client reads and repairs keep the disk);
+    /// files that fail, or whose read fails, are quarantined (and so
+    /// reported missing). A failing file never stops the scrub.
+    pub fn scrub(&self, max_bytes_per_sec: Option<u64>) -> Result<ScrubReport, StoreError> {
+        let started = std::time::Instant::now();
+        let mut read = 0u64;
         let mut report = ScrubReport::default();
         for id in self.blob_dirs()? {
             let dir = self.blob_dir(&id);
@@ -64,7 +78,11 @@ impl SliverStore {
             }
             for path in paths {
                 match self.read_file(&path, || path.display().to_string()) {
-                    Ok(Some(_)) => report.checked += 1,
+                    Ok(Some(bytes)) => {
+                        report.checked += 1;
+                        read += bytes.len() as u64;
+                        std::thread::sleep(scrub_wait(read, started.elapsed(), max_bytes_per_sec));
+                    }
                     Ok(None) => {}
                     Err(StoreError::Corrupt { .. }) => {
                         report.checked += 1;

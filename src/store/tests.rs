@@ -357,7 +357,7 @@ fn a_scrub_goes_past_unreadable_files_and_quarantines_every_bad_one() {
             )
             .unwrap();
     }
-    let report = store.scrub().unwrap();
+    let report = store.scrub(None).unwrap();
     assert_eq!(
         (report.checked, report.corrupt, report.unreadable),
         (5, 0, 0)
@@ -370,11 +370,11 @@ fn a_scrub_goes_past_unreadable_files_and_quarantines_every_bad_one() {
     fs::remove_file(&unreadable).unwrap();
     fs::create_dir(&unreadable).unwrap();
     fs::write(unreadable.join("x"), b"").unwrap();
-    let report = store.scrub().unwrap();
+    let report = store.scrub(None).unwrap();
     assert_eq!((report.corrupt, report.unreadable), (1, 1));
     assert!(!unreadable.exists());
     assert!(!store.has_sliver(&id(11), 1, 2, SliverKind::Primary));
-    assert_eq!(store.scrub().unwrap().corrupt, 0);
+    assert_eq!(store.scrub(None).unwrap().corrupt, 0);
 }
 
 #[test]
@@ -817,4 +817,26 @@ fn every_change_of_a_blobs_files_is_in_the_journal_and_reads_are_not() {
         Err(Forgotten::OtherEpoch { .. })
     ));
     assert_eq!(changed_after(&store, store.journal_head()), vec![]);
+}
+
+#[test]
+fn a_scrub_reads_no_faster_than_its_limit() {
+    let rate = Some(1000);
+    assert_eq!(
+        scrub_wait(500, Duration::from_millis(100), rate),
+        Duration::from_millis(400)
+    );
+    assert_eq!(
+        scrub_wait(500, Duration::from_secs(1), rate),
+        Duration::ZERO
+    );
+    assert_eq!(
+        scrub_wait(u64::MAX / 2, Duration::ZERO, None),
+        Duration::ZERO
+    );
+    assert_eq!(
+        scrub_wait(10, Duration::ZERO, Some(0)),
+        Duration::ZERO,
+        "0: no limit"
+    );
 }

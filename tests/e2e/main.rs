@@ -84,7 +84,7 @@ async fn run_scenarios(e2e: &E2e, report: &mut Report) {
         .await;
     report
         .scenario(
-            "S3 through the gateway: the aws cli stores and lists, the index outlives the gateway pod, a key added to the Secret signs in",
+            "S3 through the gateway: the aws cli stores and lists, a deleted Blob leaves an object its bytes, the index outlives the gateway pod, a key added to the Secret signs in",
             false,
             s3::s3_through_the_gateway(e2e),
         )

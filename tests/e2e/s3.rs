@@ -1,6 +1,7 @@
 //! S3 on the real cluster: the StorageCluster's `s3` section gives the
 //! gateway an S3 port, an index on a claim of its own and an access key
-//! in a Secret; the aws cli stores and reads through a port-forward, the
+//! in a Secret; the aws cli stores and reads through a port-forward, a
+//! deleted Blob naming an object's bytes leaves them to the object, the
 //! index outlives the gateway pod, and a key added to the Secret signs in
 //! without a restart.
 
@@ -139,6 +140,32 @@ pub async fn s3_through_the_gateway(e2e: &E2e) -> anyhow::Result<()> {
             work.path(),
         )?;
         anyhow::ensure!(listed.contains("dir/an object"), "{listed}");
+        // The object holds the bytes of the blob put through the native
+        // API, which the operator recorded as a Blob: deleting that Blob
+        // keeps the bytes the object holds (the gateway refuses).
+        let record = crate::disruptions::shared_record();
+        e2e.kubectl(&["-n", NS, "delete", "blob", &record, "--wait=true"])?;
+        let kept = e2e
+            .list("events.events.k8s.io", NS, "")?
+            .iter()
+            .any(|e| e["regarding"]["name"] == record.as_str() && e["reason"] == "SliversKept");
+        anyhow::ensure!(kept, "no SliversKept Event for {record}");
+        aws(
+            &url,
+            &keys,
+            &[
+                "s3",
+                "cp",
+                "--only-show-errors",
+                "s3://e2e-bucket/dir/an object",
+                "kept",
+            ],
+            work.path(),
+        )?;
+        anyhow::ensure!(
+            std::fs::read(work.path().join("kept"))? == data,
+            "the object read back after its blob's Blob was deleted differs"
+        );
     }
     // The gateway pod goes; its successor opens the same index.
     let pods = gateway_pods(e2e, CLUSTER)?;
@@ -211,17 +238,29 @@ pub async fn s3_through_the_gateway(e2e: &E2e) -> anyhow::Result<()> {
     anyhow::ensure!(listed.contains("an object"), "{listed}");
     aws(&url, &keys, &["s3", "ls"], work.path())
         .map_err(|e| anyhow::anyhow!("the first key stopped working: {e}"))?;
+    // Removing keys and buckets, on a bucket of its own: the object above
+    // stays, so the shared blob it refers to is never collected while
+    // the other scenarios use it.
+    std::fs::write(work.path().join("scratch"), b"scratch bytes of their own")?;
+    aws(&url, &keys, &["s3", "mb", "s3://e2e-scratch"], work.path())?;
     aws(
         &url,
         &keys,
         &[
             "s3",
-            "rm",
+            "cp",
             "--only-show-errors",
-            "s3://e2e-bucket/dir/an object",
+            "scratch",
+            "s3://e2e-scratch/s",
         ],
         work.path(),
     )?;
-    aws(&url, &keys, &["s3", "rb", "s3://e2e-bucket"], work.path())?;
+    aws(
+        &url,
+        &keys,
+        &["s3", "rm", "--only-show-errors", "s3://e2e-scratch/s"],
+        work.path(),
+    )?;
+    aws(&url, &keys, &["s3", "rb", "s3://e2e-scratch"], work.path())?;
     Ok(())
 }

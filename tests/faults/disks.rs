@@ -110,6 +110,24 @@ async fn a_sliver_that_cannot_be_read_is_missing_counted_and_repaired_and_the_sc
         + counter(&metrics, "redstuff_node_io_errors_total{where=\"read\"}");
     assert!(errors >= 2, "two read errors counted:\n{metrics}");
     assert!(counter(&metrics, "redstuff_node_quarantined_bytes") > 0);
+    // The scrub went past them to the end of its pass, and says when.
+    let start = Instant::now();
+    loop {
+        let metrics = node_metrics(&fleet, "node-4").await;
+        let ended = counter(
+            &metrics,
+            "redstuff_node_scrub_last_completed_timestamp_seconds",
+        );
+        if ended > 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "no scrub pass ended:
+{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // The loop saw the pairs missing and rebuilt them (a repair that ran
     // while the disk still erred may have been quarantined again: the loop
     // then repairs once more).

@@ -10,6 +10,7 @@
 //! decisions for it, differently.
 
 mod access;
+pub mod gateway_sizing;
 pub mod s3;
 pub mod tls;
 
@@ -18,10 +19,11 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, Secret, SecurityContext, Service, ServicePort,
-    ServiceSpec, TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
+    EnvVar, EnvVarSource, HTTPGetAction, LocalObjectReference, ObjectFieldSelector,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret, SecurityContext,
+    Service, ServicePort, ServiceSpec, TopologySpreadConstraint, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -270,6 +272,12 @@ pub struct OperatorSettings {
     /// The namespace the operator's pods run in: node pods take API calls
     /// from operator pods there only.
     pub namespace: String,
+    /// Secrets node and gateway pods pull their image with (each must
+    /// exist in the StorageCluster's namespace).
+    pub image_pull_secrets: Vec<String>,
+    /// The pull policy of node and gateway containers (Kubernetes'
+    /// default when unset).
+    pub image_pull_policy: Option<String>,
 }
 
 impl OperatorSettings {
@@ -278,7 +286,20 @@ impl OperatorSettings {
         Self {
             default_image: default_image.into(),
             namespace: namespace.into(),
+            image_pull_secrets: Vec::new(),
+            image_pull_policy: None,
         }
+    }
+
+    /// The pods' `imagePullSecrets`: none (the field left out, so pod
+    /// specs made before it existed keep their hash) unless some are set.
+    fn pull_secrets(&self) -> Option<Vec<LocalObjectReference>> {
+        (!self.image_pull_secrets.is_empty()).then(|| {
+            self.image_pull_secrets
+                .iter()
+                .map(|name| LocalObjectReference { name: name.clone() })
+                .collect()
+        })
     }
 }
 
@@ -368,6 +389,7 @@ pub fn desired_objects(
                     subdomain: Some(format!("{name}-nodes")),
                     restart_policy: Some("Always".into()),
                     security_context: Some(pod_security_context()),
+                    image_pull_secrets: operator.pull_secrets(),
                     node_selector: spec
                         .placement
                         .as_ref()
@@ -376,6 +398,7 @@ pub fn desired_objects(
                     containers: vec![Container {
                         name: "node".into(),
                         image: Some(image.clone()),
+                        image_pull_policy: operator.image_pull_policy.clone(),
                         args: Some(vec![
                             "node".into(),
                             "--name".into(),
@@ -504,6 +527,8 @@ pub fn desired_objects(
     };
 
     let gateway_labels = labels(&name, "gateway");
+    // Checked by `validate_spec` before anything is made.
+    let sizing = gateway_sizing::gateway_sizing(spec.gateway.as_ref()).unwrap_or_default();
     // The API port's name says its protocol (service meshes read it).
     let gateway_port_name = if credentials.tls.is_some() {
         "https"
@@ -525,24 +550,32 @@ pub fn desired_objects(
                 }),
                 spec: Some(PodSpec {
                     security_context: Some(pod_security_context()),
+                    image_pull_secrets: operator.pull_secrets(),
                     containers: vec![Container {
                         name: "gateway".into(),
                         image: Some(image.clone()),
-                        args: Some(vec![
-                            "gateway".into(),
-                            "--fleet".into(),
-                            "/etc/redstuff/fleet/fleet.json".into(),
-                            "--listen".into(),
-                            format!("[::]:{GATEWAY_PORT}"),
-                            "--spool-dir".into(),
-                            "/spool".into(),
-                            "--cluster-token-file".into(),
-                            format!("{CLUSTER_TOKEN_DIR}/{TOKEN_KEY}"),
-                            "--user-tokens-file".into(),
-                            format!("{USER_TOKENS_DIR}/{TOKEN_KEY}"),
-                            "--metrics-listen".into(),
-                            format!("[::]:{GATEWAY_METRICS_PORT}"),
-                        ]),
+                        image_pull_policy: operator.image_pull_policy.clone(),
+                        args: Some(
+                            vec![
+                                "gateway".into(),
+                                "--fleet".into(),
+                                "/etc/redstuff/fleet/fleet.json".into(),
+                                "--listen".into(),
+                                format!("[::]:{GATEWAY_PORT}"),
+                                "--spool-dir".into(),
+                                "/spool".into(),
+                                "--cluster-token-file".into(),
+                                format!("{CLUSTER_TOKEN_DIR}/{TOKEN_KEY}"),
+                                "--user-tokens-file".into(),
+                                format!("{USER_TOKENS_DIR}/{TOKEN_KEY}"),
+                                "--metrics-listen".into(),
+                                format!("[::]:{GATEWAY_METRICS_PORT}"),
+                            ]
+                            .into_iter()
+                            .chain(sizing.args.iter().cloned())
+                            .collect(),
+                        ),
+                        resources: sizing.resources.clone(),
                         ports: Some(vec![
                             ContainerPort {
                                 name: Some(gateway_port_name.into()),
@@ -587,7 +620,7 @@ pub fn desired_objects(
                         },
                         Volume {
                             name: "spool".into(),
-                            empty_dir: Some(EmptyDirVolumeSource::default()),
+                            empty_dir: Some(sizing.spool.clone()),
                             ..Volume::default()
                         },
                         token_volume("cluster-token", cluster_token_secret(&name)),

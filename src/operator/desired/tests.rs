@@ -99,6 +99,74 @@ fn a_cluster_is_one_pod_and_claim_per_node_plus_services_config_gateway_and_budg
 }
 
 #[test]
+fn node_and_gateway_pods_pull_with_the_operators_secrets_and_policy_and_without_them_name_none() {
+    let c = cluster(7, 3, Some("1Gi"));
+    let plain = desired_objects(&c, &assignment(&c), 3, &operator("img"), &credentials());
+    let pod = plain.node_pods[0].spec.as_ref().unwrap();
+    assert_eq!(pod.image_pull_secrets, None);
+    assert_eq!(pod.containers[0].image_pull_policy, None);
+
+    let mut settings = operator("registry.example/redstuff:1");
+    settings.image_pull_secrets = vec!["regcred".into(), "mirror".into()];
+    settings.image_pull_policy = Some("Always".into());
+    let objects = desired_objects(&c, &assignment(&c), 3, &settings, &credentials());
+    let gateway = objects.gateway.spec.template.spec.clone().unwrap();
+    let specs = objects
+        .node_pods
+        .iter()
+        .map(|p| p.spec.clone().unwrap())
+        .chain([gateway]);
+    for spec in specs {
+        let names: Vec<&str> = spec
+            .image_pull_secrets
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        assert_eq!(names, ["regcred", "mirror"]);
+        assert_eq!(
+            spec.containers[0].image_pull_policy.as_deref(),
+            Some("Always")
+        );
+    }
+}
+
+#[test]
+fn the_gateway_section_sizes_the_gateway_pods_and_bounds_their_spool() {
+    let mut c = cluster(7, 3, Some("1Gi"));
+    c.spec.gateway = Some(
+        serde_json::from_value(serde_json::json!({
+            "resources": {"requests": {"memory": "3Gi"}, "limits": {"memory": "4Gi"}},
+            "maxUploads": 4,
+            "uploadMemory": "1Gi",
+            "spoolSize": "20Gi"
+        }))
+        .unwrap(),
+    );
+    let objects = desired_objects(&c, &assignment(&c), 3, &operator("img"), &credentials());
+    let pod = objects.gateway.spec.template.spec.unwrap();
+    let gateway = &pod.containers[0];
+    let args = gateway.args.clone().unwrap();
+    let after = |flag: &str| args[args.iter().position(|a| a == flag).unwrap() + 1].clone();
+    assert_eq!(after("--max-uploads"), "4");
+    assert_eq!(after("--upload-memory"), (1u64 << 30).to_string());
+    assert!(after("--max-spool").parse::<u64>().unwrap() < 20 << 30);
+    let limits = gateway.resources.as_ref().unwrap().limits.as_ref().unwrap();
+    assert_eq!(limits["memory"].0, "4Gi");
+    let spool = pod
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "spool")
+        .unwrap();
+    assert_eq!(
+        spool.empty_dir.unwrap().size_limit.unwrap().0,
+        (20u64 << 30).to_string()
+    );
+}
+
+#[test]
 fn the_shards_config_gives_every_node_its_shards_and_the_gateway_the_map() {
     let c = cluster(10, 4, Some("1Gi"));
     let a = assignment(&c);

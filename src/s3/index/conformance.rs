@@ -205,6 +205,35 @@ pub fn a_blob_claimed_for_collection_cannot_be_referred_to_until_collected(index
     assert_eq!(index.refs("x").unwrap().count, 1);
 }
 
+/// a blob S3 refers to cannot be claimed for a delete from outside S3;
+/// one it does not refer to (or never knew) can, and is then referred to
+/// only once collected.
+pub fn a_blob_s3_refers_to_cannot_be_claimed_for_a_delete_from_outside(index: &Index) {
+    index.create_bucket("media", 1).unwrap();
+    index
+        .put_object("media", "a", &record(&["x"], "e"), &ANY, 10)
+        .unwrap();
+    assert_eq!(
+        index.claim_for_delete("x").unwrap(),
+        DeleteClaim::Referenced(1)
+    );
+    assert!(!index.refs("x").unwrap().collecting, "left as it was");
+    index.delete_object("media", "a", 20).unwrap();
+    assert_eq!(index.claim_for_delete("x").unwrap(), DeleteClaim::Claimed);
+    assert!(matches!(
+        index.put_object("media", "b", &record(&["x"], "e"), &ANY, 22),
+        Err(IndexError::Collecting(_))
+    ));
+    index.collected("x").unwrap();
+    index
+        .put_object("media", "b", &record(&["x"], "e"), &ANY, 23)
+        .unwrap();
+    // A blob S3 never knew: claimed; a delete that then fails leaves it to
+    // the collector.
+    assert_eq!(index.claim_for_delete("y").unwrap(), DeleteClaim::Claimed);
+    assert_eq!(index.claim_unreferenced(0).unwrap(), ["y"]);
+}
+
 /// a bucket with objects cannot be deleted and unknown buckets are named.
 pub fn a_bucket_with_objects_cannot_be_deleted_and_unknown_buckets_are_named(index: &Index) {
     index.create_bucket("media", 1).unwrap();
@@ -292,6 +321,7 @@ pub fn run_all(fresh: &mut dyn FnMut() -> Index) {
     completing_an_upload_writes_the_object_and_releases_the_parts_it_did_not_choose(&fresh());
     an_aborted_upload_releases_every_part(&fresh());
     a_blob_claimed_for_collection_cannot_be_referred_to_until_collected(&fresh());
+    a_blob_s3_refers_to_cannot_be_claimed_for_a_delete_from_outside(&fresh());
     a_bucket_with_objects_cannot_be_deleted_and_unknown_buckets_are_named(&fresh());
     listing_reads_keys_of_one_bucket_only_in_byte_order(&fresh());
     a_blob_noted_before_its_write_is_collected_unless_a_record_comes_to_refer_to_it(&fresh());
