@@ -197,6 +197,29 @@ fn the_dashboards_show_what_operators_look_for() {
 }
 
 #[test]
+fn every_dashboard_panel_shows_only_the_chosen_namespace_and_storagecluster() {
+    for name in ["overview", "repair", "data-path"] {
+        let d = dashboard(name);
+        for panel in d["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().cloned().unwrap_or_default() {
+                let expr = target["expr"].as_str().unwrap();
+                assert!(
+                    expr.contains("\"$namespace\"") && expr.contains("\"$storagecluster\""),
+                    "{name} panel {}: {expr}",
+                    panel["id"]
+                );
+            }
+        }
+    }
+    // Node and gateway metrics carry the StorageCluster from the pod's
+    // instance label, as the PodMonitor relabels it.
+    let monitor =
+        std::fs::read_to_string(Path::new(CHART).join("templates/podmonitor.yaml")).unwrap();
+    assert!(monitor.contains("__meta_kubernetes_pod_label_app_kubernetes_io_instance"));
+    assert!(monitor.contains("targetLabel: storagecluster"));
+}
+
+#[test]
 fn every_alert_parses_names_exported_metrics_and_has_a_runbook() {
     let known = redstuff::metrics::all_metric_names();
     let rules: serde_yaml::Value = serde_yaml::from_str(

@@ -1008,6 +1008,46 @@ impl MovingFleet {
         self.files.path().join(format!("{}.json", Self::name(i)))
     }
 
+    /// Four nodes, one shard each, and a blob written to all four: the
+    /// fleet, who owns what, the blob's id and its bytes.
+    async fn one_shard_each_with_a_blob() -> (Self, Vec<BTreeSet<u16>>, String, Vec<u8>) {
+        let files = tempfile::tempdir().unwrap();
+        let map = files.path().join("fleet.json");
+        let mut fleet = MovingFleet {
+            files,
+            map,
+            nodes: (0..4).map(|_| None).collect(),
+        };
+        let one_each: Vec<BTreeSet<u16>> = (0..4).map(|i| BTreeSet::from([i])).collect();
+        fleet.own(&one_each).await;
+        for i in 0..4 {
+            fleet.start(i).await;
+        }
+        fleet.own(&one_each).await;
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), &data).unwrap();
+        let written = BlobClient::new(
+            node_calls(),
+            fleet_map(4, &fleet.map_nodes(&one_each)),
+            None,
+        )
+        .write_file(file.path())
+        .await
+        .unwrap();
+        let id = written.metadata.blob_id().to_string();
+        (fleet, one_each, id, data)
+    }
+
+    /// The fleet map's entries of the running nodes among `owners`.
+    fn map_nodes(&self, owners: &[BTreeSet<u16>]) -> Vec<(String, String, BTreeSet<u16>)> {
+        owners
+            .iter()
+            .enumerate()
+            .filter_map(|(i, shards)| Some((Self::name(i), self.url(i)?, shards.clone())))
+            .collect()
+    }
+
     /// Starts node `i` on an empty volume.
     async fn start(&mut self, i: usize) {
         let dir = tempfile::tempdir().unwrap();
@@ -1143,36 +1183,7 @@ fn media_fleet(ctx: &Context) -> Arc<redstuff::operator::context::ClusterFleet> 
 async fn a_shard_given_back_to_a_node_on_an_empty_volume_moves_once_the_fleet_is_healthy_is_rebuilt_there_and_only_then_released_by_the_other(
 ) {
     // Four nodes, one shard each; a blob stored on all four.
-    let files = tempfile::tempdir().unwrap();
-    let map = files.path().join("fleet.json");
-    let mut fleet = MovingFleet {
-        files,
-        map,
-        nodes: (0..4).map(|_| None).collect(),
-    };
-    let one_each: Vec<BTreeSet<u16>> = (0..4).map(|i| BTreeSet::from([i])).collect();
-    fleet.own(&one_each).await;
-    for i in 0..4 {
-        fleet.start(i).await;
-    }
-    fleet.own(&one_each).await;
-    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 251) as u8).collect();
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), &data).unwrap();
-    let map_nodes: Vec<(String, String, BTreeSet<u16>)> = (0..4)
-        .map(|i| {
-            (
-                MovingFleet::name(i),
-                fleet.url(i).unwrap(),
-                one_each[i].clone(),
-            )
-        })
-        .collect();
-    let written = BlobClient::new(node_calls(), fleet_map(4, &map_nodes), None)
-        .write_file(file.path())
-        .await
-        .unwrap();
-    let id = written.metadata.blob_id().to_string();
+    let (mut fleet, one_each, id, _) = MovingFleet::one_shard_each_with_a_blob().await;
 
     // Node 3 is gone past the grace period: its shard moves at once (its
     // owner is gone, nothing to wait for), and is rebuilt on its heir.
@@ -1268,40 +1279,7 @@ async fn a_shard_given_back_to_a_node_on_an_empty_volume_moves_once_the_fleet_is
 async fn a_node_pod_beyond_a_lowered_spec_is_deleted_only_once_its_shard_is_rebuilt_elsewhere_and_the_blob_reads_without_it(
 ) {
     // Four nodes, one shard each; a blob stored on all four.
-    let files = tempfile::tempdir().unwrap();
-    let map = files.path().join("fleet.json");
-    let mut fleet = MovingFleet {
-        files,
-        map,
-        nodes: (0..4).map(|_| None).collect(),
-    };
-    let one_each: Vec<BTreeSet<u16>> = (0..4).map(|i| BTreeSet::from([i])).collect();
-    fleet.own(&one_each).await;
-    for i in 0..4 {
-        fleet.start(i).await;
-    }
-    fleet.own(&one_each).await;
-    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 17 % 253) as u8).collect();
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), &data).unwrap();
-    let map_nodes = |owners: &[BTreeSet<u16>],
-                     fleet: &MovingFleet|
-     -> Vec<(String, String, BTreeSet<u16>)> {
-        owners
-            .iter()
-            .enumerate()
-            .filter_map(|(i, shards)| Some((MovingFleet::name(i), fleet.url(i)?, shards.clone())))
-            .collect()
-    };
-    let written = BlobClient::new(
-        node_calls(),
-        fleet_map(4, &map_nodes(&one_each, &fleet)),
-        None,
-    )
-    .write_file(file.path())
-    .await
-    .unwrap();
-    let id = written.metadata.blob_id().to_string();
+    let (mut fleet, _, id, data) = MovingFleet::one_shard_each_with_a_blob().await;
 
     // The operator sees the blob Healthy on four node pods.
     let settled = settled_status(4, 4).await;
@@ -1368,7 +1346,7 @@ async fn a_node_pod_beyond_a_lowered_spec_is_deleted_only_once_its_shard_is_rebu
 
     // Without node 3 the blob reads back whole.
     fleet.nodes[3] = None;
-    let three: Vec<(String, String, BTreeSet<u16>)> = map_nodes(&moved[..3], &fleet);
+    let three = fleet.map_nodes(&moved[..3]);
     let client = BlobClient::new(node_calls(), fleet_map(4, &three), None);
     let visible = client.visible(&id.parse().unwrap()).await.unwrap();
     let len = visible.metadata.len();

@@ -80,6 +80,16 @@ fn run_with(
     stdout
 }
 
+/// Runs the aws cli against the S3 endpoint of `fleet` in `dir`; its output.
+fn aws_in<'a>(fleet: &'a DevFleet, dir: &'a Path) -> impl Fn(&[&str]) -> String + 'a {
+    let endpoint = fleet.s3.clone().unwrap();
+    move |args: &[&str]| {
+        let mut all = vec!["--endpoint-url", endpoint.as_str()];
+        all.extend_from_slice(args);
+        run(fleet, "aws", &all, dir)
+    }
+}
+
 fn suite(name: &str) -> String {
     format!("{}/tests/s3/{name}", env!("CARGO_MANIFEST_DIR"))
 }
@@ -210,15 +220,10 @@ async fn the_aws_cli_sending_more_parts_at_once_than_the_gateway_takes_is_never_
 {
     // Two uploads at a time; the aws cli sends up to 10 parts at once.
     let fleet = DevFleet::start(&["--max-uploads", "2"]);
-    let endpoint = fleet.s3.clone().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let big = pseudo_random(48 << 20, 3); // six 8 MiB parts
     std::fs::write(dir.path().join("big"), &big).unwrap();
-    let aws = |args: &[&str]| {
-        let mut all = vec!["--endpoint-url", endpoint.as_str()];
-        all.extend_from_slice(args);
-        run(&fleet, "aws", &all, dir.path())
-    };
+    let aws = aws_in(&fleet, dir.path());
     aws(&["s3", "mb", "s3://parts"]);
     aws(&["s3", "cp", "--only-show-errors", "big", "s3://parts/big"]);
     aws(&[
@@ -483,12 +488,7 @@ async fn a_blob_is_collected_once_no_key_refers_to_it_and_abandoned_uploads_are_
     let data = pseudo_random(300_000, 7);
     std::fs::write(dir.path().join("data"), &data).unwrap();
     let id = blob_id(&data);
-    let endpoint = fleet.s3.clone().unwrap();
-    let aws = |args: &[&str]| {
-        let mut all = vec!["--endpoint-url", endpoint.as_str()];
-        all.extend_from_slice(args);
-        run(&fleet, "aws", &all, dir.path())
-    };
+    let aws = aws_in(&fleet, dir.path());
     aws(&["s3", "mb", "s3://collect"]);
     // Two keys, one blob.
     aws(&[
@@ -596,12 +596,7 @@ async fn a_blob_s3_keys_refer_to_is_not_deleted_through_the_native_api_until_non
     let data = pseudo_random(200_000, 11);
     std::fs::write(dir.path().join("data"), &data).unwrap();
     let id = blob_id(&data);
-    let endpoint = fleet.s3.clone().unwrap();
-    let aws = |args: &[&str]| {
-        let mut all = vec!["--endpoint-url", endpoint.as_str()];
-        all.extend_from_slice(args);
-        run(&fleet, "aws", &all, dir.path())
-    };
+    let aws = aws_in(&fleet, dir.path());
     aws(&["s3", "mb", "s3://guard"]);
     aws(&["s3", "cp", "--only-show-errors", "data", "s3://guard/kept"]);
 

@@ -105,6 +105,27 @@ fn forward_s3(
     Ok((forward, url))
 }
 
+/// The bytes of the scenario's object, read through S3 at `url`.
+fn read_object(
+    url: &str,
+    keys: &(String, String),
+    work: &std::path::Path,
+) -> anyhow::Result<Vec<u8>> {
+    aws(
+        url,
+        keys,
+        &[
+            "s3",
+            "cp",
+            "--only-show-errors",
+            "s3://e2e-bucket/dir/an object",
+            "back",
+        ],
+        work,
+    )?;
+    Ok(std::fs::read(work.join("back"))?)
+}
+
 pub async fn s3_through_the_gateway(e2e: &E2e) -> anyhow::Result<()> {
     // The e2e cluster serves TLS: S3 too, with the gateway's certificate.
     let status = e2e.cluster_status(CLUSTER)?;
@@ -150,20 +171,8 @@ pub async fn s3_through_the_gateway(e2e: &E2e) -> anyhow::Result<()> {
             .iter()
             .any(|e| e["regarding"]["name"] == record.as_str() && e["reason"] == "SliversKept");
         anyhow::ensure!(kept, "no SliversKept Event for {record}");
-        aws(
-            &url,
-            &keys,
-            &[
-                "s3",
-                "cp",
-                "--only-show-errors",
-                "s3://e2e-bucket/dir/an object",
-                "kept",
-            ],
-            work.path(),
-        )?;
         anyhow::ensure!(
-            std::fs::read(work.path().join("kept"))? == data,
+            read_object(&url, &keys, work.path())? == data,
             "the object read back after its blob's Blob was deleted differs"
         );
     }
@@ -183,20 +192,8 @@ pub async fn s3_through_the_gateway(e2e: &E2e) -> anyhow::Result<()> {
     })
     .await?;
     let (_forward, url) = forward_s3(e2e, CLUSTER, work.path())?;
-    aws(
-        &url,
-        &keys,
-        &[
-            "s3",
-            "cp",
-            "--only-show-errors",
-            "s3://e2e-bucket/dir/an object",
-            "back",
-        ],
-        work.path(),
-    )?;
     anyhow::ensure!(
-        std::fs::read(work.path().join("back"))? == data,
+        read_object(&url, &keys, work.path())? == data,
         "the object read back after the gateway pod was replaced differs"
     );
     // A second user: a `credentials` entry added to the keys' Secret is

@@ -23,6 +23,17 @@ fn nodes_of(c: &StorageCluster) -> usize {
     usize::from(c.spec.nodes)
 }
 
+/// The objects of `c` with its fresh assignment, by operator image `img`.
+fn objects_of(c: &StorageCluster) -> DesiredObjects {
+    desired_objects(
+        c,
+        &assignment(c),
+        nodes_of(c),
+        &operator("img"),
+        &credentials(),
+    )
+}
+
 fn assignment(c: &StorageCluster) -> Assignment {
     let specs: Vec<NodeSpec> = (0..usize::from(c.spec.nodes))
         .map(|i| NodeSpec {
@@ -101,7 +112,7 @@ fn a_cluster_is_one_pod_and_claim_per_node_plus_services_config_gateway_and_budg
 #[test]
 fn node_and_gateway_pods_pull_with_the_operators_secrets_and_policy_and_without_them_name_none() {
     let c = cluster(7, 3, Some("1Gi"));
-    let plain = desired_objects(&c, &assignment(&c), 3, &operator("img"), &credentials());
+    let plain = objects_of(&c);
     let pod = plain.node_pods[0].spec.as_ref().unwrap();
     assert_eq!(pod.image_pull_secrets, None);
     assert_eq!(pod.containers[0].image_pull_policy, None);
@@ -144,7 +155,7 @@ fn the_gateway_section_sizes_the_gateway_pods_and_bounds_their_spool() {
         }))
         .unwrap(),
     );
-    let objects = desired_objects(&c, &assignment(&c), 3, &operator("img"), &credentials());
+    let objects = objects_of(&c);
     let pod = objects.gateway.spec.template.spec.unwrap();
     let gateway = &pod.containers[0];
     let args = gateway.args.clone().unwrap();
@@ -196,13 +207,7 @@ fn the_shards_config_gives_every_node_its_shards_and_the_gateway_the_map() {
 fn ephemeral_storage_uses_empty_dirs_and_no_claims() {
     let mut c = cluster(4, 4, None);
     c.spec.storage.ephemeral = Some(true);
-    let objects = desired_objects(
-        &c,
-        &assignment(&c),
-        nodes_of(&c),
-        &operator("img"),
-        &credentials(),
-    );
+    let objects = objects_of(&c);
     assert!(objects.node_claims.is_empty());
     let volume = &objects.node_pods[0]
         .spec
@@ -215,14 +220,7 @@ fn ephemeral_storage_uses_empty_dirs_and_no_claims() {
 }
 
 fn spread_keys(c: &StorageCluster) -> Vec<String> {
-    desired_objects(
-        c,
-        &assignment(c),
-        nodes_of(c),
-        &operator("img"),
-        &credentials(),
-    )
-    .node_pods[0]
+    objects_of(c).node_pods[0]
         .spec
         .as_ref()
         .unwrap()
@@ -251,13 +249,7 @@ fn node_pods_spread_over_hosts_and_over_the_placement_domains() {
 #[test]
 fn nodes_get_the_cluster_token_and_fleet_map_and_the_gateway_both_tokens() {
     let c = cluster(7, 3, Some("1Gi"));
-    let objects = desired_objects(
-        &c,
-        &assignment(&c),
-        nodes_of(&c),
-        &operator("img"),
-        &credentials(),
-    );
+    let objects = objects_of(&c);
     let secret =
         |s: &Secret| String::from_utf8(s.data.as_ref().unwrap()[TOKEN_KEY].0.clone()).unwrap();
     assert_eq!(
@@ -321,14 +313,7 @@ fn nodes_get_the_cluster_token_and_fleet_map_and_the_gateway_both_tokens() {
 #[test]
 fn node_pods_take_api_calls_only_from_their_gateway_peers_and_the_operators_namespace() {
     let c = cluster(7, 3, Some("1Gi"));
-    let policy = desired_objects(
-        &c,
-        &assignment(&c),
-        nodes_of(&c),
-        &operator("img"),
-        &credentials(),
-    )
-    .node_network_policy;
+    let policy = objects_of(&c).node_network_policy;
     let spec = policy.spec.unwrap();
     assert_eq!(spec.policy_types, Some(vec!["Ingress".to_string()]));
     let selects = |selector: &LabelSelector| selector.match_labels.clone().unwrap_or_default();
@@ -376,27 +361,13 @@ fn node_pods_take_api_calls_only_from_their_gateway_peers_and_the_operators_name
 #[test]
 fn s3_adds_its_port_index_claim_and_keys_to_a_gateway_recreated_never_rolled() {
     let mut c = cluster(7, 7, Some("10Gi"));
-    assert!(desired_objects(
-        &c,
-        &assignment(&c),
-        nodes_of(&c),
-        &operator("img"),
-        &credentials()
-    )
-    .s3_index_claim
-    .is_none());
+    assert!(objects_of(&c).s3_index_claim.is_none());
     c.spec.s3 = Some(crate::operator::crd::S3Spec {
         index_size: Some("2Gi".into()),
         collect_after_seconds: Some(30),
         ..Default::default()
     });
-    let objects = desired_objects(
-        &c,
-        &assignment(&c),
-        nodes_of(&c),
-        &operator("img"),
-        &credentials(),
-    );
+    let objects = objects_of(&c);
     let claim = objects.s3_index_claim.expect("an index claim");
     assert_eq!(claim.metadata.name.as_deref(), Some("media-s3-index"));
     assert_eq!(
@@ -459,13 +430,7 @@ fn s3_adds_its_port_index_claim_and_keys_to_a_gateway_recreated_never_rolled() {
 
     // A Secret named in the spec is used as it is: the operator keeps none.
     c.spec.s3.as_mut().unwrap().credentials_secret = Some("my-keys".into());
-    let objects = desired_objects(
-        &c,
-        &assignment(&c),
-        nodes_of(&c),
-        &operator("img"),
-        &credentials(),
-    );
+    let objects = objects_of(&c);
     assert!(objects.s3_credentials.is_none());
     assert_eq!(
         keys_secret(&objects.gateway.spec.template.spec.unwrap()).as_deref(),
@@ -476,13 +441,7 @@ fn s3_adds_its_port_index_claim_and_keys_to_a_gateway_recreated_never_rolled() {
     // as asked, the URL from its Secret.
     c.spec.s3.as_mut().unwrap().postgres_secret = Some("index-db".into());
     c.spec.s3.as_mut().unwrap().replicas = Some(3);
-    let objects = desired_objects(
-        &c,
-        &assignment(&c),
-        nodes_of(&c),
-        &operator("img"),
-        &credentials(),
-    );
+    let objects = objects_of(&c);
     assert!(objects.s3_index_claim.is_none());
     assert_eq!(objects.gateway.spec.replicas, Some(3));
     assert!(objects.gateway.spec.strategy.is_none());
@@ -504,13 +463,7 @@ fn s3_adds_its_port_index_claim_and_keys_to_a_gateway_recreated_never_rolled() {
 
     // Disabled: nothing of S3.
     c.spec.s3.as_mut().unwrap().enabled = Some(false);
-    let objects = desired_objects(
-        &c,
-        &assignment(&c),
-        nodes_of(&c),
-        &operator("img"),
-        &credentials(),
-    );
+    let objects = objects_of(&c);
     assert!(objects.s3_index_claim.is_none());
 }
 
