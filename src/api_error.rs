@@ -5,6 +5,15 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+/// What an error answer's `body` says: its JSON `error` field, or the
+/// body as it is when it has none (an answer from something else).
+pub fn message_of(body: String) -> String {
+    serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("error")?.as_str().map(str::to_string))
+        .unwrap_or(body)
+}
+
 /// An HTTP error answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -65,5 +74,20 @@ impl IntoResponse for ApiError {
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.status, self.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_answer_says_its_error_field_or_its_body_as_it_is() {
+        assert_eq!(
+            message_of(r#"{"error": "no such blob"}"#.into()),
+            "no such blob"
+        );
+        assert_eq!(message_of("502 Bad Gateway".into()), "502 Bad Gateway");
+        assert_eq!(message_of(r#"{"other": 1}"#.into()), r#"{"other": 1}"#);
     }
 }

@@ -34,10 +34,7 @@ fn progress(len: u64, label: &str) -> ProgressBar {
 async fn error_of(response: reqwest::Response) -> anyhow::Error {
     let status = response.status();
     let body = response.text().await.unwrap_or_default();
-    let message = serde_json::from_str::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v.get("error")?.as_str().map(str::to_string))
-        .unwrap_or(body);
+    let message = redstuff::api_error::message_of(body);
     let hint = if status == reqwest::StatusCode::UNAUTHORIZED {
         " (pass --token or set REDSTUFF_TOKEN; `redstuff dev` writes its token to DATA_DIR/token)"
     } else {

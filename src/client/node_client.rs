@@ -298,10 +298,7 @@ impl NodeClient {
                 .await
                 .map_err(self.failure(what))?;
         let body = String::from_utf8_lossy(&body).to_string();
-        let message = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.get("error")?.as_str().map(str::to_string))
-            .unwrap_or(body);
+        let message = crate::api_error::message_of(body);
         Err(NodeCallError::Status {
             url: self.base.clone(),
             status,

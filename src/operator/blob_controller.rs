@@ -444,10 +444,7 @@ async fn delete_through_gateway(
         .map_err(|e| format!("the gateway at {gateway} did not answer the delete of {id}: {e}"))?;
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
-    let message = serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| v.get("error")?.as_str().map(str::to_string))
-        .unwrap_or(text);
+    let message = crate::api_error::message_of(text);
     match status.as_u16() {
         200..=299 => Ok(Deletion::Done(format!(
             "deleted {id} through the gateway: a tombstone on a quorum of shards, the loop removes the rest"

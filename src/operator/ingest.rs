@@ -175,10 +175,7 @@ pub async fn upload(
     let status = response.status();
     let text = response.text().await.map_err(|e| failed(e.to_string()))?;
     if !status.is_success() {
-        let message = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v.get("error")?.as_str().map(str::to_string))
-            .unwrap_or(text);
+        let message = crate::api_error::message_of(text);
         return Err(failed(format!("{status}: {message}")));
     }
     serde_json::from_str(&text).map_err(|e| failed(format!("unexpected answer ({e}): {text}")))
