@@ -42,6 +42,7 @@ fn cluster(shards: u16, nodes: u16, status: Option<Value>) -> StorageCluster {
             record_uploads: None,
             tls: None,
             gateway: None,
+            scrub: None,
         },
     );
     c.metadata.namespace = Some("storage".into());

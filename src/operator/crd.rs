@@ -83,6 +83,27 @@ pub struct StorageClusterSpec {
     /// The gateway pods' resources and bounds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewaySpec>,
+    /// How node pods re-read every stored file to find bitrot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scrub: Option<ScrubSpec>,
+}
+
+/// How node pods scrub: each re-reads and checks every stored file, a
+/// pass starting `interval` after the last one ended, reading at most
+/// `maxBytesPerSecond`; a file that fails is treated as missing and
+/// rebuilt. A change replaces node pods one at a time.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ScrubSpec {
+    /// Rest between two passes, e.g. 24h (the default), 6h; 0s: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"))]
+    pub interval: Option<String>,
+    /// Bytes per second a pass reads at most, e.g. 64Mi (the default), so
+    /// client reads and repairs keep the disk; 0: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"))]
+    pub max_bytes_per_second: Option<String>,
 }
 
 /// The gateway pods' resources and the bounds of what they take on at

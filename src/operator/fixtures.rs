@@ -23,6 +23,7 @@ pub fn cluster(shards: u16, nodes: u16, size: Option<&str>) -> StorageCluster {
             record_uploads: None,
             tls: None,
             gateway: None,
+            scrub: None,
         },
     );
     c.metadata.namespace = Some("storage".into());

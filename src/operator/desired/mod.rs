@@ -11,6 +11,7 @@
 
 mod access;
 pub mod gateway_sizing;
+pub mod node_scrub;
 pub mod s3;
 pub mod tls;
 
@@ -321,6 +322,8 @@ pub fn desired_objects(
         .clone()
         .unwrap_or_else(|| operator.default_image.clone());
     let ephemeral = spec.storage.ephemeral.unwrap_or(false) || spec.storage.size.is_none();
+    // Checked by `validate_spec` before anything is made.
+    let scrub = node_scrub::scrub_args(spec.scrub.as_ref()).unwrap_or_default();
     let topology_key = topology_key(cluster);
 
     let shards_of = |pod: &str| -> std::collections::BTreeSet<u16> {
@@ -399,23 +402,28 @@ pub fn desired_objects(
                         name: "node".into(),
                         image: Some(image.clone()),
                         image_pull_policy: operator.image_pull_policy.clone(),
-                        args: Some(vec![
-                            "node".into(),
-                            "--name".into(),
-                            pod.clone(),
-                            "--data-dir".into(),
-                            "/data".into(),
-                            "--listen".into(),
-                            format!("[::]:{NODE_PORT}"),
-                            "--metrics-listen".into(),
-                            format!("[::]:{NODE_METRICS_PORT}"),
-                            "--shards-file".into(),
-                            format!("/etc/redstuff/shards/{pod}.json"),
-                            "--fleet".into(),
-                            "/etc/redstuff/shards/fleet.json".into(),
-                            "--token-file".into(),
-                            format!("{CLUSTER_TOKEN_DIR}/{TOKEN_KEY}"),
-                        ]),
+                        args: Some(
+                            vec![
+                                "node".into(),
+                                "--name".into(),
+                                pod.clone(),
+                                "--data-dir".into(),
+                                "/data".into(),
+                                "--listen".into(),
+                                format!("[::]:{NODE_PORT}"),
+                                "--metrics-listen".into(),
+                                format!("[::]:{NODE_METRICS_PORT}"),
+                                "--shards-file".into(),
+                                format!("/etc/redstuff/shards/{pod}.json"),
+                                "--fleet".into(),
+                                "/etc/redstuff/shards/fleet.json".into(),
+                                "--token-file".into(),
+                                format!("{CLUSTER_TOKEN_DIR}/{TOKEN_KEY}"),
+                            ]
+                            .into_iter()
+                            .chain(scrub.iter().cloned())
+                            .collect(),
+                        ),
                         env: Some(vec![EnvVar {
                             name: "POD_NAMESPACE".into(),
                             value_from: Some(EnvVarSource {

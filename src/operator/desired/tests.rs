@@ -144,6 +144,29 @@ fn node_and_gateway_pods_pull_with_the_operators_secrets_and_policy_and_without_
 }
 
 #[test]
+fn node_pods_scrub_as_the_spec_says_and_by_the_nodes_default_otherwise() {
+    let args_of = |c: &StorageCluster| {
+        objects_of(c).node_pods[0].spec.clone().unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap()
+    };
+    let mut c = cluster(7, 3, Some("1Gi"));
+    assert!(!args_of(&c).iter().any(|a| a.starts_with("--scrub")));
+    c.spec.scrub = Some(
+        serde_json::from_value(serde_json::json!({"interval": "12h", "maxBytesPerSecond": "32Mi"}))
+            .unwrap(),
+    );
+    let args = args_of(&c);
+    let after = |flag: &str| args[args.iter().position(|a| a == flag).unwrap() + 1].clone();
+    assert_eq!(after("--scrub-interval-secs"), "43200");
+    assert_eq!(
+        after("--scrub-max-bytes-per-sec"),
+        (32u64 << 20).to_string()
+    );
+}
+
+#[test]
 fn the_gateway_section_sizes_the_gateway_pods_and_bounds_their_spool() {
     let mut c = cluster(7, 3, Some("1Gi"));
     c.spec.gateway = Some(
