@@ -296,8 +296,7 @@ async fn ingest_source(
                 super::desired::user_token_secret(&cluster.name_any())
             ),
         })?;
-    let key = (namespace.to_string(), cluster.name_any());
-    let http = ctx.fleets.get(&key, ctx.deadlines).gateway_http.clone();
+    let http = ctx.gateway_http(cluster);
     let stored = ingest::upload(&http, &gateway, &token, spool.path()).await?;
     Ok(stored.id)
 }
@@ -434,8 +433,7 @@ async fn delete_through_gateway(
             super::desired::user_token_secret(&cluster.name_any())
         )
     })?;
-    let key = (cluster.namespace().unwrap_or_default(), cluster.name_any());
-    let http = ctx.fleets.get(&key, ctx.deadlines).gateway_http.clone();
+    let http = ctx.gateway_http(cluster);
     let url = format!("{}/v1/blobs/{id}", gateway.trim_end_matches('/'));
     let sent = http.delete(&url).bearer_auth(token).send();
     let response = tokio::time::timeout(DELETE_DEADLINE, sent)

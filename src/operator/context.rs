@@ -365,6 +365,15 @@ impl Context {
         Ok(fleet.calls.clone())
     }
 
+    /// The HTTP client for `cluster`'s gateway (trusting what it serves).
+    pub fn gateway_http(&self, cluster: &StorageCluster) -> reqwest::Client {
+        let key = (
+            cluster.metadata.namespace.clone().unwrap_or_default(),
+            cluster.metadata.name.clone().unwrap_or_default(),
+        );
+        self.fleets.get(&key, self.deadlines).gateway_http.clone()
+    }
+
     /// The first user token of `cluster`'s gateway, from its Secret.
     pub async fn user_token(&self, cluster: &StorageCluster) -> Option<String> {
         let namespace = cluster.metadata.namespace.clone().unwrap_or_default();
