@@ -111,6 +111,24 @@ pub struct InventoryEntries {
     pub blobs: Vec<InventoryBlob>,
 }
 
+/// Asks a gateway serving S3 which blobs S3 wrote or refers to
+/// (`POST /v1/s3/known-blobs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownBlobsRequest {
+    /// Blob ids (at most `MOST_KNOWN_BLOBS_ASKED`).
+    pub blobs: Vec<String>,
+}
+
+/// The blobs asked for that S3 knows, in the order asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownBlobs {
+    /// Ids S3 wrote, refers to, or is collecting.
+    pub known: Vec<String>,
+}
+
+/// The most blob ids one `KnownBlobsRequest` may name.
+pub const MOST_KNOWN_BLOBS_ASKED: usize = 1000;
+
 /// Asks a node to rebuild its sliver pairs of one blob from its peers,
 /// which the node finds through its own fleet map (never from the caller).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,7 +15,8 @@ use redstuff::operator::crd::{
     StorageClusterSpec, StorageClusterStatus, StorageSpec, UploadSource, UrlSource,
 };
 use redstuff::operator::rollout::SPEC_HASH_ANNOTATION;
-use redstuff::operator::upload_records::RECORDED_BY_ANNOTATION;
+use redstuff::operator::upload_records::{upload_record_name, RECORDED_BY_ANNOTATION};
+use redstuff::s3::index::Index;
 use serde_json::{json, Value};
 use sha2::Digest;
 use support::{lines, serve_bytes, spec_hash, MockApi, Seen, TestFleet};
@@ -618,4 +619,142 @@ async fn a_cluster_that_does_not_record_uploads_neither_lists_nor_records_blobs(
     assert!(lines(&recorded.take())
         .iter()
         .any(|l| l.contains("/blobs/upload-")));
+}
+
+/// Blob `bytes` stored through the fleet's gateway; its id.
+async fn stored_bytes(fleet: &TestFleet, bytes: Vec<u8>) -> String {
+    let answer: Value = support::user_http()
+        .put(format!("{}/v1/blobs", fleet.gateway.url))
+        .body(bytes)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    answer["id"].as_str().unwrap().to_string()
+}
+
+/// Whether the reconcile `seen` applied the record of upload `id`.
+fn recorded_upload(seen: &[Seen], id: &str) -> bool {
+    let name = upload_record_name(id).unwrap();
+    lines(seen)
+        .iter()
+        .any(|l| l.ends_with(&format!("/blobs/{name}")))
+}
+
+#[tokio::test]
+async fn with_s3_the_bytes_s3_wrote_are_not_recorded_as_uploads_and_the_others_are() {
+    let fleet = TestFleet::start(4).await;
+    let native = stored_bytes(&fleet, vec![1u8; 40_000]).await;
+    let of_s3 = stored_bytes(&fleet, vec![2u8; 40_000]).await;
+    let of_a_key = stored_bytes(&fleet, vec![3u8; 40_000]).await;
+    // The S3 front beside the gateway noted one blob before writing it (a
+    // part, or an object whose record is being written) and refers to
+    // another from a key.
+    let dir = tempfile::tempdir().unwrap();
+    let index = Arc::new(Index::open(&dir.path().join("index.redb")).unwrap());
+    index.note_unreferenced(&of_s3, 1).unwrap();
+    index.create_bucket("media", 1).unwrap();
+    let record: redstuff::s3::records::ObjectRecord = serde_json::from_value(json!({
+        "parts": [{"blob": of_a_key, "size": 40_000}],
+        "size": 40_000, "etag": "e", "modified_ms": 2,
+    }))
+    .unwrap();
+    index
+        .put_object("media", "k", &record, &Default::default(), 2)
+        .unwrap();
+    let gateway = support::start_gateway_guarded(fleet.map.clone(), Some(index)).await;
+    let endpoints = fleet
+        .endpoints()
+        .with_override("media-gateway", gateway.url.clone());
+    let c = cluster_with_s3();
+    let (client, recorded) = no_blobs(api(Some(&c), &[], &[])).serve();
+    let ctx = Arc::new(test_context(client).with_endpoints(endpoints));
+    reconcile_cluster(Arc::new(c.clone()), ctx.clone())
+        .await
+        .unwrap();
+    let seen = recorded.take();
+    assert!(recorded_upload(&seen, &native), "{:#?}", lines(&seen));
+    assert!(!recorded_upload(&seen, &of_s3), "{:#?}", lines(&seen));
+    assert!(!recorded_upload(&seen, &of_a_key), "{:#?}", lines(&seen));
+
+    // Asked once: with the gateway gone, the next reconcile still knows
+    // them for S3's, and records nothing it cannot tell.
+    drop(gateway);
+    reconcile_cluster(Arc::new(c), ctx).await.unwrap();
+    let seen = recorded.take();
+    assert!(
+        !lines(&seen).iter().any(|l| l.contains("/blobs/upload-")),
+        "{:#?}",
+        lines(&seen)
+    );
+}
+
+#[tokio::test]
+async fn with_s3_no_upload_is_recorded_while_the_gateway_cannot_say_which_blobs_are_s3s() {
+    let fleet = TestFleet::start(4).await;
+    let id = stored_bytes(&fleet, vec![4u8; 40_000]).await;
+    // The fleet's gateway serves no S3 (503), and then none answers.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    for endpoints in [
+        fleet.endpoints(),
+        fleet.endpoints().with_override("media-gateway", closed),
+    ] {
+        let (client, recorded) = no_blobs(api(Some(&cluster_with_s3()), &[], &[])).serve();
+        let ctx = Arc::new(test_context(client).with_endpoints(endpoints));
+        reconcile_cluster(Arc::new(cluster_with_s3()), ctx)
+            .await
+            .unwrap();
+        assert!(!recorded_upload(&recorded.take(), &id));
+    }
+}
+
+#[tokio::test]
+async fn the_gateway_says_which_blobs_s3_knows_and_refuses_questions_it_cannot_answer() {
+    let fleet = TestFleet::start(4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let index = Arc::new(Index::open(&dir.path().join("index.redb")).unwrap());
+    index.note_unreferenced("s3-blob", 1).unwrap();
+    let gateway = support::start_gateway_guarded(fleet.map.clone(), Some(index)).await;
+    let ask = |url: &str, body: Value| {
+        support::user_http()
+            .post(format!("{url}/v1/s3/known-blobs"))
+            .json(&body)
+            .send()
+    };
+    let answer = ask(&gateway.url, json!({"blobs": ["native", "s3-blob"]}))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(
+        answer.json::<Value>().await.unwrap(),
+        json!({"known": ["s3-blob"]})
+    );
+    let too_many: Vec<String> = (0..1001).map(|i| format!("b{i}")).collect();
+    let answer = ask(&gateway.url, json!({ "blobs": too_many }))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 400);
+    assert!(answer.text().await.unwrap().contains("at most 1000"));
+    let answer = ask(&gateway.url, json!({"ids": []})).await.unwrap();
+    assert_eq!(answer.status(), 400);
+    assert!(answer.text().await.unwrap().contains("blobs"));
+    // Without a token: refused.
+    let answer = reqwest::Client::new()
+        .post(format!("{}/v1/s3/known-blobs", gateway.url))
+        .json(&json!({"blobs": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 401);
+    // A gateway without S3 cannot tell.
+    let answer = ask(&fleet.gateway.url, json!({"blobs": ["native"]}))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 503);
+    assert!(answer.text().await.unwrap().contains("serves no S3"));
 }

@@ -35,7 +35,7 @@ use std::sync::{Arc, RwLock};
 
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::Router;
 use prometheus::Registry;
 use tokio::net::TcpListener;
@@ -289,6 +289,7 @@ impl Gateway {
                     .head(routes::head_blob)
                     .delete(routes::delete_blob),
             )
+            .route("/v1/s3/known-blobs", post(routes::s3_known_blobs))
             .fallback(|| async { ApiError::not_found("no such route; the API lives under /v1") })
             .layer(middleware::from_fn_with_state(
                 state.clone(),

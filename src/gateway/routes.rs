@@ -297,6 +297,34 @@ pub(super) async fn get_blob(
     Ok(response)
 }
 
+/// Which of the blobs asked for S3 knows (the operator records the others
+/// as uploads). 503 when no S3 front serves next to this gateway.
+pub(super) async fn s3_known_blobs(
+    State(state): State<Arc<GatewayState>>,
+    body: axum::body::Bytes,
+) -> Result<Json<crate::wire::KnownBlobs>, ApiError> {
+    let asked: crate::wire::KnownBlobsRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!("the body must be {{\"blobs\": [blob ids]}}: {e}"))
+    })?;
+    if asked.blobs.len() > crate::wire::MOST_KNOWN_BLOBS_ASKED {
+        return Err(ApiError::bad_request(format!(
+            "{} blobs asked for; at most {} per request",
+            asked.blobs.len(),
+            crate::wire::MOST_KNOWN_BLOBS_ASKED
+        )));
+    }
+    let index = state
+        .s3_index
+        .get()
+        .cloned()
+        .ok_or_else(|| ApiError::unavailable("this gateway serves no S3 (yet)"))?;
+    let known = tokio::task::spawn_blocking(move || index.known_blobs(&asked.blobs))
+        .await
+        .map_err(|e| ApiError::internal(format!("index task failed: {e}")))?
+        .map_err(|e| ApiError::unavailable(format!("the S3 index cannot be read: {e}")))?;
+    Ok(Json(crate::wire::KnownBlobs { known }))
+}
+
 pub(super) async fn delete_blob(
     State(state): State<Arc<GatewayState>>,
     Path(id): Path<String>,

@@ -3,7 +3,7 @@
 //! the cluster controller observes and the Blob controller reads (the
 //! inventory view, repairs in flight, metrics with the cluster's labels).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -138,6 +138,9 @@ pub struct ClusterFleet {
     pub gateway_trust: Arc<crate::tls::FleetTrust>,
     /// A client of its gateway, checking it against `gateway_trust`.
     pub gateway_http: reqwest::Client,
+    /// Readable blobs its gateway said S3 wrote or refers to (never
+    /// recorded as uploads), so that each is asked about once.
+    pub s3_blobs: Mutex<BTreeSet<String>>,
 }
 
 /// Every cluster's fleet state.
@@ -195,6 +198,7 @@ impl Fleets {
                     lost_at: Mutex::new(HashMap::new()),
                     observer: tokio::sync::Mutex::new(crate::control::Observer::new()),
                     applied: Default::default(),
+                    s3_blobs: Mutex::new(BTreeSet::new()),
                 })
             })
             .clone()

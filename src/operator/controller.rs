@@ -19,25 +19,21 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 use serde::Serialize;
 
 use super::apply_objects::{
-    apply_noting, apply_objects, hold_objects, last_view_blobs_to_repair, Applied, ApplyScope,
-    Failures,
+    apply_objects, hold_objects, last_view_blobs_to_repair, Applied, ApplyScope, Failures,
 };
 use super::cluster_secrets::read_or_make_tls;
 use super::context::{ClusterFleet, Context};
-use super::crd::{
-    Blob, BlobCounts, BlobSource, BlobSpec, StorageCluster, UnavailableNode, UploadSource,
-};
+use super::crd::{Blob, BlobCounts, StorageCluster, UnavailableNode};
 use super::desired::{self, node_claim_name, node_pod_name};
 use super::lifecycle::{self, ClaimState, DeleteReason, NodeDecision, NodeObserved, PodState};
-use super::observed::AppliedContent;
 use super::pod_problem::pod_problem;
 use super::status::{cluster_status, validate_spec, FleetSummary, ObservedNode};
+use super::upload_records;
 pub use super::upload_records::upload_record_name;
-use super::upload_records::{self, MOST_RECORDED_AT_ONCE};
 use crate::codec::EncodingConfig;
 use crate::control::{self, NodeAddress};
 use crate::fleet::{self, Assignment, Health, NodeSpec};
@@ -404,16 +400,16 @@ pub async fn reconcile_cluster(
     // must never be made for a Blob that was just deleted); nor when the
     // cluster does not record uploads.
     if let Some(recorded) = &recorded {
-        record_uploads(
-            &cluster,
-            &blob_records,
-            recorded,
-            &view,
-            &encoding,
+        let recording = super::upload_recorder::Recording {
+            ctx: &ctx,
+            cluster: &cluster,
+            fleet: &fleet_state,
+            blobs: &blob_records,
             applied,
-            &mut failures,
-        )
-        .await;
+        };
+        recording
+            .record_uploads(recorded, &view, encoding.p(), &mut failures)
+            .await;
     }
     view.publish(&encoding, &fleet_state.metrics);
     fleet_state.metrics.nodes_evicted.set(evicted.len() as i64);
@@ -580,54 +576,6 @@ pub async fn reconcile_cluster(
         next = next.min(eviction + Duration::from_secs(1));
     }
     Ok(Action::requeue(next))
-}
-
-/// Records every readable blob of the view that no Blob names yet (an
-/// upload through the gateway) as a Blob with an upload source, so that
-/// `kubectl get blobs` shows it and deleting that Blob deletes it.
-async fn record_uploads(
-    cluster: &StorageCluster,
-    blobs: &Api<Blob>,
-    recorded: &BTreeSet<String>,
-    view: &control::FleetView,
-    encoding: &crate::codec::EncodingConfig,
-    applied: &AppliedContent,
-    failures: &mut Failures,
-) {
-    let name = cluster.name_any();
-    let to_record =
-        upload_records::uploads_to_record(view, recorded, encoding.p(), MOST_RECORDED_AT_ONCE);
-    for id in to_record {
-        let Some(record_name) = upload_record_name(id) else {
-            continue;
-        };
-        let mut record = Blob::new(
-            &record_name,
-            BlobSpec {
-                cluster: name.clone(),
-                source: BlobSource {
-                    upload: Some(UploadSource {
-                        blob_id: id.to_string(),
-                    }),
-                    ..BlobSource::default()
-                },
-            },
-        );
-        record.metadata.namespace = cluster.namespace();
-        record.metadata.labels = Some(super::desired::labels(&name, "blob"));
-        // Recorded by the operator, so owned by the cluster: deleting the
-        // cluster deletes its records (and their finalizer releases them).
-        record.metadata.owner_references = cluster.controller_owner_ref(&()).map(|o| vec![o]);
-        record.metadata.annotations = Some(BTreeMap::from([(
-            upload_records::RECORDED_BY_ANNOTATION.to_string(),
-            "operator: an upload through the gateway".to_string(),
-        )]));
-        let before = failures.0.len();
-        apply_noting(failures, applied, blobs, &record, false).await;
-        if failures.0.len() == before {
-            tracing::info!(cluster = %name, blob = %id, record = %record_name, "recorded an upload");
-        }
-    }
 }
 
 /// One Event per evicted node naming the shards it handed over and to whom.

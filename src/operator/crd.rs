@@ -70,10 +70,10 @@ pub struct StorageClusterSpec {
     /// index of buckets and keys on a volume of its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Spec>,
-    /// Record each blob uploaded through the gateway or S3 as a Blob named
-    /// upload-<id prefix> (default true). Set false for a cluster that takes
-    /// many objects through S3: etcd then holds no object per upload, and
-    /// the blobs are kept, repaired and counted all the same.
+    /// Record each blob uploaded through the gateway's native API as a Blob
+    /// named upload-<id prefix> (default true; the bytes of S3 objects are
+    /// never recorded: S3 lists them). Set false to record none: the blobs
+    /// are kept, repaired and counted all the same.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record_uploads: Option<bool>,
     /// TLS on the node API and on the gateway's API and S3. Whether it is

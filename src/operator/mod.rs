@@ -21,6 +21,7 @@ pub mod retiring;
 pub mod rollout;
 pub mod run;
 pub mod status;
+mod upload_recorder;
 pub mod upload_records;
 
 use kube::CustomResourceExt;

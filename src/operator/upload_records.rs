@@ -1,8 +1,8 @@
 //! Which uploads through the gateway get a Blob recording them: every
-//! readable blob of the view that no Blob of its cluster names yet, a
-//! bounded number per reconcile. The Blobs are listed a page at a time,
-//! keeping only the ids they name, so a namespace of a hundred thousand
-//! records is never held whole.
+//! readable blob of the view that no Blob of its cluster names yet and
+//! that S3 does not hold, a bounded number per reconcile. The Blobs are
+//! listed a page at a time, keeping only the ids they name, so a namespace
+//! of a hundred thousand records is never held whole.
 
 use std::collections::BTreeSet;
 
@@ -64,19 +64,34 @@ pub async fn recorded_blob_ids(
     }
 }
 
-/// The blobs of `view` to record now: readable (at least `p` complete
-/// shards; fewer is an interrupted upload or leftovers), not named by a
-/// Blob in `recorded`, at most `most`, in id order.
+/// The blobs of `view` a record could be made of, in id order: readable
+/// (at least `p` complete shards; fewer is an interrupted upload or
+/// leftovers), not named by a Blob in `recorded`, and not among
+/// `s3_blobs` (the bytes of S3 objects and parts, which S3 lists).
+pub fn unrecorded_uploads<'a>(
+    view: &'a FleetView,
+    recorded: &'a BTreeSet<String>,
+    s3_blobs: &'a BTreeSet<String>,
+    p: usize,
+) -> impl Iterator<Item = &'a str> {
+    view.blobs
+        .iter()
+        .filter(move |(id, blob)| {
+            !recorded.contains(*id) && !s3_blobs.contains(*id) && blob.complete_shards.len() >= p
+        })
+        .map(|(id, _)| id.as_str())
+}
+
+/// The blobs of `view` to record now in a cluster without S3: the first
+/// `most` of `unrecorded_uploads`.
 pub fn uploads_to_record<'a>(
     view: &'a FleetView,
-    recorded: &BTreeSet<String>,
+    recorded: &'a BTreeSet<String>,
     p: usize,
     most: usize,
 ) -> Vec<&'a str> {
-    view.blobs
-        .iter()
-        .filter(|(id, blob)| !recorded.contains(*id) && blob.complete_shards.len() >= p)
-        .map(|(id, _)| id.as_str())
+    static NONE: BTreeSet<String> = BTreeSet::new();
+    unrecorded_uploads(view, recorded, &NONE, p)
         .take(most)
         .collect()
 }
@@ -112,5 +127,11 @@ mod tests {
         assert_eq!(uploads_to_record(&view, &recorded, 2, 10), ["a", "d", "e"]);
         assert_eq!(uploads_to_record(&view, &recorded, 2, 2), ["a", "d"]);
         assert!(uploads_to_record(&view, &recorded, 2, 0).is_empty());
+        let s3: BTreeSet<String> = ["a".to_string(), "b".to_string()].into();
+        assert_eq!(
+            unrecorded_uploads(&view, &recorded, &s3, 2).collect::<Vec<_>>(),
+            ["d", "e"],
+            "S3's blobs are never recorded"
+        );
     }
 }

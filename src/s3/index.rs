@@ -625,6 +625,21 @@ impl Index {
         self.write(|txn| txn.delete(Table::Refs, blob.as_bytes()))
     }
 
+    /// Which of `blobs` S3 knows: referred to by keys or upload parts,
+    /// noted before an S3 write, or claimed for collection. The rest were
+    /// stored outside S3 (or S3 forgot them once collected).
+    pub fn known_blobs(&self, blobs: &[String]) -> Result<Vec<String>, IndexError> {
+        self.read(|txn| {
+            let mut known = Vec::new();
+            for blob in blobs {
+                if txn.get(Table::Refs, blob.as_bytes())?.is_some() {
+                    known.push(blob.clone());
+                }
+            }
+            Ok(known)
+        })
+    }
+
     /// The references of `blob` (for tests and diagnostics).
     pub fn refs(&self, blob: &str) -> Result<BlobRefs, IndexError> {
         self.read(|txn| Ok(get(txn, Table::Refs, blob.as_bytes())?.unwrap_or_default()))

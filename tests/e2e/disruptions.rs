@@ -81,12 +81,17 @@ pub async fn shared_blob_reads_back(e2e: &E2e) -> anyhow::Result<()> {
 }
 
 pub fn shared_record() -> String {
-    let data = shared_bytes();
+    upload_record_of(&shared_bytes())
+}
+
+/// The name of the Blob the operator would record an upload of `data`
+/// under, on the e2e cluster (n = 4).
+pub fn upload_record_of(data: &[u8]) -> String {
     let config = redstuff::codec::EncodingConfig::new(4).unwrap();
     let (metadata, _) =
         redstuff::codec::BlobEncoder::new(config, redstuff::codec::DEFAULT_SEGMENT_SIZE)
             .unwrap()
-            .encode(&data)
+            .encode(data)
             .unwrap();
     redstuff::operator::controller::upload_record_name(&metadata.blob_id().to_string()).unwrap()
 }

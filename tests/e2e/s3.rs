@@ -2,8 +2,8 @@
 //! gateway an S3 port, an index on a claim of its own and an access key
 //! in a Secret; the aws cli stores and reads through a port-forward, a
 //! deleted Blob naming an object's bytes leaves them to the object, the
-//! index outlives the gateway pod, and a key added to the Secret signs in
-//! without a restart.
+//! index outlives the gateway pod, a key added to the Secret signs in
+//! without a restart, and an object's bytes get no upload Blob.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -12,6 +12,9 @@ use std::time::Duration;
 use crate::cluster::CLUSTER;
 use crate::data::shared_bytes;
 use crate::harness::{pod_ready, wait_for, E2e, NS};
+
+/// The bytes of an object only S3 holds.
+const SCRATCH: &[u8] = b"scratch bytes of their own";
 
 fn aws_program() -> PathBuf {
     let venv = std::env::var("REDSTUFF_S3_CLIENTS")
@@ -161,6 +164,21 @@ pub async fn s3_through_the_gateway(e2e: &E2e) -> anyhow::Result<()> {
             work.path(),
         )?;
         anyhow::ensure!(listed.contains("dir/an object"), "{listed}");
+        // Bytes only S3 holds, in a bucket of their own (removed below).
+        std::fs::write(work.path().join("scratch"), SCRATCH)?;
+        aws(&url, &keys, &["s3", "mb", "s3://e2e-scratch"], work.path())?;
+        aws(
+            &url,
+            &keys,
+            &[
+                "s3",
+                "cp",
+                "--only-show-errors",
+                "scratch",
+                "s3://e2e-scratch/s",
+            ],
+            work.path(),
+        )?;
         // The object holds the bytes of the blob put through the native
         // API, which the operator recorded as a Blob: deleting that Blob
         // keeps the bytes the object holds (the gateway refuses).
@@ -235,23 +253,17 @@ pub async fn s3_through_the_gateway(e2e: &E2e) -> anyhow::Result<()> {
     anyhow::ensure!(listed.contains("an object"), "{listed}");
     aws(&url, &keys, &["s3", "ls"], work.path())
         .map_err(|e| anyhow::anyhow!("the first key stopped working: {e}"))?;
+    // The operator reconciled many times since the scratch object was
+    // stored (a gateway pod replaced, a key taken), recording native
+    // uploads all along (data.rs): the bytes only S3 holds got no Blob.
+    let scratch_record = crate::disruptions::upload_record_of(SCRATCH);
+    anyhow::ensure!(
+        e2e.get("blob", &scratch_record, NS)?.is_none(),
+        "the bytes of an S3 object were recorded as the upload {scratch_record}"
+    );
     // Removing keys and buckets, on a bucket of its own: the object above
     // stays, so the shared blob it refers to is never collected while
     // the other scenarios use it.
-    std::fs::write(work.path().join("scratch"), b"scratch bytes of their own")?;
-    aws(&url, &keys, &["s3", "mb", "s3://e2e-scratch"], work.path())?;
-    aws(
-        &url,
-        &keys,
-        &[
-            "s3",
-            "cp",
-            "--only-show-errors",
-            "scratch",
-            "s3://e2e-scratch/s",
-        ],
-        work.path(),
-    )?;
     aws(
         &url,
         &keys,

@@ -47,12 +47,83 @@ fn not_found() -> (StatusCode, Value) {
     )
 }
 
+/// The rights the operator's RBAC grants (deploy/10-rbac.yaml, which
+/// scripts/check_chart.py holds equal to the chart's): (API group,
+/// resource, verb).
+fn granted() -> &'static BTreeSet<(String, String, String)> {
+    static GRANTED: std::sync::OnceLock<BTreeSet<(String, String, String)>> =
+        std::sync::OnceLock::new();
+    GRANTED.get_or_init(|| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/10-rbac.yaml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut granted = BTreeSet::new();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let doc: Value = serde::Deserialize::deserialize(doc).unwrap();
+            if !matches!(doc["kind"].as_str(), Some("ClusterRole" | "Role")) {
+                continue;
+            }
+            for rule in doc["rules"].as_array().unwrap() {
+                let strings = |field: &str| -> Vec<String> {
+                    rule[field]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_str().unwrap().to_string())
+                        .collect()
+                };
+                for group in strings("apiGroups") {
+                    for resource in strings("resources") {
+                        for verb in strings("verbs") {
+                            granted.insert((group.clone(), resource.clone(), verb));
+                        }
+                    }
+                }
+            }
+        }
+        granted
+    })
+}
+
+/// What a request asks the API server for, as RBAC names it: (API group,
+/// resource with its subresource, verb).
+pub fn rbac_request(method: &str, path: &str, query: &str) -> (String, String, String) {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, rest) = match segments.as_slice() {
+        ["api", _version, rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => panic!("not an API path: {path}"),
+    };
+    let rest = match rest {
+        ["namespaces", _ns, more @ ..] if !more.is_empty() => more,
+        other => other,
+    };
+    let (resource, named) = match rest {
+        [resource] => (resource.to_string(), false),
+        [resource, _name] => (resource.to_string(), true),
+        [resource, _name, sub] => (format!("{resource}/{sub}"), true),
+        _ => panic!("not a resource path: {path}"),
+    };
+    let verb = match (method, named) {
+        ("GET", true) => "get",
+        ("GET", false) if query.split('&').any(|p| p == "watch=true") => "watch",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PATCH", _) => "patch",
+        ("PUT", _) => "update",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => panic!("unexpected request {method} {path}"),
+    };
+    (group.to_string(), resource, verb.to_string())
+}
+
 /// A fake API server: GET answers from `objects` (by path) and `lists`
 /// (by collection path; else the stored objects under it), everything
 /// else 404; server-side applies are
 /// echoed; status patches are merged into the stored object; other
 /// patches (finalizers) answer the stored object; Events are accepted;
-/// deletes answer a Status.
+/// deletes answer a Status. Like the real one, it refuses (403) what the
+/// operator's RBAC does not grant.
 #[derive(Default, Clone)]
 pub struct MockApi {
     pub objects: BTreeMap<String, Value>,
@@ -113,7 +184,16 @@ impl MockApi {
                 let refused = self.refused_applies.get(path).filter(|_| {
                     record.method == "PATCH" && record.content_type.contains("apply-patch")
                 });
+                let (group, resource, verb) = rbac_request(&record.method, path, &record.query);
+                let forbidden =
+                    !granted().contains(&(group.clone(), resource.clone(), verb.clone()));
                 let (status, answer) = match record.method.as_str() {
+                    _ if forbidden => (
+                        StatusCode::FORBIDDEN,
+                        json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                          "status": "Failure", "reason": "Forbidden", "code": 403,
+                          "message": format!("{resource} is forbidden: the operator's RBAC does not grant {verb} on {resource} in API group \"{group}\"")}),
+                    ),
                     _ if refused.is_some() => {
                         let (code, message) = refused.expect("checked");
                         (
@@ -229,9 +309,21 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 pub struct Recorded(Arc<std::sync::Mutex<Vec<Seen>>>);
 
 impl Recorded {
-    /// A copy of the requests so far, in order.
+    /// The requests so far, in order; panics naming any the operator's
+    /// RBAC does not grant (the real API server refuses them, whatever the
+    /// operator then makes of the refusal).
     pub fn take(&self) -> Vec<Seen> {
-        std::mem::take(&mut *self.0.lock().unwrap())
+        let seen = std::mem::take(&mut *self.0.lock().unwrap());
+        let forbidden: Vec<String> = seen
+            .iter()
+            .filter(|s| !granted().contains(&rbac_request(&s.method, &s.path, &s.query)))
+            .map(Seen::line)
+            .collect();
+        assert!(
+            forbidden.is_empty(),
+            "requests deploy/10-rbac.yaml and the chart do not grant: {forbidden:#?}"
+        );
+        seen
     }
 }
 
@@ -377,6 +469,16 @@ impl Drop for RunningGateway {
 
 /// Starts a gateway for the fleet `map`.
 pub async fn start_gateway(map: FleetMap) -> RunningGateway {
+    start_gateway_guarded(map, None).await
+}
+
+/// Starts a gateway for the fleet `map` with an S3 front's `index` beside
+/// it, as `redstuff gateway --s3-listen` has (deletes consult it, and it
+/// says which blobs S3 knows).
+pub async fn start_gateway_guarded(
+    map: FleetMap,
+    index: Option<Arc<redstuff::s3::index::Index>>,
+) -> RunningGateway {
     let spool = tempfile::tempdir().unwrap();
     let gateway = Gateway::bind(
         GatewayConfig {
@@ -393,6 +495,9 @@ pub async fn start_gateway(map: FleetMap) -> RunningGateway {
     )
     .await
     .unwrap();
+    if let Some(index) = index {
+        gateway.door().guard_deletes_with(index);
+    }
     let url = format!("http://{}", gateway.local_addr());
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(gateway.serve(async move {

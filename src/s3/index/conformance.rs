@@ -312,6 +312,30 @@ pub fn a_blob_noted_before_its_write_is_collected_unless_a_record_comes_to_refer
     assert_eq!(index.claim_unreferenced(100).unwrap(), ["orphan"]);
 }
 
+/// the blobs S3 knows are those it noted before writing, refers to, or
+/// claimed; a blob it never knew, or forgot once collected, is not.
+pub fn the_blobs_s3_knows_are_those_it_wrote_refers_to_or_claimed(index: &Index) {
+    index.create_bucket("media", 1).unwrap();
+    index.note_unreferenced("writing", 10).unwrap();
+    index
+        .put_object("media", "a", &record(&["stored"], "e"), &ANY, 11)
+        .unwrap();
+    assert_eq!(
+        index.claim_for_delete("claimed").unwrap(),
+        DeleteClaim::Claimed
+    );
+    index.claim_for_delete("gone").unwrap();
+    index.collected("gone").unwrap();
+    let asked: Vec<String> = ["claimed", "gone", "native", "stored", "writing"]
+        .map(String::from)
+        .into();
+    assert_eq!(
+        index.known_blobs(&asked).unwrap(),
+        ["claimed", "stored", "writing"]
+    );
+    assert!(index.known_blobs(&[]).unwrap().is_empty());
+}
+
 /// Every check, each on a fresh index from `fresh`.
 pub fn run_all(fresh: &mut dyn FnMut() -> Index) {
     every_key_and_part_referring_to_a_blob_counts_once_and_replacing_a_key_moves_its_references(
@@ -325,4 +349,5 @@ pub fn run_all(fresh: &mut dyn FnMut() -> Index) {
     a_bucket_with_objects_cannot_be_deleted_and_unknown_buckets_are_named(&fresh());
     listing_reads_keys_of_one_bucket_only_in_byte_order(&fresh());
     a_blob_noted_before_its_write_is_collected_unless_a_record_comes_to_refer_to_it(&fresh());
+    the_blobs_s3_knows_are_those_it_wrote_refers_to_or_claimed(&fresh());
 }
