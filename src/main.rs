@@ -599,8 +599,10 @@ struct S3BenchArgs {
     /// Keys listed through S3.
     #[arg(long, default_value_t = 100_000)]
     keys: u64,
-    /// Directory holding `aws` and a Python with boto3 (default: the venv
-    /// scripts/s3-clients makes, when it exists; else PATH).
+    /// Directory holding `aws` and a Python with boto3 (default: the bin/
+    /// of the venv scripts/s3-clients makes, when it exists:
+    /// $REDSTUFF_S3_CLIENTS, else $REDSTUFF_CACHE/s3-clients, else
+    /// ~/.cache/redstuff/s3-clients; else PATH).
     #[arg(long)]
     clients: Option<PathBuf>,
     /// Print the result as one JSON object.
@@ -1067,9 +1069,13 @@ async fn bench_fleet(args: FleetArgs) -> anyhow::Result<()> {
 }
 
 async fn bench_s3(args: S3BenchArgs) -> anyhow::Result<()> {
-    let default_venv = std::env::var("HOME")
-        .map(|home| PathBuf::from(home).join(".cache/redstuff/s3-clients/bin"))
-        .ok()
+    // Where scripts/s3-clients puts its venv.
+    let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    let default_venv = env("REDSTUFF_S3_CLIENTS")
+        .map(PathBuf::from)
+        .or_else(|| env("REDSTUFF_CACHE").map(|c| PathBuf::from(c).join("s3-clients")))
+        .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".cache/redstuff/s3-clients")))
+        .map(|venv| venv.join("bin"))
         .filter(|bin| bin.join("aws").exists());
     let options = redstuff::bench::s3::S3BenchOptions {
         exe: std::env::current_exe()?,

@@ -36,7 +36,7 @@ pub async fn get(
     let partial = if in_place {
         output.to_path_buf()
     } else {
-        output.with_extension("partial")
+        partial_path(output)
     };
     let mut download = Download {
         to_stdout,
@@ -237,4 +237,34 @@ enum Sink {
 /// a directory (a device, a pipe).
 fn writes_in_place(output: &Path) -> bool {
     std::fs::metadata(output).is_ok_and(|m| !m.is_file() && !m.is_dir())
+}
+
+/// The file a download into `output` is written to before the rename:
+/// `output` with `.partial` appended (never replacing its extension, so
+/// `a.tar` and `a.bin` downloaded side by side do not share one).
+fn partial_path(output: &Path) -> std::path::PathBuf {
+    let mut name = output.as_os_str().to_os_string();
+    name.push(".partial");
+    name.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_download_is_written_beside_its_target_under_a_name_of_its_own() {
+        assert_eq!(
+            partial_path(Path::new("dir/copy.mp4")),
+            Path::new("dir/copy.mp4.partial")
+        );
+        assert_ne!(
+            partial_path(Path::new("a.tar")),
+            partial_path(Path::new("a.bin"))
+        );
+        assert_eq!(
+            partial_path(Path::new("weights")),
+            Path::new("weights.partial")
+        );
+    }
 }

@@ -308,7 +308,7 @@ pub struct StorageClusterStatus {
     /// Pending, Progressing, Ready, Degraded or Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
-    /// Ready, Degraded and Progressing, with reasons and messages.
+    /// Ready, Degraded, Progressing and Synced, with reasons and messages.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The spec generation this status describes.
