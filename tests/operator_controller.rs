@@ -337,6 +337,7 @@ async fn a_new_cluster_creates_its_objects_with_server_side_apply_and_writes_its
         "PATCH /apis/apps/v1/namespaces/storage/deployments/media-gateway".to_string(),
         format!("PATCH {NS}/services/media-gateway"),
         "PATCH /apis/policy/v1/namespaces/storage/poddisruptionbudgets/media-nodes".to_string(),
+        "PATCH /apis/policy/v1/namespaces/storage/poddisruptionbudgets/media-gateway".to_string(),
         format!("GET {GROUP}/blobs"),
         format!("PATCH {CLUSTER}/status"),
     ]);
@@ -1434,8 +1435,8 @@ async fn a_second_reconcile_with_nothing_changed_applies_nothing_again() {
         .unwrap();
     let first = recorded.take();
     // 3 claims, 3 pods, 2 Services, the shards ConfigMap, 2 Secrets, the
-    // NetworkPolicy, the gateway Deployment, the budget.
-    assert_eq!(applies(&first), 14, "{:#?}", lines(&first));
+    // NetworkPolicy, the gateway Deployment, the two budgets.
+    assert_eq!(applies(&first), 15, "{:#?}", lines(&first));
     reconcile_cluster(Arc::new(cluster), ctx).await.unwrap();
     let second = recorded.take();
     assert_eq!(applies(&second), 0, "{:#?}", lines(&second));

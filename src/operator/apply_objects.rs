@@ -326,14 +326,13 @@ pub(super) async fn apply_objects(
     };
     apply_noting(failures, applied, &deployments, &gateway, true).await;
     apply_noting(failures, applied, &services, &desired.gateway_service, true).await;
-    apply_noting(
-        failures,
-        applied,
-        &Api::<PodDisruptionBudget>::namespaced(client.clone(), namespace),
+    let budgets = Api::<PodDisruptionBudget>::namespaced(client.clone(), namespace);
+    for budget in [
         &desired.disruption_budget,
-        true,
-    )
-    .await;
+        &desired.gateway_disruption_budget,
+    ] {
+        apply_noting(failures, applied, &budgets, budget, true).await;
+    }
 
     delete_pods(ctx, cluster, &pods, decisions, failures).await;
     if let Some(pod) = &replacement {

@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
 )]
 #[x_kube(validation = Rule::new("self.nodes <= self.shards").message("nodes must not exceed shards: every node pod holds at least one shard").field_path(".nodes"))]
 #[x_kube(validation = Rule::new("self.shards == oldSelf.shards").message("shards is fixed once the cluster is created: the shard count is part of every blob's encoding").field_path(".shards"))]
+#[x_kube(validation = Rule::new("!has(self.gateway) || !has(self.gateway.replicas) || self.gateway.replicas <= 1 || !has(self.s3) || (has(self.s3.enabled) && !self.s3.enabled) || has(self.s3.postgresSecret)").message("several gateway replicas need the index in PostgreSQL (s3.postgresSecret): the embedded index has one writer").field_path(".gateway.replicas"))]
 #[x_kube(validation = Rule::new("(has(self.tls) && has(self.tls.enabled) && self.tls.enabled) == (has(oldSelf.tls) && has(oldSelf.tls.enabled) && oldSelf.tls.enabled)").message("tls is fixed once the cluster is created: while node pods changed one at a time, the gateway and the other nodes would call some of them in the wrong protocol").field_path(".tls"))]
 #[serde(rename_all = "camelCase")]
 pub struct StorageClusterSpec {
@@ -111,6 +112,12 @@ pub struct ScrubSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct GatewaySpec {
+    /// Gateway pods (default 1), spread over Kubernetes nodes, at most one
+    /// of them evicted at a time. More than one with S3 needs its index in
+    /// PostgreSQL (s3.postgresSecret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub replicas: Option<u16>,
     /// CPU and memory of each gateway pod. Size memory for uploadMemory,
     /// 128 MiB of cached rows and the reads in flight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -196,7 +203,8 @@ pub struct S3Spec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub postgres_secret: Option<String>,
-    /// Gateway pods (default 1; more only with postgresSecret).
+    /// Gateway pods (default 1; more only with postgresSecret). Older
+    /// spelling of gateway.replicas; when both are set they must agree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub replicas: Option<u16>,

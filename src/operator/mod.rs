@@ -131,5 +131,6 @@ pub fn render_cluster(
         docs.push(serde_yaml::to_string(secret)?);
     }
     docs.push(serde_yaml::to_string(&objects.disruption_budget)?);
+    docs.push(serde_yaml::to_string(&objects.gateway_disruption_budget)?);
     Ok(docs.into_iter().map(|d| format!("---\n{d}")).collect())
 }

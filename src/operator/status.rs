@@ -75,6 +75,7 @@ pub fn validate_spec(spec: &StorageClusterSpec) -> Result<EncodingConfig, String
         super::lifecycle::parse_duration(grace).map_err(|e| format!("repair.gracePeriod: {e}"))?;
     }
     super::desired::gateway_sizing::gateway_sizing(spec.gateway.as_ref())?;
+    super::desired::gateway_replicas::gateway_replicas(spec)?;
     super::desired::node_scrub::scrub_args(spec.scrub.as_ref())?;
     Ok(config)
 }

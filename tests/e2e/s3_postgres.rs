@@ -1,7 +1,8 @@
 //! S3 with its index in PostgreSQL on the real cluster: a StorageCluster
 //! whose `s3.postgresSecret` names a database outside the cluster (a real
 //! PostgreSQL server the test starts on the cluster's node address, as a
-//! managed database would be reached) runs two gateway replicas on it; an
+//! managed database would be reached) runs two gateway replicas on it
+//! (`spec.gateway.replicas`, one evictable at a time); an
 //! object stored through one gateway pod is listed and read back through
 //! the other, and the rows are in the database.
 
@@ -46,7 +47,8 @@ spec:
   storage: {{ephemeral: true}}
   resources:
     requests: {{cpu: 10m, memory: 32Mi}}
-  s3: {{postgresSecret: {SECRET}, replicas: 2}}
+  s3: {{postgresSecret: {SECRET}}}
+  gateway: {{replicas: 2}}
 "#
     )
 }
@@ -142,6 +144,21 @@ stringData:
     let pods = wait_for("two gateway pods ready", Duration::from_secs(180), || {
         Ok(Some(ready_gateway_pods(e2e)?).filter(|p| p.len() == 2))
     })
+    .await?;
+    // The disruption controller resolves the gateway budget against the
+    // ReplicaSet's scale: one of the two may be evicted at a time.
+    wait_for(
+        "the gateway budget to allow one eviction",
+        Duration::from_secs(60),
+        || {
+            let budget = e2e.get("poddisruptionbudget", &format!("{CLUSTER}-gateway"), NS)?;
+            Ok(budget
+                .filter(|b| {
+                    b["status"]["expectedPods"] == 2 && b["status"]["disruptionsAllowed"] == 1
+                })
+                .map(|_| ()))
+        },
+    )
     .await?;
     let keys = keys(e2e, CLUSTER)?;
     let work = tempfile::tempdir()?;

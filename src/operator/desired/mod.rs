@@ -10,6 +10,7 @@
 //! decisions for it, differently.
 
 mod access;
+pub mod gateway_replicas;
 pub mod gateway_sizing;
 pub mod node_scrub;
 pub mod s3;
@@ -78,7 +79,11 @@ fn with_spec_hash(mut pod: Pod) -> Pod {
 
 /// Node pods spread evenly over hosts and over the failure domains of
 /// `topology_key`, as far as the scheduler can (never unschedulable).
-fn spread_constraints(cluster_name: &str, topology_key: &str) -> Vec<TopologySpreadConstraint> {
+fn spread_constraints(
+    cluster_name: &str,
+    component: &str,
+    topology_key: &str,
+) -> Vec<TopologySpreadConstraint> {
     let mut keys = vec![HOSTNAME_KEY];
     if topology_key != HOSTNAME_KEY {
         keys.push(topology_key);
@@ -89,7 +94,7 @@ fn spread_constraints(cluster_name: &str, topology_key: &str) -> Vec<TopologySpr
             topology_key: key.into(),
             when_unsatisfiable: "ScheduleAnyway".into(),
             label_selector: Some(LabelSelector {
-                match_labels: Some(selector(cluster_name, "node")),
+                match_labels: Some(selector(cluster_name, component)),
                 ..LabelSelector::default()
             }),
             ..TopologySpreadConstraint::default()
@@ -130,6 +135,8 @@ pub struct DesiredObjects {
     pub gateway_tls_secret: Option<Secret>,
     /// At most one node pod voluntarily down at a time.
     pub disruption_budget: PodDisruptionBudget,
+    /// At most one gateway pod voluntarily down at a time.
+    pub gateway_disruption_budget: PodDisruptionBudget,
 }
 
 /// Name of node pod `index` of cluster `cluster`.
@@ -397,7 +404,11 @@ pub fn desired_objects(
                         .placement
                         .as_ref()
                         .and_then(|p| p.node_selector.clone()),
-                    topology_spread_constraints: Some(spread_constraints(&name, &topology_key)),
+                    topology_spread_constraints: Some(spread_constraints(
+                        &name,
+                        "node",
+                        &topology_key,
+                    )),
                     containers: vec![Container {
                         name: "node".into(),
                         image: Some(image.clone()),
@@ -536,6 +547,8 @@ pub fn desired_objects(
 
     let gateway_labels = labels(&name, "gateway");
     // Checked by `validate_spec` before anything is made.
+    let gateway_replicas = gateway_replicas::gateway_replicas(spec).unwrap_or(1);
+    // Checked by `validate_spec` before anything is made.
     let sizing = gateway_sizing::gateway_sizing(spec.gateway.as_ref()).unwrap_or_default();
     // The API port's name says its protocol (service meshes read it).
     let gateway_port_name = if credentials.tls.is_some() {
@@ -546,7 +559,7 @@ pub fn desired_objects(
     let mut gateway = Deployment {
         metadata: meta(cluster, format!("{name}-gateway"), "gateway"),
         spec: DeploymentSpec {
-            replicas: Some(1),
+            replicas: Some(i32::from(gateway_replicas)),
             selector: LabelSelector {
                 match_labels: Some(selector(&name, "gateway")),
                 ..LabelSelector::default()
@@ -559,6 +572,10 @@ pub fn desired_objects(
                 spec: Some(PodSpec {
                     security_context: Some(pod_security_context()),
                     image_pull_secrets: operator.pull_secrets(),
+                    // Several pods go to different Kubernetes nodes where
+                    // they can (one pod's template stays as it was).
+                    topology_spread_constraints: (gateway_replicas > 1)
+                        .then(|| spread_constraints(&name, "gateway", HOSTNAME_KEY)),
                     containers: vec![Container {
                         name: "gateway".into(),
                         image: Some(image.clone()),
@@ -699,6 +716,19 @@ pub fn desired_objects(
         }),
         ..PodDisruptionBudget::default()
     };
+    // The gateway's owner, a ReplicaSet, has /scale: maxUnavailable works.
+    let gateway_disruption_budget = PodDisruptionBudget {
+        metadata: meta(cluster, format!("{name}-gateway"), "gateway"),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector(&name, "gateway")),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    };
     let node_token = token_secret(cluster, cluster_token_secret(&name), &credentials.cluster);
     let gateway_token = token_secret(cluster, user_token_secret(&name), &credentials.users);
     let node_network_policy = node_network_policy(cluster, &name, &operator.namespace);
@@ -723,6 +753,7 @@ pub fn desired_objects(
         node_tls_secret,
         gateway_tls_secret,
         disruption_budget,
+        gateway_disruption_budget,
     }
 }
 

@@ -142,8 +142,6 @@ pub fn add_to_gateway(name: &str, s3: &S3Spec, gateway: &mut Deployment, service
             type_: Some("Recreate".into()),
             ..DeploymentStrategy::default()
         });
-    } else {
-        spec.replicas = Some(i32::from(s3.replicas.unwrap_or(1)));
     }
     let pod = spec.template.spec.as_mut().expect("a pod spec");
     // Kubelet updates a mounted Secret in place (environment variables

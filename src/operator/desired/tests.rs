@@ -764,3 +764,41 @@ fn a_gateway_serving_a_secret_of_the_users_mounts_it_and_the_nodes_ca_and_no_gat
         .iter()
         .all(|(secret, _)| secret != "media-gateway-tls"));
 }
+
+#[test]
+fn several_gateway_pods_spread_over_kubernetes_nodes_and_one_at_a_time_may_be_evicted() {
+    let mut c = cluster(4, 4, Some("10Gi"));
+    // One gateway pod: a budget that never blocks a drain, and a pod
+    // template as it always was.
+    let objects = objects_of(&c);
+    assert_eq!(objects.gateway.spec.replicas, Some(1));
+    let budget = objects.gateway_disruption_budget.spec.clone().unwrap();
+    assert_eq!(budget.max_unavailable, Some(IntOrString::Int(1)));
+    assert_eq!(
+        budget.selector.unwrap().match_labels,
+        objects.gateway.spec.selector.match_labels
+    );
+    let pod = objects.gateway.spec.template.spec.unwrap();
+    assert!(pod.topology_spread_constraints.is_none());
+
+    c.spec.gateway = Some(crate::operator::crd::GatewaySpec {
+        replicas: Some(3),
+        ..crate::operator::crd::GatewaySpec::default()
+    });
+    let objects = objects_of(&c);
+    let gateway = objects.gateway.spec;
+    assert_eq!(gateway.replicas, Some(3));
+    let spread = gateway
+        .template
+        .spec
+        .unwrap()
+        .topology_spread_constraints
+        .unwrap();
+    assert_eq!(spread.len(), 1);
+    assert_eq!(spread[0].topology_key, "kubernetes.io/hostname");
+    assert_eq!(spread[0].when_unsatisfiable, "ScheduleAnyway");
+    assert_eq!(
+        spread[0].label_selector.as_ref().unwrap().match_labels,
+        gateway.selector.match_labels
+    );
+}
