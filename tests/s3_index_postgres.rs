@@ -36,6 +36,8 @@ fn two_gateways_on_one_postgres_index_never_lose_a_reference() {
         checksums: BTreeMap::new(),
         content_type: None,
         metadata: BTreeMap::new(),
+        headers: Default::default(),
+        tags: BTreeMap::new(),
         modified_ms: 1,
     };
     let workers: Vec<_> = [first.clone(), second.clone(), first.clone(), second.clone()]

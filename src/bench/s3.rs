@@ -119,6 +119,8 @@ fn fill_index(path: &Path, keys: u64) -> anyhow::Result<()> {
         checksums: Default::default(),
         content_type: None,
         metadata: Default::default(),
+        headers: Default::default(),
+        tags: Default::default(),
         modified_ms: 1,
     };
     index.put_many(

@@ -29,6 +29,17 @@ pub struct Declared {
     pub checksums: Checksum,
     /// The algorithm of a checksum still to come (a trailer).
     pub algorithm: Option<ChecksumAlgorithm>,
+    /// The `x-amz-trailer` header: the trailers announced (a checksum
+    /// trailer is computed even when no other header names its algorithm).
+    pub trailer: Option<String>,
+}
+
+/// The `x-amz-trailer` header of a request.
+pub fn trailer_of(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get("x-amz-trailer")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 /// Bytes received, verified and spooled.
@@ -57,12 +68,21 @@ fn pairs(sums: &Checksum) -> Vec<(&'static str, Option<&String>)> {
 /// A hasher computing every algorithm the client sent or announced.
 fn hasher_for(declared: &Declared) -> ChecksumHasher {
     let mut hasher = ChecksumHasher::default();
-    let announced = declared
+    let mut announced: Vec<String> = declared
         .algorithm
-        .as_ref()
-        .map(|a| a.as_str().to_ascii_uppercase());
+        .iter()
+        .map(|a| a.as_str().to_ascii_uppercase())
+        .collect();
+    announced.extend(
+        declared
+            .trailer
+            .iter()
+            .flat_map(|t| t.split(','))
+            .filter_map(|t| t.trim().strip_prefix("x-amz-checksum-"))
+            .map(str::to_ascii_uppercase),
+    );
     for (name, value) in pairs(&declared.checksums) {
-        if value.is_none() && announced.as_deref() != Some(name) {
+        if value.is_none() && !announced.iter().any(|a| a == name) {
             continue;
         }
         match name {
@@ -202,5 +222,16 @@ mod tests {
         let hasher = hasher_for(&declared);
         assert!(hasher.crc32.is_some() && hasher.sha256.is_some());
         assert!(hasher.crc32c.is_none() && hasher.sha1.is_none() && hasher.crc64nvme.is_none());
+    }
+
+    #[test]
+    fn a_checksum_announced_only_as_a_trailer_is_computed() {
+        let declared = Declared {
+            trailer: Some("x-amz-checksum-crc32c".into()),
+            ..Declared::default()
+        };
+        let hasher = hasher_for(&declared);
+        assert!(hasher.crc32c.is_some());
+        assert!(hasher.crc32.is_none() && hasher.sha256.is_none());
     }
 }

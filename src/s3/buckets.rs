@@ -277,15 +277,18 @@ impl Front {
             .truncated
             .then(|| page.entries.last().map(|e| e.name().to_string()))
             .flatten();
+        // With encoding-type=url every name is encoded, markers too
+        // (botocore decodes them all).
+        let shown = |text: Option<String>| text.map(|t| if encode { url_encode(&t) } else { t });
         Ok(ListObjectVersionsOutput {
             name: Some(input.bucket),
-            prefix: input.prefix,
-            delimiter: input.delimiter,
-            key_marker: input.key_marker,
+            prefix: shown(input.prefix),
+            delimiter: shown(input.delimiter),
+            key_marker: shown(input.key_marker),
             max_keys: Some(max as i32),
             is_truncated: Some(page.truncated),
             next_version_id_marker: next.as_ref().map(|_| "null".to_string()),
-            next_key_marker: next,
+            next_key_marker: shown(next),
             versions: Some(
                 objects
                     .into_iter()

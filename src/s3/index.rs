@@ -401,13 +401,46 @@ impl Index {
 
     /// Removes the object at `key`; true when there was one.
     pub fn delete_object(&self, bucket: &str, key: &str, now_ms: u64) -> Result<bool, IndexError> {
+        self.delete_object_if(bucket, key, &WriteCondition::default(), now_ms)
+    }
+
+    /// Deletes the object at `key` if `condition` holds (`If-Match`: the
+    /// key has that ETag); whether there was one.
+    pub fn delete_object_if(
+        &self,
+        bucket: &str,
+        key: &str,
+        condition: &WriteCondition,
+        now_ms: u64,
+    ) -> Result<bool, IndexError> {
         self.write(|txn| {
             require_bucket(txn, bucket)?;
-            let existed = txn.get(Table::Objects, &object_key(bucket, key))?.is_some();
-            if existed {
-                replace_object(txn, bucket, key, None, &WriteCondition::default(), now_ms)?;
+            let current: Option<ObjectRecord> = get(txn, Table::Objects, &object_key(bucket, key))?;
+            condition.check(current.as_ref())?;
+            if current.is_some() {
+                replace_object(txn, bucket, key, None, condition, now_ms)?;
             }
-            Ok(existed)
+            Ok(current.is_some())
+        })
+    }
+
+    /// Sets the tags of the object at `key` (its bytes, ETag and
+    /// modification time stay); whether there is one.
+    pub fn set_tags(
+        &self,
+        bucket: &str,
+        key: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<bool, IndexError> {
+        self.write(|txn| {
+            require_bucket(txn, bucket)?;
+            let k = object_key(bucket, key);
+            let Some(mut record): Option<ObjectRecord> = get(txn, Table::Objects, &k)? else {
+                return Ok(false);
+            };
+            record.tags = tags.clone();
+            put(txn, Table::Objects, &k, &record)?;
+            Ok(true)
         })
     }
 
@@ -516,6 +549,8 @@ impl Index {
                 checksums: BTreeMap::new(),
                 content_type: upload.content_type,
                 metadata: upload.metadata,
+                headers: upload.headers,
+                tags: upload.tags,
                 modified_ms: now_ms,
             };
             require_bucket(txn, bucket)?;

@@ -31,7 +31,10 @@ pub mod multipart;
 pub mod objects;
 pub mod postgres_kv;
 pub mod records;
+pub mod representation;
 pub mod server;
 mod service;
+pub mod span;
+pub mod tagging;
 
 pub use server::{IndexLocation, S3Config, S3Server};

@@ -6,10 +6,54 @@ use s3s::dto::*;
 use s3s::{s3_error, S3Request, S3Result};
 
 use super::assemble::{bare_etag, MAX_PARTS};
-use super::body::{receive, Declared};
+use super::body::{receive, trailer_of, Declared};
+use super::conditions::ReadConditions;
 use super::front::{blocking, etag, now_ms, timestamp, Front};
-use super::objects::{body_len, checksum_fields, with_checksums, write_condition};
+use super::objects::{
+    body_len, checksum_fields, only_null_version, with_checksums, write_condition,
+};
 use super::records::{ChosenPart, PartRecord, UploadRecord};
+use super::representation::{refuse_encryption, tags_of_header, SentHeaders};
+
+/// The uploads under `prefix` after the markers, in key and id order:
+/// with `key_marker` alone, those of later keys only; with an
+/// `upload_id_marker` too, the marker key's later uploads as well.
+fn uploads_after(
+    mut all: Vec<(String, UploadRecord)>,
+    prefix: &str,
+    key_marker: &str,
+    upload_id_marker: &str,
+) -> Vec<(String, UploadRecord)> {
+    all.sort_by(|(a_id, a), (b_id, b)| (&a.key, a_id).cmp(&(&b.key, b_id)));
+    all.retain(|(id, u)| {
+        u.key.starts_with(prefix)
+            && (key_marker.is_empty()
+                || u.key.as_str() > key_marker
+                || (!upload_id_marker.is_empty()
+                    && u.key == key_marker
+                    && id.as_str() > upload_id_marker))
+    });
+    all
+}
+
+/// The bytes an `x-amz-copy-source-range` names: `bytes=FIRST-LAST`,
+/// wholly inside the source (S3 neither clamps nor takes suffixes here).
+fn copy_range(text: &str, size: u64) -> S3Result<std::ops::Range<u64>> {
+    match Range::parse(text) {
+        Ok(Range::Int {
+            first,
+            last: Some(last),
+        }) if first <= last && last < size => Ok(first..last + 1),
+        Ok(Range::Int { .. }) => Err(s3_error!(
+            InvalidArgument,
+            "Range specified is not valid for source object of size: {size}"
+        )),
+        _ => Err(s3_error!(
+            InvalidArgument,
+            "x-amz-copy-source-range {text:?} is not bytes=FIRST-LAST"
+        )),
+    }
+}
 
 fn part_number(number: i32) -> S3Result<u32> {
     u32::try_from(number)
@@ -25,6 +69,11 @@ impl Front {
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<CreateMultipartUploadOutput> {
         let input = req.input;
+        refuse_encryption(
+            input.server_side_encryption.as_ref(),
+            input.sse_customer_algorithm.as_ref(),
+            input.ssekms_key_id.as_ref(),
+        )?;
         let upload = UploadRecord {
             bucket: input.bucket.clone(),
             key: input.key.clone(),
@@ -36,6 +85,15 @@ impl Front {
                 .into_iter()
                 .map(|(k, v)| (k.to_ascii_lowercase(), v))
                 .collect(),
+            tags: tags_of_header(input.tagging.as_deref())?,
+            headers: SentHeaders {
+                cache_control: input.cache_control,
+                content_disposition: input.content_disposition,
+                content_encoding: input.content_encoding,
+                content_language: input.content_language,
+                expires: input.expires,
+            }
+            .kept(),
         };
         let index = self.index.clone();
         let id = blocking(move || index.create_upload(&upload)).await?;
@@ -83,6 +141,7 @@ impl Front {
             content_md5: input.content_md5,
             checksums,
             algorithm: input.checksum_algorithm,
+            trailer: trailer_of(&headers),
         };
         let mut received = receive(&self.door, input.body, declared, trailing_headers).await?;
         let (md5, sums) = (received.md5.clone(), received.checksums.clone());
@@ -121,7 +180,7 @@ impl Front {
         let CopySource::Bucket {
             bucket: from_bucket,
             key: from_key,
-            ..
+            version_id,
         } = &input.copy_source
         else {
             return Err(s3_error!(
@@ -129,6 +188,7 @@ impl Front {
                 "copies from access points are not supported"
             ));
         };
+        only_null_version(version_id.as_deref())?;
         let source = {
             let (index, b, k) = (
                 self.index.clone(),
@@ -139,15 +199,19 @@ impl Front {
                 .await?
                 .ok_or_else(|| s3_error!(NoSuchKey, "no object at {from_key} in {from_bucket}"))?
         };
+        // The bytes copied are those of this record: its blobs never
+        // change, whatever is written to the key meanwhile.
+        Self::check_copy_source(
+            &source,
+            ReadConditions {
+                if_match: input.copy_source_if_match.as_ref(),
+                if_none_match: input.copy_source_if_none_match.as_ref(),
+                if_modified_since: input.copy_source_if_modified_since.as_ref(),
+                if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
+            },
+        )?;
         let range = match &input.copy_source_range {
-            Some(text) => Range::parse(text)
-                .map_err(|_| {
-                    s3_error!(
-                        InvalidArgument,
-                        "x-amz-copy-source-range {text:?} is not a byte range"
-                    )
-                })?
-                .check(source.size)?,
+            Some(text) => copy_range(text, source.size)?,
             None => 0..source.size,
         };
         let whole_blob = range == (0..source.size) && source.parts.len() == 1;
@@ -352,13 +416,7 @@ impl Front {
             index.uploads(&bucket)
         })
         .await?;
-        let mut uploads: Vec<_> = all
-            .into_iter()
-            .filter(|(id, u)| {
-                u.key.starts_with(&prefix)
-                    && (after.0.is_empty() || (&u.key, id) > (&after.0, &after.1))
-            })
-            .collect();
+        let mut uploads = uploads_after(all, &prefix, &after.0, &after.1);
         let truncated = uploads.len() > max;
         uploads.truncate(max);
         let last = uploads.last().cloned();
@@ -386,5 +444,65 @@ impl Front {
             ),
             ..Default::default()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upload(key: &str) -> UploadRecord {
+        UploadRecord {
+            bucket: "b".into(),
+            key: key.into(),
+            created_ms: 0,
+            content_type: None,
+            metadata: Default::default(),
+            headers: Default::default(),
+            tags: Default::default(),
+        }
+    }
+
+    #[test]
+    fn uploads_are_listed_after_their_markers_as_s3_lists_them() {
+        let all = || {
+            vec![
+                ("2".to_string(), upload("b")),
+                ("1".to_string(), upload("a")),
+                ("1".to_string(), upload("b")),
+                ("3".to_string(), upload("c")),
+            ]
+        };
+        let listed = |k: &str, u: &str| -> Vec<(String, String)> {
+            uploads_after(all(), "", k, u)
+                .into_iter()
+                .map(|(id, r)| (r.key, id))
+                .collect()
+        };
+        let pair = |k: &str, id: &str| (k.to_string(), id.to_string());
+        assert_eq!(listed("", "").len(), 4);
+        assert_eq!(listed("", "")[0], pair("a", "1"));
+        assert_eq!(
+            listed("b", ""),
+            [pair("c", "3")],
+            "a key marker alone skips its key"
+        );
+        assert_eq!(listed("b", "1"), [pair("b", "2"), pair("c", "3")]);
+        assert_eq!(uploads_after(all(), "c", "", "").len(), 1);
+    }
+
+    #[test]
+    fn a_copied_range_lies_wholly_inside_its_source() {
+        assert_eq!(copy_range("bytes=0-9", 10).unwrap(), 0..10);
+        assert_eq!(copy_range("bytes=5-5", 10).unwrap(), 5..6);
+        for bad in [
+            "bytes=0-10",
+            "bytes=10-12",
+            "bytes=-3",
+            "bytes=2-",
+            "nonsense",
+        ] {
+            assert!(copy_range(bad, 10).is_err(), "{bad}");
+        }
     }
 }

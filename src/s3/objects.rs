@@ -6,11 +6,28 @@ use std::collections::{BTreeMap, HashMap};
 use s3s::dto::*;
 use s3s::{s3_error, S3Request, S3Result};
 
-use super::body::{receive, Declared};
+use super::body::{receive, trailer_of, Declared};
 use super::conditions::{decide_read, ReadConditions, ReadDecision};
 use super::front::{blocking, etag, now_ms, timestamp, Front};
 use super::index::WriteCondition;
 use super::records::ObjectRecord;
+use super::representation::{expires, refuse_encryption, tags_of_header, SentHeaders};
+use super::span::{served_span, Span};
+
+/// No checksums: a part of an object has none of its own.
+static NO_SUMS: BTreeMap<String, String> = BTreeMap::new();
+
+/// Refuses any version but `null`, the one version of every object here
+/// (versioning is never enabled).
+pub fn only_null_version(version: Option<&str>) -> S3Result<()> {
+    if version.is_some_and(|v| v != "null") {
+        return Err(s3_error!(
+            NoSuchVersion,
+            "objects here have one version, \"null\""
+        ));
+    }
+    Ok(())
+}
 
 /// The checksums of a record as S3's five fields.
 pub fn checksum_fields(sums: &BTreeMap<String, String>) -> [Option<String>; 5] {
@@ -68,12 +85,14 @@ fn declared(
     content_md5: Option<String>,
     checksums: Checksum,
     algorithm: Option<ChecksumAlgorithm>,
+    headers: &http::HeaderMap,
 ) -> Declared {
     Declared {
         len: len.and_then(|l| u64::try_from(l).ok()),
         content_md5,
         checksums,
         algorithm,
+        trailer: trailer_of(headers),
     }
 }
 
@@ -120,6 +139,20 @@ impl Front {
             ..
         } = req;
         let condition = write_condition(input.if_match.as_ref(), input.if_none_match.as_ref())?;
+        refuse_encryption(
+            input.server_side_encryption.as_ref(),
+            input.sse_customer_algorithm.as_ref(),
+            input.ssekms_key_id.as_ref(),
+        )?;
+        let tags = tags_of_header(input.tagging.as_deref())?;
+        let headers_kept = SentHeaders {
+            cache_control: input.cache_control,
+            content_disposition: input.content_disposition,
+            content_encoding: input.content_encoding,
+            content_language: input.content_language,
+            expires: input.expires,
+        }
+        .kept();
         let (bucket, key) = (input.bucket.clone(), input.key.clone());
         // Refuse early what the index would refuse: no bytes are stored then.
         let current = {
@@ -142,7 +175,13 @@ impl Front {
             checksum_type: None,
         };
         let len = body_len(input.content_length, &headers, input.body.as_ref());
-        let declared = declared(len, input.content_md5, checksums, input.checksum_algorithm);
+        let declared = declared(
+            len,
+            input.content_md5,
+            checksums,
+            input.checksum_algorithm,
+            &headers,
+        );
         let mut received = receive(&self.door, input.body, declared, trailing_headers).await?;
         let record = ObjectRecord {
             parts: Vec::new(),
@@ -151,6 +190,8 @@ impl Front {
             checksums: received.checksums.clone(),
             content_type: input.content_type,
             metadata: to_btree(input.metadata),
+            headers: headers_kept,
+            tags,
             modified_ms: now_ms(),
         };
         let index = self.index.clone();
@@ -173,6 +214,18 @@ impl Front {
         ))
     }
 
+    /// The record at `key`, as version `version` (objects here have one,
+    /// `null`).
+    async fn version(
+        &self,
+        bucket: &str,
+        key: &str,
+        version: Option<&str>,
+    ) -> S3Result<ObjectRecord> {
+        only_null_version(version)?;
+        self.record(bucket, key).await
+    }
+
     async fn record(&self, bucket: &str, key: &str) -> S3Result<ObjectRecord> {
         let (index, b, k) = (self.index.clone(), bucket.to_string(), key.to_string());
         blocking(move || index.object(&b, &k))
@@ -189,6 +242,15 @@ impl Front {
                 if let Ok(value) = format!("\"{}\"", record.etag).parse() {
                     headers.insert(http::header::ETAG, value);
                 }
+                let mut modified = Vec::new();
+                if timestamp(record.modified_ms)
+                    .format(TimestampFormat::HttpDate, &mut modified)
+                    .is_ok()
+                {
+                    if let Ok(value) = http::HeaderValue::from_bytes(&modified) {
+                        headers.insert(http::header::LAST_MODIFIED, value);
+                    }
+                }
                 error.set_headers(headers);
                 Err(error)
             }
@@ -199,16 +261,30 @@ impl Front {
         }
     }
 
+    /// Checks a copy's source against the copy's `x-amz-copy-source-if-*`
+    /// conditions: a copy answers 412 for every failed one.
+    pub(super) fn check_copy_source(
+        source: &ObjectRecord,
+        conditions: ReadConditions<'_>,
+    ) -> S3Result<()> {
+        Self::check_read(source, conditions).map_err(|e| {
+            if *e.code() == s3s::S3ErrorCode::NotModified {
+                s3_error!(
+                    PreconditionFailed,
+                    "the source does not meet the copy's conditions"
+                )
+            } else {
+                e
+            }
+        })
+    }
+
     /// GetObject.
     pub async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<GetObjectOutput> {
         let input = req.input;
-        if input.part_number.is_some() {
-            return Err(s3_error!(
-                NotImplemented,
-                "GET of one part (partNumber) is not supported"
-            ));
-        }
-        let record = self.record(&input.bucket, &input.key).await?;
+        let record = self
+            .version(&input.bucket, &input.key, input.version_id.as_deref())
+            .await?;
         Self::check_read(
             &record,
             ReadConditions {
@@ -218,15 +294,11 @@ impl Front {
                 if_unmodified_since: input.if_unmodified_since.as_ref(),
             },
         )?;
-        let len = record.size;
-        let (range, content_range) = match &input.range {
-            Some(range) => {
-                let r = range.check(len)?;
-                let header = format!("bytes {}-{}/{len}", r.start, r.end - 1);
-                (r, Some(header))
-            }
-            None => (0..len, None),
-        };
+        let Span {
+            bytes: range,
+            content_range,
+            parts_count,
+        } = served_span(&record, input.range.as_ref(), input.part_number)?;
         let body = self.read(&record, range.clone()).await?;
         let [crc32, crc32c, crc64nvme, sha1, sha256] = if content_range.is_none() {
             checksum_fields(&record.checksums)
@@ -242,6 +314,13 @@ impl Front {
             last_modified: Some(timestamp(record.modified_ms)),
             content_type: record.content_type.clone(),
             metadata: to_map(&record.metadata),
+            cache_control: record.headers.cache_control.clone(),
+            content_disposition: record.headers.content_disposition.clone(),
+            content_encoding: record.headers.content_encoding.clone(),
+            content_language: record.headers.content_language.clone(),
+            expires: expires(&record.headers),
+            tag_count: (!record.tags.is_empty()).then_some(record.tags.len() as i32),
+            parts_count,
             checksum_crc32: crc32,
             checksum_crc32c: crc32c,
             checksum_crc64nvme: crc64nvme,
@@ -254,7 +333,9 @@ impl Front {
     /// HeadObject.
     pub async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<HeadObjectOutput> {
         let input = req.input;
-        let record = self.record(&input.bucket, &input.key).await?;
+        let record = self
+            .version(&input.bucket, &input.key, input.version_id.as_deref())
+            .await?;
         Self::check_read(
             &record,
             ReadConditions {
@@ -264,17 +345,29 @@ impl Front {
                 if_unmodified_since: input.if_unmodified_since.as_ref(),
             },
         )?;
-        Ok(with_checksums!(
-            &record.checksums,
+        // The span a GET of the same would answer (s3s answers a HEAD 200).
+        let span = served_span(&record, input.range.as_ref(), input.part_number)?;
+        let whole = span.content_range.is_none();
+        let mut output = with_checksums!(
+            if whole { &record.checksums } else { &NO_SUMS },
             HeadObjectOutput {
-                content_length: Some(record.size as i64),
+                content_length: Some((span.bytes.end - span.bytes.start) as i64),
+                content_range: span.content_range,
+                parts_count: span.parts_count,
                 accept_ranges: Some("bytes".into()),
                 e_tag: Some(etag(&record.etag)),
                 last_modified: Some(timestamp(record.modified_ms)),
                 content_type: record.content_type.clone(),
                 metadata: to_map(&record.metadata),
+                expires: expires(&record.headers),
             }
-        ))
+        );
+        let headers = record.headers;
+        output.cache_control = headers.cache_control;
+        output.content_disposition = headers.content_disposition;
+        output.content_encoding = headers.content_encoding;
+        output.content_language = headers.content_language;
+        Ok(output)
     }
 
     /// DeleteObject: 204 whether or not the key had an object.
@@ -283,15 +376,11 @@ impl Front {
         req: S3Request<DeleteObjectInput>,
     ) -> S3Result<DeleteObjectOutput> {
         let input = req.input;
-        if input.version_id.as_deref().is_some_and(|v| v != "null") {
-            return Err(s3_error!(
-                NoSuchVersion,
-                "objects here have one version, \"null\""
-            ));
-        }
+        only_null_version(input.version_id.as_deref())?;
+        let condition = write_condition(input.if_match.as_ref(), None)?;
         let (index, bucket, key) = (self.index.clone(), input.bucket, input.key);
         let now = now_ms();
-        blocking(move || index.delete_object(&bucket, &key, now)).await?;
+        blocking(move || index.delete_object_if(&bucket, &key, &condition, now)).await?;
         Ok(DeleteObjectOutput::default())
     }
 
@@ -302,13 +391,40 @@ impl Front {
     ) -> S3Result<DeleteObjectsOutput> {
         let input = req.input;
         let quiet = input.delete.quiet.unwrap_or(false);
+        let exists = {
+            let (index, bucket) = (self.index.clone(), input.bucket.clone());
+            blocking(move || index.bucket_exists(&bucket)).await?
+        };
+        if !exists {
+            return Err(s3_error!(
+                NoSuchBucket,
+                "the bucket {} does not exist",
+                input.bucket
+            ));
+        }
         let mut deleted = Vec::new();
         let mut errors = Vec::new();
         for object in input.delete.objects {
             let (index, bucket, key) =
                 (self.index.clone(), input.bucket.clone(), object.key.clone());
             let now = now_ms();
-            match blocking(move || index.delete_object(&bucket, &key, now)).await {
+            let asked = only_null_version(object.version_id.as_deref()).and_then(|()| {
+                write_condition(
+                    object
+                        .e_tag
+                        .as_ref()
+                        .map(|t| ETagCondition::ETag(t.clone()))
+                        .as_ref(),
+                    None,
+                )
+            });
+            let outcome = match asked {
+                Ok(condition) => {
+                    blocking(move || index.delete_object_if(&bucket, &key, &condition, now)).await
+                }
+                Err(e) => Err(e),
+            };
+            match outcome {
                 Ok(_) => {
                     if !quiet {
                         deleted.push(DeletedObject {
@@ -346,14 +462,19 @@ impl Front {
                 "copies from access points are not supported"
             ));
         };
-        if version_id.as_deref().is_some_and(|v| v != "null") {
-            return Err(s3_error!(
-                NoSuchVersion,
-                "objects here have one version, \"null\""
-            ));
-        }
+        only_null_version(version_id.as_deref())?;
+        refuse_encryption(
+            input.server_side_encryption.as_ref(),
+            input.sse_customer_algorithm.as_ref(),
+            input.ssekms_key_id.as_ref(),
+        )?;
+        let replace_tags = input
+            .tagging_directive
+            .as_ref()
+            .is_some_and(|d| d.as_str() == TaggingDirective::REPLACE);
+        let tags = tags_of_header(input.tagging.as_deref())?;
         let source = self.record(from_bucket, from_key).await?;
-        Self::check_read(
+        Self::check_copy_source(
             &source,
             ReadConditions {
                 if_match: input.copy_source_if_match.as_ref(),
@@ -361,18 +482,7 @@ impl Front {
                 if_modified_since: input.copy_source_if_modified_since.as_ref(),
                 if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
             },
-        )
-        .map_err(|e| {
-            // A copy answers 412 for every failed source condition.
-            if *e.code() == s3s::S3ErrorCode::NotModified {
-                s3_error!(
-                    PreconditionFailed,
-                    "the source does not meet the copy's conditions"
-                )
-            } else {
-                e
-            }
-        })?;
+        )?;
         let replace = input
             .metadata_directive
             .as_ref()
@@ -384,6 +494,14 @@ impl Front {
             ));
         }
         let (metadata, content_type) = (to_btree(input.metadata), input.content_type);
+        let headers = SentHeaders {
+            cache_control: input.cache_control,
+            content_disposition: input.content_disposition,
+            content_encoding: input.content_encoding,
+            content_language: input.content_language,
+            expires: input.expires,
+        }
+        .kept();
         let now = now_ms();
         let (index, from, to) = (
             self.index.clone(),
@@ -398,6 +516,10 @@ impl Front {
                     if replace {
                         record.metadata = metadata.clone();
                         record.content_type = content_type.clone();
+                        record.headers = headers.clone();
+                    }
+                    if replace_tags {
+                        record.tags = tags.clone();
                     }
                     record.modified_ms = now;
                     record

@@ -35,8 +35,42 @@ pub struct ObjectRecord {
     /// User metadata (`x-amz-meta-*`, names in lower case).
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// The other headers it is served with.
+    #[serde(default, skip_serializing_if = "ObjectHeaders::is_empty")]
+    pub headers: ObjectHeaders,
+    /// Its tags (at most 10).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
     /// Last modified, milliseconds since the Unix epoch.
     pub modified_ms: u64,
+}
+
+/// The headers an object is served with besides its type, metadata and
+/// checksums, as the writer sent them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ObjectHeaders {
+    /// Cache-Control.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_control: Option<String>,
+    /// Content-Disposition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_disposition: Option<String>,
+    /// Content-Encoding (without `aws-chunked`, which is the transfer's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_encoding: Option<String>,
+    /// Content-Language.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_language: Option<String>,
+    /// Expires, milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<i64>,
+}
+
+impl ObjectHeaders {
+    /// Whether no header is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl ObjectRecord {
@@ -82,6 +116,12 @@ pub struct UploadRecord {
     /// User metadata of the object to be.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// The other headers of the object to be.
+    #[serde(default, skip_serializing_if = "ObjectHeaders::is_empty")]
+    pub headers: ObjectHeaders,
+    /// Tags of the object to be.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
 }
 
 /// One uploaded part.

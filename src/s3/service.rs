@@ -78,4 +78,9 @@ operations! {
     abort_multipart_upload(AbortMultipartUploadInput) -> AbortMultipartUploadOutput as "AbortMultipartUpload";
     list_parts(ListPartsInput) -> ListPartsOutput as "ListParts";
     list_multipart_uploads(ListMultipartUploadsInput) -> ListMultipartUploadsOutput as "ListMultipartUploads";
+    get_object_tagging(GetObjectTaggingInput) -> GetObjectTaggingOutput as "GetObjectTagging";
+    put_object_tagging(PutObjectTaggingInput) -> PutObjectTaggingOutput as "PutObjectTagging";
+    delete_object_tagging(DeleteObjectTaggingInput) -> DeleteObjectTaggingOutput as "DeleteObjectTagging";
+    get_object_acl(GetObjectAclInput) -> GetObjectAclOutput as "GetObjectAcl";
+    get_bucket_acl(GetBucketAclInput) -> GetBucketAclOutput as "GetBucketAcl";
 }

@@ -270,10 +270,129 @@ def listings():
     check("the deleted keys are gone", left == 300, str(left))
 
 
+def headers_tags_and_acls():
+    from datetime import datetime, timezone
+    expires = datetime(2031, 5, 4, 3, 2, 1, tzinfo=timezone.utc)
+    s3.put_object(Bucket=BUCKET, Key="served", Body=b"gzipped bytes", ContentEncoding="gzip",
+                  CacheControl="max-age=60", ContentDisposition='attachment; filename="a.gz"',
+                  ContentLanguage="en", Expires=expires, Tagging="project=red%20stuff&team=storage")
+    for name, got in [("GET", s3.get_object(Bucket=BUCKET, Key="served")),
+                      ("HEAD", s3.head_object(Bucket=BUCKET, Key="served"))]:
+        check(f"{name} answers the headers the PUT sent",
+              got["ContentEncoding"] == "gzip" and got["CacheControl"] == "max-age=60"
+              and got["ContentDisposition"] == 'attachment; filename="a.gz"'
+              and got["ContentLanguage"] == "en" and got["Expires"] == expires, str(got))
+    check("a GET says how many tags the object has",
+          s3.get_object(Bucket=BUCKET, Key="served")["TagCount"] == 2)
+    tags = {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=BUCKET, Key="served")["TagSet"]}
+    check("the tags of the PUT are the object's", tags == {"project": "red stuff", "team": "storage"}, str(tags))
+    etag = s3.head_object(Bucket=BUCKET, Key="served")["ETag"]
+    s3.put_object_tagging(Bucket=BUCKET, Key="served", Tagging={"TagSet": [{"Key": "only", "Value": "one"}]})
+    check("PutObjectTagging replaces the tags",
+          s3.get_object_tagging(Bucket=BUCKET, Key="served")["TagSet"] == [{"Key": "only", "Value": "one"}])
+    check("and changes nothing else of the object", s3.head_object(Bucket=BUCKET, Key="served")["ETag"] == etag)
+    check("eleven tags are InvalidTag",
+          error_code(lambda: s3.put_object_tagging(Bucket=BUCKET, Key="served", Tagging={
+              "TagSet": [{"Key": f"k{i}", "Value": "v"} for i in range(11)]})) == "InvalidTag")
+    check("a refused tagging changed nothing",
+          s3.get_object_tagging(Bucket=BUCKET, Key="served")["TagSet"] == [{"Key": "only", "Value": "one"}])
+    s3.copy_object(Bucket=BUCKET, Key="served-copy", CopySource={"Bucket": BUCKET, "Key": "served"})
+    check("a copy keeps the source's tags and headers",
+          s3.get_object_tagging(Bucket=BUCKET, Key="served-copy")["TagSet"] == [{"Key": "only", "Value": "one"}]
+          and s3.head_object(Bucket=BUCKET, Key="served-copy")["ContentEncoding"] == "gzip")
+    s3.copy_object(Bucket=BUCKET, Key="served-copy", CopySource={"Bucket": BUCKET, "Key": "served"},
+                   MetadataDirective="REPLACE", ContentType="text/plain", TaggingDirective="REPLACE",
+                   Tagging="fresh=yes")
+    head = s3.head_object(Bucket=BUCKET, Key="served-copy")
+    check("a copy with REPLACE takes the request's headers and tags",
+          "ContentEncoding" not in head and head["ContentType"] == "text/plain"
+          and s3.get_object_tagging(Bucket=BUCKET, Key="served-copy")["TagSet"]
+          == [{"Key": "fresh", "Value": "yes"}], str(head))
+    s3.delete_object_tagging(Bucket=BUCKET, Key="served")
+    check("DeleteObjectTagging removes them", s3.get_object_tagging(Bucket=BUCKET, Key="served")["TagSet"] == [])
+    check("tags of a missing key are NoSuchKey",
+          error_code(lambda: s3.get_object_tagging(Bucket=BUCKET, Key="nope")) == "NoSuchKey")
+    acl = s3.get_object_acl(Bucket=BUCKET, Key="served")
+    check("an object's ACL is its owner's full control",
+          [g["Permission"] for g in acl["Grants"]] == ["FULL_CONTROL"], str(acl))
+    check("so is a bucket's",
+          [g["Permission"] for g in s3.get_bucket_acl(Bucket=BUCKET)["Grants"]] == ["FULL_CONTROL"])
+    for name, extra in [("SSE-S3", {"ServerSideEncryption": "AES256"}),
+                        ("SSE-KMS", {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "k"})]:
+        check(f"{name} is refused, never pretended",
+              error_code(lambda: s3.put_object(Bucket=BUCKET, Key="encrypted", Body=b"x", **extra))
+              == "NotImplemented")
+    check("and stores nothing", error_code(lambda: s3.head_object(Bucket=BUCKET, Key="encrypted")) == "404")
+
+
+def parts_versions_and_edges():
+    part1 = os.urandom(5 * 1024 * 1024)
+    part2 = os.urandom(1234)
+    upload = s3.create_multipart_upload(Bucket=BUCKET, Key="by-parts")["UploadId"]
+    e1 = s3.upload_part(Bucket=BUCKET, Key="by-parts", UploadId=upload, PartNumber=1, Body=part1)["ETag"]
+    e2 = s3.upload_part(Bucket=BUCKET, Key="by-parts", UploadId=upload, PartNumber=2, Body=part2)["ETag"]
+    s3.complete_multipart_upload(Bucket=BUCKET, Key="by-parts", UploadId=upload, MultipartUpload={
+        "Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]})
+    second = s3.get_object(Bucket=BUCKET, Key="by-parts", PartNumber=2)
+    check("GET partNumber=2 answers the second part's bytes",
+          second["Body"].read() == part2 and second["PartsCount"] == 2
+          and second["ContentRange"] == f"bytes {len(part1)}-{len(part1) + len(part2) - 1}/{len(part1) + len(part2)}",
+          str({k: v for k, v in second.items() if k != "Body"}))
+    head = s3.head_object(Bucket=BUCKET, Key="by-parts", PartNumber=1)
+    check("HEAD partNumber=1 gives the first part's length and the part count",
+          head["ContentLength"] == len(part1) and head["PartsCount"] == 2, str(head))
+    check("a part beyond the last is InvalidPartNumber",
+          error_code(lambda: s3.get_object(Bucket=BUCKET, Key="by-parts", PartNumber=3)) == "InvalidPartNumber")
+    s3.put_object(Bucket=BUCKET, Key="empty", Body=b"")
+    check("an empty object has no range to serve",
+          error_code(lambda: s3.get_object(Bucket=BUCKET, Key="empty", Range="bytes=-5")) == "InvalidRange")
+    check("and reads whole as nothing", s3.get_object(Bucket=BUCKET, Key="empty")["Body"].read() == b"")
+    check("a version other than null is NoSuchVersion",
+          error_code(lambda: s3.get_object(Bucket=BUCKET, Key="empty", VersionId="abc")) == "NoSuchVersion")
+    deleted = s3.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": "empty", "VersionId": "abc"}]})
+    check("DeleteObjects refuses a version other than null for that key",
+          [e["Code"] for e in deleted.get("Errors", [])] == ["NoSuchVersion"], str(deleted))
+    check("and keeps the object", s3.head_object(Bucket=BUCKET, Key="empty")["ContentLength"] == 0)
+    check("DeleteObjects in a missing bucket is NoSuchBucket",
+          error_code(lambda: s3.delete_objects(Bucket="no-such-bucket",
+                                               Delete={"Objects": [{"Key": "k"}]})) == "NoSuchBucket")
+    etag = s3.head_object(Bucket=BUCKET, Key="empty")["ETag"]
+    check("a conditional delete with another ETag is PreconditionFailed",
+          error_code(lambda: s3.delete_object(Bucket=BUCKET, Key="empty", IfMatch='"0000"'))
+          == "PreconditionFailed")
+    s3.delete_object(Bucket=BUCKET, Key="empty", IfMatch=etag)
+    check("one with the ETag deletes", error_code(lambda: s3.head_object(Bucket=BUCKET, Key="empty")) == "404")
+    upc = s3.create_multipart_upload(Bucket=BUCKET, Key="upc-cond")["UploadId"]
+    check("UploadPartCopy with a source ETag that no longer holds is PreconditionFailed",
+          error_code(lambda: s3.upload_part_copy(Bucket=BUCKET, Key="upc-cond", UploadId=upc, PartNumber=1,
+                                                 CopySource={"Bucket": BUCKET, "Key": "by-parts"},
+                                                 CopySourceIfMatch='"0000"')) == "PreconditionFailed")
+    check("and a range past the source's end is refused",
+          error_code(lambda: s3.upload_part_copy(Bucket=BUCKET, Key="upc-cond", UploadId=upc, PartNumber=1,
+                                                 CopySource={"Bucket": BUCKET, "Key": "by-parts"},
+                                                 CopySourceRange="bytes=0-99999999")) == "InvalidArgument")
+    check("neither made a part", s3.list_parts(Bucket=BUCKET, Key="upc-cond", UploadId=upc).get("Parts", []) == [])
+    s3.abort_multipart_upload(Bucket=BUCKET, Key="upc-cond", UploadId=upc)
+    s3.create_bucket(Bucket="versions")
+    odd = ["a+b", "a b", "a%2Bb", "c"]
+    for key in odd:
+        s3.put_object(Bucket="versions", Key=key, Body=b"v")
+    listed = []
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket="versions",
+                                                                 PaginationConfig={"PageSize": 1}):
+        listed += [v["Key"] for v in page.get("Versions", [])]
+    check("ListObjectVersions pages over keys with + and % once each, in order",
+          listed == sorted(odd), str(listed))
+    s3.delete_objects(Bucket="versions", Delete={"Objects": [{"Key": k} for k in odd]})
+    s3.delete_bucket(Bucket="versions")
+
+
 objects_and_buckets()
 ranges_and_conditions()
 checksums_and_credentials()
 trailers()
 multipart()
+headers_tags_and_acls()
+parts_versions_and_edges()
 listings()
 print("boto3 suite: every check passed")

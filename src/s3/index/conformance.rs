@@ -22,6 +22,8 @@ pub(super) fn record(blobs: &[&str], etag: &str) -> ObjectRecord {
         checksums: BTreeMap::new(),
         content_type: None,
         metadata: BTreeMap::new(),
+        headers: Default::default(),
+        tags: BTreeMap::new(),
         modified_ms: 5,
     }
 }
@@ -110,6 +112,11 @@ pub fn completing_an_upload_writes_the_object_and_releases_the_parts_it_did_not_
         created_ms: 1,
         content_type: Some("video/mp4".into()),
         metadata: BTreeMap::new(),
+        headers: crate::s3::records::ObjectHeaders {
+            cache_control: Some("max-age=60".into()),
+            ..Default::default()
+        },
+        tags: BTreeMap::from([("team".to_string(), "storage".to_string())]),
     };
     let id = index.create_upload(&upload).unwrap();
     let at = ("media", "big", id.as_str());
@@ -144,6 +151,8 @@ pub fn completing_an_upload_writes_the_object_and_releases_the_parts_it_did_not_
     let object = index.complete_upload(at, &chosen, &ANY, 4).unwrap();
     assert_eq!(object.size, MIN_PART_SIZE + 4);
     assert_eq!(object.content_type.as_deref(), Some("video/mp4"));
+    assert_eq!(object.headers.cache_control.as_deref(), Some("max-age=60"));
+    assert_eq!(object.tags["team"], "storage");
     assert!(object.etag.ends_with("-2"));
     assert_eq!(index.refs("p1").unwrap().count, 1);
     assert_eq!(index.refs("p2b").unwrap().count, 1);
@@ -164,6 +173,8 @@ pub fn an_aborted_upload_releases_every_part(index: &Index) {
         created_ms: 1,
         content_type: None,
         metadata: BTreeMap::new(),
+        headers: Default::default(),
+        tags: BTreeMap::new(),
     };
     let id = index.create_upload(&upload).unwrap();
     index
@@ -336,6 +347,41 @@ pub fn the_blobs_s3_knows_are_those_it_wrote_refers_to_or_claimed(index: &Index)
     assert!(index.known_blobs(&[]).unwrap().is_empty());
 }
 
+/// tags change nothing else of an object, and a conditional delete
+/// deletes only the object it names.
+pub fn tags_change_nothing_else_and_a_conditional_delete_needs_its_etag(index: &Index) {
+    index.create_bucket("media", 1).unwrap();
+    index
+        .put_object("media", "k", &record(&["x"], "e1"), &ANY, 10)
+        .unwrap();
+    let tags = BTreeMap::from([("team".to_string(), "storage".to_string())]);
+    assert!(index.set_tags("media", "k", &tags).unwrap());
+    assert!(!index.set_tags("media", "absent", &tags).unwrap());
+    let tagged = index.object("media", "k").unwrap().unwrap();
+    assert_eq!(tagged.tags, tags);
+    assert_eq!(
+        (tagged.etag.as_str(), tagged.modified_ms),
+        ("e1", 5),
+        "tagging is no write of the object"
+    );
+    assert_eq!(index.refs("x").unwrap().count, 1);
+    let other = WriteCondition {
+        if_etag: Some("e2".into()),
+        ..WriteCondition::default()
+    };
+    assert!(matches!(
+        index.delete_object_if("media", "k", &other, 11),
+        Err(IndexError::PreconditionFailed(_))
+    ));
+    assert!(index.object("media", "k").unwrap().is_some());
+    let same = WriteCondition {
+        if_etag: Some("e1".into()),
+        ..WriteCondition::default()
+    };
+    assert!(index.delete_object_if("media", "k", &same, 12).unwrap());
+    assert_eq!(index.refs("x").unwrap().count, 0);
+}
+
 /// Every check, each on a fresh index from `fresh`.
 pub fn run_all(fresh: &mut dyn FnMut() -> Index) {
     every_key_and_part_referring_to_a_blob_counts_once_and_replacing_a_key_moves_its_references(
@@ -350,4 +396,5 @@ pub fn run_all(fresh: &mut dyn FnMut() -> Index) {
     listing_reads_keys_of_one_bucket_only_in_byte_order(&fresh());
     a_blob_noted_before_its_write_is_collected_unless_a_record_comes_to_refer_to_it(&fresh());
     the_blobs_s3_knows_are_those_it_wrote_refers_to_or_claimed(&fresh());
+    tags_change_nothing_else_and_a_conditional_delete_needs_its_etag(&fresh());
 }
