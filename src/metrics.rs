@@ -161,6 +161,9 @@ pub struct NodeMetrics {
     pub corruption_detected: IntCounterVec,
     /// When the last scrub pass ended (Unix seconds; 0: none yet).
     pub scrub_completed: IntGauge,
+    /// When the running or next scrub pass should have ended at the
+    /// latest (Unix seconds; 0: no scrub).
+    pub scrub_deadline: IntGauge,
     /// Sliver pairs rebuilt by this node's repair action.
     pub pairs_rebuilt: IntCounter,
     /// Bytes fetched from peers by this node's repair action.
@@ -243,6 +246,11 @@ impl NodeMetrics {
                 registry,
                 "redstuff_node_scrub_last_completed_timestamp_seconds",
                 "When the last pass of the scrub over every stored file ended, Unix seconds (0: none yet).",
+            ),
+            scrub_deadline: gauge(
+                registry,
+                "redstuff_node_scrub_deadline_timestamp_seconds",
+                "When the running or next scrub pass should have ended at the latest (its rest, twice its read time at the rate limit, and an hour), Unix seconds (0: the node does not scrub).",
             ),
             pairs_rebuilt: counter(
                 registry,

@@ -35,6 +35,7 @@ fn cluster(shards: u16) -> StorageCluster {
                 size: None,
                 storage_class_name: None,
                 ephemeral: Some(true),
+                when_deleted: None,
             },
             resources: None,
             placement: None,
@@ -222,7 +223,7 @@ async fn a_config_map_key_is_stored_through_the_gateway_and_its_health_comes_fro
     assert!(
         !cluster_requests
             .iter()
-            .any(|l| l.contains("/blobs/upload-")),
+            .any(|l| l.contains("/blobs/media-upload-")),
         "a blob its Blob names is not recorded again: {cluster_requests:#?}"
     );
     let mut ingested = b.clone();
@@ -571,7 +572,9 @@ async fn blobs_are_listed_a_page_at_a_time_and_an_upload_a_later_page_names_is_n
     assert!(lists[0].contains("limit=500"), "{lists:?}");
     assert!(lists[1].contains("continue=500"), "{lists:?}");
     assert!(
-        !lines(&seen).iter().any(|l| l.contains("/blobs/upload-")),
+        !lines(&seen)
+            .iter()
+            .any(|l| l.contains("/blobs/media-upload-")),
         "the upload z-upload names is not recorded again"
     );
 }
@@ -618,7 +621,7 @@ async fn a_cluster_that_does_not_record_uploads_neither_lists_nor_records_blobs(
     reconcile_cluster(Arc::new(c), ctx).await.unwrap();
     assert!(lines(&recorded.take())
         .iter()
-        .any(|l| l.contains("/blobs/upload-")));
+        .any(|l| l.contains("/blobs/media-upload-")));
 }
 
 /// Blob `bytes` stored through the fleet's gateway; its id.
@@ -637,7 +640,7 @@ async fn stored_bytes(fleet: &TestFleet, bytes: Vec<u8>) -> String {
 
 /// Whether the reconcile `seen` applied the record of upload `id`.
 fn recorded_upload(seen: &[Seen], id: &str) -> bool {
-    let name = upload_record_name(id).unwrap();
+    let name = upload_record_name("media", id).unwrap();
     lines(seen)
         .iter()
         .any(|l| l.ends_with(&format!("/blobs/{name}")))
@@ -685,7 +688,9 @@ async fn with_s3_the_bytes_s3_wrote_are_not_recorded_as_uploads_and_the_others_a
     reconcile_cluster(Arc::new(c), ctx).await.unwrap();
     let seen = recorded.take();
     assert!(
-        !lines(&seen).iter().any(|l| l.contains("/blobs/upload-")),
+        !lines(&seen)
+            .iter()
+            .any(|l| l.contains("/blobs/media-upload-")),
         "{:#?}",
         lines(&seen)
     );

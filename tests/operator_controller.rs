@@ -31,6 +31,7 @@ fn cluster(shards: u16, nodes: u16, status: Option<Value>) -> StorageCluster {
                 size: Some("10Gi".into()),
                 storage_class_name: None,
                 ephemeral: None,
+                when_deleted: None,
             },
             resources: None,
             placement: None,
@@ -361,6 +362,12 @@ async fn a_new_cluster_creates_its_objects_with_server_side_apply_and_writes_its
         );
         assert!(apply.query.contains("force=true"), "{}", apply.query);
         assert_eq!(apply.content_type, "application/apply-patch+yaml");
+        // Claims outlive the cluster unless it says otherwise
+        // (storage.whenDeleted); everything else goes with it.
+        if apply.path.contains("/persistentvolumeclaims/") {
+            assert!(apply.body["metadata"]["ownerReferences"].is_null());
+            continue;
+        }
         let owner = &apply.body["metadata"]["ownerReferences"][0];
         assert_eq!(
             (owner["kind"].as_str(), owner["uid"].as_str()),
@@ -512,7 +519,26 @@ async fn a_changed_image_replaces_node_pods_one_at_a_time_and_never_patches_them
     let previous = settled_status(7, 3).await;
     let mut changed = cluster(7, 3, Some(previous));
     changed.spec.image = Some("redstuff:new".into());
-    let (seen, _) = reconcile(changed.clone(), ready_pods(3), claims(3), silent_nodes(3)).await;
+    // A new operator process (a new leader, an upgraded operator) first
+    // looks at the fleet: before, it knows of no repair or blob at risk.
+    let (seen, ctx) = reconcile(changed.clone(), ready_pods(3), claims(3), silent_nodes(3)).await;
+    assert!(!lines(&seen).iter().any(|r| r.starts_with("DELETE")));
+    let status = status_written(&seen).unwrap();
+    assert!(
+        condition(&status, "Progressing")["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("; waiting for the operator's first look at the fleet's blobs"),
+        "{status:#}"
+    );
+    let (seen, ctx) = reconcile_after(
+        ctx,
+        changed.clone(),
+        ready_pods(3),
+        claims(3),
+        silent_nodes(3),
+    )
+    .await;
     let requests = lines(&seen);
     let node_pod_requests: Vec<&String> = requests
         .iter()
@@ -535,7 +561,7 @@ async fn a_changed_image_replaces_node_pods_one_at_a_time_and_never_patches_them
     // Node 0 is back on the new spec but not ready yet: the others wait.
     let mut pods = ready_pods(3);
     pods[0] = pod_of(&changed, "media-node-0", false);
-    let (seen, _) = reconcile(changed.clone(), pods, claims(3), silent_nodes(3)).await;
+    let (seen, ctx) = reconcile_after(ctx, changed.clone(), pods, claims(3), silent_nodes(3)).await;
     assert!(
         !lines(&seen).iter().any(|r| r.starts_with("DELETE")),
         "nothing more goes while a node pod is down"
@@ -549,13 +575,12 @@ async fn a_changed_image_replaces_node_pods_one_at_a_time_and_never_patches_them
         "{status:#}"
     );
 
-    // Node 0 ready on the new spec: the next one goes; node 0 is applied again.
+    // Node 0 ready on the new spec: the next one goes.
     let mut pods = ready_pods(3);
     pods[0] = pod_of(&changed, "media-node-0", true);
-    let (seen, _) = reconcile(changed, pods, claims(3), silent_nodes(3)).await;
+    let (seen, _) = reconcile_after(ctx, changed, pods, claims(3), silent_nodes(3)).await;
     let requests = lines(&seen);
     assert!(requests.contains(&format!("DELETE {NS}/pods/media-node-1")));
-    assert!(requests.contains(&format!("PATCH {NS}/pods/media-node-0")));
     assert!(!requests.contains(&format!("DELETE {NS}/pods/media-node-2")));
 }
 
@@ -939,7 +964,7 @@ async fn a_node_pod_back_on_an_empty_volume_has_its_pairs_rebuilt_and_the_wait_i
     .await;
     let upload = seen
         .iter()
-        .find(|s| s.path.starts_with(&format!("{GROUP}/blobs/upload-")))
+        .find(|s| s.path.starts_with(&format!("{GROUP}/blobs/media-upload-")))
         .expect("the upload is recorded as a Blob");
     assert_eq!(
         upload.body["spec"]["source"]["upload"]["blobId"],
@@ -1666,7 +1691,7 @@ async fn a_ca_secret_without_its_key_holds_every_object_but_repairs_and_status_g
         .into_iter()
         .filter(|l| !l.starts_with("GET "))
         .filter(|l| !l.ends_with("/events") && !l.ends_with("/status"))
-        .filter(|l| !l.contains(&format!("{GROUP}/blobs/upload-")))
+        .filter(|l| !l.contains(&format!("{GROUP}/blobs/media-upload-")))
         .collect();
     assert!(
         changed.is_empty(),
@@ -1862,4 +1887,38 @@ async fn a_gateway_serving_a_secret_of_the_users_is_trusted_by_its_ca_and_gets_n
     assert!(seen
         .iter()
         .any(|s| s.method == "PATCH" && s.path.ends_with("/deployments/media-gateway")));
+}
+
+#[tokio::test]
+async fn a_new_cluster_on_the_claims_of_a_deleted_one_keeps_the_shards_where_their_slivers_are() {
+    // The claims an earlier "media" left say which node owned which shard
+    // (after moves, not the order a fresh assignment would give).
+    let remembered = ["1", "0", "3", "2"];
+    let claims: Vec<Value> = remembered
+        .iter()
+        .enumerate()
+        .map(|(i, shards)| {
+            let mut c = claim(&format!("media-data-{i}"), false);
+            c["metadata"]["annotations"] = json!({ "redstuff.dev/shards": shards });
+            c
+        })
+        .collect();
+    let (seen, _) = reconcile_on(
+        api_with_tokens(),
+        cluster(4, 4, None),
+        ready_pods(4),
+        claims,
+        silent_nodes(4),
+    )
+    .await;
+    let owners = owners_applied(&seen, 4).expect("the shards ConfigMap applied");
+    let expected: Vec<BTreeSet<u16>> = remembered
+        .iter()
+        .map(|s| BTreeSet::from([s.parse().unwrap()]))
+        .collect();
+    assert_eq!(owners, expected);
+    // And the claims go on remembering it.
+    let claim = applied(&seen, &format!("{NS}/persistentvolumeclaims/media-data-0")).unwrap();
+    assert_eq!(claim["metadata"]["annotations"]["redstuff.dev/shards"], "1");
+    assert!(claim["metadata"]["ownerReferences"].is_null());
 }

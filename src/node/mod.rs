@@ -233,6 +233,19 @@ impl Node {
 fn scrub_periodically(state: Arc<NodeState>, period: Duration, max_bytes_per_sec: Option<u64>) {
     tokio::spawn(async move {
         loop {
+            let deadline = crate::store::scrub_deadline(
+                SystemTime::now(),
+                period,
+                state.store.used_bytes(),
+                max_bytes_per_sec,
+            );
+            let deadline_secs = deadline
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            state
+                .metrics
+                .scrub_deadline
+                .set(i64::try_from(deadline_secs).unwrap_or(i64::MAX));
             tokio::time::sleep(period).await;
             let worker = state.clone();
             let pass = move || worker.store.scrub(max_bytes_per_sec);

@@ -232,8 +232,9 @@ pub(super) async fn apply_objects(
         apply_noting(failures, applied, &secrets, secret, true).await;
     }
     if let Some(claim) = &desired.s3_index_claim {
-        let existing = claim_by_name.contains_key(&claim.name_any());
-        apply_noting(failures, applied, &claims, claim, existing).await;
+        // Not in the node-claim watch: applied when it changed or every
+        // five minutes, like the other objects outside the watches.
+        apply_noting(failures, applied, &claims, claim, true).await;
     }
     for claim in &desired.node_claims {
         // A claim still being deleted cannot be applied: it is recreated
@@ -241,7 +242,8 @@ pub(super) async fn apply_objects(
         let existing = claim_by_name.get(&claim.name_any());
         let terminating = existing.is_some_and(|c| c.metadata.deletion_timestamp.is_some());
         if !terminating {
-            apply_noting(failures, applied, &claims, claim, existing.is_some()).await;
+            let claim = super::desired::claim_size::never_smaller(claim, existing.copied());
+            apply_noting(failures, applied, &claims, &claim, existing.is_some()).await;
         }
     }
     // Node pods created from another spec are never patched (a pod's spec
@@ -269,8 +271,11 @@ pub(super) async fn apply_objects(
         .filter(|n| n.outdated)
         .map(|n| n.name.clone())
         .collect();
+    // Its own statement: the lock is released before the next one takes it.
+    let seen = fleet_state.view.lock().expect("not poisoned").is_some();
     let calm = FleetCalm {
-        repairs_in_flight: fleet_state.repairer.in_flight(),
+        seen,
+        repairs_in_flight: fleet_state.repairer.in_flight() + fleet_state.repairer.queued(),
         blobs_to_repair: last_view_blobs_to_repair(fleet_state, encoding),
     };
     let replacement = rollout::next_replacement(&rollout_nodes, calm).map(str::to_string);
@@ -373,7 +378,7 @@ pub(super) async fn apply_objects(
                     false,
                     "NodeRetired",
                     format!(
-                        "deleted {name}, beyond spec.nodes ({}) and owning no shard any more; its claim stays until the cluster is deleted",
+                        "deleted {name}, beyond spec.nodes ({}) and owning no shard any more; its claim stays (delete it to free the volume)",
                         cluster.spec.nodes
                     ),
                 )

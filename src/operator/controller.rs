@@ -128,6 +128,12 @@ pub async fn reconcile_cluster(
 ) -> Result<Action, ReconcileError> {
     let namespace = cluster.namespace().ok_or(ReconcileError::NoNamespace)?;
     let name = cluster.name_any();
+    // Being deleted (its objects go with it, or are orphaned as asked):
+    // nothing is made again or adopted.
+    if cluster.metadata.deletion_timestamp.is_some() {
+        tracing::info!(cluster = %name, "being deleted: not reconciled");
+        return Ok(Action::await_change());
+    }
     let client = ctx.client.clone();
     let clusters: Api<StorageCluster> = Api::namespaced(client.clone(), &namespace);
     let now = Timestamp::now();
@@ -179,11 +185,22 @@ pub async fn reconcile_cluster(
     let spec_nodes = usize::from(cluster.spec.nodes);
     let key = (namespace.clone(), name.clone());
     let fleet_state = ctx.fleets.get(&key, ctx.deadlines);
-    let previous: Assignment = previous_status
+    let mut previous: Assignment = previous_status
         .shard_assignment
         .iter()
         .map(|a| (a.shard, a.node.clone()))
         .collect();
+    // A new StorageCluster on claims an earlier one of its name left:
+    // the shards stay where their slivers are.
+    if previous.is_empty() {
+        let claims: Vec<&PersistentVolumeClaim> = observed_claims.iter().collect();
+        if let Some(remembered) =
+            super::claimed_shards::remembered_assignment(&name, cluster.spec.shards, &claims)
+        {
+            tracing::info!(cluster = %name, shards = remembered.len(), "taking up the shard assignment its claims remember");
+            previous = remembered;
+        }
+    }
     let settled = rebalance_may_go_on(&fleet_state, &previous, &encoding);
     let nodes = super::retiring::running_node_count(
         &name,

@@ -72,7 +72,7 @@ pub struct StorageClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Spec>,
     /// Record each blob uploaded through the gateway's native API as a Blob
-    /// named upload-<id prefix> (default true; the bytes of S3 objects are
+    /// named CLUSTER-upload-<id prefix> (default true; the bytes of S3 objects are
     /// never recorded: S3 lists them). Set false to record none: the blobs
     /// are kept, repaired and counted all the same.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -278,6 +278,24 @@ pub struct StorageSpec {
     /// Use an emptyDir instead of a claim; data is lost with the pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ephemeral: Option<bool>,
+    /// What becomes of the claims (the nodes' data and the S3 index) when
+    /// the StorageCluster is deleted: Retain (the default: they stay, and
+    /// a StorageCluster of the same name and shards takes them up again)
+    /// or Delete (they go with it, and so does every blob).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when_deleted: Option<ClaimRetention>,
+}
+
+/// What becomes of a cluster's claims when it is deleted.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum ClaimRetention {
+    /// The claims stay (delete them by hand to free the volumes).
+    #[default]
+    Retain,
+    /// The claims are deleted with the cluster.
+    Delete,
 }
 
 /// Spreading of node pods over failure domains.

@@ -15,6 +15,7 @@ pub fn cluster(shards: u16, nodes: u16, size: Option<&str>) -> StorageCluster {
                 size: size.map(str::to_string),
                 storage_class_name: Some("fast".into()),
                 ephemeral: None,
+                when_deleted: None,
             },
             resources: None,
             placement: None,

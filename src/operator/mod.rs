@@ -5,6 +5,7 @@
 mod apply_objects;
 pub mod blob_controller;
 pub mod blob_status;
+pub mod claimed_shards;
 mod cluster_secrets;
 pub mod context;
 pub mod controller;

@@ -45,6 +45,10 @@ pub struct RolloutNode {
 /// What else must be quiet before a node pod is taken down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FleetCalm {
+    /// This operator process has looked at the fleet's blobs: before its
+    /// first look (a new leader, an operator upgrade) it knows of no
+    /// repair and no blob at risk, which is not the same as none.
+    pub seen: bool,
     /// Repairs in flight (they read from every peer).
     pub repairs_in_flight: usize,
     /// Blobs Degraded or AtRisk at the last look: taking another pod down
@@ -60,7 +64,7 @@ pub struct FleetCalm {
 /// that is itself unavailable goes first: replacing it costs nothing, and
 /// its new spec may be what it needs to run.
 pub fn next_replacement(nodes: &[RolloutNode], calm: FleetCalm) -> Option<&str> {
-    if calm.repairs_in_flight > 0 || calm.blobs_to_repair > 0 {
+    if !calm.seen || calm.repairs_in_flight > 0 || calm.blobs_to_repair > 0 {
         return None;
     }
     let others_available =
@@ -79,7 +83,9 @@ pub fn waiting_for(nodes: &[RolloutNode], calm: FleetCalm) -> Option<String> {
     if !nodes.iter().any(|n| n.outdated) || next_replacement(nodes, calm).is_some() {
         return None;
     }
-    Some(if calm.repairs_in_flight > 0 {
+    Some(if !calm.seen {
+        "the operator's first look at the fleet's blobs".to_string()
+    } else if calm.repairs_in_flight > 0 {
         format!("{} repairs in flight", calm.repairs_in_flight)
     } else if calm.blobs_to_repair > 0 {
         format!("{} blobs to be repaired", calm.blobs_to_repair)
@@ -177,6 +183,7 @@ mod tests {
         ];
         for (states, repairs, want) in table {
             let calm = FleetCalm {
+                seen: true,
                 repairs_in_flight: repairs,
                 blobs_to_repair: 0,
             };
@@ -191,9 +198,13 @@ mod tests {
     #[test]
     fn blobs_waiting_for_repair_hold_the_rollout() {
         let all_outdated = nodes(&[(true, true), (true, true), (true, true)]);
+        let seen = FleetCalm {
+            seen: true,
+            ..FleetCalm::default()
+        };
         let calm = FleetCalm {
-            repairs_in_flight: 0,
             blobs_to_repair: 1,
+            ..seen
         };
         assert_eq!(next_replacement(&all_outdated, calm), None);
         assert_eq!(
@@ -202,12 +213,20 @@ mod tests {
         );
         let one_down = nodes(&[(true, true), (false, false), (true, true)]);
         assert_eq!(
-            waiting_for(&one_down, FleetCalm::default()).as_deref(),
+            waiting_for(&one_down, seen).as_deref(),
             Some("node pods to be ready: media-node-1")
         );
+        assert_eq!(next_replacement(&all_outdated, seen), Some("media-node-0"));
+    }
+
+    #[test]
+    fn no_pod_is_replaced_before_the_operator_has_looked_at_the_fleet() {
+        // A new leader knows of no repair and no blob at risk yet.
+        let all_outdated = nodes(&[(true, true), (true, true), (true, true)]);
+        assert_eq!(next_replacement(&all_outdated, FleetCalm::default()), None);
         assert_eq!(
-            next_replacement(&all_outdated, FleetCalm::default()),
-            Some("media-node-0")
+            waiting_for(&all_outdated, FleetCalm::default()).as_deref(),
+            Some("the operator's first look at the fleet's blobs")
         );
     }
 

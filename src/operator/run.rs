@@ -17,8 +17,9 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Api, ListParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{reflector, watcher, WatchStreamExt};
-use kube::Client;
+use kube::{Client, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 use prometheus::Registry;
 use tokio_util::sync::CancellationToken;
@@ -418,7 +419,13 @@ async fn run_controllers(
         .touched_objects();
     let cluster_controller = cluster_controller
         .owns_stream(pod_events)
-        .owns_stream(claim_events)
+        // Claims may outlive their cluster (storage.whenDeleted: Retain)
+        // and then carry no owner reference: mapped by their labels.
+        .watches_stream(claim_events, |claim: PersistentVolumeClaim| {
+            let cluster = claim.labels().get("app.kubernetes.io/instance").cloned()?;
+            let namespace = claim.namespace()?;
+            Some(ObjectRef::<StorageCluster>::new(&cluster).within(&namespace))
+        })
         .graceful_shutdown_on(stop.clone().cancelled_owned())
         .run(reconcile_cluster_measured, error_policy, shared.clone())
         .for_each(|result| async move {

@@ -155,10 +155,10 @@ impl Recording<'_> {
 
     /// Makes the Blob recording upload `id`.
     async fn record(&self, id: &str, failures: &mut Failures) {
-        let Some(record_name) = upload_record_name(id) else {
+        let name = self.cluster.name_any();
+        let Some(record_name) = upload_record_name(&name, id) else {
             return;
         };
-        let name = self.cluster.name_any();
         let mut record = Blob::new(
             &record_name,
             BlobSpec {

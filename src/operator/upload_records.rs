@@ -96,12 +96,15 @@ pub fn uploads_to_record<'a>(
         .collect()
 }
 
-/// The name of the Blob recording an upload: `upload-` and the first 8
-/// bytes of the id in hex (ids are mixed-case; names must be lowercase).
-pub fn upload_record_name(id: &str) -> Option<String> {
+/// The name of the Blob recording an upload to cluster `cluster`:
+/// `CLUSTER-upload-` and the first 8 bytes of the id in hex (ids are
+/// mixed-case; names must be lowercase). The cluster's name keeps the
+/// records of two clusters of one namespace that took the same bytes
+/// apart.
+pub fn upload_record_name(cluster: &str, id: &str) -> Option<String> {
     let id: BlobId = id.parse().ok()?;
     Some(format!(
-        "upload-{}",
+        "{cluster}-upload-{}",
         crate::hex::encode(&id.as_bytes()[..8])
     ))
 }
@@ -133,5 +136,18 @@ mod tests {
             ["d", "e"],
             "S3's blobs are never recorded"
         );
+    }
+
+    #[test]
+    fn two_clusters_record_the_same_bytes_under_names_of_their_own() {
+        let id = BlobId([7; 32]).to_string();
+        let a = upload_record_name("a", &id).unwrap();
+        let b = upload_record_name("b", &id).unwrap();
+        assert_ne!(a, b);
+        assert!(
+            a.starts_with("a-upload-") && a.len() == "a-upload-".len() + 16,
+            "{a}"
+        );
+        assert_eq!(upload_record_name("a", "not an id"), None);
     }
 }

@@ -45,6 +45,30 @@ fn quarantined_at(path: &Path) -> Option<SystemTime> {
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
 }
 
+/// Slack beyond the read time a scrub pass is allowed: listing, seeks,
+/// and the disk's other work.
+const SCRUB_SLACK: Duration = Duration::from_secs(3600);
+
+/// The read rate assumed of a scrub without a limit (a slow disk's).
+const UNLIMITED_SCRUB_RATE: u64 = 16 << 20;
+
+/// When the next scrub pass should have ended at the latest, for a rest
+/// starting at `rest_start`, resting `period`, over `stored` bytes read
+/// at most `max_bytes_per_sec`: the rest, twice the read time and an
+/// hour (pure). Past it, the scrub is stuck or cannot keep up.
+pub fn scrub_deadline(
+    rest_start: SystemTime,
+    period: Duration,
+    stored: u64,
+    max_bytes_per_sec: Option<u64>,
+) -> SystemTime {
+    let rate = max_bytes_per_sec
+        .filter(|r| *r > 0)
+        .unwrap_or(UNLIMITED_SCRUB_RATE);
+    let reading = Duration::from_secs_f64(stored as f64 / rate as f64);
+    rest_start + period + reading * 2 + SCRUB_SLACK
+}
+
 /// How long a scrub that has read `bytes` in `elapsed` waits before it
 /// reads on, to stay within `max_bytes_per_sec` (pure; `None`: no limit).
 pub fn scrub_wait(bytes: u64, elapsed: Duration, max_bytes_per_sec: Option<u64>) -> Duration {

@@ -840,3 +840,23 @@ fn a_scrub_reads_no_faster_than_its_limit() {
         "0: no limit"
     );
 }
+
+#[test]
+fn a_scrub_is_overdue_after_its_rest_twice_its_read_time_and_an_hour() {
+    let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let day = Duration::from_secs(86_400);
+    // 64 MiB/s over 640 MiB: 10 s of reading, allowed 20.
+    assert_eq!(
+        scrub_deadline(start, day, 640 << 20, Some(64 << 20)),
+        start + day + Duration::from_secs(20 + 3600)
+    );
+    // Without a limit a slow disk's 16 MiB/s is assumed.
+    assert_eq!(
+        scrub_deadline(start, day, 160 << 20, None),
+        start + day + Duration::from_secs(20 + 3600)
+    );
+    assert_eq!(
+        scrub_deadline(start, day, 160 << 20, Some(0)),
+        scrub_deadline(start, day, 160 << 20, None)
+    );
+}

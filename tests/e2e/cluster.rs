@@ -1,4 +1,5 @@
-//! A StorageCluster's life: Ready, and gone with everything it owns.
+//! A StorageCluster's life: Ready, and gone with everything it owns but
+//! its claims, which a cluster of the same name takes up again.
 
 use std::time::Duration;
 
@@ -191,7 +192,24 @@ async fn serves_tls(e2e: &E2e) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn deleted(e2e: &E2e) -> anyhow::Result<()> {
+/// The names of the cluster's objects of `kinds` still there.
+fn left_of(e2e: &E2e, kinds: &str) -> anyhow::Result<Vec<String>> {
+    let left = e2e.kubectl(&[
+        "-n",
+        NS,
+        "get",
+        kinds,
+        "-l",
+        "app.kubernetes.io/instance=e2e",
+        "-o",
+        "name",
+    ])?;
+    Ok(left.lines().map(str::to_string).collect())
+}
+
+/// Deletes the StorageCluster and waits until everything it owned is
+/// gone: all but its claims, which outlive it (storage.whenDeleted).
+async fn delete_cluster(e2e: &E2e) -> anyhow::Result<()> {
     e2e.kubectl(&[
         "-n",
         NS,
@@ -201,26 +219,59 @@ pub async fn deleted(e2e: &E2e) -> anyhow::Result<()> {
         "--wait=true",
         "--timeout=120s",
     ])?;
-    let kinds =
-        "pods,pvc,services,configmaps,secrets,deployments,poddisruptionbudgets,networkpolicies";
+    let kinds = "pods,services,configmaps,secrets,deployments,poddisruptionbudgets,networkpolicies";
     wait_for(
         "everything the cluster owned to go",
         Duration::from_secs(180),
-        || {
-            let left = e2e.kubectl(&[
-                "-n",
-                NS,
-                "get",
-                kinds,
-                "-l",
-                "app.kubernetes.io/instance=e2e",
-                "-o",
-                "name",
-            ])?;
-            Ok(left.trim().is_empty().then_some(()))
-        },
+        || Ok(left_of(e2e, kinds)?.is_empty().then_some(())),
     )
-    .await?;
+    .await
+}
+
+pub async fn deleted(e2e: &E2e) -> anyhow::Result<()> {
+    delete_cluster(e2e).await?;
+    // The claims hold every blob and the S3 index: they stay, and the
+    // cluster created again takes them up with its blobs.
+    let mut claims = left_of(e2e, "pvc")?;
+    claims.sort();
+    let expected: Vec<String> = [
+        "e2e-data-0",
+        "e2e-data-1",
+        "e2e-data-2",
+        "e2e-data-3",
+        "e2e-s3-index",
+    ]
+    .iter()
+    .map(|c| format!("persistentvolumeclaim/{c}"))
+    .collect();
+    anyhow::ensure!(claims == expected, "claims left: {claims:?}");
+    e2e.apply(&manifest("10m"))?;
+    until_phase(e2e, "Ready", Duration::from_secs(300)).await?;
+    // Read, never stored again: the blob came back with the claims, and
+    // the S3 key naming it with the index's claim.
+    let data = crate::data::shared_bytes();
+    let id = crate::disruptions::blob_id_of(&data);
+    let (gateway, http) = e2e.gateway(CLUSTER)?;
+    let (code, back) = crate::data::get(&http, &gateway.url, &id).await?;
+    anyhow::ensure!(
+        code == 200 && back == data,
+        "GET of the shared blob from the retained claims: {code}, {} bytes",
+        back.len()
+    );
+    drop(gateway);
+    crate::s3::the_object_reads_back(e2e)?;
+    delete_cluster(e2e).await?;
+    e2e.kubectl(&[
+        "-n",
+        NS,
+        "delete",
+        "pvc",
+        "-l",
+        "app.kubernetes.io/instance=e2e",
+        "--wait=true",
+        "--timeout=120s",
+    ])?;
+    anyhow::ensure!(left_of(e2e, "pvc")?.is_empty());
     // The upload records were the cluster's: collected with it. The Blobs
     // people made stay, saying their cluster is gone, and a delete
     // releases them at once.
@@ -234,7 +285,7 @@ pub async fn deleted(e2e: &E2e) -> anyhow::Result<()> {
                 .filter(|b| {
                     b["metadata"]["name"]
                         .as_str()
-                        .is_some_and(|n| n.starts_with("upload-"))
+                        .is_some_and(|n| n.starts_with("e2e-upload-"))
                 })
                 .count();
             Ok((records == 0).then_some(()))

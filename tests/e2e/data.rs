@@ -81,7 +81,7 @@ pub async fn put_and_get(e2e: &E2e) -> anyhow::Result<()> {
         anonymous.status()
     );
     // The operator records the upload as a Blob of its own.
-    let record = redstuff::operator::controller::upload_record_name(&id).unwrap();
+    let record = redstuff::operator::controller::upload_record_name(CLUSTER, &id).unwrap();
     let status = until_healthy(e2e, &record, Duration::from_secs(120)).await?;
     anyhow::ensure!(status["blobId"] == id.as_str());
     let table = e2e.table(

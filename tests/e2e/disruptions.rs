@@ -84,21 +84,44 @@ pub fn shared_record() -> String {
     upload_record_of(&shared_bytes())
 }
 
+/// A Blob a person made naming the shared blob (the operator's record of
+/// it is deleted by the S3 scenario and not made again: S3 holds those
+/// bytes), made if missing; its name.
+pub fn shared_blob(e2e: &E2e) -> anyhow::Result<String> {
+    e2e.apply(&format!(
+        r#"apiVersion: redstuff.dev/v1alpha1
+kind: Blob
+metadata: {{name: shared, namespace: {NS}}}
+spec:
+  cluster: {CLUSTER}
+  source: {{upload: {{blobId: "{}"}}}}
+"#,
+        blob_id_of(&shared_bytes())
+    ))?;
+    Ok("shared".to_string())
+}
+
 /// The name of the Blob the operator would record an upload of `data`
 /// under, on the e2e cluster (n = 4).
 pub fn upload_record_of(data: &[u8]) -> String {
+    redstuff::operator::controller::upload_record_name(CLUSTER, &blob_id_of(data)).unwrap()
+}
+
+/// The id of `data` stored on the e2e cluster (n = 4).
+pub fn blob_id_of(data: &[u8]) -> String {
     let config = redstuff::codec::EncodingConfig::new(4).unwrap();
     let (metadata, _) =
         redstuff::codec::BlobEncoder::new(config, redstuff::codec::DEFAULT_SEGMENT_SIZE)
             .unwrap()
             .encode(data)
             .unwrap();
-    redstuff::operator::controller::upload_record_name(&metadata.blob_id().to_string()).unwrap()
+    metadata.blob_id().to_string()
 }
 
 pub async fn pod_deleted(e2e: &E2e) -> anyhow::Result<()> {
     shared_blob_reads_back(e2e).await?;
-    data::until_healthy(e2e, &shared_record(), Duration::from_secs(120)).await?;
+    let shared = shared_blob(e2e)?;
+    data::until_healthy(e2e, &shared, Duration::from_secs(120)).await?;
     let before = metric(&e2e.operator_metrics()?, "redstuff_repair_bytes_total");
     let old = uid(e2e, "e2e-node-1")?;
     e2e.kubectl(&["-n", NS, "delete", "pod", "e2e-node-1", "--wait=true"])?;
@@ -120,7 +143,7 @@ pub async fn pod_deleted(e2e: &E2e) -> anyhow::Result<()> {
         .clone();
     anyhow::ensure!(claim == "e2e-data-1", "the new pod is on claim {claim}");
     cluster::until_phase(e2e, "Ready", Duration::from_secs(120)).await?;
-    data::until_healthy(e2e, &shared_record(), Duration::from_secs(60)).await?;
+    data::until_healthy(e2e, &shared, Duration::from_secs(60)).await?;
     shared_blob_reads_back(e2e).await?;
     anyhow::ensure!(event_reasons(e2e)?.contains(&"NodePodReplaced".to_string()));
     let after = metric(&e2e.operator_metrics()?, "redstuff_repair_bytes_total");
@@ -133,7 +156,7 @@ pub async fn pod_deleted(e2e: &E2e) -> anyhow::Result<()> {
 }
 
 pub async fn claim_deleted(e2e: &E2e) -> anyhow::Result<()> {
-    let record = shared_record();
+    let record = shared_blob(e2e)?;
     let metrics = e2e.operator_metrics()?;
     let delays_before = metric(&metrics, "redstuff_repair_start_delay_seconds_count");
     let deleted_at = Instant::now();
@@ -351,7 +374,7 @@ fn uncordon_all(e2e: &E2e) -> anyhow::Result<()> {
 }
 
 pub async fn grace_period(e2e: &E2e) -> anyhow::Result<()> {
-    let record = shared_record();
+    let record = shared_blob(e2e)?;
     data::until_healthy(e2e, &record, Duration::from_secs(120)).await?;
     for node in kubernetes_nodes(e2e)? {
         e2e.kubectl(&["cordon", &node])?;
@@ -471,6 +494,6 @@ pub async fn drain(e2e: &E2e) -> anyhow::Result<()> {
         nodes.len()
     );
     cluster::until_phase(e2e, "Ready", Duration::from_secs(300)).await?;
-    data::until_healthy(e2e, &shared_record(), Duration::from_secs(180)).await?;
+    data::until_healthy(e2e, &shared_blob(e2e)?, Duration::from_secs(180)).await?;
     Ok(())
 }

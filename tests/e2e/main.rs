@@ -175,7 +175,7 @@ async fn run_scenarios(e2e: &E2e, report: &mut Report) {
         .await;
     report
         .scenario(
-            "deleting the StorageCluster removes everything it owns",
+            "deleting the StorageCluster removes everything it owns but its claims, which a cluster of the same name takes up with its blobs",
             false,
             cluster::deleted(e2e),
         )

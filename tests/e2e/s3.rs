@@ -129,6 +129,19 @@ fn read_object(
     Ok(std::fs::read(work.join("back"))?)
 }
 
+/// The scenario's object reads back through S3 as stored (with the
+/// cluster's keys as they are now).
+pub fn the_object_reads_back(e2e: &E2e) -> anyhow::Result<()> {
+    let keys = keys(e2e, CLUSTER)?;
+    let work = tempfile::tempdir()?;
+    let (_forward, url) = forward_s3(e2e, CLUSTER, work.path())?;
+    anyhow::ensure!(
+        read_object(&url, &keys, work.path())? == shared_bytes(),
+        "the object read back differs"
+    );
+    Ok(())
+}
+
 pub async fn s3_through_the_gateway(e2e: &E2e) -> anyhow::Result<()> {
     // The e2e cluster serves TLS: S3 too, with the gateway's certificate.
     let status = e2e.cluster_status(CLUSTER)?;

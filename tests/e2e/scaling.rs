@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::cluster::{self, CLUSTER};
 use crate::data;
-use crate::disruptions::{event_reasons, shared_blob_reads_back, shared_record, uid};
+use crate::disruptions::{event_reasons, shared_blob, shared_blob_reads_back, uid};
 use crate::harness::{wait_for, E2e, NS};
 
 const RETIRING: &str = "e2e-node-3";
@@ -39,7 +39,7 @@ fn owns_shards(status: &Value, node: &str) -> bool {
 }
 
 pub async fn nodes_lowered_then_raised(e2e: &E2e) -> anyhow::Result<()> {
-    let record = shared_record();
+    let record = shared_blob(e2e)?;
     cluster::until_phase(e2e, "Ready", Duration::from_secs(300)).await?;
     data::until_healthy(e2e, &record, Duration::from_secs(180)).await?;
     let pod = uid(e2e, RETIRING)?.context("e2e-node-3 runs")?;

@@ -10,6 +10,7 @@
 //! decisions for it, differently.
 
 mod access;
+pub mod claim_size;
 pub mod gateway_replicas;
 pub mod gateway_sizing;
 pub mod node_scrub;
@@ -33,7 +34,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 
-use super::crd::StorageCluster;
+use super::crd::{ClaimRetention, StorageCluster};
 use super::rollout::{spec_hash, SPEC_HASH_ANNOTATION};
 use crate::fleet::{Assignment, FleetMap, MapNode};
 use crate::node::ShardsFile;
@@ -185,6 +186,17 @@ fn owner(cluster: &StorageCluster) -> OwnerReference {
     cluster
         .controller_owner_ref(&())
         .expect("a StorageCluster read from the API has a name and uid")
+}
+
+/// The metadata of a claim of `cluster`: owned by it (deleted with it) only
+/// when its `storage.whenDeleted` says Delete. The operator finds claims by
+/// their labels either way.
+pub(super) fn claim_meta(cluster: &StorageCluster, name: String, component: &str) -> ObjectMeta {
+    let mut metadata = meta(cluster, name, component);
+    if cluster.spec.storage.when_deleted.unwrap_or_default() == ClaimRetention::Retain {
+        metadata.owner_references = None;
+    }
+    metadata
 }
 
 pub(super) fn meta(cluster: &StorageCluster, name: String, component: &str) -> ObjectMeta {
@@ -510,7 +522,13 @@ pub fn desired_objects(
     } else {
         (0..nodes)
             .map(|index| PersistentVolumeClaim {
-                metadata: meta(cluster, node_claim_name(&name, index), "node"),
+                metadata: ObjectMeta {
+                    annotations: Some(BTreeMap::from([(
+                        super::claimed_shards::SHARDS_ANNOTATION.to_string(),
+                        super::claimed_shards::annotation(shards_of(&node_pod_name(&name, index))),
+                    )])),
+                    ..claim_meta(cluster, node_claim_name(&name, index), "node")
+                },
                 spec: Some(PersistentVolumeClaimSpec {
                     access_modes: Some(vec!["ReadWriteOnce".into()]),
                     storage_class_name: spec.storage.storage_class_name.clone(),

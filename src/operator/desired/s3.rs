@@ -96,7 +96,7 @@ fn embedded_index_claim(
     s3: &S3Spec,
 ) -> PersistentVolumeClaim {
     PersistentVolumeClaim {
-        metadata: meta(cluster, s3_index_claim(name), "gateway"),
+        metadata: super::claim_meta(cluster, s3_index_claim(name), "gateway"),
         spec: Some(PersistentVolumeClaimSpec {
             access_modes: Some(vec!["ReadWriteOnce".into()]),
             storage_class_name: s3.index_storage_class_name.clone(),

@@ -802,3 +802,28 @@ fn several_gateway_pods_spread_over_kubernetes_nodes_and_one_at_a_time_may_be_ev
         gateway.selector.match_labels
     );
 }
+
+#[test]
+fn claims_outlive_their_cluster_unless_it_says_delete() {
+    let mut c = cluster(4, 4, Some("10Gi"));
+    c.spec.s3 = Some(crate::operator::crd::S3Spec::default());
+    let owned = |objects: &DesiredObjects| -> Vec<bool> {
+        objects
+            .node_claims
+            .iter()
+            .chain(objects.s3_index_claim.iter())
+            .map(|claim| claim.metadata.owner_references.is_some())
+            .collect()
+    };
+    let objects = objects_of(&c);
+    assert_eq!(owned(&objects), [false; 5], "Retain by default");
+    assert!(objects.node_pods[0].metadata.owner_references.is_some());
+    c.spec.storage.when_deleted = Some(ClaimRetention::Delete);
+    assert_eq!(owned(&objects_of(&c)), [true; 5]);
+    // Found by labels either way.
+    let claim = &objects.node_claims[1];
+    assert_eq!(
+        claim.metadata.labels.as_ref().unwrap()["app.kubernetes.io/instance"],
+        "media"
+    );
+}
