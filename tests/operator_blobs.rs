@@ -321,16 +321,7 @@ async fn read_back(fleet: &TestFleet, id: &str) -> bytes::Bytes {
 }
 
 async fn stored_blob(fleet: &TestFleet) -> String {
-    let answer: Value = support::user_http()
-        .put(format!("{}/v1/blobs", fleet.gateway.url))
-        .body(vec![7u8; 50_000])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    answer["id"].as_str().unwrap().to_string()
+    stored_bytes(fleet, vec![7u8; 50_000]).await
 }
 
 fn deleted(name: &str, id: &str) -> Blob {

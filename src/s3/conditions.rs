@@ -15,6 +15,20 @@ pub enum ReadDecision {
     Failed,
 }
 
+/// The `x-amz-copy-source-if-*` conditions of a copy's input
+/// (CopyObject, UploadPartCopy: their fields share names).
+macro_rules! copy_source_conditions {
+    ($input:expr) => {
+        $crate::s3::conditions::ReadConditions {
+            if_match: $input.copy_source_if_match.as_ref(),
+            if_none_match: $input.copy_source_if_none_match.as_ref(),
+            if_modified_since: $input.copy_source_if_modified_since.as_ref(),
+            if_unmodified_since: $input.copy_source_if_unmodified_since.as_ref(),
+        }
+    };
+}
+pub(crate) use copy_source_conditions;
+
 /// The conditions of a GET or HEAD.
 #[derive(Debug, Default)]
 pub struct ReadConditions<'a> {

@@ -7,13 +7,13 @@ use s3s::{s3_error, S3Request, S3Result};
 
 use super::assemble::{bare_etag, MAX_PARTS};
 use super::body::{receive, trailer_of, Declared};
-use super::conditions::ReadConditions;
+use super::conditions::copy_source_conditions;
 use super::front::{blocking, etag, now_ms, timestamp, Front};
 use super::objects::{
     body_len, checksum_fields, only_null_version, with_checksums, write_condition,
 };
 use super::records::{ChosenPart, PartRecord, UploadRecord};
-use super::representation::{refuse_encryption, tags_of_header, SentHeaders};
+use super::representation::{refuse_encryption, sent_headers, tags_of_header};
 
 /// The uploads under `prefix` after the markers, in key and id order:
 /// with `key_marker` alone, those of later keys only; with an
@@ -86,14 +86,7 @@ impl Front {
                 .map(|(k, v)| (k.to_ascii_lowercase(), v))
                 .collect(),
             tags: tags_of_header(input.tagging.as_deref())?,
-            headers: SentHeaders {
-                cache_control: input.cache_control,
-                content_disposition: input.content_disposition,
-                content_encoding: input.content_encoding,
-                content_language: input.content_language,
-                expires: input.expires,
-            }
-            .kept(),
+            headers: sent_headers!(input).kept(),
         };
         let index = self.index.clone();
         let id = blocking(move || index.create_upload(&upload)).await?;
@@ -201,15 +194,7 @@ impl Front {
         };
         // The bytes copied are those of this record: its blobs never
         // change, whatever is written to the key meanwhile.
-        Self::check_copy_source(
-            &source,
-            ReadConditions {
-                if_match: input.copy_source_if_match.as_ref(),
-                if_none_match: input.copy_source_if_none_match.as_ref(),
-                if_modified_since: input.copy_source_if_modified_since.as_ref(),
-                if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
-            },
-        )?;
+        Self::check_copy_source(&source, copy_source_conditions!(input))?;
         let range = match &input.copy_source_range {
             Some(text) => copy_range(text, source.size)?,
             None => 0..source.size,

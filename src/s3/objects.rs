@@ -7,11 +7,12 @@ use s3s::dto::*;
 use s3s::{s3_error, S3Request, S3Result};
 
 use super::body::{receive, trailer_of, Declared};
+use super::conditions::copy_source_conditions;
 use super::conditions::{decide_read, ReadConditions, ReadDecision};
 use super::front::{blocking, etag, now_ms, timestamp, Front};
 use super::index::WriteCondition;
 use super::records::ObjectRecord;
-use super::representation::{expires, refuse_encryption, tags_of_header, SentHeaders};
+use super::representation::{expires, refuse_encryption, sent_headers, tags_of_header};
 use super::span::{served_span, Span};
 
 /// No checksums: a part of an object has none of its own.
@@ -145,14 +146,7 @@ impl Front {
             input.ssekms_key_id.as_ref(),
         )?;
         let tags = tags_of_header(input.tagging.as_deref())?;
-        let headers_kept = SentHeaders {
-            cache_control: input.cache_control,
-            content_disposition: input.content_disposition,
-            content_encoding: input.content_encoding,
-            content_language: input.content_language,
-            expires: input.expires,
-        }
-        .kept();
+        let headers_kept = sent_headers!(input).kept();
         let (bucket, key) = (input.bucket.clone(), input.key.clone());
         // Refuse early what the index would refuse: no bytes are stored then.
         let current = {
@@ -474,15 +468,7 @@ impl Front {
             .is_some_and(|d| d.as_str() == TaggingDirective::REPLACE);
         let tags = tags_of_header(input.tagging.as_deref())?;
         let source = self.record(from_bucket, from_key).await?;
-        Self::check_copy_source(
-            &source,
-            ReadConditions {
-                if_match: input.copy_source_if_match.as_ref(),
-                if_none_match: input.copy_source_if_none_match.as_ref(),
-                if_modified_since: input.copy_source_if_modified_since.as_ref(),
-                if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
-            },
-        )?;
+        Self::check_copy_source(&source, copy_source_conditions!(input))?;
         let replace = input
             .metadata_directive
             .as_ref()
@@ -494,14 +480,7 @@ impl Front {
             ));
         }
         let (metadata, content_type) = (to_btree(input.metadata), input.content_type);
-        let headers = SentHeaders {
-            cache_control: input.cache_control,
-            content_disposition: input.content_disposition,
-            content_encoding: input.content_encoding,
-            content_language: input.content_language,
-            expires: input.expires,
-        }
-        .kept();
+        let headers = sent_headers!(input).kept();
         let now = now_ms();
         let (index, from, to) = (
             self.index.clone(),

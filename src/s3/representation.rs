@@ -16,6 +16,21 @@ use super::records::ObjectHeaders;
 /// Tags an object may have at most.
 pub const MOST_TAGS: usize = 10;
 
+/// The `SentHeaders` of an S3 input (PutObject, CreateMultipartUpload,
+/// CopyObject: their fields share names), moving them out of it.
+macro_rules! sent_headers {
+    ($input:expr) => {
+        $crate::s3::representation::SentHeaders {
+            cache_control: $input.cache_control,
+            content_disposition: $input.content_disposition,
+            content_encoding: $input.content_encoding,
+            content_language: $input.content_language,
+            expires: $input.expires,
+        }
+    };
+}
+pub(crate) use sent_headers;
+
 /// The headers a write sent, as the index keeps them.
 pub struct SentHeaders {
     /// Cache-Control.

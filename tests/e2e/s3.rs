@@ -108,6 +108,23 @@ fn forward_s3(
     Ok((forward, url))
 }
 
+/// Stores file `file` of `work` at `to` (s3://BUCKET/KEY) through S3 at `url`.
+fn copy_in(
+    url: &str,
+    keys: &(String, String),
+    file: &str,
+    to: &str,
+    work: &std::path::Path,
+) -> anyhow::Result<()> {
+    aws(
+        url,
+        keys,
+        &["s3", "cp", "--only-show-errors", file, to],
+        work,
+    )?;
+    Ok(())
+}
+
 /// The bytes of the scenario's object, read through S3 at `url`.
 fn read_object(
     url: &str,
@@ -158,16 +175,11 @@ pub async fn s3_through_the_gateway(e2e: &E2e) -> anyhow::Result<()> {
     {
         let (_forward, url) = forward_s3(e2e, CLUSTER, work.path())?;
         aws(&url, &keys, &["s3", "mb", "s3://e2e-bucket"], work.path())?;
-        aws(
+        copy_in(
             &url,
             &keys,
-            &[
-                "s3",
-                "cp",
-                "--only-show-errors",
-                "object",
-                "s3://e2e-bucket/dir/an object",
-            ],
+            "object",
+            "s3://e2e-bucket/dir/an object",
             work.path(),
         )?;
         let listed = aws(
@@ -180,18 +192,7 @@ pub async fn s3_through_the_gateway(e2e: &E2e) -> anyhow::Result<()> {
         // Bytes only S3 holds, in a bucket of their own (removed below).
         std::fs::write(work.path().join("scratch"), SCRATCH)?;
         aws(&url, &keys, &["s3", "mb", "s3://e2e-scratch"], work.path())?;
-        aws(
-            &url,
-            &keys,
-            &[
-                "s3",
-                "cp",
-                "--only-show-errors",
-                "scratch",
-                "s3://e2e-scratch/s",
-            ],
-            work.path(),
-        )?;
+        copy_in(&url, &keys, "scratch", "s3://e2e-scratch/s", work.path())?;
         // The object holds the bytes of the blob put through the native
         // API, which the operator recorded as a Blob: deleting that Blob
         // keeps the bytes the object holds (the gateway refuses).
