@@ -131,8 +131,8 @@ impl Recording<'_> {
             blobs: asked.iter().map(|id| id.to_string()).collect(),
         };
         let sent = self
-            .ctx
-            .gateway_http(self.cluster)
+            .fleet
+            .gateway_http
             .post(&url)
             .bearer_auth(token)
             .json(&body)

@@ -9,9 +9,7 @@ use super::assemble::{bare_etag, MAX_PARTS};
 use super::body::{receive, trailer_of, Declared};
 use super::conditions::copy_source_conditions;
 use super::front::{blocking, etag, now_ms, timestamp, Front};
-use super::objects::{
-    body_len, checksum_fields, only_null_version, with_checksums, write_condition,
-};
+use super::objects::{body_len, checksum_fields, with_checksums, write_condition};
 use super::records::{ChosenPart, PartRecord, UploadRecord};
 use super::representation::{refuse_encryption, sent_headers, tags_of_header};
 
@@ -181,17 +179,9 @@ impl Front {
                 "copies from access points are not supported"
             ));
         };
-        only_null_version(version_id.as_deref())?;
-        let source = {
-            let (index, b, k) = (
-                self.index.clone(),
-                from_bucket.to_string(),
-                from_key.to_string(),
-            );
-            blocking(move || index.object(&b, &k))
-                .await?
-                .ok_or_else(|| s3_error!(NoSuchKey, "no object at {from_key} in {from_bucket}"))?
-        };
+        let source = self
+            .version(from_bucket, from_key, version_id.as_deref())
+            .await?;
         // The bytes copied are those of this record: its blobs never
         // change, whatever is written to the key meanwhile.
         Self::check_copy_source(&source, copy_source_conditions!(input))?;

@@ -210,7 +210,7 @@ impl Front {
 
     /// The record at `key`, as version `version` (objects here have one,
     /// `null`).
-    async fn version(
+    pub(super) async fn version(
         &self,
         bucket: &str,
         key: &str,

@@ -56,12 +56,9 @@ impl Front {
         req: S3Request<GetObjectTaggingInput>,
     ) -> S3Result<GetObjectTaggingOutput> {
         let input = req.input;
-        only_null_version(input.version_id.as_deref())?;
-        let (index, bucket, key) = (self.index.clone(), input.bucket, input.key);
-        let (b, k) = (bucket.clone(), key.clone());
-        let record = blocking(move || index.object(&b, &k))
-            .await?
-            .ok_or_else(|| s3_error!(NoSuchKey, "no object at {key} in {bucket}"))?;
+        let record = self
+            .version(&input.bucket, &input.key, input.version_id.as_deref())
+            .await?;
         Ok(GetObjectTaggingOutput {
             tag_set: tag_set(&record.tags),
             version_id: None,
@@ -98,12 +95,8 @@ impl Front {
         req: S3Request<GetObjectAclInput>,
     ) -> S3Result<GetObjectAclOutput> {
         let input = req.input;
-        only_null_version(input.version_id.as_deref())?;
-        let (index, bucket, key) = (self.index.clone(), input.bucket, input.key);
-        let (b, k) = (bucket.clone(), key.clone());
-        blocking(move || index.object(&b, &k))
-            .await?
-            .ok_or_else(|| s3_error!(NoSuchKey, "no object at {key} in {bucket}"))?;
+        self.version(&input.bucket, &input.key, input.version_id.as_deref())
+            .await?;
         Ok(GetObjectAclOutput {
             grants: Some(full_control()),
             owner: Some(owner()),
