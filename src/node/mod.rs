@@ -29,7 +29,7 @@ use crate::auth::TokenSet;
 use crate::client::{Deadlines, NodeCalls};
 use crate::fleet::MapFile;
 use crate::metrics::NodeMetrics;
-use crate::store::{Housekeeping, SliverStore};
+use crate::store::{Housekeeping, ScrubFinding, SliverStore};
 use metadata_cache::MetadataCache;
 pub use ownership::{Ownership, ShardSource, ShardsFile};
 
@@ -248,30 +248,39 @@ fn scrub_periodically(state: Arc<NodeState>, period: Duration, max_bytes_per_sec
                 .set(i64::try_from(deadline_secs).unwrap_or(i64::MAX));
             tokio::time::sleep(period).await;
             let worker = state.clone();
-            let pass = move || worker.store.scrub(max_bytes_per_sec);
+            let pass = move || {
+                worker.store.scrub(max_bytes_per_sec, |finding, path| {
+                    count_scrub_finding(&worker, finding, path)
+                })
+            };
             match tokio::task::spawn_blocking(pass).await {
                 Ok(Ok(report)) => {
-                    let m = &state.metrics;
-                    m.scrub_completed
+                    state
+                        .metrics
+                        .scrub_completed
                         .set(crate::blob_state::now_nanos() as i64 / 1_000_000_000);
-                    if report.corrupt > 0 {
-                        tracing::warn!(node = %state.name, checked = report.checked, corrupt = report.corrupt, "scrub quarantined corrupt files");
-                        m.corruption_detected
-                            .with_label_values(&["scrub"])
-                            .inc_by(report.corrupt);
-                    }
-                    if report.unreadable > 0 {
-                        tracing::warn!(node = %state.name, unreadable = report.unreadable, "scrub quarantined files it could not read");
-                        m.io_errors
-                            .with_label_values(&["scrub"])
-                            .inc_by(report.unreadable);
-                    }
+                    tracing::info!(node = %state.name, checked = report.checked, corrupt = report.corrupt, unreadable = report.unreadable, "scrub pass ended");
                 }
                 Ok(Err(e)) => tracing::warn!(node = %state.name, "scrub failed: {e}"),
                 Err(e) => tracing::warn!(node = %state.name, "scrub task failed: {e}"),
             }
         }
     });
+}
+
+/// Counts and logs a file the scrub quarantined, the moment it does.
+fn count_scrub_finding(state: &NodeState, finding: ScrubFinding, path: &std::path::Path) {
+    let m = &state.metrics;
+    match finding {
+        ScrubFinding::Corrupt => {
+            tracing::warn!(node = %state.name, file = %path.display(), "scrub quarantined a corrupt file");
+            m.corruption_detected.with_label_values(&["scrub"]).inc();
+        }
+        ScrubFinding::Unreadable => {
+            tracing::warn!(node = %state.name, file = %path.display(), "scrub quarantined a file it could not read");
+            m.io_errors.with_label_values(&["scrub"]).inc();
+        }
+    }
 }
 
 /// How long a node keeps spare pair buffers nobody uses (as long as the

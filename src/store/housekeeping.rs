@@ -38,6 +38,15 @@ pub struct ScrubReport {
     pub unreadable: u64,
 }
 
+/// Why a scrub quarantined a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScrubFinding {
+    /// The file failed its checksum.
+    Corrupt,
+    /// Reading the file failed.
+    Unreadable,
+}
+
 /// When a file was quarantined: the seconds its name starts with.
 fn quarantined_at(path: &Path) -> Option<SystemTime> {
     let name = path.file_name()?.to_str()?;
@@ -84,8 +93,14 @@ impl SliverStore {
     /// Reads every stored file and checks its checksum, at most
     /// `max_bytes_per_sec` (so client reads and repairs keep the disk);
     /// files that fail, or whose read fails, are quarantined (and so
-    /// reported missing). A failing file never stops the scrub.
-    pub fn scrub(&self, max_bytes_per_sec: Option<u64>) -> Result<ScrubReport, StoreError> {
+    /// reported missing). A failing file never stops the scrub;
+    /// `on_finding` hears of each as it is quarantined (a pass over a large
+    /// disk takes hours, and its report comes at the end).
+    pub fn scrub(
+        &self,
+        max_bytes_per_sec: Option<u64>,
+        mut on_finding: impl FnMut(ScrubFinding, &Path),
+    ) -> Result<ScrubReport, StoreError> {
         let started = std::time::Instant::now();
         let mut read = 0u64;
         let mut report = ScrubReport::default();
@@ -111,10 +126,12 @@ impl SliverStore {
                     Err(StoreError::Corrupt { .. }) => {
                         report.checked += 1;
                         report.corrupt += 1;
+                        on_finding(ScrubFinding::Corrupt, &path);
                     }
                     Err(StoreError::Unreadable { .. }) => {
                         report.checked += 1;
                         report.unreadable += 1;
+                        on_finding(ScrubFinding::Unreadable, &path);
                     }
                     Err(e) => return Err(e),
                 }

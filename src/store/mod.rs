@@ -73,7 +73,7 @@ pub use aligned::{release_idle_spares, BlockParts, Overflow};
 pub use change_journal::{Changes, Forgotten, JournalPosition};
 pub use files::{filesystem_space, read_file_like_a_store, write_file_like_a_store};
 use files::{Checked, DirStats};
-pub use housekeeping::{scrub_deadline, scrub_wait, Housekeeping, ScrubReport};
+pub use housekeeping::{scrub_deadline, scrub_wait, Housekeeping, ScrubFinding, ScrubReport};
 pub use sliver_checksum::SymbolLeaves;
 pub use uploads::CheckedPutError;
 

@@ -357,7 +357,7 @@ fn a_scrub_goes_past_unreadable_files_and_quarantines_every_bad_one() {
             )
             .unwrap();
     }
-    let report = store.scrub(None).unwrap();
+    let report = store.scrub(None, |_, _| {}).unwrap();
     assert_eq!(
         (report.checked, report.corrupt, report.unreadable),
         (5, 0, 0)
@@ -370,11 +370,25 @@ fn a_scrub_goes_past_unreadable_files_and_quarantines_every_bad_one() {
     fs::remove_file(&unreadable).unwrap();
     fs::create_dir(&unreadable).unwrap();
     fs::write(unreadable.join("x"), b"").unwrap();
-    let report = store.scrub(None).unwrap();
+    let mut findings = Vec::new();
+    let report = store
+        .scrub(None, |finding, path| {
+            findings.push((finding, path.to_owned()))
+        })
+        .unwrap();
     assert_eq!((report.corrupt, report.unreadable), (1, 1));
+    findings.sort_by_key(|(_, path)| path.clone());
+    assert_eq!(
+        findings,
+        vec![
+            (ScrubFinding::Unreadable, unreadable.clone()),
+            (ScrubFinding::Corrupt, corrupt.clone())
+        ],
+        "each quarantined file is told of with why"
+    );
     assert!(!unreadable.exists());
     assert!(!store.has_sliver(&id(11), 1, 2, SliverKind::Primary));
-    assert_eq!(store.scrub(None).unwrap().corrupt, 0);
+    assert_eq!(store.scrub(None, |_, _| {}).unwrap().corrupt, 0);
 }
 
 #[test]

@@ -105,11 +105,23 @@ async fn a_sliver_that_cannot_be_read_is_missing_counted_and_repaired_and_the_sc
     for marker in &markers {
         std::fs::remove_file(marker).unwrap();
     }
-    let metrics = node_metrics(&fleet, "node-4").await;
-    let errors = counter(&metrics, "redstuff_node_io_errors_total{where=\"scrub\"}")
-        + counter(&metrics, "redstuff_node_io_errors_total{where=\"read\"}");
-    assert!(errors >= 2, "two read errors counted:\n{metrics}");
-    assert!(counter(&metrics, "redstuff_node_quarantined_bytes") > 0);
+    // Counted as they are found (a file is moved a moment before it is
+    // counted), not when the scrub pass ends.
+    let start = Instant::now();
+    loop {
+        let metrics = node_metrics(&fleet, "node-4").await;
+        let errors = counter(&metrics, "redstuff_node_io_errors_total{where=\"scrub\"}")
+            + counter(&metrics, "redstuff_node_io_errors_total{where=\"read\"}");
+        if errors >= 2 {
+            assert!(counter(&metrics, "redstuff_node_quarantined_bytes") > 0);
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "two read errors counted:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // The scrub went past them to the end of its pass, and says when.
     let start = Instant::now();
     loop {
