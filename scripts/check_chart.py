@@ -36,8 +36,9 @@ def fail(message):
 
 
 def rbac_rules(docs):
-    """Every (API group, resource, verb) the Roles and ClusterRoles grant."""
-    return {(group, resource, verb)
+    """Every (API group, resource, verb, names) the Roles and ClusterRoles
+    grant (names: the resourceNames a rule is limited to, () for all)."""
+    return {(group, resource, verb, tuple(rule.get("resourceNames") or ()))
             for d in docs if d["kind"] in ("ClusterRole", "Role")
             for rule in d["rules"]
             for group in rule["apiGroups"]
@@ -47,17 +48,17 @@ def rbac_rules(docs):
 
 def check_watched_namespaces(name, values, docs, args):
     """With operator.watchNamespaces the operator's role is bound in those
-    namespaces only (and Nodes cluster-wide); without, everywhere."""
+    namespaces only (Nodes and its CRDs cluster-wide); without, everywhere."""
     watched = values.get("operator", {}).get("watchNamespaces") or []
     bound_everywhere = {d["roleRef"]["name"] for d in docs if d["kind"] == "ClusterRoleBinding"}
     bound_in = {d["metadata"]["namespace"] for d in docs
                 if d["kind"] == "RoleBinding" and d["roleRef"]["kind"] == "ClusterRole"}
     flags = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--namespace"]
     if watched:
-        if bound_everywhere != {"redstuff-nodes"} or bound_in != set(watched) or flags != watched:
+        if bound_everywhere != {"redstuff-cluster-scoped"} or bound_in != set(watched) or flags != watched:
             fail(f"{name}: watchNamespaces {watched} must bind the role only there "
                  f"(ClusterRoleBindings {bound_everywhere}, RoleBindings in {bound_in}, flags {flags})")
-    elif bound_everywhere != {"redstuff", "redstuff-nodes"} or bound_in or flags:
+    elif bound_everywhere != {"redstuff", "redstuff-cluster-scoped"} or bound_in or flags:
         fail(f"{name}: without watchNamespaces the role is bound cluster-wide "
              f"(ClusterRoleBindings {bound_everywhere}, RoleBindings in {bound_in}, flags {flags})")
 

@@ -620,6 +620,9 @@ pub struct OperatorMetrics {
     pub reconcile_duration: HistogramVec,
     /// 1 while this replica holds the leader Lease.
     pub leader: IntGauge,
+    /// Per CRD: 1 when the installed one is this build's, 0 otherwise
+    /// (absent until checked, or when the operator may not read it).
+    pub crd_current: IntGaugeVec,
 }
 
 impl OperatorMetrics {
@@ -648,6 +651,12 @@ impl OperatorMetrics {
                 registry,
                 "redstuff_operator_leader",
                 "1 while this operator replica holds the leader Lease.",
+            ),
+            crd_current: gauge_vec(
+                registry,
+                "redstuff_operator_crd_current",
+                "1 when the installed CustomResourceDefinition is the one this operator was built with, 0 when it differs or is missing (the API server then drops fields).",
+                &["crd"],
             ),
         }
     }

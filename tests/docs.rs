@@ -38,6 +38,8 @@ fn the_readme_lists_exactly_the_metrics_the_code_registers() {
             "redstuff_gateway_uploads_waiting",
             // 0 or 1 per node.
             "redstuff_gateway_node_unanswering",
+            // 0 or 1 per CRD.
+            "redstuff_operator_crd_current",
         ];
         assert!(
             unit || plain.contains(&name.as_str()),

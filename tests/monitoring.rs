@@ -270,7 +270,7 @@ fn every_alert_parses_names_exported_metrics_and_has_a_runbook() {
 #[test]
 fn the_charts_crds_are_the_generated_ones() {
     for (name, yaml) in redstuff::operator::crds_yaml() {
-        let path = Path::new(CHART).join("crds").join(name);
+        let path = Path::new(CHART).join("crds").join(&name);
         let on_disk =
             std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert_eq!(

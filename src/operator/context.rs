@@ -279,6 +279,8 @@ pub struct Context {
     /// Watch caches of node pods, claims and Kubernetes nodes (empty:
     /// reconciles list them).
     pub observed: super::observed::Observed,
+    /// The latest check of the installed CRDs, and who was told of it.
+    pub crds: super::crd_freshness::CrdCheck,
 }
 
 impl Context {
@@ -305,6 +307,7 @@ impl Context {
             spool_dir: std::env::temp_dir().join("redstuff-ingest"),
             max_ingest_bytes: 64 << 30,
             observed: Default::default(),
+            crds: Default::default(),
         }
     }
 

@@ -134,6 +134,9 @@ pub async fn reconcile_cluster(
         tracing::info!(cluster = %name, "being deleted: not reconciled");
         return Ok(Action::await_change());
     }
+    for problem in ctx.crds.untold(&format!("{namespace}/{name}")) {
+        ctx.publish(&*cluster, true, "CRDOutdated", problem).await;
+    }
     let client = ctx.client.clone();
     let clusters: Api<StorageCluster> = Api::namespaced(client.clone(), &namespace);
     let now = Timestamp::now();

@@ -10,6 +10,7 @@ mod cluster_secrets;
 pub mod context;
 pub mod controller;
 pub mod crd;
+pub mod crd_freshness;
 pub mod desired;
 #[cfg(test)]
 mod fixtures;
@@ -25,21 +26,17 @@ pub mod status;
 mod upload_recorder;
 pub mod upload_records;
 
-use kube::CustomResourceExt;
-
 /// The YAML of every CustomResourceDefinition, as `redstuff crds` prints it
-/// and crds/ holds it: one document per resource.
-pub fn crds_yaml() -> Vec<(&'static str, String)> {
-    vec![
-        (
-            "storageclusters.redstuff.dev.yaml",
-            serde_yaml::to_string(&crd::StorageCluster::crd()).expect("CRD serializes"),
-        ),
-        (
-            "blobs.redstuff.dev.yaml",
-            serde_yaml::to_string(&crd::Blob::crd()).expect("CRD serializes"),
-        ),
-    ]
+/// and crds/ holds it: one document per resource, stamped with the digest
+/// of its schema (see [`crd_freshness`]).
+pub fn crds_yaml() -> Vec<(String, String)> {
+    crd_freshness::own_crds()
+        .into_iter()
+        .map(|crd| {
+            let name = format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or_default());
+            (name, serde_yaml::to_string(&crd).expect("CRD serializes"))
+        })
+        .collect()
 }
 
 /// The objects the operator would apply for a StorageCluster manifest, as

@@ -187,6 +187,57 @@ fn watch_kubernetes_nodes(client: &Client, context: &Arc<Context>, stop: Cancell
     });
 }
 
+/// How often the installed CRDs are compared with this build's.
+const CRD_CHECK_PERIOD: Duration = Duration::from_secs(30);
+
+/// Compares the installed CRDs with this build's every
+/// [`CRD_CHECK_PERIOD`] until `stop`: the gauge follows, a change is
+/// logged, and clusters are told by their reconciles.
+fn check_crds_periodically(
+    client: &Client,
+    context: &Arc<Context>,
+    metrics: &OperatorMetrics,
+    stop: CancellationToken,
+) {
+    let (client, context, metrics) = (client.clone(), context.clone(), metrics.clone());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(CRD_CHECK_PERIOD);
+        let mut unreadable_said = false;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let mut problems = Vec::new();
+            for (name, outcome) in super::crd_freshness::check_installed(&client).await {
+                match outcome {
+                    Ok(problem) => {
+                        metrics
+                            .crd_current
+                            .with_label_values(&[name.as_str()])
+                            .set(i64::from(problem.is_none()));
+                        problems.extend(problem);
+                    }
+                    Err(e) => {
+                        if !unreadable_said {
+                            tracing::warn!(crd = %name, "cannot check that the installed CRD is this operator's (may the operator get customresourcedefinitions?): {e}");
+                            unreadable_said = true;
+                        }
+                    }
+                }
+            }
+            if context.crds.record(problems.clone()) {
+                if problems.is_empty() {
+                    tracing::info!("the installed CRDs are the ones this operator was built with");
+                }
+                for problem in &problems {
+                    tracing::error!("{problem}");
+                }
+            }
+        }
+    });
+}
+
 /// Resolves on SIGTERM or Ctrl-C.
 async fn termination() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -328,6 +379,7 @@ pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
         failures: Default::default(),
     });
     watch_kubernetes_nodes(&client, &context, stop.clone());
+    check_crds_periodically(&client, &context, &metrics, stop.clone());
     let controllers = futures::future::join_all(scopes.into_iter().map(|scope| {
         run_controllers(
             client.clone(),

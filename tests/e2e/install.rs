@@ -306,3 +306,78 @@ pub async fn scoped_to_namespaces(e2e: &E2e) -> anyhow::Result<()> {
     upgrade(&["--set", "operator.watchNamespaces=null"])?;
     result
 }
+
+/// The operator's gauge of `crd`, if it has one yet.
+fn crd_current(metrics: &str, crd: &str) -> Option<u8> {
+    let series = format!("redstuff_operator_crd_current{{crd=\"{crd}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series.as_str())?.trim().parse().ok())
+}
+
+/// The operator finds the CRDs the chart installed current; a CRD of an
+/// earlier version (one carrying no schema digest) is reported on the
+/// gauge and to the StorageCluster as a Warning Event, until the CRDs are
+/// applied again as docs/operations.md says.
+pub async fn outdated_crds_are_reported(e2e: &E2e) -> anyhow::Result<()> {
+    const CRD: &str = "storageclusters.redstuff.dev";
+    let gauges = |want: u8| {
+        move || -> anyhow::Result<Option<()>> {
+            let metrics = e2e.operator_metrics()?;
+            let both = [CRD, "blobs.redstuff.dev"].map(|crd| crd_current(&metrics, crd));
+            anyhow::ensure!(both == [Some(want), Some(1)], "gauges {both:?}");
+            Ok(Some(()))
+        }
+    };
+    wait_for("both CRDs current", Duration::from_secs(90), gauges(1)).await?;
+    anyhow::ensure!(
+        !crate::disruptions::event_reasons(e2e)?.contains(&"CRDOutdated".to_string()),
+        "a CRDOutdated Event while the CRDs are current"
+    );
+    // What every installation of a version before the digest holds.
+    e2e.kubectl(&["annotate", "crd", CRD, "redstuff.dev/schema-digest-"])?;
+    let result = async {
+        wait_for(
+            "the StorageCluster CRD reported outdated",
+            Duration::from_secs(90),
+            gauges(0),
+        )
+        .await?;
+        wait_for(
+            "a CRDOutdated Warning Event on the cluster",
+            Duration::from_secs(90),
+            || {
+                let events = e2e.list("events.events.k8s.io", NS, "")?;
+                Ok(events
+                    .iter()
+                    .find(|e| {
+                        e["reason"] == "CRDOutdated"
+                            && e["type"] == "Warning"
+                            && e["regarding"]["kind"] == "StorageCluster"
+                            && e["note"]
+                                .as_str()
+                                .is_some_and(|n| n.contains(CRD) && n.contains("kubectl apply"))
+                    })
+                    .map(|_| ()))
+            },
+        )
+        .await
+    }
+    .await;
+    // The remedy the docs give.
+    e2e.kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        "charts/redstuff/crds/",
+    ])?;
+    result?;
+    wait_for(
+        "both CRDs current again",
+        Duration::from_secs(90),
+        gauges(1),
+    )
+    .await?;
+    Ok(())
+}

@@ -77,6 +77,13 @@ async fn run_scenarios(e2e: &E2e, report: &mut Report) {
         .await;
     report
         .scenario(
+            "an outdated CRD is reported on the operator's gauge and as a Warning Event until the CRDs are applied",
+            false,
+            install::outdated_crds_are_reported(e2e),
+        )
+        .await;
+    report
+        .scenario(
             "at rest the operator reads only what changed in the nodes' inventories",
             false,
             disruptions::operator_reads_only_changes_at_rest(e2e),
