@@ -1,7 +1,8 @@
 //! The S3 index in a real PostgreSQL server: the same checks as the
 //! embedded index (`s3::index::conformance`), and two gateways' indexes on
 //! one database changing the same blob's references at once without
-//! losing a count (serializable transactions, run again on conflict).
+//! losing a count (serializable transactions, run again on conflict); a
+//! database restart or outage costs only the requests made while it is down.
 
 mod pg;
 
@@ -18,6 +19,38 @@ fn the_postgres_index_keeps_every_promise_of_the_embedded_one() {
         server.truncate();
         Index::postgres(&server.url).unwrap()
     });
+}
+
+fn bucket_names(index: &Index) -> Vec<String> {
+    index
+        .buckets()
+        .unwrap()
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect()
+}
+
+#[test]
+fn the_postgres_index_fails_fast_while_its_database_is_down_and_connects_again_after() {
+    let server = pg::Postgres::start();
+    let index = Index::postgres(&server.url).unwrap();
+    index.create_bucket("before", 1).unwrap();
+    // A restart between requests costs no request.
+    server.stop();
+    server.start_again();
+    index.create_bucket("after-restart", 2).unwrap();
+    // While the database is down, requests fail (they do not hang) and
+    // change nothing.
+    server.stop();
+    let down = index.create_bucket("while-down", 3);
+    assert!(down.is_err(), "{down:?}");
+    assert!(index.buckets().is_err());
+    server.start_again();
+    index.create_bucket("after-outage", 4).unwrap();
+    assert_eq!(
+        bucket_names(&index),
+        vec!["after-outage", "after-restart", "before"]
+    );
 }
 
 #[test]

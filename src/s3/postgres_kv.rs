@@ -4,9 +4,10 @@
 //! gateway changed what it read), so the index behaves as with one writer.
 
 use std::sync::Mutex;
+use std::time::Duration;
 
 use postgres::error::SqlState;
-use postgres::{Client, IsolationLevel, NoTls};
+use postgres::{Client, Config, IsolationLevel, NoTls};
 
 use super::index::IndexError;
 use super::kv::{prefix_end, Entries, KvStore, Table, Txn};
@@ -16,7 +17,7 @@ const ATTEMPTS: u32 = 60;
 
 /// A pause before attempt `attempt` again: random, up to twice the last
 /// one's bound, at most 200 ms, so conflicting writers drift apart.
-fn backoff(attempt: u32) -> std::time::Duration {
+fn backoff(attempt: u32) -> Duration {
     let bound_ms = (1u64 << attempt.min(8)).min(200);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -25,16 +26,55 @@ fn backoff(attempt: u32) -> std::time::Duration {
     x ^= x << 13;
     x ^= x >> 7;
     x ^= x << 17;
-    std::time::Duration::from_micros(x % (bound_ms * 1000 + 1))
+    Duration::from_micros(x % (bound_ms * 1000 + 1))
 }
 
 fn store(e: impl std::fmt::Display) -> IndexError {
     IndexError::Store(e.to_string())
 }
 
-/// The PostgreSQL store: one connection, used by one transaction at a time.
+/// A PostgreSQL error as people read it: the server's own message where
+/// it sent one (the error's display is only "db error").
+fn pg_error(e: &postgres::Error) -> IndexError {
+    store(describe(e))
+}
+
+fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        ),
+        None => e.to_string(),
+    }
+}
+
+/// Whether `e` says the connection is gone: closed, broken, or ended by
+/// the server shutting down or restarting.
+fn connection_lost(e: &postgres::Error) -> bool {
+    match e.code() {
+        Some(code) => {
+            *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CRASH_SHUTDOWN
+                || code.code().starts_with("08")
+        }
+        None => true,
+    }
+}
+
+/// Bounds on a connection the URL leaves unbounded: a server that does
+/// not answer fails the request instead of holding every other one.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const UNACKNOWLEDGED_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The PostgreSQL store: one connection, used by one transaction at a
+/// time, opened again when it was lost (a PostgreSQL restart or failover
+/// closes it).
 pub struct PostgresKv {
-    client: Mutex<Client>,
+    config: Config,
+    client: Mutex<Option<Client>>,
 }
 
 impl PostgresKv {
@@ -42,20 +82,36 @@ impl PostgresKv {
     /// off: inside a cluster network or on loopback) and creates the table
     /// when missing.
     pub fn connect(url: &str) -> Result<Self, IndexError> {
-        let mut client = Client::connect(url, NoTls).map_err(store)?;
-        client
-            .batch_execute(
-                "CREATE TABLE IF NOT EXISTS redstuff_s3_kv (
-                     tbl smallint NOT NULL,
-                     key bytea NOT NULL,
-                     value bytea NOT NULL,
-                     PRIMARY KEY (tbl, key))",
-            )
-            .map_err(store)?;
+        let mut config: Config = url.parse().map_err(store)?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(UNACKNOWLEDGED_TIMEOUT);
+        }
+        let client = open(&config)?;
         Ok(Self {
-            client: Mutex::new(client),
+            config,
+            client: Mutex::new(Some(client)),
         })
     }
+}
+
+/// A connection to the index's database, its table made when missing.
+fn open(config: &Config) -> Result<Client, IndexError> {
+    let mut client = config
+        .connect(NoTls)
+        .map_err(|e| store(format!("cannot reach the S3 index's database: {e}")))?;
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS redstuff_s3_kv (
+                 tbl smallint NOT NULL,
+                 key bytea NOT NULL,
+                 value bytea NOT NULL,
+                 PRIMARY KEY (tbl, key))",
+        )
+        .map_err(|e| pg_error(&e))?;
+    Ok(client)
 }
 
 struct PgTxn<'a, 'b>(&'a mut postgres::Transaction<'b>);
@@ -130,7 +186,7 @@ fn conflict_or_store(e: postgres::Error) -> IndexError {
     if is_conflict(&e) {
         IndexError::Store(CONFLICT.into())
     } else {
-        store(e)
+        pg_error(&e)
     }
 }
 
@@ -149,18 +205,39 @@ impl KvStore for PostgresKv {
         write: bool,
         body: &mut dyn FnMut(&mut dyn Txn) -> Result<(), IndexError>,
     ) -> Result<(), IndexError> {
-        let mut client = self
+        let mut connection = self
             .client
             .lock()
             .map_err(|_| store("poisoned connection"))?;
         let mut last = None;
+        let mut lost = false;
         for attempt in 0..ATTEMPTS {
-            let mut txn = client
+            // A lost connection is opened again before a transaction
+            // starts, never within one: a commit whose answer was lost may
+            // have happened, so that request fails instead of running twice.
+            if lost || connection.as_ref().is_none_or(Client::is_closed) {
+                lost = false;
+                *connection = None;
+                *connection = Some(open(&self.config)?);
+                tracing::info!("connected to the S3 index's database again");
+            }
+            let client = connection.as_mut().expect("connected above");
+            let started = client
                 .build_transaction()
                 .isolation_level(IsolationLevel::Serializable)
                 .read_only(!write)
-                .start()
-                .map_err(store)?;
+                .start();
+            let mut txn = match started {
+                Ok(txn) => txn,
+                // Nothing was sent for this request yet: the next attempt
+                // opens a new connection and starts again.
+                Err(e) if connection_lost(&e) => {
+                    last = Some(format!("connection lost: {}", describe(&e)));
+                    lost = true;
+                    continue;
+                }
+                Err(e) => return Err(pg_error(&e)),
+            };
             let result = body(&mut PgTxn(&mut txn));
             let outcome = match result {
                 Ok(()) => txn.commit().map_err(conflict_or_store),

@@ -175,6 +175,43 @@ impl Postgres {
             .get(0)
     }
 
+    /// Stops the server (fast: clients are told and disconnected).
+    pub fn stop(&self) {
+        let output = as_postgres(&self.bin, "pg_ctl")
+            .args(["-w", "-m", "fast", "-D"])
+            .arg(self.dir.path().join("data"))
+            .arg("stop")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// Starts the stopped server again on loopback, on its data and port.
+    pub fn start_again(&self) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=on",
+            self.port,
+            self.dir.path().display()
+        );
+        let output = as_postgres(&self.bin, "pg_ctl")
+            .args(["-w", "-t", "60", "-l"])
+            .arg(self.dir.path().join("log"))
+            .args(["-o", &options, "-D"])
+            .arg(self.dir.path().join("data"))
+            .arg("start")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "pg_ctl start: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     /// Empties the index's table (a fresh index for the next check).
     pub fn truncate(&self) {
         let mut client = postgres::Client::connect(&self.url, postgres::NoTls).unwrap();
