@@ -372,6 +372,10 @@ pub async fn run(
 
     let registry = Registry::new();
     let metrics = FleetMetrics::new(&registry);
+    // The one gateway runs in this process: available while it runs; there
+    // are no Kubernetes objects to keep in sync.
+    metrics.gateways_available.set(1);
+    metrics.synced.set(1);
     let status: StatusBoard = Arc::new(RwLock::new(None));
     let gateway_config = GatewayConfig {
         max_blob_bytes: u64::MAX,

@@ -499,6 +499,17 @@ pub struct FleetMetrics {
     pub shards_missing: IntGauge,
     /// Node processes or pods ready.
     pub nodes_ready: IntGauge,
+    /// Gateway pods available (the operator's reading of the gateway
+    /// Deployment).
+    pub gateways_available: IntGauge,
+    /// Shards whose owner did not answer the operator (pod not ready, or
+    /// silent).
+    pub shards_unavailable: IntGauge,
+    /// f: the shards that may be lost or lie.
+    pub fault_tolerance: IntGauge,
+    /// 1 while every object of the cluster is applied as its spec says;
+    /// 0 while some cannot be, or the spec or its claims are refused.
+    pub synced: IntGauge,
     /// Nodes that did not answer their inventory within the deadline.
     pub nodes_not_answering: IntGauge,
     /// When the cluster's CA certificate expires (0: no TLS).
@@ -541,6 +552,26 @@ impl FleetMetrics {
                 "(blob, shard) pairs missing across the fleet.",
             ),
             nodes_ready: gauge(registry, "redstuff_nodes_ready", "Storage nodes ready."),
+            gateways_available: gauge(
+                registry,
+                "redstuff_gateways_available",
+                "Gateway pods available (0: clients can neither store nor read).",
+            ),
+            shards_unavailable: gauge(
+                registry,
+                "redstuff_shards_unavailable",
+                "Shards whose owner did not answer the operator (pod not ready, or silent).",
+            ),
+            fault_tolerance: gauge(
+                registry,
+                "redstuff_fault_tolerance",
+                "f: the shards that may be lost or lie without a blob being lost.",
+            ),
+            synced: gauge(
+                registry,
+                "redstuff_cluster_synced",
+                "1 while every object of the cluster is applied as its spec says, 0 while some cannot be or the cluster is refused (its Synced and Ready conditions say why).",
+            ),
             nodes_not_answering: gauge(
                 registry,
                 "redstuff_nodes_not_answering",

@@ -40,6 +40,11 @@ fn the_readme_lists_exactly_the_metrics_the_code_registers() {
             "redstuff_gateway_node_unanswering",
             // 0 or 1 per CRD.
             "redstuff_operator_crd_current",
+            "redstuff_gateways_available",
+            "redstuff_shards_unavailable",
+            "redstuff_fault_tolerance",
+            // 0 or 1 per cluster.
+            "redstuff_cluster_synced",
         ];
         assert!(
             unit || plain.contains(&name.as_str()),

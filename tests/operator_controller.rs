@@ -174,7 +174,8 @@ fn api_with_tokens() -> MockApi {
 }
 
 /// A fake API holding the cluster's token Secrets and Secret `name` of
-/// `type_` with `data` (each value base64-encoded as the API serves it).
+/// `type_` with `data` (each value base64-encoded as the API serves it),
+/// labelled as the operator labels what it makes.
 fn api_with_secret(name: &str, type_: Option<&str>, data: &[(&str, &str)]) -> MockApi {
     use base64::Engine as _;
     let data: serde_json::Map<String, Value> = data
@@ -187,7 +188,7 @@ fn api_with_secret(name: &str, type_: Option<&str>, data: &[(&str, &str)]) -> Mo
     let mut secret = json!({
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": name, "namespace": "storage"},
+        "metadata": {"name": name, "namespace": "storage", "labels": support::operator_labels("media")},
         "data": data,
     });
     if let Some(type_) = type_ {
@@ -323,6 +324,21 @@ async fn a_new_cluster_creates_its_objects_with_server_side_apply_and_writes_its
     let mut expected = vec![
         format!("GET {NS}/pods"),
         format!("GET {NS}/persistentvolumeclaims"),
+        // Every name the cluster takes is looked at once before anything
+        // is applied under it.
+        format!("GET {NS}/services/media-nodes"),
+        format!("GET {NS}/configmaps/media-shards"),
+        format!("GET {NS}/secrets/media-node-token"),
+        format!("GET {NS}/secrets/media-gateway-token"),
+        "GET /apis/networking.k8s.io/v1/namespaces/storage/networkpolicies/media-nodes".to_string(),
+        "GET /apis/apps/v1/namespaces/storage/deployments/media-gateway".to_string(),
+        format!("GET {NS}/services/media-gateway"),
+        "GET /apis/policy/v1/namespaces/storage/poddisruptionbudgets/media-nodes".to_string(),
+        "GET /apis/policy/v1/namespaces/storage/poddisruptionbudgets/media-gateway".to_string(),
+    ];
+    expected.extend((0..3).map(|i| format!("GET {NS}/persistentvolumeclaims/media-data-{i}")));
+    expected.extend((0..3).map(|i| format!("GET {NS}/pods/media-node-{i}")));
+    expected.extend([
         format!("GET {NS}/secrets/media-node-token"),
         format!("GET {NS}/secrets/media-gateway-token"),
         format!("PATCH {NS}/services/media-nodes"),
@@ -331,7 +347,7 @@ async fn a_new_cluster_creates_its_objects_with_server_side_apply_and_writes_its
         format!("PATCH {NS}/secrets/media-gateway-token"),
         "PATCH /apis/networking.k8s.io/v1/namespaces/storage/networkpolicies/media-nodes"
             .to_string(),
-    ];
+    ]);
     expected.extend((0..3).map(|i| format!("PATCH {NS}/persistentvolumeclaims/media-data-{i}")));
     expected.extend((0..3).map(|i| format!("PATCH {NS}/pods/media-node-{i}")));
     expected.extend([
@@ -340,13 +356,15 @@ async fn a_new_cluster_creates_its_objects_with_server_side_apply_and_writes_its
         "PATCH /apis/policy/v1/namespaces/storage/poddisruptionbudgets/media-nodes".to_string(),
         "PATCH /apis/policy/v1/namespaces/storage/poddisruptionbudgets/media-gateway".to_string(),
         format!("GET {GROUP}/blobs"),
+        // Its pods available?
+        "GET /apis/apps/v1/namespaces/storage/deployments/media-gateway".to_string(),
         format!("PATCH {CLUSTER}/status"),
     ]);
     assert_eq!(lines(&seen), expected);
     for list in &seen[..2] {
         assert!(
-            list.query
-                .contains("labelSelector=app.kubernetes.io%2Finstance%3Dmedia"),
+            list.query.contains("app.kubernetes.io%2Fname%3Dredstuff")
+                && list.query.contains("app.kubernetes.io%2Finstance%3Dmedia"),
             "{}",
             list.query
         );
@@ -374,22 +392,22 @@ async fn a_new_cluster_creates_its_objects_with_server_side_apply_and_writes_its
             (Some("StorageCluster"), Some("7c1f"))
         );
     }
-    for secret in [6, 7] {
+    let token_applies: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| s.method == "PATCH" && s.path.contains("/secrets/media-"))
+        .collect();
+    assert_eq!(token_applies.len(), 2);
+    for secret in &token_applies {
         use base64::Engine as _;
-        let token = seen[secret].body["data"]["token"].as_str().unwrap();
+        let token = secret.body["data"]["token"].as_str().unwrap();
         let token = base64::engine::general_purpose::STANDARD
             .decode(token)
             .unwrap();
-        assert_eq!(
-            token.len(),
-            64,
-            "a fresh random token in {}",
-            seen[secret].path
-        );
-        assert!(seen[secret].body.get("stringData").is_none());
+        assert_eq!(token.len(), 64, "a fresh random token in {}", secret.path);
+        assert!(secret.body.get("stringData").is_none());
     }
     assert_ne!(
-        seen[6].body["data"], seen[7].body["data"],
+        token_applies[0].body["data"], token_applies[1].body["data"],
         "two credentials"
     );
     let status = status_written(&seen).unwrap();
@@ -608,7 +626,8 @@ async fn the_gateway_keeps_its_image_until_every_node_pod_runs_the_new_spec() {
             "/apis/apps/v1/namespaces/storage/deployments/media-gateway".into(),
             json!({
                 "apiVersion": "apps/v1", "kind": "Deployment",
-                "metadata": {"name": "media-gateway", "namespace": "storage"},
+                "metadata": {"name": "media-gateway", "namespace": "storage",
+                             "labels": support::operator_labels("media")},
                 "spec": {"selector": {}, "template": {"spec": {"containers": [
                     {"name": "gateway", "image": "redstuff:test"}]}}}
             }),
@@ -737,7 +756,7 @@ async fn a_node_gone_past_the_grace_period_hands_its_shards_to_the_others() {
     assert_eq!(condition(&status, "Degraded")["reason"], "ShardsMoved");
     let config = seen
         .iter()
-        .find(|s| s.path.ends_with("/configmaps/media-shards"))
+        .find(|s| s.method == "PATCH" && s.path.ends_with("/configmaps/media-shards"))
         .unwrap();
     assert_eq!(
         config.body["data"]["media-node-2.json"]
@@ -1177,7 +1196,7 @@ fn owners_applied(seen: &[Seen], nodes: usize) -> Option<Vec<BTreeSet<u16>>> {
     let config = seen
         .iter()
         .rev()
-        .find(|s| s.path.ends_with("/configmaps/media-shards"))?;
+        .find(|s| s.method == "PATCH" && s.path.ends_with("/configmaps/media-shards"))?;
     let owners = (0..nodes)
         .map(|i| {
             let text = config.body["data"][format!("media-node-{i}.json")]
@@ -1920,5 +1939,126 @@ async fn a_new_cluster_on_the_claims_of_a_deleted_one_keeps_the_shards_where_the
     // And the claims go on remembering it.
     let claim = applied(&seen, &format!("{NS}/persistentvolumeclaims/media-data-0")).unwrap();
     assert_eq!(claim["metadata"]["annotations"]["redstuff.dev/shards"], "1");
+    assert_eq!(
+        claim["metadata"]["annotations"]["redstuff.dev/cluster-shards"],
+        "4"
+    );
     assert!(claim["metadata"]["ownerReferences"].is_null());
+}
+
+#[tokio::test]
+async fn a_new_cluster_of_another_shard_count_on_an_earlier_ones_claims_is_refused_and_makes_nothing(
+) {
+    // An earlier "media" of 4 shards left its claims; this one has 7: its
+    // blobs there would be unreadable under a fresh assignment.
+    let claims: Vec<Value> = (0..4)
+        .map(|i| {
+            let mut c = claim(&format!("media-data-{i}"), false);
+            c["metadata"]["annotations"] = json!({
+                "redstuff.dev/shards": i.to_string(),
+                "redstuff.dev/cluster-shards": "4",
+            });
+            c
+        })
+        .collect();
+    let (seen, _) = reconcile_on(
+        api_with_tokens(),
+        cluster(7, 4, None),
+        vec![],
+        claims,
+        silent_nodes(0),
+    )
+    .await;
+    let writes: Vec<String> = seen
+        .iter()
+        .filter(|s| s.method != "GET")
+        .map(Seen::line)
+        .collect();
+    assert_eq!(
+        writes,
+        vec![
+            "POST /apis/events.k8s.io/v1/namespaces/storage/events".to_string(),
+            format!("PATCH {CLUSTER}/status"),
+        ],
+        "nothing made or changed but the status and an Event"
+    );
+    assert_eq!(
+        events(&seen),
+        vec![("Warning".into(), "ClaimsOfAnotherCluster".into())]
+    );
+    let status = status_written(&seen).unwrap();
+    assert_eq!(status["phase"], "Failed");
+    let ready = condition(&status, "Ready");
+    assert_eq!(ready["reason"], "ClaimsOfAnotherCluster");
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.contains("4 shards") && message.contains("shards: 4"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn names_held_by_another_applications_objects_are_never_taken_over() {
+    // A StatefulSet "data" with a claim template "media" made media-data-0,
+    // and someone's Service holds media-gateway.
+    let mut api = api_with_tokens();
+    api.objects.insert(
+        format!("{NS}/persistentvolumeclaims/media-data-0"),
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+               "metadata": {"name": "media-data-0", "namespace": "storage",
+                            "labels": {"app": "data", "app.kubernetes.io/instance": "media"}}}),
+    );
+    api.objects.insert(
+        format!("{NS}/services/media-gateway"),
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "media-gateway", "namespace": "storage"}}),
+    );
+    let (seen, _) = reconcile_on(api, cluster(4, 4, None), vec![], vec![], silent_nodes(4)).await;
+    let writes: Vec<String> = seen
+        .iter()
+        .filter(|s| s.method != "GET")
+        .map(Seen::line)
+        .collect();
+    assert_eq!(
+        writes,
+        vec![
+            "POST /apis/events.k8s.io/v1/namespaces/storage/events".to_string(),
+            format!("PATCH {CLUSTER}/status"),
+        ],
+        "nothing applied, created or replaced"
+    );
+    assert_eq!(events(&seen), vec![("Warning".into(), "NameTaken".into())]);
+    let status = status_written(&seen).unwrap();
+    let synced = condition(&status, "Synced");
+    assert_eq!(synced["status"], "False");
+    assert_eq!(synced["reason"], "NameTaken");
+    let message = synced["message"].as_str().unwrap();
+    assert!(
+        message.contains("PersistentVolumeClaim/media-data-0")
+            && message.contains("Service/media-gateway")
+            && !message.contains("Secret/"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_name_found_free_or_the_clusters_own_is_not_asked_again() {
+    let (endpoints, _nodes, _dirs) = answering_nodes(3).await;
+    let (seen, ctx) = reconcile(cluster(7, 3, None), vec![], vec![], endpoints.clone()).await;
+    let asked = |seen: &[Seen]| {
+        seen.iter()
+            .filter(|s| s.method == "GET" && s.path.ends_with("/services/media-gateway"))
+            .count()
+    };
+    assert_eq!(asked(&seen), 1, "{:#?}", lines(&seen));
+    let status = status_written(&seen).unwrap();
+    let (seen, _) = reconcile_after(
+        ctx,
+        cluster(7, 3, Some(status)),
+        ready_pods(3),
+        claims(3),
+        endpoints,
+    )
+    .await;
+    assert_eq!(asked(&seen), 0, "{:#?}", lines(&seen));
 }

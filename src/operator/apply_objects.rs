@@ -32,6 +32,7 @@ use super::lifecycle::{DeleteReason, NodeDecision};
 use super::observed::AppliedContent;
 use super::reconcile_error::ReconcileError;
 use super::rollout::{self, FleetCalm, RolloutNode};
+use super::status::HeldObjects;
 use crate::codec::EncodingConfig;
 use crate::fleet::{Assignment, Health};
 
@@ -392,15 +393,17 @@ pub(super) async fn apply_objects(
     })
 }
 
-/// While the cluster's TLS material cannot be read or made, nothing is
-/// applied, created or replaced (pods made without it would serve plain
-/// HTTP, and its Secrets would be overwritten), but the fleet is still
+/// While the cluster's TLS material cannot be read or made (pods made
+/// without it would serve plain HTTP, and its Secrets would be
+/// overwritten), or objects the operator did not make hold names of the
+/// cluster's (they would be taken over), nothing is applied, created or
+/// replaced, but the fleet is still
 /// called, with the cluster token and the CA the nodes serve under, so
 /// repairs and status go on. A Warning Event tells the problem when it
 /// starts; the Synced condition tells it until it is fixed.
 pub(super) async fn hold_objects(
     scope: ApplyScope<'_>,
-    problem: &str,
+    held: &HeldObjects,
 ) -> Result<(), ReconcileError> {
     let ApplyScope {
         ctx,
@@ -414,17 +417,10 @@ pub(super) async fn hold_objects(
     let already_told = previous_status
         .conditions
         .iter()
-        .any(|c| c.type_ == "Synced" && c.reason == "TlsMaterial");
+        .any(|c| c.type_ == "Synced" && c.reason == held.reason);
     if !already_told {
-        ctx.publish(
-            cluster,
-            true,
-            "TlsMaterial",
-            format!(
-                "{problem}; nothing is applied, created or replaced until it is fixed (repairs and status go on)"
-            ),
-        )
-        .await;
+        ctx.publish(cluster, true, held.reason, held.message())
+            .await;
     }
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let token = read_or_make_token(&secrets, &cluster_token_secret(name)).await?;

@@ -130,6 +130,9 @@ pub struct ClusterFleet {
     /// What was applied for this cluster lately, so that unchanged objects
     /// are not applied again on every reconcile.
     pub applied: super::observed::AppliedContent,
+    /// Objects (`Kind/name`) found to be the cluster's own or free, so
+    /// their names are not checked again (`name_holders`).
+    pub owned_names: Mutex<BTreeSet<String>>,
     /// The CA its nodes and gateway are checked against when they serve
     /// TLS (set once its Secret is read).
     pub trust: Arc<crate::tls::FleetTrust>,
@@ -198,6 +201,7 @@ impl Fleets {
                     lost_at: Mutex::new(HashMap::new()),
                     observer: tokio::sync::Mutex::new(crate::control::Observer::new()),
                     applied: Default::default(),
+                    owned_names: Default::default(),
                     s3_blobs: Mutex::new(BTreeSet::new()),
                 })
             })

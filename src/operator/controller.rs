@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -31,7 +32,10 @@ use super::crd::{Blob, BlobCounts, StorageCluster, UnavailableNode};
 use super::desired::{self, node_claim_name, node_pod_name};
 use super::lifecycle::{self, ClaimState, DeleteReason, NodeDecision, NodeObserved, PodState};
 use super::pod_problem::pod_problem;
-use super::status::{cluster_status, validate_spec, FleetSummary, ObservedNode};
+use super::status::{
+    cluster_status, refused_status, validate_spec, FleetSummary, GatewayPods, HeldObjects,
+    ObservedNode,
+};
 use super::upload_records;
 pub use super::upload_records::upload_record_name;
 use crate::codec::EncodingConfig;
@@ -146,17 +150,7 @@ pub async fn reconcile_cluster(
     let encoding = match validate_spec(&cluster.spec) {
         Ok(encoding) => encoding,
         Err(problem) => {
-            let status = cluster_status(
-                &cluster,
-                &Assignment::new(),
-                &[],
-                &FleetSummary::default(),
-                &now_time,
-            );
-            if cluster.status.as_ref() != Some(&status) {
-                ctx.publish(&*cluster, true, "InvalidSpec", problem).await;
-            }
-            write_status_if_changed(&clusters, &cluster, status).await?;
+            refuse(&ctx, &clusters, &cluster, "InvalidSpec", problem, &now_time).await?;
             return Ok(Action::await_change());
         }
     };
@@ -197,11 +191,27 @@ pub async fn reconcile_cluster(
     // the shards stay where their slivers are.
     if previous.is_empty() {
         let claims: Vec<&PersistentVolumeClaim> = observed_claims.iter().collect();
-        if let Some(remembered) =
-            super::claimed_shards::remembered_assignment(&name, cluster.spec.shards, &claims)
-        {
-            tracing::info!(cluster = %name, shards = remembered.len(), "taking up the shard assignment its claims remember");
-            previous = remembered;
+        match super::claimed_shards::remembered_assignment(&name, cluster.spec.shards, &claims) {
+            Ok(Some(remembered)) => {
+                tracing::info!(cluster = %name, shards = remembered.len(), "taking up the shard assignment its claims remember");
+                previous = remembered;
+            }
+            Ok(None) => {}
+            // Nothing is made on claims whose blobs it could not read: the
+            // claims' watch brings the next reconcile once they change.
+            Err(foreign) => {
+                let problem = foreign.to_string();
+                refuse(
+                    &ctx,
+                    &clusters,
+                    &cluster,
+                    "ClaimsOfAnotherCluster",
+                    problem,
+                    &now_time,
+                )
+                .await?;
+                return Ok(Action::requeue(Duration::from_secs(300)));
+            }
         }
     }
     let settled = rebalance_may_go_on(&fleet_state, &previous, &encoding);
@@ -308,10 +318,34 @@ pub async fn reconcile_cluster(
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let applied = &fleet_state.applied;
     let mut failures = Failures::default();
-    let tls = if cluster.spec.tls_enabled() {
+    // Names held by objects the operator did not make are never taken
+    // over: checked before any Secret of the cluster's is read or made.
+    let taken = super::name_holders::check(
+        &ctx,
+        &cluster,
+        &namespace,
+        &assignment,
+        node_names.len(),
+        &fleet_state.owned_names,
+        |kind, object| match kind {
+            "Pod" => pod_by_name.contains_key(object),
+            "PersistentVolumeClaim" => claim_by_name.contains_key(object),
+            _ => false,
+        },
+    )
+    .await?;
+    let tls = if let Some(problem) = taken {
+        Err(HeldObjects {
+            reason: "NameTaken",
+            problem,
+        })
+    } else if cluster.spec.tls_enabled() {
         match read_or_make_tls(&secrets, &cluster, &name, &namespace).await {
             Ok(tls) => Ok(Some(tls)),
-            Err(ReconcileError::Tls(problem)) => Err(problem),
+            Err(ReconcileError::Tls(problem)) => Err(HeldObjects {
+                reason: "TlsMaterial",
+                problem,
+            }),
             Err(e) => return Err(e),
         }
     } else {
@@ -346,14 +380,14 @@ pub async fn reconcile_cluster(
         held,
     ) = match tls {
         Ok(tls) => (apply_objects(scope, tls, &mut failures).await?, None),
-        Err(problem) => {
-            hold_objects(scope, &problem).await?;
+        Err(held) => {
+            hold_objects(scope, &held).await?;
             (
                 Applied {
                     outdated: Vec::new(),
                     rollout_wait: None,
                 },
-                Some(problem),
+                Some(held),
             )
         }
     };
@@ -433,6 +467,17 @@ pub async fn reconcile_cluster(
     }
     view.publish(&encoding, &fleet_state.metrics);
     fleet_state.metrics.nodes_evicted.set(evicted.len() as i64);
+    // Shards whose owner did not answer: past f, reads of blobs may fail
+    // though no blob is counted Lost (only answering nodes list blobs).
+    let shards_unavailable = assignment
+        .values()
+        .filter(|owner| !view.ready.contains(*owner))
+        .count();
+    fleet_state
+        .metrics
+        .shards_unavailable
+        .set(shards_unavailable as i64);
+    fleet_state.metrics.fault_tolerance.set(encoding.f() as i64);
     {
         let mut lost_at = fleet_state.lost_at.lock().expect("not poisoned");
         // A node lost since the last status (or before a failover) counts
@@ -495,6 +540,11 @@ pub async fn reconcile_cluster(
         at_risk: counts[&Health::AtRisk] as u64,
         lost: counts[&Health::Lost] as u64,
     };
+    let gateways = gateway_pods(&client, &namespace, &name).await;
+    fleet_state
+        .metrics
+        .gateways_available
+        .set(gateways.map_or(0, |g| i64::from(g.available)));
     let summary = FleetSummary {
         unavailable: decisions
             .iter()
@@ -520,7 +570,8 @@ pub async fn reconcile_cluster(
         outdated,
         rollout_wait,
         sync_failures: failures.0.clone(),
-        tls_problem: held.clone(),
+        held: held.clone(),
+        gateways,
     };
     let observed_status: Vec<ObservedNode> = node_specs
         .iter()
@@ -535,6 +586,11 @@ pub async fn reconcile_cluster(
         })
         .collect();
     let status = cluster_status(&cluster, &assignment, &observed_status, &summary, &now_time);
+    let synced = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Synced" && c.status == "True");
+    fleet_state.metrics.synced.set(i64::from(synced));
     if previous_status.phase.is_some() && status.phase != previous_status.phase {
         let phase = status.phase.clone().unwrap_or_default();
         let message = status
@@ -675,6 +731,67 @@ pub(crate) fn status_merge_patch<T: Serialize>(old: Option<&T>, new: &T) -> serd
         }
     }
     serde_json::json!({ "status": status })
+}
+
+/// How long after its Deployment is made a gateway without an available
+/// pod counts as starting rather than down (an image pull, the first
+/// shard map).
+const GATEWAY_STARTUP_SECS: i64 = 120;
+
+/// The gateway Deployment's available and wanted pods (`None`: not made
+/// yet, or it could not be read).
+async fn gateway_pods(
+    client: &kube::Client,
+    namespace: &str,
+    cluster: &str,
+) -> Option<GatewayPods> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let deployment = match deployments.get_opt(&desired::gateway_name(cluster)).await {
+        Ok(found) => found?,
+        Err(e) => {
+            tracing::debug!(cluster, "cannot read the gateway Deployment: {e}");
+            return None;
+        }
+    };
+    let count = |n: Option<i32>| u16::try_from(n.unwrap_or(0).max(0)).unwrap_or(u16::MAX);
+    let age_secs = deployment
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(i64::MAX, |made| {
+            Timestamp::now().as_second() - made.0.as_second()
+        });
+    Some(GatewayPods {
+        available: count(
+            deployment
+                .status
+                .as_ref()
+                .and_then(|s| s.available_replicas),
+        ),
+        wanted: count(deployment.spec.replicas.or(Some(1))),
+        starting: age_secs < GATEWAY_STARTUP_SECS,
+    })
+}
+
+/// Acts on nothing of a cluster but its status (Failed, not Ready for
+/// `reason`) and, when that changes, a Warning Event saying `problem`.
+async fn refuse(
+    ctx: &Context,
+    clusters: &Api<StorageCluster>,
+    cluster: &StorageCluster,
+    reason: &str,
+    problem: String,
+    now: &Time,
+) -> Result<(), ReconcileError> {
+    let key = (cluster.namespace().unwrap_or_default(), cluster.name_any());
+    ctx.fleets.get(&key, ctx.deadlines).metrics.synced.set(0);
+    let mut status = refused_status(cluster, reason, problem.clone(), now);
+    let previous = cluster.status.clone().unwrap_or_default();
+    super::status::carry_transition_times(&mut status.conditions, &previous.conditions);
+    if cluster.status.as_ref() != Some(&status) {
+        ctx.publish(cluster, true, reason, problem).await;
+    }
+    write_status_if_changed(clusters, cluster, status).await
 }
 
 async fn write_status_if_changed(

@@ -384,6 +384,10 @@ pub struct StorageClusterStatus {
     /// Repairs in flight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repairs_in_flight: Option<u32>,
+    /// Gateway pods available, of those the spec asks for: at 0 clients
+    /// can neither store nor read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateways_available: Option<u16>,
 }
 
 /// A node pod that is not ready.

@@ -16,6 +16,7 @@ pub mod desired;
 mod fixtures;
 pub mod ingest;
 pub mod lifecycle;
+pub mod name_holders;
 pub mod observed;
 pub mod pod_problem;
 mod reconcile_error;
@@ -66,32 +67,7 @@ pub fn render_cluster(
         })
         .collect();
     let assignment = crate::fleet::assign(cluster.spec.shards, &nodes, &Default::default());
-    let credentials = desired::Credentials {
-        cluster: "placeholder-cluster-token".into(),
-        users: "placeholder-user-token".into(),
-        s3: Some(crate::s3::credentials::S3Keys {
-            access_key: "placeholder-access-key".into(),
-            secret_key: "placeholder-secret-key".into(),
-        }),
-        tls: cluster.spec.tls_enabled().then(|| {
-            let placeholder = |what: &str| desired::tls::ServingPair {
-                cert_pem: format!("placeholder-{what}-certificate"),
-                key_pem: format!("placeholder-{what}-key"),
-                not_after_unix: 0,
-                names: Vec::new(),
-            };
-            desired::tls::ClusterTls {
-                ca_cert_pem: "placeholder-ca-certificate".into(),
-                ca_key_pem: "placeholder-ca-key".into(),
-                nodes: placeholder("node"),
-                gateway: cluster
-                    .spec
-                    .gateway_secret()
-                    .is_none()
-                    .then(|| placeholder("gateway")),
-            }
-        }),
-    };
+    let credentials = desired::placeholder_credentials(&cluster);
     let objects = desired::desired_objects(
         &cluster,
         &assignment,

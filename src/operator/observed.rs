@@ -152,7 +152,7 @@ impl Observed {
 
 fn selector(name: &str) -> ListParams {
     ListParams::default().labels(&format!(
-        "app.kubernetes.io/instance={name},app.kubernetes.io/component=node"
+        "app.kubernetes.io/name=redstuff,app.kubernetes.io/instance={name},app.kubernetes.io/component=node"
     ))
 }
 

@@ -53,9 +53,46 @@ pub struct FleetSummary {
     pub rollout_wait: Option<String>,
     /// Objects that could not be applied or deleted this time, and why.
     pub sync_failures: Vec<String>,
-    /// Why nothing was applied: the cluster's TLS material cannot be read
-    /// or made (repairs and status go on).
-    pub tls_problem: Option<String>,
+    /// Why nothing was applied (repairs and status go on), if nothing was.
+    pub held: Option<HeldObjects>,
+    /// The gateway Deployment's pods: available and wanted, once read.
+    pub gateways: Option<GatewayPods>,
+}
+
+/// How many gateway pods are available, of how many wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatewayPods {
+    /// Available (ready for the Deployment's minReadySeconds).
+    pub available: u16,
+    /// Wanted (the Deployment's replicas).
+    pub wanted: u16,
+    /// The Deployment was made moments ago: none available is no fault yet.
+    pub starting: bool,
+}
+
+/// Why a reconcile applied none of a cluster's objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldObjects {
+    /// The Synced condition's and the Event's reason: `TlsMaterial` (the
+    /// cluster's TLS material cannot be read or made) or `NameTaken`
+    /// (objects the operator did not make hold names of the cluster's).
+    pub reason: &'static str,
+    /// What is wrong, and what to do.
+    pub problem: String,
+}
+
+impl HeldObjects {
+    /// The whole statement: nothing is applied until the problem is fixed.
+    pub fn message(&self) -> String {
+        let until = match self.reason {
+            "TlsMaterial" => "the cluster's TLS material is fixed",
+            _ => "the names are free or the cluster's own",
+        };
+        super::context::truncate_note(format!(
+            "nothing is applied, created or replaced until {until} (repairs and status go on): {}",
+            self.problem
+        ))
+    }
 }
 
 /// Checks a spec beyond what the schema can (the controller's last line of
@@ -110,6 +147,24 @@ pub(crate) fn carry_transition_times(conditions: &mut [Condition], previous: &[C
     }
 }
 
+/// The status of a cluster the operator refuses to act on: phase Failed,
+/// not Ready for `reason`, explained by `problem` (pure; transition times
+/// are carried over by the caller's [`carry_transition_times`]).
+pub fn refused_status(
+    cluster: &StorageCluster,
+    reason: &str,
+    problem: String,
+    now: &Time,
+) -> StorageClusterStatus {
+    let generation = cluster.metadata.generation;
+    StorageClusterStatus {
+        phase: Some("Failed".into()),
+        observed_generation: generation,
+        conditions: vec![condition("Ready", false, reason, problem, generation, now)],
+        ..StorageClusterStatus::default()
+    }
+}
+
 /// The status of `cluster` given the observed nodes, the assignment and
 /// what the fleet loop saw.
 pub fn cluster_status(
@@ -122,19 +177,7 @@ pub fn cluster_status(
     let generation = cluster.metadata.generation;
     let previous = cluster.status.clone().unwrap_or_default();
     let mut status = match validate_spec(&cluster.spec) {
-        Err(problem) => StorageClusterStatus {
-            phase: Some("Failed".into()),
-            observed_generation: generation,
-            conditions: vec![condition(
-                "Ready",
-                false,
-                "InvalidSpec",
-                problem,
-                generation,
-                now,
-            )],
-            ..StorageClusterStatus::default()
-        },
+        Err(problem) => refused_status(cluster, "InvalidSpec", problem, now),
         Ok(config) => {
             let ready = nodes.iter().filter(|n| n.ready).count();
             // Retiring node pods count until they are deleted.
@@ -322,6 +365,30 @@ fn fold_in_fleet(
             ),
         );
     }
+    if let Some(gateways) = fleet.gateways {
+        status.gateways_available = Some(gateways.available);
+        if gateways.available == 0 && gateways.wanted > 0 && !gateways.starting {
+            if status.phase.as_deref() == Some("Ready") {
+                status.phase = Some("Degraded".into());
+            }
+            // Said last: to clients it is the whole cluster down.
+            set(
+                status,
+                condition(
+                    "Degraded",
+                    true,
+                    "GatewayUnavailable",
+                    format!(
+                        "no gateway pod is available (0 of {}): clients can neither store nor read; \
+                         the gateway Deployment's and its pods' events say why",
+                        gateways.wanted
+                    ),
+                    generation,
+                    now,
+                ),
+            );
+        }
+    }
     if fleet.shards_to_move > 0 {
         set(
             status,
@@ -390,21 +457,19 @@ fn fold_in_fleet(
             ),
         );
     }
-    let synced = fleet.sync_failures.is_empty() && fleet.tls_problem.is_none();
+    let synced = fleet.sync_failures.is_empty() && fleet.held.is_none();
     status.conditions.push(condition(
         "Synced",
         synced,
-        match (synced, &fleet.tls_problem) {
+        match (synced, &fleet.held) {
             (true, _) => "Applied",
-            (false, Some(_)) => "TlsMaterial",
+            (false, Some(held)) => held.reason,
             (false, None) => "ApplyFailed",
         },
         if synced {
             "every object of the cluster is applied".to_string()
-        } else if let Some(problem) = &fleet.tls_problem {
-            super::context::truncate_note(format!(
-                "nothing is applied, created or replaced until the cluster's TLS material is fixed (repairs and status go on): {problem}"
-            ))
+        } else if let Some(held) = &fleet.held {
+            held.message()
         } else {
             let mut message = format!(
                 "{} objects could not be applied and are retried (repairs and status go on): {}",
@@ -748,5 +813,59 @@ mod tests {
             &now(1),
         );
         assert_eq!(cond(&s, "Synced").status, "True");
+    }
+
+    #[test]
+    fn a_cluster_without_an_available_gateway_is_degraded_whatever_its_nodes() {
+        let c = cluster(4, 4, Some("1Gi"));
+        let nodes = observed(4, &[0, 1, 2, 3], 4);
+        let status_with = |available: u16| {
+            let fleet = FleetSummary {
+                gateways: Some(GatewayPods {
+                    available,
+                    wanted: 2,
+                    starting: false,
+                }),
+                ..FleetSummary::default()
+            };
+            cluster_status(&c, &assignment(&c, &nodes), &nodes, &fleet, &now(1))
+        };
+        let down = status_with(0);
+        assert_eq!(down.phase.as_deref(), Some("Degraded"));
+        assert_eq!(down.gateways_available, Some(0));
+        let degraded = cond(&down, "Degraded");
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "GatewayUnavailable")
+        );
+        assert!(degraded.message.contains("0 of 2"), "{}", degraded.message);
+        let one = status_with(1);
+        assert_eq!(one.phase.as_deref(), Some("Ready"), "one of two serves");
+        assert_eq!(one.gateways_available, Some(1));
+        let unread = cluster_status(
+            &c,
+            &assignment(&c, &nodes),
+            &nodes,
+            &FleetSummary::default(),
+            &now(1),
+        );
+        assert_eq!(
+            (unread.phase.as_deref(), unread.gateways_available),
+            (Some("Ready"), None)
+        );
+        let starting = FleetSummary {
+            gateways: Some(GatewayPods {
+                available: 0,
+                wanted: 1,
+                starting: true,
+            }),
+            ..FleetSummary::default()
+        };
+        let new = cluster_status(&c, &assignment(&c, &nodes), &nodes, &starting, &now(1));
+        assert_eq!(
+            new.phase.as_deref(),
+            Some("Ready"),
+            "a gateway just made is starting, not down"
+        );
     }
 }

@@ -53,6 +53,13 @@ pub async fn becomes_ready(e2e: &E2e) -> anyhow::Result<()> {
     anyhow::ensure!(status["readyNodes"] == 4, "{status:#}");
     anyhow::ensure!(status["faultTolerance"] == 1, "{status:#}");
     anyhow::ensure!(status["shardAssignment"].as_array().map(Vec::len) == Some(4));
+    // The operator reads the gateway Deployment too.
+    wait_for(
+        "status.gatewaysAvailable 1",
+        Duration::from_secs(180),
+        || Ok(current_status(e2e)?.filter(|s| s["gatewaysAvailable"] == 1)),
+    )
+    .await?;
     let table = e2e.table(
         NS,
         "storageclusters",
@@ -245,6 +252,33 @@ pub async fn deleted(e2e: &E2e) -> anyhow::Result<()> {
     .map(|c| format!("persistentvolumeclaim/{c}"))
     .collect();
     anyhow::ensure!(claims == expected, "claims left: {claims:?}");
+    // A cluster of another shard count could not read the blobs there: it
+    // is refused, and makes nothing.
+    e2e.apply(&manifest("10m").replace("shards: 4", "shards: 7"))?;
+    let refused = until_phase(e2e, "Failed", Duration::from_secs(120)).await?;
+    let ready = refused["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready")
+        .cloned()
+        .unwrap_or_default();
+    anyhow::ensure!(
+        ready["reason"] == "ClaimsOfAnotherCluster"
+            && ready["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("shards: 4")),
+        "{refused:#}"
+    );
+    anyhow::ensure!(
+        left_of(e2e, "pods,services,deployments")?.is_empty(),
+        "a refused cluster made objects"
+    );
+    anyhow::ensure!(
+        crate::disruptions::event_reasons(e2e)?.contains(&"ClaimsOfAnotherCluster".to_string()),
+        "no ClaimsOfAnotherCluster Event"
+    );
+    delete_cluster(e2e).await?;
     e2e.apply(&manifest("10m"))?;
     until_phase(e2e, "Ready", Duration::from_secs(300)).await?;
     // Read, never stored again: the blob came back with the claims, and

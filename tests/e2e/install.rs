@@ -381,3 +381,84 @@ pub async fn outdated_crds_are_reported(e2e: &E2e) -> anyhow::Result<()> {
     .await?;
     Ok(())
 }
+
+/// A name the operator would give an object, held by something another
+/// application made, is not taken over: the cluster waits (Synced False,
+/// NameTaken) with the object untouched, and is made once the name is free.
+pub async fn names_of_others_are_not_taken(e2e: &E2e) -> anyhow::Result<()> {
+    const CLUSTER: &str = "taken";
+    e2e.kubectl(&[
+        "-n",
+        NS,
+        "create",
+        "configmap",
+        "taken-shards",
+        "--from-literal=owner=someone-else",
+    ])?;
+    let result = async {
+        e2e.apply(&small_cluster(CLUSTER, NS))?;
+        let synced = wait_for(
+            "Synced False with reason NameTaken",
+            Duration::from_secs(120),
+            || {
+                let Some(cluster) = e2e.get("storagecluster", CLUSTER, NS)? else {
+                    return Ok(None);
+                };
+                Ok(cluster["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|c| c["type"] == "Synced" && c["reason"] == "NameTaken")
+                    .cloned())
+            },
+        )
+        .await?;
+        anyhow::ensure!(
+            synced["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("ConfigMap/taken-shards")),
+            "{synced:#}"
+        );
+        let pods = e2e.list("pods", NS, &format!("app.kubernetes.io/instance={CLUSTER}"))?;
+        anyhow::ensure!(pods.is_empty(), "{} pods made on a taken name", pods.len());
+        let theirs = e2e
+            .get("configmap", "taken-shards", NS)?
+            .ok_or_else(|| anyhow::anyhow!("the other ConfigMap is gone"))?;
+        anyhow::ensure!(
+            theirs["data"]["owner"] == "someone-else"
+                && theirs["metadata"]["ownerReferences"].is_null(),
+            "the other ConfigMap was changed: {theirs:#}"
+        );
+        e2e.kubectl(&["-n", NS, "delete", "configmap", "taken-shards"])?;
+        wait_for(
+            "the cluster Ready once the name is free",
+            Duration::from_secs(180),
+            || {
+                Ok(e2e
+                    .get("storagecluster", CLUSTER, NS)?
+                    .filter(|c| c["status"]["phase"] == "Ready")
+                    .map(|_| ()))
+            },
+        )
+        .await
+    }
+    .await;
+    let _ = e2e.kubectl(&[
+        "-n",
+        NS,
+        "delete",
+        "configmap",
+        "taken-shards",
+        "--ignore-not-found",
+    ]);
+    let _ = e2e.kubectl(&[
+        "-n",
+        NS,
+        "delete",
+        "storagecluster",
+        CLUSTER,
+        "--ignore-not-found",
+        "--wait=true",
+    ]);
+    result
+}

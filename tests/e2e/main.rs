@@ -168,6 +168,13 @@ async fn run_scenarios(e2e: &E2e, report: &mut Report) {
         .await;
     report
         .scenario(
+            "a name another application's object holds is not taken over; the cluster is made once it is free",
+            false,
+            install::names_of_others_are_not_taken(e2e),
+        )
+        .await;
+    report
+        .scenario(
             "with watchNamespaces the operator manages those namespaces only, and may read nothing elsewhere",
             false,
             install::scoped_to_namespaces(e2e),

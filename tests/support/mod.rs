@@ -669,6 +669,15 @@ pub fn spec_hash(cluster: &redstuff::operator::crd::StorageCluster, index: usize
 
 /// The token Secrets of cluster `media` as the API server stores them:
 /// the test fleet's cluster token and user token.
+/// The labels the operator gives the objects it makes for `cluster`.
+pub fn operator_labels(cluster: &str) -> Value {
+    json!({
+        "app.kubernetes.io/name": "redstuff",
+        "app.kubernetes.io/instance": cluster,
+        "app.kubernetes.io/managed-by": "redstuff-operator",
+    })
+}
+
 pub fn token_secrets() -> Vec<(String, Value)> {
     use base64::Engine as _;
     let encode = |t: &str| base64::engine::general_purpose::STANDARD.encode(t);
@@ -681,7 +690,8 @@ pub fn token_secrets() -> Vec<(String, Value)> {
         (
             format!("/api/v1/namespaces/storage/secrets/{name}"),
             json!({"apiVersion": "v1", "kind": "Secret",
-                   "metadata": {"name": name, "namespace": "storage"},
+                   "metadata": {"name": name, "namespace": "storage",
+                                "labels": operator_labels("media")},
                    "data": {"token": encode(token)}}),
         )
     })

@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::ByteString;
 
-use super::{meta, selector, NODE_METRICS_PORT, NODE_PORT};
+use super::{meta, pod_selector, NODE_METRICS_PORT, NODE_PORT};
 use crate::operator::crd::StorageCluster;
 
 /// Where token Secrets are mounted in node and gateway pods.
@@ -38,6 +38,38 @@ pub struct Credentials {
     pub s3: Option<crate::s3::credentials::S3Keys>,
     /// The CA and serving certificate, when the cluster serves TLS.
     pub tls: Option<super::tls::ClusterTls>,
+}
+
+/// Credentials of placeholders, for the objects of `cluster` when what
+/// matters is their names and shape (`redstuff render-cluster`, the check
+/// of the names a cluster takes).
+pub fn placeholder_credentials(cluster: &StorageCluster) -> Credentials {
+    Credentials {
+        cluster: "placeholder-cluster-token".into(),
+        users: "placeholder-user-token".into(),
+        s3: Some(crate::s3::credentials::S3Keys {
+            access_key: "placeholder-access-key".into(),
+            secret_key: "placeholder-secret-key".into(),
+        }),
+        tls: cluster.spec.tls_enabled().then(|| {
+            let placeholder = |what: &str| super::tls::ServingPair {
+                cert_pem: format!("placeholder-{what}-certificate"),
+                key_pem: format!("placeholder-{what}-key"),
+                not_after_unix: 0,
+                names: Vec::new(),
+            };
+            super::tls::ClusterTls {
+                ca_cert_pem: "placeholder-ca-certificate".into(),
+                ca_key_pem: "placeholder-ca-key".into(),
+                nodes: placeholder("node"),
+                gateway: cluster
+                    .spec
+                    .gateway_secret()
+                    .is_none()
+                    .then(|| placeholder("gateway")),
+            }
+        }),
+    }
 }
 
 /// Name of the cluster-token Secret of `cluster`.
@@ -115,7 +147,7 @@ fn operator_pods(namespace: &str) -> NetworkPolicyPeer {
 fn pods_of(cluster: &str, component: &str) -> NetworkPolicyPeer {
     NetworkPolicyPeer {
         pod_selector: Some(LabelSelector {
-            match_labels: Some(selector(cluster, component)),
+            match_labels: Some(pod_selector(cluster, component)),
             ..LabelSelector::default()
         }),
         ..NetworkPolicyPeer::default()
@@ -141,7 +173,7 @@ pub(super) fn node_network_policy(
         metadata: meta(cluster, format!("{name}-nodes"), "node"),
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(LabelSelector {
-                match_labels: Some(selector(name, "node")),
+                match_labels: Some(pod_selector(name, "node")),
                 ..LabelSelector::default()
             }),
             policy_types: Some(vec!["Ingress".into()]),

@@ -39,8 +39,8 @@ use super::rollout::{spec_hash, SPEC_HASH_ANNOTATION};
 use crate::fleet::{Assignment, FleetMap, MapNode};
 use crate::node::ShardsFile;
 pub use access::{
-    cluster_token_secret, user_token_secret, Credentials, CLUSTER_TOKEN_DIR, TOKEN_KEY,
-    USER_TOKENS_DIR,
+    cluster_token_secret, placeholder_credentials, user_token_secret, Credentials,
+    CLUSTER_TOKEN_DIR, TOKEN_KEY, USER_TOKENS_DIR,
 };
 use access::{node_network_policy, token_mount, token_secret, token_volume};
 
@@ -145,7 +145,12 @@ pub fn node_pod_name(cluster: &str, index: usize) -> String {
     format!("{cluster}-node-{index}")
 }
 
-/// Name of the claim of node `index`.
+/// Name of the gateway Deployment, Service and disruption budget of `cluster`.
+pub fn gateway_name(cluster: &str) -> String {
+    format!("{cluster}-gateway")
+}
+
+/// Name of node `index`'s claim of `cluster`.
 pub fn node_claim_name(cluster: &str, index: usize) -> String {
     format!("{cluster}-data-{index}")
 }
@@ -169,6 +174,19 @@ pub fn labels(cluster: &str, component: &str) -> BTreeMap<String, String> {
     ])
 }
 
+/// The labels that select a cluster's pods of `component` for Services,
+/// disruption budgets and network policies: with the name label, so pods
+/// another application labels with the same instance (Helm does) and
+/// component are never taken for the cluster's.
+pub(super) fn pod_selector(cluster: &str, component: &str) -> BTreeMap<String, String> {
+    let mut labels = selector(cluster, component);
+    labels.insert("app.kubernetes.io/name".to_string(), "redstuff".to_string());
+    labels
+}
+
+/// The labels the gateway Deployment's selector and the pods' spread
+/// constraints were made with, kept as they are: a Deployment's selector
+/// cannot change, and a changed pod spec would roll every node pod.
 pub(super) fn selector(cluster: &str, component: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (
@@ -523,10 +541,18 @@ pub fn desired_objects(
         (0..nodes)
             .map(|index| PersistentVolumeClaim {
                 metadata: ObjectMeta {
-                    annotations: Some(BTreeMap::from([(
-                        super::claimed_shards::SHARDS_ANNOTATION.to_string(),
-                        super::claimed_shards::annotation(shards_of(&node_pod_name(&name, index))),
-                    )])),
+                    annotations: Some(BTreeMap::from([
+                        (
+                            super::claimed_shards::SHARDS_ANNOTATION.to_string(),
+                            super::claimed_shards::annotation(shards_of(&node_pod_name(
+                                &name, index,
+                            ))),
+                        ),
+                        (
+                            super::claimed_shards::CLUSTER_SHARDS_ANNOTATION.to_string(),
+                            spec.shards.to_string(),
+                        ),
+                    ])),
                     ..claim_meta(cluster, node_claim_name(&name, index), "node")
                 },
                 spec: Some(PersistentVolumeClaimSpec {
@@ -551,7 +577,7 @@ pub fn desired_objects(
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".into()),
             publish_not_ready_addresses: Some(true),
-            selector: Some(selector(&name, "node")),
+            selector: Some(pod_selector(&name, "node")),
             ports: Some(vec![ServicePort {
                 name: Some("api".into()),
                 port: NODE_PORT,
@@ -575,7 +601,7 @@ pub fn desired_objects(
         "http"
     };
     let mut gateway = Deployment {
-        metadata: meta(cluster, format!("{name}-gateway"), "gateway"),
+        metadata: meta(cluster, gateway_name(&name), "gateway"),
         spec: DeploymentSpec {
             replicas: Some(i32::from(gateway_replicas)),
             selector: LabelSelector {
@@ -677,9 +703,9 @@ pub fn desired_objects(
         ..Deployment::default()
     };
     let mut gateway_service = Service {
-        metadata: meta(cluster, format!("{name}-gateway"), "gateway"),
+        metadata: meta(cluster, gateway_name(&name), "gateway"),
         spec: Some(ServiceSpec {
-            selector: Some(selector(&name, "gateway")),
+            selector: Some(pod_selector(&name, "gateway")),
             ports: Some(vec![ServicePort {
                 name: Some(gateway_port_name.into()),
                 port: GATEWAY_PORT,
@@ -727,7 +753,7 @@ pub fn desired_objects(
             // budget would be SyncFailed and refuse every eviction).
             min_available: Some(IntOrString::Int(nodes.saturating_sub(1) as i32)),
             selector: Some(LabelSelector {
-                match_labels: Some(selector(&name, "node")),
+                match_labels: Some(pod_selector(&name, "node")),
                 ..LabelSelector::default()
             }),
             ..PodDisruptionBudgetSpec::default()
@@ -736,11 +762,11 @@ pub fn desired_objects(
     };
     // The gateway's owner, a ReplicaSet, has /scale: maxUnavailable works.
     let gateway_disruption_budget = PodDisruptionBudget {
-        metadata: meta(cluster, format!("{name}-gateway"), "gateway"),
+        metadata: meta(cluster, gateway_name(&name), "gateway"),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
             selector: Some(LabelSelector {
-                match_labels: Some(selector(&name, "gateway")),
+                match_labels: Some(pod_selector(&name, "gateway")),
                 ..LabelSelector::default()
             }),
             ..PodDisruptionBudgetSpec::default()

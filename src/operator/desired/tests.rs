@@ -774,10 +774,20 @@ fn several_gateway_pods_spread_over_kubernetes_nodes_and_one_at_a_time_may_be_ev
     assert_eq!(objects.gateway.spec.replicas, Some(1));
     let budget = objects.gateway_disruption_budget.spec.clone().unwrap();
     assert_eq!(budget.max_unavailable, Some(IntOrString::Int(1)));
-    assert_eq!(
-        budget.selector.unwrap().match_labels,
-        objects.gateway.spec.selector.match_labels
-    );
+    // It selects the Deployment's pods, by the name label too.
+    let selected = budget.selector.unwrap().match_labels.unwrap();
+    let pod_labels = objects
+        .gateway
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .clone()
+        .unwrap();
+    assert!(selected.iter().all(|(k, v)| pod_labels.get(k) == Some(v)));
+    assert_eq!(selected["app.kubernetes.io/name"], "redstuff");
     let pod = objects.gateway.spec.template.spec.unwrap();
     assert!(pod.topology_spread_constraints.is_none());
 
