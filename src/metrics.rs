@@ -495,7 +495,8 @@ impl S3Metrics {
 pub struct FleetMetrics {
     /// Blobs by health.
     pub blobs: IntGaugeVec,
-    /// (blob, shard) pairs missing or invalid across the fleet.
+    /// (blob, shard) pairs missing or invalid across the fleet, of blobs
+    /// that can be rebuilt.
     pub shards_missing: IntGauge,
     /// Node processes or pods ready.
     pub nodes_ready: IntGauge,
@@ -549,7 +550,7 @@ impl FleetMetrics {
             shards_missing: gauge(
                 registry,
                 "redstuff_shards_missing",
-                "(blob, shard) pairs missing across the fleet.",
+                "(blob, shard) pairs missing across the fleet, of blobs that can be rebuilt (not Lost).",
             ),
             nodes_ready: gauge(registry, "redstuff_nodes_ready", "Storage nodes ready."),
             gateways_available: gauge(

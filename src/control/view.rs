@@ -352,11 +352,13 @@ impl FleetView {
             .all(|b| shards.iter().all(|s| b.complete_shards.contains(s)))
     }
 
-    /// (blob, shard) pairs missing across the fleet.
-    pub fn missing_pairs(&self, n: usize) -> usize {
+    /// (blob, shard) pairs missing across the fleet, of blobs that can be
+    /// rebuilt: a Lost blob's pairs never will be (it is counted Lost).
+    pub fn missing_pairs(&self, encoding: &EncodingConfig) -> usize {
         self.blobs
             .values()
-            .map(|b| n.saturating_sub(b.complete_shards.len()))
+            .filter(|b| fleet::health(encoding, b.complete_shards.len()) != Health::Lost)
+            .map(|b| encoding.n().saturating_sub(b.complete_shards.len()))
             .sum()
     }
 
@@ -377,7 +379,7 @@ impl FleetView {
         metrics.nodes_not_answering.set(self.silent.len() as i64);
         metrics
             .shards_missing
-            .set(self.missing_pairs(encoding.n()) as i64);
+            .set(self.missing_pairs(encoding) as i64);
         for (health, count) in self.health_counts(encoding) {
             metrics
                 .blobs
