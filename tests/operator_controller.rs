@@ -278,6 +278,14 @@ async fn try_reconcile_by(
     (result, recorded.take(), ctx)
 }
 
+/// "METHOD /path" of every request but reads.
+fn writes(seen: &[Seen]) -> Vec<String> {
+    seen.iter()
+        .filter(|s| s.method != "GET")
+        .map(Seen::line)
+        .collect()
+}
+
 fn events(seen: &[Seen]) -> Vec<(String, String)> {
     seen.iter()
         .filter(|s| s.method == "POST" && s.path.ends_with("/events"))
@@ -1969,13 +1977,8 @@ async fn a_new_cluster_of_another_shard_count_on_an_earlier_ones_claims_is_refus
         silent_nodes(0),
     )
     .await;
-    let writes: Vec<String> = seen
-        .iter()
-        .filter(|s| s.method != "GET")
-        .map(Seen::line)
-        .collect();
     assert_eq!(
-        writes,
+        writes(&seen),
         vec![
             "POST /apis/events.k8s.io/v1/namespaces/storage/events".to_string(),
             format!("PATCH {CLUSTER}/status"),
@@ -2014,13 +2017,8 @@ async fn names_held_by_another_applications_objects_are_never_taken_over() {
                "metadata": {"name": "media-gateway", "namespace": "storage"}}),
     );
     let (seen, _) = reconcile_on(api, cluster(4, 4, None), vec![], vec![], silent_nodes(4)).await;
-    let writes: Vec<String> = seen
-        .iter()
-        .filter(|s| s.method != "GET")
-        .map(Seen::line)
-        .collect();
     assert_eq!(
-        writes,
+        writes(&seen),
         vec![
             "POST /apis/events.k8s.io/v1/namespaces/storage/events".to_string(),
             format!("PATCH {CLUSTER}/status"),

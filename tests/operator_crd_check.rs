@@ -9,7 +9,7 @@ use std::sync::Arc;
 use kube::CustomResourceExt;
 use redstuff::operator::context::Context;
 use redstuff::operator::controller::reconcile_cluster;
-use redstuff::operator::crd::{Blob, StorageCluster, StorageClusterSpec, StorageSpec};
+use redstuff::operator::crd::{Blob, StorageCluster};
 use redstuff::operator::crd_freshness::{check_installed, own_crds, schema_digest};
 use serde_json::{json, Value};
 use support::{MockApi, Seen};
@@ -20,32 +20,14 @@ const CLUSTER: &str = "/apis/redstuff.dev/v1alpha1/namespaces/storage/storageclu
 /// A cluster whose spec is refused (9 nodes for 7 shards): its reconcile
 /// touches nothing but its status and Events.
 fn refused_cluster() -> StorageCluster {
-    let mut c = StorageCluster::new(
-        "media",
-        StorageClusterSpec {
-            shards: 7,
-            nodes: 9,
-            image: None,
-            storage: StorageSpec {
-                size: Some("10Gi".into()),
-                storage_class_name: None,
-                ephemeral: None,
-                when_deleted: None,
-            },
-            resources: None,
-            placement: None,
-            repair: None,
-            s3: None,
-            record_uploads: None,
-            tls: None,
-            gateway: None,
-            scrub: None,
-        },
-    );
-    c.metadata.namespace = Some("storage".into());
-    c.metadata.uid = Some("7c1f".into());
-    c.metadata.generation = Some(1);
-    c
+    serde_yaml::from_str(
+        "apiVersion: redstuff.dev/v1alpha1
+kind: StorageCluster
+metadata: {name: media, namespace: storage, uid: 7c1f, generation: 1}
+spec: {shards: 7, nodes: 9, storage: {size: 10Gi}}
+",
+    )
+    .unwrap()
 }
 
 fn event_reasons(seen: &[Seen]) -> Vec<(String, String, String)> {

@@ -319,10 +319,21 @@ fn fold_in_fleet(
             *old = c;
         }
     };
+    // The cluster Degraded (from Ready) for `reason`; a later reason
+    // replaces an earlier one.
+    let degrade = |status: &mut StorageClusterStatus, reason: &str, message: String| {
+        if status.phase.as_deref() == Some("Ready") {
+            status.phase = Some("Degraded".into());
+        }
+        set(
+            status,
+            condition("Degraded", true, reason, message, generation, now),
+        );
+    };
     if let Some(blobs) = &fleet.blobs {
         let unhealthy = blobs.degraded + blobs.at_risk + blobs.lost;
+        // Only a cluster whose node pods are all ready says its blobs.
         if unhealthy > 0 && status.phase.as_deref() == Some("Ready") {
-            status.phase = Some("Degraded".into());
             let reason = if blobs.lost > 0 {
                 "BlobsLost"
             } else if blobs.at_risk > 0 {
@@ -330,61 +341,37 @@ fn fold_in_fleet(
             } else {
                 "BlobsDegraded"
             };
-            set(
+            degrade(
                 status,
-                condition(
-                    "Degraded",
-                    true,
-                    reason,
-                    format!(
-                        "{} blobs degraded, {} at risk, {} lost; {} repairs in flight",
-                        blobs.degraded, blobs.at_risk, blobs.lost, fleet.repairs_in_flight
-                    ),
-                    generation,
-                    now,
+                reason,
+                format!(
+                    "{} blobs degraded, {} at risk, {} lost; {} repairs in flight",
+                    blobs.degraded, blobs.at_risk, blobs.lost, fleet.repairs_in_flight
                 ),
             );
         }
     }
     if !fleet.not_answering.is_empty() {
-        if status.phase.as_deref() == Some("Ready") {
-            status.phase = Some("Degraded".into());
-        }
-        set(
+        degrade(
             status,
-            condition(
-                "Degraded",
-                true,
-                "NodesNotAnswering",
-                format!(
-                    "node pods run but their API does not answer within the deadline (stopped, hung or cut off): {}",
-                    fleet.not_answering.join(", ")
-                ),
-                generation,
-                now,
+            "NodesNotAnswering",
+            format!(
+                "node pods run but their API does not answer within the deadline (stopped, hung or cut off): {}",
+                fleet.not_answering.join(", ")
             ),
         );
     }
     if let Some(gateways) = fleet.gateways {
         status.gateways_available = Some(gateways.available);
         if gateways.available == 0 && gateways.wanted > 0 && !gateways.starting {
-            if status.phase.as_deref() == Some("Ready") {
-                status.phase = Some("Degraded".into());
-            }
             // Said last: to clients it is the whole cluster down.
-            set(
+            degrade(
                 status,
-                condition(
-                    "Degraded",
-                    true,
-                    "GatewayUnavailable",
-                    format!(
-                        "no gateway pod is available (0 of {}): clients can neither store nor read; \
-                         the gateway Deployment's and its pods' events say why",
-                        gateways.wanted
-                    ),
-                    generation,
-                    now,
+                "GatewayUnavailable",
+                format!(
+                    "no gateway pod is available (0 of {}): clients can neither store nor read; \
+                     the gateway Deployment's and its pods' events say why",
+                    gateways.wanted
                 ),
             );
         }

@@ -63,6 +63,28 @@ fn as_postgres(bin: &Path, program: &str) -> Command {
     }
 }
 
+/// Starts the server whose data is under `dir` on `port`, listening on
+/// `listen`, and waits until it accepts connections.
+fn pg_ctl_start(bin: &Path, dir: &Path, port: u16, listen: &str) {
+    let options = format!(
+        "-p {port} -c listen_addresses={listen} -k {} -c fsync=on",
+        dir.display()
+    );
+    let output = as_postgres(bin, "pg_ctl")
+        .args(["-w", "-t", "60", "-l"])
+        .arg(dir.join("log"))
+        .args(["-o", &options, "-D"])
+        .arg(dir.join("data"))
+        .arg("start")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "pg_ctl start: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 impl Postgres {
     /// Starts a fresh server on loopback.
     pub fn start() -> Self {
@@ -116,23 +138,7 @@ impl Postgres {
                 .unwrap();
             writeln!(hba, "host all all {} scram-sha-256", remote.network).unwrap();
         }
-        let options = format!(
-            "-p {port} -c listen_addresses={listen} -k {} -c fsync=on",
-            dir.path().display()
-        );
-        let output = as_postgres(&bin, "pg_ctl")
-            .args(["-w", "-t", "60", "-l"])
-            .arg(dir.path().join("log"))
-            .args(["-o", &options, "-D"])
-            .arg(&data)
-            .arg("start")
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "pg_ctl start: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        pg_ctl_start(&bin, dir.path(), port, &listen);
         let url = format!("postgresql://redstuff@127.0.0.1:{port}/postgres");
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -192,24 +198,7 @@ impl Postgres {
 
     /// Starts the stopped server again on loopback, on its data and port.
     pub fn start_again(&self) {
-        let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=on",
-            self.port,
-            self.dir.path().display()
-        );
-        let output = as_postgres(&self.bin, "pg_ctl")
-            .args(["-w", "-t", "60", "-l"])
-            .arg(self.dir.path().join("log"))
-            .args(["-o", &options, "-D"])
-            .arg(self.dir.path().join("data"))
-            .arg("start")
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "pg_ctl start: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        pg_ctl_start(&self.bin, self.dir.path(), self.port, "127.0.0.1");
     }
 
     /// Empties the index's table (a fresh index for the next check).
