@@ -130,8 +130,9 @@ pub struct ClusterFleet {
     /// What was applied for this cluster lately, so that unchanged objects
     /// are not applied again on every reconcile.
     pub applied: super::observed::AppliedContent,
-    /// Objects (`Kind/name`) found to be the cluster's own or free, so
-    /// their names are not checked again (`name_holders`).
+    /// Objects (`Kind/name`) found to be the cluster's own or free, and
+    /// the spec generations and node counts whose names all were, so they
+    /// are not checked again (`name_holders`).
     pub owned_names: Mutex<BTreeSet<String>>,
     /// The CA its nodes and gateway are checked against when they serve
     /// TLS (set once its Secret is read).

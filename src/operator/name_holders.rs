@@ -96,7 +96,8 @@ pub fn problem(cluster: &str, held: &[String]) -> String {
 /// Checks the names of the objects cluster `cluster` takes (with
 /// `assignment` over `nodes` node pods) that are not known to be its own
 /// yet: `observed` says which the watches show as the cluster's (by kind
-/// and name), `owned` remembers the rest once checked. The problem, if
+/// and name), `owned` remembers the rest once checked, and that every
+/// name of this spec generation and node count was. The problem, if
 /// any name is held by an object the operator did not make.
 #[allow(clippy::too_many_arguments)]
 pub async fn check(
@@ -109,6 +110,16 @@ pub async fn check(
     observed: impl Fn(&str, &str) -> bool,
 ) -> Result<Option<String>, kube::Error> {
     let name = cluster.metadata.name.clone().unwrap_or_default();
+    // The names follow from the spec and the node count only: once all of
+    // them were found free or the cluster's, they are not listed again
+    // until either changes.
+    let round = format!(
+        "checked@{}/{nodes}",
+        cluster.metadata.generation.unwrap_or_default()
+    );
+    if owned.lock().expect("not poisoned").contains(&round) {
+        return Ok(None);
+    }
     let desired = desired_objects(
         cluster,
         assignment,
@@ -141,8 +152,13 @@ pub async fn check(
             _ => free.push(object.key()),
         }
     }
-    owned.lock().expect("not poisoned").extend(free);
-    Ok((!held.is_empty()).then(|| problem(&name, &held)))
+    let mut owned = owned.lock().expect("not poisoned");
+    owned.extend(free);
+    if held.is_empty() {
+        owned.insert(round);
+        return Ok(None);
+    }
+    Ok(Some(problem(&name, &held)))
 }
 
 #[cfg(test)]
