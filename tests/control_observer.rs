@@ -191,7 +191,7 @@ async fn a_node_not_answering_stays_out_of_readings_of_changes_until_it_answers_
     // Node 3 stops: its changes cannot be read, so the next reading is
     // whole and says it is silent; the ones after read the others' changes
     // and leave it out, writes made meanwhile included.
-    fleet.stop_node(3);
+    fleet.stop_node(3).await;
     let (view, reading) = read(&mut observer, &calls, &nodes, &metrics).await;
     assert_eq!(reading, Reading::Whole);
     assert_eq!(view.silent, ["media-node-3".to_string()].into());

@@ -1106,6 +1106,13 @@ impl MovingFleet {
         self.nodes[i] = Some((node, dir));
     }
 
+    /// Stops node `i`, waiting until it no longer answers; its volume goes.
+    async fn stop(&mut self, i: usize) {
+        if let Some((node, _volume)) = self.nodes[i].take() {
+            node.stop().await;
+        }
+    }
+
     fn url(&self, i: usize) -> Option<String> {
         self.nodes[i].as_ref().map(|(n, _)| n.url.clone())
     }
@@ -1232,7 +1239,7 @@ async fn a_shard_given_back_to_a_node_on_an_empty_volume_moves_once_the_fleet_is
 
     // Node 3 is gone past the grace period: its shard moves at once (its
     // owner is gone, nothing to wait for), and is rebuilt on its heir.
-    fleet.nodes[3] = None;
+    fleet.stop(3).await;
     let status = settled_status_but_lost(4, 4, "media-node-3", 301).await;
     let (seen, ctx) = reconcile(
         cluster(4, 4, Some(status)),
@@ -1390,7 +1397,7 @@ async fn a_node_pod_beyond_a_lowered_spec_is_deleted_only_once_its_shard_is_rebu
     assert_eq!(status["blobs"]["healthy"], 1, "{status:#}");
 
     // Without node 3 the blob reads back whole.
-    fleet.nodes[3] = None;
+    fleet.stop(3).await;
     let three = fleet.map_nodes(&moved[..3]);
     let client = BlobClient::new(node_calls(), fleet_map(4, &three), None);
     let visible = client.visible(&id.parse().unwrap()).await.unwrap();

@@ -327,18 +327,27 @@ impl Recorded {
     }
 }
 
-/// A storage node served in-process until dropped.
+/// A storage node served in-process until dropped (dropped, it stops
+/// soon after; `stop` waits until it has).
 pub struct RunningNode {
     pub url: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    served: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl RunningNode {
-    /// A node that is not running (in place of one stopped).
-    pub fn stopped() -> Self {
-        Self {
-            url: String::new(),
-            stop: None,
+    /// Stops the node and waits until it no longer answers: its listener
+    /// closed and its connections, kept alive by clients, shut.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(served) = self.served.take() {
+            tokio::time::timeout(std::time::Duration::from_secs(30), served)
+                .await
+                .expect("a stopped node shuts within 30 s")
+                .expect("the node's task ends without a panic")
+                .expect("the node serves until stopped");
         }
     }
 }
@@ -443,12 +452,13 @@ pub async fn start_node_at(
     };
     let url = format!("http://{}", node.local_addr());
     let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(node.serve(async move {
+    let served = tokio::spawn(node.serve(async move {
         let _ = rx.await;
     }));
     RunningNode {
         url,
         stop: Some(tx),
+        served: Some(served),
     }
 }
 
@@ -567,17 +577,23 @@ impl TestFleet {
     /// Stops node `i` and starts it again on the same directory and
     /// address (a process restart: its store opens anew).
     pub async fn restart_node(&mut self, i: usize) {
-        self.stop_node(i);
+        self.stop_node(i).await;
         self.start_node_again(i).await;
     }
 
-    /// Stops node `i` (its address stays in `nodes[i].url`).
-    pub fn stop_node(&mut self, i: usize) {
+    /// Stops node `i` and waits until it no longer answers (its address
+    /// stays in `nodes[i].url`).
+    pub async fn stop_node(&mut self, i: usize) {
         let url = self.nodes[i].url.clone();
-        drop(std::mem::replace(
+        let running = std::mem::replace(
             &mut self.nodes[i],
-            RunningNode { url, stop: None },
-        ));
+            RunningNode {
+                url,
+                stop: None,
+                served: None,
+            },
+        );
+        running.stop().await;
     }
 
     /// Starts node `i`, stopped, again on its directory and address.
