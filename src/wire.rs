@@ -129,6 +129,26 @@ pub struct KnownBlobs {
 /// The most blob ids one `KnownBlobsRequest` may name.
 pub const MOST_KNOWN_BLOBS_ASKED: usize = 1000;
 
+/// Asks a gateway serving S3 which keys hold the bytes of some blobs
+/// (`POST /v1/s3/objects-of-blobs`), as the operator does for blobs the
+/// fleet lost; answered with `ObjectsOfBlobs`, keys in bucket and key
+/// order. Every object record is read, so it is for few, rare questions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectsOfBlobsRequest {
+    /// Blob ids (at most `MOST_OBJECTS_OF_BLOBS_ASKED`).
+    pub blobs: Vec<String>,
+    /// Keys to return at most (1 to `MOST_OBJECTS_OF_BLOBS_LISTED`).
+    pub limit: usize,
+}
+
+pub use crate::s3::index::{ObjectOfBlob, ObjectsOfBlobs};
+
+/// The most blob ids one `ObjectsOfBlobsRequest` may name.
+pub const MOST_OBJECTS_OF_BLOBS_ASKED: usize = 1000;
+
+/// The most keys one `ObjectsOfBlobsRequest` may ask for.
+pub const MOST_OBJECTS_OF_BLOBS_LISTED: usize = 1000;
+
 /// Asks a node to rebuild its sliver pairs of one blob from its peers,
 /// which the node finds through its own fleet map (never from the caller).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,56 +11,15 @@ use redstuff::operator::blob_controller::{reconcile_blob, BLOB_FINALIZER};
 use redstuff::operator::context::{Context, Endpoints};
 use redstuff::operator::controller::reconcile_cluster;
 use redstuff::operator::crd::{
-    Blob, BlobHealth, BlobSource, BlobSpec, BlobStatus, KeySource, ShardAssignment, StorageCluster,
-    StorageClusterSpec, StorageClusterStatus, StorageSpec, UploadSource, UrlSource,
+    Blob, BlobHealth, BlobSource, BlobSpec, BlobStatus, KeySource, UploadSource, UrlSource,
 };
-use redstuff::operator::rollout::SPEC_HASH_ANNOTATION;
-use redstuff::operator::upload_records::{upload_record_name, RECORDED_BY_ANNOTATION};
-use redstuff::s3::index::Index;
+use redstuff::operator::upload_records::RECORDED_BY_ANNOTATION;
 use serde_json::{json, Value};
 use sha2::Digest;
-use support::{lines, serve_bytes, spec_hash, MockApi, Seen, TestFleet};
-
-const NS: &str = "/api/v1/namespaces/storage";
-const GROUP: &str = "/apis/redstuff.dev/v1alpha1/namespaces/storage";
-
-fn cluster(shards: u16) -> StorageCluster {
-    let mut c = StorageCluster::new(
-        "media",
-        StorageClusterSpec {
-            shards,
-            nodes: shards,
-            image: None,
-            storage: StorageSpec {
-                size: None,
-                storage_class_name: None,
-                ephemeral: Some(true),
-                when_deleted: None,
-            },
-            resources: None,
-            placement: None,
-            repair: None,
-            s3: None,
-            record_uploads: None,
-            tls: None,
-            gateway: None,
-            scrub: None,
-        },
-    );
-    c.metadata.namespace = Some("storage".into());
-    c.metadata.uid = Some("c-uid".into());
-    // Node i holds shard i, as the cluster controller assigned them.
-    c.status = Some(StorageClusterStatus {
-        shard_assignment: (0..shards)
-            .map(|i| ShardAssignment {
-                shard: i,
-                node: format!("media-node-{i}"),
-            })
-            .collect(),
-        ..StorageClusterStatus::default()
-    });
-    c
-}
+use support::blob_cluster::{
+    api, cluster, cluster_with_s3, events, no_blobs, stored_bytes, test_context, GROUP, NS,
+};
+use support::{lines, serve_bytes, MockApi, Seen, TestFleet};
 
 fn blob(name: &str, source: BlobSource) -> Blob {
     let mut b = Blob::new(
@@ -77,20 +36,6 @@ fn blob(name: &str, source: BlobSource) -> Blob {
     b
 }
 
-fn ready_pods(count: u16) -> Vec<Value> {
-    (0..count)
-        .map(|i| {
-            json!({
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": format!("media-node-{i}"), "namespace": "storage",
-                             "annotations": {SPEC_HASH_ANNOTATION: spec_hash(&cluster(count), usize::from(i))}},
-                "spec": {"containers": []},
-                "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
-            })
-        })
-        .collect()
-}
-
 fn config_map_source() -> BlobSource {
     BlobSource {
         config_map_key: Some(KeySource {
@@ -99,30 +44,6 @@ fn config_map_source() -> BlobSource {
         }),
         ..BlobSource::default()
     }
-}
-
-/// A fake API holding the cluster (unless `cluster` is None), the blobs
-/// and `extra` objects.
-fn api(cluster: Option<&StorageCluster>, blobs: &[&Blob], extra: &[(String, Value)]) -> MockApi {
-    let mut api = MockApi::default();
-    if let Some(c) = cluster {
-        api.objects.insert(
-            format!("{GROUP}/storageclusters/media"),
-            serde_json::to_value(c).unwrap(),
-        );
-        api.lists
-            .insert(format!("{NS}/pods"), ready_pods(c.spec.shards));
-    }
-    for b in blobs {
-        api.objects.insert(
-            format!("{GROUP}/blobs/{}", b.metadata.name.as_deref().unwrap()),
-            serde_json::to_value(b).unwrap(),
-        );
-    }
-    for (path, object) in extra.iter().cloned().chain(support::token_secrets()) {
-        api.objects.insert(path, object);
-    }
-    api
 }
 
 fn status_patches(seen: &[Seen], name: &str) -> Vec<Value> {
@@ -144,21 +65,6 @@ fn condition<'a>(status: &'a Value, type_: &str) -> (&'a str, &'a str) {
         .find(|c| c["type"] == type_)
         .unwrap();
     (c["status"].as_str().unwrap(), c["reason"].as_str().unwrap())
-}
-
-fn events(seen: &[Seen]) -> Vec<String> {
-    seen.iter()
-        .filter(|s| s.method == "POST" && s.path.ends_with("/events"))
-        .map(|s| s.body["reason"].as_str().unwrap_or_default().to_string())
-        .collect()
-}
-
-/// An operator context whose ingest spool lives in this test binary's own
-/// scratch directory (the default, the system temp dir, would outlive the run).
-fn test_context(client: kube::Client) -> Context {
-    let mut ctx = Context::new(client, "redstuff:test");
-    ctx.spool_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("redstuff-ingest");
-    ctx
 }
 
 async fn run(api: MockApi, endpoints: Endpoints, blob: &Blob) -> (Vec<Seen>, Arc<Context>) {
@@ -449,13 +355,6 @@ async fn a_blob_deleted_through_the_gateway_is_deleted_not_lost_and_the_operator
     assert!(!events(&seen).contains(&"BlobLost".to_string()));
 }
 
-/// `cluster(4)` serving S3: its gateway deletes blobs.
-fn cluster_with_s3() -> StorageCluster {
-    let mut c = cluster(4);
-    c.spec.s3 = Some(serde_json::from_value(json!({})).unwrap());
-    c
-}
-
 #[tokio::test]
 async fn with_s3_a_deleted_blob_is_deleted_through_the_gateway() {
     let fleet = TestFleet::start(4).await;
@@ -570,12 +469,6 @@ async fn blobs_are_listed_a_page_at_a_time_and_an_upload_a_later_page_names_is_n
     );
 }
 
-/// `api` answering the list of Blobs with an empty list.
-fn no_blobs(mut api: MockApi) -> MockApi {
-    api.lists.insert(format!("{GROUP}/blobs"), vec![]);
-    api
-}
-
 #[tokio::test]
 async fn a_cluster_that_does_not_record_uploads_neither_lists_nor_records_blobs() {
     let fleet = TestFleet::start(4).await;
@@ -613,144 +506,4 @@ async fn a_cluster_that_does_not_record_uploads_neither_lists_nor_records_blobs(
     assert!(lines(&recorded.take())
         .iter()
         .any(|l| l.contains("/blobs/media-upload-")));
-}
-
-/// Blob `bytes` stored through the fleet's gateway; its id.
-async fn stored_bytes(fleet: &TestFleet, bytes: Vec<u8>) -> String {
-    let answer: Value = support::user_http()
-        .put(format!("{}/v1/blobs", fleet.gateway.url))
-        .body(bytes)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    answer["id"].as_str().unwrap().to_string()
-}
-
-/// Whether the reconcile `seen` applied the record of upload `id`.
-fn recorded_upload(seen: &[Seen], id: &str) -> bool {
-    let name = upload_record_name("media", id).unwrap();
-    lines(seen)
-        .iter()
-        .any(|l| l.ends_with(&format!("/blobs/{name}")))
-}
-
-#[tokio::test]
-async fn with_s3_the_bytes_s3_wrote_are_not_recorded_as_uploads_and_the_others_are() {
-    let fleet = TestFleet::start(4).await;
-    let native = stored_bytes(&fleet, vec![1u8; 40_000]).await;
-    let of_s3 = stored_bytes(&fleet, vec![2u8; 40_000]).await;
-    let of_a_key = stored_bytes(&fleet, vec![3u8; 40_000]).await;
-    // The S3 front beside the gateway noted one blob before writing it (a
-    // part, or an object whose record is being written) and refers to
-    // another from a key.
-    let dir = tempfile::tempdir().unwrap();
-    let index = Arc::new(Index::open(&dir.path().join("index.redb")).unwrap());
-    index.note_unreferenced(&of_s3, 1).unwrap();
-    index.create_bucket("media", 1).unwrap();
-    let record: redstuff::s3::records::ObjectRecord = serde_json::from_value(json!({
-        "parts": [{"blob": of_a_key, "size": 40_000}],
-        "size": 40_000, "etag": "e", "modified_ms": 2,
-    }))
-    .unwrap();
-    index
-        .put_object("media", "k", &record, &Default::default(), 2)
-        .unwrap();
-    let gateway = support::start_gateway_guarded(fleet.map.clone(), Some(index)).await;
-    let endpoints = fleet
-        .endpoints()
-        .with_override("media-gateway", gateway.url.clone());
-    let c = cluster_with_s3();
-    let (client, recorded) = no_blobs(api(Some(&c), &[], &[])).serve();
-    let ctx = Arc::new(test_context(client).with_endpoints(endpoints));
-    reconcile_cluster(Arc::new(c.clone()), ctx.clone())
-        .await
-        .unwrap();
-    let seen = recorded.take();
-    assert!(recorded_upload(&seen, &native), "{:#?}", lines(&seen));
-    assert!(!recorded_upload(&seen, &of_s3), "{:#?}", lines(&seen));
-    assert!(!recorded_upload(&seen, &of_a_key), "{:#?}", lines(&seen));
-
-    // Asked once: with the gateway gone, the next reconcile still knows
-    // them for S3's, and records nothing it cannot tell.
-    drop(gateway);
-    reconcile_cluster(Arc::new(c), ctx).await.unwrap();
-    let seen = recorded.take();
-    assert!(
-        !lines(&seen)
-            .iter()
-            .any(|l| l.contains("/blobs/media-upload-")),
-        "{:#?}",
-        lines(&seen)
-    );
-}
-
-#[tokio::test]
-async fn with_s3_no_upload_is_recorded_while_the_gateway_cannot_say_which_blobs_are_s3s() {
-    let fleet = TestFleet::start(4).await;
-    let id = stored_bytes(&fleet, vec![4u8; 40_000]).await;
-    // The fleet's gateway serves no S3 (503), and then none answers.
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}", listener.local_addr().unwrap())
-    };
-    for endpoints in [
-        fleet.endpoints(),
-        fleet.endpoints().with_override("media-gateway", closed),
-    ] {
-        let (client, recorded) = no_blobs(api(Some(&cluster_with_s3()), &[], &[])).serve();
-        let ctx = Arc::new(test_context(client).with_endpoints(endpoints));
-        reconcile_cluster(Arc::new(cluster_with_s3()), ctx)
-            .await
-            .unwrap();
-        assert!(!recorded_upload(&recorded.take(), &id));
-    }
-}
-
-#[tokio::test]
-async fn the_gateway_says_which_blobs_s3_knows_and_refuses_questions_it_cannot_answer() {
-    let fleet = TestFleet::start(4).await;
-    let dir = tempfile::tempdir().unwrap();
-    let index = Arc::new(Index::open(&dir.path().join("index.redb")).unwrap());
-    index.note_unreferenced("s3-blob", 1).unwrap();
-    let gateway = support::start_gateway_guarded(fleet.map.clone(), Some(index)).await;
-    let ask = |url: &str, body: Value| {
-        support::user_http()
-            .post(format!("{url}/v1/s3/known-blobs"))
-            .json(&body)
-            .send()
-    };
-    let answer = ask(&gateway.url, json!({"blobs": ["native", "s3-blob"]}))
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 200);
-    assert_eq!(
-        answer.json::<Value>().await.unwrap(),
-        json!({"known": ["s3-blob"]})
-    );
-    let too_many: Vec<String> = (0..1001).map(|i| format!("b{i}")).collect();
-    let answer = ask(&gateway.url, json!({ "blobs": too_many }))
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 400);
-    assert!(answer.text().await.unwrap().contains("at most 1000"));
-    let answer = ask(&gateway.url, json!({"ids": []})).await.unwrap();
-    assert_eq!(answer.status(), 400);
-    assert!(answer.text().await.unwrap().contains("blobs"));
-    // Without a token: refused.
-    let answer = reqwest::Client::new()
-        .post(format!("{}/v1/s3/known-blobs", gateway.url))
-        .json(&json!({"blobs": []}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 401);
-    // A gateway without S3 cannot tell.
-    let answer = ask(&fleet.gateway.url, json!({"blobs": ["native"]}))
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 503);
-    assert!(answer.text().await.unwrap().contains("serves no S3"));
 }

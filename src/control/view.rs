@@ -362,6 +362,14 @@ impl FleetView {
             .sum()
     }
 
+    /// Ids of the Lost blobs (too few pairs held to read them), in order.
+    pub fn lost_blobs<'a>(&'a self, encoding: &'a EncodingConfig) -> impl Iterator<Item = &'a str> {
+        self.blobs
+            .iter()
+            .filter(|(_, b)| fleet::health(encoding, b.complete_shards.len()) == Health::Lost)
+            .map(|(id, _)| id.as_str())
+    }
+
     /// Blobs per health.
     pub fn health_counts(&self, encoding: &EncodingConfig) -> BTreeMap<Health, usize> {
         let mut counts: BTreeMap<Health, usize> = Health::ALL.iter().map(|h| (*h, 0)).collect();

@@ -290,6 +290,7 @@ impl Gateway {
                     .delete(routes::delete_blob),
             )
             .route("/v1/s3/known-blobs", post(routes::s3_known_blobs))
+            .route("/v1/s3/objects-of-blobs", post(routes::s3_objects_of_blobs))
             .fallback(|| async { ApiError::not_found("no such route; the API lives under /v1") })
             .layer(middleware::from_fn_with_state(
                 state.clone(),

@@ -325,6 +325,43 @@ pub(super) async fn s3_known_blobs(
     Ok(Json(crate::wire::KnownBlobs { known }))
 }
 
+/// `POST /v1/s3/objects-of-blobs`: the keys whose objects hold any of the
+/// blobs asked (a scan of every object record).
+pub(super) async fn s3_objects_of_blobs(
+    State(state): State<Arc<GatewayState>>,
+    body: axum::body::Bytes,
+) -> Result<Json<crate::wire::ObjectsOfBlobs>, ApiError> {
+    use crate::wire::{MOST_OBJECTS_OF_BLOBS_ASKED, MOST_OBJECTS_OF_BLOBS_LISTED};
+    let asked: crate::wire::ObjectsOfBlobsRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body must be {{\"blobs\": [blob ids], \"limit\": keys at most}}: {e}"
+        ))
+    })?;
+    if asked.blobs.len() > MOST_OBJECTS_OF_BLOBS_ASKED {
+        return Err(ApiError::bad_request(format!(
+            "{} blobs asked for; at most {MOST_OBJECTS_OF_BLOBS_ASKED} per request",
+            asked.blobs.len()
+        )));
+    }
+    if !(1..=MOST_OBJECTS_OF_BLOBS_LISTED).contains(&asked.limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit {} is out of range: 1 to {MOST_OBJECTS_OF_BLOBS_LISTED} keys",
+            asked.limit
+        )));
+    }
+    let index = state
+        .s3_index
+        .get()
+        .cloned()
+        .ok_or_else(|| ApiError::unavailable("this gateway serves no S3 (yet)"))?;
+    let blobs = asked.blobs.into_iter().collect();
+    let found = tokio::task::spawn_blocking(move || index.objects_of_blobs(&blobs, asked.limit))
+        .await
+        .map_err(|e| ApiError::internal(format!("index task failed: {e}")))?
+        .map_err(|e| ApiError::unavailable(format!("the S3 index cannot be read: {e}")))?;
+    Ok(Json(found))
+}
+
 pub(super) async fn delete_blob(
     State(state): State<Arc<GatewayState>>,
     Path(id): Path<String>,

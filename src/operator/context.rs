@@ -145,6 +145,9 @@ pub struct ClusterFleet {
     /// Readable blobs its gateway said S3 wrote or refers to (never
     /// recorded as uploads), so that each is asked about once.
     pub s3_blobs: Mutex<BTreeSet<String>>,
+    /// The Lost blobs its gateway was last asked about, and the S3 keys
+    /// it said hold them (`lost_objects`), so each set is asked about once.
+    pub lost_objects: Mutex<Option<super::lost_objects::Answered>>,
 }
 
 /// Every cluster's fleet state.
@@ -204,6 +207,7 @@ impl Fleets {
                     applied: Default::default(),
                     owned_names: Default::default(),
                     s3_blobs: Mutex::new(BTreeSet::new()),
+                    lost_objects: Mutex::new(None),
                 })
             })
             .clone()

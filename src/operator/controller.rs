@@ -540,6 +540,14 @@ pub async fn reconcile_cluster(
         at_risk: counts[&Health::AtRisk] as u64,
         lost: counts[&Health::Lost] as u64,
     };
+    // What a loss took, asked of the gateway only while every shard's node
+    // answers: a blob counted Lost then holds too few pairs for good.
+    let lost_blobs: Vec<&str> = view.lost_blobs(&encoding).collect();
+    let lost_objects = if shards_unavailable == 0 {
+        super::lost_objects::objects_of_lost_blobs(&ctx, &cluster, &fleet_state, &lost_blobs).await
+    } else {
+        None
+    };
     let gateways = gateway_pods(&client, &namespace, &name).await;
     fleet_state
         .metrics
@@ -564,6 +572,8 @@ pub async fn reconcile_cluster(
         not_answering: view.silent.iter().cloned().collect(),
         evicted: evicted.iter().map(|s| s.to_string()).collect(),
         blobs: (!view.ready.is_empty()).then_some(blob_counts.clone()),
+        lost_blobs: lost_blobs.iter().map(|id| id.to_string()).collect(),
+        lost_objects,
         repairs_in_flight: fleet_state.repairer.in_flight() as u32,
         shards_to_move,
         retiring: retiring.clone(),

@@ -381,6 +381,17 @@ pub struct StorageClusterStatus {
     /// Blobs the node inventories show, by health.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blobs: Option<BlobCounts>,
+    /// Ids of Lost blobs (fewer than p shards hold their pairs: they cannot
+    /// be read), the first 50 in id order; `blobs.lost` counts them all.
+    /// Said while every node pod is ready.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lost_blobs: Vec<String>,
+    /// With S3: the objects (`bucket/key`) whose bytes are in Lost blobs,
+    /// the first 100 in bucket and key order, from the gateway's index
+    /// (asked once per set of Lost blobs, while every shard's node
+    /// answers). They cannot be read; store them again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lost_objects: Vec<String>,
     /// Repairs in flight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repairs_in_flight: Option<u32>,

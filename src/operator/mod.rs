@@ -14,8 +14,10 @@ pub mod crd_freshness;
 pub mod desired;
 #[cfg(test)]
 mod fixtures;
+mod gateway_question;
 pub mod ingest;
 pub mod lifecycle;
+mod lost_objects;
 pub mod name_holders;
 pub mod observed;
 pub mod pod_problem;

@@ -40,6 +40,11 @@ pub struct FleetSummary {
     pub evicted: Vec<String>,
     /// Blobs by health, once the inventories were read.
     pub blobs: Option<BlobCounts>,
+    /// Ids of Lost blobs, in order (the status lists the first
+    /// `MOST_LOST_BLOBS_LISTED`).
+    pub lost_blobs: Vec<String>,
+    /// With S3: the keys holding Lost blobs, when the gateway said.
+    pub lost_objects: Option<crate::wire::ObjectsOfBlobs>,
     /// Repairs in flight.
     pub repairs_in_flight: u32,
     /// Shards still to move from owners that are present, a few at a time,
@@ -57,6 +62,62 @@ pub struct FleetSummary {
     pub held: Option<HeldObjects>,
     /// The gateway Deployment's pods: available and wanted, once read.
     pub gateways: Option<GatewayPods>,
+}
+
+/// Lost blob ids listed in the status at most.
+pub const MOST_LOST_BLOBS_LISTED: usize = 50;
+
+/// S3 keys named in the Degraded condition's message at most (the status
+/// lists more in `lostObjects`).
+const MOST_LOST_OBJECTS_SAID: usize = 5;
+
+/// Why a cluster is Degraded, most pressing first: the condition's reason
+/// is the first present, its message says every one.
+const DEGRADED_REASONS: [&str; 7] = [
+    "BlobsLost",
+    "GatewayUnavailable",
+    "ShardsMoved",
+    "NodesNotAnswering",
+    "NodesNotReady",
+    "BlobsAtRisk",
+    "BlobsDegraded",
+];
+
+/// The Degraded condition's reason and message for `problems` (reason,
+/// message): the most pressing reason, and every message, most pressing
+/// first. None without problems.
+fn degraded_by(mut problems: Vec<(&'static str, String)>) -> Option<(&'static str, String)> {
+    let rank = |reason: &str| DEGRADED_REASONS.iter().position(|r| *r == reason);
+    problems.sort_by_key(|(reason, _)| rank(reason));
+    let (reason, _) = problems.first()?;
+    let reason = *reason;
+    let messages: Vec<String> = problems.into_iter().map(|(_, m)| m).collect();
+    Some((reason, messages.join("; ")))
+}
+
+/// What the Degraded message says of Lost blobs beyond their count: the
+/// S3 objects they take, or where their ids are listed.
+fn lost_said(lost_objects: Option<&crate::wire::ObjectsOfBlobs>) -> String {
+    match lost_objects {
+        Some(found) if !found.objects.is_empty() => {
+            let named: Vec<String> = found
+                .objects
+                .iter()
+                .take(MOST_LOST_OBJECTS_SAID)
+                .map(super::lost_objects::object_name)
+                .collect();
+            let more = if found.objects.len() > named.len() || found.truncated {
+                ", ... (status.lostObjects lists more)"
+            } else {
+                ""
+            };
+            format!(
+                "; Lost blobs (status.lostBlobs) cannot be read, nor the S3 objects they hold: {}{more}",
+                named.join(", ")
+            )
+        }
+        _ => "; Lost blobs (status.lostBlobs) cannot be read".into(),
+    }
 }
 
 /// How many gateway pods are available, of how many wanted.
@@ -319,17 +380,17 @@ fn fold_in_fleet(
             *old = c;
         }
     };
-    // The cluster Degraded (from Ready) for `reason`; a later reason
-    // replaces an earlier one.
-    let degrade = |status: &mut StorageClusterStatus, reason: &str, message: String| {
-        if status.phase.as_deref() == Some("Ready") {
-            status.phase = Some("Degraded".into());
-        }
-        set(
-            status,
-            condition("Degraded", true, reason, message, generation, now),
-        );
-    };
+    // Every reason the cluster is Degraded: the nodes' (from the pods),
+    // then the fleet's; said together in one condition.
+    let mut problems: Vec<(&'static str, String)> = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded" && c.status == "True")
+        .map(|c| ("NodesNotReady", c.message.clone()))
+        .into_iter()
+        .collect();
+    // Problems that make a cluster whose node pods are all ready Degraded.
+    let mut degrading = false;
     if let Some(blobs) = &fleet.blobs {
         let unhealthy = blobs.degraded + blobs.at_risk + blobs.lost;
         // Only a cluster whose node pods are all ready says its blobs.
@@ -341,40 +402,71 @@ fn fold_in_fleet(
             } else {
                 "BlobsDegraded"
             };
-            degrade(
-                status,
-                reason,
-                format!(
-                    "{} blobs degraded, {} at risk, {} lost; {} repairs in flight",
-                    blobs.degraded, blobs.at_risk, blobs.lost, fleet.repairs_in_flight
-                ),
+            let mut message = format!(
+                "{} blobs degraded, {} at risk, {} lost; {} repairs in flight",
+                blobs.degraded, blobs.at_risk, blobs.lost, fleet.repairs_in_flight
             );
+            if blobs.lost > 0 {
+                message.push_str(&lost_said(fleet.lost_objects.as_ref()));
+                status.lost_blobs = fleet
+                    .lost_blobs
+                    .iter()
+                    .take(MOST_LOST_BLOBS_LISTED)
+                    .cloned()
+                    .collect();
+                status.lost_objects = fleet
+                    .lost_objects
+                    .iter()
+                    .flat_map(|found| &found.objects)
+                    .take(super::lost_objects::MOST_LOST_OBJECTS_LISTED)
+                    .map(super::lost_objects::object_name)
+                    .collect();
+            }
+            problems.push((reason, message));
+            degrading = true;
         }
     }
     if !fleet.not_answering.is_empty() {
-        degrade(
-            status,
+        problems.push((
             "NodesNotAnswering",
             format!(
                 "node pods run but their API does not answer within the deadline (stopped, hung or cut off): {}",
                 fleet.not_answering.join(", ")
             ),
-        );
+        ));
+        degrading = true;
     }
     if let Some(gateways) = fleet.gateways {
         status.gateways_available = Some(gateways.available);
         if gateways.available == 0 && gateways.wanted > 0 && !gateways.starting {
-            // Said last: to clients it is the whole cluster down.
-            degrade(
-                status,
+            problems.push((
                 "GatewayUnavailable",
                 format!(
                     "no gateway pod is available (0 of {}): clients can neither store nor read; \
                      the gateway Deployment's and its pods' events say why",
                     gateways.wanted
                 ),
-            );
+            ));
+            degrading = true;
         }
+    }
+    if !fleet.evicted.is_empty() {
+        problems.push((
+            "ShardsMoved",
+            format!(
+                "gone longer than the grace period, their shards moved to other nodes: {}",
+                fleet.evicted.join(", ")
+            ),
+        ));
+    }
+    if degrading && status.phase.as_deref() == Some("Ready") {
+        status.phase = Some("Degraded".into());
+    }
+    if let Some((reason, message)) = degraded_by(problems) {
+        set(
+            status,
+            condition("Degraded", true, reason, message, generation, now),
+        );
     }
     if fleet.shards_to_move > 0 {
         set(
@@ -471,22 +563,6 @@ fn fold_in_fleet(
         generation,
         now,
     ));
-    if !fleet.evicted.is_empty() {
-        set(
-            status,
-            condition(
-                "Degraded",
-                true,
-                "ShardsMoved",
-                format!(
-                    "gone longer than the grace period, their shards moved to other nodes: {}",
-                    fleet.evicted.join(", ")
-                ),
-                generation,
-                now,
-            ),
-        );
-    }
 }
 
 #[cfg(test)]
@@ -677,6 +753,127 @@ mod tests {
         assert_eq!(cond(&s, "Progressing").reason, "Repairing");
         assert_eq!(cond(&s, "Ready").status, "True", "every node pod is ready");
         assert_eq!(s.repairs_in_flight, Some(3));
+    }
+
+    #[test]
+    fn lost_blobs_and_the_s3_objects_they_hold_are_named_in_the_status() {
+        let c = cluster(7, 7, Some("1Gi"));
+        let nodes = observed(7, &[0, 1, 2, 3, 4, 5, 6], 7);
+        let lost: Vec<String> = (0..60).map(|i| format!("blob-{i:02}")).collect();
+        let objects: Vec<crate::wire::ObjectOfBlob> = (0..7)
+            .map(|i| crate::wire::ObjectOfBlob {
+                bucket: "media".into(),
+                key: format!("film {i}"),
+                blob: "blob-00".into(),
+            })
+            .collect();
+        let fleet = FleetSummary {
+            blobs: Some(BlobCounts {
+                healthy: 10,
+                lost: 60,
+                ..BlobCounts::default()
+            }),
+            lost_blobs: lost.clone(),
+            lost_objects: Some(crate::wire::ObjectsOfBlobs {
+                objects,
+                truncated: false,
+            }),
+            ..FleetSummary::default()
+        };
+        let s = cluster_status(&c, &assignment(&c, &nodes), &nodes, &fleet, &now(1));
+        assert_eq!(s.lost_blobs, lost[..MOST_LOST_BLOBS_LISTED]);
+        assert_eq!(s.lost_objects.len(), 7);
+        assert_eq!(s.lost_objects[0], "media/film 0");
+        let degraded = cond(&s, "Degraded");
+        assert_eq!(degraded.reason, "BlobsLost");
+        assert!(
+            degraded.message.contains(
+                "nor the S3 objects they hold: media/film 0, media/film 1, media/film 2, media/film 3, media/film 4, ... (status.lostObjects lists more)"
+            ),
+            "{}",
+            degraded.message
+        );
+        // Without S3 (or before the gateway said): the ids only.
+        let native = FleetSummary {
+            lost_objects: None,
+            ..fleet.clone()
+        };
+        let s = cluster_status(&c, &assignment(&c, &nodes), &nodes, &native, &now(1));
+        assert!(s.lost_objects.is_empty());
+        assert!(cond(&s, "Degraded")
+            .message
+            .ends_with("Lost blobs (status.lostBlobs) cannot be read"));
+        // While a node pod is not ready, blobs are not said lost.
+        let six = observed(7, &[0, 1, 2, 3, 4, 5], 7);
+        let s = cluster_status(&c, &assignment(&c, &six), &six, &fleet, &now(1));
+        assert!(s.lost_blobs.is_empty() && s.lost_objects.is_empty());
+        assert_eq!(cond(&s, "Degraded").reason, "NodesNotReady");
+    }
+
+    #[test]
+    fn every_reason_a_cluster_is_degraded_is_said_and_the_most_pressing_names_it() {
+        let c = cluster(7, 7, Some("1Gi"));
+        let nodes = observed(7, &[0, 1, 2, 3, 4, 5, 6], 7);
+        let fleet = FleetSummary {
+            blobs: Some(BlobCounts {
+                healthy: 10,
+                at_risk: 1,
+                ..BlobCounts::default()
+            }),
+            not_answering: vec!["media-node-2".into()],
+            gateways: Some(GatewayPods {
+                available: 0,
+                wanted: 1,
+                starting: false,
+            }),
+            ..FleetSummary::default()
+        };
+        let s = cluster_status(&c, &assignment(&c, &nodes), &nodes, &fleet, &now(1));
+        assert_eq!(s.phase.as_deref(), Some("Degraded"));
+        let degraded = cond(&s, "Degraded");
+        assert_eq!(degraded.reason, "GatewayUnavailable");
+        let said: Vec<usize> = [
+            "no gateway pod is available",
+            "their API does not answer",
+            "1 at risk",
+        ]
+        .iter()
+        .map(|part| degraded.message.find(part).expect(part))
+        .collect();
+        assert!(
+            said.is_sorted(),
+            "most pressing first: {}",
+            degraded.message
+        );
+        // A lost blob is more pressing than all of them.
+        let lost = FleetSummary {
+            blobs: Some(BlobCounts {
+                lost: 1,
+                ..BlobCounts::default()
+            }),
+            lost_blobs: vec!["gone".into()],
+            ..fleet
+        };
+        let s = cluster_status(&c, &assignment(&c, &nodes), &nodes, &lost, &now(1));
+        let degraded = cond(&s, "Degraded");
+        assert_eq!(degraded.reason, "BlobsLost");
+        assert!(degraded.message.contains("no gateway pod is available"));
+        // Node pods not ready and evicted: both said, the move first.
+        let six = observed(7, &[0, 1, 2, 3, 4, 5], 7);
+        let evicted = FleetSummary {
+            evicted: vec!["media-node-6".into()],
+            ..FleetSummary::default()
+        };
+        let s = cluster_status(&c, &assignment(&c, &six), &six, &evicted, &now(1));
+        let degraded = cond(&s, "Degraded");
+        assert_eq!(degraded.reason, "ShardsMoved");
+        assert!(
+            degraded
+                .message
+                .contains("1 shards on node pods that are not ready"),
+            "{}",
+            degraded.message
+        );
     }
 
     #[test]

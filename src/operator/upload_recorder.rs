@@ -5,7 +5,6 @@
 //! thousand objects does not put a hundred thousand Blobs in etcd.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use kube::api::Api;
 use kube::{Resource, ResourceExt};
@@ -21,9 +20,6 @@ use crate::wire::{KnownBlobs, KnownBlobsRequest, MOST_KNOWN_BLOBS_ASKED};
 /// Questions to the gateway per reconcile at most: a fleet that took a
 /// whole bucket since the last one is sorted out over a few reconciles.
 const MOST_QUESTIONS: usize = 20;
-
-/// How long one question to the gateway may take.
-const QUESTION_DEADLINE: Duration = Duration::from_secs(10);
 
 /// What the reconcile of one cluster records uploads with.
 pub(super) struct Recording<'a> {
@@ -125,32 +121,19 @@ impl Recording<'_> {
 
     /// Which of `asked` S3 knows, from the gateway's S3 index.
     async fn ask_gateway(&self, token: &str, asked: &[&str]) -> Result<KnownBlobs, String> {
-        let gateway = self.ctx.endpoints.gateway(self.cluster);
-        let url = format!("{}/v1/s3/known-blobs", gateway.trim_end_matches('/'));
-        let body = KnownBlobsRequest {
+        let question = KnownBlobsRequest {
             blobs: asked.iter().map(|id| id.to_string()).collect(),
         };
-        let sent = self
-            .fleet
-            .gateway_http
-            .post(&url)
-            .bearer_auth(token)
-            .json(&body)
-            .timeout(QUESTION_DEADLINE)
-            .send();
-        let response = sent.await.map_err(|e| {
-            format!("the gateway at {gateway} did not say which blobs S3 holds: {e}")
-        })?;
-        let status = response.status();
-        if !status.is_success() {
-            let message = crate::api_error::message_of(response.text().await.unwrap_or_default());
-            return Err(format!(
-                "the gateway at {gateway} did not say which blobs S3 holds ({status}): {message}"
-            ));
-        }
-        response.json().await.map_err(|e| {
-            format!("the gateway at {gateway} answered which blobs S3 holds unreadably: {e}")
-        })
+        super::gateway_question::ask_gateway(
+            self.ctx,
+            self.cluster,
+            self.fleet,
+            token,
+            "/v1/s3/known-blobs",
+            &question,
+            "which blobs S3 holds",
+        )
+        .await
     }
 
     /// Makes the Blob recording upload `id`.

@@ -734,5 +734,7 @@ pub fn names(page: &Page<ObjectSummary>) -> Vec<&str> {
 }
 
 pub mod conformance;
+mod objects_of_blobs;
+pub use objects_of_blobs::{ObjectOfBlob, ObjectsOfBlobs};
 #[cfg(test)]
 mod tests;

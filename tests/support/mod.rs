@@ -17,6 +17,8 @@ use redstuff::gateway::{FleetSource, Gateway, GatewayConfig};
 use redstuff::node::{Node, NodeConfig, ShardSource};
 use serde_json::{json, Value};
 
+pub mod blob_cluster;
+
 /// One request the fake API server received.
 #[derive(Debug, Clone)]
 pub struct Seen {
@@ -594,6 +596,21 @@ impl TestFleet {
             },
         );
         running.stop().await;
+    }
+
+    /// Stops node `i`, empties its directory (a volume lost) and starts it
+    /// again on it: it owns its shard and holds nothing.
+    pub async fn wipe_node(&mut self, i: usize) {
+        self.stop_node(i).await;
+        for entry in std::fs::read_dir(self._dirs[i].path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).unwrap();
+            } else {
+                std::fs::remove_file(&path).unwrap();
+            }
+        }
+        self.start_node_again(i).await;
     }
 
     /// Starts node `i`, stopped, again on its directory and address.

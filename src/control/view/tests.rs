@@ -205,7 +205,7 @@ fn a_node_is_whole_when_its_shards_hold_every_blob() {
 }
 
 #[test]
-fn health_counts_and_missing_pairs_of_blobs_that_can_be_rebuilt_follow_the_view() {
+fn health_counts_lost_blobs_and_missing_pairs_of_blobs_that_can_be_rebuilt_follow_the_view() {
     let encoding = EncodingConfig::new(4).unwrap(); // f 1, p 2, q 3
     let a = page(
         "a",
@@ -226,6 +226,7 @@ fn health_counts_and_missing_pairs_of_blobs_that_can_be_rebuilt_follow_the_view(
         1,
         "the Lost blob's pairs will never be rebuilt: not counted"
     );
+    assert_eq!(view.lost_blobs(&encoding).collect::<Vec<_>>(), ["lost"]);
 }
 
 #[test]

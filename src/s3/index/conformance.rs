@@ -383,6 +383,67 @@ pub fn tags_change_nothing_else_and_a_conditional_delete_needs_its_etag(index: &
 }
 
 /// Every check, each on a fresh index from `fresh`.
+/// the keys holding asked blobs are found in every bucket, in order, and no others.
+pub fn the_keys_holding_asked_blobs_are_found_in_every_bucket_and_no_others(index: &Index) {
+    let asked = |blobs: &[&str]| blobs.iter().map(|b| b.to_string()).collect();
+    assert_eq!(
+        index.objects_of_blobs(&asked(&["x"]), 10).unwrap(),
+        ObjectsOfBlobs::default(),
+        "an empty index holds no key"
+    );
+    index.create_bucket("media", 1).unwrap();
+    index.create_bucket("logs", 1).unwrap();
+    index
+        .put_object("media", "film", &record(&["a", "x", "b"], "e1"), &ANY, 10)
+        .unwrap();
+    index
+        .put_object("media", "poster", &record(&["c"], "e2"), &ANY, 10)
+        .unwrap();
+    index
+        .put_object("logs", "dir/day one", &record(&["y"], "e3"), &ANY, 10)
+        .unwrap();
+    index
+        .put_object("logs", "dir/day two", &record(&["x"], "e4"), &ANY, 10)
+        .unwrap();
+    // Many keys holding nothing asked: the scan goes past its pages.
+    index
+        .put_many(
+            "media",
+            (0..2500).map(|i| format!("other/{i:05}")),
+            &record(&["c"], "e"),
+        )
+        .unwrap();
+    index
+        .put_object("media", "zz last", &record(&["y", "x"], "e5"), &ANY, 10)
+        .unwrap();
+    let found = index.objects_of_blobs(&asked(&["x", "y"]), 10).unwrap();
+    let named: Vec<(&str, &str, &str)> = found
+        .objects
+        .iter()
+        .map(|o| (o.bucket.as_str(), o.key.as_str(), o.blob.as_str()))
+        .collect();
+    assert_eq!(
+        named,
+        [
+            ("logs", "dir/day one", "y"),
+            ("logs", "dir/day two", "x"),
+            ("media", "film", "x"),
+            ("media", "zz last", "y"),
+        ]
+    );
+    assert!(!found.truncated);
+    let first = index.objects_of_blobs(&asked(&["x", "y"]), 3).unwrap();
+    assert_eq!(first.objects, found.objects[..3]);
+    assert!(first.truncated, "a fourth key was left out");
+    let exact = index.objects_of_blobs(&asked(&["x", "y"]), 4).unwrap();
+    assert!(!exact.truncated, "nothing was left out");
+    assert!(index
+        .objects_of_blobs(&asked(&["unknown"]), 10)
+        .unwrap()
+        .objects
+        .is_empty());
+}
+
 pub fn run_all(fresh: &mut dyn FnMut() -> Index) {
     every_key_and_part_referring_to_a_blob_counts_once_and_replacing_a_key_moves_its_references(
         &fresh(),
@@ -397,4 +458,5 @@ pub fn run_all(fresh: &mut dyn FnMut() -> Index) {
     a_blob_noted_before_its_write_is_collected_unless_a_record_comes_to_refer_to_it(&fresh());
     the_blobs_s3_knows_are_those_it_wrote_refers_to_or_claimed(&fresh());
     tags_change_nothing_else_and_a_conditional_delete_needs_its_etag(&fresh());
+    the_keys_holding_asked_blobs_are_found_in_every_bucket_and_no_others(&fresh());
 }

@@ -59,6 +59,12 @@ fn a_blob_noted_before_its_write_is_collected_unless_a_record_comes_to_refer_to_
 }
 
 #[test]
+fn the_keys_holding_asked_blobs_are_found_in_every_bucket_and_no_others() {
+    let (_dir, index) = fresh();
+    conformance::the_keys_holding_asked_blobs_are_found_in_every_bucket_and_no_others(&index);
+}
+
+#[test]
 fn records_survive_closing_and_reopening_the_index() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("index.redb");

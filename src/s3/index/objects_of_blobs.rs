@@ -1,0 +1,89 @@
+//! Which keys hold the bytes of some blobs: a scan of every object record,
+//! for the few blobs the fleet lost (the index counts references per blob
+//! but keeps no list of the keys behind them, which every write would
+//! have to maintain for a question asked only after a loss).
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::{decode, Index, IndexError};
+use crate::s3::kv::Table;
+use crate::s3::records::ObjectRecord;
+
+/// Object records read per read transaction, so a scan of a large index
+/// never holds one snapshot (or one PostgreSQL statement) for long.
+const SCAN_PAGE: usize = 1000;
+
+/// One key whose object holds bytes of an asked blob.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ObjectOfBlob {
+    /// The bucket.
+    pub bucket: String,
+    /// The key.
+    pub key: String,
+    /// The asked blob it holds (the first of its parts that was asked).
+    pub blob: String,
+}
+
+/// The keys found, in bucket and key order.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ObjectsOfBlobs {
+    /// Up to the limit asked.
+    pub objects: Vec<ObjectOfBlob>,
+    /// More keys hold asked blobs than were returned.
+    pub truncated: bool,
+}
+
+impl Index {
+    /// Up to `limit` keys, in every bucket, whose object has a part in
+    /// `blobs`. Reads every object record (in pages), so it is for rare
+    /// questions: which objects a lost blob takes with it.
+    pub fn objects_of_blobs(
+        &self,
+        blobs: &BTreeSet<String>,
+        limit: usize,
+    ) -> Result<ObjectsOfBlobs, IndexError> {
+        let mut found = ObjectsOfBlobs::default();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page =
+                self.read(|txn| txn.scan(Table::Objects, b"", after.as_deref(), SCAN_PAGE))?;
+            let Some((last, _)) = page.last() else {
+                return Ok(found);
+            };
+            after = Some(last.clone());
+            let full = page.len() == SCAN_PAGE;
+            for (name, value) in page {
+                let record: ObjectRecord = decode(&value)?;
+                let Some(part) = record.parts.iter().find(|p| blobs.contains(&p.blob)) else {
+                    continue;
+                };
+                if found.objects.len() == limit {
+                    found.truncated = true;
+                    return Ok(found);
+                }
+                let (bucket, key) = split_object_key(&name)?;
+                found.objects.push(ObjectOfBlob {
+                    bucket,
+                    key,
+                    blob: part.blob.clone(),
+                });
+            }
+            if !full {
+                return Ok(found);
+            }
+        }
+    }
+}
+
+/// Bucket and key of an object's row key (`bucket \0 key`; bucket names
+/// hold no NUL).
+fn split_object_key(name: &[u8]) -> Result<(String, String), IndexError> {
+    let at = name
+        .iter()
+        .position(|b| *b == 0)
+        .ok_or_else(|| IndexError::store("an object row without a bucket"))?;
+    let text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).map_err(IndexError::store);
+    Ok((text(&name[..at])?, text(&name[at + 1..])?))
+}
