@@ -139,6 +139,10 @@ pub struct ObjectsOfBlobsRequest {
     pub blobs: Vec<String>,
     /// Keys to return at most (1 to `MOST_OBJECTS_OF_BLOBS_LISTED`).
     pub limit: usize,
+    /// Only keys after this one, `bucket/key` (the last key of an answer
+    /// that was `truncated`, to list the rest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
 }
 
 pub use crate::s3::index::{ObjectOfBlob, ObjectsOfBlobs};

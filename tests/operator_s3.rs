@@ -205,6 +205,7 @@ async fn with_s3_a_lost_blob_names_the_objects_it_held_in_the_status_and_one_eve
     put("media", "film", &[&lost]);
     put("media", "poster", &["another-blob"]);
     put("logs", "day one", &["another-blob", &lost]);
+    let index_again = index.clone();
     let gateway = support::start_gateway_guarded(fleet.map.clone(), Some(index)).await;
     // Three of four volumes lost: one shard holds the blob, p is 2.
     for node in 1..4 {
@@ -255,13 +256,34 @@ async fn with_s3_a_lost_blob_names_the_objects_it_held_in_the_status_and_one_eve
     // Asked once per set of Lost blobs: with the gateway gone, the next
     // reconcile still names them, and tells nobody again.
     drop(gateway);
-    reconcile_cluster(Arc::new(c), ctx).await.unwrap();
+    reconcile_cluster(Arc::new(c.clone()), ctx).await.unwrap();
     let seen = recorded.take();
     assert!(!events(&seen).contains(&"ObjectsLost".to_string()));
     assert_eq!(
         status_written(&seen)["lostObjects"],
         json!(["logs/day one", "media/film"])
     );
+
+    // A new operator process (a restart, another leader) does not tell
+    // again what the status already lists.
+    let gateway = support::start_gateway_guarded(fleet.map.clone(), Some(index_again)).await;
+    let mut listed = c.clone();
+    listed.status.as_mut().unwrap().lost_objects = vec!["media/film".into()];
+    let (client, recorded) = no_blobs(api(Some(&listed), &[], &[])).serve();
+    let endpoints = fleet
+        .endpoints()
+        .with_override("media-gateway", gateway.url.clone());
+    let ctx = Arc::new(test_context(client).with_endpoints(endpoints));
+    reconcile_cluster(Arc::new(listed), ctx).await.unwrap();
+    let seen = recorded.take();
+    let told: Vec<&str> = seen
+        .iter()
+        .filter(|s| s.path.ends_with("/events") && s.body["reason"] == "ObjectsLost")
+        .map(|s| s.body["note"].as_str().unwrap())
+        .collect();
+    assert_eq!(told.len(), 1, "{:?}", events(&seen));
+    assert!(told[0].contains("the bytes of 1 S3 objects"), "{}", told[0]);
+    assert!(told[0].contains("logs/day one") && !told[0].contains("media/film"));
 }
 
 #[tokio::test]
@@ -304,6 +326,17 @@ async fn the_gateway_names_the_keys_holding_asked_blobs_and_refuses_questions_it
         .await
         .unwrap();
     assert_eq!(answer.json::<Value>().await.unwrap()["truncated"], true);
+    // The rest, after the last key of that answer.
+    let answer = ask(
+        &gateway.url,
+        json!({"blobs": ["x"], "limit": 1, "after": "media/a"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        answer.json::<Value>().await.unwrap(),
+        json!({"objects": [{"bucket": "media", "key": "b", "blob": "x"}], "truncated": false})
+    );
     let too_many: Vec<String> = (0..1001).map(|i| format!("b{i}")).collect();
     for (body, complaint) in [
         (json!({"blobs": too_many, "limit": 1}), "at most 1000"),
@@ -316,6 +349,10 @@ async fn the_gateway_names_the_keys_holding_asked_blobs_and_refuses_questions_it
             "limit 1001 is out of range",
         ),
         (json!({"blobs": ["x"]}), "the body must be"),
+        (
+            json!({"blobs": ["x"], "limit": 1, "after": "no-slash"}),
+            "is not bucket/key",
+        ),
     ] {
         let answer = ask(&gateway.url, body).await.unwrap();
         assert_eq!(answer.status(), 400);

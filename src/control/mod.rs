@@ -26,7 +26,7 @@ pub use inventory_merge::InventoryMerge;
 pub use markers::spread_markers;
 pub use observer::{Observer, Reading, MOST_CHANGED, WHOLE_READING_EVERY};
 pub use releases::release_strays;
-pub use repairer::{RepairTotals, Repairer, StartedRepair, MOST_QUEUED};
+pub use repairer::{RepairFailures, RepairTotals, Repairer, StartedRepair, MOST_QUEUED};
 pub use view::{BlobView, FleetView, Marker, MarkerTask, ReleaseTask, ViewBuilder};
 
 /// Calls to nodes made at once by `on_nodes`.

@@ -18,7 +18,7 @@
 //! view was read (the view predates it), so a repair is not run twice
 //! for nothing.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -52,6 +52,35 @@ pub struct StartedRepair {
     pub at: Instant,
 }
 
+/// Repairs on one node that failed since its last one that completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepairFailures {
+    /// The node the repairs ran on.
+    pub node: String,
+    /// How many failed in a row.
+    pub count: u64,
+    /// The blob of the last one.
+    pub blob: String,
+    /// Why the last one failed, as the node or the call said.
+    pub why: String,
+    /// When the last one failed.
+    pub at: SystemTime,
+    /// Whether these failures were reported (`untold_failures`).
+    pub told: bool,
+}
+
+/// Why a repair whose report lists pairs it could not rebuild fell short:
+/// the first reason and how many pairs.
+fn incomplete_why(failed: &[(u32, u16, String)]) -> String {
+    match failed.first() {
+        Some((segment, shard, reason)) => format!(
+            "{} pairs not rebuilt; segment {segment}, shard {shard}: {reason}",
+            failed.len()
+        ),
+        None => "no pair was left missing".into(),
+    }
+}
+
 /// A planned repair, ready to be sent.
 #[derive(Debug, Clone)]
 struct QueuedRepair {
@@ -80,6 +109,8 @@ pub struct Repairer {
     ended: Arc<Mutex<HashMap<(String, String), Instant>>>,
     totals: Arc<Mutex<HashMap<String, RepairTotals>>>,
     queue: Arc<Mutex<Queue>>,
+    /// Per node, the repairs that failed since its last complete one.
+    failures: Arc<Mutex<BTreeMap<String, RepairFailures>>>,
 }
 
 impl Repairer {
@@ -92,7 +123,54 @@ impl Repairer {
             ended: Arc::default(),
             totals: Arc::default(),
             queue: Arc::default(),
+            failures: Arc::default(),
         }
+    }
+
+    /// Per node (in name order), the repairs that failed since its last
+    /// complete one, for nodes where the last repair failed.
+    pub fn failing(&self) -> Vec<RepairFailures> {
+        self.failures
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The nodes whose repairs failed `at_least` times in a row and were
+    /// not reported yet; they are marked reported (a node is reported again
+    /// only after a repair on it completed and failures began anew).
+    pub fn untold_failures(&self, at_least: u64) -> Vec<RepairFailures> {
+        let mut failures = self.failures.lock().expect("not poisoned");
+        failures
+            .values_mut()
+            .filter(|f| !f.told && f.count >= at_least)
+            .map(|f| {
+                f.told = true;
+                f.clone()
+            })
+            .collect()
+    }
+
+    /// Notes a repair of `blob` on `node` that failed for `why`.
+    fn note_failure(&self, blob: &str, node: &str, why: String) {
+        self.metrics.repairs_failed.inc();
+        let mut failures = self.failures.lock().expect("not poisoned");
+        let entry = failures
+            .entry(node.to_string())
+            .or_insert_with(|| RepairFailures {
+                node: node.to_string(),
+                count: 0,
+                blob: String::new(),
+                why: String::new(),
+                at: SystemTime::now(),
+                told: false,
+            });
+        entry.count += 1;
+        entry.blob = blob.to_string();
+        entry.why = why;
+        entry.at = SystemTime::now();
     }
 
     /// Repairs in flight.
@@ -135,6 +213,11 @@ impl Repairer {
         observed_at: Instant,
     ) -> Vec<StartedRepair> {
         let settled = self.settled_since(observed_at);
+        // Failures of nodes that left the fleet are not theirs to fix.
+        self.failures
+            .lock()
+            .expect("not poisoned")
+            .retain(|node, _| nodes.iter().any(|n| &n.name == node));
         let plan = fleet::plan_repairs(
             encoding,
             &view.observations(),
@@ -238,15 +321,16 @@ impl Repairer {
                             .expect("not poisoned")
                             .insert(key.clone(), Instant::now());
                         this.metrics.repairs_completed.inc();
+                        this.failures.lock().expect("not poisoned").remove(node);
                         tracing::info!(%blob, %node, rebuilt = report.rebuilt, bytes = report.bytes_fetched, "repaired");
                     } else {
-                        this.metrics.repairs_failed.inc();
                         tracing::warn!(%blob, %node, failed = ?report.failed, "repair incomplete");
+                        this.note_failure(blob, node, incomplete_why(&report.failed));
                     }
                 }
                 Err(e) => {
-                    this.metrics.repairs_failed.inc();
                     tracing::warn!(%blob, %node, "repair failed: {e}");
+                    this.note_failure(blob, node, e.to_string());
                     // Its other queued repairs wait for the next plan,
                     // which sees whether the node is still there.
                     this.queue
@@ -288,16 +372,23 @@ mod tests {
     /// A node that answers every repair with an empty report after a short
     /// wait, counting the repairs it was asked for.
     async fn counting_node() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        node_reporting(RepairReport::default()).await
+    }
+
+    /// A node that answers every repair with `report` after a short wait,
+    /// counting the repairs it was asked for.
+    async fn node_reporting(report: RepairReport) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
         let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = asked.clone();
         let app = axum::Router::new().route(
             "/v1/repair",
             axum::routing::post(move || {
                 let counter = counter.clone();
+                let report = report.clone();
                 async move {
                     counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(20)).await;
-                    let line = RepairLine::Report(RepairReport::default());
+                    let line = RepairLine::Report(report);
                     format!("{}\n", serde_json::to_string(&line).expect("json"))
                 }
             }),
@@ -435,6 +526,82 @@ mod tests {
         assert!(repairer.wait_idle(Duration::from_secs(10)).await);
         assert_eq!(repairer.queued(), 0);
         assert_eq!(metrics.repairs_failed.get(), 1, "only the first was tried");
+    }
+
+    #[tokio::test]
+    async fn failures_in_a_row_are_kept_per_node_with_why_told_once_and_forgotten_once_a_repair_completes(
+    ) {
+        let unreachable = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", listener.local_addr().unwrap())
+        };
+        let (short, _) = node_reporting(RepairReport {
+            failed: vec![(
+                0,
+                3,
+                "2 of 3 peers answered; p = 2 valid symbols needed".into(),
+            )],
+            ..RepairReport::default()
+        })
+        .await;
+        let (whole, _) = counting_node().await;
+        let (view, assignment) = view_missing_d(1);
+        let repairer = Repairer::new(
+            NodeCalls::new(crate::auth::TokenSet::single("t"), Default::default()),
+            FleetMetrics::new(&prometheus::Registry::new()),
+        );
+        let encoding = EncodingConfig::new(4).unwrap();
+        let run = |url: &str| {
+            repairer.run_plan(
+                &encoding,
+                &view,
+                &assignment,
+                &nodes_at(url),
+                1,
+                Instant::now(),
+            );
+        };
+        run(&unreachable);
+        assert!(repairer.wait_idle(Duration::from_secs(10)).await);
+        let failing = repairer.failing();
+        assert_eq!(failing.len(), 1);
+        assert_eq!((failing[0].node.as_str(), failing[0].count), ("d", 1));
+        assert_eq!(failing[0].blob, "blob-0");
+        assert!(
+            repairer.untold_failures(2).is_empty(),
+            "one failure is not told"
+        );
+        run(&short);
+        assert!(repairer.wait_idle(Duration::from_secs(10)).await);
+        let failing = repairer.failing();
+        assert_eq!(failing[0].count, 2);
+        assert_eq!(
+            failing[0].why,
+            "1 pairs not rebuilt; segment 0, shard 3: 2 of 3 peers answered; p = 2 valid symbols needed"
+        );
+        let told = repairer.untold_failures(2);
+        assert_eq!(told.len(), 1);
+        assert!(repairer.untold_failures(2).is_empty(), "told once");
+        // A node that leaves the fleet takes its failures along; one that
+        // completes a repair starts anew.
+        repairer.run_plan(
+            &encoding,
+            &view,
+            &assignment,
+            &nodes_at(&whole)[..3],
+            1,
+            Instant::now(),
+        );
+        assert!(repairer.failing().is_empty());
+        run(&short);
+        assert!(repairer.wait_idle(Duration::from_secs(10)).await);
+        assert_eq!(repairer.failing()[0].count, 1);
+        run(&whole);
+        assert!(repairer.wait_idle(Duration::from_secs(10)).await);
+        assert!(
+            repairer.failing().is_empty(),
+            "a complete repair clears them"
+        );
     }
 
     #[tokio::test]

@@ -152,6 +152,10 @@ struct GatewayState {
     /// delete through the native API is refused while S3 refers to the
     /// blob, and claimed in it otherwise.
     s3_index: std::sync::OnceLock<Arc<crate::s3::index::Index>>,
+    /// One scan of the S3 index's object records at a time
+    /// (`/v1/s3/objects-of-blobs`): a scan goes on after its caller gave
+    /// up, and must not pile up behind others.
+    index_scan: Arc<tokio::sync::Semaphore>,
 }
 
 impl GatewayState {
@@ -276,6 +280,7 @@ impl Gateway {
             segments: Arc::new(crate::client::SharedReads::new(config.segment_cache_bytes)),
             tls: config.tls.clone(),
             s3_index: std::sync::OnceLock::new(),
+            index_scan: Arc::new(tokio::sync::Semaphore::new(1)),
         });
         let router = Router::new()
             .route("/healthz", get(|| async { "ok" }))

@@ -349,16 +349,36 @@ pub(super) async fn s3_objects_of_blobs(
             asked.limit
         )));
     }
+    let after = match asked.after.as_deref() {
+        None => None,
+        Some(after) => Some(
+            after
+                .split_once('/')
+                .map(|(bucket, key)| (bucket.to_string(), key.to_string()))
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("after {after:?} is not bucket/key"))
+                })?,
+        ),
+    };
     let index = state
         .s3_index
         .get()
         .cloned()
         .ok_or_else(|| ApiError::unavailable("this gateway serves no S3 (yet)"))?;
+    let Ok(scan) = state.index_scan.clone().try_acquire_owned() else {
+        return Err(ApiError::unavailable(
+            "another scan of the S3 index runs; ask again once it ended",
+        ));
+    };
     let blobs = asked.blobs.into_iter().collect();
-    let found = tokio::task::spawn_blocking(move || index.objects_of_blobs(&blobs, asked.limit))
-        .await
-        .map_err(|e| ApiError::internal(format!("index task failed: {e}")))?
-        .map_err(|e| ApiError::unavailable(format!("the S3 index cannot be read: {e}")))?;
+    let found = tokio::task::spawn_blocking(move || {
+        let _scan = scan;
+        let after = after.as_ref().map(|(b, k)| (b.as_str(), k.as_str()));
+        index.objects_of_blobs(&blobs, after, asked.limit)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("index task failed: {e}")))?
+    .map_err(|e| ApiError::unavailable(format!("the S3 index cannot be read: {e}")))?;
     Ok(Json(found))
 }
 

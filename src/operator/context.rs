@@ -147,7 +147,7 @@ pub struct ClusterFleet {
     pub s3_blobs: Mutex<BTreeSet<String>>,
     /// The Lost blobs its gateway was last asked about, and the S3 keys
     /// it said hold them (`lost_objects`), so each set is asked about once.
-    pub lost_objects: Mutex<Option<super::lost_objects::Answered>>,
+    pub lost_objects: Mutex<super::lost_objects::LostObjectsMemory>,
 }
 
 /// Every cluster's fleet state.
@@ -207,7 +207,7 @@ impl Fleets {
                     applied: Default::default(),
                     owned_names: Default::default(),
                     s3_blobs: Mutex::new(BTreeSet::new()),
-                    lost_objects: Mutex::new(None),
+                    lost_objects: Mutex::default(),
                 })
             })
             .clone()

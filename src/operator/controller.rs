@@ -69,6 +69,23 @@ pub fn reconcile_deadline(listed: usize) -> Duration {
 /// reconcile (the rest waits for the next).
 const SPREAD_DEADLINE: Duration = Duration::from_secs(30);
 
+/// Repairs on one node failing in a row that make a Warning Event
+/// RepairFailing (once, until a repair there completes).
+const REPAIR_FAILURES_TOLD: u64 = 3;
+
+/// A node's failing repairs as the status says them.
+fn failing_repairs(failures: crate::control::RepairFailures) -> super::crd::FailingRepairs {
+    super::crd::FailingRepairs {
+        node: failures.node,
+        failures: failures.count,
+        blob: failures.blob,
+        reason: failures.why,
+        last_failure: Timestamp::try_from(failures.at)
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
+    }
+}
+
 fn is_ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()
@@ -540,11 +557,30 @@ pub async fn reconcile_cluster(
         at_risk: counts[&Health::AtRisk] as u64,
         lost: counts[&Health::Lost] as u64,
     };
+    for failing in fleet_state.repairer.untold_failures(REPAIR_FAILURES_TOLD) {
+        ctx.publish(
+            &*cluster,
+            true,
+            "RepairFailing",
+            format!(
+                "{} repairs on {} failed in a row (they are retried); the last, of blob {}: {}",
+                failing.count, failing.node, failing.blob, failing.why
+            ),
+        )
+        .await;
+    }
     // What a loss took, asked of the gateway only while every shard's node
     // answers: a blob counted Lost then holds too few pairs for good.
     let lost_blobs: Vec<&str> = view.lost_blobs(&encoding).collect();
     let lost_objects = if shards_unavailable == 0 {
-        super::lost_objects::objects_of_lost_blobs(&ctx, &cluster, &fleet_state, &lost_blobs).await
+        super::lost_objects::objects_of_lost_blobs(
+            &ctx,
+            &cluster,
+            &fleet_state,
+            &lost_blobs,
+            &previous_status.lost_objects,
+        )
+        .await
     } else {
         None
     };
@@ -575,6 +611,12 @@ pub async fn reconcile_cluster(
         lost_blobs: lost_blobs.iter().map(|id| id.to_string()).collect(),
         lost_objects,
         repairs_in_flight: fleet_state.repairer.in_flight() as u32,
+        failing_repairs: fleet_state
+            .repairer
+            .failing()
+            .into_iter()
+            .map(failing_repairs)
+            .collect(),
         shards_to_move,
         retiring: retiring.clone(),
         outdated,

@@ -395,10 +395,31 @@ pub struct StorageClusterStatus {
     /// Repairs in flight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repairs_in_flight: Option<u32>,
+    /// Node pods whose last repair failed: how many failed in a row since
+    /// one on that node last completed, and why the last did. Repairs are
+    /// retried; the node, the log and the Event RepairFailing say more.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failing_repairs: Vec<FailingRepairs>,
     /// Gateway pods available, of those the spec asks for: at 0 clients
     /// can neither store nor read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateways_available: Option<u16>,
+}
+
+/// Repairs on one node pod that failed since its last complete one.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailingRepairs {
+    /// The node pod rebuilding the pairs.
+    pub node: String,
+    /// Repairs on it that failed in a row.
+    pub failures: u64,
+    /// The blob of the last.
+    pub blob: String,
+    /// Why the last failed.
+    pub reason: String,
+    /// When the last failed (RFC 3339).
+    pub last_failure: String,
 }
 
 /// A node pod that is not ready.

@@ -10,29 +10,41 @@ use serde::Serialize;
 use super::context::{ClusterFleet, Context};
 use super::crd::StorageCluster;
 
-/// How long one question to the gateway may take.
-pub(super) const QUESTION_DEADLINE: Duration = Duration::from_secs(10);
+/// A question to a cluster's gateway.
+pub(super) struct Question<'a, Q> {
+    /// The route, e.g. `/v1/s3/known-blobs`.
+    pub path: &'a str,
+    /// The body.
+    pub body: &'a Q,
+    /// What is asked, for errors: "which blobs S3 holds".
+    pub what: &'a str,
+    /// How long the answer may take.
+    pub deadline: Duration,
+}
 
-/// POSTs `question` to `path` of `cluster`'s gateway with `token`; the
-/// answer, or why there is none (`what` names the question: "which blobs
-/// S3 holds").
+/// POSTs `question` to `cluster`'s gateway with `token`; the answer, or
+/// why there is none.
 pub(super) async fn ask_gateway<Q: Serialize, A: DeserializeOwned>(
     ctx: &Context,
     cluster: &StorageCluster,
     fleet: &ClusterFleet,
     token: &str,
-    path: &str,
-    question: &Q,
-    what: &str,
+    question: Question<'_, Q>,
 ) -> Result<A, String> {
+    let Question {
+        path,
+        body,
+        what,
+        deadline,
+    } = question;
     let gateway = ctx.endpoints.gateway(cluster);
     let url = format!("{}{path}", gateway.trim_end_matches('/'));
     let sent = fleet
         .gateway_http
         .post(&url)
         .bearer_auth(token)
-        .json(question)
-        .timeout(QUESTION_DEADLINE)
+        .json(body)
+        .timeout(deadline)
         .send();
     let response = sent
         .await

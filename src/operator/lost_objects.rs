@@ -1,16 +1,23 @@
-//! Names what a loss took from S3: once per set of Lost blobs, the
-//! cluster's gateway is asked which keys hold them (a scan of its index),
-//! the keys go to the status, and keys not told of before to one Warning
-//! Event. Blobs stored through the native API have Blobs of their own,
-//! whose health says Lost; S3's objects have none, so without this a
-//! loss could be counted but not named.
+//! Names what a loss took from S3: the cluster's gateway is asked which
+//! keys hold the Lost blobs (a scan of its index), the keys go to the
+//! status, and keys not told of before to one Warning Event. Blobs stored
+//! through the native API have Blobs of their own, whose health says
+//! Lost; S3's objects have none, so without this a loss could be counted
+//! but not named.
+//!
+//! A scan reads every object record, so a set of Lost blobs is asked
+//! about once, and again only after `ANSWER_KEPT` (keys copied, deleted
+//! or stored again meanwhile); a question that failed waits
+//! `RETRY_AFTER_FAILURE`.
 
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 use kube::ResourceExt;
 
 use super::context::{ClusterFleet, Context};
 use super::crd::StorageCluster;
+use super::gateway_question::{ask_gateway, Question};
 use crate::wire::{
     ObjectOfBlob, ObjectsOfBlobs, ObjectsOfBlobsRequest, MOST_OBJECTS_OF_BLOBS_ASKED,
 };
@@ -21,13 +28,76 @@ pub const MOST_LOST_OBJECTS_LISTED: usize = 100;
 /// Keys named in one Event at most.
 const MOST_NAMED_IN_AN_EVENT: usize = 10;
 
-/// The Lost blobs the gateway was asked about, and what it answered.
+/// How long an answer stands for the same set of Lost blobs.
+const ANSWER_KEPT: Duration = Duration::from_secs(15 * 60);
+
+/// How long a set of Lost blobs is not asked about again after the
+/// question failed.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(120);
+
+/// How long the gateway's scan may take.
+const SCAN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// What the operator remembers of a cluster's lost objects.
+#[derive(Debug, Clone, Default)]
+pub struct LostObjectsMemory {
+    /// The last answer: the blobs asked about, the keys, and when.
+    answered: Option<(BTreeSet<String>, ObjectsOfBlobs, Instant)>,
+    /// The last question that failed: its blobs and when.
+    failed: Option<(BTreeSet<String>, Instant)>,
+    /// Keys (`bucket/key`) told of in an Event (or found in the status a
+    /// former leader wrote), while blobs stay Lost.
+    told: BTreeSet<String>,
+    /// Whether `told` was seeded from the status.
+    seeded: bool,
+}
+
+/// What to do about a set of Lost blobs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answered {
-    /// The blob ids asked about.
-    pub asked: BTreeSet<String>,
-    /// The keys holding them.
-    pub found: ObjectsOfBlobs,
+enum Next {
+    /// Say the answer kept.
+    Kept(ObjectsOfBlobs),
+    /// Ask the gateway.
+    Ask,
+    /// Say nothing: the last question about them failed moments ago.
+    Wait,
+}
+
+impl LostObjectsMemory {
+    /// Whether to ask about `asked` at `now` (pure).
+    fn next(&self, asked: &BTreeSet<String>, now: Instant) -> Next {
+        if let Some((blobs, found, at)) = &self.answered {
+            if blobs == asked && now.duration_since(*at) < ANSWER_KEPT {
+                return Next::Kept(found.clone());
+            }
+        }
+        match &self.failed {
+            Some((blobs, at))
+                if blobs == asked && now.duration_since(*at) < RETRY_AFTER_FAILURE =>
+            {
+                Next::Wait
+            }
+            _ => Next::Ask,
+        }
+    }
+
+    /// Keeps `found` for `asked`; the objects in it not told of yet.
+    fn answered<'a>(
+        &mut self,
+        asked: BTreeSet<String>,
+        found: &'a ObjectsOfBlobs,
+        now: Instant,
+    ) -> Vec<&'a ObjectOfBlob> {
+        let new: Vec<&ObjectOfBlob> = found
+            .objects
+            .iter()
+            .filter(|o| !self.told.contains(&object_name(o)))
+            .collect();
+        self.told.extend(new.iter().map(|o| object_name(o)));
+        self.answered = Some((asked, found.clone(), now));
+        self.failed = None;
+        new
+    }
 }
 
 /// `bucket/key`, as the status and Events name an object.
@@ -35,56 +105,46 @@ pub fn object_name(object: &ObjectOfBlob) -> String {
     format!("{}/{}", object.bucket, object.key)
 }
 
-/// The objects of `now` not among those of `before` (told already).
-fn newly_lost<'a>(before: Option<&Answered>, now: &'a ObjectsOfBlobs) -> Vec<&'a ObjectOfBlob> {
-    let told: BTreeSet<(&str, &str)> = before
-        .into_iter()
-        .flat_map(|b| &b.found.objects)
-        .map(|o| (o.bucket.as_str(), o.key.as_str()))
-        .collect();
-    now.objects
-        .iter()
-        .filter(|o| !told.contains(&(o.bucket.as_str(), o.key.as_str())))
-        .collect()
-}
-
-/// The Event's note for `objects` newly found lost.
-fn lost_note(objects: &[&ObjectOfBlob], truncated: bool) -> String {
+/// The Event's note for `objects` newly found lost; `more` when more keys
+/// (or Lost blobs not asked about) may hold lost bytes.
+fn lost_note(objects: &[&ObjectOfBlob], more: bool) -> String {
     let named: Vec<String> = objects
         .iter()
         .take(MOST_NAMED_IN_AN_EVENT)
         .map(|o| format!("{} (blob {})", object_name(o), o.blob))
         .collect();
-    let more = objects.len() - named.len();
+    let unnamed = objects.len() - named.len();
     let mut note = format!(
-        "the bytes of {} S3 objects are in Lost blobs (fewer than p shards hold them): reads of them fail; store them again: {}",
-        objects.len(),
-        named.join(", ")
+        "the bytes of {} S3 objects are in Lost blobs (fewer than p shards hold them): reads of them fail; store them again",
+        objects.len()
     );
-    if more > 0 {
-        note.push_str(&format!(" and {more} more"));
-    }
-    if truncated {
+    if more {
         note.push_str(&format!(
-            "; more keys hold Lost blobs than the {MOST_LOST_OBJECTS_LISTED} listed in status.lostObjects"
+            " (more may be lost than the {MOST_LOST_OBJECTS_LISTED} keys listed in status.lostObjects)"
         ));
+    }
+    note.push_str(&format!(": {}", named.join(", ")));
+    if unnamed > 0 {
+        note.push_str(&format!(" and {unnamed} more"));
     }
     note
 }
 
 /// The keys whose objects hold any of `lost` (the cluster's Lost blobs, in
-/// id order), when the cluster serves S3 and its gateway answers: asked
-/// once per set of Lost blobs, keys not told of before published in one
-/// Warning Event `ObjectsLost`. None without S3 or Lost blobs, or when the
-/// gateway cannot say (asked again at the next reconcile).
+/// id order), when the cluster serves S3 and its gateway says: each set
+/// asked about once (again after `ANSWER_KEPT`), keys not told of before
+/// published in one Warning Event `ObjectsLost`. `listed` is what the
+/// status said (told by an earlier leader). None without S3 or Lost
+/// blobs, or when the gateway cannot say.
 pub(super) async fn objects_of_lost_blobs(
     ctx: &Context,
     cluster: &StorageCluster,
     fleet: &ClusterFleet,
     lost: &[&str],
+    listed: &[String],
 ) -> Option<ObjectsOfBlobs> {
     if lost.is_empty() || super::desired::s3::enabled(cluster).is_none() {
-        *fleet.lost_objects.lock().expect("not poisoned") = None;
+        *fleet.lost_objects.lock().expect("not poisoned") = LostObjectsMemory::default();
         return None;
     }
     let asked: BTreeSet<String> = lost
@@ -92,51 +152,69 @@ pub(super) async fn objects_of_lost_blobs(
         .take(MOST_OBJECTS_OF_BLOBS_ASKED)
         .map(|id| id.to_string())
         .collect();
-    let before = fleet.lost_objects.lock().expect("not poisoned").clone();
-    if let Some(answered) = before.as_ref().filter(|b| b.asked == asked) {
-        return Some(answered.found.clone());
+    let now = Instant::now();
+    {
+        let mut memory = fleet.lost_objects.lock().expect("not poisoned");
+        if !memory.seeded {
+            memory.told.extend(listed.iter().cloned());
+            memory.seeded = true;
+        }
+        match memory.next(&asked, now) {
+            Next::Kept(found) => return Some(found),
+            Next::Wait => return None,
+            Next::Ask => {}
+        }
     }
     let name = cluster.name_any();
-    let Some(token) = ctx.user_token(cluster).await else {
-        tracing::warn!(cluster = %name, "the S3 objects of Lost blobs cannot be asked for: the cluster's user-token Secret is missing or empty");
-        return None;
+    let answer = match ctx.user_token(cluster).await {
+        None => Err(format!(
+            "the cluster's user-token Secret {} is missing or empty",
+            super::desired::user_token_secret(&name)
+        )),
+        Some(token) => {
+            let body = ObjectsOfBlobsRequest {
+                blobs: asked.iter().cloned().collect(),
+                limit: MOST_LOST_OBJECTS_LISTED,
+                after: None,
+            };
+            let question = Question {
+                path: "/v1/s3/objects-of-blobs",
+                body: &body,
+                what: "which S3 objects hold the Lost blobs",
+                deadline: SCAN_DEADLINE,
+            };
+            ask_gateway(ctx, cluster, fleet, &token, question).await
+        }
     };
-    let question = ObjectsOfBlobsRequest {
-        blobs: asked.iter().cloned().collect(),
-        limit: MOST_LOST_OBJECTS_LISTED,
-    };
-    let found: ObjectsOfBlobs = match super::gateway_question::ask_gateway(
-        ctx,
-        cluster,
-        fleet,
-        &token,
-        "/v1/s3/objects-of-blobs",
-        &question,
-        "which S3 objects hold the Lost blobs",
-    )
-    .await
-    {
+    let mut found: ObjectsOfBlobs = match answer {
         Ok(found) => found,
         Err(e) => {
-            tracing::warn!(cluster = %name, "{e}");
+            tracing::warn!(cluster = %name, "the S3 objects of Lost blobs are not named this time: {e}");
+            fleet.lost_objects.lock().expect("not poisoned").failed = Some((asked, now));
             return None;
         }
     };
-    let new = newly_lost(before.as_ref(), &found);
+    // Lost blobs beyond those asked about may hold more keys.
+    found.truncated |= lost.len() > asked.len();
+    let new: Vec<ObjectOfBlob> = fleet
+        .lost_objects
+        .lock()
+        .expect("not poisoned")
+        .answered(asked, &found, now)
+        .into_iter()
+        .cloned()
+        .collect();
     if !new.is_empty() {
         tracing::warn!(cluster = %name, objects = new.len(), "S3 objects lost");
+        let refs: Vec<&ObjectOfBlob> = new.iter().collect();
         ctx.publish(
             cluster,
             true,
             "ObjectsLost",
-            lost_note(&new, found.truncated),
+            lost_note(&refs, found.truncated),
         )
         .await;
     }
-    *fleet.lost_objects.lock().expect("not poisoned") = Some(Answered {
-        asked,
-        found: found.clone(),
-    });
     Some(found)
 }
 
@@ -159,21 +237,51 @@ mod tests {
         }
     }
 
-    #[test]
-    fn only_objects_not_told_of_before_are_newly_lost() {
-        let first = found(&[object("media", "a"), object("logs", "b")]);
-        assert_eq!(newly_lost(None, &first).len(), 2);
-        let before = Answered {
-            asked: ["x".to_string()].into(),
-            found: first,
-        };
-        let then = found(&[object("logs", "b"), object("media", "c")]);
-        assert_eq!(newly_lost(Some(&before), &then), [&object("media", "c")]);
-        assert!(newly_lost(Some(&before), &found(&[object("media", "a")])).is_empty());
+    fn blobs(ids: &[&str]) -> BTreeSet<String> {
+        ids.iter().map(|id| id.to_string()).collect()
     }
 
     #[test]
-    fn the_event_names_each_object_with_its_blob_and_says_what_was_left_out() {
+    fn a_set_of_lost_blobs_is_asked_about_once_again_after_a_while_and_not_right_after_a_failure() {
+        let mut memory = LostObjectsMemory::default();
+        let t0 = Instant::now();
+        let x = blobs(&["x"]);
+        assert_eq!(memory.next(&x, t0), Next::Ask);
+        memory.answered(x.clone(), &found(&[object("media", "a")]), t0);
+        assert_eq!(
+            memory.next(&x, t0 + Duration::from_secs(60)),
+            Next::Kept(found(&[object("media", "a")]))
+        );
+        assert_eq!(memory.next(&x, t0 + ANSWER_KEPT), Next::Ask, "asked again");
+        let xy = blobs(&["x", "y"]);
+        assert_eq!(memory.next(&xy, t0), Next::Ask, "another set");
+        memory.failed = Some((xy.clone(), t0));
+        assert_eq!(memory.next(&xy, t0 + Duration::from_secs(5)), Next::Wait);
+        assert_eq!(memory.next(&xy, t0 + RETRY_AFTER_FAILURE), Next::Ask);
+    }
+
+    #[test]
+    fn objects_are_told_of_once_while_blobs_stay_lost_however_the_set_changes() {
+        let mut memory = LostObjectsMemory::default();
+        let t0 = Instant::now();
+        let first = found(&[object("media", "a"), object("logs", "b")]);
+        assert_eq!(memory.answered(blobs(&["x", "y"]), &first, t0).len(), 2);
+        // y came back; then it is Lost again: b was told already.
+        let fewer = found(&[object("media", "a")]);
+        assert!(memory.answered(blobs(&["x"]), &fewer, t0).is_empty());
+        let again = found(&[
+            object("logs", "b"),
+            object("media", "a"),
+            object("media", "c"),
+        ]);
+        assert_eq!(
+            memory.answered(blobs(&["x", "y"]), &again, t0),
+            [&object("media", "c")]
+        );
+    }
+
+    #[test]
+    fn the_event_says_how_many_names_each_object_with_its_blob_and_what_was_left_out() {
         let objects: Vec<ObjectOfBlob> =
             (0..12).map(|i| object("media", &format!("k{i}"))).collect();
         let refs: Vec<&ObjectOfBlob> = objects.iter().collect();
@@ -183,17 +291,18 @@ mod tests {
             "{note}"
         );
         assert!(
-            note.contains("media/k0 (blob blob-of-k0), media/k1 (blob blob-of-k1)"),
+            note.ends_with(
+                "store them again: media/k0 (blob blob-of-k0), media/k1 (blob blob-of-k1)"
+            ),
             "{note}"
         );
-        assert!(!note.contains("more"), "{note}");
         let note = lost_note(&refs, true);
         assert!(
-            note.contains("media/k9 (blob blob-of-k9) and 2 more"),
+            note.contains("more may be lost than the 100 keys listed in status.lostObjects"),
             "{note}"
         );
         assert!(
-            note.ends_with("than the 100 listed in status.lostObjects"),
+            note.ends_with("media/k9 (blob blob-of-k9) and 2 more"),
             "{note}"
         );
     }

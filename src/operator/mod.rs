@@ -17,7 +17,7 @@ mod fixtures;
 mod gateway_question;
 pub mod ingest;
 pub mod lifecycle;
-mod lost_objects;
+pub mod lost_objects;
 pub mod name_holders;
 pub mod observed;
 pub mod pod_problem;

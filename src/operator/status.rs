@@ -6,8 +6,8 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::crd::{
-    BlobCounts, ShardAssignment, StorageCluster, StorageClusterSpec, StorageClusterStatus,
-    UnavailableNode,
+    BlobCounts, FailingRepairs, ShardAssignment, StorageCluster, StorageClusterSpec,
+    StorageClusterStatus, UnavailableNode,
 };
 use crate::codec::EncodingConfig;
 use crate::fleet::{self, Assignment, NodeSpec};
@@ -47,6 +47,8 @@ pub struct FleetSummary {
     pub lost_objects: Option<crate::wire::ObjectsOfBlobs>,
     /// Repairs in flight.
     pub repairs_in_flight: u32,
+    /// Nodes whose last repair failed, with how many in a row and why.
+    pub failing_repairs: Vec<FailingRepairs>,
     /// Shards still to move from owners that are present, a few at a time,
     /// to balance the node pods.
     pub shards_to_move: u32,
@@ -93,6 +95,20 @@ fn degraded_by(mut problems: Vec<(&'static str, String)>) -> Option<(&'static st
     let reason = *reason;
     let messages: Vec<String> = problems.into_iter().map(|(_, m)| m).collect();
     Some((reason, messages.join("; ")))
+}
+
+/// What the Degraded message says of repairs failing: each node, how many
+/// in a row, and why the last failed.
+fn failing_said(failing: &[FailingRepairs]) -> String {
+    let each: Vec<String> = failing
+        .iter()
+        .map(|f| format!("{} ({} in a row): {}", f.node, f.failures, f.reason))
+        .collect();
+    if each.is_empty() {
+        String::new()
+    } else {
+        format!("; repairs failing on {}", each.join("; "))
+    }
 }
 
 /// What the Degraded message says of Lost blobs beyond their count: the
@@ -374,6 +390,7 @@ fn fold_in_fleet(
     }
     status.blobs = fleet.blobs.clone();
     status.repairs_in_flight = Some(fleet.repairs_in_flight);
+    status.failing_repairs = fleet.failing_repairs.clone();
     status.not_answering_nodes = fleet.not_answering.clone();
     let set = |status: &mut StorageClusterStatus, c: Condition| {
         if let Some(old) = status.conditions.iter_mut().find(|o| o.type_ == c.type_) {
@@ -395,18 +412,27 @@ fn fold_in_fleet(
         let unhealthy = blobs.degraded + blobs.at_risk + blobs.lost;
         // Only a cluster whose node pods are all ready says its blobs.
         if unhealthy > 0 && status.phase.as_deref() == Some("Ready") {
-            let reason = if blobs.lost > 0 {
+            // Blobs are counted from the nodes that answer: while one does
+            // not, a blob short of pairs may only be out of reach.
+            let lost_for_good = blobs.lost > 0 && fleet.not_answering.is_empty();
+            let reason = if lost_for_good {
                 "BlobsLost"
-            } else if blobs.at_risk > 0 {
+            } else if blobs.at_risk > 0 || blobs.lost > 0 {
                 "BlobsAtRisk"
             } else {
                 "BlobsDegraded"
             };
+            let lost = if lost_for_good || blobs.lost == 0 {
+                format!("{} lost", blobs.lost)
+            } else {
+                format!("{} unreadable while nodes do not answer", blobs.lost)
+            };
             let mut message = format!(
-                "{} blobs degraded, {} at risk, {} lost; {} repairs in flight",
-                blobs.degraded, blobs.at_risk, blobs.lost, fleet.repairs_in_flight
+                "{} blobs degraded, {} at risk, {lost}; {} repairs in flight",
+                blobs.degraded, blobs.at_risk, fleet.repairs_in_flight
             );
-            if blobs.lost > 0 {
+            message.push_str(&failing_said(&fleet.failing_repairs));
+            if lost_for_good {
                 message.push_str(&lost_said(fleet.lost_objects.as_ref()));
                 status.lost_blobs = fleet
                     .lost_blobs
@@ -803,11 +829,60 @@ mod tests {
         assert!(cond(&s, "Degraded")
             .message
             .ends_with("Lost blobs (status.lostBlobs) cannot be read"));
-        // While a node pod is not ready, blobs are not said lost.
+        // While a node pod is not ready, or one does not answer, blobs
+        // short of pairs may only be out of reach: not said lost.
         let six = observed(7, &[0, 1, 2, 3, 4, 5], 7);
         let s = cluster_status(&c, &assignment(&c, &six), &six, &fleet, &now(1));
         assert!(s.lost_blobs.is_empty() && s.lost_objects.is_empty());
         assert_eq!(cond(&s, "Degraded").reason, "NodesNotReady");
+        let silent = FleetSummary {
+            not_answering: vec!["media-node-3".into()],
+            ..fleet.clone()
+        };
+        let s = cluster_status(&c, &assignment(&c, &nodes), &nodes, &silent, &now(1));
+        assert!(s.lost_blobs.is_empty() && s.lost_objects.is_empty());
+        let degraded = cond(&s, "Degraded");
+        assert_eq!(degraded.reason, "NodesNotAnswering");
+        assert!(
+            degraded
+                .message
+                .contains("60 unreadable while nodes do not answer"),
+            "{}",
+            degraded.message
+        );
+    }
+
+    #[test]
+    fn repairs_failing_on_a_node_are_listed_and_said_with_why() {
+        let c = cluster(7, 7, Some("1Gi"));
+        let nodes = observed(7, &[0, 1, 2, 3, 4, 5, 6], 7);
+        let failing = FailingRepairs {
+            node: "media-node-4".into(),
+            failures: 3,
+            blob: "b1".into(),
+            reason: "the volume is full".into(),
+            last_failure: "2027-01-01T00:00:00Z".into(),
+        };
+        let fleet = FleetSummary {
+            blobs: Some(BlobCounts {
+                healthy: 10,
+                degraded: 1,
+                ..BlobCounts::default()
+            }),
+            failing_repairs: vec![failing.clone()],
+            ..FleetSummary::default()
+        };
+        let s = cluster_status(&c, &assignment(&c, &nodes), &nodes, &fleet, &now(1));
+        assert_eq!(s.failing_repairs, vec![failing]);
+        let degraded = cond(&s, "Degraded");
+        assert_eq!(degraded.reason, "BlobsDegraded");
+        assert!(
+            degraded
+                .message
+                .ends_with("; repairs failing on media-node-4 (3 in a row): the volume is full"),
+            "{}",
+            degraded.message
+        );
     }
 
     #[test]
@@ -845,13 +920,14 @@ mod tests {
             "most pressing first: {}",
             degraded.message
         );
-        // A lost blob is more pressing than all of them.
+        // A lost blob (every node answering) is more pressing than them.
         let lost = FleetSummary {
             blobs: Some(BlobCounts {
                 lost: 1,
                 ..BlobCounts::default()
             }),
             lost_blobs: vec!["gone".into()],
+            not_answering: Vec::new(),
             ..fleet
         };
         let s = cluster_status(&c, &assignment(&c, &nodes), &nodes, &lost, &now(1));

@@ -21,6 +21,9 @@ use crate::wire::{KnownBlobs, KnownBlobsRequest, MOST_KNOWN_BLOBS_ASKED};
 /// whole bucket since the last one is sorted out over a few reconciles.
 const MOST_QUESTIONS: usize = 20;
 
+/// How long one question to the gateway may take.
+const QUESTION_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What the reconcile of one cluster records uploads with.
 pub(super) struct Recording<'a> {
     /// The operator's context.
@@ -129,9 +132,12 @@ impl Recording<'_> {
             self.cluster,
             self.fleet,
             token,
-            "/v1/s3/known-blobs",
-            &question,
-            "which blobs S3 holds",
+            super::gateway_question::Question {
+                path: "/v1/s3/known-blobs",
+                body: &question,
+                what: "which blobs S3 holds",
+                deadline: QUESTION_DEADLINE,
+            },
         )
         .await
     }

@@ -382,12 +382,12 @@ pub fn tags_change_nothing_else_and_a_conditional_delete_needs_its_etag(index: &
     assert_eq!(index.refs("x").unwrap().count, 0);
 }
 
-/// Every check, each on a fresh index from `fresh`.
-/// the keys holding asked blobs are found in every bucket, in order, and no others.
+/// The keys holding asked blobs are found in every bucket, in order, and
+/// no others; a listing goes on after the last key it returned.
 pub fn the_keys_holding_asked_blobs_are_found_in_every_bucket_and_no_others(index: &Index) {
     let asked = |blobs: &[&str]| blobs.iter().map(|b| b.to_string()).collect();
     assert_eq!(
-        index.objects_of_blobs(&asked(&["x"]), 10).unwrap(),
+        index.objects_of_blobs(&asked(&["x"]), None, 10).unwrap(),
         ObjectsOfBlobs::default(),
         "an empty index holds no key"
     );
@@ -416,7 +416,9 @@ pub fn the_keys_holding_asked_blobs_are_found_in_every_bucket_and_no_others(inde
     index
         .put_object("media", "zz last", &record(&["y", "x"], "e5"), &ANY, 10)
         .unwrap();
-    let found = index.objects_of_blobs(&asked(&["x", "y"]), 10).unwrap();
+    let found = index
+        .objects_of_blobs(&asked(&["x", "y"]), None, 10)
+        .unwrap();
     let named: Vec<(&str, &str, &str)> = found
         .objects
         .iter()
@@ -432,18 +434,30 @@ pub fn the_keys_holding_asked_blobs_are_found_in_every_bucket_and_no_others(inde
         ]
     );
     assert!(!found.truncated);
-    let first = index.objects_of_blobs(&asked(&["x", "y"]), 3).unwrap();
+    let first = index
+        .objects_of_blobs(&asked(&["x", "y"]), None, 3)
+        .unwrap();
     assert_eq!(first.objects, found.objects[..3]);
     assert!(first.truncated, "a fourth key was left out");
-    let exact = index.objects_of_blobs(&asked(&["x", "y"]), 4).unwrap();
+    let exact = index
+        .objects_of_blobs(&asked(&["x", "y"]), None, 4)
+        .unwrap();
     assert!(!exact.truncated, "nothing was left out");
+    // The rest, after the last key returned.
+    let last = &first.objects[2];
+    let rest = index
+        .objects_of_blobs(&asked(&["x", "y"]), Some((&last.bucket, &last.key)), 3)
+        .unwrap();
+    assert_eq!(rest.objects, found.objects[3..]);
+    assert!(!rest.truncated);
     assert!(index
-        .objects_of_blobs(&asked(&["unknown"]), 10)
+        .objects_of_blobs(&asked(&["unknown"]), None, 10)
         .unwrap()
         .objects
         .is_empty());
 }
 
+/// Every check, each on a fresh index from `fresh`.
 pub fn run_all(fresh: &mut dyn FnMut() -> Index) {
     every_key_and_part_referring_to_a_blob_counts_once_and_replacing_a_key_moves_its_references(
         &fresh(),

@@ -7,9 +7,9 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::{decode, Index, IndexError};
+use super::{decode, object_key, Index, IndexError};
 use crate::s3::kv::Table;
-use crate::s3::records::ObjectRecord;
+use crate::s3::records::BlobPart;
 
 /// Object records read per read transaction, so a scan of a large index
 /// never holds one snapshot (or one PostgreSQL statement) for long.
@@ -26,6 +26,12 @@ pub struct ObjectOfBlob {
     pub blob: String,
 }
 
+/// Only the parts of an object record (the rest is not read).
+#[derive(Deserialize)]
+struct PartsOf {
+    parts: Vec<BlobPart>,
+}
+
 /// The keys found, in bucket and key order.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ObjectsOfBlobs {
@@ -37,15 +43,19 @@ pub struct ObjectsOfBlobs {
 
 impl Index {
     /// Up to `limit` keys, in every bucket, whose object has a part in
-    /// `blobs`. Reads every object record (in pages), so it is for rare
-    /// questions: which objects a lost blob takes with it.
+    /// `blobs`, after the key `after` (bucket, key) when given. Reads every
+    /// object record (in pages, each its own snapshot: keys written behind
+    /// the scan meanwhile are missed), so it is for rare questions: which
+    /// objects a lost blob takes with it. Parts of multipart uploads in
+    /// progress are not looked at.
     pub fn objects_of_blobs(
         &self,
         blobs: &BTreeSet<String>,
+        after: Option<(&str, &str)>,
         limit: usize,
     ) -> Result<ObjectsOfBlobs, IndexError> {
         let mut found = ObjectsOfBlobs::default();
-        let mut after: Option<Vec<u8>> = None;
+        let mut after: Option<Vec<u8>> = after.map(|(bucket, key)| object_key(bucket, key));
         loop {
             let page =
                 self.read(|txn| txn.scan(Table::Objects, b"", after.as_deref(), SCAN_PAGE))?;
@@ -55,7 +65,7 @@ impl Index {
             after = Some(last.clone());
             let full = page.len() == SCAN_PAGE;
             for (name, value) in page {
-                let record: ObjectRecord = decode(&value)?;
+                let record: PartsOf = decode(&value)?;
                 let Some(part) = record.parts.iter().find(|p| blobs.contains(&p.blob)) else {
                     continue;
                 };
