@@ -13,7 +13,7 @@ use redstuff::operator::controller::reconcile_cluster;
 use redstuff::operator::crd::{
     Blob, BlobHealth, BlobSource, BlobSpec, BlobStatus, KeySource, UploadSource, UrlSource,
 };
-use redstuff::operator::upload_records::RECORDED_BY_ANNOTATION;
+use redstuff::operator::upload_records::{upload_record_name, RECORDED_BY_ANNOTATION};
 use serde_json::{json, Value};
 use sha2::Digest;
 use support::blob_cluster::{
@@ -466,6 +466,49 @@ async fn blobs_are_listed_a_page_at_a_time_and_an_upload_a_later_page_names_is_n
             .iter()
             .any(|l| l.contains("/blobs/media-upload-")),
         "the upload z-upload names is not recorded again"
+    );
+}
+
+#[tokio::test]
+async fn an_upload_whose_record_name_another_blobs_record_holds_is_recorded_under_its_whole_id() {
+    let fleet = TestFleet::start(4).await;
+    let id = stored_blob(&fleet).await;
+    let c = cluster(4);
+    // The record of another blob whose id begins with the same 8 bytes.
+    let short = upload_record_name("media", &id).unwrap();
+    let mut other = blob(
+        &short,
+        BlobSource {
+            upload: Some(UploadSource {
+                blob_id: "another-blob-sharing-the-prefix".into(),
+            }),
+            ..BlobSource::default()
+        },
+    );
+    other.metadata.annotations =
+        Some([(RECORDED_BY_ANNOTATION.to_string(), "operator".to_string())].into());
+    let (client, recorded) = api(Some(&c), &[&other], &[]).serve();
+    let ctx = Arc::new(test_context(client).with_endpoints(fleet.endpoints()));
+    reconcile_cluster(Arc::new(c), ctx).await.unwrap();
+    let seen = recorded.take();
+    let applied: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| {
+            s.method == "PATCH" && s.path.starts_with(&format!("{GROUP}/blobs/media-upload-"))
+        })
+        .collect();
+    assert_eq!(applied.len(), 1, "{:#?}", lines(&seen));
+    let whole = id.parse::<redstuff::codec::BlobId>().unwrap();
+    assert_eq!(
+        applied[0].path,
+        format!(
+            "{GROUP}/blobs/media-upload-{}",
+            redstuff::hex::encode(whole.as_bytes())
+        )
+    );
+    assert_eq!(
+        applied[0].body["spec"]["source"]["upload"]["blobId"],
+        id.as_str()
     );
 }
 

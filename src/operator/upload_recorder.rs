@@ -13,7 +13,7 @@ use super::apply_objects::{apply_noting, Failures};
 use super::context::{ClusterFleet, Context};
 use super::crd::{Blob, BlobSource, BlobSpec, StorageCluster, UploadSource};
 use super::observed::AppliedContent;
-use super::upload_records::{self, upload_record_name, MOST_RECORDED_AT_ONCE};
+use super::upload_records::{self, new_upload_record_name, RecordedBlobs, MOST_RECORDED_AT_ONCE};
 use crate::control::FleetView;
 use crate::wire::{KnownBlobs, KnownBlobsRequest, MOST_KNOWN_BLOBS_ASKED};
 
@@ -45,21 +45,21 @@ impl Recording<'_> {
     /// with S3, every such blob S3 does not know.
     pub(super) async fn record_uploads(
         &self,
-        recorded: &BTreeSet<String>,
+        recorded: &RecordedBlobs,
         view: &FleetView,
         p: usize,
         failures: &mut Failures,
     ) {
         let to_record: Vec<String> = if super::desired::s3::enabled(self.cluster).is_some() {
-            self.not_s3s(recorded, view, p).await
+            self.not_s3s(&recorded.ids, view, p).await
         } else {
-            upload_records::uploads_to_record(view, recorded, p, MOST_RECORDED_AT_ONCE)
+            upload_records::uploads_to_record(view, &recorded.ids, p, MOST_RECORDED_AT_ONCE)
                 .into_iter()
                 .map(String::from)
                 .collect()
         };
         for id in to_record {
-            self.record(&id, failures).await;
+            self.record(&id, &recorded.record_names, failures).await;
         }
     }
 
@@ -142,10 +142,11 @@ impl Recording<'_> {
         .await
     }
 
-    /// Makes the Blob recording upload `id`.
-    async fn record(&self, id: &str, failures: &mut Failures) {
+    /// Makes the Blob recording upload `id`, under a name no Blob in
+    /// `taken` holds.
+    async fn record(&self, id: &str, taken: &BTreeSet<String>, failures: &mut Failures) {
         let name = self.cluster.name_any();
-        let Some(record_name) = upload_record_name(&name, id) else {
+        let Some(record_name) = new_upload_record_name(&name, id, taken) else {
             return;
         };
         let mut record = Blob::new(

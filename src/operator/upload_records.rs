@@ -42,24 +42,42 @@ fn recorded_blob_id(blob: &Blob) -> Option<String> {
         .or_else(|| blob.spec.source.upload.as_ref().map(|u| u.blob_id.clone()))
 }
 
-/// The ids the Blobs of cluster `cluster` name, listed a page at a time.
+/// What the Blobs of a namespace say of one cluster's uploads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordedBlobs {
+    /// The blob ids the cluster's Blobs name.
+    pub ids: BTreeSet<String>,
+    /// Names of Blobs (of any cluster) that begin like the cluster's
+    /// upload records: taken, whichever blob they name.
+    pub record_names: BTreeSet<String>,
+}
+
+/// The ids the Blobs of cluster `cluster` name, and the names taken
+/// among its records', listed a page at a time.
 pub async fn recorded_blob_ids(
     blobs: &Api<Blob>,
     cluster: &str,
-) -> Result<BTreeSet<String>, kube::Error> {
-    let mut ids = BTreeSet::new();
+) -> Result<RecordedBlobs, kube::Error> {
+    let mut recorded = RecordedBlobs::default();
+    let prefix = format!("{cluster}-upload-");
     let mut params = ListParams::default().limit(LIST_PAGE);
     loop {
         let page = blobs.list(&params).await?;
-        ids.extend(
+        recorded.ids.extend(
             page.items
                 .iter()
                 .filter(|b| b.spec.cluster == cluster)
                 .filter_map(recorded_blob_id),
         );
+        recorded.record_names.extend(
+            page.items
+                .iter()
+                .filter_map(|b| b.metadata.name.clone())
+                .filter(|n| n.starts_with(&prefix)),
+        );
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => params = params.continue_token(&token),
-            None => return Ok(ids),
+            None => return Ok(recorded),
         }
     }
 }
@@ -109,10 +127,44 @@ pub fn upload_record_name(cluster: &str, id: &str) -> Option<String> {
     ))
 }
 
+/// The name of a new record of upload `id`: `upload_record_name`, or,
+/// when a Blob of another blob holds that name (two ids sharing their
+/// first 8 bytes), the whole id in hex, so neither record replaces the
+/// other.
+pub fn new_upload_record_name(cluster: &str, id: &str, taken: &BTreeSet<String>) -> Option<String> {
+    let short = upload_record_name(cluster, id)?;
+    if !taken.contains(&short) {
+        return Some(short);
+    }
+    let id: BlobId = id.parse().ok()?;
+    Some(format!(
+        "{cluster}-upload-{}",
+        crate::hex::encode(id.as_bytes())
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::control::BlobView;
+
+    #[test]
+    fn a_record_name_another_blobs_record_holds_gives_way_to_the_whole_id() {
+        let id = crate::codec::BlobId([7; 32]).to_string();
+        let short = upload_record_name("media", &id).unwrap();
+        assert_eq!(short, "media-upload-0707070707070707");
+        assert_eq!(
+            new_upload_record_name("media", &id, &BTreeSet::new()).as_deref(),
+            Some(short.as_str())
+        );
+        let long = new_upload_record_name("media", &id, &[short].into()).unwrap();
+        assert_eq!(long, format!("media-upload-{}", "07".repeat(32)));
+        assert!(long.len() <= 253, "a DNS subdomain: {long}");
+        assert_eq!(
+            new_upload_record_name("media", "not-an-id", &BTreeSet::new()),
+            None
+        );
+    }
 
     #[test]
     fn readable_unrecorded_blobs_are_recorded_a_bounded_number_at_a_time() {

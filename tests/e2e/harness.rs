@@ -348,7 +348,8 @@ fn run(mut command: Command, what: &str) -> anyhow::Result<String> {
 }
 
 /// Waits (at most `timeout`, checking every second) until `check` gives
-/// a value; its last error says why not.
+/// a value; its last error says why not. A wait of more than 5 s is
+/// printed with its length (where a scenario's time goes).
 pub async fn wait_for<T>(
     what: &str,
     timeout: Duration,
@@ -358,7 +359,13 @@ pub async fn wait_for<T>(
     let mut last = String::new();
     loop {
         match check() {
-            Ok(Some(value)) => return Ok(value),
+            Ok(Some(value)) => {
+                let waited = start.elapsed();
+                if waited > Duration::from_secs(5) {
+                    eprintln!("    waited {:.1} s for {what}", waited.as_secs_f64());
+                }
+                return Ok(value);
+            }
             Ok(None) => {}
             Err(e) => last = e.to_string(),
         }
