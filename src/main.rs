@@ -89,6 +89,10 @@ enum Command {
         /// Print JSON: {"nodes": [...], "blobs": [...], ...}.
         #[arg(long)]
         json: bool,
+        /// List every blob; by default a fleet of more than 20 blobs gets
+        /// counts by health and the blobs that are not Healthy (at most 50).
+        #[arg(long)]
+        all: bool,
         /// Attempts after the first while the gateway is busy or out of
         /// reach (429, 502, 503, 504, a lost connection: `redstuff dev`
         /// still starting); waits as the gateway asks (Retry-After) or 1 s,
@@ -715,6 +719,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status {
             gateway,
             json,
+            all,
             retries,
             token,
             ca,
@@ -722,7 +727,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &gateway,
             token.resolve(),
             ca.resolve(&gateway).as_deref(),
-            json,
+            cli::StatusFormat { json, all },
             retries,
         )),
         Command::Crds { dir } => crds(dir),

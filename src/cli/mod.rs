@@ -8,7 +8,7 @@ mod status;
 
 pub use get::get;
 pub use put::put;
-pub use status::status;
+pub use status::{status, StatusFormat};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use redstuff::retry::{parse_retry_after, Failure, RetryPolicy};
