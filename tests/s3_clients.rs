@@ -635,3 +635,68 @@ async fn a_blob_s3_keys_refer_to_is_not_deleted_through_the_native_api_until_non
     assert_eq!(fleet.code("DELETE", &native).await, 204);
     assert_eq!(fleet.code("HEAD", &native).await, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_also_stored_through_the_native_api_outlive_the_last_s3_key_either_way_round() {
+    let fleet = DevFleet::start(&["--s3-collect-after-secs", "1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let aws = aws_in(&fleet, dir.path());
+    aws(&["s3", "mb", "s3://both"]);
+    let write = |name: &str, seed: u64| {
+        let data = pseudo_random(150_000, seed);
+        std::fs::write(dir.path().join(name), &data).unwrap();
+        data
+    };
+    let copy = |name: &str| {
+        aws(&[
+            "s3",
+            "cp",
+            "--only-show-errors",
+            name,
+            &format!("s3://both/{name}"),
+        ]);
+    };
+    let remove = |name: &str| {
+        aws(&[
+            "s3",
+            "rm",
+            "--only-show-errors",
+            &format!("s3://both/{name}"),
+        ]);
+    };
+    // Stored natively first, then under a key.
+    let first = write("first", 21);
+    let first_id = fleet.put(&first).await;
+    copy("first");
+    // Under a key first, then natively.
+    let second = write("second", 22);
+    copy("second");
+    let second_id = fleet.put(&second).await;
+    assert_eq!(second_id, blob_id(&second));
+    // Bytes only S3 holds: the collector's witness.
+    let third = write("third", 23);
+    copy("third");
+    for name in ["first", "second", "third"] {
+        remove(name);
+    }
+    let start = Instant::now();
+    while fleet.code("HEAD", &blob_id(&third)).await != 404 {
+        assert!(start.elapsed() < WAIT, "S3's own bytes are never collected");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A few more rounds of the collector.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (id, data) in [(&first_id, &first), (&second_id, &second)] {
+        let back = fleet
+            .http
+            .get(format!("{}/v1/blobs/{id}", fleet.gateway))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(back.status().as_u16(), 200, "{id} was collected");
+        assert!(back.bytes().await.unwrap() == data.as_slice());
+    }
+    // The native side still deletes its own.
+    assert_eq!(fleet.code("DELETE", &first_id).await, 204);
+    assert_eq!(fleet.code("HEAD", &first_id).await, 404);
+}

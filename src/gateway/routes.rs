@@ -128,7 +128,10 @@ fn io_error(e: BlobIoError) -> ApiError {
             crate::codec::EncodeError::Config(_) => ApiError::too_large(e.to_string()),
             crate::codec::EncodeError::Io(_) => ApiError::internal(e.to_string()),
         },
-        BlobIoError::Io(_) | BlobIoError::Announce(_) => ApiError::internal(e.to_string()),
+        BlobIoError::Io(_) => ApiError::internal(e.to_string()),
+        // Only the S3 index is told of writes: it is busy, out of reach, or
+        // deleting the same bytes; the write is aborted and may be retried.
+        BlobIoError::Announce(_) => ApiError::unavailable(e.to_string()),
     }
 }
 
@@ -185,10 +188,28 @@ pub(super) async fn put_blob(
             )));
         }
     }
+    // With S3 beside the gateway, bytes S3 knows are noted as stored
+    // outside it too before they are committed, so S3's collector never
+    // deletes them once its last key goes (refused while it deletes them).
+    let index = state.s3_index.get().cloned();
+    let note_outside = |id: BlobId| async move {
+        let Some(index) = index else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || index.note_stored_outside(&id.to_string()))
+            .await
+            .map_err(|e| format!("index task failed: {e}"))?
+            .map_err(|e| match e {
+                crate::s3::index::IndexError::Collecting(_) => format!(
+                    "S3 is deleting these bytes (its last key went); store them again in a moment: {e}"
+                ),
+                e => format!("the S3 index cannot note the bytes: {e}"),
+            })
+    };
     // The write runs to its end (committed, or aborted) even if the client
     // goes away meanwhile; the upload slot goes with it.
     let write = tokio::spawn(async move {
-        let outcome = upload.finish(|_| async { Ok(()) }).await.map_err(io_error);
+        let outcome = upload.finish(note_outside).await.map_err(io_error);
         drop(permit);
         outcome
     });

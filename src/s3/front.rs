@@ -127,14 +127,28 @@ impl Front {
             .await
             .map_err(|e| s3_error!(InternalError, "{e}"))?
             .to_path_buf();
-        // The index knows the blob before any of it reaches a node: a
-        // gateway killed before the record is written leaves a blob the
-        // collector finds.
+        // The index knows the blob before it is committed: a gateway killed
+        // before the record is written leaves a blob the collector finds.
+        // Bytes the fleet already held, stored outside S3, are noted so:
+        // S3 never collects them.
         let index = self.index.clone();
+        let checker = client.clone();
         let outcome = client
             .write_file_announced(&path, |id| async move {
                 let now = now_ms();
-                tokio::task::spawn_blocking(move || index.note_unreferenced(&id.to_string(), now))
+                let blob = id.to_string();
+                let known = {
+                    let (index, blob) = (index.clone(), blob.clone());
+                    tokio::task::spawn_blocking(move || index.knows(&blob))
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map_err(|e| e.to_string())?
+                };
+                // Unsure (too few nodes answered) counts as stored outside:
+                // S3 may keep bytes it could collect, never delete another's.
+                let stored_outside =
+                    !known && !matches!(checker.visible(&id).await, Err(BlobIoError::NotFound(_)));
+                tokio::task::spawn_blocking(move || index.note_write(&blob, now, stored_outside))
                     .await
                     .map_err(|e| e.to_string())?
                     .map_err(|e| e.to_string())

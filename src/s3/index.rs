@@ -604,6 +604,7 @@ impl Index {
             for (k, v) in txn.scan(Table::Refs, b"", None, usize::MAX)? {
                 let count: BlobRefs = decode(&v)?;
                 if count.count == 0
+                    && !count.outside
                     && (count.collecting
                         || count.unreferenced_since_ms.is_some_and(|t| t < before_ms))
                 {
@@ -625,13 +626,51 @@ impl Index {
     /// failed): unless something does, the collector removes it after the
     /// grace period.
     pub fn note_unreferenced(&self, blob: &str, now_ms: u64) -> Result<(), IndexError> {
+        self.note_write(blob, now_ms, false)
+    }
+
+    /// S3 is about to store `blob` (nothing refers to it yet): noted as
+    /// `note_unreferenced` when S3 does not know it yet, and as stored
+    /// outside S3 (never collected by it) when `stored_outside`: the fleet
+    /// already held the bytes, stored through the native API.
+    pub fn note_write(
+        &self,
+        blob: &str,
+        now_ms: u64,
+        stored_outside: bool,
+    ) -> Result<(), IndexError> {
         self.write(|txn| {
             if txn.get(Table::Refs, blob.as_bytes())?.is_none() {
                 let count = BlobRefs {
                     unreferenced_since_ms: Some(now_ms),
+                    outside: stored_outside,
                     ..BlobRefs::default()
                 };
                 put(txn, Table::Refs, blob.as_bytes(), &count)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Whether S3 knows `blob` at all (refers to it, noted or claimed it).
+    pub fn knows(&self, blob: &str) -> Result<bool, IndexError> {
+        self.read(|txn| Ok(txn.get(Table::Refs, blob.as_bytes())?.is_some()))
+    }
+
+    /// `blob` is being stored outside S3 (the native API): if S3 knows it,
+    /// it never collects it from now on. Refused while it is being
+    /// collected (the bytes are being deleted: store them once that ends).
+    pub fn note_stored_outside(&self, blob: &str) -> Result<(), IndexError> {
+        self.write(|txn| {
+            let Some(mut refs) = get::<BlobRefs>(txn, Table::Refs, blob.as_bytes())? else {
+                return Ok(());
+            };
+            if refs.collecting {
+                return Err(IndexError::Collecting(blob.to_string()));
+            }
+            if !refs.outside {
+                refs.outside = true;
+                put(txn, Table::Refs, blob.as_bytes(), &refs)?;
             }
             Ok(())
         })
@@ -660,14 +699,16 @@ impl Index {
         self.write(|txn| txn.delete(Table::Refs, blob.as_bytes()))
     }
 
-    /// Which of `blobs` S3 knows: referred to by keys or upload parts,
-    /// noted before an S3 write, or claimed for collection. The rest were
-    /// stored outside S3 (or S3 forgot them once collected).
+    /// Which of `blobs` are S3's own: referred to by keys or upload parts,
+    /// noted before an S3 write, or claimed for collection, and not stored
+    /// outside S3 too. The rest were stored outside S3 (or S3 forgot them
+    /// once collected).
     pub fn known_blobs(&self, blobs: &[String]) -> Result<Vec<String>, IndexError> {
         self.read(|txn| {
             let mut known = Vec::new();
             for blob in blobs {
-                if txn.get(Table::Refs, blob.as_bytes())?.is_some() {
+                let refs: Option<BlobRefs> = get(txn, Table::Refs, blob.as_bytes())?;
+                if refs.is_some_and(|r| !r.outside) {
                     known.push(blob.clone());
                 }
             }

@@ -168,4 +168,9 @@ pub struct BlobRefs {
     /// must wait and write the blob again.
     #[serde(default)]
     pub collecting: bool,
+    /// The bytes were stored outside S3 too (the native API, before S3
+    /// stored them or while it referred to them): S3 never collects them;
+    /// the last key going leaves them to whoever stored them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outside: bool,
 }

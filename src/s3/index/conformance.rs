@@ -457,6 +457,47 @@ pub fn the_keys_holding_asked_blobs_are_found_in_every_bucket_and_no_others(inde
         .is_empty());
 }
 
+/// Bytes stored outside S3 too, before S3 stored them or while it
+/// referred to them, are never collected by it, and are not S3's own;
+/// they wait for no collection, and a delete from outside still claims
+/// them once no key refers to them.
+pub fn bytes_stored_outside_s3_too_are_never_collected_by_it(index: &Index) {
+    index.create_bucket("media", 1).unwrap();
+    // Stored natively first: S3's write finds them.
+    index.note_write("before", 1, true).unwrap();
+    // S3's first; then stored natively while a key refers to them.
+    index.note_write("during", 1, false).unwrap();
+    // S3's alone.
+    index.note_write("s3s", 1, false).unwrap();
+    for (key, blob) in [("a", "before"), ("b", "during"), ("c", "s3s")] {
+        index
+            .put_object("media", key, &record(&[blob], "e"), &ANY, 2)
+            .unwrap();
+    }
+    index.note_stored_outside("during").unwrap();
+    index.note_stored_outside("unknown").unwrap();
+    assert!(
+        !index.knows("unknown").unwrap(),
+        "S3 does not start knowing it"
+    );
+    let asked: Vec<String> = ["before", "during", "s3s"].map(String::from).to_vec();
+    assert_eq!(index.known_blobs(&asked).unwrap(), ["s3s"]);
+    for key in ["a", "b", "c"] {
+        assert!(index.delete_object("media", key, 3).unwrap());
+    }
+    assert_eq!(index.claim_unreferenced(u64::MAX).unwrap(), ["s3s"]);
+    // While being collected, the bytes cannot be stored natively.
+    assert!(matches!(
+        index.note_stored_outside("s3s"),
+        Err(IndexError::Collecting(_))
+    ));
+    assert_eq!(
+        index.claim_for_delete("before").unwrap(),
+        DeleteClaim::Claimed,
+        "the native side deletes its own"
+    );
+}
+
 /// Every check, each on a fresh index from `fresh`.
 pub fn run_all(fresh: &mut dyn FnMut() -> Index) {
     every_key_and_part_referring_to_a_blob_counts_once_and_replacing_a_key_moves_its_references(
@@ -473,4 +514,5 @@ pub fn run_all(fresh: &mut dyn FnMut() -> Index) {
     the_blobs_s3_knows_are_those_it_wrote_refers_to_or_claimed(&fresh());
     tags_change_nothing_else_and_a_conditional_delete_needs_its_etag(&fresh());
     the_keys_holding_asked_blobs_are_found_in_every_bucket_and_no_others(&fresh());
+    bytes_stored_outside_s3_too_are_never_collected_by_it(&fresh());
 }

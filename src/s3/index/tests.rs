@@ -65,6 +65,12 @@ fn the_keys_holding_asked_blobs_are_found_in_every_bucket_and_no_others() {
 }
 
 #[test]
+fn bytes_stored_outside_s3_too_are_never_collected_by_it() {
+    let (_dir, index) = fresh();
+    conformance::bytes_stored_outside_s3_too_are_never_collected_by_it(&index);
+}
+
+#[test]
 fn records_survive_closing_and_reopening_the_index() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("index.redb");
