@@ -194,6 +194,21 @@ pub struct NodeStatus {
     pub state: String,
     /// Times the loop restarted it.
     pub restarts: u32,
+    /// Repairs on it that failed in a row since its last complete one,
+    /// when its last failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failing_repairs: Option<FailingRepairs>,
+}
+
+/// Repairs on one node that failed in a row, as `redstuff status` says.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailingRepairs {
+    /// How many.
+    pub count: u64,
+    /// The blob of the last.
+    pub blob: String,
+    /// Why the last failed.
+    pub why: String,
 }
 
 /// One blob as `redstuff status` shows it.
@@ -650,6 +665,7 @@ impl FleetLoop {
 
     fn publish_status(&self, view: &FleetView, observed_at_ms: u64) {
         let ready = &view.ready;
+        let failing = self.repairer.failing();
         let status = FleetStatus {
             shards: self.config.shards,
             fault_tolerance: self.encoding.f(),
@@ -681,6 +697,13 @@ impl FleetLoop {
                         "not answering".into()
                     },
                     restarts: n.restarts,
+                    failing_repairs: failing.iter().find(|f| f.node == n.name).map(|f| {
+                        FailingRepairs {
+                            count: f.count,
+                            blob: f.blob.clone(),
+                            why: f.why.clone(),
+                        }
+                    }),
                 })
                 .collect(),
             blobs: view

@@ -159,6 +159,18 @@ fn print_status(status: &serde_json::Value, format: StatusFormat) -> anyhow::Res
             shards.join(",")
         );
     }
+    for node in status["nodes"].as_array().into_iter().flatten() {
+        let failing = &node["failing_repairs"];
+        if failing.is_object() {
+            println!(
+                "repairs on {} failed {} times in a row (retried); the last, of blob {}: {}",
+                node["name"].as_str().unwrap_or("?"),
+                failing["count"],
+                failing["blob"].as_str().unwrap_or("?"),
+                failing["why"].as_str().unwrap_or("?")
+            );
+        }
+    }
     println!();
     let blobs = status["blobs"]
         .as_array()

@@ -35,6 +35,18 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Tolerates", type_ = "string", json_path = ".status.tolerates"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(
+        name = "Why",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Degraded\")].reason",
+        description = "The Degraded condition's reason: AllNodesReady, or the most pressing of BlobsLost, GatewayUnavailable, ShardsMoved, NodesNotAnswering, NodesNotReady, BlobsAtRisk, BlobsDegraded"
+    ),
+    printcolumn(
+        name = "Lost",
+        type_ = "integer",
+        json_path = ".status.blobs.lost",
+        priority = 1
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"

@@ -64,14 +64,19 @@ pub async fn becomes_ready(e2e: &E2e) -> anyhow::Result<()> {
         NS,
         "storageclusters",
         &["NAME", "SHARDS", "NODES", "READY", "TOLERATES"],
-        &["PHASE"],
+        &["PHASE", "WHY"],
     )?;
     let row = table
         .lines()
         .find(|l| l.starts_with(CLUSTER))
         .ok_or_else(|| anyhow::anyhow!("no row for {CLUSTER}"))?;
+    // WHY is the Degraded condition's reason, read by the API server's
+    // JSONPath filter.
     anyhow::ensure!(
-        row.contains(" 4 ") && row.contains("Ready") && row.contains("shard"),
+        row.contains(" 4 ")
+            && row.contains("Ready")
+            && row.contains("shard")
+            && row.contains("AllNodesReady"),
         "row: {row}"
     );
     // Node pods run the operator's image, non-root, on their claims.
