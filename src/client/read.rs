@@ -78,6 +78,21 @@ impl BlobClient {
         }
     }
 
+    /// Whether the fleet may hold, or be storing, `id`: false only when
+    /// a quorum of shards answered and no write of it is committed or
+    /// staged (never stored, or deleted). Too few answers: true.
+    pub async fn may_hold(&self, id: &BlobId) -> bool {
+        let Ok(quorum) = self.quorum() else {
+            return true;
+        };
+        let states = collect_states(self, id, quorum).await;
+        states.answered_shards() < quorum
+            || !matches!(
+                states.verdict(),
+                crate::blob_state::Verdict::Absent | crate::blob_state::Verdict::Deleted(_)
+            )
+    }
+
     /// The blob's metadata from the first holder whose copy matches its id,
     /// asking two at a time.
     pub async fn fetch_metadata(

@@ -146,8 +146,7 @@ impl Front {
                 };
                 // Unsure (too few nodes answered) counts as stored outside:
                 // S3 may keep bytes it could collect, never delete another's.
-                let stored_outside =
-                    !known && !matches!(checker.visible(&id).await, Err(BlobIoError::NotFound(_)));
+                let stored_outside = !known && checker.may_hold(&id).await;
                 tokio::task::spawn_blocking(move || index.note_write(&blob, now, stored_outside))
                     .await
                     .map_err(|e| e.to_string())?

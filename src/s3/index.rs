@@ -603,10 +603,12 @@ impl Index {
             let mut claimed = Vec::new();
             for (k, v) in txn.scan(Table::Refs, b"", None, usize::MAX)? {
                 let count: BlobRefs = decode(&v)?;
+                // A claim that did not end (its delete failed) is taken
+                // again; bytes stored outside S3 are never claimed by it.
                 if count.count == 0
-                    && !count.outside
                     && (count.collecting
-                        || count.unreferenced_since_ms.is_some_and(|t| t < before_ms))
+                        || (!count.outside
+                            && count.unreferenced_since_ms.is_some_and(|t| t < before_ms)))
                 {
                     claimed.push(String::from_utf8(k).map_err(IndexError::store)?);
                 }
@@ -657,14 +659,18 @@ impl Index {
         self.read(|txn| Ok(txn.get(Table::Refs, blob.as_bytes())?.is_some()))
     }
 
-    /// `blob` is being stored outside S3 (the native API): if S3 knows it,
-    /// it never collects it from now on. Refused while it is being
-    /// collected (the bytes are being deleted: store them once that ends).
+    /// `blob` is being stored outside S3 (the native API, before its
+    /// commit): S3 never collects it from now on, whether it knew it or
+    /// comes to refer to it later (a concurrent S3 write of the same bytes
+    /// finds the mark). Refused while it is being collected (the bytes are
+    /// being deleted: store them once that ends).
     pub fn note_stored_outside(&self, blob: &str) -> Result<(), IndexError> {
+        let known: Option<BlobRefs> = self.read(|txn| get(txn, Table::Refs, blob.as_bytes()))?;
+        if known.is_some_and(|r| r.outside && !r.collecting) {
+            return Ok(());
+        }
         self.write(|txn| {
-            let Some(mut refs) = get::<BlobRefs>(txn, Table::Refs, blob.as_bytes())? else {
-                return Ok(());
-            };
+            let mut refs: BlobRefs = get(txn, Table::Refs, blob.as_bytes())?.unwrap_or_default();
             if refs.collecting {
                 return Err(IndexError::Collecting(blob.to_string()));
             }
@@ -680,11 +686,19 @@ impl Index {
     /// Blob resource), as the collector claims it: from now on a new
     /// reference is refused until `collected` says it is gone (or, should
     /// the delete fail, the collector deletes it). Refused while S3 keys
-    /// or upload parts refer to it: deleting it would break them.
+    /// or upload parts refer to it: deleting it would break them; bytes
+    /// also stored outside S3 are then given up to S3, which collects
+    /// them once its last key goes.
     pub fn claim_for_delete(&self, blob: &str) -> Result<DeleteClaim, IndexError> {
         self.write(|txn| {
             let mut refs: BlobRefs = get(txn, Table::Refs, blob.as_bytes())?.unwrap_or_default();
             if refs.count > 0 {
+                // The outside side gives the bytes up: they are S3's now,
+                // collected once its last key goes.
+                if refs.outside {
+                    refs.outside = false;
+                    put(txn, Table::Refs, blob.as_bytes(), &refs)?;
+                }
                 return Ok(DeleteClaim::Referenced(refs.count));
             }
             refs.collecting = true;

@@ -457,32 +457,38 @@ pub fn the_keys_holding_asked_blobs_are_found_in_every_bucket_and_no_others(inde
         .is_empty());
 }
 
-/// Bytes stored outside S3 too, before S3 stored them or while it
-/// referred to them, are never collected by it, and are not S3's own;
-/// they wait for no collection, and a delete from outside still claims
-/// them once no key refers to them.
+/// Bytes stored outside S3 too (before S3 stored them, while it referred
+/// to them, or at once) are never collected by it and are not S3's own;
+/// a delete from outside claims them once no key refers to them, and one
+/// refused while keys do gives them up to S3.
 pub fn bytes_stored_outside_s3_too_are_never_collected_by_it(index: &Index) {
     index.create_bucket("media", 1).unwrap();
-    // Stored natively first: S3's write finds them.
+    // Stored natively first: S3's write finds them in the fleet.
     index.note_write("before", 1, true).unwrap();
     // S3's first; then stored natively while a key refers to them.
     index.note_write("during", 1, false).unwrap();
+    // Stored natively while S3's first write of them runs: the native
+    // write's mark comes first, S3's note finds it.
+    index.note_stored_outside("racing").unwrap();
+    index.note_write("racing", 1, false).unwrap();
     // S3's alone.
     index.note_write("s3s", 1, false).unwrap();
-    for (key, blob) in [("a", "before"), ("b", "during"), ("c", "s3s")] {
+    for (key, blob) in [
+        ("a", "before"),
+        ("b", "during"),
+        ("c", "s3s"),
+        ("d", "racing"),
+    ] {
         index
             .put_object("media", key, &record(&[blob], "e"), &ANY, 2)
             .unwrap();
     }
     index.note_stored_outside("during").unwrap();
-    index.note_stored_outside("unknown").unwrap();
-    assert!(
-        !index.knows("unknown").unwrap(),
-        "S3 does not start knowing it"
-    );
-    let asked: Vec<String> = ["before", "during", "s3s"].map(String::from).to_vec();
+    let asked: Vec<String> = ["before", "during", "s3s", "racing"]
+        .map(String::from)
+        .to_vec();
     assert_eq!(index.known_blobs(&asked).unwrap(), ["s3s"]);
-    for key in ["a", "b", "c"] {
+    for key in ["a", "b", "c", "d"] {
         assert!(index.delete_object("media", key, 3).unwrap());
     }
     assert_eq!(index.claim_unreferenced(u64::MAX).unwrap(), ["s3s"]);
@@ -491,11 +497,36 @@ pub fn bytes_stored_outside_s3_too_are_never_collected_by_it(index: &Index) {
         index.note_stored_outside("s3s"),
         Err(IndexError::Collecting(_))
     ));
+    // The native side deletes its own; a claim whose delete failed is
+    // taken again by the collector.
     assert_eq!(
         index.claim_for_delete("before").unwrap(),
-        DeleteClaim::Claimed,
-        "the native side deletes its own"
+        DeleteClaim::Claimed
     );
+    assert_eq!(
+        index.claim_unreferenced(u64::MAX).unwrap(),
+        ["before", "s3s"]
+    );
+    // A delete from outside refused while a key refers to the bytes gives
+    // them up: S3 collects them after its last key.
+    index.note_write("given", 4, false).unwrap();
+    index.note_stored_outside("given").unwrap();
+    index
+        .put_object("media", "e", &record(&["given"], "e"), &ANY, 5)
+        .unwrap();
+    assert_eq!(
+        index.claim_for_delete("given").unwrap(),
+        DeleteClaim::Referenced(1)
+    );
+    assert_eq!(
+        index.known_blobs(&["given".to_string()]).unwrap(),
+        ["given"]
+    );
+    assert!(index.delete_object("media", "e", 6).unwrap());
+    assert!(index
+        .claim_unreferenced(u64::MAX)
+        .unwrap()
+        .contains(&"given".to_string()));
 }
 
 /// Every check, each on a fresh index from `fresh`.
