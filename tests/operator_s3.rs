@@ -8,7 +8,9 @@ mod support;
 
 use std::sync::Arc;
 
+use redstuff::operator::context::Context;
 use redstuff::operator::controller::reconcile_cluster;
+use redstuff::operator::crd::StorageCluster;
 use redstuff::operator::upload_records::upload_record_name;
 use redstuff::s3::index::Index;
 use redstuff::s3::records::ObjectRecord;
@@ -16,7 +18,7 @@ use serde_json::{json, Value};
 use support::blob_cluster::{
     api, cluster_with_s3, events, no_blobs, stored_bytes, test_context, GROUP,
 };
-use support::{lines, Seen, TestFleet};
+use support::{lines, Recorded, Seen, TestFleet};
 
 /// Whether the reconcile `seen` applied the record of upload `id`.
 fn recorded_upload(seen: &[Seen], id: &str) -> bool {
@@ -48,12 +50,8 @@ async fn with_s3_the_bytes_s3_wrote_are_not_recorded_as_uploads_and_the_others_a
         .put_object("media", "k", &record, &Default::default(), 2)
         .unwrap();
     let gateway = support::start_gateway_guarded(fleet.map.clone(), Some(index)).await;
-    let endpoints = fleet
-        .endpoints()
-        .with_override("media-gateway", gateway.url.clone());
     let c = cluster_with_s3();
-    let (client, recorded) = no_blobs(api(Some(&c), &[], &[])).serve();
-    let ctx = Arc::new(test_context(client).with_endpoints(endpoints));
+    let (ctx, recorded) = operator_of(&fleet, &gateway.url, &c);
     reconcile_cluster(Arc::new(c.clone()), ctx.clone())
         .await
         .unwrap();
@@ -144,6 +142,24 @@ async fn the_gateway_says_which_blobs_s3_knows_and_refuses_questions_it_cannot_a
     assert!(answer.text().await.unwrap().contains("serves no S3"));
 }
 
+/// An operator's context for cluster `cluster` of `fleet` served by the
+/// gateway at `gateway`, over a mocked API holding the cluster and no
+/// Blobs; what it asks the API is recorded.
+fn operator_of(
+    fleet: &TestFleet,
+    gateway: &str,
+    cluster: &StorageCluster,
+) -> (Arc<Context>, Recorded) {
+    let endpoints = fleet
+        .endpoints()
+        .with_override("media-gateway", gateway.to_string());
+    let (client, recorded) = no_blobs(api(Some(cluster), &[], &[])).serve();
+    (
+        Arc::new(test_context(client).with_endpoints(endpoints)),
+        recorded,
+    )
+}
+
 /// An object record of `blobs`, each 40,000 bytes.
 fn record_of(blobs: &[&str]) -> ObjectRecord {
     serde_json::from_value(json!({
@@ -211,12 +227,8 @@ async fn with_s3_a_lost_blob_names_the_objects_it_held_in_the_status_and_one_eve
     for node in 1..4 {
         fleet.wipe_node(node).await;
     }
-    let endpoints = fleet
-        .endpoints()
-        .with_override("media-gateway", gateway.url.clone());
     let c = cluster_with_s3();
-    let (client, recorded) = no_blobs(api(Some(&c), &[], &[])).serve();
-    let ctx = Arc::new(test_context(client).with_endpoints(endpoints));
+    let (ctx, recorded) = operator_of(&fleet, &gateway.url, &c);
     reconcile_cluster(Arc::new(c.clone()), ctx.clone())
         .await
         .unwrap();
@@ -269,11 +281,7 @@ async fn with_s3_a_lost_blob_names_the_objects_it_held_in_the_status_and_one_eve
     let gateway = support::start_gateway_guarded(fleet.map.clone(), Some(index_again)).await;
     let mut listed = c.clone();
     listed.status.as_mut().unwrap().lost_objects = vec!["media/film".into()];
-    let (client, recorded) = no_blobs(api(Some(&listed), &[], &[])).serve();
-    let endpoints = fleet
-        .endpoints()
-        .with_override("media-gateway", gateway.url.clone());
-    let ctx = Arc::new(test_context(client).with_endpoints(endpoints));
+    let (ctx, recorded) = operator_of(&fleet, &gateway.url, &listed);
     reconcile_cluster(Arc::new(listed), ctx).await.unwrap();
     let seen = recorded.take();
     let told: Vec<&str> = seen
