@@ -81,6 +81,15 @@ impl LostObjectsMemory {
         }
     }
 
+    /// The last answer, however old, when it was about `asked`: said while
+    /// the gateway cannot be asked again, rather than nothing.
+    fn last_answer_for(&self, asked: &BTreeSet<String>) -> Option<ObjectsOfBlobs> {
+        self.answered
+            .as_ref()
+            .filter(|(blobs, _, _)| blobs == asked)
+            .map(|(_, found, _)| found.clone())
+    }
+
     /// Keeps `found` for `asked`; the objects in it not told of yet.
     fn answered<'a>(
         &mut self,
@@ -134,8 +143,9 @@ fn lost_note(objects: &[&ObjectOfBlob], more: bool) -> String {
 /// id order), when the cluster serves S3 and its gateway says: each set
 /// asked about once (again after `ANSWER_KEPT`), keys not told of before
 /// published in one Warning Event `ObjectsLost`. `listed` is what the
-/// status said (told by an earlier leader). None without S3 or Lost
-/// blobs, or when the gateway cannot say.
+/// status said (told by an earlier leader). While the gateway cannot be
+/// asked, its last answer about the same blobs; None without S3 or Lost
+/// blobs, or without any answer about them.
 pub(super) async fn objects_of_lost_blobs(
     ctx: &Context,
     cluster: &StorageCluster,
@@ -161,7 +171,7 @@ pub(super) async fn objects_of_lost_blobs(
         }
         match memory.next(&asked, now) {
             Next::Kept(found) => return Some(found),
-            Next::Wait => return None,
+            Next::Wait => return memory.last_answer_for(&asked),
             Next::Ask => {}
         }
     }
@@ -190,8 +200,10 @@ pub(super) async fn objects_of_lost_blobs(
         Ok(found) => found,
         Err(e) => {
             tracing::warn!(cluster = %name, "the S3 objects of Lost blobs are not named this time: {e}");
-            fleet.lost_objects.lock().expect("not poisoned").failed = Some((asked, now));
-            return None;
+            let mut memory = fleet.lost_objects.lock().expect("not poisoned");
+            let last = memory.last_answer_for(&asked);
+            memory.failed = Some((asked, now));
+            return last;
         }
     };
     // Lost blobs beyond those asked about may hold more keys.
@@ -253,11 +265,17 @@ mod tests {
             Next::Kept(found(&[object("media", "a")]))
         );
         assert_eq!(memory.next(&x, t0 + ANSWER_KEPT), Next::Ask, "asked again");
+        assert_eq!(
+            memory.last_answer_for(&x),
+            Some(found(&[object("media", "a")])),
+            "said while the gateway cannot be asked"
+        );
         let xy = blobs(&["x", "y"]);
         assert_eq!(memory.next(&xy, t0), Next::Ask, "another set");
         memory.failed = Some((xy.clone(), t0));
         assert_eq!(memory.next(&xy, t0 + Duration::from_secs(5)), Next::Wait);
         assert_eq!(memory.next(&xy, t0 + RETRY_AFTER_FAILURE), Next::Ask);
+        assert_eq!(memory.last_answer_for(&xy), None, "never answered");
     }
 
     #[test]
