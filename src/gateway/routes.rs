@@ -334,16 +334,28 @@ pub(super) async fn s3_known_blobs(
             crate::wire::MOST_KNOWN_BLOBS_ASKED
         )));
     }
-    let index = state
+    let index = s3_index(&state)?;
+    let known = on_index(move || index.known_blobs(&asked.blobs)).await?;
+    Ok(Json(crate::wire::KnownBlobs { known }))
+}
+
+/// The S3 index beside this gateway, or 503.
+fn s3_index(state: &GatewayState) -> Result<Arc<crate::s3::index::Index>, ApiError> {
+    state
         .s3_index
         .get()
         .cloned()
-        .ok_or_else(|| ApiError::unavailable("this gateway serves no S3 (yet)"))?;
-    let known = tokio::task::spawn_blocking(move || index.known_blobs(&asked.blobs))
+        .ok_or_else(|| ApiError::unavailable("this gateway serves no S3 (yet)"))
+}
+
+/// Runs `work` on the S3 index off the async threads; its failure is 503.
+async fn on_index<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, crate::s3::index::IndexError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| ApiError::internal(format!("index task failed: {e}")))?
-        .map_err(|e| ApiError::unavailable(format!("the S3 index cannot be read: {e}")))?;
-    Ok(Json(crate::wire::KnownBlobs { known }))
+        .map_err(|e| ApiError::unavailable(format!("the S3 index cannot be read: {e}")))
 }
 
 /// `POST /v1/s3/objects-of-blobs`: the keys whose objects hold any of the
@@ -381,25 +393,19 @@ pub(super) async fn s3_objects_of_blobs(
                 })?,
         ),
     };
-    let index = state
-        .s3_index
-        .get()
-        .cloned()
-        .ok_or_else(|| ApiError::unavailable("this gateway serves no S3 (yet)"))?;
+    let index = s3_index(&state)?;
     let Ok(scan) = state.index_scan.clone().try_acquire_owned() else {
         return Err(ApiError::unavailable(
             "another scan of the S3 index runs; ask again once it ended",
         ));
     };
     let blobs = asked.blobs.into_iter().collect();
-    let found = tokio::task::spawn_blocking(move || {
+    let found = on_index(move || {
         let _scan = scan;
         let after = after.as_ref().map(|(b, k)| (b.as_str(), k.as_str()));
         index.objects_of_blobs(&blobs, after, asked.limit)
     })
-    .await
-    .map_err(|e| ApiError::internal(format!("index task failed: {e}")))?
-    .map_err(|e| ApiError::unavailable(format!("the S3 index cannot be read: {e}")))?;
+    .await?;
     Ok(Json(found))
 }
 
@@ -412,10 +418,7 @@ pub(super) async fn delete_blob(
     let index = state.s3_index.get().cloned();
     if let Some(index) = &index {
         let (index, blob) = (index.clone(), id.to_string());
-        let claim = tokio::task::spawn_blocking(move || index.claim_for_delete(&blob))
-            .await
-            .map_err(|e| ApiError::internal(format!("index task failed: {e}")))?
-            .map_err(|e| ApiError::unavailable(format!("the S3 index cannot be read: {e}")))?;
+        let claim = on_index(move || index.claim_for_delete(&blob)).await?;
         if let crate::s3::index::DeleteClaim::Referenced(count) = claim {
             return Err(ApiError::conflict(format!(
                 "blob {id} holds the bytes of {count} S3 objects or upload parts: delete them through S3 (the blob goes once none refers to it)"

@@ -89,7 +89,12 @@ const DEGRADED_REASONS: [&str; 7] = [
 /// message): the most pressing reason, and every message, most pressing
 /// first. None without problems.
 fn degraded_by(mut problems: Vec<(&'static str, String)>) -> Option<(&'static str, String)> {
-    let rank = |reason: &str| DEGRADED_REASONS.iter().position(|r| *r == reason);
+    let rank = |reason: &str| {
+        DEGRADED_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(DEGRADED_REASONS.len())
+    };
     problems.sort_by_key(|(reason, _)| rank(reason));
     let (reason, _) = problems.first()?;
     let reason = *reason;

@@ -250,6 +250,21 @@ impl E2e {
         Ok(Some(pem))
     }
 
+    /// Deletes the StorageCluster `name` if it exists, waiting (at most
+    /// 120 s) until it is gone.
+    pub fn delete_storagecluster(&self, name: &str) -> anyhow::Result<String> {
+        self.kubectl(&[
+            "-n",
+            NS,
+            "delete",
+            "storagecluster",
+            name,
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=120s",
+        ])
+    }
+
     /// The StorageCluster `name`'s status.
     pub fn cluster_status(&self, name: &str) -> anyhow::Result<Value> {
         Ok(self

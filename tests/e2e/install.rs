@@ -451,14 +451,6 @@ pub async fn names_of_others_are_not_taken(e2e: &E2e) -> anyhow::Result<()> {
         "taken-shards",
         "--ignore-not-found",
     ]);
-    let _ = e2e.kubectl(&[
-        "-n",
-        NS,
-        "delete",
-        "storagecluster",
-        CLUSTER,
-        "--ignore-not-found",
-        "--wait=true",
-    ]);
+    let _ = e2e.delete_storagecluster(CLUSTER);
     result
 }

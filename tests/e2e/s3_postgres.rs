@@ -82,16 +82,7 @@ pub async fn two_gateways_share_an_index_in_postgres(
     let result = run(e2e, &url, &database).await;
     // The cluster goes whatever happened: its pods would hold the machine.
     let cleanup = e2e
-        .kubectl(&[
-            "-n",
-            NS,
-            "delete",
-            "storagecluster",
-            CLUSTER,
-            "--ignore-not-found",
-            "--wait=true",
-            "--timeout=120s",
-        ])
+        .delete_storagecluster(CLUSTER)
         .and_then(|_| e2e.kubectl(&["-n", NS, "delete", "secret", SECRET, "--ignore-not-found"]));
     result?;
     cleanup?;
