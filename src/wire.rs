@@ -140,10 +140,20 @@ pub struct ObjectsOfBlobsRequest {
     /// Keys to return at most (1 to `MOST_OBJECTS_OF_BLOBS_LISTED`).
     pub limit: usize,
     /// Only keys after this one, `bucket/key` (the last key of an answer
-    /// that was `truncated`, to list the rest).
+    /// that was `truncated`, to list the rest, or its `resume_after`, to
+    /// scan the rest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<String>,
+    /// Object records to read at most before the answer says where to
+    /// resume; the gateway also stops after `OBJECTS_OF_BLOBS_SCAN_TIME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub most_records: Option<usize>,
 }
+
+/// How long one `ObjectsOfBlobsRequest`'s scan reads before its answer
+/// says where to resume (`resume_after`), so a large index is scanned in
+/// questions that each end well inside a caller's deadline.
+pub const OBJECTS_OF_BLOBS_SCAN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub use crate::s3::index::{ObjectOfBlob, ObjectsOfBlobs};
 

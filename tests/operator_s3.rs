@@ -345,6 +345,27 @@ async fn the_gateway_names_the_keys_holding_asked_blobs_and_refuses_questions_it
         answer.json::<Value>().await.unwrap(),
         json!({"objects": [{"bucket": "media", "key": "b", "blob": "x"}], "truncated": false})
     );
+    // A bounded scan says where to resume.
+    let answer = ask(
+        &gateway.url,
+        json!({"blobs": ["y"], "limit": 10, "most_records": 1}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        answer.json::<Value>().await.unwrap(),
+        json!({"objects": [], "truncated": false, "resume_after": "media/a"})
+    );
+    let answer = ask(
+        &gateway.url,
+        json!({"blobs": ["y"], "limit": 10, "most_records": 1, "after": "media/a"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        answer.json::<Value>().await.unwrap(),
+        json!({"objects": [{"bucket": "media", "key": "b", "blob": "y"}], "truncated": false, "resume_after": "media/b"})
+    );
     let too_many: Vec<String> = (0..1001).map(|i| format!("b{i}")).collect();
     for (body, complaint) in [
         (json!({"blobs": too_many, "limit": 1}), "at most 1000"),
@@ -357,6 +378,10 @@ async fn the_gateway_names_the_keys_holding_asked_blobs_and_refuses_questions_it
             "limit 1001 is out of range",
         ),
         (json!({"blobs": ["x"]}), "the body must be"),
+        (
+            json!({"blobs": ["x"], "limit": 1, "most_records": 0}),
+            "most_records 0 reads nothing",
+        ),
         (
             json!({"blobs": ["x"], "limit": 1, "after": "no-slash"}),
             "is not bucket/key",

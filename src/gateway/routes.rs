@@ -364,7 +364,9 @@ pub(super) async fn s3_objects_of_blobs(
     State(state): State<Arc<GatewayState>>,
     body: axum::body::Bytes,
 ) -> Result<Json<crate::wire::ObjectsOfBlobs>, ApiError> {
-    use crate::wire::{MOST_OBJECTS_OF_BLOBS_ASKED, MOST_OBJECTS_OF_BLOBS_LISTED};
+    use crate::wire::{
+        MOST_OBJECTS_OF_BLOBS_ASKED, MOST_OBJECTS_OF_BLOBS_LISTED, OBJECTS_OF_BLOBS_SCAN_TIME,
+    };
     let asked: crate::wire::ObjectsOfBlobsRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!(
             "the body must be {{\"blobs\": [blob ids], \"limit\": keys at most}}: {e}"
@@ -381,6 +383,11 @@ pub(super) async fn s3_objects_of_blobs(
             "limit {} is out of range: 1 to {MOST_OBJECTS_OF_BLOBS_LISTED} keys",
             asked.limit
         )));
+    }
+    if asked.most_records == Some(0) {
+        return Err(ApiError::bad_request(
+            "most_records 0 reads nothing: ask for at least 1 record",
+        ));
     }
     let after = match asked.after.as_deref() {
         None => None,
@@ -400,10 +407,14 @@ pub(super) async fn s3_objects_of_blobs(
         ));
     };
     let blobs = asked.blobs.into_iter().collect();
+    let bound = crate::s3::index::ScanBound {
+        most_records: asked.most_records,
+        until: Some(std::time::Instant::now() + OBJECTS_OF_BLOBS_SCAN_TIME),
+    };
     let found = on_index(move || {
         let _scan = scan;
         let after = after.as_ref().map(|(b, k)| (b.as_str(), k.as_str()));
-        index.objects_of_blobs(&blobs, after, asked.limit)
+        index.objects_of_blobs(&blobs, after, asked.limit, bound)
     })
     .await?;
     Ok(Json(found))

@@ -119,26 +119,38 @@ fn failing_said(failing: &[FailingRepairs]) -> String {
 /// What the Degraded message says of Lost blobs beyond their count: the
 /// S3 objects they take, or where their ids are listed.
 fn lost_said(lost_objects: Option<&crate::wire::ObjectsOfBlobs>) -> String {
-    match lost_objects {
-        Some(found) if !found.objects.is_empty() => {
-            let named: Vec<String> = found
-                .objects
-                .iter()
-                .take(MOST_LOST_OBJECTS_SAID)
-                .map(super::lost_objects::object_name)
-                .collect();
-            let more = if found.objects.len() > named.len() || found.truncated {
-                ", ... (status.lostObjects lists more)"
-            } else {
-                ""
-            };
-            format!(
-                "; Lost blobs (status.lostBlobs) cannot be read, nor the S3 objects they hold: {}{more}",
-                named.join(", ")
-            )
-        }
-        _ => "; Lost blobs (status.lostBlobs) cannot be read".into(),
+    let unreadable = "; Lost blobs (status.lostBlobs) cannot be read";
+    let Some(found) = lost_objects else {
+        return unreadable.into();
+    };
+    let searching = found.resume_after.is_some();
+    if found.objects.is_empty() {
+        return if searching {
+            format!("{unreadable}; the S3 index is being searched for the objects they hold")
+        } else {
+            unreadable.into()
+        };
     }
+    let named: Vec<String> = found
+        .objects
+        .iter()
+        .take(MOST_LOST_OBJECTS_SAID)
+        .map(super::lost_objects::object_name)
+        .collect();
+    let more = if found.objects.len() > named.len() || found.truncated {
+        ", ... (status.lostObjects lists more)"
+    } else {
+        ""
+    };
+    let still = if searching {
+        " (the search of the S3 index for more goes on)"
+    } else {
+        ""
+    };
+    format!(
+        "{unreadable}, nor the S3 objects they hold: {}{more}{still}",
+        named.join(", ")
+    )
 }
 
 /// How many gateway pods are available, of how many wanted.
@@ -808,6 +820,7 @@ mod tests {
             lost_objects: Some(crate::wire::ObjectsOfBlobs {
                 objects,
                 truncated: false,
+                resume_after: None,
             }),
             ..FleetSummary::default()
         };
@@ -824,6 +837,34 @@ mod tests {
             "{}",
             degraded.message
         );
+        // While the scan of a large index goes on: the keys found so far.
+        let searching = FleetSummary {
+            lost_objects: Some(crate::wire::ObjectsOfBlobs {
+                resume_after: Some("media/film 6".into()),
+                ..fleet.lost_objects.clone().unwrap()
+            }),
+            ..fleet.clone()
+        };
+        let s = cluster_status(&c, &assignment(&c, &nodes), &nodes, &searching, &now(1));
+        assert_eq!(s.lost_objects.len(), 7);
+        assert!(
+            cond(&s, "Degraded").message.ends_with(
+                "(status.lostObjects lists more) (the search of the S3 index for more goes on)"
+            ),
+            "{}",
+            cond(&s, "Degraded").message
+        );
+        let nothing_yet = FleetSummary {
+            lost_objects: Some(crate::wire::ObjectsOfBlobs {
+                resume_after: Some("media/a".into()),
+                ..crate::wire::ObjectsOfBlobs::default()
+            }),
+            ..fleet.clone()
+        };
+        let s = cluster_status(&c, &assignment(&c, &nodes), &nodes, &nothing_yet, &now(1));
+        assert!(cond(&s, "Degraded")
+            .message
+            .ends_with("cannot be read; the S3 index is being searched for the objects they hold"));
         // Without S3 (or before the gateway said): the ids only.
         let native = FleetSummary {
             lost_objects: None,

@@ -790,6 +790,6 @@ pub fn names(page: &Page<ObjectSummary>) -> Vec<&str> {
 
 pub mod conformance;
 mod objects_of_blobs;
-pub use objects_of_blobs::{ObjectOfBlob, ObjectsOfBlobs};
+pub use objects_of_blobs::{ObjectOfBlob, ObjectsOfBlobs, ScanBound};
 #[cfg(test)]
 mod tests;

@@ -387,7 +387,9 @@ pub fn tags_change_nothing_else_and_a_conditional_delete_needs_its_etag(index: &
 pub fn the_keys_holding_asked_blobs_are_found_in_every_bucket_and_no_others(index: &Index) {
     let asked = |blobs: &[&str]| blobs.iter().map(|b| b.to_string()).collect();
     assert_eq!(
-        index.objects_of_blobs(&asked(&["x"]), None, 10).unwrap(),
+        index
+            .objects_of_blobs(&asked(&["x"]), None, 10, ScanBound::default())
+            .unwrap(),
         ObjectsOfBlobs::default(),
         "an empty index holds no key"
     );
@@ -417,7 +419,7 @@ pub fn the_keys_holding_asked_blobs_are_found_in_every_bucket_and_no_others(inde
         .put_object("media", "zz last", &record(&["y", "x"], "e5"), &ANY, 10)
         .unwrap();
     let found = index
-        .objects_of_blobs(&asked(&["x", "y"]), None, 10)
+        .objects_of_blobs(&asked(&["x", "y"]), None, 10, ScanBound::default())
         .unwrap();
     let named: Vec<(&str, &str, &str)> = found
         .objects
@@ -435,26 +437,68 @@ pub fn the_keys_holding_asked_blobs_are_found_in_every_bucket_and_no_others(inde
     );
     assert!(!found.truncated);
     let first = index
-        .objects_of_blobs(&asked(&["x", "y"]), None, 3)
+        .objects_of_blobs(&asked(&["x", "y"]), None, 3, ScanBound::default())
         .unwrap();
     assert_eq!(first.objects, found.objects[..3]);
     assert!(first.truncated, "a fourth key was left out");
     let exact = index
-        .objects_of_blobs(&asked(&["x", "y"]), None, 4)
+        .objects_of_blobs(&asked(&["x", "y"]), None, 4, ScanBound::default())
         .unwrap();
     assert!(!exact.truncated, "nothing was left out");
     // The rest, after the last key returned.
     let last = &first.objects[2];
     let rest = index
-        .objects_of_blobs(&asked(&["x", "y"]), Some((&last.bucket, &last.key)), 3)
+        .objects_of_blobs(
+            &asked(&["x", "y"]),
+            Some((&last.bucket, &last.key)),
+            3,
+            ScanBound::default(),
+        )
         .unwrap();
     assert_eq!(rest.objects, found.objects[3..]);
     assert!(!rest.truncated);
     assert!(index
-        .objects_of_blobs(&asked(&["unknown"]), None, 10)
+        .objects_of_blobs(&asked(&["unknown"]), None, 10, ScanBound::default())
         .unwrap()
         .objects
         .is_empty());
+    // A bounded scan stops where it says, and scans resumed there find
+    // every key once, in order.
+    let bound = ScanBound {
+        most_records: Some(700),
+        until: None,
+    };
+    let mut resumed = Vec::new();
+    let mut after: Option<String> = None;
+    let mut calls = 0;
+    loop {
+        calls += 1;
+        let from = after.as_deref().map(|a| a.split_once('/').unwrap());
+        let part = index
+            .objects_of_blobs(&asked(&["x", "y"]), from, 10, bound)
+            .unwrap();
+        assert!(!part.truncated);
+        resumed.extend(part.objects);
+        match part.resume_after {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(resumed, found.objects);
+    assert_eq!(calls, 2505 / 700 + 1, "700 records per call");
+    let past = ScanBound {
+        most_records: None,
+        until: Some(std::time::Instant::now()),
+    };
+    let first_record = index
+        .objects_of_blobs(&asked(&["y"]), None, 10, past)
+        .unwrap();
+    assert_eq!(
+        first_record.resume_after.as_deref(),
+        Some("logs/dir/day one"),
+        "a scan out of time still reads one record"
+    );
+    assert_eq!(first_record.objects.len(), 1);
 }
 
 /// Bytes stored outside S3 too (before S3 stored them, while it referred

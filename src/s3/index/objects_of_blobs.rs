@@ -4,6 +4,7 @@
 //! have to maintain for a question asked only after a loss).
 
 use std::collections::BTreeSet;
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +40,28 @@ pub struct ObjectsOfBlobs {
     pub objects: Vec<ObjectOfBlob>,
     /// More keys hold asked blobs than were returned.
     pub truncated: bool,
+    /// The scan stopped at its bound after this record (`bucket/key`),
+    /// short of the index's end: ask again after it for the rest. None
+    /// when every record after the start was read (or `truncated`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_after: Option<String>,
+}
+
+/// How far one scan may go before it stops and says where to resume.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScanBound {
+    /// Object records read at most.
+    pub most_records: Option<usize>,
+    /// The scan stops once this instant passed.
+    pub until: Option<Instant>,
+}
+
+impl ScanBound {
+    /// Whether a scan that read `records` stops here.
+    fn reached(&self, records: usize) -> bool {
+        self.most_records.is_some_and(|most| records >= most)
+            || self.until.is_some_and(|until| Instant::now() >= until)
+    }
 }
 
 impl Index {
@@ -46,16 +69,19 @@ impl Index {
     /// `blobs`, after the key `after` (bucket, key) when given. Reads every
     /// object record (in pages, each its own snapshot: keys written behind
     /// the scan meanwhile are missed), so it is for rare questions: which
-    /// objects a lost blob takes with it. Parts of multipart uploads in
-    /// progress are not looked at.
+    /// objects a lost blob takes with it; `bound` stops it short, saying
+    /// where to resume. Parts of multipart uploads in progress are not
+    /// looked at.
     pub fn objects_of_blobs(
         &self,
         blobs: &BTreeSet<String>,
         after: Option<(&str, &str)>,
         limit: usize,
+        bound: ScanBound,
     ) -> Result<ObjectsOfBlobs, IndexError> {
         let mut found = ObjectsOfBlobs::default();
         let mut after: Option<Vec<u8>> = after.map(|(bucket, key)| object_key(bucket, key));
+        let mut records = 0;
         loop {
             let page =
                 self.read(|txn| txn.scan(Table::Objects, b"", after.as_deref(), SCAN_PAGE))?;
@@ -65,20 +91,25 @@ impl Index {
             after = Some(last.clone());
             let full = page.len() == SCAN_PAGE;
             for (name, value) in page {
+                records += 1;
                 let record: PartsOf = decode(&value)?;
-                let Some(part) = record.parts.iter().find(|p| blobs.contains(&p.blob)) else {
-                    continue;
-                };
-                if found.objects.len() == limit {
-                    found.truncated = true;
+                if let Some(part) = record.parts.iter().find(|p| blobs.contains(&p.blob)) {
+                    if found.objects.len() == limit {
+                        found.truncated = true;
+                        return Ok(found);
+                    }
+                    let (bucket, key) = split_object_key(&name)?;
+                    found.objects.push(ObjectOfBlob {
+                        bucket,
+                        key,
+                        blob: part.blob.clone(),
+                    });
+                }
+                if bound.reached(records) {
+                    let (bucket, key) = split_object_key(&name)?;
+                    found.resume_after = Some(format!("{bucket}/{key}"));
                     return Ok(found);
                 }
-                let (bucket, key) = split_object_key(&name)?;
-                found.objects.push(ObjectOfBlob {
-                    bucket,
-                    key,
-                    blob: part.blob.clone(),
-                });
             }
             if !full {
                 return Ok(found);
