@@ -339,6 +339,9 @@ pub struct GatewayMetrics {
     pub uploads_waiting: IntGauge,
     /// Bytes of the upload memory budget reserved by segments in memory.
     pub upload_memory_reserved: IntGauge,
+    /// Pairs a node filed from an earlier upload of the same bytes instead
+    /// of receiving them again.
+    pub upload_pairs_reused: IntCounter,
     /// The upload memory budget.
     pub upload_memory_budget: IntGauge,
     /// When the certificate the gateway serves expires (0: not serving TLS).
@@ -415,6 +418,11 @@ impl GatewayMetrics {
                 registry,
                 "redstuff_gateway_upload_memory_reserved_bytes",
                 "Bytes of the upload memory budget held by segments being received, encoded or shipped.",
+            ),
+            upload_pairs_reused: counter(
+                registry,
+                "redstuff_gateway_upload_pairs_reused_total",
+                "Sliver pairs a node already held from an earlier upload of the same bytes (a write retried after it was cut off), filed without being sent again.",
             ),
             upload_memory_budget: gauge(
                 registry,

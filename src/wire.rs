@@ -273,6 +273,24 @@ impl std::str::FromStr for UploadId {
     }
 }
 
+/// Asks a node to file into an upload session the pairs of some of its
+/// shards in one segment that another session already holds under the
+/// same segment root (`POST /v1/uploads/{U}/segments/{k}/reuse?root=R`):
+/// what a retried write asks before it ships a segment's pairs again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReusePairsRequest {
+    /// Shards of the node, each at most once.
+    pub shards: Vec<u16>,
+}
+
+/// A node's answer to a `ReusePairsRequest`: the shards asked about whose
+/// pair the session now holds; the writer ships the others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ReusedPairs {
+    /// Shards filed, in order.
+    pub filed: Vec<u16>,
+}
+
 /// A node's answer to metadata staged with an upload session
 /// (`PUT /v1/blobs/{id}/metadata?generation=G&upload=U`): per segment, the
 /// shards of the node that now hold that segment's pair of the blob.

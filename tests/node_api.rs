@@ -622,6 +622,104 @@ async fn a_session_pair_is_verified_against_its_segment_root_and_stays_invisible
 }
 
 #[tokio::test]
+async fn a_retried_upload_is_given_the_pairs_an_earlier_session_filed_under_the_same_root_and_adopts_them(
+) {
+    let node = start_node("node-reuse", &[0, 1], None).await;
+    let (_, metadata, segments) = blob(4, 150_000, 1024 * 64);
+    let id = metadata.blob_id();
+    let (failed, retry) = (UploadId::random(), UploadId::random());
+    // The attempt cut off filed shard 0 of segments 0 and 1, shard 1 of 0.
+    for (segment, shard) in [(0usize, 0u16), (1, 0), (0, 1)] {
+        let (root, proof, body) = session_pair(&segments[segment], shard);
+        node.client
+            .put_upload_pair(
+                &failed,
+                (segment as u32, &root),
+                shard,
+                &proof,
+                vec![body.into()],
+            )
+            .await
+            .unwrap();
+    }
+    let root_of = |segment: usize| segments[segment].hashes.root();
+    let reuse = |segment: u32, root: Hash, shards: Vec<u16>| {
+        let client = node.client.clone();
+        async move {
+            client
+                .reuse_upload_pairs(&retry, (segment, &root), &shards)
+                .await
+        }
+    };
+    assert_eq!(reuse(0, root_of(0), vec![0, 1]).await.unwrap(), [0, 1]);
+    assert_eq!(reuse(1, root_of(1), vec![0, 1]).await.unwrap(), [0]);
+    assert_eq!(
+        reuse(2, root_of(2), vec![0, 1]).await.unwrap(),
+        Vec::<u16>::new(),
+        "never filed"
+    );
+    assert_eq!(
+        reuse(1, root_of(0), vec![0]).await.unwrap(),
+        Vec::<u16>::new(),
+        "another segment's root"
+    );
+    let unowned = reuse(0, root_of(0), vec![0, 3]).await;
+    assert_eq!(status_of(unowned), StatusCode::CONFLICT);
+    for (path, body, complaint) in [
+        (
+            format!(
+                "segments/0/reuse?root={}",
+                redstuff::hex::encode(&root_of(0))
+            ),
+            "{\"shard\": 0}",
+            "the body must be",
+        ),
+        (
+            "segments/0/reuse".to_string(),
+            "{\"shards\": [0]}",
+            "the segment root is missing",
+        ),
+        (
+            "segments/x/reuse?root=00".to_string(),
+            "{\"shards\": [0]}",
+            "segment",
+        ),
+    ] {
+        let r = authorized_http()
+            .post(format!("{}/v1/uploads/{retry}/{path}", node.url))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{path}");
+        let text = r.text().await.unwrap();
+        assert!(text.contains(complaint), "{path}: {text}");
+    }
+
+    // The earlier session goes (collected, or adopted elsewhere); the
+    // retry ships segment 2 and adopts all of it.
+    node.client.delete_upload(&failed).await.unwrap();
+    let (root, proof, body) = session_pair(&segments[2], 0);
+    node.client
+        .put_upload_pair(&retry, (2, &root), 0, &proof, vec![body.into()])
+        .await
+        .unwrap();
+    let adopted = node
+        .client
+        .put_metadata_adopting(&id, 7, metadata.to_bytes().into(), &retry)
+        .await
+        .unwrap();
+    assert_eq!(adopted.segments, vec![vec![0, 1], vec![0], vec![0]]);
+    for segment in &segments {
+        let (primary, secondary) = pair_for_shard(&metadata, segment, 0);
+        let get = |kind| node.client.sliver(&id, segment.index, 0, kind, 1 << 20);
+        assert_eq!(get(SliverKind::Primary).await.unwrap(), Some(primary));
+        assert_eq!(get(SliverKind::Secondary).await.unwrap(), Some(secondary));
+    }
+}
+
+#[tokio::test]
 async fn a_session_its_writer_gives_up_is_removed_with_everything_it_held() {
     let node = start_node("node-give-up", &[0], None).await;
     let (_, _, segments) = blob(4, 3000, 1024 * 64);

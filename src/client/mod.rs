@@ -16,6 +16,7 @@ mod read;
 mod row_read;
 pub mod segment_cache;
 pub mod shared_reads;
+mod ship;
 pub mod unanswering;
 mod upload;
 mod write;

@@ -506,6 +506,39 @@ impl NodeClient {
         .await
     }
 
+    /// Asks the node to file into session `upload` the pairs of `shards`
+    /// in segment `segment` (root `root`) another session holds; the
+    /// shards it filed.
+    pub async fn reuse_upload_pairs(
+        &self,
+        upload: &UploadId,
+        (segment, root): (u32, &Hash),
+        shards: &[u16],
+    ) -> Result<Vec<u16>, NodeCallError> {
+        let what = "the pairs an earlier upload filed";
+        let path = format!(
+            "/v1/uploads/{upload}/segments/{segment}/reuse?root={}",
+            crate::hex::encode(root)
+        );
+        let body = crate::wire::ReusePairsRequest {
+            shards: shards.to_vec(),
+        };
+        let until = self.call_deadline();
+        let response = self.post_json(&path, &body, what).await?;
+        // A shard number is at most 6 bytes of JSON.
+        let cap = 1024 + 8 * shards.len() as u64;
+        let body = self.read(response, cap, what, until).await?;
+        let answer: crate::wire::ReusedPairs = self.parse_json(&body, what)?;
+        if let Some(shard) = answer.filed.iter().find(|s| !shards.contains(s)) {
+            return Err(NodeCallError::Garbled {
+                url: self.base.clone(),
+                what,
+                reason: format!("shard {shard} was not asked about"),
+            });
+        }
+        Ok(answer.filed)
+    }
+
     /// Removes upload session `upload` (its writer gave up).
     pub async fn delete_upload(&self, upload: &UploadId) -> Result<(), NodeCallError> {
         let what = "the upload's removal";

@@ -23,10 +23,7 @@ use tokio::task::JoinHandle;
 use super::blob_client::{BlobClient, BlobIoError};
 use super::cpu;
 use super::memory_budget::{self, segment_footprint, MemoryReservation};
-use crate::codec::merkle::{self, MerkleTree};
-use crate::codec::{
-    encode_segment_shared, BlobEncoder, BlobLayout, EncodeError, EncodedSegment, SegmentHashes,
-};
+use crate::codec::{encode_segment_shared, BlobEncoder, BlobLayout, EncodeError, SegmentHashes};
 use crate::wire::UploadId;
 
 /// Segments encoded or shipped at once by one upload: enough that the
@@ -255,82 +252,6 @@ impl Drop for BlobUpload {
 }
 
 impl BlobClient {
-    /// Ships every pair of an encoded segment to its shard's node under
-    /// `session` (skipping shunned nodes and shards); returns the shards
-    /// that filed their pair. The slivers' bytes are sent as they are,
-    /// never copied per request.
-    async fn ship_to_session(
-        &self,
-        session: &UploadId,
-        segment: EncodedSegment,
-        shunned: &Mutex<Shunned>,
-    ) -> BTreeSet<u16> {
-        let index = segment.index;
-        let n = segment.primary.len();
-        // The segment root is this tree's root (`SegmentHashes::root`).
-        let tree = MerkleTree::new(
-            (0..n)
-                .map(|i| merkle::pair_hash(segment.hashes.primary(i), segment.hashes.secondary(i)))
-                .collect(),
-        );
-        let root = tree.root();
-        let rotation = crate::codec::ShardRotation::new(&root, n);
-        let pairs: Vec<[Bytes; 4]> = segment
-            .primary
-            .into_iter()
-            .zip(segment.secondary)
-            .map(|(primary, secondary)| {
-                [
-                    Bytes::from(primary.header_bytes()),
-                    primary.into_data(),
-                    Bytes::from(secondary.header_bytes()),
-                    secondary.into_data(),
-                ]
-            })
-            .collect();
-        let skip = {
-            let shunned = shunned.lock().expect("not poisoned");
-            (shunned.nodes.clone(), shunned.shards.clone())
-        };
-        let sends = (0..n as u16).filter_map(|shard| {
-            let (node, call) = self.holder(shard)?;
-            if skip.0.contains(&node.name) || skip.1.contains(&shard) {
-                return None;
-            }
-            let pair = rotation.pair_of_shard(shard.into());
-            let proof = tree.proof(pair).expect("pair below n");
-            let parts = pairs[pair].to_vec();
-            let root = &root;
-            Some(async move {
-                let result = call
-                    .put_upload_pair(session, (index, root), shard, &proof, parts)
-                    .await;
-                (node.name.clone(), shard, result)
-            })
-        });
-        let mut filed = BTreeSet::new();
-        for (node, shard, result) in join_all(sends).await {
-            match result {
-                Ok(()) => {
-                    filed.insert(shard);
-                }
-                Err(e) => {
-                    tracing::warn!(%node, shard, "shipping segment {index} of upload {session}: {e}");
-                    if e.is_silence() {
-                        self.unanswered(&node, super::unanswering::Unanswered::Silent);
-                    }
-                    let mut shunned = shunned.lock().expect("not poisoned");
-                    if e.is_silence() {
-                        shunned.nodes.insert(node);
-                    } else {
-                        shunned.shards.insert(shard);
-                    }
-                }
-            }
-        }
-        filed
-    }
-
     /// Best effort: removes an upload session from every holder not
     /// among `silent`.
     pub(super) async fn remove_session(&self, session: &UploadId, silent: &BTreeSet<String>) {

@@ -12,6 +12,7 @@
 //! | PUT, GET `/v1/blobs/{id}/slivers/{segment}/{shard}/{primary\|secondary}` | a sliver of an owned shard; PUT verifies it against the metadata |
 //! | PUT `/v1/blobs/{id}/pairs/{segment}/{shard}` | both slivers of the pair an owned shard holds (primary then secondary), verified against the staged metadata and stored together: what writers of earlier versions send, kept while a fleet is upgraded |
 //! | PUT `/v1/uploads/{upload}/pairs/{segment}/{shard}?root=R&proof=P` | both slivers of the pair an owned shard holds in a segment of root R, shipped before the blob id is known, with the Merkle proof P of the pair's hash under R; verified and filed under the session, invisible until adopted |
+//! | POST `/v1/uploads/{upload}/segments/{segment}/reuse?root=R` | files into the session the pairs of the owned shards `{"shards": [S, ...]}` names in that segment that another session holds under root R (a retried write's pairs, filed before its failure); answers `{"filed": [S, ...]}`, those the session now holds |
 //! | DELETE `/v1/uploads/{upload}` | removes an upload session (its writer gave up); sessions nobody adopts go after the staged-write TTL |
 //! | GET `/v1/blobs/{id}/symbols/{segment}/{shard}/{kind}?target_shard=T` | a recovery symbol with its proof, from this node's sliver, for the pair shard T holds |
 //! | GET `/v1/inventory?after=ID&limit=N` | the blobs held, per shard, with their markers, a page at a time |
@@ -77,6 +78,10 @@ pub(super) fn router(state: Arc<NodeState>, tokens: Arc<TokenSet>) -> Router {
         .route(
             "/v1/uploads/{upload}/pairs/{segment}/{shard}",
             put(uploads::put_pair),
+        )
+        .route(
+            "/v1/uploads/{upload}/segments/{segment}/reuse",
+            post(uploads::reuse_pairs),
         )
         .route(
             "/v1/uploads/{upload}",

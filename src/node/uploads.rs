@@ -17,6 +17,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -29,7 +30,7 @@ use crate::codec::format::{pair_lengths_from_prefix, PairLengths, SLIVER_OVERHEA
 use crate::codec::merkle::{self, Hash};
 use crate::codec::{sliver_hash_and_leaves, Primary, Secondary, ShardRotation, Sliver};
 use crate::store::{BlockParts, CheckedPutError};
-use crate::wire::UploadId;
+use crate::wire::{ReusePairsRequest, ReusedPairs, UploadId};
 
 #[derive(Deserialize)]
 pub(super) struct PairQuery {
@@ -117,16 +118,7 @@ pub(super) async fn put_pair(
     let upload = parse_upload(&upload)?;
     let segment: u32 = parse_number("segment", &segment)?;
     let shard: u16 = parse_number("shard", &shard)?;
-    let root = query
-        .root
-        .as_deref()
-        .ok_or_else(|| ApiError::bad_request("the segment root is missing: add ?root=HEX"))
-        .and_then(|text| parse_hashes("segment root", text))?;
-    let [root] = root[..] else {
-        return Err(ApiError::bad_request(
-            "invalid segment root: expected one hash",
-        ));
-    };
+    let root = segment_root(query.root.as_deref())?;
     let proof = parse_hashes("pair proof", query.proof.as_deref().unwrap_or(""))?;
     if !state.ownership.owns(shard) {
         return Err(ApiError::conflict(format!(
@@ -229,6 +221,53 @@ fn pair_proven(
         )));
     }
     Ok([primary_leaves, secondary_leaves])
+}
+
+/// The one segment root of a `?root=HEX` query.
+fn segment_root(root: Option<&str>) -> Result<Hash, ApiError> {
+    let root = root
+        .ok_or_else(|| ApiError::bad_request("the segment root is missing: add ?root=HEX"))
+        .and_then(|text| parse_hashes("segment root", text))?;
+    match root[..] {
+        [root] => Ok(root),
+        _ => Err(ApiError::bad_request(
+            "invalid segment root: expected one hash",
+        )),
+    }
+}
+
+/// `POST /v1/uploads/{upload}/segments/{segment}/reuse?root=R`: files into
+/// the session the pairs of the owned shards asked about that another
+/// session holds under the same segment and root (they were verified
+/// against R when filed there); answers which the session now holds.
+pub(super) async fn reuse_pairs(
+    State(state): State<Arc<NodeState>>,
+    Path((upload, segment)): Path<(String, String)>,
+    Query(query): Query<PairQuery>,
+    body: axum::body::Bytes,
+) -> Result<Json<ReusedPairs>, ApiError> {
+    let upload = parse_upload(&upload)?;
+    let segment: u32 = parse_number("segment", &segment)?;
+    let root = segment_root(query.root.as_deref())?;
+    let asked: ReusePairsRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body must be {{\"shards\": [shards of this node]}}: {e}"
+        ))
+    })?;
+    if let Some(shard) = asked.shards.iter().find(|s| !state.ownership.owns(**s)) {
+        return Err(ApiError::conflict(format!(
+            "shard {shard} is not owned by node {}",
+            state.name
+        )));
+    }
+    blocking(state.stalls.clone(), move || {
+        let filed = state
+            .store
+            .reuse_upload_pairs(&upload, (segment, &root), &asked.shards)
+            .map_err(|e| store_error(&state, e))?;
+        Ok(Json(ReusedPairs { filed }))
+    })
+    .await
 }
 
 /// `DELETE /v1/uploads/{upload}`: the writer gave up; its session goes.

@@ -56,6 +56,7 @@ mod housekeeping;
 mod listing;
 mod markers;
 mod sliver_checksum;
+mod upload_reuse;
 mod uploads;
 
 use std::collections::BTreeMap;

@@ -25,7 +25,7 @@ use crate::codec::SliverKind;
 use crate::wire::UploadId;
 
 impl SliverStore {
-    fn uploads_dir(&self) -> PathBuf {
+    pub(super) fn uploads_dir(&self) -> PathBuf {
         self.root.join("uploads")
     }
 
@@ -33,7 +33,12 @@ impl SliverStore {
         self.uploads_dir().join(upload.to_string())
     }
 
-    fn upload_segment_dir(&self, upload: &UploadId, segment: u32, root: &Hash) -> PathBuf {
+    pub(super) fn upload_segment_dir(
+        &self,
+        upload: &UploadId,
+        segment: u32,
+        root: &Hash,
+    ) -> PathBuf {
         self.upload_dir(upload)
             .join(format!("{segment}-{}", crate::hex::encode(root)))
     }

@@ -195,6 +195,83 @@ async fn a_put_whose_gateway_was_killed_while_shipping_leaves_nothing_once_its_s
     assert!(status["blobs"].as_array().unwrap().is_empty(), "{status:#}");
 }
 
+/// The pairs filed under upload sessions on every node (shipped, not
+/// adopted).
+fn session_pairs(fleet: &DevFleet) -> usize {
+    let mut pairs = 0;
+    for node in 0..64 {
+        let uploads = fleet
+            .node_dir(&format!("node-{node}"))
+            .join("data")
+            .join("uploads");
+        for session in std::fs::read_dir(uploads).into_iter().flatten().flatten() {
+            for segment in std::fs::read_dir(session.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                pairs += std::fs::read_dir(segment.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter(|f| f.file_name().to_string_lossy().ends_with(".secondary"))
+                    .count();
+            }
+        }
+    }
+    pairs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_retried_after_its_gateway_was_killed_ships_only_the_pairs_not_filed_before() {
+    let fleet = DevFleet::start(&[]);
+    fleet.wait_for("nodes ready", all_ready).await;
+    let data = pseudo_random(6_500_000, 33); // seven segments of 1 MiB
+    let id = blob_id(&data);
+    // Four segments and a bit, then a body that never ends: the first four
+    // segments are encoded and shipped, the rest never arrives.
+    let head = bytes::Bytes::copy_from_slice(&data[..4_500_000]);
+    let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(head) })
+        .chain(futures_util::stream::pending());
+    let put = {
+        let (http, gateway) = (fleet.http.clone(), fleet.gateway.clone());
+        tokio::spawn(async move {
+            http.put(format!("{gateway}/v1/blobs"))
+                .body(reqwest::Body::wrap_stream(body))
+                .send()
+                .await
+        })
+    };
+    let shipped = 4 * 7;
+    let start = Instant::now();
+    while session_pairs(&fleet) < shipped {
+        assert!(
+            start.elapsed() < WAIT,
+            "{} of {shipped} pairs reached the nodes",
+            session_pairs(&fleet)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The gateway dies (and every node with it); the sessions stay.
+    let fleet = fleet.kill_all_and_restart(&[]);
+    let _ = put.await;
+    fleet.wait_for("nodes ready", all_ready).await;
+    assert_eq!(session_pairs(&fleet), shipped);
+
+    // The client retries the whole write: the nodes file the pairs they
+    // hold, and only the others travel.
+    assert_eq!(fleet.put(&data).await, id);
+    let metrics = fleet.metrics().await;
+    let reused = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("redstuff_gateway_upload_pairs_reused_total "))
+        .unwrap_or_else(|| panic!("no count of reused pairs in {metrics}"));
+    assert_eq!(reused, shipped.to_string(), "every pair filed before");
+    assert!(fleet.get(&id).await == data, "reads back whole");
+    fleet.wait_for("healthy", |s| all_healthy(s, 1)).await;
+    assert!(fleet.get(&id).await == data);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_whose_gateway_was_killed_ends_committed_or_gone_and_never_partial() {
     let fleet = DevFleet::start(&["--staged-ttl-secs", "3"]);
