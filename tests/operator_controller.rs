@@ -2047,6 +2047,77 @@ async fn names_held_by_another_applications_objects_are_never_taken_over() {
 }
 
 #[tokio::test]
+async fn a_running_cluster_grown_onto_a_name_another_application_holds_stops_short_and_applies_the_rest(
+) {
+    let (seen, _) = reconcile(
+        cluster(7, 3, None),
+        ready_pods(3),
+        claims(3),
+        silent_nodes(3),
+    )
+    .await;
+    let status = status_written(&seen).unwrap();
+    // spec.nodes goes to 4, but a StatefulSet's claim holds media-data-3;
+    // meanwhile node pod 2 was deleted.
+    let mut api = api_with_tokens();
+    api.objects.insert(
+        format!("{NS}/persistentvolumeclaims/media-data-3"),
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+               "metadata": {"name": "media-data-3", "namespace": "storage",
+                            "labels": {"app": "data"}}}),
+    );
+    let (seen, _) = reconcile_on(
+        api,
+        cluster(7, 4, Some(status)),
+        ready_pods(2),
+        claims(3),
+        silent_nodes(3),
+    )
+    .await;
+    let written = writes(&seen);
+    assert!(
+        written
+            .iter()
+            .all(|w| !w.contains("media-node-3") && !w.contains("media-data-3")),
+        "nothing of node pod 3 is made: {written:#?}"
+    );
+    assert!(
+        written
+            .iter()
+            .any(|w| w.contains("/pods") && w.contains("media-node-2")),
+        "the deleted node pod 2 is made again: {written:#?}"
+    );
+    assert_eq!(
+        events(&seen),
+        vec![
+            ("Warning".into(), "NameTaken".into()),
+            ("Normal".into(), "NodePodReplaced".into())
+        ]
+    );
+    let status = status_written(&seen).unwrap();
+    let synced = condition(&status, "Synced");
+    assert_eq!(synced["status"], "False");
+    assert_eq!(synced["reason"], "NameTaken");
+    let message = synced["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("spec.nodes 4 is not reached: the cluster runs 3 node pods")
+            && message.contains("PersistentVolumeClaim/media-data-3 exists and was not made"),
+        "{message}"
+    );
+    let owners: BTreeSet<&str> = status["shardAssignment"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        owners,
+        BTreeSet::from(["media-node-0", "media-node-1", "media-node-2"]),
+        "no shard goes to the node pod not made"
+    );
+}
+
+#[tokio::test]
 async fn a_name_found_free_or_the_clusters_own_is_not_asked_again() {
     let (endpoints, _nodes, _dirs) = answering_nodes(3).await;
     let (seen, ctx) = reconcile(cluster(7, 3, None), vec![], vec![], endpoints.clone()).await;

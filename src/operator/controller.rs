@@ -239,6 +239,19 @@ pub async fn reconcile_cluster(
         previous_status.retiring_nodes.iter().map(String::as_str),
         settled,
     );
+    // Node pods beyond those the cluster has are made only where their
+    // names are free: a name another application holds stops the growth
+    // there, and the rest of the cluster is applied as before.
+    let (nodes, growth_held) = grow_onto_free_names(
+        &ctx,
+        &cluster,
+        spec_nodes,
+        nodes,
+        (&previous, &previous_status),
+        (&pod_by_name, &claim_by_name),
+        ephemeral,
+    )
+    .await?;
     let retiring = super::retiring::retiring_nodes(&name, spec_nodes, nodes);
     let node_names: Vec<String> = (0..nodes).map(|i| node_pod_name(&name, i)).collect();
     let observed_nodes: Vec<NodeObserved> = node_names
@@ -623,6 +636,7 @@ pub async fn reconcile_cluster(
         rollout_wait,
         sync_failures: failures.0.clone(),
         held: held.clone(),
+        growth_held: growth_held.clone(),
         gateways,
     };
     let observed_status: Vec<ObservedNode> = node_specs
@@ -863,4 +877,68 @@ async fn write_status_if_changed(
         )
         .await?;
     Ok(())
+}
+
+/// The node pods a cluster running `nodes` grows to (up to `spec_nodes`)
+/// and, when an object the operator did not make holds the pod or claim
+/// name of one it would add, what to tell: it stops before that one
+/// (told in one Event NameTaken). Only a cluster that already has node
+/// pods grows short; a new one is held whole by the names check.
+#[allow(clippy::too_many_arguments)]
+async fn grow_onto_free_names(
+    ctx: &Context,
+    cluster: &StorageCluster,
+    spec_nodes: usize,
+    nodes: usize,
+    (previous, previous_status): (&Assignment, &super::crd::StorageClusterStatus),
+    (pod_by_name, claim_by_name): (
+        &BTreeMap<String, &Pod>,
+        &BTreeMap<String, &PersistentVolumeClaim>,
+    ),
+    ephemeral: bool,
+) -> Result<(usize, Option<String>), ReconcileError> {
+    let name = &cluster.name_any();
+    let namespace = &cluster.namespace().unwrap_or_default();
+    let claim_pods: Vec<String> = claim_by_name
+        .keys()
+        .filter_map(|claim| super::retiring::claim_ordinal(name, claim))
+        .map(|ordinal| node_pod_name(name, ordinal))
+        .collect();
+    let known = previous
+        .values()
+        .chain(&previous_status.retiring_nodes)
+        .chain(pod_by_name.keys())
+        .chain(&claim_pods)
+        .map(String::as_str);
+    let established = super::retiring::established_node_count(name, known);
+    if established == 0 || nodes <= established {
+        return Ok((nodes, None));
+    }
+    let observed = |kind: &str, object: &str| match kind {
+        "Pod" => pod_by_name.contains_key(object),
+        "PersistentVolumeClaim" => claim_by_name.contains_key(object),
+        _ => false,
+    };
+    let taken = super::name_holders::first_node_taken(
+        ctx,
+        name,
+        namespace,
+        established..nodes,
+        ephemeral,
+        observed,
+    )
+    .await?;
+    let Some((ordinal, held)) = taken else {
+        return Ok((nodes, None));
+    };
+    let told = super::name_holders::growth_held(name, spec_nodes, ordinal, &held);
+    tracing::warn!(cluster = %name, "{told}");
+    let already_told = previous_status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Synced" && c.reason == "NameTaken");
+    if !already_told {
+        ctx.publish(cluster, true, "NameTaken", told.clone()).await;
+    }
+    Ok((ordinal, Some(told)))
 }

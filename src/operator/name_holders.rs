@@ -93,6 +93,67 @@ pub fn problem(cluster: &str, held: &[String]) -> String {
     )
 }
 
+/// The first node ordinal in `ordinals` (node pods a cluster grows to)
+/// whose pod or claim name an object the operator did not make holds,
+/// with those objects (`Kind/name`); None when every name is free or the
+/// cluster's. `observed` says which the watches show as the cluster's (by
+/// kind and name): those are not asked about.
+pub async fn first_node_taken(
+    ctx: &Context,
+    cluster: &str,
+    namespace: &str,
+    ordinals: std::ops::Range<usize>,
+    ephemeral: bool,
+    observed: impl Fn(&str, &str) -> bool,
+) -> Result<Option<(usize, Vec<String>)>, kube::Error> {
+    use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+    for ordinal in ordinals {
+        let mut names = vec![(
+            ApiResource::erase::<Pod>(&()),
+            super::desired::node_pod_name(cluster, ordinal),
+        )];
+        if !ephemeral {
+            names.push((
+                ApiResource::erase::<PersistentVolumeClaim>(&()),
+                super::desired::node_claim_name(cluster, ordinal),
+            ));
+        }
+        let mut held = Vec::new();
+        for (resource, name) in names {
+            if observed(&resource.kind, &name) {
+                continue;
+            }
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(ctx.client.clone(), namespace, &resource);
+            if let Some(found) = api.get_metadata_opt(&name).await? {
+                let ours = found
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .is_some_and(|labels| is_the_clusters(labels, cluster));
+                if !ours {
+                    held.push(format!("{}/{name}", resource.kind));
+                }
+            }
+        }
+        if !held.is_empty() {
+            return Ok(Some((ordinal, held)));
+        }
+    }
+    Ok(None)
+}
+
+/// What to tell when a cluster running `running` node pods stops growing
+/// toward `spec_nodes` because objects it did not make (`held`) hold the
+/// names of node pod `running` (pure).
+pub fn growth_held(cluster: &str, spec_nodes: usize, running: usize, held: &[String]) -> String {
+    format!(
+        "spec.nodes {spec_nodes} is not reached: the cluster runs {running} node pods, and no \
+         more until the names of node pod {running} are free (everything else is applied): {}",
+        problem(cluster, held)
+    )
+}
+
 /// Checks the names of the objects cluster `cluster` takes (with
 /// `assignment` over `nodes` node pods) that are not known to be its own
 /// yet: `observed` says which the watches show as the cluster's (by kind
@@ -187,6 +248,24 @@ mod tests {
         ]);
         assert!(!is_the_clusters(&helm, "pg"));
         assert!(!is_the_clusters(&BTreeMap::new(), "pg"));
+    }
+
+    #[test]
+    fn a_growth_held_says_how_far_the_cluster_got_and_who_holds_the_next_name() {
+        let told = growth_held(
+            "media",
+            5,
+            3,
+            &["PersistentVolumeClaim/media-data-3".into()],
+        );
+        assert!(
+            told.starts_with("spec.nodes 5 is not reached: the cluster runs 3 node pods"),
+            "{told}"
+        );
+        assert!(
+            told.contains("PersistentVolumeClaim/media-data-3 exists and was not made for StorageCluster media"),
+            "{told}"
+        );
     }
 
     #[test]

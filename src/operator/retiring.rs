@@ -51,9 +51,45 @@ pub fn node_ordinal(cluster: &str, pod: &str) -> Option<usize> {
     (node_pod_name(cluster, ordinal) == pod).then_some(ordinal)
 }
 
+/// Node pods a cluster already has: one past the highest ordinal of
+/// `pods` (its node pods, its claims' node pods, the owners of its shards
+/// and those retiring, by name), 0 for none (pure).
+pub fn established_node_count<'a>(cluster: &str, pods: impl IntoIterator<Item = &'a str>) -> usize {
+    pods.into_iter()
+        .filter_map(|pod| node_ordinal(cluster, pod))
+        .map(|ordinal| ordinal + 1)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The number of the node pod whose claim is `claim` (`None` for any
+/// other name).
+pub fn claim_ordinal(cluster: &str, claim: &str) -> Option<usize> {
+    let digits = claim.strip_prefix(cluster)?.strip_prefix("-data-")?;
+    let ordinal = digits.parse().ok()?;
+    (super::desired::node_claim_name(cluster, ordinal) == claim).then_some(ordinal)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_has_the_node_pods_up_to_the_highest_one_it_knows() {
+        assert_eq!(established_node_count("media", []), 0);
+        assert_eq!(
+            established_node_count("media", ["media-node-0", "media-node-4", "media-node-1"]),
+            5
+        );
+        assert_eq!(
+            established_node_count("media", ["other-node-9", "media-node-x", "media-node-01"]),
+            0,
+            "not its node pods"
+        );
+        assert_eq!(claim_ordinal("media", "media-data-3"), Some(3));
+        assert_eq!(claim_ordinal("media", "media-data-03"), None);
+        assert_eq!(claim_ordinal("media", "media-node-3"), None);
+    }
 
     #[test]
     fn the_spec_decides_while_no_node_pod_beyond_it_owns_a_shard() {

@@ -62,6 +62,9 @@ pub struct FleetSummary {
     pub sync_failures: Vec<String>,
     /// Why nothing was applied (repairs and status go on), if nothing was.
     pub held: Option<HeldObjects>,
+    /// Why the cluster stopped growing toward spec.nodes (objects it did
+    /// not make hold the names of its next node pod), if it did.
+    pub growth_held: Option<String>,
     /// The gateway Deployment's pods: available and wanted, once read.
     pub gateways: Option<GatewayPods>,
 }
@@ -579,32 +582,35 @@ fn fold_in_fleet(
             ),
         );
     }
-    let synced = fleet.sync_failures.is_empty() && fleet.held.is_none();
+    let synced =
+        fleet.sync_failures.is_empty() && fleet.held.is_none() && fleet.growth_held.is_none();
+    let failures = (!fleet.sync_failures.is_empty()).then(|| {
+        format!(
+            "{} objects could not be applied and are retried (repairs and status go on): {}",
+            fleet.sync_failures.len(),
+            fleet.sync_failures.join("; ")
+        )
+    });
+    let (reason, message) = if synced {
+        (
+            "Applied",
+            "every object of the cluster is applied".to_string(),
+        )
+    } else if let Some(held) = &fleet.held {
+        (held.reason, held.message())
+    } else if let Some(growth) = &fleet.growth_held {
+        let also = failures.map_or(String::new(), |f| format!("; and {f}"));
+        ("NameTaken", format!("{growth}{also}"))
+    } else {
+        ("ApplyFailed", failures.unwrap_or_default())
+    };
+    let message = if message.len() > 4096 {
+        super::context::truncate_note(message)
+    } else {
+        message
+    };
     status.conditions.push(condition(
-        "Synced",
-        synced,
-        match (synced, &fleet.held) {
-            (true, _) => "Applied",
-            (false, Some(held)) => held.reason,
-            (false, None) => "ApplyFailed",
-        },
-        if synced {
-            "every object of the cluster is applied".to_string()
-        } else if let Some(held) = &fleet.held {
-            held.message()
-        } else {
-            let mut message = format!(
-                "{} objects could not be applied and are retried (repairs and status go on): {}",
-                fleet.sync_failures.len(),
-                fleet.sync_failures.join("; ")
-            );
-            if message.len() > 4096 {
-                message = super::context::truncate_note(message);
-            }
-            message
-        },
-        generation,
-        now,
+        "Synced", synced, reason, message, generation, now,
     ));
 }
 
