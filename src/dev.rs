@@ -76,6 +76,8 @@ pub struct DevConfig {
     pub max_uploads: usize,
     /// How long an upload past `max_uploads` waits for a slot.
     pub upload_wait: std::time::Duration,
+    /// How long the pairs of an upload its client cut off stay for a retry.
+    pub cut_upload_kept: std::time::Duration,
     /// Bytes of segments the gateway's uploads may hold in memory together.
     pub upload_memory_bytes: u64,
     /// The S3 front, if any.
@@ -137,6 +139,7 @@ impl DevConfig {
             anonymous_reads: false,
             max_uploads: 8,
             upload_wait: crate::gateway::upload_slots::DEFAULT_UPLOAD_WAIT,
+            cut_upload_kept: crate::gateway::DEFAULT_CUT_UPLOAD_KEPT,
             upload_memory_bytes: crate::client::memory_budget::DEFAULT_UPLOAD_MEMORY,
             s3: None,
             tls: false,
@@ -398,6 +401,7 @@ pub async fn run(
         deadlines,
         max_uploads: config.max_uploads,
         upload_wait: config.upload_wait,
+        cut_upload_kept: config.cut_upload_kept,
         upload_memory_bytes: config.upload_memory_bytes,
         nodes_ca: nodes_ca.clone(),
         tls: tls

@@ -273,6 +273,11 @@ struct DevArgs {
     /// 503 (0: refused at once).
     #[arg(long, default_value = "10", value_parser = redstuff::units::parse_seconds)]
     upload_wait_secs: std::time::Duration,
+    /// Seconds the pairs of an upload whose client was cut off stay on the
+    /// nodes, so that a retry of the same bytes sends only what they lack
+    /// (0: removed at once).
+    #[arg(long, default_value = "120", value_parser = redstuff::units::parse_seconds)]
+    cut_upload_kept_secs: std::time::Duration,
     /// Bytes of segments the gateway's uploads may hold in memory
     /// together (about 4.7x a 64 MiB segment each at n = 7, 5.5x at n =
     /// 1000, its slivers and the encoder's buffers); an upload past it
@@ -420,6 +425,11 @@ struct GatewayArgs {
     /// 503 (0: refused at once).
     #[arg(long, default_value = "10", value_parser = redstuff::units::parse_seconds)]
     upload_wait_secs: std::time::Duration,
+    /// Seconds the pairs of an upload whose client was cut off stay on the
+    /// nodes, so that a retry of the same bytes sends only what they lack
+    /// (0: removed at once).
+    #[arg(long, default_value = "120", value_parser = redstuff::units::parse_seconds)]
+    cut_upload_kept_secs: std::time::Duration,
     /// Bytes of segments all uploads together may hold in memory (about
     /// 4.7x a 64 MiB segment each at n = 7, 5.5x at n = 1000, its slivers
     /// and the encoder's buffers); an upload past it waits, reading its
@@ -879,6 +889,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         max_spool_bytes: args.max_spool,
         max_uploads: args.max_uploads,
         upload_wait: args.upload_wait_secs,
+        cut_upload_kept: args.cut_upload_kept_secs,
         upload_memory_bytes: args.upload_memory,
         anonymous_reads: args.anonymous_reads,
         deadlines: Deadlines::from_secs(args.node_timeout_secs),
@@ -975,6 +986,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         anonymous_reads: args.anonymous_reads,
         max_uploads: args.max_uploads,
         upload_wait: args.upload_wait_secs,
+        cut_upload_kept: args.cut_upload_kept_secs,
         upload_memory_bytes: args.upload_memory,
         s3: (!args.no_s3).then(|| redstuff::dev::DevS3 {
             addr: args.s3_addr,

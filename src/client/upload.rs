@@ -224,11 +224,25 @@ impl BlobUpload {
         Ok(())
     }
 
+    /// Gives the upload up because its client went away: the pairs filed
+    /// stay under the session for `kept`, for a retry of the same bytes to
+    /// reuse (`client/ship.rs`), and then go.
+    pub fn give_up_after(mut self, kept: std::time::Duration) {
+        self.settled = true;
+        self.remove_session_after(kept);
+    }
+
     /// Removes the session from every node (best effort, in the
     /// background) once the segments in flight have landed: a pair still
     /// on its way when the session is removed would be filed after it, and
     /// wait for the TTL.
     fn give_up(&mut self) {
+        self.remove_session_after(std::time::Duration::ZERO);
+    }
+
+    /// Removes the session from every node, in the background, `after`
+    /// the segments in flight have landed.
+    fn remove_session_after(&mut self, after: std::time::Duration) {
         let in_flight: Vec<_> = self.in_flight.drain(..).collect();
         let (client, session, shunned) = (self.client.clone(), self.session, self.shunned.clone());
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -236,6 +250,7 @@ impl BlobUpload {
                 for task in in_flight {
                     let _ = task.await;
                 }
+                tokio::time::sleep(after).await;
                 let silent = shunned.lock().expect("not poisoned").nodes.clone();
                 client.remove_session(&session, &silent).await;
             });

@@ -79,6 +79,9 @@ pub struct GatewayConfig {
     /// How long an upload past `max_uploads` waits for a slot (zero: none
     /// waits).
     pub upload_wait: std::time::Duration,
+    /// How long the pairs of an upload its client cut off stay on the
+    /// nodes (under its session) for a retry of the same bytes to reuse.
+    pub cut_upload_kept: std::time::Duration,
     /// Bytes of segments all uploads together may hold in memory.
     pub upload_memory_bytes: u64,
     /// The cluster token, sent to nodes.
@@ -99,6 +102,11 @@ pub struct GatewayConfig {
     pub tls: Option<Arc<crate::tls::ServingCert>>,
 }
 
+/// How long the pairs of an upload its client cut off stay for a retry:
+/// long enough for a client's retries (`redstuff put` waits 1 s doubling),
+/// short beside the nodes' staged-write TTL.
+pub const DEFAULT_CUT_UPLOAD_KEPT: std::time::Duration = std::time::Duration::from_secs(120);
+
 impl GatewayConfig {
     /// A gateway for `fleet` with these tokens and every other setting at
     /// its default.
@@ -115,6 +123,7 @@ impl GatewayConfig {
             max_spool_bytes: None,
             max_uploads: 8,
             upload_wait: upload_slots::DEFAULT_UPLOAD_WAIT,
+            cut_upload_kept: DEFAULT_CUT_UPLOAD_KEPT,
             upload_memory_bytes: crate::client::memory_budget::DEFAULT_UPLOAD_MEMORY,
             cluster_tokens,
             user_tokens,
@@ -134,6 +143,7 @@ struct GatewayState {
     metrics: GatewayMetrics,
     spool: spool::Spool,
     max_blob_bytes: u64,
+    cut_upload_kept: std::time::Duration,
     upload_slots: upload_slots::UploadSlots,
     /// What the segments of all uploads may hold in memory.
     upload_memory: crate::client::MemoryBudget,
@@ -271,6 +281,7 @@ impl Gateway {
             metrics,
             spool,
             max_blob_bytes: config.max_blob_bytes,
+            cut_upload_kept: config.cut_upload_kept,
             upload_slots: upload_slots::UploadSlots::new(config.max_uploads, config.upload_wait),
             upload_memory: crate::client::MemoryBudget::new(config.upload_memory_bytes),
             user_tokens: config.user_tokens.clone(),

@@ -174,7 +174,14 @@ pub(super) async fn put_blob(
     upload.expect_len(declared);
     let mut stream = request.into_body().into_data_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("upload interrupted: {e}")))?;
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                // The client went away: what it sent waits for its retry.
+                upload.give_up_after(state.cut_upload_kept);
+                return Err(ApiError::bad_request(format!("upload interrupted: {e}")));
+            }
+        };
         if upload.len() + chunk.len() as u64 > state.max_blob_bytes {
             return Err(too_large());
         }
@@ -183,6 +190,7 @@ pub(super) async fn put_blob(
     let received = upload.len();
     if let Some(len) = declared {
         if received != len {
+            upload.give_up_after(state.cut_upload_kept);
             return Err(ApiError::bad_request(format!(
                 "upload ended after {received} of the {len} bytes declared"
             )));

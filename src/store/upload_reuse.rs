@@ -39,9 +39,10 @@ impl SliverStore {
         shards: &[u16],
     ) -> Result<Vec<u16>, StoreError> {
         let target = self.upload_segment_dir(upload, segment, root);
+        let shards: std::collections::BTreeSet<u16> = shards.iter().copied().collect();
         let mut wanted: Vec<u16> = Vec::new();
         let mut filed: Vec<u16> = Vec::new();
-        for &shard in shards {
+        for shard in shards {
             if pair_files(&target, shard).iter().all(|p| p.is_file()) {
                 filed.push(shard);
             } else {
@@ -91,8 +92,11 @@ impl SliverStore {
     }
 
     /// Links both files of `shard`'s pair from segment directory `from`
-    /// into `to`, counting them; false when `from` lacks either (or it went
-    /// meanwhile: adopted or collected), leaving nothing half linked.
+    /// into `to`, counting the links it made; false when `from` lacks
+    /// either (or it went meanwhile: adopted or collected) or the
+    /// filesystem cannot link it, leaving nothing half linked. A file
+    /// already in `to` (a pair filed meanwhile) is kept and not counted
+    /// again.
     fn link_pair(&self, from: &Path, to: &Path, shard: u16) -> Result<bool, StoreError> {
         let sources = pair_files(from, shard);
         let targets = pair_files(to, shard);
@@ -100,33 +104,42 @@ impl SliverStore {
             return Ok(false);
         }
         files::create_dirs_synced(to, &self.root)?;
-        let mut done: Vec<&PathBuf> = Vec::new();
+        let mut made: Vec<&PathBuf> = Vec::new();
         for (source, target) in sources.iter().zip(&targets) {
             match fs::hard_link(source, target) {
-                Ok(()) => done.push(target),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => done.push(target),
+                Ok(()) => made.push(target),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => {
-                    for linked in done {
+                    for linked in made {
                         let _ = fs::remove_file(linked);
                     }
-                    return if e.kind() == io::ErrorKind::NotFound {
-                        Ok(false)
-                    } else {
-                        Err(files::io_error(target)(e))
+                    // Gone meanwhile, or a filesystem without links
+                    // (or their limit): the pair is sent instead.
+                    return match e.raw_os_error() {
+                        _ if e.kind() == io::ErrorKind::NotFound => Ok(false),
+                        Some(libc_code) if LINK_REFUSALS.contains(&libc_code) => {
+                            tracing::debug!("linking {}: {e}", source.display());
+                            Ok(false)
+                        }
+                        _ => Err(files::io_error(target)(e)),
                     };
                 }
             }
         }
-        for target in targets {
-            let size = fs::metadata(&target).map_or(0, |m| m.len());
+        for target in made {
+            let size = fs::metadata(target).map_or(0, |m| m.len());
             self.used.fetch_add(size, Ordering::Relaxed);
-            if let Some(counter) = files::sliver_counter(&target) {
+            if let Some(counter) = files::sliver_counter(target) {
                 self.slivers[counter].fetch_add(1, Ordering::Relaxed);
             }
         }
         Ok(true)
     }
 }
+
+/// Errors of `link(2)` that say the filesystem will not link this file
+/// (EPERM, EXDEV, EMLINK, ENOTSUP/EOPNOTSUPP), not that the disk failed.
+const LINK_REFUSALS: [i32; 4] = [1, 18, 31, 95];
 
 #[cfg(test)]
 mod tests {
@@ -198,6 +211,41 @@ mod tests {
             reopened.sliver_count(SliverKind::Primary),
             store.sliver_count(SliverKind::Primary)
         );
+    }
+
+    #[test]
+    fn linked_pairs_are_counted_once_however_often_or_twice_asked_as_a_reopened_store_counts_them()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SliverStore::open(dir.path(), None).unwrap();
+        let (failed, retry, root) = (UploadId::random(), UploadId::random(), [3u8; 32]);
+        filed(&store, &failed, &root, 4);
+        filed(&store, &failed, &root, 5);
+        // The retry already filed shard 5's primary (one file of its own).
+        let from = store.upload_segment_dir(&failed, 0, &root);
+        let to = store.upload_segment_dir(&retry, 0, &root);
+        fs::create_dir_all(&to).unwrap();
+        fs::copy(from.join("5.primary"), to.join("5.primary")).unwrap();
+        let store = SliverStore::open(dir.path(), None).unwrap();
+        assert_eq!(
+            store
+                .reuse_upload_pairs(&retry, (0, &root), &[4, 4, 5])
+                .unwrap(),
+            [4, 5]
+        );
+        assert_eq!(
+            store
+                .reuse_upload_pairs(&retry, (0, &root), &[5, 4])
+                .unwrap(),
+            [4, 5]
+        );
+        let reopened = SliverStore::open(dir.path(), None).unwrap();
+        assert_eq!(store.used_bytes(), reopened.used_bytes());
+        for kind in [SliverKind::Primary, SliverKind::Secondary] {
+            assert_eq!(store.sliver_count(kind), reopened.sliver_count(kind));
+        }
+        assert_eq!(store.sliver_count(SliverKind::Primary), 4);
+        assert_eq!(store.sliver_count(SliverKind::Secondary), 4);
     }
 
     #[test]

@@ -94,8 +94,8 @@ async fn a_put_answered_with_an_error_never_becomes_visible_and_leaves_no_pieces
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upload_cut_off_mid_body_leaves_nothing_on_the_nodes() {
-    let fleet = DevFleet::start(&[]);
+async fn an_upload_cut_off_mid_body_leaves_nothing_on_the_nodes_once_its_retry_window_passed() {
+    let fleet = DevFleet::start(&["--cut-upload-kept-secs", "1"]);
     fleet.wait_for("nodes ready", all_ready).await;
     let token = std::fs::read_to_string(fleet.data_dir().join("token")).unwrap();
     let address = fleet.gateway.trim_start_matches("http://").to_string();
@@ -117,9 +117,10 @@ async fn an_upload_cut_off_mid_body_leaves_nothing_on_the_nodes() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    drop(socket); // the client goes away with more than a third unsent
-                  // The gateway gives the upload up: its session goes from every node
-                  // (long before the staged-write TTL of 15 minutes).
+    // The client goes away with more than a third unsent. The gateway
+    // gives the upload up: its session goes from every node once the
+    // retry window passed (long before the staged-write TTL of 15 minutes).
+    drop(socket);
     let start = Instant::now();
     while !session_holders(&fleet).is_empty() {
         assert!(
@@ -270,6 +271,51 @@ async fn a_put_retried_after_its_gateway_was_killed_ships_only_the_pairs_not_fil
     assert!(fleet.get(&id).await == data, "reads back whole");
     fleet.wait_for("healthy", |s| all_healthy(s, 1)).await;
     assert!(fleet.get(&id).await == data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_retried_after_its_client_was_cut_off_ships_only_the_pairs_not_filed_before() {
+    let fleet = DevFleet::start(&[]);
+    fleet.wait_for("nodes ready", all_ready).await;
+    let token = std::fs::read_to_string(fleet.data_dir().join("token")).unwrap();
+    let address = fleet.gateway.trim_start_matches("http://").to_string();
+    let data = pseudo_random(4_000_000, 34);
+    let mut socket = std::net::TcpStream::connect(&address).unwrap();
+    write!(
+        socket,
+        "PUT /v1/blobs HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\nContent-Length: 4000000\r\n\r\n",
+        token.trim()
+    )
+    .unwrap();
+    // Two whole 1 MiB segments and part of a third, then the connection
+    // is lost.
+    socket.write_all(&data[..2_500_000]).unwrap();
+    let shipped = 2 * 7;
+    let start = Instant::now();
+    while session_pairs(&fleet) < shipped {
+        assert!(
+            start.elapsed() < WAIT,
+            "{} of {shipped} pairs reached the nodes",
+            session_pairs(&fleet)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(socket);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(session_pairs(&fleet), shipped, "kept for the retry");
+
+    // The retry (as `redstuff put` makes within seconds) sends the nodes
+    // only the third and fourth segments.
+    let id = fleet.put(&data).await;
+    assert_eq!(id, blob_id(&data));
+    let metrics = fleet.metrics().await;
+    let reused = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("redstuff_gateway_upload_pairs_reused_total "))
+        .unwrap_or_else(|| panic!("no count of reused pairs in {metrics}"));
+    assert_eq!(reused, shipped.to_string(), "every pair filed before");
+    assert!(fleet.get(&id).await == data);
+    fleet.wait_for("healthy", |s| all_healthy(s, 1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
