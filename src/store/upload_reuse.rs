@@ -5,7 +5,8 @@
 //! session, so the writer ships only the pairs it lacks.
 //!
 //! A pair is found by segment, segment root and shard under any other
-//! session and hard-linked, never copied: both sessions then name the
+//! session, its files' checksums checked again, and hard-linked, never
+//! copied: both sessions then name the
 //! same verified files (each counted, as `dir_stats` counts them), and
 //! either may be adopted or collected without touching the other's.
 
@@ -100,8 +101,17 @@ impl SliverStore {
     fn link_pair(&self, from: &Path, to: &Path, shard: u16) -> Result<bool, StoreError> {
         let sources = pair_files(from, shard);
         let targets = pair_files(to, shard);
-        if !sources.iter().all(|p| p.is_file()) {
-            return Ok(false);
+        // Filed a while ago: checked again (a corrupt file is quarantined,
+        // and the pair sent instead) before the write counts on it.
+        for source in &sources {
+            match self.read_file(source, || format!("the staged file {}", source.display())) {
+                Ok(Some(_)) => {}
+                Ok(None) => return Ok(false),
+                Err(e) => {
+                    tracing::warn!("not reusing a staged pair: {e}");
+                    return Ok(false);
+                }
+            }
         }
         files::create_dirs_synced(to, &self.root)?;
         let mut made: Vec<&PathBuf> = Vec::new();
@@ -246,6 +256,29 @@ mod tests {
         }
         assert_eq!(store.sliver_count(SliverKind::Primary), 4);
         assert_eq!(store.sliver_count(SliverKind::Secondary), 4);
+    }
+
+    #[test]
+    fn a_pair_that_rotted_in_the_earlier_session_is_not_reused_and_is_quarantined() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SliverStore::open(dir.path(), None).unwrap();
+        let (failed, retry, root) = (UploadId::random(), UploadId::random(), [3u8; 32]);
+        filed(&store, &failed, &root, 4);
+        let rotten = store
+            .upload_segment_dir(&failed, 0, &root)
+            .join("4.secondary");
+        let mut bytes = fs::read(&rotten).unwrap();
+        bytes[100] ^= 1;
+        fs::write(&rotten, bytes).unwrap();
+        assert!(store
+            .reuse_upload_pairs(&retry, (0, &root), &[4])
+            .unwrap()
+            .is_empty());
+        assert!(!rotten.exists(), "quarantined");
+        assert!(!store
+            .upload_segment_dir(&retry, 0, &root)
+            .join("4.primary")
+            .exists());
     }
 
     #[test]
