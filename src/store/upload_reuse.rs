@@ -155,7 +155,7 @@ const LINK_REFUSALS: [i32; 4] = [1, 18, 31, 95];
 mod tests {
     use super::*;
     use crate::codec::{BlobId, SliverKind};
-    use crate::store::uploads::tests::pair;
+    use crate::store::uploads::tests::{assert_reads_back, pair};
 
     fn filed(store: &SliverStore, upload: &UploadId, root: &Hash, shard: u16) {
         let (slivers, leaves) = pair();
@@ -201,16 +201,7 @@ mod tests {
             .lock(&blob)
             .adopt_upload(&retry, &[(0, root)])
             .unwrap();
-        let (slivers, _) = pair();
-        for (kind, bytes) in [SliverKind::Primary, SliverKind::Secondary]
-            .into_iter()
-            .zip(&slivers)
-        {
-            assert_eq!(
-                store.sliver(&blob, 0, 4, kind).unwrap().as_ref(),
-                Some(bytes)
-            );
-        }
+        assert_reads_back(&store, &blob, 4, &pair().0);
         let reopened = SliverStore::open(dir.path(), None).unwrap();
         assert_eq!(
             reopened.used_bytes(),

@@ -291,6 +291,25 @@ pub(super) mod tests {
         (frozen, leaves)
     }
 
+    /// Asserts that `blob` holds `slivers` (primary, secondary) as the
+    /// pair of `shard` in segment 0.
+    pub(crate) fn assert_reads_back(
+        store: &SliverStore,
+        blob: &BlobId,
+        shard: u16,
+        slivers: &[bytes::Bytes; 2],
+    ) {
+        for (kind, bytes) in [SliverKind::Primary, SliverKind::Secondary]
+            .into_iter()
+            .zip(slivers)
+        {
+            assert_eq!(
+                store.sliver(blob, 0, shard, kind).unwrap().as_ref(),
+                Some(bytes)
+            );
+        }
+    }
+
     fn files_under(dir: &Path) -> Vec<(std::path::PathBuf, u64)> {
         let mut found = Vec::new();
         for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -321,15 +340,7 @@ pub(super) mod tests {
         let lock = store.lock(&blob);
         lock.adopt_upload(&upload, &[(0, root)]).unwrap();
         drop(lock);
-        for (kind, bytes) in [SliverKind::Primary, SliverKind::Secondary]
-            .into_iter()
-            .zip(&slivers)
-        {
-            assert_eq!(
-                store.sliver(&blob, 0, 4, kind).unwrap().as_ref(),
-                Some(bytes)
-            );
-        }
+        assert_reads_back(&store, &blob, 4, &slivers);
     }
 
     #[test]

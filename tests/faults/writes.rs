@@ -156,18 +156,7 @@ async fn a_put_whose_gateway_was_killed_while_shipping_leaves_nothing_once_its_s
     let id = blob_id(&data);
     // Two and a half segments, then a body that never ends: the upload is
     // still arriving when the processes die.
-    let head = bytes::Bytes::copy_from_slice(&data[..2_500_000]);
-    let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(head) })
-        .chain(futures_util::stream::pending());
-    let put = {
-        let (http, gateway) = (fleet.http.clone(), fleet.gateway.clone());
-        tokio::spawn(async move {
-            http.put(format!("{gateway}/v1/blobs"))
-                .body(reqwest::Body::wrap_stream(body))
-                .send()
-                .await
-        })
-    };
+    let put = put_never_ending(&fleet, &data[..2_500_000]);
     // Kill everything as soon as a node holds a shipped pair: the blob's
     // metadata cannot be staged anywhere yet.
     let start = Instant::now();
@@ -194,6 +183,34 @@ async fn a_put_whose_gateway_was_killed_while_shipping_leaves_nothing_once_its_s
     assert_eq!(fleet.code("HEAD", &id).await, 404);
     let status = fleet.status().await;
     assert!(status["blobs"].as_array().unwrap().is_empty(), "{status:#}");
+}
+
+/// A PUT through the fleet's gateway that sends `head` and then never
+/// ends its body.
+fn put_never_ending(
+    fleet: &DevFleet,
+    head: &[u8],
+) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+    let head = bytes::Bytes::copy_from_slice(head);
+    let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(head) })
+        .chain(futures_util::stream::pending());
+    let (http, gateway) = (fleet.http.clone(), fleet.gateway.clone());
+    tokio::spawn(async move {
+        http.put(format!("{gateway}/v1/blobs"))
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+            .await
+    })
+}
+
+/// The gateway's count of pairs nodes filed from an earlier attempt.
+async fn reused_pairs(fleet: &DevFleet) -> usize {
+    let metrics = fleet.metrics().await;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("redstuff_gateway_upload_pairs_reused_total "))
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("no count of reused pairs in {metrics}"))
 }
 
 /// The pairs filed under upload sessions on every node (shipped, not
@@ -231,18 +248,7 @@ async fn a_put_retried_after_its_gateway_was_killed_ships_only_the_pairs_not_fil
     let id = blob_id(&data);
     // Four segments and a bit, then a body that never ends: the first four
     // segments are encoded and shipped, the rest never arrives.
-    let head = bytes::Bytes::copy_from_slice(&data[..4_500_000]);
-    let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(head) })
-        .chain(futures_util::stream::pending());
-    let put = {
-        let (http, gateway) = (fleet.http.clone(), fleet.gateway.clone());
-        tokio::spawn(async move {
-            http.put(format!("{gateway}/v1/blobs"))
-                .body(reqwest::Body::wrap_stream(body))
-                .send()
-                .await
-        })
-    };
+    let put = put_never_ending(&fleet, &data[..4_500_000]);
     let shipped = 4 * 7;
     let start = Instant::now();
     while session_pairs(&fleet) < shipped {
@@ -262,12 +268,11 @@ async fn a_put_retried_after_its_gateway_was_killed_ships_only_the_pairs_not_fil
     // The client retries the whole write: the nodes file the pairs they
     // hold, and only the others travel.
     assert_eq!(fleet.put(&data).await, id);
-    let metrics = fleet.metrics().await;
-    let reused = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("redstuff_gateway_upload_pairs_reused_total "))
-        .unwrap_or_else(|| panic!("no count of reused pairs in {metrics}"));
-    assert_eq!(reused, shipped.to_string(), "every pair filed before");
+    assert_eq!(
+        reused_pairs(&fleet).await,
+        shipped,
+        "every pair filed before"
+    );
     assert!(fleet.get(&id).await == data, "reads back whole");
     fleet.wait_for("healthy", |s| all_healthy(s, 1)).await;
     assert!(fleet.get(&id).await == data);
@@ -308,12 +313,11 @@ async fn a_put_retried_after_its_client_was_cut_off_ships_only_the_pairs_not_fil
     // only the third and fourth segments.
     let id = fleet.put(&data).await;
     assert_eq!(id, blob_id(&data));
-    let metrics = fleet.metrics().await;
-    let reused = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("redstuff_gateway_upload_pairs_reused_total "))
-        .unwrap_or_else(|| panic!("no count of reused pairs in {metrics}"));
-    assert_eq!(reused, shipped.to_string(), "every pair filed before");
+    assert_eq!(
+        reused_pairs(&fleet).await,
+        shipped,
+        "every pair filed before"
+    );
     assert!(fleet.get(&id).await == data);
     fleet.wait_for("healthy", |s| all_healthy(s, 1)).await;
 }
