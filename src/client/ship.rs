@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 
 use super::blob_client::BlobClient;
-use super::node_client::NodeCallError;
+use super::node_client::{NodeCallError, NodeClient};
 use super::unanswering::Unanswered;
 use super::upload::Shunned;
 use crate::codec::merkle::{self, MerkleTree};
@@ -74,67 +74,72 @@ impl BlobClient {
             (shunned.nodes.clone(), shunned.shards.clone())
         };
         // Each node's shards, in shard order.
-        let mut by_node: BTreeMap<&str, Vec<u16>> = BTreeMap::new();
+        let mut by_node: BTreeMap<&str, (NodeClient, Vec<u16>)> = BTreeMap::new();
         for shard in 0..n as u16 {
-            let Some((node, _)) = self.holder(shard) else {
+            let Some((node, call)) = self.holder(shard) else {
                 continue;
             };
             if !skip.0.contains(&node.name) && !skip.1.contains(&shard) {
-                by_node.entry(node.name.as_str()).or_default().push(shard);
+                by_node
+                    .entry(node.name.as_str())
+                    .or_insert_with(|| (call, Vec::new()))
+                    .1
+                    .push(shard);
             }
         }
         let (tree, root, rotation, pairs) = (&tree, &root, &rotation, &pairs);
-        let nodes = by_node.into_iter().map(|(node, shards)| async move {
-            let (_, call) = self.holder(shards[0]).expect("a holder");
-            let pair_of = |shard: u16| &pairs[rotation.pair_of_shard(shard.into())];
-            let bytes: usize = shards
-                .iter()
-                .flat_map(|s| pair_of(*s).iter().map(Bytes::len))
-                .sum();
-            let mut outcomes: Vec<(u16, Outcome)> = Vec::new();
-            let mut to_send = shards.clone();
-            if bytes >= REUSE_WORTH_ASKING {
-                match call
-                    .reuse_upload_pairs(session, (index, root), &shards)
-                    .await
-                {
-                    Ok(filed) => {
-                        if let Some(m) = &self.metrics {
-                            m.upload_pairs_reused.inc_by(filed.len() as u64);
+        let nodes = by_node
+            .into_iter()
+            .map(|(node, (call, shards))| async move {
+                let pair_of = |shard: u16| &pairs[rotation.pair_of_shard(shard.into())];
+                let bytes: usize = shards
+                    .iter()
+                    .flat_map(|s| pair_of(*s).iter().map(Bytes::len))
+                    .sum();
+                let mut outcomes: Vec<(u16, Outcome)> = Vec::new();
+                let mut to_send = shards.clone();
+                if bytes >= REUSE_WORTH_ASKING {
+                    match call
+                        .reuse_upload_pairs(session, (index, root), &shards)
+                        .await
+                    {
+                        Ok(filed) => {
+                            if let Some(m) = &self.metrics {
+                                m.upload_pairs_reused.inc_by(filed.len() as u64);
+                            }
+                            to_send.retain(|s| !filed.contains(s));
+                            outcomes.extend(filed.into_iter().map(|s| (s, Outcome::Filed)));
                         }
-                        to_send.retain(|s| !filed.contains(s));
-                        outcomes.extend(filed.into_iter().map(|s| (s, Outcome::Filed)));
+                        Err(e) if e.is_silence() => {
+                            let first = shards[0];
+                            outcomes.push((first, Outcome::Silent(e)));
+                            return (node, outcomes);
+                        }
+                        // A node of an earlier version, or one that cannot
+                        // look: the pairs are sent.
+                        Err(e) => tracing::debug!(%node, "asking for pairs filed before: {e}"),
                     }
-                    Err(e) if e.is_silence() => {
-                        let first = shards[0];
-                        outcomes.push((first, Outcome::Silent(e)));
-                        return (node, outcomes);
+                }
+                let sends = to_send.into_iter().map(|shard| {
+                    let pair = rotation.pair_of_shard(shard.into());
+                    let proof = tree.proof(pair).expect("pair below n");
+                    let parts = pairs[pair].to_vec();
+                    let call = &call;
+                    async move {
+                        let result = call
+                            .put_upload_pair(session, (index, root), shard, &proof, parts)
+                            .await;
+                        let outcome = match result {
+                            Ok(()) => Outcome::Filed,
+                            Err(e) if e.is_silence() => Outcome::Silent(e),
+                            Err(e) => Outcome::Refused(e),
+                        };
+                        (shard, outcome)
                     }
-                    // A node of an earlier version, or one that cannot
-                    // look: the pairs are sent.
-                    Err(e) => tracing::debug!(%node, "asking for pairs filed before: {e}"),
-                }
-            }
-            let sends = to_send.into_iter().map(|shard| {
-                let pair = rotation.pair_of_shard(shard.into());
-                let proof = tree.proof(pair).expect("pair below n");
-                let parts = pairs[pair].to_vec();
-                let call = &call;
-                async move {
-                    let result = call
-                        .put_upload_pair(session, (index, root), shard, &proof, parts)
-                        .await;
-                    let outcome = match result {
-                        Ok(()) => Outcome::Filed,
-                        Err(e) if e.is_silence() => Outcome::Silent(e),
-                        Err(e) => Outcome::Refused(e),
-                    };
-                    (shard, outcome)
-                }
+                });
+                outcomes.extend(join_all(sends).await);
+                (node, outcomes)
             });
-            outcomes.extend(join_all(sends).await);
-            (node, outcomes)
-        });
         let mut filed = BTreeSet::new();
         for (node, outcomes) in join_all(nodes).await {
             for (shard, outcome) in outcomes {

@@ -93,6 +93,24 @@ pub fn problem(cluster: &str, held: &[String]) -> String {
     )
 }
 
+/// Whether an object the operator did not make for `cluster` holds the
+/// name `name` of kind `resource` (false when it is free or the cluster's).
+async fn held_by_another(
+    ctx: &Context,
+    namespace: &str,
+    (resource, name): (&ApiResource, &str),
+    cluster: &str,
+) -> Result<bool, kube::Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), namespace, resource);
+    Ok(api.get_metadata_opt(name).await?.is_some_and(|found| {
+        !found
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|labels| is_the_clusters(labels, cluster))
+    }))
+}
+
 /// The first node ordinal in `ordinals` (node pods a cluster grows to)
 /// whose pod or claim name an object the operator did not make holds,
 /// with those objects (`Kind/name`); None when every name is free or the
@@ -123,17 +141,8 @@ pub async fn first_node_taken(
             if observed(&resource.kind, &name) {
                 continue;
             }
-            let api: Api<DynamicObject> =
-                Api::namespaced_with(ctx.client.clone(), namespace, &resource);
-            if let Some(found) = api.get_metadata_opt(&name).await? {
-                let ours = found
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .is_some_and(|labels| is_the_clusters(labels, cluster));
-                if !ours {
-                    held.push(format!("{}/{name}", resource.kind));
-                }
+            if held_by_another(ctx, namespace, (&resource, &name), cluster).await? {
+                held.push(format!("{}/{name}", resource.kind));
             }
         }
         if !held.is_empty() {
@@ -198,19 +207,10 @@ pub async fn check(
     let mut held = Vec::new();
     let mut free = Vec::new();
     for object in unchecked {
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(ctx.client.clone(), namespace, &object.resource);
-        match api.get_metadata_opt(&object.name).await? {
-            Some(found)
-                if !found
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .is_some_and(|labels| is_the_clusters(labels, &name)) =>
-            {
-                held.push(object.key())
-            }
-            _ => free.push(object.key()),
+        if held_by_another(ctx, namespace, (&object.resource, &object.name), &name).await? {
+            held.push(object.key());
+        } else {
+            free.push(object.key());
         }
     }
     let mut owned = owned.lock().expect("not poisoned");

@@ -203,6 +203,19 @@ fn put_never_ending(
     })
 }
 
+/// Waits until the nodes hold `pairs` pairs under upload sessions.
+async fn wait_for_session_pairs(fleet: &DevFleet, pairs: usize) {
+    let start = Instant::now();
+    while session_pairs(fleet) < pairs {
+        assert!(
+            start.elapsed() < WAIT,
+            "{} of {pairs} pairs reached the nodes",
+            session_pairs(fleet)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The gateway's count of pairs nodes filed from an earlier attempt.
 async fn reused_pairs(fleet: &DevFleet) -> usize {
     let metrics = fleet.metrics().await;
@@ -250,15 +263,7 @@ async fn a_put_retried_after_its_gateway_was_killed_ships_only_the_pairs_not_fil
     // segments are encoded and shipped, the rest never arrives.
     let put = put_never_ending(&fleet, &data[..4_500_000]);
     let shipped = 4 * 7;
-    let start = Instant::now();
-    while session_pairs(&fleet) < shipped {
-        assert!(
-            start.elapsed() < WAIT,
-            "{} of {shipped} pairs reached the nodes",
-            session_pairs(&fleet)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_session_pairs(&fleet, shipped).await;
     // The gateway dies (and every node with it); the sessions stay.
     let fleet = fleet.kill_all_and_restart(&[]);
     let _ = put.await;
@@ -296,15 +301,7 @@ async fn a_put_retried_after_its_client_was_cut_off_ships_only_the_pairs_not_fil
     // is lost.
     socket.write_all(&data[..2_500_000]).unwrap();
     let shipped = 2 * 7;
-    let start = Instant::now();
-    while session_pairs(&fleet) < shipped {
-        assert!(
-            start.elapsed() < WAIT,
-            "{} of {shipped} pairs reached the nodes",
-            session_pairs(&fleet)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_session_pairs(&fleet, shipped).await;
     drop(socket);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(session_pairs(&fleet), shipped, "kept for the retry");
