@@ -5,6 +5,8 @@
 //! pair's two slivers) into one pooled buffer with each part starting on a
 //! block boundary, so the store writes each part past the page cache
 //! straight from where it arrived, without copying it into a write buffer.
+//! Whole-file reads take their buffers from the same pool, so a node
+//! serving reads reuses memory instead of faulting in fresh pages.
 
 use std::alloc::{self, Layout};
 use std::time::Duration;
@@ -110,7 +112,8 @@ impl Drop for AlignedBuffer {
     }
 }
 
-/// Buffers of [`BlockParts`] kept for the next one: a pair is as long as a
+/// Buffers of [`BlockParts`] and of whole-file reads kept for the next
+/// one: a pair is as long as a
 /// few symbols of a segment (about 40 MiB at n = 7 and 64 MiB segments),
 /// and a fresh buffer of that size costs the kernel zeroing every page of
 /// it again. They go once the pool is idle ([`release_idle_spares`]).
@@ -123,8 +126,51 @@ pub fn release_idle_spares(idle: Duration) -> usize {
     SPARE_PARTS.release_idle(idle)
 }
 
+/// Bytes the spare buffers hold now.
+#[cfg(test)]
+pub(super) fn spare_bytes() -> usize {
+    SPARE_PARTS.held_bytes()
+}
+
 /// At most this many are kept: one per segment a writer has in flight.
 const SPARE_PARTS_KEPT: usize = 4;
+
+/// A spare is lent for at most this many times fewer bytes than it holds
+/// (a read of one sliver fits in a pair's buffer; a small file read must
+/// not hold a large spare meanwhile).
+const SPARE_WASTE: usize = 4;
+
+/// A buffer of at least `len` bytes (not zeroed): the smallest spare of
+/// the pool that large and at most [`SPARE_WASTE`] times larger, else a
+/// fresh one.
+pub(super) fn spare_or_fresh(len: usize) -> AlignedBuffer {
+    let mut spares = SPARE_PARTS.lend();
+    let fitting = spares
+        .buffers
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.len() >= len && b.len() / SPARE_WASTE <= len)
+        .min_by_key(|(_, b)| b.len())
+        .map(|(at, _)| at);
+    match fitting {
+        Some(at) => spares.buffers.swap_remove(at),
+        None => AlignedBuffer::uninit(len),
+    }
+}
+
+/// The first `len` bytes of `buffer` as `Bytes`; the buffer goes back to
+/// the pool once they are dropped.
+///
+/// # Safety
+/// Every byte below `len` was written (or read into by the kernel) since
+/// the buffer was allocated or taken from the pool.
+pub(super) unsafe fn pooled_bytes(buffer: AlignedBuffer, len: usize) -> Bytes {
+    assert!(len <= buffer.len());
+    Bytes::from_owner(PooledFilled {
+        buffer: Some(buffer),
+        len,
+    })
+}
 
 /// Parts of known lengths received into one aligned buffer, each starting
 /// on a block boundary (the gaps zeroed); [`BlockParts::freeze`] makes
@@ -149,13 +195,7 @@ impl BlockParts {
             parts.push((start, len));
             end = start + len;
         }
-        let buffer = {
-            let mut spares = SPARE_PARTS.lend();
-            match spares.buffers.iter().position(|b| b.len() >= end) {
-                Some(at) => spares.buffers.swap_remove(at),
-                None => AlignedBuffer::uninit(end),
-            }
-        };
+        let buffer = spare_or_fresh(end);
         Self {
             buffer: Some(buffer),
             parts,
@@ -217,10 +257,9 @@ impl BlockParts {
         }
         let end = self.parts.last().map_or(0, |&(start, len)| start + len);
         let parts = std::mem::take(&mut self.parts);
-        let whole = Bytes::from_owner(PooledFilled {
-            buffer: self.buffer.take(),
-            len: end,
-        });
+        let buffer = self.buffer.take().expect("held until dropped");
+        // SAFETY: every part was written and every gap zeroed, up to `end`.
+        let whole = unsafe { pooled_bytes(buffer, end) };
         Some(
             parts
                 .into_iter()
@@ -249,8 +288,7 @@ struct PooledFilled {
 impl AsRef<[u8]> for PooledFilled {
     fn as_ref(&self) -> &[u8] {
         let buffer = self.buffer.as_ref().expect("held until dropped");
-        // SAFETY: `BlockParts::freeze` builds this only once every part
-        // was written and every gap zeroed, up to `len`.
+        // SAFETY: `pooled_bytes` is only called with `len` bytes written.
         unsafe { buffer.filled(self.len) }
     }
 }

@@ -30,25 +30,12 @@ pub(super) const DIRECT_MIN: usize = 256 << 10;
 /// Idle write buffers kept for the next write.
 const SPARE_BUFFERS: usize = 4;
 
-/// The first `len` bytes of an aligned buffer, as the owner of a `Bytes`.
-struct FilledBuffer {
-    buffer: AlignedBuffer,
-    len: usize,
-}
-
-impl AsRef<[u8]> for FilledBuffer {
-    fn as_ref(&self) -> &[u8] {
-        // SAFETY: the first `len` bytes were filled by reads.
-        unsafe { self.buffer.filled(self.len) }
-    }
-}
-
-/// Reads from `file` into `buffer` from byte `at` to its end; the bytes
-/// read are initialized from then on. (A plain `read` would need the
-/// buffer zeroed first: a pass over every byte read.)
-fn read_at(file: &File, buffer: &mut AlignedBuffer, at: usize) -> io::Result<usize> {
-    let room = buffer.len();
-    assert!(at <= room);
+/// Reads from `file` into `buffer` from byte `at` up to byte `room` (a
+/// block boundary within it); the bytes read are initialized from then
+/// on. (A plain `read` would need the buffer zeroed first: a pass over
+/// every byte read.)
+fn read_at(file: &File, buffer: &mut AlignedBuffer, at: usize, room: usize) -> io::Result<usize> {
+    assert!(at <= room && room <= buffer.len());
     // SAFETY: writes at most `room - at` bytes into memory the buffer owns
     // past `at`; the kernel initializes what it reports as read.
     let read = unsafe {
@@ -209,13 +196,14 @@ pub(super) fn read_whole(path: &Path) -> io::Result<Bytes> {
         file.read_to_end(&mut content)?;
         return Ok(Bytes::from(content));
     }
-    // A block more than the length, so a file that grew is noticed.
-    let mut buffer = AlignedBuffer::uninit(len + 1);
+    // A block more than the length, so a file that grew is noticed (a
+    // spare buffer may be larger).
+    let room = (len + 1).next_multiple_of(ALIGN);
+    let mut buffer = super::aligned::spare_or_fresh(room);
     let mut direct = true;
     let mut filled = 0;
-    let room = buffer.len();
     while filled < room {
-        match read_at(&file, &mut buffer, filled) {
+        match read_at(&file, &mut buffer, filled, room) {
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -229,10 +217,8 @@ pub(super) fn read_whole(path: &Path) -> io::Result<Bytes> {
     if filled == room {
         return Err(io::Error::other("the file grew while it was read"));
     }
-    Ok(Bytes::from_owner(FilledBuffer {
-        buffer,
-        len: filled,
-    }))
+    // SAFETY: the first `filled` bytes were read into the buffer.
+    Ok(unsafe { super::aligned::pooled_bytes(buffer, filled) })
 }
 
 /// Writes `bytes` at the file's position; a direct write the kernel
@@ -405,6 +391,31 @@ mod tests {
         assert_eq!(
             read_whole(&dir.path().join("missing")).unwrap_err().kind(),
             io::ErrorKind::NotFound
+        );
+    }
+
+    #[test]
+    fn a_read_reuses_the_buffer_of_an_earlier_one_and_returns_only_its_own_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (long, short) = (dir.path().join("long"), dir.path().join("short"));
+        create_synced(&long, &[&pattern(4 * BUFFER_LEN, 1)]).unwrap();
+        let short_content = pattern(2 * BUFFER_LEN + 5, 2);
+        create_synced(&short, &[&short_content]).unwrap();
+        let first = read_whole(&long).unwrap();
+        let first_start = first.as_ptr();
+        drop(first);
+        assert!(
+            super::super::aligned::spare_bytes() > 4 * BUFFER_LEN,
+            "the buffer went back to the spares"
+        );
+        let second = read_whole(&short).unwrap();
+        assert_eq!(second.as_ptr(), first_start, "the spare buffer was reused");
+        assert_eq!(second, short_content, "nothing of the longer file shows");
+        let held = read_whole(&long).unwrap();
+        assert_ne!(
+            held.as_ptr(),
+            second.as_ptr(),
+            "a buffer in use is not lent"
         );
     }
 
