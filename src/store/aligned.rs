@@ -113,10 +113,9 @@ impl Drop for AlignedBuffer {
 }
 
 /// Buffers of [`BlockParts`] and of whole-file reads kept for the next
-/// one: a pair is as long as a
-/// few symbols of a segment (about 40 MiB at n = 7 and 64 MiB segments),
-/// and a fresh buffer of that size costs the kernel zeroing every page of
-/// it again. They go once the pool is idle ([`release_idle_spares`]).
+/// one: a pair is as long as a few symbols of a segment (about 40 MiB at
+/// n = 7 and 64 MiB segments), and a fresh buffer of that size costs the
+/// kernel zeroing every page of it again. They go once the pool is idle ([`release_idle_spares`]).
 static SPARE_PARTS: SparePool<AlignedBuffer> = SparePool::new();
 
 /// Frees the spare buffers of [`BlockParts`] when none was lent or taken
