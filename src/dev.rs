@@ -80,6 +80,10 @@ pub struct DevConfig {
     pub cut_upload_kept: std::time::Duration,
     /// Bytes of segments the gateway's uploads may hold in memory together.
     pub upload_memory_bytes: u64,
+    /// Bytes of rows the gateway's reads may hold in memory together.
+    pub read_memory_bytes: u64,
+    /// How long a read waits for its first segment's share of that memory.
+    pub read_wait: std::time::Duration,
     /// The S3 front, if any.
     pub s3: Option<DevS3>,
     /// Whether nodes serve their API over TLS, with a certificate from a
@@ -141,6 +145,8 @@ impl DevConfig {
             upload_wait: crate::gateway::upload_slots::DEFAULT_UPLOAD_WAIT,
             cut_upload_kept: crate::gateway::DEFAULT_CUT_UPLOAD_KEPT,
             upload_memory_bytes: crate::client::memory_budget::DEFAULT_UPLOAD_MEMORY,
+            read_memory_bytes: crate::client::memory_budget::DEFAULT_READ_MEMORY,
+            read_wait: crate::gateway::DEFAULT_READ_WAIT,
             s3: None,
             tls: false,
         }
@@ -403,6 +409,8 @@ pub async fn run(
         upload_wait: config.upload_wait,
         cut_upload_kept: config.cut_upload_kept,
         upload_memory_bytes: config.upload_memory_bytes,
+        read_memory_bytes: config.read_memory_bytes,
+        read_wait: config.read_wait,
         nodes_ca: nodes_ca.clone(),
         tls: tls
             .as_ref()

@@ -284,6 +284,16 @@ struct DevArgs {
     /// waits, reading its body no further.
     #[arg(long, default_value = "2GiB", value_parser = parse_bytes)]
     upload_memory: u64,
+    /// Bytes of rows the gateway's reads may hold in memory together,
+    /// besides the cached rows (a 64 MiB segment read whole holds 64 MiB
+    /// until its last byte has left for the client); a read past it waits
+    /// (--read-wait-secs for its first segment, then 503 with Retry-After).
+    #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
+    read_memory: u64,
+    /// Seconds a read waits for its first segment's share of --read-memory
+    /// before it gets 503 (0: refused at once).
+    #[arg(long, default_value = "10", value_parser = redstuff::units::parse_seconds)]
+    read_wait_secs: std::time::Duration,
     /// The S3 endpoint's address. Keys come from REDSTUFF_S3_ACCESS_KEY and
     /// REDSTUFF_S3_SECRET_KEY when set, else from DATA_DIR/s3-credentials
     /// (generated at first start); further profiles in that file are
@@ -436,6 +446,16 @@ struct GatewayArgs {
     /// body no further.
     #[arg(long, default_value = "2GiB", value_parser = parse_bytes)]
     upload_memory: u64,
+    /// Bytes of rows the gateway's reads may hold in memory together,
+    /// besides the cached rows (a 64 MiB segment read whole holds 64 MiB
+    /// until its last byte has left for the client); a read past it waits
+    /// (--read-wait-secs for its first segment, then 503 with Retry-After).
+    #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
+    read_memory: u64,
+    /// Seconds a read waits for its first segment's share of --read-memory
+    /// before it gets 503 (0: refused at once).
+    #[arg(long, default_value = "10", value_parser = redstuff::units::parse_seconds)]
+    read_wait_secs: std::time::Duration,
     /// File of cluster tokens (the first is sent to nodes); re-read while
     /// the gateway runs.
     #[arg(long)]
@@ -595,6 +615,10 @@ struct FleetArgs {
     /// --upload-memory`); the concurrent PUTs' peak is checked against it.
     #[arg(long, default_value = "2GiB", value_parser = parse_bytes)]
     upload_memory: u64,
+    /// The gateway's read memory budget (as `redstuff dev --read-memory`);
+    /// the concurrent GETs' peak is checked against it.
+    #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
+    read_memory: u64,
     /// The fleet serves TLS (as `redstuff dev --tls`: the client's calls to
     /// the gateway and the gateway's to nodes): what TLS costs the PUT, the
     /// GET and the repair.
@@ -891,6 +915,8 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         upload_wait: args.upload_wait_secs,
         cut_upload_kept: args.cut_upload_kept_secs,
         upload_memory_bytes: args.upload_memory,
+        read_memory_bytes: args.read_memory,
+        read_wait: args.read_wait_secs,
         anonymous_reads: args.anonymous_reads,
         deadlines: Deadlines::from_secs(args.node_timeout_secs),
         segment_cache_bytes: usize::try_from(args.segment_cache).unwrap_or(usize::MAX),
@@ -988,6 +1014,8 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         upload_wait: args.upload_wait_secs,
         cut_upload_kept: args.cut_upload_kept_secs,
         upload_memory_bytes: args.upload_memory,
+        read_memory_bytes: args.read_memory,
+        read_wait: args.read_wait_secs,
         s3: (!args.no_s3).then(|| redstuff::dev::DevS3 {
             addr: args.s3_addr,
             keys: s3_keys_from_env(),
@@ -1074,6 +1102,7 @@ async fn bench_fleet(args: FleetArgs) -> anyhow::Result<()> {
         segment_size: args.segment_size,
         clients: args.clients as usize,
         upload_memory: args.upload_memory,
+        read_memory: args.read_memory,
         tls: args.tls,
     };
     let report = redstuff::bench::fleet::run(&options, |line| eprintln!("{line}")).await?;

@@ -344,6 +344,10 @@ pub struct GatewayMetrics {
     pub upload_pairs_reused: IntCounter,
     /// The upload memory budget.
     pub upload_memory_budget: IntGauge,
+    /// Bytes of the read memory budget reserved by rows being fetched or sent.
+    pub read_memory_reserved: IntGauge,
+    /// The read memory budget.
+    pub read_memory_budget: IntGauge,
     /// When the certificate the gateway serves expires (0: not serving TLS).
     pub tls_certificate_expiry: IntGauge,
     /// TLS handshakes on the native API and S3 that failed.
@@ -428,6 +432,16 @@ impl GatewayMetrics {
                 registry,
                 "redstuff_gateway_upload_memory_budget_bytes",
                 "The upload memory budget (--upload-memory): what all uploads may hold at once.",
+            ),
+            read_memory_reserved: gauge(
+                registry,
+                "redstuff_gateway_read_memory_reserved_bytes",
+                "Bytes of the read memory budget held by rows of segments being fetched, verified or sent to readers.",
+            ),
+            read_memory_budget: gauge(
+                registry,
+                "redstuff_gateway_read_memory_budget_bytes",
+                "The read memory budget (--read-memory): what all reads may hold at once, besides the cached rows.",
             ),
             tls_certificate_expiry: gauge(
                 registry,

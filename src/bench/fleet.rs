@@ -30,6 +30,8 @@ pub struct FleetBenchOptions {
     pub clients: usize,
     /// The gateway's upload memory budget.
     pub upload_memory: u64,
+    /// The gateway's read memory budget.
+    pub read_memory: u64,
     /// The fleet serves TLS (`redstuff dev --tls`): nodes, and the gateway
     /// the client calls.
     pub tls: bool,
@@ -129,6 +131,16 @@ pub struct ConcurrentReport {
     /// Whether the peak during the puts stayed within the memory before
     /// plus the upload memory budget.
     pub puts_within_upload_memory: bool,
+    /// Resident memory when the gets began.
+    pub rss_before_gets_bytes: u64,
+    /// The peak while the gets ran.
+    pub rss_peak_gets_bytes: u64,
+    /// The gateway's read memory budget (`--read-memory`): what the rows
+    /// of all reads may hold together.
+    pub read_memory_bytes: u64,
+    /// Whether the peak during the gets stayed within the memory when they
+    /// began plus the read memory budget.
+    pub gets_within_read_memory: bool,
 }
 
 fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
@@ -200,6 +212,7 @@ pub async fn run(
         period: Duration::from_millis(200),
         scrub_interval_secs: 0,
         upload_memory_bytes: options.upload_memory,
+        read_memory_bytes: options.read_memory,
         tls: options.tls,
         ..crate::dev::DevConfig::new(work.path().join("fleet"), options.exe.clone())
     };
@@ -498,6 +511,8 @@ async fn measure_concurrent(
         ids.push(id);
         retries += r;
     }
+    let rss_before_gets = super::memory::current_rss_bytes().unwrap_or(0);
+    let peak_before_gets = peak.swap(rss_before_gets, std::sync::atomic::Ordering::Relaxed);
     let start = Instant::now();
     let gets = futures_util::future::join_all(
         ids.iter()
@@ -508,6 +523,7 @@ async fn measure_concurrent(
     let get_time = start.elapsed();
     watching.store(false, std::sync::atomic::Ordering::Relaxed);
     let _ = watcher.await;
+    let peak_gets = peak.load(std::sync::atomic::Ordering::Relaxed);
     for get in gets {
         get?;
     }
@@ -522,10 +538,14 @@ async fn measure_concurrent(
         get_mb_per_s: mb_per_s(total, get_time),
         put_retries: retries,
         rss_before_bytes: rss_before,
-        rss_peak_bytes: peak.load(std::sync::atomic::Ordering::Relaxed),
+        rss_peak_bytes: peak_before_gets.max(peak_gets),
         rss_peak_puts_bytes: peak_puts,
         upload_memory_bytes: options.upload_memory,
         puts_within_upload_memory: peak_puts <= rss_before + options.upload_memory,
+        rss_before_gets_bytes: rss_before_gets,
+        rss_peak_gets_bytes: peak_gets,
+        read_memory_bytes: options.read_memory,
+        gets_within_read_memory: peak_gets <= rss_before_gets + options.read_memory,
     };
     log(&format!(
         "{clients} clients: put {:.0} MB/s, get {:.0} MB/s together",
@@ -809,6 +829,19 @@ pub fn render_table(r: &FleetBenchReport) -> String {
             format_bytes(c.upload_memory_bytes),
             format_bytes(c.rss_peak_bytes),
             c.put_retries
+        ));
+        out.push_str(&format!(
+            "  gateway memory {} when the GETs began; at its peak {} during them ({} the {} plus \
+             the read memory of {})\n",
+            format_bytes(c.rss_before_gets_bytes),
+            format_bytes(c.rss_peak_gets_bytes),
+            if c.gets_within_read_memory {
+                "within"
+            } else {
+                "OVER"
+            },
+            format_bytes(c.rss_before_gets_bytes),
+            format_bytes(c.read_memory_bytes),
         ));
     }
     out.push_str(&super::hung_node::render(&r.hung_node));

@@ -88,6 +88,15 @@ pub enum BlobIoError {
     /// The fleet map is unusable.
     #[error("fleet map: {0}")]
     Map(String),
+    /// The reads in flight hold the read memory budget, and none of it
+    /// came free within the wait: nothing was sent; retry shortly.
+    #[error("the gateway's reads hold all of its read memory ({budget} bytes) and none came free within {} s; retry shortly", waited.as_secs_f64())]
+    ReadsBusy {
+        /// The read memory budget, in bytes.
+        budget: u64,
+        /// How long the read waited.
+        waited: std::time::Duration,
+    },
 }
 
 /// Reads, writes and deletes blobs on a fleet.
@@ -98,6 +107,8 @@ pub struct BlobClient {
     pub(super) metrics: Option<GatewayMetrics>,
     pub(super) segments: Option<std::sync::Arc<super::shared_reads::SharedReads>>,
     pub(super) memory: Option<super::memory_budget::MemoryBudget>,
+    /// The reads' budget, and how long a read waits for its first segment's.
+    pub(super) read_memory: Option<(super::memory_budget::MemoryBudget, std::time::Duration)>,
     pub(super) unanswering: Option<Arc<UnansweringNodes>>,
 }
 
@@ -110,6 +121,7 @@ impl BlobClient {
             metrics,
             segments: None,
             memory: None,
+            read_memory: None,
             unanswering: None,
         }
     }
@@ -126,6 +138,20 @@ impl BlobClient {
     /// from `budget` (shared with the other writes of the process).
     pub fn with_memory_budget(mut self, budget: super::memory_budget::MemoryBudget) -> Self {
         self.memory = Some(budget);
+        self
+    }
+
+    /// The same client, reserving the rows its range reads fetch from
+    /// `budget` (shared with the other reads of the process) until they
+    /// have left for the reader; a read waits at most `wait` for its first
+    /// segment's share ([`BlobIoError::ReadsBusy`] beyond), later segments
+    /// as long as it takes.
+    pub fn with_read_budget(
+        mut self,
+        budget: super::memory_budget::MemoryBudget,
+        wait: std::time::Duration,
+    ) -> Self {
+        self.read_memory = Some((budget, wait));
         self
     }
 

@@ -1,4 +1,5 @@
-//! A bound on the memory the uploads of one process hold at once.
+//! A bound on the memory the uploads of one process hold at once, and one
+//! on what its reads hold.
 //!
 //! Every segment an upload holds in memory (being received, encoded or
 //! shipped) first reserves its footprint from one budget shared
@@ -7,8 +8,13 @@
 //! slows the client down) instead of growing the process. A reservation
 //! is released when its segment has been shipped.
 //! Shipping never waits for the budget, so uploads cannot deadlock on it.
+//!
+//! Reads work the same way with a budget of their own (`client::range`):
+//! the rows of a segment a read fetches reserve their bytes until the
+//! last of them has left for the client.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -20,8 +26,11 @@ const UNIT: u64 = 1 << 20;
 /// Default bytes of segments the uploads of a gateway may hold at once.
 pub const DEFAULT_UPLOAD_MEMORY: u64 = 2 << 30;
 
-/// Bytes of segments in memory that the uploads of one process may hold at
-/// once; cloning shares the budget.
+/// Default bytes of rows the reads of a gateway may hold at once.
+pub const DEFAULT_READ_MEMORY: u64 = 1 << 30;
+
+/// Bytes of segments in memory that the uploads (or the reads) of one
+/// process may hold at once; cloning shares the budget.
 #[derive(Debug, Clone)]
 pub struct MemoryBudget {
     units: Arc<Semaphore>,
@@ -58,18 +67,27 @@ impl MemoryBudget {
     /// Waits until `bytes` (rounded up to MiB; a request above the whole
     /// budget takes the whole budget) are free, and reserves them.
     pub async fn reserve(&self, bytes: u64) -> MemoryReservation {
-        let wanted = bytes
-            .div_ceil(UNIT)
-            .clamp(1, u64::from(self.capacity_units)) as u32;
         let permit = self
             .units
             .clone()
-            .acquire_many_owned(wanted)
+            .acquire_many_owned(self.units_for(bytes))
             .await
             .expect("the budget's semaphore is never closed");
         MemoryReservation {
             _permit: Some(permit),
         }
+    }
+
+    /// As [`Self::reserve`], but waits at most `wait`; `None` when the
+    /// bytes did not come free in time (nothing is reserved then).
+    pub async fn reserve_within(&self, bytes: u64, wait: Duration) -> Option<MemoryReservation> {
+        tokio::time::timeout(wait, self.reserve(bytes)).await.ok()
+    }
+
+    fn units_for(&self, bytes: u64) -> u32 {
+        bytes
+            .div_ceil(UNIT)
+            .clamp(1, u64::from(self.capacity_units)) as u32
     }
 }
 
@@ -143,5 +161,26 @@ mod tests {
         let none = reserve(None, 1 << 40).await;
         drop(none);
         assert_eq!(budget.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_bounded_wait_that_runs_out_reserves_nothing_and_one_with_room_reserves() {
+        let budget = MemoryBudget::new(4 << 20);
+        let held = budget.reserve(3 << 20).await;
+        let late = budget
+            .reserve_within(2 << 20, std::time::Duration::from_millis(30))
+            .await;
+        assert!(late.is_none(), "2 MiB do not fit beside 3 of 4");
+        assert_eq!(
+            budget.in_use(),
+            3 << 20,
+            "the wait that ran out holds nothing"
+        );
+        drop(held);
+        let room = budget
+            .reserve_within(2 << 20, std::time::Duration::from_millis(30))
+            .await;
+        assert!(room.is_some());
+        assert_eq!(budget.in_use(), 2 << 20);
     }
 }

@@ -1,6 +1,14 @@
 //! Reading a byte range of a visible blob as a stream: only the segments
 //! the range touches are read, the first one before the stream is handed
 //! out (so a blob that cannot be read gets an error, not a broken body).
+//!
+//! With a read budget (`BlobClient::with_read_budget`), each segment's
+//! rows reserve their bytes before they are fetched, and the reservation
+//! goes with the chunks sent: it is given back once the last of them has
+//! left for the reader. A read waits a bounded time for its first
+//! segment's share ([`BlobIoError::ReadsBusy`] beyond, nothing sent), and
+//! as long as it takes for the others: a reader that stops reading holds
+//! at most the segments it has in flight.
 
 use std::ops::Range;
 
@@ -9,6 +17,7 @@ use futures_util::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::blob_client::{BlobClient, BlobIoError};
+use super::memory_budget::MemoryReservation;
 use super::read::SlowNodes;
 use crate::codec::{row_span, rows_of, BlobMetadata, SegmentData};
 
@@ -38,21 +47,102 @@ pub fn segment_spans(segment_size: u64, range: Range<u64>) -> Vec<(u32, Range<us
         .collect()
 }
 
+/// Bytes `within` of one segment, and the read budget they hold until
+/// every chunk of them is dropped.
+struct HeldPart {
+    data: SegmentData,
+    held: Option<std::sync::Arc<MemoryReservation>>,
+}
+
+impl HeldPart {
+    /// The chunks to send, each holding the reservation.
+    fn chunks(&self) -> impl Iterator<Item = Bytes> + '_ {
+        self.data.parts().iter().map(|part| match &self.held {
+            Some(held) => Bytes::from_owner(HeldChunk {
+                bytes: part.clone(),
+                _held: held.clone(),
+            }),
+            None => part.clone(),
+        })
+    }
+}
+
+/// A chunk of a read, keeping its segment's reservation while it lives.
+struct HeldChunk {
+    bytes: Bytes,
+    _held: std::sync::Arc<MemoryReservation>,
+}
+
+impl AsRef<[u8]> for HeldChunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Whether a read waits a bounded time for the budget (its first segment)
+/// or as long as it takes (a read under way).
+#[derive(Clone, Copy)]
+enum Admission {
+    First,
+    UnderWay,
+}
+
 impl BlobClient {
+    /// The same client for a read that continues one already under way
+    /// (the next part of an object): it waits for the read budget as long
+    /// as it takes, never [`BlobIoError::ReadsBusy`].
+    pub fn continuing_read(mut self) -> Self {
+        if let Some((_, wait)) = &mut self.read_memory {
+            *wait = std::time::Duration::MAX;
+        }
+        self
+    }
+
+    /// Reserves `bytes` of rows from the read budget, if there is one.
+    async fn reserve_rows(
+        &self,
+        bytes: u64,
+        admission: Admission,
+    ) -> Result<Option<std::sync::Arc<MemoryReservation>>, BlobIoError> {
+        let Some((budget, wait)) = &self.read_memory else {
+            return Ok(None);
+        };
+        let reservation = match admission {
+            Admission::UnderWay => budget.reserve(bytes).await,
+            Admission::First => {
+                budget
+                    .reserve_within(bytes, *wait)
+                    .await
+                    .ok_or(BlobIoError::ReadsBusy {
+                        budget: budget.capacity(),
+                        waited: *wait,
+                    })?
+            }
+        };
+        Ok(Some(std::sync::Arc::new(reservation)))
+    }
+
     /// Bytes `within` of segment `index`: only the rows they lie in, from
-    /// the gateway's shared rows when the client has them.
+    /// the gateway's shared rows when the client has them, their bytes
+    /// reserved from the read budget first.
     async fn segment_part(
         &self,
         metadata: &BlobMetadata,
         index: u32,
         within: Range<usize>,
         slow: &mut SlowNodes,
-    ) -> Result<SegmentData, BlobIoError> {
+        admission: Admission,
+    ) -> Result<HeldPart, BlobIoError> {
         let layout = super::row_read::segment_layout(metadata, index)?;
         let rows = rows_of(&layout, within.clone());
         if rows.is_empty() {
-            return Ok(SegmentData::default());
+            return Ok(HeldPart {
+                data: SegmentData::default(),
+                held: None,
+            });
         }
+        let row_bytes = (layout.primary_sliver_len() * rows.len()) as u64;
+        let held = self.reserve_rows(row_bytes, admission).await?;
         let parts = match &self.segments {
             Some(shared) => {
                 shared
@@ -75,7 +165,10 @@ impl BlobClient {
             }
         };
         let offset = row_span(&layout, rows.start).start;
-        Ok(SegmentData::from_parts(parts).slice(within.start - offset..within.end - offset))
+        Ok(HeldPart {
+            data: SegmentData::from_parts(parts).slice(within.start - offset..within.end - offset),
+            held,
+        })
     }
 
     /// Streams bytes `range` of the blob (clamped to its length); `counted`
@@ -93,7 +186,7 @@ impl BlobClient {
         let mut slow = SlowNodes::default();
         let first = match spans.next() {
             Some((index, within)) => Some(
-                self.segment_part(&metadata, index, within, &mut slow)
+                self.segment_part(&metadata, index, within, &mut slow, Admission::First)
                     .await?,
             ),
             None => None,
@@ -109,7 +202,7 @@ impl BlobClient {
                     async move {
                         let mut seen = slow.lock().expect("not poisoned").clone();
                         let data = client
-                            .segment_part(&metadata, index, within, &mut seen)
+                            .segment_part(&metadata, index, within, &mut seen, Admission::UnderWay)
                             .await;
                         slow.lock().expect("not poisoned").merge(seen);
                         data
@@ -119,10 +212,10 @@ impl BlobClient {
             let mut reads = futures_util::stream::iter(first.map(Ok)).chain(rest);
             while let Some(read) = reads.next().await {
                 match read {
-                    Ok(data) => {
-                        for chunk in data.parts() {
+                    Ok(part) => {
+                        for chunk in part.chunks() {
                             counted(chunk.len() as u64);
-                            if tx.send(Ok(chunk.clone())).await.is_err() {
+                            if tx.send(Ok(chunk)).await.is_err() {
                                 return; // the reader went away
                             }
                         }

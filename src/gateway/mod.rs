@@ -84,6 +84,12 @@ pub struct GatewayConfig {
     pub cut_upload_kept: std::time::Duration,
     /// Bytes of segments all uploads together may hold in memory.
     pub upload_memory_bytes: u64,
+    /// Bytes of rows all reads together may hold in memory (besides the
+    /// cached rows).
+    pub read_memory_bytes: u64,
+    /// How long a read waits for its first segment's share of the read
+    /// memory (503 with Retry-After beyond).
+    pub read_wait: std::time::Duration,
     /// The cluster token, sent to nodes.
     pub cluster_tokens: Arc<TokenSet>,
     /// The user tokens accepted from clients.
@@ -107,6 +113,9 @@ pub struct GatewayConfig {
 /// short beside the nodes' staged-write TTL.
 pub const DEFAULT_CUT_UPLOAD_KEPT: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// How long a read waits for its first segment's share of the read memory.
+pub const DEFAULT_READ_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl GatewayConfig {
     /// A gateway for `fleet` with these tokens and every other setting at
     /// its default.
@@ -125,6 +134,8 @@ impl GatewayConfig {
             upload_wait: upload_slots::DEFAULT_UPLOAD_WAIT,
             cut_upload_kept: DEFAULT_CUT_UPLOAD_KEPT,
             upload_memory_bytes: crate::client::memory_budget::DEFAULT_UPLOAD_MEMORY,
+            read_memory_bytes: crate::client::memory_budget::DEFAULT_READ_MEMORY,
+            read_wait: DEFAULT_READ_WAIT,
             cluster_tokens,
             user_tokens,
             anonymous_reads: false,
@@ -147,6 +158,9 @@ struct GatewayState {
     upload_slots: upload_slots::UploadSlots,
     /// What the segments of all uploads may hold in memory.
     upload_memory: crate::client::MemoryBudget,
+    /// What the rows of all reads may hold in memory, and how long a read
+    /// waits for its first share.
+    read_memory: (crate::client::MemoryBudget, std::time::Duration),
     user_tokens: Arc<TokenSet>,
     anonymous_reads: bool,
     status: StatusBoard,
@@ -170,13 +184,22 @@ struct GatewayState {
 
 impl GatewayState {
     fn client(&self) -> Result<BlobClient, ApiError> {
-        let map = self.map.get().ok_or_else(|| {
-            ApiError::unavailable("no fleet map yet: the control loop has not published one")
-        })?;
+        self.fleet_client().map_err(ApiError::unavailable)
+    }
+
+    /// A client of the fleet as the current map describes it, sharing the
+    /// gateway's rows, budgets and memory of unanswering nodes.
+    fn fleet_client(&self) -> Result<BlobClient, &'static str> {
+        let map = self
+            .map
+            .get()
+            .ok_or("no fleet map yet: the control loop has not published one")?;
+        let (read_memory, read_wait) = self.read_memory.clone();
         Ok(
             BlobClient::new(self.calls.clone(), map, Some(self.metrics.clone()))
                 .with_shared_reads(self.segments.clone())
                 .with_memory_budget(self.upload_memory.clone())
+                .with_read_budget(read_memory, read_wait)
                 .with_unanswering_memory(self.unanswering.clone()),
         )
     }
@@ -191,17 +214,7 @@ pub struct Door(Arc<GatewayState>);
 impl Door {
     /// A client of the fleet as the current map describes it.
     pub fn client(&self) -> Result<BlobClient, String> {
-        let map = self
-            .0
-            .map
-            .get()
-            .ok_or("no fleet map yet: the control loop has not published one")?;
-        Ok(
-            BlobClient::new(self.0.calls.clone(), map, Some(self.0.metrics.clone()))
-                .with_shared_reads(self.0.segments.clone())
-                .with_memory_budget(self.0.upload_memory.clone())
-                .with_unanswering_memory(self.0.unanswering.clone()),
-        )
+        self.0.fleet_client().map_err(String::from)
     }
 
     /// Deletes through the native API consult the S3 index from now on:
@@ -284,6 +297,10 @@ impl Gateway {
             cut_upload_kept: config.cut_upload_kept,
             upload_slots: upload_slots::UploadSlots::new(config.max_uploads, config.upload_wait),
             upload_memory: crate::client::MemoryBudget::new(config.upload_memory_bytes),
+            read_memory: (
+                crate::client::MemoryBudget::new(config.read_memory_bytes),
+                config.read_wait,
+            ),
             user_tokens: config.user_tokens.clone(),
             anonymous_reads: config.anonymous_reads,
             status,

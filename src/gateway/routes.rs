@@ -90,6 +90,15 @@ pub(super) async fn metrics_text(State(state): State<Arc<GatewayState>>) -> impl
         .metrics
         .upload_memory_budget
         .set(i64::try_from(memory.capacity()).unwrap_or(i64::MAX));
+    let (reads, _) = &state.read_memory;
+    state
+        .metrics
+        .read_memory_reserved
+        .set(i64::try_from(reads.in_use()).unwrap_or(i64::MAX));
+    state
+        .metrics
+        .read_memory_budget
+        .set(i64::try_from(reads.capacity()).unwrap_or(i64::MAX));
     let mut text = crate::metrics::render(&state.registry);
     if let Some(extra) = state.extra_metrics.read().expect("not poisoned").as_ref() {
         text.push_str(&crate::metrics::render(extra));
@@ -119,7 +128,8 @@ fn io_error(e: BlobIoError) -> ApiError {
         | BlobIoError::NoQuorum { .. }
         | BlobIoError::DeleteIncomplete { .. }
         | BlobIoError::Unreadable { .. }
-        | BlobIoError::Map(_) => ApiError::unavailable(e.to_string()),
+        | BlobIoError::Map(_)
+        | BlobIoError::ReadsBusy { .. } => ApiError::unavailable(e.to_string()),
         BlobIoError::CommitUnknown { .. } => {
             ApiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string())
         }
@@ -136,10 +146,14 @@ fn io_error(e: BlobIoError) -> ApiError {
 }
 
 fn busy(limit: usize) -> Response {
-    let mut response = ApiError::unavailable(format!(
+    retry_after(ApiError::unavailable(format!(
         "the gateway is handling its limit of {limit} uploads and no slot came free; retry shortly"
-    ))
-    .into_response();
+    )))
+}
+
+/// `error` as a response that tells the client when to retry.
+fn retry_after(error: ApiError) -> Response {
+    let mut response = error.into_response();
     response.headers_mut().insert(
         header::RETRY_AFTER,
         HeaderValue::from_str(&RETRY_AFTER_SECS.to_string()).expect("digits"),
@@ -298,12 +312,16 @@ pub(super) async fn get_blob(
         }
     };
     let metrics = state.metrics.clone();
-    let body = client
+    let body = match client
         .read_range(metadata, range.clone(), move |n| {
             metrics.get_bytes.inc_by(n)
         })
         .await
-        .map_err(io_error)?;
+    {
+        Ok(body) => body,
+        Err(e @ BlobIoError::ReadsBusy { .. }) => return Ok(retry_after(io_error(e))),
+        Err(e) => return Err(io_error(e)),
+    };
     let mut response = (
         status,
         [

@@ -131,7 +131,7 @@ pub struct GatewaySpec {
     #[schemars(range(min = 1, max = 100))]
     pub replicas: Option<u16>,
     /// CPU and memory of each gateway pod. Size memory for uploadMemory,
-    /// 128 MiB of cached rows and the reads in flight.
+    /// readMemory, 128 MiB of cached rows and about 200 MiB at rest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// Uploads each gateway pod handles at once (default 8); four times as
@@ -144,6 +144,12 @@ pub struct GatewaySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"))]
     pub upload_memory: Option<String>,
+    /// Bytes of rows the reads of a gateway pod may hold in memory
+    /// together, e.g. 1Gi (the default); a read past it waits, and one
+    /// that waits 10 s for its first segment gets 503 or SlowDown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"))]
+    pub read_memory: Option<String>,
     /// Size of the scratch volume S3 uploads are kept on while their
     /// checksums are checked, e.g. 20Gi (default: no limit, the Kubernetes
     /// node's disk). The gateway answers SlowDown before it fills.

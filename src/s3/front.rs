@@ -89,6 +89,7 @@ pub fn fleet_error(e: BlobIoError) -> S3Error {
         BlobIoError::Io(_) | BlobIoError::Inconsistent(_) | BlobIoError::Announce(_) => {
             s3_error!(InternalError, "{e}")
         }
+        BlobIoError::ReadsBusy { .. } => s3_error!(SlowDown, "{e}"),
         _ => s3_error!(ServiceUnavailable, "{e}"),
     }
 }
@@ -230,8 +231,10 @@ impl Front {
         }
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
         let metrics = self.door.metrics().clone();
-        let open = move |blob: String, within: Range<u64>| {
-            let client = client.clone();
+        // The read of each piece after the first continues the object's:
+        // it waits for the read budget rather than fail midway.
+        let continuing = client.clone().continuing_read();
+        let open = move |client: crate::client::BlobClient, blob: String, within: Range<u64>| {
             let metrics = metrics.clone();
             async move {
                 let id = blob.parse().map_err(|_| {
@@ -248,7 +251,7 @@ impl Front {
         let Some((blob, within)) = pieces.next() else {
             return Ok(ReceiverStream::new(rx));
         };
-        let first = open(blob, within).await?;
+        let first = open(client, blob, within).await?;
         tokio::spawn(async move {
             let mut stream = first;
             loop {
@@ -262,7 +265,7 @@ impl Front {
                 let Some((blob, within)) = pieces.next() else {
                     return;
                 };
-                match open(blob, within).await {
+                match open(continuing.clone(), blob, within).await {
                     Ok(next) => stream = next,
                     Err(e) => {
                         let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;

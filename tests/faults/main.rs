@@ -20,6 +20,7 @@ mod hung;
 mod limits;
 mod procs;
 mod random;
+mod read_memory;
 mod refusals;
 mod s3_kills;
 mod writes;

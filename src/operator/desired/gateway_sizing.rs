@@ -52,6 +52,15 @@ pub fn gateway_sizing(spec: Option<&GatewaySpec>) -> Result<GatewaySizing, Strin
             .args
             .extend(["--upload-memory".into(), bytes.to_string()]);
     }
+    if let Some(memory) = &spec.read_memory {
+        let bytes = size("readMemory", memory)?;
+        if bytes == 0 {
+            return Err("gateway.readMemory must be more than 0".into());
+        }
+        sizing
+            .args
+            .extend(["--read-memory".into(), bytes.to_string()]);
+    }
     if let Some(spool) = &spec.spool_size {
         let bytes = size("spoolSize", spool)?;
         if bytes == 0 {
@@ -84,6 +93,7 @@ mod tests {
         let spec = GatewaySpec {
             max_uploads: Some(16),
             upload_memory: Some("4Gi".into()),
+            read_memory: Some("512Mi".into()),
             spool_size: Some("10Gi".into()),
             ..GatewaySpec::default()
         };
@@ -95,6 +105,8 @@ mod tests {
                 "16",
                 "--upload-memory",
                 &(4u64 << 30).to_string(),
+                "--read-memory",
+                &(512u64 << 20).to_string(),
                 "--max-spool",
                 &((10u64 << 30) as f64 * 0.9).floor().to_string(),
             ]
@@ -114,6 +126,13 @@ mod tests {
                     ..GatewaySpec::default()
                 },
                 "gateway.uploadMemory",
+            ),
+            (
+                GatewaySpec {
+                    read_memory: Some("0Mi".into()),
+                    ..GatewaySpec::default()
+                },
+                "gateway.readMemory",
             ),
             (
                 GatewaySpec {

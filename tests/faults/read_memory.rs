@@ -1,0 +1,148 @@
+//! G7 for reads: what the reads of a gateway hold in memory is bounded by
+//! `--read-memory`, never by how many readers come or how slowly they
+//! read. A reader that stops reading holds its share until it is cut off;
+//! a read that finds the budget spent waits, then gets 503 with
+//! Retry-After before anything is sent; readers under way share the
+//! budget and all finish.
+
+use crate::dev_fleet::{all_ready, pseudo_random, DevFleet};
+use crate::limits::{gateway_process, wait_for_metric};
+use crate::within;
+
+/// A whole segment of these fleets (1 MiB at n = 7: three rows of a
+/// little over a third of a MiB) reserves 2 MiB, the budget's unit being
+/// the MiB: a budget of 2 MiB holds one segment at a time.
+const ONE_SEGMENT: &str = "2MiB";
+
+/// The gateway's counter of blob bytes sent to readers.
+async fn bytes_sent(http: &reqwest::Client, url: &str) -> u64 {
+    let text = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix("redstuff_gateway_get_bytes_total "))
+        .map_or(0, |value| value.trim().parse().unwrap())
+}
+
+/// Waits until the gateway has sent something and then nothing more for a
+/// second: the reader's sockets are full.
+async fn wait_until_sending_stops(http: &reqwest::Client, url: &str) {
+    let start = std::time::Instant::now();
+    let (mut last, mut unchanged) = (0, 0);
+    while unchanged < 5 {
+        assert!(
+            start.elapsed() < crate::NO_HANG,
+            "the gateway never stopped sending"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let now = bytes_sent(http, url).await;
+        unchanged = if now == last && now > 0 {
+            unchanged + 1
+        } else {
+            0
+        };
+        last = now;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_holds_at_most_the_read_budget_others_get_503_and_it_is_given_back_when_the_reader_is_cut_off(
+) {
+    let fleet = DevFleet::start(&[]);
+    fleet.wait_for("nodes ready", all_ready).await;
+    let spool = tempfile::tempdir().unwrap();
+    let (_gateway, url) = gateway_process(
+        &fleet,
+        spool.path(),
+        &["--read-memory", ONE_SEGMENT, "--read-wait-secs", "3"],
+    );
+    let http = fleet.http.clone();
+    wait_for_metric(
+        &http,
+        &url,
+        "redstuff_gateway_read_memory_budget_bytes 2097152",
+    )
+    .await;
+    // Far more than the sockets between the gateway and a reader buffer,
+    // so a reader that stops reading stops the gateway's sending.
+    let data = pseudo_random(40 << 20, 500);
+    let stored = http
+        .put(format!("{url}/v1/blobs"))
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 201);
+    let id = stored.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let blob_url = format!("{url}/v1/blobs/{id}");
+
+    // A reader takes the headers and then reads nothing more: its read
+    // holds the whole budget (and no more) once the sockets are full.
+    let stalled = within("a GET's headers", http.get(&blob_url).send())
+        .await
+        .unwrap();
+    assert_eq!(stalled.status(), 200);
+    wait_until_sending_stops(&http, &url).await;
+    wait_for_metric(
+        &http,
+        &url,
+        "redstuff_gateway_read_memory_reserved_bytes 2097152",
+    )
+    .await;
+
+    // Another read waits for the budget, then is told to come back,
+    // before any of the blob is sent.
+    let refused = within("a GET past the read budget", http.get(&blob_url).send())
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let message = refused.text().await.unwrap();
+    assert!(message.contains("read memory"), "{message}");
+    // A range read waits the same way: it too needs a row in memory.
+    let ranged = within(
+        "a range GET past the read budget",
+        http.get(&blob_url).header("range", "bytes=0-9").send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ranged.status(), 503);
+
+    // Cut off, the stalled reader gives back all it held.
+    drop(stalled);
+    wait_for_metric(&http, &url, "redstuff_gateway_read_memory_reserved_bytes 0").await;
+
+    // Readers under way share the budget one segment at a time, and every
+    // one of them gets the whole blob.
+    let reads = (0..3).map(|_| {
+        let request = http.get(&blob_url).send();
+        async move {
+            let response = request.await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.bytes().await.unwrap()
+        }
+    });
+    let bodies = within(
+        "three reads sharing the budget",
+        futures_util::future::join_all(reads),
+    )
+    .await;
+    for body in bodies {
+        assert!(body == data[..], "a read sharing the budget got the blob");
+    }
+    wait_for_metric(&http, &url, "redstuff_gateway_read_memory_reserved_bytes 0").await;
+    // Nothing was left waiting: a read goes through at once.
+    let again = within("a GET after the others", http.get(&blob_url).send())
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    assert!(again.bytes().await.unwrap() == data[..]);
+}
