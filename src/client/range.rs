@@ -236,6 +236,25 @@ impl BlobClient {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_segments_reservation_is_given_back_only_once_its_last_chunk_is_dropped() {
+        let budget = super::super::memory_budget::MemoryBudget::new(8 << 20);
+        let part = HeldPart {
+            data: SegmentData::from_parts([Bytes::from(vec![1u8; 10]), Bytes::from(vec![2u8; 5])]),
+            held: Some(std::sync::Arc::new(budget.reserve(3 << 20).await)),
+        };
+        let chunks: Vec<Bytes> = part.chunks().collect();
+        assert_eq!(&chunks[0][..], &[1u8; 10]);
+        assert_eq!(&chunks[1][..], &[2u8; 5]);
+        drop(part);
+        let mut chunks = chunks.into_iter();
+        let first = chunks.next().unwrap();
+        drop(chunks);
+        assert_eq!(budget.in_use(), 3 << 20, "one chunk is still on its way");
+        drop(first);
+        assert_eq!(budget.in_use(), 0);
+    }
+
     #[test]
     fn a_range_inside_one_segment_reads_only_that_segment() {
         assert_eq!(segment_spans(100, 120..150), vec![(1, 20..50)]);
