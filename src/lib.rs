@@ -29,6 +29,7 @@ pub mod refused_body;
 pub mod retry;
 pub mod s3;
 pub mod spare_pool;
+pub mod stalled_clients;
 pub mod store;
 pub mod tls;
 pub mod units;

@@ -456,6 +456,11 @@ struct GatewayArgs {
     /// before it gets 503 (0: refused at once).
     #[arg(long, default_value = "10", value_parser = redstuff::units::parse_seconds)]
     read_wait_secs: std::time::Duration,
+    /// Seconds a response may make no progress (its client reads nothing)
+    /// before its connection ends, giving back what it held (a GET's share
+    /// of --read-memory); the native API and S3 alike.
+    #[arg(long, default_value = "60", value_parser = redstuff::units::parse_seconds)]
+    client_stall_secs: std::time::Duration,
     /// File of cluster tokens (the first is sent to nodes); re-read while
     /// the gateway runs.
     #[arg(long)]
@@ -917,6 +922,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         upload_memory_bytes: args.upload_memory,
         read_memory_bytes: args.read_memory,
         read_wait: args.read_wait_secs,
+        client_stall: args.client_stall_secs,
         anonymous_reads: args.anonymous_reads,
         deadlines: Deadlines::from_secs(args.node_timeout_secs),
         segment_cache_bytes: usize::try_from(args.segment_cache).unwrap_or(usize::MAX),

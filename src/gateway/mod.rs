@@ -90,6 +90,9 @@ pub struct GatewayConfig {
     /// How long a read waits for its first segment's share of the read
     /// memory (503 with Retry-After beyond).
     pub read_wait: std::time::Duration,
+    /// How long a write to a client (the native API's and S3's) may make
+    /// no progress before its connection ends.
+    pub client_stall: std::time::Duration,
     /// The cluster token, sent to nodes.
     pub cluster_tokens: Arc<TokenSet>,
     /// The user tokens accepted from clients.
@@ -136,6 +139,7 @@ impl GatewayConfig {
             upload_memory_bytes: crate::client::memory_budget::DEFAULT_UPLOAD_MEMORY,
             read_memory_bytes: crate::client::memory_budget::DEFAULT_READ_MEMORY,
             read_wait: DEFAULT_READ_WAIT,
+            client_stall: crate::stalled_clients::DEFAULT_CLIENT_STALL,
             cluster_tokens,
             user_tokens,
             anonymous_reads: false,
@@ -161,6 +165,8 @@ struct GatewayState {
     /// What the rows of all reads may hold in memory, and how long a read
     /// waits for its first share.
     read_memory: (crate::client::MemoryBudget, std::time::Duration),
+    /// How long a write to a client may make no progress.
+    client_stall: std::time::Duration,
     user_tokens: Arc<TokenSet>,
     anonymous_reads: bool,
     status: StatusBoard,
@@ -234,6 +240,12 @@ impl Door {
         self.0.upload_slots.acquire().await
     }
 
+    /// How long a write to a client may make no progress before its
+    /// connection ends (S3 serves with the same).
+    pub fn client_stall(&self) -> std::time::Duration {
+        self.0.client_stall
+    }
+
     /// The largest blob accepted, in bytes.
     pub fn max_blob_bytes(&self) -> u64 {
         self.0.max_blob_bytes
@@ -301,6 +313,7 @@ impl Gateway {
                 crate::client::MemoryBudget::new(config.read_memory_bytes),
                 config.read_wait,
             ),
+            client_stall: config.client_stall,
             user_tokens: config.user_tokens.clone(),
             anonymous_reads: config.anonymous_reads,
             status,
@@ -414,6 +427,7 @@ impl Gateway {
             self.listener,
             self.router,
             self.state.tls.clone(),
+            self.state.client_stall,
             metrics,
             shutdown,
         )

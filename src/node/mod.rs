@@ -220,7 +220,15 @@ impl Node {
             certificate_expiry: self.state.metrics.tls_certificate_expiry.clone(),
             handshake_failures: self.state.metrics.tls_handshake_failures.clone(),
         };
-        crate::tls::serve(self.listener, self.router, self.tls, metrics, shutdown).await?;
+        crate::tls::serve(
+            self.listener,
+            self.router,
+            self.tls,
+            crate::stalled_clients::DEFAULT_CLIENT_STALL,
+            metrics,
+            shutdown,
+        )
+        .await?;
         Ok(())
     }
 }

@@ -130,8 +130,9 @@ pub struct GatewaySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub replicas: Option<u16>,
-    /// CPU and memory of each gateway pod. Size memory for uploadMemory,
-    /// readMemory, 128 MiB of cached rows and about 200 MiB at rest.
+    /// CPU and memory of each gateway pod. Size memory for uploadMemory
+    /// and readMemory plus about 1.5 GiB (cached rows, the encoder's spare
+    /// buffers, the process at rest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// Uploads each gateway pod handles at once (default 8); four times as

@@ -152,10 +152,18 @@ impl S3Server {
         let served = match self.front.door.tls() {
             Some(tls) => {
                 let failures = self.front.door.metrics().tls_handshake_failures.clone();
-                crate::tls::serve_tls(self.listener, service, tls, Some(failures), shutdown).await
+                let stall = self.front.door.client_stall();
+                crate::tls::serve_tls(self.listener, service, tls, stall, Some(failures), shutdown)
+                    .await
             }
             None => {
-                serve_plain(self.listener, service, shutdown).await;
+                serve_plain(
+                    self.listener,
+                    self.front.door.client_stall(),
+                    service,
+                    shutdown,
+                )
+                .await;
                 Ok(())
             }
         };
@@ -165,9 +173,11 @@ impl S3Server {
     }
 }
 
-/// Serves `service` over plain HTTP on `listener` until `shutdown`.
+/// Serves `service` over plain HTTP on `listener` until `shutdown`; a
+/// connection ends once a write to it made no progress for `stall`.
 async fn serve_plain<S, B>(
     listener: TcpListener,
+    stall: std::time::Duration,
     service: S,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) where
@@ -189,7 +199,10 @@ async fn serve_plain<S, B>(
             accepted = listener.accept() => {
                 let Ok((socket, _)) = accepted else { continue };
                 let connection = http
-                    .serve_connection(TokioIo::new(socket), service.clone())
+                    .serve_connection(
+                        TokioIo::new(crate::stalled_clients::guard(socket, stall)),
+                        service.clone(),
+                    )
                     .into_owned();
                 tokio::spawn(async move {
                     if let Err(e) = connection.await {

@@ -53,15 +53,18 @@ pub struct TlsMetrics {
 /// Serves `router` on `listener` until `shutdown` completes, then waits
 /// for the requests in progress (over TLS at most `SHUTDOWN_GRACE`): over
 /// TLS with `tls`, its files read again every `TLS_RELOAD_PERIOD` while
-/// it serves, else plain HTTP.
+/// it serves, else plain HTTP. A connection ends once a write to it made
+/// no progress for `stall` (`stalled_clients`).
 pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
     tls: Option<Arc<ServingCert>>,
+    stall: Duration,
     metrics: TlsMetrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let Some(tls) = tls else {
+        let listener = crate::stalled_clients::GuardedListener::new(listener, stall);
         return axum::serve(listener, router)
             .with_graceful_shutdown(shutdown)
             .await;
@@ -71,6 +74,7 @@ pub async fn serve(
         listener,
         TowerToHyperService::new(router),
         tls,
+        stall,
         Some(metrics.handshake_failures),
         shutdown,
     )
@@ -84,6 +88,7 @@ pub async fn serve_tls<S, B>(
     listener: TcpListener,
     service: S,
     tls: Arc<ServingCert>,
+    stall: Duration,
     handshake_failures: Option<prometheus::IntCounter>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()>
@@ -127,7 +132,7 @@ where
                             counter.inc();
                         }
                     };
-                    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
+                    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(crate::stalled_clients::guard(socket, stall))).await {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(e)) => return failed(e.to_string()),
                         Err(_) => return failed("timed out".into()),

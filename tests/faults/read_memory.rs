@@ -29,12 +29,12 @@ async fn bytes_sent(http: &reqwest::Client, url: &str) -> u64 {
         .map_or(0, |value| value.trim().parse().unwrap())
 }
 
-/// Waits until the gateway has sent something and then nothing more for a
-/// second: the reader's sockets are full.
+/// Waits until the gateway has sent something and then nothing more for
+/// two seconds: the reader's sockets are full.
 async fn wait_until_sending_stops(http: &reqwest::Client, url: &str) {
     let start = std::time::Instant::now();
     let (mut last, mut unchanged) = (0, 0);
-    while unchanged < 5 {
+    while unchanged < 10 {
         assert!(
             start.elapsed() < crate::NO_HANG,
             "the gateway never stopped sending"
@@ -48,6 +48,25 @@ async fn wait_until_sending_stops(http: &reqwest::Client, url: &str) {
         };
         last = now;
     }
+}
+
+/// Puts a blob far larger than the sockets between the gateway and a
+/// reader buffer (so a reader that stops reading stops the gateway's
+/// sending): its bytes and URL.
+async fn put_large_blob(http: &reqwest::Client, url: &str, seed: u64) -> (Vec<u8>, String) {
+    let data = pseudo_random(40 << 20, seed);
+    let stored = http
+        .put(format!("{url}/v1/blobs"))
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 201);
+    let id = stored.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (data, format!("{url}/v1/blobs/{id}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,21 +87,7 @@ async fn a_stalled_reader_holds_at_most_the_read_budget_others_get_503_and_it_is
         "redstuff_gateway_read_memory_budget_bytes 2097152",
     )
     .await;
-    // Far more than the sockets between the gateway and a reader buffer,
-    // so a reader that stops reading stops the gateway's sending.
-    let data = pseudo_random(40 << 20, 500);
-    let stored = http
-        .put(format!("{url}/v1/blobs"))
-        .body(data.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(stored.status(), 201);
-    let id = stored.json::<serde_json::Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let blob_url = format!("{url}/v1/blobs/{id}");
+    let (data, blob_url) = put_large_blob(&http, &url, 500).await;
 
     // A reader takes the headers and then reads nothing more: its read
     // holds the whole budget (and no more) once the sockets are full.
@@ -145,4 +150,50 @@ async fn a_stalled_reader_holds_at_most_the_read_budget_others_get_503_and_it_is
         .unwrap();
     assert_eq!(again.status(), 200);
     assert!(again.bytes().await.unwrap() == data[..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_cuts_off_a_reader_that_takes_nothing_for_the_stall_time_and_its_share_comes_back(
+) {
+    let fleet = DevFleet::start(&[]);
+    fleet.wait_for("nodes ready", all_ready).await;
+    let spool = tempfile::tempdir().unwrap();
+    let (_gateway, url) = gateway_process(
+        &fleet,
+        spool.path(),
+        &[
+            "--read-memory",
+            ONE_SEGMENT,
+            "--read-wait-secs",
+            "20",
+            "--client-stall-secs",
+            "3",
+        ],
+    );
+    let http = fleet.http.clone();
+    let (data, blob_url) = put_large_blob(&http, &url, 600).await;
+    // The reader keeps its connection open and reads nothing.
+    let stalled = within("a GET's headers", http.get(&blob_url).send())
+        .await
+        .unwrap();
+    assert_eq!(stalled.status(), 200);
+    // The gateway ends the connection once its writes stall, and gives
+    // back the reader's share though the reader never hung up.
+    wait_until_sending_stops(&http, &url).await;
+    wait_for_metric(&http, &url, "redstuff_gateway_read_memory_reserved_bytes 0").await;
+    // A reader that reads gets the whole blob meanwhile (it waited for
+    // the share the stalled one held, within --read-wait-secs).
+    let read = within("a GET beside the stalled one", async {
+        let response = http.get(&blob_url).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap()
+    })
+    .await;
+    assert!(read == data[..], "the reading client got the blob");
+    // The stalled reader's body ends short: its connection was cut.
+    let cut = within("the stalled reader's body", stalled.bytes()).await;
+    assert!(
+        cut.is_err(),
+        "a body cut off midway is an error, not the blob"
+    );
 }
