@@ -630,7 +630,7 @@ pub(crate) fn gateway_process(
 }
 
 /// The metrics text of the gateway at `url`.
-async fn gateway_metrics(http: &reqwest::Client, url: &str) -> String {
+pub(crate) async fn gateway_metrics(http: &reqwest::Client, url: &str) -> String {
     http.get(format!("{url}/metrics"))
         .send()
         .await

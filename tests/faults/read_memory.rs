@@ -6,7 +6,8 @@
 //! budget and all finish.
 
 use crate::dev_fleet::{all_ready, pseudo_random, DevFleet};
-use crate::limits::{gateway_process, wait_for_metric};
+use crate::limits::{gateway_metrics, gateway_process, wait_for_metric};
+use crate::procs::Process;
 use crate::within;
 
 /// A whole segment of these fleets (1 MiB at n = 7: three rows of a
@@ -16,15 +17,9 @@ const ONE_SEGMENT: &str = "2MiB";
 
 /// The gateway's counter of blob bytes sent to readers.
 async fn bytes_sent(http: &reqwest::Client, url: &str) -> u64 {
-    let text = http
-        .get(format!("{url}/metrics"))
-        .send()
+    gateway_metrics(http, url)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .find_map(|line| line.strip_prefix("redstuff_gateway_get_bytes_total "))
         .map_or(0, |value| value.trim().parse().unwrap())
 }
@@ -50,6 +45,17 @@ async fn wait_until_sending_stops(http: &reqwest::Client, url: &str) {
     }
 }
 
+/// A fleet, and a gateway process in front of it started with `args`
+/// (its spool directory, and the process, live as long as what is
+/// returned).
+async fn fleet_and_gateway(args: &[&str]) -> (DevFleet, tempfile::TempDir, Process, String) {
+    let fleet = DevFleet::start(&[]);
+    fleet.wait_for("nodes ready", all_ready).await;
+    let spool = tempfile::tempdir().unwrap();
+    let (gateway, url) = gateway_process(&fleet, spool.path(), args);
+    (fleet, spool, gateway, url)
+}
+
 /// Puts a blob far larger than the sockets between the gateway and a
 /// reader buffer (so a reader that stops reading stops the gateway's
 /// sending): its bytes and URL.
@@ -72,14 +78,8 @@ async fn put_large_blob(http: &reqwest::Client, url: &str, seed: u64) -> (Vec<u8
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_reader_holds_at_most_the_read_budget_others_get_503_and_it_is_given_back_when_the_reader_is_cut_off(
 ) {
-    let fleet = DevFleet::start(&[]);
-    fleet.wait_for("nodes ready", all_ready).await;
-    let spool = tempfile::tempdir().unwrap();
-    let (_gateway, url) = gateway_process(
-        &fleet,
-        spool.path(),
-        &["--read-memory", ONE_SEGMENT, "--read-wait-secs", "3"],
-    );
+    let (fleet, _spool, _gateway, url) =
+        fleet_and_gateway(&["--read-memory", ONE_SEGMENT, "--read-wait-secs", "3"]).await;
     let http = fleet.http.clone();
     wait_for_metric(
         &http,
@@ -155,21 +155,15 @@ async fn a_stalled_reader_holds_at_most_the_read_budget_others_get_503_and_it_is
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_cuts_off_a_reader_that_takes_nothing_for_the_stall_time_and_its_share_comes_back(
 ) {
-    let fleet = DevFleet::start(&[]);
-    fleet.wait_for("nodes ready", all_ready).await;
-    let spool = tempfile::tempdir().unwrap();
-    let (_gateway, url) = gateway_process(
-        &fleet,
-        spool.path(),
-        &[
-            "--read-memory",
-            ONE_SEGMENT,
-            "--read-wait-secs",
-            "20",
-            "--client-stall-secs",
-            "3",
-        ],
-    );
+    let (fleet, _spool, _gateway, url) = fleet_and_gateway(&[
+        "--read-memory",
+        ONE_SEGMENT,
+        "--read-wait-secs",
+        "20",
+        "--client-stall-secs",
+        "3",
+    ])
+    .await;
     let http = fleet.http.clone();
     let (data, blob_url) = put_large_blob(&http, &url, 600).await;
     // The reader keeps its connection open and reads nothing.
