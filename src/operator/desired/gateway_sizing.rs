@@ -21,9 +21,14 @@ pub struct GatewaySizing {
     pub spool: EmptyDirVolumeSource,
 }
 
-/// The byte count of a size in `spec.gateway` (`2Gi`, `500M`, `1000`).
+/// The byte count of a size in `spec.gateway` (`2Gi`, `500M`, `1000`),
+/// which must be more than 0.
 fn size(field: &str, text: &str) -> Result<u64, String> {
-    crate::units::parse_bytes(text).map_err(|e| format!("gateway.{field}: {e}"))
+    match crate::units::parse_bytes(text) {
+        Ok(0) => Err(format!("gateway.{field} must be more than 0")),
+        Ok(bytes) => Ok(bytes),
+        Err(e) => Err(format!("gateway.{field}: {e}")),
+    }
 }
 
 /// The gateway pods' sizing for `spec`, or what is wrong with it.
@@ -45,27 +50,18 @@ pub fn gateway_sizing(spec: Option<&GatewaySpec>) -> Result<GatewaySizing, Strin
     }
     if let Some(memory) = &spec.upload_memory {
         let bytes = size("uploadMemory", memory)?;
-        if bytes == 0 {
-            return Err("gateway.uploadMemory must be more than 0".into());
-        }
         sizing
             .args
             .extend(["--upload-memory".into(), bytes.to_string()]);
     }
     if let Some(memory) = &spec.read_memory {
         let bytes = size("readMemory", memory)?;
-        if bytes == 0 {
-            return Err("gateway.readMemory must be more than 0".into());
-        }
         sizing
             .args
             .extend(["--read-memory".into(), bytes.to_string()]);
     }
     if let Some(spool) = &spec.spool_size {
         let bytes = size("spoolSize", spool)?;
-        if bytes == 0 {
-            return Err("gateway.spoolSize must be more than 0".into());
-        }
         let usable = (bytes as f64 * SPOOL_SHARE) as u64;
         sizing
             .args
