@@ -286,8 +286,9 @@ struct DevArgs {
     upload_memory: u64,
     /// Bytes of rows the gateway's reads may hold in memory together,
     /// besides the cached rows (a 64 MiB segment read whole holds 64 MiB
-    /// until its last byte has left for the client); a read past it waits
-    /// (--read-wait-secs for its first segment, then 503 with Retry-After).
+    /// until its last byte has left for the client; rows several readers
+    /// hold count once); a read past it waits (--read-wait-secs for its
+    /// first segment, then 503 with Retry-After).
     #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
     read_memory: u64,
     /// Seconds a read waits for its first segment's share of --read-memory
@@ -448,8 +449,9 @@ struct GatewayArgs {
     upload_memory: u64,
     /// Bytes of rows the gateway's reads may hold in memory together,
     /// besides the cached rows (a 64 MiB segment read whole holds 64 MiB
-    /// until its last byte has left for the client); a read past it waits
-    /// (--read-wait-secs for its first segment, then 503 with Retry-After).
+    /// until its last byte has left for the client; rows several readers
+    /// hold count once); a read past it waits (--read-wait-secs for its
+    /// first segment, then 503 with Retry-After).
     #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
     read_memory: u64,
     /// Seconds a read waits for its first segment's share of --read-memory

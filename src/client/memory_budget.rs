@@ -10,18 +10,21 @@
 //! Shipping never waits for the budget, so uploads cannot deadlock on it.
 //!
 //! Reads work the same way with a budget of their own (`client::range`):
-//! the rows of a segment a read fetches reserve their bytes until the
-//! last of them has left for the client.
+//! the rows a read fetches reserve their bytes, and each row carries its
+//! share ([`held_by`]) to every reader holding it until the last of them
+//! drops it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::codec::EncodingConfig;
 
-/// The budget's unit: reservations are rounded up to whole MiB.
-const UNIT: u64 = 1 << 20;
+/// The budget's unit: reservations are rounded up to whole pages (a row of
+/// a segment at n = 1000 is about 200 KiB, and each carries its own).
+const UNIT: u64 = 4 << 10;
 
 /// Default bytes of segments the uploads of a gateway may hold at once.
 pub const DEFAULT_UPLOAD_MEMORY: u64 = 2 << 30;
@@ -41,7 +44,54 @@ pub struct MemoryBudget {
 /// unbounded reservation (no budget) holds nothing.
 #[derive(Debug, Default)]
 pub struct MemoryReservation {
-    _permit: Option<OwnedSemaphorePermit>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl MemoryReservation {
+    /// Bytes reserved (whole units).
+    pub fn bytes(&self) -> u64 {
+        self.permit
+            .as_ref()
+            .map_or(0, |p| p.num_permits() as u64 * UNIT)
+    }
+
+    /// Takes `bytes` (rounded up to whole units) out of this reservation
+    /// into one of its own; `None` when it holds fewer.
+    pub fn split_off(&mut self, bytes: u64) -> Option<MemoryReservation> {
+        let units = bytes.div_ceil(UNIT);
+        match &mut self.permit {
+            None => Some(MemoryReservation::default()),
+            Some(permit) if (permit.num_permits() as u64) < units => None,
+            Some(permit) if permit.num_permits() as u64 == units => Some(MemoryReservation {
+                permit: self.permit.take(),
+            }),
+            Some(permit) => Some(MemoryReservation {
+                permit: Some(permit.split(units as usize)?),
+            }),
+        }
+    }
+}
+
+/// `bytes` carrying `share`: every slice and clone of the result keeps
+/// it, and the reservation is given back once every holder of the share
+/// is dropped.
+pub fn held_by(bytes: Bytes, share: Arc<MemoryReservation>) -> Bytes {
+    Bytes::from_owner(Held {
+        bytes,
+        _share: share,
+    })
+}
+
+/// Bytes and the share of a reservation they carry.
+struct Held {
+    bytes: Bytes,
+    _share: Arc<MemoryReservation>,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
 }
 
 impl MemoryBudget {
@@ -64,7 +114,7 @@ impl MemoryBudget {
         (u64::from(self.capacity_units) - self.units.available_permits() as u64) * UNIT
     }
 
-    /// Waits until `bytes` (rounded up to MiB; a request above the whole
+    /// Waits until `bytes` (rounded up to whole units; a request above the whole
     /// budget takes the whole budget) are free, and reserves them.
     pub async fn reserve(&self, bytes: u64) -> MemoryReservation {
         let permit = self
@@ -74,8 +124,13 @@ impl MemoryBudget {
             .await
             .expect("the budget's semaphore is never closed");
         MemoryReservation {
-            _permit: Some(permit),
+            permit: Some(permit),
         }
+    }
+
+    /// `bytes` rounded up to what a reservation of them takes (whole units).
+    pub fn rounded(bytes: u64) -> u64 {
+        bytes.div_ceil(UNIT) * UNIT
     }
 
     /// As [`Self::reserve`], but waits at most `wait`; `None` when the
@@ -160,6 +215,37 @@ mod tests {
         drop(all);
         let none = reserve(None, 1 << 40).await;
         drop(none);
+        assert_eq!(budget.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_reservation_splits_into_shares_that_each_give_back_their_own_bytes() {
+        let budget = MemoryBudget::new(1 << 20);
+        let mut whole = budget.reserve(100 << 10).await;
+        assert_eq!(whole.bytes(), 100 << 10);
+        let share = whole.split_off(10_000).unwrap();
+        assert_eq!(share.bytes(), 12 << 10, "rounded up to whole pages");
+        assert_eq!(whole.bytes(), 88 << 10);
+        assert!(whole.split_off(89 << 10).is_none(), "more than it holds");
+        let rest = whole.split_off(88 << 10).unwrap();
+        assert_eq!(whole.bytes(), 0);
+        drop(share);
+        assert_eq!(budget.in_use(), 88 << 10);
+        drop(rest);
+        assert_eq!(budget.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn rows_carrying_a_share_give_it_back_when_the_last_of_them_is_dropped() {
+        let budget = MemoryBudget::new(1 << 20);
+        let share = Arc::new(budget.reserve(8 << 10).await);
+        let row = held_by(Bytes::from(vec![7u8; 100]), share);
+        let (head, tail) = (row.slice(..10), row.slice(90..));
+        drop(row);
+        drop(head);
+        assert_eq!(budget.in_use(), 8 << 10, "a slice is still held");
+        assert_eq!(&tail[..], &[7u8; 10]);
+        drop(tail);
         assert_eq!(budget.in_use(), 0);
     }
 

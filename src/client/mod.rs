@@ -13,6 +13,7 @@ mod node_client;
 pub mod quorum;
 mod range;
 mod read;
+mod read_budget;
 mod row_read;
 pub mod segment_cache;
 pub mod shared_reads;

@@ -2,13 +2,13 @@
 //! the range touches are read, the first one before the stream is handed
 //! out (so a blob that cannot be read gets an error, not a broken body).
 //!
-//! With a read budget (`BlobClient::with_read_budget`), each segment's
-//! rows reserve their bytes before they are fetched, and the reservation
-//! goes with the chunks sent: it is given back once the last of them has
-//! left for the reader. A read waits a bounded time for its first
-//! segment's share ([`BlobIoError::ReadsBusy`] beyond, nothing sent), and
-//! as long as it takes for the others: a reader that stops reading holds
-//! at most the segments it has in flight.
+//! With a read budget (`BlobClient::with_read_budget`), the rows a read
+//! fetches reserve their bytes first and carry them to the chunks sent
+//! (`client::read_budget`): they are given back once the last chunk of a
+//! row has left for every reader. A read waits a bounded time for its
+//! first segment's rows ([`BlobIoError::ReadsBusy`] beyond, nothing
+//! sent), and as long as it takes for the others: a reader that stops
+//! reading holds at most the segments it has in flight.
 
 use std::ops::Range;
 
@@ -17,8 +17,9 @@ use futures_util::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::blob_client::{BlobClient, BlobIoError};
-use super::memory_budget::MemoryReservation;
+use super::memory_budget::MemoryBudget;
 use super::read::SlowNodes;
+use super::read_budget::{carry, Admission};
 use crate::codec::{row_span, rows_of, BlobMetadata, SegmentData};
 
 /// Segments read at once by one range read (fetched while the one before
@@ -47,46 +48,6 @@ pub fn segment_spans(segment_size: u64, range: Range<u64>) -> Vec<(u32, Range<us
         .collect()
 }
 
-/// Bytes `within` of one segment, and the read budget they hold until
-/// every chunk of them is dropped.
-struct HeldPart {
-    data: SegmentData,
-    held: Option<std::sync::Arc<MemoryReservation>>,
-}
-
-impl HeldPart {
-    /// The chunks to send, each holding the reservation.
-    fn chunks(&self) -> impl Iterator<Item = Bytes> + '_ {
-        self.data.parts().iter().map(|part| match &self.held {
-            Some(held) => Bytes::from_owner(HeldChunk {
-                bytes: part.clone(),
-                _held: held.clone(),
-            }),
-            None => part.clone(),
-        })
-    }
-}
-
-/// A chunk of a read, keeping its segment's reservation while it lives.
-struct HeldChunk {
-    bytes: Bytes,
-    _held: std::sync::Arc<MemoryReservation>,
-}
-
-impl AsRef<[u8]> for HeldChunk {
-    fn as_ref(&self) -> &[u8] {
-        &self.bytes
-    }
-}
-
-/// Whether a read waits a bounded time for the budget (its first segment)
-/// or as long as it takes (a read under way).
-#[derive(Clone, Copy)]
-enum Admission {
-    First,
-    UnderWay,
-}
-
 impl BlobClient {
     /// The same client for a read that continues one already under way
     /// (the next part of an object): it waits for the read budget as long
@@ -98,33 +59,9 @@ impl BlobClient {
         self
     }
 
-    /// Reserves `bytes` of rows from the read budget, if there is one.
-    async fn reserve_rows(
-        &self,
-        bytes: u64,
-        admission: Admission,
-    ) -> Result<Option<std::sync::Arc<MemoryReservation>>, BlobIoError> {
-        let Some((budget, wait)) = &self.read_memory else {
-            return Ok(None);
-        };
-        let reservation = match admission {
-            Admission::UnderWay => budget.reserve(bytes).await,
-            Admission::First => {
-                budget
-                    .reserve_within(bytes, *wait)
-                    .await
-                    .ok_or(BlobIoError::ReadsBusy {
-                        budget: budget.capacity(),
-                        waited: *wait,
-                    })?
-            }
-        };
-        Ok(Some(std::sync::Arc::new(reservation)))
-    }
-
     /// Bytes `within` of segment `index`: only the rows they lie in, from
-    /// the gateway's shared rows when the client has them, their bytes
-    /// reserved from the read budget first.
+    /// the gateway's shared rows when the client has them; the rows this
+    /// read fetches itself reserve their bytes from the read budget first.
     async fn segment_part(
         &self,
         metadata: &BlobMetadata,
@@ -132,43 +69,41 @@ impl BlobClient {
         within: Range<usize>,
         slow: &mut SlowNodes,
         admission: Admission,
-    ) -> Result<HeldPart, BlobIoError> {
+    ) -> Result<SegmentData, BlobIoError> {
         let layout = super::row_read::segment_layout(metadata, index)?;
         let rows = rows_of(&layout, within.clone());
         if rows.is_empty() {
-            return Ok(HeldPart {
-                data: SegmentData::default(),
-                held: None,
-            });
+            return Ok(SegmentData::default());
         }
-        let row_bytes = (layout.primary_sliver_len() * rows.len()) as u64;
-        let held = self.reserve_rows(row_bytes, admission).await?;
         let parts = match &self.segments {
             Some(shared) => {
                 shared
-                    .rows(self, metadata, index, rows.clone(), slow)
+                    .rows(self, metadata, index, rows.clone(), slow, admission)
                     .await?
             }
             None => {
+                let row_bytes = MemoryBudget::rounded(layout.primary_sliver_len() as u64);
+                let mut reserved = self
+                    .reserve_rows(row_bytes * rows.len() as u64, admission)
+                    .await?;
                 let wanted: Vec<u16> = rows.clone().collect();
                 let mut read = self.fetch_rows(metadata, index, &wanted, slow).await?;
                 wanted
                     .iter()
                     .map(|row| {
-                        read.remove(row).ok_or_else(|| BlobIoError::Unreadable {
-                            id: metadata.blob_id(),
-                            segment: index,
-                            reason: format!("row {row} was not read"),
-                        })
+                        read.remove(row)
+                            .map(|bytes| carry(&mut reserved, row_bytes, bytes).0)
+                            .ok_or_else(|| BlobIoError::Unreadable {
+                                id: metadata.blob_id(),
+                                segment: index,
+                                reason: format!("row {row} was not read"),
+                            })
                     })
                     .collect::<Result<Vec<_>, _>>()?
             }
         };
         let offset = row_span(&layout, rows.start).start;
-        Ok(HeldPart {
-            data: SegmentData::from_parts(parts).slice(within.start - offset..within.end - offset),
-            held,
-        })
+        Ok(SegmentData::from_parts(parts).slice(within.start - offset..within.end - offset))
     }
 
     /// Streams bytes `range` of the blob (clamped to its length); `counted`
@@ -186,7 +121,7 @@ impl BlobClient {
         let mut slow = SlowNodes::default();
         let first = match spans.next() {
             Some((index, within)) => Some(
-                self.segment_part(&metadata, index, within, &mut slow, Admission::First)
+                self.segment_part(&metadata, index, within, &mut slow, self.first_admission())
                     .await?,
             ),
             None => None,
@@ -213,7 +148,7 @@ impl BlobClient {
             while let Some(read) = reads.next().await {
                 match read {
                     Ok(part) => {
-                        for chunk in part.chunks() {
+                        for chunk in part.parts().iter().cloned() {
                             counted(chunk.len() as u64);
                             if tx.send(Ok(chunk)).await.is_err() {
                                 return; // the reader went away
@@ -237,22 +172,36 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_segments_reservation_is_given_back_only_once_its_last_chunk_is_dropped() {
-        let budget = super::super::memory_budget::MemoryBudget::new(8 << 20);
-        let part = HeldPart {
-            data: SegmentData::from_parts([Bytes::from(vec![1u8; 10]), Bytes::from(vec![2u8; 5])]),
-            held: Some(std::sync::Arc::new(budget.reserve(3 << 20).await)),
-        };
-        let chunks: Vec<Bytes> = part.chunks().collect();
-        assert_eq!(&chunks[0][..], &[1u8; 10]);
-        assert_eq!(&chunks[1][..], &[2u8; 5]);
+    async fn a_fetchs_rows_each_carry_their_share_until_their_last_slice_is_dropped() {
+        let budget = MemoryBudget::new(8 << 20);
+        let mut reserved = Some(budget.reserve(2 << 20).await);
+        let (first, first_share) = carry(&mut reserved, 1 << 20, Bytes::from(vec![1u8; 10]));
+        let (second, _) = carry(&mut reserved, 1 << 20, Bytes::from(vec![2u8; 5]));
+        assert_eq!(reserved.as_ref().unwrap().bytes(), 0, "all handed out");
+        drop(reserved);
+        let part = SegmentData::from_parts([first, second]).slice(5..12);
+        assert_eq!(&part.parts()[0][..], &[1u8; 5]);
+        assert_eq!(&part.parts()[1][..], &[2u8; 2]);
+        let mut chunks: Vec<Bytes> = part.parts().to_vec();
         drop(part);
-        let mut chunks = chunks.into_iter();
-        let first = chunks.next().unwrap();
+        assert_eq!(budget.in_use(), 2 << 20, "both rows are on their way");
+        assert!(first_share.upgrade().is_some(), "the first row is held");
+        let second_chunk = chunks.pop().unwrap();
+        drop(second_chunk);
+        assert_eq!(budget.in_use(), 1 << 20, "the second row is gone");
         drop(chunks);
-        assert_eq!(budget.in_use(), 3 << 20, "one chunk is still on its way");
-        drop(first);
         assert_eq!(budget.in_use(), 0);
+        assert!(
+            first_share.upgrade().is_none(),
+            "a cache remembering the share sees it ended"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_budget_rows_carry_nothing() {
+        let mut reserved = None;
+        let (row, _) = carry(&mut reserved, 1 << 20, Bytes::from_static(b"row"));
+        assert_eq!(&row[..], b"row");
     }
 
     #[test]

@@ -4,18 +4,22 @@
 //! that one), or fetches it: the aws cli's ten concurrent ranges of one
 //! object fetch each row once, not once per range. A read in flight runs
 //! as a task of its own, so it finishes for those waiting on it when the
-//! one that started it goes away (its client hung up).
+//! one that started it goes away (its client hung up). With a read
+//! budget, the rows a read fetches reserve their bytes and carry them to
+//! everyone sharing them, the cache included (`client::read_budget`).
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 
 use super::blob_client::{BlobClient, BlobIoError};
+use super::memory_budget::{held_by, MemoryBudget, MemoryReservation};
 use super::read::SlowNodes;
-use super::row_read::{ReadRows, RowSource};
+use super::read_budget::{carry, Admission};
+use super::row_read::{segment_layout, ReadRows, RowSource};
 use super::segment_cache::{RowKey, SegmentCache};
 use crate::codec::{BlobId, BlobMetadata};
 
@@ -54,7 +58,9 @@ impl SharedReads {
 
     /// Rows `needed` of segment `index`, in order: from the cache, from
     /// reads in flight, and the rest fetched by `client` in a read others
-    /// may join. `slow` gains the nodes found slow by the reads it waited on.
+    /// may join, whose rows reserve their bytes from the client's read
+    /// budget first (waiting as `admission` allows). `slow` gains the
+    /// nodes found slow by the reads it waited on.
     pub(super) async fn rows(
         self: &Arc<Self>,
         client: &BlobClient,
@@ -62,64 +68,37 @@ impl SharedReads {
         index: u32,
         needed: Range<u16>,
         slow: &mut SlowNodes,
+        admission: Admission,
     ) -> Result<Vec<Bytes>, BlobIoError> {
         let blob = metadata.blob_id();
-        let key = |row| RowKey {
-            blob,
-            segment: index,
-            row,
+        let layout = segment_layout(metadata, index)?;
+        let row_bytes = MemoryBudget::rounded(layout.primary_sliver_len() as u64);
+        let mut reserved = None;
+        let Plan {
+            mut have,
+            waits,
+            own,
+        } = loop {
+            match self.plan(
+                client,
+                metadata,
+                index,
+                needed.clone(),
+                slow,
+                row_bytes,
+                &mut reserved,
+            ) {
+                Ok(plan) => break plan,
+                Err(wanted) => {
+                    // Nothing held while waiting: reads that each held a
+                    // part and waited for the rest could wait on each other.
+                    drop(reserved.take());
+                    reserved = client.reserve_rows(wanted, admission).await?;
+                }
+            }
         };
-        let mut have: ReadRows = ReadRows::new();
-        // Each read waited on, and the rows taken from it.
-        let mut waits: Vec<(u64, Shared<BoxFuture<'static, SharedOutcome>>, Vec<u16>)> = Vec::new();
-        let mut own = None;
-        {
-            let mut in_flight = self.in_flight.lock().expect("not poisoned");
-            let mut missing = Vec::new();
-            for row in needed.clone() {
-                if let Some(bytes) = self.cache.get(key(row)) {
-                    have.insert(row, bytes);
-                    continue;
-                }
-                let joined = in_flight
-                    .by_segment
-                    .get(&(blob, index))
-                    .and_then(|reads| reads.iter().find(|r| r.rows.contains(&row)));
-                match joined {
-                    Some(read) => {
-                        match waits.iter_mut().find(|(number, ..)| *number == read.number) {
-                            Some((.., rows)) => rows.push(row),
-                            None => waits.push((read.number, read.outcome.clone(), vec![row])),
-                        }
-                    }
-                    None => missing.push(row),
-                }
-            }
-            client.count_rows(RowSource::Cache, have.len());
-            if !missing.is_empty() {
-                in_flight.started += 1;
-                let number = in_flight.started;
-                let outcome = self.start(
-                    client,
-                    metadata,
-                    index,
-                    missing.clone(),
-                    slow.clone(),
-                    number,
-                );
-                in_flight
-                    .by_segment
-                    .entry((blob, index))
-                    .or_default()
-                    .push(InFlight {
-                        number,
-                        rows: missing.clone(),
-                        outcome: outcome.clone(),
-                    });
-                waits.push((number, outcome, missing));
-                own = Some(number);
-            }
-        }
+        drop(reserved);
+        client.count_rows(RowSource::Cache, have.len());
         for (number, outcome, taking) in waits {
             match outcome.await {
                 Ok(read) => {
@@ -148,8 +127,116 @@ impl SharedReads {
             .collect()
     }
 
+    /// Where each of rows `needed` comes from: the cache, a read in flight,
+    /// or a read started here for the rest, which takes its rows' bytes
+    /// (`row_bytes` each) out of `reserved`. `Err` with the bytes to
+    /// reserve when `reserved` holds too few (nothing is started then).
+    #[allow(clippy::too_many_arguments)]
+    fn plan(
+        self: &Arc<Self>,
+        client: &BlobClient,
+        metadata: &BlobMetadata,
+        index: u32,
+        needed: Range<u16>,
+        slow: &SlowNodes,
+        row_bytes: u64,
+        reserved: &mut Option<MemoryReservation>,
+    ) -> Result<Plan, u64> {
+        let blob = metadata.blob_id();
+        let key = |row| RowKey {
+            blob,
+            segment: index,
+            row,
+        };
+        let mut plan = Plan {
+            have: ReadRows::new(),
+            waits: Vec::new(),
+            own: None,
+        };
+        let mut in_flight = self.in_flight.lock().expect("not poisoned");
+        let mut missing = Vec::new();
+        // Kept rows no reader holds any more: reserved again here.
+        let mut unheld = Vec::new();
+        let budget = client.read_budget_bytes();
+        for row in needed {
+            if let Some(cached) = self.cache.get(key(row)) {
+                match (budget, cached.share.upgrade()) {
+                    (None, _) => plan.have.insert(row, cached.bytes),
+                    (Some(_), Some(share)) => plan.have.insert(row, held_by(cached.bytes, share)),
+                    (Some(_), None) => {
+                        unheld.push((row, cached.bytes));
+                        continue;
+                    }
+                };
+                continue;
+            }
+            let joined = in_flight
+                .by_segment
+                .get(&(blob, index))
+                .and_then(|reads| reads.iter().find(|r| r.rows.contains(&row)));
+            match joined {
+                Some(read) => match plan
+                    .waits
+                    .iter_mut()
+                    .find(|(number, ..)| *number == read.number)
+                {
+                    Some((.., rows)) => rows.push(row),
+                    None => plan
+                        .waits
+                        .push((read.number, read.outcome.clone(), vec![row])),
+                },
+                None => missing.push(row),
+            }
+        }
+        if let Some(budget) = budget {
+            // Rows above the whole budget take the whole budget.
+            let wanted = (row_bytes * (missing.len() + unheld.len()) as u64).min(budget);
+            let held = reserved.as_ref().map_or(0, MemoryReservation::bytes);
+            if held < wanted {
+                return Err(wanted);
+            }
+        }
+        for (row, bytes) in unheld {
+            let (held, share) = carry(reserved, row_bytes, bytes);
+            self.cache.renew(key(row), share);
+            plan.have.insert(row, held);
+        }
+        if missing.is_empty() {
+            return Ok(plan);
+        }
+        let fetch_bytes = row_bytes * missing.len() as u64;
+        let fetch_reservation = reserved
+            .as_mut()
+            .and_then(|r| r.split_off(fetch_bytes))
+            .or_else(|| reserved.take());
+        in_flight.started += 1;
+        let number = in_flight.started;
+        let outcome = self.start(
+            client,
+            metadata,
+            index,
+            missing.clone(),
+            slow.clone(),
+            number,
+            (fetch_reservation, row_bytes),
+        );
+        in_flight
+            .by_segment
+            .entry((blob, index))
+            .or_default()
+            .push(InFlight {
+                number,
+                rows: missing.clone(),
+                outcome: outcome.clone(),
+            });
+        plan.waits.push((number, outcome, missing));
+        plan.own = Some(number);
+        Ok(plan)
+    }
+
     /// Starts a task reading `rows`, which keeps what it read and leaves
     /// the reads in flight when it ends.
+    #[allow(clippy::too_many_arguments)]
     fn start(
         self: &Arc<Self>,
         client: &BlobClient,
@@ -158,6 +245,7 @@ impl SharedReads {
         rows: Vec<u16>,
         mut slow: SlowNodes,
         number: u64,
+        (mut reserved, row_bytes): (Option<MemoryReservation>, u64),
     ) -> Shared<BoxFuture<'static, SharedOutcome>> {
         let (shared, client, metadata) = (self.clone(), client.clone(), metadata.clone());
         let blob = metadata.blob_id();
@@ -168,19 +256,31 @@ impl SharedReads {
                 key: (blob, index),
                 number,
             };
-            let outcome = client.fetch_rows(&metadata, index, &rows, &mut slow).await;
-            if let Ok(read) = &outcome {
-                for (row, bytes) in read {
-                    shared.cache.put(
-                        RowKey {
-                            blob,
-                            segment: index,
-                            row: *row,
-                        },
-                        bytes.clone(),
-                    );
-                }
-            }
+            let key = |row| RowKey {
+                blob,
+                segment: index,
+                row,
+            };
+            let outcome = client
+                .fetch_rows(&metadata, index, &rows, &mut slow)
+                .await
+                .map(|read| {
+                    // The rows asked for carry the fetch's reservation to
+                    // their readers; the cache keeps every row without it
+                    // (the others of a whole segment read too).
+                    let mut asked = ReadRows::new();
+                    for (row, bytes) in read {
+                        if rows.contains(&row) {
+                            let (held, share) = carry(&mut reserved, row_bytes, bytes.clone());
+                            shared.cache.put(key(row), bytes, share);
+                            asked.insert(row, held);
+                        } else {
+                            shared.cache.put(key(row), bytes, Weak::new());
+                        }
+                    }
+                    asked
+                });
+            drop(reserved);
             outcome.map(|rows| Arc::new((rows, slow))).map_err(Arc::new)
         });
         async move {
@@ -195,6 +295,15 @@ impl SharedReads {
         .boxed()
         .shared()
     }
+}
+
+/// Where the rows of one read come from: kept rows, reads in flight
+/// waited on (with the rows taken from each), and the number of the one it
+/// started, if any.
+struct Plan {
+    have: ReadRows,
+    waits: Vec<(u64, Shared<BoxFuture<'static, SharedOutcome>>, Vec<u16>)>,
+    own: Option<u64>,
 }
 
 /// Removes a read from the reads in flight when dropped.

@@ -3,16 +3,17 @@
 //! read. A reader that stops reading holds its share until it is cut off;
 //! a read that finds the budget spent waits, then gets 503 with
 //! Retry-After before anything is sent; readers under way share the
-//! budget and all finish.
+//! budget and all finish. Rows held by one reader are shared by the
+//! others and counted once.
 
 use crate::dev_fleet::{all_ready, pseudo_random, DevFleet};
 use crate::limits::{gateway_metrics, gateway_process, wait_for_metric};
 use crate::procs::Process;
 use crate::within;
 
-/// A whole segment of these fleets (1 MiB at n = 7: three rows of a
-/// little over a third of a MiB) reserves 2 MiB, the budget's unit being
-/// the MiB: a budget of 2 MiB holds one segment at a time.
+/// A whole segment of these fleets (1 MiB at n = 7) is three rows of a
+/// little over a third of a MiB (1056 KiB reserved, in 4 KiB pages): a
+/// budget of 2 MiB holds one segment at a time.
 const ONE_SEGMENT: &str = "2MiB";
 
 /// The gateway's counter of blob bytes sent to readers.
@@ -150,6 +151,49 @@ async fn a_stalled_reader_holds_at_most_the_read_budget_others_get_503_and_it_is
         .unwrap();
     assert_eq!(again.status(), 200);
     assert!(again.bytes().await.unwrap() == data[..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_of_rows_another_reader_holds_shares_them_and_is_served_while_the_budget_is_spent() {
+    let (fleet, _spool, _gateway, url) =
+        fleet_and_gateway(&["--read-memory", ONE_SEGMENT, "--read-wait-secs", "3"]).await;
+    let http = fleet.http.clone();
+    let (data, blob_url) = put_large_blob(&http, &url, 700).await;
+    let (_, other_url) = put_large_blob(&http, &url, 701).await;
+    let stalled = within("a GET's headers", http.get(&blob_url).send())
+        .await
+        .unwrap();
+    assert_eq!(stalled.status(), 200);
+    wait_until_sending_stops(&http, &url).await;
+    wait_for_metric(
+        &http,
+        &url,
+        "redstuff_gateway_read_memory_reserved_bytes 2097152",
+    )
+    .await;
+
+    // The last bytes handed out are still on their way to the stalled
+    // reader (the gateway writes in order), so their row is held: a read
+    // of them shares it, reserving nothing, and is served at once.
+    let sent = bytes_sent(&http, &url).await as usize;
+    let ranged = within(
+        "a range GET of rows another reader holds",
+        http.get(&blob_url)
+            .header("range", format!("bytes={}-{}", sent - 1000, sent - 1))
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ranged.status(), 206);
+    assert!(ranged.bytes().await.unwrap() == data[sent - 1000..sent]);
+
+    // The budget is still spent: a read of rows nobody holds is refused.
+    let refused = within("a GET of another blob", http.get(&other_url).send())
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    drop(stalled);
+    wait_for_metric(&http, &url, "redstuff_gateway_read_memory_reserved_bytes 0").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
