@@ -76,6 +76,25 @@ async fn put_large_blob(http: &reqwest::Client, url: &str, seed: u64) -> (Vec<u8
     (data, format!("{url}/v1/blobs/{id}"))
 }
 
+/// A reader of `blob_url` that takes the headers and then reads nothing
+/// more: once the sockets are full, its read holds the whole budget of
+/// `ONE_SEGMENT` (and no more), the segment being sent and the next one
+/// waiting for what is left.
+async fn stall_a_reader(http: &reqwest::Client, url: &str, blob_url: &str) -> reqwest::Response {
+    let stalled = within("a GET's headers", http.get(blob_url).send())
+        .await
+        .unwrap();
+    assert_eq!(stalled.status(), 200);
+    wait_until_sending_stops(http, url).await;
+    wait_for_metric(
+        http,
+        url,
+        "redstuff_gateway_read_memory_reserved_bytes 2097152",
+    )
+    .await;
+    stalled
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_reader_holds_at_most_the_read_budget_others_get_503_and_it_is_given_back_when_the_reader_is_cut_off(
 ) {
@@ -89,24 +108,12 @@ async fn a_stalled_reader_holds_at_most_the_read_budget_others_get_503_and_it_is
     )
     .await;
     let (data, blob_url) = put_large_blob(&http, &url, 500).await;
+    let (_, other_url) = put_large_blob(&http, &url, 501).await;
+    let stalled = stall_a_reader(&http, &url, &blob_url).await;
 
-    // A reader takes the headers and then reads nothing more: its read
-    // holds the whole budget (and no more) once the sockets are full.
-    let stalled = within("a GET's headers", http.get(&blob_url).send())
-        .await
-        .unwrap();
-    assert_eq!(stalled.status(), 200);
-    wait_until_sending_stops(&http, &url).await;
-    wait_for_metric(
-        &http,
-        &url,
-        "redstuff_gateway_read_memory_reserved_bytes 2097152",
-    )
-    .await;
-
-    // Another read waits for the budget, then is told to come back,
-    // before any of the blob is sent.
-    let refused = within("a GET past the read budget", http.get(&blob_url).send())
+    // A read of rows nobody holds waits for the budget, then is told to
+    // come back, before any of the blob is sent.
+    let refused = within("a GET past the read budget", http.get(&other_url).send())
         .await
         .unwrap();
     assert_eq!(refused.status(), 503);
@@ -116,7 +123,7 @@ async fn a_stalled_reader_holds_at_most_the_read_budget_others_get_503_and_it_is
     // A range read waits the same way: it too needs a row in memory.
     let ranged = within(
         "a range GET past the read budget",
-        http.get(&blob_url).header("range", "bytes=0-9").send(),
+        http.get(&other_url).header("range", "bytes=0-9").send(),
     )
     .await
     .unwrap();
@@ -160,17 +167,7 @@ async fn a_read_of_rows_another_reader_holds_shares_them_and_is_served_while_the
     let http = fleet.http.clone();
     let (data, blob_url) = put_large_blob(&http, &url, 700).await;
     let (_, other_url) = put_large_blob(&http, &url, 701).await;
-    let stalled = within("a GET's headers", http.get(&blob_url).send())
-        .await
-        .unwrap();
-    assert_eq!(stalled.status(), 200);
-    wait_until_sending_stops(&http, &url).await;
-    wait_for_metric(
-        &http,
-        &url,
-        "redstuff_gateway_read_memory_reserved_bytes 2097152",
-    )
-    .await;
+    let stalled = stall_a_reader(&http, &url, &blob_url).await;
 
     // The last bytes handed out are still on their way to the stalled
     // reader (the gateway writes in order), so their row is held: a read
