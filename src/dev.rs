@@ -84,6 +84,9 @@ pub struct DevConfig {
     pub read_memory_bytes: u64,
     /// How long a read waits for its first segment's share of that memory.
     pub read_wait: std::time::Duration,
+    /// How long a response of the gateway or S3 may make no progress
+    /// before its connection ends.
+    pub client_stall: std::time::Duration,
     /// The S3 front, if any.
     pub s3: Option<DevS3>,
     /// Whether nodes serve their API over TLS, with a certificate from a
@@ -147,6 +150,7 @@ impl DevConfig {
             upload_memory_bytes: crate::client::memory_budget::DEFAULT_UPLOAD_MEMORY,
             read_memory_bytes: crate::client::memory_budget::DEFAULT_READ_MEMORY,
             read_wait: crate::gateway::DEFAULT_READ_WAIT,
+            client_stall: crate::stalled_clients::DEFAULT_CLIENT_STALL,
             s3: None,
             tls: false,
         }
@@ -411,6 +415,7 @@ pub async fn run(
         upload_memory_bytes: config.upload_memory_bytes,
         read_memory_bytes: config.read_memory_bytes,
         read_wait: config.read_wait,
+        client_stall: config.client_stall,
         nodes_ca: nodes_ca.clone(),
         tls: tls
             .as_ref()

@@ -295,6 +295,11 @@ struct DevArgs {
     /// before it gets 503 (0: refused at once).
     #[arg(long, default_value = "10", value_parser = redstuff::units::parse_seconds)]
     read_wait_secs: std::time::Duration,
+    /// Seconds a response of the gateway or S3 may make no progress (its
+    /// client reads nothing) before its connection ends, giving back what
+    /// it held (more than 0).
+    #[arg(long, default_value = "60", value_parser = redstuff::units::parse_positive_seconds)]
+    client_stall_secs: std::time::Duration,
     /// The S3 endpoint's address. Keys come from REDSTUFF_S3_ACCESS_KEY and
     /// REDSTUFF_S3_SECRET_KEY when set, else from DATA_DIR/s3-credentials
     /// (generated at first start); further profiles in that file are
@@ -460,8 +465,8 @@ struct GatewayArgs {
     read_wait_secs: std::time::Duration,
     /// Seconds a response may make no progress (its client reads nothing)
     /// before its connection ends, giving back what it held (a GET's share
-    /// of --read-memory); the native API and S3 alike.
-    #[arg(long, default_value = "60", value_parser = redstuff::units::parse_seconds)]
+    /// of --read-memory); the native API and S3 alike (more than 0).
+    #[arg(long, default_value = "60", value_parser = redstuff::units::parse_positive_seconds)]
     client_stall_secs: std::time::Duration,
     /// File of cluster tokens (the first is sent to nodes); re-read while
     /// the gateway runs.
@@ -1024,6 +1029,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         upload_memory_bytes: args.upload_memory,
         read_memory_bytes: args.read_memory,
         read_wait: args.read_wait_secs,
+        client_stall: args.client_stall_secs,
         s3: (!args.no_s3).then(|| redstuff::dev::DevS3 {
             addr: args.s3_addr,
             keys: s3_keys_from_env(),

@@ -14,6 +14,15 @@ pub fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
     std::time::Duration::try_from_secs_f64(value).map_err(|_| invalid())
 }
 
+/// Parses a number of seconds that must be more than 0 (a bound that
+/// would end everything at once).
+pub fn parse_positive_seconds(text: &str) -> Result<std::time::Duration, String> {
+    match parse_seconds(text)? {
+        std::time::Duration::ZERO => Err(format!("{text:?} seconds: must be more than 0")),
+        seconds => Ok(seconds),
+    }
+}
+
 /// Formats a byte count with a binary unit, e.g. `64.0 MiB`.
 pub fn format_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -59,6 +68,22 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn positive_seconds_refuse_zero_and_take_the_rest() {
+        use std::time::Duration;
+        assert_eq!(
+            parse_positive_seconds("60").unwrap(),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            parse_positive_seconds("0.5").unwrap(),
+            Duration::from_millis(500)
+        );
+        let zero = parse_positive_seconds("0").unwrap_err();
+        assert!(zero.contains("more than 0"), "{zero}");
+        assert!(parse_positive_seconds("-1").is_err());
     }
 
     #[test]

@@ -353,3 +353,36 @@ async fn reads_go_on_with_f_nodes_answering_garbage() {
     }
     assert!(!metrics.contains("redstuff_peer_invalid_responses_total{node=\"node-0\"}"));
 }
+
+#[test]
+fn a_client_stall_bound_of_zero_seconds_is_refused_before_anything_starts() {
+    let data_dir = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["dev", "--client-stall-secs", "0", "--data-dir"],
+        vec![
+            "gateway",
+            "--fleet",
+            "fleet.json",
+            "--cluster-token-file",
+            "t",
+            "--user-tokens-file",
+            "u",
+            "--client-stall-secs",
+            "0",
+            "--spool-dir",
+        ],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_redstuff"))
+            .args(&args)
+            .arg(data_dir.path().join("never"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("must be more than 0"), "{stderr}");
+        assert!(
+            !data_dir.path().join("never").exists(),
+            "{args:?} made its directory"
+        );
+    }
+}

@@ -151,6 +151,12 @@ pub struct GatewaySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"))]
     pub read_memory: Option<String>,
+    /// Seconds a response may make no progress (its client reads nothing)
+    /// before the gateway ends its connection, giving back the read
+    /// memory it held (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub client_stall_seconds: Option<u32>,
     /// Size of the scratch volume S3 uploads are kept on while their
     /// checksums are checked, e.g. 20Gi (default: no limit, the Kubernetes
     /// node's disk). The gateway answers SlowDown before it fills.

@@ -60,6 +60,14 @@ pub fn gateway_sizing(spec: Option<&GatewaySpec>) -> Result<GatewaySizing, Strin
             .args
             .extend(["--read-memory".into(), bytes.to_string()]);
     }
+    if let Some(seconds) = spec.client_stall_seconds {
+        if seconds == 0 {
+            return Err("gateway.clientStallSeconds must be at least 1".into());
+        }
+        sizing
+            .args
+            .extend(["--client-stall-secs".into(), seconds.to_string()]);
+    }
     if let Some(spool) = &spec.spool_size {
         let bytes = size("spoolSize", spool)?;
         let usable = (bytes as f64 * SPOOL_SHARE) as u64;
@@ -90,6 +98,7 @@ mod tests {
             max_uploads: Some(16),
             upload_memory: Some("4Gi".into()),
             read_memory: Some("512Mi".into()),
+            client_stall_seconds: Some(30),
             spool_size: Some("10Gi".into()),
             ..GatewaySpec::default()
         };
@@ -103,6 +112,8 @@ mod tests {
                 &(4u64 << 30).to_string(),
                 "--read-memory",
                 &(512u64 << 20).to_string(),
+                "--client-stall-secs",
+                "30",
                 "--max-spool",
                 &((10u64 << 30) as f64 * 0.9).floor().to_string(),
             ]
@@ -143,6 +154,13 @@ mod tests {
                     ..GatewaySpec::default()
                 },
                 "gateway.maxUploads",
+            ),
+            (
+                GatewaySpec {
+                    client_stall_seconds: Some(0),
+                    ..GatewaySpec::default()
+                },
+                "gateway.clientStallSeconds",
             ),
         ] {
             let error = gateway_sizing(Some(&spec)).unwrap_err();
