@@ -619,8 +619,10 @@ struct FleetArgs {
     /// Segment size.
     #[arg(long, default_value_t = DEFAULT_SEGMENT_SIZE, value_parser = parse_bytes)]
     segment_size: u64,
-    /// Also put, then get, this many different blobs of --size at once
-    /// (aggregate throughput and the gateway's peak memory); 1 skips it.
+    /// Also put, then get, this many different blobs of --size at once,
+    /// then get one of them by as many clients at once (aggregate
+    /// throughput, rows fetched and shared, and the gateway's peak
+    /// memory); 1 skips it.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     clients: u32,
     /// The gateway's upload memory budget (as `redstuff dev

@@ -99,51 +99,14 @@ pub struct FleetBenchReport {
     /// Bytes a repair that re-reads whole blobs would move.
     pub naive_repair_bytes: u64,
     /// Several clients at once, when asked for.
-    pub concurrent: Option<ConcurrentReport>,
+    pub concurrent: Option<super::concurrent::ConcurrentReport>,
     /// Small operations with one node stopped, against the same with
     /// every node answering.
     pub hung_node: super::hung_node::HungNodeReport,
 }
 
-/// Several clients putting, then getting, different blobs at once.
-#[derive(Debug, Clone, Serialize)]
-pub struct ConcurrentReport {
-    /// Clients.
-    pub clients: usize,
-    /// Blob bytes each put and got.
-    pub size: u64,
-    /// All PUTs together, MB/s of blob.
-    pub put_mb_per_s: f64,
-    /// All GETs together, MB/s of blob.
-    pub get_mb_per_s: f64,
-    /// PUTs answered 503 (every upload slot taken) and retried.
-    pub put_retries: u64,
-    /// The gateway's process: resident memory before, and at its peak
-    /// during the concurrent puts and gets.
-    pub rss_before_bytes: u64,
-    /// See `rss_before_bytes`.
-    pub rss_peak_bytes: u64,
-    /// The peak while the puts ran.
-    pub rss_peak_puts_bytes: u64,
-    /// The gateway's upload memory budget (`--upload-memory`): what the
-    /// segments of all uploads may hold together.
-    pub upload_memory_bytes: u64,
-    /// Whether the peak during the puts stayed within the memory before
-    /// plus the upload memory budget.
-    pub puts_within_upload_memory: bool,
-    /// Resident memory when the gets began.
-    pub rss_before_gets_bytes: u64,
-    /// The peak while the gets ran.
-    pub rss_peak_gets_bytes: u64,
-    /// The gateway's read memory budget (`--read-memory`): what the rows
-    /// of all reads may hold together.
-    pub read_memory_bytes: u64,
-    /// Whether the peak during the gets stayed within the memory when they
-    /// began plus the read memory budget.
-    pub gets_within_read_memory: bool,
-}
-
-fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
+/// MB/s of `bytes` moved in `elapsed`.
+pub(super) fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / elapsed.as_secs_f64().max(1e-9) / 1e6
 }
 
@@ -377,14 +340,14 @@ fn read_like_nodes(
 
 type Measured = (
     SingleBlob,
-    Option<ConcurrentReport>,
+    Option<super::concurrent::ConcurrentReport>,
     super::hung_node::HungNodeReport,
     (u64, u64, Duration, u64),
 );
 
 /// PUTs the file at `path` through the gateway, retrying while every
 /// upload slot is taken; returns the blob id and the retries.
-async fn put_file(
+pub(super) async fn put_file(
     http: &reqwest::Client,
     gateway: &str,
     path: &std::path::Path,
@@ -421,7 +384,7 @@ async fn put_file(
 
 /// What a GET's body must be.
 #[derive(Clone, Copy)]
-enum Expected<'a> {
+pub(super) enum Expected<'a> {
     /// Exactly these bytes, compared as they arrive (a fraction of the
     /// cost of hashing them, which the GET measured would share its cores
     /// with).
@@ -431,7 +394,7 @@ enum Expected<'a> {
 }
 
 /// GETs a blob and checks its body is `expected`.
-async fn get_checked(
+pub(super) async fn get_checked(
     http: &reqwest::Client,
     gateway: &str,
     id: &str,
@@ -465,93 +428,6 @@ async fn get_checked(
     };
     anyhow::ensure!(whole, "the blob read back differs");
     Ok(())
-}
-
-/// `clients` different blobs put at once, then got at once, while the
-/// gateway's (this process's) resident memory is watched.
-async fn measure_concurrent(
-    options: &FleetBenchOptions,
-    http: &reqwest::Client,
-    gateway: &str,
-    dir: &std::path::Path,
-    log: &mut impl FnMut(&str),
-) -> anyhow::Result<ConcurrentReport> {
-    let clients = options.clients;
-    let mut files = Vec::new();
-    for client in 0..clients {
-        let mut data = vec![0u8; options.size as usize];
-        super::fill(&mut data, 1000 + client as u64);
-        let path = dir.join(format!("client-{client}"));
-        super::write_input(&path, &data)?;
-        files.push((path, blake3::hash(&data)));
-    }
-    let rss_before = super::memory::current_rss_bytes().unwrap_or(0);
-    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(rss_before));
-    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let watcher = {
-        let (peak, watching) = (peak.clone(), watching.clone());
-        tokio::spawn(async move {
-            while watching.load(std::sync::atomic::Ordering::Relaxed) {
-                let now = super::memory::current_rss_bytes().unwrap_or(0);
-                peak.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
-    let start = Instant::now();
-    let puts =
-        futures_util::future::join_all(files.iter().map(|(path, _)| put_file(http, gateway, path)))
-            .await;
-    let put_time = start.elapsed();
-    let peak_puts = peak.load(std::sync::atomic::Ordering::Relaxed);
-    let mut ids = Vec::new();
-    let mut retries = 0;
-    for put in puts {
-        let (id, r) = put?;
-        ids.push(id);
-        retries += r;
-    }
-    let rss_before_gets = super::memory::current_rss_bytes().unwrap_or(0);
-    let peak_before_gets = peak.swap(rss_before_gets, std::sync::atomic::Ordering::Relaxed);
-    let start = Instant::now();
-    let gets = futures_util::future::join_all(
-        ids.iter()
-            .zip(&files)
-            .map(|(id, (_, hash))| get_checked(http, gateway, id, Expected::Hash(*hash))),
-    )
-    .await;
-    let get_time = start.elapsed();
-    watching.store(false, std::sync::atomic::Ordering::Relaxed);
-    let _ = watcher.await;
-    let peak_gets = peak.load(std::sync::atomic::Ordering::Relaxed);
-    for get in gets {
-        get?;
-    }
-    for (path, _) in &files {
-        let _ = std::fs::remove_file(path);
-    }
-    let total = options.size * clients as u64;
-    let report = ConcurrentReport {
-        clients,
-        size: options.size,
-        put_mb_per_s: mb_per_s(total, put_time),
-        get_mb_per_s: mb_per_s(total, get_time),
-        put_retries: retries,
-        rss_before_bytes: rss_before,
-        rss_peak_bytes: peak_before_gets.max(peak_gets),
-        rss_peak_puts_bytes: peak_puts,
-        upload_memory_bytes: options.upload_memory,
-        puts_within_upload_memory: peak_puts <= rss_before + options.upload_memory,
-        rss_before_gets_bytes: rss_before_gets,
-        rss_peak_gets_bytes: peak_gets,
-        read_memory_bytes: options.read_memory,
-        gets_within_read_memory: peak_gets <= rss_before_gets + options.read_memory,
-    };
-    log(&format!(
-        "{clients} clients: put {:.0} MB/s, get {:.0} MB/s together",
-        report.put_mb_per_s, report.get_mb_per_s
-    ));
-    Ok(report)
 }
 
 async fn measure(
@@ -614,7 +490,7 @@ async fn measure(
 
     let concurrent = if options.clients > 1 {
         let dir = blob_path.parent().expect("the blob sits in a directory");
-        Some(measure_concurrent(options, http, gateway, dir, log).await?)
+        Some(super::concurrent::measure(options, http, gateway, dir, log).await?)
     } else {
         None
     };
@@ -805,44 +681,7 @@ pub fn render_table(r: &FleetBenchReport) -> String {
         None,
     ));
     if let Some(c) = &r.concurrent {
-        out.push_str(&row(
-            &format!("{} clients at once: PUT", c.clients),
-            c.put_mb_per_s,
-            None,
-        ));
-        out.push_str(&row(
-            &format!("{} clients at once: GET", c.clients),
-            c.get_mb_per_s,
-            None,
-        ));
-        out.push_str(&format!(
-            "  gateway memory {} before; at its peak {} during the PUTs ({} the {} before plus the \
-             upload memory of {}), {} overall; {} PUTs waited for an upload slot\n",
-            format_bytes(c.rss_before_bytes),
-            format_bytes(c.rss_peak_puts_bytes),
-            if c.puts_within_upload_memory {
-                "within"
-            } else {
-                "OVER"
-            },
-            format_bytes(c.rss_before_bytes),
-            format_bytes(c.upload_memory_bytes),
-            format_bytes(c.rss_peak_bytes),
-            c.put_retries
-        ));
-        out.push_str(&format!(
-            "  gateway memory {} when the GETs began; at its peak {} during them ({} the {} plus \
-             the read memory of {})\n",
-            format_bytes(c.rss_before_gets_bytes),
-            format_bytes(c.rss_peak_gets_bytes),
-            if c.gets_within_read_memory {
-                "within"
-            } else {
-                "OVER"
-            },
-            format_bytes(c.rss_before_gets_bytes),
-            format_bytes(c.read_memory_bytes),
-        ));
+        out.push_str(&super::concurrent::render(c, &row));
     }
     out.push_str(&super::hung_node::render(&r.hung_node));
     out.push_str(&format!(

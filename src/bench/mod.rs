@@ -2,6 +2,7 @@
 //! against a baseline in the same run and reports ratios.
 
 pub mod codec;
+pub mod concurrent;
 pub mod cpu;
 pub mod faults;
 pub mod fleet;
