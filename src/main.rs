@@ -285,7 +285,7 @@ struct DevArgs {
     #[arg(long, default_value = "2GiB", value_parser = parse_bytes)]
     upload_memory: u64,
     /// Bytes of rows the gateway's reads may hold in memory together,
-    /// besides the cached rows (a 64 MiB segment read whole holds 64 MiB
+    /// besides cached rows no reader holds (a 64 MiB segment read whole holds 64 MiB
     /// until its last byte has left for the client; rows several readers
     /// hold count once); a read past it waits (--read-wait-secs for its
     /// first segment, then 503 with Retry-After).
@@ -453,7 +453,7 @@ struct GatewayArgs {
     #[arg(long, default_value = "2GiB", value_parser = parse_bytes)]
     upload_memory: u64,
     /// Bytes of rows the gateway's reads may hold in memory together,
-    /// besides the cached rows (a 64 MiB segment read whole holds 64 MiB
+    /// besides cached rows no reader holds (a 64 MiB segment read whole holds 64 MiB
     /// until its last byte has left for the client; rows several readers
     /// hold count once); a read past it waits (--read-wait-secs for its
     /// first segment, then 503 with Retry-After).

@@ -441,7 +441,7 @@ impl GatewayMetrics {
             read_memory_budget: gauge(
                 registry,
                 "redstuff_gateway_read_memory_budget_bytes",
-                "The read memory budget (--read-memory): what all reads may hold at once, besides the cached rows.",
+                "The read memory budget (--read-memory): what all reads may hold at once, besides cached rows no reader holds.",
             ),
             tls_certificate_expiry: gauge(
                 registry,

@@ -95,7 +95,7 @@ impl AsRef<[u8]> for Held {
 }
 
 impl MemoryBudget {
-    /// A budget of `bytes` (at least one MiB).
+    /// A budget of `bytes` (at least one unit, 4 KiB).
     pub fn new(bytes: u64) -> Self {
         let units = bytes.div_ceil(UNIT).clamp(1, u64::from(u32::MAX >> 3)) as u32;
         Self {

@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::blob_client::{BlobClient, BlobIoError};
 use super::memory_budget::MemoryBudget;
 use super::read::SlowNodes;
-use super::read_budget::{carry, Admission};
+use super::read_budget::{Admission, RowShares, Turn};
 use crate::codec::{row_span, rows_of, BlobMetadata, SegmentData};
 
 /// Segments read at once by one range read (fetched while the one before
@@ -61,38 +61,42 @@ impl BlobClient {
 
     /// Bytes `within` of segment `index`: only the rows they lie in, from
     /// the gateway's shared rows when the client has them; the rows this
-    /// read fetches itself reserve their bytes from the read budget first.
+    /// read fetches itself reserve their bytes from the read budget first,
+    /// once the segment before has its rows (`turn`).
     async fn segment_part(
         &self,
         metadata: &BlobMetadata,
-        index: u32,
-        within: Range<usize>,
+        (index, within): (u32, Range<usize>),
         slow: &mut SlowNodes,
         admission: Admission,
+        mut turn: Turn,
     ) -> Result<SegmentData, BlobIoError> {
         let layout = super::row_read::segment_layout(metadata, index)?;
         let rows = rows_of(&layout, within.clone());
         if rows.is_empty() {
             return Ok(SegmentData::default());
         }
+        turn.wait().await;
         let parts = match &self.segments {
             Some(shared) => {
                 shared
-                    .rows(self, metadata, index, rows.clone(), slow, admission)
+                    .rows(self, metadata, index, rows.clone(), slow, (admission, turn))
                     .await?
             }
             None => {
                 let row_bytes = MemoryBudget::rounded(layout.primary_sliver_len() as u64);
-                let mut reserved = self
+                let reserved = self
                     .reserve_rows(row_bytes * rows.len() as u64, admission)
                     .await?;
+                turn.pass();
+                let mut shares = RowShares::new(reserved, row_bytes, rows.len());
                 let wanted: Vec<u16> = rows.clone().collect();
                 let mut read = self.fetch_rows(metadata, index, &wanted, slow).await?;
                 wanted
                     .iter()
                     .map(|row| {
                         read.remove(row)
-                            .map(|bytes| carry(&mut reserved, row_bytes, bytes).0)
+                            .map(|bytes| shares.carry(bytes).0)
                             .ok_or_else(|| BlobIoError::Unreadable {
                                 id: metadata.blob_id(),
                                 segment: index,
@@ -120,24 +124,31 @@ impl BlobClient {
         let mut spans = spans.into_iter();
         let mut slow = SlowNodes::default();
         let first = match spans.next() {
-            Some((index, within)) => Some(
-                self.segment_part(&metadata, index, within, &mut slow, self.first_admission())
-                    .await?,
+            Some(span) => Some(
+                self.segment_part(
+                    &metadata,
+                    span,
+                    &mut slow,
+                    self.first_admission(),
+                    Turn::default(),
+                )
+                .await?,
             ),
             None => None,
         };
+        let turns = Turn::chain(spans.len());
         let client = self.clone();
         let slow = std::sync::Arc::new(std::sync::Mutex::new(slow));
         tokio::spawn(async move {
             // The next segment is fetched from the nodes while this one
-            // decodes: at most two in flight.
-            let rest = futures_util::stream::iter(spans)
-                .map(|(index, within)| {
+            // decodes: at most two in flight, taking the budget in order.
+            let rest = futures_util::stream::iter(spans.zip(turns))
+                .map(|(span, turn)| {
                     let (client, metadata, slow) = (client.clone(), metadata.clone(), slow.clone());
                     async move {
                         let mut seen = slow.lock().expect("not poisoned").clone();
                         let data = client
-                            .segment_part(&metadata, index, within, &mut seen, Admission::UnderWay)
+                            .segment_part(&metadata, span, &mut seen, Admission::UnderWay, turn)
                             .await;
                         slow.lock().expect("not poisoned").merge(seen);
                         data
@@ -145,7 +156,14 @@ impl BlobClient {
                 })
                 .buffered(READ_AHEAD_SEGMENTS);
             let mut reads = futures_util::stream::iter(first.map(Ok)).chain(rest);
-            while let Some(read) = reads.next().await {
+            loop {
+                // A reader that hung up gives back what was read ahead for
+                // it at once, not when its next segment comes.
+                let read = tokio::select! {
+                    read = reads.next() => read,
+                    _ = tx.closed() => return,
+                };
+                let Some(read) = read else { break };
                 match read {
                     Ok(part) => {
                         for chunk in part.parts().iter().cloned() {
@@ -174,11 +192,10 @@ mod tests {
     #[tokio::test]
     async fn a_fetchs_rows_each_carry_their_share_until_their_last_slice_is_dropped() {
         let budget = MemoryBudget::new(8 << 20);
-        let mut reserved = Some(budget.reserve(2 << 20).await);
-        let (first, first_share) = carry(&mut reserved, 1 << 20, Bytes::from(vec![1u8; 10]));
-        let (second, _) = carry(&mut reserved, 1 << 20, Bytes::from(vec![2u8; 5]));
-        assert_eq!(reserved.as_ref().unwrap().bytes(), 0, "all handed out");
-        drop(reserved);
+        let mut shares = RowShares::new(Some(budget.reserve(2 << 20).await), 1 << 20, 2);
+        let (first, first_share) = shares.carry(Bytes::from(vec![1u8; 10]));
+        let (second, _) = shares.carry(Bytes::from(vec![2u8; 5]));
+        drop(shares);
         let part = SegmentData::from_parts([first, second]).slice(5..12);
         assert_eq!(&part.parts()[0][..], &[1u8; 5]);
         assert_eq!(&part.parts()[1][..], &[2u8; 2]);
@@ -198,10 +215,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn rows_above_what_was_reserved_share_all_of_it_until_the_last_is_dropped() {
+        let budget = MemoryBudget::new(2 << 20);
+        let mut shares = RowShares::new(Some(budget.reserve(3 << 20).await), 1 << 20, 3);
+        let rows: Vec<Bytes> = (0..3u8)
+            .map(|i| shares.carry(Bytes::from(vec![i; 4])).0)
+            .collect();
+        drop(shares);
+        let mut rows = rows.into_iter();
+        drop(rows.next());
+        drop(rows.next());
+        assert_eq!(budget.in_use(), 2 << 20, "one row still holds it all");
+        drop(rows);
+        assert_eq!(budget.in_use(), 0);
+    }
+
+    #[tokio::test]
     async fn without_a_budget_rows_carry_nothing() {
-        let mut reserved = None;
-        let (row, _) = carry(&mut reserved, 1 << 20, Bytes::from_static(b"row"));
+        let (row, share) = RowShares::new(None, 1 << 20, 1).carry(Bytes::from_static(b"row"));
         assert_eq!(&row[..], b"row");
+        assert!(share.upgrade().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_segment_plans_only_once_the_one_before_has_its_rows() {
+        let mut turns = Turn::chain(2).into_iter();
+        let (mut first, mut second) = (turns.next().unwrap(), turns.next().unwrap());
+        first.wait().await;
+        let waiting = tokio::spawn(async move { second.wait().await });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "the first has not its rows yet");
+        first.pass();
+        waiting.await.unwrap();
+        // A segment that ends without passing (an error) lets the next go.
+        let (mut a, mut b) = {
+            let mut chain = Turn::chain(2).into_iter();
+            (chain.next().unwrap(), chain.next().unwrap())
+        };
+        a.wait().await;
+        drop(a);
+        b.wait().await;
     }
 
     #[test]

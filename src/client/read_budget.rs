@@ -70,23 +70,80 @@ impl BlobClient {
     }
 }
 
-/// `row` as its readers hold it, carrying its share (`row_bytes`) of a
-/// reservation taken out of `reserved` (the rest of it when less is
-/// left), and the share for the cache to remember. Without a budget
-/// (`None`) the row is returned as it is.
-pub(super) fn carry(
-    reserved: &mut Option<MemoryReservation>,
-    row_bytes: u64,
-    row: Bytes,
-) -> (Bytes, Weak<MemoryReservation>) {
-    match reserved {
-        None => (row, Weak::new()),
-        Some(reservation) => {
-            let share = reservation
-                .split_off(row_bytes)
-                .unwrap_or_else(|| std::mem::take(reservation));
-            let share = Arc::new(share);
-            (held_by(row, share.clone()), Arc::downgrade(&share))
+/// The shares of a reservation that rows carry: one per row when it
+/// covers them all, else one for all of them (rows above the whole budget
+/// hold all of it until the last of them is dropped).
+pub(super) struct RowShares {
+    per_row: Option<(MemoryReservation, u64)>,
+    all: Option<Arc<MemoryReservation>>,
+}
+
+impl RowShares {
+    /// The shares of `reserved` for `rows` rows of `row_bytes` each
+    /// (`None`: no budget, the rows carry nothing).
+    pub(super) fn new(reserved: Option<MemoryReservation>, row_bytes: u64, rows: usize) -> Self {
+        match reserved {
+            None => Self {
+                per_row: None,
+                all: None,
+            },
+            Some(r) if r.bytes() >= row_bytes * rows as u64 => Self {
+                per_row: Some((r, row_bytes)),
+                all: None,
+            },
+            Some(r) => Self {
+                per_row: None,
+                all: Some(Arc::new(r)),
+            },
         }
+    }
+
+    /// `row` as its readers hold it, carrying its share, and the share for
+    /// the cache to remember (never alive without a budget).
+    pub(super) fn carry(&mut self, row: Bytes) -> (Bytes, Weak<MemoryReservation>) {
+        let share = match (&mut self.per_row, &self.all) {
+            (Some((rest, row_bytes)), _) => Arc::new(
+                rest.split_off(*row_bytes)
+                    .unwrap_or_else(|| std::mem::take(rest)),
+            ),
+            (None, Some(all)) => all.clone(),
+            (None, None) => return (row, Weak::new()),
+        };
+        (held_by(row, share.clone()), Arc::downgrade(&share))
+    }
+}
+
+/// A read's place in the order its segments take the budget in: a
+/// segment waits for the one before it to have its rows (reserved, or
+/// joined from other reads) before it plans its own, so a segment read
+/// ahead never holds budget the one before it waits for.
+#[derive(Default)]
+pub(super) struct Turn {
+    before: Option<tokio::sync::oneshot::Receiver<()>>,
+    mine: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Turn {
+    /// The turns of `count` segments read in order.
+    pub(super) fn chain(count: usize) -> Vec<Turn> {
+        let mut turns: Vec<Turn> = (0..count).map(|_| Turn::default()).collect();
+        for i in 1..count {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            turns[i - 1].mine = Some(tx);
+            turns[i].before = Some(rx);
+        }
+        turns
+    }
+
+    /// Waits until the segment before has its rows (or gave up).
+    pub(super) async fn wait(&mut self) {
+        if let Some(before) = self.before.take() {
+            let _ = before.await;
+        }
+    }
+
+    /// Lets the next segment go on (also when dropped).
+    pub(super) fn pass(&mut self) {
+        self.mine.take();
     }
 }

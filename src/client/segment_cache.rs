@@ -92,20 +92,36 @@ impl SegmentCache {
     }
 
     /// Notes the share of the budget that now holds a kept row (its
-    /// readers' share had ended, and a new reader reserved it again).
-    pub fn renew(&self, key: RowKey, share: Weak<MemoryReservation>) {
+    /// readers' share had ended, and a new reader reserved `bytes` again),
+    /// if the row kept is still those bytes.
+    pub fn renew(&self, key: RowKey, bytes: &Bytes, share: Weak<MemoryReservation>) {
         if let Some((row, _)) = self.rows.lock().expect("not poisoned").by_key.get_mut(&key) {
-            row.share = share;
+            if row.bytes.as_ptr() == bytes.as_ptr() && row.bytes.len() == bytes.len() {
+                row.share = share;
+            }
+        }
+    }
+
+    /// Keeps the row, no reader's share with it, unless a row is kept
+    /// under its key already.
+    pub fn put_new(&self, key: RowKey, bytes: Bytes) {
+        let mut rows = self.rows.lock().expect("not poisoned");
+        if !rows.by_key.contains_key(&key) {
+            self.keep(&mut rows, key, bytes, Weak::new());
         }
     }
 
     /// Keeps the row, dropping the least recently used beyond the bound (a
     /// row larger than the bound is not kept).
     pub fn put(&self, key: RowKey, bytes: Bytes, share: Weak<MemoryReservation>) {
+        let mut rows = self.rows.lock().expect("not poisoned");
+        self.keep(&mut rows, key, bytes, share);
+    }
+
+    fn keep(&self, rows: &mut Rows, key: RowKey, bytes: Bytes, share: Weak<MemoryReservation>) {
         if bytes.len() > self.max_bytes {
             return;
         }
-        let mut rows = self.rows.lock().expect("not poisoned");
         rows.remove(&key);
         let stamp = rows.next_use;
         rows.next_use += 1;
@@ -176,9 +192,36 @@ mod tests {
             "no reader holds it any more"
         );
         let again = std::sync::Arc::new(MemoryReservation::default());
-        cache.renew(key(1, 0, 0), std::sync::Arc::downgrade(&again));
+        let kept = cache.get(key(1, 0, 0)).unwrap().bytes;
+        cache.renew(
+            key(1, 0, 0),
+            &Bytes::from(vec![1; 4]),
+            std::sync::Arc::downgrade(&again),
+        );
+        assert!(
+            cache.get(key(1, 0, 0)).unwrap().share.upgrade().is_none(),
+            "other bytes than the row kept renew nothing"
+        );
+        cache.renew(key(1, 0, 0), &kept, std::sync::Arc::downgrade(&again));
         assert!(cache.get(key(1, 0, 0)).unwrap().share.upgrade().is_some());
         assert_eq!(cache.held_bytes(), 4, "renewing keeps the same bytes");
+    }
+
+    #[test]
+    fn a_row_kept_only_if_new_never_replaces_one_kept() {
+        let cache = SegmentCache::new(10);
+        let held = std::sync::Arc::new(MemoryReservation::default());
+        cache.put(
+            key(1, 0, 0),
+            Bytes::from(vec![1; 4]),
+            std::sync::Arc::downgrade(&held),
+        );
+        cache.put_new(key(1, 0, 0), Bytes::from(vec![2; 4]));
+        let kept = cache.get(key(1, 0, 0)).unwrap();
+        assert_eq!(kept.bytes[..], [1; 4]);
+        assert!(kept.share.upgrade().is_some());
+        cache.put_new(key(1, 0, 1), Bytes::from(vec![3; 4]));
+        assert_eq!(cache.get(key(1, 0, 1)).unwrap().bytes[..], [3; 4]);
     }
 
     #[test]

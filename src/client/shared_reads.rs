@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
@@ -18,7 +18,7 @@ use futures_util::future::{BoxFuture, FutureExt, Shared};
 use super::blob_client::{BlobClient, BlobIoError};
 use super::memory_budget::{held_by, MemoryBudget, MemoryReservation};
 use super::read::SlowNodes;
-use super::read_budget::{carry, Admission};
+use super::read_budget::{Admission, RowShares, Turn};
 use super::row_read::{segment_layout, ReadRows, RowSource};
 use super::segment_cache::{RowKey, SegmentCache};
 use crate::codec::{BlobId, BlobMetadata};
@@ -59,8 +59,9 @@ impl SharedReads {
     /// Rows `needed` of segment `index`, in order: from the cache, from
     /// reads in flight, and the rest fetched by `client` in a read others
     /// may join, whose rows reserve their bytes from the client's read
-    /// budget first (waiting as `admission` allows). `slow` gains the
-    /// nodes found slow by the reads it waited on.
+    /// budget first (waiting as `admission` allows); `turn` passes once
+    /// the rows are had. `slow` gains the nodes found slow by the reads it
+    /// waited on.
     pub(super) async fn rows(
         self: &Arc<Self>,
         client: &BlobClient,
@@ -68,7 +69,7 @@ impl SharedReads {
         index: u32,
         needed: Range<u16>,
         slow: &mut SlowNodes,
-        admission: Admission,
+        (admission, mut turn): (Admission, Turn),
     ) -> Result<Vec<Bytes>, BlobIoError> {
         let blob = metadata.blob_id();
         let layout = segment_layout(metadata, index)?;
@@ -98,6 +99,7 @@ impl SharedReads {
             }
         };
         drop(reserved);
+        turn.pass();
         client.count_rows(RowSource::Cache, have.len());
         for (number, outcome, taking) in waits {
             match outcome.await {
@@ -188,27 +190,28 @@ impl SharedReads {
                 None => missing.push(row),
             }
         }
-        if let Some(budget) = budget {
-            // Rows above the whole budget take the whole budget.
-            let wanted = (row_bytes * (missing.len() + unheld.len()) as u64).min(budget);
-            let held = reserved.as_ref().map_or(0, MemoryReservation::bytes);
-            if held < wanted {
-                return Err(wanted);
+        let rows = missing.len() + unheld.len();
+        let exact = match budget {
+            None => None,
+            Some(budget) => {
+                // Rows above the whole budget take the whole budget.
+                let wanted = (row_bytes * rows as u64).min(budget);
+                let held = reserved.as_ref().map_or(0, MemoryReservation::bytes);
+                if held < wanted {
+                    return Err(wanted);
+                }
+                reserved.as_mut().and_then(|r| r.split_off(wanted))
             }
-        }
+        };
+        let mut shares = RowShares::new(exact, row_bytes, rows);
         for (row, bytes) in unheld {
-            let (held, share) = carry(reserved, row_bytes, bytes);
-            self.cache.renew(key(row), share);
+            let (held, share) = shares.carry(bytes.clone());
+            self.cache.renew(key(row), &bytes, share);
             plan.have.insert(row, held);
         }
         if missing.is_empty() {
             return Ok(plan);
         }
-        let fetch_bytes = row_bytes * missing.len() as u64;
-        let fetch_reservation = reserved
-            .as_mut()
-            .and_then(|r| r.split_off(fetch_bytes))
-            .or_else(|| reserved.take());
         in_flight.started += 1;
         let number = in_flight.started;
         let outcome = self.start(
@@ -218,7 +221,7 @@ impl SharedReads {
             missing.clone(),
             slow.clone(),
             number,
-            (fetch_reservation, row_bytes),
+            shares,
         );
         in_flight
             .by_segment
@@ -245,7 +248,7 @@ impl SharedReads {
         rows: Vec<u16>,
         mut slow: SlowNodes,
         number: u64,
-        (mut reserved, row_bytes): (Option<MemoryReservation>, u64),
+        mut shares: RowShares,
     ) -> Shared<BoxFuture<'static, SharedOutcome>> {
         let (shared, client, metadata) = (self.clone(), client.clone(), metadata.clone());
         let blob = metadata.blob_id();
@@ -271,16 +274,17 @@ impl SharedReads {
                     let mut asked = ReadRows::new();
                     for (row, bytes) in read {
                         if rows.contains(&row) {
-                            let (held, share) = carry(&mut reserved, row_bytes, bytes.clone());
+                            let (held, share) = shares.carry(bytes.clone());
                             shared.cache.put(key(row), bytes, share);
                             asked.insert(row, held);
                         } else {
-                            shared.cache.put(key(row), bytes, Weak::new());
+                            // Never in place of a row readers hold.
+                            shared.cache.put_new(key(row), bytes);
                         }
                     }
                     asked
                 });
-            drop(reserved);
+            drop(shares);
             outcome.map(|rows| Arc::new((rows, slow))).map_err(Arc::new)
         });
         async move {
