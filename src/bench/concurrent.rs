@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::fleet::{get_checked, mb_per_s, put_file, Expected, FleetBenchOptions};
+use super::fleet::{get_checked, mb_per_s, metric_values, put_file, Expected, FleetBenchOptions};
 use crate::units::format_bytes;
 
 /// Several clients putting, then getting, different blobs at once, then
@@ -67,22 +67,12 @@ struct RowsRead {
 }
 
 async fn read_rows(http: &reqwest::Client, gateway: &str) -> anyhow::Result<RowsRead> {
-    let text = http
-        .get(format!("{gateway}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
-    let count = |source: &str| {
-        let prefix = format!("redstuff_gateway_read_rows_total{{source=\"{source}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(prefix.as_str()))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0) as u64
-    };
+    let series = ["alone", "segment", "cache", "shared"]
+        .map(|source| format!("redstuff_gateway_read_rows_total{{source=\"{source}\"}}"));
+    let counts = metric_values(http, gateway, &series.each_ref().map(String::as_str)).await?;
     Ok(RowsRead {
-        fetched: count("alone") + count("segment"),
-        shared: count("cache") + count("shared"),
+        fetched: counts[0] + counts[1],
+        shared: counts[2] + counts[3],
     })
 }
 
@@ -193,6 +183,15 @@ pub(super) async fn measure(
     Ok(report)
 }
 
+/// How a peak stood against its bound, for people.
+fn within(ok: bool) -> &'static str {
+    if ok {
+        "within"
+    } else {
+        "OVER"
+    }
+}
+
 /// The report's lines in `bench fleet`'s table (`row` formats one).
 pub(super) fn render(
     c: &ConcurrentReport,
@@ -214,11 +213,7 @@ pub(super) fn render(
          upload memory of {}), {} overall; {} PUTs waited for an upload slot\n",
         format_bytes(c.rss_before_bytes),
         format_bytes(c.rss_peak_puts_bytes),
-        if c.puts_within_upload_memory {
-            "within"
-        } else {
-            "OVER"
-        },
+        within(c.puts_within_upload_memory),
         format_bytes(c.rss_before_bytes),
         format_bytes(c.upload_memory_bytes),
         format_bytes(c.rss_peak_bytes),
@@ -229,11 +224,7 @@ pub(super) fn render(
          the read memory of {})\n",
         format_bytes(c.rss_before_gets_bytes),
         format_bytes(c.rss_peak_gets_bytes),
-        if c.gets_within_read_memory {
-            "within"
-        } else {
-            "OVER"
-        },
+        within(c.gets_within_read_memory),
         format_bytes(c.rss_before_gets_bytes),
         format_bytes(c.read_memory_bytes),
     ));

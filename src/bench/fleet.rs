@@ -588,17 +588,31 @@ fn busy_note(timed: Timed) -> String {
 }
 
 async fn repair_bytes_total(http: &reqwest::Client, gateway: &str) -> anyhow::Result<u64> {
+    Ok(metric_values(http, gateway, &["redstuff_repair_bytes_total"]).await?[0])
+}
+
+/// The values of the gateway's metrics `series` (a name with its labels,
+/// as /metrics prints it), 0 for one not printed.
+pub(super) async fn metric_values(
+    http: &reqwest::Client,
+    gateway: &str,
+    series: &[&str],
+) -> anyhow::Result<Vec<u64>> {
     let text = http
         .get(format!("{gateway}/metrics"))
         .send()
         .await?
         .text()
         .await?;
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix("redstuff_repair_bytes_total "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or(0.0) as u64)
+    Ok(series
+        .iter()
+        .map(|name| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0) as u64
+        })
+        .collect())
 }
 
 fn dir_bytes(dir: &std::path::Path) -> u64 {
