@@ -163,13 +163,14 @@ impl SharedReads {
         for row in needed {
             if let Some(cached) = self.cache.get(key(row)) {
                 match (budget, cached.share.upgrade()) {
-                    (None, _) => plan.have.insert(row, cached.bytes),
-                    (Some(_), Some(share)) => plan.have.insert(row, held_by(cached.bytes, share)),
-                    (Some(_), None) => {
-                        unheld.push((row, cached.bytes));
-                        continue;
+                    (None, _) => {
+                        plan.have.insert(row, cached.bytes);
                     }
-                };
+                    (Some(_), Some(share)) => {
+                        plan.have.insert(row, held_by(cached.bytes, share));
+                    }
+                    (Some(_), None) => unheld.push((row, cached.bytes)),
+                }
                 continue;
             }
             let joined = in_flight
