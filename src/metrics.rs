@@ -342,6 +342,13 @@ pub struct GatewayMetrics {
     /// Pairs a node filed from an earlier upload of the same bytes instead
     /// of receiving them again.
     pub upload_pairs_reused: IntCounter,
+    /// Resumable uploads the gateway keeps (open, or finished or failed
+    /// and remembered for a client that asks again).
+    pub uploads_open: IntGauge,
+    /// Appends that resumed an upload whose previous append broke off.
+    pub uploads_resumed: IntCounter,
+    /// Open uploads given up after sitting idle.
+    pub uploads_expired: IntCounter,
     /// The upload memory budget.
     pub upload_memory_budget: IntGauge,
     /// Bytes of the read memory budget reserved by rows being fetched or sent.
@@ -427,6 +434,21 @@ impl GatewayMetrics {
                 registry,
                 "redstuff_gateway_upload_pairs_reused_total",
                 "Sliver pairs a node already held from an earlier upload of the same bytes (a write retried after it was cut off), filed without being sent again.",
+            ),
+            uploads_open: gauge(
+                registry,
+                "redstuff_gateway_resumable_uploads",
+                "Resumable uploads the gateway keeps (/v1/uploads): open ones, and finished or failed ones remembered for a client that asks again.",
+            ),
+            uploads_resumed: counter(
+                registry,
+                "redstuff_gateway_uploads_resumed_total",
+                "Appends to a resumable upload that went on where a broken append of it stopped.",
+            ),
+            uploads_expired: counter(
+                registry,
+                "redstuff_gateway_uploads_expired_total",
+                "Open resumable uploads given up after no request touched them for --cut-upload-kept-secs.",
             ),
             upload_memory_budget: gauge(
                 registry,

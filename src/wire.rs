@@ -234,6 +234,18 @@ pub struct StoredBlob {
     pub note: Option<String>,
 }
 
+/// Where a resumable upload of the gateway stands (`/v1/uploads/{upload}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadProgress {
+    /// The upload's id.
+    pub upload: String,
+    /// Bytes the gateway received so far: the next append starts here.
+    pub offset: u64,
+    /// The length declared when the upload was opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub length: Option<u64>,
+}
+
 /// A writer's upload session on the nodes: pairs shipped under it wait,
 /// invisible, until metadata staged with it adopts them (128 random bits,
 /// in hex in paths).

@@ -1,8 +1,13 @@
 //! `redstuff put FILE`: one blob from a file, tried again while the gateway
-//! is busy or out of reach (a PUT is safe to repeat: the blob's id follows
-//! from its bytes and a failed upload is never visible), or from standard
-//! input (`-`), streamed as it comes and sent once: what was read cannot
-//! be read again.
+//! is busy or out of reach (a write is safe to repeat: the blob's id
+//! follows from its bytes and a failed upload is never visible), or from
+//! standard input (`-`), streamed as it comes and sent once: what was read
+//! cannot be read again.
+//!
+//! A file goes through a resumable upload (`/v1/uploads`): when the
+//! connection breaks, the next attempt asks the gateway how many bytes it
+//! has and sends only the rest. A gateway that offers none gets one PUT
+//! per attempt.
 
 use std::path::Path;
 
@@ -11,7 +16,7 @@ use futures_util::StreamExt;
 use indicatif::ProgressBar;
 
 use redstuff::retry::RetryPolicy;
-use redstuff::wire::StoredBlob;
+use redstuff::wire::{StoredBlob, UploadProgress};
 
 use super::{authorized, before_retry, http, progress, untrusted_certificate, AttemptError};
 
@@ -28,20 +33,29 @@ pub async fn put(
     let from_stdin = file == Path::new("-");
     let policy = RetryPolicy::with_retries(if from_stdin { 0 } else { retries });
     let mut failed = 0;
+    let mut upload = if from_stdin {
+        None
+    } else {
+        Some(FileUpload::new(file, gateway).await?)
+    };
+    let hidden = ProgressBar::hidden();
     let stored = loop {
-        let attempt = if from_stdin {
-            put_stdin(&http, gateway, &token).await
-        } else {
-            put_once(&http, file, gateway, &token).await
+        let attempt = match &mut upload {
+            None => put_stdin(&http, gateway, &token).await,
+            Some(upload) => upload.attempt(&http, &token).await,
         };
         match attempt {
             Ok(stored) => break stored,
             Err(e) => {
                 failed += 1;
-                before_retry(&policy, failed, e, &ProgressBar::hidden()).await?;
+                let bar = upload.as_ref().map_or(&hidden, |u| &u.bar);
+                before_retry(&policy, failed, e, bar).await?;
             }
         }
     };
+    if let Some(upload) = &upload {
+        upload.bar.finish_and_clear();
+    }
     if json {
         println!("{}", serde_json::to_string(&stored)?);
     } else {
@@ -59,47 +73,222 @@ pub async fn put(
     Ok(())
 }
 
-/// One attempt: the whole file, streamed from its start.
-async fn put_once(
-    http: &reqwest::Client,
-    file: &Path,
-    gateway: &str,
-    token: &Option<String>,
-) -> Result<StoredBlob, AttemptError> {
-    let handle = tokio::fs::File::open(file)
-        .await
-        .with_context(|| format!("cannot open {}", file.display()))
-        .map_err(AttemptError::last)?;
-    let len = handle
-        .metadata()
-        .await
-        .with_context(|| format!("cannot read {}", file.display()))
-        .map_err(AttemptError::last)?
-        .len();
-    let label = format!(
-        "uploading {}",
-        file.file_name()
-            .map_or_else(String::new, |n| n.to_string_lossy().into())
-    );
-    let bar = progress(len, &label);
-    let counted = bar.clone();
-    // Large reads: the default 4 KiB chunks cost more than the bytes.
-    let stream =
-        tokio_util::io::ReaderStream::with_capacity(handle, 1 << 20).inspect(move |chunk| {
-            if let Ok(chunk) = chunk {
-                counted.inc(chunk.len() as u64);
+/// A file's upload across attempts: the resumable upload the gateway
+/// keeps for it, once one is open.
+struct FileUpload<'a> {
+    file: &'a Path,
+    len: u64,
+    gateway: String,
+    /// The upload's id, once the gateway opened one.
+    upload: Option<String>,
+    /// Whether the gateway offers no resumable uploads (one PUT per attempt).
+    whole_puts: bool,
+    bar: ProgressBar,
+}
+
+impl<'a> FileUpload<'a> {
+    /// The upload of `file` through `gateway`; nothing is sent yet.
+    async fn new(file: &'a Path, gateway: &str) -> anyhow::Result<Self> {
+        let len = tokio::fs::metadata(file)
+            .await
+            .with_context(|| format!("cannot read {}", file.display()))?
+            .len();
+        let label = format!(
+            "uploading {}",
+            file.file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into())
+        );
+        Ok(Self {
+            file,
+            len,
+            gateway: gateway.trim_end_matches('/').to_string(),
+            upload: None,
+            whole_puts: false,
+            bar: progress(len, &label),
+        })
+    }
+
+    /// One attempt: opens an upload unless one is open, asks how far it
+    /// got unless it was just opened, sends the rest and finishes it.
+    async fn attempt(
+        &mut self,
+        http: &reqwest::Client,
+        token: &Option<String>,
+    ) -> Result<StoredBlob, AttemptError> {
+        if self.whole_puts {
+            return self.put_whole(http, token).await;
+        }
+        let offset = match &self.upload {
+            Some(id) => self.offset(http, token, id).await?,
+            None => None,
+        };
+        let offset = match offset {
+            Some(offset) => offset,
+            None => match self.open(http, token).await? {
+                Some(id) => {
+                    self.upload = Some(id);
+                    0
+                }
+                None => {
+                    self.whole_puts = true;
+                    return self.put_whole(http, token).await;
+                }
+            },
+        };
+        let id = self.upload.clone().expect("open");
+        if offset < self.len {
+            self.append(http, token, &id, offset).await?;
+        }
+        self.finish(http, token, &id).await
+    }
+
+    fn url(&self, id: &str) -> String {
+        format!("{}/v1/uploads/{id}", self.gateway)
+    }
+
+    /// Opens an upload of the file's length: its id, or `None` when the
+    /// gateway has no resumable uploads (an older one).
+    async fn open(
+        &self,
+        http: &reqwest::Client,
+        token: &Option<String>,
+    ) -> Result<Option<String>, AttemptError> {
+        let response = authorized(http.post(format!("{}/v1/uploads", self.gateway)), token)
+            .header("upload-length", self.len)
+            .send()
+            .await
+            .map_err(|e| AttemptError::unanswered(e, &self.gateway))?;
+        match response.status() {
+            s if s.is_success() => {}
+            reqwest::StatusCode::NOT_FOUND | reqwest::StatusCode::METHOD_NOT_ALLOWED => {
+                return Ok(None)
             }
-        });
-    let answer = upload(
-        http,
-        gateway,
-        token,
-        Some(len),
-        reqwest::Body::wrap_stream(stream),
-    )
-    .await;
-    bar.finish_and_clear();
-    answer
+            _ => return Err(AttemptError::answered(response).await),
+        }
+        let opened: UploadProgress = response.json().await.map_err(|e| {
+            AttemptError::transport(anyhow::anyhow!("the gateway's answer broke off: {e:#}"))
+        })?;
+        Ok(Some(opened.upload))
+    }
+
+    /// How many bytes the upload has; `None` when the gateway no longer
+    /// keeps it (it restarted, the upload sat idle too long or failed): a
+    /// new one starts from the beginning.
+    async fn offset(
+        &self,
+        http: &reqwest::Client,
+        token: &Option<String>,
+        id: &str,
+    ) -> Result<Option<u64>, AttemptError> {
+        let response = authorized(http.get(self.url(id)), token)
+            .send()
+            .await
+            .map_err(|e| AttemptError::unanswered(e, &self.gateway))?;
+        match response.status() {
+            s if s.is_success() => {}
+            reqwest::StatusCode::NOT_FOUND | reqwest::StatusCode::GONE => return Ok(None),
+            _ => return Err(AttemptError::answered(response).await),
+        }
+        let progress: UploadProgress = response.json().await.map_err(|e| {
+            AttemptError::transport(anyhow::anyhow!("the gateway's answer broke off: {e:#}"))
+        })?;
+        if progress.offset > self.len {
+            return Err(AttemptError::last(anyhow::anyhow!(
+                "the gateway holds {} bytes of this upload, more than the file's {}",
+                progress.offset,
+                self.len
+            )));
+        }
+        Ok(Some(progress.offset))
+    }
+
+    /// Sends the file from `offset` to its end into the upload.
+    async fn append(
+        &self,
+        http: &reqwest::Client,
+        token: &Option<String>,
+        id: &str,
+        offset: u64,
+    ) -> Result<(), AttemptError> {
+        let rest = self.len - offset;
+        let body = self.body_from(offset, rest).await?;
+        let response = authorized(http.patch(self.url(id)), token)
+            .header("upload-offset", offset)
+            .header("content-length", rest)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| AttemptError::unanswered(e, &self.gateway))?;
+        match response.status() {
+            s if s.is_success() => Ok(()),
+            // Another request held the upload, or it has other bytes than
+            // this attempt thought: the next attempt asks again.
+            reqwest::StatusCode::CONFLICT | reqwest::StatusCode::GONE => {
+                Err(AttemptError::transport(super::error_of(response).await))
+            }
+            _ => Err(AttemptError::answered(response).await),
+        }
+    }
+
+    /// Finishes the upload: the stored blob.
+    async fn finish(
+        &self,
+        http: &reqwest::Client,
+        token: &Option<String>,
+        id: &str,
+    ) -> Result<StoredBlob, AttemptError> {
+        let response = authorized(http.post(format!("{}/finish", self.url(id))), token)
+            .send()
+            .await
+            .map_err(|e| AttemptError::unanswered(e, &self.gateway))?;
+        match response.status() {
+            s if s.is_success() => {}
+            // The write failed for good (its answer was missed): the next
+            // attempt finds the upload gone and starts a new one.
+            reqwest::StatusCode::GONE => {
+                return Err(AttemptError::transport(super::error_of(response).await))
+            }
+            _ => return Err(AttemptError::answered(response).await),
+        }
+        response.json().await.map_err(|e| {
+            AttemptError::transport(anyhow::anyhow!("the gateway's answer broke off: {e:#}"))
+        })
+    }
+
+    /// One PUT of the whole file (a gateway without resumable uploads).
+    async fn put_whole(
+        &self,
+        http: &reqwest::Client,
+        token: &Option<String>,
+    ) -> Result<StoredBlob, AttemptError> {
+        let body = self.body_from(0, self.len).await?;
+        upload(http, &self.gateway, token, Some(self.len), body).await
+    }
+
+    /// The file's `len` bytes from `offset`, streamed in large reads and
+    /// counted on the progress bar.
+    async fn body_from(&self, offset: u64, len: u64) -> Result<reqwest::Body, AttemptError> {
+        use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+        let mut handle = tokio::fs::File::open(self.file)
+            .await
+            .with_context(|| format!("cannot open {}", self.file.display()))
+            .map_err(AttemptError::last)?;
+        handle
+            .seek(std::io::SeekFrom::Start(offset))
+            .await
+            .with_context(|| format!("cannot read {}", self.file.display()))
+            .map_err(AttemptError::last)?;
+        self.bar.set_position(offset);
+        let counted = self.bar.clone();
+        // Large reads: the default 4 KiB chunks cost more than the bytes.
+        let stream = tokio_util::io::ReaderStream::with_capacity(handle.take(len), 1 << 20)
+            .inspect(move |chunk| {
+                if let Ok(chunk) = chunk {
+                    counted.inc(chunk.len() as u64);
+                }
+            });
+        Ok(reqwest::Body::wrap_stream(stream))
+    }
 }
 
 /// The one attempt from standard input: sent as it is read, its length

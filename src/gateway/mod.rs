@@ -6,6 +6,7 @@
 //! | GET `/v1/blobs/{id}` | streams the blob back, segment by segment |
 //! | HEAD `/v1/blobs/{id}` | whether it is visible, and its size |
 //! | DELETE `/v1/blobs/{id}` | deletes it: final once answered 204 |
+//! | POST `/v1/uploads`, PATCH, GET, DELETE `/v1/uploads/{id}`, POST `/v1/uploads/{id}/finish` | an upload the client can resume after its connection broke (`resumable_routes.rs`) |
 //! | GET `/v1/status` | the fleet's state, where a control loop publishes it (`redstuff dev`) |
 //!
 //! PUT and DELETE need `Authorization: Bearer USER_TOKEN`; so do reads and
@@ -25,6 +26,8 @@
 //! spool is emptied when the gateway starts.
 
 pub mod byte_range;
+pub mod resumable;
+mod resumable_routes;
 mod routes;
 pub mod spool;
 pub mod upload_slots;
@@ -160,6 +163,8 @@ struct GatewayState {
     max_blob_bytes: u64,
     cut_upload_kept: std::time::Duration,
     upload_slots: upload_slots::UploadSlots,
+    /// Uploads a client may resume, kept between its requests.
+    resumable: resumable::ResumableUploads,
     /// What the segments of all uploads may hold in memory.
     upload_memory: crate::client::MemoryBudget,
     /// What the rows of all reads may hold in memory, and how long a read
@@ -308,6 +313,10 @@ impl Gateway {
             max_blob_bytes: config.max_blob_bytes,
             cut_upload_kept: config.cut_upload_kept,
             upload_slots: upload_slots::UploadSlots::new(config.max_uploads, config.upload_wait),
+            resumable: resumable::ResumableUploads::new(
+                config.max_uploads.max(1) * resumable::OPEN_UPLOADS_PER_SLOT,
+                config.cut_upload_kept,
+            ),
             upload_memory: crate::client::MemoryBudget::new(config.upload_memory_bytes),
             read_memory: (
                 crate::client::MemoryBudget::new(config.read_memory_bytes),
@@ -335,6 +344,14 @@ impl Gateway {
                     .head(routes::head_blob)
                     .delete(routes::delete_blob),
             )
+            .route("/v1/uploads", post(resumable_routes::open))
+            .route(
+                "/v1/uploads/{id}",
+                get(resumable_routes::show)
+                    .patch(resumable_routes::append)
+                    .delete(resumable_routes::delete),
+            )
+            .route("/v1/uploads/{id}/finish", post(resumable_routes::finish))
             .route("/v1/s3/known-blobs", post(routes::s3_known_blobs))
             .route("/v1/s3/objects-of-blobs", post(routes::s3_objects_of_blobs))
             .fallback(|| async { ApiError::not_found("no such route; the API lives under /v1") })
@@ -411,6 +428,7 @@ impl Gateway {
         for tokens in &self.tokens {
             tokens.watch(std::time::Duration::from_secs(1));
         }
+        resumable_routes::expire_in_background(Arc::downgrade(&self.state));
         if let Some(listener) = self.metrics_listener {
             let router = Router::new()
                 .route("/healthz", get(|| async { "ok" }))

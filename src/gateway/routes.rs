@@ -28,6 +28,8 @@ pub(super) async fn track(
 ) -> Response {
     let op = match (request.method().as_str(), request.uri().path()) {
         ("PUT" | "POST", "/v1/blobs") => "put",
+        ("POST", path) if path.starts_with("/v1/uploads/") && path.ends_with("/finish") => "put",
+        (_, path) if path.starts_with("/v1/uploads") => "upload",
         ("GET", path) if path.starts_with("/v1/blobs/") => "get",
         ("HEAD", _) => "head",
         ("DELETE", _) => "delete",
@@ -81,6 +83,7 @@ pub(super) async fn metrics_text(State(state): State<Arc<GatewayState>>) -> impl
         .metrics
         .uploads_waiting
         .set(state.upload_slots.waiting() as i64);
+    state.metrics.uploads_open.set(state.resumable.len() as i64);
     let memory = &state.upload_memory;
     state
         .metrics
@@ -120,7 +123,7 @@ pub(super) async fn status_json(
         })
 }
 
-fn io_error(e: BlobIoError) -> ApiError {
+pub(super) fn io_error(e: BlobIoError) -> ApiError {
     match e {
         BlobIoError::NotFound(_) => ApiError::not_found(e.to_string()),
         BlobIoError::NotDurable { .. }
@@ -145,14 +148,14 @@ fn io_error(e: BlobIoError) -> ApiError {
     }
 }
 
-fn busy(limit: usize) -> Response {
+pub(super) fn busy(limit: usize) -> Response {
     retry_after(ApiError::unavailable(format!(
         "the gateway is handling its limit of {limit} uploads and no slot came free; retry shortly"
     )))
 }
 
 /// `error` as a response that tells the client when to retry.
-fn retry_after(error: ApiError) -> Response {
+pub(super) fn retry_after(error: ApiError) -> Response {
     let mut response = error.into_response();
     response.headers_mut().insert(
         header::RETRY_AFTER,
@@ -187,13 +190,24 @@ pub(super) async fn put_blob(
     let mut upload = client.upload().map_err(io_error)?;
     upload.expect_len(declared);
     let mut stream = request.into_body().into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
-            Ok(chunk) => chunk,
-            Err(e) => {
+    loop {
+        let chunk = match tokio::time::timeout(state.client_stall, stream.next()).await {
+            Ok(Some(Ok(chunk))) => chunk,
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
                 // The client went away: what it sent waits for its retry.
                 upload.give_up_after(state.cut_upload_kept);
                 return Err(ApiError::bad_request(format!("upload interrupted: {e}")));
+            }
+            Err(_) => {
+                // A client that sends nothing more holds its slot and
+                // memory no longer than one that stops reading.
+                let received = upload.len();
+                upload.give_up_after(state.cut_upload_kept);
+                return Err(ApiError::bad_request(format!(
+                    "upload ended after {received} bytes: its body brought nothing for {} s",
+                    state.client_stall.as_secs()
+                )));
             }
         };
         if upload.len() + chunk.len() as u64 > state.max_blob_bytes {
@@ -201,8 +215,8 @@ pub(super) async fn put_blob(
         }
         upload.push(&chunk).await.map_err(io_error)?;
     }
-    let received = upload.len();
     if let Some(len) = declared {
+        let received = upload.len();
         if received != len {
             upload.give_up_after(state.cut_upload_kept);
             return Err(ApiError::bad_request(format!(
@@ -210,6 +224,20 @@ pub(super) async fn put_blob(
             )));
         }
     }
+    let (status, stored) = commit(&state, upload, permit).await?;
+    Ok((status, Json(stored)).into_response())
+}
+
+/// Makes an upload that received all its bytes a blob, holding `permit`
+/// (its upload slot) until the write ends: 201 with the stored blob once
+/// it is committed on every read's quorum, 202 when fewer shards recorded
+/// the commit. The write runs to its end even if the client goes away.
+pub(super) async fn commit(
+    state: &Arc<GatewayState>,
+    upload: crate::client::BlobUpload,
+    permit: super::upload_slots::UploadSlot,
+) -> Result<(StatusCode, StoredBlob), ApiError> {
+    let received = upload.len();
     // With S3 beside the gateway, bytes S3 knows are noted as stored
     // outside it too before they are committed, so S3's collector never
     // deletes them once its last key goes (refused while it deletes them).
@@ -228,8 +256,6 @@ pub(super) async fn put_blob(
                 e => format!("the S3 index cannot note the bytes: {e}"),
             })
     };
-    // The write runs to its end (committed, or aborted) even if the client
-    // goes away meanwhile; the upload slot goes with it.
     let write = tokio::spawn(async move {
         let outcome = upload.finish(note_outside).await.map_err(io_error);
         drop(permit);
@@ -258,7 +284,7 @@ pub(super) async fn put_blob(
     } else {
         StatusCode::ACCEPTED
     };
-    Ok((status, Json(stored)).into_response())
+    Ok((status, stored))
 }
 
 fn parse_id(text: &str) -> Result<BlobId, ApiError> {

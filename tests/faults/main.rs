@@ -22,6 +22,7 @@ mod procs;
 mod random;
 mod read_memory;
 mod refusals;
+mod resumable;
 mod s3_kills;
 mod writes;
 

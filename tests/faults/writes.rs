@@ -204,7 +204,7 @@ fn put_never_ending(
 }
 
 /// Waits until the nodes hold `pairs` pairs under upload sessions.
-async fn wait_for_session_pairs(fleet: &DevFleet, pairs: usize) {
+pub(crate) async fn wait_for_session_pairs(fleet: &DevFleet, pairs: usize) {
     let start = Instant::now();
     while session_pairs(fleet) < pairs {
         assert!(

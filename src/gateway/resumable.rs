@@ -1,0 +1,233 @@
+//! Uploads a client can resume: the gateway keeps an upload it was told
+//! to open (its encoder, the segment arriving, the segments shipped under
+//! its session on the nodes) between the client's requests, so a client
+//! whose connection broke asks how many bytes arrived and sends only the
+//! rest. Nothing of it is visible until the client finishes it, exactly as
+//! for a PUT.
+//!
+//! An upload nobody touched for the idle time is given up as a PUT whose
+//! client went away is: its pairs stay on the nodes for the same time
+//! again, for a fresh upload of the same bytes to reuse. A finished or
+//! failed upload is remembered as long, so a client that missed the answer
+//! gets it again instead of a 404. The gateway keeps uploads in memory: a
+//! restart forgets them (the client starts over; the pairs shipped before
+//! are reused).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+
+use crate::api_error::ApiError;
+use crate::client::BlobUpload;
+use crate::wire::{StoredBlob, UploadId};
+
+/// Uploads that may be open at once per upload slot: an open upload holds
+/// no slot between its requests, only the segment it is receiving (under
+/// the upload memory budget) until it goes on or expires.
+pub const OPEN_UPLOADS_PER_SLOT: usize = 16;
+
+/// Where an upload stands.
+pub(super) enum Stage {
+    /// Taking bytes.
+    Open(BlobUpload),
+    /// Finished: the answer, given again to a client that asks again.
+    Finished(StatusCode, StoredBlob),
+    /// Failed for good: why (the client starts a new upload).
+    Failed(ApiError),
+}
+
+/// One upload a client may resume.
+pub(super) struct ResumableUpload {
+    /// Where it stands.
+    pub stage: Stage,
+    /// The length the client declared when it opened the upload.
+    pub declared: Option<u64>,
+    /// Bytes received so far.
+    pub offset: u64,
+    /// Whether the last append ended before its body did (the next one
+    /// resumes the upload).
+    pub cut: bool,
+    /// When a request last let go of it.
+    pub last_used: Instant,
+}
+
+/// A shared handle on one upload; a request holds its lock throughout.
+pub(super) type UploadHandle = Arc<tokio::sync::Mutex<ResumableUpload>>;
+
+/// Why an append cannot go on at the offset it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendRefusal {
+    /// The upload has another number of bytes (409, with the right one).
+    WrongOffset {
+        /// The bytes the upload has.
+        current: u64,
+    },
+    /// The append would take the upload past its declared length (400).
+    PastDeclaredLength {
+        /// The length declared.
+        declared: u64,
+    },
+    /// The append would take the upload past the gateway's largest blob (413).
+    TooLarge {
+        /// The largest blob the gateway takes.
+        limit: u64,
+    },
+}
+
+/// Whether an append of `len` bytes (when the request says) at `asked`
+/// may go on, for an upload at `current` bytes that declared `declared`
+/// and a gateway that takes blobs of at most `limit` bytes.
+pub fn check_append(
+    current: u64,
+    asked: u64,
+    len: Option<u64>,
+    declared: Option<u64>,
+    limit: u64,
+) -> Result<(), AppendRefusal> {
+    if asked != current {
+        return Err(AppendRefusal::WrongOffset { current });
+    }
+    let end = current.saturating_add(len.unwrap_or(0));
+    if let Some(declared) = declared {
+        if end > declared {
+            return Err(AppendRefusal::PastDeclaredLength { declared });
+        }
+    }
+    if end > limit {
+        return Err(AppendRefusal::TooLarge { limit });
+    }
+    Ok(())
+}
+
+/// Whether an upload last let go of at `last_used` has been idle for
+/// `idle` at `now`.
+pub fn is_idle(last_used: Instant, now: Instant, idle: Duration) -> bool {
+    now.saturating_duration_since(last_used) >= idle
+}
+
+/// The uploads open on this gateway.
+pub(super) struct ResumableUploads {
+    uploads: Mutex<HashMap<UploadId, UploadHandle>>,
+    capacity: usize,
+    idle: Duration,
+}
+
+impl ResumableUploads {
+    /// At most `capacity` uploads, each forgotten after `idle` untouched.
+    pub fn new(capacity: usize, idle: Duration) -> Self {
+        Self {
+            uploads: Mutex::new(HashMap::new()),
+            capacity: capacity.max(1),
+            idle,
+        }
+    }
+
+    /// Keeps `upload` under a new id; `None` when as many are open as may be.
+    pub fn open(&self, upload: BlobUpload, declared: Option<u64>) -> Option<UploadId> {
+        let mut uploads = self.uploads.lock().expect("not poisoned");
+        if uploads.len() >= self.capacity {
+            return None;
+        }
+        let id = UploadId::random();
+        let handle = Arc::new(tokio::sync::Mutex::new(ResumableUpload {
+            stage: Stage::Open(upload),
+            declared,
+            offset: 0,
+            cut: false,
+            last_used: Instant::now(),
+        }));
+        uploads.insert(id, handle);
+        Some(id)
+    }
+
+    /// The upload under `id`, while it is kept.
+    pub fn get(&self, id: &UploadId) -> Option<UploadHandle> {
+        self.uploads.lock().expect("not poisoned").get(id).cloned()
+    }
+
+    /// Forgets the upload under `id`.
+    pub fn forget(&self, id: &UploadId) {
+        self.uploads.lock().expect("not poisoned").remove(id);
+    }
+
+    /// Uploads kept now (open, finished or failed).
+    pub fn len(&self) -> usize {
+        self.uploads.lock().expect("not poisoned").len()
+    }
+
+    /// How long an untouched upload is kept.
+    pub fn idle(&self) -> Duration {
+        self.idle
+    }
+
+    /// Forgets every upload idle at `now` that no request holds; an open
+    /// one is given up, its pairs kept on the nodes for `kept`. Returns how
+    /// many open uploads were given up.
+    pub fn expire(&self, now: Instant, kept: Duration) -> usize {
+        let mut uploads = self.uploads.lock().expect("not poisoned");
+        let mut given_up = 0;
+        uploads.retain(|_, handle| {
+            let Ok(mut upload) = handle.try_lock() else {
+                return true;
+            };
+            if !is_idle(upload.last_used, now, self.idle) {
+                return true;
+            }
+            let stage = std::mem::replace(
+                &mut upload.stage,
+                Stage::Failed(ApiError::not_found("expired")),
+            );
+            if let Stage::Open(open) = stage {
+                open.give_up_after(kept);
+                given_up += 1;
+            }
+            false
+        });
+        given_up
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_append_goes_on_only_at_the_offset_the_upload_has_reached() {
+        assert_eq!(check_append(10, 10, Some(5), None, 100), Ok(()));
+        assert_eq!(
+            check_append(10, 0, Some(5), None, 100),
+            Err(AppendRefusal::WrongOffset { current: 10 })
+        );
+        assert_eq!(
+            check_append(10, 12, None, None, 100),
+            Err(AppendRefusal::WrongOffset { current: 10 })
+        );
+    }
+
+    #[test]
+    fn an_append_past_the_declared_length_or_the_largest_blob_is_refused_before_it_is_read() {
+        assert_eq!(check_append(10, 10, Some(5), Some(15), 100), Ok(()));
+        assert_eq!(
+            check_append(10, 10, Some(6), Some(15), 100),
+            Err(AppendRefusal::PastDeclaredLength { declared: 15 })
+        );
+        assert_eq!(
+            check_append(90, 90, Some(11), None, 100),
+            Err(AppendRefusal::TooLarge { limit: 100 })
+        );
+        // A length the request does not say is checked as the bytes come.
+        assert_eq!(check_append(90, 90, None, None, 100), Ok(()));
+    }
+
+    #[test]
+    fn an_upload_is_idle_once_untouched_for_the_idle_time() {
+        let start = Instant::now();
+        let idle = Duration::from_secs(120);
+        assert!(!is_idle(start, start + Duration::from_secs(119), idle));
+        assert!(is_idle(start, start + idle, idle));
+        // A clock read before the upload's last use is not idle.
+        assert!(!is_idle(start + Duration::from_secs(5), start, idle));
+    }
+}

@@ -1,0 +1,405 @@
+//! The handlers of resumable uploads (`resumable.rs` keeps them):
+//!
+//! | method and path | what |
+//! |---|---|
+//! | POST `/v1/uploads` | opens an upload (`Upload-Length: N` optional); 201 with `{"upload", "offset": 0}` and `Location` |
+//! | PATCH `/v1/uploads/{id}` | appends the body at `Upload-Offset: N`, which must be the bytes received so far (409 with the right offset otherwise) |
+//! | GET or HEAD `/v1/uploads/{id}` | the bytes received so far (`Upload-Offset`) |
+//! | POST `/v1/uploads/{id}/finish` | makes the upload a blob: the answer of `PUT /v1/blobs`, the same again when asked again |
+//! | DELETE `/v1/uploads/{id}` | gives the upload up |
+//!
+//! An append that breaks off keeps what arrived before it broke: the
+//! client asks for the offset and sends the rest. An append whose client
+//! sends nothing for the stall time ends as if cut. A request waits for
+//! one still holding the same upload (as a broken append drains) up to
+//! that time, then gets 409.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::{Stream, StreamExt};
+
+use super::resumable::{check_append, AppendRefusal, ResumableUpload, Stage, UploadHandle};
+use super::routes::{busy, commit, io_error, retry_after};
+use super::GatewayState;
+use crate::api_error::ApiError;
+use crate::wire::{UploadId, UploadProgress};
+
+/// The header naming an upload's offset (as in the IETF's resumable
+/// uploads draft and tus).
+pub const UPLOAD_OFFSET: &str = "upload-offset";
+/// The header declaring an upload's whole length.
+pub const UPLOAD_LENGTH: &str = "upload-length";
+
+/// `POST /v1/uploads`: opens an upload.
+pub(super) async fn open(
+    State(state): State<Arc<GatewayState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let declared = optional_number(&headers, UPLOAD_LENGTH)?;
+    if declared.is_some_and(|len| len > state.max_blob_bytes) {
+        return Err(ApiError::too_large(format!(
+            "blob larger than the gateway's limit of {} bytes",
+            state.max_blob_bytes
+        )));
+    }
+    let mut upload = state.client()?.upload().map_err(io_error)?;
+    upload.expect_len(declared);
+    let Some(id) = state.resumable.open(upload, declared) else {
+        return Ok(retry_after(ApiError::unavailable(format!(
+            "the gateway keeps its limit of {} open uploads; finish or delete one, or retry shortly",
+            state.upload_slots.capacity() * super::resumable::OPEN_UPLOADS_PER_SLOT
+        ))));
+    };
+    let mut response = progress(StatusCode::CREATED, &id, 0, declared);
+    response.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(&format!("/v1/uploads/{id}")).expect("hex"),
+    );
+    Ok(response)
+}
+
+/// `GET` or `HEAD /v1/uploads/{id}`: the bytes received so far.
+pub(super) async fn show(
+    State(state): State<Arc<GatewayState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (id, handle) = find(&state, &id)?;
+    let upload = hold(&state, handle).await?;
+    match &upload.stage {
+        Stage::Open(_) | Stage::Finished(..) => Ok(progress(
+            StatusCode::OK,
+            &id,
+            upload.offset,
+            upload.declared,
+        )),
+        Stage::Failed(e) => Err(failed(e)),
+    }
+}
+
+/// `PATCH /v1/uploads/{id}`: appends the body at `Upload-Offset`.
+pub(super) async fn append(
+    State(state): State<Arc<GatewayState>>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let asked = optional_number(request.headers(), UPLOAD_OFFSET)?.ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "an append names the offset it starts at ({UPLOAD_OFFSET}: the upload's bytes so far)"
+        ))
+    })?;
+    let len = optional_number(request.headers(), header::CONTENT_LENGTH.as_str())?;
+    let (id, handle) = find(&state, &id)?;
+    let Some(permit) = state.upload_slots.acquire().await else {
+        return Ok(busy(state.upload_slots.capacity()));
+    };
+    let mut upload = hold(&state, handle).await?;
+    let current = match &upload.stage {
+        Stage::Open(_) => upload.offset,
+        Stage::Finished(_, stored) => {
+            return Err(ApiError::conflict(format!(
+                "upload {id} is finished already (blob {}); it takes no more bytes",
+                stored.id
+            )))
+        }
+        Stage::Failed(e) => return Err(failed(e)),
+    };
+    match check_append(current, asked, len, upload.declared, state.max_blob_bytes) {
+        Ok(()) => {}
+        Err(AppendRefusal::WrongOffset { current }) => {
+            let mut response = ApiError::conflict(format!(
+                "upload {id} has {current} bytes; an append must start there, not at {asked}"
+            ))
+            .into_response();
+            response
+                .headers_mut()
+                .insert(UPLOAD_OFFSET, HeaderValue::from(current));
+            return Ok(response);
+        }
+        Err(AppendRefusal::PastDeclaredLength { declared }) => {
+            return Err(ApiError::bad_request(format!(
+                "the append would take upload {id} past the {declared} bytes it declared"
+            )))
+        }
+        Err(AppendRefusal::TooLarge { limit }) => {
+            return Err(ApiError::too_large(format!(
+                "blob larger than the gateway's limit of {limit} bytes"
+            )))
+        }
+    }
+    if upload.cut && asked > 0 {
+        state.metrics.uploads_resumed.inc();
+    }
+    let (stall, limit) = (state.client_stall, state.max_blob_bytes);
+    let body = request.into_body().into_data_stream();
+    // The bytes are taken in a task of their own: an append whose client
+    // went away still counts exactly what arrived.
+    let task = tokio::spawn(async move {
+        let result = take_body(&mut upload, body, stall, limit).await;
+        upload.last_used = Instant::now();
+        drop(permit);
+        result.map(|()| (upload.offset, upload.declared))
+    });
+    let (offset, declared) = task
+        .await
+        .map_err(|e| ApiError::internal(format!("append task failed: {e}")))??;
+    Ok(progress(StatusCode::OK, &id, offset, declared))
+}
+
+/// How an append's body ended.
+enum BodyEnd {
+    /// Every byte taken.
+    Complete,
+    /// It broke off or brought nothing for the stall time: the upload
+    /// stays as far as it got, for the client to resume.
+    Cut(ApiError),
+    /// A chunk would go past a bound: refused before it was taken, the
+    /// upload stays as it was before that chunk.
+    Refused(ApiError),
+    /// A segment could not be stored: the upload cannot go on.
+    Broken(ApiError),
+}
+
+/// Pushes `body` into the open `upload`, counting what arrived: a body
+/// that breaks off or brings nothing for `stall` leaves the upload as far
+/// as it got, marked cut; a push that fails ends the upload.
+async fn take_body(
+    upload: &mut ResumableUpload,
+    mut body: impl Stream<Item = Result<bytes::Bytes, axum::Error>> + Unpin,
+    stall: Duration,
+    limit: u64,
+) -> Result<(), ApiError> {
+    let Stage::Open(open) = &mut upload.stage else {
+        unreachable!("an append holds an open upload");
+    };
+    let bound = upload
+        .declared
+        .map_or(limit, |declared| declared.min(limit));
+    let end = loop {
+        let chunk = match tokio::time::timeout(stall, body.next()).await {
+            Ok(Some(Ok(chunk))) => chunk,
+            Ok(None) => break BodyEnd::Complete,
+            Ok(Some(Err(e))) => {
+                break BodyEnd::Cut(ApiError::bad_request(format!(
+                    "append interrupted after the upload's first {} bytes: {e}",
+                    open.len()
+                )))
+            }
+            Err(_) => {
+                break BodyEnd::Cut(ApiError::bad_request(format!(
+                    "append ended after the upload's first {} bytes: its body brought nothing \
+                     for {} s",
+                    open.len(),
+                    stall.as_secs()
+                )))
+            }
+        };
+        if open.len() + chunk.len() as u64 > bound {
+            break BodyEnd::Refused(if bound == limit {
+                ApiError::too_large(format!(
+                    "blob larger than the gateway's limit of {limit} bytes"
+                ))
+            } else {
+                ApiError::bad_request(format!(
+                    "the append would take the upload past the {bound} bytes it declared"
+                ))
+            });
+        }
+        if let Err(e) = open.push(&chunk).await {
+            break BodyEnd::Broken(io_error(e));
+        }
+    };
+    upload.offset = open.len();
+    upload.cut = matches!(end, BodyEnd::Cut(_));
+    match end {
+        BodyEnd::Complete => Ok(()),
+        BodyEnd::Cut(e) | BodyEnd::Refused(e) => Err(e),
+        BodyEnd::Broken(e) => {
+            // What it holds cannot become the blob any more: dropping it
+            // removes its session from the nodes.
+            upload.stage = Stage::Failed(e.clone());
+            Err(e)
+        }
+    }
+}
+
+/// `POST /v1/uploads/{id}/finish`: makes the upload a blob.
+pub(super) async fn finish(
+    State(state): State<Arc<GatewayState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (id, handle) = find(&state, &id)?;
+    let Some(permit) = state.upload_slots.acquire().await else {
+        return Ok(busy(state.upload_slots.capacity()));
+    };
+    let mut upload = hold(&state, handle).await?;
+    match &upload.stage {
+        Stage::Open(_) => {}
+        Stage::Finished(status, stored) => {
+            return Ok((*status, Json(stored.clone())).into_response())
+        }
+        Stage::Failed(e) => return Err(failed(e)),
+    }
+    if let Some(declared) = upload.declared {
+        if upload.offset != declared {
+            return Err(ApiError::bad_request(format!(
+                "upload {id} has {} of the {declared} bytes it declared; append the rest first",
+                upload.offset
+            )));
+        }
+    }
+    let task = tokio::spawn(async move {
+        let placeholder = Stage::Failed(ApiError::internal("the upload is being finished"));
+        let Stage::Open(open) = std::mem::replace(&mut upload.stage, placeholder) else {
+            unreachable!("checked open above");
+        };
+        let outcome = commit(&state, open, permit).await;
+        upload.stage = match &outcome {
+            Ok((status, stored)) => Stage::Finished(*status, stored.clone()),
+            Err(e) => Stage::Failed(e.clone()),
+        };
+        upload.last_used = Instant::now();
+        outcome
+    });
+    let (status, stored) = task
+        .await
+        .map_err(|e| ApiError::internal(format!("finish task failed: {e}")))??;
+    Ok((status, Json(stored)).into_response())
+}
+
+/// `DELETE /v1/uploads/{id}`: gives the upload up.
+pub(super) async fn delete(
+    State(state): State<Arc<GatewayState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (id, handle) = find(&state, &id)?;
+    let mut upload = hold(&state, handle).await?;
+    if let Stage::Finished(_, stored) = &upload.stage {
+        return Err(ApiError::conflict(format!(
+            "upload {id} is finished already (blob {}): delete the blob instead",
+            stored.id
+        )));
+    }
+    // Dropping an open upload removes its session from the nodes.
+    upload.stage = Stage::Failed(ApiError::not_found(format!("upload {id} was deleted")));
+    state.resumable.forget(&id);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The upload under `text`, or 404.
+fn find(state: &GatewayState, text: &str) -> Result<(UploadId, UploadHandle), ApiError> {
+    let id: UploadId = text
+        .parse()
+        .map_err(|e| ApiError::bad_request(format!("invalid upload id {text:?}: {e}")))?;
+    let handle = state.resumable.get(&id).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no upload {id} here: it was never opened, was deleted, sat idle longer than {} s, \
+             or the gateway restarted; open a new one (pairs shipped before are reused)",
+            state.resumable.idle().as_secs()
+        ))
+    })?;
+    Ok((id, handle))
+}
+
+/// The upload's lock, once no other request holds it; 409 when one still
+/// does after the stall time.
+async fn hold(
+    state: &GatewayState,
+    handle: UploadHandle,
+) -> Result<tokio::sync::OwnedMutexGuard<ResumableUpload>, ApiError> {
+    tokio::time::timeout(state.client_stall, handle.lock_owned())
+        .await
+        .map_err(|_| {
+            ApiError::conflict(format!(
+                "another request still holds this upload after {} s; ask its offset again later",
+                state.client_stall.as_secs()
+            ))
+        })
+}
+
+/// 410 for an upload that failed for good, saying why.
+fn failed(e: &ApiError) -> ApiError {
+    ApiError::new(
+        StatusCode::GONE,
+        format!(
+            "the upload failed and takes no more bytes ({}); open a new one",
+            e.message
+        ),
+    )
+}
+
+/// An upload's progress, as JSON and in `Upload-Offset` (and
+/// `Upload-Length` when declared).
+fn progress(status: StatusCode, id: &UploadId, offset: u64, declared: Option<u64>) -> Response {
+    let mut response = (
+        status,
+        Json(UploadProgress {
+            upload: id.to_string(),
+            offset,
+            length: declared,
+        }),
+    )
+        .into_response();
+    let headers = response.headers_mut();
+    headers.insert(UPLOAD_OFFSET, HeaderValue::from(offset));
+    if let Some(len) = declared {
+        headers.insert(UPLOAD_LENGTH, HeaderValue::from(len));
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A header holding a whole number of bytes, when the request has it.
+fn optional_number(headers: &HeaderMap, name: &str) -> Result<Option<u64>, ApiError> {
+    headers
+        .get(name)
+        .map(|value| {
+            value
+                .to_str()
+                .ok()
+                .and_then(|text| text.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("{name} must be a whole number of bytes"))
+                })
+        })
+        .transpose()
+}
+
+/// Keeps the gateway's open uploads within their idle time: every second,
+/// gives up those no request touched for it. Ends with the gateway.
+pub(super) fn expire_in_background(state: std::sync::Weak<GatewayState>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let Some(state) = state.upgrade() else {
+                return;
+            };
+            let given_up = state
+                .resumable
+                .expire(Instant::now(), state.cut_upload_kept);
+            state.metrics.uploads_expired.inc_by(given_up as u64);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_byte_count_header_is_read_whole_or_refused_with_its_name() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(optional_number(&headers, UPLOAD_OFFSET), Ok(None));
+        headers.insert(UPLOAD_OFFSET, HeaderValue::from_static("1048576"));
+        assert_eq!(optional_number(&headers, UPLOAD_OFFSET), Ok(Some(1 << 20)));
+        headers.insert(UPLOAD_OFFSET, HeaderValue::from_static("-1"));
+        let refused = optional_number(&headers, UPLOAD_OFFSET).unwrap_err();
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+        assert!(refused.message.contains(UPLOAD_OFFSET), "{refused}");
+    }
+}

@@ -1,0 +1,486 @@
+//! Resumable uploads (`/v1/uploads`): an append whose connection breaks
+//! keeps what arrived, and the client sends only the rest; an append at
+//! the wrong offset, past the declared length or after the finish is
+//! refused and changes nothing; nothing is visible before the finish, and
+//! a finish asked again answers the same; an upload left idle is given up
+//! and leaves nothing on the nodes. `redstuff put` resumes a file upload
+//! cut off midway (through a proxy that cuts the connection) and sends
+//! the file's bytes about once. A body that brings nothing for the stall
+//! time ends its PUT or append and frees its slot.
+
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::dev_fleet::{all_ready, pseudo_random, session_holders, DevFleet, WAIT};
+use crate::limits::wait_for_metric;
+use crate::writes::wait_for_session_pairs;
+use crate::{blob_id, within};
+
+/// Opens an upload (declaring `len` when given): its id.
+async fn open(fleet: &DevFleet, len: Option<usize>) -> String {
+    let mut request = fleet.http.post(format!("{}/v1/uploads", fleet.gateway));
+    if let Some(len) = len {
+        request = request.header("upload-length", len);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 201);
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    let opened: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(opened["offset"], 0);
+    let id = opened["upload"].as_str().unwrap().to_string();
+    assert_eq!(location, format!("/v1/uploads/{id}"));
+    id
+}
+
+/// `PATCH` of `bytes` at `offset`: the status, the `Upload-Offset` the
+/// gateway answers with, and the error text.
+async fn append(
+    fleet: &DevFleet,
+    id: &str,
+    offset: usize,
+    bytes: &[u8],
+) -> (u16, Option<u64>, String) {
+    let response = fleet
+        .http
+        .patch(format!("{}/v1/uploads/{id}", fleet.gateway))
+        .header("upload-offset", offset)
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let offset = response
+        .headers()
+        .get("upload-offset")
+        .map(|v| v.to_str().unwrap().parse().unwrap());
+    (status, offset, response.text().await.unwrap())
+}
+
+/// The upload's offset as `GET /v1/uploads/{id}` tells it, or the status
+/// when it is not 200.
+async fn offset_of(fleet: &DevFleet, id: &str) -> Result<u64, u16> {
+    let response = fleet
+        .http
+        .get(format!("{}/v1/uploads/{id}", fleet.gateway))
+        .send()
+        .await
+        .unwrap();
+    if response.status() != 200 {
+        return Err(response.status().as_u16());
+    }
+    let progress: serde_json::Value = response.json().await.unwrap();
+    Ok(progress["offset"].as_u64().unwrap())
+}
+
+/// `POST /v1/uploads/{id}/finish`: the status and the JSON answer.
+async fn finish(fleet: &DevFleet, id: &str) -> (u16, serde_json::Value) {
+    let response = fleet
+        .http
+        .post(format!("{}/v1/uploads/{id}/finish", fleet.gateway))
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+/// A gateway metric's value (0 when it is not shown yet).
+async fn metric(fleet: &DevFleet, name: &str) -> u64 {
+    let metrics = fleet.metrics().await;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Starts a raw `method path` with `headers` and the user token, declaring
+/// `content_length` bytes, and sends the first `sent` of `body`.
+fn raw_request(
+    fleet: &DevFleet,
+    request_line: &str,
+    headers: &str,
+    content_length: usize,
+    sent: &[u8],
+) -> std::net::TcpStream {
+    let token = std::fs::read_to_string(fleet.data_dir().join("token")).unwrap();
+    let address = fleet.gateway.trim_start_matches("http://").to_string();
+    let mut socket = std::net::TcpStream::connect(&address).unwrap();
+    write!(
+        socket,
+        "{request_line} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n{headers}Content-Length: {content_length}\r\n\r\n",
+        token.trim()
+    )
+    .unwrap();
+    socket.write_all(sent).unwrap();
+    socket
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_cut_off_mid_body_keeps_what_arrived_and_the_rest_makes_the_same_blob() {
+    let fleet = DevFleet::start(&[]);
+    fleet.wait_for("nodes ready", all_ready).await;
+    let data = pseudo_random(4_000_000, 41);
+    let id = open(&fleet, Some(data.len())).await;
+    // Two whole 1 MiB segments and part of a third arrive; then the
+    // connection is lost.
+    let socket = raw_request(
+        &fleet,
+        &format!("PATCH /v1/uploads/{id}"),
+        "Upload-Offset: 0\r\n",
+        data.len(),
+        &data[..2_500_000],
+    );
+    wait_for_session_pairs(&fleet, 2 * 7).await;
+    drop(socket);
+    // The gateway kept what arrived, and says how much.
+    let kept = within("the offset", offset_of(&fleet, &id)).await.unwrap() as usize;
+    assert!(
+        (2 << 20..=2_500_000).contains(&kept),
+        "kept {kept} of the 2500000 bytes sent"
+    );
+    assert_eq!(fleet.code("HEAD", &blob_id(&data)).await, 404, "invisible");
+
+    // The client sends the rest from there, and finishes.
+    let (status, offset, text) = append(&fleet, &id, kept, &data[kept..]).await;
+    assert_eq!((status, offset), (200, Some(data.len() as u64)), "{text}");
+    let (status, stored) = finish(&fleet, &id).await;
+    assert_eq!(status, 201, "{stored}");
+    assert_eq!(stored["id"], blob_id(&data));
+    assert_eq!(stored["size"], data.len());
+    assert!(fleet.get(&blob_id(&data)).await == data, "reads back whole");
+    assert_eq!(
+        metric(&fleet, "redstuff_gateway_uploads_resumed_total").await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_at_another_offset_past_the_declared_length_or_after_the_finish_are_refused_and_change_nothing(
+) {
+    let fleet = DevFleet::start(&[]);
+    fleet.wait_for("nodes ready", all_ready).await;
+    let data = pseudo_random(3_000_000, 42);
+    let id = open(&fleet, Some(data.len())).await;
+
+    // An append must name its offset, and it must be the upload's.
+    let response = fleet
+        .http
+        .patch(format!("{}/v1/uploads/{id}", fleet.gateway))
+        .body(vec![1u8; 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.text().await.unwrap().contains("upload-offset"));
+    let (status, offset, text) = append(&fleet, &id, 5, &data[5..100]).await;
+    assert_eq!((status, offset), (409, Some(0)), "{text}");
+    assert_eq!(offset_of(&fleet, &id).await, Ok(0));
+
+    let (status, offset, _) = append(&fleet, &id, 0, &data[..1_000_000]).await;
+    assert_eq!((status, offset), (200, Some(1_000_000)));
+    // The same append again (a client unsure it arrived) is refused.
+    let (status, offset, _) = append(&fleet, &id, 0, &data[..1_000_000]).await;
+    assert_eq!((status, offset), (409, Some(1_000_000)));
+    // Past the declared length: refused before it is read.
+    let (status, _, text) = append(&fleet, &id, 1_000_000, &pseudo_random(2_500_000, 43)).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("3000000 bytes it declared"), "{text}");
+    assert_eq!(offset_of(&fleet, &id).await, Ok(1_000_000));
+    // A finish before every declared byte arrived: refused, the upload
+    // goes on.
+    let (status, answer) = finish(&fleet, &id).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error"]
+        .as_str()
+        .unwrap()
+        .contains("1000000 of the 3000000"));
+
+    let (status, offset, _) = append(&fleet, &id, 1_000_000, &data[1_000_000..]).await;
+    assert_eq!((status, offset), (200, Some(3_000_000)));
+    assert_eq!(
+        fleet.code("HEAD", &blob_id(&data)).await,
+        404,
+        "invisible before the finish"
+    );
+    let (status, stored) = finish(&fleet, &id).await;
+    assert_eq!(status, 201, "{stored}");
+    assert_eq!(stored["id"], blob_id(&data));
+    // A client that missed the answer asks again and gets the same one.
+    assert_eq!(finish(&fleet, &id).await, (201, stored.clone()));
+    let (status, _, text) = append(&fleet, &id, 3_000_000, b"more").await;
+    assert_eq!(status, 409, "{text}");
+    assert!(text.contains("finished already"), "{text}");
+    assert_eq!(offset_of(&fleet, &id).await, Ok(3_000_000));
+    let response = fleet
+        .http
+        .delete(format!("{}/v1/uploads/{id}", fleet.gateway))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 409, "a finished upload is not deleted");
+    assert!(fleet.get(&blob_id(&data)).await == data);
+
+    // Ids that are not an upload's.
+    let response = fleet
+        .http
+        .get(format!("{}/v1/uploads/not-an-id", fleet.gateway))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(offset_of(&fleet, &"0".repeat(32)).await, Err(404));
+
+    // An upload deleted before its finish is gone, and nothing of it is
+    // visible.
+    let other = pseudo_random(2_500_000, 44);
+    let id = open(&fleet, None).await;
+    let (status, _, _) = append(&fleet, &id, 0, &other).await;
+    assert_eq!(status, 200);
+    let response = fleet
+        .http
+        .delete(format!("{}/v1/uploads/{id}", fleet.gateway))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    assert_eq!(offset_of(&fleet, &id).await, Err(404));
+    assert_eq!(finish(&fleet, &id).await.0, 404);
+    assert_eq!(fleet.code("HEAD", &blob_id(&other)).await, 404);
+    let start = Instant::now();
+    while !session_holders(&fleet).is_empty() {
+        assert!(start.elapsed() < WAIT, "the deleted upload's session stays");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_left_idle_is_given_up_and_leaves_nothing_visible_or_on_the_nodes() {
+    let fleet = DevFleet::start(&["--cut-upload-kept-secs", "1"]);
+    fleet.wait_for("nodes ready", all_ready).await;
+    let data = pseudo_random(2_500_000, 45);
+    let id = open(&fleet, None).await;
+    let (status, offset, _) = append(&fleet, &id, 0, &data).await;
+    assert_eq!((status, offset), (200, Some(data.len() as u64)));
+    // Two segments shipped (the third waits as the upload's last).
+    wait_for_session_pairs(&fleet, 2 * 7).await;
+    // Nobody touches it: the gateway forgets it, and its session goes from
+    // the nodes once the pairs' retry window passed too.
+    let start = Instant::now();
+    while offset_of(&fleet, &id).await.is_ok() || !session_holders(&fleet).is_empty() {
+        assert!(
+            start.elapsed() < WAIT,
+            "the idle upload stays (sessions on {:?})",
+            session_holders(&fleet)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(offset_of(&fleet, &id).await, Err(404));
+    assert_eq!(
+        metric(&fleet, "redstuff_gateway_uploads_expired_total").await,
+        1
+    );
+    assert_eq!(
+        metric(&fleet, "redstuff_gateway_resumable_uploads").await,
+        0
+    );
+    let status = fleet.status().await;
+    assert!(status["blobs"].as_array().unwrap().is_empty(), "{status:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redstuff_put_resumes_a_file_upload_cut_off_midway_and_sends_its_bytes_about_once() {
+    let fleet = DevFleet::start(&[]);
+    fleet.wait_for("nodes ready", all_ready).await;
+    let data = pseudo_random(6_500_000, 46);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("weights.bin");
+    std::fs::write(&file, &data).unwrap();
+    // Between the client and the gateway: a proxy that cuts the first
+    // connection to carry more than 3 MB of the client's bytes.
+    let proxy = CuttingProxy::start(&fleet.gateway, 3_000_000).await;
+    let token = std::fs::read_to_string(fleet.data_dir().join("token")).unwrap();
+    let output = within(
+        "redstuff put",
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_redstuff"))
+            .arg("put")
+            .arg(&file)
+            .args(["--gateway", &proxy.url])
+            .env("REDSTUFF_TOKEN", token.trim())
+            .env("REDSTUFF_LOG", "warn")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        blob_id(&data)
+    );
+    assert!(proxy.cut.load(Ordering::SeqCst), "the proxy cut the upload");
+    assert!(stderr.contains("trying again"), "{stderr}");
+    // The second attempt sent what the gateway lacked, not the whole file
+    // again (which would have made 9.5 MB).
+    let sent = proxy.sent.load(Ordering::SeqCst);
+    assert!(
+        sent < data.len() as u64 * 6 / 5,
+        "{sent} bytes sent for a file of {}",
+        data.len()
+    );
+    assert_eq!(
+        metric(&fleet, "redstuff_gateway_uploads_resumed_total").await,
+        1
+    );
+    assert!(fleet.get(&blob_id(&data)).await == data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_brings_nothing_for_the_stall_time_ends_its_put_or_append_and_frees_its_slot() {
+    let fleet = DevFleet::start(&["--client-stall-secs", "1", "--max-uploads", "1"]);
+    fleet.wait_for("nodes ready", all_ready).await;
+    let data = pseudo_random(1_500_000, 47);
+    // A PUT that sends a little and then nothing, its connection open.
+    let mut socket = raw_request(&fleet, "PUT /v1/blobs", "", data.len(), &data[..100_000]);
+    let answer = read_answer(&mut socket);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("brought nothing for 1 s"), "{answer}");
+    wait_for_metric(
+        &fleet.http,
+        &fleet.gateway,
+        "redstuff_gateway_uploads_in_flight 0",
+    )
+    .await;
+
+    // An append that does the same keeps what arrived; the upload goes on.
+    let id = open(&fleet, Some(data.len())).await;
+    let mut socket = raw_request(
+        &fleet,
+        &format!("PATCH /v1/uploads/{id}"),
+        "Upload-Offset: 0\r\n",
+        data.len(),
+        &data[..100_000],
+    );
+    let answer = read_answer(&mut socket);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    wait_for_metric(
+        &fleet.http,
+        &fleet.gateway,
+        "redstuff_gateway_uploads_in_flight 0",
+    )
+    .await;
+    assert_eq!(offset_of(&fleet, &id).await, Ok(100_000));
+    let (status, _, text) = append(&fleet, &id, 100_000, &data[100_000..]).await;
+    assert_eq!(status, 200, "{text}");
+    let (status, stored) = finish(&fleet, &id).await;
+    assert_eq!(status, 201, "{stored}");
+    assert!(fleet.get(&blob_id(&data)).await == data);
+    // The only slot is free: a PUT goes through.
+    assert_eq!(
+        fleet.put(&pseudo_random(10_000, 48)).await,
+        blob_id(&pseudo_random(10_000, 48))
+    );
+}
+
+/// The gateway's answer on `socket`, lower-case headers kept as sent,
+/// read until the gateway closes or a bounded wait ends.
+fn read_answer(socket: &mut std::net::TcpStream) -> String {
+    socket.set_read_timeout(Some(WAIT)).unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while let Ok(read) = socket.read(&mut buffer) {
+        if read == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buffer[..read]);
+        let text = String::from_utf8_lossy(&answer);
+        if text.contains("\r\n\r\n") && text.trim_end().ends_with('}') {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A TCP proxy in front of a gateway that cuts, once, the first
+/// connection whose client sent more than `cut_after` bytes; it counts
+/// every byte clients sent through it.
+struct CuttingProxy {
+    url: String,
+    cut: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CuttingProxy {
+    async fn start(gateway: &str, cut_after: u64) -> Self {
+        let upstream = gateway.trim_start_matches("http://").to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (cut, sent) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let task = {
+            let (cut, sent) = (cut.clone(), sent.clone());
+            tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+                    let (cut, sent) = (cut.clone(), sent.clone());
+                    tokio::spawn(forward(client, server, cut_after, cut, sent));
+                }
+            })
+        };
+        Self {
+            url,
+            cut,
+            sent,
+            task,
+        }
+    }
+}
+
+impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Forwards one connection both ways until either side closes, or until
+/// its client sent more than `cut_after` bytes while no connection was
+/// cut yet.
+async fn forward(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    cut_after: u64,
+    cut: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+) {
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let back = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+    });
+    let mut buffer = vec![0u8; 64 << 10];
+    let mut forwarded = 0u64;
+    loop {
+        let Ok(read) = client_read.read(&mut buffer).await else {
+            break;
+        };
+        if read == 0 {
+            break;
+        }
+        if forwarded + read as u64 > cut_after && !cut.swap(true, Ordering::SeqCst) {
+            break;
+        }
+        if server_write.write_all(&buffer[..read]).await.is_err() {
+            break;
+        }
+        forwarded += read as u64;
+        sent.fetch_add(read as u64, Ordering::SeqCst);
+    }
+    // Both directions end: the client sees its connection lost.
+    back.abort();
+}
