@@ -31,7 +31,7 @@ pub const OPEN_UPLOADS_PER_SLOT: usize = 16;
 /// Where an upload stands.
 pub(super) enum Stage {
     /// Taking bytes.
-    Open(BlobUpload),
+    Open(Box<BlobUpload>),
     /// Finished: the answer, given again to a client that asks again.
     Finished(StatusCode, StoredBlob),
     /// Failed for good: why (the client starts a new upload).
@@ -132,7 +132,7 @@ impl ResumableUploads {
         }
         let id = UploadId::random();
         let handle = Arc::new(tokio::sync::Mutex::new(ResumableUpload {
-            stage: Stage::Open(upload),
+            stage: Stage::Open(Box::new(upload)),
             declared,
             offset: 0,
             cut: false,
@@ -180,7 +180,7 @@ impl ResumableUploads {
                 Stage::Failed(ApiError::not_found("expired")),
             );
             if let Stage::Open(open) = stage {
-                open.give_up_after(kept);
+                (*open).give_up_after(kept);
                 given_up += 1;
             }
             false

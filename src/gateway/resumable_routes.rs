@@ -257,7 +257,7 @@ pub(super) async fn finish(
         let Stage::Open(open) = std::mem::replace(&mut upload.stage, placeholder) else {
             unreachable!("checked open above");
         };
-        let outcome = commit(&state, open, permit).await;
+        let outcome = commit(&state, *open, permit).await;
         upload.stage = match &outcome {
             Ok((status, stored)) => Stage::Finished(*status, stored.clone()),
             Err(e) => Stage::Failed(e.clone()),

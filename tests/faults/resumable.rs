@@ -465,10 +465,7 @@ async fn forward(
     });
     let mut buffer = vec![0u8; 64 << 10];
     let mut forwarded = 0u64;
-    loop {
-        let Ok(read) = client_read.read(&mut buffer).await else {
-            break;
-        };
+    while let Ok(read) = client_read.read(&mut buffer).await {
         if read == 0 {
             break;
         }
