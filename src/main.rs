@@ -37,7 +37,9 @@ enum Command {
     /// Run a local fleet: node processes, a gateway and the self-healing
     /// control loop, all on 127.0.0.1.
     Dev(DevArgs),
-    /// Store a file as a blob through a gateway; prints the blob id.
+    /// Store a file as a blob through a gateway; prints the blob id. A
+    /// file goes through a resumable upload: when the connection breaks,
+    /// the next attempt sends only what the gateway lacks.
     Put {
         /// The file to store (`-` for standard input, streamed as it comes
         /// and sent once: never tried again).
@@ -275,7 +277,8 @@ struct DevArgs {
     upload_wait_secs: std::time::Duration,
     /// Seconds the pairs of an upload whose client was cut off stay on the
     /// nodes, so that a retry of the same bytes sends only what they lack
-    /// (0: removed at once).
+    /// (0: removed at once); also how long a resumable upload
+    /// (/v1/uploads) no request touches is kept (at least 10 s).
     #[arg(long, default_value = "120", value_parser = redstuff::units::parse_seconds)]
     cut_upload_kept_secs: std::time::Duration,
     /// Bytes of segments the gateway's uploads may hold in memory
@@ -296,8 +299,8 @@ struct DevArgs {
     #[arg(long, default_value = "10", value_parser = redstuff::units::parse_seconds)]
     read_wait_secs: std::time::Duration,
     /// Seconds a response of the gateway or S3 may make no progress (its
-    /// client reads nothing) before its connection ends, giving back what
-    /// it held (more than 0).
+    /// client reads nothing), or an upload's body bring nothing, before
+    /// its connection ends, giving back what it held (more than 0).
     #[arg(long, default_value = "60", value_parser = redstuff::units::parse_positive_seconds)]
     client_stall_secs: std::time::Duration,
     /// The S3 endpoint's address. Keys come from REDSTUFF_S3_ACCESS_KEY and
@@ -443,7 +446,8 @@ struct GatewayArgs {
     upload_wait_secs: std::time::Duration,
     /// Seconds the pairs of an upload whose client was cut off stay on the
     /// nodes, so that a retry of the same bytes sends only what they lack
-    /// (0: removed at once).
+    /// (0: removed at once); also how long a resumable upload
+    /// (/v1/uploads) no request touches is kept (at least 10 s).
     #[arg(long, default_value = "120", value_parser = redstuff::units::parse_seconds)]
     cut_upload_kept_secs: std::time::Duration,
     /// Bytes of segments all uploads together may hold in memory (about
@@ -463,9 +467,10 @@ struct GatewayArgs {
     /// before it gets 503 (0: refused at once).
     #[arg(long, default_value = "10", value_parser = redstuff::units::parse_seconds)]
     read_wait_secs: std::time::Duration,
-    /// Seconds a response may make no progress (its client reads nothing)
-    /// before its connection ends, giving back what it held (a GET's share
-    /// of --read-memory); the native API and S3 alike (more than 0).
+    /// Seconds a response may make no progress (its client reads nothing),
+    /// or a native upload's body bring nothing, before its connection
+    /// ends, giving back what it held (a GET's share of --read-memory, an
+    /// upload's slot); the native API and S3 alike (more than 0).
     #[arg(long, default_value = "60", value_parser = redstuff::units::parse_positive_seconds)]
     client_stall_secs: std::time::Duration,
     /// File of cluster tokens (the first is sent to nodes); re-read while

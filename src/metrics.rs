@@ -437,7 +437,7 @@ impl GatewayMetrics {
             ),
             uploads_open: gauge(
                 registry,
-                "redstuff_gateway_resumable_uploads",
+                "redstuff_gateway_uploads_resumable",
                 "Resumable uploads the gateway keeps (/v1/uploads): open ones, and finished or failed ones remembered for a client that asks again.",
             ),
             uploads_resumed: counter(

@@ -28,6 +28,10 @@ use crate::wire::{StoredBlob, UploadId};
 /// the upload memory budget) until it goes on or expires.
 pub const OPEN_UPLOADS_PER_SLOT: usize = 16;
 
+/// The shortest time an untouched open upload is kept, whatever the
+/// retry window of cut uploads: a client's next request comes well within.
+pub const MIN_IDLE: Duration = Duration::from_secs(10);
+
 /// Where an upload stands.
 pub(super) enum Stage {
     /// Taking bytes.
@@ -115,12 +119,13 @@ pub(super) struct ResumableUploads {
 }
 
 impl ResumableUploads {
-    /// At most `capacity` uploads, each forgotten after `idle` untouched.
+    /// At most `capacity` uploads, each forgotten after `idle` untouched
+    /// (at least [`MIN_IDLE`]).
     pub fn new(capacity: usize, idle: Duration) -> Self {
         Self {
             uploads: Mutex::new(HashMap::new()),
             capacity: capacity.max(1),
-            idle,
+            idle: idle.max(MIN_IDLE),
         }
     }
 

@@ -151,9 +151,10 @@ pub struct GatewaySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"))]
     pub read_memory: Option<String>,
-    /// Seconds a response may make no progress (its client reads nothing)
-    /// before the gateway ends its connection, giving back the read
-    /// memory it held (default 60).
+    /// Seconds a response may make no progress (its client reads nothing),
+    /// or a native upload's body bring nothing, before the gateway ends
+    /// its connection, giving back the read memory or upload slot it held
+    /// (default 60).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 86400))]
     pub client_stall_seconds: Option<u32>,

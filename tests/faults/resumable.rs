@@ -283,7 +283,7 @@ async fn an_upload_left_idle_is_given_up_and_leaves_nothing_visible_or_on_the_no
         1
     );
     assert_eq!(
-        metric(&fleet, "redstuff_gateway_resumable_uploads").await,
+        metric(&fleet, "redstuff_gateway_uploads_resumable").await,
         0
     );
     let status = fleet.status().await;
