@@ -78,6 +78,9 @@ pub async fn put(
 struct FileUpload<'a> {
     file: &'a Path,
     len: u64,
+    /// When the file was last modified as the upload began: a file that
+    /// changes meanwhile is not resumed into a blob of neither version.
+    modified: Option<std::time::SystemTime>,
     gateway: String,
     /// The upload's id, once the gateway opened one.
     upload: Option<String>,
@@ -89,10 +92,10 @@ struct FileUpload<'a> {
 impl<'a> FileUpload<'a> {
     /// The upload of `file` through `gateway`; nothing is sent yet.
     async fn new(file: &'a Path, gateway: &str) -> anyhow::Result<Self> {
-        let len = tokio::fs::metadata(file)
+        let metadata = tokio::fs::metadata(file)
             .await
-            .with_context(|| format!("cannot read {}", file.display()))?
-            .len();
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let len = metadata.len();
         let label = format!(
             "uploading {}",
             file.file_name()
@@ -101,6 +104,7 @@ impl<'a> FileUpload<'a> {
         Ok(Self {
             file,
             len,
+            modified: metadata.modified().ok(),
             gateway: gateway.trim_end_matches('/').to_string(),
             upload: None,
             whole_puts: false,
@@ -115,6 +119,7 @@ impl<'a> FileUpload<'a> {
         http: &reqwest::Client,
         token: &Option<String>,
     ) -> Result<StoredBlob, AttemptError> {
+        self.check_unchanged().await?;
         if self.whole_puts {
             return self.put_whole(http, token).await;
         }
@@ -140,6 +145,23 @@ impl<'a> FileUpload<'a> {
             self.append(http, token, &id, offset).await?;
         }
         self.finish(http, token, &id).await
+    }
+
+    /// Fails for good when the file's length or modification time moved
+    /// since the upload began.
+    async fn check_unchanged(&self) -> Result<(), AttemptError> {
+        let metadata = tokio::fs::metadata(self.file)
+            .await
+            .with_context(|| format!("cannot read {}", self.file.display()))
+            .map_err(AttemptError::last)?;
+        if metadata.len() != self.len || metadata.modified().ok() != self.modified {
+            return Err(AttemptError::last(anyhow::anyhow!(
+                "{} changed while it was being uploaded; nothing was stored (put it again once \
+                 it stays as it is)",
+                self.file.display()
+            )));
+        }
+        Ok(())
     }
 
     fn url(&self, id: &str) -> String {
@@ -187,6 +209,10 @@ impl<'a> FileUpload<'a> {
         match response.status() {
             s if s.is_success() => {}
             reqwest::StatusCode::NOT_FOUND | reqwest::StatusCode::GONE => return Ok(None),
+            // A broken append of it still drains: asked again later.
+            reqwest::StatusCode::CONFLICT => {
+                return Err(AttemptError::transport(super::error_of(response).await))
+            }
             _ => return Err(AttemptError::answered(response).await),
         }
         let progress: UploadProgress = response.json().await.map_err(|e| {
@@ -204,7 +230,7 @@ impl<'a> FileUpload<'a> {
 
     /// Sends the file from `offset` to its end into the upload.
     async fn append(
-        &self,
+        &mut self,
         http: &reqwest::Client,
         token: &Option<String>,
         id: &str,
@@ -219,11 +245,21 @@ impl<'a> FileUpload<'a> {
             .send()
             .await
             .map_err(|e| AttemptError::unanswered(e, &self.gateway))?;
+        self.again_after(response).await
+    }
+
+    /// An append's or finish's answer when it is not a success: what
+    /// another attempt mends is a transport failure (another request held
+    /// the upload, it has other bytes than this attempt thought, or it is
+    /// gone and the next attempt opens a new one).
+    async fn again_after(&mut self, response: reqwest::Response) -> Result<(), AttemptError> {
         match response.status() {
             s if s.is_success() => Ok(()),
-            // Another request held the upload, or it has other bytes than
-            // this attempt thought: the next attempt asks again.
-            reqwest::StatusCode::CONFLICT | reqwest::StatusCode::GONE => {
+            reqwest::StatusCode::CONFLICT => {
+                Err(AttemptError::transport(super::error_of(response).await))
+            }
+            reqwest::StatusCode::NOT_FOUND | reqwest::StatusCode::GONE => {
+                self.upload = None;
                 Err(AttemptError::transport(super::error_of(response).await))
             }
             _ => Err(AttemptError::answered(response).await),
@@ -232,7 +268,7 @@ impl<'a> FileUpload<'a> {
 
     /// Finishes the upload: the stored blob.
     async fn finish(
-        &self,
+        &mut self,
         http: &reqwest::Client,
         token: &Option<String>,
         id: &str,
@@ -241,14 +277,10 @@ impl<'a> FileUpload<'a> {
             .send()
             .await
             .map_err(|e| AttemptError::unanswered(e, &self.gateway))?;
-        match response.status() {
-            s if s.is_success() => {}
-            // The write failed for good (its answer was missed): the next
-            // attempt finds the upload gone and starts a new one.
-            reqwest::StatusCode::GONE => {
-                return Err(AttemptError::transport(super::error_of(response).await))
-            }
-            _ => return Err(AttemptError::answered(response).await),
+        if !response.status().is_success() {
+            // A write that failed for good (410) is stored anew by the next
+            // attempt, as a PUT would be.
+            return Err(self.again_after(response).await.expect_err("not a success"));
         }
         response.json().await.map_err(|e| {
             AttemptError::transport(anyhow::anyhow!("the gateway's answer broke off: {e:#}"))

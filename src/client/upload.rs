@@ -213,11 +213,24 @@ impl BlobUpload {
         Ok(())
     }
 
+    /// Forgets the bytes of the segment still arriving (none of it is
+    /// encoded or shipped yet) and gives back its memory: the upload goes
+    /// back to its last segment boundary. Returns its length then.
+    pub fn drop_arriving_segment(&mut self) -> u64 {
+        self.total -= self.pending.len() as u64;
+        self.pending = Vec::new();
+        self.pending_held = MemoryReservation::default();
+        self.total
+    }
+
     /// Ships the last segment and waits for every segment in flight.
     pub(super) async fn ship_the_rest(&mut self) -> Result<(), BlobIoError> {
-        // `push` never leaves `pending` empty past the first byte: it
-        // holds the last segment (empty only for an empty blob).
-        self.launch_pending().await?;
+        // `push` leaves the last segment in `pending` (empty only for an
+        // empty blob); after `drop_arriving_segment` at a segment boundary
+        // the last one is shipped already.
+        if !self.pending.is_empty() || self.total == 0 {
+            self.launch_pending().await?;
+        }
         while !self.in_flight.is_empty() {
             self.collect_oldest().await?;
         }

@@ -8,10 +8,11 @@
 //! An upload nobody touched for the idle time is given up as a PUT whose
 //! client went away is: its pairs stay on the nodes for the same time
 //! again, for a fresh upload of the same bytes to reuse. A finished or
-//! failed upload is remembered as long, so a client that missed the answer
-//! gets it again instead of a 404. The gateway keeps uploads in memory: a
-//! restart forgets them (the client starts over; the pairs shipped before
-//! are reused).
+//! failed upload's answer is remembered as long (apart from the open
+//! ones, which alone count against the bound), so a client that missed
+//! it gets it again instead of a 404. The gateway keeps uploads in memory:
+//! a restart forgets them (the client starts over; the pairs shipped
+//! before are reused).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,17 +30,28 @@ use crate::wire::{StoredBlob, UploadId};
 pub const OPEN_UPLOADS_PER_SLOT: usize = 16;
 
 /// The shortest time an untouched open upload is kept, whatever the
-/// retry window of cut uploads: a client's next request comes well within.
+/// retry window of cut uploads (0 removes their pairs at once): a
+/// client's next request comes well within.
 pub const MIN_IDLE: Duration = Duration::from_secs(10);
+
+/// Answers of ended uploads remembered at most (the oldest go first).
+pub const MOST_ENDED_REMEMBERED: usize = 4096;
+
+/// How an upload ended: the answer given again to a client that asks.
+#[derive(Debug, Clone)]
+pub(super) enum Ended {
+    /// Made a blob.
+    Finished(StatusCode, StoredBlob),
+    /// Failed for good: why (the client starts a new upload).
+    Failed(ApiError),
+}
 
 /// Where an upload stands.
 pub(super) enum Stage {
     /// Taking bytes.
     Open(Box<BlobUpload>),
-    /// Finished: the answer, given again to a client that asks again.
-    Finished(StatusCode, StoredBlob),
-    /// Failed for good: why (the client starts a new upload).
-    Failed(ApiError),
+    /// Ended (a request that waited on its lock finds it so).
+    Ended(Ended),
 }
 
 /// One upload a client may resume.
@@ -111,19 +123,43 @@ pub fn is_idle(last_used: Instant, now: Instant, idle: Duration) -> bool {
     now.saturating_duration_since(last_used) >= idle
 }
 
-/// The uploads open on this gateway.
+/// The uploads open on this gateway, and the answers of those that ended.
 pub(super) struct ResumableUploads {
     uploads: Mutex<HashMap<UploadId, UploadHandle>>,
+    ended: Mutex<EndedAnswers>,
     capacity: usize,
     idle: Duration,
 }
 
+/// The answers of ended uploads, oldest first.
+#[derive(Default)]
+struct EndedAnswers {
+    by_id: HashMap<UploadId, (Instant, Ended)>,
+    order: std::collections::VecDeque<UploadId>,
+}
+
+/// What an id names.
+pub(super) enum Found {
+    /// An open upload (or one ending now: its lock tells).
+    Open(UploadHandle),
+    /// An upload that ended, and how.
+    Ended(Ended),
+}
+
+/// The map's lock, whatever a panic under it left (its maps stay whole).
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl ResumableUploads {
-    /// At most `capacity` uploads, each forgotten after `idle` untouched
-    /// (at least [`MIN_IDLE`]).
+    /// At most `capacity` open uploads, each given up after `idle`
+    /// untouched (at least [`MIN_IDLE`]).
     pub fn new(capacity: usize, idle: Duration) -> Self {
         Self {
             uploads: Mutex::new(HashMap::new()),
+            ended: Mutex::new(EndedAnswers::default()),
             capacity: capacity.max(1),
             idle: idle.max(MIN_IDLE),
         }
@@ -131,7 +167,7 @@ impl ResumableUploads {
 
     /// Keeps `upload` under a new id; `None` when as many are open as may be.
     pub fn open(&self, upload: BlobUpload, declared: Option<u64>) -> Option<UploadId> {
-        let mut uploads = self.uploads.lock().expect("not poisoned");
+        let mut uploads = locked(&self.uploads);
         if uploads.len() >= self.capacity {
             return None;
         }
@@ -147,19 +183,38 @@ impl ResumableUploads {
         Some(id)
     }
 
-    /// The upload under `id`, while it is kept.
-    pub fn get(&self, id: &UploadId) -> Option<UploadHandle> {
-        self.uploads.lock().expect("not poisoned").get(id).cloned()
+    /// What `id` names, while it is kept.
+    pub fn find(&self, id: &UploadId) -> Option<Found> {
+        if let Some(handle) = locked(&self.uploads).get(id) {
+            return Some(Found::Open(handle.clone()));
+        }
+        locked(&self.ended)
+            .by_id
+            .get(id)
+            .map(|(_, ended)| Found::Ended(ended.clone()))
     }
 
-    /// Forgets the upload under `id`.
-    pub fn forget(&self, id: &UploadId) {
-        self.uploads.lock().expect("not poisoned").remove(id);
+    /// Records how the upload under `id` ended (its handle's stage says so
+    /// already) and stops counting it open; `None` forgets it altogether.
+    pub fn end(&self, id: &UploadId, ended: Option<Ended>) {
+        // The answer first: a request between the two finds one or the other.
+        if let Some(ended) = ended {
+            let mut answers = locked(&self.ended);
+            if answers.by_id.insert(*id, (Instant::now(), ended)).is_none() {
+                answers.order.push_back(*id);
+            }
+            while answers.order.len() > MOST_ENDED_REMEMBERED {
+                if let Some(oldest) = answers.order.pop_front() {
+                    answers.by_id.remove(&oldest);
+                }
+            }
+        }
+        locked(&self.uploads).remove(id);
     }
 
-    /// Uploads kept now (open, finished or failed).
+    /// Open uploads now.
     pub fn len(&self) -> usize {
-        self.uploads.lock().expect("not poisoned").len()
+        locked(&self.uploads).len()
     }
 
     /// How long an untouched upload is kept.
@@ -167,29 +222,36 @@ impl ResumableUploads {
         self.idle
     }
 
-    /// Forgets every upload idle at `now` that no request holds; an open
-    /// one is given up, its pairs kept on the nodes for `kept`. Returns how
-    /// many open uploads were given up.
+    /// Gives up every open upload idle at `now` that no request holds, its
+    /// pairs kept on the nodes for `kept`, and forgets the answers of
+    /// uploads that ended longer ago than the idle time. Returns how many
+    /// open uploads were given up.
     pub fn expire(&self, now: Instant, kept: Duration) -> usize {
-        let mut uploads = self.uploads.lock().expect("not poisoned");
         let mut given_up = 0;
-        uploads.retain(|_, handle| {
+        locked(&self.uploads).retain(|_, handle| {
             let Ok(mut upload) = handle.try_lock() else {
                 return true;
             };
             if !is_idle(upload.last_used, now, self.idle) {
                 return true;
             }
-            let stage = std::mem::replace(
-                &mut upload.stage,
-                Stage::Failed(ApiError::not_found("expired")),
-            );
-            if let Stage::Open(open) = stage {
+            let expired =
+                Ended::Failed(ApiError::not_found("the upload sat idle and was given up"));
+            if let Stage::Open(open) = std::mem::replace(&mut upload.stage, Stage::Ended(expired)) {
                 (*open).give_up_after(kept);
                 given_up += 1;
             }
             false
         });
+        let mut answers = locked(&self.ended);
+        while let Some(oldest) = answers.order.front().copied() {
+            let ended_at = answers.by_id.get(&oldest).map(|(at, _)| *at);
+            if ended_at.is_some_and(|at| !is_idle(at, now, self.idle)) {
+                break;
+            }
+            answers.order.pop_front();
+            answers.by_id.remove(&oldest);
+        }
         given_up
     }
 }

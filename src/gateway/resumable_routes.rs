@@ -21,9 +21,11 @@ use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt as _, Stream, StreamExt};
 
-use super::resumable::{check_append, AppendRefusal, ResumableUpload, Stage, UploadHandle};
+use super::resumable::{
+    check_append, AppendRefusal, Ended, Found, ResumableUpload, Stage, UploadHandle,
+};
 use super::routes::{busy, commit, io_error, retry_after};
 use super::GatewayState;
 use crate::api_error::ApiError;
@@ -68,16 +70,30 @@ pub(super) async fn show(
     State(state): State<Arc<GatewayState>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let (id, handle) = find(&state, &id)?;
+    let (id, handle) = match find(&state, &id)? {
+        (id, Found::Open(handle)) => (id, handle),
+        (id, Found::Ended(ended)) => return ended_progress(&id, &ended),
+    };
     let upload = hold(&state, handle).await?;
-    match &upload.stage {
-        Stage::Open(_) | Stage::Finished(..) => Ok(progress(
-            StatusCode::OK,
-            &id,
-            upload.offset,
-            upload.declared,
-        )),
-        Stage::Failed(e) => Err(failed(e)),
+    if let Stage::Ended(ended) = &upload.stage {
+        return ended_progress(&id, ended);
+    }
+    Ok(progress(
+        StatusCode::OK,
+        &id,
+        upload.offset,
+        upload.declared,
+    ))
+}
+
+/// The progress of an upload that ended: all its bytes once finished, 410
+/// once failed.
+fn ended_progress(id: &UploadId, ended: &Ended) -> Result<Response, ApiError> {
+    match ended {
+        Ended::Finished(_, stored) => {
+            Ok(progress(StatusCode::OK, id, stored.size, Some(stored.size)))
+        }
+        Ended::Failed(e) => Err(failed(e)),
     }
 }
 
@@ -93,43 +109,32 @@ pub(super) async fn append(
         ))
     })?;
     let len = optional_number(request.headers(), header::CONTENT_LENGTH.as_str())?;
-    let (id, handle) = find(&state, &id)?;
+    let (id, handle) = match find(&state, &id)? {
+        (id, Found::Open(handle)) => (id, handle),
+        (_, Found::Ended(ended)) => return Err(ended_answer(&ended)),
+    };
     let Some(permit) = state.upload_slots.acquire().await else {
         return Ok(busy(state.upload_slots.capacity()));
     };
     let mut upload = hold(&state, handle).await?;
-    let current = match &upload.stage {
-        Stage::Open(_) => upload.offset,
-        Stage::Finished(_, stored) => {
-            return Err(ApiError::conflict(format!(
-                "upload {id} is finished already (blob {}); it takes no more bytes",
-                stored.id
-            )))
-        }
-        Stage::Failed(e) => return Err(failed(e)),
+    if let Stage::Ended(ended) = &upload.stage {
+        return Err(ended_answer(ended));
+    }
+    let current = upload.offset;
+    let refused = match check_append(current, asked, len, upload.declared, state.max_blob_bytes) {
+        Ok(()) => None,
+        Err(AppendRefusal::WrongOffset { current }) => Some(ApiError::conflict(format!(
+            "upload {id} has {current} bytes; an append must start there, not at {asked}"
+        ))),
+        Err(AppendRefusal::PastDeclaredLength { declared }) => Some(ApiError::bad_request(
+            format!("the append would take upload {id} past the {declared} bytes it declared"),
+        )),
+        Err(AppendRefusal::TooLarge { limit }) => Some(ApiError::too_large(format!(
+            "blob larger than the gateway's limit of {limit} bytes"
+        ))),
     };
-    match check_append(current, asked, len, upload.declared, state.max_blob_bytes) {
-        Ok(()) => {}
-        Err(AppendRefusal::WrongOffset { current }) => {
-            let mut response = ApiError::conflict(format!(
-                "upload {id} has {current} bytes; an append must start there, not at {asked}"
-            ))
-            .into_response();
-            response
-                .headers_mut()
-                .insert(UPLOAD_OFFSET, HeaderValue::from(current));
-            return Ok(response);
-        }
-        Err(AppendRefusal::PastDeclaredLength { declared }) => {
-            return Err(ApiError::bad_request(format!(
-                "the append would take upload {id} past the {declared} bytes it declared"
-            )))
-        }
-        Err(AppendRefusal::TooLarge { limit }) => {
-            return Err(ApiError::too_large(format!(
-                "blob larger than the gateway's limit of {limit} bytes"
-            )))
-        }
+    if let Some(refused) = refused {
+        return Ok(with_offset(refused.into_response(), current));
     }
     if upload.cut && asked > 0 {
         state.metrics.uploads_resumed.inc();
@@ -137,17 +142,35 @@ pub(super) async fn append(
     let (stall, limit) = (state.client_stall, state.max_blob_bytes);
     let body = request.into_body().into_data_stream();
     // The bytes are taken in a task of their own: an append whose client
-    // went away still counts exactly what arrived.
+    // went away still counts exactly what arrived. A panic in it ends the
+    // upload rather than leave it half-pushed.
     let task = tokio::spawn(async move {
-        let result = take_body(&mut upload, body, stall, limit).await;
+        let taken = std::panic::AssertUnwindSafe(take_body(&mut upload, body, stall, limit))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                let e = ApiError::internal("the append failed unexpectedly");
+                upload.stage = Stage::Ended(Ended::Failed(e.clone()));
+                Err(e)
+            });
         upload.last_used = Instant::now();
         drop(permit);
-        result.map(|()| (upload.offset, upload.declared))
+        let ended = match &upload.stage {
+            Stage::Ended(ended) => Some(ended.clone()),
+            Stage::Open(_) => None,
+        };
+        (taken, upload.offset, upload.declared, ended)
     });
-    let (offset, declared) = task
+    let (taken, offset, declared, ended) = task
         .await
-        .map_err(|e| ApiError::internal(format!("append task failed: {e}")))??;
-    Ok(progress(StatusCode::OK, &id, offset, declared))
+        .map_err(|e| ApiError::internal(format!("append task failed: {e}")))?;
+    if let Some(ended) = ended {
+        state.resumable.end(&id, Some(ended));
+    }
+    match taken {
+        Ok(()) => Ok(progress(StatusCode::OK, &id, offset, declared)),
+        Err(e) => Ok(with_offset(e.into_response(), offset)),
+    }
 }
 
 /// How an append's body ended.
@@ -155,7 +178,8 @@ enum BodyEnd {
     /// Every byte taken.
     Complete,
     /// It broke off or brought nothing for the stall time: the upload
-    /// stays as far as it got, for the client to resume.
+    /// goes back to its last segment boundary (giving back the memory of
+    /// the segment arriving), for the client to resume from there.
     Cut(ApiError),
     /// A chunk would go past a bound: refused before it was taken, the
     /// upload stays as it was before that chunk.
@@ -164,9 +188,7 @@ enum BodyEnd {
     Broken(ApiError),
 }
 
-/// Pushes `body` into the open `upload`, counting what arrived: a body
-/// that breaks off or brings nothing for `stall` leaves the upload as far
-/// as it got, marked cut; a push that fails ends the upload.
+/// Pushes `body` into the open `upload`, counting what arrived.
 async fn take_body(
     upload: &mut ResumableUpload,
     mut body: impl Stream<Item = Result<bytes::Bytes, axum::Error>> + Unpin,
@@ -176,52 +198,56 @@ async fn take_body(
     let Stage::Open(open) = &mut upload.stage else {
         unreachable!("an append holds an open upload");
     };
-    let bound = upload
-        .declared
-        .map_or(limit, |declared| declared.min(limit));
+    let declared = upload.declared;
     let end = loop {
         let chunk = match tokio::time::timeout(stall, body.next()).await {
             Ok(Some(Ok(chunk))) => chunk,
             Ok(None) => break BodyEnd::Complete,
             Ok(Some(Err(e))) => {
-                break BodyEnd::Cut(ApiError::bad_request(format!(
-                    "append interrupted after the upload's first {} bytes: {e}",
-                    open.len()
-                )))
+                break BodyEnd::Cut(ApiError::bad_request(format!("append interrupted: {e}")))
             }
             Err(_) => {
                 break BodyEnd::Cut(ApiError::bad_request(format!(
-                    "append ended after the upload's first {} bytes: its body brought nothing \
-                     for {} s",
-                    open.len(),
+                    "append ended: its body brought nothing for {} s",
                     stall.as_secs()
                 )))
             }
         };
-        if open.len() + chunk.len() as u64 > bound {
-            break BodyEnd::Refused(if bound == limit {
-                ApiError::too_large(format!(
-                    "blob larger than the gateway's limit of {limit} bytes"
-                ))
-            } else {
-                ApiError::bad_request(format!(
-                    "the append would take the upload past the {bound} bytes it declared"
-                ))
-            });
+        let end = open.len() + chunk.len() as u64;
+        if let Some(declared) = declared.filter(|declared| end > *declared) {
+            break BodyEnd::Refused(ApiError::bad_request(format!(
+                "the append would take the upload past the {declared} bytes it declared"
+            )));
+        }
+        if end > limit {
+            break BodyEnd::Refused(ApiError::too_large(format!(
+                "blob larger than the gateway's limit of {limit} bytes"
+            )));
         }
         if let Err(e) = open.push(&chunk).await {
             break BodyEnd::Broken(io_error(e));
         }
     };
-    upload.offset = open.len();
     upload.cut = matches!(end, BodyEnd::Cut(_));
+    upload.offset = if upload.cut {
+        open.drop_arriving_segment()
+    } else {
+        open.len()
+    };
     match end {
         BodyEnd::Complete => Ok(()),
-        BodyEnd::Cut(e) | BodyEnd::Refused(e) => Err(e),
+        BodyEnd::Cut(e) => Err(ApiError::new(
+            e.status,
+            format!(
+                "{}; the upload has {} bytes, resume there",
+                e.message, upload.offset
+            ),
+        )),
+        BodyEnd::Refused(e) => Err(e),
         BodyEnd::Broken(e) => {
             // What it holds cannot become the blob any more: dropping it
             // removes its session from the nodes.
-            upload.stage = Stage::Failed(e.clone());
+            upload.stage = Stage::Ended(Ended::Failed(e.clone()));
             Err(e)
         }
     }
@@ -232,17 +258,16 @@ pub(super) async fn finish(
     State(state): State<Arc<GatewayState>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let (id, handle) = find(&state, &id)?;
+    let (id, handle) = match find(&state, &id)? {
+        (id, Found::Open(handle)) => (id, handle),
+        (_, Found::Ended(ended)) => return ended_again(&ended),
+    };
     let Some(permit) = state.upload_slots.acquire().await else {
         return Ok(busy(state.upload_slots.capacity()));
     };
     let mut upload = hold(&state, handle).await?;
-    match &upload.stage {
-        Stage::Open(_) => {}
-        Stage::Finished(status, stored) => {
-            return Ok((*status, Json(stored.clone())).into_response())
-        }
-        Stage::Failed(e) => return Err(failed(e)),
+    if let Stage::Ended(ended) = &upload.stage {
+        return ended_again(ended);
     }
     if let Some(declared) = upload.declared {
         if upload.offset != declared {
@@ -253,16 +278,20 @@ pub(super) async fn finish(
         }
     }
     let task = tokio::spawn(async move {
-        let placeholder = Stage::Failed(ApiError::internal("the upload is being finished"));
+        let placeholder = Stage::Ended(Ended::Failed(ApiError::internal(
+            "the upload's finish failed unexpectedly",
+        )));
         let Stage::Open(open) = std::mem::replace(&mut upload.stage, placeholder) else {
             unreachable!("checked open above");
         };
         let outcome = commit(&state, *open, permit).await;
-        upload.stage = match &outcome {
-            Ok((status, stored)) => Stage::Finished(*status, stored.clone()),
-            Err(e) => Stage::Failed(e.clone()),
+        let ended = match &outcome {
+            Ok((status, stored)) => Ended::Finished(*status, stored.clone()),
+            Err(e) => Ended::Failed(e.clone()),
         };
+        upload.stage = Stage::Ended(ended.clone());
         upload.last_used = Instant::now();
+        state.resumable.end(&id, Some(ended));
         outcome
     });
     let (status, stored) = task
@@ -276,49 +305,93 @@ pub(super) async fn delete(
     State(state): State<Arc<GatewayState>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let (id, handle) = find(&state, &id)?;
+    let (id, handle) = match find(&state, &id)? {
+        (id, Found::Open(handle)) => (id, handle),
+        (id, Found::Ended(ended)) => return delete_ended(&state, &id, &ended),
+    };
     let mut upload = hold(&state, handle).await?;
-    if let Stage::Finished(_, stored) = &upload.stage {
+    if let Stage::Ended(ended) = &upload.stage {
+        return delete_ended(&state, &id, ended);
+    }
+    // Dropping an open upload removes its session from the nodes.
+    upload.stage = Stage::Ended(Ended::Failed(ApiError::not_found(format!(
+        "upload {id} was deleted"
+    ))));
+    state.resumable.end(&id, None);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// A DELETE of an upload that ended: refused once finished (its blob is
+/// deleted instead), else its answer is forgotten.
+fn delete_ended(state: &GatewayState, id: &UploadId, ended: &Ended) -> Result<Response, ApiError> {
+    if let Ended::Finished(_, stored) = ended {
         return Err(ApiError::conflict(format!(
             "upload {id} is finished already (blob {}): delete the blob instead",
             stored.id
         )));
     }
-    // Dropping an open upload removes its session from the nodes.
-    upload.stage = Stage::Failed(ApiError::not_found(format!("upload {id} was deleted")));
-    state.resumable.forget(&id);
+    state.resumable.end(id, None);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// The upload under `text`, or 404.
-fn find(state: &GatewayState, text: &str) -> Result<(UploadId, UploadHandle), ApiError> {
+/// What `text` names, or 404.
+fn find(state: &GatewayState, text: &str) -> Result<(UploadId, Found), ApiError> {
     let id: UploadId = text
         .parse()
         .map_err(|e| ApiError::bad_request(format!("invalid upload id {text:?}: {e}")))?;
-    let handle = state.resumable.get(&id).ok_or_else(|| {
+    let found = state.resumable.find(&id).ok_or_else(|| {
         ApiError::not_found(format!(
             "no upload {id} here: it was never opened, was deleted, sat idle longer than {} s, \
              or the gateway restarted; open a new one (pairs shipped before are reused)",
             state.resumable.idle().as_secs()
         ))
     })?;
-    Ok((id, handle))
+    Ok((id, found))
 }
 
-/// The upload's lock, once no other request holds it; 409 when one still
-/// does after the stall time.
+/// The upload's lock, once no other request holds it (it counts as used
+/// from then on); 409 when one still does after the stall time.
 async fn hold(
     state: &GatewayState,
     handle: UploadHandle,
 ) -> Result<tokio::sync::OwnedMutexGuard<ResumableUpload>, ApiError> {
-    tokio::time::timeout(state.client_stall, handle.lock_owned())
+    let mut upload = tokio::time::timeout(state.client_stall, handle.lock_owned())
         .await
         .map_err(|_| {
             ApiError::conflict(format!(
                 "another request still holds this upload after {} s; ask its offset again later",
                 state.client_stall.as_secs()
             ))
-        })
+        })?;
+    upload.last_used = Instant::now();
+    Ok(upload)
+}
+
+/// The answer to an append to an upload that ended.
+fn ended_answer(ended: &Ended) -> ApiError {
+    match ended {
+        Ended::Finished(_, stored) => ApiError::conflict(format!(
+            "the upload is finished already (blob {}); it takes no more bytes",
+            stored.id
+        )),
+        Ended::Failed(e) => failed(e),
+    }
+}
+
+/// A finish asked again: the same answer.
+fn ended_again(ended: &Ended) -> Result<Response, ApiError> {
+    match ended {
+        Ended::Finished(status, stored) => Ok((*status, Json(stored.clone())).into_response()),
+        Ended::Failed(e) => Err(failed(e)),
+    }
+}
+
+/// `response` with the upload's offset in `Upload-Offset`.
+fn with_offset(mut response: Response, offset: u64) -> Response {
+    response
+        .headers_mut()
+        .insert(UPLOAD_OFFSET, HeaderValue::from(offset));
+    response
 }
 
 /// 410 for an upload that failed for good, saying why.

@@ -59,7 +59,9 @@ pub(super) async fn authorize(
 ) -> Response {
     let path = request.uri().path();
     let read = matches!(*request.method(), Method::GET | Method::HEAD);
-    let open = crate::auth::is_open_route(path) || (read && state.anonymous_reads);
+    // Anonymous reads are of blobs; an upload's progress is its writer's.
+    let open = crate::auth::is_open_route(path)
+        || (read && state.anonymous_reads && !path.starts_with("/v1/uploads"));
     if !open {
         if let Some(refused) = crate::auth::refusal(&state.user_tokens, request.headers(), "user") {
             return refused;
