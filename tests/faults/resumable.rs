@@ -153,6 +153,24 @@ async fn an_append_cut_off_mid_body_keeps_what_arrived_and_the_rest_makes_the_sa
         metric(&fleet, "redstuff_gateway_uploads_resumed_total").await,
         1
     );
+
+    // Without a declared length, a finish after the cut stores the whole
+    // segments kept, and nothing more.
+    let id = open(&fleet, None).await;
+    let socket = raw_request(
+        &fleet,
+        &format!("PATCH /v1/uploads/{id}"),
+        "Upload-Offset: 0\r\n",
+        data.len(),
+        &data[..2_500_000],
+    );
+    wait_for_session_pairs(&fleet, 2 * 7).await;
+    drop(socket);
+    assert_eq!(offset_of(&fleet, &id).await, Ok(2 << 20));
+    let (status, stored) = finish(&fleet, &id).await;
+    assert_eq!(status, 201, "{stored}");
+    assert_eq!(stored["id"], blob_id(&data[..2 << 20]));
+    assert!(fleet.get(&blob_id(&data[..2 << 20])).await == data[..2 << 20]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
