@@ -76,6 +76,17 @@ async fn offset_of(fleet: &DevFleet, id: &str) -> Result<u64, u16> {
     Ok(progress["offset"].as_u64().unwrap())
 }
 
+/// `DELETE /v1/uploads/{id}`: the status.
+async fn delete_upload(fleet: &DevFleet, id: &str) -> u16 {
+    let response = fleet
+        .http
+        .delete(format!("{}/v1/uploads/{id}", fleet.gateway))
+        .send()
+        .await
+        .unwrap();
+    response.status().as_u16()
+}
+
 /// `POST /v1/uploads/{id}/finish`: the status and the JSON answer.
 async fn finish(fleet: &DevFleet, id: &str) -> (u16, serde_json::Value) {
     let response = fleet
@@ -118,26 +129,31 @@ fn raw_request(
     socket
 }
 
+/// An append of `data` to upload `id` from its start, whose connection is
+/// lost once two whole 1 MiB segments and part of a third arrived: the
+/// offset the gateway then gives.
+async fn cut_append(fleet: &DevFleet, id: &str, data: &[u8]) -> usize {
+    let socket = raw_request(
+        fleet,
+        &format!("PATCH /v1/uploads/{id}"),
+        "Upload-Offset: 0\r\n",
+        data.len(),
+        &data[..2_500_000],
+    );
+    wait_for_session_pairs(fleet, 2 * 7).await;
+    drop(socket);
+    within("the offset", offset_of(fleet, id)).await.unwrap() as usize
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_append_cut_off_mid_body_keeps_what_arrived_and_the_rest_makes_the_same_blob() {
     let fleet = DevFleet::start(&[]);
     fleet.wait_for("nodes ready", all_ready).await;
     let data = pseudo_random(4_000_000, 41);
     let id = open(&fleet, Some(data.len())).await;
-    // Two whole 1 MiB segments and part of a third arrive; then the
-    // connection is lost.
-    let socket = raw_request(
-        &fleet,
-        &format!("PATCH /v1/uploads/{id}"),
-        "Upload-Offset: 0\r\n",
-        data.len(),
-        &data[..2_500_000],
-    );
-    wait_for_session_pairs(&fleet, 2 * 7).await;
-    drop(socket);
     // The gateway kept the segments that arrived whole (the one still
     // arriving gives its memory back), and says how much.
-    let kept = within("the offset", offset_of(&fleet, &id)).await.unwrap() as usize;
+    let kept = cut_append(&fleet, &id, &data).await;
     assert_eq!(kept, 2 << 20, "kept of the 2500000 bytes sent");
     assert_eq!(fleet.code("HEAD", &blob_id(&data)).await, 404, "invisible");
 
@@ -157,16 +173,7 @@ async fn an_append_cut_off_mid_body_keeps_what_arrived_and_the_rest_makes_the_sa
     // Without a declared length, a finish after the cut stores the whole
     // segments kept, and nothing more.
     let id = open(&fleet, None).await;
-    let socket = raw_request(
-        &fleet,
-        &format!("PATCH /v1/uploads/{id}"),
-        "Upload-Offset: 0\r\n",
-        data.len(),
-        &data[..2_500_000],
-    );
-    wait_for_session_pairs(&fleet, 2 * 7).await;
-    drop(socket);
-    assert_eq!(offset_of(&fleet, &id).await, Ok(2 << 20));
+    assert_eq!(cut_append(&fleet, &id, &data).await, 2 << 20);
     let (status, stored) = finish(&fleet, &id).await;
     assert_eq!(status, 201, "{stored}");
     assert_eq!(stored["id"], blob_id(&data[..2 << 20]));
@@ -230,13 +237,11 @@ async fn appends_at_another_offset_past_the_declared_length_or_after_the_finish_
     assert_eq!(status, 409, "{text}");
     assert!(text.contains("finished already"), "{text}");
     assert_eq!(offset_of(&fleet, &id).await, Ok(3_000_000));
-    let response = fleet
-        .http
-        .delete(format!("{}/v1/uploads/{id}", fleet.gateway))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 409, "a finished upload is not deleted");
+    assert_eq!(
+        delete_upload(&fleet, &id).await,
+        409,
+        "a finished upload is not deleted"
+    );
     assert!(fleet.get(&blob_id(&data)).await == data);
 
     // Ids that are not an upload's.
@@ -255,13 +260,7 @@ async fn appends_at_another_offset_past_the_declared_length_or_after_the_finish_
     let id = open(&fleet, None).await;
     let (status, _, _) = append(&fleet, &id, 0, &other).await;
     assert_eq!(status, 200);
-    let response = fleet
-        .http
-        .delete(format!("{}/v1/uploads/{id}", fleet.gateway))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 204);
+    assert_eq!(delete_upload(&fleet, &id).await, 204);
     assert_eq!(offset_of(&fleet, &id).await, Err(404));
     assert_eq!(finish(&fleet, &id).await.0, 404);
     assert_eq!(fleet.code("HEAD", &blob_id(&other)).await, 404);
@@ -311,29 +310,10 @@ async fn an_upload_left_idle_is_given_up_and_leaves_nothing_visible_or_on_the_no
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redstuff_put_resumes_a_file_upload_cut_off_midway_and_sends_its_bytes_about_once() {
-    let fleet = DevFleet::start(&[]);
-    fleet.wait_for("nodes ready", all_ready).await;
     let data = pseudo_random(6_500_000, 46);
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("weights.bin");
-    std::fs::write(&file, &data).unwrap();
-    // Between the client and the gateway: a proxy that cuts the first
-    // connection to carry more than 3 MB of the client's bytes.
-    let proxy = CuttingProxy::start(&fleet.gateway, 3_000_000).await;
-    let token = std::fs::read_to_string(fleet.data_dir().join("token")).unwrap();
-    let output = within(
-        "redstuff put",
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_redstuff"))
-            .arg("put")
-            .arg(&file)
-            .args(["--gateway", &proxy.url])
-            .env("REDSTUFF_TOKEN", token.trim())
-            .env("REDSTUFF_LOG", "warn")
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap();
+    let cut = CutPut::start(&data).await;
+    let output = within("redstuff put", cut.put().output()).await.unwrap();
+    let (fleet, proxy) = (&cut.fleet, &cut.proxy);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert_eq!(
@@ -351,7 +331,7 @@ async fn redstuff_put_resumes_a_file_upload_cut_off_midway_and_sends_its_bytes_a
         data.len()
     );
     assert_eq!(
-        metric(&fleet, "redstuff_gateway_uploads_resumed_total").await,
+        metric(fleet, "redstuff_gateway_uploads_resumed_total").await,
         1
     );
     assert!(fleet.get(&blob_id(&data)).await == data);
@@ -363,36 +343,22 @@ async fn a_body_that_brings_nothing_for_the_stall_time_ends_its_put_or_append_an
     fleet.wait_for("nodes ready", all_ready).await;
     let data = pseudo_random(1_500_000, 47);
     // A PUT that sends a little and then nothing, its connection open.
-    let mut socket = raw_request(&fleet, "PUT /v1/blobs", "", data.len(), &data[..100_000]);
-    let answer = read_answer(&mut socket);
-    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let socket = raw_request(&fleet, "PUT /v1/blobs", "", data.len(), &data[..100_000]);
+    let answer = ended_for_stalling(&fleet, socket).await;
     assert!(answer.contains("brought nothing for 2 s"), "{answer}");
-    wait_for_metric(
-        &fleet.http,
-        &fleet.gateway,
-        "redstuff_gateway_uploads_in_flight 0",
-    )
-    .await;
 
     // An append that does the same keeps the segment that arrived whole;
     // the upload goes on from there.
     let id = open(&fleet, Some(data.len())).await;
-    let mut socket = raw_request(
+    let socket = raw_request(
         &fleet,
         &format!("PATCH /v1/uploads/{id}"),
         "Upload-Offset: 0\r\n",
         data.len(),
         &data[..1_100_000],
     );
-    let answer = read_answer(&mut socket);
-    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let answer = ended_for_stalling(&fleet, socket).await;
     assert!(answer.contains("upload-offset: 1048576"), "{answer}");
-    wait_for_metric(
-        &fleet.http,
-        &fleet.gateway,
-        "redstuff_gateway_uploads_in_flight 0",
-    )
-    .await;
     assert_eq!(offset_of(&fleet, &id).await, Ok(1 << 20));
     let (status, _, text) = append(&fleet, &id, 1 << 20, &data[1 << 20..]).await;
     assert_eq!(status, 200, "{text}");
@@ -434,13 +400,7 @@ async fn open_uploads_are_bounded_per_slot_and_ended_ones_do_not_count() {
     assert_eq!(append(&fleet, &finished, 0, &data).await.0, 200);
     assert_eq!(finish(&fleet, &finished).await.0, 201);
     let deleted = open_ids.pop().unwrap();
-    let response = fleet
-        .http
-        .delete(format!("{}/v1/uploads/{deleted}", fleet.gateway))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 204);
+    assert_eq!(delete_upload(&fleet, &deleted).await, 204);
     open(&fleet, None).await;
     open(&fleet, None).await;
     assert_eq!(finish(&fleet, &finished).await.1["id"], blob_id(&data));
@@ -483,23 +443,10 @@ async fn redstuff_put_sends_a_file_whole_to_a_gateway_without_resumable_uploads(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redstuff_put_does_not_resume_a_file_that_changed_since_its_upload_began() {
-    let fleet = DevFleet::start(&[]);
-    fleet.wait_for("nodes ready", all_ready).await;
     let data = pseudo_random(6_500_000, 51);
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("changing.bin");
-    std::fs::write(&file, &data).unwrap();
-    let proxy = CuttingProxy::start(&fleet.gateway, 3_000_000).await;
-    let token = std::fs::read_to_string(fleet.data_dir().join("token")).unwrap();
-    let put = tokio::process::Command::new(env!("CARGO_BIN_EXE_redstuff"))
-        .arg("put")
-        .arg(&file)
-        .args(["--gateway", &proxy.url])
-        .env("REDSTUFF_TOKEN", token.trim())
-        .env("REDSTUFF_LOG", "warn")
-        .kill_on_drop(true)
-        .output();
-    let put = tokio::spawn(put);
+    let cut = CutPut::start(&data).await;
+    let (fleet, proxy, file) = (&cut.fleet, &cut.proxy, &cut.file);
+    let put = tokio::spawn(cut.put().output());
     // Once the first attempt is cut off, the file is rewritten before the
     // next attempt (which waits at least half a second).
     let start = Instant::now();
@@ -508,7 +455,7 @@ async fn redstuff_put_does_not_resume_a_file_that_changed_since_its_upload_began
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let changed = pseudo_random(6_400_000, 52);
-    std::fs::write(&file, &changed).unwrap();
+    std::fs::write(file, &changed).unwrap();
     let output = within("redstuff put", put).await.unwrap().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
@@ -518,6 +465,46 @@ async fn redstuff_put_does_not_resume_a_file_that_changed_since_its_upload_began
     );
     assert_eq!(fleet.code("HEAD", &blob_id(&data)).await, 404);
     assert_eq!(fleet.code("HEAD", &blob_id(&changed)).await, 404);
+}
+
+/// A fleet, a file of `data` and a proxy in front of the gateway that
+/// cuts the first connection to carry more than 3 MB of a client's bytes.
+struct CutPut {
+    fleet: DevFleet,
+    proxy: CuttingProxy,
+    file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl CutPut {
+    async fn start(data: &[u8]) -> Self {
+        let fleet = DevFleet::start(&[]);
+        fleet.wait_for("nodes ready", all_ready).await;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("weights.bin");
+        std::fs::write(&file, data).unwrap();
+        let proxy = CuttingProxy::start(&fleet.gateway, 3_000_000).await;
+        Self {
+            fleet,
+            proxy,
+            file,
+            _dir: dir,
+        }
+    }
+
+    /// `redstuff put FILE` through the proxy, with the user token.
+    fn put(&self) -> tokio::process::Command {
+        let token = std::fs::read_to_string(self.fleet.data_dir().join("token")).unwrap();
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_redstuff"));
+        command
+            .arg("put")
+            .arg(&self.file)
+            .args(["--gateway", &self.proxy.url])
+            .env("REDSTUFF_TOKEN", token.trim())
+            .env("REDSTUFF_LOG", "warn")
+            .kill_on_drop(true);
+        command
+    }
 }
 
 /// A gateway of an earlier version, without `/v1/uploads`: 404 for the
@@ -577,6 +564,20 @@ async fn older_gateway() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
         }
     });
     (url, requests)
+}
+
+/// The answer to a request whose body stalled on `socket`: a 400, once
+/// its upload slot is free again.
+async fn ended_for_stalling(fleet: &DevFleet, mut socket: std::net::TcpStream) -> String {
+    let answer = read_answer(&mut socket);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    wait_for_metric(
+        &fleet.http,
+        &fleet.gateway,
+        "redstuff_gateway_uploads_in_flight 0",
+    )
+    .await;
+    answer
 }
 
 /// The gateway's answer on `socket`, lower-case headers kept as sent,
