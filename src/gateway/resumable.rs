@@ -60,13 +60,22 @@ pub(super) struct ResumableUpload {
     pub stage: Stage,
     /// The length the client declared when it opened the upload.
     pub declared: Option<u64>,
-    /// Bytes received so far.
-    pub offset: u64,
     /// Whether the last append ended before its body did (the next one
     /// resumes the upload).
     pub cut: bool,
     /// When a request last let go of it.
     pub last_used: Instant,
+}
+
+impl ResumableUpload {
+    /// Bytes received so far, while it is open (an ended upload's answer
+    /// says the rest).
+    pub fn offset(&self) -> u64 {
+        match &self.stage {
+            Stage::Open(open) => open.len(),
+            Stage::Ended(_) => 0,
+        }
+    }
 }
 
 /// A shared handle on one upload; a request holds its lock throughout.
@@ -175,7 +184,6 @@ impl ResumableUploads {
         let handle = Arc::new(tokio::sync::Mutex::new(ResumableUpload {
             stage: Stage::Open(Box::new(upload)),
             declared,
-            offset: 0,
             cut: false,
             last_used: Instant::now(),
         }));
@@ -215,6 +223,11 @@ impl ResumableUploads {
     /// Open uploads now.
     pub fn len(&self) -> usize {
         locked(&self.uploads).len()
+    }
+
+    /// How many uploads may be open at once.
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     /// How long an untouched upload is kept.

@@ -54,7 +54,7 @@ pub(super) async fn open(
     let Some(id) = state.resumable.open(upload, declared) else {
         return Ok(retry_after(ApiError::unavailable(format!(
             "the gateway keeps its limit of {} open uploads; finish or delete one, or retry shortly",
-            state.upload_slots.capacity() * super::resumable::OPEN_UPLOADS_PER_SLOT
+            state.resumable.capacity()
         ))));
     };
     let mut response = progress(StatusCode::CREATED, &id, 0, declared);
@@ -81,7 +81,7 @@ pub(super) async fn show(
     Ok(progress(
         StatusCode::OK,
         &id,
-        upload.offset,
+        upload.offset(),
         upload.declared,
     ))
 }
@@ -120,7 +120,7 @@ pub(super) async fn append(
     if let Stage::Ended(ended) = &upload.stage {
         return Err(ended_answer(ended));
     }
-    let current = upload.offset;
+    let current = upload.offset();
     let refused = match check_append(current, asked, len, upload.declared, state.max_blob_bytes) {
         Ok(()) => None,
         Err(AppendRefusal::WrongOffset { current }) => Some(ApiError::conflict(format!(
@@ -145,21 +145,22 @@ pub(super) async fn append(
     // went away still counts exactly what arrived. A panic in it ends the
     // upload rather than leave it half-pushed.
     let task = tokio::spawn(async move {
-        let taken = std::panic::AssertUnwindSafe(take_body(&mut upload, body, stall, limit))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|_| {
-                let e = ApiError::internal("the append failed unexpectedly");
-                upload.stage = Stage::Ended(Ended::Failed(e.clone()));
-                Err(e)
-            });
+        let (taken, offset) =
+            std::panic::AssertUnwindSafe(take_body(&mut upload, body, stall, limit))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    let e = ApiError::internal("the append failed unexpectedly");
+                    upload.stage = Stage::Ended(Ended::Failed(e.clone()));
+                    (Err(e), current)
+                });
         upload.last_used = Instant::now();
         drop(permit);
         let ended = match &upload.stage {
             Stage::Ended(ended) => Some(ended.clone()),
             Stage::Open(_) => None,
         };
-        (taken, upload.offset, upload.declared, ended)
+        (taken, offset, upload.declared, ended)
     });
     let (taken, offset, declared, ended) = task
         .await
@@ -188,13 +189,14 @@ enum BodyEnd {
     Broken(ApiError),
 }
 
-/// Pushes `body` into the open `upload`, counting what arrived.
+/// Pushes `body` into the open `upload`, counting what arrived; the
+/// outcome, and the upload's bytes after it.
 async fn take_body(
     upload: &mut ResumableUpload,
     mut body: impl Stream<Item = Result<bytes::Bytes, axum::Error>> + Unpin,
     stall: Duration,
     limit: u64,
-) -> Result<(), ApiError> {
+) -> (Result<(), ApiError>, u64) {
     let Stage::Open(open) = &mut upload.stage else {
         unreachable!("an append holds an open upload");
     };
@@ -229,19 +231,16 @@ async fn take_body(
         }
     };
     upload.cut = matches!(end, BodyEnd::Cut(_));
-    upload.offset = if upload.cut {
+    let offset = if upload.cut {
         open.drop_arriving_segment()
     } else {
         open.len()
     };
-    match end {
+    let outcome = match end {
         BodyEnd::Complete => Ok(()),
         BodyEnd::Cut(e) => Err(ApiError::new(
             e.status,
-            format!(
-                "{}; the upload has {} bytes, resume there",
-                e.message, upload.offset
-            ),
+            format!("{}; the upload has {offset} bytes, resume there", e.message),
         )),
         BodyEnd::Refused(e) => Err(e),
         BodyEnd::Broken(e) => {
@@ -250,7 +249,8 @@ async fn take_body(
             upload.stage = Stage::Ended(Ended::Failed(e.clone()));
             Err(e)
         }
-    }
+    };
+    (outcome, offset)
 }
 
 /// `POST /v1/uploads/{id}/finish`: makes the upload a blob.
@@ -270,10 +270,10 @@ pub(super) async fn finish(
         return ended_again(ended);
     }
     if let Some(declared) = upload.declared {
-        if upload.offset != declared {
+        if upload.offset() != declared {
             return Err(ApiError::bad_request(format!(
                 "upload {id} has {} of the {declared} bytes it declared; append the rest first",
-                upload.offset
+                upload.offset()
             )));
         }
     }
