@@ -559,6 +559,10 @@ pub struct FleetMetrics {
     pub nodes_not_answering: IntGauge,
     /// When the cluster's CA certificate expires (0: no TLS).
     pub ca_expiry: IntGauge,
+    /// Where the cluster is in rotating its CA: 0 steady, 1 trusting the
+    /// new CA beside the current, 2 the new CA signing, the previous still
+    /// trusted.
+    pub ca_rotation_phase: IntGauge,
     /// Commit markers and tombstones the loop carried to nodes that missed them.
     pub markers_spread: IntCounterVec,
     /// Shards of blobs released from nodes they moved away from.
@@ -625,7 +629,12 @@ impl FleetMetrics {
             ca_expiry: gauge(
                 registry,
                 "redstuff_tls_ca_expiry_timestamp_seconds",
-                "When the cluster's CA certificate expires, in Unix seconds (0: the cluster serves no TLS). The operator does not rotate its CA.",
+                "When the cluster's CA certificate expires, in Unix seconds (0: the cluster serves no TLS). The operator rotates it a year before, or when asked (annotation redstuff.dev/rotate-ca).",
+            ),
+            ca_rotation_phase: gauge(
+                registry,
+                "redstuff_tls_ca_rotation_phase",
+                "Where the cluster is in rotating its CA: 0 steady (or no TLS), 1 the new CA trusted beside the current, 2 the new CA signing while the previous is still trusted.",
             ),
             markers_spread: counter_vec(
                 registry,

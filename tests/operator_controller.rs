@@ -1537,6 +1537,7 @@ async fn with_tls_a_cluster_gets_a_ca_and_serving_certificates_kept_until_thirty
         enabled: Some(true),
         gateway_names: None,
         gateway_secret: None,
+        ca_rotation_overlap: None,
     });
     let ca_path = format!("{NS}/secrets/media-ca");
     let serving_path = format!("{NS}/secrets/media-node-tls");
@@ -1705,6 +1706,7 @@ async fn a_ca_secret_without_its_key_holds_every_object_but_repairs_and_status_g
         enabled: Some(true),
         gateway_names: None,
         gateway_secret: None,
+        ca_rotation_overlap: None,
     });
     let ca = redstuff::tls::LocalCa::generate("media").unwrap();
     let api = api_with_secret("media-ca", None, &[("ca.crt", ca.cert_pem())]);
@@ -1813,6 +1815,7 @@ async fn a_gateway_serving_a_secret_of_the_users_is_trusted_by_its_ca_and_gets_n
         enabled: Some(true),
         gateway_names: None,
         gateway_secret: Some("media-public-cert".into()),
+        ca_rotation_overlap: None,
     });
     let public = redstuff::tls::LocalCa::generate("public").unwrap();
     let name = "media-gateway.storage.svc".to_string();

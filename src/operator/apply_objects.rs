@@ -188,10 +188,11 @@ pub(super) async fn apply_objects(
         tls,
     };
     if let Some(tls) = &credentials.tls {
-        trust_cluster_ca(&fleet_state.trust, &tls.ca_cert_pem);
+        let trusted = tls.trusted_pem();
+        trust_cluster_ca(&fleet_state.trust, &trusted);
         let gateway_trust = &fleet_state.gateway_trust;
         if let Err(problem) =
-            trust_gateway(&secrets, cluster, gateway_trust, &tls.ca_cert_pem).await
+            trust_gateway(&secrets, cluster, gateway_trust, &trusted).await
         {
             ctx.publish(cluster, true, "TlsMaterial", problem).await;
         }

@@ -4,8 +4,9 @@
 //! expire or their names change), and the trust of node and gateway calls.
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 
+use super::cluster_ca::{CaOutcome, CurrentSince, ServingPod};
 use super::crd::StorageCluster;
 use super::desired::{
     tls::{self, ClusterTls},
@@ -35,51 +36,29 @@ pub(super) async fn read_or_make_token(
     }
 }
 
-/// The CA and the serving certificates of `cluster`: the CA kept in its
-/// Secret, or a new one stored before anything uses it (so that a failed
-/// write can never leave pods trusting a CA the next reconcile replaces);
-/// each serving certificate kept unless `tls::needs_new_serving_cert` says
-/// to issue one.
+/// The CAs and the serving certificates of `cluster`, and what its CA
+/// rotation did (`cluster_ca`): each serving certificate kept unless
+/// `tls::needs_new_serving_cert` says to issue one from the CA that signs
+/// now, stored beside every CA trusted now.
 pub(super) async fn read_or_make_tls(
     secrets: &Api<Secret>,
     cluster: &StorageCluster,
     name: &str,
     namespace: &str,
-) -> Result<ClusterTls, ReconcileError> {
-    let issue_error = |e: crate::tls::TlsError| ReconcileError::Tls(e.to_string());
-    let ca_name = tls::ca_secret_name(name);
-    let mut kept_ca = secrets.get_opt(&ca_name).await?;
-    if kept_ca.is_none() {
-        let ca = LocalCa::generate(name).map_err(issue_error)?;
-        let secret = tls::ca_secret(cluster, name, ca.cert_pem(), &ca.key_pem());
-        match secrets.create(&PostParams::default(), &secret).await {
-            Ok(created) => {
-                tracing::info!(cluster = name, "made the cluster's CA");
-                kept_ca = Some(created);
-            }
-            // Made meanwhile by another reconcile: that one is the CA.
-            Err(kube::Error::Api(e)) if e.code == 409 => {
-                kept_ca = secrets.get_opt(&ca_name).await?
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let ca = match (
-        secret_text(&kept_ca, tls::CA_CERT_KEY),
-        secret_text(&kept_ca, tls::CA_KEY_KEY),
-    ) {
-        (Some(cert), Some(key)) => LocalCa::from_pem(&cert, &key).map_err(issue_error)?,
-        _ => {
-            return Err(ReconcileError::Tls(format!(
-                "the Secret {ca_name} lacks {} or {}: delete it to have a new CA made",
-                tls::CA_CERT_KEY,
-                tls::CA_KEY_KEY
-            )))
-        }
-    };
+    serving_pods: &[ServingPod],
+    current_since: &CurrentSince,
+) -> Result<(ClusterTls, CaOutcome), ReconcileError> {
+    let outcome =
+        super::cluster_ca::read_make_or_rotate(secrets, cluster, name, serving_pods, current_since)
+            .await?;
+    let cas = outcome.cas.clone();
+    let ca = LocalCa::from_pem(&cas.current.cert_pem, &cas.current.key_pem)
+        .map_err(|e| ReconcileError::Tls(e.to_string()))?;
+    let trusted = cas.trusted_pem();
     let nodes = keep_or_issue(
         secrets,
         &ca,
+        &trusted,
         &tls::node_tls_secret_name(name),
         tls::node_serving_names(name, namespace),
     )
@@ -90,18 +69,21 @@ pub(super) async fn read_or_make_tls(
             keep_or_issue(
                 secrets,
                 &ca,
+                &trusted,
                 &tls::gateway_tls_secret_name(name),
                 tls::gateway_serving_names(cluster, namespace),
             )
             .await?,
         ),
     };
-    Ok(ClusterTls {
-        ca_cert_pem: ca.cert_pem().to_string(),
-        ca_key_pem: ca.key_pem(),
-        nodes,
-        gateway,
-    })
+    Ok((
+        ClusterTls {
+            cas,
+            nodes,
+            gateway,
+        },
+        outcome,
+    ))
 }
 
 /// The value of `key` in `secret`, when it holds a non-blank one.
@@ -114,10 +96,12 @@ pub(super) fn secret_text(secret: &Option<Secret>, key: &str) -> Option<String> 
 }
 
 /// The serving certificate for `names` kept in Secret `secret_name`, or a
-/// new one from `ca` when `tls::needs_new_serving_cert` says so.
+/// new one from `ca` when `tls::needs_new_serving_cert` says so (`trusted`
+/// being what is stored beside it).
 pub(super) async fn keep_or_issue(
     secrets: &Api<Secret>,
     ca: &LocalCa,
+    trusted: &str,
     secret_name: &str,
     names: Vec<String>,
 ) -> Result<tls::ServingPair, ReconcileError> {
@@ -136,7 +120,7 @@ pub(super) async fn keep_or_issue(
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    if !tls::needs_new_serving_cert(kept_serving.as_ref(), ca.cert_pem(), &names, now) {
+    if !tls::needs_new_serving_cert(kept_serving.as_ref(), trusted, &names, now) {
         return Ok(tls::ServingPair {
             cert_pem: secret_text(&kept, tls::CERT_KEY).unwrap_or_default(),
             key_pem: secret_text(&kept, tls::KEY_KEY).unwrap_or_default(),
@@ -159,7 +143,7 @@ pub(super) async fn keep_or_issue(
     })
 }
 
-/// Checks the cluster's nodes against `ca_cert_pem` from now on.
+/// Checks the cluster's nodes against `ca_cert_pem` (a bundle) from now on.
 pub(crate) fn trust_cluster_ca(trust: &crate::tls::FleetTrust, ca_cert_pem: &str) {
     let origin = std::path::Path::new("the cluster's CA Secret");
     match crate::tls::TrustedCa::from_pem(origin, ca_cert_pem.as_bytes()) {

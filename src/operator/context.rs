@@ -44,6 +44,12 @@ impl Endpoints {
             .unwrap_or_else(|| node_url(cluster, index))
     }
 
+    /// The URL an override names for the gateway of `cluster`, if any.
+    pub fn gateway_override(&self, cluster: &StorageCluster) -> Option<String> {
+        let name = cluster.metadata.name.clone().unwrap_or_default();
+        self.overrides.get(&format!("{name}-gateway")).cloned()
+    }
+
     /// Base URL of the gateway of `cluster`: `https://` when it serves TLS.
     pub fn gateway(&self, cluster: &StorageCluster) -> String {
         let name = cluster.metadata.name.clone().unwrap_or_default();
@@ -137,6 +143,9 @@ pub struct ClusterFleet {
     /// The CA its nodes and gateway are checked against when they serve
     /// TLS (set once its Secret is read).
     pub trust: Arc<crate::tls::FleetTrust>,
+    /// Since when every pod has served its Secret's certificate in the
+    /// CA rotation's current phase.
+    pub ca_current_since: super::cluster_ca::CurrentSince,
     /// What its gateway is checked against when it serves TLS: the same
     /// CA, or that of the user's Secret it serves (`spec.tls.gatewaySecret`).
     pub gateway_trust: Arc<crate::tls::FleetTrust>,
@@ -194,6 +203,7 @@ impl Fleets {
                     .build()
                     .expect("HTTP client");
                 Arc::new(ClusterFleet {
+                    ca_current_since: Default::default(),
                     gateway_trust,
                     gateway_http,
                     trust,

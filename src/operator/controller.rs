@@ -26,6 +26,8 @@ use serde::Serialize;
 use super::apply_objects::{
     apply_objects, hold_objects, last_view_blobs_to_repair, Applied, ApplyScope, Failures,
 };
+use super::ca_rotation::CaPhase;
+use super::cluster_ca;
 use super::cluster_secrets::read_or_make_tls;
 use super::context::{ClusterFleet, Context};
 use super::crd::{Blob, BlobCounts, StorageCluster, UnavailableNode};
@@ -364,14 +366,29 @@ pub async fn reconcile_cluster(
         },
     )
     .await?;
+    let mut ca_rotating = false;
     let tls = if let Some(problem) = taken {
         Err(HeldObjects {
             reason: "NameTaken",
             problem,
         })
     } else if cluster.spec.tls_enabled() {
-        match read_or_make_tls(&secrets, &cluster, &name, &namespace).await {
-            Ok(tls) => Ok(Some(tls)),
+        let serving_pods = cluster_ca::serving_pods(&ctx, &client, &cluster, &decisions).await;
+        match read_or_make_tls(
+            &secrets,
+            &cluster,
+            &name,
+            &namespace,
+            &serving_pods,
+            &fleet_state.ca_current_since,
+        )
+        .await
+        {
+            Ok((tls, outcome)) => {
+                cluster_ca::tell(&ctx, &cluster, &outcome).await;
+                ca_rotating = outcome.cas.phase() != CaPhase::Steady;
+                Ok(Some(tls))
+            }
             Err(ReconcileError::Tls(problem)) => Err(HeldObjects {
                 reason: "TlsMaterial",
                 problem,
@@ -384,8 +401,10 @@ pub async fn reconcile_cluster(
     if let Ok(tls) = &tls {
         let expiry = tls
             .as_ref()
-            .and_then(|t| crate::tls::certificate_not_after_unix(&t.ca_cert_pem));
+            .and_then(|t| crate::tls::certificate_not_after_unix(&t.cas.current.cert_pem));
         fleet_state.metrics.ca_expiry.set(expiry.unwrap_or(0));
+        let phase = tls.as_ref().map_or(CaPhase::Steady, |t| t.cas.phase());
+        fleet_state.metrics.ca_rotation_phase.set(phase.number());
     }
     let scope = ApplyScope {
         ctx: &ctx,
@@ -703,6 +722,7 @@ pub async fn reconcile_cluster(
 
     let busy = !failures.0.is_empty()
         || held.is_some()
+        || ca_rotating
         || summary.repairs_in_flight > 0
         || blob_counts.degraded + blob_counts.at_risk > 0
         || decisions.iter().any(|d| !d.available)

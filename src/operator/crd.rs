@@ -196,6 +196,15 @@ pub struct TlsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub gateway_secret: Option<String>,
+    /// How long a new CA is trusted beside the old one before it signs,
+    /// while the CA is rotated (the annotation redstuff.dev/rotate-ca, or
+    /// a year before it expires): time for clients outside the cluster to
+    /// take the new `ca.crt` of NAME-gateway-tls, e.g. 10m, 1h, 24h
+    /// (default 10m). Pods inside need none: the operator waits until
+    /// each serves what its Secret holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"))]
+    pub ca_rotation_overlap: Option<String>,
 }
 
 /// The S3 endpoint of a cluster's gateway. The index is embedded (one file
@@ -267,6 +276,15 @@ impl StorageClusterSpec {
     /// names one.
     pub fn gateway_secret(&self) -> Option<&str> {
         self.tls.as_ref().and_then(|t| t.gateway_secret.as_deref())
+    }
+
+    /// How long a new CA is trusted before it signs during a rotation.
+    pub fn ca_rotation_overlap(&self) -> std::time::Duration {
+        self.tls
+            .as_ref()
+            .and_then(|t| t.ca_rotation_overlap.as_deref())
+            .and_then(|text| super::lifecycle::parse_duration(text).ok())
+            .unwrap_or(super::ca_rotation::DEFAULT_OVERLAP)
     }
 
     /// The further names the gateway's certificate covers.

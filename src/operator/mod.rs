@@ -5,7 +5,9 @@
 mod apply_objects;
 pub mod blob_controller;
 pub mod blob_status;
+pub mod ca_rotation;
 pub mod claimed_shards;
+pub mod cluster_ca;
 mod cluster_secrets;
 pub mod context;
 pub mod controller;

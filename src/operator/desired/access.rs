@@ -59,8 +59,12 @@ pub fn placeholder_credentials(cluster: &StorageCluster) -> Credentials {
                 names: Vec::new(),
             };
             super::tls::ClusterTls {
-                ca_cert_pem: "placeholder-ca-certificate".into(),
-                ca_key_pem: "placeholder-ca-key".into(),
+                cas: crate::operator::ca_rotation::CaSet::single(
+                    crate::operator::ca_rotation::CaPem {
+                        cert_pem: "placeholder-ca-certificate".into(),
+                        key_pem: "placeholder-ca-key".into(),
+                    },
+                ),
                 nodes: placeholder("node"),
                 gateway: cluster
                     .spec

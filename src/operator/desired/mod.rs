@@ -724,12 +724,7 @@ pub fn desired_objects(
             &name,
             spec.gateway_secret(),
         );
-        ca_secret = Some(tls::ca_secret(
-            cluster,
-            &name,
-            &material.ca_cert_pem,
-            &material.ca_key_pem,
-        ));
+        ca_secret = Some(tls::ca_secret(cluster, &name, &material.cas));
         node_tls_secret = Some(tls::node_tls_secret(cluster, &name, material));
         gateway_tls_secret = tls::gateway_tls_secret(cluster, &name, material);
     }

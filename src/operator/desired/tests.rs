@@ -495,6 +495,7 @@ fn with_tls(c: &mut StorageCluster) -> Credentials {
         enabled: Some(true),
         gateway_names: None,
         gateway_secret: None,
+        ca_rotation_overlap: None,
     });
     let pair = |what: &str, names: Vec<String>| tls::ServingPair {
         cert_pem: format!("{what} CERT"),
@@ -504,8 +505,10 @@ fn with_tls(c: &mut StorageCluster) -> Credentials {
     };
     Credentials {
         tls: Some(tls::ClusterTls {
-            ca_cert_pem: "CA CERT".into(),
-            ca_key_pem: "CA KEY".into(),
+            cas: crate::operator::ca_rotation::CaSet::single(crate::operator::ca_rotation::CaPem {
+                cert_pem: "CA CERT".into(),
+                key_pem: "CA KEY".into(),
+            }),
             nodes: pair("NODE", tls::node_serving_names("media", "storage")),
             gateway: Some(pair("GATEWAY", tls::gateway_serving_names(c, "storage"))),
         }),
@@ -602,7 +605,7 @@ fn with_tls_nodes_and_the_gateway_serve_certificates_of_their_own_and_everyone_c
         let keys: Vec<&String> = data.keys().collect();
         assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"]);
         assert_eq!(data["tls.crt"].0, cert.as_bytes());
-        assert_eq!(data["ca.crt"].0, b"CA CERT");
+        assert_eq!(data["ca.crt"].0, b"CA CERT\n");
         let annotations = serving.metadata.annotations.as_ref().unwrap();
         assert_eq!(annotations[tls::NOT_AFTER_ANNOTATION], "1900000000");
         assert!(annotations[tls::NAMES_ANNOTATION].starts_with(names));

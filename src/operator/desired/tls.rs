@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{KeyToPath, PodSpec, Secret, SecretVolumeSource,
 use k8s_openapi::ByteString;
 
 use super::{meta, token_mount};
+use crate::operator::ca_rotation::{CaPem, CaSet};
 use crate::operator::crd::StorageCluster;
 
 /// Where the TLS Secret is mounted in node and gateway pods.
@@ -48,10 +49,9 @@ pub struct ServingPair {
 /// The TLS material of a cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterTls {
-    /// The CA's certificate (PEM).
-    pub ca_cert_pem: String,
-    /// The CA's key (PEM).
-    pub ca_key_pem: String,
+    /// Its CAs: the one signing, and during a rotation the one coming or
+    /// going.
+    pub cas: CaSet,
     /// What node pods serve.
     pub nodes: ServingPair,
     /// What gateway pods serve (the native API and S3), unless they serve
@@ -59,10 +59,18 @@ pub struct ClusterTls {
     pub gateway: Option<ServingPair>,
 }
 
+impl ClusterTls {
+    /// What pods and the operator trust now (`ca.crt` of the serving
+    /// Secrets): every CA of the set.
+    pub fn trusted_pem(&self) -> String {
+        self.cas.trusted_pem()
+    }
+}
+
 /// A serving certificate as its Secret holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeptServingCert {
-    /// The CA certificate stored beside it.
+    /// The CA certificates stored beside it (what pods trust).
     pub ca_cert_pem: String,
     /// When it expires, from the Secret's annotation.
     pub not_after_unix: Option<u64>,
@@ -73,7 +81,9 @@ pub struct KeptServingCert {
 }
 
 /// Whether a new serving certificate for `names` is needed: none kept, one
-/// incomplete, from another CA or for other names, or one expiring within
+/// incomplete, stored beside other CA certificates than `ca_cert_pem` (a
+/// CA rotation's every step issues one, so that a pod seen serving it has
+/// read its Secret's trust too) or for other names, or one expiring within
 /// `RENEW_BEFORE`.
 pub fn needs_new_serving_cert(
     kept: Option<&KeptServingCert>,
@@ -138,7 +148,7 @@ pub fn gateway_serving_names(cluster: &StorageCluster, namespace: &str) -> Vec<S
     names
 }
 
-fn secret_data(entries: [(&str, &str); 3]) -> BTreeMap<String, ByteString> {
+fn secret_data<const N: usize>(entries: [(&str, &str); N]) -> BTreeMap<String, ByteString> {
     entries
         .into_iter()
         .filter(|(_, value)| !value.is_empty())
@@ -146,23 +156,87 @@ fn secret_data(entries: [(&str, &str); 3]) -> BTreeMap<String, ByteString> {
         .collect()
 }
 
-/// The CA Secret (the operator's only: no pod mounts it).
-pub fn ca_secret(
-    cluster: &StorageCluster,
-    name: &str,
-    ca_cert_pem: &str,
-    ca_key_pem: &str,
-) -> Secret {
+/// The next CA's certificate, in the CA Secret during a rotation's first
+/// phase.
+pub const NEXT_CA_CERT_KEY: &str = "next-ca.crt";
+/// Its key.
+pub const NEXT_CA_KEY_KEY: &str = "next-ca.key";
+/// The previous CA's certificate, in the CA Secret during a rotation's
+/// second phase.
+pub const PREVIOUS_CA_CERT_KEY: &str = "previous-ca.crt";
+/// The rotate annotation's value last acted on, on the CA Secret.
+pub const ROTATION_REQUEST_ANNOTATION: &str = "redstuff.dev/ca-rotation-request";
+/// When the CA set's phase began (Unix seconds), on the CA Secret.
+pub const PHASE_SINCE_ANNOTATION: &str = "redstuff.dev/ca-phase-since";
+
+/// The CA Secret (the operator's only: no pod mounts it), holding `cas`.
+pub fn ca_secret(cluster: &StorageCluster, name: &str, cas: &CaSet) -> Secret {
+    let mut metadata = meta(cluster, ca_secret_name(name), "node");
+    let annotations: BTreeMap<String, String> = [
+        (ROTATION_REQUEST_ANNOTATION, cas.request.clone()),
+        (
+            PHASE_SINCE_ANNOTATION,
+            cas.phase_since_unix.map(|at| at.to_string()),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(key, value)| Some((key.to_string(), value?)))
+    .collect();
+    if !annotations.is_empty() {
+        metadata.annotations = Some(annotations);
+    }
+    let next = cas.next.as_ref();
+    let entries = [
+        (CA_CERT_KEY, cas.current.cert_pem.as_str()),
+        (CA_KEY_KEY, cas.current.key_pem.as_str()),
+        (NEXT_CA_CERT_KEY, next.map_or("", |ca| ca.cert_pem.as_str())),
+        (NEXT_CA_KEY_KEY, next.map_or("", |ca| ca.key_pem.as_str())),
+        (
+            PREVIOUS_CA_CERT_KEY,
+            cas.previous_cert_pem.as_deref().unwrap_or(""),
+        ),
+    ];
     Secret {
-        metadata: meta(cluster, ca_secret_name(name), "node"),
+        metadata,
         type_: Some("Opaque".into()),
-        data: Some(secret_data([
-            (CA_CERT_KEY, ca_cert_pem),
-            (CA_KEY_KEY, ca_key_pem),
-            ("", ""),
-        ])),
+        data: Some(secret_data(entries)),
         ..Secret::default()
     }
+}
+
+/// The CAs the CA Secret `secret` holds; `None` when its current CA's
+/// certificate or key is missing. A next CA without its key is left out
+/// (a rotation then begins again).
+pub fn cas_of_secret(secret: &Secret) -> Option<CaSet> {
+    let text = |key: &str| {
+        secret
+            .data
+            .as_ref()?
+            .get(key)
+            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+            .filter(|v| !v.trim().is_empty())
+    };
+    let annotation = |key: &str| {
+        secret
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(key)
+            .cloned()
+    };
+    let pair = |cert: &str, key: &str| {
+        Some(CaPem {
+            cert_pem: text(cert)?,
+            key_pem: text(key)?,
+        })
+    };
+    Some(CaSet {
+        current: pair(CA_CERT_KEY, CA_KEY_KEY)?,
+        next: pair(NEXT_CA_CERT_KEY, NEXT_CA_KEY_KEY),
+        previous_cert_pem: text(PREVIOUS_CA_CERT_KEY),
+        request: annotation(ROTATION_REQUEST_ANNOTATION),
+        phase_since_unix: annotation(PHASE_SINCE_ANNOTATION).and_then(|v| v.parse().ok()),
+    })
 }
 
 fn serving_secret(
@@ -192,19 +266,20 @@ fn serving_secret(
     }
 }
 
-/// The nodes' serving-certificate Secret, with the CA's certificate.
+/// The nodes' serving-certificate Secret, with the certificates of the
+/// CAs trusted.
 pub fn node_tls_secret(cluster: &StorageCluster, name: &str, tls: &ClusterTls) -> Secret {
     serving_secret(
         cluster,
         node_tls_secret_name(name),
         "node",
-        &tls.ca_cert_pem,
+        &tls.trusted_pem(),
         &tls.nodes,
     )
 }
 
-/// The gateway's serving-certificate Secret, with the CA's certificate,
-/// unless the gateway serves a Secret of the user's.
+/// The gateway's serving-certificate Secret, with the certificates of the
+/// CAs trusted, unless the gateway serves a Secret of the user's.
 pub fn gateway_tls_secret(
     cluster: &StorageCluster,
     name: &str,
@@ -215,7 +290,7 @@ pub fn gateway_tls_secret(
         cluster,
         gateway_tls_secret_name(name),
         "gateway",
-        &tls.ca_cert_pem,
+        &tls.trusted_pem(),
         pair,
     ))
 }
@@ -427,6 +502,7 @@ mod tests {
             enabled: Some(true),
             gateway_names: Some(vec!["objects.example.com".into(), "localhost".into()]),
             gateway_secret: None,
+            ca_rotation_overlap: None,
         });
         let names = gateway_serving_names(&cluster, "storage");
         for expected in [
