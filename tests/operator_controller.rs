@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -2140,4 +2140,240 @@ async fn a_name_found_free_or_the_clusters_own_is_not_asked_again() {
     )
     .await;
     assert_eq!(asked(&seen), 0, "{:#?}", lines(&seen));
+}
+
+/// A pod serving TLS from files the test writes as the kubelet writes a
+/// mounted Secret's, read when `kubelet_writes` says.
+struct TlsPod {
+    dir: tempfile::TempDir,
+    serving: Arc<redstuff::tls::ServingCert>,
+    url: String,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl TlsPod {
+    /// Serves a throwaway certificate until the first Secret is written.
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let first = redstuff::tls::LocalCa::generate("throwaway")
+            .unwrap()
+            .issue(&["localhost".to_string()], Duration::from_secs(3600))
+            .unwrap();
+        std::fs::write(dir.path().join("tls.crt"), &first.cert_pem).unwrap();
+        std::fs::write(dir.path().join("tls.key"), &first.key_pem).unwrap();
+        let serving =
+            redstuff::tls::ServingCert::load(&dir.path().join("tls.crt"), &dir.path().join("tls.key"))
+                .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
+        let metrics = redstuff::tls::TlsMetrics {
+            certificate_expiry: prometheus::IntGauge::new("expiry", "test").unwrap(),
+            handshake_failures: prometheus::IntCounter::new("failures", "test").unwrap(),
+        };
+        let tls = serving.clone();
+        let server = tokio::spawn(async move {
+            let _ = redstuff::tls::serve(
+                listener,
+                app,
+                Some(tls),
+                Duration::from_secs(30),
+                metrics,
+                std::future::pending(),
+            )
+            .await;
+        });
+        Self {
+            dir,
+            serving,
+            url,
+            _server: server,
+        }
+    }
+
+    /// Writes `secret`'s files and has them read now.
+    fn kubelet_writes(&self, secret: &Value) {
+        for key in ["tls.crt", "tls.key", "ca.crt"] {
+            std::fs::write(self.dir.path().join(key), secret_text(secret, key)).unwrap();
+        }
+        self.serving.refresh().unwrap();
+    }
+}
+
+/// One reconcile by `before`'s operator process (or a new one) against an
+/// API server holding the token Secrets and `kept`, into which the
+/// Secrets it applies go.
+async fn reconcile_keeping(
+    before: Option<Arc<Context>>,
+    kept: &mut BTreeMap<String, Value>,
+    cluster: StorageCluster,
+    endpoints: &Endpoints,
+) -> (Vec<Seen>, Arc<Context>) {
+    let mut api = api_with_tokens();
+    api.objects.extend(kept.clone());
+    let (seen, ctx) =
+        reconcile_by(before, api, cluster, ready_pods(3), claims(3), endpoints.clone()).await;
+    for s in &seen {
+        if s.method == "PATCH" && s.path.starts_with(&format!("{NS}/secrets/")) {
+            kept.insert(s.path.clone(), s.body.clone());
+        }
+    }
+    (seen, ctx)
+}
+
+/// The PEM certificates of a bundle, each as its text.
+fn bundle(pem: &str) -> Vec<String> {
+    pem.split_inclusive("-----END CERTIFICATE-----")
+        .map(|c| c.trim().to_string())
+        .filter(|c| c.contains("BEGIN CERTIFICATE"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_ca_rotation_trusts_the_new_ca_everywhere_before_it_signs_and_drops_the_old_only_once_every_pod_serves_from_the_new(
+) {
+    let nodes = [TlsPod::start().await, TlsPod::start().await, TlsPod::start().await];
+    let gateway = TlsPod::start().await;
+    let endpoints = nodes
+        .iter()
+        .enumerate()
+        .fold(Endpoints::default(), |e, (i, pod)| {
+            e.with_override(format!("media-node-{i}"), pod.url.clone())
+        })
+        .with_override("media-gateway", gateway.url.clone());
+    let mut tls_cluster = cluster(7, 3, None);
+    tls_cluster.spec.tls = Some(redstuff::operator::crd::TlsSpec {
+        enabled: Some(true),
+        gateway_names: None,
+        gateway_secret: None,
+        ca_rotation_overlap: Some("0s".into()),
+    });
+    let (ca_path, node_path, gateway_path) = (
+        format!("{NS}/secrets/media-ca"),
+        format!("{NS}/secrets/media-node-tls"),
+        format!("{NS}/secrets/media-gateway-tls"),
+    );
+    // The API server keeps what each reconcile applied.
+    let mut kept: BTreeMap<String, Value> = BTreeMap::new();
+    let mut ctx: Option<Arc<Context>> = None;
+    macro_rules! step {
+        () => {{
+            let (seen, after) =
+                reconcile_keeping(ctx.take(), &mut kept, tls_cluster.clone(), &endpoints).await;
+            ctx = Some(after);
+            seen
+        }};
+    }
+    let rotation_events = |seen: &[Seen]| {
+        seen.iter()
+            .filter(|s| s.path.ends_with("/events") && s.body["reason"] == "CaRotation")
+            .count()
+    };
+
+    // A cluster with its first CA, every pod serving its certificates.
+    step!();
+    let old_ca = secret_text(&kept[&ca_path], "ca.crt");
+    for pod in &nodes {
+        pod.kubelet_writes(&kept[&node_path]);
+    }
+    gateway.kubelet_writes(&kept[&gateway_path]);
+
+    // Asked: a new CA is trusted beside the old, which still signs (the
+    // certificates are renewed so that a pod serving one has read it).
+    tls_cluster
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert("redstuff.dev/rotate-ca".into(), "1".into());
+    let old_node_cert = secret_text(&kept[&node_path], "tls.crt");
+    let seen = step!();
+    assert_eq!(rotation_events(&seen), 1);
+    let new_ca = secret_text(&kept[&ca_path], "next-ca.crt");
+    assert!(new_ca.contains("BEGIN CERTIFICATE") && new_ca != old_ca);
+    assert_eq!(secret_text(&kept[&ca_path], "ca.crt"), old_ca);
+    assert!(secret_text(&kept[&ca_path], "next-ca.key").contains("PRIVATE KEY"));
+    for path in [&node_path, &gateway_path] {
+        assert_eq!(
+            bundle(&secret_text(&kept[path], "ca.crt")),
+            [old_ca.trim(), new_ca.trim()]
+        );
+    }
+    let node_cert = secret_text(&kept[&node_path], "tls.crt");
+    assert_ne!(node_cert, old_node_cert);
+    let pod_name = "media-node-0.media-nodes.storage.svc";
+    assert!(issued_for(&old_ca, &node_cert, pod_name));
+    assert_eq!(media_fleet(ctx.as_ref().unwrap()).metrics.ca_rotation_phase.get(), 1);
+
+    // Node 2 and the gateway have not read their Secrets yet: the new CA
+    // does not sign, however long it has been trusted.
+    nodes[0].kubelet_writes(&kept[&node_path]);
+    nodes[1].kubelet_writes(&kept[&node_path]);
+    let seen = step!();
+    assert_eq!(rotation_events(&seen), 0);
+    assert!(secret_text(&kept[&ca_path], "next-ca.crt").contains("BEGIN"));
+    nodes[2].kubelet_writes(&kept[&node_path]);
+    gateway.kubelet_writes(&kept[&gateway_path]);
+
+    // Every pod current: after a pod's own reload tick has passed, the new
+    // CA signs and the old one stays trusted.
+    let mut switched = None;
+    for _ in 0..20 {
+        let seen = step!();
+        if rotation_events(&seen) > 0 {
+            switched = Some(seen);
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(switched.is_some(), "the new CA never signed");
+    assert_eq!(secret_text(&kept[&ca_path], "ca.crt"), new_ca);
+    assert_eq!(secret_text(&kept[&ca_path], "previous-ca.crt"), old_ca);
+    assert!(kept[&ca_path]["data"].get("next-ca.crt").is_none());
+    for path in [&node_path, &gateway_path] {
+        assert_eq!(
+            bundle(&secret_text(&kept[path], "ca.crt")),
+            [new_ca.trim(), old_ca.trim()]
+        );
+    }
+    let node_cert = secret_text(&kept[&node_path], "tls.crt");
+    assert!(issued_for(&new_ca, &node_cert, pod_name));
+    assert!(!issued_for(&old_ca, &node_cert, pod_name));
+    assert_eq!(media_fleet(ctx.as_ref().unwrap()).metrics.ca_rotation_phase.get(), 2);
+
+    // The gateway still serves a certificate of the old CA: it stays
+    // trusted until the gateway serves one of the new.
+    for pod in &nodes {
+        pod.kubelet_writes(&kept[&node_path]);
+    }
+    let seen = step!();
+    assert_eq!(rotation_events(&seen), 0);
+    assert_eq!(secret_text(&kept[&ca_path], "previous-ca.crt"), old_ca);
+    gateway.kubelet_writes(&kept[&gateway_path]);
+    let mut finished = false;
+    for _ in 0..20 {
+        let seen = step!();
+        if rotation_events(&seen) > 0 {
+            finished = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(finished, "the old CA was never dropped");
+    assert!(kept[&ca_path]["data"].get("previous-ca.crt").is_none());
+    for path in [&node_path, &gateway_path] {
+        assert_eq!(bundle(&secret_text(&kept[path], "ca.crt")), [new_ca.trim()]);
+    }
+    assert!(issued_for(
+        &new_ca,
+        &secret_text(&kept[&gateway_path], "tls.crt"),
+        "media-gateway.storage.svc"
+    ));
+    assert_eq!(media_fleet(ctx.as_ref().unwrap()).metrics.ca_rotation_phase.get(), 0);
+
+    // The same annotation value asks nothing more.
+    let seen = step!();
+    assert_eq!(rotation_events(&seen), 0);
+    assert_eq!(secret_text(&kept[&ca_path], "ca.crt"), new_ca);
+    assert!(kept[&ca_path]["data"].get("next-ca.crt").is_none());
+    assert_eq!(media_fleet(ctx.as_ref().unwrap()).metrics.ca_rotation_phase.get(), 0);
 }
