@@ -2161,9 +2161,11 @@ impl TlsPod {
             .unwrap();
         std::fs::write(dir.path().join("tls.crt"), &first.cert_pem).unwrap();
         std::fs::write(dir.path().join("tls.key"), &first.key_pem).unwrap();
-        let serving =
-            redstuff::tls::ServingCert::load(&dir.path().join("tls.crt"), &dir.path().join("tls.key"))
-                .unwrap();
+        let serving = redstuff::tls::ServingCert::load(
+            &dir.path().join("tls.crt"),
+            &dir.path().join("tls.key"),
+        )
+        .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("https://{}", listener.local_addr().unwrap());
         let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
@@ -2211,8 +2213,15 @@ async fn reconcile_keeping(
 ) -> (Vec<Seen>, Arc<Context>) {
     let mut api = api_with_tokens();
     api.objects.extend(kept.clone());
-    let (seen, ctx) =
-        reconcile_by(before, api, cluster, ready_pods(3), claims(3), endpoints.clone()).await;
+    let (seen, ctx) = reconcile_by(
+        before,
+        api,
+        cluster,
+        ready_pods(3),
+        claims(3),
+        endpoints.clone(),
+    )
+    .await;
     for s in &seen {
         if s.method == "PATCH" && s.path.starts_with(&format!("{NS}/secrets/")) {
             kept.insert(s.path.clone(), s.body.clone());
@@ -2232,7 +2241,11 @@ fn bundle(pem: &str) -> Vec<String> {
 #[tokio::test]
 async fn a_ca_rotation_trusts_the_new_ca_everywhere_before_it_signs_and_drops_the_old_only_once_every_pod_serves_from_the_new(
 ) {
-    let nodes = [TlsPod::start().await, TlsPod::start().await, TlsPod::start().await];
+    let nodes = [
+        TlsPod::start().await,
+        TlsPod::start().await,
+        TlsPod::start().await,
+    ];
     let gateway = TlsPod::start().await;
     let endpoints = nodes
         .iter()
@@ -2302,7 +2315,13 @@ async fn a_ca_rotation_trusts_the_new_ca_everywhere_before_it_signs_and_drops_th
     assert_ne!(node_cert, old_node_cert);
     let pod_name = "media-node-0.media-nodes.storage.svc";
     assert!(issued_for(&old_ca, &node_cert, pod_name));
-    assert_eq!(media_fleet(ctx.as_ref().unwrap()).metrics.ca_rotation_phase.get(), 1);
+    assert_eq!(
+        media_fleet(ctx.as_ref().unwrap())
+            .metrics
+            .ca_rotation_phase
+            .get(),
+        1
+    );
 
     // Node 2 and the gateway have not read their Secrets yet: the new CA
     // does not sign, however long it has been trusted.
@@ -2338,7 +2357,13 @@ async fn a_ca_rotation_trusts_the_new_ca_everywhere_before_it_signs_and_drops_th
     let node_cert = secret_text(&kept[&node_path], "tls.crt");
     assert!(issued_for(&new_ca, &node_cert, pod_name));
     assert!(!issued_for(&old_ca, &node_cert, pod_name));
-    assert_eq!(media_fleet(ctx.as_ref().unwrap()).metrics.ca_rotation_phase.get(), 2);
+    assert_eq!(
+        media_fleet(ctx.as_ref().unwrap())
+            .metrics
+            .ca_rotation_phase
+            .get(),
+        2
+    );
 
     // The gateway still serves a certificate of the old CA: it stays
     // trusted until the gateway serves one of the new.
@@ -2368,12 +2393,24 @@ async fn a_ca_rotation_trusts_the_new_ca_everywhere_before_it_signs_and_drops_th
         &secret_text(&kept[&gateway_path], "tls.crt"),
         "media-gateway.storage.svc"
     ));
-    assert_eq!(media_fleet(ctx.as_ref().unwrap()).metrics.ca_rotation_phase.get(), 0);
+    assert_eq!(
+        media_fleet(ctx.as_ref().unwrap())
+            .metrics
+            .ca_rotation_phase
+            .get(),
+        0
+    );
 
     // The same annotation value asks nothing more.
     let seen = step!();
     assert_eq!(rotation_events(&seen), 0);
     assert_eq!(secret_text(&kept[&ca_path], "ca.crt"), new_ca);
     assert!(kept[&ca_path]["data"].get("next-ca.crt").is_none());
-    assert_eq!(media_fleet(ctx.as_ref().unwrap()).metrics.ca_rotation_phase.get(), 0);
+    assert_eq!(
+        media_fleet(ctx.as_ref().unwrap())
+            .metrics
+            .ca_rotation_phase
+            .get(),
+        0
+    );
 }

@@ -191,9 +191,7 @@ pub(super) async fn apply_objects(
         let trusted = tls.trusted_pem();
         trust_cluster_ca(&fleet_state.trust, &trusted);
         let gateway_trust = &fleet_state.gateway_trust;
-        if let Err(problem) =
-            trust_gateway(&secrets, cluster, gateway_trust, &trusted).await
-        {
+        if let Err(problem) = trust_gateway(&secrets, cluster, gateway_trust, &trusted).await {
             ctx.publish(cluster, true, "TlsMaterial", problem).await;
         }
     }

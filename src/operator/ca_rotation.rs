@@ -143,7 +143,8 @@ impl CaSet {
             }
             CaStep::Switch => {
                 if let Some(next) = set.next.take() {
-                    set.previous_cert_pem = Some(std::mem::replace(&mut set.current, next).cert_pem);
+                    set.previous_cert_pem =
+                        Some(std::mem::replace(&mut set.current, next).cert_pem);
                 }
             }
             CaStep::Finish => set.previous_cert_pem = None,
@@ -245,7 +246,10 @@ mod tests {
     fn a_steady_ca_stays_until_asked_or_expiring() {
         let set = CaSet::single(ca("a"));
         assert_eq!(next_ca_step(&set, &facts(None, true, NOW)), CaStep::Stay);
-        assert_eq!(next_ca_step(&set, &facts(Some("  "), true, NOW)), CaStep::Stay);
+        assert_eq!(
+            next_ca_step(&set, &facts(Some("  "), true, NOW)),
+            CaStep::Stay
+        );
         let mut expiring = facts(None, true, NOW);
         expiring.current_not_after_unix = Some(NOW + YEAR - 1);
         assert_eq!(
@@ -270,7 +274,10 @@ mod tests {
         let switched = trusting.after(&CaStep::Switch, None, NOW + 600);
         let done = switched.after(&CaStep::Finish, None, NOW + 700);
         assert_eq!(done.phase(), CaPhase::Steady);
-        assert_eq!(next_ca_step(&done, &facts(Some("1"), true, NOW + 800)), CaStep::Stay);
+        assert_eq!(
+            next_ca_step(&done, &facts(Some("1"), true, NOW + 800)),
+            CaStep::Stay
+        );
         assert!(matches!(
             next_ca_step(&done, &facts(Some("2"), true, NOW + 800)),
             CaStep::Begin { .. }
@@ -288,11 +295,23 @@ mod tests {
         );
         assert_eq!(set.phase(), CaPhase::TrustingNext);
         assert_eq!(set.trusted_pem(), "CERT a\nCERT b\n");
-        assert_eq!(next_ca_step(&set, &facts(None, true, NOW + 599)), CaStep::Stay);
-        assert_eq!(next_ca_step(&set, &facts(None, false, NOW + 600)), CaStep::Stay);
-        assert_eq!(next_ca_step(&set, &facts(None, true, NOW + 600)), CaStep::Switch);
+        assert_eq!(
+            next_ca_step(&set, &facts(None, true, NOW + 599)),
+            CaStep::Stay
+        );
+        assert_eq!(
+            next_ca_step(&set, &facts(None, false, NOW + 600)),
+            CaStep::Stay
+        );
+        assert_eq!(
+            next_ca_step(&set, &facts(None, true, NOW + 600)),
+            CaStep::Switch
+        );
         // A new request meanwhile does not restart the rotation.
-        assert_eq!(next_ca_step(&set, &facts(Some("x"), false, NOW + 600)), CaStep::Stay);
+        assert_eq!(
+            next_ca_step(&set, &facts(Some("x"), false, NOW + 600)),
+            CaStep::Stay
+        );
     }
 
     #[test]
@@ -310,8 +329,14 @@ mod tests {
         assert_eq!(set.current, ca("b"));
         assert_eq!(set.trusted_pem(), "CERT b\nCERT a\n");
         assert_eq!(set.phase_since_unix, Some(NOW + 600));
-        assert_eq!(next_ca_step(&set, &facts(None, false, NOW + 9999)), CaStep::Stay);
-        assert_eq!(next_ca_step(&set, &facts(None, true, NOW + 601)), CaStep::Finish);
+        assert_eq!(
+            next_ca_step(&set, &facts(None, false, NOW + 9999)),
+            CaStep::Stay
+        );
+        assert_eq!(
+            next_ca_step(&set, &facts(None, true, NOW + 601)),
+            CaStep::Finish
+        );
         let done = set.after(&CaStep::Finish, None, NOW + 601);
         assert_eq!(done.trusted_pem(), "CERT b\n");
         assert_eq!(done.request.as_deref(), Some("r"));

@@ -117,7 +117,9 @@ mod tests {
     use crate::tls::{LocalCa, ServingCert};
 
     /// Serves `serving` on a new loopback port; its address.
-    async fn serve_over_tls(serving: Option<Arc<ServingCert>>) -> (String, tokio::task::JoinHandle<()>) {
+    async fn serve_over_tls(
+        serving: Option<Arc<ServingCert>>,
+    ) -> (String, tokio::task::JoinHandle<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));

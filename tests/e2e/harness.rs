@@ -275,8 +275,12 @@ impl E2e {
 
     /// The operator's metrics, from the pod holding the Lease.
     pub fn operator_metrics(&self) -> anyhow::Result<String> {
-        let leader = self.leader()?;
-        let forward = PortForward::start_pod(&self.kubectl, RELEASE_NS, &leader, 8080)?;
+        self.pod_metrics(RELEASE_NS, &self.leader()?, 8080)
+    }
+
+    /// The metrics pod `pod` serves on `port`, through a port-forward.
+    pub fn pod_metrics(&self, namespace: &str, pod: &str, port: u16) -> anyhow::Result<String> {
+        let forward = PortForward::start_pod(&self.kubectl, namespace, pod, port)?;
         let out = Command::new("curl")
             .args([
                 "-fsS",
@@ -287,7 +291,7 @@ impl E2e {
             .output()?;
         anyhow::ensure!(
             out.status.success(),
-            "metrics of {leader}: {}",
+            "metrics of {pod}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())

@@ -12,6 +12,7 @@
 //! REDSTUFF_E2E_PROBE_IMAGE (the probe test server), REDSTUFF_E2E_HELM,
 //! REDSTUFF_E2E_KUBECTL.
 
+mod ca_rotation;
 mod cluster;
 mod data;
 mod disruptions;
@@ -136,6 +137,13 @@ async fn run_scenarios(e2e: &E2e, report: &mut Report) {
             "changed resources roll node pods one at a time while a reader reads without a failure",
             false,
             disruptions::rollout(e2e),
+        )
+        .await;
+    report
+        .scenario(
+            "the CA rotated on request while a client reads and writes: no call fails, no handshake is refused, every pod ends on the new CA",
+            false,
+            ca_rotation::rotates_the_ca_without_a_failed_call(e2e),
         )
         .await;
     report

@@ -216,14 +216,7 @@ pub fn cas_of_secret(secret: &Secret) -> Option<CaSet> {
             .map(|v| String::from_utf8_lossy(&v.0).into_owned())
             .filter(|v| !v.trim().is_empty())
     };
-    let annotation = |key: &str| {
-        secret
-            .metadata
-            .annotations
-            .as_ref()?
-            .get(key)
-            .cloned()
-    };
+    let annotation = |key: &str| secret.metadata.annotations.as_ref()?.get(key).cloned();
     let pair = |cert: &str, key: &str| {
         Some(CaPem {
             cert_pem: text(cert)?,
