@@ -46,6 +46,8 @@ fn the_readme_lists_exactly_the_metrics_the_code_registers() {
             "redstuff_fault_tolerance",
             // 0 or 1 per cluster.
             "redstuff_cluster_synced",
+            // 0, 1 or 2: a phase, not a quantity.
+            "redstuff_tls_ca_rotation_phase",
         ];
         assert!(
             unit || plain.contains(&name.as_str()),

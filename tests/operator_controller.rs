@@ -266,7 +266,10 @@ async fn try_reconcile_by(
     api.lists
         .insert("/api/v1/nodes".into(), kubernetes_nodes(10));
     let (client, recorded) = api.serve();
-    let mut ctx = Context::new(client, "redstuff:test").with_endpoints(endpoints);
+    // The fake kubelet of the CA rotation tests writes Secrets at once.
+    let mut ctx = Context::new(client, "redstuff:test")
+        .with_endpoints(endpoints)
+        .with_ca_min_phase(Duration::ZERO);
     if let Some(before) = before {
         ctx.fleets = Arc::try_unwrap(before)
             .ok()
@@ -2210,9 +2213,16 @@ async fn reconcile_keeping(
     kept: &mut BTreeMap<String, Value>,
     cluster: StorageCluster,
     endpoints: &Endpoints,
+    refused: Option<&str>,
 ) -> (Vec<Seen>, Arc<Context>) {
     let mut api = api_with_tokens();
     api.objects.extend(kept.clone());
+    if let Some(path) = refused {
+        api.refused_applies.insert(
+            path.to_string(),
+            (500, "etcdserver: request timed out".into()),
+        );
+    }
     let (seen, ctx) = reconcile_by(
         before,
         api,
@@ -2223,7 +2233,8 @@ async fn reconcile_keeping(
     )
     .await;
     for s in &seen {
-        if s.method == "PATCH" && s.path.starts_with(&format!("{NS}/secrets/")) {
+        let secret = s.path.starts_with(&format!("{NS}/secrets/"));
+        if s.method == "PATCH" && secret && Some(s.path.as_str()) != refused {
             kept.insert(s.path.clone(), s.body.clone());
         }
     }
@@ -2270,9 +2281,18 @@ async fn a_ca_rotation_trusts_the_new_ca_everywhere_before_it_signs_and_drops_th
     let mut kept: BTreeMap<String, Value> = BTreeMap::new();
     let mut ctx: Option<Arc<Context>> = None;
     macro_rules! step {
-        () => {{
-            let (seen, after) =
-                reconcile_keeping(ctx.take(), &mut kept, tls_cluster.clone(), &endpoints).await;
+        () => {
+            step!(None)
+        };
+        ($refused:expr) => {{
+            let (seen, after) = reconcile_keeping(
+                ctx.take(),
+                &mut kept,
+                tls_cluster.clone(),
+                &endpoints,
+                $refused,
+            )
+            .await;
             ctx = Some(after);
             seen
         }};
@@ -2299,22 +2319,17 @@ async fn a_ca_rotation_trusts_the_new_ca_everywhere_before_it_signs_and_drops_th
         .get_or_insert_with(Default::default)
         .insert("redstuff.dev/rotate-ca".into(), "1".into());
     let old_node_cert = secret_text(&kept[&node_path], "tls.crt");
-    let seen = step!();
+    // The nodes' Secret cannot be written (the API server times out).
+    let seen = step!(Some(node_path.as_str()));
     assert_eq!(rotation_events(&seen), 1);
     let new_ca = secret_text(&kept[&ca_path], "next-ca.crt");
     assert!(new_ca.contains("BEGIN CERTIFICATE") && new_ca != old_ca);
     assert_eq!(secret_text(&kept[&ca_path], "ca.crt"), old_ca);
     assert!(secret_text(&kept[&ca_path], "next-ca.key").contains("PRIVATE KEY"));
-    for path in [&node_path, &gateway_path] {
-        assert_eq!(
-            bundle(&secret_text(&kept[path], "ca.crt")),
-            [old_ca.trim(), new_ca.trim()]
-        );
-    }
-    let node_cert = secret_text(&kept[&node_path], "tls.crt");
-    assert_ne!(node_cert, old_node_cert);
-    let pod_name = "media-node-0.media-nodes.storage.svc";
-    assert!(issued_for(&old_ca, &node_cert, pod_name));
+    assert_eq!(
+        bundle(&secret_text(&kept[&gateway_path], "ca.crt")),
+        [old_ca.trim(), new_ca.trim()]
+    );
     assert_eq!(
         media_fleet(ctx.as_ref().unwrap())
             .metrics
@@ -2323,13 +2338,43 @@ async fn a_ca_rotation_trusts_the_new_ca_everywhere_before_it_signs_and_drops_th
         1
     );
 
-    // Node 2 and the gateway have not read their Secrets yet: the new CA
-    // does not sign, however long it has been trusted.
-    nodes[0].kubelet_writes(&kept[&node_path]);
-    nodes[1].kubelet_writes(&kept[&node_path]);
+    // While it is not written for this phase, pods serving what it still
+    // holds are not current: the new CA does not sign.
+    let stale = kept[&node_path].clone();
+    for _ in 0..12 {
+        for pod in &nodes {
+            pod.kubelet_writes(&kept[&node_path]);
+        }
+        gateway.kubelet_writes(&kept[&gateway_path]);
+        let seen = step!(Some(node_path.as_str()));
+        assert_eq!(rotation_events(&seen), 0);
+        assert_eq!(kept[&node_path], stale);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(secret_text(&kept[&ca_path], "next-ca.crt").contains("BEGIN"));
+
+    // Written at last: both CAs, and a renewed certificate from the old.
     let seen = step!();
     assert_eq!(rotation_events(&seen), 0);
-    assert!(secret_text(&kept[&ca_path], "next-ca.crt").contains("BEGIN"));
+    assert_eq!(
+        bundle(&secret_text(&kept[&node_path], "ca.crt")),
+        [old_ca.trim(), new_ca.trim()]
+    );
+    let node_cert = secret_text(&kept[&node_path], "tls.crt");
+    assert_ne!(node_cert, old_node_cert);
+    let pod_name = "media-node-0.media-nodes.storage.svc";
+    assert!(issued_for(&old_ca, &node_cert, pod_name));
+
+    // Node 2 has not read its Secret yet: the new CA does not sign,
+    // however long it has been trusted.
+    nodes[0].kubelet_writes(&kept[&node_path]);
+    nodes[1].kubelet_writes(&kept[&node_path]);
+    for _ in 0..12 {
+        let seen = step!();
+        assert_eq!(rotation_events(&seen), 0);
+        assert!(secret_text(&kept[&ca_path], "next-ca.crt").contains("BEGIN"));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     nodes[2].kubelet_writes(&kept[&node_path]);
     gateway.kubelet_writes(&kept[&gateway_path]);
 
@@ -2370,9 +2415,12 @@ async fn a_ca_rotation_trusts_the_new_ca_everywhere_before_it_signs_and_drops_th
     for pod in &nodes {
         pod.kubelet_writes(&kept[&node_path]);
     }
-    let seen = step!();
-    assert_eq!(rotation_events(&seen), 0);
-    assert_eq!(secret_text(&kept[&ca_path], "previous-ca.crt"), old_ca);
+    for _ in 0..12 {
+        let seen = step!();
+        assert_eq!(rotation_events(&seen), 0);
+        assert_eq!(secret_text(&kept[&ca_path], "previous-ca.crt"), old_ca);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     gateway.kubelet_writes(&kept[&gateway_path]);
     let mut finished = false;
     for _ in 0..20 {

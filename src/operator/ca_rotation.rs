@@ -21,6 +21,12 @@ pub const ROTATE_BEFORE_EXPIRY: Duration = Duration::from_secs(365 * 24 * 3600);
 /// otherwise (`spec.tls.caRotationOverlap`).
 pub const DEFAULT_OVERLAP: Duration = Duration::from_secs(10 * 60);
 
+/// The shortest a rotation's phase lasts: the kubelet writes a changed
+/// Secret into every pod using it within about a minute, also into pods
+/// the operator does not ask (not ready, still starting, a gateway
+/// serving the user's certificate), so that none is two phases behind.
+pub const MIN_PHASE: Duration = Duration::from_secs(120);
+
 /// The StorageCluster annotation that asks for a rotation: each new value
 /// rotates the CA once.
 pub const ROTATE_ANNOTATION: &str = "redstuff.dev/rotate-ca";
@@ -84,6 +90,9 @@ pub enum CaStep {
         /// Asked by the annotation (its value) or by the CA's expiry.
         why: RotationCause,
     },
+    /// Records when the current phase began, which the CA Secret lacks
+    /// (edited by hand): the phase's waits count from now.
+    Stamp,
     /// The new CA signs from now on.
     Switch,
     /// The previous CA is trusted no more.
@@ -135,6 +144,7 @@ impl CaSet {
         let mut set = self.clone();
         match step {
             CaStep::Stay => return set,
+            CaStep::Stamp => {}
             CaStep::Begin { why } => {
                 set.next = made;
                 if let RotationCause::Asked(value) = why {
@@ -166,6 +176,8 @@ pub struct RotationFacts<'a> {
     pub now_unix: u64,
     /// How long the new CA is trusted before it signs.
     pub overlap: Duration,
+    /// The shortest a phase lasts (`MIN_PHASE`).
+    pub min_phase: Duration,
     /// Whether every running pod serves the certificate its Secret holds
     /// now (asked only during a rotation).
     pub pods_current: bool,
@@ -173,48 +185,49 @@ pub struct RotationFacts<'a> {
 
 /// The next step for `set` (pure). A rotation starts when the annotation
 /// has a value not acted on yet or the CA expires within a year; it goes
-/// on once every pod is current (and, before the new CA signs, after the
-/// overlap); a new annotation value during a rotation starts another one
-/// after it.
+/// on once every pod is current and the phase has lasted `min_phase` (and,
+/// before the new CA signs, the overlap); a new annotation value during a
+/// rotation starts another one after it.
 pub fn next_ca_step(set: &CaSet, facts: &RotationFacts<'_>) -> CaStep {
-    let since = set.phase_since_unix.unwrap_or(0);
-    match set.phase() {
-        CaPhase::Steady => {
-            if let Some(value) = facts.requested.filter(|v| !v.trim().is_empty()) {
-                if set.request.as_deref() != Some(value) {
-                    return CaStep::Begin {
-                        why: RotationCause::Asked(value.to_string()),
-                    };
-                }
-            }
-            let expiring = facts.current_not_after_unix.is_some_and(|at| {
-                at < facts
-                    .now_unix
-                    .saturating_add(ROTATE_BEFORE_EXPIRY.as_secs())
-            });
-            if expiring {
-                CaStep::Begin {
-                    why: RotationCause::Expiring,
-                }
-            } else {
-                CaStep::Stay
-            }
+    let phase = set.phase();
+    if phase == CaPhase::Steady {
+        return steady_step(set, facts);
+    }
+    let Some(since) = set.phase_since_unix else {
+        return CaStep::Stamp;
+    };
+    let lasted = |wait: Duration| facts.now_unix >= since.saturating_add(wait.as_secs());
+    let (wait, next) = match phase {
+        CaPhase::TrustingNext => (facts.overlap.max(facts.min_phase), CaStep::Switch),
+        _ => (facts.min_phase, CaStep::Finish),
+    };
+    if facts.pods_current && lasted(wait) {
+        next
+    } else {
+        CaStep::Stay
+    }
+}
+
+/// Whether a steady set begins a rotation, and why.
+fn steady_step(set: &CaSet, facts: &RotationFacts<'_>) -> CaStep {
+    if let Some(value) = facts.requested.filter(|v| !v.trim().is_empty()) {
+        if set.request.as_deref() != Some(value) {
+            return CaStep::Begin {
+                why: RotationCause::Asked(value.to_string()),
+            };
         }
-        CaPhase::TrustingNext => {
-            let overlapped = facts.now_unix >= since.saturating_add(facts.overlap.as_secs());
-            if facts.pods_current && overlapped {
-                CaStep::Switch
-            } else {
-                CaStep::Stay
-            }
+    }
+    let expiring = facts.current_not_after_unix.is_some_and(|at| {
+        at < facts
+            .now_unix
+            .saturating_add(ROTATE_BEFORE_EXPIRY.as_secs())
+    });
+    if expiring {
+        CaStep::Begin {
+            why: RotationCause::Expiring,
         }
-        CaPhase::DroppingPrevious => {
-            if facts.pods_current {
-                CaStep::Finish
-            } else {
-                CaStep::Stay
-            }
-        }
+    } else {
+        CaStep::Stay
     }
 }
 
@@ -238,6 +251,7 @@ mod tests {
             current_not_after_unix: Some(NOW + 5 * YEAR),
             now_unix,
             overlap: Duration::from_secs(600),
+            min_phase: Duration::from_secs(120),
             pods_current,
         }
     }
@@ -272,7 +286,7 @@ mod tests {
         );
         let trusting = set.after(&step, Some(ca("b")), NOW);
         let switched = trusting.after(&CaStep::Switch, None, NOW + 600);
-        let done = switched.after(&CaStep::Finish, None, NOW + 700);
+        let done = switched.after(&CaStep::Finish, None, NOW + 720);
         assert_eq!(done.phase(), CaPhase::Steady);
         assert_eq!(
             next_ca_step(&done, &facts(Some("1"), true, NOW + 800)),
@@ -333,13 +347,61 @@ mod tests {
             next_ca_step(&set, &facts(None, false, NOW + 9999)),
             CaStep::Stay
         );
+        // Pods the operator cannot ask get the kubelet's time to catch up.
         assert_eq!(
-            next_ca_step(&set, &facts(None, true, NOW + 601)),
+            next_ca_step(&set, &facts(None, true, NOW + 719)),
+            CaStep::Stay
+        );
+        assert_eq!(
+            next_ca_step(&set, &facts(None, true, NOW + 720)),
             CaStep::Finish
         );
-        let done = set.after(&CaStep::Finish, None, NOW + 601);
+        let done = set.after(&CaStep::Finish, None, NOW + 720);
         assert_eq!(done.trusted_pem(), "CERT b\n");
         assert_eq!(done.request.as_deref(), Some("r"));
+    }
+
+    #[test]
+    fn a_short_overlap_still_waits_the_shortest_phase() {
+        let set = CaSet::single(ca("a")).after(
+            &CaStep::Begin {
+                why: RotationCause::Expiring,
+            },
+            Some(ca("b")),
+            NOW,
+        );
+        let mut short = facts(None, true, NOW + 119);
+        short.overlap = Duration::ZERO;
+        assert_eq!(next_ca_step(&set, &short), CaStep::Stay);
+        short.now_unix = NOW + 120;
+        assert_eq!(next_ca_step(&set, &short), CaStep::Switch);
+    }
+
+    #[test]
+    fn a_phase_without_its_start_is_stamped_now_and_waits_from_then() {
+        let mut set = CaSet::single(ca("a")).after(
+            &CaStep::Begin {
+                why: RotationCause::Expiring,
+            },
+            Some(ca("b")),
+            NOW,
+        );
+        set.phase_since_unix = None;
+        assert_eq!(
+            next_ca_step(&set, &facts(None, true, NOW + 9999)),
+            CaStep::Stamp
+        );
+        let stamped = set.after(&CaStep::Stamp, None, NOW + 9999);
+        assert_eq!(stamped.phase(), CaPhase::TrustingNext);
+        assert_eq!(stamped.next, set.next);
+        assert_eq!(
+            next_ca_step(&stamped, &facts(None, true, NOW + 9999)),
+            CaStep::Stay
+        );
+        assert_eq!(
+            next_ca_step(&stamped, &facts(None, true, NOW + 9999 + 600)),
+            CaStep::Switch
+        );
     }
 
     #[test]

@@ -104,7 +104,10 @@ async fn read_or_make_secret(
     if let Some(kept) = secrets.get_opt(&ca_name).await? {
         return Ok(kept);
     }
-    let secret = tls::ca_secret(cluster, name, &CaSet::single(new_ca(name)?));
+    // A value the annotation already has asks nothing of a CA made now.
+    let mut cas = CaSet::single(new_ca(name)?);
+    cas.request = rotate_annotation(cluster).map(str::to_string);
+    let secret = tls::ca_secret(cluster, name, &cas);
     match secrets.create(&PostParams::default(), &secret).await {
         Ok(created) => {
             tracing::info!(cluster = name, "made the cluster's CA");
@@ -130,6 +133,7 @@ pub(super) async fn read_make_or_rotate(
     name: &str,
     pods: &[ServingPod],
     current_since: &CurrentSince,
+    min_phase: Duration,
 ) -> Result<CaOutcome, ReconcileError> {
     let kept = read_or_make_secret(secrets, cluster, name).await?;
     let ca_name = tls::ca_secret_name(name);
@@ -142,18 +146,13 @@ pub(super) async fn read_make_or_rotate(
     })?;
     let rotating = cas.phase() != ca_rotation::CaPhase::Steady;
     let waiting_for = if rotating {
-        pods_not_current(secrets, pods).await
+        pods_not_current(secrets, pods, &cas.trusted_pem()).await
     } else {
         Vec::new()
     };
     let pods_current = rotating
         && current_since.settled(cas.phase_since_unix.unwrap_or(0), waiting_for.is_empty());
-    let requested = cluster
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(ca_rotation::ROTATE_ANNOTATION))
-        .map(String::as_str);
+    let requested = rotate_annotation(cluster);
     let now = now_unix();
     let facts = RotationFacts {
         requested,
@@ -161,6 +160,7 @@ pub(super) async fn read_make_or_rotate(
             .and_then(|at| u64::try_from(at).ok()),
         now_unix: now,
         overlap: cluster.spec.ca_rotation_overlap(),
+        min_phase,
         pods_current,
     };
     let step = ca_rotation::next_ca_step(&cas, &facts);
@@ -193,23 +193,57 @@ pub(super) async fn read_make_or_rotate(
     })
 }
 
-/// The pods not serving the certificate their Secret holds, each with
-/// what they serve instead or why they could not be asked.
-async fn pods_not_current(secrets: &Api<Secret>, pods: &[ServingPod]) -> Vec<String> {
+/// The value of the rotate annotation on `cluster`.
+fn rotate_annotation(cluster: &StorageCluster) -> Option<&str> {
+    cluster
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(ca_rotation::ROTATE_ANNOTATION)
+        .map(String::as_str)
+}
+
+/// What is not yet current for the phase whose bundle is `trusted`, each
+/// with why: a serving Secret not yet written for it (its `ca.crt` is
+/// another bundle: an apply failed or has not happened), a pod not
+/// serving its Secret's certificate or that cannot be asked, or no pod
+/// to ask at all.
+async fn pods_not_current(
+    secrets: &Api<Secret>,
+    pods: &[ServingPod],
+    trusted: &str,
+) -> Vec<String> {
+    if pods.is_empty() {
+        return vec!["no running pod to ask".to_string()];
+    }
     let mut expected = std::collections::BTreeMap::new();
+    let mut behind = Vec::new();
     for pod in pods {
         if expected.contains_key(&pod.secret) {
             continue;
         }
         let cert = match secrets.get_opt(&pod.secret).await {
-            Ok(secret) => super::cluster_secrets::secret_text(&secret, tls::CERT_KEY)
-                .and_then(|pem| crate::tls::first_certificate_der(&pem)),
+            Ok(secret) => {
+                let text = |key| super::cluster_secrets::secret_text(&secret, key);
+                if text(tls::CA_CERT_KEY).as_deref() != Some(trusted) {
+                    behind.push(format!(
+                        "the Secret {} is not yet written for this phase",
+                        pod.secret
+                    ));
+                    None
+                } else {
+                    text(tls::CERT_KEY).and_then(|pem| crate::tls::first_certificate_der(&pem))
+                }
+            }
             Err(e) => {
                 tracing::debug!("reading {}: {e}", pod.secret);
                 None
             }
         };
         expected.insert(pod.secret.clone(), cert);
+    }
+    if !behind.is_empty() {
+        return behind;
     }
     let asks = pods.iter().map(|pod| async {
         let served =
@@ -363,6 +397,10 @@ pub(super) async fn tell(ctx: &Context, cluster: &StorageCluster, outcome: &CaOu
     let name = cluster.metadata.name.clone().unwrap_or_default();
     let overlap = cluster.spec.ca_rotation_overlap();
     let note = match &outcome.step {
+        CaStep::Stamp => {
+            tracing::info!(cluster = %name, "the CA Secret lacked when its rotation phase began: counting from now");
+            return;
+        }
         CaStep::Stay => {
             if !outcome.waiting_for.is_empty() {
                 tracing::info!(
@@ -383,17 +421,22 @@ pub(super) async fn tell(ctx: &Context, cluster: &StorageCluster, outcome: &CaOu
                     "the CA expires within a year".to_string()
                 }
             };
+            let clients = match cluster.spec.gateway_secret() {
+                Some(own) => format!(
+                    "the gateway serves the Secret {own} (spec.tls.gatewaySecret), so its clients need nothing"
+                ),
+                None => format!(
+                    "clients outside the cluster should take ca.crt of {} now (it holds both)",
+                    tls::gateway_tls_secret_name(&name)
+                ),
+            };
             format!(
-                "rotating the cluster's CA ({cause}): a new CA is trusted beside the current one; it signs once every pod serves its renewed certificate and {} passed (spec.tls.caRotationOverlap): clients outside the cluster should take ca.crt of {} now",
+                "rotating the cluster's CA ({cause}): a new CA is trusted beside the current one; it signs once every pod serves its renewed certificate and {} passed (spec.tls.caRotationOverlap); {clients}",
                 humantime_secs(overlap),
-                tls::gateway_tls_secret_name(&name)
             )
         }
         CaStep::Switch => "the new CA signs: every pod gets a certificate from it; the previous CA stays trusted until every pod serves one".to_string(),
-        CaStep::Finish => format!(
-            "the CA rotation is done: the previous CA is trusted no more; ca.crt of {} holds only the new one",
-            tls::gateway_tls_secret_name(&name)
-        ),
+        CaStep::Finish => "the CA rotation is done: the previous CA is trusted no more; every ca.crt the operator writes holds only the new one".to_string(),
     };
     ctx.publish(cluster, false, "CaRotation", note).await;
 }

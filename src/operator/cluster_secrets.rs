@@ -47,10 +47,17 @@ pub(super) async fn read_or_make_tls(
     namespace: &str,
     serving_pods: &[ServingPod],
     current_since: &CurrentSince,
+    min_phase: std::time::Duration,
 ) -> Result<(ClusterTls, CaOutcome), ReconcileError> {
-    let outcome =
-        super::cluster_ca::read_make_or_rotate(secrets, cluster, name, serving_pods, current_since)
-            .await?;
+    let outcome = super::cluster_ca::read_make_or_rotate(
+        secrets,
+        cluster,
+        name,
+        serving_pods,
+        current_since,
+        min_phase,
+    )
+    .await?;
     let cas = outcome.cas.clone();
     let ca = LocalCa::from_pem(&cas.current.cert_pem, &cas.current.key_pem)
         .map_err(|e| ReconcileError::Tls(e.to_string()))?;

@@ -300,6 +300,8 @@ pub struct Context {
     pub observed: super::observed::Observed,
     /// The latest check of the installed CRDs, and who was told of it.
     pub crds: super::crd_freshness::CrdCheck,
+    /// The shortest a CA rotation's phase lasts (`ca_rotation::MIN_PHASE`).
+    pub ca_min_phase: Duration,
 }
 
 impl Context {
@@ -327,6 +329,7 @@ impl Context {
             max_ingest_bytes: 64 << 30,
             observed: Default::default(),
             crds: Default::default(),
+            ca_min_phase: super::ca_rotation::MIN_PHASE,
         }
     }
 
@@ -378,14 +381,20 @@ impl Context {
             let ca = secrets
                 .get_opt(&super::desired::tls::ca_secret_name(&name))
                 .await?;
-            if let Some(pem) = ca
-                .as_ref()
-                .and_then(|s| s.data.as_ref()?.get(super::desired::tls::CA_CERT_KEY))
-            {
-                super::cluster_secrets::trust_cluster_ca(
-                    &fleet.trust,
-                    &String::from_utf8_lossy(&pem.0),
-                );
+            // Every CA trusted now (both, during a rotation), as the
+            // cluster reconcile trusts them.
+            let trusted = ca.as_ref().and_then(|secret| {
+                super::desired::tls::cas_of_secret(secret)
+                    .map(|cas| cas.trusted_pem())
+                    .or_else(|| {
+                        super::cluster_secrets::secret_text(
+                            &Some(secret.clone()),
+                            super::desired::tls::CA_CERT_KEY,
+                        )
+                    })
+            });
+            if let Some(pem) = trusted {
+                super::cluster_secrets::trust_cluster_ca(&fleet.trust, &pem);
             }
         }
         Ok(fleet.calls.clone())
@@ -419,6 +428,13 @@ impl Context {
     /// The same, reaching objects through `endpoints`.
     pub fn with_endpoints(mut self, endpoints: Endpoints) -> Self {
         self.endpoints = endpoints;
+        self
+    }
+
+    /// The same, with each CA rotation phase lasting at least `min_phase`
+    /// (tests: the kubelet they stand in for writes at once).
+    pub fn with_ca_min_phase(mut self, min_phase: Duration) -> Self {
+        self.ca_min_phase = min_phase;
         self
     }
 }

@@ -26,7 +26,7 @@ use serde::Serialize;
 use super::apply_objects::{
     apply_objects, hold_objects, last_view_blobs_to_repair, Applied, ApplyScope, Failures,
 };
-use super::ca_rotation::CaPhase;
+use super::ca_rotation::{CaPhase, CaStep};
 use super::cluster_ca;
 use super::cluster_secrets::read_or_make_tls;
 use super::context::{ClusterFleet, Context};
@@ -381,12 +381,16 @@ pub async fn reconcile_cluster(
             &namespace,
             &serving_pods,
             &fleet_state.ca_current_since,
+            ctx.ca_min_phase,
         )
         .await
         {
             Ok((tls, outcome)) => {
                 cluster_ca::tell(&ctx, &cluster, &outcome).await;
-                ca_rotating = outcome.cas.phase() != CaPhase::Steady;
+                // Reconciled often while pods are awaited; a phase only
+                // waiting out its time is looked at every 30 s.
+                ca_rotating = outcome.cas.phase() != CaPhase::Steady
+                    && (!outcome.waiting_for.is_empty() || outcome.step != CaStep::Stay);
                 Ok(Some(tls))
             }
             Err(ReconcileError::Tls(problem)) => Err(HeldObjects {

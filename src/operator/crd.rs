@@ -200,8 +200,8 @@ pub struct TlsSpec {
     /// while the CA is rotated (the annotation redstuff.dev/rotate-ca, or
     /// a year before it expires): time for clients outside the cluster to
     /// take the new `ca.crt` of NAME-gateway-tls, e.g. 10m, 1h, 24h
-    /// (default 10m). Pods inside need none: the operator waits until
-    /// each serves what its Secret holds.
+    /// (default 10m; never less than 2m in effect). Pods inside need
+    /// none: the operator waits until each serves what its Secret holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"))]
     pub ca_rotation_overlap: Option<String>,

@@ -10,6 +10,9 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
+/// How long closing the connection may take once the certificate is seen.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
+
 /// Accepts any certificate and keeps the server's (nothing is sent over
 /// the connection, so nothing depends on who answered), but checks that
 /// the server holds the key of the certificate it shows.
@@ -96,9 +99,20 @@ pub async fn served_certificate(
             .await
             .map_err(|e| format!("TLS handshake with {address} failed: {e}"))
     };
-    let _stream = tokio::time::timeout(deadline, handshake)
+    let mut stream = tokio::time::timeout(deadline, handshake)
         .await
         .map_err(|_| format!("no TLS handshake with {address} within {deadline:?}"))??;
+    // Closed as a client should (close_notify, then what the server still
+    // sends read to its end): a connection dropped with unread data is
+    // reset, and a server may count that as a failed handshake.
+    let close = async {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        stream.shutdown().await?;
+        let mut rest = [0u8; 1024];
+        while stream.read(&mut rest).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(CLOSE_DEADLINE, close).await;
     let seen = keeper.seen.lock().expect("seen lock").take();
     seen.ok_or_else(|| format!("{address} showed no certificate"))
 }
@@ -120,12 +134,24 @@ mod tests {
     async fn serve_over_tls(
         serving: Option<Arc<ServingCert>>,
     ) -> (String, tokio::task::JoinHandle<()>) {
+        serve_counting(
+            serving,
+            prometheus::IntCounter::new("failures", "test").unwrap(),
+        )
+        .await
+    }
+
+    /// The same, counting failed handshakes in `failures`.
+    async fn serve_counting(
+        serving: Option<Arc<ServingCert>>,
+        failures: prometheus::IntCounter,
+    ) -> (String, tokio::task::JoinHandle<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
         let metrics = crate::tls::TlsMetrics {
             certificate_expiry: prometheus::IntGauge::new("expiry", "test").unwrap(),
-            handshake_failures: prometheus::IntCounter::new("failures", "test").unwrap(),
+            handshake_failures: failures,
         };
         let server = tokio::spawn(async move {
             let _ = crate::tls::serve(
@@ -165,6 +191,42 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(Some(seen), first_certificate_der(&renewed.cert_pem));
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn asking_which_certificate_a_server_serves_is_never_a_failed_handshake_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let issued = LocalCa::generate("test")
+            .unwrap()
+            .issue(&["localhost".to_string()], Duration::from_secs(3600))
+            .unwrap();
+        let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        std::fs::write(&cert_path, &issued.cert_pem).unwrap();
+        std::fs::write(&key_path, &issued.key_pem).unwrap();
+        let serving = ServingCert::load(&cert_path, &key_path).unwrap();
+        let failures = prometheus::IntCounter::new("failures", "test").unwrap();
+        let (address, server) = serve_counting(Some(serving), failures.clone()).await;
+        for _ in 0..30 {
+            served_certificate(&address, "localhost", Duration::from_secs(10))
+                .await
+                .unwrap();
+        }
+        // A client that is refused is counted: the counter counts.
+        let refused = crate::http::client()
+            .get(format!("https://{address}/"))
+            .send()
+            .await;
+        assert!(refused.is_err());
+        let counted = async {
+            while failures.get() == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), counted)
+            .await
+            .expect("the refused client is counted");
+        assert_eq!(failures.get(), 1, "only the refused client failed");
         server.abort();
     }
 
