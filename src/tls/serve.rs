@@ -110,8 +110,8 @@ where
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => {
-                let socket = match accepted {
-                    Ok((socket, _)) => socket,
+                let (socket, peer) = match accepted {
+                    Ok(accepted) => accepted,
                     Err(e) if is_connection_error(&e) => continue,
                     Err(e) => {
                         // Out of descriptors and the like: wait, do not spin.
@@ -126,8 +126,10 @@ where
                 let watcher = graceful.watcher();
                 let failures = handshake_failures.clone();
                 tokio::spawn(async move {
+                    // Said where the caller can be found: a refused
+                    // handshake is a client without the CA, or a bug.
                     let failed = |why: String| {
-                        tracing::debug!("TLS handshake: {why}");
+                        tracing::info!(%peer, "refused a TLS handshake: {why}");
                         if let Some(counter) = &failures {
                             counter.inc();
                         }

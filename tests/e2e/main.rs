@@ -141,7 +141,7 @@ async fn run_scenarios(e2e: &E2e, report: &mut Report) {
         .await;
     report
         .scenario(
-            "the CA rotated on request while a client reads and writes: no call fails, no handshake is refused, every pod ends on the new CA",
+            "the CA rotated on request while a client reads and writes: no call fails, no certificate is rejected, every pod ends on the new CA",
             false,
             ca_rotation::rotates_the_ca_without_a_failed_call(e2e),
         )
