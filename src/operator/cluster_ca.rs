@@ -396,7 +396,9 @@ pub(super) async fn serving_pods(
 pub(super) async fn tell(ctx: &Context, cluster: &StorageCluster, outcome: &CaOutcome) {
     let name = cluster.metadata.name.clone().unwrap_or_default();
     let overlap = cluster.spec.ca_rotation_overlap();
-    let note = match &outcome.step {
+    // Each step has a reason of its own: Events of one reason are folded
+    // into one (a count), which would hide every note but the first.
+    let (reason, note) = match &outcome.step {
         CaStep::Stamp => {
             tracing::info!(cluster = %name, "the CA Secret lacked when its rotation phase began: counting from now");
             return;
@@ -430,15 +432,24 @@ pub(super) async fn tell(ctx: &Context, cluster: &StorageCluster, outcome: &CaOu
                     tls::gateway_tls_secret_name(&name)
                 ),
             };
-            format!(
-                "rotating the cluster's CA ({cause}): a new CA is trusted beside the current one; it signs once every pod serves its renewed certificate and {} passed (spec.tls.caRotationOverlap); {clients}",
-                humantime_secs(overlap),
+            (
+                "CaRotationStarted",
+                format!(
+                    "rotating the cluster's CA ({cause}): a new CA is trusted beside the current one; it signs once every pod serves its renewed certificate and {} passed (spec.tls.caRotationOverlap); {clients}",
+                    humantime_secs(overlap),
+                ),
             )
         }
-        CaStep::Switch => "the new CA signs: every pod gets a certificate from it; the previous CA stays trusted until every pod serves one".to_string(),
-        CaStep::Finish => "the CA rotation is done: the previous CA is trusted no more; every ca.crt the operator writes holds only the new one".to_string(),
+        CaStep::Switch => (
+            "CaRotationSigning",
+            "the new CA signs: every pod gets a certificate from it; the previous CA stays trusted until every pod serves one".to_string(),
+        ),
+        CaStep::Finish => (
+            "CaRotationDone",
+            "the CA rotation is done: the previous CA is trusted no more; every ca.crt the operator writes holds only the new one".to_string(),
+        ),
     };
-    ctx.publish(cluster, false, "CaRotation", note).await;
+    ctx.publish(cluster, false, reason, note).await;
 }
 
 /// A duration as `1h2m3s`.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::cluster::CLUSTER;
 use crate::data::{self, shared_bytes};
-use crate::harness::{pattern, wait_for, E2e, NS};
+use crate::harness::{pattern, wait_for, E2e, NS, RELEASE_NS};
 
 const PODS: &str = "app.kubernetes.io/instance=e2e";
 
@@ -141,16 +141,11 @@ pub async fn rotates_the_ca_without_a_failed_call(e2e: &E2e) -> anyhow::Result<(
     let traffic = Traffic::start(gateway.url.clone(), http, id.clone(), data.clone());
 
     let started = k8s_openapi::jiff::Timestamp::now().to_string();
-    e2e.kubectl(&[
-        "-n",
-        NS,
-        "patch",
+    e2e.merge_patch(
         "storagecluster",
         CLUSTER,
-        "--type=merge",
-        "-p",
         r#"{"metadata":{"annotations":{"redstuff.dev/rotate-ca":"e2e-1"}},"spec":{"tls":{"caRotationOverlap":"20s"}}}"#,
-    ])?;
+    )?;
     // Step 1: the gateway's ca.crt holds both CAs; the client takes it.
     wait_for(
         "the new CA trusted beside the old in the gateway's ca.crt",
@@ -195,11 +190,33 @@ pub async fn rotates_the_ca_without_a_failed_call(e2e: &E2e) -> anyhow::Result<(
     let mut rejected = Vec::new();
     for pod in failures_after.keys() {
         let log = e2e.kubectl(&["-n", NS, "logs", pod, &format!("--since-time={started}")])?;
+        let refused: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("refused a TLS handshake"))
+            .collect();
+        if let Some(last) = refused.last() {
+            eprintln!(
+                "    {pod}: {} handshakes refused, the last: {last}",
+                refused.len()
+            );
+        }
         rejected.extend(
-            log.lines()
-                .filter(|l| l.contains("refused a TLS handshake") && l.contains("alert"))
+            refused
+                .iter()
+                .filter(|l| l.contains("alert"))
                 .map(|l| format!("{pod}: {l}")),
         );
+    }
+    if failures_before != failures_after {
+        // Who the callers' addresses are.
+        let operators = e2e.list("pods", RELEASE_NS, "app.kubernetes.io/component=operator")?;
+        for pod in operators.iter().chain(&e2e.list("pods", NS, PODS)?) {
+            eprintln!(
+                "    {} is {}",
+                pod["status"]["podIP"].as_str().unwrap_or("?"),
+                pod["metadata"]["name"].as_str().unwrap_or("?")
+            );
+        }
     }
     anyhow::ensure!(
         rejected.is_empty(),
@@ -229,9 +246,12 @@ pub async fn rotates_the_ca_without_a_failed_call(e2e: &E2e) -> anyhow::Result<(
 
     let steps = crate::disruptions::event_reasons(e2e)?
         .into_iter()
-        .filter(|reason| reason == "CaRotation")
-        .count();
-    anyhow::ensure!(steps >= 3, "{steps} CaRotation Events, not one per step");
+        .filter(|reason| reason.starts_with("CaRotation"))
+        .collect::<std::collections::BTreeSet<_>>();
+    anyhow::ensure!(
+        steps.len() == 3,
+        "CaRotation Events: {steps:?}, not one for each step"
+    );
     let phase = e2e
         .operator_metrics()?
         .lines()

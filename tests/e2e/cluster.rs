@@ -185,16 +185,11 @@ async fn serves_tls(e2e: &E2e) -> anyhow::Result<()> {
     );
     drop(forward);
 
-    let refused = e2e.kubectl(&[
-        "-n",
-        NS,
-        "patch",
+    let refused = e2e.merge_patch(
         "storagecluster",
         CLUSTER,
-        "--type=merge",
-        "-p",
         r#"{"spec":{"tls":{"enabled":false}}}"#,
-    ]);
+    );
     anyhow::ensure!(
         refused
             .as_ref()

@@ -174,6 +174,12 @@ impl E2e {
         )
     }
 
+    /// Merge-patches object `kind`/`name` of the test namespace with
+    /// `patch` (JSON); kubectl's output, or its refusal as the error.
+    pub fn merge_patch(&self, kind: &str, name: &str, patch: &str) -> anyhow::Result<String> {
+        self.kubectl(&["-n", NS, "patch", kind, name, "--type=merge", "-p", patch])
+    }
+
     /// A port-forward to a Service.
     pub fn port_forward(
         &self,

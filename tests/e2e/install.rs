@@ -22,16 +22,7 @@ fn clean_slate(e2e: &E2e) {
     if let Ok(blobs) = e2e.list("blobs", NS, "") {
         for blob in blobs {
             if let Some(name) = blob["metadata"]["name"].as_str() {
-                let _ = e2e.kubectl(&[
-                    "-n",
-                    NS,
-                    "patch",
-                    "blob",
-                    name,
-                    "--type=merge",
-                    "-p",
-                    r#"{"metadata":{"finalizers":null}}"#,
-                ]);
+                let _ = e2e.merge_patch("blob", name, r#"{"metadata":{"finalizers":null}}"#);
             }
         }
     }

@@ -236,20 +236,14 @@ pub async fn s3_through_the_gateway(e2e: &E2e) -> anyhow::Result<()> {
         "[alice]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
         alice.0, alice.1
     );
-    e2e.kubectl(&[
-        "-n",
-        NS,
-        "patch",
+    e2e.merge_patch(
         "secret",
         &format!("{CLUSTER}-s3-credentials"),
-        "--type",
-        "merge",
-        "-p",
         &serde_json::json!({"data": {
             "credentials": base64::engine::general_purpose::STANDARD.encode(profile)
         }})
         .to_string(),
-    ])?;
+    )?;
     let listed = wait_for(
         "the gateway to accept a key added to its Secret",
         Duration::from_secs(240),

@@ -16,17 +16,7 @@ const RETIRING: &str = "e2e-node-3";
 
 fn set_nodes(e2e: &E2e, nodes: u16) -> anyhow::Result<()> {
     let patch = format!(r#"{{"spec":{{"nodes":{nodes}}}}}"#);
-    e2e.kubectl(&[
-        "-n",
-        NS,
-        "patch",
-        "storagecluster",
-        CLUSTER,
-        "--type",
-        "merge",
-        "-p",
-        &patch,
-    ])?;
+    e2e.merge_patch("storagecluster", CLUSTER, &patch)?;
     Ok(())
 }
 
