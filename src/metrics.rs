@@ -187,6 +187,9 @@ pub struct NodeMetrics {
     /// TLS handshakes that failed (a caller that does not trust the
     /// node's CA, a plain-HTTP caller, a scanner).
     pub tls_handshake_failures: IntCounter,
+    /// TLS handshakes the caller left unfinished without a word (a call
+    /// cancelled while it connected, a TCP probe).
+    pub tls_handshakes_abandoned: IntCounter,
 }
 
 impl NodeMetrics {
@@ -309,6 +312,11 @@ impl NodeMetrics {
                 "redstuff_node_tls_handshake_failures_total",
                 "TLS handshakes on the node's API that failed or timed out.",
             ),
+            tls_handshakes_abandoned: counter(
+                registry,
+                "redstuff_node_tls_handshakes_abandoned_total",
+                "TLS handshakes on the node's API that the caller closed before they finished, without an alert (a call cancelled while connecting, a TCP probe).",
+            ),
         }
     }
 }
@@ -359,6 +367,9 @@ pub struct GatewayMetrics {
     pub tls_certificate_expiry: IntGauge,
     /// TLS handshakes on the native API and S3 that failed.
     pub tls_handshake_failures: IntCounter,
+    /// TLS handshakes on the native API and S3 the caller left unfinished
+    /// without a word.
+    pub tls_handshakes_abandoned: IntCounter,
     /// Calls to a node the gateway waited out (past the hedge delay or the
     /// call deadline), by node.
     pub node_calls_unanswered: IntCounterVec,
@@ -474,6 +485,11 @@ impl GatewayMetrics {
                 registry,
                 "redstuff_gateway_tls_handshake_failures_total",
                 "TLS handshakes on the gateway's API and S3 that failed or timed out.",
+            ),
+            tls_handshakes_abandoned: counter(
+                registry,
+                "redstuff_gateway_tls_handshakes_abandoned_total",
+                "TLS handshakes on the gateway's API and S3 that the caller closed before they finished, without an alert (a client cancelling, a TCP probe).",
             ),
             node_calls_unanswered: counter_vec(
                 registry,

@@ -2174,7 +2174,10 @@ impl TlsPod {
         let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
         let metrics = redstuff::tls::TlsMetrics {
             certificate_expiry: prometheus::IntGauge::new("expiry", "test").unwrap(),
-            handshake_failures: prometheus::IntCounter::new("failures", "test").unwrap(),
+            handshakes: redstuff::tls::HandshakeCounters {
+                failed: prometheus::IntCounter::new("failures", "test").unwrap(),
+                abandoned: prometheus::IntCounter::new("abandoned", "test").unwrap(),
+            },
         };
         let tls = serving.clone();
         let server = tokio::spawn(async move {

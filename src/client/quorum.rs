@@ -90,32 +90,42 @@ impl StateCollection {
 }
 
 /// Asks every node holding shards about `id`, concurrently, until the
-/// answers cover `quorum` shards (or every node answered or failed).
+/// answers cover `quorum` shards (or every node answered or failed). The
+/// calls still out then finish in the background (each within its
+/// deadline), their answers unused: a call dropped while it connects
+/// leaves its node a half-done TLS handshake, and one dropped while it
+/// waits for its answer closes a pooled connection the next call would
+/// have taken.
 pub async fn collect_states(client: &BlobClient, id: &BlobId, quorum: usize) -> StateCollection {
+    let id = *id;
     let mut pending: FuturesUnordered<_> = client
         .holders()
         .map(|node| {
             let call = client.client(node);
-            async move { (node, call.state(id).await) }
+            let (name, shards) = (node.name.clone(), node.shards.clone());
+            async move { (name, shards, call.state(&id).await) }
         })
         .collect();
     let mut collection = StateCollection::default();
-    while let Some((node, answer)) = pending.next().await {
+    while let Some((node, shards, answer)) = pending.next().await {
         match answer {
             Ok(state) => collection.answers.push(StateAnswer {
-                node: node.name.clone(),
-                shards: node.shards.clone(),
+                node,
+                shards,
                 state,
             }),
             Err(e) if e.is_silence() => {
-                client.unanswered(&node.name, super::unanswering::Unanswered::Silent);
-                collection.silent.insert(node.name.clone());
+                client.unanswered(&node, super::unanswering::Unanswered::Silent);
+                collection.silent.insert(node);
             }
-            Err(e) => tracing::debug!(node = %node.name, "state of {id}: {e}"),
+            Err(e) => tracing::debug!(%node, "state of {id}: {e}"),
         }
         if collection.answered_shards() >= quorum {
             break;
         }
+    }
+    if !pending.is_empty() {
+        tokio::spawn(async move { while pending.next().await.is_some() {} });
     }
     collection
 }
@@ -162,5 +172,90 @@ mod tests {
         assert_eq!(collection.answered_shards(), 5);
         assert_eq!(collection.verdict(), Verdict::Visible(3));
         assert_eq!(collection.shards_where(|s| s.commit.is_some()), 4);
+    }
+
+    /// A node answering every state call with an empty state after
+    /// `delay`, recording the address of the caller's end of each
+    /// connection a call came on; its URL and those addresses.
+    async fn state_node(
+        delay: std::time::Duration,
+    ) -> (
+        String,
+        std::sync::Arc<std::sync::Mutex<Vec<std::net::SocketAddr>>>,
+    ) {
+        use axum::extract::ConnectInfo;
+        let callers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = callers.clone();
+        let app = axum::Router::new().route(
+            "/v1/blobs/{id}/state",
+            axum::routing::get(
+                move |ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>| {
+                    let seen = seen.clone();
+                    async move {
+                        seen.lock().unwrap().push(peer);
+                        tokio::time::sleep(delay).await;
+                        axum::Json(NodeBlobState::default())
+                    }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .await
+        });
+        (url, callers)
+    }
+
+    #[tokio::test]
+    async fn the_states_a_quorum_did_not_need_are_still_heard_out_keeping_their_connections() {
+        use std::time::Duration;
+        // n = 4: three nodes answer at once, node-3 after 300 ms.
+        let mut nodes = Vec::new();
+        let mut slow_callers = None;
+        for i in 0..4u16 {
+            let delay = Duration::from_millis(if i == 3 { 300 } else { 0 });
+            let (url, callers) = state_node(delay).await;
+            if i == 3 {
+                slow_callers = Some(callers);
+            }
+            nodes.push(crate::fleet::MapNode {
+                name: format!("node-{i}"),
+                url,
+                shards: [i].into(),
+            });
+        }
+        let slow_callers = slow_callers.unwrap();
+        let map = crate::fleet::FleetMap {
+            shards: 4,
+            segment_size: 1 << 20,
+            nodes,
+        };
+        let calls = super::super::NodeCalls::new(
+            crate::auth::TokenSet::single("t"),
+            super::super::Deadlines::from_secs(5.0),
+        );
+        let client = BlobClient::new(calls, map, None);
+        let id = BlobId([9; 32]);
+
+        let first = collect_states(&client, &id, 3).await;
+        assert_eq!(
+            first.answered_shards(),
+            3,
+            "the quorum, without the slow node"
+        );
+        assert!(first.answers.iter().all(|a| a.node != "node-3"));
+        // The slow node's answer is read after all: its connection goes
+        // back to the pool, and the next call to it comes on the same one
+        // (a call dropped mid-answer would have closed it).
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        collect_states(&client, &id, 4).await;
+        let callers = slow_callers.lock().unwrap().clone();
+        assert_eq!(callers.len(), 2, "{callers:?}");
+        assert_eq!(callers[0], callers[1], "a second connection was opened");
     }
 }

@@ -218,7 +218,10 @@ impl Node {
         }
         let metrics = crate::tls::TlsMetrics {
             certificate_expiry: self.state.metrics.tls_certificate_expiry.clone(),
-            handshake_failures: self.state.metrics.tls_handshake_failures.clone(),
+            handshakes: crate::tls::HandshakeCounters {
+                failed: self.state.metrics.tls_handshake_failures.clone(),
+                abandoned: self.state.metrics.tls_handshakes_abandoned.clone(),
+            },
         };
         crate::tls::serve(
             self.listener,

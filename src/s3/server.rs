@@ -151,9 +151,13 @@ impl S3Server {
         );
         let served = match self.front.door.tls() {
             Some(tls) => {
-                let failures = self.front.door.metrics().tls_handshake_failures.clone();
+                let metrics = self.front.door.metrics();
+                let handshakes = crate::tls::HandshakeCounters {
+                    failed: metrics.tls_handshake_failures.clone(),
+                    abandoned: metrics.tls_handshakes_abandoned.clone(),
+                };
                 let stall = self.front.door.client_stall();
-                crate::tls::serve_tls(self.listener, service, tls, stall, Some(failures), shutdown)
+                crate::tls::serve_tls(self.listener, service, tls, stall, handshakes, shutdown)
                     .await
             }
             None => {

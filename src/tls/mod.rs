@@ -19,7 +19,7 @@ mod serving;
 pub use fleet_trust::FleetTrust;
 pub use issue::{IssuedCert, LocalCa, SERVING_VALIDITY};
 pub use local_files::{ensure_local_files, LocalTlsFiles};
-pub use serve::{serve, serve_tls, TlsMetrics};
+pub use serve::{serve, serve_tls, HandshakeCounters, TlsMetrics};
 pub use served_cert::{first_certificate_der, served_certificate};
 pub use serving::{certificate_covers, certificate_not_after_unix, ServingCert, TLS_RELOAD_PERIOD};
 

@@ -41,13 +41,47 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 }
 
 /// What a server serving TLS reports: when the certificate it serves
-/// expires, and how many handshakes failed.
+/// expires, and the handshakes that did not become connections.
 #[derive(Clone)]
 pub struct TlsMetrics {
     /// Set to the expiry of the certificate served (Unix seconds).
     pub certificate_expiry: prometheus::IntGauge,
-    /// Counts failed or timed-out handshakes.
-    pub handshake_failures: prometheus::IntCounter,
+    /// Counts the handshakes refused and abandoned.
+    pub handshakes: HandshakeCounters,
+}
+
+/// Counters of the TLS handshakes that did not become connections, by
+/// whose doing.
+#[derive(Clone)]
+pub struct HandshakeCounters {
+    /// Handshakes that failed or timed out: a caller without the CA (its
+    /// alert), plain HTTP, a malformed message, a caller that stalls.
+    pub failed: prometheus::IntCounter,
+    /// Handshakes the caller ended without a word before they finished:
+    /// a call cancelled while it connected (a read that had its answers
+    /// from other nodes), a TCP probe. Nothing was refused.
+    pub abandoned: prometheus::IntCounter,
+}
+
+/// How a TLS handshake that did not finish ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HandshakeEnd {
+    /// The handshake failed: the caller's alert, a message that is not
+    /// TLS, a certificate refused.
+    Failed,
+    /// The caller closed or reset the connection without an alert.
+    Abandoned,
+}
+
+/// How a handshake that ended in `error` ended: the connection closed or
+/// reset by the caller is abandoned (a TLS client that refuses the
+/// server's certificate says so in an alert first), anything else failed.
+fn handshake_end(error: &std::io::Error) -> HandshakeEnd {
+    use std::io::ErrorKind::*;
+    match error.kind() {
+        UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe => HandshakeEnd::Abandoned,
+        _ => HandshakeEnd::Failed,
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then waits
@@ -75,21 +109,29 @@ pub async fn serve(
         TowerToHyperService::new(router),
         tls,
         stall,
-        Some(metrics.handshake_failures),
+        metrics.handshakes,
         shutdown,
     )
     .await
 }
 
+/// Counts a failed handshake, logged with where the caller can be found:
+/// a client without the CA, or a bug.
+fn refused(counters: &HandshakeCounters, peer: std::net::SocketAddr, why: &str) {
+    tracing::info!(%peer, "refused a TLS handshake: {why}");
+    counters.failed.inc();
+}
+
 /// Serves `service` over TLS with `tls` on `listener` until `shutdown`
 /// completes, then waits at most `SHUTDOWN_GRACE` for the requests in
-/// progress. Failed handshakes are counted in `handshake_failures`.
+/// progress. Handshakes that did not become connections are counted in
+/// `handshakes`.
 pub async fn serve_tls<S, B>(
     listener: TcpListener,
     service: S,
     tls: Arc<ServingCert>,
     stall: Duration,
-    handshake_failures: Option<prometheus::IntCounter>,
+    handshakes: HandshakeCounters,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()>
 where
@@ -124,20 +166,16 @@ where
                 let acceptor = acceptor.clone();
                 let service = service.clone();
                 let watcher = graceful.watcher();
-                let failures = handshake_failures.clone();
+                let counters = handshakes.clone();
                 tokio::spawn(async move {
-                    // Said where the caller can be found: a refused
-                    // handshake is a client without the CA, or a bug.
-                    let failed = |why: String| {
-                        tracing::info!(%peer, "refused a TLS handshake: {why}");
-                        if let Some(counter) = &failures {
-                            counter.inc();
-                        }
-                    };
                     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(crate::stalled_clients::guard(socket, stall))).await {
                         Ok(Ok(stream)) => stream,
-                        Ok(Err(e)) => return failed(e.to_string()),
-                        Err(_) => return failed("timed out".into()),
+                        Ok(Err(e)) if handshake_end(&e) == HandshakeEnd::Abandoned => {
+                            tracing::debug!(%peer, "a caller left its TLS handshake: {e}");
+                            return counters.abandoned.inc();
+                        }
+                        Ok(Err(e)) => return refused(&counters, peer, &e.to_string()),
+                        Err(_) => return refused(&counters, peer, "timed out"),
                     };
                     let mut http = Builder::new(TokioExecutor::new());
                     http.http1()
@@ -161,4 +199,91 @@ where
         tracing::warn!("requests still in progress after {SHUTDOWN_GRACE:?}: ending them");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::LocalCa;
+    use tokio::io::AsyncWriteExt as _;
+
+    /// Serves a router over TLS on a new loopback port; its address and
+    /// the handshake counters.
+    async fn serve_counted(dir: &std::path::Path) -> (std::net::SocketAddr, HandshakeCounters) {
+        let issued = LocalCa::generate("test")
+            .unwrap()
+            .issue(&["localhost".to_string()], Duration::from_secs(3600))
+            .unwrap();
+        let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
+        std::fs::write(&cert_path, &issued.cert_pem).unwrap();
+        std::fs::write(&key_path, &issued.key_pem).unwrap();
+        let serving = ServingCert::load(&cert_path, &key_path).unwrap();
+        let handshakes = HandshakeCounters {
+            failed: prometheus::IntCounter::new("failed", "test").unwrap(),
+            abandoned: prometheus::IntCounter::new("abandoned", "test").unwrap(),
+        };
+        let metrics = TlsMetrics {
+            certificate_expiry: prometheus::IntGauge::new("expiry", "test").unwrap(),
+            handshakes: handshakes.clone(),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        tokio::spawn(serve(
+            listener,
+            app,
+            Some(serving),
+            Duration::from_secs(30),
+            metrics,
+            std::future::pending(),
+        ));
+        (address, handshakes)
+    }
+
+    /// Waits until `counter` reaches `count`, then checks it went no
+    /// further.
+    async fn counted(counter: &prometheus::IntCounter, count: u64, what: &str) {
+        let reached = async {
+            while counter.get() < count {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), reached)
+            .await
+            .unwrap_or_else(|_| panic!("{what}: {} counted of {count}", counter.get()));
+        assert_eq!(counter.get(), count, "{what}");
+    }
+
+    #[tokio::test]
+    async fn a_caller_leaving_mid_handshake_is_counted_abandoned_and_only_a_refused_one_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (address, handshakes) = serve_counted(dir.path()).await;
+        // A TCP probe: connects and closes.
+        drop(tokio::net::TcpStream::connect(address).await.unwrap());
+        // A call cancelled while it connected: part of a ClientHello, then
+        // the connection closed.
+        let mut cut = tokio::net::TcpStream::connect(address).await.unwrap();
+        cut.write_all(&[0x16, 0x03, 0x01, 0x00, 0xc8, 0x01, 0x00])
+            .await
+            .unwrap();
+        drop(cut);
+        counted(&handshakes.abandoned, 2, "the callers that left").await;
+        assert_eq!(handshakes.failed.get(), 0, "nobody was refused yet");
+
+        // Plain HTTP, and a client that does not trust the CA (its alert):
+        // refused.
+        let mut plain = tokio::net::TcpStream::connect(address).await.unwrap();
+        plain
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let untrusting = crate::http::client()
+            .get(format!("https://localhost:{}/", address.port()))
+            .send()
+            .await;
+        assert!(untrusting.is_err());
+        counted(&handshakes.failed, 2, "the refused callers").await;
+        assert_eq!(handshakes.abandoned.get(), 2, "no refusal counted as left");
+        drop(plain);
+    }
 }

@@ -134,24 +134,28 @@ mod tests {
     async fn serve_over_tls(
         serving: Option<Arc<ServingCert>>,
     ) -> (String, tokio::task::JoinHandle<()>) {
-        serve_counting(
-            serving,
-            prometheus::IntCounter::new("failures", "test").unwrap(),
-        )
-        .await
+        serve_counting(serving, counters()).await
     }
 
-    /// The same, counting failed handshakes in `failures`.
+    /// Fresh handshake counters.
+    fn counters() -> crate::tls::HandshakeCounters {
+        crate::tls::HandshakeCounters {
+            failed: prometheus::IntCounter::new("failures", "test").unwrap(),
+            abandoned: prometheus::IntCounter::new("abandoned", "test").unwrap(),
+        }
+    }
+
+    /// The same, counting handshakes in `handshakes`.
     async fn serve_counting(
         serving: Option<Arc<ServingCert>>,
-        failures: prometheus::IntCounter,
+        handshakes: crate::tls::HandshakeCounters,
     ) -> (String, tokio::task::JoinHandle<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
         let metrics = crate::tls::TlsMetrics {
             certificate_expiry: prometheus::IntGauge::new("expiry", "test").unwrap(),
-            handshake_failures: failures,
+            handshakes,
         };
         let server = tokio::spawn(async move {
             let _ = crate::tls::serve(
@@ -205,8 +209,9 @@ mod tests {
         std::fs::write(&cert_path, &issued.cert_pem).unwrap();
         std::fs::write(&key_path, &issued.key_pem).unwrap();
         let serving = ServingCert::load(&cert_path, &key_path).unwrap();
-        let failures = prometheus::IntCounter::new("failures", "test").unwrap();
-        let (address, server) = serve_counting(Some(serving), failures.clone()).await;
+        let handshakes = counters();
+        let failures = handshakes.failed.clone();
+        let (address, server) = serve_counting(Some(serving), handshakes.clone()).await;
         for _ in 0..30 {
             served_certificate(&address, "localhost", Duration::from_secs(10))
                 .await
@@ -227,6 +232,7 @@ mod tests {
             .await
             .expect("the refused client is counted");
         assert_eq!(failures.get(), 1, "only the refused client failed");
+        assert_eq!(handshakes.abandoned.get(), 0, "no probe left a handshake");
         server.abort();
     }
 
