@@ -2377,12 +2377,24 @@ async fn a_ca_rotation_trusts_the_new_ca_everywhere_before_it_signs_and_drops_th
     // however long it has been trusted.
     nodes[0].kubelet_writes(&kept[&node_path]);
     nodes[1].kubelet_writes(&kept[&node_path]);
+    let mut status = None;
     for _ in 0..12 {
         let seen = step!();
         assert_eq!(rotation_events(&seen), 0);
         assert!(secret_text(&kept[&ca_path], "next-ca.crt").contains("BEGIN"));
+        status = status_written(&seen).or(status);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    // The status says where the rotation is, and names the pod it waits for.
+    let status = status.expect("a status written");
+    let rotation = &status["caRotation"];
+    assert_eq!(rotation["step"], "TrustingNewCa", "{status:#}");
+    assert!(rotation["since"].is_string() && rotation["nextStepAfter"].is_string());
+    let waiting = rotation["waitingFor"].to_string();
+    assert!(
+        waiting.contains("media-node-2") && !waiting.contains("media-node-0"),
+        "{waiting}"
+    );
     nodes[2].kubelet_writes(&kept[&node_path]);
     gateway.kubelet_writes(&kept[&gateway_path]);
 
@@ -2440,6 +2452,9 @@ async fn a_ca_rotation_trusts_the_new_ca_everywhere_before_it_signs_and_drops_th
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     assert!(finished, "the old CA was never dropped");
+    let seen = step!();
+    let status = status_written(&seen).expect("a status written");
+    assert!(status.get("caRotation").is_none(), "{status:#}");
     assert!(kept[&ca_path]["data"].get("previous-ca.crt").is_none());
     for path in [&node_path, &gateway_path] {
         assert_eq!(bundle(&secret_text(&kept[path], "ca.crt")), [new_ca.trim()]);

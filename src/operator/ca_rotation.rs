@@ -14,6 +14,8 @@
 
 use std::time::Duration;
 
+use super::crd::CaRotationStatus;
+
 /// A rotation starts by itself when the CA expires within this long.
 pub const ROTATE_BEFORE_EXPIRY: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -196,16 +198,58 @@ pub fn next_ca_step(set: &CaSet, facts: &RotationFacts<'_>) -> CaStep {
     let Some(since) = set.phase_since_unix else {
         return CaStep::Stamp;
     };
-    let lasted = |wait: Duration| facts.now_unix >= since.saturating_add(wait.as_secs());
-    let (wait, next) = match phase {
-        CaPhase::TrustingNext => (facts.overlap.max(facts.min_phase), CaStep::Switch),
-        _ => (facts.min_phase, CaStep::Finish),
+    let next = match phase {
+        CaPhase::TrustingNext => CaStep::Switch,
+        _ => CaStep::Finish,
     };
-    if facts.pods_current && lasted(wait) {
+    let wait = phase_wait(phase, facts.overlap, facts.min_phase);
+    if facts.pods_current && facts.now_unix >= since.saturating_add(wait.as_secs()) {
         next
     } else {
         CaStep::Stay
     }
+}
+
+/// The shortest a rotation phase lasts: before the new CA signs, the
+/// overlap (at least `min_phase`); after, `min_phase`.
+pub fn phase_wait(phase: CaPhase, overlap: Duration, min_phase: Duration) -> Duration {
+    match phase {
+        CaPhase::TrustingNext => overlap.max(min_phase),
+        _ => min_phase,
+    }
+}
+
+/// Where a rotation of `set` is, for the StorageCluster's status (pure):
+/// `None` for a steady set. The next step is taken no earlier than the
+/// phase's start plus its wait (`phase_wait`), and only once `waiting_for`
+/// (the pods not yet serving their renewed certificate) is empty.
+pub fn rotation_status(
+    set: &CaSet,
+    overlap: Duration,
+    min_phase: Duration,
+    waiting_for: &[String],
+) -> Option<CaRotationStatus> {
+    let phase = set.phase();
+    let step = match phase {
+        CaPhase::Steady => return None,
+        CaPhase::TrustingNext => "TrustingNewCa",
+        CaPhase::DroppingPrevious => "NewCaSigning",
+    };
+    let at = |unix: u64| {
+        i64::try_from(unix)
+            .ok()
+            .and_then(|secs| k8s_openapi::jiff::Timestamp::from_second(secs).ok())
+            .map(|t| t.to_string())
+    };
+    let wait = phase_wait(phase, overlap, min_phase).as_secs();
+    Some(CaRotationStatus {
+        step: step.into(),
+        since: set.phase_since_unix.and_then(at),
+        next_step_after: set
+            .phase_since_unix
+            .and_then(|since| at(since.saturating_add(wait))),
+        waiting_for: waiting_for.to_vec(),
+    })
 }
 
 /// Whether a steady set begins a rotation, and why.
@@ -418,5 +462,46 @@ mod tests {
             .after(&CaStep::Finish, None, NOW);
         // The successor's expiry is what counts from now on.
         assert_eq!(next_ca_step(&set, &facts(None, true, NOW)), CaStep::Stay);
+    }
+
+    #[test]
+    fn the_status_tells_the_step_since_when_the_earliest_next_and_the_pods_awaited() {
+        let overlap = Duration::from_secs(600);
+        let min = Duration::from_secs(120);
+        let steady = CaSet::single(ca("a"));
+        assert_eq!(rotation_status(&steady, overlap, min, &[]), None);
+
+        let trusting = steady.after(
+            &CaStep::Begin {
+                why: RotationCause::Expiring,
+            },
+            Some(ca("b")),
+            NOW,
+        );
+        let waiting = vec!["media-node-2: serves an older certificate".to_string()];
+        let status = rotation_status(&trusting, overlap, min, &waiting).unwrap();
+        assert_eq!(status.step, "TrustingNewCa");
+        assert_eq!(status.since.as_deref(), Some("2033-05-18T03:33:20Z"));
+        assert_eq!(
+            status.next_step_after.as_deref(),
+            Some("2033-05-18T03:43:20Z")
+        );
+        assert_eq!(status.waiting_for, waiting);
+
+        let signing = trusting.after(&CaStep::Switch, None, NOW + 600);
+        let status = rotation_status(&signing, overlap, min, &[]).unwrap();
+        assert_eq!(status.step, "NewCaSigning");
+        assert_eq!(status.since.as_deref(), Some("2033-05-18T03:43:20Z"));
+        assert_eq!(
+            status.next_step_after.as_deref(),
+            Some("2033-05-18T03:45:20Z")
+        );
+        assert!(status.waiting_for.is_empty());
+
+        // A phase whose start the Secret lost says no times until stamped.
+        let mut unstamped = signing;
+        unstamped.phase_since_unix = None;
+        let status = rotation_status(&unstamped, overlap, min, &[]).unwrap();
+        assert_eq!((status.since, status.next_step_after), (None, None));
     }
 }

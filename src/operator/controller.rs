@@ -367,6 +367,7 @@ pub async fn reconcile_cluster(
     )
     .await?;
     let mut ca_rotating = false;
+    let mut rotation_progress = None;
     let tls = if let Some(problem) = taken {
         Err(HeldObjects {
             reason: "NameTaken",
@@ -387,6 +388,12 @@ pub async fn reconcile_cluster(
         {
             Ok((tls, outcome)) => {
                 cluster_ca::tell(&ctx, &cluster, &outcome).await;
+                rotation_progress = super::ca_rotation::rotation_status(
+                    &outcome.cas,
+                    cluster.spec.ca_rotation_overlap(),
+                    ctx.ca_min_phase,
+                    &outcome.waiting_for,
+                );
                 // Reconciled often while pods are awaited; a phase only
                 // waiting out its time is looked at every 30 s.
                 ca_rotating = outcome.cas.phase() != CaPhase::Steady
@@ -661,6 +668,7 @@ pub async fn reconcile_cluster(
         held: held.clone(),
         growth_held: growth_held.clone(),
         gateways,
+        ca_rotation: rotation_progress,
     };
     let observed_status: Vec<ObservedNode> = node_specs
         .iter()

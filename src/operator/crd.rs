@@ -448,6 +448,36 @@ pub struct StorageClusterStatus {
     /// can neither store nor read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateways_available: Option<u16>,
+    /// A rotation of the cluster's CA in progress (the annotation
+    /// redstuff.dev/rotate-ca, or a CA expiring within a year): its step,
+    /// since when, the earliest the next step is taken and what it waits
+    /// for. Absent when no rotation runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_rotation: Option<CaRotationStatus>,
+}
+
+/// Where a rotation of the cluster's CA is.
+// Its fields are written even when empty: the status is a merge patch, in
+// which an omitted field would keep its old value.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CaRotationStatus {
+    /// `TrustingNewCa` (step 1 of 3: the new CA is trusted beside the
+    /// current one, which still signs) or `NewCaSigning` (step 2: the new
+    /// CA signs, the previous one is still trusted); step 3 ends the
+    /// rotation.
+    pub step: String,
+    /// When the step began (RFC 3339).
+    #[serde(default)]
+    pub since: Option<String>,
+    /// The earliest the next step is taken (RFC 3339): the step's
+    /// minimum time, and before the new CA signs spec.tls.caRotationOverlap.
+    #[serde(default)]
+    pub next_step_after: Option<String>,
+    /// What the next step waits for: pods not yet serving their renewed
+    /// certificate, serving Secrets not yet written for this step.
+    #[serde(default)]
+    pub waiting_for: Vec<String>,
 }
 
 /// Repairs on one node pod that failed since its last complete one.

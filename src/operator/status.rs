@@ -6,8 +6,8 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::crd::{
-    BlobCounts, FailingRepairs, ShardAssignment, StorageCluster, StorageClusterSpec,
-    StorageClusterStatus, UnavailableNode,
+    BlobCounts, CaRotationStatus, FailingRepairs, ShardAssignment, StorageCluster,
+    StorageClusterSpec, StorageClusterStatus, UnavailableNode,
 };
 use crate::codec::EncodingConfig;
 use crate::fleet::{self, Assignment, NodeSpec};
@@ -67,6 +67,8 @@ pub struct FleetSummary {
     pub growth_held: Option<String>,
     /// The gateway Deployment's pods: available and wanted, once read.
     pub gateways: Option<GatewayPods>,
+    /// The CA rotation in progress, if one runs.
+    pub ca_rotation: Option<CaRotationStatus>,
 }
 
 /// Lost blob ids listed in the status at most.
@@ -360,6 +362,30 @@ pub fn cluster_status(
     status
 }
 
+/// A CA rotation in progress, for people.
+fn rotation_said(rotation: &CaRotationStatus) -> String {
+    let step = match rotation.step.as_str() {
+        "TrustingNewCa" => {
+            "step 1 of 3, the new CA trusted beside the current one, which still signs"
+        }
+        _ => "step 2 of 3, the new CA signing, the previous one still trusted",
+    };
+    let mut said = format!("rotating the cluster's CA: {step}");
+    if let Some(since) = &rotation.since {
+        said.push_str(&format!(", since {since}"));
+    }
+    if let Some(next) = &rotation.next_step_after {
+        said.push_str(&format!("; the next step no earlier than {next}"));
+    }
+    if !rotation.waiting_for.is_empty() {
+        said.push_str(&format!(
+            ", once these pods serve their renewed certificate: {}",
+            rotation.waiting_for.join("; ")
+        ));
+    }
+    said
+}
+
 /// What one failure domain of `topology_key` is called, for people.
 fn domain_noun(topology_key: &str) -> &'static str {
     match topology_key {
@@ -512,6 +538,24 @@ fn fold_in_fleet(
         set(
             status,
             condition("Degraded", true, reason, message, generation, now),
+        );
+    }
+    status.ca_rotation = fleet.ca_rotation.clone();
+    let settled = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Progressing" && c.status == "False");
+    if let Some(rotation) = fleet.ca_rotation.as_ref().filter(|_| settled) {
+        set(
+            status,
+            condition(
+                "Progressing",
+                true,
+                "RotatingCa",
+                rotation_said(rotation),
+                generation,
+                now,
+            ),
         );
     }
     if fleet.shards_to_move > 0 {
@@ -802,6 +846,66 @@ mod tests {
         assert_eq!(cond(&s, "Progressing").reason, "Repairing");
         assert_eq!(cond(&s, "Ready").status, "True", "every node pod is ready");
         assert_eq!(s.repairs_in_flight, Some(3));
+    }
+
+    #[test]
+    fn a_ca_rotation_shows_in_the_status_and_makes_a_settled_cluster_progress() {
+        let c = cluster(7, 7, Some("1Gi"));
+        let nodes = observed(7, &[0, 1, 2, 3, 4, 5, 6], 7);
+        let rotation = CaRotationStatus {
+            step: "TrustingNewCa".into(),
+            since: Some("2026-12-06T10:00:00Z".into()),
+            next_step_after: Some("2026-12-06T10:10:00Z".into()),
+            waiting_for: vec!["media-node-2: serves an older certificate".into()],
+        };
+        let fleet = FleetSummary {
+            ca_rotation: Some(rotation.clone()),
+            ..FleetSummary::default()
+        };
+        let s = cluster_status(&c, &assignment(&c, &nodes), &nodes, &fleet, &now(1));
+        assert_eq!(
+            s.phase.as_deref(),
+            Some("Ready"),
+            "a rotation degrades nothing"
+        );
+        assert_eq!(s.ca_rotation.as_ref(), Some(&rotation));
+        let progressing = cond(&s, "Progressing");
+        assert_eq!(
+            (progressing.status.as_str(), progressing.reason.as_str()),
+            ("True", "RotatingCa")
+        );
+        assert!(
+            progressing.message.contains("step 1 of 3")
+                && progressing
+                    .message
+                    .contains("no earlier than 2026-12-06T10:10:00Z")
+                && progressing
+                    .message
+                    .contains("media-node-2: serves an older certificate"),
+            "{}",
+            progressing.message
+        );
+
+        // Repairs say what the cluster is busy with first; the rotation
+        // stays in its field.
+        let busy = FleetSummary {
+            repairs_in_flight: 2,
+            ..fleet
+        };
+        let s = cluster_status(&c, &assignment(&c, &nodes), &nodes, &busy, &now(1));
+        assert_eq!(cond(&s, "Progressing").reason, "Repairing");
+        assert_eq!(s.ca_rotation, Some(rotation));
+
+        // Done: the field goes, and the cluster is stable again.
+        let s = cluster_status(
+            &c,
+            &assignment(&c, &nodes),
+            &nodes,
+            &FleetSummary::default(),
+            &now(1),
+        );
+        assert_eq!(s.ca_rotation, None);
+        assert_eq!(cond(&s, "Progressing").reason, "Stable");
     }
 
     #[test]

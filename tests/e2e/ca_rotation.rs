@@ -171,6 +171,26 @@ pub async fn rotates_the_ca_without_a_failed_call(e2e: &E2e) -> anyhow::Result<(
     anyhow::ensure!(ca_secret_text(e2e, "next-ca.crt")?.is_some());
     let (_, bundle_client) = e2e.gateway(CLUSTER)?;
     *traffic.client.write().expect("client lock") = bundle_client;
+    // The StorageCluster's status tells where the rotation is.
+    let told = wait_for(
+        "the rotation's step in the StorageCluster's status",
+        Duration::from_secs(60),
+        || {
+            let status = e2e.cluster_status(CLUSTER)?;
+            let rotation = &status["caRotation"];
+            let told = matches!(
+                rotation["step"].as_str(),
+                Some("TrustingNewCa" | "NewCaSigning")
+            ) && rotation["nextStepAfter"].is_string()
+                && status["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Progressing" && c["status"] == "True")
+                });
+            Ok(told.then_some(rotation.clone()))
+        },
+    )
+    .await?;
+    eprintln!("    status.caRotation: {told}");
 
     let result = wait_for(
         "the rotation done: a new CA alone",
@@ -231,6 +251,17 @@ pub async fn rotates_the_ca_without_a_failed_call(e2e: &E2e) -> anyhow::Result<(
         refused_during.is_empty(),
         "handshakes were refused during the rotation: {refused_during:#?}"
     );
+
+    wait_for(
+        "no rotation in the StorageCluster's status",
+        Duration::from_secs(60),
+        || {
+            Ok(e2e.cluster_status(CLUSTER)?["caRotation"]
+                .is_null()
+                .then_some(()))
+        },
+    )
+    .await?;
 
     // The gateway's ca.crt is the new CA alone, and a client trusting only
     // it reads the blob; one trusting only the old CA is refused.
