@@ -109,7 +109,9 @@ impl MemoryBudget {
         u64::from(self.capacity_units) * UNIT
     }
 
-    /// Bytes reserved right now.
+    /// Bytes no reservation can take right now: those reserved, and those
+    /// the waiter first in line has collected toward its reservation
+    /// (given back if it stops waiting). What a new request waits for.
     pub fn in_use(&self) -> u64 {
         (u64::from(self.capacity_units) - self.units.available_permits() as u64) * UNIT
     }
