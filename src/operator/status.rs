@@ -379,7 +379,7 @@ fn rotation_said(rotation: &CaRotationStatus) -> String {
     }
     if !rotation.waiting_for.is_empty() {
         said.push_str(&format!(
-            ", once these pods serve their renewed certificate: {}",
+            ", waiting for: {}",
             rotation.waiting_for.join("; ")
         ));
     }
