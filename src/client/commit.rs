@@ -128,9 +128,7 @@ impl BlobClient {
         }
         // The write is answered; the other nodes still get their commit
         // (within the window), so the loop has less to carry.
-        if !pending.is_empty() {
-            tokio::spawn(async move { while pending.next().await.is_some() {} });
-        }
+        super::hear_out_in_background(pending);
         commit_verdict(acknowledged, quorum, uncertain)
     }
 }

@@ -8,6 +8,7 @@ mod commit;
 mod cpu;
 pub mod deadline;
 mod delete;
+mod left_over;
 pub mod memory_budget;
 mod node_client;
 pub mod quorum;
@@ -26,6 +27,7 @@ pub use blob_client::{BlobClient, BlobIoError};
 pub use commit::{commit_verdict, CommitVerdict};
 pub use deadline::{Deadlines, MIN_INVENTORY_RATE, MIN_TRANSFER_RATE};
 pub use delete::DeleteOutcome;
+pub use left_over::hear_out_in_background;
 pub use memory_budget::{MemoryBudget, MemoryReservation};
 pub use node_client::{
     ChangesAnswer, CheckedChanges, CheckedPage, NodeCallError, NodeCalls, NodeClient, CHANGES_PAGE,

@@ -91,11 +91,8 @@ impl StateCollection {
 
 /// Asks every node holding shards about `id`, concurrently, until the
 /// answers cover `quorum` shards (or every node answered or failed). The
-/// calls still out then finish in the background (each within its
-/// deadline), their answers unused: a call dropped while it connects
-/// leaves its node a half-done TLS handshake, and one dropped while it
-/// waits for its answer closes a pooled connection the next call would
-/// have taken.
+/// calls still out are heard out in the background
+/// ([`super::hear_out_in_background`]).
 pub async fn collect_states(client: &BlobClient, id: &BlobId, quorum: usize) -> StateCollection {
     let id = *id;
     let mut pending: FuturesUnordered<_> = client
@@ -124,17 +121,17 @@ pub async fn collect_states(client: &BlobClient, id: &BlobId, quorum: usize) -> 
             break;
         }
     }
-    if !pending.is_empty() {
-        tokio::spawn(async move { while pending.next().await.is_some() {} });
-    }
+    super::hear_out_in_background(pending);
     collection
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn answer(
+    /// The answer of `node` holding `shards`, with `state` and the layout
+    /// (size, segments) it reports.
+    pub(in crate::client) fn answer(
         node: &str,
         shards: &[u16],
         state: BlobState,
@@ -174,31 +171,47 @@ mod tests {
         assert_eq!(collection.shards_where(|s| s.commit.is_some()), 4);
     }
 
-    /// A node answering every state call with an empty state after
-    /// `delay`, recording the address of the caller's end of each
-    /// connection a call came on; its URL and those addresses.
-    async fn state_node(
+    /// The address of the caller's end of each connection a call came on.
+    pub(in crate::client) type Callers =
+        std::sync::Arc<std::sync::Mutex<Vec<std::net::SocketAddr>>>;
+
+    /// A node answering, after `delay`, every state call with an empty
+    /// state and every metadata call with `metadata`, recording where each
+    /// call came from; its URL and those callers.
+    pub(in crate::client) async fn recording_node(
         delay: std::time::Duration,
-    ) -> (
-        String,
-        std::sync::Arc<std::sync::Mutex<Vec<std::net::SocketAddr>>>,
-    ) {
+        metadata: Vec<u8>,
+    ) -> (String, Callers) {
         use axum::extract::ConnectInfo;
-        let callers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let seen = callers.clone();
-        let app = axum::Router::new().route(
-            "/v1/blobs/{id}/state",
-            axum::routing::get(
-                move |ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>| {
-                    let seen = seen.clone();
-                    async move {
-                        seen.lock().unwrap().push(peer);
-                        tokio::time::sleep(delay).await;
-                        axum::Json(NodeBlobState::default())
-                    }
-                },
-            ),
-        );
+        use axum::routing::get;
+        let callers: Callers = Default::default();
+        let (on_state, on_metadata) = (callers.clone(), callers.clone());
+        let app = axum::Router::new()
+            .route(
+                "/v1/blobs/{id}/state",
+                get(
+                    move |ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>| {
+                        on_state.lock().unwrap().push(peer);
+                        async move {
+                            tokio::time::sleep(delay).await;
+                            axum::Json(NodeBlobState::default())
+                        }
+                    },
+                ),
+            )
+            .route(
+                "/v1/blobs/{id}/metadata",
+                get(
+                    move |ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>| {
+                        on_metadata.lock().unwrap().push(peer);
+                        let metadata = metadata.clone();
+                        async move {
+                            tokio::time::sleep(delay).await;
+                            metadata
+                        }
+                    },
+                ),
+            );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move {
@@ -219,7 +232,7 @@ mod tests {
         let mut slow_callers = None;
         for i in 0..4u16 {
             let delay = Duration::from_millis(if i == 3 { 300 } else { 0 });
-            let (url, callers) = state_node(delay).await;
+            let (url, callers) = recording_node(delay, Vec::new()).await;
             if i == 3 {
                 slow_callers = Some(callers);
             }

@@ -4,7 +4,8 @@
 //! a commit acknowledged by a quorum is always among them). Metadata is
 //! self-certifying (it hashes to the blob id): it is fetched from two
 //! holders at once, capped at the length most shards report, and the first
-//! copy that matches the id wins. A segment is read from primary slivers,
+//! copy that matches the id wins (the other is still received, in the
+//! background, keeping its connection). A segment is read from primary slivers,
 //! the shards holding the systematic pairs first; a shard that is slow is
 //! hedged by asking the next one, a sliver that is not the pair its shard
 //! holds is refused, and the decode re-derives the hashes, so only the
@@ -94,7 +95,8 @@ impl BlobClient {
     }
 
     /// The blob's metadata from the first holder whose copy matches its id,
-    /// asking two at a time.
+    /// asking two at a time; the other copy asked for is still received
+    /// (in the background), so its node's connection stays pooled.
     pub async fn fetch_metadata(
         &self,
         id: &BlobId,
@@ -110,32 +112,35 @@ impl BlobClient {
             .into_iter()
             .filter_map(|name| self.map.nodes.iter().find(|n| n.name == name));
         let mut asking = FuturesUnordered::new();
-        loop {
+        let found = loop {
             while asking.len() < 2 {
                 let Some(node) = holders.next() else { break };
-                let call = self.client(node);
-                asking.push(async move { (node, call.metadata(id, limit).await) });
+                let (call, name, id) = (self.client(node), node.name.clone(), *id);
+                asking.push(async move { (name, call.metadata(&id, limit).await) });
             }
             let Some((node, answer)) = asking.next().await else {
-                return Err(BlobIoError::NotFound(*id));
+                break Err(BlobIoError::NotFound(*id));
             };
             match answer {
                 Ok(Some(bytes)) => match BlobMetadata::from_bytes(&bytes) {
-                    Ok(metadata) if metadata.blob_id() == *id => return Ok(metadata),
-                    _ => self.invalid_from(&node.name),
+                    Ok(metadata) if metadata.blob_id() == *id => break Ok(metadata),
+                    _ => self.invalid_from(&node),
                 },
                 Ok(None) => {}
                 Err(e) => {
                     if matches!(e, super::NodeCallError::TooLarge { .. }) {
-                        self.invalid_from(&node.name);
+                        self.invalid_from(&node);
                     }
                     if e.is_silence() {
-                        self.unanswered(&node.name, Unanswered::Silent);
+                        self.unanswered(&node, Unanswered::Silent);
                     }
-                    tracing::debug!(node = %node.name, "metadata of {id}: {e}");
+                    tracing::debug!(%node, "metadata of {id}: {e}");
                 }
             }
-        }
+        };
+        // The other copy asked for is heard out, keeping its connection.
+        super::hear_out_in_background(asking);
+        found
     }
 
     /// Reads segment `index` of a blob; `slow` carries the nodes found
@@ -323,4 +328,71 @@ fn past_hedge(pending: &[(String, Instant)]) -> Vec<String> {
         .filter(|(_, since)| since.elapsed() >= HEDGE_AFTER)
         .map(|(node, _)| node.clone())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::quorum::tests::{answer, recording_node};
+    use super::*;
+    use crate::codec::{BlobEncoder, EncodingConfig};
+
+    #[tokio::test]
+    async fn the_metadata_copy_not_needed_is_still_received_keeping_its_connection() {
+        let data = vec![7u8; 3000];
+        let (metadata, _) = BlobEncoder::new(EncodingConfig::new(4).unwrap(), 1 << 20)
+            .unwrap()
+            .encode(&data)
+            .unwrap();
+        let id = metadata.blob_id();
+        let bytes = metadata.to_bytes();
+        // node-0 answers at once, node-1 after 300 ms; both hold it.
+        let (fast, _) = recording_node(Duration::ZERO, bytes.clone()).await;
+        let (slow, slow_callers) = recording_node(Duration::from_millis(300), bytes).await;
+        let nodes = [fast, slow]
+            .into_iter()
+            .enumerate()
+            .map(|(i, url)| crate::fleet::MapNode {
+                name: format!("node-{i}"),
+                url,
+                shards: [i as u16].into(),
+            })
+            .collect();
+        let map = crate::fleet::FleetMap {
+            shards: 4,
+            segment_size: 1 << 20,
+            nodes,
+        };
+        let calls = super::super::NodeCalls::new(
+            crate::auth::TokenSet::single("t"),
+            super::super::Deadlines::from_secs(5.0),
+        );
+        let client = BlobClient::new(calls, map, None);
+        let committed = crate::blob_state::BlobState {
+            commit: Some(1),
+            ..Default::default()
+        };
+        let layout = Some((data.len() as u64, 1));
+        let states = StateCollection {
+            answers: vec![
+                answer("node-0", &[0], committed, layout),
+                answer("node-1", &[1], committed, layout),
+            ],
+            silent: Default::default(),
+        };
+
+        let fetched = client.fetch_metadata(&id, &states).await.unwrap();
+        assert_eq!(fetched.blob_id(), id);
+        assert_eq!(slow_callers.lock().unwrap().len(), 1, "both asked at once");
+        // The slow copy is received after all: its connection goes back
+        // to the pool and the next call to node-1 comes on it (a call
+        // dropped mid-answer would have closed it).
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        client.fetch_metadata(&id, &states).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let callers = slow_callers.lock().unwrap().clone();
+        assert_eq!(callers.len(), 2, "{callers:?}");
+        assert_eq!(callers[0], callers[1], "a second connection was opened");
+    }
 }

@@ -318,7 +318,9 @@ impl Repair {
                 None => self.blame(&node),
             }
         }
-        drop(asking);
+        // The extra peers asked are heard out, keeping their connections
+        // for the next sliver's symbols.
+        crate::client::hear_out_in_background(asking);
         let (state, metadata) = (self.state.clone(), metadata.clone());
         tokio::task::spawn_blocking(move || {
             let rebuilt = rebuild::<B>(&metadata, segment, target, valid)
