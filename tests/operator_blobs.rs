@@ -13,6 +13,7 @@ use redstuff::operator::controller::reconcile_cluster;
 use redstuff::operator::crd::{
     Blob, BlobHealth, BlobSource, BlobSpec, BlobStatus, KeySource, UploadSource, UrlSource,
 };
+use redstuff::operator::ingest;
 use redstuff::operator::upload_records::{upload_record_name, RECORDED_BY_ANNOTATION};
 use serde_json::{json, Value};
 use sha2::Digest;
@@ -196,6 +197,174 @@ async fn a_url_whose_bytes_do_not_match_the_digest_stores_nothing() {
     assert!(status.get("blobId").is_none());
     assert!(events(&seen).contains(&"IngestFailed".to_string()));
     assert!(fleet.held().await.iter().all(|held| held.is_empty()));
+}
+
+/// The notes of the Events of `reason`.
+fn event_notes(seen: &[Seen], reason: &str) -> Vec<String> {
+    seen.iter()
+        .filter(|s| s.method == "POST" && s.path.ends_with("/events"))
+        .filter(|s| s.body["reason"] == reason)
+        .map(|s| s.body["note"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn url_blob(name: &str, url: String, sha256: Option<String>) -> Blob {
+    blob(
+        name,
+        BlobSource {
+            url: Some(UrlSource { url, sha256 }),
+            ..BlobSource::default()
+        },
+    )
+}
+
+#[tokio::test]
+async fn a_url_download_that_breaks_off_goes_on_where_it_stopped_and_stores_the_exact_bytes() {
+    let fleet = TestFleet::start(4).await;
+    let body: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let digest = redstuff::hex::encode(&sha2::Sha256::digest(&body));
+    // Cut after 300,000 bytes, then 200,000 bytes into the rest.
+    let source = support::serve_range_source(
+        vec![("\"v1\"".into(), body.clone())],
+        vec![300_000, 200_000],
+        true,
+    )
+    .await;
+    let b = url_blob("dataset", source.url.clone(), Some(digest));
+    let (seen, _) = run(api(Some(&cluster(4)), &[&b], &[]), fleet.endpoints(), &b).await;
+    let stored = status_patches(&seen, "dataset").pop().unwrap();
+    assert_eq!(condition(&stored, "Ingested"), ("True", "Stored"));
+    let asked = source.asked.lock().unwrap().clone();
+    let v1 = Some("\"v1\"".to_string());
+    assert_eq!(
+        asked,
+        vec![
+            (None, None),
+            (Some("bytes=300000-".into()), v1.clone()),
+            (Some("bytes=500000-".into()), v1),
+        ],
+        "each resume asks for the rest of the version first answered"
+    );
+    let id = stored["blobId"].as_str().unwrap();
+    assert!(
+        read_back(&fleet, id).await == body,
+        "the bytes read back are the source's, not a splice"
+    );
+    let notes = event_notes(&seen, "Ingested");
+    assert!(
+        notes.iter().any(|n| n.contains("broke off 2 times")),
+        "{notes:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_url_that_changes_while_its_download_is_broken_off_is_not_spliced_and_stores_nothing() {
+    let fleet = TestFleet::start(4).await;
+    let old: Vec<u8> = vec![1; 400_000];
+    let new: Vec<u8> = vec![2; 400_000];
+    // No digest in the spec: only the version keeps the halves apart.
+    let source = support::serve_range_source(
+        vec![("\"old\"".into(), old), ("\"new\"".into(), new)],
+        vec![100_000],
+        true,
+    )
+    .await;
+    let b = url_blob("dataset", source.url.clone(), None);
+    let (seen, _) = run(api(Some(&cluster(4)), &[&b], &[]), fleet.endpoints(), &b).await;
+    let status = status_patches(&seen, "dataset").pop().unwrap();
+    assert_eq!(condition(&status, "Ingested"), ("False", "DownloadFailed"));
+    assert!(status.get("blobId").is_none());
+    let notes = event_notes(&seen, "IngestFailed");
+    assert!(notes.iter().any(|n| n.contains("changed")), "{notes:?}");
+    assert_eq!(source.asked.lock().unwrap().len(), 2);
+    assert!(fleet.held().await.iter().all(|held| held.is_empty()));
+}
+
+#[tokio::test]
+async fn a_url_whose_server_offers_no_ranges_fails_when_it_breaks_off_and_stores_nothing() {
+    let fleet = TestFleet::start(4).await;
+    let source = support::serve_range_source(
+        vec![("\"v1\"".into(), vec![3; 400_000])],
+        vec![100_000],
+        false,
+    )
+    .await;
+    let b = url_blob("dataset", source.url.clone(), None);
+    let (seen, _) = run(api(Some(&cluster(4)), &[&b], &[]), fleet.endpoints(), &b).await;
+    let status = status_patches(&seen, "dataset").pop().unwrap();
+    assert_eq!(condition(&status, "Ingested"), ("False", "DownloadFailed"));
+    let notes = event_notes(&seen, "IngestFailed");
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("offers no resumable range")),
+        "{notes:?}"
+    );
+    assert_eq!(
+        source.asked.lock().unwrap().len(),
+        1,
+        "asked once, never spliced"
+    );
+    assert!(fleet.held().await.iter().all(|held| held.is_empty()));
+}
+
+async fn download_with(
+    source: &support::RangeSource,
+    in_a_row: u32,
+) -> Result<ingest::Downloaded, ingest::IngestError> {
+    let dir = tempfile::tempdir().unwrap();
+    ingest::download(
+        &redstuff::http::client(),
+        &source.url,
+        None,
+        1 << 30,
+        &dir.path().join("spool"),
+        &ingest::ResumePolicy {
+            in_a_row,
+            first_pause: std::time::Duration::from_millis(10),
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_download_fails_after_resumes_in_a_row_bring_nothing_and_a_resume_that_brings_bytes_starts_the_count_again(
+) {
+    let body = vec![5u8; 400_000];
+    let stuck = support::serve_range_source(
+        vec![("\"v1\"".into(), body.clone())],
+        vec![100_000, 0, 0, 0],
+        true,
+    )
+    .await;
+    let err = download_with(&stuck, 2).await.unwrap_err();
+    assert_eq!(err.reason(), "DownloadFailed");
+    assert!(err.is_transient(), "the next attempt may do better");
+    assert!(
+        err.to_string()
+            .contains("2 resumes in a row brought nothing"),
+        "{err}"
+    );
+    assert_eq!(
+        stuck.asked.lock().unwrap().len(),
+        3,
+        "asked once and resumed twice"
+    );
+
+    let halting = support::serve_range_source(
+        vec![("\"v1\"".into(), body)],
+        vec![100_000, 0, 50_000, 0],
+        true,
+    )
+    .await;
+    let downloaded = download_with(&halting, 2).await.unwrap();
+    assert_eq!(
+        downloaded,
+        ingest::Downloaded {
+            bytes: 400_000,
+            resumes: 4
+        }
+    );
 }
 
 #[tokio::test]

@@ -89,8 +89,17 @@ async fn apply_blob(blob: &Blob, ctx: &Context, namespace: &str) -> Result<Actio
                 );
                 write_status_if_changed(&blobs, blob, &mut current, in_progress).await?;
                 match ingest_source(blob, cluster, ctx, namespace).await {
-                    Ok(id) => {
-                        ctx.publish(blob, false, "Ingested", format!("stored as {id}"))
+                    Ok((id, resumes)) => {
+                        let resumed = match resumes {
+                            0 => String::new(),
+                            1 => {
+                                " (the download broke off once and went on where it stopped)".into()
+                            }
+                            n => format!(
+                                " (the download broke off {n} times and went on where it stopped)"
+                            ),
+                        };
+                        ctx.publish(blob, false, "Ingested", format!("stored as {id}{resumed}"))
                             .await;
                         blob_id = Some(id);
                     }
@@ -220,20 +229,23 @@ async fn ingest_source(
     cluster: &StorageCluster,
     ctx: &Context,
     namespace: &str,
-) -> Result<String, IngestError> {
+) -> Result<(String, u32), IngestError> {
     std::fs::create_dir_all(&ctx.spool_dir)?;
     let spool = tempfile::NamedTempFile::new_in(&ctx.spool_dir)?;
     let source = &blob.spec.source;
     let limit = ctx.max_ingest_bytes;
+    let mut resumes = 0;
     if let Some(url) = &source.url {
-        ingest::download(
+        resumes = ingest::download(
             &ctx.http,
             &url.url,
             url.sha256.as_deref(),
             limit,
             spool.path(),
+            &ingest::ResumePolicy::default(),
         )
-        .await?;
+        .await?
+        .resumes;
     } else if let Some(key) = &source.config_map_key {
         let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
         let not_found = || {
@@ -298,7 +310,7 @@ async fn ingest_source(
         })?;
     let http = ctx.gateway_http(cluster);
     let stored = ingest::upload(&http, &gateway, &token, spool.path()).await?;
-    Ok(stored.id)
+    Ok((stored.id, resumes))
 }
 
 async fn cleanup_blob(

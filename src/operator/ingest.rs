@@ -1,5 +1,6 @@
 //! Ingesting a Blob's source: the bytes are spooled to a local file (a URL
-//! streamed with its length capped and its SHA-256 checked; a ConfigMap
+//! streamed with its length capped and its SHA-256 checked, resumed where
+//! it broke off when the server takes ranges of the same version; a ConfigMap
 //! or Secret key written out), then streamed to the cluster's gateway,
 //! which encodes and stores them. Nothing reaches the gateway unless the
 //! whole source arrived and matched its digest.
@@ -77,46 +78,204 @@ impl IngestError {
     }
 }
 
-/// Downloads `url` into `spool`, at most `limit` bytes, checking
-/// `sha256` when given; returns the length.
+/// When a download that broke off is resumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResumePolicy {
+    /// Resumes in a row that bring no byte, after which a download that
+    /// keeps breaking off fails (the Blob's next attempt starts over).
+    pub in_a_row: u32,
+    /// The pause before a resume, doubling with each one in a row that
+    /// brought nothing.
+    pub first_pause: std::time::Duration,
+}
+
+impl Default for ResumePolicy {
+    /// Four resumes in a row, after 1, 2, 4 and 8 s.
+    fn default() -> Self {
+        Self {
+            in_a_row: 4,
+            first_pause: std::time::Duration::from_secs(1),
+        }
+    }
+}
+
+/// A source downloaded whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Downloaded {
+    /// Its length in bytes.
+    pub bytes: u64,
+    /// How many times it broke off and went on from where it stopped.
+    pub resumes: u32,
+}
+
+/// What the first answer says about resuming the download: the value for
+/// `If-Range` when the server takes byte ranges of it, says how long it
+/// is and names its version (a strong ETag, else Last-Modified), so the
+/// rest asked for is of the same bytes or not sent at all.
+fn resumable_by(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    use reqwest::header::{ACCEPT_RANGES, CONTENT_LENGTH, ETAG, LAST_MODIFIED};
+    let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let ranges = text(ACCEPT_RANGES)?
+        .split(',')
+        .any(|unit| unit.trim().eq_ignore_ascii_case("bytes"));
+    if !ranges || headers.get(CONTENT_LENGTH).is_none() {
+        return None;
+    }
+    text(ETAG)
+        .filter(|tag| !tag.starts_with("W/"))
+        .or_else(|| text(LAST_MODIFIED))
+        .map(str::to_string)
+}
+
+/// Whether `content_range` (of a 206) is exactly the rest of a `len`-byte
+/// source from byte `from`: `bytes FROM-(LEN-1)/LEN`.
+fn is_the_rest(content_range: Option<&str>, from: u64, len: u64) -> bool {
+    let Some((first, last, total)) = content_range
+        .and_then(|range| range.trim().strip_prefix("bytes "))
+        .and_then(|range| {
+            let (span, total) = range.split_once('/')?;
+            let (first, last) = span.split_once('-')?;
+            Some((
+                first.parse::<u64>().ok()?,
+                last.parse::<u64>().ok()?,
+                total.parse::<u64>().ok()?,
+            ))
+        })
+    else {
+        return false;
+    };
+    first == from && total == len && last.checked_add(1) == Some(len)
+}
+
+/// Downloads `url` into `spool`, at most `limit` bytes, checking `sha256`
+/// when given. A download that breaks off goes on from where it stopped
+/// (a range request naming the version first answered, `If-Range`) when
+/// the server takes ranges, as `policy` says; when the resumes in a row
+/// bring nothing, or the source changed meanwhile, it fails.
 pub async fn download(
     http: &reqwest::Client,
     url: &str,
     sha256: Option<&str>,
     limit: u64,
     spool: &Path,
-) -> Result<u64, IngestError> {
+    policy: &ResumePolicy,
+) -> Result<Downloaded, IngestError> {
+    use reqwest::header::{CONTENT_RANGE, IF_RANGE, RANGE};
     let failed = |message: String| IngestError::Download {
         url: url.to_string(),
         message,
     };
-    let response = http
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    if !response.status().is_success() {
-        return Err(failed(format!("the server answered {}", response.status())));
-    }
-    if response.content_length().is_some_and(|len| len > limit) {
-        return Err(IngestError::TooLarge { limit });
-    }
     let mut file = WriteBehindFile::new(std::fs::File::create(spool)?);
     let mut hasher = Sha256::new();
     let mut length = 0u64;
-    let mut body = response.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| failed(e.to_string()))?;
-        length += chunk.len() as u64;
-        if length > limit {
-            return Err(IngestError::TooLarge { limit });
+    // Set by the first answer: the source's length and version.
+    let mut source: Option<(u64, Option<String>)> = None;
+    let (mut resumes, mut in_a_row) = (0u32, 0u32);
+    loop {
+        let mut request = http.get(url);
+        if let Some((_, Some(version))) = &source {
+            request = request
+                .header(RANGE, format!("bytes={length}-"))
+                .header(IF_RANGE, version.as_str());
         }
-        hasher.update(&chunk);
-        file.write(chunk).await?;
+        let broke_off = match request.send().await {
+            Err(e) if source.is_some() => format!("the rest could not be asked for: {e}"),
+            Err(e) => return Err(failed(e.to_string())),
+            Ok(response) => {
+                let status = response.status();
+                match &source {
+                    None => {
+                        if !status.is_success() {
+                            return Err(failed(format!("the server answered {status}")));
+                        }
+                        if response.content_length().is_some_and(|len| len > limit) {
+                            return Err(IngestError::TooLarge { limit });
+                        }
+                        source = response
+                            .content_length()
+                            .map(|len| (len, resumable_by(response.headers())));
+                    }
+                    Some((len, _)) => {
+                        let range = response
+                            .headers()
+                            .get(CONTENT_RANGE)
+                            .and_then(|v| v.to_str().ok());
+                        if status == reqwest::StatusCode::OK {
+                            return Err(failed(format!(
+                                "it broke off after {length} bytes and the server answered the rest \
+                                 with the whole source: it changed since the download began"
+                            )));
+                        }
+                        let not_the_rest = status != reqwest::StatusCode::PARTIAL_CONTENT
+                            || !is_the_rest(range, length, *len);
+                        if not_the_rest && !status.is_server_error() {
+                            return Err(failed(format!(
+                                "it broke off after {length} bytes and the server answered the \
+                                 rest (bytes={length}-) with {status}, range {}",
+                                range.unwrap_or("none")
+                            )));
+                        }
+                    }
+                }
+                if status.is_server_error() {
+                    format!("the server answered the rest with {status}")
+                } else {
+                    let before = length;
+                    let mut body = response.bytes_stream();
+                    let ended = loop {
+                        match body.next().await {
+                            None => break None,
+                            Some(Err(e)) => break Some(e.to_string()),
+                            Some(Ok(chunk)) => {
+                                length += chunk.len() as u64;
+                                if length > limit {
+                                    return Err(IngestError::TooLarge { limit });
+                                }
+                                hasher.update(&chunk);
+                                file.write(chunk).await?;
+                            }
+                        }
+                    };
+                    if length > before {
+                        in_a_row = 0;
+                    }
+                    match ended {
+                        None => match source {
+                            Some((len, _)) if length < len => {
+                                format!("the body ended after {length} of {len} bytes")
+                            }
+                            _ => break,
+                        },
+                        Some(e) => e,
+                    }
+                }
+            }
+        };
+        let resumable = matches!(&source, Some((_, Some(_))));
+        if !resumable || in_a_row >= policy.in_a_row {
+            let why = if resumable {
+                format!("{broke_off}; {in_a_row} resumes in a row brought nothing")
+            } else {
+                format!("{broke_off} (the server offers no resumable range of it)")
+            };
+            return Err(failed(format!("broke off after {length} bytes: {why}")));
+        }
+        let pause = policy.first_pause * 2u32.pow(in_a_row.min(16));
+        tracing::info!(
+            url,
+            length,
+            "download broke off ({broke_off}); resuming in {pause:?}"
+        );
+        tokio::time::sleep(pause).await;
+        resumes += 1;
+        in_a_row += 1;
     }
     file.finish().await?;
     check_digest(sha256, &hasher.finalize())?;
-    Ok(length)
+    Ok(Downloaded {
+        bytes: length,
+        resumes,
+    })
 }
 
 fn check_digest(expected: Option<&str>, actual: &[u8]) -> Result<(), IngestError> {
@@ -195,6 +354,73 @@ mod tests {
         assert_eq!(err.reason(), "ChecksumMismatch");
         assert!(!err.is_transient());
         assert!(err.to_string().contains(&good));
+    }
+
+    #[test]
+    fn only_a_source_with_byte_ranges_a_length_and_a_strong_version_is_resumable() {
+        use reqwest::header::{HeaderMap, HeaderValue, ACCEPT_RANGES, CONTENT_LENGTH, ETAG};
+        let headers = |pairs: &[(reqwest::header::HeaderName, &'static str)]| {
+            let mut map = HeaderMap::new();
+            for (name, value) in pairs {
+                map.insert(name, HeaderValue::from_static(value));
+            }
+            map
+        };
+        let full = [
+            (ACCEPT_RANGES, "bytes"),
+            (CONTENT_LENGTH, "10"),
+            (ETAG, "\"abc\""),
+        ];
+        assert_eq!(resumable_by(&headers(&full)), Some("\"abc\"".into()));
+        let dated = headers(&[
+            (ACCEPT_RANGES, "bytes"),
+            (CONTENT_LENGTH, "10"),
+            (ETAG, "W/\"weak\""),
+            (
+                reqwest::header::LAST_MODIFIED,
+                "Wed, 02 Dec 2026 10:00:00 GMT",
+            ),
+        ]);
+        assert_eq!(
+            resumable_by(&dated),
+            Some("Wed, 02 Dec 2026 10:00:00 GMT".into()),
+            "a weak ETag cannot name the version; the date can"
+        );
+        assert_eq!(resumable_by(&headers(&full[1..])), None, "no ranges");
+        assert_eq!(
+            resumable_by(&headers(&[
+                (ACCEPT_RANGES, "none"),
+                full[1].clone(),
+                full[2].clone()
+            ])),
+            None
+        );
+        assert_eq!(
+            resumable_by(&headers(&[full[0].clone(), full[2].clone()])),
+            None,
+            "no length"
+        );
+        assert_eq!(resumable_by(&headers(&full[..2])), None, "no version");
+    }
+
+    #[test]
+    fn only_exactly_the_rest_of_the_same_length_is_taken_as_the_rest() {
+        assert!(is_the_rest(Some("bytes 300-999/1000"), 300, 1000));
+        assert!(
+            !is_the_rest(Some("bytes 0-999/1000"), 300, 1000),
+            "from the start"
+        );
+        assert!(
+            !is_the_rest(Some("bytes 300-499/1000"), 300, 1000),
+            "only a part"
+        );
+        assert!(
+            !is_the_rest(Some("bytes 300-1099/1100"), 300, 1000),
+            "another length"
+        );
+        assert!(!is_the_rest(Some("bytes 300-999/*"), 300, 1000));
+        assert!(!is_the_rest(Some("items 300-999/1000"), 300, 1000));
+        assert!(!is_the_rest(None, 300, 1000));
     }
 
     #[tokio::test]

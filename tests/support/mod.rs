@@ -680,6 +680,111 @@ pub async fn serve_bytes(body: Vec<u8>) -> (String, tokio::sync::oneshot::Sender
     (url, tx)
 }
 
+/// The `Range` and `If-Range` headers of a request, when sent.
+pub type RangeAsked = (Option<String>, Option<String>);
+
+/// A source served the way a file server serves one: `Accept-Ranges`,
+/// an ETag (its `versions` in turn: the n-th request sees
+/// `versions[min(n, last)]`), a Range with a matching `If-Range` answered
+/// 206 with the rest, and otherwise 200 whole. The n-th response breaks
+/// off (the connection cut) after `cuts[n]` bytes of its body when given.
+pub struct RangeSource {
+    /// The URL of the source.
+    pub url: String,
+    /// The `Range` and `If-Range` of each request, in order.
+    pub asked: Arc<std::sync::Mutex<Vec<RangeAsked>>>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Serves `versions` of a source as [`RangeSource`] says, each
+/// `(etag, bytes)`; `ranges: false` leaves Accept-Ranges out (and answers
+/// every request whole).
+pub async fn serve_range_source(
+    versions: Vec<(String, Vec<u8>)>,
+    cuts: Vec<usize>,
+    ranges: bool,
+) -> RangeSource {
+    use axum::http::{header, HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    let asked: Arc<std::sync::Mutex<Vec<RangeAsked>>> = Default::default();
+    let seen = asked.clone();
+    let handler = move |headers: HeaderMap| {
+        let text = |name| {
+            headers
+                .get(name)
+                .and_then(|v: &axum::http::HeaderValue| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let (range, if_range) = (text(header::RANGE), text(header::IF_RANGE));
+        let n = {
+            let mut seen = seen.lock().unwrap();
+            seen.push((range.clone(), if_range.clone()));
+            seen.len() - 1
+        };
+        let (etag, bytes) = versions[n.min(versions.len() - 1)].clone();
+        let from = range
+            .as_deref()
+            .filter(|_| ranges && if_range.as_deref() == Some(etag.as_str()))
+            .and_then(|r| {
+                r.strip_prefix("bytes=")?
+                    .strip_suffix('-')?
+                    .parse::<usize>()
+                    .ok()
+            });
+        let len = bytes.len();
+        let (status, part) = match from {
+            Some(from) => (StatusCode::PARTIAL_CONTENT, bytes[from..].to_vec()),
+            None => (StatusCode::OK, bytes),
+        };
+        let sent = part.len();
+        let cut = cuts.get(n).copied();
+        let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = match cut {
+            Some(cut) => vec![
+                Ok(bytes::Bytes::from(part[..cut].to_vec())),
+                Err(std::io::Error::other("cut")),
+            ],
+            None => vec![Ok(bytes::Bytes::from(part))],
+        };
+        // The cut comes a moment after the bytes before it, so that they
+        // (and the head) are on their way first.
+        let chunks =
+            futures_util::StreamExt::then(futures_util::stream::iter(chunks), |chunk| async {
+                if chunk.is_err() {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                chunk
+            });
+        let mut response = (status, axum::body::Body::from_stream(chunks)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_LENGTH, sent.into());
+        headers.insert(header::ETAG, etag.parse().unwrap());
+        if ranges {
+            headers.insert(header::ACCEPT_RANGES, "bytes".parse().unwrap());
+        }
+        if let Some(from) = from {
+            let range = format!("bytes {from}-{}/{len}", len - 1);
+            headers.insert(header::CONTENT_RANGE, range.parse().unwrap());
+        }
+        async move { response }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/blob", listener.local_addr().unwrap());
+    let router = axum::Router::new().route("/blob", axum::routing::get(handler));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = rx.await;
+            })
+            .await
+    });
+    RangeSource {
+        url,
+        asked,
+        _stop: tx,
+    }
+}
+
 /// The spec-hash annotation the operator puts on node pod `index` of
 /// `cluster` (with the test image), as a pod it created would carry it.
 pub fn spec_hash(cluster: &redstuff::operator::crd::StorageCluster, index: usize) -> String {
