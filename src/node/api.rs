@@ -226,7 +226,9 @@ pub(super) fn store_error(state: &NodeState, error: StoreError) -> ApiError {
         StoreError::NotStaged => {
             ApiError::conflict(format!("{error}: stage the write (put its metadata) first"))
         }
-        StoreError::NewerFormat { .. } => ApiError::internal(error.to_string()),
+        StoreError::NewerFormat { .. } | StoreError::UnknownFormat { .. } => {
+            ApiError::internal(error.to_string())
+        }
         StoreError::Io { .. } => {
             state.metrics.io_errors.with_label_values(&["write"]).inc();
             tracing::warn!(node = %state.name, "{error}");

@@ -279,16 +279,17 @@ fn scrub_periodically(state: Arc<NodeState>, period: Duration, max_bytes_per_sec
     });
 }
 
-/// Counts and logs a file the scrub quarantined, the moment it does.
+/// Counts and logs a file the scrub found failing (quarantined, or a
+/// marker kept as lost), the moment it does.
 fn count_scrub_finding(state: &NodeState, finding: ScrubFinding, path: &std::path::Path) {
     let m = &state.metrics;
     match finding {
         ScrubFinding::Corrupt => {
-            tracing::warn!(node = %state.name, file = %path.display(), "scrub quarantined a corrupt file");
+            tracing::warn!(node = %state.name, file = %path.display(), "scrub found a corrupt file (quarantined; a marker is kept, lost)");
             m.corruption_detected.with_label_values(&["scrub"]).inc();
         }
         ScrubFinding::Unreadable => {
-            tracing::warn!(node = %state.name, file = %path.display(), "scrub quarantined a file it could not read");
+            tracing::warn!(node = %state.name, file = %path.display(), "scrub could not read a file (quarantined; a marker is kept, lost)");
             m.io_errors.with_label_values(&["scrub"]).inc();
         }
     }
@@ -313,7 +314,7 @@ fn keep_house(state: Arc<NodeState>, housekeeping: Housekeeping) {
                 let collected = worker
                     .store
                     .collect_abandoned(housekeeping.staged_ttl, now)?;
-                let leftovers = worker.store.collect_delete_leftovers()?;
+                let leftovers = worker.store.collect_delete_leftovers(now)?;
                 for id in collected.iter().chain(&leftovers) {
                     worker.metadata.forget(id);
                 }

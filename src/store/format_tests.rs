@@ -186,3 +186,35 @@ fn a_store_of_a_newer_format_is_refused_and_left_as_it_is() {
     assert!(err.to_string().contains("newer redstuff"), "{err}");
     assert_eq!(format_of(dir.path()), newer.to_string());
 }
+
+#[test]
+fn a_format_file_that_says_nothing_is_refused_while_blobs_are_stored_and_nothing_is_marked() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SliverStore::open(dir.path(), None).unwrap();
+    // Staged, never committed: a guess of the old layout would commit it.
+    store.stage(&id(1), 10, b"meta").unwrap();
+    drop(store);
+    // As a crash right after the file was created might leave it.
+    fs::write(dir.path().join("format"), "").unwrap();
+    let err = SliverStore::open(dir.path(), None).unwrap_err();
+    assert!(matches!(err, StoreError::UnknownFormat { .. }), "{err}");
+    assert!(err.to_string().contains("no store format"), "{err}");
+    let staged = dir.path().join("blobs").join(id(1).to_string());
+    assert!(!staged.join("commit").exists(), "nothing committed");
+
+    // Missing while blobs carry markers: a store of format 2 or later.
+    fs::remove_file(dir.path().join("format")).unwrap();
+    let err = SliverStore::open(dir.path(), None).unwrap_err();
+    assert!(err.to_string().contains("commit markers"), "{err}");
+    assert!(!staged.join("commit").exists(), "nothing committed");
+    assert!(!dir.path().join("format").exists(), "and nothing written");
+}
+
+#[test]
+fn a_format_file_that_says_nothing_in_a_store_without_blobs_is_written_anew() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(SliverStore::open(dir.path(), None).unwrap());
+    fs::write(dir.path().join("format"), "\0\0").unwrap();
+    drop(SliverStore::open(dir.path(), None).unwrap());
+    assert_eq!(format_of(dir.path()), NEWEST_FORMAT.to_string());
+}

@@ -38,13 +38,26 @@ pub struct ScrubReport {
     pub unreadable: u64,
 }
 
-/// Why a scrub quarantined a file.
+/// Why a scrub found a file failing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScrubFinding {
     /// The file failed its checksum.
     Corrupt,
     /// Reading the file failed.
     Unreadable,
+}
+
+/// How long a blob whose marker is lost (corrupt, unreadable) is kept
+/// without a change before a clean-up may take it: the loop writes a
+/// commit or tombstone again within minutes, so a blob still in doubt
+/// after this was never committed. As long as quarantined files are kept
+/// by default.
+pub const LOST_MARKER_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Whether `path` is a blob's `commit` or `staged` marker.
+fn is_marker(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|name| name == "commit" || name == "staged")
 }
 
 /// When a file was quarantined: the seconds its name starts with.
@@ -93,7 +106,7 @@ impl SliverStore {
     /// Reads every stored file and checks its checksum, at most
     /// `max_bytes_per_sec` (so client reads and repairs keep the disk);
     /// files that fail, or whose read fails, are quarantined (and so
-    /// reported missing). A failing file never stops the scrub;
+    /// reported missing), but for markers, which stay, lost. A failing file never stops the scrub;
     /// `on_finding` hears of each as it is quarantined (a pass over a large
     /// disk takes hours, and its report comes at the end).
     pub fn scrub(
@@ -116,7 +129,11 @@ impl SliverStore {
                 }
             }
             for path in paths {
-                match self.read_file(&path, || path.display().to_string()) {
+                // A marker that fails is reported, and kept (lost) until
+                // written again, so no clean-up mistakes its blob for one
+                // never committed.
+                let quarantine = !is_marker(&path);
+                match self.read_file_then(&path, || path.display().to_string(), quarantine) {
                     Ok(Some(bytes)) => {
                         report.checked += 1;
                         read += bytes.len() as u64;
@@ -143,8 +160,9 @@ impl SliverStore {
     /// Removes the data a delete left behind: its tombstone recorded, the
     /// node stopped before the data went (nothing else would remove it: the
     /// node reports the tombstone, so none is carried to it again); returns
-    /// the blobs whose data went.
-    pub fn collect_delete_leftovers(&self) -> Result<Vec<BlobId>, StoreError> {
+    /// the blobs whose data went. A blob with a lost marker waits
+    /// [`LOST_MARKER_GRACE`] without a change.
+    pub fn collect_delete_leftovers(&self, now: SystemTime) -> Result<Vec<BlobId>, StoreError> {
         let mut collected = Vec::new();
         for id in self.blob_dirs()? {
             // One stat per blob; markers are read only under a tombstone.
@@ -152,7 +170,10 @@ impl SliverStore {
                 continue;
             }
             let lock = self.lock(&id);
-            if lock.state()?.only_leftovers() && lock.remove_data()? {
+            let markers = lock.markers()?;
+            let collectable = markers.state.only_leftovers()
+                && (!markers.lost || self.idle_for(&id, LOST_MARKER_GRACE, now));
+            if collectable && lock.remove_data()? {
                 collected.push(id);
             }
         }
@@ -160,7 +181,9 @@ impl SliverStore {
     }
 
     /// Removes every staged write that was never committed here and has
-    /// not gained a file for `ttl`; returns the blobs removed.
+    /// not gained a file for `ttl` (for [`LOST_MARKER_GRACE`] when one of
+    /// its markers is lost: it may have been the commit); returns the
+    /// blobs removed.
     pub fn collect_abandoned(
         &self,
         ttl: Duration,
@@ -168,18 +191,29 @@ impl SliverStore {
     ) -> Result<Vec<BlobId>, StoreError> {
         let mut collected = Vec::new();
         for id in self.blob_dirs()? {
-            let idle = files::last_change(&self.blob_dir(&id))
-                .and_then(|t| now.duration_since(t).ok())
-                .is_some_and(|idle| idle >= ttl);
-            if !idle {
+            if !self.idle_for(&id, ttl, now) {
                 continue;
             }
             let lock = self.lock(&id);
-            if lock.state()?.commit.is_none() && lock.remove_data()? {
+            let markers = lock.markers()?;
+            // Idle again under the lock: a write staged or adopted while
+            // the lock was awaited made it new.
+            let wait = if markers.lost { LOST_MARKER_GRACE } else { ttl };
+            if markers.state.commit.is_none()
+                && self.idle_for(&id, wait, now)
+                && lock.remove_data()?
+            {
                 collected.push(id);
             }
         }
         Ok(collected)
+    }
+
+    /// Whether the blob's directory gained no file for `wait` before `now`.
+    fn idle_for(&self, id: &BlobId, wait: Duration, now: SystemTime) -> bool {
+        files::last_change(&self.blob_dir(id))
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|idle| idle >= wait)
     }
 
     /// Deletes quarantined files older than `retention`; returns how many.

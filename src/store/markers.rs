@@ -20,23 +20,42 @@ impl SliverStore {
         self.read_state(id)
     }
 
-    pub(super) fn read_marker(&self, path: &Path, what: &str) -> Result<Option<u64>, StoreError> {
-        let bytes = match self.read_file(path, || what.to_string()) {
-            Ok(bytes) => bytes,
-            // A marker that cannot be read is gone: the loop spreads it again.
-            Err(StoreError::Corrupt { .. } | StoreError::Unreadable { .. }) => None,
-            Err(e) => return Err(e),
+    /// A marker's generation, if it is there. A marker whose file is
+    /// corrupt or cannot be read is lost: it stays where it is (the next
+    /// commit, stage or delete of that generation writes it again; the
+    /// loop spreads it) and reads as absent, but `lost` is set, so no
+    /// clean-up takes the blob for one never committed.
+    fn read_marker(&self, path: &Path, lost: &mut bool) -> Result<Option<u64>, StoreError> {
+        match files::read_checked(path, self.checksums == super::Checksums::DerivedForSlivers) {
+            files::Checked::Missing => Ok(None),
+            files::Checked::Valid(bytes) => match bytes[..].try_into() {
+                Ok(generation) => Ok(Some(u64::from_le_bytes(generation))),
+                Err(_) => {
+                    *lost = true;
+                    Ok(None)
+                }
+            },
+            files::Checked::Corrupt | files::Checked::Failed(_) => {
+                tracing::warn!(path = %path.display(), "marker unreadable; kept until written again");
+                *lost = true;
+                Ok(None)
+            }
+        }
+    }
+
+    pub(super) fn read_markers(&self, id: &BlobId) -> Result<Markers, StoreError> {
+        let dir = self.blob_dir(id);
+        let mut lost = false;
+        let state = BlobState {
+            commit: self.read_marker(&dir.join("commit"), &mut lost)?,
+            staged: self.read_marker(&dir.join("staged"), &mut lost)?,
+            tombstone: self.read_marker(&self.tombstone_path(id), &mut lost)?,
         };
-        Ok(bytes.and_then(|b| Some(u64::from_le_bytes(b[..].try_into().ok()?))))
+        Ok(Markers { state, lost })
     }
 
     pub(super) fn read_state(&self, id: &BlobId) -> Result<BlobState, StoreError> {
-        let dir = self.blob_dir(id);
-        Ok(BlobState {
-            commit: self.read_marker(&dir.join("commit"), "commit marker")?,
-            staged: self.read_marker(&dir.join("staged"), "staged marker")?,
-            tombstone: self.read_marker(&self.tombstone_path(id), "tombstone")?,
-        })
+        Ok(self.read_markers(id)?.state)
     }
 
     /// Stages a write of `generation`: its metadata is stored and the blob
@@ -70,10 +89,25 @@ impl SliverStore {
     }
 }
 
+/// A blob's markers as read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Markers {
+    /// The markers read (a lost one reads as absent).
+    pub state: BlobState,
+    /// Whether a marker's file is there but could not be read (corrupt,
+    /// a read error, a wrong length): what it said is unknown.
+    pub lost: bool,
+}
+
 impl BlobLock<'_> {
     /// The blob's markers.
     pub fn state(&self) -> Result<BlobState, StoreError> {
         self.store.read_state(&self.id)
+    }
+
+    /// The blob's markers, and whether one was lost.
+    pub fn markers(&self) -> Result<Markers, StoreError> {
+        self.store.read_markers(&self.id)
     }
 
     /// The serialized metadata, if stored.
@@ -136,8 +170,10 @@ impl BlobLock<'_> {
 
     /// See [`SliverStore::abort`].
     pub fn abort(&self, generation: u64) -> Result<bool, StoreError> {
-        let state = self.state()?;
-        if state.commit.is_some() || state.staged > Some(generation) {
+        let Markers { state, lost } = self.markers()?;
+        // A lost marker may have been a commit: the data stays (a write
+        // never committed is collected after the grace for lost markers).
+        if lost || state.commit.is_some() || state.staged > Some(generation) {
             return Ok(false);
         }
         self.remove_data()
@@ -145,7 +181,10 @@ impl BlobLock<'_> {
 
     /// See [`SliverStore::tombstone`].
     pub fn tombstone(&self, generation: u64) -> Result<TombstoneOutcome, StoreError> {
-        let before = self.state()?;
+        let Markers {
+            state: before,
+            lost,
+        } = self.markers()?;
         let after = before.with_tombstone(generation);
         if before.tombstone != after.tombstone {
             self.store.write_file(
@@ -153,7 +192,9 @@ impl BlobLock<'_> {
                 &generation_bytes(generation),
             )?;
         }
-        let removed_data = if after.claims_data() {
+        // A lost marker may have been a newer write's: its data stays
+        // (collected as a delete's leftovers after the grace).
+        let removed_data = if after.claims_data() || lost {
             // A newer write claims the slivers; only the older markers go.
             let dir = self.store.blob_dir(&self.id);
             if before.commit.is_some() && after.commit.is_none() {

@@ -75,6 +75,7 @@ pub use change_journal::{Changes, Forgotten, JournalPosition};
 pub use files::{filesystem_space, read_file_like_a_store, write_file_like_a_store};
 use files::{Checked, DirStats};
 pub use housekeeping::{scrub_deadline, scrub_wait, Housekeeping, ScrubFinding, ScrubReport};
+pub use markers::Markers;
 pub use sliver_checksum::SymbolLeaves;
 pub use uploads::CheckedPutError;
 
@@ -134,6 +135,19 @@ pub enum StoreError {
         found: u32,
         /// The newest this build knows.
         newest: u32,
+    },
+    /// The data directory's format file says no format this build knows
+    /// of, while blobs are stored.
+    #[error(
+        "the data directory's format file {path} says {says}; the store's format \
+         cannot be told, so it is not opened (restore the file with the format the \
+         node last wrote, or move the directory aside for the node to be rebuilt)"
+    )]
+    UnknownFormat {
+        /// The format file.
+        path: PathBuf,
+        /// What it says.
+        says: String,
     },
     /// Any other I/O failure.
     #[error("storage i/o error on {path}: {source}")]
@@ -295,33 +309,65 @@ impl SliverStore {
 
     /// The store's format, after upgrading a directory of the layout
     /// before format 2 (its blobs marked committed) or marking a new one.
+    /// A format file that cannot be read, or says no format, is refused
+    /// while blobs are stored (the format decides how their checksums
+    /// read, and a guess would quarantine them all); so is a missing one
+    /// while blobs carry markers (a store of format 2 or later lost it).
     fn settle_format(&self) -> Result<u32, StoreError> {
         let marker = self.root.join("format");
-        let declared = fs::read_to_string(&marker)
-            .ok()
-            .and_then(|v| v.trim().parse::<u32>().ok());
+        let declared = match fs::read_to_string(&marker) {
+            Ok(text) => Some(text.trim().parse::<u32>().map_err(|_| text)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(files::io_error(&marker)(e)),
+        };
         match declared {
-            Some(found) if found > NEWEST_FORMAT => {
+            Some(Ok(found)) if found > NEWEST_FORMAT => {
                 return Err(StoreError::NewerFormat {
                     found,
                     newest: NEWEST_FORMAT,
                 })
             }
-            Some(format) if format >= MARKERS_FORMAT => return Ok(format),
+            Some(Ok(format)) if format >= MARKERS_FORMAT => return Ok(format),
             _ => {}
         }
         let blobs = self.blob_dirs()?;
-        let format = if blobs.is_empty() {
-            NEWEST_FORMAT
-        } else {
-            self.mark_earlier_blobs_committed(&blobs)?;
-            MARKERS_FORMAT
+        let unknown = |says: String| StoreError::UnknownFormat {
+            path: marker.clone(),
+            says,
+        };
+        let format = match declared {
+            _ if blobs.is_empty() => NEWEST_FORMAT,
+            Some(Err(text)) => return Err(unknown(format!("{text:?}, no store format"))),
+            Some(Ok(format)) => return Err(unknown(format!("{format}, no store format"))),
+            None if self.any_marked(&blobs)? => {
+                return Err(unknown(
+                    "nothing (it is missing), yet its blobs have commit markers".into(),
+                ))
+            }
+            None => {
+                self.mark_earlier_blobs_committed(&blobs)?;
+                MARKERS_FORMAT
+            }
         };
         let tmp = self.tmp_path();
-        fs::write(&tmp, format.to_string()).map_err(files::io_error(&tmp))?;
+        let write = || -> io::Result<()> {
+            let mut file = fs::File::create(&tmp)?;
+            io::Write::write_all(&mut file, format.to_string().as_bytes())?;
+            file.sync_all()
+        };
+        write().map_err(files::io_error(&tmp))?;
         fs::rename(&tmp, &marker).map_err(files::io_error(&marker))?;
         files::sync_dir(&self.root)?;
         Ok(format)
+    }
+
+    /// Whether any of `blobs` has a `commit` or `staged` marker (written
+    /// only by stores of format 2 or later).
+    fn any_marked(&self, blobs: &[BlobId]) -> Result<bool, StoreError> {
+        Ok(blobs.iter().any(|id| {
+            let dir = self.blob_dir(id);
+            dir.join("commit").exists() || dir.join("staged").exists()
+        }))
     }
 
     /// A store written before commit markers existed held only blobs its
@@ -475,21 +521,32 @@ impl SliverStore {
         path: &Path,
         what: impl FnOnce() -> String,
     ) -> Result<Option<bytes::Bytes>, StoreError> {
-        match files::read_checked(path, self.checksums == Checksums::DerivedForSlivers) {
-            Checked::Valid(bytes) => Ok(Some(bytes)),
-            Checked::Missing => Ok(None),
-            Checked::Corrupt => {
-                self.quarantine(path);
-                Err(StoreError::Corrupt { what: what() })
-            }
-            Checked::Failed(source) => {
-                self.quarantine(path);
-                Err(StoreError::Unreadable {
-                    what: what(),
-                    source,
-                })
-            }
+        self.read_file_then(path, what, true)
+    }
+
+    /// Reads a checked file; a corrupt or unreadable one is reported as
+    /// such, and quarantined when `quarantine` says so (markers are not:
+    /// they stay, lost, until written again).
+    fn read_file_then(
+        &self,
+        path: &Path,
+        what: impl FnOnce() -> String,
+        quarantine: bool,
+    ) -> Result<Option<bytes::Bytes>, StoreError> {
+        let failed = match files::read_checked(path, self.checksums == Checksums::DerivedForSlivers)
+        {
+            Checked::Valid(bytes) => return Ok(Some(bytes)),
+            Checked::Missing => return Ok(None),
+            Checked::Corrupt => StoreError::Corrupt { what: what() },
+            Checked::Failed(source) => StoreError::Unreadable {
+                what: what(),
+                source,
+            },
+        };
+        if quarantine {
+            self.quarantine(path);
         }
+        Err(failed)
     }
 
     /// Moves a file into quarantine/ (where it still counts toward the
@@ -631,5 +688,7 @@ struct StagedFile {
 
 #[cfg(test)]
 mod format_tests;
+#[cfg(test)]
+mod lost_marker_tests;
 #[cfg(test)]
 mod tests;

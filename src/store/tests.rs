@@ -205,7 +205,12 @@ fn data_a_delete_left_behind_when_its_node_stopped_midway_is_collected_and_newer
     let store = open(dir.path());
     let blob_dir = |seed| dir.path().join("blobs").join(id(seed).to_string());
     assert!(blob_dir(8).exists());
-    assert_eq!(store.collect_delete_leftovers().unwrap(), vec![id(8)]);
+    assert_eq!(
+        store
+            .collect_delete_leftovers(std::time::SystemTime::now())
+            .unwrap(),
+        vec![id(8)]
+    );
     assert!(!blob_dir(8).exists(), "the leftover is gone");
     assert_eq!(store.state(&id(8)).unwrap().tombstone, Some(11));
     assert!(blob_dir(9).exists(), "a newer write is kept");
