@@ -43,8 +43,9 @@ pub enum CommitVerdict {
 }
 
 /// Decides what the commit phase achieved (pure): `acknowledged` shards'
-/// nodes recorded it; `uncertain` is whether any node's last attempt went
-/// unanswered (it may have recorded it without saying so).
+/// nodes recorded it; `uncertain` is whether any node that did not say
+/// it recorded it left an attempt unanswered (it may have recorded it
+/// without saying so, whatever its later attempts were told).
 pub fn commit_verdict(acknowledged: usize, quorum: usize, uncertain: bool) -> CommitVerdict {
     if acknowledged >= quorum {
         CommitVerdict::Committed
@@ -68,6 +69,8 @@ fn worth_retrying(error: &NodeCallError) -> bool {
 struct NodeCommit {
     shards: usize,
     result: Result<(), NodeCallError>,
+    /// Whether an attempt went unanswered.
+    unanswered: bool,
 }
 
 impl BlobClient {
@@ -90,6 +93,7 @@ impl BlobClient {
                 let name = node.name.clone();
                 let shards = node.shards.len();
                 async move {
+                    let mut unanswered = false;
                     let result = loop {
                         let attempt = tokio::time::timeout_at(until, call.commit(&id, generation))
                             .await
@@ -99,6 +103,7 @@ impl BlobClient {
                                     what: "the commit",
                                 })
                             });
+                        unanswered |= attempt.as_ref().is_err_and(NodeCallError::is_silence);
                         match attempt {
                             Err(e)
                                 if worth_retrying(&e) && Instant::now() + RETRY_PAUSE < until =>
@@ -112,7 +117,11 @@ impl BlobClient {
                     if let Err(e) = &result {
                         tracing::warn!(node = %name, "commit of {id}: {e}");
                     }
-                    NodeCommit { shards, result }
+                    NodeCommit {
+                        shards,
+                        result,
+                        unanswered,
+                    }
                 }
             })
             .collect();
@@ -120,7 +129,7 @@ impl BlobClient {
         while let Some(answer) = pending.next().await {
             match answer.result {
                 Ok(()) => acknowledged += answer.shards,
-                Err(e) => uncertain |= e.is_silence(),
+                Err(_) => uncertain |= answer.unanswered,
             }
             if acknowledged >= quorum {
                 break;
@@ -136,6 +145,60 @@ impl BlobClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node whose first commit call goes unanswered (it sleeps past the
+    /// caller's deadline, as a node recording it and then stalling would)
+    /// and whose later ones answer 503; its URL.
+    async fn silent_then_failing_node() -> String {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let calls = std::sync::Arc::new(AtomicUsize::new(0));
+        let app = axum::Router::new().route(
+            "/v1/blobs/{id}/commit",
+            axum::routing::post(move || {
+                let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
+                async move {
+                    if first {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_commit_a_node_left_unanswered_is_unknown_even_when_its_last_attempt_was_refused() {
+        let mut nodes = Vec::new();
+        for i in 0..4u16 {
+            nodes.push(crate::fleet::MapNode {
+                name: format!("node-{i}"),
+                url: silent_then_failing_node().await,
+                shards: [i].into(),
+            });
+        }
+        let map = crate::fleet::FleetMap {
+            shards: 4,
+            segment_size: 1 << 20,
+            nodes,
+        };
+        let calls = super::super::NodeCalls::new(
+            crate::auth::TokenSet::single("t"),
+            super::super::Deadlines::from_secs(0.3),
+        );
+        let client = BlobClient::new(calls, map, None);
+        let verdict = client
+            .commit_phase(&BlobId([3; 32]), 7, 3, Duration::from_secs(1))
+            .await;
+        assert_eq!(
+            verdict,
+            CommitVerdict::Unknown,
+            "each node may have recorded it in the attempt it never answered"
+        );
+    }
 
     #[test]
     fn a_commit_on_n_minus_f_shards_is_committed_whatever_the_others_said() {

@@ -21,6 +21,8 @@ pub mod shared_reads;
 mod ship;
 pub mod unanswering;
 mod upload;
+#[cfg(test)]
+pub(crate) use upload::tests as upload_tests;
 mod write;
 
 pub use blob_client::{BlobClient, BlobIoError};

@@ -213,20 +213,26 @@ impl BlobUpload {
         Ok(())
     }
 
-    /// Forgets the bytes of the segment still arriving (none of it is
-    /// encoded or shipped yet) and gives back its memory: the upload goes
-    /// back to its last segment boundary. Returns its length then.
-    pub fn drop_arriving_segment(&mut self) -> u64 {
-        self.total -= self.pending.len() as u64;
-        self.pending = Vec::new();
-        self.pending_held = MemoryReservation::default();
+    /// Goes back to `kept` bytes, or to the start of the segment still
+    /// arriving when that is later (the segments before it are encoded and
+    /// on their way): the bytes of that segment past it are forgotten, and
+    /// its memory given back when none of it stays. Returns its length then.
+    pub fn cut_back_to(&mut self, kept: u64) -> u64 {
+        let arriving_from = self.total - self.pending.len() as u64;
+        let keep = kept.clamp(arriving_from, self.total);
+        self.pending.truncate((keep - arriving_from) as usize);
+        self.total = keep;
+        if self.pending.is_empty() {
+            self.pending = Vec::new();
+            self.pending_held = MemoryReservation::default();
+        }
         self.total
     }
 
     /// Ships the last segment and waits for every segment in flight.
     pub(super) async fn ship_the_rest(&mut self) -> Result<(), BlobIoError> {
         // `push` leaves the last segment in `pending` (empty only for an
-        // empty blob); after `drop_arriving_segment` at a segment boundary
+        // empty blob); after `cut_back_to` at a segment boundary
         // the last one is shipped already.
         if !self.pending.is_empty() || self.total == 0 {
             self.launch_pending().await?;
@@ -292,5 +298,45 @@ impl BlobClient {
             }
         }))
         .await;
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// An upload for a fleet of four nodes nobody listens on (1 MiB
+    /// segments): enough for what stays in the gateway.
+    pub(crate) fn offline_upload() -> BlobUpload {
+        let map = crate::fleet::FleetMap {
+            shards: 4,
+            segment_size: 1 << 20,
+            nodes: (0..4u16)
+                .map(|i| crate::fleet::MapNode {
+                    name: format!("node-{i}"),
+                    url: "http://127.0.0.1:9".into(),
+                    shards: [i].into(),
+                })
+                .collect(),
+        };
+        let calls = super::super::NodeCalls::new(
+            crate::auth::TokenSet::single("t"),
+            super::super::Deadlines::from_secs(1.0),
+        );
+        BlobClient::new(calls, map, None).upload().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_cut_goes_back_no_further_than_asked_and_frees_the_segment_only_when_emptied() {
+        let mut upload = offline_upload();
+        upload.push(&[1; 300]).await.unwrap();
+        upload.push(&[2; 400]).await.unwrap();
+        assert_eq!(upload.cut_back_to(300), 300, "the first push's bytes stay");
+        assert_eq!(upload.pending, vec![1; 300]);
+        assert_eq!(upload.cut_back_to(500), 300, "never forward");
+        assert_eq!(upload.cut_back_to(0), 0);
+        assert!(upload.pending.is_empty() && upload.pending.capacity() == 0);
+        upload.push(&[3; 10]).await.unwrap();
+        assert_eq!(upload.len(), 10, "it goes on from there");
     }
 }

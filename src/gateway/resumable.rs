@@ -203,7 +203,7 @@ impl ResumableUploads {
     }
 
     /// Records how the upload under `id` ended (its handle's stage says so
-    /// already) and stops counting it open; `None` forgets it altogether.
+    /// already) and stops counting it open; with `None` no answer is kept.
     pub fn end(&self, id: &UploadId, ended: Option<Ended>) {
         // The answer first: a request between the two finds one or the other.
         if let Some(ended) = ended {
@@ -218,6 +218,15 @@ impl ResumableUploads {
             }
         }
         locked(&self.uploads).remove(id);
+    }
+
+    /// Forgets `id` altogether: open or ended, it is unknown from now on.
+    pub fn forget(&self, id: &UploadId) {
+        locked(&self.uploads).remove(id);
+        let mut answers = locked(&self.ended);
+        if answers.by_id.remove(id).is_some() {
+            answers.order.retain(|kept| kept != id);
+        }
     }
 
     /// Open uploads now.
@@ -235,13 +244,18 @@ impl ResumableUploads {
         self.idle
     }
 
-    /// Gives up every open upload idle at `now` that no request holds, its
-    /// pairs kept on the nodes for `kept`, and forgets the answers of
+    /// Gives up every open upload idle at `now` that no request holds or
+    /// has found (one waiting for a slot or the lock counts as using it),
+    /// its pairs kept on the nodes for `kept`, and forgets the answers of
     /// uploads that ended longer ago than the idle time. Returns how many
     /// open uploads were given up.
     pub fn expire(&self, now: Instant, kept: Duration) -> usize {
         let mut given_up = 0;
         locked(&self.uploads).retain(|_, handle| {
+            // The map's is the only handle unless a request found it.
+            if Arc::strong_count(handle) > 1 {
+                return true;
+            }
             let Ok(mut upload) = handle.try_lock() else {
                 return true;
             };
@@ -299,6 +313,40 @@ mod tests {
         );
         // A length the request does not say is checked as the bytes come.
         assert_eq!(check_append(90, 90, None, None, 100), Ok(()));
+    }
+
+    #[test]
+    fn an_upload_a_request_has_found_is_not_given_up_while_the_request_waits() {
+        let uploads = ResumableUploads::new(4, MIN_IDLE);
+        let id = uploads
+            .open(crate::client::upload_tests::offline_upload(), None)
+            .unwrap();
+        let later = Instant::now() + 10 * MIN_IDLE;
+        // A request found it and waits (for a slot, or the lock).
+        let found = uploads.find(&id);
+        assert_eq!(uploads.expire(later, Duration::ZERO), 0);
+        assert!(matches!(uploads.find(&id), Some(Found::Open(_))));
+        drop(found);
+        assert_eq!(uploads.expire(later, Duration::ZERO), 1);
+        assert!(uploads.find(&id).is_none());
+    }
+
+    #[test]
+    fn a_forgotten_upload_is_unknown_whether_open_or_ended() {
+        let uploads = ResumableUploads::new(4, MIN_IDLE);
+        let id = uploads
+            .open(crate::client::upload_tests::offline_upload(), None)
+            .unwrap();
+        uploads.end(&id, Some(Ended::Failed(ApiError::internal("broke"))));
+        assert!(matches!(uploads.find(&id), Some(Found::Ended(_))));
+        uploads.forget(&id);
+        assert!(uploads.find(&id).is_none());
+        let open = uploads
+            .open(crate::client::upload_tests::offline_upload(), None)
+            .unwrap();
+        uploads.forget(&open);
+        assert!(uploads.find(&open).is_none());
+        assert_eq!(uploads.len(), 0);
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! | POST `/v1/uploads/{id}/finish` | makes the upload a blob: the answer of `PUT /v1/blobs`, the same again when asked again |
 //! | DELETE `/v1/uploads/{id}` | gives the upload up |
 //!
-//! An append that breaks off keeps what arrived before it broke: the
-//! client asks for the offset and sends the rest. An append whose client
+//! An append that breaks off keeps what earlier appends brought and the
+//! segments of its own that arrived whole (an offset answered is never
+//! taken back): the client asks for the offset and sends the rest. An append whose client
 //! sends nothing for the stall time ends as if cut. A request waits for
 //! one still holding the same upload (as a broken append drains) up to
 //! that time, then gets 409.
@@ -113,13 +114,15 @@ pub(super) async fn append(
         (id, Found::Open(handle)) => (id, handle),
         (_, Found::Ended(ended)) => return Err(ended_answer(&ended)),
     };
-    let Some(permit) = state.upload_slots.acquire().await else {
-        return Ok(busy(state.upload_slots.capacity()));
-    };
+    // The upload first, then a slot: a request waiting on an upload that
+    // another still holds (a broken append draining) holds no slot.
     let mut upload = hold(&state, handle).await?;
     if let Stage::Ended(ended) = &upload.stage {
         return Err(ended_answer(ended));
     }
+    let Some(permit) = state.upload_slots.acquire().await else {
+        return Ok(busy(state.upload_slots.capacity()));
+    };
     let current = upload.offset();
     let refused = match check_append(current, asked, len, upload.declared, state.max_blob_bytes) {
         Ok(()) => None,
@@ -141,9 +144,11 @@ pub(super) async fn append(
     }
     let (stall, limit) = (state.client_stall, state.max_blob_bytes);
     let body = request.into_body().into_data_stream();
+    let task_state = state.clone();
     // The bytes are taken in a task of their own: an append whose client
-    // went away still counts exactly what arrived. A panic in it ends the
-    // upload rather than leave it half-pushed.
+    // went away still counts exactly what arrived, and an upload it ended
+    // is recorded so. A panic in it ends the upload rather than leave it
+    // half-pushed.
     let task = tokio::spawn(async move {
         let (taken, offset) =
             std::panic::AssertUnwindSafe(take_body(&mut upload, body, stall, limit))
@@ -156,18 +161,14 @@ pub(super) async fn append(
                 });
         upload.last_used = Instant::now();
         drop(permit);
-        let ended = match &upload.stage {
-            Stage::Ended(ended) => Some(ended.clone()),
-            Stage::Open(_) => None,
-        };
-        (taken, offset, upload.declared, ended)
+        if let Stage::Ended(ended) = &upload.stage {
+            task_state.resumable.end(&id, Some(ended.clone()));
+        }
+        (taken, offset, upload.declared)
     });
-    let (taken, offset, declared, ended) = task
+    let (taken, offset, declared) = task
         .await
         .map_err(|e| ApiError::internal(format!("append task failed: {e}")))?;
-    if let Some(ended) = ended {
-        state.resumable.end(&id, Some(ended));
-    }
     match taken {
         Ok(()) => Ok(progress(StatusCode::OK, &id, offset, declared)),
         Err(e) => Ok(with_offset(e.into_response(), offset)),
@@ -179,8 +180,9 @@ enum BodyEnd {
     /// Every byte taken.
     Complete,
     /// It broke off or brought nothing for the stall time: the upload
-    /// goes back to its last segment boundary (giving back the memory of
-    /// the segment arriving), for the client to resume from there.
+    /// keeps what it had before the append and the append's segments that
+    /// arrived whole (the rest of the segment arriving is dropped), for
+    /// the client to resume from there.
     Cut(ApiError),
     /// A chunk would go past a bound: refused before it was taken, the
     /// upload stays as it was before that chunk.
@@ -201,6 +203,7 @@ async fn take_body(
         unreachable!("an append holds an open upload");
     };
     let declared = upload.declared;
+    let before = open.len();
     let end = loop {
         let chunk = match tokio::time::timeout(stall, body.next()).await {
             Ok(Some(Ok(chunk))) => chunk,
@@ -232,7 +235,7 @@ async fn take_body(
     };
     upload.cut = matches!(end, BodyEnd::Cut(_));
     let offset = if upload.cut {
-        open.drop_arriving_segment()
+        open.cut_back_to(before)
     } else {
         open.len()
     };
@@ -262,13 +265,13 @@ pub(super) async fn finish(
         (id, Found::Open(handle)) => (id, handle),
         (_, Found::Ended(ended)) => return ended_again(&ended),
     };
-    let Some(permit) = state.upload_slots.acquire().await else {
-        return Ok(busy(state.upload_slots.capacity()));
-    };
     let mut upload = hold(&state, handle).await?;
     if let Stage::Ended(ended) = &upload.stage {
         return ended_again(ended);
     }
+    let Some(permit) = state.upload_slots.acquire().await else {
+        return Ok(busy(state.upload_slots.capacity()));
+    };
     if let Some(declared) = upload.declared {
         if upload.offset() != declared {
             return Err(ApiError::bad_request(format!(
@@ -322,7 +325,8 @@ pub(super) async fn delete(
 }
 
 /// A DELETE of an upload that ended: refused once finished (its blob is
-/// deleted instead), else its answer is forgotten.
+/// deleted instead), else its answer is forgotten (the id is unknown
+/// from then on).
 fn delete_ended(state: &GatewayState, id: &UploadId, ended: &Ended) -> Result<Response, ApiError> {
     if let Ended::Finished(_, stored) = ended {
         return Err(ApiError::conflict(format!(
@@ -330,7 +334,7 @@ fn delete_ended(state: &GatewayState, id: &UploadId, ended: &Ended) -> Result<Re
             stored.id
         )));
     }
-    state.resumable.end(id, None);
+    state.resumable.forget(id);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -1,5 +1,6 @@
 //! Resumable uploads (`/v1/uploads`): an append whose connection breaks
-//! keeps what arrived, and the client sends only the rest; an append at
+//! keeps what arrived (an offset answered is never taken back), and the
+//! client sends only the rest; an append at
 //! the wrong offset, past the declared length or after the finish is
 //! refused and changes nothing; nothing is visible before the finish, and
 //! a finish asked again answers the same; an upload left idle is given up
@@ -178,6 +179,40 @@ async fn an_append_cut_off_mid_body_keeps_what_arrived_and_the_rest_makes_the_sa
     assert_eq!(status, 201, "{stored}");
     assert_eq!(stored["id"], blob_id(&data[..2 << 20]));
     assert!(fleet.get(&blob_id(&data[..2 << 20])).await == data[..2 << 20]);
+
+    // An offset answered is never taken back: an append cut off within
+    // the segment arriving keeps what the appends before it brought.
+    let id = open(&fleet, Some(data.len())).await;
+    let (status, offset, _) = append(&fleet, &id, 0, &data[..500_000]).await;
+    assert_eq!((status, offset), (200, Some(500_000)));
+    let mut socket = raw_request(
+        &fleet,
+        &format!("PATCH /v1/uploads/{id}"),
+        "Upload-Offset: 500000\r\n",
+        1_000_000,
+        &data[500_000..800_000],
+    );
+    // The body ends early; the gateway's answer says what it kept.
+    let answer = tokio::task::spawn_blocking(move || {
+        socket.shutdown(std::net::Shutdown::Write).unwrap();
+        socket.set_read_timeout(Some(WAIT)).unwrap();
+        let mut answer = String::new();
+        let _ = socket.read_to_string(&mut answer);
+        answer.to_lowercase()
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("http/1.1 400"), "{answer}");
+    assert!(answer.contains("upload-offset: 500000\r\n"), "{answer}");
+    assert_eq!(offset_of(&fleet, &id).await, Ok(500_000));
+    let (status, offset, text) = append(&fleet, &id, 500_000, &data[500_000..]).await;
+    assert_eq!((status, offset), (200, Some(data.len() as u64)), "{text}");
+    let (status, stored) = finish(&fleet, &id).await;
+    assert_eq!(
+        (status, &stored["id"]),
+        (201, &blob_id(&data).into()),
+        "{stored}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
