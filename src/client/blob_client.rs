@@ -110,7 +110,16 @@ pub struct BlobClient {
     /// The reads' budget, and how long a read waits for its first segment's.
     pub(super) read_memory: Option<(super::memory_budget::MemoryBudget, std::time::Duration)>,
     pub(super) unanswering: Option<Arc<UnansweringNodes>>,
+    /// How often an upload whose segment is long arriving tells the nodes
+    /// its session is still in use.
+    pub(super) session_touch_every: std::time::Duration,
 }
+
+/// How often an upload whose segment is long arriving (a slow client)
+/// tells the nodes its session is still in use: well within their
+/// staged-write TTL (15 minutes by default), which would otherwise
+/// collect the pairs shipped before under it.
+pub const SESSION_TOUCH_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl BlobClient {
     /// A client of the fleet described by `map`.
@@ -123,7 +132,16 @@ impl BlobClient {
             memory: None,
             read_memory: None,
             unanswering: None,
+            session_touch_every: SESSION_TOUCH_EVERY,
         }
+    }
+
+    /// The same client, its uploads touching their sessions `every` so
+    /// often while a segment is long arriving (default
+    /// [`SESSION_TOUCH_EVERY`]).
+    pub fn with_session_touch_every(mut self, every: std::time::Duration) -> Self {
+        self.session_touch_every = every;
+        self
     }
 
     /// The same client, remembering in `memory` (shared with the other

@@ -25,7 +25,7 @@ mod upload;
 pub(crate) use upload::tests as upload_tests;
 mod write;
 
-pub use blob_client::{BlobClient, BlobIoError};
+pub use blob_client::{BlobClient, BlobIoError, SESSION_TOUCH_EVERY};
 pub use commit::{commit_verdict, CommitVerdict};
 pub use deadline::{Deadlines, MIN_INVENTORY_RATE, MIN_TRANSFER_RATE};
 pub use delete::DeleteOutcome;

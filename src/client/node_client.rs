@@ -539,6 +539,27 @@ impl NodeClient {
         Ok(answer.filed)
     }
 
+    /// Tells the node upload session `upload` is still in use (its TTL
+    /// counts from now); `false` when the node has no such session.
+    pub async fn touch_upload(&self, upload: &UploadId) -> Result<bool, NodeCallError> {
+        let what = "the upload's touch";
+        let until = self.call_deadline();
+        let response = self
+            .send(
+                self.request(
+                    reqwest::Method::POST,
+                    &format!("/v1/uploads/{upload}/touch"),
+                ),
+                what,
+                until,
+            )
+            .await?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(false);
+        }
+        self.check(response, what, until).await.map(|_| true)
+    }
+
     /// Removes upload session `upload` (its writer gave up).
     pub async fn delete_upload(&self, upload: &UploadId) -> Result<(), NodeCallError> {
         let what = "the upload's removal";

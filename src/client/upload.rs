@@ -66,6 +66,9 @@ pub struct BlobUpload {
     total: u64,
     /// Set once the upload became a blob or gave up on its own terms.
     pub(super) settled: bool,
+    /// When the nodes last had news of the session: a segment launched,
+    /// or a touch.
+    last_touched: Instant,
 }
 
 impl BlobClient {
@@ -92,6 +95,7 @@ impl BlobClient {
             })),
             total: 0,
             settled: false,
+            last_touched: Instant::now(),
         })
     }
 }
@@ -131,7 +135,29 @@ impl BlobUpload {
             self.total += take as u64;
             chunk = &chunk[take..];
         }
+        self.keep_session_alive();
         Ok(())
+    }
+
+    /// While a segment is long arriving (a slow client), tells the nodes
+    /// every `session_touch_every` that the session is still in use, in
+    /// the background, so that their staged-write TTL does not collect the
+    /// pairs shipped before under the writer.
+    fn keep_session_alive(&mut self) {
+        if self.last_touched.elapsed() < self.client.session_touch_every {
+            return;
+        }
+        self.last_touched = Instant::now();
+        if self.shipped.is_empty() && self.in_flight.is_empty() {
+            return;
+        }
+        let (client, session, shunned) = (self.client.clone(), self.session, self.shunned.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let silent = shunned.lock().expect("not poisoned").nodes.clone();
+                client.touch_session(&session, &silent).await;
+            });
+        }
     }
 
     /// Reserves the budget for the segment starting at `self.total` and
@@ -168,6 +194,7 @@ impl BlobUpload {
             self.collect_oldest().await?;
         }
         let index = (self.shipped.len() + self.in_flight.len()) as u32;
+        self.last_touched = Instant::now();
         let data = Bytes::from(std::mem::take(&mut self.pending));
         let held = std::mem::take(&mut self.pending_held);
         let client = self.client.clone();
@@ -286,6 +313,24 @@ impl Drop for BlobUpload {
 }
 
 impl BlobClient {
+    /// Best effort: tells every holder not among `silent` that an upload
+    /// session is still in use.
+    pub(super) async fn touch_session(&self, session: &UploadId, silent: &BTreeSet<String>) {
+        join_all(self.answering(silent).map(|node| {
+            let call = self.client(node);
+            async move {
+                match call.touch_upload(session).await {
+                    Ok(true) => {}
+                    // It never got a pair, or lost the session (the
+                    // finish will say whether enough others hold it).
+                    Ok(false) => tracing::debug!(node = %node.name, "no upload {session} to touch"),
+                    Err(e) => tracing::debug!(node = %node.name, "touching upload {session}: {e}"),
+                }
+            }
+        }))
+        .await;
+    }
+
     /// Best effort: removes an upload session from every holder not
     /// among `silent`.
     pub(super) async fn remove_session(&self, session: &UploadId, silent: &BTreeSet<String>) {
@@ -324,6 +369,95 @@ pub(crate) mod tests {
             super::super::Deadlines::from_secs(1.0),
         );
         BlobClient::new(calls, map, None).upload().unwrap()
+    }
+
+    /// A node taking every pair shipped under a session and recording the
+    /// sessions touched; its URL and those touches.
+    async fn session_node() -> (String, Arc<Mutex<Vec<String>>>) {
+        use axum::routing::{delete, post, put};
+        let touched: Arc<Mutex<Vec<String>>> = Default::default();
+        let seen = touched.clone();
+        let app = axum::Router::new()
+            .route(
+                "/v1/uploads/{upload}/segments/{segment}/reuse",
+                post(|| async { axum::Json(serde_json::json!({"filed": []})) }),
+            )
+            .route(
+                "/v1/uploads/{upload}/pairs/{segment}/{shard}",
+                put(|_: axum::body::Bytes| async { axum::http::StatusCode::NO_CONTENT }),
+            )
+            .route(
+                "/v1/uploads/{upload}/touch",
+                post(
+                    move |axum::extract::Path(upload): axum::extract::Path<String>| {
+                        seen.lock().unwrap().push(upload);
+                        async { axum::http::StatusCode::NO_CONTENT }
+                    },
+                ),
+            )
+            .route(
+                "/v1/uploads/{upload}",
+                delete(|| async { axum::http::StatusCode::NO_CONTENT }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, touched)
+    }
+
+    #[tokio::test]
+    async fn a_segment_long_arriving_keeps_its_session_alive_on_the_nodes_once_pairs_are_there() {
+        let mut nodes = Vec::new();
+        let mut touches = Vec::new();
+        for i in 0..4u16 {
+            let (url, touched) = session_node().await;
+            touches.push(touched);
+            nodes.push(crate::fleet::MapNode {
+                name: format!("node-{i}"),
+                url,
+                shards: [i].into(),
+            });
+        }
+        let map = crate::fleet::FleetMap {
+            shards: 4,
+            segment_size: 1 << 20,
+            nodes,
+        };
+        let calls = super::super::NodeCalls::new(
+            crate::auth::TokenSet::single("t"),
+            super::super::Deadlines::from_secs(5.0),
+        );
+        let every = std::time::Duration::from_millis(200);
+        let client = BlobClient::new(calls, map, None).with_session_touch_every(every);
+        let touched = || {
+            touches
+                .iter()
+                .map(|t| t.lock().unwrap().len())
+                .collect::<Vec<_>>()
+        };
+
+        // Slow from the start: nothing is on the nodes, nothing to touch.
+        let mut upload = client.upload().unwrap();
+        upload.push(&[1; 100]).await.unwrap();
+        tokio::time::sleep(2 * every).await;
+        upload.push(&[1; 100]).await.unwrap();
+        tokio::time::sleep(every).await;
+        assert_eq!(touched(), vec![0; 4]);
+
+        // A segment shipped, then the next one trickles in.
+        upload.push(&vec![2; 1 << 20]).await.unwrap();
+        upload.collect_oldest().await.unwrap();
+        for _ in 0..3 {
+            tokio::time::sleep(2 * every).await;
+            upload.push(&[3; 10]).await.unwrap();
+        }
+        tokio::time::sleep(every).await;
+        let session = upload.session.to_string();
+        for (node, touched) in touches.iter().enumerate() {
+            let touched = touched.lock().unwrap().clone();
+            assert!(touched.len() >= 2, "node-{node}: {touched:?}");
+            assert!(touched.iter().all(|t| *t == session));
+        }
     }
 
     #[tokio::test]

@@ -13,7 +13,8 @@
 //! | PUT `/v1/blobs/{id}/pairs/{segment}/{shard}` | both slivers of the pair an owned shard holds (primary then secondary), verified against the staged metadata and stored together: what writers of earlier versions send, kept while a fleet is upgraded |
 //! | PUT `/v1/uploads/{upload}/pairs/{segment}/{shard}?root=R&proof=P` | both slivers of the pair an owned shard holds in a segment of root R, shipped before the blob id is known, with the Merkle proof P of the pair's hash under R; verified and filed under the session, invisible until adopted |
 //! | POST `/v1/uploads/{upload}/segments/{segment}/reuse?root=R` | files into the session the pairs of the owned shards `{"shards": [S, ...]}` names in that segment that another session holds under root R (a retried write's pairs, filed before its failure); answers `{"filed": [S, ...]}`, those the session now holds |
-//! | DELETE `/v1/uploads/{upload}` | removes an upload session (its writer gave up); sessions nobody adopts go after the staged-write TTL |
+//! | POST `/v1/uploads/{upload}/touch` | the session is still in use (a segment is long arriving): its staged-write TTL counts from now; 404 when it is gone |
+//! | DELETE `/v1/uploads/{upload}` | removes an upload session (its writer gave up); sessions nobody adopts go after the staged-write TTL without a new pair or a touch |
 //! | GET `/v1/blobs/{id}/symbols/{segment}/{shard}/{kind}?target_shard=T` | a recovery symbol with its proof, from this node's sliver, for the pair shard T holds |
 //! | GET `/v1/inventory?after=ID&limit=N` | the blobs held, per shard, with their markers, a page at a time |
 //! | GET `/v1/inventory/changes?epoch=E&since=S&limit=N` | the blobs whose files changed after position S of the store's journal of epoch E, in the order of their last change, and the position after them; 410 when the journal no longer knows (the node restarted, or too many changes since); without E and S, the journal's head |
@@ -87,6 +88,7 @@ pub(super) fn router(state: Arc<NodeState>, tokens: Arc<TokenSet>) -> Router {
             "/v1/uploads/{upload}",
             axum::routing::delete(uploads::delete),
         )
+        .route("/v1/uploads/{upload}/touch", post(uploads::touch))
         .route("/v1/repair", post(super::repair::repair))
         .fallback(|| async { ApiError::not_found("no such route; the API lives under /v1") })
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))

@@ -270,6 +270,30 @@ pub(super) async fn reuse_pairs(
     .await
 }
 
+/// `POST /v1/uploads/{upload}/touch`: the writer still uses the session
+/// (a segment is long arriving); its TTL counts from now. 404 when the
+/// session is gone.
+pub(super) async fn touch(
+    State(state): State<Arc<NodeState>>,
+    Path(upload): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let upload = parse_upload(&upload)?;
+    blocking(state.stalls.clone(), move || {
+        let touched = state
+            .store
+            .touch_upload(&upload)
+            .map_err(|e| store_error(&state, e))?;
+        if touched {
+            Ok(StatusCode::NO_CONTENT)
+        } else {
+            Err(ApiError::not_found(format!(
+                "no upload session {upload} here (never shipped to, given up, or past the staged-write TTL)"
+            )))
+        }
+    })
+    .await
+}
+
 /// `DELETE /v1/uploads/{upload}`: the writer gave up; its session goes.
 pub(super) async fn delete(
     State(state): State<Arc<NodeState>>,

@@ -218,6 +218,45 @@ fn data_a_delete_left_behind_when_its_node_stopped_midway_is_collected_and_newer
 }
 
 #[test]
+fn a_touched_session_counts_its_ttl_from_the_touch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (session, never) = (
+        crate::wire::UploadId::random(),
+        crate::wire::UploadId::random(),
+    );
+    let (pair, leaves) = super::uploads::tests::pair();
+    store
+        .put_upload_pair_checked(&session, (0, &[7u8; 32]), 2, [&pair[0], &pair[1]], || {
+            Ok::<_, ()>(leaves.clone())
+        })
+        .unwrap();
+    let ttl = Duration::from_secs(60);
+    let later = SystemTime::now() + Duration::from_secs(61);
+    // Its writer is still receiving the next segment, a minute on.
+    let session_dir = dir.path().join("uploads").join(session.to_string());
+    for path in [session_dir.clone(), session_dir.join("0")] {
+        if path.exists() {
+            let past = SystemTime::now() - Duration::from_secs(61);
+            fs::File::open(&path).unwrap().set_modified(past).unwrap();
+        }
+    }
+    assert!(store.touch_upload(&session).unwrap());
+    assert!(!store.touch_upload(&never).unwrap(), "no such session");
+    assert!(!dir.path().join("uploads").join(never.to_string()).exists());
+    assert_eq!(
+        store
+            .collect_abandoned_uploads(ttl, later - Duration::from_secs(2))
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store.collect_abandoned_uploads(ttl, later + ttl).unwrap(),
+        1
+    );
+}
+
+#[test]
 fn session_pairs_count_as_held_bytes_and_go_when_adopted_collected_or_removed() {
     let dir = tempfile::tempdir().unwrap();
     let store = staged(dir.path(), 30);

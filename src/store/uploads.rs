@@ -137,8 +137,21 @@ impl SliverStore {
         Ok(true)
     }
 
-    /// Removes every upload session that has not gained a file for `ttl`;
-    /// returns how many.
+    /// Marks upload session `upload` as in use now, so the staged-write
+    /// TTL counts from here (its writer is still receiving a segment that
+    /// takes long to arrive); false when there is no such session.
+    pub fn touch_upload(&self, upload: &UploadId) -> Result<bool, StoreError> {
+        let dir = self.upload_dir(upload);
+        let touched = fs::File::open(&dir).and_then(|d| d.set_modified(SystemTime::now()));
+        match touched {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(files::io_error(&dir)(e)),
+        }
+    }
+
+    /// Removes every upload session that has not gained a file (or been
+    /// touched) for `ttl`; returns how many.
     pub fn collect_abandoned_uploads(
         &self,
         ttl: Duration,
