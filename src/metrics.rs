@@ -449,7 +449,7 @@ impl GatewayMetrics {
             uploads_open: gauge(
                 registry,
                 "redstuff_gateway_uploads_resumable",
-                "Resumable uploads the gateway keeps (/v1/uploads): open ones, and finished or failed ones remembered for a client that asks again.",
+                "Resumable uploads open on the gateway (/v1/uploads); the answers of finished or failed ones, kept for a client that asks again, do not count.",
             ),
             uploads_resumed: counter(
                 registry,

@@ -289,6 +289,10 @@ impl BlobUpload {
     /// Removes the session from every node, in the background, `after`
     /// the segments in flight have landed.
     fn remove_session_after(&mut self, after: std::time::Duration) {
+        if self.in_flight.is_empty() && self.shipped.is_empty() {
+            // Nothing was shipped under it: no node has the session.
+            return;
+        }
         let in_flight: Vec<_> = self.in_flight.drain(..).collect();
         let (client, session, shunned) = (self.client.clone(), self.session, self.shunned.clone());
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -372,11 +376,12 @@ pub(crate) mod tests {
     }
 
     /// A node taking every pair shipped under a session and recording the
-    /// sessions touched; its URL and those touches.
+    /// sessions touched (`touch U`) and removed (`delete U`); its URL and
+    /// those calls.
     async fn session_node() -> (String, Arc<Mutex<Vec<String>>>) {
         use axum::routing::{delete, post, put};
         let touched: Arc<Mutex<Vec<String>>> = Default::default();
-        let seen = touched.clone();
+        let (seen, removed) = (touched.clone(), touched.clone());
         let app = axum::Router::new()
             .route(
                 "/v1/uploads/{upload}/segments/{segment}/reuse",
@@ -390,14 +395,19 @@ pub(crate) mod tests {
                 "/v1/uploads/{upload}/touch",
                 post(
                     move |axum::extract::Path(upload): axum::extract::Path<String>| {
-                        seen.lock().unwrap().push(upload);
+                        seen.lock().unwrap().push(format!("touch {upload}"));
                         async { axum::http::StatusCode::NO_CONTENT }
                     },
                 ),
             )
             .route(
                 "/v1/uploads/{upload}",
-                delete(|| async { axum::http::StatusCode::NO_CONTENT }),
+                delete(
+                    move |axum::extract::Path(upload): axum::extract::Path<String>| {
+                        removed.lock().unwrap().push(format!("delete {upload}"));
+                        async { axum::http::StatusCode::NO_CONTENT }
+                    },
+                ),
             );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -429,20 +439,26 @@ pub(crate) mod tests {
         );
         let every = std::time::Duration::from_millis(200);
         let client = BlobClient::new(calls, map, None).with_session_touch_every(every);
-        let touched = || {
+        let calls = || {
             touches
                 .iter()
                 .map(|t| t.lock().unwrap().len())
                 .collect::<Vec<_>>()
         };
 
-        // Slow from the start: nothing is on the nodes, nothing to touch.
+        // Slow from the start: nothing is on the nodes, nothing to touch,
+        // and given up, nothing to remove.
         let mut upload = client.upload().unwrap();
         upload.push(&[1; 100]).await.unwrap();
         tokio::time::sleep(2 * every).await;
         upload.push(&[1; 100]).await.unwrap();
         tokio::time::sleep(every).await;
-        assert_eq!(touched(), vec![0; 4]);
+        assert_eq!(calls(), vec![0; 4]);
+        drop(upload);
+        tokio::time::sleep(every).await;
+        assert_eq!(calls(), vec![0; 4]);
+
+        let mut upload = client.upload().unwrap();
 
         // A segment shipped, then the next one trickles in.
         upload.push(&vec![2; 1 << 20]).await.unwrap();
@@ -452,11 +468,18 @@ pub(crate) mod tests {
             upload.push(&[3; 10]).await.unwrap();
         }
         tokio::time::sleep(every).await;
-        let session = upload.session.to_string();
+        let session = upload.session;
         for (node, touched) in touches.iter().enumerate() {
             let touched = touched.lock().unwrap().clone();
             assert!(touched.len() >= 2, "node-{node}: {touched:?}");
-            assert!(touched.iter().all(|t| *t == session));
+            assert!(touched.iter().all(|t| *t == format!("touch {session}")));
+        }
+        // Given up now, its session goes from every node.
+        drop(upload);
+        tokio::time::sleep(every).await;
+        for touched in &touches {
+            let last = touched.lock().unwrap().last().cloned();
+            assert_eq!(last, Some(format!("delete {session}")));
         }
     }
 

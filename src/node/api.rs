@@ -240,21 +240,32 @@ pub(super) fn store_error(state: &NodeState, error: StoreError) -> ApiError {
 }
 
 /// The parsed metadata of a blob some write claims here; 404 otherwise.
-/// Cached; a miss reads the store under the blob's lock, so a delete
-/// racing the read never leaves the entry behind.
+/// Cached; a miss reads the store and fills the cache under the blob's
+/// lock, so a delete racing the read (it forgets the entry under the same
+/// lock) never leaves the entry behind.
 pub(super) fn load_metadata(state: &NodeState, id: &BlobId) -> Result<Arc<BlobMetadata>, ApiError> {
     if let Some(found) = state.metadata.get(id) {
         return Ok(found);
     }
-    let metadata = Arc::new(read_metadata(state, id)?);
+    let lock = state.store.lock(id);
+    let metadata = Arc::new(read_metadata_locked(state, id, &lock)?);
     state.metadata.insert(metadata.clone());
+    drop(lock);
     Ok(metadata)
 }
 
 /// Reads and parses a blob's stored metadata, past the cache; missing
 /// unless a write of the blob is staged or committed here.
 pub(super) fn read_metadata(state: &NodeState, id: &BlobId) -> Result<BlobMetadata, ApiError> {
-    let lock = state.store.lock(id);
+    read_metadata_locked(state, id, &state.store.lock(id))
+}
+
+/// [`read_metadata`], under the blob's `lock`.
+fn read_metadata_locked(
+    state: &NodeState,
+    id: &BlobId,
+    lock: &crate::store::BlobLock<'_>,
+) -> Result<BlobMetadata, ApiError> {
     let unknown = || ApiError::not_found(format!("unknown blob {id}: put its metadata first"));
     let bytes = lock
         .metadata()
