@@ -259,6 +259,11 @@ impl UploadId {
         getrandom::fill(&mut bytes).expect("the system's random source");
         Self(bytes)
     }
+
+    /// The id's bytes.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
 }
 
 impl std::fmt::Display for UploadId {

@@ -186,6 +186,11 @@ pub struct SliverStore {
     /// Sliver files held: primary, secondary.
     slivers: [AtomicU64; 2],
     locks: Vec<Mutex<()>>,
+    /// Per-upload-session locks, by the first byte of the id: a session's
+    /// files change (filed, reused, touched, adopted, removed) under its
+    /// lock, so the bytes counted stay true. Taken after a blob's lock,
+    /// never before.
+    session_locks: Vec<Mutex<()>>,
     /// The checksums the files it writes carry (by its format).
     checksums: Checksums,
     /// Blobs held, for listing.
@@ -294,6 +299,7 @@ impl SliverStore {
             used: AtomicU64::new(stats.bytes),
             slivers: stats.slivers.map(AtomicU64::new),
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            session_locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             checksums: Checksums::Plain,
             index: Default::default(),
             changes: change_journal::ChangeJournal::new(

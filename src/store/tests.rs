@@ -218,6 +218,40 @@ fn data_a_delete_left_behind_when_its_node_stopped_midway_is_collected_and_newer
 }
 
 #[test]
+fn the_same_pair_filed_twice_at_once_is_counted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (pair, leaves) = super::uploads::tests::pair();
+    let session = crate::wire::UploadId::random();
+    // A writer's retry after a timeout races its first attempt.
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                for _ in 0..150 {
+                    store
+                        .put_upload_pair_checked(
+                            &session,
+                            (0, &[7u8; 32]),
+                            2,
+                            [&pair[0], &pair[1]],
+                            || Ok::<_, ()>(leaves.clone()),
+                        )
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let (used, primaries) = (store.used_bytes(), store.sliver_count(SliverKind::Primary));
+    drop(store);
+    let reopened = open(dir.path());
+    assert_eq!(used, reopened.used_bytes(), "the bytes on disk");
+    assert_eq!(
+        (primaries, reopened.sliver_count(SliverKind::Primary)),
+        (1, 1)
+    );
+}
+
+#[test]
 fn a_touched_session_counts_its_ttl_from_the_touch() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());

@@ -39,6 +39,7 @@ impl SliverStore {
         (segment, root): (u32, &Hash),
         shards: &[u16],
     ) -> Result<Vec<u16>, StoreError> {
+        let _session = self.session_lock(upload);
         let target = self.upload_segment_dir(upload, segment, root);
         let shards: std::collections::BTreeSet<u16> = shards.iter().copied().collect();
         let mut wanted: Vec<u16> = Vec::new();

@@ -16,6 +16,7 @@
 
 use std::fs;
 use std::path::PathBuf;
+use std::sync::MutexGuard;
 use std::time::{Duration, SystemTime};
 
 use super::direct_io::FileWriter;
@@ -31,6 +32,14 @@ impl SliverStore {
 
     fn upload_dir(&self, upload: &UploadId) -> PathBuf {
         self.uploads_dir().join(upload.to_string())
+    }
+
+    /// The lock of upload session `upload` (see `session_locks`).
+    pub(super) fn session_lock(&self, upload: &UploadId) -> MutexGuard<'_, ()> {
+        let stripe = usize::from(upload.as_bytes()[0]) % self.session_locks.len();
+        self.session_locks[stripe]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     pub(super) fn upload_segment_dir(
@@ -121,6 +130,7 @@ impl SliverStore {
             });
         }
         let [first, second]: [StagedFile; 2] = staged.try_into().ok().expect("two files");
+        let _session = self.session_lock(upload);
         self.publish_file(first)
             .and_then(|()| self.publish_file(second))
             .map_err(CheckedPutError::Store)
@@ -129,6 +139,12 @@ impl SliverStore {
     /// Removes an upload session and what it holds; false when there was
     /// none.
     pub fn remove_upload(&self, upload: &UploadId) -> Result<bool, StoreError> {
+        let _session = self.session_lock(upload);
+        self.remove_upload_locked(upload)
+    }
+
+    /// [`SliverStore::remove_upload`], its session's lock held.
+    fn remove_upload_locked(&self, upload: &UploadId) -> Result<bool, StoreError> {
         let dir = self.upload_dir(upload);
         if !dir.exists() {
             return Ok(false);
@@ -141,6 +157,7 @@ impl SliverStore {
     /// TTL counts from here (its writer is still receiving a segment that
     /// takes long to arrive); false when there is no such session.
     pub fn touch_upload(&self, upload: &UploadId) -> Result<bool, StoreError> {
+        let _session = self.session_lock(upload);
         let dir = self.upload_dir(upload);
         let touched = fs::File::open(&dir).and_then(|d| d.set_modified(SystemTime::now()));
         match touched {
@@ -168,10 +185,18 @@ impl SliverStore {
             else {
                 continue;
             };
-            let idle = files::last_change(&session.path())
-                .and_then(|t| now.duration_since(t).ok())
-                .is_some_and(|idle| idle >= ttl);
-            if idle && self.remove_upload(&upload)? {
+            let idle = || {
+                files::last_change(&session.path())
+                    .and_then(|t| now.duration_since(t).ok())
+                    .is_some_and(|idle| idle >= ttl)
+            };
+            if !idle() {
+                continue;
+            }
+            // Idle again under its lock: a pair filed or a touch while the
+            // lock was awaited made it new.
+            let _session = self.session_lock(&upload);
+            if idle() && self.remove_upload_locked(&upload)? {
                 collected += 1;
             }
         }
@@ -192,6 +217,7 @@ impl BlobLock<'_> {
     ) -> Result<(), StoreError> {
         self.check_claimed()?;
         let store = self.store;
+        let _session = store.session_lock(upload);
         if !store.upload_dir(upload).exists() {
             return Ok(());
         }
@@ -199,7 +225,7 @@ impl BlobLock<'_> {
         // Recorded even when moving failed partway: some pairs may be here.
         store.changes.record(self.id);
         moved?;
-        store.remove_upload(upload)?;
+        store.remove_upload_locked(upload)?;
         Ok(())
     }
 
