@@ -172,24 +172,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_commit_a_node_left_unanswered_is_unknown_even_when_its_last_attempt_was_refused() {
-        let mut nodes = Vec::new();
-        for i in 0..4u16 {
-            nodes.push(crate::fleet::MapNode {
-                name: format!("node-{i}"),
-                url: silent_then_failing_node().await,
-                shards: [i].into(),
-            });
+        let mut urls = Vec::new();
+        for _ in 0..4 {
+            urls.push(silent_then_failing_node().await);
         }
-        let map = crate::fleet::FleetMap {
-            shards: 4,
-            segment_size: 1 << 20,
-            nodes,
-        };
-        let calls = super::super::NodeCalls::new(
-            crate::auth::TokenSet::single("t"),
-            super::super::Deadlines::from_secs(0.3),
-        );
-        let client = BlobClient::new(calls, map, None);
+        let client = super::super::test_fleet::client_of(4, urls, 0.3);
         let verdict = client
             .commit_phase(&BlobId([3; 32]), 7, 3, Duration::from_secs(1))
             .await;

@@ -19,6 +19,8 @@ mod row_read;
 pub mod segment_cache;
 pub mod shared_reads;
 mod ship;
+#[cfg(test)]
+mod test_fleet;
 pub mod unanswering;
 mod upload;
 #[cfg(test)]

@@ -228,31 +228,18 @@ pub(super) mod tests {
     async fn the_states_a_quorum_did_not_need_are_still_heard_out_keeping_their_connections() {
         use std::time::Duration;
         // n = 4: three nodes answer at once, node-3 after 300 ms.
-        let mut nodes = Vec::new();
+        let mut urls = Vec::new();
         let mut slow_callers = None;
-        for i in 0..4u16 {
+        for i in 0..4 {
             let delay = Duration::from_millis(if i == 3 { 300 } else { 0 });
             let (url, callers) = recording_node(delay, Vec::new()).await;
+            urls.push(url);
             if i == 3 {
                 slow_callers = Some(callers);
             }
-            nodes.push(crate::fleet::MapNode {
-                name: format!("node-{i}"),
-                url,
-                shards: [i].into(),
-            });
         }
         let slow_callers = slow_callers.unwrap();
-        let map = crate::fleet::FleetMap {
-            shards: 4,
-            segment_size: 1 << 20,
-            nodes,
-        };
-        let calls = super::super::NodeCalls::new(
-            crate::auth::TokenSet::single("t"),
-            super::super::Deadlines::from_secs(5.0),
-        );
-        let client = BlobClient::new(calls, map, None);
+        let client = super::super::test_fleet::client_of(4, urls, 5.0);
         let id = BlobId([9; 32]);
 
         let first = collect_states(&client, &id, 3).await;

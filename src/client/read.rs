@@ -350,25 +350,7 @@ mod tests {
         // node-0 answers at once, node-1 after 300 ms; both hold it.
         let (fast, _) = recording_node(Duration::ZERO, bytes.clone()).await;
         let (slow, slow_callers) = recording_node(Duration::from_millis(300), bytes).await;
-        let nodes = [fast, slow]
-            .into_iter()
-            .enumerate()
-            .map(|(i, url)| crate::fleet::MapNode {
-                name: format!("node-{i}"),
-                url,
-                shards: [i as u16].into(),
-            })
-            .collect();
-        let map = crate::fleet::FleetMap {
-            shards: 4,
-            segment_size: 1 << 20,
-            nodes,
-        };
-        let calls = super::super::NodeCalls::new(
-            crate::auth::TokenSet::single("t"),
-            super::super::Deadlines::from_secs(5.0),
-        );
-        let client = BlobClient::new(calls, map, None);
+        let client = super::super::test_fleet::client_of(4, vec![fast, slow], 5.0);
         let committed = crate::blob_state::BlobState {
             commit: Some(1),
             ..Default::default()

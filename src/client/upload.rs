@@ -357,22 +357,10 @@ pub(crate) mod tests {
     /// An upload for a fleet of four nodes nobody listens on (1 MiB
     /// segments): enough for what stays in the gateway.
     pub(crate) fn offline_upload() -> BlobUpload {
-        let map = crate::fleet::FleetMap {
-            shards: 4,
-            segment_size: 1 << 20,
-            nodes: (0..4u16)
-                .map(|i| crate::fleet::MapNode {
-                    name: format!("node-{i}"),
-                    url: "http://127.0.0.1:9".into(),
-                    shards: [i].into(),
-                })
-                .collect(),
-        };
-        let calls = super::super::NodeCalls::new(
-            crate::auth::TokenSet::single("t"),
-            super::super::Deadlines::from_secs(1.0),
-        );
-        BlobClient::new(calls, map, None).upload().unwrap()
+        let urls = vec!["http://127.0.0.1:9".to_string(); 4];
+        super::super::test_fleet::client_of(4, urls, 1.0)
+            .upload()
+            .unwrap()
     }
 
     /// A node taking every pair shipped under a session and recording the
@@ -417,28 +405,16 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_segment_long_arriving_keeps_its_session_alive_on_the_nodes_once_pairs_are_there() {
-        let mut nodes = Vec::new();
+        let mut urls = Vec::new();
         let mut touches = Vec::new();
-        for i in 0..4u16 {
+        for _ in 0..4 {
             let (url, touched) = session_node().await;
+            urls.push(url);
             touches.push(touched);
-            nodes.push(crate::fleet::MapNode {
-                name: format!("node-{i}"),
-                url,
-                shards: [i].into(),
-            });
         }
-        let map = crate::fleet::FleetMap {
-            shards: 4,
-            segment_size: 1 << 20,
-            nodes,
-        };
-        let calls = super::super::NodeCalls::new(
-            crate::auth::TokenSet::single("t"),
-            super::super::Deadlines::from_secs(5.0),
-        );
         let every = std::time::Duration::from_millis(200);
-        let client = BlobClient::new(calls, map, None).with_session_touch_every(every);
+        let client =
+            super::super::test_fleet::client_of(4, urls, 5.0).with_session_touch_every(every);
         let calls = || {
             touches
                 .iter()

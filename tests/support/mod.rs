@@ -658,17 +658,11 @@ impl TestFleet {
     }
 }
 
-/// Serves `body` at http://127.0.0.1:port/blob until dropped; returns the URL.
-pub async fn serve_bytes(body: Vec<u8>) -> (String, tokio::sync::oneshot::Sender<()>) {
+/// Serves `router` on 127.0.0.1 until the sender returned is dropped;
+/// the URL of its `/blob` and that sender.
+async fn serve_blob_route(router: axum::Router) -> (String, tokio::sync::oneshot::Sender<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/blob", listener.local_addr().unwrap());
-    let router = axum::Router::new().route(
-        "/blob",
-        axum::routing::get(move || {
-            let body = body.clone();
-            async move { body }
-        }),
-    );
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         axum::serve(listener, router)
@@ -678,6 +672,18 @@ pub async fn serve_bytes(body: Vec<u8>) -> (String, tokio::sync::oneshot::Sender
             .await
     });
     (url, tx)
+}
+
+/// Serves `body` at http://127.0.0.1:port/blob until dropped; returns the URL.
+pub async fn serve_bytes(body: Vec<u8>) -> (String, tokio::sync::oneshot::Sender<()>) {
+    serve_blob_route(axum::Router::new().route(
+        "/blob",
+        axum::routing::get(move || {
+            let body = body.clone();
+            async move { body }
+        }),
+    ))
+    .await
 }
 
 /// The `Range` and `If-Range` headers of a request, when sent.
@@ -767,17 +773,8 @@ pub async fn serve_range_source(
         }
         async move { response }
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/blob", listener.local_addr().unwrap());
-    let router = axum::Router::new().route("/blob", axum::routing::get(handler));
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = rx.await;
-            })
-            .await
-    });
+    let (url, tx) =
+        serve_blob_route(axum::Router::new().route("/blob", axum::routing::get(handler))).await;
     RangeSource {
         url,
         asked,
