@@ -160,7 +160,7 @@ pub async fn download(
     spool: &Path,
     policy: &ResumePolicy,
 ) -> Result<Downloaded, IngestError> {
-    use reqwest::header::{CONTENT_RANGE, IF_RANGE, RANGE};
+    use reqwest::header::{IF_RANGE, RANGE};
     let failed = |message: String| IngestError::Download {
         url: url.to_string(),
         message,
@@ -178,78 +178,45 @@ pub async fn download(
                 .header(RANGE, format!("bytes={length}-"))
                 .header(IF_RANGE, version.as_str());
         }
-        let broke_off = match request.send().await {
-            Err(e) if source.is_some() => format!("the rest could not be asked for: {e}"),
-            Err(e) => return Err(failed(e.to_string())),
-            Ok(response) => {
+        let known_len = source.as_ref().map(|(len, _)| *len);
+        let broke_off = match (request.send().await, known_len) {
+            (Err(e), None) => return Err(failed(e.to_string())),
+            (Err(e), Some(_)) => format!("the rest could not be asked for: {e}"),
+            (Ok(response), None) => {
                 let status = response.status();
-                match &source {
-                    None => {
-                        if !status.is_success() {
-                            return Err(failed(format!("the server answered {status}")));
-                        }
-                        if response.content_length().is_some_and(|len| len > limit) {
-                            return Err(IngestError::TooLarge { limit });
-                        }
-                        source = response
-                            .content_length()
-                            .map(|len| (len, resumable_by(response.headers())));
-                    }
-                    Some((len, _)) => {
-                        let range = response
-                            .headers()
-                            .get(CONTENT_RANGE)
-                            .and_then(|v| v.to_str().ok());
-                        if status == reqwest::StatusCode::OK {
-                            return Err(failed(format!(
-                                "it broke off after {length} bytes and the server answered the rest \
-                                 with the whole source: it changed since the download began"
-                            )));
-                        }
-                        let not_the_rest = status != reqwest::StatusCode::PARTIAL_CONTENT
-                            || !is_the_rest(range, length, *len);
-                        if not_the_rest && !status.is_server_error() {
-                            return Err(failed(format!(
-                                "it broke off after {length} bytes and the server answered the \
-                                 rest (bytes={length}-) with {status}, range {}",
-                                range.unwrap_or("none")
-                            )));
-                        }
-                    }
+                if !status.is_success() {
+                    return Err(failed(format!("the server answered {status}")));
                 }
-                if status.is_server_error() {
-                    format!("the server answered the rest with {status}")
-                } else {
+                if response.content_length().is_some_and(|len| len > limit) {
+                    return Err(IngestError::TooLarge { limit });
+                }
+                source = response
+                    .content_length()
+                    .map(|len| (len, resumable_by(response.headers())));
+                let len = source.as_ref().map(|(len, _)| *len);
+                match take_body(response, &mut file, &mut hasher, &mut length, (len, limit)).await?
+                {
+                    Some(broke_off) => broke_off,
+                    None => break,
+                }
+            }
+            (Ok(response), Some(len)) => match rest_answered(&response, length, len) {
+                Err(refusal) => return Err(failed(refusal)),
+                Ok(Some(unavailable)) => unavailable,
+                Ok(None) => {
                     let before = length;
-                    let mut body = response.bytes_stream();
-                    let ended = loop {
-                        match body.next().await {
-                            None => break None,
-                            Some(Err(e)) => break Some(e.to_string()),
-                            Some(Ok(chunk)) => {
-                                length += chunk.len() as u64;
-                                if length > limit {
-                                    return Err(IngestError::TooLarge { limit });
-                                }
-                                hasher.update(&chunk);
-                                file.write(chunk).await?;
-                            }
-                        }
-                    };
+                    let sizes = (Some(len), limit);
+                    let ended = take_body(response, &mut file, &mut hasher, &mut length, sizes);
+                    let ended = ended.await?;
                     if length > before {
                         in_a_row = 0;
                     }
                     match ended {
-                        None => match source {
-                            Some((len, _)) if length < len => {
-                                format!("the body ended after {length} of {len} bytes")
-                            }
-                            _ => break,
-                        },
-                        Some(e) => e,
+                        Some(broke_off) => broke_off,
+                        None => break,
                     }
                 }
-            }
+            },
         };
         let resumable = matches!(&source, Some((_, Some(_))));
         if !resumable || in_a_row >= policy.in_a_row {
@@ -276,6 +243,67 @@ pub async fn download(
         bytes: length,
         resumes,
     })
+}
+
+/// Whether the answer to a resumed download's range request is the rest
+/// to take (`Ok(None)`), an unavailable server to try again
+/// (`Ok(Some(why))`), or a refusal that ends the download (`Err(why)`):
+/// a 200 means the source changed (the version named no longer matches).
+fn rest_answered(
+    response: &reqwest::Response,
+    from: u64,
+    len: u64,
+) -> Result<Option<String>, String> {
+    let status = response.status();
+    let range = response
+        .headers()
+        .get(reqwest::header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok());
+    if status == reqwest::StatusCode::OK {
+        return Err(format!(
+            "it broke off after {from} bytes and the server answered the rest \
+             with the whole source: it changed since the download began"
+        ));
+    }
+    if status.is_server_error() {
+        return Ok(Some(format!("the server answered the rest with {status}")));
+    }
+    if status != reqwest::StatusCode::PARTIAL_CONTENT || !is_the_rest(range, from, len) {
+        return Err(format!(
+            "it broke off after {from} bytes and the server answered the rest \
+             (bytes={from}-) with {status}, range {}",
+            range.unwrap_or("none")
+        ));
+    }
+    Ok(None)
+}
+
+/// Takes `response`'s body into `file` and `hasher`, counting it in
+/// `length` (at most `limit`); why it broke off, or `None` once the
+/// source is whole (`len` bytes, when known).
+async fn take_body(
+    response: reqwest::Response,
+    file: &mut WriteBehindFile,
+    hasher: &mut Sha256,
+    length: &mut u64,
+    (len, limit): (Option<u64>, u64),
+) -> Result<Option<String>, IngestError> {
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(e) => return Ok(Some(e.to_string())),
+        };
+        *length += chunk.len() as u64;
+        if *length > limit {
+            return Err(IngestError::TooLarge { limit });
+        }
+        hasher.update(&chunk);
+        file.write(chunk).await?;
+    }
+    Ok(len
+        .filter(|len| *length < *len)
+        .map(|len| format!("the body ended after {length} of {len} bytes")))
 }
 
 fn check_digest(expected: Option<&str>, actual: &[u8]) -> Result<(), IngestError> {
