@@ -69,16 +69,14 @@ pub fn read_file_like_a_store(path: &Path) -> io::Result<bytes::Bytes> {
     direct_io::read_whole(path)
 }
 
-/// Renames `tmp` onto `path` and fsyncs the directory, so the new file
-/// survives a crash; on failure `tmp` is removed.
-pub(super) fn publish(tmp: &Path, path: &Path) -> Result<(), StoreError> {
-    let result = fs::rename(tmp, path)
-        .map_err(io_error(path))
-        .and_then(|()| sync_dir(path.parent().expect("store paths have a parent")));
-    if result.is_err() {
+/// Renames `tmp` onto `path`; on failure `tmp` is removed. The caller
+/// counts the file, then fsyncs the directory (a failed fsync leaves the
+/// file in place, so it must be counted either way).
+pub(super) fn rename_into_place(tmp: &Path, path: &Path) -> Result<(), StoreError> {
+    fs::rename(tmp, path).map_err(|e| {
         let _ = fs::remove_file(tmp);
-    }
-    result
+        io_error(path)(e)
+    })
 }
 
 /// What a checked read found.
@@ -156,7 +154,12 @@ pub(super) fn create_dirs_synced(dir: &Path, root: &Path) -> Result<(), StoreErr
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
         Err(e) => return Err(io_error(dir)(e)),
     }
-    sync_dir(dir.parent().expect("below root"))
+    // A directory whose entry may not be durable is taken back (while it
+    // is still empty), so the next write creates it again and fsyncs its
+    // parent instead of trusting it for being there.
+    sync_dir(dir.parent().expect("below root")).inspect_err(|_| {
+        let _ = fs::remove_dir(dir);
+    })
 }
 
 /// Removes every entry of `dir` (which stays).
@@ -224,15 +227,18 @@ pub(super) fn dir_stats(dir: &Path) -> Result<DirStats, StoreError> {
 /// When a directory last gained a file: the newest change time of `dir`
 /// and of the directories directly in it (a blob's shard directories, a
 /// session's segment directories: each gains an entry with every file).
+/// `None` when that cannot be told (the directory is gone, or reading it
+/// failed): nothing is collected for being idle on a guess.
 pub(super) fn last_change(dir: &Path) -> Option<std::time::SystemTime> {
-    let modified = |path: &Path| fs::metadata(path).and_then(|m| m.modified()).ok();
-    let subdirs = fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().is_dir())
-        .filter_map(|e| modified(&e.path()));
-    modified(dir).into_iter().chain(subdirs).max()
+    let modified = |path: &Path| fs::metadata(path).and_then(|m| m.modified());
+    let mut newest = modified(dir).ok()?;
+    for entry in fs::read_dir(dir).ok()? {
+        let entry = entry.ok()?;
+        if entry.file_type().ok()?.is_dir() {
+            newest = newest.max(modified(&entry.path()).ok()?);
+        }
+    }
+    Some(newest)
 }
 
 /// The files directly in `dir` (none when it is missing).
@@ -283,7 +289,7 @@ mod tests {
         let path = dir.path().join("f");
         let tmp = dir.path().join("t");
         write_synced(&tmp, b"content", blake3::hash(b"content").as_bytes()).unwrap();
-        publish(&tmp, &path).unwrap();
+        rename_into_place(&tmp, &path).unwrap();
         for derived_first in [false, true] {
             assert!(
                 matches!(read_checked(&path, derived_first), Checked::Valid(v) if v[..] == b"content"[..])

@@ -232,7 +232,7 @@ impl SliverStore {
             }
             let len = fs::metadata(&path).map_or(0, |m| m.len());
             fs::remove_file(&path).map_err(files::io_error(&path))?;
-            super::sub(&self.used, len);
+            self.room.sub(len);
             purged += 1;
         }
         Ok(purged)

@@ -99,10 +99,13 @@ impl SliverStore {
             metadata: dir.join("metadata").is_file(),
             shards: BTreeMap::new(),
         };
-        let Ok(entries) = fs::read_dir(&dir) else {
-            return Ok(holdings);
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(holdings),
+            Err(e) => return Err(files::io_error(&dir)(e)),
         };
-        for entry in entries.flatten() {
+        for entry in entries {
+            let entry = entry.map_err(files::io_error(&dir))?;
             let Some(shard) = entry
                 .file_name()
                 .to_str()
@@ -110,14 +113,22 @@ impl SliverStore {
             else {
                 continue;
             };
-            let files: Vec<String> = fs::read_dir(entry.path())
-                .map_err(files::io_error(&entry.path()))?
-                .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .collect();
-            let complete = files
+            let shard_dir = entry.path();
+            let in_shard = match fs::read_dir(&shard_dir) {
+                Ok(in_shard) => in_shard,
+                // Removed meanwhile (a delete, a repair starting over).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(files::io_error(&shard_dir)(e)),
+            };
+            let mut names = Vec::new();
+            for file in in_shard {
+                let file = file.map_err(files::io_error(&shard_dir))?;
+                names.extend(file.file_name().into_string().ok());
+            }
+            let complete = names
                 .iter()
                 .filter_map(|f| f.strip_suffix(".primary"))
-                .filter(|segment| files.contains(&format!("{segment}.secondary")))
+                .filter(|segment| names.contains(&format!("{segment}.secondary")))
                 .count();
             holdings.shards.insert(shard, complete as u32);
         }

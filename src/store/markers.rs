@@ -6,7 +6,7 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
-use super::{files, sub, BlobHoldings, BlobLock, SliverStore, StoreError, TombstoneOutcome};
+use super::{files, BlobHoldings, BlobLock, SliverStore, StoreError, TombstoneOutcome};
 use crate::blob_state::BlobState;
 use crate::codec::BlobId;
 
@@ -217,7 +217,7 @@ impl BlobLock<'_> {
         let len = fs::metadata(path).map_or(0, |m| m.len());
         match fs::remove_file(path) {
             Ok(()) => {
-                sub(&self.store.used, len);
+                self.store.room.sub(len);
                 self.store.changed(path);
                 files::sync_dir(path.parent().expect("below root"))
             }

@@ -55,6 +55,7 @@ mod files;
 mod housekeeping;
 mod listing;
 mod markers;
+mod room;
 mod sliver_checksum;
 mod upload_reuse;
 mod uploads;
@@ -181,8 +182,8 @@ pub struct TombstoneOutcome {
 #[derive(Debug)]
 pub struct SliverStore {
     root: PathBuf,
-    capacity: Option<u64>,
-    used: AtomicU64,
+    /// Bytes held and reserved under the capacity.
+    room: room::Room,
     /// Sliver files held: primary, secondary.
     slivers: [AtomicU64; 2],
     locks: Vec<Mutex<()>>,
@@ -295,8 +296,7 @@ impl SliverStore {
         }
         let mut store = Self {
             root,
-            capacity,
-            used: AtomicU64::new(stats.bytes),
+            room: room::Room::new(capacity, stats.bytes),
             slivers: stats.slivers.map(AtomicU64::new),
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             session_locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
@@ -397,7 +397,7 @@ impl SliverStore {
 
     /// Bytes held in stored files (checksums and quarantined files included).
     pub fn used_bytes(&self) -> u64 {
-        self.used.load(Ordering::Relaxed)
+        self.room.used()
     }
 
     /// Sliver files held of one kind.
@@ -407,11 +407,11 @@ impl SliverStore {
 
     /// The configured capacity, if any.
     pub fn capacity(&self) -> Option<u64> {
-        self.capacity
+        self.room.capacity()
     }
 
     fn forget(&self, stats: DirStats) {
-        sub(&self.used, stats.bytes);
+        self.room.sub(stats.bytes);
         for (counter, n) in self.slivers.iter().zip(stats.slivers) {
             sub(counter, n);
         }
@@ -446,20 +446,6 @@ impl SliverStore {
         }
     }
 
-    /// Checks room for `size` more bytes (replacing `previous` bytes).
-    fn reserve(&self, size: u64, previous: u64) -> Result<(), StoreError> {
-        if let Some(capacity) = self.capacity {
-            let used = self.used_bytes().saturating_sub(previous);
-            if used + size > capacity {
-                return Err(StoreError::Full {
-                    needed: size,
-                    available: capacity.saturating_sub(used),
-                });
-            }
-        }
-        Ok(())
-    }
-
     /// Writes a file atomically (tmp, fsync, rename, fsync dir) and counts it.
     fn write_file(&self, path: &Path, content: &[u8]) -> Result<(), StoreError> {
         let tmp = self.stage_file(path, content.into())?;
@@ -467,11 +453,11 @@ impl SliverStore {
     }
 
     /// The first half of a write: content fsynced in tmp/, room checked.
-    fn stage_file(&self, path: &Path, file: SliverFile<'_>) -> Result<StagedFile, StoreError> {
+    fn stage_file(&self, path: &Path, file: SliverFile<'_>) -> Result<StagedFile<'_>, StoreError> {
         let content = file.bytes;
         let size = (content.len() + files::CHECKSUM_LEN) as u64;
         let previous = fs::metadata(path).map_or(0, |m| m.len());
-        self.reserve(size, previous)?;
+        let room = self.room.reserve(size, previous)?;
         let tmp = self.tmp_path();
         let checksum = self.checksum(path, file);
         files::write_synced(&tmp, content, &checksum)?;
@@ -479,6 +465,7 @@ impl SliverStore {
             tmp,
             path: path.to_path_buf(),
             size,
+            _room: room,
         })
     }
 
@@ -496,8 +483,10 @@ impl SliverStore {
         derived.unwrap_or_else(|| *blake3::hash(file.bytes).as_bytes())
     }
 
-    /// The second half: renamed into place (directories created), counted.
-    fn publish_file(&self, file: StagedFile) -> Result<(), StoreError> {
+    /// The second half: renamed into place (directories created), counted,
+    /// its directory fsynced (a file in place is counted even when that
+    /// fsync fails and the write is answered with its error).
+    fn publish_file(&self, file: StagedFile<'_>) -> Result<(), StoreError> {
         let existing = fs::metadata(&file.path).ok();
         let parent = file.path.parent().expect("store paths have a parent");
         if let Err(e) = files::create_dirs_synced(parent, &self.root) {
@@ -508,16 +497,16 @@ impl SliverStore {
         if let Some(id) = blob {
             self.index.insert(id);
         }
-        files::publish(&file.tmp, &file.path)?;
+        files::rename_into_place(&file.tmp, &file.path)?;
         if let Some(id) = blob {
             self.changes.record(id);
         }
-        self.used.fetch_add(file.size, Ordering::Relaxed);
-        sub(&self.used, existing.as_ref().map_or(0, |m| m.len()));
+        self.room.add(file.size);
+        self.room.sub(existing.as_ref().map_or(0, |m| m.len()));
         if let (Some(counter), None) = (files::sliver_counter(&file.path), existing) {
             self.slivers[counter].fetch_add(1, Ordering::Relaxed);
         }
-        Ok(())
+        files::sync_dir(parent)
     }
 
     /// Reads a checked file; a corrupt or unreadable one is quarantined
@@ -685,13 +674,17 @@ impl SliverStore {
     }
 }
 
-/// A file fsynced in tmp/, waiting to be renamed into place.
-struct StagedFile {
+/// A file fsynced in tmp/, waiting to be renamed into place, and the
+/// room reserved for it (given back once it is counted or given up).
+struct StagedFile<'a> {
     tmp: PathBuf,
     path: PathBuf,
     size: u64,
+    _room: room::Reservation<'a>,
 }
 
+#[cfg(test)]
+mod capacity_tests;
 #[cfg(test)]
 mod format_tests;
 #[cfg(test)]

@@ -139,7 +139,7 @@ impl SliverStore {
         }
         for target in made {
             let size = fs::metadata(target).map_or(0, |m| m.len());
-            self.used.fetch_add(size, Ordering::Relaxed);
+            self.room.add(size);
             if let Some(counter) = files::sliver_counter(target) {
                 self.slivers[counter].fetch_add(1, Ordering::Relaxed);
             }

@@ -74,9 +74,13 @@ impl SliverStore {
             dir.join(format!("{shard}.secondary")),
         ];
         let contents = [primary, secondary];
+        let mut rooms = Vec::with_capacity(2);
         for (path, content) in paths.iter().zip(contents) {
             let previous = fs::metadata(path).map_or(0, |m| m.len());
-            self.reserve((content.len() + files::CHECKSUM_LEN) as u64, previous)?;
+            rooms.push(
+                self.room
+                    .reserve((content.len() + files::CHECKSUM_LEN) as u64, previous)?,
+            );
         }
         let tmps = [self.tmp_path(), self.tmp_path()];
         let remove_tmps = || {
@@ -112,11 +116,12 @@ impl SliverStore {
         };
         let files = written.inspect_err(|_| remove_tmps())?;
         let mut staged = Vec::with_capacity(2);
-        for (((mut file, tmp), path), (content, leaves)) in files
+        for ((((mut file, tmp), path), (content, leaves)), room) in files
             .into_iter()
             .zip(&tmps)
             .zip(&paths)
             .zip(contents.into_iter().zip(&leaves))
+            .zip(rooms)
         {
             let checksum = self.checksum(path, SliverFile::verified(content, leaves));
             if let Err(e) = file.push(&checksum).and_then(|()| file.finish()) {
@@ -127,6 +132,7 @@ impl SliverStore {
                 tmp: tmp.clone(),
                 path: path.clone(),
                 size: (content.len() + files::CHECKSUM_LEN) as u64,
+                _room: room,
             });
         }
         let [first, second]: [StagedFile; 2] = staged.try_into().ok().expect("two files");
