@@ -466,6 +466,11 @@ async fn a_refusal_of_a_body_sent_without_waiting_reaches_the_client() {
     }
 }
 
+/// Runs blocking work (the index's PostgreSQL client) off the async threads.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(work).await.unwrap()
+}
+
 /// The blob id the fleet (7 shards, 1 MiB segments) gives these bytes.
 fn blob_id(data: &[u8]) -> String {
     let config = redstuff::codec::EncodingConfig::new(7).unwrap();
@@ -587,6 +592,87 @@ async fn a_blob_is_collected_once_no_key_refers_to_it_and_abandoned_uploads_are_
         .metrics()
         .await
         .contains("redstuff_s3_uploads_expired_total 1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_of_bytes_another_gateway_is_collecting_waits_for_the_collection_and_stores_them_again(
+) {
+    let server = pg::Postgres::start();
+    let fleet = DevFleet::start(&["--s3-index-postgres", &server.url]);
+    let dir = tempfile::tempdir().unwrap();
+    let data = pseudo_random(250_000, 13);
+    std::fs::write(dir.path().join("data"), &data).unwrap();
+    let id = blob_id(&data);
+    let aws = aws_in(&fleet, dir.path());
+    aws(&["s3", "mb", "s3://shared"]);
+    aws(&[
+        "s3",
+        "cp",
+        "--only-show-errors",
+        "data",
+        "s3://shared/first",
+    ]);
+    aws(&["s3", "rm", "--only-show-errors", "s3://shared/first"]);
+    // Another gateway's collector, sharing the index, claims the blob.
+    let url = server.url.clone();
+    let index = std::sync::Arc::new(
+        blocking(move || redstuff::s3::index::Index::postgres(&url).unwrap()).await,
+    );
+    let now = redstuff::s3::front::now_ms();
+    let claims = {
+        let index = index.clone();
+        blocking(move || index.claim_unreferenced(u64::MAX, now).unwrap()).await
+    };
+    let token = claims.iter().find(|c| c.blob == id).expect("claimed").token;
+    // A PUT of the same bytes meanwhile waits for the collection...
+    let endpoint = fleet.s3.clone().unwrap();
+    let put = Command::new("aws")
+        .args([
+            "--endpoint-url",
+            &endpoint,
+            "s3",
+            "cp",
+            "--only-show-errors",
+        ])
+        .args(["data", "s3://shared/second"])
+        .envs(s3_env(&fleet))
+        .env("PATH", clients_path())
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let put = tokio::task::spawn_blocking(move || put.wait_with_output());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!put.is_finished(), "a PUT of claimed bytes ended");
+    let (at, blob) = (index.clone(), id.clone());
+    assert!(blocking(move || at.refs(&blob).unwrap().collecting).await);
+    // ...which deletes the blob (a native delete takes the claim over).
+    assert_eq!(fleet.code("DELETE", &id).await, 204);
+    let output = put.await.unwrap().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The PUT stored the bytes again: they read back, and the first
+    // claim's holder, late, neither holds nor forgets anything.
+    aws(&[
+        "s3",
+        "cp",
+        "--only-show-errors",
+        "s3://shared/second",
+        "back",
+    ]);
+    assert!(std::fs::read(dir.path().join("back")).unwrap() == data);
+    assert_eq!(fleet.code("HEAD", &id).await, 200);
+    let now = redstuff::s3::front::now_ms();
+    blocking(move || {
+        assert!(!index.holds_claim(&id, token, now).unwrap());
+        assert!(!index.collected(&id, token).unwrap());
+        assert_eq!(index.refs(&id).unwrap().count, 1);
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,6 +16,7 @@ use super::GatewayState;
 use crate::api_error::ApiError;
 use crate::client::{BlobIoError, DeleteOutcome};
 use crate::codec::BlobId;
+use crate::s3::index::DeleteClaim;
 use crate::wire::StoredBlob;
 
 /// Seconds a client is told to wait when every upload slot is taken.
@@ -481,22 +482,27 @@ pub(super) async fn delete_blob(
     let id = parse_id(&id)?;
     let client = state.client()?;
     let index = state.s3_index.get().cloned();
+    let mut claim_token = None;
     if let Some(index) = &index {
         let (index, blob) = (index.clone(), id.to_string());
-        let claim = on_index(move || index.claim_for_delete(&blob)).await?;
-        if let crate::s3::index::DeleteClaim::Referenced(count) = claim {
-            return Err(ApiError::conflict(format!(
-                "blob {id} holds the bytes of {count} S3 objects or upload parts: delete them through S3 (the blob goes once none refers to it)"
-            )));
+        let now = crate::s3::front::now_ms();
+        let claim = on_index(move || index.claim_for_delete(&blob, now)).await?;
+        match claim {
+            DeleteClaim::Referenced(count) => {
+                return Err(ApiError::conflict(format!(
+                    "blob {id} holds the bytes of {count} S3 objects or upload parts: delete them through S3 (the blob goes once none refers to it)"
+                )));
+            }
+            DeleteClaim::Claimed { token } => claim_token = Some(token),
         }
     }
     // Claimed in the S3 index: should the delete fail, its collector
-    // deletes the blob later.
+    // deletes the blob once the claim's lease runs out.
     let outcome = client.delete(&id).await.map_err(io_error)?;
-    if let Some(index) = index {
+    if let (Some(index), Some(token)) = (index, claim_token) {
         let blob = id.to_string();
-        let forgotten = tokio::task::spawn_blocking(move || index.collected(&blob)).await;
-        if !matches!(forgotten, Ok(Ok(()))) {
+        let forgotten = tokio::task::spawn_blocking(move || index.collected(&blob, token)).await;
+        if !matches!(forgotten, Ok(Ok(_))) {
             tracing::warn!(%id, "deleted, but the S3 index still holds its claim: the collector releases it");
         }
     }

@@ -14,7 +14,7 @@ use s3s::{s3_error, S3Error, S3Result};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::body::Received;
-use super::index::{Index, IndexError};
+use super::index::{Index, IndexError, WriteTicket};
 use super::records::{BlobPart, ObjectRecord};
 use crate::client::BlobIoError;
 use crate::gateway::Door;
@@ -23,6 +23,15 @@ use crate::metrics::S3Metrics;
 /// How long a writer waits for the collector to finish with a blob it
 /// wants to refer to again.
 const COLLECTION_WAIT: Duration = Duration::from_secs(60);
+
+/// What storing received bytes came to.
+enum Storing {
+    /// Stored: the part of an object it is, and the ticket its reference
+    /// must show.
+    Stored(BlobPart, WriteTicket),
+    /// The blob is being collected; nothing was written.
+    BlobCollecting(String),
+}
 
 /// The S3 front: the gateway's door to the fleet and the index.
 #[derive(Clone)]
@@ -115,9 +124,9 @@ impl Front {
         })
     }
 
-    /// Stores received bytes as a blob; returns the part of an object it
-    /// is. Nothing refers to it yet.
-    pub async fn store(&self, received: &mut Received) -> S3Result<BlobPart> {
+    /// Stores received bytes as a blob nothing refers to yet, or finds it
+    /// being collected (nothing is written then).
+    async fn store(&self, received: &mut Received) -> S3Result<Storing> {
         let client = self
             .door
             .client()
@@ -134,6 +143,8 @@ impl Front {
         // S3 never collects them.
         let index = self.index.clone();
         let checker = client.clone();
+        let noted = Arc::new(std::sync::Mutex::new(None));
+        let announced = noted.clone();
         let outcome = client
             .write_file_announced(&path, |id| async move {
                 let now = now_ms();
@@ -148,55 +159,66 @@ impl Front {
                 // Unsure (too few nodes answered) counts as stored outside:
                 // S3 may keep bytes it could collect, never delete another's.
                 let stored_outside = !known && checker.may_hold(&id).await;
-                tokio::task::spawn_blocking(move || index.note_write(&blob, now, stored_outside))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())
+                let note = tokio::task::spawn_blocking(move || {
+                    index.note_write(&blob, now, stored_outside)
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+                let said = note.as_ref().map(drop).map_err(|e| e.to_string());
+                *announced.lock().expect("not poisoned") = Some(note);
+                said
             })
-            .await
-            .map_err(fleet_error)?;
+            .await;
+        let noted = noted.lock().expect("not poisoned").take();
+        let (outcome, ticket) = match (outcome, noted) {
+            (Ok(outcome), Some(Ok(ticket))) => (outcome, ticket),
+            (Err(_), Some(Err(IndexError::Collecting(blob)))) => {
+                return Ok(Storing::BlobCollecting(blob))
+            }
+            (Ok(_), _) => return Err(s3_error!(InternalError, "a write was never announced")),
+            (Err(e), _) => return Err(fleet_error(e)),
+        };
         self.door.metrics().put_bytes.inc_by(received.len);
-        Ok(BlobPart {
-            blob: outcome.metadata.blob_id().to_string(),
-            size: received.len,
-        })
+        Ok(Storing::Stored(
+            BlobPart {
+                blob: outcome.metadata.blob_id().to_string(),
+                size: received.len,
+            },
+            ticket,
+        ))
     }
 
     /// Stores received bytes and refers to them with `refer` (an index
-    /// write). When the blob is being collected meanwhile, waits for the
-    /// collection to end and stores the bytes again; when `refer` fails
-    /// otherwise, the blob is left for the collector.
+    /// write that shows the ticket of the write). When the blob is being
+    /// collected meanwhile, waits for the collection to end and stores the
+    /// bytes again; when `refer` fails otherwise, the blob is left for the
+    /// collector.
     pub async fn store_and_refer<T: Send + 'static>(
         &self,
         received: &mut Received,
-        refer: impl Fn(BlobPart) -> Result<T, IndexError> + Send + Sync + Clone + 'static,
+        refer: impl Fn(BlobPart, &WriteTicket) -> Result<T, IndexError> + Send + Sync + Clone + 'static,
     ) -> S3Result<T> {
         let started = std::time::Instant::now();
         loop {
-            let part = self.store(received).await?;
+            let (part, ticket) = match self.store(received).await? {
+                Storing::Stored(part, ticket) => (part, ticket),
+                Storing::BlobCollecting(blob) => {
+                    self.wait_for_collection(&blob, started).await?;
+                    continue;
+                }
+            };
             let index = self.index.clone();
             let blob = part.blob.clone();
             let attempt = {
                 let refer = refer.clone();
-                tokio::task::spawn_blocking(move || refer(part))
+                tokio::task::spawn_blocking(move || refer(part, &ticket))
                     .await
                     .map_err(|e| s3_error!(InternalError, "index task failed: {e}"))?
             };
             match attempt {
                 Ok(value) => return Ok(value),
-                Err(IndexError::Collecting(_)) if started.elapsed() < COLLECTION_WAIT => {
-                    while blocking({
-                        let (index, blob) = (index.clone(), blob.clone());
-                        move || index.refs(&blob)
-                    })
-                    .await?
-                    .collecting
-                    {
-                        if started.elapsed() > COLLECTION_WAIT {
-                            return Err(s3_error!(SlowDown, "blob {blob} is being collected"));
-                        }
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
+                Err(IndexError::Collecting(_)) => {
+                    self.wait_for_collection(&blob, started).await?;
                 }
                 Err(e) => {
                     let now = now_ms();
@@ -204,6 +226,21 @@ impl Front {
                     return Err(index_error(e));
                 }
             }
+        }
+    }
+
+    /// Waits while `blob` is being collected (SlowDown once a writer that
+    /// began at `started` waited `COLLECTION_WAIT`).
+    async fn wait_for_collection(&self, blob: &str, started: std::time::Instant) -> S3Result<()> {
+        loop {
+            if started.elapsed() > COLLECTION_WAIT {
+                return Err(s3_error!(SlowDown, "blob {blob} is being collected"));
+            }
+            let (index, asked) = (self.index.clone(), blob.to_string());
+            if !blocking(move || index.refs(&asked)).await?.collecting {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 

@@ -9,8 +9,9 @@
 //! Blobs are content-addressed, so several keys and parts may share one:
 //! each record and part counts as one reference. A blob whose count drops
 //! to zero is collected after a grace period (`claim_unreferenced`), and a
-//! new reference to a blob being collected is refused (`Collecting`): the
-//! writer stores the bytes again once the collection is over.
+//! new reference to a blob being collected, or by a write that a
+//! collection overtook, is refused (`Collecting`): the writer stores the
+//! bytes again once the collection is over (see `refs`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,14 +23,18 @@ use super::assemble::{assemble, AssembleError};
 use super::kv::{KvStore, RedbKv, Table, Txn};
 use super::listing::{self, Entry, KeyScan, ListQuery, Page};
 use super::records::{
-    BlobRefs, BucketRecord, ChosenPart, ObjectRecord, ObjectSummary, PartRecord, UploadRecord,
+    BucketRecord, ChosenPart, ObjectRecord, ObjectSummary, PartRecord, UploadRecord,
 };
 
 /// Whether a blob may be deleted outside S3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeleteClaim {
-    /// No S3 key or upload refers to it; it is claimed for the delete.
-    Claimed,
+    /// No S3 key or upload refers to it; it is claimed for the delete
+    /// (the claim's token, for [`Index::collected`]).
+    Claimed {
+        /// The claim's token.
+        token: u64,
+    },
     /// This many S3 object records and upload parts refer to it.
     Referenced(u64),
 }
@@ -142,27 +147,6 @@ fn put<T: Serialize>(
     txn.put(table, key, &encode(value))
 }
 
-/// Adds one reference to `blob`; refused while it is being collected.
-fn add_ref(txn: &mut dyn Txn, blob: &str) -> Result<(), IndexError> {
-    let mut count: BlobRefs = get(txn, Table::Refs, blob.as_bytes())?.unwrap_or_default();
-    if count.collecting {
-        return Err(IndexError::Collecting(blob.to_string()));
-    }
-    count.count += 1;
-    count.unreferenced_since_ms = None;
-    put(txn, Table::Refs, blob.as_bytes(), &count)
-}
-
-/// Drops one reference to `blob`, noting when it reached zero.
-fn drop_ref(txn: &mut dyn Txn, blob: &str, now_ms: u64) -> Result<(), IndexError> {
-    let mut count: BlobRefs = get(txn, Table::Refs, blob.as_bytes())?.unwrap_or_default();
-    count.count = count.count.saturating_sub(1);
-    if count.count == 0 && count.unreferenced_since_ms.is_none() {
-        count.unreferenced_since_ms = Some(now_ms);
-    }
-    put(txn, Table::Refs, blob.as_bytes(), &count)
-}
-
 fn require_bucket(txn: &mut dyn Txn, bucket: &str) -> Result<(), IndexError> {
     match txn.get(Table::Buckets, bucket.as_bytes())? {
         Some(_) => Ok(()),
@@ -224,6 +208,23 @@ fn parts_of(
             Ok((number, decode(&v)?))
         })
         .collect()
+}
+
+/// Records part `number` of upload `id`, moving references.
+fn put_part(
+    txn: &mut dyn Txn,
+    (bucket, key, id): (&str, &str, &str),
+    number: u32,
+    part: &PartRecord,
+    now_ms: u64,
+) -> Result<(), IndexError> {
+    require_upload(txn, bucket, key, id)?;
+    let k = part_key(id, number);
+    add_ref(txn, &part.blob)?;
+    if let Some(old) = get::<PartRecord>(txn, Table::Parts, &k)? {
+        drop_ref(txn, &old.blob, now_ms)?;
+    }
+    put(txn, Table::Parts, &k, part)
 }
 
 fn remove_upload(txn: &mut dyn Txn, id: &str, now_ms: u64) -> Result<(), IndexError> {
@@ -374,6 +375,24 @@ impl Index {
         })
     }
 
+    /// [`Index::put_object`] of a record whose blob S3 just stored:
+    /// refused (`Collecting`) when the blob was claimed or collected since
+    /// `ticket` was given (the bytes written may be gone).
+    pub fn put_object_stored(
+        &self,
+        (bucket, key): (&str, &str),
+        record: &ObjectRecord,
+        condition: &WriteCondition,
+        ticket: &WriteTicket,
+        now_ms: u64,
+    ) -> Result<(), IndexError> {
+        self.write(|txn| {
+            require_bucket(txn, bucket)?;
+            ticket.check(txn)?;
+            replace_object(txn, bucket, key, Some(record), condition, now_ms)
+        })
+    }
+
     /// Writes `record` at every key of `keys` in one transaction (bulk
     /// loads: benchmarks, imports). Keys holding an object are replaced.
     pub fn put_many(
@@ -507,14 +526,23 @@ impl Index {
         part: &PartRecord,
         now_ms: u64,
     ) -> Result<(), IndexError> {
+        self.write(|txn| put_part(txn, (bucket, key, id), number, part, now_ms))
+    }
+
+    /// [`Index::put_part`] of a part whose blob S3 just stored: refused
+    /// (`Collecting`) when the blob was claimed or collected since
+    /// `ticket` was given.
+    pub fn put_part_stored(
+        &self,
+        (bucket, key, id): (&str, &str, &str),
+        number: u32,
+        part: &PartRecord,
+        ticket: &WriteTicket,
+        now_ms: u64,
+    ) -> Result<(), IndexError> {
         self.write(|txn| {
-            require_upload(txn, bucket, key, id)?;
-            let k = part_key(id, number);
-            add_ref(txn, &part.blob)?;
-            if let Some(old) = get::<PartRecord>(txn, Table::Parts, &k)? {
-                drop_ref(txn, &old.blob, now_ms)?;
-            }
-            put(txn, Table::Parts, &k, part)
+            ticket.check(txn)?;
+            put_part(txn, (bucket, key, id), number, part, now_ms)
         })
     }
 
@@ -594,146 +622,6 @@ impl Index {
             .filter(|(_, u)| u.created_ms < before_ms)
             .collect())
     }
-
-    /// Claims for collection the blobs unreferenced since before
-    /// `before_ms`: from now on a new reference to them is refused until
-    /// `collected` says they are gone.
-    pub fn claim_unreferenced(&self, before_ms: u64) -> Result<Vec<String>, IndexError> {
-        self.write(|txn| {
-            let mut claimed = Vec::new();
-            for (k, v) in txn.scan(Table::Refs, b"", None, usize::MAX)? {
-                let count: BlobRefs = decode(&v)?;
-                // A claim that did not end (its delete failed) is taken
-                // again; bytes stored outside S3 are never claimed by it.
-                if count.count == 0
-                    && (count.collecting
-                        || (!count.outside
-                            && count.unreferenced_since_ms.is_some_and(|t| t < before_ms)))
-                {
-                    claimed.push(String::from_utf8(k).map_err(IndexError::store)?);
-                }
-            }
-            for blob in &claimed {
-                let count = BlobRefs {
-                    collecting: true,
-                    ..BlobRefs::default()
-                };
-                put(txn, Table::Refs, blob.as_bytes(), &count)?;
-            }
-            Ok(claimed)
-        })
-    }
-
-    /// A blob was stored but nothing came to refer to it (the index write
-    /// failed): unless something does, the collector removes it after the
-    /// grace period.
-    pub fn note_unreferenced(&self, blob: &str, now_ms: u64) -> Result<(), IndexError> {
-        self.note_write(blob, now_ms, false)
-    }
-
-    /// S3 is about to store `blob` (nothing refers to it yet): noted as
-    /// `note_unreferenced` when S3 does not know it yet, and as stored
-    /// outside S3 (never collected by it) when `stored_outside`: the fleet
-    /// already held the bytes, stored through the native API.
-    pub fn note_write(
-        &self,
-        blob: &str,
-        now_ms: u64,
-        stored_outside: bool,
-    ) -> Result<(), IndexError> {
-        self.write(|txn| {
-            if txn.get(Table::Refs, blob.as_bytes())?.is_none() {
-                let count = BlobRefs {
-                    unreferenced_since_ms: Some(now_ms),
-                    outside: stored_outside,
-                    ..BlobRefs::default()
-                };
-                put(txn, Table::Refs, blob.as_bytes(), &count)?;
-            }
-            Ok(())
-        })
-    }
-
-    /// Whether S3 knows `blob` at all (refers to it, noted or claimed it).
-    pub fn knows(&self, blob: &str) -> Result<bool, IndexError> {
-        self.read(|txn| Ok(txn.get(Table::Refs, blob.as_bytes())?.is_some()))
-    }
-
-    /// `blob` is being stored outside S3 (the native API, before its
-    /// commit): S3 never collects it from now on, whether it knew it or
-    /// comes to refer to it later (a concurrent S3 write of the same bytes
-    /// finds the mark). Refused while it is being collected (the bytes are
-    /// being deleted: store them once that ends).
-    pub fn note_stored_outside(&self, blob: &str) -> Result<(), IndexError> {
-        let known: Option<BlobRefs> = self.read(|txn| get(txn, Table::Refs, blob.as_bytes()))?;
-        if known.is_some_and(|r| r.outside && !r.collecting) {
-            return Ok(());
-        }
-        self.write(|txn| {
-            let mut refs: BlobRefs = get(txn, Table::Refs, blob.as_bytes())?.unwrap_or_default();
-            if refs.collecting {
-                return Err(IndexError::Collecting(blob.to_string()));
-            }
-            if !refs.outside {
-                refs.outside = true;
-                put(txn, Table::Refs, blob.as_bytes(), &refs)?;
-            }
-            Ok(())
-        })
-    }
-
-    /// Claims `blob` for a delete asked for outside S3 (the native API, a
-    /// Blob resource), as the collector claims it: from now on a new
-    /// reference is refused until `collected` says it is gone (or, should
-    /// the delete fail, the collector deletes it). Refused while S3 keys
-    /// or upload parts refer to it: deleting it would break them; bytes
-    /// also stored outside S3 are then given up to S3, which collects
-    /// them once its last key goes.
-    pub fn claim_for_delete(&self, blob: &str) -> Result<DeleteClaim, IndexError> {
-        self.write(|txn| {
-            let mut refs: BlobRefs = get(txn, Table::Refs, blob.as_bytes())?.unwrap_or_default();
-            if refs.count > 0 {
-                // The outside side gives the bytes up: they are S3's now,
-                // collected once its last key goes.
-                if refs.outside {
-                    refs.outside = false;
-                    put(txn, Table::Refs, blob.as_bytes(), &refs)?;
-                }
-                return Ok(DeleteClaim::Referenced(refs.count));
-            }
-            refs.collecting = true;
-            put(txn, Table::Refs, blob.as_bytes(), &refs)?;
-            Ok(DeleteClaim::Claimed)
-        })
-    }
-
-    /// The collector deleted `blob`: it is forgotten, and may be referred
-    /// to again (after its bytes are stored again).
-    pub fn collected(&self, blob: &str) -> Result<(), IndexError> {
-        self.write(|txn| txn.delete(Table::Refs, blob.as_bytes()))
-    }
-
-    /// Which of `blobs` are S3's own: referred to by keys or upload parts,
-    /// noted before an S3 write, or claimed for collection, and not stored
-    /// outside S3 too. The rest were stored outside S3 (or S3 forgot them
-    /// once collected).
-    pub fn known_blobs(&self, blobs: &[String]) -> Result<Vec<String>, IndexError> {
-        self.read(|txn| {
-            let mut known = Vec::new();
-            for blob in blobs {
-                let refs: Option<BlobRefs> = get(txn, Table::Refs, blob.as_bytes())?;
-                if refs.is_some_and(|r| !r.outside) {
-                    known.push(blob.clone());
-                }
-            }
-            Ok(known)
-        })
-    }
-
-    /// The references of `blob` (for tests and diagnostics).
-    pub fn refs(&self, blob: &str) -> Result<BlobRefs, IndexError> {
-        self.read(|txn| Ok(get(txn, Table::Refs, blob.as_bytes())?.unwrap_or_default()))
-    }
 }
 
 /// Upload ids: 128 random bits in hex (never starting with `-`, which
@@ -790,6 +678,9 @@ pub fn names(page: &Page<ObjectSummary>) -> Vec<&str> {
 
 pub mod conformance;
 mod objects_of_blobs;
+mod refs;
 pub use objects_of_blobs::{ObjectOfBlob, ObjectsOfBlobs, ScanBound};
+use refs::{add_ref, drop_ref};
+pub use refs::{Claim, ClaimMark, WriteTicket, CLAIM_LEASE_MS};
 #[cfg(test)]
 mod tests;

@@ -139,7 +139,7 @@ impl Front {
         let index = self.index.clone();
         let at = (input.bucket, input.key, input.upload_id);
         let part = self
-            .store_and_refer(&mut received, move |blob| {
+            .store_and_refer(&mut received, move |blob, ticket| {
                 let part = PartRecord {
                     blob: blob.blob,
                     size: blob.size,
@@ -147,7 +147,13 @@ impl Front {
                     checksums: sums.clone(),
                     modified_ms: now_ms(),
                 };
-                index.put_part((&at.0, &at.1, &at.2), number, &part, part.modified_ms)?;
+                index.put_part_stored(
+                    (&at.0, &at.1, &at.2),
+                    number,
+                    &part,
+                    ticket,
+                    part.modified_ms,
+                )?;
                 Ok(part)
             })
             .await?;
@@ -259,7 +265,7 @@ impl Front {
             input.key.clone(),
             input.upload_id.clone(),
         );
-        self.store_and_refer(&mut received, move |blob| {
+        self.store_and_refer(&mut received, move |blob, ticket| {
             let part = PartRecord {
                 blob: blob.blob,
                 size: blob.size,
@@ -267,7 +273,13 @@ impl Front {
                 checksums: Default::default(),
                 modified_ms: now_ms(),
             };
-            index.put_part((&at.0, &at.1, &at.2), number, &part, part.modified_ms)?;
+            index.put_part_stored(
+                (&at.0, &at.1, &at.2),
+                number,
+                &part,
+                ticket,
+                part.modified_ms,
+            )?;
             Ok(part)
         })
         .await

@@ -190,12 +190,18 @@ impl Front {
         };
         let index = self.index.clone();
         let stored = self
-            .store_and_refer(&mut received, move |part| {
+            .store_and_refer(&mut received, move |part, ticket| {
                 let record = ObjectRecord {
                     parts: vec![part],
                     ..record.clone()
                 };
-                index.put_object(&bucket, &key, &record, &condition, record.modified_ms)?;
+                index.put_object_stored(
+                    (&bucket, &key),
+                    &record,
+                    &condition,
+                    ticket,
+                    record.modified_ms,
+                )?;
                 Ok(record)
             })
             .await?;

@@ -173,4 +173,15 @@ pub struct BlobRefs {
     /// the last key going leaves them to whoever stored them.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub outside: bool,
+    /// Changes whenever the row is claimed or forgotten (0: none given
+    /// yet): a write's ticket names the epoch it saw.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: u64,
+    /// The claim of the collection under way (with `collecting`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<super::index::ClaimMark>,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }

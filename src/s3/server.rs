@@ -17,7 +17,7 @@ use s3s::service::S3ServiceBuilder;
 use tokio::net::TcpListener;
 
 use super::front::{now_ms, Front};
-use super::index::Index;
+use super::index::{Claim, Index};
 use super::keyring::{KeySource, Keyring};
 use crate::client::DeleteOutcome;
 use crate::gateway::Door;
@@ -252,28 +252,42 @@ pub async fn collect_once(front: &Front, config: &S3Config) -> anyhow::Result<()
     let grace = config.collect_after.as_millis() as u64;
     let claimed = {
         let index = index.clone();
-        tokio::task::spawn_blocking(move || index.claim_unreferenced(now.saturating_sub(grace)))
-            .await??
+        tokio::task::spawn_blocking(move || {
+            index.claim_unreferenced(now.saturating_sub(grace), now)
+        })
+        .await??
     };
     if claimed.is_empty() {
         return Ok(());
     }
     let client = front.door.client().map_err(anyhow::Error::msg)?;
-    for blob in claimed {
+    for Claim { blob, token } in claimed {
+        // A long round may outlast a claim's lease: another collector may
+        // have taken it over, and a key may refer to the blob again.
+        let held = {
+            let (index, blob) = (index.clone(), blob.clone());
+            tokio::task::spawn_blocking(move || index.holds_claim(&blob, token, now_ms())).await??
+        };
+        if !held {
+            continue;
+        }
         let Ok(id) = blob.parse() else {
             tracing::warn!(%blob, "the index holds a bad blob id; forgetting it");
             let index = index.clone();
-            tokio::task::spawn_blocking(move || index.collected(&blob)).await??;
+            tokio::task::spawn_blocking(move || index.collected(&blob, token)).await??;
             continue;
         };
+        let index = index.clone();
         match client.delete(&id).await {
             Ok(DeleteOutcome::Deleted { .. }) | Ok(DeleteOutcome::NotFound) => {
                 front.metrics.blobs_collected.inc();
-                let index = index.clone();
-                tokio::task::spawn_blocking(move || index.collected(&blob)).await??;
+                tokio::task::spawn_blocking(move || index.collected(&blob, token)).await??;
             }
-            // Still claimed: the next round tries again.
-            Err(e) => tracing::warn!(%blob, "collecting: {e}"),
+            // Given back: the next round claims it again.
+            Err(e) => {
+                tracing::warn!(%blob, "collecting: {e}");
+                tokio::task::spawn_blocking(move || index.release(&blob, token)).await??;
+            }
         }
     }
     Ok(())

@@ -38,6 +38,19 @@ fn part(blob: &str, size: u64, etag: &str) -> PartRecord {
     }
 }
 
+/// The blobs claimed.
+fn blobs(claims: Vec<Claim>) -> Vec<String> {
+    claims.into_iter().map(|c| c.blob).collect()
+}
+
+/// The token of a claim for a delete (panics when refused).
+fn claimed(claim: DeleteClaim) -> u64 {
+    match claim {
+        DeleteClaim::Claimed { token } => token,
+        DeleteClaim::Referenced(n) => panic!("refused: {n} references"),
+    }
+}
+
 pub(super) const ANY: WriteCondition = WriteCondition {
     if_absent: false,
     if_etag: None,
@@ -197,10 +210,12 @@ pub fn a_blob_claimed_for_collection_cannot_be_referred_to_until_collected(index
         .unwrap();
     index.delete_object("media", "a", 20).unwrap();
     assert!(
-        index.claim_unreferenced(20).unwrap().is_empty(),
+        index.claim_unreferenced(20, 20).unwrap().is_empty(),
         "within its grace"
     );
-    assert_eq!(index.claim_unreferenced(21).unwrap(), ["x"]);
+    let claims = index.claim_unreferenced(21, 21).unwrap();
+    let token = claims[0].token;
+    assert_eq!(blobs(claims), ["x"]);
     assert!(matches!(
         index.put_object("media", "b", &record(&["x"], "e"), &ANY, 22),
         Err(IndexError::Collecting(_))
@@ -209,7 +224,10 @@ pub fn a_blob_claimed_for_collection_cannot_be_referred_to_until_collected(index
         index.object("media", "b").unwrap().is_none(),
         "nothing written"
     );
-    index.collected("x").unwrap();
+    // Only the claim's holder forgets the blob.
+    assert!(!index.collected("x", token.wrapping_add(1)).unwrap());
+    assert!(index.refs("x").unwrap().collecting);
+    assert!(index.collected("x", token).unwrap());
     index
         .put_object("media", "b", &record(&["x"], "e"), &ANY, 23)
         .unwrap();
@@ -225,24 +243,28 @@ pub fn a_blob_s3_refers_to_cannot_be_claimed_for_a_delete_from_outside(index: &I
         .put_object("media", "a", &record(&["x"], "e"), &ANY, 10)
         .unwrap();
     assert_eq!(
-        index.claim_for_delete("x").unwrap(),
+        index.claim_for_delete("x", 15).unwrap(),
         DeleteClaim::Referenced(1)
     );
     assert!(!index.refs("x").unwrap().collecting, "left as it was");
     index.delete_object("media", "a", 20).unwrap();
-    assert_eq!(index.claim_for_delete("x").unwrap(), DeleteClaim::Claimed);
+    let token = claimed(index.claim_for_delete("x", 21).unwrap());
     assert!(matches!(
         index.put_object("media", "b", &record(&["x"], "e"), &ANY, 22),
         Err(IndexError::Collecting(_))
     ));
-    index.collected("x").unwrap();
+    assert!(index.collected("x", token).unwrap());
     index
         .put_object("media", "b", &record(&["x"], "e"), &ANY, 23)
         .unwrap();
     // A blob S3 never knew: claimed; a delete that then fails leaves it to
-    // the collector.
-    assert_eq!(index.claim_for_delete("y").unwrap(), DeleteClaim::Claimed);
-    assert_eq!(index.claim_unreferenced(0).unwrap(), ["y"]);
+    // the collector once the claim's lease ran out.
+    claimed(index.claim_for_delete("y", 30).unwrap());
+    assert!(index.claim_unreferenced(0, 30).unwrap().is_empty());
+    assert_eq!(
+        blobs(index.claim_unreferenced(0, 30 + CLAIM_LEASE_MS).unwrap()),
+        ["y"]
+    );
 }
 
 /// a bucket with objects cannot be deleted and unknown buckets are named.
@@ -320,7 +342,10 @@ pub fn a_blob_noted_before_its_write_is_collected_unless_a_record_comes_to_refer
     // Noting again changes nothing for a referenced blob.
     index.note_unreferenced("kept", 12).unwrap();
     assert_eq!(index.refs("kept").unwrap().count, 1);
-    assert_eq!(index.claim_unreferenced(100).unwrap(), ["orphan"]);
+    assert_eq!(
+        blobs(index.claim_unreferenced(100, 100).unwrap()),
+        ["orphan"]
+    );
 }
 
 /// the blobs S3 knows are those it noted before writing, refers to, or
@@ -331,12 +356,9 @@ pub fn the_blobs_s3_knows_are_those_it_wrote_refers_to_or_claimed(index: &Index)
     index
         .put_object("media", "a", &record(&["stored"], "e"), &ANY, 11)
         .unwrap();
-    assert_eq!(
-        index.claim_for_delete("claimed").unwrap(),
-        DeleteClaim::Claimed
-    );
-    index.claim_for_delete("gone").unwrap();
-    index.collected("gone").unwrap();
+    claimed(index.claim_for_delete("claimed", 12).unwrap());
+    let token = claimed(index.claim_for_delete("gone", 12).unwrap());
+    assert!(index.collected("gone", token).unwrap());
     let asked: Vec<String> = ["claimed", "gone", "native", "stored", "writing"]
         .map(String::from)
         .into();
@@ -535,20 +557,20 @@ pub fn bytes_stored_outside_s3_too_are_never_collected_by_it(index: &Index) {
     for key in ["a", "b", "c", "d"] {
         assert!(index.delete_object("media", key, 3).unwrap());
     }
-    assert_eq!(index.claim_unreferenced(u64::MAX).unwrap(), ["s3s"]);
+    assert_eq!(
+        blobs(index.claim_unreferenced(u64::MAX, 0).unwrap()),
+        ["s3s"]
+    );
     // While being collected, the bytes cannot be stored natively.
     assert!(matches!(
         index.note_stored_outside("s3s"),
         Err(IndexError::Collecting(_))
     ));
     // The native side deletes its own; a claim whose delete failed is
-    // taken again by the collector.
+    // taken again by the collector once its lease ran out.
+    claimed(index.claim_for_delete("before", 0).unwrap());
     assert_eq!(
-        index.claim_for_delete("before").unwrap(),
-        DeleteClaim::Claimed
-    );
-    assert_eq!(
-        index.claim_unreferenced(u64::MAX).unwrap(),
+        blobs(index.claim_unreferenced(u64::MAX, CLAIM_LEASE_MS).unwrap()),
         ["before", "s3s"]
     );
     // A delete from outside refused while a key refers to the bytes gives
@@ -559,7 +581,7 @@ pub fn bytes_stored_outside_s3_too_are_never_collected_by_it(index: &Index) {
         .put_object("media", "e", &record(&["given"], "e"), &ANY, 5)
         .unwrap();
     assert_eq!(
-        index.claim_for_delete("given").unwrap(),
+        index.claim_for_delete("given", 5).unwrap(),
         DeleteClaim::Referenced(1)
     );
     assert_eq!(
@@ -567,10 +589,110 @@ pub fn bytes_stored_outside_s3_too_are_never_collected_by_it(index: &Index) {
         ["given"]
     );
     assert!(index.delete_object("media", "e", 6).unwrap());
+    assert!(blobs(
+        index
+            .claim_unreferenced(u64::MAX, 3 * CLAIM_LEASE_MS)
+            .unwrap()
+    )
+    .contains(&"given".to_string()));
+}
+
+/// a write noted before its blob was claimed and collected cannot refer
+/// to the bytes it wrote (the collection may have deleted them): its
+/// ticket is refused, and so is any write's while the blob is claimed;
+/// a write noted after the collection refers to its own bytes.
+pub fn a_write_noted_before_a_collection_cannot_refer_to_its_blob(index: &Index) {
+    index.create_bucket("media", 1).unwrap();
+    index
+        .put_object("media", "a", &record(&["x"], "e"), &ANY, 10)
+        .unwrap();
+    index.delete_object("media", "a", 20).unwrap();
+    // Noting a write starts the grace anew.
+    let early = index.note_write("x", 30, false).unwrap();
+    assert_eq!(early.blob(), "x");
+    assert!(index.claim_unreferenced(21, 31).unwrap().is_empty());
+    let claims = index.claim_unreferenced(31, 31).unwrap();
+    assert!(matches!(
+        index.note_write("x", 32, false),
+        Err(IndexError::Collecting(_))
+    ));
+    assert!(index.collected("x", claims[0].token).unwrap());
+    let b = ("media", "b");
+    let refused = |ticket: &WriteTicket| {
+        matches!(
+            index.put_object_stored(b, &record(&["x"], "e"), &ANY, ticket, 33),
+            Err(IndexError::Collecting(_))
+        )
+    };
+    assert!(refused(&early), "forgotten since");
+    let late = index.note_write("x", 34, false).unwrap();
+    assert!(refused(&early), "noted anew since");
+    let upload = index
+        .create_upload(&UploadRecord {
+            bucket: "media".into(),
+            key: "m".into(),
+            created_ms: 34,
+            content_type: None,
+            metadata: BTreeMap::new(),
+            headers: Default::default(),
+            tags: BTreeMap::new(),
+        })
+        .unwrap();
+    assert!(matches!(
+        index.put_part_stored(("media", "m", &upload), 1, &part("x", 10, "p"), &early, 35),
+        Err(IndexError::Collecting(_))
+    ));
+    index
+        .put_object_stored(b, &record(&["x"], "e"), &ANY, &late, 35)
+        .unwrap();
+    index
+        .put_part_stored(("media", "m", &upload), 1, &part("x", 10, "p"), &late, 35)
+        .unwrap();
+    assert_eq!(index.refs("x").unwrap().count, 2);
+    assert!(index.object("media", "b").unwrap().is_some());
+}
+
+/// a claim whose delete failed is given back and claimed again by the
+/// next round, and a write noted before it stays refused.
+pub fn a_claim_given_back_is_claimed_again_and_earlier_writes_stay_refused(index: &Index) {
+    index.create_bucket("media", 1).unwrap();
+    let ticket = index.note_write("y", 1, false).unwrap();
+    let claims = index.claim_unreferenced(2, 2).unwrap();
+    index.release("y", claims[0].token).unwrap();
+    assert!(!index.refs("y").unwrap().collecting);
+    assert!(matches!(
+        index.put_object_stored(("media", "k"), &record(&["y"], "e"), &ANY, &ticket, 3),
+        Err(IndexError::Collecting(_))
+    ));
+    assert_eq!(blobs(index.claim_unreferenced(2, 3).unwrap()), ["y"]);
+}
+
+/// two collectors (gateways sharing an index) never hold one claim at
+/// once: a claim is taken over only once its lease ran out, and the
+/// late holder then neither deletes nor forgets the blob.
+pub fn two_collectors_never_hold_one_claim_at_once(index: &Index) {
+    index.note_unreferenced("z", 10).unwrap();
+    let first = index.claim_unreferenced(11, 100).unwrap();
+    assert_eq!(first.len(), 1);
+    let lease_end = 100 + CLAIM_LEASE_MS;
     assert!(index
-        .claim_unreferenced(u64::MAX)
+        .claim_unreferenced(11, lease_end - 1)
         .unwrap()
-        .contains(&"given".to_string()));
+        .is_empty());
+    assert!(index
+        .holds_claim("z", first[0].token, lease_end - 1)
+        .unwrap());
+    let second = index.claim_unreferenced(11, lease_end).unwrap();
+    assert_eq!(second.len(), 1);
+    assert_ne!(first[0].token, second[0].token);
+    assert!(!index.holds_claim("z", first[0].token, lease_end).unwrap());
+    assert!(!index.collected("z", first[0].token).unwrap());
+    assert!(
+        index.refs("z").unwrap().collecting,
+        "the late holder forgot nothing"
+    );
+    assert!(index.collected("z", second[0].token).unwrap());
+    assert!(!index.knows("z").unwrap());
 }
 
 /// Every check, each on a fresh index from `fresh`.
@@ -590,4 +712,7 @@ pub fn run_all(fresh: &mut dyn FnMut() -> Index) {
     tags_change_nothing_else_and_a_conditional_delete_needs_its_etag(&fresh());
     the_keys_holding_asked_blobs_are_found_in_every_bucket_and_no_others(&fresh());
     bytes_stored_outside_s3_too_are_never_collected_by_it(&fresh());
+    a_write_noted_before_a_collection_cannot_refer_to_its_blob(&fresh());
+    a_claim_given_back_is_claimed_again_and_earlier_writes_stay_refused(&fresh());
+    two_collectors_never_hold_one_claim_at_once(&fresh());
 }

@@ -71,6 +71,24 @@ fn bytes_stored_outside_s3_too_are_never_collected_by_it() {
 }
 
 #[test]
+fn a_write_noted_before_a_collection_cannot_refer_to_its_blob() {
+    let (_dir, index) = fresh();
+    conformance::a_write_noted_before_a_collection_cannot_refer_to_its_blob(&index);
+}
+
+#[test]
+fn a_claim_given_back_is_claimed_again_and_earlier_writes_stay_refused() {
+    let (_dir, index) = fresh();
+    conformance::a_claim_given_back_is_claimed_again_and_earlier_writes_stay_refused(&index);
+}
+
+#[test]
+fn two_collectors_never_hold_one_claim_at_once() {
+    let (_dir, index) = fresh();
+    conformance::two_collectors_never_hold_one_claim_at_once(&index);
+}
+
+#[test]
 fn records_survive_closing_and_reopening_the_index() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("index.redb");
