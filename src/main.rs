@@ -316,7 +316,8 @@ struct DevArgs {
     /// before it is deleted.
     #[arg(long, default_value_t = 600)]
     s3_collect_after_secs: u64,
-    /// Seconds after which an unfinished multipart upload is aborted.
+    /// Seconds after which an unfinished multipart upload that received
+    /// no part meanwhile is aborted.
     #[arg(long, default_value_t = 86_400)]
     s3_upload_max_age_secs: u64,
     /// Keep the S3 index in PostgreSQL at this URL
@@ -541,7 +542,8 @@ struct GatewayArgs {
     /// Seconds a blob no S3 key or upload refers to any more is kept.
     #[arg(long, default_value_t = 600)]
     s3_collect_after_secs: u64,
-    /// Seconds after which an unfinished multipart upload is aborted.
+    /// Seconds after which an unfinished multipart upload that received
+    /// no part meanwhile is aborted.
     #[arg(long, default_value_t = 86_400)]
     s3_upload_max_age_secs: u64,
 }

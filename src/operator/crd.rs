@@ -250,8 +250,8 @@ pub struct S3Spec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 31536000))]
     pub collect_after_seconds: Option<u64>,
-    /// Seconds after which an unfinished multipart upload is aborted
-    /// (default 86400).
+    /// Seconds after which an unfinished multipart upload that received
+    /// no part meanwhile is aborted (default 86400).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 60, max = 31536000))]
     pub upload_max_age_seconds: Option<u64>,

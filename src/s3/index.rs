@@ -218,12 +218,14 @@ fn put_part(
     part: &PartRecord,
     now_ms: u64,
 ) -> Result<(), IndexError> {
-    require_upload(txn, bucket, key, id)?;
+    let mut upload = require_upload(txn, bucket, key, id)?;
     let k = part_key(id, number);
     add_ref(txn, &part.blob)?;
     if let Some(old) = get::<PartRecord>(txn, Table::Parts, &k)? {
         drop_ref(txn, &old.blob, now_ms)?;
     }
+    upload.last_part_ms = Some(now_ms);
+    put(txn, Table::Uploads, id.as_bytes(), &upload)?;
     put(txn, Table::Parts, &k, part)
 }
 
@@ -611,15 +613,16 @@ impl Index {
         Ok(found)
     }
 
-    /// Uploads (of any bucket) created before `before_ms`: abandoned.
-    pub fn uploads_older_than(
+    /// Uploads (of any bucket) last active (created, or sent a part)
+    /// before `before_ms`: abandoned.
+    pub fn uploads_idle_since(
         &self,
         before_ms: u64,
     ) -> Result<Vec<(String, UploadRecord)>, IndexError> {
         Ok(self
             .read(all_uploads)?
             .into_iter()
-            .filter(|(_, u)| u.created_ms < before_ms)
+            .filter(|(_, u)| u.last_active_ms() < before_ms)
             .collect())
     }
 }

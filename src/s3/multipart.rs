@@ -84,6 +84,7 @@ impl Front {
                 .map(|(k, v)| (k.to_ascii_lowercase(), v))
                 .collect(),
             tags: tags_of_header(input.tagging.as_deref())?,
+            last_part_ms: None,
             headers: sent_headers!(input).kept(),
         };
         let index = self.index.clone();
@@ -447,6 +448,7 @@ mod tests {
             metadata: Default::default(),
             headers: Default::default(),
             tags: Default::default(),
+            last_part_ms: None,
         }
     }
 

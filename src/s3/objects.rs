@@ -191,8 +191,11 @@ impl Front {
         let index = self.index.clone();
         let stored = self
             .store_and_refer(&mut received, move |part, ticket| {
+                // Dated when it lands, not when its upload began: of two
+                // PUTs of one key, the one that stays is the newest.
                 let record = ObjectRecord {
                     parts: vec![part],
+                    modified_ms: now_ms(),
                     ..record.clone()
                 };
                 index.put_object_stored(

@@ -122,6 +122,18 @@ pub struct UploadRecord {
     /// Tags of the object to be.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// When it last received a part (milliseconds since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_part_ms: Option<u64>,
+}
+
+impl UploadRecord {
+    /// When it was last active: created, or sent a part.
+    pub fn last_active_ms(&self) -> u64 {
+        self.last_part_ms
+            .unwrap_or(self.created_ms)
+            .max(self.created_ms)
+    }
 }
 
 /// One uploaded part.

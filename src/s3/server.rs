@@ -236,7 +236,7 @@ pub async fn collect_once(front: &Front, config: &S3Config) -> anyhow::Result<()
     let max_age = config.upload_max_age.as_millis() as u64;
     let abandoned = {
         let index = index.clone();
-        tokio::task::spawn_blocking(move || index.uploads_older_than(now.saturating_sub(max_age)))
+        tokio::task::spawn_blocking(move || index.uploads_idle_since(now.saturating_sub(max_age)))
             .await??
     };
     for (id, upload) in abandoned {

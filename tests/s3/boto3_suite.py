@@ -262,6 +262,10 @@ def listings():
     check("encoding-type=url sends keys percent-encoded",
           encoded["Contents"][0]["Key"] == urllib.parse.quote(first, safe="/~")
           and urllib.parse.unquote(encoded["Contents"][0]["Key"]) == first, encoded["Contents"][0]["Key"])
+    for lister in (s3.list_objects, s3.list_objects_v2):
+        none = lister(Bucket="listing", MaxKeys=0)
+        check("MaxKeys=0 lists nothing and is not truncated (%s)" % lister.__name__,
+              none["IsTruncated"] is False and not none.get("Contents"), none)
     check("a bucket with keys cannot be deleted",
           error_code(lambda: s3.delete_bucket(Bucket="listing")) == "BucketNotEmpty")
     deleted = s3.delete_objects(Bucket="listing", Delete={"Objects": [{"Key": k} for k in keys[:1000]]})

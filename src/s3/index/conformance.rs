@@ -130,6 +130,7 @@ pub fn completing_an_upload_writes_the_object_and_releases_the_parts_it_did_not_
             ..Default::default()
         },
         tags: BTreeMap::from([("team".to_string(), "storage".to_string())]),
+        last_part_ms: None,
     };
     let id = index.create_upload(&upload).unwrap();
     let at = ("media", "big", id.as_str());
@@ -188,6 +189,7 @@ pub fn an_aborted_upload_releases_every_part(index: &Index) {
         metadata: BTreeMap::new(),
         headers: Default::default(),
         tags: BTreeMap::new(),
+        last_part_ms: None,
     };
     let id = index.create_upload(&upload).unwrap();
     index
@@ -200,6 +202,41 @@ pub fn an_aborted_upload_releases_every_part(index: &Index) {
     index.abort_upload(("media", "k", &id), 3).unwrap();
     assert_eq!(index.refs("p").unwrap().count, 0);
     assert!(index.uploads("media").unwrap().is_empty());
+}
+
+/// an upload is abandoned only once it received no part for the time
+/// asked, however long ago it was created.
+pub fn an_upload_is_idle_from_its_last_part_not_from_its_creation(index: &Index) {
+    index.create_bucket("media", 1).unwrap();
+    let upload = |key: &str| UploadRecord {
+        bucket: "media".into(),
+        key: key.into(),
+        created_ms: 1,
+        content_type: None,
+        metadata: BTreeMap::new(),
+        headers: Default::default(),
+        tags: BTreeMap::new(),
+        last_part_ms: None,
+    };
+    let quiet = index.create_upload(&upload("quiet")).unwrap();
+    let busy = index.create_upload(&upload("busy")).unwrap();
+    index
+        .put_part(("media", "busy", &busy), 1, &part("p", 3, "aa"), 50)
+        .unwrap();
+    let idle = |before| -> Vec<String> {
+        let mut ids: Vec<String> = index
+            .uploads_idle_since(before)
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(idle(40), [quiet.clone()]);
+    let mut both = vec![quiet, busy];
+    both.sort();
+    assert_eq!(idle(51), both);
 }
 
 /// a blob claimed for collection cannot be referred to until collected.
@@ -636,6 +673,7 @@ pub fn a_write_noted_before_a_collection_cannot_refer_to_its_blob(index: &Index)
             metadata: BTreeMap::new(),
             headers: Default::default(),
             tags: BTreeMap::new(),
+            last_part_ms: None,
         })
         .unwrap();
     assert!(matches!(
@@ -703,6 +741,7 @@ pub fn run_all(fresh: &mut dyn FnMut() -> Index) {
     conditional_writes_hold_only_when_the_key_is_as_the_client_expects(&fresh());
     completing_an_upload_writes_the_object_and_releases_the_parts_it_did_not_choose(&fresh());
     an_aborted_upload_releases_every_part(&fresh());
+    an_upload_is_idle_from_its_last_part_not_from_its_creation(&fresh());
     a_blob_claimed_for_collection_cannot_be_referred_to_until_collected(&fresh());
     a_blob_s3_refers_to_cannot_be_claimed_for_a_delete_from_outside(&fresh());
     a_bucket_with_objects_cannot_be_deleted_and_unknown_buckets_are_named(&fresh());

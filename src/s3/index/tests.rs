@@ -89,6 +89,12 @@ fn two_collectors_never_hold_one_claim_at_once() {
 }
 
 #[test]
+fn an_upload_is_idle_from_its_last_part_not_from_its_creation() {
+    let (_dir, index) = fresh();
+    conformance::an_upload_is_idle_from_its_last_part_not_from_its_creation(&index);
+}
+
+#[test]
 fn records_survive_closing_and_reopening_the_index() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("index.redb");
