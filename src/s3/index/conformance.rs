@@ -233,7 +233,7 @@ pub fn an_upload_is_idle_from_its_last_part_not_from_its_creation(index: &Index)
         ids.sort();
         ids
     };
-    assert_eq!(idle(40), [quiet.clone()]);
+    assert_eq!(idle(40), std::slice::from_ref(&quiet));
     let mut both = vec![quiet, busy];
     both.sort();
     assert_eq!(idle(51), both);
