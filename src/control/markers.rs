@@ -5,7 +5,8 @@
 //! drops its slivers; the others keep the tombstone so it outlives the
 //! loss of any f nodes).
 
-use super::{on_nodes, Marker, MarkerTask, NodeAddress};
+use super::node_tasks::on_nodes;
+use super::{Marker, MarkerTask, NodeAddress};
 use crate::client::NodeCalls;
 use crate::codec::BlobId;
 use crate::metrics::FleetMetrics;

@@ -9,91 +9,23 @@
 
 mod inventory_merge;
 mod markers;
+mod node_tasks;
 mod observer;
 mod releases;
 mod repairer;
 mod view;
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use futures_util::stream::{self, StreamExt};
 
 use crate::client::{NodeCalls, NodeClient};
-use crate::codec::BlobId;
 pub use inventory_merge::InventoryMerge;
 pub use markers::spread_markers;
 pub use observer::{Observer, Reading, MOST_CHANGED, WHOLE_READING_EVERY};
 pub use releases::release_strays;
 pub use repairer::{RepairFailures, RepairTotals, Repairer, StartedRepair, MOST_QUEUED};
 pub use view::{BlobView, FleetView, Marker, MarkerTask, ReleaseTask, ViewBuilder};
-
-/// Calls to nodes made at once by `on_nodes`.
-const CONCURRENCY: usize = 16;
-
-/// A call the control loop makes to one node about one blob.
-trait NodeTask: Clone {
-    /// The node's name.
-    fn node(&self) -> &str;
-    /// The blob id, as the inventory gave it.
-    fn blob(&self) -> &str;
-}
-
-impl NodeTask for MarkerTask {
-    fn node(&self) -> &str {
-        &self.node
-    }
-    fn blob(&self) -> &str {
-        &self.blob
-    }
-}
-
-impl NodeTask for ReleaseTask {
-    fn node(&self) -> &str {
-        &self.node
-    }
-    fn blob(&self) -> &str {
-        &self.blob
-    }
-}
-
-/// Runs `act` on each of the first `limit` tasks with the parsed blob id
-/// and a client of the task's node, `CONCURRENCY` at once (each call
-/// within the call deadline); tasks of nodes not in `nodes`, or with an id
-/// that does not parse, are skipped. Returns how many `act` calls
-/// succeeded.
-async fn on_nodes<T, F, Fut>(
-    calls: &NodeCalls,
-    nodes: &[NodeAddress],
-    tasks: &[T],
-    limit: usize,
-    act: F,
-) -> usize
-where
-    T: NodeTask,
-    F: Fn(T, BlobId, NodeClient) -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let prepared: Vec<(T, BlobId, NodeClient)> = tasks
-        .iter()
-        .take(limit)
-        .filter_map(|task| {
-            let node = nodes.iter().find(|n| n.name == task.node())?;
-            let id = task.blob().parse().ok()?;
-            Some((task.clone(), id, calls.node(&node.url)))
-        })
-        .collect();
-    stream::iter(
-        prepared
-            .into_iter()
-            .map(|(task, id, client)| act(task, id, client)),
-    )
-    .buffer_unordered(CONCURRENCY)
-    .filter(|done| std::future::ready(*done))
-    .count()
-    .await
-}
 
 /// A node of the fleet and where its API answers.
 #[derive(Debug, Clone, PartialEq, Eq)]

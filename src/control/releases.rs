@@ -4,7 +4,8 @@
 //! until the volume was wiped. The node refuses (409) for a shard it owns
 //! by its newest ownership file.
 
-use super::{on_nodes, NodeAddress, ReleaseTask};
+use super::node_tasks::on_nodes;
+use super::{NodeAddress, ReleaseTask};
 use crate::client::{NodeCalls, NodeClient};
 use crate::codec::BlobId;
 use crate::metrics::FleetMetrics;

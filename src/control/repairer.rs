@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::{FleetView, NodeAddress};
-use crate::client::NodeCalls;
+use crate::client::{NodeCallError, NodeCalls};
 use crate::codec::EncodingConfig;
 use crate::fleet::{self, Assignment, RepairTask};
 use crate::metrics::FleetMetrics;
@@ -218,6 +218,11 @@ impl Repairer {
             .lock()
             .expect("not poisoned")
             .retain(|node, _| nodes.iter().any(|n| &n.name == node));
+        // Nor are the totals of blobs gone from the view (deleted) kept.
+        self.totals
+            .lock()
+            .expect("not poisoned")
+            .retain(|blob, _| view.blobs.contains_key(blob));
         let plan = fleet::plan_repairs(
             encoding,
             &view.observations(),
@@ -331,13 +336,22 @@ impl Repairer {
                 Err(e) => {
                     tracing::warn!(%blob, %node, "repair failed: {e}");
                     this.note_failure(blob, node, e.to_string());
-                    // Its other queued repairs wait for the next plan,
-                    // which sees whether the node is still there.
-                    this.queue
-                        .lock()
-                        .expect("not poisoned")
-                        .waiting
-                        .retain(|q| &q.task.node != node);
+                    // A node that answered about this blob (it was deleted
+                    // meanwhile, no peer had valid metadata) goes on with
+                    // its other repairs; one that did not answer has them
+                    // wait for the next plan, which sees whether it is
+                    // still there.
+                    let about_this_blob = matches!(
+                        &e,
+                        NodeCallError::Status { status, .. } if status.is_client_error()
+                    );
+                    if !about_this_blob {
+                        this.queue
+                            .lock()
+                            .expect("not poisoned")
+                            .waiting
+                            .retain(|q| &q.task.node != node);
+                    }
                 }
             }
             {
@@ -378,17 +392,22 @@ mod tests {
     /// A node that answers every repair with `report` after a short wait,
     /// counting the repairs it was asked for.
     async fn node_reporting(report: RepairReport) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        node_answering(RepairLine::Report(report)).await
+    }
+
+    /// A node that answers every repair with `line` after a short wait,
+    /// counting the repairs it was asked for.
+    async fn node_answering(line: RepairLine) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
         let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = asked.clone();
         let app = axum::Router::new().route(
             "/v1/repair",
             axum::routing::post(move || {
                 let counter = counter.clone();
-                let report = report.clone();
+                let line = line.clone();
                 async move {
                     counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(20)).await;
-                    let line = RepairLine::Report(report);
                     format!("{}\n", serde_json::to_string(&line).expect("json"))
                 }
             }),
@@ -526,6 +545,61 @@ mod tests {
         assert!(repairer.wait_idle(Duration::from_secs(10)).await);
         assert_eq!(repairer.queued(), 0);
         assert_eq!(metrics.repairs_failed.get(), 1, "only the first was tried");
+    }
+
+    #[tokio::test]
+    async fn a_blob_deleted_during_its_repair_leaves_the_nodes_other_queued_repairs_running() {
+        let (url, asked) =
+            node_answering(RepairLine::Error("repair stopped: deleted".into())).await;
+        let (view, assignment) = view_missing_d(4);
+        let metrics = FleetMetrics::new(&prometheus::Registry::new());
+        let repairer = Repairer::new(
+            NodeCalls::new(crate::auth::TokenSet::single("t"), Default::default()),
+            metrics.clone(),
+        );
+        let encoding = EncodingConfig::new(4).unwrap();
+        repairer.run_plan(
+            &encoding,
+            &view,
+            &assignment,
+            &nodes_at(&url),
+            1,
+            Instant::now(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while (asked.load(std::sync::atomic::Ordering::SeqCst) < 4 || repairer.in_flight() > 0)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 4);
+        assert_eq!(repairer.queued(), 0);
+        assert_eq!(metrics.repairs_failed.get(), 4);
+    }
+
+    #[tokio::test]
+    async fn repair_totals_are_forgotten_once_their_blob_leaves_the_view() {
+        let (url, _asked) = node_reporting(RepairReport {
+            rebuilt: 2,
+            bytes_fetched: 10,
+            ..RepairReport::default()
+        })
+        .await;
+        let (view, assignment) = view_missing_d(1);
+        let repairer = Repairer::new(
+            NodeCalls::new(crate::auth::TokenSet::single("t"), Default::default()),
+            FleetMetrics::new(&prometheus::Registry::new()),
+        );
+        let encoding = EncodingConfig::new(4).unwrap();
+        let nodes = nodes_at(&url);
+        repairer.run_plan(&encoding, &view, &assignment, &nodes, 1, Instant::now());
+        assert!(repairer.wait_idle(Duration::from_secs(10)).await);
+        assert_eq!(repairer.totals("blob-0").pairs, 2);
+        repairer.run_plan(&encoding, &view, &assignment, &nodes, 0, Instant::now());
+        assert_eq!(repairer.totals("blob-0").pairs, 2, "kept while it is there");
+        let (gone, _) = view_missing_d(0);
+        repairer.run_plan(&encoding, &gone, &assignment, &nodes, 0, Instant::now());
+        assert_eq!(repairer.totals("blob-0"), RepairTotals::default());
     }
 
     #[tokio::test]
