@@ -178,6 +178,19 @@ impl Front {
             (Ok(_), _) => return Err(s3_error!(InternalError, "a write was never announced")),
             (Err(e), _) => return Err(fleet_error(e)),
         };
+        if !outcome.visible_to_every_read() {
+            // Decided and durable, but a read may not see it until the
+            // fleet carries the commit on: a key must not point at it
+            // before then (S3 promises read-after-write). The blob stays
+            // noted unreferenced: a retry refers to it, else it is
+            // collected.
+            return Err(s3_error!(
+                ServiceUnavailable,
+                "the commit reached {} of the {} shards every read needs; retry",
+                outcome.committed,
+                outcome.quorum
+            ));
+        }
         self.door.metrics().put_bytes.inc_by(received.len);
         Ok(Storing::Stored(
             BlobPart {

@@ -11,7 +11,8 @@
 //! - A PUT whose commit reaches fewer than n - f shards is decided all the
 //!   same (a commit is never withdrawn): it answers 202 saying a read may
 //!   not see it yet, the loop carries the commit to the others, and once a
-//!   read saw it no later read misses it.
+//!   read saw it no later read misses it. Through S3, which promises
+//!   read-after-write, such a PUT answers 503 and writes no key.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -273,6 +274,109 @@ async fn a_put_whose_commit_reaches_fewer_than_n_minus_f_shards_answers_202_and_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_put_whose_commit_reaches_fewer_than_n_minus_f_shards_is_refused_and_writes_no_key() {
+    use std::io::BufRead as _;
+    const ACCESS_KEY: &str = "PARTIALACCESSKEY";
+    const SECRET_KEY: &str = "partial-secret-key";
+    // A real fleet with its control loop; a second gateway, serving S3,
+    // reaches nodes 0-2 through proxies that refuse commit markers.
+    let fleet = crate::dev_fleet::DevFleet::start(&["--node-timeout-secs", "1"]);
+    fleet
+        .wait_for("nodes ready", crate::dev_fleet::all_ready)
+        .await;
+    let (mut args, refusals, scratch) = gateway_args_behind_refusing_proxies(&fleet).await;
+    let index = scratch.path().join("s3-index.redb");
+    args.extend(
+        [
+            "--s3-listen",
+            "127.0.0.1:0",
+            "--s3-index",
+            index.to_str().unwrap(),
+        ]
+        .map(String::from),
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_redstuff"))
+        .args(&args)
+        .env("REDSTUFF_S3_ACCESS_KEY", ACCESS_KEY)
+        .env("REDSTUFF_S3_SECRET_KEY", SECRET_KEY)
+        .env("REDSTUFF_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let _gateway = crate::procs::Process(child);
+    let s3 = loop {
+        let mut line = String::new();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "the gateway ended"
+        );
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if let Some(url) = event["s3"].as_str() {
+            break url.to_string();
+        }
+    };
+    std::thread::spawn(move || stdout.lines().for_each(drop));
+    let aws_bin = std::env::var("REDSTUFF_S3_CLIENTS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap())
+                .join(".cache/redstuff/s3-clients")
+        })
+        .join("bin/aws");
+    let aws = |args: &[&str]| {
+        std::process::Command::new(&aws_bin)
+            .args(["--endpoint-url", &s3])
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            // One attempt: the refusal itself is what is checked.
+            .env("AWS_MAX_ATTEMPTS", "1")
+            .current_dir(scratch.path())
+            .output()
+            .expect("the aws cli (scripts/s3-clients)")
+    };
+    let data = pseudo_random(1_300_000, 57);
+    std::fs::write(scratch.path().join("data"), &data).unwrap();
+    assert!(aws(&["s3", "mb", "s3://partial"]).status.success());
+
+    refusals.commits(true);
+    let refused = aws(&["s3", "cp", "--only-show-errors", "data", "s3://partial/k"]);
+    let said = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert!(
+        !refused.status.success(),
+        "answered 200 for a commit on 4 of 5 shards"
+    );
+    assert!(
+        said.contains("ServiceUnavailable") || said.contains("503"),
+        "{said}"
+    );
+    let head = aws(&["s3api", "head-object", "--bucket", "partial", "--key", "k"]);
+    assert!(!head.status.success(), "a key was written");
+    assert!(String::from_utf8_lossy(&head.stderr).contains("Not Found"));
+
+    // Once commits go through, the retry stores the key and it reads back.
+    refusals.commits(false);
+    let stored = aws(&["s3", "cp", "--only-show-errors", "data", "s3://partial/k"]);
+    assert!(
+        stored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stored.stderr)
+    );
+    let back = aws(&["s3", "cp", "--only-show-errors", "s3://partial/k", "back"]);
+    assert!(
+        back.status.success(),
+        "{}",
+        String::from_utf8_lossy(&back.stderr)
+    );
+    assert!(std::fs::read(scratch.path().join("back")).unwrap() == data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tombstones_of_an_incomplete_delete_stay_and_spread_and_a_retry_answers_204() {
     use crate::dev_fleet::{all_healthy, holders_of, DevFleet};
     // A real fleet with its control loop; a second gateway reaches nodes
@@ -328,7 +432,7 @@ async fn the_tombstones_of_an_incomplete_delete_stay_and_spread_and_a_retry_answ
 
 /// A second gateway of `fleet` that reaches nodes 0-2 through proxies
 /// refusing what the returned `Refusals` say: the process, its URL, the
-/// switches, and the directory of its fleet map and spool.
+/// refusals and its scratch directory.
 async fn gateway_behind_refusing_proxies(
     fleet: &crate::dev_fleet::DevFleet,
 ) -> (
@@ -337,6 +441,18 @@ async fn gateway_behind_refusing_proxies(
     Arc<Refusals>,
     tempfile::TempDir,
 ) {
+    let (args, refusals, scratch) = gateway_args_behind_refusing_proxies(fleet).await;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (process, url) = crate::procs::spawn(&args);
+    (process, url, refusals, scratch)
+}
+
+/// The arguments of a gateway of `fleet` reaching nodes 0-2 through
+/// proxies refusing what the returned `Refusals` say, and its scratch
+/// directory.
+async fn gateway_args_behind_refusing_proxies(
+    fleet: &crate::dev_fleet::DevFleet,
+) -> (Vec<String>, Arc<Refusals>, tempfile::TempDir) {
     let data_dir = fleet.data_dir();
     let mut map = redstuff::fleet::FleetMap::read(&data_dir.join("fleet.json")).unwrap();
     let refusals = Arc::new(Refusals::default());
@@ -351,7 +467,7 @@ async fn gateway_behind_refusing_proxies(
     let proxied = scratch.path().join("proxied.json");
     map.write(&proxied).unwrap();
     let path = |name: &str| data_dir.join(name).to_str().unwrap().to_string();
-    let (process, url) = crate::procs::spawn(&[
+    let args = [
         "gateway",
         "--listen",
         "127.0.0.1:0",
@@ -365,8 +481,10 @@ async fn gateway_behind_refusing_proxies(
         scratch.path().join("spool").to_str().unwrap(),
         "--node-timeout-secs",
         "1",
-    ]);
-    (process, url, refusals, scratch)
+    ]
+    .map(String::from)
+    .to_vec();
+    (args, refusals, scratch)
 }
 
 /// DELETEs `id` within `limit` and checks the answer says the delete
