@@ -684,6 +684,6 @@ mod objects_of_blobs;
 mod refs;
 pub use objects_of_blobs::{ObjectOfBlob, ObjectsOfBlobs, ScanBound};
 use refs::{add_ref, drop_ref};
-pub use refs::{Claim, ClaimMark, WriteTicket, CLAIM_LEASE_MS};
+pub use refs::{Claim, ClaimMark, WriteTicket, CLAIMS_PER_ROUND, CLAIM_LEASE_MS};
 #[cfg(test)]
 mod tests;

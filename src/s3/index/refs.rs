@@ -26,6 +26,13 @@ use super::{get, getrandom, put, DeleteClaim, Index, IndexError};
 /// How long a claim holds before another collector may take it over.
 pub const CLAIM_LEASE_MS: u64 = 10 * 60 * 1000;
 
+/// The most blobs one round of the collector claims (the next round
+/// claims more).
+pub const CLAIMS_PER_ROUND: usize = 1000;
+
+/// References read at a time while looking for blobs to claim.
+const REFS_PAGE: usize = 1000;
+
 /// The claim on a blob being collected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClaimMark {
@@ -127,41 +134,72 @@ fn claim(refs: &mut BlobRefs, now_ms: u64) -> ClaimMark {
 }
 
 impl Index {
-    /// Claims for collection the blobs unreferenced since before
-    /// `unreferenced_before_ms`, and those whose claim's lease ran out by
-    /// `now_ms` (its delete failed, or its collector died): from now on a
-    /// new reference to them is refused until `collected` says they are
-    /// gone or `release` gives them back.
+    /// Claims for collection (at most `CLAIMS_PER_ROUND`) the blobs
+    /// unreferenced since before `unreferenced_before_ms`, and those whose
+    /// claim's lease ran out by `now_ms` (its delete failed, or its
+    /// collector died): from now on a new reference to them is refused
+    /// until `collected` says they are gone or `release` gives them back.
+    /// The references are read a page at a time in read transactions
+    /// (memory stays bounded, and writers are never held for the scan);
+    /// each page's candidates are claimed in a short write transaction
+    /// that checks them again.
     pub fn claim_unreferenced(
         &self,
         unreferenced_before_ms: u64,
         now_ms: u64,
     ) -> Result<Vec<Claim>, IndexError> {
-        self.write(|txn| {
-            let mut claimed = Vec::new();
-            for (k, v) in txn.scan(Table::Refs, b"", None, usize::MAX)? {
-                let mut refs: BlobRefs = super::decode(&v)?;
-                // Bytes stored outside S3 are never claimed by it.
-                let due = refs.count == 0
-                    && if refs.collecting {
-                        refs.claim.is_none_or(|c| !c.holds_at(now_ms))
-                    } else {
-                        !refs.outside
-                            && refs
-                                .unreferenced_since_ms
-                                .is_some_and(|t| t < unreferenced_before_ms)
-                    };
-                if due {
-                    let mark = claim(&mut refs, now_ms);
-                    put(txn, Table::Refs, &k, &refs)?;
-                    claimed.push(Claim {
-                        blob: String::from_utf8(k).map_err(IndexError::store)?,
-                        token: mark.token,
-                    });
+        let due = |refs: &BlobRefs| {
+            // Bytes stored outside S3 are never claimed by it.
+            refs.count == 0
+                && if refs.collecting {
+                    refs.claim.is_none_or(|c| !c.holds_at(now_ms))
+                } else {
+                    !refs.outside
+                        && refs
+                            .unreferenced_since_ms
+                            .is_some_and(|t| t < unreferenced_before_ms)
+                }
+        };
+        let mut claimed = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        while claimed.len() < CLAIMS_PER_ROUND {
+            let page = self.read(|txn| txn.scan(Table::Refs, b"", after.as_deref(), REFS_PAGE))?;
+            let Some((last, _)) = page.last() else {
+                break;
+            };
+            after = Some(last.clone());
+            let exhausted = page.len() < REFS_PAGE;
+            let mut candidates = Vec::new();
+            for (k, v) in page {
+                if due(&super::decode(&v)?) {
+                    candidates.push(k);
                 }
             }
-            Ok(claimed)
-        })
+            candidates.truncate(CLAIMS_PER_ROUND - claimed.len());
+            if !candidates.is_empty() {
+                claimed.extend(self.write(|txn| {
+                    let mut taken = Vec::new();
+                    for k in &candidates {
+                        let Some(mut refs) = get::<BlobRefs>(txn, Table::Refs, k)? else {
+                            continue;
+                        };
+                        if due(&refs) {
+                            let mark = claim(&mut refs, now_ms);
+                            put(txn, Table::Refs, k, &refs)?;
+                            taken.push(Claim {
+                                blob: String::from_utf8(k.clone()).map_err(IndexError::store)?,
+                                token: mark.token,
+                            });
+                        }
+                    }
+                    Ok(taken)
+                })?);
+            }
+            if exhausted {
+                break;
+            }
+        }
+        Ok(claimed)
     }
 
     /// Whether claim `token` on `blob` still holds at `now_ms`: its holder

@@ -95,6 +95,24 @@ fn an_upload_is_idle_from_its_last_part_not_from_its_creation() {
 }
 
 #[test]
+fn a_round_claims_at_most_its_bound_and_the_next_round_the_rest() {
+    let (_dir, index) = fresh();
+    let blobs: Vec<String> = (0..CLAIMS_PER_ROUND + 3)
+        .map(|i| format!("blob-{i:05}"))
+        .collect();
+    for blob in &blobs {
+        index.note_unreferenced(blob, 1).unwrap();
+    }
+    let first = index.claim_unreferenced(2, 2).unwrap();
+    assert_eq!(first.len(), CLAIMS_PER_ROUND);
+    let second = index.claim_unreferenced(2, 2).unwrap();
+    let mut all: Vec<String> = first.into_iter().chain(second).map(|c| c.blob).collect();
+    all.sort();
+    assert_eq!(all, blobs, "each claimed once");
+    assert!(index.claim_unreferenced(2, 2).unwrap().is_empty());
+}
+
+#[test]
 fn records_survive_closing_and_reopening_the_index() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("index.redb");
