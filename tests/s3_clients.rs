@@ -676,6 +676,90 @@ async fn a_put_of_bytes_another_gateway_is_collecting_waits_for_the_collection_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_copy_whose_source_cannot_be_read_midway_is_the_fleets_failure_not_the_clients() {
+    let fleet = DevFleet::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    // Two parts of 5 MiB and 100 kB: the source object spans two blobs.
+    std::fs::write(
+        dir.path().join("config"),
+        "[default]\ns3 =\n  multipart_threshold = 5MB\n  multipart_chunksize = 5MB\n",
+    )
+    .unwrap();
+    let data = pseudo_random(5 * 1024 * 1024 + 100_000, 17);
+    std::fs::write(dir.path().join("data"), &data).unwrap();
+    let config = dir.path().join("config");
+    let aws = |args: &[&str]| {
+        let endpoint = fleet.s3.clone().unwrap();
+        let mut all = vec!["--endpoint-url", endpoint.as_str()];
+        all.extend_from_slice(args);
+        Command::new("aws")
+            .args(&all)
+            .envs(s3_env(&fleet))
+            .env("PATH", clients_path())
+            .env("AWS_CONFIG_FILE", &config)
+            .env("AWS_MAX_ATTEMPTS", "1")
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let ok = |output: std::process::Output| {
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).to_string()
+    };
+    ok(aws(&["s3", "mb", "s3://copyfail"]));
+    ok(aws(&[
+        "s3",
+        "cp",
+        "--only-show-errors",
+        "data",
+        "s3://copyfail/src",
+    ]));
+    // The second blob's pieces go from every node.
+    let second = blob_id(&data[5 * 1024 * 1024..]);
+    for i in 0..7 {
+        let held = fleet
+            .node_dir(&format!("node-{i}"))
+            .join("data/blobs")
+            .join(&second);
+        std::fs::remove_dir_all(&held).unwrap();
+    }
+    let created = ok(aws(&[
+        "s3api",
+        "create-multipart-upload",
+        "--bucket",
+        "copyfail",
+        "--key",
+        "dst",
+    ]));
+    let upload: serde_json::Value = serde_json::from_str(&created).unwrap();
+    let range = format!("bytes=0-{}", data.len() - 1);
+    let copied = aws(&[
+        "s3api",
+        "upload-part-copy",
+        "--bucket",
+        "copyfail",
+        "--key",
+        "dst",
+        "--upload-id",
+        upload["UploadId"].as_str().unwrap(),
+        "--part-number",
+        "1",
+        "--copy-source",
+        "copyfail/src",
+        "--copy-source-range",
+        &range,
+    ]);
+    let said = String::from_utf8_lossy(&copied.stderr);
+    assert!(!copied.status.success());
+    assert!(said.contains("ServiceUnavailable"), "{said}");
+    assert!(!said.contains("IncompleteBody"), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blob_s3_keys_refer_to_is_not_deleted_through_the_native_api_until_none_does() {
     let fleet = DevFleet::start(&[]);
     let dir = tempfile::tempdir().unwrap();

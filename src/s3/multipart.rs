@@ -2,6 +2,9 @@
 //! record (no bytes move); aborting releases the parts. UploadPartCopy of
 //! a whole one-blob object refers to its blob; other copies move bytes.
 
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt as _;
 use s3s::dto::*;
 use s3s::{s3_error, S3Request, S3Result};
 
@@ -257,8 +260,24 @@ impl Front {
             len: Some(range.end - range.start),
             ..Declared::default()
         };
+        // A read of the source that fails midway is the fleet's failure
+        // (5xx, retried by clients), not a body the client cut (400).
+        let source_failed: Arc<Mutex<Option<String>>> = Arc::default();
+        let noted = source_failed.clone();
+        let stream = stream.inspect(move |item| {
+            if let Err(e) = item {
+                *noted.lock().expect("not poisoned") = Some(e.to_string());
+            }
+        });
         let body = StreamingBlob::wrap(stream);
-        let mut received = receive(&self.door, Some(body), declared, None).await?;
+        let received = receive(&self.door, Some(body), declared, None).await;
+        if let Some(why) = source_failed.lock().expect("not poisoned").take() {
+            return Err(s3_error!(
+                ServiceUnavailable,
+                "reading the copy's source failed: {why}"
+            ));
+        }
+        let mut received = received?;
         let md5 = received.md5.clone();
         let index = self.index.clone();
         let at = (
