@@ -53,6 +53,15 @@ pub enum BlobIoError {
     /// The blob is not visible: never stored, deleted, or not committed.
     #[error("blob {0} not found")]
     NotFound(BlobId),
+    /// The blob is committed, but no node holding its metadata gave a
+    /// valid copy (silent, failing or lying): retry.
+    #[error("blob {id} is stored, but its metadata cannot be read now: {reason}")]
+    MetadataUnavailable {
+        /// The blob.
+        id: BlobId,
+        /// Why.
+        reason: String,
+    },
     /// Not enough valid slivers could be fetched to decode a segment.
     #[error("segment {segment} of blob {id} cannot be read: {reason}")]
     Unreadable {

@@ -116,7 +116,11 @@ pub async fn read_capped(
     if response.content_length().is_some_and(|len| len > limit) {
         return Err(ReadFailure::TooLarge { limit });
     }
-    let mut body = Vec::with_capacity(response.content_length().unwrap_or(0) as usize);
+    // What a peer declares is reserved only up to a bound: a liar's
+    // length (within a large limit) must not abort the process.
+    const RESERVED_AT_MOST: u64 = 64 << 20;
+    let declared = response.content_length().unwrap_or(0).min(RESERVED_AT_MOST);
+    let mut body = Vec::with_capacity(declared as usize);
     loop {
         let chunk_until = until.min(tokio::time::Instant::now() + stall);
         match tokio::time::timeout_at(chunk_until, response.chunk()).await {

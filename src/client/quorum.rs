@@ -61,31 +61,40 @@ impl StateCollection {
     /// from their metadata: a lying minority cannot set the size of what
     /// is read from anyone.
     pub fn layout_claim(&self) -> Option<(u64, u32)> {
-        let mut votes: BTreeMap<(u64, u32), usize> = BTreeMap::new();
-        for answer in &self.answers {
-            if let (Some(size), Some(segments)) = (answer.state.size, answer.state.segments) {
-                *votes.entry((size, segments)).or_default() += answer.shards.len().max(1);
-            }
-        }
-        votes
+        self.layout_claims()
             .into_iter()
-            .max_by_key(|(_, v)| *v)
+            .next()
             .map(|(claim, _)| claim)
     }
 
-    /// Nodes that said they have the metadata with the claimed layout, most
-    /// shards first.
-    pub fn metadata_holders(&self) -> Vec<&str> {
-        let Some((size, segments)) = self.layout_claim() else {
-            return Vec::new();
-        };
-        let mut holders: Vec<&StateAnswer> = self
-            .answers
-            .iter()
-            .filter(|a| a.state.size == Some(size) && a.state.segments == Some(segments))
-            .collect();
-        holders.sort_by_key(|a| std::cmp::Reverse(a.shards.len()));
-        holders.into_iter().map(|a| a.node.as_str()).collect()
+    /// Every (length, segments) answering nodes report, with the nodes
+    /// reporting it (most shards first): the claim most shards report
+    /// first, a tie going to the smaller layout (a liar gains nothing by
+    /// claiming a huge one). The metadata proves itself against the blob
+    /// id, so a reader may try the holders of each claim in turn.
+    pub fn layout_claims(&self) -> Vec<((u64, u32), Vec<&str>)> {
+        let mut claims: BTreeMap<(u64, u32), (usize, Vec<&StateAnswer>)> = BTreeMap::new();
+        for answer in &self.answers {
+            if let (Some(size), Some(segments)) = (answer.state.size, answer.state.segments) {
+                let claim = claims.entry((size, segments)).or_default();
+                claim.0 += answer.shards.len().max(1);
+                claim.1.push(answer);
+            }
+        }
+        let mut ordered: Vec<((u64, u32), (usize, Vec<&StateAnswer>))> =
+            claims.into_iter().collect();
+        // Stable: among equal votes the smaller layout (BTreeMap order) stays first.
+        ordered.sort_by_key(|(_, (votes, _))| std::cmp::Reverse(*votes));
+        ordered
+            .into_iter()
+            .map(|(claim, (_, mut holders))| {
+                holders.sort_by_key(|a| std::cmp::Reverse(a.shards.len()));
+                (
+                    claim,
+                    holders.into_iter().map(|a| a.node.as_str()).collect(),
+                )
+            })
+            .collect()
     }
 }
 
@@ -150,6 +159,22 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn a_tie_between_layouts_goes_to_the_smaller() {
+        let committed = BlobState {
+            commit: Some(3),
+            ..Default::default()
+        };
+        let collection = StateCollection {
+            answers: vec![
+                answer("liar", &[0], committed, Some((1 << 40, 1 << 20))),
+                answer("a", &[1], committed, Some((100, 1))),
+            ],
+            silent: Default::default(),
+        };
+        assert_eq!(collection.layout_claim(), Some((100, 1)));
+    }
+
+    #[test]
     fn the_layout_most_shards_report_wins_over_a_liars() {
         let committed = BlobState {
             commit: Some(3),
@@ -165,7 +190,13 @@ pub(super) mod tests {
             silent: ["c".to_string()].into(),
         };
         assert_eq!(collection.layout_claim(), Some((100, 1)));
-        assert_eq!(collection.metadata_holders(), vec!["a", "b"]);
+        assert_eq!(
+            collection.layout_claims(),
+            vec![
+                ((100, 1), vec!["a", "b"]),
+                ((1 << 40, 1 << 20), vec!["liar"])
+            ]
+        );
         assert_eq!(collection.answered_shards(), 5);
         assert_eq!(collection.verdict(), Verdict::Visible(3));
         assert_eq!(collection.shards_where(|s| s.commit.is_some()), 4);

@@ -24,6 +24,7 @@ use crate::codec::format::SLIVER_OVERHEAD;
 use crate::codec::{
     decode_segment, BlobId, BlobMetadata, DecodeError, PrimarySliver, SegmentData, SliverKind,
 };
+use crate::fleet::MapNode;
 
 /// How long a sliver request may run before the next shard is asked too.
 pub(super) const HEDGE_AFTER: Duration = Duration::from_secs(2);
@@ -103,23 +104,41 @@ impl BlobClient {
         states: &StateCollection,
     ) -> Result<BlobMetadata, BlobIoError> {
         let config = self.config()?;
-        let Some((_, segments)) = states.layout_claim() else {
-            return Err(BlobIoError::NotFound(*id));
-        };
-        let limit = config.metadata_len(segments.into());
-        let mut holders = states
-            .metadata_holders()
-            .into_iter()
-            .filter_map(|name| self.map.nodes.iter().find(|n| n.name == name));
+        let claims = states.layout_claims();
+        if claims.is_empty() {
+            return Err(BlobIoError::MetadataUnavailable {
+                id: *id,
+                reason: "no answering node holds its metadata".into(),
+            });
+        }
+        // The holders of the claim most shards report first, then those of
+        // any other (a lying majority of the answers cannot hide it).
+        let mut ordered: Vec<(&MapNode, u64)> = Vec::new();
+        for ((_, segments), names) in &claims {
+            let limit = config.metadata_len(u64::from(*segments));
+            for name in names {
+                if let Some(node) = self.map.nodes.iter().find(|n| n.name == *name) {
+                    ordered.push((node, limit));
+                }
+            }
+        }
+        let mut holders = ordered.into_iter();
         let mut asking = FuturesUnordered::new();
         let found = loop {
             while asking.len() < 2 {
-                let Some(node) = holders.next() else { break };
+                let Some((node, limit)) = holders.next() else {
+                    break;
+                };
                 let (call, name, id) = (self.client(node), node.name.clone(), *id);
                 asking.push(async move { (name, call.metadata(&id, limit).await) });
             }
             let Some((node, answer)) = asking.next().await else {
-                break Err(BlobIoError::NotFound(*id));
+                // Committed, but no holder gave a valid copy now (silent,
+                // failing, or lying): unavailable, not absent.
+                break Err(BlobIoError::MetadataUnavailable {
+                    id: *id,
+                    reason: "no holder answered with a valid copy of its metadata".into(),
+                });
             };
             match answer {
                 Ok(Some(bytes)) => match BlobMetadata::from_bytes(&bytes) {
@@ -376,5 +395,63 @@ mod tests {
         let callers = slow_callers.lock().unwrap().clone();
         assert_eq!(callers.len(), 2, "{callers:?}");
         assert_eq!(callers[0], callers[1], "a second connection was opened");
+    }
+
+    /// A blob of 3000 bytes (4 shards), its metadata and its bytes.
+    fn small_blob() -> (BlobId, Vec<u8>, u64) {
+        let data = vec![9u8; 3000];
+        let (metadata, _) = BlobEncoder::new(EncodingConfig::new(4).unwrap(), 1 << 20)
+            .unwrap()
+            .encode(&data)
+            .unwrap();
+        (metadata.blob_id(), metadata.to_bytes(), data.len() as u64)
+    }
+
+    fn committed() -> crate::blob_state::BlobState {
+        crate::blob_state::BlobState {
+            commit: Some(1),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn liars_outvoting_the_layout_do_not_hide_the_honest_holders_metadata() {
+        let (id, bytes, len) = small_blob();
+        let (liar_0, _) = recording_node(Duration::ZERO, vec![0; 64]).await;
+        let (liar_1, _) = recording_node(Duration::ZERO, vec![0; 64]).await;
+        let (honest, _) = recording_node(Duration::ZERO, bytes).await;
+        let client = super::super::test_fleet::client_of(4, vec![liar_0, liar_1, honest], 5.0);
+        let fake = Some((len * 1000, 7));
+        let states = StateCollection {
+            answers: vec![
+                answer("node-0", &[0], committed(), fake),
+                answer("node-1", &[1], committed(), fake),
+                answer("node-2", &[2], committed(), Some((len, 1))),
+            ],
+            silent: Default::default(),
+        };
+        let fetched = client.fetch_metadata(&id, &states).await.unwrap();
+        assert_eq!(fetched.blob_id(), id);
+    }
+
+    #[tokio::test]
+    async fn a_committed_blob_whose_metadata_no_holder_gives_is_unavailable_not_absent() {
+        let (id, _, len) = small_blob();
+        let (bad_0, _) = recording_node(Duration::ZERO, vec![0; 64]).await;
+        let (bad_1, _) = recording_node(Duration::ZERO, vec![1; 64]).await;
+        let client = super::super::test_fleet::client_of(4, vec![bad_0, bad_1], 5.0);
+        let layout = Some((len, 1));
+        let states = StateCollection {
+            answers: vec![
+                answer("node-0", &[0], committed(), layout),
+                answer("node-1", &[1], committed(), layout),
+            ],
+            silent: Default::default(),
+        };
+        let err = client.fetch_metadata(&id, &states).await.unwrap_err();
+        assert!(
+            matches!(err, BlobIoError::MetadataUnavailable { .. }),
+            "{err}"
+        );
     }
 }

@@ -134,6 +134,7 @@ pub(super) fn io_error(e: BlobIoError) -> ApiError {
         | BlobIoError::NoQuorum { .. }
         | BlobIoError::DeleteIncomplete { .. }
         | BlobIoError::Unreadable { .. }
+        | BlobIoError::MetadataUnavailable { .. }
         | BlobIoError::Map(_)
         | BlobIoError::ReadsBusy { .. } => ApiError::unavailable(e.to_string()),
         BlobIoError::CommitUnknown { .. } => {
