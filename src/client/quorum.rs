@@ -81,8 +81,7 @@ impl StateCollection {
                 claim.1.push(answer);
             }
         }
-        let mut ordered: Vec<((u64, u32), (usize, Vec<&StateAnswer>))> =
-            claims.into_iter().collect();
+        let mut ordered: Vec<_> = claims.into_iter().collect();
         // Stable: among equal votes the smaller layout (BTreeMap order) stays first.
         ordered.sort_by_key(|(_, (votes, _))| std::cmp::Reverse(*votes));
         ordered
