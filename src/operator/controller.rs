@@ -273,12 +273,25 @@ pub async fn reconcile_cluster(
             },
         })
         .collect();
-    let decisions = lifecycle::decide(
+    let mut decisions = lifecycle::decide(
         &observed_nodes,
         &previous_status.unavailable_nodes,
         grace,
         now,
     );
+    let held_back = lifecycle::hold_mass_evictions(
+        &mut decisions,
+        |node| previous.values().filter(|owner| *owner == node).count(),
+        encoding.f(),
+    );
+    if held_back > 0 {
+        tracing::warn!(
+            cluster = %name,
+            shards = held_back,
+            f = encoding.f(),
+            "node pods unavailable past the grace period own more shards than may be lost at once: their shards stay until they return"
+        );
+    }
     let evicted: BTreeSet<&str> = decisions
         .iter()
         .filter(|d| d.evicted)

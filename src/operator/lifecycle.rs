@@ -118,6 +118,32 @@ pub fn decide(
         .collect()
 }
 
+/// Holds back every eviction when together they would move more than `f`
+/// shards (`shards_of` a node in the current assignment): so many nodes
+/// gone at once is beyond the fault model (a whole cluster restarting
+/// slower than the grace period, volumes attaching late), and moving
+/// their shards to the few nodes left would leave every blob Lost while
+/// its slivers wait on the nodes about to return. Returns the shards
+/// held back (0 when the evictions go ahead).
+pub fn hold_mass_evictions(
+    decisions: &mut [NodeDecision],
+    shards_of: impl Fn(&str) -> usize,
+    f: usize,
+) -> usize {
+    let moving: usize = decisions
+        .iter()
+        .filter(|d| d.evicted)
+        .map(|d| shards_of(&d.name))
+        .sum();
+    if moving <= f {
+        return 0;
+    }
+    for decision in decisions.iter_mut() {
+        decision.evicted = false;
+    }
+    moving
+}
+
 /// When the next eviction falls due, if any node is unavailable but not yet evicted.
 pub fn next_eviction_in(
     decisions: &[NodeDecision],
@@ -128,10 +154,12 @@ pub fn next_eviction_in(
         .iter()
         .filter(|d| !d.evicted)
         .filter_map(|d| d.unavailable_since)
-        .map(|since| {
+        .filter_map(|since| {
             let gone = now.duration_since(since);
             let left = SignedDuration::try_from(grace).unwrap_or_default() - gone;
-            Duration::try_from(left).unwrap_or_default()
+            // Past due and not evicted: held back (`hold_mass_evictions`);
+            // the next change of the pods brings the next look.
+            Duration::try_from(left).ok().filter(|left| !left.is_zero())
         })
         .min()
 }
@@ -197,6 +225,50 @@ mod tests {
     }
 
     const GRACE: Duration = Duration::from_secs(300);
+
+    fn decision(name: &str, evicted: bool) -> NodeDecision {
+        NodeDecision {
+            name: name.into(),
+            delete_pod: None,
+            available: !evicted,
+            unavailable_since: evicted.then(|| ts(0)),
+            evicted,
+        }
+    }
+
+    #[test]
+    fn evictions_moving_more_than_f_shards_at_once_are_all_held_back() {
+        // Seven nodes of one shard each, f = 2.
+        let one_shard = |_: &str| 1;
+        let mut two = vec![
+            decision("a", true),
+            decision("b", true),
+            decision("c", false),
+        ];
+        assert_eq!(hold_mass_evictions(&mut two, one_shard, 2), 0);
+        assert!(two[0].evicted && two[1].evicted, "within f they go ahead");
+        let mut three = vec![
+            decision("a", true),
+            decision("b", true),
+            decision("c", true),
+        ];
+        assert_eq!(hold_mass_evictions(&mut three, one_shard, 2), 3);
+        assert!(three.iter().all(|d| !d.evicted));
+        assert_eq!(
+            next_eviction_in(&three, GRACE, ts(1000)),
+            None,
+            "no hot requeue"
+        );
+        // A node evicted earlier owns nothing any more: it does not count.
+        let shards = |name: &str| usize::from(name != "gone");
+        let mut after = vec![
+            decision("gone", true),
+            decision("a", true),
+            decision("b", true),
+        ];
+        assert_eq!(hold_mass_evictions(&mut after, shards, 2), 0);
+        assert!(after.iter().all(|d| d.evicted));
+    }
 
     #[test]
     fn a_ready_pod_with_its_claim_is_left_alone() {
