@@ -282,14 +282,13 @@ pub async fn reconcile_cluster(
     let held_back = lifecycle::hold_mass_evictions(
         &mut decisions,
         |node| previous.values().filter(|owner| *owner == node).count(),
-        encoding.f(),
+        encoding.p(),
     );
     if held_back > 0 {
         tracing::warn!(
             cluster = %name,
             shards = held_back,
-            f = encoding.f(),
-            "node pods unavailable past the grace period own more shards than may be lost at once: their shards stay until they return"
+            "node pods unavailable past the grace period keep their shards: the nodes left own too few to rebuild any blob"
         );
     }
     let evicted: BTreeSet<&str> = decisions

@@ -118,24 +118,29 @@ pub fn decide(
         .collect()
 }
 
-/// Holds back every eviction when together they would move more than `f`
-/// shards (`shards_of` a node in the current assignment): so many nodes
-/// gone at once is beyond the fault model (a whole cluster restarting
-/// slower than the grace period, volumes attaching late), and moving
-/// their shards to the few nodes left would leave every blob Lost while
-/// its slivers wait on the nodes about to return. Returns the shards
-/// held back (0 when the evictions go ahead).
+/// Holds back every eviction when the nodes still available own fewer
+/// than `p` shards (`shards_of` a node in the current assignment): no
+/// blob could then be rebuilt anywhere, and moving the shards onto the
+/// few nodes left would leave every blob Lost while its slivers wait on
+/// nodes about to return (a whole cluster restarting slower than the
+/// grace period, volumes attaching late). Returns the shards held back
+/// (0 when the evictions go ahead).
 pub fn hold_mass_evictions(
     decisions: &mut [NodeDecision],
     shards_of: impl Fn(&str) -> usize,
-    f: usize,
+    p: usize,
 ) -> usize {
     let moving: usize = decisions
         .iter()
         .filter(|d| d.evicted)
         .map(|d| shards_of(&d.name))
         .sum();
-    if moving <= f {
+    let available: usize = decisions
+        .iter()
+        .filter(|d| d.available)
+        .map(|d| shards_of(&d.name))
+        .sum();
+    if moving == 0 || available >= p {
         return 0;
     }
     for decision in decisions.iter_mut() {
@@ -237,37 +242,42 @@ mod tests {
     }
 
     #[test]
-    fn evictions_moving_more_than_f_shards_at_once_are_all_held_back() {
-        // Seven nodes of one shard each, f = 2.
+    fn evictions_are_held_back_while_the_nodes_left_own_too_few_shards_to_rebuild_any() {
+        // Seven nodes of one shard each: p = 3.
         let one_shard = |_: &str| 1;
-        let mut two = vec![
-            decision("a", true),
-            decision("b", true),
-            decision("c", false),
-        ];
-        assert_eq!(hold_mass_evictions(&mut two, one_shard, 2), 0);
-        assert!(two[0].evicted && two[1].evicted, "within f they go ahead");
-        let mut three = vec![
-            decision("a", true),
-            decision("b", true),
-            decision("c", true),
-        ];
-        assert_eq!(hold_mass_evictions(&mut three, one_shard, 2), 3);
-        assert!(three.iter().all(|d| !d.evicted));
+        let nodes = |evicted: usize, available: usize| -> Vec<NodeDecision> {
+            (0..7)
+                .map(|i| {
+                    let mut d = decision(&format!("n{i}"), i < evicted);
+                    d.available = i >= 7 - available;
+                    d
+                })
+                .collect()
+        };
+        // Three gone, four left: they rebuild the three.
+        let mut some = nodes(3, 4);
+        assert_eq!(hold_mass_evictions(&mut some, one_shard, 3), 0);
+        assert_eq!(some.iter().filter(|d| d.evicted).count(), 3);
+        // A whole cluster restarting: nothing moves.
+        let mut all = nodes(7, 0);
+        assert_eq!(hold_mass_evictions(&mut all, one_shard, 3), 7);
+        assert!(all.iter().all(|d| !d.evicted));
         assert_eq!(
-            next_eviction_in(&three, GRACE, ts(1000)),
+            next_eviction_in(&all, GRACE, ts(1000)),
             None,
             "no hot requeue"
         );
+        // Five gone past the grace, two back: still too few to rebuild.
+        let mut most = nodes(5, 2);
+        assert_eq!(hold_mass_evictions(&mut most, one_shard, 3), 5);
         // A node evicted earlier owns nothing any more: it does not count.
-        let shards = |name: &str| usize::from(name != "gone");
-        let mut after = vec![
-            decision("gone", true),
-            decision("a", true),
-            decision("b", true),
-        ];
-        assert_eq!(hold_mass_evictions(&mut after, shards, 2), 0);
-        assert!(after.iter().all(|d| d.evicted));
+        let shards = |name: &str| usize::from(name != "n0");
+        let mut after = nodes(1, 1);
+        assert_eq!(
+            hold_mass_evictions(&mut after, shards, 3),
+            0,
+            "moves nothing"
+        );
     }
 
     #[test]
