@@ -248,7 +248,10 @@ pub(crate) fn carry_transition_times(conditions: &mut [Condition], previous: &[C
 
 /// The status of a cluster the operator refuses to act on: phase Failed,
 /// not Ready for `reason`, explained by `problem` (pure; transition times
-/// are carried over by the caller's [`carry_transition_times`]).
+/// are carried over by the caller's [`carry_transition_times`]). What the
+/// operator must not forget while it waits for a spec it can act on is
+/// kept: where the shards are, which nodes are unavailable since when,
+/// which retire, and the CA rotation under way.
 pub fn refused_status(
     cluster: &StorageCluster,
     reason: &str,
@@ -256,10 +259,15 @@ pub fn refused_status(
     now: &Time,
 ) -> StorageClusterStatus {
     let generation = cluster.metadata.generation;
+    let kept = cluster.status.clone().unwrap_or_default();
     StorageClusterStatus {
         phase: Some("Failed".into()),
         observed_generation: generation,
         conditions: vec![condition("Ready", false, reason, problem, generation, now)],
+        shard_assignment: kept.shard_assignment,
+        unavailable_nodes: kept.unavailable_nodes,
+        retiring_nodes: kept.retiring_nodes,
+        ca_rotation: kept.ca_rotation,
         ..StorageClusterStatus::default()
     }
 }
@@ -697,6 +705,32 @@ mod tests {
 
     fn cond<'a>(s: &'a StorageClusterStatus, type_: &str) -> &'a Condition {
         s.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn a_refused_spec_keeps_the_shard_assignment_and_the_nodes_unavailable_and_retiring() {
+        let mut c = cluster(4, 4, Some("1Gi"));
+        let kept = StorageClusterStatus {
+            shard_assignment: vec![crate::operator::crd::ShardAssignment {
+                shard: 0,
+                node: "media-node-0".into(),
+            }],
+            unavailable_nodes: vec![crate::operator::crd::UnavailableNode {
+                name: "media-node-1".into(),
+                since: "2026-12-01T00:00:00Z".into(),
+                reason: None,
+            }],
+            retiring_nodes: vec!["media-node-3".into()],
+            ready_nodes: Some(3),
+            ..StorageClusterStatus::default()
+        };
+        c.status = Some(kept.clone());
+        let refused = refused_status(&c, "InvalidSpec", "no".into(), &now(1));
+        assert_eq!(refused.phase.as_deref(), Some("Failed"));
+        assert_eq!(refused.shard_assignment, kept.shard_assignment);
+        assert_eq!(refused.unavailable_nodes, kept.unavailable_nodes);
+        assert_eq!(refused.retiring_nodes, kept.retiring_nodes);
+        assert_eq!(refused.ready_nodes, None, "what it no longer watches goes");
     }
 
     #[test]
