@@ -279,6 +279,17 @@ pub async fn reconcile_cluster(
         grace,
         now,
     );
+    let fleet_whole = fleet_state.repairer.in_flight() == 0
+        && fleet_state.repairer.queued() == 0
+        && last_view_blobs_to_repair(&fleet_state, &encoding) == 0;
+    let volumes_held = lifecycle::pace_volume_drops(&observed_nodes, &mut decisions, fleet_whole);
+    if !volumes_held.is_empty() {
+        tracing::info!(
+            cluster = %name,
+            nodes = ?volumes_held,
+            "claims being deleted: their node pods go one at a time, once the fleet is whole"
+        );
+    }
     let held_back = lifecycle::hold_mass_evictions(
         &mut decisions,
         |node| previous.values().filter(|owner| *owner == node).count(),

@@ -118,6 +118,50 @@ pub fn decide(
         .collect()
 }
 
+/// Of the node pods whose claim is being deleted (Terminating: someone
+/// asked for the volume to go, e.g. to replace a disk), deletes at most
+/// one at a time, and only while `fleet_whole` (no repair running or
+/// waiting, none in the last view), no node pod is being deleted and
+/// every other node pod is ready: deleting the pod lets its claim and
+/// volume go, and volumes dropped together would take the blobs whose
+/// pairs they hold. The others keep running on their volumes until their
+/// turn. Returns the nodes held back.
+pub fn pace_volume_drops(
+    nodes: &[NodeObserved],
+    decisions: &mut [NodeDecision],
+    fleet_whole: bool,
+) -> Vec<String> {
+    let deleting = nodes
+        .iter()
+        .any(|n| n.pod.as_ref().is_some_and(|p| p.deleting_since.is_some()));
+    let others_ready = nodes
+        .iter()
+        .filter(|n| n.claim != ClaimState::Terminating)
+        .all(|n| n.pod.as_ref().is_some_and(|p| p.ready && !p.finished));
+    let mut room = usize::from(fleet_whole && !deleting && others_ready);
+    let mut held = Vec::new();
+    for (node, decision) in nodes.iter().zip(decisions.iter_mut()) {
+        let dropping = node.claim == ClaimState::Terminating
+            && decision.delete_pod == Some(DeleteReason::VolumeLost);
+        if !dropping {
+            continue;
+        }
+        if room > 0 {
+            room -= 1;
+            continue;
+        }
+        decision.delete_pod = None;
+        let serving = node.pod.as_ref().is_some_and(|p| p.ready && !p.finished);
+        if serving {
+            decision.available = true;
+            decision.unavailable_since = None;
+            decision.evicted = false;
+        }
+        held.push(node.name.clone());
+    }
+    held
+}
+
 /// Holds back every eviction when the nodes still available own fewer
 /// than `p` shards (`shards_of` a node in the current assignment): no
 /// blob could then be rebuilt anywhere, and moving the shards onto the
@@ -239,6 +283,48 @@ mod tests {
             unavailable_since: evicted.then(|| ts(0)),
             evicted,
         }
+    }
+
+    #[test]
+    fn volumes_asked_to_go_on_many_nodes_go_one_at_a_time_and_only_while_the_fleet_is_whole() {
+        let terminating = |i: usize| NodeObserved {
+            name: format!("media-node-{i}"),
+            ..node(Some((true, false, None)), ClaimState::Terminating)
+        };
+        let nodes: Vec<NodeObserved> = (0..3).map(terminating).collect();
+        let fresh = || decide(&nodes, &[], GRACE, ts(0));
+        let dropped = |d: &[NodeDecision]| {
+            d.iter()
+                .filter(|d| d.delete_pod == Some(DeleteReason::VolumeLost))
+                .count()
+        };
+        assert_eq!(dropped(&fresh()), 3, "decided alone, every one would go");
+        let mut whole = fresh();
+        let held = pace_volume_drops(&nodes, &mut whole, true);
+        assert_eq!(dropped(&whole), 1);
+        assert_eq!(held, ["media-node-1", "media-node-2"]);
+        assert!(whole[1].available && whole[1].unavailable_since.is_none());
+        let mut repairing = fresh();
+        pace_volume_drops(&nodes, &mut repairing, false);
+        assert_eq!(dropped(&repairing), 0, "not while blobs are repaired");
+        // Not while another node pod is not ready.
+        let mut with_down = nodes.clone();
+        with_down.push(NodeObserved {
+            name: "media-node-3".into(),
+            ..node(Some((false, false, None)), ClaimState::Present)
+        });
+        let mut down = decide(&with_down, &[], GRACE, ts(0));
+        pace_volume_drops(&with_down, &mut down, true);
+        assert_eq!(dropped(&down), 0);
+        // Nor while a pod is being deleted.
+        let mut busy_nodes = nodes.clone();
+        busy_nodes[0] = NodeObserved {
+            name: "media-node-0".into(),
+            ..node(Some((true, false, Some(-1))), ClaimState::Terminating)
+        };
+        let mut busy = decide(&busy_nodes, &[], GRACE, ts(0));
+        pace_volume_drops(&busy_nodes, &mut busy, true);
+        assert_eq!(dropped(&busy), 0);
     }
 
     #[test]
