@@ -210,6 +210,8 @@ fn cluster_facts(
     };
     let view = fleet.view.lock().expect("not poisoned").clone();
     match view {
+        // A reading no node answered says nothing of any blob.
+        Some((_, view)) if view.ready.is_empty() => ClusterFacts::Unobserved,
         Some((shards, view)) if shards == cluster.spec.shards => ClusterFacts::Observed {
             encoding,
             blob: blob_id.and_then(|id| view.blobs.get(id).cloned()),
@@ -217,6 +219,7 @@ fn cluster_facts(
             last_repair: blob_id.and_then(|id| fleet.repairer.totals(id).last_completed),
             deleted: blob_id
                 .is_some_and(|id| view.deleted.contains_key(id) && !view.blobs.contains_key(id)),
+            nodes_silent: !view.silent.is_empty(),
         },
         _ => ClusterFacts::Unobserved,
     }

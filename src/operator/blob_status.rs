@@ -47,6 +47,9 @@ pub enum ClusterFacts {
         /// No node holds it visible, and a tombstone stands for it: it was
         /// deleted through the gateway or S3.
         deleted: bool,
+        /// Some node did not answer the last reading: a blob no answering
+        /// node holds may only be out of reach.
+        nodes_silent: bool,
     },
 }
 
@@ -124,6 +127,7 @@ pub fn blob_status(
                 repairing,
                 last_repair,
                 deleted,
+                nodes_silent,
             },
             Some(id),
         ) => {
@@ -172,6 +176,19 @@ pub fn blob_status(
                         format!(
                             "blob {id} was deleted through the gateway or S3, not through this Blob: nothing of it is held any more"
                         ),
+                    )
+                }
+                None if previous.health.is_some() && *nodes_silent => {
+                    // Not called lost on a reading that missed nodes.
+                    status.size = previous.size;
+                    status.size_text = previous.size_text.clone();
+                    status.shards_valid = previous.shards_valid;
+                    status.shards = previous.shards.clone();
+                    status.health = previous.health;
+                    (
+                        false,
+                        "NodesNotAnswering",
+                        format!("no answering node holds blob {id}; some nodes do not answer, so it is not called lost"),
                     )
                 }
                 None if previous.health.is_some() => {
@@ -227,6 +244,7 @@ mod tests {
             repairing,
             last_repair: None,
             deleted: false,
+            nodes_silent: false,
         }
     }
 
@@ -288,6 +306,7 @@ mod tests {
             repairing: false,
             last_repair: None,
             deleted: true,
+            nodes_silent: false,
         };
         let s = blob_status(
             &seen,
@@ -312,6 +331,7 @@ mod tests {
             repairing: false,
             last_repair: None,
             deleted: false,
+            nodes_silent: false,
         };
         assert_eq!(health_of(&absent), (None, "NotSeenYet".into()));
         let seen = BlobStatus {
@@ -328,6 +348,26 @@ mod tests {
         );
         assert_eq!(s.health, Some(BlobHealth::Lost));
         assert_eq!(s.shards.as_deref(), Some("0/7"));
+        // Not while some node does not answer: it may hold it.
+        let unheard = ClusterFacts::Observed {
+            encoding: EncodingConfig::new(7).unwrap(),
+            blob: None,
+            repairing: false,
+            last_repair: None,
+            deleted: false,
+            nodes_silent: true,
+        };
+        let s = blob_status(
+            &seen,
+            Some(ID),
+            &IngestState::Done,
+            &unheard,
+            Some(1),
+            &now(1),
+        );
+        assert_eq!(s.health, Some(BlobHealth::Healthy), "kept");
+        let healthy = s.conditions.iter().find(|c| c.type_ == "Healthy").unwrap();
+        assert_eq!(healthy.reason, "NodesNotAnswering");
     }
 
     #[test]
