@@ -108,12 +108,8 @@ pub fn blob_status(
         (_, None) => (false, "NotStored", "the bytes are not stored yet".into()),
         (ClusterFacts::Unobserved, Some(_)) => {
             // Keep what was known until the inventories are read again.
-            status.size = previous.size;
-            status.size_text = previous.size_text.clone();
+            keep_what_was_seen(&mut status, previous);
             status.encoding = previous.encoding.clone();
-            status.shards_valid = previous.shards_valid;
-            status.shards = previous.shards.clone();
-            status.health = previous.health;
             (
                 false,
                 "Unobserved",
@@ -180,11 +176,7 @@ pub fn blob_status(
                 }
                 None if previous.health.is_some() && *nodes_silent => {
                     // Not called lost on a reading that missed nodes.
-                    status.size = previous.size;
-                    status.size_text = previous.size_text.clone();
-                    status.shards_valid = previous.shards_valid;
-                    status.shards = previous.shards.clone();
-                    status.health = previous.health;
+                    keep_what_was_seen(&mut status, previous);
                     (
                         false,
                         "NodesNotAnswering",
@@ -209,6 +201,16 @@ pub fn blob_status(
     ];
     carry_transition_times(&mut status.conditions, &previous.conditions);
     status
+}
+
+/// Keeps the size, shards and health last seen (a reading that cannot
+/// say better).
+fn keep_what_was_seen(status: &mut BlobStatus, previous: &BlobStatus) {
+    status.size = previous.size;
+    status.size_text = previous.size_text.clone();
+    status.shards_valid = previous.shards_valid;
+    status.shards = previous.shards.clone();
+    status.health = previous.health;
 }
 
 fn health_reason(health: BlobHealth) -> &'static str {
