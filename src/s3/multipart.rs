@@ -2,6 +2,7 @@
 //! record (no bytes move); aborting releases the parts. UploadPartCopy of
 //! a whole one-blob object refers to its blob; other copies move bytes.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt as _;
@@ -9,7 +10,7 @@ use s3s::dto::*;
 use s3s::{s3_error, S3Request, S3Result};
 
 use super::assemble::{bare_etag, MAX_PARTS};
-use super::body::{receive, trailer_of, Declared};
+use super::body::{receive, trailer_of, Declared, Received};
 use super::conditions::copy_source_conditions;
 use super::front::{blocking, etag, now_ms, timestamp, Front};
 use super::objects::{body_len, checksum_fields, with_checksums, write_condition};
@@ -139,28 +140,9 @@ impl Front {
             trailer: trailer_of(&headers),
         };
         let mut received = receive(&self.door, input.body, declared, trailing_headers).await?;
-        let (md5, sums) = (received.md5.clone(), received.checksums.clone());
-        let index = self.index.clone();
+        let sums = received.checksums.clone();
         let at = (input.bucket, input.key, input.upload_id);
-        let part = self
-            .store_and_refer(&mut received, move |blob, ticket| {
-                let part = PartRecord {
-                    blob: blob.blob,
-                    size: blob.size,
-                    etag: md5.clone(),
-                    checksums: sums.clone(),
-                    modified_ms: now_ms(),
-                };
-                index.put_part_stored(
-                    (&at.0, &at.1, &at.2),
-                    number,
-                    &part,
-                    ticket,
-                    part.modified_ms,
-                )?;
-                Ok(part)
-            })
-            .await?;
+        let part = self.store_part(&mut received, at, number, sums).await?;
         Ok(with_checksums!(
             &part.checksums,
             UploadPartOutput {
@@ -246,6 +228,37 @@ impl Front {
         })
     }
 
+    /// Stores received bytes as part `number` of upload `at` (bucket, key,
+    /// id) carrying `checksums`, its ETag their MD5.
+    async fn store_part(
+        &self,
+        received: &mut Received,
+        at: (String, String, String),
+        number: u32,
+        checksums: BTreeMap<String, String>,
+    ) -> S3Result<PartRecord> {
+        let md5 = received.md5.clone();
+        let index = self.index.clone();
+        self.store_and_refer(received, move |blob, ticket| {
+            let part = PartRecord {
+                blob: blob.blob,
+                size: blob.size,
+                etag: md5.clone(),
+                checksums: checksums.clone(),
+                modified_ms: now_ms(),
+            };
+            index.put_part_stored(
+                (&at.0, &at.1, &at.2),
+                number,
+                &part,
+                ticket,
+                part.modified_ms,
+            )?;
+            Ok(part)
+        })
+        .await
+    }
+
     /// Reads a range of an object and stores it as a new part.
     async fn copy_bytes_into_part(
         &self,
@@ -278,31 +291,13 @@ impl Front {
             ));
         }
         let mut received = received?;
-        let md5 = received.md5.clone();
-        let index = self.index.clone();
         let at = (
             input.bucket.clone(),
             input.key.clone(),
             input.upload_id.clone(),
         );
-        self.store_and_refer(&mut received, move |blob, ticket| {
-            let part = PartRecord {
-                blob: blob.blob,
-                size: blob.size,
-                etag: md5.clone(),
-                checksums: Default::default(),
-                modified_ms: now_ms(),
-            };
-            index.put_part_stored(
-                (&at.0, &at.1, &at.2),
-                number,
-                &part,
-                ticket,
-                part.modified_ms,
-            )?;
-            Ok(part)
-        })
-        .await
+        self.store_part(&mut received, at, number, Default::default())
+            .await
     }
 
     /// CompleteMultipartUpload.

@@ -123,6 +123,11 @@ pub(super) fn drop_ref(txn: &mut dyn Txn, blob: &str, now_ms: u64) -> Result<(),
     put(txn, Table::Refs, blob.as_bytes(), &count)
 }
 
+/// The claim on `refs` when it is the one named `token`.
+fn claim_of(refs: &BlobRefs, token: u64) -> Option<ClaimMark> {
+    refs.claim.filter(|c| refs.collecting && c.token == token)
+}
+
 /// Marks `refs` claimed by a new claim at `now_ms`; its epoch goes, so
 /// tickets given before are refused.
 fn claim(refs: &mut BlobRefs, now_ms: u64) -> ClaimMark {
@@ -207,11 +212,10 @@ impl Index {
     pub fn holds_claim(&self, blob: &str, token: u64, now_ms: u64) -> Result<bool, IndexError> {
         self.read(|txn| {
             let refs: Option<BlobRefs> = get(txn, Table::Refs, blob.as_bytes())?;
-            Ok(refs.is_some_and(|r| {
-                r.collecting
-                    && r.claim
-                        .is_some_and(|c| c.token == token && c.holds_at(now_ms))
-            }))
+            Ok(refs
+                .as_ref()
+                .and_then(|r| claim_of(r, token))
+                .is_some_and(|c| c.holds_at(now_ms)))
         })
     }
 
@@ -326,7 +330,7 @@ impl Index {
     pub fn collected(&self, blob: &str, token: u64) -> Result<bool, IndexError> {
         self.write(|txn| {
             let refs: Option<BlobRefs> = get(txn, Table::Refs, blob.as_bytes())?;
-            if refs.is_some_and(|r| r.collecting && r.claim.is_some_and(|c| c.token == token)) {
+            if refs.is_some_and(|r| claim_of(&r, token).is_some()) {
                 txn.delete(Table::Refs, blob.as_bytes())?;
                 return Ok(true);
             }
@@ -341,7 +345,7 @@ impl Index {
     pub fn release(&self, blob: &str, token: u64) -> Result<(), IndexError> {
         self.write(|txn| {
             let refs: Option<BlobRefs> = get(txn, Table::Refs, blob.as_bytes())?;
-            if let Some(mut refs) = refs.filter(|r| r.claim.is_some_and(|c| c.token == token)) {
+            if let Some(mut refs) = refs.filter(|r| claim_of(r, token).is_some()) {
                 refs.collecting = false;
                 refs.claim = None;
                 put(txn, Table::Refs, blob.as_bytes(), &refs)?;
