@@ -10,6 +10,10 @@ use super::{files, BlobHoldings, BlobLock, SliverStore, StoreError, TombstoneOut
 use crate::blob_state::BlobState;
 use crate::codec::BlobId;
 
+/// The marker of a blob more than one write staged (see
+/// [`BlobLock::stage`]).
+pub(super) const SHARED: &str = "shared";
+
 pub(super) fn generation_bytes(generation: u64) -> [u8; 8] {
     generation.to_le_bytes()
 }
@@ -35,6 +39,12 @@ impl SliverStore {
                     Ok(None)
                 }
             },
+            // Not the marker's fault: said as an error, not read as absent
+            // (a blob would look unknown) or lost.
+            files::Checked::NotNow(source) => Err(StoreError::NotNow {
+                what: format!("marker {}", path.display()),
+                source,
+            }),
             files::Checked::Corrupt | files::Checked::Failed(_) => {
                 tracing::warn!(path = %path.display(), "marker unreadable; kept until written again");
                 *lost = true;
@@ -142,10 +152,23 @@ impl BlobLock<'_> {
             .admits(generation)
             .map_err(|tombstone| StoreError::Deleted { tombstone })?;
         self.ensure_metadata(metadata)?;
+        // Another write staged the same blob (a retry, or the same bytes
+        // stored under another name; its generation may even be this
+        // one's): the data is both writes', and an abort of either leaves
+        // it (the other may still commit).
+        if state.staged.is_some() && !self.is_shared() {
+            self.write_marker(SHARED, generation)?;
+        }
         if state.staged < Some(generation) {
             self.write_marker("staged", generation)?;
         }
         Ok(())
+    }
+
+    /// Whether more than one write staged the blob's data here (the
+    /// marker's presence says it; its content is not read).
+    fn is_shared(&self) -> bool {
+        self.store.blob_dir(&self.id).join(SHARED).exists()
     }
 
     /// See [`SliverStore::commit`].
@@ -173,7 +196,10 @@ impl BlobLock<'_> {
         let Markers { state, lost } = self.markers()?;
         // A lost marker may have been a commit: the data stays (a write
         // never committed is collected after the grace for lost markers).
-        if lost || state.commit.is_some() || state.staged > Some(generation) {
+        // So does data this write did not stage, or staged with another
+        // write: that one may still commit (what no write commits is
+        // collected after the staged TTL).
+        if lost || state.commit.is_some() || state.staged != Some(generation) || self.is_shared() {
             return Ok(false);
         }
         self.remove_data()

@@ -169,6 +169,48 @@ fn an_aborted_write_leaves_nothing_unless_the_blob_was_committed() {
 }
 
 #[test]
+fn an_abort_leaves_the_data_another_write_staged_and_may_still_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    // An older write staged, a newer one of the same bytes too, and the
+    // newer one gives up: the older one's commit must find its data.
+    store.stage(&id(8), 5, b"meta").unwrap();
+    store
+        .put_sliver(&id(8), 0, 0, SliverKind::Primary, &[7; 10])
+        .unwrap();
+    store.stage(&id(8), 6, b"meta").unwrap();
+    assert!(!store.abort(&id(8), 6).unwrap(), "write 5 still stages it");
+    store.commit(&id(8), 5, None).unwrap();
+    assert!(store.metadata(&id(8)).unwrap().is_some());
+    assert_eq!(
+        store
+            .sliver(&id(8), 0, 0, SliverKind::Primary)
+            .unwrap()
+            .as_deref(),
+        Some(&[7u8; 10][..])
+    );
+    // Staged the other way round (the older write's stage comes last):
+    // the newer one's abort leaves the data too.
+    store.stage(&id(9), 6, b"meta").unwrap();
+    store.stage(&id(9), 5, b"meta").unwrap();
+    assert!(!store.abort(&id(9), 6).unwrap());
+    assert!(store.metadata(&id(9)).unwrap().is_some());
+    // Two writes that chose the same generation: one's abort leaves the
+    // other's data.
+    store.stage(&id(11), 7, b"meta").unwrap();
+    store.stage(&id(11), 7, b"meta").unwrap();
+    assert!(!store.abort(&id(11), 7).unwrap());
+    assert!(store.metadata(&id(11)).unwrap().is_some());
+    // An abort of a write that never staged here takes nothing.
+    store.stage(&id(10), 5, b"meta").unwrap();
+    assert!(!store.abort(&id(10), 6).unwrap());
+    assert!(store.metadata(&id(10)).unwrap().is_some());
+    // Data one write alone staged goes with its abort.
+    assert!(store.abort(&id(10), 5).unwrap());
+    assert!(store.metadata(&id(10)).unwrap().is_none());
+}
+
+#[test]
 fn abandoned_staged_writes_are_collected_after_their_ttl_and_committed_ones_never() {
     let dir = tempfile::tempdir().unwrap();
     let store = staged(dir.path(), 6);
