@@ -140,27 +140,53 @@ async fn readyz(State(state): State<Arc<NodeState>>) -> Response {
     }
 }
 
+/// How long a scrape waits for the figures read from the disk (its
+/// filesystem's space, the quarantine's bytes) before it answers with the
+/// last ones.
+const DISK_FIGURES_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn metrics(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
     let m = &state.metrics;
     m.oldest_store_operation
         .set(state.stalls.oldest().map_or(0.0, |age| age.as_secs_f64()));
     m.stored_bytes.set(state.store.used_bytes() as i64);
-    if let Some((size, available)) = crate::store::filesystem_space(state.store.root()) {
-        m.filesystem_size_bytes.set(size as i64);
-        m.filesystem_available_bytes.set(available as i64);
-    }
     for kind in [SliverKind::Primary, SliverKind::Secondary] {
         m.slivers
             .with_label_values(&[kind.name()])
             .set(state.store.sliver_count(kind) as i64);
     }
-    m.quarantined_bytes
-        .set(state.store.quarantined_bytes() as i64);
     m.metadata_cache_bytes.set(state.metadata.usage().0 as i64);
+    read_disk_figures(&state).await;
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         crate::metrics::render(&state.registry),
     )
+}
+
+/// Sets the gauges read from the disk, off the async threads and waiting
+/// at most [`DISK_FIGURES_WAIT`]: a stalled disk must not stall the scrape
+/// that shows it (the gauges keep their last values). One reading at a
+/// time: scrapes while one hangs start no other.
+async fn read_disk_figures(state: &Arc<NodeState>) {
+    use std::sync::atomic::Ordering;
+    if state.disk_figures_reading.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let reader = state.clone();
+    let reading = tokio::task::spawn_blocking(move || {
+        let figures = (
+            crate::store::filesystem_space(reader.store.root()),
+            reader.store.quarantined_bytes(),
+        );
+        let m = &reader.metrics;
+        if let Some((size, available)) = figures.0 {
+            m.filesystem_size_bytes.set(size as i64);
+            m.filesystem_available_bytes.set(available as i64);
+        }
+        m.quarantined_bytes.set(figures.1 as i64);
+        reader.disk_figures_reading.store(false, Ordering::Release);
+    });
+    let _ = tokio::time::timeout(DISK_FIGURES_WAIT, reading).await;
 }
 
 pub(super) fn octets(bytes: impl Into<bytes::Bytes>) -> Response {
@@ -223,6 +249,10 @@ pub(super) fn store_error(state: &NodeState, error: StoreError) -> ApiError {
             state.metrics.io_errors.with_label_values(&["read"]).inc();
             tracing::warn!(node = %state.name, "{error}");
             ApiError::not_found(error.to_string())
+        }
+        StoreError::NotNow { .. } => {
+            tracing::warn!(node = %state.name, "{error}");
+            ApiError::unavailable(error.to_string())
         }
         StoreError::Deleted { .. } => ApiError::new(StatusCode::GONE, error.to_string()),
         StoreError::NotStaged => {

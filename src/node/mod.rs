@@ -121,6 +121,8 @@ pub struct NodeState {
     max_metadata_bytes: u64,
     /// The store operations requests are running (a stalled disk).
     stalls: Arc<stall_watch::StallWatch>,
+    /// Whether a scrape's reading of the disk's figures is under way.
+    disk_figures_reading: std::sync::atomic::AtomicBool,
 }
 
 /// A node bound to its address, ready to serve.
@@ -162,6 +164,7 @@ impl Node {
             layouts: layouts::BlobLayouts::new(),
             max_metadata_bytes: config.max_metadata_bytes,
             stalls: Arc::default(),
+            disk_figures_reading: Default::default(),
         });
         let listener = crate::listen::bind(addr).await?;
         Ok(Self {

@@ -89,6 +89,34 @@ pub(super) enum Checked {
     Corrupt,
     /// The read itself failed (EIO and the like).
     Failed(io::Error),
+    /// The node could not read the file now, which says nothing of its
+    /// bytes: out of descriptors or memory, refused, interrupted.
+    NotNow(io::Error),
+}
+
+/// Whether a failed read is the node's state of the moment rather than
+/// the file's (pure): out of file descriptors (EMFILE, ENFILE) or memory,
+/// permission refused (a restore with the wrong owner), interrupted or
+/// timed out. Such a file stays where it is; any other failure (EIO, a
+/// directory where the file was) is the file's.
+pub(super) fn is_passing_read_failure(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(
+            libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOMEM
+                | libc::ENOBUFS
+                | libc::EAGAIN
+                | libc::EINTR
+                | libc::EACCES
+                | libc::EPERM
+                | libc::ETIMEDOUT
+        )
+    ) || matches!(
+        error.kind(),
+        io::ErrorKind::OutOfMemory | io::ErrorKind::Interrupted | io::ErrorKind::TimedOut
+    )
 }
 
 /// Reads a file and checks its checksum: the fast one when the file
@@ -99,6 +127,7 @@ pub(super) fn read_checked(path: &Path, derived_first: bool) -> Checked {
     let bytes = match direct_io::read_whole(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Checked::Missing,
+        Err(e) if is_passing_read_failure(&e) => return Checked::NotNow(e),
         Err(e) => return Checked::Failed(e),
     };
     let valid = bytes.len() >= CHECKSUM_LEN && {
@@ -281,6 +310,23 @@ mod tests {
         let (size, available) = filesystem_space(dir.path()).unwrap();
         assert!(size > 0 && available <= size, "{size} {available}");
         assert!(filesystem_space(&dir.path().join("missing")).is_none());
+    }
+
+    #[test]
+    fn only_a_failure_of_the_file_itself_counts_against_it() {
+        let failure = |code| io::Error::from_raw_os_error(code);
+        for passing in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOMEM,
+            libc::EACCES,
+            libc::EINTR,
+        ] {
+            assert!(is_passing_read_failure(&failure(passing)), "{passing}");
+        }
+        for the_files in [libc::EIO, libc::EISDIR, libc::EBADMSG, libc::EUCLEAN] {
+            assert!(!is_passing_read_failure(&failure(the_files)), "{the_files}");
+        }
     }
 
     #[test]

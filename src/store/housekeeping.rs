@@ -54,10 +54,29 @@ pub enum ScrubFinding {
 /// by default.
 pub const LOST_MARKER_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// Whether `path` is a blob's `commit` or `staged` marker.
+/// Whether `path` is one of a blob's markers (`commit`, `staged`,
+/// `shared`).
 fn is_marker(path: &Path) -> bool {
     path.file_name()
-        .is_some_and(|name| name == "commit" || name == "staged")
+        .is_some_and(|name| name == "commit" || name == "staged" || name == super::markers::SHARED)
+}
+
+/// A blob's markers for a clean-up pass: `None` when they cannot be read
+/// now (out of descriptors, permission refused): the blob is passed over
+/// until the next pass, and the pass goes on with the others.
+fn readable_now(
+    markers: Result<super::markers::Markers, StoreError>,
+) -> Result<Option<super::markers::Markers>, StoreError> {
+    match markers {
+        Ok(markers) => Ok(Some(markers)),
+        Err(StoreError::NotNow { what, source }) => {
+            tracing::warn!(
+                "{what} cannot be read now ({source}): passed over until the next clean-up"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// When a file was quarantined: the seconds its name starts with.
@@ -150,6 +169,8 @@ impl SliverStore {
                         report.unreadable += 1;
                         on_finding(ScrubFinding::Unreadable, &path);
                     }
+                    // The next pass reads it again.
+                    Err(StoreError::NotNow { .. }) => {}
                     Err(e) => return Err(e),
                 }
             }
@@ -170,7 +191,9 @@ impl SliverStore {
                 continue;
             }
             let lock = self.lock(&id);
-            let markers = lock.markers()?;
+            let Some(markers) = readable_now(lock.markers())? else {
+                continue;
+            };
             let collectable = markers.state.only_leftovers()
                 && (!markers.lost || self.idle_for(&id, LOST_MARKER_GRACE, now));
             if collectable && lock.remove_data()? {
@@ -195,7 +218,9 @@ impl SliverStore {
                 continue;
             }
             let lock = self.lock(&id);
-            let markers = lock.markers()?;
+            let Some(markers) = readable_now(lock.markers())? else {
+                continue;
+            };
             // Idle again under the lock: a write staged or adopted while
             // the lock was awaited made it new.
             let wait = if markers.lost { LOST_MARKER_GRACE } else { ttl };

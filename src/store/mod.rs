@@ -117,6 +117,16 @@ pub enum StoreError {
         /// The error.
         source: io::Error,
     },
+    /// A stored file could not be read now for a reason that is not the
+    /// file's (out of file descriptors or memory, permission refused); it
+    /// stays where it is, and a later read may succeed.
+    #[error("stored {what} cannot be read now ({source}); it was left in place")]
+    NotNow {
+        /// Which file.
+        what: String,
+        /// The error.
+        source: io::Error,
+    },
     /// The blob was deleted at a generation at least as new as the write.
     #[error("the blob was deleted at generation {tombstone}; this write is older")]
     Deleted {
@@ -509,6 +519,23 @@ impl SliverStore {
         files::sync_dir(parent)
     }
 
+    /// Publishes both files of a pair, the primary first; when it fails,
+    /// the secondary's temporary file goes too (no half-written leftovers
+    /// in tmp/ until the next start).
+    fn publish_pair(
+        &self,
+        first: StagedFile<'_>,
+        second: StagedFile<'_>,
+    ) -> Result<(), StoreError> {
+        match self.publish_file(first) {
+            Ok(()) => self.publish_file(second),
+            Err(e) => {
+                let _ = fs::remove_file(&second.tmp);
+                Err(e)
+            }
+        }
+    }
+
     /// Reads a checked file; a corrupt or unreadable one is quarantined
     /// and reported as such (the caller treats it as missing).
     fn read_file(
@@ -537,6 +564,12 @@ impl SliverStore {
                 what: what(),
                 source,
             },
+            Checked::NotNow(source) => {
+                return Err(StoreError::NotNow {
+                    what: what(),
+                    source,
+                })
+            }
         };
         if quarantine {
             self.quarantine(path);
@@ -618,9 +651,7 @@ impl SliverStore {
         };
         let lock = self.lock(id);
         match lock.check_claimed() {
-            Ok(()) => self
-                .publish_file(first)
-                .and_then(|()| self.publish_file(second)),
+            Ok(()) => self.publish_pair(first, second),
             Err(e) => {
                 let _ = fs::remove_file(&first.tmp);
                 let _ = fs::remove_file(&second.tmp);

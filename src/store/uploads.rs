@@ -137,8 +137,7 @@ impl SliverStore {
         }
         let [first, second]: [StagedFile; 2] = staged.try_into().ok().expect("two files");
         let _session = self.session_lock(upload);
-        self.publish_file(first)
-            .and_then(|()| self.publish_file(second))
+        self.publish_pair(first, second)
             .map_err(CheckedPutError::Store)
     }
 

@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::dev_fleet::{all_healthy, all_ready, pseudo_random, DevFleet, WAIT};
+use crate::within;
 
 /// Builds the EIO and stall shim (gcc is on the machine; the test command
 /// checks).
@@ -221,7 +222,13 @@ async fn a_node_whose_disk_stalls_calls_itself_not_ready_and_the_gateway_passes_
     // Past the stall limit the process, alive, says it is not ready and why.
     let reason = wait_readyz(&url, "node-2 not ready", |code, _| code == 503).await;
     assert!(reason.contains("the disk stalls"), "{reason}");
-    let metrics = node_metrics(&fleet, "node-2").await;
+    // Its metrics still answer (the filesystem's figures, read from the
+    // stalled disk, keep their last values).
+    let metrics = within(
+        "node-2's metrics while its disk stalls",
+        node_metrics(&fleet, "node-2"),
+    )
+    .await;
     let oldest: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("redstuff_node_oldest_store_operation_seconds "))
@@ -281,4 +288,99 @@ async fn a_node_whose_disk_stalls_calls_itself_not_ready_and_the_gateway_passes_
         .wait_for("healed", |s| all_ready(s) && all_healthy(s, 7))
         .await;
     assert!(fleet.get(&id).await == data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_out_of_file_descriptors_answers_503_and_quarantines_nothing() {
+    let shim_dir = tempfile::tempdir().unwrap();
+    let shim = eio_shim(shim_dir.path());
+    let markers_dir = shim_dir.path().join("failing");
+    std::fs::create_dir(&markers_dir).unwrap();
+    let fleet = DevFleet::start_with_env(
+        &["--scrub-interval-secs", "1"],
+        &[
+            ("LD_PRELOAD", shim.to_str().unwrap()),
+            ("REDSTUFF_TEST_EIO_DIR", markers_dir.to_str().unwrap()),
+        ],
+    );
+    let data = pseudo_random(2_000_000, 13);
+    let id = fleet.put(&data).await;
+    fleet.wait_for("healthy", |s| all_healthy(s, 1)).await;
+    // Every read of node-4's slivers fails as when the process is out of
+    // file descriptors: nothing is wrong with the files.
+    let files = sliver_files(&fleet, "node-4", &id);
+    let marked_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let markers: Vec<PathBuf> = files
+        .iter()
+        .map(|f| markers_dir.join(f.to_str().unwrap().replace('/', "%")))
+        .collect();
+    for marker in &markers {
+        std::fs::write(marker, b"EMFILE").unwrap();
+    }
+    assert!(
+        fleet.get(&id).await == data,
+        "the other nodes serve the read"
+    );
+    // The node says it cannot read now (503), not that the sliver is
+    // missing (404).
+    let primary = files
+        .iter()
+        .find(|f| f.extension().is_some_and(|e| e == "primary"))
+        .expect("a primary sliver on node-4");
+    let segment = primary.file_stem().unwrap().to_str().unwrap();
+    let shard = primary
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap();
+    let token = std::fs::read_to_string(fleet.data_dir().join("cluster-token")).unwrap();
+    let token = token.lines().next().unwrap().trim().to_string();
+    let url = format!(
+        "{}/v1/blobs/{id}/slivers/{segment}/{shard}/primary",
+        node_url(&fleet, "node-4").await
+    );
+    let sliver = |url: String, token: String| async move {
+        redstuff::http::client()
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(sliver(url.clone(), token.clone()).await, 503);
+    // A scrub pass that met every file ends, and none was moved away.
+    let start = Instant::now();
+    loop {
+        let metrics = node_metrics(&fleet, "node-4").await;
+        let ended = counter(
+            &metrics,
+            "redstuff_node_scrub_last_completed_timestamp_seconds",
+        );
+        if ended > marked_at + 1 {
+            assert_eq!(
+                counter(&metrics, "redstuff_node_quarantined_bytes"),
+                0,
+                "{metrics}"
+            );
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "no scrub pass ended:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        files.iter().all(|f| f.exists()),
+        "every file stays in place"
+    );
+    // Descriptors back: the same read succeeds.
+    for marker in &markers {
+        std::fs::remove_file(marker).unwrap();
+    }
+    assert_eq!(sliver(url, token).await, 200);
 }

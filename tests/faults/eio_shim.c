@@ -1,11 +1,12 @@
 /* Test only: a disk that errs or stalls. Preloaded into redstuff
  * processes, it makes read(2) and pread(2) of a file fail with EIO while
  * the directory named by REDSTUFF_TEST_EIO_DIR holds a marker for it: a
- * file named like the path with every '/' turned into '%'. And while the
+ * file named like the path with every '/' turned into '%' (EMFILE instead
+ * when the marker says "EMFILE"). And while the
  * file named by REDSTUFF_TEST_STALL_MARKER exists, read, pread, write,
  * pwrite, fsync and fdatasync of every file whose path contains
  * REDSTUFF_TEST_STALL_PATH wait (as on a dead device or a hung network
- * volume), and go on once it is removed. Other descriptors (sockets,
+ * volume), and go on once it is removed; so does statvfs of such a path. Other descriptors (sockets,
  * pipes) and other files are untouched. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -13,13 +14,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <sys/types.h>
 #include <time.h>
 #include <unistd.h>
 
+/* The errno a read of `fd` fails with, or 0: EIO, or EMFILE when the
+ * marker's content starts with "EMFILE" (a node out of descriptors). */
 static int should_fail(int fd) {
     const char *dir = getenv("REDSTUFF_TEST_EIO_DIR");
-    char link[64], path[4096], marker[8192];
+    char link[64], path[4096], marker[8192], says[8] = {0};
     if (!dir)
         return 0;
     snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
@@ -31,7 +35,12 @@ static int should_fail(int fd) {
         if (path[i] == '/')
             path[i] = '%';
     snprintf(marker, sizeof marker, "%s/%s", dir, path);
-    return access(marker, F_OK) == 0;
+    FILE *file = fopen(marker, "r");
+    if (!file)
+        return 0;
+    size_t got = fread(says, 1, sizeof says - 1, file);
+    fclose(file);
+    return got >= 6 && strncmp(says, "EMFILE", 6) == 0 ? EMFILE : EIO;
 }
 
 /* The path of `fd` when it is a file, else 0. */
@@ -94,8 +103,9 @@ ssize_t read(int fd, void *buf, size_t count) {
     if (!real)
         real = (ssize_t(*)(int, void *, size_t))dlsym(RTLD_NEXT, "read");
     stall(fd);
-    if (should_fail(fd)) {
-        errno = EIO;
+    int failure = should_fail(fd);
+    if (failure) {
+        errno = failure;
         return -1;
     }
     return real(fd, buf, count);
@@ -106,9 +116,42 @@ ssize_t pread64(int fd, void *buf, size_t count, off_t offset) {
     if (!real)
         real = (ssize_t(*)(int, void *, size_t, off_t))dlsym(RTLD_NEXT, "pread64");
     stall(fd);
-    if (should_fail(fd)) {
-        errno = EIO;
+    int failure = should_fail(fd);
+    if (failure) {
+        errno = failure;
         return -1;
     }
     return real(fd, buf, count, offset);
+}
+
+/* Waits while the stall marker exists, when `path` is of the stalled path. */
+static void stall_path(const char *path) {
+    const char *marker = getenv("REDSTUFF_TEST_STALL_MARKER");
+    const char *part = getenv("REDSTUFF_TEST_STALL_PATH");
+    char slashed[4096];
+    if (!marker || !part || !path)
+        return;
+    /* The data directory itself, named without its trailing slash. */
+    snprintf(slashed, sizeof slashed, "%s/", path);
+    if (!strstr(slashed, part))
+        return;
+    struct timespec pause = {0, 20 * 1000 * 1000};
+    while (access(marker, F_OK) == 0)
+        nanosleep(&pause, 0);
+}
+
+int statvfs(const char *path, struct statvfs *buf) {
+    static int (*real)(const char *, struct statvfs *);
+    if (!real)
+        real = (int (*)(const char *, struct statvfs *))dlsym(RTLD_NEXT, "statvfs");
+    stall_path(path);
+    return real(path, buf);
+}
+
+int statvfs64(const char *path, struct statvfs64 *buf) {
+    static int (*real)(const char *, struct statvfs64 *);
+    if (!real)
+        real = (int (*)(const char *, struct statvfs64 *))dlsym(RTLD_NEXT, "statvfs64");
+    stall_path(path);
+    return real(path, buf);
 }
