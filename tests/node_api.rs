@@ -467,6 +467,54 @@ fn session_pair(segment: &EncodedSegment, shard: u16) -> (Hash, Vec<Hash>, Vec<u
 }
 
 #[tokio::test]
+async fn a_session_pair_larger_than_any_pair_of_the_fleet_is_refused_before_it_is_read() {
+    let map_dir = tempfile::tempdir().unwrap();
+    let map_path = map_dir.path().join("fleet.json");
+    let segment_size = 64 << 10;
+    FleetMap {
+        shards: 4,
+        segment_size,
+        nodes: vec![],
+    }
+    .write(&map_path)
+    .unwrap();
+    let node = start(
+        "node-bounded",
+        Setup {
+            shards: &[0],
+            fleet: Some(map_path),
+            ..Setup::default()
+        },
+    )
+    .await;
+    let (_, _, segments) = blob(4, 150_000, segment_size);
+    let (root, proof, body) = session_pair(&segments[0], 0);
+    // The primary's header claims the largest symbol any segment can have
+    // (a 1 GiB one): the node would reserve hundreds of MiB for the pair.
+    let mut inflated = body.clone();
+    let largest = redstuff::codec::format::max_symbol_size(&EncodingConfig::new(4).unwrap());
+    let at = redstuff::codec::format::SLIVER_OVERHEAD - 4;
+    inflated[at..at + 4].copy_from_slice(&(largest as u32).to_le_bytes());
+    let upload = UploadId::random();
+    let refused = node
+        .client
+        .put_upload_pair(&upload, (0, &root), 0, &proof, vec![inflated.into()])
+        .await;
+    let error = refused.unwrap_err();
+    assert_eq!(
+        error.status(),
+        Some(StatusCode::PAYLOAD_TOO_LARGE),
+        "{error}"
+    );
+    assert!(error.to_string().contains("at most"), "{error}");
+    // A pair of the fleet's own size is taken.
+    node.client
+        .put_upload_pair(&upload, (0, &root), 0, &proof, vec![body.into()])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn a_session_pair_is_verified_against_its_segment_root_and_stays_invisible_until_metadata_adopts_it(
 ) {
     let node = start_node("node-session", &[0, 1], None).await;
@@ -1303,6 +1351,15 @@ async fn a_repair_completes_past_a_node_flipping_bits_and_one_replaying_others_a
     assert_eq!(
         status_of(nodes[0].client.repair(&wrong).await),
         StatusCode::CONFLICT
+    );
+    // Generation 0 is no write's: refused before anything is committed.
+    let no_generation = RepairRequest {
+        generation: 0,
+        ..request.clone()
+    };
+    assert_eq!(
+        status_of(nodes[0].client.repair(&no_generation).await),
+        StatusCode::BAD_REQUEST
     );
     // A repair of a generation older than a delete stops and stores nothing.
     nodes[0].client.delete(&id, 50).await.unwrap();

@@ -47,6 +47,10 @@ pub(super) async fn repair(
     Json(request): Json<RepairRequest>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&request.blob)?;
+    // The repaired write is committed here at this generation.
+    if request.generation == 0 {
+        return Err(ApiError::bad_request("generation 0 is not a generation"));
+    }
     if let Some(shard) = request.shards.iter().find(|s| !state.ownership.owns(**s)) {
         return Err(ApiError::conflict(format!(
             "shard {shard} is not owned by node {}",
@@ -101,9 +105,15 @@ impl Repair {
         let id = self.id;
         for segment in 0..metadata.segment_count() as u32 {
             for shard in self.request.shards.clone() {
-                let has = |kind| self.state.store.has_sliver(&id, segment, shard, kind);
-                let (has_primary, has_secondary) =
-                    (has(SliverKind::Primary), has(SliverKind::Secondary));
+                // Off the async threads: a stalled disk stalls this repair
+                // alone.
+                let state = self.state.clone();
+                let (has_primary, has_secondary) = tokio::task::spawn_blocking(move || {
+                    let has = |kind| state.store.has_sliver(&id, segment, shard, kind);
+                    (has(SliverKind::Primary), has(SliverKind::Secondary))
+                })
+                .await
+                .map_err(|e| e.to_string())?;
                 if has_primary && has_secondary {
                     self.report.already_present += 1;
                     continue;
@@ -314,6 +324,9 @@ impl Repair {
                         && s.verify(metadata).is_ok()
                 });
             match symbol {
+                // A shard the map names on two nodes (during a move) gives
+                // its symbol once: the rebuild refuses a second one.
+                Some(symbol) if valid.iter().any(|v| v.source() == symbol.source()) => {}
                 Some(symbol) => valid.push(symbol),
                 None => self.blame(&node),
             }

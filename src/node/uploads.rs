@@ -54,11 +54,25 @@ fn parse_hashes(what: &str, text: &str) -> Result<Vec<Hash>, ApiError> {
         .collect())
 }
 
+/// Bytes of the largest pair (with both slivers' headers) of a fleet of
+/// `shards` shards cutting blobs into segments of `segment_size` bytes;
+/// `None` for a map no encoding fits.
+fn largest_pair(shards: u16, segment_size: u64) -> Option<usize> {
+    let config = crate::codec::EncodingConfig::new(shards).ok()?;
+    Some(config.segment_layout(segment_size).pair_len() + 2 * SLIVER_OVERHEAD)
+}
+
 /// Reads a pair body: the primary's header tells the pair's length, which
-/// is checked against the declared length before the rest is read. The
-/// slivers land in one aligned buffer, each on a block boundary, so the
-/// store writes them past the page cache without copying them again.
-async fn read_pair_body(body: Body, headers: &HeaderMap) -> Result<[Bytes; 2], ApiError> {
+/// is checked against the declared length and against `largest` (the
+/// fleet's largest pair, when the node has a fleet map) before anything is
+/// allocated for it or the rest is read. The slivers land in one aligned
+/// buffer, each on a block boundary, so the store writes them past the
+/// page cache without copying them again.
+async fn read_pair_body(
+    body: Body,
+    headers: &HeaderMap,
+    largest: Option<usize>,
+) -> Result<[Bytes; 2], ApiError> {
     let mut stream = body.into_data_stream();
     let mut prefix = Vec::new();
     let mut pair: Option<(PairLengths, BlockParts)> = None;
@@ -78,6 +92,13 @@ async fn read_pair_body(body: Body, headers: &HeaderMap) -> Result<[Bytes; 2], A
                 if declared > found.total as u64 {
                     return Err(too_large(found.total, declared.to_string()));
                 }
+            }
+            if let Some(largest) = largest.filter(|&largest| found.total > largest) {
+                return Err(ApiError::too_large(format!(
+                    "the primary sliver's header makes the pair {} bytes; a pair of this \
+                     fleet (its shard count and segment size) is at most {largest}",
+                    found.total
+                )));
             }
             let mut body = BlockParts::new(&[found.primary, found.total - found.primary]);
             body.push(&prefix)
@@ -126,7 +147,12 @@ pub(super) async fn put_pair(
             state.name
         )));
     }
-    let [primary, secondary] = read_pair_body(body, &headers).await?;
+    let largest = state
+        .fleet
+        .as_ref()
+        .and_then(|fleet| fleet.get())
+        .and_then(|map| largest_pair(map.shards, map.segment_size));
+    let [primary, secondary] = read_pair_body(body, &headers, largest).await?;
     blocking(state.stalls.clone(), move || {
         let (slivers, pair) = pair_shape(&primary, &secondary, segment, (&root, shard), &proof)?;
         state
