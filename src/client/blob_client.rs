@@ -33,6 +33,14 @@ pub enum BlobIoError {
         /// n - f.
         needed: usize,
     },
+    /// Deletes of the same bytes kept refusing the write on some nodes
+    /// (their tombstones newer than each generation it tried): nothing
+    /// was committed; retry.
+    #[error("deletes of blob {id} kept overtaking this write on some nodes; nothing was committed: retry")]
+    DeletedMeanwhile {
+        /// The blob.
+        id: BlobId,
+    },
     /// No node recorded the commit within the commit window, and some did
     /// not answer: one of them may have recorded it.
     #[error("the commit reached no node within its deadline ({needed} shards needed) and some did not answer: the write may or may not become visible; storing the same bytes again settles it")]

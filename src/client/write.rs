@@ -108,6 +108,19 @@ impl BlobClient {
     }
 }
 
+/// Times a write is staged again above a tombstone that refused it before
+/// it gives up (a delete of the same bytes racing it each time).
+const RESTAGES: u32 = 3;
+
+/// What staging a write did.
+struct Staging {
+    /// Per segment, the shards holding the blob's pair on the nodes that
+    /// staged it.
+    held: Vec<BTreeSet<u16>>,
+    /// The nodes that refused it for a tombstone at least as new.
+    tombstoned: Vec<MapNode>,
+}
+
 impl BlobUpload {
     /// The upload ended: its last segment is shipped, and the blob
     /// staged, its pairs adopted and committed (see the module doc);
@@ -128,18 +141,38 @@ impl BlobUpload {
         let client = self.client.clone();
         let quorum = self.quorum;
         let before = collect_states(&client, &id, quorum).await;
-        let generation = next_generation(now_nanos(), before.generations());
+        let mut generation = next_generation(now_nanos(), before.generations());
         let silent = {
             let mut shunned = self.shunned.lock().expect("not poisoned");
             shunned.nodes.extend(before.silent.iter().cloned());
             shunned.nodes.clone()
         };
-        let held = client
+        let mut staging = client
             .stage_adopting(&metadata, generation, &self.session, &silent)
             .await;
         // From here on the write settles on its own terms: staged pieces
         // are aborted below, and adopted sessions are gone.
         self.settled = true;
+        // A node holding a tombstone at least as new refused the stage (a
+        // delete only it heard of, which the quorum read missed, or a
+        // clock ahead): a commit at this generation would be undone once
+        // that tombstone spreads. The write is staged again above it.
+        let mut restaged = 0;
+        while !staging.tombstoned.is_empty() {
+            if restaged == RESTAGES {
+                client
+                    .abort(&metadata, generation, &self.session, &silent)
+                    .await;
+                return Err(BlobIoError::DeletedMeanwhile { id });
+            }
+            let newest = client.newest_tombstone(&id, &staging.tombstoned).await;
+            generation = next_generation(now_nanos(), [Some(generation), newest]);
+            staging = client
+                .stage_adopting(&metadata, generation, &self.session, &silent)
+                .await;
+            restaged += 1;
+        }
+        let held = staging.held;
         let segments = metadata.segment_count() as u32;
         let mut acknowledged: BTreeSet<u16> = held.first().cloned().unwrap_or_default();
         for (segment, shards) in held.iter().enumerate() {
@@ -192,14 +225,15 @@ impl BlobClient {
 
     /// Sends the metadata, with the generation and the upload session, to
     /// every node not among `silent`; returns per segment the shards
-    /// holding the blob's pair on the nodes that staged it.
+    /// holding the blob's pair on the nodes that staged it, and the nodes
+    /// that refused it for a tombstone at least as new.
     async fn stage_adopting(
         &self,
         metadata: &BlobMetadata,
         generation: u64,
         session: &UploadId,
         silent: &BTreeSet<String>,
-    ) -> Vec<BTreeSet<u16>> {
+    ) -> Staging {
         let id = metadata.blob_id();
         let bytes = Bytes::from(metadata.to_bytes());
         let nodes: Vec<&MapNode> = self.answering(silent).collect();
@@ -213,6 +247,7 @@ impl BlobClient {
         }))
         .await;
         let mut held = vec![BTreeSet::new(); metadata.segment_count() as usize];
+        let mut tombstoned = Vec::new();
         for (node, answer) in nodes.into_iter().zip(answers) {
             match answer {
                 Ok(adopted) => {
@@ -220,6 +255,10 @@ impl BlobClient {
                         // A node speaks only for the shards the map gives it.
                         shards.extend(theirs.into_iter().filter(|s| node.shards.contains(s)));
                     }
+                }
+                Err(e) if e.status() == Some(reqwest::StatusCode::GONE) => {
+                    tracing::info!(node = %node.name, "staging {id}: {e}");
+                    tombstoned.push(node.clone());
                 }
                 Err(e) => {
                     if e.is_silence() {
@@ -229,7 +268,21 @@ impl BlobClient {
                 }
             }
         }
-        held
+        Staging { held, tombstoned }
+    }
+
+    /// The newest tombstone of `id` that `nodes` report (those that
+    /// answer).
+    async fn newest_tombstone(&self, id: &BlobId, nodes: &[MapNode]) -> Option<u64> {
+        let answers = join_all(nodes.iter().map(|node| {
+            let call = self.client(node);
+            async move { call.state(id).await }
+        }))
+        .await;
+        answers
+            .into_iter()
+            .filter_map(|answer| answer.ok()?.state.tombstone)
+            .max()
     }
 
     /// Best effort: tells every answering node the staged write will

@@ -131,6 +131,7 @@ pub(super) fn io_error(e: BlobIoError) -> ApiError {
         BlobIoError::NotFound(_) => ApiError::not_found(e.to_string()),
         BlobIoError::NotDurable { .. }
         | BlobIoError::CommitRefused { .. }
+        | BlobIoError::DeletedMeanwhile { .. }
         | BlobIoError::NoQuorum { .. }
         | BlobIoError::DeleteIncomplete { .. }
         | BlobIoError::Unreadable { .. }

@@ -232,6 +232,9 @@ pub struct Refusals {
     pub hold_next_metadata_read: AtomicBool,
     /// How many metadata reads were held so far.
     pub metadata_reads_held: AtomicUsize,
+    /// `GET /v1/blobs/{id}/state`: answered late (half a second), so
+    /// that a quorum read hears the other nodes first.
+    pub late_state_reads: AtomicBool,
 }
 
 impl Refusals {
@@ -243,6 +246,11 @@ impl Refusals {
     /// Refuses commits from now on, or not.
     pub fn commits(&self, refuse: bool) {
         self.commits.store(refuse, Ordering::SeqCst);
+    }
+
+    /// Answers state reads late from now on, or not.
+    pub fn late_state_reads(&self, late: bool) {
+        self.late_state_reads.store(late, Ordering::SeqCst);
     }
 
     /// Holds the next metadata read, whichever proxy it arrives at.
@@ -285,6 +293,12 @@ async fn forward(State(proxy): State<Arc<ProxyState>>, request: Request) -> Resp
             .metadata_reads_held
             .fetch_add(1, Ordering::SeqCst);
         std::future::pending::<()>().await;
+    }
+    if parts.method == axum::http::Method::GET
+        && path.ends_with("/state")
+        && proxy.refusals.late_state_reads.load(Ordering::SeqCst)
+    {
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let body = axum::body::to_bytes(body, 64 << 20).await.unwrap();
     let target = format!(

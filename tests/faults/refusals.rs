@@ -377,6 +377,65 @@ async fn an_s3_put_whose_commit_reaches_fewer_than_n_minus_f_shards_is_refused_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_refused_by_a_tombstone_its_quorum_read_missed_is_staged_above_it_and_survives_its_spread(
+) {
+    let (cluster, refusals, map) = cluster_with_proxies(1).await;
+    let (_gateway, gateway) = cluster.gateway(&map, &[]);
+    let http = user_http();
+    let data = pseudo_random(1_100_000, 57);
+    let id = blob_id(&data);
+    // A delete only node-0 heard of, at a generation an hour ahead of the
+    // clock (a gateway whose clock runs fast), and node-0 answers marker
+    // reads late: the PUT's quorum read does not see the tombstone.
+    let ahead = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        + 3_600_000_000_000;
+    let tombstone = |url: String| {
+        redstuff::http::client()
+            .delete(format!("{url}/v1/blobs/{id}?generation={ahead}"))
+            .bearer_auth(crate::procs::CLUSTER_TOKEN)
+            .send()
+    };
+    assert_eq!(
+        tombstone(cluster.nodes[0].url.clone())
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    refusals.late_state_reads(true);
+    let response = http
+        .put(format!("{gateway}/v1/blobs"))
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let stored: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        stored["shards_missing"],
+        serde_json::json!([]),
+        "node-0 took the write staged above its tombstone: {stored}"
+    );
+    refusals.late_state_reads(false);
+    // The control loop would spread node-0's tombstone to every node: it
+    // is older than the write, which stays.
+    for node in &cluster.nodes {
+        assert_eq!(tombstone(node.url.clone()).await.unwrap().status(), 204);
+    }
+    let get = http
+        .get(format!("{gateway}/v1/blobs/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 200, "the PUT answered 201 stays readable");
+    assert!(get.bytes().await.unwrap() == data);
+    assert_eq!(cluster.holders_of(&id).len(), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tombstones_of_an_incomplete_delete_stay_and_spread_and_a_retry_answers_204() {
     use crate::dev_fleet::{all_healthy, holders_of, DevFleet};
     // A real fleet with its control loop; a second gateway reaches nodes
