@@ -33,21 +33,28 @@ static WATCHER: Once = Once::new();
 
 /// A buffer of exactly `len` bytes from the pool, holding whatever its last
 /// user left (or zeroes): the caller overwrites every byte it exposes.
+/// A spare is chosen by its capacity, so one cut short for a short last
+/// segment serves a full segment again.
 pub fn take(len: usize) -> PooledBuffer {
-    let spare = {
-        let mut spares = SPARES.lend();
-        spares
-            .buffers
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.len() >= len)
-            .min_by_key(|(_, b)| b.len())
-            .map(|(at, _)| at)
-            .map(|at| spares.buffers.swap_remove(at))
-    };
+    // A hash-only encode takes an empty buffer: no spare is lent for it.
+    let spare = (len > 0)
+        .then(|| {
+            let mut spares = SPARES.lend();
+            spares
+                .buffers
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.capacity() >= len)
+                .min_by_key(|(_, b)| b.capacity())
+                .map(|(at, _)| at)
+                .map(|at| spares.buffers.swap_remove(at))
+        })
+        .flatten();
     let buffer = match spare {
         Some(mut buffer) => {
-            buffer.truncate(len);
+            // Within the capacity: no allocation, and only the bytes past
+            // the last user's length are written.
+            buffer.resize(len, 0);
             buffer
         }
         None => vec![0u8; len],
@@ -169,6 +176,31 @@ mod tests {
         let again = take(len - 1);
         assert_eq!(again.len(), len - 1);
         assert_eq!(again.as_ptr(), address, "the spare is reused");
+    }
+
+    #[test]
+    fn a_spare_cut_short_for_a_short_segment_serves_a_full_one_again() {
+        let len = 6 * 4096 + 5;
+        let buffer = take(len);
+        let address = buffer.as_ptr();
+        drop(buffer);
+        let short = take(len / 3);
+        assert_eq!(short.as_ptr(), address, "the spare serves the short one");
+        drop(short);
+        let full = take(len);
+        assert_eq!(full.len(), len);
+        assert_eq!(full.as_ptr(), address, "and the full one after it");
+    }
+
+    #[test]
+    fn an_empty_buffer_takes_no_spare() {
+        let len = 9 * 4096 + 7;
+        let buffer = take(len);
+        let address = buffer.as_ptr();
+        drop(buffer);
+        let empty = take(0);
+        assert!(spare_at(address), "the spare stays in the pool");
+        drop(empty);
     }
 
     #[test]
