@@ -126,6 +126,24 @@ async fn the_gateway_says_which_blobs_s3_knows_and_refuses_questions_it_cannot_a
     let answer = ask(&gateway.url, json!({"ids": []})).await.unwrap();
     assert_eq!(answer.status(), 400);
     assert!(answer.text().await.unwrap().contains("blobs"));
+    // A body far past a thousand ids is refused before it is read whole.
+    let flood = format!("{{\"blobs\": [\"{}\"]}}", "x".repeat(4 << 20));
+    let answer = support::user_http()
+        .post(format!("{}/v1/s3/known-blobs", gateway.url))
+        .header("content-type", "application/json")
+        .body(flood.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 413);
+    let answer = support::user_http()
+        .post(format!("{}/v1/s3/objects-of-blobs", gateway.url))
+        .header("content-type", "application/json")
+        .body(flood)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 413);
     // Without a token: refused.
     let answer = reqwest::Client::new()
         .post(format!("{}/v1/s3/known-blobs", gateway.url))

@@ -53,6 +53,10 @@ use crate::metrics::GatewayMetrics;
 /// default: two segments of the default size.
 pub const DEFAULT_SEGMENT_CACHE_BYTES: usize = 128 << 20;
 
+/// The largest body of a question about blobs (`/v1/s3/known-blobs`,
+/// `/v1/s3/objects-of-blobs`): a thousand ids with room to spare.
+const MOST_QUESTION_BYTES: usize = 256 << 10;
+
 /// Where the gateway learns the fleet map.
 #[derive(Debug, Clone)]
 pub enum FleetSource {
@@ -352,8 +356,15 @@ impl Gateway {
                     .delete(resumable_routes::delete),
             )
             .route("/v1/uploads/{id}/finish", post(resumable_routes::finish))
-            .route("/v1/s3/known-blobs", post(routes::s3_known_blobs))
-            .route("/v1/s3/objects-of-blobs", post(routes::s3_objects_of_blobs))
+            // Questions of at most a thousand ids: their bodies are bounded.
+            .route(
+                "/v1/s3/known-blobs",
+                post(routes::s3_known_blobs).layer(DefaultBodyLimit::max(MOST_QUESTION_BYTES)),
+            )
+            .route(
+                "/v1/s3/objects-of-blobs",
+                post(routes::s3_objects_of_blobs).layer(DefaultBodyLimit::max(MOST_QUESTION_BYTES)),
+            )
             .fallback(|| async { ApiError::not_found("no such route; the API lives under /v1") })
             .layer(middleware::from_fn_with_state(
                 state.clone(),
