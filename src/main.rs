@@ -141,6 +141,11 @@ enum Command {
         /// Largest source the operator ingests, e.g. 64GiB.
         #[arg(long, default_value = "64GiB", value_parser = redstuff::units::parse_bytes)]
         max_ingest: u64,
+        /// Most Blob sources fetched and stored at once (each holds a
+        /// spool file and a gateway upload); the others wait, Queued.
+        #[arg(long, default_value_t = redstuff::operator::context::DEFAULT_MAX_CONCURRENT_INGESTS as u16,
+              value_parser = clap::value_parser!(u16).range(1..=64))]
+        max_concurrent_ingests: u16,
         /// Manage StorageClusters and Blobs only in these namespaces
         /// (repeat, or separate with commas; default: every namespace).
         /// Grant the operator's role in each by a RoleBinding.
@@ -333,6 +338,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             identity,
             spool_dir,
             max_ingest,
+            max_concurrent_ingests,
             namespaces,
             image_pull_secrets,
             image_pull_policy,
@@ -355,6 +361,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     identity,
                     spool_dir,
                     max_ingest_bytes: max_ingest,
+                    max_concurrent_ingests: max_concurrent_ingests.into(),
                     shutdown_timeout: std::time::Duration::from_secs(20),
                     namespaces,
                     image_pull_secrets,

@@ -175,6 +175,66 @@ async fn a_url_is_downloaded_checked_against_its_digest_and_stored() {
 }
 
 #[tokio::test]
+async fn a_download_is_kept_through_a_failed_upload_and_the_next_attempt_does_not_download_again() {
+    let fleet = TestFleet::start(4).await;
+    let body: Vec<u8> = (0..400_000u32).map(|i| (i % 247) as u8).collect();
+    let digest = redstuff::hex::encode(&sha2::Sha256::digest(&body));
+    let source =
+        support::serve_range_source(vec![("\"v1\"".into(), body.clone())], vec![], true).await;
+    let mut b = url_blob("kept-download", source.url.clone(), Some(digest));
+    b.metadata.uid = Some(format!("uid-kept-{}", std::process::id()));
+    // The gateway is away: the download arrives whole, the upload fails.
+    let away = fleet
+        .endpoints()
+        .with_override("media-gateway", "http://127.0.0.1:9");
+    let (seen, _) = run(api(Some(&cluster(4)), &[&b], &[]), away, &b).await;
+    let failed = status_patches(&seen, "kept-download").pop().unwrap();
+    assert_eq!(condition(&failed, "Ingested"), ("False", "GatewayFailed"));
+    // The gateway is back: the kept download is stored, not fetched again.
+    let (seen, ctx) = run(api(Some(&cluster(4)), &[&b], &[]), fleet.endpoints(), &b).await;
+    let stored = status_patches(&seen, "kept-download").pop().unwrap();
+    assert_eq!(condition(&stored, "Ingested"), ("True", "Stored"));
+    assert_eq!(source.asked.lock().unwrap().len(), 1, "downloaded once");
+    let id = stored["blobId"].as_str().unwrap();
+    assert!(read_back(&fleet, id).await == body);
+    let kept = std::fs::read_dir(&ctx.spool_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("uid-kept-"))
+        .count();
+    assert_eq!(kept, 0, "the kept download goes once stored");
+}
+
+#[tokio::test]
+async fn sources_past_the_ingest_slots_wait_queued_and_fetch_nothing() {
+    let fleet = TestFleet::start(4).await;
+    let source =
+        support::serve_range_source(vec![("\"v1\"".into(), vec![7; 1000])], vec![], true).await;
+    let b = url_blob("queued", source.url.clone(), None);
+    let (client, recorded) = api(Some(&cluster(4)), &[&b], &[]).serve();
+    let ctx = Arc::new(
+        test_context(client)
+            .with_endpoints(fleet.endpoints())
+            .with_max_concurrent_ingests(1),
+    );
+    // The one slot is taken (another Blob's source being fetched).
+    let busy = ctx.ingest_slots.clone().try_acquire_owned().unwrap();
+    reconcile_blob(Arc::new(b.clone()), ctx.clone())
+        .await
+        .unwrap();
+    let queued = status_patches(&recorded.take(), "queued").pop().unwrap();
+    assert_eq!(condition(&queued, "Ingested"), ("False", "Queued"));
+    assert!(source.asked.lock().unwrap().is_empty(), "nothing fetched");
+    // The slot comes free: the source is fetched and stored.
+    drop(busy);
+    reconcile_blob(Arc::new(b.clone()), ctx.clone())
+        .await
+        .unwrap();
+    let stored = status_patches(&recorded.take(), "queued").pop().unwrap();
+    assert_eq!(condition(&stored, "Ingested"), ("True", "Stored"));
+}
+
+#[tokio::test]
 async fn a_url_whose_bytes_do_not_match_the_digest_stores_nothing() {
     let fleet = TestFleet::start(4).await;
     let (url, _stop) = serve_bytes(b"not the model you asked for".to_vec()).await;

@@ -60,6 +60,9 @@ pub async fn reconcile_blob(blob: Arc<Blob>, ctx: Arc<Context>) -> Result<Action
     })
 }
 
+/// How soon a Blob waiting for an ingest slot asks again.
+const INGEST_SLOT_POLL: Duration = Duration::from_secs(5);
+
 async fn apply_blob(blob: &Blob, ctx: &Context, namespace: &str) -> Result<Action, ReconcileError> {
     let blobs: Api<Blob> = Api::namespaced(ctx.client.clone(), namespace);
     let clusters: Api<StorageCluster> = Api::namespaced(ctx.client.clone(), namespace);
@@ -78,45 +81,57 @@ async fn apply_blob(blob: &Blob, ctx: &Context, namespace: &str) -> Result<Actio
     if blob_id.is_none() {
         match &cluster {
             None => ingest_state = IngestState::InProgress,
-            Some(cluster) => {
-                let in_progress = blob_status(
-                    &previous,
-                    None,
-                    &IngestState::InProgress,
-                    &ClusterFacts::Unobserved,
-                    generation,
-                    &now,
-                );
-                write_status_if_changed(&blobs, blob, &mut current, in_progress).await?;
-                match ingest_source(blob, cluster, ctx, namespace).await {
-                    Ok((id, resumes)) => {
-                        let resumed = match resumes {
-                            0 => String::new(),
-                            1 => {
-                                " (the download broke off once and went on where it stopped)".into()
-                            }
-                            n => format!(
+            Some(cluster) => match ctx.ingest_slots.clone().try_acquire_owned() {
+                Err(_) => {
+                    ingest_state = IngestState::Queued {
+                        slots: ctx.max_concurrent_ingests,
+                    };
+                    retry = INGEST_SLOT_POLL;
+                }
+                Ok(_slot) => {
+                    let in_progress = blob_status(
+                        &previous,
+                        None,
+                        &IngestState::InProgress,
+                        &ClusterFacts::Unobserved,
+                        generation,
+                        &now,
+                    );
+                    write_status_if_changed(&blobs, blob, &mut current, in_progress).await?;
+                    match ingest_source(blob, cluster, ctx, namespace).await {
+                        Ok((id, resumes)) => {
+                            let resumed = match resumes {
+                                0 => String::new(),
+                                1 => " (the download broke off once and went on where it stopped)"
+                                    .into(),
+                                n => format!(
                                 " (the download broke off {n} times and went on where it stopped)"
                             ),
-                        };
-                        ctx.publish(blob, false, "Ingested", format!("stored as {id}{resumed}"))
+                            };
+                            ctx.publish(
+                                blob,
+                                false,
+                                "Ingested",
+                                format!("stored as {id}{resumed}"),
+                            )
                             .await;
-                        blob_id = Some(id);
-                    }
-                    Err(e) => {
-                        ctx.publish(blob, true, "IngestFailed", e.to_string()).await;
-                        retry = if e.is_transient() {
-                            Duration::from_secs(30)
-                        } else {
-                            Duration::from_secs(600)
-                        };
-                        ingest_state = IngestState::Failed {
-                            reason: e.reason().into(),
-                            message: e.to_string(),
-                        };
+                            blob_id = Some(id);
+                        }
+                        Err(e) => {
+                            ctx.publish(blob, true, "IngestFailed", e.to_string()).await;
+                            retry = if e.is_transient() {
+                                Duration::from_secs(30)
+                            } else {
+                                Duration::from_secs(600)
+                            };
+                            ingest_state = IngestState::Failed {
+                                reason: e.reason().into(),
+                                message: e.to_string(),
+                            };
+                        }
                     }
                 }
-            }
+            },
         }
     }
 
@@ -238,17 +253,33 @@ async fn ingest_source(
     let source = &blob.spec.source;
     let limit = ctx.max_ingest_bytes;
     let mut resumes = 0;
+    // A URL's download, whole and checked, is kept until the gateway
+    // stored it: an upload that failed is tried again without it.
+    let mut kept_download = None;
     if let Some(url) = &source.url {
-        resumes = ingest::download(
-            &ctx.http,
+        let keep_at = ingest::kept_download(
+            &ctx.spool_dir,
+            &blob.uid().unwrap_or_default(),
             &url.url,
             url.sha256.as_deref(),
-            limit,
-            spool.path(),
-            &ingest::ResumePolicy::default(),
-        )
-        .await?
-        .resumes;
+        );
+        if !keep_at.is_file() {
+            let download = tempfile::NamedTempFile::new_in(&ctx.spool_dir)?;
+            resumes = ingest::download(
+                &ctx.http,
+                &url.url,
+                url.sha256.as_deref(),
+                limit,
+                download.path(),
+                &ingest::ResumePolicy::default(),
+            )
+            .await?
+            .resumes;
+            download
+                .persist(&keep_at)
+                .map_err(|e| IngestError::Spool(e.error))?;
+        }
+        kept_download = Some(keep_at);
     } else if let Some(key) = &source.config_map_key {
         let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
         let not_found = || {
@@ -312,7 +343,14 @@ async fn ingest_source(
             ),
         })?;
     let http = ctx.gateway_http(cluster);
-    let stored = ingest::upload(&http, &gateway, &token, spool.path()).await?;
+    let stored = match &kept_download {
+        Some(kept) => {
+            let stored = ingest::upload(&http, &gateway, &token, kept).await?;
+            let _ = std::fs::remove_file(kept);
+            stored
+        }
+        None => ingest::upload(&http, &gateway, &token, spool.path()).await?,
+    };
     Ok((stored.id, resumes))
 }
 
@@ -321,6 +359,7 @@ async fn cleanup_blob(
     ctx: &Context,
     namespace: &str,
 ) -> Result<Action, ReconcileError> {
+    ingest::forget_downloads(&ctx.spool_dir, &blob.uid().unwrap_or_default());
     let Some(id) = blob
         .status
         .as_ref()

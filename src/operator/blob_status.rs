@@ -18,6 +18,12 @@ pub enum IngestState {
     Done,
     /// The operator is fetching the source now.
     InProgress,
+    /// The source waits for one of the operator's ingest slots (at most
+    /// `--max-concurrent-ingests` sources are fetched at once).
+    Queued {
+        /// How many sources are fetched at once.
+        slots: usize,
+    },
     /// The last attempt failed.
     Failed {
         /// Condition reason.
@@ -92,6 +98,17 @@ pub fn blob_status(
             false,
             "Ingesting",
             "fetching the source and storing it through the gateway".into(),
+            generation,
+            now,
+        ),
+        IngestState::Queued { slots } => condition(
+            "Ingested",
+            false,
+            "Queued",
+            format!(
+                "waiting for one of the operator's {slots} ingest slots \
+                 (--max-concurrent-ingests): other sources are being fetched"
+            ),
             generation,
             now,
         ),

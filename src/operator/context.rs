@@ -271,6 +271,10 @@ impl Fleets {
 /// Where the operator runs unless told otherwise (the chart's examples).
 pub const DEFAULT_OPERATOR_NAMESPACE: &str = "redstuff-system";
 
+/// Sources fetched and stored at once, unless `--max-concurrent-ingests`
+/// says otherwise: each holds a spool file and a gateway upload.
+pub const DEFAULT_MAX_CONCURRENT_INGESTS: usize = 2;
+
 /// What every reconcile needs.
 pub struct Context {
     /// The API client.
@@ -295,6 +299,11 @@ pub struct Context {
     pub spool_dir: PathBuf,
     /// Largest source the operator ingests, in bytes.
     pub max_ingest_bytes: u64,
+    /// Most sources fetched and stored at once.
+    pub max_concurrent_ingests: usize,
+    /// The ingest slots (`max_concurrent_ingests` permits): a Blob whose
+    /// source finds none waits, Queued.
+    pub ingest_slots: std::sync::Arc<tokio::sync::Semaphore>,
     /// Watch caches of node pods, claims and Kubernetes nodes (empty:
     /// reconciles list them).
     pub observed: super::observed::Observed,
@@ -327,6 +336,10 @@ impl Context {
             views_changed: tokio::sync::watch::channel(0).0,
             spool_dir: std::env::temp_dir().join("redstuff-ingest"),
             max_ingest_bytes: 64 << 30,
+            max_concurrent_ingests: DEFAULT_MAX_CONCURRENT_INGESTS,
+            ingest_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                DEFAULT_MAX_CONCURRENT_INGESTS,
+            )),
             observed: Default::default(),
             crds: Default::default(),
             ca_min_phase: super::ca_rotation::MIN_PHASE,
@@ -423,6 +436,13 @@ impl Context {
         crate::auth::parse_tokens(&String::from_utf8_lossy(&content))
             .into_iter()
             .next()
+    }
+
+    /// The same, fetching at most `slots` sources at once (at least one).
+    pub fn with_max_concurrent_ingests(mut self, slots: usize) -> Self {
+        self.max_concurrent_ingests = slots.max(1);
+        self.ingest_slots = std::sync::Arc::new(tokio::sync::Semaphore::new(slots.max(1)));
+        self
     }
 
     /// The same, reaching objects through `endpoints`.

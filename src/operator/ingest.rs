@@ -78,6 +78,46 @@ impl IngestError {
     }
 }
 
+/// Where a URL source, downloaded whole and checked, is kept until the
+/// gateway stored it (an upload that failed is tried again without
+/// downloading again): named by the Blob's uid and its source, which is
+/// fixed for a Blob.
+pub fn kept_download(
+    spool_dir: &Path,
+    blob_uid: &str,
+    url: &str,
+    sha256: Option<&str>,
+) -> std::path::PathBuf {
+    let mut source = Sha256::new();
+    source.update(url.as_bytes());
+    source.update([0]);
+    source.update(sha256.unwrap_or_default().as_bytes());
+    let source = crate::hex::encode(&source.finalize()[..8]);
+    spool_dir.join(format!("{KEPT_PREFIX}{}-{source}", safe_name(blob_uid)))
+}
+
+/// Removes the downloads kept for the Blob `blob_uid` (deleted).
+pub fn forget_downloads(spool_dir: &Path, blob_uid: &str) {
+    let prefix = format!("{KEPT_PREFIX}{}-", safe_name(blob_uid));
+    let Ok(entries) = std::fs::read_dir(spool_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+const KEPT_PREFIX: &str = "download-";
+
+/// A uid as a file name: anything but letters, digits and hyphens dropped.
+fn safe_name(uid: &str) -> String {
+    uid.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect()
+}
+
 /// When a download that broke off is resumed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResumePolicy {

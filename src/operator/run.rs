@@ -53,6 +53,8 @@ pub struct OperatorOptions {
     pub spool_dir: PathBuf,
     /// Largest source ingested, in bytes.
     pub max_ingest_bytes: u64,
+    /// Most sources fetched and stored at once.
+    pub max_concurrent_ingests: usize,
     /// How long shutdown waits for repairs in flight.
     pub shutdown_timeout: Duration,
     /// Namespaces whose StorageClusters and Blobs this operator manages;
@@ -284,7 +286,7 @@ pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
     context.operator.image_pull_policy = options.image_pull_policy.clone();
     context.spool_dir = options.spool_dir.clone();
     context.max_ingest_bytes = options.max_ingest_bytes;
-    let context = Arc::new(context);
+    let context = Arc::new(context.with_max_concurrent_ingests(options.max_concurrent_ingests));
 
     let listener = crate::listen::bind(options.listen).await?;
     let metrics_context = context.clone();
