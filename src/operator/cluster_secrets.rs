@@ -188,7 +188,7 @@ pub(super) async fn trust_gateway(
     let secret = Some(secret);
     let ca = match secret_text(&secret, tls::CA_CERT_KEY) {
         Some(pem) => crate::tls::TrustedCa::from_pem(std::path::Path::new(own), pem.as_bytes())
-            .map_err(|e| format!("ca.crt of the Secret {e} (spec.tls.gatewaySecret)"))?,
+            .map_err(|e| format!("ca.crt of the Secret {own} (spec.tls.gatewaySecret): {e}"))?,
         None => crate::tls::TrustedCa::public_roots(),
     };
     trust

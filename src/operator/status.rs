@@ -210,6 +210,18 @@ pub fn validate_spec(spec: &StorageClusterSpec) -> Result<EncodingConfig, String
     if let Some(grace) = spec.repair.as_ref().and_then(|r| r.grace_period.as_deref()) {
         super::lifecycle::parse_duration(grace).map_err(|e| format!("repair.gracePeriod: {e}"))?;
     }
+    // A name no certificate can hold would stop every certificate's
+    // renewal, the nodes' too.
+    for name in spec.gateway_names() {
+        if let Some(problem) = super::desired::tls::certificate_name_problem(name) {
+            return Err(format!("tls.gatewayNames: {problem}"));
+        }
+    }
+    if let Some(domain) = spec.s3.as_ref().and_then(|s3| s3.domain.as_deref()) {
+        if let Some(problem) = super::desired::tls::certificate_name_problem(domain) {
+            return Err(format!("s3.domain: {problem}"));
+        }
+    }
     super::desired::gateway_sizing::gateway_sizing(spec.gateway.as_ref())?;
     super::desired::gateway_replicas::gateway_replicas(spec)?;
     super::desired::node_scrub::scrub_args(spec.scrub.as_ref())?;
@@ -858,6 +870,16 @@ mod tests {
         assert!(validate_spec(&cluster(3, 3, Some("1Gi")).spec)
             .unwrap_err()
             .contains("shard count 3"));
+        let mut unicode = cluster(7, 7, Some("1Gi"));
+        unicode.spec.tls = Some(crate::operator::crd::TlsSpec {
+            gateway_names: Some(vec!["s3.bücher.example".into()]),
+            ..Default::default()
+        });
+        let problem = validate_spec(&unicode.spec).unwrap_err();
+        assert!(
+            problem.contains("tls.gatewayNames") && problem.contains("xn--"),
+            "{problem}"
+        );
     }
 
     #[test]

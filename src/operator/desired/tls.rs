@@ -148,6 +148,34 @@ pub fn gateway_serving_names(cluster: &StorageCluster, namespace: &str) -> Vec<S
     names
 }
 
+/// What is wrong with `name` as a name a certificate covers, if anything
+/// (pure): it must be an IP address or an ASCII DNS name (labels of
+/// letters, digits and inner hyphens, at most 63 bytes each and 253 in
+/// all), a leading `*.` allowed; an internationalised name is given in its
+/// punycode (`xn--`) form.
+pub fn certificate_name_problem(name: &str) -> Option<String> {
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return None;
+    }
+    let host = name.strip_prefix("*.").unwrap_or(name);
+    let label_ok = |label: &str| {
+        (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    if host.is_empty() || name.len() > 253 || !host.split('.').all(label_ok) {
+        return Some(format!(
+            "{name:?} is neither an IP address nor a DNS name a certificate can cover \
+             (ASCII letters, digits, hyphens and dots; an internationalised name in its \
+             xn-- form)"
+        ));
+    }
+    None
+}
+
 fn secret_data<const N: usize>(entries: [(&str, &str); N]) -> BTreeMap<String, ByteString> {
     entries
         .into_iter()
@@ -481,6 +509,32 @@ mod tests {
             ..fine
         };
         assert!(needs_new_serving_cert(Some(&unknown), "ca", &names(), now));
+    }
+
+    #[test]
+    fn a_certificate_covers_ascii_dns_names_and_ip_addresses_only() {
+        for fine in [
+            "s3.example.com",
+            "*.s3.example.com",
+            "localhost",
+            "10.0.0.1",
+            "::1",
+            "xn--bcher-kva.example",
+        ] {
+            assert_eq!(certificate_name_problem(fine), None, "{fine}");
+        }
+        for wrong in [
+            "s3.bücher.example",
+            "",
+            "a..b",
+            "-lead.example",
+            "trail-.example",
+            "under_score.example",
+            "*.",
+            "a.*.example",
+        ] {
+            assert!(certificate_name_problem(wrong).is_some(), "{wrong:?}");
+        }
     }
 
     #[test]
