@@ -28,6 +28,44 @@ fn eio_shim(dir: &Path) -> PathBuf {
     library
 }
 
+/// The shim making reads of chosen files fail, preloaded into a fleet
+/// scrubbing every second.
+struct FailingReads {
+    dir: tempfile::TempDir,
+}
+
+impl FailingReads {
+    /// A fleet whose processes read through the shim.
+    fn fleet() -> (Self, DevFleet) {
+        let dir = tempfile::tempdir().unwrap();
+        let shim = eio_shim(dir.path());
+        std::fs::create_dir(dir.path().join("failing")).unwrap();
+        let fleet = DevFleet::start_with_env(
+            &["--scrub-interval-secs", "1"],
+            &[
+                ("LD_PRELOAD", shim.to_str().unwrap()),
+                (
+                    "REDSTUFF_TEST_EIO_DIR",
+                    dir.path().join("failing").to_str().unwrap(),
+                ),
+            ],
+        );
+        (Self { dir }, fleet)
+    }
+
+    /// Reads of `file` fail from now on (`says` EMFILE: out of
+    /// descriptors; else EIO) until the returned marker is removed.
+    fn fail(&self, file: &Path, says: &[u8]) -> PathBuf {
+        let marker = self
+            .dir
+            .path()
+            .join("failing")
+            .join(file.to_str().unwrap().replace('/', "%"));
+        std::fs::write(&marker, says).unwrap();
+        marker
+    }
+}
+
 /// The primary sliver files node `name` holds of blob `id`.
 fn sliver_files(fleet: &DevFleet, name: &str, id: &str) -> Vec<PathBuf> {
     let blob = fleet.node_dir(name).join("data").join("blobs").join(id);
@@ -67,17 +105,7 @@ async fn node_metrics(fleet: &DevFleet, name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sliver_that_cannot_be_read_is_missing_counted_and_repaired_and_the_scrub_goes_on() {
-    let shim_dir = tempfile::tempdir().unwrap();
-    let shim = eio_shim(shim_dir.path());
-    let markers_dir = shim_dir.path().join("failing");
-    std::fs::create_dir(&markers_dir).unwrap();
-    let fleet = DevFleet::start_with_env(
-        &["--scrub-interval-secs", "1"],
-        &[
-            ("LD_PRELOAD", shim.to_str().unwrap()),
-            ("REDSTUFF_TEST_EIO_DIR", markers_dir.to_str().unwrap()),
-        ],
-    );
+    let (failing_reads, fleet) = FailingReads::fleet();
     let data = pseudo_random(3_500_000, 12);
     let id = fleet.put(&data).await;
     fleet.wait_for("healthy", |s| all_healthy(s, 1)).await;
@@ -85,13 +113,7 @@ async fn a_sliver_that_cannot_be_read_is_missing_counted_and_repaired_and_the_sc
     // its walk and must go on past the first.
     let files = sliver_files(&fleet, "node-4", &id);
     let failing = [files[0].clone(), files[files.len() - 1].clone()];
-    let markers: Vec<PathBuf> = failing
-        .iter()
-        .map(|f| markers_dir.join(f.to_str().unwrap().replace('/', "%")))
-        .collect();
-    for marker in &markers {
-        std::fs::write(marker, b"").unwrap();
-    }
+    let markers: Vec<PathBuf> = failing.iter().map(|f| failing_reads.fail(f, b"")).collect();
     // Reads go on: the sliver that errs is replaced by another shard's.
     assert!(fleet.get(&id).await == data);
     // Both are quarantined (moved away) and counted.
@@ -292,17 +314,7 @@ async fn a_node_whose_disk_stalls_calls_itself_not_ready_and_the_gateway_passes_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_out_of_file_descriptors_answers_503_and_quarantines_nothing() {
-    let shim_dir = tempfile::tempdir().unwrap();
-    let shim = eio_shim(shim_dir.path());
-    let markers_dir = shim_dir.path().join("failing");
-    std::fs::create_dir(&markers_dir).unwrap();
-    let fleet = DevFleet::start_with_env(
-        &["--scrub-interval-secs", "1"],
-        &[
-            ("LD_PRELOAD", shim.to_str().unwrap()),
-            ("REDSTUFF_TEST_EIO_DIR", markers_dir.to_str().unwrap()),
-        ],
-    );
+    let (failing_reads, fleet) = FailingReads::fleet();
     let data = pseudo_random(2_000_000, 13);
     let id = fleet.put(&data).await;
     fleet.wait_for("healthy", |s| all_healthy(s, 1)).await;
@@ -315,11 +327,8 @@ async fn a_node_out_of_file_descriptors_answers_503_and_quarantines_nothing() {
         .as_secs();
     let markers: Vec<PathBuf> = files
         .iter()
-        .map(|f| markers_dir.join(f.to_str().unwrap().replace('/', "%")))
+        .map(|f| failing_reads.fail(f, b"EMFILE"))
         .collect();
-    for marker in &markers {
-        std::fs::write(marker, b"EMFILE").unwrap();
-    }
     assert!(
         fleet.get(&id).await == data,
         "the other nodes serve the read"
