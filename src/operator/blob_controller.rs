@@ -343,14 +343,11 @@ async fn ingest_source(
             ),
         })?;
     let http = ctx.gateway_http(cluster);
-    let stored = match &kept_download {
-        Some(kept) => {
-            let stored = ingest::upload(&http, &gateway, &token, kept).await?;
-            let _ = std::fs::remove_file(kept);
-            stored
-        }
-        None => ingest::upload(&http, &gateway, &token, spool.path()).await?,
-    };
+    let from = kept_download.as_deref().unwrap_or(spool.path());
+    let stored = ingest::upload(&http, &gateway, &token, from).await?;
+    if let Some(kept) = &kept_download {
+        let _ = std::fs::remove_file(kept);
+    }
     Ok((stored.id, resumes))
 }
 
