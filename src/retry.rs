@@ -83,11 +83,12 @@ pub enum Failure {
 
 impl Failure {
     /// Whether another attempt may succeed: a busy or degraded gateway or
-    /// fleet (429, 502, 503, 504) or a lost connection; never another 4xx
-    /// or an internal error.
+    /// fleet (429, 502, 503, 504), a body that stopped arriving (408: the
+    /// source was slow, not wrong) or a lost connection; never another
+    /// 4xx or an internal error.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Failure::Answered { status, .. } => matches!(status, 429 | 502 | 503 | 504),
+            Failure::Answered { status, .. } => matches!(status, 408 | 429 | 502 | 503 | 504),
             Failure::Transport => true,
             Failure::Final => false,
         }
@@ -166,7 +167,7 @@ mod tests {
             assert_eq!(policy.delay_after(1, &failure, 0.5), None, "{status}");
         }
         assert_eq!(policy.delay_after(1, &Failure::Final, 0.5), None);
-        for status in [429, 502, 503, 504] {
+        for status in [408, 429, 502, 503, 504] {
             let failure = Failure::Answered {
                 status,
                 retry_after: None,

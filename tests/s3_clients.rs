@@ -131,6 +131,14 @@ fn boto3_finds_the_same_semantics_with_the_index_in_postgres() {
     );
 }
 
+/// A client that stops sending its body holds its connection and what it
+/// sent in the spool no longer than the stall time, as on the native API.
+#[test]
+fn an_object_or_part_body_that_brings_nothing_for_the_stall_time_is_refused_and_nothing_kept() {
+    let fleet = DevFleet::start(&["--client-stall-secs", "2"]);
+    python_suite(&fleet, "stalled_body.py", &[]);
+}
+
 #[test]
 fn boto3_in_virtual_hosted_style_reaches_buckets_under_the_base_domain() {
     let domain = "s3.redstuff.test";

@@ -250,12 +250,13 @@ impl<'a> FileUpload<'a> {
 
     /// An append's or finish's answer when it is not a success: what
     /// another attempt mends is a transport failure (another request held
-    /// the upload, it has other bytes than this attempt thought, or it is
-    /// gone and the next attempt opens a new one).
+    /// the upload, it has other bytes than this attempt thought, this
+    /// attempt's body stopped arriving and the upload kept what came, or
+    /// it is gone and the next attempt opens a new one).
     async fn again_after(&mut self, response: reqwest::Response) -> Result<(), AttemptError> {
         match response.status() {
             s if s.is_success() => Ok(()),
-            reqwest::StatusCode::CONFLICT => {
+            reqwest::StatusCode::CONFLICT | reqwest::StatusCode::REQUEST_TIMEOUT => {
                 Err(AttemptError::transport(super::error_of(response).await))
             }
             reqwest::StatusCode::NOT_FOUND | reqwest::StatusCode::GONE => {

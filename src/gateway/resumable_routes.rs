@@ -212,7 +212,7 @@ async fn take_body(
                 break BodyEnd::Cut(ApiError::bad_request(format!("append interrupted: {e}")))
             }
             Err(_) => {
-                break BodyEnd::Cut(ApiError::bad_request(format!(
+                break BodyEnd::Cut(ApiError::request_timeout(format!(
                     "append ended: its body brought nothing for {} s",
                     stall.as_secs()
                 )))

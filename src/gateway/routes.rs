@@ -209,7 +209,7 @@ pub(super) async fn put_blob(
                 // memory no longer than one that stops reading.
                 let received = upload.len();
                 upload.give_up_after(state.cut_upload_kept);
-                return Err(ApiError::bad_request(format!(
+                return Err(ApiError::request_timeout(format!(
                     "upload ended after {received} bytes: its body brought nothing for {} s",
                     state.client_stall.as_secs()
                 )));

@@ -118,10 +118,47 @@ fn payload_error(e: impl std::fmt::Display) -> S3Error {
     }
 }
 
+/// Where a body comes from, and so how long it may bring nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFrom {
+    /// A client's request: a body that brings nothing for the gateway's
+    /// client stall time ends the request (RequestTimeout), so a client
+    /// that stops sending holds its connection and spool no longer than
+    /// one that stops reading.
+    Client,
+    /// The fleet (a part copied from an object): its reads have their own
+    /// deadlines.
+    Fleet,
+}
+
+/// The body's next chunk, `None` at its end; a client's body that brings
+/// nothing for `stall` is refused.
+async fn next_chunk(
+    body: &mut StreamingBlob,
+    from: BodyFrom,
+    stall: std::time::Duration,
+    received: u64,
+) -> S3Result<Option<bytes::Bytes>> {
+    let next = match from {
+        BodyFrom::Client => tokio::time::timeout(stall, body.try_next())
+            .await
+            .map_err(|_| {
+                s3_error!(
+                    RequestTimeout,
+                    "the body brought nothing for {} s after {received} bytes",
+                    stall.as_secs()
+                )
+            })?,
+        BodyFrom::Fleet => body.try_next().await,
+    };
+    next.map_err(payload_error)
+}
+
 /// Streams `body` into the spool, checking everything `declared` says.
 pub async fn receive(
     door: &Door,
     body: Option<StreamingBlob>,
+    from: BodyFrom,
     declared: Declared,
     trailers: Option<TrailingHeaders>,
 ) -> S3Result<Received> {
@@ -136,7 +173,8 @@ pub async fn receive(
     let mut md5 = Md5::new();
     let mut hasher = hasher_for(&declared);
     if let Some(mut body) = body {
-        while let Some(chunk) = body.try_next().await.map_err(payload_error)? {
+        while let Some(chunk) = next_chunk(&mut body, from, door.client_stall(), file.len()).await?
+        {
             if file.len() + chunk.len() as u64 > limit {
                 return Err(s3_error!(
                     EntityTooLarge,

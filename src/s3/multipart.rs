@@ -10,7 +10,7 @@ use s3s::dto::*;
 use s3s::{s3_error, S3Request, S3Result};
 
 use super::assemble::{bare_etag, MAX_PARTS};
-use super::body::{receive, trailer_of, Declared, Received};
+use super::body::{receive, trailer_of, BodyFrom, Declared, Received};
 use super::conditions::copy_source_conditions;
 use super::front::{blocking, etag, now_ms, timestamp, Front};
 use super::objects::{body_len, checksum_fields, with_checksums, write_condition};
@@ -139,7 +139,14 @@ impl Front {
             algorithm: input.checksum_algorithm,
             trailer: trailer_of(&headers),
         };
-        let mut received = receive(&self.door, input.body, declared, trailing_headers).await?;
+        let mut received = receive(
+            &self.door,
+            input.body,
+            BodyFrom::Client,
+            declared,
+            trailing_headers,
+        )
+        .await?;
         let sums = received.checksums.clone();
         let at = (input.bucket, input.key, input.upload_id);
         let part = self.store_part(&mut received, at, number, sums).await?;
@@ -283,7 +290,7 @@ impl Front {
             }
         });
         let body = StreamingBlob::wrap(stream);
-        let received = receive(&self.door, Some(body), declared, None).await;
+        let received = receive(&self.door, Some(body), BodyFrom::Fleet, declared, None).await;
         if let Some(why) = source_failed.lock().expect("not poisoned").take() {
             return Err(s3_error!(
                 ServiceUnavailable,

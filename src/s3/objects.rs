@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use s3s::dto::*;
 use s3s::{s3_error, S3Request, S3Result};
 
-use super::body::{receive, trailer_of, Declared};
+use super::body::{receive, trailer_of, BodyFrom, Declared};
 use super::conditions::copy_source_conditions;
 use super::conditions::{decide_read, ReadConditions, ReadDecision};
 use super::front::{blocking, etag, now_ms, timestamp, Front};
@@ -176,7 +176,14 @@ impl Front {
             input.checksum_algorithm,
             &headers,
         );
-        let mut received = receive(&self.door, input.body, declared, trailing_headers).await?;
+        let mut received = receive(
+            &self.door,
+            input.body,
+            BodyFrom::Client,
+            declared,
+            trailing_headers,
+        )
+        .await?;
         let record = ObjectRecord {
             parts: Vec::new(),
             size: received.len,

@@ -605,7 +605,7 @@ async fn older_gateway() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
 /// its upload slot is free again.
 async fn ended_for_stalling(fleet: &DevFleet, mut socket: std::net::TcpStream) -> String {
     let answer = read_answer(&mut socket);
-    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     wait_for_metric(
         &fleet.http,
         &fleet.gateway,
