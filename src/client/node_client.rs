@@ -794,7 +794,9 @@ impl NodeClient {
 
     /// Asks the node to rebuild its sliver pairs of a blob. The node
     /// answers a line per segment; a repair that answers no whole line for
-    /// the repair stall time is abandoned.
+    /// the repair stall time is abandoned, and one that names a segment
+    /// the blob does not have or one already done is garbled (a node
+    /// repeating a line would otherwise hold the repair for ever).
     pub async fn repair(&self, request: &RepairRequest) -> Result<RepairReport, NodeCallError> {
         const WHAT: &str = "the repair";
         let mut response = self.post_json("/v1/repair", request, WHAT).await?;
@@ -803,6 +805,7 @@ impl NodeClient {
         // (a node trickling its answer) do not keep the repair alive.
         let mut line_until = Instant::now() + stall;
         let mut pending: Vec<u8> = Vec::new();
+        let mut done = std::collections::HashSet::new();
         loop {
             let chunk = match tokio::time::timeout_at(line_until, response.chunk()).await {
                 Err(_) => return Err(self.failure(WHAT)(ReadFailure::TimedOut)),
@@ -820,7 +823,19 @@ impl NodeClient {
             while let Some(end) = pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
                 match serde_json::from_slice::<RepairLine>(&line) {
-                    Ok(RepairLine::Segment(_)) => line_until = Instant::now() + stall,
+                    Ok(RepairLine::Segment(segment)) => {
+                        if segment >= request.segments || !done.insert(segment) {
+                            return Err(NodeCallError::Garbled {
+                                url: self.base.clone(),
+                                what: WHAT,
+                                reason: format!(
+                                    "segment {segment} done again or not one of the blob's {}",
+                                    request.segments
+                                ),
+                            });
+                        }
+                        line_until = Instant::now() + stall;
+                    }
                     Ok(RepairLine::Report(report)) => return Ok(report),
                     Ok(RepairLine::Error(message)) => {
                         return Err(NodeCallError::Status {

@@ -35,6 +35,10 @@ pub const WHOLE_READING_EVERY: Duration = Duration::from_secs(600);
 /// Past this many changed blobs a whole reading is cheaper.
 pub const MOST_CHANGED: usize = 50_000;
 
+/// Past this many pages of one node's changes a whole reading is made:
+/// an honest node's full pages reach `MOST_CHANGED` in a tenth of them.
+pub const MOST_CHANGED_PAGES: usize = 10 * MOST_CHANGED.div_ceil(crate::client::CHANGES_PAGE);
+
 /// How the last reading read the fleet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reading {
@@ -249,7 +253,10 @@ async fn changes_of(
     owned: Option<&BTreeSet<u16>>,
 ) -> Result<(Vec<BlobId>, JournalPosition), String> {
     let mut ids = Vec::new();
-    loop {
+    // Each page moves on by at least one blob: a node that pages through
+    // many more than an honest one would (a page of one, again and again)
+    // is read whole instead.
+    for _ in 0..MOST_CHANGED_PAGES {
         let page = match client
             .inventory_changes(Some(position))
             .await
@@ -271,6 +278,9 @@ async fn changes_of(
             return Err(format!("more than {MOST_CHANGED} blobs changed"));
         }
     }
+    Err(format!(
+        "its changes came in more than {MOST_CHANGED_PAGES} pages"
+    ))
 }
 
 /// Every node's entries of `ids`, by node and blob id; an error when a

@@ -331,3 +331,61 @@ async fn a_node_answering_an_endless_chain_of_inventory_pages_is_cut_by_page_cou
     let most = (cut_at / page_time.as_secs_f64()).ceil() as usize + 1;
     assert!(served <= most, "{served} pages read, at most {most}");
 }
+
+/// A node whose repair answer says the same segment is done again and
+/// again, each line inside the repair stall time, would hold its repair
+/// (and one of the loop's repair slots) for ever: the second line for a
+/// segment already done ends the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repair_answer_repeating_a_segment_done_is_cut_at_the_repeat() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let lines = Arc::new(AtomicUsize::new(0));
+    let sent = lines.clone();
+    let router = Router::new().route(
+        "/v1/repair",
+        axum::routing::post(move || {
+            let sent = sent.clone();
+            async move {
+                let body = futures_util::stream::unfold((), move |()| {
+                    let sent = sent.clone();
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        sent.fetch_add(1, Ordering::SeqCst);
+                        Some((
+                            Ok::<_, std::io::Error>(bytes::Bytes::from_static(
+                                b"{\"segment\":0}\n",
+                            )),
+                            (),
+                        ))
+                    }
+                });
+                axum::body::Body::from_stream(body)
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let deadlines = Deadlines {
+        repair_stall: Duration::from_secs(2),
+        ..Deadlines::from_secs(1.0)
+    };
+    let node = NodeCalls::new(TokenSet::single(CLUSTER_TOKEN), deadlines).node(&url);
+    let request = redstuff::wire::RepairRequest {
+        blob: BlobId([3; 32]).to_string(),
+        shards: vec![0],
+        generation: 1,
+        size: 1,
+        segments: 2,
+    };
+    let answer = within_bound(
+        "a repeating repair",
+        bound(deadlines.repair_stall, 2),
+        node.repair(&request),
+    )
+    .await;
+    assert!(
+        matches!(&answer, Err(NodeCallError::Garbled { reason, .. }) if reason.contains("segment 0 done again")),
+        "{answer:?}"
+    );
+    assert!(lines.load(Ordering::SeqCst) <= 4, "cut at the second line");
+}

@@ -40,7 +40,9 @@ pub enum ChangesAnswer {
 }
 
 /// Checks a page of changes asked after `after`: at most a page of ids,
-/// each a blob id, of the epoch asked and not before the position asked.
+/// each a blob id, of the epoch asked and not before the position asked;
+/// a page with blobs moves past that position, and one saying there is
+/// more brings some (else asking on from it would never end).
 fn check_changes(
     changes: &InventoryChanges,
     after: Option<JournalPosition>,
@@ -56,6 +58,15 @@ fn check_changes(
             return Err(format!(
                 "asked after {}/{}, answered up to {}/{}",
                 after.epoch, after.seq, changes.epoch, changes.next
+            ));
+        }
+        if changes.more && changes.blobs.is_empty() {
+            return Err("said there are more changes and brought none".to_string());
+        }
+        if !changes.blobs.is_empty() && changes.next == after.seq {
+            return Err(format!(
+                "brought changes and stayed at {}/{}",
+                after.epoch, after.seq
             ));
         }
     } else if !changes.blobs.is_empty() || changes.more {
@@ -181,6 +192,12 @@ mod tests {
         assert!(check_changes(&changes(5, vec!["nope".into()], 11, false), Some(at)).is_err());
         let too_many = vec![id(1).to_string(); CHANGES_PAGE + 1];
         assert!(check_changes(&changes(5, too_many, 11, false), Some(at)).is_err());
+        // More with nothing, or changes without moving on: asking again
+        // from the same place would go on for ever.
+        assert!(check_changes(&changes(5, vec![], 10, true), Some(at)).is_err());
+        assert!(check_changes(&changes(5, vec![], 11, true), Some(at)).is_err());
+        assert!(check_changes(&changes(5, vec![id(1).to_string()], 10, true), Some(at)).is_err());
+        assert!(check_changes(&changes(5, vec![id(1).to_string()], 11, true), Some(at)).is_ok());
         // Asked for the head: no changes come with it.
         assert!(check_changes(&changes(5, vec![], 11, false), None).is_ok());
         assert!(check_changes(&changes(5, vec![id(1).to_string()], 11, false), None).is_err());
