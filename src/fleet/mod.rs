@@ -41,8 +41,10 @@ pub fn assign(shards: u16, nodes: &[NodeSpec], previous: &Assignment) -> Assignm
     let base = usize::from(shards) / count;
     let extra = usize::from(shards) % count;
 
-    // Nodes ordered for the extra shards: round-robin over domains (largest
-    // first), previous holdings deciding ties within a domain.
+    // Nodes ordered for the extra shards: each goes to the domain holding
+    // the fewest shards so far (its nodes' base shards and the extras it
+    // got), so a large domain, which holds the most already, gets its
+    // extras last; previous holdings decide among a domain's nodes.
     let held = |name: &str| previous.values().filter(|n| n.as_str() == name).count();
     let mut by_domain: BTreeMap<&str, Vec<&NodeSpec>> = BTreeMap::new();
     for node in nodes {
@@ -55,22 +57,11 @@ pub fn assign(shards: u16, nodes: &[NodeSpec], previous: &Assignment) -> Assignm
     for members in &mut domains {
         members.sort_by(|a, b| held(&b.name).cmp(&held(&a.name)).then(a.name.cmp(&b.name)));
     }
-    domains.sort_by_key(|members| std::cmp::Reverse(members.len()));
-    let mut round_robin = Vec::with_capacity(count);
-    for round in 0.. {
-        let before = round_robin.len();
-        for members in &domains {
-            if let Some(node) = members.get(round) {
-                round_robin.push(*node);
-            }
-        }
-        if round_robin.len() == before {
-            break;
-        }
-    }
+    let round_robin = fewest_shards_first(&domains, base);
     // Nodes that already hold an extra shard keep it, whatever their domain
     // became (a pod rescheduled or not scheduled yet): no shard moves
     // while its owner stays.
+    let mut round_robin = round_robin;
     round_robin.sort_by_key(|node| held(&node.name) <= base);
     let mut room: BTreeMap<&str, usize> = round_robin
         .iter()
@@ -101,6 +92,25 @@ pub fn assign(shards: u16, nodes: &[NodeSpec], previous: &Assignment) -> Assignm
         assignment.insert(shard, name.to_string());
     }
     assignment
+}
+
+/// Every node of `domains` (each a domain's nodes in the order they take
+/// extra shards), ordered so that each next one is in the domain holding
+/// the fewest shards when each node holds `base` and each node before it
+/// one more; ties go to the domain listed first.
+fn fewest_shards_first<'a>(domains: &[Vec<&'a NodeSpec>], base: usize) -> Vec<&'a NodeSpec> {
+    let mut held: Vec<usize> = domains.iter().map(|members| members.len() * base).collect();
+    let mut taken = vec![0usize; domains.len()];
+    let mut order = Vec::with_capacity(domains.iter().map(Vec::len).sum());
+    while let Some(domain) = (0..domains.len())
+        .filter(|d| taken[*d] < domains[*d].len())
+        .min_by_key(|d| (held[*d], *d))
+    {
+        order.push(domains[domain][taken[domain]]);
+        taken[domain] += 1;
+        held[domain] += 1;
+    }
+    order
 }
 
 /// How many whole failure domains can be lost without losing any shard
@@ -321,6 +331,70 @@ mod tests {
         assert_eq!(tolerated_domain_losses(&a, &specs, 3), 0);
         // ...but with f = 4 one zone may go.
         assert_eq!(tolerated_domain_losses(&a, &specs, 4), 1);
+    }
+
+    #[test]
+    fn extra_shards_go_to_the_domains_holding_fewest_so_a_large_domain_is_not_loaded_most() {
+        // n = 7 (f = 2) on 5 nodes in 4 zones, zone a with two of them:
+        // zone a holds 2 before any extra, so the 2 extras go to b and c
+        // and losing any one zone loses at most 2 shards.
+        let specs = nodes(&[
+            ("n0", "a"),
+            ("n1", "a"),
+            ("n2", "b"),
+            ("n3", "c"),
+            ("n4", "d"),
+        ]);
+        let a = assign(7, &specs, &Assignment::new());
+        assert_eq!(tolerated_domain_losses(&a, &specs, 2), 1, "{a:?}");
+        // Whatever the layout, a domain that got an extra holds at most
+        // one more than a domain with a node still without one: no extra
+        // could go elsewhere and lower the most a domain holds.
+        let layouts: [&[usize]; 6] = [
+            &[2, 1, 1, 1],
+            &[3, 1],
+            &[4, 2, 1],
+            &[1, 1, 5],
+            &[3, 3, 2],
+            &[6],
+        ];
+        for sizes in layouts {
+            let specs: Vec<NodeSpec> = sizes
+                .iter()
+                .enumerate()
+                .flat_map(|(d, size)| {
+                    (0..*size).map(move |i| NodeSpec {
+                        name: format!("z{d}-n{i}"),
+                        domain: format!("z{d}"),
+                    })
+                })
+                .collect();
+            for shards in specs.len() as u16..=4 * specs.len() as u16 {
+                let a = assign(shards, &specs, &Assignment::new());
+                let base = usize::from(shards) / specs.len();
+                let c = counts(&a);
+                let per_domain = |d: usize| -> (usize, bool, bool) {
+                    let of: Vec<usize> = (0..sizes[d])
+                        .map(|i| c.get(&format!("z{d}-n{i}")).copied().unwrap_or(0))
+                        .collect();
+                    (
+                        of.iter().sum(),
+                        of.iter().any(|n| *n > base),
+                        of.iter().any(|n| *n == base),
+                    )
+                };
+                for with_extra in 0..sizes.len() {
+                    for without in 0..sizes.len() {
+                        let (high, has_extra, _) = per_domain(with_extra);
+                        let (low, _, has_room) = per_domain(without);
+                        assert!(
+                            !(has_extra && has_room) || high <= low + 1,
+                            "{shards} shards over {sizes:?}: {c:?}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
