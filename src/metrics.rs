@@ -13,6 +13,13 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Buckets of the wait before a repair starts, in seconds: up to two hours,
+/// past the operator's grace period (5 minutes by default) before the
+/// shards of a node that went away move.
+const REPAIR_START_BUCKETS: &[f64] = &[
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 420.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0,
+];
+
 /// Names of every metric registered by this process so far.
 static REGISTERED: std::sync::Mutex<std::collections::BTreeSet<String>> =
     std::sync::Mutex::new(std::collections::BTreeSet::new());
@@ -115,8 +122,12 @@ fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> In
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str) -> Histogram {
+    histogram_with(registry, name, help, LATENCY_BUCKETS)
+}
+
+fn histogram_with(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
     note(name);
-    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
         .expect("valid metric");
     registry
         .register(Box::new(h.clone()))
@@ -193,9 +204,10 @@ pub struct NodeMetrics {
 }
 
 impl NodeMetrics {
-    /// Registers the node metrics.
+    /// Registers the node metrics; the series of what can go wrong start
+    /// at 0 (an alert on `increase` misses a series' first value).
     pub fn new(registry: &Registry) -> Self {
-        Self {
+        let metrics = Self {
             stored_bytes: gauge(
                 registry,
                 "redstuff_node_stored_bytes",
@@ -317,7 +329,27 @@ impl NodeMetrics {
                 "redstuff_node_tls_handshakes_abandoned_total",
                 "TLS handshakes on the node's API that the caller closed before they finished, without an alert (a call cancelled while connecting, a TCP probe).",
             ),
-        }
+        };
+        zero_series(&metrics.corruption_detected, ["read", "scrub"]);
+        zero_series(&metrics.io_errors, ["read", "scrub", "write"]);
+        metrics
+    }
+
+    /// Starts at 0 the per-peer series of every node of `map`.
+    pub fn know_peers(&self, map: &crate::fleet::FleetMap) {
+        zero_series(
+            &self.peer_invalid,
+            map.nodes.iter().map(|n| n.name.as_str()),
+        );
+    }
+}
+
+/// Creates, at 0, the series of `counter` with each of `values` as its
+/// one label: an alert on `increase` sees a series' first count only
+/// when a scrape saw the series before it.
+pub fn zero_series<'a>(counter: &IntCounterVec, values: impl IntoIterator<Item = &'a str>) {
+    for value in values {
+        counter.with_label_values(&[value]);
     }
 }
 
@@ -504,6 +536,13 @@ impl GatewayMetrics {
                 &["node"],
             ),
         }
+    }
+
+    /// Starts at 0 the per-node counters of every node of `map`.
+    pub fn know_nodes(&self, map: &crate::fleet::FleetMap) {
+        let names = || map.nodes.iter().map(|n| n.name.as_str());
+        zero_series(&self.peer_invalid, names());
+        zero_series(&self.node_calls_unanswered, names());
     }
 }
 
@@ -701,10 +740,11 @@ impl FleetMetrics {
                 "Bytes repairs of the same pairs would have moved fetching whole segments.",
             ),
             repairs_in_flight: gauge(registry, "redstuff_repairs_in_flight", "Repairs in flight."),
-            repair_start_delay: histogram(
+            repair_start_delay: histogram_with(
                 registry,
                 "redstuff_repair_start_delay_seconds",
                 "Time from noticing a loss to starting its repair.",
+                REPAIR_START_BUCKETS,
             ),
         }
     }
@@ -771,6 +811,52 @@ mod tests {
         let labels =
             std::collections::HashMap::from([("storagecluster".to_string(), cluster.to_string())]);
         Registry::new_custom(None, Some(labels)).unwrap()
+    }
+
+    #[test]
+    fn the_series_an_alert_counts_from_start_at_zero_before_anything_went_wrong() {
+        let registry = Registry::new();
+        let node = NodeMetrics::new(&registry);
+        let text = render(&registry);
+        for series in [
+            r#"redstuff_node_corruption_detected_total{where="read"} 0"#,
+            r#"redstuff_node_corruption_detected_total{where="scrub"} 0"#,
+            r#"redstuff_node_io_errors_total{where="write"} 0"#,
+        ] {
+            assert!(text.contains(series), "{series} missing:\n{text}");
+        }
+        let map = crate::fleet::FleetMap {
+            shards: 4,
+            segment_size: 1 << 20,
+            nodes: vec![crate::fleet::MapNode {
+                name: "node-3".into(),
+                url: "http://127.0.0.1:1".into(),
+                shards: [3].into(),
+            }],
+        };
+        node.know_peers(&map);
+        let gateway_registry = Registry::new();
+        let gateway = GatewayMetrics::new(&gateway_registry);
+        gateway.know_nodes(&map);
+        for text in [render(&registry), render(&gateway_registry)] {
+            assert!(
+                text.contains(r#"redstuff_peer_invalid_responses_total{node="node-3"} 0"#),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_repair_that_starts_after_the_grace_period_falls_in_a_bucket_of_its_own() {
+        let registry = Registry::new();
+        let fleet = FleetMetrics::new(&registry);
+        fleet.repair_start_delay.observe(330.0);
+        let text = render(&registry);
+        assert!(
+            text.contains(r#"redstuff_repair_start_delay_seconds_bucket{le="300"} 0"#)
+                && text.contains(r#"redstuff_repair_start_delay_seconds_bucket{le="420"} 1"#),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1266,6 +1266,7 @@ async fn invalid_counts(node: &TestNode) -> Vec<(String, u64)> {
             let (node, value) = rest.split_once("\"} ")?;
             Some((node.to_string(), value.parse().ok()?))
         })
+        .filter(|(_, count): &(String, u64)| *count > 0)
         .collect()
 }
 

@@ -105,6 +105,9 @@ pub(super) async fn metrics_text(State(state): State<Arc<GatewayState>>) -> impl
         .metrics
         .read_memory_budget
         .set(i64::try_from(reads.capacity()).unwrap_or(i64::MAX));
+    if let Some(map) = state.map.get() {
+        state.metrics.know_nodes(&map);
+    }
     let mut text = crate::metrics::render(&state.registry);
     if let Some(extra) = state.extra_metrics.read().expect("not poisoned").as_ref() {
         text.push_str(&crate::metrics::render(extra));

@@ -163,10 +163,11 @@ async fn metrics(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
     )
 }
 
-/// Sets the gauges read from the disk, off the async threads and waiting
-/// at most [`DISK_FIGURES_WAIT`]: a stalled disk must not stall the scrape
-/// that shows it (the gauges keep their last values). One reading at a
-/// time: scrapes while one hangs start no other.
+/// Sets the gauges read from the disk (and the per-peer series of the
+/// fleet map's nodes), off the async threads and waiting at most
+/// [`DISK_FIGURES_WAIT`]: a stalled disk must not stall the scrape that
+/// shows it (the gauges keep their last values). One reading at a time:
+/// scrapes while one hangs start no other.
 async fn read_disk_figures(state: &Arc<NodeState>) {
     use std::sync::atomic::Ordering;
     if state.disk_figures_reading.swap(true, Ordering::AcqRel) {
@@ -184,6 +185,9 @@ async fn read_disk_figures(state: &Arc<NodeState>) {
             m.filesystem_available_bytes.set(available as i64);
         }
         m.quarantined_bytes.set(figures.1 as i64);
+        if let Some(map) = reader.fleet.as_ref().and_then(|fleet| fleet.get()) {
+            m.know_peers(&map);
+        }
         reader.disk_figures_reading.store(false, Ordering::Release);
     });
     let _ = tokio::time::timeout(DISK_FIGURES_WAIT, reading).await;

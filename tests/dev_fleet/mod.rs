@@ -442,6 +442,20 @@ pub fn kill9(pid: i32) {
     signal(pid, libc::SIGKILL);
 }
 
+/// The nodes a metrics text blames for answers that failed verification,
+/// with how many (series at 0 are every known peer's, blaming nobody).
+pub fn blamed(metrics: &str) -> std::collections::BTreeMap<String, u64> {
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("redstuff_peer_invalid_responses_total{node=\""))
+        .filter_map(|rest| {
+            let (node, value) = rest.split_once("\"} ")?;
+            Some((node.to_string(), value.trim().parse::<u64>().ok()?))
+        })
+        .filter(|(_, count)| *count > 0)
+        .collect()
+}
+
 /// Deterministic bytes for a seed.
 pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
