@@ -380,7 +380,7 @@ mod tests {
                     (
                         of.iter().sum(),
                         of.iter().any(|n| *n > base),
-                        of.iter().any(|n| *n == base),
+                        of.contains(&base),
                     )
                 };
                 for with_extra in 0..sizes.len() {
