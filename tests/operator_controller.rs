@@ -1330,6 +1330,55 @@ async fn a_shard_given_back_to_a_node_on_an_empty_volume_moves_once_the_fleet_is
     );
 }
 
+/// Shards moving and a pod replaced at once add up: with n = 4 (f = 1), a
+/// shard moving off node 3 and node 0 down for its new image leave two
+/// shards missing. A reconcile that moves shards replaces no pod, and the
+/// rollout goes on only once the nodes own what they were given.
+#[tokio::test]
+async fn a_reconcile_that_moves_shards_takes_no_node_pod_down_for_a_rollout() {
+    let (fleet, _, _, _) = MovingFleet::one_shard_each_with_a_blob().await;
+    let settled = settled_status(4, 4).await;
+    let (seen, ctx) = reconcile(
+        cluster(4, 4, Some(settled.clone())),
+        ready_pods(4),
+        claims(4),
+        fleet.endpoints(),
+    )
+    .await;
+    let status = status_written(&seen).unwrap_or(settled);
+    assert_eq!(status["blobs"]["healthy"], 1, "{status:#}");
+
+    // spec.nodes drops to 3 and the image changes in one edit.
+    let mut changed = cluster(4, 3, Some(status));
+    changed.spec.image = Some("redstuff:new".into());
+    let (seen, ctx) = reconcile_after(
+        ctx,
+        changed.clone(),
+        ready_pods(4),
+        claims(4),
+        fleet.endpoints(),
+    )
+    .await;
+    let moved = owners_applied(&seen, 4).expect("node 3's shard moves");
+    assert!(moved[3].is_empty());
+    assert!(
+        !lines(&seen)
+            .iter()
+            .any(|r| r.starts_with("DELETE") && r.contains("/pods/")),
+        "no node pod goes while a shard moves: {:#?}",
+        lines(&seen)
+    );
+    let status = status_written(&seen).unwrap();
+    assert!(
+        condition(&status, "Progressing")["message"]
+            .as_str()
+            .unwrap()
+            .contains("shards moving between nodes"),
+        "{status:#}"
+    );
+    drop(ctx);
+}
+
 #[tokio::test]
 async fn a_node_pod_beyond_a_lowered_spec_is_deleted_only_once_its_shard_is_rebuilt_elsewhere_and_the_blob_reads_without_it(
 ) {

@@ -113,6 +113,28 @@ pub(super) fn last_view_blobs_to_repair(fleet: &ClusterFleet, encoding: &Encodin
     })
 }
 
+/// Whether shards are moving between nodes: `assignment` gives some
+/// another owner than the status's, or the nodes at the last look did not
+/// own what it gives them.
+fn shards_moving(
+    fleet: &ClusterFleet,
+    previous_status: &super::crd::StorageClusterStatus,
+    assignment: &Assignment,
+) -> bool {
+    let previous: Assignment = previous_status
+        .shard_assignment
+        .iter()
+        .map(|a| (a.shard, a.node.clone()))
+        .collect();
+    let owned_as_assigned = fleet
+        .view
+        .lock()
+        .expect("not poisoned")
+        .as_ref()
+        .is_some_and(|(_, view)| view.ownership_matches(assignment));
+    previous != *assignment || !owned_as_assigned
+}
+
 /// Whether `existing` was created from another spec than `desired`'s
 /// (a pod without the annotation predates it: outdated too).
 pub(super) fn is_outdated(existing: &Pod, desired: &Pod) -> bool {
@@ -277,6 +299,8 @@ pub(super) async fn apply_objects(
         seen,
         repairs_in_flight: fleet_state.repairer.in_flight() + fleet_state.repairer.queued(),
         blobs_to_repair: last_view_blobs_to_repair(fleet_state, encoding),
+        shards_moving: shards_moving(fleet_state, previous_status, assignment),
+        data_on_claims: cluster.spec.storage.ephemeral != Some(true),
     };
     let replacement = rollout::next_replacement(&rollout_nodes, calm).map(str::to_string);
     let rollout_wait = rollout::waiting_for(&rollout_nodes, calm);

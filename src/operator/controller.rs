@@ -354,7 +354,11 @@ pub async fn reconcile_cluster(
     // grown cluster) move a few at a time, each batch once the last one
     // is rebuilt and every blob is Healthy again (`fleet::pacing`).
     let balanced = fleet::assign(cluster.spec.shards, &holders, &previous);
-    let room = if settled {
+    // Nor while a node pod still present is down (a rollout replacing
+    // one, a pod failing): its shards count as missing already, and each
+    // shard moved now would count too.
+    let all_serving = decisions.iter().all(|d| d.available || d.evicted);
+    let room = if settled && all_serving {
         fleet::moves_at_once(encoding.f())
     } else {
         0

@@ -55,26 +55,41 @@ pub struct FleetCalm {
     /// could make an AtRisk blob unreadable. Lost blobs do not hold the
     /// rollout up (no pod coming back changes them).
     pub blobs_to_repair: usize,
+    /// Shards are moving between nodes: this reconcile gives some another
+    /// owner, or the nodes do not yet own what the assignment gives them.
+    /// A moving shard counts as missing until its new owner rebuilt it,
+    /// so a pod taken down meanwhile adds its shards to those.
+    pub shards_moving: bool,
+    /// Node pods keep their data on claims: replacing one that is down
+    /// loses nothing (on emptyDir its data goes with the pod).
+    pub data_on_claims: bool,
 }
 
 /// The outdated node pod to replace now, if any: only while every other
-/// node pod is available, no repair is in flight and every readable blob is
-/// Healthy, so at most one pod is down at a time (as the
-/// PodDisruptionBudget allows) and only from a whole fleet. An outdated pod
-/// that is itself unavailable goes first: replacing it costs nothing, and
-/// its new spec may be what it needs to run.
+/// node pod is available, no repair is in flight, no shard is moving and
+/// every readable blob is Healthy, so at most one pod is down at a time
+/// (as the PodDisruptionBudget allows) and only from a whole fleet. An
+/// outdated pod that is itself unavailable goes first, while repairs run
+/// and blobs wait for them too when its data is on a claim: replacing it
+/// takes nothing away (its shards count as missing already), and its new
+/// spec may be what it needs to run (a rollback from a bad image).
 pub fn next_replacement(nodes: &[RolloutNode], calm: FleetCalm) -> Option<&str> {
-    if !calm.seen || calm.repairs_in_flight > 0 || calm.blobs_to_repair > 0 {
+    if !calm.seen {
         return None;
     }
     let others_available =
         |me: &RolloutNode| nodes.iter().all(|n| n.name == me.name || n.available);
-    let mut candidates: Vec<&RolloutNode> = nodes
+    let down = nodes
         .iter()
-        .filter(|n| n.outdated && others_available(n))
-        .collect();
-    candidates.sort_by_key(|n| n.available);
-    candidates.first().map(|n| n.name.as_str())
+        .find(|n| n.outdated && !n.available && others_available(n));
+    if let Some(down) = down.filter(|_| calm.data_on_claims) {
+        return Some(down.name.as_str());
+    }
+    if calm.repairs_in_flight > 0 || calm.blobs_to_repair > 0 || calm.shards_moving {
+        return None;
+    }
+    down.or_else(|| nodes.iter().find(|n| n.outdated && others_available(n)))
+        .map(|n| n.name.as_str())
 }
 
 /// What the rollout waits for, for people, when outdated pods remain but
@@ -89,6 +104,8 @@ pub fn waiting_for(nodes: &[RolloutNode], calm: FleetCalm) -> Option<String> {
         format!("{} repairs in flight", calm.repairs_in_flight)
     } else if calm.blobs_to_repair > 0 {
         format!("{} blobs to be repaired", calm.blobs_to_repair)
+    } else if calm.shards_moving {
+        "shards moving between nodes".to_string()
     } else {
         let down: Vec<&str> = nodes
             .iter()
@@ -185,7 +202,7 @@ mod tests {
             let calm = FleetCalm {
                 seen: true,
                 repairs_in_flight: repairs,
-                blobs_to_repair: 0,
+                ..FleetCalm::default()
             };
             assert_eq!(
                 next_replacement(&nodes(states), calm),
@@ -217,6 +234,50 @@ mod tests {
             Some("node pods to be ready: media-node-1")
         );
         assert_eq!(next_replacement(&all_outdated, seen), Some("media-node-0"));
+    }
+
+    #[test]
+    fn an_outdated_pod_that_is_down_on_a_claim_is_replaced_while_blobs_wait_for_repair() {
+        // A rollback from an image that crash-loops: the pod is down, so
+        // every blob is Degraded, and its new spec is what it needs.
+        let one_down = nodes(&[(true, true), (true, false), (true, true)]);
+        let degraded = FleetCalm {
+            seen: true,
+            repairs_in_flight: 3,
+            blobs_to_repair: 5,
+            shards_moving: true,
+            data_on_claims: true,
+        };
+        assert_eq!(next_replacement(&one_down, degraded), Some("media-node-1"));
+        assert_eq!(waiting_for(&one_down, degraded), None);
+        // Its data on emptyDir goes with the pod: it waits like the others.
+        let ephemeral = FleetCalm {
+            data_on_claims: false,
+            ..degraded
+        };
+        assert_eq!(next_replacement(&one_down, ephemeral), None);
+        // A pod that serves is not taken down while blobs wait, and one
+        // down is not replaced while another is down too.
+        let serving = nodes(&[(true, true), (true, true), (true, true)]);
+        assert_eq!(next_replacement(&serving, degraded), None);
+        let two_down = nodes(&[(true, false), (true, false), (true, true)]);
+        assert_eq!(next_replacement(&two_down, degraded), None);
+    }
+
+    #[test]
+    fn no_pod_is_taken_down_while_shards_move_between_nodes() {
+        let serving = nodes(&[(true, true), (true, true), (true, true)]);
+        let moving = FleetCalm {
+            seen: true,
+            shards_moving: true,
+            data_on_claims: true,
+            ..FleetCalm::default()
+        };
+        assert_eq!(next_replacement(&serving, moving), None);
+        assert_eq!(
+            waiting_for(&serving, moving).as_deref(),
+            Some("shards moving between nodes")
+        );
     }
 
     #[test]
