@@ -297,6 +297,39 @@ fn a_clusters_storage_class_is_fixed_and_its_size_never_shrinks() {
 }
 
 #[test]
+fn the_s3_index_claim_never_shrinks_nor_changes_class_and_ephemeral_storage_is_fixed() {
+    let old: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root().join("examples/storagecluster.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(old["spec"]["s3"]["indexSize"], "5Gi");
+    let with = |change: &dyn Fn(&mut Value)| {
+        let mut changed = old.clone();
+        change(&mut changed);
+        changed
+    };
+    let refused_with = |new: &Value, old: &Value, message: &str| {
+        let errors = admission_errors(new, Some(old));
+        assert!(errors.iter().any(|e| e.contains(message)), "{errors:#?}");
+    };
+    let bigger = with(&|c| c["spec"]["s3"]["indexSize"] = "20Gi".into());
+    assert!(admission_errors(&bigger, Some(&old)).is_empty());
+    let smaller = with(&|c| c["spec"]["s3"]["indexSize"] = "1Gi".into());
+    refused_with(&smaller, &old, "indexSize can grow");
+    // Removing it would mean the 1Gi default.
+    let removed = with(&|c| {
+        c["spec"]["s3"].as_object_mut().unwrap().remove("indexSize");
+    });
+    refused_with(&removed, &old, "indexSize can grow");
+    let class_added = with(&|c| c["spec"]["s3"]["indexStorageClassName"] = "fast".into());
+    refused_with(&class_added, &old, "indexStorageClassName is fixed");
+
+    let ephemeral = with(&|c| c["spec"]["storage"]["ephemeral"] = true.into());
+    refused_with(&ephemeral, &old, "ephemeral is fixed");
+    refused_with(&old, &ephemeral, "ephemeral is fixed");
+}
+
+#[test]
 fn a_cluster_name_is_refused_unless_every_name_derived_from_it_is_a_dns_label() {
     let example: Value = serde_yaml::from_str(
         &std::fs::read_to_string(root().join("examples/storagecluster.yaml")).unwrap(),

@@ -254,9 +254,19 @@ pub(super) async fn apply_objects(
         apply_noting(failures, applied, &secrets, secret, true).await;
     }
     if let Some(claim) = &desired.s3_index_claim {
-        // Not in the node-claim watch: applied when it changed or every
-        // five minutes, like the other objects outside the watches.
-        apply_noting(failures, applied, &claims, claim, true).await;
+        // Not in the node-claim watch: read, then applied when it changed
+        // or every five minutes, like the other objects outside the
+        // watches.
+        match claims.get_opt(&claim.name_any()).await {
+            Ok(existing) => {
+                let claim = super::desired::claim_size::as_applicable(claim, existing.as_ref());
+                apply_noting(failures, applied, &claims, &claim, existing.is_some()).await;
+            }
+            Err(e) => failures.note(
+                format!("read PersistentVolumeClaim {}", claim.name_any()),
+                Err::<(), _>(e),
+            ),
+        }
     }
     for claim in &desired.node_claims {
         // A claim still being deleted cannot be applied: it is recreated

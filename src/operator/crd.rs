@@ -210,14 +210,16 @@ pub struct TlsSpec {
 /// The S3 endpoint of a cluster's gateway. The index is embedded (one file
 /// on a PersistentVolumeClaim), so one gateway pod serves it.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[x_kube(validation = Rule::new("!has(oldSelf.indexStorageClassName) || (has(self.indexStorageClassName) && self.indexStorageClassName == oldSelf.indexStorageClassName)").message("indexStorageClassName is fixed once the index claim exists").field_path(".indexStorageClassName"))]
+#[x_kube(validation = Rule::new("has(self.indexStorageClassName) == has(oldSelf.indexStorageClassName) && (!has(self.indexStorageClassName) || self.indexStorageClassName == oldSelf.indexStorageClassName)").message("indexStorageClassName is fixed once the index claim exists (a claim's class cannot change)").field_path(".indexStorageClassName"))]
+#[x_kube(validation = Rule::new("has(oldSelf.indexSize) ? (has(self.indexSize) && quantity(self.indexSize).compareTo(quantity(oldSelf.indexSize)) >= 0) : (!has(self.indexSize) || quantity(self.indexSize).compareTo(quantity('1Gi')) >= 0)").message("indexSize can grow (where the class allows expansion) but never shrink: a claim cannot be made smaller").field_path(".indexSize"))]
 #[x_kube(validation = Rule::new("!has(self.replicas) || self.replicas <= 1 || has(self.postgresSecret)").message("several gateway replicas need the index in PostgreSQL (postgresSecret): the embedded index has one writer").field_path(".replicas"))]
 #[serde(rename_all = "camelCase")]
 pub struct S3Spec {
     /// Serve S3 (default: true when the section is present).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
-    /// Size of the index's PersistentVolumeClaim (default 1Gi).
+    /// Size of the index's PersistentVolumeClaim (default 1Gi); it can
+    /// grow, never shrink.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"))]
     pub index_size: Option<String>,
@@ -310,6 +312,7 @@ impl S3Spec {
 #[x_kube(validation = Rule::new("has(self.size) || (has(self.ephemeral) && self.ephemeral)").message("storage needs a size (a PersistentVolumeClaim per node pod), or ephemeral: true"))]
 #[x_kube(validation = Rule::new("has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)").message("storageClassName is fixed once the claims exist (a claim's class cannot change)").field_path(".storageClassName"))]
 #[x_kube(validation = Rule::new("!has(oldSelf.size) || (has(self.size) && quantity(self.size).compareTo(quantity(oldSelf.size)) >= 0)").message("size can grow (where the class allows expansion) but never shrink: a claim cannot be made smaller").field_path(".size"))]
+#[x_kube(validation = Rule::new("(has(self.ephemeral) && self.ephemeral) == (has(oldSelf.ephemeral) && oldSelf.ephemeral)").message("ephemeral is fixed: switching between emptyDir and claims would take every node pod's data at once").field_path(".ephemeral"))]
 #[serde(rename_all = "camelCase")]
 pub struct StorageSpec {
     /// Size of each node pod's PersistentVolumeClaim, e.g. 200Gi.
@@ -320,6 +323,7 @@ pub struct StorageSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
     /// Use an emptyDir instead of a claim; data is lost with the pod.
+    /// Fixed once the cluster exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ephemeral: Option<bool>,
     /// What becomes of the claims (the nodes' data and the S3 index) when
