@@ -119,30 +119,33 @@ pub fn decide(
 }
 
 /// Of the node pods whose claim is being deleted (Terminating: someone
-/// asked for the volume to go, e.g. to replace a disk), deletes at most
+/// asked for the volume to go, e.g. to replace a disk) or is missing while
+/// the pod still serves (the claim lost its labels, say), deletes at most
 /// one at a time, and only while `fleet_whole` (no repair running or
 /// waiting, none in the last view), no node pod is being deleted and
 /// every other node pod is ready: deleting the pod lets its claim and
 /// volume go, and volumes dropped together would take the blobs whose
-/// pairs they hold. The others keep running on their volumes until their
-/// turn. Returns the nodes held back.
+/// pairs they hold (pods serving on claims the operator cannot see would
+/// all restart at once). The others keep running on their volumes until
+/// their turn. A pod that does not serve and whose claim is missing goes
+/// at once: it cannot start without a claim. Returns the nodes held back.
 pub fn pace_volume_drops(
     nodes: &[NodeObserved],
     decisions: &mut [NodeDecision],
     fleet_whole: bool,
 ) -> Vec<String> {
+    let serving = |n: &NodeObserved| n.pod.as_ref().is_some_and(|p| p.ready && !p.finished);
+    let paced = |n: &NodeObserved| {
+        n.claim == ClaimState::Terminating || (n.claim == ClaimState::Missing && serving(n))
+    };
     let deleting = nodes
         .iter()
         .any(|n| n.pod.as_ref().is_some_and(|p| p.deleting_since.is_some()));
-    let others_ready = nodes
-        .iter()
-        .filter(|n| n.claim != ClaimState::Terminating)
-        .all(|n| n.pod.as_ref().is_some_and(|p| p.ready && !p.finished));
+    let others_ready = nodes.iter().filter(|n| !paced(n)).all(serving);
     let mut room = usize::from(fleet_whole && !deleting && others_ready);
     let mut held = Vec::new();
     for (node, decision) in nodes.iter().zip(decisions.iter_mut()) {
-        let dropping = node.claim == ClaimState::Terminating
-            && decision.delete_pod == Some(DeleteReason::VolumeLost);
+        let dropping = paced(node) && decision.delete_pod == Some(DeleteReason::VolumeLost);
         if !dropping {
             continue;
         }
@@ -151,8 +154,7 @@ pub fn pace_volume_drops(
             continue;
         }
         decision.delete_pod = None;
-        let serving = node.pod.as_ref().is_some_and(|p| p.ready && !p.finished);
-        if serving {
+        if serving(node) {
             decision.available = true;
             decision.unavailable_since = None;
             decision.evicted = false;
@@ -325,6 +327,32 @@ mod tests {
         let mut busy = decide(&busy_nodes, &[], GRACE, ts(0));
         pace_volume_drops(&busy_nodes, &mut busy, true);
         assert_eq!(dropped(&busy), 0);
+    }
+
+    #[test]
+    fn serving_pods_whose_claims_went_missing_go_one_at_a_time_and_pods_that_cannot_start_at_once()
+    {
+        let at = |i: usize, ready: bool| NodeObserved {
+            name: format!("media-node-{i}"),
+            ..node(Some((ready, false, None)), ClaimState::Missing)
+        };
+        let dropped = |d: &[NodeDecision]| {
+            d.iter()
+                .filter(|d| d.delete_pod == Some(DeleteReason::VolumeLost))
+                .count()
+        };
+        // Every claim unseen (its labels edited away), every pod serving.
+        let serving: Vec<NodeObserved> = (0..4).map(|i| at(i, true)).collect();
+        let mut decisions = decide(&serving, &[], GRACE, ts(0));
+        assert_eq!(dropped(&decisions), 4, "decided alone, every one would go");
+        let held = pace_volume_drops(&serving, &mut decisions, true);
+        assert_eq!(dropped(&decisions), 1);
+        assert_eq!(held.len(), 3);
+        // Pods that cannot start without their claim are not held.
+        let pending: Vec<NodeObserved> = (0..2).map(|i| at(i, false)).collect();
+        let mut decisions = decide(&pending, &[], GRACE, ts(0));
+        assert!(pace_volume_drops(&pending, &mut decisions, false).is_empty());
+        assert_eq!(dropped(&decisions), 2);
     }
 
     #[test]
