@@ -4,7 +4,9 @@
 //! managed database would be reached) runs two gateway replicas on it
 //! (`spec.gateway.replicas`, one evictable at a time); an
 //! object stored through one gateway pod is listed and read back through
-//! the other, and the rows are in the database.
+//! the other, and the rows are in the database. Then the cluster moves to
+//! the embedded index: its gateway Deployment, created rolling, becomes
+//! Recreate with one pod on a new index claim.
 
 use std::time::Duration;
 
@@ -83,7 +85,19 @@ pub async fn two_gateways_share_an_index_in_postgres(
     // The cluster goes whatever happened: its pods would hold the machine.
     let cleanup = e2e
         .delete_storagecluster(CLUSTER)
-        .and_then(|_| e2e.kubectl(&["-n", NS, "delete", "secret", SECRET, "--ignore-not-found"]));
+        .and_then(|_| e2e.kubectl(&["-n", NS, "delete", "secret", SECRET, "--ignore-not-found"]))
+        // Retained with the cluster (storage.whenDeleted: Retain).
+        .and_then(|_| {
+            e2e.kubectl(&[
+                "-n",
+                NS,
+                "delete",
+                "persistentvolumeclaim",
+                &format!("{CLUSTER}-s3-index"),
+                "--ignore-not-found",
+                "--wait=false",
+            ])
+        });
     result?;
     cleanup?;
     wait_for(
@@ -205,6 +219,61 @@ stringData:
     anyhow::ensure!(
         rows > 0,
         "the index's table in PostgreSQL holds {rows} rows"
+    );
+    to_the_embedded_index(e2e).await
+}
+
+/// The cluster switched to the embedded index (one gateway): the gateway
+/// Deployment, created rolling, becomes Recreate (the API server refuses a
+/// Recreate strategy that keeps a rollingUpdate nobody owns), its index
+/// claim is made and its pod serves.
+async fn to_the_embedded_index(e2e: &E2e) -> anyhow::Result<()> {
+    e2e.kubectl(&[
+        "-n",
+        NS,
+        "patch",
+        "storagecluster",
+        CLUSTER,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"s3":{"postgresSecret":null},"gateway":{"replicas":1}}}"#,
+    ])?;
+    let deployment = format!("{CLUSTER}-gateway");
+    wait_for(
+        "the gateway Deployment to recreate its pod on the embedded index",
+        Duration::from_secs(300),
+        || {
+            let Some(cluster) = e2e.get("storagecluster", CLUSTER, NS)? else {
+                return Ok(None);
+            };
+            let synced = cluster["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Synced" && c["status"] == "True");
+            let observed =
+                cluster["status"]["observedGeneration"] == cluster["metadata"]["generation"];
+            let Some(gateway) = e2e.get("deployment", &deployment, NS)? else {
+                return Ok(None);
+            };
+            let recreate = gateway["spec"]["strategy"]["type"] == "Recreate"
+                && gateway["spec"]["strategy"]["rollingUpdate"].is_null();
+            let args = gateway["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+            let rolled = gateway["status"]["updatedReplicas"] == 1
+                && gateway["status"]["readyReplicas"] == 1
+                && gateway["status"]["replicas"] == 1;
+            Ok(
+                (synced && observed && recreate && args.contains("\"--s3-index\"") && rolled)
+                    .then_some(()),
+            )
+        },
+    )
+    .await?;
+    anyhow::ensure!(
+        e2e.get("persistentvolumeclaim", &format!("{CLUSTER}-s3-index"), NS)?
+            .is_some(),
+        "no index claim for the embedded index"
     );
     Ok(())
 }

@@ -19,7 +19,9 @@ pub mod tls;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvVar, EnvVarSource, HTTPGetAction, LocalObjectReference, ObjectFieldSelector,
@@ -604,6 +606,17 @@ pub fn desired_objects(
         metadata: meta(cluster, gateway_name(&name), "gateway"),
         spec: DeploymentSpec {
             replicas: Some(i32::from(gateway_replicas)),
+            // The defaults, named: applied, the operator owns them, so a
+            // switch to Recreate (S3 with the embedded index) drops them;
+            // left to the API server's defaulting nobody would, and it
+            // refuses a Recreate strategy that keeps a rollingUpdate.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::String("25%".into())),
+                    max_unavailable: Some(IntOrString::String("25%".into())),
+                }),
+            }),
             selector: LabelSelector {
                 match_labels: Some(selector(&name, "gateway")),
                 ..LabelSelector::default()

@@ -404,7 +404,11 @@ fn s3_adds_its_port_index_claim_and_keys_to_a_gateway_recreated_never_rolled() {
     );
     assert_eq!(secret.data.unwrap()["accessKey"].0, b"AK");
     let spec = objects.gateway.spec;
-    assert_eq!(spec.strategy.unwrap().type_.as_deref(), Some("Recreate"));
+    let strategy = spec.strategy.clone().unwrap();
+    assert_eq!(strategy.type_.as_deref(), Some("Recreate"));
+    // Not named: applied over the RollingUpdate defaults the operator
+    // named before, server-side apply drops them.
+    assert!(strategy.rolling_update.is_none());
     let pod = spec.template.spec.unwrap();
     let container = &pod.containers[0];
     let args = container.args.clone().unwrap().join(" ");
@@ -467,7 +471,12 @@ fn s3_adds_its_port_index_claim_and_keys_to_a_gateway_recreated_never_rolled() {
     let objects = objects_of(&c);
     assert!(objects.s3_index_claim.is_none());
     assert_eq!(objects.gateway.spec.replicas, Some(3));
-    assert!(objects.gateway.spec.strategy.is_none());
+    let strategy = objects.gateway.spec.strategy.clone().unwrap();
+    assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+    assert!(
+        strategy.rolling_update.is_some(),
+        "the defaults named, so that the operator owns them"
+    );
     let container = objects.gateway.spec.template.spec.unwrap().containers[0].clone();
     assert!(!container.args.unwrap().join(" ").contains("--s3-index "));
     let url = container
