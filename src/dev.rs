@@ -491,7 +491,10 @@ pub async fn run(
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(config.period);
     loop {
+        // A signal wins over a tick due at the same time: nodes exiting
+        // with the terminal's Ctrl-C are not started again first.
         tokio::select! {
+            biased;
             _ = &mut shutdown => break,
             _ = tick.tick() => fleet_loop.step().await,
         }
@@ -578,6 +581,20 @@ async fn start_node(exe: &Path, node: &mut NodeProcess) -> anyhow::Result<()> {
         .unwrap_or(0);
     node.url = url;
     node.child = Some(child);
+    Ok(())
+}
+
+/// Writes `url` as node `name`'s address into the fleet map at `path`
+/// (read again by the gateway and the nodes when it changes).
+fn moved_in_map(path: &Path, name: &str, url: &str) -> anyhow::Result<()> {
+    let mut map = FleetMap::read(path)?;
+    let node = map
+        .nodes
+        .iter_mut()
+        .find(|n| n.name == name)
+        .with_context(|| format!("{name} is not in the fleet map"))?;
+    node.url = url.to_string();
+    map.write(path)?;
     Ok(())
 }
 
@@ -674,8 +691,24 @@ impl FleetLoop {
             tracing::warn!(node = %node.name, "node process exited ({reason}); restarting it");
             node.child = None;
             node.restarts += 1;
-            if let Err(e) = start_node(&self.config.exe, node).await {
-                tracing::error!(node = %node.name, "restart failed: {e:#}");
+            let before = node.url.clone();
+            let mut started = start_node(&self.config.exe, node).await;
+            if started.is_err() && node.port != 0 {
+                // Its port was taken meanwhile: any other, and the map
+                // tells the gateway and the peers.
+                tracing::warn!(node = %node.name, port = node.port, "restart on its port failed; taking another");
+                node.port = 0;
+                started = start_node(&self.config.exe, node).await;
+            }
+            match started {
+                Err(e) => tracing::error!(node = %node.name, "restart failed: {e:#}"),
+                Ok(()) if node.url != before => {
+                    let fleet = self.config.data_dir.join("fleet.json");
+                    if let Err(e) = moved_in_map(&fleet, &node.name, &node.url) {
+                        tracing::error!(node = %node.name, "cannot write its new address into {}: {e:#}", fleet.display());
+                    }
+                }
+                Ok(()) => {}
             }
         }
     }

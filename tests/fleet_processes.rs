@@ -9,8 +9,70 @@ use std::time::Duration;
 
 use dev_fleet::{
     all_healthy, all_ready, healed, ideal_repair_bytes_per_shard, kill9, pseudo_random,
-    put_holding_body_back, DevFleet,
+    put_holding_body_back, wait_gone, DevFleet,
 };
+
+/// Node `name`'s address in the fleet map the gateway and the nodes read.
+fn mapped_url(fleet: &DevFleet, name: &str) -> String {
+    let map = redstuff::fleet::FleetMap::read(&fleet.data_dir().join("fleet.json")).unwrap();
+    map.nodes.into_iter().find(|n| n.name == name).unwrap().url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_port_was_taken_while_it_was_down_comes_back_on_another_and_the_map_follows() {
+    let fleet = DevFleet::start(&[]);
+    let status = fleet.wait_for("nodes ready", all_ready).await;
+    let data = pseudo_random(1_500_000, 61);
+    let id = fleet.put(&data).await;
+    let old = mapped_url(&fleet, "node-2");
+    let port: u16 = old.rsplit(':').next().unwrap().parse().unwrap();
+    // The loop is held while the node dies and something else takes its
+    // port, so that it cannot start the node again on it first.
+    let dev = fleet.child.id() as i32;
+    fleet.stop(dev);
+    let victim = DevFleet::pid_of(&status, "node-2");
+    kill9(victim);
+    wait_gone(victim);
+    let squatter =
+        std::net::TcpListener::bind(("127.0.0.1", port)).expect("the node's port is free");
+    fleet.resume(dev);
+    let back = fleet
+        .wait_for("node-2 back on another port", |s| {
+            all_ready(s)
+                && s["nodes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|n| n["name"] == "node-2" && n["address"] != old.as_str())
+        })
+        .await;
+    let new = mapped_url(&fleet, "node-2");
+    assert_ne!(new, old, "the map names its new address");
+    let restarts = back["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "node-2")
+        .unwrap()["restarts"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        restarts, 1,
+        "started again once, on another port at the first try"
+    );
+    // The gateway and the loop reach it there: a blob written now is
+    // Healthy, its pairs on node-2 too.
+    assert!(fleet.get(&id).await == data);
+    let again = pseudo_random(700_000, 62);
+    let id = fleet.put(&again).await;
+    assert!(fleet.get(&id).await == again);
+    fleet
+        .wait_for("healthy with node-2 back", |s| {
+            all_ready(s) && all_healthy(s, 2)
+        })
+        .await;
+    drop(squatter);
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blobs_survive_f_wiped_nodes_and_heal_with_repair_traffic_near_p_plus_q_symbols() {
