@@ -111,7 +111,8 @@ impl BlobClient {
     }
 
     /// Streams bytes `range` of the blob (clamped to its length); `counted`
-    /// is called with each chunk's length as it goes out.
+    /// is called with each chunk's length once the stream has taken it (a
+    /// reader gone before is not counted for it).
     pub async fn read_range(
         &self,
         metadata: BlobMetadata,
@@ -167,10 +168,12 @@ impl BlobClient {
                 match read {
                     Ok(part) => {
                         for chunk in part.parts().iter().cloned() {
-                            counted(chunk.len() as u64);
+                            let len = chunk.len() as u64;
                             if tx.send(Ok(chunk)).await.is_err() {
                                 return; // the reader went away
                             }
+                            // Counted once handed on, not for a reader gone.
+                            counted(len);
                         }
                     }
                     Err(e) => {
