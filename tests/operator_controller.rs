@@ -1178,6 +1178,22 @@ impl MovingFleet {
     }
 
     /// The same with `spec.nodes` set to `nodes`.
+    /// The operator's first reconcile of the four node pods with their
+    /// blob, seen Healthy: its context and the status it wrote.
+    async fn seen_healthy(&self) -> (Arc<Context>, Value) {
+        let settled = settled_status(4, 4).await;
+        let (seen, ctx) = reconcile(
+            cluster(4, 4, Some(settled.clone())),
+            ready_pods(4),
+            claims(4),
+            self.endpoints(),
+        )
+        .await;
+        let status = status_written(&seen).unwrap_or(settled);
+        assert_eq!(status["blobs"]["healthy"], 1, "{status:#}");
+        (ctx, status)
+    }
+
     async fn reconcile_spec(
         &self,
         ctx: Arc<Context>,
@@ -1337,16 +1353,7 @@ async fn a_shard_given_back_to_a_node_on_an_empty_volume_moves_once_the_fleet_is
 #[tokio::test]
 async fn a_reconcile_that_moves_shards_takes_no_node_pod_down_for_a_rollout() {
     let (fleet, _, _, _) = MovingFleet::one_shard_each_with_a_blob().await;
-    let settled = settled_status(4, 4).await;
-    let (seen, ctx) = reconcile(
-        cluster(4, 4, Some(settled.clone())),
-        ready_pods(4),
-        claims(4),
-        fleet.endpoints(),
-    )
-    .await;
-    let status = status_written(&seen).unwrap_or(settled);
-    assert_eq!(status["blobs"]["healthy"], 1, "{status:#}");
+    let (ctx, status) = fleet.seen_healthy().await;
 
     // spec.nodes drops to 3 and the image changes in one edit.
     let mut changed = cluster(4, 3, Some(status));
@@ -1386,16 +1393,7 @@ async fn a_node_pod_beyond_a_lowered_spec_is_deleted_only_once_its_shard_is_rebu
     let (mut fleet, _, id, data) = MovingFleet::one_shard_each_with_a_blob().await;
 
     // The operator sees the blob Healthy on four node pods.
-    let settled = settled_status(4, 4).await;
-    let (seen, ctx) = reconcile(
-        cluster(4, 4, Some(settled.clone())),
-        ready_pods(4),
-        claims(4),
-        fleet.endpoints(),
-    )
-    .await;
-    let status = status_written(&seen).unwrap_or(settled);
-    assert_eq!(status["blobs"]["healthy"], 1, "{status:#}");
+    let (ctx, status) = fleet.seen_healthy().await;
 
     // spec.nodes drops to 3: node 3's shard moves to another node pod,
     // node 3 keeps running.

@@ -103,7 +103,7 @@ async fn run_scenarios(e2e: &E2e, report: &mut Report) {
         Ok(address) => {
             report
                 .scenario(
-                    "S3 with its index in PostgreSQL: two gateway replicas, an object stored through one is read through the other",
+                    "S3 with its index in PostgreSQL: two gateway replicas, an object stored through one is read through the other; then moved to the embedded index, the gateway Recreate",
                     false,
                     s3_postgres::two_gateways_share_an_index_in_postgres(e2e, address),
                 )
