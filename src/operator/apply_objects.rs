@@ -126,13 +126,18 @@ fn shards_moving(
         .iter()
         .map(|a| (a.shard, a.node.clone()))
         .collect();
-    let owned_as_assigned = fleet
+    previous != *assignment || !owned_as_assigned(fleet, assignment)
+}
+
+/// Whether the nodes answering at the last look own what `assignment`
+/// gives them (false before any look).
+pub(super) fn owned_as_assigned(fleet: &ClusterFleet, assignment: &Assignment) -> bool {
+    fleet
         .view
         .lock()
         .expect("not poisoned")
         .as_ref()
-        .is_some_and(|(_, view)| view.ownership_matches(assignment));
-    previous != *assignment || !owned_as_assigned
+        .is_some_and(|(_, view)| view.ownership_matches(assignment))
 }
 
 /// Whether `existing` was created from another spec than `desired`'s

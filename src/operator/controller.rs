@@ -114,13 +114,9 @@ fn rebalance_may_go_on(
     encoding: &EncodingConfig,
 ) -> bool {
     let repairs_idle = fleet.repairer.in_flight() == 0 && fleet.repairer.queued() == 0;
-    let ownership_caught_up = fleet
-        .view
-        .lock()
-        .expect("not poisoned")
-        .as_ref()
-        .is_some_and(|(_, view)| view.ownership_matches(applied));
-    repairs_idle && ownership_caught_up && last_view_blobs_to_repair(fleet, encoding) == 0
+    repairs_idle
+        && super::apply_objects::owned_as_assigned(fleet, applied)
+        && last_view_blobs_to_repair(fleet, encoding) == 0
 }
 
 /// Why a node is unavailable, for its status entry.
