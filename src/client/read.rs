@@ -223,13 +223,7 @@ impl BlobClient {
             if asking.is_empty() {
                 if valid.len() >= p {
                     match self.decode(metadata, index, &mut valid).await? {
-                        Some(data) => {
-                            for node in past_hedge(&pending) {
-                                self.unanswered(&node, Unanswered::Slow);
-                                slow.0.insert(node);
-                            }
-                            return Ok(data);
-                        }
+                        Some(data) => return Ok(data),
                         None => continue,
                     }
                 }
@@ -275,8 +269,15 @@ impl BlobClient {
                 }
             }
             if valid.len() >= p {
-                // Enough to decode: drop the pending requests.
+                // Enough to decode: drop the pending requests. Those asked
+                // longer than the hedge delay ago were slow, as of now (not
+                // after the decode, nor after a retry if it fails).
                 asking.clear();
+                for node in past_hedge(&pending) {
+                    self.unanswered(&node, Unanswered::Slow);
+                    slow.0.insert(node);
+                }
+                pending.clear();
             }
         }
     }
@@ -339,9 +340,10 @@ impl BlobClient {
     }
 }
 
-/// Nodes still not answering after the hedge delay when the segment was
-/// decoded: slow, asked last for the next segments (and reads after).
-fn past_hedge(pending: &[(String, Instant)]) -> Vec<String> {
+/// Nodes still not answering after the hedge delay when enough slivers
+/// to decode had come: slow, asked last for the next segments (and reads
+/// after). Each once, however many of its shards were asked.
+fn past_hedge(pending: &[(String, Instant)]) -> std::collections::BTreeSet<String> {
     pending
         .iter()
         .filter(|(_, since)| since.elapsed() >= HEDGE_AFTER)
