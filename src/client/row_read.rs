@@ -136,7 +136,9 @@ impl BlobClient {
             let Ok(Some((node, row, answer))) =
                 tokio::time::timeout(HEDGE_AFTER, asking.next()).await
             else {
-                for node in pending {
+                // Each node once, however many of its rows were asked.
+                let late: std::collections::BTreeSet<String> = pending.into_iter().collect();
+                for node in late {
                     self.unanswered(&node, Unanswered::Slow);
                     slow.insert(node);
                 }
