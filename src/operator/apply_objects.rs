@@ -114,19 +114,10 @@ pub(super) fn last_view_blobs_to_repair(fleet: &ClusterFleet, encoding: &Encodin
 }
 
 /// Whether shards are moving between nodes: `assignment` gives some
-/// another owner than the status's, or the nodes at the last look did not
-/// own what it gives them.
-fn shards_moving(
-    fleet: &ClusterFleet,
-    previous_status: &super::crd::StorageClusterStatus,
-    assignment: &Assignment,
-) -> bool {
-    let previous: Assignment = previous_status
-        .shard_assignment
-        .iter()
-        .map(|a| (a.shard, a.node.clone()))
-        .collect();
-    previous != *assignment || !owned_as_assigned(fleet, assignment)
+/// another owner than `previous` (the one applied before), or the nodes at
+/// the last look did not own what it gives them.
+fn shards_moving(fleet: &ClusterFleet, previous: &Assignment, assignment: &Assignment) -> bool {
+    previous != assignment || !owned_as_assigned(fleet, assignment)
 }
 
 /// Whether the nodes answering at the last look own what `assignment`
@@ -154,6 +145,8 @@ pub(super) struct ApplyScope<'a> {
     pub(super) namespace: &'a str,
     pub(super) fleet_state: &'a ClusterFleet,
     pub(super) encoding: &'a EncodingConfig,
+    /// The assignment applied before this reconcile.
+    pub(super) previous: &'a Assignment,
     pub(super) assignment: &'a Assignment,
     pub(super) decisions: &'a [NodeDecision],
     pub(super) observed_pods: &'a [Pod],
@@ -186,6 +179,7 @@ pub(super) async fn apply_objects(
         namespace,
         fleet_state,
         encoding,
+        previous,
         assignment,
         decisions,
         observed_pods,
@@ -314,7 +308,7 @@ pub(super) async fn apply_objects(
         seen,
         repairs_in_flight: fleet_state.repairer.in_flight() + fleet_state.repairer.queued(),
         blobs_to_repair: last_view_blobs_to_repair(fleet_state, encoding),
-        shards_moving: shards_moving(fleet_state, previous_status, assignment),
+        shards_moving: shards_moving(fleet_state, previous, assignment),
         data_on_claims: cluster.spec.storage.ephemeral != Some(true),
     };
     let replacement = rollout::next_replacement(&rollout_nodes, calm).map(str::to_string);

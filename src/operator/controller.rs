@@ -447,6 +447,7 @@ pub async fn reconcile_cluster(
         namespace: &namespace,
         fleet_state: &fleet_state,
         encoding: &encoding,
+        previous: &previous,
         assignment: &assignment,
         decisions: &decisions,
         observed_pods: &observed_pods,
