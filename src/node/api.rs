@@ -237,7 +237,7 @@ pub(super) async fn blocking<T: Send + 'static>(
 /// (and were quarantined: they are missing from now on).
 pub(super) fn store_error(state: &NodeState, error: StoreError) -> ApiError {
     match error {
-        StoreError::Full { .. } => {
+        StoreError::Full { .. } | StoreError::DiskFull { .. } => {
             ApiError::new(StatusCode::INSUFFICIENT_STORAGE, error.to_string())
         }
         StoreError::Corrupt { .. } => {

@@ -22,16 +22,16 @@ pub(super) fn unique_name(prefix: &str) -> String {
     )
 }
 
-/// Maps an I/O error on `path`: a full disk is `Full`, anything else `Io`.
+/// Maps an I/O error on `path`: a full disk is `DiskFull`, anything else
+/// `Io`.
 pub(super) fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     move |source| {
         if matches!(
             source.raw_os_error(),
             Some(libc::ENOSPC) | Some(libc::EDQUOT)
         ) {
-            StoreError::Full {
-                needed: 0,
-                available: 0,
+            StoreError::DiskFull {
+                path: path.to_path_buf(),
             }
         } else {
             StoreError::Io {
@@ -310,6 +310,21 @@ mod tests {
         let (size, available) = filesystem_space(dir.path()).unwrap();
         assert!(size > 0 && available <= size, "{size} {available}");
         assert!(filesystem_space(&dir.path().join("missing")).is_none());
+    }
+
+    #[test]
+    fn a_full_disk_is_said_as_such_with_the_file_it_refused() {
+        let path = Path::new("/data/tmp/7-1");
+        for code in [libc::ENOSPC, libc::EDQUOT] {
+            let error = io_error(path)(io::Error::from_raw_os_error(code));
+            assert!(matches!(error, StoreError::DiskFull { .. }), "{error:?}");
+            assert_eq!(
+                error.to_string(),
+                "the disk is full (writing /data/tmp/7-1)"
+            );
+        }
+        let error = io_error(path)(io::Error::from_raw_os_error(libc::EIO));
+        assert!(matches!(error, StoreError::Io { .. }), "{error:?}");
     }
 
     #[test]

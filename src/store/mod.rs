@@ -95,13 +95,20 @@ const LOCK_STRIPES: usize = 256;
 /// Errors of the store.
 #[derive(Debug, Error)]
 pub enum StoreError {
-    /// The write would exceed the configured capacity, or the disk is full.
+    /// The write would exceed the configured capacity.
     #[error("not enough space: {needed} bytes needed, {available} available")]
     Full {
         /// Bytes the write needs.
         needed: u64,
-        /// Bytes left under the capacity (0 when the disk itself is full).
+        /// Bytes left under the capacity.
         available: u64,
+    },
+    /// The filesystem refused a write for want of space (or quota) while
+    /// the configured capacity still had room.
+    #[error("the disk is full (writing {})", path.display())]
+    DiskFull {
+        /// The file being written.
+        path: PathBuf,
     },
     /// A stored file failed its checksum; it was moved aside.
     #[error("stored {what} is corrupt (checksum mismatch); it was quarantined")]

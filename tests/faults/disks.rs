@@ -393,3 +393,104 @@ async fn a_node_out_of_file_descriptors_answers_503_and_quarantines_nothing() {
     }
     assert_eq!(sliver(url, token).await, 200);
 }
+
+/// A fleet whose node `node` refuses writes while the returned marker
+/// holds a refusal ("EIO", "ENOSPC"; "EIO fsync": only fsyncs fail).
+fn fleet_with_refusing_disk(node: &str) -> (tempfile::TempDir, PathBuf, DevFleet) {
+    let shim_dir = tempfile::tempdir().unwrap();
+    let shim = eio_shim(shim_dir.path());
+    let marker = shim_dir.path().join("refusing");
+    let fleet = DevFleet::start_with_env(
+        &[],
+        &[
+            ("LD_PRELOAD", shim.to_str().unwrap()),
+            ("REDSTUFF_TEST_WRITE_FAIL_MARKER", marker.to_str().unwrap()),
+            ("REDSTUFF_TEST_WRITE_FAIL_PATH", &format!("/{node}/data/")),
+        ],
+    );
+    (shim_dir, marker, fleet)
+}
+
+/// The files left in node `name`'s temporary directory.
+fn temporary_files(fleet: &DevFleet, name: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(fleet.node_dir(name).join("data").join("tmp"))
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+/// Whether node `name` holds any sliver file of blob `id`.
+fn holds_slivers(fleet: &DevFleet, name: &str, id: &str) -> bool {
+    let blob = fleet.node_dir(name).join("data").join("blobs").join(id);
+    blob.is_dir() && !sliver_files(fleet, name, id).is_empty()
+}
+
+/// The count of a node's answers with HTTP `code`, over all routes.
+fn answers_with(metrics: &str, code: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("redstuff_node_requests_total{"))
+        .filter(|l| l.contains(&format!("code=\"{code}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// node-4's disk refuses writes with `refusal`: a PUT goes on without its
+/// pair, node-4 answers with `code` (and counts an I/O error when
+/// `io_error`), keeps nothing of the write, and is repaired once its disk
+/// takes writes again.
+async fn refused_writes_are_answered_and_leave_nothing_then_repaired(
+    refusal: &[u8],
+    code: &str,
+    io_error: bool,
+    seed: u64,
+) {
+    let (_shim, marker, fleet) = fleet_with_refusing_disk("node-4");
+    let earlier = pseudo_random(1_000_000, seed);
+    let earlier_id = fleet.put(&earlier).await;
+    fleet.wait_for("healthy", |s| all_healthy(s, 1)).await;
+
+    // node-4's disk refuses: the write goes on without its pair.
+    std::fs::write(&marker, refusal).unwrap();
+    let data = pseudo_random(1_500_000, seed + 1);
+    let response = fleet.try_put(&data).await;
+    assert_eq!(response.status(), 201);
+    let stored: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(stored["shards_missing"], serde_json::json!([4]), "{stored}");
+    let id = stored["id"].as_str().unwrap().to_string();
+    // The node counted the refused write, and kept nothing of it: no
+    // temporary file, no sliver file it could later serve as stored.
+    let metrics = node_metrics(&fleet, "node-4").await;
+    assert!(answers_with(&metrics, code) >= 1, "{metrics}");
+    let io_errors = counter(&metrics, "redstuff_node_io_errors_total{where=\"write\"}");
+    assert_eq!(io_errors >= 1, io_error, "{metrics}");
+    assert_eq!(temporary_files(&fleet, "node-4"), Vec::<PathBuf>::new());
+    assert!(!holds_slivers(&fleet, "node-4", &id));
+    // Both blobs read; node-4 still serves what it stored before.
+    assert!(fleet.get(&id).await == data);
+    assert!(fleet.get(&earlier_id).await == earlier);
+    assert!(holds_slivers(&fleet, "node-4", &earlier_id));
+
+    // The disk takes writes again: the loop rebuilds node-4's pair.
+    std::fs::remove_file(&marker).unwrap();
+    fleet
+        .wait_for("node-4's pair of the new blob rebuilt", |s| {
+            all_ready(s) && all_healthy(s, 2)
+        })
+        .await;
+    assert!(holds_slivers(&fleet, "node-4", &id));
+    assert_eq!(temporary_files(&fleet, "node-4"), Vec::<PathBuf>::new());
+    assert!(fleet.get(&id).await == data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_fsyncs_fail_answers_the_error_keeps_nothing_of_the_write_and_is_repaired_once_they_succeed(
+) {
+    refused_writes_are_answered_and_leave_nothing_then_repaired(b"EIO fsync", "500", true, 60)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_disk_is_full_answers_the_error_keeps_nothing_of_the_write_and_is_repaired_once_it_has_room(
+) {
+    refused_writes_are_answered_and_leave_nothing_then_repaired(b"ENOSPC", "507", false, 70).await;
+}

@@ -6,8 +6,13 @@
  * file named by REDSTUFF_TEST_STALL_MARKER exists, read, pread, write,
  * pwrite, fsync and fdatasync of every file whose path contains
  * REDSTUFF_TEST_STALL_PATH wait (as on a dead device or a hung network
- * volume), and go on once it is removed; so does statvfs of such a path. Other descriptors (sockets,
- * pipes) and other files are untouched. */
+ * volume), and go on once it is removed; so does statvfs of such a path.
+ * And while the file named by REDSTUFF_TEST_WRITE_FAIL_MARKER exists,
+ * writes and fsyncs of every file (or directory) whose path contains
+ * REDSTUFF_TEST_WRITE_FAIL_PATH fail: with ENOSPC when the marker starts
+ * with "ENOSPC", else EIO; only fsync and fdatasync when it ends with
+ * "fsync" (the page cache took the bytes, the device refused them).
+ * Other descriptors (sockets, pipes) and other files are untouched. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -66,11 +71,34 @@ static void stall(int fd) {
         nanosleep(&pause, 0);
 }
 
+/* The errno a write (or, when `syncing`, an fsync) of `fd` fails with,
+ * or 0. */
+static int write_failure(int fd, int syncing) {
+    const char *marker = getenv("REDSTUFF_TEST_WRITE_FAIL_MARKER");
+    const char *part = getenv("REDSTUFF_TEST_WRITE_FAIL_PATH");
+    char path[4096], says[32] = {0};
+    if (!marker || !part || !fd_path(fd, path, sizeof path) || !strstr(path, part))
+        return 0;
+    FILE *file = fopen(marker, "r");
+    if (!file)
+        return 0;
+    size_t got = fread(says, 1, sizeof says - 1, file);
+    fclose(file);
+    if (!syncing && got >= 5 && strcmp(says + got - 5, "fsync") == 0)
+        return 0;
+    return got >= 6 && strncmp(says, "ENOSPC", 6) == 0 ? ENOSPC : EIO;
+}
+
 ssize_t write(int fd, const void *buf, size_t count) {
     static ssize_t (*real)(int, const void *, size_t);
     if (!real)
         real = (ssize_t(*)(int, const void *, size_t))dlsym(RTLD_NEXT, "write");
     stall(fd);
+    int failure = write_failure(fd, 0);
+    if (failure) {
+        errno = failure;
+        return -1;
+    }
     return real(fd, buf, count);
 }
 
@@ -79,6 +107,11 @@ ssize_t pwrite64(int fd, const void *buf, size_t count, off_t offset) {
     if (!real)
         real = (ssize_t(*)(int, const void *, size_t, off_t))dlsym(RTLD_NEXT, "pwrite64");
     stall(fd);
+    int failure = write_failure(fd, 0);
+    if (failure) {
+        errno = failure;
+        return -1;
+    }
     return real(fd, buf, count, offset);
 }
 
@@ -87,6 +120,11 @@ int fsync(int fd) {
     if (!real)
         real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
     stall(fd);
+    int failure = write_failure(fd, 1);
+    if (failure) {
+        errno = failure;
+        return -1;
+    }
     return real(fd);
 }
 
@@ -95,6 +133,11 @@ int fdatasync(int fd) {
     if (!real)
         real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
     stall(fd);
+    int failure = write_failure(fd, 1);
+    if (failure) {
+        errno = failure;
+        return -1;
+    }
     return real(fd);
 }
 
