@@ -491,6 +491,92 @@ async fn deleting_a_blob_deletes_its_slivers_from_every_node_then_releases_it() 
     );
 }
 
+/// The operator's record of upload `id`, owned by the cluster of uid
+/// `owner`, being deleted.
+fn deleted_record(id: &str, owner: &str) -> Blob {
+    let mut record = deleted("media-upload-0707", id);
+    record.metadata.annotations = Some(
+        [(RECORDED_BY_ANNOTATION.to_string(), "operator".to_string())]
+            .into_iter()
+            .collect(),
+    );
+    record.metadata.owner_references = Some(vec![
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "redstuff.dev/v1alpha1".into(),
+            kind: "StorageCluster".into(),
+            name: "media".into(),
+            uid: owner.into(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        },
+    ]);
+    record
+}
+
+/// Deletes `record` against `c` and a fleet holding its blob; the notes
+/// of its Events and whether every node still holds the blob.
+async fn delete_record(
+    c: &redstuff::operator::crd::StorageCluster,
+    owner: &str,
+) -> (Vec<String>, bool) {
+    let fleet = TestFleet::start(4).await;
+    let id = stored_blob(&fleet).await;
+    let record = deleted_record(&id, owner);
+    let (seen, _) = run(api(Some(c), &[&record], &[]), fleet.endpoints(), &record).await;
+    assert_eq!(
+        seen.last().unwrap().line(),
+        format!("PATCH {GROUP}/blobs/media-upload-0707"),
+        "released"
+    );
+    let notes = seen
+        .iter()
+        .filter(|s| s.path.contains("/events"))
+        .map(|s| format!("{}: {}", s.body["reason"], s.body["note"]))
+        .collect();
+    let held = fleet.held().await.iter().all(|h| h.contains(&id));
+    (notes, held)
+}
+
+#[tokio::test]
+async fn a_record_of_an_earlier_cluster_of_the_same_name_goes_and_leaves_its_blob_on_the_claims() {
+    // The cluster was deleted and made again on the kept claims while the
+    // operator was away; the garbage collector deletes the old records.
+    let (notes, held) = delete_record(&cluster(4), "earlier-uid").await;
+    assert!(held, "{notes:?}");
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("SliversKept") && n.contains("was deleted")),
+        "{notes:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_records_of_a_cluster_being_deleted_go_and_leave_its_blobs_on_its_claims() {
+    let mut c = cluster(4);
+    c.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    let (notes, held) = delete_record(&c, "c-uid").await;
+    assert!(held, "{notes:?}");
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("SliversKept") && n.contains("being deleted")),
+        "{notes:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_record_a_person_deletes_deletes_its_blob() {
+    let (notes, held) = delete_record(&cluster(4), "c-uid").await;
+    assert!(!held, "{notes:?}");
+    assert!(
+        notes.iter().any(|n| n.contains("SliversDeleted")),
+        "{notes:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_blob_another_blob_names_keeps_its_slivers_when_one_is_deleted() {
     let fleet = TestFleet::start(4).await;

@@ -370,6 +370,10 @@ async fn cleanup_blob(
         // The cluster and its nodes are gone: nothing is left to delete.
         return Ok(Action::await_change());
     };
+    if let Some(why) = super::upload_records::goes_with_its_cluster(blob, &cluster) {
+        ctx.publish(blob, false, "SliversKept", why).await;
+        return Ok(Action::await_change());
+    }
     let blobs: Api<Blob> = Api::namespaced(ctx.client.clone(), namespace);
     let others = blobs.list(&Default::default()).await?;
     let shared = others.items.iter().any(|other| {

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use kube::api::{Api, ListParams};
 
-use super::crd::Blob;
+use super::crd::{Blob, StorageCluster};
 use crate::codec::BlobId;
 use crate::control::FleetView;
 
@@ -32,6 +32,34 @@ pub fn is_operator_record(blob: &Blob) -> bool {
             .annotations
             .as_ref()
             .is_some_and(|a| a.contains_key(RECORDED_BY_ANNOTATION))
+}
+
+/// Why deleting `blob` must leave its blob on `cluster`'s nodes: it is a
+/// Blob the cluster owns (the operator's record of an upload) and it goes
+/// with its cluster, not because a person deleted the blob. Either the
+/// cluster that owned it is gone and `cluster` is a new one of the same
+/// name (running on the kept claims, which hold the blob), or `cluster`
+/// itself is being deleted (its claims may be kept). None for any other
+/// Blob, which deletes what it names.
+pub fn goes_with_its_cluster(blob: &Blob, cluster: &StorageCluster) -> Option<String> {
+    let owner = blob
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.kind == "StorageCluster" && o.name == blob.spec.cluster)?;
+    let name = &blob.spec.cluster;
+    if cluster.metadata.uid.as_deref() != Some(owner.uid.as_str()) {
+        return Some(format!(
+            "the StorageCluster {name} that recorded it was deleted: the blob stays on \
+             the claims the StorageCluster of that name now runs on"
+        ));
+    }
+    cluster.metadata.deletion_timestamp.is_some().then(|| {
+        format!(
+            "StorageCluster {name} is being deleted: its records go, the blob stays on its claims"
+        )
+    })
 }
 
 /// The blob id a Blob names: ingested, or uploaded.
