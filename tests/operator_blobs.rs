@@ -436,6 +436,56 @@ async fn a_missing_config_map_is_a_condition_not_a_crash() {
 }
 
 #[tokio::test]
+async fn a_failed_ingest_is_tried_again_only_when_its_next_attempt_is_due_whatever_reconciles_it() {
+    let b = blob("weights", config_map_source());
+    let (seen, _) = run(api(Some(&cluster(4)), &[&b], &[]), Endpoints::default(), &b).await;
+    let failed = status_patches(&seen, "weights").pop().unwrap();
+    let due = failed["nextIngestAttempt"]
+        .as_str()
+        .expect("a next attempt");
+    let message = failed["conditions"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("the next attempt is at {due}")),
+        "{message}"
+    );
+    let fetched = |seen: &[Seen]| {
+        seen.iter()
+            .filter(|s| s.path.contains("/configmaps/"))
+            .count()
+    };
+    assert_eq!(fetched(&seen), 1);
+
+    // Its own status write (or the fleet's view) reconciles it again at
+    // once: nothing is fetched and nothing written.
+    let mut waiting = b.clone();
+    waiting.status = Some(serde_json::from_value(failed.clone()).unwrap());
+    let (seen, _) = run(
+        api(Some(&cluster(4)), &[&waiting], &[]),
+        Endpoints::default(),
+        &waiting,
+    )
+    .await;
+    assert_eq!(fetched(&seen), 0, "{:?}", lines(&seen));
+    assert!(
+        status_patches(&seen, "weights").is_empty(),
+        "{:?}",
+        lines(&seen)
+    );
+    assert!(events(&seen).is_empty(), "{:?}", events(&seen));
+
+    // Once due, it is tried.
+    let mut due_now = waiting.clone();
+    due_now.status.as_mut().unwrap().next_ingest_attempt = Some("2020-01-01T00:00:00Z".into());
+    let (seen, _) = run(
+        api(Some(&cluster(4)), &[&due_now], &[]),
+        Endpoints::default(),
+        &due_now,
+    )
+    .await;
+    assert_eq!(fetched(&seen), 1, "{:?}", lines(&seen));
+}
+
+#[tokio::test]
 async fn a_blob_whose_cluster_does_not_exist_says_so() {
     let b = blob("weights", config_map_source());
     let (seen, _) = run(api(None, &[&b], &[]), Endpoints::default(), &b).await;

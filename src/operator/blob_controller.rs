@@ -20,7 +20,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::ResourceExt;
 
-use super::blob_status::{blob_status, ClusterFacts, IngestState};
+use super::blob_status::{blob_status, waiting_to_retry, ClusterFacts, IngestState};
 use super::context::fleet_map;
 use super::context::Context;
 use super::controller::{status_merge_patch, ReconcileError};
@@ -78,7 +78,13 @@ async fn apply_blob(blob: &Blob, ctx: &Context, namespace: &str) -> Result<Actio
         .or_else(|| blob.spec.source.upload.as_ref().map(|u| u.blob_id.clone()));
     let mut ingest_state = IngestState::Done;
     let mut retry = Duration::from_secs(60);
-    if blob_id.is_none() {
+    let waiting = cluster
+        .as_ref()
+        .and_then(|_| waiting_to_retry(&previous, now.0));
+    if let (None, Some((wait, failed))) = (&blob_id, waiting) {
+        ingest_state = failed;
+        retry = wait;
+    } else if blob_id.is_none() {
         match &cluster {
             None => ingest_state = IngestState::InProgress,
             Some(cluster) => match ctx.ingest_slots.clone().try_acquire_owned() {
@@ -124,9 +130,14 @@ async fn apply_blob(blob: &Blob, ctx: &Context, namespace: &str) -> Result<Actio
                             } else {
                                 Duration::from_secs(600)
                             };
+                            let due = Timestamp::from_second(
+                                Timestamp::now().as_second() + retry.as_secs() as i64,
+                            )
+                            .unwrap_or(now.0);
                             ingest_state = IngestState::Failed {
                                 reason: e.reason().into(),
-                                message: e.to_string(),
+                                message: format!("{e}; the next attempt is at {due}"),
+                                next_attempt: due.to_string(),
                             };
                         }
                     }
@@ -291,7 +302,7 @@ async fn ingest_source(
         let map = api
             .get_opt(&key.name)
             .await
-            .map_err(|e| IngestError::SourceNotFound(format!("ConfigMap {}: {e}", key.name)))?
+            .map_err(|e| IngestError::SourceUnreadable(format!("ConfigMap {}: {e}", key.name)))?
             .ok_or_else(not_found)?;
         let bytes = map
             .data
@@ -317,7 +328,7 @@ async fn ingest_source(
         let secret = api
             .get_opt(&key.name)
             .await
-            .map_err(|e| IngestError::SourceNotFound(format!("Secret {}: {e}", key.name)))?
+            .map_err(|e| IngestError::SourceUnreadable(format!("Secret {}: {e}", key.name)))?
             .ok_or_else(not_found)?;
         let bytes = secret
             .data

@@ -1,9 +1,10 @@
 //! A Blob's status as a pure function of what is known: whether its bytes
 //! were ingested, and what the cluster's node inventories show of it.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 
 use super::crd::{BlobHealth, BlobStatus, EncodingStatus};
 use super::status::{carry_transition_times, condition};
@@ -30,7 +31,38 @@ pub enum IngestState {
         reason: String,
         /// What went wrong.
         message: String,
+        /// When the next attempt is due (RFC 3339).
+        next_attempt: String,
     },
+}
+
+/// The failure a Blob's status records while its next ingest attempt is
+/// not due at `now`, and how long until it is; None when an attempt may
+/// start (nothing failed, the blob is stored, or the time has come).
+/// Every change of the Blob, or of the fleet's view, reconciles it: the
+/// wait after a failure is kept here, not by the requeue alone.
+pub fn waiting_to_retry(previous: &BlobStatus, now: Timestamp) -> Option<(Duration, IngestState)> {
+    if previous.blob_id.is_some() {
+        return None;
+    }
+    let next_attempt = previous.next_ingest_attempt.as_ref()?;
+    let due: Timestamp = next_attempt.parse().ok()?;
+    let wait = Duration::try_from(due.duration_since(now)).ok()?;
+    if wait.is_zero() {
+        return None;
+    }
+    let failed = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ingested" && c.status == "False")?;
+    Some((
+        wait,
+        IngestState::Failed {
+            reason: failed.reason.clone(),
+            message: failed.message.clone(),
+            next_attempt: next_attempt.clone(),
+        },
+    ))
 }
 
 /// What the operator knows of the blob's cluster.
@@ -112,7 +144,12 @@ pub fn blob_status(
             generation,
             now,
         ),
-        IngestState::Failed { reason, message } => {
+        IngestState::Failed {
+            reason,
+            message,
+            next_attempt,
+        } => {
+            status.next_ingest_attempt = Some(next_attempt.clone());
             condition("Ingested", false, reason, message.clone(), generation, now)
         }
     };
@@ -397,6 +434,7 @@ mod tests {
             &IngestState::Failed {
                 reason: "ChecksumMismatch".into(),
                 message: "SHA-256 differs".into(),
+                next_attempt: "2026-12-07T10:00:00Z".into(),
             },
             &ClusterFacts::Missing,
             Some(1),
@@ -415,6 +453,51 @@ mod tests {
             ]
         );
         assert_eq!(s.health, None);
+    }
+
+    #[test]
+    fn a_failed_ingest_waits_for_its_next_attempt_and_only_until_then() {
+        let failed = |at: i64| IngestState::Failed {
+            reason: "SourceNotFound".into(),
+            message: "no key model.json".into(),
+            next_attempt: now(at).0.to_string(),
+        };
+        let status = blob_status(
+            &BlobStatus::default(),
+            None,
+            &failed(1_000),
+            &ClusterFacts::Unobserved,
+            Some(1),
+            &now(400),
+        );
+        assert_eq!(
+            status.next_ingest_attempt.as_deref(),
+            Some("1970-01-01T00:16:40Z")
+        );
+        // Before it is due: the same failure, and the time left.
+        let (wait, state) = waiting_to_retry(&status, now(700).0).unwrap();
+        assert_eq!(wait, Duration::from_secs(300));
+        assert_eq!(state, failed(1_000));
+        // The same status again: nothing to write.
+        let again = blob_status(
+            &status,
+            None,
+            &state,
+            &ClusterFacts::Unobserved,
+            Some(1),
+            &now(700),
+        );
+        assert_eq!(again, status);
+        // Due, or past: an attempt may start.
+        assert_eq!(waiting_to_retry(&status, now(1_000).0), None);
+        assert_eq!(waiting_to_retry(&status, now(5_000).0), None);
+        // Stored, or never failed: nothing to wait for.
+        let stored = BlobStatus {
+            blob_id: Some("AAAA".into()),
+            ..status.clone()
+        };
+        assert_eq!(waiting_to_retry(&stored, now(700).0), None);
+        assert_eq!(waiting_to_retry(&BlobStatus::default(), now(700).0), None);
     }
 
     #[test]

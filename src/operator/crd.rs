@@ -694,4 +694,8 @@ pub struct BlobStatus {
     /// When the last repair of this blob completed (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_repair: Option<String>,
+    /// After a failed ingest: when the operator fetches the source again
+    /// (RFC 3339); nothing is fetched before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_ingest_attempt: Option<String>,
 }

@@ -20,6 +20,10 @@ pub enum IngestError {
     /// The ConfigMap, Secret or key does not exist.
     #[error("{0}")]
     SourceNotFound(String),
+    /// The ConfigMap or Secret could not be read (the API server failed
+    /// or refused the read).
+    #[error("{0}")]
+    SourceUnreadable(String),
     /// The URL could not be fetched.
     #[error("download of {url} failed: {message}")]
     Download {
@@ -60,6 +64,7 @@ impl IngestError {
     pub fn reason(&self) -> &'static str {
         match self {
             IngestError::SourceNotFound(_) => "SourceNotFound",
+            IngestError::SourceUnreadable(_) => "SourceUnreadable",
             IngestError::Download { .. } => "DownloadFailed",
             IngestError::ChecksumMismatch { .. } => "ChecksumMismatch",
             IngestError::TooLarge { .. } => "TooLarge",
@@ -68,12 +73,14 @@ impl IngestError {
         }
     }
 
-    /// Whether trying again soon may help (a download or gateway hiccup),
-    /// as opposed to a source that is wrong until someone changes it.
+    /// Whether trying again soon may help (a download or gateway hiccup,
+    /// a ConfigMap or Secret not created yet), as opposed to bytes that
+    /// are wrong until someone changes the source, which are fetched
+    /// again only after a longer wait.
     pub fn is_transient(&self) -> bool {
-        matches!(
+        !matches!(
             self,
-            IngestError::Download { .. } | IngestError::Gateway { .. } | IngestError::Spool(_)
+            IngestError::ChecksumMismatch { .. } | IngestError::TooLarge { .. }
         )
     }
 }
