@@ -35,8 +35,9 @@ enum Command {
     /// file goes through a resumable upload: when the connection breaks,
     /// the next attempt sends only what the gateway lacks.
     Put {
-        /// The file to store (`-` for standard input, streamed as it comes
-        /// and sent once: never tried again).
+        /// The file to store (`-` for standard input; it, a pipe or a
+        /// device is streamed as it comes and sent once: never tried
+        /// again).
         file: PathBuf,
         /// Gateway URL.
         #[arg(long, env = "REDSTUFF_GATEWAY", default_value = DEFAULT_GATEWAY)]
@@ -54,6 +55,8 @@ enum Command {
         token: TokenArg,
         #[command(flatten)]
         ca: CaArg,
+        #[command(flatten)]
+        stall: StallArg,
     },
     /// Read a blob back through a gateway.
     Get {
@@ -76,6 +79,8 @@ enum Command {
         token: TokenArg,
         #[command(flatten)]
         ca: CaArg,
+        #[command(flatten)]
+        stall: StallArg,
     },
     /// Show the fleet: nodes (pid, address, shards, state) and blob health.
     Status {
@@ -99,6 +104,8 @@ enum Command {
         token: TokenArg,
         #[command(flatten)]
         ca: CaArg,
+        #[command(flatten)]
+        stall: StallArg,
     },
     /// Print the CustomResourceDefinitions (StorageCluster, Blob) as YAML,
     /// or write one file per CRD into --dir.
@@ -202,6 +209,18 @@ impl Command {
     }
 }
 
+/// How long a command waits for a gateway that makes no progress.
+#[derive(Debug, Args)]
+struct StallArg {
+    /// Seconds the gateway may make no progress (no answer, no byte of an
+    /// upload taken, no byte of a download) before the attempt counts as
+    /// a lost connection, and is tried again as one. Longer than the
+    /// gateway's own --client-stall-secs (60), so a gateway that is only
+    /// slow says so first.
+    #[arg(long, default_value = "90", value_parser = redstuff::units::parse_positive_seconds)]
+    stall_secs: std::time::Duration,
+}
+
 /// The user token sent to the gateway.
 #[derive(Debug, Args)]
 struct TokenArg {
@@ -275,6 +294,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             retries,
             token,
             ca,
+            stall,
         } => runtime()?.block_on(cli::put(
             &file,
             &gateway,
@@ -282,6 +302,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ca.resolve(&gateway).as_deref(),
             json,
             retries,
+            stall.stall_secs,
         )),
         Command::Get {
             id,
@@ -290,6 +311,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             retries,
             token,
             ca,
+            stall,
         } => runtime()?.block_on(cli::get(
             &id,
             &output,
@@ -297,6 +319,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             token.resolve(),
             ca.resolve(&gateway).as_deref(),
             retries,
+            stall.stall_secs,
         )),
         Command::Status {
             gateway,
@@ -305,12 +328,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             retries,
             token,
             ca,
+            stall,
         } => runtime()?.block_on(cli::status(
             &gateway,
             token.resolve(),
             ca.resolve(&gateway).as_deref(),
             cli::StatusFormat { json, all },
             retries,
+            stall.stall_secs,
         )),
         Command::Crds { dir } => crds(dir),
         Command::RenderCluster {

@@ -7,13 +7,13 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use futures_util::StreamExt;
 use indicatif::ProgressBar;
 use tokio::io::AsyncWriteExt;
 
 use redstuff::retry::RetryPolicy;
 use redstuff::write_behind::WriteBehindFile;
 
+use super::watchdog::{next_within, send_within};
 use super::{authorized, before_retry, http, progress, AttemptError};
 
 /// `redstuff get ID -o FILE` (or to stdout with `-o -`).
@@ -24,11 +24,20 @@ pub async fn get(
     token: Option<String>,
     ca: Option<&Path>,
     retries: u32,
+    stall: std::time::Duration,
 ) -> anyhow::Result<()> {
+    // Checked before anything is asked: an id that is not one would make
+    // another path of the gateway's (`../status`) and write its answer.
+    let id: redstuff::codec::BlobId = id
+        .parse()
+        .with_context(|| format!("{id:?} is not a blob id"))?;
+    let to_stdout = output == Path::new("-");
+    if !to_stdout {
+        check_output(output)?;
+    }
     let policy = RetryPolicy::with_retries(retries);
     let http = http(ca)?;
     let url = format!("{}/v1/blobs/{id}", gateway.trim_end_matches('/'));
-    let to_stdout = output == Path::new("-");
     // Write next to the target and rename at the end: no half file on
     // failure. A device or a pipe (`-o /dev/null`) is written in place: a
     // rename would replace it with a regular file.
@@ -49,7 +58,7 @@ pub async fn get(
     };
     let mut failed = 0;
     let received = loop {
-        match download.attempt(&http, &url, gateway, &token).await {
+        match download.attempt(&http, &url, gateway, &token, stall).await {
             Ok(()) => break Ok(()),
             Err(e) => {
                 failed += 1;
@@ -79,7 +88,33 @@ pub async fn get(
         }
         return Err(e);
     }
-    tokio::fs::rename(&partial, output).await?;
+    if let Err(e) = tokio::fs::rename(&partial, output).await {
+        let _ = tokio::fs::remove_file(&partial).await;
+        return Err(anyhow::Error::new(e).context(format!(
+            "cannot put the download in place at {}",
+            output.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses an output that is a directory (given by name, or ending in
+/// `/`), or whose directory does not exist, before anything is
+/// downloaded.
+fn check_output(output: &Path) -> anyhow::Result<()> {
+    let shown = output.display();
+    if output.is_dir() || output.as_os_str().to_string_lossy().ends_with('/') {
+        anyhow::bail!("{shown} is a directory: name the file to write (-o {shown}/NAME)");
+    }
+    let parent = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    anyhow::ensure!(
+        parent.is_dir(),
+        "cannot write {shown}: the directory {} does not exist",
+        parent.display()
+    );
     Ok(())
 }
 
@@ -106,14 +141,15 @@ impl Download {
         url: &str,
         gateway: &str,
         token: &Option<String>,
+        stall: std::time::Duration,
     ) -> Result<(), AttemptError> {
         let mut request = authorized(http.get(url), token);
         if self.received > 0 {
             request = request.header(reqwest::header::RANGE, format!("bytes={}-", self.received));
         }
-        let response = request
-            .send()
+        let response = send_within(request, stall)
             .await
+            .map_err(|e| AttemptError::stalled(e, gateway))?
             .map_err(|e| AttemptError::unanswered(e, gateway))?;
         if !response.status().is_success() {
             return Err(AttemptError::answered(response).await);
@@ -133,13 +169,25 @@ impl Download {
         let len = self.len;
         let shown = || len.map_or_else(|| "?".to_string(), |l| l.to_string());
         let mut stream = response.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| {
+        loop {
+            let next = next_within(&mut stream, stall).await.map_err(|stalled| {
                 let error = anyhow::anyhow!(
-                    "download interrupted after {} of {} bytes: {e:#}",
+                    "download interrupted after {} of {} bytes: {stalled} (gateway at {gateway})",
                     self.received,
                     shown()
                 );
+                match len {
+                    None => AttemptError::last(error),
+                    Some(_) => AttemptError::transport(error),
+                }
+            })?;
+            let Some(chunk) = next else { break };
+            let chunk = chunk.map_err(|e| {
+                let error = anyhow::Error::new(e).context(format!(
+                    "download interrupted after {} of {} bytes",
+                    self.received,
+                    shown()
+                ));
                 match len {
                     // Without a length there is no telling what the rest is.
                     None => AttemptError::last(error),

@@ -5,6 +5,7 @@
 mod get;
 mod put;
 mod status;
+mod watchdog;
 
 pub use get::get;
 pub use put::put;
@@ -94,9 +95,16 @@ impl AttemptError {
                  ({why}): pass its CA with --tls-ca FILE or REDSTUFF_TLS_CA"
             ));
         }
-        Self::transport(anyhow::anyhow!(
-            "cannot reach the gateway at {gateway}: {error:#}"
-        ))
+        // reqwest's own message names the request, not why it failed:
+        // the causes under it say that (refused, reset, no such host).
+        Self::transport(
+            anyhow::Error::new(error).context(format!("cannot reach the gateway at {gateway}")),
+        )
+    }
+
+    /// A request given up because the gateway made no progress.
+    fn stalled(stalled: watchdog::Stalled, gateway: &str) -> Self {
+        Self::transport(anyhow::anyhow!("{stalled} (gateway at {gateway})"))
     }
 
     /// The gateway's error answer.

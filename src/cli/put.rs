@@ -1,8 +1,8 @@
 //! `redstuff put FILE`: one blob from a file, tried again while the gateway
 //! is busy or out of reach (a write is safe to repeat: the blob's id
 //! follows from its bytes and a failed upload is never visible), or from
-//! standard input (`-`), streamed as it comes and sent once: what was read
-//! cannot be read again.
+//! standard input (`-`), a pipe or a device, streamed as it comes and
+//! sent once: what was read cannot be read again.
 //!
 //! A file goes through a resumable upload (`/v1/uploads`): when the
 //! connection breaks, the next attempt asks the gateway how many bytes it
@@ -10,6 +10,7 @@
 //! per attempt.
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use futures_util::StreamExt;
@@ -18,6 +19,7 @@ use indicatif::ProgressBar;
 use redstuff::retry::RetryPolicy;
 use redstuff::wire::{StoredBlob, UploadProgress};
 
+use super::watchdog::{send_watched, send_within, BodyProgress};
 use super::{authorized, before_retry, http, progress, untrusted_certificate, AttemptError};
 
 /// `redstuff put FILE`: prints the blob id (or JSON) on stdout.
@@ -28,28 +30,34 @@ pub async fn put(
     ca: Option<&Path>,
     json: bool,
     retries: u32,
+    stall: Duration,
 ) -> anyhow::Result<()> {
     let http = http(ca)?;
-    let from_stdin = file == Path::new("-");
-    let policy = RetryPolicy::with_retries(if from_stdin { 0 } else { retries });
+    let stream = streamed_source(file).await?;
+    let policy = RetryPolicy::with_retries(if stream.is_some() { 0 } else { retries });
     let mut failed = 0;
-    let mut upload = if from_stdin {
-        None
-    } else {
-        Some(FileUpload::new(file, gateway).await?)
+    let mut upload = match stream {
+        Some(_) => None,
+        None => Some(FileUpload::new(file, gateway, stall).await?),
     };
     let hidden = ProgressBar::hidden();
     let stored = loop {
-        let attempt = match &mut upload {
-            None => put_stdin(&http, gateway, &token).await,
-            Some(upload) => upload.attempt(&http, &token).await,
+        let attempt = match (&mut upload, &stream) {
+            (Some(upload), _) => upload.attempt(&http, &token).await,
+            (None, Some(source)) => put_stream(&http, gateway, &token, source, stall).await,
+            (None, None) => unreachable!("a file or a stream"),
         };
         match attempt {
             Ok(stored) => break stored,
             Err(e) => {
                 failed += 1;
                 let bar = upload.as_ref().map_or(&hidden, |u| &u.bar);
-                before_retry(&policy, failed, e, bar).await?;
+                if let Err(last) = before_retry(&policy, failed, e, bar).await {
+                    if let Some(upload) = &upload {
+                        upload.abandon(&http, &token).await;
+                    }
+                    return Err(last);
+                }
             }
         }
     };
@@ -73,6 +81,41 @@ pub async fn put(
     Ok(())
 }
 
+/// What `put` reads once, as it comes, without knowing its length:
+/// standard input (`-`), or a path that is not a regular file (a pipe, a
+/// process substitution, a device). None for a regular file; a directory
+/// is refused.
+async fn streamed_source(file: &Path) -> anyhow::Result<Option<StreamSource>> {
+    if file == Path::new("-") {
+        return Ok(Some(StreamSource::Stdin));
+    }
+    let metadata = tokio::fs::metadata(file)
+        .await
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    anyhow::ensure!(
+        !metadata.is_dir(),
+        "{} is a directory: put stores one file (a directory can go as an archive: \
+         `tar c DIR | redstuff put -`)",
+        file.display()
+    );
+    Ok((!metadata.is_file()).then(|| StreamSource::Path(file.to_path_buf())))
+}
+
+/// A source read once.
+enum StreamSource {
+    Stdin,
+    Path(std::path::PathBuf),
+}
+
+impl StreamSource {
+    fn name(&self) -> String {
+        match self {
+            StreamSource::Stdin => "standard input".into(),
+            StreamSource::Path(path) => path.display().to_string(),
+        }
+    }
+}
+
 /// A file's upload across attempts: the resumable upload the gateway
 /// keeps for it, once one is open.
 struct FileUpload<'a> {
@@ -87,14 +130,20 @@ struct FileUpload<'a> {
     /// Whether the gateway offers no resumable uploads (one PUT per attempt).
     whole_puts: bool,
     bar: ProgressBar,
+    /// How long the gateway may make no progress.
+    stall: Duration,
 }
 
 impl<'a> FileUpload<'a> {
-    /// The upload of `file` through `gateway`; nothing is sent yet.
-    async fn new(file: &'a Path, gateway: &str) -> anyhow::Result<Self> {
+    /// The upload of `file` through `gateway`; nothing is sent yet (a
+    /// file that cannot be opened fails here, before an upload is open).
+    async fn new(file: &'a Path, gateway: &str, stall: Duration) -> anyhow::Result<Self> {
         let metadata = tokio::fs::metadata(file)
             .await
             .with_context(|| format!("cannot read {}", file.display()))?;
+        tokio::fs::File::open(file)
+            .await
+            .with_context(|| format!("cannot open {}", file.display()))?;
         let len = metadata.len();
         let label = format!(
             "uploading {}",
@@ -109,7 +158,17 @@ impl<'a> FileUpload<'a> {
             upload: None,
             whole_puts: false,
             bar: progress(len, &label),
+            stall,
         })
+    }
+
+    /// After the last attempt failed: the upload the gateway keeps for
+    /// this file is deleted (it would count against the gateway's open
+    /// uploads until it expires). Best effort.
+    async fn abandon(&self, http: &reqwest::Client, token: &Option<String>) {
+        if let Some(id) = &self.upload {
+            let _ = send_within(authorized(http.delete(self.url(id)), token), self.stall).await;
+        }
     }
 
     /// One attempt: opens an upload unless one is open, asks how far it
@@ -143,8 +202,26 @@ impl<'a> FileUpload<'a> {
         let id = self.upload.clone().expect("open");
         if offset < self.len {
             self.append(http, token, &id, offset).await?;
+            // Bytes read while the file was being rewritten would make a
+            // blob of neither version.
+            self.check_unchanged().await?;
         }
-        self.finish(http, token, &id).await
+        let stored = self.finish(http, token, &id).await?;
+        self.check_size(stored)
+    }
+
+    /// The stored blob, when it is as long as the file.
+    fn check_size(&self, stored: StoredBlob) -> Result<StoredBlob, AttemptError> {
+        if stored.size != self.len {
+            return Err(AttemptError::last(anyhow::anyhow!(
+                "the gateway stored {} bytes as {}, but {} has {}",
+                stored.size,
+                stored.id,
+                self.file.display(),
+                self.len
+            )));
+        }
+        Ok(stored)
     }
 
     /// Fails for good when the file's length or modification time moved
@@ -168,6 +245,17 @@ impl<'a> FileUpload<'a> {
         format!("{}/v1/uploads/{id}", self.gateway)
     }
 
+    /// The answer to a request without a body, within the stall time.
+    async fn answer(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, AttemptError> {
+        send_within(request, self.stall)
+            .await
+            .map_err(|e| AttemptError::stalled(e, &self.gateway))?
+            .map_err(|e| AttemptError::unanswered(e, &self.gateway))
+    }
+
     /// Opens an upload of the file's length: its id, or `None` when the
     /// gateway has no resumable uploads (an older one).
     async fn open(
@@ -175,11 +263,9 @@ impl<'a> FileUpload<'a> {
         http: &reqwest::Client,
         token: &Option<String>,
     ) -> Result<Option<String>, AttemptError> {
-        let response = authorized(http.post(format!("{}/v1/uploads", self.gateway)), token)
-            .header("upload-length", self.len)
-            .send()
-            .await
-            .map_err(|e| AttemptError::unanswered(e, &self.gateway))?;
+        let request = authorized(http.post(format!("{}/v1/uploads", self.gateway)), token)
+            .header("upload-length", self.len);
+        let response = self.answer(request).await?;
         match response.status() {
             s if s.is_success() => {}
             reqwest::StatusCode::NOT_FOUND | reqwest::StatusCode::METHOD_NOT_ALLOWED => {
@@ -202,10 +288,9 @@ impl<'a> FileUpload<'a> {
         token: &Option<String>,
         id: &str,
     ) -> Result<Option<u64>, AttemptError> {
-        let response = authorized(http.get(self.url(id)), token)
-            .send()
-            .await
-            .map_err(|e| AttemptError::unanswered(e, &self.gateway))?;
+        let response = self
+            .answer(authorized(http.get(self.url(id)), token))
+            .await?;
         match response.status() {
             s if s.is_success() => {}
             reqwest::StatusCode::NOT_FOUND | reqwest::StatusCode::GONE => return Ok(None),
@@ -237,13 +322,15 @@ impl<'a> FileUpload<'a> {
         offset: u64,
     ) -> Result<(), AttemptError> {
         let rest = self.len - offset;
-        let body = self.body_from(offset, rest).await?;
-        let response = authorized(http.patch(self.url(id)), token)
+        let progress = BodyProgress::new();
+        let body = self.body_from(offset, rest, &progress).await?;
+        let request = authorized(http.patch(self.url(id)), token)
             .header("upload-offset", offset)
             .header("content-length", rest)
-            .body(body)
-            .send()
+            .body(body);
+        let response = send_watched(request, &progress, self.stall)
             .await
+            .map_err(|e| AttemptError::stalled(e, &self.gateway))?
             .map_err(|e| AttemptError::unanswered(e, &self.gateway))?;
         self.again_after(response).await
     }
@@ -274,10 +361,12 @@ impl<'a> FileUpload<'a> {
         token: &Option<String>,
         id: &str,
     ) -> Result<StoredBlob, AttemptError> {
-        let response = authorized(http.post(format!("{}/finish", self.url(id))), token)
-            .send()
-            .await
-            .map_err(|e| AttemptError::unanswered(e, &self.gateway))?;
+        let response = self
+            .answer(authorized(
+                http.post(format!("{}/finish", self.url(id))),
+                token,
+            ))
+            .await?;
         if !response.status().is_success() {
             // A write that failed for good (410) is stored anew by the next
             // attempt, as a PUT would be.
@@ -294,13 +383,28 @@ impl<'a> FileUpload<'a> {
         http: &reqwest::Client,
         token: &Option<String>,
     ) -> Result<StoredBlob, AttemptError> {
-        let body = self.body_from(0, self.len).await?;
-        upload(http, &self.gateway, token, Some(self.len), body).await
+        let progress = BodyProgress::new();
+        let body = self.body_from(0, self.len, &progress).await?;
+        let stored = upload(
+            http,
+            &self.gateway,
+            token,
+            Some(self.len),
+            body,
+            (&progress, self.stall),
+        )
+        .await?;
+        self.check_size(stored)
     }
 
-    /// The file's `len` bytes from `offset`, streamed in large reads and
-    /// counted on the progress bar.
-    async fn body_from(&self, offset: u64, len: u64) -> Result<reqwest::Body, AttemptError> {
+    /// The file's `len` bytes from `offset`, streamed in large reads,
+    /// counted on the progress bar and watched by `progress`.
+    async fn body_from(
+        &self,
+        offset: u64,
+        len: u64,
+        progress: &BodyProgress,
+    ) -> Result<reqwest::Body, AttemptError> {
         use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
         let mut handle = tokio::fs::File::open(self.file)
             .await
@@ -320,29 +424,44 @@ impl<'a> FileUpload<'a> {
                     counted.inc(chunk.len() as u64);
                 }
             });
-        Ok(reqwest::Body::wrap_stream(stream))
+        Ok(reqwest::Body::wrap_stream(progress.watch(stream)))
     }
 }
 
-/// The one attempt from standard input: sent as it is read, its length
-/// unknown until it ends (chunked).
-async fn put_stdin(
+/// The one attempt from a stream: sent as it is read, its length unknown
+/// until it ends (chunked).
+async fn put_stream(
     http: &reqwest::Client,
     gateway: &str,
     token: &Option<String>,
+    source: &StreamSource,
+    stall: Duration,
 ) -> Result<StoredBlob, AttemptError> {
-    let stream = tokio_util::io::ReaderStream::with_capacity(tokio::io::stdin(), 1 << 20);
-    let body = reqwest::Body::wrap_stream(stream);
-    upload(http, gateway, token, None, body).await.map_err(|e| {
-        if e.failure.is_retryable() {
-            AttemptError::last(anyhow::anyhow!(
-                "{:#} (standard input is sent once: not tried again)",
-                e.error
-            ))
-        } else {
-            e
-        }
-    })
+    let reader: Box<dyn tokio::io::AsyncRead + Send + Unpin> = match source {
+        StreamSource::Stdin => Box::new(tokio::io::stdin()),
+        StreamSource::Path(path) => Box::new(
+            tokio::fs::File::open(path)
+                .await
+                .with_context(|| format!("cannot open {}", path.display()))
+                .map_err(AttemptError::last)?,
+        ),
+    };
+    let progress = BodyProgress::new();
+    let stream = tokio_util::io::ReaderStream::with_capacity(reader, 1 << 20);
+    let body = reqwest::Body::wrap_stream(progress.watch(stream));
+    upload(http, gateway, token, None, body, (&progress, stall))
+        .await
+        .map_err(|e| {
+            if e.failure.is_retryable() {
+                AttemptError::last(anyhow::anyhow!(
+                    "{:#} ({} is read once: not tried again)",
+                    e.error,
+                    source.name()
+                ))
+            } else {
+                e
+            }
+        })
 }
 
 /// Sends `body` (of `len` bytes, when known) as one upload and reads what
@@ -353,6 +472,7 @@ async fn upload(
     token: &Option<String>,
     len: Option<u64>,
     body: reqwest::Body,
+    (progress, stall): (&BodyProgress, Duration),
 ) -> Result<StoredBlob, AttemptError> {
     let mut request = authorized(
         http.put(format!("{}/v1/blobs", gateway.trim_end_matches('/'))),
@@ -361,7 +481,10 @@ async fn upload(
     if let Some(len) = len {
         request = request.header("content-length", len);
     }
-    let response = match request.body(body).send().await {
+    let sent = send_watched(request.body(body), progress, stall)
+        .await
+        .map_err(|e| AttemptError::stalled(e, gateway))?;
+    let response = match sent {
         Ok(response) => response,
         // A gateway refuses an upload without credentials before it reads
         // the body; one longer than it reads on after a refusal may end as

@@ -8,6 +8,7 @@ use indicatif::ProgressBar;
 use redstuff::retry::RetryPolicy;
 use redstuff::units::format_bytes;
 
+use super::watchdog::{send_within, Stalled};
 use super::{authorized, before_retry, http, AttemptError};
 
 /// Blobs a table lists whole; a fleet with more gets counts by health
@@ -35,13 +36,14 @@ pub async fn status(
     ca: Option<&Path>,
     format: StatusFormat,
     retries: u32,
+    stall: std::time::Duration,
 ) -> anyhow::Result<()> {
     let policy = RetryPolicy::with_retries(retries);
     let http = http(ca)?;
     let url = format!("{}/v1/status", gateway.trim_end_matches('/'));
     let mut failed = 0;
     let status = loop {
-        match fetch(&http, &url, gateway, &token).await {
+        match fetch(&http, &url, gateway, &token, stall).await {
             Ok(status) => break status,
             Err(e) => {
                 failed += 1;
@@ -58,17 +60,18 @@ async fn fetch(
     url: &str,
     gateway: &str,
     token: &Option<String>,
+    stall: std::time::Duration,
 ) -> Result<serde_json::Value, AttemptError> {
-    let response = authorized(http.get(url), token)
-        .send()
+    let response = send_within(authorized(http.get(url), token), stall)
         .await
+        .map_err(|e| AttemptError::stalled(e, gateway))?
         .map_err(|e| AttemptError::unanswered(e, gateway))?;
     if !response.status().is_success() {
         return Err(AttemptError::answered(response).await);
     }
-    response
-        .json()
+    tokio::time::timeout(stall, response.json())
         .await
+        .map_err(|_| AttemptError::stalled(Stalled::NoAnswer(stall), gateway))?
         .context("the gateway's status answer broke off or is not JSON")
         .map_err(AttemptError::transport)
 }

@@ -195,7 +195,7 @@ async fn an_upload_from_standard_input_is_stored_as_it_streams_and_a_refusal_is_
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "{refused:?}");
     assert!(
-        stderr.contains("503") && stderr.contains("standard input is sent once"),
+        stderr.contains("503") && stderr.contains("standard input is read once"),
         "{stderr}"
     );
     assert!(!stderr.contains("trying again"), "{stderr}");

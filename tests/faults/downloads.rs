@@ -56,9 +56,12 @@ fn cutting_server(len: usize, cuts: Vec<usize>) -> (String, std::thread::JoinHan
     (address, server)
 }
 
+/// A blob id (of no blob in particular: the servers here serve any).
+const SOME_BLOB: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+
 fn get_into(out: &std::path::Path, gateway: &str, retries: &str) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_redstuff"))
-        .args(["get", "some-blob", "-o", out.to_str().unwrap()])
+        .args(["get", SOME_BLOB, "-o", out.to_str().unwrap()])
         .args(["--gateway", gateway, "--token", "t", "--retries", retries])
         .env("REDSTUFF_LOG", "warn")
         .output()
@@ -126,4 +129,157 @@ fn a_download_cut_off_midway_goes_on_from_where_it_stopped_and_the_file_is_whole
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(left, vec![std::ffi::OsString::from("model.bin")]);
+}
+
+/// A listener that takes connections and never answers (a stopped
+/// gateway, a load balancer with nothing behind it); it counts them.
+fn silent_gateway() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = taken.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept() {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    (address, taken)
+}
+
+#[test]
+fn a_gateway_that_takes_the_connection_and_never_answers_fails_each_command_after_the_stall_time() {
+    let (gateway, taken) = silent_gateway();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("upload.bin");
+    std::fs::write(&file, vec![5u8; 100_000]).unwrap();
+    let out = dir.path().join("download.bin");
+    let commands: [Vec<&str>; 3] = [
+        vec!["status"],
+        vec!["get", SOME_BLOB, "-o", out.to_str().unwrap()],
+        vec!["put", file.to_str().unwrap()],
+    ];
+    for args in commands {
+        let output = Command::new(env!("CARGO_BIN_EXE_redstuff"))
+            .args(&args)
+            .args(["--gateway", &gateway, "--token", "t", "--retries", "1"])
+            .args(["--stall-secs", "1"])
+            .env("REDSTUFF_LOG", "warn")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("the gateway gave no answer for 1 s"),
+            "{args:?}: {stderr}"
+        );
+        // A stall is a lost connection: tried again, then given up.
+        assert!(
+            stderr.contains("gave up after 2 attempts"),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert!(!out.exists());
+    assert_eq!(taken.load(std::sync::atomic::Ordering::SeqCst), 6);
+}
+
+#[test]
+fn a_download_that_stops_bringing_bytes_goes_on_from_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model.bin");
+    let len = 3 << 20;
+    // The first answer sends 1 MiB and then nothing, its connection open;
+    // the second sends the rest.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let gateway = format!("http://{}", listener.local_addr().unwrap());
+    let server = std::thread::spawn(move || {
+        let mut ranges = Vec::new();
+        let mut held = Vec::new();
+        for stop_at in [1 << 20, len] {
+            let (mut socket, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
+            let mut byte = [0u8; 1];
+            while !request.ends_with(b"\r\n\r\n") {
+                socket.read_exact(&mut byte).unwrap();
+                request.push(byte[0]);
+            }
+            let request = String::from_utf8(request).unwrap().to_ascii_lowercase();
+            let range = request
+                .lines()
+                .find_map(|l| l.strip_prefix("range: "))
+                .map(str::to_string);
+            let start: usize = range
+                .as_deref()
+                .and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok())
+                .unwrap_or(0);
+            let head = match &range {
+                None => format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n"),
+                Some(_) => format!(
+                    "HTTP/1.1 206 Partial Content\r\ncontent-range: bytes {start}-{}/{len}\r\n\
+                     content-length: {}\r\n\r\n",
+                    len - 1,
+                    len - start
+                ),
+            };
+            ranges.push(range.unwrap_or_default());
+            socket.write_all(head.as_bytes()).unwrap();
+            let body: Vec<u8> = (start..stop_at).map(|i| (i % 251) as u8).collect();
+            socket.write_all(&body).unwrap();
+            held.push(socket);
+        }
+        ranges
+    });
+    let output = Command::new(env!("CARGO_BIN_EXE_redstuff"))
+        .args(["get", SOME_BLOB, "-o", out.to_str().unwrap()])
+        .args(["--gateway", &gateway, "--token", "t", "--stall-secs", "1"])
+        .env("REDSTUFF_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the download brought nothing for 1 s"),
+        "{stderr}"
+    );
+    assert_eq!(server.join().unwrap(), ["", "bytes=1048576-"]);
+    let expected: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    assert!(std::fs::read(&out).unwrap() == expected);
+}
+
+#[test]
+fn a_get_into_a_directory_or_of_what_is_not_a_blob_id_is_refused_before_anything_is_asked() {
+    let (gateway, taken) = silent_gateway();
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().to_str().unwrap().to_string();
+    let missing = dir.path().join("no-such-dir").join("f.bin");
+    let refusals = [
+        (vec!["get", SOME_BLOB, "-o", &target], "is a directory"),
+        (
+            vec!["get", SOME_BLOB, "-o", missing.to_str().unwrap()],
+            "does not exist",
+        ),
+        (vec!["get", "../status", "-o", "-"], "is not a blob id"),
+    ];
+    for (args, says) in refusals {
+        let output = Command::new(env!("CARGO_BIN_EXE_redstuff"))
+            .args(&args)
+            .args(["--gateway", &gateway, "--token", "t", "--stall-secs", "1"])
+            .env("REDSTUFF_LOG", "warn")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    assert_eq!(
+        taken.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing asked"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "nothing written"
+    );
 }

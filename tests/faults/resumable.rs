@@ -502,6 +502,106 @@ async fn redstuff_put_does_not_resume_a_file_that_changed_since_its_upload_began
     assert_eq!(fleet.code("HEAD", &blob_id(&changed)).await, 404);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redstuff_put_of_a_file_rewritten_while_its_bytes_are_sent_stores_nothing_and_deletes_its_upload(
+) {
+    let data = pseudo_random(6_500_000, 53);
+    let fleet = DevFleet::start(&[]);
+    fleet.wait_for("nodes ready", all_ready).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("weights.bin");
+    std::fs::write(&file, &data).unwrap();
+    let proxy = CuttingProxy::holding(&fleet.gateway, 2_000_000).await;
+    let token = std::fs::read_to_string(fleet.data_dir().join("token")).unwrap();
+    let put = tokio::spawn(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_redstuff"))
+            .arg("put")
+            .arg(&file)
+            .args(["--gateway", &proxy.url])
+            .env("REDSTUFF_TOKEN", token.trim())
+            .env("REDSTUFF_LOG", "warn")
+            .kill_on_drop(true)
+            .output(),
+    );
+    // 2 MB of the file went; the rest waits while the file is rewritten
+    // in place (the same length), then goes.
+    let start = Instant::now();
+    while !proxy.cut.load(Ordering::SeqCst) {
+        assert!(
+            start.elapsed() < WAIT,
+            "the upload never reached the proxy's hold"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let changed = pseudo_random(6_500_000, 54);
+    std::fs::write(&file, &changed).unwrap();
+    proxy.release();
+    let output = within("redstuff put", put).await.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("changed while it was being uploaded"),
+        "{stderr}"
+    );
+    assert_eq!(fleet.code("HEAD", &blob_id(&data)).await, 404);
+    assert_eq!(fleet.code("HEAD", &blob_id(&changed)).await, 404);
+    // The upload is deleted, not left open against the gateway's limit.
+    assert_eq!(
+        metric(&fleet, "redstuff_gateway_uploads_resumable").await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redstuff_put_streams_a_pipe_it_is_named_and_refuses_a_directory() {
+    let fleet = DevFleet::start(&[]);
+    fleet.wait_for("nodes ready", all_ready).await;
+    let token = std::fs::read_to_string(fleet.data_dir().join("token")).unwrap();
+    let put = |path: &str| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_redstuff"));
+        command
+            .args(["put", path, "--json", "--gateway", &fleet.gateway])
+            .env("REDSTUFF_TOKEN", token.trim())
+            .env("REDSTUFF_LOG", "warn")
+            .kill_on_drop(true);
+        command
+    };
+    // /dev/stdin of a pipe: its length reads 0, its bytes are all there.
+    let data = pseudo_random(1_500_000, 55);
+    let mut piped = put("/dev/stdin")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = piped.stdin.take().unwrap();
+    stdin.write_all(&data).await.unwrap();
+    drop(stdin);
+    let output = within("redstuff put /dev/stdin", piped.wait_with_output())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let stored: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(stored["size"], data.len() as u64, "{stored}");
+    assert!(fleet.get(stored["id"].as_str().unwrap()).await == data);
+
+    let dir = tempfile::tempdir().unwrap();
+    let output = within(
+        "redstuff put DIR",
+        put(dir.path().to_str().unwrap()).output(),
+    )
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("is a directory"), "{stderr}");
+    assert_eq!(
+        metric(&fleet, "redstuff_gateway_uploads_resumable").await,
+        0
+    );
+}
+
 /// A fleet, a file of `data` and a proxy in front of the gateway that
 /// cuts the first connection to carry more than 3 MB of a client's bytes.
 struct CutPut {
@@ -635,31 +735,46 @@ fn read_answer(socket: &mut std::net::TcpStream) -> String {
 }
 
 /// A TCP proxy in front of a gateway that cuts, once, the first
-/// connection whose client sent more than `cut_after` bytes; it counts
-/// every byte clients sent through it.
+/// connection whose client sent more than `cut_after` bytes (or, holding,
+/// stops forwarding its bytes until `release`); it counts every byte
+/// clients sent through it.
 struct CuttingProxy {
     url: String,
+    /// The connection was cut (or is held).
     cut: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
+    released: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl CuttingProxy {
     async fn start(gateway: &str, cut_after: u64) -> Self {
+        Self::start_with(gateway, cut_after, false).await
+    }
+
+    /// A proxy that holds, instead of cutting, the first connection past
+    /// `hold_after` bytes until `release`.
+    async fn holding(gateway: &str, hold_after: u64) -> Self {
+        Self::start_with(gateway, hold_after, true).await
+    }
+
+    async fn start_with(gateway: &str, after: u64, hold: bool) -> Self {
         let upstream = gateway.trim_start_matches("http://").to_string();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let (cut, sent) = (
+        let (cut, sent, released) = (
             Arc::new(AtomicBool::new(false)),
             Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
         );
         let task = {
-            let (cut, sent) = (cut.clone(), sent.clone());
+            let (cut, sent, released) = (cut.clone(), sent.clone(), released.clone());
             tokio::spawn(async move {
                 while let Ok((client, _)) = listener.accept().await {
                     let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
                     let (cut, sent) = (cut.clone(), sent.clone());
-                    tokio::spawn(forward(client, server, cut_after, cut, sent));
+                    let released = hold.then(|| released.clone());
+                    tokio::spawn(forward(client, server, after, cut, sent, released));
                 }
             })
         };
@@ -667,8 +782,14 @@ impl CuttingProxy {
             url,
             cut,
             sent,
+            released,
             task,
         }
+    }
+
+    /// A held connection goes on.
+    fn release(&self) {
+        self.released.store(true, Ordering::SeqCst);
     }
 }
 
@@ -679,14 +800,15 @@ impl Drop for CuttingProxy {
 }
 
 /// Forwards one connection both ways until either side closes, or until
-/// its client sent more than `cut_after` bytes while no connection was
-/// cut yet.
+/// its client sent more than `after` bytes while no connection was cut
+/// yet: then it is cut, or, given `released`, held until that is set.
 async fn forward(
     client: tokio::net::TcpStream,
     server: tokio::net::TcpStream,
-    cut_after: u64,
+    after: u64,
     cut: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
+    released: Option<Arc<AtomicBool>>,
 ) {
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
@@ -699,8 +821,11 @@ async fn forward(
         if read == 0 {
             break;
         }
-        if forwarded + read as u64 > cut_after && !cut.swap(true, Ordering::SeqCst) {
-            break;
+        if forwarded + read as u64 > after && !cut.swap(true, Ordering::SeqCst) {
+            let Some(released) = &released else { break };
+            while !released.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
         if server_write.write_all(&buffer[..read]).await.is_err() {
             break;
