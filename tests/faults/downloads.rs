@@ -283,3 +283,22 @@ fn a_get_into_a_directory_or_of_what_is_not_a_blob_id_is_refused_before_anything
         "nothing written"
     );
 }
+
+#[test]
+fn a_gateway_that_cannot_be_reached_is_said_with_why() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let output = Command::new(env!("CARGO_BIN_EXE_redstuff"))
+        .args(["status", "--retries", "0", "--token", "t"])
+        .args(["--gateway", &format!("http://127.0.0.1:{port}")])
+        .env("REDSTUFF_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("cannot reach the gateway"), "{stderr}");
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+}
