@@ -493,13 +493,20 @@ async fn a_deleted_node_pod_is_created_again_with_an_event_and_the_cluster_repor
         status["notAnsweringNodes"],
         json!(["media-node-0", "media-node-1"])
     );
-    assert_eq!(
-        condition(&status, "Degraded")["reason"],
-        "NodesNotAnswering"
+    // With node-2 gone and the other two silent, no shard serves: more
+    // than f are down, and the silence is said too.
+    let degraded = condition(&status, "Degraded");
+    assert_eq!(degraded["reason"], "TooManyShardsDown");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .contains("their API does not answer"),
+        "{status:#}"
     );
     assert_eq!(
         condition(&status, "Ready")["reason"],
-        "NodesNotReady",
+        "TooManyShardsDown",
         "{status:#}"
     );
     // Within the grace period the shards stay where they are.
@@ -764,7 +771,17 @@ async fn a_node_gone_past_the_grace_period_hands_its_shards_to_the_others() {
         "shards of nodes that stayed do not move"
     );
     assert!(events(&seen).contains(&("Warning".into(), "ShardsMoved".into())));
-    assert_eq!(condition(&status, "Degraded")["reason"], "ShardsMoved");
+    // The fake nodes do not answer, so every shard is down; the move is
+    // said as well.
+    let degraded = condition(&status, "Degraded");
+    assert_eq!(degraded["reason"], "TooManyShardsDown");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .contains("gone longer than the grace period"),
+        "{status:#}"
+    );
     let config = seen
         .iter()
         .find(|s| s.method == "PATCH" && s.path.ends_with("/configmaps/media-shards"))

@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
         name = "Why",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Degraded\")].reason",
-        description = "The Degraded condition's reason: AllNodesReady, or the most pressing of BlobsLost, GatewayUnavailable, ShardsMoved, NodesNotAnswering, NodesNotReady, BlobsAtRisk, BlobsDegraded"
+        description = "The Degraded condition's reason: AllNodesReady (Creating while the cluster is first created), or the most pressing of BlobsLost, TooManyShardsDown, GatewayUnavailable, ShardsMoved, NodesNotAnswering, NodesNotReady, BlobsAtRisk, BlobsDegraded"
     ),
     printcolumn(
         name = "Lost",
@@ -379,7 +379,8 @@ pub struct RepairSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct StorageClusterStatus {
-    /// Pending, Progressing, Ready, Degraded or Failed.
+    /// Pending (being created, until first Ready), Ready, Degraded or
+    /// Failed (the spec is refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// Ready, Degraded, Progressing and Synced, with reasons and messages.

@@ -83,11 +83,20 @@ pub fn pod_problem(pod: &Pod) -> Option<String> {
             "Unschedulable",
         )));
     }
-    let containers = status
+    // An init container that ran and ended well (an injected one's, as
+    // often) is no problem.
+    let finished_well = |c: &&ContainerStatus| {
+        c.state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .is_some_and(|t| t.exit_code == 0)
+    };
+    let init = status
         .init_container_statuses
         .iter()
-        .chain(status.container_statuses.iter())
-        .flatten();
+        .flatten()
+        .filter(|c| !finished_well(c));
+    let containers = init.chain(status.container_statuses.iter().flatten());
     if let Some(problem) = containers.filter_map(container_problem).next() {
         return Some(shorten(problem));
     }
@@ -152,6 +161,16 @@ mod tests {
             (
                 json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}),
                 None,
+            ),
+            (
+                json!({"phase": "Running",
+                    "initContainerStatuses": [{"name": "istio-init", "image": "x", "imageID": "",
+                        "ready": true, "restartCount": 0,
+                        "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}],
+                    "containerStatuses": [{"name": "node", "image": "x", "imageID": "",
+                        "ready": false, "restartCount": 1,
+                        "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}),
+                Some("CrashLoopBackOff"),
             ),
             (json!({"phase": "Pending"}), None),
         ];

@@ -80,8 +80,9 @@ const MOST_LOST_OBJECTS_SAID: usize = 5;
 
 /// Why a cluster is Degraded, most pressing first: the condition's reason
 /// is the first present, its message says every one.
-const DEGRADED_REASONS: [&str; 7] = [
+const DEGRADED_REASONS: [&str; 8] = [
     "BlobsLost",
+    "TooManyShardsDown",
     "GatewayUnavailable",
     "ShardsMoved",
     "NodesNotAnswering",
@@ -315,29 +316,43 @@ pub fn cluster_status(
             let hosts = tolerated(|n| &n.host);
             let pods = tolerated(|n| &n.name);
             let domain_noun = domain_noun(&super::desired::topology_key(cluster));
+            // A shard is down when its owner is not ready, or is ready by
+            // Kubernetes but its API does not answer.
+            let serving = |n: &ObservedNode| n.ready && !fleet.not_answering.contains(&n.name);
             let down_shards = assignment
                 .iter()
-                .filter(|(_, owner)| !nodes.iter().any(|n| &n.name == *owner && n.ready))
+                .filter(|(_, owner)| !nodes.iter().any(|n| &n.name == *owner && serving(n)))
                 .count();
             let all_ready = ready == wanted && nodes.iter().filter(|n| n.exists).count() == wanted;
-            let (phase, ready_reason, ready_message) = if all_ready {
+            // A cluster is being created until it was first Ready (or
+            // Degraded): its node pods coming up one by one degrade nothing.
+            let established = matches!(previous.phase.as_deref(), Some("Ready" | "Degraded"));
+            let creating = !established && !all_ready;
+            let too_many_down = down_shards > config.f() && !creating;
+            let (phase, ready_reason, ready_message) = if too_many_down {
+                ("Degraded", "TooManyShardsDown", format!("{ready} of {wanted} node pods ready; {down_shards} shards unavailable, more than the {} tolerated: reads may fail", config.f()))
+            } else if all_ready {
                 (
                     "Ready",
                     "AllNodesReady",
                     format!("{ready} of {wanted} node pods ready"),
                 )
-            } else if nodes.iter().all(|n| !n.exists) {
+            } else if creating {
                 (
                     "Pending",
                     "Creating",
-                    format!("creating {wanted} node pods"),
+                    format!("creating the cluster: {ready} of {wanted} node pods ready"),
                 )
-            } else if down_shards <= config.f() {
-                ("Degraded", "NodesNotReady", format!("{ready} of {wanted} node pods ready; {down_shards} shards unavailable, {} tolerated", config.f()))
             } else {
-                ("Degraded", "TooManyShardsDown", format!("{ready} of {wanted} node pods ready; {down_shards} shards unavailable, more than the {} tolerated: reads may fail", config.f()))
+                ("Degraded", "NodesNotReady", format!("{ready} of {wanted} node pods ready; {down_shards} shards unavailable, {} tolerated", config.f()))
             };
-            let degraded = !all_ready && nodes.iter().any(|n| n.exists);
+            let degraded = !all_ready && !creating;
+            let degraded_reason = match (degraded, too_many_down) {
+                (_, true) => "TooManyShardsDown",
+                (true, false) => "NodesNotReady",
+                (false, _) if creating => "Creating",
+                (false, _) => "AllNodesReady",
+            };
             StorageClusterStatus {
                 phase: Some(phase.into()),
                 observed_generation: generation,
@@ -353,12 +368,12 @@ pub fn cluster_status(
                     .map(|(shard, node)| ShardAssignment { shard: *shard, node: node.clone() })
                     .collect(),
                 conditions: vec![
-                    condition("Ready", all_ready, ready_reason, ready_message, generation, now),
+                    condition("Ready", all_ready && !too_many_down, ready_reason, ready_message, generation, now),
                     condition(
                         "Degraded",
-                        degraded,
-                        if degraded { "NodesNotReady" } else { "AllNodesReady" },
-                        format!("{down_shards} shards on node pods that are not ready; whole node pods tolerated: {pods}"),
+                        degraded || too_many_down,
+                        degraded_reason,
+                        format!("{down_shards} shards on node pods that are not ready or do not answer; whole node pods tolerated: {pods}"),
                         generation,
                         now,
                     ),
@@ -469,7 +484,13 @@ fn fold_in_fleet(
         .conditions
         .iter()
         .find(|c| c.type_ == "Degraded" && c.status == "True")
-        .map(|c| ("NodesNotReady", c.message.clone()))
+        .map(|c| {
+            let reason = match c.reason.as_str() {
+                "TooManyShardsDown" => "TooManyShardsDown",
+                _ => "NodesNotReady",
+            };
+            (reason, c.message.clone())
+        })
         .into_iter()
         .collect();
     // Problems that make a cluster whose node pods are all ready Degraded.
@@ -546,7 +567,7 @@ fn fold_in_fleet(
         problems.push((
             "ShardsMoved",
             format!(
-                "gone longer than the grace period, their shards moved to other nodes: {}",
+                "gone longer than the grace period (the shards they owned, if any, moved to other nodes): {}",
                 fleet.evicted.join(", ")
             ),
         ));
@@ -681,7 +702,17 @@ fn fold_in_fleet(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::fixtures::cluster;
+
+    /// A cluster of the fixtures' shape that was Ready before (not being
+    /// created).
+    fn cluster(shards: u16, nodes: u16, size: Option<&str>) -> StorageCluster {
+        let mut c = crate::operator::fixtures::cluster(shards, nodes, size);
+        c.status = Some(StorageClusterStatus {
+            phase: Some("Ready".into()),
+            ..StorageClusterStatus::default()
+        });
+        c
+    }
 
     /// `count` node pods, pod i on host i % hosts, host h in zone h % zones.
     fn on_hosts(count: usize, ready: &[usize], hosts: usize, zones: usize) -> Vec<ObservedNode> {
@@ -785,6 +816,96 @@ mod tests {
             assert_eq!(s.observed_generation, Some(3));
             assert_eq!(s.shard_assignment.len(), 10);
         }
+    }
+
+    #[test]
+    fn a_cluster_being_created_is_pending_not_degraded_until_it_was_first_ready() {
+        let new = crate::operator::fixtures::cluster(10, 10, Some("1Gi"));
+        for ready in [&[][..], &[0, 1, 2]] {
+            let mut nodes = observed(10, ready, 5);
+            if ready.is_empty() {
+                nodes.iter_mut().for_each(|n| n.exists = false);
+            }
+            let s = cluster_status(
+                &new,
+                &assignment(&new, &nodes),
+                &nodes,
+                &FleetSummary::default(),
+                &now(1),
+            );
+            assert_eq!(s.phase.as_deref(), Some("Pending"), "{ready:?}");
+            assert_eq!(
+                (
+                    cond(&s, "Ready").status.as_str(),
+                    cond(&s, "Ready").reason.as_str()
+                ),
+                ("False", "Creating")
+            );
+            let degraded = cond(&s, "Degraded");
+            assert_eq!(
+                (degraded.status.as_str(), degraded.reason.as_str()),
+                ("False", "Creating")
+            );
+            assert!(cond(&s, "Ready")
+                .message
+                .contains(&format!("{} of 10 node pods ready", ready.len())));
+        }
+    }
+
+    #[test]
+    fn an_established_cluster_whose_node_pods_are_all_gone_has_too_many_shards_down() {
+        let c = cluster(10, 10, Some("1Gi"));
+        let mut nodes = observed(10, &[], 5);
+        nodes.iter_mut().for_each(|n| n.exists = false);
+        let s = cluster_status(
+            &c,
+            &assignment(&c, &observed(10, &[], 5)),
+            &nodes,
+            &FleetSummary::default(),
+            &now(1),
+        );
+        assert_eq!(s.phase.as_deref(), Some("Degraded"));
+        assert_eq!(cond(&s, "Ready").reason, "TooManyShardsDown");
+        let degraded = cond(&s, "Degraded");
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "TooManyShardsDown")
+        );
+    }
+
+    #[test]
+    fn ready_node_pods_that_do_not_answer_count_as_down_shards() {
+        // 7 shards, f = 2: three pods ready by Kubernetes whose API is silent.
+        let c = cluster(7, 7, Some("1Gi"));
+        let nodes = observed(7, &[0, 1, 2, 3, 4, 5, 6], 7);
+        let silent = |names: &[&str]| FleetSummary {
+            not_answering: names.iter().map(|n| n.to_string()).collect(),
+            ..FleetSummary::default()
+        };
+        let three = silent(&["media-node-0", "media-node-1", "media-node-2"]);
+        let s = cluster_status(&c, &assignment(&c, &nodes), &nodes, &three, &now(1));
+        assert_eq!(s.phase.as_deref(), Some("Degraded"));
+        let ready = cond(&s, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "TooManyShardsDown")
+        );
+        assert!(
+            ready
+                .message
+                .contains("3 shards unavailable, more than the 2 tolerated"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(cond(&s, "Degraded").reason, "TooManyShardsDown");
+        assert!(cond(&s, "Degraded")
+            .message
+            .contains("their API does not answer"));
+        // Within what is tolerated: Ready, and Degraded for the silence.
+        let two = silent(&["media-node-0", "media-node-1"]);
+        let s = cluster_status(&c, &assignment(&c, &nodes), &nodes, &two, &now(1));
+        assert_eq!(cond(&s, "Ready").status, "True");
+        assert_eq!(cond(&s, "Degraded").reason, "NodesNotAnswering");
     }
 
     #[test]
