@@ -172,9 +172,11 @@ async fn apply_blob(blob: &Blob, ctx: &Context, namespace: &str) -> Result<Actio
         }
     }
     let deleted_elsewhere = status.health == Some(BlobHealth::Deleted);
-    write_status_if_changed(&blobs, blob, &mut current, status).await?;
+    let written = write_status_if_changed(&blobs, blob, &mut current, status).await?;
     if deleted_elsewhere && upload_records::is_operator_record(blob) {
-        remove_upload_record(&blobs, blob).await?;
+        // Guarded by the version the status write made, not the one read.
+        let version = written.or_else(|| blob.resource_version());
+        remove_upload_record(&blobs, blob, version).await?;
         ctx.publish(
             blob,
             false,
@@ -195,7 +197,11 @@ async fn apply_blob(blob: &Blob, ctx: &Context, namespace: &str) -> Result<Actio
 /// and a cleanup could delete the same bytes if they were stored again
 /// meanwhile. The finalizer goes first, guarded by the record's version
 /// (a record changed since it was read is left for the next reconcile).
-async fn remove_upload_record(blobs: &Api<Blob>, blob: &Blob) -> Result<(), ReconcileError> {
+async fn remove_upload_record(
+    blobs: &Api<Blob>,
+    blob: &Blob,
+    version: Option<String>,
+) -> Result<(), ReconcileError> {
     let name = blob.name_any();
     let finalizers: Vec<&String> = blob
         .finalizers()
@@ -205,7 +211,7 @@ async fn remove_upload_record(blobs: &Api<Blob>, blob: &Blob) -> Result<(), Reco
     let patch = serde_json::json!({
         "metadata": {
             "finalizers": finalizers,
-            "resourceVersion": blob.resource_version(),
+            "resourceVersion": version,
         }
     });
     blobs
@@ -525,12 +531,12 @@ async fn write_status_if_changed(
     blob: &Blob,
     current: &mut Option<BlobStatus>,
     status: BlobStatus,
-) -> Result<(), ReconcileError> {
+) -> Result<Option<String>, ReconcileError> {
     if current.as_ref() == Some(&status) {
-        return Ok(());
+        return Ok(None);
     }
     let patch = status_merge_patch(current.as_ref(), &status);
-    blobs
+    let written = blobs
         .patch_status(
             &blob.name_any(),
             &PatchParams::default(),
@@ -538,5 +544,5 @@ async fn write_status_if_changed(
         )
         .await?;
     *current = Some(status);
-    Ok(())
+    Ok(written.resource_version())
 }

@@ -232,6 +232,14 @@ impl MockApi {
                         match objects.get_mut(path.trim_end_matches("/status")) {
                             Some(object) => {
                                 merge_patch(object, &body);
+                                // A write makes a new version, as the API
+                                // server's does.
+                                let version = &mut object["metadata"]["resourceVersion"];
+                                if let Some(v) =
+                                    version.as_str().and_then(|v| v.parse::<u64>().ok())
+                                {
+                                    *version = json!((v + 1).to_string());
+                                }
                                 (StatusCode::OK, object.clone())
                             }
                             None => not_found(),
