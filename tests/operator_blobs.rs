@@ -491,6 +491,9 @@ async fn a_blob_whose_cluster_does_not_exist_says_so() {
     let (seen, _) = run(api(None, &[&b], &[]), Endpoints::default(), &b).await;
     let status = status_patches(&seen, "weights").pop().unwrap();
     assert_eq!(condition(&status, "Healthy"), ("False", "ClusterNotFound"));
+    // Nothing is being fetched meanwhile, and the status does not say so.
+    assert_eq!(condition(&status, "Ingested"), ("False", "ClusterNotFound"));
+    assert!(!seen.iter().any(|s| s.path.contains("/configmaps/")));
 }
 
 /// Blob `id` read back through the fleet's gateway.

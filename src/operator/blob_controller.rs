@@ -86,7 +86,7 @@ async fn apply_blob(blob: &Blob, ctx: &Context, namespace: &str) -> Result<Actio
         retry = wait;
     } else if blob_id.is_none() {
         match &cluster {
-            None => ingest_state = IngestState::InProgress,
+            None => ingest_state = IngestState::NoCluster,
             Some(cluster) => match ctx.ingest_slots.clone().try_acquire_owned() {
                 Err(_) => {
                     ingest_state = IngestState::Queued {

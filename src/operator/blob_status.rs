@@ -19,6 +19,9 @@ pub enum IngestState {
     Done,
     /// The operator is fetching the source now.
     InProgress,
+    /// The StorageCluster named in spec.cluster does not exist: nothing
+    /// is fetched until it does.
+    NoCluster,
     /// The source waits for one of the operator's ingest slots (at most
     /// `--max-concurrent-ingests` sources are fetched at once).
     Queued {
@@ -130,6 +133,14 @@ pub fn blob_status(
             false,
             "Ingesting",
             "fetching the source and storing it through the gateway".into(),
+            generation,
+            now,
+        ),
+        IngestState::NoCluster => condition(
+            "Ingested",
+            false,
+            "ClusterNotFound",
+            "nothing is fetched until the StorageCluster named in spec.cluster exists".into(),
             generation,
             now,
         ),
