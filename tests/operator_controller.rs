@@ -322,6 +322,15 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
         .unwrap()
 }
 
+/// Asserts the Degraded condition's reason, and that its message says
+/// `says`.
+fn assert_degraded(status: &Value, reason: &str, says: &str) {
+    let degraded = condition(status, "Degraded");
+    assert_eq!(degraded["reason"], reason, "{status:#}");
+    let message = degraded["message"].as_str().unwrap();
+    assert!(message.contains(says), "{status:#}");
+}
+
 #[tokio::test]
 async fn a_new_cluster_creates_its_objects_with_server_side_apply_and_writes_its_status() {
     let (seen, _) = reconcile_on(
@@ -495,15 +504,7 @@ async fn a_deleted_node_pod_is_created_again_with_an_event_and_the_cluster_repor
     );
     // With node-2 gone and the other two silent, no shard serves: more
     // than f are down, and the silence is said too.
-    let degraded = condition(&status, "Degraded");
-    assert_eq!(degraded["reason"], "TooManyShardsDown");
-    assert!(
-        degraded["message"]
-            .as_str()
-            .unwrap()
-            .contains("their API does not answer"),
-        "{status:#}"
-    );
+    assert_degraded(&status, "TooManyShardsDown", "their API does not answer");
     assert_eq!(
         condition(&status, "Ready")["reason"],
         "TooManyShardsDown",
@@ -773,14 +774,10 @@ async fn a_node_gone_past_the_grace_period_hands_its_shards_to_the_others() {
     assert!(events(&seen).contains(&("Warning".into(), "ShardsMoved".into())));
     // The fake nodes do not answer, so every shard is down; the move is
     // said as well.
-    let degraded = condition(&status, "Degraded");
-    assert_eq!(degraded["reason"], "TooManyShardsDown");
-    assert!(
-        degraded["message"]
-            .as_str()
-            .unwrap()
-            .contains("gone longer than the grace period"),
-        "{status:#}"
+    assert_degraded(
+        &status,
+        "TooManyShardsDown",
+        "gone longer than the grace period",
     );
     let config = seen
         .iter()

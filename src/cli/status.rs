@@ -51,6 +51,14 @@ pub async fn status(
             }
         }
     };
+    // A reader that stops early (`| head`) ends the command the way it
+    // ends `cat`, by SIGPIPE, instead of a panic in println. Only now: the
+    // gateway's answer is in, and nothing is written to a socket after.
+    // SAFETY: setting a signal's disposition to its default, in a process
+    // that installed no handler for it.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     print_status(&status, format)
 }
 

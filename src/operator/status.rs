@@ -91,21 +91,43 @@ const DEGRADED_REASONS: [&str; 8] = [
     "BlobsDegraded",
 ];
 
+/// What a cluster is busy with, most telling first: the Progressing
+/// condition's reason is the first present, its message says every one.
+/// Repairs follow from the others (a moved shard is rebuilt), so they name
+/// the condition only alone, and a CA rotation only when nothing else runs.
+const PROGRESSING_REASONS: [&str; 5] = [
+    "RollingUpdate",
+    "NodesRetiring",
+    "Rebalancing",
+    "Repairing",
+    "RotatingCa",
+];
+
+/// A condition's reason and message for `items` (reason, message) ranked
+/// by `order`: the first reason, and every message, first first. None
+/// without items.
+fn ranked(
+    mut items: Vec<(&'static str, String)>,
+    order: &[&str],
+) -> Option<(&'static str, String)> {
+    let rank = |reason: &str| {
+        order
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(order.len())
+    };
+    items.sort_by_key(|(reason, _)| rank(reason));
+    let (reason, _) = items.first()?;
+    let reason = *reason;
+    let messages: Vec<String> = items.into_iter().map(|(_, m)| m).collect();
+    Some((reason, messages.join("; ")))
+}
+
 /// The Degraded condition's reason and message for `problems` (reason,
 /// message): the most pressing reason, and every message, most pressing
 /// first. None without problems.
-fn degraded_by(mut problems: Vec<(&'static str, String)>) -> Option<(&'static str, String)> {
-    let rank = |reason: &str| {
-        DEGRADED_REASONS
-            .iter()
-            .position(|r| *r == reason)
-            .unwrap_or(DEGRADED_REASONS.len())
-    };
-    problems.sort_by_key(|(reason, _)| rank(reason));
-    let (reason, _) = problems.first()?;
-    let reason = *reason;
-    let messages: Vec<String> = problems.into_iter().map(|(_, m)| m).collect();
-    Some((reason, messages.join("; ")))
+fn degraded_by(problems: Vec<(&'static str, String)>) -> Option<(&'static str, String)> {
+    ranked(problems, &DEGRADED_REASONS)
 }
 
 /// What the Degraded message says of repairs failing: each node, how many
@@ -586,85 +608,55 @@ fn fold_in_fleet(
         .conditions
         .iter()
         .any(|c| c.type_ == "Progressing" && c.status == "False");
+    // What the cluster is busy with: each said, the most telling first.
+    let mut busy: Vec<(&'static str, String)> = Vec::new();
     if let Some(rotation) = fleet.ca_rotation.as_ref().filter(|_| settled) {
-        set(
-            status,
-            condition(
-                "Progressing",
-                true,
-                "RotatingCa",
-                rotation_said(rotation),
-                generation,
-                now,
-            ),
-        );
+        busy.push(("RotatingCa", rotation_said(rotation)));
     }
-    if fleet.shards_to_move > 0 {
-        set(
-            status,
-            condition(
-                "Progressing",
-                true,
-                "Rebalancing",
-                format!(
-                    "{} shards still move to balance the node pods, a few at a time, each batch once the last is rebuilt and every blob is Healthy",
-                    fleet.shards_to_move
-                ),
-                generation,
-                now,
+    if fleet.shards_to_move > 0 && fleet.retiring.is_empty() {
+        busy.push((
+            "Rebalancing",
+            format!(
+                "{} shards still move to balance the node pods, a few at a time, each batch once the last is rebuilt and every blob is Healthy",
+                fleet.shards_to_move
             ),
-        );
+        ));
     }
     if !fleet.retiring.is_empty() {
-        set(
-            status,
-            condition(
-                "Progressing",
-                true,
-                "NodesRetiring",
-                format!(
-                    "spec.nodes is lower than the node pods running: {} keep serving until their shards have moved to the others ({} still to move, a few at a time, each batch once the last is rebuilt and every blob is Healthy), then they are deleted",
-                    fleet.retiring.join(", "),
-                    fleet.shards_to_move
-                ),
-                generation,
-                now,
+        busy.push((
+            "NodesRetiring",
+            format!(
+                "spec.nodes is lower than the node pods running: {} keep serving until their shards have moved to the others ({} still to move, a few at a time, each batch once the last is rebuilt and every blob is Healthy), then they are deleted",
+                fleet.retiring.join(", "),
+                fleet.shards_to_move
             ),
-        );
+        ));
     }
     if fleet.repairs_in_flight > 0 {
-        set(
-            status,
-            condition(
-                "Progressing",
-                true,
-                "Repairing",
-                format!("{} repairs in flight", fleet.repairs_in_flight),
-                generation,
-                now,
-            ),
-        );
+        busy.push((
+            "Repairing",
+            format!("{} repairs in flight", fleet.repairs_in_flight),
+        ));
     }
     if !fleet.outdated.is_empty() {
+        busy.push((
+            "RollingUpdate",
+            format!(
+                "{} node pods run an older spec and are replaced one at a time: {}{}",
+                fleet.outdated.len(),
+                fleet.outdated.join(", "),
+                fleet
+                    .rollout_wait
+                    .as_ref()
+                    .map(|w| format!("; waiting for {w}"))
+                    .unwrap_or_default()
+            ),
+        ));
+    }
+    if let Some((reason, message)) = ranked(busy, &PROGRESSING_REASONS) {
         set(
             status,
-            condition(
-                "Progressing",
-                true,
-                "RollingUpdate",
-                format!(
-                    "{} node pods run an older spec and are replaced one at a time: {}{}",
-                    fleet.outdated.len(),
-                    fleet.outdated.join(", "),
-                    fleet
-                        .rollout_wait
-                        .as_ref()
-                        .map(|w| format!("; waiting for {w}"))
-                        .unwrap_or_default()
-                ),
-                generation,
-                now,
-            ),
+            condition("Progressing", true, reason, message, generation, now),
         );
     }
     let synced =
@@ -1306,6 +1298,46 @@ mod tests {
         );
         assert!(
             progressing.message.starts_with("2 shards"),
+            "{}",
+            progressing.message
+        );
+    }
+
+    #[test]
+    fn nodes_retiring_name_the_progress_while_the_repairs_they_cause_run_and_both_are_said() {
+        let c = cluster(7, 6, Some("1Gi"));
+        let nodes = observed(7, &[0, 1, 2, 3, 4, 5, 6], 7);
+        let fleet = FleetSummary {
+            retiring: vec!["media-node-6".into()],
+            shards_to_move: 3,
+            repairs_in_flight: 2,
+            ..FleetSummary::default()
+        };
+        let s = cluster_status(&c, &assignment(&c, &nodes), &nodes, &fleet, &now(1));
+        let progressing = cond(&s, "Progressing");
+        assert_eq!(progressing.reason, "NodesRetiring");
+        for said in ["media-node-6", "3 still to move", "2 repairs in flight"] {
+            assert!(
+                progressing.message.contains(said),
+                "{}",
+                progressing.message
+            );
+        }
+        assert!(
+            !progressing.message.contains("to balance"),
+            "said once: {}",
+            progressing.message
+        );
+        // A rolling update names it above both, and all three are said.
+        let rolling = FleetSummary {
+            outdated: vec!["media-node-1".into()],
+            ..fleet
+        };
+        let s = cluster_status(&c, &assignment(&c, &nodes), &nodes, &rolling, &now(1));
+        let progressing = cond(&s, "Progressing");
+        assert_eq!(progressing.reason, "RollingUpdate");
+        assert!(
+            progressing.message.contains("3 still to move"),
             "{}",
             progressing.message
         );

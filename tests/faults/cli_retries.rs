@@ -304,3 +304,57 @@ async fn status_waits_for_a_busy_gateway_and_never_retries_a_refusal() {
         "{stderr}"
     );
 }
+
+#[test]
+fn status_read_by_a_reader_that_stopped_ends_quietly_by_sigpipe_not_a_panic() {
+    use std::io::{Read as _, Write as _};
+    use std::os::unix::process::ExitStatusExt as _;
+    // A gateway stand-in that answers once told to: by then the reader of
+    // the command's output is gone.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (answer, told) = std::sync::mpsc::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let (mut socket, _) = listener.accept().unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            socket.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        told.recv().unwrap();
+        let body = r#"{"shards": 7, "fault_tolerance": 2, "nodes": [], "blobs": []}"#;
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        socket.write_all(reply.as_bytes()).unwrap();
+    });
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_redstuff"))
+        .args([
+            "status",
+            "--gateway",
+            &url,
+            "--token",
+            "t",
+            "--retries",
+            "0",
+        ])
+        .env("REDSTUFF_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    answer.send(()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    server.join().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        output.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        output.status
+    );
+}

@@ -7,6 +7,27 @@ use std::io::{Read as _, Write as _};
 use std::net::TcpListener;
 use std::process::Command;
 
+/// Reads a request's head from `socket`: its `Range` header, if any, and
+/// the offset it asks from (0 without one).
+fn read_range(socket: &mut std::net::TcpStream) -> (Option<String>, usize) {
+    let mut request = Vec::new();
+    let mut byte = [0u8; 1];
+    while !request.ends_with(b"\r\n\r\n") {
+        socket.read_exact(&mut byte).unwrap();
+        request.push(byte[0]);
+    }
+    let request = String::from_utf8(request).unwrap().to_ascii_lowercase();
+    let range = request
+        .lines()
+        .find_map(|l| l.strip_prefix("range: "))
+        .map(str::to_string);
+    let start = range
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok())
+        .unwrap_or(0);
+    (range, start)
+}
+
 /// Serves `cuts.len()` GETs of a blob of `len` bytes (honouring `Range:
 /// bytes=S-` with 206), each announcing what it serves and sending bytes
 /// only up to the absolute offset `cuts[i]` before closing the connection;
@@ -19,21 +40,7 @@ fn cutting_server(len: usize, cuts: Vec<usize>) -> (String, std::thread::JoinHan
         let mut ranges = Vec::new();
         for cut in cuts {
             let (mut socket, _) = listener.accept().unwrap();
-            let mut request = Vec::new();
-            let mut byte = [0u8; 1];
-            while !request.ends_with(b"\r\n\r\n") {
-                socket.read_exact(&mut byte).unwrap();
-                request.push(byte[0]);
-            }
-            let request = String::from_utf8(request).unwrap().to_ascii_lowercase();
-            let range = request
-                .lines()
-                .find_map(|l| l.strip_prefix("range: "))
-                .map(str::to_string);
-            let start: usize = range
-                .as_deref()
-                .and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok())
-                .unwrap_or(0);
+            let (range, start) = read_range(&mut socket);
             ranges.push(range.clone().unwrap_or_default());
             let head = match range {
                 None => format!(
@@ -198,21 +205,7 @@ fn a_download_that_stops_bringing_bytes_goes_on_from_where_it_stopped() {
         let mut held = Vec::new();
         for stop_at in [1 << 20, len] {
             let (mut socket, _) = listener.accept().unwrap();
-            let mut request = Vec::new();
-            let mut byte = [0u8; 1];
-            while !request.ends_with(b"\r\n\r\n") {
-                socket.read_exact(&mut byte).unwrap();
-                request.push(byte[0]);
-            }
-            let request = String::from_utf8(request).unwrap().to_ascii_lowercase();
-            let range = request
-                .lines()
-                .find_map(|l| l.strip_prefix("range: "))
-                .map(str::to_string);
-            let start: usize = range
-                .as_deref()
-                .and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok())
-                .unwrap_or(0);
+            let (range, start) = read_range(&mut socket);
             let head = match &range {
                 None => format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n"),
                 Some(_) => format!(

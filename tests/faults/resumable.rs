@@ -484,72 +484,44 @@ async fn redstuff_put_does_not_resume_a_file_that_changed_since_its_upload_began
     let put = tokio::spawn(cut.put().output());
     // Once the first attempt is cut off, the file is rewritten before the
     // next attempt (which waits at least half a second).
-    let start = Instant::now();
-    while !proxy.cut.load(Ordering::SeqCst) {
-        assert!(start.elapsed() < WAIT, "the proxy never cut the upload");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    proxy.wait_for_cut().await;
     let changed = pseudo_random(6_400_000, 52);
     std::fs::write(file, &changed).unwrap();
     let output = within("redstuff put", put).await.unwrap().unwrap();
+    refused_as_changed(&output, fleet, [&data, &changed]).await;
+}
+
+/// Asserts `output` is of a put refused because its file changed, and
+/// that none of `versions` of the file was stored.
+async fn refused_as_changed(output: &std::process::Output, fleet: &DevFleet, versions: [&[u8]; 2]) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
     assert!(
         stderr.contains("changed while it was being uploaded"),
         "{stderr}"
     );
-    assert_eq!(fleet.code("HEAD", &blob_id(&data)).await, 404);
-    assert_eq!(fleet.code("HEAD", &blob_id(&changed)).await, 404);
+    for version in versions {
+        assert_eq!(fleet.code("HEAD", &blob_id(version)).await, 404);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redstuff_put_of_a_file_rewritten_while_its_bytes_are_sent_stores_nothing_and_deletes_its_upload(
 ) {
     let data = pseudo_random(6_500_000, 53);
-    let fleet = DevFleet::start(&[]);
-    fleet.wait_for("nodes ready", all_ready).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("weights.bin");
-    std::fs::write(&file, &data).unwrap();
-    let proxy = CuttingProxy::holding(&fleet.gateway, 2_000_000).await;
-    let token = std::fs::read_to_string(fleet.data_dir().join("token")).unwrap();
-    let put = tokio::spawn(
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_redstuff"))
-            .arg("put")
-            .arg(&file)
-            .args(["--gateway", &proxy.url])
-            .env("REDSTUFF_TOKEN", token.trim())
-            .env("REDSTUFF_LOG", "warn")
-            .kill_on_drop(true)
-            .output(),
-    );
+    let cut = CutPut::holding(&data, 2_000_000).await;
+    let (fleet, proxy) = (&cut.fleet, &cut.proxy);
+    let put = tokio::spawn(cut.put().output());
     // 2 MB of the file went; the rest waits while the file is rewritten
     // in place (the same length), then goes.
-    let start = Instant::now();
-    while !proxy.cut.load(Ordering::SeqCst) {
-        assert!(
-            start.elapsed() < WAIT,
-            "the upload never reached the proxy's hold"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    proxy.wait_for_cut().await;
     let changed = pseudo_random(6_500_000, 54);
-    std::fs::write(&file, &changed).unwrap();
+    std::fs::write(&cut.file, &changed).unwrap();
     proxy.release();
     let output = within("redstuff put", put).await.unwrap().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("changed while it was being uploaded"),
-        "{stderr}"
-    );
-    assert_eq!(fleet.code("HEAD", &blob_id(&data)).await, 404);
-    assert_eq!(fleet.code("HEAD", &blob_id(&changed)).await, 404);
+    refused_as_changed(&output, fleet, [&data, &changed]).await;
     // The upload is deleted, not left open against the gateway's limit.
-    assert_eq!(
-        metric(&fleet, "redstuff_gateway_uploads_resumable").await,
-        0
-    );
+    assert_eq!(metric(fleet, "redstuff_gateway_uploads_resumable").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -613,12 +585,22 @@ struct CutPut {
 
 impl CutPut {
     async fn start(data: &[u8]) -> Self {
+        Self::start_with(data, 3_000_000, false).await
+    }
+
+    /// With a proxy that holds the first connection past `hold_after`
+    /// bytes until released.
+    async fn holding(data: &[u8], hold_after: u64) -> Self {
+        Self::start_with(data, hold_after, true).await
+    }
+
+    async fn start_with(data: &[u8], after: u64, hold: bool) -> Self {
         let fleet = DevFleet::start(&[]);
         fleet.wait_for("nodes ready", all_ready).await;
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("weights.bin");
         std::fs::write(&file, data).unwrap();
-        let proxy = CuttingProxy::start(&fleet.gateway, 3_000_000).await;
+        let proxy = CuttingProxy::start_with(&fleet.gateway, after, hold).await;
         Self {
             fleet,
             proxy,
@@ -748,16 +730,8 @@ struct CuttingProxy {
 }
 
 impl CuttingProxy {
-    async fn start(gateway: &str, cut_after: u64) -> Self {
-        Self::start_with(gateway, cut_after, false).await
-    }
-
-    /// A proxy that holds, instead of cutting, the first connection past
-    /// `hold_after` bytes until `release`.
-    async fn holding(gateway: &str, hold_after: u64) -> Self {
-        Self::start_with(gateway, hold_after, true).await
-    }
-
+    /// A proxy that cuts (or, with `hold`, holds until `release`) the
+    /// first connection past `after` bytes.
     async fn start_with(gateway: &str, after: u64, hold: bool) -> Self {
         let upstream = gateway.trim_start_matches("http://").to_string();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -790,6 +764,15 @@ impl CuttingProxy {
     /// A held connection goes on.
     fn release(&self) {
         self.released.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits until a connection was cut (or is held).
+    async fn wait_for_cut(&self) {
+        let start = Instant::now();
+        while !self.cut.load(Ordering::SeqCst) {
+            assert!(start.elapsed() < WAIT, "the proxy never cut the upload");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }
 
