@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 use redstuff::retry::RetryPolicy;
 use redstuff::write_behind::WriteBehindFile;
 
-use super::watchdog::{next_within, send_within};
+use super::watchdog::next_within;
 use super::{authorized, before_retry, http, progress, AttemptError};
 
 /// `redstuff get ID -o FILE` (or to stdout with `-o -`).
@@ -147,10 +147,7 @@ impl Download {
         if self.received > 0 {
             request = request.header(reqwest::header::RANGE, format!("bytes={}-", self.received));
         }
-        let response = send_within(request, stall)
-            .await
-            .map_err(|e| AttemptError::stalled(e, gateway))?
-            .map_err(|e| AttemptError::unanswered(e, gateway))?;
+        let response = AttemptError::unless_unanswered(request, stall, gateway).await?;
         if !response.status().is_success() {
             return Err(AttemptError::answered(response).await);
         }

@@ -107,6 +107,20 @@ impl AttemptError {
         Self::transport(anyhow::anyhow!("{stalled} (gateway at {gateway})"))
     }
 
+    /// The head of `gateway`'s answer to `request` (without a body worth
+    /// watching) within `stall`; a stall or no answer as an attempt's
+    /// failure.
+    async fn unless_unanswered(
+        request: reqwest::RequestBuilder,
+        stall: std::time::Duration,
+        gateway: &str,
+    ) -> Result<reqwest::Response, Self> {
+        watchdog::send_within(request, stall)
+            .await
+            .map_err(|e| Self::stalled(e, gateway))?
+            .map_err(|e| Self::unanswered(e, gateway))
+    }
+
     /// The gateway's error answer.
     async fn answered(response: reqwest::Response) -> Self {
         let retry_after = response

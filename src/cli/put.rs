@@ -250,10 +250,7 @@ impl<'a> FileUpload<'a> {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, AttemptError> {
-        send_within(request, self.stall)
-            .await
-            .map_err(|e| AttemptError::stalled(e, &self.gateway))?
-            .map_err(|e| AttemptError::unanswered(e, &self.gateway))
+        AttemptError::unless_unanswered(request, self.stall, &self.gateway).await
     }
 
     /// Opens an upload of the file's length: its id, or `None` when the

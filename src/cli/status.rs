@@ -8,7 +8,7 @@ use indicatif::ProgressBar;
 use redstuff::retry::RetryPolicy;
 use redstuff::units::format_bytes;
 
-use super::watchdog::{send_within, Stalled};
+use super::watchdog::Stalled;
 use super::{authorized, before_retry, http, AttemptError};
 
 /// Blobs a table lists whole; a fleet with more gets counts by health
@@ -70,10 +70,8 @@ async fn fetch(
     token: &Option<String>,
     stall: std::time::Duration,
 ) -> Result<serde_json::Value, AttemptError> {
-    let response = send_within(authorized(http.get(url), token), stall)
-        .await
-        .map_err(|e| AttemptError::stalled(e, gateway))?
-        .map_err(|e| AttemptError::unanswered(e, gateway))?;
+    let response =
+        AttemptError::unless_unanswered(authorized(http.get(url), token), stall, gateway).await?;
     if !response.status().is_success() {
         return Err(AttemptError::answered(response).await);
     }
