@@ -353,15 +353,28 @@ impl Drop for DevFleet {
     }
 }
 
-/// Waits (bounded) until process `pid` is gone.
+/// Waits (bounded) until process `pid` is gone: every one of its threads
+/// ended, so its files and sockets are closed.
 pub fn wait_gone(pid: i32) {
     let start = Instant::now();
-    while std::path::Path::new(&format!("/proc/{pid}")).exists()
-        && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
-    {
+    while !ended(pid) {
         assert!(start.elapsed() < WAIT, "process {pid} did not end");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Whether process `pid` is gone or a zombie with no thread left but its
+/// leader. The leader of a killed multi-threaded process turns zombie while
+/// its other threads still exit, and they hold the shared file table (its
+/// listening socket, say) open until the last one is gone.
+fn ended(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    if !stat.contains(") Z ") {
+        return false;
+    }
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(true, |threads| threads.count() <= 1)
 }
 
 /// Nodes holding any upload session (pairs shipped, not yet adopted).
