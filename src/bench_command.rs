@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use redstuff::bench::codec::{self as codec_bench, CodecBenchOptions};
+use redstuff::bench::{Interrupted, StopRequest};
 use redstuff::codec::DEFAULT_SEGMENT_SIZE;
 use redstuff::units::parse_bytes;
 
@@ -39,12 +40,13 @@ pub(crate) enum BenchCommand {
 
 #[derive(Debug, Args)]
 pub(crate) struct FaultsArgs {
-    /// Seconds of load and faults (the long run: 300 or more).
-    #[arg(long, default_value_t = 20)]
+    /// Seconds of load and faults (the long run: 300 or more; at most a
+    /// day, 86400).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(..=86_400))]
     seconds: u64,
-    /// Concurrent clients.
-    #[arg(long, default_value_t = 3)]
-    clients: usize,
+    /// Concurrent clients (1 or more).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    clients: u32,
     /// Seed of every random choice (default: from the clock; printed).
     #[arg(long)]
     seed: Option<u64>,
@@ -77,7 +79,9 @@ pub(crate) struct PlanArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct FleetArgs {
-    /// Size of the blob put and got through the gateway.
+    /// Size of the blob put and got through the gateway (at least 4MiB;
+    /// the bench holds about 5 times it, which must fit in the memory
+    /// available).
     #[arg(long, default_value = "256MiB", value_parser = parse_bytes)]
     size: u64,
     /// Slivers the wiped node holds before it is wiped (more blobs are
@@ -113,7 +117,7 @@ pub(crate) struct FleetArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct S3BenchArgs {
-    /// Size of the object.
+    /// Size of the object (at least 16MiB).
     #[arg(long, default_value = "256MiB", value_parser = parse_bytes)]
     size: u64,
     /// Keys listed through S3.
@@ -147,10 +151,11 @@ pub(crate) struct CodecArgs {
     /// Print one JSON object per line: one per phase, then a summary.
     #[arg(long)]
     json: bool,
-    /// How many times to run the whole blob; the median round is reported
-    /// (default: 15 up to 16 MiB, 3 up to 256 MiB, else 1).
-    #[arg(long)]
-    rounds: Option<usize>,
+    /// How many times to run the whole blob (1 or more); the median round
+    /// is reported (default, by the blob's size or the input file's: 15 up
+    /// to 16 MiB, 3 up to 256 MiB, else 1).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: Option<u32>,
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -167,19 +172,54 @@ impl BenchCommand {
         matches!(self, Self::Fleet(_) | Self::S3(_) | Self::Faults(_))
     }
 
-    /// Runs the bench and prints its report.
+    /// Runs the bench and prints its report. A fleet bench interrupted
+    /// (Ctrl-C, SIGTERM) cleans up, then ends the process with exit 130.
     pub(crate) fn run(self) -> anyhow::Result<()> {
-        match self {
+        let result = match self {
             Self::Codec(args) => bench_codec(args),
             Self::Fleet(args) => crate::runtime()?.block_on(bench_fleet(args)),
             Self::S3(args) => crate::runtime()?.block_on(bench_s3(args)),
             Self::Plan(args) => bench_plan(args),
             Self::Faults(args) => crate::runtime()?.block_on(bench_faults(args)),
+        };
+        if let Err(error) = &result {
+            if error.downcast_ref::<Interrupted>().is_some() {
+                eprintln!("{error}");
+                std::process::exit(130);
+            }
         }
+        result
     }
 }
 
+/// A stop request made by the first Ctrl-C (SIGINT) or SIGTERM, so that a
+/// fleet bench resumes and stops its nodes and removes its files instead
+/// of dying with them left behind; a second signal ends the process at
+/// once. The handlers are installed here, before the bench starts
+/// anything; call within the runtime.
+fn stop_on_signal() -> anyhow::Result<StopRequest> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let (request, requested) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        eprintln!("stopping: the fleet's nodes and files go first (a second signal ends at once)");
+        let _ = request.send(true);
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        std::process::exit(130);
+    });
+    Ok(StopRequest::new(requested))
+}
+
 async fn bench_fleet(args: FleetArgs) -> anyhow::Result<()> {
+    let stop = stop_on_signal()?;
     let options = redstuff::bench::fleet::FleetBenchOptions {
         exe: std::env::current_exe()?,
         size: args.size,
@@ -190,7 +230,7 @@ async fn bench_fleet(args: FleetArgs) -> anyhow::Result<()> {
         read_memory: args.read_memory,
         tls: args.tls,
     };
-    let report = redstuff::bench::fleet::run(&options, |line| eprintln!("{line}")).await?;
+    let report = redstuff::bench::fleet::run(&options, stop, |line| eprintln!("{line}")).await?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -200,6 +240,7 @@ async fn bench_fleet(args: FleetArgs) -> anyhow::Result<()> {
 }
 
 async fn bench_s3(args: S3BenchArgs) -> anyhow::Result<()> {
+    let stop = stop_on_signal()?;
     // Where scripts/s3-clients puts its venv.
     let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
     let default_venv = env("REDSTUFF_S3_CLIENTS")
@@ -214,7 +255,7 @@ async fn bench_s3(args: S3BenchArgs) -> anyhow::Result<()> {
         keys: args.keys,
         clients: args.clients.or(default_venv),
     };
-    let report = redstuff::bench::s3::run(&options, |line| eprintln!("{line}")).await?;
+    let report = redstuff::bench::s3::run(&options, stop, |line| eprintln!("{line}")).await?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -224,6 +265,7 @@ async fn bench_s3(args: S3BenchArgs) -> anyhow::Result<()> {
 }
 
 async fn bench_faults(args: FaultsArgs) -> anyhow::Result<()> {
+    let stop = stop_on_signal()?;
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -232,11 +274,11 @@ async fn bench_faults(args: FaultsArgs) -> anyhow::Result<()> {
     let options = redstuff::bench::faults::FaultRunOptions {
         exe: std::env::current_exe()?,
         duration: std::time::Duration::from_secs(args.seconds),
-        clients: args.clients.max(1),
+        clients: args.clients as usize,
         seed,
         history: args.history,
     };
-    let report = redstuff::bench::faults::run(&options, |line| eprintln!("{line}")).await?;
+    let report = redstuff::bench::faults::run(&options, stop, |line| eprintln!("{line}")).await?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -274,14 +316,20 @@ fn bench_codec(args: CodecArgs) -> anyhow::Result<()> {
             .num_threads(threads)
             .build_global()?;
     }
+    let input_len = match &args.input {
+        Some(path) => Some(
+            std::fs::metadata(path)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
+                .len(),
+        ),
+        None => None,
+    };
     let options = CodecBenchOptions {
         shards: args.shards,
         size: args.size,
         segment_size: args.segment_size,
         input: args.input,
-        rounds: args
-            .rounds
-            .unwrap_or(codec_bench::default_rounds(args.size)),
+        rounds: codec_rounds(args.rounds, args.size, input_len),
         encode_only: args.encode_only,
     };
     let bar = ProgressBar::new(0).with_style(
@@ -301,4 +349,52 @@ fn bench_codec(args: CodecArgs) -> anyhow::Result<()> {
         print!("{}", codec_bench::render_table(&report));
     }
     Ok(())
+}
+
+/// The rounds of `bench codec`: those asked for, else the default for the
+/// blob's size, which with `--input` is the input file's length (`--size`
+/// is ignored then).
+fn codec_rounds(asked: Option<u32>, size: u64, input_len: Option<u64>) -> usize {
+    match asked {
+        Some(rounds) => rounds as usize,
+        None => codec_bench::default_rounds(input_len.unwrap_or(size)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// `redstuff bench ...` alone.
+    #[derive(Debug, Parser)]
+    struct Bench {
+        #[command(subcommand)]
+        bench: BenchCommand,
+    }
+
+    #[test]
+    fn default_rounds_follow_the_input_files_length() {
+        // --size keeps its default of 64 MiB (3 rounds) with --input.
+        assert_eq!(codec_rounds(None, 64 << 20, Some(1 << 20)), 15);
+        assert_eq!(codec_rounds(None, 64 << 20, Some(1 << 30)), 1);
+        assert_eq!(codec_rounds(None, 64 << 20, None), 3);
+        assert_eq!(codec_rounds(Some(2), 64 << 20, Some(1 << 20)), 2);
+    }
+
+    #[test]
+    fn zero_rounds_or_clients_and_seconds_past_a_day_are_refused_by_the_parser() {
+        let parses = |args: &[&str]| {
+            Bench::try_parse_from(std::iter::once("bench").chain(args.iter().copied()))
+                .map(|cli| cli.bench)
+                .is_ok()
+        };
+        assert!(parses(&["codec", "--rounds", "1"]));
+        assert!(!parses(&["codec", "--rounds", "0"]));
+        assert!(parses(&["faults", "--clients", "1", "--seconds", "86400"]));
+        assert!(!parses(&["faults", "--clients", "0"]));
+        assert!(!parses(&["faults", "--seconds", "86401"]));
+        assert!(!parses(&["faults", "--seconds", "18446744073709551615"]));
+    }
 }

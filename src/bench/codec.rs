@@ -36,7 +36,8 @@ pub struct CodecBenchOptions {
     pub segment_size: u64,
     /// Read the blob from this file instead of generating it.
     pub input: Option<PathBuf>,
-    /// How many times to run the whole blob; the median is reported.
+    /// How many times to run the whole blob (at least 1); the median is
+    /// reported.
     pub rounds: usize,
     /// Run the encode phase alone (no baseline, decode or rebuild): its
     /// peak memory is then the encoder's, not what other phases left.
@@ -84,7 +85,7 @@ pub struct CodecBenchReport {
     /// Bytes of all slivers over the blob size.
     pub expansion: f64,
     /// Bytes moved to rebuild one sliver pair in every segment (symbols
-    /// and proofs), as a fraction of the blob size.
+    /// and proofs).
     pub repair_bytes: u64,
     /// `(p + q)` symbols per segment, the ideal repair traffic.
     pub repair_symbol_bytes: u64,
@@ -187,7 +188,8 @@ pub fn run(
         None => options.size,
     };
     let layout = BlobLayout::new(config, options.segment_size, size)?;
-    let rounds = options.rounds.max(1);
+    anyhow::ensure!(options.rounds >= 1, "at least 1 round is needed");
+    let rounds = options.rounds;
     let mut tallies: Vec<Tally> = (0..PHASES.len()).map(|_| Tally::new(rounds)).collect();
     let mut repair = RepairTraffic::default();
     let mut segment_data = Vec::new();
@@ -606,5 +608,11 @@ mod tests {
         };
         assert!(run(&options(3, 1 << 20), |_, _| {}).is_err());
         assert!(run(&options(7, 10), |_, _| {}).is_err());
+        let no_rounds = CodecBenchOptions {
+            rounds: 0,
+            ..options(7, 1 << 20)
+        };
+        let error = run(&no_rounds, |_, _| {}).unwrap_err().to_string();
+        assert!(error.contains("at least 1 round"), "{error}");
     }
 }

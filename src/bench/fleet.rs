@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde::Serialize;
 
+use super::StopRequest;
 use crate::codec::{decode_segment, BlobEncoder, EncodingConfig, Primary, Sliver};
+use crate::units::format_bytes;
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -110,11 +112,133 @@ pub(super) fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / elapsed.as_secs_f64().max(1e-9) / 1e6
 }
 
-/// Runs the benchmark; `log` is told what happens.
+/// The least `--size`: smaller blobs measure the requests' own overheads
+/// more than the fleet, and the fill before the repair would store
+/// thousands of them.
+pub const MIN_SIZE: u64 = 4 << 20;
+/// The largest `--size` where the memory available is not known.
+pub const MAX_SIZE_UNKNOWN_MEMORY: u64 = 16 << 30;
+/// Bytes the bench holds per byte of `--size` at its peak: the blob and
+/// its encoding (3.73 times its bytes) while the codec alone is measured.
+const MEMORY_PER_SIZE_BYTE: u64 = 5;
+/// The most blobs stored to fill the node wiped before the repair.
+pub const MAX_FILL_PUTS: u64 = 2_000;
+
+/// Why `bench fleet` refuses its sizes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FleetSizeError {
+    /// `--size` is below [`MIN_SIZE`].
+    #[error(
+        "--size {}: at least {} (smaller blobs measure the requests' overheads, not the fleet)",
+        format_bytes(*size),
+        format_bytes(MIN_SIZE)
+    )]
+    TooSmall {
+        /// The size asked for.
+        size: u64,
+    },
+    /// What the bench would hold for `--size` is more than the memory
+    /// available.
+    #[error(
+        "--size {}: the bench would hold about {} (the blob and its encoding), more than the {} of memory available",
+        format_bytes(*size),
+        format_bytes(*needed),
+        format_bytes(*available)
+    )]
+    BeyondMemory {
+        /// The size asked for.
+        size: u64,
+        /// What the bench would hold.
+        needed: u64,
+        /// The memory available.
+        available: u64,
+    },
+    /// `--size` is above [`MAX_SIZE_UNKNOWN_MEMORY`] where the memory
+    /// available is not known.
+    #[error(
+        "--size {}: at most {} where the memory available is not known",
+        format_bytes(*size),
+        format_bytes(MAX_SIZE_UNKNOWN_MEMORY)
+    )]
+    BeyondCap {
+        /// The size asked for.
+        size: u64,
+    },
+    /// Filling the node wiped before the repair would take more blobs of
+    /// `--size` than [`MAX_FILL_PUTS`].
+    #[error(
+        "--repair-bytes {} with --size {} would store about {puts} blobs before the repair \
+         (at most {}): raise --size or lower --repair-bytes",
+        format_bytes(*repair_bytes),
+        format_bytes(*size),
+        MAX_FILL_PUTS
+    )]
+    TooManyFillPuts {
+        /// The slivers the wiped node must hold.
+        repair_bytes: u64,
+        /// The size asked for.
+        size: u64,
+        /// The blobs the fill would store, at most.
+        puts: u64,
+    },
+}
+
+/// Checks `bench fleet`'s sizes before anything starts: `size` at least
+/// [`MIN_SIZE`]; what the bench holds for it within `available_memory`
+/// (at most [`MAX_SIZE_UNKNOWN_MEMORY`] where that is not known); and the
+/// fill of the node wiped with `repair_bytes` of slivers within
+/// [`MAX_FILL_PUTS`] blobs.
+pub fn check_sizes(
+    size: u64,
+    repair_bytes: u64,
+    available_memory: Option<u64>,
+) -> Result<(), FleetSizeError> {
+    if size < MIN_SIZE {
+        return Err(FleetSizeError::TooSmall { size });
+    }
+    let needed = size.saturating_mul(MEMORY_PER_SIZE_BYTE);
+    match available_memory {
+        Some(available) if needed > available => {
+            return Err(FleetSizeError::BeyondMemory {
+                size,
+                needed,
+                available,
+            })
+        }
+        None if size > MAX_SIZE_UNKNOWN_MEMORY => return Err(FleetSizeError::BeyondCap { size }),
+        _ => {}
+    }
+    let puts = fill_puts(size, repair_bytes);
+    if puts > MAX_FILL_PUTS {
+        return Err(FleetSizeError::TooManyFillPuts {
+            repair_bytes,
+            size,
+            puts,
+        });
+    }
+    Ok(())
+}
+
+/// At most how many blobs of `size` leave one of the 7 nodes holding
+/// `repair_bytes` of slivers: each leaves it more than half its size
+/// (3.73 times the blob over 7 nodes).
+fn fill_puts(size: u64, repair_bytes: u64) -> u64 {
+    repair_bytes.div_ceil((size / 2).max(1))
+}
+
+/// Runs the benchmark; `log` is told what happens. Once `stop` is
+/// requested it resumes any node it stopped, stops the fleet, removes its
+/// files and returns [`super::Interrupted`].
 pub async fn run(
     options: &FleetBenchOptions,
+    mut stop: StopRequest,
     mut log: impl FnMut(&str),
 ) -> anyhow::Result<FleetBenchReport> {
+    check_sizes(
+        options.size,
+        options.repair_bytes,
+        super::memory::available_bytes(),
+    )?;
     let shards = 7u16;
     let work = tempfile::tempdir()?;
     let blob_path = work.path().join("blob");
@@ -129,6 +253,7 @@ pub async fn run(
     let (mut encode_time, mut decode_time) = (Duration::MAX, Duration::MAX);
     let mut encoded = Vec::new();
     for _ in 0..3 {
+        stop.check()?;
         encoded.clear();
         let start = Instant::now();
         let (metadata, segments) = tokio::task::block_in_place(|| encoder.encode(&data))?;
@@ -151,6 +276,7 @@ pub async fn run(
     let disk_dir = work.path().join("disk");
     let (mut disk_time, mut read_time) = (Duration::MAX, Duration::MAX);
     for _ in 0..2 {
+        stop.check()?;
         let took = tokio::task::block_in_place(|| write_like_nodes(&disk_dir, &encoded))?;
         disk_time = disk_time.min(took);
         let took =
@@ -165,6 +291,8 @@ pub async fn run(
         mb_per_s(options.size, disk_time),
         mb_per_s(options.size, read_time)
     ));
+
+    stop.check()?;
 
     // The fleet.
     let (url_tx, url_rx) = tokio::sync::oneshot::channel::<(String, PathBuf, Option<PathBuf>)>();
@@ -192,11 +320,35 @@ pub async fn run(
             ));
         },
     ));
-    let (gateway, token, ca) = url_rx
-        .await
-        .map_err(|_| anyhow::anyhow!("the fleet did not start"))?;
-    let http = crate::dev::authorized_client(&token, ca.as_deref())?;
-    let result = measure(options, &http, &gateway, &blob_path, &data, &mut log).await;
+    let started = super::until_stopped(&mut stop, async {
+        url_rx
+            .await
+            .map_err(|_| anyhow::anyhow!("the fleet did not start"))
+    })
+    .await;
+    let connected = started.and_then(|(gateway, token, ca)| {
+        Ok((
+            crate::dev::authorized_client(&token, ca.as_deref())?,
+            gateway,
+        ))
+    });
+    let (http, gateway) = match connected {
+        Ok(connected) => connected,
+        Err(e) => {
+            let _ = stop_tx.send(());
+            let _ = fleet.await;
+            return Err(e);
+        }
+    };
+    let result = super::until_stopped(
+        &mut stop,
+        measure(options, &http, &gateway, &blob_path, &data, &mut log),
+    )
+    .await;
+    if result.is_err() {
+        // Failed or interrupted while a node was stopped: none stays so.
+        super::nodes::resume_all(&http, &gateway).await;
+    }
     let _ = stop_tx.send(());
     let _ = fleet.await;
     let (single, concurrent, hung_node, repair) = result?;
@@ -471,7 +623,7 @@ async fn measure(
         single.put = single.put.best(timed);
         log(&format!(
             "put {} in {:.2} s{}",
-            crate::units::format_bytes(options.size),
+            format_bytes(options.size),
             timed.took.as_secs_f64(),
             busy_note(timed)
         ));
@@ -511,15 +663,23 @@ async fn measure(
     let mut stored =
         2 * options.size + concurrent.as_ref().map_or(0, |c| c.size * c.clients as u64);
     let mut seed = 2;
+    let mut puts = 0;
     let data_dir = loop {
         let status = status_of().await?;
-        let dir = status["nodes"][0]["data_dir"]
-            .as_str()
+        let dir = super::nodes::node(&status, WIPED)
+            .and_then(|n| n["data_dir"].as_str())
             .unwrap_or_default()
             .to_string();
         if !dir.is_empty() && node_bytes(&dir) >= options.repair_bytes {
             break dir;
         }
+        anyhow::ensure!(
+            puts < MAX_FILL_PUTS,
+            "{WIPED} holds {} of slivers after {puts} more blobs, not the {} asked for",
+            format_bytes(node_bytes(&dir)),
+            format_bytes(options.repair_bytes)
+        );
+        puts += 1;
         let mut chunk = vec![0u8; options.size as usize];
         super::fill(&mut chunk, seed);
         let path = blob_path.with_extension(seed.to_string());
@@ -531,29 +691,28 @@ async fn measure(
     };
     let wiped = node_bytes(&data_dir);
     let before = repair_bytes_total(http, gateway).await?;
-    let blobs = status_of().await?["blobs"].as_array().map_or(0, Vec::len);
+    let status = status_of().await?;
+    let blobs = status["blobs"].as_array().map_or(0, Vec::len);
     log(&format!(
-        "wiping node-0 holding {} of {} blobs",
-        crate::units::format_bytes(wiped),
+        "wiping {WIPED} holding {} of {} blobs",
+        format_bytes(wiped),
         blobs
     ));
-    let pid = status_of().await?["nodes"][0]["pid"].as_u64().unwrap_or(0) as i32;
-    let start = Instant::now();
+    let pid = super::nodes::node_pid(&status, WIPED)?;
+    let restarts_before = super::nodes::node(&status, WIPED)
+        .and_then(|n| n["restarts"].as_u64())
+        .unwrap_or(0);
     // Move the data away first: the loop restarts the node at once, and it
     // must find an empty directory, not one being deleted.
     let wiped_dir = format!("{data_dir}.wiped");
     std::fs::rename(&data_dir, &wiped_dir)?;
-    // SAFETY: a signal to a node process of the fleet this bench started.
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-    }
-    std::fs::remove_dir_all(&wiped_dir)?;
+    super::nodes::signal(pid, libc::SIGKILL);
+    let killed_at_ms = super::nodes::now_ms();
+    let start = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let status = status_of().await?;
-        let blobs = status["blobs"].as_array().cloned().unwrap_or_default();
-        let restarted = status["nodes"][0]["restarts"].as_u64() > Some(0);
-        if restarted && !blobs.is_empty() && blobs.iter().all(|b| b["health"] == "Healthy") {
+        if repaired_since_kill(&status, WIPED, restarts_before, killed_at_ms) {
             break;
         }
         anyhow::ensure!(
@@ -562,11 +721,14 @@ async fn measure(
         );
     }
     let repair_time = start.elapsed();
+    // Deleted only now: deleting gigabytes would have competed with the
+    // repair for the disk, and its time is not the repair's.
+    std::fs::remove_dir_all(&wiped_dir)?;
     let moved = repair_bytes_total(http, gateway).await? - before;
     log(&format!(
         "repaired in {:.2} s, {} moved",
         repair_time.as_secs_f64(),
-        crate::units::format_bytes(moved)
+        format_bytes(moved)
     ));
     Ok((
         single,
@@ -574,6 +736,32 @@ async fn measure(
         hung,
         (wiped, stored, repair_time, moved),
     ))
+}
+
+/// The node the repair stage wipes.
+const WIPED: &str = "node-0";
+
+/// Whether `status` shows the repair of node `name`, killed at
+/// `killed_at_ms` (Unix milliseconds) after `restarts_before` restarts,
+/// done: the loop began reading the inventories it shows after the kill
+/// (an earlier reading shows the fleet as it was before), the node has
+/// restarted since, and every blob is Healthy.
+fn repaired_since_kill(
+    status: &serde_json::Value,
+    name: &str,
+    restarts_before: u64,
+    killed_at_ms: u64,
+) -> bool {
+    let fresh = status["observed_at_ms"]
+        .as_u64()
+        .is_some_and(|at| at > killed_at_ms);
+    let restarted = super::nodes::node(status, name)
+        .and_then(|n| n["restarts"].as_u64())
+        .is_some_and(|restarts| restarts > restarts_before);
+    let healthy = status["blobs"]
+        .as_array()
+        .is_some_and(|blobs| !blobs.is_empty() && blobs.iter().all(|b| b["health"] == "Healthy"));
+    fresh && restarted && healthy
 }
 
 /// ", cores N% busy (C CPU-s)" for a log line, or nothing off Linux.
@@ -631,7 +819,6 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
 
 /// The report as a table for people.
 pub fn render_table(r: &FleetBenchReport) -> String {
-    use crate::units::format_bytes;
     let mut out = format!(
         "redstuff bench fleet: {} shards on 7 node processes{}, blob of {}\n\
          {:<38} {:>10} {:>10}\n",
@@ -709,4 +896,111 @@ pub fn render_table(r: &FleetBenchReport) -> String {
         format_bytes(r.naive_repair_bytes),
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fleet_sizes_below_the_minimum_or_beyond_memory_are_refused_before_anything_starts() {
+        let gib = 1u64 << 30;
+        assert_eq!(check_sizes(256 << 20, gib, Some(8 * gib)), Ok(()));
+        assert_eq!(check_sizes(256 << 20, gib, None), Ok(()));
+        for size in [0, 1, MIN_SIZE - 1] {
+            assert_eq!(
+                check_sizes(size, gib, Some(8 * gib)),
+                Err(FleetSizeError::TooSmall { size })
+            );
+        }
+        assert_eq!(
+            check_sizes(2 * gib, gib, Some(8 * gib)),
+            Err(FleetSizeError::BeyondMemory {
+                size: 2 * gib,
+                needed: 10 * gib,
+                available: 8 * gib
+            })
+        );
+        assert_eq!(
+            check_sizes(u64::MAX, gib, Some(8 * gib)),
+            Err(FleetSizeError::BeyondMemory {
+                size: u64::MAX,
+                needed: u64::MAX,
+                available: 8 * gib
+            })
+        );
+        assert_eq!(
+            check_sizes(32 * gib, gib, None),
+            Err(FleetSizeError::BeyondCap { size: 32 * gib })
+        );
+        let error = check_sizes(0, gib, None).unwrap_err().to_string();
+        assert!(error.contains("--size 0 B: at least 4.0 MiB"), "{error}");
+    }
+
+    #[test]
+    fn a_fill_of_more_blobs_than_the_bound_is_refused() {
+        // Each blob leaves a node more than half its size.
+        assert_eq!(fill_puts(4 << 20, 1 << 30), 512);
+        assert_eq!(fill_puts(256 << 20, 0), 0);
+        assert_eq!(check_sizes(MIN_SIZE, 1 << 30, None), Ok(()));
+        let error = check_sizes(MIN_SIZE, 16 << 30, None).unwrap_err();
+        assert_eq!(
+            error,
+            FleetSizeError::TooManyFillPuts {
+                repair_bytes: 16 << 30,
+                size: MIN_SIZE,
+                puts: 8192
+            }
+        );
+        assert!(error.to_string().contains("raise --size"), "{error}");
+    }
+
+    #[test]
+    fn repair_wait_ignores_a_status_observed_before_the_kill() {
+        let status = |observed_at_ms: u64, restarts: u64, health: &str| {
+            serde_json::json!({
+                "observed_at_ms": observed_at_ms,
+                "nodes": [
+                    {"name": "node-0", "pid": 42, "restarts": restarts},
+                    {"name": "node-1", "pid": 43, "restarts": 0},
+                ],
+                "blobs": [{"id": "a", "health": "Healthy"}, {"id": "b", "health": health}],
+            })
+        };
+        // Killed at 1000 ms after 1 restart.
+        assert!(repaired_since_kill(
+            &status(1500, 2, "Healthy"),
+            "node-0",
+            1,
+            1000
+        ));
+        assert!(
+            !repaired_since_kill(&status(900, 2, "Healthy"), "node-0", 1, 1000),
+            "observed before the kill"
+        );
+        assert!(
+            !repaired_since_kill(&status(1000, 2, "Healthy"), "node-0", 1, 1000),
+            "observed as the node was killed"
+        );
+        assert!(
+            !repaired_since_kill(&status(1500, 1, "Healthy"), "node-0", 1, 1000),
+            "not restarted since the kill"
+        );
+        assert!(
+            !repaired_since_kill(&status(1500, 2, "Degraded"), "node-0", 1, 1000),
+            "a blob not Healthy yet"
+        );
+        let no_blobs = serde_json::json!({
+            "observed_at_ms": 1500,
+            "nodes": [{"name": "node-0", "restarts": 2}],
+            "blobs": [],
+        });
+        assert!(!repaired_since_kill(&no_blobs, "node-0", 1, 1000));
+        assert!(!repaired_since_kill(
+            &serde_json::Value::Null,
+            "node-0",
+            1,
+            1000
+        ));
+    }
 }

@@ -97,16 +97,12 @@ pub async fn measure(
         }
     }
 
-    let pid = node_pid(http, gateway, STOPPED).await?;
-    // SAFETY: a signal to a node process of the fleet this bench started.
-    unsafe {
-        libc::kill(pid, libc::SIGSTOP);
-    }
+    let seen = status(http, gateway).await?;
+    let pid = super::nodes::node_pid(&seen, &format!("node-{STOPPED}"))?;
+    super::nodes::signal(pid, libc::SIGSTOP);
+    let resume = Resume(pid);
     let outcome = measure_stopped(http, gateway, &stored, &blob).await;
-    // SAFETY: as above; resumed whatever the outcome.
-    unsafe {
-        libc::kill(pid, libc::SIGCONT);
-    }
+    drop(resume);
     let (first_put, hung_put, hung_get, hung_delete, left) = outcome?;
     log(&format!(
         "node-{STOPPED} stopped: the first PUT took {:.2} s, the later ones {:.2} s on average \
@@ -236,11 +232,14 @@ async fn status(http: &reqwest::Client, gateway: &str) -> anyhow::Result<serde_j
         .await?)
 }
 
-async fn node_pid(http: &reqwest::Client, gateway: &str, index: usize) -> anyhow::Result<i32> {
-    let status = status(http, gateway).await?;
-    let pid = status["nodes"][index]["pid"].as_u64().unwrap_or(0);
-    anyhow::ensure!(pid > 0, "the status names no process for node {index}");
-    Ok(pid as i32)
+/// Resumes the stopped node when dropped: after the timed operations,
+/// whatever their outcome, and when the bench is interrupted meanwhile.
+struct Resume(i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        super::nodes::signal(self.0, libc::SIGCONT);
+    }
 }
 
 /// Waits until every node is ready and every blob Healthy (the writes of

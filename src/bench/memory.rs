@@ -18,6 +18,25 @@ pub fn reset_peak() -> bool {
     fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
+/// Memory the system can give without swapping (MemAvailable), in bytes;
+/// `None` off Linux.
+pub fn available_bytes() -> Option<u64> {
+    parse_mem_available(&fs::read_to_string("/proc/meminfo").ok()?)
+}
+
+/// The MemAvailable line of /proc/meminfo, in bytes. Pure.
+fn parse_mem_available(meminfo: &str) -> Option<u64> {
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 fn status_field(name: &str) -> Option<u64> {
     let status = fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with(name))?;
@@ -33,6 +52,13 @@ fn status_field(name: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_memory_available_is_read_from_meminfo_in_bytes() {
+        let meminfo = "MemTotal:        8040516 kB\nMemFree:          255188 kB\nMemAvailable:    4194304 kB\n";
+        assert_eq!(parse_mem_available(meminfo), Some(4 << 30));
+        assert_eq!(parse_mem_available("MemTotal: 1 kB\n"), None);
+    }
 
     #[test]
     fn peak_covers_an_allocation_made_after_a_reset() {

@@ -1,19 +1,24 @@
 //! `redstuff bench s3`: the S3 front beside the native API in one run, on
-//! one local 7-shard fleet: PUTs and GETs of the same file through the
-//! native API with its own client (`redstuff put`/`get`, the baseline)
-//! and through S3 with the aws cli, after a warm-up PUT, alternating, the
-//! fastest of each counting, as ratios; the same object stored in one PUT
-//! (`aws s3api put-object`, one blob of 64 MiB segments) read back by the
-//! aws cli in its 8 MiB ranges, ten at once, with how often the gateway
-//! fetched each row of a segment those ranges needed;
-//! then a listing of many keys through S3 (boto3's paginator), its time
-//! and the growth of this process's memory (the gateway runs in it).
+//! one local 7-shard fleet: PUTs and GETs of files of the same size
+//! through the native API with its own client (`redstuff put`/`get`, the
+//! baseline) and through S3 with the aws cli, after a warm-up PUT,
+//! alternating, the fastest of each counting, as ratios; an object of the
+//! same size stored in one PUT (`aws s3api put-object`, one blob of 64 MiB
+//! segments) read back by the aws cli in its 8 MiB ranges, ten at once,
+//! with how often the gateway fetched each row of a segment those ranges
+//! needed; then a listing of many keys through S3 (boto3's paginator), its
+//! time and the growth of this process's memory (the gateway runs in it).
+//! Every object has bytes of its own, so no GET finds its rows in the
+//! gateway's cache from an earlier one.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+
+use super::StopRequest;
+use crate::units::format_bytes;
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -68,7 +73,86 @@ pub struct S3BenchReport {
 /// other's; the fastest counts.
 const ROUNDS: usize = 2;
 
-/// The fastest PUT and GET of each side.
+/// The least `--size`: two of the aws cli's 8 MiB parts and ranges, and a
+/// transfer long enough beside the aws cli's start-up.
+pub const MIN_SIZE: u64 = 16 << 20;
+
+/// `--size` is below [`MIN_SIZE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "--size {}: at least {} (the aws cli's start-up, taken off its times, would be most of a smaller transfer's)",
+    format_bytes(*size),
+    format_bytes(MIN_SIZE)
+)]
+pub struct SizeTooSmall {
+    /// The size asked for.
+    pub size: u64,
+}
+
+/// Checks the object's size before anything starts.
+pub fn check_size(size: u64) -> Result<(), SizeTooSmall> {
+    if size < MIN_SIZE {
+        return Err(SizeTooSmall { size });
+    }
+    Ok(())
+}
+
+/// A client's run too short to say how fast its transfer went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the transfer took {:.3} s, no longer than the client's start-up ({:.3} s, taken off) by a \
+     meaningful margin: use a larger --size",
+    measured.as_secs_f64(),
+    startup.as_secs_f64()
+)]
+pub struct TooShortToMeasure {
+    /// The client's whole run.
+    pub measured: Duration,
+    /// Its start-up, measured apart.
+    pub startup: Duration,
+}
+
+/// MB/s of `bytes` moved by a client's run that took `measured`, its
+/// `startup` (measured apart) taken off. What is left must be at least a
+/// tenth of `measured`: less, and the rate would be mostly the noise of
+/// the start-up's time.
+pub fn transfer_mb_per_s(
+    bytes: u64,
+    measured: Duration,
+    startup: Duration,
+) -> Result<f64, TooShortToMeasure> {
+    let left = measured.saturating_sub(startup);
+    if left.is_zero() || left < measured / 10 {
+        return Err(TooShortToMeasure { measured, startup });
+    }
+    Ok(bytes as f64 / left.as_secs_f64() / 1e6)
+}
+
+/// What an object of the bench is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Object {
+    /// Put and got through the native API.
+    Native,
+    /// Put and got through S3 by `aws s3 cp`.
+    S3,
+    /// Stored in one PUT through S3, read back in ranges.
+    OnePut,
+}
+
+/// The seed of the bytes of `object` in `round` (`None`: the warm-up's):
+/// distinct for every pair, so every object has bytes of its own.
+fn object_seed(round: Option<usize>, object: Object) -> u64 {
+    let round = round.map_or(0, |r| r as u64 + 1);
+    1 + round * 3 + object as u64
+}
+
+/// Fills `data` with the bytes of `seed` and writes them to `file`.
+fn write_object(file: &Path, data: &mut [u8], seed: u64) -> std::io::Result<()> {
+    super::fill(data, seed);
+    super::write_input(file, data)
+}
+
+/// The fastest PUT and GET of each side, each client's whole run.
 struct Transfers {
     native_put: Duration,
     native_get: Duration,
@@ -87,10 +171,6 @@ impl Default for Transfers {
             s3_ranged_get: Duration::MAX,
         }
     }
-}
-
-fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
-    bytes as f64 / elapsed.as_secs_f64().max(1e-9) / 1e6
 }
 
 fn rss_bytes() -> u64 {
@@ -131,27 +211,23 @@ fn fill_index(path: &Path, keys: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the benchmark; `log` is told what happens.
+/// Runs the benchmark; `log` is told what happens. Once `stop` is
+/// requested it stops the fleet, removes its files and returns
+/// [`super::Interrupted`].
 pub async fn run(
     options: &S3BenchOptions,
+    mut stop: StopRequest,
     mut log: impl FnMut(&str),
 ) -> anyhow::Result<S3BenchReport> {
+    check_size(options.size)?;
     let work = tempfile::tempdir()?;
     let file = work.path().join("object");
-    let mut data = vec![0u8; options.size as usize];
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    for word in data.chunks_mut(8) {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        word.copy_from_slice(&state.to_le_bytes()[..word.len()]);
-    }
-    super::write_input(&file, &data)?;
     let fleet_dir = work.path().join("fleet");
     std::fs::create_dir_all(&fleet_dir)?;
     log(&format!("filling the index with {} keys", options.keys));
     let index_path = fleet_dir.join("s3-index.redb");
     tokio::task::block_in_place(|| fill_index(&index_path, options.keys))?;
+    stop.check()?;
 
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -177,10 +253,23 @@ pub async fn run(
             let _ = ready_tx.send(endpoints.clone());
         },
     ));
-    let endpoints = ready_rx
-        .await
-        .map_err(|_| anyhow::anyhow!("the fleet did not start"))?;
-    let result = measure(options, &endpoints, &file, &data, &mut log).await;
+    let started = super::until_stopped(&mut stop, async {
+        ready_rx
+            .await
+            .map_err(|_| anyhow::anyhow!("the fleet did not start"))
+    })
+    .await;
+    let result = match started {
+        Ok(endpoints) => {
+            let watching = stop.clone();
+            super::until_stopped(
+                &mut stop,
+                measure(options, &endpoints, &file, &watching, &mut log),
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
     let _ = stop_tx.send(());
     let _ = fleet.await;
     result
@@ -190,7 +279,7 @@ async fn measure(
     options: &S3BenchOptions,
     endpoints: &crate::dev::DevEndpoints,
     file: &Path,
-    data: &[u8],
+    stop: &StopRequest,
     log: &mut impl FnMut(&str),
 ) -> anyhow::Result<S3BenchReport> {
     let gateway = &endpoints.gateway;
@@ -215,6 +304,8 @@ async fn measure(
         .ok_or_else(|| anyhow::anyhow!("the fleet wrote no user token"))?;
     // A client run to its end: how long it took and what it printed.
     let client = |program: &str, args: &[&str]| -> anyhow::Result<(Duration, String)> {
+        // Clients run to their end: the stop is seen between them.
+        stop.check()?;
         let start = Instant::now();
         let output = Command::new(program)
             .args(args)
@@ -268,7 +359,7 @@ async fn measure(
         "listed {} keys in {:.1} s (memory +{})",
         options.keys,
         list.as_secs_f64(),
-        crate::units::format_bytes(growth)
+        format_bytes(growth)
     ));
     // The native side through its own client, file to file, as the aws
     // cli goes below: both pay for reading and writing the files, and for
@@ -283,8 +374,12 @@ async fn measure(
     aws(&["--endpoint-url", &s3, "s3", "mb", "s3://bench"])?;
     // The aws cli's own start-up is measured once and taken off.
     let idle = aws(&["--endpoint-url", &s3, "s3", "ls", "s3://bench"])?;
+    // One object's bytes at a time, each written to `file` for the
+    // clients.
+    let mut data = vec![0u8; usize::try_from(size)?];
     // A fresh fleet's first PUT pays for faulting in the gateway's buffers
     // (bench fleet's "first PUT"); it is not counted for either side.
+    write_object(file, &mut data, object_seed(None, Object::Native))?;
     native(&["put", file_text])?;
     aws(&[
         "--endpoint-url",
@@ -294,13 +389,13 @@ async fn measure(
         "--bucket",
         "bench",
         "--key",
-        "whole",
+        "warm-up",
         "--body",
         file_text,
     ])?;
-    // An object copied to a file by the aws cli, made durable, checked and
-    // removed: how long that took, the aws cli's start-up taken off.
-    let s3_get = |url: &str| -> anyhow::Result<Duration> {
+    // An object copied to a file by the aws cli, made durable, checked
+    // against `expected` and removed: how long that took.
+    let s3_get = |url: &str, expected: &[u8]| -> anyhow::Result<Duration> {
         let start = Instant::now();
         aws(&[
             "--endpoint-url",
@@ -312,14 +407,18 @@ async fn measure(
             back_text,
         ])?;
         std::fs::File::open(&back)?.sync_all()?;
-        let get = start.elapsed().saturating_sub(idle);
-        anyhow::ensure!(std::fs::read(&back)? == data, "the S3 GET of {url} differs");
+        let get = start.elapsed();
+        anyhow::ensure!(
+            std::fs::read(&back)? == expected,
+            "the S3 GET of {url} differs"
+        );
         std::fs::remove_file(&back)?;
         Ok(get)
     };
     let mut rows = ServedRows::default();
     let mut best = Transfers::default();
-    for _ in 0..ROUNDS {
+    for round in 0..ROUNDS {
+        write_object(file, &mut data, object_seed(Some(round), Object::Native))?;
         let (put, id) = native(&["put", file_text])?;
         let id = id.lines().last().unwrap_or_default().trim().to_string();
         let (get, _) = native(&["get", &id, "--output", back_text])?;
@@ -328,6 +427,8 @@ async fn measure(
         best.native_put = best.native_put.min(put);
         best.native_get = best.native_get.min(get);
 
+        write_object(file, &mut data, object_seed(Some(round), Object::S3))?;
+        let url = format!("s3://bench/object-{round}");
         let put = aws(&[
             "--endpoint-url",
             &s3,
@@ -335,15 +436,28 @@ async fn measure(
             "cp",
             "--only-show-errors",
             file_text,
-            "s3://bench/object",
-        ])?
-        .saturating_sub(idle);
-        let get = s3_get("s3://bench/object")?;
+            &url,
+        ])?;
+        let get = s3_get(&url, &data[..])?;
         best.s3_put = best.s3_put.min(put);
         best.s3_get = best.s3_get.min(get);
 
+        write_object(file, &mut data, object_seed(Some(round), Object::OnePut))?;
+        let key = format!("whole-{round}");
+        aws(&[
+            "--endpoint-url",
+            &s3,
+            "s3api",
+            "put-object",
+            "--bucket",
+            "bench",
+            "--key",
+            &key,
+            "--body",
+            file_text,
+        ])?;
         let before = gateway_rows(gateway).await?;
-        let get = s3_get("s3://bench/whole")?;
+        let get = s3_get(&format!("s3://bench/{key}"), &data[..])?;
         rows = rows + (gateway_rows(gateway).await? - before);
         best.s3_ranged_get = best.s3_ranged_get.min(get);
     }
@@ -354,21 +468,21 @@ async fn measure(
         s3_get,
         s3_ranged_get,
     } = best;
+    // The native client's start-up is a small part of its run: not taken
+    // off, as before.
+    let rate = |measured: Duration, startup: Duration| transfer_mb_per_s(size, measured, startup);
+    let (native_put, native_get) = (
+        rate(native_put, Duration::ZERO)?,
+        rate(native_get, Duration::ZERO)?,
+    );
+    let (s3_put, s3_get) = (rate(s3_put, idle)?, rate(s3_get, idle)?);
+    let s3_ranged_get = rate(s3_ranged_get, idle)?;
     log(&format!(
-        "native (redstuff put/get): PUT {:.0} MB/s, GET {:.0} MB/s",
-        mb_per_s(size, native_put),
-        mb_per_s(size, native_get)
+        "native (redstuff put/get): PUT {native_put:.0} MB/s, GET {native_get:.0} MB/s"
     ));
     log(&format!(
-        "S3 (aws cli): PUT {:.0} MB/s, GET {:.0} MB/s, GET of the object stored in one PUT {:.0} MB/s ({rows:?})",
-        mb_per_s(size, s3_put),
-        mb_per_s(size, s3_get),
-        mb_per_s(size, s3_ranged_get)
+        "S3 (aws cli): PUT {s3_put:.0} MB/s, GET {s3_get:.0} MB/s, GET of the object stored in one PUT {s3_ranged_get:.0} MB/s ({rows:?})"
     ));
-
-    let (native_put, native_get) = (mb_per_s(size, native_put), mb_per_s(size, native_get));
-    let (s3_put, s3_get) = (mb_per_s(size, s3_put), mb_per_s(size, s3_get));
-    let s3_ranged_get = mb_per_s(size, s3_ranged_get);
     Ok(S3BenchReport {
         size,
         native_put_mb_per_s: native_put,
@@ -460,7 +574,7 @@ pub fn render(r: &S3BenchReport) -> String {
         "object {}: native (redstuff put/get) PUT {:.0} MB/s, GET {:.0} MB/s; S3 (aws cli) PUT {:.0} MB/s ({:.2}x), GET {:.0} MB/s ({:.2}x)\n\
          the object stored in one PUT, read by the aws cli in 8 MiB ranges: {:.0} MB/s ({:.2}x), {:.2} row fetches per row needed, {:.0}% of them alone\n\
          listing {} keys through S3: {:.1} s, gateway memory +{}\n",
-        crate::units::format_bytes(r.size),
+        format_bytes(r.size),
         r.native_put_mb_per_s,
         r.native_get_mb_per_s,
         r.s3_put_mb_per_s,
@@ -473,6 +587,75 @@ pub fn render(r: &S3BenchReport) -> String {
         r.ranged_rows_alone_share * 100.0,
         r.keys,
         r.list_seconds,
-        crate::units::format_bytes(r.list_rss_growth_bytes)
+        format_bytes(r.list_rss_growth_bytes)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_is_refused_when_the_transfer_took_no_longer_than_the_clients_start_up() {
+        let ms = Duration::from_millis;
+        assert_eq!(
+            transfer_mb_per_s(1_000_000, ms(500), ms(500)),
+            Err(TooShortToMeasure {
+                measured: ms(500),
+                startup: ms(500)
+            })
+        );
+        assert!(transfer_mb_per_s(1_000_000, ms(400), ms(500)).is_err());
+        // 5% of the time left: mostly the noise of the start-up's time.
+        assert!(transfer_mb_per_s(1_000_000, ms(1000), ms(950)).is_err());
+        assert!(transfer_mb_per_s(0, Duration::ZERO, Duration::ZERO).is_err());
+        let error = transfer_mb_per_s(1_000_000, ms(500), ms(600))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("use a larger --size"), "{error}");
+    }
+
+    #[test]
+    fn a_rate_takes_the_clients_start_up_off() {
+        let s = Duration::from_secs;
+        assert_eq!(transfer_mb_per_s(100_000_000, s(3), s(1)), Ok(50.0));
+        assert_eq!(
+            transfer_mb_per_s(100_000_000, s(2), Duration::ZERO),
+            Ok(50.0)
+        );
+        // A tenth of the time left is enough.
+        let rate = transfer_mb_per_s(1_000_000, s(10), s(9)).unwrap();
+        assert!((rate - 1.0).abs() < 1e-9, "{rate}");
+    }
+
+    #[test]
+    fn sizes_below_the_minimum_are_refused() {
+        for size in [0, 1, MIN_SIZE - 1] {
+            assert_eq!(check_size(size), Err(SizeTooSmall { size }));
+        }
+        assert_eq!(check_size(MIN_SIZE), Ok(()));
+        assert_eq!(check_size(256 << 20), Ok(()));
+        let error = check_size(0).unwrap_err().to_string();
+        assert!(error.contains("--size 0 B: at least 16.0 MiB"), "{error}");
+    }
+
+    #[test]
+    fn every_round_and_object_has_bytes_of_its_own() {
+        let objects = [Object::Native, Object::S3, Object::OnePut];
+        let rounds = std::iter::once(None).chain((0..ROUNDS).map(Some));
+        let seeds: Vec<u64> = rounds
+            .flat_map(|round| objects.map(|object| object_seed(round, object)))
+            .collect();
+        let distinct: std::collections::BTreeSet<u64> = seeds.iter().copied().collect();
+        assert_eq!(distinct.len(), seeds.len(), "{seeds:?}");
+        let bytes = |seed| {
+            let mut data = vec![0u8; 64];
+            super::super::fill(&mut data, seed);
+            data
+        };
+        assert_ne!(
+            bytes(object_seed(Some(0), Object::OnePut)),
+            bytes(object_seed(Some(1), Object::OnePut))
+        );
+    }
 }

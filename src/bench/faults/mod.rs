@@ -286,12 +286,7 @@ async fn node_pids(run: &Run) -> BTreeMap<String, i32> {
         return BTreeMap::new();
     };
     let status: serde_json::Value = response.json().await.unwrap_or_default();
-    status["nodes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|n| Some((n["name"].as_str()?.to_string(), n["pid"].as_u64()? as i32)))
-        .collect()
+    super::nodes::node_pids(&status)
 }
 
 async fn status(run: &Run) -> serde_json::Value {
@@ -584,8 +579,25 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// A spawned task aborted when dropped: the clients and the fault driver
+/// end with the run, also when it is interrupted.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Runs the fleet, the clients and the faults; then heals and checks.
-pub async fn run(options: &FaultRunOptions, log: impl Fn(&str)) -> anyhow::Result<FaultRunReport> {
+/// Once `stop` is requested it resumes every node, stops the fleet,
+/// removes its files and returns [`super::Interrupted`] (no history
+/// written).
+pub async fn run(
+    options: &FaultRunOptions,
+    mut stop: super::StopRequest,
+    log: impl Fn(&str),
+) -> anyhow::Result<FaultRunReport> {
     let work = tempfile::tempdir()?;
     let data_dir = work.path().join("fleet");
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<(String, PathBuf)>();
@@ -610,16 +622,33 @@ pub async fn run(options: &FaultRunOptions, log: impl Fn(&str)) -> anyhow::Resul
             let _ = ready_tx.send((endpoints.gateway.clone(), endpoints.token.clone()));
         },
     ));
-    let (gateway, token) = ready_rx
-        .await
-        .map_err(|_| anyhow::anyhow!("the fleet did not start"))?;
+    let started = super::until_stopped(&mut stop, async {
+        ready_rx
+            .await
+            .map_err(|_| anyhow::anyhow!("the fleet did not start"))
+    })
+    .await;
+    let connected = started
+        .and_then(|(gateway, token)| Ok((crate::dev::authorized_client(&token, None)?, gateway)));
+    let (http, gateway) = match connected {
+        Ok(connected) => connected,
+        Err(e) => {
+            let _ = stop_tx.send(());
+            let _ = fleet.await;
+            return Err(e);
+        }
+    };
     let run = Arc::new(Run {
-        http: crate::dev::authorized_client(&token, None)?,
+        http,
         gateway,
         start: Instant::now(),
         ops: Mutex::new(Vec::new()),
     });
-    let result = drive(&run, options, &data_dir, &log).await;
+    let result = super::until_stopped(&mut stop, drive(&run, options, &data_dir, &log)).await;
+    if result.is_err() {
+        // Nodes the driver left stopped: resumed, so they stop at once.
+        super::nodes::resume_all(&run.http, &run.gateway).await;
+    }
     let _ = stop_tx.send(());
     let _ = fleet.await;
     let mut report = result?;
@@ -650,7 +679,14 @@ async fn drive(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let until = Instant::now() + options.duration;
+    let until = Instant::now()
+        .checked_add(options.duration)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "a run of {} s is longer than this clock counts",
+                options.duration.as_secs()
+            )
+        })?;
     log(&format!(
         "{} clients and a fault driver for {:.0} s (seed {})",
         options.clients,
@@ -659,24 +695,24 @@ async fn drive(
     ));
     let clients: Vec<_> = (0..options.clients)
         .map(|i| {
-            tokio::spawn(client(
+            AbortOnDrop(tokio::spawn(client(
                 run.clone(),
                 i,
                 options.seed.wrapping_add(i as u64 + 1),
                 until,
-            ))
+            )))
         })
         .collect();
-    let driver = tokio::spawn(faults(
+    let mut driver = AbortOnDrop(tokio::spawn(faults(
         run.clone(),
         data_dir.to_path_buf(),
         options.seed,
         until,
-    ));
-    for c in clients {
-        c.await?;
+    )));
+    for mut c in clients {
+        (&mut c.0).await?;
     }
-    let faults = driver.await?;
+    let faults = (&mut driver.0).await?;
     let seconds = run.start.elapsed().as_secs_f64();
     log(&format!(
         "faults: {} kills, {} stops, {} wipes; healing",
