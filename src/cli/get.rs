@@ -1,7 +1,9 @@
-//! `redstuff get ID -o FILE`: one blob into a file (written beside it and
-//! renamed into place once durable), a device or stdout. A download that
-//! breaks off goes on from where it stopped with a range request (the same
-//! id is the same bytes), a bounded number of times.
+//! `redstuff get ID -o FILE`: one blob into a file (written beside it
+//! under a name of its own and renamed into place once durable), a device
+//! or stdout. A download that breaks off goes on from where it stopped
+//! with a range request (the same id is the same bytes), a bounded number
+//! of times. One that fails or is interrupted (SIGINT, SIGTERM) leaves the
+//! file as it was and nothing beside it.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -31,10 +33,12 @@ pub async fn get(
     let id: redstuff::codec::BlobId = id
         .parse()
         .with_context(|| format!("{id:?} is not a blob id"))?;
-    let to_stdout = output == Path::new("-");
+    let to_stdout = is_stdout(output);
+    let output = &followed(output);
     if !to_stdout {
         check_output(output)?;
     }
+    let interrupted = crate::shutdown_signal();
     let policy = RetryPolicy::with_retries(retries);
     let http = http(ca)?;
     let url = format!("{}/v1/blobs/{id}", gateway.trim_end_matches('/'));
@@ -42,60 +46,66 @@ pub async fn get(
     // failure. A device or a pipe (`-o /dev/null`) is written in place: a
     // rename would replace it with a regular file.
     let in_place = writes_in_place(output);
-    let partial = if in_place {
-        output.to_path_buf()
-    } else {
-        partial_path(output)
-    };
     let mut download = Download {
         to_stdout,
         in_place,
-        partial: partial.clone(),
+        output: output.to_path_buf(),
+        written: output.to_path_buf(),
+        partial: None,
         len: None,
         received: 0,
         sink: None,
         bar: ProgressBar::hidden(),
     };
-    let mut failed = 0;
-    let received = loop {
-        match download.attempt(&http, &url, gateway, &token, stall).await {
-            Ok(()) => break Ok(()),
-            Err(e) => {
-                failed += 1;
-                if let Err(e) = before_retry(&policy, failed, e, &download.bar).await {
-                    break Err(e);
+    let attempts = async {
+        let mut failed = 0;
+        loop {
+            match download.attempt(&http, &url, gateway, &token, stall).await {
+                Ok(()) => return Ok::<(), anyhow::Error>(()),
+                Err(e) => {
+                    failed += 1;
+                    before_retry(&policy, failed, e, &download.bar).await?;
                 }
             }
         }
     };
+    let received = tokio::select! {
+        received = attempts => Some(received),
+        () = interrupted => None,
+    };
     download.bar.finish_and_clear();
-    let Some(sink) = download.sink else {
+    let Some(received) = received else {
+        // The partial file goes with `download`.
+        drop(download);
+        if to_stdout || in_place {
+            eprintln!("interrupted");
+        } else {
+            eprintln!("interrupted: {} left as it was", output.display());
+        }
+        std::process::exit(130);
+    };
+    let Some(sink) = download.sink.take() else {
         // Nothing was answered: nothing was opened.
         return received;
     };
-    let durable = match (received, sink) {
+    let written = download.written.display();
+    match (received, sink) {
         (Err(e), _) => Err(e),
-        (Ok(()), Sink::Stdout) => return Ok(std::io::stdout().flush()?),
-        (Ok(()), Sink::InPlace(mut f)) => return Ok(f.flush().await?),
-        (Ok(()), Sink::File(f)) => f
-            .finish()
-            .await
-            .with_context(|| format!("cannot write {}", partial.display())),
-    };
-    if let Err(e) = durable {
-        if !to_stdout && !in_place {
-            let _ = tokio::fs::remove_file(&partial).await;
+        (Ok(()), Sink::Stdout) => Ok(std::io::stdout().flush().inspect_err(end_if_reader_gone)?),
+        (Ok(()), Sink::InPlace(mut f)) => Ok(f.flush().await?),
+        (Ok(()), Sink::File(f)) => {
+            f.finish()
+                .await
+                .with_context(|| format!("cannot write {written}"))?;
+            let partial = download.partial.take().expect("a file has its partial");
+            partial.persist(output).map_err(|e| {
+                anyhow::Error::new(e.error).context(format!(
+                    "cannot put the download in place at {}",
+                    output.display()
+                ))
+            })
         }
-        return Err(e);
     }
-    if let Err(e) = tokio::fs::rename(&partial, output).await {
-        let _ = tokio::fs::remove_file(&partial).await;
-        return Err(anyhow::Error::new(e).context(format!(
-            "cannot put the download in place at {}",
-            output.display()
-        )));
-    }
-    Ok(())
 }
 
 /// Refuses an output that is a directory (given by name, or ending in
@@ -122,8 +132,14 @@ fn check_output(output: &Path) -> anyhow::Result<()> {
 struct Download {
     to_stdout: bool,
     in_place: bool,
-    /// The file written (the target itself when in place).
-    partial: PathBuf,
+    /// Where the blob goes.
+    output: PathBuf,
+    /// The file written: the partial file, or the target itself when in
+    /// place.
+    written: PathBuf,
+    /// The partial file of a download into a regular file, from the first
+    /// answer; removed when dropped, unless renamed onto `output`.
+    partial: Option<tempfile::TempPath>,
     /// The blob's length, from the first answer (when it said).
     len: Option<u64>,
     /// Bytes written so far.
@@ -200,7 +216,7 @@ impl Download {
             self.write(&chunk).await.map_err(|e| {
                 AttemptError::last(anyhow::anyhow!(
                     "cannot write {}: {e}",
-                    self.partial.display()
+                    self.written.display()
                 ))
             })?;
             self.received += chunk.len() as u64;
@@ -223,13 +239,16 @@ impl Download {
             Sink::InPlace(
                 tokio::fs::OpenOptions::new()
                     .write(true)
-                    .open(&self.partial)
+                    .open(&self.output)
                     .await
-                    .with_context(|| format!("cannot write {}", self.partial.display()))?,
+                    .with_context(|| format!("cannot write {}", self.output.display()))?,
             )
         } else {
-            let file = std::fs::File::create(&self.partial)
-                .with_context(|| format!("cannot write {}", self.partial.display()))?;
+            let (file, path) = partial_beside(&self.output)
+                .with_context(|| format!("cannot write beside {}", self.output.display()))?
+                .into_parts();
+            self.written = path.to_path_buf();
+            self.partial = Some(path);
             Sink::File(WriteBehindFile::new(file))
         };
         if !self.to_stdout {
@@ -260,7 +279,9 @@ impl Download {
 
     async fn write(&mut self, chunk: &bytes::Bytes) -> std::io::Result<()> {
         match self.sink.as_mut().expect("opened at the first answer") {
-            Sink::Stdout => std::io::stdout().write_all(chunk),
+            Sink::Stdout => std::io::stdout()
+                .write_all(chunk)
+                .inspect_err(end_if_reader_gone),
             Sink::InPlace(f) => f.write_all(chunk).await,
             Sink::File(f) => f.write(chunk.clone()).await,
         }
@@ -277,20 +298,81 @@ enum Sink {
     File(WriteBehindFile),
 }
 
-/// Whether `get` writes straight into `output` rather than into a partial
-/// file renamed onto it: when it exists and is neither a regular file nor
-/// a directory (a device, a pipe).
-fn writes_in_place(output: &Path) -> bool {
-    std::fs::metadata(output).is_ok_and(|m| !m.is_file() && !m.is_dir())
+/// Whether `output` names standard output: `-`, or a name of the
+/// process' descriptor 1 (written as it is, appended to when the shell
+/// appends).
+fn is_stdout(output: &Path) -> bool {
+    ["-", "/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"]
+        .iter()
+        .any(|name| output == Path::new(name))
 }
 
-/// The file a download into `output` is written to before the rename:
-/// `output` with `.partial` appended (never replacing its extension, so
-/// `a.tar` and `a.bin` downloaded side by side do not share one).
-fn partial_path(output: &Path) -> std::path::PathBuf {
-    let mut name = output.as_os_str().to_os_string();
-    name.push(".partial");
-    name.into()
+/// The file `output` names: a symbolic link is followed, so the download
+/// replaces the file it points to and the link stays (a name under /dev
+/// or /proc is kept as given: it is written in place).
+fn followed(output: &Path) -> PathBuf {
+    let is_link = std::fs::symlink_metadata(output).is_ok_and(|m| m.file_type().is_symlink());
+    if !is_link || output.starts_with("/dev") || output.starts_with("/proc") {
+        return output.to_path_buf();
+    }
+    std::fs::canonicalize(output).unwrap_or_else(|_| {
+        // A link to a file not there yet: the file it names.
+        match std::fs::read_link(output) {
+            Ok(target) => output.parent().unwrap_or(Path::new(".")).join(target),
+            Err(_) => output.to_path_buf(),
+        }
+    })
+}
+
+/// Whether `get` writes straight into `output` rather than into a partial
+/// file renamed onto it: when it exists and is neither a regular file nor
+/// a directory (a device, a pipe), or is named under /dev or /proc.
+fn writes_in_place(output: &Path) -> bool {
+    output.starts_with("/dev")
+        || output.starts_with("/proc")
+        || std::fs::metadata(output).is_ok_and(|m| !m.is_file() && !m.is_dir())
+}
+
+/// Ends the process as `cat` would when the reader of its standard output
+/// went away (`get -o - | head`): by SIGPIPE, not with an error.
+fn end_if_reader_gone(error: &std::io::Error) {
+    if error.kind() == std::io::ErrorKind::BrokenPipe {
+        // SAFETY: the default action restored, the signal the write would
+        // have raised is raised (Rust ignores SIGPIPE so that sockets
+        // answer EPIPE; the network is not written to any more).
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            libc::raise(libc::SIGPIPE);
+        }
+    }
+}
+
+/// The file a download into `output` is written to before the rename,
+/// beside it: `NAME.XXXXXX.partial`, a name no other download shares (two
+/// gets of one target at once each write their own), with the mode of the
+/// file it replaces, or that of a new file.
+fn partial_beside(output: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut prefix = output.file_name().unwrap_or_default().to_os_string();
+    prefix.push(".");
+    // Created with this mode less the umask, as a new file would be.
+    let mode = std::fs::metadata(output).map_or(0o666, |m| m.permissions().mode() & 0o777);
+    let partial = tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(".partial")
+        .permissions(std::fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)?;
+    // The umask must not narrow the mode of the file replaced.
+    if std::fs::metadata(output).is_ok() {
+        partial
+            .as_file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(partial)
 }
 
 #[cfg(test)]
@@ -299,17 +381,30 @@ mod tests {
 
     #[test]
     fn a_download_is_written_beside_its_target_under_a_name_of_its_own() {
-        assert_eq!(
-            partial_path(Path::new("dir/copy.mp4")),
-            Path::new("dir/copy.mp4.partial")
-        );
-        assert_ne!(
-            partial_path(Path::new("a.tar")),
-            partial_path(Path::new("a.bin"))
-        );
-        assert_eq!(
-            partial_path(Path::new("weights")),
-            Path::new("weights.partial")
-        );
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("copy.mp4");
+        let first = partial_beside(&target).unwrap();
+        let second = partial_beside(&target).unwrap();
+        assert_ne!(first.path(), second.path());
+        for partial in [&first, &second] {
+            assert_eq!(partial.path().parent(), Some(dir.path()));
+            let name = partial.path().file_name().unwrap().to_str().unwrap();
+            assert!(
+                name.starts_with("copy.mp4.") && name.ends_with(".partial"),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_partial_file_has_the_mode_of_the_file_it_replaces() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("weights");
+        std::fs::write(&target, b"old").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let partial = partial_beside(&target).unwrap();
+        let mode = partial.as_file().metadata().unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
     }
 }

@@ -89,10 +89,12 @@ impl AttemptError {
     /// gateway's certificate is not trusted (no retry changes that), with
     /// what to do; a transport failure otherwise.
     fn unanswered(error: reqwest::Error, gateway: &str) -> Self {
-        if let Some(why) = untrusted_certificate(&error) {
+        if let Some(refused) = refused_certificate(&error) {
             return Self::last(anyhow::anyhow!(
                 "the gateway at {gateway} shows a certificate this client does not trust \
-                 ({why}): pass its CA with --tls-ca FILE or REDSTUFF_TLS_CA"
+                 ({}): {}",
+                rustls::Error::InvalidCertificate(refused.clone()),
+                certificate_advice(&refused)
             ));
         }
         // reqwest's own message names the request, not why it failed:
@@ -138,9 +140,35 @@ impl AttemptError {
     }
 }
 
+/// What to do about a gateway certificate refused for `why`: only one of
+/// an unknown issuer is a matter of passing the CA.
+fn certificate_advice(why: &rustls::CertificateError) -> &'static str {
+    use rustls::CertificateError as Why;
+    match why {
+        Why::UnknownIssuer => {
+            "pass its CA with --tls-ca FILE or REDSTUFF_TLS_CA (or the CA passed is not the one \
+             that signed it)"
+        }
+        Why::NotValidForName | Why::NotValidForNameContext { .. } => {
+            "reach the gateway by a name its certificate holds (the operator adds names \
+             with spec.tls.gatewayNames)"
+        }
+        Why::Expired
+        | Why::ExpiredContext { .. }
+        | Why::NotValidYet
+        | Why::NotValidYetContext { .. } => {
+            "its validity does not cover this machine's clock: check the clock, and whether \
+             the gateway's certificate was renewed"
+        }
+        _ => "the gateway's certificate must be replaced",
+    }
+}
+
 /// Why rustls refused the server's certificate, when that is what
 /// `error` (or an error under it) is.
-fn untrusted_certificate(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+fn refused_certificate(
+    error: &(dyn std::error::Error + 'static),
+) -> Option<rustls::CertificateError> {
     let mut next = Some(error);
     while let Some(e) = next {
         // io::Errors wrap each other and hide the inner error from
@@ -152,10 +180,9 @@ fn untrusted_certificate(error: &(dyn std::error::Error + 'static)) -> Option<St
         {
             inner = wrapped;
         }
-        if let Some(refused @ rustls::Error::InvalidCertificate(_)) =
-            inner.downcast_ref::<rustls::Error>()
+        if let Some(rustls::Error::InvalidCertificate(why)) = inner.downcast_ref::<rustls::Error>()
         {
-            return Some(refused.to_string());
+            return Some(why.clone());
         }
         next = e.source();
     }
@@ -191,5 +218,28 @@ async fn before_retry(
             last.error
         )),
         None => Err(last.error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_certificate_of_an_unknown_issuer_is_answered_with_passing_the_ca() {
+        use rustls::CertificateError as Why;
+        assert!(certificate_advice(&Why::UnknownIssuer).contains("--tls-ca"));
+        for other in [
+            Why::NotValidForName,
+            Why::Expired,
+            Why::NotValidYet,
+            Why::BadSignature,
+        ] {
+            assert!(
+                !certificate_advice(&other).contains("--tls-ca"),
+                "{other:?}"
+            );
+        }
+        assert!(certificate_advice(&Why::NotValidForName).contains("spec.tls.gatewayNames"));
     }
 }

@@ -20,7 +20,7 @@ use redstuff::retry::RetryPolicy;
 use redstuff::wire::{StoredBlob, UploadProgress};
 
 use super::watchdog::{send_watched, send_within, BodyProgress};
-use super::{authorized, before_retry, http, progress, untrusted_certificate, AttemptError};
+use super::{authorized, before_retry, http, progress, refused_certificate, AttemptError};
 
 /// `redstuff put FILE`: prints the blob id (or JSON) on stdout.
 pub async fn put(
@@ -486,7 +486,7 @@ async fn upload(
         // A gateway refuses an upload without credentials before it reads
         // the body; one longer than it reads on after a refusal may end as
         // a broken connection, not as the 401: no retry changes that.
-        Err(e) if token.is_none() && untrusted_certificate(&e).is_none() => {
+        Err(e) if token.is_none() && refused_certificate(&e).is_none() => {
             return Err(AttemptError::last(anyhow::anyhow!(
                 "cannot reach the gateway at {gateway} (no token was sent: uploads need --token \
                  or REDSTUFF_TOKEN, and the gateway refuses them before reading the body): {e:#}"

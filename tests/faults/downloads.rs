@@ -295,3 +295,239 @@ fn a_gateway_that_cannot_be_reached_is_said_with_why() {
     assert!(stderr.contains("cannot reach the gateway"), "{stderr}");
     assert!(stderr.contains("Connection refused"), "{stderr}");
 }
+
+/// Serves one GET of a `len`-byte blob whose byte `i` is `(i * seed) %
+/// 251`: the first `hold_at` bytes at once, the rest once `release` is
+/// sent (or dropped); all at once when `hold_at` is `len`.
+fn holding_server(
+    len: usize,
+    seed: usize,
+    hold_at: usize,
+) -> (
+    String,
+    std::sync::mpsc::Sender<()>,
+    std::thread::JoinHandle<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let (mut socket, _) = listener.accept().unwrap();
+        read_range(&mut socket);
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
+        socket.write_all(head.as_bytes()).unwrap();
+        let body = seeded(len, seed);
+        // The client may hang up first (a reader that stopped).
+        let _ = socket.write_all(&body[..hold_at]);
+        if hold_at < len {
+            let _ = released.recv();
+        }
+        // The client may be gone (interrupted).
+        let _ = socket.write_all(&body[hold_at..]);
+    });
+    (address, release, server)
+}
+
+fn seeded(len: usize, seed: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * seed % 251) as u8).collect()
+}
+
+fn get_command(out: &std::path::Path, gateway: &str) -> Command {
+    let mut get = Command::new(env!("CARGO_BIN_EXE_redstuff"));
+    get.args(["get", SOME_BLOB, "-o", out.to_str().unwrap()])
+        .args(["--gateway", gateway, "--token", "t", "--retries", "0"])
+        .env("REDSTUFF_LOG", "warn");
+    get
+}
+
+/// The files in `dir` other than `out`, once one holds at least `bytes`
+/// (waits, bounded).
+fn partials_holding(dir: &std::path::Path, out: &std::path::Path, bytes: u64) -> Vec<String> {
+    let start = std::time::Instant::now();
+    loop {
+        let partials: Vec<(String, u64)> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.path() != out)
+            .map(|e| {
+                let len = e.metadata().map_or(0, |m| m.len());
+                (e.file_name().to_string_lossy().into_owned(), len)
+            })
+            .collect();
+        if partials.iter().any(|(_, len)| *len >= bytes) {
+            return partials.into_iter().map(|(name, _)| name).collect();
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "no partial file of {bytes} bytes: {partials:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn names_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn two_gets_into_one_file_at_once_never_mix_their_bytes_and_the_last_to_finish_is_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model.bin");
+    let len = 4 << 20;
+    // The first get holds half its blob while the second runs whole.
+    let (first_gateway, release, first_server) = holding_server(len, 7, len / 2);
+    let mut first = get_command(&out, &first_gateway).spawn().unwrap();
+    // Written behind: what the file holds may lag what arrived.
+    let partials = partials_holding(dir.path(), &out, (len / 4) as u64);
+    assert!(
+        partials[0].starts_with("model.bin.") && partials[0].ends_with(".partial"),
+        "{partials:?}"
+    );
+    let (second_gateway, _release, second_server) = holding_server(len, 13, len);
+    let second = get_command(&out, &second_gateway).output().unwrap();
+    assert!(second.status.success(), "{second:?}");
+    second_server.join().unwrap();
+    assert!(std::fs::read(&out).unwrap() == seeded(len, 13));
+    release.send(()).unwrap();
+    let first = first.wait().unwrap();
+    first_server.join().unwrap();
+    assert!(first.success());
+    assert!(
+        std::fs::read(&out).unwrap() == seeded(len, 7),
+        "the file is the first blob whole, not a mix"
+    );
+    assert_eq!(names_in(dir.path()), ["model.bin"]);
+}
+
+#[test]
+fn a_get_interrupted_leaves_the_file_as_it_was_and_nothing_beside_it() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("model.bin");
+        std::fs::write(&out, b"the previous version").unwrap();
+        let len = 4 << 20;
+        let (gateway, release, server) = holding_server(len, 3, 2 << 20);
+        let mut get = get_command(&out, &gateway).spawn().unwrap();
+        partials_holding(dir.path(), &out, 1 << 20);
+        // SAFETY: a signal to the child this test started.
+        unsafe {
+            libc::kill(get.id() as i32, signal);
+        }
+        let status = get.wait().unwrap();
+        drop(release);
+        server.join().unwrap();
+        assert_eq!(status.code(), Some(130), "signal {signal}");
+        assert_eq!(std::fs::read(&out).unwrap(), b"the previous version");
+        assert_eq!(names_in(dir.path()), ["model.bin"], "signal {signal}");
+    }
+}
+
+#[test]
+fn a_file_replaced_by_get_keeps_its_mode_and_a_new_one_follows_the_umask() {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::os::unix::process::CommandExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let kept = dir.path().join("kept.bin");
+    std::fs::write(&kept, b"old").unwrap();
+    std::fs::set_permissions(&kept, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let new = dir.path().join("new.bin");
+    for out in [&kept, &new] {
+        let (gateway, _release, server) = holding_server(1000, 5, 1000);
+        let mut get = get_command(out, &gateway);
+        // SAFETY: umask is async-signal-safe.
+        unsafe {
+            get.pre_exec(|| {
+                libc::umask(0o027);
+                Ok(())
+            });
+        }
+        let output = get.output().unwrap();
+        server.join().unwrap();
+        assert!(output.status.success(), "{output:?}");
+        assert!(std::fs::read(out).unwrap() == seeded(1000, 5));
+    }
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&kept), 0o640, "the replaced file's mode");
+    assert_eq!(mode(&new), 0o640, "0666 less the umask 027");
+}
+
+#[test]
+fn a_get_to_stdout_whose_reader_stops_ends_by_sigpipe_without_an_error() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let len = 8 << 20;
+    let (gateway, _release, server) = holding_server(len, 11, len);
+    let mut get = Command::new(env!("CARGO_BIN_EXE_redstuff"))
+        .args([
+            "get",
+            SOME_BLOB,
+            "-o",
+            "-",
+            "--gateway",
+            &gateway,
+            "--token",
+            "t",
+        ])
+        .env("REDSTUFF_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `| head -c 1000`: read a little, then go away.
+    let mut stdout = get.stdout.take().unwrap();
+    let mut first = [0u8; 1000];
+    stdout.read_exact(&mut first).unwrap();
+    assert!(first[..] == seeded(len, 11)[..1000]);
+    drop(stdout);
+    let output = get.wait_with_output().unwrap();
+    server.join().unwrap();
+    assert_eq!(output.status.signal(), Some(libc::SIGPIPE), "{output:?}");
+    assert!(output.stderr.is_empty(), "{output:?}");
+}
+
+#[test]
+fn a_get_into_a_symbolic_link_replaces_the_file_it_points_to_and_keeps_the_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("weights-v2.bin");
+    std::fs::write(&target, b"old").unwrap();
+    let link = dir.path().join("current.bin");
+    std::os::unix::fs::symlink("weights-v2.bin", &link).unwrap();
+    let (gateway, _release, server) = holding_server(5000, 17, 5000);
+    let output = get_command(&link, &gateway).output().unwrap();
+    server.join().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(std::fs::read(&target).unwrap() == seeded(5000, 17));
+    assert_eq!(names_in(dir.path()), ["current.bin", "weights-v2.bin"]);
+}
+
+#[test]
+fn a_get_into_dev_stdout_writes_where_standard_output_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("redirected.bin");
+    std::fs::write(&file, b"kept|").unwrap();
+    let appended = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .unwrap();
+    let (gateway, _release, server) = holding_server(5000, 19, 5000);
+    // `redstuff get ID -o /dev/stdout >> redirected.bin`
+    let output = get_command(std::path::Path::new("/dev/stdout"), &gateway)
+        .stdout(appended)
+        .output()
+        .unwrap();
+    server.join().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let mut expected = b"kept|".to_vec();
+    expected.extend(seeded(5000, 19));
+    assert!(std::fs::read(&file).unwrap() == expected);
+    assert_eq!(names_in(dir.path()), ["redirected.bin"]);
+}
