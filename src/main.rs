@@ -62,7 +62,9 @@ enum Command {
     Get {
         /// The blob id.
         id: String,
-        /// Where to write it (`-` for standard output).
+        /// Where to write it (`-` for standard output). A file is written
+        /// beside it (FILE.XXXXXX.partial) and renamed over it once durable,
+        /// keeping its mode; a failed or interrupted read leaves it as it was.
         #[arg(short, long)]
         output: PathBuf,
         /// Gateway URL.
@@ -148,11 +150,24 @@ enum Command {
         /// Largest source the operator ingests, e.g. 64GiB.
         #[arg(long, default_value = "64GiB", value_parser = redstuff::units::parse_bytes)]
         max_ingest: u64,
+        /// Most the spool may hold, e.g. 70Gi (its emptyDir's size limit,
+        /// past which the kubelet evicts the operator): a download that
+        /// would not fit beside the downloads kept for a retry and those
+        /// in flight waits (SpoolFull). Default: no limit.
+        #[arg(long, value_parser = redstuff::units::parse_bytes)]
+        spool_limit: Option<u64>,
         /// Most Blob sources fetched and stored at once (each holds a
         /// spool file and a gateway upload); the others wait, Queued.
         #[arg(long, default_value_t = redstuff::operator::context::DEFAULT_MAX_CONCURRENT_INGESTS as u16,
               value_parser = clap::value_parser!(u16).range(1..=64))]
         max_concurrent_ingests: u16,
+        /// Let Blob URL sources reach these addresses too (repeat, or
+        /// separate with commas): `loopback` (the operator's own pod) and
+        /// `link-local` (cloud metadata endpoints) are refused otherwise,
+        /// whether a URL names them, its host resolves to them or a
+        /// redirect leads there.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        blob_sources_may_reach: Vec<redstuff::operator::source_addresses::LocalAddresses>,
         /// Manage StorageClusters and Blobs only in these namespaces
         /// (repeat, or separate with commas; default: every namespace).
         /// Grant the operator's role in each by a RoleBinding.
@@ -363,7 +378,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             identity,
             spool_dir,
             max_ingest,
+            spool_limit,
             max_concurrent_ingests,
+            blob_sources_may_reach,
             namespaces,
             image_pull_secrets,
             image_pull_policy,
@@ -386,7 +403,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     identity,
                     spool_dir,
                     max_ingest_bytes: max_ingest,
+                    spool_limit,
                     max_concurrent_ingests: max_concurrent_ingests.into(),
+                    blob_sources_may_reach,
                     shutdown_timeout: std::time::Duration::from_secs(20),
                     namespaces,
                     image_pull_secrets,

@@ -44,6 +44,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_kubernetes_quantity_such_as_the_charts_spool_size_limit_parses_as_bytes() {
+        assert_eq!(parse_bytes("70Gi"), Ok(70 << 30));
+        assert_eq!(parse_bytes("512Mi"), Ok(512 << 20));
+        assert_eq!(parse_bytes("500M"), Ok(500_000_000));
+        assert_eq!(parse_bytes("1.5Gi"), Ok(3 << 29));
+        assert_eq!(parse_bytes("64k"), Ok(64_000));
+    }
+
+    #[test]
     fn sizes_parse_with_binary_and_decimal_suffixes() {
         assert_eq!(parse_bytes("1000").unwrap(), 1000);
         assert_eq!(parse_bytes("64MiB").unwrap(), 64 << 20);

@@ -22,6 +22,9 @@ use support::blob_cluster::{
 };
 use support::{lines, serve_bytes, MockApi, Seen, TestFleet};
 
+#[path = "operator_blobs/url_sources.rs"]
+mod url_sources;
+
 fn blob(name: &str, source: BlobSource) -> Blob {
     let mut b = Blob::new(
         name,
@@ -383,6 +386,7 @@ async fn download_with(
             in_a_row,
             first_pause: std::time::Duration::from_millis(10),
         },
+        &redstuff::operator::spool_room::SpoolRoom::new(None),
     )
     .await
 }
@@ -649,6 +653,38 @@ async fn a_blob_another_blob_names_keeps_its_slivers_when_one_is_deleted() {
         seen.last().unwrap().line(),
         format!("PATCH {GROUP}/blobs/first")
     );
+}
+
+#[tokio::test]
+async fn a_blob_is_not_deleted_while_another_ingest_to_its_cluster_uploads_and_is_once_that_ends() {
+    let fleet = TestFleet::start(4).await;
+    let id = stored_blob(&fleet).await;
+    let b = deleted("upload", &id);
+    let (client, recorded) = api(Some(&cluster(4)), &[&b], &[]).serve();
+    let ctx = Arc::new(test_context(client).with_endpoints(fleet.endpoints()));
+    // Another Blob's ingest is uploading to the cluster: it may be storing
+    // these very bytes, its Blob not naming them yet.
+    let uploading = ctx
+        .uploads_in_flight
+        .begin(("storage".to_string(), "media".to_string()));
+    let waiting = reconcile_blob(Arc::new(b.clone()), ctx.clone()).await;
+    assert!(
+        waiting
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("uploading")),
+        "{waiting:?}"
+    );
+    assert!(fleet.held().await.iter().all(|h| h.contains(&id)));
+    assert!(
+        !recorded.take().iter().any(|s| s.method == "PATCH"),
+        "the finalizer stays"
+    );
+    drop(uploading);
+    reconcile_blob(Arc::new(b.clone()), ctx.clone())
+        .await
+        .unwrap();
+    assert!(fleet.held().await.iter().all(|h| h.is_empty()));
+    assert!(events(&recorded.take()).contains(&"SliversDeleted".to_string()));
 }
 
 #[tokio::test]

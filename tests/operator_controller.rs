@@ -2114,6 +2114,30 @@ async fn names_held_by_another_applications_objects_are_never_taken_over() {
 }
 
 #[tokio::test]
+async fn a_ca_rotation_stays_in_the_status_while_names_are_held() {
+    let mut api = api_with_tokens();
+    api.objects.insert(
+        format!("{NS}/services/media-gateway"),
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "media-gateway", "namespace": "storage"}}),
+    );
+    let rotation = json!({"step": "TrustingNewCa", "since": "2026-12-07T08:00:00Z",
+                          "nextStepAfter": "2026-12-07T08:10:00Z", "waitingFor": []});
+    let status = json!({"phase": "Ready", "caRotation": rotation});
+    let (seen, _) = reconcile_on(
+        api,
+        cluster(4, 4, Some(status)),
+        vec![],
+        vec![],
+        silent_nodes(4),
+    )
+    .await;
+    let status = status_written(&seen).unwrap();
+    assert_eq!(condition(&status, "Synced")["reason"], "NameTaken");
+    assert_eq!(status["caRotation"], rotation, "{status:#}");
+}
+
+#[tokio::test]
 async fn a_running_cluster_grown_onto_a_name_another_application_holds_stops_short_and_applies_the_rest(
 ) {
     let (seen, _) = reconcile(

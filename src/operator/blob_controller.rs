@@ -28,6 +28,7 @@ use super::crd::{Blob, BlobHealth, BlobStatus, StorageCluster};
 use super::ingest::{self, IngestError};
 use super::status::validate_spec;
 use super::upload_records;
+use super::uploads_in_flight::UploadInFlight;
 use crate::client::{BlobClient, DeleteOutcome};
 use crate::codec::BlobId;
 
@@ -78,6 +79,7 @@ async fn apply_blob(blob: &Blob, ctx: &Context, namespace: &str) -> Result<Actio
         .or_else(|| blob.spec.source.upload.as_ref().map(|u| u.blob_id.clone()));
     let mut ingest_state = IngestState::Done;
     let mut retry = Duration::from_secs(60);
+    let mut _uploading = None;
     let waiting = cluster
         .as_ref()
         .and_then(|_| waiting_to_retry(&previous, now.0));
@@ -105,7 +107,9 @@ async fn apply_blob(blob: &Blob, ctx: &Context, namespace: &str) -> Result<Actio
                     );
                     write_status_if_changed(&blobs, blob, &mut current, in_progress).await?;
                     match ingest_source(blob, cluster, ctx, namespace).await {
-                        Ok((id, resumes)) => {
+                        Ok((id, resumes, uploading)) => {
+                            // Until the status names the id, below.
+                            _uploading = Some(uploading);
                             let resumed = match resumes {
                                 0 => String::new(),
                                 1 => " (the download broke off once and went on where it stopped)"
@@ -233,8 +237,9 @@ fn cluster_facts(
     let Some(cluster) = cluster else {
         return ClusterFacts::Missing;
     };
-    let Ok(encoding) = validate_spec(&cluster.spec) else {
-        return ClusterFacts::Unobserved;
+    let encoding = match validate_spec(&cluster.spec) {
+        Ok(encoding) => encoding,
+        Err(problem) => return ClusterFacts::Invalid(problem),
     };
     let key = (namespace.to_string(), cluster.name_any());
     let Some(fleet) = ctx.fleets.find(&key) else {
@@ -258,13 +263,14 @@ fn cluster_facts(
 }
 
 /// Fetches the Blob's source into the spool and stores it through the
-/// cluster's gateway; returns the blob id.
+/// cluster's gateway; returns the blob id, how often the download resumed,
+/// and the upload counted in flight until the status names the id.
 async fn ingest_source(
     blob: &Blob,
     cluster: &StorageCluster,
     ctx: &Context,
     namespace: &str,
-) -> Result<(String, u32), IngestError> {
+) -> Result<(String, u32, UploadInFlight), IngestError> {
     std::fs::create_dir_all(&ctx.spool_dir)?;
     let spool = tempfile::NamedTempFile::new_in(&ctx.spool_dir)?;
     let source = &blob.spec.source;
@@ -274,6 +280,7 @@ async fn ingest_source(
     // stored it: an upload that failed is tried again without it.
     let mut kept_download = None;
     if let Some(url) = &source.url {
+        ctx.source_reach.check_url(&url.url)?;
         let keep_at = ingest::kept_download(
             &ctx.spool_dir,
             &blob.uid().unwrap_or_default(),
@@ -289,6 +296,7 @@ async fn ingest_source(
                 limit,
                 download.path(),
                 &ingest::ResumePolicy::default(),
+                &ctx.spool_room,
             )
             .await?
             .resumes;
@@ -361,11 +369,14 @@ async fn ingest_source(
         })?;
     let http = ctx.gateway_http(cluster);
     let from = kept_download.as_deref().unwrap_or(spool.path());
+    let uploading = ctx
+        .uploads_in_flight
+        .begin((namespace.to_string(), cluster.name_any()));
     let stored = ingest::upload(&http, &gateway, &token, from).await?;
     if let Some(kept) = &kept_download {
         let _ = std::fs::remove_file(kept);
     }
-    Ok((stored.id, resumes))
+    Ok((stored.id, resumes, uploading))
 }
 
 async fn cleanup_blob(
@@ -387,6 +398,16 @@ async fn cleanup_blob(
         // The cluster and its nodes are gone: nothing is left to delete.
         return Ok(Action::await_change());
     };
+    if ctx
+        .uploads_in_flight
+        .any(&(namespace.to_string(), cluster.name_any()))
+    {
+        return Err(ReconcileError::Waiting(format!(
+            "an ingest of another Blob is uploading to {}: it may store these very bytes, \
+             so {id} is deleted once its Blob names what it stored",
+            cluster.name_any()
+        )));
+    }
     if let Some(why) = super::upload_records::goes_with_its_cluster(blob, &cluster) {
         ctx.publish(blob, false, "SliversKept", why).await;
         return Ok(Action::await_change());

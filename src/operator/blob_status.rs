@@ -73,6 +73,8 @@ pub fn waiting_to_retry(previous: &BlobStatus, now: Timestamp) -> Option<(Durati
 pub enum ClusterFacts {
     /// No StorageCluster of that name in the namespace.
     Missing,
+    /// The cluster's spec is refused (why): it runs no fleet to read.
+    Invalid(String),
     /// The cluster exists but its inventories were not read yet.
     Unobserved,
     /// The inventories were read.
@@ -171,6 +173,17 @@ pub fn blob_status(
             "the StorageCluster named in spec.cluster does not exist".to_string(),
         ),
         (_, None) => (false, "NotStored", "the bytes are not stored yet".into()),
+        (ClusterFacts::Invalid(problem), Some(_)) => {
+            keep_what_was_seen(&mut status, previous);
+            status.encoding = previous.encoding.clone();
+            (
+                false,
+                "ClusterInvalid",
+                format!(
+                    "the StorageCluster's spec is refused, so its nodes are not read: {problem}"
+                ),
+            )
+        }
         (ClusterFacts::Unobserved, Some(_)) => {
             // Keep what was known until the inventories are read again.
             keep_what_was_seen(&mut status, previous);
@@ -464,6 +477,32 @@ mod tests {
             ]
         );
         assert_eq!(s.health, None);
+    }
+
+    #[test]
+    fn a_blob_of_a_cluster_whose_spec_is_refused_says_why_and_keeps_what_was_seen() {
+        let previous = BlobStatus {
+            health: Some(BlobHealth::Healthy),
+            shards: Some("4/4".into()),
+            ..BlobStatus::default()
+        };
+        let s = blob_status(
+            &previous,
+            Some(ID),
+            &IngestState::Done,
+            &ClusterFacts::Invalid("spec.nodes 9 is more than spec.shards 4".into()),
+            Some(1),
+            &now(1),
+        );
+        let healthy = s.conditions.iter().find(|c| c.type_ == "Healthy").unwrap();
+        assert_eq!(healthy.reason, "ClusterInvalid");
+        assert!(
+            healthy.message.contains("spec.nodes 9"),
+            "{}",
+            healthy.message
+        );
+        assert_eq!(s.health, Some(BlobHealth::Healthy), "kept");
+        assert_eq!(s.shards.as_deref(), Some("4/4"));
     }
 
     #[test]

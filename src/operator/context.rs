@@ -15,6 +15,7 @@ use prometheus::Registry;
 
 use super::crd::StorageCluster;
 use super::desired::{node_pod_name, node_url, GATEWAY_PORT};
+use super::source_addresses::SourceReach;
 use crate::auth::TokenSet;
 use crate::client::{Deadlines, NodeCalls};
 use crate::control::{FleetView, Repairer};
@@ -98,16 +99,21 @@ pub fn fleet_map(cluster: &StorageCluster, endpoints: &Endpoints) -> crate::flee
 /// The API server refuses Event notes over 1024 bytes: longer ones are
 /// cut (at a character boundary) and say so.
 pub fn truncate_note(note: String) -> String {
-    const LIMIT: usize = 1024;
-    if note.len() <= LIMIT {
-        return note;
+    cut_to(note, 1024)
+}
+
+/// `text` cut to at most `limit` bytes (at a character boundary), saying
+/// so when it was.
+pub fn cut_to(text: String, limit: usize) -> String {
+    if text.len() <= limit {
+        return text;
     }
     let marker = " ... (cut)";
-    let mut end = LIMIT - marker.len();
-    while !note.is_char_boundary(end) {
+    let mut end = limit - marker.len();
+    while !text.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}{marker}", &note[..end])
+    format!("{}{marker}", &text[..end])
 }
 
 /// (namespace, name) of a StorageCluster.
@@ -275,6 +281,14 @@ pub const DEFAULT_OPERATOR_NAMESPACE: &str = "redstuff-system";
 /// says otherwise: each holds a spool file and a gateway upload.
 pub const DEFAULT_MAX_CONCURRENT_INGESTS: usize = 2;
 
+/// How URL sources are fetched: a connection within 3 s, and no stretch
+/// of 10 minutes without a byte.
+fn source_client_builder() -> reqwest::ClientBuilder {
+    crate::http::client_builder()
+        .connect_timeout(Duration::from_secs(3))
+        .read_timeout(Duration::from_secs(600))
+}
+
 /// What every reconcile needs.
 pub struct Context {
     /// The API client.
@@ -285,8 +299,11 @@ pub struct Context {
     /// How node pods and gateways are reached.
     pub endpoints: Endpoints,
     /// HTTP client for URL sources (gateways are called with their
-    /// cluster's `ClusterFleet::gateway_http`).
+    /// cluster's `ClusterFleet::gateway_http`); it connects only where
+    /// `source_reach` allows.
     pub http: reqwest::Client,
+    /// Where URL sources may lead (set with [`Context::with_source_reach`]).
+    pub source_reach: SourceReach,
     /// Deadlines of calls to nodes.
     pub deadlines: Deadlines,
     /// Per cluster fleet state.
@@ -297,10 +314,15 @@ pub struct Context {
     pub views_changed: tokio::sync::watch::Sender<u64>,
     /// Where URL, ConfigMap and Secret sources are spooled before upload.
     pub spool_dir: PathBuf,
+    /// How much of the spool downloads may fill.
+    pub spool_room: Arc<super::spool_room::SpoolRoom>,
     /// Largest source the operator ingests, in bytes.
     pub max_ingest_bytes: u64,
     /// Most sources fetched and stored at once.
     pub max_concurrent_ingests: usize,
+    /// Ingests uploading to each cluster until their Blob names the id:
+    /// deletes of the cluster's Blobs wait for them.
+    pub uploads_in_flight: super::uploads_in_flight::UploadsInFlight,
     /// The ingest slots (`max_concurrent_ingests` permits): a Blob whose
     /// source finds none waits, Queued.
     pub ingest_slots: std::sync::Arc<tokio::sync::Semaphore>,
@@ -326,17 +348,16 @@ impl Context {
             client,
             operator: super::desired::OperatorSettings::new(image, DEFAULT_OPERATOR_NAMESPACE),
             endpoints: Endpoints::default(),
-            http: crate::http::client_builder()
-                .connect_timeout(Duration::from_secs(3))
-                .read_timeout(Duration::from_secs(600))
-                .build()
-                .expect("HTTP client"),
+            http: SourceReach::default().client(source_client_builder()),
+            source_reach: SourceReach::default(),
             deadlines: Deadlines::default(),
             fleets: Fleets::default(),
             views_changed: tokio::sync::watch::channel(0).0,
             spool_dir: std::env::temp_dir().join("redstuff-ingest"),
+            spool_room: super::spool_room::SpoolRoom::new(None),
             max_ingest_bytes: 64 << 30,
             max_concurrent_ingests: DEFAULT_MAX_CONCURRENT_INGESTS,
+            uploads_in_flight: Default::default(),
             ingest_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(
                 DEFAULT_MAX_CONCURRENT_INGESTS,
             )),
@@ -438,6 +459,13 @@ impl Context {
             .next()
     }
 
+    /// The same, with URL sources that may also reach what `reach` allows.
+    pub fn with_source_reach(mut self, reach: SourceReach) -> Self {
+        self.http = reach.client(source_client_builder());
+        self.source_reach = reach;
+        self
+    }
+
     /// The same, fetching at most `slots` sources at once (at least one).
     pub fn with_max_concurrent_ingests(mut self, slots: usize) -> Self {
         self.max_concurrent_ingests = slots.max(1);
@@ -473,6 +501,16 @@ mod tests {
         assert!(cut.len() <= 1024, "{} bytes", cut.len());
         assert!(cut.ends_with("(cut)"), "{cut}");
         assert!(long.starts_with(cut.trim_end_matches(" ... (cut)")));
+    }
+
+    #[test]
+    fn a_text_is_cut_to_the_limit_asked_for_and_kept_whole_below_it() {
+        let long = "médïa ".repeat(1000);
+        let cut = cut_to(long.clone(), 4096);
+        assert!(cut.len() <= 4096 && cut.len() > 4000, "{} bytes", cut.len());
+        assert!(cut.ends_with("(cut)"));
+        let under = "x".repeat(4096);
+        assert_eq!(cut_to(under.clone(), 4096), under);
     }
 
     #[test]

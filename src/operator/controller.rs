@@ -390,7 +390,8 @@ pub async fn reconcile_cluster(
     )
     .await?;
     let mut ca_rotating = false;
-    let mut rotation_progress = None;
+    // While objects are held the rotation stands where it was last seen.
+    let mut rotation_progress = previous_status.ca_rotation.clone();
     let tls = if let Some(problem) = taken {
         Err(HeldObjects {
             reason: "NameTaken",
@@ -411,6 +412,7 @@ pub async fn reconcile_cluster(
         {
             Ok((tls, outcome)) => {
                 cluster_ca::tell(&ctx, &cluster, &outcome).await;
+                // Absent once the rotation ended.
                 rotation_progress = super::ca_rotation::rotation_status(
                     &outcome.cas,
                     cluster.spec.ca_rotation_overlap(),
@@ -430,6 +432,7 @@ pub async fn reconcile_cluster(
             Err(e) => return Err(e),
         }
     } else {
+        rotation_progress = None;
         Ok(None)
     };
     if let Ok(tls) = &tls {

@@ -607,7 +607,9 @@ pub struct UploadSource {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct UrlSource {
-    /// An http:// or https:// URL.
+    /// An http:// or https:// URL. The operator refuses one leading to a
+    /// loopback or link-local address (named, resolved or redirected to)
+    /// unless it runs with --blob-sources-may-reach.
     #[schemars(regex(pattern = r"^https?://[^\s]+$"))]
     pub url: String,
     /// Expected SHA-256 of the bytes, 64 lowercase hex digits; a download
@@ -686,7 +688,7 @@ pub struct BlobStatus {
     /// Shards holding valid pairs over all shards, e.g. 8/10.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shards: Option<String>,
-    /// Healthy, Degraded, Repairing, AtRisk or Lost.
+    /// Healthy, Degraded, Repairing, AtRisk, Lost or Deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<BlobHealth>,
     /// Ingested and Healthy, with reasons and messages.

@@ -24,10 +24,13 @@ pub enum IngestError {
     /// or refused the read).
     #[error("{0}")]
     SourceUnreadable(String),
+    /// The URL leads where Blob sources may not go.
+    #[error(transparent)]
+    NotAllowed(#[from] super::source_addresses::NotAllowed),
     /// The URL could not be fetched.
     #[error("download of {url} failed: {message}")]
     Download {
-        /// The URL.
+        /// The URL as shown ([`shown_url`]).
         url: String,
         /// What went wrong.
         message: String,
@@ -57,6 +60,9 @@ pub enum IngestError {
     /// The local spool failed.
     #[error("spool: {0}")]
     Spool(#[from] std::io::Error),
+    /// The spool has no room for the source now.
+    #[error(transparent)]
+    SpoolFull(#[from] super::spool_room::NoRoom),
 }
 
 impl IngestError {
@@ -65,23 +71,69 @@ impl IngestError {
         match self {
             IngestError::SourceNotFound(_) => "SourceNotFound",
             IngestError::SourceUnreadable(_) => "SourceUnreadable",
+            IngestError::NotAllowed(_) => "SourceNotAllowed",
             IngestError::Download { .. } => "DownloadFailed",
             IngestError::ChecksumMismatch { .. } => "ChecksumMismatch",
             IngestError::TooLarge { .. } => "TooLarge",
             IngestError::Gateway { .. } => "GatewayFailed",
             IngestError::Spool(_) => "SpoolFailed",
+            IngestError::SpoolFull(_) => "SpoolFull",
         }
     }
 
     /// Whether trying again soon may help (a download or gateway hiccup,
     /// a ConfigMap or Secret not created yet), as opposed to bytes that
-    /// are wrong until someone changes the source, which are fetched
-    /// again only after a longer wait.
+    /// are wrong, or a URL that leads where sources may not go, until
+    /// someone changes the source, which are tried again only after a
+    /// longer wait.
     pub fn is_transient(&self) -> bool {
         !matches!(
             self,
-            IngestError::ChecksumMismatch { .. } | IngestError::TooLarge { .. }
+            IngestError::ChecksumMismatch { .. }
+                | IngestError::TooLarge { .. }
+                | IngestError::NotAllowed(_)
         )
+    }
+}
+
+/// `url` as messages, logs and Events show it: without its credentials
+/// or query (a signed URL's query is one).
+pub fn shown_url(url: &str) -> String {
+    let Ok(mut parsed) = reqwest::Url::parse(url) else {
+        return "(a URL that does not parse)".into();
+    };
+    let _ = parsed.set_username("");
+    let _ = parsed.set_password(None);
+    let had_query = parsed.query().is_some();
+    parsed.set_query(None);
+    parsed.set_fragment(None);
+    if had_query {
+        format!("{parsed}?…")
+    } else {
+        parsed.to_string()
+    }
+}
+
+/// What a failed request says, with what caused it and without its URL.
+fn said(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(&error);
+    while let Some(e) = cause {
+        let more = e.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = e.source();
+    }
+    text
+}
+
+/// A request's failure: refused for where it led, or a download failure.
+fn request_failed(error: reqwest::Error, failed: impl Fn(String) -> IngestError) -> IngestError {
+    match super::source_addresses::not_allowed_in(&error) {
+        Some(refused) => IngestError::NotAllowed(refused.clone()),
+        None => failed(said(error)),
     }
 }
 
@@ -195,7 +247,8 @@ fn is_the_rest(content_range: Option<&str>, from: u64, len: u64) -> bool {
 }
 
 /// Downloads `url` into `spool`, at most `limit` bytes, checking `sha256`
-/// when given. A download that breaks off goes on from where it stopped
+/// when given; its length (`limit` when the server does not say) is
+/// promised from `room` first, and a download that does not fit fails. A download that breaks off goes on from where it stopped
 /// (a range request naming the version first answered, `If-Range`) when
 /// the server takes ranges, as `policy` says; when the resumes in a row
 /// bring nothing, or the source changed meanwhile, it fails.
@@ -206,10 +259,12 @@ pub async fn download(
     limit: u64,
     spool: &Path,
     policy: &ResumePolicy,
+    room: &std::sync::Arc<super::spool_room::SpoolRoom>,
 ) -> Result<Downloaded, IngestError> {
     use reqwest::header::{IF_RANGE, RANGE};
+    let shown = shown_url(url);
     let failed = |message: String| IngestError::Download {
-        url: url.to_string(),
+        url: shown.clone(),
         message,
     };
     let mut file = WriteBehindFile::new(std::fs::File::create(spool)?);
@@ -218,6 +273,8 @@ pub async fn download(
     // Set by the first answer: the source's length and version.
     let mut source: Option<(u64, Option<String>)> = None;
     let (mut resumes, mut in_a_row) = (0u32, 0u32);
+    // Held until the download ends.
+    let mut _promise = None;
     loop {
         let mut request = http.get(url);
         if let Some((_, Some(version))) = &source {
@@ -227,8 +284,13 @@ pub async fn download(
         }
         let known_len = source.as_ref().map(|(len, _)| *len);
         let broke_off = match (request.send().await, known_len) {
-            (Err(e), None) => return Err(failed(e.to_string())),
-            (Err(e), Some(_)) => format!("the rest could not be asked for: {e}"),
+            (Err(e), None) => return Err(request_failed(e, failed)),
+            (Err(e), Some(_)) => match request_failed(e, failed) {
+                IngestError::Download { message, .. } => {
+                    format!("the rest could not be asked for: {message}")
+                }
+                refused => return Err(refused),
+            },
             (Ok(response), None) => {
                 let status = response.status();
                 if !status.is_success() {
@@ -237,6 +299,8 @@ pub async fn download(
                 if response.content_length().is_some_and(|len| len > limit) {
                     return Err(IngestError::TooLarge { limit });
                 }
+                let need = response.content_length().unwrap_or(limit);
+                _promise = Some(room.promise(need, spool)?);
                 source = response
                     .content_length()
                     .map(|len| (len, resumable_by(response.headers())));
@@ -276,7 +340,7 @@ pub async fn download(
         }
         let pause = policy.first_pause * 2u32.pow(in_a_row.min(16));
         tracing::info!(
-            url,
+            url = %shown,
             length,
             "download broke off ({broke_off}); resuming in {pause:?}"
         );
@@ -339,7 +403,7 @@ async fn take_body(
     while let Some(chunk) = body.next().await {
         let chunk = match chunk {
             Ok(chunk) => chunk,
-            Err(e) => return Ok(Some(e.to_string())),
+            Err(e) => return Ok(Some(said(e))),
         };
         *length += chunk.len() as u64;
         if *length > limit {
@@ -418,6 +482,19 @@ pub async fn upload(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_is_shown_without_its_credentials_query_or_fragment() {
+        assert_eq!(
+            shown_url("https://user:pass@models.example:8443/w.bin?X-Amz-Signature=abc#x"),
+            "https://models.example:8443/w.bin?…"
+        );
+        assert_eq!(
+            shown_url("http://probe.ns.svc:8080/bytes"),
+            "http://probe.ns.svc:8080/bytes"
+        );
+        assert_eq!(shown_url("not a url"), "(a URL that does not parse)");
+    }
 
     #[test]
     fn a_digest_that_differs_is_refused_and_none_expected_accepts_anything() {

@@ -27,9 +27,12 @@ mod reconcile_error;
 pub mod retiring;
 pub mod rollout;
 pub mod run;
+pub mod source_addresses;
+pub mod spool_room;
 pub mod status;
 mod upload_recorder;
 pub mod upload_records;
+pub mod uploads_in_flight;
 
 /// The YAML of every CustomResourceDefinition, as `redstuff crds` prints it
 /// and crds/ holds it: one document per resource, stamped with the digest

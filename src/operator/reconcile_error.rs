@@ -24,6 +24,9 @@ pub enum ReconcileError {
     /// Nodes that must be reached could not be.
     #[error("nodes unreachable: {0}")]
     NodesUnreachable(String),
+    /// Something else must end first (it is retried).
+    #[error("waiting: {0}")]
+    Waiting(String),
     /// The reconcile ran past its overall deadline (a node or the API
     /// server too slow); it is retried.
     #[error("took longer than {0:?}: abandoned, retried")]

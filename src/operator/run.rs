@@ -53,8 +53,14 @@ pub struct OperatorOptions {
     pub spool_dir: PathBuf,
     /// Largest source ingested, in bytes.
     pub max_ingest_bytes: u64,
+    /// Most bytes the spool may hold (its emptyDir's size limit); `None`:
+    /// no limit.
+    pub spool_limit: Option<u64>,
     /// Most sources fetched and stored at once.
     pub max_concurrent_ingests: usize,
+    /// Addresses URL sources may reach beyond the default (loopback and
+    /// link-local addresses are refused otherwise).
+    pub blob_sources_may_reach: Vec<crate::operator::source_addresses::LocalAddresses>,
     /// How long shutdown waits for repairs in flight.
     pub shutdown_timeout: Duration,
     /// Namespaces whose StorageClusters and Blobs this operator manages;
@@ -286,7 +292,15 @@ pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
     context.operator.image_pull_policy = options.image_pull_policy.clone();
     context.spool_dir = options.spool_dir.clone();
     context.max_ingest_bytes = options.max_ingest_bytes;
-    let context = Arc::new(context.with_max_concurrent_ingests(options.max_concurrent_ingests));
+    context.spool_room = crate::operator::spool_room::SpoolRoom::new(options.spool_limit);
+    let reach = crate::operator::source_addresses::SourceReach::allowing(
+        options.blob_sources_may_reach.iter().copied(),
+    );
+    let context = Arc::new(
+        context
+            .with_max_concurrent_ingests(options.max_concurrent_ingests)
+            .with_source_reach(reach),
+    );
 
     let listener = crate::listen::bind(options.listen).await?;
     let metrics_context = context.clone();

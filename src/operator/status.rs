@@ -623,14 +623,19 @@ fn fold_in_fleet(
         ));
     }
     if !fleet.retiring.is_empty() {
-        busy.push((
-            "NodesRetiring",
+        let message = if fleet.shards_to_move == 0 {
+            format!(
+                "spec.nodes is lower than the node pods running: {} moved their shards to the others and are being deleted",
+                fleet.retiring.join(", ")
+            )
+        } else {
             format!(
                 "spec.nodes is lower than the node pods running: {} keep serving until their shards have moved to the others ({} still to move, a few at a time, each batch once the last is rebuilt and every blob is Healthy), then they are deleted",
                 fleet.retiring.join(", "),
                 fleet.shards_to_move
-            ),
-        ));
+            )
+        };
+        busy.push(("NodesRetiring", message));
     }
     if fleet.repairs_in_flight > 0 {
         busy.push((
@@ -681,11 +686,7 @@ fn fold_in_fleet(
     } else {
         ("ApplyFailed", failures.unwrap_or_default())
     };
-    let message = if message.len() > 4096 {
-        super::context::truncate_note(message)
-    } else {
-        message
-    };
+    let message = super::context::cut_to(message, 4096);
     status.conditions.push(condition(
         "Synced", synced, reason, message, generation, now,
     ));
@@ -1338,6 +1339,27 @@ mod tests {
         assert_eq!(progressing.reason, "RollingUpdate");
         assert!(
             progressing.message.contains("3 still to move"),
+            "{}",
+            progressing.message
+        );
+    }
+
+    #[test]
+    fn nodes_retiring_whose_shards_all_moved_are_said_to_be_going_not_to_have_0_to_move() {
+        let c = cluster(7, 6, Some("1Gi"));
+        let nodes = observed(7, &[0, 1, 2, 3, 4, 5, 6], 7);
+        let fleet = FleetSummary {
+            retiring: vec!["media-node-6".into()],
+            ..FleetSummary::default()
+        };
+        let s = cluster_status(&c, &assignment(&c, &nodes), &nodes, &fleet, &now(1));
+        let progressing = cond(&s, "Progressing");
+        assert_eq!(progressing.reason, "NodesRetiring");
+        assert!(
+            progressing
+                .message
+                .contains("media-node-6 moved their shards")
+                && !progressing.message.contains("still to move"),
             "{}",
             progressing.message
         );

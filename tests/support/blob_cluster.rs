@@ -7,6 +7,7 @@ use redstuff::operator::crd::{
     Blob, ShardAssignment, StorageCluster, StorageClusterSpec, StorageClusterStatus, StorageSpec,
 };
 use redstuff::operator::rollout::SPEC_HASH_ANNOTATION;
+use redstuff::operator::source_addresses::{LocalAddresses, SourceReach};
 use serde_json::{json, Value};
 
 use super::{spec_hash, MockApi, Seen, TestFleet};
@@ -109,9 +110,11 @@ pub fn events(seen: &[Seen]) -> Vec<String> {
 }
 
 /// An operator context whose ingest spool lives in this test binary's own
-/// scratch directory (the default, the system temp dir, would outlive the run).
+/// scratch directory (the default, the system temp dir, would outlive the
+/// run) and whose URL sources may reach loopback, where tests serve them.
 pub fn test_context(client: kube::Client) -> Context {
-    let mut ctx = Context::new(client, "redstuff:test");
+    let mut ctx = Context::new(client, "redstuff:test")
+        .with_source_reach(SourceReach::allowing([LocalAddresses::Loopback]));
     ctx.spool_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("redstuff-ingest");
     ctx
 }

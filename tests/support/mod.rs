@@ -694,6 +694,26 @@ pub async fn serve_bytes(body: Vec<u8>) -> (String, tokio::sync::oneshot::Sender
     .await
 }
 
+/// Answers every request at http://127.0.0.1:port/blob with a redirect
+/// to `to` until dropped; returns the URL.
+pub async fn serve_redirect(to: &'static str) -> (String, tokio::sync::oneshot::Sender<()>) {
+    serve_blob_route(axum::Router::new().route(
+        "/blob",
+        axum::routing::get(move || async move { axum::response::Redirect::temporary(to) }),
+    ))
+    .await
+}
+
+/// Answers every request at http://127.0.0.1:port/blob with `status` and
+/// no body until dropped; returns the URL.
+pub async fn serve_status(status: u16) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let status = StatusCode::from_u16(status).unwrap();
+    serve_blob_route(
+        axum::Router::new().route("/blob", axum::routing::get(move || async move { status })),
+    )
+    .await
+}
+
 /// The `Range` and `If-Range` headers of a request, when sent.
 pub type RangeAsked = (Option<String>, Option<String>);
 
