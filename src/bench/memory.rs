@@ -26,21 +26,18 @@ pub fn available_bytes() -> Option<u64> {
 
 /// The MemAvailable line of /proc/meminfo, in bytes. Pure.
 fn parse_mem_available(meminfo: &str) -> Option<u64> {
-    let kib: u64 = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
+    kib_field(meminfo, "MemAvailable:")
 }
 
 fn status_field(name: &str) -> Option<u64> {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(name))?;
-    let kib: u64 = line[name.len()..]
+    kib_field(&fs::read_to_string("/proc/self/status").ok()?, name)
+}
+
+/// Field `name` of a /proc file, given in kB, in bytes.
+fn kib_field(text: &str, name: &str) -> Option<u64> {
+    let kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(name))?
         .trim()
         .trim_end_matches("kB")
         .trim()

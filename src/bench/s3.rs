@@ -381,18 +381,22 @@ async fn measure(
     // (bench fleet's "first PUT"); it is not counted for either side.
     write_object(file, &mut data, object_seed(None, Object::Native))?;
     native(&["put", file_text])?;
-    aws(&[
-        "--endpoint-url",
-        &s3,
-        "s3api",
-        "put-object",
-        "--bucket",
-        "bench",
-        "--key",
-        "warm-up",
-        "--body",
-        file_text,
-    ])?;
+    // `file` stored as one S3 object `key` in one PUT.
+    let put_whole = |key: &str| {
+        aws(&[
+            "--endpoint-url",
+            &s3,
+            "s3api",
+            "put-object",
+            "--bucket",
+            "bench",
+            "--key",
+            key,
+            "--body",
+            file_text,
+        ])
+    };
+    put_whole("warm-up")?;
     // An object copied to a file by the aws cli, made durable, checked
     // against `expected` and removed: how long that took.
     let s3_get = |url: &str, expected: &[u8]| -> anyhow::Result<Duration> {
@@ -444,18 +448,7 @@ async fn measure(
 
         write_object(file, &mut data, object_seed(Some(round), Object::OnePut))?;
         let key = format!("whole-{round}");
-        aws(&[
-            "--endpoint-url",
-            &s3,
-            "s3api",
-            "put-object",
-            "--bucket",
-            "bench",
-            "--key",
-            &key,
-            "--body",
-            file_text,
-        ])?;
+        put_whole(&key)?;
         let before = gateway_rows(gateway).await?;
         let get = s3_get(&format!("s3://bench/{key}"), &data[..])?;
         rows = rows + (gateway_rows(gateway).await? - before);
