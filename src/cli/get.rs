@@ -39,6 +39,7 @@ pub async fn get(
         check_output(output)?;
     }
     let interrupted = crate::shutdown_signal();
+    tokio::pin!(interrupted);
     let policy = RetryPolicy::with_retries(retries);
     let http = http(ca)?;
     let url = format!("{}/v1/blobs/{id}", gateway.trim_end_matches('/'));
@@ -71,18 +72,11 @@ pub async fn get(
     };
     let received = tokio::select! {
         received = attempts => Some(received),
-        () = interrupted => None,
+        () = &mut interrupted => None,
     };
     download.bar.finish_and_clear();
     let Some(received) = received else {
-        // The partial file goes with `download`.
-        drop(download);
-        if to_stdout || in_place {
-            eprintln!("interrupted");
-        } else {
-            eprintln!("interrupted: {} left as it was", output.display());
-        }
-        std::process::exit(130);
+        end_interrupted(download, output)
     };
     let Some(sink) = download.sink.take() else {
         // Nothing was answered: nothing was opened.
@@ -94,9 +88,16 @@ pub async fn get(
         (Ok(()), Sink::Stdout) => Ok(std::io::stdout().flush().inspect_err(end_if_reader_gone)?),
         (Ok(()), Sink::InPlace(mut f)) => Ok(f.flush().await?),
         (Ok(()), Sink::File(f)) => {
-            f.finish()
-                .await
-                .with_context(|| format!("cannot write {written}"))?;
+            // Until the partial is durable an interruption still leaves
+            // the target as it was; the rename is not interrupted.
+            let durable = tokio::select! {
+                durable = f.finish() => Some(durable),
+                () = &mut interrupted => None,
+            };
+            let Some(durable) = durable else {
+                end_interrupted(download, output)
+            };
+            durable.with_context(|| format!("cannot write {written}"))?;
             let partial = download.partial.take().expect("a file has its partial");
             partial.persist(output).map_err(|e| {
                 anyhow::Error::new(e.error).context(format!(
@@ -106,6 +107,19 @@ pub async fn get(
             })
         }
     }
+}
+
+/// Ends a download interrupted by SIGINT or SIGTERM: its partial file
+/// goes, and the process ends with 130.
+fn end_interrupted(download: Download, output: &Path) -> ! {
+    let replaces = !download.to_stdout && !download.in_place;
+    drop(download);
+    if replaces {
+        eprintln!("interrupted: {} left as it was", output.display());
+    } else {
+        eprintln!("interrupted");
+    }
+    std::process::exit(130);
 }
 
 /// Refuses an output that is a directory (given by name, or ending in
@@ -307,12 +321,21 @@ fn is_stdout(output: &Path) -> bool {
         .any(|name| output == Path::new(name))
 }
 
+/// Whether `output` names an open descriptor of the process (`/dev/fd/N`,
+/// `/proc/self/fd/N`, `/dev/stderr`): what the shell opened there is
+/// written as it is, never replaced.
+fn is_descriptor(output: &Path) -> bool {
+    output.starts_with("/dev/fd/")
+        || output.starts_with("/proc/self/fd/")
+        || output == Path::new("/dev/stderr")
+}
+
 /// The file `output` names: a symbolic link is followed, so the download
-/// replaces the file it points to and the link stays (a name under /dev
-/// or /proc is kept as given: it is written in place).
+/// replaces the file it points to and the link stays (a descriptor's name
+/// is kept as given: it is written in place).
 fn followed(output: &Path) -> PathBuf {
     let is_link = std::fs::symlink_metadata(output).is_ok_and(|m| m.file_type().is_symlink());
-    if !is_link || output.starts_with("/dev") || output.starts_with("/proc") {
+    if !is_link || is_descriptor(output) {
         return output.to_path_buf();
     }
     std::fs::canonicalize(output).unwrap_or_else(|_| {
@@ -325,12 +348,11 @@ fn followed(output: &Path) -> PathBuf {
 }
 
 /// Whether `get` writes straight into `output` rather than into a partial
-/// file renamed onto it: when it exists and is neither a regular file nor
-/// a directory (a device, a pipe), or is named under /dev or /proc.
+/// file renamed onto it: a descriptor of the process, or what exists and
+/// is neither a regular file nor a directory (a device, a pipe). A
+/// regular file under /dev (/dev/shm) is replaced like any other.
 fn writes_in_place(output: &Path) -> bool {
-    output.starts_with("/dev")
-        || output.starts_with("/proc")
-        || std::fs::metadata(output).is_ok_and(|m| !m.is_file() && !m.is_dir())
+    is_descriptor(output) || std::fs::metadata(output).is_ok_and(|m| !m.is_file() && !m.is_dir())
 }
 
 /// Ends the process as `cat` would when the reader of its standard output

@@ -531,3 +531,23 @@ fn a_get_into_dev_stdout_writes_where_standard_output_goes() {
     assert!(std::fs::read(&file).unwrap() == expected);
     assert_eq!(names_in(dir.path()), ["redirected.bin"]);
 }
+
+#[test]
+fn a_regular_file_under_dev_such_as_dev_shm_is_replaced_whole_not_written_over() {
+    let dir = tempfile::tempdir_in("/dev/shm").expect("/dev/shm on this machine");
+    let kept = dir.path().join("longer.bin");
+    std::fs::write(&kept, vec![1u8; 9000]).unwrap();
+    let new = dir.path().join("new.bin");
+    for out in [&kept, &new] {
+        let (gateway, _release, server) = holding_server(5000, 23, 5000);
+        let output = get_command(out, &gateway).output().unwrap();
+        server.join().unwrap();
+        assert!(output.status.success(), "{output:?}");
+        assert!(
+            std::fs::read(out).unwrap() == seeded(5000, 23),
+            "{} is the blob, no byte of the old file after it",
+            out.display()
+        );
+    }
+    assert_eq!(names_in(dir.path()), ["longer.bin", "new.bin"]);
+}
