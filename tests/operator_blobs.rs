@@ -666,7 +666,8 @@ async fn a_blob_is_not_deleted_while_another_ingest_to_its_cluster_uploads_and_i
     // these very bytes, its Blob not naming them yet.
     let uploading = ctx
         .uploads_in_flight
-        .begin(("storage".to_string(), "media".to_string()));
+        .begin(&("storage".to_string(), "media".to_string()))
+        .await;
     let waiting = reconcile_blob(Arc::new(b.clone()), ctx.clone()).await;
     assert!(
         waiting

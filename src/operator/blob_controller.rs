@@ -371,7 +371,8 @@ async fn ingest_source(
     let from = kept_download.as_deref().unwrap_or(spool.path());
     let uploading = ctx
         .uploads_in_flight
-        .begin((namespace.to_string(), cluster.name_any()));
+        .begin(&(namespace.to_string(), cluster.name_any()))
+        .await;
     let stored = ingest::upload(&http, &gateway, &token, from).await?;
     if let Some(kept) = &kept_download {
         let _ = std::fs::remove_file(kept);
@@ -398,16 +399,17 @@ async fn cleanup_blob(
         // The cluster and its nodes are gone: nothing is left to delete.
         return Ok(Action::await_change());
     };
-    if ctx
+    // Held until the delete is done: uploads to the cluster wait.
+    let Some(_deleting) = ctx
         .uploads_in_flight
-        .any(&(namespace.to_string(), cluster.name_any()))
-    {
+        .delete(&(namespace.to_string(), cluster.name_any()))
+    else {
         return Err(ReconcileError::Waiting(format!(
             "an ingest of another Blob is uploading to {}: it may store these very bytes, \
              so {id} is deleted once its Blob names what it stored",
             cluster.name_any()
         )));
-    }
+    };
     if let Some(why) = super::upload_records::goes_with_its_cluster(blob, &cluster) {
         ctx.publish(blob, false, "SliversKept", why).await;
         return Ok(Action::await_change());

@@ -320,8 +320,8 @@ pub struct Context {
     pub max_ingest_bytes: u64,
     /// Most sources fetched and stored at once.
     pub max_concurrent_ingests: usize,
-    /// Ingests uploading to each cluster until their Blob names the id:
-    /// deletes of the cluster's Blobs wait for them.
+    /// Ingests uploading to each cluster until their Blob names the id,
+    /// and deletes of its blobs, kept apart.
     pub uploads_in_flight: super::uploads_in_flight::UploadsInFlight,
     /// The ingest slots (`max_concurrent_ingests` permits): a Blob whose
     /// source finds none waits, Queued.

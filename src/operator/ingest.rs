@@ -87,12 +87,13 @@ impl IngestError {
     /// someone changes the source, which are tried again only after a
     /// longer wait.
     pub fn is_transient(&self) -> bool {
-        !matches!(
-            self,
+        match self {
             IngestError::ChecksumMismatch { .. }
-                | IngestError::TooLarge { .. }
-                | IngestError::NotAllowed(_)
-        )
+            | IngestError::TooLarge { .. }
+            | IngestError::NotAllowed(_) => false,
+            IngestError::SpoolFull(no_room) => !no_room.never_fits(),
+            _ => true,
+        }
     }
 }
 
@@ -153,6 +154,21 @@ pub fn kept_download(
     source.update(sha256.unwrap_or_default().as_bytes());
     let source = crate::hex::encode(&source.finalize()[..8]);
     spool_dir.join(format!("{KEPT_PREFIX}{}-{source}", safe_name(blob_uid)))
+}
+
+/// Removes what interrupted ingests left on the spool (an operator
+/// container restarted mid-download, its emptyDir kept): every file but
+/// the downloads kept for a retry, which the next attempt of their Blob
+/// takes up. Done once at start, before any ingest.
+pub fn clear_unfinished(spool_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(spool_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(KEPT_PREFIX) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Removes the downloads kept for the Blob `blob_uid` (deleted).
@@ -275,6 +291,9 @@ pub async fn download(
     let (mut resumes, mut in_a_row) = (0u32, 0u32);
     // Held until the download ends.
     let mut _promise = None;
+    // What the body may bring: `limit`, or the spool's room promised to a
+    // source that does not say its length.
+    let mut cap = limit;
     loop {
         let mut request = http.get(url);
         if let Some((_, Some(version))) = &source {
@@ -299,14 +318,19 @@ pub async fn download(
                 if response.content_length().is_some_and(|len| len > limit) {
                     return Err(IngestError::TooLarge { limit });
                 }
-                let need = response.content_length().unwrap_or(limit);
+                let need = match response.content_length() {
+                    Some(len) => len,
+                    None => limit.min(room.limit().unwrap_or(u64::MAX)),
+                };
                 _promise = Some(room.promise(need, spool)?);
+                if response.content_length().is_none() {
+                    cap = need;
+                }
                 source = response
                     .content_length()
                     .map(|len| (len, resumable_by(response.headers())));
                 let len = source.as_ref().map(|(len, _)| *len);
-                match take_body(response, &mut file, &mut hasher, &mut length, (len, limit)).await?
-                {
+                match take_body(response, &mut file, &mut hasher, &mut length, (len, cap)).await? {
                     Some(broke_off) => broke_off,
                     None => break,
                 }
@@ -482,6 +506,20 @@ pub async fn upload(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_start_clears_what_interrupted_ingests_left_and_keeps_the_downloads_kept_for_a_retry() {
+        let spool = tempfile::tempdir().unwrap();
+        let kept = kept_download(spool.path(), "uid-1", "https://models.example/w", None);
+        std::fs::write(&kept, b"whole and checked").unwrap();
+        std::fs::write(spool.path().join(".tmpAbC123"), b"half a download").unwrap();
+        clear_unfinished(spool.path());
+        let left: Vec<_> = std::fs::read_dir(spool.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(left, vec![kept]);
+    }
 
     #[test]
     fn a_url_is_shown_without_its_credentials_query_or_fragment() {

@@ -291,6 +291,7 @@ pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
     context.operator.image_pull_secrets = options.image_pull_secrets.clone();
     context.operator.image_pull_policy = options.image_pull_policy.clone();
     context.spool_dir = options.spool_dir.clone();
+    crate::operator::ingest::clear_unfinished(&context.spool_dir);
     context.max_ingest_bytes = options.max_ingest_bytes;
     context.spool_room = crate::operator::spool_room::SpoolRoom::new(options.spool_limit);
     let reach = crate::operator::source_addresses::SourceReach::allowing(

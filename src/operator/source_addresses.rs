@@ -5,38 +5,49 @@
 //! with the node's credentials). Those addresses are refused, whether the
 //! URL names them, a name resolves to them or a redirect leads there,
 //! unless the operator is told to allow them (`--blob-sources-may-reach`).
-//! In-cluster services and everything else stay reachable.
+//! In-cluster services and everything else stay reachable. Through a
+//! proxy (HTTP_PROXY, HTTPS_PROXY in the operator's environment) names are
+//! resolved by the proxy: only addresses written in the URL are checked.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
-/// Addresses a Blob source may not reach unless allowed.
+/// Addresses a Blob source may not reach unless allowed. An IPv4 address
+/// written in IPv6 (mapped, compatible, translated, NAT64's 64:ff9b::/96)
+/// is judged by its IPv4 address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
 pub enum LocalAddresses {
-    /// 127.0.0.0/8, ::1 and the unspecified addresses (0.0.0.0, ::),
+    /// 127.0.0.0/8, ::1 and the unspecified addresses (0.0.0.0/8, ::),
     /// which reach the operator's own pod.
     Loopback,
-    /// 169.254.0.0/16, fe80::/10 and fd00:ec2::254: cloud metadata
-    /// endpoints live there.
+    /// 169.254.0.0/16 and fe80::/10, where cloud metadata endpoints live,
+    /// and the metadata addresses outside them (fd00:ec2::254 of AWS,
+    /// 100.100.100.200 of Alibaba Cloud).
     LinkLocal,
 }
 
 impl LocalAddresses {
     /// Which of them `ip` is, if any.
     pub fn of(ip: IpAddr) -> Option<LocalAddresses> {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
         match ip {
-            IpAddr::V4(v4) if v4.is_loopback() || v4.is_unspecified() => Some(Self::Loopback),
-            IpAddr::V4(v4) if v4.is_link_local() => Some(Self::LinkLocal),
-            IpAddr::V6(v6) if v6.is_loopback() || v6.is_unspecified() => Some(Self::Loopback),
-            IpAddr::V6(v6) if is_link_local_v6(v6) || v6 == AWS_METADATA_V6 => {
-                Some(Self::LinkLocal)
-            }
-            _ => None,
+            IpAddr::V4(v4) => Self::of_v4(v4),
+            IpAddr::V6(v6) => match embedded_v4(v6) {
+                Some(v4) => Self::of_v4(v4),
+                None if v6.is_loopback() || v6.is_unspecified() => Some(Self::Loopback),
+                None if is_link_local_v6(v6) || v6 == AWS_METADATA_V6 => Some(Self::LinkLocal),
+                None => None,
+            },
+        }
+    }
+
+    fn of_v4(v4: Ipv4Addr) -> Option<LocalAddresses> {
+        if v4.is_loopback() || v4.octets()[0] == 0 {
+            Some(Self::Loopback)
+        } else if v4.is_link_local() || v4 == ALIBABA_METADATA {
+            Some(Self::LinkLocal)
+        } else {
+            None
         }
     }
 
@@ -60,8 +71,28 @@ impl LocalAddresses {
 /// address, not link-local).
 const AWS_METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
 
+/// Alibaba Cloud's metadata service (in the shared address space).
+const ALIBABA_METADATA: Ipv4Addr = Ipv4Addr::new(100, 100, 100, 200);
+
 fn is_link_local_v6(ip: Ipv6Addr) -> bool {
     ip.segments()[0] & 0xffc0 == 0xfe80
+}
+
+/// The IPv4 address an IPv6 address carries in its last 32 bits, when it
+/// is one written in IPv6: mapped (::ffff:0:0/96), translated
+/// (::ffff:0:0:0/96), NAT64 (64:ff9b::/96, 64:ff9b:1::/48) or compatible
+/// (::/96, but :: and ::1).
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = ip.segments();
+    let last = Ipv4Addr::from((u32::from(s[6]) << 16) | u32::from(s[7]));
+    match s {
+        [0, 0, 0, 0, 0, 0xffff, _, _]
+        | [0, 0, 0, 0, 0xffff, 0, _, _]
+        | [0x64, 0xff9b, 0, 0, 0, 0, _, _]
+        | [0x64, 0xff9b, 1, _, _, _, _, _] => Some(last),
+        [0, 0, 0, 0, 0, 0, _, _] if !ip.is_loopback() && !ip.is_unspecified() => Some(last),
+        _ => None,
+    }
 }
 
 /// A URL source refused for where it leads.
@@ -215,6 +246,14 @@ mod tests {
             ("fe80::1", LocalAddresses::LinkLocal),
             ("febf::1", LocalAddresses::LinkLocal),
             ("fd00:ec2::254", LocalAddresses::LinkLocal),
+            ("0.1.2.3", LocalAddresses::Loopback),
+            ("100.100.100.200", LocalAddresses::LinkLocal),
+            // IPv4 written in IPv6: compatible, translated, NAT64.
+            ("::7f00:1", LocalAddresses::Loopback),
+            ("::ffff:0:a9fe:a9fe", LocalAddresses::LinkLocal),
+            ("64:ff9b::a9fe:a9fe", LocalAddresses::LinkLocal),
+            ("64:ff9b::7f00:1", LocalAddresses::Loopback),
+            ("64:ff9b:1::a9fe:a9fe", LocalAddresses::LinkLocal),
         ] {
             let refused = reach.check_address(address, ip(address)).unwrap_err();
             assert_eq!(refused.class, class, "{address}");
@@ -232,6 +271,8 @@ mod tests {
             "fd12::1",
             "fec0::1",
             "2001:db8::1",
+            "100.100.100.201",
+            "64:ff9b::808:808",
         ] {
             assert_eq!(
                 reach.check_address(address, ip(address)),

@@ -37,13 +37,8 @@ impl Drop for Promise {
     }
 }
 
-/// A download that does not fit on the spool now.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "the spool has no room for {need} bytes: it holds {held} of its {limit} bytes \
-     (downloads kept for a retry, or in flight), and {promised} more are promised to \
-     downloads in flight; it waits until those are stored"
-)]
+/// A download that does not fit on the spool now, or ever.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NoRoom {
     /// The bytes asked for.
     pub need: u64,
@@ -54,6 +49,41 @@ pub struct NoRoom {
     /// What downloads in flight were promised beyond what they wrote.
     pub promised: u64,
 }
+
+impl NoRoom {
+    /// Whether the download is larger than the whole spool: waiting does
+    /// not make it fit.
+    pub fn never_fits(&self) -> bool {
+        self.need > self.limit
+    }
+}
+
+impl std::fmt::Display for NoRoom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let NoRoom {
+            need,
+            limit,
+            held,
+            promised,
+        } = self;
+        if self.never_fits() {
+            write!(
+                f,
+                "the source of {need} bytes is larger than the spool's limit of {limit} bytes \
+                 (--spool-limit, the chart's operator.spoolSizeLimit)"
+            )
+        } else {
+            write!(
+                f,
+                "the spool has no room for {need} bytes: it holds {held} of its {limit} bytes \
+                 (downloads kept for a retry, or in flight), and {promised} more are promised \
+                 to downloads in flight; it waits until those are stored"
+            )
+        }
+    }
+}
+
+impl std::error::Error for NoRoom {}
 
 /// Whether `need` more bytes fit on a spool of `limit` holding `held`,
 /// with downloads in flight each promised `.0` and having written `.1`
@@ -76,6 +106,11 @@ pub fn fits(limit: u64, held: u64, in_flight: &[(u64, u64)], need: u64) -> Resul
 }
 
 impl SpoolRoom {
+    /// The most the spool may hold (`None`: no limit).
+    pub fn limit(&self) -> Option<u64> {
+        self.limit
+    }
+
     /// The room of a spool of at most `limit` bytes (`None`: no limit).
     pub fn new(limit: Option<u64>) -> Arc<Self> {
         Arc::new(Self {
@@ -142,6 +177,11 @@ mod tests {
         // One that wrote more than promised owes nothing more.
         assert_eq!(fits(100, 60, &[(50, 60)], 40), Ok(()));
         assert!(fits(u64::MAX, u64::MAX, &[(u64::MAX, 0)], 1).is_err());
+        // Waiting makes room, unless it is more than the whole spool.
+        assert!(!fits(100, 90, &[], 20).unwrap_err().never_fits());
+        let never = fits(100, 0, &[], 101).unwrap_err();
+        assert!(never.never_fits());
+        assert!(never.to_string().contains("larger than the spool's limit"));
     }
 
     #[test]

@@ -625,7 +625,7 @@ fn fold_in_fleet(
     if !fleet.retiring.is_empty() {
         let message = if fleet.shards_to_move == 0 {
             format!(
-                "spec.nodes is lower than the node pods running: {} moved their shards to the others and are being deleted",
+                "spec.nodes is lower than the node pods running: {} have no shards left to move and are deleted once the last moved are rebuilt and every blob is Healthy",
                 fleet.retiring.join(", ")
             )
         } else {
@@ -1358,7 +1358,7 @@ mod tests {
         assert!(
             progressing
                 .message
-                .contains("media-node-6 moved their shards")
+                .contains("media-node-6 have no shards left to move")
                 && !progressing.message.contains("still to move"),
             "{}",
             progressing.message
