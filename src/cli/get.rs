@@ -122,6 +122,14 @@ fn end_interrupted(download: Download, output: &Path) -> ! {
     std::process::exit(130);
 }
 
+/// The directory `path` is in (`.` for a bare name).
+fn directory_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
 /// Refuses an output that is a directory (given by name, or ending in
 /// `/`), or whose directory does not exist, before anything is
 /// downloaded.
@@ -130,10 +138,7 @@ fn check_output(output: &Path) -> anyhow::Result<()> {
     if output.is_dir() || output.as_os_str().to_string_lossy().ends_with('/') {
         anyhow::bail!("{shown} is a directory: name the file to write (-o {shown}/NAME)");
     }
-    let parent = match output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let parent = directory_of(output);
     anyhow::ensure!(
         parent.is_dir(),
         "cannot write {shown}: the directory {} does not exist",
@@ -341,7 +346,7 @@ fn followed(output: &Path) -> PathBuf {
     std::fs::canonicalize(output).unwrap_or_else(|_| {
         // A link to a file not there yet: the file it names.
         match std::fs::read_link(output) {
-            Ok(target) => output.parent().unwrap_or(Path::new(".")).join(target),
+            Ok(target) => directory_of(output).join(target),
             Err(_) => output.to_path_buf(),
         }
     })
@@ -375,10 +380,7 @@ fn end_if_reader_gone(error: &std::io::Error) {
 /// file it replaces, or that of a new file.
 fn partial_beside(output: &Path) -> std::io::Result<tempfile::NamedTempFile> {
     use std::os::unix::fs::PermissionsExt as _;
-    let dir = match output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let dir = directory_of(output);
     let mut prefix = output.file_name().unwrap_or_default().to_os_string();
     prefix.push(".");
     // Created with this mode less the umask, as a new file would be.
