@@ -173,7 +173,8 @@ impl BenchCommand {
     }
 
     /// Runs the bench and prints its report. A fleet bench interrupted
-    /// (Ctrl-C, SIGTERM) cleans up, then ends the process with exit 130.
+    /// (Ctrl-C, SIGTERM) cleans up, then ends the process with 128 + the
+    /// signal (130, 143).
     pub(crate) fn run(self) -> anyhow::Result<()> {
         let result = match self {
             Self::Codec(args) => bench_codec(args),
@@ -185,12 +186,16 @@ impl BenchCommand {
         if let Err(error) = &result {
             if error.downcast_ref::<Interrupted>().is_some() {
                 eprintln!("{error}");
-                std::process::exit(130);
+                let signal = STOPPED_BY.get().copied();
+                std::process::exit(signal.unwrap_or(crate::StopSignal::Interrupt).exit_code());
             }
         }
         result
     }
 }
+
+/// The signal that stopped a fleet bench.
+static STOPPED_BY: std::sync::OnceLock<crate::StopSignal> = std::sync::OnceLock::new();
 
 /// A stop request made by the first Ctrl-C (SIGINT) or SIGTERM, so that a
 /// fleet bench resumes and stops its nodes and removes its files instead
@@ -198,22 +203,13 @@ impl BenchCommand {
 /// once. The handlers are installed here, before the bench starts
 /// anything; call within the runtime.
 fn stop_on_signal() -> anyhow::Result<StopRequest> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
     let (request, requested) = tokio::sync::watch::channel(false);
+    let mut signals = crate::StopSignals::new();
     tokio::spawn(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
+        let _ = STOPPED_BY.set(signals.next().await);
         eprintln!("stopping: the fleet's nodes and files go first (a second signal ends at once)");
         let _ = request.send(true);
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
-        std::process::exit(130);
+        std::process::exit(signals.next().await.exit_code());
     });
     Ok(StopRequest::new(requested))
 }

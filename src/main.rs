@@ -445,16 +445,64 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// that comes while `dev` is still starting its nodes is kept for the
 /// loop, instead of ending the process and leaving the nodes running.
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let stop = stop_signal();
     async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = term.recv() => {}
+        stop.await;
+    }
+}
+
+/// The signal that asked a command to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopSignal {
+    /// SIGINT (Ctrl-C).
+    Interrupt,
+    /// SIGTERM.
+    Terminate,
+}
+
+impl StopSignal {
+    /// The exit status of a command that stopped for it: 128 plus the
+    /// signal's number, as a shell reports a process the signal ended.
+    fn exit_code(self) -> i32 {
+        128 + match self {
+            StopSignal::Interrupt => libc::SIGINT,
+            StopSignal::Terminate => libc::SIGTERM,
         }
     }
 }
+
+/// Completes on Ctrl-C (SIGINT) or SIGTERM with which came first; the
+/// handlers are installed when this is called (see [`shutdown_signal`]).
+fn stop_signal() -> impl std::future::Future<Output = StopSignal> {
+    let mut signals = StopSignals::new();
+    async move { signals.next().await }
+}
+
+/// Listens for SIGINT and SIGTERM from its making on.
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Installs the handlers; call within the runtime.
+    fn new() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        StopSignals {
+            interrupt: signal(SignalKind::interrupt()).expect("SIGINT handler"),
+            terminate: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+        }
+    }
+
+    /// The next of the two to come.
+    async fn next(&mut self) -> StopSignal {
+        tokio::select! {
+            _ = self.interrupt.recv() => StopSignal::Interrupt,
+            _ = self.terminate.recv() => StopSignal::Terminate,
+        }
+    }
+}
+
 // Segment-sized buffers are freed and allocated again for every segment.
 // glibc (and jemalloc, for zeroed requests) give such pages back to the
 // kernel, which must fault and zero them again on the next touch: measured

@@ -247,7 +247,7 @@ async fn reconcile_by(
 /// The same, with the reconcile's result, which may be an error.
 async fn try_reconcile_by(
     before: Option<Arc<Context>>,
-    mut api: MockApi,
+    api: MockApi,
     cluster: StorageCluster,
     pods: Vec<Value>,
     claims: Vec<Value>,
@@ -257,15 +257,7 @@ async fn try_reconcile_by(
     Vec<Seen>,
     Arc<Context>,
 ) {
-    api.objects
-        .insert(CLUSTER.into(), serde_json::to_value(&cluster).unwrap());
-    api.lists.insert(format!("{NS}/pods"), pods);
-    api.lists
-        .insert(format!("{NS}/persistentvolumeclaims"), claims);
-    api.lists.insert(format!("{GROUP}/blobs"), vec![]);
-    api.lists
-        .insert("/api/v1/nodes".into(), kubernetes_nodes(10));
-    let (client, recorded) = api.serve();
+    let (client, recorded) = serve_cluster(api, &cluster, pods, claims);
     // The fake kubelet of the CA rotation tests writes Secrets at once.
     let mut ctx = Context::new(client, "redstuff:test")
         .with_endpoints(endpoints)
@@ -279,6 +271,25 @@ async fn try_reconcile_by(
     let ctx = Arc::new(ctx);
     let result = reconcile_cluster(Arc::new(cluster), ctx.clone()).await;
     (result, recorded.take(), ctx)
+}
+
+/// Serves `api` holding `cluster`, its `pods` and `claims`, no Blobs and
+/// ten Kubernetes nodes.
+fn serve_cluster(
+    mut api: MockApi,
+    cluster: &StorageCluster,
+    pods: Vec<Value>,
+    claims: Vec<Value>,
+) -> (kube::Client, support::Recorded) {
+    api.objects
+        .insert(CLUSTER.into(), serde_json::to_value(cluster).unwrap());
+    api.lists.insert(format!("{NS}/pods"), pods);
+    api.lists
+        .insert(format!("{NS}/persistentvolumeclaims"), claims);
+    api.lists.insert(format!("{GROUP}/blobs"), vec![]);
+    api.lists
+        .insert("/api/v1/nodes".into(), kubernetes_nodes(10));
+    api.serve()
 }
 
 /// "METHOD /path" of every request but reads.
@@ -1051,6 +1062,45 @@ async fn a_node_pod_back_on_an_empty_volume_has_its_pairs_rebuilt_and_the_wait_i
     assert_eq!(status["blobs"]["healthy"], 1, "{status:#}");
     assert_eq!(status["phase"], "Ready");
     assert_eq!(delay.get_sample_count(), 1, "measured once per loss");
+}
+
+#[tokio::test]
+async fn a_blob_an_ingest_stores_is_not_recorded_as_an_upload_while_the_ingest_is_in_flight() {
+    let NodeBackEmpty {
+        endpoints,
+        written,
+        _nodes,
+        _dirs,
+        ..
+    } = node_2_back_empty().await;
+    let cluster = cluster(4, 4, Some(settled_status(4, 4).await));
+    let (client, recorded) = serve_cluster(api_with_tokens(), &cluster, ready_pods(4), claims(4));
+    let ctx = Arc::new(Context::new(client, "redstuff:test").with_endpoints(endpoints));
+    let record_made = |seen: &[Seen]| {
+        seen.iter()
+            .find(|s| s.path.starts_with(&format!("{GROUP}/blobs/media-upload-")))
+            .map(|s| s.body["spec"]["source"]["upload"]["blobId"].clone())
+    };
+    // An ingest of a Blob uploads to the cluster: the fleet holds its
+    // blob, which its Blob names only once its status is written.
+    let uploading = ctx
+        .uploads_in_flight
+        .begin(&("storage".to_string(), "media".to_string()))
+        .await;
+    reconcile_cluster(Arc::new(cluster.clone()), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(record_made(&recorded.take()), None, "not an upload's");
+    // Ended without naming it (its status write failed, say): an upload
+    // it is, as far as any Blob says.
+    drop(uploading);
+    reconcile_cluster(Arc::new(cluster), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        record_made(&recorded.take()),
+        Some(json!(written.metadata.blob_id().to_string()))
+    );
 }
 
 /// A fleet of four real nodes that own what files say, as node pods own

@@ -38,7 +38,7 @@ pub async fn get(
     if !to_stdout {
         check_output(output)?;
     }
-    let interrupted = crate::shutdown_signal();
+    let interrupted = crate::stop_signal();
     tokio::pin!(interrupted);
     let policy = RetryPolicy::with_retries(retries);
     let http = http(ca)?;
@@ -71,12 +71,13 @@ pub async fn get(
         }
     };
     let received = tokio::select! {
-        received = attempts => Some(received),
-        () = &mut interrupted => None,
+        received = attempts => Ok(received),
+        signal = &mut interrupted => Err(signal),
     };
     download.bar.finish_and_clear();
-    let Some(received) = received else {
-        end_interrupted(download, output)
+    let received = match received {
+        Ok(received) => received,
+        Err(signal) => end_interrupted(download, output, signal),
     };
     let Some(sink) = download.sink.take() else {
         // Nothing was answered: nothing was opened.
@@ -91,11 +92,8 @@ pub async fn get(
             // Until the partial is durable an interruption still leaves
             // the target as it was; the rename is not interrupted.
             let durable = tokio::select! {
-                durable = f.finish() => Some(durable),
-                () = &mut interrupted => None,
-            };
-            let Some(durable) = durable else {
-                end_interrupted(download, output)
+                durable = f.finish() => durable,
+                signal = &mut interrupted => end_interrupted(download, output, signal),
             };
             durable.with_context(|| format!("cannot write {written}"))?;
             let partial = download.partial.take().expect("a file has its partial");
@@ -110,8 +108,8 @@ pub async fn get(
 }
 
 /// Ends a download interrupted by SIGINT or SIGTERM: its partial file
-/// goes, and the process ends with 130.
-fn end_interrupted(download: Download, output: &Path) -> ! {
+/// goes, and the process ends with 128 + the signal (130, 143).
+fn end_interrupted(download: Download, output: &Path, signal: crate::StopSignal) -> ! {
     let replaces = !download.to_stdout && !download.in_place;
     drop(download);
     if replaces {
@@ -119,7 +117,7 @@ fn end_interrupted(download: Download, output: &Path) -> ! {
     } else {
         eprintln!("interrupted");
     }
-    std::process::exit(130);
+    std::process::exit(signal.exit_code());
 }
 
 /// The directory `path` is in (`.` for a bare name).

@@ -493,8 +493,11 @@ pub async fn reconcile_cluster(
     // Blobs recorded before the inventories are read: a Blob deleted after
     // this list still counts as recorded, so its slivers going away in
     // between never make it reappear.
+    // Nor may an ingest be uploading: the bytes it stores are named by its
+    // Blob only once its status is written (after this list).
     let blob_records: Api<Blob> = Api::namespaced(client.clone(), &namespace);
-    let recorded = if cluster.spec.record_uploads == Some(false) {
+    let quiet = ctx.uploads_in_flight.none_in_flight(&key);
+    let recorded = if cluster.spec.record_uploads == Some(false) || quiet.is_none() {
         None
     } else {
         match upload_records::recorded_blob_ids(&blob_records, &name).await {
@@ -539,8 +542,10 @@ pub async fn reconcile_cluster(
     }
     // Without the list of Blobs, no upload is recorded this time (a record
     // must never be made for a Blob that was just deleted); nor when the
-    // cluster does not record uploads.
-    if let Some(recorded) = &recorded {
+    // cluster does not record uploads, nor when an ingest began uploading
+    // since the list (its blob may be in the view, its Blob not naming it).
+    let no_ingest_since = quiet.is_some_and(|q| ctx.uploads_in_flight.none_began_since(&key, q));
+    if let Some(recorded) = recorded.as_ref().filter(|_| no_ingest_since) {
         let recording = super::upload_recorder::Recording {
             ctx: &ctx,
             cluster: &cluster,

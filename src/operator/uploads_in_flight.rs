@@ -1,10 +1,14 @@
-//! Blob ingests uploading to a cluster, and deletes of the cluster's
-//! blobs, kept apart. Blobs are content-addressed: an ingest may be storing
-//! the very bytes another Blob of the cluster is being deleted for, and its
-//! id is known only once its status is written, so a delete racing it
-//! could leave the new Blob naming bytes a tombstone removed. A delete
-//! therefore waits (retried) while an upload is in flight, until its Blob
-//! names what it stored, and an upload waits while a delete runs.
+//! Blob ingests uploading to a cluster, kept apart from what must not
+//! overlap them. Blobs are content-addressed, and an ingest's blob id is
+//! known to the API only once its Blob's status is written, so until then
+//! the fleet holds bytes no Blob names:
+//! - a delete racing the ingest could leave the new Blob naming bytes a
+//!   tombstone removed: a delete waits (retried) while an upload is in
+//!   flight, and an upload waits while a delete runs;
+//! - the upload recorder would take them for an upload through the gateway
+//!   and make a record naming them (deleting the Blob then kept its bytes
+//!   for the record): uploads are recorded only from a list of Blobs taken
+//!   while no upload was in flight, and only if none began since.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -15,12 +19,36 @@ use super::context::ClusterKey;
 
 /// Uploads and deletes per cluster.
 #[derive(Debug, Clone, Default)]
-pub struct UploadsInFlight(Arc<Mutex<BTreeMap<ClusterKey, Arc<RwLock<()>>>>>);
+pub struct UploadsInFlight(Arc<Mutex<BTreeMap<ClusterKey, Arc<ClusterUploads>>>>);
 
-/// One upload in flight: deletes of its cluster wait until it is dropped.
+/// One cluster's uploads.
+#[derive(Debug, Default)]
+struct ClusterUploads {
+    /// Read by uploads, written by deletes.
+    exclusion: Arc<RwLock<()>>,
+    /// Uploads in flight, and uploads ever begun.
+    counts: Mutex<UploadCounts>,
+}
+
+/// Uploads in flight, and uploads ever begun.
+#[derive(Debug, Default, Clone, Copy)]
+struct UploadCounts {
+    in_flight: usize,
+    begun: u64,
+}
+
+/// One upload in flight: deletes of its cluster wait, and its uploads are
+/// not recorded, until it is dropped (once its Blob names what it stored).
 #[derive(Debug)]
 pub struct UploadInFlight {
+    uploads: Arc<ClusterUploads>,
     _guard: OwnedRwLockReadGuard<()>,
+}
+
+impl Drop for UploadInFlight {
+    fn drop(&mut self) {
+        self.uploads.counts.lock().expect("not poisoned").in_flight -= 1;
+    }
 }
 
 /// One delete under way: uploads to its cluster wait until it is dropped.
@@ -29,8 +57,15 @@ pub struct DeleteUnderWay {
     _guard: OwnedRwLockWriteGuard<()>,
 }
 
+/// A moment no upload to a cluster was in flight: every blob an ingest
+/// stored before it is named by its Blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoUploadInFlight {
+    begun: u64,
+}
+
 impl UploadsInFlight {
-    fn of(&self, cluster: &ClusterKey) -> Arc<RwLock<()>> {
+    fn of(&self, cluster: &ClusterKey) -> Arc<ClusterUploads> {
         self.0
             .lock()
             .expect("not poisoned")
@@ -42,10 +77,17 @@ impl UploadsInFlight {
     /// Counts an upload to `cluster` until the guard is dropped, once no
     /// delete of the cluster's blobs is under way.
     pub fn begin(&self, cluster: &ClusterKey) -> impl std::future::Future<Output = UploadInFlight> {
-        let lock = self.of(cluster);
+        let uploads = self.of(cluster);
         async move {
+            let guard = uploads.exclusion.clone().read_owned().await;
+            {
+                let mut counts = uploads.counts.lock().expect("not poisoned");
+                counts.in_flight += 1;
+                counts.begun += 1;
+            }
             UploadInFlight {
-                _guard: lock.read_owned().await,
+                uploads,
+                _guard: guard,
             }
         }
     }
@@ -53,8 +95,24 @@ impl UploadsInFlight {
     /// A delete of `cluster`'s blobs, holding uploads off until the guard
     /// is dropped; `None` while an upload is in flight.
     pub fn delete(&self, cluster: &ClusterKey) -> Option<DeleteUnderWay> {
-        let guard = self.of(cluster).try_write_owned().ok()?;
+        let guard = self.of(cluster).exclusion.clone().try_write_owned().ok()?;
         Some(DeleteUnderWay { _guard: guard })
+    }
+
+    /// Now, if no upload to `cluster` is in flight: Blobs listed after it
+    /// name every blob an ingest stored before it.
+    pub fn none_in_flight(&self, cluster: &ClusterKey) -> Option<NoUploadInFlight> {
+        let counts = *self.of(cluster).counts.lock().expect("not poisoned");
+        (counts.in_flight == 0).then_some(NoUploadInFlight {
+            begun: counts.begun,
+        })
+    }
+
+    /// Whether no upload to `cluster` began since `since`: then whatever
+    /// the fleet holds that Blobs listed after `since` do not name was not
+    /// stored by an ingest.
+    pub fn none_began_since(&self, cluster: &ClusterKey, since: NoUploadInFlight) -> bool {
+        self.of(cluster).counts.lock().expect("not poisoned").begun == since.begun
     }
 }
 
@@ -91,5 +149,26 @@ mod tests {
         drop(deleting);
         let after = tokio::time::timeout(Duration::from_secs(5), uploads.begin(&key("media")));
         assert!(after.await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn uploads_are_recorded_only_from_a_moment_none_was_in_flight_and_none_began_since() {
+        let uploads = UploadsInFlight::default();
+        let quiet = uploads.none_in_flight(&key("media")).expect("none yet");
+        assert!(uploads.none_began_since(&key("media"), quiet));
+        let uploading = uploads.begin(&key("media")).await;
+        assert!(
+            !uploads.none_began_since(&key("media"), quiet),
+            "an upload began after the Blobs were listed"
+        );
+        assert_eq!(uploads.none_in_flight(&key("media")), None);
+        let other = uploads.none_in_flight(&key("other")).unwrap();
+        drop(uploading);
+        // Begun and ended between the two looks: its Blob may have been
+        // listed before it named the blob.
+        assert!(!uploads.none_began_since(&key("media"), quiet));
+        let after = uploads.none_in_flight(&key("media")).expect("it ended");
+        assert!(uploads.none_began_since(&key("media"), after));
+        assert!(uploads.none_began_since(&key("other"), other));
     }
 }

@@ -170,6 +170,7 @@ spec:
 "#
     ))?;
     let (gateway, http) = e2e.gateway(CLUSTER)?;
+    let mut ingested = Vec::new();
     for (name, expected) in [
         ("settings", content.as_bytes().to_vec()),
         ("dataset", url_bytes),
@@ -181,6 +182,17 @@ spec:
             code == 200 && back == expected,
             "{name}: GET {code}, {} bytes",
             back.len()
+        );
+        ingested.push(id.to_string());
+    }
+    // An ingest's blob is its Blob's, never taken for an upload through
+    // the gateway (a record naming it kept it when its Blob was deleted).
+    for record in e2e.list("blobs", NS, "")? {
+        let named = record["spec"]["source"]["upload"]["blobId"].as_str();
+        anyhow::ensure!(
+            !named.is_some_and(|id| ingested.iter().any(|i| i == id)),
+            "the ingested blob {named:?} was recorded as an upload: {}",
+            record["metadata"]["name"]
         );
     }
     Ok(())

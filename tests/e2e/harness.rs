@@ -315,6 +315,30 @@ impl E2e {
             .ok_or_else(|| anyhow::anyhow!("the Lease has no holder"))
     }
 
+    /// The last Events of the test namespace and the leading operator's
+    /// last log lines, or why they could not be read.
+    pub fn what_the_cluster_said(&self) -> String {
+        let events = self
+            .kubectl(&[
+                "-n",
+                NS,
+                "get",
+                "events",
+                "--sort-by=.lastTimestamp",
+                "-o",
+                "custom-columns=LAST:.lastTimestamp,TYPE:.type,REASON:.reason,OBJECT:.involvedObject.name,MESSAGE:.message",
+            ])
+            .unwrap_or_else(|e| format!("{e:#}"));
+        let log = self
+            .leader()
+            .and_then(|leader| self.kubectl(&["-n", RELEASE_NS, "logs", &leader, "--tail=40"]))
+            .unwrap_or_else(|e| format!("{e:#}"));
+        format!(
+            "--- the last Events in {NS}:\n{}\n--- the leading operator's last log lines:\n{log}",
+            last_lines(&events, 25)
+        )
+    }
+
     /// Sends `signal` to the processes of `pod`'s first container, from
     /// this host (the local cluster's and kind's containers are processes
     /// of this machine, found by the container id in their cgroup); how
@@ -473,6 +497,12 @@ pub fn pattern(len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// The last `count` lines of `text`.
+fn last_lines(text: &str, count: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(count)..].join("\n")
+}
+
 /// The manifests of a directory, with their text.
 pub fn manifests(dir: &Path) -> Vec<(PathBuf, String)> {
     let mut found: Vec<(PathBuf, String)> = std::fs::read_dir(dir)
@@ -490,13 +520,25 @@ pub fn manifests(dir: &Path) -> Vec<(PathBuf, String)> {
 }
 
 /// Records scenarios: each runs, is timed and reported; the run fails at
-/// the end if any did.
-#[derive(Default)]
-pub struct Report {
+/// the end if any did, with what the cluster said when each failed.
+pub struct Report<'a> {
+    e2e: &'a E2e,
     failures: Vec<String>,
+    /// Per failed scenario: its namespace's last Events and the leading
+    /// operator's last log lines, taken when it failed.
+    said: Vec<String>,
 }
 
-impl Report {
+impl<'a> Report<'a> {
+    /// A report of scenarios run on `e2e`.
+    pub fn new(e2e: &'a E2e) -> Self {
+        Report {
+            e2e,
+            failures: Vec::new(),
+            said: Vec::new(),
+        }
+    }
+
     /// Runs one scenario; `required` ones stop the run when they fail.
     pub async fn scenario(
         &mut self,
@@ -516,6 +558,8 @@ impl Report {
             Err(e) => {
                 eprintln!("--- FAIL {name} ({took:.1} s): {e:#}");
                 self.failures.push(format!("{name}: {e:#}"));
+                self.said
+                    .push(format!("=== {name}\n{}", self.e2e.what_the_cluster_said()));
                 !required
             }
         }
@@ -523,6 +567,9 @@ impl Report {
 
     /// Fails the test if any scenario failed.
     pub fn finish(self) {
+        for said in &self.said {
+            eprintln!("\n{said}");
+        }
         assert!(
             self.failures.is_empty(),
             "{} scenarios failed:\n{}",

@@ -30,7 +30,7 @@ use harness::{E2e, Report};
 #[ignore = "needs a cluster made for it: scripts/test runs it on the local cluster"]
 async fn the_operator_keeps_its_promises_on_a_real_cluster() {
     let e2e = E2e::from_env().unwrap();
-    let mut report = Report::default();
+    let mut report = Report::new(&e2e);
     let installed = report
         .scenario(
             "the chart installs with helm: CRDs, RBAC, two operator replicas, one leading",
@@ -51,7 +51,7 @@ async fn the_operator_keeps_its_promises_on_a_real_cluster() {
     report.finish();
 }
 
-async fn run_scenarios(e2e: &E2e, report: &mut Report) {
+async fn run_scenarios(e2e: &E2e, report: &mut Report<'_>) {
     report
         .scenario(
             "every example is admitted and every invalid one refused by the API server",
