@@ -95,18 +95,9 @@ async fn a_config_map_key_is_stored_through_the_gateway_and_its_health_comes_fro
 {
     let fleet = TestFleet::start(4).await;
     let content = "{\"layers\": 32}\n".repeat(2000);
-    let config_map = json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "settings", "namespace": "storage"},
-        "data": {"model.json": content}
-    });
     let c = cluster(4);
     let b = blob("weights", config_map_source());
-    let mock = api(
-        Some(&c),
-        &[&b],
-        &[(format!("{NS}/configmaps/settings"), config_map)],
-    );
+    let mock = api(Some(&c), &[&b], &[settings(&content)]);
     let (client, recorded) = mock.clone().serve();
     let ctx = Arc::new(test_context(client).with_endpoints(fleet.endpoints()));
     reconcile_blob(Arc::new(b.clone()), ctx.clone())
@@ -148,6 +139,101 @@ async fn a_config_map_key_is_stored_through_the_gateway_and_its_health_comes_fro
     assert_eq!(status["size"], content.len());
     assert_eq!(condition(&status, "Healthy"), ("True", "AllShardsValid"));
     assert!(events(&seen).contains(&"BlobHealthy".to_string()));
+}
+
+/// The settings ConfigMap holding `content`, for `config_map_source`.
+fn settings(content: &str) -> (String, Value) {
+    (
+        format!("{NS}/configmaps/settings"),
+        json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "settings", "namespace": "storage"},
+            "data": {"model.json": content}
+        }),
+    )
+}
+
+/// Reconciles Blob `b` of `cluster(4)` on `fleet` once with every status
+/// write after the "Ingesting" one failing: the ingest stores its bytes,
+/// its status never names them. The context, holding what it stored,
+/// and the id the fleet holds.
+async fn ingest_whose_status_write_fails(fleet: &TestFleet, b: &Blob) -> (Arc<Context>, String) {
+    let mut mock = api(Some(&cluster(4)), &[b], &[settings("{\"layers\": 32}\n")]);
+    mock.status_writes_before_failing = Some(1);
+    let (client, recorded) = mock.serve();
+    let ctx = Arc::new(test_context(client).with_endpoints(fleet.endpoints()));
+    let failed = reconcile_blob(Arc::new(b.clone()), ctx.clone()).await;
+    assert!(failed.is_err(), "the status write failed: {failed:?}");
+    assert!(events(&recorded.take()).contains(&"Ingested".to_string()));
+    let held = fleet.held().await;
+    assert_eq!(held[0].len(), 1, "stored: {held:?}");
+    let id = held[0].iter().next().unwrap().clone();
+    (ctx, id)
+}
+
+/// A new operator context on `api` that remembers what `before` stored.
+fn same_process(
+    before: &Context,
+    api: MockApi,
+    fleet: &TestFleet,
+) -> (Arc<Context>, support::Recorded) {
+    let (client, recorded) = api.serve();
+    let mut ctx = test_context(client).with_endpoints(fleet.endpoints());
+    ctx.stored_ingests = before.stored_ingests.clone();
+    (Arc::new(ctx), recorded)
+}
+
+#[tokio::test]
+async fn an_ingest_whose_status_write_failed_is_named_next_time_without_fetching_again_and_is_never_taken_for_an_upload(
+) {
+    let fleet = TestFleet::start(4).await;
+    let b = blob("weights", config_map_source());
+    let (ctx, id) = ingest_whose_status_write_fails(&fleet, &b).await;
+
+    // No Blob names the blob, yet it is the ingest's: no upload record.
+    let (cluster_ctx, recorded) = same_process(&ctx, api(Some(&cluster(4)), &[&b], &[]), &fleet);
+    reconcile_cluster(Arc::new(cluster(4)), cluster_ctx)
+        .await
+        .unwrap();
+    let requests = lines(&recorded.take());
+    assert!(
+        !requests.iter().any(|l| l.contains("/blobs/media-upload-")),
+        "{requests:#?}"
+    );
+
+    // The next reconcile writes the id; the source is not read again.
+    let (ctx, recorded) = same_process(&ctx, api(Some(&cluster(4)), &[&b], &[]), &fleet);
+    reconcile_blob(Arc::new(b.clone()), ctx.clone())
+        .await
+        .unwrap();
+    let seen = recorded.take();
+    let status = status_patches(&seen, "weights").pop().unwrap();
+    assert_eq!(status["blobId"], json!(id));
+    assert_eq!(condition(&status, "Ingested"), ("True", "Stored"));
+    assert!(
+        !lines(&seen).iter().any(|l| l.contains("/configmaps/")),
+        "fetched again: {:#?}",
+        lines(&seen)
+    );
+    assert_eq!(ctx.stored_ingests.of("uid-weights"), None, "named now");
+}
+
+#[tokio::test]
+async fn a_blob_deleted_before_its_status_named_what_its_ingest_stored_deletes_it() {
+    let fleet = TestFleet::start(4).await;
+    let b = blob("weights", config_map_source());
+    let (ctx, id) = ingest_whose_status_write_fails(&fleet, &b).await;
+    let mut gone = b.clone();
+    gone.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    let (ctx, recorded) = same_process(&ctx, api(Some(&cluster(4)), &[&gone], &[]), &fleet);
+    reconcile_blob(Arc::new(gone), ctx.clone()).await.unwrap();
+    assert!(
+        fleet.held().await.iter().all(|h| !h.contains(&id)),
+        "its bytes were left"
+    );
+    assert!(events(&recorded.take()).contains(&"SliversDeleted".to_string()));
 }
 
 #[tokio::test]

@@ -73,10 +73,14 @@ async fn apply_blob(blob: &Blob, ctx: &Context, namespace: &str) -> Result<Actio
     let generation = blob.metadata.generation;
     let cluster = clusters.get_opt(&blob.spec.cluster).await?;
 
+    let uid = blob.uid().unwrap_or_default();
+    // An ingest whose status write failed is not done again: its id is
+    // written now.
     let mut blob_id = previous
         .blob_id
         .clone()
-        .or_else(|| blob.spec.source.upload.as_ref().map(|u| u.blob_id.clone()));
+        .or_else(|| blob.spec.source.upload.as_ref().map(|u| u.blob_id.clone()))
+        .or_else(|| ctx.stored_ingests.of(&uid));
     let mut ingest_state = IngestState::Done;
     let mut retry = Duration::from_secs(60);
     let mut _uploading = None;
@@ -110,6 +114,11 @@ async fn apply_blob(blob: &Blob, ctx: &Context, namespace: &str) -> Result<Actio
                         Ok((id, resumes, uploading)) => {
                             // Until the status names the id, below.
                             _uploading = Some(uploading);
+                            ctx.stored_ingests.stored(
+                                &uid,
+                                (namespace.to_string(), cluster.name_any()),
+                                id.clone(),
+                            );
                             let resumed = match resumes {
                                 0 => String::new(),
                                 1 => " (the download broke off once and went on where it stopped)"
@@ -176,7 +185,11 @@ async fn apply_blob(blob: &Blob, ctx: &Context, namespace: &str) -> Result<Actio
         }
     }
     let deleted_elsewhere = status.health == Some(BlobHealth::Deleted);
+    let names_id = status.blob_id.is_some();
     let written = write_status_if_changed(&blobs, blob, &mut current, status).await?;
+    if names_id {
+        ctx.stored_ingests.named(&uid);
+    }
     if deleted_elsewhere && upload_records::is_operator_record(blob) {
         // Guarded by the version the status write made, not the one read.
         let version = written.or_else(|| blob.resource_version());
@@ -385,15 +398,32 @@ async fn cleanup_blob(
     ctx: &Context,
     namespace: &str,
 ) -> Result<Action, ReconcileError> {
-    ingest::forget_downloads(&ctx.spool_dir, &blob.uid().unwrap_or_default());
+    let uid = blob.uid().unwrap_or_default();
+    ingest::forget_downloads(&ctx.spool_dir, &uid);
     let Some(id) = blob
         .status
         .as_ref()
         .and_then(|s| s.blob_id.clone())
         .or_else(|| blob.spec.source.upload.as_ref().map(|u| u.blob_id.clone()))
+        .or_else(|| ctx.stored_ingests.of(&uid))
     else {
         return Ok(Action::await_change());
     };
+    let deleted = delete_named(blob, ctx, namespace, id).await;
+    if deleted.is_ok() {
+        ctx.stored_ingests.named(&uid);
+    }
+    deleted
+}
+
+/// Deletes blob `id`, which `blob` names, unless another Blob names it too
+/// or it goes with its cluster; an error while the nodes cannot be reached.
+async fn delete_named(
+    blob: &Blob,
+    ctx: &Context,
+    namespace: &str,
+    id: String,
+) -> Result<Action, ReconcileError> {
     let clusters: Api<StorageCluster> = Api::namespaced(ctx.client.clone(), namespace);
     let Some(cluster) = clusters.get_opt(&blob.spec.cluster).await? else {
         // The cluster and its nodes are gone: nothing is left to delete.
@@ -431,7 +461,11 @@ async fn cleanup_blob(
                     .as_ref()
                     .map(|u| u.blob_id.as_str()))
                 == Some(id.as_str())
-    });
+    }) || ctx.stored_ingests.stored_for_another(
+        &blob.uid().unwrap_or_default(),
+        &(namespace.to_string(), cluster.name_any()),
+        &id,
+    );
     if shared {
         ctx.publish(
             blob,

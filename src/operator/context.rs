@@ -323,6 +323,8 @@ pub struct Context {
     /// Ingests uploading to each cluster until their Blob names the id,
     /// and deletes of its blobs, kept apart.
     pub uploads_in_flight: super::uploads_in_flight::UploadsInFlight,
+    /// Ids ingests stored that their Blob's status may not name yet.
+    pub stored_ingests: super::stored_ingests::StoredIngests,
     /// The ingest slots (`max_concurrent_ingests` permits): a Blob whose
     /// source finds none waits, Queued.
     pub ingest_slots: std::sync::Arc<tokio::sync::Semaphore>,
@@ -358,6 +360,7 @@ impl Context {
             max_ingest_bytes: 64 << 30,
             max_concurrent_ingests: DEFAULT_MAX_CONCURRENT_INGESTS,
             uploads_in_flight: Default::default(),
+            stored_ingests: Default::default(),
             ingest_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(
                 DEFAULT_MAX_CONCURRENT_INGESTS,
             )),

@@ -497,11 +497,17 @@ pub async fn reconcile_cluster(
     // Blob only once its status is written (after this list).
     let blob_records: Api<Blob> = Api::namespaced(client.clone(), &namespace);
     let quiet = ctx.uploads_in_flight.none_in_flight(&key);
+    // Ingests whose status write failed name theirs from memory; taken
+    // before the list, as one is forgotten only once its status names it.
+    let stored_by_ingests = ctx.stored_ingests.ids_in(&key);
     let recorded = if cluster.spec.record_uploads == Some(false) || quiet.is_none() {
         None
     } else {
         match upload_records::recorded_blob_ids(&blob_records, &name).await {
-            Ok(ids) => Some(ids),
+            Ok(mut ids) => {
+                ids.ids.extend(stored_by_ingests);
+                Some(ids)
+            }
             Err(e) => {
                 failures.note("list Blobs", Err::<(), _>(e));
                 None

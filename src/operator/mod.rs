@@ -30,6 +30,7 @@ pub mod run;
 pub mod source_addresses;
 pub mod spool_room;
 pub mod status;
+pub mod stored_ingests;
 mod upload_recorder;
 pub mod upload_records;
 pub mod uploads_in_flight;

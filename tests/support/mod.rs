@@ -133,6 +133,9 @@ pub struct MockApi {
     /// Paths whose server-side apply is refused: status code and message
     /// (an immutable field, a quota, a conflict).
     pub refused_applies: BTreeMap<String, (u16, String)>,
+    /// Status writes answered before every later one fails (503, as
+    /// while the API server is away); `None`: all are answered.
+    pub status_writes_before_failing: Option<usize>,
 }
 
 /// A list answer as the API server pages it: all of `items`, or with
@@ -167,6 +170,7 @@ impl MockApi {
         let seen = recorded.clone();
         tokio::spawn(async move {
             let mut objects = self.objects;
+            let mut status_writes = 0;
             while let Some((request, send)) = handle.next_request().await {
                 let (parts, body) = request.into_parts();
                 let bytes = body.collect().await.unwrap().to_bytes();
@@ -228,7 +232,20 @@ impl MockApi {
                             }
                         }
                     },
+                    "PATCH"
+                        if path.ends_with("/status")
+                            && self
+                                .status_writes_before_failing
+                                .is_some_and(|answered| status_writes >= answered) =>
+                    {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                              "status": "Failure", "message": "the API server is away", "code": 503}),
+                        )
+                    }
                     "PATCH" if path.ends_with("/status") => {
+                        status_writes += 1;
                         match objects.get_mut(path.trim_end_matches("/status")) {
                             Some(object) => {
                                 merge_patch(object, &body);
