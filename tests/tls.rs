@@ -457,14 +457,23 @@ async fn a_tls_fleets_gateway_serves_https_to_clients_trusting_its_ca_only_and_a
         assert!(!err.contains("trying again"), "{args:?}: {err}");
     }
     assert!(!work.path().join("refused").exists());
-    // Plain HTTP to the TLS port: an error, not a hang.
+    // Plain HTTP to the TLS port: an error at once (no retry changes
+    // it), naming the URL to use.
     let plain = gateway.replacen("https://", "http://", 1);
-    let (ok, _, err) = cli(
-        work.path(),
-        &["status", "--gateway", &plain, "--retries", "0"],
-        token,
-    );
-    assert!(!ok, "{err}");
+    for args in [
+        vec!["status", "--gateway", &plain],
+        vec!["put", "blob", "--gateway", &plain],
+        vec!["get", &id, "-o", "plain", "--gateway", &plain],
+    ] {
+        let (ok, _, err) = cli(work.path(), &args, token);
+        assert!(!ok, "{args:?}");
+        assert!(
+            err.contains("other than HTTP") && err.contains(&format!("use {gateway}")),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("trying again"), "{args:?}: {err}");
+    }
+    assert!(!work.path().join("plain").exists());
 
     // The gateway exports its certificate's expiry and counts the refused
     // handshakes.

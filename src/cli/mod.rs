@@ -97,6 +97,19 @@ impl AttemptError {
                 certificate_advice(&refused)
             ));
         }
+        if answered_not_http(&error) {
+            let hint = if gateway.starts_with("http://") {
+                format!(
+                    ": a gateway serving TLS answers plain HTTP so; use {}",
+                    gateway.replacen("http://", "https://", 1)
+                )
+            } else {
+                String::new()
+            };
+            return Self::last(anyhow::anyhow!(
+                "the gateway at {gateway} answered in something other than HTTP{hint}"
+            ));
+        }
         // reqwest's own message names the request, not why it failed:
         // the causes under it say that (refused, reset, no such host).
         Self::transport(
@@ -162,6 +175,22 @@ fn certificate_advice(why: &rustls::CertificateError) -> &'static str {
         }
         _ => "the gateway's certificate must be replaced",
     }
+}
+
+/// Whether `error` is an answer that does not parse as HTTP (a TLS
+/// server's alert to a plain request, another protocol on the port): no
+/// retry changes it.
+fn answered_not_http(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_parse)
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// Why rustls refused the server's certificate, when that is what
