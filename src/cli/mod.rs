@@ -32,9 +32,16 @@ fn progress(len: u64, label: &str) -> ProgressBar {
     bar
 }
 
+/// How long an error answer's body may take: its status says enough.
+const ERROR_BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn error_of(response: reqwest::Response) -> anyhow::Error {
     let status = response.status();
-    let body = response.text().await.unwrap_or_default();
+    let body = tokio::time::timeout(ERROR_BODY_WAIT, response.text())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
     let message = redstuff::api_error::message_of(body);
     let hint = if status == reqwest::StatusCode::UNAUTHORIZED {
         " (pass --token or set REDSTUFF_TOKEN; `redstuff dev` writes its token to DATA_DIR/token)"
@@ -134,6 +141,20 @@ impl AttemptError {
             .await
             .map_err(|e| Self::stalled(e, gateway))?
             .map_err(|e| Self::unanswered(e, gateway))
+    }
+
+    /// The JSON body of `gateway`'s answer `response`, whose head came:
+    /// a body that brings nothing for `stall` is a stall, one that breaks
+    /// off or is not the JSON expected a transport failure.
+    async fn json_within<T: serde::de::DeserializeOwned>(
+        response: reqwest::Response,
+        stall: std::time::Duration,
+        gateway: &str,
+    ) -> Result<T, Self> {
+        tokio::time::timeout(stall, response.json())
+            .await
+            .map_err(|_| Self::stalled(watchdog::Stalled::NoAnswer(stall), gateway))?
+            .map_err(|e| Self::transport(anyhow::anyhow!("the gateway's answer broke off: {e:#}")))
     }
 
     /// The gateway's error answer.

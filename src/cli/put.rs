@@ -270,9 +270,8 @@ impl<'a> FileUpload<'a> {
             }
             _ => return Err(AttemptError::answered(response).await),
         }
-        let opened: UploadProgress = response.json().await.map_err(|e| {
-            AttemptError::transport(anyhow::anyhow!("the gateway's answer broke off: {e:#}"))
-        })?;
+        let opened: UploadProgress =
+            AttemptError::json_within(response, self.stall, &self.gateway).await?;
         Ok(Some(opened.upload))
     }
 
@@ -297,9 +296,8 @@ impl<'a> FileUpload<'a> {
             }
             _ => return Err(AttemptError::answered(response).await),
         }
-        let progress: UploadProgress = response.json().await.map_err(|e| {
-            AttemptError::transport(anyhow::anyhow!("the gateway's answer broke off: {e:#}"))
-        })?;
+        let progress: UploadProgress =
+            AttemptError::json_within(response, self.stall, &self.gateway).await?;
         if progress.offset > self.len {
             return Err(AttemptError::last(anyhow::anyhow!(
                 "the gateway holds {} bytes of this upload, more than the file's {}",
@@ -369,9 +367,7 @@ impl<'a> FileUpload<'a> {
             // attempt, as a PUT would be.
             return Err(self.again_after(response).await.expect_err("not a success"));
         }
-        response.json().await.map_err(|e| {
-            AttemptError::transport(anyhow::anyhow!("the gateway's answer broke off: {e:#}"))
-        })
+        AttemptError::json_within(response, self.stall, &self.gateway).await
     }
 
     /// One PUT of the whole file (a gateway without resumable uploads).
@@ -499,7 +495,5 @@ async fn upload(
     if !response.status().is_success() {
         return Err(AttemptError::answered(response).await);
     }
-    response.json().await.map_err(|e| {
-        AttemptError::transport(anyhow::anyhow!("the gateway's answer broke off: {e:#}"))
-    })
+    AttemptError::json_within(response, stall, gateway).await
 }

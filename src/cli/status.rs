@@ -2,13 +2,11 @@
 
 use std::path::Path;
 
-use anyhow::Context as _;
 use indicatif::ProgressBar;
 
 use redstuff::retry::RetryPolicy;
 use redstuff::units::format_bytes;
 
-use super::watchdog::Stalled;
 use super::{authorized, before_retry, http, AttemptError};
 
 /// Blobs a table lists whole; a fleet with more gets counts by health
@@ -75,11 +73,7 @@ async fn fetch(
     if !response.status().is_success() {
         return Err(AttemptError::answered(response).await);
     }
-    tokio::time::timeout(stall, response.json())
-        .await
-        .map_err(|_| AttemptError::stalled(Stalled::NoAnswer(stall), gateway))?
-        .context("the gateway's status answer broke off or is not JSON")
-        .map_err(AttemptError::transport)
+    AttemptError::json_within(response, stall, gateway).await
 }
 
 /// The health a blob of the status document is shown with: Repairing

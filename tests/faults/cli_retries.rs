@@ -3,7 +3,8 @@
 //! told not to retry, it fails at once with the gateway's reason (which
 //! reaches it though the body was still being sent). From standard input
 //! it streams, and is never sent twice. `redstuff status` waits for a
-//! busy or absent gateway the same way, and never retries a refusal.
+//! busy or absent gateway the same way, and never retries a refusal. An
+//! answer that stops arriving ends put after the stall time, not never.
 
 use std::process::Stdio;
 
@@ -357,4 +358,59 @@ fn status_read_by_a_reader_that_stopped_ends_quietly_by_sigpipe_not_a_panic() {
         "{:?}: {stderr}",
         output.status
     );
+}
+
+/// A gateway stand-in that takes a PUT of a blob whole, answers 201 and
+/// sends the first bytes of its JSON, then nothing more.
+async fn answer_stalling_server() -> String {
+    use futures::StreamExt as _;
+    let app = axum::Router::new().route(
+        "/v1/blobs",
+        axum::routing::put(|_body: axum::body::Bytes| async {
+            let first = futures::stream::once(async {
+                Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"{\"id\": \""))
+            });
+            let body = axum::body::Body::from_stream(first.chain(futures::stream::pending()));
+            (axum::http::StatusCode::CREATED, body)
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_whose_answer_stops_arriving_ends_as_a_stall_not_a_hang() {
+    let url = answer_stalling_server().await;
+    let mut put = tokio::process::Command::new(env!("CARGO_BIN_EXE_redstuff"));
+    put.args([
+        "put",
+        "-",
+        "--gateway",
+        &url,
+        "--retries",
+        "0",
+        "--stall-secs",
+        "2",
+    ])
+    .env("REDSTUFF_TOKEN", "any")
+    .env("REDSTUFF_LOG", "warn")
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
+    let mut child = put.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, b"a small blob")
+        .await
+        .unwrap();
+    drop(stdin);
+    let out = within("a put whose answer stalls", child.wait_with_output())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("gave no answer for 2 s"), "{stderr}");
+    assert!(out.stdout.is_empty(), "no id printed");
 }
