@@ -33,5 +33,6 @@ pub mod stalled_clients;
 pub mod store;
 pub mod tls;
 pub mod units;
+pub mod watchdog;
 pub mod wire;
 pub mod write_behind;

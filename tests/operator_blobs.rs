@@ -237,6 +237,48 @@ async fn a_blob_deleted_before_its_status_named_what_its_ingest_stored_deletes_i
 }
 
 #[tokio::test]
+async fn an_ingest_whose_gateway_stops_answering_fails_after_the_stall_time_and_holds_nothing() {
+    // Connections are taken (the kernel's backlog) but nothing is read or
+    // answered, as of a stopped gateway process.
+    let stopped = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gateway = format!("http://{}", stopped.local_addr().unwrap());
+    let b = blob("weights", config_map_source());
+    let content = "{\"layers\": 32}\n".repeat(2000);
+    let (client, recorded) = api(Some(&cluster(4)), &[&b], &[settings(&content)]).serve();
+    let ctx = Arc::new(
+        test_context(client)
+            .with_endpoints(Endpoints::default().with_override("media-gateway", gateway))
+            .with_ingest_stall(std::time::Duration::from_secs(1)),
+    );
+    let reconciled = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        reconcile_blob(Arc::new(b.clone()), ctx.clone()),
+    )
+    .await
+    .expect("the ingest is not held for ever");
+    reconciled.unwrap();
+    let status = status_patches(&recorded.take(), "weights").pop().unwrap();
+    let (state, reason) = condition(&status, "Ingested");
+    assert_eq!((state, reason), ("False", "GatewayFailed"), "{status:#}");
+    let message = status["conditions"].to_string();
+    // Taking no bytes or giving no answer, by how much the kernel buffers.
+    assert!(
+        message.contains("no bytes of the upload for 1 s") || message.contains("no answer for 1 s"),
+        "{message}"
+    );
+    // Its slot, and the cluster's deletes, are free again.
+    assert_eq!(
+        ctx.ingest_slots.available_permits(),
+        ctx.max_concurrent_ingests
+    );
+    assert!(ctx
+        .uploads_in_flight
+        .delete(&("storage".to_string(), "media".to_string()))
+        .is_some());
+    drop(stopped);
+}
+
+#[tokio::test]
 async fn a_url_is_downloaded_checked_against_its_digest_and_stored() {
     let fleet = TestFleet::start(4).await;
     let body: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();

@@ -15,8 +15,8 @@ use tokio::io::AsyncWriteExt;
 use redstuff::retry::RetryPolicy;
 use redstuff::write_behind::WriteBehindFile;
 
-use super::watchdog::next_within;
 use super::{authorized, before_retry, http, progress, AttemptError};
+use redstuff::watchdog::next_within;
 
 /// `redstuff get ID -o FILE` (or to stdout with `-o -`).
 pub async fn get(

@@ -5,7 +5,6 @@
 mod get;
 mod put;
 mod status;
-mod watchdog;
 
 pub use get::get;
 pub use put::put;
@@ -125,7 +124,7 @@ impl AttemptError {
     }
 
     /// A request given up because the gateway made no progress.
-    fn stalled(stalled: watchdog::Stalled, gateway: &str) -> Self {
+    fn stalled(stalled: redstuff::watchdog::Stalled, gateway: &str) -> Self {
         Self::transport(anyhow::anyhow!("{stalled} (gateway at {gateway})"))
     }
 
@@ -137,7 +136,7 @@ impl AttemptError {
         stall: std::time::Duration,
         gateway: &str,
     ) -> Result<reqwest::Response, Self> {
-        watchdog::send_within(request, stall)
+        redstuff::watchdog::send_within(request, stall)
             .await
             .map_err(|e| Self::stalled(e, gateway))?
             .map_err(|e| Self::unanswered(e, gateway))
@@ -153,7 +152,7 @@ impl AttemptError {
     ) -> Result<T, Self> {
         tokio::time::timeout(stall, response.json())
             .await
-            .map_err(|_| Self::stalled(watchdog::Stalled::NoAnswer(stall), gateway))?
+            .map_err(|_| Self::stalled(redstuff::watchdog::Stalled::NoAnswer(stall), gateway))?
             .map_err(|e| Self::transport(anyhow::anyhow!("the gateway's answer broke off: {e:#}")))
     }
 

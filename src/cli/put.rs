@@ -19,8 +19,8 @@ use indicatif::ProgressBar;
 use redstuff::retry::RetryPolicy;
 use redstuff::wire::{StoredBlob, UploadProgress};
 
-use super::watchdog::{send_watched, send_within, BodyProgress};
 use super::{authorized, before_retry, http, progress, refused_certificate, AttemptError};
+use redstuff::watchdog::{send_watched, send_within, BodyProgress};
 
 /// `redstuff put FILE`: prints the blob id (or JSON) on stdout.
 pub async fn put(

@@ -386,7 +386,7 @@ async fn ingest_source(
         .uploads_in_flight
         .begin(&(namespace.to_string(), cluster.name_any()))
         .await;
-    let stored = ingest::upload(&http, &gateway, &token, from).await?;
+    let stored = ingest::upload(&http, &gateway, &token, from, ctx.ingest_stall).await?;
     if let Some(kept) = &kept_download {
         let _ = std::fs::remove_file(kept);
     }

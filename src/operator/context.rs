@@ -289,6 +289,11 @@ fn source_client_builder() -> reqwest::ClientBuilder {
         .read_timeout(Duration::from_secs(600))
 }
 
+/// How long an ingest's upload may go without the gateway taking a byte or,
+/// once it is sent, answering (a gateway waiting for upload memory takes
+/// nothing meanwhile).
+pub const DEFAULT_INGEST_STALL: Duration = Duration::from_secs(300);
+
 /// What every reconcile needs.
 pub struct Context {
     /// The API client.
@@ -325,6 +330,9 @@ pub struct Context {
     pub uploads_in_flight: super::uploads_in_flight::UploadsInFlight,
     /// Ids ingests stored that their Blob's status may not name yet.
     pub stored_ingests: super::stored_ingests::StoredIngests,
+    /// How long an ingest's upload may go without the gateway taking a
+    /// byte of it or, once sent, answering: then it fails (tried again).
+    pub ingest_stall: Duration,
     /// The ingest slots (`max_concurrent_ingests` permits): a Blob whose
     /// source finds none waits, Queued.
     pub ingest_slots: std::sync::Arc<tokio::sync::Semaphore>,
@@ -361,6 +369,7 @@ impl Context {
             max_concurrent_ingests: DEFAULT_MAX_CONCURRENT_INGESTS,
             uploads_in_flight: Default::default(),
             stored_ingests: Default::default(),
+            ingest_stall: DEFAULT_INGEST_STALL,
             ingest_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(
                 DEFAULT_MAX_CONCURRENT_INGESTS,
             )),
@@ -473,6 +482,13 @@ impl Context {
     pub fn with_max_concurrent_ingests(mut self, slots: usize) -> Self {
         self.max_concurrent_ingests = slots.max(1);
         self.ingest_slots = std::sync::Arc::new(tokio::sync::Semaphore::new(slots.max(1)));
+        self
+    }
+
+    /// The same, giving an ingest's upload up after `stall` without
+    /// progress.
+    pub fn with_ingest_stall(mut self, stall: Duration) -> Self {
+        self.ingest_stall = stall;
         self
     }
 

@@ -475,27 +475,37 @@ pub async fn upload(
     gateway: &str,
     token: &str,
     spool: &Path,
+    stall: std::time::Duration,
 ) -> Result<StoredBlob, IngestError> {
+    use crate::watchdog::{send_watched, BodyProgress, Stalled};
     let failed = |message: String| IngestError::Gateway {
         url: gateway.to_string(),
         message,
     };
     let file = tokio::fs::File::open(spool).await?;
     let length = file.metadata().await?.len();
-    let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
-        file, FILE_CHUNK,
+    // A gateway that stops taking the body or answering gives the upload
+    // up after `stall` (it held an ingest slot, and the cluster's deletes
+    // and upload records, for ever).
+    let progress = BodyProgress::new();
+    let body = reqwest::Body::wrap_stream(progress.watch(
+        tokio_util::io::ReaderStream::with_capacity(file, FILE_CHUNK),
     ));
-    let response = http
+    let request = http
         .put(format!("{}/v1/blobs", gateway.trim_end_matches('/')))
         .bearer_auth(token)
         .header("content-type", "application/octet-stream")
         .header("content-length", length)
-        .body(body)
-        .send()
+        .body(body);
+    let response = send_watched(request, &progress, stall)
         .await
+        .map_err(|stalled| failed(stalled.to_string()))?
         .map_err(|e| failed(e.to_string()))?;
     let status = response.status();
-    let text = response.text().await.map_err(|e| failed(e.to_string()))?;
+    let text = tokio::time::timeout(stall, response.text())
+        .await
+        .map_err(|_| failed(Stalled::NoAnswer(stall).to_string()))?
+        .map_err(|e| failed(e.to_string()))?;
     if !status.is_success() {
         let message = crate::api_error::message_of(text);
         return Err(failed(format!("{status}: {message}")));

@@ -1,8 +1,9 @@
 //! A gateway that stops (a stopped process, a load balancer that takes
-//! connections and answers nothing) must not hold a command for ever: an
-//! answer that does not come, a body the gateway takes no bytes of, and a
-//! download that brings nothing, each for the stall time, count as a lost
-//! connection (another attempt may do better).
+//! connections and answers nothing) must not hold its client for ever
+//! (the CLI, the operator's ingests): an answer that does not come, a
+//! body the gateway takes no bytes of, and a download that brings
+//! nothing, each for the stall time, count as a lost connection (another
+//! attempt may do better).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,7 +16,7 @@ use futures_util::{Stream, StreamExt};
 /// Why a request was given up: the gateway made no progress for the stall
 /// time.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum Stalled {
+pub enum Stalled {
     /// No answer came.
     #[error("the gateway gave no answer for {} s", .0.as_secs())]
     NoAnswer(Duration),
@@ -29,7 +30,7 @@ pub(super) enum Stalled {
 
 /// `request` (without a body worth watching) sent: its answer's head, or
 /// `Stalled` when none came within `stall`.
-pub(super) async fn send_within(
+pub async fn send_within(
     request: reqwest::RequestBuilder,
     stall: Duration,
 ) -> Result<Result<reqwest::Response, reqwest::Error>, Stalled> {
@@ -40,7 +41,7 @@ pub(super) async fn send_within(
 
 /// The next chunk of a download, or `Stalled` when none came within
 /// `stall`.
-pub(super) async fn next_within<S, E>(
+pub async fn next_within<S, E>(
     stream: &mut S,
     stall: Duration,
 ) -> Result<Option<Result<Bytes, E>>, Stalled>
@@ -55,20 +56,26 @@ where
 /// When an upload's body last gave the gateway bytes, and whether it
 /// ended.
 #[derive(Clone)]
-pub(super) struct BodyProgress {
+pub struct BodyProgress {
     state: Arc<Mutex<(Instant, bool)>>,
+}
+
+impl Default for BodyProgress {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl BodyProgress {
     /// A body not sent yet: the stall time counts from now.
-    pub(super) fn new() -> Self {
+    pub fn new() -> Self {
         Self {
             state: Arc::new(Mutex::new((Instant::now(), false))),
         }
     }
 
     /// `body`, noting each chunk the gateway takes and its end.
-    pub(super) fn watch<S, E>(&self, body: S) -> impl Stream<Item = Result<Bytes, E>>
+    pub fn watch<S, E>(&self, body: S) -> impl Stream<Item = Result<Bytes, E>>
     where
         S: Stream<Item = Result<Bytes, E>>,
     {
@@ -101,7 +108,7 @@ impl BodyProgress {
 /// `request`, whose body `progress` watches, sent: its answer's head, or
 /// `Stalled` once the gateway took no bytes of the body, or gave no
 /// answer after it, for `stall`.
-pub(super) async fn send_watched(
+pub async fn send_watched(
     request: reqwest::RequestBuilder,
     progress: &BodyProgress,
     stall: Duration,
