@@ -142,9 +142,9 @@ impl AttemptError {
             .map_err(|e| Self::unanswered(e, gateway))
     }
 
-    /// The JSON body of `gateway`'s answer `response`, whose head came:
-    /// a body that brings nothing for `stall` is a stall, one that breaks
-    /// off or is not the JSON expected a transport failure.
+    /// The JSON body of `gateway`'s answer `response`, whose head came
+    /// (a small document): one not whole within `stall` is a stall, one
+    /// that breaks off or is not the JSON expected a transport failure.
     async fn json_within<T: serde::de::DeserializeOwned>(
         response: reqwest::Response,
         stall: std::time::Duration,
@@ -198,8 +198,8 @@ fn certificate_advice(why: &rustls::CertificateError) -> &'static str {
 }
 
 /// Whether `error` is an answer that does not parse as HTTP (a TLS
-/// server's alert to a plain request, another protocol on the port): no
-/// retry changes it.
+/// server's alert to a plain request, another protocol on the port, a
+/// head too large): taken as one no retry changes.
 fn answered_not_http(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(error);
     while let Some(e) = next {

@@ -386,7 +386,15 @@ async fn ingest_source(
         .uploads_in_flight
         .begin(&(namespace.to_string(), cluster.name_any()))
         .await;
-    let stored = ingest::upload(&http, &gateway, &token, from, ctx.ingest_stall).await?;
+    let stored = match ingest::upload(&http, &gateway, &token, from, ctx.ingest_stall).await {
+        Ok(stored) => stored,
+        Err(e) => {
+            // The gateway may have stored it all the same (its answer
+            // lost): not an upload to record while the retry names it.
+            uploading.unsettled();
+            return Err(e);
+        }
+    };
     if let Some(kept) = &kept_download {
         let _ = std::fs::remove_file(kept);
     }
@@ -444,28 +452,32 @@ async fn delete_named(
         ctx.publish(blob, false, "SliversKept", why).await;
         return Ok(Action::await_change());
     }
-    let blobs: Api<Blob> = Api::namespaced(ctx.client.clone(), namespace);
-    let others = blobs.list(&Default::default()).await?;
-    let shared = others.items.iter().any(|other| {
-        other.uid() != blob.uid()
-            && other.metadata.deletion_timestamp.is_none()
-            && other.spec.cluster == blob.spec.cluster
-            && other
-                .status
-                .as_ref()
-                .and_then(|s| s.blob_id.as_deref())
-                .or(other
-                    .spec
-                    .source
-                    .upload
-                    .as_ref()
-                    .map(|u| u.blob_id.as_str()))
-                == Some(id.as_str())
-    }) || ctx.stored_ingests.stored_for_another(
+    // Before the list: another Blob's remembered id is forgotten only once
+    // its status names it, which the list then shows.
+    let remembered_by_another = ctx.stored_ingests.stored_for_another(
         &blob.uid().unwrap_or_default(),
         &(namespace.to_string(), cluster.name_any()),
         &id,
     );
+    let blobs: Api<Blob> = Api::namespaced(ctx.client.clone(), namespace);
+    let others = blobs.list(&Default::default()).await?;
+    let shared = remembered_by_another
+        || others.items.iter().any(|other| {
+            other.uid() != blob.uid()
+                && other.metadata.deletion_timestamp.is_none()
+                && other.spec.cluster == blob.spec.cluster
+                && other
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.blob_id.as_deref())
+                    .or(other
+                        .spec
+                        .source
+                        .upload
+                        .as_ref()
+                        .map(|u| u.blob_id.as_str()))
+                    == Some(id.as_str())
+        });
     if shared {
         ctx.publish(
             blob,

@@ -551,6 +551,9 @@ pub async fn reconcile_cluster(
     // cluster does not record uploads, nor when an ingest began uploading
     // since the list (its blob may be in the view, its Blob not naming it).
     let no_ingest_since = quiet.is_some_and(|q| ctx.uploads_in_flight.none_began_since(&key, q));
+    if cluster.spec.record_uploads != Some(false) && !no_ingest_since {
+        tracing::debug!(cluster = %name, "no upload is recorded this time: an ingest is uploading to the cluster (or failed within the last 10 minutes)");
+    }
     if let Some(recorded) = recorded.as_ref().filter(|_| no_ingest_since) {
         let recording = super::upload_recorder::Recording {
             ctx: &ctx,

@@ -8,7 +8,9 @@
 //! - the upload recorder would take them for an upload through the gateway
 //!   and make a record naming them (deleting the Blob then kept its bytes
 //!   for the record): uploads are recorded only from a list of Blobs taken
-//!   while no upload was in flight, and only if none began since.
+//!   while no upload was in flight, and only if none began since; an
+//!   upload that failed counts as in flight for a while longer, as the
+//!   gateway may have stored its bytes all the same.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -30,12 +32,19 @@ struct ClusterUploads {
     counts: Mutex<UploadCounts>,
 }
 
-/// Uploads in flight, and uploads ever begun.
+/// Uploads in flight, uploads ever begun, and until when a failed one
+/// may still be named by its Blob's retry.
 #[derive(Debug, Default, Clone, Copy)]
 struct UploadCounts {
     in_flight: usize,
     begun: u64,
+    unsettled_until: Option<std::time::Instant>,
 }
+
+/// How long after an upload failed its bytes count as in flight: the
+/// gateway may have stored them (its answer lost), and its Blob's next
+/// attempt (30 s on) names them.
+pub const UNSETTLED_FOR: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// One upload in flight: deletes of its cluster wait, and its uploads are
 /// not recorded, until it is dropped (once its Blob names what it stored).
@@ -43,6 +52,18 @@ struct UploadCounts {
 pub struct UploadInFlight {
     uploads: Arc<ClusterUploads>,
     _guard: OwnedRwLockReadGuard<()>,
+}
+
+impl UploadInFlight {
+    /// Ends a failed upload whose bytes the gateway may have stored all
+    /// the same: uploads are not recorded for [`UNSETTLED_FOR`].
+    pub fn unsettled(self) {
+        self.uploads
+            .counts
+            .lock()
+            .expect("not poisoned")
+            .unsettled_until = Some(std::time::Instant::now() + UNSETTLED_FOR);
+    }
 }
 
 impl Drop for UploadInFlight {
@@ -99,11 +120,15 @@ impl UploadsInFlight {
         Some(DeleteUnderWay { _guard: guard })
     }
 
-    /// Now, if no upload to `cluster` is in flight: Blobs listed after it
-    /// name every blob an ingest stored before it.
+    /// Now, if no upload to `cluster` is in flight, nor one failed within
+    /// [`UNSETTLED_FOR`]: Blobs listed after it name every blob an ingest
+    /// stored before it.
     pub fn none_in_flight(&self, cluster: &ClusterKey) -> Option<NoUploadInFlight> {
         let counts = *self.of(cluster).counts.lock().expect("not poisoned");
-        (counts.in_flight == 0).then_some(NoUploadInFlight {
+        let settled = counts
+            .unsettled_until
+            .is_none_or(|until| std::time::Instant::now() >= until);
+        (counts.in_flight == 0 && settled).then_some(NoUploadInFlight {
             begun: counts.begun,
         })
     }
@@ -170,5 +195,15 @@ mod tests {
         let after = uploads.none_in_flight(&key("media")).expect("it ended");
         assert!(uploads.none_began_since(&key("media"), after));
         assert!(uploads.none_began_since(&key("other"), other));
+    }
+
+    #[tokio::test]
+    async fn an_upload_that_failed_holds_records_off_a_while_as_its_bytes_may_be_stored() {
+        let uploads = UploadsInFlight::default();
+        let failed = uploads.begin(&key("media")).await;
+        failed.unsettled();
+        assert_eq!(uploads.none_in_flight(&key("media")), None);
+        assert!(uploads.delete(&key("media")).is_some(), "deletes go on");
+        assert!(uploads.none_in_flight(&key("other")).is_some());
     }
 }

@@ -324,9 +324,10 @@ impl E2e {
                 NS,
                 "get",
                 "events",
-                "--sort-by=.lastTimestamp",
+                // The operator's Events have an eventTime, no lastTimestamp.
+                "--sort-by=.metadata.creationTimestamp",
                 "-o",
-                "custom-columns=LAST:.lastTimestamp,TYPE:.type,REASON:.reason,OBJECT:.involvedObject.name,MESSAGE:.message",
+                "custom-columns=MADE:.metadata.creationTimestamp,TYPE:.type,REASON:.reason,OBJECT:.involvedObject.name,MESSAGE:.message",
             ])
             .unwrap_or_else(|e| format!("{e:#}"));
         let log = self
