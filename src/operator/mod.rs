@@ -4,6 +4,7 @@
 
 mod apply_objects;
 pub mod blob_controller;
+pub mod blob_deletion;
 pub mod blob_status;
 pub mod ca_rotation;
 pub mod claimed_shards;
