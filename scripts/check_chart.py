@@ -16,6 +16,7 @@ Usage: check_chart.py OUT REDSTUFF_BINARY
 import copy
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -61,6 +62,15 @@ def check_watched_namespaces(name, values, docs, args):
     elif bound_everywhere != {"redstuff", "redstuff-cluster-scoped"} or bound_in or flags:
         fail(f"{name}: without watchNamespaces the role is bound cluster-wide "
              f"(ClusterRoleBindings {bound_everywhere}, RoleBindings in {bound_in}, flags {flags})")
+
+
+def check_operator_flags(name, args, operator_help):
+    """Every flag the chart passes the operator is one `redstuff operator`
+    takes (a misspelt one would crash-loop the operator after install)."""
+    known = set(re.findall(r"(--[a-z][a-z0-9-]*)", operator_help))
+    unknown = [a for a in args if a.startswith("--") and a not in known]
+    if unknown:
+        fail(f"{name}: the chart passes the operator flags it does not take: {unknown}")
 
 
 def check_image_pulls(name, values, args):
@@ -160,6 +170,8 @@ def main(out, redstuff):
                                        "--operator-namespace", NAMESPACE],
                                       capture_output=True, text=True, check=True).stdout
     operator_objects = [d for d in yaml.safe_load_all(operator_objects) if d]
+    operator_help = subprocess.run([redstuff, "operator", "--help"],
+                                   capture_output=True, text=True, check=True).stdout
 
     for values_file in sorted((CHART / "ci").glob("*.yaml")):
         values = yaml.safe_load(values_file.read_text()) or {}
@@ -195,6 +207,7 @@ def main(out, redstuff):
         container = pod["containers"][0]
         check_watched_namespaces(values_file.name, values, docs, container["args"])
         check_image_pulls(values_file.name, values, container["args"])
+        check_operator_flags(values_file.name, container["args"], operator_help)
         check_node_policy(values_file.name, values, docs, operator_objects)
         security = container["securityContext"]
         if not (pod["securityContext"]["runAsNonRoot"] and security["readOnlyRootFilesystem"]

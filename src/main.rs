@@ -161,6 +161,12 @@ enum Command {
         #[arg(long, default_value_t = redstuff::operator::context::DEFAULT_MAX_CONCURRENT_INGESTS as u16,
               value_parser = clap::value_parser!(u16).range(1..=64))]
         max_concurrent_ingests: u16,
+        /// Seconds an ingest's upload may go without the gateway taking a
+        /// byte of it or, once sent, answering: then it fails
+        /// (GatewayFailed) and is tried again 30 s later. A gateway
+        /// waiting for upload memory takes nothing meanwhile.
+        #[arg(long, default_value = "300", value_parser = redstuff::units::parse_positive_seconds)]
+        ingest_stall_secs: std::time::Duration,
         /// Let Blob URL sources reach these addresses too (repeat, or
         /// separate with commas): `loopback` (the operator's own pod) and
         /// `link-local` (cloud metadata endpoints) are refused otherwise,
@@ -380,6 +386,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             max_ingest,
             spool_limit,
             max_concurrent_ingests,
+            ingest_stall_secs,
             blob_sources_may_reach,
             namespaces,
             image_pull_secrets,
@@ -405,6 +412,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     max_ingest_bytes: max_ingest,
                     spool_limit,
                     max_concurrent_ingests: max_concurrent_ingests.into(),
+                    ingest_stall: ingest_stall_secs,
                     blob_sources_may_reach,
                     shutdown_timeout: std::time::Duration::from_secs(20),
                     namespaces,

@@ -58,6 +58,9 @@ pub struct OperatorOptions {
     pub spool_limit: Option<u64>,
     /// Most sources fetched and stored at once.
     pub max_concurrent_ingests: usize,
+    /// How long an ingest's upload may go without the gateway taking a
+    /// byte or answering before it fails (and is tried again).
+    pub ingest_stall: Duration,
     /// Addresses URL sources may reach beyond the default (loopback and
     /// link-local addresses are refused otherwise).
     pub blob_sources_may_reach: Vec<crate::operator::source_addresses::LocalAddresses>,
@@ -300,6 +303,7 @@ pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
     let context = Arc::new(
         context
             .with_max_concurrent_ingests(options.max_concurrent_ingests)
+            .with_ingest_stall(options.ingest_stall)
             .with_source_reach(reach),
     );
 
