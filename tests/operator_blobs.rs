@@ -180,6 +180,7 @@ fn same_process(
     let (client, recorded) = api.serve();
     let mut ctx = test_context(client).with_endpoints(fleet.endpoints());
     ctx.stored_ingests = before.stored_ingests.clone();
+    ctx.written_statuses = before.written_statuses.clone();
     (Arc::new(ctx), recorded)
 }
 
@@ -225,6 +226,92 @@ async fn an_ingest_whose_status_write_failed_is_named_next_time_without_fetching
         lines(&seen)
     );
     assert_eq!(ctx.stored_ingests.of("uid-weights"), None, "named now");
+}
+
+/// Reconciles Blob `b` of `cluster(4)` on `fleet` once, its ingest
+/// succeeding: the context and the id its status names.
+async fn ingested(fleet: &TestFleet, b: &Blob) -> (Arc<Context>, String) {
+    let mock = api(Some(&cluster(4)), &[b], &[settings("{\"layers\": 32}\n")]);
+    let (client, recorded) = mock.serve();
+    let ctx = Arc::new(test_context(client).with_endpoints(fleet.endpoints()));
+    reconcile_blob(Arc::new(b.clone()), ctx.clone())
+        .await
+        .unwrap();
+    let status = status_patches(&recorded.take(), "weights").pop().unwrap();
+    let id = status["blobId"].as_str().expect("stored").to_string();
+    (ctx, id)
+}
+
+#[tokio::test]
+async fn a_reconcile_reading_a_blob_from_a_cache_that_trails_its_status_write_does_not_ingest_again(
+) {
+    // A Blob's status write wakes its reconcile again at once, and the
+    // watch cache may still hold the Blob as it was before the ingest.
+    let fleet = TestFleet::start(4).await;
+    let b = blob("weights", config_map_source());
+    let (ctx, id) = ingested(&fleet, &b).await;
+    let (again, recorded) = same_process(
+        &ctx,
+        api(Some(&cluster(4)), &[&b], &[settings("changed")]),
+        &fleet,
+    );
+    reconcile_blob(Arc::new(b.clone()), again).await.unwrap();
+    let requests = recorded.take();
+    let seen = lines(&requests);
+    assert!(
+        !seen.iter().any(|l| l.contains("/configmaps/")),
+        "fetched again: {seen:#?}"
+    );
+    assert!(
+        status_patches(&requests, "weights").is_empty(),
+        "the status written is the newest: {seen:#?}"
+    );
+    let held = fleet.held().await;
+    assert!(
+        held.iter().all(|h| h.len() == 1 && h.contains(&id)),
+        "stored again: {held:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_ingest_is_not_tried_again_early_by_a_reconcile_reading_a_cache_that_trails() {
+    let b = blob("weights", config_map_source());
+    let (client, recorded) = api(Some(&cluster(4)), &[&b], &[]).serve();
+    let ctx = Arc::new(test_context(client));
+    reconcile_blob(Arc::new(b.clone()), ctx.clone())
+        .await
+        .unwrap();
+    let failed = status_patches(&recorded.take(), "weights").pop().unwrap();
+    assert!(failed["nextIngestAttempt"].is_string(), "{failed:#}");
+    let (client, recorded) = api(Some(&cluster(4)), &[&b], &[]).serve();
+    let mut again = test_context(client);
+    again.written_statuses = ctx.written_statuses.clone();
+    reconcile_blob(Arc::new(b.clone()), Arc::new(again))
+        .await
+        .unwrap();
+    let seen = lines(&recorded.take());
+    assert!(
+        !seen.iter().any(|l| l.contains("/configmaps/")),
+        "tried again before its next attempt: {seen:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_blob_deleted_while_it_ingests_deletes_what_it_stored_though_the_cache_trails() {
+    let fleet = TestFleet::start(4).await;
+    let b = blob("weights", config_map_source());
+    let (ctx, id) = ingested(&fleet, &b).await;
+    let mut gone = b.clone();
+    gone.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    let (ctx, recorded) = same_process(&ctx, api(Some(&cluster(4)), &[&gone], &[]), &fleet);
+    reconcile_blob(Arc::new(gone), ctx.clone()).await.unwrap();
+    assert!(
+        fleet.held().await.iter().all(|h| !h.contains(&id)),
+        "its bytes were left"
+    );
+    assert!(events(&recorded.take()).contains(&"SliversDeleted".to_string()));
 }
 
 #[tokio::test]

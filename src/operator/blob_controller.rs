@@ -54,13 +54,13 @@ const INGEST_SLOT_POLL: Duration = Duration::from_secs(5);
 async fn apply_blob(blob: &Blob, ctx: &Context, namespace: &str) -> Result<Action, ReconcileError> {
     let blobs: Api<Blob> = Api::namespaced(ctx.client.clone(), namespace);
     let clusters: Api<StorageCluster> = Api::namespaced(ctx.client.clone(), namespace);
-    let previous = blob.status.clone().unwrap_or_default();
-    let mut current = blob.status.clone();
+    let uid = blob.uid().unwrap_or_default();
+    let mut current = ctx.written_statuses.newest(&uid, blob.status.as_ref());
+    let previous = current.clone().unwrap_or_default();
     let now = Time(Timestamp::now());
     let generation = blob.metadata.generation;
     let cluster = clusters.get_opt(&blob.spec.cluster).await?;
 
-    let uid = blob.uid().unwrap_or_default();
     // An ingest whose status write failed is not done again: its id is
     // written now.
     let mut blob_id = previous
@@ -96,7 +96,7 @@ async fn apply_blob(blob: &Blob, ctx: &Context, namespace: &str) -> Result<Actio
                         generation,
                         &now,
                     );
-                    write_status_if_changed(&blobs, blob, &mut current, in_progress).await?;
+                    write_status_if_changed(ctx, &blobs, blob, &mut current, in_progress).await?;
                     match ingest_source(blob, cluster, ctx, namespace).await {
                         Ok((id, resumes, uploading)) => {
                             // Until the status names the id, below.
@@ -173,7 +173,7 @@ async fn apply_blob(blob: &Blob, ctx: &Context, namespace: &str) -> Result<Actio
     }
     let deleted_elsewhere = status.health == Some(BlobHealth::Deleted);
     let names_id = status.blob_id.is_some();
-    let written = write_status_if_changed(&blobs, blob, &mut current, status).await?;
+    let written = write_status_if_changed(ctx, &blobs, blob, &mut current, status).await?;
     if names_id {
         ctx.stored_ingests.named(&uid);
     }
@@ -390,6 +390,7 @@ async fn ingest_source(
 
 /// Writes `status` unless it equals `current`, which then becomes it.
 async fn write_status_if_changed(
+    ctx: &Context,
     blobs: &Api<Blob>,
     blob: &Blob,
     current: &mut Option<BlobStatus>,
@@ -406,6 +407,8 @@ async fn write_status_if_changed(
             &Patch::Merge(&patch),
         )
         .await?;
+    ctx.written_statuses
+        .wrote(&blob.uid().unwrap_or_default(), status.clone());
     *current = Some(status);
     Ok(written.resource_version())
 }

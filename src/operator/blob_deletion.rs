@@ -36,18 +36,20 @@ pub(super) async fn cleanup_blob(
 ) -> Result<Action, ReconcileError> {
     let uid = blob.uid().unwrap_or_default();
     ingest::forget_downloads(&ctx.spool_dir, &uid);
-    let Some(id) = blob
-        .status
-        .as_ref()
-        .and_then(|s| s.blob_id.clone())
+    let Some(id) = ctx
+        .written_statuses
+        .newest(&uid, blob.status.as_ref())
+        .and_then(|s| s.blob_id)
         .or_else(|| blob.spec.source.upload.as_ref().map(|u| u.blob_id.clone()))
         .or_else(|| ctx.stored_ingests.of(&uid))
     else {
+        ctx.written_statuses.forget(&uid);
         return Ok(Action::await_change());
     };
     let deleted = delete_named(blob, ctx, namespace, id).await;
     if deleted.is_ok() {
         ctx.stored_ingests.named(&uid);
+        ctx.written_statuses.forget(&uid);
     }
     deleted
 }

@@ -330,6 +330,8 @@ pub struct Context {
     pub uploads_in_flight: super::uploads_in_flight::UploadsInFlight,
     /// Ids ingests stored that their Blob's status may not name yet.
     pub stored_ingests: super::stored_ingests::StoredIngests,
+    /// The status last written to each Blob, until the cache shows it.
+    pub written_statuses: super::written_statuses::WrittenStatuses,
     /// How long an ingest's upload may go without the gateway taking a
     /// byte of it or, once sent, answering: then it fails (tried again).
     pub ingest_stall: Duration,
@@ -369,6 +371,7 @@ impl Context {
             max_concurrent_ingests: DEFAULT_MAX_CONCURRENT_INGESTS,
             uploads_in_flight: Default::default(),
             stored_ingests: Default::default(),
+            written_statuses: Default::default(),
             ingest_stall: DEFAULT_INGEST_STALL,
             ingest_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(
                 DEFAULT_MAX_CONCURRENT_INGESTS,

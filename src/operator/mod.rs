@@ -35,6 +35,7 @@ pub mod stored_ingests;
 mod upload_recorder;
 pub mod upload_records;
 pub mod uploads_in_flight;
+pub mod written_statuses;
 
 /// The YAML of every CustomResourceDefinition, as `redstuff crds` prints it
 /// and crds/ holds it: one document per resource, stamped with the digest

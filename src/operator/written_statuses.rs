@@ -1,0 +1,108 @@
+//! The status this operator process last wrote to each Blob, until its
+//! watch cache shows it. A Blob's own status write wakes its reconcile
+//! again at once, and that reconcile reads the Blob from the cache, which
+//! can trail the write: without this it would act on the status before
+//! (an ingest with no id yet fetched and stored the whole source again, a
+//! failed one was tried again before its next attempt, a Blob deleted
+//! meanwhile was released with its bytes left). Only the operator writes
+//! a Blob's status, so what it wrote is the newest; a remembered status
+//! older than [`TRUSTED_FOR`] gives way to what is read (a status edited by
+//! hand, another leader's writes).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::crd::BlobStatus;
+
+/// How long a written status counts as newer than a different one read.
+pub const TRUSTED_FOR: Duration = Duration::from_secs(120);
+
+/// Per Blob (by uid), the status last written and when.
+#[derive(Debug, Clone, Default)]
+pub struct WrittenStatuses(Arc<Mutex<BTreeMap<String, (BlobStatus, Instant)>>>);
+
+impl WrittenStatuses {
+    /// Remembers that `status` was written to Blob `uid` just now.
+    pub fn wrote(&self, uid: &str, status: BlobStatus) {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .insert(uid.to_string(), (status, Instant::now()));
+    }
+
+    /// The newest status of Blob `uid`, given the one `read` from the
+    /// cache: the one written last unless the read one shows it already
+    /// (then it is forgotten) or it is older than [`TRUSTED_FOR`].
+    pub fn newest(&self, uid: &str, read: Option<&BlobStatus>) -> Option<BlobStatus> {
+        self.newest_at(uid, read, Instant::now())
+    }
+
+    fn newest_at(&self, uid: &str, read: Option<&BlobStatus>, now: Instant) -> Option<BlobStatus> {
+        let mut written = self.0.lock().expect("not poisoned");
+        match written.get(uid) {
+            Some((status, at))
+                if read != Some(status) && now.saturating_duration_since(*at) < TRUSTED_FOR =>
+            {
+                Some(status.clone())
+            }
+            Some(_) => {
+                written.remove(uid);
+                read.cloned()
+            }
+            None => read.cloned(),
+        }
+    }
+
+    /// Forgets Blob `uid` (it is gone).
+    pub fn forget(&self, uid: &str) {
+        self.0.lock().expect("not poisoned").remove(uid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named(id: &str) -> BlobStatus {
+        BlobStatus {
+            blob_id: Some(id.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_written_status_is_the_newest_until_the_cache_shows_it() {
+        let written = WrittenStatuses::default();
+        assert_eq!(written.newest("uid", None), None, "nothing written");
+        written.wrote("uid", named("a"));
+        assert_eq!(
+            written.newest("uid", Some(&BlobStatus::default())),
+            Some(named("a")),
+            "the cache trails"
+        );
+        assert_eq!(written.newest("uid", None), Some(named("a")));
+        assert_eq!(written.newest("uid", Some(&named("a"))), Some(named("a")));
+        // Shown by the cache, it is forgotten: what is read counts again.
+        assert_eq!(written.newest("uid", Some(&named("b"))), Some(named("b")));
+        assert_eq!(written.newest("other", None), None);
+    }
+
+    #[test]
+    fn a_written_status_gives_way_to_a_different_one_read_after_a_while() {
+        let written = WrittenStatuses::default();
+        written.wrote("uid", named("a"));
+        let later = Instant::now() + TRUSTED_FOR + Duration::from_secs(1);
+        let edited = BlobStatus::default();
+        assert_eq!(written.newest_at("uid", Some(&edited), later), Some(edited));
+        assert_eq!(written.newest("uid", None), None, "forgotten");
+    }
+
+    #[test]
+    fn a_forgotten_blob_has_the_status_read() {
+        let written = WrittenStatuses::default();
+        written.wrote("uid", named("a"));
+        written.forget("uid");
+        assert_eq!(written.newest("uid", None), None);
+    }
+}
