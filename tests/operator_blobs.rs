@@ -656,6 +656,39 @@ async fn a_download_fails_after_resumes_in_a_row_bring_nothing_and_a_resume_that
 }
 
 #[tokio::test]
+async fn a_resumed_download_whose_rest_runs_past_the_announced_length_fails_and_writes_no_more() {
+    let source = support::serve_overlong_rest_source(100_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let err = ingest::download(
+        &redstuff::http::client(),
+        &source.url,
+        None,
+        1 << 30,
+        &spool,
+        &ingest::ResumePolicy {
+            in_a_row: 3,
+            first_pause: std::time::Duration::from_millis(10),
+        },
+        &redstuff::operator::spool_room::SpoolRoom::new(None),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.reason(), "DownloadFailed", "{err}");
+    assert!(err.to_string().contains("more than"), "{err}");
+    assert_eq!(
+        source.asked.lock().unwrap().len(),
+        2,
+        "asked for the rest once"
+    );
+    let written = std::fs::metadata(&spool).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        written <= 100_000,
+        "{written} bytes written for a 100000-byte source"
+    );
+}
+
+#[tokio::test]
 async fn a_missing_config_map_is_a_condition_not_a_crash() {
     let b = blob("weights", config_map_source());
     let (seen, _) = run(api(Some(&cluster(4)), &[&b], &[]), Endpoints::default(), &b).await;

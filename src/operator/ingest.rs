@@ -340,9 +340,20 @@ pub async fn download(
                 Ok(Some(unavailable)) => unavailable,
                 Ok(None) => {
                     let before = length;
-                    let sizes = (Some(len), limit);
+                    // The rest ends where the source first said it does
+                    // (within the limit, checked then): more is refused
+                    // before it is written or takes spool beyond its room.
+                    let sizes = (Some(len), len);
                     let ended = take_body(response, &mut file, &mut hasher, &mut length, sizes);
-                    let ended = ended.await?;
+                    let ended = match ended.await {
+                        Err(IngestError::TooLarge { .. }) => {
+                            return Err(failed(format!(
+                                "the server answered the rest (bytes={before}-) with more than \
+                                 the {len} bytes it first announced"
+                            )))
+                        }
+                        ended => ended?,
+                    };
                     if length > before {
                         in_a_row = 0;
                     }

@@ -827,6 +827,74 @@ pub async fn serve_range_source(
     }
 }
 
+/// A source of `len` bytes (ETag "v1", ranges offered) whose first answer
+/// breaks off halfway and whose answer to the rest is a 206 naming the
+/// rest exactly but sending `len` more bytes than that, chunked.
+pub async fn serve_overlong_rest_source(len: usize) -> RangeSource {
+    use axum::http::{header, HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    let asked: Arc<std::sync::Mutex<Vec<RangeAsked>>> = Default::default();
+    let seen = asked.clone();
+    let handler = move |headers: HeaderMap| {
+        let range = headers
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        seen.lock().unwrap().push((range.clone(), None));
+        let half = len / 2;
+        let response = match range {
+            None => {
+                let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = vec![
+                    Ok(bytes::Bytes::from(vec![1u8; half])),
+                    Err(std::io::Error::other("cut")),
+                ];
+                // The cut comes after the head and the bytes before it.
+                let chunks = futures_util::StreamExt::then(
+                    futures_util::stream::iter(chunks),
+                    |chunk| async {
+                        if chunk.is_err() {
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        }
+                        chunk
+                    },
+                );
+                let mut response =
+                    (StatusCode::OK, axum::body::Body::from_stream(chunks)).into_response();
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_LENGTH, len.into());
+                response
+            }
+            Some(_) => {
+                let chunks: Vec<Result<bytes::Bytes, std::io::Error>> =
+                    vec![Ok(bytes::Bytes::from(vec![2u8; len]))];
+                let mut response = (
+                    StatusCode::PARTIAL_CONTENT,
+                    axum::body::Body::from_stream(futures_util::stream::iter(chunks)),
+                )
+                    .into_response();
+                let range = format!("bytes {half}-{}/{len}", len - 1);
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_RANGE, range.parse().unwrap());
+                response
+            }
+        };
+        let mut response = response;
+        let headers = response.headers_mut();
+        headers.insert(header::ETAG, "\"v1\"".parse().unwrap());
+        headers.insert(header::ACCEPT_RANGES, "bytes".parse().unwrap());
+        async move { response }
+    };
+    let (url, tx) =
+        serve_blob_route(axum::Router::new().route("/blob", axum::routing::get(handler))).await;
+    RangeSource {
+        url,
+        asked,
+        _stop: tx,
+    }
+}
+
 /// The spec-hash annotation the operator puts on node pod `index` of
 /// `cluster` (with the test image), as a pod it created would carry it.
 pub fn spec_hash(cluster: &redstuff::operator::crd::StorageCluster, index: usize) -> String {
