@@ -688,6 +688,88 @@ async fn a_resumed_download_whose_rest_runs_past_the_announced_length_fails_and_
     );
 }
 
+/// A Blob `name` whose source is key `token` of Secret `secret`.
+fn secret_blob(name: &str, secret: &str) -> Blob {
+    blob(
+        name,
+        BlobSource {
+            secret_key: Some(KeySource {
+                name: secret.into(),
+                key: "token".into(),
+            }),
+            ..BlobSource::default()
+        },
+    )
+}
+
+/// Secret `name` holding `token`, with `labels`.
+fn secret(name: &str, token: &[u8], labels: Value) -> (String, Value) {
+    use base64::Engine;
+    (
+        format!("{NS}/secrets/{name}"),
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": "storage", "labels": labels},
+            "data": {"token": base64::engine::general_purpose::STANDARD.encode(token)}
+        }),
+    )
+}
+
+#[tokio::test]
+async fn a_secret_is_a_blob_source_only_when_labelled_as_one() {
+    let fleet = TestFleet::start(4).await;
+    let offered = secret_blob("offered", "model-key");
+    let labelled = secret(
+        "model-key",
+        b"weights key",
+        json!({"redstuff.dev/blob-source": "true"}),
+    );
+    let (seen, _) = run(
+        api(Some(&cluster(4)), &[&offered], &[labelled]),
+        fleet.endpoints(),
+        &offered,
+    )
+    .await;
+    let stored = status_patches(&seen, "offered").pop().unwrap();
+    assert_eq!(
+        condition(&stored, "Ingested"),
+        ("True", "Stored"),
+        "{stored:#}"
+    );
+    let id = stored["blobId"].as_str().unwrap();
+    assert_eq!(read_back(&fleet, id).await, &b"weights key"[..]);
+
+    // The cluster's own token, a Secret nobody offered, is never read out.
+    let taken = secret_blob("taken", "media-node-token");
+    let unlabelled = secret("media-node-token", b"cluster secret", json!({}));
+    let (seen, _) = run(
+        api(Some(&cluster(4)), &[&taken], &[unlabelled]),
+        fleet.endpoints(),
+        &taken,
+    )
+    .await;
+    let refused = status_patches(&seen, "taken").pop().unwrap();
+    let (state, reason) = condition(&refused, "Ingested");
+    assert_eq!(
+        (state, reason),
+        ("False", "SourceNotAllowed"),
+        "{refused:#}"
+    );
+    assert!(refused.get("blobId").is_none());
+    let notes = event_notes(&seen, "IngestFailed");
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("redstuff.dev/blob-source=true")),
+        "{notes:?}"
+    );
+    let held = fleet.held().await;
+    assert!(
+        held.iter().all(|h| h.len() == 1 && h.contains(id)),
+        "stored: {held:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_missing_config_map_is_a_condition_not_a_crash() {
     let b = blob("weights", config_map_source());

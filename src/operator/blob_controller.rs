@@ -344,6 +344,15 @@ async fn ingest_source(
             .await
             .map_err(|e| IngestError::SourceUnreadable(format!("Secret {}: {e}", key.name)))?
             .ok_or_else(not_found)?;
+        if !ingest::secret_offered(secret.metadata.labels.as_ref()) {
+            return Err(IngestError::SecretNotOffered(format!(
+                "Secret {namespace}/{} is not labelled {}=true: only Secrets so \
+                 labelled are read as Blob sources (their bytes become readable by \
+                 every holder of the gateway's user token)",
+                key.name,
+                ingest::SECRET_SOURCE_LABEL
+            )));
+        }
         let bytes = secret
             .data
             .as_ref()

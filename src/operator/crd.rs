@@ -589,7 +589,9 @@ pub struct BlobSource {
     /// A key of a ConfigMap in the same namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map_key: Option<KeySource>,
-    /// A key of a Secret in the same namespace.
+    /// A key of a Secret in the same namespace; the Secret must carry the
+    /// label `redstuff.dev/blob-source: "true"` (its bytes become readable
+    /// by every holder of the gateway's user token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_key: Option<KeySource>,
 }

@@ -57,6 +57,10 @@ pub enum IngestError {
         /// What went wrong.
         message: String,
     },
+    /// The Secret named is not offered as a Blob source (it lacks the
+    /// [`SECRET_SOURCE_LABEL`]).
+    #[error("{0}")]
+    SecretNotOffered(String),
     /// The local spool failed.
     #[error("spool: {0}")]
     Spool(#[from] std::io::Error),
@@ -71,7 +75,7 @@ impl IngestError {
         match self {
             IngestError::SourceNotFound(_) => "SourceNotFound",
             IngestError::SourceUnreadable(_) => "SourceUnreadable",
-            IngestError::NotAllowed(_) => "SourceNotAllowed",
+            IngestError::NotAllowed(_) | IngestError::SecretNotOffered(_) => "SourceNotAllowed",
             IngestError::Download { .. } => "DownloadFailed",
             IngestError::ChecksumMismatch { .. } => "ChecksumMismatch",
             IngestError::TooLarge { .. } => "TooLarge",
@@ -82,7 +86,7 @@ impl IngestError {
     }
 
     /// Whether trying again soon may help (a download or gateway hiccup,
-    /// a ConfigMap or Secret not created yet), as opposed to bytes that
+    /// a ConfigMap or Secret not created or labelled yet), as opposed to bytes that
     /// are wrong, or a URL that leads where sources may not go, until
     /// someone changes the source, which are tried again only after a
     /// longer wait.
@@ -95,6 +99,20 @@ impl IngestError {
             _ => true,
         }
     }
+}
+
+/// The label (value `"true"`) a Secret needs for a Blob to name it as
+/// its source: the operator reads Secrets with its own rights, so without
+/// the Secret's consent anyone who may create Blobs in a namespace could
+/// have any Secret there (a cluster's tokens and CA key, ServiceAccount
+/// tokens) stored where every holder of the gateway's user token reads it.
+pub const SECRET_SOURCE_LABEL: &str = "redstuff.dev/blob-source";
+
+/// Whether a Secret with `labels` may be a Blob's source.
+pub fn secret_offered(labels: Option<&std::collections::BTreeMap<String, String>>) -> bool {
+    labels
+        .and_then(|l| l.get(SECRET_SOURCE_LABEL))
+        .is_some_and(|v| v == "true")
 }
 
 /// `url` as messages, logs and Events show it: without its credentials
