@@ -764,7 +764,7 @@ impl FleetLoop {
                     BlobStatus {
                         id: id.clone(),
                         size: blob.size,
-                        health: fleet::health(&self.encoding, blob.complete_shards.len()),
+                        health: view.health_of(&self.encoding, blob),
                         shards_complete: blob.complete_shards.len(),
                         repairing: self.repairer.is_repairing(id),
                         repair_bytes: totals.bytes,

@@ -352,21 +352,38 @@ impl FleetView {
             .all(|b| shards.iter().all(|s| b.complete_shards.contains(s)))
     }
 
+    /// Shards of the `n` no answering node says it owns: their owner did
+    /// not answer, was not asked (its pod not ready), or has not heard it
+    /// owns them yet.
+    pub fn unanswered_shards(&self, n: usize) -> usize {
+        let reached: BTreeSet<u16> = self.owned.values().flatten().copied().collect();
+        (0..n).filter(|s| !reached.contains(&(*s as u16))).count()
+    }
+
+    /// The health of `blob` in this reading: Lost only when the shards out
+    /// of reach could not make it readable either
+    /// ([`fleet::health_in_reach`]).
+    pub fn health_of(&self, encoding: &EncodingConfig, blob: &BlobView) -> Health {
+        let unanswered = self.unanswered_shards(encoding.n());
+        fleet::health_in_reach(encoding, blob.complete_shards.len(), unanswered)
+    }
+
     /// (blob, shard) pairs missing across the fleet, of blobs that can be
     /// rebuilt: a Lost blob's pairs never will be (it is counted Lost).
     pub fn missing_pairs(&self, encoding: &EncodingConfig) -> usize {
         self.blobs
             .values()
-            .filter(|b| fleet::health(encoding, b.complete_shards.len()) != Health::Lost)
+            .filter(|b| self.health_of(encoding, b) != Health::Lost)
             .map(|b| encoding.n().saturating_sub(b.complete_shards.len()))
             .sum()
     }
 
-    /// Ids of the Lost blobs (too few pairs held to read them), in order.
+    /// Ids of the Lost blobs (too few pairs held to read them, even with
+    /// the shards out of reach), in order.
     pub fn lost_blobs<'a>(&'a self, encoding: &'a EncodingConfig) -> impl Iterator<Item = &'a str> {
         self.blobs
             .iter()
-            .filter(|(_, b)| fleet::health(encoding, b.complete_shards.len()) == Health::Lost)
+            .filter(|(_, b)| self.health_of(encoding, b) == Health::Lost)
             .map(|(id, _)| id.as_str())
     }
 
@@ -374,9 +391,7 @@ impl FleetView {
     pub fn health_counts(&self, encoding: &EncodingConfig) -> BTreeMap<Health, usize> {
         let mut counts: BTreeMap<Health, usize> = Health::ALL.iter().map(|h| (*h, 0)).collect();
         for blob in self.blobs.values() {
-            *counts
-                .entry(fleet::health(encoding, blob.complete_shards.len()))
-                .or_default() += 1;
+            *counts.entry(self.health_of(encoding, blob)).or_default() += 1;
         }
         counts
     }

@@ -151,7 +151,8 @@ pub enum Health {
     Degraded,
     /// Every shard holds a valid pair of every segment.
     Healthy,
-    /// Fewer than p shards hold pairs: the blob cannot be read or rebuilt.
+    /// Fewer than p shards hold pairs, counting those of nodes that did
+    /// not answer: the blob cannot be read or rebuilt.
     Lost,
 }
 
@@ -185,6 +186,21 @@ pub fn health(config: &EncodingConfig, complete_shards: usize) -> Health {
         Health::AtRisk
     } else {
         Health::Lost
+    }
+}
+
+/// Health as a reading sees it, `unanswered` shards belonging to nodes
+/// that did not answer it (down, not ready, silent): too few pairs seen is
+/// Lost only when those shards could not make the blob readable either;
+/// until then it is AtRisk (out of reach, perhaps not gone).
+pub fn health_in_reach(
+    config: &EncodingConfig,
+    complete_shards: usize,
+    unanswered: usize,
+) -> Health {
+    match health(config, complete_shards) {
+        Health::Lost if complete_shards + unanswered >= config.p() => Health::AtRisk,
+        health => health,
     }
 }
 
@@ -461,6 +477,27 @@ mod tests {
         ];
         for (complete, expected) in table {
             assert_eq!(health(&c, complete), expected, "{complete} complete shards");
+        }
+    }
+
+    #[test]
+    fn a_blob_is_lost_only_when_the_shards_out_of_reach_could_not_make_it_readable_either() {
+        let c = EncodingConfig::new(7).unwrap(); // f 2, p 3, q 5
+        let table = [
+            // (complete, unanswered, health)
+            (2, 0, Health::Lost),
+            (2, 1, Health::AtRisk),
+            (0, 3, Health::AtRisk),
+            (0, 2, Health::Lost),
+            (4, 3, Health::AtRisk),
+            (7, 0, Health::Healthy),
+        ];
+        for (complete, unanswered, expected) in table {
+            assert_eq!(
+                health_in_reach(&c, complete, unanswered),
+                expected,
+                "{complete} complete, {unanswered} out of reach"
+            );
         }
     }
 

@@ -256,7 +256,8 @@ fn cluster_facts(
             last_repair: blob_id.and_then(|id| fleet.repairer.totals(id).last_completed),
             deleted: blob_id
                 .is_some_and(|id| view.deleted.contains_key(id) && !view.blobs.contains_key(id)),
-            nodes_silent: !view.silent.is_empty(),
+            nodes_silent: !view.silent.is_empty() || view.unanswered_shards(encoding.n()) > 0,
+            unanswered_shards: view.unanswered_shards(encoding.n()),
         },
         _ => ClusterFacts::Unobserved,
     }

@@ -90,9 +90,12 @@ pub enum ClusterFacts {
         /// No node holds it visible, and a tombstone stands for it: it was
         /// deleted through the gateway or S3.
         deleted: bool,
-        /// Some node did not answer the last reading: a blob no answering
-        /// node holds may only be out of reach.
+        /// Some node did not answer the last reading (or was not asked):
+        /// a blob no answering node holds may only be out of reach.
         nodes_silent: bool,
+        /// Shards no answering node owns: too few pairs seen is Lost only
+        /// when these could not make the blob readable either.
+        unanswered_shards: usize,
     },
 }
 
@@ -202,6 +205,7 @@ pub fn blob_status(
                 last_repair,
                 deleted,
                 nodes_silent,
+                unanswered_shards,
             },
             Some(id),
         ) => {
@@ -221,14 +225,22 @@ pub fn blob_status(
             match blob {
                 Some(view) => {
                     let complete = view.complete_shards.len();
-                    let health = blob_health(fleet::health(encoding, complete), *repairing);
+                    let health = blob_health(
+                        fleet::health_in_reach(encoding, complete, *unanswered_shards),
+                        *repairing,
+                    );
                     status.size = Some(view.size);
                     status.size_text = Some(crate::units::format_bytes(view.size));
                     status.shards_valid = Some(complete as u16);
                     status.shards = Some(format!("{complete}/{n}"));
                     status.health = Some(health);
+                    let out_of_reach = match *unanswered_shards {
+                        0 => String::new(),
+                        1 => " (1 shard more is on a node not answering)".into(),
+                        k => format!(" ({k} shards more are on nodes not answering)"),
+                    };
                     let message = format!(
-                        "{complete} of {n} shards hold valid sliver pairs; readable from {}, fully safe from {}",
+                        "{complete} of {n} shards hold valid sliver pairs{out_of_reach}; readable from {}, fully safe from {}",
                         encoding.p(),
                         encoding.q()
                     );
@@ -325,6 +337,7 @@ mod tests {
             last_repair: None,
             deleted: false,
             nodes_silent: false,
+            unanswered_shards: 0,
         }
     }
 
@@ -358,6 +371,45 @@ mod tests {
     }
 
     #[test]
+    fn a_blob_whose_missing_shards_are_on_nodes_not_answering_is_at_risk_not_lost() {
+        let mut facts = observed(&[0, 1], false);
+        if let ClusterFacts::Observed {
+            nodes_silent,
+            unanswered_shards,
+            ..
+        } = &mut facts
+        {
+            *nodes_silent = true;
+            *unanswered_shards = 2;
+        }
+        let s = blob_status(
+            &BlobStatus::default(),
+            Some(ID),
+            &IngestState::Done,
+            &facts,
+            Some(1),
+            &now(1),
+        );
+        assert_eq!(s.health, Some(BlobHealth::AtRisk));
+        let healthy = s.conditions.iter().find(|c| c.type_ == "Healthy").unwrap();
+        assert!(
+            healthy
+                .message
+                .contains("2 shards more are on nodes not answering"),
+            "{}",
+            healthy.message
+        );
+        // With too few out of reach to make it readable, it is Lost.
+        if let ClusterFacts::Observed {
+            unanswered_shards, ..
+        } = &mut facts
+        {
+            *unanswered_shards = 0;
+        }
+        assert_eq!(health_of(&facts).0, Some(BlobHealth::Lost));
+    }
+
+    #[test]
     fn the_status_shows_size_shards_and_encoding() {
         let s = blob_status(
             &BlobStatus::default(),
@@ -387,6 +439,7 @@ mod tests {
             last_repair: None,
             deleted: true,
             nodes_silent: false,
+            unanswered_shards: 0,
         };
         let s = blob_status(
             &seen,
@@ -412,6 +465,7 @@ mod tests {
             last_repair: None,
             deleted: false,
             nodes_silent: false,
+            unanswered_shards: 0,
         };
         assert_eq!(health_of(&absent), (None, "NotSeenYet".into()));
         let seen = BlobStatus {
@@ -436,6 +490,7 @@ mod tests {
             last_repair: None,
             deleted: false,
             nodes_silent: true,
+            unanswered_shards: 2,
         };
         let s = blob_status(
             &seen,

@@ -230,6 +230,25 @@ fn health_counts_lost_blobs_and_missing_pairs_of_blobs_that_can_be_rebuilt_follo
 }
 
 #[test]
+fn a_blob_is_lost_only_when_the_shards_of_nodes_not_answering_could_not_make_it_readable() {
+    let encoding = EncodingConfig::new(7).unwrap(); // f 2, p 3, q 5
+    let held: &[Held] = &[("x", 1, &[(0, 1), (1, 1)], committed(1))];
+    // Shards 2-6 are on nodes that did not answer or were not asked.
+    let a = page("a", &[0, 1], held);
+    let view = FleetView::from_inventories([("a", Some(&a)), ("b", None)]);
+    assert_eq!(view.unanswered_shards(7), 5);
+    assert_eq!(view.health_counts(&encoding)[&Health::Lost], 0);
+    assert_eq!(view.health_counts(&encoding)[&Health::AtRisk], 1);
+    assert_eq!(view.lost_blobs(&encoding).count(), 0);
+    assert_eq!(view.missing_pairs(&encoding), 5);
+    // Every owner answered, holding nothing of it: it is Lost.
+    let rest = page("b", &[2, 3, 4, 5, 6], &[]);
+    let view = FleetView::from_inventories([("a", Some(&a)), ("b", Some(&rest))]);
+    assert_eq!(view.unanswered_shards(7), 0);
+    assert_eq!(view.lost_blobs(&encoding).collect::<Vec<_>>(), ["x"]);
+}
+
+#[test]
 fn pairs_of_a_shard_its_holder_no_longer_owns_do_not_count() {
     // Shard 1 moved from a to b (a came back after its eviction, or the
     // shards were rebalanced); b has not rebuilt it yet. Reads ask b.
