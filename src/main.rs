@@ -40,7 +40,8 @@ enum Command {
         /// again).
         file: PathBuf,
         /// Gateway URL.
-        #[arg(long, env = "REDSTUFF_GATEWAY", default_value = DEFAULT_GATEWAY)]
+        #[arg(long, env = "REDSTUFF_GATEWAY", default_value = DEFAULT_GATEWAY,
+              value_parser = cli::parse_gateway_url)]
         gateway: String,
         /// Print id, size and shard acknowledgements as JSON.
         #[arg(long)]
@@ -68,7 +69,8 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
         /// Gateway URL.
-        #[arg(long, env = "REDSTUFF_GATEWAY", default_value = DEFAULT_GATEWAY)]
+        #[arg(long, env = "REDSTUFF_GATEWAY", default_value = DEFAULT_GATEWAY,
+              value_parser = cli::parse_gateway_url)]
         gateway: String,
         /// Attempts after the first while the gateway is busy or out of
         /// reach (429, 502, 503, 504, a lost connection; a download
@@ -87,7 +89,8 @@ enum Command {
     /// Show the fleet: nodes (pid, address, shards, state) and blob health.
     Status {
         /// Gateway URL (of `redstuff dev`).
-        #[arg(long, env = "REDSTUFF_GATEWAY", default_value = DEFAULT_GATEWAY)]
+        #[arg(long, env = "REDSTUFF_GATEWAY", default_value = DEFAULT_GATEWAY,
+              value_parser = cli::parse_gateway_url)]
         gateway: String,
         /// Print JSON: {"nodes": [...], "blobs": [...], ...}.
         #[arg(long)]
@@ -247,13 +250,14 @@ struct StallArg {
 struct TokenArg {
     /// The gateway's user token (default: REDSTUFF_TOKEN, else the token
     /// file of a `redstuff dev` in this directory, redstuff-dev/token).
-    #[arg(long, env = "REDSTUFF_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "REDSTUFF_TOKEN", hide_env_values = true,
+          value_parser = cli::parse_token)]
     token: Option<String>,
 }
 
 impl TokenArg {
     fn resolve(&self) -> Option<String> {
-        self.token.clone().or_else(|| {
+        self.token.clone().filter(|t| !t.is_empty()).or_else(|| {
             let path = redstuff::dev::user_token_path(std::path::Path::new("redstuff-dev"));
             let text = std::fs::read_to_string(path).ok()?;
             redstuff::auth::parse_tokens(&text).into_iter().next()
@@ -316,7 +320,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             token,
             ca,
             stall,
-        } => runtime()?.block_on(cli::put(
+        } => user_command(cli::put(
             &file,
             &gateway,
             token.resolve(),
@@ -333,7 +337,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             token,
             ca,
             stall,
-        } => runtime()?.block_on(cli::get(
+        } => user_command(cli::get(
             &id,
             &output,
             &gateway,
@@ -350,7 +354,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             token,
             ca,
             stall,
-        } => runtime()?.block_on(cli::status(
+        } => user_command(cli::status(
             &gateway,
             token.resolve(),
             ca.resolve(&gateway).as_deref(),
@@ -440,6 +444,19 @@ fn crds(dir: Option<PathBuf>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Runs a user command (put, get, status) to its end. The runtime is not
+/// waited for: a read of standard input or a pipe that is still blocked
+/// (the gateway refused the upload, and the source sends nothing more)
+/// would hold the process, and its error, until the source sent more.
+fn user_command(
+    command: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let runtime = runtime()?;
+    let result = runtime.block_on(command);
+    runtime.shutdown_background();
+    result
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -184,6 +184,7 @@ impl Download {
         if !response.status().is_success() {
             return Err(AttemptError::answered(response).await);
         }
+        check_is_a_blob(&response, gateway).map_err(AttemptError::last)?;
         if self.sink.is_none() {
             self.len = response.content_length();
             self.open().await.map_err(AttemptError::last)?;
@@ -395,6 +396,24 @@ fn partial_beside(output: &Path) -> std::io::Result<tempfile::NamedTempFile> {
             .set_permissions(std::fs::Permissions::from_mode(mode))?;
     }
     Ok(partial)
+}
+
+/// Fails unless `response` carries blob bytes as a redstuff gateway sends
+/// them (`application/octet-stream`): a proxy's or an ingress's page
+/// answered 200 would otherwise be written as the blob.
+fn check_is_a_blob(response: &reqwest::Response, gateway: &str) -> anyhow::Result<()> {
+    let kind = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("none");
+    anyhow::ensure!(
+        kind.starts_with("application/octet-stream"),
+        "{gateway} answered {} with content of type {kind}, not a blob's bytes: is it a \
+         redstuff gateway? (nothing was written)",
+        response.status()
+    );
+    Ok(())
 }
 
 #[cfg(test)]

@@ -59,6 +59,38 @@ fn http(ca: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
+/// A gateway URL as `--gateway` takes it: http or https, with a host
+/// (a request to anything else could not even be made).
+pub fn parse_gateway_url(text: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(text).map_err(|e| {
+        format!(
+            "{text:?} is not a URL ({e}): give one like {}",
+            crate::DEFAULT_GATEWAY
+        )
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+        return Err(format!(
+            "{text:?} is not an http:// or https:// URL with a host, like {}",
+            crate::DEFAULT_GATEWAY
+        ));
+    }
+    Ok(text.to_string())
+}
+
+/// A user token as `--token` and REDSTUFF_TOKEN take it: one token, no
+/// line break or other control character (a header cannot carry it; a
+/// token file read whole holds two tokens during a rotation).
+pub fn parse_token(text: &str) -> Result<String, String> {
+    if text.chars().any(char::is_control) {
+        return Err(
+            "the token holds a line break or another control character: \
+             pass one token (a token file may hold two during a rotation)"
+                .into(),
+        );
+    }
+    Ok(text.to_string())
+}
+
 /// Adds the user token, when there is one.
 fn authorized(request: reqwest::RequestBuilder, token: &Option<String>) -> reqwest::RequestBuilder {
     match token {
@@ -95,6 +127,12 @@ impl AttemptError {
     /// gateway's certificate is not trusted (no retry changes that), with
     /// what to do; a transport failure otherwise.
     fn unanswered(error: reqwest::Error, gateway: &str) -> Self {
+        if error.is_builder() {
+            return Self::last(
+                anyhow::Error::new(error)
+                    .context(format!("cannot make a request to the gateway at {gateway}")),
+            );
+        }
         if let Some(refused) = refused_certificate(&error) {
             return Self::last(anyhow::anyhow!(
                 "the gateway at {gateway} shows a certificate this client does not trust \
@@ -273,6 +311,46 @@ async fn before_retry(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gateway_is_an_http_or_https_url_with_a_host() {
+        for good in ["http://127.0.0.1:7700", "https://gw.storage.svc:8443/"] {
+            assert_eq!(parse_gateway_url(good).as_deref(), Ok(good));
+        }
+        for bad in [
+            "media-gateway.storage:8080",
+            "",
+            "ftp://host",
+            "127.0.0.1:7700",
+            "http://",
+        ] {
+            assert!(parse_gateway_url(bad).is_err(), "{bad:?} taken");
+        }
+    }
+
+    #[test]
+    fn a_token_with_a_line_break_is_refused_before_any_request() {
+        assert!(parse_token("a\nb").unwrap_err().contains("line break"));
+        assert!(parse_token("a\r").is_err());
+        assert_eq!(parse_token("abc").as_deref(), Ok("abc"));
+    }
+
+    #[tokio::test]
+    async fn a_request_that_cannot_be_made_is_final_not_a_lost_connection() {
+        let error = redstuff::http::client()
+            .get("http://127.0.0.1:7700/v1/status")
+            .header("authorization", "Bearer a\nb")
+            .send()
+            .await
+            .unwrap_err();
+        let attempt = AttemptError::unanswered(error, "http://127.0.0.1:7700");
+        assert!(
+            matches!(attempt.failure, Failure::Final),
+            "{:#}",
+            attempt.error
+        );
+        assert!(format!("{:#}", attempt.error).contains("cannot make a request"));
+    }
 
     #[test]
     fn only_a_certificate_of_an_unknown_issuer_is_answered_with_passing_the_ca() {

@@ -98,7 +98,23 @@ async fn streamed_source(file: &Path) -> anyhow::Result<Option<StreamSource>> {
          `tar c DIR | redstuff put -`)",
         file.display()
     );
-    Ok((!metadata.is_file()).then(|| StreamSource::Path(file.to_path_buf())))
+    let streamed = !metadata.is_file() || (metadata.len() == 0 && !is_empty(file).await?);
+    Ok(streamed.then(|| StreamSource::Path(file.to_path_buf())))
+}
+
+/// Whether a regular file that says it is empty has no bytes indeed: a
+/// procfs or sysfs file says 0 and has bytes (it is streamed then).
+async fn is_empty(file: &Path) -> anyhow::Result<bool> {
+    use tokio::io::AsyncReadExt;
+    let mut opened = tokio::fs::File::open(file)
+        .await
+        .with_context(|| format!("cannot open {}", file.display()))?;
+    let mut first = [0u8; 1];
+    let read = opened
+        .read(&mut first)
+        .await
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    Ok(read == 0)
 }
 
 /// A source read once.
@@ -326,7 +342,7 @@ impl<'a> FileUpload<'a> {
         let response = send_watched(request, &progress, self.stall)
             .await
             .map_err(|e| AttemptError::stalled(e, &self.gateway))?
-            .map_err(|e| AttemptError::unanswered(e, &self.gateway))?;
+            .map_err(|e| unread_or_unanswered(e, &progress, &self.gateway))?;
         self.again_after(response).await
     }
 
@@ -387,6 +403,14 @@ impl<'a> FileUpload<'a> {
             (&progress, self.stall),
         )
         .await?;
+        if self.check_unchanged().await.is_err() {
+            return Err(AttemptError::last(anyhow::anyhow!(
+                "{} changed while it was being uploaded: the blob stored as {} may hold bytes of \
+                 neither version (delete it, and put the file again once it stays as it is)",
+                self.file.display(),
+                stored.id
+            )));
+        }
         self.check_size(stored)
     }
 
@@ -417,7 +441,9 @@ impl<'a> FileUpload<'a> {
                     counted.inc(chunk.len() as u64);
                 }
             });
-        Ok(reqwest::Body::wrap_stream(progress.watch(stream)))
+        Ok(reqwest::Body::wrap_stream(
+            progress.watch(stream, Some(len)),
+        ))
     }
 }
 
@@ -441,7 +467,7 @@ async fn put_stream(
     };
     let progress = BodyProgress::new();
     let stream = tokio_util::io::ReaderStream::with_capacity(reader, 1 << 20);
-    let body = reqwest::Body::wrap_stream(progress.watch(stream));
+    let body = reqwest::Body::wrap_stream(progress.watch(stream, None));
     upload(http, gateway, token, None, body, (&progress, stall))
         .await
         .map_err(|e| {
@@ -479,6 +505,9 @@ async fn upload(
         .map_err(|e| AttemptError::stalled(e, gateway))?;
     let response = match sent {
         Ok(response) => response,
+        Err(e) if progress.read_error().is_some() => {
+            return Err(unread_or_unanswered(e, progress, gateway))
+        }
         // A gateway refuses an upload without credentials before it reads
         // the body; one longer than it reads on after a refusal may end as
         // a broken connection, not as the 401: no retry changes that.
@@ -490,10 +519,24 @@ async fn upload(
         }
         // A busy gateway's refusal can end the same way when the body is
         // still being sent; it is worth another attempt.
-        Err(e) => return Err(AttemptError::unanswered(e, gateway)),
+        Err(e) => return Err(unread_or_unanswered(e, progress, gateway)),
     };
     if !response.status().is_success() {
         return Err(AttemptError::answered(response).await);
     }
     AttemptError::json_within(response, stall, gateway).await
+}
+
+/// A request whose body `progress` watched that got no answer: final,
+/// naming the source, when reading the body failed (the request fails as
+/// if the connection broke); else as [`AttemptError::unanswered`].
+fn unread_or_unanswered(
+    error: reqwest::Error,
+    progress: &BodyProgress,
+    gateway: &str,
+) -> AttemptError {
+    match progress.read_error() {
+        Some(why) => AttemptError::last(anyhow::anyhow!("cannot read what is uploaded: {why}")),
+        None => AttemptError::unanswered(error, gateway),
+    }
 }

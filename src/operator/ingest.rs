@@ -519,6 +519,7 @@ pub async fn upload(
     let progress = BodyProgress::new();
     let body = reqwest::Body::wrap_stream(progress.watch(
         tokio_util::io::ReaderStream::with_capacity(file, FILE_CHUNK),
+        Some(length),
     ));
     let request = http
         .put(format!("{}/v1/blobs", gateway.trim_end_matches('/')))

@@ -257,6 +257,105 @@ async fn run_status(url: &str, token: &str, args: &[&str]) -> std::process::Outp
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_token_variable_counts_as_none_and_a_token_with_a_line_break_or_a_gateway_without_a_scheme_is_refused_at_once(
+) {
+    let (url, asked) = status_server(0).await;
+    // REDSTUFF_TOKEN= (a command substitution that failed): the token
+    // file of `redstuff dev` in the directory is used, not an empty token.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("redstuff-dev")).unwrap();
+    std::fs::write(dir.path().join("redstuff-dev/token"), "status-token\n").unwrap();
+    let command = tokio::process::Command::new(env!("CARGO_BIN_EXE_redstuff"))
+        .args(["status", "--json", "--gateway", &url])
+        .env("REDSTUFF_TOKEN", "")
+        .env("REDSTUFF_LOG", "warn")
+        .current_dir(dir.path())
+        .kill_on_drop(true)
+        .output();
+    let output = within("redstuff status", command).await.unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let before = asked.load(std::sync::atomic::Ordering::SeqCst);
+    let two_tokens = run_status(&url, "status-token\nnext-token", &[]).await;
+    let stderr = String::from_utf8_lossy(&two_tokens.stderr);
+    assert_eq!(two_tokens.status.code(), Some(2), "a usage error: {stderr}");
+    assert!(stderr.contains("line break"), "{stderr}");
+    let no_scheme = run_status(url.trim_start_matches("http://"), "status-token", &[]).await;
+    let stderr = String::from_utf8_lossy(&no_scheme.stderr);
+    assert_eq!(no_scheme.status.code(), Some(2), "a usage error: {stderr}");
+    assert!(
+        stderr.contains("http:// or https://") || stderr.contains("not a URL"),
+        "{stderr}"
+    );
+    assert_eq!(
+        asked.load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "nothing was sent, nothing retried"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_from_a_pipe_that_sends_nothing_ends_with_the_gateways_refusal_without_waiting_for_the_pipe(
+) {
+    // A stand-in that refuses every upload at once, reading nothing.
+    let app = axum::Router::new().fallback(|| async {
+        (
+            axum::http::StatusCode::UNAUTHORIZED,
+            r#"{"error": "unknown token"}"#,
+        )
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut put = tokio::process::Command::new(env!("CARGO_BIN_EXE_redstuff"))
+        .args(["put", "-", "--gateway", &url])
+        .env("REDSTUFF_TOKEN", "wrong")
+        .env("REDSTUFF_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Held open, never written.
+    let _stdin = put.stdin.take().unwrap();
+    let output = crate::within_bound(
+        "put with its source silent",
+        std::time::Duration::from_secs(30),
+        put.wait_with_output(),
+    )
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("401"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_says_it_is_empty_but_has_bytes_is_stored_whole() {
+    // procfs files say 0 bytes and have some.
+    let gateway = OneSlotGateway::start().await;
+    let mut put = gateway.put(&["/proc/self/status"], Stdio::null());
+    let output = within("redstuff put", put.output()).await.unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let id = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    let stored = gateway.read(&id).await;
+    assert!(
+        stored.starts_with(b"Name:"),
+        "{:?}",
+        String::from_utf8_lossy(&stored)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_waits_for_a_busy_gateway_and_never_retries_a_refusal() {
     use std::sync::atomic::Ordering;
     // Busy twice: with retries it says so, waits and prints the status.

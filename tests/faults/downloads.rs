@@ -207,9 +207,9 @@ fn a_download_that_stops_bringing_bytes_goes_on_from_where_it_stopped() {
             let (mut socket, _) = listener.accept().unwrap();
             let (range, start) = read_range(&mut socket);
             let head = match &range {
-                None => format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n"),
+                None => format!("HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {len}\r\n\r\n"),
                 Some(_) => format!(
-                    "HTTP/1.1 206 Partial Content\r\ncontent-range: bytes {start}-{}/{len}\r\n\
+                    "HTTP/1.1 206 Partial Content\r\ncontent-type: application/octet-stream\r\ncontent-range: bytes {start}-{}/{len}\r\n\
                      content-length: {}\r\n\r\n",
                     len - 1,
                     len - start
@@ -314,7 +314,7 @@ fn holding_server(
     let server = std::thread::spawn(move || {
         let (mut socket, _) = listener.accept().unwrap();
         read_range(&mut socket);
-        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {len}\r\n\r\n");
         socket.write_all(head.as_bytes()).unwrap();
         let body = seeded(len, seed);
         // The client may hang up first (a reader that stopped).
@@ -554,4 +554,35 @@ fn a_regular_file_under_dev_such_as_dev_shm_is_replaced_whole_not_written_over()
         );
     }
     assert_eq!(names_in(dir.path()), ["longer.bin", "new.bin"]);
+}
+
+#[test]
+fn a_page_answered_200_in_place_of_a_blob_is_not_written_as_the_blob() {
+    // An ingress's default backend answers every path with its page.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let gateway = format!("http://{}", listener.local_addr().unwrap());
+    let server = std::thread::spawn(move || {
+        let (mut socket, _) = listener.accept().unwrap();
+        read_range(&mut socket);
+        let page = "<html><body>default backend</body></html>";
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\n\r\n{page}",
+            page.len()
+        );
+        socket.write_all(answer.as_bytes()).unwrap();
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model.bin");
+    std::fs::write(&out, b"the previous version").unwrap();
+    let get = get_into(&out, &gateway, "3");
+    server.join().unwrap();
+    let stderr = String::from_utf8_lossy(&get.stderr);
+    assert_eq!(get.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("text/html"), "{stderr}");
+    assert_eq!(std::fs::read(&out).unwrap(), b"the previous version");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "nothing beside it"
+    );
 }
