@@ -55,8 +55,9 @@ pub struct PhaseResult {
     pub seconds: f64,
     /// Blob bytes per second, in MB/s (10^6 bytes).
     pub mb_per_s: f64,
-    /// Throughput as a fraction of the baseline's.
-    pub ratio_to_baseline: f64,
+    /// Throughput as a fraction of the baseline's; `None` (JSON null)
+    /// when no baseline ran (`--encode-only`).
+    pub ratio_to_baseline: Option<f64>,
     /// Largest resident memory seen during the phase, in bytes.
     pub peak_rss_bytes: Option<u64>,
 }
@@ -250,11 +251,7 @@ pub fn run(
                 description,
                 seconds: tally.median().as_secs_f64(),
                 mb_per_s,
-                ratio_to_baseline: if baseline_rate > 0.0 {
-                    mb_per_s / baseline_rate
-                } else {
-                    0.0
-                },
+                ratio_to_baseline: (baseline_rate > 0.0).then(|| mb_per_s / baseline_rate),
                 peak_rss_bytes: tally.peak,
             }
         })
@@ -486,11 +483,9 @@ pub fn render_table(report: &CodecBenchReport) -> String {
             phase.phase,
             phase.mb_per_s,
             phase.seconds,
-            if phase.ratio_to_baseline > 0.0 {
-                format!("{:.3}", phase.ratio_to_baseline)
-            } else {
-                "-".into()
-            },
+            phase
+                .ratio_to_baseline
+                .map_or("-".into(), |ratio| format!("{ratio:.3}")),
             phase.peak_rss_bytes.map_or("-".into(), format_bytes)
         ));
     }
@@ -594,6 +589,11 @@ mod tests {
         assert_eq!(phases, ["encode"]);
         assert!(report.phases[0].seconds > 0.0);
         assert!(render_table(&report).contains("encode"));
+        let json = serde_json::to_value(&report).unwrap();
+        assert!(
+            json["phases"][0]["ratio_to_baseline"].is_null(),
+            "no baseline ran: no ratio, not 0: {json}"
+        );
     }
 
     #[test]

@@ -108,12 +108,15 @@ pub(super) async fn measure(
             }
         })
     };
+    // The kernel's high-water mark sees a peak between samples; the
+    // samples stand in where it cannot be reset.
+    let mut phase = super::memory::PhasePeak::start();
     let start = Instant::now();
     let puts =
         futures_util::future::join_all(files.iter().map(|(path, _)| put_file(http, gateway, path)))
             .await;
     let put_time = start.elapsed();
-    let peak_puts = peak.load(std::sync::atomic::Ordering::Relaxed);
+    let peak_puts = phase.end(peak.load(std::sync::atomic::Ordering::Relaxed));
     let mut ids = Vec::new();
     let mut retries = 0;
     for put in puts {
@@ -123,6 +126,7 @@ pub(super) async fn measure(
     }
     let rss_before_gets = super::memory::current_rss_bytes().unwrap_or(0);
     let peak_before_gets = peak.swap(rss_before_gets, std::sync::atomic::Ordering::Relaxed);
+    let mut phase = super::memory::PhasePeak::start();
     let start = Instant::now();
     let gets = futures_util::future::join_all(
         ids.iter()
@@ -134,10 +138,11 @@ pub(super) async fn measure(
     for get in gets {
         get?;
     }
-    let peak_gets = peak.swap(
+    let peak_gets = phase.end(peak.swap(
         super::memory::current_rss_bytes().unwrap_or(0),
         std::sync::atomic::Ordering::Relaxed,
-    );
+    ));
+    let mut phase = super::memory::PhasePeak::start();
     let rows_before = read_rows(http, gateway).await?;
     let start = Instant::now();
     let same = futures_util::future::join_all(
@@ -147,7 +152,7 @@ pub(super) async fn measure(
     let same_time = start.elapsed();
     watching.store(false, std::sync::atomic::Ordering::Relaxed);
     let _ = watcher.await;
-    let peak_same = peak.load(std::sync::atomic::Ordering::Relaxed);
+    let peak_same = phase.end(peak.load(std::sync::atomic::Ordering::Relaxed));
     for get in same {
         get?;
     }

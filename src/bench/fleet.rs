@@ -124,6 +124,13 @@ const MEMORY_PER_SIZE_BYTE: u64 = 5;
 /// The most blobs stored to fill the node wiped before the repair.
 pub const MAX_FILL_PUTS: u64 = 2_000;
 
+/// The seed of the repair stage's first fill blob (the next ones count
+/// up): far from the seeds of the blobs stored before it (1, 101, 1000
+/// and up for concurrent clients, 50,000 and up for the hung node), so a
+/// fill PUT never stores bytes the fleet holds already and every byte it
+/// counts is one more on the nodes.
+pub const FIRST_FILL_SEED: u64 = 1 << 32;
+
 /// Why `bench fleet` refuses its sizes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FleetSizeError {
@@ -662,7 +669,7 @@ async fn measure(
     let node_bytes = |dir: &str| dir_bytes(std::path::Path::new(dir));
     let mut stored =
         2 * options.size + concurrent.as_ref().map_or(0, |c| c.size * c.clients as u64);
-    let mut seed = 2;
+    let mut seed = FIRST_FILL_SEED;
     let mut puts = 0;
     let data_dir = loop {
         let status = status_of().await?;

@@ -46,6 +46,32 @@ fn kib_field(text: &str, name: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// The peak resident memory of this process (a bench's gateway runs in
+/// it) over one phase: the kernel's high-water mark, reset as the phase
+/// starts, and where it cannot be reset the sampled peak alone.
+pub struct PhasePeak {
+    kernel_counts: bool,
+}
+
+impl PhasePeak {
+    /// Starts a phase now.
+    pub fn start() -> Self {
+        Self {
+            kernel_counts: reset_peak(),
+        }
+    }
+
+    /// The phase's peak, given the peak sampled meanwhile.
+    pub fn end(&mut self, sampled: u64) -> u64 {
+        let kernel = if self.kernel_counts {
+            peak_rss_bytes().unwrap_or(0)
+        } else {
+            0
+        };
+        sampled.max(kernel)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,6 +81,23 @@ mod tests {
         let meminfo = "MemTotal:        8040516 kB\nMemFree:          255188 kB\nMemAvailable:    4194304 kB\n";
         assert_eq!(parse_mem_available(meminfo), Some(4 << 30));
         assert_eq!(parse_mem_available("MemTotal: 1 kB\n"), None);
+    }
+
+    #[test]
+    fn a_phases_peak_sees_memory_freed_before_anything_sampled_it() {
+        let Some(before) = current_rss_bytes() else {
+            return; // not Linux
+        };
+        let mut phase = PhasePeak::start();
+        let block = vec![1u8; 8 << 20];
+        std::hint::black_box(&block);
+        drop(block);
+        // Sampled before and after only: the kernel saw the 8 MiB.
+        let sampled = current_rss_bytes().unwrap().max(before);
+        if !phase.kernel_counts {
+            return; // the kernel does not reset its high-water mark here
+        }
+        assert!(phase.end(sampled) >= before + (7 << 20));
     }
 
     #[test]

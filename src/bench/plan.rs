@@ -171,6 +171,12 @@ pub fn run(
         options.nodes >= 1 && options.nodes <= usize::from(options.shards),
         "nodes must be between 1 and shards"
     );
+    anyhow::ensure!(
+        options.nodes_wiped <= options.nodes,
+        "--wiped {} is more than the {} nodes",
+        options.nodes_wiped,
+        options.nodes
+    );
     let specs: Vec<NodeSpec> = (0..options.nodes)
         .map(|i| NodeSpec {
             name: format!("node-{i}"),
@@ -345,5 +351,18 @@ mod tests {
         assert_eq!(report.unhealthy_blobs, 2500);
         assert_eq!(report.tasks, 2500);
         assert_eq!(report.steps.len(), 5);
+    }
+
+    #[test]
+    fn more_wiped_nodes_than_nodes_are_refused() {
+        let options = PlanBenchOptions {
+            blobs: 10,
+            nodes: 3,
+            shards: 7,
+            nodes_wiped: 4,
+            limit: usize::MAX,
+        };
+        let refused = run(&options, |_| {}).unwrap_err().to_string();
+        assert!(refused.contains("--wiped 4"), "{refused}");
     }
 }

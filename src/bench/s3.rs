@@ -350,10 +350,11 @@ async fn measure(
          assert n == {}, n\n",
         options.keys
     );
+    let mut phase = super::memory::PhasePeak::start();
     let (list, _) = tokio::task::block_in_place(|| client("python3", &["-c", &script]))?;
     sampler.abort();
-    let growth = peak
-        .load(std::sync::atomic::Ordering::Relaxed)
+    let growth = phase
+        .end(peak.load(std::sync::atomic::Ordering::Relaxed))
         .saturating_sub(before);
     log(&format!(
         "listed {} keys in {:.1} s (memory +{})",

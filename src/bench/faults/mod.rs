@@ -231,19 +231,30 @@ const SHARDS: u16 = 7;
 const F: usize = 2;
 const SEGMENT_SIZE: u64 = 256 << 10;
 
+/// The seed of the `k`-th new blob of client `client` in the run of
+/// `run_seed`: no two clients' blobs share a seed (nor, but by chance of
+/// the bytes, an id), however long the run, so every blob's history is
+/// one client's and its promises are checked in full (a blob two clients
+/// write is only checked for wrong bytes).
+fn fresh_blob_seed(run_seed: u64, client: usize, k: u64) -> u64 {
+    let run = run_seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    run ^ ((client as u64 + 1) << 48) ^ (k & ((1 << 48) - 1))
+}
+
 /// One client: puts its own blobs, reads and deletes them, sometimes
 /// stores a deleted one's bytes again.
-async fn client(run: Arc<Run>, index: usize, seed: u64, until: Instant) {
-    let mut random = Random::new(seed);
+async fn client(run: Arc<Run>, index: usize, run_seed: u64, until: Instant) {
+    let mut random = Random::new(run_seed.wrapping_add(index as u64 + 1));
     let mut blobs: Vec<(String, u64)> = Vec::new();
     let mut deleted: Vec<(String, u64)> = Vec::new();
-    let mut next_seed = seed.wrapping_mul(1000);
+    let mut fresh = 0u64;
     while Instant::now() < until {
         match random.below(20) {
             0..=8 => {
-                next_seed += 1;
-                if let Some(id) = run.put(index, next_seed).await {
-                    blobs.push((id, next_seed));
+                fresh += 1;
+                let blob_seed = fresh_blob_seed(run_seed, index, fresh);
+                if let Some(id) = run.put(index, blob_seed).await {
+                    blobs.push((id, blob_seed));
                 }
             }
             9..=15 if !blobs.is_empty() => {
@@ -694,14 +705,7 @@ async fn drive(
         options.seed
     ));
     let clients: Vec<_> = (0..options.clients)
-        .map(|i| {
-            AbortOnDrop(tokio::spawn(client(
-                run.clone(),
-                i,
-                options.seed.wrapping_add(i as u64 + 1),
-                until,
-            )))
-        })
+        .map(|i| AbortOnDrop(tokio::spawn(client(run.clone(), i, options.seed, until))))
         .collect();
     let mut driver = AbortOnDrop(tokio::spawn(faults(
         run.clone(),
@@ -852,6 +856,21 @@ pub fn render(report: &FaultRunReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_two_clients_ever_write_a_blob_of_the_same_seed() {
+        for run_seed in [0, 1, 1_796_648_118, u64::MAX] {
+            let mut seen = std::collections::HashSet::new();
+            for client in 0..8 {
+                for k in (1..=20_000).chain([1 << 20, 1 << 40]) {
+                    assert!(
+                        seen.insert(fresh_blob_seed(run_seed, client, k)),
+                        "run {run_seed}: client {client}'s blob {k} repeats a seed"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn healing_may_go_on_while_it_progresses_and_stops_when_it_stalls() {
