@@ -286,7 +286,10 @@ pub(crate) fn carry_transition_times(conditions: &mut [Condition], previous: &[C
 /// are carried over by the caller's [`carry_transition_times`]). What the
 /// operator must not forget while it waits for a spec it can act on is
 /// kept: where the shards are, which nodes are unavailable since when,
-/// which retire, and the CA rotation under way.
+/// which retire, the CA rotation under way, and what it last knew of the
+/// blobs (their counts, the Lost ones and the S3 objects they held: the
+/// only list of lost keys, which a leader change also reads to tell only
+/// news).
 pub fn refused_status(
     cluster: &StorageCluster,
     reason: &str,
@@ -303,6 +306,9 @@ pub fn refused_status(
         unavailable_nodes: kept.unavailable_nodes,
         retiring_nodes: kept.retiring_nodes,
         ca_rotation: kept.ca_rotation,
+        blobs: kept.blobs,
+        lost_blobs: kept.lost_blobs,
+        lost_objects: kept.lost_objects,
         ..StorageClusterStatus::default()
     }
 }
@@ -348,7 +354,15 @@ pub fn cluster_status(
             let all_ready = ready == wanted && nodes.iter().filter(|n| n.exists).count() == wanted;
             // A cluster is being created until it was first Ready (or
             // Degraded): its node pods coming up one by one degrade nothing.
-            let established = matches!(previous.phase.as_deref(), Some("Ready" | "Degraded"));
+            // One that holds blobs is established whatever its phase (it
+            // was refused meanwhile, or a pod of it never came up): its
+            // losses are losses.
+            let holds_blobs = previous
+                .blobs
+                .as_ref()
+                .is_some_and(|b| b.healthy + b.degraded + b.at_risk + b.lost > 0);
+            let established =
+                matches!(previous.phase.as_deref(), Some("Ready" | "Degraded")) || holds_blobs;
             let creating = !established && !all_ready;
             let too_many_down = down_shards > config.f() && !creating;
             let (phase, ready_reason, ready_message) = if too_many_down {
@@ -767,6 +781,52 @@ mod tests {
         assert_eq!(refused.unavailable_nodes, kept.unavailable_nodes);
         assert_eq!(refused.retiring_nodes, kept.retiring_nodes);
         assert_eq!(refused.ready_nodes, None, "what it no longer watches goes");
+    }
+
+    #[test]
+    fn a_refused_spec_keeps_what_was_last_known_of_the_blobs_and_the_lost_objects() {
+        let mut c = cluster(4, 4, Some("1Gi"));
+        let kept = StorageClusterStatus {
+            blobs: Some(crate::operator::crd::BlobCounts {
+                healthy: 5,
+                degraded: 0,
+                at_risk: 0,
+                lost: 1,
+            }),
+            lost_blobs: vec!["gone".into()],
+            lost_objects: vec!["media/model.bin".into()],
+            ..StorageClusterStatus::default()
+        };
+        c.status = Some(kept.clone());
+        let refused = refused_status(&c, "InvalidSpec", "no".into(), &now(1));
+        assert_eq!(refused.blobs, kept.blobs);
+        assert_eq!(refused.lost_blobs, kept.lost_blobs);
+        assert_eq!(refused.lost_objects, kept.lost_objects);
+    }
+
+    #[test]
+    fn a_cluster_holding_blobs_that_was_refused_says_too_many_shards_down_not_creating() {
+        let mut c = cluster(7, 7, Some("1Gi"));
+        c.status = Some(StorageClusterStatus {
+            phase: Some("Failed".into()),
+            blobs: Some(crate::operator::crd::BlobCounts {
+                healthy: 3,
+                degraded: 0,
+                at_risk: 0,
+                lost: 0,
+            }),
+            ..StorageClusterStatus::default()
+        });
+        let nodes = observed(7, &[0, 1, 2], 7);
+        let s = cluster_status(
+            &c,
+            &assignment(&c, &nodes),
+            &nodes,
+            &FleetSummary::default(),
+            &now(100),
+        );
+        assert_eq!(s.phase.as_deref(), Some("Degraded"));
+        assert_eq!(cond(&s, "Ready").reason, "TooManyShardsDown");
     }
 
     #[test]
