@@ -771,6 +771,55 @@ async fn a_secret_is_a_blob_source_only_when_labelled_as_one() {
 }
 
 #[tokio::test]
+async fn an_ingest_of_a_source_that_trickles_stops_once_its_blob_is_being_deleted() {
+    // Ten bytes of a thousand, then nothing, the connection kept open.
+    let trickle = axum::Router::new().route(
+        "/blob",
+        axum::routing::get(|| async {
+            let first = futures_util::stream::iter([Ok::<_, std::io::Error>(
+                bytes::Bytes::from_static(b"0123456789"),
+            )]);
+            let body = futures_util::StreamExt::chain(first, futures_util::stream::pending());
+            (
+                [(axum::http::header::CONTENT_LENGTH, "1000")],
+                axum::body::Body::from_stream(body),
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/blob", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, trickle).await });
+    let b = url_blob("dataset", url, None);
+    // The API server already holds it deleted; the reconcile began before.
+    let mut deleting = b.clone();
+    deleting.metadata.deletion_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    let (client, recorded) = api(Some(&cluster(4)), &[&deleting], &[]).serve();
+    let mut ctx = test_context(client);
+    ctx.deletion_poll = std::time::Duration::from_millis(200);
+    let ctx = Arc::new(ctx);
+    let reconciled = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        reconcile_blob(Arc::new(b), ctx.clone()),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "the ingest held the reconcile, and the Blob's deletion, for ever: {:#?}",
+            lines(&recorded.take())
+        )
+    });
+    reconciled.unwrap();
+    assert!(events(&recorded.take()).contains(&"IngestStopped".to_string()));
+    assert_eq!(
+        ctx.ingest_slots.available_permits(),
+        ctx.max_concurrent_ingests,
+        "its slot is free"
+    );
+}
+
+#[tokio::test]
 async fn a_missing_config_map_is_a_condition_not_a_crash() {
     let b = blob("weights", config_map_source());
     let (seen, _) = run(api(Some(&cluster(4)), &[&b], &[]), Endpoints::default(), &b).await;

@@ -97,7 +97,24 @@ async fn apply_blob(blob: &Blob, ctx: &Context, namespace: &str) -> Result<Actio
                         &now,
                     );
                     write_status_if_changed(ctx, &blobs, blob, &mut current, in_progress).await?;
-                    match ingest_source(blob, cluster, ctx, namespace).await {
+                    // The Blob's deletion waits for this reconcile: an
+                    // ingest of a source that trickles would hold it (and
+                    // its namespace's deletion) for ever.
+                    let ingested = tokio::select! {
+                        ingested = ingest_source(blob, cluster, ctx, namespace) => Some(ingested),
+                        () = deletion_of(&blobs, blob, ctx.deletion_poll) => None,
+                    };
+                    let Some(ingested) = ingested else {
+                        ctx.publish(
+                            blob,
+                            false,
+                            "IngestStopped",
+                            "the Blob is being deleted: its ingest stopped".into(),
+                        )
+                        .await;
+                        return Ok(Action::requeue(Duration::from_secs(1)));
+                    };
+                    match ingested {
                         Ok((id, resumes, uploading)) => {
                             // Until the status names the id, below.
                             _uploading = Some(uploading);
@@ -260,6 +277,24 @@ fn cluster_facts(
             unanswered_shards: view.unanswered_shards(encoding.n()),
         },
         _ => ClusterFacts::Unobserved,
+    }
+}
+
+/// Completes once `blob` is being deleted, gone, or replaced by another
+/// of its name, asking the API server every `poll`; a failed read is asked
+/// again.
+async fn deletion_of(blobs: &Api<Blob>, blob: &Blob, poll: Duration) {
+    let uid = blob.uid();
+    loop {
+        tokio::time::sleep(poll).await;
+        match blobs.get_opt(&blob.name_any()).await {
+            Ok(None) => return,
+            Ok(Some(now)) if now.uid() != uid || now.metadata.deletion_timestamp.is_some() => {
+                return
+            }
+            Ok(Some(_)) => {}
+            Err(e) => tracing::debug!(blob = %blob.name_any(), "cannot read the Blob: {e}"),
+        }
     }
 }
 

@@ -335,6 +335,9 @@ pub struct Context {
     /// How long an ingest's upload may go without the gateway taking a
     /// byte of it or, once sent, answering: then it fails (tried again).
     pub ingest_stall: Duration,
+    /// How often an ingest asks whether its Blob is being deleted (then it
+    /// stops, so the deletion need not wait for it).
+    pub deletion_poll: Duration,
     /// The ingest slots (`max_concurrent_ingests` permits): a Blob whose
     /// source finds none waits, Queued.
     pub ingest_slots: std::sync::Arc<tokio::sync::Semaphore>,
@@ -373,6 +376,7 @@ impl Context {
             stored_ingests: Default::default(),
             written_statuses: Default::default(),
             ingest_stall: DEFAULT_INGEST_STALL,
+            deletion_poll: Duration::from_secs(15),
             ingest_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(
                 DEFAULT_MAX_CONCURRENT_INGESTS,
             )),
