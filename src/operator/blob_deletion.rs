@@ -73,7 +73,7 @@ async fn delete_named(
         .delete(&(namespace.to_string(), cluster.name_any()))
     else {
         return Err(ReconcileError::Waiting(format!(
-            "an ingest of another Blob is uploading to {}: it may store these very bytes, \
+            "an ingest of another Blob is uploading, or about to upload, to {}: it may store these very bytes, \
              so {id} is deleted once its Blob names what it stored",
             cluster.name_any()
         )));

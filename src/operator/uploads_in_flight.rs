@@ -4,7 +4,8 @@
 //! the fleet holds bytes no Blob names:
 //! - a delete racing the ingest could leave the new Blob naming bytes a
 //!   tombstone removed: a delete waits (retried) while an upload is in
-//!   flight, and an upload waits while a delete runs;
+//!   flight or waiting, and an upload waits while a delete runs; deletes
+//!   run together (a bulk delete of many Blobs is not one at a time);
 //! - the upload recorder would take them for an upload through the gateway
 //!   and make a record naming them (deleting the Blob then kept its bytes
 //!   for the record): uploads are recorded only from a list of Blobs taken
@@ -15,30 +16,31 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
-
 use super::context::ClusterKey;
 
 /// Uploads and deletes per cluster.
 #[derive(Debug, Clone, Default)]
 pub struct UploadsInFlight(Arc<Mutex<BTreeMap<ClusterKey, Arc<ClusterUploads>>>>);
 
-/// One cluster's uploads.
+/// One cluster's uploads and deletes.
 #[derive(Debug, Default)]
 struct ClusterUploads {
-    /// Read by uploads, written by deletes.
-    exclusion: Arc<RwLock<()>>,
-    /// Uploads in flight, and uploads ever begun.
+    /// Uploads in flight and waiting, uploads ever begun, deletes.
     counts: Mutex<UploadCounts>,
+    /// Told when the last delete ends (uploads waiting go on).
+    deletes_ended: tokio::sync::Notify,
 }
 
-/// Uploads in flight, uploads ever begun, and until when a failed one
-/// may still be named by its Blob's retry.
+/// Uploads in flight and waiting to begin, uploads ever begun, until when
+/// a failed one may still be named by its Blob's retry, and deletes
+/// under way.
 #[derive(Debug, Default, Clone, Copy)]
 struct UploadCounts {
     in_flight: usize,
+    waiting: usize,
     begun: u64,
     unsettled_until: Option<std::time::Instant>,
+    deletes: usize,
 }
 
 /// How long after an upload failed its bytes count as in flight: the
@@ -51,7 +53,6 @@ pub const UNSETTLED_FOR: std::time::Duration = std::time::Duration::from_secs(60
 #[derive(Debug)]
 pub struct UploadInFlight {
     uploads: Arc<ClusterUploads>,
-    _guard: OwnedRwLockReadGuard<()>,
 }
 
 impl UploadInFlight {
@@ -72,10 +73,31 @@ impl Drop for UploadInFlight {
     }
 }
 
-/// One delete under way: uploads to its cluster wait until it is dropped.
+/// One delete under way: uploads to its cluster wait until it, and every
+/// other delete of the cluster, is dropped.
 #[derive(Debug)]
 pub struct DeleteUnderWay {
-    _guard: OwnedRwLockWriteGuard<()>,
+    uploads: Arc<ClusterUploads>,
+}
+
+impl Drop for DeleteUnderWay {
+    fn drop(&mut self) {
+        let mut counts = self.uploads.counts.lock().expect("not poisoned");
+        counts.deletes -= 1;
+        if counts.deletes == 0 {
+            self.uploads.deletes_ended.notify_waiters();
+        }
+    }
+}
+
+/// An upload waiting to begin: counted so that no new delete starts
+/// meanwhile (deletes one after another would hold it off for ever).
+struct Waiting(Arc<ClusterUploads>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.counts.lock().expect("not poisoned").waiting -= 1;
+    }
 }
 
 /// A moment no upload to a cluster was in flight: every blob an ingest
@@ -99,25 +121,41 @@ impl UploadsInFlight {
     /// delete of the cluster's blobs is under way.
     pub fn begin(&self, cluster: &ClusterKey) -> impl std::future::Future<Output = UploadInFlight> {
         let uploads = self.of(cluster);
+        uploads.counts.lock().expect("not poisoned").waiting += 1;
+        let waiting = Waiting(uploads.clone());
         async move {
-            let guard = uploads.exclusion.clone().read_owned().await;
-            {
-                let mut counts = uploads.counts.lock().expect("not poisoned");
-                counts.in_flight += 1;
-                counts.begun += 1;
+            loop {
+                let ended = uploads.deletes_ended.notified();
+                tokio::pin!(ended);
+                ended.as_mut().enable();
+                {
+                    let mut counts = uploads.counts.lock().expect("not poisoned");
+                    if counts.deletes == 0 {
+                        counts.in_flight += 1;
+                        counts.begun += 1;
+                        break;
+                    }
+                }
+                ended.await;
             }
-            UploadInFlight {
-                uploads,
-                _guard: guard,
-            }
+            drop(waiting);
+            UploadInFlight { uploads }
         }
     }
 
     /// A delete of `cluster`'s blobs, holding uploads off until the guard
-    /// is dropped; `None` while an upload is in flight.
+    /// is dropped (other deletes go on beside it); `None` while an upload
+    /// is in flight or waiting to begin.
     pub fn delete(&self, cluster: &ClusterKey) -> Option<DeleteUnderWay> {
-        let guard = self.of(cluster).exclusion.clone().try_write_owned().ok()?;
-        Some(DeleteUnderWay { _guard: guard })
+        let uploads = self.of(cluster);
+        {
+            let mut counts = uploads.counts.lock().expect("not poisoned");
+            if counts.in_flight > 0 || counts.waiting > 0 {
+                return None;
+            }
+            counts.deletes += 1;
+        }
+        Some(DeleteUnderWay { uploads })
     }
 
     /// Now, if no upload to `cluster` is in flight, nor one failed within
@@ -161,6 +199,52 @@ mod tests {
         assert!(uploads.delete(&key("media")).is_none());
         drop(second);
         assert!(uploads.delete(&key("media")).is_some());
+    }
+
+    #[tokio::test]
+    async fn deletes_of_one_cluster_go_on_together_and_an_upload_waits_for_them_all() {
+        let uploads = UploadsInFlight::default();
+        let first = uploads.delete(&key("media")).expect("nothing uploads");
+        let second = uploads.delete(&key("media")).expect("deletes go together");
+        let begin = uploads.begin(&key("media"));
+        tokio::pin!(begin);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), begin.as_mut())
+                .await
+                .is_err(),
+            "held off"
+        );
+        assert!(
+            uploads.delete(&key("media")).is_none(),
+            "no new delete while an upload waits"
+        );
+        drop(first);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), begin.as_mut())
+                .await
+                .is_err(),
+            "one delete still runs"
+        );
+        drop(second);
+        let uploading = tokio::time::timeout(Duration::from_secs(5), begin)
+            .await
+            .expect("every delete ended");
+        assert!(uploads.delete(&key("media")).is_none());
+        drop(uploading);
+        assert!(uploads.delete(&key("media")).is_some());
+    }
+
+    #[tokio::test]
+    async fn an_upload_given_up_while_it_waits_holds_no_delete_off() {
+        let uploads = UploadsInFlight::default();
+        let deleting = uploads.delete(&key("media")).unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(50), uploads.begin(&key("media")));
+        assert!(waited.await.is_err());
+        assert!(
+            uploads.delete(&key("media")).is_some(),
+            "not waiting any more"
+        );
+        drop(deleting);
     }
 
     #[tokio::test]
