@@ -158,8 +158,9 @@ impl DevConfig {
 }
 
 /// An HTTP client that sends the user token of a `redstuff dev` fleet
-/// (from its token file) with every request, and trusts the fleet's CA
-/// (`ca`, its file) when the fleet serves TLS.
+/// (from its token file) with every request, trusts the fleet's CA
+/// (`ca`, its file) when the fleet serves TLS, and gives a call up after
+/// [`BENCH_READ_TIMEOUT`] without a byte read (the benches use it).
 pub fn authorized_client(token_path: &Path, ca: Option<&Path>) -> anyhow::Result<reqwest::Client> {
     let text = std::fs::read_to_string(token_path)
         .with_context(|| format!("cannot read {}", token_path.display()))?;
@@ -175,8 +176,15 @@ pub fn authorized_client(token_path: &Path, ca: Option<&Path>) -> anyhow::Result
     let ca = crate::tls::TrustedCa::from_optional_file(ca)?;
     Ok(crate::http::client_builder_trusting(ca.as_ref())
         .default_headers(headers)
+        // A gateway that stops answering ends the call, not the bench (it
+        // would wait for ever, a node it stopped left stopped).
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .read_timeout(BENCH_READ_TIMEOUT)
         .build()?)
 }
+
+/// How long a bench's call may read nothing from the gateway.
+pub const BENCH_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Where `redstuff dev --tls` keeps its CA's certificate under its data
 /// directory.

@@ -301,17 +301,29 @@ async fn a_blob_deleted_while_it_ingests_deletes_what_it_stored_though_the_cache
     let fleet = TestFleet::start(4).await;
     let b = blob("weights", config_map_source());
     let (ctx, id) = ingested(&fleet, &b).await;
+    deleting_it_deletes(&fleet, &ctx, &b, &id).await;
+}
+
+/// Reconciles `b`, being deleted, in the process of `ctx`: the fleet no
+/// longer holds `id`.
+async fn deleting_it_deletes(fleet: &TestFleet, ctx: &Context, b: &Blob, id: &str) {
+    let gone = being_deleted(b);
+    let (ctx, recorded) = same_process(ctx, api(Some(&cluster(4)), &[&gone], &[]), fleet);
+    reconcile_blob(Arc::new(gone), ctx.clone()).await.unwrap();
+    assert!(
+        fleet.held().await.iter().all(|h| !h.contains(id)),
+        "its bytes were left"
+    );
+    assert!(events(&recorded.take()).contains(&"SliversDeleted".to_string()));
+}
+
+/// `b` with a deletion timestamp.
+fn being_deleted(b: &Blob) -> Blob {
     let mut gone = b.clone();
     gone.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
         k8s_openapi::jiff::Timestamp::now(),
     ));
-    let (ctx, recorded) = same_process(&ctx, api(Some(&cluster(4)), &[&gone], &[]), &fleet);
-    reconcile_blob(Arc::new(gone), ctx.clone()).await.unwrap();
-    assert!(
-        fleet.held().await.iter().all(|h| !h.contains(&id)),
-        "its bytes were left"
-    );
-    assert!(events(&recorded.take()).contains(&"SliversDeleted".to_string()));
+    gone
 }
 
 #[tokio::test]
@@ -319,17 +331,7 @@ async fn a_blob_deleted_before_its_status_named_what_its_ingest_stored_deletes_i
     let fleet = TestFleet::start(4).await;
     let b = blob("weights", config_map_source());
     let (ctx, id) = ingest_whose_status_write_fails(&fleet, &b).await;
-    let mut gone = b.clone();
-    gone.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-        k8s_openapi::jiff::Timestamp::now(),
-    ));
-    let (ctx, recorded) = same_process(&ctx, api(Some(&cluster(4)), &[&gone], &[]), &fleet);
-    reconcile_blob(Arc::new(gone), ctx.clone()).await.unwrap();
-    assert!(
-        fleet.held().await.iter().all(|h| !h.contains(&id)),
-        "its bytes were left"
-    );
-    assert!(events(&recorded.take()).contains(&"SliversDeleted".to_string()));
+    deleting_it_deletes(&fleet, &ctx, &b, &id).await;
 }
 
 #[tokio::test]
@@ -791,10 +793,7 @@ async fn an_ingest_of_a_source_that_trickles_stops_once_its_blob_is_being_delete
     tokio::spawn(async move { axum::serve(listener, trickle).await });
     let b = url_blob("dataset", url, None);
     // The API server already holds it deleted; the reconcile began before.
-    let mut deleting = b.clone();
-    deleting.metadata.deletion_timestamp = Some(
-        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
-    );
+    let deleting = being_deleted(&b);
     let (client, recorded) = api(Some(&cluster(4)), &[&deleting], &[]).serve();
     let mut ctx = test_context(client);
     ctx.deletion_poll = std::time::Duration::from_millis(200);

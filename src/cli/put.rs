@@ -22,7 +22,12 @@ use redstuff::wire::{StoredBlob, UploadProgress};
 use super::{authorized, before_retry, http, progress, refused_certificate, AttemptError};
 use redstuff::watchdog::{send_watched, send_within, BodyProgress};
 
-/// `redstuff put FILE`: prints the blob id (or JSON) on stdout.
+/// How long an interrupted put waits for the gateway to drop its upload.
+const ABANDON_WAIT: Duration = Duration::from_secs(5);
+
+/// `redstuff put FILE`: prints the blob id (or JSON) on stdout; ended by
+/// SIGINT or SIGTERM, it drops its open upload on the gateway and exits
+/// with 128 + the signal (130, 143).
 pub async fn put(
     file: &Path,
     gateway: &str,
@@ -41,24 +46,45 @@ pub async fn put(
         None => Some(FileUpload::new(file, gateway, stall).await?),
     };
     let hidden = ProgressBar::hidden();
-    let stored = loop {
-        let attempt = match (&mut upload, &stream) {
-            (Some(upload), _) => upload.attempt(&http, &token).await,
-            (None, Some(source)) => put_stream(&http, gateway, &token, source, stall).await,
-            (None, None) => unreachable!("a file or a stream"),
-        };
-        match attempt {
-            Ok(stored) => break stored,
-            Err(e) => {
-                failed += 1;
-                let bar = upload.as_ref().map_or(&hidden, |u| &u.bar);
-                if let Err(last) = before_retry(&policy, failed, e, bar).await {
-                    if let Some(upload) = &upload {
-                        upload.abandon(&http, &token).await;
-                    }
-                    return Err(last);
+    let interrupted = crate::stop_signal();
+    tokio::pin!(interrupted);
+    let attempts = async {
+        loop {
+            let attempt = match (&mut upload, &stream) {
+                (Some(upload), _) => upload.attempt(&http, &token).await,
+                (None, Some(source)) => put_stream(&http, gateway, &token, source, stall).await,
+                (None, None) => unreachable!("a file or a stream"),
+            };
+            match attempt {
+                Ok(stored) => return Ok(stored),
+                Err(e) => {
+                    failed += 1;
+                    let bar = upload.as_ref().map_or(&hidden, |u| &u.bar);
+                    before_retry(&policy, failed, e, bar).await?;
                 }
             }
+        }
+    };
+    let stored = tokio::select! {
+        stored = attempts => stored,
+        signal = &mut interrupted => {
+            // The gateway keeps an open upload (a place among its open
+            // uploads, its staged pairs) until it expires: ended now.
+            if let Some(upload) = &upload {
+                upload.bar.finish_and_clear();
+                upload.abandon(&http, &token, ABANDON_WAIT).await;
+            }
+            eprintln!("interrupted: nothing was stored");
+            std::process::exit(signal.exit_code());
+        }
+    };
+    let stored = match stored {
+        Ok(stored) => stored,
+        Err(last) => {
+            if let Some(upload) = &upload {
+                upload.abandon(&http, &token, stall).await;
+            }
+            return Err(last);
         }
     };
     if let Some(upload) = &upload {
@@ -181,9 +207,9 @@ impl<'a> FileUpload<'a> {
     /// After the last attempt failed: the upload the gateway keeps for
     /// this file is deleted (it would count against the gateway's open
     /// uploads until it expires). Best effort.
-    async fn abandon(&self, http: &reqwest::Client, token: &Option<String>) {
+    async fn abandon(&self, http: &reqwest::Client, token: &Option<String>, wait: Duration) {
         if let Some(id) = &self.upload {
-            let _ = send_within(authorized(http.delete(self.url(id)), token), self.stall).await;
+            let _ = send_within(authorized(http.delete(self.url(id)), token), wait).await;
         }
     }
 

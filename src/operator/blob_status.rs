@@ -170,11 +170,16 @@ pub fn blob_status(
         }
     };
     let (healthy, reason, message) = match (cluster, blob_id) {
-        (ClusterFacts::Missing, _) => (
-            false,
-            "ClusterNotFound",
-            "the StorageCluster named in spec.cluster does not exist".to_string(),
-        ),
+        (ClusterFacts::Missing, _) => {
+            // Kept, so that a cluster made again without the blob shows
+            // it Lost, not never seen.
+            keep_what_was_seen(&mut status, previous);
+            (
+                false,
+                "ClusterNotFound",
+                "the StorageCluster named in spec.cluster does not exist".to_string(),
+            )
+        }
         (_, None) => (false, "NotStored", "the bytes are not stored yet".into()),
         (ClusterFacts::Invalid(problem), Some(_)) => {
             keep_what_was_seen(&mut status, previous);
@@ -341,15 +346,20 @@ mod tests {
         }
     }
 
-    fn health_of(facts: &ClusterFacts) -> (Option<BlobHealth>, String) {
-        let s = blob_status(
+    /// The status of a stored blob seen for the first time with `facts`.
+    fn status_of(facts: &ClusterFacts) -> BlobStatus {
+        blob_status(
             &BlobStatus::default(),
             Some(ID),
             &IngestState::Done,
             facts,
             Some(1),
             &now(1),
-        );
+        )
+    }
+
+    fn health_of(facts: &ClusterFacts) -> (Option<BlobHealth>, String) {
+        let s = status_of(facts);
         let healthy = s.conditions.iter().find(|c| c.type_ == "Healthy").unwrap();
         (s.health, healthy.reason.clone())
     }
@@ -382,14 +392,7 @@ mod tests {
             *nodes_silent = true;
             *unanswered_shards = 2;
         }
-        let s = blob_status(
-            &BlobStatus::default(),
-            Some(ID),
-            &IngestState::Done,
-            &facts,
-            Some(1),
-            &now(1),
-        );
+        let s = status_of(&facts);
         assert_eq!(s.health, Some(BlobHealth::AtRisk));
         let healthy = s.conditions.iter().find(|c| c.type_ == "Healthy").unwrap();
         assert!(
@@ -407,6 +410,39 @@ mod tests {
             *unanswered_shards = 0;
         }
         assert_eq!(health_of(&facts).0, Some(BlobHealth::Lost));
+    }
+
+    #[test]
+    fn a_blob_whose_cluster_was_deleted_and_made_again_empty_is_lost_not_never_seen() {
+        let seen = status_of(&observed(&[0, 1, 2, 3, 4, 5, 6], false));
+        assert_eq!(seen.health, Some(BlobHealth::Healthy));
+        let missing = blob_status(
+            &seen,
+            Some(ID),
+            &IngestState::Done,
+            &ClusterFacts::Missing,
+            Some(1),
+            &now(2),
+        );
+        assert_eq!(missing.health, Some(BlobHealth::Healthy), "last seen, kept");
+        let empty = ClusterFacts::Observed {
+            encoding: EncodingConfig::new(7).unwrap(),
+            blob: None,
+            repairing: false,
+            last_repair: None,
+            deleted: false,
+            nodes_silent: false,
+            unanswered_shards: 0,
+        };
+        let again = blob_status(
+            &missing,
+            Some(ID),
+            &IngestState::Done,
+            &empty,
+            Some(1),
+            &now(3),
+        );
+        assert_eq!(again.health, Some(BlobHealth::Lost));
     }
 
     #[test]
@@ -608,14 +644,7 @@ mod tests {
     #[test]
     fn the_same_facts_give_the_same_status_so_nothing_is_rewritten() {
         let facts = observed(&[0, 1, 2, 3, 4, 5, 6], false);
-        let first = blob_status(
-            &BlobStatus::default(),
-            Some(ID),
-            &IngestState::Done,
-            &facts,
-            Some(1),
-            &now(1),
-        );
+        let first = status_of(&facts);
         let second = blob_status(
             &first,
             Some(ID),

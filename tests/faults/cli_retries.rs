@@ -165,6 +165,48 @@ async fn a_put_refused_by_a_busy_gateway_is_tried_again_and_stored_once_a_slot_f
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_interrupted_while_it_waits_ends_with_128_plus_the_signal_and_drops_its_open_upload()
+{
+    let gateway = OneSlotGateway::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("blob");
+    std::fs::write(&file, pseudo_random(4 << 20, 43)).unwrap();
+    let slot = gateway.hold_the_slot().await;
+    let mut put = gateway
+        .put(&[file.to_str().unwrap(), "--retries", "10"], Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(put.stderr.take().unwrap()).lines();
+    within("the CLI saying it tries again", async {
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            if line.contains("trying again") {
+                return;
+            }
+        }
+        panic!("put ended without waiting");
+    })
+    .await;
+    wait_for_metric(
+        &gateway.fleet.http,
+        &gateway.url,
+        "redstuff_gateway_uploads_resumable 1",
+    )
+    .await;
+    let pid = put.id().unwrap() as i32;
+    // SAFETY: a signal to the child this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let status = within("the interrupted put", put.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(130));
+    wait_for_metric(
+        &gateway.fleet.http,
+        &gateway.url,
+        "redstuff_gateway_uploads_resumable 0",
+    )
+    .await;
+    slot.release().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_from_standard_input_is_stored_as_it_streams_and_a_refusal_is_not_retried() {
     let gateway = OneSlotGateway::start().await;
     let put_piped = |data: Vec<u8>| {
