@@ -346,6 +346,21 @@ mod tests {
         }
     }
 
+    /// A reading of a 7-shard cluster in which no node holds the blob,
+    /// `deleted` through the gateway or not, `unanswered` shards out of
+    /// reach.
+    fn no_blob(deleted: bool, unanswered: usize) -> ClusterFacts {
+        ClusterFacts::Observed {
+            encoding: EncodingConfig::new(7).unwrap(),
+            blob: None,
+            repairing: false,
+            last_repair: None,
+            deleted,
+            nodes_silent: unanswered > 0,
+            unanswered_shards: unanswered,
+        }
+    }
+
     /// The status of a stored blob seen for the first time with `facts`.
     fn status_of(facts: &ClusterFacts) -> BlobStatus {
         blob_status(
@@ -425,15 +440,7 @@ mod tests {
             &now(2),
         );
         assert_eq!(missing.health, Some(BlobHealth::Healthy), "last seen, kept");
-        let empty = ClusterFacts::Observed {
-            encoding: EncodingConfig::new(7).unwrap(),
-            blob: None,
-            repairing: false,
-            last_repair: None,
-            deleted: false,
-            nodes_silent: false,
-            unanswered_shards: 0,
-        };
+        let empty = no_blob(false, 0);
         let again = blob_status(
             &missing,
             Some(ID),
@@ -468,15 +475,7 @@ mod tests {
             size: Some(5),
             ..BlobStatus::default()
         };
-        let tombstone = ClusterFacts::Observed {
-            encoding: EncodingConfig::new(7).unwrap(),
-            blob: None,
-            repairing: false,
-            last_repair: None,
-            deleted: true,
-            nodes_silent: false,
-            unanswered_shards: 0,
-        };
+        let tombstone = no_blob(true, 0);
         let s = blob_status(
             &seen,
             Some(ID),
@@ -494,15 +493,7 @@ mod tests {
 
     #[test]
     fn a_blob_never_seen_is_pending_but_one_that_vanished_is_lost() {
-        let absent = ClusterFacts::Observed {
-            encoding: EncodingConfig::new(7).unwrap(),
-            blob: None,
-            repairing: false,
-            last_repair: None,
-            deleted: false,
-            nodes_silent: false,
-            unanswered_shards: 0,
-        };
+        let absent = no_blob(false, 0);
         assert_eq!(health_of(&absent), (None, "NotSeenYet".into()));
         let seen = BlobStatus {
             health: Some(BlobHealth::Healthy),
@@ -519,15 +510,7 @@ mod tests {
         assert_eq!(s.health, Some(BlobHealth::Lost));
         assert_eq!(s.shards.as_deref(), Some("0/7"));
         // Not while some node does not answer: it may hold it.
-        let unheard = ClusterFacts::Observed {
-            encoding: EncodingConfig::new(7).unwrap(),
-            blob: None,
-            repairing: false,
-            last_repair: None,
-            deleted: false,
-            nodes_silent: true,
-            unanswered_shards: 2,
-        };
+        let unheard = no_blob(false, 2);
         let s = blob_status(
             &seen,
             Some(ID),
