@@ -19,7 +19,7 @@
 //! tls/                  with --tls: the CA (ca.crt, ca.key) and the certificate nodes, the gateway and S3 serve (tls.crt, tls.key)
 //! ```
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -351,11 +351,7 @@ pub async fn run(
     for (i, spec) in specs.iter().enumerate() {
         let dir = config.data_dir.join(&spec.name);
         std::fs::create_dir_all(&dir)?;
-        let shards: BTreeSet<u16> = assignment
-            .iter()
-            .filter(|(_, owner)| **owner == spec.name)
-            .map(|(s, _)| *s)
-            .collect();
+        let shards = fleet::shards_of(&assignment, &spec.name);
         ShardsFile { shards }.write(&dir.join("shards.json"))?;
         let port = previous_map
             .as_ref()
@@ -396,11 +392,7 @@ pub async fn run(
             .map(|n| MapNode {
                 name: n.name.clone(),
                 url: n.url.clone(),
-                shards: assignment
-                    .iter()
-                    .filter(|(_, owner)| **owner == n.name)
-                    .map(|(s, _)| *s)
-                    .collect(),
+                shards: fleet::shards_of(&assignment, &n.name),
             })
             .collect(),
     };
@@ -631,6 +623,7 @@ impl FleetLoop {
             .map(|n| NodeAddress {
                 name: n.name.clone(),
                 url: n.url.clone(),
+                shards: fleet::shards_of(&self.assignment, &n.name),
             })
             .collect();
         let observed_at_ms = crate::blob_state::now_nanos() / 1_000_000;

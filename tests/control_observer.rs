@@ -28,6 +28,7 @@ fn addresses(fleet: &TestFleet) -> Vec<NodeAddress> {
         .map(|(entry, node)| NodeAddress {
             name: entry.name.clone(),
             url: node.url.clone(),
+            shards: entry.shards.clone(),
         })
         .collect()
 }
@@ -211,7 +212,7 @@ async fn a_node_not_answering_stays_out_of_readings_of_changes_until_it_answers_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn other_nodes_or_a_passed_interval_bring_a_whole_reading() {
+async fn other_nodes_another_assignment_or_a_passed_interval_bring_a_whole_reading() {
     let fleet = TestFleet::start(4).await;
     let calls = node_calls();
     let metrics = FleetMetrics::new(&Registry::new());
@@ -232,6 +233,19 @@ async fn other_nodes_or_a_passed_interval_bring_a_whole_reading() {
     assert_eq!(reading, Reading::Whole);
     let (_, reading) = observer.observe(&calls, &nodes[..3], &metrics).await;
     assert_eq!(reading, Reading::Changes);
+    // The same nodes under another assignment (shard 2 given to node 0,
+    // whose ownership file has not caught up): whole, and shard 2 counts
+    // for no blob any more.
+    let mut moved = nodes[..3].to_vec();
+    let shard = *moved[2].shards.first().unwrap();
+    moved[2].shards.remove(&shard);
+    moved[0].shards.insert(shard);
+    let (view, reading) = read(&mut observer, &calls, &moved, &metrics).await;
+    assert_eq!(reading, Reading::Whole);
+    assert!(view
+        .blobs
+        .values()
+        .all(|blob| !blob.complete_shards.contains(&shard)));
 }
 
 #[tokio::test]

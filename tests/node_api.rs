@@ -301,11 +301,13 @@ async fn the_control_loop_merges_inventories_of_many_pages_into_one_view() {
     // Pages of 1,000 that end at different blobs on each node.
     tombstones(&a, 0..2500).await;
     tombstones(&b, 1000..3500).await;
-    let nodes =
-        [("node-a", &a), ("node-b", &b)].map(|(name, node)| redstuff::control::NodeAddress {
+    let nodes = [("node-a", &a, 0), ("node-b", &b, 1)].map(|(name, node, shard)| {
+        redstuff::control::NodeAddress {
             name: name.into(),
             url: node.url.clone(),
-        });
+            shards: [shard].into(),
+        }
+    });
     let view = redstuff::control::observe(&calls(), &nodes).await;
     assert_eq!(view.ready.len(), 2);
     assert_eq!(view.deleted.len(), 3500);

@@ -96,10 +96,8 @@ impl SyntheticNode {
             .enumerate()
             .map(|(i, name)| SyntheticNode {
                 name: name.clone(),
-                shards: assignment
-                    .iter()
-                    .filter(|(_, owner)| *owner == name)
-                    .map(|(s, _)| *s)
+                shards: crate::fleet::shards_of(assignment, name)
+                    .into_iter()
                     .collect(),
                 blobs: if i < options.nodes_wiped {
                     0
@@ -215,7 +213,12 @@ pub fn run(
     progress(&format!("baseline pass: {baseline:?}"));
 
     let (view, view_time, view_memory) = timed(|| {
-        let mut merge = InventoryMerge::new(names.iter().cloned(), usize::MAX);
+        let mut merge = InventoryMerge::new(
+            nodes
+                .iter()
+                .map(|n| (n.name.clone(), n.shards.iter().copied().collect())),
+            usize::MAX,
+        );
         loop {
             let wanted = merge.wanted();
             if wanted.is_empty() {

@@ -9,7 +9,7 @@
 //! page (a deadline, a garbled page, more blobs than allowed) stopped: not
 //! answering from then on, while blobs already folded keep what it said.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::view::{FleetView, ViewBuilder};
 use crate::client::CheckedPage;
@@ -32,6 +32,8 @@ enum Reading {
 #[derive(Debug)]
 struct Cursor {
     name: String,
+    /// The shards the assignment gives it.
+    assigned: BTreeSet<u16>,
     reading: Reading,
     /// Entries read and not yet folded, in id order.
     buffered: VecDeque<(BlobId, InventoryBlob)>,
@@ -50,15 +52,17 @@ pub struct InventoryMerge {
 }
 
 impl InventoryMerge {
-    /// A merge of the inventories of `nodes` (by name), each cut once it
-    /// lists more than `max_blobs` blobs.
-    pub fn new(nodes: impl IntoIterator<Item = String>, max_blobs: usize) -> Self {
+    /// A merge of the inventories of `nodes` (by name, with the shards the
+    /// assignment gives each), each cut once it lists more than
+    /// `max_blobs` blobs.
+    pub fn new(nodes: impl IntoIterator<Item = (String, BTreeSet<u16>)>, max_blobs: usize) -> Self {
         Self {
             builder: ViewBuilder::new(),
             cursors: nodes
                 .into_iter()
-                .map(|name| Cursor {
+                .map(|(name, assigned)| Cursor {
                     name,
+                    assigned,
                     reading: Reading::First,
                     buffered: VecDeque::new(),
                     listed: 0,
@@ -102,7 +106,8 @@ impl InventoryMerge {
         };
         let cursor = &mut self.cursors[node];
         if first {
-            self.builder.answered(&cursor.name, &page.page.shards);
+            self.builder
+                .answered(&cursor.name, &page.page.shards, &cursor.assigned);
             cursor.listed_a_page = true;
         }
         cursor.listed += page.ids.len();

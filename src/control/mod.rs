@@ -15,6 +15,7 @@ mod releases;
 mod repairer;
 mod view;
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
@@ -34,6 +35,9 @@ pub struct NodeAddress {
     pub name: String,
     /// Base URL of its API.
     pub url: String,
+    /// The shards the assignment gives it: only pairs of those count in
+    /// the view, whatever the node says it owns.
+    pub shards: BTreeSet<u16>,
 }
 
 /// Reads every node's inventory as one merge, a page of each node at a
@@ -50,7 +54,7 @@ pub async fn observe(calls: &NodeCalls, nodes: &[NodeAddress]) -> FleetView {
 async fn observe_whole(calls: &NodeCalls, nodes: &[NodeAddress]) -> (FleetView, Vec<String>) {
     let clients: Vec<NodeClient> = nodes.iter().map(|n| calls.node(&n.url)).collect();
     let mut merge = InventoryMerge::new(
-        nodes.iter().map(|n| n.name.clone()),
+        nodes.iter().map(|n| (n.name.clone(), n.shards.clone())),
         calls.max_inventory_blobs,
     );
     let mut spent = vec![Duration::ZERO; nodes.len()];

@@ -139,6 +139,7 @@ mod tests {
         NodeAddress {
             name: name.to_string(),
             url: "http://127.0.0.1:9".to_string(),
+            shards: Default::default(),
         }
     }
 

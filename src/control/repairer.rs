@@ -213,11 +213,19 @@ impl Repairer {
         observed_at: Instant,
     ) -> Vec<StartedRepair> {
         let settled = self.settled_since(observed_at);
-        // Failures of nodes that left the fleet are not theirs to fix.
+        // Failures of nodes that left the fleet are not theirs to fix; nor
+        // are those of a node left with nothing to repair (the blobs that
+        // failed were deleted, lost, or healed another way), which would
+        // otherwise stand in the status for ever.
+        let confirmed = view.confirmed(assignment);
         self.failures
             .lock()
             .expect("not poisoned")
-            .retain(|node, _| nodes.iter().any(|n| &n.name == node));
+            .retain(|node, _| {
+                nodes.iter().any(|n| &n.name == node)
+                    && (!view.ready.contains(node)
+                        || view.node_has_repairs(encoding, &confirmed, node))
+            });
         // Nor are the totals of blobs gone from the view (deleted) kept.
         self.totals
             .lock()
@@ -453,13 +461,14 @@ mod tests {
             page("c", 2, &held),
             page("d", 3, &[]),
         ];
-        let view = FleetView::from_inventories(
-            ["a", "b", "c", "d"].into_iter().zip(pages.iter().map(Some)),
-        );
         let assignment: Assignment = [(0, "a"), (1, "b"), (2, "c"), (3, "d")]
             .into_iter()
             .map(|(shard, node)| (shard, node.to_string()))
             .collect();
+        let view = FleetView::from_inventories(
+            &assignment,
+            ["a", "b", "c", "d"].into_iter().zip(pages.iter().map(Some)),
+        );
         (view, assignment)
     }
 
@@ -467,9 +476,11 @@ mod tests {
     fn nodes_at(url: &str) -> Vec<NodeAddress> {
         ["a", "b", "c", "d"]
             .into_iter()
-            .map(|name| NodeAddress {
+            .zip(0u16..)
+            .map(|(name, shard)| NodeAddress {
                 name: name.into(),
                 url: url.to_string(),
+                shards: [shard].into(),
             })
             .collect()
     }
@@ -676,6 +687,31 @@ mod tests {
             repairer.failing().is_empty(),
             "a complete repair clears them"
         );
+    }
+
+    #[tokio::test]
+    async fn failures_of_a_node_left_with_nothing_to_repair_are_forgotten() {
+        let unreachable = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", listener.local_addr().unwrap())
+        };
+        let (view, assignment) = view_missing_d(1);
+        let repairer = Repairer::new(
+            NodeCalls::new(crate::auth::TokenSet::single("t"), Default::default()),
+            FleetMetrics::new(&prometheus::Registry::new()),
+        );
+        let encoding = EncodingConfig::new(4).unwrap();
+        let nodes = nodes_at(&unreachable);
+        repairer.run_plan(&encoding, &view, &assignment, &nodes, 1, Instant::now());
+        assert!(repairer.wait_idle(Duration::from_secs(10)).await);
+        assert_eq!(repairer.failing().len(), 1);
+        // A plan with the repair still to do keeps them (none runs: no room).
+        repairer.run_plan(&encoding, &view, &assignment, &nodes, 0, Instant::now());
+        assert_eq!(repairer.failing().len(), 1);
+        // The blob was deleted: nothing is left to repair on d.
+        let (deleted, _) = view_missing_d(0);
+        repairer.run_plan(&encoding, &deleted, &assignment, &nodes, 0, Instant::now());
+        assert!(repairer.failing().is_empty());
     }
 
     #[tokio::test]

@@ -4,8 +4,11 @@
 //! longer owns that their owner now holds (to release).
 //!
 //! A node's pairs count for a blob's health only in the shards the node
-//! says it owns: reads and repairs ask the owner, so a copy left behind
-//! on the node a shard moved away from serves nobody.
+//! says it owns and the assignment gives it: reads and repairs ask the
+//! owner, so a copy left behind on the node a shard moved away from serves
+//! nobody, and a node claiming shards that are not its own (lying, or its
+//! ownership file behind the assignment) can neither make a blob look
+//! whole nor outvote the others on its layout.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -76,6 +79,9 @@ pub struct FleetView {
     /// Shards each answering node says it owns (ownership files reach
     /// nodes with a delay after the assignment changes).
     pub owned: BTreeMap<String, BTreeSet<u16>>,
+    /// Of those, the shards the assignment gives the node too: only their
+    /// pairs count, and only they are within reach.
+    pub counted: BTreeMap<String, BTreeSet<u16>>,
     /// Markers answering nodes miss.
     pub markers: Vec<MarkerTask>,
     /// Pairs held outside their shard's owner that the owner holds whole
@@ -144,12 +150,14 @@ impl ViewBuilder {
         view.strays.retain(|task| !ids.contains(&task.blob));
     }
 
-    /// `node` answered and owns `shards`.
-    pub fn answered(&mut self, node: &str, shards: &[u16]) {
+    /// `node` answered, saying it owns `claimed`; the assignment gives it
+    /// `assigned`.
+    pub fn answered(&mut self, node: &str, claimed: &[u16], assigned: &BTreeSet<u16>) {
+        let claimed: BTreeSet<u16> = claimed.iter().copied().collect();
+        let counted = claimed.intersection(assigned).copied().collect();
         self.view.ready.insert(node.to_string());
-        self.view
-            .owned
-            .insert(node.to_string(), shards.iter().copied().collect());
+        self.view.owned.insert(node.to_string(), claimed);
+        self.view.counted.insert(node.to_string(), counted);
     }
 
     /// `node` did not answer (down, stopped, partitioned).
@@ -162,6 +170,7 @@ impl ViewBuilder {
     pub fn stopped(&mut self, node: &str) {
         self.view.ready.remove(node);
         self.view.owned.remove(node);
+        self.view.counted.remove(node);
         self.silent(node);
     }
 
@@ -174,7 +183,7 @@ impl ViewBuilder {
         let view = &mut self.view;
         let mut gathered = Gathered::default();
         for (node, blob) in entries {
-            let weight = view.owned.get(*node).map_or(0, BTreeSet::len).max(1);
+            let weight = view.counted.get(*node).map_or(0, BTreeSet::len).max(1);
             let s = &blob.state;
             gathered.state.commit = gathered.state.commit.max(s.commit);
             gathered.state.tombstone = gathered.state.tombstone.max(s.tombstone);
@@ -206,7 +215,9 @@ impl ViewBuilder {
                 let mut complete_shards = ShardSet::default();
                 let mut strays = Vec::new();
                 for (node, blob) in entries {
-                    let Some(owned) = view.owned.get(*node) else {
+                    let (Some(owned), Some(counted)) =
+                        (view.owned.get(*node), view.counted.get(*node))
+                    else {
                         continue;
                     };
                     for (shard, held) in &blob.shards {
@@ -216,7 +227,7 @@ impl ViewBuilder {
                                 blob: id.to_string(),
                                 shard: *shard,
                             });
-                        } else if *held >= segments {
+                        } else if *held >= segments && counted.contains(shard) {
                             complete_shards.insert(*shard);
                         }
                     }
@@ -268,8 +279,10 @@ impl ViewBuilder {
 
 impl FleetView {
     /// Builds the view from each node's whole inventory (`None`: no
-    /// answer); `control::observe` builds it page by page instead.
+    /// answer) under `assignment`; `control::observe` builds it page by
+    /// page instead.
     pub fn from_inventories<'a>(
+        assignment: &Assignment,
         inventories: impl IntoIterator<Item = (&'a str, Option<&'a InventoryPage>)>,
     ) -> Self {
         let mut builder = ViewBuilder::new();
@@ -279,7 +292,7 @@ impl FleetView {
                 builder.silent(node);
                 continue;
             };
-            builder.answered(node, &inventory.shards);
+            builder.answered(node, &inventory.shards, &fleet::shards_of(assignment, node));
             for blob in &inventory.blobs {
                 by_blob
                     .entry(blob.id.as_str())
@@ -352,11 +365,27 @@ impl FleetView {
             .all(|b| shards.iter().all(|s| b.complete_shards.contains(s)))
     }
 
-    /// Shards of the `n` no answering node says it owns: their owner did
-    /// not answer, was not asked (its pod not ready), or has not heard it
-    /// owns them yet.
+    /// Whether some blob that can be rebuilt misses a pair of a shard
+    /// `assignment` gives `node`: a repair on it is still to do.
+    pub fn node_has_repairs(
+        &self,
+        encoding: &EncodingConfig,
+        assignment: &Assignment,
+        node: &str,
+    ) -> bool {
+        let shards = fleet::shards_of(assignment, node);
+        !shards.is_empty()
+            && self.blobs.values().any(|blob| {
+                shards.iter().any(|s| !blob.complete_shards.contains(s))
+                    && self.health_of(encoding, blob) != Health::Lost
+            })
+    }
+
+    /// Shards of the `n` whose owner by the assignment did not say it owns
+    /// them: it did not answer, was not asked (its pod not ready), or has
+    /// not heard it owns them yet.
     pub fn unanswered_shards(&self, n: usize) -> usize {
-        let reached: BTreeSet<u16> = self.owned.values().flatten().copied().collect();
+        let reached: BTreeSet<u16> = self.counted.values().flatten().copied().collect();
         (0..n).filter(|s| !reached.contains(&(*s as u16))).count()
     }
 

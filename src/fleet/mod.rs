@@ -113,6 +113,15 @@ fn fewest_shards_first<'a>(domains: &[Vec<&'a NodeSpec>], base: usize) -> Vec<&'
     order
 }
 
+/// The shards `assignment` gives `node`, in order.
+pub fn shards_of(assignment: &Assignment, node: &str) -> BTreeSet<u16> {
+    assignment
+        .iter()
+        .filter(|(_, owner)| owner.as_str() == node)
+        .map(|(shard, _)| *shard)
+        .collect()
+}
+
 /// How many whole failure domains can be lost without losing any shard
 /// beyond the f the code tolerates: the largest k such that the k domains
 /// holding the most shards hold at most f shards together.

@@ -488,6 +488,7 @@ pub async fn reconcile_cluster(
         .map(|(i, d)| NodeAddress {
             name: d.name.clone(),
             url: ctx.endpoints.node(&cluster, i),
+            shards: fleet::shards_of(&assignment, &d.name),
         })
         .collect();
     // Blobs recorded before the inventories are read: a Blob deleted after

@@ -295,10 +295,12 @@ async fn a_node_answering_an_endless_chain_of_inventory_pages_is_cut_by_page_cou
         NodeAddress {
             name: "node-0".into(),
             url: cluster.nodes[0].url.clone(),
+            shards: [0].into(),
         },
         NodeAddress {
             name: "liar".into(),
             url,
+            shards: Default::default(),
         },
     ];
     // 1,000 blobs per page, a page every 0.9 deadlines: the budget runs

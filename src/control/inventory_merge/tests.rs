@@ -43,6 +43,22 @@ struct Node {
     entries: Vec<(BlobId, InventoryBlob)>,
 }
 
+/// Each node given the shards it says it owns (its ownership file has
+/// caught up with the assignment).
+fn assigned_as_claimed(nodes: &[Node]) -> crate::fleet::Assignment {
+    nodes
+        .iter()
+        .flat_map(|n| n.shards.iter().map(|shard| (*shard, n.name.clone())))
+        .collect()
+}
+
+/// The nodes by name, each with the shards it says it owns.
+fn named(nodes: &[Node]) -> impl Iterator<Item = (String, BTreeSet<u16>)> + '_ {
+    nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.shards.iter().copied().collect()))
+}
+
 impl Node {
     fn whole(&self) -> InventoryPage {
         InventoryPage {
@@ -88,7 +104,7 @@ fn merge_and_stops(
     sizes: &[usize],
     fails: impl Fn(usize, usize) -> bool,
 ) -> (FleetView, Vec<String>) {
-    let mut merge = InventoryMerge::new(nodes.iter().map(|n| n.name.clone()), usize::MAX);
+    let mut merge = InventoryMerge::new(named(nodes), usize::MAX);
     let mut pages = vec![0; nodes.len()];
     loop {
         let wanted = merge.wanted();
@@ -142,6 +158,7 @@ fn the_merged_view_is_the_view_of_the_whole_inventories() {
     let nodes = three_nodes();
     let whole: Vec<InventoryPage> = nodes.iter().map(Node::whole).collect();
     let expected = FleetView::from_inventories(
+        &assigned_as_claimed(&nodes),
         nodes
             .iter()
             .zip(&whole)
@@ -197,7 +214,7 @@ fn a_node_failing_a_later_page_stopped_and_what_it_listed_before_still_counts() 
 #[test]
 fn a_node_listing_more_blobs_than_allowed_is_cut_there() {
     let nodes = three_nodes();
-    let mut merge = InventoryMerge::new(nodes.iter().map(|n| n.name.clone()), 4);
+    let mut merge = InventoryMerge::new(named(&nodes), 4);
     while let Some((node, after)) = merge.wanted().first().copied() {
         merge.take_page(node, Ok(nodes[node].page(after, 3)));
         merge.fold_ready();
@@ -248,9 +265,12 @@ proptest! {
             })
             .collect();
         let whole: Vec<InventoryPage> = nodes.iter().map(Node::whole).collect();
-        let expected = FleetView::from_inventories(nodes.iter().zip(&whole).enumerate().map(
-            |(i, (n, page))| (n.name.as_str(), (!silent[i]).then_some(page)),
-        ));
+        let expected = FleetView::from_inventories(
+            &assigned_as_claimed(&nodes),
+            nodes.iter().zip(&whole).enumerate().map(|(i, (n, page))| {
+                (n.name.as_str(), (!silent[i]).then_some(page))
+            }),
+        );
         let merged = merge(&nodes, &sizes[..nodes.len()], |node, page| silent[node] && page == 0);
         prop_assert_eq!(merged, expected);
     }

@@ -45,11 +45,25 @@ fn page(node: &str, shards: &[u16], blobs: &[Held]) -> InventoryPage {
     }
 }
 
+/// The view when every answering node's ownership file has caught up with
+/// the assignment: each is given the shards it says it owns.
+fn view_as_claimed<'a>(
+    inventories: impl IntoIterator<Item = (&'a str, Option<&'a InventoryPage>)>,
+) -> FleetView {
+    let inventories: Vec<_> = inventories.into_iter().collect();
+    let assignment: Assignment = inventories
+        .iter()
+        .filter_map(|(node, page)| Some((*node, (*page)?)))
+        .flat_map(|(node, page)| page.shards.iter().map(move |s| (*s, node.to_string())))
+        .collect();
+    FleetView::from_inventories(&assignment, inventories)
+}
+
 #[test]
 fn a_shard_counts_only_when_it_holds_every_segment() {
     let a = page("a", &[0, 1], &[("x", 2, &[(0, 2), (1, 1)], committed(1))]);
     let b = page("b", &[2], &[("x", 2, &[(2, 2)], committed(1))]);
-    let view = FleetView::from_inventories([("a", Some(&a)), ("b", Some(&b)), ("c", None)]);
+    let view = view_as_claimed([("a", Some(&a)), ("b", Some(&b)), ("c", None)]);
     assert_eq!(view.ready, ["a", "b"].map(String::from).into());
     assert_eq!(view.silent, ["c"].map(String::from).into());
     assert_eq!(view.blobs["x"].complete_shards, [0, 2].into());
@@ -63,14 +77,14 @@ fn pairs_on_a_node_without_metadata_still_count() {
     // Node b lost the metadata but kept its slivers (or got them first).
     let a = page("a", &[0], &[("x", 1, &[(0, 1)], committed(1))]);
     let b = page("b", &[1], &[("x", 0, &[(1, 1)], committed(1))]);
-    let view = FleetView::from_inventories([("a", Some(&a)), ("b", Some(&b))]);
+    let view = view_as_claimed([("a", Some(&a)), ("b", Some(&b))]);
     assert_eq!(view.blobs["x"].complete_shards, [0, 1].into());
 }
 
 #[test]
 fn a_blob_without_metadata_anywhere_is_not_a_blob() {
     let a = page("a", &[0], &[("x", 0, &[(0, 1)], committed(1))]);
-    let view = FleetView::from_inventories([("a", Some(&a))]);
+    let view = view_as_claimed([("a", Some(&a))]);
     assert!(view.blobs.is_empty());
 }
 
@@ -78,7 +92,7 @@ fn a_blob_without_metadata_anywhere_is_not_a_blob() {
 fn a_blob_never_committed_is_invisible_and_not_repaired() {
     let a = page("a", &[0], &[("x", 1, &[(0, 1)], staged(5))]);
     let b = page("b", &[1], &[("x", 1, &[(1, 1)], staged(5))]);
-    let view = FleetView::from_inventories([("a", Some(&a)), ("b", Some(&b))]);
+    let view = view_as_claimed([("a", Some(&a)), ("b", Some(&b))]);
     assert!(view.blobs.is_empty() && view.deleted.is_empty());
     assert!(view.observations().is_empty());
     assert!(view.markers.is_empty());
@@ -89,7 +103,7 @@ fn a_commit_on_some_nodes_is_carried_to_the_others_holding_the_blob() {
     let a = page("a", &[0], &[("x", 1, &[(0, 1)], committed(5))]);
     let b = page("b", &[1], &[("x", 1, &[(1, 1)], staged(5))]);
     let c = page("c", &[2], &[]);
-    let view = FleetView::from_inventories([("a", Some(&a)), ("b", Some(&b)), ("c", Some(&c))]);
+    let view = view_as_claimed([("a", Some(&a)), ("b", Some(&b)), ("c", Some(&c))]);
     assert_eq!(view.blobs["x"].complete_shards, [0, 1].into());
     assert_eq!(
         view.markers,
@@ -108,7 +122,7 @@ fn a_tombstone_anywhere_wins_and_goes_to_every_answering_node() {
     let a = page("a", &[0], &[("x", 0, &[], tombstone(9))]);
     let b = page("b", &[1], &[("x", 1, &[(1, 1)], committed(5))]);
     let d = page("d", &[2], &[]);
-    let view = FleetView::from_inventories([
+    let view = view_as_claimed([
         ("a", Some(&a)),
         ("b", Some(&b)),
         ("d", Some(&d)),
@@ -144,7 +158,7 @@ fn the_same_bytes_written_again_after_a_delete_are_visible_and_the_sleeper_is_up
         )],
     );
     let b = page("b", &[1], &[("x", 1, &[(1, 1)], committed(5))]);
-    let view = FleetView::from_inventories([("a", Some(&a)), ("b", Some(&b))]);
+    let view = view_as_claimed([("a", Some(&a)), ("b", Some(&b))]);
     assert_eq!(view.blobs["x"].generation, 12);
     assert_eq!(view.markers[0].marker, Marker::Commit(12));
     assert_eq!(view.markers[0].node, "b");
@@ -155,14 +169,155 @@ fn the_size_most_shards_report_wins_over_a_liars() {
     let mut liar = page("liar", &[0], &[("x", 9, &[], committed(1))]);
     liar.blobs[0].size = 1 << 40;
     let a = page("a", &[1, 2], &[("x", 1, &[(1, 1), (2, 1)], committed(1))]);
-    let view = FleetView::from_inventories([("liar", Some(&liar)), ("a", Some(&a))]);
+    let view = view_as_claimed([("liar", Some(&liar)), ("a", Some(&a))]);
     assert_eq!((view.blobs["x"].size, view.blobs["x"].segments), (100, 1));
+}
+
+/// Shards 0-3 given to a-d; x committed with 2 segments, whole on a-c.
+fn honest_a_to_c() -> (Assignment, [InventoryPage; 3]) {
+    let assignment: Assignment = [(0, "a"), (1, "b"), (2, "c"), (3, "d")]
+        .into_iter()
+        .map(|(shard, node)| (shard, node.to_string()))
+        .collect();
+    let pages = [("a", 0), ("b", 1), ("c", 2)]
+        .map(|(node, shard)| page(node, &[shard], &[("x", 2, &[(shard, 2)], committed(1))]));
+    (assignment, pages)
+}
+
+#[test]
+fn a_node_claiming_every_shard_neither_makes_a_blob_whole_nor_outvotes_its_layout() {
+    let (assignment, [a, b, c]) = honest_a_to_c();
+    // d owns shard 3 and holds none of it, yet says it owns all four
+    // shards and holds each whole in the one segment it claims x has.
+    let mut liar = page(
+        "d",
+        &[0, 1, 2, 3],
+        &[("x", 1, &[(0, 1), (1, 1), (2, 1), (3, 1)], committed(1))],
+    );
+    liar.blobs[0].size = 1 << 40;
+    let view = FleetView::from_inventories(
+        &assignment,
+        [
+            ("a", Some(&a)),
+            ("b", Some(&b)),
+            ("c", Some(&c)),
+            ("d", Some(&liar)),
+        ],
+    );
+    let x = &view.blobs["x"];
+    assert_eq!((x.size, x.segments), (100, 2), "the layout of a, b and c");
+    assert_eq!(x.complete_shards, [0, 1, 2].into(), "shard 3 is missing");
+    let encoding = EncodingConfig::new(4).unwrap();
+    assert_eq!(view.health_of(&encoding, x), Health::Degraded);
+}
+
+#[test]
+fn a_node_claiming_a_shard_it_is_not_given_never_gets_a_copy_released() {
+    // Shard 1 moved from a to b, which has not rebuilt it yet; d claims
+    // shard 1 and says it holds it whole.
+    let (assignment, [_, _, c]) = honest_a_to_c();
+    let a = page("a", &[0], &[("x", 2, &[(0, 2), (1, 2)], committed(1))]);
+    let b = page("b", &[1], &[]);
+    let liar = page("d", &[1, 3], &[("x", 2, &[(1, 2)], committed(1))]);
+    let view = FleetView::from_inventories(
+        &assignment,
+        [
+            ("a", Some(&a)),
+            ("b", Some(&b)),
+            ("c", Some(&c)),
+            ("d", Some(&liar)),
+        ],
+    );
+    assert_eq!(view.blobs["x"].complete_shards, [0, 2].into());
+    assert!(
+        view.releases(&assignment).is_empty(),
+        "a keeps its copy of shard 1 until b holds it"
+    );
+}
+
+#[test]
+fn a_node_claiming_the_shards_of_a_silent_node_does_not_make_them_within_reach() {
+    // d owns shard 3 and does not answer; a claims it too, holding nothing
+    // of x there: the blob may still be readable with d's shard.
+    let encoding = EncodingConfig::new(4).unwrap(); // f 1, p 2, q 3
+    let (assignment, _) = honest_a_to_c();
+    let a = page("a", &[0, 3], &[("x", 1, &[(0, 1)], committed(1))]);
+    let b = page("b", &[1], &[]);
+    let c = page("c", &[2], &[]);
+    let view = FleetView::from_inventories(
+        &assignment,
+        [
+            ("a", Some(&a)),
+            ("b", Some(&b)),
+            ("c", Some(&c)),
+            ("d", None),
+        ],
+    );
+    assert_eq!(view.unanswered_shards(4), 1);
+    assert_eq!(view.health_of(&encoding, &view.blobs["x"]), Health::AtRisk);
+}
+
+#[test]
+fn a_shard_counts_only_once_the_assignment_gives_it_to_the_node_holding_it() {
+    // The assignment moved shard 1 from a to b; a's ownership file has not
+    // caught up, so a still says it owns 1 and holds it whole: reads and
+    // repairs go to b, which holds nothing of it yet.
+    let (assignment, [_, _, c]) = honest_a_to_c();
+    let a = page("a", &[0, 1], &[("x", 2, &[(0, 2), (1, 2)], committed(1))]);
+    let b = page("b", &[], &[]);
+    let view = FleetView::from_inventories(
+        &assignment,
+        [
+            ("a", Some(&a)),
+            ("b", Some(&b)),
+            ("c", Some(&c)),
+            ("d", None),
+        ],
+    );
+    assert_eq!(view.blobs["x"].complete_shards, [0, 2].into());
+    assert!(
+        view.strays.is_empty(),
+        "a owns shard 1 by its file: no stray"
+    );
+    assert!(!view.ownership_matches(&assignment));
+}
+
+#[test]
+fn a_node_has_repairs_only_while_a_blob_that_can_be_rebuilt_misses_its_shards() {
+    let encoding = EncodingConfig::new(4).unwrap(); // f 1, p 2, q 3
+    let (assignment, [a, b, c]) = honest_a_to_c();
+    let d = page("d", &[3], &[]);
+    let view = FleetView::from_inventories(
+        &assignment,
+        [
+            ("a", Some(&a)),
+            ("b", Some(&b)),
+            ("c", Some(&c)),
+            ("d", Some(&d)),
+        ],
+    );
+    assert!(view.node_has_repairs(&encoding, &assignment, "d"));
+    assert!(!view.node_has_repairs(&encoding, &assignment, "a"));
+    // Held on a alone, x is Lost: its pairs will never be rebuilt.
+    let empty = |node, shard| page(node, &[shard], &[]);
+    let (b, c) = (empty("b", 1), empty("c", 2));
+    let view = FleetView::from_inventories(
+        &assignment,
+        [
+            ("a", Some(&a)),
+            ("b", Some(&b)),
+            ("c", Some(&c)),
+            ("d", Some(&d)),
+        ],
+    );
+    assert_eq!(view.health_of(&encoding, &view.blobs["x"]), Health::Lost);
+    assert!(!view.node_has_repairs(&encoding, &assignment, "d"));
 }
 
 #[test]
 fn shards_an_owner_does_not_know_of_yet_are_not_repaired_there() {
     let a = page("a", &[0], &[]);
-    let view = FleetView::from_inventories([("a", Some(&a)), ("b", None)]);
+    let view = view_as_claimed([("a", Some(&a)), ("b", None)]);
     let assignment: Assignment = [(0, "a".into()), (1, "a".into()), (2, "b".into())].into();
     assert_eq!(view.confirmed(&assignment), [(0, "a".to_string())].into());
 }
@@ -171,7 +326,7 @@ fn shards_an_owner_does_not_know_of_yet_are_not_repaired_there() {
 fn ownership_matches_when_every_answering_node_owns_what_the_assignment_gives_it() {
     let a = page("a", &[0, 2], &[]);
     let b = page("b", &[1], &[]);
-    let view = FleetView::from_inventories([("a", Some(&a)), ("b", Some(&b)), ("c", None)]);
+    let view = view_as_claimed([("a", Some(&a)), ("b", Some(&b)), ("c", None)]);
     let mut assignment: Assignment = [
         (0, "a".into()),
         (1, "b".into()),
@@ -198,7 +353,7 @@ fn a_node_is_whole_when_its_shards_hold_every_blob() {
             ("y", 1, &[(0, 1)], committed(1)),
         ],
     );
-    let view = FleetView::from_inventories([("a", Some(&a))]);
+    let view = view_as_claimed([("a", Some(&a))]);
     let assignment: Assignment = [(0, "a".into()), (1, "b".into())].into();
     assert!(view.node_is_whole(&assignment, "a"));
     assert!(!view.node_is_whole(&assignment, "b"), "y misses shard 1");
@@ -216,7 +371,7 @@ fn health_counts_lost_blobs_and_missing_pairs_of_blobs_that_can_be_rebuilt_follo
             ("lost", 1, &[(0, 1)], committed(1)),
         ],
     );
-    let view = FleetView::from_inventories([("a", Some(&a))]);
+    let view = view_as_claimed([("a", Some(&a))]);
     let counts = view.health_counts(&encoding);
     assert_eq!(counts[&Health::Healthy], 1);
     assert_eq!(counts[&Health::Degraded], 1);
@@ -235,7 +390,7 @@ fn a_blob_is_lost_only_when_the_shards_of_nodes_not_answering_could_not_make_it_
     let held: &[Held] = &[("x", 1, &[(0, 1), (1, 1)], committed(1))];
     // Shards 2-6 are on nodes that did not answer or were not asked.
     let a = page("a", &[0, 1], held);
-    let view = FleetView::from_inventories([("a", Some(&a)), ("b", None)]);
+    let view = view_as_claimed([("a", Some(&a)), ("b", None)]);
     assert_eq!(view.unanswered_shards(7), 5);
     assert_eq!(view.health_counts(&encoding)[&Health::Lost], 0);
     assert_eq!(view.health_counts(&encoding)[&Health::AtRisk], 1);
@@ -243,7 +398,7 @@ fn a_blob_is_lost_only_when_the_shards_of_nodes_not_answering_could_not_make_it_
     assert_eq!(view.missing_pairs(&encoding), 5);
     // Every owner answered, holding nothing of it: it is Lost.
     let rest = page("b", &[2, 3, 4, 5, 6], &[]);
-    let view = FleetView::from_inventories([("a", Some(&a)), ("b", Some(&rest))]);
+    let view = view_as_claimed([("a", Some(&a)), ("b", Some(&rest))]);
     assert_eq!(view.unanswered_shards(7), 0);
     assert_eq!(view.lost_blobs(&encoding).collect::<Vec<_>>(), ["x"]);
 }
@@ -254,7 +409,7 @@ fn pairs_of_a_shard_its_holder_no_longer_owns_do_not_count() {
     // shards were rebalanced); b has not rebuilt it yet. Reads ask b.
     let a = page("a", &[0], &[("x", 1, &[(0, 1), (1, 1)], committed(1))]);
     let b = page("b", &[1], &[]);
-    let view = FleetView::from_inventories([("a", Some(&a)), ("b", Some(&b))]);
+    let view = view_as_claimed([("a", Some(&a)), ("b", Some(&b))]);
     assert_eq!(view.blobs["x"].complete_shards, [0].into());
 }
 
@@ -269,7 +424,7 @@ fn a_copy_left_behind_is_released_once_the_owner_holds_the_shard_whole() {
     );
     let b = page("b", &[1], &[("x", 2, &[(1, 2)], committed(1))]);
     let c = page("c", &[2], &[("x", 2, &[(2, 1)], committed(1))]);
-    let view = FleetView::from_inventories([("a", Some(&a)), ("b", Some(&b)), ("c", Some(&c))]);
+    let view = view_as_claimed([("a", Some(&a)), ("b", Some(&b)), ("c", Some(&c))]);
     assert_eq!(view.blobs["x"].complete_shards, [0, 1].into());
     let assignment: Assignment = [(0, "a".into()), (1, "b".into()), (2, "c".into())].into();
     assert_eq!(
@@ -289,7 +444,7 @@ fn a_copy_is_kept_where_the_assignment_gives_the_shard_back() {
     // shard 1 back to it while b still owns it.
     let a = page("a", &[0], &[("x", 1, &[(0, 1), (1, 1)], committed(1))]);
     let b = page("b", &[1], &[("x", 1, &[(1, 1)], committed(1))]);
-    let view = FleetView::from_inventories([("a", Some(&a)), ("b", Some(&b))]);
+    let view = view_as_claimed([("a", Some(&a)), ("b", Some(&b))]);
     assert_eq!(view.strays.len(), 1);
     let assignment: Assignment = [(0, "a".into()), (1, "a".into())].into();
     assert!(view.releases(&assignment).is_empty());
@@ -315,7 +470,7 @@ fn nothing_is_released_of_blobs_not_visible() {
             ("pending", 1, &[(1, 1)], staged(4)),
         ],
     );
-    let view = FleetView::from_inventories([("a", Some(&a)), ("b", Some(&b))]);
+    let view = view_as_claimed([("a", Some(&a)), ("b", Some(&b))]);
     assert!(view.strays.is_empty());
 }
 
@@ -362,7 +517,7 @@ fn varied_pages(held: &[std::collections::BTreeMap<u8, u8>]) -> Vec<InventoryPag
 }
 
 fn view_of(pages: &[InventoryPage]) -> FleetView {
-    FleetView::from_inventories(pages.iter().map(|p| (p.node.as_str(), Some(p))))
+    view_as_claimed(pages.iter().map(|p| (p.node.as_str(), Some(p))))
 }
 
 proptest::proptest! {
