@@ -326,6 +326,66 @@ fn being_deleted(b: &Blob) -> Blob {
     gone
 }
 
+/// A stand-in for the gateway at `gateway` that passes every request on
+/// and gives its answer `delay` after the gateway gave it; its URL.
+async fn gateway_answering_late(gateway: String, delay: std::time::Duration) -> String {
+    let http = support::user_http();
+    let forward = move |request: axum::extract::Request| {
+        let (http, gateway) = (http.clone(), gateway.clone());
+        async move {
+            let (parts, body) = request.into_parts();
+            let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+            let answer = http
+                .request(parts.method, format!("{gateway}{}", parts.uri))
+                .headers(parts.headers)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = answer.status();
+            let headers = answer.headers().clone();
+            let body = answer.bytes().await.unwrap();
+            tokio::time::sleep(delay).await;
+            (status, headers, body)
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().fallback(forward);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test]
+async fn a_blob_deleted_while_its_upload_runs_lets_the_upload_end_and_deletes_what_it_stored() {
+    let fleet = TestFleet::start(4).await;
+    let b = blob("weights", config_map_source());
+    // The API server holds it deleted from the start, the reconcile took
+    // it from before; the gateway stores the bytes and answers 2 s later,
+    // while the ingest asks every 100 ms whether its Blob is being deleted.
+    let late =
+        gateway_answering_late(fleet.gateway.url.clone(), std::time::Duration::from_secs(2)).await;
+    let mock = api(
+        Some(&cluster(4)),
+        &[&being_deleted(&b)],
+        &[settings("{\"layers\": 32}\n")],
+    );
+    let (client, recorded) = mock.serve();
+    let mut ctx =
+        test_context(client).with_endpoints(fleet.endpoints().with_override("media-gateway", late));
+    ctx.deletion_poll = std::time::Duration::from_millis(100);
+    let ctx = Arc::new(ctx);
+    reconcile_blob(Arc::new(b.clone()), ctx.clone())
+        .await
+        .unwrap();
+    let seen = events(&recorded.take());
+    assert!(seen.contains(&"Ingested".to_string()), "{seen:?}");
+    let held = fleet.held().await;
+    assert_eq!(held[0].len(), 1, "stored: {held:?}");
+    let id = held[0].iter().next().unwrap().clone();
+    deleting_it_deletes(&fleet, &ctx, &b, &id).await;
+}
+
 #[tokio::test]
 async fn a_blob_deleted_before_its_status_named_what_its_ingest_stored_deletes_it() {
     let fleet = TestFleet::start(4).await;

@@ -97,12 +97,23 @@ async fn apply_blob(blob: &Blob, ctx: &Context, namespace: &str) -> Result<Actio
                         &now,
                     );
                     write_status_if_changed(ctx, &blobs, blob, &mut current, in_progress).await?;
-                    // The Blob's deletion waits for this reconcile: an
-                    // ingest of a source that trickles would hold it (and
-                    // its namespace's deletion) for ever.
-                    let ingested = tokio::select! {
-                        ingested = ingest_source(blob, cluster, ctx, namespace) => Some(ingested),
+                    // The Blob's deletion waits for this reconcile: a
+                    // source that trickles would hold it (and its
+                    // namespace's deletion) for ever. Only the fetch stops
+                    // for it: an upload once begun runs to its end (the
+                    // stall limit bounds it), so that the id of what the
+                    // gateway stored is known and the deletion deletes it.
+                    let fetched = tokio::select! {
+                        biased;
+                        fetched = fetch_source(blob, ctx, namespace) => Some(fetched),
                         () = deletion_of(&blobs, blob, ctx.deletion_poll) => None,
+                    };
+                    let ingested = match fetched {
+                        Some(Ok(fetched)) => {
+                            Some(upload_fetched(fetched, cluster, ctx, namespace).await)
+                        }
+                        Some(Err(e)) => Some(Err(e)),
+                        None => None,
                     };
                     let Some(ingested) = ingested else {
                         ctx.publish(
@@ -302,22 +313,24 @@ async fn deletion_of(blobs: &Api<Blob>, blob: &Blob, poll: Duration) {
     }
 }
 
-/// Fetches the Blob's source into the spool and stores it through the
-/// cluster's gateway; returns the blob id, how often the download resumed,
-/// and the upload counted in flight until the status names the id.
-async fn ingest_source(
-    blob: &Blob,
-    cluster: &StorageCluster,
-    ctx: &Context,
-    namespace: &str,
-) -> Result<(String, u32, UploadInFlight), IngestError> {
+/// A Blob's source fetched into the spool, ready to upload.
+struct Fetched {
+    /// The spool, holding a ConfigMap's or Secret's bytes.
+    spool: tempfile::NamedTempFile,
+    /// A URL's download, whole and checked, kept until the gateway stored
+    /// it: an upload that failed is tried again without it.
+    kept_download: Option<std::path::PathBuf>,
+    /// How often the download resumed.
+    resumes: u32,
+}
+
+/// Fetches the Blob's source into the spool.
+async fn fetch_source(blob: &Blob, ctx: &Context, namespace: &str) -> Result<Fetched, IngestError> {
     std::fs::create_dir_all(&ctx.spool_dir)?;
     let spool = tempfile::NamedTempFile::new_in(&ctx.spool_dir)?;
     let source = &blob.spec.source;
     let limit = ctx.max_ingest_bytes;
     let mut resumes = 0;
-    // A URL's download, whole and checked, is kept until the gateway
-    // stored it: an upload that failed is tried again without it.
     let mut kept_download = None;
     if let Some(url) = &source.url {
         ctx.source_reach.check_url(&url.url)?;
@@ -405,6 +418,27 @@ async fn ingest_source(
             "the Blob names no source (url, configMapKey or secretKey)".into(),
         ));
     }
+    Ok(Fetched {
+        spool,
+        kept_download,
+        resumes,
+    })
+}
+
+/// Stores a fetched source through the cluster's gateway; returns the blob
+/// id, how often the download resumed, and the upload counted in flight
+/// until the status names the id.
+async fn upload_fetched(
+    fetched: Fetched,
+    cluster: &StorageCluster,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<(String, u32, UploadInFlight), IngestError> {
+    let Fetched {
+        spool,
+        kept_download,
+        resumes,
+    } = fetched;
     let gateway = ctx.endpoints.gateway(cluster);
     let token = ctx
         .user_token(cluster)
