@@ -23,12 +23,20 @@ pub const TRUSTED_FOR: Duration = Duration::from_secs(120);
 pub struct WrittenStatuses(Arc<Mutex<BTreeMap<String, (BlobStatus, Instant)>>>);
 
 impl WrittenStatuses {
-    /// Remembers that `status` was written to Blob `uid` just now.
+    /// Remembers that `status` was written to Blob `uid` just now, as the
+    /// API gives it back (times to the second), and forgets what no longer
+    /// counts (statuses of Blobs gone without a word, among them).
     pub fn wrote(&self, uid: &str, status: BlobStatus) {
-        self.0
-            .lock()
-            .expect("not poisoned")
-            .insert(uid.to_string(), (status, Instant::now()));
+        self.wrote_at(uid, status, Instant::now());
+    }
+
+    fn wrote_at(&self, uid: &str, status: BlobStatus, now: Instant) {
+        let status = serde_json::to_value(&status)
+            .and_then(serde_json::from_value)
+            .unwrap_or(status);
+        let mut written = self.0.lock().expect("not poisoned");
+        written.retain(|_, (_, at)| now.saturating_duration_since(*at) < TRUSTED_FOR);
+        written.insert(uid.to_string(), (status, now));
     }
 
     /// The newest status of Blob `uid`, given the one `read` from the
@@ -96,6 +104,45 @@ mod tests {
         let edited = BlobStatus::default();
         assert_eq!(written.newest_at("uid", Some(&edited), later), Some(edited));
         assert_eq!(written.newest("uid", None), None, "forgotten");
+    }
+
+    #[test]
+    fn a_written_status_with_times_finer_than_a_second_is_forgotten_once_the_cache_shows_it() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+        let at = "2026-12-07T10:00:00.734Z".parse().unwrap();
+        let status = BlobStatus {
+            conditions: vec![Condition {
+                type_: "Ingested".into(),
+                status: "True".into(),
+                reason: "Stored".into(),
+                message: String::new(),
+                last_transition_time: Time(at),
+                observed_generation: Some(1),
+            }],
+            ..named("a")
+        };
+        let read_back: BlobStatus =
+            serde_json::from_value(serde_json::to_value(&status).unwrap()).unwrap();
+        assert_ne!(read_back, status, "the API keeps whole seconds");
+        let written = WrittenStatuses::default();
+        written.wrote("uid", status);
+        assert_eq!(written.newest("uid", Some(&read_back)), Some(read_back));
+        let edited = BlobStatus::default();
+        assert_eq!(
+            written.newest("uid", Some(&edited)),
+            Some(edited),
+            "forgotten once shown"
+        );
+    }
+
+    #[test]
+    fn statuses_of_blobs_never_reconciled_again_are_forgotten_by_later_writes() {
+        let written = WrittenStatuses::default();
+        let start = Instant::now();
+        written.wrote_at("gone", named("a"), start);
+        written.wrote_at("uid", named("b"), start + TRUSTED_FOR);
+        assert_eq!(written.0.lock().unwrap().len(), 1);
+        assert_eq!(written.newest("gone", None), None);
     }
 
     #[test]
