@@ -277,20 +277,15 @@ fn cluster_facts(
     match view {
         // A reading no node answered says nothing of any blob.
         Some((_, view)) if view.ready.is_empty() => ClusterFacts::Unobserved,
-        Some((shards, view)) if shards == cluster.spec.shards => {
-            let unanswered_shards = view.unanswered_shards(encoding.n());
-            ClusterFacts::Observed {
-                encoding,
-                blob: blob_id.and_then(|id| view.blobs.get(id).cloned()),
-                repairing: blob_id.is_some_and(|id| fleet.repairer.is_repairing(id)),
-                last_repair: blob_id.and_then(|id| fleet.repairer.totals(id).last_completed),
-                deleted: blob_id.is_some_and(|id| {
-                    view.deleted.contains_key(id) && !view.blobs.contains_key(id)
-                }),
-                nodes_silent: !view.silent.is_empty() || unanswered_shards > 0,
-                unanswered_shards,
-            }
-        }
+        Some((shards, view)) if shards == cluster.spec.shards => ClusterFacts::Observed {
+            encoding,
+            blob: blob_id.and_then(|id| view.blobs.get(id).cloned()),
+            repairing: blob_id.is_some_and(|id| fleet.repairer.is_repairing(id)),
+            last_repair: blob_id.and_then(|id| fleet.repairer.totals(id).last_completed),
+            deleted: blob_id
+                .is_some_and(|id| view.deleted.contains_key(id) && !view.blobs.contains_key(id)),
+            unanswered_shards: view.unanswered_shards(encoding.n()),
+        },
         _ => ClusterFacts::Unobserved,
     }
 }

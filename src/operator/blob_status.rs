@@ -90,11 +90,9 @@ pub enum ClusterFacts {
         /// No node holds it visible, and a tombstone stands for it: it was
         /// deleted through the gateway or S3.
         deleted: bool,
-        /// Some node did not answer the last reading (or was not asked):
-        /// a blob no answering node holds may only be out of reach.
-        nodes_silent: bool,
-        /// Shards no answering node owns: too few pairs seen is Lost only
-        /// when these could not make the blob readable either.
+        /// Shards no answering node owns: too few pairs seen (none, for a
+        /// blob no answering node holds) is Lost only when these could not
+        /// make the blob readable either.
         unanswered_shards: usize,
     },
 }
@@ -209,7 +207,6 @@ pub fn blob_status(
                 repairing,
                 last_repair,
                 deleted,
-                nodes_silent,
                 unanswered_shards,
             },
             Some(id),
@@ -269,13 +266,16 @@ pub fn blob_status(
                         ),
                     )
                 }
-                None if previous.health.is_some() && *nodes_silent => {
-                    // Not called lost on a reading that missed nodes.
+                None if previous.health.is_some()
+                    && fleet::health_in_reach(encoding, 0, *unanswered_shards) != Health::Lost =>
+                {
+                    // Not called lost while the shards out of reach could
+                    // still make it readable.
                     keep_what_was_seen(&mut status, previous);
                     (
                         false,
                         "NodesNotAnswering",
-                        format!("no answering node holds blob {id}; some nodes do not answer, so it is not called lost"),
+                        format!("no answering node holds blob {id}; {unanswered_shards} shards are on nodes not answering, so it is not called lost"),
                     )
                 }
                 None if previous.health.is_some() => {
@@ -341,7 +341,6 @@ mod tests {
             repairing,
             last_repair: None,
             deleted: false,
-            nodes_silent: false,
             unanswered_shards: 0,
         }
     }
@@ -356,7 +355,6 @@ mod tests {
             repairing: false,
             last_repair: None,
             deleted,
-            nodes_silent: unanswered > 0,
             unanswered_shards: unanswered,
         }
     }
@@ -399,12 +397,9 @@ mod tests {
     fn a_blob_whose_missing_shards_are_on_nodes_not_answering_is_at_risk_not_lost() {
         let mut facts = observed(&[0, 1], false);
         if let ClusterFacts::Observed {
-            nodes_silent,
-            unanswered_shards,
-            ..
+            unanswered_shards, ..
         } = &mut facts
         {
-            *nodes_silent = true;
             *unanswered_shards = 2;
         }
         let s = status_of(&facts);
@@ -509,8 +504,9 @@ mod tests {
         );
         assert_eq!(s.health, Some(BlobHealth::Lost));
         assert_eq!(s.shards.as_deref(), Some("0/7"));
-        // Not while some node does not answer: it may hold it.
-        let unheard = no_blob(false, 2);
+        // Not while the shards of nodes not answering (p = 3 of them)
+        // could hold it readable.
+        let unheard = no_blob(false, 3);
         let s = blob_status(
             &seen,
             Some(ID),
@@ -522,6 +518,16 @@ mod tests {
         assert_eq!(s.health, Some(BlobHealth::Healthy), "kept");
         let healthy = s.conditions.iter().find(|c| c.type_ == "Healthy").unwrap();
         assert_eq!(healthy.reason, "NodesNotAnswering");
+        // Two out of reach could not: it is Lost.
+        let s = blob_status(
+            &seen,
+            Some(ID),
+            &IngestState::Done,
+            &no_blob(false, 2),
+            Some(1),
+            &now(1),
+        );
+        assert_eq!(s.health, Some(BlobHealth::Lost));
     }
 
     #[test]
