@@ -74,7 +74,7 @@ pub async fn put(
                 upload.bar.finish_and_clear();
                 upload.abandon(&http, &token, ABANDON_WAIT).await;
             }
-            eprintln!("interrupted: nothing was stored");
+            eprintln!("{INTERRUPTED}");
             std::process::exit(signal.exit_code());
         }
     };
@@ -82,7 +82,14 @@ pub async fn put(
         Ok(stored) => stored,
         Err(last) => {
             if let Some(upload) = &upload {
-                upload.abandon(&http, &token, stall).await;
+                // Still ended by a signal while the gateway is asked.
+                tokio::select! {
+                    () = upload.abandon(&http, &token, stall) => {}
+                    signal = &mut interrupted => {
+                        eprintln!("{last:#}");
+                        std::process::exit(signal.exit_code());
+                    }
+                }
             }
             return Err(last);
         }
@@ -106,6 +113,11 @@ pub async fn put(
     }
     Ok(())
 }
+
+/// What an interrupted `put` says: a finish, or a whole PUT whose body was
+/// sent, may have reached the gateway, which then stores the blob anyway.
+const INTERRUPTED: &str = "interrupted before the gateway answered: nothing was stored, \
+     unless the upload's last request had already reached it";
 
 /// What `put` reads once, as it comes, without knowing its length:
 /// standard input (`-`), or a path that is not a regular file (a pipe, a

@@ -555,3 +555,72 @@ async fn a_put_whose_answer_stops_arriving_ends_as_a_stall_not_a_hang() {
     assert!(stderr.contains("gave no answer for 2 s"), "{stderr}");
     assert!(out.stdout.is_empty(), "no id printed");
 }
+
+/// A gateway stand-in that opens an upload, refuses its bytes for good
+/// (422), and never answers the upload's deletion; it tells `asked` when
+/// the deletion comes.
+async fn deletion_hanging_server(asked: tokio::sync::mpsc::Sender<()>) -> String {
+    let app = axum::Router::new()
+        .route(
+            "/v1/uploads",
+            axum::routing::post(|| async {
+                (
+                    axum::http::StatusCode::CREATED,
+                    axum::Json(serde_json::json!({"upload": "u1", "offset": 0})),
+                )
+            }),
+        )
+        .route(
+            "/v1/uploads/u1",
+            axum::routing::patch(|_body: axum::body::Bytes| async {
+                (
+                    axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                    "refused for good",
+                )
+            })
+            .delete(move || {
+                let asked = asked.clone();
+                async move {
+                    let _ = asked.send(()).await;
+                    std::future::pending::<()>().await
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_put_ends_at_a_signal_while_it_drops_its_open_upload() {
+    let (asked, mut deletion) = tokio::sync::mpsc::channel(1);
+    let url = deletion_hanging_server(asked).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("blob");
+    std::fs::write(&file, b"a small blob").unwrap();
+    let mut put = tokio::process::Command::new(env!("CARGO_BIN_EXE_redstuff"));
+    put.args(["put", file.to_str().unwrap(), "--gateway", &url])
+        .args(["--retries", "0", "--stall-secs", "600"])
+        .env("REDSTUFF_TOKEN", "any")
+        .env("REDSTUFF_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = put.spawn().unwrap();
+    within("the upload's deletion", deletion.recv())
+        .await
+        .expect("asked");
+    let pid = child.id().unwrap() as i32;
+    // SAFETY: a signal to the child this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let out = within(
+        "a put told to stop while it drops its upload",
+        child.wait_with_output(),
+    )
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    assert!(stderr.contains("refused for good"), "{stderr}");
+}
