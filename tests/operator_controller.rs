@@ -2259,6 +2259,32 @@ async fn a_running_cluster_grown_onto_a_name_another_application_holds_stops_sho
 }
 
 #[tokio::test]
+async fn no_shard_moves_while_names_are_held_as_nodes_could_not_learn_of_it() {
+    let previous = settled_status_but_lost(7, 3, "media-node-2", 301).await;
+    let mut api = api_with_tokens();
+    api.objects.insert(
+        format!("{NS}/services/media-gateway"),
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "media-gateway", "namespace": "storage"}}),
+    );
+    let (seen, _) = reconcile_on(
+        api,
+        cluster(7, 3, Some(previous.clone())),
+        ready_pods(2),
+        claims(3),
+        silent_nodes(3),
+    )
+    .await;
+    let status = status_written(&seen).unwrap();
+    assert_eq!(condition(&status, "Synced")["reason"], "NameTaken");
+    assert_eq!(
+        status["shardAssignment"], previous["shardAssignment"],
+        "the shards ConfigMap is not applied while names are held"
+    );
+    assert!(!events(&seen).contains(&("Warning".into(), "ShardsMoved".into())));
+}
+
+#[tokio::test]
 async fn a_name_found_free_or_the_clusters_own_is_not_asked_again() {
     let (endpoints, _nodes, _dirs) = answering_nodes(3).await;
     let (seen, ctx) = reconcile(cluster(7, 3, None), vec![], vec![], endpoints.clone()).await;

@@ -183,7 +183,10 @@ impl ViewBuilder {
         let view = &mut self.view;
         let mut gathered = Gathered::default();
         for (node, blob) in entries {
-            let weight = view.counted.get(*node).map_or(0, BTreeSet::len).max(1);
+            // A node given none of the shards it claims still reports a
+            // layout (the only one, if no owner knows the blob's metadata),
+            // but outweighs no owner.
+            let weight = view.counted.get(*node).map_or(0, BTreeSet::len);
             let s = &blob.state;
             gathered.state.commit = gathered.state.commit.max(s.commit);
             gathered.state.tombstone = gathered.state.tombstone.max(s.tombstone);
@@ -374,10 +377,12 @@ impl FleetView {
         node: &str,
     ) -> bool {
         let shards = fleet::shards_of(assignment, node);
+        // Lost as the repair planner sees it: with fewer than p pairs held
+        // no repair is planned, whatever is out of reach.
         !shards.is_empty()
             && self.blobs.values().any(|blob| {
                 shards.iter().any(|s| !blob.complete_shards.contains(s))
-                    && self.health_of(encoding, blob) != Health::Lost
+                    && fleet::health(encoding, blob.complete_shards.len()) != Health::Lost
             })
     }
 

@@ -239,7 +239,7 @@ pub fn blob_status(
                     let out_of_reach = match *unanswered_shards {
                         0 => String::new(),
                         1 => " (1 shard more is on a node not answering)".into(),
-                        k => format!(" ({k} shards more are on nodes not answering)"),
+                        k => format!(" ({k} shards more are out of reach: their owner does not answer or has not heard it owns them yet)"),
                     };
                     let message = format!(
                         "{complete} of {n} shards hold valid sliver pairs{out_of_reach}; readable from {}, fully safe from {}",
@@ -275,7 +275,7 @@ pub fn blob_status(
                     (
                         false,
                         "NodesNotAnswering",
-                        format!("no answering node holds blob {id}; {unanswered_shards} shards are on nodes not answering, so it is not called lost"),
+                        format!("no answering node holds blob {id}; {unanswered_shards} shards are out of reach (their owner does not answer or has not heard it owns them yet), so it is not called lost"),
                     )
                 }
                 None if previous.health.is_some() => {
@@ -406,9 +406,7 @@ mod tests {
         assert_eq!(s.health, Some(BlobHealth::AtRisk));
         let healthy = s.conditions.iter().find(|c| c.type_ == "Healthy").unwrap();
         assert!(
-            healthy
-                .message
-                .contains("2 shards more are on nodes not answering"),
+            healthy.message.contains("2 shards more are out of reach"),
             "{}",
             healthy.message
         );

@@ -360,7 +360,6 @@ pub async fn reconcile_cluster(
         0
     };
     let assignment = fleet::pace_moves(&previous, &balanced, &present, room);
-    let shards_to_move = fleet::live_moves(&assignment, &balanced, &present) as u32;
     report_retiring(
         &ctx,
         &cluster,
@@ -478,6 +477,14 @@ pub async fn reconcile_cluster(
             )
         }
     };
+    // Held objects include the shards ConfigMap: nodes cannot learn of a
+    // new assignment, so none is made (the view would count the moved
+    // shards as missing, and the status record shards nodes never got).
+    let assignment = match &held {
+        Some(_) if !previous.is_empty() => previous.clone(),
+        _ => assignment,
+    };
+    let shards_to_move = fleet::live_moves(&assignment, &balanced, &present) as u32;
     report_moved_shards(&ctx, &cluster, &previous, &assignment, &evicted).await;
 
     // The fleet: inventories, repairs, time to repair start.
@@ -691,7 +698,12 @@ pub async fn reconcile_cluster(
             })
             .collect(),
         not_answering: view.silent.iter().cloned().collect(),
-        evicted: evicted.iter().map(|s| s.to_string()).collect(),
+        // Those whose shards moved (none do while objects are held).
+        evicted: evicted
+            .iter()
+            .filter(|node| !assignment.values().any(|owner| owner == *node))
+            .map(|s| s.to_string())
+            .collect(),
         blobs: (!view.ready.is_empty()).then_some(blob_counts.clone()),
         lost_blobs: lost_blobs.iter().map(|id| id.to_string()).collect(),
         lost_objects,
@@ -806,7 +818,10 @@ async fn report_moved_shards(
         let moved: Vec<String> = previous
             .iter()
             .filter(|(_, owner)| owner.as_str() == *node)
-            .filter_map(|(shard, _)| Some(format!("{shard} -> {}", assignment.get(shard)?)))
+            .filter_map(|(shard, _)| {
+                let to = assignment.get(shard).filter(|to| to.as_str() != *node)?;
+                Some(format!("{shard} -> {to}"))
+            })
             .collect();
         if moved.is_empty() {
             continue;

@@ -212,6 +212,21 @@ fn a_node_claiming_every_shard_neither_makes_a_blob_whole_nor_outvotes_its_layou
 }
 
 #[test]
+fn nodes_given_no_shard_outvote_no_owner_on_a_layout() {
+    let (assignment, [a, _, _]) = honest_a_to_c();
+    let liar = |node| page(node, &[], &[("x", 1, &[], committed(1))]);
+    let (e, g) = (liar("e"), liar("g"));
+    let view = FleetView::from_inventories(
+        &assignment,
+        [("a", Some(&a)), ("e", Some(&e)), ("g", Some(&g))],
+    );
+    assert_eq!(view.blobs["x"].segments, 2, "a's");
+    // Alone, such a node's layout is the only one there is.
+    let view = FleetView::from_inventories(&assignment, [("e", Some(&e))]);
+    assert_eq!(view.blobs["x"].segments, 1);
+}
+
+#[test]
 fn a_node_claiming_a_shard_it_is_not_given_never_gets_a_copy_released() {
     // Shard 1 moved from a to b, which has not rebuilt it yet; d claims
     // shard 1 and says it holds it whole.
