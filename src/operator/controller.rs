@@ -664,8 +664,8 @@ pub async fn reconcile_cluster(
     // What a loss took, asked of the gateway only while every shard's node
     // answers: a blob counted Lost then holds too few pairs for good.
     let lost_blobs: Vec<&str> = view.lost_blobs(&encoding).collect();
-    let lost_objects = if shards_unavailable == 0 {
-        super::lost_objects::objects_of_lost_blobs(
+    let (lost_objects, lost_objects_unknown) = if shards_unavailable == 0 {
+        match super::lost_objects::objects_of_lost_blobs(
             &ctx,
             &cluster,
             &fleet_state,
@@ -673,8 +673,12 @@ pub async fn reconcile_cluster(
             &previous_status.lost_objects,
         )
         .await
+        {
+            Ok(found) => (found, None),
+            Err(why) => (None, Some(why)),
+        }
     } else {
-        None
+        (None, None)
     };
     let gateways = gateway_pods(&client, &namespace, &name).await;
     fleet_state
@@ -707,6 +711,7 @@ pub async fn reconcile_cluster(
         blobs: (!view.ready.is_empty()).then_some(blob_counts.clone()),
         lost_blobs: lost_blobs.iter().map(|id| id.to_string()).collect(),
         lost_objects,
+        lost_objects_unknown,
         repairs_in_flight: fleet_state.repairer.in_flight() as u32,
         failing_repairs: fleet_state
             .repairer

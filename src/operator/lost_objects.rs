@@ -55,8 +55,8 @@ pub struct LostObjectsMemory {
     /// A scan left for the next reconcile: its blobs, the keys found so
     /// far (`resume_after` says where it goes on), and when it started.
     scanning: Option<(BTreeSet<String>, ObjectsOfBlobs, Instant)>,
-    /// The last question that failed: its blobs and when.
-    failed: Option<(BTreeSet<String>, Instant)>,
+    /// The last question that failed: its blobs, when, and why.
+    failed: Option<(BTreeSet<String>, Instant, String)>,
     /// Keys (`bucket/key`) told of in an Event (or found in the status a
     /// former leader wrote), while blobs stay Lost.
     told: BTreeSet<String>,
@@ -85,7 +85,7 @@ impl LostObjectsMemory {
             }
         }
         match &self.failed {
-            Some((blobs, at))
+            Some((blobs, at, _))
                 if blobs == asked && now.duration_since(*at) < RETRY_AFTER_FAILURE =>
             {
                 return Next::Wait;
@@ -200,18 +200,18 @@ fn lost_note(objects: &[&ObjectOfBlob], more: bool) -> String {
 /// Warning Event `ObjectsLost` as they are found. `listed` is what the
 /// status said (told by an earlier leader). While the gateway cannot be
 /// asked, its last answer about the same blobs (or the keys found so far,
-/// with `resume_after` set); None without S3 or Lost blobs, or without any
-/// answer about them.
+/// with `resume_after` set); None without S3 or Lost blobs; an error (why
+/// the question failed) when none was ever answered about them.
 pub(super) async fn objects_of_lost_blobs(
     ctx: &Context,
     cluster: &StorageCluster,
     fleet: &ClusterFleet,
     lost: &[&str],
     listed: &[String],
-) -> Option<ObjectsOfBlobs> {
+) -> Result<Option<ObjectsOfBlobs>, String> {
     if lost.is_empty() || super::desired::s3::enabled(cluster).is_none() {
         *fleet.lost_objects.lock().expect("not poisoned") = LostObjectsMemory::default();
-        return None;
+        return Ok(None);
     }
     let asked: BTreeSet<String> = lost
         .iter()
@@ -226,11 +226,13 @@ pub(super) async fn objects_of_lost_blobs(
             memory.seeded = true;
         }
         match memory.next(&asked, now) {
-            Next::Kept(found) => return Some(more_blobs_lost(found, lost, &asked)),
+            Next::Kept(found) => return Ok(Some(more_blobs_lost(found, lost, &asked))),
             Next::Wait => {
+                let why = memory.failed.as_ref().map(|(_, _, why)| why.clone());
                 return memory
                     .last_answer_for(&asked)
-                    .map(|found| more_blobs_lost(found, lost, &asked))
+                    .map(|found| Some(more_blobs_lost(found, lost, &asked)))
+                    .ok_or_else(|| why.unwrap_or_default());
             }
             Next::Ask(resumed) => {
                 let started = memory
@@ -263,8 +265,10 @@ pub(super) async fn objects_of_lost_blobs(
                 memory.scanning = Some((asked.clone(), so_far, started));
             }
             let last = memory.last_answer_for(&asked);
-            memory.failed = Some((asked.clone(), now));
-            return last.map(|found| more_blobs_lost(found, lost, &asked));
+            memory.failed = Some((asked.clone(), now, e.clone()));
+            return last
+                .map(|found| Some(more_blobs_lost(found, lost, &asked)))
+                .ok_or(e);
         }
     };
     let new: Vec<ObjectOfBlob> = {
@@ -281,7 +285,7 @@ pub(super) async fn objects_of_lost_blobs(
         ctx.publish(cluster, true, "ObjectsLost", lost_note(&refs, more))
             .await;
     }
-    Some(found)
+    Ok(Some(found))
 }
 
 /// `found` marked truncated when Lost blobs beyond those `asked` about
@@ -388,7 +392,7 @@ mod tests {
         );
         let xy = blobs(&["x", "y"]);
         assert_eq!(memory.next(&xy, t0), Next::Ask(None), "another set");
-        memory.failed = Some((xy.clone(), t0));
+        memory.failed = Some((xy.clone(), t0, "refused".into()));
         assert_eq!(memory.next(&xy, t0 + Duration::from_secs(5)), Next::Wait);
         assert_eq!(memory.next(&xy, t0 + RETRY_AFTER_FAILURE), Next::Ask(None));
         assert_eq!(memory.last_answer_for(&xy), None, "never answered");
@@ -418,7 +422,7 @@ mod tests {
             Next::Ask(None),
             "a scan begun long ago starts over"
         );
-        memory.failed = Some((x.clone(), later));
+        memory.failed = Some((x.clone(), later, "refused".into()));
         assert_eq!(memory.next(&x, later), Next::Wait, "a failure waits");
         assert_eq!(
             memory.next(&x, later + RETRY_AFTER_FAILURE),

@@ -45,6 +45,9 @@ pub struct FleetSummary {
     pub lost_blobs: Vec<String>,
     /// With S3: the keys holding Lost blobs, when the gateway said.
     pub lost_objects: Option<crate::wire::ObjectsOfBlobs>,
+    /// With S3: why the gateway could not say which keys hold the Lost
+    /// blobs (it never answered about them).
+    pub lost_objects_unknown: Option<String>,
     /// Repairs in flight.
     pub repairs_in_flight: u32,
     /// Nodes whose last repair failed, with how many in a row and why.
@@ -146,10 +149,17 @@ fn failing_said(failing: &[FailingRepairs]) -> String {
 
 /// What the Degraded message says of Lost blobs beyond their count: the
 /// S3 objects they take, or where their ids are listed.
-fn lost_said(lost_objects: Option<&crate::wire::ObjectsOfBlobs>) -> String {
+fn lost_said(lost_objects: Option<&crate::wire::ObjectsOfBlobs>, unknown: Option<&str>) -> String {
     let unreadable = "; Lost blobs (status.lostBlobs) cannot be read";
     let Some(found) = lost_objects else {
-        return unreadable.into();
+        return match unknown {
+            Some(why) => format!(
+                "{unreadable}; which S3 objects they hold is not known (status.lostObjects \
+                 is empty for that, not because none are): the gateway could not be asked: \
+                 {why}; asked again within minutes"
+            ),
+            None => unreadable.into(),
+        };
     };
     let searching = found.resume_after.is_some();
     if found.objects.is_empty() {
@@ -556,7 +566,10 @@ fn fold_in_fleet(
             );
             message.push_str(&failing_said(&fleet.failing_repairs));
             if lost_for_good {
-                message.push_str(&lost_said(fleet.lost_objects.as_ref()));
+                message.push_str(&lost_said(
+                    fleet.lost_objects.as_ref(),
+                    fleet.lost_objects_unknown.as_deref(),
+                ));
                 status.lost_blobs = fleet
                     .lost_blobs
                     .iter()
@@ -1136,6 +1149,29 @@ mod tests {
         );
         assert_eq!(s.ca_rotation, None);
         assert_eq!(cond(&s, "Progressing").reason, "Stable");
+    }
+
+    #[test]
+    fn lost_blobs_whose_s3_objects_could_not_be_asked_about_say_so_rather_than_none() {
+        let c = cluster(7, 7, Some("1Gi"));
+        let nodes = observed(7, &[0, 1, 2, 3, 4, 5, 6], 7);
+        let fleet = FleetSummary {
+            blobs: Some(BlobCounts {
+                lost: 1,
+                ..BlobCounts::default()
+            }),
+            lost_blobs: vec!["blob-00".into()],
+            lost_objects_unknown: Some("cannot reach the gateway: connection refused".into()),
+            ..FleetSummary::default()
+        };
+        let s = cluster_status(&c, &assignment(&c, &nodes), &nodes, &fleet, &now(1));
+        assert!(s.lost_objects.is_empty());
+        let message = &cond(&s, "Degraded").message;
+        assert!(
+            message.contains("which S3 objects they hold is not known")
+                && message.contains("connection refused"),
+            "{message}"
+        );
     }
 
     #[test]
