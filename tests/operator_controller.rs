@@ -2259,6 +2259,29 @@ async fn a_running_cluster_grown_onto_a_name_another_application_holds_stops_sho
 }
 
 #[tokio::test]
+async fn a_failed_list_of_blobs_fails_no_object_and_records_no_upload() {
+    let mut api = api_with_tokens();
+    api.failed_reads.insert(format!("{GROUP}/blobs"));
+    let (seen, _) = reconcile_on(
+        api,
+        cluster(7, 3, None),
+        ready_pods(3),
+        claims(3),
+        silent_nodes(3),
+    )
+    .await;
+    assert!(lines(&seen).contains(&format!("GET {GROUP}/blobs")));
+    let status = status_written(&seen).unwrap();
+    assert_eq!(
+        condition(&status, "Synced")["reason"],
+        "Applied",
+        "{status:#}"
+    );
+    assert!(!events(&seen).contains(&("Warning".into(), "ApplyFailed".into())));
+    assert!(!writes(&seen).iter().any(|w| w.contains("/blobs")));
+}
+
+#[tokio::test]
 async fn no_shard_moves_while_names_are_held_as_nodes_could_not_learn_of_it() {
     let previous = settled_status_but_lost(7, 3, "media-node-2", 301).await;
     let mut api = api_with_tokens();

@@ -516,8 +516,10 @@ pub async fn reconcile_cluster(
                 ids.ids.extend(stored_by_ingests);
                 Some(ids)
             }
+            // No object failed to apply (Synced stays as it is): uploads
+            // are recorded the next time.
             Err(e) => {
-                failures.note("list Blobs", Err::<(), _>(e));
+                tracing::warn!(cluster = %name, "no upload is recorded this time: cannot list the Blobs: {e}");
                 None
             }
         }

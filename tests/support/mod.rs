@@ -136,6 +136,9 @@ pub struct MockApi {
     /// Status writes answered before every later one fails (503, as
     /// while the API server is away); `None`: all are answered.
     pub status_writes_before_failing: Option<usize>,
+    /// Paths whose GET (a read or a list) fails (503, as while the API
+    /// server is away).
+    pub failed_reads: BTreeSet<String>,
 }
 
 /// A list answer as the API server pages it: all of `items`, or with
@@ -208,6 +211,11 @@ impl MockApi {
                               "status": "Failure", "message": message, "code": code}),
                         )
                     }
+                    "GET" if self.failed_reads.contains(path) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                          "status": "Failure", "message": "the API server is away", "code": 503}),
+                    ),
                     "GET" => match (self.lists.get(path), objects.get(path)) {
                         (Some(items), _) => (
                             StatusCode::OK,
