@@ -243,10 +243,11 @@ pub struct Downloaded {
 
 /// What the first answer says about resuming the download: the value for
 /// `If-Range` when the server takes byte ranges of it, says how long it
-/// is and names its version (a strong ETag, else Last-Modified), so the
-/// rest asked for is of the same bytes or not sent at all.
+/// is and names its version (a strong ETag, else a Last-Modified that is a
+/// strong validator), so the rest asked for is of the same bytes or not
+/// sent at all.
 fn resumable_by(headers: &reqwest::header::HeaderMap) -> Option<String> {
-    use reqwest::header::{ACCEPT_RANGES, CONTENT_LENGTH, ETAG, LAST_MODIFIED};
+    use reqwest::header::{ACCEPT_RANGES, CONTENT_LENGTH, DATE, ETAG, LAST_MODIFIED};
     let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
     let ranges = text(ACCEPT_RANGES)?
         .split(',')
@@ -256,8 +257,24 @@ fn resumable_by(headers: &reqwest::header::HeaderMap) -> Option<String> {
     }
     text(ETAG)
         .filter(|tag| !tag.starts_with("W/"))
-        .or_else(|| text(LAST_MODIFIED))
+        .or_else(|| text(LAST_MODIFIED).filter(|at| dated_strongly(at, text(DATE))))
         .map(str::to_string)
+}
+
+/// Whether a `Last-Modified` of `modified` is a strong validator: at least
+/// 60 s before the answer's `Date` (RFC 9110, 8.8.2.2); a source changed
+/// twice within one second would have both versions named alike, and the
+/// rest of the one spliced onto the start of the other.
+fn dated_strongly(modified: &str, date: Option<&str>) -> bool {
+    let parse = |text: &str| {
+        k8s_openapi::jiff::fmt::rfc2822::DateTimeParser::new()
+            .parse_timestamp(text)
+            .ok()
+    };
+    match (parse(modified), date.and_then(parse)) {
+        (Some(modified), Some(date)) => date.as_second() - modified.as_second() >= 60,
+        _ => false,
+    }
 }
 
 /// Whether `content_range` (of a 206) is exactly the rest of a `len`-byte
@@ -602,20 +619,29 @@ mod tests {
             (ETAG, "\"abc\""),
         ];
         assert_eq!(resumable_by(&headers(&full)), Some("\"abc\"".into()));
-        let dated = headers(&[
-            (ACCEPT_RANGES, "bytes"),
-            (CONTENT_LENGTH, "10"),
-            (ETAG, "W/\"weak\""),
-            (
-                reqwest::header::LAST_MODIFIED,
-                "Wed, 02 Dec 2026 10:00:00 GMT",
-            ),
-        ]);
+        let dated = |date| {
+            headers(&[
+                (ACCEPT_RANGES, "bytes"),
+                (CONTENT_LENGTH, "10"),
+                (ETAG, "W/\"weak\""),
+                (
+                    reqwest::header::LAST_MODIFIED,
+                    "Wed, 02 Dec 2026 10:00:00 GMT",
+                ),
+                (reqwest::header::DATE, date),
+            ])
+        };
         assert_eq!(
-            resumable_by(&dated),
+            resumable_by(&dated("Wed, 02 Dec 2026 10:01:00 GMT")),
             Some("Wed, 02 Dec 2026 10:00:00 GMT".into()),
-            "a weak ETag cannot name the version; the date can"
+            "a weak ETag cannot name the version; a date a minute old can"
         );
+        assert_eq!(
+            resumable_by(&dated("Wed, 02 Dec 2026 10:00:59 GMT")),
+            None,
+            "a date less than a minute old is a weak validator"
+        );
+        assert_eq!(resumable_by(&dated("not a date")), None);
         assert_eq!(resumable_by(&headers(&full[1..])), None, "no ranges");
         assert_eq!(
             resumable_by(&headers(&[
