@@ -184,6 +184,12 @@ fn honest_a_to_c() -> (Assignment, [InventoryPage; 3]) {
     (assignment, pages)
 }
 
+/// The view under `assignment` of nodes a-d answering with `pages` (None:
+/// not answering).
+fn view_a_to_d(assignment: &Assignment, pages: [Option<&InventoryPage>; 4]) -> FleetView {
+    FleetView::from_inventories(assignment, ["a", "b", "c", "d"].into_iter().zip(pages))
+}
+
 #[test]
 fn a_node_claiming_every_shard_neither_makes_a_blob_whole_nor_outvotes_its_layout() {
     let (assignment, [a, b, c]) = honest_a_to_c();
@@ -195,15 +201,7 @@ fn a_node_claiming_every_shard_neither_makes_a_blob_whole_nor_outvotes_its_layou
         &[("x", 1, &[(0, 1), (1, 1), (2, 1), (3, 1)], committed(1))],
     );
     liar.blobs[0].size = 1 << 40;
-    let view = FleetView::from_inventories(
-        &assignment,
-        [
-            ("a", Some(&a)),
-            ("b", Some(&b)),
-            ("c", Some(&c)),
-            ("d", Some(&liar)),
-        ],
-    );
+    let view = view_a_to_d(&assignment, [Some(&a), Some(&b), Some(&c), Some(&liar)]);
     let x = &view.blobs["x"];
     assert_eq!((x.size, x.segments), (100, 2), "the layout of a, b and c");
     assert_eq!(x.complete_shards, [0, 1, 2].into(), "shard 3 is missing");
@@ -234,15 +232,7 @@ fn a_node_claiming_a_shard_it_is_not_given_never_gets_a_copy_released() {
     let a = page("a", &[0], &[("x", 2, &[(0, 2), (1, 2)], committed(1))]);
     let b = page("b", &[1], &[]);
     let liar = page("d", &[1, 3], &[("x", 2, &[(1, 2)], committed(1))]);
-    let view = FleetView::from_inventories(
-        &assignment,
-        [
-            ("a", Some(&a)),
-            ("b", Some(&b)),
-            ("c", Some(&c)),
-            ("d", Some(&liar)),
-        ],
-    );
+    let view = view_a_to_d(&assignment, [Some(&a), Some(&b), Some(&c), Some(&liar)]);
     assert_eq!(view.blobs["x"].complete_shards, [0, 2].into());
     assert!(
         view.releases(&assignment).is_empty(),
@@ -259,15 +249,7 @@ fn a_node_claiming_the_shards_of_a_silent_node_does_not_make_them_within_reach()
     let a = page("a", &[0, 3], &[("x", 1, &[(0, 1)], committed(1))]);
     let b = page("b", &[1], &[]);
     let c = page("c", &[2], &[]);
-    let view = FleetView::from_inventories(
-        &assignment,
-        [
-            ("a", Some(&a)),
-            ("b", Some(&b)),
-            ("c", Some(&c)),
-            ("d", None),
-        ],
-    );
+    let view = view_a_to_d(&assignment, [Some(&a), Some(&b), Some(&c), None]);
     assert_eq!(view.unanswered_shards(4), 1);
     assert_eq!(view.health_of(&encoding, &view.blobs["x"]), Health::AtRisk);
 }
@@ -280,15 +262,7 @@ fn a_shard_counts_only_once_the_assignment_gives_it_to_the_node_holding_it() {
     let (assignment, [_, _, c]) = honest_a_to_c();
     let a = page("a", &[0, 1], &[("x", 2, &[(0, 2), (1, 2)], committed(1))]);
     let b = page("b", &[], &[]);
-    let view = FleetView::from_inventories(
-        &assignment,
-        [
-            ("a", Some(&a)),
-            ("b", Some(&b)),
-            ("c", Some(&c)),
-            ("d", None),
-        ],
-    );
+    let view = view_a_to_d(&assignment, [Some(&a), Some(&b), Some(&c), None]);
     assert_eq!(view.blobs["x"].complete_shards, [0, 2].into());
     assert!(
         view.strays.is_empty(),
@@ -302,29 +276,13 @@ fn a_node_has_repairs_only_while_a_blob_that_can_be_rebuilt_misses_its_shards() 
     let encoding = EncodingConfig::new(4).unwrap(); // f 1, p 2, q 3
     let (assignment, [a, b, c]) = honest_a_to_c();
     let d = page("d", &[3], &[]);
-    let view = FleetView::from_inventories(
-        &assignment,
-        [
-            ("a", Some(&a)),
-            ("b", Some(&b)),
-            ("c", Some(&c)),
-            ("d", Some(&d)),
-        ],
-    );
+    let view = view_a_to_d(&assignment, [Some(&a), Some(&b), Some(&c), Some(&d)]);
     assert!(view.node_has_repairs(&encoding, &assignment, "d"));
     assert!(!view.node_has_repairs(&encoding, &assignment, "a"));
     // Held on a alone, x is Lost: its pairs will never be rebuilt.
     let empty = |node, shard| page(node, &[shard], &[]);
     let (b, c) = (empty("b", 1), empty("c", 2));
-    let view = FleetView::from_inventories(
-        &assignment,
-        [
-            ("a", Some(&a)),
-            ("b", Some(&b)),
-            ("c", Some(&c)),
-            ("d", Some(&d)),
-        ],
-    );
+    let view = view_a_to_d(&assignment, [Some(&a), Some(&b), Some(&c), Some(&d)]);
     assert_eq!(view.health_of(&encoding, &view.blobs["x"]), Health::Lost);
     assert!(!view.node_has_repairs(&encoding, &assignment, "d"));
 }
