@@ -1086,14 +1086,33 @@ async fn a_blob_another_blob_names_keeps_its_slivers_when_one_is_deleted() {
     let fleet = TestFleet::start(4).await;
     let id = stored_blob(&fleet).await;
     let going = deleted("first", &id);
-    let mut staying = deleted("second", &id);
+    // The other comes after a full page of unrelated Blobs: Blobs are
+    // listed a page at a time.
+    let mut staying = deleted("zz-second", &id);
     staying.metadata.deletion_timestamp = None;
+    let unrelated: Vec<Blob> = (0..500)
+        .map(|i| {
+            let mut b = deleted(
+                &format!("other-{i:03}"),
+                "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            );
+            b.metadata.deletion_timestamp = None;
+            b
+        })
+        .collect();
+    let mut listed: Vec<&Blob> = vec![&going, &staying];
+    listed.extend(&unrelated);
     let (seen, _) = run(
-        api(Some(&cluster(4)), &[&going, &staying], &[]),
+        api(Some(&cluster(4)), &listed, &[]),
         fleet.endpoints(),
         &going,
     )
     .await;
+    let pages = seen
+        .iter()
+        .filter(|s| s.method == "GET" && s.path == format!("{GROUP}/blobs"))
+        .count();
+    assert_eq!(pages, 2, "{:#?}", lines(&seen));
     assert!(fleet.held().await.iter().all(|h| h.contains(&id)));
     assert!(events(&seen).contains(&"SliversKept".to_string()));
     assert_eq!(

@@ -90,24 +90,24 @@ async fn delete_named(
         &id,
     );
     let blobs: Api<Blob> = Api::namespaced(ctx.client.clone(), namespace);
-    let others = blobs.list(&Default::default()).await?;
-    let shared = remembered_by_another
-        || others.items.iter().any(|other| {
-            other.uid() != blob.uid()
-                && other.metadata.deletion_timestamp.is_none()
-                && other.spec.cluster == blob.spec.cluster
-                && other
-                    .status
+    let mut shared = remembered_by_another;
+    super::upload_records::visit_blobs(&blobs, |other| {
+        shared |= other.uid() != blob.uid()
+            && other.metadata.deletion_timestamp.is_none()
+            && other.spec.cluster == blob.spec.cluster
+            && other
+                .status
+                .as_ref()
+                .and_then(|s| s.blob_id.as_deref())
+                .or(other
+                    .spec
+                    .source
+                    .upload
                     .as_ref()
-                    .and_then(|s| s.blob_id.as_deref())
-                    .or(other
-                        .spec
-                        .source
-                        .upload
-                        .as_ref()
-                        .map(|u| u.blob_id.as_str()))
-                    == Some(id.as_str())
-        });
+                    .map(|u| u.blob_id.as_str()))
+                == Some(id.as_str());
+    })
+    .await?;
     if shared {
         ctx.publish(
             blob,

@@ -80,34 +80,41 @@ pub struct RecordedBlobs {
     pub record_names: BTreeSet<String>,
 }
 
+/// Shows `visit` every Blob of `blobs`, listed a page at a time (a large
+/// namespace's Blobs are never asked for in one answer).
+pub async fn visit_blobs(
+    blobs: &Api<Blob>,
+    mut visit: impl FnMut(&Blob),
+) -> Result<(), kube::Error> {
+    let mut params = ListParams::default().limit(LIST_PAGE);
+    loop {
+        let page = blobs.list(&params).await?;
+        page.items.iter().for_each(&mut visit);
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(()),
+        }
+    }
+}
+
 /// The ids the Blobs of cluster `cluster` name, and the names taken
-/// among its records', listed a page at a time.
+/// among its records'.
 pub async fn recorded_blob_ids(
     blobs: &Api<Blob>,
     cluster: &str,
 ) -> Result<RecordedBlobs, kube::Error> {
     let mut recorded = RecordedBlobs::default();
     let prefix = format!("{cluster}-upload-");
-    let mut params = ListParams::default().limit(LIST_PAGE);
-    loop {
-        let page = blobs.list(&params).await?;
-        recorded.ids.extend(
-            page.items
-                .iter()
-                .filter(|b| b.spec.cluster == cluster)
-                .filter_map(recorded_blob_id),
-        );
-        recorded.record_names.extend(
-            page.items
-                .iter()
-                .filter_map(|b| b.metadata.name.clone())
-                .filter(|n| n.starts_with(&prefix)),
-        );
-        match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(token) => params = params.continue_token(&token),
-            None => return Ok(recorded),
+    visit_blobs(blobs, |b| {
+        if b.spec.cluster == cluster {
+            recorded.ids.extend(recorded_blob_id(b));
         }
-    }
+        if let Some(name) = b.metadata.name.as_ref().filter(|n| n.starts_with(&prefix)) {
+            recorded.record_names.insert(name.clone());
+        }
+    })
+    .await?;
+    Ok(recorded)
 }
 
 /// The blobs of `view` a record could be made of, in id order: readable
