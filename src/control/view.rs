@@ -348,21 +348,14 @@ impl FleetView {
     /// Whether every answering node says it owns exactly what `assignment`
     /// gives it (its ownership file has caught up).
     pub fn ownership_matches(&self, assignment: &Assignment) -> bool {
-        self.owned.iter().all(|(node, owned)| {
-            owned.iter().copied().eq(assignment
-                .iter()
-                .filter(|(_, owner)| *owner == node)
-                .map(|(shard, _)| *shard))
-        })
+        self.owned
+            .iter()
+            .all(|(node, owned)| *owned == fleet::shards_of(assignment, node))
     }
 
     /// Whether every shard `node` owns holds a pair of every blob.
     pub fn node_is_whole(&self, assignment: &Assignment, node: &str) -> bool {
-        let shards: Vec<u16> = assignment
-            .iter()
-            .filter(|(_, owner)| owner.as_str() == node)
-            .map(|(s, _)| *s)
-            .collect();
+        let shards = fleet::shards_of(assignment, node);
         self.blobs
             .values()
             .all(|b| shards.iter().all(|s| b.complete_shards.contains(s)))
