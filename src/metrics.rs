@@ -185,6 +185,9 @@ pub struct NodeMetrics {
     pub io_errors: IntCounterVec,
     /// Staged uploads removed because they were never committed.
     pub abandoned_collected: IntCounter,
+    /// Staged writes idle past their TTL that a peer reported committed:
+    /// the commit was recorded here instead of the data being removed.
+    pub staged_commits_adopted: IntCounter,
     /// Blobs whose data a tombstone removed here.
     pub blobs_deleted: IntCounter,
     /// Bytes of pairs released here because their shard moved away.
@@ -293,6 +296,11 @@ impl NodeMetrics {
                 registry,
                 "redstuff_node_abandoned_uploads_collected_total",
                 "Staged uploads removed after their TTL because they were never committed.",
+            ),
+            staged_commits_adopted: counter(
+                registry,
+                "redstuff_node_staged_commits_adopted_total",
+                "Staged writes idle past their TTL whose commit a peer reported: committed here instead of removed.",
             ),
             blobs_deleted: counter(
                 registry,

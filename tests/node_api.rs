@@ -82,6 +82,8 @@ struct Setup<'a> {
     listener: Option<std::net::TcpListener>,
     /// Bytes of parsed metadata the node keeps (the default otherwise).
     metadata_cache: Option<u64>,
+    /// The staged-write TTL (the default otherwise).
+    staged_ttl: Option<std::time::Duration>,
 }
 
 async fn start(name: &str, setup: Setup<'_>) -> TestNode {
@@ -99,6 +101,10 @@ async fn start(name: &str, setup: Setup<'_>) -> TestNode {
             .unwrap_or(defaults.metadata_cache_bytes),
         lie: setup.lie,
         fleet: setup.fleet,
+        housekeeping: redstuff::store::Housekeeping {
+            staged_ttl: setup.staged_ttl.unwrap_or(defaults.housekeeping.staged_ttl),
+            ..defaults.housekeeping
+        },
         ..NodeConfig::new(
             name,
             dir.path().to_path_buf(),
@@ -1204,6 +1210,7 @@ async fn fleet_of(
     lies: &[(u16, Lie)],
     honest_delay: std::time::Duration,
     map_dir: &std::path::Path,
+    staged_ttl: Option<std::time::Duration>,
 ) -> Vec<TestNode> {
     // Reserve the addresses first, so the map can name them before the nodes start.
     let listeners: Vec<std::net::TcpListener> = (0..n)
@@ -1251,6 +1258,7 @@ async fn fleet_of(
                     lie,
                     fleet: Some(map_path.clone()),
                     listener: Some(listener),
+                    staged_ttl,
                     ..Setup::default()
                 },
             )
@@ -1286,6 +1294,7 @@ async fn a_repair_completes_past_a_node_flipping_bits_and_one_replaying_others_a
         &[(6, Lie::Replay), (5, Lie::FlipBits)],
         std::time::Duration::from_millis(500),
         dir.path(),
+        None,
     )
     .await;
     let (_, metadata, segments) = blob(n, 200_000, 64 << 10);
@@ -1411,5 +1420,79 @@ async fn a_repair_never_calls_an_address_the_caller_chose() {
         response.status(),
         StatusCode::SERVICE_UNAVAILABLE,
         "peers named by the caller are ignored"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staged_write_committed_only_on_a_peer_is_kept_past_its_ttl_with_that_commit_and_one_committed_nowhere_goes(
+) {
+    // n = 4 (f = 1). The commit of one write reached node 0 only (the
+    // others stalled through the commit phase) and no control loop is
+    // there to carry it on; another write was committed nowhere.
+    let n = 4u16;
+    let dir = tempfile::tempdir().unwrap();
+    let ttl = std::time::Duration::from_secs(2);
+    let nodes = fleet_of(n, &[], std::time::Duration::ZERO, dir.path(), Some(ttl)).await;
+    let (_, committed, committed_segments) = blob(n, 150_000, 64 << 10);
+    let (_, abandoned, abandoned_segments) = blob(n, 90_000, 64 << 10);
+    let (kept, gone) = (committed.blob_id(), abandoned.blob_id());
+    store_shard(&nodes[0], &committed, &committed_segments, 0).await;
+    nodes[0].client.commit(&kept, 10).await.unwrap();
+    for (shard, node) in nodes.iter().enumerate() {
+        if shard > 0 {
+            store_shard(node, &committed, &committed_segments, shard as u16).await;
+        }
+        store_shard(node, &abandoned, &abandoned_segments, shard as u16).await;
+    }
+
+    let segments = committed_segments.len() as u32;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let mut settled = true;
+        let mut seen = Vec::new();
+        for (shard, node) in nodes.iter().enumerate().skip(1) {
+            let kept_state = node.client.state(&kept).await.unwrap();
+            let gone_state = node.client.state(&gone).await.unwrap();
+            settled &= kept_state.state.commit == Some(10)
+                && gone_state.state == Default::default()
+                && gone_state.shards.is_empty();
+            // Never removed meanwhile: every pair of its shard stays.
+            assert_eq!(
+                kept_state.shards.get(&(shard as u16)),
+                Some(&segments),
+                "node-{shard} removed a write committed on node-0: {kept_state:?}"
+            );
+            seen.push((kept_state, gone_state));
+        }
+        if settled {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the nodes did not settle both writes: {seen:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for (shard, node) in nodes.iter().enumerate().skip(1) {
+        let segment = &committed_segments[0];
+        let (primary, _) = pair_for_shard(&committed, segment, shard as u16);
+        let served = node
+            .client
+            .sliver(&kept, 0, shard as u16, SliverKind::Primary, LIMIT)
+            .await
+            .unwrap();
+        assert!(
+            served.as_deref() == Some(&primary[..]),
+            "node-{shard} serves its primary sliver"
+        );
+        assert!(node
+            .metrics_text()
+            .await
+            .contains("redstuff_node_staged_commits_adopted_total 1"));
+    }
+    // Node 0 held the commit all along; the abandoned write left it too.
+    assert_eq!(
+        nodes[0].client.state(&gone).await.unwrap().state,
+        Default::default()
     );
 }

@@ -7,6 +7,7 @@
 
 mod api;
 mod blobs;
+mod idle_writes;
 mod inventory;
 mod inventory_changes;
 mod layouts;
@@ -309,14 +310,31 @@ fn keep_house(state: Arc<NodeState>, housekeeping: Housekeeping) {
         let period = (housekeeping.staged_ttl / 4)
             .clamp(Duration::from_millis(100), Duration::from_secs(60));
         let mut tick = tokio::time::interval(period);
+        let ttl = housekeeping.staged_ttl;
         loop {
             tick.tick().await;
             let worker = state.clone();
+            let idle = tokio::task::spawn_blocking(move || {
+                worker.store.idle_staged(ttl, SystemTime::now())
+            })
+            .await;
+            let fates = match idle {
+                Ok(Ok(idle)) if idle.is_empty() => Vec::new(),
+                Ok(Ok(idle)) => idle_writes::fates(&state, idle).await,
+                Ok(Err(e)) => {
+                    tracing::warn!(node = %state.name, "listing idle staged writes failed: {e}");
+                    Vec::new()
+                }
+                Err(e) => {
+                    tracing::warn!(node = %state.name, "listing idle staged writes failed: {e}");
+                    Vec::new()
+                }
+            };
+            let worker = state.clone();
             let done = tokio::task::spawn_blocking(move || {
                 let now = SystemTime::now();
-                let collected = worker
-                    .store
-                    .collect_abandoned(housekeeping.staged_ttl, now)?;
+                let (adopted, collected) = idle_writes::settle(&worker, &fates, ttl, now)?;
+                worker.metrics.staged_commits_adopted.inc_by(adopted as u64);
                 let leftovers = worker.store.collect_delete_leftovers(now)?;
                 for id in collected.iter().chain(&leftovers) {
                     worker.metadata.forget(id);
@@ -328,9 +346,7 @@ fn keep_house(state: Arc<NodeState>, housekeeping: Housekeeping) {
                         "removed data that interrupted deletes left behind"
                     );
                 }
-                let sessions = worker
-                    .store
-                    .collect_abandoned_uploads(housekeeping.staged_ttl, now)?;
+                let sessions = worker.store.collect_abandoned_uploads(ttl, now)?;
                 let purged = worker
                     .store
                     .purge_quarantine(housekeeping.quarantine_retention, now)?;

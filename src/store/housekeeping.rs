@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use super::{files, SliverStore, StoreError};
+use crate::blob_state::BlobState;
 use crate::codec::BlobId;
 
 /// How long things are kept.
@@ -25,6 +26,20 @@ impl Default for Housekeeping {
             quarantine_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
+}
+
+/// A staged write no commit here claims, idle past its wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdleStaged {
+    /// The blob.
+    pub id: BlobId,
+    /// Its markers here.
+    pub state: BlobState,
+    /// How long its directory gained no file.
+    pub idle_for: Duration,
+    /// How long it had to be idle to be listed: the staged TTL, or
+    /// [`LOST_MARKER_GRACE`] when a marker is lost.
+    pub wait: Duration,
 }
 
 /// What one scrub found.
@@ -206,39 +221,83 @@ impl SliverStore {
     /// Removes every staged write that was never committed here and has
     /// not gained a file for `ttl` (for [`LOST_MARKER_GRACE`] when one of
     /// its markers is lost: it may have been the commit); returns the
-    /// blobs removed.
+    /// blobs removed. A node with peers asks them first whether the write
+    /// was committed elsewhere ([`SliverStore::idle_staged`], then
+    /// [`SliverStore::collect_idle`] for those it may remove).
     pub fn collect_abandoned(
         &self,
         ttl: Duration,
         now: SystemTime,
     ) -> Result<Vec<BlobId>, StoreError> {
         let mut collected = Vec::new();
-        for id in self.blob_dirs()? {
-            if !self.idle_for(&id, ttl, now) {
-                continue;
-            }
-            let lock = self.lock(&id);
-            let Some(markers) = readable_now(lock.markers())? else {
-                continue;
-            };
-            // Idle again under the lock: a write staged or adopted while
-            // the lock was awaited made it new.
-            let wait = if markers.lost { LOST_MARKER_GRACE } else { ttl };
-            if markers.state.commit.is_none()
-                && self.idle_for(&id, wait, now)
-                && lock.remove_data()?
-            {
-                collected.push(id);
+        for idle in self.idle_staged(ttl, now)? {
+            if self.collect_idle(&idle.id, ttl, now)? {
+                collected.push(idle.id);
             }
         }
         Ok(collected)
     }
 
+    /// The blobs whose data no commit here claims and whose directory
+    /// gained no file for `ttl` ([`LOST_MARKER_GRACE`] when a marker is
+    /// lost), with their markers: writes abandoned, unless committed on
+    /// nodes this one never heard from.
+    pub fn idle_staged(
+        &self,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<Vec<IdleStaged>, StoreError> {
+        let mut idle = Vec::new();
+        for id in self.blob_dirs()? {
+            if !self.idle_for(&id, ttl, now) {
+                continue;
+            }
+            let Some(markers) = readable_now(self.lock(&id).markers())? else {
+                continue;
+            };
+            let wait = if markers.lost { LOST_MARKER_GRACE } else { ttl };
+            if markers.state.commit.is_none() && self.idle_for(&id, wait, now) {
+                idle.push(IdleStaged {
+                    id,
+                    state: markers.state,
+                    idle_for: self.idle_time(&id, now).unwrap_or(wait),
+                    wait,
+                });
+            }
+        }
+        Ok(idle)
+    }
+
+    /// Removes the data of `id` if, under its lock, it is still a staged
+    /// write no commit here claims, idle as [`SliverStore::idle_staged`]
+    /// requires (a write staged, adopted or committed meanwhile keeps it);
+    /// true when data was removed.
+    pub fn collect_idle(
+        &self,
+        id: &BlobId,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<bool, StoreError> {
+        let lock = self.lock(id);
+        let Some(markers) = readable_now(lock.markers())? else {
+            return Ok(false);
+        };
+        let wait = if markers.lost { LOST_MARKER_GRACE } else { ttl };
+        if markers.state.commit.is_none() && self.idle_for(id, wait, now) {
+            lock.remove_data()
+        } else {
+            Ok(false)
+        }
+    }
+
     /// Whether the blob's directory gained no file for `wait` before `now`.
     fn idle_for(&self, id: &BlobId, wait: Duration, now: SystemTime) -> bool {
-        files::last_change(&self.blob_dir(id))
-            .and_then(|t| now.duration_since(t).ok())
-            .is_some_and(|idle| idle >= wait)
+        self.idle_time(id, now).is_some_and(|idle| idle >= wait)
+    }
+
+    /// How long the blob's directory gained no file before `now`.
+    fn idle_time(&self, id: &BlobId, now: SystemTime) -> Option<Duration> {
+        files::last_change(&self.blob_dir(id)).and_then(|t| now.duration_since(t).ok())
     }
 
     /// Deletes quarantined files older than `retention`; returns how many.

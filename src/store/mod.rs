@@ -75,7 +75,9 @@ pub use aligned::{release_idle_spares, BlockParts, Overflow};
 pub use change_journal::{Changes, Forgotten, JournalPosition};
 pub use files::{filesystem_space, read_file_like_a_store, write_file_like_a_store};
 use files::{Checked, DirStats};
-pub use housekeeping::{scrub_deadline, scrub_wait, Housekeeping, ScrubFinding, ScrubReport};
+pub use housekeeping::{
+    scrub_deadline, scrub_wait, Housekeeping, IdleStaged, ScrubFinding, ScrubReport,
+};
 pub use markers::Markers;
 pub use sliver_checksum::SymbolLeaves;
 pub use uploads::CheckedPutError;
