@@ -188,6 +188,9 @@ pub struct NodeMetrics {
     /// Staged writes idle past their TTL that a peer reported committed:
     /// the commit was recorded here instead of the data being removed.
     pub staged_commits_adopted: IntCounter,
+    /// Staged writes idle past their TTL kept because nodes that may hold
+    /// their commit do not answer.
+    pub staged_waiting: IntGauge,
     /// Blobs whose data a tombstone removed here.
     pub blobs_deleted: IntCounter,
     /// Bytes of pairs released here because their shard moved away.
@@ -301,6 +304,11 @@ impl NodeMetrics {
                 registry,
                 "redstuff_node_staged_commits_adopted_total",
                 "Staged writes idle past their TTL whose commit a peer reported: committed here instead of removed.",
+            ),
+            staged_waiting: gauge(
+                registry,
+                "redstuff_node_staged_writes_waiting",
+                "Staged writes idle past their TTL kept because nodes that may hold their commit do not answer.",
             ),
             blobs_deleted: counter(
                 registry,

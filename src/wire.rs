@@ -46,6 +46,11 @@ pub struct NodeBlobState {
     /// Shards of the node's -> segments whose sliver pair it holds.
     #[serde(default)]
     pub shards: BTreeMap<u16, u32>,
+    /// Whether one of the blob's markers here is lost (its file corrupt or
+    /// unreadable): it reads as absent in `state`, but may have been a
+    /// commit or a tombstone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub markers_lost: bool,
 }
 
 /// A generation carried by a commit, an abort or a delete.

@@ -1450,7 +1450,7 @@ async fn a_staged_write_committed_only_on_a_peer_is_kept_past_its_ttl_with_that_
     loop {
         let mut settled = true;
         let mut seen = Vec::new();
-        for (shard, node) in nodes.iter().enumerate().skip(1) {
+        for (shard, node) in nodes.iter().enumerate() {
             let kept_state = node.client.state(&kept).await.unwrap();
             let gone_state = node.client.state(&gone).await.unwrap();
             settled &= kept_state.state.commit == Some(10)
@@ -1485,14 +1485,115 @@ async fn a_staged_write_committed_only_on_a_peer_is_kept_past_its_ttl_with_that_
             served.as_deref() == Some(&primary[..]),
             "node-{shard} serves its primary sliver"
         );
-        assert!(node
-            .metrics_text()
-            .await
-            .contains("redstuff_node_staged_commits_adopted_total 1"));
+        let metrics = node.metrics_text().await;
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l == "redstuff_node_staged_commits_adopted_total 1"),
+            "{metrics}"
+        );
     }
-    // Node 0 held the commit all along; the abandoned write left it too.
-    assert_eq!(
-        nodes[0].client.state(&gone).await.unwrap().state,
-        Default::default()
-    );
+}
+
+/// The value of the metric line `name` (no labels) in `metrics`.
+fn metric_value(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staged_write_whose_commit_may_be_on_a_silent_node_is_kept_until_that_node_answers() {
+    // n = 4 (f = 1). The commit reached node-0 only, and node-0 is hung to
+    // its peers (connections accepted, nothing answered) past the TTL: the
+    // write staged on every shard may have been committed there.
+    let n = 4u16;
+    let dir = tempfile::tempdir().unwrap();
+    let map_path = dir.path().join("fleet.json");
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let direct: Vec<String> = listeners
+        .iter()
+        .map(|l| format!("http://{}", l.local_addr().unwrap()))
+        .collect();
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_url = format!("http://{}", hung.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((caller, _)) = hung.accept().await {
+            held.push(caller);
+        }
+    });
+    let map = |node_0: &str| FleetMap {
+        shards: n,
+        segment_size: 64 << 10,
+        nodes: (0..n)
+            .map(|s| MapNode {
+                name: format!("node-{s}"),
+                url: if s == 0 {
+                    node_0.to_string()
+                } else {
+                    direct[s as usize].clone()
+                },
+                shards: [s].into(),
+            })
+            .collect(),
+    };
+    map(&hung_url).write(&map_path).unwrap();
+    let mut nodes = Vec::new();
+    for (shard, listener) in listeners.into_iter().enumerate() {
+        let shards = [shard as u16];
+        let setup = Setup {
+            shards: &shards,
+            fleet: Some(map_path.clone()),
+            listener: Some(listener),
+            staged_ttl: Some(std::time::Duration::from_secs(1)),
+            ..Setup::default()
+        };
+        nodes.push(start(&format!("node-{shard}"), setup).await);
+    }
+    let (_, metadata, segments) = blob(n, 150_000, 64 << 10);
+    let id = metadata.blob_id();
+    store_shard(&nodes[0], &metadata, &segments, 0).await;
+    nodes[0].client.commit(&id, 10).await.unwrap();
+    for (shard, node) in nodes.iter().enumerate().skip(1) {
+        store_shard(node, &metadata, &segments, shard as u16).await;
+    }
+
+    // Past the TTL, each of the others says it keeps one write waiting.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for node in &nodes[1..] {
+        while metric_value(
+            &node.metrics_text().await,
+            "redstuff_node_staged_writes_waiting",
+        ) != Some(1.0)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no node reports the write waiting"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    for (shard, node) in nodes.iter().enumerate().skip(1) {
+        let state = node.client.state(&id).await.unwrap();
+        assert_eq!(state.state.commit, None);
+        assert_eq!(
+            state.shards.get(&(shard as u16)),
+            Some(&(segments.len() as u32)),
+            "node-{shard} kept the write while node-0 was silent: {state:?}"
+        );
+    }
+    // node-0 answers again: the others take its commit.
+    map(&direct[0]).write(&map_path).unwrap();
+    for (shard, node) in nodes.iter().enumerate().skip(1) {
+        while node.client.state(&id).await.unwrap().state.commit != Some(10) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node-{shard} never took the commit of node-0"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
 }

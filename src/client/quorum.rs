@@ -152,7 +152,7 @@ pub(super) mod tests {
                 state,
                 size: layout.map(|l| l.0),
                 segments: layout.map(|l| l.1),
-                shards: Default::default(),
+                ..NodeBlobState::default()
             },
         }
     }

@@ -42,7 +42,10 @@ pub(super) async fn state(
 ) -> Result<Json<NodeBlobState>, ApiError> {
     let id = parse_id(&id)?;
     blocking(state.stalls.clone(), move || {
-        let markers = state.store.state(&id).map_err(|e| store_error(&state, e))?;
+        let markers = state
+            .store
+            .markers(&id)
+            .map_err(|e| store_error(&state, e))?;
         let holdings = state
             .store
             .holdings(&id)
@@ -53,10 +56,11 @@ pub(super) async fn state(
             None
         };
         Ok(Json(NodeBlobState {
-            state: markers,
+            state: markers.state,
             size: metadata.as_ref().map(|m| m.len()),
             segments: metadata.as_ref().map(|m| m.segment_count() as u32),
             shards: holdings.shards,
+            markers_lost: markers.lost,
         }))
     })
     .await

@@ -8,7 +8,7 @@
 //! was acknowledged with. A commit a peer reports is taken here instead.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::future::join_all;
 use futures_util::stream::{self, StreamExt};
@@ -17,12 +17,7 @@ use super::NodeState;
 use crate::blob_state::{resolve, BlobState, Verdict};
 use crate::codec::{BlobId, EncodingConfig};
 use crate::fleet::FleetMap;
-use crate::store::IdleStaged;
-
-/// How many times its wait a staged write is kept while some peer does
-/// not answer (it may be the one holding the commit), as long as the
-/// nodes of a quorum of shards answered without one.
-const PATIENCE_WITH_SILENT_PEERS: u32 = 4;
+use crate::store::{IdleStaged, StoreError, LOST_MARKER_GRACE};
 
 /// Blobs whose peers are asked at once.
 const BLOBS_ASKED_AT_ONCE: usize = 8;
@@ -39,58 +34,71 @@ pub enum StagedFate {
     Wait,
 }
 
-/// What the peers said of one blob.
+/// What the fleet said of one blob.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerStates {
-    /// Markers of the peers that answered.
+    /// Markers of the peers that answered with every marker readable.
     pub answers: Vec<BlobState>,
-    /// Shards of the nodes that answered, this one's included.
-    pub answered_shards: usize,
-    /// Shards of the nodes that did not answer.
-    pub silent_shards: usize,
+    /// Distinct shards (below n) of those peers and of this node.
+    pub answered: BTreeSet<u16>,
+    /// Of those, the shards whose node holds a staged write of the blob.
+    pub staged: BTreeSet<u16>,
 }
 
-/// Decides the fate of an idle staged write (pure): kept, with the commit,
-/// when the fleet's markers (this node's and its peers') make the blob
-/// visible; removed when they do not and every peer answered, or, after
-/// [`PATIENCE_WITH_SILENT_PEERS`] times its wait, when the nodes of a
-/// quorum of shards did; else asked again later.
+/// Decides the fate of an idle staged write (pure). Kept, with the
+/// commit, when the markers of this node and its peers make the blob
+/// visible (unless a marker here is lost: it may have been a tombstone).
+/// Otherwise removed once every shard's node answered; while some did
+/// not, a commit may be on them only if the shards staging the write and
+/// those not answering reach n - f (a commit is sent only once n - f
+/// shards staged the write): then it waits, at most
+/// [`LOST_MARKER_GRACE`], as any blob in doubt does.
 pub fn staged_fate(idle: &IdleStaged, peers: &PeerStates, config: &EncodingConfig) -> StagedFate {
     let states = peers.answers.iter().chain(std::iter::once(&idle.state));
-    if let Verdict::Visible(generation) = resolve(states) {
+    if let (false, Verdict::Visible(generation)) = (idle.lost, resolve(states)) {
         return StagedFate::Adopt(generation);
     }
+    let unknown = config.n().saturating_sub(peers.answered.len());
     let quorum = config.n() - config.f();
-    let patient = idle.idle_for < idle.wait * PATIENCE_WITH_SILENT_PEERS;
-    if peers.silent_shards == 0 || (peers.answered_shards >= quorum && !patient) {
-        StagedFate::Collect
-    } else {
+    let may_be_committed_elsewhere = unknown > 0 && peers.staged.len() + unknown >= quorum;
+    if may_be_committed_elsewhere && idle.idle_for < LOST_MARKER_GRACE {
         StagedFate::Wait
+    } else {
+        StagedFate::Collect
     }
 }
 
-/// The fate of each idle staged write: every peer holding shards in the
-/// node's fleet map is asked for its markers of the blob. Without a map
-/// (a node on its own) each is collected.
+/// The fate of each idle staged write: every other node of the fleet map
+/// is asked for its markers of the blob. A node given no fleet map (on
+/// its own) collects them; one whose map cannot be read now waits.
 pub(super) async fn fates(
     state: &NodeState,
     idle: Vec<IdleStaged>,
 ) -> Vec<(IdleStaged, StagedFate)> {
-    let map = state.fleet.as_ref().and_then(|f| f.get());
-    let config = map
-        .as_ref()
-        .and_then(|m| EncodingConfig::new(m.shards).ok());
-    let (Some(map), Some(config)) = (map, config) else {
+    let Some(map_file) = state.fleet.as_ref() else {
         return idle
             .into_iter()
             .map(|staged| (staged, StagedFate::Collect))
+            .collect();
+    };
+    let map = map_file.get();
+    let config = map.as_ref().map(|m| EncodingConfig::new(m.shards));
+    let (Some(map), Some(Ok(config))) = (map, config) else {
+        tracing::warn!(
+            node = %state.name,
+            blobs = idle.len(),
+            "idle staged writes kept: the fleet map cannot be read, so the peers that may hold their commit are unknown"
+        );
+        return idle
+            .into_iter()
+            .map(|staged| (staged, StagedFate::Wait))
             .collect();
     };
     stream::iter(idle)
         .map(|staged| {
             let (map, config) = (&map, &config);
             async move {
-                let peers = ask_peers(state, map, &staged.id).await;
+                let peers = ask_peers(state, map, &staged).await;
                 let fate = staged_fate(&staged, &peers, config);
                 (staged, fate)
             }
@@ -100,80 +108,119 @@ pub(super) async fn fates(
         .await
 }
 
-/// Every peer's markers of `id`, each call within the peers' deadline.
-async fn ask_peers(state: &NodeState, map: &FleetMap, id: &BlobId) -> PeerStates {
+/// Every other node's markers of the blob, each call within the peers'
+/// deadline. A shard counts as answered once, whoever claims it; a node
+/// with a lost marker counts as not answering (it may have been the
+/// commit).
+async fn ask_peers(state: &NodeState, map: &FleetMap, idle: &IdleStaged) -> PeerStates {
+    let in_range = |shard: &&u16| **shard < map.shards;
     let own: BTreeSet<u16> = map
         .nodes
         .iter()
         .filter(|n| n.name == state.name)
-        .flat_map(|n| n.shards.iter().copied())
+        .flat_map(|n| n.shards.iter().filter(in_range).copied())
         .collect();
-    let peers: Vec<_> = map
-        .nodes
-        .iter()
-        .filter(|n| n.name != state.name && !n.shards.is_empty())
-        .collect();
+    let mut peers: Vec<_> = map.nodes.iter().filter(|n| n.name != state.name).collect();
+    peers.sort_by(|a, b| a.name.cmp(&b.name));
+    peers.dedup_by(|a, b| a.name == b.name);
     let answers = join_all(peers.iter().map(|peer| {
         let call = state.peers.node(&peer.url);
-        async move { call.state(id).await }
+        async move { call.state(&idle.id).await }
     }))
     .await;
     let mut states = PeerStates {
-        answered_shards: own.len(),
+        answered: own.clone(),
         ..PeerStates::default()
     };
+    if idle.state.staged.is_some() {
+        states.staged.extend(&own);
+    }
     for (peer, answer) in peers.iter().zip(answers) {
-        // A peer's shards this node also claims count once, as its own.
-        let shards = peer.shards.difference(&own).count();
         match answer {
-            Ok(answer) => {
+            Ok(answer) if !answer.markers_lost => {
+                let shards = peer.shards.iter().filter(in_range);
+                states.answered.extend(shards.clone());
+                if answer.state.staged.is_some() {
+                    states.staged.extend(shards);
+                }
                 states.answers.push(answer.state);
-                states.answered_shards += shards;
+            }
+            Ok(_) => {
+                tracing::debug!(node = %state.name, peer = %peer.name, "markers of {} lost there", idle.id)
             }
             Err(e) => {
-                tracing::debug!(node = %state.name, peer = %peer.name, "markers of {id}: {e}");
-                states.silent_shards += shards;
+                tracing::debug!(node = %state.name, peer = %peer.name, "markers of {}: {e}", idle.id)
             }
         }
     }
     states
 }
 
+/// What settling idle staged writes did.
+#[derive(Debug, Default)]
+pub(super) struct Settled {
+    /// Writes whose commit was recorded here.
+    pub adopted: usize,
+    /// Blobs whose data was removed.
+    pub collected: Vec<BlobId>,
+    /// Writes kept for now (their commit may be on nodes not answering).
+    pub waiting: usize,
+}
+
 /// Records the commits the fleet made of idle staged writes, and removes
-/// those it never committed; returns (adopted, collected ids). Blocking.
+/// those it never committed. A blob that fails (a full disk, a marker that
+/// cannot be read now) is passed over until the next round; the others
+/// are settled. Blocking.
 pub(super) fn settle(
     state: &NodeState,
     fates: &[(IdleStaged, StagedFate)],
     ttl: Duration,
-    now: std::time::SystemTime,
-) -> Result<(usize, Vec<BlobId>), crate::store::StoreError> {
-    let (mut adopted, mut collected) = (0, Vec::new());
+    now: SystemTime,
+) -> Settled {
+    let mut settled = Settled::default();
     for (staged, fate) in fates {
-        match fate {
-            StagedFate::Adopt(generation) => {
-                match state.store.commit(&staged.id, *generation, None) {
-                    Ok(_) => {
-                        tracing::info!(
-                            node = %state.name,
-                            "kept the staged write of {}: the fleet committed it (generation {generation}) while no commit reached this node",
-                            staged.id
-                        );
-                        adopted += 1;
-                    }
-                    // A delete came meanwhile: its tombstone decides.
-                    Err(crate::store::StoreError::Deleted { .. }) => {}
-                    Err(e) => return Err(e),
+        let id = &staged.id;
+        let done = match fate {
+            StagedFate::Adopt(generation) => adopt(state, id, *generation).map(|adopted| {
+                settled.adopted += usize::from(adopted);
+            }),
+            StagedFate::Collect => state.store.collect_idle(id, ttl, now).map(|removed| {
+                if removed {
+                    settled.collected.push(*id);
                 }
+            }),
+            StagedFate::Wait => {
+                settled.waiting += 1;
+                Ok(())
             }
-            StagedFate::Collect => {
-                if state.store.collect_idle(&staged.id, ttl, now)? {
-                    collected.push(staged.id);
-                }
-            }
-            StagedFate::Wait => {}
+        };
+        if let Err(e) = done {
+            tracing::warn!(node = %state.name, "settling the idle staged write of {id}: {e}; again next time");
         }
     }
-    Ok((adopted, collected))
+    settled
+}
+
+/// Records the commit of `generation` for `id`, if its data is still here
+/// (an abort or a release may have removed it since it was listed) and no
+/// delete as new is; true when recorded.
+fn adopt(state: &NodeState, id: &BlobId, generation: u64) -> Result<bool, StoreError> {
+    let lock = state.store.lock(id);
+    if lock.metadata()?.is_none() {
+        return Ok(false);
+    }
+    match lock.commit(generation, None) {
+        Ok(_) => {
+            tracing::info!(
+                node = %state.name,
+                "kept the staged write of {id}: the fleet committed it (generation {generation}) while no commit reached this node"
+            );
+            Ok(true)
+        }
+        // A delete came meanwhile: its tombstone decides.
+        Err(StoreError::Deleted { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]
@@ -188,6 +235,7 @@ mod tests {
             state,
             idle_for,
             wait: TTL,
+            lost: false,
         }
     }
 
@@ -205,12 +253,16 @@ mod tests {
         }
     }
 
-    /// n = 7 (f = 2, a quorum of 5): this node holds one shard.
-    fn peers(answers: Vec<BlobState>, silent_shards: usize) -> PeerStates {
+    /// n = 7 (f = 2, a quorum of 5): this node holds shard 0 and the
+    /// peers answering hold shards 1, 2, ... one each, in order.
+    fn peers(answers: Vec<BlobState>) -> PeerStates {
+        let shards = || 0..=answers.len() as u16;
         PeerStates {
-            answered_shards: 1 + answers.len(),
+            answered: shards().collect(),
+            staged: shards()
+                .filter(|s| *s == 0 || answers[*s as usize - 1].staged.is_some())
+                .collect(),
             answers,
-            silent_shards,
         }
     }
 
@@ -229,14 +281,14 @@ mod tests {
             staged(5),
         ];
         assert_eq!(
-            staged_fate(&idle(staged(5), TTL), &peers(others, 0), &seven()),
+            staged_fate(&idle(staged(5), TTL), &peers(others), &seven()),
             StagedFate::Adopt(5)
         );
         // Committed on one node only, the others silent: still kept.
         assert_eq!(
             staged_fate(
                 &idle(staged(5), TTL * 10),
-                &peers(vec![committed(5)], 5),
+                &peers(vec![committed(5)]),
                 &seven()
             ),
             StagedFate::Adopt(5)
@@ -244,10 +296,10 @@ mod tests {
     }
 
     #[test]
-    fn a_write_no_peer_committed_is_collected_once_every_peer_answered() {
+    fn a_write_no_peer_committed_is_collected_once_every_shard_answered() {
         let others = vec![staged(5); 6];
         assert_eq!(
-            staged_fate(&idle(staged(5), TTL), &peers(others, 0), &seven()),
+            staged_fate(&idle(staged(5), TTL), &peers(others), &seven()),
             StagedFate::Collect
         );
     }
@@ -267,29 +319,56 @@ mod tests {
             staged(5),
         ];
         assert_eq!(
-            staged_fate(&idle(staged(5), TTL), &peers(others, 0), &seven()),
+            staged_fate(&idle(staged(5), TTL), &peers(others), &seven()),
             StagedFate::Collect
         );
     }
 
     #[test]
-    fn a_silent_peer_may_hold_the_commit_so_the_write_waits_for_a_while() {
+    fn a_write_whose_commit_may_be_on_silent_nodes_waits_as_long_as_any_blob_in_doubt() {
+        // Staged on 5 shards with 2 silent: a commit needs 5 staged, so the
+        // silent ones may hold it.
         let others = vec![staged(5); 4];
         assert_eq!(
-            staged_fate(&idle(staged(5), TTL), &peers(others.clone(), 2), &seven()),
-            StagedFate::Wait,
-            "the silent nodes may hold the commit"
+            staged_fate(
+                &idle(staged(5), TTL * 100),
+                &peers(others.clone()),
+                &seven()
+            ),
+            StagedFate::Wait
         );
         assert_eq!(
-            staged_fate(&idle(staged(5), TTL * 4), &peers(others, 2), &seven()),
+            staged_fate(
+                &idle(staged(5), LOST_MARKER_GRACE),
+                &peers(others),
+                &seven()
+            ),
             StagedFate::Collect,
-            "a quorum answered, long enough ago"
+            "in doubt past the grace for lost markers"
         );
-        let few = vec![staged(5); 3];
+        // Staged on 2 shards, 2 silent: never staged on 5, never committed.
+        let few = vec![
+            staged(5),
+            BlobState::default(),
+            BlobState::default(),
+            BlobState::default(),
+        ];
         assert_eq!(
-            staged_fate(&idle(staged(5), TTL * 100), &peers(few, 3), &seven()),
-            StagedFate::Wait,
-            "fewer than a quorum answered: the commit may be on the others"
+            staged_fate(&idle(staged(5), TTL), &peers(few), &seven()),
+            StagedFate::Collect
+        );
+    }
+
+    #[test]
+    fn a_commit_is_not_adopted_over_a_lost_marker_here_which_may_have_been_a_tombstone() {
+        let lost = IdleStaged {
+            lost: true,
+            ..idle(BlobState::default(), LOST_MARKER_GRACE)
+        };
+        let others = vec![committed(5); 6];
+        assert_eq!(
+            staged_fate(&lost, &peers(others), &seven()),
+            StagedFate::Collect
         );
     }
 }

@@ -310,6 +310,9 @@ fn keep_house(state: Arc<NodeState>, housekeeping: Housekeeping) {
         let period = (housekeeping.staged_ttl / 4)
             .clamp(Duration::from_millis(100), Duration::from_secs(60));
         let mut tick = tokio::time::interval(period);
+        // A round that outlasts the period (peers slow to answer) is not
+        // followed by a burst of catch-up rounds.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let ttl = housekeeping.staged_ttl;
         loop {
             tick.tick().await;
@@ -333,8 +336,13 @@ fn keep_house(state: Arc<NodeState>, housekeeping: Housekeeping) {
             let worker = state.clone();
             let done = tokio::task::spawn_blocking(move || {
                 let now = SystemTime::now();
-                let (adopted, collected) = idle_writes::settle(&worker, &fates, ttl, now)?;
-                worker.metrics.staged_commits_adopted.inc_by(adopted as u64);
+                let settled = idle_writes::settle(&worker, &fates, ttl, now);
+                worker
+                    .metrics
+                    .staged_commits_adopted
+                    .inc_by(settled.adopted as u64);
+                worker.metrics.staged_waiting.set(settled.waiting as i64);
+                let collected = settled.collected;
                 let leftovers = worker.store.collect_delete_leftovers(now)?;
                 for id in collected.iter().chain(&leftovers) {
                     worker.metadata.forget(id);

@@ -28,7 +28,8 @@ impl Default for Housekeeping {
     }
 }
 
-/// A staged write no commit here claims, idle past its wait.
+/// A blob's data no commit here claims (a staged write, or data whose
+/// markers are lost), idle past its wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdleStaged {
     /// The blob.
@@ -40,6 +41,9 @@ pub struct IdleStaged {
     /// How long it had to be idle to be listed: the staged TTL, or
     /// [`LOST_MARKER_GRACE`] when a marker is lost.
     pub wait: Duration,
+    /// Whether one of its markers here is lost (it may have been the
+    /// commit, or a tombstone).
+    pub lost: bool,
 }
 
 /// What one scrub found.
@@ -220,10 +224,11 @@ impl SliverStore {
 
     /// Removes every staged write that was never committed here and has
     /// not gained a file for `ttl` (for [`LOST_MARKER_GRACE`] when one of
-    /// its markers is lost: it may have been the commit); returns the
-    /// blobs removed. A node with peers asks them first whether the write
-    /// was committed elsewhere ([`SliverStore::idle_staged`], then
-    /// [`SliverStore::collect_idle`] for those it may remove).
+    /// its markers is lost: it may have been the commit), without asking
+    /// anyone; returns the blobs removed. A node with a fleet map asks its
+    /// peers first whether the write was committed elsewhere
+    /// ([`SliverStore::idle_staged`], then [`SliverStore::collect_idle`]
+    /// for those it may remove).
     pub fn collect_abandoned(
         &self,
         ttl: Duration,
@@ -262,6 +267,7 @@ impl SliverStore {
                     state: markers.state,
                     idle_for: self.idle_time(&id, now).unwrap_or(wait),
                     wait,
+                    lost: markers.lost,
                 });
             }
         }

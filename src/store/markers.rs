@@ -24,6 +24,11 @@ impl SliverStore {
         self.read_state(id)
     }
 
+    /// The markers of a blob here, and whether one is lost.
+    pub fn markers(&self, id: &BlobId) -> Result<Markers, StoreError> {
+        self.read_markers(id)
+    }
+
     /// A marker's generation, if it is there. A marker whose file is
     /// corrupt or cannot be read is lost: it stays where it is (the next
     /// commit, stage or delete of that generation writes it again; the

@@ -77,6 +77,7 @@ pub use files::{filesystem_space, read_file_like_a_store, write_file_like_a_stor
 use files::{Checked, DirStats};
 pub use housekeeping::{
     scrub_deadline, scrub_wait, Housekeeping, IdleStaged, ScrubFinding, ScrubReport,
+    LOST_MARKER_GRACE,
 };
 pub use markers::Markers;
 pub use sliver_checksum::SymbolLeaves;
