@@ -41,6 +41,17 @@ pub enum BlobIoError {
         /// The blob.
         id: BlobId,
     },
+    /// A delete of writes up to a fence found a write newer than the
+    /// fence (the same bytes stored again since): nothing was deleted.
+    #[error("blob {id} was written again (generation {generation}) after the delete was decided (fence {fence}): kept, nothing deleted")]
+    WrittenSince {
+        /// The blob.
+        id: BlobId,
+        /// The newest write seen.
+        generation: u64,
+        /// The fence.
+        fence: u64,
+    },
     /// No node recorded the commit within the commit window, and some did
     /// not answer: one of them may have recorded it.
     #[error("the commit reached no node within its deadline ({needed} shards needed) and some did not answer: the write may or may not become visible; storing the same bytes again settles it")]

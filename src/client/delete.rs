@@ -39,6 +39,8 @@ enum DeletePlan {
     Done(u64),
     /// Send this tombstone.
     Tombstone(u64),
+    /// A write newer than the fence (this generation) is seen: nothing to do.
+    WrittenSince(u64),
 }
 
 /// Plans a delete: a tombstone above every generation seen, unless nothing
@@ -47,13 +49,28 @@ enum DeletePlan {
 /// committed is deleted too: its commit may have reached a few nodes this
 /// quorum missed (a PUT answered 202), and would become visible once the
 /// loop spreads it.
-fn plan_delete(states: &StateCollection, quorum: usize, now_nanos: u64) -> DeletePlan {
+///
+/// With a `fence`, only writes up to it are deleted: a write seen newer
+/// is [`DeletePlan::WrittenSince`], and the tombstone is the fence itself
+/// (a write newer than it that this quorum missed, or that stages while
+/// the tombstone goes out, is not covered by it and stays).
+fn plan_delete(
+    states: &StateCollection,
+    quorum: usize,
+    now_nanos: u64,
+    fence: Option<u64>,
+) -> DeletePlan {
     let newest_write = states
         .answers
         .iter()
         .map(|a| a.state.state.commit.max(a.state.state.staged))
         .max()
         .flatten();
+    if let (Some(fence), Some(write)) = (fence, newest_write) {
+        if write > fence {
+            return DeletePlan::WrittenSince(write);
+        }
+    }
     match states.verdict() {
         Verdict::Absent => DeletePlan::NotFound,
         Verdict::Deleted(generation) if newest_write <= Some(generation) => {
@@ -64,15 +81,37 @@ fn plan_delete(states: &StateCollection, quorum: usize, now_nanos: u64) -> Delet
                 DeletePlan::Tombstone(generation)
             }
         }
-        Verdict::Visible(_) | Verdict::Staged | Verdict::Deleted(_) => {
-            DeletePlan::Tombstone(next_generation(now_nanos, states.generations()))
-        }
+        Verdict::Visible(_) | Verdict::Staged | Verdict::Deleted(_) => DeletePlan::Tombstone(
+            fence.unwrap_or_else(|| next_generation(now_nanos, states.generations())),
+        ),
     }
 }
 
 impl BlobClient {
     /// Deletes a blob: final once this returns `Deleted`.
     pub async fn delete(&self, id: &BlobId) -> Result<DeleteOutcome, BlobIoError> {
+        self.delete_fenced(id, None).await
+    }
+
+    /// Deletes the writes of a blob up to generation `fence` (nanoseconds
+    /// since the epoch, as generations are), none after: for a delete
+    /// decided at the fence and carried out later (a collector that may
+    /// have been stopped meanwhile while the same bytes were stored
+    /// again). A write seen newer than the fence: `WrittenSince`, nothing
+    /// deleted.
+    pub async fn delete_written_before(
+        &self,
+        id: &BlobId,
+        fence: u64,
+    ) -> Result<DeleteOutcome, BlobIoError> {
+        self.delete_fenced(id, Some(fence.max(1))).await
+    }
+
+    async fn delete_fenced(
+        &self,
+        id: &BlobId,
+        fence: Option<u64>,
+    ) -> Result<DeleteOutcome, BlobIoError> {
         let quorum = self.quorum()?;
         let states = collect_states(self, id, quorum).await;
         if states.answered_shards() < quorum {
@@ -82,9 +121,16 @@ impl BlobClient {
                 needed: quorum,
             });
         }
-        let generation = match plan_delete(&states, quorum, now_nanos()) {
+        let generation = match plan_delete(&states, quorum, now_nanos(), fence) {
             DeletePlan::NotFound => return Ok(DeleteOutcome::NotFound),
             DeletePlan::Done(generation) => return Ok(DeleteOutcome::Deleted { generation }),
+            DeletePlan::WrittenSince(generation) => {
+                return Err(BlobIoError::WrittenSince {
+                    id: *id,
+                    generation,
+                    fence: fence.unwrap_or_default(),
+                })
+            }
             DeletePlan::Tombstone(generation) => generation,
         };
         // Nodes lately silent get their tombstone without the delete
@@ -175,7 +221,7 @@ mod tests {
             staged: Some(50),
             ..NONE
         };
-        let plan = plan_delete(&answers(&[staged; 5]), 5, 10);
+        let plan = plan_delete(&answers(&[staged; 5]), 5, 10, None);
         assert_eq!(plan, DeletePlan::Tombstone(51), "above the write, not 404");
         // Deleted before at 40, written again at 50 (202): a new tombstone.
         let rewritten = BlobState {
@@ -183,7 +229,7 @@ mod tests {
             tombstone: Some(40),
             ..NONE
         };
-        let plan = plan_delete(&answers(&[rewritten; 5]), 5, 10);
+        let plan = plan_delete(&answers(&[rewritten; 5]), 5, 10, None);
         assert_eq!(
             plan,
             DeletePlan::Tombstone(51),
@@ -199,7 +245,7 @@ mod tests {
             tombstone: Some(60),
         };
         assert_eq!(
-            plan_delete(&answers(&[deleted; 5]), 5, 10),
+            plan_delete(&answers(&[deleted; 5]), 5, 10, None),
             DeletePlan::Done(60)
         );
         let mut few = vec![deleted; 2];
@@ -210,7 +256,7 @@ mod tests {
             }; 3],
         );
         assert_eq!(
-            plan_delete(&answers(&few), 5, 10),
+            plan_delete(&answers(&few), 5, 10, None),
             DeletePlan::Tombstone(60)
         );
     }
@@ -218,7 +264,7 @@ mod tests {
     #[test]
     fn nothing_staged_is_not_found_and_a_visible_blob_gets_a_tombstone_above_every_generation() {
         assert_eq!(
-            plan_delete(&answers(&[NONE; 5]), 5, 10),
+            plan_delete(&answers(&[NONE; 5]), 5, 10, None),
             DeletePlan::NotFound
         );
         let visible = BlobState {
@@ -227,9 +273,50 @@ mod tests {
             ..NONE
         };
         assert_eq!(
-            plan_delete(&answers(&[visible; 5]), 5, 1_000),
+            plan_delete(&answers(&[visible; 5]), 5, 1_000, None),
             DeletePlan::Tombstone(1_000),
             "the clock, being ahead"
+        );
+    }
+
+    #[test]
+    fn a_fenced_delete_covers_writes_up_to_its_fence_and_leaves_any_newer_one() {
+        let committed = |generation| BlobState {
+            commit: Some(generation),
+            staged: Some(generation),
+            ..NONE
+        };
+        // Written at 50, the delete decided at 80 and carried out at 1_000:
+        // the tombstone is the fence, not the clock.
+        assert_eq!(
+            plan_delete(&answers(&[committed(50); 5]), 5, 1_000, Some(80)),
+            DeletePlan::Tombstone(80)
+        );
+        // Stored again at 90, after the fence (committed, or still staging
+        // on one node): nothing is deleted.
+        let mut again = vec![committed(50); 4];
+        again.push(committed(90));
+        assert_eq!(
+            plan_delete(&answers(&again), 5, 1_000, Some(80)),
+            DeletePlan::WrittenSince(90)
+        );
+        let staging = BlobState {
+            staged: Some(90),
+            ..committed(50)
+        };
+        again[4] = staging;
+        assert_eq!(
+            plan_delete(&answers(&again), 5, 1_000, Some(80)),
+            DeletePlan::WrittenSince(90)
+        );
+        // A delete already final stays the answer.
+        let deleted = BlobState {
+            tombstone: Some(70),
+            ..committed(50)
+        };
+        assert_eq!(
+            plan_delete(&answers(&[deleted; 5]), 5, 1_000, Some(80)),
+            DeletePlan::Done(70)
         );
     }
 }

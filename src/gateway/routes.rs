@@ -135,6 +135,7 @@ pub(super) fn io_error(e: BlobIoError) -> ApiError {
         BlobIoError::NotDurable { .. }
         | BlobIoError::CommitRefused { .. }
         | BlobIoError::DeletedMeanwhile { .. }
+        | BlobIoError::WrittenSince { .. }
         | BlobIoError::NoQuorum { .. }
         | BlobIoError::DeleteIncomplete { .. }
         | BlobIoError::Unreadable { .. }
@@ -488,9 +489,10 @@ pub(super) async fn delete_blob(
     let client = state.client()?;
     let index = state.s3_index.get().cloned();
     let mut claim_token = None;
+    let claimed_at = crate::s3::front::now_ms();
     if let Some(index) = &index {
         let (index, blob) = (index.clone(), id.to_string());
-        let now = crate::s3::front::now_ms();
+        let now = claimed_at;
         let claim = on_index(move || index.claim_for_delete(&blob, now)).await?;
         match claim {
             DeleteClaim::Referenced(count) => {
@@ -502,8 +504,21 @@ pub(super) async fn delete_blob(
         }
     }
     // Claimed in the S3 index: should the delete fail, its collector
-    // deletes the blob once the claim's lease runs out.
-    let outcome = client.delete(&id).await.map_err(io_error)?;
+    // deletes the blob once the claim's lease runs out. Only writes up to
+    // the claim go: stopped past the lease, this gateway must not delete
+    // the same bytes S3 stored again meanwhile.
+    let outcome = match claim_token {
+        Some(_) => {
+            client
+                .delete_written_before(&id, claimed_at.saturating_mul(1_000_000))
+                .await
+        }
+        None => client.delete(&id).await,
+    };
+    let outcome = outcome.map_err(|e| match e {
+        BlobIoError::WrittenSince { .. } => ApiError::conflict(e.to_string()),
+        e => io_error(e),
+    })?;
     if let (Some(index), Some(token)) = (index, claim_token) {
         let blob = id.to_string();
         let forgotten = tokio::task::spawn_blocking(move || index.collected(&blob, token)).await;

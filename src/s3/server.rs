@@ -264,9 +264,11 @@ pub async fn collect_once(front: &Front, config: &S3Config) -> anyhow::Result<()
     for Claim { blob, token } in claimed {
         // A long round may outlast a claim's lease: another collector may
         // have taken it over, and a key may refer to the blob again.
+        let checked_at = now_ms();
         let held = {
             let (index, blob) = (index.clone(), blob.clone());
-            tokio::task::spawn_blocking(move || index.holds_claim(&blob, token, now_ms())).await??
+            tokio::task::spawn_blocking(move || index.holds_claim(&blob, token, checked_at))
+                .await??
         };
         if !held {
             continue;
@@ -278,10 +280,18 @@ pub async fn collect_once(front: &Front, config: &S3Config) -> anyhow::Result<()
             continue;
         };
         let index = index.clone();
-        match client.delete(&id).await {
+        // Only writes up to the check: a collector stopped past the claim's
+        // lease right after it must not delete the same bytes stored again
+        // through S3 meanwhile (their write is newer than the check).
+        let fence = checked_at.saturating_mul(1_000_000);
+        match client.delete_written_before(&id, fence).await {
             Ok(DeleteOutcome::Deleted { .. }) | Ok(DeleteOutcome::NotFound) => {
                 front.metrics.blobs_collected.inc();
                 tokio::task::spawn_blocking(move || index.collected(&blob, token)).await??;
+            }
+            Err(e @ crate::client::BlobIoError::WrittenSince { .. }) => {
+                tracing::info!(%blob, "not collected: {e}");
+                tokio::task::spawn_blocking(move || index.release(&blob, token)).await??;
             }
             // Given back: the next round claims it again.
             Err(e) => {

@@ -268,3 +268,51 @@ async fn a_delete_racing_a_repair_leaves_no_sliver_and_no_cached_metadata() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_decided_before_the_same_bytes_were_stored_again_leaves_the_new_write() {
+    // The S3 collector, and a delete the S3 index guards, delete only the
+    // writes up to the moment they decided: stopped past their claim while
+    // S3 stored the same bytes again, they must not delete those.
+    use redstuff::client::{BlobClient, BlobIoError, Deadlines, DeleteOutcome, NodeCalls};
+    let fleet = DevFleet::start(&[]);
+    let data = pseudo_random(400_000, 91);
+    let id = fleet.put(&data).await;
+    let decided = redstuff::blob_state::now_nanos();
+    assert_eq!(fleet.put(&data).await, id, "the same bytes stored again");
+    let token = std::fs::read_to_string(fleet.data_dir().join("cluster-token")).unwrap();
+    let token = token.lines().next().unwrap().trim().to_string();
+    let map = redstuff::fleet::FleetMap::read(&fleet.data_dir().join("fleet.json")).unwrap();
+    let client = BlobClient::new(
+        NodeCalls::new(
+            redstuff::auth::TokenSet::single(token),
+            Deadlines::default(),
+        ),
+        map,
+        None,
+    );
+    let blob: redstuff::codec::BlobId = id.parse().unwrap();
+    match client.delete_written_before(&blob, decided).await {
+        Err(BlobIoError::WrittenSince { .. }) => {}
+        other => panic!("a delete decided before the second write: {other:?}"),
+    }
+    assert!(fleet.get(&id).await == data, "the second write stays");
+    stays_visible_for(&fleet, &id, Duration::from_secs(2)).await;
+    // Decided now, the delete covers both writes.
+    let now = redstuff::blob_state::now_nanos();
+    assert!(matches!(
+        client.delete_written_before(&blob, now).await,
+        Ok(DeleteOutcome::Deleted { generation }) if generation == now
+    ));
+    assert_eq!(fleet.code("GET", &id).await, 404);
+    until_gone_everywhere(&fleet, &id).await;
+}
+
+/// Asserts for a while (loop periods) that `id` stays readable.
+async fn stays_visible_for(fleet: &DevFleet, id: &str, for_how_long: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < for_how_long {
+        assert_eq!(fleet.code("HEAD", id).await, 200);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
