@@ -36,6 +36,7 @@ fn the_readme_lists_exactly_the_metrics_the_code_registers() {
             "redstuff_nodes_not_answering",
             "redstuff_gateway_uploads_in_flight",
             "redstuff_gateway_uploads_waiting",
+            "redstuff_node_staged_writes_waiting",
             "redstuff_gateway_uploads_resumable",
             // 0 or 1 per node.
             "redstuff_gateway_node_unanswering",
