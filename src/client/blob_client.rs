@@ -41,7 +41,7 @@ pub enum BlobIoError {
         /// The blob.
         id: BlobId,
     },
-    /// A delete of writes up to a fence found a write newer than the
+    /// A delete of writes up to a fence found a commit newer than the
     /// fence (the same bytes stored again since): nothing was deleted.
     #[error("blob {id} was written again (generation {generation}) after the delete was decided (fence {fence}): kept, nothing deleted")]
     WrittenSince {

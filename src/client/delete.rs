@@ -50,10 +50,10 @@ enum DeletePlan {
 /// quorum missed (a PUT answered 202), and would become visible once the
 /// loop spreads it.
 ///
-/// With a `fence`, only writes up to it are deleted: a write seen newer
+/// With a `fence`, only writes up to it are deleted: a commit seen newer
 /// is [`DeletePlan::WrittenSince`], and the tombstone is the fence itself
-/// (a write newer than it that this quorum missed, or that stages while
-/// the tombstone goes out, is not covered by it and stays).
+/// (a newer write staging, one this quorum missed, or one that stages
+/// while the tombstone goes out, is not covered by it and stays).
 fn plan_delete(
     states: &StateCollection,
     quorum: usize,
@@ -66,9 +66,14 @@ fn plan_delete(
         .map(|a| a.state.state.commit.max(a.state.state.staged))
         .max()
         .flatten();
-    if let (Some(fence), Some(write)) = (fence, newest_write) {
-        if write > fence {
-            return DeletePlan::WrittenSince(write);
+    let newest_commit = states
+        .answers
+        .iter()
+        .filter_map(|a| a.state.state.commit)
+        .max();
+    if let (Some(fence), Some(commit)) = (fence, newest_commit) {
+        if commit > fence {
+            return DeletePlan::WrittenSince(commit);
         }
     }
     match states.verdict() {
@@ -82,6 +87,8 @@ fn plan_delete(
             }
         }
         Verdict::Visible(_) | Verdict::Staged | Verdict::Deleted(_) => DeletePlan::Tombstone(
+            // A staged write newer than the fence stays: the tombstone is
+            // not above it.
             fence.unwrap_or_else(|| next_generation(now_nanos, states.generations())),
         ),
     }
@@ -97,7 +104,7 @@ impl BlobClient {
     /// since the epoch, as generations are), none after: for a delete
     /// decided at the fence and carried out later (a collector that may
     /// have been stopped meanwhile while the same bytes were stored
-    /// again). A write seen newer than the fence: `WrittenSince`, nothing
+    /// again). A commit seen newer than the fence: `WrittenSince`, nothing
     /// deleted.
     pub async fn delete_written_before(
         &self,
@@ -292,14 +299,15 @@ mod tests {
             plan_delete(&answers(&[committed(50); 5]), 5, 1_000, Some(80)),
             DeletePlan::Tombstone(80)
         );
-        // Stored again at 90, after the fence (committed, or still staging
-        // on one node): nothing is deleted.
+        // Stored again at 90, after the fence: nothing is deleted.
         let mut again = vec![committed(50); 4];
         again.push(committed(90));
         assert_eq!(
             plan_delete(&answers(&again), 5, 1_000, Some(80)),
             DeletePlan::WrittenSince(90)
         );
+        // Still staging at 90: the tombstone at the fence is below it, so
+        // that write commits and stays whatever the delete does.
         let staging = BlobState {
             staged: Some(90),
             ..committed(50)
@@ -307,7 +315,7 @@ mod tests {
         again[4] = staging;
         assert_eq!(
             plan_delete(&answers(&again), 5, 1_000, Some(80)),
-            DeletePlan::WrittenSince(90)
+            DeletePlan::Tombstone(80)
         );
         // A delete already final stays the answer.
         let deleted = BlobState {

@@ -135,7 +135,6 @@ pub(super) fn io_error(e: BlobIoError) -> ApiError {
         BlobIoError::NotDurable { .. }
         | BlobIoError::CommitRefused { .. }
         | BlobIoError::DeletedMeanwhile { .. }
-        | BlobIoError::WrittenSince { .. }
         | BlobIoError::NoQuorum { .. }
         | BlobIoError::DeleteIncomplete { .. }
         | BlobIoError::Unreadable { .. }
@@ -146,6 +145,7 @@ pub(super) fn io_error(e: BlobIoError) -> ApiError {
             ApiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string())
         }
         BlobIoError::Inconsistent(_) => ApiError::unprocessable(e.to_string()),
+        BlobIoError::WrittenSince { .. } => ApiError::conflict(e.to_string()),
         BlobIoError::Encode(ref inner) => match inner {
             crate::codec::EncodeError::Config(_) => ApiError::too_large(e.to_string()),
             crate::codec::EncodeError::Io(_) => ApiError::internal(e.to_string()),
@@ -515,10 +515,24 @@ pub(super) async fn delete_blob(
         }
         None => client.delete(&id).await,
     };
-    let outcome = outcome.map_err(|e| match e {
-        BlobIoError::WrittenSince { .. } => ApiError::conflict(e.to_string()),
-        e => io_error(e),
-    })?;
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(e @ BlobIoError::WrittenSince { .. }) => {
+            // Stored again since the claim: the claim goes back at once,
+            // or the collector would take it over once its lease ran out
+            // and delete the newer write.
+            if let (Some(index), Some(token)) = (index, claim_token) {
+                let blob = id.to_string();
+                let released =
+                    tokio::task::spawn_blocking(move || index.release(&blob, token)).await;
+                if !matches!(released, Ok(Ok(()))) {
+                    tracing::warn!(%id, "kept, but the S3 index still holds the delete's claim until its lease runs out");
+                }
+            }
+            return Err(io_error(e));
+        }
+        Err(e) => return Err(io_error(e)),
+    };
     if let (Some(index), Some(token)) = (index, claim_token) {
         let blob = id.to_string();
         let forgotten = tokio::task::spawn_blocking(move || index.collected(&blob, token)).await;

@@ -37,31 +37,55 @@ pub enum StagedFate {
 /// What the fleet said of one blob.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerStates {
-    /// Markers of the peers that answered with every marker readable.
+    /// Markers of the peers that answered (a lost marker reads as absent).
     pub answers: Vec<BlobState>,
-    /// Distinct shards (below n) of those peers and of this node.
+    /// Distinct shards (below n) of this node and of the peers that
+    /// answered with every marker readable.
     pub answered: BTreeSet<u16>,
-    /// Of those, the shards whose node holds a staged write of the blob.
+    /// Shards (below n) the fleet map gives some node, not answered.
+    pub unanswered: BTreeSet<u16>,
+    /// Of the answered shards, those whose node holds a staged write of
+    /// the blob.
     pub staged: BTreeSet<u16>,
+    /// Pairs the answered shards hold, over every segment.
+    pub held_pairs: u64,
+    /// The blob's segments, as answering nodes' metadata says.
+    pub segments: Option<u32>,
+}
+
+impl PeerStates {
+    /// Whether a commit may be on the nodes that did not answer: a commit
+    /// is sent only once every segment is held by n - f shards, so with
+    /// the unanswered shards holding every pair, the pairs must reach
+    /// n - f per segment (without the segment count, the shards staging
+    /// it must reach n - f).
+    pub fn may_hide_a_commit(&self, quorum: usize) -> bool {
+        let unknown = self.unanswered.len();
+        if unknown == 0 {
+            return false;
+        }
+        match self.segments.filter(|s| *s > 0) {
+            Some(segments) => {
+                let segments = u64::from(segments);
+                self.held_pairs + unknown as u64 * segments >= quorum as u64 * segments
+            }
+            None => self.staged.len() + unknown >= quorum,
+        }
+    }
 }
 
 /// Decides the fate of an idle staged write (pure). Kept, with the
 /// commit, when the markers of this node and its peers make the blob
-/// visible (unless a marker here is lost: it may have been a tombstone).
-/// Otherwise removed once every shard's node answered; while some did
-/// not, a commit may be on them only if the shards staging the write and
-/// those not answering reach n - f (a commit is sent only once n - f
-/// shards staged the write): then it waits, at most
+/// visible. Otherwise removed, unless nodes that did not answer may hold
+/// its commit ([`PeerStates::may_hide_a_commit`]): then it waits, at most
 /// [`LOST_MARKER_GRACE`], as any blob in doubt does.
 pub fn staged_fate(idle: &IdleStaged, peers: &PeerStates, config: &EncodingConfig) -> StagedFate {
     let states = peers.answers.iter().chain(std::iter::once(&idle.state));
-    if let (false, Verdict::Visible(generation)) = (idle.lost, resolve(states)) {
+    if let Verdict::Visible(generation) = resolve(states) {
         return StagedFate::Adopt(generation);
     }
-    let unknown = config.n().saturating_sub(peers.answered.len());
     let quorum = config.n() - config.f();
-    let may_be_committed_elsewhere = unknown > 0 && peers.staged.len() + unknown >= quorum;
-    if may_be_committed_elsewhere && idle.idle_for < LOST_MARKER_GRACE {
+    if peers.may_hide_a_commit(quorum) && idle.idle_for < LOST_MARKER_GRACE {
         StagedFate::Wait
     } else {
         StagedFate::Collect
@@ -69,8 +93,9 @@ pub fn staged_fate(idle: &IdleStaged, peers: &PeerStates, config: &EncodingConfi
 }
 
 /// The fate of each idle staged write: every other node of the fleet map
-/// is asked for its markers of the blob. A node given no fleet map (on
-/// its own) collects them; one whose map cannot be read now waits.
+/// is asked for its markers of the blob (a node silent once is not asked
+/// again in the same round). A node given no fleet map (on its own)
+/// collects them; one whose map cannot be read now waits.
 pub(super) async fn fates(
     state: &NodeState,
     idle: Vec<IdleStaged>,
@@ -94,11 +119,12 @@ pub(super) async fn fates(
             .map(|staged| (staged, StagedFate::Wait))
             .collect();
     };
+    let silent = std::sync::Mutex::new(BTreeSet::new());
     stream::iter(idle)
         .map(|staged| {
-            let (map, config) = (&map, &config);
+            let (map, config, silent) = (&map, &config, &silent);
             async move {
-                let peers = ask_peers(state, map, &staged).await;
+                let peers = ask_peers(state, map, &staged, silent).await;
                 let fate = staged_fate(&staged, &peers, config);
                 (staged, fate)
             }
@@ -109,10 +135,16 @@ pub(super) async fn fates(
 }
 
 /// Every other node's markers of the blob, each call within the peers'
-/// deadline. A shard counts as answered once, whoever claims it; a node
-/// with a lost marker counts as not answering (it may have been the
-/// commit).
-async fn ask_peers(state: &NodeState, map: &FleetMap, idle: &IdleStaged) -> PeerStates {
+/// deadline; nodes in `silent` are not asked, and those that do not
+/// answer join it. A shard counts once, whoever claims it; a node with a
+/// lost marker is heard (a commit it can read counts) but its shards
+/// count as not answered (the lost one may have been the commit).
+async fn ask_peers(
+    state: &NodeState,
+    map: &FleetMap,
+    idle: &IdleStaged,
+    silent: &std::sync::Mutex<BTreeSet<String>>,
+) -> PeerStates {
     let in_range = |shard: &&u16| **shard < map.shards;
     let own: BTreeSet<u16> = map
         .nodes
@@ -123,36 +155,64 @@ async fn ask_peers(state: &NodeState, map: &FleetMap, idle: &IdleStaged) -> Peer
     let mut peers: Vec<_> = map.nodes.iter().filter(|n| n.name != state.name).collect();
     peers.sort_by(|a, b| a.name.cmp(&b.name));
     peers.dedup_by(|a, b| a.name == b.name);
+    let skipped = silent.lock().expect("not poisoned").clone();
     let answers = join_all(peers.iter().map(|peer| {
         let call = state.peers.node(&peer.url);
-        async move { call.state(&idle.id).await }
+        let skip = skipped.contains(&peer.name);
+        async move { (!skip).then_some(call.state(&idle.id).await) }
     }))
     .await;
     let mut states = PeerStates {
         answered: own.clone(),
+        held_pairs: own
+            .iter()
+            .map(|s| u64::from(idle.held.get(s).copied().unwrap_or(0)))
+            .sum(),
         ..PeerStates::default()
     };
     if idle.state.staged.is_some() {
         states.staged.extend(&own);
     }
     for (peer, answer) in peers.iter().zip(answers) {
-        match answer {
-            Ok(answer) if !answer.markers_lost => {
-                let shards = peer.shards.iter().filter(in_range);
-                states.answered.extend(shards.clone());
-                if answer.state.staged.is_some() {
-                    states.staged.extend(shards);
+        let answer = match answer {
+            Some(Ok(answer)) => answer,
+            Some(Err(e)) => {
+                if e.is_silence() {
+                    silent
+                        .lock()
+                        .expect("not poisoned")
+                        .insert(peer.name.clone());
                 }
-                states.answers.push(answer.state);
+                tracing::debug!(node = %state.name, peer = %peer.name, "markers of {}: {e}", idle.id);
+                continue;
             }
-            Ok(_) => {
-                tracing::debug!(node = %state.name, peer = %peer.name, "markers of {} lost there", idle.id)
-            }
-            Err(e) => {
-                tracing::debug!(node = %state.name, peer = %peer.name, "markers of {}: {e}", idle.id)
+            None => continue,
+        };
+        states.answers.push(answer.state);
+        // The fewest segments any metadata reports: a liar claiming more
+        // could only make the write wait.
+        states.segments = match (states.segments, answer.segments) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if answer.markers_lost {
+            continue;
+        }
+        for shard in peer.shards.iter().filter(in_range) {
+            if states.answered.insert(*shard) {
+                states.held_pairs += u64::from(answer.shards.get(shard).copied().unwrap_or(0));
+                if answer.state.staged.is_some() {
+                    states.staged.insert(*shard);
+                }
             }
         }
     }
+    states.unanswered = map
+        .nodes
+        .iter()
+        .flat_map(|n| n.shards.iter().filter(in_range).copied())
+        .filter(|s| !states.answered.contains(s))
+        .collect();
     states
 }
 
@@ -236,6 +296,7 @@ mod tests {
             idle_for,
             wait: TTL,
             lost: false,
+            held: [(0, 2)].into(),
         }
     }
 
@@ -253,15 +314,23 @@ mod tests {
         }
     }
 
-    /// n = 7 (f = 2, a quorum of 5): this node holds shard 0 and the
-    /// peers answering hold shards 1, 2, ... one each, in order.
+    /// n = 7 (f = 2, a quorum of 5), a blob of 2 segments: this node holds
+    /// shard 0 (both pairs) and the peers answering hold shards 1, 2, ...
+    /// one each, in order, with both pairs when they staged the write; the
+    /// other shards do not answer.
     fn peers(answers: Vec<BlobState>) -> PeerStates {
-        let shards = || 0..=answers.len() as u16;
+        let answered: BTreeSet<u16> = (0..=answers.len() as u16).collect();
+        let staged: BTreeSet<u16> = answered
+            .iter()
+            .copied()
+            .filter(|s| *s == 0 || answers[*s as usize - 1].staged.is_some())
+            .collect();
         PeerStates {
-            answered: shards().collect(),
-            staged: shards()
-                .filter(|s| *s == 0 || answers[*s as usize - 1].staged.is_some())
-                .collect(),
+            unanswered: (0..7).filter(|s| !answered.contains(s)).collect(),
+            held_pairs: 2 * staged.len() as u64,
+            segments: Some(2),
+            answered,
+            staged,
             answers,
         }
     }
@@ -291,6 +360,15 @@ mod tests {
                 &peers(vec![committed(5)]),
                 &seven()
             ),
+            StagedFate::Adopt(5)
+        );
+        // Even over a marker lost here.
+        let lost = IdleStaged {
+            lost: true,
+            ..idle(BlobState::default(), LOST_MARKER_GRACE)
+        };
+        assert_eq!(
+            staged_fate(&lost, &peers(vec![committed(5); 6]), &seven()),
             StagedFate::Adopt(5)
         );
     }
@@ -326,8 +404,8 @@ mod tests {
 
     #[test]
     fn a_write_whose_commit_may_be_on_silent_nodes_waits_as_long_as_any_blob_in_doubt() {
-        // Staged on 5 shards with 2 silent: a commit needs 5 staged, so the
-        // silent ones may hold it.
+        // Held whole on 5 shards with 2 silent: a commit needs every
+        // segment on 5, so the silent ones may hold it.
         let others = vec![staged(5); 4];
         assert_eq!(
             staged_fate(
@@ -346,7 +424,11 @@ mod tests {
             StagedFate::Collect,
             "in doubt past the grace for lost markers"
         );
-        // Staged on 2 shards, 2 silent: never staged on 5, never committed.
+    }
+
+    #[test]
+    fn a_write_too_few_shards_hold_is_collected_though_some_nodes_are_silent() {
+        // Staged on 2 shards, 2 silent: never on 5, never committed.
         let few = vec![
             staged(5),
             BlobState::default(),
@@ -357,18 +439,23 @@ mod tests {
             staged_fate(&idle(staged(5), TTL), &peers(few), &seven()),
             StagedFate::Collect
         );
-    }
-
-    #[test]
-    fn a_commit_is_not_adopted_over_a_lost_marker_here_which_may_have_been_a_tombstone() {
-        let lost = IdleStaged {
-            lost: true,
-            ..idle(BlobState::default(), LOST_MARKER_GRACE)
-        };
-        let others = vec![committed(5); 6];
+        // Every answering node has the staged marker (the metadata
+        // reaches them all), but they hold 5 pairs: with the 2 silent
+        // shards' 4 that is 9, short of the 10 (5 shards x 2 segments) a
+        // commit needs.
+        let mut thin = peers(vec![staged(5); 4]);
+        thin.held_pairs = 5;
         assert_eq!(
-            staged_fate(&lost, &peers(others), &seven()),
+            staged_fate(&idle(staged(5), TTL), &thin, &seven()),
             StagedFate::Collect
+        );
+        // Without any metadata, the staging shards count.
+        let mut unknown = peers(vec![staged(5); 2]);
+        unknown.segments = None;
+        assert_eq!(
+            staged_fate(&idle(staged(5), TTL), &unknown, &seven()),
+            StagedFate::Wait,
+            "3 staging + 4 silent"
         );
     }
 }

@@ -30,7 +30,7 @@ impl Default for Housekeeping {
 
 /// A blob's data no commit here claims (a staged write, or data whose
 /// markers are lost), idle past its wait.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdleStaged {
     /// The blob.
     pub id: BlobId,
@@ -44,6 +44,8 @@ pub struct IdleStaged {
     /// Whether one of its markers here is lost (it may have been the
     /// commit, or a tombstone).
     pub lost: bool,
+    /// Shard -> segments whose pair is held here.
+    pub held: std::collections::BTreeMap<u16, u32>,
 }
 
 /// What one scrub found.
@@ -257,7 +259,8 @@ impl SliverStore {
             if !self.idle_for(&id, ttl, now) {
                 continue;
             }
-            let Some(markers) = readable_now(self.lock(&id).markers())? else {
+            let lock = self.lock(&id);
+            let Some(markers) = readable_now(lock.markers())? else {
                 continue;
             };
             let wait = if markers.lost { LOST_MARKER_GRACE } else { ttl };
@@ -268,6 +271,7 @@ impl SliverStore {
                     idle_for: self.idle_time(&id, now).unwrap_or(wait),
                     wait,
                     lost: markers.lost,
+                    held: lock.holdings()?.shards,
                 });
             }
         }
