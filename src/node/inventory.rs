@@ -58,10 +58,19 @@ pub(super) async fn inventory(
 /// What the node holds of one blob, as its inventory lists it.
 pub(super) fn entry_of(state: &NodeState, id: &BlobId) -> Result<InventoryBlob, ApiError> {
     let markers = state.store.state(id).map_err(|e| store_error(state, e))?;
-    let holdings = state
-        .store
-        .holdings(id)
-        .map_err(|e| store_error(state, e))?;
+    let holdings = match state.store.holdings(id) {
+        Ok(holdings) => holdings,
+        // A blob directory that cannot be listed for good (EIO) holds
+        // nothing the node can serve: listed with no pairs, so the loop
+        // repairs them, and the inventory pages on past it (a failed page
+        // would stop every listing there). A failure of the moment still
+        // fails the page (asked again on the next pass).
+        Err(e @ crate::store::StoreError::Io { .. }) => {
+            tracing::warn!(node = %state.name, "listing what is held of {id}: {e}; counted as holding none of it");
+            crate::store::BlobHoldings::default()
+        }
+        Err(e) => return Err(store_error(state, e)),
+    };
     let (size, segments) = if holdings.metadata {
         layout_of(state, id).unwrap_or((0, 0))
     } else {

@@ -100,6 +100,17 @@ fn readable_now(
     }
 }
 
+/// The outcome of one blob's clean-up, or `None` when it failed: logged
+/// and passed over until the next round, so one blob whose directory
+/// cannot be read or removed does not stop the clean-up of the others.
+fn passed_over<T>(id: &BlobId, clean_up: impl FnOnce() -> Result<T, StoreError>) -> Option<T> {
+    clean_up()
+        .inspect_err(|e| {
+            tracing::warn!("clean-up of {id} failed: {e}; passed over until the next round")
+        })
+        .ok()
+}
+
 /// When a file was quarantined: the seconds its name starts with.
 fn quarantined_at(path: &Path) -> Option<SystemTime> {
     let name = path.file_name()?.to_str()?;
@@ -211,13 +222,16 @@ impl SliverStore {
             if !self.tombstone_path(&id).exists() {
                 continue;
             }
-            let lock = self.lock(&id);
-            let Some(markers) = readable_now(lock.markers())? else {
-                continue;
-            };
-            let collectable = markers.state.only_leftovers()
-                && (!markers.lost || self.idle_for(&id, LOST_MARKER_GRACE, now));
-            if collectable && lock.remove_data()? {
+            let removed = passed_over(&id, || {
+                let lock = self.lock(&id);
+                let Some(markers) = readable_now(lock.markers())? else {
+                    return Ok(false);
+                };
+                let collectable = markers.state.only_leftovers()
+                    && (!markers.lost || self.idle_for(&id, LOST_MARKER_GRACE, now));
+                Ok(collectable && lock.remove_data()?)
+            });
+            if removed == Some(true) {
                 collected.push(id);
             }
         }
@@ -259,21 +273,25 @@ impl SliverStore {
             if !self.idle_for(&id, ttl, now) {
                 continue;
             }
-            let lock = self.lock(&id);
-            let Some(markers) = readable_now(lock.markers())? else {
-                continue;
-            };
-            let wait = if markers.lost { LOST_MARKER_GRACE } else { ttl };
-            if markers.state.commit.is_none() && self.idle_for(&id, wait, now) {
-                idle.push(IdleStaged {
+            let listed = passed_over(&id, || {
+                let lock = self.lock(&id);
+                let Some(markers) = readable_now(lock.markers())? else {
+                    return Ok(None);
+                };
+                let wait = if markers.lost { LOST_MARKER_GRACE } else { ttl };
+                if markers.state.commit.is_some() || !self.idle_for(&id, wait, now) {
+                    return Ok(None);
+                }
+                Ok(Some(IdleStaged {
                     id,
                     state: markers.state,
                     idle_for: self.idle_time(&id, now).unwrap_or(wait),
                     wait,
                     lost: markers.lost,
                     held: lock.holdings()?.shards,
-                });
-            }
+                }))
+            });
+            idle.extend(listed.flatten());
         }
         Ok(idle)
     }

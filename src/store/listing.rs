@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{files, BlobHoldings, Changes, Forgotten, JournalPosition, SliverStore, StoreError};
 use crate::codec::BlobId;
@@ -49,10 +49,13 @@ impl SliverStore {
             from = Some(*last);
             for id in candidates {
                 let _lock = self.lock(&id);
-                if self.blob_dir(&id).exists() || self.tombstone_path(&id).exists() {
-                    listed.push(id);
-                } else {
+                // Only a path known to be absent drops the id: a stat that
+                // fails (EIO, EACCES) keeps it listed.
+                let absent = |path: PathBuf| matches!(path.try_exists(), Ok(false));
+                if absent(self.blob_dir(&id)) && absent(self.tombstone_path(&id)) {
                     self.index.remove(&id);
+                } else {
+                    listed.push(id);
                 }
             }
         }

@@ -218,7 +218,8 @@ impl BlobLock<'_> {
         } = self.markers()?;
         let after = before.with_tombstone(generation);
         if before.tombstone != after.tombstone {
-            self.store.write_file(
+            // Even on a full store: the data removal below frees far more.
+            self.store.write_file_past_capacity(
                 &self.store.tombstone_path(&self.id),
                 &generation_bytes(generation),
             )?;

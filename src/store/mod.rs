@@ -472,15 +472,35 @@ impl SliverStore {
         self.publish_file(tmp)
     }
 
+    /// Writes a file that frees far more than it takes (a tombstone) even
+    /// on a full store: a delete must still be able to make room.
+    fn write_file_past_capacity(&self, path: &Path, content: &[u8]) -> Result<(), StoreError> {
+        let size = (content.len() + files::CHECKSUM_LEN) as u64;
+        let room = self.room.reserve_past_capacity(size);
+        let tmp = self.stage_file_in(path, content.into(), size, room)?;
+        self.publish_file(tmp)
+    }
+
     /// The first half of a write: content fsynced in tmp/, room checked.
     fn stage_file(&self, path: &Path, file: SliverFile<'_>) -> Result<StagedFile<'_>, StoreError> {
-        let content = file.bytes;
-        let size = (content.len() + files::CHECKSUM_LEN) as u64;
+        let size = (file.bytes.len() + files::CHECKSUM_LEN) as u64;
         let previous = fs::metadata(path).map_or(0, |m| m.len());
         let room = self.room.reserve(size, previous)?;
+        self.stage_file_in(path, file, size, room)
+    }
+
+    /// Writes `file` of `size` bytes (with its checksum) to tmp/, fsynced,
+    /// under the room already reserved.
+    fn stage_file_in<'s>(
+        &'s self,
+        path: &Path,
+        file: SliverFile<'_>,
+        size: u64,
+        room: room::Reservation<'s>,
+    ) -> Result<StagedFile<'s>, StoreError> {
         let tmp = self.tmp_path();
         let checksum = self.checksum(path, file);
-        files::write_synced(&tmp, content, &checksum)?;
+        files::write_synced(&tmp, file.bytes, &checksum)?;
         Ok(StagedFile {
             tmp,
             path: path.to_path_buf(),

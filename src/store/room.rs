@@ -83,6 +83,18 @@ impl Room {
     }
 }
 
+impl Room {
+    /// Reserves room for a file of `size` bytes even past the capacity:
+    /// for a file whose write frees far more than it takes (a tombstone,
+    /// which the delete's data removal follows), so a full store can
+    /// still be emptied.
+    pub fn reserve_past_capacity(&self, size: u64) -> Reservation<'_> {
+        let size = if self.capacity.is_some() { size } else { 0 };
+        self.reserved.fetch_add(size, Ordering::AcqRel);
+        Reservation { room: self, size }
+    }
+}
+
 /// Room reserved for one file; given back when dropped (after the file
 /// is counted in the bytes held, or given up).
 #[derive(Debug)]

@@ -589,6 +589,26 @@ fn a_write_past_capacity_is_refused_and_changes_nothing() {
 }
 
 #[test]
+fn a_full_store_still_takes_deletes_and_their_data_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SliverStore::open(dir.path(), Some(300)).unwrap();
+    store.stage(&id(3), 1, b"m").unwrap(); // 33 + 40 bytes
+    store.commit(&id(3), 1, None).unwrap(); // 40 bytes
+    store
+        .put_sliver(&id(3), 0, 1, SliverKind::Primary, &[1; 150])
+        .unwrap();
+    assert!(matches!(
+        store.stage(&id(4), 1, b"m"),
+        Err(StoreError::Full { .. })
+    ));
+    let outcome = store.tombstone(&id(3), 2).unwrap();
+    assert!(outcome.removed_data);
+    assert_eq!(store.state(&id(3)).unwrap().tombstone, Some(2));
+    assert_eq!(store.used_bytes(), 40, "the tombstone alone");
+    store.stage(&id(4), 1, b"m").unwrap();
+}
+
+#[test]
 fn blobs_and_tombstones_are_listed_in_pages() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
