@@ -382,10 +382,13 @@ fn ended_answer(ended: &Ended) -> ApiError {
     }
 }
 
-/// A finish asked again: the same answer.
+/// A finish asked again: the same answer when it finished, or when it
+/// could not tell whether its commit took (504: the blob may still become
+/// visible, so "failed" would be untrue); else 410.
 fn ended_again(ended: &Ended) -> Result<Response, ApiError> {
     match ended {
         Ended::Finished(status, stored) => Ok((*status, Json(stored.clone())).into_response()),
+        Ended::Failed(e) if e.status == StatusCode::GATEWAY_TIMEOUT => Err(e.clone()),
         Ended::Failed(e) => Err(failed(e)),
     }
 }
@@ -398,15 +401,23 @@ fn with_offset(mut response: Response, offset: u64) -> Response {
     response
 }
 
-/// 410 for an upload that failed for good, saying why.
+/// 410 for an upload that ended without a blob and takes no more bytes,
+/// saying why (and, when its commit's outcome is unknown, that the blob
+/// may still become visible).
 fn failed(e: &ApiError) -> ApiError {
-    ApiError::new(
-        StatusCode::GONE,
+    let message = if e.status == StatusCode::GATEWAY_TIMEOUT {
+        format!(
+            "the upload ended without learning whether its commit took ({}): the blob may \
+             still become visible; storing the same bytes again through a new upload settles it",
+            e.message
+        )
+    } else {
         format!(
             "the upload failed and takes no more bytes ({}); open a new one",
             e.message
-        ),
-    )
+        )
+    };
+    ApiError::new(StatusCode::GONE, message)
 }
 
 /// An upload's progress, as JSON and in `Upload-Offset` (and
@@ -478,5 +489,31 @@ mod tests {
         let refused = optional_number(&headers, UPLOAD_OFFSET).unwrap_err();
         assert_eq!(refused.status, StatusCode::BAD_REQUEST);
         assert!(refused.message.contains(UPLOAD_OFFSET), "{refused}");
+    }
+
+    #[test]
+    fn a_finish_whose_commit_outcome_was_unknown_is_not_said_to_have_failed_when_asked_again() {
+        let unknown = Ended::Failed(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "the commit reached no node within its deadline",
+        ));
+        let again = ended_again(&unknown).unwrap_err();
+        assert_eq!(again.status, StatusCode::GATEWAY_TIMEOUT);
+        let id = UploadId::random();
+        let progress = ended_progress(&id, &unknown).unwrap_err();
+        assert_eq!(
+            progress.status,
+            StatusCode::GONE,
+            "the upload takes no more bytes"
+        );
+        assert!(
+            progress.message.contains("may still become visible"),
+            "{progress}"
+        );
+        let not_durable = Ended::Failed(ApiError::unavailable("write not durable"));
+        assert_eq!(
+            ended_again(&not_durable).unwrap_err().status,
+            StatusCode::GONE
+        );
     }
 }
