@@ -507,7 +507,7 @@ impl GatewayMetrics {
             uploads_expired: counter(
                 registry,
                 "redstuff_gateway_uploads_expired_total",
-                "Open resumable uploads given up after no request touched them for --cut-upload-kept-secs.",
+                "Open resumable uploads given up after they took no bytes for --cut-upload-kept-secs.",
             ),
             upload_memory_budget: gauge(
                 registry,

@@ -159,7 +159,9 @@ pub(super) async fn append(
                     upload.stage = Stage::Ended(Ended::Failed(e.clone()));
                     (Err(e), current)
                 });
-        upload.last_used = Instant::now();
+        if offset > current {
+            upload.last_used = Instant::now();
+        }
         drop(permit);
         if let Stage::Ended(ended) = &upload.stage {
             task_state.resumable.end(&id, Some(ended.clone()));
@@ -359,7 +361,7 @@ async fn hold(
     state: &GatewayState,
     handle: UploadHandle,
 ) -> Result<tokio::sync::OwnedMutexGuard<ResumableUpload>, ApiError> {
-    let mut upload = tokio::time::timeout(state.client_stall, handle.lock_owned())
+    let upload = tokio::time::timeout(state.client_stall, handle.lock_owned())
         .await
         .map_err(|_| {
             ApiError::conflict(format!(
@@ -367,7 +369,9 @@ async fn hold(
                 state.client_stall.as_secs()
             ))
         })?;
-    upload.last_used = Instant::now();
+    // Holding is no use: the idle time counts from the last bytes taken
+    // (or the open), so an upload asked about or refused a slot again and
+    // again, never moving, is still given up and frees what it holds.
     Ok(upload)
 }
 
@@ -458,7 +462,7 @@ fn optional_number(headers: &HeaderMap, name: &str) -> Result<Option<u64>, ApiEr
 }
 
 /// Keeps the gateway's open uploads within their idle time: every second,
-/// gives up those no request touched for it. Ends with the gateway.
+/// gives up those that took no bytes for it. Ends with the gateway.
 pub(super) fn expire_in_background(state: std::sync::Weak<GatewayState>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -54,7 +54,7 @@ pub(crate) struct DevArgs {
     /// Seconds the pairs of an upload whose client was cut off stay on the
     /// nodes, so that a retry of the same bytes sends only what they lack
     /// (0: removed at once); also how long a resumable upload
-    /// (/v1/uploads) no request touches is kept (at least 10 s).
+    /// (/v1/uploads) that takes no bytes is kept (at least 10 s).
     #[arg(long, default_value = "120", value_parser = redstuff::units::parse_seconds)]
     pub(crate) cut_upload_kept_secs: std::time::Duration,
     /// Bytes of segments the gateway's uploads may hold in memory
@@ -224,7 +224,7 @@ pub(crate) struct GatewayArgs {
     /// Seconds the pairs of an upload whose client was cut off stay on the
     /// nodes, so that a retry of the same bytes sends only what they lack
     /// (0: removed at once); also how long a resumable upload
-    /// (/v1/uploads) no request touches is kept (at least 10 s).
+    /// (/v1/uploads) that takes no bytes is kept (at least 10 s).
     #[arg(long, default_value = "120", value_parser = redstuff::units::parse_seconds)]
     pub(crate) cut_upload_kept_secs: std::time::Duration,
     /// Bytes of segments all uploads together may hold in memory (about

@@ -307,7 +307,8 @@ async fn appends_at_another_offset_past_the_declared_length_or_after_the_finish_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upload_left_idle_is_given_up_and_leaves_nothing_visible_or_on_the_nodes() {
+async fn an_upload_that_takes_no_more_bytes_is_given_up_though_asked_about_and_leaves_nothing_visible_or_on_the_nodes(
+) {
     let fleet = DevFleet::start(&["--cut-upload-kept-secs", "1"]);
     fleet.wait_for("nodes ready", all_ready).await;
     let data = pseudo_random(2_500_000, 45);
@@ -316,13 +317,15 @@ async fn an_upload_left_idle_is_given_up_and_leaves_nothing_visible_or_on_the_no
     assert_eq!((status, offset), (200, Some(data.len() as u64)));
     // Two segments shipped (the third waits as the upload's last).
     wait_for_session_pairs(&fleet, 2 * 7).await;
-    // Nobody touches it (asking its offset would): the gateway gives it
-    // up, and its session goes from the nodes once the pairs' retry window
-    // passed too.
+    // Its client only asks how far it got, again and again, and sends
+    // nothing more: the gateway gives it up all the same (a poll must not
+    // keep its memory and session for ever), and its session goes from
+    // the nodes once the pairs' retry window passed too.
     let start = Instant::now();
     while metric(&fleet, "redstuff_gateway_uploads_expired_total").await == 0
         || !session_holders(&fleet).is_empty()
     {
+        let _ = offset_of(&fleet, &id).await;
         assert!(
             start.elapsed() < WAIT,
             "the idle upload stays (sessions on {:?})",
