@@ -1597,3 +1597,31 @@ async fn a_staged_write_whose_commit_may_be_on_a_silent_node_is_kept_until_that_
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refusing_every_stage_as_deleted_without_a_tombstone_does_not_fail_writes() {
+    // n = 4 (f = 1): node-3 answers 410 to every stage and reports no
+    // tombstone. Before, the write staged again above it three times and
+    // failed (every write, while one node lied).
+    let n = 4u16;
+    let dir = tempfile::tempdir().unwrap();
+    let _nodes = fleet_of(
+        n,
+        &[(3, Lie::RefuseStages)],
+        std::time::Duration::ZERO,
+        dir.path(),
+        None,
+    )
+    .await;
+    let map = FleetMap::read(&dir.path().join("fleet.json")).unwrap();
+    let client = redstuff::client::BlobClient::new(calls(), map, None);
+    let (data, metadata, _) = blob(n, 150_000, 64 << 10);
+    let file = dir.path().join("blob");
+    std::fs::write(&file, &data).unwrap();
+    let outcome = client.write_file(&file).await.unwrap();
+    assert_eq!(outcome.metadata.blob_id(), metadata.blob_id());
+    assert!(outcome.visible_to_every_read());
+    assert!(outcome.missing.contains(&3), "{:?}", outcome.missing);
+    let visible = client.visible(&metadata.blob_id()).await.unwrap();
+    assert_eq!(visible.generation, outcome.generation);
+}

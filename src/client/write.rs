@@ -112,6 +112,16 @@ impl BlobClient {
 /// it gives up (a delete of the same bytes racing it each time).
 const RESTAGES: u32 = 3;
 
+/// Whether the tombstones the nodes that refused a stage of `generation`
+/// report (`None`: no answer) may back a refusal (pure): some node did not
+/// answer, or reports one at least as new. A delete racing the write
+/// leaves such a tombstone; a node refusing without one is not deleting.
+fn backs_a_refusal(reported: &[Option<Option<u64>>], generation: u64) -> bool {
+    reported
+        .iter()
+        .any(|tombstone| tombstone.is_none_or(|t| t >= Some(generation)))
+}
+
 /// What staging a write did.
 struct Staging {
     /// Per segment, the shards holding the blob's pair on the nodes that
@@ -165,7 +175,20 @@ impl BlobUpload {
                     .await;
                 return Err(BlobIoError::DeletedMeanwhile { id });
             }
-            let newest = client.newest_tombstone(&id, &staging.tombstoned).await;
+            let reported = client.tombstones_of(&id, &staging.tombstoned).await;
+            if !backs_a_refusal(&reported, generation) {
+                // Every refusing node answers with no tombstone as new as
+                // this write: not a delete racing it but nodes refusing
+                // it (lying): passed over like nodes that failed the
+                // stage; the shards that staged decide.
+                tracing::warn!(
+                    %id,
+                    nodes = ?staging.tombstoned.iter().map(|n| &n.name).collect::<Vec<_>>(),
+                    "staging refused as deleted by nodes that report no tombstone as new; passed over"
+                );
+                break;
+            }
+            let newest = reported.into_iter().flatten().flatten().max();
             generation = next_generation(now_nanos(), [Some(generation), newest]);
             staging = client
                 .stage_adopting(&metadata, generation, &self.session, &silent)
@@ -271,18 +294,14 @@ impl BlobClient {
         Staging { held, tombstoned }
     }
 
-    /// The newest tombstone of `id` that `nodes` report (those that
-    /// answer).
-    async fn newest_tombstone(&self, id: &BlobId, nodes: &[MapNode]) -> Option<u64> {
-        let answers = join_all(nodes.iter().map(|node| {
+    /// The tombstone of `id` each of `nodes` reports: `None` for a node
+    /// that did not answer, `Some(None)` for one that reports none.
+    async fn tombstones_of(&self, id: &BlobId, nodes: &[MapNode]) -> Vec<Option<Option<u64>>> {
+        join_all(nodes.iter().map(|node| {
             let call = self.client(node);
-            async move { call.state(id).await }
+            async move { call.state(id).await.ok().map(|s| s.state.tombstone) }
         }))
-        .await;
-        answers
-            .into_iter()
-            .filter_map(|answer| answer.ok()?.state.tombstone)
-            .max()
+        .await
     }
 
     /// Best effort: tells every answering node the staged write will
@@ -305,5 +324,26 @@ impl BlobClient {
         }))
         .await;
         self.remove_session(session, silent).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_stage_is_a_racing_delete_only_if_some_refuser_has_a_tombstone_as_new_or_is_silent()
+    {
+        assert!(
+            backs_a_refusal(&[Some(Some(10))], 10),
+            "a delete at the same generation"
+        );
+        assert!(backs_a_refusal(&[Some(None), Some(Some(12))], 10));
+        assert!(
+            backs_a_refusal(&[Some(None), None], 10),
+            "a silent refuser may have one"
+        );
+        assert!(!backs_a_refusal(&[Some(None)], 10), "no tombstone at all");
+        assert!(!backs_a_refusal(&[Some(Some(9)), Some(None)], 10));
     }
 }

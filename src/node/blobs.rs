@@ -126,6 +126,12 @@ pub(super) async fn put_metadata(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let generation = generation_of(query.generation.as_deref())?;
+    if state.lie == Some(super::Lie::RefuseStages) {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            format!("blob {id} was deleted at a newer generation"),
+        ));
+    }
     let upload = query
         .upload
         .as_deref()

@@ -39,6 +39,9 @@ pub use ownership::{Ownership, ShardSource, ShardsFile};
 pub enum Lie {
     /// Flips a bit in every sliver and symbol it serves.
     FlipBits,
+    /// Refuses every metadata stage as deleted (410), while its state
+    /// reports no tombstone.
+    RefuseStages,
     /// Serves, for whatever is asked, the valid sliver or symbol of the
     /// next shard's holder (fetched from it): a replay of another node's
     /// honest answer, claiming another shard's index.
