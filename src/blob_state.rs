@@ -60,9 +60,12 @@ impl BlobState {
     }
 
     /// Whether some write still claims the blob's data here (a commit or a
-    /// staged write newer than any tombstone).
+    /// staged write newer than any tombstone: a node stopped between
+    /// recording a tombstone and removing the markers it covers keeps
+    /// them, dead).
     pub fn claims_data(&self) -> bool {
-        self.commit.is_some() || self.staged.is_some()
+        let alive = |g: Option<u64>| g.is_some() && g > self.tombstone;
+        alive(self.commit) || alive(self.staged)
     }
 
     /// Whether data kept here is what a delete left behind: a tombstone
@@ -216,6 +219,17 @@ mod tests {
         // An older tombstone arriving late changes nothing.
         assert_eq!(after.with_tombstone(3), after);
         assert!(!state(Some(2), None, None).with_tombstone(2).claims_data());
+    }
+
+    #[test]
+    fn markers_a_tombstone_here_covers_claim_no_data_though_a_crash_left_them() {
+        assert!(!state(Some(5), Some(5), Some(6)).claims_data());
+        assert!(!state(Some(6), None, Some(6)).claims_data());
+        assert!(
+            state(Some(5), Some(7), Some(6)).claims_data(),
+            "a newer write"
+        );
+        assert!(state(Some(5), None, None).claims_data());
     }
 
     #[test]
