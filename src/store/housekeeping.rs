@@ -275,13 +275,9 @@ impl SliverStore {
             }
             let listed = passed_over(&id, || {
                 let lock = self.lock(&id);
-                let Some(markers) = readable_now(lock.markers())? else {
+                let Some((markers, wait)) = self.uncommitted_idle(&lock, ttl, now)? else {
                     return Ok(None);
                 };
-                let wait = if markers.lost { LOST_MARKER_GRACE } else { ttl };
-                if markers.state.commit.is_some() || !self.idle_for(&id, wait, now) {
-                    return Ok(None);
-                }
                 Ok(Some(IdleStaged {
                     id,
                     state: markers.state,
@@ -307,15 +303,28 @@ impl SliverStore {
         now: SystemTime,
     ) -> Result<bool, StoreError> {
         let lock = self.lock(id);
+        match self.uncommitted_idle(&lock, ttl, now)? {
+            Some(_) => lock.remove_data(),
+            None => Ok(false),
+        }
+    }
+
+    /// The markers of the locked blob, and the wait it had to be idle for,
+    /// when no commit here claims its data and its directory gained no file
+    /// for `ttl` ([`LOST_MARKER_GRACE`] when a marker is lost); `None`
+    /// otherwise, or when its markers cannot be read now.
+    fn uncommitted_idle(
+        &self,
+        lock: &super::BlobLock<'_>,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<Option<(super::markers::Markers, Duration)>, StoreError> {
         let Some(markers) = readable_now(lock.markers())? else {
-            return Ok(false);
+            return Ok(None);
         };
         let wait = if markers.lost { LOST_MARKER_GRACE } else { ttl };
-        if markers.state.commit.is_none() && self.idle_for(id, wait, now) {
-            lock.remove_data()
-        } else {
-            Ok(false)
-        }
+        let idle = markers.state.commit.is_none() && self.idle_for(&lock.id, wait, now);
+        Ok(idle.then_some((markers, wait)))
     }
 
     /// Whether the blob's directory gained no file for `wait` before `now`.
