@@ -1,15 +1,21 @@
 //! What goes wrong in a cluster, done for real: pods and claims deleted,
 //! a rollout, the leader killed and stopped, a node pod kept away, a drain.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde_json::Value;
 
 use crate::cluster::{self, CLUSTER};
 use crate::data::{self, shared_bytes};
 use crate::harness::{pod_ready, wait_for, E2e, NS, RELEASE_NS};
 
 const NODE_PODS: &str = "app.kubernetes.io/instance=e2e,app.kubernetes.io/component=node";
+/// The port node pods serve their metrics on.
+const NODE_METRICS_PORT: u16 = 7801;
 
 /// The sum of a metric's samples for the e2e cluster.
 fn metric(text: &str, name: &str) -> f64 {
@@ -403,27 +409,91 @@ pub async fn grace_period(e2e: &E2e) -> anyhow::Result<()> {
         anyhow::ensure!(event_reasons(e2e)?.contains(&"ShardsMoved".to_string()));
         // Rebuilt on the others, while e2e-node-3 is still away.
         data::until_healthy(e2e, &record, Duration::from_secs(180)).await?;
-        shared_blob_reads_back(e2e).await
+        shared_blob_reads_back(e2e)
+            .await
+            .map(|()| status["shardAssignment"].clone())
     }
     .await;
     uncordon_all(e2e)?;
-    result?;
+    let moved = result?;
+    // What each node pod has released so far: e2e-node-3's own stale
+    // copies, released once it is back, must not pass for the release of
+    // the shards it gets back.
+    let released_before = node_released_bytes(e2e)?;
     cluster::until_phase(e2e, "Ready", Duration::from_secs(300)).await?;
     // Back, e2e-node-3 gets an even share of shards again, each from a node
     // that holds it whole; that node releases its copy once e2e-node-3
     // holds the shard too (its old volume, or a rebuild).
-    let released = wait_for(
-        "the copies of the shards e2e-node-3 got back released",
+    let back = wait_for(
+        "e2e-node-3 owns a shard again",
         Duration::from_secs(300),
         || {
-            let released = metric(&e2e.operator_metrics()?, "redstuff_shards_released_total");
-            Ok((released >= 1.0).then_some(released))
+            let status = e2e.cluster_status(CLUSTER)?;
+            Ok(shards_of(&status["shardAssignment"], "e2e-node-3")
+                .first()
+                .copied())
         },
     )
     .await?;
-    eprintln!("pairs released where e2e-node-3's shards came back from: {released}");
+    let giver =
+        owner_of(&moved, back).with_context(|| format!("no owner of shard {back} in {moved}"))?;
+    let before = released_before.get(&giver).copied().unwrap_or_default();
+    let released = wait_for(
+        "the copy of the shard e2e-node-3 got back released",
+        Duration::from_secs(300),
+        || {
+            let now = node_released_bytes(e2e)?.get(&giver).copied();
+            Ok(now.filter(|now| *now > before))
+        },
+    )
+    .await?;
+    eprintln!(
+        "shard {back} came back to e2e-node-3 from {giver}, which released {} bytes of it",
+        released - before
+    );
     data::until_healthy(e2e, &record, Duration::from_secs(180)).await?;
     shared_blob_reads_back(e2e).await
+}
+
+/// The shards `node` owns in a status' shard assignment.
+pub fn shards_of(assignment: &Value, node: &str) -> Vec<u64> {
+    assignment
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["node"] == node)
+        .filter_map(|a| a["shard"].as_u64())
+        .collect()
+}
+
+/// The node pod owning `shard` in a status' shard assignment.
+fn owner_of(assignment: &Value, shard: u64) -> Option<String> {
+    assignment
+        .as_array()?
+        .iter()
+        .find(|a| a["shard"] == shard)?["node"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// Bytes of pairs each running node pod has released since it started.
+fn node_released_bytes(e2e: &E2e) -> anyhow::Result<BTreeMap<String, f64>> {
+    let mut released = BTreeMap::new();
+    for pod in e2e.list("pods", NS, NODE_PODS)? {
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+        if !pod_ready(&pod) {
+            continue;
+        }
+        let text = e2e.pod_metrics(NS, name, NODE_METRICS_PORT)?;
+        let bytes = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("redstuff_node_released_bytes_total"))
+            .filter(|rest| rest.starts_with(['{', ' ']))
+            .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        released.insert(name.to_string(), bytes);
+    }
+    Ok(released)
 }
 
 pub async fn drain(e2e: &E2e) -> anyhow::Result<()> {

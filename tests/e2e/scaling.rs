@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::cluster::{self, CLUSTER};
 use crate::data;
-use crate::disruptions::{event_reasons, shared_blob, shared_blob_reads_back, uid};
+use crate::disruptions::{event_reasons, shards_of, shared_blob, shared_blob_reads_back, uid};
 use crate::harness::{wait_for, E2e, NS};
 
 const RETIRING: &str = "e2e-node-3";
@@ -21,16 +21,19 @@ fn set_nodes(e2e: &E2e, nodes: u16) -> anyhow::Result<()> {
 }
 
 fn owns_shards(status: &Value, node: &str) -> bool {
-    status["shardAssignment"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|a| a["node"] == node)
+    !shards_of(&status["shardAssignment"], node).is_empty()
 }
 
 pub async fn nodes_lowered_then_raised(e2e: &E2e) -> anyhow::Result<()> {
     let record = shared_blob(e2e)?;
     cluster::until_phase(e2e, "Ready", Duration::from_secs(300)).await?;
+    // The scenario's premise: e2e-node-3 owns a shard (the rebalance that
+    // gave it one back after an earlier scenario may still be under way).
+    wait_for("e2e-node-3 owns a shard", Duration::from_secs(300), || {
+        let status = e2e.cluster_status(CLUSTER)?;
+        Ok(owns_shards(&status, RETIRING).then_some(()))
+    })
+    .await?;
     data::until_healthy(e2e, &record, Duration::from_secs(180)).await?;
     let pod = uid(e2e, RETIRING)?.context("e2e-node-3 runs")?;
 
