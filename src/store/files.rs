@@ -167,6 +167,15 @@ pub(super) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(io_error(dir))
 }
 
+/// Removes the file `path` if it is there, durably (its directory synced).
+pub(super) fn remove_if_present(path: &Path) -> Result<(), StoreError> {
+    match fs::remove_file(path) {
+        Ok(()) => sync_dir(path.parent().unwrap_or(Path::new("."))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_error(path)(e)),
+    }
+}
+
 /// Creates `dir` and its missing parents below `root`, fsyncing each
 /// parent so the new entries survive a crash.
 pub(super) fn create_dirs_synced(dir: &Path, root: &Path) -> Result<(), StoreError> {

@@ -183,7 +183,11 @@ impl SliverStore {
                 // A marker that fails is reported, and kept (lost) until
                 // written again, so no clean-up mistakes its blob for one
                 // never committed.
-                let quarantine = !is_marker(&path);
+                let quarantine = if is_marker(&path) {
+                    super::Quarantine::No
+                } else {
+                    super::Quarantine::Unlocked
+                };
                 match self.read_file_then(&path, || path.display().to_string(), quarantine) {
                     Ok(Some(bytes)) => {
                         report.checked += 1;

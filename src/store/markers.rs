@@ -127,7 +127,8 @@ impl BlobLock<'_> {
 
     /// The serialized metadata, if stored.
     pub fn metadata(&self) -> Result<Option<bytes::Bytes>, StoreError> {
-        self.store.metadata(&self.id)
+        self.store
+            .metadata_then(&self.id, super::Quarantine::Locked)
     }
 
     /// What is stored of the blob.

@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! format                                      the store format (2 to 4, see below)
+//! format.upgrading                            present while a store of the layout before format 2 is upgraded
 //! blobs/<blob id>/metadata                    serialized metadata
 //! blobs/<blob id>/staged                      generation of the newest write staged here
 //! blobs/<blob id>/commit                      generation of the newest commit here
@@ -92,6 +93,8 @@ const DERIVED_FORMAT: u32 = 3;
 /// The newest format, which this build creates: every file carries a
 /// fast checksum (`fast_checksum`).
 const NEWEST_FORMAT: u32 = 4;
+/// Present while a store of the layout before format 2 is being upgraded.
+const UPGRADING_FILE: &str = "format.upgrading";
 /// Per-blob locks, by the first byte of the id.
 const LOCK_STRIPES: usize = 256;
 
@@ -339,8 +342,13 @@ impl SliverStore {
     /// while blobs are stored (the format decides how their checksums
     /// read, and a guess would quarantine them all); so is a missing one
     /// while blobs carry markers (a store of format 2 or later lost it).
+    ///
+    /// The upgrade is recorded (`format.upgrading`) before the first blob
+    /// is marked, so one a crash cut short is taken up again on the next
+    /// open instead of being taken for a store that lost its format file.
     fn settle_format(&self) -> Result<u32, StoreError> {
         let marker = self.root.join("format");
+        let upgrading = self.root.join(UPGRADING_FILE);
         let declared = match fs::read_to_string(&marker) {
             Ok(text) => Some(text.trim().parse::<u32>().map_err(|_| text)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -353,7 +361,11 @@ impl SliverStore {
                     newest: NEWEST_FORMAT,
                 })
             }
-            Some(Ok(format)) if format >= MARKERS_FORMAT => return Ok(format),
+            Some(Ok(format)) if format >= MARKERS_FORMAT => {
+                // A crash after the upgrade wrote the format left its record.
+                files::remove_if_present(&upgrading)?;
+                return Ok(format);
+            }
             _ => {}
         }
         let blobs = self.blob_dirs()?;
@@ -365,26 +377,41 @@ impl SliverStore {
             _ if blobs.is_empty() => NEWEST_FORMAT,
             Some(Err(text)) => return Err(unknown(format!("{text:?}, no store format"))),
             Some(Ok(format)) => return Err(unknown(format!("{format}, no store format"))),
+            None if upgrading.exists() => {
+                tracing::info!(
+                    "taking up the upgrade of the earlier store layout a restart cut short"
+                );
+                self.mark_earlier_blobs_committed(&blobs)?;
+                MARKERS_FORMAT
+            }
             None if self.any_marked(&blobs)? => {
                 return Err(unknown(
                     "nothing (it is missing), yet its blobs have commit markers".into(),
                 ))
             }
             None => {
+                self.write_durably(&upgrading, b"")?;
                 self.mark_earlier_blobs_committed(&blobs)?;
                 MARKERS_FORMAT
             }
         };
+        self.write_durably(&marker, format.to_string().as_bytes())?;
+        files::remove_if_present(&upgrading)?;
+        Ok(format)
+    }
+
+    /// Writes `content` to `path` whole or not at all, and durably (a file
+    /// of the store's own, without a checksum trailer).
+    fn write_durably(&self, path: &Path, content: &[u8]) -> Result<(), StoreError> {
         let tmp = self.tmp_path();
         let write = || -> io::Result<()> {
             let mut file = fs::File::create(&tmp)?;
-            io::Write::write_all(&mut file, format.to_string().as_bytes())?;
+            io::Write::write_all(&mut file, content)?;
             file.sync_all()
         };
         write().map_err(files::io_error(&tmp))?;
-        fs::rename(&tmp, &marker).map_err(files::io_error(&marker))?;
-        files::sync_dir(&self.root)?;
-        Ok(format)
+        fs::rename(&tmp, path).map_err(files::io_error(path))?;
+        files::sync_dir(&self.root)
     }
 
     /// Whether any of `blobs` has a `commit` or `staged` marker (written
@@ -567,26 +594,26 @@ impl SliverStore {
     }
 
     /// Reads a checked file; a corrupt or unreadable one is quarantined
-    /// and reported as such (the caller treats it as missing).
+    /// and reported as such (the caller treats it as missing). The caller
+    /// does not hold the blob's lock.
     fn read_file(
         &self,
         path: &Path,
         what: impl FnOnce() -> String,
     ) -> Result<Option<bytes::Bytes>, StoreError> {
-        self.read_file_then(path, what, true)
+        self.read_file_then(path, what, Quarantine::Unlocked)
     }
 
     /// Reads a checked file; a corrupt or unreadable one is reported as
-    /// such, and quarantined when `quarantine` says so (markers are not:
-    /// they stay, lost, until written again).
+    /// such, and quarantined as `quarantine` says (markers are not: they
+    /// stay, lost, until written again).
     fn read_file_then(
         &self,
         path: &Path,
         what: impl FnOnce() -> String,
-        quarantine: bool,
+        quarantine: Quarantine,
     ) -> Result<Option<bytes::Bytes>, StoreError> {
-        let failed = match files::read_checked(path, self.checksums == Checksums::DerivedForSlivers)
-        {
+        let failed = match self.read_checked(path) {
             Checked::Valid(bytes) => return Ok(Some(bytes)),
             Checked::Missing => return Ok(None),
             Checked::Corrupt => StoreError::Corrupt { what: what() },
@@ -601,15 +628,51 @@ impl SliverStore {
                 })
             }
         };
-        if quarantine {
-            self.quarantine(path);
+        match quarantine {
+            Quarantine::No => {}
+            Quarantine::Locked => self.move_to_quarantine(path),
+            Quarantine::Unlocked => {
+                if let Some(fresh) = self.quarantine_unless_replaced(path) {
+                    return Ok(fresh);
+                }
+            }
         }
         Err(failed)
     }
 
+    /// [`files::read_checked`] with this store's checksums.
+    fn read_checked(&self, path: &Path) -> Checked {
+        files::read_checked(path, self.checksums == Checksums::DerivedForSlivers)
+    }
+
+    /// Quarantines the file at `path`, which failed a read made without
+    /// its blob's lock, unless it was replaced meanwhile (a repair's fresh
+    /// sliver, a pair sent again) or removed: under the lock, which every
+    /// change of a blob's files holds, it is read again and moved only if
+    /// it still fails. Returns what that read found instead, if anything
+    /// (`Some(None)`: the file is gone).
+    fn quarantine_unless_replaced(&self, path: &Path) -> Option<Option<bytes::Bytes>> {
+        let Some(id) = self.blob_of(path) else {
+            self.move_to_quarantine(path);
+            return None;
+        };
+        let _lock = self.lock(&id);
+        match self.read_checked(path) {
+            Checked::Valid(bytes) => Some(Some(bytes)),
+            Checked::Missing => Some(None),
+            // Left in place: the next read decides.
+            Checked::NotNow(_) => None,
+            Checked::Corrupt | Checked::Failed(_) => {
+                self.move_to_quarantine(path);
+                None
+            }
+        }
+    }
+
     /// Moves a file into quarantine/ (where it still counts toward the
     /// bytes held until it is purged); it no longer counts as a sliver.
-    fn quarantine(&self, path: &Path) {
+    /// The caller holds the blob's lock, or the file is no blob's.
+    fn move_to_quarantine(&self, path: &Path) {
         // Named by the time it was moved, for the purge after the retention.
         let secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -628,9 +691,20 @@ impl SliverStore {
 
     /// The serialized metadata of a blob, if stored.
     pub fn metadata(&self, id: &BlobId) -> Result<Option<bytes::Bytes>, StoreError> {
-        self.read_file(&self.blob_dir(id).join("metadata"), || {
-            format!("metadata of {id}")
-        })
+        self.metadata_then(id, Quarantine::Unlocked)
+    }
+
+    /// [`Self::metadata`], quarantining a failed file as `quarantine` says.
+    fn metadata_then(
+        &self,
+        id: &BlobId,
+        quarantine: Quarantine,
+    ) -> Result<Option<bytes::Bytes>, StoreError> {
+        self.read_file_then(
+            &self.blob_dir(id).join("metadata"),
+            || format!("metadata of {id}"),
+            quarantine,
+        )
     }
 
     /// Stores a serialized sliver of `shard` for segment `segment`, if a
@@ -733,6 +807,18 @@ impl SliverStore {
         fs::remove_dir_all(&trash).map_err(files::io_error(&trash))?;
         Ok(bytes)
     }
+}
+
+/// What a failed read does with the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Quarantine {
+    /// Leaves it where it is (a marker: lost until written again).
+    No,
+    /// Moves it to quarantine/; the caller holds the blob's lock.
+    Locked,
+    /// Moves it to quarantine/ unless it was replaced since it was read;
+    /// the caller does not hold the blob's lock.
+    Unlocked,
 }
 
 /// A file fsynced in tmp/, waiting to be renamed into place, and the

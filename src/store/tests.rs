@@ -412,6 +412,90 @@ fn a_store_of_the_earlier_layout_keeps_its_blobs_visible() {
 }
 
 #[test]
+fn an_upgrade_of_the_earlier_layout_cut_short_by_a_crash_is_taken_up_on_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for seed in [30, 31] {
+        store.stage(&id(seed), 1, b"meta").unwrap();
+    }
+    drop(store);
+    let blob_dir = |seed: u8| dir.path().join("blobs").join(id(seed).to_string());
+    for seed in [30, 31] {
+        fs::remove_file(blob_dir(seed).join("staged")).unwrap();
+    }
+    fs::remove_file(dir.path().join("format")).unwrap();
+    // An upgrade completes and leaves no record of itself.
+    drop(open(dir.path()));
+    assert!(!dir.path().join(UPGRADING_FILE).exists());
+    assert!(blob_dir(31).join("commit").exists());
+
+    // As a crash leaves one: recorded, blob 30 marked, 31 not, no format.
+    fs::remove_file(blob_dir(31).join("commit")).unwrap();
+    fs::remove_file(dir.path().join("format")).unwrap();
+    fs::write(dir.path().join(UPGRADING_FILE), b"").unwrap();
+    let store = open(dir.path());
+    for seed in [30, 31] {
+        assert_eq!(
+            store.state(&id(seed)).unwrap().commit,
+            Some(1),
+            "blob {seed}"
+        );
+    }
+    assert_eq!(
+        fs::read_to_string(dir.path().join("format")).unwrap(),
+        MARKERS_FORMAT.to_string()
+    );
+    assert!(!dir.path().join(UPGRADING_FILE).exists());
+    drop(store);
+
+    // A crash after the format was written: the record is removed.
+    fs::write(dir.path().join(UPGRADING_FILE), b"").unwrap();
+    drop(open(dir.path()));
+    assert!(!dir.path().join(UPGRADING_FILE).exists());
+}
+
+#[test]
+fn a_file_replaced_after_its_read_failed_is_not_quarantined_in_place_of_the_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = staged(dir.path(), 32);
+    let path = store.sliver_path(&id(32), 0, 0, SliverKind::Primary);
+    store
+        .put_sliver(&id(32), 0, 0, SliverKind::Primary, b"rotten sliver")
+        .unwrap();
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[2] ^= 0x01;
+    fs::write(&path, bytes).unwrap();
+    assert!(matches!(store.read_checked(&path), Checked::Corrupt));
+    // A repair writes a fresh sliver between the failed read and the
+    // quarantine: the fresh one stays, and is what the read gets.
+    store
+        .put_sliver(&id(32), 0, 0, SliverKind::Primary, b"repaired sliver")
+        .unwrap();
+    assert_eq!(
+        store.quarantine_unless_replaced(&path),
+        Some(Some(bytes::Bytes::from_static(b"repaired sliver")))
+    );
+    assert!(path.exists());
+    assert_eq!(store.sliver_count(SliverKind::Primary), 1);
+    assert_eq!(
+        fs::read_dir(dir.path().join("quarantine")).unwrap().count(),
+        0
+    );
+
+    // Still bad under the lock: moved.
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[2] ^= 0x01;
+    fs::write(&path, bytes).unwrap();
+    assert_eq!(store.quarantine_unless_replaced(&path), None);
+    assert!(!path.exists());
+    assert_eq!(store.sliver_count(SliverKind::Primary), 0);
+    assert_eq!(
+        fs::read_dir(dir.path().join("quarantine")).unwrap().count(),
+        1
+    );
+}
+
+#[test]
 fn a_flipped_bit_on_disk_is_caught_and_the_file_quarantined() {
     let dir = tempfile::tempdir().unwrap();
     let store = staged(dir.path(), 9);
