@@ -47,8 +47,9 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Attempts after the first while the gateway is busy or out of
-        /// reach (429, 502, 503, 504, a lost connection); waits as the
-        /// gateway asks (Retry-After) or 1 s, doubling, at most 30 s.
+        /// reach (408, 429, 502, 503, 504, a lost connection); waits as
+        /// the gateway asks (Retry-After) or 1 s, doubling, at most 30 s
+        /// (each wait between half and all of its step).
         /// 0: fail at the first failure.
         #[arg(long, default_value_t = redstuff::retry::DEFAULT_RETRIES)]
         retries: u32,
@@ -73,9 +74,10 @@ enum Command {
               value_parser = cli::parse_gateway_url)]
         gateway: String,
         /// Attempts after the first while the gateway is busy or out of
-        /// reach (429, 502, 503, 504, a lost connection; a download
+        /// reach (408, 429, 502, 503, 504, a lost connection; a download
         /// that breaks off goes on from where it stopped); waits as the
-        /// gateway asks (Retry-After) or 1 s, doubling, at most 30 s.
+        /// gateway asks (Retry-After) or 1 s, doubling, at most 30 s
+        /// (each wait between half and all of its step).
         /// 0: fail at the first failure.
         #[arg(long, default_value_t = redstuff::retry::DEFAULT_RETRIES)]
         retries: u32,
@@ -100,9 +102,10 @@ enum Command {
         #[arg(long)]
         all: bool,
         /// Attempts after the first while the gateway is busy or out of
-        /// reach (429, 502, 503, 504, a lost connection: `redstuff dev`
-        /// still starting); waits as the gateway asks (Retry-After) or 1 s,
-        /// doubling, at most 30 s. 0: fail at the first failure.
+        /// reach (408, 429, 502, 503, 504, a lost connection: `redstuff
+        /// dev` still starting); waits as the gateway asks (Retry-After)
+        /// or 1 s, doubling, at most 30 s (each wait between half and all
+        /// of its step). 0: fail at the first failure.
         #[arg(long, default_value_t = redstuff::retry::DEFAULT_RETRIES)]
         retries: u32,
         #[command(flatten)]
