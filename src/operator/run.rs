@@ -4,7 +4,8 @@
 //! the inventory views); serves /metrics, /healthz and /readyz the whole
 //! time. On SIGTERM it stops taking new work, lets running reconciles and
 //! repairs finish (bounded), and releases the Lease so a standby takes
-//! over at once. Losing the Lease ends the process (it restarts as a
+//! over without waiting for it to expire (a new pod at once, a waiting
+//! standby at its next look, within 10 s). Losing the Lease ends the process (it restarts as a
 //! standby) so that two operators never act at the same time.
 
 use std::net::SocketAddr;

@@ -11,6 +11,11 @@ use crate::harness::{wait_for, E2e, NS};
 /// serving the node API over TLS (so every scenario's node calls are TLS).
 pub const CLUSTER: &str = "e2e";
 
+/// The cluster's grace period: longer than a node pod takes to come back
+/// on a slow machine (a claim provisioned again, probes passed), so only
+/// the scenario about it, which shortens it, sees shards move.
+pub const GRACE_PERIOD: &str = "120s";
+
 /// Its manifest; `resources` changes its pods' spec (a rollout).
 pub fn manifest(cpu_request: &str) -> String {
     format!(
@@ -23,7 +28,7 @@ spec:
   storage: {{size: 256Mi}}
   resources:
     requests: {{cpu: {cpu_request}, memory: 32Mi}}
-  repair: {{gracePeriod: 40s}}
+  repair: {{gracePeriod: {GRACE_PERIOD}}}
   s3: {{indexSize: 64Mi}}
   tls: {{enabled: true}}
 "#
@@ -281,6 +286,13 @@ pub async fn deleted(e2e: &E2e) -> anyhow::Result<()> {
     delete_cluster(e2e).await?;
     e2e.apply(&manifest("10m"))?;
     until_phase(e2e, "Ready", Duration::from_secs(300)).await?;
+    // Ready counts node pods; the new gateway pod may still be starting.
+    wait_for(
+        "status.gatewaysAvailable 1",
+        Duration::from_secs(180),
+        || Ok(current_status(e2e)?.filter(|s| s["gatewaysAvailable"] == 1)),
+    )
+    .await?;
     // Read, never stored again: the blob came back with the claims, and
     // the S3 key naming it with the index's claim.
     let data = crate::data::shared_bytes();

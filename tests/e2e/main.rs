@@ -23,6 +23,7 @@ mod pg;
 mod s3;
 mod s3_postgres;
 mod scaling;
+mod settled;
 
 use harness::{E2e, Report};
 

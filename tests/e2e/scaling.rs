@@ -9,8 +9,9 @@ use serde_json::Value;
 
 use crate::cluster::{self, CLUSTER};
 use crate::data;
-use crate::disruptions::{event_reasons, shards_of, shared_blob, shared_blob_reads_back, uid};
+use crate::disruptions::{shards_of, shared_blob, shared_blob_reads_back, uid};
 use crate::harness::{wait_for, E2e, NS};
+use crate::settled::{self, reasons_since, until_settled};
 
 const RETIRING: &str = "e2e-node-3";
 
@@ -37,6 +38,7 @@ pub async fn nodes_lowered_then_raised(e2e: &E2e) -> anyhow::Result<()> {
     data::until_healthy(e2e, &record, Duration::from_secs(180)).await?;
     let pod = uid(e2e, RETIRING)?.context("e2e-node-3 runs")?;
 
+    let since = settled::moment();
     set_nodes(e2e, 3)?;
     let result = async {
         // Its shard moves to another node pod while it still runs.
@@ -56,7 +58,7 @@ pub async fn nodes_lowered_then_raised(e2e: &E2e) -> anyhow::Result<()> {
             still_running,
             "e2e-node-3 was deleted before its shard had moved"
         );
-        anyhow::ensure!(event_reasons(e2e)?.contains(&"NodesRetiring".to_string()));
+        anyhow::ensure!(reasons_since(e2e, since)?.contains(&"NodesRetiring".to_string()));
         // Deleted once its shard is rebuilt elsewhere and the blob Healthy.
         wait_for("e2e-node-3 retired", Duration::from_secs(300), || {
             Ok(uid(e2e, RETIRING)?.is_none().then_some(()))
@@ -64,14 +66,26 @@ pub async fn nodes_lowered_then_raised(e2e: &E2e) -> anyhow::Result<()> {
         .await?;
         let status = data::until_healthy(e2e, &record, Duration::from_secs(60)).await?;
         anyhow::ensure!(status["shards"] == "4/4", "{status}");
-        anyhow::ensure!(event_reasons(e2e)?.contains(&"NodeRetired".to_string()));
+        anyhow::ensure!(reasons_since(e2e, since)?.contains(&"NodeRetired".to_string()));
         anyhow::ensure!(
             e2e.get("pvc", "e2e-data-3", NS)?.is_some(),
             "the retired pod's claim stays"
         );
-        let status = cluster::until_phase(e2e, "Ready", Duration::from_secs(120)).await?;
-        anyhow::ensure!(status["readyNodes"] == 3, "{status}");
-        anyhow::ensure!(status.get("retiringNodes").is_none(), "{status}");
+        // The status written after the deletion (the one before it may
+        // still count e2e-node-3, retiring and ready).
+        wait_for(
+            "the cluster Ready on 3 node pods, none retiring",
+            Duration::from_secs(120),
+            || {
+                let status = cluster::current_status(e2e)?;
+                Ok(status.filter(|s| {
+                    s["phase"] == "Ready"
+                        && s["readyNodes"] == 3
+                        && s.get("retiringNodes").is_none()
+                }))
+            },
+        )
+        .await?;
         shared_blob_reads_back(e2e).await
     }
     .await;
@@ -88,7 +102,7 @@ pub async fn nodes_lowered_then_raised(e2e: &E2e) -> anyhow::Result<()> {
         },
     )
     .await?;
-    cluster::until_phase(e2e, "Ready", Duration::from_secs(300)).await?;
+    until_settled(e2e, Duration::from_secs(300)).await?;
     data::until_healthy(e2e, &record, Duration::from_secs(300)).await?;
     shared_blob_reads_back(e2e).await
 }
