@@ -603,6 +603,7 @@ pub async fn reconcile_cluster(
         for (node, since) in was_lost.chain(is_lost) {
             lost_at.entry(node).or_insert(since);
         }
+        super::loss_times::carry_to_new_owners(&mut lost_at, &previous, &assignment);
         let started = fleet_state.repairer.run_plan(
             &encoding,
             &view,

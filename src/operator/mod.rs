@@ -20,6 +20,7 @@ mod fixtures;
 mod gateway_question;
 pub mod ingest;
 pub mod lifecycle;
+pub mod loss_times;
 pub mod lost_objects;
 pub mod name_holders;
 pub mod observed;
