@@ -203,6 +203,9 @@ def main(out, redstuff):
             fail(f"the chart's RBAC with {values_file.name} grants other rights than deploy/10-rbac.yaml: "
                  f"{sorted(rbac_rules(docs) ^ expected)}")
         deployment = next(d for d in docs if d["kind"] == "Deployment")
+        if values.get("operator", {}).get("leaderElection") is False \
+                and deployment["spec"].get("strategy", {}).get("type") != "Recreate":
+            fail(f"{values_file.name}: without leader election the operator must update by Recreate")
         pod = deployment["spec"]["template"]["spec"]
         container = pod["containers"][0]
         check_watched_namespaces(values_file.name, values, docs, container["args"])

@@ -761,6 +761,34 @@ async fn a_claim_that_is_gone_is_created_again_with_its_pod() {
 }
 
 #[tokio::test]
+async fn shards_of_nodes_gone_past_the_grace_period_stay_and_say_so_while_too_few_are_left_to_rebuild(
+) {
+    // n = 10 (p = 4) on 5 node pods, 2 shards each: only node 0 is there,
+    // nodes 3 and 4 are gone past the grace period.
+    let mut previous = settled_status(10, 5).await;
+    let since =
+        k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(301);
+    previous["unavailableNodes"] = json!([
+        {"name": "media-node-3", "since": since.to_string()},
+        {"name": "media-node-4", "since": since.to_string()},
+    ]);
+    let (seen, _) = reconcile(
+        cluster(10, 5, Some(previous.clone())),
+        ready_pods(1),
+        claims(5),
+        silent_nodes(5),
+    )
+    .await;
+    let status = status_written(&seen).unwrap();
+    assert_eq!(
+        status["shardAssignment"], previous["shardAssignment"],
+        "no shard moves onto the one node left"
+    );
+    assert!(!events(&seen).contains(&("Warning".into(), "ShardsMoved".into())));
+    assert!(events(&seen).contains(&("Warning".into(), "EvictionsHeld".into())));
+}
+
+#[tokio::test]
 async fn a_node_gone_past_the_grace_period_hands_its_shards_to_the_others() {
     let previous = settled_status_but_lost(7, 3, "media-node-2", 301).await;
     let (seen, _) = reconcile(

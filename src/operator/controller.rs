@@ -297,6 +297,16 @@ pub async fn reconcile_cluster(
             shards = held_back,
             "node pods unavailable past the grace period keep their shards: the nodes left own too few to rebuild any blob"
         );
+        ctx.publish(
+            &*cluster,
+            true,
+            "EvictionsHeld",
+            format!(
+                "{held_back} shards of node pods unavailable past repair.gracePeriod stay with them: the node pods still available own fewer than {} shards, too few to rebuild any blob; they move once enough node pods are back",
+                encoding.p()
+            ),
+        )
+        .await;
     }
     let evicted: BTreeSet<&str> = decisions
         .iter()

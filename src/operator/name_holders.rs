@@ -72,10 +72,14 @@ pub fn named_objects(desired: &DesiredObjects) -> Vec<NamedObject> {
 }
 
 /// Whether an object with `labels` is one the operator made for cluster
-/// `cluster` (pure): it carries the name and instance labels it gives.
+/// `cluster` (pure): it carries the name, instance and managed-by labels
+/// it gives. The chart's own objects carry the first two as well (its
+/// release may be named like a cluster); only managed-by tells them apart.
 pub fn is_the_clusters(labels: &BTreeMap<String, String>, cluster: &str) -> bool {
-    labels.get("app.kubernetes.io/name").map(String::as_str) == Some("redstuff")
-        && labels.get("app.kubernetes.io/instance").map(String::as_str) == Some(cluster)
+    let label = |key: &str| labels.get(key).map(String::as_str);
+    label("app.kubernetes.io/name") == Some("redstuff")
+        && label("app.kubernetes.io/instance") == Some(cluster)
+        && label("app.kubernetes.io/managed-by") == Some(super::desired::MANAGED_BY)
 }
 
 /// What to tell of the objects (`Kind/name`) holding names of cluster
@@ -83,12 +87,14 @@ pub fn is_the_clusters(labels: &BTreeMap<String, String>, cluster: &str) -> bool
 pub fn problem(cluster: &str, held: &[String]) -> String {
     format!(
         "{} exist{} and {} not made for StorageCluster {cluster} (no labels \
-         app.kubernetes.io/name=redstuff and app.kubernetes.io/instance={cluster}): the \
+         app.kubernetes.io/name=redstuff, app.kubernetes.io/instance={cluster} and \
+         app.kubernetes.io/managed-by={}): the \
          operator takes over no object it did not make; move {} away, or give the \
          StorageCluster another name",
         held.join(", "),
         if held.len() == 1 { "s" } else { "" },
         if held.len() == 1 { "was" } else { "were" },
+        super::desired::MANAGED_BY,
         if held.len() == 1 { "it" } else { "them" },
     )
 }
@@ -234,13 +240,21 @@ mod tests {
     }
 
     #[test]
-    fn an_object_is_the_clusters_only_with_both_labels_naming_it() {
+    fn an_object_is_the_clusters_only_with_the_labels_the_operator_gives_naming_it() {
         let ours = labels(&[
             ("app.kubernetes.io/name", "redstuff"),
             ("app.kubernetes.io/instance", "pg"),
+            ("app.kubernetes.io/managed-by", "redstuff-operator"),
         ]);
         assert!(is_the_clusters(&ours, "pg"));
         assert!(!is_the_clusters(&ours, "media"), "another cluster's");
+        // The chart's objects, of a release named like the cluster.
+        let chart = labels(&[
+            ("app.kubernetes.io/name", "redstuff"),
+            ("app.kubernetes.io/instance", "pg"),
+            ("app.kubernetes.io/managed-by", "Helm"),
+        ]);
+        assert!(!is_the_clusters(&chart, "pg"));
         // What Helm gives every object of a release named like the cluster.
         let helm = labels(&[
             ("app.kubernetes.io/name", "postgresql"),

@@ -923,8 +923,6 @@ pub fn spec_hash(cluster: &redstuff::operator::crd::StorageCluster, index: usize
         .to_string()
 }
 
-/// The token Secrets of cluster `media` as the API server stores them:
-/// the test fleet's cluster token and user token.
 /// The labels the operator gives the objects it makes for `cluster`.
 pub fn operator_labels(cluster: &str) -> Value {
     json!({
@@ -934,6 +932,8 @@ pub fn operator_labels(cluster: &str) -> Value {
     })
 }
 
+/// The token Secrets of cluster `media` as the API server stores them:
+/// the test fleet's cluster token and user token.
 pub fn token_secrets() -> Vec<(String, Value)> {
     use base64::Engine as _;
     let encode = |t: &str| base64::engine::general_purpose::STANDARD.encode(t);

@@ -171,10 +171,13 @@ pub fn labels(cluster: &str, component: &str) -> BTreeMap<String, String> {
         ),
         (
             "app.kubernetes.io/managed-by".to_string(),
-            "redstuff-operator".to_string(),
+            MANAGED_BY.to_string(),
         ),
     ])
 }
+
+/// The managed-by label of every object the operator makes.
+pub const MANAGED_BY: &str = "redstuff-operator";
 
 /// The labels that select a cluster's pods of `component` for Services,
 /// disruption budgets and network policies: with the name label, so pods
@@ -431,6 +434,8 @@ pub fn desired_objects(
                     subdomain: Some(format!("{name}-nodes")),
                     restart_policy: Some("Always".into()),
                     security_context: Some(pod_security_context()),
+                    // Node and gateway pods never call the Kubernetes API.
+                    automount_service_account_token: Some(false),
                     image_pull_secrets: operator.pull_secrets(),
                     node_selector: spec
                         .placement
@@ -628,6 +633,7 @@ pub fn desired_objects(
                 }),
                 spec: Some(PodSpec {
                     security_context: Some(pod_security_context()),
+                    automount_service_account_token: Some(false),
                     image_pull_secrets: operator.pull_secrets(),
                     // Several pods go to different Kubernetes nodes where
                     // they can (one pod's template stays as it was).

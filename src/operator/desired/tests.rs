@@ -110,6 +110,20 @@ fn a_cluster_is_one_pod_and_claim_per_node_plus_services_config_gateway_and_budg
 }
 
 #[test]
+fn node_and_gateway_pods_get_no_service_account_token_as_they_never_call_the_kubernetes_api() {
+    let objects = objects_of(&cluster(7, 3, Some("1Gi")));
+    let gateway = objects.gateway.spec.template.spec.clone().unwrap();
+    let specs = objects
+        .node_pods
+        .iter()
+        .map(|p| p.spec.clone().unwrap())
+        .chain([gateway]);
+    for spec in specs {
+        assert_eq!(spec.automount_service_account_token, Some(false));
+    }
+}
+
+#[test]
 fn node_and_gateway_pods_pull_with_the_operators_secrets_and_policy_and_without_them_name_none() {
     let c = cluster(7, 3, Some("1Gi"));
     let plain = objects_of(&c);
