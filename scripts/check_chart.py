@@ -207,6 +207,11 @@ def main(out, redstuff):
                 and deployment["spec"].get("strategy", {}).get("type") != "Recreate":
             fail(f"{values_file.name}: without leader election the operator must update by Recreate")
         pod = deployment["spec"]["template"]["spec"]
+        budgets = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+        replicas = values.get("operator", {}).get("replicas", 2)
+        if (replicas > 1) != bool(budgets) or (replicas > 1) != ("topologySpreadConstraints" in pod):
+            fail(f"{values_file.name}: {replicas} operator replicas need a disruption budget and a spread "
+                 "exactly when there are more than one")
         container = pod["containers"][0]
         check_watched_namespaces(values_file.name, values, docs, container["args"])
         check_image_pulls(values_file.name, values, container["args"])
