@@ -188,7 +188,7 @@ spec:
     // An ingest's blob is its Blob's, never taken for an upload through
     // the gateway (a record naming it kept it when its Blob was deleted):
     // looked at once the operator has had its reconciles to record it.
-    crate::settled::after_two_reconciles(e2e).await?;
+    crate::settled::after_a_reconcile_from_now(e2e).await?;
     for record in e2e.list("blobs", NS, "")? {
         let named = record["spec"]["source"]["upload"]["blobId"].as_str();
         anyhow::ensure!(
@@ -224,7 +224,7 @@ pub async fn blob_deleted(e2e: &E2e) -> anyhow::Result<()> {
         .await?;
     anyhow::ensure!(head.status() == 404);
     // And it stays deleted once the operator spread the tombstones.
-    crate::settled::after_two_reconciles(e2e).await?;
+    crate::settled::after_a_reconcile_from_now(e2e).await?;
     let (code, _) = get(&http, &gateway.url, &id).await?;
     anyhow::ensure!(code == 404, "the deleted blob came back: {code}");
     Ok(())
