@@ -24,6 +24,17 @@ fn nodes_of(c: &StorageCluster) -> usize {
 }
 
 /// The objects of `c` with its fresh assignment, by operator image `img`.
+/// The pod specs of every node pod and of the gateway's pods.
+fn pod_specs(objects: &DesiredObjects) -> Vec<PodSpec> {
+    let gateway = objects.gateway.spec.template.spec.clone();
+    objects
+        .node_pods
+        .iter()
+        .map(|p| p.spec.clone().unwrap())
+        .chain(gateway)
+        .collect()
+}
+
 fn objects_of(c: &StorageCluster) -> DesiredObjects {
     desired_objects(
         c,
@@ -112,13 +123,7 @@ fn a_cluster_is_one_pod_and_claim_per_node_plus_services_config_gateway_and_budg
 #[test]
 fn node_and_gateway_pods_get_no_service_account_token_as_they_never_call_the_kubernetes_api() {
     let objects = objects_of(&cluster(7, 3, Some("1Gi")));
-    let gateway = objects.gateway.spec.template.spec.clone().unwrap();
-    let specs = objects
-        .node_pods
-        .iter()
-        .map(|p| p.spec.clone().unwrap())
-        .chain([gateway]);
-    for spec in specs {
+    for spec in pod_specs(&objects) {
         assert_eq!(spec.automount_service_account_token, Some(false));
     }
 }
@@ -135,13 +140,7 @@ fn node_and_gateway_pods_pull_with_the_operators_secrets_and_policy_and_without_
     settings.image_pull_secrets = vec!["regcred".into(), "mirror".into()];
     settings.image_pull_policy = Some("Always".into());
     let objects = desired_objects(&c, &assignment(&c), 3, &settings, &credentials());
-    let gateway = objects.gateway.spec.template.spec.clone().unwrap();
-    let specs = objects
-        .node_pods
-        .iter()
-        .map(|p| p.spec.clone().unwrap())
-        .chain([gateway]);
-    for spec in specs {
+    for spec in pod_specs(&objects) {
         let names: Vec<&str> = spec
             .image_pull_secrets
             .as_ref()
