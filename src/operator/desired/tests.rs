@@ -23,7 +23,6 @@ fn nodes_of(c: &StorageCluster) -> usize {
     usize::from(c.spec.nodes)
 }
 
-/// The objects of `c` with its fresh assignment, by operator image `img`.
 /// The pod specs of every node pod and of the gateway's pods.
 fn pod_specs(objects: &DesiredObjects) -> Vec<PodSpec> {
     let gateway = objects.gateway.spec.template.spec.clone();
@@ -35,6 +34,7 @@ fn pod_specs(objects: &DesiredObjects) -> Vec<PodSpec> {
         .collect()
 }
 
+/// The objects of `c` with its fresh assignment, by operator image `img`.
 fn objects_of(c: &StorageCluster) -> DesiredObjects {
     desired_objects(
         c,
